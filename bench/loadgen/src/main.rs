@@ -1,0 +1,754 @@
+//! `mandate-loadgen`: an HTTP/1.1 load generator for the OAuth 2.0
+//! `client_credentials` grant authenticated with `private_key_jwt`
+//! (RFC 7523 client assertions signed with Ed25519).
+//!
+//! Every request carries a fresh client assertion with a unique `jti`; all of
+//! them are signed *before* the timer starts so that the measurement is of the
+//! authorization server, not of the load generator's signing speed.
+//!
+//! Traffic is restricted to loopback addresses.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, anyhow, bail};
+use aws_lc_rs::digest;
+use aws_lc_rs::rand::{SecureRandom, SystemRandom};
+use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use bytes::Bytes;
+use clap::{Args, Parser, Subcommand};
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::SendRequest;
+use hyper::{Method, Request, Uri};
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio::sync::Barrier;
+
+const ASSERTION_TYPE_ENC: &str = "urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-type%3Ajwt-bearer";
+/// When only `--duration` bounds the run, at most this many assertions are
+/// pre-generated (overridable with `--max-requests`).
+const DEFAULT_DURATION_CAP: usize = 300_000;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "mandate-loadgen",
+    about = "Load generator for client_credentials + private_key_jwt token issuance (loopback only)",
+    subcommand_negates_reqs = true,
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Generate an Ed25519 key (PKCS#8 DER) and print its public JWK as JSON.
+    Keygen {
+        /// Where to write the private key.
+        #[arg(long, default_value = "key.pk8")]
+        out: PathBuf,
+        /// Also write the public JWK to this file.
+        #[arg(long)]
+        jwk_out: Option<PathBuf>,
+    },
+    /// Print the public JWK of an existing PKCS#8 Ed25519 key.
+    Jwk {
+        #[arg(long)]
+        key: PathBuf,
+    },
+}
+
+#[derive(Args, Debug)]
+struct RunArgs {
+    /// Token endpoint URL (http://, loopback host only).
+    #[arg(long, required = true)]
+    token_endpoint: Option<String>,
+    /// OAuth client_id (also the assertion's iss and sub).
+    #[arg(long, required = true)]
+    client_id: Option<String>,
+    /// Private Ed25519 key, PKCS#8 DER (v1 or v2).
+    #[arg(long, required = true)]
+    key: Option<PathBuf>,
+    /// JWS `kid`; defaults to the key's RFC 7638 thumbprint.
+    #[arg(long)]
+    kid: Option<String>,
+    /// Assertion audience (the issuer URL); defaults to the token endpoint.
+    #[arg(long)]
+    aud: Option<String>,
+    /// `resource` parameter (RFC 8707).
+    #[arg(long)]
+    resource: Option<String>,
+    /// `scope` parameter.
+    #[arg(long)]
+    scope: Option<String>,
+    /// Parallel workers, one keep-alive connection each.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Total measured requests (not counting warmup).
+    #[arg(long)]
+    requests: Option<usize>,
+    /// Measured-phase time limit in seconds.
+    #[arg(long)]
+    duration: Option<f64>,
+    /// Upper bound on pre-generated assertions for a `--duration`-only run.
+    #[arg(long)]
+    max_requests: Option<usize>,
+    /// Requests sent before the timer starts (not counted).
+    #[arg(long, default_value_t = 0)]
+    warmup: usize,
+    /// Assertion lifetime (exp - iat) in seconds.
+    #[arg(long, default_value_t = 600)]
+    exp_secs: u64,
+    /// Per-request timeout in seconds.
+    #[arg(long, default_value_t = 30.0)]
+    timeout: f64,
+    /// Print the first successful response body to stderr (sanity check).
+    #[arg(long)]
+    show_response: bool,
+    /// Print a single JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() {
+    if let Err(e) = real_main() {
+        eprintln!("mandate-loadgen: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn real_main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Some(Cmd::Keygen { out, jwk_out }) => keygen(&out, jwk_out.as_deref()),
+        Some(Cmd::Jwk { key }) => {
+            let kp = load_key(&key)?;
+            println!("{}", public_jwk(&kp)?);
+            Ok(())
+        }
+        None => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("building tokio runtime")?;
+            rt.block_on(run(cli.run))
+        }
+    }
+}
+
+// ---------------------------------------------------------------- keys / JWS
+
+fn b64(data: &[u8]) -> String {
+    URL_SAFE_NO_PAD.encode(data)
+}
+
+fn load_key(path: &std::path::Path) -> Result<Ed25519KeyPair> {
+    let der = std::fs::read(path).with_context(|| format!("reading key {}", path.display()))?;
+    Ed25519KeyPair::from_pkcs8(&der)
+        .map_err(|e| anyhow!("{} is not a PKCS#8 Ed25519 key: {e}", path.display()))
+}
+
+/// RFC 7638 thumbprint of an OKP/Ed25519 key.
+fn thumbprint(kp: &Ed25519KeyPair) -> String {
+    let x = b64(kp.public_key().as_ref());
+    // Members in lexicographic order, no whitespace.
+    let canonical = format!(r#"{{"crv":"Ed25519","kty":"OKP","x":"{x}"}}"#);
+    b64(digest::digest(&digest::SHA256, canonical.as_bytes()).as_ref())
+}
+
+fn public_jwk(kp: &Ed25519KeyPair) -> Result<String> {
+    let jwk = json!({
+        "kty": "OKP",
+        "crv": "Ed25519",
+        "x": b64(kp.public_key().as_ref()),
+        "kid": thumbprint(kp),
+    });
+    Ok(serde_json::to_string(&jwk)?)
+}
+
+fn keygen(out: &std::path::Path, jwk_out: Option<&std::path::Path>) -> Result<()> {
+    let rng = SystemRandom::new();
+    let doc =
+        Ed25519KeyPair::generate_pkcs8v1(&rng).map_err(|_| anyhow!("key generation failed"))?;
+    std::fs::write(out, doc.as_ref()).with_context(|| format!("writing {}", out.display()))?;
+    let kp = Ed25519KeyPair::from_pkcs8(doc.as_ref()).map_err(|e| anyhow!("reparsing key: {e}"))?;
+    let jwk = public_jwk(&kp)?;
+    if let Some(p) = jwk_out {
+        std::fs::write(p, format!("{jwk}\n"))
+            .with_context(|| format!("writing {}", p.display()))?;
+    }
+    println!("{jwk}");
+    Ok(())
+}
+
+fn form_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() * 3);
+    for &b in s.as_bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'*' => {
+                out.push(b as char)
+            }
+            b' ' => out.push('+'),
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+struct AssertionSpec<'a> {
+    kp: &'a Ed25519KeyPair,
+    header_b64: String,
+    client_id: &'a str,
+    aud: &'a str,
+    iat: u64,
+    exp: u64,
+    jti_prefix: String,
+    /// Everything after the client_assertion value, already encoded.
+    tail: String,
+}
+
+impl AssertionSpec<'_> {
+    fn body(&self, i: usize) -> Result<Bytes> {
+        let claims = json!({
+            "iss": self.client_id,
+            "sub": self.client_id,
+            "aud": self.aud,
+            "iat": self.iat,
+            "exp": self.exp,
+            "jti": format!("{}-{i}", self.jti_prefix),
+        });
+        let signing_input = format!("{}.{}", self.header_b64, b64(&serde_json::to_vec(&claims)?));
+        let sig = self.kp.sign(signing_input.as_bytes());
+        let jws = format!("{signing_input}.{}", b64(sig.as_ref()));
+        let body = format!(
+            "grant_type=client_credentials&client_assertion_type={ASSERTION_TYPE_ENC}&client_assertion={jws}{}",
+            self.tail
+        );
+        Ok(Bytes::from(body))
+    }
+}
+
+/// Sign `count` request bodies using all available cores.
+fn pregenerate(spec: &AssertionSpec<'_>, count: usize) -> Result<Vec<Bytes>> {
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .max(1);
+    let chunk = count.div_ceil(threads).max(1);
+    let parts: Vec<Result<Vec<Bytes>>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..count)
+            .step_by(chunk)
+            .map(|start| {
+                let end = (start + chunk).min(count);
+                s.spawn(move || {
+                    (start..end)
+                        .map(|i| spec.body(i))
+                        .collect::<Result<Vec<_>>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(anyhow!("signing thread panicked")))
+            })
+            .collect()
+    });
+    let mut out = Vec::with_capacity(count);
+    for p in parts {
+        out.extend(p?);
+    }
+    Ok(out)
+}
+
+// ---------------------------------------------------------------- target
+
+struct Target {
+    addr: SocketAddr,
+    host_header: String,
+    path: String,
+}
+
+fn parse_target(url: &str) -> Result<Target> {
+    let uri: Uri = url.parse().with_context(|| format!("bad URL {url}"))?;
+    if uri.scheme_str() != Some("http") {
+        bail!("only http:// token endpoints are supported (loopback benchmarking)");
+    }
+    let host = uri
+        .host()
+        .ok_or_else(|| anyhow!("URL has no host: {url}"))?;
+    let port = uri.port_u16().unwrap_or(80);
+    let ip: IpAddr = if host.eq_ignore_ascii_case("localhost") {
+        IpAddr::V4(Ipv4Addr::LOCALHOST)
+    } else {
+        host.trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse()
+            .with_context(|| format!("host must be a loopback IP or localhost, got {host}"))?
+    };
+    if !ip.is_loopback() {
+        bail!("refusing non-loopback target {ip}: this tool only benchmarks local servers");
+    }
+    let host_header = match uri.port() {
+        Some(p) => format!("{host}:{p}"),
+        None => host.to_string(),
+    };
+    let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
+    Ok(Target {
+        addr: SocketAddr::new(ip, port),
+        host_header,
+        path,
+    })
+}
+
+async fn connect(addr: SocketAddr) -> Result<SendRequest<Full<Bytes>>> {
+    let stream = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(addr))
+        .await
+        .map_err(|_| anyhow!("connect timeout"))??;
+    stream.set_nodelay(true)?;
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(sender)
+}
+
+// ---------------------------------------------------------------- workers
+
+#[derive(Default)]
+struct WorkerStats {
+    /// Latencies of successful requests, in nanoseconds.
+    latencies: Vec<u64>,
+    successes: u64,
+    /// Non-success outcomes keyed by status code, or "io" for transport errors,
+    /// or "200-no-token" for a 200 without an access_token.
+    errors: BTreeMap<String, u64>,
+    samples: BTreeMap<String, String>,
+    warmup_successes: u64,
+    warmup_errors: u64,
+    first_success: Option<Bytes>,
+}
+
+enum Outcome {
+    Success(Option<Bytes>),
+    Error(String, String),
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+async fn one_request(
+    sender: &mut Option<SendRequest<Full<Bytes>>>,
+    target: &Target,
+    body: Bytes,
+    timeout: Duration,
+) -> Outcome {
+    let fut = async {
+        let need_new = match sender.as_mut() {
+            None => true,
+            Some(s) => s.is_closed() || s.ready().await.is_err(),
+        };
+        if need_new {
+            *sender = None;
+            *sender = Some(connect(target.addr).await?);
+        }
+        let s = sender.as_mut().ok_or_else(|| anyhow!("no connection"))?;
+        let req = Request::builder()
+            .method(Method::POST)
+            .uri(target.path.as_str())
+            .header(hyper::header::HOST, target.host_header.as_str())
+            .header(
+                hyper::header::CONTENT_TYPE,
+                "application/x-www-form-urlencoded",
+            )
+            .header(hyper::header::ACCEPT, "application/json")
+            .body(Full::new(body))?;
+        let resp = s.send_request(req).await?;
+        let status = resp.status().as_u16();
+        let bytes = resp.into_body().collect().await?.to_bytes();
+        anyhow::Ok((status, bytes))
+    };
+    match tokio::time::timeout(timeout, fut).await {
+        Err(_) => {
+            *sender = None;
+            Outcome::Error("timeout".into(), String::new())
+        }
+        Ok(Err(e)) => {
+            *sender = None;
+            Outcome::Error("io".into(), format!("{e:#}"))
+        }
+        Ok(Ok((200, bytes))) if contains(&bytes, b"\"access_token\"") => {
+            Outcome::Success(Some(bytes))
+        }
+        Ok(Ok((status, bytes))) => {
+            let key = if status == 200 {
+                "200-no-token".to_string()
+            } else {
+                status.to_string()
+            };
+            let sample = String::from_utf8_lossy(&bytes[..bytes.len().min(300)]).into_owned();
+            Outcome::Error(key, sample)
+        }
+    }
+}
+
+struct Shared {
+    bodies: Vec<Bytes>,
+    next: AtomicUsize,
+    warmup: usize,
+    /// Index one past the last measured request.
+    limit: usize,
+    target: Target,
+    timeout: Duration,
+    duration: Option<Duration>,
+    barrier: Barrier,
+}
+
+async fn worker(sh: Arc<Shared>) -> WorkerStats {
+    let mut st = WorkerStats::default();
+    let mut sender = None;
+    // Warm-up phase: indices [0, warmup).
+    loop {
+        let i = sh.next.fetch_add(1, Ordering::Relaxed);
+        if i >= sh.warmup {
+            break;
+        }
+        let body = sh.bodies[i].clone();
+        match one_request(&mut sender, &sh.target, body, sh.timeout).await {
+            Outcome::Success(b) => {
+                st.warmup_successes += 1;
+                if st.first_success.is_none() {
+                    st.first_success = b;
+                }
+            }
+            Outcome::Error(..) => st.warmup_errors += 1,
+        }
+    }
+    // Everybody (plus main) meets here; the counter then restarts at `warmup`.
+    sh.barrier.wait().await;
+    sh.barrier.wait().await;
+    let start = Instant::now();
+    let deadline = sh.duration.map(|d| start + d);
+    loop {
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            break;
+        }
+        let i = sh.next.fetch_add(1, Ordering::Relaxed);
+        if i >= sh.limit {
+            break;
+        }
+        let body = sh.bodies[i].clone();
+        let t0 = Instant::now();
+        let outcome = one_request(&mut sender, &sh.target, body, sh.timeout).await;
+        let ns = u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        match outcome {
+            Outcome::Success(b) => {
+                st.successes += 1;
+                st.latencies.push(ns);
+                if st.first_success.is_none() {
+                    st.first_success = b;
+                }
+            }
+            Outcome::Error(key, sample) => {
+                st.samples.entry(key.clone()).or_insert(sample);
+                *st.errors.entry(key).or_default() += 1;
+            }
+        }
+    }
+    st
+}
+
+fn percentile_ms(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    // Nearest-rank method.
+    // (The epsilon keeps e.g. 99.9% of 1000 from rounding up to rank 1000.)
+    let rank = ((p / 100.0) * sorted.len() as f64 - 1e-9).ceil() as usize;
+    let idx = rank.clamp(1, sorted.len()) - 1;
+    sorted[idx] as f64 / 1e6
+}
+
+async fn run(a: RunArgs) -> Result<()> {
+    let endpoint = a
+        .token_endpoint
+        .ok_or_else(|| anyhow!("--token-endpoint is required"))?;
+    let client_id = a
+        .client_id
+        .ok_or_else(|| anyhow!("--client-id is required"))?;
+    let key_path = a.key.ok_or_else(|| anyhow!("--key is required"))?;
+    if a.concurrency == 0 {
+        bail!("--concurrency must be at least 1");
+    }
+    if a.duration.is_some_and(|d| !(d > 0.0 && d.is_finite())) {
+        bail!("--duration must be a positive number of seconds");
+    }
+    let measured = match (a.requests, a.duration) {
+        (Some(n), _) => n,
+        (None, Some(_)) => a.max_requests.unwrap_or(DEFAULT_DURATION_CAP),
+        (None, None) => bail!("give --requests N and/or --duration SECS so the run is bounded"),
+    };
+    let target = parse_target(&endpoint)?;
+    let kp = load_key(&key_path)?;
+    let kid = a.kid.unwrap_or_else(|| thumbprint(&kp));
+    let aud = a.aud.unwrap_or_else(|| endpoint.clone());
+
+    let mut tail = String::new();
+    if let Some(r) = &a.resource {
+        tail.push_str("&resource=");
+        tail.push_str(&form_encode(r));
+    }
+    if let Some(s) = &a.scope {
+        tail.push_str("&scope=");
+        tail.push_str(&form_encode(s));
+    }
+    let header = json!({"alg": "EdDSA", "typ": "JWT", "kid": kid});
+    let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+    let mut rnd = [0u8; 9];
+    SystemRandom::new()
+        .fill(&mut rnd)
+        .map_err(|_| anyhow!("rng failure"))?;
+    let spec = AssertionSpec {
+        kp: &kp,
+        header_b64: b64(&serde_json::to_vec(&header)?),
+        client_id: &client_id,
+        aud: &aud,
+        iat: now,
+        exp: now + a.exp_secs,
+        jti_prefix: b64(&rnd),
+        tail,
+    };
+    let total = a.warmup + measured;
+    let t_gen = Instant::now();
+    let bodies = pregenerate(&spec, total)?;
+    let gen_secs = t_gen.elapsed().as_secs_f64();
+    if !a.json {
+        eprintln!("pre-generated {total} signed assertions in {gen_secs:.2}s");
+    }
+
+    let concurrency = a.concurrency;
+    let shared = Arc::new(Shared {
+        bodies,
+        next: AtomicUsize::new(0),
+        warmup: a.warmup,
+        limit: total,
+        target,
+        timeout: Duration::from_secs_f64(a.timeout),
+        duration: a.duration.map(Duration::from_secs_f64),
+        barrier: Barrier::new(concurrency + 1),
+    });
+    let handles: Vec<_> = (0..concurrency)
+        .map(|_| tokio::spawn(worker(shared.clone())))
+        .collect();
+    // End of warm-up: all workers have stopped taking indices.
+    shared.barrier.wait().await;
+    shared.next.store(a.warmup, Ordering::SeqCst);
+    let start = Instant::now();
+    shared.barrier.wait().await;
+    let mut all = WorkerStats::default();
+    for h in handles {
+        let st = h.await?;
+        all.latencies.extend(st.latencies);
+        all.successes += st.successes;
+        all.warmup_successes += st.warmup_successes;
+        all.warmup_errors += st.warmup_errors;
+        for (k, v) in st.errors {
+            *all.errors.entry(k).or_default() += v;
+        }
+        if all.first_success.is_none() {
+            all.first_success = st.first_success;
+        }
+        for (k, v) in st.samples {
+            all.samples.entry(k).or_insert(v);
+        }
+    }
+    let wall = start.elapsed().as_secs_f64();
+    let mut lat = all.latencies;
+    lat.sort_unstable();
+    let errors_total: u64 = all.errors.values().sum();
+    let requests = all.successes + errors_total;
+    let rps = if wall > 0.0 {
+        all.successes as f64 / wall
+    } else {
+        0.0
+    };
+    let mean_ms = if lat.is_empty() {
+        0.0
+    } else {
+        lat.iter().map(|&n| n as f64).sum::<f64>() / lat.len() as f64 / 1e6
+    };
+    let (p50, p90, p99, p999) = (
+        percentile_ms(&lat, 50.0),
+        percentile_ms(&lat, 90.0),
+        percentile_ms(&lat, 99.0),
+        percentile_ms(&lat, 99.9),
+    );
+    let max = lat.last().map_or(0.0, |&n| n as f64 / 1e6);
+    let exhausted = a.requests.is_none() && requests as usize >= measured;
+
+    if a.json {
+        let out = json!({
+            "target": endpoint,
+            "concurrency": concurrency,
+            "warmup": a.warmup,
+            "warmup_successes": all.warmup_successes,
+            "warmup_errors": all.warmup_errors,
+            "requests": requests,
+            "successes": all.successes,
+            "errors": all.errors,
+            "errors_total": errors_total,
+            "error_samples": all.samples,
+            "wall_secs": wall,
+            "throughput_rps": rps,
+            "latency_ms": {
+                "p50": p50, "p90": p90, "p99": p99, "p99_9": p999, "max": max, "mean": mean_ms,
+            },
+            "pregen_secs": gen_secs,
+            "assertions_exhausted": exhausted,
+        });
+        println!("{}", serde_json::to_string(&out)?);
+    } else {
+        let errs: Value = serde_json::to_value(&all.errors)?;
+        println!("target:      {endpoint}");
+        println!(
+            "concurrency: {concurrency}  (warmup {} ok / {} err)",
+            all.warmup_successes, all.warmup_errors
+        );
+        println!("requests:    {requests}");
+        println!("successes:   {}", all.successes);
+        println!("errors:      {errors_total} {errs}");
+        println!("wall time:   {wall:.3} s");
+        println!("throughput:  {rps:.1} req/s (successful)");
+        println!(
+            "latency ms:  p50 {p50:.3}  p90 {p90:.3}  p99 {p99:.3}  p99.9 {p999:.3}  max {max:.3}  mean {mean_ms:.3}"
+        );
+        for (k, v) in &all.samples {
+            eprintln!("sample {k} response: {v}");
+        }
+        if exhausted {
+            eprintln!(
+                "note: all {measured} pre-generated assertions were used before --duration elapsed"
+            );
+        }
+    }
+    if a.show_response
+        && let Some(b) = &all.first_success
+    {
+        eprintln!("first successful response: {}", String::from_utf8_lossy(b));
+    }
+    if all.successes == 0 {
+        bail!("no successful requests");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_lc_rs::signature::{ED25519, UnparsedPublicKey};
+
+    // RFC 8037, Appendix A.1 and A.3.
+    const RFC8037_D: &str = "nWGxne_9WmC6hEr0kuwsxERJxWl7MmkZcDusAxyuf2A";
+    const RFC8037_X: &str = "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo";
+    const RFC8037_THUMBPRINT: &str = "kPrK_qmxVWaYVA9wwBF6Iuo3vVzz7TxHCTwXBygrS4k";
+
+    fn rfc_key() -> Result<Ed25519KeyPair> {
+        let seed = URL_SAFE_NO_PAD.decode(RFC8037_D)?;
+        Ed25519KeyPair::from_seed_unchecked(&seed).map_err(|e| anyhow!("{e}"))
+    }
+
+    #[test]
+    fn thumbprint_matches_rfc8037() -> Result<()> {
+        let kp = rfc_key()?;
+        assert_eq!(b64(kp.public_key().as_ref()), RFC8037_X);
+        assert_eq!(thumbprint(&kp), RFC8037_THUMBPRINT);
+        let jwk: Value = serde_json::from_str(&public_jwk(&kp)?)?;
+        assert_eq!(
+            jwk,
+            json!({"kty":"OKP","crv":"Ed25519","x":RFC8037_X,"kid":RFC8037_THUMBPRINT})
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn bodies_carry_valid_unique_assertions() -> Result<()> {
+        let kp = rfc_key()?;
+        let spec = AssertionSpec {
+            kp: &kp,
+            header_b64: b64(br#"{"alg":"EdDSA","typ":"JWT","kid":"k1"}"#),
+            client_id: "agt_1",
+            aud: "http://127.0.0.1:1",
+            iat: 1000,
+            exp: 1600,
+            jti_prefix: "p".into(),
+            tail: format!(
+                "&resource={}&scope={}",
+                form_encode("https://api.example.com"),
+                form_encode("read write")
+            ),
+        };
+        let bodies = pregenerate(&spec, 50)?;
+        assert_eq!(bodies.len(), 50);
+        let mut jtis = std::collections::HashSet::new();
+        for body in &bodies {
+            let text = std::str::from_utf8(body)?;
+            assert!(text.starts_with(
+                "grant_type=client_credentials&client_assertion_type=urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-type%3Ajwt-bearer&client_assertion="
+            ));
+            assert!(text.ends_with("&resource=https%3A%2F%2Fapi.example.com&scope=read+write"));
+            let jws = text
+                .split('&')
+                .find_map(|kv| kv.strip_prefix("client_assertion="))
+                .ok_or_else(|| anyhow!("no assertion"))?;
+            let parts: Vec<&str> = jws.split('.').collect();
+            assert_eq!(parts.len(), 3);
+            let sig = URL_SAFE_NO_PAD.decode(parts[2])?;
+            UnparsedPublicKey::new(&ED25519, kp.public_key().as_ref())
+                .verify(format!("{}.{}", parts[0], parts[1]).as_bytes(), &sig)
+                .map_err(|_| anyhow!("bad signature"))?;
+            let claims: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1])?)?;
+            assert_eq!(claims["iss"], "agt_1");
+            assert_eq!(claims["sub"], "agt_1");
+            assert_eq!(claims["aud"], "http://127.0.0.1:1");
+            assert_eq!(claims["exp"], 1600);
+            jtis.insert(claims["jti"].as_str().unwrap_or_default().to_string());
+        }
+        assert_eq!(jtis.len(), 50);
+        Ok(())
+    }
+
+    #[test]
+    fn only_loopback_targets() -> Result<()> {
+        let t = parse_target("http://127.0.0.1:8080/oauth/token")?;
+        assert_eq!(t.addr, "127.0.0.1:8080".parse()?);
+        assert_eq!(t.path, "/oauth/token");
+        assert_eq!(t.host_header, "127.0.0.1:8080");
+        assert!(parse_target("http://localhost:9/token").is_ok());
+        assert!(parse_target("http://[::1]:9/token").is_ok());
+        assert!(parse_target("http://10.0.0.1:9/token").is_err());
+        assert!(parse_target("http://example.com/token").is_err());
+        assert!(parse_target("https://127.0.0.1/token").is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn percentiles_use_nearest_rank() {
+        let v: Vec<u64> = (1..=1000).map(|i| i * 1_000_000).collect();
+        assert!((percentile_ms(&v, 50.0) - 500.0).abs() < 1e-9);
+        assert!((percentile_ms(&v, 99.9) - 999.0).abs() < 1e-9);
+        assert!((percentile_ms(&v, 100.0) - 1000.0).abs() < 1e-9);
+        assert!(percentile_ms(&[], 50.0).abs() < 1e-9);
+    }
+}

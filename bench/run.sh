@@ -1,0 +1,353 @@
+#!/usr/bin/env bash
+# Side-by-side benchmark: client_credentials + private_key_jwt token issuance,
+# Mandate vs node-oidc-provider, driven by the same load generator.
+#
+# Usage: bench/run.sh [both|mandate|node]      (default: both)
+#
+# Environment overrides:
+#   BENCH_REQUESTS     measured requests per server          (default 100000)
+#   BENCH_DURATION     time limit of the measured phase, s   (default 20)
+#   BENCH_WARMUP       warm-up requests, not measured        (default 2000)
+#   BENCH_CONCURRENCY  parallel keep-alive connections       (default 64)
+#   BENCH_PIN=1        pin the server to CPU 0 and the load generator to CPU 1
+#   BENCH_SKIP_BUILD=1 reuse existing target/release binaries
+#   BENCH_KEEP=1       keep the temp dir (keys, logs, JSON results)
+#   NODE               node binary for oidc-provider          (default: node)
+#   MANDATE_BIN        mandate binary (default: target/release/mandate)
+#
+# All traffic goes to 127.0.0.1 only. Every background process started here is
+# killed on exit.
+set -euo pipefail
+
+MODE="${1:-both}"
+case "$MODE" in
+  both | mandate | node) ;;
+  -h | --help)
+    sed -n '2,19p' "$0"
+    exit 0
+    ;;
+  *)
+    echo "usage: $0 [both|mandate|node]" >&2
+    exit 2
+    ;;
+esac
+
+REQUESTS="${BENCH_REQUESTS:-100000}"
+DURATION="${BENCH_DURATION:-20}"
+WARMUP="${BENCH_WARMUP:-2000}"
+CONCURRENCY="${BENCH_CONCURRENCY:-64}"
+NODE="${NODE:-node}"
+RESOURCE="https://api.example.com"
+SCOPE="read"
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+BENCH="$ROOT/bench"
+LOADGEN="$ROOT/target/release/mandate-loadgen"
+MANDATE="${MANDATE_BIN:-$ROOT/target/release/mandate}"
+
+log() { printf '[bench] %s\n' "$*" >&2; }
+die() {
+  log "ERROR: $*"
+  exit 1
+}
+
+# ---------------------------------------------------------------- cleanup
+WORK="$(mktemp -d "${TMPDIR:-/tmp}/mandate-bench.XXXXXX")"
+PIDS=()
+cleanup() {
+  local rc=$?
+  set +e
+  for pid in "${PIDS[@]}"; do
+    if kill -0 "$pid" 2>/dev/null; then
+      kill -TERM "$pid" 2>/dev/null
+    fi
+  done
+  for pid in "${PIDS[@]}"; do
+    for _ in $(seq 1 50); do
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null
+    wait "$pid" 2>/dev/null
+  done
+  if [[ "${BENCH_KEEP:-0}" == 1 ]]; then
+    log "kept work dir $WORK"
+  else
+    rm -rf "$WORK"
+  fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+stop_pid() {
+  local pid="$1"
+  kill -TERM "$pid" 2>/dev/null || true
+  for _ in $(seq 1 100); do
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  kill -KILL "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+}
+
+# ---------------------------------------------------------------- JSON helpers
+JSONTOOL="${BENCH_JSONTOOL:-}" # jq or python3; auto-detected when unset
+if [[ -n $JSONTOOL ]]; then
+  command -v "$JSONTOOL" >/dev/null 2>&1 || die "BENCH_JSONTOOL=$JSONTOOL not found"
+elif command -v jq >/dev/null 2>&1; then
+  JSONTOOL=jq
+elif command -v python3 >/dev/null 2>&1; then
+  JSONTOOL=python3
+else
+  die "need jq or python3 for JSON handling"
+fi
+
+# json_get FILE PATH  (PATH like .latency_ms.p50)
+json_get() {
+  if [[ $JSONTOOL == jq ]]; then
+    jq -r "$2 // empty" "$1"
+  else
+    python3 - "$1" "$2" <<'PY'
+import json, sys
+v = json.load(open(sys.argv[1]))
+for k in [p for p in sys.argv[2].split('.') if p]:
+    v = v.get(k) if isinstance(v, dict) else None
+print('' if v is None else (json.dumps(v) if isinstance(v, (dict, list)) else v))
+PY
+  fi
+}
+
+# agent_body NAME OWNER JWKFILE -> JSON on stdout
+agent_body() {
+  if [[ $JSONTOOL == jq ]]; then
+    jq -cn --arg name "$1" --arg owner "$2" --slurpfile jwk "$3" \
+      '{name: $name, owner: $owner, jwks: {keys: [$jwk[0]]}}'
+  else
+    python3 - "$1" "$2" "$3" <<'PY'
+import json, sys
+jwk = json.load(open(sys.argv[3]))
+print(json.dumps({"name": sys.argv[1], "owner": sys.argv[2], "jwks": {"keys": [jwk]}}))
+PY
+  fi
+}
+
+free_port() {
+  if command -v python3 >/dev/null 2>&1; then
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+  else
+    local p
+    for _ in $(seq 1 200); do
+      p=$((20000 + RANDOM % 40000))
+      if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+        echo "$p"
+        return
+      fi
+    done
+    die "no free port found"
+  fi
+}
+
+# wait_http URL PID LOGFILE: until GET URL answers 200, the process dies, or 60 s pass
+wait_http() {
+  local url="$1" pid="$2" logf="$3"
+  for _ in $(seq 1 600); do
+    if ! kill -0 "$pid" 2>/dev/null; then
+      tail -n 30 "$logf" >&2 || true
+      die "server exited before becoming ready ($url)"
+    fi
+    if [[ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$url" || true)" == 200 ]]; then
+      return 0
+    fi
+    sleep 0.1
+  done
+  tail -n 30 "$logf" >&2 || true
+  die "timed out waiting for $url"
+}
+
+SERVER_PIN=()
+LOADGEN_PIN=()
+if [[ "${BENCH_PIN:-0}" == 1 ]]; then
+  command -v taskset >/dev/null 2>&1 || die "BENCH_PIN=1 needs taskset"
+  SERVER_PIN=(taskset -c 0)
+  LOADGEN_PIN=(taskset -c 1)
+fi
+
+# run_loadgen NAME ENDPOINT CLIENT_ID AUD -> writes $WORK/NAME.json
+run_loadgen() {
+  local name="$1" endpoint="$2" cid="$3" aud="$4"
+  local out="$WORK/$name.json"
+  log "$name: warmup $WARMUP, then $REQUESTS requests or ${DURATION}s at concurrency $CONCURRENCY"
+  local rc=0
+  "${LOADGEN_PIN[@]}" "$LOADGEN" \
+    --token-endpoint "$endpoint" \
+    --client-id "$cid" \
+    --key "$WORK/key.pk8" \
+    --aud "$aud" \
+    --resource "$RESOURCE" \
+    --scope "$SCOPE" \
+    --concurrency "$CONCURRENCY" \
+    --warmup "$WARMUP" \
+    --requests "$REQUESTS" \
+    --duration "$DURATION" \
+    --json >"$out" 2>"$WORK/$name.loadgen.err" &
+  # Waiting on a background job keeps INT/TERM traps responsive.
+  local lpid=$!
+  PIDS+=("$lpid")
+  wait "$lpid" || rc=$?
+  if [[ ! -s "$out" ]]; then
+    cat "$WORK/$name.loadgen.err" >&2
+    die "$name: load generator produced no result (exit $rc)"
+  fi
+  local ok req errs
+  ok="$(json_get "$out" .successes)"
+  req="$(json_get "$out" .requests)"
+  errs="$(json_get "$out" .errors_total)"
+  log "$name: $ok/$req successful, $(json_get "$out" .throughput_rps) req/s," \
+    "p50 $(json_get "$out" .latency_ms.p50) ms, p99 $(json_get "$out" .latency_ms.p99) ms," \
+    "warmup $(json_get "$out" .warmup_successes) ok/$(json_get "$out" .warmup_errors) err"
+  if [[ "$errs" != 0 ]]; then
+    log "$name: errors by status: $(json_get "$out" .errors)"
+    log "$name: sample error bodies: $(json_get "$out" .error_samples)"
+  fi
+  if [[ "$rc" != 0 || "$ok" == 0 ]]; then
+    cat "$WORK/$name.loadgen.err" >&2
+    die "$name: no successful requests"
+  fi
+}
+
+# ---------------------------------------------------------------- build
+cargo_build() {
+  if command -v flock >/dev/null 2>&1; then
+    flock "${BENCH_CARGO_LOCK:-/tmp/cargo.lock}" cargo "$@"
+  else
+    cargo "$@"
+  fi
+}
+
+if [[ "${BENCH_SKIP_BUILD:-0}" != 1 ]]; then
+  if [[ $MODE == node ]]; then
+    log "building mandate-loadgen (release)"
+    (cd "$ROOT" && cargo_build build --release -p mandate-loadgen)
+  else
+    log "building mandate and mandate-loadgen (release)"
+    (cd "$ROOT" && cargo_build build --release -p mandate -p mandate-loadgen)
+  fi
+fi
+[[ -x "$LOADGEN" ]] || die "missing $LOADGEN"
+
+"$LOADGEN" keygen --out "$WORK/key.pk8" --jwk-out "$WORK/jwk.json" >/dev/null
+log "client key: $(cat "$WORK/jwk.json")"
+
+# ---------------------------------------------------------------- Mandate
+run_mandate() {
+  [[ -x "$MANDATE" ]] || die "missing $MANDATE"
+  local port base data admin
+  port="$(free_port)"
+  base="http://127.0.0.1:$port"
+  data="$WORK/mandate-data"
+  admin="bench-admin"
+  mkdir -p "$data"
+  log "mandate: starting on $base (data dir $data, durable storage)"
+  MANDATE_ADMIN_TOKEN="$admin" "${SERVER_PIN[@]}" "$MANDATE" serve \
+    --data-dir "$data" --listen "127.0.0.1:$port" --issuer "$base" \
+    >"$WORK/mandate.log" 2>&1 &
+  local pid=$!
+  PIDS+=("$pid")
+  wait_http "$base/readyz" "$pid" "$WORK/mandate.log"
+
+  api() { # api METHOD PATH BODY -> response body; fails on non-2xx
+    local method="$1" path="$2" body="$3" resp code
+    resp="$(curl -sS --max-time 10 -X "$method" "$base$path" \
+      -H "Authorization: Bearer $admin" -H 'Content-Type: application/json' \
+      --data-binary "$body" -w $'\n%{http_code}')"
+    code="${resp##*$'\n'}"
+    resp="${resp%$'\n'*}"
+    if [[ "$code" != 2?? ]]; then
+      tail -n 20 "$WORK/mandate.log" >&2 || true
+      die "mandate admin API $method $path -> HTTP $code: $resp"
+    fi
+    printf '%s' "$resp"
+  }
+
+  api POST /v1/users '{"name":"Bench Owner","email":"owner@example.com"}' >"$WORK/user.json"
+  local owner
+  owner="$(json_get "$WORK/user.json" .id)"
+  [[ -n "$owner" ]] || die "mandate: user creation returned no id: $(cat "$WORK/user.json")"
+  api POST /v1/resources \
+    '{"identifier":"https://api.example.com","name":"Bench API","scopes":{"read":[]}}' >/dev/null
+  api PUT /v1/policies \
+    '{"policies":"permit(principal, action == Action::\"read\", resource);"}' >/dev/null
+  api POST /v1/agents "$(agent_body bench-agent "$owner" "$WORK/jwk.json")" >"$WORK/agent.json"
+  local cid
+  cid="$(json_get "$WORK/agent.json" .client_id)"
+  [[ -n "$cid" ]] || die "mandate: agent creation returned no client_id: $(cat "$WORK/agent.json")"
+  log "mandate: seeded owner $owner, agent client_id $cid"
+
+  run_loadgen mandate "$base/oauth/token" "$cid" "$base"
+  stop_pid "$pid"
+  log "mandate: stopped"
+}
+
+# ---------------------------------------------------------------- node-oidc-provider
+run_node() {
+  command -v "$NODE" >/dev/null 2>&1 || die "node not found (set NODE=/path/to/node)"
+  local dir="$BENCH/oidc-provider"
+  if [[ ! -d "$dir/node_modules/oidc-provider" ]]; then
+    log "node: installing oidc-provider (npm ci)"
+    (cd "$dir" && npm ci --no-audit --no-fund >&2)
+  fi
+  local port base cid
+  port="$(free_port)"
+  base="http://127.0.0.1:$port"
+  cid="bench-client"
+  log "node: starting oidc-provider $(json_get "$dir/node_modules/oidc-provider/package.json" .version)" \
+    "on $base with $("$NODE" --version) (in-memory adapter: NOT durable)"
+  (cd "$dir" && PORT="$port" CLIENT_ID="$cid" CLIENT_JWK_FILE="$WORK/jwk.json" NODE_ENV=production \
+    exec "${SERVER_PIN[@]}" "$NODE" server.mjs) >"$WORK/node.log" 2>&1 &
+  local pid=$!
+  PIDS+=("$pid")
+  wait_http "$base/.well-known/openid-configuration" "$pid" "$WORK/node.log"
+  grep -h 'WARNING' "$WORK/node.log" | sed 's/^/[bench] node: /' >&2 || true
+
+  run_loadgen node "$base/token" "$cid" "$base"
+  stop_pid "$pid"
+  log "node: stopped"
+}
+
+if [[ $MODE != node ]]; then run_mandate; fi
+if [[ $MODE != mandate ]]; then run_node; fi
+
+# ---------------------------------------------------------------- report
+col() { # col NAME PATH -> value or "-"
+  local f="$WORK/$1.json"
+  if [[ -s "$f" ]]; then json_get "$f" "$2"; else echo "-"; fi
+}
+ratio() {
+  if [[ "$1" == - || "$2" == - ]]; then
+    echo "-"
+  else
+    awk -v a="$1" -v b="$2" 'BEGIN { if (b + 0 == 0) print "-"; else printf "%.2fx", a / b }'
+  fi
+}
+fmt() { # fmt VALUE DECIMALS
+  if [[ "$1" == - ]]; then echo "-"; else awk -v v="$1" -v d="$2" 'BEGIN { printf "%.*f", d, v }'; fi
+}
+
+echo
+echo "client_credentials + private_key_jwt (EdDSA), concurrency $CONCURRENCY," \
+  "warmup $WARMUP, up to $REQUESTS requests or ${DURATION}s, $(nproc 2>/dev/null || echo '?') cores shared"
+printf '%-16s %14s %20s %14s\n' "" "Mandate" "node-oidc-provider" "Mandate/node"
+for row in "req/s|.throughput_rps|1" "p50 ms|.latency_ms.p50|2" "p90 ms|.latency_ms.p90|2" \
+  "p99 ms|.latency_ms.p99|2" "p99.9 ms|.latency_ms.p99_9|2" "max ms|.latency_ms.max|2" \
+  "requests|.requests|0" "errors|.errors_total|0" "wall s|.wall_secs|2"; do
+  IFS='|' read -r label path dec <<<"$row"
+  m="$(col mandate "$path")"
+  n="$(col node "$path")"
+  r="-"
+  if [[ $label != requests && $label != errors && $label != "wall s" ]]; then r="$(ratio "$m" "$n")"; fi
+  printf '%-16s %14s %20s %14s\n' "$label" "$(fmt "$m" "$dec")" "$(fmt "$n" "$dec")" "$r"
+done
+echo "storage:          Mandate durable (on-disk data dir); node-oidc-provider in-memory LRU adapter (NOT durable)"
+echo "req/s counts successful token responses only; latency percentiles are over successful requests."

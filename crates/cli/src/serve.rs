@@ -1,0 +1,244 @@
+//! `mandate serve`: configuration, store wiring, start-up and shutdown.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use base64::Engine;
+use clap::{Args, ValueEnum};
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use mandate_core::{Config, Mandate, Store, SystemClock, SystemRandom};
+use mandate_jose::kek::{KEK_LEN, Kek};
+use serde::{Deserialize, Serialize};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Toggle {
+    /// On when the issuer is a loopback http URL (development), else off.
+    Auto,
+    On,
+    Off,
+}
+
+/// Flags override `MANDATE_*` environment variables, which override
+/// `<data-dir>/mandate.toml`, which overrides the defaults.
+#[derive(Debug, Args, Serialize)]
+pub struct ServeArgs {
+    /// Where the embedded database and the local master key live.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data_dir: Option<PathBuf>,
+    /// Address to listen on.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    listen: Option<SocketAddr>,
+    /// Public issuer URL (default: http://<listen>).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    issuer: Option<String>,
+    /// `postgres://…` to share one PostgreSQL between nodes; default: SQLite in the data dir.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    database_url: Option<String>,
+    #[arg(long, value_enum)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    log_format: Option<LogFormat>,
+    /// Accept `client_secret_basic` (development only).
+    #[arg(long, value_enum)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client_secrets: Option<Toggle>,
+    /// Access token lifetime in seconds.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    access_token_ttl: Option<i64>,
+    /// Algorithm for new signing keys: EdDSA or ES256.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    signing_alg: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+struct Settings {
+    data_dir: PathBuf,
+    listen: SocketAddr,
+    issuer: Option<String>,
+    database_url: Option<String>,
+    log_format: LogFormat,
+    client_secrets: Toggle,
+    access_token_ttl: i64,
+    signing_alg: String,
+    master_key: Option<String>,
+    admin_token: Option<String>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("mandate-data"),
+            listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
+            issuer: None,
+            database_url: None,
+            log_format: LogFormat::Text,
+            client_secrets: Toggle::Auto,
+            access_token_ttl: 300,
+            signing_alg: "EdDSA".into(),
+            master_key: None,
+            admin_token: None,
+        }
+    }
+}
+
+fn load_settings(args: &ServeArgs) -> Result<Settings> {
+    let data_dir = args
+        .data_dir
+        .clone()
+        .or_else(|| std::env::var_os("MANDATE_DATA_DIR").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("mandate-data"));
+    Figment::from(Serialized::defaults(Settings::default()))
+        .merge(Toml::file(data_dir.join("mandate.toml")))
+        .merge(Env::prefixed("MANDATE_"))
+        .merge(Serialized::defaults(args))
+        .extract()
+        .context("reading the configuration")
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+/// The key-encryption key: `MANDATE_MASTER_KEY`, or a 0600 file in the data dir.
+fn master_key(settings: &Settings) -> Result<Kek> {
+    if let Some(b64) = &settings.master_key {
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(b64.trim())
+            .context("MANDATE_MASTER_KEY is not base64")?;
+        if bytes.len() != KEK_LEN {
+            bail!("MANDATE_MASTER_KEY must decode to {KEK_LEN} bytes");
+        }
+        return Ok(Kek::from_bytes(&bytes)?);
+    }
+    let path = settings.data_dir.join("master.key");
+    if !path.exists() {
+        crate::write_private(&path, &Kek::generate_bytes()?)?;
+        tracing::info!(path = %path.display(), "created a local master key; set MANDATE_MASTER_KEY to share one between nodes");
+    }
+    check_private(&path)?;
+    let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(Kek::from_bytes(&bytes)?)
+}
+
+fn check_private(path: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path)?.permissions().mode();
+    if mode & 0o077 != 0 {
+        bail!(
+            "{} must not be readable by group or others (chmod 600)",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+async fn open_store(settings: &Settings) -> Result<Arc<dyn Store>> {
+    match settings.database_url.as_deref() {
+        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => Ok(
+            Arc::new(mandate_store_postgres::PostgresStore::connect(url).await?),
+        ),
+        Some(url) if url.starts_with("sqlite:") => {
+            Ok(Arc::new(mandate_store_sqlite::open_url(url).await?))
+        }
+        Some(other) => bail!("unsupported database URL {other:?}: use postgres://… or sqlite://…"),
+        None => Ok(Arc::new(
+            mandate_store_sqlite::SqliteStore::open(&settings.data_dir.join("mandate.db")).await?,
+        )),
+    }
+}
+
+pub async fn run(args: ServeArgs) -> Result<()> {
+    let settings = load_settings(&args)?;
+    init_logging(settings.log_format);
+    std::fs::create_dir_all(&settings.data_dir)
+        .with_context(|| format!("creating {}", settings.data_dir.display()))?;
+    let issuer = settings
+        .issuer
+        .clone()
+        .unwrap_or_else(|| format!("http://{}", settings.listen));
+    let mut config = Config::new(&issuer);
+    config.access_token_ttl = settings.access_token_ttl;
+    config.signing_alg = mandate_jose::KeyAlg::parse(&settings.signing_alg)?;
+    let loopback = ["http://127.0.0.1", "http://localhost", "http://[::1]"]
+        .iter()
+        .any(|p| config.issuer.starts_with(p));
+    config.allow_client_secrets = match settings.client_secrets {
+        Toggle::On => true,
+        Toggle::Off => false,
+        Toggle::Auto => loopback,
+    };
+    if !(config.issuer.starts_with("https://") || loopback) {
+        bail!("the issuer must be an https URL (or loopback http for development)");
+    }
+    let kek = master_key(&settings)?;
+    let store = open_store(&settings).await?;
+    let mandate = Arc::new(
+        Mandate::open(
+            store,
+            Arc::new(SystemClock),
+            Arc::new(SystemRandom),
+            kek,
+            config,
+        )
+        .await?,
+    );
+    if let Some(token) = mandate
+        .ensure_admin_token(settings.admin_token.as_deref())
+        .await?
+    {
+        // Printed once, on the first start, so that the operator can keep it.
+        eprintln!("admin token (shown once): {token}");
+    }
+    let listener = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .with_context(|| format!("binding {}", settings.listen))?;
+    tracing::info!(listen = %listener.local_addr()?, issuer = %mandate.config().issuer, "mandate is serving");
+    mandate_server::serve(
+        listener,
+        mandate_server::AppState { mandate },
+        shutdown_signal(),
+    )
+    .await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}

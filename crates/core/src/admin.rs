@@ -1,0 +1,567 @@
+//! Administration use cases (DESIGN §7): users, their API tokens, agents and
+//! their lifecycle, resources and policies.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use argon2::password_hash::{PasswordHasher, SaltString};
+use mandate_jose::JwkSet;
+use mandate_model::name::{self, MAX_DESCRIPTION_CHARS};
+use mandate_model::records::{
+    Agent, AgentKind, AgentStatus, Lifecycle, Resource, User, UserStatus,
+};
+use mandate_model::{AgentId, ResourceId, Scope, ScopeSet, UserId};
+use mandate_policy::{BUILTIN_ACTIONS, PolicyEngine};
+use serde::Deserialize;
+use time::Duration;
+
+use crate::ports::new_ulid;
+use crate::service::{Caller, Mandate};
+use crate::store::{Change, Mutation, StoredPolicy};
+use crate::{Error, secrets};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewUser {
+    pub name: String,
+    pub email: String,
+    #[serde(default)]
+    pub groups: Vec<String>,
+    #[serde(default)]
+    pub attributes: BTreeMap<String, String>,
+    #[serde(default)]
+    pub password: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserPatch {
+    #[serde(default)]
+    pub groups: Option<Vec<String>>,
+    #[serde(default)]
+    pub attributes: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    pub status: Option<UserStatus>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewAgent {
+    pub name: String,
+    pub owner: UserId,
+    #[serde(default)]
+    pub kind: Option<AgentKind>,
+    #[serde(default)]
+    pub parent: Option<AgentId>,
+    #[serde(default)]
+    pub ttl_seconds: Option<i64>,
+    #[serde(default)]
+    pub scopes: Option<Vec<String>>,
+    #[serde(default)]
+    pub jwks: Option<serde_json::Value>,
+    #[serde(default)]
+    pub redirect_uris: Vec<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+/// Reserved for later fields; agents are changed through their lifecycle.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentPatch {}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewResource {
+    pub identifier: String,
+    pub name: String,
+    pub scopes: BTreeMap<String, Vec<String>>,
+    #[serde(default)]
+    pub jwks: Option<serde_json::Value>,
+}
+
+const MAX_GROUPS: usize = 64;
+const MAX_ATTRIBUTES: usize = 64;
+const MAX_ATTRIBUTE_VALUE: usize = 256;
+const MAX_REDIRECT_URIS: usize = 10;
+
+fn validate_groups(groups: &[String]) -> Result<Vec<String>, Error> {
+    if groups.len() > MAX_GROUPS {
+        return Err(Error::BadInput(format!("at most {MAX_GROUPS} groups")));
+    }
+    let mut seen = BTreeSet::new();
+    for g in groups {
+        name::validate_label("groups", g)?;
+        if !seen.insert(g) {
+            return Err(Error::BadInput(format!("group {g:?} is repeated")));
+        }
+    }
+    Ok(groups.to_vec())
+}
+
+fn validate_attributes(
+    attrs: &BTreeMap<String, String>,
+) -> Result<BTreeMap<String, String>, Error> {
+    if attrs.len() > MAX_ATTRIBUTES {
+        return Err(Error::BadInput(format!(
+            "at most {MAX_ATTRIBUTES} attributes"
+        )));
+    }
+    for (k, v) in attrs {
+        name::validate_label("attributes", k)?;
+        name::validate_text("attributes", v, MAX_ATTRIBUTE_VALUE)?;
+    }
+    Ok(attrs.clone())
+}
+
+fn validate_action(a: &str) -> Result<(), Error> {
+    if a.is_empty()
+        || a.len() > 128
+        || !a
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:/".contains(&b))
+    {
+        return Err(Error::BadInput(format!(
+            "action {a:?} must be 1-128 of A-Z a-z 0-9 - _ . : /"
+        )));
+    }
+    if a.starts_with("mandate:") {
+        return Err(Error::BadInput(format!(
+            "action {a:?}: the mandate: prefix is reserved"
+        )));
+    }
+    Ok(())
+}
+
+/// RFC 9700 §2.1: redirect URIs are registered exactly; https, or http on a
+/// loopback address for native apps.
+fn validate_redirect_uri(uri: &str) -> Result<(), Error> {
+    let ok_scheme = uri.starts_with("https://")
+        || uri.starts_with("http://127.0.0.1")
+        || uri.starts_with("http://[::1]")
+        || uri.starts_with("http://localhost");
+    if !ok_scheme
+        || uri.contains('#')
+        || uri.len() > 2048
+        || !uri.bytes().all(|b| b.is_ascii_graphic())
+    {
+        return Err(Error::BadInput(format!(
+            "redirect URI {uri:?} must be https (or loopback http), without a fragment"
+        )));
+    }
+    Ok(())
+}
+
+impl Mandate {
+    pub async fn create_user(&self, caller: Caller, new: NewUser) -> Result<User, Error> {
+        Self::require_admin(caller)?;
+        let name = name::validate_name(&new.name)?;
+        let email = name::validate_email(&new.email)?;
+        let groups = validate_groups(&new.groups)?;
+        let attributes = validate_attributes(&new.attributes)?;
+        let password_hash = match new.password.as_deref() {
+            None => None,
+            Some(p) if p.chars().count() < 8 || p.len() > 1024 => {
+                return Err(Error::BadInput(
+                    "password must be 8 to 1024 characters".into(),
+                ));
+            }
+            Some(p) => Some(self.hash_password(p)?),
+        };
+        if self.store.user_by_email(&email).await?.is_some() {
+            return Err(Error::Conflict(format!("a user with email {email} exists")));
+        }
+        let user = User {
+            id: UserId::from_ulid(new_ulid(self.clock.as_ref(), self.rng.as_ref())),
+            name,
+            email,
+            groups,
+            attributes,
+            status: UserStatus::Active,
+            created_at: self.clock.now(),
+            password_hash,
+        };
+        self.store
+            .commit(Change::new().with(Mutation::InsertUser(user.clone())))
+            .await?;
+        Ok(user)
+    }
+
+    fn hash_password(&self, password: &str) -> Result<String, Error> {
+        let mut salt = [0u8; 16];
+        self.rng.fill(&mut salt);
+        let salt = SaltString::encode_b64(&salt).map_err(|e| Error::Unavailable(e.to_string()))?;
+        argon2::Argon2::default()
+            .hash_password(password.as_bytes(), &salt)
+            .map(|h| h.to_string())
+            .map_err(|e| Error::Unavailable(e.to_string()))
+    }
+
+    pub async fn get_user(&self, caller: Caller, id: UserId) -> Result<User, Error> {
+        match caller {
+            Caller::Admin => {}
+            Caller::User(me) if me == id => {}
+            Caller::User(_) => {
+                return Err(Error::Forbidden(
+                    "a user may read only their own record".into(),
+                ));
+            }
+        }
+        self.store
+            .user(id)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("user {id}")))
+    }
+
+    /// Changes take effect on the next decision. Disabling a user revokes
+    /// every token issued on their behalf.
+    pub async fn update_user(
+        &self,
+        caller: Caller,
+        id: UserId,
+        patch: UserPatch,
+    ) -> Result<User, Error> {
+        Self::require_admin(caller)?;
+        let mut user = self
+            .store
+            .user(id)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("user {id}")))?;
+        if let Some(groups) = &patch.groups {
+            user.groups = validate_groups(groups)?;
+        }
+        if let Some(attributes) = &patch.attributes {
+            user.attributes = validate_attributes(attributes)?;
+        }
+        let mut change = Change::new();
+        if let Some(status) = patch.status {
+            if status == UserStatus::Disabled && user.status != UserStatus::Disabled {
+                change.push(Mutation::RevokeTokensOfSubject {
+                    subject: id.to_string(),
+                    at: self.clock.now(),
+                });
+            }
+            user.status = status;
+        }
+        change.0.insert(0, Mutation::UpdateUser(user.clone()));
+        self.store.commit(change).await?;
+        Ok(user)
+    }
+
+    /// A user's own API token; returned once, stored hashed.
+    pub async fn create_user_token(&self, caller: Caller, id: UserId) -> Result<String, Error> {
+        Self::require_admin(caller)?;
+        let user = self
+            .store
+            .user(id)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("user {id}")))?;
+        if user.status != UserStatus::Active {
+            return Err(Error::Conflict("the user is disabled".into()));
+        }
+        let token = secrets::generate(secrets::USER_TOKEN_PREFIX, self.rng.as_ref());
+        self.store
+            .commit(Change::new().with(Mutation::InsertUserToken {
+                hash: secrets::hash(&token),
+                user: id,
+                created_at: self.clock.now(),
+            }))
+            .await?;
+        Ok(token)
+    }
+
+    /// Registers an agent. Returns a client secret only when no `jwks` was
+    /// given and development secrets are enabled.
+    pub async fn create_agent(
+        &self,
+        caller: Caller,
+        new: NewAgent,
+    ) -> Result<(Agent, Option<String>), Error> {
+        Self::require_admin(caller)?;
+        let now = self.clock.now();
+        let name = name::validate_name(&new.name)?;
+        let description = new
+            .description
+            .as_deref()
+            .map(|d| name::validate_text("description", d, MAX_DESCRIPTION_CHARS))
+            .transpose()?;
+        if new.redirect_uris.len() > MAX_REDIRECT_URIS {
+            return Err(Error::BadInput(format!(
+                "at most {MAX_REDIRECT_URIS} redirect URIs"
+            )));
+        }
+        for uri in &new.redirect_uris {
+            validate_redirect_uri(uri)?;
+        }
+        let owner = self
+            .store
+            .user(new.owner)
+            .await?
+            .ok_or_else(|| Error::BadInput(format!("owner {} does not exist", new.owner)))?;
+        if owner.status != UserStatus::Active {
+            return Err(Error::BadInput(format!("owner {} is disabled", new.owner)));
+        }
+        let mut scopes = match &new.scopes {
+            None => None,
+            Some(list) => Some(ScopeSet::from_iter_checked(
+                list.iter().map(|s| Scope::parse(s)),
+            )?),
+        };
+        let kind = new.kind.unwrap_or(AgentKind::Persistent);
+        let (parent, expires_at) = match kind {
+            AgentKind::Persistent => {
+                if new.parent.is_some() || new.ttl_seconds.is_some() {
+                    return Err(Error::BadInput(
+                        "parent and ttl_seconds are for ephemeral agents".into(),
+                    ));
+                }
+                (None, None)
+            }
+            AgentKind::Ephemeral => {
+                let parent_id = new
+                    .parent
+                    .ok_or_else(|| Error::BadInput("an ephemeral agent needs a parent".into()))?;
+                let parent =
+                    self.store.agent(parent_id).await?.ok_or_else(|| {
+                        Error::BadInput(format!("parent {parent_id} does not exist"))
+                    })?;
+                if !parent.is_live(now) {
+                    return Err(Error::BadInput(format!("parent {parent_id} is not active")));
+                }
+                let ttl = new.ttl_seconds.unwrap_or(self.config.max_ephemeral_ttl);
+                if ttl <= 0 || ttl > self.config.max_ephemeral_ttl {
+                    return Err(Error::BadInput(format!(
+                        "ttl_seconds must be 1 to {}",
+                        self.config.max_ephemeral_ttl
+                    )));
+                }
+                let mut expires = now + Duration::seconds(ttl);
+                if let Some(pe) = parent.expires_at {
+                    expires = expires.min(pe);
+                }
+                // The child's ceiling is its parent's, narrowed.
+                if let Some(parent_scopes) = &parent.scopes {
+                    scopes = Some(match scopes {
+                        Some(s) => s.narrow_to(parent_scopes),
+                        None => parent_scopes.clone(),
+                    });
+                }
+                (Some(parent_id), Some(expires))
+            }
+        };
+        let jwks = match &new.jwks {
+            Some(v) => {
+                JwkSet::from_json(v).map_err(|e| Error::BadInput(format!("jwks: {e}")))?;
+                Some(v.clone())
+            }
+            None => None,
+        };
+        let secret = match jwks {
+            Some(_) => None,
+            None if self.config.allow_client_secrets => Some(secrets::generate(
+                secrets::CLIENT_SECRET_PREFIX,
+                self.rng.as_ref(),
+            )),
+            None => {
+                return Err(Error::BadInput(
+                    "jwks is required: register the agent's public keys for private_key_jwt".into(),
+                ));
+            }
+        };
+        let agent = Agent {
+            id: AgentId::from_ulid(new_ulid(self.clock.as_ref(), self.rng.as_ref())),
+            name,
+            owner: new.owner,
+            kind,
+            parent,
+            status: AgentStatus::Active,
+            expires_at,
+            description,
+            scopes,
+            jwks,
+            redirect_uris: new.redirect_uris,
+            created_at: now,
+            secret_hash: secret.as_deref().map(secrets::hash),
+        };
+        self.store
+            .commit(Change::new().with(Mutation::InsertAgent(agent.clone())))
+            .await?;
+        Ok((agent, secret))
+    }
+
+    pub async fn get_agent(&self, caller: Caller, id: AgentId) -> Result<Agent, Error> {
+        let agent = self
+            .store
+            .agent(id)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("agent {id}")))?;
+        match caller {
+            Caller::Admin => Ok(agent),
+            Caller::User(u) if u == agent.owner => Ok(agent),
+            Caller::User(_) => Err(Error::Forbidden(
+                "only the owner or an admin may read an agent".into(),
+            )),
+        }
+    }
+
+    /// Suspends, resumes or retires an agent. Suspension and retirement
+    /// revoke every token it holds and cascade to the ephemeral agents it
+    /// spawned; retirement is final.
+    pub async fn agent_lifecycle(
+        &self,
+        caller: Caller,
+        id: AgentId,
+        op: Lifecycle,
+    ) -> Result<(Agent, u64), Error> {
+        let mut agent = self.get_agent(caller, id).await?;
+        let to = op.apply(agent.status).ok_or_else(|| {
+            Error::Conflict(format!(
+                "cannot {} an agent that is {}",
+                op.as_str(),
+                agent.status.as_str()
+            ))
+        })?;
+        let now = self.clock.now();
+        let mut change = Change::new().with(Mutation::SetAgentStatus {
+            id,
+            from: agent.status,
+            to,
+            at: now,
+        });
+        if to != AgentStatus::Active {
+            change.push(Mutation::RevokeTokensOfAgent { agent: id, at: now });
+            // Ephemeral descendants die with their parent, transitively.
+            let mut stack = vec![id];
+            let mut seen = BTreeSet::from([id]);
+            while let Some(parent) = stack.pop() {
+                for child in self.store.agent_children(parent).await? {
+                    if !seen.insert(child.id) {
+                        continue;
+                    }
+                    stack.push(child.id);
+                    if child.kind == AgentKind::Ephemeral && child.status != AgentStatus::Retired {
+                        change.push(Mutation::SetAgentStatus {
+                            id: child.id,
+                            from: child.status,
+                            to: AgentStatus::Retired,
+                            at: now,
+                        });
+                        change.push(Mutation::RevokeTokensOfAgent {
+                            agent: child.id,
+                            at: now,
+                        });
+                    }
+                }
+            }
+        }
+        let affected = self.store.commit(change.clone()).await?;
+        let revoked = change
+            .0
+            .iter()
+            .zip(affected.iter())
+            .filter(|(m, _)| matches!(m, Mutation::RevokeTokensOfAgent { .. }))
+            .map(|(_, n)| *n)
+            .sum();
+        agent.status = to;
+        Ok((agent, revoked))
+    }
+
+    pub async fn create_resource(
+        &self,
+        caller: Caller,
+        new: NewResource,
+    ) -> Result<Resource, Error> {
+        Self::require_admin(caller)?;
+        let identifier = name::validate_resource_identifier(&new.identifier)?;
+        if identifier == self.config.issuer {
+            return Err(Error::BadInput(
+                "the issuer is Mandate's own resource identifier".into(),
+            ));
+        }
+        let name = name::validate_name(&new.name)?;
+        if new.scopes.is_empty() || new.scopes.len() > mandate_model::scope::MAX_SCOPES {
+            return Err(Error::BadInput("a resource declares 1 to 64 scopes".into()));
+        }
+        for (scope, actions) in &new.scopes {
+            Scope::parse(scope)?;
+            if actions.is_empty() {
+                validate_action(scope)?;
+            }
+            if actions.len() > 64 {
+                return Err(Error::BadInput(format!(
+                    "scope {scope} lists more than 64 actions"
+                )));
+            }
+            for a in actions {
+                validate_action(a)?;
+            }
+        }
+        if let Some(jwks) = &new.jwks {
+            JwkSet::from_json(jwks).map_err(|e| Error::BadInput(format!("jwks: {e}")))?;
+        }
+        if self
+            .store
+            .resource_by_identifier(&identifier)
+            .await?
+            .is_some()
+        {
+            return Err(Error::Conflict(format!(
+                "a resource with identifier {identifier} exists"
+            )));
+        }
+        let resource = Resource {
+            id: ResourceId::from_ulid(new_ulid(self.clock.as_ref(), self.rng.as_ref())),
+            identifier,
+            name,
+            scopes: new.scopes,
+            jwks: new.jwks,
+            created_at: self.clock.now(),
+        };
+        self.store
+            .commit(Change::new().with(Mutation::InsertResource(resource.clone())))
+            .await?;
+        Ok(resource)
+    }
+
+    pub async fn get_resource(&self, caller: Caller, id: ResourceId) -> Result<Resource, Error> {
+        Self::require_admin(caller)?;
+        self.store
+            .resource(id)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("resource {id}")))
+    }
+
+    /// Validates `text` against the schema of the registered resources and
+    /// replaces the policy set atomically. Returns the new version.
+    pub async fn put_policies(&self, caller: Caller, text: &str) -> Result<StoredPolicy, Error> {
+        Self::require_admin(caller)?;
+        let actions = self.action_catalog().await?;
+        let engine =
+            PolicyEngine::compile(text, &actions).map_err(|e| Error::BadInput(e.to_string()))?;
+        let record = StoredPolicy {
+            version: engine.version().to_owned(),
+            text: text.to_owned(),
+            created_at: self.clock.now(),
+        };
+        self.store
+            .commit(Change::new().with(Mutation::PutPolicy(record.clone())))
+            .await?;
+        self.set_engine(engine);
+        Ok(record)
+    }
+
+    pub async fn get_policies(&self, caller: Caller) -> Result<(String, String, String), Error> {
+        Self::require_admin(caller)?;
+        let actions = self.action_catalog().await?;
+        let engine = self.engine();
+        Ok((
+            engine.version().to_owned(),
+            engine.text().to_owned(),
+            mandate_policy::schema_text(&actions),
+        ))
+    }
+
+    /// The action names reserved by Mandate.
+    pub fn builtin_actions() -> &'static [&'static str] {
+        BUILTIN_ACTIONS
+    }
+}

@@ -1,0 +1,39 @@
+use mandate_jose::KeyAlg;
+
+/// What the use cases need to know about the deployment.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The issuer URL, without a trailing slash; also Mandate's own resource identifier.
+    pub issuer: String,
+    /// Lifetime of access tokens, seconds (DESIGN §2: 5 minutes).
+    pub access_token_ttl: i64,
+    /// Longest a client assertion may live, seconds (RFC 7523; 60 minutes).
+    pub assertion_max_lifetime: i64,
+    /// Clock skew tolerated on incoming JWTs, seconds.
+    pub leeway: i64,
+    /// Whether `client_secret_basic` is accepted (development only).
+    pub allow_client_secrets: bool,
+    /// Algorithm for new signing keys.
+    pub signing_alg: KeyAlg,
+    /// Longest an ephemeral agent may live, seconds.
+    pub max_ephemeral_ttl: i64,
+}
+
+impl Config {
+    pub fn new(issuer: impl Into<String>) -> Self {
+        let issuer: String = issuer.into();
+        Self {
+            issuer: issuer.trim_end_matches('/').to_owned(),
+            access_token_ttl: 300,
+            assertion_max_lifetime: 3600,
+            leeway: 60,
+            allow_client_secrets: false,
+            signing_alg: KeyAlg::EdDSA,
+            max_ephemeral_ttl: 3600,
+        }
+    }
+
+    pub fn token_endpoint(&self) -> String {
+        format!("{}/oauth/token", self.issuer)
+    }
+}

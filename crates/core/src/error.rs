@@ -1,0 +1,61 @@
+use thiserror::Error;
+
+use crate::StoreError;
+
+/// Every way a use case can refuse. The server maps these to RFC 6749 JSON
+/// on OAuth endpoints and to RFC 9457 problem JSON on the admin API, in one
+/// place.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum Error {
+    // OAuth (RFC 6749 §5.2, RFC 8707, RFC 8693).
+    #[error("invalid_request: {0}")]
+    InvalidRequest(String),
+    #[error("invalid_client: {0}")]
+    InvalidClient(String),
+    #[error("invalid_grant: {0}")]
+    InvalidGrant(String),
+    #[error("invalid_scope: {0}")]
+    InvalidScope(String),
+    #[error("invalid_target: {0}")]
+    InvalidTarget(String),
+    #[error("unauthorized_client: {0}")]
+    UnauthorizedClient(String),
+    #[error("unsupported_grant_type: {0}")]
+    UnsupportedGrantType(String),
+    // Administration.
+    #[error("invalid input: {0}")]
+    BadInput(String),
+    #[error("authentication required")]
+    Unauthenticated,
+    #[error("forbidden: {0}")]
+    Forbidden(String),
+    #[error("not found: {0}")]
+    NotFound(String),
+    #[error("conflict: {0}")]
+    Conflict(String),
+    // Fail closed.
+    #[error("temporarily unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl From<StoreError> for Error {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Conflict(m) => Error::Conflict(m),
+            StoreError::Replay => {
+                Error::InvalidClient("client assertion jti was already used".into())
+            }
+            StoreError::NotFound(m) => Error::NotFound(m),
+            StoreError::Unavailable(m) | StoreError::Corrupt(m) => {
+                tracing::error!(error = %m, "store failure");
+                Error::Unavailable("the store did not answer".into())
+            }
+        }
+    }
+}
+
+impl From<mandate_model::ModelError> for Error {
+    fn from(e: mandate_model::ModelError) -> Self {
+        Error::BadInput(e.to_string())
+    }
+}

@@ -1,0 +1,405 @@
+//! OAuth use cases: the token endpoint (client credentials), introspection
+//! (RFC 7662) and revocation (RFC 7009).
+
+use mandate_jose::JoseError;
+use mandate_model::claims::AccessTokenClaims;
+use mandate_model::records::{ClientId, TokenRecord};
+use mandate_model::{Jti, ScopeSet};
+use mandate_policy::{Principal, Target};
+use serde_json::{Value, json};
+use time::Duration;
+
+use crate::Error;
+use crate::ports::new_ulid;
+use crate::service::{AuthenticatedClient, Mandate};
+use crate::store::{Change, Mutation, StoreError};
+
+pub const GRANT_CLIENT_CREDENTIALS: &str = "client_credentials";
+
+/// How a client proved who it is.
+#[derive(Debug, Clone)]
+pub enum ClientCredentials {
+    None,
+    /// `private_key_jwt` (RFC 7523 §2.2).
+    Assertion {
+        assertion_type: String,
+        assertion: String,
+        client_id: Option<String>,
+    },
+    /// `client_secret_basic`, development only.
+    Secret {
+        client_id: String,
+        secret: String,
+    },
+}
+
+/// The parameters of a token request, already split from the form.
+#[derive(Debug, Clone, Default)]
+pub struct TokenRequest {
+    pub grant_type: String,
+    pub scope: Option<String>,
+    /// RFC 8707 `resource` parameters (repeatable in the RFC).
+    pub resources: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IssuedToken {
+    pub access_token: String,
+    pub token_type: &'static str,
+    pub expires_in: i64,
+    pub scope: String,
+    pub jti: Jti,
+    pub client_id: ClientId,
+}
+
+/// Who asks to introspect or revoke.
+#[derive(Debug, Clone)]
+pub enum TokenCaller {
+    Admin,
+    Client(AuthenticatedClient),
+}
+
+impl Mandate {
+    /// The token endpoint. Every grant shares this path, and so shares the
+    /// client authentication and the replay store.
+    pub async fn token(
+        &self,
+        credentials: &ClientCredentials,
+        req: TokenRequest,
+    ) -> Result<IssuedToken, Error> {
+        if req.grant_type != GRANT_CLIENT_CREDENTIALS {
+            return Err(Error::UnsupportedGrantType(format!(
+                "grant_type {:?} is not supported",
+                req.grant_type
+            )));
+        }
+        let client = self.authenticate_client(credentials).await?;
+        match self.client_credentials(&client, &req).await {
+            Ok(token) => Ok(token),
+            Err(e) => {
+                // A refused request still uses up its assertion.
+                self.burn_only(&client).await?;
+                Err(e)
+            }
+        }
+    }
+
+    /// Commits just the assertion's replay entry.
+    async fn burn_only(&self, client: &AuthenticatedClient) -> Result<(), Error> {
+        if let Some(burn) = client.burn() {
+            self.store.commit(Change::new().with(burn)).await?;
+        }
+        Ok(())
+    }
+
+    /// `client_credentials`: an agent acting as itself, or a resource server
+    /// asking for `mandate:check` on Mandate's own API.
+    async fn client_credentials(
+        &self,
+        client: &AuthenticatedClient,
+        req: &TokenRequest,
+    ) -> Result<IssuedToken, Error> {
+        let resource = match req.resources.as_slice() {
+            [] => {
+                return Err(Error::InvalidTarget(
+                    "resource is required: tokens are bound to one audience".into(),
+                ));
+            }
+            [one] => one.as_str(),
+            _ => {
+                return Err(Error::InvalidTarget(
+                    "exactly one resource per token".into(),
+                ));
+            }
+        };
+        let scopes = match req.scope.as_deref() {
+            None | Some("") => return Err(Error::InvalidScope("scope is required".into())),
+            Some(s) => ScopeSet::parse(s).map_err(|e| Error::InvalidScope(e.to_string()))?,
+        };
+        let now = self.clock.now();
+        let issuer = self.config.issuer.as_str();
+        let engine = self.engine();
+        let (subject, agent_expiry) = match (&client.agent, &client.resource) {
+            (Some(agent), _) => {
+                if let Some(ceiling) = &agent.scopes {
+                    if let Some(s) = scopes.iter().find(|s| !ceiling.contains(s)) {
+                        return Err(Error::InvalidScope(format!(
+                            "scope {s} is beyond the agent's ceiling"
+                        )));
+                    }
+                }
+                if resource == issuer {
+                    for scope in scopes.iter() {
+                        if scope.as_str() != "mandate:spawn" {
+                            return Err(Error::InvalidScope(format!(
+                                "scope {scope} is not offered by {issuer}"
+                            )));
+                        }
+                        let d = engine.decide(
+                            Principal::Agent(agent),
+                            scope.as_str(),
+                            Target::Api(issuer),
+                        );
+                        if !d.allowed {
+                            return Err(Error::InvalidScope(format!(
+                                "policy does not allow {scope}"
+                            )));
+                        }
+                    }
+                } else {
+                    let res = self.resource_by_identifier(resource).await?;
+                    for scope in scopes.iter() {
+                        let actions = res.actions_of(scope).ok_or_else(|| {
+                            Error::InvalidScope(format!(
+                                "scope {scope} is not offered by {resource}"
+                            ))
+                        })?;
+                        for action in actions {
+                            let d = engine.decide(
+                                Principal::Agent(agent),
+                                &action,
+                                Target::Api(&res.identifier),
+                            );
+                            if !d.allowed {
+                                return Err(Error::InvalidScope(format!(
+                                    "policy does not allow {scope} ({action}) on {resource}"
+                                )));
+                            }
+                        }
+                    }
+                }
+                (agent.id.to_string(), agent.expires_at)
+            }
+            (None, Some(res)) => {
+                // A resource server may ask only to check its own tokens.
+                if resource != issuer || scopes.iter().any(|s| s.as_str() != "mandate:check") {
+                    return Err(Error::UnauthorizedClient(
+                        "a resource server may only obtain mandate:check on the issuer".into(),
+                    ));
+                }
+                (res.id.to_string(), None)
+            }
+            (None, None) => return Err(Error::InvalidClient("unknown client".into())),
+        };
+        let mut exp = now + Duration::seconds(self.config.access_token_ttl);
+        if let Some(agent_exp) = agent_expiry {
+            exp = exp.min(agent_exp);
+        }
+        let jti = Jti::from_ulid(new_ulid(self.clock.as_ref(), self.rng.as_ref()));
+        let claims = AccessTokenClaims {
+            iss: issuer.to_owned(),
+            sub: subject.clone(),
+            aud: resource.to_owned(),
+            exp: exp.unix_timestamp(),
+            iat: now.unix_timestamp(),
+            nbf: now.unix_timestamp(),
+            jti: jti.to_string(),
+            client_id: client.id.to_string(),
+            scope: scopes.to_claim(),
+            act: None,
+            grant_id: None,
+            purpose: None,
+            cnf: None,
+            status: None,
+        };
+        let ring = self.ring();
+        let access_token = mandate_jose::access::mint(&ring.active, &claims)
+            .map_err(|e| Error::Unavailable(e.to_string()))?;
+        let record = TokenRecord {
+            jti,
+            client_id: client.id,
+            subject,
+            audience: resource.to_owned(),
+            scopes: scopes.clone(),
+            grant: None,
+            parent: None,
+            chain: client
+                .agent
+                .as_ref()
+                .map(|a| vec![a.id])
+                .unwrap_or_default(),
+            issued_at: now,
+            expires_at: exp,
+            cnf_jkt: None,
+            revoked_at: None,
+        };
+        let mut change = Change::new();
+        if let Some(burn) = client.burn() {
+            change.push(burn);
+        }
+        change.push(Mutation::InsertToken(record));
+        match self.store.commit(change).await {
+            Ok(_) => {}
+            // The replay is the client's fault; nothing was written.
+            Err(StoreError::Replay) => {
+                return Err(Error::InvalidClient(
+                    "client assertion jti was already used".into(),
+                ));
+            }
+            Err(e) => return Err(e.into()),
+        }
+        Ok(IssuedToken {
+            access_token,
+            token_type: "Bearer",
+            expires_in: (exp - now).whole_seconds(),
+            scope: scopes.to_claim(),
+            jti,
+            client_id: client.id,
+        })
+    }
+
+    /// A registered resource by identifier, from the cache or the store.
+    pub(crate) async fn resource_by_identifier(
+        &self,
+        identifier: &str,
+    ) -> Result<std::sync::Arc<mandate_model::records::Resource>, Error> {
+        if let Ok(cache) = self.resources.read() {
+            if let Some(r) = cache.get(identifier) {
+                return Ok(r.clone());
+            }
+        }
+        let r = self
+            .store
+            .resource_by_identifier(identifier)
+            .await?
+            .ok_or_else(|| {
+                Error::InvalidTarget(format!("{identifier} is not a registered resource"))
+            })?;
+        let r = std::sync::Arc::new(r);
+        if let Ok(mut cache) = self.resources.write() {
+            cache.insert(identifier.to_owned(), r.clone());
+        }
+        Ok(r)
+    }
+
+    /// Verifies one of our access tokens and loads its record; `None` when
+    /// the token is not live for any reason.
+    async fn live_token(
+        &self,
+        token: &str,
+    ) -> Result<Option<(AccessTokenClaims, TokenRecord)>, Error> {
+        let now = self.clock.now();
+        let mut verified = self
+            .ring()
+            .verifier
+            .verify(token, now.unix_timestamp(), None);
+        if matches!(verified, Err(JoseError::UnknownKey)) {
+            // Another node may have rotated keys; look once more.
+            self.reload_keys().await?;
+            verified = self
+                .ring()
+                .verifier
+                .verify(token, now.unix_timestamp(), None);
+        }
+        let Ok(claims) = verified else {
+            return Ok(None);
+        };
+        let Ok(jti) = claims.jti.parse::<Jti>() else {
+            return Ok(None);
+        };
+        let Some(record) = self.store.token(jti).await? else {
+            return Ok(None);
+        };
+        if !record.is_live(now) {
+            return Ok(None);
+        }
+        // Fail closed: the presenting agent must still be active.
+        if let ClientId::Agent(a) = record.client_id {
+            match self.store.agent(a).await? {
+                Some(agent) if agent.is_live(now) => {}
+                _ => return Ok(None),
+            }
+        }
+        Ok(Some((claims, record)))
+    }
+
+    /// RFC 7662. Only the admin, the client the token was issued to, or the
+    /// resource named by its `aud` may see its claims; anyone else learns
+    /// `{"active": false}`.
+    pub async fn introspect(&self, caller: &TokenCaller, token: &str) -> Result<Value, Error> {
+        let inactive = json!({ "active": false });
+        if let TokenCaller::Client(c) = caller {
+            self.burn_only(c).await?;
+        }
+        let Some((claims, record)) = self.live_token(token).await? else {
+            return Ok(inactive);
+        };
+        let entitled = match caller {
+            TokenCaller::Admin => true,
+            TokenCaller::Client(c) => {
+                c.id == record.client_id
+                    || c.resource
+                        .as_ref()
+                        .is_some_and(|r| r.identifier == record.audience)
+            }
+        };
+        if !entitled {
+            return Ok(inactive);
+        }
+        let mut out = json!({
+            "active": true,
+            "iss": claims.iss,
+            "sub": claims.sub,
+            "aud": claims.aud,
+            "exp": claims.exp,
+            "iat": claims.iat,
+            "nbf": claims.nbf,
+            "jti": claims.jti,
+            "client_id": claims.client_id,
+            "scope": claims.scope,
+            "token_type": if claims.cnf.is_some() { "DPoP" } else { "Bearer" },
+        });
+        if let Some(act) = &claims.act {
+            out["act"] = json!(act);
+        }
+        if let Some(g) = &claims.grant_id {
+            out["grant_id"] = json!(g);
+        }
+        if let Some(p) = &claims.purpose {
+            out["purpose"] = json!(p);
+        }
+        if let Some(cnf) = &claims.cnf {
+            out["cnf"] = json!(cnf);
+        }
+        Ok(out)
+    }
+
+    /// RFC 7009. Answers the same whether or not anything was revoked; a
+    /// client may revoke only tokens issued to it. Returns whether a token
+    /// was revoked.
+    pub async fn revoke(&self, caller: &TokenCaller, token: &str) -> Result<bool, Error> {
+        let mut change = Change::new();
+        if let TokenCaller::Client(c) = caller {
+            if let Some(burn) = c.burn() {
+                change.push(burn);
+            }
+        }
+        let now = self.clock.now();
+        // Expired tokens need no revocation; an unknown or forged one is ignored.
+        let target = match self
+            .ring()
+            .verifier
+            .verify(token, now.unix_timestamp(), None)
+        {
+            Ok(claims) => claims.jti.parse::<Jti>().ok(),
+            Err(_) => None,
+        };
+        let mut revoked = false;
+        if let Some(jti) = target {
+            if let Some(record) = self.store.token(jti).await? {
+                let entitled = match caller {
+                    TokenCaller::Admin => true,
+                    TokenCaller::Client(c) => c.id == record.client_id,
+                };
+                if entitled && record.revoked_at.is_none() {
+                    change.push(Mutation::RevokeToken { jti, at: now });
+                    revoked = true;
+                }
+            }
+        }
+        if !change.0.is_empty() {
+            self.store.commit(change).await?;
+        }
+        Ok(revoked)
+    }
+}

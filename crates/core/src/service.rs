@@ -1,0 +1,456 @@
+//! The service object: wiring of ports, start-up, and the authentication
+//! of callers shared by every use case.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, RwLock};
+
+use mandate_jose::assertion::{self, AssertionRules};
+use mandate_jose::kek::Kek;
+use mandate_jose::{JwkSet, SigningKey};
+use mandate_model::UserId;
+use mandate_model::records::{Agent, ClientId, Resource};
+use mandate_policy::PolicyEngine;
+use time::{Duration, OffsetDateTime};
+
+use crate::keyring::KeyRing;
+use crate::ports::{Clock, Random};
+use crate::store::{Change, Mutation, Store};
+use crate::{Config, Error, secrets};
+
+const ADMIN_TOKEN_SETTING: &str = "admin_token_sha256";
+
+/// Who called the administration API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Caller {
+    Admin,
+    User(UserId),
+}
+
+/// A client authenticated at an OAuth endpoint.
+#[derive(Debug, Clone)]
+pub struct AuthenticatedClient {
+    pub id: ClientId,
+    pub agent: Option<Agent>,
+    pub resource: Option<Resource>,
+    /// The assertion's `jti` and `exp`, burned in the same change as the
+    /// request's own writes.
+    pub assertion: Option<(String, OffsetDateTime)>,
+}
+
+impl AuthenticatedClient {
+    /// The mutation that makes the assertion single-use, if there was one.
+    pub fn burn(&self) -> Option<Mutation> {
+        self.assertion
+            .as_ref()
+            .map(|(jti, exp)| Mutation::ConsumeAssertionJti {
+                client: self.id,
+                jti: jti.clone(),
+                expires_at: *exp,
+            })
+    }
+}
+
+/// Mandate's use cases over a store, a clock and a random source.
+pub struct Mandate {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) rng: Arc<dyn Random>,
+    pub(crate) config: Config,
+    pub(crate) kek: Kek,
+    pub(crate) keys: RwLock<Arc<KeyRing>>,
+    pub(crate) policy: RwLock<PolicyEngine>,
+    /// Resources by identifier. Resources are immutable once registered, so
+    /// a cached entry is never stale; a miss falls through to the store.
+    pub(crate) resources: RwLock<HashMap<String, Arc<Resource>>>,
+}
+
+impl std::fmt::Debug for Mandate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mandate")
+            .field("issuer", &self.config.issuer)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Mandate {
+    /// Opens the service: loads (or on the first start, creates) the
+    /// signing key and loads the current policy set.
+    pub async fn open(
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        rng: Arc<dyn Random>,
+        kek: Kek,
+        config: Config,
+    ) -> Result<Self, Error> {
+        let now = clock.now();
+        let grace = Duration::seconds(config.access_token_ttl + config.leeway);
+        let stored = store.signing_keys().await?;
+        let ring =
+            match KeyRing::from_stored(&stored, &kek, &config.issuer, config.leeway, now, grace)? {
+                Some(ring) => ring,
+                None => {
+                    let key = SigningKey::generate(config.signing_alg)
+                        .map_err(|e| Error::Unavailable(e.to_string()))?;
+                    store
+                        .commit(
+                            Change::new()
+                                .with(Mutation::InsertSigningKey(KeyRing::wrap(&key, &kek, now)?)),
+                        )
+                        .await?;
+                    tracing::info!(
+                        kid = key.kid(),
+                        alg = key.alg().name(),
+                        "generated the first signing key"
+                    );
+                    let stored = store.signing_keys().await?;
+                    KeyRing::from_stored(&stored, &kek, &config.issuer, config.leeway, now, grace)?
+                        .ok_or_else(|| {
+                            Error::Unavailable("no signing key after creating one".into())
+                        })?
+                }
+            };
+        let service = Self {
+            store,
+            clock,
+            rng,
+            config,
+            kek,
+            keys: RwLock::new(Arc::new(ring)),
+            policy: RwLock::new(PolicyEngine::empty()),
+            resources: RwLock::new(HashMap::new()),
+        };
+        service.reload_policy().await?;
+        Ok(service)
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn now(&self) -> OffsetDateTime {
+        self.clock.now()
+    }
+
+    pub(crate) fn ring(&self) -> Arc<KeyRing> {
+        match self.keys.read() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    pub(crate) fn engine(&self) -> PolicyEngine {
+        match self.policy.read() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    pub(crate) fn set_engine(&self, e: PolicyEngine) {
+        match self.policy.write() {
+            Ok(mut g) => *g = e,
+            Err(p) => *p.into_inner() = e,
+        }
+    }
+
+    /// Loads the current policy set from the store (another node may have
+    /// replaced it).
+    pub(crate) async fn reload_policy(&self) -> Result<(), Error> {
+        let Some(current) = self.store.current_policy().await? else {
+            return Ok(());
+        };
+        if current.version == self.engine().version() {
+            return Ok(());
+        }
+        let actions = self.action_catalog().await?;
+        let engine = PolicyEngine::compile(&current.text, &actions)
+            .map_err(|e| Error::Unavailable(format!("stored policy set does not compile: {e}")))?;
+        self.set_engine(engine);
+        Ok(())
+    }
+
+    /// Reloads keys when the store's set differs from the loaded one.
+    pub(crate) async fn reload_keys(&self) -> Result<(), Error> {
+        let stored = self.store.signing_keys().await?;
+        let mut kids: Vec<&String> = stored.iter().map(|k| &k.kid).collect();
+        kids.sort();
+        let mut loaded: Vec<&String> = Vec::new();
+        let ring = self.ring();
+        loaded.extend(ring.kids.iter());
+        loaded.sort();
+        let grace = Duration::seconds(self.config.access_token_ttl + self.config.leeway);
+        let now = self.clock.now();
+        if kids == loaded
+            && ring.verifier.keys.keys.len() == self.live_key_count(&stored, now, grace)
+        {
+            return Ok(());
+        }
+        if let Some(ring) = KeyRing::from_stored(
+            &stored,
+            &self.kek,
+            &self.config.issuer,
+            self.config.leeway,
+            now,
+            grace,
+        )? {
+            match self.keys.write() {
+                Ok(mut g) => *g = Arc::new(ring),
+                Err(p) => *p.into_inner() = Arc::new(ring),
+            }
+        }
+        Ok(())
+    }
+
+    fn live_key_count(
+        &self,
+        stored: &[crate::store::StoredKey],
+        now: OffsetDateTime,
+        grace: Duration,
+    ) -> usize {
+        stored
+            .iter()
+            .filter(|k| k.retired_at.is_none_or(|at| at + grace > now))
+            .count()
+    }
+
+    /// Picks up policy and key changes made by other nodes. Called
+    /// periodically by the server.
+    pub async fn sync_from_store(&self) -> Result<(), Error> {
+        self.reload_policy().await?;
+        self.reload_keys().await
+    }
+
+    /// Every action the registered resources declare, for the schema.
+    pub(crate) async fn action_catalog(&self) -> Result<BTreeSet<String>, Error> {
+        let mut actions = BTreeSet::new();
+        for r in self.store.resources().await? {
+            actions.extend(r.all_actions());
+        }
+        Ok(actions)
+    }
+
+    // ----- administration credentials -----
+
+    /// Makes sure an admin token exists. On the first start, `seed` (from
+    /// `MANDATE_ADMIN_TOKEN`) becomes it; without a seed a token is generated
+    /// and returned so that it can be printed once. Later starts return `None`.
+    pub async fn ensure_admin_token(&self, seed: Option<&str>) -> Result<Option<String>, Error> {
+        if let Some(existing) = self.store.setting(ADMIN_TOKEN_SETTING).await? {
+            if let Some(seed) = seed {
+                if !secrets::matches(seed, &existing) {
+                    tracing::warn!(
+                        "MANDATE_ADMIN_TOKEN differs from the admin token seeded on the first start; the stored one stays in force"
+                    );
+                }
+            }
+            return Ok(None);
+        }
+        let (token, generated) = match seed {
+            Some(s) if s.len() >= 16 => (s.to_owned(), false),
+            Some(_) => {
+                return Err(Error::BadInput(
+                    "MANDATE_ADMIN_TOKEN must be at least 16 characters".into(),
+                ));
+            }
+            None => (
+                secrets::generate(secrets::ADMIN_TOKEN_PREFIX, self.rng.as_ref()),
+                true,
+            ),
+        };
+        let affected = self
+            .store
+            .commit(Change::new().with(Mutation::PutSettingIfAbsent {
+                key: ADMIN_TOKEN_SETTING.into(),
+                value: secrets::hash(&token),
+            }))
+            .await?;
+        // Another node may have seeded it first.
+        Ok((generated && affected.first() == Some(&1)).then_some(token))
+    }
+
+    /// Authenticates a bearer token on the administration API.
+    pub async fn authenticate_caller(&self, bearer: &str) -> Result<Caller, Error> {
+        if bearer.starts_with(secrets::USER_TOKEN_PREFIX) {
+            let user = self
+                .store
+                .user_by_token_hash(&secrets::hash(bearer))
+                .await?
+                .ok_or(Error::Unauthenticated)?;
+            let record = self.store.user(user).await?.ok_or(Error::Unauthenticated)?;
+            if record.status != mandate_model::records::UserStatus::Active {
+                return Err(Error::Unauthenticated);
+            }
+            return Ok(Caller::User(user));
+        }
+        let stored = self
+            .store
+            .setting(ADMIN_TOKEN_SETTING)
+            .await?
+            .ok_or(Error::Unauthenticated)?;
+        if secrets::matches(bearer, &stored) {
+            Ok(Caller::Admin)
+        } else {
+            Err(Error::Unauthenticated)
+        }
+    }
+
+    pub(crate) fn require_admin(caller: Caller) -> Result<(), Error> {
+        match caller {
+            Caller::Admin => Ok(()),
+            Caller::User(_) => Err(Error::Forbidden("this call needs the admin token".into())),
+        }
+    }
+
+    // ----- OAuth client authentication -----
+
+    /// Authenticates a client by `private_key_jwt` (RFC 7523) or, when
+    /// enabled for development, `client_secret_basic`.
+    pub async fn authenticate_client(
+        &self,
+        credentials: &crate::ClientCredentials,
+    ) -> Result<AuthenticatedClient, Error> {
+        use crate::ClientCredentials as C;
+        match credentials {
+            C::None => Err(Error::InvalidClient(
+                "client authentication is required".into(),
+            )),
+            C::Assertion {
+                assertion_type,
+                assertion,
+                client_id,
+            } => {
+                if assertion_type != mandate_jose::assertion::CLIENT_ASSERTION_TYPE {
+                    return Err(Error::InvalidClient(
+                        "unsupported client_assertion_type".into(),
+                    ));
+                }
+                let iss = assertion::peek_issuer(assertion)
+                    .map_err(|e| Error::InvalidClient(e.to_string()))?;
+                if client_id.as_deref().is_some_and(|c| c != iss) {
+                    return Err(Error::InvalidClient(
+                        "client_id does not match the assertion".into(),
+                    ));
+                }
+                let id: ClientId = iss
+                    .parse()
+                    .map_err(|_| Error::InvalidClient("unknown client".into()))?;
+                let (jwks, agent, resource) = self.load_client(id).await?;
+                let jwks = jwks
+                    .ok_or_else(|| Error::InvalidClient("client has no registered keys".into()))?;
+                let keys = JwkSet::from_json(&jwks).map_err(|_| {
+                    Error::InvalidClient("client's registered keys are unusable".into())
+                })?;
+                let token_endpoint = self.config.token_endpoint();
+                let audiences = [self.config.issuer.as_str(), token_endpoint.as_str()];
+                let now = self.clock.now();
+                let rules = AssertionRules {
+                    audiences: &audiences,
+                    now: now.unix_timestamp(),
+                    max_lifetime: self.config.assertion_max_lifetime,
+                    leeway: self.config.leeway,
+                };
+                let verified = assertion::verify_client_assertion(assertion, &keys, &iss, &rules)
+                    .map_err(|e| Error::InvalidClient(e.to_string()))?;
+                let exp = OffsetDateTime::from_unix_timestamp(verified.exp)
+                    .map_err(|_| Error::InvalidClient("exp out of range".into()))?;
+                Ok(AuthenticatedClient {
+                    id,
+                    agent,
+                    resource,
+                    assertion: Some((verified.jti, exp)),
+                })
+            }
+            C::Secret { client_id, secret } => {
+                if !self.config.allow_client_secrets {
+                    return Err(Error::InvalidClient(
+                        "client secrets are disabled; use private_key_jwt".into(),
+                    ));
+                }
+                let Ok(ClientId::Agent(id)) = client_id.parse::<ClientId>() else {
+                    return Err(Error::InvalidClient("unknown client".into()));
+                };
+                let (_, agent, _) = self.load_client(ClientId::Agent(id)).await?;
+                let agent = agent.ok_or_else(|| Error::InvalidClient("unknown client".into()))?;
+                let ok = agent
+                    .secret_hash
+                    .as_deref()
+                    .is_some_and(|h| secrets::matches(secret, h));
+                if !ok {
+                    return Err(Error::InvalidClient("client authentication failed".into()));
+                }
+                Ok(AuthenticatedClient {
+                    id: ClientId::Agent(id),
+                    agent: Some(agent),
+                    resource: None,
+                    assertion: None,
+                })
+            }
+        }
+    }
+
+    /// The client's keys and record; an inactive agent cannot authenticate.
+    async fn load_client(
+        &self,
+        id: ClientId,
+    ) -> Result<(Option<serde_json::Value>, Option<Agent>, Option<Resource>), Error> {
+        match id {
+            ClientId::Agent(a) => {
+                let agent = self
+                    .store
+                    .agent(a)
+                    .await?
+                    .ok_or_else(|| Error::InvalidClient("unknown client".into()))?;
+                if !agent.is_live(self.clock.now()) {
+                    return Err(Error::InvalidClient("the agent is not active".into()));
+                }
+                Ok((agent.jwks.clone(), Some(agent), None))
+            }
+            ClientId::Resource(r) => {
+                let resource = self
+                    .store
+                    .resource(r)
+                    .await?
+                    .ok_or_else(|| Error::InvalidClient("unknown client".into()))?;
+                Ok((resource.jwks.clone(), None, Some(resource)))
+            }
+        }
+    }
+
+    /// The published JWK set.
+    pub fn jwks(&self) -> serde_json::Value {
+        self.ring().verifier.keys.to_json()
+    }
+
+    /// Adds a new signing key and retires the current one, which stays
+    /// published until the tokens it signed have expired.
+    pub async fn rotate_keys(
+        &self,
+        caller: Caller,
+        alg: Option<mandate_jose::KeyAlg>,
+    ) -> Result<String, Error> {
+        Self::require_admin(caller)?;
+        let key = SigningKey::generate(alg.unwrap_or(self.config.signing_alg))
+            .map_err(|e| Error::Unavailable(e.to_string()))?;
+        let now = self.clock.now();
+        let change = Change::new()
+            .with(Mutation::InsertSigningKey(KeyRing::wrap(
+                &key, &self.kek, now,
+            )?))
+            .with(Mutation::RetireSigningKeys {
+                keep: key.kid().to_owned(),
+                at: now,
+            });
+        self.store.commit(change).await?;
+        self.reload_keys().await?;
+        tracing::info!(kid = key.kid(), "rotated the signing key");
+        Ok(key.kid().to_owned())
+    }
+
+    /// Forgets expired replay-store entries.
+    pub async fn housekeeping(&self) -> Result<(), Error> {
+        let before = self.clock.now() - Duration::seconds(self.config.leeway);
+        self.store
+            .commit(Change::new().with(Mutation::PurgeExpiredJtis { before }))
+            .await?;
+        Ok(())
+    }
+}

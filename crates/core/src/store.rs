@@ -1,0 +1,357 @@
+//! The storage port. Reads are individual queries; every write is a
+//! [`Change`]: a list of mutations applied atomically, so that a token and
+//! the replay-store entry of the assertion that obtained it (and, later, the
+//! audit event recording both) land together or not at all. Stores may batch
+//! concurrent changes into one durable transaction (group commit).
+
+use async_trait::async_trait;
+use mandate_model::records::{Agent, AgentStatus, ClientId, Resource, TokenRecord, User};
+use mandate_model::{AgentId, Jti, UserId};
+use thiserror::Error;
+use time::OffsetDateTime;
+
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum StoreError {
+    /// A uniqueness or precondition failed; nothing was written.
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// A client-assertion `jti` was already used.
+    #[error("replayed jti")]
+    Replay,
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// The store cannot answer now; callers fail closed.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// A stored row could not be decoded.
+    #[error("corrupt record: {0}")]
+    Corrupt(String),
+}
+
+/// A signing key as stored: the private half wrapped by the master key.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredKey {
+    pub kid: String,
+    pub alg: String,
+    pub wrapped_private: Vec<u8>,
+    pub created_at: OffsetDateTime,
+    pub retired_at: Option<OffsetDateTime>,
+}
+
+/// A policy set as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredPolicy {
+    pub version: String,
+    pub text: String,
+    pub created_at: OffsetDateTime,
+}
+
+/// One write. Conditional mutations fail the whole [`Change`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Mutation {
+    /// Sets a setting unless it exists (affected: 0 or 1).
+    PutSettingIfAbsent {
+        key: String,
+        value: String,
+    },
+    /// Fails with `Conflict` if the email or id exists.
+    InsertUser(User),
+    /// Replaces groups, attributes and status.
+    UpdateUser(User),
+    InsertUserToken {
+        hash: String,
+        user: UserId,
+        created_at: OffsetDateTime,
+    },
+    /// Fails with `Conflict` if the id exists.
+    InsertAgent(Agent),
+    /// Fails with `Conflict` unless the agent's status is `from`.
+    SetAgentStatus {
+        id: AgentId,
+        from: AgentStatus,
+        to: AgentStatus,
+        at: OffsetDateTime,
+    },
+    /// Revokes every live token the agent holds (affected: how many).
+    RevokeTokensOfAgent {
+        agent: AgentId,
+        at: OffsetDateTime,
+    },
+    /// Revokes every live token whose subject is `subject`.
+    RevokeTokensOfSubject {
+        subject: String,
+        at: OffsetDateTime,
+    },
+    /// Fails with `Conflict` if the identifier or id exists.
+    InsertResource(Resource),
+    /// Records a new policy set version and makes it current.
+    PutPolicy(StoredPolicy),
+    InsertSigningKey(StoredKey),
+    /// Marks every unretired key but `keep` retired.
+    RetireSigningKeys {
+        keep: String,
+        at: OffsetDateTime,
+    },
+    /// Fails with `Replay` if this client already used this `jti`.
+    ConsumeAssertionJti {
+        client: ClientId,
+        jti: String,
+        expires_at: OffsetDateTime,
+    },
+    InsertToken(TokenRecord),
+    /// Revokes one token (affected: 0 or 1).
+    RevokeToken {
+        jti: Jti,
+        at: OffsetDateTime,
+    },
+    /// Forgets replay entries whose assertions have expired.
+    PurgeExpiredJtis {
+        before: OffsetDateTime,
+    },
+}
+
+/// Mutations applied atomically, in order.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Change(pub Vec<Mutation>);
+
+impl Change {
+    pub fn new() -> Self {
+        Self(Vec::new())
+    }
+
+    pub fn with(mut self, m: Mutation) -> Self {
+        self.0.push(m);
+        self
+    }
+
+    pub fn push(&mut self, m: Mutation) {
+        self.0.push(m);
+    }
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Applies `change` atomically and durably; returns rows affected per mutation.
+    async fn commit(&self, change: Change) -> Result<Vec<u64>, StoreError>;
+
+    async fn setting(&self, key: &str) -> Result<Option<String>, StoreError>;
+
+    async fn user(&self, id: UserId) -> Result<Option<User>, StoreError>;
+    async fn user_by_email(&self, email: &str) -> Result<Option<User>, StoreError>;
+    async fn user_by_token_hash(&self, hash: &str) -> Result<Option<UserId>, StoreError>;
+
+    async fn agent(&self, id: AgentId) -> Result<Option<Agent>, StoreError>;
+    /// Agents whose `parent` is `parent`.
+    async fn agent_children(&self, parent: AgentId) -> Result<Vec<Agent>, StoreError>;
+
+    async fn resource(&self, id: mandate_model::ResourceId)
+    -> Result<Option<Resource>, StoreError>;
+    async fn resource_by_identifier(
+        &self,
+        identifier: &str,
+    ) -> Result<Option<Resource>, StoreError>;
+    async fn resources(&self) -> Result<Vec<Resource>, StoreError>;
+
+    async fn current_policy(&self) -> Result<Option<StoredPolicy>, StoreError>;
+    async fn signing_keys(&self) -> Result<Vec<StoredKey>, StoreError>;
+
+    async fn token(&self, jti: Jti) -> Result<Option<TokenRecord>, StoreError>;
+}
+
+/// Encoding of record fields shared by the SQL stores, so that both write
+/// the same representation: times as Unix nanoseconds, lists and maps as
+/// JSON text.
+pub mod codec {
+    use std::collections::BTreeMap;
+    use std::str::FromStr;
+
+    use mandate_model::records::{
+        Agent, AgentKind, AgentStatus, ClientId, Resource, TokenRecord, User, UserStatus,
+    };
+    use mandate_model::{AgentId, GrantId, Jti, ResourceId, ScopeSet, UserId};
+    use time::OffsetDateTime;
+
+    use super::StoreError;
+
+    pub fn ts(t: OffsetDateTime) -> i64 {
+        i64::try_from(t.unix_timestamp_nanos()).unwrap_or(i64::MAX)
+    }
+
+    pub fn from_ts(n: i64) -> Result<OffsetDateTime, StoreError> {
+        OffsetDateTime::from_unix_timestamp_nanos(i128::from(n))
+            .map_err(|e| StoreError::Corrupt(e.to_string()))
+    }
+
+    pub fn opt_ts(n: Option<i64>) -> Result<Option<OffsetDateTime>, StoreError> {
+        n.map(from_ts).transpose()
+    }
+
+    pub fn json<T: serde::Serialize>(v: &T) -> String {
+        serde_json::to_string(v).unwrap_or_else(|_| "null".into())
+    }
+
+    pub fn from_json<T: serde::de::DeserializeOwned>(s: &str) -> Result<T, StoreError> {
+        serde_json::from_str(s).map_err(|e| StoreError::Corrupt(e.to_string()))
+    }
+
+    pub fn parse<T: FromStr>(s: &str) -> Result<T, StoreError>
+    where
+        T::Err: std::fmt::Display,
+    {
+        s.parse()
+            .map_err(|e: T::Err| StoreError::Corrupt(e.to_string()))
+    }
+
+    pub fn user_status(s: UserStatus) -> &'static str {
+        match s {
+            UserStatus::Active => "active",
+            UserStatus::Disabled => "disabled",
+        }
+    }
+
+    pub fn agent_kind(k: AgentKind) -> &'static str {
+        match k {
+            AgentKind::Persistent => "persistent",
+            AgentKind::Ephemeral => "ephemeral",
+        }
+    }
+
+    /// A users row, as the stores read it.
+    pub struct UserRow {
+        pub id: String,
+        pub name: String,
+        pub email: String,
+        pub groups: String,
+        pub attributes: String,
+        pub status: String,
+        pub password_hash: Option<String>,
+        pub created_at: i64,
+    }
+
+    impl TryFrom<UserRow> for User {
+        type Error = StoreError;
+        fn try_from(r: UserRow) -> Result<Self, StoreError> {
+            Ok(User {
+                id: parse::<UserId>(&r.id)?,
+                name: r.name,
+                email: r.email,
+                groups: from_json(&r.groups)?,
+                attributes: from_json::<BTreeMap<String, String>>(&r.attributes)?,
+                status: match r.status.as_str() {
+                    "active" => UserStatus::Active,
+                    "disabled" => UserStatus::Disabled,
+                    other => return Err(StoreError::Corrupt(format!("user status {other}"))),
+                },
+                created_at: from_ts(r.created_at)?,
+                password_hash: r.password_hash,
+            })
+        }
+    }
+
+    pub struct AgentRow {
+        pub id: String,
+        pub name: String,
+        pub owner: String,
+        pub kind: String,
+        pub parent: Option<String>,
+        pub status: String,
+        pub expires_at: Option<i64>,
+        pub description: Option<String>,
+        pub scopes: Option<String>,
+        pub jwks: Option<String>,
+        pub redirect_uris: String,
+        pub secret_hash: Option<String>,
+        pub created_at: i64,
+    }
+
+    impl TryFrom<AgentRow> for Agent {
+        type Error = StoreError;
+        fn try_from(r: AgentRow) -> Result<Self, StoreError> {
+            Ok(Agent {
+                id: parse::<AgentId>(&r.id)?,
+                name: r.name,
+                owner: parse::<UserId>(&r.owner)?,
+                kind: match r.kind.as_str() {
+                    "persistent" => AgentKind::Persistent,
+                    "ephemeral" => AgentKind::Ephemeral,
+                    other => return Err(StoreError::Corrupt(format!("agent kind {other}"))),
+                },
+                parent: r.parent.as_deref().map(parse::<AgentId>).transpose()?,
+                status: parse::<AgentStatus>(&r.status)?,
+                expires_at: opt_ts(r.expires_at)?,
+                description: r.description,
+                scopes: r.scopes.as_deref().map(from_json::<ScopeSet>).transpose()?,
+                jwks: r
+                    .jwks
+                    .as_deref()
+                    .map(from_json::<serde_json::Value>)
+                    .transpose()?,
+                redirect_uris: from_json(&r.redirect_uris)?,
+                created_at: from_ts(r.created_at)?,
+                secret_hash: r.secret_hash,
+            })
+        }
+    }
+
+    pub struct ResourceRow {
+        pub id: String,
+        pub identifier: String,
+        pub name: String,
+        pub scopes: String,
+        pub jwks: Option<String>,
+        pub created_at: i64,
+    }
+
+    impl TryFrom<ResourceRow> for Resource {
+        type Error = StoreError;
+        fn try_from(r: ResourceRow) -> Result<Self, StoreError> {
+            Ok(Resource {
+                id: parse::<ResourceId>(&r.id)?,
+                identifier: r.identifier,
+                name: r.name,
+                scopes: from_json(&r.scopes)?,
+                jwks: r
+                    .jwks
+                    .as_deref()
+                    .map(from_json::<serde_json::Value>)
+                    .transpose()?,
+                created_at: from_ts(r.created_at)?,
+            })
+        }
+    }
+
+    pub struct TokenRow {
+        pub jti: String,
+        pub client_id: String,
+        pub subject: String,
+        pub audience: String,
+        pub scopes: String,
+        pub grant_id: Option<String>,
+        pub parent: Option<String>,
+        pub chain: String,
+        pub issued_at: i64,
+        pub expires_at: i64,
+        pub cnf_jkt: Option<String>,
+        pub revoked_at: Option<i64>,
+    }
+
+    impl TryFrom<TokenRow> for TokenRecord {
+        type Error = StoreError;
+        fn try_from(r: TokenRow) -> Result<Self, StoreError> {
+            Ok(TokenRecord {
+                jti: parse::<Jti>(&r.jti)?,
+                client_id: parse::<ClientId>(&r.client_id)?,
+                subject: r.subject,
+                audience: r.audience,
+                scopes: from_json(&r.scopes)?,
+                grant: r.grant_id.as_deref().map(parse::<GrantId>).transpose()?,
+                parent: r.parent.as_deref().map(parse::<Jti>).transpose()?,
+                chain: from_json(&r.chain)?,
+                issued_at: from_ts(r.issued_at)?,
+                expires_at: from_ts(r.expires_at)?,
+                cnf_jkt: r.cnf_jkt,
+                revoked_at: opt_ts(r.revoked_at)?,
+            })
+        }
+    }
+}

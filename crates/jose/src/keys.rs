@@ -1,0 +1,135 @@
+//! Mandate's own signing keys.
+
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::signature::{
+    ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair, KeyPair,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::{JoseError, PublicJwk};
+
+/// The signature algorithms Mandate uses and accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum KeyAlg {
+    /// Ed25519. Tokens name it `EdDSA` (RFC 8037) or `Ed25519` (RFC 9864).
+    EdDSA,
+    /// ECDSA on P-256 with SHA-256, fixed-size `r || s` signatures.
+    ES256,
+}
+
+impl KeyAlg {
+    /// The `alg` Mandate writes.
+    pub fn name(self) -> &'static str {
+        match self {
+            KeyAlg::EdDSA => "EdDSA",
+            KeyAlg::ES256 => "ES256",
+        }
+    }
+
+    /// Whether a header `alg` may be verified with a key of this type.
+    pub fn accepts(self, alg: &str) -> bool {
+        match self {
+            KeyAlg::EdDSA => alg == "EdDSA" || alg == "Ed25519",
+            KeyAlg::ES256 => alg == "ES256",
+        }
+    }
+
+    pub fn parse(name: &str) -> Result<Self, JoseError> {
+        match name {
+            "EdDSA" | "Ed25519" => Ok(KeyAlg::EdDSA),
+            "ES256" => Ok(KeyAlg::ES256),
+            other => Err(JoseError::AlgorithmNotAllowed(other.to_owned())),
+        }
+    }
+}
+
+enum Pair {
+    Ed(Ed25519KeyPair),
+    Ec(EcdsaKeyPair),
+}
+
+/// A private signing key with its public half. The key pair is parsed once
+/// and reused for every signature.
+pub struct SigningKey {
+    kid: String,
+    pkcs8: Vec<u8>,
+    pair: Pair,
+    public: PublicJwk,
+}
+
+impl std::fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SigningKey")
+            .field("kid", &self.kid)
+            .field("alg", &self.public.alg)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SigningKey {
+    /// A fresh key from the system's secure random source.
+    pub fn generate(alg: KeyAlg) -> Result<Self, JoseError> {
+        let rng = SystemRandom::new();
+        let doc = match alg {
+            KeyAlg::EdDSA => Ed25519KeyPair::generate_pkcs8(&rng).map_err(|_| JoseError::Crypto)?,
+            KeyAlg::ES256 => EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
+                .map_err(|_| JoseError::Crypto)?,
+        };
+        Self::from_pkcs8(alg, doc.as_ref())
+    }
+
+    /// Loads a PKCS#8 key; its `kid` is its RFC 7638 thumbprint.
+    pub fn from_pkcs8(alg: KeyAlg, der: &[u8]) -> Result<Self, JoseError> {
+        let bad = |_| JoseError::Key("PKCS#8 key rejected".into());
+        let (pair, public_bytes) = match alg {
+            KeyAlg::EdDSA => {
+                let p = Ed25519KeyPair::from_pkcs8(der).map_err(bad)?;
+                let public = p.public_key().as_ref().to_vec();
+                (Pair::Ed(p), public)
+            }
+            KeyAlg::ES256 => {
+                let p =
+                    EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, der).map_err(bad)?;
+                let public = p.public_key().as_ref().to_vec();
+                (Pair::Ec(p), public)
+            }
+        };
+        let anonymous = PublicJwk::from_public_bytes(alg, &public_bytes, None)?;
+        let kid = anonymous.thumbprint();
+        let public = PublicJwk::from_public_bytes(alg, &public_bytes, Some(kid.clone()))?;
+        Ok(Self {
+            kid,
+            pkcs8: der.to_vec(),
+            pair,
+            public,
+        })
+    }
+
+    pub fn kid(&self) -> &str {
+        &self.kid
+    }
+
+    pub fn alg(&self) -> KeyAlg {
+        self.public.alg
+    }
+
+    /// The private key, PKCS#8 DER. Only for wrapping before storage.
+    pub fn pkcs8(&self) -> &[u8] {
+        &self.pkcs8
+    }
+
+    pub fn public(&self) -> &PublicJwk {
+        &self.public
+    }
+
+    /// Raw signature over `message`.
+    pub fn sign(&self, message: &[u8]) -> Result<Vec<u8>, JoseError> {
+        match &self.pair {
+            Pair::Ed(p) => Ok(p.sign(message).as_ref().to_vec()),
+            Pair::Ec(p) => p
+                .sign(&SystemRandom::new(), message)
+                .map(|s| s.as_ref().to_vec())
+                .map_err(|_| JoseError::Crypto),
+        }
+    }
+}

@@ -1,0 +1,13 @@
+//! Mandate's pure domain: identifiers, scopes, names and the records the
+//! server keeps. No I/O, no clock, no randomness: callers pass those in.
+
+pub mod claims;
+pub mod error;
+pub mod id;
+pub mod name;
+pub mod records;
+pub mod scope;
+
+pub use error::ModelError;
+pub use id::{AgentId, ApprovalId, GrantId, Jti, ResourceId, UserId};
+pub use scope::{Scope, ScopeSet};

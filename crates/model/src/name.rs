@@ -1,0 +1,224 @@
+//! Validation of human-facing text: names, emails, resource identifiers.
+//!
+//! Names are shown to people who approve delegations, so a name that looks
+//! like another (Cyrillic `а` for Latin `a`), hides characters (zero-width,
+//! bidi controls) or has a compatibility twin is refused (UTS #39, RFC 8264).
+
+use unicode_normalization::UnicodeNormalization;
+use unicode_security::{GeneralSecurityProfile, RestrictionLevel, RestrictionLevelDetection};
+
+use crate::ModelError;
+
+pub const MAX_NAME_CHARS: usize = 128;
+pub const MAX_DESCRIPTION_CHARS: usize = 1024;
+
+/// Punctuation allowed in display names besides identifier characters.
+const NAME_PUNCTUATION: &[char] = &[
+    ' ', '-', '_', '.', '\'', '(', ')', '@', '&', ',', ':', '/', '#', '+',
+];
+
+/// Checks a display name and returns it unchanged when it is acceptable.
+pub fn validate_name(name: &str) -> Result<String, ModelError> {
+    let err = |m: &str| Err(ModelError::InvalidName(m.to_owned()));
+    if name.is_empty() || name.trim() != name {
+        return err("must be non-empty, without leading or trailing spaces");
+    }
+    if name.chars().count() > MAX_NAME_CHARS {
+        return err("longer than 128 characters");
+    }
+    if name.contains("  ") {
+        return err("has repeated spaces");
+    }
+    if name.chars().any(|c| c.is_control() || is_invisible(c)) {
+        return err("has control, zero-width or bidirectional characters");
+    }
+    if name.nfc().ne(name.chars()) || name.nfkc().ne(name.chars()) {
+        return err("is not in Unicode normalization form NFKC");
+    }
+    if !name
+        .chars()
+        .all(|c| NAME_PUNCTUATION.contains(&c) || c.identifier_allowed())
+    {
+        return err("has characters not allowed in identifiers (UTS #39)");
+    }
+    let letters: String = name
+        .chars()
+        .filter(|c| !NAME_PUNCTUATION.contains(c))
+        .collect();
+    if letters.detect_restriction_level() > RestrictionLevel::HighlyRestrictive {
+        return err("mixes scripts in a way that can be confused with another name (UTS #39)");
+    }
+    Ok(name.to_owned())
+}
+
+/// Free text (descriptions, purposes): printable, no invisible characters.
+pub fn validate_text(
+    field: &'static str,
+    text: &str,
+    max_chars: usize,
+) -> Result<String, ModelError> {
+    if text.chars().count() > max_chars {
+        return Err(ModelError::InvalidField {
+            field,
+            reason: format!("longer than {max_chars} characters"),
+        });
+    }
+    if text
+        .chars()
+        .any(|c| (c.is_control() && c != '\n') || is_invisible(c))
+    {
+        return Err(ModelError::InvalidField {
+            field,
+            reason: "has control, zero-width or bidirectional characters".into(),
+        });
+    }
+    Ok(text.to_owned())
+}
+
+/// Format characters that render as nothing or reorder text.
+fn is_invisible(c: char) -> bool {
+    matches!(c,
+        '\u{00AD}' | '\u{034F}' | '\u{061C}' | '\u{115F}' | '\u{1160}' | '\u{17B4}' | '\u{17B5}'
+        | '\u{180B}'..='\u{180F}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
+        | '\u{2060}'..='\u{206F}' | '\u{3164}' | '\u{FE00}'..='\u{FE0F}' | '\u{FEFF}'
+        | '\u{FFA0}' | '\u{FFF0}'..='\u{FFFB}' | '\u{E0000}'..='\u{E0FFF}')
+}
+
+/// A deliberately plain email check: one `@`, printable ASCII-or-letters on
+/// both sides, a dotted domain. Returns the address with its domain lower-cased.
+pub fn validate_email(email: &str) -> Result<String, ModelError> {
+    if email.len() > 254
+        || email
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || is_invisible(c))
+    {
+        return Err(ModelError::InvalidEmail);
+    }
+    let (local, domain) = email.split_once('@').ok_or(ModelError::InvalidEmail)?;
+    if local.is_empty() || local.len() > 64 || domain.contains('@') || !domain.contains('.') {
+        return Err(ModelError::InvalidEmail);
+    }
+    if domain.starts_with('.') || domain.ends_with('.') || domain.contains("..") {
+        return Err(ModelError::InvalidEmail);
+    }
+    if !domain
+        .chars()
+        .all(|c| c.is_alphanumeric() || c == '-' || c == '.')
+    {
+        return Err(ModelError::InvalidEmail);
+    }
+    Ok(format!("{local}@{}", domain.to_lowercase()))
+}
+
+/// Group names and attribute keys: short, ASCII, no spaces.
+pub fn validate_label(field: &'static str, s: &str) -> Result<String, ModelError> {
+    if s.is_empty()
+        || s.len() > 64
+        || !s
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+    {
+        return Err(ModelError::InvalidField {
+            field,
+            reason: format!("{s:?} must be 1-64 of A-Z a-z 0-9 - _ . :"),
+        });
+    }
+    Ok(s.to_owned())
+}
+
+/// A resource identifier (RFC 8707 §2): an absolute http(s) URI without a
+/// fragment or user info. It is compared byte for byte, so it must already
+/// be in its canonical form (lower-case scheme and host).
+pub fn validate_resource_identifier(uri: &str) -> Result<String, ModelError> {
+    let bad = |m: &str| Err(ModelError::InvalidResourceIdentifier(m.to_owned()));
+    if uri.len() > 2048 {
+        return bad("longer than 2048 bytes");
+    }
+    if !uri.bytes().all(|b| b.is_ascii_graphic()) {
+        return bad("must be printable ASCII without spaces");
+    }
+    let rest = match uri
+        .strip_prefix("https://")
+        .or_else(|| uri.strip_prefix("http://"))
+    {
+        Some(rest) => rest,
+        None => return bad("must be an absolute https:// (or http://) URI"),
+    };
+    if uri.contains('#') {
+        return bad("must not have a fragment");
+    }
+    let authority = rest.split(['/', '?']).next().unwrap_or_default();
+    if authority.is_empty() || authority.contains('@') {
+        return bad("must have a host and no user info");
+    }
+    if authority.bytes().any(|b| b.is_ascii_uppercase()) {
+        return bad("host must be lower case");
+    }
+    if rest.split('/').any(|seg| seg == "." || seg == "..") {
+        return bad("must not have dot segments");
+    }
+    Ok(uri.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_ordinary_names() {
+        for n in [
+            "Travel agent",
+            "agent-7 (billing)",
+            "Zoë",
+            "日本語エージェント",
+            "O'Brien & Co.",
+        ] {
+            assert_eq!(validate_name(n).as_deref(), Ok(n), "{n}");
+        }
+    }
+
+    #[test]
+    fn refuses_confusable_and_hidden_names() {
+        for n in [
+            "p\u{0430}ypal",    // Cyrillic а inside Latin
+            "pay\u{200B}pal",   // zero-width space
+            "evil\u{202E}gpj",  // right-to-left override
+            "ｐａｙｐａｌ",     // fullwidth: NFKC twin
+            "e\u{0301}t\u{e9}", // not NFC
+            "tab\there",
+            "",
+            " padded ",
+            "a  b",
+        ] {
+            assert!(validate_name(n).is_err(), "{n:?} accepted");
+        }
+    }
+
+    #[test]
+    fn emails() {
+        assert_eq!(
+            validate_email("Alice@Example.COM").as_deref(),
+            Ok("Alice@example.com")
+        );
+        for e in ["", "alice", "a@b", "a@@b.c", "a b@c.d", "a@b..c", "@b.c"] {
+            assert!(validate_email(e).is_err(), "{e}");
+        }
+    }
+
+    #[test]
+    fn resource_identifiers() {
+        assert!(validate_resource_identifier("https://api.example.com").is_ok());
+        assert!(validate_resource_identifier("https://api.example.com/v1/mail").is_ok());
+        for u in [
+            "api.example.com",
+            "https://api.example.com#x",
+            "https://user@api.example.com",
+            "https://API.example.com",
+            "ftp://x",
+            "https://a/../b",
+            "https://",
+        ] {
+            assert!(validate_resource_identifier(u).is_err(), "{u}");
+        }
+    }
+}

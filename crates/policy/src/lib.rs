@@ -1,0 +1,298 @@
+//! Cedar policies for Mandate: the schema generated from the registered
+//! resources, entities built from domain records, and decisions.
+//!
+//! Every decision fails closed: an evaluation error in any policy, a
+//! request the engine cannot build, or a missing entity is a denial.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::str::FromStr;
+use std::sync::Arc;
+
+use cedar_policy::{
+    Authorizer, Context, Decision as CedarDecision, Entities, Entity, EntityId, EntityTypeName,
+    EntityUid, PolicySet, Request, RestrictedExpression, Schema, ValidationMode, Validator,
+};
+use mandate_model::records::{Agent, AgentKind, User, UserStatus};
+use sha2::{Digest, Sha256};
+use thiserror::Error;
+
+/// Actions Mandate itself defines, besides those the resources declare.
+pub const BUILTIN_ACTIONS: &[&str] = &["mandate:delegate", "mandate:spawn", "mandate:check"];
+
+/// Largest policy text accepted.
+pub const MAX_POLICY_TEXT: usize = 1024 * 1024;
+
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum PolicyError {
+    #[error("policies are invalid: {}", .0.join("; "))]
+    Invalid(Vec<String>),
+    #[error("the generated schema is invalid: {0}")]
+    Schema(String),
+}
+
+/// The content hash that versions a policy set.
+pub fn version_of(text: &str) -> String {
+    let digest = Sha256::digest(text.as_bytes());
+    let mut hex = String::with_capacity(71);
+    hex.push_str("sha256:");
+    for b in digest {
+        hex.push_str(&format!("{b:02x}"));
+    }
+    hex
+}
+
+/// The Cedar schema for a set of declared actions (DESIGN §7).
+pub fn schema_text(actions: &BTreeSet<String>) -> String {
+    let mut s = String::from(
+        "entity Group;\n\
+         entity User in [Group] { name: String, email: String, status: String } tags String;\n\
+         entity Agent { name: String, owner: User, kind: String, status: String, parent?: Agent };\n\
+         entity Api;\n\
+         entity Resource in [Api] tags String;\n\
+         action \"mandate:delegate\" appliesTo { principal: [Agent], resource: [Agent] };\n\
+         action \"mandate:spawn\" appliesTo { principal: [Agent], resource: [Api] };\n\
+         action \"mandate:check\" appliesTo { principal: [Agent], resource: [Api] };\n",
+    );
+    for action in actions {
+        if BUILTIN_ACTIONS.contains(&action.as_str()) {
+            continue;
+        }
+        s.push_str(&format!(
+            "action {} appliesTo {{ principal: [User, Agent], resource: [Api, Resource] }};\n",
+            cedar_string(action)
+        ));
+    }
+    s
+}
+
+fn cedar_string(s: &str) -> String {
+    serde_json::Value::String(s.to_owned()).to_string()
+}
+
+/// A compiled, validated policy set with its schema.
+#[derive(Clone)]
+pub struct PolicyEngine {
+    inner: Arc<Compiled>,
+}
+
+struct Compiled {
+    policies: PolicySet,
+    text: String,
+    version: String,
+    authorizer: Authorizer,
+}
+
+impl std::fmt::Debug for PolicyEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PolicyEngine")
+            .field("version", &self.inner.version)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Who asks.
+#[derive(Debug, Clone, Copy)]
+pub enum Principal<'a> {
+    User(&'a User),
+    Agent(&'a Agent),
+}
+
+/// What the action is done to.
+#[derive(Debug, Clone, Copy)]
+pub enum Target<'a> {
+    /// A whole API, by its resource identifier (issuance time).
+    Api(&'a str),
+}
+
+/// The answer, with the policies that determined it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub allowed: bool,
+    /// Ids of the determining policies.
+    pub reasons: Vec<String>,
+    /// Evaluation errors; any error makes the answer a denial.
+    pub errors: Vec<String>,
+}
+
+impl PolicyEngine {
+    /// Parses and validates `text` against the schema for `actions`.
+    pub fn compile(text: &str, actions: &BTreeSet<String>) -> Result<Self, PolicyError> {
+        if text.len() > MAX_POLICY_TEXT {
+            return Err(PolicyError::Invalid(vec![format!(
+                "policy text is larger than {MAX_POLICY_TEXT} bytes"
+            )]));
+        }
+        let (schema, _warnings) = Schema::from_cedarschema_str(&schema_text(actions))
+            .map_err(|e| PolicyError::Schema(e.to_string()))?;
+        let policies =
+            PolicySet::from_str(text).map_err(|e| PolicyError::Invalid(parse_messages(&e)))?;
+        let result = Validator::new(schema).validate(&policies, ValidationMode::Strict);
+        if !result.validation_passed() {
+            return Err(PolicyError::Invalid(
+                result.validation_errors().map(|e| e.to_string()).collect(),
+            ));
+        }
+        Ok(Self {
+            inner: Arc::new(Compiled {
+                policies,
+                text: text.to_owned(),
+                version: version_of(text),
+                authorizer: Authorizer::new(),
+            }),
+        })
+    }
+
+    /// No policies: nothing is allowed.
+    pub fn empty() -> Self {
+        Self {
+            inner: Arc::new(Compiled {
+                policies: PolicySet::new(),
+                text: String::new(),
+                version: version_of(""),
+                authorizer: Authorizer::new(),
+            }),
+        }
+    }
+
+    pub fn version(&self) -> &str {
+        &self.inner.version
+    }
+
+    pub fn text(&self) -> &str {
+        &self.inner.text
+    }
+
+    /// Decides whether `principal` may do `action` on `target`.
+    pub fn decide(&self, principal: Principal<'_>, action: &str, target: Target<'_>) -> Decision {
+        match self.try_decide(principal, action, target) {
+            Ok(d) => d,
+            Err(e) => Decision {
+                allowed: false,
+                reasons: vec![],
+                errors: vec![e],
+            },
+        }
+    }
+
+    fn try_decide(
+        &self,
+        principal: Principal<'_>,
+        action: &str,
+        target: Target<'_>,
+    ) -> Result<Decision, String> {
+        let mut entities = Vec::with_capacity(3);
+        let principal_uid = match principal {
+            Principal::User(u) => {
+                entities.push(user_entity(u)?);
+                uid("User", &u.id.to_string())?
+            }
+            Principal::Agent(a) => {
+                entities.push(agent_entity(a)?);
+                uid("Agent", &a.id.to_string())?
+            }
+        };
+        let resource_uid = match target {
+            Target::Api(identifier) => {
+                let u = uid("Api", identifier)?;
+                entities.push(Entity::new_no_attrs(u.clone(), HashSet::new()));
+                u
+            }
+        };
+        let action_uid = uid("Action", action)?;
+        let request = Request::new(
+            principal_uid,
+            action_uid,
+            resource_uid,
+            Context::empty(),
+            None,
+        )
+        .map_err(|e| e.to_string())?;
+        let entities = Entities::from_entities(entities, None).map_err(|e| e.to_string())?;
+        let response =
+            self.inner
+                .authorizer
+                .is_authorized(&request, &self.inner.policies, &entities);
+        let errors: Vec<String> = response
+            .diagnostics()
+            .errors()
+            .map(|e| e.to_string())
+            .collect();
+        let reasons: Vec<String> = response
+            .diagnostics()
+            .reason()
+            .map(|p| p.to_string())
+            .collect();
+        // Fail closed: an erroring policy might have been a forbid.
+        let allowed = response.decision() == CedarDecision::Allow && errors.is_empty();
+        Ok(Decision {
+            allowed,
+            reasons,
+            errors,
+        })
+    }
+}
+
+fn parse_messages(e: &cedar_policy::ParseErrors) -> Vec<String> {
+    e.iter().map(|e| e.to_string()).collect()
+}
+
+fn uid(ty: &str, id: &str) -> Result<EntityUid, String> {
+    let ty = EntityTypeName::from_str(ty).map_err(|e| e.to_string())?;
+    Ok(EntityUid::from_type_name_and_id(ty, EntityId::new(id)))
+}
+
+fn s(v: &str) -> RestrictedExpression {
+    RestrictedExpression::new_string(v.to_owned())
+}
+
+fn user_entity(u: &User) -> Result<Entity, String> {
+    let attrs: HashMap<String, RestrictedExpression> = [
+        ("name".to_owned(), s(&u.name)),
+        ("email".to_owned(), s(&u.email)),
+        (
+            "status".to_owned(),
+            s(match u.status {
+                UserStatus::Active => "active",
+                UserStatus::Disabled => "disabled",
+            }),
+        ),
+    ]
+    .into();
+    let parents = u
+        .groups
+        .iter()
+        .map(|g| uid("Group", g))
+        .collect::<Result<Vec<_>, _>>()?;
+    let tags = u.attributes.iter().map(|(k, v)| (k.clone(), s(v)));
+    Entity::new_with_tags(uid("User", &u.id.to_string())?, attrs, parents, tags)
+        .map_err(|e| e.to_string())
+}
+
+fn agent_entity(a: &Agent) -> Result<Entity, String> {
+    let mut attrs: HashMap<String, RestrictedExpression> = [
+        ("name".to_owned(), s(&a.name)),
+        (
+            "owner".to_owned(),
+            RestrictedExpression::new_entity_uid(uid("User", &a.owner.to_string())?),
+        ),
+        (
+            "kind".to_owned(),
+            s(match a.kind {
+                AgentKind::Persistent => "persistent",
+                AgentKind::Ephemeral => "ephemeral",
+            }),
+        ),
+        ("status".to_owned(), s(a.status.as_str())),
+    ]
+    .into();
+    if let Some(parent) = a.parent {
+        attrs.insert(
+            "parent".to_owned(),
+            RestrictedExpression::new_entity_uid(uid("Agent", &parent.to_string())?),
+        );
+    }
+    Entity::new(uid("Agent", &a.id.to_string())?, attrs, HashSet::new()).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests;

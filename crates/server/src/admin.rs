@@ -1,0 +1,204 @@
+//! The administration API (DESIGN §7): JSON over HTTP under `/v1`.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use mandate_core::{Caller, Error, NewAgent, NewResource, NewUser, UserPatch};
+use mandate_model::records::Lifecycle;
+use mandate_model::{AgentId, ResourceId, UserId};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::AppState;
+use crate::error::Problem;
+use crate::extract::{StrictJson, bearer};
+
+async fn caller(state: &AppState, headers: &HeaderMap) -> Result<Caller, Problem> {
+    let token = bearer(headers).ok_or(Error::Unauthenticated)?;
+    Ok(state.mandate.authenticate_caller(token).await?)
+}
+
+fn id<T: std::str::FromStr<Err = mandate_model::ModelError>>(raw: &str) -> Result<T, Problem> {
+    raw.parse()
+        .map_err(|e: mandate_model::ModelError| Problem::bad_input(e.to_string()))
+}
+
+fn created(body: serde_json::Value) -> Response {
+    (StatusCode::CREATED, Json(body)).into_response()
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> serde_json::Value {
+    serde_json::to_value(v).unwrap_or_default()
+}
+
+pub async fn create_user(
+    State(s): State<AppState>,
+    h: HeaderMap,
+    StrictJson(body): StrictJson<NewUser>,
+) -> Result<Response, Problem> {
+    let c = caller(&s, &h).await?;
+    let user = s.mandate.create_user(c, body).await?;
+    Ok(created(to_json(&user)))
+}
+
+pub async fn get_user(
+    State(s): State<AppState>,
+    h: HeaderMap,
+    Path(raw): Path<String>,
+) -> Result<Response, Problem> {
+    let c = caller(&s, &h).await?;
+    let user = s.mandate.get_user(c, id::<UserId>(&raw)?).await?;
+    Ok(Json(to_json(&user)).into_response())
+}
+
+pub async fn update_user(
+    State(s): State<AppState>,
+    h: HeaderMap,
+    Path(raw): Path<String>,
+    StrictJson(body): StrictJson<UserPatch>,
+) -> Result<Response, Problem> {
+    let c = caller(&s, &h).await?;
+    let user = s.mandate.update_user(c, id::<UserId>(&raw)?, body).await?;
+    Ok(Json(to_json(&user)).into_response())
+}
+
+pub async fn create_user_token(
+    State(s): State<AppState>,
+    h: HeaderMap,
+    Path(raw): Path<String>,
+) -> Result<Response, Problem> {
+    let c = caller(&s, &h).await?;
+    let token = s.mandate.create_user_token(c, id::<UserId>(&raw)?).await?;
+    Ok(created(json!({ "token": token })))
+}
+
+pub async fn create_agent(
+    State(s): State<AppState>,
+    h: HeaderMap,
+    StrictJson(body): StrictJson<NewAgent>,
+) -> Result<Response, Problem> {
+    let c = caller(&s, &h).await?;
+    let (agent, secret) = s.mandate.create_agent(c, body).await?;
+    let mut out = to_json(&agent);
+    out["client_id"] = json!(agent.id.to_string());
+    if let Some(secret) = secret {
+        out["client_secret"] = json!(secret);
+    }
+    Ok(created(out))
+}
+
+pub async fn get_agent(
+    State(s): State<AppState>,
+    h: HeaderMap,
+    Path(raw): Path<String>,
+) -> Result<Response, Problem> {
+    let c = caller(&s, &h).await?;
+    let agent = s.mandate.get_agent(c, id::<AgentId>(&raw)?).await?;
+    let mut out = to_json(&agent);
+    out["client_id"] = json!(agent.id.to_string());
+    Ok(Json(out).into_response())
+}
+
+pub async fn agent_lifecycle(
+    State(s): State<AppState>,
+    h: HeaderMap,
+    Path((raw, op)): Path<(String, String)>,
+) -> Result<Response, Problem> {
+    let op = match op.as_str() {
+        "suspend" => Lifecycle::Suspend,
+        "resume" => Lifecycle::Resume,
+        "retire" => Lifecycle::Retire,
+        _ => {
+            return Err(Problem::new(
+                StatusCode::NOT_FOUND,
+                "not-found",
+                "Not found",
+                "no such endpoint",
+            ));
+        }
+    };
+    let c = caller(&s, &h).await?;
+    let (agent, revoked) = s
+        .mandate
+        .agent_lifecycle(c, id::<AgentId>(&raw)?, op)
+        .await?;
+    let mut out = to_json(&agent);
+    out["client_id"] = json!(agent.id.to_string());
+    out["revoked_tokens"] = json!(revoked);
+    Ok(Json(out).into_response())
+}
+
+pub async fn create_resource(
+    State(s): State<AppState>,
+    h: HeaderMap,
+    StrictJson(body): StrictJson<NewResource>,
+) -> Result<Response, Problem> {
+    let c = caller(&s, &h).await?;
+    let r = s.mandate.create_resource(c, body).await?;
+    Ok(created(to_json(&r)))
+}
+
+pub async fn get_resource(
+    State(s): State<AppState>,
+    h: HeaderMap,
+    Path(raw): Path<String>,
+) -> Result<Response, Problem> {
+    let c = caller(&s, &h).await?;
+    let r = s.mandate.get_resource(c, id::<ResourceId>(&raw)?).await?;
+    Ok(Json(to_json(&r)).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyBody {
+    policies: String,
+}
+
+pub async fn put_policies(
+    State(s): State<AppState>,
+    h: HeaderMap,
+    StrictJson(body): StrictJson<PolicyBody>,
+) -> Result<Response, Problem> {
+    let c = caller(&s, &h).await?;
+    let p = s.mandate.put_policies(c, &body.policies).await?;
+    Ok(Json(json!({ "version": p.version })).into_response())
+}
+
+pub async fn get_policies(State(s): State<AppState>, h: HeaderMap) -> Result<Response, Problem> {
+    let c = caller(&s, &h).await?;
+    let (version, text, schema) = s.mandate.get_policies(c).await?;
+    Ok(Json(json!({ "version": version, "policies": text, "schema": schema })).into_response())
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RotateBody {
+    #[serde(default)]
+    alg: Option<String>,
+}
+
+/// The body is optional: `{}` or none rotates to the configured algorithm.
+pub async fn rotate_keys(
+    State(s): State<AppState>,
+    h: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, Problem> {
+    let c = caller(&s, &h).await?;
+    let body: RotateBody = if body.is_empty() {
+        RotateBody::default()
+    } else {
+        crate::extract::check_json_shape(&body)
+            .map_err(|e| Problem::bad_input(format!("malformed JSON: {e}")))?;
+        serde_json::from_slice(&body)
+            .map_err(|e| Problem::bad_input(format!("invalid body: {e}")))?
+    };
+    let alg = match body.alg {
+        None => None,
+        Some(a) => {
+            Some(mandate_jose::KeyAlg::parse(&a).map_err(|e| Problem::bad_input(e.to_string()))?)
+        }
+    };
+    let kid = s.mandate.rotate_keys(c, alg).await?;
+    Ok(Json(json!({ "kid": kid })).into_response())
+}

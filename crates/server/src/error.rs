@@ -1,0 +1,167 @@
+//! The one place where use-case errors become HTTP responses: RFC 6749
+//! error JSON on OAuth endpoints, RFC 9457 problem JSON on the admin API.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use mandate_core::Error;
+use serde_json::json;
+
+/// An error on an OAuth endpoint (RFC 6749 §5.2).
+#[derive(Debug)]
+pub struct OAuthError(pub Error);
+
+impl From<Error> for OAuthError {
+    fn from(e: Error) -> Self {
+        Self(e)
+    }
+}
+
+impl OAuthError {
+    pub fn code(&self) -> &'static str {
+        match &self.0 {
+            Error::InvalidRequest(_)
+            | Error::BadInput(_)
+            | Error::NotFound(_)
+            | Error::Conflict(_) => "invalid_request",
+            Error::InvalidClient(_) | Error::Unauthenticated | Error::Forbidden(_) => {
+                "invalid_client"
+            }
+            Error::InvalidGrant(_) => "invalid_grant",
+            Error::InvalidScope(_) => "invalid_scope",
+            Error::InvalidTarget(_) => "invalid_target",
+            Error::UnauthorizedClient(_) => "unauthorized_client",
+            Error::UnsupportedGrantType(_) => "unsupported_grant_type",
+            Error::Unavailable(_) => "temporarily_unavailable",
+        }
+    }
+
+    fn description(&self) -> String {
+        match &self.0 {
+            Error::InvalidRequest(m)
+            | Error::BadInput(m)
+            | Error::NotFound(m)
+            | Error::Conflict(m)
+            | Error::InvalidClient(m)
+            | Error::Forbidden(m)
+            | Error::InvalidGrant(m)
+            | Error::InvalidScope(m)
+            | Error::InvalidTarget(m)
+            | Error::UnauthorizedClient(m)
+            | Error::UnsupportedGrantType(m)
+            | Error::Unavailable(m) => m.clone(),
+            Error::Unauthenticated => "client authentication failed".into(),
+        }
+    }
+}
+
+impl IntoResponse for OAuthError {
+    fn into_response(self) -> Response {
+        let code = self.code();
+        let status = match code {
+            "invalid_client" => StatusCode::UNAUTHORIZED,
+            "temporarily_unavailable" => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        metrics::counter!("mandate_oauth_errors_total", "error" => code).increment(1);
+        let body = json!({ "error": code, "error_description": self.description() });
+        let mut resp = (status, axum::Json(body)).into_response();
+        let h = resp.headers_mut();
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if status == StatusCode::UNAUTHORIZED {
+            h.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"mandate\""),
+            );
+        }
+        resp
+    }
+}
+
+/// An error on the admin API (RFC 9457).
+#[derive(Debug)]
+pub struct Problem {
+    pub status: StatusCode,
+    pub kind: &'static str,
+    pub title: &'static str,
+    pub detail: String,
+}
+
+impl Problem {
+    pub fn new(
+        status: StatusCode,
+        kind: &'static str,
+        title: &'static str,
+        detail: impl Into<String>,
+    ) -> Self {
+        Self {
+            status,
+            kind,
+            title,
+            detail: detail.into(),
+        }
+    }
+
+    pub fn bad_input(detail: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "invalid-input",
+            "Invalid input",
+            detail,
+        )
+    }
+}
+
+impl From<Error> for Problem {
+    fn from(e: Error) -> Self {
+        use StatusCode as S;
+        match e {
+            Error::BadInput(m)
+            | Error::InvalidRequest(m)
+            | Error::InvalidScope(m)
+            | Error::InvalidTarget(m)
+            | Error::InvalidGrant(m) => Problem::bad_input(m),
+            Error::Unauthenticated | Error::InvalidClient(_) => Problem::new(
+                S::UNAUTHORIZED,
+                "unauthenticated",
+                "Authentication required",
+                "send Authorization: Bearer <token>",
+            ),
+            Error::Forbidden(m) | Error::UnauthorizedClient(m) => {
+                Problem::new(S::FORBIDDEN, "forbidden", "Forbidden", m)
+            }
+            Error::NotFound(m) => Problem::new(S::NOT_FOUND, "not-found", "Not found", m),
+            Error::Conflict(m) => Problem::new(S::CONFLICT, "conflict", "Conflict", m),
+            Error::UnsupportedGrantType(m) => Problem::bad_input(m),
+            Error::Unavailable(m) => Problem::new(
+                S::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "Temporarily unavailable",
+                m,
+            ),
+        }
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let body = json!({
+            "type": format!("urn:mandate:problem:{}", self.kind),
+            "title": self.title,
+            "status": self.status.as_u16(),
+            "detail": self.detail,
+        });
+        let mut resp = (self.status, body.to_string()).into_response();
+        let h = resp.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        if self.status == StatusCode::UNAUTHORIZED {
+            h.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"mandate\""),
+            );
+        }
+        resp
+    }
+}

@@ -1,0 +1,121 @@
+//! Mandate's HTTP server: OAuth endpoints, the administration API and
+//! operations endpoints, on axum.
+
+mod admin;
+pub mod error;
+pub mod extract;
+mod oauth;
+mod ops;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderName, HeaderValue, header};
+use axum::routing::{get, post, put};
+use mandate_core::Mandate;
+use tower_http::set_header::SetResponseHeaderLayer;
+
+/// Largest request body, in bytes.
+pub const MAX_BODY: usize = 64 * 1024;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub mandate: Arc<Mandate>,
+}
+
+/// The whole HTTP surface.
+pub fn router(state: AppState) -> Router {
+    let oauth = Router::new()
+        .route(
+            "/.well-known/oauth-authorization-server",
+            get(oauth::metadata),
+        )
+        .route("/.well-known/openid-configuration", get(oauth::metadata))
+        .route("/jwks.json", get(oauth::jwks))
+        .route("/oauth/token", post(oauth::token))
+        .route("/oauth/introspect", post(oauth::introspect))
+        .route("/oauth/revoke", post(oauth::revoke));
+    let admin = Router::new()
+        .route("/v1/users", post(admin::create_user))
+        .route(
+            "/v1/users/{id}",
+            get(admin::get_user).patch(admin::update_user),
+        )
+        .route("/v1/users/{id}/tokens", post(admin::create_user_token))
+        .route("/v1/agents", post(admin::create_agent))
+        .route("/v1/agents/{id}", get(admin::get_agent))
+        .route("/v1/agents/{id}/{op}", post(admin::agent_lifecycle))
+        .route("/v1/resources", post(admin::create_resource))
+        .route("/v1/resources/{id}", get(admin::get_resource))
+        .route(
+            "/v1/policies",
+            put(admin::put_policies).get(admin::get_policies),
+        )
+        .route("/v1/keys/rotate", post(admin::rotate_keys));
+    let ops = Router::new()
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics));
+    Router::new()
+        .merge(oauth)
+        .merge(admin)
+        .merge(ops)
+        .fallback(ops::not_found)
+        .layer(axum::middleware::from_fn(ops::track))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        // RFC 9700 §4.16 (clickjacking) and content sniffing.
+        .layer(SetResponseHeaderLayer::overriding(
+            header::X_FRAME_OPTIONS,
+            HeaderValue::from_static("DENY"),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            HeaderName::from_static("referrer-policy"),
+            HeaderValue::from_static("no-referrer"),
+        ))
+        .with_state(state)
+}
+
+/// Serves until `shutdown` resolves, then drains open requests.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    ops::install_metrics();
+    let sync = tokio::spawn(background(state.mandate.clone()));
+    let app = router(state);
+    let result = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await;
+    sync.abort();
+    result
+}
+
+/// Picks up other nodes' policy and key changes, and purges the replay store.
+async fn background(mandate: Arc<Mandate>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut n: u64 = 0;
+    loop {
+        tick.tick().await;
+        n += 1;
+        if let Err(e) = mandate.sync_from_store().await {
+            tracing::warn!(error = %e, "could not sync policies and keys from the store");
+        }
+        if n % 60 == 0 {
+            if let Err(e) = mandate.housekeeping().await {
+                tracing::warn!(error = %e, "housekeeping failed");
+            }
+        }
+    }
+}

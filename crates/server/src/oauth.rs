@@ -1,0 +1,138 @@
+//! OAuth endpoints: discovery (RFC 8414), JWKS, token, introspection
+//! (RFC 7662) and revocation (RFC 7009).
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use mandate_core::{Caller, Error, TokenCaller, TokenRequest};
+use serde_json::{Value, json};
+
+use crate::AppState;
+use crate::error::OAuthError;
+use crate::extract::{OAuthForm, bearer, client_credentials};
+
+const SIGNING_ALGS: &[&str] = &["EdDSA", "Ed25519", "ES256"];
+
+pub async fn metadata(State(state): State<AppState>) -> Response {
+    let c = state.mandate.config();
+    let iss = &c.issuer;
+    let mut methods = vec!["private_key_jwt"];
+    if c.allow_client_secrets {
+        methods.push("client_secret_basic");
+    }
+    let body = json!({
+        "issuer": iss,
+        "token_endpoint": format!("{iss}/oauth/token"),
+        "jwks_uri": format!("{iss}/jwks.json"),
+        "introspection_endpoint": format!("{iss}/oauth/introspect"),
+        "revocation_endpoint": format!("{iss}/oauth/revoke"),
+        "grant_types_supported": ["client_credentials"],
+        "response_types_supported": [],
+        "token_endpoint_auth_methods_supported": methods,
+        "token_endpoint_auth_signing_alg_values_supported": SIGNING_ALGS,
+        "introspection_endpoint_auth_methods_supported": methods,
+        "introspection_endpoint_auth_signing_alg_values_supported": SIGNING_ALGS,
+        "revocation_endpoint_auth_methods_supported": methods,
+        "revocation_endpoint_auth_signing_alg_values_supported": SIGNING_ALGS,
+        "resource_indicators_supported": true,
+        "service_documentation": format!("{iss}/"),
+    });
+    let mut resp = Json(body).into_response();
+    resp.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=300"),
+    );
+    resp
+}
+
+pub async fn jwks(State(state): State<AppState>) -> Response {
+    let mut resp = Json(state.mandate.jwks()).into_response();
+    resp.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=60"),
+    );
+    resp
+}
+
+fn no_store(body: Value) -> Response {
+    let mut resp = Json(body).into_response();
+    let h = resp.headers_mut();
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    resp
+}
+
+pub async fn token(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    form: OAuthForm,
+) -> Result<Response, OAuthError> {
+    let credentials = client_credentials(&headers, &form)?;
+    let grant_type = form
+        .get("grant_type")
+        .ok_or_else(|| OAuthError(Error::InvalidRequest("grant_type is required".into())))?;
+    let request = TokenRequest {
+        grant_type: grant_type.to_owned(),
+        scope: form.get("scope").map(str::to_owned),
+        resources: form.all("resource"),
+    };
+    let issued = state.mandate.token(&credentials, request).await?;
+    metrics::counter!("mandate_tokens_issued_total", "grant_type" => "client_credentials")
+        .increment(1);
+    Ok(no_store(json!({
+        "access_token": issued.access_token,
+        "token_type": issued.token_type,
+        "expires_in": issued.expires_in,
+        "scope": issued.scope,
+    })))
+}
+
+/// The admin token, or a client authenticated like at the token endpoint.
+async fn token_caller(
+    state: &AppState,
+    headers: &HeaderMap,
+    form: &OAuthForm,
+) -> Result<TokenCaller, OAuthError> {
+    if let Some(b) = bearer(headers) {
+        return match state.mandate.authenticate_caller(b).await {
+            Ok(Caller::Admin) => Ok(TokenCaller::Admin),
+            Ok(Caller::User(_)) | Err(Error::Unauthenticated) => {
+                Err(Error::InvalidClient("not a client".into()).into())
+            }
+            Err(e) => Err(e.into()),
+        };
+    }
+    let credentials = client_credentials(headers, form)?;
+    Ok(TokenCaller::Client(
+        state.mandate.authenticate_client(&credentials).await?,
+    ))
+}
+
+pub async fn introspect(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    form: OAuthForm,
+) -> Result<Response, OAuthError> {
+    let caller = token_caller(&state, &headers, &form).await?;
+    let token = form
+        .get("token")
+        .ok_or_else(|| OAuthError(Error::InvalidRequest("token is required".into())))?;
+    let answer = state.mandate.introspect(&caller, token).await?;
+    Ok(no_store(answer))
+}
+
+pub async fn revoke(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    form: OAuthForm,
+) -> Result<Response, OAuthError> {
+    let caller = token_caller(&state, &headers, &form).await?;
+    let token = form
+        .get("token")
+        .ok_or_else(|| OAuthError(Error::InvalidRequest("token is required".into())))?;
+    if state.mandate.revoke(&caller, token).await? {
+        metrics::counter!("mandate_tokens_revoked_total").increment(1);
+    }
+    Ok(no_store(json!({})))
+}
