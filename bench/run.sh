@@ -14,6 +14,7 @@
 #   BENCH_KEEP=1       keep the temp dir (keys, logs, JSON results)
 #   NODE               node binary for oidc-provider          (default: node)
 #   MANDATE_BIN        mandate binary (default: target/release/mandate)
+#   BENCH_ADMIN_TOKEN  Mandate admin token, 16+ chars (default bench-admin-token-0123456789)
 #
 # All traffic goes to 127.0.0.1 only. Every background process started here is
 # killed on exit.
@@ -23,7 +24,7 @@ MODE="${1:-both}"
 case "$MODE" in
   both | mandate | node) ;;
   -h | --help)
-    sed -n '2,19p' "$0"
+    sed -n '2,20p' "$0"
     exit 0
     ;;
   *)
@@ -247,10 +248,11 @@ run_mandate() {
   port="$(free_port)"
   base="http://127.0.0.1:$port"
   data="$WORK/mandate-data"
-  admin="bench-admin"
+  # Mandate requires an admin token of at least 16 characters.
+  admin="${BENCH_ADMIN_TOKEN:-bench-admin-token-0123456789}"
   mkdir -p "$data"
   log "mandate: starting on $base (data dir $data, durable storage)"
-  MANDATE_ADMIN_TOKEN="$admin" "${SERVER_PIN[@]}" "$MANDATE" serve \
+  MANDATE_ADMIN_TOKEN="$admin" RUST_BACKTRACE=0 RUST_LIB_BACKTRACE=0 "${SERVER_PIN[@]}" "$MANDATE" serve \
     --data-dir "$data" --listen "127.0.0.1:$port" --issuer "$base" \
     >"$WORK/mandate.log" 2>&1 &
   local pid=$!

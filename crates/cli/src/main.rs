@@ -116,7 +116,7 @@ async fn keys(command: KeysCommand) -> Result<()> {
         } => {
             let der = std::fs::read(&key).with_context(|| format!("reading {}", key.display()))?;
             let key = mandate_jose::SigningKey::from_pkcs8(mandate_jose::KeyAlg::EdDSA, &der)?;
-            let now = time::OffsetDateTime::now_utc().unix_timestamp();
+            let now = mandate_core::Clock::now(&mandate_core::SystemClock).unix_timestamp();
             let mut jti = [0u8; 16];
             aws_lc_rs::rand::SecureRandom::fill(&aws_lc_rs::rand::SystemRandom::new(), &mut jti)
                 .map_err(|_| anyhow::anyhow!("no randomness"))?;

@@ -56,7 +56,7 @@ pub struct IssuedToken {
 #[derive(Debug, Clone)]
 pub enum TokenCaller {
     Admin,
-    Client(AuthenticatedClient),
+    Client(Box<AuthenticatedClient>),
 }
 
 impl Mandate {
@@ -121,12 +121,12 @@ impl Mandate {
         let engine = self.engine();
         let (subject, agent_expiry) = match (&client.agent, &client.resource) {
             (Some(agent), _) => {
-                if let Some(ceiling) = &agent.scopes {
-                    if let Some(s) = scopes.iter().find(|s| !ceiling.contains(s)) {
-                        return Err(Error::InvalidScope(format!(
-                            "scope {s} is beyond the agent's ceiling"
-                        )));
-                    }
+                if let Some(ceiling) = &agent.scopes
+                    && let Some(s) = scopes.iter().find(|s| !ceiling.contains(s))
+                {
+                    return Err(Error::InvalidScope(format!(
+                        "scope {s} is beyond the agent's ceiling"
+                    )));
                 }
                 if resource == issuer {
                     for scope in scopes.iter() {
@@ -253,10 +253,10 @@ impl Mandate {
         &self,
         identifier: &str,
     ) -> Result<std::sync::Arc<mandate_model::records::Resource>, Error> {
-        if let Ok(cache) = self.resources.read() {
-            if let Some(r) = cache.get(identifier) {
-                return Ok(r.clone());
-            }
+        if let Ok(cache) = self.resources.read()
+            && let Some(r) = cache.get(identifier)
+        {
+            return Ok(r.clone());
         }
         let r = self
             .store
@@ -369,10 +369,10 @@ impl Mandate {
     /// was revoked.
     pub async fn revoke(&self, caller: &TokenCaller, token: &str) -> Result<bool, Error> {
         let mut change = Change::new();
-        if let TokenCaller::Client(c) = caller {
-            if let Some(burn) = c.burn() {
-                change.push(burn);
-            }
+        if let TokenCaller::Client(c) = caller
+            && let Some(burn) = c.burn()
+        {
+            change.push(burn);
         }
         let now = self.clock.now();
         // Expired tokens need no revocation; an unknown or forged one is ignored.
@@ -385,16 +385,16 @@ impl Mandate {
             Err(_) => None,
         };
         let mut revoked = false;
-        if let Some(jti) = target {
-            if let Some(record) = self.store.token(jti).await? {
-                let entitled = match caller {
-                    TokenCaller::Admin => true,
-                    TokenCaller::Client(c) => c.id == record.client_id,
-                };
-                if entitled && record.revoked_at.is_none() {
-                    change.push(Mutation::RevokeToken { jti, at: now });
-                    revoked = true;
-                }
+        if let Some(jti) = target
+            && let Some(record) = self.store.token(jti).await?
+        {
+            let entitled = match caller {
+                TokenCaller::Admin => true,
+                TokenCaller::Client(c) => c.id == record.client_id,
+            };
+            if entitled && record.revoked_at.is_none() {
+                change.push(Mutation::RevokeToken { jti, at: now });
+                revoked = true;
             }
         }
         if !change.0.is_empty() {

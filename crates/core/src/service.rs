@@ -235,12 +235,12 @@ impl Mandate {
     /// and returned so that it can be printed once. Later starts return `None`.
     pub async fn ensure_admin_token(&self, seed: Option<&str>) -> Result<Option<String>, Error> {
         if let Some(existing) = self.store.setting(ADMIN_TOKEN_SETTING).await? {
-            if let Some(seed) = seed {
-                if !secrets::matches(seed, &existing) {
-                    tracing::warn!(
-                        "MANDATE_ADMIN_TOKEN differs from the admin token seeded on the first start; the stored one stays in force"
-                    );
-                }
+            if let Some(seed) = seed
+                && !secrets::matches(seed, &existing)
+            {
+                tracing::warn!(
+                    "MANDATE_ADMIN_TOKEN differs from the admin token seeded on the first start; the stored one stays in force"
+                );
             }
             return Ok(None);
         }

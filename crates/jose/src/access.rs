@@ -52,10 +52,10 @@ impl AccessTokenVerifier {
         if claims.iss != self.issuer {
             return Err(JoseError::Issuer);
         }
-        if let Some(aud) = audience {
-            if claims.aud != aud {
-                return Err(JoseError::Audience);
-            }
+        if let Some(aud) = audience
+            && claims.aud != aud
+        {
+            return Err(JoseError::Audience);
         }
         if claims.exp <= now {
             return Err(JoseError::Expired);

@@ -72,10 +72,10 @@ pub fn verify_client_assertion(
 ) -> Result<VerifiedAssertion, JoseError> {
     let unverified = Unverified::parse(token, false)?;
     // RFC 8725 §3.12: a token of another kind never passes as an assertion.
-    if let Some(typ) = unverified.header.typ.as_deref() {
-        if !(typ_is(Some(typ), "jwt") || typ_is(Some(typ), "client-authentication+jwt")) {
-            return Err(JoseError::WrongType(typ.to_owned()));
-        }
+    if let Some(typ) = unverified.header.typ.as_deref()
+        && !(typ_is(Some(typ), "jwt") || typ_is(Some(typ), "client-authentication+jwt"))
+    {
+        return Err(JoseError::WrongType(typ.to_owned()));
     }
     unverified.verify(keys)?;
     let claims: Claims = unverified.claims()?;

@@ -81,10 +81,10 @@ impl PublicJwk {
                 )));
             }
         }
-        if let Some(u) = obj.get("use") {
-            if u != "sig" {
-                return Err(JoseError::Key("\"use\" must be \"sig\"".into()));
-            }
+        if let Some(u) = obj.get("use")
+            && u != "sig"
+        {
+            return Err(JoseError::Key("\"use\" must be \"sig\"".into()));
         }
         if let Some(ops) = obj.get("key_ops") {
             let ok = ops

@@ -112,10 +112,10 @@ async fn background(mandate: Arc<Mandate>) {
         if let Err(e) = mandate.sync_from_store().await {
             tracing::warn!(error = %e, "could not sync policies and keys from the store");
         }
-        if n % 60 == 0 {
-            if let Err(e) = mandate.housekeeping().await {
-                tracing::warn!(error = %e, "housekeeping failed");
-            }
+        if n.is_multiple_of(60)
+            && let Err(e) = mandate.housekeeping().await
+        {
+            tracing::warn!(error = %e, "housekeeping failed");
         }
     }
 }

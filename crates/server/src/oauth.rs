@@ -104,9 +104,9 @@ async fn token_caller(
         };
     }
     let credentials = client_credentials(headers, form)?;
-    Ok(TokenCaller::Client(
+    Ok(TokenCaller::Client(Box::new(
         state.mandate.authenticate_client(&credentials).await?,
-    ))
+    )))
 }
 
 pub async fn introspect(

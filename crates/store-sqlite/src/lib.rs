@@ -120,11 +120,9 @@ async fn apply_batch(
     let mut results = Vec::with_capacity(batch.len());
     for job in batch {
         let guarded = job.change.0.len() > 1;
-        if guarded {
-            if let Err(e) = sqlx::query("SAVEPOINT change").execute(&mut *conn).await {
-                results.push(Err(unavailable(e)));
-                continue;
-            }
+        if guarded && let Err(e) = sqlx::query("SAVEPOINT change").execute(&mut *conn).await {
+            results.push(Err(unavailable(e)));
+            continue;
         }
         let mut affected = Vec::with_capacity(job.change.0.len());
         let mut outcome = Ok(());
