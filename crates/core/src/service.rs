@@ -62,6 +62,8 @@ pub struct Mandate {
     /// Resources by identifier. Resources are immutable once registered, so
     /// a cached entry is never stale; a miss falls through to the store.
     pub(crate) resources: RwLock<HashMap<String, Arc<Resource>>>,
+    /// Parsed client key sets, reused while the registered JWKS is unchanged.
+    client_keys: RwLock<HashMap<ClientId, (serde_json::Value, Arc<JwkSet>)>>,
 }
 
 impl std::fmt::Debug for Mandate {
@@ -118,6 +120,7 @@ impl Mandate {
             keys: RwLock::new(Arc::new(ring)),
             policy: RwLock::new(PolicyEngine::empty()),
             resources: RwLock::new(HashMap::new()),
+            client_keys: RwLock::new(HashMap::new()),
         };
         service.reload_policy().await?;
         Ok(service)
@@ -336,9 +339,7 @@ impl Mandate {
                 let (jwks, agent, resource) = self.load_client(id).await?;
                 let jwks = jwks
                     .ok_or_else(|| Error::InvalidClient("client has no registered keys".into()))?;
-                let keys = JwkSet::from_json(&jwks).map_err(|_| {
-                    Error::InvalidClient("client's registered keys are unusable".into())
-                })?;
+                let keys = self.client_keyset(id, jwks)?;
                 let token_endpoint = self.config.token_endpoint();
                 let audiences = [self.config.issuer.as_str(), token_endpoint.as_str()];
                 let now = self.clock.now();
@@ -385,6 +386,25 @@ impl Mandate {
                 })
             }
         }
+    }
+
+    /// The parsed key set for `jwks`, from the cache when it is unchanged.
+    fn client_keyset(&self, id: ClientId, jwks: serde_json::Value) -> Result<Arc<JwkSet>, Error> {
+        if let Ok(cache) = self.client_keys.read() {
+            if let Some((raw, keys)) = cache.get(&id) {
+                if *raw == jwks {
+                    return Ok(keys.clone());
+                }
+            }
+        }
+        let keys =
+            Arc::new(JwkSet::from_json(&jwks).map_err(|_| {
+                Error::InvalidClient("client's registered keys are unusable".into())
+            })?);
+        if let Ok(mut cache) = self.client_keys.write() {
+            cache.insert(id, (jwks, keys.clone()));
+        }
+        Ok(keys)
     }
 
     /// The client's keys and record; an inactive agent cannot authenticate.

@@ -3,8 +3,8 @@
 //! Durability: WAL with `synchronous = FULL`, so a change is on disk before
 //! it is acknowledged. Throughput: one writer task owns the only write
 //! connection and applies every change that is waiting in one transaction
-//! (group commit), each change inside its own savepoint so that one
-//! refused change does not undo its neighbours. Reads use a separate pool.
+//! (group commit); one refused change never undoes its neighbours (see
+//! [`apply_batch`]). Reads use a separate pool.
 
 use std::path::Path;
 use std::str::FromStr;
@@ -109,52 +109,81 @@ async fn write_loop(mut conn: SqliteConnection, mut rx: mpsc::Receiver<Job>) {
     }
 }
 
-/// One transaction for the whole batch; a savepoint per change.
+/// One transaction for the whole batch. Changes are applied without
+/// savepoints first: a change that fails on its first mutation has written
+/// nothing (each statement is atomic), which covers the common refusals
+/// (a replayed `jti`, a duplicate). Only when a change fails after writing
+/// is the batch rolled back and replayed with a savepoint per change.
 async fn apply_batch(
     conn: &mut SqliteConnection,
     batch: &[Job],
 ) -> Vec<Result<Vec<u64>, StoreError>> {
+    match apply_in_transaction(conn, batch, false).await {
+        Ok(results) => results,
+        Err(NeedSavepoints) => match apply_in_transaction(conn, batch, true).await {
+            Ok(results) => results,
+            Err(NeedSavepoints) => batch
+                .iter()
+                .map(|_| Err(unavailable("batch could not be applied")))
+                .collect(),
+        },
+    }
+}
+
+struct NeedSavepoints;
+
+async fn apply_in_transaction(
+    conn: &mut SqliteConnection,
+    batch: &[Job],
+    savepoints: bool,
+) -> Result<Vec<Result<Vec<u64>, StoreError>>, NeedSavepoints> {
     if let Err(e) = sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await {
-        return batch.iter().map(|_| Err(unavailable(&e))).collect();
+        return Ok(batch.iter().map(|_| Err(unavailable(&e))).collect());
     }
     let mut results = Vec::with_capacity(batch.len());
     for job in batch {
-        let guarded = job.change.0.len() > 1;
-        if guarded && let Err(e) = sqlx::query("SAVEPOINT change").execute(&mut *conn).await {
-            results.push(Err(unavailable(e)));
-            continue;
+        let guarded = savepoints && job.change.0.len() > 1;
+        if guarded {
+            if let Err(e) = sqlx::query("SAVEPOINT change").execute(&mut *conn).await {
+                results.push(Err(unavailable(e)));
+                continue;
+            }
         }
         let mut affected = Vec::with_capacity(job.change.0.len());
         let mut outcome = Ok(());
-        for m in &job.change.0 {
+        for (i, m) in job.change.0.iter().enumerate() {
             match apply(conn, m).await {
                 Ok(n) => affected.push(n),
                 Err(e) => {
+                    if i > 0 && !savepoints {
+                        let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+                        return Err(NeedSavepoints);
+                    }
                     outcome = Err(e);
                     break;
                 }
             }
         }
-        let end = match (&outcome, guarded) {
-            (Ok(()), true) => Some("RELEASE change"),
-            (Err(_), true) => Some("ROLLBACK TO change"),
-            _ => None,
-        };
-        if let Some(sql) = end {
-            if let Err(e) = sqlx::query(sql).execute(&mut *conn).await {
+        if guarded {
+            let end = if outcome.is_ok() {
+                "RELEASE change"
+            } else {
+                "ROLLBACK TO change"
+            };
+            if let Err(e) = sqlx::query(end).execute(&mut *conn).await {
                 outcome = Err(unavailable(e));
             }
-            if sql.starts_with("ROLLBACK") {
+            if outcome.is_err() {
                 let _ = sqlx::query("RELEASE change").execute(&mut *conn).await;
             }
         }
         results.push(outcome.map(|()| affected));
     }
     match sqlx::query("COMMIT").execute(&mut *conn).await {
-        Ok(_) => results,
+        Ok(_) => Ok(results),
         Err(e) => {
             let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
-            batch.iter().map(|_| Err(unavailable(&e))).collect()
+            Ok(batch.iter().map(|_| Err(unavailable(&e))).collect())
         }
     }
 }
