@@ -9,8 +9,9 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use cedar_policy::{
-    Authorizer, Context, Decision as CedarDecision, Entities, Entity, EntityId, EntityTypeName,
-    EntityUid, PolicySet, Request, RestrictedExpression, Schema, ValidationMode, Validator,
+    ActionConstraint, Authorizer, Context, Decision as CedarDecision, Entities, Entity, EntityId,
+    EntityTypeName, EntityUid, PolicySet, Request, RestrictedExpression, Schema, ValidationMode,
+    Validator,
 };
 use mandate_model::records::{Agent, AgentKind, User, UserStatus};
 use sha2::{Digest, Sha256};
@@ -76,7 +77,13 @@ pub struct PolicyEngine {
 }
 
 struct Compiled {
-    policies: PolicySet,
+    /// The policies that can apply to each action: those naming it in their
+    /// scope plus those with an unconstrained action. Evaluating only these
+    /// is exact (a policy whose scope excludes the action never applies) and
+    /// keeps a decision's cost independent of the size of the whole set.
+    by_action: HashMap<String, PolicySet>,
+    /// Policies with an unconstrained action, for actions no policy names.
+    any_action: PolicySet,
     text: String,
     version: String,
     authorizer: Authorizer,
@@ -132,9 +139,12 @@ impl PolicyEngine {
                 result.validation_errors().map(|e| e.to_string()).collect(),
             ));
         }
+        let (by_action, any_action) =
+            index_by_action(&policies).map_err(|e| PolicyError::Invalid(vec![e]))?;
         Ok(Self {
             inner: Arc::new(Compiled {
-                policies,
+                by_action,
+                any_action,
                 text: text.to_owned(),
                 version: version_of(text),
                 authorizer: Authorizer::new(),
@@ -146,7 +156,8 @@ impl PolicyEngine {
     pub fn empty() -> Self {
         Self {
             inner: Arc::new(Compiled {
-                policies: PolicySet::new(),
+                by_action: HashMap::new(),
+                any_action: PolicySet::new(),
                 text: String::new(),
                 version: version_of(""),
                 authorizer: Authorizer::new(),
@@ -208,10 +219,15 @@ impl PolicyEngine {
         )
         .map_err(|e| e.to_string())?;
         let entities = Entities::from_entities(entities, None).map_err(|e| e.to_string())?;
-        let response =
-            self.inner
-                .authorizer
-                .is_authorized(&request, &self.inner.policies, &entities);
+        let policies = self
+            .inner
+            .by_action
+            .get(action)
+            .unwrap_or(&self.inner.any_action);
+        let response = self
+            .inner
+            .authorizer
+            .is_authorized(&request, policies, &entities);
         let errors: Vec<String> = response
             .diagnostics()
             .errors()
@@ -230,6 +246,40 @@ impl PolicyEngine {
             errors,
         })
     }
+}
+
+/// Splits `policies` by the actions their scopes name.
+fn index_by_action(
+    policies: &PolicySet,
+) -> Result<(HashMap<String, PolicySet>, PolicySet), String> {
+    let mut any = PolicySet::new();
+    let mut named: HashMap<String, Vec<&cedar_policy::Policy>> = HashMap::new();
+    for p in policies.policies() {
+        match p.action_constraint() {
+            ActionConstraint::Any => any.add(p.clone()).map_err(|e| e.to_string())?,
+            ActionConstraint::Eq(uid) => named
+                .entry(uid.id().unescaped().to_owned())
+                .or_default()
+                .push(p),
+            ActionConstraint::In(uids) => {
+                for uid in uids {
+                    named
+                        .entry(uid.id().unescaped().to_owned())
+                        .or_default()
+                        .push(p);
+                }
+            }
+        }
+    }
+    let mut by_action = HashMap::with_capacity(named.len());
+    for (action, list) in named {
+        let mut set = any.clone();
+        for p in list {
+            set.add(p.clone()).map_err(|e| e.to_string())?;
+        }
+        by_action.insert(action, set);
+    }
+    Ok((by_action, any))
 }
 
 fn parse_messages(e: &cedar_policy::ParseErrors) -> Vec<String> {

@@ -158,3 +158,64 @@ fn versions_are_content_hashes() {
     assert_ne!(version_of("a"), version_of("b"));
     assert!(version_of("").starts_with("sha256:e3b0c442"));
 }
+
+#[test]
+fn the_action_index_keeps_every_policy_that_can_apply() {
+    let e = PolicyEngine::compile(
+        r#"permit(principal is Agent, action in [Action::"read", Action::"write"], resource == Api::"https://a.example");
+           forbid(principal, action, resource == Api::"https://locked.example");
+           permit(principal is Agent, action, resource == Api::"https://open.example");"#,
+        &actions(),
+    )
+    .unwrap();
+    let a = agent();
+    assert!(
+        e.decide(
+            Principal::Agent(&a),
+            "read",
+            Target::Api("https://a.example")
+        )
+        .allowed
+    );
+    assert!(
+        e.decide(
+            Principal::Agent(&a),
+            "write",
+            Target::Api("https://a.example")
+        )
+        .allowed
+    );
+    // Unconstrained-action policies apply to named and unnamed actions alike.
+    assert!(
+        e.decide(
+            Principal::Agent(&a),
+            "read",
+            Target::Api("https://open.example")
+        )
+        .allowed
+    );
+    assert!(
+        e.decide(
+            Principal::Agent(&a),
+            "mandate:spawn",
+            Target::Api("https://open.example")
+        )
+        .allowed
+    );
+    assert!(
+        !e.decide(
+            Principal::Agent(&a),
+            "read",
+            Target::Api("https://locked.example")
+        )
+        .allowed
+    );
+    assert!(
+        !e.decide(
+            Principal::Agent(&a),
+            "mandate:spawn",
+            Target::Api("https://a.example")
+        )
+        .allowed
+    );
+}
