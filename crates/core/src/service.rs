@@ -390,12 +390,11 @@ impl Mandate {
 
     /// The parsed key set for `jwks`, from the cache when it is unchanged.
     fn client_keyset(&self, id: ClientId, jwks: serde_json::Value) -> Result<Arc<JwkSet>, Error> {
-        if let Ok(cache) = self.client_keys.read() {
-            if let Some((raw, keys)) = cache.get(&id) {
-                if *raw == jwks {
-                    return Ok(keys.clone());
-                }
-            }
+        if let Ok(cache) = self.client_keys.read()
+            && let Some((raw, keys)) = cache.get(&id)
+            && *raw == jwks
+        {
+            return Ok(keys.clone());
         }
         let keys =
             Arc::new(JwkSet::from_json(&jwks).map_err(|_| {

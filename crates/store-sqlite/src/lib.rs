@@ -131,10 +131,10 @@ impl SqliteStore {
             | rusqlite::Error::InvalidColumnType(..) => StoreError::Corrupt(e.to_string()),
             other => unavailable(other),
         });
-        if let Ok(mut pool) = self.readers.lock() {
-            if pool.len() < MAX_IDLE_READERS {
-                pool.push(conn);
-            }
+        if let Ok(mut pool) = self.readers.lock()
+            && pool.len() < MAX_IDLE_READERS
+        {
+            pool.push(conn);
         }
         result
     }
@@ -219,11 +219,9 @@ fn apply_in_transaction(
     let mut results = Vec::with_capacity(batch.len());
     for job in batch {
         let guarded = savepoints && job.change.0.len() > 1;
-        if guarded {
-            if let Err(e) = conn.execute_batch("SAVEPOINT change") {
-                results.push(Err(unavailable(e)));
-                continue;
-            }
+        if guarded && let Err(e) = conn.execute_batch("SAVEPOINT change") {
+            results.push(Err(unavailable(e)));
+            continue;
         }
         let mut affected = Vec::with_capacity(job.change.0.len());
         let mut outcome = Ok(());
