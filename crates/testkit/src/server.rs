@@ -58,6 +58,16 @@ impl TestServer {
         tweak: impl FnOnce(&mut Config),
     ) -> Result<Self> {
         let store = mandate_store_sqlite::SqliteStore::open(&dir.join("mandate.db")).await?;
+        Self::start_on(Arc::new(store), dir, clock, tweak).await
+    }
+
+    /// A server over any store; several may share one, as nodes do.
+    pub async fn start_on(
+        store: Arc<dyn mandate_core::Store>,
+        dir: &Path,
+        clock: Arc<ManualClock>,
+        tweak: impl FnOnce(&mut Config),
+    ) -> Result<Self> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let url = format!("http://{}", listener.local_addr()?);
         let mut config = Config::new(&url);
@@ -65,7 +75,7 @@ impl TestServer {
         let issuer = config.issuer.clone();
         let mandate = Arc::new(
             Mandate::open(
-                Arc::new(store),
+                store,
                 clock.clone(),
                 Arc::new(SystemRandom),
                 Kek::from_bytes(&KEK)?,

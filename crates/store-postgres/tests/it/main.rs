@@ -60,3 +60,114 @@ pub async fn drop_databases(urls: &[String]) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Two server nodes on one database: a revocation on one is seen by the
+/// other at once; a policy change reaches the other within its sync period.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_share_one_database() -> anyhow::Result<()> {
+    use mandate_testkit::TestServer;
+    let url = fresh_database().await?;
+    let result = async {
+        let dir = tempfile::tempdir()?;
+        let clock = Arc::new(mandate_core::ManualClock::new(mandate_core::Clock::now(
+            &mandate_core::SystemClock,
+        )));
+        let pin = |c: &mut mandate_core::Config| c.issuer = "https://mandate.test".into();
+        let store_a: Arc<dyn Store> =
+            Arc::new(mandate_store_postgres::PostgresStore::connect(&url).await?);
+        let store_b: Arc<dyn Store> =
+            Arc::new(mandate_store_postgres::PostgresStore::connect(&url).await?);
+        let a = TestServer::start_on(store_a, dir.path(), clock.clone(), pin).await?;
+        let b = TestServer::start_on(store_b, dir.path(), clock.clone(), pin).await?;
+        // Both nodes publish the one key created by whichever started first.
+        let ka: serde_json::Value = a
+            .http
+            .get(format!("{}/jwks.json", a.url))
+            .send()
+            .await?
+            .json()
+            .await?;
+        let kb: serde_json::Value = b
+            .http
+            .get(format!("{}/jwks.json", b.url))
+            .send()
+            .await?
+            .json()
+            .await?;
+        anyhow::ensure!(ka == kb, "nodes publish different keys: {ka} vs {kb}");
+
+        let (_, agent) = a.seed().await?;
+        // Policies reach other nodes by their one-second sync; do it now.
+        b.mandate.sync_from_store().await?;
+        let (st, body) = b.token(&agent, "https://api.example.com", "read").await?;
+        anyhow::ensure!(st == 200, "node B could not issue: {body}");
+        let token = body["access_token"].as_str().unwrap_or_default().to_owned();
+        anyhow::ensure!(a.introspect(&token).await?["active"] == true);
+        // An assertion used on one node is refused on the other.
+        let once = a.assertion(&agent, serde_json::json!({}));
+        let (st, _) = a
+            .token_with(&once, "https://api.example.com", "read")
+            .await?;
+        anyhow::ensure!(st == 200);
+        let (st, _) = b
+            .token_with(&once, "https://api.example.com", "read")
+            .await?;
+        anyhow::ensure!(st == 401, "a replay on the other node was accepted");
+        // Revoke on A (suspend), and B refuses at once.
+        let (st, _) = a
+            .admin(
+                reqwest::Method::POST,
+                &format!("/v1/agents/{}/suspend", agent.id),
+                None,
+            )
+            .await?;
+        anyhow::ensure!(st == 200);
+        anyhow::ensure!(
+            b.introspect(&token).await? == serde_json::json!({"active": false}),
+            "node B still honours a revoked token"
+        );
+        let (st, _) = b.token(&agent, "https://api.example.com", "read").await?;
+        anyhow::ensure!(st == 401, "node B still authenticates a suspended agent");
+        // A policy change on A reaches B.
+        let (st, _) = a
+            .admin(
+                reqwest::Method::POST,
+                &format!("/v1/agents/{}/resume", agent.id),
+                None,
+            )
+            .await?;
+        anyhow::ensure!(st == 200);
+        a.put_policies(r#"forbid(principal, action, resource);"#)
+            .await?;
+        b.mandate.sync_from_store().await?;
+        let (st, body) = b.token(&agent, "https://api.example.com", "read").await?;
+        anyhow::ensure!(
+            st == 400 && body["error"] == "invalid_scope",
+            "node B kept the old policy: {body}"
+        );
+        // A key rotated on A is published and accepted by B.
+        let (st, rotated) = a
+            .admin(reqwest::Method::POST, "/v1/keys/rotate", None)
+            .await?;
+        anyhow::ensure!(st == 200);
+        b.mandate.sync_from_store().await?;
+        let kb: serde_json::Value = b
+            .http
+            .get(format!("{}/jwks.json", b.url))
+            .send()
+            .await?
+            .json()
+            .await?;
+        anyhow::ensure!(
+            kb.to_string()
+                .contains(rotated["kid"].as_str().unwrap_or("?")),
+            "node B does not publish the new key"
+        );
+        a.stop().await?;
+        b.stop().await?;
+        Ok::<_, anyhow::Error>(())
+    }
+    .await;
+    drop_databases(&[url]).await?;
+    result
+}
