@@ -398,7 +398,9 @@ async fn one_request(
             } else {
                 status.to_string()
             };
-            let sample = String::from_utf8_lossy(&bytes[..bytes.len().min(300)]).into_owned();
+            let sample =
+                String::from_utf8_lossy(bytes.get(..bytes.len().min(300)).unwrap_or_default())
+                    .into_owned();
             Outcome::Error(key, sample)
         }
     }
@@ -425,7 +427,9 @@ async fn worker(sh: Arc<Shared>) -> WorkerStats {
         if i >= sh.warmup {
             break;
         }
-        let body = sh.bodies[i].clone();
+        let Some(body) = sh.bodies.get(i).cloned() else {
+            break;
+        };
         match one_request(&mut sender, &sh.target, body, sh.timeout).await {
             Outcome::Success(b) => {
                 st.warmup_successes += 1;
@@ -449,7 +453,9 @@ async fn worker(sh: Arc<Shared>) -> WorkerStats {
         if i >= sh.limit {
             break;
         }
-        let body = sh.bodies[i].clone();
+        let Some(body) = sh.bodies.get(i).cloned() else {
+            break;
+        };
         let t0 = Instant::now();
         let outcome = one_request(&mut sender, &sh.target, body, sh.timeout).await;
         let ns = u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX);
@@ -478,7 +484,7 @@ fn percentile_ms(sorted: &[u64], p: f64) -> f64 {
     // (The epsilon keeps e.g. 99.9% of 1000 from rounding up to rank 1000.)
     let rank = ((p / 100.0) * sorted.len() as f64 - 1e-9).ceil() as usize;
     let idx = rank.clamp(1, sorted.len()) - 1;
-    sorted[idx] as f64 / 1e6
+    sorted.get(idx).copied().unwrap_or_default() as f64 / 1e6
 }
 
 async fn run(a: RunArgs) -> Result<()> {

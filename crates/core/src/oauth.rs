@@ -349,17 +349,19 @@ impl Mandate {
             "scope": claims.scope,
             "token_type": if claims.cnf.is_some() { "DPoP" } else { "Bearer" },
         });
-        if let Some(act) = &claims.act {
-            out["act"] = json!(act);
-        }
-        if let Some(g) = &claims.grant_id {
-            out["grant_id"] = json!(g);
-        }
-        if let Some(p) = &claims.purpose {
-            out["purpose"] = json!(p);
-        }
-        if let Some(cnf) = &claims.cnf {
-            out["cnf"] = json!(cnf);
+        if let Some(obj) = out.as_object_mut() {
+            if let Some(act) = &claims.act {
+                obj.insert("act".into(), json!(act));
+            }
+            if let Some(g) = &claims.grant_id {
+                obj.insert("grant_id".into(), json!(g));
+            }
+            if let Some(p) = &claims.purpose {
+                obj.insert("purpose".into(), json!(p));
+            }
+            if let Some(cnf) = &claims.cnf {
+                obj.insert("cnf".into(), json!(cnf));
+            }
         }
         Ok(out)
     }

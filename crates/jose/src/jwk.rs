@@ -49,7 +49,8 @@ impl PublicJwk {
             }
             KeyAlg::ES256 => match bytes {
                 [0x04, rest @ ..] if rest.len() == 64 => {
-                    (rest[..32].to_vec(), Some(rest[32..].to_vec()))
+                    let (x, y) = rest.split_at(32);
+                    (x.to_vec(), Some(y.to_vec()))
                 }
                 _ => {
                     return Err(JoseError::Key(

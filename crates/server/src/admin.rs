@@ -28,6 +28,13 @@ fn created(body: serde_json::Value) -> Response {
     (StatusCode::CREATED, Json(body)).into_response()
 }
 
+/// Adds a member to a JSON object response.
+fn set(out: &mut serde_json::Value, key: &str, value: serde_json::Value) {
+    if let Some(obj) = out.as_object_mut() {
+        obj.insert(key.to_owned(), value);
+    }
+}
+
 fn to_json<T: serde::Serialize>(v: &T) -> serde_json::Value {
     serde_json::to_value(v).unwrap_or_default()
 }
@@ -81,9 +88,9 @@ pub async fn create_agent(
     let c = caller(&s, &h).await?;
     let (agent, secret) = s.mandate.create_agent(c, body).await?;
     let mut out = to_json(&agent);
-    out["client_id"] = json!(agent.id.to_string());
+    set(&mut out, "client_id", json!(agent.id.to_string()));
     if let Some(secret) = secret {
-        out["client_secret"] = json!(secret);
+        set(&mut out, "client_secret", json!(secret));
     }
     Ok(created(out))
 }
@@ -96,7 +103,7 @@ pub async fn get_agent(
     let c = caller(&s, &h).await?;
     let agent = s.mandate.get_agent(c, id::<AgentId>(&raw)?).await?;
     let mut out = to_json(&agent);
-    out["client_id"] = json!(agent.id.to_string());
+    set(&mut out, "client_id", json!(agent.id.to_string()));
     Ok(Json(out).into_response())
 }
 
@@ -124,8 +131,8 @@ pub async fn agent_lifecycle(
         .agent_lifecycle(c, id::<AgentId>(&raw)?, op)
         .await?;
     let mut out = to_json(&agent);
-    out["client_id"] = json!(agent.id.to_string());
-    out["revoked_tokens"] = json!(revoked);
+    set(&mut out, "client_id", json!(agent.id.to_string()));
+    set(&mut out, "revoked_tokens", json!(revoked));
     Ok(Json(out).into_response())
 }
 

@@ -36,7 +36,6 @@ pub async fn metadata(State(state): State<AppState>) -> Response {
         "revocation_endpoint_auth_methods_supported": methods,
         "revocation_endpoint_auth_signing_alg_values_supported": SIGNING_ALGS,
         "resource_indicators_supported": true,
-        "service_documentation": format!("{iss}/"),
     });
     let mut resp = Json(body).into_response();
     resp.headers_mut().insert(

@@ -171,7 +171,11 @@ impl TestServer {
             )
             .await?;
         anyhow::ensure!(status == 201, "create user: {status} {body}");
-        Ok(body["id"].as_str().context("id")?.to_owned())
+        Ok(body
+            .get("id")
+            .and_then(Value::as_str)
+            .context("id")?
+            .to_owned())
     }
 
     pub async fn create_resource(&self, identifier: &str, scopes: Value) -> Result<Value> {
@@ -210,7 +214,11 @@ impl TestServer {
             .await?;
         anyhow::ensure!(status == 201, "create agent: {status} {body}");
         Ok(TestAgent {
-            id: body["client_id"].as_str().context("client_id")?.to_owned(),
+            id: body
+                .get("client_id")
+                .and_then(Value::as_str)
+                .context("client_id")?
+                .to_owned(),
             key,
         })
     }

@@ -1,4 +1,6 @@
 //! End-to-end tests: the real server on a random port, spoken to over HTTP.
+// Test helpers index JSON freely; a missing member fails the test.
+#![allow(clippy::indexing_slicing)]
 
 mod admin;
 mod client_auth;
