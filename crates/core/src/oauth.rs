@@ -303,10 +303,10 @@ impl Mandate {
         if !record.is_live(now) {
             return Ok(None);
         }
-        // Fail closed: the presenting agent must still be active.
+        // Fail closed: the presenting agent must still be able to act.
         if let ClientId::Agent(a) = record.client_id {
             match self.store.agent(a).await? {
-                Some(agent) if agent.is_live(now) => {}
+                Some(agent) if self.agent_may_act(&agent).await? => {}
                 _ => return Ok(None),
             }
         }

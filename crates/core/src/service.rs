@@ -406,6 +406,18 @@ impl Mandate {
         Ok(keys)
     }
 
+    /// Whether `agent` may act now: it is active and unexpired, and its
+    /// accountable owner is an active user (OWASP NHI1: offboarding a person
+    /// stops the agents they own).
+    pub(crate) async fn agent_may_act(&self, agent: &Agent) -> Result<bool, Error> {
+        if !agent.is_live(self.clock.now()) {
+            return Ok(false);
+        }
+        Ok(
+            matches!(self.store.user(agent.owner).await?, Some(u) if u.status == mandate_model::records::UserStatus::Active),
+        )
+    }
+
     /// The client's keys and record; an inactive agent cannot authenticate.
     async fn load_client(
         &self,
@@ -418,7 +430,7 @@ impl Mandate {
                     .agent(a)
                     .await?
                     .ok_or_else(|| Error::InvalidClient("unknown client".into()))?;
-                if !agent.is_live(self.clock.now()) {
+                if !self.agent_may_act(&agent).await? {
                     return Err(Error::InvalidClient("the agent is not active".into()));
                 }
                 Ok((agent.jwks.clone(), Some(agent), None))

@@ -64,6 +64,7 @@ pub fn router(state: AppState) -> Router {
         .merge(admin)
         .merge(ops)
         .fallback(ops::not_found)
+        .method_not_allowed_fallback(ops::method_not_allowed)
         .layer(axum::middleware::from_fn(ops::track))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         // RFC 9700 §4.16 (clickjacking) and content sniffing.

@@ -48,6 +48,15 @@ pub async fn metrics() -> Response {
         .into_response()
 }
 
+pub async fn method_not_allowed() -> Problem {
+    Problem::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method-not-allowed",
+        "Method not allowed",
+        "this endpoint does not take that method",
+    )
+}
+
 pub async fn not_found() -> Problem {
     Problem::new(
         StatusCode::NOT_FOUND,

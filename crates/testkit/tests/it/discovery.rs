@@ -108,3 +108,20 @@ async fn security_headers_are_set() -> anyhow::Result<()> {
     s.stop().await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn unknown_routes_and_methods_answer_problem_json() -> anyhow::Result<()> {
+    let s = TestServer::start().await?;
+    let resp = s.http.get(format!("{}/nope", s.url)).send().await?;
+    assert_eq!(resp.status(), 404);
+    assert_eq!(resp.headers()["content-type"], "application/problem+json");
+    let resp = s
+        .http
+        .delete(format!("{}/oauth/token", s.url))
+        .send()
+        .await?;
+    assert_eq!(resp.status(), 405);
+    assert_eq!(resp.headers()["content-type"], "application/problem+json");
+    s.stop().await?;
+    Ok(())
+}

@@ -189,3 +189,35 @@ async fn disabling_a_user_takes_effect_at_once() -> anyhow::Result<()> {
     s.stop().await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn disabling_an_owner_stops_their_agents() -> anyhow::Result<()> {
+    let s = TestServer::start().await?;
+    let (owner, agent) = s.seed().await?;
+    let (_, body) = s.token(&agent, API, "read").await?;
+    let t = body["access_token"].as_str().unwrap_or_default().to_owned();
+    let (st, _) = s
+        .admin(
+            Method::PATCH,
+            &format!("/v1/users/{owner}"),
+            Some(json!({"status": "disabled"})),
+        )
+        .await?;
+    assert_eq!(st, 200);
+    assert_eq!(s.introspect(&t).await?, json!({"active": false}));
+    let (st, body) = s.token(&agent, API, "read").await?;
+    assert_eq!((st, body["error"].as_str()), (401, Some("invalid_client")));
+    // Re-enabling restores the agent (its lifecycle is its own).
+    let (st, _) = s
+        .admin(
+            Method::PATCH,
+            &format!("/v1/users/{owner}"),
+            Some(json!({"status": "active"})),
+        )
+        .await?;
+    assert_eq!(st, 200);
+    let (st, _) = s.token(&agent, API, "read").await?;
+    assert_eq!(st, 200);
+    s.stop().await?;
+    Ok(())
+}
