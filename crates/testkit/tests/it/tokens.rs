@@ -349,3 +349,73 @@ async fn intro(
     )
     .await
 }
+
+#[tokio::test]
+async fn oversized_and_hostile_forms_are_refused() -> anyhow::Result<()> {
+    let s = TestServer::start().await?;
+    let (_, agent) = s.seed().await?;
+    // A 1 MB scope: refused before it is parsed.
+    let a = s.assertion(&agent, json!({}));
+    let big = "s ".repeat(500_000);
+    let (st, _) = s
+        .form(
+            "/oauth/token",
+            &[
+                ("grant_type", "client_credentials"),
+                (
+                    "client_assertion_type",
+                    mandate_jose::assertion::CLIENT_ASSERTION_TYPE,
+                ),
+                ("client_assertion", &a),
+                ("resource", API),
+                ("scope", &big),
+            ],
+        )
+        .await?;
+    assert!(st == 413 || st == 400, "{st}");
+    // SQL metacharacters in client_id and an iss that is not an id.
+    let a = s.assertion(&agent, json!({}));
+    let (st, body) = s
+        .form(
+            "/oauth/token",
+            &[
+                ("grant_type", "client_credentials"),
+                ("client_id", "agt_x' OR '1'='1"),
+                (
+                    "client_assertion_type",
+                    mandate_jose::assertion::CLIENT_ASSERTION_TYPE,
+                ),
+                ("client_assertion", &a),
+                ("resource", API),
+                ("scope", "read"),
+            ],
+        )
+        .await?;
+    assert_eq!((st, body["error"].as_str()), (401, Some("invalid_client")));
+    let a = s.assertion(
+        &agent,
+        json!({"iss": "x' OR '1'='1", "sub": "x' OR '1'='1"}),
+    );
+    let (st, body) = s.token_with(&a, API, "read").await?;
+    assert_eq!((st, body["error"].as_str()), (401, Some("invalid_client")));
+    // A non-UTF-8 body.
+    let resp = s
+        .http
+        .post(format!("{}/oauth/token", s.url))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(vec![b'a', b'=', 0xff, 0xfe])
+        .send()
+        .await?;
+    assert_eq!(resp.status(), 400);
+    // The agent is unharmed and nothing was issued.
+    let (st, body) = s
+        .admin(
+            Method::POST,
+            &format!("/v1/agents/{}/suspend", agent.id),
+            None,
+        )
+        .await?;
+    assert_eq!((st, body["revoked_tokens"].as_u64()), (200, Some(0)));
+    s.stop().await?;
+    Ok(())
+}
