@@ -45,6 +45,8 @@ struct Job {
 
 /// SQLite store: pooled readers and a group-committing writer thread.
 pub struct SqliteStore {
+    /// Dropping it stops the checkpoint thread.
+    _stop_checkpoints: mpsc::Sender<()>,
     path: PathBuf,
     readers: Mutex<Vec<Connection>>,
     writer: Mutex<mpsc::Sender<Job>>,
@@ -99,12 +101,25 @@ impl SqliteStore {
         }
         configure(&conn).map_err(unavailable)?;
         migrate(&mut conn).map_err(unavailable)?;
+        // Checkpoints run on their own thread, so that copying the WAL back
+        // into the database does not stall the writer; the writer checkpoints
+        // itself only if that thread falls far behind.
+        conn.pragma_update(None, "wal_autocheckpoint", 10_000)
+            .map_err(unavailable)?;
+        let checkpointer = Connection::open(path).map_err(unavailable)?;
+        configure(&checkpointer).map_err(unavailable)?;
+        let (stop_checkpoints, stopped) = mpsc::channel::<()>();
+        std::thread::Builder::new()
+            .name("mandate-sqlite-checkpoint".into())
+            .spawn(move || checkpoint_loop(checkpointer, stopped))
+            .map_err(unavailable)?;
         let (tx, rx) = mpsc::channel();
         std::thread::Builder::new()
             .name("mandate-sqlite-writer".into())
             .spawn(move || write_loop(conn, rx))
             .map_err(unavailable)?;
         Ok(Self {
+            _stop_checkpoints: stop_checkpoints,
             path: path.to_owned(),
             readers: Mutex::new(Vec::new()),
             writer: Mutex::new(tx),
@@ -172,6 +187,15 @@ impl SqliteStore {
             Ok(rows)
         })?;
         rows.into_iter().collect()
+    }
+}
+
+/// A passive checkpoint every half second until the store is dropped.
+fn checkpoint_loop(conn: Connection, stop: mpsc::Receiver<()>) {
+    while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(Duration::from_millis(500)) {
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::warn!(error = %e, "WAL checkpoint failed");
+        }
     }
 }
 
