@@ -114,7 +114,11 @@ fn load_settings(args: &ServeArgs) -> Result<Settings> {
 
 fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Text => builder.try_init(),
@@ -179,6 +183,9 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         .clone()
         .unwrap_or_else(|| format!("http://{}", settings.listen));
     let mut config = Config::new(&issuer);
+    if !(1..=3600).contains(&settings.access_token_ttl) {
+        bail!("access_token_ttl must be 1 to 3600 seconds");
+    }
     config.access_token_ttl = settings.access_token_ttl;
     config.signing_alg = mandate_jose::KeyAlg::parse(&settings.signing_alg)?;
     let loopback = ["http://127.0.0.1", "http://localhost", "http://[::1]"]
@@ -189,6 +196,11 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         Toggle::Off => false,
         Toggle::Auto => loopback,
     };
+    if config.allow_client_secrets && !loopback {
+        tracing::warn!(
+            "client_secret_basic is enabled on a non-loopback issuer; it is meant for development only"
+        );
+    }
     if !(config.issuer.starts_with("https://") || loopback) {
         bail!("the issuer must be an https URL (or loopback http for development)");
     }

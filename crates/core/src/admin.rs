@@ -239,6 +239,11 @@ impl Mandate {
                     subject: id.to_string(),
                     at: self.clock.now(),
                 });
+                // The agents they are accountable for stop too (OWASP NHI1).
+                change.push(Mutation::RevokeTokensOfOwnedAgents {
+                    owner: id,
+                    at: self.clock.now(),
+                });
             }
             user.status = status;
         }

@@ -274,24 +274,24 @@ impl Mandate {
 
     /// Verifies one of our access tokens and loads its record; `None` when
     /// the token is not live for any reason.
+    /// Verifies one of our access tokens, reloading the keys once when it
+    /// names a key this node has not loaded (another node may have rotated).
+    async fn verify_ours(&self, token: &str) -> Result<Option<AccessTokenClaims>, Error> {
+        let now = self.clock.now().unix_timestamp();
+        let mut verified = self.ring().verifier.verify(token, now, None);
+        if matches!(verified, Err(JoseError::UnknownKey)) {
+            self.reload_keys().await?;
+            verified = self.ring().verifier.verify(token, now, None);
+        }
+        Ok(verified.ok())
+    }
+
     async fn live_token(
         &self,
         token: &str,
     ) -> Result<Option<(AccessTokenClaims, TokenRecord)>, Error> {
         let now = self.clock.now();
-        let mut verified = self
-            .ring()
-            .verifier
-            .verify(token, now.unix_timestamp(), None);
-        if matches!(verified, Err(JoseError::UnknownKey)) {
-            // Another node may have rotated keys; look once more.
-            self.reload_keys().await?;
-            verified = self
-                .ring()
-                .verifier
-                .verify(token, now.unix_timestamp(), None);
-        }
-        let Ok(claims) = verified else {
+        let Some(claims) = self.verify_ours(token).await? else {
             return Ok(None);
         };
         let Ok(jti) = claims.jti.parse::<Jti>() else {
@@ -378,14 +378,10 @@ impl Mandate {
         }
         let now = self.clock.now();
         // Expired tokens need no revocation; an unknown or forged one is ignored.
-        let target = match self
-            .ring()
-            .verifier
-            .verify(token, now.unix_timestamp(), None)
-        {
-            Ok(claims) => claims.jti.parse::<Jti>().ok(),
-            Err(_) => None,
-        };
+        let target = self
+            .verify_ours(token)
+            .await?
+            .and_then(|claims| claims.jti.parse::<Jti>().ok());
         let mut revoked = false;
         if let Some(jti) = target
             && let Some(record) = self.store.token(jti).await?

@@ -476,11 +476,17 @@ impl Mandate {
         Ok(key.kid().to_owned())
     }
 
-    /// Forgets expired replay-store entries.
+    /// Forgets expired replay-store entries and retires ephemeral agents
+    /// whose time is up, revoking their tokens.
     pub async fn housekeeping(&self) -> Result<(), Error> {
-        let before = self.clock.now() - Duration::seconds(self.config.leeway);
+        let now = self.clock.now();
+        let before = now - Duration::seconds(self.config.leeway);
         self.store
-            .commit(Change::new().with(Mutation::PurgeExpiredJtis { before }))
+            .commit(
+                Change::new()
+                    .with(Mutation::PurgeExpiredJtis { before })
+                    .with(Mutation::RetireExpiredAgents { at: now }),
+            )
             .await?;
         Ok(())
     }

@@ -82,6 +82,16 @@ pub enum Mutation {
         subject: String,
         at: OffsetDateTime,
     },
+    /// Revokes every live token held by an agent `owner` is accountable for.
+    RevokeTokensOfOwnedAgents {
+        owner: UserId,
+        at: OffsetDateTime,
+    },
+    /// Retires every ephemeral agent whose expiry has passed and revokes its
+    /// live tokens (affected: how many agents).
+    RetireExpiredAgents {
+        at: OffsetDateTime,
+    },
     /// Fails with `Conflict` if the identifier or id exists.
     InsertResource(Resource),
     /// Records a new policy set version and makes it current.

@@ -9,8 +9,9 @@ use crate::{JoseError, JwkSet, SigningKey, b64};
 /// Largest token accepted, before any decoding.
 pub const MAX_TOKEN_LEN: usize = 16 * 1024;
 
-/// The header members Mandate understands. Everything else is refused,
-/// so a header cannot smuggle in key references or processing rules.
+/// The header members Mandate reads. Members that point at keys (`jku`,
+/// `x5u`, `x5c`, `jwk` outside DPoP) or demand processing (`crit`, `b64`,
+/// `zip`, `enc`) are refused; other unregistered members are ignored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Header {
     pub alg: String,

@@ -167,6 +167,29 @@ async fn apply(conn: &mut PgConnection, m: &Mutation) -> Result<u64, StoreError>
             .execute(&mut *conn)
             .await
             .map_err(unavailable)?,
+        Mutation::RevokeTokensOfOwnedAgents { owner, at } => sqlx::query(
+            "UPDATE tokens SET revoked_at = $1 WHERE revoked_at IS NULL AND client_id IN (SELECT id FROM agents WHERE owner = $2)",
+        )
+        .bind(ts(*at))
+        .bind(owner.to_string())
+        .execute(&mut *conn)
+        .await
+        .map_err(unavailable)?,
+        Mutation::RetireExpiredAgents { at } => {
+            sqlx::query(
+                "UPDATE tokens SET revoked_at = $1 WHERE revoked_at IS NULL AND client_id IN \
+                 (SELECT id FROM agents WHERE kind = 'ephemeral' AND status <> 'retired' AND expires_at <= $1)",
+            )
+            .bind(ts(*at))
+            .execute(&mut *conn)
+            .await
+            .map_err(unavailable)?;
+            sqlx::query("UPDATE agents SET status = 'retired', updated_at = $1 WHERE kind = 'ephemeral' AND status <> 'retired' AND expires_at <= $1")
+                .bind(ts(*at))
+                .execute(&mut *conn)
+                .await
+                .map_err(unavailable)?
+        }
         Mutation::InsertResource(r) => sqlx::query("INSERT INTO resources (id, identifier, name, scopes, jwks, created_at) VALUES ($1, $2, $3, $4, $5, $6)")
             .bind(r.id.to_string())
             .bind(&r.identifier)

@@ -429,6 +429,27 @@ fn apply(conn: &Connection, m: &Mutation) -> Result<u64, StoreError> {
             params![ts(*at), subject],
             "tokens",
         ),
+        Mutation::RevokeTokensOfOwnedAgents { owner, at } => exec(
+            conn,
+            "UPDATE tokens SET revoked_at = ?1 WHERE revoked_at IS NULL AND client_id IN (SELECT id FROM agents WHERE owner = ?2)",
+            params![ts(*at), owner.to_string()],
+            "tokens",
+        ),
+        Mutation::RetireExpiredAgents { at } => {
+            exec(
+                conn,
+                "UPDATE tokens SET revoked_at = ?1 WHERE revoked_at IS NULL AND client_id IN \
+                 (SELECT id FROM agents WHERE kind = 'ephemeral' AND status <> 'retired' AND expires_at <= ?1)",
+                params![ts(*at)],
+                "tokens",
+            )?;
+            exec(
+                conn,
+                "UPDATE agents SET status = 'retired', updated_at = ?1 WHERE kind = 'ephemeral' AND status <> 'retired' AND expires_at <= ?1",
+                params![ts(*at)],
+                "agents",
+            )
+        }
         Mutation::InsertResource(r) => exec(
             conn,
             "INSERT INTO resources (id, identifier, name, scopes, jwks, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",

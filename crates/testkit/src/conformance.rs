@@ -34,6 +34,7 @@ pub const CASES: &[(&str, Case)] = cases![
     replay_store_burns_each_jti_once,
     a_failed_change_writes_nothing,
     concurrent_replays_admit_one,
+    owners_and_expiry_revoke_agent_tokens,
 ];
 
 /// Runs every case on a fresh store from `factory`.
@@ -524,5 +525,80 @@ async fn concurrent_replays_admit_one(s: Arc<dyn Store>) -> Result<()> {
         }
     }
     ensure!(ok == 1, "{ok} concurrent uses of one jti succeeded");
+    Ok(())
+}
+
+async fn owners_and_expiry_revoke_agent_tokens(s: Arc<dyn Store>) -> Result<()> {
+    let u = user("o@example.com");
+    let other = user("other@example.com");
+    one(&s, Mutation::InsertUser(u.clone())).await?;
+    one(&s, Mutation::InsertUser(other.clone())).await?;
+    let mine = agent(u.id, None);
+    let theirs = agent(other.id, None);
+    let child = agent(u.id, Some(mine.id)); // ephemeral, expires at t0 + 1 h
+    for a in [&mine, &theirs, &child] {
+        one(&s, Mutation::InsertAgent(a.clone())).await?;
+    }
+    let (t_mine, t_theirs, t_child) = (
+        token(mine.id, "x"),
+        token(theirs.id, "x"),
+        token(child.id, "x"),
+    );
+    for t in [&t_mine, &t_theirs, &t_child] {
+        one(&s, Mutation::InsertToken(t.clone())).await?;
+    }
+    ensure!(
+        one(
+            &s,
+            Mutation::RevokeTokensOfOwnedAgents {
+                owner: u.id,
+                at: t0()
+            }
+        )
+        .await?
+            == 2
+    );
+    ensure!(
+        s.token(t_theirs.jti)
+            .await?
+            .and_then(|t| t.revoked_at)
+            .is_none(),
+        "another owner's token was revoked"
+    );
+    let t_child2 = token(child.id, "y");
+    one(&s, Mutation::InsertToken(t_child2.clone())).await?;
+    ensure!(
+        one(
+            &s,
+            Mutation::RetireExpiredAgents {
+                at: t0() + Duration::minutes(59)
+            }
+        )
+        .await?
+            == 0,
+        "retired before expiry"
+    );
+    ensure!(
+        one(
+            &s,
+            Mutation::RetireExpiredAgents {
+                at: t0() + Duration::hours(1)
+            }
+        )
+        .await?
+            == 1
+    );
+    ensure!(s.agent(child.id).await?.map(|a| a.status) == Some(AgentStatus::Retired));
+    ensure!(
+        s.agent(mine.id).await?.map(|a| a.status) == Some(AgentStatus::Active),
+        "a persistent agent was retired"
+    );
+    ensure!(
+        s.token(t_child2.jti)
+            .await?
+            .and_then(|t| t.revoked_at)
+            .is_some(),
+        "the expired agent's token lives on"
+    );
     Ok(())
 }

@@ -140,6 +140,19 @@ async fn an_ephemeral_agent_past_its_expiry_cannot_authenticate() -> anyhow::Res
     assert_eq!(s.introspect(&t).await?, json!({"active": false}));
     let (st, _) = s.token(&child, API, "read").await?;
     assert_eq!(st, 401);
+    // Housekeeping records the expiry as retirement.
+    s.mandate.housekeeping().await?;
+    let (_, c) = s
+        .admin(Method::GET, &format!("/v1/agents/{}", child.id), None)
+        .await?;
+    assert_eq!(c["status"], "retired");
+    let (_, p) = s
+        .admin(Method::GET, &format!("/v1/agents/{}", parent.id), None)
+        .await?;
+    assert_eq!(
+        p["status"], "active",
+        "a persistent agent was retired by expiry housekeeping"
+    );
     s.stop().await?;
     Ok(())
 }
