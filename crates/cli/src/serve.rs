@@ -61,6 +61,10 @@ pub struct ServeArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     access_token_ttl: Option<i64>,
+    /// Longest a client assertion may live, seconds (RFC 7523; default 3600).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    assertion_max_lifetime: Option<i64>,
     /// Algorithm for new signing keys: EdDSA or ES256.
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -76,6 +80,7 @@ struct Settings {
     log_format: LogFormat,
     client_secrets: Toggle,
     access_token_ttl: i64,
+    assertion_max_lifetime: i64,
     signing_alg: String,
     master_key: Option<String>,
     admin_token: Option<String>,
@@ -91,6 +96,7 @@ impl Default for Settings {
             log_format: LogFormat::Text,
             client_secrets: Toggle::Auto,
             access_token_ttl: 300,
+            assertion_max_lifetime: 3600,
             signing_alg: "EdDSA".into(),
             master_key: None,
             admin_token: None,
@@ -187,6 +193,10 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         bail!("access_token_ttl must be 1 to 3600 seconds");
     }
     config.access_token_ttl = settings.access_token_ttl;
+    if !(1..=86_400).contains(&settings.assertion_max_lifetime) {
+        bail!("assertion_max_lifetime must be 1 to 86400 seconds");
+    }
+    config.assertion_max_lifetime = settings.assertion_max_lifetime;
     config.signing_alg = mandate_jose::KeyAlg::parse(&settings.signing_alg)?;
     let loopback = ["http://127.0.0.1", "http://localhost", "http://[::1]"]
         .iter()
