@@ -162,6 +162,25 @@ impl TestServer {
         Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
     }
 
+    /// POSTs a form to an OAuth endpoint with `assertion` as the client's
+    /// `private_key_jwt` credentials, ahead of `params`.
+    pub async fn form_asserted(
+        &self,
+        assertion: &str,
+        path: &str,
+        params: &[(&str, &str)],
+    ) -> Result<(u16, Value)> {
+        let mut all = vec![
+            (
+                "client_assertion_type",
+                mandate_jose::assertion::CLIENT_ASSERTION_TYPE,
+            ),
+            ("client_assertion", assertion),
+        ];
+        all.extend_from_slice(params);
+        self.form(path, &all).await
+    }
+
     pub async fn create_user(&self, email: &str) -> Result<String> {
         let (status, body) = self
             .admin(
@@ -261,15 +280,11 @@ impl TestServer {
         resource: &str,
         scope: &str,
     ) -> Result<(u16, Value)> {
-        self.form(
+        self.form_asserted(
+            assertion,
             "/oauth/token",
             &[
                 ("grant_type", "client_credentials"),
-                (
-                    "client_assertion_type",
-                    mandate_jose::assertion::CLIENT_ASSERTION_TYPE,
-                ),
-                ("client_assertion", assertion),
                 ("resource", resource),
                 ("scope", scope),
             ],

@@ -203,16 +203,12 @@ async fn every_client_assertion_fault_is_invalid_client() -> anyhow::Result<()> 
     // client_id in the body is optional, but must match when present.
     let a = s.assertion(&agent, json!({}));
     let (st, body) = s
-        .form(
+        .form_asserted(
+            &a,
             "/oauth/token",
             &[
                 ("grant_type", "client_credentials"),
                 ("client_id", "agt_01JZZZZZZZZZZZZZZZZZZZZZZZ"),
-                (
-                    "client_assertion_type",
-                    mandate_jose::assertion::CLIENT_ASSERTION_TYPE,
-                ),
-                ("client_assertion", &a),
                 ("resource", API),
                 ("scope", "read"),
             ],
@@ -221,16 +217,12 @@ async fn every_client_assertion_fault_is_invalid_client() -> anyhow::Result<()> 
     assert_eq!((st, body["error"].as_str()), (401, Some("invalid_client")));
     let a = s.assertion(&agent, json!({}));
     let (st, _) = s
-        .form(
+        .form_asserted(
+            &a,
             "/oauth/token",
             &[
                 ("grant_type", "client_credentials"),
                 ("client_id", &agent.id),
-                (
-                    "client_assertion_type",
-                    mandate_jose::assertion::CLIENT_ASSERTION_TYPE,
-                ),
-                ("client_assertion", &a),
                 ("resource", API),
                 ("scope", "read"),
             ],

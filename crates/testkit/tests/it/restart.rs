@@ -34,18 +34,8 @@ async fn state_survives_a_restart() -> anyhow::Result<()> {
     let (_, body) = s.token(&agent, API, "read").await?;
     let live = body["access_token"].as_str().unwrap_or_default().to_owned();
     let a = s.assertion(&agent, json!({}));
-    s.form(
-        "/oauth/revoke",
-        &[
-            (
-                "client_assertion_type",
-                mandate_jose::assertion::CLIENT_ASSERTION_TYPE,
-            ),
-            ("client_assertion", &a),
-            ("token", &revoked),
-        ],
-    )
-    .await?;
+    s.form_asserted(&a, "/oauth/revoke", &[("token", &revoked)])
+        .await?;
     let agent_id = agent.id.clone();
     s.stop().await?;
 

@@ -150,15 +150,11 @@ async fn token_requests_are_checked_against_resources_and_policy() -> anyhow::Re
     // Other grant types, repeated parameters, wrong media type.
     let a = s.assertion(&agent, json!({}));
     let (st, body) = s
-        .form(
+        .form_asserted(
+            &a,
             "/oauth/token",
             &[
                 ("grant_type", "password"),
-                (
-                    "client_assertion_type",
-                    mandate_jose::assertion::CLIENT_ASSERTION_TYPE,
-                ),
-                ("client_assertion", &a),
                 ("username", "u"),
                 ("password", "p"),
             ],
@@ -248,50 +244,20 @@ async fn introspection_and_revocation_follow_the_caller_rules() -> anyhow::Resul
     // Revocation by another client: 200, nothing revoked.
     let a = s.assertion(&other, json!({}));
     let (st, _) = s
-        .form(
-            "/oauth/revoke",
-            &[
-                (
-                    "client_assertion_type",
-                    mandate_jose::assertion::CLIENT_ASSERTION_TYPE,
-                ),
-                ("client_assertion", &a),
-                ("token", &token),
-            ],
-        )
+        .form_asserted(&a, "/oauth/revoke", &[("token", &token)])
         .await?;
     assert_eq!(st, 200);
     assert_eq!(s.introspect(&token).await?["active"], true);
     // Revocation of unknown tokens: 200.
     let a = s.assertion(&agent, json!({}));
     let (st, _) = s
-        .form(
-            "/oauth/revoke",
-            &[
-                (
-                    "client_assertion_type",
-                    mandate_jose::assertion::CLIENT_ASSERTION_TYPE,
-                ),
-                ("client_assertion", &a),
-                ("token", "unknown"),
-            ],
-        )
+        .form_asserted(&a, "/oauth/revoke", &[("token", "unknown")])
         .await?;
     assert_eq!(st, 200);
     // The holder revokes it.
     let a = s.assertion(&agent, json!({}));
     let (st, _) = s
-        .form(
-            "/oauth/revoke",
-            &[
-                (
-                    "client_assertion_type",
-                    mandate_jose::assertion::CLIENT_ASSERTION_TYPE,
-                ),
-                ("client_assertion", &a),
-                ("token", &token),
-            ],
-        )
+        .form_asserted(&a, "/oauth/revoke", &[("token", &token)])
         .await?;
     assert_eq!(st, 200);
     assert_eq!(s.introspect(&token).await?, json!({"active": false}));
@@ -336,18 +302,8 @@ async fn intro(
     t: &str,
 ) -> anyhow::Result<(u16, serde_json::Value)> {
     let a = s.assertion(who, json!({}));
-    s.form(
-        "/oauth/introspect",
-        &[
-            (
-                "client_assertion_type",
-                mandate_jose::assertion::CLIENT_ASSERTION_TYPE,
-            ),
-            ("client_assertion", &a),
-            ("token", t),
-        ],
-    )
-    .await
+    s.form_asserted(&a, "/oauth/introspect", &[("token", t)])
+        .await
 }
 
 #[tokio::test]
@@ -358,15 +314,11 @@ async fn oversized_and_hostile_forms_are_refused() -> anyhow::Result<()> {
     let a = s.assertion(&agent, json!({}));
     let big = "s ".repeat(500_000);
     let (st, _) = s
-        .form(
+        .form_asserted(
+            &a,
             "/oauth/token",
             &[
                 ("grant_type", "client_credentials"),
-                (
-                    "client_assertion_type",
-                    mandate_jose::assertion::CLIENT_ASSERTION_TYPE,
-                ),
-                ("client_assertion", &a),
                 ("resource", API),
                 ("scope", &big),
             ],
@@ -376,16 +328,12 @@ async fn oversized_and_hostile_forms_are_refused() -> anyhow::Result<()> {
     // SQL metacharacters in client_id and an iss that is not an id.
     let a = s.assertion(&agent, json!({}));
     let (st, body) = s
-        .form(
+        .form_asserted(
+            &a,
             "/oauth/token",
             &[
                 ("grant_type", "client_credentials"),
                 ("client_id", "agt_x' OR '1'='1"),
-                (
-                    "client_assertion_type",
-                    mandate_jose::assertion::CLIENT_ASSERTION_TYPE,
-                ),
-                ("client_assertion", &a),
                 ("resource", API),
                 ("scope", "read"),
             ],
