@@ -1,8 +1,10 @@
 //! The administration API (DESIGN §7): JSON over HTTP under `/v1`.
 
 use axum::Json;
+use axum::extract::FromRequestParts;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use mandate_core::{Caller, Error, NewAgent, NewResource, NewUser, UserPatch};
 use mandate_model::records::Lifecycle;
@@ -14,9 +16,17 @@ use crate::AppState;
 use crate::error::Problem;
 use crate::extract::{StrictJson, bearer};
 
-async fn caller(state: &AppState, headers: &HeaderMap) -> Result<Caller, Problem> {
-    let token = bearer(headers).ok_or(Error::Unauthenticated)?;
-    Ok(state.mandate.authenticate_caller(token).await?)
+/// The authenticated caller. As an extractor it runs before the body is
+/// read, so an unauthenticated request learns nothing about the schema.
+pub struct Authed(pub Caller);
+
+impl FromRequestParts<AppState> for Authed {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Problem> {
+        let token = bearer(&parts.headers).ok_or(Error::Unauthenticated)?;
+        Ok(Authed(state.mandate.authenticate_caller(token).await?))
+    }
 }
 
 fn id<T: std::str::FromStr<Err = mandate_model::ModelError>>(raw: &str) -> Result<T, Problem> {
@@ -41,51 +51,46 @@ fn to_json<T: serde::Serialize>(v: &T) -> serde_json::Value {
 
 pub async fn create_user(
     State(s): State<AppState>,
-    h: HeaderMap,
+    Authed(c): Authed,
     StrictJson(body): StrictJson<NewUser>,
 ) -> Result<Response, Problem> {
-    let c = caller(&s, &h).await?;
     let user = s.mandate.create_user(c, body).await?;
     Ok(created(to_json(&user)))
 }
 
 pub async fn get_user(
     State(s): State<AppState>,
-    h: HeaderMap,
+    Authed(c): Authed,
     Path(raw): Path<String>,
 ) -> Result<Response, Problem> {
-    let c = caller(&s, &h).await?;
     let user = s.mandate.get_user(c, id::<UserId>(&raw)?).await?;
     Ok(Json(to_json(&user)).into_response())
 }
 
 pub async fn update_user(
     State(s): State<AppState>,
-    h: HeaderMap,
+    Authed(c): Authed,
     Path(raw): Path<String>,
     StrictJson(body): StrictJson<UserPatch>,
 ) -> Result<Response, Problem> {
-    let c = caller(&s, &h).await?;
     let user = s.mandate.update_user(c, id::<UserId>(&raw)?, body).await?;
     Ok(Json(to_json(&user)).into_response())
 }
 
 pub async fn create_user_token(
     State(s): State<AppState>,
-    h: HeaderMap,
+    Authed(c): Authed,
     Path(raw): Path<String>,
 ) -> Result<Response, Problem> {
-    let c = caller(&s, &h).await?;
     let token = s.mandate.create_user_token(c, id::<UserId>(&raw)?).await?;
     Ok(created(json!({ "token": token })))
 }
 
 pub async fn create_agent(
     State(s): State<AppState>,
-    h: HeaderMap,
+    Authed(c): Authed,
     StrictJson(body): StrictJson<NewAgent>,
 ) -> Result<Response, Problem> {
-    let c = caller(&s, &h).await?;
     let (agent, secret) = s.mandate.create_agent(c, body).await?;
     let mut out = to_json(&agent);
     set(&mut out, "client_id", json!(agent.id.to_string()));
@@ -97,10 +102,9 @@ pub async fn create_agent(
 
 pub async fn get_agent(
     State(s): State<AppState>,
-    h: HeaderMap,
+    Authed(c): Authed,
     Path(raw): Path<String>,
 ) -> Result<Response, Problem> {
-    let c = caller(&s, &h).await?;
     let agent = s.mandate.get_agent(c, id::<AgentId>(&raw)?).await?;
     let mut out = to_json(&agent);
     set(&mut out, "client_id", json!(agent.id.to_string()));
@@ -109,7 +113,7 @@ pub async fn get_agent(
 
 pub async fn agent_lifecycle(
     State(s): State<AppState>,
-    h: HeaderMap,
+    Authed(c): Authed,
     Path((raw, op)): Path<(String, String)>,
 ) -> Result<Response, Problem> {
     let op = match op.as_str() {
@@ -125,7 +129,6 @@ pub async fn agent_lifecycle(
             ));
         }
     };
-    let c = caller(&s, &h).await?;
     let (agent, revoked) = s
         .mandate
         .agent_lifecycle(c, id::<AgentId>(&raw)?, op)
@@ -138,20 +141,18 @@ pub async fn agent_lifecycle(
 
 pub async fn create_resource(
     State(s): State<AppState>,
-    h: HeaderMap,
+    Authed(c): Authed,
     StrictJson(body): StrictJson<NewResource>,
 ) -> Result<Response, Problem> {
-    let c = caller(&s, &h).await?;
     let r = s.mandate.create_resource(c, body).await?;
     Ok(created(to_json(&r)))
 }
 
 pub async fn get_resource(
     State(s): State<AppState>,
-    h: HeaderMap,
+    Authed(c): Authed,
     Path(raw): Path<String>,
 ) -> Result<Response, Problem> {
-    let c = caller(&s, &h).await?;
     let r = s.mandate.get_resource(c, id::<ResourceId>(&raw)?).await?;
     Ok(Json(to_json(&r)).into_response())
 }
@@ -164,16 +165,17 @@ pub struct PolicyBody {
 
 pub async fn put_policies(
     State(s): State<AppState>,
-    h: HeaderMap,
+    Authed(c): Authed,
     StrictJson(body): StrictJson<PolicyBody>,
 ) -> Result<Response, Problem> {
-    let c = caller(&s, &h).await?;
     let p = s.mandate.put_policies(c, &body.policies).await?;
     Ok(Json(json!({ "version": p.version })).into_response())
 }
 
-pub async fn get_policies(State(s): State<AppState>, h: HeaderMap) -> Result<Response, Problem> {
-    let c = caller(&s, &h).await?;
+pub async fn get_policies(
+    State(s): State<AppState>,
+    Authed(c): Authed,
+) -> Result<Response, Problem> {
     let (version, text, schema) = s.mandate.get_policies(c).await?;
     Ok(Json(json!({ "version": version, "policies": text, "schema": schema })).into_response())
 }
@@ -188,10 +190,9 @@ pub struct RotateBody {
 /// The body is optional: `{}` or none rotates to the configured algorithm.
 pub async fn rotate_keys(
     State(s): State<AppState>,
-    h: HeaderMap,
+    Authed(c): Authed,
     body: axum::body::Bytes,
 ) -> Result<Response, Problem> {
-    let c = caller(&s, &h).await?;
     let body: RotateBody = if body.is_empty() {
         RotateBody::default()
     } else {

@@ -5,6 +5,7 @@
 mod admin;
 mod client_auth;
 mod discovery;
+mod golden;
 mod keys;
 mod lifecycle;
 mod restart;
