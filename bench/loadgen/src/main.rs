@@ -137,10 +137,8 @@ fn real_main() -> Result<()> {
             Ok(())
         }
         None => {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .context("building tokio runtime")?;
+            let rt =
+                tokio::runtime::Builder::new_multi_thread().enable_all().build().context("building tokio runtime")?;
             rt.block_on(run(cli.run))
         }
     }
@@ -154,8 +152,7 @@ fn b64(data: &[u8]) -> String {
 
 fn load_key(path: &std::path::Path) -> Result<Ed25519KeyPair> {
     let der = std::fs::read(path).with_context(|| format!("reading key {}", path.display()))?;
-    Ed25519KeyPair::from_pkcs8(&der)
-        .map_err(|e| anyhow!("{} is not a PKCS#8 Ed25519 key: {e}", path.display()))
+    Ed25519KeyPair::from_pkcs8(&der).map_err(|e| anyhow!("{} is not a PKCS#8 Ed25519 key: {e}", path.display()))
 }
 
 /// RFC 7638 thumbprint of an OKP/Ed25519 key.
@@ -178,14 +175,12 @@ fn public_jwk(kp: &Ed25519KeyPair) -> Result<String> {
 
 fn keygen(out: &std::path::Path, jwk_out: Option<&std::path::Path>) -> Result<()> {
     let rng = SystemRandom::new();
-    let doc =
-        Ed25519KeyPair::generate_pkcs8v1(&rng).map_err(|_| anyhow!("key generation failed"))?;
+    let doc = Ed25519KeyPair::generate_pkcs8v1(&rng).map_err(|_| anyhow!("key generation failed"))?;
     std::fs::write(out, doc.as_ref()).with_context(|| format!("writing {}", out.display()))?;
     let kp = Ed25519KeyPair::from_pkcs8(doc.as_ref()).map_err(|e| anyhow!("reparsing key: {e}"))?;
     let jwk = public_jwk(&kp)?;
     if let Some(p) = jwk_out {
-        std::fs::write(p, format!("{jwk}\n"))
-            .with_context(|| format!("writing {}", p.display()))?;
+        std::fs::write(p, format!("{jwk}\n")).with_context(|| format!("writing {}", p.display()))?;
     }
     println!("{jwk}");
     Ok(())
@@ -195,9 +190,7 @@ fn form_encode(s: &str) -> String {
     let mut out = String::with_capacity(s.len() * 3);
     for &b in s.as_bytes() {
         match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'*' => {
-                out.push(b as char)
-            }
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'*' => out.push(b as char),
             b' ' => out.push('+'),
             _ => out.push_str(&format!("%{b:02X}")),
         }
@@ -240,30 +233,17 @@ impl AssertionSpec<'_> {
 
 /// Sign `count` request bodies using all available cores.
 fn pregenerate(spec: &AssertionSpec<'_>, count: usize) -> Result<Vec<Bytes>> {
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
-        .max(1);
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).max(1);
     let chunk = count.div_ceil(threads).max(1);
     let parts: Vec<Result<Vec<Bytes>>> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..count)
             .step_by(chunk)
             .map(|start| {
                 let end = (start + chunk).min(count);
-                s.spawn(move || {
-                    (start..end)
-                        .map(|i| spec.body(i))
-                        .collect::<Result<Vec<_>>>()
-                })
+                s.spawn(move || (start..end).map(|i| spec.body(i)).collect::<Result<Vec<_>>>())
             })
             .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Err(anyhow!("signing thread panicked")))
-            })
-            .collect()
+        handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(anyhow!("signing thread panicked")))).collect()
     });
     let mut out = Vec::with_capacity(count);
     for p in parts {
@@ -285,9 +265,7 @@ fn parse_target(url: &str) -> Result<Target> {
     if uri.scheme_str() != Some("http") {
         bail!("only http:// token endpoints are supported (loopback benchmarking)");
     }
-    let host = uri
-        .host()
-        .ok_or_else(|| anyhow!("URL has no host: {url}"))?;
+    let host = uri.host().ok_or_else(|| anyhow!("URL has no host: {url}"))?;
     let port = uri.port_u16().unwrap_or(80);
     let ip: IpAddr = if host.eq_ignore_ascii_case("localhost") {
         IpAddr::V4(Ipv4Addr::LOCALHOST)
@@ -305,11 +283,7 @@ fn parse_target(url: &str) -> Result<Target> {
         None => host.to_string(),
     };
     let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
-    Ok(Target {
-        addr: SocketAddr::new(ip, port),
-        host_header,
-        path,
-    })
+    Ok(Target { addr: SocketAddr::new(ip, port), host_header, path })
 }
 
 async fn connect(addr: SocketAddr) -> Result<SendRequest<Full<Bytes>>> {
@@ -369,10 +343,7 @@ async fn one_request(
             .method(Method::POST)
             .uri(target.path.as_str())
             .header(hyper::header::HOST, target.host_header.as_str())
-            .header(
-                hyper::header::CONTENT_TYPE,
-                "application/x-www-form-urlencoded",
-            )
+            .header(hyper::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
             .header(hyper::header::ACCEPT, "application/json")
             .body(Full::new(body))?;
         let resp = s.send_request(req).await?;
@@ -389,18 +360,10 @@ async fn one_request(
             *sender = None;
             Outcome::Error("io".into(), format!("{e:#}"))
         }
-        Ok(Ok((200, bytes))) if contains(&bytes, b"\"access_token\"") => {
-            Outcome::Success(Some(bytes))
-        }
+        Ok(Ok((200, bytes))) if contains(&bytes, b"\"access_token\"") => Outcome::Success(Some(bytes)),
         Ok(Ok((status, bytes))) => {
-            let key = if status == 200 {
-                "200-no-token".to_string()
-            } else {
-                status.to_string()
-            };
-            let sample =
-                String::from_utf8_lossy(bytes.get(..bytes.len().min(300)).unwrap_or_default())
-                    .into_owned();
+            let key = if status == 200 { "200-no-token".to_string() } else { status.to_string() };
+            let sample = String::from_utf8_lossy(bytes.get(..bytes.len().min(300)).unwrap_or_default()).into_owned();
             Outcome::Error(key, sample)
         }
     }
@@ -488,12 +451,8 @@ fn percentile_ms(sorted: &[u64], p: f64) -> f64 {
 }
 
 async fn run(a: RunArgs) -> Result<()> {
-    let endpoint = a
-        .token_endpoint
-        .ok_or_else(|| anyhow!("--token-endpoint is required"))?;
-    let client_id = a
-        .client_id
-        .ok_or_else(|| anyhow!("--client-id is required"))?;
+    let endpoint = a.token_endpoint.ok_or_else(|| anyhow!("--token-endpoint is required"))?;
+    let client_id = a.client_id.ok_or_else(|| anyhow!("--client-id is required"))?;
     let key_path = a.key.ok_or_else(|| anyhow!("--key is required"))?;
     if a.concurrency == 0 {
         bail!("--concurrency must be at least 1");
@@ -523,9 +482,7 @@ async fn run(a: RunArgs) -> Result<()> {
     let header = json!({"alg": "EdDSA", "typ": "JWT", "kid": kid});
     let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
     let mut rnd = [0u8; 9];
-    SystemRandom::new()
-        .fill(&mut rnd)
-        .map_err(|_| anyhow!("rng failure"))?;
+    SystemRandom::new().fill(&mut rnd).map_err(|_| anyhow!("rng failure"))?;
     let spec = AssertionSpec {
         kp: &kp,
         header_b64: b64(&serde_json::to_vec(&header)?),
@@ -555,9 +512,7 @@ async fn run(a: RunArgs) -> Result<()> {
         duration: a.duration.map(Duration::from_secs_f64),
         barrier: Barrier::new(concurrency + 1),
     });
-    let handles: Vec<_> = (0..concurrency)
-        .map(|_| tokio::spawn(worker(shared.clone())))
-        .collect();
+    let handles: Vec<_> = (0..concurrency).map(|_| tokio::spawn(worker(shared.clone()))).collect();
     // End of warm-up: all workers have stopped taking indices.
     shared.barrier.wait().await;
     shared.next.store(a.warmup, Ordering::SeqCst);
@@ -585,22 +540,11 @@ async fn run(a: RunArgs) -> Result<()> {
     lat.sort_unstable();
     let errors_total: u64 = all.errors.values().sum();
     let requests = all.successes + errors_total;
-    let rps = if wall > 0.0 {
-        all.successes as f64 / wall
-    } else {
-        0.0
-    };
-    let mean_ms = if lat.is_empty() {
-        0.0
-    } else {
-        lat.iter().map(|&n| n as f64).sum::<f64>() / lat.len() as f64 / 1e6
-    };
-    let (p50, p90, p99, p999) = (
-        percentile_ms(&lat, 50.0),
-        percentile_ms(&lat, 90.0),
-        percentile_ms(&lat, 99.0),
-        percentile_ms(&lat, 99.9),
-    );
+    let rps = if wall > 0.0 { all.successes as f64 / wall } else { 0.0 };
+    let mean_ms =
+        if lat.is_empty() { 0.0 } else { lat.iter().map(|&n| n as f64).sum::<f64>() / lat.len() as f64 / 1e6 };
+    let (p50, p90, p99, p999) =
+        (percentile_ms(&lat, 50.0), percentile_ms(&lat, 90.0), percentile_ms(&lat, 99.0), percentile_ms(&lat, 99.9));
     let max = lat.last().map_or(0.0, |&n| n as f64 / 1e6);
     let exhausted = a.requests.is_none() && requests as usize >= measured;
 
@@ -628,10 +572,7 @@ async fn run(a: RunArgs) -> Result<()> {
     } else {
         let errs: Value = serde_json::to_value(&all.errors)?;
         println!("target:      {endpoint}");
-        println!(
-            "concurrency: {concurrency}  (warmup {} ok / {} err)",
-            all.warmup_successes, all.warmup_errors
-        );
+        println!("concurrency: {concurrency}  (warmup {} ok / {} err)", all.warmup_successes, all.warmup_errors);
         println!("requests:    {requests}");
         println!("successes:   {}", all.successes);
         println!("errors:      {errors_total} {errs}");
@@ -644,9 +585,7 @@ async fn run(a: RunArgs) -> Result<()> {
             eprintln!("sample {k} response: {v}");
         }
         if exhausted {
-            eprintln!(
-                "note: all {measured} pre-generated assertions were used before --duration elapsed"
-            );
+            eprintln!("note: all {measured} pre-generated assertions were used before --duration elapsed");
         }
     }
     if a.show_response
@@ -681,10 +620,7 @@ mod tests {
         assert_eq!(b64(kp.public_key().as_ref()), RFC8037_X);
         assert_eq!(thumbprint(&kp), RFC8037_THUMBPRINT);
         let jwk: Value = serde_json::from_str(&public_jwk(&kp)?)?;
-        assert_eq!(
-            jwk,
-            json!({"kty":"OKP","crv":"Ed25519","x":RFC8037_X,"kid":RFC8037_THUMBPRINT})
-        );
+        assert_eq!(jwk, json!({"kty":"OKP","crv":"Ed25519","x":RFC8037_X,"kid":RFC8037_THUMBPRINT}));
         Ok(())
     }
 
@@ -699,11 +635,7 @@ mod tests {
             iat: 1000,
             exp: 1600,
             jti_prefix: "p".into(),
-            tail: format!(
-                "&resource={}&scope={}",
-                form_encode("https://api.example.com"),
-                form_encode("read write")
-            ),
+            tail: format!("&resource={}&scope={}", form_encode("https://api.example.com"), form_encode("read write")),
         };
         let bodies = pregenerate(&spec, 50)?;
         assert_eq!(bodies.len(), 50);

@@ -92,7 +92,8 @@ mod tests {
 
     #[test]
     fn sorts_members_and_escapes_like_jcs() {
-        let v = json!({"b": [1, "x\n\u{1}é\"\\"], "a": null, "\u{20ac}": true, "\u{1f600}": false, "c": {"z": 1, "y": -2}});
+        let v =
+            json!({"b": [1, "x\n\u{1}é\"\\"], "a": null, "\u{20ac}": true, "\u{1f600}": false, "c": {"z": 1, "y": -2}});
         // Sorted by UTF-16 units: "a" < "b" < "c" < U+20AC < U+1F600 (surrogate D83D).
         assert_eq!(
             to_canonical(&v).unwrap(),

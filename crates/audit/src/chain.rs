@@ -77,27 +77,15 @@ pub struct Checkpoint {
     pub signature: String,
 }
 
-fn checkpoint_message(
-    seq: u64,
-    hash: &str,
-    time: &str,
-    kid: &str,
-) -> Result<String, CanonicalError> {
+fn checkpoint_message(seq: u64, hash: &str, time: &str, kid: &str) -> Result<String, CanonicalError> {
     to_canonical(&serde_json::json!({ "seq": seq, "hash": hash, "time": time, "kid": kid }))
 }
 
 /// Signs a checkpoint of the chain at `seq`/`hash`.
-pub fn sign_checkpoint(
-    key: &SigningKey,
-    seq: u64,
-    hash: &str,
-    time: &str,
-) -> Result<Checkpoint, Tamper> {
+pub fn sign_checkpoint(key: &SigningKey, seq: u64, hash: &str, time: &str) -> Result<Checkpoint, Tamper> {
     let msg = checkpoint_message(seq, hash, time, key.kid())
         .map_err(|_| Tamper::new(seq, "checkpoint is not canonicalizable"))?;
-    let sig = key
-        .sign(msg.as_bytes())
-        .map_err(|_| Tamper::new(seq, "signing failed"))?;
+    let sig = key.sign(msg.as_bytes()).map_err(|_| Tamper::new(seq, "signing failed"))?;
     Ok(Checkpoint {
         seq,
         hash: hash.to_owned(),
@@ -118,10 +106,7 @@ pub struct Tamper {
 
 impl Tamper {
     fn new(seq: u64, reason: impl Into<String>) -> Self {
-        Self {
-            seq,
-            reason: reason.into(),
-        }
+        Self { seq, reason: reason.into() }
     }
 }
 
@@ -131,33 +116,20 @@ impl Tamper {
 /// Edits, deletions and reorderings break the chain at the first affected
 /// entry. Truncating the tail, or replacing the whole chain, is caught only
 /// against a checkpoint whose seq is beyond the end or whose hash differs.
-pub fn verify(
-    events: &[Event],
-    checkpoints: &[Checkpoint],
-    keys: &[PublicJwk],
-) -> Result<u64, Tamper> {
+pub fn verify(events: &[Event], checkpoints: &[Checkpoint], keys: &[PublicJwk]) -> Result<u64, Tamper> {
     let mut prev = GENESIS.to_owned();
     for (i, e) in events.iter().enumerate() {
         let expected_seq = i as u64 + 1;
         if e.seq != expected_seq {
-            return Err(Tamper::new(
-                expected_seq,
-                format!("found seq {} where {expected_seq} belongs", e.seq),
-            ));
+            return Err(Tamper::new(expected_seq, format!("found seq {} where {expected_seq} belongs", e.seq)));
         }
         if e.prev_hash != prev {
-            return Err(Tamper::new(
-                e.seq,
-                "prev_hash does not match the previous entry",
-            ));
+            return Err(Tamper::new(e.seq, "prev_hash does not match the previous entry"));
         }
         match e.compute_hash() {
             Ok(h) if h == e.hash => {}
             _ => {
-                return Err(Tamper::new(
-                    e.seq,
-                    "hash does not match the entry's contents",
-                ));
+                return Err(Tamper::new(e.seq, "hash does not match the entry's contents"));
             }
         }
         prev = e.hash.clone();
@@ -178,20 +150,12 @@ pub fn verify(
         if cp.seq > last {
             return Err(Tamper::new(
                 last + 1,
-                format!(
-                    "the chain ends at {last} but a checkpoint vouches for {}",
-                    cp.seq
-                ),
+                format!("the chain ends at {last} but a checkpoint vouches for {}", cp.seq),
             ));
         }
-        let at = events
-            .get((cp.seq as usize).saturating_sub(1))
-            .map(|e| e.hash.as_str());
+        let at = events.get((cp.seq as usize).saturating_sub(1)).map(|e| e.hash.as_str());
         if cp.seq == 0 || at != Some(cp.hash.as_str()) {
-            return Err(Tamper::new(
-                cp.seq,
-                "the chain differs from a signed checkpoint",
-            ));
+            return Err(Tamper::new(cp.seq, "the chain differs from a signed checkpoint"));
         }
     }
     Ok(last)
@@ -211,10 +175,7 @@ fn hex_bytes(s: &str) -> Vec<u8> {
         return s.as_bytes().to_vec();
     }
     (0..s.len() / 2)
-        .map(|i| {
-            s.get(2 * i..2 * i + 2)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-        })
+        .map(|i| s.get(2 * i..2 * i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
         .collect::<Option<Vec<u8>>>()
         .unwrap_or_else(|| s.as_bytes().to_vec())
 }

@@ -8,11 +8,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(
-    name = "mandate",
-    version,
-    about = "Identity and authorization server for AI agents"
-)]
+#[command(name = "mandate", version, about = "Identity and authorization server for AI agents")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -62,10 +58,7 @@ enum KeysCommand {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the runtime")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
     runtime.block_on(async move {
         match cli.command {
             Command::Serve(args) => serve::run(args).await,
@@ -76,11 +69,7 @@ fn main() -> Result<()> {
 
 async fn keys(command: KeysCommand) -> Result<()> {
     match command {
-        KeysCommand::Rotate {
-            url,
-            admin_token,
-            alg,
-        } => {
+        KeysCommand::Rotate { url, admin_token, alg } => {
             let body = match alg {
                 Some(a) => serde_json::json!({ "alg": a }),
                 None => serde_json::json!({}),
@@ -103,17 +92,10 @@ async fn keys(command: KeysCommand) -> Result<()> {
         KeysCommand::ClientKeygen { out } => {
             let key = mandate_jose::SigningKey::generate(mandate_jose::KeyAlg::EdDSA)?;
             write_private(&out, key.pkcs8())?;
-            println!(
-                "{}",
-                serde_json::json!({ "keys": [key.public().to_json()] })
-            );
+            println!("{}", serde_json::json!({ "keys": [key.public().to_json()] }));
             Ok(())
         }
-        KeysCommand::ClientAssertion {
-            key,
-            client_id,
-            audience,
-        } => {
+        KeysCommand::ClientAssertion { key, client_id, audience } => {
             let der = std::fs::read(&key).with_context(|| format!("reading {}", key.display()))?;
             let key = mandate_jose::SigningKey::from_pkcs8(mandate_jose::KeyAlg::EdDSA, &der)?;
             let now = mandate_core::Clock::now(&mandate_core::SystemClock).unix_timestamp();

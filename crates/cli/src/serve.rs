@@ -121,10 +121,7 @@ fn load_settings(args: &ServeArgs) -> Result<Settings> {
 fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(ansi)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Text => builder.try_init(),
@@ -134,9 +131,8 @@ fn init_logging(format: LogFormat) {
 /// The key-encryption key: `MANDATE_MASTER_KEY`, or a 0600 file in the data dir.
 fn master_key(settings: &Settings) -> Result<Kek> {
     if let Some(b64) = &settings.master_key {
-        let bytes = base64::engine::general_purpose::STANDARD
-            .decode(b64.trim())
-            .context("MANDATE_MASTER_KEY is not base64")?;
+        let bytes =
+            base64::engine::general_purpose::STANDARD.decode(b64.trim()).context("MANDATE_MASTER_KEY is not base64")?;
         if bytes.len() != KEK_LEN {
             bail!("MANDATE_MASTER_KEY must decode to {KEK_LEN} bytes");
         }
@@ -156,38 +152,27 @@ fn check_private(path: &Path) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(path)?.permissions().mode();
     if mode & 0o077 != 0 {
-        bail!(
-            "{} must not be readable by group or others (chmod 600)",
-            path.display()
-        );
+        bail!("{} must not be readable by group or others (chmod 600)", path.display());
     }
     Ok(())
 }
 
 async fn open_store(settings: &Settings) -> Result<Arc<dyn Store>> {
     match settings.database_url.as_deref() {
-        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => Ok(
-            Arc::new(mandate_store_postgres::PostgresStore::connect(url).await?),
-        ),
-        Some(url) if url.starts_with("sqlite:") => {
-            Ok(Arc::new(mandate_store_sqlite::open_url(url).await?))
+        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+            Ok(Arc::new(mandate_store_postgres::PostgresStore::connect(url).await?))
         }
+        Some(url) if url.starts_with("sqlite:") => Ok(Arc::new(mandate_store_sqlite::open_url(url).await?)),
         Some(other) => bail!("unsupported database URL {other:?}: use postgres://… or sqlite://…"),
-        None => Ok(Arc::new(
-            mandate_store_sqlite::SqliteStore::open(&settings.data_dir.join("mandate.db")).await?,
-        )),
+        None => Ok(Arc::new(mandate_store_sqlite::SqliteStore::open(&settings.data_dir.join("mandate.db")).await?)),
     }
 }
 
 pub async fn run(args: ServeArgs) -> Result<()> {
     let settings = load_settings(&args)?;
     init_logging(settings.log_format);
-    std::fs::create_dir_all(&settings.data_dir)
-        .with_context(|| format!("creating {}", settings.data_dir.display()))?;
-    let issuer = settings
-        .issuer
-        .clone()
-        .unwrap_or_else(|| format!("http://{}", settings.listen));
+    std::fs::create_dir_all(&settings.data_dir).with_context(|| format!("creating {}", settings.data_dir.display()))?;
+    let issuer = settings.issuer.clone().unwrap_or_else(|| format!("http://{}", settings.listen));
     let mut config = Config::new(&issuer);
     if !(1..=3600).contains(&settings.access_token_ttl) {
         bail!("access_token_ttl must be 1 to 3600 seconds");
@@ -198,51 +183,30 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     }
     config.assertion_max_lifetime = settings.assertion_max_lifetime;
     config.signing_alg = mandate_jose::KeyAlg::parse(&settings.signing_alg)?;
-    let loopback = ["http://127.0.0.1", "http://localhost", "http://[::1]"]
-        .iter()
-        .any(|p| config.issuer.starts_with(p));
+    let loopback =
+        ["http://127.0.0.1", "http://localhost", "http://[::1]"].iter().any(|p| config.issuer.starts_with(p));
     config.allow_client_secrets = match settings.client_secrets {
         Toggle::On => true,
         Toggle::Off => false,
         Toggle::Auto => loopback,
     };
     if config.allow_client_secrets && !loopback {
-        tracing::warn!(
-            "client_secret_basic is enabled on a non-loopback issuer; it is meant for development only"
-        );
+        tracing::warn!("client_secret_basic is enabled on a non-loopback issuer; it is meant for development only");
     }
     if !(config.issuer.starts_with("https://") || loopback) {
         bail!("the issuer must be an https URL (or loopback http for development)");
     }
     let kek = master_key(&settings)?;
     let store = open_store(&settings).await?;
-    let mandate = Arc::new(
-        Mandate::open(
-            store,
-            Arc::new(SystemClock),
-            Arc::new(SystemRandom),
-            kek,
-            config,
-        )
-        .await?,
-    );
-    if let Some(token) = mandate
-        .ensure_admin_token(settings.admin_token.as_deref())
-        .await?
-    {
+    let mandate = Arc::new(Mandate::open(store, Arc::new(SystemClock), Arc::new(SystemRandom), kek, config).await?);
+    if let Some(token) = mandate.ensure_admin_token(settings.admin_token.as_deref()).await? {
         // Printed once, on the first start, so that the operator can keep it.
         eprintln!("admin token (shown once): {token}");
     }
-    let listener = tokio::net::TcpListener::bind(settings.listen)
-        .await
-        .with_context(|| format!("binding {}", settings.listen))?;
+    let listener =
+        tokio::net::TcpListener::bind(settings.listen).await.with_context(|| format!("binding {}", settings.listen))?;
     tracing::info!(listen = %listener.local_addr()?, issuer = %mandate.config().issuer, "mandate is serving");
-    mandate_server::serve(
-        listener,
-        mandate_server::AppState { mandate },
-        shutdown_signal(),
-    )
-    .await?;
+    mandate_server::serve(listener, mandate_server::AppState { mandate }, shutdown_signal()).await?;
     tracing::info!("stopped");
     Ok(())
 }

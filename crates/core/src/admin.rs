@@ -6,9 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use argon2::password_hash::{PasswordHasher, SaltString};
 use mandate_jose::JwkSet;
 use mandate_model::name::{self, MAX_DESCRIPTION_CHARS};
-use mandate_model::records::{
-    Agent, AgentKind, AgentStatus, Lifecycle, Resource, User, UserStatus,
-};
+use mandate_model::records::{Agent, AgentKind, AgentStatus, Lifecycle, Resource, User, UserStatus};
 use mandate_model::{AgentId, ResourceId, Scope, ScopeSet, UserId};
 use mandate_policy::{BUILTIN_ACTIONS, PolicyEngine};
 use serde::Deserialize;
@@ -98,13 +96,9 @@ fn validate_groups(groups: &[String]) -> Result<Vec<String>, Error> {
     Ok(groups.to_vec())
 }
 
-fn validate_attributes(
-    attrs: &BTreeMap<String, String>,
-) -> Result<BTreeMap<String, String>, Error> {
+fn validate_attributes(attrs: &BTreeMap<String, String>) -> Result<BTreeMap<String, String>, Error> {
     if attrs.len() > MAX_ATTRIBUTES {
-        return Err(Error::BadInput(format!(
-            "at most {MAX_ATTRIBUTES} attributes"
-        )));
+        return Err(Error::BadInput(format!("at most {MAX_ATTRIBUTES} attributes")));
     }
     for (k, v) in attrs {
         name::validate_label("attributes", k)?;
@@ -114,20 +108,11 @@ fn validate_attributes(
 }
 
 fn validate_action(a: &str) -> Result<(), Error> {
-    if a.is_empty()
-        || a.len() > 128
-        || !a
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.:/".contains(&b))
-    {
-        return Err(Error::BadInput(format!(
-            "action {a:?} must be 1-128 of A-Z a-z 0-9 - _ . : /"
-        )));
+    if a.is_empty() || a.len() > 128 || !a.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:/".contains(&b)) {
+        return Err(Error::BadInput(format!("action {a:?} must be 1-128 of A-Z a-z 0-9 - _ . : /")));
     }
     if a.starts_with("mandate:") {
-        return Err(Error::BadInput(format!(
-            "action {a:?}: the mandate: prefix is reserved"
-        )));
+        return Err(Error::BadInput(format!("action {a:?}: the mandate: prefix is reserved")));
     }
     Ok(())
 }
@@ -139,11 +124,7 @@ fn validate_redirect_uri(uri: &str) -> Result<(), Error> {
         || uri.starts_with("http://127.0.0.1")
         || uri.starts_with("http://[::1]")
         || uri.starts_with("http://localhost");
-    if !ok_scheme
-        || uri.contains('#')
-        || uri.len() > 2048
-        || !uri.bytes().all(|b| b.is_ascii_graphic())
-    {
+    if !ok_scheme || uri.contains('#') || uri.len() > 2048 || !uri.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(Error::BadInput(format!(
             "redirect URI {uri:?} must be https (or loopback http), without a fragment"
         )));
@@ -161,9 +142,7 @@ impl Mandate {
         let password_hash = match new.password.as_deref() {
             None => None,
             Some(p) if p.chars().count() < 8 || p.len() > 1024 => {
-                return Err(Error::BadInput(
-                    "password must be 8 to 1024 characters".into(),
-                ));
+                return Err(Error::BadInput("password must be 8 to 1024 characters".into()));
             }
             Some(p) => Some(self.hash_password(p)?),
         };
@@ -180,9 +159,7 @@ impl Mandate {
             created_at: self.clock.now(),
             password_hash,
         };
-        self.store
-            .commit(Change::new().with(Mutation::InsertUser(user.clone())))
-            .await?;
+        self.store.commit(Change::new().with(Mutation::InsertUser(user.clone()))).await?;
         Ok(user)
     }
 
@@ -201,31 +178,17 @@ impl Mandate {
             Caller::Admin => {}
             Caller::User(me) if me == id => {}
             Caller::User(_) => {
-                return Err(Error::Forbidden(
-                    "a user may read only their own record".into(),
-                ));
+                return Err(Error::Forbidden("a user may read only their own record".into()));
             }
         }
-        self.store
-            .user(id)
-            .await?
-            .ok_or_else(|| Error::NotFound(format!("user {id}")))
+        self.store.user(id).await?.ok_or_else(|| Error::NotFound(format!("user {id}")))
     }
 
     /// Changes take effect on the next decision. Disabling a user revokes
     /// every token issued on their behalf.
-    pub async fn update_user(
-        &self,
-        caller: Caller,
-        id: UserId,
-        patch: UserPatch,
-    ) -> Result<User, Error> {
+    pub async fn update_user(&self, caller: Caller, id: UserId, patch: UserPatch) -> Result<User, Error> {
         Self::require_admin(caller)?;
-        let mut user = self
-            .store
-            .user(id)
-            .await?
-            .ok_or_else(|| Error::NotFound(format!("user {id}")))?;
+        let mut user = self.store.user(id).await?.ok_or_else(|| Error::NotFound(format!("user {id}")))?;
         if let Some(groups) = &patch.groups {
             user.groups = validate_groups(groups)?;
         }
@@ -235,15 +198,9 @@ impl Mandate {
         let mut change = Change::new();
         if let Some(status) = patch.status {
             if status == UserStatus::Disabled && user.status != UserStatus::Disabled {
-                change.push(Mutation::RevokeTokensOfSubject {
-                    subject: id.to_string(),
-                    at: self.clock.now(),
-                });
+                change.push(Mutation::RevokeTokensOfSubject { subject: id.to_string(), at: self.clock.now() });
                 // The agents they are accountable for stop too (OWASP NHI1).
-                change.push(Mutation::RevokeTokensOfOwnedAgents {
-                    owner: id,
-                    at: self.clock.now(),
-                });
+                change.push(Mutation::RevokeTokensOfOwnedAgents { owner: id, at: self.clock.now() });
             }
             user.status = status;
         }
@@ -255,11 +212,7 @@ impl Mandate {
     /// A user's own API token; returned once, stored hashed.
     pub async fn create_user_token(&self, caller: Caller, id: UserId) -> Result<String, Error> {
         Self::require_admin(caller)?;
-        let user = self
-            .store
-            .user(id)
-            .await?
-            .ok_or_else(|| Error::NotFound(format!("user {id}")))?;
+        let user = self.store.user(id).await?.ok_or_else(|| Error::NotFound(format!("user {id}")))?;
         if user.status != UserStatus::Active {
             return Err(Error::Conflict("the user is disabled".into()));
         }
@@ -276,11 +229,7 @@ impl Mandate {
 
     /// Registers an agent. Returns a client secret only when no `jwks` was
     /// given and development secrets are enabled.
-    pub async fn create_agent(
-        &self,
-        caller: Caller,
-        new: NewAgent,
-    ) -> Result<(Agent, Option<String>), Error> {
+    pub async fn create_agent(&self, caller: Caller, new: NewAgent) -> Result<(Agent, Option<String>), Error> {
         Self::require_admin(caller)?;
         let now = self.clock.now();
         let name = name::validate_name(&new.name)?;
@@ -290,9 +239,7 @@ impl Mandate {
             .map(|d| name::validate_text("description", d, MAX_DESCRIPTION_CHARS))
             .transpose()?;
         if new.redirect_uris.len() > MAX_REDIRECT_URIS {
-            return Err(Error::BadInput(format!(
-                "at most {MAX_REDIRECT_URIS} redirect URIs"
-            )));
+            return Err(Error::BadInput(format!("at most {MAX_REDIRECT_URIS} redirect URIs")));
         }
         for uri in &new.redirect_uris {
             validate_redirect_uri(uri)?;
@@ -307,37 +254,30 @@ impl Mandate {
         }
         let mut scopes = match &new.scopes {
             None => None,
-            Some(list) => Some(ScopeSet::from_iter_checked(
-                list.iter().map(|s| Scope::parse(s)),
-            )?),
+            Some(list) => Some(ScopeSet::from_iter_checked(list.iter().map(|s| Scope::parse(s)))?),
         };
         let kind = new.kind.unwrap_or(AgentKind::Persistent);
         let (parent, expires_at) = match kind {
             AgentKind::Persistent => {
                 if new.parent.is_some() || new.ttl_seconds.is_some() {
-                    return Err(Error::BadInput(
-                        "parent and ttl_seconds are for ephemeral agents".into(),
-                    ));
+                    return Err(Error::BadInput("parent and ttl_seconds are for ephemeral agents".into()));
                 }
                 (None, None)
             }
             AgentKind::Ephemeral => {
-                let parent_id = new
-                    .parent
-                    .ok_or_else(|| Error::BadInput("an ephemeral agent needs a parent".into()))?;
-                let parent =
-                    self.store.agent(parent_id).await?.ok_or_else(|| {
-                        Error::BadInput(format!("parent {parent_id} does not exist"))
-                    })?;
+                let parent_id =
+                    new.parent.ok_or_else(|| Error::BadInput("an ephemeral agent needs a parent".into()))?;
+                let parent = self
+                    .store
+                    .agent(parent_id)
+                    .await?
+                    .ok_or_else(|| Error::BadInput(format!("parent {parent_id} does not exist")))?;
                 if !parent.is_live(now) {
                     return Err(Error::BadInput(format!("parent {parent_id} is not active")));
                 }
                 let ttl = new.ttl_seconds.unwrap_or(self.config.max_ephemeral_ttl);
                 if ttl <= 0 || ttl > self.config.max_ephemeral_ttl {
-                    return Err(Error::BadInput(format!(
-                        "ttl_seconds must be 1 to {}",
-                        self.config.max_ephemeral_ttl
-                    )));
+                    return Err(Error::BadInput(format!("ttl_seconds must be 1 to {}", self.config.max_ephemeral_ttl)));
                 }
                 let mut expires = now + Duration::seconds(ttl);
                 if let Some(pe) = parent.expires_at {
@@ -362,10 +302,9 @@ impl Mandate {
         };
         let secret = match jwks {
             Some(_) => None,
-            None if self.config.allow_client_secrets => Some(secrets::generate(
-                secrets::CLIENT_SECRET_PREFIX,
-                self.rng.as_ref(),
-            )),
+            None if self.config.allow_client_secrets => {
+                Some(secrets::generate(secrets::CLIENT_SECRET_PREFIX, self.rng.as_ref()))
+            }
             None => {
                 return Err(Error::BadInput(
                     "jwks is required: register the agent's public keys for private_key_jwt".into(),
@@ -387,51 +326,29 @@ impl Mandate {
             created_at: now,
             secret_hash: secret.as_deref().map(secrets::hash),
         };
-        self.store
-            .commit(Change::new().with(Mutation::InsertAgent(agent.clone())))
-            .await?;
+        self.store.commit(Change::new().with(Mutation::InsertAgent(agent.clone()))).await?;
         Ok((agent, secret))
     }
 
     pub async fn get_agent(&self, caller: Caller, id: AgentId) -> Result<Agent, Error> {
-        let agent = self
-            .store
-            .agent(id)
-            .await?
-            .ok_or_else(|| Error::NotFound(format!("agent {id}")))?;
+        let agent = self.store.agent(id).await?.ok_or_else(|| Error::NotFound(format!("agent {id}")))?;
         match caller {
             Caller::Admin => Ok(agent),
             Caller::User(u) if u == agent.owner => Ok(agent),
-            Caller::User(_) => Err(Error::Forbidden(
-                "only the owner or an admin may read an agent".into(),
-            )),
+            Caller::User(_) => Err(Error::Forbidden("only the owner or an admin may read an agent".into())),
         }
     }
 
     /// Suspends, resumes or retires an agent. Suspension and retirement
     /// revoke every token it holds and cascade to the ephemeral agents it
     /// spawned; retirement is final.
-    pub async fn agent_lifecycle(
-        &self,
-        caller: Caller,
-        id: AgentId,
-        op: Lifecycle,
-    ) -> Result<(Agent, u64), Error> {
+    pub async fn agent_lifecycle(&self, caller: Caller, id: AgentId, op: Lifecycle) -> Result<(Agent, u64), Error> {
         let mut agent = self.get_agent(caller, id).await?;
         let to = op.apply(agent.status).ok_or_else(|| {
-            Error::Conflict(format!(
-                "cannot {} an agent that is {}",
-                op.as_str(),
-                agent.status.as_str()
-            ))
+            Error::Conflict(format!("cannot {} an agent that is {}", op.as_str(), agent.status.as_str()))
         })?;
         let now = self.clock.now();
-        let mut change = Change::new().with(Mutation::SetAgentStatus {
-            id,
-            from: agent.status,
-            to,
-            at: now,
-        });
+        let mut change = Change::new().with(Mutation::SetAgentStatus { id, from: agent.status, to, at: now });
         if to != AgentStatus::Active {
             change.push(Mutation::RevokeTokensOfAgent { agent: id, at: now });
             // Ephemeral descendants die with their parent, transitively.
@@ -450,10 +367,7 @@ impl Mandate {
                             to: AgentStatus::Retired,
                             at: now,
                         });
-                        change.push(Mutation::RevokeTokensOfAgent {
-                            agent: child.id,
-                            at: now,
-                        });
+                        change.push(Mutation::RevokeTokensOfAgent { agent: child.id, at: now });
                     }
                 }
             }
@@ -470,17 +384,11 @@ impl Mandate {
         Ok((agent, revoked))
     }
 
-    pub async fn create_resource(
-        &self,
-        caller: Caller,
-        new: NewResource,
-    ) -> Result<Resource, Error> {
+    pub async fn create_resource(&self, caller: Caller, new: NewResource) -> Result<Resource, Error> {
         Self::require_admin(caller)?;
         let identifier = name::validate_resource_identifier(&new.identifier)?;
         if identifier == self.config.issuer {
-            return Err(Error::BadInput(
-                "the issuer is Mandate's own resource identifier".into(),
-            ));
+            return Err(Error::BadInput("the issuer is Mandate's own resource identifier".into()));
         }
         let name = name::validate_name(&new.name)?;
         if new.scopes.is_empty() || new.scopes.len() > mandate_model::scope::MAX_SCOPES {
@@ -492,9 +400,7 @@ impl Mandate {
                 validate_action(scope)?;
             }
             if actions.len() > 64 {
-                return Err(Error::BadInput(format!(
-                    "scope {scope} lists more than 64 actions"
-                )));
+                return Err(Error::BadInput(format!("scope {scope} lists more than 64 actions")));
             }
             for a in actions {
                 validate_action(a)?;
@@ -503,15 +409,8 @@ impl Mandate {
         if let Some(jwks) = &new.jwks {
             JwkSet::from_json(jwks).map_err(|e| Error::BadInput(format!("jwks: {e}")))?;
         }
-        if self
-            .store
-            .resource_by_identifier(&identifier)
-            .await?
-            .is_some()
-        {
-            return Err(Error::Conflict(format!(
-                "a resource with identifier {identifier} exists"
-            )));
+        if self.store.resource_by_identifier(&identifier).await?.is_some() {
+            return Err(Error::Conflict(format!("a resource with identifier {identifier} exists")));
         }
         let resource = Resource {
             id: ResourceId::from_ulid(new_ulid(self.clock.as_ref(), self.rng.as_ref())),
@@ -521,18 +420,13 @@ impl Mandate {
             jwks: new.jwks,
             created_at: self.clock.now(),
         };
-        self.store
-            .commit(Change::new().with(Mutation::InsertResource(resource.clone())))
-            .await?;
+        self.store.commit(Change::new().with(Mutation::InsertResource(resource.clone()))).await?;
         Ok(resource)
     }
 
     pub async fn get_resource(&self, caller: Caller, id: ResourceId) -> Result<Resource, Error> {
         Self::require_admin(caller)?;
-        self.store
-            .resource(id)
-            .await?
-            .ok_or_else(|| Error::NotFound(format!("resource {id}")))
+        self.store.resource(id).await?.ok_or_else(|| Error::NotFound(format!("resource {id}")))
     }
 
     /// Validates `text` against the schema of the registered resources and
@@ -540,16 +434,10 @@ impl Mandate {
     pub async fn put_policies(&self, caller: Caller, text: &str) -> Result<StoredPolicy, Error> {
         Self::require_admin(caller)?;
         let actions = self.action_catalog().await?;
-        let engine =
-            PolicyEngine::compile(text, &actions).map_err(|e| Error::BadInput(e.to_string()))?;
-        let record = StoredPolicy {
-            version: engine.version().to_owned(),
-            text: text.to_owned(),
-            created_at: self.clock.now(),
-        };
-        self.store
-            .commit(Change::new().with(Mutation::PutPolicy(record.clone())))
-            .await?;
+        let engine = PolicyEngine::compile(text, &actions).map_err(|e| Error::BadInput(e.to_string()))?;
+        let record =
+            StoredPolicy { version: engine.version().to_owned(), text: text.to_owned(), created_at: self.clock.now() };
+        self.store.commit(Change::new().with(Mutation::PutPolicy(record.clone()))).await?;
         self.set_engine(engine);
         Ok(record)
     }
@@ -558,11 +446,7 @@ impl Mandate {
         Self::require_admin(caller)?;
         let actions = self.action_catalog().await?;
         let engine = self.engine();
-        Ok((
-            engine.version().to_owned(),
-            engine.text().to_owned(),
-            mandate_policy::schema_text(&actions),
-        ))
+        Ok((engine.version().to_owned(), engine.text().to_owned(), mandate_policy::schema_text(&actions)))
     }
 
     /// The action names reserved by Mandate.

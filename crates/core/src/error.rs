@@ -42,9 +42,7 @@ impl From<StoreError> for Error {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Conflict(m) => Error::Conflict(m),
-            StoreError::Replay => {
-                Error::InvalidClient("client assertion jti was already used".into())
-            }
+            StoreError::Replay => Error::InvalidClient("client assertion jti was already used".into()),
             StoreError::NotFound(m) => Error::NotFound(m),
             StoreError::Unavailable(m) | StoreError::Corrupt(m) => {
                 tracing::error!(error = %m, "store failure");

@@ -30,11 +30,7 @@ impl KeyRing {
         grace: Duration,
     ) -> Result<Option<Self>, Error> {
         let mut sorted: Vec<&StoredKey> = stored.iter().collect();
-        sorted.sort_by(|a, b| {
-            b.created_at
-                .cmp(&a.created_at)
-                .then_with(|| b.kid.cmp(&a.kid))
-        });
+        sorted.sort_by(|a, b| b.created_at.cmp(&a.created_at).then_with(|| b.kid.cmp(&a.kid)));
         let mut active = None;
         let mut published = Vec::new();
         let mut kids = Vec::new();
@@ -47,18 +43,11 @@ impl KeyRing {
             if !live {
                 continue;
             }
-            let alg = KeyAlg::parse(&k.alg)
-                .map_err(|e| Error::Unavailable(format!("stored key {}: {e}", k.kid)))?;
-            let der = kek
-                .open(k.kid.as_bytes(), &k.wrapped_private)
-                .map_err(|e| Error::Unavailable(e.to_string()))?;
-            let key =
-                SigningKey::from_pkcs8(alg, &der).map_err(|e| Error::Unavailable(e.to_string()))?;
+            let alg = KeyAlg::parse(&k.alg).map_err(|e| Error::Unavailable(format!("stored key {}: {e}", k.kid)))?;
+            let der = kek.open(k.kid.as_bytes(), &k.wrapped_private).map_err(|e| Error::Unavailable(e.to_string()))?;
+            let key = SigningKey::from_pkcs8(alg, &der).map_err(|e| Error::Unavailable(e.to_string()))?;
             if key.kid() != k.kid {
-                return Err(Error::Unavailable(format!(
-                    "stored key {} does not match its kid",
-                    k.kid
-                )));
+                return Err(Error::Unavailable(format!("stored key {} does not match its kid", k.kid)));
             }
             published.push(key.public().clone());
             if k.retired_at.is_none() && active.is_none() {
@@ -67,20 +56,14 @@ impl KeyRing {
         }
         Ok(active.map(|active| KeyRing {
             active,
-            verifier: AccessTokenVerifier {
-                issuer: issuer.to_owned(),
-                keys: JwkSet { keys: published },
-                leeway,
-            },
+            verifier: AccessTokenVerifier { issuer: issuer.to_owned(), keys: JwkSet { keys: published }, leeway },
             kids,
         }))
     }
 
     /// Wraps a fresh key for storage.
     pub fn wrap(key: &SigningKey, kek: &Kek, now: OffsetDateTime) -> Result<StoredKey, Error> {
-        let wrapped = kek
-            .seal(key.kid().as_bytes(), key.pkcs8())
-            .map_err(|e| Error::Unavailable(e.to_string()))?;
+        let wrapped = kek.seal(key.kid().as_bytes(), key.pkcs8()).map_err(|e| Error::Unavailable(e.to_string()))?;
         Ok(StoredKey {
             kid: key.kid().to_owned(),
             alg: key.alg().name().to_owned(),

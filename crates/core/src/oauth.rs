@@ -62,16 +62,9 @@ pub enum TokenCaller {
 impl Mandate {
     /// The token endpoint. Every grant shares this path, and so shares the
     /// client authentication and the replay store.
-    pub async fn token(
-        &self,
-        credentials: &ClientCredentials,
-        req: TokenRequest,
-    ) -> Result<IssuedToken, Error> {
+    pub async fn token(&self, credentials: &ClientCredentials, req: TokenRequest) -> Result<IssuedToken, Error> {
         if req.grant_type != GRANT_CLIENT_CREDENTIALS {
-            return Err(Error::UnsupportedGrantType(format!(
-                "grant_type {:?} is not supported",
-                req.grant_type
-            )));
+            return Err(Error::UnsupportedGrantType(format!("grant_type {:?} is not supported", req.grant_type)));
         }
         let client = self.authenticate_client(credentials).await?;
         match self.client_credentials(&client, &req).await {
@@ -94,22 +87,14 @@ impl Mandate {
 
     /// `client_credentials`: an agent acting as itself, or a resource server
     /// asking for `mandate:check` on Mandate's own API.
-    async fn client_credentials(
-        &self,
-        client: &AuthenticatedClient,
-        req: &TokenRequest,
-    ) -> Result<IssuedToken, Error> {
+    async fn client_credentials(&self, client: &AuthenticatedClient, req: &TokenRequest) -> Result<IssuedToken, Error> {
         let resource = match req.resources.as_slice() {
             [] => {
-                return Err(Error::InvalidTarget(
-                    "resource is required: tokens are bound to one audience".into(),
-                ));
+                return Err(Error::InvalidTarget("resource is required: tokens are bound to one audience".into()));
             }
             [one] => one.as_str(),
             _ => {
-                return Err(Error::InvalidTarget(
-                    "exactly one resource per token".into(),
-                ));
+                return Err(Error::InvalidTarget("exactly one resource per token".into()));
             }
         };
         let scopes = match req.scope.as_deref() {
@@ -124,42 +109,26 @@ impl Mandate {
                 if let Some(ceiling) = &agent.scopes
                     && let Some(s) = scopes.iter().find(|s| !ceiling.contains(s))
                 {
-                    return Err(Error::InvalidScope(format!(
-                        "scope {s} is beyond the agent's ceiling"
-                    )));
+                    return Err(Error::InvalidScope(format!("scope {s} is beyond the agent's ceiling")));
                 }
                 if resource == issuer {
                     for scope in scopes.iter() {
                         if scope.as_str() != "mandate:spawn" {
-                            return Err(Error::InvalidScope(format!(
-                                "scope {scope} is not offered by {issuer}"
-                            )));
+                            return Err(Error::InvalidScope(format!("scope {scope} is not offered by {issuer}")));
                         }
-                        let d = engine.decide(
-                            Principal::Agent(agent),
-                            scope.as_str(),
-                            Target::Api(issuer),
-                        );
+                        let d = engine.decide(Principal::Agent(agent), scope.as_str(), Target::Api(issuer));
                         if !d.allowed {
-                            return Err(Error::InvalidScope(format!(
-                                "policy does not allow {scope}"
-                            )));
+                            return Err(Error::InvalidScope(format!("policy does not allow {scope}")));
                         }
                     }
                 } else {
                     let res = self.resource_by_identifier(resource).await?;
                     for scope in scopes.iter() {
                         let actions = res.actions_of(scope).ok_or_else(|| {
-                            Error::InvalidScope(format!(
-                                "scope {scope} is not offered by {resource}"
-                            ))
+                            Error::InvalidScope(format!("scope {scope} is not offered by {resource}"))
                         })?;
                         for action in actions {
-                            let d = engine.decide(
-                                Principal::Agent(agent),
-                                &action,
-                                Target::Api(&res.identifier),
-                            );
+                            let d = engine.decide(Principal::Agent(agent), &action, Target::Api(&res.identifier));
                             if !d.allowed {
                                 return Err(Error::InvalidScope(format!(
                                     "policy does not allow {scope} ({action}) on {resource}"
@@ -203,8 +172,8 @@ impl Mandate {
             status: None,
         };
         let ring = self.ring();
-        let access_token = mandate_jose::access::mint(&ring.active, &claims)
-            .map_err(|e| Error::Unavailable(e.to_string()))?;
+        let access_token =
+            mandate_jose::access::mint(&ring.active, &claims).map_err(|e| Error::Unavailable(e.to_string()))?;
         let record = TokenRecord {
             jti,
             client_id: client.id,
@@ -213,11 +182,7 @@ impl Mandate {
             scopes: scopes.clone(),
             grant: None,
             parent: None,
-            chain: client
-                .agent
-                .as_ref()
-                .map(|a| vec![a.id])
-                .unwrap_or_default(),
+            chain: client.agent.as_ref().map(|a| vec![a.id]).unwrap_or_default(),
             issued_at: now,
             expires_at: exp,
             cnf_jkt: None,
@@ -232,9 +197,7 @@ impl Mandate {
             Ok(_) => {}
             // The replay is the client's fault; nothing was written.
             Err(StoreError::Replay) => {
-                return Err(Error::InvalidClient(
-                    "client assertion jti was already used".into(),
-                ));
+                return Err(Error::InvalidClient("client assertion jti was already used".into()));
             }
             Err(e) => return Err(e.into()),
         }
@@ -262,9 +225,7 @@ impl Mandate {
             .store
             .resource_by_identifier(identifier)
             .await?
-            .ok_or_else(|| {
-                Error::InvalidTarget(format!("{identifier} is not a registered resource"))
-            })?;
+            .ok_or_else(|| Error::InvalidTarget(format!("{identifier} is not a registered resource")))?;
         let r = std::sync::Arc::new(r);
         if let Ok(mut cache) = self.resources.write() {
             cache.insert(identifier.to_owned(), r.clone());
@@ -286,10 +247,7 @@ impl Mandate {
         Ok(verified.ok())
     }
 
-    async fn live_token(
-        &self,
-        token: &str,
-    ) -> Result<Option<(AccessTokenClaims, TokenRecord)>, Error> {
+    async fn live_token(&self, token: &str) -> Result<Option<(AccessTokenClaims, TokenRecord)>, Error> {
         let now = self.clock.now();
         let Some(claims) = self.verify_ours(token).await? else {
             return Ok(None);
@@ -327,10 +285,7 @@ impl Mandate {
         let entitled = match caller {
             TokenCaller::Admin => true,
             TokenCaller::Client(c) => {
-                c.id == record.client_id
-                    || c.resource
-                        .as_ref()
-                        .is_some_and(|r| r.identifier == record.audience)
+                c.id == record.client_id || c.resource.as_ref().is_some_and(|r| r.identifier == record.audience)
             }
         };
         if !entitled {
@@ -378,10 +333,7 @@ impl Mandate {
         }
         let now = self.clock.now();
         // Expired tokens need no revocation; an unknown or forged one is ignored.
-        let target = self
-            .verify_ours(token)
-            .await?
-            .and_then(|claims| claims.jti.parse::<Jti>().ok());
+        let target = self.verify_ours(token).await?.and_then(|claims| claims.jti.parse::<Jti>().ok());
         let mut revoked = false;
         if let Some(jti) = target
             && let Some(record) = self.store.token(jti).await?

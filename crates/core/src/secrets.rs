@@ -15,10 +15,7 @@ pub const CLIENT_SECRET_PREFIX: &str = "mnd_secret_";
 pub fn generate(prefix: &str, rng: &dyn Random) -> String {
     let mut bytes = [0u8; 32];
     rng.fill(&mut bytes);
-    format!(
-        "{prefix}{}",
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-    )
+    format!("{prefix}{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
 }
 
 /// Hex SHA-256: secrets here carry 256 bits of entropy, so a fast hash is
@@ -34,10 +31,7 @@ pub fn hash(secret: &str) -> String {
 
 /// Whether `presented` hashes to `stored_hash`, in constant time.
 pub fn matches(presented: &str, stored_hash: &str) -> bool {
-    hash(presented)
-        .as_bytes()
-        .ct_eq(stored_hash.as_bytes())
-        .into()
+    hash(presented).as_bytes().ct_eq(stored_hash.as_bytes()).into()
 }
 
 #[cfg(test)]

@@ -40,13 +40,11 @@ pub struct AuthenticatedClient {
 impl AuthenticatedClient {
     /// The mutation that makes the assertion single-use, if there was one.
     pub fn burn(&self) -> Option<Mutation> {
-        self.assertion
-            .as_ref()
-            .map(|(jti, exp)| Mutation::ConsumeAssertionJti {
-                client: self.id,
-                jti: jti.clone(),
-                expires_at: *exp,
-            })
+        self.assertion.as_ref().map(|(jti, exp)| Mutation::ConsumeAssertionJti {
+            client: self.id,
+            jti: jti.clone(),
+            expires_at: *exp,
+        })
     }
 }
 
@@ -68,9 +66,7 @@ pub struct Mandate {
 
 impl std::fmt::Debug for Mandate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Mandate")
-            .field("issuer", &self.config.issuer)
-            .finish_non_exhaustive()
+        f.debug_struct("Mandate").field("issuer", &self.config.issuer).finish_non_exhaustive()
     }
 }
 
@@ -87,30 +83,17 @@ impl Mandate {
         let now = clock.now();
         let grace = Duration::seconds(config.access_token_ttl + config.leeway);
         let stored = store.signing_keys().await?;
-        let ring =
-            match KeyRing::from_stored(&stored, &kek, &config.issuer, config.leeway, now, grace)? {
-                Some(ring) => ring,
-                None => {
-                    let key = SigningKey::generate(config.signing_alg)
-                        .map_err(|e| Error::Unavailable(e.to_string()))?;
-                    store
-                        .commit(
-                            Change::new()
-                                .with(Mutation::InsertSigningKey(KeyRing::wrap(&key, &kek, now)?)),
-                        )
-                        .await?;
-                    tracing::info!(
-                        kid = key.kid(),
-                        alg = key.alg().name(),
-                        "generated the first signing key"
-                    );
-                    let stored = store.signing_keys().await?;
-                    KeyRing::from_stored(&stored, &kek, &config.issuer, config.leeway, now, grace)?
-                        .ok_or_else(|| {
-                            Error::Unavailable("no signing key after creating one".into())
-                        })?
-                }
-            };
+        let ring = match KeyRing::from_stored(&stored, &kek, &config.issuer, config.leeway, now, grace)? {
+            Some(ring) => ring,
+            None => {
+                let key = SigningKey::generate(config.signing_alg).map_err(|e| Error::Unavailable(e.to_string()))?;
+                store.commit(Change::new().with(Mutation::InsertSigningKey(KeyRing::wrap(&key, &kek, now)?))).await?;
+                tracing::info!(kid = key.kid(), alg = key.alg().name(), "generated the first signing key");
+                let stored = store.signing_keys().await?;
+                KeyRing::from_stored(&stored, &kek, &config.issuer, config.leeway, now, grace)?
+                    .ok_or_else(|| Error::Unavailable("no signing key after creating one".into()))?
+            }
+        };
         let service = Self {
             store,
             clock,
@@ -182,19 +165,12 @@ impl Mandate {
         loaded.sort();
         let grace = Duration::seconds(self.config.access_token_ttl + self.config.leeway);
         let now = self.clock.now();
-        if kids == loaded
-            && ring.verifier.keys.keys.len() == self.live_key_count(&stored, now, grace)
-        {
+        if kids == loaded && ring.verifier.keys.keys.len() == self.live_key_count(&stored, now, grace) {
             return Ok(());
         }
-        if let Some(ring) = KeyRing::from_stored(
-            &stored,
-            &self.kek,
-            &self.config.issuer,
-            self.config.leeway,
-            now,
-            grace,
-        )? {
+        if let Some(ring) =
+            KeyRing::from_stored(&stored, &self.kek, &self.config.issuer, self.config.leeway, now, grace)?
+        {
             match self.keys.write() {
                 Ok(mut g) => *g = Arc::new(ring),
                 Err(p) => *p.into_inner() = Arc::new(ring),
@@ -203,16 +179,8 @@ impl Mandate {
         Ok(())
     }
 
-    fn live_key_count(
-        &self,
-        stored: &[crate::store::StoredKey],
-        now: OffsetDateTime,
-        grace: Duration,
-    ) -> usize {
-        stored
-            .iter()
-            .filter(|k| k.retired_at.is_none_or(|at| at + grace > now))
-            .count()
+    fn live_key_count(&self, stored: &[crate::store::StoredKey], now: OffsetDateTime, grace: Duration) -> usize {
+        stored.iter().filter(|k| k.retired_at.is_none_or(|at| at + grace > now)).count()
     }
 
     /// Picks up policy and key changes made by other nodes. Called
@@ -250,22 +218,17 @@ impl Mandate {
         let (token, generated) = match seed {
             Some(s) if s.len() >= 16 => (s.to_owned(), false),
             Some(_) => {
-                return Err(Error::BadInput(
-                    "MANDATE_ADMIN_TOKEN must be at least 16 characters".into(),
-                ));
+                return Err(Error::BadInput("MANDATE_ADMIN_TOKEN must be at least 16 characters".into()));
             }
-            None => (
-                secrets::generate(secrets::ADMIN_TOKEN_PREFIX, self.rng.as_ref()),
-                true,
-            ),
+            None => (secrets::generate(secrets::ADMIN_TOKEN_PREFIX, self.rng.as_ref()), true),
         };
-        let affected = self
-            .store
-            .commit(Change::new().with(Mutation::PutSettingIfAbsent {
-                key: ADMIN_TOKEN_SETTING.into(),
-                value: secrets::hash(&token),
-            }))
-            .await?;
+        let affected =
+            self.store
+                .commit(Change::new().with(Mutation::PutSettingIfAbsent {
+                    key: ADMIN_TOKEN_SETTING.into(),
+                    value: secrets::hash(&token),
+                }))
+                .await?;
         // Another node may have seeded it first.
         Ok((generated && affected.first() == Some(&1)).then_some(token))
     }
@@ -273,27 +236,15 @@ impl Mandate {
     /// Authenticates a bearer token on the administration API.
     pub async fn authenticate_caller(&self, bearer: &str) -> Result<Caller, Error> {
         if bearer.starts_with(secrets::USER_TOKEN_PREFIX) {
-            let user = self
-                .store
-                .user_by_token_hash(&secrets::hash(bearer))
-                .await?
-                .ok_or(Error::Unauthenticated)?;
+            let user = self.store.user_by_token_hash(&secrets::hash(bearer)).await?.ok_or(Error::Unauthenticated)?;
             let record = self.store.user(user).await?.ok_or(Error::Unauthenticated)?;
             if record.status != mandate_model::records::UserStatus::Active {
                 return Err(Error::Unauthenticated);
             }
             return Ok(Caller::User(user));
         }
-        let stored = self
-            .store
-            .setting(ADMIN_TOKEN_SETTING)
-            .await?
-            .ok_or(Error::Unauthenticated)?;
-        if secrets::matches(bearer, &stored) {
-            Ok(Caller::Admin)
-        } else {
-            Err(Error::Unauthenticated)
-        }
+        let stored = self.store.setting(ADMIN_TOKEN_SETTING).await?.ok_or(Error::Unauthenticated)?;
+        if secrets::matches(bearer, &stored) { Ok(Caller::Admin) } else { Err(Error::Unauthenticated) }
     }
 
     pub(crate) fn require_admin(caller: Caller) -> Result<(), Error> {
@@ -313,32 +264,18 @@ impl Mandate {
     ) -> Result<AuthenticatedClient, Error> {
         use crate::ClientCredentials as C;
         match credentials {
-            C::None => Err(Error::InvalidClient(
-                "client authentication is required".into(),
-            )),
-            C::Assertion {
-                assertion_type,
-                assertion,
-                client_id,
-            } => {
+            C::None => Err(Error::InvalidClient("client authentication is required".into())),
+            C::Assertion { assertion_type, assertion, client_id } => {
                 if assertion_type != mandate_jose::assertion::CLIENT_ASSERTION_TYPE {
-                    return Err(Error::InvalidClient(
-                        "unsupported client_assertion_type".into(),
-                    ));
+                    return Err(Error::InvalidClient("unsupported client_assertion_type".into()));
                 }
-                let iss = assertion::peek_issuer(assertion)
-                    .map_err(|e| Error::InvalidClient(e.to_string()))?;
+                let iss = assertion::peek_issuer(assertion).map_err(|e| Error::InvalidClient(e.to_string()))?;
                 if client_id.as_deref().is_some_and(|c| c != iss) {
-                    return Err(Error::InvalidClient(
-                        "client_id does not match the assertion".into(),
-                    ));
+                    return Err(Error::InvalidClient("client_id does not match the assertion".into()));
                 }
-                let id: ClientId = iss
-                    .parse()
-                    .map_err(|_| Error::InvalidClient("unknown client".into()))?;
+                let id: ClientId = iss.parse().map_err(|_| Error::InvalidClient("unknown client".into()))?;
                 let (jwks, agent, resource) = self.load_client(id).await?;
-                let jwks = jwks
-                    .ok_or_else(|| Error::InvalidClient("client has no registered keys".into()))?;
+                let jwks = jwks.ok_or_else(|| Error::InvalidClient("client has no registered keys".into()))?;
                 let keys = self.client_keyset(id, jwks)?;
                 let token_endpoint = self.config.token_endpoint();
                 let audiences = [self.config.issuer.as_str(), token_endpoint.as_str()];
@@ -353,37 +290,22 @@ impl Mandate {
                     .map_err(|e| Error::InvalidClient(e.to_string()))?;
                 let exp = OffsetDateTime::from_unix_timestamp(verified.exp)
                     .map_err(|_| Error::InvalidClient("exp out of range".into()))?;
-                Ok(AuthenticatedClient {
-                    id,
-                    agent,
-                    resource,
-                    assertion: Some((verified.jti, exp)),
-                })
+                Ok(AuthenticatedClient { id, agent, resource, assertion: Some((verified.jti, exp)) })
             }
             C::Secret { client_id, secret } => {
                 if !self.config.allow_client_secrets {
-                    return Err(Error::InvalidClient(
-                        "client secrets are disabled; use private_key_jwt".into(),
-                    ));
+                    return Err(Error::InvalidClient("client secrets are disabled; use private_key_jwt".into()));
                 }
                 let Ok(ClientId::Agent(id)) = client_id.parse::<ClientId>() else {
                     return Err(Error::InvalidClient("unknown client".into()));
                 };
                 let (_, agent, _) = self.load_client(ClientId::Agent(id)).await?;
                 let agent = agent.ok_or_else(|| Error::InvalidClient("unknown client".into()))?;
-                let ok = agent
-                    .secret_hash
-                    .as_deref()
-                    .is_some_and(|h| secrets::matches(secret, h));
+                let ok = agent.secret_hash.as_deref().is_some_and(|h| secrets::matches(secret, h));
                 if !ok {
                     return Err(Error::InvalidClient("client authentication failed".into()));
                 }
-                Ok(AuthenticatedClient {
-                    id: ClientId::Agent(id),
-                    agent: Some(agent),
-                    resource: None,
-                    assertion: None,
-                })
+                Ok(AuthenticatedClient { id: ClientId::Agent(id), agent: Some(agent), resource: None, assertion: None })
             }
         }
     }
@@ -396,10 +318,10 @@ impl Mandate {
         {
             return Ok(keys.clone());
         }
-        let keys =
-            Arc::new(JwkSet::from_json(&jwks).map_err(|_| {
-                Error::InvalidClient("client's registered keys are unusable".into())
-            })?);
+        let keys = Arc::new(
+            JwkSet::from_json(&jwks)
+                .map_err(|_| Error::InvalidClient("client's registered keys are unusable".into()))?,
+        );
         if let Ok(mut cache) = self.client_keys.write() {
             cache.insert(id, (jwks, keys.clone()));
         }
@@ -425,22 +347,15 @@ impl Mandate {
     ) -> Result<(Option<serde_json::Value>, Option<Agent>, Option<Resource>), Error> {
         match id {
             ClientId::Agent(a) => {
-                let agent = self
-                    .store
-                    .agent(a)
-                    .await?
-                    .ok_or_else(|| Error::InvalidClient("unknown client".into()))?;
+                let agent = self.store.agent(a).await?.ok_or_else(|| Error::InvalidClient("unknown client".into()))?;
                 if !self.agent_may_act(&agent).await? {
                     return Err(Error::InvalidClient("the agent is not active".into()));
                 }
                 Ok((agent.jwks.clone(), Some(agent), None))
             }
             ClientId::Resource(r) => {
-                let resource = self
-                    .store
-                    .resource(r)
-                    .await?
-                    .ok_or_else(|| Error::InvalidClient("unknown client".into()))?;
+                let resource =
+                    self.store.resource(r).await?.ok_or_else(|| Error::InvalidClient("unknown client".into()))?;
                 Ok((resource.jwks.clone(), None, Some(resource)))
             }
         }
@@ -453,23 +368,14 @@ impl Mandate {
 
     /// Adds a new signing key and retires the current one, which stays
     /// published until the tokens it signed have expired.
-    pub async fn rotate_keys(
-        &self,
-        caller: Caller,
-        alg: Option<mandate_jose::KeyAlg>,
-    ) -> Result<String, Error> {
+    pub async fn rotate_keys(&self, caller: Caller, alg: Option<mandate_jose::KeyAlg>) -> Result<String, Error> {
         Self::require_admin(caller)?;
         let key = SigningKey::generate(alg.unwrap_or(self.config.signing_alg))
             .map_err(|e| Error::Unavailable(e.to_string()))?;
         let now = self.clock.now();
         let change = Change::new()
-            .with(Mutation::InsertSigningKey(KeyRing::wrap(
-                &key, &self.kek, now,
-            )?))
-            .with(Mutation::RetireSigningKeys {
-                keep: key.kid().to_owned(),
-                at: now,
-            });
+            .with(Mutation::InsertSigningKey(KeyRing::wrap(&key, &self.kek, now)?))
+            .with(Mutation::RetireSigningKeys { keep: key.kid().to_owned(), at: now });
         self.store.commit(change).await?;
         self.reload_keys().await?;
         tracing::info!(kid = key.kid(), "rotated the signing key");

@@ -154,12 +154,8 @@ pub trait Store: Send + Sync + 'static {
     /// Agents whose `parent` is `parent`.
     async fn agent_children(&self, parent: AgentId) -> Result<Vec<Agent>, StoreError>;
 
-    async fn resource(&self, id: mandate_model::ResourceId)
-    -> Result<Option<Resource>, StoreError>;
-    async fn resource_by_identifier(
-        &self,
-        identifier: &str,
-    ) -> Result<Option<Resource>, StoreError>;
+    async fn resource(&self, id: mandate_model::ResourceId) -> Result<Option<Resource>, StoreError>;
+    async fn resource_by_identifier(&self, identifier: &str) -> Result<Option<Resource>, StoreError>;
     async fn resources(&self) -> Result<Vec<Resource>, StoreError>;
 
     async fn current_policy(&self) -> Result<Option<StoredPolicy>, StoreError>;
@@ -175,9 +171,7 @@ pub mod codec {
     use std::collections::BTreeMap;
     use std::str::FromStr;
 
-    use mandate_model::records::{
-        Agent, AgentKind, AgentStatus, ClientId, Resource, TokenRecord, User, UserStatus,
-    };
+    use mandate_model::records::{Agent, AgentKind, AgentStatus, ClientId, Resource, TokenRecord, User, UserStatus};
     use mandate_model::{AgentId, GrantId, Jti, ResourceId, ScopeSet, UserId};
     use time::OffsetDateTime;
 
@@ -188,8 +182,7 @@ pub mod codec {
     }
 
     pub fn from_ts(n: i64) -> Result<OffsetDateTime, StoreError> {
-        OffsetDateTime::from_unix_timestamp_nanos(i128::from(n))
-            .map_err(|e| StoreError::Corrupt(e.to_string()))
+        OffsetDateTime::from_unix_timestamp_nanos(i128::from(n)).map_err(|e| StoreError::Corrupt(e.to_string()))
     }
 
     pub fn opt_ts(n: Option<i64>) -> Result<Option<OffsetDateTime>, StoreError> {
@@ -208,8 +201,7 @@ pub mod codec {
     where
         T::Err: std::fmt::Display,
     {
-        s.parse()
-            .map_err(|e: T::Err| StoreError::Corrupt(e.to_string()))
+        s.parse().map_err(|e: T::Err| StoreError::Corrupt(e.to_string()))
     }
 
     pub fn user_status(s: UserStatus) -> &'static str {
@@ -291,11 +283,7 @@ pub mod codec {
                 expires_at: opt_ts(r.expires_at)?,
                 description: r.description,
                 scopes: r.scopes.as_deref().map(from_json::<ScopeSet>).transpose()?,
-                jwks: r
-                    .jwks
-                    .as_deref()
-                    .map(from_json::<serde_json::Value>)
-                    .transpose()?,
+                jwks: r.jwks.as_deref().map(from_json::<serde_json::Value>).transpose()?,
                 redirect_uris: from_json(&r.redirect_uris)?,
                 created_at: from_ts(r.created_at)?,
                 secret_hash: r.secret_hash,
@@ -320,11 +308,7 @@ pub mod codec {
                 identifier: r.identifier,
                 name: r.name,
                 scopes: from_json(&r.scopes)?,
-                jwks: r
-                    .jwks
-                    .as_deref()
-                    .map(from_json::<serde_json::Value>)
-                    .transpose()?,
+                jwks: r.jwks.as_deref().map(from_json::<serde_json::Value>).transpose()?,
                 created_at: from_ts(r.created_at)?,
             })
         }

@@ -35,9 +35,7 @@ fn bench(c: &mut Criterion) {
         let key = SigningKey::generate(alg).unwrap();
         let verifier = AccessTokenVerifier {
             issuer: "https://mandate.example".into(),
-            keys: JwkSet {
-                keys: vec![key.public().clone()],
-            },
+            keys: JwkSet { keys: vec![key.public().clone()] },
             leeway: 60,
         };
         let claims = claims();
@@ -46,32 +44,20 @@ fn bench(c: &mut Criterion) {
             b.iter(|| mint(&key, std::hint::black_box(&claims)).unwrap())
         });
         c.bench_function(&format!("access_token/verify/{}", alg.name()), |b| {
-            b.iter(|| {
-                verifier
-                    .verify(
-                        std::hint::black_box(&token),
-                        NOW,
-                        Some("https://api.example.com"),
-                    )
-                    .unwrap()
-            })
+            b.iter(|| verifier.verify(std::hint::black_box(&token), NOW, Some("https://api.example.com")).unwrap())
         });
         let cid = "agt_01JABCDEFGHJKMNPQRSTVWXYZ0";
-        let assertion = jws::sign(&key, "JWT", &serde_json::json!({"iss": cid, "sub": cid, "aud": "https://mandate.example", "exp": NOW + 60, "jti": "j"})).unwrap();
-        let keys = JwkSet {
-            keys: vec![key.public().clone()],
-        };
-        let rules = AssertionRules {
-            audiences: &["https://mandate.example"],
-            now: NOW,
-            max_lifetime: 3600,
-            leeway: 60,
-        };
+        let assertion = jws::sign(
+            &key,
+            "JWT",
+            &serde_json::json!({"iss": cid, "sub": cid, "aud": "https://mandate.example", "exp": NOW + 60, "jti": "j"}),
+        )
+        .unwrap();
+        let keys = JwkSet { keys: vec![key.public().clone()] };
+        let rules =
+            AssertionRules { audiences: &["https://mandate.example"], now: NOW, max_lifetime: 3600, leeway: 60 };
         c.bench_function(&format!("client_assertion/verify/{}", alg.name()), |b| {
-            b.iter(|| {
-                verify_client_assertion(std::hint::black_box(&assertion), &keys, cid, &rules)
-                    .unwrap()
-            })
+            b.iter(|| verify_client_assertion(std::hint::black_box(&assertion), &keys, cid, &rules).unwrap())
         });
     }
 }

@@ -80,15 +80,11 @@ pub fn verify_client_assertion(
     unverified.verify(keys)?;
     let claims: Claims = unverified.claims()?;
     if claims.iss != client_id || claims.sub != client_id {
-        return Err(JoseError::Claims(
-            "iss and sub must both be the client_id".into(),
-        ));
+        return Err(JoseError::Claims("iss and sub must both be the client_id".into()));
     }
     let aud_ok = match &claims.aud {
         Audience::One(a) => rules.audiences.contains(&a.as_str()),
-        Audience::Many(list) => {
-            !list.is_empty() && list.iter().any(|a| rules.audiences.contains(&a.as_str()))
-        }
+        Audience::Many(list) => !list.is_empty() && list.iter().any(|a| rules.audiences.contains(&a.as_str())),
     };
     if !aud_ok {
         return Err(JoseError::Audience);
@@ -104,19 +100,10 @@ pub fn verify_client_assertion(
     {
         return Err(JoseError::NotYetValid);
     }
-    if claims.jti.is_empty()
-        || claims.jti.len() > MAX_JTI_LEN
-        || !claims.jti.bytes().all(|b| b.is_ascii_graphic())
-    {
-        return Err(JoseError::Claims(
-            "jti must be 1-256 printable ASCII characters".into(),
-        ));
+    if claims.jti.is_empty() || claims.jti.len() > MAX_JTI_LEN || !claims.jti.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(JoseError::Claims("jti must be 1-256 printable ASCII characters".into()));
     }
-    Ok(VerifiedAssertion {
-        client_id: claims.iss,
-        jti: claims.jti,
-        exp: claims.exp,
-    })
+    Ok(VerifiedAssertion { client_id: claims.iss, jti: claims.jti, exp: claims.exp })
 }
 
 #[cfg(test)]
@@ -131,18 +118,11 @@ mod tests {
     const ISS: &str = "https://mandate.example";
 
     fn rules(now: i64) -> AssertionRules<'static> {
-        AssertionRules {
-            audiences: &[ISS, "https://mandate.example/oauth/token"],
-            now,
-            max_lifetime: 3600,
-            leeway: 60,
-        }
+        AssertionRules { audiences: &[ISS, "https://mandate.example/oauth/token"], now, max_lifetime: 3600, leeway: 60 }
     }
 
     fn keyset(key: &SigningKey) -> JwkSet {
-        JwkSet {
-            keys: vec![key.public().clone()],
-        }
+        JwkSet { keys: vec![key.public().clone()] }
     }
 
     fn claims(now: i64) -> serde_json::Value {
@@ -150,12 +130,7 @@ mod tests {
     }
 
     fn raw(header: serde_json::Value, claims: &serde_json::Value, sig: &[u8]) -> String {
-        format!(
-            "{}.{}.{}",
-            b64().encode(header.to_string()),
-            b64().encode(claims.to_string()),
-            b64().encode(sig)
-        )
+        format!("{}.{}.{}", b64().encode(header.to_string()), b64().encode(claims.to_string()), b64().encode(sig))
     }
 
     #[test]
@@ -170,11 +145,7 @@ mod tests {
         // RFC 9864 "Ed25519".
         let key = SigningKey::generate(KeyAlg::EdDSA).unwrap();
         let header = json!({"alg": "Ed25519", "kid": key.kid()});
-        let mut token = format!(
-            "{}.{}",
-            b64().encode(header.to_string()),
-            b64().encode(claims(now).to_string())
-        );
+        let mut token = format!("{}.{}", b64().encode(header.to_string()), b64().encode(claims(now).to_string()));
         let sig = key.sign(token.as_bytes()).unwrap();
         token = format!("{token}.{}", b64().encode(sig));
         assert!(verify_client_assertion(&token, &keyset(&key), CID, &rules(now)).is_ok());
@@ -193,24 +164,51 @@ mod tests {
             ("alg none with empty sig", format!("{signing_input}.")),
             ("HS256 with public key", raw(json!({"alg":"HS256"}), &claims(now), &[0u8; 32])),
             ("foreign key", jws::sign(&other, "JWT", &claims(now)).unwrap()),
-            ("expired", jws::sign(&key, "JWT", &json!({"iss":CID,"sub":CID,"aud":ISS,"exp":now-120,"jti":"j"})).unwrap()),
-            ("exp as string", jws::sign(&key, "JWT", &json!({"iss":CID,"sub":CID,"aud":ISS,"exp":(now+60).to_string(),"jti":"j"})).unwrap()),
+            (
+                "expired",
+                jws::sign(&key, "JWT", &json!({"iss":CID,"sub":CID,"aud":ISS,"exp":now-120,"jti":"j"})).unwrap(),
+            ),
+            (
+                "exp as string",
+                jws::sign(&key, "JWT", &json!({"iss":CID,"sub":CID,"aud":ISS,"exp":(now+60).to_string(),"jti":"j"}))
+                    .unwrap(),
+            ),
             ("missing exp", jws::sign(&key, "JWT", &json!({"iss":CID,"sub":CID,"aud":ISS,"jti":"j"})).unwrap()),
-            ("too far ahead", jws::sign(&key, "JWT", &json!({"iss":CID,"sub":CID,"aud":ISS,"exp":now+7200,"jti":"j"})).unwrap()),
-            ("wrong aud", jws::sign(&key, "JWT", &json!({"iss":CID,"sub":CID,"aud":"https://evil.example","exp":now+60,"jti":"j"})).unwrap()),
-            ("iss != sub", jws::sign(&key, "JWT", &json!({"iss":CID,"sub":"agt_01JABCDEFGHJKMNPQRSTVWXYZ1","aud":ISS,"exp":now+60,"jti":"j"})).unwrap()),
+            (
+                "too far ahead",
+                jws::sign(&key, "JWT", &json!({"iss":CID,"sub":CID,"aud":ISS,"exp":now+7200,"jti":"j"})).unwrap(),
+            ),
+            (
+                "wrong aud",
+                jws::sign(
+                    &key,
+                    "JWT",
+                    &json!({"iss":CID,"sub":CID,"aud":"https://evil.example","exp":now+60,"jti":"j"}),
+                )
+                .unwrap(),
+            ),
+            (
+                "iss != sub",
+                jws::sign(
+                    &key,
+                    "JWT",
+                    &json!({"iss":CID,"sub":"agt_01JABCDEFGHJKMNPQRSTVWXYZ1","aud":ISS,"exp":now+60,"jti":"j"}),
+                )
+                .unwrap(),
+            ),
             ("missing jti", jws::sign(&key, "JWT", &json!({"iss":CID,"sub":CID,"aud":ISS,"exp":now+60})).unwrap()),
             ("access token typ", jws::sign(&key, "at+jwt", &claims(now)).unwrap()),
             ("dpop typ", jws::sign(&key, "dpop+jwt", &claims(now)).unwrap()),
-            ("nbf in future", jws::sign(&key, "JWT", &json!({"iss":CID,"sub":CID,"aud":ISS,"exp":now+600,"nbf":now+300,"jti":"j"})).unwrap()),
+            (
+                "nbf in future",
+                jws::sign(&key, "JWT", &json!({"iss":CID,"sub":CID,"aud":ISS,"exp":now+600,"nbf":now+300,"jti":"j"}))
+                    .unwrap(),
+            ),
             ("truncated signature", good[..good.len() - 4].to_owned()),
             ("two parts", signing_input.to_owned()),
         ];
         for (name, token) in cases {
-            assert!(
-                verify_client_assertion(&token, &keys, CID, &rules(now)).is_err(),
-                "{name} accepted"
-            );
+            assert!(verify_client_assertion(&token, &keys, CID, &rules(now)).is_err(), "{name} accepted");
         }
         // Header members that point at keys, or demand processing.
         for (member, value) in [
@@ -222,17 +220,10 @@ mod tests {
         ] {
             let mut header = json!({"alg":"EdDSA"});
             header[member] = value;
-            let mut token = format!(
-                "{}.{}",
-                b64().encode(header.to_string()),
-                b64().encode(claims(now).to_string())
-            );
+            let mut token = format!("{}.{}", b64().encode(header.to_string()), b64().encode(claims(now).to_string()));
             let sig = key.sign(token.as_bytes()).unwrap();
             token = format!("{token}.{}", b64().encode(sig));
-            assert!(
-                verify_client_assertion(&token, &keys, CID, &rules(now)).is_err(),
-                "{member} accepted"
-            );
+            assert!(verify_client_assertion(&token, &keys, CID, &rules(now)).is_err(), "{member} accepted");
         }
         // An EdDSA header against an ES256 key is refused, whatever the signature.
         let ec = SigningKey::generate(KeyAlg::ES256).unwrap();
@@ -249,13 +240,7 @@ mod tests {
         let sig = b64().decode(sig).unwrap();
         let zero_r: Vec<u8> = [vec![0u8; 32], sig[32..].to_vec()].concat();
         let zero_s: Vec<u8> = [sig[..32].to_vec(), vec![0u8; 32]].concat();
-        for bad in [
-            zero_r,
-            zero_s,
-            vec![0u8; 64],
-            sig[..63].to_vec(),
-            [vec![0x30, 0x44], sig.clone()].concat(),
-        ] {
+        for bad in [zero_r, zero_s, vec![0u8; 64], sig[..63].to_vec(), [vec![0x30, 0x44], sig.clone()].concat()] {
             let token = format!("{input}.{}", b64().encode(bad));
             assert!(verify_client_assertion(&token, &keyset(&key), CID, &rules(now)).is_err());
         }

@@ -25,21 +25,14 @@ pub struct PublicJwk {
 
 impl std::fmt::Debug for PublicJwk {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PublicJwk")
-            .field("alg", &self.alg)
-            .field("kid", &self.kid)
-            .finish()
+        f.debug_struct("PublicJwk").field("alg", &self.alg).field("kid", &self.kid).finish()
     }
 }
 
 impl PublicJwk {
     /// From raw public key bytes (32-byte Ed25519 key, or a 65-byte
     /// uncompressed P-256 point).
-    pub fn from_public_bytes(
-        alg: KeyAlg,
-        bytes: &[u8],
-        kid: Option<String>,
-    ) -> Result<Self, JoseError> {
+    pub fn from_public_bytes(alg: KeyAlg, bytes: &[u8], kid: Option<String>) -> Result<Self, JoseError> {
         let (x, y) = match alg {
             KeyAlg::EdDSA => {
                 if bytes.len() != 32 {
@@ -53,28 +46,18 @@ impl PublicJwk {
                     (x.to_vec(), Some(y.to_vec()))
                 }
                 _ => {
-                    return Err(JoseError::Key(
-                        "a P-256 key is an uncompressed 65-byte point".into(),
-                    ));
+                    return Err(JoseError::Key("a P-256 key is an uncompressed 65-byte point".into()));
                 }
             },
         };
         let parsed = ParsedPublicKey::new(verification_alg(alg), bytes)
             .map_err(|_| JoseError::Key("public key rejected".into()))?;
-        Ok(Self {
-            alg,
-            kid,
-            x,
-            y,
-            parsed: Arc::new(parsed),
-        })
+        Ok(Self { alg, kid, x, y, parsed: Arc::new(parsed) })
     }
 
     /// Parses one JWK object, refusing anything but a public signing key.
     pub fn from_json(v: &Value) -> Result<Self, JoseError> {
-        let obj = v
-            .as_object()
-            .ok_or_else(|| JoseError::Key("a JWK is a JSON object".into()))?;
+        let obj = v.as_object().ok_or_else(|| JoseError::Key("a JWK is a JSON object".into()))?;
         for private in ["d", "p", "q", "dp", "dq", "qi", "k", "oth"] {
             if obj.contains_key(private) {
                 return Err(JoseError::Key(format!(
@@ -88,41 +71,29 @@ impl PublicJwk {
             return Err(JoseError::Key("\"use\" must be \"sig\"".into()));
         }
         if let Some(ops) = obj.get("key_ops") {
-            let ok = ops
-                .as_array()
-                .is_some_and(|a| a.iter().all(|o| o == "verify"));
+            let ok = ops.as_array().is_some_and(|a| a.iter().all(|o| o == "verify"));
             if !ok {
-                return Err(JoseError::Key(
-                    "\"key_ops\" may only list \"verify\"".into(),
-                ));
+                return Err(JoseError::Key("\"key_ops\" may only list \"verify\"".into()));
             }
         }
         for url in ["x5u", "jku"] {
             if obj.contains_key(url) {
-                return Err(JoseError::Key(format!(
-                    "member {url:?} is not accepted; register the key itself"
-                )));
+                return Err(JoseError::Key(format!("member {url:?} is not accepted; register the key itself")));
             }
         }
         let kid = match obj.get("kid") {
             None => None,
             Some(Value::String(k)) if valid_kid(k) => Some(k.clone()),
             Some(_) => {
-                return Err(JoseError::Key(
-                    "\"kid\" must be 1-128 printable ASCII characters".into(),
-                ));
+                return Err(JoseError::Key("\"kid\" must be 1-128 printable ASCII characters".into()));
             }
         };
         let text = |name: &str| -> Result<&str, JoseError> {
-            obj.get(name)
-                .and_then(Value::as_str)
-                .ok_or_else(|| JoseError::Key(format!("missing {name:?}")))
+            obj.get(name).and_then(Value::as_str).ok_or_else(|| JoseError::Key(format!("missing {name:?}")))
         };
         let coord = |name: &str| -> Result<Vec<u8>, JoseError> {
             let s = text(name)?;
-            let bytes = b64()
-                .decode(s)
-                .map_err(|_| JoseError::Key(format!("{name:?} is not base64url")))?;
+            let bytes = b64().decode(s).map_err(|_| JoseError::Key(format!("{name:?} is not base64url")))?;
             if bytes.len() != 32 {
                 return Err(JoseError::Key(format!("{name:?} must encode 32 bytes")));
             }
@@ -137,17 +108,13 @@ impl PublicJwk {
                 (KeyAlg::ES256, point)
             }
             (kty, crv) => {
-                return Err(JoseError::Key(format!(
-                    "unsupported key type {kty}/{crv}; use OKP/Ed25519 or EC/P-256"
-                )));
+                return Err(JoseError::Key(format!("unsupported key type {kty}/{crv}; use OKP/Ed25519 or EC/P-256")));
             }
         };
         if let Some(a) = obj.get("alg") {
             let a = a.as_str().unwrap_or_default();
             if !alg.accepts(a) {
-                return Err(JoseError::Key(format!(
-                    "\"alg\" {a:?} does not fit the key type"
-                )));
+                return Err(JoseError::Key(format!("\"alg\" {a:?} does not fit the key type")));
             }
         }
         Self::from_public_bytes(alg, &raw, kid)
@@ -157,10 +124,7 @@ impl PublicJwk {
     /// lexicographic order.
     pub fn thumbprint(&self) -> String {
         let canonical = match self.alg {
-            KeyAlg::EdDSA => format!(
-                r#"{{"crv":"Ed25519","kty":"OKP","x":"{}"}}"#,
-                b64().encode(&self.x)
-            ),
+            KeyAlg::EdDSA => format!(r#"{{"crv":"Ed25519","kty":"OKP","x":"{}"}}"#, b64().encode(&self.x)),
             KeyAlg::ES256 => format!(
                 r#"{{"crv":"P-256","kty":"EC","x":"{}","y":"{}"}}"#,
                 b64().encode(&self.x),
@@ -183,10 +147,7 @@ impl PublicJwk {
                 m.insert("kty".into(), json!("EC"));
                 m.insert("crv".into(), json!("P-256"));
                 m.insert("x".into(), json!(b64().encode(&self.x)));
-                m.insert(
-                    "y".into(),
-                    json!(b64().encode(self.y.as_deref().unwrap_or_default())),
-                );
+                m.insert("y".into(), json!(b64().encode(self.y.as_deref().unwrap_or_default())));
             }
         }
         if let Some(kid) = &self.kid {
@@ -209,9 +170,7 @@ impl PublicJwk {
         if signature.len() != expected_len {
             return Err(JoseError::BadSignature);
         }
-        self.parsed
-            .verify_sig(message, signature)
-            .map_err(|_| JoseError::BadSignature)
+        self.parsed.verify_sig(message, signature).map_err(|_| JoseError::BadSignature)
     }
 }
 
@@ -235,25 +194,16 @@ pub struct JwkSet {
 impl JwkSet {
     /// Parses `{"keys": [...]}` with 1 to 10 public keys, unique `kid`s.
     pub fn from_json(v: &Value) -> Result<Self, JoseError> {
-        let obj = v
-            .as_object()
-            .ok_or_else(|| JoseError::Key("a JWK set is a JSON object".into()))?;
+        let obj = v.as_object().ok_or_else(|| JoseError::Key("a JWK set is a JSON object".into()))?;
         if obj.keys().any(|k| k != "keys") {
             return Err(JoseError::Key("a JWK set has only \"keys\"".into()));
         }
-        let keys = obj
-            .get("keys")
-            .and_then(Value::as_array)
-            .ok_or_else(|| JoseError::Key("missing \"keys\" array".into()))?;
+        let keys =
+            obj.get("keys").and_then(Value::as_array).ok_or_else(|| JoseError::Key("missing \"keys\" array".into()))?;
         if keys.is_empty() || keys.len() > MAX_KEYS {
-            return Err(JoseError::Key(format!(
-                "a JWK set has 1 to {MAX_KEYS} keys"
-            )));
+            return Err(JoseError::Key(format!("a JWK set has 1 to {MAX_KEYS} keys")));
         }
-        let keys = keys
-            .iter()
-            .map(PublicJwk::from_json)
-            .collect::<Result<Vec<_>, _>>()?;
+        let keys = keys.iter().map(PublicJwk::from_json).collect::<Result<Vec<_>, _>>()?;
         let mut kids: Vec<&str> = keys.iter().filter_map(|k| k.kid.as_deref()).collect();
         kids.sort_unstable();
         if kids.windows(2).any(|w| w.first() == w.get(1)) {
@@ -268,13 +218,8 @@ impl JwkSet {
 
     /// The keys a token with this header `kid` may be checked against: the
     /// one with that kid, or, when the token names none, every key.
-    pub fn candidates<'a>(
-        &'a self,
-        kid: Option<&'a str>,
-    ) -> impl Iterator<Item = &'a PublicJwk> + 'a {
-        self.keys
-            .iter()
-            .filter(move |k| kid.is_none() || k.kid.as_deref() == kid)
+    pub fn candidates<'a>(&'a self, kid: Option<&'a str>) -> impl Iterator<Item = &'a PublicJwk> + 'a {
+        self.keys.iter().filter(move |k| kid.is_none() || k.kid.as_deref() == kid)
     }
 }
 
@@ -285,13 +230,9 @@ mod tests {
     #[test]
     fn rfc8037_thumbprint() {
         // RFC 8037 Appendix A.3.
-        let jwk =
-            json!({"kty":"OKP","crv":"Ed25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"});
+        let jwk = json!({"kty":"OKP","crv":"Ed25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"});
         let key = PublicJwk::from_json(&jwk).unwrap();
-        assert_eq!(
-            key.thumbprint(),
-            "kPrK_qmxVWaYVA9wwBF6Iuo3vVzz7TxHCTwXBygrS4k"
-        );
+        assert_eq!(key.thumbprint(), "kPrK_qmxVWaYVA9wwBF6Iuo3vVzz7TxHCTwXBygrS4k");
     }
 
     #[test]

@@ -37,33 +37,18 @@ impl<'a> Unverified<'a> {
             return Err(JoseError::Malformed("token too long"));
         }
         let mut parts = token.split('.');
-        let (Some(h), Some(p), Some(s), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
+        let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
             return Err(JoseError::Malformed("a JWS has three parts"));
         };
         if s.is_empty() {
             return Err(JoseError::Malformed("missing signature"));
         }
-        let header_bytes = b64()
-            .decode(h)
-            .map_err(|_| JoseError::Malformed("header is not base64url"))?;
-        let payload = b64()
-            .decode(p)
-            .map_err(|_| JoseError::Malformed("payload is not base64url"))?;
-        let signature = b64()
-            .decode(s)
-            .map_err(|_| JoseError::Malformed("signature is not base64url"))?;
+        let header_bytes = b64().decode(h).map_err(|_| JoseError::Malformed("header is not base64url"))?;
+        let payload = b64().decode(p).map_err(|_| JoseError::Malformed("payload is not base64url"))?;
+        let signature = b64().decode(s).map_err(|_| JoseError::Malformed("signature is not base64url"))?;
         let header = parse_header(&header_bytes, allow_jwk)?;
-        let signing_input = token
-            .get(..h.len() + 1 + p.len())
-            .ok_or(JoseError::Malformed("bad framing"))?;
-        Ok(Self {
-            header,
-            signing_input,
-            payload,
-            signature,
-        })
+        let signing_input = token.get(..h.len() + 1 + p.len()).ok_or(JoseError::Malformed("bad framing"))?;
+        Ok(Self { header, signing_input, payload, signature })
     }
 
     /// Checks the signature against one of `keys`, chosen by `kid` only
@@ -75,31 +60,16 @@ impl<'a> Unverified<'a> {
                 continue;
             }
             any = true;
-            if key
-                .verify(
-                    &self.header.alg,
-                    self.signing_input.as_bytes(),
-                    &self.signature,
-                )
-                .is_ok()
-            {
+            if key.verify(&self.header.alg, self.signing_input.as_bytes(), &self.signature).is_ok() {
                 return Ok(());
             }
         }
-        if any {
-            Err(JoseError::BadSignature)
-        } else {
-            Err(JoseError::UnknownKey)
-        }
+        if any { Err(JoseError::BadSignature) } else { Err(JoseError::UnknownKey) }
     }
 
     /// Verifies with one specific key.
     pub fn verify_with(&self, key: &crate::PublicJwk) -> Result<(), JoseError> {
-        key.verify(
-            &self.header.alg,
-            self.signing_input.as_bytes(),
-            &self.signature,
-        )
+        key.verify(&self.header.alg, self.signing_input.as_bytes(), &self.signature)
     }
 
     /// Parses the payload as a JSON object into `T` (strict serde types).
@@ -113,33 +83,13 @@ fn short(s: &str) -> String {
 }
 
 fn parse_header(bytes: &[u8], allow_jwk: bool) -> Result<Header, JoseError> {
-    let v: Value =
-        serde_json::from_slice(bytes).map_err(|_| JoseError::Malformed("header is not JSON"))?;
-    let obj = v
-        .as_object()
-        .ok_or(JoseError::Malformed("header is not a JSON object"))?;
-    let mut header = Header {
-        alg: String::new(),
-        typ: None,
-        kid: None,
-        jwk: None,
-    };
+    let v: Value = serde_json::from_slice(bytes).map_err(|_| JoseError::Malformed("header is not JSON"))?;
+    let obj = v.as_object().ok_or(JoseError::Malformed("header is not a JSON object"))?;
+    let mut header = Header { alg: String::new(), typ: None, kid: None, jwk: None };
     for (name, value) in obj {
         match name.as_str() {
-            "alg" => {
-                header.alg = value
-                    .as_str()
-                    .ok_or(JoseError::Malformed("alg is not a string"))?
-                    .to_owned()
-            }
-            "typ" => {
-                header.typ = Some(
-                    value
-                        .as_str()
-                        .ok_or(JoseError::Malformed("typ is not a string"))?
-                        .to_owned(),
-                )
-            }
+            "alg" => header.alg = value.as_str().ok_or(JoseError::Malformed("alg is not a string"))?.to_owned(),
+            "typ" => header.typ = Some(value.as_str().ok_or(JoseError::Malformed("typ is not a string"))?.to_owned()),
             "kid" => {
                 let kid = value
                     .as_str()
@@ -180,7 +130,15 @@ pub fn typ_is(typ: Option<&str>, expected: &str) -> bool {
 
 /// Signs `claims` as a compact JWS with `typ`.
 pub fn sign<T: Serialize>(key: &SigningKey, typ: &str, claims: &T) -> Result<String, JoseError> {
-    let header = serde_json::json!({ "alg": key.alg().name(), "typ": typ, "kid": key.kid() });
+    // A struct, not a JSON map: its member order is fixed whatever
+    // serde_json features other crates switch on (test vectors depend on it).
+    #[derive(Serialize)]
+    struct OutHeader<'a> {
+        alg: &'a str,
+        kid: &'a str,
+        typ: &'a str,
+    }
+    let header = OutHeader { alg: key.alg().name(), kid: key.kid(), typ };
     let header = serde_json::to_vec(&header).map_err(|_| JoseError::Crypto)?;
     let payload = serde_json::to_vec(claims).map_err(|_| JoseError::Crypto)?;
     let mut out = String::with_capacity((header.len() + payload.len()) * 4 / 3 + 100);

@@ -19,9 +19,7 @@ impl std::fmt::Debug for Kek {
 impl Kek {
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, JoseError> {
         if bytes.len() != KEK_LEN {
-            return Err(JoseError::Key(format!(
-                "the master key must be {KEK_LEN} bytes"
-            )));
+            return Err(JoseError::Key(format!("the master key must be {KEK_LEN} bytes")));
         }
         let key = UnboundKey::new(&AES_256_GCM, bytes).map_err(|_| JoseError::Crypto)?;
         Ok(Self(LessSafeKey::new(key)))
@@ -30,25 +28,17 @@ impl Kek {
     /// 32 fresh random bytes for a new master key.
     pub fn generate_bytes() -> Result<[u8; KEK_LEN], JoseError> {
         let mut out = [0u8; KEK_LEN];
-        SystemRandom::new()
-            .fill(&mut out)
-            .map_err(|_| JoseError::Crypto)?;
+        SystemRandom::new().fill(&mut out).map_err(|_| JoseError::Crypto)?;
         Ok(out)
     }
 
     /// `nonce || ciphertext || tag`, bound to `context` (the key id).
     pub fn seal(&self, context: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, JoseError> {
         let mut nonce = [0u8; NONCE_LEN];
-        SystemRandom::new()
-            .fill(&mut nonce)
-            .map_err(|_| JoseError::Crypto)?;
+        SystemRandom::new().fill(&mut nonce).map_err(|_| JoseError::Crypto)?;
         let mut buf = plaintext.to_vec();
         self.0
-            .seal_in_place_append_tag(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::from(context),
-                &mut buf,
-            )
+            .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(context), &mut buf)
             .map_err(|_| JoseError::Crypto)?;
         let mut out = nonce.to_vec();
         out.extend(buf);
@@ -65,9 +55,7 @@ impl Kek {
         let plain = self
             .0
             .open_in_place(nonce, Aad::from(context), &mut buf)
-            .map_err(|_| {
-                JoseError::Key("cannot unwrap the signing key: wrong master key?".into())
-            })?;
+            .map_err(|_| JoseError::Key("cannot unwrap the signing key: wrong master key?".into()))?;
         Ok(plain.to_vec())
     }
 }
@@ -85,17 +73,7 @@ mod tests {
         let mut t = sealed.clone();
         *t.last_mut().unwrap() ^= 1;
         assert!(kek.open(b"kid1", &t).is_err());
-        assert!(
-            Kek::from_bytes(&[7u8; 32])
-                .unwrap()
-                .open(b"kid1", &sealed)
-                .is_ok()
-        );
-        assert!(
-            Kek::from_bytes(&[8u8; 32])
-                .unwrap()
-                .open(b"kid1", &sealed)
-                .is_err()
-        );
+        assert!(Kek::from_bytes(&[7u8; 32]).unwrap().open(b"kid1", &sealed).is_ok());
+        assert!(Kek::from_bytes(&[8u8; 32]).unwrap().open(b"kid1", &sealed).is_err());
     }
 }

@@ -1,9 +1,7 @@
 //! Mandate's own signing keys.
 
 use aws_lc_rs::rand::SystemRandom;
-use aws_lc_rs::signature::{
-    ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair, KeyPair,
-};
+use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair, KeyPair};
 use serde::{Deserialize, Serialize};
 
 use crate::{JoseError, PublicJwk};
@@ -59,10 +57,7 @@ pub struct SigningKey {
 
 impl std::fmt::Debug for SigningKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SigningKey")
-            .field("kid", &self.kid)
-            .field("alg", &self.public.alg)
-            .finish_non_exhaustive()
+        f.debug_struct("SigningKey").field("kid", &self.kid).field("alg", &self.public.alg).finish_non_exhaustive()
     }
 }
 
@@ -72,8 +67,9 @@ impl SigningKey {
         let rng = SystemRandom::new();
         let doc = match alg {
             KeyAlg::EdDSA => Ed25519KeyPair::generate_pkcs8(&rng).map_err(|_| JoseError::Crypto)?,
-            KeyAlg::ES256 => EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
-                .map_err(|_| JoseError::Crypto)?,
+            KeyAlg::ES256 => {
+                EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).map_err(|_| JoseError::Crypto)?
+            }
         };
         Self::from_pkcs8(alg, doc.as_ref())
     }
@@ -88,8 +84,7 @@ impl SigningKey {
                 (Pair::Ed(p), public)
             }
             KeyAlg::ES256 => {
-                let p =
-                    EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, der).map_err(bad)?;
+                let p = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, der).map_err(bad)?;
                 let public = p.public_key().as_ref().to_vec();
                 (Pair::Ec(p), public)
             }
@@ -97,12 +92,7 @@ impl SigningKey {
         let anonymous = PublicJwk::from_public_bytes(alg, &public_bytes, None)?;
         let kid = anonymous.thumbprint();
         let public = PublicJwk::from_public_bytes(alg, &public_bytes, Some(kid.clone()))?;
-        Ok(Self {
-            kid,
-            pkcs8: der.to_vec(),
-            pair,
-            public,
-        })
+        Ok(Self { kid, pkcs8: der.to_vec(), pair, public })
     }
 
     pub fn kid(&self) -> &str {
@@ -126,10 +116,9 @@ impl SigningKey {
     pub fn sign(&self, message: &[u8]) -> Result<Vec<u8>, JoseError> {
         match &self.pair {
             Pair::Ed(p) => Ok(p.sign(message).as_ref().to_vec()),
-            Pair::Ec(p) => p
-                .sign(&SystemRandom::new(), message)
-                .map(|s| s.as_ref().to_vec())
-                .map_err(|_| JoseError::Crypto),
+            Pair::Ec(p) => {
+                p.sign(&SystemRandom::new(), message).map(|s| s.as_ref().to_vec()).map_err(|_| JoseError::Crypto)
+            }
         }
     }
 }

@@ -4,10 +4,7 @@ use thiserror::Error;
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum ModelError {
     #[error("invalid {kind} id: {reason}")]
-    InvalidId {
-        kind: &'static str,
-        reason: &'static str,
-    },
+    InvalidId { kind: &'static str, reason: &'static str },
     #[error("invalid scope: {0}")]
     InvalidScope(String),
     #[error("invalid name: {0}")]

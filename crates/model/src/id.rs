@@ -113,10 +113,6 @@ mod tests {
         assert!(text.parse::<UserId>().is_err());
         assert!(text.to_lowercase().parse::<AgentId>().is_err());
         assert!("agt_".parse::<AgentId>().is_err());
-        assert!(
-            "agt_01HZZZZZZZZZZZZZZZZZZZZZZZ' OR 1=1"
-                .parse::<AgentId>()
-                .is_err()
-        );
+        assert!("agt_01HZZZZZZZZZZZZZZZZZZZZZZZ' OR 1=1".parse::<AgentId>().is_err());
     }
 }

@@ -13,9 +13,7 @@ pub const MAX_NAME_CHARS: usize = 128;
 pub const MAX_DESCRIPTION_CHARS: usize = 1024;
 
 /// Punctuation allowed in display names besides identifier characters.
-const NAME_PUNCTUATION: &[char] = &[
-    ' ', '-', '_', '.', '\'', '(', ')', '@', '&', ',', ':', '/', '#', '+',
-];
+const NAME_PUNCTUATION: &[char] = &[' ', '-', '_', '.', '\'', '(', ')', '@', '&', ',', ':', '/', '#', '+'];
 
 /// Checks a display name and returns it unchanged when it is acceptable.
 pub fn validate_name(name: &str) -> Result<String, ModelError> {
@@ -35,16 +33,10 @@ pub fn validate_name(name: &str) -> Result<String, ModelError> {
     if name.nfc().ne(name.chars()) || name.nfkc().ne(name.chars()) {
         return err("is not in Unicode normalization form NFKC");
     }
-    if !name
-        .chars()
-        .all(|c| NAME_PUNCTUATION.contains(&c) || c.identifier_allowed())
-    {
+    if !name.chars().all(|c| NAME_PUNCTUATION.contains(&c) || c.identifier_allowed()) {
         return err("has characters not allowed in identifiers (UTS #39)");
     }
-    let letters: String = name
-        .chars()
-        .filter(|c| !NAME_PUNCTUATION.contains(c))
-        .collect();
+    let letters: String = name.chars().filter(|c| !NAME_PUNCTUATION.contains(c)).collect();
     if letters.detect_restriction_level() > RestrictionLevel::HighlyRestrictive {
         return err("mixes scripts in a way that can be confused with another name (UTS #39)");
     }
@@ -52,21 +44,11 @@ pub fn validate_name(name: &str) -> Result<String, ModelError> {
 }
 
 /// Free text (descriptions, purposes): printable, no invisible characters.
-pub fn validate_text(
-    field: &'static str,
-    text: &str,
-    max_chars: usize,
-) -> Result<String, ModelError> {
+pub fn validate_text(field: &'static str, text: &str, max_chars: usize) -> Result<String, ModelError> {
     if text.chars().count() > max_chars {
-        return Err(ModelError::InvalidField {
-            field,
-            reason: format!("longer than {max_chars} characters"),
-        });
+        return Err(ModelError::InvalidField { field, reason: format!("longer than {max_chars} characters") });
     }
-    if text
-        .chars()
-        .any(|c| (c.is_control() && c != '\n') || is_invisible(c))
-    {
+    if text.chars().any(|c| (c.is_control() && c != '\n') || is_invisible(c)) {
         return Err(ModelError::InvalidField {
             field,
             reason: "has control, zero-width or bidirectional characters".into(),
@@ -87,11 +69,7 @@ fn is_invisible(c: char) -> bool {
 /// A deliberately plain email check: one `@`, printable ASCII-or-letters on
 /// both sides, a dotted domain. Returns the address with its domain lower-cased.
 pub fn validate_email(email: &str) -> Result<String, ModelError> {
-    if email.len() > 254
-        || email
-            .chars()
-            .any(|c| c.is_whitespace() || c.is_control() || is_invisible(c))
-    {
+    if email.len() > 254 || email.chars().any(|c| c.is_whitespace() || c.is_control() || is_invisible(c)) {
         return Err(ModelError::InvalidEmail);
     }
     let (local, domain) = email.split_once('@').ok_or(ModelError::InvalidEmail)?;
@@ -101,10 +79,7 @@ pub fn validate_email(email: &str) -> Result<String, ModelError> {
     if domain.starts_with('.') || domain.ends_with('.') || domain.contains("..") {
         return Err(ModelError::InvalidEmail);
     }
-    if !domain
-        .chars()
-        .all(|c| c.is_alphanumeric() || c == '-' || c == '.')
-    {
+    if !domain.chars().all(|c| c.is_alphanumeric() || c == '-' || c == '.') {
         return Err(ModelError::InvalidEmail);
     }
     Ok(format!("{local}@{}", domain.to_lowercase()))
@@ -112,16 +87,8 @@ pub fn validate_email(email: &str) -> Result<String, ModelError> {
 
 /// Group names and attribute keys: short, ASCII, no spaces.
 pub fn validate_label(field: &'static str, s: &str) -> Result<String, ModelError> {
-    if s.is_empty()
-        || s.len() > 64
-        || !s
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
-    {
-        return Err(ModelError::InvalidField {
-            field,
-            reason: format!("{s:?} must be 1-64 of A-Z a-z 0-9 - _ . :"),
-        });
+    if s.is_empty() || s.len() > 64 || !s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b)) {
+        return Err(ModelError::InvalidField { field, reason: format!("{s:?} must be 1-64 of A-Z a-z 0-9 - _ . :") });
     }
     Ok(s.to_owned())
 }
@@ -137,10 +104,7 @@ pub fn validate_resource_identifier(uri: &str) -> Result<String, ModelError> {
     if !uri.bytes().all(|b| b.is_ascii_graphic()) {
         return bad("must be printable ASCII without spaces");
     }
-    let rest = match uri
-        .strip_prefix("https://")
-        .or_else(|| uri.strip_prefix("http://"))
-    {
+    let rest = match uri.strip_prefix("https://").or_else(|| uri.strip_prefix("http://")) {
         Some(rest) => rest,
         None => return bad("must be an absolute https:// (or http://) URI"),
     };
@@ -166,13 +130,7 @@ mod tests {
 
     #[test]
     fn accepts_ordinary_names() {
-        for n in [
-            "Travel agent",
-            "agent-7 (billing)",
-            "Zoë",
-            "日本語エージェント",
-            "O'Brien & Co.",
-        ] {
+        for n in ["Travel agent", "agent-7 (billing)", "Zoë", "日本語エージェント", "O'Brien & Co."] {
             assert_eq!(validate_name(n).as_deref(), Ok(n), "{n}");
         }
     }
@@ -196,10 +154,7 @@ mod tests {
 
     #[test]
     fn emails() {
-        assert_eq!(
-            validate_email("Alice@Example.COM").as_deref(),
-            Ok("Alice@example.com")
-        );
+        assert_eq!(validate_email("Alice@Example.COM").as_deref(), Ok("Alice@example.com"));
         for e in ["", "alice", "a@b", "a@@b.c", "a b@c.d", "a@b..c", "@b.c"] {
             assert!(validate_email(e).is_err(), "{e}");
         }

@@ -64,10 +64,7 @@ impl FromStr for AgentStatus {
             "active" => Ok(Self::Active),
             "suspended" => Ok(Self::Suspended),
             "retired" => Ok(Self::Retired),
-            _ => Err(ModelError::InvalidField {
-                field: "status",
-                reason: format!("unknown agent status {s:?}"),
-            }),
+            _ => Err(ModelError::InvalidField { field: "status", reason: format!("unknown agent status {s:?}") }),
         }
     }
 }
@@ -149,24 +146,18 @@ pub struct Resource {
 impl Resource {
     /// The actions a scope covers, or `None` when the resource has no such scope.
     pub fn actions_of(&self, scope: &Scope) -> Option<Vec<String>> {
-        self.scopes.get(scope.as_str()).map(|actions| {
-            if actions.is_empty() {
-                vec![scope.as_str().to_owned()]
-            } else {
-                actions.clone()
-            }
-        })
+        self.scopes
+            .get(scope.as_str())
+            .map(|actions| if actions.is_empty() { vec![scope.as_str().to_owned()] } else { actions.clone() })
     }
 
     /// Every action any scope of this resource covers.
     pub fn all_actions(&self) -> impl Iterator<Item = String> + '_ {
-        self.scopes.iter().flat_map(|(scope, actions)| {
-            if actions.is_empty() {
-                vec![scope.clone()]
-            } else {
-                actions.clone()
-            }
-        })
+        self.scopes.iter().flat_map(
+            |(scope, actions)| {
+                if actions.is_empty() { vec![scope.clone()] } else { actions.clone() }
+            },
+        )
     }
 }
 
@@ -194,10 +185,7 @@ impl FromStr for ClientId {
         } else if s.starts_with("res_") {
             s.parse().map(ClientId::Resource)
         } else {
-            Err(ModelError::InvalidId {
-                kind: "client",
-                reason: "must be an agt_ or res_ id",
-            })
+            Err(ModelError::InvalidId { kind: "client", reason: "must be an agt_ or res_ id" })
         }
     }
 }

@@ -22,17 +22,10 @@ impl Scope {
             return Err(ModelError::InvalidScope("empty scope".into()));
         }
         if s.len() > MAX_SCOPE_LEN {
-            return Err(ModelError::InvalidScope(format!(
-                "a scope is longer than {MAX_SCOPE_LEN} bytes"
-            )));
+            return Err(ModelError::InvalidScope(format!("a scope is longer than {MAX_SCOPE_LEN} bytes")));
         }
-        if !s
-            .bytes()
-            .all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b))
-        {
-            return Err(ModelError::InvalidScope(
-                "a scope has a character RFC 6749 §3.3 forbids".into(),
-            ));
+        if !s.bytes().all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b)) {
+            return Err(ModelError::InvalidScope("a scope has a character RFC 6749 §3.3 forbids".into()));
         }
         Ok(Self(s.to_owned()))
     }
@@ -73,21 +66,15 @@ impl ScopeSet {
     }
 
     /// Builds a set from individual tokens, refusing duplicates and overlong sets.
-    pub fn from_iter_checked(
-        items: impl IntoIterator<Item = Result<Scope, ModelError>>,
-    ) -> Result<Self, ModelError> {
+    pub fn from_iter_checked(items: impl IntoIterator<Item = Result<Scope, ModelError>>) -> Result<Self, ModelError> {
         let mut set = BTreeSet::new();
         for item in items {
             let scope = item?;
             if !set.insert(scope.clone()) {
-                return Err(ModelError::InvalidScope(format!(
-                    "scope {scope} is repeated"
-                )));
+                return Err(ModelError::InvalidScope(format!("scope {scope} is repeated")));
             }
             if set.len() > MAX_SCOPES {
-                return Err(ModelError::InvalidScope(format!(
-                    "more than {MAX_SCOPES} scopes"
-                )));
+                return Err(ModelError::InvalidScope(format!("more than {MAX_SCOPES} scopes")));
             }
         }
         Ok(Self(set))
@@ -146,8 +133,7 @@ impl Serialize for ScopeSet {
 impl<'de> Deserialize<'de> for ScopeSet {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let items = Vec::<String>::deserialize(d)?;
-        ScopeSet::from_iter_checked(items.iter().map(|s| Scope::parse(s)))
-            .map_err(serde::de::Error::custom)
+        ScopeSet::from_iter_checked(items.iter().map(|s| Scope::parse(s))).map_err(serde::de::Error::custom)
     }
 }
 

@@ -48,32 +48,18 @@ fn bench(c: &mut Criterion) {
             ));
         }
         actions.insert("read".into());
-        text.push_str("permit(principal is Agent, action == Action::\"read\", resource == Api::\"https://api.example\");\n");
+        text.push_str(
+            "permit(principal is Agent, action == Action::\"read\", resource == Api::\"https://api.example\");\n",
+        );
         let engine = PolicyEngine::compile(&text, &actions).unwrap();
         c.bench_function(&format!("decide/agent/{}_policies", n + 1), |b| {
             b.iter(|| {
-                assert!(
-                    engine
-                        .decide(
-                            Principal::Agent(&agent),
-                            "read",
-                            Target::Api("https://api.example")
-                        )
-                        .allowed
-                )
+                assert!(engine.decide(Principal::Agent(&agent), "read", Target::Api("https://api.example")).allowed)
             })
         });
         c.bench_function(&format!("decide/user/{}_policies", n + 1), |b| {
             b.iter(|| {
-                assert!(
-                    !engine
-                        .decide(
-                            Principal::User(&user),
-                            "read",
-                            Target::Api("https://api.example")
-                        )
-                        .allowed
-                )
+                assert!(!engine.decide(Principal::User(&user), "read", Target::Api("https://api.example")).allowed)
             })
         });
     }

@@ -9,9 +9,8 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use cedar_policy::{
-    ActionConstraint, Authorizer, Context, Decision as CedarDecision, Entities, Entity, EntityId,
-    EntityTypeName, EntityUid, PolicySet, Request, RestrictedExpression, Schema, ValidationMode,
-    Validator,
+    ActionConstraint, Authorizer, Context, Decision as CedarDecision, Entities, Entity, EntityId, EntityTypeName,
+    EntityUid, PolicySet, Request, RestrictedExpression, Schema, ValidationMode, Validator,
 };
 use mandate_model::records::{Agent, AgentKind, User, UserStatus};
 use sha2::{Digest, Sha256};
@@ -91,9 +90,7 @@ struct Compiled {
 
 impl std::fmt::Debug for PolicyEngine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PolicyEngine")
-            .field("version", &self.inner.version)
-            .finish_non_exhaustive()
+        f.debug_struct("PolicyEngine").field("version", &self.inner.version).finish_non_exhaustive()
     }
 }
 
@@ -125,22 +122,16 @@ impl PolicyEngine {
     /// Parses and validates `text` against the schema for `actions`.
     pub fn compile(text: &str, actions: &BTreeSet<String>) -> Result<Self, PolicyError> {
         if text.len() > MAX_POLICY_TEXT {
-            return Err(PolicyError::Invalid(vec![format!(
-                "policy text is larger than {MAX_POLICY_TEXT} bytes"
-            )]));
+            return Err(PolicyError::Invalid(vec![format!("policy text is larger than {MAX_POLICY_TEXT} bytes")]));
         }
-        let (schema, _warnings) = Schema::from_cedarschema_str(&schema_text(actions))
-            .map_err(|e| PolicyError::Schema(e.to_string()))?;
-        let policies =
-            PolicySet::from_str(text).map_err(|e| PolicyError::Invalid(parse_messages(&e)))?;
+        let (schema, _warnings) =
+            Schema::from_cedarschema_str(&schema_text(actions)).map_err(|e| PolicyError::Schema(e.to_string()))?;
+        let policies = PolicySet::from_str(text).map_err(|e| PolicyError::Invalid(parse_messages(&e)))?;
         let result = Validator::new(schema).validate(&policies, ValidationMode::Strict);
         if !result.validation_passed() {
-            return Err(PolicyError::Invalid(
-                result.validation_errors().map(|e| e.to_string()).collect(),
-            ));
+            return Err(PolicyError::Invalid(result.validation_errors().map(|e| e.to_string()).collect()));
         }
-        let (by_action, any_action) =
-            index_by_action(&policies).map_err(|e| PolicyError::Invalid(vec![e]))?;
+        let (by_action, any_action) = index_by_action(&policies).map_err(|e| PolicyError::Invalid(vec![e]))?;
         Ok(Self {
             inner: Arc::new(Compiled {
                 by_action,
@@ -177,20 +168,11 @@ impl PolicyEngine {
     pub fn decide(&self, principal: Principal<'_>, action: &str, target: Target<'_>) -> Decision {
         match self.try_decide(principal, action, target) {
             Ok(d) => d,
-            Err(e) => Decision {
-                allowed: false,
-                reasons: vec![],
-                errors: vec![e],
-            },
+            Err(e) => Decision { allowed: false, reasons: vec![], errors: vec![e] },
         }
     }
 
-    fn try_decide(
-        &self,
-        principal: Principal<'_>,
-        action: &str,
-        target: Target<'_>,
-    ) -> Result<Decision, String> {
+    fn try_decide(&self, principal: Principal<'_>, action: &str, target: Target<'_>) -> Result<Decision, String> {
         let mut entities = Vec::with_capacity(3);
         let principal_uid = match principal {
             Principal::User(u) => {
@@ -210,63 +192,30 @@ impl PolicyEngine {
             }
         };
         let action_uid = uid("Action", action)?;
-        let request = Request::new(
-            principal_uid,
-            action_uid,
-            resource_uid,
-            Context::empty(),
-            None,
-        )
-        .map_err(|e| e.to_string())?;
+        let request =
+            Request::new(principal_uid, action_uid, resource_uid, Context::empty(), None).map_err(|e| e.to_string())?;
         let entities = Entities::from_entities(entities, None).map_err(|e| e.to_string())?;
-        let policies = self
-            .inner
-            .by_action
-            .get(action)
-            .unwrap_or(&self.inner.any_action);
-        let response = self
-            .inner
-            .authorizer
-            .is_authorized(&request, policies, &entities);
-        let errors: Vec<String> = response
-            .diagnostics()
-            .errors()
-            .map(|e| e.to_string())
-            .collect();
-        let reasons: Vec<String> = response
-            .diagnostics()
-            .reason()
-            .map(|p| p.to_string())
-            .collect();
+        let policies = self.inner.by_action.get(action).unwrap_or(&self.inner.any_action);
+        let response = self.inner.authorizer.is_authorized(&request, policies, &entities);
+        let errors: Vec<String> = response.diagnostics().errors().map(|e| e.to_string()).collect();
+        let reasons: Vec<String> = response.diagnostics().reason().map(|p| p.to_string()).collect();
         // Fail closed: an erroring policy might have been a forbid.
         let allowed = response.decision() == CedarDecision::Allow && errors.is_empty();
-        Ok(Decision {
-            allowed,
-            reasons,
-            errors,
-        })
+        Ok(Decision { allowed, reasons, errors })
     }
 }
 
 /// Splits `policies` by the actions their scopes name.
-fn index_by_action(
-    policies: &PolicySet,
-) -> Result<(HashMap<String, PolicySet>, PolicySet), String> {
+fn index_by_action(policies: &PolicySet) -> Result<(HashMap<String, PolicySet>, PolicySet), String> {
     let mut any = PolicySet::new();
     let mut named: HashMap<String, Vec<&cedar_policy::Policy>> = HashMap::new();
     for p in policies.policies() {
         match p.action_constraint() {
             ActionConstraint::Any => any.add(p.clone()).map_err(|e| e.to_string())?,
-            ActionConstraint::Eq(uid) => named
-                .entry(uid.id().unescaped().to_owned())
-                .or_default()
-                .push(p),
+            ActionConstraint::Eq(uid) => named.entry(uid.id().unescaped().to_owned()).or_default().push(p),
             ActionConstraint::In(uids) => {
                 for uid in uids {
-                    named
-                        .entry(uid.id().unescaped().to_owned())
-                        .or_default()
-                        .push(p);
+                    named.entry(uid.id().unescaped().to_owned()).or_default().push(p);
                 }
             }
         }
@@ -308,23 +257,15 @@ fn user_entity(u: &User) -> Result<Entity, String> {
         ),
     ]
     .into();
-    let parents = u
-        .groups
-        .iter()
-        .map(|g| uid("Group", g))
-        .collect::<Result<Vec<_>, _>>()?;
+    let parents = u.groups.iter().map(|g| uid("Group", g)).collect::<Result<Vec<_>, _>>()?;
     let tags = u.attributes.iter().map(|(k, v)| (k.clone(), s(v)));
-    Entity::new_with_tags(uid("User", &u.id.to_string())?, attrs, parents, tags)
-        .map_err(|e| e.to_string())
+    Entity::new_with_tags(uid("User", &u.id.to_string())?, attrs, parents, tags).map_err(|e| e.to_string())
 }
 
 fn agent_entity(a: &Agent) -> Result<Entity, String> {
     let mut attrs: HashMap<String, RestrictedExpression> = [
         ("name".to_owned(), s(&a.name)),
-        (
-            "owner".to_owned(),
-            RestrictedExpression::new_entity_uid(uid("User", &a.owner.to_string())?),
-        ),
+        ("owner".to_owned(), RestrictedExpression::new_entity_uid(uid("User", &a.owner.to_string())?)),
         (
             "kind".to_owned(),
             s(match a.kind {
@@ -336,10 +277,7 @@ fn agent_entity(a: &Agent) -> Result<Entity, String> {
     ]
     .into();
     if let Some(parent) = a.parent {
-        attrs.insert(
-            "parent".to_owned(),
-            RestrictedExpression::new_entity_uid(uid("Agent", &parent.to_string())?),
-        );
+        attrs.insert("parent".to_owned(), RestrictedExpression::new_entity_uid(uid("Agent", &parent.to_string())?));
     }
     Entity::new(uid("Agent", &a.id.to_string())?, attrs, HashSet::new()).map_err(|e| e.to_string())
 }

@@ -44,11 +44,7 @@ fn user() -> User {
 
 #[test]
 fn nothing_is_allowed_without_policies() {
-    let d = PolicyEngine::empty().decide(
-        Principal::Agent(&agent()),
-        "read",
-        Target::Api("https://api.example"),
-    );
+    let d = PolicyEngine::empty().decide(Principal::Agent(&agent()), "read", Target::Api("https://api.example"));
     assert!(!d.allowed);
 }
 
@@ -61,56 +57,14 @@ fn permits_and_forbids() {
         &actions(),
     )
     .unwrap();
-    assert!(
-        e.decide(
-            Principal::Agent(&agent()),
-            "read",
-            Target::Api("https://api.example")
-        )
-        .allowed
-    );
-    assert!(
-        !e.decide(
-            Principal::Agent(&agent()),
-            "read",
-            Target::Api("https://other.example")
-        )
-        .allowed
-    );
-    assert!(
-        !e.decide(
-            Principal::Agent(&agent()),
-            "write",
-            Target::Api("https://api.example")
-        )
-        .allowed
-    );
-    assert!(
-        e.decide(
-            Principal::User(&user()),
-            "write",
-            Target::Api("https://api.example")
-        )
-        .allowed
-    );
-    assert!(
-        !e.decide(
-            Principal::User(&user()),
-            "write",
-            Target::Api("https://locked.example")
-        )
-        .allowed
-    );
+    assert!(e.decide(Principal::Agent(&agent()), "read", Target::Api("https://api.example")).allowed);
+    assert!(!e.decide(Principal::Agent(&agent()), "read", Target::Api("https://other.example")).allowed);
+    assert!(!e.decide(Principal::Agent(&agent()), "write", Target::Api("https://api.example")).allowed);
+    assert!(e.decide(Principal::User(&user()), "write", Target::Api("https://api.example")).allowed);
+    assert!(!e.decide(Principal::User(&user()), "write", Target::Api("https://locked.example")).allowed);
     let mut other = user();
     other.attributes.clear();
-    assert!(
-        !e.decide(
-            Principal::User(&other),
-            "write",
-            Target::Api("https://api.example")
-        )
-        .allowed
-    );
+    assert!(!e.decide(Principal::User(&other), "write", Target::Api("https://api.example")).allowed);
 }
 
 #[test]
@@ -124,23 +78,13 @@ fn an_erroring_policy_denies() {
         &actions(),
     )
     .unwrap();
-    let d = e.decide(
-        Principal::Agent(&agent()),
-        "read",
-        Target::Api("https://api.example"),
-    );
+    let d = e.decide(Principal::Agent(&agent()), "read", Target::Api("https://api.example"));
     assert!(!d.allowed, "{d:?}");
 }
 
 #[test]
 fn validation_rejects_unknown_actions_and_attributes() {
-    assert!(
-        PolicyEngine::compile(
-            r#"permit(principal, action == Action::"delete", resource);"#,
-            &actions()
-        )
-        .is_err()
-    );
+    assert!(PolicyEngine::compile(r#"permit(principal, action == Action::"delete", resource);"#, &actions()).is_err());
     assert!(
         PolicyEngine::compile(
             r#"permit(principal is Agent, action, resource) when { principal.color == "red" };"#,
@@ -169,53 +113,11 @@ fn the_action_index_keeps_every_policy_that_can_apply() {
     )
     .unwrap();
     let a = agent();
-    assert!(
-        e.decide(
-            Principal::Agent(&a),
-            "read",
-            Target::Api("https://a.example")
-        )
-        .allowed
-    );
-    assert!(
-        e.decide(
-            Principal::Agent(&a),
-            "write",
-            Target::Api("https://a.example")
-        )
-        .allowed
-    );
+    assert!(e.decide(Principal::Agent(&a), "read", Target::Api("https://a.example")).allowed);
+    assert!(e.decide(Principal::Agent(&a), "write", Target::Api("https://a.example")).allowed);
     // Unconstrained-action policies apply to named and unnamed actions alike.
-    assert!(
-        e.decide(
-            Principal::Agent(&a),
-            "read",
-            Target::Api("https://open.example")
-        )
-        .allowed
-    );
-    assert!(
-        e.decide(
-            Principal::Agent(&a),
-            "mandate:spawn",
-            Target::Api("https://open.example")
-        )
-        .allowed
-    );
-    assert!(
-        !e.decide(
-            Principal::Agent(&a),
-            "read",
-            Target::Api("https://locked.example")
-        )
-        .allowed
-    );
-    assert!(
-        !e.decide(
-            Principal::Agent(&a),
-            "mandate:spawn",
-            Target::Api("https://a.example")
-        )
-        .allowed
-    );
+    assert!(e.decide(Principal::Agent(&a), "read", Target::Api("https://open.example")).allowed);
+    assert!(e.decide(Principal::Agent(&a), "mandate:spawn", Target::Api("https://open.example")).allowed);
+    assert!(!e.decide(Principal::Agent(&a), "read", Target::Api("https://locked.example")).allowed);
+    assert!(!e.decide(Principal::Agent(&a), "mandate:spawn", Target::Api("https://a.example")).allowed);
 }

@@ -30,8 +30,7 @@ impl FromRequestParts<AppState> for Authed {
 }
 
 fn id<T: std::str::FromStr<Err = mandate_model::ModelError>>(raw: &str) -> Result<T, Problem> {
-    raw.parse()
-        .map_err(|e: mandate_model::ModelError| Problem::bad_input(e.to_string()))
+    raw.parse().map_err(|e: mandate_model::ModelError| Problem::bad_input(e.to_string()))
 }
 
 fn created(body: serde_json::Value) -> Response {
@@ -121,18 +120,10 @@ pub async fn agent_lifecycle(
         "resume" => Lifecycle::Resume,
         "retire" => Lifecycle::Retire,
         _ => {
-            return Err(Problem::new(
-                StatusCode::NOT_FOUND,
-                "not-found",
-                "Not found",
-                "no such endpoint",
-            ));
+            return Err(Problem::new(StatusCode::NOT_FOUND, "not-found", "Not found", "no such endpoint"));
         }
     };
-    let (agent, revoked) = s
-        .mandate
-        .agent_lifecycle(c, id::<AgentId>(&raw)?, op)
-        .await?;
+    let (agent, revoked) = s.mandate.agent_lifecycle(c, id::<AgentId>(&raw)?, op).await?;
     let mut out = to_json(&agent);
     set(&mut out, "client_id", json!(agent.id.to_string()));
     set(&mut out, "revoked_tokens", json!(revoked));
@@ -172,10 +163,7 @@ pub async fn put_policies(
     Ok(Json(json!({ "version": p.version })).into_response())
 }
 
-pub async fn get_policies(
-    State(s): State<AppState>,
-    Authed(c): Authed,
-) -> Result<Response, Problem> {
+pub async fn get_policies(State(s): State<AppState>, Authed(c): Authed) -> Result<Response, Problem> {
     let (version, text, schema) = s.mandate.get_policies(c).await?;
     Ok(Json(json!({ "version": version, "policies": text, "schema": schema })).into_response())
 }
@@ -196,16 +184,12 @@ pub async fn rotate_keys(
     let body: RotateBody = if body.is_empty() {
         RotateBody::default()
     } else {
-        crate::extract::check_json_shape(&body)
-            .map_err(|e| Problem::bad_input(format!("malformed JSON: {e}")))?;
-        serde_json::from_slice(&body)
-            .map_err(|e| Problem::bad_input(format!("invalid body: {e}")))?
+        crate::extract::check_json_shape(&body).map_err(|e| Problem::bad_input(format!("malformed JSON: {e}")))?;
+        serde_json::from_slice(&body).map_err(|e| Problem::bad_input(format!("invalid body: {e}")))?
     };
     let alg = match body.alg {
         None => None,
-        Some(a) => {
-            Some(mandate_jose::KeyAlg::parse(&a).map_err(|e| Problem::bad_input(e.to_string()))?)
-        }
+        Some(a) => Some(mandate_jose::KeyAlg::parse(&a).map_err(|e| Problem::bad_input(e.to_string()))?),
     };
     let kid = s.mandate.rotate_keys(c, alg).await?;
     Ok(Json(json!({ "kid": kid })).into_response())

@@ -19,13 +19,10 @@ impl From<Error> for OAuthError {
 impl OAuthError {
     pub fn code(&self) -> &'static str {
         match &self.0 {
-            Error::InvalidRequest(_)
-            | Error::BadInput(_)
-            | Error::NotFound(_)
-            | Error::Conflict(_) => "invalid_request",
-            Error::InvalidClient(_) | Error::Unauthenticated | Error::Forbidden(_) => {
-                "invalid_client"
+            Error::InvalidRequest(_) | Error::BadInput(_) | Error::NotFound(_) | Error::Conflict(_) => {
+                "invalid_request"
             }
+            Error::InvalidClient(_) | Error::Unauthenticated | Error::Forbidden(_) => "invalid_client",
             Error::InvalidGrant(_) => "invalid_grant",
             Error::InvalidScope(_) => "invalid_scope",
             Error::InvalidTarget(_) => "invalid_target",
@@ -68,10 +65,7 @@ impl IntoResponse for OAuthError {
         let h = resp.headers_mut();
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         if status == StatusCode::UNAUTHORIZED {
-            h.insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Basic realm=\"mandate\""),
-            );
+            h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"mandate\""));
         }
         resp
     }
@@ -87,27 +81,12 @@ pub struct Problem {
 }
 
 impl Problem {
-    pub fn new(
-        status: StatusCode,
-        kind: &'static str,
-        title: &'static str,
-        detail: impl Into<String>,
-    ) -> Self {
-        Self {
-            status,
-            kind,
-            title,
-            detail: detail.into(),
-        }
+    pub fn new(status: StatusCode, kind: &'static str, title: &'static str, detail: impl Into<String>) -> Self {
+        Self { status, kind, title, detail: detail.into() }
     }
 
     pub fn bad_input(detail: impl Into<String>) -> Self {
-        Self::new(
-            StatusCode::BAD_REQUEST,
-            "invalid-input",
-            "Invalid input",
-            detail,
-        )
+        Self::new(StatusCode::BAD_REQUEST, "invalid-input", "Invalid input", detail)
     }
 }
 
@@ -132,12 +111,7 @@ impl From<Error> for Problem {
             Error::NotFound(m) => Problem::new(S::NOT_FOUND, "not-found", "Not found", m),
             Error::Conflict(m) => Problem::new(S::CONFLICT, "conflict", "Conflict", m),
             Error::UnsupportedGrantType(m) => Problem::bad_input(m),
-            Error::Unavailable(m) => Problem::new(
-                S::SERVICE_UNAVAILABLE,
-                "unavailable",
-                "Temporarily unavailable",
-                m,
-            ),
+            Error::Unavailable(m) => Problem::new(S::SERVICE_UNAVAILABLE, "unavailable", "Temporarily unavailable", m),
         }
     }
 }
@@ -152,15 +126,9 @@ impl IntoResponse for Problem {
         });
         let mut resp = (self.status, body.to_string()).into_response();
         let h = resp.headers_mut();
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/problem+json"),
-        );
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
         if self.status == StatusCode::UNAUTHORIZED {
-            h.insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer realm=\"mandate\""),
-            );
+            h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"mandate\""));
         }
         resp
     }

@@ -19,9 +19,7 @@ pub const MAX_JSON_DEPTH: usize = 64;
 /// body is parsed into its type.
 pub fn check_json_shape(bytes: &[u8]) -> Result<(), String> {
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    Shape { depth: 0 }
-        .deserialize(&mut de)
-        .map_err(|e| e.to_string())?;
+    Shape { depth: 0 }.deserialize(&mut de).map_err(|e| e.to_string())?;
     de.end().map_err(|e| e.to_string())
 }
 
@@ -62,9 +60,7 @@ impl<'de> Visitor<'de> for Shape {
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
         let depth = self.depth + 1;
         if depth > MAX_JSON_DEPTH {
-            return Err(serde::de::Error::custom(format!(
-                "JSON nested deeper than {MAX_JSON_DEPTH}"
-            )));
+            return Err(serde::de::Error::custom(format!("JSON nested deeper than {MAX_JSON_DEPTH}")));
         }
         while seq.next_element_seed(Shape { depth })?.is_some() {}
         Ok(())
@@ -72,9 +68,7 @@ impl<'de> Visitor<'de> for Shape {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         let depth = self.depth + 1;
         if depth > MAX_JSON_DEPTH {
-            return Err(serde::de::Error::custom(format!(
-                "JSON nested deeper than {MAX_JSON_DEPTH}"
-            )));
+            return Err(serde::de::Error::custom(format!("JSON nested deeper than {MAX_JSON_DEPTH}")));
         }
         let mut seen = HashSet::new();
         while let Some(key) = map.next_key::<String>()? {
@@ -95,14 +89,9 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for StrictJson<T> {
     type Rejection = Problem;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Problem> {
-        let is_json = req
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|ct| {
-                ct.split(';')
-                    .next()
-                    .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
+        let is_json =
+            req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|ct| {
+                ct.split(';').next().is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
             });
         if !is_json {
             return Err(Problem::new(
@@ -112,12 +101,9 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for StrictJson<T> {
                 "send application/json",
             ));
         }
-        let bytes = Bytes::from_request(req, state)
-            .await
-            .map_err(body_problem)?;
+        let bytes = Bytes::from_request(req, state).await.map_err(body_problem)?;
         check_json_shape(&bytes).map_err(|e| Problem::bad_input(format!("malformed JSON: {e}")))?;
-        let value = serde_json::from_slice(&bytes)
-            .map_err(|e| Problem::bad_input(format!("invalid body: {e}")))?;
+        let value = serde_json::from_slice(&bytes).map_err(|e| Problem::bad_input(format!("invalid body: {e}")))?;
         Ok(StrictJson(value))
     }
 }
@@ -160,11 +146,7 @@ impl OAuthForm {
     }
 
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.params
-            .get(name)
-            .and_then(|v| v.first())
-            .map(String::as_str)
-            .filter(|s| !s.is_empty())
+        self.params.get(name).and_then(|v| v.first()).map(String::as_str).filter(|s| !s.is_empty())
     }
 
     pub fn all(&self, name: &str) -> Vec<String> {
@@ -176,24 +158,14 @@ impl<S: Send + Sync> FromRequest<S> for OAuthForm {
     type Rejection = OAuthError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, OAuthError> {
-        let is_form = req
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|ct| {
-                ct.split(';').next().is_some_and(|m| {
-                    m.trim()
-                        .eq_ignore_ascii_case("application/x-www-form-urlencoded")
-                })
-            });
+        let is_form = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|ct| {
+            ct.split(';').next().is_some_and(|m| m.trim().eq_ignore_ascii_case("application/x-www-form-urlencoded"))
+        });
         if !is_form {
-            return Err(
-                Error::InvalidRequest("send application/x-www-form-urlencoded".into()).into(),
-            );
+            return Err(Error::InvalidRequest("send application/x-www-form-urlencoded".into()).into());
         }
-        let bytes = Bytes::from_request(req, state)
-            .await
-            .map_err(|e| OAuthError(Error::InvalidRequest(e.body_text())))?;
+        let bytes =
+            Bytes::from_request(req, state).await.map_err(|e| OAuthError(Error::InvalidRequest(e.body_text())))?;
         Self::parse(&bytes)
     }
 }
@@ -202,19 +174,13 @@ impl<S: Send + Sync> FromRequest<S> for OAuthForm {
 pub fn bearer(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then_some(token.trim())
-        .filter(|t| !t.is_empty())
+    scheme.eq_ignore_ascii_case("bearer").then_some(token.trim()).filter(|t| !t.is_empty())
 }
 
 /// The client's credentials, from the form (`private_key_jwt`) or the
 /// `Authorization: Basic` header (`client_secret_basic`). Using both at once
 /// is refused (RFC 6749 §2.3).
-pub fn client_credentials(
-    headers: &HeaderMap,
-    form: &OAuthForm,
-) -> Result<ClientCredentials, OAuthError> {
+pub fn client_credentials(headers: &HeaderMap, form: &OAuthForm) -> Result<ClientCredentials, OAuthError> {
     let basic = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -226,20 +192,16 @@ pub fn client_credentials(
         return Err(Error::InvalidClient("client_secret_post is not supported".into()).into());
     }
     match (basic, assertion) {
-        (Some(_), Some(_)) => {
-            Err(Error::InvalidRequest("use one client authentication method".into()).into())
-        }
+        (Some(_), Some(_)) => Err(Error::InvalidRequest("use one client authentication method".into()).into()),
         (Some(b64), None) => {
             let decoded = base64::engine::general_purpose::STANDARD
                 .decode(b64)
                 .ok()
                 .and_then(|d| String::from_utf8(d).ok())
-                .ok_or_else(|| {
-                    OAuthError(Error::InvalidClient("malformed Basic credentials".into()))
-                })?;
-            let (id, secret) = decoded.split_once(':').ok_or_else(|| {
-                OAuthError(Error::InvalidClient("malformed Basic credentials".into()))
-            })?;
+                .ok_or_else(|| OAuthError(Error::InvalidClient("malformed Basic credentials".into())))?;
+            let (id, secret) = decoded
+                .split_once(':')
+                .ok_or_else(|| OAuthError(Error::InvalidClient("malformed Basic credentials".into())))?;
             // RFC 6749 §2.3.1: both halves are form-urlencoded.
             let dec = |s: &str| {
                 form_urlencoded::parse(format!("x={s}").as_bytes())
@@ -247,16 +209,10 @@ pub fn client_credentials(
                     .map(|(_, v)| v.into_owned())
                     .unwrap_or_default()
             };
-            Ok(ClientCredentials::Secret {
-                client_id: dec(id),
-                secret: dec(secret),
-            })
+            Ok(ClientCredentials::Secret { client_id: dec(id), secret: dec(secret) })
         }
         (None, Some(a)) => Ok(ClientCredentials::Assertion {
-            assertion_type: form
-                .get("client_assertion_type")
-                .unwrap_or_default()
-                .to_owned(),
+            assertion_type: form.get("client_assertion_type").unwrap_or_default().to_owned(),
             assertion: a.to_owned(),
             client_id: form.get("client_id").map(str::to_owned),
         }),
@@ -282,9 +238,7 @@ mod tests {
     #[test]
     fn forms_refuse_repeats() {
         assert!(OAuthForm::parse(b"scope=a&scope=b").is_err());
-        let f = OAuthForm::parse(b"resource=a&resource=b&scope=x")
-            .ok()
-            .unwrap();
+        let f = OAuthForm::parse(b"resource=a&resource=b&scope=x").ok().unwrap();
         assert_eq!(f.all("resource").len(), 2);
         assert!(OAuthForm::parse(&[b's', b'=', 0xff]).is_err());
     }

@@ -29,10 +29,7 @@ pub struct AppState {
 /// The whole HTTP surface.
 pub fn router(state: AppState) -> Router {
     let oauth = Router::new()
-        .route(
-            "/.well-known/oauth-authorization-server",
-            get(oauth::metadata),
-        )
+        .route("/.well-known/oauth-authorization-server", get(oauth::metadata))
         .route("/.well-known/openid-configuration", get(oauth::metadata))
         .route("/jwks.json", get(oauth::jwks))
         .route("/oauth/token", post(oauth::token))
@@ -40,20 +37,14 @@ pub fn router(state: AppState) -> Router {
         .route("/oauth/revoke", post(oauth::revoke));
     let admin = Router::new()
         .route("/v1/users", post(admin::create_user))
-        .route(
-            "/v1/users/{id}",
-            get(admin::get_user).patch(admin::update_user),
-        )
+        .route("/v1/users/{id}", get(admin::get_user).patch(admin::update_user))
         .route("/v1/users/{id}/tokens", post(admin::create_user_token))
         .route("/v1/agents", post(admin::create_agent))
         .route("/v1/agents/{id}", get(admin::get_agent))
         .route("/v1/agents/{id}/{op}", post(admin::agent_lifecycle))
         .route("/v1/resources", post(admin::create_resource))
         .route("/v1/resources/{id}", get(admin::get_resource))
-        .route(
-            "/v1/policies",
-            put(admin::put_policies).get(admin::get_policies),
-        )
+        .route("/v1/policies", put(admin::put_policies).get(admin::get_policies))
         .route("/v1/keys/rotate", post(admin::rotate_keys));
     let ops = Router::new()
         .route("/healthz", get(ops::healthz))
@@ -68,18 +59,12 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::middleware::from_fn(ops::track))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         // RFC 9700 §4.16 (clickjacking) and content sniffing.
-        .layer(SetResponseHeaderLayer::overriding(
-            header::X_FRAME_OPTIONS,
-            HeaderValue::from_static("DENY"),
-        ))
+        .layer(SetResponseHeaderLayer::overriding(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY")))
         .layer(SetResponseHeaderLayer::overriding(
             header::CONTENT_SECURITY_POLICY,
             HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
         ))
-        .layer(SetResponseHeaderLayer::overriding(
-            header::X_CONTENT_TYPE_OPTIONS,
-            HeaderValue::from_static("nosniff"),
-        ))
+        .layer(SetResponseHeaderLayer::overriding(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")))
         .layer(SetResponseHeaderLayer::if_not_present(
             HeaderName::from_static("referrer-policy"),
             HeaderValue::from_static("no-referrer"),
@@ -96,9 +81,7 @@ pub async fn serve(
     ops::install_metrics();
     let sync = tokio::spawn(background(state.mandate.clone()));
     let app = router(state);
-    let result = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await;
+    let result = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
     sync.abort();
     result
 }

@@ -38,19 +38,13 @@ pub async fn metadata(State(state): State<AppState>) -> Response {
         "resource_indicators_supported": true,
     });
     let mut resp = Json(body).into_response();
-    resp.headers_mut().insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static("public, max-age=300"),
-    );
+    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=300"));
     resp
 }
 
 pub async fn jwks(State(state): State<AppState>) -> Response {
     let mut resp = Json(state.mandate.jwks()).into_response();
-    resp.headers_mut().insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static("public, max-age=60"),
-    );
+    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=60"));
     resp
 }
 
@@ -62,23 +56,17 @@ fn no_store(body: Value) -> Response {
     resp
 }
 
-pub async fn token(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    form: OAuthForm,
-) -> Result<Response, OAuthError> {
+pub async fn token(State(state): State<AppState>, headers: HeaderMap, form: OAuthForm) -> Result<Response, OAuthError> {
     let credentials = client_credentials(&headers, &form)?;
-    let grant_type = form
-        .get("grant_type")
-        .ok_or_else(|| OAuthError(Error::InvalidRequest("grant_type is required".into())))?;
+    let grant_type =
+        form.get("grant_type").ok_or_else(|| OAuthError(Error::InvalidRequest("grant_type is required".into())))?;
     let request = TokenRequest {
         grant_type: grant_type.to_owned(),
         scope: form.get("scope").map(str::to_owned),
         resources: form.all("resource"),
     };
     let issued = state.mandate.token(&credentials, request).await?;
-    metrics::counter!("mandate_tokens_issued_total", "grant_type" => "client_credentials")
-        .increment(1);
+    metrics::counter!("mandate_tokens_issued_total", "grant_type" => "client_credentials").increment(1);
     Ok(no_store(json!({
         "access_token": issued.access_token,
         "token_type": issued.token_type,
@@ -88,11 +76,7 @@ pub async fn token(
 }
 
 /// The admin token, or a client authenticated like at the token endpoint.
-async fn token_caller(
-    state: &AppState,
-    headers: &HeaderMap,
-    form: &OAuthForm,
-) -> Result<TokenCaller, OAuthError> {
+async fn token_caller(state: &AppState, headers: &HeaderMap, form: &OAuthForm) -> Result<TokenCaller, OAuthError> {
     if let Some(b) = bearer(headers) {
         return match state.mandate.authenticate_caller(b).await {
             Ok(Caller::Admin) => Ok(TokenCaller::Admin),
@@ -103,9 +87,7 @@ async fn token_caller(
         };
     }
     let credentials = client_credentials(headers, form)?;
-    Ok(TokenCaller::Client(Box::new(
-        state.mandate.authenticate_client(&credentials).await?,
-    )))
+    Ok(TokenCaller::Client(Box::new(state.mandate.authenticate_client(&credentials).await?)))
 }
 
 pub async fn introspect(
@@ -114,9 +96,7 @@ pub async fn introspect(
     form: OAuthForm,
 ) -> Result<Response, OAuthError> {
     let caller = token_caller(&state, &headers, &form).await?;
-    let token = form
-        .get("token")
-        .ok_or_else(|| OAuthError(Error::InvalidRequest("token is required".into())))?;
+    let token = form.get("token").ok_or_else(|| OAuthError(Error::InvalidRequest("token is required".into())))?;
     let answer = state.mandate.introspect(&caller, token).await?;
     Ok(no_store(answer))
 }
@@ -127,9 +107,7 @@ pub async fn revoke(
     form: OAuthForm,
 ) -> Result<Response, OAuthError> {
     let caller = token_caller(&state, &headers, &form).await?;
-    let token = form
-        .get("token")
-        .ok_or_else(|| OAuthError(Error::InvalidRequest("token is required".into())))?;
+    let token = form.get("token").ok_or_else(|| OAuthError(Error::InvalidRequest("token is required".into())))?;
     if state.mandate.revoke(&caller, token).await? {
         metrics::counter!("mandate_tokens_revoked_total").increment(1);
     }

@@ -41,11 +41,7 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
 pub async fn metrics() -> Response {
     let handle = install_metrics();
     handle.run_upkeep();
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        handle.render(),
-    )
-        .into_response()
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], handle.render()).into_response()
 }
 
 pub async fn method_not_allowed() -> Problem {
@@ -58,26 +54,19 @@ pub async fn method_not_allowed() -> Problem {
 }
 
 pub async fn not_found() -> Problem {
-    Problem::new(
-        StatusCode::NOT_FOUND,
-        "not-found",
-        "Not found",
-        "no such endpoint",
-    )
+    Problem::new(StatusCode::NOT_FOUND, "not-found", "Not found", "no such endpoint")
 }
 
 /// Counts requests and their latency by route and status.
 pub async fn track(req: Request, next: Next) -> Response {
     let start = Instant::now();
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".into());
+    let route =
+        req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "unmatched".into());
     let method = req.method().as_str().to_owned();
     let resp = next.run(req).await;
     let status = resp.status().as_u16().to_string();
-    metrics::counter!("mandate_http_requests_total", "route" => route.clone(), "method" => method, "status" => status).increment(1);
+    metrics::counter!("mandate_http_requests_total", "route" => route.clone(), "method" => method, "status" => status)
+        .increment(1);
     metrics::histogram!("mandate_http_request_duration_seconds", "route" => route)
         .record(start.elapsed().as_secs_f64());
     resp

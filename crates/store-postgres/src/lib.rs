@@ -9,9 +9,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use mandate_core::store::codec::{
-    self, AgentRow, ResourceRow, TokenRow, UserRow, agent_kind, json, ts, user_status,
-};
+use mandate_core::store::codec::{self, AgentRow, ResourceRow, TokenRow, UserRow, agent_kind, json, ts, user_status};
 use mandate_core::store::{Change, Mutation, Store, StoreError, StoredKey, StoredPolicy};
 use mandate_model::records::{Agent, Resource, TokenRecord, User};
 use mandate_model::{AgentId, Jti, ResourceId, UserId};
@@ -56,20 +54,14 @@ impl PostgresStore {
         bind: &str,
         map: impl FnOnce(&PgRow) -> Result<T, StoreError>,
     ) -> Result<Option<T>, StoreError> {
-        let row = sqlx::query(sql)
-            .bind(bind)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(unavailable)?;
+        let row = sqlx::query(sql).bind(bind).fetch_optional(&self.pool).await.map_err(unavailable)?;
         row.as_ref().map(map).transpose()
     }
 }
 
 fn map_write_error(e: sqlx::Error, what: &str) -> StoreError {
     match &e {
-        sqlx::Error::Database(db) if db.is_unique_violation() => {
-            StoreError::Conflict(format!("{what} already exists"))
-        }
+        sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict(format!("{what} already exists")),
         sqlx::Error::Database(db) if db.is_foreign_key_violation() => {
             StoreError::Conflict(format!("{what} refers to a missing record"))
         }
@@ -273,8 +265,7 @@ fn get<'r, T: sqlx::Decode<'r, sqlx::Postgres> + sqlx::Type<sqlx::Postgres>>(
     row: &'r PgRow,
     col: &str,
 ) -> Result<T, StoreError> {
-    row.try_get(col)
-        .map_err(|e| StoreError::Corrupt(e.to_string()))
+    row.try_get(col).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
 fn user_row(r: &PgRow) -> Result<User, StoreError> {
@@ -353,42 +344,26 @@ impl Store for PostgresStore {
     }
 
     async fn setting(&self, key: &str) -> Result<Option<String>, StoreError> {
-        self.one("SELECT value FROM settings WHERE key = $1", key, |r| {
-            get(r, "value")
+        self.one("SELECT value FROM settings WHERE key = $1", key, |r| get(r, "value")).await
+    }
+
+    async fn user(&self, id: UserId) -> Result<Option<User>, StoreError> {
+        self.one("SELECT * FROM users WHERE id = $1", &id.to_string(), user_row).await
+    }
+
+    async fn user_by_email(&self, email: &str) -> Result<Option<User>, StoreError> {
+        self.one("SELECT * FROM users WHERE email = $1", email, user_row).await
+    }
+
+    async fn user_by_token_hash(&self, hash: &str) -> Result<Option<UserId>, StoreError> {
+        self.one("SELECT user_id FROM user_tokens WHERE hash = $1", hash, |r| {
+            codec::parse(&get::<String>(r, "user_id")?)
         })
         .await
     }
 
-    async fn user(&self, id: UserId) -> Result<Option<User>, StoreError> {
-        self.one(
-            "SELECT * FROM users WHERE id = $1",
-            &id.to_string(),
-            user_row,
-        )
-        .await
-    }
-
-    async fn user_by_email(&self, email: &str) -> Result<Option<User>, StoreError> {
-        self.one("SELECT * FROM users WHERE email = $1", email, user_row)
-            .await
-    }
-
-    async fn user_by_token_hash(&self, hash: &str) -> Result<Option<UserId>, StoreError> {
-        self.one(
-            "SELECT user_id FROM user_tokens WHERE hash = $1",
-            hash,
-            |r| codec::parse(&get::<String>(r, "user_id")?),
-        )
-        .await
-    }
-
     async fn agent(&self, id: AgentId) -> Result<Option<Agent>, StoreError> {
-        self.one(
-            "SELECT * FROM agents WHERE id = $1",
-            &id.to_string(),
-            agent_row,
-        )
-        .await
+        self.one("SELECT * FROM agents WHERE id = $1", &id.to_string(), agent_row).await
     }
 
     async fn agent_children(&self, parent: AgentId) -> Result<Vec<Agent>, StoreError> {
@@ -401,40 +376,24 @@ impl Store for PostgresStore {
     }
 
     async fn resource(&self, id: ResourceId) -> Result<Option<Resource>, StoreError> {
-        self.one(
-            "SELECT * FROM resources WHERE id = $1",
-            &id.to_string(),
-            resource_row,
-        )
-        .await
+        self.one("SELECT * FROM resources WHERE id = $1", &id.to_string(), resource_row).await
     }
 
-    async fn resource_by_identifier(
-        &self,
-        identifier: &str,
-    ) -> Result<Option<Resource>, StoreError> {
-        self.one(
-            "SELECT * FROM resources WHERE identifier = $1",
-            identifier,
-            resource_row,
-        )
-        .await
+    async fn resource_by_identifier(&self, identifier: &str) -> Result<Option<Resource>, StoreError> {
+        self.one("SELECT * FROM resources WHERE identifier = $1", identifier, resource_row).await
     }
 
     async fn resources(&self) -> Result<Vec<Resource>, StoreError> {
-        let rows = sqlx::query("SELECT * FROM resources ORDER BY id")
-            .fetch_all(&self.pool)
-            .await
-            .map_err(unavailable)?;
+        let rows =
+            sqlx::query("SELECT * FROM resources ORDER BY id").fetch_all(&self.pool).await.map_err(unavailable)?;
         rows.iter().map(resource_row).collect()
     }
 
     async fn current_policy(&self) -> Result<Option<StoredPolicy>, StoreError> {
-        let row =
-            sqlx::query("SELECT version, text, created_at FROM policies ORDER BY seq DESC LIMIT 1")
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(unavailable)?;
+        let row = sqlx::query("SELECT version, text, created_at FROM policies ORDER BY seq DESC LIMIT 1")
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(unavailable)?;
         row.map(|r| {
             Ok(StoredPolicy {
                 version: get(&r, "version")?,
@@ -464,11 +423,6 @@ impl Store for PostgresStore {
     }
 
     async fn token(&self, jti: Jti) -> Result<Option<TokenRecord>, StoreError> {
-        self.one(
-            "SELECT * FROM tokens WHERE jti = $1",
-            &jti.to_string(),
-            token_row,
-        )
-        .await
+        self.one("SELECT * FROM tokens WHERE jti = $1", &jti.to_string(), token_row).await
     }
 }

@@ -17,9 +17,7 @@ use std::sync::{Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use mandate_core::store::codec::{
-    self, AgentRow, ResourceRow, TokenRow, UserRow, agent_kind, json, ts, user_status,
-};
+use mandate_core::store::codec::{self, AgentRow, ResourceRow, TokenRow, UserRow, agent_kind, json, ts, user_status};
 use mandate_core::store::{Change, Mutation, Store, StoreError, StoredKey, StoredPolicy};
 use mandate_model::records::{Agent, Resource, TokenRecord, User};
 use mandate_model::{AgentId, Jti, ResourceId, UserId};
@@ -54,9 +52,7 @@ pub struct SqliteStore {
 
 impl std::fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SqliteStore")
-            .field("path", &self.path)
-            .finish_non_exhaustive()
+        f.debug_struct("SqliteStore").field("path", &self.path).finish_non_exhaustive()
     }
 }
 
@@ -91,21 +87,17 @@ impl SqliteStore {
     /// Opens (creating if needed) the database at `path` and migrates it.
     pub async fn open(path: &Path) -> Result<Self, StoreError> {
         let mut conn = Connection::open(path).map_err(unavailable)?;
-        let mode: String = conn
-            .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
-            .map_err(unavailable)?;
+        let mode: String =
+            conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0)).map_err(unavailable)?;
         if !mode.eq_ignore_ascii_case("wal") {
-            return Err(StoreError::Unavailable(format!(
-                "could not enable WAL (journal_mode is {mode})"
-            )));
+            return Err(StoreError::Unavailable(format!("could not enable WAL (journal_mode is {mode})")));
         }
         configure(&conn).map_err(unavailable)?;
         migrate(&mut conn).map_err(unavailable)?;
         // Checkpoints run on their own thread, so that copying the WAL back
         // into the database does not stall the writer; the writer checkpoints
         // itself only if that thread falls far behind.
-        conn.pragma_update(None, "wal_autocheckpoint", 10_000)
-            .map_err(unavailable)?;
+        conn.pragma_update(None, "wal_autocheckpoint", 10_000).map_err(unavailable)?;
         let checkpointer = Connection::open(path).map_err(unavailable)?;
         configure(&checkpointer).map_err(unavailable)?;
         let (stop_checkpoints, stopped) = mpsc::channel::<()>();
@@ -128,11 +120,7 @@ impl SqliteStore {
 
     /// Runs `f` on a pooled read-only connection.
     fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
-        let pooled = self
-            .readers
-            .lock()
-            .map_err(|_| unavailable("reader pool poisoned"))?
-            .pop();
+        let pooled = self.readers.lock().map_err(|_| unavailable("reader pool poisoned"))?.pop();
         let conn = match pooled {
             Some(c) => c,
             None => {
@@ -146,8 +134,9 @@ impl SqliteStore {
             }
         };
         let result = f(&conn).map_err(|e| match e {
-            rusqlite::Error::FromSqlConversionFailure(..)
-            | rusqlite::Error::InvalidColumnType(..) => StoreError::Corrupt(e.to_string()),
+            rusqlite::Error::FromSqlConversionFailure(..) | rusqlite::Error::InvalidColumnType(..) => {
+                StoreError::Corrupt(e.to_string())
+            }
             other => unavailable(other),
         });
         if let Ok(mut pool) = self.readers.lock()
@@ -164,8 +153,7 @@ impl SqliteStore {
         bind: &str,
         map: fn(&Row<'_>) -> rusqlite::Result<Result<T, StoreError>>,
     ) -> Result<Option<T>, StoreError> {
-        self.read(|c| c.prepare_cached(sql)?.query_row([bind], map).optional())?
-            .transpose()
+        self.read(|c| c.prepare_cached(sql)?.query_row([bind], map).optional())?.transpose()
     }
 
     fn many<T>(
@@ -177,12 +165,8 @@ impl SqliteStore {
         let rows = self.read(|c| {
             let mut stmt = c.prepare_cached(sql)?;
             let rows = match bind {
-                Some(b) => stmt
-                    .query_map([b], map)?
-                    .collect::<rusqlite::Result<Vec<_>>>()?,
-                None => stmt
-                    .query_map([], map)?
-                    .collect::<rusqlite::Result<Vec<_>>>()?,
+                Some(b) => stmt.query_map([b], map)?.collect::<rusqlite::Result<Vec<_>>>()?,
+                None => stmt.query_map([], map)?.collect::<rusqlite::Result<Vec<_>>>()?,
             };
             Ok(rows)
         })?;
@@ -208,12 +192,7 @@ fn write_loop(mut conn: Connection, rx: mpsc::Receiver<Job>) {
         // than one change): under load a commit, and its fsync, then covers
         // more changes, which frees CPU for the requests themselves. A
         // server with one request in flight commits at once.
-        let deadline = Instant::now()
-            + if last_batch > 1 {
-                LINGER
-            } else {
-                Duration::ZERO
-            };
+        let deadline = Instant::now() + if last_batch > 1 { LINGER } else { Duration::ZERO };
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
                 Ok(job) => batch.push(job),
@@ -249,10 +228,7 @@ fn apply_batch(conn: &mut Connection, batch: &[Job]) -> Vec<Result<Vec<u64>, Sto
         Ok(results) => results,
         Err(NeedSavepoints) => match apply_in_transaction(conn, batch, true) {
             Ok(results) => results,
-            Err(NeedSavepoints) => batch
-                .iter()
-                .map(|_| Err(unavailable("batch could not be applied")))
-                .collect(),
+            Err(NeedSavepoints) => batch.iter().map(|_| Err(unavailable("batch could not be applied"))).collect(),
         },
     }
 }
@@ -290,11 +266,7 @@ fn apply_in_transaction(
             }
         }
         if guarded {
-            let end = if outcome.is_ok() {
-                "RELEASE change"
-            } else {
-                "ROLLBACK TO change; RELEASE change"
-            };
+            let end = if outcome.is_ok() { "RELEASE change" } else { "ROLLBACK TO change; RELEASE change" };
             if let Err(e) = conn.execute_batch(end) {
                 outcome = Err(unavailable(e));
             }
@@ -312,23 +284,16 @@ fn apply_in_transaction(
 
 fn map_write_error(e: rusqlite::Error, what: &str) -> StoreError {
     match e.sqlite_error_code() {
-        Some(ErrorCode::ConstraintViolation) => StoreError::Conflict(format!(
-            "{what} conflicts with an existing record or refers to a missing one"
-        )),
+        Some(ErrorCode::ConstraintViolation) => {
+            StoreError::Conflict(format!("{what} conflicts with an existing record or refers to a missing one"))
+        }
         _ => unavailable(e),
     }
 }
 
-fn exec(
-    conn: &Connection,
-    sql: &str,
-    params: impl rusqlite::Params,
-    what: &str,
-) -> Result<u64, StoreError> {
+fn exec(conn: &Connection, sql: &str, params: impl rusqlite::Params, what: &str) -> Result<u64, StoreError> {
     let mut stmt = conn.prepare_cached(sql).map_err(unavailable)?;
-    stmt.execute(params)
-        .map(|n| n as u64)
-        .map_err(|e| map_write_error(e, what))
+    stmt.execute(params).map(|n| n as u64).map_err(|e| map_write_error(e, what))
 }
 
 fn apply(conn: &Connection, m: &Mutation) -> Result<u64, StoreError> {
@@ -358,12 +323,7 @@ fn apply(conn: &Connection, m: &Mutation) -> Result<u64, StoreError> {
             let n = exec(
                 conn,
                 "UPDATE users SET groups = ?1, attributes = ?2, status = ?3 WHERE id = ?4",
-                params![
-                    json(&u.groups),
-                    json(&u.attributes),
-                    user_status(u.status),
-                    u.id.to_string()
-                ],
+                params![json(&u.groups), json(&u.attributes), user_status(u.status), u.id.to_string()],
                 "user",
             )?;
             if n == 0 {
@@ -371,11 +331,7 @@ fn apply(conn: &Connection, m: &Mutation) -> Result<u64, StoreError> {
             }
             Ok(n)
         }
-        Mutation::InsertUserToken {
-            hash,
-            user,
-            created_at,
-        } => exec(
+        Mutation::InsertUserToken { hash, user, created_at } => exec(
             conn,
             "INSERT INTO user_tokens (hash, user_id, created_at) VALUES (?1, ?2, ?3)",
             params![hash, user.to_string(), ts(*created_at)],
@@ -410,10 +366,7 @@ fn apply(conn: &Connection, m: &Mutation) -> Result<u64, StoreError> {
                 "agent",
             )?;
             if n == 0 {
-                return Err(StoreError::Conflict(format!(
-                    "agent {id} is no longer {}",
-                    from.as_str()
-                )));
+                return Err(StoreError::Conflict(format!("agent {id} is no longer {}", from.as_str())));
             }
             Ok(n)
         }
@@ -472,13 +425,7 @@ fn apply(conn: &Connection, m: &Mutation) -> Result<u64, StoreError> {
         Mutation::InsertSigningKey(k) => exec(
             conn,
             "INSERT INTO signing_keys (kid, alg, wrapped_private, created_at, retired_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![
-                k.kid,
-                k.alg,
-                k.wrapped_private,
-                ts(k.created_at),
-                k.retired_at.map(ts)
-            ],
+            params![k.kid, k.alg, k.wrapped_private, ts(k.created_at), k.retired_at.map(ts)],
             "signing key",
         ),
         Mutation::RetireSigningKeys { keep, at } => exec(
@@ -487,11 +434,7 @@ fn apply(conn: &Connection, m: &Mutation) -> Result<u64, StoreError> {
             params![ts(*at), keep],
             "signing key",
         ),
-        Mutation::ConsumeAssertionJti {
-            client,
-            jti,
-            expires_at,
-        } => {
+        Mutation::ConsumeAssertionJti { client, jti, expires_at } => {
             let n = exec(
                 conn,
                 "INSERT INTO assertion_jtis (client_id, jti, expires_at) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
@@ -529,12 +472,9 @@ fn apply(conn: &Connection, m: &Mutation) -> Result<u64, StoreError> {
             params![ts(*at), jti.to_string()],
             "token",
         ),
-        Mutation::PurgeExpiredJtis { before } => exec(
-            conn,
-            "DELETE FROM assertion_jtis WHERE expires_at < ?1",
-            params![ts(*before)],
-            "assertion jtis",
-        ),
+        Mutation::PurgeExpiredJtis { before } => {
+            exec(conn, "DELETE FROM assertion_jtis WHERE expires_at < ?1", params![ts(*before)], "assertion jtis")
+        }
     }
 }
 
@@ -620,11 +560,7 @@ fn policy_row(r: &Row<'_>) -> Mapped<StoredPolicy> {
     let version: String = r.get("version")?;
     let text: String = r.get("text")?;
     let created: i64 = r.get("created_at")?;
-    Ok(codec::from_ts(created).map(|created_at| StoredPolicy {
-        version,
-        text,
-        created_at,
-    }))
+    Ok(codec::from_ts(created).map(|created_at| StoredPolicy { version, text, created_at }))
 }
 
 #[async_trait]
@@ -639,22 +575,15 @@ impl Store for SqliteStore {
             .map_err(|_| unavailable("writer handle poisoned"))?
             .send(Job { change, reply })
             .map_err(|_| StoreError::Unavailable("the writer has stopped".into()))?;
-        rx.await
-            .map_err(|_| StoreError::Unavailable("the writer has stopped".into()))?
+        rx.await.map_err(|_| StoreError::Unavailable("the writer has stopped".into()))?
     }
 
     async fn setting(&self, key: &str) -> Result<Option<String>, StoreError> {
-        self.one("SELECT value FROM settings WHERE key = ?1", key, |r| {
-            Ok(Ok(r.get(0)?))
-        })
+        self.one("SELECT value FROM settings WHERE key = ?1", key, |r| Ok(Ok(r.get(0)?)))
     }
 
     async fn user(&self, id: UserId) -> Result<Option<User>, StoreError> {
-        self.one(
-            "SELECT * FROM users WHERE id = ?1",
-            &id.to_string(),
-            user_row,
-        )
+        self.one("SELECT * FROM users WHERE id = ?1", &id.to_string(), user_row)
     }
 
     async fn user_by_email(&self, email: &str) -> Result<Option<User>, StoreError> {
@@ -662,46 +591,23 @@ impl Store for SqliteStore {
     }
 
     async fn user_by_token_hash(&self, hash: &str) -> Result<Option<UserId>, StoreError> {
-        self.one(
-            "SELECT user_id FROM user_tokens WHERE hash = ?1",
-            hash,
-            |r| Ok(codec::parse(&r.get::<_, String>(0)?)),
-        )
+        self.one("SELECT user_id FROM user_tokens WHERE hash = ?1", hash, |r| Ok(codec::parse(&r.get::<_, String>(0)?)))
     }
 
     async fn agent(&self, id: AgentId) -> Result<Option<Agent>, StoreError> {
-        self.one(
-            "SELECT * FROM agents WHERE id = ?1",
-            &id.to_string(),
-            agent_row,
-        )
+        self.one("SELECT * FROM agents WHERE id = ?1", &id.to_string(), agent_row)
     }
 
     async fn agent_children(&self, parent: AgentId) -> Result<Vec<Agent>, StoreError> {
-        self.many(
-            "SELECT * FROM agents WHERE parent = ?1 ORDER BY id",
-            Some(&parent.to_string()),
-            agent_row,
-        )
+        self.many("SELECT * FROM agents WHERE parent = ?1 ORDER BY id", Some(&parent.to_string()), agent_row)
     }
 
     async fn resource(&self, id: ResourceId) -> Result<Option<Resource>, StoreError> {
-        self.one(
-            "SELECT * FROM resources WHERE id = ?1",
-            &id.to_string(),
-            resource_row,
-        )
+        self.one("SELECT * FROM resources WHERE id = ?1", &id.to_string(), resource_row)
     }
 
-    async fn resource_by_identifier(
-        &self,
-        identifier: &str,
-    ) -> Result<Option<Resource>, StoreError> {
-        self.one(
-            "SELECT * FROM resources WHERE identifier = ?1",
-            identifier,
-            resource_row,
-        )
+    async fn resource_by_identifier(&self, identifier: &str) -> Result<Option<Resource>, StoreError> {
+        self.one("SELECT * FROM resources WHERE identifier = ?1", identifier, resource_row)
     }
 
     async fn resources(&self) -> Result<Vec<Resource>, StoreError> {
@@ -710,38 +616,23 @@ impl Store for SqliteStore {
 
     async fn current_policy(&self) -> Result<Option<StoredPolicy>, StoreError> {
         Ok(self
-            .many(
-                "SELECT version, text, created_at FROM policies ORDER BY seq DESC LIMIT 1",
-                None,
-                policy_row,
-            )?
+            .many("SELECT version, text, created_at FROM policies ORDER BY seq DESC LIMIT 1", None, policy_row)?
             .into_iter()
             .next())
     }
 
     async fn signing_keys(&self) -> Result<Vec<StoredKey>, StoreError> {
-        self.many(
-            "SELECT * FROM signing_keys ORDER BY created_at",
-            None,
-            key_row,
-        )
+        self.many("SELECT * FROM signing_keys ORDER BY created_at", None, key_row)
     }
 
     async fn token(&self, jti: Jti) -> Result<Option<TokenRecord>, StoreError> {
-        self.one(
-            "SELECT * FROM tokens WHERE jti = ?1",
-            &jti.to_string(),
-            token_row,
-        )
+        self.one("SELECT * FROM tokens WHERE jti = ?1", &jti.to_string(), token_row)
     }
 }
 
 /// Opens a store from a `sqlite://PATH` URL or a plain path.
 pub async fn open_url(url: &str) -> Result<SqliteStore, StoreError> {
-    let path = url
-        .strip_prefix("sqlite://")
-        .or_else(|| url.strip_prefix("sqlite:"))
-        .unwrap_or(url);
+    let path = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")).unwrap_or(url);
     let path = path.split('?').next().unwrap_or(path);
     SqliteStore::open(Path::new(path)).await
 }

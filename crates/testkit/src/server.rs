@@ -43,20 +43,14 @@ impl TestServer {
     pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> Result<Self> {
         let tmp = tempfile::tempdir()?;
         let dir = tmp.path().to_owned();
-        let clock = Arc::new(ManualClock::new(mandate_core::Clock::now(
-            &mandate_core::SystemClock,
-        )));
+        let clock = Arc::new(ManualClock::new(mandate_core::Clock::now(&mandate_core::SystemClock)));
         let mut s = Self::start_in(&dir, clock, tweak).await?;
         s._tmp = Some(tmp);
         Ok(s)
     }
 
     /// A server over the store in `dir` (for restart tests).
-    pub async fn start_in(
-        dir: &Path,
-        clock: Arc<ManualClock>,
-        tweak: impl FnOnce(&mut Config),
-    ) -> Result<Self> {
+    pub async fn start_in(dir: &Path, clock: Arc<ManualClock>, tweak: impl FnOnce(&mut Config)) -> Result<Self> {
         let store = mandate_store_sqlite::SqliteStore::open(&dir.join("mandate.db")).await?;
         Self::start_on(Arc::new(store), dir, clock, tweak).await
     }
@@ -74,20 +68,11 @@ impl TestServer {
         tweak(&mut config);
         let issuer = config.issuer.clone();
         let mandate = Arc::new(
-            Mandate::open(
-                store,
-                clock.clone(),
-                Arc::new(SystemRandom),
-                Kek::from_bytes(&KEK)?,
-                config,
-            )
-            .await?,
+            Mandate::open(store, clock.clone(), Arc::new(SystemRandom), Kek::from_bytes(&KEK)?, config).await?,
         );
         mandate.ensure_admin_token(Some(ADMIN_TOKEN)).await?;
         let (stop, stopped) = oneshot::channel::<()>();
-        let state = mandate_server::AppState {
-            mandate: mandate.clone(),
-        };
+        let state = mandate_server::AppState { mandate: mandate.clone() };
         let task = tokio::spawn(mandate_server::serve(listener, state, async move {
             let _ = stopped.await;
         }));
@@ -120,12 +105,7 @@ impl TestServer {
     }
 
     /// An admin API call; returns status and JSON body (or `null`).
-    pub async fn admin(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> Result<(u16, Value)> {
+    pub async fn admin(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Result<(u16, Value)> {
         self.call(method, path, Some(ADMIN_TOKEN), body).await
     }
 
@@ -151,12 +131,7 @@ impl TestServer {
 
     /// POSTs a form to an OAuth endpoint.
     pub async fn form(&self, path: &str, params: &[(&str, &str)]) -> Result<(u16, Value)> {
-        let resp = self
-            .http
-            .post(format!("{}{path}", self.url))
-            .form(params)
-            .send()
-            .await?;
+        let resp = self.http.post(format!("{}{path}", self.url)).form(params).send().await?;
         let status = resp.status().as_u16();
         let text = resp.text().await?;
         Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
@@ -164,17 +139,9 @@ impl TestServer {
 
     /// POSTs a form to an OAuth endpoint with `assertion` as the client's
     /// `private_key_jwt` credentials, ahead of `params`.
-    pub async fn form_asserted(
-        &self,
-        assertion: &str,
-        path: &str,
-        params: &[(&str, &str)],
-    ) -> Result<(u16, Value)> {
+    pub async fn form_asserted(&self, assertion: &str, path: &str, params: &[(&str, &str)]) -> Result<(u16, Value)> {
         let mut all = vec![
-            (
-                "client_assertion_type",
-                mandate_jose::assertion::CLIENT_ASSERTION_TYPE,
-            ),
+            ("client_assertion_type", mandate_jose::assertion::CLIENT_ASSERTION_TYPE),
             ("client_assertion", assertion),
         ];
         all.extend_from_slice(params);
@@ -182,19 +149,10 @@ impl TestServer {
     }
 
     pub async fn create_user(&self, email: &str) -> Result<String> {
-        let (status, body) = self
-            .admin(
-                reqwest::Method::POST,
-                "/v1/users",
-                Some(json!({"name": "Test User", "email": email})),
-            )
-            .await?;
+        let (status, body) =
+            self.admin(reqwest::Method::POST, "/v1/users", Some(json!({"name": "Test User", "email": email}))).await?;
         anyhow::ensure!(status == 201, "create user: {status} {body}");
-        Ok(body
-            .get("id")
-            .and_then(Value::as_str)
-            .context("id")?
-            .to_owned())
+        Ok(body.get("id").and_then(Value::as_str).context("id")?.to_owned())
     }
 
     pub async fn create_resource(&self, identifier: &str, scopes: Value) -> Result<Value> {
@@ -210,13 +168,7 @@ impl TestServer {
     }
 
     pub async fn put_policies(&self, text: &str) -> Result<()> {
-        let (status, body) = self
-            .admin(
-                reqwest::Method::PUT,
-                "/v1/policies",
-                Some(json!({"policies": text})),
-            )
-            .await?;
+        let (status, body) = self.admin(reqwest::Method::PUT, "/v1/policies", Some(json!({"policies": text}))).await?;
         anyhow::ensure!(status == 200, "put policies: {status} {body}");
         Ok(())
     }
@@ -232,23 +184,18 @@ impl TestServer {
             )
             .await?;
         anyhow::ensure!(status == 201, "create agent: {status} {body}");
-        Ok(TestAgent {
-            id: body
-                .get("client_id")
-                .and_then(Value::as_str)
-                .context("client_id")?
-                .to_owned(),
-            key,
-        })
+        Ok(TestAgent { id: body.get("client_id").and_then(Value::as_str).context("client_id")?.to_owned(), key })
     }
 
     /// The usual set-up: a user, an API with `read`/`write`, a policy
     /// allowing agents `read`, and one agent.
     pub async fn seed(&self) -> Result<(String, TestAgent)> {
         let user = self.create_user("owner@example.com").await?;
-        self.create_resource("https://api.example.com", json!({"read": [], "write": []}))
-            .await?;
-        self.put_policies(r#"permit(principal is Agent, action == Action::"read", resource == Api::"https://api.example.com");"#).await?;
+        self.create_resource("https://api.example.com", json!({"read": [], "write": []})).await?;
+        self.put_policies(
+            r#"permit(principal is Agent, action == Action::"read", resource == Api::"https://api.example.com");"#,
+        )
+        .await?;
         let agent = self.create_agent(&user, KeyAlg::EdDSA).await?;
         Ok((user, agent))
     }
@@ -274,30 +221,16 @@ impl TestServer {
     }
 
     /// `client_credentials` with a `private_key_jwt` assertion.
-    pub async fn token_with(
-        &self,
-        assertion: &str,
-        resource: &str,
-        scope: &str,
-    ) -> Result<(u16, Value)> {
+    pub async fn token_with(&self, assertion: &str, resource: &str, scope: &str) -> Result<(u16, Value)> {
         self.form_asserted(
             assertion,
             "/oauth/token",
-            &[
-                ("grant_type", "client_credentials"),
-                ("resource", resource),
-                ("scope", scope),
-            ],
+            &[("grant_type", "client_credentials"), ("resource", resource), ("scope", scope)],
         )
         .await
     }
 
-    pub async fn token(
-        &self,
-        agent: &TestAgent,
-        resource: &str,
-        scope: &str,
-    ) -> Result<(u16, Value)> {
+    pub async fn token(&self, agent: &TestAgent, resource: &str, scope: &str) -> Result<(u16, Value)> {
         let a = self.assertion(agent, json!({}));
         self.token_with(&a, resource, scope).await
     }

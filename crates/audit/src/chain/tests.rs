@@ -28,18 +28,8 @@ fn event(kind: &str, actor: &str) -> Event {
 fn chain(n: usize) -> Vec<Event> {
     let mut out: Vec<Event> = Vec::new();
     for i in 0..n {
-        let prev = out
-            .last()
-            .map(|e| e.hash.clone())
-            .unwrap_or_else(|| GENESIS.to_owned());
-        out.push(
-            seal(
-                event("token.issued", &format!("agt_{i}")),
-                i as u64 + 1,
-                &prev,
-            )
-            .unwrap(),
-        );
+        let prev = out.last().map(|e| e.hash.clone()).unwrap_or_else(|| GENESIS.to_owned());
+        out.push(seal(event("token.issued", &format!("agt_{i}")), i as u64 + 1, &prev).unwrap());
     }
     out
 }
@@ -67,27 +57,12 @@ fn deletion_reordering_truncation_and_replacement_are_caught() {
     // Truncation verifies on its own, but not against the checkpoint.
     let truncated = &events[..7];
     assert_eq!(verify(truncated, &[], &keys), Ok(7));
-    assert_eq!(
-        verify(truncated, std::slice::from_ref(&cp), &keys)
-            .unwrap_err()
-            .seq,
-        8
-    );
+    assert_eq!(verify(truncated, std::slice::from_ref(&cp), &keys).unwrap_err().seq, 8);
     // A whole replacement chain is self-consistent, but not with the checkpoint.
     let mut forged = Vec::new();
     for i in 0..10 {
-        let prev = forged
-            .last()
-            .map(|e: &Event| e.hash.clone())
-            .unwrap_or_else(|| GENESIS.to_owned());
-        forged.push(
-            seal(
-                event("token.issued", &format!("agt_forged_{i}")),
-                i + 1,
-                &prev,
-            )
-            .unwrap(),
-        );
+        let prev = forged.last().map(|e: &Event| e.hash.clone()).unwrap_or_else(|| GENESIS.to_owned());
+        forged.push(seal(event("token.issued", &format!("agt_forged_{i}")), i + 1, &prev).unwrap());
     }
     assert_eq!(verify(&forged, &[], &keys), Ok(10));
     assert!(verify(&forged, std::slice::from_ref(&cp), &keys).is_err());

@@ -10,25 +10,16 @@ use mandate_core::Store;
 use sqlx::Connection;
 
 fn admin_url() -> String {
-    std::env::var("MANDATE_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+    std::env::var("MANDATE_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
 /// Creates an empty database and returns its URL.
 pub async fn fresh_database() -> anyhow::Result<String> {
     let admin = admin_url();
     let mut conn = sqlx::PgConnection::connect(&admin).await?;
-    let name = format!(
-        "mandate_test_{}",
-        ulid::Ulid::new().to_string().to_lowercase()
-    );
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&mut conn)
-        .await?;
-    let base = admin
-        .rsplit_once('/')
-        .map(|(b, _)| b.to_owned())
-        .unwrap_or(admin);
+    let name = format!("mandate_test_{}", ulid::Ulid::new().to_string().to_lowercase());
+    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await?;
+    let base = admin.rsplit_once('/').map(|(b, _)| b.to_owned()).unwrap_or(admin);
     Ok(format!("{base}/{name}"))
 }
 
@@ -40,8 +31,7 @@ async fn postgres_passes_the_store_conformance_suite() -> anyhow::Result<()> {
         if let Ok(mut c) = created.lock() {
             c.push(url.clone());
         }
-        let store: Arc<dyn Store> =
-            Arc::new(mandate_store_postgres::PostgresStore::connect(&url).await?);
+        let store: Arc<dyn Store> = Arc::new(mandate_store_postgres::PostgresStore::connect(&url).await?);
         Ok(store)
     })
     .await;
@@ -55,9 +45,7 @@ pub async fn drop_databases(urls: &[String]) -> anyhow::Result<()> {
     let mut conn = sqlx::PgConnection::connect(&admin_url()).await?;
     for url in urls {
         if let Some((_, name)) = url.rsplit_once('/') {
-            sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                .execute(&mut conn)
-                .await?;
+            sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut conn).await?;
         }
     }
     Ok(())
@@ -71,31 +59,15 @@ async fn two_nodes_share_one_database() -> anyhow::Result<()> {
     let url = fresh_database().await?;
     let result = async {
         let dir = tempfile::tempdir()?;
-        let clock = Arc::new(mandate_core::ManualClock::new(mandate_core::Clock::now(
-            &mandate_core::SystemClock,
-        )));
+        let clock = Arc::new(mandate_core::ManualClock::new(mandate_core::Clock::now(&mandate_core::SystemClock)));
         let pin = |c: &mut mandate_core::Config| c.issuer = "https://mandate.test".into();
-        let store_a: Arc<dyn Store> =
-            Arc::new(mandate_store_postgres::PostgresStore::connect(&url).await?);
-        let store_b: Arc<dyn Store> =
-            Arc::new(mandate_store_postgres::PostgresStore::connect(&url).await?);
+        let store_a: Arc<dyn Store> = Arc::new(mandate_store_postgres::PostgresStore::connect(&url).await?);
+        let store_b: Arc<dyn Store> = Arc::new(mandate_store_postgres::PostgresStore::connect(&url).await?);
         let a = TestServer::start_on(store_a, dir.path(), clock.clone(), pin).await?;
         let b = TestServer::start_on(store_b, dir.path(), clock.clone(), pin).await?;
         // Both nodes publish the one key created by whichever started first.
-        let ka: serde_json::Value = a
-            .http
-            .get(format!("{}/jwks.json", a.url))
-            .send()
-            .await?
-            .json()
-            .await?;
-        let kb: serde_json::Value = b
-            .http
-            .get(format!("{}/jwks.json", b.url))
-            .send()
-            .await?
-            .json()
-            .await?;
+        let ka: serde_json::Value = a.http.get(format!("{}/jwks.json", a.url)).send().await?.json().await?;
+        let kb: serde_json::Value = b.http.get(format!("{}/jwks.json", b.url)).send().await?.json().await?;
         anyhow::ensure!(ka == kb, "nodes publish different keys: {ka} vs {kb}");
 
         let (_, agent) = a.seed().await?;
@@ -107,22 +79,12 @@ async fn two_nodes_share_one_database() -> anyhow::Result<()> {
         anyhow::ensure!(a.introspect(&token).await?["active"] == true);
         // An assertion used on one node is refused on the other.
         let once = a.assertion(&agent, serde_json::json!({}));
-        let (st, _) = a
-            .token_with(&once, "https://api.example.com", "read")
-            .await?;
+        let (st, _) = a.token_with(&once, "https://api.example.com", "read").await?;
         anyhow::ensure!(st == 200);
-        let (st, _) = b
-            .token_with(&once, "https://api.example.com", "read")
-            .await?;
+        let (st, _) = b.token_with(&once, "https://api.example.com", "read").await?;
         anyhow::ensure!(st == 401, "a replay on the other node was accepted");
         // Revoke on A (suspend), and B refuses at once.
-        let (st, _) = a
-            .admin(
-                reqwest::Method::POST,
-                &format!("/v1/agents/{}/suspend", agent.id),
-                None,
-            )
-            .await?;
+        let (st, _) = a.admin(reqwest::Method::POST, &format!("/v1/agents/{}/suspend", agent.id), None).await?;
         anyhow::ensure!(st == 200);
         anyhow::ensure!(
             b.introspect(&token).await? == serde_json::json!({"active": false}),
@@ -131,38 +93,19 @@ async fn two_nodes_share_one_database() -> anyhow::Result<()> {
         let (st, _) = b.token(&agent, "https://api.example.com", "read").await?;
         anyhow::ensure!(st == 401, "node B still authenticates a suspended agent");
         // A policy change on A reaches B.
-        let (st, _) = a
-            .admin(
-                reqwest::Method::POST,
-                &format!("/v1/agents/{}/resume", agent.id),
-                None,
-            )
-            .await?;
+        let (st, _) = a.admin(reqwest::Method::POST, &format!("/v1/agents/{}/resume", agent.id), None).await?;
         anyhow::ensure!(st == 200);
-        a.put_policies(r#"forbid(principal, action, resource);"#)
-            .await?;
+        a.put_policies(r#"forbid(principal, action, resource);"#).await?;
         b.mandate.sync_from_store().await?;
         let (st, body) = b.token(&agent, "https://api.example.com", "read").await?;
-        anyhow::ensure!(
-            st == 400 && body["error"] == "invalid_scope",
-            "node B kept the old policy: {body}"
-        );
+        anyhow::ensure!(st == 400 && body["error"] == "invalid_scope", "node B kept the old policy: {body}");
         // A key rotated on A is published and accepted by B.
-        let (st, rotated) = a
-            .admin(reqwest::Method::POST, "/v1/keys/rotate", None)
-            .await?;
+        let (st, rotated) = a.admin(reqwest::Method::POST, "/v1/keys/rotate", None).await?;
         anyhow::ensure!(st == 200);
         b.mandate.sync_from_store().await?;
-        let kb: serde_json::Value = b
-            .http
-            .get(format!("{}/jwks.json", b.url))
-            .send()
-            .await?
-            .json()
-            .await?;
+        let kb: serde_json::Value = b.http.get(format!("{}/jwks.json", b.url)).send().await?.json().await?;
         anyhow::ensure!(
-            kb.to_string()
-                .contains(rotated["kid"].as_str().unwrap_or("?")),
+            kb.to_string().contains(rotated["kid"].as_str().unwrap_or("?")),
             "node B does not publish the new key"
         );
         a.stop().await?;

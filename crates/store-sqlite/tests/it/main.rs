@@ -11,13 +11,9 @@ async fn sqlite_passes_the_store_conformance_suite() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let n = std::sync::atomic::AtomicU32::new(0);
     mandate_testkit::conformance::run_all(|| {
-        let path = dir.path().join(format!(
-            "case-{}.db",
-            n.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-        ));
+        let path = dir.path().join(format!("case-{}.db", n.fetch_add(1, std::sync::atomic::Ordering::Relaxed)));
         async move {
-            let store: Arc<dyn Store> =
-                Arc::new(mandate_store_sqlite::SqliteStore::open(&path).await?);
+            let store: Arc<dyn Store> = Arc::new(mandate_store_sqlite::SqliteStore::open(&path).await?);
             Ok(store)
         }
     })

@@ -3,22 +3,14 @@ use reqwest::Method;
 use serde_json::json;
 
 fn is_problem(body: &serde_json::Value, kind: &str) -> bool {
-    body["type"] == format!("urn:mandate:problem:{kind}")
-        && body["status"].is_u64()
-        && body["detail"].is_string()
+    body["type"] == format!("urn:mandate:problem:{kind}") && body["status"].is_u64() && body["detail"].is_string()
 }
 
 #[tokio::test]
 async fn the_admin_api_needs_the_admin_token() -> anyhow::Result<()> {
     let s = TestServer::start().await?;
-    let (st, body) = s
-        .call(
-            Method::POST,
-            "/v1/users",
-            None,
-            Some(json!({"name": "A", "email": "a@example.com"})),
-        )
-        .await?;
+    let (st, body) =
+        s.call(Method::POST, "/v1/users", None, Some(json!({"name": "A", "email": "a@example.com"}))).await?;
     assert_eq!(st, 401);
     assert!(is_problem(&body, "unauthenticated"), "{body}");
     let (st, _) = s
@@ -32,29 +24,15 @@ async fn the_admin_api_needs_the_admin_token() -> anyhow::Result<()> {
     assert_eq!(st, 401);
     // A user's own token cannot administer.
     let user = s.create_user("u@example.com").await?;
-    let (st, body) = s
-        .admin(Method::POST, &format!("/v1/users/{user}/tokens"), None)
-        .await?;
+    let (st, body) = s.admin(Method::POST, &format!("/v1/users/{user}/tokens"), None).await?;
     assert_eq!(st, 201);
     let user_token = body["token"].as_str().unwrap_or_default().to_owned();
     let (st, body) = s
-        .call(
-            Method::POST,
-            "/v1/users",
-            Some(&user_token),
-            Some(json!({"name": "B", "email": "b@example.com"})),
-        )
+        .call(Method::POST, "/v1/users", Some(&user_token), Some(json!({"name": "B", "email": "b@example.com"})))
         .await?;
     assert_eq!(st, 403, "{body}");
     // ... but reads its own record.
-    let (st, body) = s
-        .call(
-            Method::GET,
-            &format!("/v1/users/{user}"),
-            Some(&user_token),
-            None,
-        )
-        .await?;
+    let (st, body) = s.call(Method::GET, &format!("/v1/users/{user}"), Some(&user_token), None).await?;
     assert_eq!((st, body["id"].as_str()), (200, Some(user.as_str())));
     s.stop().await?;
     Ok(())
@@ -65,36 +43,12 @@ async fn bad_input_is_refused_with_problem_json_and_changes_nothing() -> anyhow:
     let s = TestServer::start().await?;
     let owner = s.create_user("owner@example.com").await?;
     let cases = vec![
-        (
-            "unknown field",
-            "/v1/users",
-            json!({"name": "A", "email": "a@example.com", "role": "admin"}),
-        ),
-        (
-            "confusable name",
-            "/v1/users",
-            json!({"name": "p\u{0430}ypal", "email": "p@example.com"}),
-        ),
-        (
-            "zero-width name",
-            "/v1/users",
-            json!({"name": "pay\u{200B}pal", "email": "p@example.com"}),
-        ),
-        (
-            "bidi name",
-            "/v1/users",
-            json!({"name": "evil\u{202E}gpj", "email": "p@example.com"}),
-        ),
-        (
-            "bad email",
-            "/v1/users",
-            json!({"name": "A", "email": "not-an-email"}),
-        ),
-        (
-            "wrong type",
-            "/v1/users",
-            json!({"name": 7, "email": "a@example.com"}),
-        ),
+        ("unknown field", "/v1/users", json!({"name": "A", "email": "a@example.com", "role": "admin"})),
+        ("confusable name", "/v1/users", json!({"name": "p\u{0430}ypal", "email": "p@example.com"})),
+        ("zero-width name", "/v1/users", json!({"name": "pay\u{200B}pal", "email": "p@example.com"})),
+        ("bidi name", "/v1/users", json!({"name": "evil\u{202E}gpj", "email": "p@example.com"})),
+        ("bad email", "/v1/users", json!({"name": "A", "email": "not-an-email"})),
+        ("wrong type", "/v1/users", json!({"name": 7, "email": "a@example.com"})),
         (
             "sql in group",
             "/v1/users",
@@ -121,11 +75,7 @@ async fn bad_input_is_refused_with_problem_json_and_changes_nothing() -> anyhow:
             "/v1/agents",
             json!({"name": "A", "owner": owner, "jwks": {"keys": [{"kty":"oct","k":"c2VjcmV0"}]}}),
         ),
-        (
-            "agent without keys (secrets off)",
-            "/v1/agents",
-            json!({"name": "A", "owner": owner}),
-        ),
+        ("agent without keys (secrets off)", "/v1/agents", json!({"name": "A", "owner": owner})),
         (
             "persistent agent with ttl",
             "/v1/agents",
@@ -178,60 +128,26 @@ async fn bad_input_is_refused_with_problem_json_and_changes_nothing() -> anyhow:
     };
     let deep = format!("{{\"name\":{}1{}}}", "[".repeat(100), "]".repeat(100));
     for (name, body, ct, want) in [
-        (
-            "duplicate keys",
-            br#"{"name":"A","name":"B","email":"a@example.com"}"#.to_vec(),
-            "application/json",
-            400,
-        ),
+        ("duplicate keys", br#"{"name":"A","name":"B","email":"a@example.com"}"#.to_vec(), "application/json", 400),
         ("deep nesting", deep.into_bytes(), "application/json", 400),
         ("not json", b"name=A".to_vec(), "application/json", 400),
         ("non-utf8", vec![b'{', 0xff, b'}'], "application/json", 400),
-        (
-            "form body",
-            br#"{"name":"A","email":"a@example.com"}"#.to_vec(),
-            "text/plain",
-            415,
-        ),
+        ("form body", br#"{"name":"A","email":"a@example.com"}"#.to_vec(), "text/plain", 415),
         ("oversized", vec![b' '; 200_000], "application/json", 413),
     ] {
         let resp = raw(body, ct).await?;
         assert_eq!(resp.status().as_u16(), want, "{name}");
-        assert_eq!(
-            resp.headers()["content-type"],
-            "application/problem+json",
-            "{name}"
-        );
+        assert_eq!(resp.headers()["content-type"], "application/problem+json", "{name}");
     }
     // Ids of the wrong shape in paths.
-    let (st, _) = s
-        .admin(Method::GET, "/v1/users/usr_1'%20OR%201=1", None)
-        .await?;
+    let (st, _) = s.admin(Method::GET, "/v1/users/usr_1'%20OR%201=1", None).await?;
     assert_eq!(st, 400);
-    let (st, body) = s
-        .admin(
-            Method::GET,
-            "/v1/users/usr_01JZZZZZZZZZZZZZZZZZZZZZZZ",
-            None,
-        )
-        .await?;
+    let (st, body) = s.admin(Method::GET, "/v1/users/usr_01JZZZZZZZZZZZZZZZZZZZZZZZ", None).await?;
     assert_eq!(st, 404, "{body}");
     // Nothing was created by any of it: only the owner exists.
-    let (st, _) = s
-        .admin(
-            Method::POST,
-            "/v1/users",
-            Some(json!({"name": "A", "email": "a@example.com"})),
-        )
-        .await?;
+    let (st, _) = s.admin(Method::POST, "/v1/users", Some(json!({"name": "A", "email": "a@example.com"}))).await?;
     assert_eq!(st, 201, "a refused request left a user behind");
-    let (st, body) = s
-        .admin(
-            Method::POST,
-            "/v1/users",
-            Some(json!({"name": "A", "email": "a@example.com"})),
-        )
-        .await?;
+    let (st, body) = s.admin(Method::POST, "/v1/users", Some(json!({"name": "A", "email": "a@example.com"}))).await?;
     assert_eq!(st, 409, "{body}");
     assert!(is_problem(&body, "conflict"));
     s.stop().await?;
@@ -241,11 +157,7 @@ async fn bad_input_is_refused_with_problem_json_and_changes_nothing() -> anyhow:
 #[tokio::test]
 async fn policies_are_validated_versioned_and_replaced_atomically() -> anyhow::Result<()> {
     let s = TestServer::start().await?;
-    s.create_resource(
-        "https://api.example.com",
-        json!({"read": [], "mail": ["send", "list"]}),
-    )
-    .await?;
+    s.create_resource("https://api.example.com", json!({"read": [], "mail": ["send", "list"]})).await?;
     let (st, body) = s
         .admin(
             Method::PUT,
@@ -261,24 +173,13 @@ async fn policies_are_validated_versioned_and_replaced_atomically() -> anyhow::R
         "permit(principal is Agent, action, resource) when { principal.colour == \"red\" };",
         "permit(principal, action, resource",
     ] {
-        let (st, body) = s
-            .admin(Method::PUT, "/v1/policies", Some(json!({"policies": bad})))
-            .await?;
+        let (st, body) = s.admin(Method::PUT, "/v1/policies", Some(json!({"policies": bad}))).await?;
         assert_eq!(st, 400, "{bad}: {body}");
     }
     let (st, body) = s.admin(Method::GET, "/v1/policies", None).await?;
     assert_eq!(st, 200);
-    assert_eq!(
-        body["version"],
-        v1.as_str(),
-        "a refused set replaced the current one"
-    );
-    assert!(
-        body["schema"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("action \"send\"")
-    );
+    assert_eq!(body["version"], v1.as_str(), "a refused set replaced the current one");
+    assert!(body["schema"].as_str().unwrap_or_default().contains("action \"send\""));
     s.stop().await?;
     Ok(())
 }
@@ -287,41 +188,21 @@ async fn policies_are_validated_versioned_and_replaced_atomically() -> anyhow::R
 async fn agents_can_use_dev_secrets_only_when_enabled() -> anyhow::Result<()> {
     let s = TestServer::start_with(|c| c.allow_client_secrets = true).await?;
     let owner = s.create_user("o@example.com").await?;
-    s.create_resource("https://api.example.com", json!({"read": []}))
-        .await?;
-    s.put_policies(r#"permit(principal is Agent, action == Action::"read", resource);"#)
-        .await?;
-    let (st, body) = s
-        .admin(
-            Method::POST,
-            "/v1/agents",
-            Some(json!({"name": "Dev agent", "owner": owner})),
-        )
-        .await?;
+    s.create_resource("https://api.example.com", json!({"read": []})).await?;
+    s.put_policies(r#"permit(principal is Agent, action == Action::"read", resource);"#).await?;
+    let (st, body) = s.admin(Method::POST, "/v1/agents", Some(json!({"name": "Dev agent", "owner": owner}))).await?;
     assert_eq!(st, 201);
     let id = body["client_id"].as_str().unwrap_or_default().to_owned();
-    let secret = body["client_secret"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
+    let secret = body["client_secret"].as_str().unwrap_or_default().to_owned();
     assert!(secret.starts_with("mnd_secret_"));
-    let (st, agent) = s
-        .admin(Method::GET, &format!("/v1/agents/{id}"), None)
-        .await?;
+    let (st, agent) = s.admin(Method::GET, &format!("/v1/agents/{id}"), None).await?;
     assert_eq!(st, 200);
-    assert!(
-        agent.get("client_secret").is_none() && agent.get("secret_hash").is_none(),
-        "secret readable: {agent}"
-    );
+    assert!(agent.get("client_secret").is_none() && agent.get("secret_hash").is_none(), "secret readable: {agent}");
     let ok = s
         .http
         .post(format!("{}/oauth/token", s.url))
         .basic_auth(&id, Some(&secret))
-        .form(&[
-            ("grant_type", "client_credentials"),
-            ("resource", "https://api.example.com"),
-            ("scope", "read"),
-        ])
+        .form(&[("grant_type", "client_credentials"), ("resource", "https://api.example.com"), ("scope", "read")])
         .send()
         .await?;
     assert_eq!(ok.status(), 200);
@@ -329,11 +210,7 @@ async fn agents_can_use_dev_secrets_only_when_enabled() -> anyhow::Result<()> {
         .http
         .post(format!("{}/oauth/token", s.url))
         .basic_auth(&id, Some("mnd_secret_wrong"))
-        .form(&[
-            ("grant_type", "client_credentials"),
-            ("resource", "https://api.example.com"),
-            ("scope", "read"),
-        ])
+        .form(&[("grant_type", "client_credentials"), ("resource", "https://api.example.com"), ("scope", "read")])
         .send()
         .await?;
     assert_eq!(bad.status(), 401);

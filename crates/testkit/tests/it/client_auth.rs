@@ -11,15 +11,9 @@ fn b64(v: impl AsRef<[u8]>) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v)
 }
 
-fn raw_jws(
-    header: serde_json::Value,
-    claims: &serde_json::Value,
-    key: Option<&SigningKey>,
-) -> String {
+fn raw_jws(header: serde_json::Value, claims: &serde_json::Value, key: Option<&SigningKey>) -> String {
     let input = format!("{}.{}", b64(header.to_string()), b64(claims.to_string()));
-    let sig = key
-        .map(|k| k.sign(input.as_bytes()).unwrap_or_default())
-        .unwrap_or_default();
+    let sig = key.map(|k| k.sign(input.as_bytes()).unwrap_or_default()).unwrap_or_default();
     format!("{input}.{}", b64(sig))
 }
 
@@ -51,139 +45,52 @@ async fn every_client_assertion_fault_is_invalid_client() -> anyhow::Result<()> 
     };
     let foreign = SigningKey::generate(KeyAlg::EdDSA)?;
     let cases: Vec<(&str, String)> = vec![
-        (
-            "alg none",
-            raw_jws(json!({"alg": "none"}), &claims(json!({})), None),
-        ),
-        (
-            "alg none, upper case",
-            raw_jws(json!({"alg": "NONE"}), &claims(json!({})), None),
-        ),
-        (
-            "empty signature",
-            raw_jws(
-                json!({"alg": "EdDSA", "kid": agent.key.kid()}),
-                &claims(json!({})),
-                None,
-            ),
-        ),
+        ("alg none", raw_jws(json!({"alg": "none"}), &claims(json!({})), None)),
+        ("alg none, upper case", raw_jws(json!({"alg": "NONE"}), &claims(json!({})), None)),
+        ("empty signature", raw_jws(json!({"alg": "EdDSA", "kid": agent.key.kid()}), &claims(json!({})), None)),
         ("HS256 keyed with the public key", {
-            let input = format!(
-                "{}.{}",
-                b64(json!({"alg":"HS256"}).to_string()),
-                b64(claims(json!({})).to_string())
-            );
+            let input = format!("{}.{}", b64(json!({"alg":"HS256"}).to_string()), b64(claims(json!({})).to_string()));
             let k = aws_lc_rs::hmac::Key::new(
                 aws_lc_rs::hmac::HMAC_SHA256,
-                agent.key.public().to_json()["x"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .as_bytes(),
+                agent.key.public().to_json()["x"].as_str().unwrap_or_default().as_bytes(),
             );
-            format!(
-                "{input}.{}",
-                b64(aws_lc_rs::hmac::sign(&k, input.as_bytes()))
-            )
+            format!("{input}.{}", b64(aws_lc_rs::hmac::sign(&k, input.as_bytes())))
         }),
-        (
-            "foreign key",
-            mandate_jose::jws::sign(&foreign, "JWT", &claims(json!({})))?,
-        ),
+        ("foreign key", mandate_jose::jws::sign(&foreign, "JWT", &claims(json!({})))?),
         (
             "foreign key in jwk header",
-            raw_jws(
-                json!({"alg": "EdDSA", "jwk": foreign.public().to_json()}),
-                &claims(json!({})),
-                Some(&foreign),
-            ),
+            raw_jws(json!({"alg": "EdDSA", "jwk": foreign.public().to_json()}), &claims(json!({})), Some(&foreign)),
         ),
         (
             "jku header",
-            raw_jws(
-                json!({"alg": "EdDSA", "jku": "https://evil.example/jwks"}),
-                &claims(json!({})),
-                Some(&agent.key),
-            ),
+            raw_jws(json!({"alg": "EdDSA", "jku": "https://evil.example/jwks"}), &claims(json!({})), Some(&agent.key)),
         ),
         (
             "x5u header",
-            raw_jws(
-                json!({"alg": "EdDSA", "x5u": "https://evil.example/c"}),
-                &claims(json!({})),
-                Some(&agent.key),
-            ),
+            raw_jws(json!({"alg": "EdDSA", "x5u": "https://evil.example/c"}), &claims(json!({})), Some(&agent.key)),
         ),
         (
             "crit header",
-            raw_jws(
-                json!({"alg": "EdDSA", "crit": ["foo"], "foo": 1}),
-                &claims(json!({})),
-                Some(&agent.key),
-            ),
+            raw_jws(json!({"alg": "EdDSA", "crit": ["foo"], "foo": 1}), &claims(json!({})), Some(&agent.key)),
         ),
-        (
-            "kid with SQL",
-            raw_jws(
-                json!({"alg": "EdDSA", "kid": "x' OR '1'='1"}),
-                &claims(json!({})),
-                Some(&agent.key),
-            ),
-        ),
+        ("kid with SQL", raw_jws(json!({"alg": "EdDSA", "kid": "x' OR '1'='1"}), &claims(json!({})), Some(&agent.key))),
         (
             "kid with traversal",
-            raw_jws(
-                json!({"alg": "EdDSA", "kid": "../../../../dev/null"}),
-                &claims(json!({})),
-                Some(&agent.key),
-            ),
+            raw_jws(json!({"alg": "EdDSA", "kid": "../../../../dev/null"}), &claims(json!({})), Some(&agent.key)),
         ),
-        (
-            "ES256 header on an Ed25519 key",
-            raw_jws(
-                json!({"alg": "ES256"}),
-                &claims(json!({})),
-                Some(&agent.key),
-            ),
-        ),
+        ("ES256 header on an Ed25519 key", raw_jws(json!({"alg": "ES256"}), &claims(json!({})), Some(&agent.key))),
         ("expired", s.assertion(&agent, json!({"exp": now - 120}))),
-        (
-            "exp as a string",
-            s.assertion(&agent, json!({"exp": (now + 60).to_string()})),
-        ),
+        ("exp as a string", s.assertion(&agent, json!({"exp": (now + 60).to_string()}))),
         ("missing exp", s.assertion(&agent, json!({"exp": null}))),
-        (
-            "exp too far ahead",
-            s.assertion(&agent, json!({"exp": now + 2 * 3600})),
-        ),
-        (
-            "nbf in the future",
-            s.assertion(&agent, json!({"nbf": now + 600})),
-        ),
-        (
-            "wrong aud",
-            s.assertion(&agent, json!({"aud": "https://other-as.example"})),
-        ),
-        (
-            "aud is the resource",
-            s.assertion(&agent, json!({"aud": API})),
-        ),
-        (
-            "iss is not the client",
-            s.assertion(&agent, json!({"iss": "agt_01JZZZZZZZZZZZZZZZZZZZZZZZ"})),
-        ),
-        (
-            "sub is not the client",
-            s.assertion(&agent, json!({"sub": "agt_01JZZZZZZZZZZZZZZZZZZZZZZZ"})),
-        ),
+        ("exp too far ahead", s.assertion(&agent, json!({"exp": now + 2 * 3600}))),
+        ("nbf in the future", s.assertion(&agent, json!({"nbf": now + 600}))),
+        ("wrong aud", s.assertion(&agent, json!({"aud": "https://other-as.example"}))),
+        ("aud is the resource", s.assertion(&agent, json!({"aud": API}))),
+        ("iss is not the client", s.assertion(&agent, json!({"iss": "agt_01JZZZZZZZZZZZZZZZZZZZZZZZ"}))),
+        ("sub is not the client", s.assertion(&agent, json!({"sub": "agt_01JZZZZZZZZZZZZZZZZZZZZZZZ"}))),
         ("missing jti", s.assertion(&agent, json!({"jti": null}))),
-        (
-            "access-token typ",
-            mandate_jose::jws::sign(&agent.key, "at+jwt", &claims(json!({})))?,
-        ),
-        (
-            "dpop typ",
-            mandate_jose::jws::sign(&agent.key, "dpop+jwt", &claims(json!({})))?,
-        ),
+        ("access-token typ", mandate_jose::jws::sign(&agent.key, "at+jwt", &claims(json!({})))?),
+        ("dpop typ", mandate_jose::jws::sign(&agent.key, "dpop+jwt", &claims(json!({})))?),
         ("garbage", "not.a.jwt".into()),
         ("two parts", "eyJhbGciOiJFZERTQSJ9.e30".into()),
     ];
@@ -220,12 +127,7 @@ async fn every_client_assertion_fault_is_invalid_client() -> anyhow::Result<()> 
         .form_asserted(
             &a,
             "/oauth/token",
-            &[
-                ("grant_type", "client_credentials"),
-                ("client_id", &agent.id),
-                ("resource", API),
-                ("scope", "read"),
-            ],
+            &[("grant_type", "client_credentials"), ("client_id", &agent.id), ("resource", API), ("scope", "read")],
         )
         .await?;
     assert_eq!(st, 200);
@@ -244,26 +146,14 @@ async fn every_client_assertion_fault_is_invalid_client() -> anyhow::Result<()> 
         )
         .await?;
     assert_eq!(st, 401);
-    let (st, _) = s
-        .form(
-            "/oauth/token",
-            &[
-                ("grant_type", "client_credentials"),
-                ("resource", API),
-                ("scope", "read"),
-            ],
-        )
-        .await?;
+    let (st, _) =
+        s.form("/oauth/token", &[("grant_type", "client_credentials"), ("resource", API), ("scope", "read")]).await?;
     assert_eq!(st, 401);
     let resp = s
         .http
         .post(format!("{}/oauth/token", s.url))
         .basic_auth(&agent.id, Some("guess"))
-        .form(&[
-            ("grant_type", "client_credentials"),
-            ("resource", API),
-            ("scope", "read"),
-        ])
+        .form(&[("grant_type", "client_credentials"), ("resource", API), ("scope", "read")])
         .send()
         .await?;
     assert_eq!(resp.status(), 401);
@@ -278,11 +168,7 @@ async fn both_ed25519_names_and_es256_keys_authenticate() -> anyhow::Result<()> 
     let now = s.now();
     // RFC 9864 "Ed25519".
     let claims = json!({"iss": agent.id, "sub": agent.id, "aud": format!("{}/oauth/token", s.url), "exp": now + 60, "jti": "rfc9864"});
-    let a = raw_jws(
-        json!({"alg": "Ed25519", "kid": agent.key.kid()}),
-        &claims,
-        Some(&agent.key),
-    );
+    let a = raw_jws(json!({"alg": "Ed25519", "kid": agent.key.kid()}), &claims, Some(&agent.key));
     let (st, body) = s.token_with(&a, API, "read").await?;
     assert_eq!(st, 200, "{body}");
     // P-256.
@@ -307,10 +193,7 @@ async fn concurrent_replays_of_one_assertion_issue_one_token() -> anyhow::Result
             http.post(url)
                 .form(&[
                     ("grant_type", "client_credentials"),
-                    (
-                        "client_assertion_type",
-                        mandate_jose::assertion::CLIENT_ASSERTION_TYPE,
-                    ),
+                    ("client_assertion_type", mandate_jose::assertion::CLIENT_ASSERTION_TYPE),
                     ("client_assertion", &a),
                     ("resource", API),
                     ("scope", "read"),

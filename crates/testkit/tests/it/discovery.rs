@@ -3,23 +3,14 @@ use mandate_testkit::TestServer;
 #[tokio::test]
 async fn metadata_is_true_to_what_is_implemented() -> anyhow::Result<()> {
     let s = TestServer::start().await?;
-    for path in [
-        "/.well-known/oauth-authorization-server",
-        "/.well-known/openid-configuration",
-    ] {
+    for path in ["/.well-known/oauth-authorization-server", "/.well-known/openid-configuration"] {
         let resp = s.http.get(format!("{}{path}", s.url)).send().await?;
         assert_eq!(resp.status(), 200);
         let m: serde_json::Value = resp.json().await?;
         assert_eq!(m["issuer"], s.url.as_str());
         assert_eq!(m["token_endpoint"], format!("{}/oauth/token", s.url));
-        assert_eq!(
-            m["grant_types_supported"],
-            serde_json::json!(["client_credentials"])
-        );
-        assert_eq!(
-            m["token_endpoint_auth_methods_supported"],
-            serde_json::json!(["private_key_jwt"])
-        );
+        assert_eq!(m["grant_types_supported"], serde_json::json!(["client_credentials"]));
+        assert_eq!(m["token_endpoint_auth_methods_supported"], serde_json::json!(["private_key_jwt"]));
         assert_eq!(
             m["token_endpoint_auth_signing_alg_values_supported"],
             serde_json::json!(["EdDSA", "Ed25519", "ES256"])
@@ -37,13 +28,7 @@ async fn metadata_is_true_to_what_is_implemented() -> anyhow::Result<()> {
 #[tokio::test]
 async fn jwks_publishes_the_signing_key_with_a_kid() -> anyhow::Result<()> {
     let s = TestServer::start().await?;
-    let jwks: serde_json::Value = s
-        .http
-        .get(format!("{}/jwks.json", s.url))
-        .send()
-        .await?
-        .json()
-        .await?;
+    let jwks: serde_json::Value = s.http.get(format!("{}/jwks.json", s.url)).send().await?.json().await?;
     let keys = jwks["keys"].as_array().cloned().unwrap_or_default();
     assert_eq!(keys.len(), 1);
     assert_eq!(keys[0]["kty"], "OKP");
@@ -58,34 +43,14 @@ async fn jwks_publishes_the_signing_key_with_a_kid() -> anyhow::Result<()> {
 #[tokio::test]
 async fn health_readiness_and_metrics() -> anyhow::Result<()> {
     let s = TestServer::start().await?;
-    assert_eq!(
-        s.http
-            .get(format!("{}/healthz", s.url))
-            .send()
-            .await?
-            .status(),
-        200
-    );
-    assert_eq!(
-        s.http
-            .get(format!("{}/readyz", s.url))
-            .send()
-            .await?
-            .status(),
-        200
-    );
+    assert_eq!(s.http.get(format!("{}/healthz", s.url)).send().await?.status(), 200);
+    assert_eq!(s.http.get(format!("{}/readyz", s.url)).send().await?.status(), 200);
     let (_, agent) = s.seed().await?;
     let (st, _) = s.token(&agent, "https://api.example.com", "read").await?;
     assert_eq!(st, 200);
     let (st, _) = s.token(&agent, "https://api.example.com", "write").await?;
     assert_eq!(st, 400);
-    let text = s
-        .http
-        .get(format!("{}/metrics", s.url))
-        .send()
-        .await?
-        .text()
-        .await?;
+    let text = s.http.get(format!("{}/metrics", s.url)).send().await?.text().await?;
     assert!(text.contains("mandate_http_requests_total"), "{text}");
     assert!(text.contains("mandate_tokens_issued_total"));
     assert!(text.contains("mandate_oauth_errors_total"));
@@ -99,11 +64,7 @@ async fn security_headers_are_set() -> anyhow::Result<()> {
     let s = TestServer::start().await?;
     let resp = s.http.get(format!("{}/jwks.json", s.url)).send().await?;
     assert_eq!(resp.headers()["x-frame-options"], "DENY");
-    assert!(
-        resp.headers()["content-security-policy"]
-            .to_str()?
-            .contains("frame-ancestors 'none'")
-    );
+    assert!(resp.headers()["content-security-policy"].to_str()?.contains("frame-ancestors 'none'"));
     assert_eq!(resp.headers()["x-content-type-options"], "nosniff");
     s.stop().await?;
     Ok(())
@@ -115,11 +76,7 @@ async fn unknown_routes_and_methods_answer_problem_json() -> anyhow::Result<()> 
     let resp = s.http.get(format!("{}/nope", s.url)).send().await?;
     assert_eq!(resp.status(), 404);
     assert_eq!(resp.headers()["content-type"], "application/problem+json");
-    let resp = s
-        .http
-        .delete(format!("{}/oauth/token", s.url))
-        .send()
-        .await?;
+    let resp = s.http.delete(format!("{}/oauth/token", s.url)).send().await?;
     assert_eq!(resp.status(), 405);
     assert_eq!(resp.headers()["content-type"], "application/problem+json");
     s.stop().await?;

@@ -30,13 +30,7 @@ fn stable(mut v: Value, s: &TestServer) -> Value {
 #[tokio::test]
 async fn discovery_document() -> anyhow::Result<()> {
     let s = TestServer::start().await?;
-    let m: Value = s
-        .http
-        .get(format!("{}/.well-known/oauth-authorization-server", s.url))
-        .send()
-        .await?
-        .json()
-        .await?;
+    let m: Value = s.http.get(format!("{}/.well-known/oauth-authorization-server", s.url)).send().await?.json().await?;
     insta::assert_json_snapshot!(stable(m, &s));
     s.stop().await?;
     Ok(())
@@ -45,13 +39,7 @@ async fn discovery_document() -> anyhow::Result<()> {
 #[tokio::test]
 async fn jwks_shape() -> anyhow::Result<()> {
     let s = TestServer::start().await?;
-    let jwks: Value = s
-        .http
-        .get(format!("{}/jwks.json", s.url))
-        .send()
-        .await?
-        .json()
-        .await?;
+    let jwks: Value = s.http.get(format!("{}/jwks.json", s.url)).send().await?.json().await?;
     insta::assert_json_snapshot!(stable(jwks, &s));
     s.stop().await?;
     Ok(())
@@ -63,29 +51,12 @@ async fn error_bodies() -> anyhow::Result<()> {
     let (_, agent) = s.seed().await?;
     let (_, invalid_scope) = s.token(&agent, "https://api.example.com", "write").await?;
     let (_, invalid_target) = s.token(&agent, "https://unknown.example", "read").await?;
-    let (_, invalid_client) = s
-        .form("/oauth/token", &[("grant_type", "client_credentials")])
-        .await?;
-    let (_, unsupported) = s
-        .form("/oauth/token", &[("grant_type", "password")])
-        .await?;
-    let (_, unauthenticated) = s
-        .call(Method::POST, "/v1/users", None, Some(json!({})))
-        .await?;
-    let (_, invalid_input) = s
-        .admin(
-            Method::POST,
-            "/v1/users",
-            Some(json!({"name": "A", "email": "a@example.com", "role": "x"})),
-        )
-        .await?;
-    let (_, not_found) = s
-        .admin(
-            Method::GET,
-            "/v1/agents/agt_01JZZZZZZZZZZZZZZZZZZZZZZZ",
-            None,
-        )
-        .await?;
+    let (_, invalid_client) = s.form("/oauth/token", &[("grant_type", "client_credentials")]).await?;
+    let (_, unsupported) = s.form("/oauth/token", &[("grant_type", "password")]).await?;
+    let (_, unauthenticated) = s.call(Method::POST, "/v1/users", None, Some(json!({}))).await?;
+    let (_, invalid_input) =
+        s.admin(Method::POST, "/v1/users", Some(json!({"name": "A", "email": "a@example.com", "role": "x"}))).await?;
+    let (_, not_found) = s.admin(Method::GET, "/v1/agents/agt_01JZZZZZZZZZZZZZZZZZZZZZZZ", None).await?;
     insta::assert_json_snapshot!(json!({
         "invalid_scope": invalid_scope,
         "invalid_target": invalid_target,

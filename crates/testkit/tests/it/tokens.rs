@@ -15,10 +15,7 @@ async fn client_credentials_issues_an_rfc9068_token() -> anyhow::Result<()> {
         .post(format!("{}/oauth/token", s.url))
         .form(&[
             ("grant_type", "client_credentials"),
-            (
-                "client_assertion_type",
-                mandate_jose::assertion::CLIENT_ASSERTION_TYPE,
-            ),
+            ("client_assertion_type", mandate_jose::assertion::CLIENT_ASSERTION_TYPE),
             ("client_assertion", &s.assertion(&agent, json!({}))),
             ("resource", API),
             ("scope", "read"),
@@ -33,13 +30,7 @@ async fn client_credentials_issues_an_rfc9068_token() -> anyhow::Result<()> {
     assert_eq!(body["scope"], "read");
     let token = body["access_token"].as_str().unwrap_or_default();
     // Verify it the way a resource server would, from the published JWKS.
-    let jwks: serde_json::Value = s
-        .http
-        .get(format!("{}/jwks.json", s.url))
-        .send()
-        .await?
-        .json()
-        .await?;
+    let jwks: serde_json::Value = s.http.get(format!("{}/jwks.json", s.url)).send().await?.json().await?;
     let keys = jwks["keys"]
         .as_array()
         .cloned()
@@ -47,11 +38,7 @@ async fn client_credentials_issues_an_rfc9068_token() -> anyhow::Result<()> {
         .iter()
         .map(PublicJwk::from_json)
         .collect::<Result<Vec<_>, _>>()?;
-    let verifier = AccessTokenVerifier {
-        issuer: s.url.clone(),
-        keys: JwkSet { keys },
-        leeway: 60,
-    };
+    let verifier = AccessTokenVerifier { issuer: s.url.clone(), keys: JwkSet { keys }, leeway: 60 };
     let claims = verifier.verify(token, s.now(), Some(API))?;
     assert_eq!(claims.sub, agent.id);
     assert_eq!(claims.client_id, agent.id);
@@ -77,47 +64,19 @@ async fn token_requests_are_checked_against_resources_and_policy() -> anyhow::Re
     let s = TestServer::start().await?;
     let (_, agent) = s.seed().await?;
     let cases = [
-        (
-            "unknown resource",
-            vec![("resource", "https://unknown.example"), ("scope", "read")],
-            "invalid_target",
-        ),
+        ("unknown resource", vec![("resource", "https://unknown.example"), ("scope", "read")], "invalid_target"),
         ("no resource", vec![("scope", "read")], "invalid_target"),
         (
             "two resources",
-            vec![
-                ("resource", API),
-                ("resource", "https://b.example"),
-                ("scope", "read"),
-            ],
+            vec![("resource", API), ("resource", "https://b.example"), ("scope", "read")],
             "invalid_target",
         ),
         ("no scope", vec![("resource", API)], "invalid_scope"),
-        (
-            "scope the resource lacks",
-            vec![("resource", API), ("scope", "admin")],
-            "invalid_scope",
-        ),
-        (
-            "scope policy does not allow",
-            vec![("resource", API), ("scope", "read write")],
-            "invalid_scope",
-        ),
-        (
-            "malformed scope",
-            vec![("resource", API), ("scope", "read  write")],
-            "invalid_scope",
-        ),
-        (
-            "huge scope",
-            vec![("resource", API), ("scope", "")],
-            "invalid_scope",
-        ),
-        (
-            "spawn on the issuer without policy",
-            vec![("resource", ""), ("scope", "mandate:spawn")],
-            "invalid_scope",
-        ),
+        ("scope the resource lacks", vec![("resource", API), ("scope", "admin")], "invalid_scope"),
+        ("scope policy does not allow", vec![("resource", API), ("scope", "read write")], "invalid_scope"),
+        ("malformed scope", vec![("resource", API), ("scope", "read  write")], "invalid_scope"),
+        ("huge scope", vec![("resource", API), ("scope", "")], "invalid_scope"),
+        ("spawn on the issuer without policy", vec![("resource", ""), ("scope", "mandate:spawn")], "invalid_scope"),
     ];
     let huge = "a".repeat(60_000);
     for (name, mut params, want) in cases {
@@ -132,68 +91,29 @@ async fn token_requests_are_checked_against_resources_and_policy() -> anyhow::Re
         }
         let mut form = vec![
             ("grant_type", "client_credentials"),
-            (
-                "client_assertion_type",
-                mandate_jose::assertion::CLIENT_ASSERTION_TYPE,
-            ),
+            ("client_assertion_type", mandate_jose::assertion::CLIENT_ASSERTION_TYPE),
             ("client_assertion", a.as_str()),
         ];
         form.extend(params);
         let (st, body) = s.form("/oauth/token", &form).await?;
-        assert_eq!(
-            (st, body["error"].as_str()),
-            (400, Some(want)),
-            "{name}: {body}"
-        );
+        assert_eq!((st, body["error"].as_str()), (400, Some(want)), "{name}: {body}");
         assert!(body["error_description"].is_string());
     }
     // Other grant types, repeated parameters, wrong media type.
     let a = s.assertion(&agent, json!({}));
     let (st, body) = s
-        .form_asserted(
-            &a,
-            "/oauth/token",
-            &[
-                ("grant_type", "password"),
-                ("username", "u"),
-                ("password", "p"),
-            ],
-        )
+        .form_asserted(&a, "/oauth/token", &[("grant_type", "password"), ("username", "u"), ("password", "p")])
         .await?;
-    assert_eq!(
-        (st, body["error"].as_str()),
-        (400, Some("unsupported_grant_type"))
-    );
-    let (st, body) = s
-        .form(
-            "/oauth/token",
-            &[
-                ("grant_type", "client_credentials"),
-                ("grant_type", "client_credentials"),
-            ],
-        )
-        .await?;
+    assert_eq!((st, body["error"].as_str()), (400, Some("unsupported_grant_type")));
+    let (st, body) =
+        s.form("/oauth/token", &[("grant_type", "client_credentials"), ("grant_type", "client_credentials")]).await?;
     assert_eq!((st, body["error"].as_str()), (400, Some("invalid_request")));
-    let resp = s
-        .http
-        .post(format!("{}/oauth/token", s.url))
-        .json(&json!({"grant_type": "client_credentials"}))
-        .send()
-        .await?;
+    let resp =
+        s.http.post(format!("{}/oauth/token", s.url)).json(&json!({"grant_type": "client_credentials"})).send().await?;
     assert_eq!(resp.status(), 400);
     // Nothing was issued by any of it: suspending the agent finds no token to revoke.
-    let (st, body) = s
-        .admin(
-            Method::POST,
-            &format!("/v1/agents/{}/suspend", agent.id),
-            None,
-        )
-        .await?;
-    assert_eq!(
-        (st, body["revoked_tokens"].as_u64()),
-        (200, Some(0)),
-        "a refused request issued a token"
-    );
+    let (st, body) = s.admin(Method::POST, &format!("/v1/agents/{}/suspend", agent.id), None).await?;
+    assert_eq!((st, body["revoked_tokens"].as_u64()), (200, Some(0)), "a refused request issued a token");
     s.stop().await?;
     Ok(())
 }
@@ -216,12 +136,7 @@ async fn introspection_and_revocation_follow_the_caller_rules() -> anyhow::Resul
     let (st, body) = s.form("/oauth/introspect", &[("token", &token)]).await?;
     assert_eq!((st, body["error"].as_str()), (401, Some("invalid_client")));
     // Garbage, unknown and forged tokens are exactly {"active": false}.
-    for t in [
-        "garbage",
-        "a.b.c",
-        "eyJhbGciOiJub25lIn0.e30.",
-        &token[..token.len() - 2],
-    ] {
+    for t in ["garbage", "a.b.c", "eyJhbGciOiJub25lIn0.e30.", &token[..token.len() - 2]] {
         let (st, body) = intro(&s, &agent, t).await?;
         assert_eq!((st, body), (200, json!({"active": false})), "{t}");
     }
@@ -231,34 +146,21 @@ async fn introspection_and_revocation_follow_the_caller_rules() -> anyhow::Resul
         .admin(Method::POST, "/v1/resources", Some(json!({"identifier": "https://rs.example.com", "name": "RS", "scopes": {"read": []}, "jwks": {"keys": [rs_key.public().to_json()]}})))
         .await?;
     assert_eq!(st, 201);
-    let rs_agent = mandate_testkit::TestAgent {
-        id: rs["id"].as_str().unwrap_or_default().to_owned(),
-        key: rs_key,
-    };
+    let rs_agent = mandate_testkit::TestAgent { id: rs["id"].as_str().unwrap_or_default().to_owned(), key: rs_key };
     let (st, body) = intro(&s, &rs_agent, &token).await?;
-    assert_eq!(
-        (st, body),
-        (200, json!({"active": false})),
-        "a resource outside the token's aud saw it"
-    );
+    assert_eq!((st, body), (200, json!({"active": false})), "a resource outside the token's aud saw it");
     // Revocation by another client: 200, nothing revoked.
     let a = s.assertion(&other, json!({}));
-    let (st, _) = s
-        .form_asserted(&a, "/oauth/revoke", &[("token", &token)])
-        .await?;
+    let (st, _) = s.form_asserted(&a, "/oauth/revoke", &[("token", &token)]).await?;
     assert_eq!(st, 200);
     assert_eq!(s.introspect(&token).await?["active"], true);
     // Revocation of unknown tokens: 200.
     let a = s.assertion(&agent, json!({}));
-    let (st, _) = s
-        .form_asserted(&a, "/oauth/revoke", &[("token", "unknown")])
-        .await?;
+    let (st, _) = s.form_asserted(&a, "/oauth/revoke", &[("token", "unknown")]).await?;
     assert_eq!(st, 200);
     // The holder revokes it.
     let a = s.assertion(&agent, json!({}));
-    let (st, _) = s
-        .form_asserted(&a, "/oauth/revoke", &[("token", &token)])
-        .await?;
+    let (st, _) = s.form_asserted(&a, "/oauth/revoke", &[("token", &token)]).await?;
     assert_eq!(st, 200);
     assert_eq!(s.introspect(&token).await?, json!({"active": false}));
     // Expiry without sleeping: move the clock.
@@ -279,31 +181,20 @@ async fn a_resource_server_gets_only_mandate_check() -> anyhow::Result<()> {
     let (_, rs) = s
         .admin(Method::POST, "/v1/resources", Some(json!({"identifier": "https://rs.example.com", "name": "RS", "scopes": {"read": []}, "jwks": {"keys": [rs_key.public().to_json()]}})))
         .await?;
-    let rs = mandate_testkit::TestAgent {
-        id: rs["id"].as_str().unwrap_or_default().to_owned(),
-        key: rs_key,
-    };
+    let rs = mandate_testkit::TestAgent { id: rs["id"].as_str().unwrap_or_default().to_owned(), key: rs_key };
     let url = s.url.clone();
     let (st, body) = s.token(&rs, &url, "mandate:check").await?;
     assert_eq!(st, 200, "{body}");
     let (st, body) = s.token(&rs, API, "read").await?;
-    assert_eq!(
-        (st, body["error"].as_str()),
-        (400, Some("unauthorized_client"))
-    );
+    assert_eq!((st, body["error"].as_str()), (400, Some("unauthorized_client")));
     s.stop().await?;
     Ok(())
 }
 
 /// Introspects `t` authenticating as `who` with `private_key_jwt`.
-async fn intro(
-    s: &TestServer,
-    who: &mandate_testkit::TestAgent,
-    t: &str,
-) -> anyhow::Result<(u16, serde_json::Value)> {
+async fn intro(s: &TestServer, who: &mandate_testkit::TestAgent, t: &str) -> anyhow::Result<(u16, serde_json::Value)> {
     let a = s.assertion(who, json!({}));
-    s.form_asserted(&a, "/oauth/introspect", &[("token", t)])
-        .await
+    s.form_asserted(&a, "/oauth/introspect", &[("token", t)]).await
 }
 
 #[tokio::test]
@@ -314,15 +205,7 @@ async fn oversized_and_hostile_forms_are_refused() -> anyhow::Result<()> {
     let a = s.assertion(&agent, json!({}));
     let big = "s ".repeat(500_000);
     let (st, _) = s
-        .form_asserted(
-            &a,
-            "/oauth/token",
-            &[
-                ("grant_type", "client_credentials"),
-                ("resource", API),
-                ("scope", &big),
-            ],
-        )
+        .form_asserted(&a, "/oauth/token", &[("grant_type", "client_credentials"), ("resource", API), ("scope", &big)])
         .await?;
     assert!(st == 413 || st == 400, "{st}");
     // SQL metacharacters in client_id and an iss that is not an id.
@@ -340,10 +223,7 @@ async fn oversized_and_hostile_forms_are_refused() -> anyhow::Result<()> {
         )
         .await?;
     assert_eq!((st, body["error"].as_str()), (401, Some("invalid_client")));
-    let a = s.assertion(
-        &agent,
-        json!({"iss": "x' OR '1'='1", "sub": "x' OR '1'='1"}),
-    );
+    let a = s.assertion(&agent, json!({"iss": "x' OR '1'='1", "sub": "x' OR '1'='1"}));
     let (st, body) = s.token_with(&a, API, "read").await?;
     assert_eq!((st, body["error"].as_str()), (401, Some("invalid_client")));
     // A non-UTF-8 body.
@@ -356,13 +236,7 @@ async fn oversized_and_hostile_forms_are_refused() -> anyhow::Result<()> {
         .await?;
     assert_eq!(resp.status(), 400);
     // The agent is unharmed and nothing was issued.
-    let (st, body) = s
-        .admin(
-            Method::POST,
-            &format!("/v1/agents/{}/suspend", agent.id),
-            None,
-        )
-        .await?;
+    let (st, body) = s.admin(Method::POST, &format!("/v1/agents/{}/suspend", agent.id), None).await?;
     assert_eq!((st, body["revoked_tokens"].as_u64()), (200, Some(0)));
     s.stop().await?;
     Ok(())
