@@ -64,8 +64,14 @@ fn write_value(out: &mut String, value: &Value) -> Result<(), CanonicalError> {
 }
 
 /// RFC 8785 §3.2.2.2: ECMAScript `JSON.stringify` string escaping.
-fn write_string(out: &mut String, s: &str) {
+pub(crate) fn write_string(out: &mut String, s: &str) {
     out.push('"');
+    // Most audit strings need no escaping: copy them whole.
+    if !s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+        out.push_str(s);
+        out.push('"');
+        return;
+    }
     for c in s.chars() {
         match c {
             '"' => out.push_str("\\\""),

@@ -98,3 +98,39 @@ proptest! {
         }
     }
 }
+
+fn opt_text() -> impl Strategy<Value = Option<String>> {
+    proptest::option::of(any::<String>())
+}
+
+proptest! {
+    /// The direct encoder writes exactly what the generic canonicalizer does.
+    #[test]
+    fn direct_canonical_form_matches_the_generic_one(
+        seq in any::<u64>(), time in any::<String>(), kind in any::<String>(), chain in proptest::collection::vec(any::<String>(), 0..4),
+        a in opt_text(), b in opt_text(), c in opt_text(), d in opt_text(), e in opt_text(), f in opt_text(),
+        g in opt_text(), h in opt_text(), i in opt_text(), j in opt_text(), k in opt_text(), prev in any::<String>(),
+    ) {
+        let ev = Event { seq, time, kind, decision: a, subject: b, actor: c, chain, client_id: d, action: e, resource: f,
+            scope: g, jti: h, grant_id: i, reason: j, request_id: k, prev_hash: prev, hash: "x".into() };
+        let mut direct = String::new();
+        ev.write_canonical(&mut direct);
+        prop_assert_eq!(direct, ev.canonical_via_value().unwrap());
+    }
+}
+
+#[test]
+fn long_chains_verified_in_parallel_report_the_first_bad_entry() {
+    let events = chain(20_000);
+    assert_eq!(verify(&events, &[], &[]), Ok(20_000));
+    let mut tampered = events.clone();
+    tampered[15_000].scope = Some("admin".into());
+    tampered[2_000].reason = Some("edited".into());
+    assert_eq!(verify(&tampered, &[], &[]).unwrap_err().seq, 2_001);
+    let mut boundary = events.clone();
+    boundary[9_999].hash = boundary[9_998].hash.clone();
+    assert_eq!(verify(&boundary, &[], &[]).unwrap_err().seq, 10_000);
+    let mut upper = events.clone();
+    upper[12_345].hash = upper[12_345].hash.to_uppercase();
+    assert_eq!(verify(&upper, &[], &[]).unwrap_err().seq, 12_346);
+}
