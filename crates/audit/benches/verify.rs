@@ -20,6 +20,8 @@ fn event(i: u64) -> Event {
         scope: Some("mail.read mail.send".into()),
         jti: Some(format!("tok_01JABCDEFGHJKMNPQRSTV{i:05}")),
         grant_id: Some("grt_01JABCDEFGHJKMNPQRSTVWXYZ0".into()),
+        parent: None,
+        count: None,
         reason: None,
         request_id: Some(format!("req-{i}")),
         prev_hash: String::new(),

@@ -1,5 +1,7 @@
 //! Events, the hash chain and signed checkpoints.
 
+use std::collections::BTreeMap;
+
 use base64::Engine;
 use mandate_jose::{PublicJwk, SigningKey};
 use serde::{Deserialize, Serialize};
@@ -33,6 +35,11 @@ pub struct Event {
     pub scope: Option<String>,
     pub jti: Option<String>,
     pub grant_id: Option<String>,
+    /// The `jti` this token was exchanged from (a delegation hop).
+    pub parent: Option<String>,
+    /// How many records the change reached (tokens a revocation cascaded
+    /// to, agents retired).
+    pub count: Option<u64>,
     pub reason: Option<String>,
     pub request_id: Option<String>,
     pub prev_hash: String,
@@ -40,6 +47,32 @@ pub struct Event {
 }
 
 impl Event {
+    /// An unsealed event of `kind` at `time` with every optional field
+    /// empty; the store fills in `seq`, `prev_hash` and `hash`.
+    pub fn new(kind: impl Into<String>, time: impl Into<String>) -> Self {
+        Self {
+            seq: 0,
+            time: time.into(),
+            kind: kind.into(),
+            decision: None,
+            subject: None,
+            actor: None,
+            chain: Vec::new(),
+            client_id: None,
+            action: None,
+            resource: None,
+            scope: None,
+            jti: None,
+            grant_id: None,
+            parent: None,
+            count: None,
+            reason: None,
+            request_id: None,
+            prev_hash: String::new(),
+            hash: String::new(),
+        }
+    }
+
     /// `SHA-256(prev_hash || canonical JSON of the event without "hash")`,
     /// hex. `prev_hash` enters as its 32 raw bytes.
     pub fn compute_hash(&self) -> Result<String, CanonicalError> {
@@ -84,9 +117,17 @@ impl Event {
         }
         out.push(']');
         opt(out, ",\"client_id\":", &self.client_id);
+        out.push_str(",\"count\":");
+        match self.count {
+            Some(n) => {
+                let _ = std::fmt::Write::write_fmt(out, format_args!("{n}"));
+            }
+            None => out.push_str("null"),
+        }
         opt(out, ",\"decision\":", &self.decision);
         opt(out, ",\"grant_id\":", &self.grant_id);
         opt(out, ",\"jti\":", &self.jti);
+        opt(out, ",\"parent\":", &self.parent);
         out.push_str(",\"prev_hash\":");
         write_string(out, &self.prev_hash);
         opt(out, ",\"reason\":", &self.reason);
@@ -163,54 +204,152 @@ pub struct Tamper {
 }
 
 impl Tamper {
-    fn new(seq: u64, reason: impl Into<String>) -> Self {
+    pub fn new(seq: u64, reason: impl Into<String>) -> Self {
         Self { seq, reason: reason.into() }
     }
 }
 
-/// Verifies `events` (in stored order, starting at seq 1) and every
-/// checkpoint against `keys`. Returns the number of events verified.
-///
-/// Edits, deletions and reorderings break the chain at the first affected
-/// entry. Truncating the tail, or replacing the whole chain, is caught only
-/// against a checkpoint whose seq is beyond the end or whose hash differs.
-pub fn verify(events: &[Event], checkpoints: &[Checkpoint], keys: &[PublicJwk]) -> Result<u64, Tamper> {
-    verify_links(events)?;
-    let last = events.len() as u64;
-    for cp in checkpoints {
-        let key = keys
-            .iter()
-            .find(|k| k.kid.as_deref() == Some(cp.kid.as_str()))
-            .ok_or_else(|| Tamper::new(cp.seq, "checkpoint signed by an unknown key"))?;
-        let msg = checkpoint_message(cp.seq, &cp.hash, &cp.time, &cp.kid)
-            .map_err(|_| Tamper::new(cp.seq, "checkpoint is not canonicalizable"))?;
-        let sig = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(&cp.signature)
-            .map_err(|_| Tamper::new(cp.seq, "checkpoint signature is not base64url"))?;
-        key.verify(key.alg.name(), msg.as_bytes(), &sig)
-            .map_err(|_| Tamper::new(cp.seq, "checkpoint signature does not verify"))?;
-        if cp.seq > last {
-            return Err(Tamper::new(
-                last + 1,
-                format!("the chain ends at {last} but a checkpoint vouches for {}", cp.seq),
-            ));
-        }
-        let at = events.get((cp.seq as usize).saturating_sub(1)).map(|e| e.hash.as_str());
-        if cp.seq == 0 || at != Some(cp.hash.as_str()) {
-            return Err(Tamper::new(cp.seq, "the chain differs from a signed checkpoint"));
-        }
-    }
-    Ok(last)
+/// What a successful verification covered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    /// Events checked, from seq 1.
+    pub events: u64,
+    /// The hash of the last event (`GENESIS` for an empty chain).
+    pub head: String,
+    /// Checkpoints whose signature and hash were checked.
+    pub checkpoints: usize,
 }
 
-/// Checks numbering, links and hashes. Each entry's hash depends only on
-/// its own stored contents, so long chains are checked in parallel chunks;
+/// Verifies a chain fed in order, a page at a time, so that a store of any
+/// size is checked in bounded memory.
+///
+/// Every checkpoint's signature is checked up front, and its hash is
+/// compared with the chain's when the chain reaches its `seq`. Edits,
+/// deletions, insertions and reorderings break the chain at the first
+/// affected entry. Truncating the tail, or replacing the whole chain, is
+/// caught only against a checkpoint: one beyond the end, or one whose hash
+/// differs. The reported [`Tamper::seq`] is always the earliest failure.
+#[derive(Debug)]
+pub struct ChainVerifier {
+    next_seq: u64,
+    prev: String,
+    /// Checkpoint seq → the hash the chain must have there.
+    expected: BTreeMap<u64, String>,
+    /// The earliest checkpoint that is itself invalid.
+    bad_checkpoint: Option<Tamper>,
+}
+
+impl ChainVerifier {
+    /// Starts a verification against `checkpoints`, whose signatures are
+    /// checked with `keys` (matched by `kid` only: a checkpoint names no key
+    /// material of its own).
+    pub fn new(checkpoints: &[Checkpoint], keys: &[PublicJwk]) -> Self {
+        let mut expected = BTreeMap::new();
+        let mut bad: Option<Tamper> = None;
+        for cp in checkpoints {
+            match check_checkpoint(cp, keys) {
+                Ok(()) => {
+                    // Two valid checkpoints that disagree about one seq
+                    // cannot both describe this chain.
+                    if let Some(other) = expected.insert(cp.seq, cp.hash.clone())
+                        && other != cp.hash
+                    {
+                        bad = earliest(bad, Tamper::new(cp.seq, "two signed checkpoints disagree"));
+                    }
+                }
+                Err(t) => bad = earliest(bad, t),
+            }
+        }
+        Self { next_seq: 1, prev: GENESIS.to_owned(), expected, bad_checkpoint: bad }
+    }
+
+    /// Checks the next `events`, which must continue the chain fed so far.
+    pub fn feed(&mut self, events: &[Event]) -> Result<(), Tamper> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let start = self.next_seq;
+        if let Err(t) = verify_links(events, start, &self.prev) {
+            return Err(self.with_checkpoint_errors(t));
+        }
+        let end = start + events.len() as u64 - 1;
+        for (&seq, hash) in self.expected.range(start..=end) {
+            let at = events.get((seq - start) as usize).map(|e| e.hash.as_str());
+            if at != Some(hash.as_str()) {
+                return Err(self.with_checkpoint_errors(Tamper::new(seq, "the chain differs from a signed checkpoint")));
+            }
+        }
+        self.next_seq = end + 1;
+        if let Some(last) = events.last() {
+            self.prev.clone_from(&last.hash);
+        }
+        Ok(())
+    }
+
+    /// Ends the verification: no checkpoint may lie beyond the chain's end.
+    pub fn finish(self) -> Result<Verified, Tamper> {
+        if let Some(t) = self.bad_checkpoint {
+            return Err(t);
+        }
+        let last = self.next_seq - 1;
+        if let Some((&seq, _)) = self.expected.range(last + 1..).next() {
+            return Err(Tamper::new(last + 1, format!("the chain ends at {last} but a checkpoint vouches for {seq}")));
+        }
+        Ok(Verified { events: last, head: self.prev, checkpoints: self.expected.len() })
+    }
+
+    /// The seq the next fed event must carry.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    fn with_checkpoint_errors(&self, t: Tamper) -> Tamper {
+        earliest(self.bad_checkpoint.clone(), t).unwrap_or_else(|| Tamper::new(0, "unreachable"))
+    }
+}
+
+fn earliest(a: Option<Tamper>, b: Tamper) -> Option<Tamper> {
+    Some(match a {
+        Some(a) if a.seq <= b.seq => a,
+        _ => b,
+    })
+}
+
+/// A checkpoint's own validity: a known key and a good signature.
+fn check_checkpoint(cp: &Checkpoint, keys: &[PublicJwk]) -> Result<(), Tamper> {
+    if cp.seq == 0 {
+        return Err(Tamper::new(0, "a checkpoint at seq 0"));
+    }
+    let key = keys
+        .iter()
+        .find(|k| k.kid.as_deref() == Some(cp.kid.as_str()))
+        .ok_or_else(|| Tamper::new(cp.seq, "checkpoint signed by an unknown key"))?;
+    let msg = checkpoint_message(cp.seq, &cp.hash, &cp.time, &cp.kid)
+        .map_err(|_| Tamper::new(cp.seq, "checkpoint is not canonicalizable"))?;
+    let sig = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(&cp.signature)
+        .map_err(|_| Tamper::new(cp.seq, "checkpoint signature is not base64url"))?;
+    key.verify(key.alg.name(), msg.as_bytes(), &sig)
+        .map_err(|_| Tamper::new(cp.seq, "checkpoint signature does not verify"))
+}
+
+/// Verifies a whole chain held in memory (in stored order, from seq 1) and
+/// every checkpoint against `keys`. Returns the number of events verified.
+pub fn verify(events: &[Event], checkpoints: &[Checkpoint], keys: &[PublicJwk]) -> Result<u64, Tamper> {
+    let mut v = ChainVerifier::new(checkpoints, keys);
+    v.feed(events)?;
+    v.finish().map(|done| done.events)
+}
+
+/// Checks numbering, links and hashes of `events`, the first of which must
+/// carry `first_seq` and follow `prev`. Each entry's hash depends only on
+/// its own stored contents, so long runs are checked in parallel chunks;
 /// the earliest failure across chunks is the one reported.
-fn verify_links(events: &[Event]) -> Result<(), Tamper> {
+fn verify_links(events: &[Event], first_seq: u64, prev: &str) -> Result<(), Tamper> {
     let threads =
         if events.len() >= 8192 { std::thread::available_parallelism().map_or(1, |n| n.get().min(8)) } else { 1 };
     if threads <= 1 {
-        return check_range(events, 0, GENESIS);
+        return check_range(events, first_seq, prev);
     }
     let chunk = events.len().div_ceil(threads);
     let results: Vec<Result<(), Tamper>> = std::thread::scope(|scope| {
@@ -219,13 +358,13 @@ fn verify_links(events: &[Event]) -> Result<(), Tamper> {
             .enumerate()
             .map(|(k, part)| {
                 let start = k * chunk;
-                let prev = if start == 0 { GENESIS } else { events.get(start - 1).map_or("", |e| e.hash.as_str()) };
-                scope.spawn(move || check_range(part, start, prev))
+                let prev = if start == 0 { prev } else { events.get(start - 1).map_or("", |e| e.hash.as_str()) };
+                scope.spawn(move || check_range(part, first_seq + start as u64, prev))
             })
             .collect();
         handles
             .into_iter()
-            .map(|h| h.join().unwrap_or_else(|_| Err(Tamper::new(0, "verifier thread failed"))))
+            .map(|h| h.join().unwrap_or_else(|_| Err(Tamper::new(first_seq, "verifier thread failed"))))
             .collect()
     });
     match results.into_iter().filter_map(Result::err).min_by_key(|t| t.seq) {
@@ -234,11 +373,11 @@ fn verify_links(events: &[Event]) -> Result<(), Tamper> {
     }
 }
 
-/// Verifies `part`, whose first entry sits at index `start` and follows `prev`.
-fn check_range<'a>(part: &'a [Event], start: usize, mut prev: &'a str) -> Result<(), Tamper> {
+/// Verifies `part`, whose first entry must carry `first_seq` and follow `prev`.
+fn check_range<'a>(part: &'a [Event], first_seq: u64, mut prev: &'a str) -> Result<(), Tamper> {
     let mut buf = String::with_capacity(1024);
     for (i, e) in part.iter().enumerate() {
-        let expected_seq = (start + i) as u64 + 1;
+        let expected_seq = first_seq + i as u64;
         if e.seq != expected_seq {
             return Err(Tamper::new(expected_seq, format!("found seq {} where {expected_seq} belongs", e.seq)));
         }

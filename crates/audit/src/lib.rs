@@ -8,5 +8,7 @@
 
 pub mod canonical;
 mod chain;
+pub mod trace;
 
-pub use chain::{Checkpoint, Event, GENESIS, Tamper, seal, sign_checkpoint, verify};
+pub use chain::{ChainVerifier, Checkpoint, Event, GENESIS, Tamper, Verified, seal, sign_checkpoint, verify};
+pub use trace::{Trace, TraceNode};

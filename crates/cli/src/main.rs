@@ -1,5 +1,7 @@
-//! The `mandate` binary: `serve`, key management and client helpers.
+//! The `mandate` binary: `serve`, the audit trail, key management and
+//! client helpers.
 
+mod audit;
 mod serve;
 
 use std::path::PathBuf;
@@ -18,6 +20,12 @@ struct Cli {
 enum Command {
     /// Run the server.
     Serve(serve::ServeArgs),
+    /// Verify, trace and export the audit trail, straight from the store
+    /// (no running server needed).
+    Audit {
+        #[command(subcommand)]
+        command: audit::AuditCommand,
+    },
     /// Signing keys and client keys.
     Keys {
         #[command(subcommand)]
@@ -56,15 +64,29 @@ enum KeysCommand {
     },
 }
 
-fn main() -> Result<()> {
+/// Exit codes: 0 success, 1 a broken audit trail, 2 any other failure.
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
-    runtime.block_on(async move {
-        match cli.command {
-            Command::Serve(args) => serve::run(args).await,
-            Command::Keys { command } => keys(command).await,
+    let outcome =
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime").and_then(
+            |runtime| {
+                runtime.block_on(async move {
+                    match cli.command {
+                        Command::Serve(args) => serve::run(args).await.map(|()| true),
+                        Command::Audit { command } => audit::run(command).await,
+                        Command::Keys { command } => keys(command).await.map(|()| true),
+                    }
+                })
+            },
+        );
+    match outcome {
+        Ok(true) => std::process::ExitCode::SUCCESS,
+        Ok(false) => std::process::ExitCode::from(1),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::from(2)
         }
-    })
+    }
 }
 
 async fn keys(command: KeysCommand) -> Result<()> {

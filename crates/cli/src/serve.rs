@@ -69,6 +69,14 @@ pub struct ServeArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     signing_alg: Option<String>,
+    /// Sign an audit checkpoint after this many new events (default 10000)…
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    audit_checkpoint_events: Option<u64>,
+    /// …or after this many seconds with new events (default 60).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    audit_checkpoint_interval: Option<i64>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -82,6 +90,8 @@ struct Settings {
     access_token_ttl: i64,
     assertion_max_lifetime: i64,
     signing_alg: String,
+    audit_checkpoint_events: u64,
+    audit_checkpoint_interval: i64,
     master_key: Option<String>,
     admin_token: Option<String>,
 }
@@ -98,6 +108,8 @@ impl Default for Settings {
             access_token_ttl: 300,
             assertion_max_lifetime: 3600,
             signing_alg: "EdDSA".into(),
+            audit_checkpoint_events: 10_000,
+            audit_checkpoint_interval: 60,
             master_key: None,
             admin_token: None,
         }
@@ -157,14 +169,16 @@ fn check_private(path: &Path) -> Result<()> {
     Ok(())
 }
 
-async fn open_store(settings: &Settings) -> Result<Arc<dyn Store>> {
-    match settings.database_url.as_deref() {
+/// The one place a store is chosen: PostgreSQL for a `postgres://` URL,
+/// otherwise SQLite (in the data dir by default).
+pub(crate) async fn open_store(data_dir: &Path, database_url: Option<&str>) -> Result<Arc<dyn Store>> {
+    match database_url {
         Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
             Ok(Arc::new(mandate_store_postgres::PostgresStore::connect(url).await?))
         }
         Some(url) if url.starts_with("sqlite:") => Ok(Arc::new(mandate_store_sqlite::open_url(url).await?)),
         Some(other) => bail!("unsupported database URL {other:?}: use postgres://… or sqlite://…"),
-        None => Ok(Arc::new(mandate_store_sqlite::SqliteStore::open(&settings.data_dir.join("mandate.db")).await?)),
+        None => Ok(Arc::new(mandate_store_sqlite::SqliteStore::open(&data_dir.join("mandate.db")).await?)),
     }
 }
 
@@ -183,6 +197,11 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     }
     config.assertion_max_lifetime = settings.assertion_max_lifetime;
     config.signing_alg = mandate_jose::KeyAlg::parse(&settings.signing_alg)?;
+    if settings.audit_checkpoint_events == 0 || settings.audit_checkpoint_interval < 1 {
+        bail!("audit_checkpoint_events and audit_checkpoint_interval must be at least 1");
+    }
+    config.audit_checkpoint_events = settings.audit_checkpoint_events;
+    config.audit_checkpoint_interval = settings.audit_checkpoint_interval;
     let loopback =
         ["http://127.0.0.1", "http://localhost", "http://[::1]"].iter().any(|p| config.issuer.starts_with(p));
     config.allow_client_secrets = match settings.client_secrets {
@@ -197,7 +216,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         bail!("the issuer must be an https URL (or loopback http for development)");
     }
     let kek = master_key(&settings)?;
-    let store = open_store(&settings).await?;
+    let store = open_store(&settings.data_dir, settings.database_url.as_deref()).await?;
     let mandate = Arc::new(Mandate::open(store, Arc::new(SystemClock), Arc::new(SystemRandom), kek, config).await?);
     if let Some(token) = mandate.ensure_admin_token(settings.admin_token.as_deref()).await? {
         // Printed once, on the first start, so that the operator can keep it.

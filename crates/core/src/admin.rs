@@ -12,6 +12,7 @@ use mandate_policy::{BUILTIN_ACTIONS, PolicyEngine};
 use serde::Deserialize;
 use time::Duration;
 
+use crate::audit::{AuditRecord, kind};
 use crate::ports::new_ulid;
 use crate::service::{Caller, Mandate};
 use crate::store::{Change, Mutation, StoredPolicy};
@@ -134,7 +135,7 @@ fn validate_redirect_uri(uri: &str) -> Result<(), Error> {
 
 impl Mandate {
     pub async fn create_user(&self, caller: Caller, new: NewUser) -> Result<User, Error> {
-        Self::require_admin(caller)?;
+        self.require_admin(caller).await?;
         let name = name::validate_name(&new.name)?;
         let email = name::validate_email(&new.email)?;
         let groups = validate_groups(&new.groups)?;
@@ -159,8 +160,18 @@ impl Mandate {
             created_at: self.clock.now(),
             password_hash,
         };
-        self.store.commit(Change::new().with(Mutation::InsertUser(user.clone()))).await?;
+        let mut event = self.admin_event(kind::USER_CREATED, caller);
+        event.subject = Some(user.id.to_string());
+        self.store
+            .commit(Change::new().with(Mutation::InsertUser(user.clone())).with(AuditRecord::new(event).mutation()))
+            .await?;
         Ok(user)
+    }
+
+    /// Refuses, and records the refusal of, a call this caller may not make.
+    async fn forbid<T>(&self, caller: Caller, why: &str) -> Result<T, Error> {
+        self.record_admin_refusal(kind::ADMIN_DENIED, Some(caller), why).await?;
+        Err(Error::Forbidden(why.into()))
     }
 
     fn hash_password(&self, password: &str) -> Result<String, Error> {
@@ -177,9 +188,7 @@ impl Mandate {
         match caller {
             Caller::Admin => {}
             Caller::User(me) if me == id => {}
-            Caller::User(_) => {
-                return Err(Error::Forbidden("a user may read only their own record".into()));
-            }
+            Caller::User(_) => return self.forbid(caller, "a user may read only their own record").await,
         }
         self.store.user(id).await?.ok_or_else(|| Error::NotFound(format!("user {id}")))
     }
@@ -187,7 +196,7 @@ impl Mandate {
     /// Changes take effect on the next decision. Disabling a user revokes
     /// every token issued on their behalf.
     pub async fn update_user(&self, caller: Caller, id: UserId, patch: UserPatch) -> Result<User, Error> {
-        Self::require_admin(caller)?;
+        self.require_admin(caller).await?;
         let mut user = self.store.user(id).await?.ok_or_else(|| Error::NotFound(format!("user {id}")))?;
         if let Some(groups) = &patch.groups {
             user.groups = validate_groups(groups)?;
@@ -195,34 +204,55 @@ impl Mandate {
         if let Some(attributes) = &patch.attributes {
             user.attributes = validate_attributes(attributes)?;
         }
-        let mut change = Change::new();
+        let mut changed: Vec<&str> = Vec::new();
+        if patch.groups.is_some() {
+            changed.push("groups");
+        }
+        if patch.attributes.is_some() {
+            changed.push("attributes");
+        }
+        let disabling = patch.status == Some(UserStatus::Disabled) && user.status != UserStatus::Disabled;
         if let Some(status) = patch.status {
-            if status == UserStatus::Disabled && user.status != UserStatus::Disabled {
-                change.push(Mutation::RevokeTokensOfSubject { subject: id.to_string(), at: self.clock.now() });
-                // The agents they are accountable for stop too (OWASP NHI1).
-                change.push(Mutation::RevokeTokensOfOwnedAgents { owner: id, at: self.clock.now() });
-            }
+            changed.push(if status == UserStatus::Disabled { "status: disabled" } else { "status: active" });
             user.status = status;
         }
-        change.0.insert(0, Mutation::UpdateUser(user.clone()));
+        let now = self.clock.now();
+        let mut change = Change::new().with(Mutation::UpdateUser(user.clone()));
+        let mut count_of = Vec::new();
+        if disabling {
+            count_of = vec![1, 2];
+            change.push(Mutation::RevokeTokensOfSubject { subject: id.to_string(), at: now });
+            // The agents they are accountable for stop too (OWASP NHI1).
+            change.push(Mutation::RevokeTokensOfOwnedAgents { owner: id, at: now });
+        }
+        let mut event = self.admin_event(kind::USER_UPDATED, caller);
+        event.subject = Some(id.to_string());
+        event.reason = Some(if changed.is_empty() { "no change".into() } else { changed.join(", ") });
+        change.push(AuditRecord { event, count_of }.mutation());
         self.store.commit(change).await?;
         Ok(user)
     }
 
     /// A user's own API token; returned once, stored hashed.
     pub async fn create_user_token(&self, caller: Caller, id: UserId) -> Result<String, Error> {
-        Self::require_admin(caller)?;
+        self.require_admin(caller).await?;
         let user = self.store.user(id).await?.ok_or_else(|| Error::NotFound(format!("user {id}")))?;
         if user.status != UserStatus::Active {
             return Err(Error::Conflict("the user is disabled".into()));
         }
         let token = secrets::generate(secrets::USER_TOKEN_PREFIX, self.rng.as_ref());
+        let mut event = self.admin_event(kind::USER_TOKEN_CREATED, caller);
+        event.subject = Some(id.to_string());
         self.store
-            .commit(Change::new().with(Mutation::InsertUserToken {
-                hash: secrets::hash(&token),
-                user: id,
-                created_at: self.clock.now(),
-            }))
+            .commit(
+                Change::new()
+                    .with(Mutation::InsertUserToken {
+                        hash: secrets::hash(&token),
+                        user: id,
+                        created_at: self.clock.now(),
+                    })
+                    .with(AuditRecord::new(event).mutation()),
+            )
             .await?;
         Ok(token)
     }
@@ -230,7 +260,7 @@ impl Mandate {
     /// Registers an agent. Returns a client secret only when no `jwks` was
     /// given and development secrets are enabled.
     pub async fn create_agent(&self, caller: Caller, new: NewAgent) -> Result<(Agent, Option<String>), Error> {
-        Self::require_admin(caller)?;
+        self.require_admin(caller).await?;
         let now = self.clock.now();
         let name = name::validate_name(&new.name)?;
         let description = new
@@ -326,7 +356,17 @@ impl Mandate {
             created_at: now,
             secret_hash: secret.as_deref().map(secrets::hash),
         };
-        self.store.commit(Change::new().with(Mutation::InsertAgent(agent.clone()))).await?;
+        let mut event = self.admin_event(kind::AGENT_CREATED, caller);
+        event.subject = Some(agent.owner.to_string());
+        event.resource = Some(agent.id.to_string());
+        event.scope = agent.scopes.as_ref().map(ScopeSet::to_claim);
+        event.reason = Some(match agent.parent {
+            Some(p) => format!("ephemeral child of {p}"),
+            None => "persistent".into(),
+        });
+        self.store
+            .commit(Change::new().with(Mutation::InsertAgent(agent.clone())).with(AuditRecord::new(event).mutation()))
+            .await?;
         Ok((agent, secret))
     }
 
@@ -335,7 +375,7 @@ impl Mandate {
         match caller {
             Caller::Admin => Ok(agent),
             Caller::User(u) if u == agent.owner => Ok(agent),
-            Caller::User(_) => Err(Error::Forbidden("only the owner or an admin may read an agent".into())),
+            Caller::User(_) => self.forbid(caller, "only the owner or an admin may read or change an agent").await,
         }
     }
 
@@ -349,6 +389,17 @@ impl Mandate {
         })?;
         let now = self.clock.now();
         let mut change = Change::new().with(Mutation::SetAgentStatus { id, from: agent.status, to, at: now });
+        let mut event = self.admin_event(
+            match op {
+                Lifecycle::Suspend => kind::AGENT_SUSPENDED,
+                Lifecycle::Resume => kind::AGENT_RESUMED,
+                Lifecycle::Retire => kind::AGENT_RETIRED,
+            },
+            caller,
+        );
+        event.subject = Some(agent.owner.to_string());
+        event.resource = Some(id.to_string());
+        let mut children = Vec::new();
         if to != AgentStatus::Active {
             change.push(Mutation::RevokeTokensOfAgent { agent: id, at: now });
             // Ephemeral descendants die with their parent, transitively.
@@ -368,24 +419,38 @@ impl Mandate {
                             at: now,
                         });
                         change.push(Mutation::RevokeTokensOfAgent { agent: child.id, at: now });
+                        children.push((child, change.0.len() - 1));
                     }
                 }
             }
         }
-        let affected = self.store.commit(change.clone()).await?;
-        let revoked = change
+        let revocations: Vec<usize> = change
             .0
             .iter()
-            .zip(affected.iter())
-            .filter(|(m, _)| matches!(m, Mutation::RevokeTokensOfAgent { .. }))
-            .map(|(_, n)| *n)
-            .sum();
+            .enumerate()
+            .filter(|(_, m)| matches!(m, Mutation::RevokeTokensOfAgent { .. }))
+            .map(|(i, _)| i)
+            .collect();
+        event.reason = Some(match children.len() {
+            0 => format!("{} -> {}", agent.status.as_str(), to.as_str()),
+            n => format!("{} -> {}; {n} ephemeral descendants retired", agent.status.as_str(), to.as_str()),
+        });
+        change.push(AuditRecord { event, count_of: revocations.clone() }.mutation());
+        for (child, revoke_at) in children {
+            let mut e = self.admin_event(kind::AGENT_RETIRED, caller);
+            e.subject = Some(child.owner.to_string());
+            e.resource = Some(child.id.to_string());
+            e.reason = Some(format!("its ancestor {id} was {}", to.as_str()));
+            change.push(AuditRecord { event: e, count_of: vec![revoke_at] }.mutation());
+        }
+        let affected = self.store.commit(change).await?;
+        let revoked = revocations.iter().filter_map(|&i| affected.get(i)).sum();
         agent.status = to;
         Ok((agent, revoked))
     }
 
     pub async fn create_resource(&self, caller: Caller, new: NewResource) -> Result<Resource, Error> {
-        Self::require_admin(caller)?;
+        self.require_admin(caller).await?;
         let identifier = name::validate_resource_identifier(&new.identifier)?;
         if identifier == self.config.issuer {
             return Err(Error::BadInput("the issuer is Mandate's own resource identifier".into()));
@@ -420,30 +485,42 @@ impl Mandate {
             jwks: new.jwks,
             created_at: self.clock.now(),
         };
-        self.store.commit(Change::new().with(Mutation::InsertResource(resource.clone()))).await?;
+        let mut event = self.admin_event(kind::RESOURCE_CREATED, caller);
+        event.resource = Some(resource.identifier.clone());
+        event.scope = Some(resource.scopes.keys().cloned().collect::<Vec<_>>().join(" "));
+        event.reason = Some(resource.id.to_string());
+        self.store
+            .commit(
+                Change::new().with(Mutation::InsertResource(resource.clone())).with(AuditRecord::new(event).mutation()),
+            )
+            .await?;
         Ok(resource)
     }
 
     pub async fn get_resource(&self, caller: Caller, id: ResourceId) -> Result<Resource, Error> {
-        Self::require_admin(caller)?;
+        self.require_admin(caller).await?;
         self.store.resource(id).await?.ok_or_else(|| Error::NotFound(format!("resource {id}")))
     }
 
     /// Validates `text` against the schema of the registered resources and
     /// replaces the policy set atomically. Returns the new version.
     pub async fn put_policies(&self, caller: Caller, text: &str) -> Result<StoredPolicy, Error> {
-        Self::require_admin(caller)?;
+        self.require_admin(caller).await?;
         let actions = self.action_catalog().await?;
         let engine = PolicyEngine::compile(text, &actions).map_err(|e| Error::BadInput(e.to_string()))?;
         let record =
             StoredPolicy { version: engine.version().to_owned(), text: text.to_owned(), created_at: self.clock.now() };
-        self.store.commit(Change::new().with(Mutation::PutPolicy(record.clone()))).await?;
+        let mut event = self.admin_event(kind::POLICY_UPDATED, caller);
+        event.reason = Some(format!("policy set version {} ({} bytes)", record.version, record.text.len()));
+        self.store
+            .commit(Change::new().with(Mutation::PutPolicy(record.clone())).with(AuditRecord::new(event).mutation()))
+            .await?;
         self.set_engine(engine);
         Ok(record)
     }
 
     pub async fn get_policies(&self, caller: Caller) -> Result<(String, String, String), Error> {
-        Self::require_admin(caller)?;
+        self.require_admin(caller).await?;
         let actions = self.action_catalog().await?;
         let engine = self.engine();
         Ok((engine.version().to_owned(), engine.text().to_owned(), mandate_policy::schema_text(&actions)))

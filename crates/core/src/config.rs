@@ -17,6 +17,11 @@ pub struct Config {
     pub signing_alg: KeyAlg,
     /// Longest an ephemeral agent may live, seconds.
     pub max_ephemeral_ttl: i64,
+    /// A checkpoint is signed once this many events have been appended
+    /// since the last one…
+    pub audit_checkpoint_events: u64,
+    /// …or once this many seconds have passed with new events.
+    pub audit_checkpoint_interval: i64,
 }
 
 impl Config {
@@ -30,6 +35,8 @@ impl Config {
             allow_client_secrets: false,
             signing_alg: KeyAlg::EdDSA,
             max_ephemeral_ttl: 3600,
+            audit_checkpoint_events: 10_000,
+            audit_checkpoint_interval: 60,
         }
     }
 

@@ -1,6 +1,7 @@
 //! Mandate's use cases and the ports they need. No HTTP, no SQL: the
 //! server crate speaks HTTP and the store crates implement [`Store`].
 
+pub mod audit;
 pub mod config;
 pub mod error;
 pub mod ports;
@@ -12,11 +13,12 @@ mod admin;
 mod keyring;
 mod oauth;
 
+pub use audit::{AuditQuery, AuditRecord, TrailReport};
 pub use config::Config;
 pub use error::Error;
 pub use oauth::{ClientCredentials, IssuedToken, TokenCaller, TokenRequest};
 pub use ports::{Clock, ManualClock, Random, SystemClock, SystemRandom};
 pub use service::{AuthenticatedClient, Caller, Mandate};
-pub use store::{Change, Mutation, Store, StoreError, StoredKey};
+pub use store::{Change, KeyUse, Mutation, Store, StoreError, StoredKey};
 
 pub use admin::{AgentPatch, NewAgent, NewResource, NewUser, UserPatch};

@@ -9,7 +9,10 @@ use mandate_policy::{Principal, Target};
 use serde_json::{Value, json};
 use time::Duration;
 
+use mandate_audit::Event;
+
 use crate::Error;
+use crate::audit::{ALLOW, AuditRecord, DENY, kind, reason};
 use crate::ports::new_ulid;
 use crate::service::{AuthenticatedClient, Mandate};
 use crate::store::{Change, Mutation, StoreError};
@@ -61,28 +64,93 @@ pub enum TokenCaller {
 
 impl Mandate {
     /// The token endpoint. Every grant shares this path, and so shares the
-    /// client authentication and the replay store.
+    /// client authentication, the replay store and the audit trail.
     pub async fn token(&self, credentials: &ClientCredentials, req: TokenRequest) -> Result<IssuedToken, Error> {
         if req.grant_type != GRANT_CLIENT_CREDENTIALS {
-            return Err(Error::UnsupportedGrantType(format!("grant_type {:?} is not supported", req.grant_type)));
+            let e = Error::UnsupportedGrantType(format!("grant_type {:?} is not supported", req.grant_type));
+            let mut event = self.event(kind::TOKEN_DENIED);
+            event.decision = Some(DENY.into());
+            event.client_id = claimed_client(credentials);
+            event.reason = Some(reason(&e));
+            self.record(event).await?;
+            return Err(e);
         }
-        let client = self.authenticate_client(credentials).await?;
+        let client = self.authenticate(credentials).await?;
         match self.client_credentials(&client, &req).await {
             Ok(token) => Ok(token),
             Err(e) => {
+                let mut event = self.client_event(kind::TOKEN_DENIED, &client);
+                event.decision = Some(DENY.into());
+                event.resource = req.resources.first().map(|r| bounded_input(r));
+                event.scope = req.scope.as_deref().map(bounded_input);
+                event.reason = Some(reason(&e));
                 // A refused request still uses up its assertion.
-                self.burn_only(&client).await?;
+                self.commit_or_replay(&client, Change::new(), event, &[]).await?;
                 Err(e)
             }
         }
     }
 
-    /// Commits just the assertion's replay entry.
-    async fn burn_only(&self, client: &AuthenticatedClient) -> Result<(), Error> {
-        if let Some(burn) = client.burn() {
-            self.store.commit(Change::new().with(burn)).await?;
+    /// Authenticates a client at an OAuth endpoint, recording a failure.
+    pub async fn authenticate(&self, credentials: &ClientCredentials) -> Result<AuthenticatedClient, Error> {
+        match self.authenticate_client(credentials).await {
+            Ok(c) => Ok(c),
+            Err(e @ Error::InvalidClient(_)) => {
+                let mut event = self.event(kind::CLIENT_AUTH_FAILED);
+                event.decision = Some(DENY.into());
+                event.client_id = claimed_client(credentials);
+                event.reason = Some(reason(&e));
+                self.record(event).await?;
+                Err(e)
+            }
+            Err(e) => Err(e),
         }
-        Ok(())
+    }
+
+    /// An event about something `client` asked for.
+    fn client_event(&self, kind: &str, client: &AuthenticatedClient) -> Event {
+        let mut e = self.event(kind);
+        e.client_id = Some(client.id.to_string());
+        e.actor = Some(client.id.to_string());
+        e
+    }
+
+    /// Commits `change` with the client's assertion burned and `event`
+    /// appended, all or nothing; the event counts the rows reached by the
+    /// mutations of `change` at `counted`. A replayed assertion writes
+    /// nothing but the record of the replay, and fails the request.
+    /// Returns the rows affected by the mutations of `change`.
+    async fn commit_or_replay(
+        &self,
+        client: &AuthenticatedClient,
+        mut change: Change,
+        event: Event,
+        counted: &[usize],
+    ) -> Result<Vec<u64>, Error> {
+        let offset = usize::from(client.assertion.is_some());
+        if let Some(burn) = client.burn() {
+            change.0.insert(0, burn);
+        }
+        let count_of = counted.iter().map(|i| i + offset).collect();
+        change.push(AuditRecord { event: event.clone(), count_of }.mutation());
+        match self.store.commit(change).await {
+            Ok(mut affected) => {
+                if offset == 1 && !affected.is_empty() {
+                    affected.remove(0);
+                }
+                Ok(affected)
+            }
+            Err(StoreError::Replay) => {
+                let e = Error::InvalidClient("client assertion jti was already used".into());
+                let mut replay = self.client_event(kind::CLIENT_AUTH_FAILED, client);
+                replay.decision = Some(DENY.into());
+                replay.request_id = event.request_id;
+                replay.reason = Some(reason(&e));
+                self.record(replay).await?;
+                Err(e)
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// `client_credentials`: an agent acting as itself, or a resource server
@@ -188,19 +256,17 @@ impl Mandate {
             cnf_jkt: None,
             revoked_at: None,
         };
-        let mut change = Change::new();
-        if let Some(burn) = client.burn() {
-            change.push(burn);
+        let mut event = self.client_event(kind::TOKEN_ISSUED, client);
+        event.decision = Some(ALLOW.into());
+        event.subject = Some(record.subject.clone());
+        event.chain = record.chain.iter().map(ToString::to_string).collect();
+        if event.chain.is_empty() {
+            event.chain.push(client.id.to_string());
         }
-        change.push(Mutation::InsertToken(record));
-        match self.store.commit(change).await {
-            Ok(_) => {}
-            // The replay is the client's fault; nothing was written.
-            Err(StoreError::Replay) => {
-                return Err(Error::InvalidClient("client assertion jti was already used".into()));
-            }
-            Err(e) => return Err(e.into()),
-        }
+        event.resource = Some(record.audience.clone());
+        event.scope = Some(scopes.to_claim());
+        event.jti = Some(jti.to_string());
+        self.commit_or_replay(client, Change::new().with(Mutation::InsertToken(record)), event, &[]).await?;
         Ok(IssuedToken {
             access_token,
             token_type: "Bearer",
@@ -275,22 +341,35 @@ impl Mandate {
     /// resource named by its `aud` may see its claims; anyone else learns
     /// `{"active": false}`.
     pub async fn introspect(&self, caller: &TokenCaller, token: &str) -> Result<Value, Error> {
-        let inactive = json!({ "active": false });
-        if let TokenCaller::Client(c) = caller {
-            self.burn_only(c).await?;
-        }
-        let Some((claims, record)) = self.live_token(token).await? else {
-            return Ok(inactive);
-        };
-        let entitled = match caller {
+        let live = self.live_token(token).await?;
+        let entitled = live.as_ref().is_some_and(|(_, record)| match caller {
             TokenCaller::Admin => true,
             TokenCaller::Client(c) => {
                 c.id == record.client_id || c.resource.as_ref().is_some_and(|r| r.identifier == record.audience)
             }
-        };
-        if !entitled {
-            return Ok(inactive);
+        });
+        let mut event = self.caller_event(kind::TOKEN_INTROSPECTED, caller);
+        if let Some((_, record)) = &live {
+            event.jti = Some(record.jti.to_string());
+            event.subject = Some(record.subject.clone());
+            event.resource = Some(record.audience.clone());
+            event.grant_id = record.grant.map(|g| g.to_string());
         }
+        event.decision = Some(if entitled { ALLOW } else { DENY }.into());
+        if !entitled {
+            event.reason = Some(
+                if live.is_some() {
+                    "the caller may not introspect this token"
+                } else {
+                    "not a live token of this issuer"
+                }
+                .into(),
+            );
+        }
+        self.commit_caller(caller, Change::new(), event, &[]).await?;
+        let Some((claims, _)) = live.filter(|_| entitled) else {
+            return Ok(json!({ "active": false }));
+        };
         let mut out = json!({
             "active": true,
             "iss": claims.iss,
@@ -321,35 +400,100 @@ impl Mandate {
         Ok(out)
     }
 
+    /// An event about what the admin or a client asked of a token.
+    fn caller_event(&self, kind: &str, caller: &TokenCaller) -> Event {
+        match caller {
+            TokenCaller::Admin => {
+                let mut e = self.event(kind);
+                e.actor = Some("admin".into());
+                e
+            }
+            TokenCaller::Client(c) => self.client_event(kind, c),
+        }
+    }
+
+    /// Commits `change` and `event`, burning a client caller's assertion.
+    async fn commit_caller(
+        &self,
+        caller: &TokenCaller,
+        mut change: Change,
+        event: Event,
+        counted: &[usize],
+    ) -> Result<Vec<u64>, Error> {
+        match caller {
+            TokenCaller::Client(c) => self.commit_or_replay(c, change, event, counted).await,
+            TokenCaller::Admin => {
+                change.push(AuditRecord { event, count_of: counted.to_vec() }.mutation());
+                Ok(self.store.commit(change).await?)
+            }
+        }
+    }
+
     /// RFC 7009. Answers the same whether or not anything was revoked; a
     /// client may revoke only tokens issued to it. Returns whether a token
     /// was revoked.
     pub async fn revoke(&self, caller: &TokenCaller, token: &str) -> Result<bool, Error> {
-        let mut change = Change::new();
-        if let TokenCaller::Client(c) = caller
-            && let Some(burn) = c.burn()
-        {
-            change.push(burn);
-        }
         let now = self.clock.now();
+        let mut event = self.caller_event(kind::TOKEN_REVOKED, caller);
+        let mut change = Change::new();
         // Expired tokens need no revocation; an unknown or forged one is ignored.
         let target = self.verify_ours(token).await?.and_then(|claims| claims.jti.parse::<Jti>().ok());
-        let mut revoked = false;
-        if let Some(jti) = target
-            && let Some(record) = self.store.token(jti).await?
-        {
-            let entitled = match caller {
-                TokenCaller::Admin => true,
-                TokenCaller::Client(c) => c.id == record.client_id,
-            };
-            if entitled && record.revoked_at.is_none() {
-                change.push(Mutation::RevokeToken { jti, at: now });
-                revoked = true;
+        let record = match target {
+            Some(jti) => self.store.token(jti).await?,
+            None => None,
+        };
+        match record {
+            None => {
+                event.decision = Some(DENY.into());
+                event.reason = Some("not a live token of this issuer".into());
+            }
+            Some(record) => {
+                event.jti = Some(record.jti.to_string());
+                event.subject = Some(record.subject.clone());
+                event.resource = Some(record.audience.clone());
+                event.grant_id = record.grant.map(|g| g.to_string());
+                let entitled = match caller {
+                    TokenCaller::Admin => true,
+                    TokenCaller::Client(c) => c.id == record.client_id,
+                };
+                if !entitled {
+                    // RFC 7009 §2.1: the answer is the same, nothing changes.
+                    event.decision = Some(DENY.into());
+                    event.reason = Some("the token was issued to another client".into());
+                } else if record.revoked_at.is_some() {
+                    event.decision = Some(DENY.into());
+                    event.reason = Some("already revoked".into());
+                } else {
+                    event.decision = Some(ALLOW.into());
+                    change.push(Mutation::RevokeToken { jti: record.jti, at: now });
+                }
             }
         }
-        if !change.0.is_empty() {
-            self.store.commit(change).await?;
-        }
-        Ok(revoked)
+        let revoking = !change.0.is_empty();
+        let counted: &[usize] = if revoking { &[0] } else { &[] };
+        let affected = self.commit_caller(caller, change, event, counted).await?;
+        Ok(revoking && affected.first().is_some_and(|n| *n > 0))
     }
+}
+
+/// The client id a failed authentication claimed, when it is well formed;
+/// never the raw input.
+fn claimed_client(credentials: &ClientCredentials) -> Option<String> {
+    let raw = match credentials {
+        ClientCredentials::None => return None,
+        ClientCredentials::Assertion { assertion, client_id, .. } => {
+            client_id.clone().or_else(|| mandate_jose::assertion::peek_issuer(assertion).ok())?
+        }
+        ClientCredentials::Secret { client_id, .. } => client_id.clone(),
+    };
+    raw.parse::<ClientId>().ok().map(|c| c.to_string())
+}
+
+/// Request text kept in an event: at most 256 bytes.
+fn bounded_input(s: &str) -> String {
+    let mut end = s.len().min(256);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s.get(..end).unwrap_or_default().to_owned()
 }

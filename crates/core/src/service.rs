@@ -12,9 +12,10 @@ use mandate_model::records::{Agent, ClientId, Resource};
 use mandate_policy::PolicyEngine;
 use time::{Duration, OffsetDateTime};
 
-use crate::keyring::KeyRing;
+use crate::audit::{AuditKeys, AuditRecord, kind};
+use crate::keyring::{KeyRing, unwrap_key};
 use crate::ports::{Clock, Random};
-use crate::store::{Change, Mutation, Store};
+use crate::store::{Change, KeyUse, Mutation, Store};
 use crate::{Config, Error, secrets};
 
 const ADMIN_TOKEN_SETTING: &str = "admin_token_sha256";
@@ -62,6 +63,8 @@ pub struct Mandate {
     pub(crate) resources: RwLock<HashMap<String, Arc<Resource>>>,
     /// Parsed client key sets, reused while the registered JWKS is unchanged.
     client_keys: RwLock<HashMap<ClientId, (serde_json::Value, Arc<JwkSet>)>>,
+    /// The key that signs audit checkpoints.
+    pub(crate) audit_keys: RwLock<AuditKeys>,
 }
 
 impl std::fmt::Debug for Mandate {
@@ -87,7 +90,7 @@ impl Mandate {
             Some(ring) => ring,
             None => {
                 let key = SigningKey::generate(config.signing_alg).map_err(|e| Error::Unavailable(e.to_string()))?;
-                store.commit(Change::new().with(Mutation::InsertSigningKey(KeyRing::wrap(&key, &kek, now)?))).await?;
+                store.commit(first_key_change(&key, KeyUse::Token, &kek, now)?).await?;
                 tracing::info!(kid = key.kid(), alg = key.alg().name(), "generated the first signing key");
                 let stored = store.signing_keys().await?;
                 KeyRing::from_stored(&stored, &kek, &config.issuer, config.leeway, now, grace)?
@@ -104,9 +107,38 @@ impl Mandate {
             policy: RwLock::new(PolicyEngine::empty()),
             resources: RwLock::new(HashMap::new()),
             client_keys: RwLock::new(HashMap::new()),
+            audit_keys: RwLock::new(AuditKeys::default()),
         };
         service.reload_policy().await?;
+        service.load_audit_keys().await?;
         Ok(service)
+    }
+
+    /// Loads the checkpoint key, creating it (Ed25519) on the first start.
+    async fn load_audit_keys(&self) -> Result<(), Error> {
+        let mut stored: Vec<_> =
+            self.store.signing_keys().await?.into_iter().filter(|k| k.purpose == KeyUse::Audit).collect();
+        if stored.iter().all(|k| k.retired_at.is_some()) {
+            let key =
+                SigningKey::generate(mandate_jose::KeyAlg::EdDSA).map_err(|e| Error::Unavailable(e.to_string()))?;
+            self.store.commit(first_key_change(&key, KeyUse::Audit, &self.kek, self.clock.now())?).await?;
+            tracing::info!(kid = key.kid(), "generated the audit checkpoint key");
+            stored = self.store.signing_keys().await?.into_iter().filter(|k| k.purpose == KeyUse::Audit).collect();
+        }
+        stored.sort_by(|a, b| b.created_at.cmp(&a.created_at).then_with(|| b.kid.cmp(&a.kid)));
+        let mut keys = AuditKeys::default();
+        for k in &stored {
+            let key = unwrap_key(k, &self.kek)?;
+            keys.public.push(key.public().clone());
+            if k.retired_at.is_none() && keys.active.is_none() {
+                keys.active = Some(Arc::new(key));
+            }
+        }
+        match self.audit_keys.write() {
+            Ok(mut g) => *g = keys,
+            Err(p) => *p.into_inner() = keys,
+        }
+        Ok(())
     }
 
     pub fn config(&self) -> &Config {
@@ -222,13 +254,20 @@ impl Mandate {
             }
             None => (secrets::generate(secrets::ADMIN_TOKEN_PREFIX, self.rng.as_ref()), true),
         };
-        let affected =
-            self.store
-                .commit(Change::new().with(Mutation::PutSettingIfAbsent {
-                    key: ADMIN_TOKEN_SETTING.into(),
-                    value: secrets::hash(&token),
-                }))
-                .await?;
+        let mut event = self.event(kind::ADMIN_TOKEN_SEEDED);
+        event.decision = Some(crate::audit::ALLOW.into());
+        event.reason = Some(if generated { "generated".into() } else { "from MANDATE_ADMIN_TOKEN".into() });
+        let affected = self
+            .store
+            .commit(
+                Change::new()
+                    .with(Mutation::PutSettingIfAbsent {
+                        key: ADMIN_TOKEN_SETTING.into(),
+                        value: secrets::hash(&token),
+                    })
+                    .with(AuditRecord { event, count_of: vec![0] }.mutation()),
+            )
+            .await?;
         // Another node may have seeded it first.
         Ok((generated && affected.first() == Some(&1)).then_some(token))
     }
@@ -247,10 +286,15 @@ impl Mandate {
         if secrets::matches(bearer, &stored) { Ok(Caller::Admin) } else { Err(Error::Unauthenticated) }
     }
 
-    pub(crate) fn require_admin(caller: Caller) -> Result<(), Error> {
+    /// Refuses, and records the refusal of, a call only the admin may make.
+    pub(crate) async fn require_admin(&self, caller: Caller) -> Result<(), Error> {
         match caller {
             Caller::Admin => Ok(()),
-            Caller::User(_) => Err(Error::Forbidden("this call needs the admin token".into())),
+            Caller::User(_) => {
+                let e = Error::Forbidden("this call needs the admin token".into());
+                self.record_admin_refusal(kind::ADMIN_DENIED, Some(caller), &e.to_string()).await?;
+                Err(e)
+            }
         }
     }
 
@@ -369,31 +413,63 @@ impl Mandate {
     /// Adds a new signing key and retires the current one, which stays
     /// published until the tokens it signed have expired.
     pub async fn rotate_keys(&self, caller: Caller, alg: Option<mandate_jose::KeyAlg>) -> Result<String, Error> {
-        Self::require_admin(caller)?;
+        self.require_admin(caller).await?;
         let key = SigningKey::generate(alg.unwrap_or(self.config.signing_alg))
             .map_err(|e| Error::Unavailable(e.to_string()))?;
         let now = self.clock.now();
+        let mut event = self.admin_event(kind::KEY_ROTATED, caller);
+        event.reason = Some(format!("new {} key {}", key.alg().name(), key.kid()));
         let change = Change::new()
-            .with(Mutation::InsertSigningKey(KeyRing::wrap(&key, &self.kek, now)?))
-            .with(Mutation::RetireSigningKeys { keep: key.kid().to_owned(), at: now });
+            .with(Mutation::InsertSigningKey(KeyRing::wrap(&key, KeyUse::Token, &self.kek, now)?))
+            .with(Mutation::RetireSigningKeys { purpose: KeyUse::Token, keep: key.kid().to_owned(), at: now })
+            .with(AuditRecord { event, count_of: vec![1] }.mutation());
         self.store.commit(change).await?;
         self.reload_keys().await?;
         tracing::info!(kid = key.kid(), "rotated the signing key");
         Ok(key.kid().to_owned())
     }
 
-    /// Forgets expired replay-store entries and retires ephemeral agents
-    /// whose time is up, revoking their tokens.
+    /// Forgets expired replay-store entries and records as retired the
+    /// ephemeral agents whose time is up, revoking their tokens. (An expired
+    /// agent can do nothing even before this runs: every use compares its
+    /// expiry with the clock.)
     pub async fn housekeeping(&self) -> Result<(), Error> {
         let now = self.clock.now();
         let before = now - Duration::seconds(self.config.leeway);
-        self.store
-            .commit(
-                Change::new()
-                    .with(Mutation::PurgeExpiredJtis { before })
-                    .with(Mutation::RetireExpiredAgents { at: now }),
-            )
-            .await?;
+        self.store.commit(Change::new().with(Mutation::PurgeExpiredJtis { before })).await?;
+        for agent in self.store.expired_agents(now).await? {
+            let mut event = self.event(kind::AGENT_EXPIRED);
+            event.decision = Some(crate::audit::ALLOW.into());
+            event.actor = Some("mandate".into());
+            event.subject = Some(agent.owner.to_string());
+            event.resource = Some(agent.id.to_string());
+            event.reason = Some("the ephemeral agent's time is up; it is retired".into());
+            let change = Change::new()
+                .with(Mutation::SetAgentStatus {
+                    id: agent.id,
+                    from: agent.status,
+                    to: mandate_model::records::AgentStatus::Retired,
+                    at: now,
+                })
+                .with(Mutation::RevokeTokensOfAgent { agent: agent.id, at: now })
+                .with(AuditRecord { event, count_of: vec![1] }.mutation());
+            match self.store.commit(change).await {
+                // Another node or a lifecycle call got there first.
+                Ok(_) | Err(crate::StoreError::Conflict(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
         Ok(())
     }
+}
+
+/// The first key of a kind, with its creation recorded.
+fn first_key_change(key: &SigningKey, purpose: KeyUse, kek: &Kek, now: OffsetDateTime) -> Result<Change, Error> {
+    let mut event = mandate_audit::Event::new(kind::KEY_CREATED, crate::audit::event_time(now));
+    event.decision = Some(crate::audit::ALLOW.into());
+    event.actor = Some("mandate".into());
+    event.reason = Some(format!("first {} key {} ({})", purpose.as_str(), key.kid(), key.alg().name()));
+    Ok(Change::new()
+        .with(Mutation::InsertSigningKey(KeyRing::wrap(key, purpose, kek, now)?))
+        .with(AuditRecord::new(event).mutation()))
 }

@@ -1,10 +1,11 @@
 //! The storage port. Reads are individual queries; every write is a
-//! [`Change`]: a list of mutations applied atomically, so that a token and
-//! the replay-store entry of the assertion that obtained it (and, later, the
-//! audit event recording both) land together or not at all. Stores may batch
-//! concurrent changes into one durable transaction (group commit).
+//! [`Change`]: a list of mutations applied atomically, so that a token, the
+//! replay-store entry of the assertion that obtained it and the audit event
+//! recording both land together or not at all. Stores may batch concurrent
+//! changes into one durable transaction (group commit).
 
 use async_trait::async_trait;
+use mandate_audit::{Checkpoint, Event};
 use mandate_model::records::{Agent, AgentStatus, ClientId, Resource, TokenRecord, User};
 use mandate_model::{AgentId, Jti, UserId};
 use thiserror::Error;
@@ -28,12 +29,42 @@ pub enum StoreError {
     Corrupt(String),
 }
 
+/// What a stored key signs. Keys are never shared between uses (RFC 8725
+/// §3.12 in spirit): a checkpoint key cannot mint tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyUse {
+    /// Access tokens, published in `/jwks.json`.
+    Token,
+    /// Audit checkpoints, published at `/v1/audit/keys`.
+    Audit,
+}
+
+impl KeyUse {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyUse::Token => "token",
+            KeyUse::Audit => "audit",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Self, StoreError> {
+        match s {
+            "token" => Ok(KeyUse::Token),
+            "audit" => Ok(KeyUse::Audit),
+            other => Err(StoreError::Corrupt(format!("key use {other}"))),
+        }
+    }
+}
+
 /// A signing key as stored: the private half wrapped by the master key.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredKey {
     pub kid: String,
     pub alg: String,
+    pub purpose: KeyUse,
     pub wrapped_private: Vec<u8>,
+    /// The public JWK as JSON text, so that verifiers need no master key.
+    pub public_jwk: Option<String>,
     pub created_at: OffsetDateTime,
     pub retired_at: Option<OffsetDateTime>,
 }
@@ -87,18 +118,14 @@ pub enum Mutation {
         owner: UserId,
         at: OffsetDateTime,
     },
-    /// Retires every ephemeral agent whose expiry has passed and revokes its
-    /// live tokens (affected: how many agents).
-    RetireExpiredAgents {
-        at: OffsetDateTime,
-    },
     /// Fails with `Conflict` if the identifier or id exists.
     InsertResource(Resource),
     /// Records a new policy set version and makes it current.
     PutPolicy(StoredPolicy),
     InsertSigningKey(StoredKey),
-    /// Marks every unretired key but `keep` retired.
+    /// Marks every unretired key of `purpose` but `keep` retired.
     RetireSigningKeys {
+        purpose: KeyUse,
         keep: String,
         at: OffsetDateTime,
     },
@@ -118,6 +145,12 @@ pub enum Mutation {
     PurgeExpiredJtis {
         before: OffsetDateTime,
     },
+    /// Appends an event to the audit chain: the store numbers, links and
+    /// hashes it while it holds the chain's head (affected: 1).
+    AppendAudit(Box<crate::audit::AuditRecord>),
+    /// Keeps a signed checkpoint; one per seq, a second is ignored
+    /// (affected: 0 or 1).
+    InsertCheckpoint(Checkpoint),
 }
 
 /// Mutations applied atomically, in order.
@@ -162,6 +195,18 @@ pub trait Store: Send + Sync + 'static {
     async fn signing_keys(&self) -> Result<Vec<StoredKey>, StoreError>;
 
     async fn token(&self, jti: Jti) -> Result<Option<TokenRecord>, StoreError>;
+
+    /// Ephemeral agents not yet retired whose expiry is at or before `at`.
+    async fn expired_agents(&self, at: OffsetDateTime) -> Result<Vec<Agent>, StoreError>;
+
+    /// The last event's `seq` and `hash`, or `None` for an empty trail.
+    async fn audit_head(&self) -> Result<Option<(u64, String)>, StoreError>;
+    /// Events matching `query`, in `seq` order, after `query.after`, at most
+    /// `query.limit`.
+    async fn audit_events(&self, query: &crate::audit::AuditQuery) -> Result<Vec<Event>, StoreError>;
+    /// Checkpoints with `seq` greater than `after`, in order.
+    async fn audit_checkpoints(&self, after: u64, limit: u32) -> Result<Vec<Checkpoint>, StoreError>;
+    async fn last_audit_checkpoint(&self) -> Result<Option<Checkpoint>, StoreError>;
 }
 
 /// Encoding of record fields shared by the SQL stores, so that both write
@@ -312,6 +357,91 @@ pub mod codec {
                 created_at: from_ts(r.created_at)?,
             })
         }
+    }
+
+    /// An audit_events row, as the stores read it.
+    pub struct EventRow {
+        pub seq: i64,
+        pub time: String,
+        pub kind: String,
+        pub decision: Option<String>,
+        pub subject: Option<String>,
+        pub actor: Option<String>,
+        pub chain: String,
+        pub client_id: Option<String>,
+        pub action: Option<String>,
+        pub resource: Option<String>,
+        pub scope: Option<String>,
+        pub jti: Option<String>,
+        pub grant_id: Option<String>,
+        pub parent: Option<String>,
+        pub count: Option<i64>,
+        pub reason: Option<String>,
+        pub request_id: Option<String>,
+        pub prev_hash: String,
+        pub hash: String,
+    }
+
+    impl TryFrom<EventRow> for mandate_audit::Event {
+        type Error = StoreError;
+        fn try_from(r: EventRow) -> Result<Self, StoreError> {
+            Ok(mandate_audit::Event {
+                seq: u64::try_from(r.seq).map_err(|_| StoreError::Corrupt(format!("audit seq {}", r.seq)))?,
+                time: r.time,
+                kind: r.kind,
+                decision: r.decision,
+                subject: r.subject,
+                actor: r.actor,
+                chain: from_json(&r.chain)?,
+                client_id: r.client_id,
+                action: r.action,
+                resource: r.resource,
+                scope: r.scope,
+                jti: r.jti,
+                grant_id: r.grant_id,
+                parent: r.parent,
+                count: r.count.map(|c| u64::try_from(c).unwrap_or(0)),
+                reason: r.reason,
+                request_id: r.request_id,
+                prev_hash: r.prev_hash,
+                hash: r.hash,
+            })
+        }
+    }
+
+    /// The column list both stores select and insert, in one order.
+    pub const EVENT_COLUMNS: &str = "seq, time, type, decision, subject, actor, chain, client_id, action, resource, \
+         scope, jti, grant_id, parent, count, reason, request_id, prev_hash, hash";
+
+    /// The `WHERE` clause of an audit query and its bound values, in order.
+    /// Column names come from this fixed list only; every value is a
+    /// parameter. `placeholder(n)` spells the n-th parameter (1-based).
+    pub fn audit_where(q: &crate::audit::AuditQuery, placeholder: impl Fn(usize) -> String) -> (String, Vec<String>) {
+        let mut clauses = Vec::new();
+        let mut values = Vec::new();
+        let filters: [(&str, &Option<String>, &str); 8] = [
+            ("actor", &q.actor, "="),
+            ("subject", &q.subject, "="),
+            ("jti", &q.jti, "="),
+            ("grant_id", &q.grant, "="),
+            ("type", &q.kind, "="),
+            ("resource", &q.resource, "="),
+            ("parent", &q.parent, "="),
+            ("time", &q.since, ">="),
+        ];
+        for (column, value, op) in filters {
+            if let Some(v) = value {
+                values.push(v.clone());
+                clauses.push(format!("{column} {op} {}", placeholder(values.len() + 1)));
+            }
+        }
+        // Parameter 1 is always the cursor.
+        let mut sql = format!("seq > {}", placeholder(1));
+        for c in clauses {
+            sql.push_str(" AND ");
+            sql.push_str(&c);
+        }
+        (sql, values)
     }
 
     pub struct TokenRow {

@@ -24,8 +24,23 @@ impl FromRequestParts<AppState> for Authed {
     type Rejection = Problem;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Problem> {
-        let token = bearer(&parts.headers).ok_or(Error::Unauthenticated)?;
-        Ok(Authed(state.mandate.authenticate_caller(token).await?))
+        let result = match bearer(&parts.headers) {
+            Some(token) => state.mandate.authenticate_caller(token).await,
+            None => Err(Error::Unauthenticated),
+        };
+        match result {
+            Ok(caller) => Ok(Authed(caller)),
+            Err(Error::Unauthenticated) => {
+                let why = if bearer(&parts.headers).is_some() {
+                    "unknown or revoked bearer token"
+                } else {
+                    "no bearer token"
+                };
+                state.mandate.record_admin_refusal(mandate_core::audit::kind::ADMIN_AUTH_FAILED, None, why).await?;
+                Err(Error::Unauthenticated.into())
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 }
 

@@ -2,6 +2,7 @@
 //! operations endpoints, on axum.
 
 mod admin;
+mod audit;
 pub mod error;
 pub mod extract;
 mod oauth;
@@ -45,7 +46,12 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/resources", post(admin::create_resource))
         .route("/v1/resources/{id}", get(admin::get_resource))
         .route("/v1/policies", put(admin::put_policies).get(admin::get_policies))
-        .route("/v1/keys/rotate", post(admin::rotate_keys));
+        .route("/v1/keys/rotate", post(admin::rotate_keys))
+        .route("/v1/audit", get(audit::query))
+        .route("/v1/audit/verify", get(audit::verify))
+        .route("/v1/audit/checkpoints", get(audit::checkpoints))
+        .route("/v1/audit/keys", get(audit::keys))
+        .route("/v1/audit/trace/{id}", get(audit::trace));
     let ops = Router::new()
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
@@ -56,6 +62,7 @@ pub fn router(state: AppState) -> Router {
         .merge(ops)
         .fallback(ops::not_found)
         .method_not_allowed_fallback(ops::method_not_allowed)
+        .layer(axum::middleware::from_fn(ops::request_id))
         .layer(axum::middleware::from_fn(ops::track))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         // RFC 9700 §4.16 (clickjacking) and content sniffing.
@@ -86,7 +93,8 @@ pub async fn serve(
     result
 }
 
-/// Picks up other nodes' policy and key changes, and purges the replay store.
+/// Picks up other nodes' policy and key changes, signs audit checkpoints
+/// when they are due, and purges the replay store.
 async fn background(mandate: Arc<Mandate>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut n: u64 = 0;
@@ -95,6 +103,11 @@ async fn background(mandate: Arc<Mandate>) {
         n += 1;
         if let Err(e) = mandate.sync_from_store().await {
             tracing::warn!(error = %e, "could not sync policies and keys from the store");
+        }
+        match mandate.checkpoint_if_due().await {
+            Ok(Some(cp)) => tracing::debug!(seq = cp.seq, "signed an audit checkpoint"),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "could not sign an audit checkpoint"),
         }
         if n.is_multiple_of(60)
             && let Err(e) = mandate.housekeeping().await

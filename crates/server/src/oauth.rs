@@ -81,13 +81,18 @@ async fn token_caller(state: &AppState, headers: &HeaderMap, form: &OAuthForm) -
         return match state.mandate.authenticate_caller(b).await {
             Ok(Caller::Admin) => Ok(TokenCaller::Admin),
             Ok(Caller::User(_)) | Err(Error::Unauthenticated) => {
-                Err(Error::InvalidClient("not a client".into()).into())
+                let e = Error::InvalidClient("not a client".into());
+                state
+                    .mandate
+                    .record_admin_refusal(mandate_core::audit::kind::CLIENT_AUTH_FAILED, None, &e.to_string())
+                    .await?;
+                Err(e.into())
             }
             Err(e) => Err(e.into()),
         };
     }
     let credentials = client_credentials(headers, form)?;
-    Ok(TokenCaller::Client(Box::new(state.mandate.authenticate_client(&credentials).await?)))
+    Ok(TokenCaller::Client(Box::new(state.mandate.authenticate(&credentials).await?)))
 }
 
 pub async fn introspect(

@@ -57,6 +57,39 @@ pub async fn not_found() -> Problem {
     Problem::new(StatusCode::NOT_FOUND, "not-found", "Not found", "no such endpoint")
 }
 
+static NEXT_REQUEST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// Gives every request an id: the caller's `X-Request-Id` when it is short
+/// printable ASCII, else a fresh one. The id is stamped on the audit events
+/// the request records and echoed in the response.
+pub async fn request_id(req: Request, next: Next) -> Response {
+    let given = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            !v.is_empty() && v.len() <= mandate_core::audit::MAX_REQUEST_ID && v.bytes().all(|b| b.is_ascii_graphic())
+        })
+        .map(str::to_owned);
+    let id = given.unwrap_or_else(|| {
+        // Unique within this process; the node's start time keeps ids of
+        // different processes apart.
+        format!("{:x}-{}", *PROCESS_TAG, NEXT_REQUEST.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+    });
+    let header = axum::http::HeaderValue::from_str(&id).ok();
+    let mut resp = mandate_core::audit::with_request_id(id, next.run(req)).await;
+    if let Some(h) = header {
+        resp.headers_mut().insert("x-request-id", h);
+    }
+    resp
+}
+
+/// A per-process tag for request ids: the process id and start time.
+static PROCESS_TAG: std::sync::LazyLock<u64> = std::sync::LazyLock::new(|| {
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64);
+    t ^ (u64::from(std::process::id()) << 48)
+});
+
 /// Counts requests and their latency by route and status.
 pub async fn track(req: Request, next: Next) -> Response {
     let start = Instant::now();

@@ -1,27 +1,44 @@
 //! The [`Store`] port on PostgreSQL, for deployments where several
 //! stateless nodes share one database.
 //!
-//! Each change is one transaction. PostgreSQL already flushes the WAL of
-//! concurrent commits together (group commit), so many connections
-//! committing at once share an fsync. Migrations run under sqlx's advisory
-//! lock, so nodes may start together.
+//! Writes: one writer task per node takes every change that is waiting and
+//! applies the lot in one transaction (group commit), as the SQLite store
+//! does; one refused change never undoes its neighbours. The audit chain's
+//! head is a single row, locked once per batch that appends events, so
+//! several nodes append to one chain one batch after another, and the
+//! events of a batch go in with a single statement. Reads run on the pool.
+//! Migrations run under sqlx's advisory lock, so nodes may start together.
 
 use std::time::Duration;
 
 use async_trait::async_trait;
-use mandate_core::store::codec::{self, AgentRow, ResourceRow, TokenRow, UserRow, agent_kind, json, ts, user_status};
-use mandate_core::store::{Change, Mutation, Store, StoreError, StoredKey, StoredPolicy};
+use mandate_audit::{Checkpoint, Event};
+use mandate_core::audit::{AuditQuery, seal_record};
+use mandate_core::store::codec::{
+    self, AgentRow, EVENT_COLUMNS, EventRow, ResourceRow, TokenRow, UserRow, agent_kind, json, ts, user_status,
+};
+use mandate_core::store::{Change, KeyUse, Mutation, Store, StoreError, StoredKey, StoredPolicy};
 use mandate_model::records::{Agent, Resource, TokenRecord, User};
 use mandate_model::{AgentId, Jti, ResourceId, UserId};
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
 use sqlx::{ConnectOptions, Row};
+use tokio::sync::{mpsc, oneshot};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
-/// PostgreSQL store over a connection pool.
+/// Most changes folded into one transaction.
+const MAX_BATCH: usize = 256;
+
+struct Job {
+    change: Change,
+    reply: oneshot::Sender<Result<Vec<u64>, StoreError>>,
+}
+
+/// PostgreSQL store over a connection pool and one writer task.
 #[derive(Clone)]
 pub struct PostgresStore {
     pool: PgPool,
+    writer: mpsc::Sender<Job>,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -45,7 +62,9 @@ impl PostgresStore {
             .await
             .map_err(unavailable)?;
         MIGRATOR.run(&pool).await.map_err(unavailable)?;
-        Ok(Self { pool })
+        let (writer, jobs) = mpsc::channel(4096);
+        tokio::spawn(write_loop(pool.clone(), jobs));
+        Ok(Self { pool, writer })
     }
 
     async fn one<T>(
@@ -167,21 +186,6 @@ async fn apply(conn: &mut PgConnection, m: &Mutation) -> Result<u64, StoreError>
         .execute(&mut *conn)
         .await
         .map_err(unavailable)?,
-        Mutation::RetireExpiredAgents { at } => {
-            sqlx::query(
-                "UPDATE tokens SET revoked_at = $1 WHERE revoked_at IS NULL AND client_id IN \
-                 (SELECT id FROM agents WHERE kind = 'ephemeral' AND status <> 'retired' AND expires_at <= $1)",
-            )
-            .bind(ts(*at))
-            .execute(&mut *conn)
-            .await
-            .map_err(unavailable)?;
-            sqlx::query("UPDATE agents SET status = 'retired', updated_at = $1 WHERE kind = 'ephemeral' AND status <> 'retired' AND expires_at <= $1")
-                .bind(ts(*at))
-                .execute(&mut *conn)
-                .await
-                .map_err(unavailable)?
-        }
         Mutation::InsertResource(r) => sqlx::query("INSERT INTO resources (id, identifier, name, scopes, jwks, created_at) VALUES ($1, $2, $3, $4, $5, $6)")
             .bind(r.id.to_string())
             .bind(&r.identifier)
@@ -199,17 +203,24 @@ async fn apply(conn: &mut PgConnection, m: &Mutation) -> Result<u64, StoreError>
             .execute(&mut *conn)
             .await
             .map_err(unavailable)?,
-        Mutation::InsertSigningKey(k) => sqlx::query("INSERT INTO signing_keys (kid, alg, wrapped_private, created_at, retired_at) VALUES ($1, $2, $3, $4, $5)")
-            .bind(&k.kid)
-            .bind(&k.alg)
-            .bind(&k.wrapped_private)
-            .bind(ts(k.created_at))
-            .bind(k.retired_at.map(ts))
-            .execute(&mut *conn)
-            .await
-            .map_err(|e| map_write_error(e, "signing key"))?,
-        Mutation::RetireSigningKeys { keep, at } => sqlx::query("UPDATE signing_keys SET retired_at = $1 WHERE retired_at IS NULL AND kid <> $2")
+        Mutation::InsertSigningKey(k) => sqlx::query(
+            "INSERT INTO signing_keys (kid, alg, purpose, wrapped_private, public_jwk, created_at, retired_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(&k.kid)
+        .bind(&k.alg)
+        .bind(k.purpose.as_str())
+        .bind(&k.wrapped_private)
+        .bind(&k.public_jwk)
+        .bind(ts(k.created_at))
+        .bind(k.retired_at.map(ts))
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| map_write_error(e, "signing key"))?,
+        Mutation::RetireSigningKeys { purpose, keep, at } => sqlx::query(
+            "UPDATE signing_keys SET retired_at = $1 WHERE retired_at IS NULL AND purpose = $2 AND kid <> $3",
+        )
             .bind(ts(*at))
+            .bind(purpose.as_str())
             .bind(keep)
             .execute(&mut *conn)
             .await
@@ -257,8 +268,234 @@ async fn apply(conn: &mut PgConnection, m: &Mutation) -> Result<u64, StoreError>
             .execute(&mut *conn)
             .await
             .map_err(unavailable)?,
+        Mutation::InsertCheckpoint(cp) => sqlx::query(
+            "INSERT INTO audit_checkpoints (seq, hash, time, kid, signature) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (seq) DO NOTHING",
+        )
+        .bind(i64::try_from(cp.seq).unwrap_or(i64::MAX))
+        .bind(&cp.hash)
+        .bind(&cp.time)
+        .bind(&cp.kid)
+        .bind(&cp.signature)
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| map_write_error(e, "checkpoint"))?,
+        // Sealed and inserted by the batch, which holds the chain's head.
+        Mutation::AppendAudit(_) => return Err(StoreError::Unavailable("audit events are appended by the writer".into())),
     };
     Ok(done.rows_affected())
+}
+
+/// The audit chain's head as the batch sees it.
+#[derive(Debug, Clone)]
+struct Head {
+    seq: u64,
+    hash: String,
+}
+
+/// Takes every waiting change and commits the lot in one transaction.
+async fn write_loop(pool: PgPool, mut jobs: mpsc::Receiver<Job>) {
+    let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
+    while let Some(first) = jobs.recv().await {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let results = apply_batch(&pool, &batch).await;
+        for (job, result) in batch.drain(..).zip(results) {
+            let _ = job.reply.send(result);
+        }
+    }
+}
+
+type Outcome = Result<Vec<u64>, StoreError>;
+
+struct NeedSavepoints;
+
+/// Applies a batch without savepoints first; an SQL error aborts a
+/// PostgreSQL transaction, and a change that fails after writing must be
+/// undone alone, so either replays the batch with a savepoint per change.
+async fn apply_batch(pool: &PgPool, batch: &[Job]) -> Vec<Outcome> {
+    let failed = |e: &dyn std::fmt::Display| batch.iter().map(|_| Err(unavailable(e))).collect();
+    let mut conn = match pool.acquire().await {
+        Ok(c) => c,
+        Err(e) => return failed(&e),
+    };
+    match apply_in_transaction(&mut conn, batch, false).await {
+        Ok(results) => results,
+        Err(NeedSavepoints) => match apply_in_transaction(&mut conn, batch, true).await {
+            Ok(results) => results,
+            Err(NeedSavepoints) => failed(&"batch could not be applied"),
+        },
+    }
+}
+
+async fn exec(conn: &mut PgConnection, sql: &str) -> Result<(), StoreError> {
+    sqlx::query(sql).execute(&mut *conn).await.map(|_| ()).map_err(unavailable)
+}
+
+async fn apply_in_transaction(
+    conn: &mut PgConnection,
+    batch: &[Job],
+    savepoints: bool,
+) -> Result<Vec<Outcome>, NeedSavepoints> {
+    let all_fail = |e: StoreError| Ok(batch.iter().map(|_| Err(e.clone())).collect());
+    if let Err(e) = exec(conn, "BEGIN").await {
+        return all_fail(e);
+    }
+    let mut head: Option<Head> = None;
+    let mut events: Vec<Event> = Vec::new();
+    let mut results = Vec::with_capacity(batch.len());
+    for job in batch {
+        if savepoints && let Err(e) = exec(conn, "SAVEPOINT change").await {
+            let _ = exec(conn, "ROLLBACK").await;
+            return all_fail(e);
+        }
+        let (head_before, events_before) = (head.clone(), events.len());
+        let mut affected = Vec::with_capacity(job.change.0.len());
+        let mut outcome = Ok(());
+        for (i, m) in job.change.0.iter().enumerate() {
+            let applied = match m {
+                Mutation::AppendAudit(record) => append(conn, &mut head, record, &affected).await.map(|e| {
+                    events.push(e);
+                    1
+                }),
+                other => apply(conn, other).await,
+            };
+            match applied {
+                Ok(n) => affected.push(n),
+                Err(e) => {
+                    // Only a replay refused by ON CONFLICT DO NOTHING, as the
+                    // change's first write, leaves the transaction usable
+                    // with nothing of the change written.
+                    let harmless = i == 0 && e == StoreError::Replay;
+                    if !savepoints && !harmless {
+                        let _ = exec(conn, "ROLLBACK").await;
+                        return Err(NeedSavepoints);
+                    }
+                    outcome = Err(e);
+                    break;
+                }
+            }
+        }
+        // With savepoints, a change's events go in with the change, so that
+        // a failed insert undoes that change alone.
+        if savepoints
+            && outcome.is_ok()
+            && let (Some(h), Some(mine)) = (&head, events.get(events_before..))
+            && !mine.is_empty()
+            && let Err(e) = insert_events(conn, mine, h).await
+        {
+            outcome = Err(e);
+        }
+        if savepoints {
+            let end = if outcome.is_ok() { "RELEASE SAVEPOINT change" } else { "ROLLBACK TO SAVEPOINT change" };
+            if let Err(e) = exec(conn, end).await {
+                let _ = exec(conn, "ROLLBACK").await;
+                return all_fail(e);
+            }
+        }
+        if outcome.is_err() {
+            head = head_before;
+            events.truncate(events_before);
+        }
+        results.push(outcome.map(|()| affected));
+    }
+    // Without savepoints, the batch's events go in with one statement; if
+    // that fails, the batch is replayed change by change.
+    if !savepoints
+        && let Some(h) = &head
+        && !events.is_empty()
+        && insert_events(conn, &events, h).await.is_err()
+    {
+        let _ = exec(conn, "ROLLBACK").await;
+        return Err(NeedSavepoints);
+    }
+    match exec(conn, "COMMIT").await {
+        Ok(()) => Ok(results),
+        Err(e) => {
+            let _ = exec(conn, "ROLLBACK").await;
+            all_fail(e)
+        }
+    }
+}
+
+/// Seals the next event after the chain's head, locking the head row the
+/// first time a batch needs it (the lock lasts until the batch commits).
+async fn append(
+    conn: &mut PgConnection,
+    head: &mut Option<Head>,
+    record: &mandate_core::AuditRecord,
+    affected: &[u64],
+) -> Result<Event, StoreError> {
+    let current = match head.take() {
+        Some(h) => h,
+        None => {
+            let row = sqlx::query("SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE")
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(unavailable)?;
+            let seq: i64 = get(&row, "seq")?;
+            Head {
+                seq: u64::try_from(seq).map_err(|_| StoreError::Corrupt(format!("audit head {seq}")))?,
+                hash: get(&row, "hash")?,
+            }
+        }
+    };
+    let sealed = seal_record(record, affected, current.seq + 1, &current.hash);
+    *head = Some(match &sealed {
+        Ok(e) => Head { seq: e.seq, hash: e.hash.clone() },
+        Err(_) => current,
+    });
+    sealed
+}
+
+/// Inserts a batch's events with one statement and moves the head row.
+async fn insert_events(conn: &mut PgConnection, events: &[Event], head: &Head) -> Result<(), StoreError> {
+    fn col(events: &[Event], f: impl Fn(&Event) -> Option<String>) -> Vec<Option<String>> {
+        events.iter().map(f).collect()
+    }
+    let seqs: Vec<i64> = events.iter().map(|e| i64::try_from(e.seq).unwrap_or(i64::MAX)).collect();
+    let counts: Vec<Option<i64>> =
+        events.iter().map(|e| e.count.map(|c| i64::try_from(c).unwrap_or(i64::MAX))).collect();
+    sqlx::query(
+        "INSERT INTO audit_events (seq, time, type, decision, subject, actor, chain, client_id, action, resource, \
+         scope, jti, grant_id, parent, count, reason, request_id, prev_hash, hash) \
+         SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], \
+         $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[], $15::bigint[], \
+         $16::text[], $17::text[], $18::text[], $19::text[])",
+    )
+    .bind(seqs)
+    .bind(events.iter().map(|e| e.time.clone()).collect::<Vec<_>>())
+    .bind(events.iter().map(|e| e.kind.clone()).collect::<Vec<_>>())
+    .bind(col(events, |e| e.decision.clone()))
+    .bind(col(events, |e| e.subject.clone()))
+    .bind(col(events, |e| e.actor.clone()))
+    .bind(events.iter().map(|e| json(&e.chain)).collect::<Vec<_>>())
+    .bind(col(events, |e| e.client_id.clone()))
+    .bind(col(events, |e| e.action.clone()))
+    .bind(col(events, |e| e.resource.clone()))
+    .bind(col(events, |e| e.scope.clone()))
+    .bind(col(events, |e| e.jti.clone()))
+    .bind(col(events, |e| e.grant_id.clone()))
+    .bind(col(events, |e| e.parent.clone()))
+    .bind(counts)
+    .bind(col(events, |e| e.reason.clone()))
+    .bind(col(events, |e| e.request_id.clone()))
+    .bind(events.iter().map(|e| e.prev_hash.clone()).collect::<Vec<_>>())
+    .bind(events.iter().map(|e| e.hash.clone()).collect::<Vec<_>>())
+    .execute(&mut *conn)
+    .await
+    .map_err(|e| map_write_error(e, "audit event"))?;
+    sqlx::query("UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1")
+        .bind(i64::try_from(head.seq).unwrap_or(i64::MAX))
+        .bind(&head.hash)
+        .execute(&mut *conn)
+        .await
+        .map_err(unavailable)?;
+    Ok(())
 }
 
 fn get<'r, T: sqlx::Decode<'r, sqlx::Postgres> + sqlx::Type<sqlx::Postgres>>(
@@ -333,14 +570,12 @@ impl Store for PostgresStore {
         if change.0.is_empty() {
             return Ok(vec![]);
         }
-        let mut tx = self.pool.begin().await.map_err(unavailable)?;
-        let mut affected = Vec::with_capacity(change.0.len());
-        for m in &change.0 {
-            // On error the transaction is dropped, which rolls it back.
-            affected.push(apply(&mut tx, m).await?);
-        }
-        tx.commit().await.map_err(unavailable)?;
-        Ok(affected)
+        let (reply, rx) = oneshot::channel();
+        self.writer
+            .send(Job { change, reply })
+            .await
+            .map_err(|_| StoreError::Unavailable("the writer has stopped".into()))?;
+        rx.await.map_err(|_| StoreError::Unavailable("the writer has stopped".into()))?
     }
 
     async fn setting(&self, key: &str) -> Result<Option<String>, StoreError> {
@@ -414,7 +649,9 @@ impl Store for PostgresStore {
                 Ok(StoredKey {
                     kid: get(r, "kid")?,
                     alg: get(r, "alg")?,
+                    purpose: KeyUse::parse(&get::<String>(r, "purpose")?)?,
                     wrapped_private: get(r, "wrapped_private")?,
+                    public_jwk: get(r, "public_jwk")?,
                     created_at: codec::from_ts(get(r, "created_at")?)?,
                     retired_at: codec::opt_ts(get(r, "retired_at")?)?,
                 })
@@ -425,4 +662,91 @@ impl Store for PostgresStore {
     async fn token(&self, jti: Jti) -> Result<Option<TokenRecord>, StoreError> {
         self.one("SELECT * FROM tokens WHERE jti = $1", &jti.to_string(), token_row).await
     }
+
+    async fn expired_agents(&self, at: time::OffsetDateTime) -> Result<Vec<Agent>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT * FROM agents WHERE kind = 'ephemeral' AND status <> 'retired' AND expires_at <= $1 ORDER BY id",
+        )
+        .bind(ts(at))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        rows.iter().map(agent_row).collect()
+    }
+
+    async fn audit_head(&self) -> Result<Option<(u64, String)>, StoreError> {
+        let row = sqlx::query("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1")
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        row.map(|r| {
+            let seq: i64 = get(&r, "seq")?;
+            Ok((u64::try_from(seq).map_err(|_| StoreError::Corrupt(format!("audit seq {seq}")))?, get(&r, "hash")?))
+        })
+        .transpose()
+    }
+
+    async fn audit_events(&self, q: &AuditQuery) -> Result<Vec<Event>, StoreError> {
+        let (filter, values) = codec::audit_where(q, |n| format!("${n}"));
+        let sql = format!("SELECT {EVENT_COLUMNS} FROM audit_events WHERE {filter} ORDER BY seq LIMIT {}", q.limit);
+        let mut query = sqlx::query(&sql).bind(i64::try_from(q.after).unwrap_or(i64::MAX));
+        for v in values {
+            query = query.bind(v);
+        }
+        let rows = query.fetch_all(&self.pool).await.map_err(unavailable)?;
+        rows.iter().map(event_row).collect()
+    }
+
+    async fn audit_checkpoints(&self, after: u64, limit: u32) -> Result<Vec<Checkpoint>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM audit_checkpoints WHERE seq > $1 ORDER BY seq LIMIT $2")
+            .bind(i64::try_from(after).unwrap_or(i64::MAX))
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        rows.iter().map(checkpoint_row).collect()
+    }
+
+    async fn last_audit_checkpoint(&self) -> Result<Option<Checkpoint>, StoreError> {
+        let row = sqlx::query("SELECT * FROM audit_checkpoints ORDER BY seq DESC LIMIT 1")
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        row.as_ref().map(checkpoint_row).transpose()
+    }
+}
+
+fn event_row(r: &PgRow) -> Result<Event, StoreError> {
+    Event::try_from(EventRow {
+        seq: get(r, "seq")?,
+        time: get(r, "time")?,
+        kind: get(r, "type")?,
+        decision: get(r, "decision")?,
+        subject: get(r, "subject")?,
+        actor: get(r, "actor")?,
+        chain: get(r, "chain")?,
+        client_id: get(r, "client_id")?,
+        action: get(r, "action")?,
+        resource: get(r, "resource")?,
+        scope: get(r, "scope")?,
+        jti: get(r, "jti")?,
+        grant_id: get(r, "grant_id")?,
+        parent: get(r, "parent")?,
+        count: get(r, "count")?,
+        reason: get(r, "reason")?,
+        request_id: get(r, "request_id")?,
+        prev_hash: get(r, "prev_hash")?,
+        hash: get(r, "hash")?,
+    })
+}
+
+fn checkpoint_row(r: &PgRow) -> Result<Checkpoint, StoreError> {
+    let seq: i64 = get(r, "seq")?;
+    Ok(Checkpoint {
+        seq: u64::try_from(seq).map_err(|_| StoreError::Corrupt(format!("checkpoint seq {seq}")))?,
+        hash: get(r, "hash")?,
+        time: get(r, "time")?,
+        kid: get(r, "kid")?,
+        signature: get(r, "signature")?,
+    })
 }

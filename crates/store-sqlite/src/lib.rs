@@ -6,7 +6,9 @@
 //! Throughput: one writer thread owns the only write connection and applies
 //! every change that is waiting in one transaction (group commit), so one
 //! fsync covers many requests; one refused change never undoes its
-//! neighbours (see [`apply_batch`]). Reads run on a small pool of read-only
+//! neighbours (see [`apply_batch`]). The writer also holds the audit
+//! chain's head, so events are numbered and linked in commit order with no
+//! lock beyond the one writer. Reads run on a small pool of read-only
 //! connections, inline: they are indexed point lookups of a few
 //! microseconds, cheaper than a hand-off to another thread.
 //!
@@ -17,15 +19,20 @@ use std::sync::{Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use mandate_core::store::codec::{self, AgentRow, ResourceRow, TokenRow, UserRow, agent_kind, json, ts, user_status};
-use mandate_core::store::{Change, Mutation, Store, StoreError, StoredKey, StoredPolicy};
+use mandate_audit::{Checkpoint, Event, GENESIS};
+use mandate_core::audit::{AuditQuery, seal_record};
+use mandate_core::store::codec::{
+    self, AgentRow, EVENT_COLUMNS, EventRow, ResourceRow, TokenRow, UserRow, agent_kind, json, ts, user_status,
+};
+use mandate_core::store::{Change, KeyUse, Mutation, Store, StoreError, StoredKey, StoredPolicy};
 use mandate_model::records::{Agent, Resource, TokenRecord, User};
 use mandate_model::{AgentId, Jti, ResourceId, UserId};
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, Row, params};
 use tokio::sync::oneshot;
 
 /// The schema, in order; each runs once, tracked by `PRAGMA user_version`.
-const MIGRATIONS: &[&str] = &[include_str!("../migrations/0001_init.sql")];
+const MIGRATIONS: &[&str] =
+    &[include_str!("../migrations/0001_init.sql"), include_str!("../migrations/0002_audit.sql")];
 
 /// Most changes folded into one transaction.
 const MAX_BATCH: usize = 512;
@@ -105,10 +112,11 @@ impl SqliteStore {
             .name("mandate-sqlite-checkpoint".into())
             .spawn(move || checkpoint_loop(checkpointer, stopped))
             .map_err(unavailable)?;
+        let head = load_head(&conn).map_err(unavailable)?;
         let (tx, rx) = mpsc::channel();
         std::thread::Builder::new()
             .name("mandate-sqlite-writer".into())
-            .spawn(move || write_loop(conn, rx))
+            .spawn(move || write_loop(conn, rx, head))
             .map_err(unavailable)?;
         Ok(Self {
             _stop_checkpoints: stop_checkpoints,
@@ -174,6 +182,25 @@ impl SqliteStore {
     }
 }
 
+/// The audit chain's head: the last event's seq and hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Head {
+    seq: u64,
+    hash: String,
+}
+
+fn load_head(conn: &Connection) -> rusqlite::Result<Head> {
+    let last = conn
+        .query_row("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1", [], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+        })
+        .optional()?;
+    Ok(match last {
+        Some((seq, hash)) => Head { seq: u64::try_from(seq).unwrap_or(0), hash },
+        None => Head { seq: 0, hash: GENESIS.to_owned() },
+    })
+}
+
 /// A passive checkpoint every half second until the store is dropped.
 fn checkpoint_loop(conn: Connection, stop: mpsc::Receiver<()>) {
     while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(Duration::from_millis(500)) {
@@ -183,7 +210,7 @@ fn checkpoint_loop(conn: Connection, stop: mpsc::Receiver<()>) {
     }
 }
 
-fn write_loop(mut conn: Connection, rx: mpsc::Receiver<Job>) {
+fn write_loop(mut conn: Connection, rx: mpsc::Receiver<Job>, mut head: Head) {
     let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
     let mut last_batch = 0;
     while let Ok(first) = rx.recv() {
@@ -211,7 +238,7 @@ fn write_loop(mut conn: Connection, rx: mpsc::Receiver<Job>) {
         }
         last_batch = batch.len();
         metrics::histogram!("mandate_store_commit_batch_size").record(batch.len() as f64);
-        let results = apply_batch(&mut conn, &batch);
+        let results = apply_batch(&mut conn, &batch, &mut head);
         for (job, result) in batch.drain(..).zip(results) {
             let _ = job.reply.send(result);
         }
@@ -223,10 +250,13 @@ fn write_loop(mut conn: Connection, rx: mpsc::Receiver<Job>) {
 /// nothing (each statement is atomic), which covers the common refusals
 /// (a replayed `jti`, a duplicate). Only when a change fails after writing
 /// is the batch rolled back and replayed with a savepoint per change.
-fn apply_batch(conn: &mut Connection, batch: &[Job]) -> Vec<Result<Vec<u64>, StoreError>> {
-    match apply_in_transaction(conn, batch, false) {
+///
+/// The audit head moves with the transaction: it is put back to where it
+/// was whenever what advanced it is rolled back.
+fn apply_batch(conn: &mut Connection, batch: &[Job], head: &mut Head) -> Vec<Result<Vec<u64>, StoreError>> {
+    match apply_in_transaction(conn, batch, false, head) {
         Ok(results) => results,
-        Err(NeedSavepoints) => match apply_in_transaction(conn, batch, true) {
+        Err(NeedSavepoints) => match apply_in_transaction(conn, batch, true, head) {
             Ok(results) => results,
             Err(NeedSavepoints) => batch.iter().map(|_| Err(unavailable("batch could not be applied"))).collect(),
         },
@@ -239,10 +269,12 @@ fn apply_in_transaction(
     conn: &mut Connection,
     batch: &[Job],
     savepoints: bool,
+    head: &mut Head,
 ) -> Result<Vec<Result<Vec<u64>, StoreError>>, NeedSavepoints> {
     if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
         return Ok(batch.iter().map(|_| Err(unavailable(&e))).collect());
     }
+    let start = head.clone();
     let mut results = Vec::with_capacity(batch.len());
     for job in batch {
         let guarded = savepoints && job.change.0.len() > 1;
@@ -250,14 +282,16 @@ fn apply_in_transaction(
             results.push(Err(unavailable(e)));
             continue;
         }
+        let before = head.clone();
         let mut affected = Vec::with_capacity(job.change.0.len());
         let mut outcome = Ok(());
         for (i, m) in job.change.0.iter().enumerate() {
-            match apply(conn, m) {
+            match apply(conn, m, &affected, head) {
                 Ok(n) => affected.push(n),
                 Err(e) => {
                     if i > 0 && !savepoints {
                         let _ = conn.execute_batch("ROLLBACK");
+                        *head = start;
                         return Err(NeedSavepoints);
                     }
                     outcome = Err(e);
@@ -271,12 +305,16 @@ fn apply_in_transaction(
                 outcome = Err(unavailable(e));
             }
         }
+        if outcome.is_err() {
+            *head = before;
+        }
         results.push(outcome.map(|()| affected));
     }
     match conn.execute_batch("COMMIT") {
         Ok(()) => Ok(results),
         Err(e) => {
             let _ = conn.execute_batch("ROLLBACK");
+            *head = start;
             Ok(batch.iter().map(|_| Err(unavailable(&e))).collect())
         }
     }
@@ -296,7 +334,9 @@ fn exec(conn: &Connection, sql: &str, params: impl rusqlite::Params, what: &str)
     stmt.execute(params).map(|n| n as u64).map_err(|e| map_write_error(e, what))
 }
 
-fn apply(conn: &Connection, m: &Mutation) -> Result<u64, StoreError> {
+/// Applies one mutation; `affected` holds the counts of the change's
+/// earlier mutations, and `head` is the audit chain's head.
+fn apply(conn: &Connection, m: &Mutation, affected: &[u64], head: &mut Head) -> Result<u64, StoreError> {
     match m {
         Mutation::PutSettingIfAbsent { key, value } => exec(
             conn,
@@ -388,21 +428,6 @@ fn apply(conn: &Connection, m: &Mutation) -> Result<u64, StoreError> {
             params![ts(*at), owner.to_string()],
             "tokens",
         ),
-        Mutation::RetireExpiredAgents { at } => {
-            exec(
-                conn,
-                "UPDATE tokens SET revoked_at = ?1 WHERE revoked_at IS NULL AND client_id IN \
-                 (SELECT id FROM agents WHERE kind = 'ephemeral' AND status <> 'retired' AND expires_at <= ?1)",
-                params![ts(*at)],
-                "tokens",
-            )?;
-            exec(
-                conn,
-                "UPDATE agents SET status = 'retired', updated_at = ?1 WHERE kind = 'ephemeral' AND status <> 'retired' AND expires_at <= ?1",
-                params![ts(*at)],
-                "agents",
-            )
-        }
         Mutation::InsertResource(r) => exec(
             conn,
             "INSERT INTO resources (id, identifier, name, scopes, jwks, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -424,14 +449,23 @@ fn apply(conn: &Connection, m: &Mutation) -> Result<u64, StoreError> {
         ),
         Mutation::InsertSigningKey(k) => exec(
             conn,
-            "INSERT INTO signing_keys (kid, alg, wrapped_private, created_at, retired_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![k.kid, k.alg, k.wrapped_private, ts(k.created_at), k.retired_at.map(ts)],
+            "INSERT INTO signing_keys (kid, alg, purpose, wrapped_private, public_jwk, created_at, retired_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                k.kid,
+                k.alg,
+                k.purpose.as_str(),
+                k.wrapped_private,
+                k.public_jwk,
+                ts(k.created_at),
+                k.retired_at.map(ts)
+            ],
             "signing key",
         ),
-        Mutation::RetireSigningKeys { keep, at } => exec(
+        Mutation::RetireSigningKeys { purpose, keep, at } => exec(
             conn,
-            "UPDATE signing_keys SET retired_at = ?1 WHERE retired_at IS NULL AND kid <> ?2",
-            params![ts(*at), keep],
+            "UPDATE signing_keys SET retired_at = ?1 WHERE retired_at IS NULL AND purpose = ?2 AND kid <> ?3",
+            params![ts(*at), purpose.as_str(), keep],
             "signing key",
         ),
         Mutation::ConsumeAssertionJti { client, jti, expires_at } => {
@@ -475,6 +509,47 @@ fn apply(conn: &Connection, m: &Mutation) -> Result<u64, StoreError> {
         Mutation::PurgeExpiredJtis { before } => {
             exec(conn, "DELETE FROM assertion_jtis WHERE expires_at < ?1", params![ts(*before)], "assertion jtis")
         }
+        Mutation::AppendAudit(record) => {
+            let e = seal_record(record, affected, head.seq + 1, &head.hash)?;
+            let seq = i64::try_from(e.seq).map_err(|_| unavailable("audit seq overflow"))?;
+            exec(
+                conn,
+                "INSERT INTO audit_events (seq, time, type, decision, subject, actor, chain, client_id, action, resource, \
+                 scope, jti, grant_id, parent, count, reason, request_id, prev_hash, hash) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)",
+                params![
+                    seq,
+                    e.time,
+                    e.kind,
+                    e.decision,
+                    e.subject,
+                    e.actor,
+                    json(&e.chain),
+                    e.client_id,
+                    e.action,
+                    e.resource,
+                    e.scope,
+                    e.jti,
+                    e.grant_id,
+                    e.parent,
+                    e.count.map(|c| i64::try_from(c).unwrap_or(i64::MAX)),
+                    e.reason,
+                    e.request_id,
+                    e.prev_hash,
+                    e.hash,
+                ],
+                "audit event",
+            )?;
+            *head = Head { seq: e.seq, hash: e.hash };
+            Ok(1)
+        }
+        Mutation::InsertCheckpoint(cp) => exec(
+            conn,
+            "INSERT INTO audit_checkpoints (seq, hash, time, kid, signature) VALUES (?1, ?2, ?3, ?4, ?5) \
+             ON CONFLICT (seq) DO NOTHING",
+            params![i64::try_from(cp.seq).unwrap_or(i64::MAX), cp.hash, cp.time, cp.kid, cp.signature],
+            "checkpoint",
+        ),
     }
 }
 
@@ -544,16 +619,57 @@ fn key_row(r: &Row<'_>) -> Mapped<StoredKey> {
     let retired: Option<i64> = r.get("retired_at")?;
     let kid: String = r.get("kid")?;
     let alg: String = r.get("alg")?;
+    let purpose: String = r.get("purpose")?;
     let wrapped_private: Vec<u8> = r.get("wrapped_private")?;
+    let public_jwk: Option<String> = r.get("public_jwk")?;
     Ok((|| {
         Ok(StoredKey {
             kid,
             alg,
+            purpose: KeyUse::parse(&purpose)?,
             wrapped_private,
+            public_jwk,
             created_at: codec::from_ts(created)?,
             retired_at: codec::opt_ts(retired)?,
         })
     })())
+}
+
+fn event_row(r: &Row<'_>) -> Mapped<Event> {
+    Ok(Event::try_from(EventRow {
+        seq: r.get("seq")?,
+        time: r.get("time")?,
+        kind: r.get("type")?,
+        decision: r.get("decision")?,
+        subject: r.get("subject")?,
+        actor: r.get("actor")?,
+        chain: r.get("chain")?,
+        client_id: r.get("client_id")?,
+        action: r.get("action")?,
+        resource: r.get("resource")?,
+        scope: r.get("scope")?,
+        jti: r.get("jti")?,
+        grant_id: r.get("grant_id")?,
+        parent: r.get("parent")?,
+        count: r.get("count")?,
+        reason: r.get("reason")?,
+        request_id: r.get("request_id")?,
+        prev_hash: r.get("prev_hash")?,
+        hash: r.get("hash")?,
+    }))
+}
+
+fn checkpoint_row(r: &Row<'_>) -> Mapped<Checkpoint> {
+    let seq: i64 = r.get("seq")?;
+    Ok(u64::try_from(seq).map_err(|_| StoreError::Corrupt(format!("checkpoint seq {seq}"))).and_then(|seq| {
+        Ok(Checkpoint {
+            seq,
+            hash: r.get("hash").map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            time: r.get("time").map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            kid: r.get("kid").map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            signature: r.get("signature").map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        })
+    }))
 }
 
 fn policy_row(r: &Row<'_>) -> Mapped<StoredPolicy> {
@@ -627,6 +743,58 @@ impl Store for SqliteStore {
 
     async fn token(&self, jti: Jti) -> Result<Option<TokenRecord>, StoreError> {
         self.one("SELECT * FROM tokens WHERE jti = ?1", &jti.to_string(), token_row)
+    }
+
+    async fn expired_agents(&self, at: time::OffsetDateTime) -> Result<Vec<Agent>, StoreError> {
+        let rows = self.read(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT * FROM agents WHERE kind = 'ephemeral' AND status <> 'retired' AND expires_at <= ?1 ORDER BY id",
+            )?;
+            stmt.query_map([ts(at)], agent_row)?.collect::<rusqlite::Result<Vec<_>>>()
+        })?;
+        rows.into_iter().collect()
+    }
+
+    async fn audit_head(&self) -> Result<Option<(u64, String)>, StoreError> {
+        let head = self.read(|c| {
+            c.prepare_cached("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1")?
+                .query_row([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))
+                .optional()
+        })?;
+        head.map(|(seq, hash)| {
+            u64::try_from(seq).map(|s| (s, hash)).map_err(|_| StoreError::Corrupt(format!("audit seq {seq}")))
+        })
+        .transpose()
+    }
+
+    async fn audit_events(&self, q: &AuditQuery) -> Result<Vec<Event>, StoreError> {
+        let (filter, values) = codec::audit_where(q, |n| format!("?{n}"));
+        let sql = format!("SELECT {EVENT_COLUMNS} FROM audit_events WHERE {filter} ORDER BY seq LIMIT {}", q.limit);
+        let after = i64::try_from(q.after).unwrap_or(i64::MAX);
+        let rows = self.read(|c| {
+            let mut stmt = c.prepare_cached(&sql)?;
+            let mut bound: Vec<&dyn rusqlite::ToSql> = vec![&after];
+            bound.extend(values.iter().map(|v| v as &dyn rusqlite::ToSql));
+            stmt.query_map(bound.as_slice(), event_row)?.collect::<rusqlite::Result<Vec<_>>>()
+        })?;
+        rows.into_iter().collect()
+    }
+
+    async fn audit_checkpoints(&self, after: u64, limit: u32) -> Result<Vec<Checkpoint>, StoreError> {
+        let after = i64::try_from(after).unwrap_or(i64::MAX);
+        let rows = self.read(|c| {
+            c.prepare_cached("SELECT * FROM audit_checkpoints WHERE seq > ?1 ORDER BY seq LIMIT ?2")?
+                .query_map(params![after, limit], checkpoint_row)?
+                .collect::<rusqlite::Result<Vec<_>>>()
+        })?;
+        rows.into_iter().collect()
+    }
+
+    async fn last_audit_checkpoint(&self) -> Result<Option<Checkpoint>, StoreError> {
+        Ok(self
+            .many("SELECT * FROM audit_checkpoints ORDER BY seq DESC LIMIT 1", None, checkpoint_row)?
+            .into_iter()
+            .next())
     }
 }
 

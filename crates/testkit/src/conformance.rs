@@ -6,7 +6,10 @@ use std::future::Future;
 use std::sync::Arc;
 
 use anyhow::{Result, ensure};
-use mandate_core::store::{Change, Mutation, Store, StoreError, StoredKey, StoredPolicy};
+use mandate_audit::{Checkpoint, Event};
+use mandate_core::TrailReport;
+use mandate_core::audit::{AuditQuery, AuditRecord, verify_trail};
+use mandate_core::store::{Change, KeyUse, Mutation, Store, StoreError, StoredKey, StoredPolicy};
 use mandate_model::records::{Agent, AgentKind, AgentStatus, ClientId, Resource, TokenRecord, User, UserStatus};
 use mandate_model::{AgentId, Jti, ResourceId, ScopeSet, UserId};
 use time::{Duration, OffsetDateTime};
@@ -33,6 +36,12 @@ pub const CASES: &[(&str, Case)] = cases![
     a_failed_change_writes_nothing,
     concurrent_replays_admit_one,
     owners_and_expiry_revoke_agent_tokens,
+    audit_events_chain_in_commit_order,
+    an_audit_event_lands_with_its_change_or_not_at_all,
+    audit_events_count_what_their_change_reached,
+    concurrent_appends_form_one_chain,
+    checkpoints_are_kept_once_per_seq,
+    audit_queries_filter_and_page,
 ];
 
 /// Runs every case on a fresh store from `factory`.
@@ -215,29 +224,29 @@ async fn policies_keep_every_version(s: Arc<dyn Store>) -> Result<()> {
 }
 
 async fn signing_keys_rotate(s: Arc<dyn Store>) -> Result<()> {
-    let k1 = StoredKey {
-        kid: "k1".into(),
-        alg: "EdDSA".into(),
+    let key = |kid: &str, alg: &str, purpose: KeyUse, at: OffsetDateTime| StoredKey {
+        kid: kid.into(),
+        alg: alg.into(),
+        purpose,
         wrapped_private: vec![1, 2, 3, 0, 255],
-        created_at: t0(),
+        public_jwk: Some(format!("{{\"kid\":\"{kid}\"}}")),
+        created_at: at,
         retired_at: None,
     };
-    let k2 = StoredKey {
-        kid: "k2".into(),
-        alg: "ES256".into(),
-        wrapped_private: vec![9; 64],
-        created_at: t0() + Duration::seconds(1),
-        retired_at: None,
-    };
+    let k1 = key("k1", "EdDSA", KeyUse::Token, t0());
+    let k2 = key("k2", "ES256", KeyUse::Token, t0() + Duration::seconds(1));
+    let audit = key("a1", "EdDSA", KeyUse::Audit, t0());
     one(&s, Mutation::InsertSigningKey(k1.clone())).await?;
-    s.commit(
-        Change::new()
-            .with(Mutation::InsertSigningKey(k2.clone()))
-            .with(Mutation::RetireSigningKeys { keep: "k2".into(), at: t0() + Duration::seconds(2) }),
-    )
+    one(&s, Mutation::InsertSigningKey(audit.clone())).await?;
+    s.commit(Change::new().with(Mutation::InsertSigningKey(k2.clone())).with(Mutation::RetireSigningKeys {
+        purpose: KeyUse::Token,
+        keep: "k2".into(),
+        at: t0() + Duration::seconds(2),
+    }))
     .await?;
     let keys = s.signing_keys().await?;
-    ensure!(keys.len() == 2);
+    ensure!(keys.len() == 3);
+    ensure!(keys.iter().find(|k| k.kid == "a1") == Some(&audit), "a token rotation touched the audit key");
     let k1_now = keys.iter().find(|k| k.kid == "k1").cloned();
     ensure!(k1_now.as_ref().and_then(|k| k.retired_at) == Some(t0() + Duration::seconds(2)), "old key not retired");
     ensure!(keys.iter().find(|k| k.kid == "k2") == Some(&k2), "new key changed");
@@ -357,15 +366,410 @@ async fn owners_and_expiry_revoke_agent_tokens(s: Arc<dyn Store>) -> Result<()> 
     }
     ensure!(one(&s, Mutation::RevokeTokensOfOwnedAgents { owner: u.id, at: t0() }).await? == 2);
     ensure!(s.token(t_theirs.jti).await?.and_then(|t| t.revoked_at).is_none(), "another owner's token was revoked");
-    let t_child2 = token(child.id, "y");
-    one(&s, Mutation::InsertToken(t_child2.clone())).await?;
-    ensure!(
-        one(&s, Mutation::RetireExpiredAgents { at: t0() + Duration::minutes(59) }).await? == 0,
-        "retired before expiry"
-    );
-    ensure!(one(&s, Mutation::RetireExpiredAgents { at: t0() + Duration::hours(1) }).await? == 1);
-    ensure!(s.agent(child.id).await?.map(|a| a.status) == Some(AgentStatus::Retired));
-    ensure!(s.agent(mine.id).await?.map(|a| a.status) == Some(AgentStatus::Active), "a persistent agent was retired");
-    ensure!(s.token(t_child2.jti).await?.and_then(|t| t.revoked_at).is_some(), "the expired agent's token lives on");
+    ensure!(s.expired_agents(t0() + Duration::minutes(59)).await?.is_empty(), "expired before its time");
+    let expired: Vec<AgentId> = s.expired_agents(t0() + Duration::hours(1)).await?.iter().map(|a| a.id).collect();
+    ensure!(expired == vec![child.id], "expired agents: {expired:?}");
+    one(
+        &s,
+        Mutation::SetAgentStatus {
+            id: child.id,
+            from: AgentStatus::Active,
+            to: AgentStatus::Retired,
+            at: t0() + Duration::hours(1),
+        },
+    )
+    .await?;
+    ensure!(s.expired_agents(t0() + Duration::hours(2)).await?.is_empty(), "a retired agent is listed as expiring");
     Ok(())
+}
+
+// ----- the audit trail -----
+
+/// An unsealed event of `kind` by `actor`.
+pub fn event(kind: &str, actor: &str) -> Event {
+    let mut e = Event::new(kind, "2026-11-23T10:00:00.000000Z");
+    e.decision = Some("allow".into());
+    e.actor = Some(actor.into());
+    e.chain = vec![actor.into()];
+    e
+}
+
+fn append(e: Event) -> Mutation {
+    AuditRecord::new(e).mutation()
+}
+
+async fn intact(s: &Arc<dyn Store>) -> Result<u64> {
+    match verify_trail(s.as_ref(), &[]).await? {
+        TrailReport::Intact(v) => Ok(v.events),
+        TrailReport::Broken(t) => anyhow::bail!("the trail does not verify: {t}"),
+    }
+}
+
+async fn all_events(s: &Arc<dyn Store>) -> Result<Vec<Event>> {
+    Ok(s.audit_events(&AuditQuery::page(0)).await?)
+}
+
+async fn audit_events_chain_in_commit_order(s: Arc<dyn Store>) -> Result<()> {
+    ensure!(s.audit_head().await?.is_none());
+    ensure!(intact(&s).await? == 0);
+    let mut full = event("token.issued", "agt_x");
+    full.subject = Some("usr_x".into());
+    full.client_id = Some("agt_x".into());
+    full.action = Some("read".into());
+    full.resource = Some("https://api.example".into());
+    full.scope = Some("read write".into());
+    full.jti = Some("tok_x".into());
+    full.grant_id = Some("grt_x".into());
+    full.parent = Some("tok_p".into());
+    full.reason = Some("quotes ' \" and \u{e9}\u{1F600} survive".into());
+    full.request_id = Some("req-1".into());
+    full.chain = vec!["usr_x".into(), "agt_a".into(), "agt_x".into()];
+    for i in 0..5 {
+        let mut e = full.clone();
+        e.jti = Some(format!("tok_{i}"));
+        one(&s, append(e)).await?;
+    }
+    let events = all_events(&s).await?;
+    ensure!(events.iter().map(|e| e.seq).collect::<Vec<_>>() == vec![1, 2, 3, 4, 5], "seqs are not 1..5");
+    let mut expected = full.clone();
+    expected.jti = Some("tok_0".into());
+    let first = events.first().cloned().unwrap_or_else(|| event("?", "?"));
+    ensure!(
+        Event { seq: 0, prev_hash: String::new(), hash: String::new(), ..first.clone() } == expected,
+        "event did not round-trip: {first:?}"
+    );
+    ensure!(first.prev_hash == mandate_audit::GENESIS);
+    ensure!(events.windows(2).all(|w| w.get(1).map(|b| &b.prev_hash) == w.first().map(|a| &a.hash)));
+    ensure!(s.audit_head().await? == events.last().map(|e| (e.seq, e.hash.clone())));
+    ensure!(intact(&s).await? == 5);
+    Ok(())
+}
+
+async fn an_audit_event_lands_with_its_change_or_not_at_all(s: Arc<dyn Store>) -> Result<()> {
+    let u = user("audit@example.com");
+    one(&s, Mutation::InsertUser(u.clone())).await?;
+    let a = agent(u.id, None);
+    one(&s, Mutation::InsertAgent(a.clone())).await?;
+    let client = ClientId::Agent(a.id);
+    let burn = || Mutation::ConsumeAssertionJti { client, jti: "once".into(), expires_at: t0() };
+    s.commit(Change::new().with(burn()).with(append(event("token.issued", "agt_1")))).await?;
+    // Refused on its first write: nothing, not even the event, is kept.
+    let refused = s.commit(Change::new().with(burn()).with(append(event("token.issued", "agt_2")))).await;
+    ensure!(matches!(refused, Err(StoreError::Replay)), "replay accepted: {refused:?}");
+    // Refused after writing: the token and the event are undone together.
+    let t = token(a.id, "x");
+    let late = s
+        .commit(
+            Change::new()
+                .with(Mutation::InsertToken(t.clone()))
+                .with(append(event("token.issued", "agt_3")))
+                .with(burn()),
+        )
+        .await;
+    ensure!(matches!(late, Err(StoreError::Replay)), "late replay accepted: {late:?}");
+    ensure!(s.token(t.jti).await?.is_none(), "a token from a refused change was written");
+    // The same, batched with changes that succeed: they keep their events
+    // and the chain has no gap.
+    let good = token(a.id, "y");
+    let (r1, r2, r3) = tokio::join!(
+        s.commit(
+            Change::new()
+                .with(Mutation::InsertToken(token(a.id, "z")))
+                .with(append(event("token.issued", "agt_4")))
+                .with(burn())
+        ),
+        s.commit(Change::new().with(Mutation::InsertToken(good.clone())).with(append(event("token.issued", "agt_5")))),
+        s.commit(Change::new().with(append(event("token.denied", "agt_6")))),
+    );
+    ensure!(r1.is_err() && r2.is_ok() && r3.is_ok(), "{r1:?} {r2:?} {r3:?}");
+    let actors: Vec<String> = all_events(&s).await?.into_iter().filter_map(|e| e.actor).collect();
+    let mut sorted = actors.clone();
+    sorted.sort();
+    ensure!(sorted == ["agt_1", "agt_5", "agt_6"], "events kept: {actors:?}");
+    ensure!(intact(&s).await? == 3);
+    Ok(())
+}
+
+async fn audit_events_count_what_their_change_reached(s: Arc<dyn Store>) -> Result<()> {
+    let u = user("count@example.com");
+    one(&s, Mutation::InsertUser(u.clone())).await?;
+    let a = agent(u.id, None);
+    one(&s, Mutation::InsertAgent(a.clone())).await?;
+    for _ in 0..3 {
+        one(&s, Mutation::InsertToken(token(a.id, "x"))).await?;
+    }
+    let record = AuditRecord { event: event("agent.suspended", "admin"), count_of: vec![0, 1] };
+    s.commit(
+        Change::new()
+            .with(Mutation::RevokeTokensOfAgent { agent: a.id, at: t0() })
+            .with(Mutation::RevokeTokensOfAgent { agent: a.id, at: t0() })
+            .with(record.mutation()),
+    )
+    .await?;
+    let events = all_events(&s).await?;
+    ensure!(events.first().and_then(|e| e.count) == Some(3), "count: {:?}", events.first().map(|e| e.count));
+    ensure!(intact(&s).await? == 1);
+    Ok(())
+}
+
+async fn concurrent_appends_form_one_chain(s: Arc<dyn Store>) -> Result<()> {
+    let mut tasks = Vec::new();
+    for t in 0..32 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..16 {
+                s.commit(Change::new().with(append(event("token.issued", &format!("agt_{t}_{i}"))))).await?;
+            }
+            Ok::<_, StoreError>(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    ensure!(intact(&s).await? == 512);
+    Ok(())
+}
+
+async fn checkpoints_are_kept_once_per_seq(s: Arc<dyn Store>) -> Result<()> {
+    ensure!(s.last_audit_checkpoint().await?.is_none());
+    let cp = |seq: u64, sig: &str| Checkpoint {
+        seq,
+        hash: format!("{seq:064x}"),
+        time: "2026-11-23T10:00:00.000000Z".into(),
+        kid: "a1".into(),
+        signature: sig.into(),
+    };
+    for seq in [10, 20, 30] {
+        ensure!(one(&s, Mutation::InsertCheckpoint(cp(seq, "first"))).await? == 1);
+    }
+    ensure!(one(&s, Mutation::InsertCheckpoint(cp(20, "second"))).await? == 0, "a second checkpoint at one seq");
+    ensure!(s.audit_checkpoints(10, 1).await? == vec![cp(20, "first")]);
+    ensure!(s.audit_checkpoints(0, 10).await?.len() == 3);
+    ensure!(s.last_audit_checkpoint().await? == Some(cp(30, "first")));
+    Ok(())
+}
+
+async fn audit_queries_filter_and_page(s: Arc<dyn Store>) -> Result<()> {
+    for i in 0..30u32 {
+        let mut e = event(if i % 3 == 0 { "token.denied" } else { "token.issued" }, &format!("agt_{}", i % 2));
+        e.subject = Some(format!("usr_{}", i % 5));
+        e.jti = Some(format!("tok_{i}"));
+        e.grant_id = (i < 10).then(|| "grt_a".to_owned());
+        e.parent = (i == 7).then(|| "tok_3".to_owned());
+        e.resource = Some(if i == 9 { "https://b.example".into() } else { "https://a.example".into() });
+        e.time = format!("2026-11-23T10:00:{i:02}.000000Z");
+        one(&s, append(e)).await?;
+    }
+    let q = |f: fn(&mut AuditQuery)| {
+        let mut q = AuditQuery::page(0);
+        f(&mut q);
+        q
+    };
+    let seqs = |v: Vec<Event>| v.into_iter().map(|e| e.seq).collect::<Vec<_>>();
+    ensure!(seqs(s.audit_events(&q(|q| q.actor = Some("agt_1".into()))).await?).len() == 15);
+    ensure!(seqs(s.audit_events(&q(|q| q.subject = Some("usr_4".into()))).await?) == vec![5, 10, 15, 20, 25, 30]);
+    ensure!(seqs(s.audit_events(&q(|q| q.jti = Some("tok_12".into()))).await?) == vec![13]);
+    ensure!(s.audit_events(&q(|q| q.grant = Some("grt_a".into()))).await?.len() == 10);
+    ensure!(s.audit_events(&q(|q| q.kind = Some("token.denied".into()))).await?.len() == 10);
+    ensure!(seqs(s.audit_events(&q(|q| q.parent = Some("tok_3".into()))).await?) == vec![8]);
+    ensure!(seqs(s.audit_events(&q(|q| q.resource = Some("https://b.example".into()))).await?) == vec![10]);
+    ensure!(
+        seqs(s.audit_events(&q(|q| q.since = Some("2026-11-23T10:00:27.000000Z".into()))).await?) == vec![28, 29, 30]
+    );
+    let both = q(|q| {
+        q.actor = Some("agt_0".into());
+        q.kind = Some("token.denied".into());
+        q.after = 10;
+        q.limit = 2;
+    });
+    ensure!(seqs(s.audit_events(&both).await?) == vec![13, 19]);
+    // Hostile filter values are only ever bound, never spliced.
+    let hostile = q(|q| q.actor = Some("x' OR '1'='1".into()));
+    ensure!(s.audit_events(&hostile).await?.is_empty());
+    Ok(())
+}
+
+// ----- tampering with the database directly -----
+
+/// Runs raw SQL against the database behind a store, as an attacker with
+/// write access to it would.
+pub type Exec = Arc<dyn Fn(String) -> std::pin::Pin<Box<dyn Future<Output = Result<()>> + Send>> + Send + Sync>;
+
+/// A store and the means to tamper with it behind its back.
+pub struct TamperRig {
+    pub store: Arc<dyn Store>,
+    pub exec: Exec,
+    /// SQL that drops the append-only triggers (an attacker would).
+    pub drop_guards: &'static str,
+    /// SQL that makes every audit insert fail (a fault injected in the database).
+    pub fail_appends: &'static str,
+    /// SQL that undoes `fail_appends`.
+    pub restore_appends: &'static str,
+}
+
+/// The tamper cases, each on a fresh store with a 20-event trail and a
+/// signed checkpoint at seq 20.
+pub async fn run_tamper_suite<F, Fut>(factory: F) -> Result<()>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<TamperRig>>,
+{
+    let cases: [(&str, &str, u64); 6] = [
+        ("edit", "UPDATE audit_events SET scope = 'admin' WHERE seq = 5", 5),
+        ("delete", "DELETE FROM audit_events WHERE seq = 7", 7),
+        (
+            "reorder",
+            "UPDATE audit_events SET seq = -1 WHERE seq = 3; UPDATE audit_events SET seq = 3 WHERE seq = 4; \
+             UPDATE audit_events SET seq = 4 WHERE seq = -1",
+            3,
+        ),
+        (
+            "insert",
+            "UPDATE audit_events SET seq = -seq - 1 WHERE seq >= 12; UPDATE audit_events SET seq = -seq WHERE seq < 0; \
+             INSERT INTO audit_events SELECT 12, time, type, decision, subject, actor, chain, client_id, action, resource, \
+             scope, jti, grant_id, parent, count, reason, request_id, prev_hash, hash FROM audit_events WHERE seq = 11",
+            12,
+        ),
+        ("truncate the tail", "DELETE FROM audit_events WHERE seq > 15", 16),
+        ("edit the hash too", "UPDATE audit_events SET hash = prev_hash WHERE seq = 9", 9),
+    ];
+    let mut failures = Vec::new();
+    for (name, sql, bad_seq) in cases {
+        let rig = factory().await?;
+        if let Err(e) = tamper_case(&rig, sql, bad_seq).await {
+            failures.push(format!("{name}: {e:#}"));
+        }
+    }
+    type RigCase = for<'a> fn(&'a TamperRig) -> std::pin::Pin<Box<dyn Future<Output = Result<()>> + Send + 'a>>;
+    let rig_cases: [(&str, RigCase); 2] = [("rewrite", rewrite_case), ("fault", failed_append_case)];
+    for (name, case) in rig_cases {
+        let rig = factory().await?;
+        if let Err(e) = case(&rig).await {
+            failures.push(format!("{name}: {e:#}"));
+        }
+    }
+    ensure!(failures.is_empty(), "tamper suite failures:\n{}", failures.join("\n"));
+    Ok(())
+}
+
+/// Twenty events and a checkpoint at seq 20, signed with an audit key the
+/// store knows.
+async fn seeded_trail(rig: &TamperRig) -> Result<Checkpoint> {
+    let s = &rig.store;
+    let key = mandate_jose::SigningKey::generate(mandate_jose::KeyAlg::EdDSA)?;
+    one(
+        s,
+        Mutation::InsertSigningKey(StoredKey {
+            kid: key.kid().into(),
+            alg: "EdDSA".into(),
+            purpose: KeyUse::Audit,
+            wrapped_private: vec![0],
+            public_jwk: Some(key.public().to_json().to_string()),
+            created_at: t0(),
+            retired_at: None,
+        }),
+    )
+    .await?;
+    for i in 0..20 {
+        let mut e = event("token.issued", &format!("agt_{i}"));
+        e.scope = Some("read".into());
+        one(s, append(e)).await?;
+    }
+    let (seq, hash) = s.audit_head().await?.unwrap_or_default();
+    let cp = mandate_audit::sign_checkpoint(&key, seq, &hash, "2026-11-23T10:00:00.000000Z")?;
+    one(s, Mutation::InsertCheckpoint(cp.clone())).await?;
+    ensure!(intact(s).await? == 20);
+    Ok(cp)
+}
+
+async fn broken_at(s: &Arc<dyn Store>, witnessed: &[Checkpoint]) -> Result<u64> {
+    match verify_trail(s.as_ref(), witnessed).await? {
+        TrailReport::Intact(v) => anyhow::bail!("tampering went unnoticed ({} events verify)", v.events),
+        TrailReport::Broken(t) => Ok(t.seq),
+    }
+}
+
+async fn tamper_case(rig: &TamperRig, sql: &str, bad_seq: u64) -> Result<()> {
+    seeded_trail(rig).await?;
+    // The triggers refuse the edit until they are dropped.
+    ensure!((rig.exec)(sql.to_owned()).await.is_err(), "the append-only guard let an edit through");
+    (rig.exec)(rig.drop_guards.to_owned()).await?;
+    (rig.exec)(sql.to_owned()).await?;
+    let seq = broken_at(&rig.store, &[]).await?;
+    ensure!(seq == bad_seq, "reported seq {seq}, expected {bad_seq}");
+    Ok(())
+}
+
+/// A whole chain recomputed by someone without the audit key: consistent
+/// in itself, caught by the stored checkpoint; with the stored checkpoints
+/// deleted too, caught only by the one a witness kept.
+fn rewrite_case(rig: &TamperRig) -> std::pin::Pin<Box<dyn Future<Output = Result<()>> + Send + '_>> {
+    Box::pin(async move {
+        let witnessed = seeded_trail(rig).await?;
+        let mut events = all_events(&rig.store).await?;
+        if let Some(e) = events.get_mut(4) {
+            e.scope = Some("admin".into());
+        }
+        let mut prev = mandate_audit::GENESIS.to_owned();
+        let mut inserts = String::from("DELETE FROM audit_events;");
+        for (i, e) in events.into_iter().enumerate() {
+            let sealed = mandate_audit::seal(e, i as u64 + 1, &prev)?;
+            prev = sealed.hash.clone();
+            let q =
+                |v: &Option<String>| v.as_ref().map_or("NULL".to_owned(), |s| format!("'{}'", s.replace('\'', "''")));
+            inserts.push_str(&format!(
+                "INSERT INTO audit_events (seq, time, type, decision, actor, chain, scope, prev_hash, hash) \
+                 VALUES ({}, '{}', '{}', {}, {}, '{}', {}, '{}', '{}');",
+                sealed.seq,
+                sealed.time,
+                sealed.kind,
+                q(&sealed.decision),
+                q(&sealed.actor),
+                serde_json::to_string(&sealed.chain)?,
+                q(&sealed.scope),
+                sealed.prev_hash,
+                sealed.hash
+            ));
+        }
+        (rig.exec)(rig.drop_guards.to_owned()).await?;
+        (rig.exec)(inserts).await?;
+        ensure!(broken_at(&rig.store, &[]).await? == 20, "the stored checkpoint did not catch the rewrite");
+        (rig.exec)("DELETE FROM audit_checkpoints".to_owned()).await?;
+        ensure!(intact(&rig.store).await? == 20, "the rewritten chain should verify on its own");
+        ensure!(broken_at(&rig.store, &[witnessed]).await? == 20, "the witness did not catch the rewrite");
+        Ok(())
+    })
+}
+
+fn change_again(burn: Mutation, t: TokenRecord) -> Change {
+    Change::new().with(burn).with(Mutation::InsertToken(t)).with(append(event("token.issued", "agt_t")))
+}
+
+/// An audit insert that fails in the database takes its whole change with
+/// it: no token, no burned jti, and the chain goes on without a gap.
+fn failed_append_case(rig: &TamperRig) -> std::pin::Pin<Box<dyn Future<Output = Result<()>> + Send + '_>> {
+    Box::pin(async move {
+        let s = &rig.store;
+        let u = user("fault@example.com");
+        one(s, Mutation::InsertUser(u.clone())).await?;
+        let a = agent(u.id, None);
+        one(s, Mutation::InsertAgent(a.clone())).await?;
+        one(s, append(event("token.issued", "before"))).await?;
+        (rig.exec)(rig.fail_appends.to_owned()).await?;
+        let t = token(a.id, "x");
+        let burn = Mutation::ConsumeAssertionJti { client: ClientId::Agent(a.id), jti: "f".into(), expires_at: t0() };
+        let change = change_again(burn.clone(), t.clone());
+        let (failed, other) =
+            tokio::join!(s.commit(change), s.commit(Change::new().with(Mutation::InsertToken(token(a.id, "y")))));
+        ensure!(failed.is_err(), "a change whose audit event failed was committed");
+        ensure!(other.is_ok(), "a neighbour without events failed: {other:?}");
+        ensure!(s.token(t.jti).await?.is_none(), "the token outlived its failed audit event");
+        // The jti was not burned either: the same change goes through once
+        // appends work again, and the chain goes on without a gap.
+        (rig.exec)(rig.restore_appends.to_owned()).await?;
+        s.commit(change_again(burn, t.clone())).await?;
+        ensure!(s.token(t.jti).await?.is_some());
+        ensure!(intact(s).await? == 2);
+        Ok(())
+    })
 }

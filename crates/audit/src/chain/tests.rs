@@ -18,6 +18,8 @@ fn event(kind: &str, actor: &str) -> Event {
         scope: Some("read".into()),
         jti: Some("tok_01JABCDEFGHJKMNPQRSTVWXYZ0".into()),
         grant_id: None,
+        parent: None,
+        count: None,
         reason: None,
         request_id: Some("req-1".into()),
         prev_hash: String::new(),
@@ -110,9 +112,10 @@ proptest! {
         seq in any::<u64>(), time in any::<String>(), kind in any::<String>(), chain in proptest::collection::vec(any::<String>(), 0..4),
         a in opt_text(), b in opt_text(), c in opt_text(), d in opt_text(), e in opt_text(), f in opt_text(),
         g in opt_text(), h in opt_text(), i in opt_text(), j in opt_text(), k in opt_text(), prev in any::<String>(),
+        parent in opt_text(), count in proptest::option::of(any::<u64>()),
     ) {
         let ev = Event { seq, time, kind, decision: a, subject: b, actor: c, chain, client_id: d, action: e, resource: f,
-            scope: g, jti: h, grant_id: i, reason: j, request_id: k, prev_hash: prev, hash: "x".into() };
+            scope: g, jti: h, grant_id: i, parent, count, reason: j, request_id: k, prev_hash: prev, hash: "x".into() };
         let mut direct = String::new();
         ev.write_canonical(&mut direct);
         prop_assert_eq!(direct, ev.canonical_via_value().unwrap());
@@ -133,4 +136,40 @@ fn long_chains_verified_in_parallel_report_the_first_bad_entry() {
     let mut upper = events.clone();
     upper[12_345].hash = upper[12_345].hash.to_uppercase();
     assert_eq!(verify(&upper, &[], &[]).unwrap_err().seq, 12_346);
+}
+
+#[test]
+fn feeding_in_pages_equals_verifying_at_once() {
+    let key = SigningKey::generate(KeyAlg::EdDSA).unwrap();
+    let keys = [key.public().clone()];
+    let events = chain(25_000);
+    let cps: Vec<Checkpoint> = [1usize, 9_999, 10_000, 24_999, 25_000]
+        .iter()
+        .map(|&s| sign_checkpoint(&key, s as u64, &events[s - 1].hash, "t").unwrap())
+        .collect();
+    let mut v = ChainVerifier::new(&cps, &keys);
+    for page in events.chunks(10_000) {
+        v.feed(page).unwrap();
+    }
+    let done = v.finish().unwrap();
+    assert_eq!((done.events, done.checkpoints, done.head.as_str()), (25_000, 5, events[24_999].hash.as_str()));
+
+    // A page that skips an entry, fed after good pages, names the gap.
+    let mut v = ChainVerifier::new(&cps, &keys);
+    v.feed(&events[..10_000]).unwrap();
+    assert_eq!(v.feed(&events[10_001..20_000]).unwrap_err().seq, 10_001);
+
+    // A bad checkpoint before a broken entry is the earlier failure.
+    let mut forged = cps[1].clone();
+    forged.signature = cps[0].signature.clone();
+    let mut tampered = events.clone();
+    tampered[20_000].scope = Some("admin".into());
+    let mut v = ChainVerifier::new(&[forged, cps[3].clone()], &keys);
+    assert_eq!(v.feed(&tampered).unwrap_err().seq, 9_999);
+    // Two valid checkpoints cannot vouch for different hashes at one seq.
+    let twin = sign_checkpoint(&key, 10_000, &events[0].hash, "t").unwrap();
+    assert_eq!(verify(&events, &[cps[2].clone(), twin], &keys).unwrap_err().seq, 10_000);
+    // An empty chain verifies, and fails against any checkpoint.
+    assert_eq!(verify(&[], &[], &keys), Ok(0));
+    assert_eq!(verify(&[], &cps[..1], &keys).unwrap_err().seq, 1);
 }

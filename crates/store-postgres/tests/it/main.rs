@@ -40,6 +40,45 @@ async fn postgres_passes_the_store_conformance_suite() -> anyhow::Result<()> {
     result
 }
 
+/// Edits made to the database behind the store's back are caught by the
+/// verifier; a fault injected into the audit insert takes its change with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_detects_tampering_and_fails_whole_changes() -> anyhow::Result<()> {
+    use mandate_testkit::conformance::{Exec, TamperRig};
+    let created = std::sync::Mutex::new(Vec::new());
+    let result = mandate_testkit::conformance::run_tamper_suite(|| async {
+        let url = fresh_database().await?;
+        if let Ok(mut c) = created.lock() {
+            c.push(url.clone());
+        }
+        let store: Arc<dyn Store> = Arc::new(mandate_store_postgres::PostgresStore::connect(&url).await?);
+        let exec: Exec = Arc::new(move |sql: String| {
+            let url = url.clone();
+            Box::pin(async move {
+                let pool = sqlx::PgPool::connect(&url).await?;
+                let done = sqlx::raw_sql(&format!("BEGIN; {sql}; COMMIT;")).execute(&pool).await;
+                pool.close().await;
+                done?;
+                Ok(())
+            })
+        });
+        Ok(TamperRig {
+            store,
+            exec,
+            drop_guards: "DROP TRIGGER audit_events_no_change ON audit_events",
+            fail_appends: "CREATE FUNCTION audit_fail() RETURNS trigger LANGUAGE plpgsql AS \
+                           'BEGIN RAISE EXCEPTION ''injected fault''; END'; \
+                           CREATE TRIGGER audit_fail BEFORE INSERT ON audit_events \
+                           FOR EACH ROW EXECUTE FUNCTION audit_fail()",
+            restore_appends: "DROP TRIGGER audit_fail ON audit_events",
+        })
+    })
+    .await;
+    let urls = created.lock().map(|c| c.clone()).unwrap_or_default();
+    drop_databases(&urls).await?;
+    result
+}
+
 /// Drops the databases a test created, closing their connections.
 pub async fn drop_databases(urls: &[String]) -> anyhow::Result<()> {
     let mut conn = sqlx::PgConnection::connect(&admin_url()).await?;

@@ -1,0 +1,229 @@
+//! The delegation tree of a grant or a token, rebuilt from audit events
+//! alone: each issued token is a node, hung under the token it was
+//! exchanged from (`parent`), with the decisions taken about it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write;
+
+use serde::Serialize;
+
+use crate::Event;
+
+/// The event type that creates a node.
+pub const TOKEN_ISSUED: &str = "token.issued";
+
+/// One issued token and what happened to it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TraceNode {
+    /// The issuance event.
+    pub issued: Event,
+    /// Later events about this token (checks, revocations, introspections).
+    pub events: Vec<Event>,
+    /// Tokens exchanged from this one.
+    pub children: Vec<TraceNode>,
+}
+
+/// A delegation tree.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+pub struct Trace {
+    /// Events that concern the whole grant or no single token (grant
+    /// creation, approvals, grant revocation, refusals before issuance).
+    pub grant_events: Vec<Event>,
+    /// Tokens with no parent among the events given.
+    pub roots: Vec<TraceNode>,
+}
+
+impl Trace {
+    /// Builds the tree from `events`, in any order. A token whose parent is
+    /// not among them becomes a root.
+    pub fn build(events: &[Event]) -> Self {
+        let mut sorted: Vec<&Event> = events.iter().collect();
+        sorted.sort_by_key(|e| e.seq);
+        let issued: BTreeMap<&str, &Event> = sorted
+            .iter()
+            .filter(|e| e.kind == TOKEN_ISSUED)
+            .filter_map(|e| e.jti.as_deref().map(|j| (j, *e)))
+            .collect();
+        let mut about: BTreeMap<&str, Vec<Event>> = BTreeMap::new();
+        let mut children: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        let mut grant_events = Vec::new();
+        for e in &sorted {
+            match (e.kind.as_str(), e.jti.as_deref()) {
+                (TOKEN_ISSUED, Some(jti)) if issued.get(jti).is_some_and(|first| first.seq == e.seq) => {
+                    if let Some(p) = e.parent.as_deref().filter(|p| issued.contains_key(p)) {
+                        children.entry(p).or_default().push(jti);
+                    }
+                }
+                (_, Some(jti)) if issued.contains_key(jti) => about.entry(jti).or_default().push((*e).clone()),
+                _ => grant_events.push((*e).clone()),
+            }
+        }
+        let mut visiting = BTreeSet::new();
+        let roots = issued
+            .iter()
+            .filter(|(_, e)| e.parent.as_deref().is_none_or(|p| !issued.contains_key(p)))
+            .filter_map(|(jti, _)| node(jti, &issued, &about, &children, &mut visiting))
+            .collect();
+        Trace { grant_events, roots }
+    }
+
+    /// Every token in the tree.
+    pub fn len(&self) -> usize {
+        fn count(n: &TraceNode) -> usize {
+            1 + n.children.iter().map(count).sum::<usize>()
+        }
+        self.roots.iter().map(count).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.roots.is_empty() && self.grant_events.is_empty()
+    }
+
+    /// The tree as indented text: the user at the top, then each agent hop
+    /// with the resource it reached, and the decisions under each token.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let mut by_subject: BTreeMap<String, Vec<&TraceNode>> = BTreeMap::new();
+        for r in &self.roots {
+            by_subject.entry(r.issued.subject.clone().unwrap_or_else(|| "(no subject)".into())).or_default().push(r);
+        }
+        for e in &self.grant_events {
+            let _ = writeln!(out, "{}", line(e));
+        }
+        for (subject, roots) in by_subject {
+            let _ = writeln!(out, "{subject}");
+            let n = roots.len();
+            for (i, r) in roots.into_iter().enumerate() {
+                render_node(&mut out, r, "", i + 1 == n);
+            }
+        }
+        out
+    }
+}
+
+fn node<'a>(
+    jti: &'a str,
+    issued: &BTreeMap<&'a str, &'a Event>,
+    about: &BTreeMap<&'a str, Vec<Event>>,
+    children: &BTreeMap<&'a str, Vec<&'a str>>,
+    visiting: &mut BTreeSet<&'a str>,
+) -> Option<TraceNode> {
+    // A cycle can only come from forged events; cut it rather than loop.
+    if !visiting.insert(jti) {
+        return None;
+    }
+    let kids = children
+        .get(jti)
+        .map(|c| c.iter().filter_map(|k| node(k, issued, about, children, visiting)).collect())
+        .unwrap_or_default();
+    Some(TraceNode {
+        issued: (*issued.get(jti)?).clone(),
+        events: about.get(jti).cloned().unwrap_or_default(),
+        children: kids,
+    })
+}
+
+fn render_node(out: &mut String, n: &TraceNode, prefix: &str, last: bool) {
+    let e = &n.issued;
+    let actor = e.actor.as_deref().unwrap_or("?");
+    let _ = writeln!(
+        out,
+        "{prefix}{} {actor} -> {} [{}] {} at {}{}",
+        if last { "└─" } else { "├─" },
+        e.resource.as_deref().unwrap_or("?"),
+        e.scope.as_deref().unwrap_or(""),
+        e.jti.as_deref().unwrap_or("?"),
+        e.time,
+        e.grant_id.as_deref().map(|g| format!(" (grant {g})")).unwrap_or_default(),
+    );
+    let inner = format!("{prefix}{}", if last { "   " } else { "│  " });
+    for ev in &n.events {
+        let _ = writeln!(out, "{inner}{}  {}", if n.children.is_empty() { " " } else { "│" }, line(ev));
+    }
+    let k = n.children.len();
+    for (i, c) in n.children.iter().enumerate() {
+        render_node(out, c, &inner, i + 1 == k);
+    }
+}
+
+/// One event as a line: time, type, decision, action, reason.
+fn line(e: &Event) -> String {
+    let mut s = format!("#{} {} {}", e.seq, e.time, e.kind);
+    if let Some(d) = &e.decision {
+        let _ = write!(s, " {d}");
+    }
+    if let Some(a) = &e.action {
+        let _ = write!(s, " {a}");
+    }
+    if let Some(r) = &e.resource
+        && e.kind != TOKEN_ISSUED
+    {
+        let _ = write!(s, " on {r}");
+    }
+    if let Some(a) = &e.actor {
+        let _ = write!(s, " by {a}");
+    }
+    if let Some(c) = e.count {
+        let _ = write!(s, " ({c} reached)");
+    }
+    if let Some(r) = &e.reason {
+        let _ = write!(s, ": {r}");
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(seq: u64, kind: &str, jti: Option<&str>, parent: Option<&str>, actor: &str) -> Event {
+        let mut e = Event::new(kind, format!("2026-11-23T10:00:{seq:02}Z"));
+        e.seq = seq;
+        e.jti = jti.map(Into::into);
+        e.parent = parent.map(Into::into);
+        e.actor = Some(actor.into());
+        e.subject = Some("usr_alice".into());
+        e.resource = Some("https://cal.example.com".into());
+        e.scope = Some("read".into());
+        e.decision = Some("allow".into());
+        e
+    }
+
+    #[test]
+    fn tokens_hang_under_their_parents_with_their_decisions() {
+        let events = vec![
+            ev(4, "token.revoked", Some("tok_a"), None, "admin"),
+            ev(1, TOKEN_ISSUED, Some("tok_a"), None, "agt_planner"),
+            ev(2, TOKEN_ISSUED, Some("tok_b"), Some("tok_a"), "agt_summarizer"),
+            ev(3, "check", Some("tok_b"), None, "agt_summarizer"),
+            ev(5, "grant.revoked", None, None, "usr_alice"),
+        ];
+        let t = Trace::build(&events);
+        assert_eq!(t.len(), 2);
+        assert_eq!(t.roots.len(), 1);
+        let root = &t.roots[0];
+        assert_eq!(root.issued.jti.as_deref(), Some("tok_a"));
+        assert_eq!(root.events.len(), 1);
+        assert_eq!(root.children[0].issued.actor.as_deref(), Some("agt_summarizer"));
+        assert_eq!(root.children[0].events[0].kind, "check");
+        assert_eq!(t.grant_events.len(), 1);
+        let text = t.render();
+        assert!(text.contains("usr_alice"), "{text}");
+        assert!(text.contains("agt_planner -> https://cal.example.com [read] tok_a"), "{text}");
+        assert!(text.contains("   └─ agt_summarizer"), "{text}");
+    }
+
+    #[test]
+    fn forged_cycles_and_orphans_do_not_loop() {
+        // tok_x and tok_y claim each other as parent: neither is a root, so
+        // neither is drawn, and building terminates.
+        let events = vec![
+            ev(1, TOKEN_ISSUED, Some("tok_x"), Some("tok_y"), "agt_1"),
+            ev(2, TOKEN_ISSUED, Some("tok_y"), Some("tok_x"), "agt_2"),
+            ev(3, TOKEN_ISSUED, Some("tok_z"), Some("tok_gone"), "agt_3"),
+        ];
+        let t = Trace::build(&events);
+        assert_eq!(t.roots.len(), 1);
+        assert_eq!(t.roots[0].issued.jti.as_deref(), Some("tok_z"));
+    }
+}

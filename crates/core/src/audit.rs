@@ -1,0 +1,414 @@
+//! The audit trail (DESIGN §6): how use cases record events, and how the
+//! trail is read, verified, traced and checkpointed.
+//!
+//! A use case never appends an event on its own: it adds a
+//! [`Mutation::AppendAudit`] to the very [`Change`] that makes the state
+//! change, so that the store commits both or neither. The store assigns
+//! `seq`, links `prev_hash` and computes `hash` while it holds the chain's
+//! head, so events are numbered in commit order.
+
+use std::future::Future;
+
+use mandate_audit::{ChainVerifier, Checkpoint, Event, Tamper, Trace, Verified};
+use mandate_jose::PublicJwk;
+use time::OffsetDateTime;
+use time::format_description::FormatItem;
+use time::macros::format_description;
+
+use crate::Error;
+use crate::service::{Caller, Mandate};
+use crate::store::{Change, KeyUse, Mutation, Store, StoreError};
+
+/// Event types. The trail's own vocabulary, documented in `docs/audit.md`.
+pub mod kind {
+    pub const TOKEN_ISSUED: &str = mandate_audit::trace::TOKEN_ISSUED;
+    pub const TOKEN_DENIED: &str = "token.denied";
+    pub const TOKEN_REVOKED: &str = "token.revoked";
+    pub const TOKEN_INTROSPECTED: &str = "token.introspected";
+    pub const CLIENT_AUTH_FAILED: &str = "client.auth_failed";
+    pub const ADMIN_AUTH_FAILED: &str = "admin.auth_failed";
+    pub const ADMIN_DENIED: &str = "admin.denied";
+    pub const ADMIN_TOKEN_SEEDED: &str = "admin.token_seeded";
+    pub const USER_CREATED: &str = "user.created";
+    pub const USER_UPDATED: &str = "user.updated";
+    pub const USER_TOKEN_CREATED: &str = "user.token_created";
+    pub const AGENT_CREATED: &str = "agent.created";
+    pub const AGENT_SUSPENDED: &str = "agent.suspended";
+    pub const AGENT_RESUMED: &str = "agent.resumed";
+    pub const AGENT_RETIRED: &str = "agent.retired";
+    pub const AGENT_EXPIRED: &str = "agent.expired";
+    pub const RESOURCE_CREATED: &str = "resource.created";
+    pub const POLICY_UPDATED: &str = "policy.updated";
+    pub const KEY_CREATED: &str = "key.created";
+    pub const KEY_ROTATED: &str = "key.rotated";
+}
+
+/// Decisions an event may record.
+pub const ALLOW: &str = "allow";
+pub const DENY: &str = "deny";
+
+/// Longest free text (reasons, request ids) kept in an event.
+const MAX_TEXT: usize = 512;
+/// Longest request id accepted from a client's `X-Request-Id`.
+pub const MAX_REQUEST_ID: usize = 64;
+/// Events read per page when the whole trail is walked.
+pub const PAGE: u32 = 10_000;
+/// Most events one query returns.
+pub const MAX_QUERY_LIMIT: u32 = 1_000;
+/// Most tokens a trace follows.
+const MAX_TRACE_NODES: usize = 10_000;
+
+/// Event times: RFC 3339, UTC, always six fractional digits, so that the
+/// text sorts in time order and `since` filters compare strings.
+const TIME_FORMAT: &[FormatItem<'static>] =
+    format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z");
+
+/// `t` as an event time.
+pub fn event_time(t: OffsetDateTime) -> String {
+    t.to_offset(time::UtcOffset::UTC).format(TIME_FORMAT).unwrap_or_else(|_| "1970-01-01T00:00:00.000000Z".into())
+}
+
+/// Parses an RFC 3339 time given by a caller into the event-time form.
+pub fn parse_since(s: &str) -> Result<String, Error> {
+    let t = OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .map_err(|_| Error::BadInput("since must be an RFC 3339 time, such as 2026-11-23T10:00:00Z".into()))?;
+    Ok(event_time(t))
+}
+
+tokio::task_local! {
+    static REQUEST_ID: String;
+}
+
+/// Runs `f` with `id` as the request id stamped on the events it records.
+pub async fn with_request_id<F: Future>(id: String, f: F) -> F::Output {
+    REQUEST_ID.scope(id, f).await
+}
+
+fn current_request_id() -> Option<String> {
+    REQUEST_ID.try_with(Clone::clone).ok()
+}
+
+/// `s` cut to at most `MAX_TEXT` bytes, on a character boundary.
+fn bounded(s: &str) -> String {
+    if s.len() <= MAX_TEXT {
+        return s.to_owned();
+    }
+    let mut end = MAX_TEXT;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", s.get(..end).unwrap_or_default())
+}
+
+/// An event to append in the same change as the state it records.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuditRecord {
+    /// Unsealed: the store fills in `seq`, `prev_hash` and `hash`.
+    pub event: Event,
+    /// Indexes of earlier mutations of the same change whose affected-row
+    /// counts, summed, become `event.count` (how far a cascade reached).
+    pub count_of: Vec<usize>,
+}
+
+impl AuditRecord {
+    pub fn new(event: Event) -> Self {
+        Self { event, count_of: Vec::new() }
+    }
+
+    /// The mutation appending this record.
+    pub fn mutation(self) -> Mutation {
+        Mutation::AppendAudit(Box::new(self))
+    }
+}
+
+/// Fills the event fields that a store computes: `count` from the change's
+/// affected rows, then `seq`, `prev_hash` and `hash`. Both stores call it
+/// while they hold the chain's head.
+pub fn seal_record(record: &AuditRecord, affected: &[u64], seq: u64, prev: &str) -> Result<Event, StoreError> {
+    let mut event = record.event.clone();
+    if !record.count_of.is_empty() {
+        event.count = Some(record.count_of.iter().filter_map(|&i| affected.get(i)).sum());
+    }
+    mandate_audit::seal(event, seq, prev).map_err(|e| StoreError::Unavailable(format!("audit event: {e}")))
+}
+
+/// What a caller may filter the trail by (DESIGN §7). Every value is bound
+/// as a parameter; none is ever spliced into SQL.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditQuery {
+    /// Only events with `seq` greater than this (the cursor).
+    pub after: u64,
+    pub limit: u32,
+    pub actor: Option<String>,
+    pub subject: Option<String>,
+    pub jti: Option<String>,
+    pub grant: Option<String>,
+    pub kind: Option<String>,
+    pub resource: Option<String>,
+    pub parent: Option<String>,
+    /// An event time (see [`event_time`]); events at or after it.
+    pub since: Option<String>,
+}
+
+impl AuditQuery {
+    /// Every event after `after`, a page at a time.
+    pub fn page(after: u64) -> Self {
+        Self { after, limit: PAGE, ..Self::default() }
+    }
+}
+
+/// The result of verifying the stored trail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TrailReport {
+    Intact(Verified),
+    Broken(Tamper),
+}
+
+/// Verifies the trail in `store` page by page against its own signed
+/// checkpoints and any `witnessed` ones kept outside the store. Needs no
+/// running server and no master key: the audit keys' public halves are
+/// stored beside them.
+pub async fn verify_trail(store: &dyn Store, witnessed: &[Checkpoint]) -> Result<TrailReport, Error> {
+    let keys = audit_public_keys(store).await?;
+    let mut checkpoints = all_checkpoints(store).await?;
+    checkpoints.extend(witnessed.iter().cloned());
+    let mut verifier = ChainVerifier::new(&checkpoints, &keys);
+    loop {
+        let page = store.audit_events(&AuditQuery::page(verifier.next_seq() - 1)).await?;
+        if page.is_empty() {
+            break;
+        }
+        if let Err(t) = verifier.feed(&page) {
+            return Ok(TrailReport::Broken(t));
+        }
+    }
+    Ok(match verifier.finish() {
+        Ok(v) => TrailReport::Intact(v),
+        Err(t) => TrailReport::Broken(t),
+    })
+}
+
+/// Every stored checkpoint, in seq order.
+pub async fn all_checkpoints(store: &dyn Store) -> Result<Vec<Checkpoint>, Error> {
+    let mut out: Vec<Checkpoint> = Vec::new();
+    loop {
+        let after = out.last().map_or(0, |c| c.seq);
+        let page = store.audit_checkpoints(after, PAGE).await?;
+        let full = page.len() == PAGE as usize;
+        out.extend(page);
+        if !full {
+            return Ok(out);
+        }
+    }
+}
+
+/// The public keys that sign checkpoints, current and retired.
+pub async fn audit_public_keys(store: &dyn Store) -> Result<Vec<PublicJwk>, Error> {
+    let mut keys = Vec::new();
+    for k in store.signing_keys().await? {
+        if k.purpose != KeyUse::Audit {
+            continue;
+        }
+        let jwk = k
+            .public_jwk
+            .as_deref()
+            .and_then(|text| serde_json::from_str::<serde_json::Value>(text).ok())
+            .and_then(|v| PublicJwk::from_json(&v).ok())
+            .ok_or_else(|| Error::Unavailable(format!("audit key {} has no usable public key", k.kid)))?;
+        keys.push(jwk);
+    }
+    Ok(keys)
+}
+
+/// The delegation tree of a token (`tok_…`) or a grant (`grt_…`), from the
+/// trail alone.
+pub async fn trace(store: &dyn Store, id: &str) -> Result<Trace, Error> {
+    let mut events: Vec<Event> = Vec::new();
+    if id.starts_with(mandate_model::GrantId::PREFIX) {
+        let q = AuditQuery { grant: Some(id.to_owned()), ..AuditQuery::page(0) };
+        collect(store, q, &mut events).await?;
+    } else if id.starts_with(mandate_model::Jti::PREFIX) {
+        // Climb to the root token, then walk down every hop.
+        let mut root = id.to_owned();
+        for _ in 0..mandate_model::claims::MAX_ACT_DEPTH {
+            let issued = issuance(store, &root).await?;
+            match issued.and_then(|e| e.parent) {
+                Some(p) => root = p,
+                None => break,
+            }
+        }
+        let mut frontier = vec![root];
+        let mut seen = 0usize;
+        while let Some(jti) = frontier.pop() {
+            seen += 1;
+            if seen > MAX_TRACE_NODES {
+                break;
+            }
+            collect(store, AuditQuery { jti: Some(jti.clone()), ..AuditQuery::page(0) }, &mut events).await?;
+            let mut children = Vec::new();
+            let q = AuditQuery { parent: Some(jti), kind: Some(kind::TOKEN_ISSUED.into()), ..AuditQuery::page(0) };
+            collect(store, q, &mut children).await?;
+            frontier.extend(children.into_iter().filter_map(|c| c.jti));
+        }
+    } else {
+        return Err(Error::BadInput("trace takes a token id (tok_…) or a grant id (grt_…)".into()));
+    }
+    if events.is_empty() {
+        return Err(Error::NotFound(format!("no audit events for {id}")));
+    }
+    events.sort_by_key(|e| e.seq);
+    events.dedup_by_key(|e| e.seq);
+    Ok(Trace::build(&events))
+}
+
+async fn issuance(store: &dyn Store, jti: &str) -> Result<Option<Event>, Error> {
+    let q =
+        AuditQuery { jti: Some(jti.to_owned()), kind: Some(kind::TOKEN_ISSUED.into()), limit: 1, ..Default::default() };
+    Ok(store.audit_events(&q).await?.into_iter().next())
+}
+
+/// Appends every event matching `q` to `out`, following the cursor.
+async fn collect(store: &dyn Store, mut q: AuditQuery, out: &mut Vec<Event>) -> Result<(), Error> {
+    loop {
+        let page = store.audit_events(&q).await?;
+        let full = page.len() == q.limit as usize;
+        q.after = page.last().map_or(q.after, |e| e.seq);
+        out.extend(page);
+        if !full || out.len() > MAX_TRACE_NODES * 8 {
+            return Ok(());
+        }
+    }
+}
+
+impl Mandate {
+    /// A new event of `kind`, stamped with the clock and the request id.
+    pub(crate) fn event(&self, kind: &str) -> Event {
+        let mut e = Event::new(kind, event_time(self.clock.now()));
+        e.request_id = current_request_id();
+        e
+    }
+
+    /// An event naming who called the administration API.
+    pub(crate) fn admin_event(&self, kind: &str, caller: Caller) -> Event {
+        let mut e = self.event(kind);
+        e.decision = Some(ALLOW.into());
+        e.actor = Some(match caller {
+            Caller::Admin => "admin".into(),
+            Caller::User(u) => u.to_string(),
+        });
+        e
+    }
+
+    /// Commits `event` alone: a refusal that changes nothing else. If it
+    /// cannot be written the request fails closed.
+    pub(crate) async fn record(&self, event: Event) -> Result<(), Error> {
+        self.store.commit(Change::new().with(AuditRecord::new(event).mutation())).await?;
+        Ok(())
+    }
+
+    /// Records a refusal on the administration API (a bad admin or user
+    /// token, or a call the caller may not make).
+    pub async fn record_admin_refusal(&self, kind: &str, caller: Option<Caller>, reason: &str) -> Result<(), Error> {
+        let mut e = self.event(kind);
+        e.decision = Some(DENY.into());
+        e.actor = caller.map(|c| match c {
+            Caller::Admin => "admin".into(),
+            Caller::User(u) => u.to_string(),
+        });
+        e.reason = Some(bounded(reason));
+        self.record(e).await
+    }
+
+    /// `GET /v1/audit`. The admin sees every event; a user sees the events
+    /// whose subject is that user.
+    pub async fn audit_query(&self, caller: Caller, mut q: AuditQuery) -> Result<Vec<Event>, Error> {
+        if let Caller::User(u) = caller {
+            let me = u.to_string();
+            if q.subject.as_deref().is_some_and(|s| s != me) {
+                return Err(Error::Forbidden("a user may read only the events about themselves".into()));
+            }
+            q.subject = Some(me);
+        }
+        if q.limit == 0 {
+            q.limit = 100;
+        }
+        if q.limit > MAX_QUERY_LIMIT {
+            return Err(Error::BadInput(format!("limit must be 1 to {MAX_QUERY_LIMIT}")));
+        }
+        Ok(self.store.audit_events(&q).await?)
+    }
+
+    /// `GET /v1/audit/verify`.
+    pub async fn audit_verify(&self, caller: Caller) -> Result<TrailReport, Error> {
+        self.require_admin(caller).await?;
+        verify_trail(self.store.as_ref(), &[]).await
+    }
+
+    /// `GET /v1/audit/checkpoints`.
+    pub async fn audit_checkpoints(&self, caller: Caller, after: u64, limit: u32) -> Result<Vec<Checkpoint>, Error> {
+        self.require_admin(caller).await?;
+        if limit == 0 || limit > MAX_QUERY_LIMIT {
+            return Err(Error::BadInput(format!("limit must be 1 to {MAX_QUERY_LIMIT}")));
+        }
+        Ok(self.store.audit_checkpoints(after, limit).await?)
+    }
+
+    /// `GET /v1/audit/trace/{id}`.
+    pub async fn audit_trace(&self, caller: Caller, id: &str) -> Result<Trace, Error> {
+        self.require_admin(caller).await?;
+        trace(self.store.as_ref(), id).await
+    }
+
+    /// The public keys that sign checkpoints (`GET /v1/audit/keys`).
+    pub fn audit_keys(&self) -> serde_json::Value {
+        let keys = self.audit_keys.read().map(|k| k.public.clone()).unwrap_or_default();
+        serde_json::json!({ "keys": keys.iter().map(PublicJwk::to_json).collect::<Vec<_>>() })
+    }
+
+    /// Signs a checkpoint of the chain's head when enough events, or enough
+    /// time, have passed since the last one. Called periodically by the
+    /// server; several nodes may race, and the store keeps one checkpoint
+    /// per seq.
+    pub async fn checkpoint_if_due(&self) -> Result<Option<Checkpoint>, Error> {
+        let Some((seq, hash)) = self.store.audit_head().await? else {
+            return Ok(None);
+        };
+        let now = self.clock.now();
+        let last = self.store.last_audit_checkpoint().await?;
+        let due = match &last {
+            None => true,
+            Some(cp) if cp.seq >= seq => false,
+            Some(cp) => {
+                let since = OffsetDateTime::parse(&cp.time, &time::format_description::well_known::Rfc3339)
+                    .map(|t| (now - t).whole_seconds())
+                    .unwrap_or(i64::MAX);
+                seq - cp.seq >= self.config.audit_checkpoint_events || since >= self.config.audit_checkpoint_interval
+            }
+        };
+        if !due {
+            return Ok(None);
+        }
+        let key = self
+            .audit_keys
+            .read()
+            .ok()
+            .and_then(|k| k.active.clone())
+            .ok_or_else(|| Error::Unavailable("no audit signing key".into()))?;
+        let cp = mandate_audit::sign_checkpoint(&key, seq, &hash, &event_time(now))
+            .map_err(|e| Error::Unavailable(e.to_string()))?;
+        self.store.commit(Change::new().with(Mutation::InsertCheckpoint(cp.clone()))).await?;
+        Ok(Some(cp))
+    }
+}
+
+/// The key that signs checkpoints and every audit key ever used.
+#[derive(Default)]
+pub(crate) struct AuditKeys {
+    pub active: Option<std::sync::Arc<mandate_jose::SigningKey>>,
+    pub public: Vec<PublicJwk>,
+}
+
+/// Refusal reasons as recorded: bounded, never the raw input.
+pub(crate) fn reason(e: &Error) -> String {
+    bounded(&e.to_string())
+}
