@@ -77,7 +77,10 @@ impl Mandate {
         }
         let client = self.authenticate(credentials).await?;
         match self.client_credentials(&client, &req).await {
-            Ok(token) => Ok(token),
+            Ok((change, event, token)) => {
+                self.commit_or_replay(&client, change, event, &[]).await?;
+                Ok(token)
+            }
             Err(e) => {
                 let mut event = self.client_event(kind::TOKEN_DENIED, &client);
                 event.decision = Some(DENY.into());
@@ -154,8 +157,13 @@ impl Mandate {
     }
 
     /// `client_credentials`: an agent acting as itself, or a resource server
-    /// asking for `mandate:check` on Mandate's own API.
-    async fn client_credentials(&self, client: &AuthenticatedClient, req: &TokenRequest) -> Result<IssuedToken, Error> {
+    /// asking for `mandate:check` on Mandate's own API. Decides and mints;
+    /// the caller commits the returned change and event.
+    async fn client_credentials(
+        &self,
+        client: &AuthenticatedClient,
+        req: &TokenRequest,
+    ) -> Result<(Change, Event, IssuedToken), Error> {
         let resource = match req.resources.as_slice() {
             [] => {
                 return Err(Error::InvalidTarget("resource is required: tokens are bound to one audience".into()));
@@ -266,15 +274,15 @@ impl Mandate {
         event.resource = Some(record.audience.clone());
         event.scope = Some(scopes.to_claim());
         event.jti = Some(jti.to_string());
-        self.commit_or_replay(client, Change::new().with(Mutation::InsertToken(record)), event, &[]).await?;
-        Ok(IssuedToken {
+        let issued = IssuedToken {
             access_token,
             token_type: "Bearer",
             expires_in: (exp - now).whole_seconds(),
             scope: scopes.to_claim(),
             jti,
             client_id: client.id,
-        })
+        };
+        Ok((Change::new().with(Mutation::InsertToken(record)), event, issued))
     }
 
     /// A registered resource by identifier, from the cache or the store.

@@ -3,6 +3,7 @@
 //! conformance suite that every [`mandate_core::Store`] must pass.
 
 pub mod conformance;
+pub mod faulty;
 mod server;
 
 pub use server::{ADMIN_TOKEN, TestAgent, TestServer, fresh_jti};

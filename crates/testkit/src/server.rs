@@ -235,6 +235,33 @@ impl TestServer {
         self.token_with(&a, resource, scope).await
     }
 
+    /// Every audit event matching `query` (a query string such as
+    /// `type=token.issued&jti=tok_…`), following the cursor.
+    pub async fn audit(&self, query: &str) -> Result<Vec<Value>> {
+        let mut out = Vec::new();
+        let mut after = 0u64;
+        loop {
+            let sep = if query.is_empty() { "" } else { "&" };
+            let (st, body) = self
+                .admin(reqwest::Method::GET, &format!("/v1/audit?{query}{sep}after={after}&limit=1000"), None)
+                .await?;
+            anyhow::ensure!(st == 200, "audit query {query}: {st} {body}");
+            let events = body.get("events").and_then(Value::as_array).cloned().unwrap_or_default();
+            out.extend(events);
+            match body.get("next").and_then(Value::as_u64) {
+                Some(n) => after = n,
+                None => return Ok(out),
+            }
+        }
+    }
+
+    /// `GET /v1/audit/verify` as the admin.
+    pub async fn verify_audit(&self) -> Result<Value> {
+        let (st, body) = self.admin(reqwest::Method::GET, "/v1/audit/verify", None).await?;
+        anyhow::ensure!(st == 200, "verify: {st} {body}");
+        Ok(body)
+    }
+
     /// Introspects `token` as the admin.
     pub async fn introspect(&self, token: &str) -> Result<Value> {
         let resp = self

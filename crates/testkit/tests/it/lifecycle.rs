@@ -70,6 +70,13 @@ async fn ephemeral_agents_expire_and_die_with_their_parent() -> anyhow::Result<(
     assert_eq!(s.introspect(&t).await?, json!({"active": false}));
     let (_, c) = s.admin(Method::GET, &format!("/v1/agents/{}", child.id), None).await?;
     assert_eq!(c["status"], "retired");
+    // One event for the retirement, counting every token the cascade
+    // reached, and one for each descendant it took along.
+    let retired = s.audit("type=agent.retired").await?;
+    assert_eq!(retired.len(), 2, "{retired:?}");
+    assert_eq!((retired[0]["resource"].as_str(), retired[0]["count"].as_u64()), (Some(parent.id.as_str()), Some(1)));
+    assert_eq!((retired[1]["resource"].as_str(), retired[1]["count"].as_u64()), (Some(child.id.as_str()), Some(1)));
+    assert!(retired[1]["reason"].as_str().unwrap_or_default().contains(&parent.id));
     s.stop().await?;
     Ok(())
 }
@@ -97,6 +104,15 @@ async fn an_ephemeral_agent_past_its_expiry_cannot_authenticate() -> anyhow::Res
     assert_eq!(c["status"], "retired");
     let (_, p) = s.admin(Method::GET, &format!("/v1/agents/{}", parent.id), None).await?;
     assert_eq!(p["status"], "active", "a persistent agent was retired by expiry housekeeping");
+    let expired = s.audit("type=agent.expired").await?;
+    assert_eq!(expired.len(), 1);
+    assert_eq!(
+        (expired[0]["resource"].as_str(), expired[0]["subject"].as_str()),
+        (Some(child.id.as_str()), Some(owner.as_str()))
+    );
+    // Housekeeping again finds nothing more to record.
+    s.mandate.housekeeping().await?;
+    assert_eq!(s.audit("type=agent.expired").await?.len(), 1);
     s.stop().await?;
     Ok(())
 }
@@ -130,6 +146,8 @@ async fn disabling_an_owner_stops_their_agents() -> anyhow::Result<()> {
     let (st, _) = s.admin(Method::PATCH, &format!("/v1/users/{owner}"), Some(json!({"status": "disabled"}))).await?;
     assert_eq!(st, 200);
     assert_eq!(s.introspect(&t).await?, json!({"active": false}));
+    let updated = s.audit(&format!("type=user.updated&subject={owner}")).await?;
+    assert_eq!((updated[0]["count"].as_u64(), updated[0]["reason"].as_str()), (Some(1), Some("status: disabled")));
     let (st, body) = s.token(&agent, API, "read").await?;
     assert_eq!((st, body["error"].as_str()), (401, Some("invalid_client")));
     // Re-enabling restores the agent (its lifecycle is its own).

@@ -3,6 +3,7 @@
 #![allow(clippy::indexing_slicing)]
 
 mod admin;
+mod audit;
 mod client_auth;
 mod discovery;
 mod golden;
