@@ -1,0 +1,8 @@
+//! The `mandate` binary as operators run it: real processes, killed and
+//! restarted, on SQLite and on a shared PostgreSQL.
+// Test helpers index JSON freely; a missing member fails the test.
+#![allow(clippy::indexing_slicing)]
+
+mod crash;
+mod nodes;
+mod support;
