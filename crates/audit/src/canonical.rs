@@ -63,11 +63,22 @@ fn write_value(out: &mut String, value: &Value) -> Result<(), CanonicalError> {
     Ok(())
 }
 
+/// Whether any byte of `s` must be escaped in a JSON string. Branch-free,
+/// so that the compiler vectorizes it: verification spends a third of its
+/// time here.
+fn needs_escape(s: &[u8]) -> bool {
+    let mut any = false;
+    for &b in s {
+        any |= (b < 0x20) | (b == b'"') | (b == b'\\');
+    }
+    any
+}
+
 /// RFC 8785 §3.2.2.2: ECMAScript `JSON.stringify` string escaping.
 pub(crate) fn write_string(out: &mut String, s: &str) {
     out.push('"');
     // Most audit strings need no escaping: copy them whole.
-    if !s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+    if !needs_escape(s.as_bytes()) {
         out.push_str(s);
         out.push('"');
         return;

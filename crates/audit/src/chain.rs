@@ -82,13 +82,39 @@ impl Event {
 
     /// The raw SHA-256 behind [`Event::compute_hash`], reusing `buf`.
     fn digest(&self, buf: &mut String) -> [u8; 32] {
+        self.digest_as(buf, self.seq, &self.prev_hash, self.count)
+    }
+
+    /// The hash this event would have with `seq`, `prev_hash` and `count`
+    /// in place of its own: what [`seal`] computes, without a copy of the
+    /// event (stores hash every event while they hold the chain's head).
+    pub fn hash_as(&self, seq: u64, prev_hash: &str, count: Option<u64>) -> String {
+        let mut buf = String::with_capacity(512);
+        hex(&self.digest_as(&mut buf, seq, prev_hash, count))
+    }
+
+    fn digest_as(&self, buf: &mut String, seq: u64, prev_hash: &str, count: Option<u64>) -> [u8; 32] {
+        self.digest_linked(buf, seq, prev_hash, hex_32(prev_hash).as_ref(), count)
+    }
+
+    /// The digest given `prev_hash` both as text (as the canonical form
+    /// holds it) and, when it is well formed, as its 32 raw bytes (as the
+    /// link hashes it); the verifier passes the bytes it just computed.
+    fn digest_linked(
+        &self,
+        buf: &mut String,
+        seq: u64,
+        prev_hash: &str,
+        prev_raw: Option<&[u8; 32]>,
+        count: Option<u64>,
+    ) -> [u8; 32] {
         buf.clear();
-        self.write_canonical(buf);
+        self.write_canonical_as(buf, seq, prev_hash, count);
         let mut h = Sha256::new();
-        match hex_32(&self.prev_hash) {
+        match prev_raw {
             Some(bytes) => h.update(bytes),
             // Malformed: hash the text itself, which no real chain produces.
-            None => h.update(self.prev_hash.as_bytes()),
+            None => h.update(prev_hash.as_bytes()),
         }
         h.update(buf.as_bytes());
         h.finalize().into()
@@ -99,6 +125,10 @@ impl Event {
     /// `to_canonical(&to_value(event) minus "hash")` (a property test checks
     /// it) without building a JSON tree, which triples verification speed.
     pub fn write_canonical(&self, out: &mut String) {
+        self.write_canonical_as(out, self.seq, &self.prev_hash, self.count);
+    }
+
+    fn write_canonical_as(&self, out: &mut String, seq: u64, prev_hash: &str, count: Option<u64>) {
         fn opt(out: &mut String, name: &str, v: &Option<String>) {
             out.push_str(name);
             match v {
@@ -118,10 +148,8 @@ impl Event {
         out.push(']');
         opt(out, ",\"client_id\":", &self.client_id);
         out.push_str(",\"count\":");
-        match self.count {
-            Some(n) => {
-                let _ = std::fmt::Write::write_fmt(out, format_args!("{n}"));
-            }
+        match count {
+            Some(n) => write_u64(out, n),
             None => out.push_str("null"),
         }
         opt(out, ",\"decision\":", &self.decision);
@@ -129,13 +157,13 @@ impl Event {
         opt(out, ",\"jti\":", &self.jti);
         opt(out, ",\"parent\":", &self.parent);
         out.push_str(",\"prev_hash\":");
-        write_string(out, &self.prev_hash);
+        write_string(out, prev_hash);
         opt(out, ",\"reason\":", &self.reason);
         opt(out, ",\"request_id\":", &self.request_id);
         opt(out, ",\"resource\":", &self.resource);
         opt(out, ",\"scope\":", &self.scope);
         out.push_str(",\"seq\":");
-        let _ = std::fmt::Write::write_fmt(out, format_args!("{}", self.seq));
+        write_u64(out, seq);
         opt(out, ",\"subject\":", &self.subject);
         out.push_str(",\"time\":");
         write_string(out, &self.time);
@@ -376,6 +404,9 @@ fn verify_links(events: &[Event], first_seq: u64, prev: &str) -> Result<(), Tamp
 /// Verifies `part`, whose first entry must carry `first_seq` and follow `prev`.
 fn check_range<'a>(part: &'a [Event], first_seq: u64, mut prev: &'a str) -> Result<(), Tamper> {
     let mut buf = String::with_capacity(1024);
+    // The previous entry's digest, as bytes: once `prev_hash` is known to
+    // equal its text, it need not be decoded again.
+    let mut prev_raw = hex_32(prev);
     for (i, e) in part.iter().enumerate() {
         let expected_seq = first_seq + i as u64;
         if e.seq != expected_seq {
@@ -384,13 +415,59 @@ fn check_range<'a>(part: &'a [Event], first_seq: u64, mut prev: &'a str) -> Resu
         if e.prev_hash != prev {
             return Err(Tamper::new(e.seq, "prev_hash does not match the previous entry"));
         }
-        // The stored hash must be the lower-case hex of the recomputed digest.
-        if hex_32(&e.hash) != Some(e.digest(&mut buf)) || e.hash.bytes().any(|b| b.is_ascii_uppercase()) {
+        let digest = e.digest_linked(&mut buf, e.seq, &e.prev_hash, prev_raw.as_ref(), e.count);
+        // The stored hash must be exactly the lower-case hex of the digest.
+        if hex_32_lower(&e.hash) != Some(digest) {
             return Err(Tamper::new(e.seq, "hash does not match the entry's contents"));
         }
+        prev_raw = Some(digest);
         prev = &e.hash;
     }
     Ok(())
+}
+
+/// Decimal digits of `n`, without the formatting machinery.
+fn write_u64(out: &mut String, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        if let Some(d) = digits.get_mut(at) {
+            *d = b'0' + (n % 10) as u8;
+        }
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for &d in digits.get(at..).unwrap_or_default() {
+        out.push(char::from(d));
+    }
+}
+
+/// A lower-case hex digit's value; 0xff for anything else.
+fn nibble_of(c: u8) -> u8 {
+    match c {
+        b'0'..=b'9' => c - b'0',
+        b'a'..=b'f' => c - b'a' + 10,
+        _ => 0xff,
+    }
+}
+
+/// Decodes exactly 64 lower-case hex digits.
+fn hex_32_lower(s: &str) -> Option<[u8; 32]> {
+    let bytes: &[u8; 64] = s.as_bytes().try_into().ok()?;
+    let mut out = [0u8; 32];
+    let mut bad = 0u8;
+    for (o, pair) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+        let (hi, lo) = match pair {
+            [h, l] => (nibble_of(*h), nibble_of(*l)),
+            _ => (0xff, 0xff),
+        };
+        bad |= hi | lo;
+        *o = (hi << 4) | (lo & 0x0f);
+    }
+    (bad & 0xf0 == 0).then_some(out)
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -121,14 +121,28 @@ impl AuditRecord {
     }
 }
 
-/// Fills the event fields that a store computes: `count` from the change's
-/// affected rows, then `seq`, `prev_hash` and `hash`. Both stores call it
-/// while they hold the chain's head.
+impl AuditRecord {
+    /// The event's `count`: the rows reached by the counted mutations of
+    /// its change, given the change's affected-row counts so far.
+    pub fn count(&self, affected: &[u64]) -> Option<u64> {
+        if self.count_of.is_empty() {
+            return self.event.count;
+        }
+        Some(self.count_of.iter().filter_map(|&i| affected.get(i)).sum())
+    }
+
+    /// The hash the event takes at `seq` after `prev`, with `count`.
+    pub fn hash_at(&self, seq: u64, prev: &str, count: Option<u64>) -> String {
+        self.event.hash_as(seq, prev, count)
+    }
+}
+
+/// The sealed event a store keeps: `count` from the change's affected
+/// rows, then `seq`, `prev_hash` and `hash`. Stores call it while they
+/// hold the chain's head.
 pub fn seal_record(record: &AuditRecord, affected: &[u64], seq: u64, prev: &str) -> Result<Event, StoreError> {
     let mut event = record.event.clone();
-    if !record.count_of.is_empty() {
-        event.count = Some(record.count_of.iter().filter_map(|&i| affected.get(i)).sum());
-    }
+    event.count = record.count(affected);
     mandate_audit::seal(event, seq, prev).map_err(|e| StoreError::Unavailable(format!("audit event: {e}")))
 }
 

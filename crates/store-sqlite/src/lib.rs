@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use mandate_audit::{Checkpoint, Event, GENESIS};
-use mandate_core::audit::{AuditQuery, seal_record};
+use mandate_core::audit::AuditQuery;
 use mandate_core::store::codec::{
     self, AgentRow, EVENT_COLUMNS, EventRow, ResourceRow, TokenRow, UserRow, agent_kind, json, ts, user_status,
 };
@@ -40,6 +40,8 @@ const MAX_BATCH: usize = 512;
 const LINGER: Duration = Duration::from_micros(200);
 /// A batch this large commits without lingering.
 const LINGER_UNTIL: usize = 16;
+/// The writer connection's page cache, in KiB (as a negative `cache_size`).
+const WRITER_CACHE_KIB: i64 = -65_536;
 /// Read connections kept open.
 const MAX_IDLE_READERS: usize = 8;
 
@@ -100,6 +102,10 @@ impl SqliteStore {
             return Err(StoreError::Unavailable(format!("could not enable WAL (journal_mode is {mode})")));
         }
         configure(&conn).map_err(unavailable)?;
+        // The writer's batches touch the tail of every audit index; a page
+        // cache that holds them avoids spilling mid-transaction and
+        // re-reading index pages (measured: see BENCHMARKS.md).
+        conn.pragma_update(None, "cache_size", WRITER_CACHE_KIB).map_err(unavailable)?;
         migrate(&mut conn).map_err(unavailable)?;
         // Checkpoints run on their own thread, so that copying the WAL back
         // into the database does not stall the writer; the writer checkpoints
@@ -510,15 +516,18 @@ fn apply(conn: &Connection, m: &Mutation, affected: &[u64], head: &mut Head) -> 
             exec(conn, "DELETE FROM assertion_jtis WHERE expires_at < ?1", params![ts(*before)], "assertion jtis")
         }
         Mutation::AppendAudit(record) => {
-            let e = seal_record(record, affected, head.seq + 1, &head.hash)?;
-            let seq = i64::try_from(e.seq).map_err(|_| unavailable("audit seq overflow"))?;
+            // Hashed from the record in place: the writer is the hot path.
+            let e = &record.event;
+            let seq = head.seq + 1;
+            let count = record.count(affected);
+            let hash = record.hash_at(seq, &head.hash, count);
             exec(
                 conn,
                 "INSERT INTO audit_events (seq, time, type, decision, subject, actor, chain, client_id, action, resource, \
                  scope, jti, grant_id, parent, count, reason, request_id, prev_hash, hash) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)",
                 params![
-                    seq,
+                    i64::try_from(seq).map_err(|_| unavailable("audit seq overflow"))?,
                     e.time,
                     e.kind,
                     e.decision,
@@ -532,15 +541,15 @@ fn apply(conn: &Connection, m: &Mutation, affected: &[u64], head: &mut Head) -> 
                     e.jti,
                     e.grant_id,
                     e.parent,
-                    e.count.map(|c| i64::try_from(c).unwrap_or(i64::MAX)),
+                    count.map(|c| i64::try_from(c).unwrap_or(i64::MAX)),
                     e.reason,
                     e.request_id,
-                    e.prev_hash,
-                    e.hash,
+                    head.hash,
+                    hash,
                 ],
                 "audit event",
             )?;
-            *head = Head { seq: e.seq, hash: e.hash };
+            *head = Head { seq, hash };
             Ok(1)
         }
         Mutation::InsertCheckpoint(cp) => exec(

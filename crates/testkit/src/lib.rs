@@ -4,6 +4,7 @@
 
 pub mod conformance;
 pub mod faulty;
+pub mod load;
 mod server;
 
 pub use server::{ADMIN_TOKEN, TestAgent, TestServer, fresh_jti};
