@@ -13,7 +13,8 @@
 #   BENCH_SKIP_BUILD=1 reuse existing target/release binaries
 #   BENCH_KEEP=1       keep the temp dir (keys, logs, JSON results)
 #   NODE               node binary for oidc-provider          (default: node)
-#   MANDATE_BIN        mandate binary (default: target/release/mandate)
+#   MANDATE_BIN        mandate binary (default: $CARGO_TARGET_DIR/release/mandate,
+#                      or target/release/mandate)
 #   BENCH_ADMIN_TOKEN  Mandate admin token, 16+ chars (default bench-admin-token-0123456789)
 #
 # All traffic goes to 127.0.0.1 only. Every background process started here is
@@ -43,8 +44,9 @@ SCOPE="read"
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BENCH="$ROOT/bench"
-LOADGEN="$ROOT/target/release/mandate-loadgen"
-MANDATE="${MANDATE_BIN:-$ROOT/target/release/mandate}"
+TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
+LOADGEN="$TARGET/release/mandate-loadgen"
+MANDATE="${MANDATE_BIN:-$TARGET/release/mandate}"
 
 log() { printf '[bench] %s\n' "$*" >&2; }
 die() {

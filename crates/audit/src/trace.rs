@@ -11,6 +11,9 @@ use crate::Event;
 
 /// The event type that creates a node.
 pub const TOKEN_ISSUED: &str = "token.issued";
+/// Agent lifecycle events (`agent.suspended`, …), whose `resource` is the
+/// agent.
+pub const AGENT_EVENT_PREFIX: &str = "agent.";
 
 /// One issued token and what happened to it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -55,7 +58,24 @@ impl Trace {
                     }
                 }
                 (_, Some(jti)) if issued.contains_key(jti) => about.entry(jti).or_default().push((*e).clone()),
-                _ => grant_events.push((*e).clone()),
+                _ => {
+                    // An agent's lifecycle event reaches every token issued
+                    // before it whose chain holds that agent.
+                    let reached: Vec<&str> = match (e.kind.starts_with(AGENT_EVENT_PREFIX), e.resource.as_deref()) {
+                        (true, Some(agent)) => issued
+                            .iter()
+                            .filter(|(_, t)| t.seq < e.seq && t.chain.iter().any(|a| a == agent))
+                            .map(|(jti, _)| *jti)
+                            .collect(),
+                        _ => Vec::new(),
+                    };
+                    if reached.is_empty() {
+                        grant_events.push((*e).clone());
+                    }
+                    for jti in reached {
+                        about.entry(jti).or_default().push((*e).clone());
+                    }
+                }
             }
         }
         let mut visiting = BTreeSet::new();
@@ -211,6 +231,26 @@ mod tests {
         assert!(text.contains("usr_alice"), "{text}");
         assert!(text.contains("agt_planner -> https://cal.example.com [read] tok_a"), "{text}");
         assert!(text.contains("   └─ agt_summarizer"), "{text}");
+    }
+
+    #[test]
+    fn an_agents_lifecycle_reaches_the_tokens_it_held() {
+        let mut suspended = ev(3, "agent.suspended", None, None, "admin");
+        suspended.resource = Some("agt_summarizer".into());
+        suspended.count = Some(1);
+        let mut a = ev(1, TOKEN_ISSUED, Some("tok_a"), None, "agt_planner");
+        a.chain = vec!["agt_planner".into()];
+        let mut b = ev(2, TOKEN_ISSUED, Some("tok_b"), Some("tok_a"), "agt_summarizer");
+        b.chain = vec!["agt_planner".into(), "agt_summarizer".into()];
+        let mut c = ev(4, TOKEN_ISSUED, Some("tok_c"), Some("tok_a"), "agt_summarizer");
+        c.chain = b.chain.clone();
+        let t = Trace::build(&[a, b, suspended, c]);
+        let root = &t.roots[0];
+        assert!(root.events.is_empty(), "the planner was not suspended");
+        assert_eq!(root.children[0].events[0].kind, "agent.suspended");
+        assert!(root.children[1].events.is_empty(), "tok_c was issued after the suspension");
+        assert!(t.grant_events.is_empty());
+        assert!(t.render().contains("agent.suspended allow on agt_summarizer by admin (1 reached)"), "{}", t.render());
     }
 
     #[test]

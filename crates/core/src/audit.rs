@@ -270,6 +270,20 @@ pub async fn trace(store: &dyn Store, id: &str) -> Result<Trace, Error> {
     if events.is_empty() {
         return Err(Error::NotFound(format!("no audit events for {id}")));
     }
+    // The lifecycle of every agent in the tree: a suspension or retirement
+    // cascades to the tokens it held without naming each one.
+    let mut agents: Vec<String> = events
+        .iter()
+        .filter(|e| e.kind == kind::TOKEN_ISSUED)
+        .flat_map(|e| e.chain.iter().filter(|a| a.starts_with(mandate_model::AgentId::PREFIX)).cloned())
+        .collect();
+    agents.sort();
+    agents.dedup();
+    for agent in agents.into_iter().take(MAX_TRACE_NODES) {
+        let mut lifecycle = Vec::new();
+        collect(store, AuditQuery { resource: Some(agent), ..AuditQuery::page(0) }, &mut lifecycle).await?;
+        events.extend(lifecycle.into_iter().filter(|e| e.kind.starts_with(mandate_audit::trace::AGENT_EVENT_PREFIX)));
+    }
     events.sort_by_key(|e| e.seq);
     events.dedup_by_key(|e| e.seq);
     Ok(Trace::build(&events))

@@ -1,5 +1,6 @@
 //! Durable audit appends under concurrent load, on SQLite (WAL,
-//! `synchronous = FULL`): `cargo bench -p mandate-store-sqlite --bench audit_append`.
+//! `synchronous = FULL`), and verification of a stored trail read back page
+//! by page: `cargo bench -p mandate-store-sqlite --bench audit_append`.
 // Benchmarks may panic on set-up failure.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -28,6 +29,20 @@ fn bench(c: &mut Criterion) {
                 rt.block_on(mandate_testkit::load::append_concurrently(store.clone(), TASKS, PER_TASK)).unwrap();
             }
             start.elapsed()
+        })
+    });
+    // Verification straight from the store, as `mandate audit verify` does,
+    // over its own trail of 256 × 1,200 events.
+    let trail_dir = tempfile::tempdir().unwrap();
+    let trail: Arc<dyn Store> =
+        Arc::new(rt.block_on(mandate_store_sqlite::SqliteStore::open(&trail_dir.path().join("trail.db"))).unwrap());
+    let events = rt.block_on(mandate_testkit::load::append_concurrently(trail.clone(), TASKS, 1_200)).unwrap();
+    g.throughput(Throughput::Elements(events));
+    g.measurement_time(Duration::from_secs(20));
+    g.bench_function("sqlite_verify_stored_trail_307200_events", |b| {
+        b.iter(|| {
+            let report = rt.block_on(mandate_core::audit::verify_trail(trail.as_ref(), &[])).unwrap();
+            assert!(matches!(report, mandate_core::TrailReport::Intact(_)));
         })
     });
     g.finish();

@@ -18,7 +18,10 @@ async fn killed_mid_load_nothing_acknowledged_is_lost() -> anyhow::Result<()> {
     let port = free_port()?;
     let issuer = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::new();
-    let node = Node::start(port, &issuer, &["--data-dir", &data_arg], &log).await?;
+    // Checkpoints every 500 events, so that they are signed under load and
+    // between kills too.
+    let serve = ["--data-dir", data_arg.as_str(), "--audit-checkpoint-events", "500"];
+    let node = Node::start(port, &issuer, &serve, &log).await?;
     let (agent, key) = seed(&http, &node.url).await?;
     let mut node = Some(node);
     let received: Arc<Mutex<Vec<String>>> = Arc::new(Mutex::new(Vec::new()));
@@ -26,7 +29,7 @@ async fn killed_mid_load_nothing_acknowledged_is_lost() -> anyhow::Result<()> {
     for round in 0..ROUNDS {
         let running = match node.take() {
             Some(n) => n,
-            None => Node::start(port, &issuer, &["--data-dir", &data_arg], &log).await?,
+            None => Node::start(port, &issuer, &serve, &log).await?,
         };
         let url = running.url.clone();
         let mut clients = Vec::new();
@@ -71,5 +74,43 @@ async fn killed_mid_load_nothing_acknowledged_is_lost() -> anyhow::Result<()> {
         received.len()
     );
     eprintln!("{} tokens acknowledged across {ROUNDS} kills, all recorded; {out}", received.len());
+    truncation_is_caught_by_a_witness(&data, &store)
+}
+
+/// The latest checkpoint, kept outside; then the tail cut off behind
+/// Mandate's back. Without the witness the shorter chain is self-consistent
+/// (its last stored checkpoints go too); with it, `verify` exits 1 and names
+/// the first missing seq.
+fn truncation_is_caught_by_a_witness(data: &std::path::Path, store: &[&str]) -> anyhow::Result<()> {
+    let out = crate::support::mandate().args(["audit", "checkpoint"]).args(store).output()?;
+    anyhow::ensure!(out.status.success(), "no checkpoint: {}", String::from_utf8_lossy(&out.stderr));
+    let witness_path = data.with_file_name("witness.json");
+    std::fs::write(&witness_path, &out.stdout)?;
+    let witness: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let seq = witness["seq"].as_u64().unwrap_or(0);
+    anyhow::ensure!(seq > 10, "checkpoint at {seq}");
+    let witness_arg = witness_path.to_string_lossy().into_owned();
+    let with_witness: Vec<&str> = store.iter().copied().chain(["--checkpoint", witness_arg.as_str()]).collect();
+    let (code, out) = verify(&with_witness)?;
+    anyhow::ensure!(code == 0, "the witness does not match the intact chain: {out}");
+    cut_tail(data, seq)?;
+    let (code, out) = verify(store)?;
+    anyhow::ensure!(code == 0, "without a witness the truncated chain should verify: {out}");
+    let (code, out) = verify(&with_witness)?;
+    anyhow::ensure!(code == 1, "truncation went unnoticed by the witness (exit {code}): {out}");
+    anyhow::ensure!(out.contains(&format!("BROKEN at seq {}", seq - 4)), "{out}");
+    Ok(())
+}
+
+/// Drops the append-only trigger and deletes the last five events up to
+/// `seq`, with every later event and checkpoint, as someone with write
+/// access to the file could.
+fn cut_tail(data: &std::path::Path, seq: u64) -> anyhow::Result<()> {
+    let conn = rusqlite::Connection::open(data.join("mandate.db"))?;
+    let keep = seq - 5;
+    conn.execute_batch(&format!(
+        "DROP TRIGGER audit_events_no_delete; DELETE FROM audit_events WHERE seq > {keep}; \
+         DELETE FROM audit_checkpoints WHERE seq > {keep};"
+    ))?;
     Ok(())
 }
