@@ -1,13 +1,15 @@
 //! The [`Store`] port on PostgreSQL, for deployments where several
 //! stateless nodes share one database.
 //!
-//! Writes: one writer task per node takes every change that is waiting and
-//! applies the lot in one transaction (group commit), as the SQLite store
-//! does; one refused change never undoes its neighbours. The audit chain's
-//! head is a single row, locked once per batch that appends events, so
-//! several nodes append to one chain one batch after another, and the
-//! events of a batch go in with a single statement. Reads run on the pool.
-//! Migrations run under sqlx's advisory lock, so nodes may start together.
+//! Writes: a few writer tasks per node each take every change that is
+//! waiting and apply the lot in one transaction (group commit), as the
+//! SQLite store does; one refused change never undoes its neighbours. The
+//! audit chain's head is a single row. A writer locks it only once its
+//! batch's changes are applied, then seals the batch's events, inserts them
+//! with a single statement and commits, so writers on every node take turns
+//! only for that tail, and events are numbered in commit order. Reads run on
+//! the pool. Migrations run under sqlx's advisory lock, so nodes may start
+//! together.
 
 use std::time::Duration;
 
@@ -28,13 +30,17 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// Most changes folded into one transaction.
 const MAX_BATCH: usize = 256;
+/// Writer tasks per node. Each applies its batch's changes on its own
+/// connection; they take turns only for the short tail that seals the
+/// batch's events under the chain's head lock and commits.
+const WRITERS: usize = 2;
 
 struct Job {
     change: Change,
     reply: oneshot::Sender<Result<Vec<u64>, StoreError>>,
 }
 
-/// PostgreSQL store over a connection pool and one writer task.
+/// PostgreSQL store over a connection pool and its writer tasks.
 #[derive(Clone)]
 pub struct PostgresStore {
     pool: PgPool,
@@ -63,7 +69,10 @@ impl PostgresStore {
             .map_err(unavailable)?;
         MIGRATOR.run(&pool).await.map_err(unavailable)?;
         let (writer, jobs) = mpsc::channel(4096);
-        tokio::spawn(write_loop(pool.clone(), jobs));
+        let jobs = std::sync::Arc::new(tokio::sync::Mutex::new(jobs));
+        for _ in 0..WRITERS {
+            tokio::spawn(write_loop(pool.clone(), jobs.clone()));
+        }
         Ok(Self { pool, writer })
     }
 
@@ -293,14 +302,18 @@ struct Head {
 }
 
 /// Takes every waiting change and commits the lot in one transaction.
-async fn write_loop(pool: PgPool, mut jobs: mpsc::Receiver<Job>) {
+async fn write_loop(pool: PgPool, jobs: std::sync::Arc<tokio::sync::Mutex<mpsc::Receiver<Job>>>) {
     let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
-    while let Some(first) = jobs.recv().await {
-        batch.push(first);
-        while batch.len() < MAX_BATCH {
-            match jobs.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
+    loop {
+        {
+            let mut jobs = jobs.lock().await;
+            let Some(first) = jobs.recv().await else { return };
+            batch.push(first);
+            while batch.len() < MAX_BATCH {
+                match jobs.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
             }
         }
         let results = apply_batch(&pool, &batch).await;
@@ -347,17 +360,24 @@ async fn apply_in_transaction(
     }
     let mut head: Option<Head> = None;
     let mut events: Vec<Event> = Vec::new();
+    // Without savepoints, events are sealed only once the batch's changes
+    // are applied, so the head lock is held just for the tail.
+    let mut deferred: Vec<(&mandate_core::AuditRecord, Vec<u64>)> = Vec::new();
     let mut results = Vec::with_capacity(batch.len());
     for job in batch {
         if savepoints && let Err(e) = exec(conn, "SAVEPOINT change").await {
             let _ = exec(conn, "ROLLBACK").await;
             return all_fail(e);
         }
-        let (head_before, events_before) = (head.clone(), events.len());
+        let (head_before, events_before, deferred_before) = (head.clone(), events.len(), deferred.len());
         let mut affected = Vec::with_capacity(job.change.0.len());
         let mut outcome = Ok(());
         for (i, m) in job.change.0.iter().enumerate() {
             let applied = match m {
+                Mutation::AppendAudit(record) if !savepoints => {
+                    deferred.push((record.as_ref(), affected.clone()));
+                    Ok(1)
+                }
                 Mutation::AppendAudit(record) => append(conn, &mut head, record, &affected).await.map(|e| {
                     events.push(e);
                     1
@@ -400,18 +420,31 @@ async fn apply_in_transaction(
         if outcome.is_err() {
             head = head_before;
             events.truncate(events_before);
+            deferred.truncate(deferred_before);
         }
         results.push(outcome.map(|()| affected));
     }
-    // Without savepoints, the batch's events go in with one statement; if
-    // that fails, the batch is replayed change by change.
-    if !savepoints
-        && let Some(h) = &head
-        && !events.is_empty()
-        && insert_events(conn, &events, h).await.is_err()
-    {
-        let _ = exec(conn, "ROLLBACK").await;
-        return Err(NeedSavepoints);
+    // Without savepoints, the batch's events are sealed now, under the head
+    // lock, and go in with one statement; if that fails, the batch is
+    // replayed change by change.
+    if !savepoints && !deferred.is_empty() {
+        for (record, affected) in &deferred {
+            match append(conn, &mut head, record, affected).await {
+                Ok(e) => events.push(e),
+                Err(_) => {
+                    let _ = exec(conn, "ROLLBACK").await;
+                    return Err(NeedSavepoints);
+                }
+            }
+        }
+        let sealed = match &head {
+            Some(h) => insert_events(conn, &events, h).await,
+            None => Err(StoreError::Unavailable("no chain head".into())),
+        };
+        if sealed.is_err() {
+            let _ = exec(conn, "ROLLBACK").await;
+            return Err(NeedSavepoints);
+        }
     }
     match exec(conn, "COMMIT").await {
         Ok(()) => Ok(results),
