@@ -74,6 +74,17 @@ async fn killed_mid_load_nothing_acknowledged_is_lost() -> anyhow::Result<()> {
         received.len()
     );
     eprintln!("{} tokens acknowledged across {ROUNDS} kills, all recorded; {out}", received.len());
+    // The trace of one of them, offline.
+    let jti = received.last().cloned().unwrap_or_default();
+    let out = crate::support::mandate().args(["audit", "trace", &jti]).args(store).output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    anyhow::ensure!(
+        out.status.success() && text.contains(&format!("{agent} -> {} [read] {jti}", crate::support::API)),
+        "trace: {text}"
+    );
+    let out =
+        crate::support::mandate().args(["audit", "trace", "tok_01JZZZZZZZZZZZZZZZZZZZZZZZ"]).args(store).output()?;
+    anyhow::ensure!(out.status.code() == Some(2), "an unknown token traced: {}", String::from_utf8_lossy(&out.stdout));
     truncation_is_caught_by_a_witness(&data, &store)
 }
 
