@@ -135,7 +135,7 @@ impl Mandate {
             change.0.insert(0, burn);
         }
         let count_of = counted.iter().map(|i| i + offset).collect();
-        change.push(AuditRecord { event: event.clone(), count_of }.mutation());
+        change.push(AuditRecord { event, count_of }.mutation());
         match self.store.commit(change).await {
             Ok(mut affected) => {
                 if offset == 1 && !affected.is_empty() {
@@ -147,7 +147,6 @@ impl Mandate {
                 let e = Error::InvalidClient("client assertion jti was already used".into());
                 let mut replay = self.client_event(kind::CLIENT_AUTH_FAILED, client);
                 replay.decision = Some(DENY.into());
-                replay.request_id = event.request_id;
                 replay.reason = Some(reason(&e));
                 self.record(replay).await?;
                 Err(e)

@@ -2,6 +2,7 @@
 //! server keeps. No I/O, no clock, no randomness: callers pass those in.
 
 pub mod claims;
+pub mod delegation;
 pub mod error;
 pub mod id;
 pub mod name;
