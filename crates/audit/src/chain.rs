@@ -298,7 +298,15 @@ impl ChainVerifier {
         }
         let start = self.next_seq;
         if let Err(t) = verify_links(events, start, &self.prev) {
-            return Err(self.with_checkpoint_errors(t));
+            // A checkpoint before the break may already disagree: a chain
+            // recomputed from an edit on is consistent up to where the
+            // recomputation stopped.
+            let earlier = self
+                .expected
+                .range(start..t.seq)
+                .find(|(seq, hash)| events.get((**seq - start) as usize).map(|e| &e.hash) != Some(*hash))
+                .map(|(seq, _)| Tamper::new(*seq, "the chain differs from a signed checkpoint"));
+            return Err(self.with_checkpoint_errors(earlier.unwrap_or(t)));
         }
         let end = start + events.len() as u64 - 1;
         for (&seq, hash) in self.expected.range(start..=end) {
@@ -348,9 +356,11 @@ fn check_checkpoint(cp: &Checkpoint, keys: &[PublicJwk]) -> Result<(), Tamper> {
     if cp.seq == 0 {
         return Err(Tamper::new(0, "a checkpoint at seq 0"));
     }
+    // A checkpoint's kid is its key's RFC 7638 thumbprint: a key published
+    // under someone else's kid does not match.
     let key = keys
         .iter()
-        .find(|k| k.kid.as_deref() == Some(cp.kid.as_str()))
+        .find(|k| k.kid.as_deref() == Some(cp.kid.as_str()) && k.thumbprint() == cp.kid)
         .ok_or_else(|| Tamper::new(cp.seq, "checkpoint signed by an unknown key"))?;
     let msg = checkpoint_message(cp.seq, &cp.hash, &cp.time, &cp.kid)
         .map_err(|_| Tamper::new(cp.seq, "checkpoint is not canonicalizable"))?;

@@ -121,6 +121,10 @@ impl Trace {
     }
 }
 
+/// Deepest tree drawn: real chains are a few hops (DESIGN §3.2), so a
+/// deeper one comes from forged `parent` links and is cut, not recursed.
+pub const MAX_TREE_DEPTH: usize = 64;
+
 fn node<'a>(
     jti: &'a str,
     issued: &BTreeMap<&'a str, &'a Event>,
@@ -132,15 +136,31 @@ fn node<'a>(
     if !visiting.insert(jti) {
         return None;
     }
-    let kids = children
-        .get(jti)
-        .map(|c| c.iter().filter_map(|k| node(k, issued, about, children, visiting)).collect())
-        .unwrap_or_default();
+    let kids = match children.get(jti) {
+        Some(c) if depth_of(jti, issued) < MAX_TREE_DEPTH => {
+            c.iter().filter_map(|k| node(k, issued, about, children, visiting)).collect()
+        }
+        _ => Vec::new(),
+    };
     Some(TraceNode {
         issued: (*issued.get(jti)?).clone(),
         events: about.get(jti).cloned().unwrap_or_default(),
         children: kids,
     })
+}
+
+/// How many `parent` links lead up from `jti` (bounded).
+fn depth_of(jti: &str, issued: &BTreeMap<&str, &Event>) -> usize {
+    let mut depth = 0;
+    let mut cur = issued.get(jti).and_then(|e| e.parent.as_deref());
+    while let Some(p) = cur {
+        depth += 1;
+        if depth >= MAX_TREE_DEPTH {
+            break;
+        }
+        cur = issued.get(p).and_then(|e| e.parent.as_deref());
+    }
+    depth
 }
 
 fn render_node(out: &mut String, n: &TraceNode, prefix: &str, last: bool) {
@@ -251,6 +271,20 @@ mod tests {
         assert!(root.children[1].events.is_empty(), "tok_c was issued after the suspension");
         assert!(t.grant_events.is_empty());
         assert!(t.render().contains("agent.suspended allow on agt_summarizer by admin (1 reached)"), "{}", t.render());
+    }
+
+    #[test]
+    fn a_forged_chain_ten_thousand_hops_deep_is_cut() {
+        let events: Vec<Event> = (0..10_000u64)
+            .map(|i| {
+                let parent = (i > 0).then(|| format!("tok_{}", i - 1));
+                ev(i + 1, TOKEN_ISSUED, Some(&format!("tok_{i}")), parent.as_deref(), "agt_x")
+            })
+            .collect();
+        let t = Trace::build(&events);
+        assert_eq!(t.roots.len(), 1);
+        assert_eq!(t.len(), MAX_TREE_DEPTH + 1);
+        assert!(t.render().lines().count() > MAX_TREE_DEPTH);
     }
 
     #[test]

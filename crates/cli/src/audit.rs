@@ -41,6 +41,12 @@ pub enum AuditCommand {
         /// an array of them, or the body of GET /v1/audit/checkpoints.
         #[arg(long)]
         checkpoint: Vec<PathBuf>,
+        /// Trust only these audit keys (a JWK set, as GET /v1/audit/keys
+        /// serves it, kept outside the database). Without it, the keys
+        /// stored in the database are used, which anyone able to write to
+        /// the database could add to.
+        #[arg(long)]
+        audit_keys: Option<PathBuf>,
     },
     /// Print the delegation tree of a token (tok_…) or a grant (grt_…).
     Trace {
@@ -72,10 +78,11 @@ pub enum AuditCommand {
 /// Runs an audit command; `Ok(false)` means the trail is broken.
 pub async fn run(command: AuditCommand) -> Result<bool> {
     match command {
-        AuditCommand::Verify { store, checkpoint } => {
+        AuditCommand::Verify { store, checkpoint, audit_keys } => {
             let witnessed = checkpoint.iter().map(|p| read_checkpoints(p)).collect::<Result<Vec<_>>>()?.concat();
+            let pinned = audit_keys.as_deref().map(read_keys).transpose()?;
             let store = open(&store).await?;
-            match audit::verify_trail(store.as_ref(), &witnessed).await? {
+            match audit::verify_trail(store.as_ref(), &witnessed, pinned.as_deref()).await? {
                 TrailReport::Intact(v) => {
                     println!(
                         "ok: {} events, head {}, {} checkpoints verified ({} kept outside)",
@@ -138,6 +145,14 @@ async fn open(args: &StoreArgs) -> Result<Arc<dyn Store>> {
         }
     }
     crate::serve::open_store(&args.data_dir, args.database_url.as_deref()).await
+}
+
+/// A JWK set from a file.
+fn read_keys(path: &Path) -> Result<Vec<mandate_jose::PublicJwk>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let value: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
+    Ok(mandate_jose::JwkSet::from_json(&value).with_context(|| format!("{}: not a JWK set", path.display()))?.keys)
 }
 
 /// Checkpoints from a file: one, an array, or `{"checkpoints": [...]}`.

@@ -57,6 +57,10 @@ pub const PAGE: u32 = 10_000;
 pub const MAX_QUERY_LIMIT: u32 = 1_000;
 /// Most tokens a trace follows.
 const MAX_TRACE_NODES: usize = 10_000;
+/// Most events a trace reads in all, and most agents whose lifecycle it
+/// looks up: a trace is an investigation, not an export.
+const MAX_TRACE_EVENTS: usize = 100_000;
+const MAX_TRACE_AGENTS: usize = 64;
 
 /// Event times: RFC 3339, UTC, always six fractional digits, so that the
 /// text sorts in time order and `since` filters compare strings.
@@ -93,7 +97,8 @@ fn bounded(s: &str) -> String {
     if s.len() <= MAX_TEXT {
         return s.to_owned();
     }
-    let mut end = MAX_TEXT;
+    // Room for the ellipsis (3 bytes) within the bound.
+    let mut end = MAX_TEXT - '…'.len_utf8();
     while !s.is_char_boundary(end) {
         end -= 1;
     }
@@ -179,16 +184,39 @@ pub enum TrailReport {
 }
 
 /// Verifies the trail in `store` page by page against its own signed
-/// checkpoints and any `witnessed` ones kept outside the store. Needs no
-/// running server and no master key: the audit keys' public halves are
-/// stored beside them.
-pub async fn verify_trail(store: &dyn Store, witnessed: &[Checkpoint]) -> Result<TrailReport, Error> {
-    let keys = audit_public_keys(store).await?;
+/// checkpoints and any `witnessed` ones kept outside the store.
+///
+/// Checkpoint signatures are checked against `trusted` keys when given
+/// (keys pinned outside the database, or those the server unwrapped with
+/// the master key). Without them, the audit keys' public halves stored in
+/// the database are used, so that no master key is needed; but then anyone
+/// who can write to the database can add a key of their own and re-sign,
+/// and only a witness catches a rewritten chain.
+pub async fn verify_trail(
+    store: &dyn Store,
+    witnessed: &[Checkpoint],
+    trusted: Option<&[PublicJwk]>,
+) -> Result<TrailReport, Error> {
+    let keys = match trusted {
+        Some(keys) => keys.to_vec(),
+        None => audit_public_keys(store).await?,
+    };
     let mut checkpoints = all_checkpoints(store).await?;
     checkpoints.extend(witnessed.iter().cloned());
     let mut verifier = ChainVerifier::new(&checkpoints, &keys);
     loop {
-        let page = store.audit_events(&AuditQuery::page(verifier.next_seq() - 1)).await?;
+        let page = match store.audit_events(&AuditQuery::page(verifier.next_seq() - 1)).await {
+            Ok(page) => page,
+            // A row that no longer decodes was edited: that is tampering,
+            // somewhere in this page.
+            Err(StoreError::Corrupt(why)) => {
+                return Ok(TrailReport::Broken(Tamper::new(
+                    verifier.next_seq(),
+                    format!("an event at or after this seq cannot be read: {why}"),
+                )));
+            }
+            Err(e) => return Err(e.into()),
+        };
         if page.is_empty() {
             break;
         }
@@ -279,7 +307,7 @@ pub async fn trace(store: &dyn Store, id: &str) -> Result<Trace, Error> {
         .collect();
     agents.sort();
     agents.dedup();
-    for agent in agents.into_iter().take(MAX_TRACE_NODES) {
+    for agent in agents.into_iter().take(MAX_TRACE_AGENTS) {
         let mut lifecycle = Vec::new();
         collect(store, AuditQuery { resource: Some(agent), ..AuditQuery::page(0) }, &mut lifecycle).await?;
         events.extend(lifecycle.into_iter().filter(|e| e.kind.starts_with(mandate_audit::trace::AGENT_EVENT_PREFIX)));
@@ -295,14 +323,20 @@ async fn issuance(store: &dyn Store, jti: &str) -> Result<Option<Event>, Error> 
     Ok(store.audit_events(&q).await?.into_iter().next())
 }
 
-/// Appends every event matching `q` to `out`, following the cursor.
+/// Appends every event matching `q` to `out`, following the cursor, until
+/// `out` holds `MAX_TRACE_EVENTS`.
 async fn collect(store: &dyn Store, mut q: AuditQuery, out: &mut Vec<Event>) -> Result<(), Error> {
     loop {
+        let room = MAX_TRACE_EVENTS.saturating_sub(out.len());
+        if room == 0 {
+            return Ok(());
+        }
+        q.limit = q.limit.min(u32::try_from(room).unwrap_or(PAGE));
         let page = store.audit_events(&q).await?;
         let full = page.len() == q.limit as usize;
         q.after = page.last().map_or(q.after, |e| e.seq);
         out.extend(page);
-        if !full || out.len() > MAX_TRACE_NODES * 8 {
+        if !full {
             return Ok(());
         }
     }
@@ -353,7 +387,9 @@ impl Mandate {
         if let Caller::User(u) = caller {
             let me = u.to_string();
             if q.subject.as_deref().is_some_and(|s| s != me) {
-                return Err(Error::Forbidden("a user may read only the events about themselves".into()));
+                let why = "a user may read only the events about themselves";
+                self.record_admin_refusal(kind::ADMIN_DENIED, Some(caller), why).await?;
+                return Err(Error::Forbidden(why.into()));
             }
             q.subject = Some(me);
         }
@@ -367,9 +403,14 @@ impl Mandate {
     }
 
     /// `GET /v1/audit/verify`.
+    /// Verifies against the audit keys this server unwrapped with the
+    /// master key, not against key rows anyone with database access could
+    /// add.
     pub async fn audit_verify(&self, caller: Caller) -> Result<TrailReport, Error> {
         self.require_admin(caller).await?;
-        verify_trail(self.store.as_ref(), &[]).await
+        self.reload_keys().await?;
+        let keys = self.audit_keys.read().map(|k| k.public.clone()).unwrap_or_default();
+        verify_trail(self.store.as_ref(), &[], Some(&keys)).await
     }
 
     /// `GET /v1/audit/checkpoints`.

@@ -188,7 +188,20 @@ impl Mandate {
 
     /// Reloads keys when the store's set differs from the loaded one.
     pub(crate) async fn reload_keys(&self) -> Result<(), Error> {
-        let stored = self.store.signing_keys().await?;
+        let all = self.store.signing_keys().await?;
+        let audit_kids: Vec<&str> = all.iter().filter(|k| k.purpose == KeyUse::Audit).map(|k| k.kid.as_str()).collect();
+        let audit_changed = match self.audit_keys.read() {
+            Ok(loaded) => {
+                audit_kids.len() != loaded.public.len()
+                    || audit_kids.iter().any(|kid| !loaded.public.iter().any(|p| p.kid.as_deref() == Some(*kid)))
+            }
+            Err(_) => true,
+        };
+        if audit_changed {
+            // Another node created an audit key (a first-start race).
+            self.load_audit_keys().await?;
+        }
+        let stored: Vec<crate::store::StoredKey> = all.into_iter().filter(|k| k.purpose == KeyUse::Token).collect();
         let mut kids: Vec<&String> = stored.iter().map(|k| &k.kid).collect();
         kids.sort();
         let mut loaded: Vec<&String> = Vec::new();

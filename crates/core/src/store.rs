@@ -400,7 +400,10 @@ pub mod codec {
                 jti: r.jti,
                 grant_id: r.grant_id,
                 parent: r.parent,
-                count: r.count.map(|c| u64::try_from(c).unwrap_or(0)),
+                count: r
+                    .count
+                    .map(|c| u64::try_from(c).map_err(|_| StoreError::Corrupt(format!("audit count {c}"))))
+                    .transpose()?,
                 reason: r.reason,
                 request_id: r.request_id,
                 prev_hash: r.prev_hash,

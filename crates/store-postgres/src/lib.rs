@@ -61,6 +61,9 @@ impl PostgresStore {
     /// Connects to `url` and migrates the schema.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
         let options: PgConnectOptions = url.parse().map_err(unavailable)?;
+        // A node that stalls inside a transaction must not hold the audit
+        // chain's head (and so every node's writes) for long.
+        let options = options.options([("idle_in_transaction_session_timeout", "30s")]);
         let pool = PgPoolOptions::new()
             .max_connections(32)
             .acquire_timeout(Duration::from_secs(5))
@@ -355,7 +358,14 @@ async fn apply_in_transaction(
     savepoints: bool,
 ) -> Result<Vec<Outcome>, NeedSavepoints> {
     let all_fail = |e: StoreError| Ok(batch.iter().map(|_| Err(e.clone())).collect());
-    if let Err(e) = exec(conn, "BEGIN").await {
+    // READ COMMITTED whatever the server's default: `seq` order is commit
+    // order because the head row is locked, not because of snapshots. A
+    // lock that cannot be had in 5 s fails the batch closed.
+    if let Err(e) = exec(conn, "BEGIN ISOLATION LEVEL READ COMMITTED").await {
+        return all_fail(e);
+    }
+    if let Err(e) = exec(conn, "SET LOCAL lock_timeout = '5s'").await {
+        let _ = exec(conn, "ROLLBACK").await;
         return all_fail(e);
     }
     let mut head: Option<Head> = None;
@@ -411,8 +421,10 @@ async fn apply_in_transaction(
             outcome = Err(e);
         }
         if savepoints {
-            let end = if outcome.is_ok() { "RELEASE SAVEPOINT change" } else { "ROLLBACK TO SAVEPOINT change" };
-            if let Err(e) = exec(conn, end).await {
+            // A rolled-back savepoint is released too, so that subtransactions
+            // do not pile up over a long batch.
+            let undo = if outcome.is_err() { exec(conn, "ROLLBACK TO SAVEPOINT change").await } else { Ok(()) };
+            if let Err(e) = undo.and(exec(conn, "RELEASE SAVEPOINT change").await) {
                 let _ = exec(conn, "ROLLBACK").await;
                 return all_fail(e);
             }

@@ -41,7 +41,7 @@ fn bench(c: &mut Criterion) {
     g.measurement_time(Duration::from_secs(20));
     g.bench_function("sqlite_verify_stored_trail_307200_events", |b| {
         b.iter(|| {
-            let report = rt.block_on(mandate_core::audit::verify_trail(trail.as_ref(), &[])).unwrap();
+            let report = rt.block_on(mandate_core::audit::verify_trail(trail.as_ref(), &[], None)).unwrap();
             assert!(matches!(report, mandate_core::TrailReport::Intact(_)));
         })
     });

@@ -281,12 +281,19 @@ fn apply_in_transaction(
         return Ok(batch.iter().map(|_| Err(unavailable(&e))).collect());
     }
     let start = head.clone();
+    // Abandons the whole batch: nothing of it is kept, the head goes back.
+    let abandon = |conn: &Connection, head: &mut Head, why: &dyn std::fmt::Display| {
+        if !conn.is_autocommit() {
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        *head = start.clone();
+        Ok(batch.iter().map(|_| Err(unavailable(why))).collect())
+    };
     let mut results = Vec::with_capacity(batch.len());
     for job in batch {
         let guarded = savepoints && job.change.0.len() > 1;
         if guarded && let Err(e) = conn.execute_batch("SAVEPOINT change") {
-            results.push(Err(unavailable(e)));
-            continue;
+            return abandon(conn, head, &e);
         }
         let before = head.clone();
         let mut affected = Vec::with_capacity(job.change.0.len());
@@ -295,6 +302,12 @@ fn apply_in_transaction(
             match apply(conn, m, &affected, head) {
                 Ok(n) => affected.push(n),
                 Err(e) => {
+                    // SQLITE_FULL, IOERR or NOMEM may roll back the whole
+                    // transaction: then the batch so far is gone, and
+                    // continuing would commit later changes on their own.
+                    if conn.is_autocommit() {
+                        return abandon(conn, head, &e);
+                    }
                     if i > 0 && !savepoints {
                         let _ = conn.execute_batch("ROLLBACK");
                         *head = start;
@@ -307,8 +320,9 @@ fn apply_in_transaction(
         }
         if guarded {
             let end = if outcome.is_ok() { "RELEASE change" } else { "ROLLBACK TO change; RELEASE change" };
+            // If the savepoint cannot be closed, what it holds is unknown.
             if let Err(e) = conn.execute_batch(end) {
-                outcome = Err(unavailable(e));
+                return abandon(conn, head, &e);
             }
         }
         if outcome.is_err() {
@@ -316,13 +330,12 @@ fn apply_in_transaction(
         }
         results.push(outcome.map(|()| affected));
     }
+    if conn.is_autocommit() {
+        return abandon(conn, head, &"the transaction was rolled back by SQLite");
+    }
     match conn.execute_batch("COMMIT") {
         Ok(()) => Ok(results),
-        Err(e) => {
-            let _ = conn.execute_batch("ROLLBACK");
-            *head = start;
-            Ok(batch.iter().map(|_| Err(unavailable(&e))).collect())
-        }
+        Err(e) => abandon(conn, head, &e),
     }
 }
 

@@ -399,7 +399,7 @@ fn append(e: Event) -> Mutation {
 }
 
 async fn intact(s: &Arc<dyn Store>) -> Result<u64> {
-    match verify_trail(s.as_ref(), &[]).await? {
+    match verify_trail(s.as_ref(), &[], None).await? {
         TrailReport::Intact(v) => Ok(v.events),
         TrailReport::Broken(t) => anyhow::bail!("the trail does not verify: {t}"),
     }
@@ -652,38 +652,50 @@ where
     Ok(())
 }
 
-/// Twenty events and a checkpoint at seq 20, signed with an audit key the
-/// store knows.
-async fn seeded_trail(rig: &TamperRig) -> Result<Checkpoint> {
+/// Twenty events and checkpoints at seq 10 and 20, signed with an audit
+/// key the store knows. Returns the checkpoint at 20 and the key.
+async fn seeded_trail(rig: &TamperRig) -> Result<(Checkpoint, mandate_jose::SigningKey)> {
     let s = &rig.store;
     let key = mandate_jose::SigningKey::generate(mandate_jose::KeyAlg::EdDSA)?;
-    one(
-        s,
-        Mutation::InsertSigningKey(StoredKey {
-            kid: key.kid().into(),
-            alg: "EdDSA".into(),
-            purpose: KeyUse::Audit,
-            wrapped_private: vec![0],
-            public_jwk: Some(key.public().to_json().to_string()),
-            created_at: t0(),
-            retired_at: None,
-        }),
-    )
-    .await?;
+    one(s, Mutation::InsertSigningKey(audit_key_row(&key))).await?;
+    let mut cp = None;
     for i in 0..20 {
         let mut e = event("token.issued", &format!("agt_{i}"));
         e.scope = Some("read".into());
         one(s, append(e)).await?;
+        if i == 9 || i == 19 {
+            let (seq, hash) = s.audit_head().await?.unwrap_or_default();
+            let signed = mandate_audit::sign_checkpoint(&key, seq, &hash, "2026-11-23T10:00:00.000000Z")?;
+            one(s, Mutation::InsertCheckpoint(signed.clone())).await?;
+            cp = Some(signed);
+        }
     }
-    let (seq, hash) = s.audit_head().await?.unwrap_or_default();
-    let cp = mandate_audit::sign_checkpoint(&key, seq, &hash, "2026-11-23T10:00:00.000000Z")?;
-    one(s, Mutation::InsertCheckpoint(cp.clone())).await?;
     ensure!(intact(s).await? == 20);
-    Ok(cp)
+    Ok((cp.ok_or_else(|| anyhow::anyhow!("no checkpoint"))?, key))
+}
+
+fn audit_key_row(key: &mandate_jose::SigningKey) -> StoredKey {
+    StoredKey {
+        kid: key.kid().into(),
+        alg: "EdDSA".into(),
+        purpose: KeyUse::Audit,
+        wrapped_private: vec![0],
+        public_jwk: Some(key.public().to_json().to_string()),
+        created_at: t0(),
+        retired_at: None,
+    }
 }
 
 async fn broken_at(s: &Arc<dyn Store>, witnessed: &[Checkpoint]) -> Result<u64> {
-    match verify_trail(s.as_ref(), witnessed).await? {
+    broken_against(s, witnessed, None).await
+}
+
+async fn broken_against(
+    s: &Arc<dyn Store>,
+    witnessed: &[Checkpoint],
+    trusted: Option<&[mandate_jose::PublicJwk]>,
+) -> Result<u64> {
+    match verify_trail(s.as_ref(), witnessed, trusted).await? {
         TrailReport::Intact(v) => anyhow::bail!("tampering went unnoticed ({} events verify)", v.events),
         TrailReport::Broken(t) => Ok(t.seq),
     }
@@ -700,43 +712,69 @@ async fn tamper_case(rig: &TamperRig, sql: &str, bad_seq: u64) -> Result<()> {
     Ok(())
 }
 
-/// A whole chain recomputed by someone without the audit key: consistent
-/// in itself, caught by the stored checkpoint; with the stored checkpoints
-/// deleted too, caught only by the one a witness kept.
+/// Rows rewritten with their hashes recomputed, as someone without the
+/// audit key would: a partial recomputation is caught at the first
+/// checkpoint it contradicts; a whole one by the stored checkpoints; with
+/// those deleted, only by a witness; and a key row of the forger's own
+/// defeats the stored keys, but not keys pinned outside the database.
 fn rewrite_case(rig: &TamperRig) -> std::pin::Pin<Box<dyn Future<Output = Result<()>> + Send + '_>> {
     Box::pin(async move {
-        let witnessed = seeded_trail(rig).await?;
-        let mut events = all_events(&rig.store).await?;
-        if let Some(e) = events.get_mut(4) {
-            e.scope = Some("admin".into());
-        }
-        let mut prev = mandate_audit::GENESIS.to_owned();
-        let mut inserts = String::from("DELETE FROM audit_events;");
-        for (i, e) in events.into_iter().enumerate() {
-            let sealed = mandate_audit::seal(e, i as u64 + 1, &prev)?;
-            prev = sealed.hash.clone();
-            let q =
-                |v: &Option<String>| v.as_ref().map_or("NULL".to_owned(), |s| format!("'{}'", s.replace('\'', "''")));
-            inserts.push_str(&format!(
-                "INSERT INTO audit_events (seq, time, type, decision, actor, chain, scope, prev_hash, hash) \
-                 VALUES ({}, '{}', '{}', {}, {}, '{}', {}, '{}', '{}');",
-                sealed.seq,
-                sealed.time,
-                sealed.kind,
-                q(&sealed.decision),
-                q(&sealed.actor),
-                serde_json::to_string(&sealed.chain)?,
-                q(&sealed.scope),
-                sealed.prev_hash,
-                sealed.hash
-            ));
-        }
+        let (witnessed, key) = seeded_trail(rig).await?;
+        let original = all_events(&rig.store).await?;
+        let rewrite = |upto: usize| -> Result<String> {
+            let mut events = original.clone();
+            if let Some(e) = events.get_mut(4) {
+                e.scope = Some("admin".into());
+            }
+            let mut prev = mandate_audit::GENESIS.to_owned();
+            let mut sql = String::from("DELETE FROM audit_events;");
+            for (i, e) in events.into_iter().enumerate() {
+                let e = if i < upto { mandate_audit::seal(e, i as u64 + 1, &prev)? } else { e };
+                prev = e.hash.clone();
+                let q = |v: &Option<String>| {
+                    v.as_ref().map_or("NULL".to_owned(), |s| format!("'{}'", s.replace('\'', "''")))
+                };
+                sql.push_str(&format!(
+                    "INSERT INTO audit_events (seq, time, type, decision, actor, chain, scope, prev_hash, hash) \
+                     VALUES ({}, '{}', '{}', {}, {}, '{}', {}, '{}', '{}');",
+                    e.seq,
+                    e.time,
+                    e.kind,
+                    q(&e.decision),
+                    q(&e.actor),
+                    serde_json::to_string(&e.chain)?,
+                    q(&e.scope),
+                    e.prev_hash,
+                    e.hash
+                ));
+            }
+            Ok(sql)
+        };
         (rig.exec)(rig.drop_guards.to_owned()).await?;
-        (rig.exec)(inserts).await?;
-        ensure!(broken_at(&rig.store, &[]).await? == 20, "the stored checkpoint did not catch the rewrite");
+        // Recomputed from the edit up to seq 15: the checkpoint at 10 disagrees
+        // before the broken link at 16 is reached.
+        (rig.exec)(rewrite(15)?).await?;
+        ensure!(broken_at(&rig.store, &[]).await? == 10, "a partial rewrite was not caught at the first checkpoint");
+        (rig.exec)(rewrite(20)?).await?;
+        ensure!(broken_at(&rig.store, &[]).await? == 10, "the stored checkpoints did not catch the rewrite");
         (rig.exec)("DELETE FROM audit_checkpoints".to_owned()).await?;
         ensure!(intact(&rig.store).await? == 20, "the rewritten chain should verify on its own");
-        ensure!(broken_at(&rig.store, &[witnessed]).await? == 20, "the witness did not catch the rewrite");
+        ensure!(
+            broken_at(&rig.store, std::slice::from_ref(&witnessed)).await? == 20,
+            "the witness did not catch the rewrite"
+        );
+        // The forger adds an audit key of their own and re-signs.
+        let forger = mandate_jose::SigningKey::generate(mandate_jose::KeyAlg::EdDSA)?;
+        one(&rig.store, Mutation::InsertSigningKey(audit_key_row(&forger))).await?;
+        let (seq, hash) = rig.store.audit_head().await?.unwrap_or_default();
+        let forged = mandate_audit::sign_checkpoint(&forger, seq, &hash, "2026-11-23T11:00:00.000000Z")?;
+        one(&rig.store, Mutation::InsertCheckpoint(forged)).await?;
+        ensure!(intact(&rig.store).await? == 20, "against the database's own keys the forgery verifies (documented)");
+        let pinned = [key.public().clone()];
+        ensure!(
+            broken_against(&rig.store, &[], Some(&pinned)).await? == 20,
+            "a pinned key did not reject the forged checkpoint"
+        );
         Ok(())
     })
 }
