@@ -269,7 +269,16 @@ impl Mandate {
         };
         let mut event = self.event(kind::ADMIN_TOKEN_SEEDED);
         event.decision = Some(crate::audit::ALLOW.into());
-        event.reason = Some(if generated { "generated".into() } else { "from MANDATE_ADMIN_TOKEN".into() });
+        // `count` says whether this node's seed took (1) or another node's
+        // had already (0): nodes that start together race for it.
+        event.reason = Some(
+            if generated {
+                "generated; count 0 means another node seeded it first"
+            } else {
+                "from MANDATE_ADMIN_TOKEN; count 0 means another node seeded it first"
+            }
+            .into(),
+        );
         let affected = self
             .store
             .commit(

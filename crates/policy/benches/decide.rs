@@ -65,5 +65,38 @@ fn bench(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, bench);
+/// 10,000 policies, one per agent (every tenth a forbid on another API), as
+/// a deployment with thousands of agents has: the index by exact principal
+/// keeps a decision to the few that can apply.
+fn per_agent_policies(c: &mut Criterion) {
+    let actions: BTreeSet<String> = ["read".to_owned()].into();
+    let mut text = String::new();
+    for i in 0..10_000u128 {
+        let id = AgentId::from_ulid(Ulid::from_parts(1, i));
+        // Written tight: 10,000 policies must fit the 1 MiB policy-text limit.
+        let (effect, api) = if i % 10 == 9 { ("forbid", "https://b.x") } else { ("permit", "https://a.x") };
+        text.push_str(&format!("{effect}(principal==Agent::\"{id}\",action,resource==Api::\"{api}\");\n"));
+    }
+    let engine = PolicyEngine::compile(&text, &actions).unwrap();
+    let agent = Agent {
+        id: AgentId::from_ulid(Ulid::from_parts(1, 4_321)),
+        name: "bench".into(),
+        owner: UserId::from_ulid(Ulid::from_parts(1, 2)),
+        kind: AgentKind::Persistent,
+        parent: None,
+        status: AgentStatus::Active,
+        expires_at: None,
+        description: None,
+        scopes: None,
+        jwks: None,
+        redirect_uris: vec![],
+        created_at: OffsetDateTime::UNIX_EPOCH,
+        secret_hash: None,
+    };
+    c.bench_function("decide/agent/10000_per_agent_policies", |b| {
+        b.iter(|| assert!(engine.decide(Principal::Agent(&agent), "read", Target::Api("https://a.x")).allowed))
+    });
+}
+
+criterion_group!(benches, bench, per_agent_policies);
 criterion_main!(benches);

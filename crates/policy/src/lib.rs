@@ -10,7 +10,8 @@ use std::sync::Arc;
 
 use cedar_policy::{
     ActionConstraint, Authorizer, Context, Decision as CedarDecision, Entities, Entity, EntityId, EntityTypeName,
-    EntityUid, PolicySet, Request, RestrictedExpression, Schema, ValidationMode, Validator,
+    EntityUid, PolicySet, PrincipalConstraint, Request, ResourceConstraint, RestrictedExpression, Schema,
+    ValidationMode, Validator,
 };
 use mandate_model::records::{Agent, AgentKind, User, UserStatus};
 use sha2::{Digest, Sha256};
@@ -77,12 +78,13 @@ pub struct PolicyEngine {
 
 struct Compiled {
     /// The policies that can apply to each action: those naming it in their
-    /// scope plus those with an unconstrained action. Evaluating only these
-    /// is exact (a policy whose scope excludes the action never applies) and
-    /// keeps a decision's cost independent of the size of the whole set.
-    by_action: HashMap<String, PolicySet>,
+    /// scope plus those with an unconstrained action, split further by an
+    /// exact principal or resource. Evaluating only the candidates is exact
+    /// (a policy whose scope excludes the request never applies) and keeps
+    /// a decision's cost independent of the size of the whole set.
+    by_action: HashMap<String, ScopeIndex>,
     /// Policies with an unconstrained action, for actions no policy names.
-    any_action: PolicySet,
+    any_action: ScopeIndex,
     text: String,
     version: String,
     authorizer: Authorizer,
@@ -91,6 +93,44 @@ struct Compiled {
 impl std::fmt::Debug for PolicyEngine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PolicyEngine").field("version", &self.inner.version).finish_non_exhaustive()
+    }
+}
+
+/// The policies of one action, by the exact principal or resource their
+/// scope names. A policy with `principal == P` goes under P; otherwise one
+/// with `resource == R` goes under R; any other goes in `general`. For a
+/// request (P, R) only `general`, the set under P and the set under R can
+/// apply.
+#[derive(Default)]
+struct ScopeIndex {
+    general: PolicySet,
+    by_principal: HashMap<EntityUid, PolicySet>,
+    by_resource: HashMap<EntityUid, PolicySet>,
+}
+
+impl ScopeIndex {
+    fn build<'a>(policies: impl IntoIterator<Item = &'a cedar_policy::Policy>) -> Result<Self, String> {
+        let mut index = ScopeIndex::default();
+        for p in policies {
+            let set = match (p.principal_constraint(), p.resource_constraint()) {
+                (PrincipalConstraint::Eq(uid), _) => index.by_principal.entry(uid).or_default(),
+                (_, ResourceConstraint::Eq(uid)) => index.by_resource.entry(uid).or_default(),
+                _ => &mut index.general,
+            };
+            // `action in [A, A]` lists a policy twice under A.
+            if set.policy(p.id()).is_none() {
+                set.add(p.clone()).map_err(|e| e.to_string())?;
+            }
+        }
+        Ok(index)
+    }
+
+    /// The sets that can apply to a request by `principal` on `resource`.
+    fn candidates<'s>(&'s self, principal: &EntityUid, resource: &EntityUid) -> impl Iterator<Item = &'s PolicySet> {
+        [Some(&self.general), self.by_principal.get(principal), self.by_resource.get(resource)]
+            .into_iter()
+            .flatten()
+            .filter(|set| set.policies().next().is_some())
     }
 }
 
@@ -131,7 +171,7 @@ impl PolicyEngine {
         if !result.validation_passed() {
             return Err(PolicyError::Invalid(result.validation_errors().map(|e| e.to_string()).collect()));
         }
-        let (by_action, any_action) = index_by_action(&policies).map_err(|e| PolicyError::Invalid(vec![e]))?;
+        let (by_action, any_action) = index(&policies).map_err(|e| PolicyError::Invalid(vec![e]))?;
         Ok(Self {
             inner: Arc::new(Compiled {
                 by_action,
@@ -148,7 +188,7 @@ impl PolicyEngine {
         Self {
             inner: Arc::new(Compiled {
                 by_action: HashMap::new(),
-                any_action: PolicySet::new(),
+                any_action: ScopeIndex::default(),
                 text: String::new(),
                 version: version_of(""),
                 authorizer: Authorizer::new(),
@@ -192,26 +232,63 @@ impl PolicyEngine {
             }
         };
         let action_uid = uid("Action", action)?;
+        let index = self.inner.by_action.get(action).unwrap_or(&self.inner.any_action);
+        let sets: Vec<&PolicySet> = index.candidates(&principal_uid, &resource_uid).collect();
         let request =
             Request::new(principal_uid, action_uid, resource_uid, Context::empty(), None).map_err(|e| e.to_string())?;
         let entities = Entities::from_entities(entities, None).map_err(|e| e.to_string())?;
-        let policies = self.inner.by_action.get(action).unwrap_or(&self.inner.any_action);
-        let response = self.inner.authorizer.is_authorized(&request, policies, &entities);
-        let errors: Vec<String> = response.diagnostics().errors().map(|e| e.to_string()).collect();
-        let reasons: Vec<String> = response.diagnostics().reason().map(|p| p.to_string()).collect();
+        // Cedar's rule over the union of the candidate sets: allowed when a
+        // permit applies and no forbid does; a forbid that applies is the
+        // reason of a denial in whichever set it sits.
+        let (mut permitted, mut permits, mut forbids, mut errors) = (false, Vec::new(), Vec::new(), Vec::new());
+        for set in sets {
+            let response = self.inner.authorizer.is_authorized(&request, set, &entities);
+            errors.extend(response.diagnostics().errors().map(|e| e.to_string()));
+            let reasons = response.diagnostics().reason().map(|p| p.to_string());
+            if response.decision() == CedarDecision::Allow {
+                permitted = true;
+                permits.extend(reasons);
+            } else {
+                forbids.extend(reasons);
+            }
+        }
         // Fail closed: an erroring policy might have been a forbid.
-        let allowed = response.decision() == CedarDecision::Allow && errors.is_empty();
+        let allowed = permitted && forbids.is_empty() && errors.is_empty();
+        let reasons = if allowed { permits } else { forbids };
         Ok(Decision { allowed, reasons, errors })
+    }
+
+    /// The same decision over the whole set, unindexed: what the index must
+    /// always agree with.
+    #[cfg(test)]
+    fn decide_unindexed(&self, principal: Principal<'_>, action: &str, target: Target<'_>) -> bool {
+        let Ok(all) = PolicySet::from_str(&self.inner.text) else { return false };
+        let (principal_uid, entity) = match principal {
+            Principal::User(u) => (uid("User", &u.id.to_string()), user_entity(u)),
+            Principal::Agent(a) => (uid("Agent", &a.id.to_string()), agent_entity(a)),
+        };
+        let Target::Api(identifier) = target;
+        let (Ok(p), Ok(entity), Ok(r), Ok(a)) = (principal_uid, entity, uid("Api", identifier), uid("Action", action))
+        else {
+            return false;
+        };
+        let entities = Entities::from_entities([entity, Entity::new_no_attrs(r.clone(), HashSet::new())], None);
+        let (Ok(request), Ok(entities)) = (Request::new(p, a, r, Context::empty(), None), entities) else {
+            return false;
+        };
+        let response = self.inner.authorizer.is_authorized(&request, &all, &entities);
+        response.decision() == CedarDecision::Allow && response.diagnostics().errors().next().is_none()
     }
 }
 
-/// Splits `policies` by the actions their scopes name.
-fn index_by_action(policies: &PolicySet) -> Result<(HashMap<String, PolicySet>, PolicySet), String> {
-    let mut any = PolicySet::new();
+/// Splits `policies` by the actions their scopes name, then each action's
+/// by exact principal and resource.
+fn index(policies: &PolicySet) -> Result<(HashMap<String, ScopeIndex>, ScopeIndex), String> {
+    let mut any: Vec<&cedar_policy::Policy> = Vec::new();
     let mut named: HashMap<String, Vec<&cedar_policy::Policy>> = HashMap::new();
     for p in policies.policies() {
         match p.action_constraint() {
-            ActionConstraint::Any => any.add(p.clone()).map_err(|e| e.to_string())?,
+            ActionConstraint::Any => any.push(p),
             ActionConstraint::Eq(uid) => named.entry(uid.id().unescaped().to_owned()).or_default().push(p),
             ActionConstraint::In(uids) => {
                 for uid in uids {
@@ -222,13 +299,9 @@ fn index_by_action(policies: &PolicySet) -> Result<(HashMap<String, PolicySet>, 
     }
     let mut by_action = HashMap::with_capacity(named.len());
     for (action, list) in named {
-        let mut set = any.clone();
-        for p in list {
-            set.add(p.clone()).map_err(|e| e.to_string())?;
-        }
-        by_action.insert(action, set);
+        by_action.insert(action, ScopeIndex::build(any.iter().copied().chain(list))?);
     }
-    Ok((by_action, any))
+    Ok((by_action, ScopeIndex::build(any)?))
 }
 
 fn parse_messages(e: &cedar_policy::ParseErrors) -> Vec<String> {

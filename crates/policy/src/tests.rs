@@ -121,3 +121,70 @@ fn the_action_index_keeps_every_policy_that_can_apply() {
     assert!(!e.decide(Principal::Agent(&a), "read", Target::Api("https://locked.example")).allowed);
     assert!(!e.decide(Principal::Agent(&a), "mandate:spawn", Target::Api("https://a.example")).allowed);
 }
+
+mod index_is_exact {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn agent_n(n: u128) -> Agent {
+        Agent { id: AgentId::from_ulid(Ulid::from_parts(1, n)), ..agent() }
+    }
+
+    fn user_n(n: u128, group: &str) -> User {
+        User { id: UserId::from_ulid(Ulid::from_parts(2, n)), groups: vec![group.into()], ..user() }
+    }
+
+    /// A random policy over two agents, two users, two groups, two actions
+    /// and two APIs, with every kind of scope constraint the index splits on.
+    fn policy() -> impl Strategy<Value = String> {
+        let principal = prop_oneof![
+            Just("principal".to_owned()),
+            (1u128..3).prop_map(|n| format!("principal == Agent::\"{}\"", agent_n(n).id)),
+            (1u128..3).prop_map(|n| format!("principal == User::\"{}\"", user_n(n, "eng").id)),
+            Just("principal is Agent".to_owned()),
+            Just("principal is User".to_owned()),
+            prop_oneof![Just("eng"), Just("ops")].prop_map(|g| format!("principal in Group::\"{g}\"")),
+        ];
+        let action = prop_oneof![
+            Just("action".to_owned()),
+            Just("action == Action::\"read\"".to_owned()),
+            Just("action == Action::\"write\"".to_owned()),
+            Just("action in [Action::\"read\", Action::\"write\"]".to_owned()),
+        ];
+        let resource = prop_oneof![
+            Just("resource".to_owned()),
+            Just("resource == Api::\"https://a.example\"".to_owned()),
+            Just("resource == Api::\"https://b.example\"".to_owned()),
+            Just("resource is Api".to_owned()),
+        ];
+        (any::<bool>(), principal, action, resource)
+            .prop_map(|(permit, p, a, r)| format!("{}({p}, {a}, {r});", if permit { "permit" } else { "forbid" }))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+
+        /// Whatever the policies, the indexed decision is the decision over
+        /// the whole set.
+        #[test]
+        fn indexed_decisions_equal_unindexed_ones(
+            policies in proptest::collection::vec(policy(), 0..12),
+            who in 0usize..4,
+            action in prop_oneof![Just("read"), Just("write")],
+            api in prop_oneof![Just("https://a.example"), Just("https://b.example")],
+        ) {
+            let engine = PolicyEngine::compile(&policies.join("\n"), &actions()).unwrap();
+            let (a1, a2, u1, u2) = (agent_n(1), agent_n(2), user_n(1, "eng"), user_n(2, "ops"));
+            let principal = match who {
+                0 => Principal::Agent(&a1),
+                1 => Principal::Agent(&a2),
+                2 => Principal::User(&u1),
+                _ => Principal::User(&u2),
+            };
+            let indexed = engine.decide(principal, action, Target::Api(api));
+            prop_assert_eq!(indexed.allowed, engine.decide_unindexed(principal, action, Target::Api(api)), "{:?}", policies);
+            prop_assert!(indexed.errors.is_empty());
+        }
+    }
+}
