@@ -193,7 +193,7 @@ impl Mandate {
                         }
                         let d = engine.decide(Principal::Agent(agent), scope.as_str(), Target::Api(issuer));
                         if !d.allowed {
-                            return Err(Error::InvalidScope(format!("policy does not allow {scope}")));
+                            return Err(refused_by_policy(&d, &format!("{scope}")));
                         }
                     }
                 } else {
@@ -205,9 +205,7 @@ impl Mandate {
                         for action in actions {
                             let d = engine.decide(Principal::Agent(agent), &action, Target::Api(&res.identifier));
                             if !d.allowed {
-                                return Err(Error::InvalidScope(format!(
-                                    "policy does not allow {scope} ({action}) on {resource}"
-                                )));
+                                return Err(refused_by_policy(&d, &format!("{scope} ({action}) on {resource}")));
                             }
                         }
                     }
@@ -481,6 +479,17 @@ impl Mandate {
         let affected = self.commit_caller(caller, change, event, counted).await?;
         Ok(revoking && affected.first().is_some_and(|n| *n > 0))
     }
+}
+
+/// A policy refusal. An evaluation error denies too (fail closed, SECURITY
+/// row 34) and says `policy_error`, so the trail tells it from a plain
+/// denial; Cedar's own messages go to the log, not to the client.
+fn refused_by_policy(d: &mandate_policy::Decision, what: &str) -> Error {
+    if d.errors.is_empty() {
+        return Error::InvalidScope(format!("policy does not allow {what}"));
+    }
+    tracing::warn!(errors = ?d.errors, what, "policy evaluation failed; denied");
+    Error::InvalidScope(format!("policy_error: the policy for {what} could not be evaluated, so it is denied"))
 }
 
 /// The client id a failed authentication claimed, when it is well formed;

@@ -285,3 +285,25 @@ async fn checkpoints_let_a_witness_verify_the_trail_and_trace_draws_the_tree() -
     s.stop().await?;
     Ok(())
 }
+
+/// SECURITY row 34: a policy that cannot be evaluated denies, and the trail
+/// says `policy_error` rather than a plain denial.
+#[tokio::test]
+async fn a_policy_error_denies_and_is_recorded_as_such() -> anyhow::Result<()> {
+    let s = TestServer::start().await?;
+    let (_, agent) = s.seed().await?;
+    // The owner entity is not loaded at issuance: reading its attribute errors.
+    s.put_policies(
+        r#"permit(principal is Agent, action == Action::"read", resource);
+           forbid(principal is Agent, action, resource) unless { principal.owner.email == "boss@example.com" };"#,
+    )
+    .await?;
+    let (st, body) = s.token(&agent, API, "read").await?;
+    assert_eq!((st, body["error"].as_str()), (400, Some("invalid_scope")), "{body}");
+    let description = body["error_description"].as_str().unwrap_or_default();
+    assert!(description.starts_with("policy_error:") && !description.contains("email"), "{description}");
+    let denied = only(s.audit("type=token.denied").await?);
+    assert!(denied["reason"].as_str().unwrap_or_default().contains("policy_error"), "{denied}");
+    s.stop().await?;
+    Ok(())
+}
