@@ -339,6 +339,12 @@ impl ChainVerifier {
         self.next_seq
     }
 
+    /// `t`, or an invalid checkpoint reported earlier in the chain: the
+    /// earliest failure, for callers that find one of their own.
+    pub fn fail(&self, t: Tamper) -> Tamper {
+        self.with_checkpoint_errors(t)
+    }
+
     fn with_checkpoint_errors(&self, t: Tamper) -> Tamper {
         earliest(self.bad_checkpoint.clone(), t).unwrap_or_else(|| Tamper::new(0, "unreachable"))
     }

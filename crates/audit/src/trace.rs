@@ -34,6 +34,9 @@ pub struct Trace {
     pub grant_events: Vec<Event>,
     /// Tokens with no parent among the events given.
     pub roots: Vec<TraceNode>,
+    /// Whether the reader stopped at a limit, so that the tree may lack
+    /// tokens or events.
+    pub truncated: bool,
 }
 
 impl Trace {
@@ -84,7 +87,7 @@ impl Trace {
             .filter(|(_, e)| e.parent.as_deref().is_none_or(|p| !issued.contains_key(p)))
             .filter_map(|(jti, _)| node(jti, &issued, &about, &children, &mut visiting))
             .collect();
-        Trace { grant_events, roots }
+        Trace { grant_events, roots, truncated: false }
     }
 
     /// Every token in the tree.
@@ -103,6 +106,9 @@ impl Trace {
     /// with the resource it reached, and the decisions under each token.
     pub fn render(&self) -> String {
         let mut out = String::new();
+        if self.truncated {
+            out.push_str("(truncated: the trace stopped at its read limit; some tokens or events may be missing)\n");
+        }
         let mut by_subject: BTreeMap<String, Vec<&TraceNode>> = BTreeMap::new();
         for r in &self.roots {
             by_subject.entry(r.issued.subject.clone().unwrap_or_else(|| "(no subject)".into())).or_default().push(r);

@@ -197,11 +197,23 @@ pub async fn verify_trail(
     witnessed: &[Checkpoint],
     trusted: Option<&[PublicJwk]>,
 ) -> Result<TrailReport, Error> {
+    // A stored key or checkpoint that no longer reads was edited: that is
+    // tampering too, though no event's seq can be named for it.
+    let unreadable =
+        |what: &str, why: String| Ok(TrailReport::Broken(Tamper::new(0, format!("{what} cannot be read: {why}"))));
     let keys = match trusted {
         Some(keys) => keys.to_vec(),
-        None => audit_public_keys(store).await?,
+        None => match audit_public_keys(store).await {
+            Ok(keys) => keys,
+            Err(Error::Unavailable(why)) if why.starts_with("audit key") => return unreadable("an audit key", why),
+            Err(e) => return Err(e),
+        },
     };
-    let mut checkpoints = all_checkpoints(store).await?;
+    let mut checkpoints = match all_checkpoints(store).await {
+        Ok(c) => c,
+        Err(Error::Unavailable(why)) if why.starts_with(CORRUPT) => return unreadable("a stored checkpoint", why),
+        Err(e) => return Err(e),
+    };
     checkpoints.extend(witnessed.iter().cloned());
     let mut verifier = ChainVerifier::new(&checkpoints, &keys);
     loop {
@@ -210,10 +222,10 @@ pub async fn verify_trail(
             // A row that no longer decodes was edited: that is tampering,
             // somewhere in this page.
             Err(StoreError::Corrupt(why)) => {
-                return Ok(TrailReport::Broken(Tamper::new(
+                return Ok(TrailReport::Broken(verifier.fail(Tamper::new(
                     verifier.next_seq(),
                     format!("an event at or after this seq cannot be read: {why}"),
-                )));
+                ))));
             }
             Err(e) => return Err(e.into()),
         };
@@ -230,12 +242,19 @@ pub async fn verify_trail(
     })
 }
 
+/// The prefix of the error a corrupt checkpoint row becomes.
+const CORRUPT: &str = "corrupt checkpoint row";
+
 /// Every stored checkpoint, in seq order.
 pub async fn all_checkpoints(store: &dyn Store) -> Result<Vec<Checkpoint>, Error> {
     let mut out: Vec<Checkpoint> = Vec::new();
     loop {
         let after = out.last().map_or(0, |c| c.seq);
-        let page = store.audit_checkpoints(after, PAGE).await?;
+        let page = match store.audit_checkpoints(after, PAGE).await {
+            Ok(page) => page,
+            Err(StoreError::Corrupt(why)) => return Err(Error::Unavailable(format!("{CORRUPT}: {why}"))),
+            Err(e) => return Err(e.into()),
+        };
         let full = page.len() == PAGE as usize;
         out.extend(page);
         if !full {
@@ -263,14 +282,18 @@ pub async fn audit_public_keys(store: &dyn Store) -> Result<Vec<PublicJwk>, Erro
 }
 
 /// The delegation tree of a token (`tok_…`) or a grant (`grt_…`), from the
-/// trail alone.
+/// trail alone. A trace reads at most `MAX_TRACE_EVENTS` rows in all,
+/// follows at most `MAX_TRACE_NODES` tokens and looks up at most
+/// `MAX_TRACE_AGENTS` agents' lifecycles; past any of these the tree is
+/// marked truncated.
 pub async fn trace(store: &dyn Store, id: &str) -> Result<Trace, Error> {
+    let mut budget = Budget { rows: MAX_TRACE_EVENTS, truncated: false };
     let mut events: Vec<Event> = Vec::new();
     if id.starts_with(mandate_model::GrantId::PREFIX) {
         let q = AuditQuery { grant: Some(id.to_owned()), ..AuditQuery::page(0) };
-        collect(store, q, &mut events).await?;
+        collect(store, q, &mut events, &mut budget).await?;
     } else if id.starts_with(mandate_model::Jti::PREFIX) {
-        // Climb to the root token, then walk down every hop.
+        // Climb to the root token, then walk down every hop, each once.
         let mut root = id.to_owned();
         for _ in 0..mandate_model::claims::MAX_ACT_DEPTH {
             let issued = issuance(store, &root).await?;
@@ -279,18 +302,22 @@ pub async fn trace(store: &dyn Store, id: &str) -> Result<Trace, Error> {
                 None => break,
             }
         }
+        let mut visited: std::collections::HashSet<String> = std::collections::HashSet::new();
         let mut frontier = vec![root];
-        let mut seen = 0usize;
         while let Some(jti) = frontier.pop() {
-            seen += 1;
-            if seen > MAX_TRACE_NODES {
+            if !visited.insert(jti.clone()) {
+                continue;
+            }
+            if visited.len() > MAX_TRACE_NODES || budget.rows == 0 {
+                budget.truncated = true;
                 break;
             }
-            collect(store, AuditQuery { jti: Some(jti.clone()), ..AuditQuery::page(0) }, &mut events).await?;
+            collect(store, AuditQuery { jti: Some(jti.clone()), ..AuditQuery::page(0) }, &mut events, &mut budget)
+                .await?;
             let mut children = Vec::new();
             let q = AuditQuery { parent: Some(jti), kind: Some(kind::TOKEN_ISSUED.into()), ..AuditQuery::page(0) };
-            collect(store, q, &mut children).await?;
-            frontier.extend(children.into_iter().filter_map(|c| c.jti));
+            collect(store, q, &mut children, &mut budget).await?;
+            frontier.extend(children.into_iter().filter_map(|c| c.jti).filter(|j| !visited.contains(j)));
         }
     } else {
         return Err(Error::BadInput("trace takes a token id (tok_…) or a grant id (grt_…)".into()));
@@ -307,14 +334,26 @@ pub async fn trace(store: &dyn Store, id: &str) -> Result<Trace, Error> {
         .collect();
     agents.sort();
     agents.dedup();
+    if agents.len() > MAX_TRACE_AGENTS {
+        budget.truncated = true;
+    }
     for agent in agents.into_iter().take(MAX_TRACE_AGENTS) {
         let mut lifecycle = Vec::new();
-        collect(store, AuditQuery { resource: Some(agent), ..AuditQuery::page(0) }, &mut lifecycle).await?;
+        collect(store, AuditQuery { resource: Some(agent), ..AuditQuery::page(0) }, &mut lifecycle, &mut budget)
+            .await?;
         events.extend(lifecycle.into_iter().filter(|e| e.kind.starts_with(mandate_audit::trace::AGENT_EVENT_PREFIX)));
     }
     events.sort_by_key(|e| e.seq);
     events.dedup_by_key(|e| e.seq);
-    Ok(Trace::build(&events))
+    let mut tree = Trace::build(&events);
+    tree.truncated = budget.truncated;
+    Ok(tree)
+}
+
+/// Rows a trace may still read; whether it had to stop early.
+struct Budget {
+    rows: usize,
+    truncated: bool,
 }
 
 async fn issuance(store: &dyn Store, jti: &str) -> Result<Option<Event>, Error> {
@@ -323,16 +362,17 @@ async fn issuance(store: &dyn Store, jti: &str) -> Result<Option<Event>, Error> 
     Ok(store.audit_events(&q).await?.into_iter().next())
 }
 
-/// Appends every event matching `q` to `out`, following the cursor, until
-/// `out` holds `MAX_TRACE_EVENTS`.
-async fn collect(store: &dyn Store, mut q: AuditQuery, out: &mut Vec<Event>) -> Result<(), Error> {
+/// Appends every event matching `q` to `out`, following the cursor, while
+/// the budget lasts.
+async fn collect(store: &dyn Store, mut q: AuditQuery, out: &mut Vec<Event>, budget: &mut Budget) -> Result<(), Error> {
     loop {
-        let room = MAX_TRACE_EVENTS.saturating_sub(out.len());
-        if room == 0 {
+        if budget.rows == 0 {
+            budget.truncated = true;
             return Ok(());
         }
-        q.limit = q.limit.min(u32::try_from(room).unwrap_or(PAGE));
+        q.limit = q.limit.min(u32::try_from(budget.rows).unwrap_or(PAGE));
         let page = store.audit_events(&q).await?;
+        budget.rows = budget.rows.saturating_sub(page.len());
         let full = page.len() == q.limit as usize;
         q.after = page.last().map_or(q.after, |e| e.seq);
         out.extend(page);

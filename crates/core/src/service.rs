@@ -197,9 +197,10 @@ impl Mandate {
             }
             Err(_) => true,
         };
-        if audit_changed {
-            // Another node created an audit key (a first-start race).
-            self.load_audit_keys().await?;
+        if audit_changed && let Err(e) = self.load_audit_keys().await {
+            // Another node created an audit key (a first-start race), or a
+            // key row was planted: either way, token keys still reload.
+            tracing::warn!(error = %e, "could not load the audit keys");
         }
         let stored: Vec<crate::store::StoredKey> = all.into_iter().filter(|k| k.purpose == KeyUse::Token).collect();
         let mut kids: Vec<&String> = stored.iter().map(|k| &k.kid).collect();

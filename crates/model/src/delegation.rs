@@ -168,15 +168,17 @@ pub struct HopRequest {
 
 /// The authority of a delegated token (DESIGN §3.2 rule 3): its scopes are
 /// the requested ones, all within the parent's; its audience is the
-/// parent's, or, when the parent's audience is the issuer itself, one that
-/// `grant_covers` accepts; it expires at the earlier of `now + lifetime` and
-/// the parent's expiry.
+/// parent's, or, when the parent's audience is the issuer itself, one for
+/// which `grant_covers(audience, scopes)` holds (scope names mean different
+/// things at different resources, so the grant must cover these scopes
+/// *there*); it expires at the earlier of `now + lifetime` and the parent's
+/// expiry.
 pub fn narrow(
     parent: &Authority,
     request: &HopRequest,
     now: OffsetDateTime,
     issuer: &str,
-    grant_covers: impl Fn(&str) -> bool,
+    grant_covers: impl Fn(&str, &ScopeSet) -> bool,
 ) -> Result<Authority, DelegationError> {
     if parent.expires_at <= now {
         return Err(DelegationError::ParentExpired);
@@ -196,10 +198,11 @@ pub fn narrow(
     let audience = match &request.audience {
         None => parent.audience.clone(),
         Some(a) if *a == parent.audience => a.clone(),
-        Some(a) if parent.audience == issuer && grant_covers(a) => a.clone(),
+        Some(a) if parent.audience == issuer && grant_covers(a, &scopes) => a.clone(),
         Some(a) => return Err(DelegationError::AudienceNotAllowed(a.clone())),
     };
-    let expires_at = (now + request.lifetime.max(Duration::ZERO)).min(parent.expires_at);
+    let expires_at =
+        now.checked_add(request.lifetime.max(Duration::ZERO)).map_or(parent.expires_at, |t| t.min(parent.expires_at));
     Ok(Authority { scopes, audience, expires_at })
 }
 
@@ -282,7 +285,7 @@ mod tests {
             audience: aud.map(Into::into),
             lifetime: Duration::seconds(life),
         };
-        let none = |_: &str| false;
+        let none = |_: &str, _: &ScopeSet| false;
         let child = narrow(&parent, &req(Some(&["read"]), None, 300), t(0), ISSUER, none);
         assert_eq!(child.as_ref().map(|c| c.expires_at), Ok(t(100)), "clamped to the parent's expiry");
         assert_eq!(
@@ -296,16 +299,22 @@ mod tests {
         }
         assert_eq!(chain.extend(agent(5), DEFAULT_MAX_DEPTH), Err(DelegationError::TooDeep { depth: 5, max: 4 }));
         assert!(matches!(
-            narrow(&parent, &req(None, Some("https://b.example"), 60), t(0), ISSUER, |_| true),
+            narrow(&parent, &req(None, Some("https://b.example"), 60), t(0), ISSUER, |_, _| true),
             Err(DelegationError::AudienceNotAllowed(_))
         ));
         assert_eq!(narrow(&parent, &req(None, None, 60), t(100), ISSUER, none), Err(DelegationError::ParentExpired));
         assert_eq!(narrow(&parent, &req(Some(&[]), None, 60), t(0), ISSUER, none), Err(DelegationError::NoScope));
         // A token for the issuer may be exchanged for an audience its grant covers.
         let at_issuer = Authority { audience: ISSUER.into(), ..parent.clone() };
-        let moved =
-            narrow(&at_issuer, &req(None, Some("https://b.example"), 60), t(0), ISSUER, |a| a == "https://b.example");
+        let covers = |a: &str, s: &ScopeSet| a == "https://b.example" && s.is_subset_of(&scopes(&["read"]));
+        let moved = narrow(&at_issuer, &req(Some(&["read"]), Some("https://b.example"), 60), t(0), ISSUER, covers);
         assert_eq!(moved.map(|c| c.audience), Ok("https://b.example".to_owned()));
+        // The same move with a scope the grant does not cover there.
+        let wider = narrow(&at_issuer, &req(None, Some("https://b.example"), 60), t(0), ISSUER, covers);
+        assert!(matches!(wider, Err(DelegationError::AudienceNotAllowed(_))));
+        // A lifetime that would overflow the calendar is the parent's.
+        let long = narrow(&parent, &req(None, None, i64::MAX), t(0), ISSUER, none);
+        assert_eq!(long.map(|c| c.expires_at), Ok(t(100)));
     }
 
     const NAMES: [&str; 6] = ["read", "write", "send", "list", "delete", "admin"];
@@ -329,7 +338,7 @@ mod tests {
             ),
         ) {
             let audiences = [ISSUER, "https://a.example", "https://b.example", "https://c.example"];
-            let covered = |a: &str| a != "https://c.example";
+            let covered = |a: &str, _: &ScopeSet| a != "https://c.example";
             let mut parent = Authority {
                 scopes: root_scopes,
                 audience: if from_issuer { ISSUER.into() } else { "https://a.example".into() },
@@ -350,7 +359,8 @@ mod tests {
                         prop_assert!(child.expires_at <= parent.expires_at);
                         prop_assert!(parent.expires_at > now);
                         prop_assert!(
-                            child.audience == parent.audience || (parent.audience == ISSUER && covered(&child.audience))
+                            child.audience == parent.audience
+                                || (parent.audience == ISSUER && covered(&child.audience, &child.scopes))
                         );
                         parent = child;
                     }

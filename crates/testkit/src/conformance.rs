@@ -605,6 +605,9 @@ pub struct TamperRig {
     pub fail_appends: &'static str,
     /// SQL that undoes `fail_appends`.
     pub restore_appends: &'static str,
+    /// SQL that leaves the checkpoint at seq 10 unreadable, where the
+    /// store's column types allow it at all.
+    pub garble_checkpoint: Option<&'static str>,
 }
 
 /// The tamper cases, each on a fresh store with a 20-event trail and a
@@ -641,7 +644,8 @@ where
         }
     }
     type RigCase = for<'a> fn(&'a TamperRig) -> std::pin::Pin<Box<dyn Future<Output = Result<()>> + Send + 'a>>;
-    let rig_cases: [(&str, RigCase); 2] = [("rewrite", rewrite_case), ("fault", failed_append_case)];
+    let rig_cases: [(&str, RigCase); 3] =
+        [("rewrite", rewrite_case), ("fault", failed_append_case), ("corrupt checkpoint", corrupt_checkpoint_case)];
     for (name, case) in rig_cases {
         let rig = factory().await?;
         if let Err(e) = case(&rig).await {
@@ -775,6 +779,28 @@ fn rewrite_case(rig: &TamperRig) -> std::pin::Pin<Box<dyn Future<Output = Result
             broken_against(&rig.store, &[], Some(&pinned)).await? == 20,
             "a pinned key did not reject the forged checkpoint"
         );
+        Ok(())
+    })
+}
+
+/// A checkpoint row edited so that it no longer reads is tampering, not an
+/// error to shrug off.
+fn corrupt_checkpoint_case(rig: &TamperRig) -> std::pin::Pin<Box<dyn Future<Output = Result<()>> + Send + '_>> {
+    Box::pin(async move {
+        seeded_trail(rig).await?;
+        let signature = "UPDATE audit_checkpoints SET signature = 'AAAA' WHERE seq = 10";
+        (rig.exec)(signature.to_owned()).await?;
+        match verify_trail(rig.store.as_ref(), &[], None).await? {
+            TrailReport::Broken(t) => ensure!(t.seq == 10 && t.reason.contains("signature"), "{t}"),
+            TrailReport::Intact(_) => anyhow::bail!("an edited checkpoint signature went unnoticed"),
+        }
+        if let Some(garble) = rig.garble_checkpoint {
+            (rig.exec)(garble.to_owned()).await?;
+            match verify_trail(rig.store.as_ref(), &[], None).await? {
+                TrailReport::Broken(t) => ensure!(t.reason.contains("cannot be read"), "{t}"),
+                TrailReport::Intact(_) => anyhow::bail!("an unreadable checkpoint row went unnoticed"),
+            }
+        }
         Ok(())
     })
 }

@@ -48,6 +48,7 @@ async fn sqlite_detects_tampering_and_fails_whole_changes() -> anyhow::Result<()
                 fail_appends: "CREATE TRIGGER audit_fail BEFORE INSERT ON audit_events \
                                BEGIN SELECT RAISE(ABORT, 'injected fault'); END",
                 restore_appends: "DROP TRIGGER audit_fail",
+                garble_checkpoint: Some("UPDATE audit_checkpoints SET signature = x'00ff' WHERE seq = 10"),
             })
         }
     })
