@@ -12,9 +12,10 @@ use mandate_policy::{PolicyEngine, Principal, Target};
 use time::OffsetDateTime;
 use ulid::Ulid;
 
-fn bench(c: &mut Criterion) {
-    let agent = Agent {
-        id: AgentId::from_ulid(Ulid::from_parts(1, 1)),
+/// An active persistent agent with the id built from `n`.
+fn bench_agent(n: u128) -> Agent {
+    Agent {
+        id: AgentId::from_ulid(Ulid::from_parts(1, n)),
         name: "bench".into(),
         owner: UserId::from_ulid(Ulid::from_parts(1, 2)),
         kind: AgentKind::Persistent,
@@ -27,7 +28,11 @@ fn bench(c: &mut Criterion) {
         redirect_uris: vec![],
         created_at: OffsetDateTime::UNIX_EPOCH,
         secret_hash: None,
-    };
+    }
+}
+
+fn bench(c: &mut Criterion) {
+    let agent = bench_agent(1);
     let user = User {
         id: UserId::from_ulid(Ulid::from_parts(1, 2)),
         name: "Ada".into(),
@@ -78,21 +83,7 @@ fn per_agent_policies(c: &mut Criterion) {
         text.push_str(&format!("{effect}(principal==Agent::\"{id}\",action,resource==Api::\"{api}\");\n"));
     }
     let engine = PolicyEngine::compile(&text, &actions).unwrap();
-    let agent = Agent {
-        id: AgentId::from_ulid(Ulid::from_parts(1, 4_321)),
-        name: "bench".into(),
-        owner: UserId::from_ulid(Ulid::from_parts(1, 2)),
-        kind: AgentKind::Persistent,
-        parent: None,
-        status: AgentStatus::Active,
-        expires_at: None,
-        description: None,
-        scopes: None,
-        jwks: None,
-        redirect_uris: vec![],
-        created_at: OffsetDateTime::UNIX_EPOCH,
-        secret_hash: None,
-    };
+    let agent = bench_agent(4_321);
     c.bench_function("decide/agent/10000_per_agent_policies", |b| {
         b.iter(|| assert!(engine.decide(Principal::Agent(&agent), "read", Target::Api("https://a.x")).allowed))
     });
