@@ -224,6 +224,7 @@ impl Mandate {
             change.push(Mutation::RevokeTokensOfSubject { subject: id.to_string(), at: now });
             // The agents they are accountable for stop too (OWASP NHI1).
             change.push(Mutation::RevokeTokensOfOwnedAgents { owner: id, at: now });
+            change.push(Mutation::RevokeGrantsOfUser { user: id, at: now });
         }
         let mut event = self.admin_event(kind::USER_UPDATED, caller);
         event.subject = Some(id.to_string());
@@ -261,6 +262,73 @@ impl Mandate {
     /// given and development secrets are enabled.
     pub async fn create_agent(&self, caller: Caller, new: NewAgent) -> Result<(Agent, Option<String>), Error> {
         self.require_admin(caller).await?;
+        let event = self.admin_event(kind::AGENT_CREATED, caller);
+        self.register_agent(new, event).await
+    }
+
+    /// An agent spawns an ephemeral child of itself (DESIGN §7) with an
+    /// access token it got by `client_credentials` for `mandate:spawn` on
+    /// the issuer. The child has its parent's owner, a ceiling within its
+    /// parent's, and a capped lifetime.
+    pub async fn spawn_agent(&self, token: &str, mut new: NewAgent) -> Result<(Agent, Option<String>), Error> {
+        let live = match self.live_chain(token).await? {
+            Ok(l) => l,
+            Err(why) => {
+                self.record_admin_refusal(kind::ADMIN_AUTH_FAILED, None, &format!("spawn: {why}")).await?;
+                return Err(Error::Unauthenticated);
+            }
+        };
+        let parent = match (&live.chain, live.current()) {
+            (Some(c), Some(agent)) if c.user().is_none() && c.depth() == 1 => agent.clone(),
+            _ => return self.refuse_spawn(&live, "spawning needs the agent's own client_credentials token").await,
+        };
+        if live.record.audience != self.config.issuer
+            || !live.record.scopes.iter().any(|s| s.as_str() == "mandate:spawn")
+        {
+            return self.refuse_spawn(&live, "the token does not carry mandate:spawn on the issuer").await;
+        }
+        let d = self.engine().decide(
+            mandate_policy::Principal::Agent(&parent),
+            "mandate:spawn",
+            mandate_policy::Target::Api(&self.config.issuer),
+        );
+        if !d.allowed {
+            return self.refuse_spawn(&live, "policy does not allow mandate:spawn").await;
+        }
+        if new.kind.is_some_and(|k| k != AgentKind::Ephemeral) || new.parent.is_some_and(|p| p != parent.id) {
+            return self.refuse_spawn(&live, "an agent may spawn only ephemeral children of itself").await;
+        }
+        if new.owner != parent.owner {
+            return self.refuse_spawn(&live, "a spawned agent has its parent's owner").await;
+        }
+        if !new.redirect_uris.is_empty() {
+            return Err(Error::BadInput("a spawned agent has no redirect URIs".into()));
+        }
+        new.kind = Some(AgentKind::Ephemeral);
+        new.parent = Some(parent.id);
+        let mut event = self.event(kind::AGENT_CREATED);
+        event.decision = Some(crate::audit::ALLOW.into());
+        event.actor = Some(parent.id.to_string());
+        event.client_id = Some(parent.id.to_string());
+        event.jti = Some(live.record.jti.to_string());
+        self.register_agent(new, event).await
+    }
+
+    async fn refuse_spawn<T>(&self, live: &crate::chain::LiveToken, why: &str) -> Result<T, Error> {
+        let mut event = self.event(kind::ADMIN_DENIED);
+        event.decision = Some(crate::audit::DENY.into());
+        event.actor = Some(live.record.client_id.to_string());
+        event.jti = Some(live.record.jti.to_string());
+        event.reason = Some(format!("spawn: {why}"));
+        self.record(event).await?;
+        Err(Error::Forbidden(why.into()))
+    }
+
+    async fn register_agent(
+        &self,
+        new: NewAgent,
+        mut event: mandate_audit::Event,
+    ) -> Result<(Agent, Option<String>), Error> {
         let now = self.clock.now();
         let name = name::validate_name(&new.name)?;
         let description = new
@@ -304,6 +372,12 @@ impl Mandate {
                     .ok_or_else(|| Error::BadInput(format!("parent {parent_id} does not exist")))?;
                 if !parent.is_live(now) {
                     return Err(Error::BadInput(format!("parent {parent_id} is not active")));
+                }
+                if parent.owner != new.owner {
+                    return Err(Error::BadInput(format!(
+                        "an ephemeral agent has its parent's owner ({})",
+                        parent.owner
+                    )));
                 }
                 let ttl = new.ttl_seconds.unwrap_or(self.config.max_ephemeral_ttl);
                 if ttl <= 0 || ttl > self.config.max_ephemeral_ttl {
@@ -356,7 +430,6 @@ impl Mandate {
             created_at: now,
             secret_hash: secret.as_deref().map(secrets::hash),
         };
-        let mut event = self.admin_event(kind::AGENT_CREATED, caller);
         event.subject = Some(agent.owner.to_string());
         event.resource = Some(agent.id.to_string());
         event.scope = agent.scopes.as_ref().map(ScopeSet::to_claim);
@@ -402,6 +475,7 @@ impl Mandate {
         let mut children = Vec::new();
         if to != AgentStatus::Active {
             change.push(Mutation::RevokeTokensOfAgent { agent: id, at: now });
+            change.push(Mutation::RevokeGrantsOfAgent { agent: id, at: now });
             // Ephemeral descendants die with their parent, transitively.
             let mut stack = vec![id];
             let mut seen = BTreeSet::from([id]);
@@ -419,7 +493,9 @@ impl Mandate {
                             at: now,
                         });
                         change.push(Mutation::RevokeTokensOfAgent { agent: child.id, at: now });
-                        children.push((child, change.0.len() - 1));
+                        let revoke_at = change.0.len() - 1;
+                        change.push(Mutation::RevokeGrantsOfAgent { agent: child.id, at: now });
+                        children.push((child, revoke_at));
                     }
                 }
             }

@@ -41,6 +41,14 @@ pub mod kind {
     pub const POLICY_UPDATED: &str = "policy.updated";
     pub const KEY_CREATED: &str = "key.created";
     pub const KEY_ROTATED: &str = "key.rotated";
+    pub const GRANT_CREATED: &str = "grant.created";
+    pub const GRANT_REVOKED: &str = "grant.revoked";
+    pub const APPROVAL_REQUESTED: &str = "approval.requested";
+    pub const APPROVAL_APPROVED: &str = "approval.approved";
+    pub const APPROVAL_DENIED: &str = "approval.denied";
+    pub const CIBA_POLLED: &str = "ciba.polled";
+    pub const REFRESH_REUSED: &str = "refresh.reused";
+    pub const CHECK: &str = "check.decided";
 }
 
 /// Decisions an event may record.
@@ -93,7 +101,7 @@ fn current_request_id() -> Option<String> {
 }
 
 /// `s` cut to at most `MAX_TEXT` bytes, on a character boundary.
-fn bounded(s: &str) -> String {
+pub(crate) fn bounded(s: &str) -> String {
     if s.len() <= MAX_TEXT {
         return s.to_owned();
     }

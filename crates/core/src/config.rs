@@ -17,6 +17,16 @@ pub struct Config {
     pub signing_alg: KeyAlg,
     /// Longest an ephemeral agent may live, seconds.
     pub max_ephemeral_ttl: i64,
+    /// Most agents a delegation chain may hold (DESIGN §3.2: 4).
+    pub max_delegation_depth: usize,
+    /// Lifetime of a grant, seconds; refresh tokens end with it.
+    pub grant_ttl: i64,
+    /// How long a CIBA request or an action approval waits by default, and
+    /// at most, seconds.
+    pub approval_ttl: i64,
+    pub max_approval_ttl: i64,
+    /// The CIBA polling interval, seconds; faster polls get `slow_down`.
+    pub ciba_interval: i64,
     /// A checkpoint is signed once this many events have been appended
     /// since the last one…
     pub audit_checkpoint_events: u64,
@@ -35,6 +45,11 @@ impl Config {
             allow_client_secrets: false,
             signing_alg: KeyAlg::EdDSA,
             max_ephemeral_ttl: 3600,
+            max_delegation_depth: mandate_model::delegation::DEFAULT_MAX_DEPTH,
+            grant_ttl: 24 * 3600,
+            approval_ttl: 600,
+            max_approval_ttl: 3600,
+            ciba_interval: 5,
             audit_checkpoint_events: 10_000,
             audit_checkpoint_interval: 60,
         }

@@ -22,6 +22,17 @@ pub enum Error {
     UnauthorizedClient(String),
     #[error("unsupported_grant_type: {0}")]
     UnsupportedGrantType(String),
+    // CIBA (OpenID CIBA Core §11, §13).
+    #[error("access_denied: {0}")]
+    AccessDenied(String),
+    #[error("authorization_pending")]
+    AuthorizationPending,
+    #[error("slow_down")]
+    SlowDown,
+    #[error("expired_token: {0}")]
+    ExpiredToken(String),
+    #[error("unknown_user_id: {0}")]
+    UnknownUser(String),
     // Administration.
     #[error("invalid input: {0}")]
     BadInput(String),

@@ -10,11 +10,16 @@ pub mod service;
 pub mod store;
 
 mod admin;
+pub mod chain;
+mod check;
+pub mod delegation;
 mod keyring;
 mod oauth;
 
 pub use audit::{AuditQuery, AuditRecord, TrailReport};
+pub use check::{CheckAnswer, CheckRequest, CheckedResource, Checker};
 pub use config::Config;
+pub use delegation::{BcAuthorized, Params};
 pub use error::Error;
 pub use oauth::{ClientCredentials, IssuedToken, TokenCaller, TokenRequest};
 pub use ports::{Clock, ManualClock, Random, SystemClock, SystemRandom};

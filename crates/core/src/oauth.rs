@@ -13,6 +13,7 @@ use mandate_audit::Event;
 
 use crate::Error;
 use crate::audit::{ALLOW, AuditRecord, DENY, kind, reason};
+use crate::delegation::{GRANT_CIBA, GRANT_EXCHANGE, GRANT_REFRESH, Params};
 use crate::ports::new_ulid;
 use crate::service::{AuthenticatedClient, Mandate};
 use crate::store::{Change, Mutation, StoreError};
@@ -43,6 +44,8 @@ pub struct TokenRequest {
     pub scope: Option<String>,
     /// RFC 8707 `resource` parameters (repeatable in the RFC).
     pub resources: Vec<String>,
+    /// Every form parameter, for the grants that accept no unknown ones.
+    pub params: Params,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,6 +56,10 @@ pub struct IssuedToken {
     pub scope: String,
     pub jti: Jti,
     pub client_id: ClientId,
+    /// A rotating refresh token (grants only).
+    pub refresh_token: Option<String>,
+    /// RFC 8693 `issued_token_type` (token exchange only).
+    pub issued_token_type: Option<&'static str>,
 }
 
 /// Who asks to introspect or revoke.
@@ -66,6 +73,32 @@ impl Mandate {
     /// The token endpoint. Every grant shares this path, and so shares the
     /// client authentication, the replay store and the audit trail.
     pub async fn token(&self, credentials: &ClientCredentials, req: TokenRequest) -> Result<IssuedToken, Error> {
+        let grant = req.grant_type.as_str();
+        if [GRANT_CIBA, GRANT_REFRESH, GRANT_EXCHANGE].contains(&grant) {
+            let client = self.authenticate(credentials).await?;
+            let outcome = match grant {
+                GRANT_CIBA => self.ciba_token(&client, &req.params).await,
+                GRANT_REFRESH => self.refresh_token(&client, &req.params).await,
+                _ => self.exchange(&client, &req.params).await.map_err(|e| (Change::new(), e)),
+            };
+            let (change, e) = match outcome {
+                Ok((change, event, token)) => match self.commit_or_replay(&client, change, event, &[]).await {
+                    Ok(_) => return Ok(token),
+                    // A parent, grant, approval or refresh token changed
+                    // under this request: nothing was written.
+                    Err(Error::Conflict(why)) => match self.refresh_raced(&req.params).await? {
+                        Some(record) if grant == GRANT_REFRESH => self.reuse(&record),
+                        _ => (Change::new(), Error::InvalidGrant(format!("the request lost a race: {why}"))),
+                    },
+                    Err(e) => return Err(e),
+                },
+                Err(refusal) => refusal,
+            };
+            let counted: &[usize] = if change.0.len() == 2 { &[1] } else { &[] };
+            let event = self.refusal_event(&client, grant, &e);
+            self.commit_or_replay(&client, change, event, counted).await?;
+            return Err(e);
+        }
         if req.grant_type != GRANT_CLIENT_CREDENTIALS {
             let e = Error::UnsupportedGrantType(format!("grant_type {:?} is not supported", req.grant_type));
             let mut event = self.event(kind::TOKEN_DENIED);
@@ -111,7 +144,7 @@ impl Mandate {
     }
 
     /// An event about something `client` asked for.
-    fn client_event(&self, kind: &str, client: &AuthenticatedClient) -> Event {
+    pub(crate) fn client_event(&self, kind: &str, client: &AuthenticatedClient) -> Event {
         let mut e = self.event(kind);
         e.client_id = Some(client.id.to_string());
         e.actor = Some(client.id.to_string());
@@ -123,7 +156,7 @@ impl Mandate {
     /// mutations of `change` at `counted`. A replayed assertion writes
     /// nothing but the record of the replay, and fails the request.
     /// Returns the rows affected by the mutations of `change`.
-    async fn commit_or_replay(
+    pub(crate) async fn commit_or_replay(
         &self,
         client: &AuthenticatedClient,
         mut change: Change,
@@ -239,6 +272,7 @@ impl Mandate {
             client_id: client.id.to_string(),
             scope: scopes.to_claim(),
             act: None,
+            may_act: None,
             grant_id: None,
             purpose: None,
             cnf: None,
@@ -259,6 +293,7 @@ impl Mandate {
             issued_at: now,
             expires_at: exp,
             cnf_jkt: None,
+            family: None,
             revoked_at: None,
         };
         let mut event = self.client_event(kind::TOKEN_ISSUED, client);
@@ -278,6 +313,8 @@ impl Mandate {
             scope: scopes.to_claim(),
             jti,
             client_id: client.id,
+            refresh_token: None,
+            issued_token_type: None,
         };
         Ok((Change::new().with(Mutation::InsertToken(record)), event, issued))
     }
@@ -308,7 +345,7 @@ impl Mandate {
     /// the token is not live for any reason.
     /// Verifies one of our access tokens, reloading the keys once when it
     /// names a key this node has not loaded (another node may have rotated).
-    async fn verify_ours(&self, token: &str) -> Result<Option<AccessTokenClaims>, Error> {
+    pub(crate) async fn verify_ours(&self, token: &str) -> Result<Option<AccessTokenClaims>, Error> {
         let now = self.clock.now().unix_timestamp();
         let mut verified = self.ring().verifier.verify(token, now, None);
         if matches!(verified, Err(JoseError::UnknownKey)) {
@@ -318,28 +355,10 @@ impl Mandate {
         Ok(verified.ok())
     }
 
+    /// The claims and record of a token that is live as a whole (its
+    /// ancestors, grant, agents and user included).
     async fn live_token(&self, token: &str) -> Result<Option<(AccessTokenClaims, TokenRecord)>, Error> {
-        let now = self.clock.now();
-        let Some(claims) = self.verify_ours(token).await? else {
-            return Ok(None);
-        };
-        let Ok(jti) = claims.jti.parse::<Jti>() else {
-            return Ok(None);
-        };
-        let Some(record) = self.store.token(jti).await? else {
-            return Ok(None);
-        };
-        if !record.is_live(now) {
-            return Ok(None);
-        }
-        // Fail closed: the presenting agent must still be able to act.
-        if let ClientId::Agent(a) = record.client_id {
-            match self.store.agent(a).await? {
-                Some(agent) if self.agent_may_act(&agent).await? => {}
-                _ => return Ok(None),
-            }
-        }
-        Ok(Some((claims, record)))
+        Ok(self.live_chain(token).await?.ok().map(|l| (l.claims, l.record)))
     }
 
     /// RFC 7662. Only the admin, the client the token was issued to, or the
@@ -506,7 +525,7 @@ fn claimed_client(credentials: &ClientCredentials) -> Option<String> {
 }
 
 /// Request text kept in an event: at most 256 bytes.
-fn bounded_input(s: &str) -> String {
+pub(crate) fn bounded_input(s: &str) -> String {
     let mut end = s.len().min(256);
     while !s.is_char_boundary(end) {
         end -= 1;

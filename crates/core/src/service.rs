@@ -65,6 +65,9 @@ pub struct Mandate {
     client_keys: RwLock<HashMap<ClientId, (serde_json::Value, Arc<JwkSet>)>>,
     /// The key that signs audit checkpoints.
     pub(crate) audit_keys: RwLock<AuditKeys>,
+    /// Allowed checks already recorded, by token and action, with the seq
+    /// of the event that recorded them (docs/delegation.md).
+    pub(crate) checked: std::sync::Mutex<HashMap<(mandate_model::Jti, String), u64>>,
 }
 
 impl std::fmt::Debug for Mandate {
@@ -108,6 +111,7 @@ impl Mandate {
             resources: RwLock::new(HashMap::new()),
             client_keys: RwLock::new(HashMap::new()),
             audit_keys: RwLock::new(AuditKeys::default()),
+            checked: std::sync::Mutex::new(HashMap::new()),
         };
         service.reload_policy().await?;
         service.load_audit_keys().await?;
@@ -475,6 +479,7 @@ impl Mandate {
                     at: now,
                 })
                 .with(Mutation::RevokeTokensOfAgent { agent: agent.id, at: now })
+                .with(Mutation::RevokeGrantsOfAgent { agent: agent.id, at: now })
                 .with(AuditRecord { event, count_of: vec![1] }.mutation());
             match self.store.commit(change).await {
                 // Another node or a lifecycle call got there first.

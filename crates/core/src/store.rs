@@ -6,8 +6,10 @@
 
 use async_trait::async_trait;
 use mandate_audit::{Checkpoint, Event};
-use mandate_model::records::{Agent, AgentStatus, ClientId, Resource, TokenRecord, User};
-use mandate_model::{AgentId, Jti, UserId};
+use mandate_model::records::{
+    Agent, AgentStatus, Approval, ApprovalStatus, ClientId, Grant, RefreshRecord, Resource, TokenRecord, User,
+};
+use mandate_model::{AgentId, ApprovalId, GrantId, Jti, UserId};
 use thiserror::Error;
 use time::OffsetDateTime;
 
@@ -103,7 +105,9 @@ pub enum Mutation {
         to: AgentStatus,
         at: OffsetDateTime,
     },
-    /// Revokes every live token the agent holds (affected: how many).
+    /// Revokes every live token the agent holds, and every token exchanged
+    /// from them, transitively: every token whose chain contains the agent
+    /// (affected: how many).
     RevokeTokensOfAgent {
         agent: AgentId,
         at: OffsetDateTime,
@@ -113,7 +117,8 @@ pub enum Mutation {
         subject: String,
         at: OffsetDateTime,
     },
-    /// Revokes every live token held by an agent `owner` is accountable for.
+    /// Revokes every live token held by an agent `owner` is accountable for,
+    /// and their descendants.
     RevokeTokensOfOwnedAgents {
         owner: UserId,
         at: OffsetDateTime,
@@ -135,10 +140,83 @@ pub enum Mutation {
         jti: String,
         expires_at: OffsetDateTime,
     },
+    /// Fails with `Conflict` when the token has a parent that is revoked or
+    /// missing, or a grant that is not active: checked under a lock on those
+    /// rows, so that a concurrent revocation either sees the new token or
+    /// makes this insert fail (never a live child of a revoked parent).
     InsertToken(TokenRecord),
-    /// Revokes one token (affected: 0 or 1).
+    /// Revokes one token and every token exchanged from it, transitively
+    /// (affected: how many).
     RevokeToken {
         jti: Jti,
+        at: OffsetDateTime,
+    },
+    /// Fails with `Conflict` if the id exists.
+    InsertGrant(Grant),
+    /// Marks an active grant revoked (affected: 0 or 1).
+    RevokeGrant {
+        id: GrantId,
+        at: OffsetDateTime,
+    },
+    /// Revokes every live token issued under the grant, its exchanged
+    /// descendants included (affected: how many).
+    RevokeTokensOfGrant {
+        grant: GrantId,
+        at: OffsetDateTime,
+    },
+    /// Revokes every active grant the user gave (affected: how many).
+    RevokeGrantsOfUser {
+        user: UserId,
+        at: OffsetDateTime,
+    },
+    /// Revokes every active grant given to the agent (affected: how many).
+    RevokeGrantsOfAgent {
+        agent: AgentId,
+        at: OffsetDateTime,
+    },
+    /// Records the grant's last use.
+    TouchGrant {
+        id: GrantId,
+        at: OffsetDateTime,
+    },
+    /// Fails with `Conflict` if the id exists.
+    InsertApproval(Approval),
+    /// Decides a pending, unexpired approval; fails with `Conflict`
+    /// otherwise (it was decided already, or it expired).
+    DecideApproval {
+        id: ApprovalId,
+        to: ApprovalStatus,
+        by: String,
+        grant: Option<GrantId>,
+        at: OffsetDateTime,
+    },
+    /// Hands out an approved CIBA request once: fails with `Conflict` unless
+    /// it is approved and unexpired.
+    ConsumeApproval {
+        id: ApprovalId,
+        at: OffsetDateTime,
+    },
+    /// Records a poll (CIBA `slow_down`).
+    PollApproval {
+        id: ApprovalId,
+        at: OffsetDateTime,
+    },
+    InsertRefresh(RefreshRecord),
+    /// Rotates a refresh token: fails with `Conflict` unless it is unused
+    /// and unrevoked (compare-and-swap, so concurrent reuse has one winner).
+    UseRefresh {
+        hash: String,
+        at: OffsetDateTime,
+    },
+    /// Revokes every refresh token of a family (affected: how many).
+    RevokeRefreshFamily {
+        family: String,
+        at: OffsetDateTime,
+    },
+    /// Revokes every live access token a refresh family issued, and their
+    /// descendants (affected: how many).
+    RevokeTokensOfFamily {
+        family: String,
         at: OffsetDateTime,
     },
     /// Forgets replay entries whose assertions have expired.
@@ -146,11 +224,33 @@ pub enum Mutation {
         before: OffsetDateTime,
     },
     /// Appends an event to the audit chain: the store numbers, links and
-    /// hashes it while it holds the chain's head (affected: 1).
+    /// hashes it while it holds the chain's head ("affected": the event's
+    /// `seq`).
     AppendAudit(Box<crate::audit::AuditRecord>),
     /// Keeps a signed checkpoint; one per seq, a second is ignored
     /// (affected: 0 or 1).
     InsertCheckpoint(Checkpoint),
+}
+
+/// Which grants to list. Every filter given must match; `owner` matches
+/// grants whose agent that user owns, `user_or_owner` grants the user gave
+/// or whose agent they own.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GrantQuery {
+    pub user: Option<UserId>,
+    pub agent: Option<AgentId>,
+    pub user_or_owner: Option<UserId>,
+    pub limit: u32,
+}
+
+/// Which approvals to list.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ApprovalQuery {
+    pub approver: Option<UserId>,
+    pub status: Option<ApprovalStatus>,
+    /// Only action approvals with this binding.
+    pub binding: Option<String>,
+    pub limit: u32,
 }
 
 /// Mutations applied atomically, in order.
@@ -196,6 +296,14 @@ pub trait Store: Send + Sync + 'static {
 
     async fn token(&self, jti: Jti) -> Result<Option<TokenRecord>, StoreError>;
 
+    async fn grant(&self, id: GrantId) -> Result<Option<Grant>, StoreError>;
+    /// Grants matching `query`, newest first, at most `query.limit`.
+    async fn grants(&self, query: &GrantQuery) -> Result<Vec<Grant>, StoreError>;
+    async fn approval(&self, id: ApprovalId) -> Result<Option<Approval>, StoreError>;
+    /// Approvals matching `query`, newest first, at most `query.limit`.
+    async fn approvals(&self, query: &ApprovalQuery) -> Result<Vec<Approval>, StoreError>;
+    async fn refresh(&self, hash: &str) -> Result<Option<RefreshRecord>, StoreError>;
+
     /// Ephemeral agents not yet retired whose expiry is at or before `at`.
     async fn expired_agents(&self, at: OffsetDateTime) -> Result<Vec<Agent>, StoreError>;
 
@@ -216,8 +324,11 @@ pub mod codec {
     use std::collections::BTreeMap;
     use std::str::FromStr;
 
-    use mandate_model::records::{Agent, AgentKind, AgentStatus, ClientId, Resource, TokenRecord, User, UserStatus};
-    use mandate_model::{AgentId, GrantId, Jti, ResourceId, ScopeSet, UserId};
+    use mandate_model::records::{
+        Agent, AgentKind, AgentStatus, Approval, ApprovalStatus, ApprovalSubject, ClientId, Grant, GrantStatus,
+        RefreshRecord, Resource, TokenRecord, User, UserStatus,
+    };
+    use mandate_model::{AgentId, ApprovalId, GrantId, Jti, ResourceId, ScopeSet, UserId};
     use time::OffsetDateTime;
 
     use super::StoreError;
@@ -459,6 +570,7 @@ pub mod codec {
         pub issued_at: i64,
         pub expires_at: i64,
         pub cnf_jkt: Option<String>,
+        pub family: Option<String>,
         pub revoked_at: Option<i64>,
     }
 
@@ -477,6 +589,118 @@ pub mod codec {
                 issued_at: from_ts(r.issued_at)?,
                 expires_at: from_ts(r.expires_at)?,
                 cnf_jkt: r.cnf_jkt,
+                family: r.family,
+                revoked_at: opt_ts(r.revoked_at)?,
+            })
+        }
+    }
+
+    pub struct GrantRow {
+        pub id: String,
+        pub user_id: String,
+        pub agent: String,
+        pub resource: String,
+        pub scopes: String,
+        pub purpose: Option<String>,
+        pub approved_by: String,
+        pub status: String,
+        pub created_at: i64,
+        pub expires_at: i64,
+        pub revoked_at: Option<i64>,
+        pub last_used_at: Option<i64>,
+    }
+
+    impl TryFrom<GrantRow> for Grant {
+        type Error = StoreError;
+        fn try_from(r: GrantRow) -> Result<Self, StoreError> {
+            Ok(Grant {
+                id: parse::<GrantId>(&r.id)?,
+                user: parse::<UserId>(&r.user_id)?,
+                agent: parse::<AgentId>(&r.agent)?,
+                resource: r.resource,
+                scopes: from_json(&r.scopes)?,
+                purpose: r.purpose,
+                approved_by: r.approved_by,
+                status: parse::<GrantStatus>(&r.status)?,
+                created_at: from_ts(r.created_at)?,
+                expires_at: from_ts(r.expires_at)?,
+                revoked_at: opt_ts(r.revoked_at)?,
+                last_used_at: opt_ts(r.last_used_at)?,
+            })
+        }
+    }
+
+    pub struct ApprovalRow {
+        pub id: String,
+        pub agent: String,
+        pub user_id: String,
+        pub approver: String,
+        pub resource: String,
+        pub subject: String,
+        pub binding_message: Option<String>,
+        pub status: String,
+        pub decided_by: Option<String>,
+        pub created_at: i64,
+        pub expires_at: i64,
+        pub decided_at: Option<i64>,
+        pub grant_id: Option<String>,
+        pub polled_at: Option<i64>,
+    }
+
+    impl TryFrom<ApprovalRow> for Approval {
+        type Error = StoreError;
+        fn try_from(r: ApprovalRow) -> Result<Self, StoreError> {
+            Ok(Approval {
+                id: parse::<ApprovalId>(&r.id)?,
+                agent: parse::<AgentId>(&r.agent)?,
+                user: parse::<UserId>(&r.user_id)?,
+                approver: parse::<UserId>(&r.approver)?,
+                resource: r.resource,
+                subject: from_json::<ApprovalSubject>(&r.subject)?,
+                binding_message: r.binding_message,
+                status: parse::<ApprovalStatus>(&r.status)?,
+                decided_by: r.decided_by,
+                created_at: from_ts(r.created_at)?,
+                expires_at: from_ts(r.expires_at)?,
+                decided_at: opt_ts(r.decided_at)?,
+                grant: r.grant_id.as_deref().map(parse::<GrantId>).transpose()?,
+                polled_at: opt_ts(r.polled_at)?,
+            })
+        }
+    }
+
+    /// The binding column of an approval: only action approvals have one.
+    pub fn approval_binding(a: &Approval) -> Option<&str> {
+        match &a.subject {
+            ApprovalSubject::Action { binding, .. } => Some(binding),
+            ApprovalSubject::Grant { .. } => None,
+        }
+    }
+
+    pub struct RefreshRow {
+        pub hash: String,
+        pub family: String,
+        pub grant_id: String,
+        pub client_id: String,
+        pub scopes: String,
+        pub issued_at: i64,
+        pub expires_at: i64,
+        pub used_at: Option<i64>,
+        pub revoked_at: Option<i64>,
+    }
+
+    impl TryFrom<RefreshRow> for RefreshRecord {
+        type Error = StoreError;
+        fn try_from(r: RefreshRow) -> Result<Self, StoreError> {
+            Ok(RefreshRecord {
+                hash: r.hash,
+                family: r.family,
+                grant: parse::<GrantId>(&r.grant_id)?,
+                client_id: parse::<AgentId>(&r.client_id)?,
+                scopes: from_json(&r.scopes)?,
+                issued_at: from_ts(r.issued_at)?,
+                expires_at: from_ts(r.expires_at)?,
+                used_at: opt_ts(r.used_at)?,
                 revoked_at: opt_ts(r.revoked_at)?,
             })
         }

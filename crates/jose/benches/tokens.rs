@@ -23,6 +23,7 @@ fn claims() -> AccessTokenClaims {
         client_id: "agt_01JABCDEFGHJKMNPQRSTVWXYZ0".into(),
         scope: "mail.read mail.send".into(),
         act: None,
+        may_act: None,
         grant_id: None,
         purpose: None,
         cnf: None,

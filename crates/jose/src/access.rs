@@ -71,6 +71,7 @@ mod tests {
             client_id: "agt_01JABCDEFGHJKMNPQRSTVWXYZ0".into(),
             scope: "read".into(),
             act: None,
+            may_act: None,
             grant_id: None,
             purpose: None,
             cnf: None,

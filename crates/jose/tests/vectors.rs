@@ -54,6 +54,7 @@ fn access_token_vector() {
         client_id: "agt_01JABCDEFGHJKMNPQRSTVWXYZ0".into(),
         scope: "mail.read".into(),
         act: None,
+        may_act: None,
         grant_id: None,
         purpose: None,
         cnf: None,

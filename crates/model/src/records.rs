@@ -8,7 +8,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use crate::{AgentId, GrantId, Jti, ModelError, ResourceId, Scope, ScopeSet, UserId};
+use crate::{AgentId, ApprovalId, GrantId, Jti, ModelError, ResourceId, Scope, ScopeSet, UserId};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -206,6 +206,8 @@ pub struct TokenRecord {
     pub issued_at: OffsetDateTime,
     pub expires_at: OffsetDateTime,
     pub cnf_jkt: Option<String>,
+    /// The refresh-token family that issued it, if any.
+    pub family: Option<String>,
     pub revoked_at: Option<OffsetDateTime>,
 }
 
@@ -213,6 +215,174 @@ impl TokenRecord {
     pub fn is_live(&self, now: OffsetDateTime) -> bool {
         self.revoked_at.is_none() && now < self.expires_at
     }
+}
+
+/// Whether a grant is still in force. Expiry is not a stored status: it is
+/// compared with the clock at every use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GrantStatus {
+    Active,
+    Revoked,
+}
+
+impl GrantStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GrantStatus::Active => "active",
+            GrantStatus::Revoked => "revoked",
+        }
+    }
+}
+
+impl FromStr for GrantStatus {
+    type Err = ModelError;
+    fn from_str(s: &str) -> Result<Self, ModelError> {
+        match s {
+            "active" => Ok(Self::Active),
+            "revoked" => Ok(Self::Revoked),
+            _ => Err(ModelError::InvalidField { field: "status", reason: format!("unknown grant status {s:?}") }),
+        }
+    }
+}
+
+/// A living delegation (DESIGN §1): `user` lets `agent` use `scopes` at
+/// `resource` for `purpose` until `expires_at`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Grant {
+    pub id: GrantId,
+    pub user: UserId,
+    pub agent: AgentId,
+    /// The resource identifier the grant is for.
+    pub resource: String,
+    pub scopes: ScopeSet,
+    pub purpose: Option<String>,
+    /// `policy`, or the id of the user who approved.
+    pub approved_by: String,
+    pub status: GrantStatus,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub revoked_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub last_used_at: Option<OffsetDateTime>,
+}
+
+impl Grant {
+    pub fn is_live(&self, now: OffsetDateTime) -> bool {
+        self.status == GrantStatus::Active && now < self.expires_at
+    }
+
+    /// What the grant's status is at `now`, expiry included.
+    pub fn status_at(&self, now: OffsetDateTime) -> &'static str {
+        match self.status {
+            GrantStatus::Revoked => "revoked",
+            GrantStatus::Active if now >= self.expires_at => "expired",
+            GrantStatus::Active => "active",
+        }
+    }
+}
+
+/// Where an approval request stands. `Expired` is computed from the clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ApprovalStatus {
+    Pending,
+    Approved,
+    Denied,
+    /// Approved, and its token has been handed out (CIBA is single-use).
+    Consumed,
+}
+
+impl ApprovalStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApprovalStatus::Pending => "pending",
+            ApprovalStatus::Approved => "approved",
+            ApprovalStatus::Denied => "denied",
+            ApprovalStatus::Consumed => "consumed",
+        }
+    }
+}
+
+impl FromStr for ApprovalStatus {
+    type Err = ModelError;
+    fn from_str(s: &str) -> Result<Self, ModelError> {
+        match s {
+            "pending" => Ok(Self::Pending),
+            "approved" => Ok(Self::Approved),
+            "denied" => Ok(Self::Denied),
+            "consumed" => Ok(Self::Consumed),
+            _ => Err(ModelError::InvalidField { field: "status", reason: format!("unknown approval status {s:?}") }),
+        }
+    }
+}
+
+/// What an approval request asks for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum ApprovalSubject {
+    /// A CIBA request for a grant of `scopes` at the approval's resource.
+    Grant { scopes: ScopeSet, requested_expiry: i64 },
+    /// One action on one checked resource, for the token chain `chain`.
+    Action { action: String, target: String, chain: Vec<AgentId>, binding: String },
+}
+
+/// A pending human decision (DESIGN §1). The `approver` is the user whom
+/// policy names (`@approval("user")` or `@approval("owner")`); an agent can
+/// never be one.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Approval {
+    pub id: ApprovalId,
+    pub agent: AgentId,
+    pub user: UserId,
+    pub approver: UserId,
+    /// The resource identifier.
+    pub resource: String,
+    pub subject: ApprovalSubject,
+    pub binding_message: Option<String>,
+    pub status: ApprovalStatus,
+    /// `policy` when the request self-authorised, else the approver's id.
+    pub decided_by: Option<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub decided_at: Option<OffsetDateTime>,
+    /// The grant an approved CIBA request created.
+    pub grant: Option<GrantId>,
+    /// The last time the agent polled for it (CIBA `slow_down`).
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub polled_at: Option<OffsetDateTime>,
+}
+
+impl Approval {
+    /// The status at `now`: a pending or unused approval past its time is
+    /// expired.
+    pub fn status_at(&self, now: OffsetDateTime) -> &'static str {
+        match self.status {
+            ApprovalStatus::Pending | ApprovalStatus::Approved if now >= self.expires_at => "expired",
+            s => s.as_str(),
+        }
+    }
+}
+
+/// A refresh token as stored: only its hash. Tokens of one family descend
+/// from one grant issuance; reusing a rotated one revokes the family.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RefreshRecord {
+    pub hash: String,
+    pub family: String,
+    pub grant: GrantId,
+    pub client_id: AgentId,
+    pub scopes: ScopeSet,
+    pub issued_at: OffsetDateTime,
+    pub expires_at: OffsetDateTime,
+    pub used_at: Option<OffsetDateTime>,
+    pub revoked_at: Option<OffsetDateTime>,
 }
 
 #[cfg(test)]

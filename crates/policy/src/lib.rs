@@ -4,14 +4,14 @@
 //! Every decision fails closed: an evaluation error in any policy, a
 //! request the engine cannot build, or a missing entity is a denial.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::str::FromStr;
 use std::sync::Arc;
 
 use cedar_policy::{
     ActionConstraint, Authorizer, Context, Decision as CedarDecision, Entities, Entity, EntityId, EntityTypeName,
-    EntityUid, PolicySet, PrincipalConstraint, Request, ResourceConstraint, RestrictedExpression, Schema,
-    ValidationMode, Validator,
+    EntityUid, Policy, PolicyId, PolicySet, PrincipalConstraint, Request, ResourceConstraint, RestrictedExpression,
+    Schema, ValidationMode, Validator,
 };
 use mandate_model::records::{Agent, AgentKind, User, UserStatus};
 use sha2::{Digest, Sha256};
@@ -19,6 +19,35 @@ use thiserror::Error;
 
 /// Actions Mandate itself defines, besides those the resources declare.
 pub const BUILTIN_ACTIONS: &[&str] = &["mandate:delegate", "mandate:spawn", "mandate:check"];
+
+/// Policies Mandate always installs beside the administrator's: an agent
+/// may delegate to the ephemeral agents it spawned (DESIGN §3.2). A
+/// `forbid` in the administrator's set still overrides them.
+pub const DEFAULT_POLICIES: &[(&str, &str)] = &[(
+    "mandate:default:delegate-to-own-ephemeral",
+    "permit (principal, action == Action::\"mandate:delegate\", resource) \
+     when { resource.kind == \"ephemeral\" && resource has parent && resource.parent == principal };",
+)];
+
+/// The annotation that makes an allow wait for a person: `@approval("user")`
+/// (the user the agent acts for) or `@approval("owner")` (the agent's owner).
+pub const APPROVAL_ANNOTATION: &str = "approval";
+
+/// Who must approve an allow that policy marks with `@approval`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Approver {
+    User,
+    Owner,
+}
+
+impl Approver {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Approver::User => "user",
+            Approver::Owner => "owner",
+        }
+    }
+}
 
 /// Largest policy text accepted.
 pub const MAX_POLICY_TEXT: usize = 1024 * 1024;
@@ -146,6 +175,11 @@ pub enum Principal<'a> {
 pub enum Target<'a> {
     /// A whole API, by its resource identifier (issuance time).
     Api(&'a str),
+    /// The agent receiving a delegation (`mandate:delegate`).
+    Agent(&'a Agent),
+    /// One resource checked at `/v1/check`: `Resource::"<type>/<id>"`, in
+    /// `Api::"<api>"`, with its properties as tags.
+    Resource { api: &'a str, id: &'a str, properties: &'a BTreeMap<String, String> },
 }
 
 /// The answer, with the policies that determined it.
@@ -156,6 +190,9 @@ pub struct Decision {
     pub reasons: Vec<String>,
     /// Evaluation errors; any error makes the answer a denial.
     pub errors: Vec<String>,
+    /// Set on an allow when a determining permit carries `@approval`: the
+    /// allow holds only once that person approves. `User` wins over `Owner`.
+    pub approval: Option<Approver>,
 }
 
 impl PolicyEngine {
@@ -166,7 +203,23 @@ impl PolicyEngine {
         }
         let (schema, _warnings) =
             Schema::from_cedarschema_str(&schema_text(actions)).map_err(|e| PolicyError::Schema(e.to_string()))?;
-        let policies = PolicySet::from_str(text).map_err(|e| PolicyError::Invalid(parse_messages(&e)))?;
+        let mut policies = PolicySet::from_str(text).map_err(|e| PolicyError::Invalid(parse_messages(&e)))?;
+        for (id, src) in DEFAULT_POLICIES {
+            let p =
+                Policy::parse(Some(PolicyId::new(*id)), *src).map_err(|e| PolicyError::Invalid(parse_messages(&e)))?;
+            policies.add(p).map_err(|e| PolicyError::Invalid(vec![e.to_string()]))?;
+        }
+        for p in policies.policies() {
+            if let Some(v) = p.annotation(APPROVAL_ANNOTATION)
+                && v != "user"
+                && v != "owner"
+            {
+                return Err(PolicyError::Invalid(vec![format!(
+                    "policy {}: @approval must be \"user\" or \"owner\", not {v:?}",
+                    p.id()
+                )]));
+            }
+        }
         let result = Validator::new(schema).validate(&policies, ValidationMode::Strict);
         if !result.validation_passed() {
             return Err(PolicyError::Invalid(result.validation_errors().map(|e| e.to_string()).collect()));
@@ -208,7 +261,7 @@ impl PolicyEngine {
     pub fn decide(&self, principal: Principal<'_>, action: &str, target: Target<'_>) -> Decision {
         match self.try_decide(principal, action, target) {
             Ok(d) => d,
-            Err(e) => Decision { allowed: false, reasons: vec![], errors: vec![e] },
+            Err(e) => Decision { allowed: false, reasons: vec![], errors: vec![e], approval: None },
         }
     }
 
@@ -224,13 +277,7 @@ impl PolicyEngine {
                 uid("Agent", &a.id.to_string())?
             }
         };
-        let resource_uid = match target {
-            Target::Api(identifier) => {
-                let u = uid("Api", identifier)?;
-                entities.push(Entity::new_no_attrs(u.clone(), HashSet::new()));
-                u
-            }
-        };
+        let resource_uid = target_entity(target, &mut entities)?;
         let action_uid = uid("Action", action)?;
         let index = self.inner.by_action.get(action).unwrap_or(&self.inner.any_action);
         let sets: Vec<&PolicySet> = index.candidates(&principal_uid, &resource_uid).collect();
@@ -241,12 +288,15 @@ impl PolicyEngine {
         // permit applies and no forbid does; a forbid that applies is the
         // reason of a denial in whichever set it sits.
         let (mut permitted, mut permits, mut forbids, mut errors) = (false, Vec::new(), Vec::new(), Vec::new());
+        let mut approvals = Vec::new();
         for set in sets {
             let response = self.inner.authorizer.is_authorized(&request, set, &entities);
             errors.extend(response.diagnostics().errors().map(|e| e.to_string()));
             let reasons = response.diagnostics().reason().map(|p| p.to_string());
             if response.decision() == CedarDecision::Allow {
                 permitted = true;
+                approvals
+                    .extend(response.diagnostics().reason().filter_map(|id| set.annotation(id, APPROVAL_ANNOTATION)));
                 permits.extend(reasons);
             } else {
                 forbids.extend(reasons);
@@ -254,8 +304,17 @@ impl PolicyEngine {
         }
         // Fail closed: an erroring policy might have been a forbid.
         let allowed = permitted && forbids.is_empty() && errors.is_empty();
+        let approval = if !allowed {
+            None
+        } else if approvals.contains(&"user") {
+            Some(Approver::User)
+        } else if approvals.contains(&"owner") {
+            Some(Approver::Owner)
+        } else {
+            None
+        };
         let reasons = if allowed { permits } else { forbids };
-        Ok(Decision { allowed, reasons, errors })
+        Ok(Decision { allowed, reasons, errors, approval })
     }
 
     /// The same decision over the whole set, unindexed: what the index must
@@ -267,12 +326,14 @@ impl PolicyEngine {
             Principal::User(u) => (uid("User", &u.id.to_string()), user_entity(u)),
             Principal::Agent(a) => (uid("Agent", &a.id.to_string()), agent_entity(a)),
         };
-        let Target::Api(identifier) = target;
-        let (Ok(p), Ok(entity), Ok(r), Ok(a)) = (principal_uid, entity, uid("Api", identifier), uid("Action", action))
+        let mut list = Vec::new();
+        let (Ok(p), Ok(entity), Ok(r), Ok(a)) =
+            (principal_uid, entity, target_entity(target, &mut list), uid("Action", action))
         else {
             return false;
         };
-        let entities = Entities::from_entities([entity, Entity::new_no_attrs(r.clone(), HashSet::new())], None);
+        list.push(entity);
+        let entities = Entities::from_entities(list, None);
         let (Ok(request), Ok(entities)) = (Request::new(p, a, r, Context::empty(), None), entities) else {
             return false;
         };
@@ -302,6 +363,33 @@ fn index(policies: &PolicySet) -> Result<(HashMap<String, ScopeIndex>, ScopeInde
         by_action.insert(action, ScopeIndex::build(any.iter().copied().chain(list))?);
     }
     Ok((by_action, ScopeIndex::build(any)?))
+}
+
+/// The resource's uid, with the entities it needs pushed to `entities`.
+fn target_entity(target: Target<'_>, entities: &mut Vec<Entity>) -> Result<EntityUid, String> {
+    Ok(match target {
+        Target::Api(identifier) => {
+            let u = uid("Api", identifier)?;
+            entities.push(Entity::new_no_attrs(u.clone(), HashSet::new()));
+            u
+        }
+        Target::Agent(agent) => {
+            let e = agent_entity(agent)?;
+            let u = e.uid();
+            entities.push(e);
+            u
+        }
+        Target::Resource { api, id, properties } => {
+            let api_uid = uid("Api", api)?;
+            let u = uid("Resource", id)?;
+            let tags = properties.iter().map(|(k, v)| (k.clone(), s(v)));
+            entities.push(
+                Entity::new_with_tags(u.clone(), HashMap::new(), [api_uid.clone()], tags).map_err(|e| e.to_string())?,
+            );
+            entities.push(Entity::new_no_attrs(api_uid, HashSet::new()));
+            u
+        }
+    })
 }
 
 fn parse_messages(e: &cedar_policy::ParseErrors) -> Vec<String> {

@@ -1,7 +1,7 @@
 //! The administration API (DESIGN §7): JSON over HTTP under `/v1`.
 
 use axum::Json;
-use axum::extract::FromRequestParts;
+use axum::extract::{FromRequest, FromRequestParts};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
@@ -100,12 +100,25 @@ pub async fn create_user_token(
     Ok(created(json!({ "token": token })))
 }
 
+/// `POST /v1/agents`: the admin registers an agent, or an agent spawns an
+/// ephemeral child of itself with its `mandate:spawn` access token.
 pub async fn create_agent(
     State(s): State<AppState>,
-    Authed(c): Authed,
-    StrictJson(body): StrictJson<NewAgent>,
+    headers: axum::http::HeaderMap,
+    request: axum::extract::Request,
 ) -> Result<Response, Problem> {
-    let (agent, secret) = s.mandate.create_agent(c, body).await?;
+    let spawning = bearer(&headers).is_some_and(|t| t.split('.').count() == 3);
+    let (agent, secret) = if spawning {
+        let token = bearer(&headers).unwrap_or_default().to_owned();
+        let StrictJson(body) = StrictJson::<NewAgent>::from_request(request, &s).await?;
+        s.mandate.spawn_agent(&token, body).await?
+    } else {
+        let (mut parts, body) = request.into_parts();
+        let Authed(c) = Authed::from_request_parts(&mut parts, &s).await?;
+        let request = axum::extract::Request::from_parts(parts, body);
+        let StrictJson(body) = StrictJson::<NewAgent>::from_request(request, &s).await?;
+        s.mandate.create_agent(c, body).await?
+    };
     let mut out = to_json(&agent);
     set(&mut out, "client_id", json!(agent.id.to_string()));
     if let Some(secret) = secret {

@@ -28,6 +28,11 @@ impl OAuthError {
             Error::InvalidTarget(_) => "invalid_target",
             Error::UnauthorizedClient(_) => "unauthorized_client",
             Error::UnsupportedGrantType(_) => "unsupported_grant_type",
+            Error::AccessDenied(_) => "access_denied",
+            Error::AuthorizationPending => "authorization_pending",
+            Error::SlowDown => "slow_down",
+            Error::ExpiredToken(_) => "expired_token",
+            Error::UnknownUser(_) => "unknown_user_id",
             Error::Unavailable(_) => "temporarily_unavailable",
         }
     }
@@ -45,8 +50,13 @@ impl OAuthError {
             | Error::InvalidTarget(m)
             | Error::UnauthorizedClient(m)
             | Error::UnsupportedGrantType(m)
+            | Error::AccessDenied(m)
+            | Error::ExpiredToken(m)
+            | Error::UnknownUser(m)
             | Error::Unavailable(m) => m.clone(),
             Error::Unauthenticated => "client authentication failed".into(),
+            Error::AuthorizationPending => "the user has not decided yet".into(),
+            Error::SlowDown => "polling faster than the interval; wait longer between polls".into(),
         }
     }
 }
@@ -110,7 +120,9 @@ impl From<Error> for Problem {
             }
             Error::NotFound(m) => Problem::new(S::NOT_FOUND, "not-found", "Not found", m),
             Error::Conflict(m) => Problem::new(S::CONFLICT, "conflict", "Conflict", m),
-            Error::UnsupportedGrantType(m) => Problem::bad_input(m),
+            Error::UnsupportedGrantType(m) | Error::UnknownUser(m) | Error::ExpiredToken(m) => Problem::bad_input(m),
+            Error::AccessDenied(m) => Problem::new(S::FORBIDDEN, "forbidden", "Forbidden", m),
+            Error::AuthorizationPending | Error::SlowDown => Problem::bad_input(e.to_string()),
             Error::Unavailable(m) => Problem::new(S::SERVICE_UNAVAILABLE, "unavailable", "Temporarily unavailable", m),
         }
     }

@@ -152,6 +152,13 @@ impl OAuthForm {
     pub fn all(&self, name: &str) -> Vec<String> {
         self.params.get(name).cloned().unwrap_or_default()
     }
+
+    /// Every parameter, for the grants that refuse unknown ones.
+    pub fn pairs(&self) -> mandate_core::Params {
+        mandate_core::Params(
+            self.params.iter().flat_map(|(k, vs)| vs.iter().map(move |v| (k.clone(), v.clone()))).collect(),
+        )
+    }
 }
 
 impl<S: Send + Sync> FromRequest<S> for OAuthForm {

@@ -3,6 +3,7 @@
 
 mod admin;
 mod audit;
+mod delegation;
 pub mod error;
 pub mod extract;
 mod oauth;
@@ -34,6 +35,7 @@ pub fn router(state: AppState) -> Router {
         .route("/.well-known/openid-configuration", get(oauth::metadata))
         .route("/jwks.json", get(oauth::jwks))
         .route("/oauth/token", post(oauth::token))
+        .route("/oauth/bc-authorize", post(oauth::bc_authorize))
         .route("/oauth/introspect", post(oauth::introspect))
         .route("/oauth/revoke", post(oauth::revoke));
     let admin = Router::new()
@@ -47,6 +49,12 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/resources/{id}", get(admin::get_resource))
         .route("/v1/policies", put(admin::put_policies).get(admin::get_policies))
         .route("/v1/keys/rotate", post(admin::rotate_keys))
+        .route("/v1/grants", get(delegation::list_grants))
+        .route("/v1/grants/{id}/revoke", post(delegation::revoke_grant))
+        .route("/v1/approvals", get(delegation::list_approvals))
+        .route("/v1/approvals/{id}/{decision}", post(delegation::decide_approval))
+        .route("/v1/check", post(delegation::check))
+        .route("/access/v1/evaluation", post(delegation::evaluation))
         .route("/v1/audit", get(audit::query))
         .route("/v1/audit/verify", get(audit::verify))
         .route("/v1/audit/checkpoints", get(audit::checkpoints))

@@ -27,7 +27,15 @@ pub async fn metadata(State(state): State<AppState>) -> Response {
         "jwks_uri": format!("{iss}/jwks.json"),
         "introspection_endpoint": format!("{iss}/oauth/introspect"),
         "revocation_endpoint": format!("{iss}/oauth/revoke"),
-        "grant_types_supported": ["client_credentials"],
+        "grant_types_supported": [
+            "client_credentials",
+            "refresh_token",
+            "urn:ietf:params:oauth:grant-type:token-exchange",
+            "urn:openid:params:grant-type:ciba",
+        ],
+        "backchannel_authentication_endpoint": format!("{iss}/oauth/bc-authorize"),
+        "backchannel_token_delivery_modes_supported": ["poll"],
+        "backchannel_user_code_parameter_supported": false,
         "response_types_supported": [],
         "token_endpoint_auth_methods_supported": methods,
         "token_endpoint_auth_signing_alg_values_supported": SIGNING_ALGS,
@@ -64,14 +72,45 @@ pub async fn token(State(state): State<AppState>, headers: HeaderMap, form: OAut
         grant_type: grant_type.to_owned(),
         scope: form.get("scope").map(str::to_owned),
         resources: form.all("resource"),
+        params: form.pairs(),
     };
     let issued = state.mandate.token(&credentials, request).await?;
-    metrics::counter!("mandate_tokens_issued_total", "grant_type" => "client_credentials").increment(1);
-    Ok(no_store(json!({
+    let label = match grant_type {
+        "client_credentials" => "client_credentials",
+        "refresh_token" => "refresh_token",
+        mandate_core::delegation::GRANT_CIBA => "ciba",
+        _ => "token_exchange",
+    };
+    metrics::counter!("mandate_tokens_issued_total", "grant_type" => label).increment(1);
+    let mut body = json!({
         "access_token": issued.access_token,
         "token_type": issued.token_type,
         "expires_in": issued.expires_in,
         "scope": issued.scope,
+    });
+    if let Some(obj) = body.as_object_mut() {
+        if let Some(rt) = issued.refresh_token {
+            obj.insert("refresh_token".into(), json!(rt));
+        }
+        if let Some(t) = issued.issued_token_type {
+            obj.insert("issued_token_type".into(), json!(t));
+        }
+    }
+    Ok(no_store(body))
+}
+
+/// `POST /oauth/bc-authorize` (OpenID CIBA, poll mode).
+pub async fn bc_authorize(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    form: OAuthForm,
+) -> Result<Response, OAuthError> {
+    let credentials = client_credentials(&headers, &form)?;
+    let answer = state.mandate.bc_authorize(&credentials, &form.pairs()).await?;
+    Ok(no_store(json!({
+        "auth_req_id": answer.auth_req_id,
+        "expires_in": answer.expires_in,
+        "interval": answer.interval,
     })))
 }
 

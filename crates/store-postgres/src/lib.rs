@@ -17,11 +17,14 @@ use async_trait::async_trait;
 use mandate_audit::{Checkpoint, Event};
 use mandate_core::audit::{AuditQuery, seal_record};
 use mandate_core::store::codec::{
-    self, AgentRow, EVENT_COLUMNS, EventRow, ResourceRow, TokenRow, UserRow, agent_kind, json, ts, user_status,
+    self, AgentRow, ApprovalRow, EVENT_COLUMNS, EventRow, GrantRow, RefreshRow, ResourceRow, TokenRow, UserRow,
+    agent_kind, json, ts, user_status,
 };
-use mandate_core::store::{Change, KeyUse, Mutation, Store, StoreError, StoredKey, StoredPolicy};
-use mandate_model::records::{Agent, Resource, TokenRecord, User};
-use mandate_model::{AgentId, Jti, ResourceId, UserId};
+use mandate_core::store::{
+    ApprovalQuery, Change, GrantQuery, KeyUse, Mutation, Store, StoreError, StoredKey, StoredPolicy,
+};
+use mandate_model::records::{Agent, Approval, Grant, RefreshRecord, Resource, TokenRecord, User};
+use mandate_model::{AgentId, ApprovalId, GrantId, Jti, ResourceId, UserId};
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
 use sqlx::{ConnectOptions, Row};
 use tokio::sync::{mpsc, oneshot};
@@ -178,26 +181,24 @@ async fn apply(conn: &mut PgConnection, m: &Mutation) -> Result<u64, StoreError>
             }
             r
         }
-        Mutation::RevokeTokensOfAgent { agent, at } => sqlx::query("UPDATE tokens SET revoked_at = $1 WHERE client_id = $2 AND revoked_at IS NULL")
-            .bind(ts(*at))
-            .bind(agent.to_string())
-            .execute(&mut *conn)
-            .await
-            .map_err(unavailable)?,
+        Mutation::RevokeTokensOfAgent { agent, at } => {
+            return revoke_tree(conn, "client_id = $2 AND expires_at > $1", *at, &agent.to_string()).await;
+        }
         Mutation::RevokeTokensOfSubject { subject, at } => sqlx::query("UPDATE tokens SET revoked_at = $1 WHERE subject = $2 AND revoked_at IS NULL")
             .bind(ts(*at))
             .bind(subject)
             .execute(&mut *conn)
             .await
             .map_err(unavailable)?,
-        Mutation::RevokeTokensOfOwnedAgents { owner, at } => sqlx::query(
-            "UPDATE tokens SET revoked_at = $1 WHERE revoked_at IS NULL AND client_id IN (SELECT id FROM agents WHERE owner = $2)",
-        )
-        .bind(ts(*at))
-        .bind(owner.to_string())
-        .execute(&mut *conn)
-        .await
-        .map_err(unavailable)?,
+        Mutation::RevokeTokensOfOwnedAgents { owner, at } => {
+            return revoke_tree(
+                conn,
+                "expires_at > $1 AND client_id IN (SELECT id FROM agents WHERE owner = $2)",
+                *at,
+                &owner.to_string(),
+            )
+            .await;
+        }
         Mutation::InsertResource(r) => sqlx::query("INSERT INTO resources (id, identifier, name, scopes, jwks, created_at) VALUES ($1, $2, $3, $4, $5, $6)")
             .bind(r.id.to_string())
             .bind(&r.identifier)
@@ -250,9 +251,11 @@ async fn apply(conn: &mut PgConnection, m: &Mutation) -> Result<u64, StoreError>
             }
             r
         }
-        Mutation::InsertToken(t) => sqlx::query(
-            "INSERT INTO tokens (jti, client_id, subject, audience, scopes, grant_id, parent, chain, issued_at, expires_at, cnf_jkt, revoked_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+        Mutation::InsertToken(t) => {
+            token_may_be_inserted(conn, t).await?;
+            sqlx::query(
+            "INSERT INTO tokens (jti, client_id, subject, audience, scopes, grant_id, parent, chain, issued_at, expires_at, cnf_jkt, revoked_at, family) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
         )
         .bind(t.jti.to_string())
         .bind(t.client_id.to_string())
@@ -266,15 +269,157 @@ async fn apply(conn: &mut PgConnection, m: &Mutation) -> Result<u64, StoreError>
         .bind(ts(t.expires_at))
         .bind(&t.cnf_jkt)
         .bind(t.revoked_at.map(ts))
+        .bind(&t.family)
         .execute(&mut *conn)
         .await
-        .map_err(|e| map_write_error(e, "token"))?,
-        Mutation::RevokeToken { jti, at } => sqlx::query("UPDATE tokens SET revoked_at = $1 WHERE jti = $2 AND revoked_at IS NULL")
+        .map_err(|e| map_write_error(e, "token"))?
+        }
+        Mutation::RevokeToken { jti, at } => return revoke_tree(conn, "jti = $2", *at, &jti.to_string()).await,
+        Mutation::InsertGrant(g) => sqlx::query(
+            "INSERT INTO grants (id, user_id, agent, resource, scopes, purpose, approved_by, status, created_at, expires_at, revoked_at, last_used_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+        )
+        .bind(g.id.to_string())
+        .bind(g.user.to_string())
+        .bind(g.agent.to_string())
+        .bind(&g.resource)
+        .bind(json(&g.scopes))
+        .bind(&g.purpose)
+        .bind(&g.approved_by)
+        .bind(g.status.as_str())
+        .bind(ts(g.created_at))
+        .bind(ts(g.expires_at))
+        .bind(g.revoked_at.map(ts))
+        .bind(g.last_used_at.map(ts))
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| map_write_error(e, "grant"))?,
+        Mutation::RevokeGrant { id, at } => sqlx::query("UPDATE grants SET status = 'revoked', revoked_at = $1 WHERE id = $2 AND status = 'active'")
             .bind(ts(*at))
-            .bind(jti.to_string())
+            .bind(id.to_string())
             .execute(&mut *conn)
             .await
             .map_err(unavailable)?,
+        Mutation::RevokeTokensOfGrant { grant, at } => {
+            return revoke_tree(conn, "grant_id = $2 AND expires_at > $1", *at, &grant.to_string()).await;
+        }
+        Mutation::RevokeGrantsOfUser { user, at } => sqlx::query("UPDATE grants SET status = 'revoked', revoked_at = $1 WHERE user_id = $2 AND status = 'active'")
+            .bind(ts(*at))
+            .bind(user.to_string())
+            .execute(&mut *conn)
+            .await
+            .map_err(unavailable)?,
+        Mutation::RevokeGrantsOfAgent { agent, at } => sqlx::query("UPDATE grants SET status = 'revoked', revoked_at = $1 WHERE agent = $2 AND status = 'active'")
+            .bind(ts(*at))
+            .bind(agent.to_string())
+            .execute(&mut *conn)
+            .await
+            .map_err(unavailable)?,
+        Mutation::TouchGrant { id, at } => sqlx::query("UPDATE grants SET last_used_at = $1 WHERE id = $2")
+            .bind(ts(*at))
+            .bind(id.to_string())
+            .execute(&mut *conn)
+            .await
+            .map_err(unavailable)?,
+        Mutation::InsertApproval(a) => sqlx::query(
+            "INSERT INTO approvals (id, agent, user_id, approver, resource, subject, binding, binding_message, status, decided_by, created_at, expires_at, decided_at, grant_id, polled_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+        )
+        .bind(a.id.to_string())
+        .bind(a.agent.to_string())
+        .bind(a.user.to_string())
+        .bind(a.approver.to_string())
+        .bind(&a.resource)
+        .bind(json(&a.subject))
+        .bind(codec::approval_binding(a))
+        .bind(&a.binding_message)
+        .bind(a.status.as_str())
+        .bind(&a.decided_by)
+        .bind(ts(a.created_at))
+        .bind(ts(a.expires_at))
+        .bind(a.decided_at.map(ts))
+        .bind(a.grant.map(|g| g.to_string()))
+        .bind(a.polled_at.map(ts))
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| map_write_error(e, "approval"))?,
+        Mutation::DecideApproval { id, to, by, grant, at } => {
+            let r = sqlx::query(
+                "UPDATE approvals SET status = $1, decided_by = $2, decided_at = $3, grant_id = $4 \
+                 WHERE id = $5 AND status = 'pending' AND expires_at > $3",
+            )
+            .bind(to.as_str())
+            .bind(by)
+            .bind(ts(*at))
+            .bind(grant.map(|g| g.to_string()))
+            .bind(id.to_string())
+            .execute(&mut *conn)
+            .await
+            .map_err(|e| map_write_error(e, "approval"))?;
+            if r.rows_affected() == 0 {
+                return Err(StoreError::Conflict(format!("approval {id} is no longer pending")));
+            }
+            r
+        }
+        Mutation::ConsumeApproval { id, at } => {
+            let r = sqlx::query(
+                "UPDATE approvals SET status = 'consumed' WHERE id = $1 AND status = 'approved' AND expires_at > $2",
+            )
+            .bind(id.to_string())
+            .bind(ts(*at))
+            .execute(&mut *conn)
+            .await
+            .map_err(unavailable)?;
+            if r.rows_affected() == 0 {
+                return Err(StoreError::Conflict(format!("approval {id} was already used")));
+            }
+            r
+        }
+        Mutation::PollApproval { id, at } => sqlx::query("UPDATE approvals SET polled_at = $1 WHERE id = $2")
+            .bind(ts(*at))
+            .bind(id.to_string())
+            .execute(&mut *conn)
+            .await
+            .map_err(unavailable)?,
+        Mutation::InsertRefresh(r) => sqlx::query(
+            "INSERT INTO refresh_tokens (hash, family, grant_id, client_id, scopes, issued_at, expires_at, used_at, revoked_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(&r.hash)
+        .bind(&r.family)
+        .bind(r.grant.to_string())
+        .bind(r.client_id.to_string())
+        .bind(json(&r.scopes))
+        .bind(ts(r.issued_at))
+        .bind(ts(r.expires_at))
+        .bind(r.used_at.map(ts))
+        .bind(r.revoked_at.map(ts))
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| map_write_error(e, "refresh token"))?,
+        Mutation::UseRefresh { hash, at } => {
+            let r = sqlx::query(
+                "UPDATE refresh_tokens SET used_at = $1 WHERE hash = $2 AND used_at IS NULL AND revoked_at IS NULL",
+            )
+            .bind(ts(*at))
+            .bind(hash)
+            .execute(&mut *conn)
+            .await
+            .map_err(unavailable)?;
+            if r.rows_affected() == 0 {
+                return Err(StoreError::Conflict("the refresh token was already used".into()));
+            }
+            r
+        }
+        Mutation::RevokeRefreshFamily { family, at } => sqlx::query("UPDATE refresh_tokens SET revoked_at = $1 WHERE family = $2 AND revoked_at IS NULL")
+            .bind(ts(*at))
+            .bind(family)
+            .execute(&mut *conn)
+            .await
+            .map_err(unavailable)?,
+        Mutation::RevokeTokensOfFamily { family, at } => {
+            return revoke_tree(conn, "family = $2 AND expires_at > $1", *at, family).await;
+        }
         Mutation::PurgeExpiredJtis { before } => sqlx::query("DELETE FROM assertion_jtis WHERE expires_at < $1")
             .bind(ts(*before))
             .execute(&mut *conn)
@@ -295,6 +440,71 @@ async fn apply(conn: &mut PgConnection, m: &Mutation) -> Result<u64, StoreError>
         Mutation::AppendAudit(_) => return Err(StoreError::Unavailable("audit events are appended by the writer".into())),
     };
     Ok(done.rows_affected())
+}
+
+/// Revokes the live tokens matching `roots` (SQL over `tokens` with the
+/// time as $1 and one text parameter as $2) and every token exchanged from
+/// them, transitively. Two statements on purpose: the first takes the row
+/// locks of the roots, waiting for any exchange that holds one (see
+/// [`token_may_be_inserted`]); the second starts after that, so under READ
+/// COMMITTED its snapshot includes the children such an exchange committed.
+async fn revoke_tree(
+    conn: &mut PgConnection,
+    roots: &str,
+    at: time::OffsetDateTime,
+    param: &str,
+) -> Result<u64, StoreError> {
+    let direct = sqlx::query(&format!("UPDATE tokens SET revoked_at = $1 WHERE revoked_at IS NULL AND {roots}"))
+        .bind(ts(at))
+        .bind(param)
+        .execute(&mut *conn)
+        .await
+        .map_err(unavailable)?
+        .rows_affected();
+    let below = sqlx::query(&format!(
+        "WITH RECURSIVE tree(jti) AS (SELECT jti FROM tokens WHERE parent IN (SELECT jti FROM tokens WHERE {roots}) \
+         UNION SELECT t.jti FROM tokens t JOIN tree ON t.parent = tree.jti) \
+         UPDATE tokens SET revoked_at = $1 WHERE revoked_at IS NULL AND jti IN (SELECT jti FROM tree)"
+    ))
+    .bind(ts(at))
+    .bind(param)
+    .execute(&mut *conn)
+    .await
+    .map_err(unavailable)?
+    .rows_affected();
+    Ok(direct + below)
+}
+
+/// A delegated token goes in only under a live parent and an active grant,
+/// read `FOR SHARE`: a revocation that updated either row first makes this
+/// wait and then see it revoked; one that comes later waits for this
+/// transaction and then sees the new token (see [`revoke_tree`]).
+async fn token_may_be_inserted(conn: &mut PgConnection, t: &TokenRecord) -> Result<(), StoreError> {
+    if let Some(parent) = t.parent {
+        let live: Option<bool> =
+            sqlx::query_scalar("SELECT revoked_at IS NULL AND expires_at > $2 FROM tokens WHERE jti = $1 FOR SHARE")
+                .bind(parent.to_string())
+                .bind(ts(t.issued_at))
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(unavailable)?;
+        if live != Some(true) {
+            return Err(StoreError::Conflict(format!("parent token {parent} is revoked or unknown")));
+        }
+    }
+    if let Some(grant) = t.grant {
+        let active: Option<bool> =
+            sqlx::query_scalar("SELECT status = 'active' AND expires_at > $2 FROM grants WHERE id = $1 FOR SHARE")
+                .bind(grant.to_string())
+                .bind(ts(t.issued_at))
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(unavailable)?;
+        if active != Some(true) {
+            return Err(StoreError::Conflict(format!("grant {grant} is not active")));
+        }
+    }
+    Ok(())
 }
 
 /// The audit chain's head as the batch sees it.
@@ -372,9 +582,11 @@ async fn apply_in_transaction(
     let mut events: Vec<Event> = Vec::new();
     // Without savepoints, events are sealed only once the batch's changes
     // are applied, so the head lock is held just for the tail.
-    let mut deferred: Vec<(&mandate_core::AuditRecord, Vec<u64>)> = Vec::new();
+    // (record, the change's counts so far, the change's index, the event's
+    // index in the change): the event's seq is its "affected" value.
+    let mut deferred: Vec<(&mandate_core::AuditRecord, Vec<u64>, usize, usize)> = Vec::new();
     let mut results = Vec::with_capacity(batch.len());
-    for job in batch {
+    for (job_index, job) in batch.iter().enumerate() {
         if savepoints && let Err(e) = exec(conn, "SAVEPOINT change").await {
             let _ = exec(conn, "ROLLBACK").await;
             return all_fail(e);
@@ -385,12 +597,13 @@ async fn apply_in_transaction(
         for (i, m) in job.change.0.iter().enumerate() {
             let applied = match m {
                 Mutation::AppendAudit(record) if !savepoints => {
-                    deferred.push((record.as_ref(), affected.clone()));
-                    Ok(1)
+                    deferred.push((record.as_ref(), affected.clone(), job_index, i));
+                    Ok(0)
                 }
                 Mutation::AppendAudit(record) => append(conn, &mut head, record, &affected).await.map(|e| {
+                    let seq = e.seq;
                     events.push(e);
-                    1
+                    seq
                 }),
                 other => apply(conn, other).await,
             };
@@ -440,9 +653,16 @@ async fn apply_in_transaction(
     // lock, and go in with one statement; if that fails, the batch is
     // replayed change by change.
     if !savepoints && !deferred.is_empty() {
-        for (record, affected) in &deferred {
+        for (record, affected, job_index, i) in &deferred {
             match append(conn, &mut head, record, affected).await {
-                Ok(e) => events.push(e),
+                Ok(e) => {
+                    if let Some(Ok(counts)) = results.get_mut(*job_index)
+                        && let Some(slot) = counts.get_mut(*i)
+                    {
+                        *slot = e.seq;
+                    }
+                    events.push(e);
+                }
                 Err(_) => {
                     let _ = exec(conn, "ROLLBACK").await;
                     return Err(NeedSavepoints);
@@ -605,6 +825,57 @@ fn token_row(r: &PgRow) -> Result<TokenRecord, StoreError> {
         issued_at: get(r, "issued_at")?,
         expires_at: get(r, "expires_at")?,
         cnf_jkt: get(r, "cnf_jkt")?,
+        family: get(r, "family")?,
+        revoked_at: get(r, "revoked_at")?,
+    })
+}
+
+fn grant_row(r: &PgRow) -> Result<Grant, StoreError> {
+    Grant::try_from(GrantRow {
+        id: get(r, "id")?,
+        user_id: get(r, "user_id")?,
+        agent: get(r, "agent")?,
+        resource: get(r, "resource")?,
+        scopes: get(r, "scopes")?,
+        purpose: get(r, "purpose")?,
+        approved_by: get(r, "approved_by")?,
+        status: get(r, "status")?,
+        created_at: get(r, "created_at")?,
+        expires_at: get(r, "expires_at")?,
+        revoked_at: get(r, "revoked_at")?,
+        last_used_at: get(r, "last_used_at")?,
+    })
+}
+
+fn approval_row(r: &PgRow) -> Result<Approval, StoreError> {
+    Approval::try_from(ApprovalRow {
+        id: get(r, "id")?,
+        agent: get(r, "agent")?,
+        user_id: get(r, "user_id")?,
+        approver: get(r, "approver")?,
+        resource: get(r, "resource")?,
+        subject: get(r, "subject")?,
+        binding_message: get(r, "binding_message")?,
+        status: get(r, "status")?,
+        decided_by: get(r, "decided_by")?,
+        created_at: get(r, "created_at")?,
+        expires_at: get(r, "expires_at")?,
+        decided_at: get(r, "decided_at")?,
+        grant_id: get(r, "grant_id")?,
+        polled_at: get(r, "polled_at")?,
+    })
+}
+
+fn refresh_row(r: &PgRow) -> Result<RefreshRecord, StoreError> {
+    RefreshRecord::try_from(RefreshRow {
+        hash: get(r, "hash")?,
+        family: get(r, "family")?,
+        grant_id: get(r, "grant_id")?,
+        client_id: get(r, "client_id")?,
+        scopes: get(r, "scopes")?,
+        issued_at: get(r, "issued_at")?,
+        expires_at: get(r, "expires_at")?,
+        used_at: get(r, "used_at")?,
         revoked_at: get(r, "revoked_at")?,
     })
 }
@@ -706,6 +977,49 @@ impl Store for PostgresStore {
 
     async fn token(&self, jti: Jti) -> Result<Option<TokenRecord>, StoreError> {
         self.one("SELECT * FROM tokens WHERE jti = $1", &jti.to_string(), token_row).await
+    }
+
+    async fn grant(&self, id: GrantId) -> Result<Option<Grant>, StoreError> {
+        self.one("SELECT * FROM grants WHERE id = $1", &id.to_string(), grant_row).await
+    }
+
+    async fn grants(&self, q: &GrantQuery) -> Result<Vec<Grant>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT * FROM grants WHERE ($1::text IS NULL OR user_id = $1) AND ($2::text IS NULL OR agent = $2) \
+             AND ($3::text IS NULL OR user_id = $3 OR agent IN (SELECT id FROM agents WHERE owner = $3)) \
+             ORDER BY id DESC LIMIT $4",
+        )
+        .bind(q.user.map(|u| u.to_string()))
+        .bind(q.agent.map(|a| a.to_string()))
+        .bind(q.user_or_owner.map(|u| u.to_string()))
+        .bind(i64::from(q.limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        rows.iter().map(grant_row).collect()
+    }
+
+    async fn approval(&self, id: ApprovalId) -> Result<Option<Approval>, StoreError> {
+        self.one("SELECT * FROM approvals WHERE id = $1", &id.to_string(), approval_row).await
+    }
+
+    async fn approvals(&self, q: &ApprovalQuery) -> Result<Vec<Approval>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT * FROM approvals WHERE ($1::text IS NULL OR approver = $1) AND ($2::text IS NULL OR status = $2) \
+             AND ($3::text IS NULL OR binding = $3) ORDER BY id DESC LIMIT $4",
+        )
+        .bind(q.approver.map(|u| u.to_string()))
+        .bind(q.status.map(|s| s.as_str()))
+        .bind(&q.binding)
+        .bind(i64::from(q.limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        rows.iter().map(approval_row).collect()
+    }
+
+    async fn refresh(&self, hash: &str) -> Result<Option<RefreshRecord>, StoreError> {
+        self.one("SELECT * FROM refresh_tokens WHERE hash = $1", hash, refresh_row).await
     }
 
     async fn expired_agents(&self, at: time::OffsetDateTime) -> Result<Vec<Agent>, StoreError> {

@@ -22,17 +22,23 @@ use async_trait::async_trait;
 use mandate_audit::{Checkpoint, Event, GENESIS};
 use mandate_core::audit::AuditQuery;
 use mandate_core::store::codec::{
-    self, AgentRow, EVENT_COLUMNS, EventRow, ResourceRow, TokenRow, UserRow, agent_kind, json, ts, user_status,
+    self, AgentRow, ApprovalRow, EVENT_COLUMNS, EventRow, GrantRow, RefreshRow, ResourceRow, TokenRow, UserRow,
+    agent_kind, json, ts, user_status,
 };
-use mandate_core::store::{Change, KeyUse, Mutation, Store, StoreError, StoredKey, StoredPolicy};
-use mandate_model::records::{Agent, Resource, TokenRecord, User};
-use mandate_model::{AgentId, Jti, ResourceId, UserId};
+use mandate_core::store::{
+    ApprovalQuery, Change, GrantQuery, KeyUse, Mutation, Store, StoreError, StoredKey, StoredPolicy,
+};
+use mandate_model::records::{Agent, Approval, Grant, RefreshRecord, Resource, TokenRecord, User};
+use mandate_model::{AgentId, ApprovalId, GrantId, Jti, ResourceId, UserId};
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, Row, params};
 use tokio::sync::oneshot;
 
 /// The schema, in order; each runs once, tracked by `PRAGMA user_version`.
-const MIGRATIONS: &[&str] =
-    &[include_str!("../migrations/0001_init.sql"), include_str!("../migrations/0002_audit.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../migrations/0001_init.sql"),
+    include_str!("../migrations/0002_audit.sql"),
+    include_str!("../migrations/0003_delegation.sql"),
+];
 
 /// Most changes folded into one transaction.
 const MAX_BATCH: usize = 512;
@@ -429,23 +435,19 @@ fn apply(conn: &Connection, m: &Mutation, affected: &[u64], head: &mut Head) -> 
             }
             Ok(n)
         }
-        Mutation::RevokeTokensOfAgent { agent, at } => exec(
-            conn,
-            "UPDATE tokens SET revoked_at = ?1 WHERE client_id = ?2 AND revoked_at IS NULL",
-            params![ts(*at), agent.to_string()],
-            "tokens",
-        ),
+        Mutation::RevokeTokensOfAgent { agent, at } => {
+            revoke_tree(conn, "client_id = ?2 AND expires_at > ?1", params![ts(*at), agent.to_string()])
+        }
         Mutation::RevokeTokensOfSubject { subject, at } => exec(
             conn,
             "UPDATE tokens SET revoked_at = ?1 WHERE subject = ?2 AND revoked_at IS NULL",
             params![ts(*at), subject],
             "tokens",
         ),
-        Mutation::RevokeTokensOfOwnedAgents { owner, at } => exec(
+        Mutation::RevokeTokensOfOwnedAgents { owner, at } => revoke_tree(
             conn,
-            "UPDATE tokens SET revoked_at = ?1 WHERE revoked_at IS NULL AND client_id IN (SELECT id FROM agents WHERE owner = ?2)",
+            "expires_at > ?1 AND client_id IN (SELECT id FROM agents WHERE owner = ?2)",
             params![ts(*at), owner.to_string()],
-            "tokens",
         ),
         Mutation::InsertResource(r) => exec(
             conn,
@@ -499,32 +501,167 @@ fn apply(conn: &Connection, m: &Mutation, affected: &[u64], head: &mut Head) -> 
             }
             Ok(n)
         }
-        Mutation::InsertToken(t) => exec(
+        Mutation::InsertToken(t) => {
+            token_may_be_inserted(conn, t)?;
+            exec(
+                conn,
+                "INSERT INTO tokens (jti, client_id, subject, audience, scopes, grant_id, parent, chain, issued_at, expires_at, cnf_jkt, revoked_at, family) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                params![
+                    t.jti.to_string(),
+                    t.client_id.to_string(),
+                    t.subject,
+                    t.audience,
+                    json(&t.scopes),
+                    t.grant.map(|g| g.to_string()),
+                    t.parent.map(|p| p.to_string()),
+                    json(&t.chain),
+                    ts(t.issued_at),
+                    ts(t.expires_at),
+                    t.cnf_jkt,
+                    t.revoked_at.map(ts),
+                    t.family,
+                ],
+                "token",
+            )
+        }
+        Mutation::RevokeToken { jti, at } => revoke_tree(conn, "jti = ?2", params![ts(*at), jti.to_string()]),
+        Mutation::InsertGrant(g) => exec(
             conn,
-            "INSERT INTO tokens (jti, client_id, subject, audience, scopes, grant_id, parent, chain, issued_at, expires_at, cnf_jkt, revoked_at) \
+            "INSERT INTO grants (id, user_id, agent, resource, scopes, purpose, approved_by, status, created_at, expires_at, revoked_at, last_used_at) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
             params![
-                t.jti.to_string(),
-                t.client_id.to_string(),
-                t.subject,
-                t.audience,
-                json(&t.scopes),
-                t.grant.map(|g| g.to_string()),
-                t.parent.map(|p| p.to_string()),
-                json(&t.chain),
-                ts(t.issued_at),
-                ts(t.expires_at),
-                t.cnf_jkt,
-                t.revoked_at.map(ts),
+                g.id.to_string(),
+                g.user.to_string(),
+                g.agent.to_string(),
+                g.resource,
+                json(&g.scopes),
+                g.purpose,
+                g.approved_by,
+                g.status.as_str(),
+                ts(g.created_at),
+                ts(g.expires_at),
+                g.revoked_at.map(ts),
+                g.last_used_at.map(ts),
             ],
-            "token",
+            "grant",
         ),
-        Mutation::RevokeToken { jti, at } => exec(
+        Mutation::RevokeGrant { id, at } => exec(
             conn,
-            "UPDATE tokens SET revoked_at = ?1 WHERE jti = ?2 AND revoked_at IS NULL",
-            params![ts(*at), jti.to_string()],
-            "token",
+            "UPDATE grants SET status = 'revoked', revoked_at = ?1 WHERE id = ?2 AND status = 'active'",
+            params![ts(*at), id.to_string()],
+            "grant",
         ),
+        Mutation::RevokeTokensOfGrant { grant, at } => {
+            revoke_tree(conn, "grant_id = ?2 AND expires_at > ?1", params![ts(*at), grant.to_string()])
+        }
+        Mutation::RevokeGrantsOfUser { user, at } => exec(
+            conn,
+            "UPDATE grants SET status = 'revoked', revoked_at = ?1 WHERE user_id = ?2 AND status = 'active'",
+            params![ts(*at), user.to_string()],
+            "grants",
+        ),
+        Mutation::RevokeGrantsOfAgent { agent, at } => exec(
+            conn,
+            "UPDATE grants SET status = 'revoked', revoked_at = ?1 WHERE agent = ?2 AND status = 'active'",
+            params![ts(*at), agent.to_string()],
+            "grants",
+        ),
+        Mutation::TouchGrant { id, at } => {
+            exec(conn, "UPDATE grants SET last_used_at = ?1 WHERE id = ?2", params![ts(*at), id.to_string()], "grant")
+        }
+        Mutation::InsertApproval(a) => exec(
+            conn,
+            "INSERT INTO approvals (id, agent, user_id, approver, resource, subject, binding, binding_message, status, decided_by, created_at, expires_at, decided_at, grant_id, polled_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+            params![
+                a.id.to_string(),
+                a.agent.to_string(),
+                a.user.to_string(),
+                a.approver.to_string(),
+                a.resource,
+                json(&a.subject),
+                codec::approval_binding(a),
+                a.binding_message,
+                a.status.as_str(),
+                a.decided_by,
+                ts(a.created_at),
+                ts(a.expires_at),
+                a.decided_at.map(ts),
+                a.grant.map(|g| g.to_string()),
+                a.polled_at.map(ts),
+            ],
+            "approval",
+        ),
+        Mutation::DecideApproval { id, to, by, grant, at } => {
+            let n = exec(
+                conn,
+                "UPDATE approvals SET status = ?1, decided_by = ?2, decided_at = ?3, grant_id = ?4 \
+                 WHERE id = ?5 AND status = 'pending' AND expires_at > ?3",
+                params![to.as_str(), by, ts(*at), grant.map(|g| g.to_string()), id.to_string()],
+                "approval",
+            )?;
+            if n == 0 {
+                return Err(StoreError::Conflict(format!("approval {id} is no longer pending")));
+            }
+            Ok(n)
+        }
+        Mutation::ConsumeApproval { id, at } => {
+            let n = exec(
+                conn,
+                "UPDATE approvals SET status = 'consumed' WHERE id = ?1 AND status = 'approved' AND expires_at > ?2",
+                params![id.to_string(), ts(*at)],
+                "approval",
+            )?;
+            if n == 0 {
+                return Err(StoreError::Conflict(format!("approval {id} was already used")));
+            }
+            Ok(n)
+        }
+        Mutation::PollApproval { id, at } => exec(
+            conn,
+            "UPDATE approvals SET polled_at = ?1 WHERE id = ?2",
+            params![ts(*at), id.to_string()],
+            "approval",
+        ),
+        Mutation::InsertRefresh(r) => exec(
+            conn,
+            "INSERT INTO refresh_tokens (hash, family, grant_id, client_id, scopes, issued_at, expires_at, used_at, revoked_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            params![
+                r.hash,
+                r.family,
+                r.grant.to_string(),
+                r.client_id.to_string(),
+                json(&r.scopes),
+                ts(r.issued_at),
+                ts(r.expires_at),
+                r.used_at.map(ts),
+                r.revoked_at.map(ts),
+            ],
+            "refresh token",
+        ),
+        Mutation::UseRefresh { hash, at } => {
+            let n = exec(
+                conn,
+                "UPDATE refresh_tokens SET used_at = ?1 WHERE hash = ?2 AND used_at IS NULL AND revoked_at IS NULL",
+                params![ts(*at), hash],
+                "refresh token",
+            )?;
+            if n == 0 {
+                return Err(StoreError::Conflict("the refresh token was already used".into()));
+            }
+            Ok(n)
+        }
+        Mutation::RevokeRefreshFamily { family, at } => exec(
+            conn,
+            "UPDATE refresh_tokens SET revoked_at = ?1 WHERE family = ?2 AND revoked_at IS NULL",
+            params![ts(*at), family],
+            "refresh tokens",
+        ),
+        Mutation::RevokeTokensOfFamily { family, at } => {
+            revoke_tree(conn, "family = ?2 AND expires_at > ?1", params![ts(*at), family])
+        }
         Mutation::PurgeExpiredJtis { before } => {
             exec(conn, "DELETE FROM assertion_jtis WHERE expires_at < ?1", params![ts(*before)], "assertion jtis")
         }
@@ -563,7 +700,7 @@ fn apply(conn: &Connection, m: &Mutation, affected: &[u64], head: &mut Head) -> 
                 "audit event",
             )?;
             *head = Head { seq, hash };
-            Ok(1)
+            Ok(seq)
         }
         Mutation::InsertCheckpoint(cp) => exec(
             conn,
@@ -573,6 +710,42 @@ fn apply(conn: &Connection, m: &Mutation, affected: &[u64], head: &mut Head) -> 
             "checkpoint",
         ),
     }
+}
+
+/// Revokes the live tokens matching `roots` (SQL over `tokens`, with the
+/// revocation time as ?1) and every token exchanged from any of them,
+/// transitively. A child never outlives its parent, so expired roots are
+/// skipped. One statement: the writer thread is the only writer.
+fn revoke_tree(conn: &Connection, roots: &str, params: impl rusqlite::Params) -> Result<u64, StoreError> {
+    let sql = format!(
+        "WITH RECURSIVE tree(jti) AS (SELECT jti FROM tokens WHERE {roots} \
+         UNION SELECT t.jti FROM tokens t JOIN tree ON t.parent = tree.jti) \
+         UPDATE tokens SET revoked_at = ?1 WHERE revoked_at IS NULL AND jti IN (SELECT jti FROM tree)"
+    );
+    exec(conn, &sql, params, "tokens")
+}
+
+/// A delegated token goes in only under a live parent and an active grant.
+fn token_may_be_inserted(conn: &Connection, t: &TokenRecord) -> Result<(), StoreError> {
+    if let Some(parent) = t.parent {
+        let live: Option<bool> = conn
+            .prepare_cached("SELECT revoked_at IS NULL AND expires_at > ?2 FROM tokens WHERE jti = ?1")
+            .and_then(|mut st| st.query_row(params![parent.to_string(), ts(t.issued_at)], |r| r.get(0)).optional())
+            .map_err(unavailable)?;
+        if live != Some(true) {
+            return Err(StoreError::Conflict(format!("parent token {parent} is revoked or unknown")));
+        }
+    }
+    if let Some(grant) = t.grant {
+        let active: Option<bool> = conn
+            .prepare_cached("SELECT status = 'active' AND expires_at > ?2 FROM grants WHERE id = ?1")
+            .and_then(|mut st| st.query_row(params![grant.to_string(), ts(t.issued_at)], |r| r.get(0)).optional())
+            .map_err(unavailable)?;
+        if active != Some(true) {
+            return Err(StoreError::Conflict(format!("grant {grant} is not active")));
+        }
+    }
+    Ok(())
 }
 
 type Mapped<T> = rusqlite::Result<Result<T, StoreError>>;
@@ -632,6 +805,57 @@ fn token_row(r: &Row<'_>) -> Mapped<TokenRecord> {
         issued_at: r.get("issued_at")?,
         expires_at: r.get("expires_at")?,
         cnf_jkt: r.get("cnf_jkt")?,
+        family: r.get("family")?,
+        revoked_at: r.get("revoked_at")?,
+    }))
+}
+
+fn grant_row(r: &Row<'_>) -> Mapped<Grant> {
+    Ok(Grant::try_from(GrantRow {
+        id: r.get("id")?,
+        user_id: r.get("user_id")?,
+        agent: r.get("agent")?,
+        resource: r.get("resource")?,
+        scopes: r.get("scopes")?,
+        purpose: r.get("purpose")?,
+        approved_by: r.get("approved_by")?,
+        status: r.get("status")?,
+        created_at: r.get("created_at")?,
+        expires_at: r.get("expires_at")?,
+        revoked_at: r.get("revoked_at")?,
+        last_used_at: r.get("last_used_at")?,
+    }))
+}
+
+fn approval_row(r: &Row<'_>) -> Mapped<Approval> {
+    Ok(Approval::try_from(ApprovalRow {
+        id: r.get("id")?,
+        agent: r.get("agent")?,
+        user_id: r.get("user_id")?,
+        approver: r.get("approver")?,
+        resource: r.get("resource")?,
+        subject: r.get("subject")?,
+        binding_message: r.get("binding_message")?,
+        status: r.get("status")?,
+        decided_by: r.get("decided_by")?,
+        created_at: r.get("created_at")?,
+        expires_at: r.get("expires_at")?,
+        decided_at: r.get("decided_at")?,
+        grant_id: r.get("grant_id")?,
+        polled_at: r.get("polled_at")?,
+    }))
+}
+
+fn refresh_row(r: &Row<'_>) -> Mapped<RefreshRecord> {
+    Ok(RefreshRecord::try_from(RefreshRow {
+        hash: r.get("hash")?,
+        family: r.get("family")?,
+        grant_id: r.get("grant_id")?,
+        client_id: r.get("client_id")?,
+        scopes: r.get("scopes")?,
+        issued_at: r.get("issued_at")?,
+        expires_at: r.get("expires_at")?,
+        used_at: r.get("used_at")?,
         revoked_at: r.get("revoked_at")?,
     }))
 }
@@ -767,6 +991,46 @@ impl Store for SqliteStore {
 
     async fn token(&self, jti: Jti) -> Result<Option<TokenRecord>, StoreError> {
         self.one("SELECT * FROM tokens WHERE jti = ?1", &jti.to_string(), token_row)
+    }
+
+    async fn grant(&self, id: GrantId) -> Result<Option<Grant>, StoreError> {
+        self.one("SELECT * FROM grants WHERE id = ?1", &id.to_string(), grant_row)
+    }
+
+    async fn grants(&self, q: &GrantQuery) -> Result<Vec<Grant>, StoreError> {
+        let (user, agent, either) =
+            (q.user.map(|u| u.to_string()), q.agent.map(|a| a.to_string()), q.user_or_owner.map(|u| u.to_string()));
+        let rows = self.read(|c| {
+            c.prepare_cached(
+                "SELECT * FROM grants WHERE (?1 IS NULL OR user_id = ?1) AND (?2 IS NULL OR agent = ?2) \
+                 AND (?3 IS NULL OR user_id = ?3 OR agent IN (SELECT id FROM agents WHERE owner = ?3)) \
+                 ORDER BY id DESC LIMIT ?4",
+            )?
+            .query_map(params![user, agent, either, q.limit], grant_row)?
+            .collect::<rusqlite::Result<Vec<_>>>()
+        })?;
+        rows.into_iter().collect()
+    }
+
+    async fn approval(&self, id: ApprovalId) -> Result<Option<Approval>, StoreError> {
+        self.one("SELECT * FROM approvals WHERE id = ?1", &id.to_string(), approval_row)
+    }
+
+    async fn approvals(&self, q: &ApprovalQuery) -> Result<Vec<Approval>, StoreError> {
+        let (approver, status) = (q.approver.map(|u| u.to_string()), q.status.map(|s| s.as_str()));
+        let rows = self.read(|c| {
+            c.prepare_cached(
+                "SELECT * FROM approvals WHERE (?1 IS NULL OR approver = ?1) AND (?2 IS NULL OR status = ?2) \
+                 AND (?3 IS NULL OR binding = ?3) ORDER BY id DESC LIMIT ?4",
+            )?
+            .query_map(params![approver, status, q.binding, q.limit], approval_row)?
+            .collect::<rusqlite::Result<Vec<_>>>()
+        })?;
+        rows.into_iter().collect()
+    }
+
+    async fn refresh(&self, hash: &str) -> Result<Option<RefreshRecord>, StoreError> {
+        self.one("SELECT * FROM refresh_tokens WHERE hash = ?1", hash, refresh_row)
     }
 
     async fn expired_agents(&self, at: time::OffsetDateTime) -> Result<Vec<Agent>, StoreError> {

@@ -132,6 +132,7 @@ pub fn token(agent: AgentId, subject: &str) -> TokenRecord {
         issued_at: t0(),
         expires_at: t0() + Duration::minutes(5),
         cnf_jkt: None,
+        family: None,
         revoked_at: None,
     }
 }

@@ -6,9 +6,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use async_trait::async_trait;
 use mandate_audit::{Checkpoint, Event};
 use mandate_core::audit::AuditQuery;
-use mandate_core::store::{Change, Mutation, Store, StoreError, StoredKey, StoredPolicy};
-use mandate_model::records::{Agent, Resource, TokenRecord, User};
-use mandate_model::{AgentId, Jti, ResourceId, UserId};
+use mandate_core::store::{ApprovalQuery, Change, GrantQuery, Mutation, Store, StoreError, StoredKey, StoredPolicy};
+use mandate_model::records::{Agent, Approval, Grant, RefreshRecord, Resource, TokenRecord, User};
+use mandate_model::{AgentId, ApprovalId, GrantId, Jti, ResourceId, UserId};
 use time::OffsetDateTime;
 
 /// Wraps a store; while `fail_audit` is set, every change that appends an
@@ -71,6 +71,21 @@ impl Store for FaultyStore {
     }
     async fn token(&self, jti: Jti) -> Result<Option<TokenRecord>, StoreError> {
         self.inner.token(jti).await
+    }
+    async fn grant(&self, id: GrantId) -> Result<Option<Grant>, StoreError> {
+        self.inner.grant(id).await
+    }
+    async fn grants(&self, q: &GrantQuery) -> Result<Vec<Grant>, StoreError> {
+        self.inner.grants(q).await
+    }
+    async fn approval(&self, id: ApprovalId) -> Result<Option<Approval>, StoreError> {
+        self.inner.approval(id).await
+    }
+    async fn approvals(&self, q: &ApprovalQuery) -> Result<Vec<Approval>, StoreError> {
+        self.inner.approvals(q).await
+    }
+    async fn refresh(&self, hash: &str) -> Result<Option<RefreshRecord>, StoreError> {
+        self.inner.refresh(hash).await
     }
     async fn expired_agents(&self, at: OffsetDateTime) -> Result<Vec<Agent>, StoreError> {
         self.inner.expired_agents(at).await

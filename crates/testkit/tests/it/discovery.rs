@@ -9,7 +9,17 @@ async fn metadata_is_true_to_what_is_implemented() -> anyhow::Result<()> {
         let m: serde_json::Value = resp.json().await?;
         assert_eq!(m["issuer"], s.url.as_str());
         assert_eq!(m["token_endpoint"], format!("{}/oauth/token", s.url));
-        assert_eq!(m["grant_types_supported"], serde_json::json!(["client_credentials"]));
+        assert_eq!(
+            m["grant_types_supported"],
+            serde_json::json!([
+                "client_credentials",
+                "refresh_token",
+                "urn:ietf:params:oauth:grant-type:token-exchange",
+                "urn:openid:params:grant-type:ciba"
+            ])
+        );
+        assert_eq!(m["backchannel_authentication_endpoint"], format!("{}/oauth/bc-authorize", s.url));
+        assert_eq!(m["backchannel_token_delivery_modes_supported"], serde_json::json!(["poll"]));
         assert_eq!(m["token_endpoint_auth_methods_supported"], serde_json::json!(["private_key_jwt"]));
         assert_eq!(
             m["token_endpoint_auth_signing_alg_values_supported"],

@@ -1,0 +1,155 @@
+//! Whether a token is live as a whole (DESIGN §4, §5): the token itself,
+//! every token it was exchanged from, its grant, every agent in its chain
+//! and the user it acts for. One check, shared by introspection, the check
+//! API, token exchange and refresh, so that no path skips a revocation.
+
+use mandate_model::claims::AccessTokenClaims;
+use mandate_model::delegation::Chain;
+use mandate_model::records::{Agent, ClientId, Grant, TokenRecord, User, UserStatus};
+use mandate_model::{Jti, UserId};
+
+use crate::Error;
+use crate::service::Mandate;
+
+/// The most ancestors followed; chains are at most `MAX_ACT_DEPTH` deep.
+const MAX_ANCESTORS: usize = mandate_model::claims::MAX_ACT_DEPTH;
+
+/// A token that is live with everything it depends on, and what it depends on.
+#[derive(Debug, Clone)]
+pub struct LiveToken {
+    pub claims: AccessTokenClaims,
+    pub record: TokenRecord,
+    /// `None` for a resource server's own token (`mandate:check`).
+    pub chain: Option<Chain>,
+    /// The agents of the chain, first to current.
+    pub agents: Vec<Agent>,
+    pub user: Option<User>,
+    pub grant: Option<Grant>,
+}
+
+impl LiveToken {
+    /// The agent presenting the token.
+    pub fn current(&self) -> Option<&Agent> {
+        self.agents.last()
+    }
+
+    /// The chain as audit events spell it: the user, then each agent.
+    pub fn chain_names(&self) -> Vec<String> {
+        self.chain.as_ref().map(chain_names).unwrap_or_default()
+    }
+}
+
+/// The user (if any), then each agent.
+pub fn chain_names(chain: &Chain) -> Vec<String> {
+    chain.user().map(|u| u.to_string()).into_iter().chain(chain.agents().iter().map(ToString::to_string)).collect()
+}
+
+/// Why a token is not live; said in audit events and check answers, never
+/// in introspection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotLive {
+    Unverifiable,
+    Unknown,
+    Revoked,
+    Expired,
+    AncestorRevoked(Jti),
+    GrantInactive,
+    AgentInactive(String),
+    UserInactive(UserId),
+    BadChain(String),
+}
+
+impl std::fmt::Display for NotLive {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NotLive::Unverifiable => f.write_str("the token does not verify"),
+            NotLive::Unknown => f.write_str("the token is unknown"),
+            NotLive::Revoked => f.write_str("the token is revoked"),
+            NotLive::Expired => f.write_str("the token has expired"),
+            NotLive::AncestorRevoked(j) => write!(f, "token {j}, which it was exchanged from, is revoked"),
+            NotLive::GrantInactive => f.write_str("its grant is revoked or expired"),
+            NotLive::AgentInactive(a) => write!(f, "agent {a} in its chain may not act"),
+            NotLive::UserInactive(u) => write!(f, "user {u} is disabled"),
+            NotLive::BadChain(m) => write!(f, "its chain is invalid: {m}"),
+        }
+    }
+}
+
+impl Mandate {
+    /// Verifies `token` and checks that it and everything above it is live
+    /// now. Store failures are errors (the caller fails closed), not
+    /// answers.
+    pub(crate) async fn live_chain(&self, token: &str) -> Result<Result<LiveToken, NotLive>, Error> {
+        let Some(claims) = self.verify_ours(token).await? else {
+            return Ok(Err(NotLive::Unverifiable));
+        };
+        self.live_claims(claims).await
+    }
+
+    pub(crate) async fn live_claims(&self, claims: AccessTokenClaims) -> Result<Result<LiveToken, NotLive>, Error> {
+        let now = self.clock.now();
+        let Ok(jti) = claims.jti.parse::<Jti>() else {
+            return Ok(Err(NotLive::Unknown));
+        };
+        let Some(record) = self.store.token(jti).await? else {
+            return Ok(Err(NotLive::Unknown));
+        };
+        if record.revoked_at.is_some() {
+            return Ok(Err(NotLive::Revoked));
+        }
+        if now >= record.expires_at {
+            return Ok(Err(NotLive::Expired));
+        }
+        if matches!(record.client_id, ClientId::Resource(_)) {
+            // A resource server's own token acts for nobody.
+            if claims.act.is_some() || !record.chain.is_empty() {
+                return Ok(Err(NotLive::BadChain("a resource server's token has no chain".into())));
+            }
+            return Ok(Ok(LiveToken { claims, record, chain: None, agents: vec![], user: None, grant: None }));
+        }
+        // The chain comes from the signed claims; the stored one must agree.
+        let chain = match Chain::from_claims(&claims.sub, claims.act.as_ref()) {
+            Ok(c) => c,
+            Err(e) => return Ok(Err(NotLive::BadChain(e.to_string()))),
+        };
+        if chain.agents() != record.chain.as_slice() || chain.current().map(ClientId::Agent) != Some(record.client_id) {
+            return Ok(Err(NotLive::BadChain("the token's act does not match its record".into())));
+        }
+        // Every ancestor: revocation cascades when it is written, and this
+        // catches whatever a cascade could not reach.
+        let mut parent = record.parent;
+        let mut hops = 0;
+        while let Some(p) = parent {
+            hops += 1;
+            if hops > MAX_ANCESTORS {
+                return Ok(Err(NotLive::BadChain("too many ancestors".into())));
+            }
+            match self.store.token(p).await? {
+                Some(a) if a.revoked_at.is_none() => parent = a.parent,
+                _ => return Ok(Err(NotLive::AncestorRevoked(p))),
+            }
+        }
+        let grant = match record.grant {
+            None => None,
+            Some(g) => match self.store.grant(g).await? {
+                Some(grant) if grant.is_live(now) => Some(grant),
+                _ => return Ok(Err(NotLive::GrantInactive)),
+            },
+        };
+        let mut agents = Vec::with_capacity(chain.depth());
+        for id in chain.agents() {
+            match self.store.agent(*id).await? {
+                Some(a) if self.agent_may_act(&a).await? => agents.push(a),
+                _ => return Ok(Err(NotLive::AgentInactive(id.to_string()))),
+            }
+        }
+        let user = match chain.user() {
+            None => None,
+            Some(u) => match self.store.user(u).await? {
+                Some(user) if user.status == UserStatus::Active => Some(user),
+                _ => return Ok(Err(NotLive::UserInactive(u))),
+            },
+        };
+        Ok(Ok(LiveToken { claims, record, chain: Some(chain), agents, user, grant }))
+    }
+}

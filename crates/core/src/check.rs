@@ -1,0 +1,365 @@
+//! The check API (DESIGN §4): may the agent presenting this token do this
+//! action on this resource, now? Allowed only if the token is live as a
+//! whole, one of its scopes covers the action, the user's current rights
+//! and every agent of the chain allow it, and no `forbid` matches. An allow
+//! that policy marks `@approval` waits for a person, and an approval covers
+//! exactly the chain, action and resource it was given for.
+
+use std::collections::BTreeMap;
+
+use mandate_model::records::{Approval, ApprovalStatus, ApprovalSubject};
+use mandate_model::{ApprovalId, Jti};
+use mandate_policy::{Approver, Principal, Target};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use time::Duration;
+
+use crate::audit::{ALLOW, AuditRecord, DENY, kind};
+use crate::chain::LiveToken;
+use crate::ports::new_ulid;
+use crate::service::Mandate;
+use crate::store::{ApprovalQuery, Change, Mutation};
+use crate::{Error, secrets};
+
+pub const APPROVAL_REQUIRED: &str = "approval_required";
+const MAX_FIELD: usize = 256;
+const MAX_PROPERTIES: usize = 64;
+/// Allows remembered per node before the memory is cleared.
+const MAX_REMEMBERED_ALLOWS: usize = 100_000;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckRequest {
+    pub token: String,
+    pub action: String,
+    pub resource: CheckedResource,
+    /// Accepted and bounded; not yet offered to policies (the schema
+    /// declares no context).
+    #[serde(default)]
+    pub context: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckedResource {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub id: String,
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+}
+
+/// Who asks: the admin, or a resource server for tokens of its own audience.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Checker {
+    Admin,
+    Resource { id: String, identifier: String },
+}
+
+/// The decision receipt.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct CheckAnswer {
+    pub decision: &'static str,
+    pub reasons: Vec<String>,
+    pub chain: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub approval_request: Option<String>,
+    pub policy_version: String,
+    /// The event that records this decision (for an allow already recorded
+    /// for this token and action, that first event).
+    pub audit_seq: u64,
+}
+
+fn bounded_field(name: &str, v: &str) -> Result<(), Error> {
+    if v.is_empty() || v.len() > MAX_FIELD || v.chars().any(char::is_control) {
+        return Err(Error::BadInput(format!("{name} must be 1 to {MAX_FIELD} bytes without control characters")));
+    }
+    Ok(())
+}
+
+impl CheckRequest {
+    fn validate(&self) -> Result<(), Error> {
+        bounded_field("action", &self.action)?;
+        bounded_field("resource.type", &self.resource.kind)?;
+        bounded_field("resource.id", &self.resource.id)?;
+        if self.resource.properties.len() > MAX_PROPERTIES {
+            return Err(Error::BadInput(format!("at most {MAX_PROPERTIES} resource properties")));
+        }
+        for (k, v) in &self.resource.properties {
+            bounded_field("resource property name", k)?;
+            if v.len() > MAX_FIELD {
+                return Err(Error::BadInput(format!("resource property {k} is longer than {MAX_FIELD} bytes")));
+            }
+        }
+        if self.context.as_ref().is_some_and(|c| c.len() > MAX_PROPERTIES) {
+            return Err(Error::BadInput(format!("at most {MAX_PROPERTIES} context entries")));
+        }
+        Ok(())
+    }
+
+    fn target(&self) -> String {
+        format!("{}/{}", self.resource.kind, self.resource.id)
+    }
+}
+
+/// What a decision came to before it is recorded.
+struct Outcome {
+    decision: &'static str,
+    reasons: Vec<String>,
+    approval: Option<Approval>,
+    new_approval: bool,
+}
+
+impl Outcome {
+    fn deny(why: impl Into<String>) -> Self {
+        Self { decision: DENY, reasons: vec![why.into()], approval: None, new_approval: false }
+    }
+}
+
+impl Mandate {
+    /// Authenticates the caller of the check API: the admin token, or an
+    /// access token a resource server got by `client_credentials` for
+    /// `mandate:check` on the issuer.
+    pub async fn authenticate_checker(&self, bearer: &str) -> Result<Checker, Error> {
+        if bearer.starts_with(secrets::ADMIN_TOKEN_PREFIX) || bearer.starts_with(secrets::USER_TOKEN_PREFIX) {
+            return match self.authenticate_caller(bearer).await {
+                Ok(crate::Caller::Admin) => Ok(Checker::Admin),
+                Ok(crate::Caller::User(_)) => Err(Error::Forbidden("a user token cannot call the check API".into())),
+                Err(e) => Err(e),
+            };
+        }
+        let live = self.live_chain(bearer).await?.map_err(|_| Error::Unauthenticated)?;
+        let allowed = live.claims.aud == self.config.issuer
+            && live.record.scopes.iter().any(|s| s.as_str() == "mandate:check")
+            && live.chain.is_none();
+        let mandate_model::records::ClientId::Resource(rid) = live.record.client_id else {
+            return Err(Error::Forbidden("only a resource server's mandate:check token may call the check API".into()));
+        };
+        if !allowed {
+            return Err(Error::Forbidden("the token does not carry mandate:check on the issuer".into()));
+        }
+        let res = self.store.resource(rid).await?.ok_or(Error::Unauthenticated)?;
+        Ok(Checker::Resource { id: rid.to_string(), identifier: res.identifier })
+    }
+
+    /// `POST /v1/check` (and AuthZEN's evaluation, which maps onto it).
+    pub async fn check(&self, checker: &Checker, req: &CheckRequest) -> Result<CheckAnswer, Error> {
+        req.validate()?;
+        let live = self.live_chain(&req.token).await?;
+        let version = self.engine().version().to_owned();
+        let (outcome, live) = match live {
+            Err(why) => (Outcome::deny(format!("token: {why}")), None),
+            Ok(live) => {
+                let outcome = match checker {
+                    Checker::Resource { identifier, .. } if *identifier != live.record.audience => {
+                        Outcome::deny("token: it is for another audience")
+                    }
+                    _ => self.decide_check(&live, req).await?,
+                };
+                (outcome, Some(live))
+            }
+        };
+        let chain = live.as_ref().map(LiveToken::chain_names).unwrap_or_default();
+        let jti = live.as_ref().map(|l| l.record.jti);
+        // Every deny and approval request is recorded; an allow once per
+        // token and action on each node (docs/delegation.md).
+        if outcome.decision == ALLOW
+            && let Some(jti) = jti
+            && let Some(seq) = self.remembered_allow(jti, &req.action)
+        {
+            return Ok(CheckAnswer {
+                decision: ALLOW,
+                reasons: outcome.reasons,
+                chain,
+                approval_request: None,
+                policy_version: version,
+                audit_seq: seq,
+            });
+        }
+        let mut event = self.event(kind::CHECK);
+        event.decision = Some(outcome.decision.into());
+        event.client_id = Some(match checker {
+            Checker::Admin => "admin".into(),
+            Checker::Resource { id, .. } => id.clone(),
+        });
+        event.action = Some(req.action.clone());
+        if let Some(l) = &live {
+            event.subject = Some(l.record.subject.clone());
+            event.actor = Some(l.record.client_id.to_string());
+            event.chain = chain.clone();
+            event.resource = Some(l.record.audience.clone());
+            event.jti = Some(l.record.jti.to_string());
+            event.grant_id = l.record.grant.map(|g| g.to_string());
+            event.scope = Some(l.record.scopes.to_claim());
+        }
+        event.reason = Some(crate::audit::bounded(&format!("{}: {}", req.target(), outcome.reasons.join("; "))));
+        let mut change = Change::new();
+        if outcome.new_approval
+            && let Some(a) = &outcome.approval
+        {
+            change.push(Mutation::InsertApproval(a.clone()));
+        }
+        change.push(AuditRecord::new(event).mutation());
+        let affected = self.store.commit(change).await?;
+        let seq = affected.last().copied().unwrap_or(0);
+        if outcome.decision == ALLOW
+            && let Some(jti) = jti
+        {
+            self.remember_allow(jti, &req.action, seq);
+        }
+        Ok(CheckAnswer {
+            decision: outcome.decision,
+            reasons: outcome.reasons,
+            chain,
+            approval_request: outcome.approval.map(|a| a.id.to_string()),
+            policy_version: version,
+            audit_seq: seq,
+        })
+    }
+
+    async fn decide_check(&self, live: &LiveToken, req: &CheckRequest) -> Result<Outcome, Error> {
+        let Some(chain) = &live.chain else {
+            return Ok(Outcome::deny("token: a resource server's own token acts for nobody"));
+        };
+        let res = match self.resource_by_identifier(&live.record.audience).await {
+            Ok(r) => r,
+            Err(Error::InvalidTarget(_)) => {
+                return Ok(Outcome::deny("token: its audience is not a registered resource"));
+            }
+            Err(e) => return Err(e),
+        };
+        // Which of the token's scopes cover the action at its audience.
+        let covering: Vec<_> = live
+            .record
+            .scopes
+            .iter()
+            .filter(|s| res.actions_of(s).is_some_and(|a| a.contains(&req.action)))
+            .collect();
+        if covering.is_empty() {
+            return Ok(Outcome::deny(format!("scope: no scope of the token covers {}", req.action)));
+        }
+        for agent in &live.agents {
+            if let Some(ceiling) = &agent.scopes
+                && !covering.iter().any(|s| ceiling.contains(s))
+            {
+                return Ok(Outcome::deny(format!("ceiling: agent {} may not hold a scope covering it", agent.id)));
+            }
+        }
+        let target_id = req.target();
+        let target = Target::Resource { api: &res.identifier, id: &target_id, properties: &req.resource.properties };
+        let engine = self.engine();
+        let mut reasons = Vec::new();
+        let mut approver: Option<Approver> = None;
+        let mut principals: Vec<(String, Principal<'_>)> = Vec::new();
+        if let Some(u) = &live.user {
+            principals.push((u.id.to_string(), Principal::User(u)));
+        }
+        for a in &live.agents {
+            principals.push((a.id.to_string(), Principal::Agent(a)));
+        }
+        for (who, principal) in principals {
+            let d = engine.decide(principal, &req.action, target);
+            if !d.allowed {
+                if !d.errors.is_empty() {
+                    tracing::warn!(errors = ?d.errors, action = %req.action, "policy evaluation failed; denied");
+                    return Ok(Outcome::deny(format!("policy_error: the policy for {who} could not be evaluated")));
+                }
+                let by = if d.reasons.is_empty() { "no policy permits it".into() } else { d.reasons.join(", ") };
+                return Ok(Outcome::deny(format!("policy: {who} is denied ({by})")));
+            }
+            reasons.push(format!("{who}: {}", d.reasons.join(", ")));
+            approver = match (approver, d.approval) {
+                (Some(Approver::User), _) | (_, Some(Approver::User)) => Some(Approver::User),
+                (a, b) => a.or(b),
+            };
+        }
+        let Some(approver) = approver else {
+            return Ok(Outcome { decision: ALLOW, reasons, approval: None, new_approval: false });
+        };
+        // @approval: allowed only with a matching approval in force.
+        let now = self.clock.now();
+        let binding = binding(chain, &req.action, &res.identifier, &target_id, &req.resource.properties);
+        let q = ApprovalQuery { approver: None, status: None, binding: Some(binding.clone()), limit: 20 };
+        let existing = self.store.approvals(&q).await?;
+        if let Some(a) = existing.iter().find(|a| a.status == ApprovalStatus::Approved && now < a.expires_at) {
+            reasons.push(format!("approval {} by {}", a.id, a.decided_by.as_deref().unwrap_or("?")));
+            return Ok(Outcome { decision: ALLOW, reasons, approval: None, new_approval: false });
+        }
+        reasons.push(format!("policy asks the {} to approve", approver.as_str()));
+        if let Some(a) = existing.into_iter().find(|a| a.status == ApprovalStatus::Pending && now < a.expires_at) {
+            return Ok(Outcome { decision: APPROVAL_REQUIRED, reasons, approval: Some(a), new_approval: false });
+        }
+        let current = live.current().ok_or_else(|| Error::Unavailable("a live chain without an agent".into()))?;
+        let person = match (approver, chain.user()) {
+            (Approver::User, Some(u)) => u,
+            _ => current.owner,
+        };
+        let approval = Approval {
+            id: ApprovalId::from_ulid(new_ulid(self.clock.as_ref(), self.rng.as_ref())),
+            agent: current.id,
+            user: chain.user().unwrap_or(current.owner),
+            approver: person,
+            resource: res.identifier.clone(),
+            subject: ApprovalSubject::Action {
+                action: req.action.clone(),
+                target: target_id,
+                chain: chain.agents().to_vec(),
+                binding,
+            },
+            binding_message: live.claims.purpose.clone(),
+            status: ApprovalStatus::Pending,
+            decided_by: None,
+            created_at: now,
+            expires_at: now + Duration::seconds(self.config.approval_ttl),
+            decided_at: None,
+            grant: live.record.grant,
+            polled_at: None,
+        };
+        Ok(Outcome { decision: APPROVAL_REQUIRED, reasons, approval: Some(approval), new_approval: true })
+    }
+
+    fn remembered_allow(&self, jti: Jti, action: &str) -> Option<u64> {
+        self.checked.lock().ok()?.get(&(jti, action.to_owned())).copied()
+    }
+
+    fn remember_allow(&self, jti: Jti, action: &str, seq: u64) {
+        if let Ok(mut m) = self.checked.lock() {
+            if m.len() >= MAX_REMEMBERED_ALLOWS {
+                m.clear();
+            }
+            m.insert((jti, action.to_owned()), seq);
+        }
+    }
+}
+
+/// What an action approval is bound to (SECURITY row 33): the whole chain
+/// (and so its current actor), the action, and the resource with its
+/// properties.
+pub fn binding(
+    chain: &mandate_model::delegation::Chain,
+    action: &str,
+    api: &str,
+    target: &str,
+    properties: &BTreeMap<String, String>,
+) -> String {
+    #[derive(serde::Serialize)]
+    struct Bound<'a> {
+        user: Option<String>,
+        agents: Vec<String>,
+        action: &'a str,
+        api: &'a str,
+        resource: &'a str,
+        properties: &'a BTreeMap<String, String>,
+    }
+    let value = Bound {
+        user: chain.user().map(|u| u.to_string()),
+        agents: chain.agents().iter().map(ToString::to_string).collect(),
+        action,
+        api,
+        resource: target,
+        properties,
+    };
+    let text = serde_json::to_string(&value).unwrap_or_default();
+    let digest = Sha256::digest(text.as_bytes());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}

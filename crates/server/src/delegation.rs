@@ -1,0 +1,212 @@
+//! Grants, approvals and decisions: `/v1/grants`, `/v1/approvals`,
+//! `/v1/check` and OpenID AuthZEN's `/access/v1/evaluation`.
+
+use std::collections::BTreeMap;
+
+use axum::Json;
+use axum::extract::{FromRequest, Path, RawQuery, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use mandate_core::{CheckRequest, CheckedResource, Checker, Error};
+use mandate_model::records::{Approval, ApprovalStatus, Grant};
+use mandate_model::{AgentId, ApprovalId, GrantId, UserId};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::AppState;
+use crate::admin::Authed;
+use crate::error::Problem;
+use crate::extract::{StrictJson, bearer};
+
+/// The query string as name/value pairs, each known and given once.
+fn query(raw: Option<&str>, known: &[&str]) -> Result<BTreeMap<String, String>, Problem> {
+    let mut out = BTreeMap::new();
+    for (k, v) in form_urlencoded::parse(raw.unwrap_or_default().as_bytes()) {
+        if !known.contains(&k.as_ref()) {
+            let name: String = k.chars().take(64).collect();
+            return Err(Problem::bad_input(format!("unknown parameter {name:?}; known: {}", known.join(", "))));
+        }
+        if out.insert(k.clone().into_owned(), v.into_owned()).is_some() {
+            return Err(Problem::bad_input(format!("parameter {k} given twice")));
+        }
+    }
+    Ok(out)
+}
+
+fn parsed<T: std::str::FromStr>(name: &str, v: Option<&String>) -> Result<Option<T>, Problem> {
+    v.map(|v| v.parse::<T>().map_err(|_| Problem::bad_input(format!("{name} is malformed")))).transpose()
+}
+
+fn grant_json(g: &Grant, now: time::OffsetDateTime) -> Value {
+    let mut v = serde_json::to_value(g).unwrap_or(Value::Null);
+    if let Some(o) = v.as_object_mut() {
+        o.insert("status".into(), json!(g.status_at(now)));
+    }
+    v
+}
+
+fn approval_json(a: &Approval, now: time::OffsetDateTime) -> Value {
+    let mut v = serde_json::to_value(a).unwrap_or(Value::Null);
+    if let Some(o) = v.as_object_mut() {
+        o.insert("status".into(), json!(a.status_at(now)));
+    }
+    v
+}
+
+/// `GET /v1/grants?user=&agent=&limit=`.
+pub async fn list_grants(
+    State(s): State<AppState>,
+    Authed(c): Authed,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, Problem> {
+    let q = query(raw.as_deref(), &["user", "agent", "limit"])?;
+    let user = parsed::<UserId>("user", q.get("user"))?;
+    let agent = parsed::<AgentId>("agent", q.get("agent"))?;
+    let limit = parsed::<u32>("limit", q.get("limit"))?.unwrap_or(100);
+    let grants = s.mandate.list_grants(c, user, agent, limit).await?;
+    let now = s.mandate.now();
+    Ok(Json(json!({ "grants": grants.iter().map(|g| grant_json(g, now)).collect::<Vec<_>>() })).into_response())
+}
+
+/// `POST /v1/grants/{id}/revoke`.
+pub async fn revoke_grant(
+    State(s): State<AppState>,
+    Authed(c): Authed,
+    Path(raw): Path<String>,
+) -> Result<Response, Problem> {
+    let id = raw.parse::<GrantId>().map_err(|e| Problem::bad_input(e.to_string()))?;
+    let (grant, revoked) = s.mandate.revoke_grant(c, id).await?;
+    let mut out = grant_json(&grant, s.mandate.now());
+    if let Some(o) = out.as_object_mut() {
+        o.insert("tokens_revoked".into(), json!(revoked));
+    }
+    Ok(Json(out).into_response())
+}
+
+/// `GET /v1/approvals?status=&limit=`.
+pub async fn list_approvals(
+    State(s): State<AppState>,
+    Authed(c): Authed,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, Problem> {
+    let q = query(raw.as_deref(), &["status", "limit"])?;
+    let status = match q.get("status").map(String::as_str) {
+        None => None,
+        Some(v) => Some(v.parse::<ApprovalStatus>().map_err(|e| Problem::bad_input(e.to_string()))?),
+    };
+    let limit = parsed::<u32>("limit", q.get("limit"))?.unwrap_or(100);
+    let list = s.mandate.list_approvals(c, status, limit).await?;
+    let now = s.mandate.now();
+    Ok(Json(json!({ "approvals": list.iter().map(|a| approval_json(a, now)).collect::<Vec<_>>() })).into_response())
+}
+
+/// `POST /v1/approvals/{id}/approve` and `/deny`.
+pub async fn decide_approval(
+    State(s): State<AppState>,
+    Authed(c): Authed,
+    Path((raw, decision)): Path<(String, String)>,
+) -> Result<Response, Problem> {
+    let approve = match decision.as_str() {
+        "approve" => true,
+        "deny" => false,
+        _ => {
+            return Err(Error::NotFound(format!(
+                "no such call /v1/approvals/{{id}}/{}",
+                decision.chars().take(32).collect::<String>()
+            ))
+            .into());
+        }
+    };
+    let id = raw.parse::<ApprovalId>().map_err(|e| Problem::bad_input(e.to_string()))?;
+    let approval = s.mandate.decide_approval(c, id, approve).await?;
+    Ok(Json(approval_json(&approval, s.mandate.now())).into_response())
+}
+
+/// The caller of a decision endpoint: the admin token, or a resource
+/// server's `mandate:check` token.
+async fn checker(s: &AppState, headers: &HeaderMap) -> Result<Checker, Problem> {
+    let Some(token) = bearer(headers) else {
+        s.mandate
+            .record_admin_refusal(mandate_core::audit::kind::ADMIN_AUTH_FAILED, None, "check: no bearer token")
+            .await?;
+        return Err(Error::Unauthenticated.into());
+    };
+    match s.mandate.authenticate_checker(token).await {
+        Ok(c) => Ok(c),
+        Err(e @ (Error::Unauthenticated | Error::Forbidden(_))) => {
+            s.mandate
+                .record_admin_refusal(mandate_core::audit::kind::ADMIN_AUTH_FAILED, None, &format!("check: {e}"))
+                .await?;
+            Err(e.into())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// `POST /v1/check`.
+pub async fn check(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    request: axum::extract::Request,
+) -> Result<Response, Problem> {
+    let who = checker(&s, &headers).await?;
+    let StrictJson(body) = StrictJson::<CheckRequest>::from_request(request, &s).await?;
+    let answer = s.mandate.check(&who, &body).await?;
+    metrics::counter!("mandate_checks_total", "decision" => answer.decision).increment(1);
+    Ok(Json(answer).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Evaluation {
+    subject: EvalSubject,
+    action: EvalAction,
+    resource: CheckedResource,
+    #[serde(default)]
+    context: Option<serde_json::Map<String, Value>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EvalSubject {
+    /// Always `token`: the subject is whoever presents this access token.
+    #[serde(rename = "type")]
+    kind: String,
+    id: String,
+    #[serde(default)]
+    #[allow(dead_code)]
+    properties: Option<serde_json::Map<String, Value>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EvalAction {
+    name: String,
+    #[serde(default)]
+    #[allow(dead_code)]
+    properties: Option<serde_json::Map<String, Value>>,
+}
+
+/// `POST /access/v1/evaluation` (OpenID AuthZEN): the check API's decision
+/// as `{decision: bool}`, with the receipt in `context`. The subject is
+/// `{type: "token", id: "<access token>"}`.
+pub async fn evaluation(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    request: axum::extract::Request,
+) -> Result<Response, Problem> {
+    let who = checker(&s, &headers).await?;
+    let StrictJson(body) = StrictJson::<Evaluation>::from_request(request, &s).await?;
+    if body.subject.kind != "token" {
+        return Err(Problem::bad_input("subject.type must be \"token\", with the access token as subject.id"));
+    }
+    let req = CheckRequest {
+        token: body.subject.id,
+        action: body.action.name,
+        resource: body.resource,
+        context: body.context,
+    };
+    let answer = s.mandate.check(&who, &req).await?;
+    metrics::counter!("mandate_checks_total", "decision" => answer.decision).increment(1);
+    Ok(Json(json!({ "decision": answer.decision == "allow", "context": answer })).into_response())
+}
