@@ -229,12 +229,8 @@ impl Mandate {
             Err(e) => return Err(e),
         };
         // Which of the token's scopes cover the action at its audience.
-        let covering: Vec<_> = live
-            .record
-            .scopes
-            .iter()
-            .filter(|s| res.actions_of(s).is_some_and(|a| a.contains(&req.action)))
-            .collect();
+        let covering: Vec<_> =
+            live.record.scopes.iter().filter(|s| res.actions_of(s).is_some_and(|a| a.contains(&req.action))).collect();
         if covering.is_empty() {
             return Ok(Outcome::deny(format!("scope: no scope of the token covers {}", req.action)));
         }

@@ -9,9 +9,14 @@ use anyhow::{Result, ensure};
 use mandate_audit::{Checkpoint, Event};
 use mandate_core::TrailReport;
 use mandate_core::audit::{AuditQuery, AuditRecord, verify_trail};
-use mandate_core::store::{Change, KeyUse, Mutation, Store, StoreError, StoredKey, StoredPolicy};
-use mandate_model::records::{Agent, AgentKind, AgentStatus, ClientId, Resource, TokenRecord, User, UserStatus};
-use mandate_model::{AgentId, Jti, ResourceId, ScopeSet, UserId};
+use mandate_core::store::{
+    ApprovalQuery, Change, GrantQuery, KeyUse, Mutation, Store, StoreError, StoredKey, StoredPolicy,
+};
+use mandate_model::records::{
+    Agent, AgentKind, AgentStatus, Approval, ApprovalStatus, ApprovalSubject, ClientId, Grant, GrantStatus,
+    RefreshRecord, Resource, TokenRecord, User, UserStatus,
+};
+use mandate_model::{AgentId, ApprovalId, GrantId, Jti, ResourceId, ScopeSet, UserId};
 use time::{Duration, OffsetDateTime};
 use ulid::Ulid;
 
@@ -42,6 +47,13 @@ pub const CASES: &[(&str, Case)] = cases![
     concurrent_appends_form_one_chain,
     checkpoints_are_kept_once_per_seq,
     audit_queries_filter_and_page,
+    grants_revoke_once_and_list_by_person,
+    approvals_are_decided_and_used_once,
+    delegated_tokens_need_a_live_parent_and_grant,
+    revocation_reaches_every_descendant,
+    refresh_rotation_admits_one_use,
+    revoking_a_parent_during_its_exchange_never_leaves_a_live_child,
+    appends_report_their_seq,
 ];
 
 /// Runs every case on a fresh store from `factory`.
@@ -837,4 +849,312 @@ fn failed_append_case(rig: &TamperRig) -> std::pin::Pin<Box<dyn Future<Output = 
         ensure!(intact(s).await? == 2);
         Ok(())
     })
+}
+
+// ----- delegation -----
+
+pub fn grant(user: UserId, agent: AgentId) -> Grant {
+    Grant {
+        id: GrantId::from_ulid(ulid()),
+        user,
+        agent,
+        resource: "https://api.example".into(),
+        scopes: ScopeSet::parse("read mail").unwrap_or_default(),
+        purpose: Some("plan the offsite".into()),
+        approved_by: "policy".into(),
+        status: GrantStatus::Active,
+        created_at: t0(),
+        expires_at: t0() + Duration::hours(8),
+        revoked_at: None,
+        last_used_at: None,
+    }
+}
+
+/// A token exchanged from `parent` by `agent`.
+pub fn child_of(parent: &TokenRecord, agent: AgentId) -> TokenRecord {
+    let mut t = token(agent, &parent.subject);
+    t.parent = Some(parent.jti);
+    t.grant = parent.grant;
+    t.chain = parent.chain.iter().copied().chain([agent]).collect();
+    t.expires_at = parent.expires_at;
+    t
+}
+
+/// A user, two agents of theirs and a grant to the first.
+async fn people(s: &Arc<dyn Store>, email: &str) -> Result<(User, Agent, Agent, Grant)> {
+    let u = user(email);
+    one(s, Mutation::InsertUser(u.clone())).await?;
+    let a = agent(u.id, None);
+    let b = agent(u.id, Some(a.id));
+    one(s, Mutation::InsertAgent(a.clone())).await?;
+    one(s, Mutation::InsertAgent(b.clone())).await?;
+    let g = grant(u.id, a.id);
+    one(s, Mutation::InsertGrant(g.clone())).await?;
+    Ok((u, a, b, g))
+}
+
+async fn grants_revoke_once_and_list_by_person(s: Arc<dyn Store>) -> Result<()> {
+    let (u, a, _, g) = people(&s, "g@example.com").await?;
+    let other = user("g2@example.com");
+    one(&s, Mutation::InsertUser(other.clone())).await?;
+    ensure!(s.grant(g.id).await? == Some(g.clone()), "grant did not round-trip");
+    one(&s, Mutation::TouchGrant { id: g.id, at: t0() + Duration::seconds(5) }).await?;
+    ensure!(s.grant(g.id).await?.and_then(|x| x.last_used_at) == Some(t0() + Duration::seconds(5)));
+    let q = |user, agent, user_or_owner| GrantQuery { user, agent, user_or_owner, limit: 10 };
+    ensure!(s.grants(&q(Some(u.id), None, None)).await?.len() == 1);
+    ensure!(s.grants(&q(None, Some(a.id), None)).await?.len() == 1);
+    ensure!(s.grants(&q(None, None, Some(u.id))).await?.len() == 1, "the owner sees grants to their agents");
+    ensure!(s.grants(&q(None, None, Some(other.id))).await?.is_empty(), "a stranger sees a grant");
+    ensure!(one(&s, Mutation::RevokeGrant { id: g.id, at: t0() }).await? == 1);
+    ensure!(one(&s, Mutation::RevokeGrant { id: g.id, at: t0() }).await? == 0, "revoked twice");
+    let g2 = grant(u.id, a.id);
+    one(&s, Mutation::InsertGrant(g2.clone())).await?;
+    ensure!(one(&s, Mutation::RevokeGrantsOfAgent { agent: a.id, at: t0() }).await? == 1);
+    let g3 = grant(u.id, a.id);
+    one(&s, Mutation::InsertGrant(g3.clone())).await?;
+    ensure!(one(&s, Mutation::RevokeGrantsOfUser { user: u.id, at: t0() }).await? == 1);
+    ensure!(s.grant(g3.id).await?.map(|x| x.status) == Some(GrantStatus::Revoked));
+    Ok(())
+}
+
+async fn approvals_are_decided_and_used_once(s: Arc<dyn Store>) -> Result<()> {
+    let (u, a, _, g) = people(&s, "ap@example.com").await?;
+    let approval = |subject| Approval {
+        id: ApprovalId::from_ulid(ulid()),
+        agent: a.id,
+        user: u.id,
+        approver: u.id,
+        resource: "https://api.example".into(),
+        subject,
+        binding_message: Some("book the trip".into()),
+        status: ApprovalStatus::Pending,
+        decided_by: None,
+        created_at: t0(),
+        expires_at: t0() + Duration::minutes(10),
+        decided_at: None,
+        grant: None,
+        polled_at: None,
+    };
+    let ciba = approval(ApprovalSubject::Grant { scopes: g.scopes.clone(), requested_expiry: 600 });
+    let action = approval(ApprovalSubject::Action {
+        action: "send".into(),
+        target: "mail/1".into(),
+        chain: vec![a.id],
+        binding: "b1".into(),
+    });
+    one(&s, Mutation::InsertApproval(ciba.clone())).await?;
+    one(&s, Mutation::InsertApproval(action.clone())).await?;
+    ensure!(s.approval(ciba.id).await? == Some(ciba.clone()), "approval did not round-trip");
+    ensure!(s.approval(action.id).await? == Some(action.clone()), "action approval did not round-trip");
+    let pending =
+        ApprovalQuery { approver: Some(u.id), status: Some(ApprovalStatus::Pending), binding: None, limit: 10 };
+    ensure!(s.approvals(&pending).await?.len() == 2);
+    let bound = ApprovalQuery { binding: Some("b1".into()), ..ApprovalQuery::default() };
+    ensure!(s.approvals(&ApprovalQuery { limit: 10, ..bound }).await?.len() == 1);
+    // Nothing can be handed out before a decision.
+    ensure!(matches!(one(&s, Mutation::ConsumeApproval { id: ciba.id, at: t0() }).await, Err(StoreError::Conflict(_))));
+    let decide = |id, to| Mutation::DecideApproval { id, to, by: u.id.to_string(), grant: Some(g.id), at: t0() };
+    one(&s, decide(ciba.id, ApprovalStatus::Approved)).await?;
+    ensure!(
+        matches!(one(&s, decide(ciba.id, ApprovalStatus::Denied)).await, Err(StoreError::Conflict(_))),
+        "decided twice"
+    );
+    ensure!(s.approval(ciba.id).await?.and_then(|x| x.grant) == Some(g.id));
+    one(&s, Mutation::PollApproval { id: ciba.id, at: t0() }).await?;
+    one(&s, Mutation::ConsumeApproval { id: ciba.id, at: t0() }).await?;
+    ensure!(
+        matches!(one(&s, Mutation::ConsumeApproval { id: ciba.id, at: t0() }).await, Err(StoreError::Conflict(_))),
+        "an approval was handed out twice"
+    );
+    // An expired request cannot be decided.
+    let late = t0() + Duration::minutes(11);
+    ensure!(matches!(
+        one(
+            &s,
+            Mutation::DecideApproval {
+                id: action.id,
+                to: ApprovalStatus::Approved,
+                by: "x".into(),
+                grant: None,
+                at: late
+            }
+        )
+        .await,
+        Err(StoreError::Conflict(_))
+    ));
+    Ok(())
+}
+
+async fn delegated_tokens_need_a_live_parent_and_grant(s: Arc<dyn Store>) -> Result<()> {
+    let (u, a, b, g) = people(&s, "d@example.com").await?;
+    let mut parent = token(a.id, &u.id.to_string());
+    parent.grant = Some(g.id);
+    one(&s, Mutation::InsertToken(parent.clone())).await?;
+    let child = child_of(&parent, b.id);
+    one(&s, Mutation::InsertToken(child.clone())).await?;
+    ensure!(s.token(child.jti).await? == Some(child.clone()), "child did not round-trip");
+    // Under a revoked parent: refused.
+    one(&s, Mutation::RevokeToken { jti: parent.jti, at: t0() }).await?;
+    let orphan = child_of(&parent, b.id);
+    ensure!(matches!(one(&s, Mutation::InsertToken(orphan.clone())).await, Err(StoreError::Conflict(_))));
+    ensure!(s.token(orphan.jti).await?.is_none());
+    // Under an unknown parent: refused.
+    let mut stray = child_of(&parent, b.id);
+    stray.parent = Some(Jti::from_ulid(ulid()));
+    ensure!(matches!(one(&s, Mutation::InsertToken(stray)).await, Err(StoreError::Conflict(_))));
+    // Under a revoked grant: refused.
+    one(&s, Mutation::RevokeGrant { id: g.id, at: t0() }).await?;
+    let mut late = token(a.id, &u.id.to_string());
+    late.grant = Some(g.id);
+    ensure!(matches!(one(&s, Mutation::InsertToken(late)).await, Err(StoreError::Conflict(_))));
+    Ok(())
+}
+
+async fn revocation_reaches_every_descendant(s: Arc<dyn Store>) -> Result<()> {
+    let (u, a, b, g) = people(&s, "r@example.com").await?;
+    let c = agent(u.id, Some(b.id));
+    one(&s, Mutation::InsertAgent(c.clone())).await?;
+    let live = |s: Arc<dyn Store>, t: Jti| async move {
+        Ok::<_, anyhow::Error>(s.token(t).await?.is_some_and(|t| t.revoked_at.is_none()))
+    };
+    // root (a) → mid (b) → leaf (c), and a sibling of mid.
+    let tree = |family: Option<&str>| {
+        let mut root = token(a.id, &u.id.to_string());
+        root.grant = Some(g.id);
+        root.family = family.map(str::to_owned);
+        let mid = child_of(&root, b.id);
+        let leaf = child_of(&mid, c.id);
+        let sibling = child_of(&root, b.id);
+        [root, mid, leaf, sibling]
+    };
+    let insert = |s: Arc<dyn Store>, ts: [TokenRecord; 4]| async move {
+        for t in ts {
+            one(&s, Mutation::InsertToken(t)).await?;
+        }
+        Ok::<_, anyhow::Error>(())
+    };
+    // A token: itself and everything below it.
+    let [root, mid, leaf, sibling] = tree(None);
+    insert(s.clone(), [root.clone(), mid.clone(), leaf.clone(), sibling.clone()]).await?;
+    ensure!(one(&s, Mutation::RevokeToken { jti: mid.jti, at: t0() }).await? == 2, "mid and leaf");
+    ensure!(
+        !live(s.clone(), leaf.jti).await? && live(s.clone(), root.jti).await? && live(s.clone(), sibling.jti).await?
+    );
+    ensure!(one(&s, Mutation::RevokeToken { jti: root.jti, at: t0() }).await? == 2, "root and sibling");
+    // An agent: every token whose chain contains it.
+    let [root, mid, leaf, sibling] = tree(None);
+    insert(s.clone(), [root.clone(), mid.clone(), leaf.clone(), sibling.clone()]).await?;
+    ensure!(one(&s, Mutation::RevokeTokensOfAgent { agent: b.id, at: t0() }).await? == 3, "mid, leaf, sibling");
+    ensure!(live(s.clone(), root.jti).await? && !live(s.clone(), leaf.jti).await?);
+    one(&s, Mutation::RevokeToken { jti: root.jti, at: t0() }).await?;
+    // A refresh family: its access tokens and their descendants.
+    let [root, mid, leaf, sibling] = tree(Some("fam-1"));
+    insert(s.clone(), [root.clone(), mid.clone(), leaf.clone(), sibling.clone()]).await?;
+    ensure!(one(&s, Mutation::RevokeTokensOfFamily { family: "fam-1".into(), at: t0() }).await? == 4);
+    // A grant: every token under it.
+    let [root, mid, leaf, sibling] = tree(None);
+    insert(s.clone(), [root, mid, leaf.clone(), sibling]).await?;
+    ensure!(one(&s, Mutation::RevokeTokensOfGrant { grant: g.id, at: t0() }).await? == 4);
+    // An owner: every token of their agents and below.
+    let [root, mid, leaf, sibling] = tree(None);
+    insert(s.clone(), [root, mid, leaf.clone(), sibling]).await?;
+    ensure!(one(&s, Mutation::RevokeTokensOfOwnedAgents { owner: u.id, at: t0() }).await? == 4);
+    ensure!(!live(s.clone(), leaf.jti).await?);
+    Ok(())
+}
+
+async fn refresh_rotation_admits_one_use(s: Arc<dyn Store>) -> Result<()> {
+    let (_, a, _, g) = people(&s, "rt@example.com").await?;
+    let refresh = |hash: &str| RefreshRecord {
+        hash: hash.into(),
+        family: "fam-r".into(),
+        grant: g.id,
+        client_id: a.id,
+        scopes: g.scopes.clone(),
+        issued_at: t0(),
+        expires_at: g.expires_at,
+        used_at: None,
+        revoked_at: None,
+    };
+    one(&s, Mutation::InsertRefresh(refresh("h1"))).await?;
+    ensure!(s.refresh("h1").await? == Some(refresh("h1")), "refresh token did not round-trip");
+    one(&s, Mutation::UseRefresh { hash: "h1".into(), at: t0() }).await?;
+    ensure!(matches!(
+        one(&s, Mutation::UseRefresh { hash: "h1".into(), at: t0() }).await,
+        Err(StoreError::Conflict(_))
+    ));
+    // Concurrent uses of one token: exactly one wins.
+    one(&s, Mutation::InsertRefresh(refresh("h2"))).await?;
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            s.commit(Change::new().with(Mutation::UseRefresh { hash: "h2".into(), at: t0() })).await
+        }));
+    }
+    let mut won = 0;
+    for t in tasks {
+        match t.await? {
+            Ok(_) => won += 1,
+            Err(StoreError::Conflict(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    ensure!(won == 1, "{won} concurrent uses of one refresh token succeeded");
+    one(&s, Mutation::InsertRefresh(refresh("h3"))).await?;
+    ensure!(one(&s, Mutation::RevokeRefreshFamily { family: "fam-r".into(), at: t0() }).await? == 3);
+    ensure!(matches!(
+        one(&s, Mutation::UseRefresh { hash: "h3".into(), at: t0() }).await,
+        Err(StoreError::Conflict(_))
+    ));
+    Ok(())
+}
+
+/// SECURITY row 24: a revocation racing an exchange either makes the
+/// exchange fail or reaches the child; never a live child of a revoked
+/// parent. 1,000 races.
+async fn revoking_a_parent_during_its_exchange_never_leaves_a_live_child(s: Arc<dyn Store>) -> Result<()> {
+    let (u, a, b, g) = people(&s, "race@example.com").await?;
+    let (mut inserted, mut refused) = (0, 0);
+    for _ in 0..1000 {
+        let mut parent = token(a.id, &u.id.to_string());
+        parent.grant = Some(g.id);
+        one(&s, Mutation::InsertToken(parent.clone())).await?;
+        let child = child_of(&parent, b.id);
+        let (s1, s2) = (s.clone(), s.clone());
+        let jti = parent.jti;
+        let revoke =
+            tokio::spawn(async move { s1.commit(Change::new().with(Mutation::RevokeToken { jti, at: t0() })).await });
+        let c = child.clone();
+        let exchange = tokio::spawn(async move { s2.commit(Change::new().with(Mutation::InsertToken(c))).await });
+        revoke.await??;
+        match exchange.await? {
+            Ok(_) => inserted += 1,
+            Err(StoreError::Conflict(_)) => refused += 1,
+            Err(e) => return Err(e.into()),
+        }
+        let stored = s.token(child.jti).await?;
+        ensure!(stored.is_none_or(|t| t.revoked_at.is_some()), "a live child of a revoked parent");
+    }
+    tracing_note(inserted, refused);
+    Ok(())
+}
+
+fn tracing_note(inserted: u32, refused: u32) {
+    eprintln!("race: {inserted} children inserted then revoked, {refused} exchanges refused");
+}
+
+async fn appends_report_their_seq(s: Arc<dyn Store>) -> Result<()> {
+    let before = s.audit_head().await?.map(|(seq, _)| seq).unwrap_or(0);
+    let event = Event::new("test.seq", "2026-01-01T00:00:00.000000000Z");
+    let affected = s.commit(Change::new().with(AuditRecord::new(event.clone()).mutation())).await?;
+    ensure!(affected == vec![before + 1], "append reported {affected:?}");
+    let (r1, r2) = tokio::join!(
+        s.commit(Change::new().with(AuditRecord::new(event.clone()).mutation())),
+        s.commit(Change::new().with(AuditRecord::new(event).mutation()))
+    );
+    let mut seqs = vec![r1?[0], r2?[0]];
+    seqs.sort_unstable();
+    ensure!(seqs == vec![before + 2, before + 3], "concurrent appends reported {seqs:?}");
+    Ok(())
 }
