@@ -1153,7 +1153,7 @@ async fn appends_report_their_seq(s: Arc<dyn Store>) -> Result<()> {
         s.commit(Change::new().with(AuditRecord::new(event.clone()).mutation())),
         s.commit(Change::new().with(AuditRecord::new(event).mutation()))
     );
-    let mut seqs = vec![r1?[0], r2?[0]];
+    let mut seqs: Vec<u64> = r1?.into_iter().chain(r2?).collect();
     seqs.sort_unstable();
     ensure!(seqs == vec![before + 2, before + 3], "concurrent appends reported {seqs:?}");
     Ok(())
