@@ -334,6 +334,9 @@ impl Mandate {
             return Err(Error::AccessDenied("the user is disabled".into()));
         }
         let res = self.resource_by_identifier(&resource).await?;
+        if let Some(s) = scopes.iter().find(|s| res.actions_of(s).is_none()) {
+            return Err(Error::InvalidScope(format!("scope {s} is not offered by {}", res.identifier)));
+        }
         let approver = self.authorize_scopes(Some(&user), &[agent], &res, &scopes).map_err(Error::AccessDenied)?;
         let now = self.clock.now();
         let id = ApprovalId::from_ulid(new_ulid(self.clock.as_ref(), self.rng.as_ref()));

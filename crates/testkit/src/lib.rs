@@ -5,6 +5,7 @@
 pub mod conformance;
 pub mod faulty;
 pub mod load;
+pub mod scenarios;
 mod server;
 
 pub use server::{ADMIN_TOKEN, TestAgent, TestServer, fresh_jti};

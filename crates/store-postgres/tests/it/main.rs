@@ -157,3 +157,24 @@ async fn two_nodes_share_one_database() -> anyhow::Result<()> {
     drop_databases(&[url]).await?;
     result
 }
+
+/// The delegation scenarios of issue 4, each on a fresh database, as the
+/// SQLite suite runs them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_passes_the_delegation_scenarios() -> anyhow::Result<()> {
+    let created = std::sync::Mutex::new(Vec::new());
+    let dir = tempfile::tempdir()?;
+    let result = mandate_testkit::scenarios::run_all(|| async {
+        let url = fresh_database().await?;
+        if let Ok(mut c) = created.lock() {
+            c.push(url.clone());
+        }
+        let store: Arc<dyn Store> = Arc::new(mandate_store_postgres::PostgresStore::connect(&url).await?);
+        let clock = Arc::new(mandate_core::ManualClock::new(mandate_core::Clock::now(&mandate_core::SystemClock)));
+        mandate_testkit::TestServer::start_on(store, dir.path(), clock, |_| {}).await
+    })
+    .await;
+    let urls = created.lock().map(|c| c.clone()).unwrap_or_default();
+    drop_databases(&urls).await?;
+    result
+}

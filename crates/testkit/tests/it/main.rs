@@ -5,6 +5,7 @@
 mod admin;
 mod audit;
 mod client_auth;
+mod delegation;
 mod discovery;
 mod golden;
 mod keys;

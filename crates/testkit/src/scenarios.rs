@@ -1,0 +1,737 @@
+//! End-to-end delegation scenarios over HTTP (issue 4): CIBA grants decided
+//! by policy, approvals, refresh rotation, token exchange chains, the check
+//! API and cascading revocation. Each runs on a fresh server; the SQLite and
+//! the PostgreSQL test suites both run every one.
+// Scenario code indexes JSON freely: a missing member reads as null and
+// fails the comparison that follows.
+#![allow(clippy::indexing_slicing)]
+
+use std::future::Future;
+use std::pin::Pin;
+
+use anyhow::{Context, Result, ensure};
+use base64::Engine;
+use mandate_jose::{KeyAlg, SigningKey};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::{TestAgent, TestServer};
+
+pub const CAL: &str = "https://calendar.example";
+
+const POLICIES: &str = r#"
+// Staff hold every calendar right.
+permit (principal in Group::"staff", action in [Action::"list", Action::"get", Action::"create"], resource);
+// Agents may read.
+permit (principal is Agent, action in [Action::"list", Action::"get"], resource);
+// Agents may be granted write, once the user approves the grant.
+@approval("user")
+permit (principal is Agent, action == Action::"create", resource is Api);
+// Writing a sensitive event needs the user's approval each time.
+@approval("user")
+permit (principal is Agent, action == Action::"create", resource is Resource) when { resource.hasTag("sensitive") };
+permit (principal is Agent, action == Action::"create", resource is Resource) unless { resource.hasTag("sensitive") };
+// Agents may spawn helpers.
+permit (principal is Agent, action == Action::"mandate:spawn", resource);
+// Nobody may touch the board's calendar.
+forbid (principal, action, resource is Resource) when { resource.hasTag("owner") && resource.getTag("owner") == "board" };
+"#;
+
+/// A server with Alice (staff), Bob (not staff), a calendar API, the
+/// policies above, Alice's planner agent, and a resource-server checker.
+pub struct World {
+    pub s: TestServer,
+    pub alice: String,
+    pub alice_token: String,
+    pub bob: String,
+    pub bob_token: String,
+    pub planner: TestAgent,
+    /// The calendar as a client, and its `mandate:check` token.
+    pub calendar: TestAgent,
+    pub checker: String,
+}
+
+async fn created(s: &TestServer, path: &str, body: Value) -> Result<Value> {
+    let (st, out) = s.admin(Method::POST, path, Some(body)).await?;
+    ensure!(st == 201, "POST {path}: {st} {out}");
+    Ok(out)
+}
+
+fn text(v: &Value, key: &str) -> Result<String> {
+    v[key].as_str().map(str::to_owned).with_context(|| format!("{key} missing in {v}"))
+}
+
+impl World {
+    pub async fn new(s: TestServer) -> Result<Self> {
+        let alice = text(
+            &created(&s, "/v1/users", json!({"name": "Alice", "email": "alice@example.com", "groups": ["staff"]}))
+                .await?,
+            "id",
+        )?;
+        let bob = text(&created(&s, "/v1/users", json!({"name": "Bob", "email": "bob@example.com"})).await?, "id")?;
+        let alice_token = text(&created(&s, &format!("/v1/users/{alice}/tokens"), json!({})).await?, "token")?;
+        let bob_token = text(&created(&s, &format!("/v1/users/{bob}/tokens"), json!({})).await?, "token")?;
+        let cal_key = SigningKey::generate(KeyAlg::EdDSA)?;
+        let cal = created(
+            &s,
+            "/v1/resources",
+            json!({"identifier": CAL, "name": "Calendar", "scopes": {"read": ["list", "get"], "write": ["create"]},
+                   "jwks": {"keys": [cal_key.public().to_json()]}}),
+        )
+        .await?;
+        s.put_policies(POLICIES).await?;
+        let planner = s.create_agent(&alice, KeyAlg::EdDSA).await?;
+        let calendar = TestAgent { id: text(&cal, "id")?, key: cal_key };
+        let (st, body) = s.token(&calendar, &s.issuer, "mandate:check").await?;
+        ensure!(st == 200, "checker token: {st} {body}");
+        let checker = text(&body, "access_token")?;
+        Ok(Self { s, alice, alice_token, bob, bob_token, planner, calendar, checker })
+    }
+
+    /// `POST /oauth/bc-authorize` by `agent`.
+    pub async fn ciba(&self, agent: &TestAgent, params: &[(&str, &str)]) -> Result<(u16, Value)> {
+        let a = self.s.assertion(agent, json!({}));
+        self.s.form_asserted(&a, "/oauth/bc-authorize", params).await
+    }
+
+    /// A CIBA poll by `agent`.
+    pub async fn poll(&self, agent: &TestAgent, id: &str) -> Result<(u16, Value)> {
+        self.grant(agent, &[("grant_type", "urn:openid:params:grant-type:ciba"), ("auth_req_id", id)]).await
+    }
+
+    /// Any grant at the token endpoint, authenticated as `agent`.
+    pub async fn grant(&self, agent: &TestAgent, params: &[(&str, &str)]) -> Result<(u16, Value)> {
+        let a = self.s.assertion(agent, json!({}));
+        self.s.form_asserted(&a, "/oauth/token", params).await
+    }
+
+    /// A self-authorised grant of `scope` from Alice to `agent`, and its
+    /// first tokens.
+    pub async fn granted(&self, agent: &TestAgent, scope: &str) -> Result<Value> {
+        let (st, body) = self
+            .ciba(
+                agent,
+                &[
+                    ("login_hint", "alice@example.com"),
+                    ("scope", scope),
+                    ("resource", CAL),
+                    ("binding_message", "plan the offsite"),
+                ],
+            )
+            .await?;
+        ensure!(st == 200, "bc-authorize: {st} {body}");
+        let (st, tokens) = self.poll(agent, &text(&body, "auth_req_id")?).await?;
+        ensure!(st == 200, "poll: {st} {tokens}");
+        Ok(tokens)
+    }
+
+    /// Token exchange by `agent` of `subject`, with `extra` parameters.
+    pub async fn exchange(&self, agent: &TestAgent, subject: &str, extra: &[(&str, &str)]) -> Result<(u16, Value)> {
+        let mut params = vec![
+            ("grant_type", "urn:ietf:params:oauth:grant-type:token-exchange"),
+            ("subject_token", subject),
+            ("subject_token_type", "urn:ietf:params:oauth:token-type:access_token"),
+        ];
+        params.extend_from_slice(extra);
+        self.grant(agent, &params).await
+    }
+
+    /// `POST /v1/check` as the calendar.
+    pub async fn check(&self, token: &str, action: &str, id: &str, properties: Value) -> Result<Value> {
+        let (st, body) = self
+            .s
+            .call(
+                Method::POST,
+                "/v1/check",
+                Some(&self.checker),
+                Some(json!({"token": token, "action": action, "resource": {"type": "event", "id": id, "properties": properties}})),
+            )
+            .await?;
+        ensure!(st == 200, "check: {st} {body}");
+        Ok(body)
+    }
+
+    /// An ephemeral child spawned by `parent` with its own `mandate:spawn` token.
+    pub async fn spawn(&self, parent: &TestAgent, extra: Value) -> Result<TestAgent> {
+        let (st, body) = self.s.token(parent, &self.s.issuer, "mandate:spawn").await?;
+        ensure!(st == 200, "spawn token: {st} {body}");
+        let spawn_token = text(&body, "access_token")?;
+        let key = SigningKey::generate(KeyAlg::EdDSA)?;
+        let mut req = json!({"name": "Summarizer", "owner": self.alice, "ttl_seconds": 600, "jwks": {"keys": [key.public().to_json()]}});
+        if let (Some(r), Some(e)) = (req.as_object_mut(), extra.as_object()) {
+            r.extend(e.clone());
+        }
+        let (st, body) = self.s.call(Method::POST, "/v1/agents", Some(&spawn_token), Some(req)).await?;
+        ensure!(st == 201, "spawn: {st} {body}");
+        ensure!(body["kind"] == "ephemeral" && body["parent"] == parent.id.as_str(), "{body}");
+        Ok(TestAgent { id: text(&body, "client_id")?, key })
+    }
+}
+
+/// The claims of a JWT, unverified (the tests verify through the server).
+pub fn claims(jwt: &str) -> Value {
+    jwt.split('.')
+        .nth(1)
+        .and_then(|p| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(p).ok())
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or(Value::Null)
+}
+
+type Scenario = fn(World) -> Pin<Box<dyn Future<Output = Result<()>> + Send>>;
+
+macro_rules! scenarios {
+    ($($name:ident),* $(,)?) => {
+        &[$((stringify!($name), |w| Box::pin($name(w)))),*]
+    };
+}
+
+pub const SCENARIOS: &[(&str, Scenario)] = scenarios![
+    ciba_self_authorises_by_policy,
+    ciba_waits_for_the_approver,
+    ciba_refusals,
+    refresh_tokens_rotate_and_reuse_revokes_the_family,
+    exchange_builds_a_narrowing_chain,
+    exchange_refusals,
+    check_decides_the_intersection_with_a_receipt,
+    action_approvals_bind_to_what_was_shown,
+    revocation_cascades_down_the_chain,
+    ephemeral_agents_expire_at_use,
+];
+
+/// Runs every scenario on a fresh server from `factory`.
+pub async fn run_all<F, Fut>(factory: F) -> Result<()>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<TestServer>>,
+{
+    let mut failures = Vec::new();
+    for (name, scenario) in SCENARIOS {
+        let world = World::new(factory().await?).await?;
+        if let Err(e) = scenario(world).await {
+            failures.push(format!("{name}: {e:#}"));
+        }
+    }
+    ensure!(failures.is_empty(), "delegation scenario failures:\n{}", failures.join("\n"));
+    Ok(())
+}
+
+async fn ciba_self_authorises_by_policy(w: World) -> Result<()> {
+    let (st, body) = w
+        .ciba(
+            &w.planner,
+            &[
+                ("login_hint", "alice@example.com"),
+                ("scope", "read"),
+                ("resource", CAL),
+                ("binding_message", "plan the offsite"),
+            ],
+        )
+        .await?;
+    ensure!(st == 200 && body["interval"] == 5 && body["expires_in"] == 600, "{st} {body}");
+    let id = text(&body, "auth_req_id")?;
+    let (st, tokens) = w.poll(&w.planner, &id).await?;
+    ensure!(st == 200, "{st} {tokens}");
+    let c = claims(&text(&tokens, "access_token")?);
+    ensure!(c["sub"] == w.alice.as_str() && c["act"]["sub"] == w.planner.id.as_str(), "{c}");
+    ensure!(c["act"].get("act").is_none() && c["client_id"] == w.planner.id.as_str(), "{c}");
+    ensure!(c["purpose"] == "plan the offsite" && c["scope"] == "read" && c["aud"] == CAL, "{c}");
+    ensure!(text(&tokens, "refresh_token")?.starts_with("mnd_rt_"), "{tokens}");
+    // The grant is a living record with its last use.
+    let (st, list) = w.s.call(Method::GET, "/v1/grants", Some(&w.alice_token), None).await?;
+    ensure!(st == 200 && list["grants"].as_array().map(Vec::len) == Some(1), "{list}");
+    let g = &list["grants"][0];
+    ensure!(g["approved_by"] == "policy" && g["status"] == "active" && g["id"] == c["grant_id"], "{g}");
+    ensure!(g["last_used_at"].is_string(), "{g}");
+    // Bob sees none of it; the request is single-use.
+    let (_, list) = w.s.call(Method::GET, "/v1/grants", Some(&w.bob_token), None).await?;
+    ensure!(list["grants"].as_array().is_some_and(Vec::is_empty), "{list}");
+    let (st, again) = w.poll(&w.planner, &id).await?;
+    ensure!(st == 400 && again["error"] == "invalid_grant", "{st} {again}");
+    // Another agent cannot collect it.
+    let other = w.s.create_agent(&w.alice, KeyAlg::EdDSA).await?;
+    let (st, stolen) = w.poll(&other, &id).await?;
+    ensure!(st == 400 && stolen["error"] == "invalid_grant", "{st} {stolen}");
+    let events = w.s.audit("type=grant.created").await?;
+    ensure!(events.len() == 1 && events[0]["reason"] == "approved_by policy", "{events:?}");
+    Ok(())
+}
+
+async fn ciba_waits_for_the_approver(w: World) -> Result<()> {
+    let ask = |hint: &'static str| {
+        [("login_hint", hint), ("scope", "read write"), ("resource", CAL), ("binding_message", "book the venue")]
+    };
+    let (st, body) = w.ciba(&w.planner, &ask("alice@example.com")).await?;
+    ensure!(st == 200, "{st} {body}");
+    let id = text(&body, "auth_req_id")?;
+    let (st, p) = w.poll(&w.planner, &id).await?;
+    ensure!(st == 400 && p["error"] == "authorization_pending", "{st} {p}");
+    let (st, p) = w.poll(&w.planner, &id).await?;
+    ensure!(st == 400 && p["error"] == "slow_down", "{st} {p}");
+    // Alice sees it; Bob does not; the agent's token is refused outright.
+    let (st, list) = w.s.call(Method::GET, "/v1/approvals?status=pending", Some(&w.alice_token), None).await?;
+    ensure!(st == 200 && list["approvals"][0]["id"] == id.as_str(), "{list}");
+    ensure!(list["approvals"][0]["binding_message"] == "book the venue", "{list}");
+    let (_, list) = w.s.call(Method::GET, "/v1/approvals", Some(&w.bob_token), None).await?;
+    ensure!(list["approvals"].as_array().is_some_and(Vec::is_empty), "{list}");
+    let (_, t) = w.s.token(&w.planner, CAL, "read").await?;
+    let agent_token = text(&t, "access_token")?;
+    let (st, _) = w.s.call(Method::GET, "/v1/approvals", Some(&agent_token), None).await?;
+    ensure!(st == 401, "an agent's token listed approvals: {st}");
+    let path = format!("/v1/approvals/{id}/approve");
+    let (st, _) = w.s.call(Method::POST, &path, Some(&agent_token), None).await?;
+    ensure!(st == 401, "an agent's token approved: {st}");
+    let (st, _) = w.s.call(Method::POST, &path, Some(&w.bob_token), None).await?;
+    ensure!(st == 403, "Bob approved Alice's request: {st}");
+    let (st, _) = w.s.admin(Method::POST, &path, None).await?;
+    ensure!(st == 403, "the admin approved for Alice: {st}");
+    let (st, body) = w.s.call(Method::POST, &path, Some(&w.alice_token), None).await?;
+    ensure!(st == 200 && body["status"] == "approved" && body["decided_by"] == w.alice.as_str(), "{st} {body}");
+    let (st, _) = w.s.call(Method::POST, &format!("/v1/approvals/{id}/deny"), Some(&w.alice_token), None).await?;
+    ensure!(st == 409, "decided twice: {st}");
+    w.s.clock.advance(time::Duration::seconds(6));
+    let (st, tokens) = w.poll(&w.planner, &id).await?;
+    ensure!(st == 200 && tokens["scope"] == "read write", "{st} {tokens}");
+    let (_, list) = w.s.call(Method::GET, "/v1/grants", Some(&w.alice_token), None).await?;
+    ensure!(list["grants"][0]["approved_by"] == w.alice.as_str(), "{list}");
+    // A denial is access_denied; an unanswered request expires.
+    let (_, body) = w.ciba(&w.planner, &ask("alice@example.com")).await?;
+    let denied = text(&body, "auth_req_id")?;
+    let (st, _) = w.s.call(Method::POST, &format!("/v1/approvals/{denied}/deny"), Some(&w.alice_token), None).await?;
+    ensure!(st == 200);
+    let (st, p) = w.poll(&w.planner, &denied).await?;
+    ensure!(st == 400 && p["error"] == "access_denied", "{st} {p}");
+    let (_, body) = w
+        .ciba(
+            &w.planner,
+            &[("login_hint", w.alice.as_str()), ("scope", "write"), ("resource", CAL), ("requested_expiry", "60")],
+        )
+        .await?;
+    let lapsed = text(&body, "auth_req_id")?;
+    w.s.clock.advance(time::Duration::seconds(61));
+    let (st, p) = w.poll(&w.planner, &lapsed).await?;
+    ensure!(st == 400 && p["error"] == "expired_token", "{st} {p}");
+    let (st, _) =
+        w.s.call(Method::POST, &format!("/v1/approvals/{lapsed}/approve"), Some(&w.alice_token), None).await?;
+    ensure!(st == 409, "an expired request was approved: {st}");
+    Ok(())
+}
+
+async fn ciba_refusals(w: World) -> Result<()> {
+    let cases: &[(&[(&str, &str)], u16, &str)] = &[
+        // Bob does not hold write: the user must hold the right now.
+        (&[("login_hint", "bob@example.com"), ("scope", "write"), ("resource", CAL)], 400, "access_denied"),
+        (&[("login_hint", "nobody@example.com"), ("scope", "read"), ("resource", CAL)], 400, "unknown_user_id"),
+        (&[("login_hint", "alice@example.com"), ("scope", "read")], 400, "invalid_target"),
+        (&[("login_hint", "alice@example.com"), ("resource", CAL)], 400, "invalid_scope"),
+        (&[("scope", "read"), ("resource", CAL)], 400, "invalid_request"),
+        (
+            &[("login_hint", "alice@example.com"), ("scope", "read"), ("resource", CAL), ("acr_values", "x")],
+            400,
+            "invalid_request",
+        ),
+        (
+            &[("login_hint", "alice@example.com"), ("scope", "read"), ("resource", CAL), ("requested_expiry", "0")],
+            400,
+            "invalid_request",
+        ),
+        (&[("login_hint", "alice@example.com"), ("scope", "admin"), ("resource", CAL)], 400, "invalid_scope"),
+    ];
+    for (params, status, error) in cases {
+        let (st, body) = w.ciba(&w.planner, params).await?;
+        ensure!(st == *status && body["error"] == *error, "{params:?}: {st} {body}");
+    }
+    // The agent's ceiling binds too.
+    let key = SigningKey::generate(KeyAlg::EdDSA)?;
+    let capped = created(
+        &w.s,
+        "/v1/agents",
+        json!({"name": "Reader", "owner": w.alice, "scopes": ["read"], "jwks": {"keys": [key.public().to_json()]}}),
+    )
+    .await?;
+    let capped = TestAgent { id: text(&capped, "client_id")?, key };
+    let (st, body) =
+        w.ciba(&capped, &[("login_hint", "alice@example.com"), ("scope", "write"), ("resource", CAL)]).await?;
+    ensure!(st == 400 && body["error"] == "access_denied", "{st} {body}");
+    // Nothing was granted, and every refusal is in the trail.
+    let (_, list) = w.s.admin(Method::GET, "/v1/grants", None).await?;
+    ensure!(list["grants"].as_array().is_some_and(Vec::is_empty), "{list}");
+    let refused = w.s.audit("type=approval.requested").await?;
+    ensure!(refused.iter().filter(|e| e["decision"] == "deny").count() == cases.len() + 1, "{refused:?}");
+    Ok(())
+}
+
+async fn refresh_tokens_rotate_and_reuse_revokes_the_family(w: World) -> Result<()> {
+    let first = w.granted(&w.planner, "read").await?;
+    let r1 = text(&first, "refresh_token")?;
+    let refresh = |rt: String| {
+        let w = &w;
+        async move { w.grant(&w.planner, &[("grant_type", "refresh_token"), ("refresh_token", &rt)]).await }
+    };
+    let (st, second) = refresh(r1.clone()).await?;
+    ensure!(st == 200, "{st} {second}");
+    let r2 = text(&second, "refresh_token")?;
+    ensure!(r2 != r1);
+    let a2 = text(&second, "access_token")?;
+    ensure!(w.s.introspect(&a2).await?["active"] == true);
+    // Reuse of the rotated one: refused, and the whole family dies.
+    let (st, reuse) = refresh(r1).await?;
+    ensure!(st == 400 && reuse["error"] == "invalid_grant", "{st} {reuse}");
+    ensure!(w.s.introspect(&a2).await?["active"] == false, "the family's access token survived a reuse");
+    let (st, body) = refresh(r2).await?;
+    ensure!(st == 400 && body["error"] == "invalid_grant", "the family's newest refresh token survived: {st} {body}");
+    ensure!(w.s.audit("type=refresh.reused").await?.len() == 1);
+    // Concurrent uses of one refresh token: at most one succeeds, and the
+    // family is revoked.
+    let fresh = w.granted(&w.planner, "read").await?;
+    let rt = text(&fresh, "refresh_token")?;
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let a = w.s.assertion(&w.planner, json!({}));
+        let (http, url, rt) = (w.s.http.clone(), format!("{}/oauth/token", w.s.url), rt.clone());
+        tasks.push(tokio::spawn(async move {
+            let form = [
+                ("client_assertion_type", mandate_jose::assertion::CLIENT_ASSERTION_TYPE),
+                ("client_assertion", a.as_str()),
+                ("grant_type", "refresh_token"),
+                ("refresh_token", rt.as_str()),
+            ];
+            let resp = http.post(url).form(&form).send().await?;
+            Ok::<_, anyhow::Error>((resp.status().as_u16(), resp.json::<Value>().await?))
+        }));
+    }
+    let mut issued = Vec::new();
+    for t in tasks {
+        let (st, body) = t.await??;
+        if st == 200 {
+            issued.push(text(&body, "access_token")?);
+        }
+    }
+    ensure!(issued.len() <= 1, "{} concurrent refreshes succeeded", issued.len());
+    for a in &issued {
+        ensure!(w.s.introspect(a).await?["active"] == false, "a raced refresh left a live token");
+    }
+    // Policy is re-checked on every refresh (SECURITY row 37).
+    let third = w.granted(&w.planner, "read").await?;
+    w.s.put_policies(
+        &POLICIES.replace(
+            "action in [Action::\"list\", Action::\"get\"], resource);",
+            "action == Action::\"get\", resource);",
+        ),
+    )
+    .await?;
+    let (st, body) = refresh(text(&third, "refresh_token")?).await?;
+    ensure!(st == 400 && body["error"] == "invalid_grant", "refresh survived a policy change: {st} {body}");
+    w.s.put_policies(POLICIES).await?;
+    // A revoked grant ends its refresh tokens.
+    let fourth = w.granted(&w.planner, "read").await?;
+    let grant_id = claims(&text(&fourth, "access_token")?)["grant_id"].as_str().unwrap_or_default().to_owned();
+    let (st, g) = w.s.call(Method::POST, &format!("/v1/grants/{grant_id}/revoke"), Some(&w.alice_token), None).await?;
+    ensure!(st == 200 && g["status"] == "revoked" && g["tokens_revoked"] == 1, "{st} {g}");
+    let (st, body) = refresh(text(&fourth, "refresh_token")?).await?;
+    ensure!(st == 400 && body["error"] == "invalid_grant", "{st} {body}");
+    Ok(())
+}
+
+async fn exchange_builds_a_narrowing_chain(w: World) -> Result<()> {
+    let tokens = w.granted(&w.planner, "read write").await;
+    // write waits for approval: take read alone for the chain.
+    ensure!(tokens.is_err(), "write self-authorised");
+    let tokens = w.granted(&w.planner, "read").await?;
+    let parent = text(&tokens, "access_token")?;
+    let pc = claims(&parent);
+    let child = w.spawn(&w.planner, json!({})).await?;
+    let (st, body) = w.exchange(&child, &parent, &[("scope", "read")]).await?;
+    ensure!(st == 200, "{st} {body}");
+    ensure!(body["issued_token_type"] == "urn:ietf:params:oauth:token-type:access_token", "{body}");
+    ensure!(body.get("refresh_token").is_none(), "{body}");
+    let hop = text(&body, "access_token")?;
+    let c = claims(&hop);
+    ensure!(c["sub"] == w.alice.as_str() && c["client_id"] == child.id.as_str(), "{c}");
+    ensure!(c["act"]["sub"] == child.id.as_str() && c["act"]["act"]["sub"] == w.planner.id.as_str(), "{c}");
+    ensure!(c["exp"].as_i64() <= pc["exp"].as_i64() && c["grant_id"] == pc["grant_id"], "{c}");
+    ensure!(c["purpose"] == "plan the offsite", "{c}");
+    let i = w.s.introspect(&hop).await?;
+    ensure!(i["active"] == true && i["act"] == c["act"], "{i}");
+    // The child's decisions are the chain's.
+    let d = w.check(&hop, "list", "e1", json!({})).await?;
+    ensure!(d["decision"] == "allow", "{d}");
+    ensure!(d["chain"] == json!([w.alice, w.planner.id, child.id]), "{d}");
+    // The trail draws the tree.
+    let (st, tree) =
+        w.s.admin(Method::GET, &format!("/v1/audit/trace/{}", pc["jti"].as_str().unwrap_or_default()), None).await?;
+    ensure!(st == 200 && tree.to_string().contains(c["jti"].as_str().unwrap_or("?")), "{st} {tree}");
+    Ok(())
+}
+
+async fn exchange_refusals(w: World) -> Result<()> {
+    let tokens = w.granted(&w.planner, "read").await?;
+    let parent = text(&tokens, "access_token")?;
+    let child = w.spawn(&w.planner, json!({})).await?;
+    let at = "urn:ietf:params:oauth:token-type:access_token";
+    let cases: Vec<(Vec<(&str, &str)>, &str)> = vec![
+        (vec![("scope", "read write")], "invalid_scope"),
+        (vec![("resource", "https://other.example")], "invalid_target"),
+        (vec![("audience", "https://other.example")], "invalid_target"),
+        (vec![("act", "{\"sub\":\"agt_x\"}")], "invalid_request"),
+        (vec![("requested_token_type", "urn:ietf:params:oauth:token-type:refresh_token")], "invalid_request"),
+        (vec![("actor_token", parent.as_str()), ("actor_token_type", at)], "invalid_request"),
+        (vec![("actor_token", parent.as_str())], "invalid_request"),
+    ];
+    for (extra, error) in &cases {
+        let (st, body) = w.exchange(&child, &parent, extra).await?;
+        ensure!(st == 400 && body["error"] == *error, "{extra:?}: {st} {body}");
+    }
+    // A missing or wrong subject token is an error, never a default.
+    let (st, body) = w
+        .grant(&child, &[("grant_type", "urn:ietf:params:oauth:grant-type:token-exchange"), ("subject_token_type", at)])
+        .await?;
+    ensure!(st == 400 && body["error"] == "invalid_request", "{st} {body}");
+    let (st, body) = w.exchange(&child, "not.a.token", &[]).await?;
+    ensure!(st == 400 && body["error"] == "invalid_request", "{st} {body}");
+    // Delegation needs policy: Alice's other persistent agent is not the
+    // planner's child, and no policy lets the planner delegate to it.
+    let stranger = w.s.create_agent(&w.alice, KeyAlg::EdDSA).await?;
+    let (st, body) = w.exchange(&stranger, &parent, &[]).await?;
+    ensure!(st == 400 && body["error"] == "invalid_request", "{st} {body}");
+    // No agent twice; depth at most 4.
+    let (_, hop) = w.exchange(&child, &parent, &[]).await?;
+    let hop = text(&hop, "access_token")?;
+    let (st, body) = w.exchange(&w.planner, &hop, &[]).await?;
+    ensure!(st == 400 && body["error"] == "invalid_request", "planner twice: {st} {body}");
+    let mut token = hop;
+    let mut holder = child;
+    for depth in 3..=5 {
+        let next = w.spawn(&holder, json!({})).await?;
+        let (st, body) = w.exchange(&next, &token, &[]).await?;
+        if depth <= 4 {
+            ensure!(st == 200, "depth {depth}: {st} {body}");
+            token = text(&body, "access_token")?;
+            holder = next;
+        } else {
+            ensure!(st == 400 && body["error"] == "invalid_request", "depth {depth}: {st} {body}");
+        }
+    }
+    // A revoked subject token cannot be exchanged.
+    let (st, _) = w.s.admin(Method::POST, &format!("/v1/agents/{}/suspend", w.planner.id), None).await?;
+    ensure!(st == 200);
+    let third = w.s.create_agent(&w.alice, KeyAlg::EdDSA).await?;
+    let (st, body) = w.exchange(&third, &parent, &[]).await?;
+    ensure!(st == 400 && body["error"] == "invalid_request", "{st} {body}");
+    let denied = w.s.audit("type=token.denied").await?;
+    ensure!(denied.len() >= cases.len() + 5, "refusals are audited: {}", denied.len());
+    Ok(())
+}
+
+async fn check_decides_the_intersection_with_a_receipt(w: World) -> Result<()> {
+    let tokens = w.granted(&w.planner, "read").await?;
+    let token = text(&tokens, "access_token")?;
+    let d = w.check(&token, "get", "e1", json!({})).await?;
+    ensure!(d["decision"] == "allow" && d["audit_seq"].as_u64().is_some_and(|s| s > 0), "{d}");
+    ensure!(d["policy_version"].as_str().is_some_and(|v| v.starts_with("sha256:")), "{d}");
+    ensure!(d["reasons"].as_array().is_some_and(|r| r.len() == 2), "user and agent reasons: {d}");
+    // The same allow again is recorded once: the receipt points at it.
+    let again = w.check(&token, "get", "e2", json!({})).await?;
+    ensure!(again["audit_seq"] == d["audit_seq"], "{again}");
+    // Not covered by the token's scopes.
+    let d = w.check(&token, "create", "e1", json!({})).await?;
+    ensure!(d["decision"] == "deny" && d["reasons"][0].as_str().is_some_and(|r| r.starts_with("scope")), "{d}");
+    // A forbid wins.
+    let d = w.check(&token, "get", "e3", json!({"owner": "board"})).await?;
+    ensure!(d["decision"] == "deny" && d["reasons"][0].as_str().is_some_and(|r| r.contains("policy")), "{d}");
+    // The user's current rights: Alice leaves staff, and her agent can do
+    // no more than she can.
+    let (st, _) = w.s.admin(Method::PATCH, &format!("/v1/users/{}", w.alice), Some(json!({"groups": []}))).await?;
+    ensure!(st == 200);
+    let d = w.check(&token, "get", "e1", json!({})).await?;
+    ensure!(d["decision"] == "deny" && d["reasons"][0].as_str().is_some_and(|r| r.contains(w.alice.as_str())), "{d}");
+    let (st, _) =
+        w.s.admin(Method::PATCH, &format!("/v1/users/{}", w.alice), Some(json!({"groups": ["staff"]}))).await?;
+    ensure!(st == 200);
+    ensure!(w.check(&token, "get", "e1", json!({})).await?["decision"] == "allow");
+    // Every agent of the chain must be allowed: policy denies the planner.
+    w.s.put_policies(&format!("{POLICIES}\nforbid (principal == Agent::\"{}\", action, resource);", w.planner.id))
+        .await?;
+    let d = w.check(&token, "get", "e1", json!({})).await?;
+    ensure!(d["decision"] == "deny", "{d}");
+    w.s.put_policies(POLICIES).await?;
+    // A resource server answers only for its own audience; other callers get 401.
+    let (_, other) = w.s.token(&w.planner, CAL, "read").await?;
+    let (st, _) =
+        w.s.call(
+            Method::POST,
+            "/v1/check",
+            Some(&text(&other, "access_token")?),
+            Some(json!({"token": token, "action": "get", "resource": {"type": "event", "id": "1"}})),
+        )
+        .await?;
+    ensure!(st == 403, "an agent's token called the check API: {st}");
+    let (st, _) = w.s.call(Method::POST, "/v1/check", None, Some(json!({}))).await?;
+    ensure!(st == 401);
+    let (st, body) =
+        w.s.call(
+            Method::POST,
+            "/v1/check",
+            Some(&w.checker),
+            Some(json!({"token": token, "action": "", "resource": {"type": "event", "id": "1"}})),
+        )
+        .await?;
+    ensure!(st == 400, "{st} {body}");
+    let (st, body) =
+        w.s.call(
+            Method::POST,
+            "/v1/check",
+            Some(&w.checker),
+            Some(json!({"token": token, "action": "get", "resource": {"type": "event", "id": "1"}, "extra": 1})),
+        )
+        .await?;
+    ensure!(st == 400, "{st} {body}");
+    // AuthZEN says the same.
+    let eval = |action: &str| json!({"subject": {"type": "token", "id": token}, "action": {"name": action}, "resource": {"type": "event", "id": "e1"}});
+    let (st, body) = w.s.call(Method::POST, "/access/v1/evaluation", Some(&w.checker), Some(eval("get"))).await?;
+    ensure!(st == 200 && body["decision"] == true && body["context"]["decision"] == "allow", "{st} {body}");
+    let (st, body) = w.s.call(Method::POST, "/access/v1/evaluation", Some(&w.checker), Some(eval("create"))).await?;
+    ensure!(st == 200 && body["decision"] == false, "{st} {body}");
+    let denies = w.s.audit("type=check.decided").await?;
+    ensure!(denies.iter().filter(|e| e["decision"] == "deny").count() >= 5, "{denies:?}");
+    Ok(())
+}
+
+async fn action_approvals_bind_to_what_was_shown(w: World) -> Result<()> {
+    // A write grant, approved by Alice.
+    let (_, body) =
+        w.ciba(&w.planner, &[("login_hint", "alice@example.com"), ("scope", "read write"), ("resource", CAL)]).await?;
+    let id = text(&body, "auth_req_id")?;
+    let (st, _) = w.s.call(Method::POST, &format!("/v1/approvals/{id}/approve"), Some(&w.alice_token), None).await?;
+    ensure!(st == 200);
+    let (st, tokens) = w.poll(&w.planner, &id).await?;
+    ensure!(st == 200, "{st} {tokens}");
+    let token = text(&tokens, "access_token")?;
+    // An ordinary write is allowed; a sensitive one waits for Alice.
+    ensure!(w.check(&token, "create", "e1", json!({})).await?["decision"] == "allow");
+    let d = w.check(&token, "create", "e2", json!({"sensitive": "yes"})).await?;
+    ensure!(d["decision"] == "approval_required", "{d}");
+    let apr = text(&d, "approval_request")?;
+    // Asking again points at the same request.
+    let d = w.check(&token, "create", "e2", json!({"sensitive": "yes"})).await?;
+    ensure!(d["approval_request"] == apr.as_str(), "{d}");
+    let (_, list) = w.s.call(Method::GET, "/v1/approvals?status=pending", Some(&w.alice_token), None).await?;
+    let shown = list["approvals"]
+        .as_array()
+        .and_then(|a| a.iter().find(|x| x["id"] == apr.as_str()))
+        .cloned()
+        .unwrap_or(Value::Null);
+    ensure!(shown["subject"]["action"] == "create" && shown["subject"]["target"] == "event/e2", "{shown}");
+    ensure!(shown["subject"]["chain"] == json!([w.planner.id]), "{shown}");
+    let (st, _) = w.s.call(Method::POST, &format!("/v1/approvals/{apr}/approve"), Some(&w.alice_token), None).await?;
+    ensure!(st == 200);
+    ensure!(w.check(&token, "create", "e2", json!({"sensitive": "yes"})).await?["decision"] == "allow");
+    // The approval covers only what was shown.
+    let d = w.check(&token, "create", "e3", json!({"sensitive": "yes"})).await?;
+    ensure!(d["decision"] == "approval_required" && d["approval_request"] != apr.as_str(), "{d}");
+    let d = w.check(&token, "create", "e2", json!({"sensitive": "very"})).await?;
+    ensure!(d["decision"] == "approval_required", "{d}");
+    // Nor does it outlive its window.
+    let mut w = w;
+    w.s.clock.advance(time::Duration::seconds(601));
+    let (_, renewed) = w.s.token(&w.calendar, &w.s.issuer, "mandate:check").await?;
+    w.checker = text(&renewed, "access_token")?;
+    let (_, fresh) = w
+        .grant(&w.planner, &[("grant_type", "refresh_token"), ("refresh_token", &text(&tokens, "refresh_token")?)])
+        .await?;
+    let d = w.check(&text(&fresh, "access_token")?, "create", "e2", json!({"sensitive": "yes"})).await?;
+    ensure!(d["decision"] == "approval_required", "{d}");
+    Ok(())
+}
+
+async fn revocation_cascades_down_the_chain(w: World) -> Result<()> {
+    let dead = |t: String| {
+        let w = &w;
+        async move { Ok::<_, anyhow::Error>(w.s.introspect(&t).await?["active"] == false) }
+    };
+    // Revoking a token reaches its descendants, transitively.
+    let (parent, _, hop, leaf) = make_chain(&w).await?;
+    let resp =
+        w.s.http
+            .post(format!("{}/oauth/revoke", w.s.url))
+            .bearer_auth(crate::server::ADMIN_TOKEN)
+            .form(&[("token", hop.as_str())])
+            .send()
+            .await?;
+    ensure!(resp.status() == 200);
+    ensure!(dead(hop.clone()).await? && dead(leaf.clone()).await? && !dead(parent.clone()).await?, "token cascade");
+    ensure!(w.check(&leaf, "get", "e1", json!({})).await?["decision"] == "deny");
+    let revoked = w.s.audit("type=token.revoked").await?;
+    ensure!(revoked.last().is_some_and(|e| e["count"] == 2), "{revoked:?}");
+    // Revoking the grant reaches everything under it.
+    let (parent, _, hop, leaf) = make_chain(&w).await?;
+    let grant_id = claims(&parent)["grant_id"].as_str().unwrap_or_default().to_owned();
+    let (st, g) = w.s.call(Method::POST, &format!("/v1/grants/{grant_id}/revoke"), Some(&w.alice_token), None).await?;
+    ensure!(st == 200 && g["tokens_revoked"] == 3, "{st} {g}");
+    for t in [parent, hop, leaf] {
+        ensure!(dead(t).await?, "grant cascade");
+    }
+    // Suspending the middle agent reaches every token whose chain holds it.
+    let (parent, child, hop, leaf) = make_chain(&w).await?;
+    let (st, _) = w.s.admin(Method::POST, &format!("/v1/agents/{}/suspend", child.id), None).await?;
+    ensure!(st == 200);
+    ensure!(dead(hop).await? && dead(leaf).await? && !dead(parent.clone()).await?, "agent cascade");
+    // Disabling the user revokes every grant and token she gave.
+    let (st, _) =
+        w.s.admin(Method::PATCH, &format!("/v1/users/{}", w.alice), Some(json!({"status": "disabled"}))).await?;
+    ensure!(st == 200);
+    ensure!(dead(parent).await?);
+    let (_, list) = w.s.admin(Method::GET, &format!("/v1/grants?user={}", w.alice), None).await?;
+    ensure!(list["grants"].as_array().is_some_and(|g| g.iter().all(|g| g["status"] == "revoked")), "{list}");
+    Ok(())
+}
+
+/// Alice → planner → child → grandchild: the grant's token, the child's
+/// hop and the grandchild's leaf.
+async fn make_chain(w: &World) -> Result<(String, TestAgent, String, String)> {
+    let parent = text(&w.granted(&w.planner, "read").await?, "access_token")?;
+    let child = w.spawn(&w.planner, json!({})).await?;
+    let (_, hop) = w.exchange(&child, &parent, &[]).await?;
+    let hop = text(&hop, "access_token")?;
+    let grandchild = w.spawn(&child, json!({})).await?;
+    let (_, leaf) = w.exchange(&grandchild, &hop, &[]).await?;
+    Ok((parent, child, hop, text(&leaf, "access_token")?))
+}
+
+async fn ephemeral_agents_expire_at_use(w: World) -> Result<()> {
+    let parent = text(&w.granted(&w.planner, "read").await?, "access_token")?;
+    let child = w.spawn(&w.planner, json!({"ttl_seconds": 120})).await?;
+    let (st, hop) = w.exchange(&child, &parent, &[]).await?;
+    ensure!(st == 200, "{st} {hop}");
+    let hop = text(&hop, "access_token")?;
+    ensure!(claims(&hop)["exp"].as_i64() <= Some(w.s.now() + 120), "a child's token outlives the child");
+    // A spawned agent's ceiling is its parent's, narrowed; its owner is its
+    // parent's; it cannot be spawned by a token without mandate:spawn.
+    let (_, t) = w.s.token(&w.planner, CAL, "read").await?;
+    let (st, body) =
+        w.s.call(
+            Method::POST,
+            "/v1/agents",
+            Some(&text(&t, "access_token")?),
+            Some(json!({"name": "X", "owner": w.alice})),
+        )
+        .await?;
+    ensure!(st == 403, "{st} {body}");
+    let (_, spawn) = w.s.token(&w.planner, &w.s.issuer, "mandate:spawn").await?;
+    let (st, body) =
+        w.s.call(
+            Method::POST,
+            "/v1/agents",
+            Some(&text(&spawn, "access_token")?),
+            Some(json!({"name": "X", "owner": w.bob, "jwks": {"keys": [child.key.public().to_json()]}})),
+        )
+        .await?;
+    ensure!(st == 403, "{st} {body}");
+    // Past its expiry, before any sweeper runs, the child can do nothing.
+    w.s.clock.advance(time::Duration::seconds(121));
+    let d = w.check(&hop, "get", "e1", json!({})).await?;
+    ensure!(d["decision"] == "deny", "{d}");
+    let fresh = text(&w.granted(&w.planner, "read").await?, "access_token")?;
+    let (st, body) = w.exchange(&child, &fresh, &[]).await?;
+    ensure!(st == 401 && body["error"] == "invalid_client", "an expired agent exchanged: {st} {body}");
+    Ok(())
+}
