@@ -317,7 +317,8 @@ async fn ciba_waits_for_the_approver(w: World) -> Result<()> {
 }
 
 async fn ciba_refusals(w: World) -> Result<()> {
-    let cases: &[(&[(&str, &str)], u16, &str)] = &[
+    type Case<'a> = (&'a [(&'a str, &'a str)], u16, &'a str);
+    let cases: &[Case<'_>] = &[
         // Bob does not hold write: the user must hold the right now.
         (&[("login_hint", "bob@example.com"), ("scope", "write"), ("resource", CAL)], 400, "access_denied"),
         (&[("login_hint", "nobody@example.com"), ("scope", "read"), ("resource", CAL)], 400, "unknown_user_id"),
