@@ -70,15 +70,33 @@ enum Cmd {
 
 #[derive(Args, Debug)]
 struct RunArgs {
-    /// Token endpoint URL (http://, loopback host only).
+    /// Token endpoint URL (http://, loopback host only); with `--json-body`,
+    /// the URL the JSON is posted to.
     #[arg(long, required = true)]
     token_endpoint: Option<String>,
     /// OAuth client_id (also the assertion's iss and sub).
-    #[arg(long, required = true)]
+    #[arg(long)]
     client_id: Option<String>,
     /// Private Ed25519 key, PKCS#8 DER (v1 or v2).
-    #[arg(long, required = true)]
+    #[arg(long)]
     key: Option<PathBuf>,
+    /// `grant_type` of the token requests.
+    #[arg(long, default_value = "client_credentials")]
+    grant_type: String,
+    /// Another form parameter, `name=value` (repeatable), e.g. the
+    /// `subject_token` of a token exchange.
+    #[arg(long = "form")]
+    form: Vec<String>,
+    /// Post this file's JSON (the same body every time) instead of signed
+    /// token requests: the check API. Needs `--bearer`.
+    #[arg(long)]
+    json_body: Option<PathBuf>,
+    /// `Authorization: Bearer` token for `--json-body` requests.
+    #[arg(long)]
+    bearer: Option<String>,
+    /// What a successful 200 body contains.
+    #[arg(long, default_value = "\"access_token\"")]
+    expect: String,
     /// JWS `kid`; defaults to the key's RFC 7638 thumbprint.
     #[arg(long)]
     kid: Option<String>,
@@ -206,6 +224,8 @@ struct AssertionSpec<'a> {
     iat: u64,
     exp: u64,
     jti_prefix: String,
+    /// `grant_type`, already encoded.
+    grant_type: String,
     /// Everything after the client_assertion value, already encoded.
     tail: String,
 }
@@ -224,8 +244,8 @@ impl AssertionSpec<'_> {
         let sig = self.kp.sign(signing_input.as_bytes());
         let jws = format!("{signing_input}.{}", b64(sig.as_ref()));
         let body = format!(
-            "grant_type=client_credentials&client_assertion_type={ASSERTION_TYPE_ENC}&client_assertion={jws}{}",
-            self.tail
+            "grant_type={}&client_assertion_type={ASSERTION_TYPE_ENC}&client_assertion={jws}{}",
+            self.grant_type, self.tail
         );
         Ok(Bytes::from(body))
     }
@@ -323,12 +343,8 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
 
-async fn one_request(
-    sender: &mut Option<SendRequest<Full<Bytes>>>,
-    target: &Target,
-    body: Bytes,
-    timeout: Duration,
-) -> Outcome {
+async fn one_request(sender: &mut Option<SendRequest<Full<Bytes>>>, sh: &Shared, body: Bytes) -> Outcome {
+    let (target, timeout) = (&sh.target, sh.timeout);
     let fut = async {
         let need_new = match sender.as_mut() {
             None => true,
@@ -339,13 +355,16 @@ async fn one_request(
             *sender = Some(connect(target.addr).await?);
         }
         let s = sender.as_mut().ok_or_else(|| anyhow!("no connection"))?;
-        let req = Request::builder()
+        let mut req = Request::builder()
             .method(Method::POST)
             .uri(target.path.as_str())
             .header(hyper::header::HOST, target.host_header.as_str())
-            .header(hyper::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-            .header(hyper::header::ACCEPT, "application/json")
-            .body(Full::new(body))?;
+            .header(hyper::header::CONTENT_TYPE, sh.content_type)
+            .header(hyper::header::ACCEPT, "application/json");
+        if let Some(auth) = &sh.authorization {
+            req = req.header(hyper::header::AUTHORIZATION, auth.as_str());
+        }
+        let req = req.body(Full::new(body))?;
         let resp = s.send_request(req).await?;
         let status = resp.status().as_u16();
         let bytes = resp.into_body().collect().await?.to_bytes();
@@ -360,7 +379,7 @@ async fn one_request(
             *sender = None;
             Outcome::Error("io".into(), format!("{e:#}"))
         }
-        Ok(Ok((200, bytes))) if contains(&bytes, b"\"access_token\"") => Outcome::Success(Some(bytes)),
+        Ok(Ok((200, bytes))) if contains(&bytes, &sh.expect) => Outcome::Success(Some(bytes)),
         Ok(Ok((status, bytes))) => {
             let key = if status == 200 { "200-no-token".to_string() } else { status.to_string() };
             let sample = String::from_utf8_lossy(bytes.get(..bytes.len().min(300)).unwrap_or_default()).into_owned();
@@ -379,6 +398,9 @@ struct Shared {
     timeout: Duration,
     duration: Option<Duration>,
     barrier: Barrier,
+    content_type: &'static str,
+    authorization: Option<String>,
+    expect: Vec<u8>,
 }
 
 async fn worker(sh: Arc<Shared>) -> WorkerStats {
@@ -393,7 +415,7 @@ async fn worker(sh: Arc<Shared>) -> WorkerStats {
         let Some(body) = sh.bodies.get(i).cloned() else {
             break;
         };
-        match one_request(&mut sender, &sh.target, body, sh.timeout).await {
+        match one_request(&mut sender, &sh, body).await {
             Outcome::Success(b) => {
                 st.warmup_successes += 1;
                 if st.first_success.is_none() {
@@ -420,7 +442,7 @@ async fn worker(sh: Arc<Shared>) -> WorkerStats {
             break;
         };
         let t0 = Instant::now();
-        let outcome = one_request(&mut sender, &sh.target, body, sh.timeout).await;
+        let outcome = one_request(&mut sender, &sh, body).await;
         let ns = u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX);
         match outcome {
             Outcome::Success(b) => {
@@ -452,8 +474,6 @@ fn percentile_ms(sorted: &[u64], p: f64) -> f64 {
 
 async fn run(a: RunArgs) -> Result<()> {
     let endpoint = a.token_endpoint.ok_or_else(|| anyhow!("--token-endpoint is required"))?;
-    let client_id = a.client_id.ok_or_else(|| anyhow!("--client-id is required"))?;
-    let key_path = a.key.ok_or_else(|| anyhow!("--key is required"))?;
     if a.concurrency == 0 {
         bail!("--concurrency must be at least 1");
     }
@@ -466,40 +486,56 @@ async fn run(a: RunArgs) -> Result<()> {
         (None, None) => bail!("give --requests N and/or --duration SECS so the run is bounded"),
     };
     let target = parse_target(&endpoint)?;
-    let kp = load_key(&key_path)?;
-    let kid = a.kid.unwrap_or_else(|| thumbprint(&kp));
-    let aud = a.aud.unwrap_or_else(|| endpoint.clone());
-
-    let mut tail = String::new();
-    if let Some(r) = &a.resource {
-        tail.push_str("&resource=");
-        tail.push_str(&form_encode(r));
-    }
-    if let Some(s) = &a.scope {
-        tail.push_str("&scope=");
-        tail.push_str(&form_encode(s));
-    }
-    let header = json!({"alg": "EdDSA", "typ": "JWT", "kid": kid});
-    let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
-    let mut rnd = [0u8; 9];
-    SystemRandom::new().fill(&mut rnd).map_err(|_| anyhow!("rng failure"))?;
-    let spec = AssertionSpec {
-        kp: &kp,
-        header_b64: b64(&serde_json::to_vec(&header)?),
-        client_id: &client_id,
-        aud: &aud,
-        iat: now,
-        exp: now + a.exp_secs,
-        jti_prefix: b64(&rnd),
-        tail,
-    };
     let total = a.warmup + measured;
     let t_gen = Instant::now();
-    let bodies = pregenerate(&spec, total)?;
+    let (bodies, content_type, authorization) = match &a.json_body {
+        Some(path) => {
+            let body = Bytes::from(std::fs::read(path).with_context(|| format!("reading {}", path.display()))?);
+            let bearer = a.bearer.as_deref().ok_or_else(|| anyhow!("--json-body needs --bearer"))?;
+            (vec![body; total], "application/json", Some(format!("Bearer {bearer}")))
+        }
+        None => {
+            let client_id = a.client_id.clone().ok_or_else(|| anyhow!("--client-id is required"))?;
+            let key_path = a.key.clone().ok_or_else(|| anyhow!("--key is required"))?;
+            let kp = load_key(&key_path)?;
+            let kid = a.kid.clone().unwrap_or_else(|| thumbprint(&kp));
+            let aud = a.aud.clone().unwrap_or_else(|| endpoint.clone());
+            let mut tail = String::new();
+            if let Some(r) = &a.resource {
+                tail.push_str("&resource=");
+                tail.push_str(&form_encode(r));
+            }
+            if let Some(s) = &a.scope {
+                tail.push_str("&scope=");
+                tail.push_str(&form_encode(s));
+            }
+            for pair in &a.form {
+                let (k, v) = pair.split_once('=').ok_or_else(|| anyhow!("--form wants name=value, got {pair}"))?;
+                tail.push_str(&format!("&{}={}", form_encode(k), form_encode(v)));
+            }
+            let header = json!({"alg": "EdDSA", "typ": "JWT", "kid": kid});
+            let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+            let mut rnd = [0u8; 9];
+            SystemRandom::new().fill(&mut rnd).map_err(|_| anyhow!("rng failure"))?;
+            let spec = AssertionSpec {
+                kp: &kp,
+                header_b64: b64(&serde_json::to_vec(&header)?),
+                client_id: &client_id,
+                aud: &aud,
+                iat: now,
+                exp: now + a.exp_secs,
+                jti_prefix: b64(&rnd),
+                grant_type: form_encode(&a.grant_type),
+                tail,
+            };
+            let bodies = pregenerate(&spec, total)?;
+            if !a.json {
+                eprintln!("pre-generated {total} signed assertions in {:.2}s", t_gen.elapsed().as_secs_f64());
+            }
+            (bodies, "application/x-www-form-urlencoded", None)
+        }
+    };
     let gen_secs = t_gen.elapsed().as_secs_f64();
-    if !a.json {
-        eprintln!("pre-generated {total} signed assertions in {gen_secs:.2}s");
-    }
 
     let concurrency = a.concurrency;
     let shared = Arc::new(Shared {
@@ -511,6 +547,9 @@ async fn run(a: RunArgs) -> Result<()> {
         timeout: Duration::from_secs_f64(a.timeout),
         duration: a.duration.map(Duration::from_secs_f64),
         barrier: Barrier::new(concurrency + 1),
+        content_type,
+        authorization,
+        expect: a.expect.clone().into_bytes(),
     });
     let handles: Vec<_> = (0..concurrency).map(|_| tokio::spawn(worker(shared.clone()))).collect();
     // End of warm-up: all workers have stopped taking indices.
@@ -635,6 +674,7 @@ mod tests {
             iat: 1000,
             exp: 1600,
             jti_prefix: "p".into(),
+            grant_type: "client_credentials".into(),
             tail: format!("&resource={}&scope={}", form_encode("https://api.example.com"), form_encode("read write")),
         };
         let bodies = pregenerate(&spec, 50)?;

@@ -8,6 +8,12 @@ use mandate_model::delegation::Chain;
 use mandate_model::records::{Agent, ClientId, Grant, TokenRecord, User, UserStatus};
 use mandate_model::{Jti, UserId};
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use sha2::{Digest, Sha256};
+use time::OffsetDateTime;
+
 use crate::Error;
 use crate::service::Mandate;
 
@@ -78,15 +84,36 @@ impl std::fmt::Display for NotLive {
 impl Mandate {
     /// Verifies `token` and checks that it and everything above it is live
     /// now. Store failures are errors (the caller fails closed), not
-    /// answers.
-    pub(crate) async fn live_chain(&self, token: &str) -> Result<Result<LiveToken, NotLive>, Error> {
+    /// answers. A live chain is kept per node until the store's epoch moves
+    /// (any revocation, lifecycle, user or approval change on any node) or
+    /// the first expiry in the chain passes, so a revocation is seen at once.
+    pub(crate) async fn live_chain(&self, token: &str) -> Result<Result<Arc<LiveToken>, NotLive>, Error> {
+        let key = token_key(token);
+        let epoch = self.store.epoch().await?;
+        let now = self.clock.now();
+        if let Some(hit) = self.caches.live(&key, epoch, now) {
+            return Ok(Ok(hit));
+        }
         let Some(claims) = self.verify_ours(token).await? else {
             return Ok(Err(NotLive::Unverifiable));
         };
-        self.live_claims(claims).await
+        let live = self.live_claims(claims).await?;
+        if let Ok(l) = &live {
+            let until = l
+                .agents
+                .iter()
+                .filter_map(|a| a.expires_at)
+                .chain(l.grant.as_ref().map(|g| g.expires_at))
+                .fold(l.record.expires_at, OffsetDateTime::min);
+            self.caches.keep_live(key, epoch, until, l.clone());
+        }
+        Ok(live)
     }
 
-    pub(crate) async fn live_claims(&self, claims: AccessTokenClaims) -> Result<Result<LiveToken, NotLive>, Error> {
+    pub(crate) async fn live_claims(
+        &self,
+        claims: AccessTokenClaims,
+    ) -> Result<Result<Arc<LiveToken>, NotLive>, Error> {
         let now = self.clock.now();
         let Ok(jti) = claims.jti.parse::<Jti>() else {
             return Ok(Err(NotLive::Unknown));
@@ -105,7 +132,14 @@ impl Mandate {
             if claims.act.is_some() || !record.chain.is_empty() {
                 return Ok(Err(NotLive::BadChain("a resource server's token has no chain".into())));
             }
-            return Ok(Ok(LiveToken { claims, record, chain: None, agents: vec![], user: None, grant: None }));
+            return Ok(Ok(Arc::new(LiveToken {
+                claims,
+                record,
+                chain: None,
+                agents: vec![],
+                user: None,
+                grant: None,
+            })));
         }
         // The chain comes from the signed claims; the stored one must agree.
         let chain = match Chain::from_claims(&claims.sub, claims.act.as_ref()) {
@@ -150,6 +184,74 @@ impl Mandate {
                 _ => return Ok(Err(NotLive::UserInactive(u))),
             },
         };
-        Ok(Ok(LiveToken { claims, record, chain: Some(chain), agents, user, grant }))
+        Ok(Ok(Arc::new(LiveToken { claims, record, chain: Some(chain), agents, user, grant })))
+    }
+}
+
+/// Entries a per-node cache holds before it is cleared.
+const MAX_CACHED: usize = 100_000;
+
+/// A token's cache key: its SHA-256, so that the cache holds no tokens.
+pub(crate) fn token_key(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+/// A decision the check API made, kept while nothing it read has changed.
+#[derive(Debug, Clone)]
+pub(crate) struct CachedDecision {
+    pub decision: &'static str,
+    pub reasons: Vec<String>,
+}
+
+type DecisionKey = ([u8; 32], String, String, String);
+/// A live chain, the epoch it was read at, and when its first expiry falls.
+type LiveEntry = (u64, OffsetDateTime, Arc<LiveToken>);
+
+/// Per-node caches, each entry stamped with the store epoch it was read
+/// at. None outlives a change: an entry is used only at the same epoch.
+#[derive(Default)]
+pub(crate) struct Caches {
+    verified: Mutex<HashMap<[u8; 32], AccessTokenClaims>>,
+    live: Mutex<HashMap<[u8; 32], LiveEntry>>,
+    decisions: Mutex<HashMap<DecisionKey, (u64, String, CachedDecision)>>,
+}
+
+fn bounded_insert<K: std::hash::Hash + Eq, V>(map: &Mutex<HashMap<K, V>>, k: K, v: V) {
+    if let Ok(mut m) = map.lock() {
+        if m.len() >= MAX_CACHED {
+            m.clear();
+        }
+        m.insert(k, v);
+    }
+}
+
+impl Caches {
+    /// Claims of a token whose signature was verified before and which has
+    /// not expired since.
+    pub(crate) fn verified(&self, key: &[u8; 32], now: i64) -> Option<AccessTokenClaims> {
+        let m = self.verified.lock().ok()?;
+        m.get(key).filter(|c| c.exp > now && c.nbf <= now).cloned()
+    }
+
+    pub(crate) fn keep_verified(&self, key: [u8; 32], claims: AccessTokenClaims) {
+        bounded_insert(&self.verified, key, claims);
+    }
+
+    fn live(&self, key: &[u8; 32], epoch: u64, now: OffsetDateTime) -> Option<Arc<LiveToken>> {
+        let m = self.live.lock().ok()?;
+        m.get(key).filter(|(e, until, _)| *e == epoch && now < *until).map(|(_, _, l)| l.clone())
+    }
+
+    fn keep_live(&self, key: [u8; 32], epoch: u64, until: OffsetDateTime, live: Arc<LiveToken>) {
+        bounded_insert(&self.live, key, (epoch, until, live));
+    }
+
+    pub(crate) fn decision(&self, key: &DecisionKey, epoch: u64, version: &str) -> Option<CachedDecision> {
+        let m = self.decisions.lock().ok()?;
+        m.get(key).filter(|(e, v, _)| *e == epoch && v == version).map(|(_, _, d)| d.clone())
+    }
+
+    pub(crate) fn keep_decision(&self, key: DecisionKey, epoch: u64, version: String, d: CachedDecision) {
+        bounded_insert(&self.decisions, key, (epoch, version, d));
     }
 }

@@ -108,11 +108,18 @@ struct Outcome {
     reasons: Vec<String>,
     approval: Option<Approval>,
     new_approval: bool,
+    /// Whether the outcome depends only on the chain, the policies and the
+    /// request (not on an approval's window), so it may be cached.
+    cacheable: bool,
 }
 
 impl Outcome {
     fn deny(why: impl Into<String>) -> Self {
-        Self { decision: DENY, reasons: vec![why.into()], approval: None, new_approval: false }
+        Self { decision: DENY, reasons: vec![why.into()], approval: None, new_approval: false, cacheable: true }
+    }
+
+    fn allow(reasons: Vec<String>) -> Self {
+        Self { decision: ALLOW, reasons, approval: None, new_approval: false, cacheable: true }
     }
 }
 
@@ -145,8 +152,12 @@ impl Mandate {
     /// `POST /v1/check` (and AuthZEN's evaluation, which maps onto it).
     pub async fn check(&self, checker: &Checker, req: &CheckRequest) -> Result<CheckAnswer, Error> {
         req.validate()?;
+        // Read first: whatever is read below is at least this new, so a
+        // decision cached under it is never staler than its stamp.
+        let epoch = self.store.epoch().await?;
+        let engine = self.engine();
+        let version = engine.version().to_owned();
         let live = self.live_chain(&req.token).await?;
-        let version = self.engine().version().to_owned();
         let (outcome, live) = match live {
             Err(why) => (Outcome::deny(format!("token: {why}")), None),
             Ok(live) => {
@@ -154,12 +165,33 @@ impl Mandate {
                     Checker::Resource { identifier, .. } if *identifier != live.record.audience => {
                         Outcome::deny("token: it is for another audience")
                     }
-                    _ => self.decide_check(&live, req).await?,
+                    _ => {
+                        let key = (
+                            crate::chain::token_key(&req.token),
+                            req.action.clone(),
+                            req.target(),
+                            serde_json::to_string(&req.resource.properties).unwrap_or_default(),
+                        );
+                        match self.caches.decision(&key, epoch, &version) {
+                            Some(d) => Outcome { decision: d.decision, reasons: d.reasons, ..Outcome::allow(vec![]) },
+                            None => {
+                                let o = self.decide_check(&live, req, &engine).await?;
+                                if o.cacheable {
+                                    let d = crate::chain::CachedDecision {
+                                        decision: o.decision,
+                                        reasons: o.reasons.clone(),
+                                    };
+                                    self.caches.keep_decision(key, epoch, version.clone(), d);
+                                }
+                                o
+                            }
+                        }
+                    }
                 };
                 (outcome, Some(live))
             }
         };
-        let chain = live.as_ref().map(LiveToken::chain_names).unwrap_or_default();
+        let chain = live.as_ref().map(|l| l.chain_names()).unwrap_or_default();
         let jti = live.as_ref().map(|l| l.record.jti);
         // Every deny and approval request is recorded; an allow once per
         // token and action on each node (docs/delegation.md).
@@ -217,7 +249,12 @@ impl Mandate {
         })
     }
 
-    async fn decide_check(&self, live: &LiveToken, req: &CheckRequest) -> Result<Outcome, Error> {
+    async fn decide_check(
+        &self,
+        live: &LiveToken,
+        req: &CheckRequest,
+        engine: &mandate_policy::PolicyEngine,
+    ) -> Result<Outcome, Error> {
         let Some(chain) = &live.chain else {
             return Ok(Outcome::deny("token: a resource server's own token acts for nobody"));
         };
@@ -243,7 +280,6 @@ impl Mandate {
         }
         let target_id = req.target();
         let target = Target::Resource { api: &res.identifier, id: &target_id, properties: &req.resource.properties };
-        let engine = self.engine();
         let mut reasons = Vec::new();
         let mut approver: Option<Approver> = None;
         let mut principals: Vec<(String, Principal<'_>)> = Vec::new();
@@ -270,7 +306,7 @@ impl Mandate {
             };
         }
         let Some(approver) = approver else {
-            return Ok(Outcome { decision: ALLOW, reasons, approval: None, new_approval: false });
+            return Ok(Outcome::allow(reasons));
         };
         // @approval: allowed only with a matching approval in force.
         let now = self.clock.now();
@@ -279,11 +315,17 @@ impl Mandate {
         let existing = self.store.approvals(&q).await?;
         if let Some(a) = existing.iter().find(|a| a.status == ApprovalStatus::Approved && now < a.expires_at) {
             reasons.push(format!("approval {} by {}", a.id, a.decided_by.as_deref().unwrap_or("?")));
-            return Ok(Outcome { decision: ALLOW, reasons, approval: None, new_approval: false });
+            return Ok(Outcome { cacheable: false, ..Outcome::allow(reasons) });
         }
         reasons.push(format!("policy asks the {} to approve", approver.as_str()));
         if let Some(a) = existing.into_iter().find(|a| a.status == ApprovalStatus::Pending && now < a.expires_at) {
-            return Ok(Outcome { decision: APPROVAL_REQUIRED, reasons, approval: Some(a), new_approval: false });
+            return Ok(Outcome {
+                decision: APPROVAL_REQUIRED,
+                reasons,
+                approval: Some(a),
+                new_approval: false,
+                cacheable: false,
+            });
         }
         let current = live.current().ok_or_else(|| Error::Unavailable("a live chain without an agent".into()))?;
         let person = match (approver, chain.user()) {
@@ -311,7 +353,13 @@ impl Mandate {
             grant: live.record.grant,
             polled_at: None,
         };
-        Ok(Outcome { decision: APPROVAL_REQUIRED, reasons, approval: Some(approval), new_approval: true })
+        Ok(Outcome {
+            decision: APPROVAL_REQUIRED,
+            reasons,
+            approval: Some(approval),
+            new_approval: true,
+            cacheable: false,
+        })
     }
 
     fn remembered_allow(&self, jti: Jti, action: &str) -> Option<u64> {

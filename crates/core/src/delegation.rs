@@ -882,7 +882,7 @@ impl Mandate {
     }
 
     /// For tests and the check API: the token is live as a whole.
-    pub async fn token_status(&self, token: &str) -> Result<Result<LiveToken, NotLive>, Error> {
+    pub async fn token_status(&self, token: &str) -> Result<Result<std::sync::Arc<LiveToken>, NotLive>, Error> {
         self.live_chain(token).await
     }
 }

@@ -347,18 +347,26 @@ impl Mandate {
     /// names a key this node has not loaded (another node may have rotated).
     pub(crate) async fn verify_ours(&self, token: &str) -> Result<Option<AccessTokenClaims>, Error> {
         let now = self.clock.now().unix_timestamp();
+        let key = crate::chain::token_key(token);
+        if let Some(claims) = self.caches.verified(&key, now) {
+            return Ok(Some(claims));
+        }
         let mut verified = self.ring().verifier.verify(token, now, None);
         if matches!(verified, Err(JoseError::UnknownKey)) {
             self.reload_keys().await?;
             verified = self.ring().verifier.verify(token, now, None);
         }
-        Ok(verified.ok())
+        let claims = verified.ok();
+        if let Some(c) = &claims {
+            self.caches.keep_verified(key, c.clone());
+        }
+        Ok(claims)
     }
 
     /// The claims and record of a token that is live as a whole (its
     /// ancestors, grant, agents and user included).
     async fn live_token(&self, token: &str) -> Result<Option<(AccessTokenClaims, TokenRecord)>, Error> {
-        Ok(self.live_chain(token).await?.ok().map(|l| (l.claims, l.record)))
+        Ok(self.live_chain(token).await?.ok().map(|l| (l.claims.clone(), l.record.clone())))
     }
 
     /// RFC 7662. Only the admin, the client the token was issued to, or the

@@ -68,6 +68,8 @@ pub struct Mandate {
     /// Allowed checks already recorded, by token and action, with the seq
     /// of the event that recorded them (docs/delegation.md).
     pub(crate) checked: std::sync::Mutex<HashMap<(mandate_model::Jti, String), u64>>,
+    /// Verified tokens, live chains and decisions, by store epoch.
+    pub(crate) caches: crate::chain::Caches,
 }
 
 impl std::fmt::Debug for Mandate {
@@ -112,6 +114,7 @@ impl Mandate {
             client_keys: RwLock::new(HashMap::new()),
             audit_keys: RwLock::new(AuditKeys::default()),
             checked: std::sync::Mutex::new(HashMap::new()),
+            caches: crate::chain::Caches::default(),
         };
         service.reload_policy().await?;
         service.load_audit_keys().await?;

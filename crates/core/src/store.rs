@@ -253,6 +253,30 @@ pub struct ApprovalQuery {
     pub limit: u32,
 }
 
+impl Mutation {
+    /// Whether this mutation can make a live token, grant, agent, user or
+    /// approval decision read differently: stores advance their
+    /// [`Store::epoch`] when they commit one, so that caches of liveness and
+    /// decisions are dropped at once.
+    pub fn invalidates(&self) -> bool {
+        matches!(
+            self,
+            Mutation::UpdateUser(_)
+                | Mutation::SetAgentStatus { .. }
+                | Mutation::RevokeTokensOfAgent { .. }
+                | Mutation::RevokeTokensOfSubject { .. }
+                | Mutation::RevokeTokensOfOwnedAgents { .. }
+                | Mutation::RevokeToken { .. }
+                | Mutation::RevokeGrant { .. }
+                | Mutation::RevokeTokensOfGrant { .. }
+                | Mutation::RevokeGrantsOfUser { .. }
+                | Mutation::RevokeGrantsOfAgent { .. }
+                | Mutation::DecideApproval { .. }
+                | Mutation::RevokeTokensOfFamily { .. }
+        )
+    }
+}
+
 /// Mutations applied atomically, in order.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Change(pub Vec<Mutation>);
@@ -276,6 +300,12 @@ impl Change {
 pub trait Store: Send + Sync + 'static {
     /// Applies `change` atomically and durably; returns rows affected per mutation.
     async fn commit(&self, change: Change) -> Result<Vec<u64>, StoreError>;
+
+    /// A number that changes whenever a change holding a mutation that
+    /// [`Mutation::invalidates`] commits, on any node, before that change
+    /// is acknowledged; reads made after reading a new epoch see the change.
+    /// Caches keyed by it are never stale.
+    async fn epoch(&self) -> Result<u64, StoreError>;
 
     async fn setting(&self, key: &str) -> Result<Option<String>, StoreError>;
 

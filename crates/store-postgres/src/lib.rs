@@ -104,6 +104,16 @@ fn map_write_error(e: sqlx::Error, what: &str) -> StoreError {
 }
 
 async fn apply(conn: &mut PgConnection, m: &Mutation) -> Result<u64, StoreError> {
+    let n = apply_one(conn, m).await?;
+    // In the same transaction: a node that reads the new epoch reads this
+    // change too.
+    if m.invalidates() {
+        sqlx::query("UPDATE epoch SET n = n + 1 WHERE id = 1").execute(&mut *conn).await.map_err(unavailable)?;
+    }
+    Ok(n)
+}
+
+async fn apply_one(conn: &mut PgConnection, m: &Mutation) -> Result<u64, StoreError> {
     let done = match m {
         Mutation::PutSettingIfAbsent { key, value } => sqlx::query("INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING")
             .bind(key)
@@ -892,6 +902,12 @@ impl Store for PostgresStore {
             .await
             .map_err(|_| StoreError::Unavailable("the writer has stopped".into()))?;
         rx.await.map_err(|_| StoreError::Unavailable("the writer has stopped".into()))?
+    }
+
+    async fn epoch(&self) -> Result<u64, StoreError> {
+        let n: i64 =
+            sqlx::query_scalar("SELECT n FROM epoch WHERE id = 1").fetch_one(&self.pool).await.map_err(unavailable)?;
+        Ok(n as u64)
     }
 
     async fn setting(&self, key: &str) -> Result<Option<String>, StoreError> {

@@ -15,7 +15,8 @@
 //! This store is for one process: several nodes share PostgreSQL instead.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, mpsc};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -63,6 +64,9 @@ pub struct SqliteStore {
     path: PathBuf,
     readers: Mutex<Vec<Connection>>,
     writer: Mutex<mpsc::Sender<Job>>,
+    /// Advanced by the writer after committing a batch that invalidates
+    /// (one process owns the database, so memory is enough).
+    epoch: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -126,15 +130,18 @@ impl SqliteStore {
             .map_err(unavailable)?;
         let head = load_head(&conn).map_err(unavailable)?;
         let (tx, rx) = mpsc::channel();
+        let epoch = Arc::new(AtomicU64::new(0));
+        let writer_epoch = epoch.clone();
         std::thread::Builder::new()
             .name("mandate-sqlite-writer".into())
-            .spawn(move || write_loop(conn, rx, head))
+            .spawn(move || write_loop(conn, rx, head, &writer_epoch))
             .map_err(unavailable)?;
         Ok(Self {
             _stop_checkpoints: stop_checkpoints,
             path: path.to_owned(),
             readers: Mutex::new(Vec::new()),
             writer: Mutex::new(tx),
+            epoch,
         })
     }
 
@@ -222,7 +229,7 @@ fn checkpoint_loop(conn: Connection, stop: mpsc::Receiver<()>) {
     }
 }
 
-fn write_loop(mut conn: Connection, rx: mpsc::Receiver<Job>, mut head: Head) {
+fn write_loop(mut conn: Connection, rx: mpsc::Receiver<Job>, mut head: Head, epoch: &AtomicU64) {
     let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
     let mut last_batch = 0;
     while let Ok(first) = rx.recv() {
@@ -251,6 +258,11 @@ fn write_loop(mut conn: Connection, rx: mpsc::Receiver<Job>, mut head: Head) {
         last_batch = batch.len();
         metrics::histogram!("mandate_store_commit_batch_size").record(batch.len() as f64);
         let results = apply_batch(&mut conn, &batch, &mut head);
+        // Committed: caches keyed by the epoch go stale now, before any
+        // change of this batch is acknowledged.
+        if batch.iter().zip(&results).any(|(job, r)| r.is_ok() && job.change.0.iter().any(Mutation::invalidates)) {
+            epoch.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
         for (job, result) in batch.drain(..).zip(results) {
             let _ = job.reply.send(result);
         }
@@ -940,6 +952,10 @@ impl Store for SqliteStore {
             .send(Job { change, reply })
             .map_err(|_| StoreError::Unavailable("the writer has stopped".into()))?;
         rx.await.map_err(|_| StoreError::Unavailable("the writer has stopped".into()))?
+    }
+
+    async fn epoch(&self) -> Result<u64, StoreError> {
+        Ok(self.epoch.load(std::sync::atomic::Ordering::SeqCst))
     }
 
     async fn setting(&self, key: &str) -> Result<Option<String>, StoreError> {

@@ -36,6 +36,9 @@ impl Store for FaultyStore {
         }
         self.inner.commit(change).await
     }
+    async fn epoch(&self) -> Result<u64, StoreError> {
+        self.inner.epoch().await
+    }
     async fn setting(&self, key: &str) -> Result<Option<String>, StoreError> {
         self.inner.setting(key).await
     }

@@ -118,6 +118,8 @@ async fn two_nodes_share_one_database() -> anyhow::Result<()> {
         anyhow::ensure!(st == 200, "node B could not issue: {body}");
         let token = body["access_token"].as_str().unwrap_or_default().to_owned();
         anyhow::ensure!(a.introspect(&token).await?["active"] == true);
+        // B has now verified and cached the token's live chain.
+        anyhow::ensure!(b.introspect(&token).await?["active"] == true);
         // An assertion used on one node is refused on the other.
         let once = a.assertion(&agent, serde_json::json!({}));
         let (st, _) = a.token_with(&once, "https://api.example.com", "read").await?;
