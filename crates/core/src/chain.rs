@@ -204,6 +204,8 @@ pub(crate) struct CachedDecision {
 }
 
 type DecisionKey = ([u8; 32], String, String, String);
+/// (principal key, action, target key).
+type IssuanceKey = (String, String, String);
 /// A live chain, the epoch it was read at, and when its first expiry falls.
 type LiveEntry = (u64, OffsetDateTime, Arc<LiveToken>);
 
@@ -214,6 +216,9 @@ pub(crate) struct Caches {
     verified: Mutex<HashMap<[u8; 32], AccessTokenClaims>>,
     live: Mutex<HashMap<[u8; 32], LiveEntry>>,
     decisions: Mutex<HashMap<DecisionKey, (u64, String, CachedDecision)>>,
+    /// Issuance decisions by (principal key, action, target key), with the
+    /// policy version they were made under.
+    issuance: Mutex<HashMap<IssuanceKey, (String, mandate_policy::Decision)>>,
 }
 
 fn bounded_insert<K: std::hash::Hash + Eq, V>(map: &Mutex<HashMap<K, V>>, k: K, v: V) {
@@ -244,6 +249,32 @@ impl Caches {
 
     fn keep_live(&self, key: [u8; 32], epoch: u64, until: OffsetDateTime, live: Arc<LiveToken>) {
         bounded_insert(&self.live, key, (epoch, until, live));
+    }
+
+    /// The decision for `principal` doing `action` on `target`, from the
+    /// cache when the same principal (every field a decision reads) asked
+    /// the same under the same policy set, else from Cedar. Exact without
+    /// an epoch: the key holds everything the decision depends on.
+    pub(crate) fn issuance(
+        &self,
+        engine: &mandate_policy::PolicyEngine,
+        principal: mandate_policy::Principal<'_>,
+        action: &str,
+        target: mandate_policy::Target<'_>,
+    ) -> mandate_policy::Decision {
+        let key = (mandate_policy::principal_key(principal), action.to_owned(), mandate_policy::target_key(target));
+        if let Ok(m) = self.issuance.lock()
+            && let Some((v, d)) = m.get(&key)
+            && v == engine.version()
+        {
+            return d.clone();
+        }
+        let d = engine.decide(principal, action, target);
+        // Errors are not kept: they are retried, and deny meanwhile.
+        if d.errors.is_empty() {
+            bounded_insert(&self.issuance, key, (engine.version().to_owned(), d.clone()));
+        }
+        d
     }
 
     pub(crate) fn decision(&self, key: &DecisionKey, epoch: u64, version: &str) -> Option<CachedDecision> {

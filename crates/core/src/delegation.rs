@@ -120,7 +120,17 @@ impl Mandate {
         resource: &Resource,
         scopes: &ScopeSet,
     ) -> Result<Option<Approver>, String> {
-        let engine = self.engine();
+        self.authorize_scopes_with(&self.engine(), user, agents, resource, scopes)
+    }
+
+    fn authorize_scopes_with(
+        &self,
+        engine: &mandate_policy::PolicyEngine,
+        user: Option<&User>,
+        agents: &[&Agent],
+        resource: &Resource,
+        scopes: &ScopeSet,
+    ) -> Result<Option<Approver>, String> {
         let mut approval: Option<Approver> = None;
         for scope in scopes.iter() {
             let actions = resource
@@ -137,10 +147,12 @@ impl Mandate {
                 let target = Target::Api(&resource.identifier);
                 let mut decisions = Vec::with_capacity(agents.len() + 1);
                 if let Some(u) = user {
-                    decisions.push((u.id.to_string(), engine.decide(Principal::User(u), action, target)));
+                    decisions
+                        .push((u.id.to_string(), self.caches.issuance(engine, Principal::User(u), action, target)));
                 }
                 for agent in agents {
-                    decisions.push((agent.id.to_string(), engine.decide(Principal::Agent(agent), action, target)));
+                    let d = self.caches.issuance(engine, Principal::Agent(agent), action, target);
+                    decisions.push((agent.id.to_string(), d));
                 }
                 for (who, d) in decisions {
                     if !d.allowed {
@@ -678,7 +690,7 @@ impl Mandate {
         {
             return Err(Error::InvalidRequest(format!("{} is not named by the token's may_act", next.id)));
         }
-        let d = self.engine().decide(Principal::Agent(from), "mandate:delegate", Target::Agent(next));
+        let d = self.caches.issuance(&self.engine(), Principal::Agent(from), "mandate:delegate", Target::Agent(next));
         if !d.allowed {
             return Err(Error::InvalidRequest(format!("policy does not allow {} to delegate to {}", from.id, next.id)));
         }

@@ -236,7 +236,8 @@ impl Mandate {
                             Error::InvalidScope(format!("scope {scope} is not offered by {resource}"))
                         })?;
                         for action in actions {
-                            let d = engine.decide(Principal::Agent(agent), &action, Target::Api(&res.identifier));
+                            let target = Target::Api(&res.identifier);
+                            let d = self.caches.issuance(&engine, Principal::Agent(agent), &action, target);
                             if !d.allowed {
                                 return Err(refused_by_policy(&d, &format!("{scope} ({action}) on {resource}")));
                             }

@@ -88,6 +88,8 @@ impl Mandate {
         kek: Kek,
         config: Config,
     ) -> Result<Self, Error> {
+        // Agents and users are read on every request; keep them per epoch.
+        let store: Arc<dyn Store> = Arc::new(crate::cache::CachingStore::new(store));
         let now = clock.now();
         let grace = Duration::seconds(config.access_token_ttl + config.leeway);
         let stored = store.signing_keys().await?;

@@ -49,8 +49,9 @@ impl Approver {
     }
 }
 
-/// Largest policy text accepted.
-pub const MAX_POLICY_TEXT: usize = 1024 * 1024;
+/// Largest policy text accepted: room for tens of thousands of per-agent
+/// policies (10,000 of about 150 bytes take 1.5 MB).
+pub const MAX_POLICY_TEXT: usize = 8 * 1024 * 1024;
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum PolicyError {
@@ -117,6 +118,9 @@ struct Compiled {
     text: String,
     version: String,
     authorizer: Authorizer,
+    /// Who each `@approval` policy names, by policy id (read once here:
+    /// Cedar's annotation lookup parses its key on every call).
+    approvals: HashMap<PolicyId, Approver>,
 }
 
 impl std::fmt::Debug for PolicyEngine {
@@ -209,15 +213,22 @@ impl PolicyEngine {
                 Policy::parse(Some(PolicyId::new(*id)), *src).map_err(|e| PolicyError::Invalid(parse_messages(&e)))?;
             policies.add(p).map_err(|e| PolicyError::Invalid(vec![e.to_string()]))?;
         }
+        let mut approvals = HashMap::new();
         for p in policies.policies() {
-            if let Some(v) = p.annotation(APPROVAL_ANNOTATION)
-                && v != "user"
-                && v != "owner"
-            {
-                return Err(PolicyError::Invalid(vec![format!(
-                    "policy {}: @approval must be \"user\" or \"owner\", not {v:?}",
-                    p.id()
-                )]));
+            match p.annotation(APPROVAL_ANNOTATION) {
+                None => {}
+                Some("user") => {
+                    approvals.insert(p.id().clone(), Approver::User);
+                }
+                Some("owner") => {
+                    approvals.insert(p.id().clone(), Approver::Owner);
+                }
+                Some(v) => {
+                    return Err(PolicyError::Invalid(vec![format!(
+                        "policy {}: @approval must be \"user\" or \"owner\", not {v:?}",
+                        p.id()
+                    )]));
+                }
             }
         }
         let result = Validator::new(schema).validate(&policies, ValidationMode::Strict);
@@ -232,6 +243,7 @@ impl PolicyEngine {
                 text: text.to_owned(),
                 version: version_of(text),
                 authorizer: Authorizer::new(),
+                approvals,
             }),
         })
     }
@@ -245,6 +257,7 @@ impl PolicyEngine {
                 text: String::new(),
                 version: version_of(""),
                 authorizer: Authorizer::new(),
+                approvals: HashMap::new(),
             }),
         }
     }
@@ -296,7 +309,7 @@ impl PolicyEngine {
             if response.decision() == CedarDecision::Allow {
                 permitted = true;
                 approvals
-                    .extend(response.diagnostics().reason().filter_map(|id| set.annotation(id, APPROVAL_ANNOTATION)));
+                    .extend(response.diagnostics().reason().filter_map(|id| self.inner.approvals.get(id).copied()));
                 permits.extend(reasons);
             } else {
                 forbids.extend(reasons);
@@ -306,9 +319,9 @@ impl PolicyEngine {
         let allowed = permitted && forbids.is_empty() && errors.is_empty();
         let approval = if !allowed {
             None
-        } else if approvals.contains(&"user") {
+        } else if approvals.contains(&Approver::User) {
             Some(Approver::User)
-        } else if approvals.contains(&"owner") {
+        } else if approvals.contains(&Approver::Owner) {
             Some(Approver::Owner)
         } else {
             None
@@ -365,6 +378,33 @@ fn index(policies: &PolicySet) -> Result<(HashMap<String, ScopeIndex>, ScopeInde
     Ok((by_action, ScopeIndex::build(any)?))
 }
 
+/// Everything about a principal a decision can read, as one string: two
+/// principals with the same key get the same decisions under one policy
+/// set. It must cover every field `user_entity` and `agent_entity` use.
+pub fn principal_key(p: Principal<'_>) -> String {
+    match p {
+        Principal::User(u) => user_key(u),
+        Principal::Agent(a) => agent_key(a),
+    }
+}
+
+/// The same for a target.
+pub fn target_key(t: Target<'_>) -> String {
+    match t {
+        Target::Api(identifier) => format!("Api|{identifier}"),
+        Target::Agent(a) => agent_key(a),
+        Target::Resource { api, id, properties } => format!("Resource|{api}|{id}|{properties:?}"),
+    }
+}
+
+fn user_key(u: &User) -> String {
+    format!("User|{}|{:?}|{:?}|{:?}|{:?}|{:?}", u.id, u.name, u.email, u.status, u.groups, u.attributes)
+}
+
+fn agent_key(a: &Agent) -> String {
+    format!("Agent|{}|{:?}|{}|{:?}|{}|{:?}", a.id, a.name, a.owner, a.kind, a.status.as_str(), a.parent)
+}
+
 /// The resource's uid, with the entities it needs pushed to `entities`.
 fn target_entity(target: Target<'_>, entities: &mut Vec<Entity>) -> Result<EntityUid, String> {
     Ok(match target {
@@ -396,9 +436,24 @@ fn parse_messages(e: &cedar_policy::ParseErrors) -> Vec<String> {
     e.iter().map(|e| e.to_string()).collect()
 }
 
+/// The entity types Mandate uses, parsed once (Cedar parses a type name
+/// with its full lexer on every `from_str`).
+fn type_name(ty: &str) -> Result<EntityTypeName, String> {
+    static TYPES: std::sync::OnceLock<HashMap<&'static str, EntityTypeName>> = std::sync::OnceLock::new();
+    let types = TYPES.get_or_init(|| {
+        ["User", "Agent", "Api", "Resource", "Group", "Action"]
+            .into_iter()
+            .filter_map(|t| EntityTypeName::from_str(t).ok().map(|n| (t, n)))
+            .collect()
+    });
+    match types.get(ty) {
+        Some(t) => Ok(t.clone()),
+        None => EntityTypeName::from_str(ty).map_err(|e| e.to_string()),
+    }
+}
+
 fn uid(ty: &str, id: &str) -> Result<EntityUid, String> {
-    let ty = EntityTypeName::from_str(ty).map_err(|e| e.to_string())?;
-    Ok(EntityUid::from_type_name_and_id(ty, EntityId::new(id)))
+    Ok(EntityUid::from_type_name_and_id(type_name(ty)?, EntityId::new(id)))
 }
 
 fn s(v: &str) -> RestrictedExpression {

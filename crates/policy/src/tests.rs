@@ -188,3 +188,41 @@ mod index_is_exact {
         }
     }
 }
+
+/// The cache keys of principals change with every field a decision reads,
+/// so a cached decision is never reused for a principal that changed.
+#[test]
+fn principal_keys_cover_every_entity_field() {
+    let base = user();
+    type Edit<T> = Box<dyn Fn(&mut T)>;
+    let variants: Vec<Edit<User>> = vec![
+        Box::new(|u| u.name = "Bob".into()),
+        Box::new(|u| u.email = "bob@example.com".into()),
+        Box::new(|u| u.status = UserStatus::Disabled),
+        Box::new(|u| u.groups = vec!["ops".into()]),
+        Box::new(|u| {
+            u.attributes.insert("level".into(), "2".into());
+        }),
+        Box::new(|u| u.id = UserId::from_ulid(Ulid::from_parts(1, 9))),
+    ];
+    for change in variants {
+        let mut u = base.clone();
+        change(&mut u);
+        assert_ne!(principal_key(Principal::User(&u)), principal_key(Principal::User(&base)), "{u:?}");
+    }
+    let a = agent();
+    let agents: Vec<Edit<Agent>> = vec![
+        Box::new(|a| a.name = "b".into()),
+        Box::new(|a| a.owner = UserId::from_ulid(Ulid::from_parts(1, 3))),
+        Box::new(|a| a.kind = AgentKind::Ephemeral),
+        Box::new(|a| a.status = AgentStatus::Suspended),
+        Box::new(|a| a.parent = Some(AgentId::from_ulid(Ulid::from_parts(1, 4)))),
+        Box::new(|a| a.id = AgentId::from_ulid(Ulid::from_parts(1, 5))),
+    ];
+    for change in agents {
+        let mut b = a.clone();
+        change(&mut b);
+        assert_ne!(principal_key(Principal::Agent(&b)), principal_key(Principal::Agent(&a)), "{b:?}");
+        assert_ne!(target_key(Target::Agent(&b)), target_key(Target::Agent(&a)));
+    }
+}

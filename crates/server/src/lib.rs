@@ -21,6 +21,8 @@ use tower_http::set_header::SetResponseHeaderLayer;
 
 /// Largest request body, in bytes.
 pub const MAX_BODY: usize = 64 * 1024;
+/// Largest body of `PUT /v1/policies`.
+pub const MAX_POLICY_BODY: usize = mandate_policy::MAX_POLICY_TEXT + 1024 * 1024;
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -47,7 +49,12 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/agents/{id}/{op}", post(admin::agent_lifecycle))
         .route("/v1/resources", post(admin::create_resource))
         .route("/v1/resources/{id}", get(admin::get_resource))
-        .route("/v1/policies", put(admin::put_policies).get(admin::get_policies))
+        // Policy sets grow with the agents they govern: this one route takes
+        // up to the policy text limit (plus JSON quoting).
+        .route(
+            "/v1/policies",
+            put(admin::put_policies).layer(DefaultBodyLimit::max(MAX_POLICY_BODY)).get(admin::get_policies),
+        )
         .route("/v1/keys/rotate", post(admin::rotate_keys))
         .route("/v1/grants", get(delegation::list_grants))
         .route("/v1/grants/{id}/revoke", post(delegation::revoke_grant))

@@ -1,7 +1,10 @@
 //! `/v1/check` in process, on SQLite: a token at the end of a 3-hop chain
 //! (Alice → planner → child → grandchild), checked by the calendar. The
 //! chain is built over HTTP by the delegation scenarios' helpers; the
-//! decision is then timed without HTTP.
+//! decision is then timed without HTTP: once for a repeated request (the
+//! verified token, live chain and decision all cached), once for a new
+//! resource per call (four Cedar decisions), and once for a denial (which
+//! is recorded durably every time).
 //! `cargo bench -p mandate-testkit --bench check`.
 // Benchmarks may panic on set-up failure.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
@@ -35,6 +38,16 @@ fn bench(c: &mut Criterion) {
     assert_eq!(first.decision, "allow", "{first:?}");
     assert_eq!(first.chain.len(), 4);
     c.bench_function("check/3-hop chain, allow", |b| b.iter(|| rt.block_on(mandate.check(&checker, &req)).unwrap()));
+    // A new resource every call: the chain is cached, Cedar decides anew.
+    let mut n = 0u64;
+    c.bench_function("check/3-hop chain, allow, a new resource each call", |b| {
+        b.iter(|| {
+            n += 1;
+            let mut r = req.clone();
+            r.resource.id = n.to_string();
+            rt.block_on(mandate.check(&checker, &r)).unwrap()
+        })
+    });
     let mut deny = req.clone();
     deny.action = "create".into();
     c.bench_function("check/3-hop chain, deny (recorded)", |b| {

@@ -219,3 +219,31 @@ async fn agents_can_use_dev_secrets_only_when_enabled() -> anyhow::Result<()> {
     s.stop().await?;
     Ok(())
 }
+
+/// A policy set for thousands of agents fits the policies route (its body
+/// limit is the policy-text limit, not the 64 KiB of other calls); a body
+/// past that limit is 413.
+#[tokio::test]
+async fn large_policy_sets_are_accepted_and_oversized_ones_refused() -> anyhow::Result<()> {
+    let s = TestServer::start().await?;
+    s.create_resource("https://api.example.com", json!({"read": [], "write": []})).await?;
+    let text: String = (0..2_000)
+        .map(|i| {
+            format!(
+                "permit(principal == Agent::\"agt_01KQ{i:022}\", action == Action::\"read\", resource == Api::\"https://api.example.com\");\n"
+            )
+        })
+        .collect();
+    assert!(text.len() > 200_000);
+    let (st, body) = s.admin(Method::PUT, "/v1/policies", Some(json!({"policies": text}))).await?;
+    assert_eq!(st, 200, "{body}");
+    let huge = "x".repeat(mandate_policy::MAX_POLICY_TEXT + 2 * 1024 * 1024);
+    let (st, _) = s.admin(Method::PUT, "/v1/policies", Some(json!({"policies": huge}))).await?;
+    assert_eq!(st, 413);
+    // Other calls keep the small limit.
+    let (st, _) =
+        s.admin(Method::POST, "/v1/users", Some(json!({"name": "x".repeat(100_000), "email": "a@b.c"}))).await?;
+    assert_eq!(st, 413);
+    s.stop().await?;
+    Ok(())
+}

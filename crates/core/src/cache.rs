@@ -1,0 +1,139 @@
+//! A store decorator that keeps agents and users read by this node, each
+//! stamped with the store epoch read before it. Both records change only by
+//! mutations that advance the epoch (`SetAgentStatus`, `UpdateUser`;
+//! inserts add records nobody has cached), so an entry used only at its own
+//! epoch is never stale. Everything else passes straight through.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use mandate_audit::{Checkpoint, Event};
+use mandate_model::records::{Agent, Approval, Grant, RefreshRecord, Resource, TokenRecord, User};
+use mandate_model::{AgentId, ApprovalId, GrantId, Jti, ResourceId, UserId};
+use time::OffsetDateTime;
+
+use crate::audit::AuditQuery;
+use crate::store::{ApprovalQuery, Change, GrantQuery, Store, StoreError, StoredKey, StoredPolicy};
+
+/// Records kept before a cache is cleared.
+const MAX_RECORDS: usize = 100_000;
+
+pub struct CachingStore {
+    inner: Arc<dyn Store>,
+    agents: Mutex<HashMap<AgentId, (u64, Option<Agent>)>>,
+    users: Mutex<HashMap<UserId, (u64, Option<User>)>>,
+}
+
+impl CachingStore {
+    pub fn new(inner: Arc<dyn Store>) -> Self {
+        Self { inner, agents: Mutex::new(HashMap::new()), users: Mutex::new(HashMap::new()) }
+    }
+}
+
+fn hit<K: std::hash::Hash + Eq, V: Clone>(map: &Mutex<HashMap<K, (u64, V)>>, k: &K, epoch: u64) -> Option<V> {
+    let m = map.lock().ok()?;
+    m.get(k).filter(|(e, _)| *e == epoch).map(|(_, v)| v.clone())
+}
+
+fn keep<K: std::hash::Hash + Eq, V>(map: &Mutex<HashMap<K, (u64, V)>>, k: K, epoch: u64, v: V) {
+    if let Ok(mut m) = map.lock() {
+        if m.len() >= MAX_RECORDS {
+            m.clear();
+        }
+        m.insert(k, (epoch, v));
+    }
+}
+
+#[async_trait]
+impl Store for CachingStore {
+    async fn commit(&self, change: Change) -> Result<Vec<u64>, StoreError> {
+        self.inner.commit(change).await
+    }
+    async fn epoch(&self) -> Result<u64, StoreError> {
+        self.inner.epoch().await
+    }
+    async fn setting(&self, key: &str) -> Result<Option<String>, StoreError> {
+        self.inner.setting(key).await
+    }
+    async fn user(&self, id: UserId) -> Result<Option<User>, StoreError> {
+        let epoch = self.inner.epoch().await?;
+        if let Some(u) = hit(&self.users, &id, epoch) {
+            return Ok(u);
+        }
+        let u = self.inner.user(id).await?;
+        // A user not found yet may be created without advancing the epoch.
+        if u.is_some() {
+            keep(&self.users, id, epoch, u.clone());
+        }
+        Ok(u)
+    }
+    async fn user_by_email(&self, email: &str) -> Result<Option<User>, StoreError> {
+        self.inner.user_by_email(email).await
+    }
+    async fn user_by_token_hash(&self, hash: &str) -> Result<Option<UserId>, StoreError> {
+        self.inner.user_by_token_hash(hash).await
+    }
+    async fn agent(&self, id: AgentId) -> Result<Option<Agent>, StoreError> {
+        let epoch = self.inner.epoch().await?;
+        if let Some(a) = hit(&self.agents, &id, epoch) {
+            return Ok(a);
+        }
+        let a = self.inner.agent(id).await?;
+        if a.is_some() {
+            keep(&self.agents, id, epoch, a.clone());
+        }
+        Ok(a)
+    }
+    async fn agent_children(&self, parent: AgentId) -> Result<Vec<Agent>, StoreError> {
+        self.inner.agent_children(parent).await
+    }
+    async fn resource(&self, id: ResourceId) -> Result<Option<Resource>, StoreError> {
+        self.inner.resource(id).await
+    }
+    async fn resource_by_identifier(&self, identifier: &str) -> Result<Option<Resource>, StoreError> {
+        self.inner.resource_by_identifier(identifier).await
+    }
+    async fn resources(&self) -> Result<Vec<Resource>, StoreError> {
+        self.inner.resources().await
+    }
+    async fn current_policy(&self) -> Result<Option<StoredPolicy>, StoreError> {
+        self.inner.current_policy().await
+    }
+    async fn signing_keys(&self) -> Result<Vec<StoredKey>, StoreError> {
+        self.inner.signing_keys().await
+    }
+    async fn token(&self, jti: Jti) -> Result<Option<TokenRecord>, StoreError> {
+        self.inner.token(jti).await
+    }
+    async fn grant(&self, id: GrantId) -> Result<Option<Grant>, StoreError> {
+        self.inner.grant(id).await
+    }
+    async fn grants(&self, q: &GrantQuery) -> Result<Vec<Grant>, StoreError> {
+        self.inner.grants(q).await
+    }
+    async fn approval(&self, id: ApprovalId) -> Result<Option<Approval>, StoreError> {
+        self.inner.approval(id).await
+    }
+    async fn approvals(&self, q: &ApprovalQuery) -> Result<Vec<Approval>, StoreError> {
+        self.inner.approvals(q).await
+    }
+    async fn refresh(&self, hash: &str) -> Result<Option<RefreshRecord>, StoreError> {
+        self.inner.refresh(hash).await
+    }
+    async fn expired_agents(&self, at: OffsetDateTime) -> Result<Vec<Agent>, StoreError> {
+        self.inner.expired_agents(at).await
+    }
+    async fn audit_head(&self) -> Result<Option<(u64, String)>, StoreError> {
+        self.inner.audit_head().await
+    }
+    async fn audit_events(&self, query: &AuditQuery) -> Result<Vec<Event>, StoreError> {
+        self.inner.audit_events(query).await
+    }
+    async fn audit_checkpoints(&self, after: u64, limit: u32) -> Result<Vec<Checkpoint>, StoreError> {
+        self.inner.audit_checkpoints(after, limit).await
+    }
+    async fn last_audit_checkpoint(&self) -> Result<Option<Checkpoint>, StoreError> {
+        self.inner.last_audit_checkpoint().await
+    }
+}
