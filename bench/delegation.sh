@@ -85,15 +85,20 @@ jq -cn --arg t "$LEAF" '{token:$t,action:"get",resource:{type:"event",id:"e1"}}'
 curl -sf "$URL/v1/check" -H "Authorization: Bearer $CHECKER" -H 'Content-Type: application/json' -d @"$WORK/check.json" | jq -c '{decision,chain}' >&2
 
 run() { "$L" --concurrency "$CONCURRENCY" --warmup "$WARMUP" --requests "$REQUESTS" --duration "$DURATION" "$@"; }
+# BENCH_PERF=FILE: profile the server during each run for BENCH_PERF_SECS
+# (8), into FILE.check and FILE.exchange (perf with DWARF call graphs).
+profile() {
+  [[ -n ${BENCH_PERF:-} ]] || return 0
+  perf record -F 499 --call-graph dwarf,16384 -p "$SERVER" -o "$BENCH_PERF.$1" -- sleep "${BENCH_PERF_SECS:-8}" >/dev/null 2>&1 &
+}
 if [[ $MODE == check || $MODE == both ]]; then
   log "POST /v1/check, 3-hop chain, $CONCURRENCY connections"
+  profile check
   run --token-endpoint "$URL/v1/check" --json-body "$WORK/check.json" --bearer "$CHECKER" --expect '"decision":"allow"'
-fi
-if [[ -n ${BENCH_PERF:-} ]]; then
-  perf record -F 499 --call-graph dwarf,16384 -p "$SERVER" -o "$BENCH_PERF" -- sleep "${BENCH_PERF_SECS:-8}" >/dev/null 2>&1 &
 fi
 if [[ $MODE == exchange || $MODE == both ]]; then
   log "one-hop token exchange, $CONCURRENCY connections"
+  profile exchange
   run --token-endpoint "$URL/oauth/token" --client-id "$CHILD" --key "$WORK/child.pk8" --aud "$URL" \
     --grant-type urn:ietf:params:oauth:grant-type:token-exchange \
     --form "subject_token=$PARENT" --form subject_token_type=urn:ietf:params:oauth:token-type:access_token

@@ -2,7 +2,8 @@
 //! stamped with the store epoch read before it. Both records change only by
 //! mutations that advance the epoch (`SetAgentStatus`, `UpdateUser`;
 //! inserts add records nobody has cached), so an entry used only at its own
-//! epoch is never stale. Everything else passes straight through.
+//! epoch is never stale. Resources, which never change once registered,
+//! are kept as read. Everything else passes straight through.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -23,11 +24,18 @@ pub struct CachingStore {
     inner: Arc<dyn Store>,
     agents: Mutex<HashMap<AgentId, (u64, Option<Agent>)>>,
     users: Mutex<HashMap<UserId, (u64, Option<User>)>>,
+    /// Resources never change once registered: kept without an epoch.
+    resources: Mutex<HashMap<ResourceId, Resource>>,
 }
 
 impl CachingStore {
     pub fn new(inner: Arc<dyn Store>) -> Self {
-        Self { inner, agents: Mutex::new(HashMap::new()), users: Mutex::new(HashMap::new()) }
+        Self {
+            inner,
+            agents: Mutex::new(HashMap::new()),
+            users: Mutex::new(HashMap::new()),
+            resources: Mutex::new(HashMap::new()),
+        }
     }
 }
 
@@ -89,7 +97,19 @@ impl Store for CachingStore {
         self.inner.agent_children(parent).await
     }
     async fn resource(&self, id: ResourceId) -> Result<Option<Resource>, StoreError> {
-        self.inner.resource(id).await
+        if let Ok(m) = self.resources.lock()
+            && let Some(r) = m.get(&id)
+        {
+            return Ok(Some(r.clone()));
+        }
+        let r = self.inner.resource(id).await?;
+        if let (Some(r), Ok(mut m)) = (&r, self.resources.lock()) {
+            if m.len() >= MAX_RECORDS {
+                m.clear();
+            }
+            m.insert(id, r.clone());
+        }
+        Ok(r)
     }
     async fn resource_by_identifier(&self, identifier: &str) -> Result<Option<Resource>, StoreError> {
         self.inner.resource_by_identifier(identifier).await

@@ -128,7 +128,10 @@ impl Mandate {
     /// access token a resource server got by `client_credentials` for
     /// `mandate:check` on the issuer.
     pub async fn authenticate_checker(&self, bearer: &str) -> Result<Checker, Error> {
-        if bearer.starts_with(secrets::ADMIN_TOKEN_PREFIX) || bearer.starts_with(secrets::USER_TOKEN_PREFIX) {
+        // Admin and user tokens are opaque (a seeded admin token may be any
+        // string); access tokens are JWS compact serialisations.
+        let jws = bearer.split('.').count() == 3 && !bearer.starts_with(secrets::USER_TOKEN_PREFIX);
+        if !jws || bearer.starts_with(secrets::ADMIN_TOKEN_PREFIX) {
             return match self.authenticate_caller(bearer).await {
                 Ok(crate::Caller::Admin) => Ok(Checker::Admin),
                 Ok(crate::Caller::User(_)) => Err(Error::Forbidden("a user token cannot call the check API".into())),

@@ -684,6 +684,11 @@ impl Mandate {
             return Err(Error::InvalidRequest("a resource server's token cannot be delegated".into()));
         };
         let from = parent.current().ok_or_else(|| Error::InvalidRequest("subject_token has no actor".into()))?;
+        // No agent twice, and no deeper than allowed (rule 5), said first:
+        // it is the plainest reason.
+        let chain = parent_chain
+            .extend(next.id, self.config.max_delegation_depth)
+            .map_err(|e| Error::InvalidRequest(e.to_string()))?;
         // A may delegate to B: may_act when present, and policy.
         if let Some(may) = &parent.claims.may_act
             && may.sub != next.id.to_string()
@@ -694,9 +699,6 @@ impl Mandate {
         if !d.allowed {
             return Err(Error::InvalidRequest(format!("policy does not allow {} to delegate to {}", from.id, next.id)));
         }
-        let chain = parent_chain
-            .extend(next.id, self.config.max_delegation_depth)
-            .map_err(|e| Error::InvalidRequest(e.to_string()))?;
         let now = self.clock.now();
         let authority = Authority {
             scopes: parent.record.scopes.clone(),

@@ -54,3 +54,54 @@ async fn sqlite_detects_tampering_and_fails_whole_changes() -> anyhow::Result<()
     })
     .await
 }
+
+/// A grant token for the planner and a hop to a fresh child: (parent, child id, hop).
+async fn hop(w: &mandate_testkit::scenarios::World) -> anyhow::Result<(String, String, String)> {
+    let parent = w.granted(&w.planner, "read").await?["access_token"].as_str().unwrap_or_default().to_owned();
+    let child = w.spawn(&w.planner, serde_json::json!({})).await?;
+    let (_, hop) = w.exchange(&child, &parent, &[]).await?;
+    Ok((parent, child.id, hop["access_token"].as_str().unwrap_or_default().to_owned()))
+}
+
+/// Liveness is also checked at use, not only written by cascades: with the
+/// cascade bypassed (rows edited behind the store's back, then a change that
+/// moves the epoch so no node keeps a cached answer), a token under a
+/// revoked ancestor, under a revoked grant, or with a suspended agent in its
+/// chain is dead to the check API and to introspection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn liveness_is_checked_at_use_even_without_the_cascade() -> anyhow::Result<()> {
+    use mandate_testkit::scenarios::{World, claims};
+    use serde_json::json;
+    let w = World::new(mandate_testkit::TestServer::start().await?).await?;
+    let db = rusqlite::Connection::open(w.s.data_dir.join("mandate.db"))?;
+    db.busy_timeout(std::time::Duration::from_secs(5))?;
+    /// SQL for (the parent's jti, its grant, the child agent).
+    type Edit = fn(&str, &str, &str) -> String;
+    let edits: [(&str, Edit); 3] = [
+        ("exchanged from", |parent, _, _| format!("UPDATE tokens SET revoked_at = 1 WHERE jti = '{parent}'")),
+        ("grant", |_, grant, _| format!("UPDATE grants SET status = 'revoked' WHERE id = '{grant}'")),
+        ("may not act", |_, _, child| format!("UPDATE agents SET status = 'suspended' WHERE id = '{child}'")),
+    ];
+    for (why, edit) in edits {
+        let (parent, child, token) = hop(&w).await?;
+        let c = claims(&parent);
+        let (jti, grant) = (c["jti"].as_str().unwrap_or_default(), c["grant_id"].as_str().unwrap_or_default());
+        db.execute_batch(&edit(jti, grant, &child))?;
+        // Any change through the store moves the epoch; this one is unrelated.
+        let (st, _) =
+            w.s.admin(
+                reqwest::Method::PATCH,
+                &format!("/v1/users/{}", w.bob),
+                Some(json!({"groups": [why.replace(' ', "-")]})),
+            )
+            .await?;
+        anyhow::ensure!(st == 200);
+        anyhow::ensure!(w.s.introspect(&token).await?["active"] == false, "{why}: the hop is still active");
+        let d = w.check(&token, "get", "e1", json!({})).await?;
+        anyhow::ensure!(
+            d["decision"] == "deny" && d["reasons"][0].as_str().is_some_and(|r| r.contains(why)),
+            "{why}: {d}"
+        );
+    }
+    Ok(())
+}
