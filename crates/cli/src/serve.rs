@@ -77,6 +77,18 @@ pub struct ServeArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     audit_checkpoint_interval: Option<i64>,
+    /// Most agents a delegation chain may hold (default 4).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_delegation_depth: Option<usize>,
+    /// Lifetime of a grant, seconds (default 86400); refresh tokens end with it.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    grant_ttl: Option<i64>,
+    /// How long a CIBA request or an action approval waits by default, seconds (default 600).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    approval_ttl: Option<i64>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -92,6 +104,9 @@ struct Settings {
     signing_alg: String,
     audit_checkpoint_events: u64,
     audit_checkpoint_interval: i64,
+    max_delegation_depth: usize,
+    grant_ttl: i64,
+    approval_ttl: i64,
     master_key: Option<String>,
     admin_token: Option<String>,
 }
@@ -110,6 +125,9 @@ impl Default for Settings {
             signing_alg: "EdDSA".into(),
             audit_checkpoint_events: 10_000,
             audit_checkpoint_interval: 60,
+            max_delegation_depth: mandate_model::delegation::DEFAULT_MAX_DEPTH,
+            grant_ttl: 86_400,
+            approval_ttl: 600,
             master_key: None,
             admin_token: None,
         }
@@ -202,6 +220,18 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     }
     config.audit_checkpoint_events = settings.audit_checkpoint_events;
     config.audit_checkpoint_interval = settings.audit_checkpoint_interval;
+    if !(1..=16).contains(&settings.max_delegation_depth) {
+        bail!("max_delegation_depth must be 1 to 16");
+    }
+    config.max_delegation_depth = settings.max_delegation_depth;
+    if !(60..=31_536_000).contains(&settings.grant_ttl) {
+        bail!("grant_ttl must be 60 seconds to a year");
+    }
+    config.grant_ttl = settings.grant_ttl;
+    if !(1..=config.max_approval_ttl).contains(&settings.approval_ttl) {
+        bail!("approval_ttl must be 1 to {} seconds", config.max_approval_ttl);
+    }
+    config.approval_ttl = settings.approval_ttl;
     let loopback =
         ["http://127.0.0.1", "http://localhost", "http://[::1]"].iter().any(|p| config.issuer.starts_with(p));
     config.allow_client_secrets = match settings.client_secrets {
