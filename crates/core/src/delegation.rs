@@ -19,7 +19,7 @@ use crate::chain::{LiveToken, NotLive, chain_names};
 use crate::oauth::{IssuedToken, bounded_input};
 use crate::ports::new_ulid;
 use crate::service::{AuthenticatedClient, Caller, Mandate};
-use crate::store::{ApprovalQuery, Change, GrantQuery, Mutation, StoreError};
+use crate::store::{ApprovalQuery, Change, GrantQuery, Mutation};
 use crate::{Error, secrets};
 
 pub const GRANT_CIBA: &str = "urn:openid:params:grant-type:ciba";
@@ -439,25 +439,6 @@ impl Mandate {
             expires_at,
             revoked_at: None,
             last_used_at: None,
-        }
-    }
-
-    /// Commits `change` with the client's assertion burned; a replay fails.
-    async fn commit_client(&self, client: &AuthenticatedClient, mut change: Change) -> Result<Vec<u64>, Error> {
-        if let Some(burn) = client.burn() {
-            change.0.insert(0, burn);
-        }
-        match self.store.commit(change).await {
-            Ok(a) => Ok(a),
-            Err(StoreError::Replay) => {
-                let e = Error::InvalidClient("client assertion jti was already used".into());
-                let mut replay = self.client_event(kind::CLIENT_AUTH_FAILED, client);
-                replay.decision = Some(DENY.into());
-                replay.reason = Some(reason(&e));
-                self.record(replay).await?;
-                Err(e)
-            }
-            Err(e) => Err(e.into()),
         }
     }
 

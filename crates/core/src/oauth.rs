@@ -164,18 +164,28 @@ impl Mandate {
         counted: &[usize],
     ) -> Result<Vec<u64>, Error> {
         let offset = usize::from(client.assertion.is_some());
+        let count_of = counted.iter().map(|i| i + offset).collect();
+        change.push(AuditRecord { event, count_of }.mutation());
+        let mut affected = self.commit_client(client, change).await?;
+        if offset == 1 && !affected.is_empty() {
+            affected.remove(0);
+        }
+        Ok(affected)
+    }
+
+    /// Commits `change` with the client's assertion burned first; a replayed
+    /// assertion writes nothing but the record of the replay, and fails.
+    /// Returns the rows affected, the burn's included.
+    pub(crate) async fn commit_client(
+        &self,
+        client: &AuthenticatedClient,
+        mut change: Change,
+    ) -> Result<Vec<u64>, Error> {
         if let Some(burn) = client.burn() {
             change.0.insert(0, burn);
         }
-        let count_of = counted.iter().map(|i| i + offset).collect();
-        change.push(AuditRecord { event, count_of }.mutation());
         match self.store.commit(change).await {
-            Ok(mut affected) => {
-                if offset == 1 && !affected.is_empty() {
-                    affected.remove(0);
-                }
-                Ok(affected)
-            }
+            Ok(a) => Ok(a),
             Err(StoreError::Replay) => {
                 let e = Error::InvalidClient("client assertion jti was already used".into());
                 let mut replay = self.client_event(kind::CLIENT_AUTH_FAILED, client);
