@@ -2,6 +2,7 @@
 //! client helpers.
 
 mod audit;
+mod demo;
 mod serve;
 
 use std::path::PathBuf;
@@ -26,6 +27,10 @@ enum Command {
         #[command(subcommand)]
         command: audit::AuditCommand,
     },
+    /// The whole story end to end (users, agents, CIBA, approval, spawn,
+    /// delegation, revocation, trace, audit) against a real server and the
+    /// example calendar API, on a temporary directory.
+    Demo,
     /// Signing keys and client keys.
     Keys {
         #[command(subcommand)]
@@ -75,6 +80,7 @@ fn main() -> std::process::ExitCode {
                         Command::Serve(args) => serve::run(args).await.map(|()| true),
                         Command::Audit { command } => audit::run(command).await,
                         Command::Keys { command } => keys(command).await.map(|()| true),
+                        Command::Demo => demo::run().await,
                     }
                 })
             },

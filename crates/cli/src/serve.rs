@@ -89,6 +89,14 @@ pub struct ServeArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     approval_ttl: Option<i64>,
+    /// Require DPoP proofs to carry a server nonce (RFC 9449 §8).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    dpop_nonces: bool,
+    /// How long resource servers may cache a status list, seconds (default 60).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status_list_ttl: Option<i64>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -107,6 +115,8 @@ struct Settings {
     max_delegation_depth: usize,
     grant_ttl: i64,
     approval_ttl: i64,
+    dpop_nonces: bool,
+    status_list_ttl: i64,
     master_key: Option<String>,
     admin_token: Option<String>,
 }
@@ -128,6 +138,8 @@ impl Default for Settings {
             max_delegation_depth: mandate_model::delegation::DEFAULT_MAX_DEPTH,
             grant_ttl: 86_400,
             approval_ttl: 600,
+            dpop_nonces: false,
+            status_list_ttl: 60,
             master_key: None,
             admin_token: None,
         }
@@ -232,6 +244,11 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         bail!("approval_ttl must be 1 to {} seconds", config.max_approval_ttl);
     }
     config.approval_ttl = settings.approval_ttl;
+    config.dpop_nonces = settings.dpop_nonces;
+    if !(1..=86_400).contains(&settings.status_list_ttl) {
+        bail!("status_list_ttl must be 1 second to a day");
+    }
+    config.status_list_ttl = settings.status_list_ttl;
     let loopback =
         ["http://127.0.0.1", "http://localhost", "http://[::1]"].iter().any(|p| config.issuer.starts_with(p));
     config.allow_client_secrets = match settings.client_secrets {

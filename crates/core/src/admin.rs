@@ -270,7 +270,14 @@ impl Mandate {
     /// access token it got by `client_credentials` for `mandate:spawn` on
     /// the issuer. The child has its parent's owner, a ceiling within its
     /// parent's, and a capped lifetime.
-    pub async fn spawn_agent(&self, token: &str, mut new: NewAgent) -> Result<(Agent, Option<String>), Error> {
+    /// `proof` is the request's `DPoP` header when the token was presented
+    /// under the `DPoP` scheme (`None` for `Bearer`).
+    pub async fn spawn_agent(
+        &self,
+        token: &str,
+        proof: Option<&str>,
+        mut new: NewAgent,
+    ) -> Result<(Agent, Option<String>), Error> {
         let live = match self.live_chain(token).await? {
             Ok(l) => l,
             Err(why) => {
@@ -278,6 +285,10 @@ impl Mandate {
                 return Err(Error::Unauthenticated);
             }
         };
+        if let Err(why) = self.sender_constrained(token, live.claims.cnf.as_ref(), proof, "/v1/agents").await {
+            self.record_admin_refusal(kind::ADMIN_AUTH_FAILED, None, &format!("spawn: {why}")).await?;
+            return Err(Error::Unauthenticated);
+        }
         let parent = match (&live.chain, live.current()) {
             (Some(c), Some(agent)) if c.user().is_none() && c.depth() == 1 => agent.clone(),
             _ => return self.refuse_spawn(&live, "spawning needs the agent's own client_credentials token").await,

@@ -27,6 +27,16 @@ pub struct Config {
     pub max_approval_ttl: i64,
     /// The CIBA polling interval, seconds; faster polls get `slow_down`.
     pub ciba_interval: i64,
+    /// How old a DPoP proof's `iat` may be, and how far ahead of the
+    /// server's clock, seconds.
+    pub dpop_max_age: i64,
+    pub dpop_max_skew: i64,
+    /// Whether DPoP proofs must carry a server nonce (RFC 9449 §8).
+    pub dpop_nonces: bool,
+    /// Statuses per status list; a list rotates when it is full.
+    pub status_list_size: u64,
+    /// How long relying parties may cache a status list (`ttl`), seconds.
+    pub status_list_ttl: i64,
     /// A checkpoint is signed once this many events have been appended
     /// since the last one…
     pub audit_checkpoint_events: u64,
@@ -50,6 +60,11 @@ impl Config {
             approval_ttl: 600,
             max_approval_ttl: 3600,
             ciba_interval: 5,
+            dpop_max_age: 60,
+            dpop_max_skew: 5,
+            dpop_nonces: false,
+            status_list_size: 1 << 20,
+            status_list_ttl: 60,
             audit_checkpoint_events: 10_000,
             audit_checkpoint_interval: 60,
         }
@@ -57,5 +72,10 @@ impl Config {
 
     pub fn token_endpoint(&self) -> String {
         format!("{}/oauth/token", self.issuer)
+    }
+
+    /// The URI of status list `n`.
+    pub fn status_list_uri(&self, n: u64) -> String {
+        format!("{}/statuslists/{n}", self.issuer)
     }
 }

@@ -4,7 +4,7 @@
 //! records its outcome in the same change as the state it writes.
 
 use mandate_audit::Event;
-use mandate_model::claims::AccessTokenClaims;
+use mandate_model::claims::{AccessTokenClaims, Confirmation};
 use mandate_model::delegation::{self, Authority, Chain, HopRequest};
 use mandate_model::records::{
     Agent, Approval, ApprovalStatus, ApprovalSubject, ClientId, Grant, GrantStatus, RefreshRecord, Resource,
@@ -88,6 +88,8 @@ pub(crate) struct Mint<'a> {
     /// The latest expiry allowed besides the token lifetime (a parent's).
     pub not_after: Option<OffsetDateTime>,
     pub family: Option<String>,
+    /// The DPoP key the token is bound to (`cnf.jkt`).
+    pub jkt: Option<&'a str>,
 }
 
 /// The scopes `scope` names, required and non-empty.
@@ -178,7 +180,7 @@ impl Mandate {
     }
 
     /// Signs a token and builds its record; the caller commits both.
-    pub(crate) fn mint(&self, m: Mint<'_>) -> Result<(TokenRecord, String), Error> {
+    pub(crate) async fn mint(&self, m: Mint<'_>) -> Result<(TokenRecord, String), Error> {
         let now = self.clock.now();
         let mut exp = now + Duration::seconds(self.config.access_token_ttl);
         if let Some(limit) = m.not_after {
@@ -191,6 +193,7 @@ impl Mandate {
             return Err(Error::InvalidGrant("no lifetime is left to give".into()));
         }
         let jti = Jti::from_ulid(new_ulid(self.clock.as_ref(), self.rng.as_ref()));
+        let status_idx = self.status_index().await?;
         let claims = AccessTokenClaims {
             iss: self.config.issuer.clone(),
             sub: m.chain.subject(),
@@ -205,8 +208,8 @@ impl Mandate {
             may_act: None,
             grant_id: m.grant.map(|g| g.id.to_string()),
             purpose: m.purpose.clone(),
-            cnf: None,
-            status: None,
+            cnf: m.jkt.map(|jkt| Confirmation { jkt: jkt.to_owned() }),
+            status: Some(self.status_claim(status_idx)),
         };
         let jwt =
             mandate_jose::access::mint(&self.ring().active, &claims).map_err(|e| Error::Unavailable(e.to_string()))?;
@@ -221,7 +224,8 @@ impl Mandate {
             chain: m.chain.agents().to_vec(),
             issued_at: now,
             expires_at: exp,
-            cnf_jkt: None,
+            cnf_jkt: m.jkt.map(str::to_owned),
+            status_idx: Some(status_idx),
             family: m.family,
             revoked_at: None,
         };
@@ -246,8 +250,8 @@ impl Mandate {
 
     fn issued(&self, record: &TokenRecord, jwt: String) -> IssuedToken {
         IssuedToken {
+            token_type: token_type(record),
             access_token: jwt,
-            token_type: "Bearer",
             expires_in: (record.expires_at - self.clock.now()).whole_seconds(),
             scope: record.scopes.to_claim(),
             jti: record.jti,
@@ -257,7 +261,14 @@ impl Mandate {
         }
     }
 
-    fn new_refresh(&self, grant: &Grant, client: AgentId, scopes: &ScopeSet, family: &str) -> (String, RefreshRecord) {
+    fn new_refresh(
+        &self,
+        grant: &Grant,
+        client: AgentId,
+        scopes: &ScopeSet,
+        family: &str,
+        jkt: Option<&str>,
+    ) -> (String, RefreshRecord) {
         let token = secrets::generate(REFRESH_TOKEN_PREFIX, self.rng.as_ref());
         let record = RefreshRecord {
             hash: secrets::hash(&token),
@@ -269,6 +280,7 @@ impl Mandate {
             expires_at: grant.expires_at,
             used_at: None,
             revoked_at: None,
+            cnf_jkt: jkt.map(str::to_owned),
         };
         (token, record)
     }
@@ -449,6 +461,7 @@ impl Mandate {
         &self,
         client: &AuthenticatedClient,
         params: &Params,
+        jkt: Option<&str>,
     ) -> Result<(Change, Event, IssuedToken), (Change, Error)> {
         let refuse = |e: Error| (Change::new(), e);
         let agent = Self::agent_of(client, "CIBA").map_err(refuse)?;
@@ -487,10 +500,10 @@ impl Mandate {
             .filter(|g| g.is_live(now))
             .ok_or_else(|| refuse(Error::InvalidGrant("the grant is revoked or expired".into())))?;
         let (mut change, event, mut issued) =
-            self.grant_token(agent, &grant, &grant.scopes, None).await.map_err(refuse)?;
+            self.grant_token(agent, &grant, &grant.scopes, None, jkt).await.map_err(refuse)?;
         change.0.insert(0, Mutation::ConsumeApproval { id, at: now });
         let family = new_ulid(self.clock.as_ref(), self.rng.as_ref()).to_string();
-        let (refresh, record) = self.new_refresh(&grant, agent.id, &grant.scopes, &family);
+        let (refresh, record) = self.new_refresh(&grant, agent.id, &grant.scopes, &family, jkt);
         issued.refresh_token = Some(refresh);
         change.push(Mutation::InsertRefresh(record));
         Ok((change, event, issued))
@@ -504,6 +517,7 @@ impl Mandate {
         grant: &Grant,
         scopes: &ScopeSet,
         family: Option<&str>,
+        jkt: Option<&str>,
     ) -> Result<(Change, Event, IssuedToken), Error> {
         let user = self
             .store
@@ -514,17 +528,20 @@ impl Mandate {
         let res = self.resource_by_identifier(&grant.resource).await?;
         self.authorize_scopes(Some(&user), &[agent], &res, scopes).map_err(Error::InvalidGrant)?;
         let chain = Chain::for_user(user.id, agent.id);
-        let (record, jwt) = self.mint(Mint {
-            client: agent.id,
-            chain: &chain,
-            audience: grant.resource.clone(),
-            scopes: scopes.clone(),
-            grant: Some(grant),
-            purpose: grant.purpose.clone(),
-            parent: None,
-            not_after: agent.expires_at,
-            family: family.map(str::to_owned),
-        })?;
+        let (record, jwt) = self
+            .mint(Mint {
+                client: agent.id,
+                chain: &chain,
+                audience: grant.resource.clone(),
+                scopes: scopes.clone(),
+                grant: Some(grant),
+                purpose: grant.purpose.clone(),
+                parent: None,
+                not_after: agent.expires_at,
+                family: family.map(str::to_owned),
+                jkt,
+            })
+            .await?;
         let event = self.issued_event(&record, &chain);
         let issued = self.issued(&record, jwt);
         let now = self.clock.now();
@@ -542,6 +559,7 @@ impl Mandate {
         &self,
         client: &AuthenticatedClient,
         params: &Params,
+        jkt: Option<&str>,
     ) -> Result<(Change, Event, IssuedToken), (Change, Error)> {
         let refuse = |e: Error| (Change::new(), e);
         let agent = Self::agent_of(client, "refresh tokens").map_err(refuse)?;
@@ -559,6 +577,14 @@ impl Mandate {
         }
         if record.revoked_at.is_some() || now >= record.expires_at {
             return Err(invalid());
+        }
+        // RFC 9449 §5: a bound family is used only with its key.
+        if let Some(bound) = &record.cnf_jkt
+            && !jkt.is_some_and(|k| mandate_jose::ct_eq(k.as_bytes(), bound.as_bytes()))
+        {
+            return Err(refuse(Error::InvalidDpopProof(
+                "the refresh token is bound to a DPoP key: prove possession of that key".into(),
+            )));
         }
         let scopes = match params.get("scope") {
             None => record.scopes.clone(),
@@ -578,9 +604,10 @@ impl Mandate {
             .filter(|g| g.is_live(now))
             .ok_or_else(|| refuse(Error::InvalidGrant("the grant is revoked or expired".into())))?;
         let (mut change, event, mut issued) =
-            self.grant_token(agent, &grant, &scopes, Some(&record.family)).await.map_err(refuse)?;
+            self.grant_token(agent, &grant, &scopes, Some(&record.family), jkt).await.map_err(refuse)?;
         change.0.insert(0, Mutation::UseRefresh { hash: record.hash.clone(), at: now });
-        let (refresh, next) = self.new_refresh(&grant, agent.id, &record.scopes, &record.family);
+        let (refresh, next) =
+            self.new_refresh(&grant, agent.id, &record.scopes, &record.family, record.cnf_jkt.as_deref());
         issued.refresh_token = Some(refresh);
         change.push(Mutation::InsertRefresh(next));
         Ok((change, event, issued))
@@ -610,6 +637,7 @@ impl Mandate {
         &self,
         client: &AuthenticatedClient,
         params: &Params,
+        jkt: Option<&str>,
     ) -> Result<(Change, Event, IssuedToken), Error> {
         let next = Self::agent_of(client, "token exchange")?;
         params.only(&[
@@ -704,17 +732,21 @@ impl Mandate {
         agents.push(next);
         self.authorize_scopes(parent.user.as_ref(), &agents, &res, &narrowed.scopes).map_err(Error::InvalidScope)?;
         let not_after = agents.iter().filter_map(|a| a.expires_at).fold(narrowed.expires_at, OffsetDateTime::min);
-        let (record, jwt) = self.mint(Mint {
-            client: next.id,
-            chain: &chain,
-            audience: narrowed.audience,
-            scopes: narrowed.scopes,
-            grant: grant.as_ref(),
-            purpose: parent.claims.purpose.clone(),
-            parent: Some(parent.record.jti),
-            not_after: Some(not_after),
-            family: None,
-        })?;
+        let (record, jwt) = self
+            .mint(Mint {
+                client: next.id,
+                chain: &chain,
+                audience: narrowed.audience,
+                scopes: narrowed.scopes,
+                grant: grant.as_ref(),
+                purpose: parent.claims.purpose.clone(),
+                parent: Some(parent.record.jti),
+                not_after: Some(not_after),
+                family: None,
+                // Bound to the caller's own key, never the parent's.
+                jkt,
+            })
+            .await?;
         let event = self.issued_event(&record, &chain);
         let mut issued = self.issued(&record, jwt);
         issued.issued_token_type = Some(TOKEN_TYPE_ACCESS);
@@ -880,4 +912,9 @@ impl Mandate {
     pub async fn token_status(&self, token: &str) -> Result<Result<std::sync::Arc<LiveToken>, NotLive>, Error> {
         self.live_chain(token).await
     }
+}
+
+/// `token_type`: `DPoP` for a bound token (RFC 9449 §5).
+pub(crate) fn token_type(record: &TokenRecord) -> &'static str {
+    if record.cnf_jkt.is_some() { "DPoP" } else { "Bearer" }
 }

@@ -31,6 +31,11 @@ pub enum Error {
     SlowDown,
     #[error("expired_token: {0}")]
     ExpiredToken(String),
+    #[error("invalid_dpop_proof: {0}")]
+    InvalidDpopProof(String),
+    /// A DPoP nonce is required: the client retries with `nonce`.
+    #[error("use_dpop_nonce: the DPoP proof must carry the server's current nonce")]
+    UseDpopNonce { nonce: String },
     #[error("unknown_user_id: {0}")]
     UnknownUser(String),
     // Administration.
@@ -54,6 +59,7 @@ impl From<StoreError> for Error {
         match e {
             StoreError::Conflict(m) => Error::Conflict(m),
             StoreError::Replay => Error::InvalidClient("client assertion jti was already used".into()),
+            StoreError::DpopReplay => Error::InvalidDpopProof("the proof's jti was already used".into()),
             StoreError::NotFound(m) => Error::NotFound(m),
             StoreError::Unavailable(m) | StoreError::Corrupt(m) => {
                 tracing::error!(error = %m, "store failure");

@@ -14,8 +14,10 @@ mod admin;
 pub mod chain;
 mod check;
 pub mod delegation;
+pub mod dpop;
 mod keyring;
 mod oauth;
+pub mod status;
 
 pub use audit::{AuditQuery, AuditRecord, TrailReport};
 pub use check::{CheckAnswer, CheckRequest, CheckedResource, Checker};

@@ -2,7 +2,7 @@
 //! (RFC 7662) and revocation (RFC 7009).
 
 use mandate_jose::JoseError;
-use mandate_model::claims::AccessTokenClaims;
+use mandate_model::claims::{AccessTokenClaims, Confirmation};
 use mandate_model::records::{ClientId, TokenRecord};
 use mandate_model::{Jti, ScopeSet};
 use mandate_policy::{Principal, Target};
@@ -46,6 +46,8 @@ pub struct TokenRequest {
     pub resources: Vec<String>,
     /// Every form parameter, for the grants that accept no unknown ones.
     pub params: Params,
+    /// The `DPoP` header (RFC 9449), when the client sent one.
+    pub dpop: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,32 +76,7 @@ impl Mandate {
     /// client authentication, the replay store and the audit trail.
     pub async fn token(&self, credentials: &ClientCredentials, req: TokenRequest) -> Result<IssuedToken, Error> {
         let grant = req.grant_type.as_str();
-        if [GRANT_CIBA, GRANT_REFRESH, GRANT_EXCHANGE].contains(&grant) {
-            let client = self.authenticate(credentials).await?;
-            let outcome = match grant {
-                GRANT_CIBA => self.ciba_token(&client, &req.params).await,
-                GRANT_REFRESH => self.refresh_token(&client, &req.params).await,
-                _ => self.exchange(&client, &req.params).await.map_err(|e| (Change::new(), e)),
-            };
-            let (change, e) = match outcome {
-                Ok((change, event, token)) => match self.commit_or_replay(&client, change, event, &[]).await {
-                    Ok(_) => return Ok(token),
-                    // A parent, grant, approval or refresh token changed
-                    // under this request: nothing was written.
-                    Err(Error::Conflict(why)) => match self.refresh_raced(&req.params).await? {
-                        Some(record) if grant == GRANT_REFRESH => self.reuse(&record),
-                        _ => (Change::new(), Error::InvalidGrant(format!("the request lost a race: {why}"))),
-                    },
-                    Err(e) => return Err(e),
-                },
-                Err(refusal) => refusal,
-            };
-            let counted: &[usize] = if change.0.len() == 2 { &[1] } else { &[] };
-            let event = self.refusal_event(&client, grant, &e);
-            self.commit_or_replay(&client, change, event, counted).await?;
-            return Err(e);
-        }
-        if req.grant_type != GRANT_CLIENT_CREDENTIALS {
+        if ![GRANT_CLIENT_CREDENTIALS, GRANT_CIBA, GRANT_REFRESH, GRANT_EXCHANGE].contains(&grant) {
             let e = Error::UnsupportedGrantType(format!("grant_type {:?} is not supported", req.grant_type));
             let mut event = self.event(kind::TOKEN_DENIED);
             event.decision = Some(DENY.into());
@@ -109,22 +86,50 @@ impl Mandate {
             return Err(e);
         }
         let client = self.authenticate(credentials).await?;
-        match self.client_credentials(&client, &req).await {
-            Ok((change, event, token)) => {
-                self.commit_or_replay(&client, change, event, &[]).await?;
-                Ok(token)
+        let outcome = match self.token_proof(req.dpop.as_deref()) {
+            Err(e) => Err((Change::new(), e)),
+            Ok(proof) => {
+                let jkt = proof.as_ref().map(|p| p.jkt.as_str());
+                let issued = match grant {
+                    GRANT_CLIENT_CREDENTIALS => {
+                        self.client_credentials(&client, &req, jkt).await.map_err(|e| (Change::new(), e))
+                    }
+                    GRANT_CIBA => self.ciba_token(&client, &req.params, jkt).await,
+                    GRANT_REFRESH => self.refresh_token(&client, &req.params, jkt).await,
+                    _ => self.exchange(&client, &req.params, jkt).await.map_err(|e| (Change::new(), e)),
+                };
+                issued.map(|(mut change, event, token)| {
+                    // The proof is burned with what it obtains.
+                    if let Some(p) = proof {
+                        change.0.insert(0, p.burn);
+                    }
+                    (change, event, token)
+                })
             }
-            Err(e) => {
-                let mut event = self.client_event(kind::TOKEN_DENIED, &client);
-                event.decision = Some(DENY.into());
-                event.resource = req.resources.first().map(|r| bounded_input(r));
-                event.scope = req.scope.as_deref().map(bounded_input);
-                event.reason = Some(reason(&e));
-                // A refused request still uses up its assertion.
-                self.commit_or_replay(&client, Change::new(), event, &[]).await?;
-                Err(e)
-            }
+        };
+        let (change, e) = match outcome {
+            Ok((change, event, token)) => match self.commit_or_replay(&client, change, event, &[]).await {
+                Ok(_) => return Ok(token),
+                Err(e @ Error::InvalidDpopProof(_)) => (Change::new(), e),
+                // A parent, grant, approval or refresh token changed
+                // under this request: nothing was written.
+                Err(Error::Conflict(why)) => match self.refresh_raced(&req.params).await? {
+                    Some(record) if grant == GRANT_REFRESH => self.reuse(&record),
+                    _ => (Change::new(), Error::InvalidGrant(format!("the request lost a race: {why}"))),
+                },
+                Err(e) => return Err(e),
+            },
+            Err(refusal) => refusal,
+        };
+        let counted: &[usize] = if change.0.len() == 2 { &[1] } else { &[] };
+        let mut event = self.refusal_event(&client, grant, &e);
+        if grant == GRANT_CLIENT_CREDENTIALS {
+            event.resource = req.resources.first().map(|r| bounded_input(r));
+            event.scope = req.scope.as_deref().map(bounded_input);
         }
+        // A refused request still uses up its assertion.
+        self.commit_or_replay(&client, change, event, counted).await?;
+        Err(e)
     }
 
     /// Authenticates a client at an OAuth endpoint, recording a failure.
@@ -205,6 +210,7 @@ impl Mandate {
         &self,
         client: &AuthenticatedClient,
         req: &TokenRequest,
+        jkt: Option<&str>,
     ) -> Result<(Change, Event, IssuedToken), Error> {
         let resource = match req.resources.as_slice() {
             [] => {
@@ -272,6 +278,7 @@ impl Mandate {
             exp = exp.min(agent_exp);
         }
         let jti = Jti::from_ulid(new_ulid(self.clock.as_ref(), self.rng.as_ref()));
+        let status_idx = self.status_index().await?;
         let claims = AccessTokenClaims {
             iss: issuer.to_owned(),
             sub: subject.clone(),
@@ -286,8 +293,8 @@ impl Mandate {
             may_act: None,
             grant_id: None,
             purpose: None,
-            cnf: None,
-            status: None,
+            cnf: jkt.map(|jkt| Confirmation { jkt: jkt.to_owned() }),
+            status: Some(self.status_claim(status_idx)),
         };
         let ring = self.ring();
         let access_token =
@@ -303,7 +310,8 @@ impl Mandate {
             chain: client.agent.as_ref().map(|a| vec![a.id]).unwrap_or_default(),
             issued_at: now,
             expires_at: exp,
-            cnf_jkt: None,
+            cnf_jkt: jkt.map(str::to_owned),
+            status_idx: Some(status_idx),
             family: None,
             revoked_at: None,
         };
@@ -319,7 +327,7 @@ impl Mandate {
         event.jti = Some(jti.to_string());
         let issued = IssuedToken {
             access_token,
-            token_type: "Bearer",
+            token_type: crate::delegation::token_type(&record),
             expires_in: (exp - now).whole_seconds(),
             scope: scopes.to_claim(),
             jti,

@@ -70,6 +70,8 @@ pub struct Mandate {
     pub(crate) checked: std::sync::Mutex<HashMap<(mandate_model::Jti, String), u64>>,
     /// Verified tokens, live chains and decisions, by store epoch.
     pub(crate) caches: crate::chain::Caches,
+    /// Status indexes reserved by this node, and the lists it has built.
+    pub(crate) status: crate::status::StatusLists,
 }
 
 impl std::fmt::Debug for Mandate {
@@ -117,6 +119,7 @@ impl Mandate {
             audit_keys: RwLock::new(AuditKeys::default()),
             checked: std::sync::Mutex::new(HashMap::new()),
             caches: crate::chain::Caches::default(),
+            status: crate::status::StatusLists::default(),
         };
         service.reload_policy().await?;
         service.load_audit_keys().await?;

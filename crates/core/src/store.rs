@@ -21,6 +21,9 @@ pub enum StoreError {
     /// A client-assertion `jti` was already used.
     #[error("replayed jti")]
     Replay,
+    /// A DPoP proof `jti` was already used.
+    #[error("replayed DPoP proof")]
+    DpopReplay,
     #[error("not found: {0}")]
     NotFound(String),
     /// The store cannot answer now; callers fail closed.
@@ -139,6 +142,16 @@ pub enum Mutation {
         client: ClientId,
         jti: String,
         expires_at: OffsetDateTime,
+    },
+    /// Fails with `DpopReplay` if a proof with this replay key was seen.
+    ConsumeDpopJti {
+        key: String,
+        expires_at: OffsetDateTime,
+    },
+    /// Reserves `count` status-list indexes, never handed out before
+    /// (affected: the first of them).
+    ReserveStatusIndexes {
+        count: u64,
     },
     /// Fails with `Conflict` when the token has a parent that is revoked or
     /// missing, or a grant that is not active: checked under a lock on those
@@ -333,6 +346,11 @@ pub trait Store: Send + Sync + 'static {
     /// Approvals matching `query`, newest first, at most `query.limit`.
     async fn approvals(&self, query: &ApprovalQuery) -> Result<Vec<Approval>, StoreError>;
     async fn refresh(&self, hash: &str) -> Result<Option<RefreshRecord>, StoreError>;
+
+    /// The status indexes in `from..to` of revoked tokens, in any order.
+    async fn revoked_status_indexes(&self, from: u64, to: u64) -> Result<Vec<u64>, StoreError>;
+    /// How many status indexes have been reserved so far.
+    async fn status_indexes_reserved(&self) -> Result<u64, StoreError>;
 
     /// Ephemeral agents not yet retired whose expiry is at or before `at`.
     async fn expired_agents(&self, at: OffsetDateTime) -> Result<Vec<Agent>, StoreError>;
@@ -600,6 +618,7 @@ pub mod codec {
         pub issued_at: i64,
         pub expires_at: i64,
         pub cnf_jkt: Option<String>,
+        pub status_idx: Option<i64>,
         pub family: Option<String>,
         pub revoked_at: Option<i64>,
     }
@@ -619,6 +638,11 @@ pub mod codec {
                 issued_at: from_ts(r.issued_at)?,
                 expires_at: from_ts(r.expires_at)?,
                 cnf_jkt: r.cnf_jkt,
+                status_idx: r
+                    .status_idx
+                    .map(u64::try_from)
+                    .transpose()
+                    .map_err(|_| StoreError::Corrupt("negative status index".into()))?,
                 family: r.family,
                 revoked_at: opt_ts(r.revoked_at)?,
             })
@@ -717,6 +741,7 @@ pub mod codec {
         pub expires_at: i64,
         pub used_at: Option<i64>,
         pub revoked_at: Option<i64>,
+        pub cnf_jkt: Option<String>,
     }
 
     impl TryFrom<RefreshRow> for RefreshRecord {
@@ -732,6 +757,7 @@ pub mod codec {
                 expires_at: from_ts(r.expires_at)?,
                 used_at: opt_ts(r.used_at)?,
                 revoked_at: opt_ts(r.revoked_at)?,
+                cnf_jkt: r.cnf_jkt,
             })
         }
     }

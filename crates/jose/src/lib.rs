@@ -10,11 +10,13 @@
 
 pub mod access;
 pub mod assertion;
+pub mod dpop;
 pub mod error;
 pub mod jwk;
 pub mod jws;
 pub mod kek;
 pub mod keys;
+pub mod statuslist;
 
 pub use error::JoseError;
 pub use jwk::{JwkSet, PublicJwk};
@@ -29,4 +31,10 @@ pub(crate) fn b64() -> &'static base64::engine::GeneralPurpose {
 pub fn sha256_b64(data: &[u8]) -> String {
     use base64::Engine;
     b64().encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data))
+}
+
+/// Constant-time equality of two byte strings (lengths are not secret).
+pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    use subtle::ConstantTimeEq;
+    a.len() == b.len() && bool::from(a.ct_eq(b))
 }

@@ -29,7 +29,21 @@ pub struct AccessTokenClaims {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cnf: Option<Confirmation>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub status: Option<serde_json::Value>,
+    pub status: Option<Status>,
+}
+
+/// `status` (Token Status List): where a relying party reads whether the
+/// token was revoked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    pub status_list: StatusListRef,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatusListRef {
+    pub idx: u64,
+    pub uri: String,
 }
 
 /// RFC 8693 §4.1: the outermost `act` is the current actor, each nested one

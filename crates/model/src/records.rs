@@ -206,6 +206,8 @@ pub struct TokenRecord {
     pub issued_at: OffsetDateTime,
     pub expires_at: OffsetDateTime,
     pub cnf_jkt: Option<String>,
+    /// Position in the status lists (list = idx / list size), never reused.
+    pub status_idx: Option<u64>,
     /// The refresh-token family that issued it, if any.
     pub family: Option<String>,
     pub revoked_at: Option<OffsetDateTime>,
@@ -383,6 +385,8 @@ pub struct RefreshRecord {
     pub expires_at: OffsetDateTime,
     pub used_at: Option<OffsetDateTime>,
     pub revoked_at: Option<OffsetDateTime>,
+    /// The DPoP key thumbprint the family is bound to: every use must prove it.
+    pub cnf_jkt: Option<String>,
 }
 
 #[cfg(test)]

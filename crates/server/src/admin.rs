@@ -107,11 +107,16 @@ pub async fn create_agent(
     headers: axum::http::HeaderMap,
     request: axum::extract::Request,
 ) -> Result<Response, Problem> {
-    let spawning = bearer(&headers).is_some_and(|t| t.split('.').count() == 3);
+    let dpop = crate::extract::dpop_token(&headers);
+    let spawning = dpop.is_some() || bearer(&headers).is_some_and(|t| t.split('.').count() == 3);
     let (agent, secret) = if spawning {
-        let token = bearer(&headers).unwrap_or_default().to_owned();
+        // Under the DPoP scheme a missing proof is an empty one: refused.
+        let (token, proof) = match dpop {
+            Some((t, p)) => (t.to_owned(), Some(p.unwrap_or_default().to_owned())),
+            None => (bearer(&headers).unwrap_or_default().to_owned(), None),
+        };
         let StrictJson(body) = StrictJson::<NewAgent>::from_request(request, &s).await?;
-        s.mandate.spawn_agent(&token, body).await?
+        s.mandate.spawn_agent(&token, proof.as_deref(), body).await?
     } else {
         let (mut parts, body) = request.into_parts();
         let Authed(c) = Authed::from_request_parts(&mut parts, &s).await?;

@@ -33,6 +33,8 @@ impl OAuthError {
             Error::SlowDown => "slow_down",
             Error::ExpiredToken(_) => "expired_token",
             Error::UnknownUser(_) => "unknown_user_id",
+            Error::InvalidDpopProof(_) => "invalid_dpop_proof",
+            Error::UseDpopNonce { .. } => "use_dpop_nonce",
             Error::Unavailable(_) => "temporarily_unavailable",
         }
     }
@@ -53,7 +55,9 @@ impl OAuthError {
             | Error::AccessDenied(m)
             | Error::ExpiredToken(m)
             | Error::UnknownUser(m)
+            | Error::InvalidDpopProof(m)
             | Error::Unavailable(m) => m.clone(),
+            Error::UseDpopNonce { .. } => "the DPoP proof must carry the nonce in the DPoP-Nonce header".into(),
             Error::Unauthenticated => "client authentication failed".into(),
             Error::AuthorizationPending => "the user has not decided yet".into(),
             Error::SlowDown => "polling faster than the interval; wait longer between polls".into(),
@@ -76,6 +80,12 @@ impl IntoResponse for OAuthError {
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         if status == StatusCode::UNAUTHORIZED {
             h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"mandate\""));
+        }
+        // RFC 9449 §8: the nonce to retry with.
+        if let Error::UseDpopNonce { nonce } = &self.0
+            && let Ok(v) = HeaderValue::from_str(nonce)
+        {
+            h.insert("dpop-nonce", v);
         }
         resp
     }
@@ -120,7 +130,11 @@ impl From<Error> for Problem {
             }
             Error::NotFound(m) => Problem::new(S::NOT_FOUND, "not-found", "Not found", m),
             Error::Conflict(m) => Problem::new(S::CONFLICT, "conflict", "Conflict", m),
-            Error::UnsupportedGrantType(m) | Error::UnknownUser(m) | Error::ExpiredToken(m) => Problem::bad_input(m),
+            Error::UnsupportedGrantType(m)
+            | Error::UnknownUser(m)
+            | Error::ExpiredToken(m)
+            | Error::InvalidDpopProof(m) => Problem::bad_input(m),
+            Error::UseDpopNonce { .. } => Problem::bad_input(e.to_string()),
             Error::AccessDenied(m) => Problem::new(S::FORBIDDEN, "forbidden", "Forbidden", m),
             Error::AuthorizationPending | Error::SlowDown => Problem::bad_input(e.to_string()),
             Error::Unavailable(m) => Problem::new(S::SERVICE_UNAVAILABLE, "unavailable", "Temporarily unavailable", m),

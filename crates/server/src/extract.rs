@@ -184,6 +184,21 @@ pub fn bearer(headers: &HeaderMap) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then_some(token.trim()).filter(|t| !t.is_empty())
 }
 
+/// The access token of `Authorization: DPoP …` with its `DPoP` proof
+/// header (RFC 9449 §7.1); `None` for any other scheme.
+pub fn dpop_token(headers: &HeaderMap) -> Option<(&str, Option<&str>)> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    let token = token.trim();
+    if !scheme.eq_ignore_ascii_case("dpop") || token.is_empty() {
+        return None;
+    }
+    let mut proofs = headers.get_all("dpop").iter();
+    let proof = proofs.next().and_then(|p| p.to_str().ok());
+    // Two proofs are as bad as none.
+    Some((token, if proofs.next().is_some() { None } else { proof }))
+}
+
 /// The client's credentials, from the form (`private_key_jwt`) or the
 /// `Authorization: Basic` header (`client_secret_basic`). Using both at once
 /// is refused (RFC 6749 §2.3).

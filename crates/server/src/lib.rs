@@ -39,7 +39,8 @@ pub fn router(state: AppState) -> Router {
         .route("/oauth/token", post(oauth::token))
         .route("/oauth/bc-authorize", post(oauth::bc_authorize))
         .route("/oauth/introspect", post(oauth::introspect))
-        .route("/oauth/revoke", post(oauth::revoke));
+        .route("/oauth/revoke", post(oauth::revoke))
+        .route("/statuslists/{n}", get(oauth::status_list));
     let admin = Router::new()
         .route("/v1/users", post(admin::create_user))
         .route("/v1/users/{id}", get(admin::get_user).patch(admin::update_user))

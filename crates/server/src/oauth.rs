@@ -44,6 +44,7 @@ pub async fn metadata(State(state): State<AppState>) -> Response {
         "revocation_endpoint_auth_methods_supported": methods,
         "revocation_endpoint_auth_signing_alg_values_supported": SIGNING_ALGS,
         "resource_indicators_supported": true,
+        "dpop_signing_alg_values_supported": mandate_jose::dpop::DPOP_ALGS,
     });
     let mut resp = Json(body).into_response();
     resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=300"));
@@ -73,6 +74,7 @@ pub async fn token(State(state): State<AppState>, headers: HeaderMap, form: OAut
         scope: form.get("scope").map(str::to_owned),
         resources: form.all("resource"),
         params: form.pairs(),
+        dpop: dpop_header(&headers)?,
     };
     let issued = state.mandate.token(&credentials, request).await?;
     let label = match grant_type {
@@ -96,7 +98,41 @@ pub async fn token(State(state): State<AppState>, headers: HeaderMap, form: OAut
             obj.insert("issued_token_type".into(), json!(t));
         }
     }
-    Ok(no_store(body))
+    let mut resp = no_store(body);
+    if let Some(nonce) = state.mandate.dpop_nonce().and_then(|n| HeaderValue::from_str(&n).ok()) {
+        resp.headers_mut().insert("dpop-nonce", nonce);
+    }
+    Ok(resp)
+}
+
+/// The one `DPoP` header of a request, if any (RFC 9449 §4.3: exactly one).
+fn dpop_header(headers: &HeaderMap) -> Result<Option<String>, OAuthError> {
+    let mut values = headers.get_all("dpop").iter();
+    let Some(first) = values.next() else { return Ok(None) };
+    if values.next().is_some() {
+        return Err(Error::InvalidDpopProof("exactly one DPoP header is allowed".into()).into());
+    }
+    let text = first.to_str().map_err(|_| Error::InvalidDpopProof("the DPoP header is not ASCII".into()))?;
+    Ok(Some(text.to_owned()))
+}
+
+/// `GET /statuslists/{n}`: a signed Token Status List.
+pub async fn status_list(
+    State(state): State<AppState>,
+    axum::extract::Path(n): axum::extract::Path<String>,
+) -> Result<Response, crate::error::Problem> {
+    let not_found = || {
+        crate::error::Problem::new(axum::http::StatusCode::NOT_FOUND, "not-found", "Not found", "no such status list")
+    };
+    let n: u64 = n.parse().map_err(|_| not_found())?;
+    let list = state.mandate.status_list(n).await?.ok_or_else(not_found)?;
+    let mut resp = list.token.clone().into_response();
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(mandate_jose::statuslist::STATUSLIST_MEDIA_TYPE));
+    if let Ok(v) = HeaderValue::from_str(&format!("public, max-age={}", list.ttl)) {
+        h.insert(header::CACHE_CONTROL, v);
+    }
+    Ok(resp)
 }
 
 /// `POST /oauth/bc-authorize` (OpenID CIBA, poll mode).

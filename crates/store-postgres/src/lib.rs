@@ -261,11 +261,33 @@ async fn apply_one(conn: &mut PgConnection, m: &Mutation) -> Result<u64, StoreEr
             }
             r
         }
+        Mutation::ConsumeDpopJti { key, expires_at } => {
+            let r = sqlx::query("INSERT INTO dpop_jtis (key, expires_at) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+                .bind(key)
+                .bind(ts(*expires_at))
+                .execute(&mut *conn)
+                .await
+                .map_err(unavailable)?;
+            if r.rows_affected() == 0 {
+                return Err(StoreError::DpopReplay);
+            }
+            r
+        }
+        Mutation::ReserveStatusIndexes { count } => {
+            let count = i64::try_from(*count).map_err(|_| unavailable("status index overflow"))?;
+            let first: i64 =
+                sqlx::query_scalar("UPDATE status_counter SET next = next + $1 WHERE id = 1 RETURNING next - $1")
+                    .bind(count)
+                    .fetch_one(&mut *conn)
+                    .await
+                    .map_err(unavailable)?;
+            return u64::try_from(first).map_err(|_| unavailable("status index overflow"));
+        }
         Mutation::InsertToken(t) => {
             token_may_be_inserted(conn, t).await?;
             sqlx::query(
-            "INSERT INTO tokens (jti, client_id, subject, audience, scopes, grant_id, parent, chain, issued_at, expires_at, cnf_jkt, revoked_at, family) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+            "INSERT INTO tokens (jti, client_id, subject, audience, scopes, grant_id, parent, chain, issued_at, expires_at, cnf_jkt, revoked_at, family, status_idx) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
         )
         .bind(t.jti.to_string())
         .bind(t.client_id.to_string())
@@ -280,6 +302,7 @@ async fn apply_one(conn: &mut PgConnection, m: &Mutation) -> Result<u64, StoreEr
         .bind(&t.cnf_jkt)
         .bind(t.revoked_at.map(ts))
         .bind(&t.family)
+        .bind(t.status_idx.map(i64::try_from).transpose().map_err(|_| unavailable("status index overflow"))?)
         .execute(&mut *conn)
         .await
         .map_err(|e| map_write_error(e, "token"))?
@@ -392,8 +415,8 @@ async fn apply_one(conn: &mut PgConnection, m: &Mutation) -> Result<u64, StoreEr
             .await
             .map_err(unavailable)?,
         Mutation::InsertRefresh(r) => sqlx::query(
-            "INSERT INTO refresh_tokens (hash, family, grant_id, client_id, scopes, issued_at, expires_at, used_at, revoked_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            "INSERT INTO refresh_tokens (hash, family, grant_id, client_id, scopes, issued_at, expires_at, used_at, revoked_at, cnf_jkt) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         )
         .bind(&r.hash)
         .bind(&r.family)
@@ -404,6 +427,7 @@ async fn apply_one(conn: &mut PgConnection, m: &Mutation) -> Result<u64, StoreEr
         .bind(ts(r.expires_at))
         .bind(r.used_at.map(ts))
         .bind(r.revoked_at.map(ts))
+        .bind(&r.cnf_jkt)
         .execute(&mut *conn)
         .await
         .map_err(|e| map_write_error(e, "refresh token"))?,
@@ -430,11 +454,18 @@ async fn apply_one(conn: &mut PgConnection, m: &Mutation) -> Result<u64, StoreEr
         Mutation::RevokeTokensOfFamily { family, at } => {
             return revoke_tree(conn, "family = $2 AND expires_at > $1", *at, family).await;
         }
-        Mutation::PurgeExpiredJtis { before } => sqlx::query("DELETE FROM assertion_jtis WHERE expires_at < $1")
-            .bind(ts(*before))
-            .execute(&mut *conn)
-            .await
-            .map_err(unavailable)?,
+        Mutation::PurgeExpiredJtis { before } => {
+            let mut n = 0;
+            for table in ["assertion_jtis", "dpop_jtis"] {
+                n += sqlx::query(&format!("DELETE FROM {table} WHERE expires_at < $1"))
+                    .bind(ts(*before))
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(unavailable)?
+                    .rows_affected();
+            }
+            return Ok(n);
+        }
         Mutation::InsertCheckpoint(cp) => sqlx::query(
             "INSERT INTO audit_checkpoints (seq, hash, time, kid, signature) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (seq) DO NOTHING",
         )
@@ -835,6 +866,7 @@ fn token_row(r: &PgRow) -> Result<TokenRecord, StoreError> {
         issued_at: get(r, "issued_at")?,
         expires_at: get(r, "expires_at")?,
         cnf_jkt: get(r, "cnf_jkt")?,
+        status_idx: get(r, "status_idx")?,
         family: get(r, "family")?,
         revoked_at: get(r, "revoked_at")?,
     })
@@ -887,6 +919,7 @@ fn refresh_row(r: &PgRow) -> Result<RefreshRecord, StoreError> {
         expires_at: get(r, "expires_at")?,
         used_at: get(r, "used_at")?,
         revoked_at: get(r, "revoked_at")?,
+        cnf_jkt: get(r, "cnf_jkt")?,
     })
 }
 
@@ -1036,6 +1069,28 @@ impl Store for PostgresStore {
 
     async fn refresh(&self, hash: &str) -> Result<Option<RefreshRecord>, StoreError> {
         self.one("SELECT * FROM refresh_tokens WHERE hash = $1", hash, refresh_row).await
+    }
+
+    async fn revoked_status_indexes(&self, from: u64, to: u64) -> Result<Vec<u64>, StoreError> {
+        let range = |v: u64| i64::try_from(v).map_err(|_| unavailable("status index overflow"));
+        let rows: Vec<i64> = sqlx::query_scalar(
+            "SELECT status_idx FROM tokens WHERE revoked_at IS NOT NULL AND status_idx IS NOT NULL \
+             AND status_idx >= $1 AND status_idx < $2",
+        )
+        .bind(range(from)?)
+        .bind(range(to)?)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        Ok(rows.into_iter().filter_map(|i| u64::try_from(i).ok()).collect())
+    }
+
+    async fn status_indexes_reserved(&self) -> Result<u64, StoreError> {
+        let next: i64 = sqlx::query_scalar("SELECT next FROM status_counter WHERE id = 1")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        u64::try_from(next).map_err(|_| unavailable("status index overflow"))
     }
 
     async fn expired_agents(&self, at: time::OffsetDateTime) -> Result<Vec<Agent>, StoreError> {

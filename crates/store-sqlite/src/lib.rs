@@ -39,6 +39,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0001_init.sql"),
     include_str!("../migrations/0002_audit.sql"),
     include_str!("../migrations/0003_delegation.sql"),
+    include_str!("../migrations/0004_resource_side.sql"),
 ];
 
 /// Most changes folded into one transaction.
@@ -513,12 +514,32 @@ fn apply(conn: &Connection, m: &Mutation, affected: &[u64], head: &mut Head) -> 
             }
             Ok(n)
         }
+        Mutation::ConsumeDpopJti { key, expires_at } => {
+            let n = exec(
+                conn,
+                "INSERT INTO dpop_jtis (key, expires_at) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+                params![key, ts(*expires_at)],
+                "DPoP proof",
+            )?;
+            if n == 0 {
+                return Err(StoreError::DpopReplay);
+            }
+            Ok(n)
+        }
+        Mutation::ReserveStatusIndexes { count } => {
+            let count = i64::try_from(*count).map_err(|_| unavailable("status index overflow"))?;
+            let first: i64 = conn
+                .prepare_cached("UPDATE status_counter SET next = next + ?1 WHERE id = 1 RETURNING next - ?1")
+                .and_then(|mut s| s.query_row([count], |r| r.get(0)))
+                .map_err(unavailable)?;
+            u64::try_from(first).map_err(|_| unavailable("status index overflow"))
+        }
         Mutation::InsertToken(t) => {
             token_may_be_inserted(conn, t)?;
             exec(
                 conn,
-                "INSERT INTO tokens (jti, client_id, subject, audience, scopes, grant_id, parent, chain, issued_at, expires_at, cnf_jkt, revoked_at, family) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                "INSERT INTO tokens (jti, client_id, subject, audience, scopes, grant_id, parent, chain, issued_at, expires_at, cnf_jkt, revoked_at, family, status_idx) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
                 params![
                     t.jti.to_string(),
                     t.client_id.to_string(),
@@ -533,6 +554,7 @@ fn apply(conn: &Connection, m: &Mutation, affected: &[u64], head: &mut Head) -> 
                     t.cnf_jkt,
                     t.revoked_at.map(ts),
                     t.family,
+                    t.status_idx.map(i64::try_from).transpose().map_err(|_| unavailable("status index overflow"))?,
                 ],
                 "token",
             )
@@ -638,8 +660,8 @@ fn apply(conn: &Connection, m: &Mutation, affected: &[u64], head: &mut Head) -> 
         ),
         Mutation::InsertRefresh(r) => exec(
             conn,
-            "INSERT INTO refresh_tokens (hash, family, grant_id, client_id, scopes, issued_at, expires_at, used_at, revoked_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            "INSERT INTO refresh_tokens (hash, family, grant_id, client_id, scopes, issued_at, expires_at, used_at, revoked_at, cnf_jkt) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             params![
                 r.hash,
                 r.family,
@@ -650,6 +672,7 @@ fn apply(conn: &Connection, m: &Mutation, affected: &[u64], head: &mut Head) -> 
                 ts(r.expires_at),
                 r.used_at.map(ts),
                 r.revoked_at.map(ts),
+                r.cnf_jkt,
             ],
             "refresh token",
         ),
@@ -675,7 +698,9 @@ fn apply(conn: &Connection, m: &Mutation, affected: &[u64], head: &mut Head) -> 
             revoke_tree(conn, "family = ?2 AND expires_at > ?1", params![ts(*at), family])
         }
         Mutation::PurgeExpiredJtis { before } => {
-            exec(conn, "DELETE FROM assertion_jtis WHERE expires_at < ?1", params![ts(*before)], "assertion jtis")
+            let n =
+                exec(conn, "DELETE FROM assertion_jtis WHERE expires_at < ?1", params![ts(*before)], "assertion jtis")?;
+            Ok(n + exec(conn, "DELETE FROM dpop_jtis WHERE expires_at < ?1", params![ts(*before)], "DPoP proofs")?)
         }
         Mutation::AppendAudit(record) => {
             // Hashed from the record in place: the writer is the hot path.
@@ -817,6 +842,7 @@ fn token_row(r: &Row<'_>) -> Mapped<TokenRecord> {
         issued_at: r.get("issued_at")?,
         expires_at: r.get("expires_at")?,
         cnf_jkt: r.get("cnf_jkt")?,
+        status_idx: r.get("status_idx")?,
         family: r.get("family")?,
         revoked_at: r.get("revoked_at")?,
     }))
@@ -869,6 +895,7 @@ fn refresh_row(r: &Row<'_>) -> Mapped<RefreshRecord> {
         expires_at: r.get("expires_at")?,
         used_at: r.get("used_at")?,
         revoked_at: r.get("revoked_at")?,
+        cnf_jkt: r.get("cnf_jkt")?,
     }))
 }
 
@@ -1047,6 +1074,24 @@ impl Store for SqliteStore {
 
     async fn refresh(&self, hash: &str) -> Result<Option<RefreshRecord>, StoreError> {
         self.one("SELECT * FROM refresh_tokens WHERE hash = ?1", hash, refresh_row)
+    }
+
+    async fn revoked_status_indexes(&self, from: u64, to: u64) -> Result<Vec<u64>, StoreError> {
+        let range = |v: u64| i64::try_from(v).map_err(|_| unavailable("status index overflow"));
+        let (from, to) = (range(from)?, range(to)?);
+        let rows = self.read(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT status_idx FROM tokens WHERE revoked_at IS NOT NULL AND status_idx IS NOT NULL \
+                 AND status_idx >= ?1 AND status_idx < ?2",
+            )?;
+            stmt.query_map([from, to], |r| r.get::<_, i64>(0))?.collect::<rusqlite::Result<Vec<_>>>()
+        })?;
+        Ok(rows.into_iter().filter_map(|i| u64::try_from(i).ok()).collect())
+    }
+
+    async fn status_indexes_reserved(&self) -> Result<u64, StoreError> {
+        let next: i64 = self.read(|c| c.query_row("SELECT next FROM status_counter WHERE id = 1", [], |r| r.get(0)))?;
+        u64::try_from(next).map_err(|_| unavailable("status index overflow"))
     }
 
     async fn expired_agents(&self, at: time::OffsetDateTime) -> Result<Vec<Agent>, StoreError> {

@@ -52,6 +52,9 @@ pub const CASES: &[(&str, Case)] = cases![
     delegated_tokens_need_a_live_parent_and_grant,
     revocation_reaches_every_descendant,
     refresh_rotation_admits_one_use,
+    dpop_proofs_are_single_use,
+    status_indexes_never_repeat,
+    revoked_tokens_show_in_their_status_list,
     revoking_a_parent_during_its_exchange_never_leaves_a_live_child,
     appends_report_their_seq,
 ];
@@ -144,6 +147,7 @@ pub fn token(agent: AgentId, subject: &str) -> TokenRecord {
         issued_at: t0(),
         expires_at: t0() + Duration::minutes(5),
         cnf_jkt: None,
+        status_idx: None,
         family: None,
         revoked_at: None,
     }
@@ -1075,6 +1079,7 @@ async fn refresh_rotation_admits_one_use(s: Arc<dyn Store>) -> Result<()> {
         expires_at: g.expires_at,
         used_at: None,
         revoked_at: None,
+        cnf_jkt: Some("bound-jkt".into()),
     };
     one(&s, Mutation::InsertRefresh(refresh("h1"))).await?;
     ensure!(s.refresh("h1").await? == Some(refresh("h1")), "refresh token did not round-trip");
@@ -1156,5 +1161,70 @@ async fn appends_report_their_seq(s: Arc<dyn Store>) -> Result<()> {
     let mut seqs: Vec<u64> = r1?.into_iter().chain(r2?).collect();
     seqs.sort_unstable();
     ensure!(seqs == vec![before + 2, before + 3], "concurrent appends reported {seqs:?}");
+    Ok(())
+}
+
+async fn dpop_proofs_are_single_use(s: Arc<dyn Store>) -> Result<()> {
+    let burn = |key: &str| Mutation::ConsumeDpopJti { key: key.into(), expires_at: t0() + Duration::minutes(1) };
+    one(&s, burn("proof-1")).await?;
+    ensure!(matches!(one(&s, burn("proof-1")).await, Err(StoreError::DpopReplay)), "a replayed proof was accepted");
+    // The replay wrote nothing: a change holding it and a token is refused whole.
+    let (_, a, _, _) = people(&s, "dpop@example.com").await?;
+    let t = token(a.id, &a.id.to_string());
+    let refused = s.commit(Change::new().with(burn("proof-1")).with(Mutation::InsertToken(t.clone()))).await;
+    ensure!(matches!(refused, Err(StoreError::DpopReplay)), "expected a replay, got {refused:?}");
+    ensure!(s.token(t.jti).await?.is_none(), "a token was written with a replayed proof");
+    one(&s, burn("proof-2")).await?;
+    // Forgotten once too old to be accepted anyway.
+    one(&s, Mutation::PurgeExpiredJtis { before: t0() + Duration::minutes(2) }).await?;
+    one(&s, burn("proof-1")).await?;
+    Ok(())
+}
+
+async fn status_indexes_never_repeat(s: Arc<dyn Store>) -> Result<()> {
+    let before = s.status_indexes_reserved().await?;
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut firsts = Vec::new();
+            for _ in 0..8 {
+                firsts.push(one(&s, Mutation::ReserveStatusIndexes { count: 100 }).await?);
+            }
+            Ok::<_, StoreError>(firsts)
+        }));
+    }
+    let mut firsts = Vec::new();
+    for t in tasks {
+        firsts.extend(t.await??);
+    }
+    firsts.sort_unstable();
+    ensure!(firsts.len() == 128, "expected 128 reservations");
+    ensure!(firsts.windows(2).all(|w| matches!(w, [a, b] if *b >= a + 100)), "reserved blocks overlap: {firsts:?}");
+    ensure!(firsts.first().is_some_and(|f| *f >= before), "a block reused indexes below {before}");
+    ensure!(s.status_indexes_reserved().await? == before + 12_800, "the counter did not advance by 12,800");
+    Ok(())
+}
+
+async fn revoked_tokens_show_in_their_status_list(s: Arc<dyn Store>) -> Result<()> {
+    let (_, a, _, _) = people(&s, "status@example.com").await?;
+    let base = one(&s, Mutation::ReserveStatusIndexes { count: 4 }).await?;
+    let mut parent = token(a.id, &a.id.to_string());
+    parent.status_idx = Some(base);
+    let mut child = token(a.id, &a.id.to_string());
+    child.parent = Some(parent.jti);
+    child.status_idx = Some(base + 1);
+    let mut other = token(a.id, &a.id.to_string());
+    other.status_idx = Some(base + 2);
+    for t in [&parent, &child, &other] {
+        one(&s, Mutation::InsertToken(t.clone())).await?;
+    }
+    ensure!(s.token(child.jti).await?.and_then(|t| t.status_idx) == Some(base + 1), "status_idx did not round-trip");
+    ensure!(s.revoked_status_indexes(base, base + 4).await?.is_empty(), "nothing is revoked yet");
+    one(&s, Mutation::RevokeToken { jti: parent.jti, at: t0() }).await?;
+    let mut revoked = s.revoked_status_indexes(base, base + 4).await?;
+    revoked.sort_unstable();
+    ensure!(revoked == vec![base, base + 1], "the cascade must show in the list: {revoked:?}");
+    ensure!(s.revoked_status_indexes(base + 2, base + 4).await?.is_empty(), "ranges are half-open");
     Ok(())
 }

@@ -90,6 +90,12 @@ impl Store for FaultyStore {
     async fn refresh(&self, hash: &str) -> Result<Option<RefreshRecord>, StoreError> {
         self.inner.refresh(hash).await
     }
+    async fn revoked_status_indexes(&self, from: u64, to: u64) -> Result<Vec<u64>, StoreError> {
+        self.inner.revoked_status_indexes(from, to).await
+    }
+    async fn status_indexes_reserved(&self) -> Result<u64, StoreError> {
+        self.inner.status_indexes_reserved().await
+    }
     async fn expired_agents(&self, at: OffsetDateTime) -> Result<Vec<Agent>, StoreError> {
         self.inner.expired_agents(at).await
     }

@@ -105,6 +105,18 @@ impl World {
         self.s.form_asserted(&a, "/oauth/token", params).await
     }
 
+    /// Any grant at the token endpoint with a `DPoP` header.
+    pub async fn grant_dpop(&self, agent: &TestAgent, proof: &str, params: &[(&str, &str)]) -> Result<(u16, Value)> {
+        let a = self.s.assertion(agent, json!({}));
+        let mut all = vec![
+            ("client_assertion_type", mandate_jose::assertion::CLIENT_ASSERTION_TYPE),
+            ("client_assertion", a.as_str()),
+        ];
+        all.extend_from_slice(params);
+        let (st, body, _) = self.s.form_headers("/oauth/token", &all, &[("DPoP", proof)]).await?;
+        Ok((st, body))
+    }
+
     /// A self-authorised grant of `scope` from Alice to `agent`, and its
     /// first tokens.
     pub async fn granted(&self, agent: &TestAgent, scope: &str) -> Result<Value> {

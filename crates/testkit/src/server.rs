@@ -137,6 +137,33 @@ impl TestServer {
         Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
     }
 
+    /// POSTs a form with extra request headers; returns the status, the
+    /// JSON body and the response headers.
+    pub async fn form_headers(
+        &self,
+        path: &str,
+        params: &[(&str, &str)],
+        headers: &[(&str, &str)],
+    ) -> Result<(u16, Value, reqwest::header::HeaderMap)> {
+        let mut req = self.http.post(format!("{}{path}", self.url)).form(params);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp = req.send().await?;
+        let status = resp.status().as_u16();
+        let h = resp.headers().clone();
+        let text = resp.text().await?;
+        Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null), h))
+    }
+
+    /// A DPoP proof by `key` for `htm` on this server's `path`.
+    pub fn dpop(&self, key: &mandate_jose::SigningKey, htm: &str, path: &str, nonce: Option<&str>) -> String {
+        let htu = format!("{}{path}", self.issuer);
+        let jti = fresh_jti();
+        let claims = mandate_jose::dpop::ProofClaims { jti: &jti, htm, htu: &htu, iat: self.now(), ath: None, nonce };
+        mandate_jose::dpop::sign_proof(key, &claims).unwrap_or_default()
+    }
+
     /// POSTs a form to an OAuth endpoint with `assertion` as the client's
     /// `private_key_jwt` credentials, ahead of `params`.
     pub async fn form_asserted(&self, assertion: &str, path: &str, params: &[(&str, &str)]) -> Result<(u16, Value)> {

@@ -4,5 +4,6 @@
 #![allow(clippy::indexing_slicing)]
 
 mod crash;
+mod demo;
 mod nodes;
 mod support;

@@ -126,6 +126,20 @@ async fn two_nodes_share_one_database() -> anyhow::Result<()> {
         anyhow::ensure!(st == 200);
         let (st, _) = b.token_with(&once, "https://api.example.com", "read").await?;
         anyhow::ensure!(st == 401, "a replay on the other node was accepted");
+        // B serves the token's status list (and keeps it).
+        let status = mandate_testkit::scenarios::claims(&token)["status"]["status_list"].clone();
+        let idx = status["idx"].as_u64().unwrap_or(u64::MAX);
+        let uri = status["uri"].as_str().unwrap_or_default().to_owned();
+        let path = uri.trim_start_matches("https://mandate.test").to_owned();
+        let bit_on_b = || async {
+            let list = b.http.get(format!("{}{path}", b.url)).send().await?.text().await?;
+            let keys = mandate_jose::JwkSet::from_json(
+                &b.http.get(format!("{}/jwks.json", b.url)).send().await?.json::<serde_json::Value>().await?,
+            )?;
+            let (_, bits) = mandate_jose::statuslist::verify(&list, &keys, &uri, b.now())?;
+            Ok::<_, anyhow::Error>(bits.is_invalid(idx))
+        };
+        anyhow::ensure!(bit_on_b().await? == Some(false), "a live token is listed as revoked");
         // Revoke on A (suspend), and B refuses at once.
         let (st, _) = a.admin(reqwest::Method::POST, &format!("/v1/agents/{}/suspend", agent.id), None).await?;
         anyhow::ensure!(st == 200);
@@ -133,6 +147,7 @@ async fn two_nodes_share_one_database() -> anyhow::Result<()> {
             b.introspect(&token).await? == serde_json::json!({"active": false}),
             "node B still honours a revoked token"
         );
+        anyhow::ensure!(bit_on_b().await? == Some(true), "node B's status list missed A's revocation");
         let (st, _) = b.token(&agent, "https://api.example.com", "read").await?;
         anyhow::ensure!(st == 401, "node B still authenticates a suspended agent");
         // A policy change on A reaches B.
