@@ -6,6 +6,7 @@
 use criterion::{Criterion, criterion_group, criterion_main};
 use mandate_jose::access::{AccessTokenVerifier, mint};
 use mandate_jose::assertion::{AssertionRules, verify_client_assertion};
+use mandate_jose::dpop::{ProofClaims, ProofRules, access_token_hash, sign_proof, verify_proof};
 use mandate_jose::{JwkSet, KeyAlg, SigningKey, jws};
 use mandate_model::claims::AccessTokenClaims;
 
@@ -59,6 +60,18 @@ fn bench(c: &mut Criterion) {
             AssertionRules { audiences: &["https://mandate.example"], now: NOW, max_lifetime: 3600, leeway: 60 };
         c.bench_function(&format!("client_assertion/verify/{}", alg.name()), |b| {
             b.iter(|| verify_client_assertion(std::hint::black_box(&assertion), &keys, cid, &rules).unwrap())
+        });
+        // A DPoP proof at a resource: the key parsed from the header, the
+        // signature, the claims, `htu` normalised, `ath` compared.
+        let htu = "https://api.example.com/events";
+        let proof = sign_proof(
+            &key,
+            &ProofClaims { jti: "j", htm: "GET", htu, iat: NOW, ath: Some(access_token_hash(&token)), nonce: None },
+        )
+        .unwrap();
+        let rules = ProofRules { htm: "GET", htu, now: NOW, max_age: 60, max_skew: 5, access_token: Some(&token) };
+        c.bench_function(&format!("dpop_proof/verify/{}", alg.name()), |b| {
+            b.iter(|| verify_proof(std::hint::black_box(&proof), &rules).unwrap())
         });
     }
 }
