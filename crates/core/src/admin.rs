@@ -463,6 +463,30 @@ impl Mandate {
         }
     }
 
+    /// Display names of agents, for pages that show a chain to the person
+    /// it acts for (unknown ids are left out).
+    pub async fn agent_names(&self, ids: &[AgentId]) -> Result<std::collections::HashMap<AgentId, String>, Error> {
+        let mut out = std::collections::HashMap::new();
+        for id in ids {
+            if !out.contains_key(id)
+                && let Some(a) = self.store.agent(*id).await?
+            {
+                out.insert(*id, a.name);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The agents a person is accountable for (the web's "My agents").
+    pub async fn agents_owned_by(&self, caller: Caller, owner: UserId) -> Result<Vec<Agent>, Error> {
+        match caller {
+            Caller::Admin => {}
+            Caller::User(u) if u == owner => {}
+            Caller::User(_) => return self.forbid(caller, "a person may list only the agents they own").await,
+        }
+        Ok(self.store.agents_owned_by(owner).await?)
+    }
+
     /// Suspends, resumes or retires an agent. Suspension and retirement
     /// revoke every token it holds and cascade to the ephemeral agents it
     /// spawned; retirement is final.

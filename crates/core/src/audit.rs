@@ -49,6 +49,9 @@ pub mod kind {
     pub const CIBA_POLLED: &str = "ciba.polled";
     pub const REFRESH_REUSED: &str = "refresh.reused";
     pub const CHECK: &str = "check.decided";
+    pub const SESSION_CREATED: &str = "session.created";
+    pub const SESSION_ENDED: &str = "session.ended";
+    pub const SIGN_IN_FAILED: &str = "session.sign_in_failed";
 }
 
 /// Decisions an event may record.
@@ -470,9 +473,25 @@ impl Mandate {
         Ok(self.store.audit_checkpoints(after, limit).await?)
     }
 
-    /// `GET /v1/audit/trace/{id}`.
+    /// `GET /v1/audit/trace/{id}`: the admin traces anything; a person
+    /// traces a grant they gave or a token issued for them.
     pub async fn audit_trace(&self, caller: Caller, id: &str) -> Result<Trace, Error> {
-        self.require_admin(caller).await?;
+        if let Caller::User(u) = caller {
+            let theirs = if let Ok(g) = id.parse::<mandate_model::GrantId>() {
+                self.store.grant(g).await?.is_some_and(|g| g.user == u)
+            } else if let Ok(j) = id.parse::<mandate_model::Jti>() {
+                self.store.token(j).await?.is_some_and(|t| t.subject == u.to_string())
+            } else {
+                false
+            };
+            if !theirs {
+                let why = "a person may trace only the grants they gave and the tokens issued for them";
+                self.record_admin_refusal(kind::ADMIN_DENIED, Some(caller), why).await?;
+                return Err(Error::Forbidden(why.into()));
+            }
+        } else {
+            self.require_admin(caller).await?;
+        }
         trace(self.store.as_ref(), id).await
     }
 

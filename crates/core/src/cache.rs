@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use mandate_audit::{Checkpoint, Event};
-use mandate_model::records::{Agent, Approval, Grant, RefreshRecord, Resource, TokenRecord, User};
+use mandate_model::records::{Agent, Approval, Grant, RefreshRecord, Resource, SessionRecord, TokenRecord, User};
 use mandate_model::{AgentId, ApprovalId, GrantId, Jti, ResourceId, UserId};
 use time::OffsetDateTime;
 
@@ -140,6 +140,12 @@ impl Store for CachingStore {
     }
     async fn refresh(&self, hash: &str) -> Result<Option<RefreshRecord>, StoreError> {
         self.inner.refresh(hash).await
+    }
+    async fn session(&self, hash: &str) -> Result<Option<SessionRecord>, StoreError> {
+        self.inner.session(hash).await
+    }
+    async fn agents_owned_by(&self, owner: UserId) -> Result<Vec<Agent>, StoreError> {
+        self.inner.agents_owned_by(owner).await
     }
     async fn revoked_status_indexes(&self, from: u64, to: u64) -> Result<Vec<u64>, StoreError> {
         self.inner.revoked_status_indexes(from, to).await

@@ -33,6 +33,8 @@ pub struct Config {
     pub dpop_max_skew: i64,
     /// Whether DPoP proofs must carry a server nonce (RFC 9449 §8).
     pub dpop_nonces: bool,
+    /// How long a web sign-in lasts, seconds.
+    pub session_ttl: i64,
     /// Statuses per status list; a list rotates when it is full.
     pub status_list_size: u64,
     /// How long relying parties may cache a status list (`ttl`), seconds.
@@ -63,6 +65,7 @@ impl Config {
             dpop_max_age: 60,
             dpop_max_skew: 5,
             dpop_nonces: false,
+            session_ttl: 8 * 3600,
             status_list_size: 1 << 20,
             status_list_ttl: 60,
             audit_checkpoint_events: 10_000,

@@ -17,6 +17,7 @@ pub mod delegation;
 pub mod dpop;
 mod keyring;
 mod oauth;
+pub mod session;
 pub mod status;
 
 pub use audit::{AuditQuery, AuditRecord, TrailReport};

@@ -72,6 +72,8 @@ pub struct Mandate {
     pub(crate) caches: crate::chain::Caches,
     /// Status indexes reserved by this node, and the lists it has built.
     pub(crate) status: crate::status::StatusLists,
+    /// Failed web sign-ins, per email and per client address.
+    pub(crate) sign_in_failures: crate::session::Failures,
 }
 
 impl std::fmt::Debug for Mandate {
@@ -81,6 +83,11 @@ impl std::fmt::Debug for Mandate {
 }
 
 impl Mandate {
+    /// The random source (for the web layer's one-off tokens).
+    pub fn rng(&self) -> &dyn crate::Random {
+        self.rng.as_ref()
+    }
+
     /// Opens the service: loads (or on the first start, creates) the
     /// signing key and loads the current policy set.
     pub async fn open(
@@ -120,6 +127,7 @@ impl Mandate {
             checked: std::sync::Mutex::new(HashMap::new()),
             caches: crate::chain::Caches::default(),
             status: crate::status::StatusLists::default(),
+            sign_in_failures: crate::session::Failures::default(),
         };
         service.reload_policy().await?;
         service.load_audit_keys().await?;

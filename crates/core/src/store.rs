@@ -7,7 +7,8 @@
 use async_trait::async_trait;
 use mandate_audit::{Checkpoint, Event};
 use mandate_model::records::{
-    Agent, AgentStatus, Approval, ApprovalStatus, ClientId, Grant, RefreshRecord, Resource, TokenRecord, User,
+    Agent, AgentStatus, Approval, ApprovalStatus, ClientId, Grant, RefreshRecord, Resource, SessionRecord, TokenRecord,
+    User,
 };
 use mandate_model::{AgentId, ApprovalId, GrantId, Jti, UserId};
 use thiserror::Error;
@@ -147,6 +148,13 @@ pub enum Mutation {
     ConsumeDpopJti {
         key: String,
         expires_at: OffsetDateTime,
+    },
+    /// Fails with `Conflict` if the hash exists.
+    InsertSession(SessionRecord),
+    /// Ends a session (affected: 0 or 1).
+    RevokeSession {
+        hash: String,
+        at: OffsetDateTime,
     },
     /// Reserves `count` status-list indexes, never handed out before
     /// (affected: the first of them).
@@ -347,6 +355,11 @@ pub trait Store: Send + Sync + 'static {
     async fn approvals(&self, query: &ApprovalQuery) -> Result<Vec<Approval>, StoreError>;
     async fn refresh(&self, hash: &str) -> Result<Option<RefreshRecord>, StoreError>;
 
+    /// A sign-in session by the hash of its secret.
+    async fn session(&self, hash: &str) -> Result<Option<SessionRecord>, StoreError>;
+    /// The agents `owner` is accountable for, oldest first.
+    async fn agents_owned_by(&self, owner: UserId) -> Result<Vec<Agent>, StoreError>;
+
     /// The status indexes in `from..to` of revoked tokens, in any order.
     async fn revoked_status_indexes(&self, from: u64, to: u64) -> Result<Vec<u64>, StoreError>;
     /// How many status indexes have been reserved so far.
@@ -374,7 +387,7 @@ pub mod codec {
 
     use mandate_model::records::{
         Agent, AgentKind, AgentStatus, Approval, ApprovalStatus, ApprovalSubject, ClientId, Grant, GrantStatus,
-        RefreshRecord, Resource, TokenRecord, User, UserStatus,
+        RefreshRecord, Resource, SessionRecord, TokenRecord, User, UserStatus,
     };
     use mandate_model::{AgentId, ApprovalId, GrantId, Jti, ResourceId, ScopeSet, UserId};
     use time::OffsetDateTime;
@@ -604,6 +617,29 @@ pub mod codec {
             sql.push_str(&c);
         }
         (sql, values)
+    }
+
+    pub struct SessionRow {
+        pub hash: String,
+        pub user_id: String,
+        pub csrf: String,
+        pub created_at: i64,
+        pub expires_at: i64,
+        pub revoked_at: Option<i64>,
+    }
+
+    impl TryFrom<SessionRow> for SessionRecord {
+        type Error = StoreError;
+        fn try_from(r: SessionRow) -> Result<Self, StoreError> {
+            Ok(SessionRecord {
+                hash: r.hash,
+                user: parse::<UserId>(&r.user_id)?,
+                csrf: r.csrf,
+                created_at: from_ts(r.created_at)?,
+                expires_at: from_ts(r.expires_at)?,
+                revoked_at: opt_ts(r.revoked_at)?,
+            })
+        }
     }
 
     pub struct TokenRow {

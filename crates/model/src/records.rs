@@ -389,6 +389,19 @@ pub struct RefreshRecord {
     pub cnf_jkt: Option<String>,
 }
 
+/// A person's sign-in session at the web pages. The cookie holds a secret
+/// whose SHA-256 is `hash`; the cookie is never an access token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRecord {
+    pub hash: String,
+    pub user: UserId,
+    /// The session's CSRF token, echoed by every form.
+    pub csrf: String,
+    pub created_at: OffsetDateTime,
+    pub expires_at: OffsetDateTime,
+    pub revoked_at: Option<OffsetDateTime>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -35,6 +35,7 @@ impl OAuthError {
             Error::UnknownUser(_) => "unknown_user_id",
             Error::InvalidDpopProof(_) => "invalid_dpop_proof",
             Error::UseDpopNonce { .. } => "use_dpop_nonce",
+            Error::RateLimited(_) => "slow_down",
             Error::Unavailable(_) => "temporarily_unavailable",
         }
     }
@@ -56,6 +57,7 @@ impl OAuthError {
             | Error::ExpiredToken(m)
             | Error::UnknownUser(m)
             | Error::InvalidDpopProof(m)
+            | Error::RateLimited(m)
             | Error::Unavailable(m) => m.clone(),
             Error::UseDpopNonce { .. } => "the DPoP proof must carry the nonce in the DPoP-Nonce header".into(),
             Error::Unauthenticated => "client authentication failed".into(),
@@ -135,6 +137,7 @@ impl From<Error> for Problem {
             | Error::ExpiredToken(m)
             | Error::InvalidDpopProof(m) => Problem::bad_input(m),
             Error::UseDpopNonce { .. } => Problem::bad_input(e.to_string()),
+            Error::RateLimited(m) => Problem::new(S::TOO_MANY_REQUESTS, "rate-limited", "Too many requests", m),
             Error::AccessDenied(m) => Problem::new(S::FORBIDDEN, "forbidden", "Forbidden", m),
             Error::AuthorizationPending | Error::SlowDown => Problem::bad_input(e.to_string()),
             Error::Unavailable(m) => Problem::new(S::SERVICE_UNAVAILABLE, "unavailable", "Temporarily unavailable", m),

@@ -8,6 +8,7 @@ pub mod error;
 pub mod extract;
 mod oauth;
 mod ops;
+mod web;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -76,6 +77,7 @@ pub fn router(state: AppState) -> Router {
         .merge(oauth)
         .merge(admin)
         .merge(ops)
+        .merge(web::routes())
         .fallback(ops::not_found)
         .method_not_allowed_fallback(ops::method_not_allowed)
         .layer(axum::middleware::from_fn(ops::request_id))
@@ -83,7 +85,7 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(MAX_BODY))
         // RFC 9700 §4.16 (clickjacking) and content sniffing.
         .layer(SetResponseHeaderLayer::overriding(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY")))
-        .layer(SetResponseHeaderLayer::overriding(
+        .layer(SetResponseHeaderLayer::if_not_present(
             header::CONTENT_SECURITY_POLICY,
             HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
         ))
@@ -104,6 +106,7 @@ pub async fn serve(
     ops::install_metrics();
     let sync = tokio::spawn(background(state.mandate.clone()));
     let app = router(state);
+    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
     let result = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
     sync.abort();
     result

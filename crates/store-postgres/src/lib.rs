@@ -17,13 +17,13 @@ use async_trait::async_trait;
 use mandate_audit::{Checkpoint, Event};
 use mandate_core::audit::{AuditQuery, seal_record};
 use mandate_core::store::codec::{
-    self, AgentRow, ApprovalRow, EVENT_COLUMNS, EventRow, GrantRow, RefreshRow, ResourceRow, TokenRow, UserRow,
-    agent_kind, json, ts, user_status,
+    self, AgentRow, ApprovalRow, EVENT_COLUMNS, EventRow, GrantRow, RefreshRow, ResourceRow, SessionRow, TokenRow,
+    UserRow, agent_kind, json, ts, user_status,
 };
 use mandate_core::store::{
     ApprovalQuery, Change, GrantQuery, KeyUse, Mutation, Store, StoreError, StoredKey, StoredPolicy,
 };
-use mandate_model::records::{Agent, Approval, Grant, RefreshRecord, Resource, TokenRecord, User};
+use mandate_model::records::{Agent, Approval, Grant, RefreshRecord, Resource, SessionRecord, TokenRecord, User};
 use mandate_model::{AgentId, ApprovalId, GrantId, Jti, ResourceId, UserId};
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
 use sqlx::{ConnectOptions, Row};
@@ -272,6 +272,26 @@ async fn apply_one(conn: &mut PgConnection, m: &Mutation) -> Result<u64, StoreEr
                 return Err(StoreError::DpopReplay);
             }
             r
+        }
+        Mutation::InsertSession(r) => sqlx::query(
+            "INSERT INTO sessions (hash, user_id, csrf, created_at, expires_at, revoked_at) VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(&r.hash)
+        .bind(r.user.to_string())
+        .bind(&r.csrf)
+        .bind(ts(r.created_at))
+        .bind(ts(r.expires_at))
+        .bind(r.revoked_at.map(ts))
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| map_write_error(e, "session"))?,
+        Mutation::RevokeSession { hash, at } => {
+            sqlx::query("UPDATE sessions SET revoked_at = $1 WHERE hash = $2 AND revoked_at IS NULL")
+                .bind(ts(*at))
+                .bind(hash)
+                .execute(&mut *conn)
+                .await
+                .map_err(unavailable)?
         }
         Mutation::ReserveStatusIndexes { count } => {
             let count = i64::try_from(*count).map_err(|_| unavailable("status index overflow"))?;
@@ -1069,6 +1089,34 @@ impl Store for PostgresStore {
 
     async fn refresh(&self, hash: &str) -> Result<Option<RefreshRecord>, StoreError> {
         self.one("SELECT * FROM refresh_tokens WHERE hash = $1", hash, refresh_row).await
+    }
+
+    async fn session(&self, hash: &str) -> Result<Option<SessionRecord>, StoreError> {
+        let row = sqlx::query("SELECT * FROM sessions WHERE hash = $1")
+            .bind(hash)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        row.map(|r| {
+            SessionRecord::try_from(SessionRow {
+                hash: get(&r, "hash")?,
+                user_id: get(&r, "user_id")?,
+                csrf: get(&r, "csrf")?,
+                created_at: get(&r, "created_at")?,
+                expires_at: get(&r, "expires_at")?,
+                revoked_at: get(&r, "revoked_at")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn agents_owned_by(&self, owner: UserId) -> Result<Vec<Agent>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM agents WHERE owner = $1 ORDER BY id")
+            .bind(owner.to_string())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        rows.iter().map(agent_row).collect()
     }
 
     async fn revoked_status_indexes(&self, from: u64, to: u64) -> Result<Vec<u64>, StoreError> {

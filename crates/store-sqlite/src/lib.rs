@@ -23,13 +23,13 @@ use async_trait::async_trait;
 use mandate_audit::{Checkpoint, Event, GENESIS};
 use mandate_core::audit::AuditQuery;
 use mandate_core::store::codec::{
-    self, AgentRow, ApprovalRow, EVENT_COLUMNS, EventRow, GrantRow, RefreshRow, ResourceRow, TokenRow, UserRow,
-    agent_kind, json, ts, user_status,
+    self, AgentRow, ApprovalRow, EVENT_COLUMNS, EventRow, GrantRow, RefreshRow, ResourceRow, SessionRow, TokenRow,
+    UserRow, agent_kind, json, ts, user_status,
 };
 use mandate_core::store::{
     ApprovalQuery, Change, GrantQuery, KeyUse, Mutation, Store, StoreError, StoredKey, StoredPolicy,
 };
-use mandate_model::records::{Agent, Approval, Grant, RefreshRecord, Resource, TokenRecord, User};
+use mandate_model::records::{Agent, Approval, Grant, RefreshRecord, Resource, SessionRecord, TokenRecord, User};
 use mandate_model::{AgentId, ApprovalId, GrantId, Jti, ResourceId, UserId};
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, Row, params};
 use tokio::sync::oneshot;
@@ -40,6 +40,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0002_audit.sql"),
     include_str!("../migrations/0003_delegation.sql"),
     include_str!("../migrations/0004_resource_side.sql"),
+    include_str!("../migrations/0005_web.sql"),
 ];
 
 /// Most changes folded into one transaction.
@@ -526,6 +527,18 @@ fn apply(conn: &Connection, m: &Mutation, affected: &[u64], head: &mut Head) -> 
             }
             Ok(n)
         }
+        Mutation::InsertSession(r) => exec(
+            conn,
+            "INSERT INTO sessions (hash, user_id, csrf, created_at, expires_at, revoked_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![r.hash, r.user.to_string(), r.csrf, ts(r.created_at), ts(r.expires_at), r.revoked_at.map(ts)],
+            "session",
+        ),
+        Mutation::RevokeSession { hash, at } => exec(
+            conn,
+            "UPDATE sessions SET revoked_at = ?1 WHERE hash = ?2 AND revoked_at IS NULL",
+            params![ts(*at), hash],
+            "session",
+        ),
         Mutation::ReserveStatusIndexes { count } => {
             let count = i64::try_from(*count).map_err(|_| unavailable("status index overflow"))?;
             let first: i64 = conn
@@ -1074,6 +1087,27 @@ impl Store for SqliteStore {
 
     async fn refresh(&self, hash: &str) -> Result<Option<RefreshRecord>, StoreError> {
         self.one("SELECT * FROM refresh_tokens WHERE hash = ?1", hash, refresh_row)
+    }
+
+    async fn session(&self, hash: &str) -> Result<Option<SessionRecord>, StoreError> {
+        self.one("SELECT * FROM sessions WHERE hash = ?1", hash, |r| {
+            Ok(SessionRecord::try_from(SessionRow {
+                hash: r.get("hash")?,
+                user_id: r.get("user_id")?,
+                csrf: r.get("csrf")?,
+                created_at: r.get("created_at")?,
+                expires_at: r.get("expires_at")?,
+                revoked_at: r.get("revoked_at")?,
+            }))
+        })
+    }
+
+    async fn agents_owned_by(&self, owner: UserId) -> Result<Vec<Agent>, StoreError> {
+        let rows = self.read(|c| {
+            let mut stmt = c.prepare_cached("SELECT * FROM agents WHERE owner = ?1 ORDER BY id")?;
+            stmt.query_map([owner.to_string()], agent_row)?.collect::<rusqlite::Result<Vec<_>>>()
+        })?;
+        rows.into_iter().collect()
     }
 
     async fn revoked_status_indexes(&self, from: u64, to: u64) -> Result<Vec<u64>, StoreError> {

@@ -15,3 +15,4 @@ mod restart;
 mod status;
 mod tokens;
 mod verifier;
+mod web;

@@ -1,0 +1,35 @@
+// Forms marked data-live post in the background and replace the page's
+// live region with the server's answer, so lists update without a reload.
+// Without this script every form still works by a plain post.
+(function () {
+  "use strict";
+  function live() { return document.getElementById("live"); }
+  async function submit(form) {
+    const region = live();
+    if (!region) { form.submit(); return; }
+    const body = new URLSearchParams(new FormData(form));
+    const resp = await fetch(form.action, {
+      method: "POST", body: body, credentials: "same-origin",
+      headers: { "X-Requested-With": "fetch", "Content-Type": "application/x-www-form-urlencoded" },
+    });
+    if (resp.redirected || !resp.ok) { window.location.assign(resp.url || window.location.href); return; }
+    region.innerHTML = await resp.text();
+    const notice = document.getElementById("notice");
+    if (notice) { notice.focus({ preventScroll: true }); }
+  }
+  document.addEventListener("submit", function (ev) {
+    const form = ev.target;
+    if (!(form instanceof HTMLFormElement) || !form.hasAttribute("data-live")) { return; }
+    ev.preventDefault();
+    submit(form).catch(function () { form.submit(); });
+  });
+  // The approvals inbox also picks up new requests on its own.
+  if (window.location.pathname === "/approvals") {
+    setInterval(async function () {
+      const region = live();
+      if (!region || document.activeElement && region.contains(document.activeElement)) { return; }
+      const resp = await fetch("/approvals?live=1", { credentials: "same-origin", headers: { "X-Requested-With": "fetch" } });
+      if (resp.ok && !resp.redirected) { region.innerHTML = await resp.text(); }
+    }, 3000);
+  }
+})();

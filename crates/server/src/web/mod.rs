@@ -1,0 +1,126 @@
+//! The web pages for people (DESIGN §7): sign-in, the approvals inbox,
+//! grants, agents and the audit trail with its delegation trees. They are
+//! rendered on the server. A small script (`/static/app.js`) makes forms
+//! update their list in place, and every form also works without it.
+//!
+//! Sessions live in a cookie (`HttpOnly`, `SameSite=Lax`, `Secure` and the
+//! `__Host-` prefix when the issuer is https). Every form carries the
+//! session's CSRF token; the sign-in form carries a token bound to a
+//! short-lived cookie (double submit). The session cookie is never read by
+//! the API, and the API's tokens never sign anyone in.
+
+mod html;
+mod pages;
+
+use axum::Router;
+use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use mandate_core::session::Session;
+
+use crate::AppState;
+
+/// Every page's Content-Security-Policy: scripts and styles from this
+/// origin only, no inline code, no framing, forms only to this origin.
+pub const PAGE_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
+connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'";
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/", get(|| async { Redirect::to("/approvals") }))
+        .route("/login", get(pages::login_page).post(pages::login))
+        .route("/logout", post(pages::logout))
+        .route("/approvals", get(pages::approvals))
+        .route("/approvals/{id}/{decision}", post(pages::decide))
+        .route("/grants", get(pages::grants))
+        .route("/grants/{id}/revoke", post(pages::revoke_grant))
+        .route("/agents", get(pages::agents))
+        .route("/agents/{id}/{op}", post(pages::agent_op))
+        .route("/audit", get(pages::audit))
+        .route("/audit/trace/{id}", get(pages::trace))
+        .route("/static/app.css", get(|| async { asset("text/css", include_str!("app.css")) }))
+        .route("/static/app.js", get(|| async { asset("text/javascript", include_str!("app.js")) }))
+}
+
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    let mut resp = body.into_response();
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=300"));
+    resp
+}
+
+/// An HTML response with the page headers.
+pub(crate) fn page(status: StatusCode, body: String) -> Response {
+    let mut resp = (status, body).into_response();
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(PAGE_CSP));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    resp
+}
+
+/// The session cookie's name: `__Host-` prefixed (Secure, path `/`, no
+/// domain) when the issuer is https.
+pub(crate) fn cookie_name(secure: bool) -> &'static str {
+    if secure { "__Host-mandate_session" } else { "mandate_session" }
+}
+
+pub(crate) fn login_cookie_name(secure: bool) -> &'static str {
+    if secure { "__Host-mandate_login" } else { "mandate_login" }
+}
+
+/// A `Set-Cookie` value.
+pub(crate) fn set_cookie(name: &str, value: &str, max_age: i64, secure: bool) -> HeaderValue {
+    let secure = if secure { "; Secure" } else { "" };
+    HeaderValue::from_str(&format!("{name}={value}; Path=/; HttpOnly; SameSite=Lax; Max-Age={max_age}{secure}"))
+        .unwrap_or_else(|_| HeaderValue::from_static("mandate_session=; Max-Age=0"))
+}
+
+/// The value of cookie `name`, if the request sent exactly one.
+pub(crate) fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    let mut found = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| c.trim().split_once('='))
+        .filter(|(k, _)| *k == name)
+        .map(|(_, v)| v);
+    let first = found.next();
+    if found.next().is_some() { None } else { first }
+}
+
+/// The client's address, for the sign-in rate limit.
+pub(crate) fn client_addr(extensions: &axum::http::Extensions) -> String {
+    extensions.get::<ConnectInfo<std::net::SocketAddr>>().map_or_else(|| "unknown".to_owned(), |c| c.0.ip().to_string())
+}
+
+/// A signed-in person. Without a live session, pages redirect to
+/// `/login?next=<this page>`.
+pub(crate) struct Signed {
+    pub session: Session,
+    pub secret: String,
+}
+
+impl FromRequestParts<AppState> for Signed {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
+        let secure = state.mandate.config().issuer.starts_with("https://");
+        let to_login = || {
+            let next = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+            let next = if next.starts_with('/') && !next.starts_with("//") { next } else { "/" };
+            Redirect::to(&format!("/login?next={}", html::url_encode(next))).into_response()
+        };
+        let Some(secret) = cookie(&parts.headers, cookie_name(secure)) else { return Err(to_login()) };
+        match state.mandate.session(secret).await {
+            Ok(Some(session)) => Ok(Signed { session, secret: secret.to_owned() }),
+            Ok(None) => Err(to_login()),
+            Err(e) => Err(pages::error_page(&e)),
+        }
+    }
+}

@@ -1,0 +1,542 @@
+//! The pages. Each list page renders its live region with one function,
+//! used by the page itself and by the form posts that change it: a post
+//! from the script gets the region back, a plain post the whole page.
+
+use std::fmt::Write;
+
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use mandate_core::session::Session;
+use mandate_core::{AuditQuery, Caller, Error};
+use mandate_model::records::{ApprovalStatus, ApprovalSubject, Lifecycle};
+use mandate_model::{AgentId, ApprovalId, GrantId};
+
+use super::html::{button_form, esc, layout, notice, url_encode, when};
+use super::{Signed, cookie, cookie_name, login_cookie_name, page, set_cookie};
+use crate::AppState;
+use crate::extract::OAuthForm;
+
+type PageResult = Result<Response, Response>;
+
+/// An error as a page, never as JSON: people read these.
+pub(crate) fn error_page(e: &Error) -> Response {
+    let (status, text) = match e {
+        Error::Forbidden(m) => (StatusCode::FORBIDDEN, m.clone()),
+        Error::NotFound(m) => (StatusCode::NOT_FOUND, format!("Not found: {m}")),
+        Error::Conflict(m) | Error::BadInput(m) | Error::InvalidRequest(m) => (StatusCode::BAD_REQUEST, m.clone()),
+        Error::RateLimited(m) => (StatusCode::TOO_MANY_REQUESTS, m.clone()),
+        Error::Unauthenticated => (StatusCode::UNAUTHORIZED, "Please sign in.".into()),
+        _ => (StatusCode::SERVICE_UNAVAILABLE, "Mandate cannot answer now; nothing was changed.".into()),
+    };
+    page(status, layout("Something went wrong", None, "", &format!(r#"<p role="alert">{}</p>"#, esc(&text))))
+}
+
+fn fail(e: Error) -> Response {
+    error_page(&e)
+}
+
+fn is_live(headers: &HeaderMap) -> bool {
+    headers.get("x-requested-with").and_then(|v| v.to_str().ok()) == Some("fetch")
+}
+
+/// The reply to a form post: the live region for the script, the whole
+/// page otherwise.
+fn reply(headers: &HeaderMap, s: &Session, title: &str, current: &str, live: String) -> Response {
+    if is_live(headers) {
+        return page(StatusCode::OK, live);
+    }
+    page(StatusCode::OK, layout(title, Some((&s.user, &s.csrf)), current, &wrap_live(&live)))
+}
+
+fn wrap_live(live: &str) -> String {
+    format!(r#"<div id="live">{live}</div>"#)
+}
+
+/// Refuses a post whose CSRF token is not the session's.
+fn csrf_refusal(signed: &Signed, form: &OAuthForm) -> Option<Response> {
+    let sent = form.get("csrf").unwrap_or_default();
+    if mandate_jose::ct_eq(sent.as_bytes(), signed.session.csrf.as_bytes()) {
+        None
+    } else {
+        Some(error_page(&Error::Forbidden("the form is stale or forged (CSRF token mismatch); reload the page".into())))
+    }
+}
+
+fn query(raw: Option<&str>) -> Vec<(String, String)> {
+    raw.map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect()).unwrap_or_default()
+}
+
+/// A local path to return to after signing in; anything else is `/approvals`.
+fn local_next(next: Option<&str>) -> String {
+    match next {
+        Some(n) if n.starts_with('/') && !n.starts_with("//") && !n.contains('\\') && n.len() < 2048 => n.to_owned(),
+        _ => "/approvals".into(),
+    }
+}
+
+// ----- sign-in -----
+
+pub async fn login_page(State(s): State<AppState>, headers: HeaderMap, RawQuery(raw): RawQuery) -> Response {
+    let q = query(raw.as_deref());
+    let next = local_next(q.iter().find(|(k, _)| k == "next").map(|(_, v)| v.as_str()));
+    let secure = s.mandate.config().issuer.starts_with("https://");
+    if let Some(secret) = cookie(&headers, cookie_name(secure))
+        && let Ok(Some(_)) = s.mandate.session(secret).await
+    {
+        return Redirect::to(&next).into_response();
+    }
+    login_form(&s, StatusCode::OK, &next, "", "")
+}
+
+fn login_form(s: &AppState, status: StatusCode, next: &str, email: &str, error: &str) -> Response {
+    let secure = s.mandate.config().issuer.starts_with("https://");
+    let token = mandate_core::secrets::generate("", s.mandate.rng());
+    let alert =
+        if error.is_empty() { String::new() } else { format!(r#"<p role="alert" class="error">{}</p>"#, esc(error)) };
+    let main = format!(
+        r#"{alert}<form method="post" action="/login" class="login">
+<input type="hidden" name="csrf" value="{token}">
+<input type="hidden" name="next" value="{next}">
+<label for="email">Email</label>
+<input id="email" name="email" type="email" autocomplete="username" required value="{email}">
+<label for="password">Password</label>
+<input id="password" name="password" type="password" autocomplete="current-password" required>
+<button type="submit">Sign in</button>
+</form>"#,
+        token = esc(&token),
+        next = esc(next),
+        email = esc(email),
+    );
+    let mut resp = page(status, layout("Sign in", None, "", &main));
+    resp.headers_mut().append(header::SET_COOKIE, set_cookie(login_cookie_name(secure), &token, 600, secure));
+    resp
+}
+
+pub async fn login(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    extensions: axum::http::Extensions,
+    form: OAuthForm,
+) -> Response {
+    let secure = s.mandate.config().issuer.starts_with("https://");
+    let next = local_next(form.get("next"));
+    let email = form.get("email").unwrap_or_default();
+    // Double submit: the form's token must be the one its cookie carries.
+    let sent = form.get("csrf").unwrap_or_default();
+    let expected = cookie(&headers, login_cookie_name(secure)).unwrap_or_default();
+    if expected.is_empty() || !mandate_jose::ct_eq(sent.as_bytes(), expected.as_bytes()) {
+        return login_form(&s, StatusCode::FORBIDDEN, &next, email, "The form expired. Please sign in again.");
+    }
+    let password = form.get("password").unwrap_or_default();
+    match s.mandate.sign_in(email, password, &super::client_addr(&extensions)).await {
+        Ok((secret, session)) => {
+            let ttl = (session.expires_at - s.mandate.now()).whole_seconds();
+            let mut resp = Redirect::to(&next).into_response();
+            let h = resp.headers_mut();
+            h.append(header::SET_COOKIE, set_cookie(cookie_name(secure), &secret, ttl, secure));
+            h.append(header::SET_COOKIE, set_cookie(login_cookie_name(secure), "", 0, secure));
+            resp
+        }
+        Err(Error::Unauthenticated) => {
+            login_form(&s, StatusCode::UNAUTHORIZED, &next, email, "Wrong email or password.")
+        }
+        Err(Error::RateLimited(m)) => login_form(&s, StatusCode::TOO_MANY_REQUESTS, &next, email, &m),
+        Err(e) => error_page(&e),
+    }
+}
+
+pub async fn logout(State(s): State<AppState>, signed: Signed, form: OAuthForm) -> PageResult {
+    if let Some(refused) = csrf_refusal(&signed, &form) {
+        return Err(refused);
+    }
+    s.mandate.sign_out(&signed.secret).await.map_err(fail)?;
+    let secure = s.mandate.config().issuer.starts_with("https://");
+    let mut resp = Redirect::to("/login").into_response();
+    resp.headers_mut().append(header::SET_COOKIE, set_cookie(cookie_name(secure), "", 0, secure));
+    Ok(resp)
+}
+
+// ----- approvals -----
+
+async fn approvals_live(s: &AppState, session: &Session, done: &str) -> Result<String, Response> {
+    let me = Caller::User(session.user.id);
+    let list = s.mandate.list_approvals(me, Some(ApprovalStatus::Pending), 100).await.map_err(fail)?;
+    let now = s.mandate.now();
+    let list: Vec<_> = list.into_iter().filter(|a| a.expires_at > now).collect();
+    let mut ids: Vec<AgentId> = list.iter().map(|a| a.agent).collect();
+    for a in &list {
+        if let ApprovalSubject::Action { chain, .. } = &a.subject {
+            ids.extend(chain.iter().copied());
+        }
+    }
+    let names = s.mandate.agent_names(&ids).await.map_err(fail)?;
+    let name = |id: &AgentId| names.get(id).map_or_else(|| id.to_string(), |n| format!("{n} ({id})"));
+    let mut out = notice(done, "ok");
+    if list.is_empty() {
+        out.push_str(r#"<p>Nothing waits for you.</p>"#);
+        return Ok(out);
+    }
+    out.push_str(r#"<ul class="cards" aria-label="Pending approvals">"#);
+    for a in &list {
+        let (what, chain) = match &a.subject {
+            ApprovalSubject::Grant { scopes, requested_expiry } => (
+                format!(
+                    "grant <strong>{}</strong> on <code>{}</code> for {} min",
+                    esc(&scopes.to_claim()),
+                    esc(&a.resource),
+                    requested_expiry / 60
+                ),
+                vec![a.agent],
+            ),
+            ApprovalSubject::Action { action, target, chain, .. } => (
+                format!(
+                    "<strong>{}</strong> on <code>{}</code> at <code>{}</code>",
+                    esc(action),
+                    esc(target),
+                    esc(&a.resource)
+                ),
+                chain.clone(),
+            ),
+        };
+        let chain_html = chain.iter().map(|id| format!("<li>{}</li>", esc(&name(id)))).collect::<Vec<_>>().join("");
+        let message = a
+            .binding_message
+            .as_deref()
+            .map_or_else(String::new, |m| format!(r#"<p class="binding">“{}”</p>"#, esc(m)));
+        let _ = write!(
+            out,
+            r#"<li class="card" id="{id}"><h2>{agent} asks for {what}</h2>{message}
+<p>On behalf of you, through the chain:</p><ol class="chain"><li>{me}</li>{chain_html}</ol>
+<p class="meta">Asked {asked} · expires {expires} · <code>{id}</code></p>
+<div class="actions">{approve}{deny}</div></li>"#,
+            id = esc(&a.id.to_string()),
+            agent = esc(&name(&a.agent)),
+            me = esc(&session.user.name),
+            asked = when(a.created_at),
+            expires = when(a.expires_at),
+            approve = button_form(&format!("/approvals/{}/approve", a.id), &session.csrf, "Approve", "", "primary"),
+            deny = button_form(&format!("/approvals/{}/deny", a.id), &session.csrf, "Deny", "", "danger"),
+        );
+    }
+    out.push_str("</ul>");
+    Ok(out)
+}
+
+pub async fn approvals(State(s): State<AppState>, signed: Signed, headers: HeaderMap) -> PageResult {
+    let live = approvals_live(&s, &signed.session, "").await?;
+    if is_live(&headers) {
+        return Ok(page(StatusCode::OK, live));
+    }
+    let main = format!(r#"<p>Requests from agents that wait for your decision.</p>{}"#, wrap_live(&live));
+    Ok(page(
+        StatusCode::OK,
+        layout("Approvals", Some((&signed.session.user, &signed.session.csrf)), "/approvals", &main),
+    ))
+}
+
+pub async fn decide(
+    State(s): State<AppState>,
+    signed: Signed,
+    headers: HeaderMap,
+    Path((id, decision)): Path<(String, String)>,
+    form: OAuthForm,
+) -> PageResult {
+    if let Some(refused) = csrf_refusal(&signed, &form) {
+        return Err(refused);
+    }
+    let id: ApprovalId = id.parse().map_err(|_| fail(Error::NotFound("no such approval".into())))?;
+    let approve = match decision.as_str() {
+        "approve" => true,
+        "deny" => false,
+        _ => return Err(fail(Error::NotFound("no such decision".into()))),
+    };
+    let a = s.mandate.decide_approval(Caller::User(signed.session.user.id), id, approve).await.map_err(fail)?;
+    let done = format!("{} {}.", if approve { "Approved" } else { "Denied" }, a.id);
+    let live = approvals_live(&s, &signed.session, &done).await?;
+    Ok(reply(&headers, &signed.session, "Approvals", "/approvals", live))
+}
+
+// ----- grants -----
+
+async fn grants_live(s: &AppState, session: &Session, done: &str) -> Result<String, Response> {
+    let me = session.user.id;
+    let grants = s.mandate.list_grants(Caller::User(me), None, None, 200).await.map_err(fail)?;
+    let names = s.mandate.agent_names(&grants.iter().map(|g| g.agent).collect::<Vec<_>>()).await.map_err(fail)?;
+    let now = s.mandate.now();
+    let mut out = notice(done, "ok");
+    if grants.is_empty() {
+        out.push_str("<p>You have given no grants.</p>");
+        return Ok(out);
+    }
+    out.push_str(
+        r#"<table><caption>Grants you gave, or that agents you own hold</caption><thead><tr>
+<th scope="col">Agent</th><th scope="col">Purpose</th><th scope="col">Scopes</th><th scope="col">Resource</th>
+<th scope="col">Expires</th><th scope="col">Last used</th><th scope="col">Status</th><th scope="col"><span class="sr">Action</span></th>
+</tr></thead><tbody>"#,
+    );
+    for g in &grants {
+        let live = g.is_live(now);
+        let status = if live {
+            "active"
+        } else if g.revoked_at.is_some() {
+            "revoked"
+        } else {
+            "expired"
+        };
+        let action = if live {
+            button_form(&format!("/grants/{}/revoke", g.id), &session.csrf, "Revoke", "", "danger")
+        } else {
+            String::new()
+        };
+        let _ = write!(
+            out,
+            r#"<tr id="{id}"><td>{agent}</td><td>{purpose}</td><td>{scopes}</td><td><code>{res}</code></td><td>{exp}</td><td>{last}</td><td>{status}</td><td>{action} <a href="/audit/trace/{id}">Trace</a></td></tr>"#,
+            id = esc(&g.id.to_string()),
+            agent = esc(names.get(&g.agent).map_or("?", String::as_str)),
+            purpose = esc(g.purpose.as_deref().unwrap_or("—")),
+            scopes = esc(&g.scopes.to_claim()),
+            res = esc(&g.resource),
+            exp = when(g.expires_at),
+            last = g.last_used_at.map_or_else(|| "never".into(), when),
+        );
+    }
+    out.push_str("</tbody></table>");
+    Ok(out)
+}
+
+pub async fn grants(State(s): State<AppState>, signed: Signed) -> PageResult {
+    let live = grants_live(&s, &signed.session, "").await?;
+    let main = format!(
+        "<p>Revoking a grant ends every token issued under it, and every token exchanged from those, at once.</p>{}",
+        wrap_live(&live)
+    );
+    Ok(page(StatusCode::OK, layout("Grants", Some((&signed.session.user, &signed.session.csrf)), "/grants", &main)))
+}
+
+pub async fn revoke_grant(
+    State(s): State<AppState>,
+    signed: Signed,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    form: OAuthForm,
+) -> PageResult {
+    if let Some(refused) = csrf_refusal(&signed, &form) {
+        return Err(refused);
+    }
+    let id: GrantId = id.parse().map_err(|_| fail(Error::NotFound("no such grant".into())))?;
+    let (g, reached) = s.mandate.revoke_grant(Caller::User(signed.session.user.id), id).await.map_err(fail)?;
+    let done = format!("Revoked {}: {reached} token(s) revoked with it, exchanged ones included.", g.id);
+    let live = grants_live(&s, &signed.session, &done).await?;
+    Ok(reply(&headers, &signed.session, "Grants", "/grants", live))
+}
+
+// ----- agents -----
+
+async fn agents_live(s: &AppState, session: &Session, done: &str) -> Result<String, Response> {
+    let me = session.user.id;
+    let agents = s.mandate.agents_owned_by(Caller::User(me), me).await.map_err(fail)?;
+    let mut out = notice(done, "ok");
+    if agents.is_empty() {
+        out.push_str("<p>You own no agents.</p>");
+        return Ok(out);
+    }
+    out.push_str(
+        r#"<table><caption>Agents you are accountable for</caption><thead><tr>
+<th scope="col">Name</th><th scope="col">Kind</th><th scope="col">Description</th><th scope="col">Status</th>
+<th scope="col">Expires</th><th scope="col"><span class="sr">Actions</span></th></tr></thead><tbody>"#,
+    );
+    for a in &agents {
+        let status = a.status.as_str();
+        let mut actions = String::new();
+        let ops: &[(&str, &str)] = match status {
+            "active" => &[("suspend", "Suspend"), ("retire", "Retire")],
+            "suspended" => &[("resume", "Resume"), ("retire", "Retire")],
+            _ => &[],
+        };
+        for (op, label) in ops {
+            let class = if *op == "resume" { "primary" } else { "danger" };
+            actions.push_str(&button_form(&format!("/agents/{}/{op}", a.id), &session.csrf, label, "", class));
+        }
+        let kind = match &a.parent {
+            Some(p) => format!("ephemeral, spawned by <code>{}</code>", esc(&p.to_string())),
+            None => format!("{:?}", a.kind).to_lowercase(),
+        };
+        let _ = write!(
+            out,
+            r#"<tr id="{id}"><th scope="row">{name} <code>{id}</code></th><td>{kind}</td><td>{desc}</td><td>{status}</td><td>{exp}</td><td><div class="actions">{actions}</div></td></tr>"#,
+            id = esc(&a.id.to_string()),
+            name = esc(&a.name),
+            desc = esc(a.description.as_deref().unwrap_or("—")),
+            exp = a.expires_at.map_or_else(|| "—".into(), when),
+        );
+    }
+    out.push_str("</tbody></table>");
+    Ok(out)
+}
+
+pub async fn agents(State(s): State<AppState>, signed: Signed) -> PageResult {
+    let live = agents_live(&s, &signed.session, "").await?;
+    let main = format!(
+        "<p>Suspending or retiring an agent revokes every token whose chain holds it, its grants, and the ephemeral agents it spawned.</p>{}",
+        wrap_live(&live)
+    );
+    Ok(page(StatusCode::OK, layout("Agents", Some((&signed.session.user, &signed.session.csrf)), "/agents", &main)))
+}
+
+pub async fn agent_op(
+    State(s): State<AppState>,
+    signed: Signed,
+    headers: HeaderMap,
+    Path((id, op)): Path<(String, String)>,
+    form: OAuthForm,
+) -> PageResult {
+    if let Some(refused) = csrf_refusal(&signed, &form) {
+        return Err(refused);
+    }
+    let id: AgentId = id.parse().map_err(|_| fail(Error::NotFound("no such agent".into())))?;
+    let op = match op.as_str() {
+        "suspend" => Lifecycle::Suspend,
+        "resume" => Lifecycle::Resume,
+        "retire" => Lifecycle::Retire,
+        _ => return Err(fail(Error::NotFound("no such operation".into()))),
+    };
+    let (a, reached) = s.mandate.agent_lifecycle(Caller::User(signed.session.user.id), id, op).await.map_err(fail)?;
+    let done = match op {
+        Lifecycle::Resume => format!("Resumed {}.", a.name),
+        _ => format!(
+            "{} {}: {reached} token(s) revoked, with its grants and the agents it spawned.",
+            if op == Lifecycle::Suspend { "Suspended" } else { "Retired" },
+            a.name
+        ),
+    };
+    let live = agents_live(&s, &signed.session, &done).await?;
+    Ok(reply(&headers, &signed.session, "Agents", "/agents", live))
+}
+
+// ----- audit -----
+
+pub async fn audit(State(s): State<AppState>, signed: Signed, RawQuery(raw): RawQuery) -> PageResult {
+    let q = query(raw.as_deref());
+    let get = |k: &str| q.iter().find(|(n, v)| n == k && !v.is_empty()).map(|(_, v)| v.clone());
+    let mut filter = AuditQuery { limit: 200, ..AuditQuery::default() };
+    filter.actor = get("agent");
+    filter.grant = get("grant");
+    filter.jti = get("token");
+    filter.kind = get("type");
+    let events = s.mandate.audit_query(Caller::User(signed.session.user.id), filter).await.map_err(fail)?;
+    let field = |name: &str, label: &str| {
+        format!(
+            r#"<label for="f-{name}">{label}</label><input id="f-{name}" name="{name}" value="{}">"#,
+            esc(&get(name).unwrap_or_default())
+        )
+    };
+    let mut main = format!(
+        r#"<p>The events that concern you, newest last. Each is hash-chained to the one before it.</p>
+<form method="get" action="/audit" class="filters">{}{}{}{}<button type="submit">Filter</button></form>"#,
+        field("agent", "Agent"),
+        field("grant", "Grant"),
+        field("token", "Token"),
+        field("type", "Event type"),
+    );
+    if events.is_empty() {
+        main.push_str("<p>No events match.</p>");
+    } else {
+        main.push_str(
+            r#"<table><caption>Audit events</caption><thead><tr><th scope="col">#</th><th scope="col">Time</th><th scope="col">Event</th><th scope="col">Decision</th><th scope="col">By</th><th scope="col">On</th><th scope="col">Why</th><th scope="col">Trace</th></tr></thead><tbody>"#,
+        );
+        for e in &events {
+            let trace =
+                e.grant_id.as_deref().or(e.jti.as_deref()).map_or_else(String::new, |id| {
+                    format!(r#"<a href="/audit/trace/{}">{}</a>"#, url_encode(id), esc(id))
+                });
+            let _ = write!(
+                main,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{trace}</td></tr>",
+                e.seq,
+                esc(&e.time),
+                esc(&e.kind),
+                esc(e.decision.as_deref().unwrap_or("")),
+                esc(e.actor.as_deref().unwrap_or("")),
+                esc(e.resource.as_deref().unwrap_or("")),
+                esc(e.reason.as_deref().unwrap_or("")),
+            );
+        }
+        main.push_str("</tbody></table>");
+    }
+    Ok(page(StatusCode::OK, layout("Audit trail", Some((&signed.session.user, &signed.session.csrf)), "/audit", &main)))
+}
+
+pub async fn trace(State(s): State<AppState>, signed: Signed, Path(id): Path<String>) -> PageResult {
+    let me = &signed.session.user;
+    let t = s.mandate.audit_trace(Caller::User(me.id), &id).await.map_err(fail)?;
+    let mut main = format!(
+        r#"<p>The delegation tree of <code>{}</code>, rebuilt from the audit trail: from you, through each agent that held a token, to the resource, with the decisions taken on the way.</p>"#,
+        esc(&id)
+    );
+    if !t.grant_events.is_empty() {
+        main.push_str(r#"<h2>The grant</h2><ul class="events">"#);
+        for e in &t.grant_events {
+            main.push_str(&event_item(e));
+        }
+        main.push_str("</ul>");
+    }
+    let _ = write!(
+        main,
+        r#"<h2>Tokens</h2><ul class="tree" aria-label="Delegation tree"><li><span class="node user">{} <code>{}</code></span>"#,
+        esc(&me.name),
+        esc(&me.id.to_string())
+    );
+    main.push_str("<ul>");
+    for n in &t.roots {
+        node(&mut main, n);
+    }
+    main.push_str("</ul></li></ul>");
+    if t.truncated {
+        main.push_str(r#"<p role="note">The tree was cut at a limit; some tokens or events may be missing.</p>"#);
+    }
+    Ok(page(StatusCode::OK, layout("Delegation tree", Some((me, &signed.session.csrf)), "/audit", &main)))
+}
+
+fn node(out: &mut String, n: &mandate_audit::trace::TraceNode) {
+    let e = &n.issued;
+    let actor = e.chain.last().or(e.actor.as_ref()).map_or("?", String::as_str);
+    let _ = write!(
+        out,
+        r#"<li><span class="node agent">{actor}</span> → <code>{res}</code> <span class="scopes">[{scope}]</span> <span class="meta">token <code>{jti}</code>, {time}</span>"#,
+        actor = esc(actor),
+        res = esc(e.resource.as_deref().unwrap_or("?")),
+        scope = esc(e.scope.as_deref().unwrap_or("")),
+        jti = esc(e.jti.as_deref().unwrap_or("?")),
+        time = esc(&e.time),
+    );
+    if !n.events.is_empty() {
+        out.push_str(r#"<ul class="events">"#);
+        for ev in &n.events {
+            out.push_str(&event_item(ev));
+        }
+        out.push_str("</ul>");
+    }
+    if !n.children.is_empty() {
+        out.push_str("<ul>");
+        for c in &n.children {
+            node(out, c);
+        }
+        out.push_str("</ul>");
+    }
+    out.push_str("</li>");
+}
+
+fn event_item(e: &mandate_audit::Event) -> String {
+    let decision = e.decision.as_deref().unwrap_or("");
+    format!(
+        r#"<li class="event {cls}"><span class="decision">{decision}</span> {kind} {action} <span class="meta">#{seq} {time}</span> {reason}</li>"#,
+        cls = if decision == "deny" { "deny" } else { "allow" },
+        decision = esc(decision),
+        kind = esc(&e.kind),
+        action = esc(e.action.as_deref().unwrap_or("")),
+        seq = e.seq,
+        time = esc(&e.time),
+        reason = esc(e.reason.as_deref().unwrap_or("")),
+    )
+}

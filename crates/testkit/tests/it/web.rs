@@ -1,0 +1,219 @@
+//! The web pages over plain HTTP: sign-in, cookies, CSRF, the rate limit,
+//! and the separation of sessions from access tokens. (The browser tests in
+//! tests/browser drive the same pages in Chromium.)
+
+use anyhow::Result;
+use mandate_testkit::scenarios::{CAL, World, claims};
+use mandate_testkit::{ADMIN_TOKEN, TestServer};
+use reqwest::Method;
+use reqwest::header::HeaderMap;
+use serde_json::json;
+
+fn client() -> Result<reqwest::Client> {
+    Ok(reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build()?)
+}
+
+/// `name=value` of the cookie `name` set by `headers`, and the whole header.
+fn set_cookie(headers: &HeaderMap, name: &str) -> Option<(String, String)> {
+    headers.get_all("set-cookie").iter().filter_map(|v| v.to_str().ok()).find_map(|c| {
+        let pair = c.split(';').next()?.trim();
+        let (k, v) = pair.split_once('=')?;
+        (k == name).then(|| (v.to_owned(), c.to_owned()))
+    })
+}
+
+fn csrf_in(html: &str) -> String {
+    html.split(r#"name="csrf" value=""#).nth(1).and_then(|r| r.split('"').next()).unwrap_or_default().to_owned()
+}
+
+struct Browser {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl Browser {
+    async fn sign_in(&self, email: &str, password: &str) -> Result<(u16, Option<String>, String)> {
+        let page = self.http.get(format!("{}/login?next=/grants", self.base)).send().await?;
+        let (login, _) = set_cookie(page.headers(), "mandate_login").unwrap_or_default();
+        let html = page.text().await?;
+        let resp = self
+            .http
+            .post(format!("{}/login", self.base))
+            .header("cookie", format!("mandate_login={login}"))
+            .form(&[("csrf", csrf_in(&html).as_str()), ("next", "/grants"), ("email", email), ("password", password)])
+            .send()
+            .await?;
+        let status = resp.status().as_u16();
+        let session = set_cookie(resp.headers(), "mandate_session").map(|(v, whole)| {
+            assert!(whole.contains("HttpOnly") && whole.contains("SameSite=Lax"), "{whole}");
+            v
+        });
+        let location = resp.headers().get("location").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+        Ok((status, session.filter(|s| !s.is_empty()), location))
+    }
+
+    async fn get(&self, path: &str, session: &str) -> Result<(u16, String)> {
+        let resp = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .header("cookie", format!("mandate_session={session}"))
+            .send()
+            .await?;
+        Ok((resp.status().as_u16(), resp.text().await?))
+    }
+
+    async fn post(&self, path: &str, session: &str, csrf: &str) -> Result<(u16, String)> {
+        let resp = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .header("cookie", format!("mandate_session={session}"))
+            .form(&[("csrf", csrf)])
+            .send()
+            .await?;
+        Ok((resp.status().as_u16(), resp.text().await?))
+    }
+}
+
+async fn world_with_password() -> Result<(World, Browser)> {
+    let w = World::new(TestServer::start().await?).await?;
+    let (st, body) =
+        w.s.admin(
+            Method::POST,
+            "/v1/users",
+            Some(json!({"name": "Carol", "email": "carol@example.com", "password": "correct horse battery"})),
+        )
+        .await?;
+    assert_eq!(st, 201, "{body}");
+    assert!(body.get("password").is_none() && body.get("password_hash").is_none());
+    let b = Browser { http: client()?, base: w.s.url.clone() };
+    Ok((w, b))
+}
+
+#[tokio::test]
+async fn sign_in_sets_a_strict_cookie_that_is_never_an_access_token() -> Result<()> {
+    let (w, b) = world_with_password().await?;
+    let page = b.http.get(format!("{}/login", b.base)).send().await?;
+    let csp =
+        page.headers().get("content-security-policy").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+    assert!(
+        csp.contains("frame-ancestors 'none'") && csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"),
+        "{csp}"
+    );
+    assert_eq!(page.headers().get("referrer-policy").and_then(|v| v.to_str().ok()), Some("no-referrer"));
+    let html = page.text().await?;
+    assert!(html.contains(r#"<label for="email">Email</label>"#) && html.contains("Sign in"));
+
+    let (st, session, _) = b.sign_in("carol@example.com", "wrong password").await?;
+    assert_eq!((st, session), (401, None));
+    let (st, session, location) = b.sign_in("carol@example.com", "correct horse battery").await?;
+    assert_eq!((st, location.as_str()), (303, "/grants"));
+    let session = session.unwrap_or_default();
+    let (st, html) = b.get("/grants", &session).await?;
+    assert_eq!(st, 200);
+    assert!(html.contains("Sign out") && html.contains("carol@example.com"));
+
+    // The cookie is not an API credential, as a cookie or as a bearer token.
+    let resp = b
+        .http
+        .get(format!("{}/v1/grants", b.base))
+        .header("cookie", format!("mandate_session={session}"))
+        .send()
+        .await?;
+    assert_eq!(resp.status(), 401);
+    let (st, _) = w.s.call(Method::GET, "/v1/grants", Some(&session), None).await?;
+    assert_eq!(st, 401);
+    // An access token (user API token) does not sign anyone in.
+    let resp = b.http.get(format!("{}/grants", b.base)).bearer_auth(&w.alice_token).send().await?;
+    assert_eq!(resp.status(), 303, "a bearer token opened a page");
+    let resp = b
+        .http
+        .get(format!("{}/grants", b.base))
+        .header("cookie", format!("mandate_session={ADMIN_TOKEN}"))
+        .send()
+        .await?;
+    assert_eq!(resp.status(), 303, "the admin token opened a page");
+
+    // Forms need the session's CSRF token.
+    let (st, _) = b.post("/logout", &session, "forged").await?;
+    assert_eq!(st, 403);
+    let (st, html) = b.get("/grants", &session).await?;
+    assert_eq!(st, 200);
+    let (st, _) = b.post("/logout", &session, &csrf_in(&html)).await?;
+    assert_eq!(st, 303);
+    let (st, _) = b.get("/grants", &session).await?;
+    assert_eq!(st, 303, "a signed-out session still opens pages");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_login_form_without_its_cookie_is_refused() -> Result<()> {
+    let (_w, b) = world_with_password().await?;
+    let resp = b
+        .http
+        .post(format!("{}/login", b.base))
+        .form(&[("csrf", "x"), ("email", "carol@example.com"), ("password", "correct horse battery")])
+        .send()
+        .await?;
+    assert_eq!(resp.status(), 403);
+    assert!(set_cookie(resp.headers(), "mandate_session").is_none());
+    Ok(())
+}
+
+#[tokio::test]
+async fn failed_sign_ins_are_rate_limited_and_audited() -> Result<()> {
+    let (w, b) = world_with_password().await?;
+    for _ in 0..5 {
+        assert_eq!(b.sign_in("carol@example.com", "nope nope nope").await?.0, 401);
+    }
+    // Even the right password is refused now.
+    assert_eq!(b.sign_in("carol@example.com", "correct horse battery").await?.0, 429);
+    let failed = w.s.audit("type=session.sign_in_failed").await?;
+    assert_eq!(failed.len(), 6);
+    assert!(failed.iter().all(|e| !e.to_string().contains("nope")), "a password reached the audit trail");
+    Ok(())
+}
+
+#[tokio::test]
+async fn revoking_a_grant_on_its_page_ends_the_agents_access() -> Result<()> {
+    let w = World::new(TestServer::start().await?).await?;
+    let (st, _) =
+        w.s.admin(Method::PATCH, &format!("/v1/users/{}", w.alice), Some(json!({"groups": ["staff"]}))).await?;
+    assert_eq!(st, 200);
+    // Alice gets a password through a fresh user (PATCH has no password).
+    let (st, carol) = w
+        .s
+        .admin(Method::POST, "/v1/users", Some(json!({"name": "Dana", "email": "dana@example.com", "groups": ["staff"], "password": "correct horse battery"})))
+        .await?;
+    assert_eq!(st, 201);
+    let dana = carol["id"].as_str().unwrap_or_default().to_owned();
+    let (st, body) =
+        w.ciba(&w.planner, &[("login_hint", "dana@example.com"), ("scope", "read"), ("resource", CAL)]).await?;
+    assert_eq!(st, 200, "{body}");
+    let (st, tokens) = w.poll(&w.planner, body["auth_req_id"].as_str().unwrap_or_default()).await?;
+    assert_eq!(st, 200, "{tokens}");
+    let access = tokens["access_token"].as_str().unwrap_or_default().to_owned();
+    let grant = claims(&access)["grant_id"].as_str().unwrap_or_default().to_owned();
+    assert_eq!(claims(&access)["sub"], dana);
+    assert_eq!(w.check(&access, "list", "e1", json!({})).await?["decision"], "allow");
+
+    let b = Browser { http: client()?, base: w.s.url.clone() };
+    let (_, session, _) = b.sign_in("dana@example.com", "correct horse battery").await?;
+    let session = session.unwrap_or_default();
+    let (st, html) = b.get("/grants", &session).await?;
+    assert_eq!(st, 200);
+    assert!(html.contains(&grant) && html.contains("Revoke"));
+    let (st, html) = b.post(&format!("/grants/{grant}/revoke"), &session, &csrf_in(&html)).await?;
+    assert_eq!(st, 200, "{html}");
+    assert!(html.contains("1 token(s) revoked"), "{html}");
+    assert_eq!(w.check(&access, "list", "e1", json!({})).await?["decision"], "deny");
+    // The tree of the grant is hers to see; another's is not.
+    let (st, html) = b.get(&format!("/audit/trace/{grant}"), &session).await?;
+    assert_eq!(st, 200);
+    assert!(html.contains(&w.planner.id) && html.contains("Delegation tree"));
+    let other = w.granted(&w.planner, "read").await?;
+    let alices =
+        claims(other["access_token"].as_str().unwrap_or_default())["grant_id"].as_str().unwrap_or_default().to_owned();
+    let (st, _) = b.get(&format!("/audit/trace/{alices}"), &session).await?;
+    assert_eq!(st, 403);
+    Ok(())
+}
