@@ -43,6 +43,7 @@ pub mod kind {
     pub const KEY_ROTATED: &str = "key.rotated";
     pub const GRANT_CREATED: &str = "grant.created";
     pub const GRANT_REVOKED: &str = "grant.revoked";
+    pub const GRANT_DENIED: &str = "grant.denied";
     pub const APPROVAL_REQUESTED: &str = "approval.requested";
     pub const APPROVAL_APPROVED: &str = "approval.approved";
     pub const APPROVAL_DENIED: &str = "approval.denied";

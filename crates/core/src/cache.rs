@@ -141,6 +141,9 @@ impl Store for CachingStore {
     async fn refresh(&self, hash: &str) -> Result<Option<RefreshRecord>, StoreError> {
         self.inner.refresh(hash).await
     }
+    async fn auth_code(&self, hash: &str) -> Result<Option<mandate_model::records::AuthCodeRecord>, StoreError> {
+        self.inner.auth_code(hash).await
+    }
     async fn session(&self, hash: &str) -> Result<Option<SessionRecord>, StoreError> {
         self.inner.session(hash).await
     }

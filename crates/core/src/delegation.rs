@@ -60,7 +60,7 @@ impl Params {
         self.0.iter().filter(|(k, _)| k == key).map(|(_, v)| v.as_str()).collect()
     }
 
-    fn require(&self, key: &str) -> Result<&str, Error> {
+    pub(crate) fn require(&self, key: &str) -> Result<&str, Error> {
         match self.get(key) {
             Some(v) if !v.is_empty() => Ok(v),
             _ => Err(Error::InvalidRequest(format!("{key} is required"))),
@@ -261,7 +261,7 @@ impl Mandate {
         }
     }
 
-    fn new_refresh(
+    pub(crate) fn new_refresh(
         &self,
         grant: &Grant,
         client: AgentId,
@@ -424,7 +424,7 @@ impl Mandate {
         ))
     }
 
-    fn new_grant(
+    pub(crate) fn new_grant(
         &self,
         user: &User,
         agent: &Agent,
@@ -511,7 +511,7 @@ impl Mandate {
 
     /// An access token under `grant` for its agent, after re-checking the
     /// user's current rights and the agent's ceiling and policy.
-    async fn grant_token(
+    pub(crate) async fn grant_token(
         &self,
         agent: &Agent,
         grant: &Grant,

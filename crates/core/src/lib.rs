@@ -2,6 +2,7 @@
 //! server crate speaks HTTP and the store crates implement [`Store`].
 
 pub mod audit;
+pub mod authorize;
 pub mod cache;
 pub mod config;
 pub mod error;

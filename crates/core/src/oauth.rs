@@ -13,6 +13,7 @@ use mandate_audit::Event;
 
 use crate::Error;
 use crate::audit::{ALLOW, AuditRecord, DENY, kind, reason};
+use crate::authorize::GRANT_AUTHORIZATION_CODE;
 use crate::delegation::{GRANT_CIBA, GRANT_EXCHANGE, GRANT_REFRESH, Params};
 use crate::ports::new_ulid;
 use crate::service::{AuthenticatedClient, Mandate};
@@ -76,7 +77,8 @@ impl Mandate {
     /// client authentication, the replay store and the audit trail.
     pub async fn token(&self, credentials: &ClientCredentials, req: TokenRequest) -> Result<IssuedToken, Error> {
         let grant = req.grant_type.as_str();
-        if ![GRANT_CLIENT_CREDENTIALS, GRANT_CIBA, GRANT_REFRESH, GRANT_EXCHANGE].contains(&grant) {
+        let known = [GRANT_CLIENT_CREDENTIALS, GRANT_AUTHORIZATION_CODE, GRANT_CIBA, GRANT_REFRESH, GRANT_EXCHANGE];
+        if !known.contains(&grant) {
             let e = Error::UnsupportedGrantType(format!("grant_type {:?} is not supported", req.grant_type));
             let mut event = self.event(kind::TOKEN_DENIED);
             event.decision = Some(DENY.into());
@@ -95,6 +97,7 @@ impl Mandate {
                         self.client_credentials(&client, &req, jkt).await.map_err(|e| (Change::new(), e))
                     }
                     GRANT_CIBA => self.ciba_token(&client, &req.params, jkt).await,
+                    GRANT_AUTHORIZATION_CODE => self.authorization_code_token(&client, &req.params, jkt).await,
                     GRANT_REFRESH => self.refresh_token(&client, &req.params, jkt).await,
                     _ => self.exchange(&client, &req.params, jkt).await.map_err(|e| (Change::new(), e)),
                 };
@@ -113,8 +116,16 @@ impl Mandate {
                 Err(e @ Error::InvalidDpopProof(_)) => (Change::new(), e),
                 // A parent, grant, approval or refresh token changed
                 // under this request: nothing was written.
-                Err(Error::Conflict(why)) => match self.refresh_raced(&req.params).await? {
-                    Some(record) if grant == GRANT_REFRESH => self.reuse(&record),
+                Err(Error::Conflict(why)) => match grant {
+                    GRANT_REFRESH => match self.refresh_raced(&req.params).await? {
+                        Some(record) => self.reuse(&record),
+                        None => (Change::new(), Error::InvalidGrant(format!("the request lost a race: {why}"))),
+                    },
+                    // A code redeemed twice at once: the loser revokes.
+                    GRANT_AUTHORIZATION_CODE => match self.code_raced(&req.params).await? {
+                        Some(record) => self.code_replayed(&record),
+                        None => (Change::new(), Error::InvalidGrant(format!("the request lost a race: {why}"))),
+                    },
                     _ => (Change::new(), Error::InvalidGrant(format!("the request lost a race: {why}"))),
                 },
                 Err(e) => return Err(e),

@@ -7,8 +7,8 @@
 use async_trait::async_trait;
 use mandate_audit::{Checkpoint, Event};
 use mandate_model::records::{
-    Agent, AgentStatus, Approval, ApprovalStatus, ClientId, Grant, RefreshRecord, Resource, SessionRecord, TokenRecord,
-    User,
+    Agent, AgentStatus, Approval, ApprovalStatus, AuthCodeRecord, ClientId, Grant, RefreshRecord, Resource,
+    SessionRecord, TokenRecord, User,
 };
 use mandate_model::{AgentId, ApprovalId, GrantId, Jti, UserId};
 use thiserror::Error;
@@ -151,6 +151,12 @@ pub enum Mutation {
     },
     /// Fails with `Conflict` if the hash exists.
     InsertSession(SessionRecord),
+    InsertAuthCode(AuthCodeRecord),
+    /// Marks an unused code used; fails with `Conflict` if it was used.
+    UseAuthCode {
+        hash: String,
+        at: OffsetDateTime,
+    },
     /// Ends a session (affected: 0 or 1).
     RevokeSession {
         hash: String,
@@ -355,6 +361,8 @@ pub trait Store: Send + Sync + 'static {
     async fn approvals(&self, query: &ApprovalQuery) -> Result<Vec<Approval>, StoreError>;
     async fn refresh(&self, hash: &str) -> Result<Option<RefreshRecord>, StoreError>;
 
+    /// An authorization code by the hash of the code.
+    async fn auth_code(&self, hash: &str) -> Result<Option<AuthCodeRecord>, StoreError>;
     /// A sign-in session by the hash of its secret.
     async fn session(&self, hash: &str) -> Result<Option<SessionRecord>, StoreError>;
     /// The agents `owner` is accountable for, oldest first.
@@ -386,8 +394,8 @@ pub mod codec {
     use std::str::FromStr;
 
     use mandate_model::records::{
-        Agent, AgentKind, AgentStatus, Approval, ApprovalStatus, ApprovalSubject, ClientId, Grant, GrantStatus,
-        RefreshRecord, Resource, SessionRecord, TokenRecord, User, UserStatus,
+        Agent, AgentKind, AgentStatus, Approval, ApprovalStatus, ApprovalSubject, AuthCodeRecord, ClientId, Grant,
+        GrantStatus, RefreshRecord, Resource, SessionRecord, TokenRecord, User, UserStatus,
     };
     use mandate_model::{AgentId, ApprovalId, GrantId, Jti, ResourceId, ScopeSet, UserId};
     use time::OffsetDateTime;
@@ -617,6 +625,35 @@ pub mod codec {
             sql.push_str(&c);
         }
         (sql, values)
+    }
+
+    pub struct AuthCodeRow {
+        pub hash: String,
+        pub agent: String,
+        pub user_id: String,
+        pub grant_id: String,
+        pub redirect_uri: String,
+        pub code_challenge: String,
+        pub created_at: i64,
+        pub expires_at: i64,
+        pub used_at: Option<i64>,
+    }
+
+    impl TryFrom<AuthCodeRow> for AuthCodeRecord {
+        type Error = StoreError;
+        fn try_from(r: AuthCodeRow) -> Result<Self, StoreError> {
+            Ok(AuthCodeRecord {
+                hash: r.hash,
+                agent: parse::<AgentId>(&r.agent)?,
+                user: parse::<UserId>(&r.user_id)?,
+                grant: parse::<GrantId>(&r.grant_id)?,
+                redirect_uri: r.redirect_uri,
+                code_challenge: r.code_challenge,
+                created_at: from_ts(r.created_at)?,
+                expires_at: from_ts(r.expires_at)?,
+                used_at: opt_ts(r.used_at)?,
+            })
+        }
     }
 
     pub struct SessionRow {

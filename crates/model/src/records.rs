@@ -389,6 +389,24 @@ pub struct RefreshRecord {
     pub cnf_jkt: Option<String>,
 }
 
+/// An authorization code (OAuth 2.1 §4.1), issued when a person allows an
+/// agent on the consent page. Only its SHA-256 is stored; it is redeemed
+/// once, within a minute, by the agent, with the PKCE verifier.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthCodeRecord {
+    pub hash: String,
+    pub agent: AgentId,
+    pub user: UserId,
+    /// The grant the person gave; the code's tokens are issued under it.
+    pub grant: GrantId,
+    pub redirect_uri: String,
+    /// base64url(SHA-256(code_verifier)) (S256 only).
+    pub code_challenge: String,
+    pub created_at: OffsetDateTime,
+    pub expires_at: OffsetDateTime,
+    pub used_at: Option<OffsetDateTime>,
+}
+
 /// A person's sign-in session at the web pages. The cookie holds a secret
 /// whose SHA-256 is `hash`; the cookie is never an access token.
 #[derive(Debug, Clone, PartialEq, Eq)]

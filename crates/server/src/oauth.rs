@@ -27,7 +27,9 @@ pub async fn metadata(State(state): State<AppState>) -> Response {
         "jwks_uri": format!("{iss}/jwks.json"),
         "introspection_endpoint": format!("{iss}/oauth/introspect"),
         "revocation_endpoint": format!("{iss}/oauth/revoke"),
+        "authorization_endpoint": format!("{iss}/oauth/authorize"),
         "grant_types_supported": [
+            "authorization_code",
             "client_credentials",
             "refresh_token",
             "urn:ietf:params:oauth:grant-type:token-exchange",
@@ -36,7 +38,10 @@ pub async fn metadata(State(state): State<AppState>) -> Response {
         "backchannel_authentication_endpoint": format!("{iss}/oauth/bc-authorize"),
         "backchannel_token_delivery_modes_supported": ["poll"],
         "backchannel_user_code_parameter_supported": false,
-        "response_types_supported": [],
+        "response_types_supported": ["code"],
+        "response_modes_supported": ["query"],
+        "code_challenge_methods_supported": ["S256"],
+        "authorization_response_iss_parameter_supported": true,
         "token_endpoint_auth_methods_supported": methods,
         "token_endpoint_auth_signing_alg_values_supported": SIGNING_ALGS,
         "introspection_endpoint_auth_methods_supported": methods,
@@ -79,6 +84,7 @@ pub async fn token(State(state): State<AppState>, headers: HeaderMap, form: OAut
     let issued = state.mandate.token(&credentials, request).await?;
     let label = match grant_type {
         "client_credentials" => "client_credentials",
+        "authorization_code" => "authorization_code",
         "refresh_token" => "refresh_token",
         mandate_core::delegation::GRANT_CIBA => "ciba",
         _ => "token_exchange",

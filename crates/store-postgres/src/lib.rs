@@ -17,13 +17,15 @@ use async_trait::async_trait;
 use mandate_audit::{Checkpoint, Event};
 use mandate_core::audit::{AuditQuery, seal_record};
 use mandate_core::store::codec::{
-    self, AgentRow, ApprovalRow, EVENT_COLUMNS, EventRow, GrantRow, RefreshRow, ResourceRow, SessionRow, TokenRow,
-    UserRow, agent_kind, json, ts, user_status,
+    self, AgentRow, ApprovalRow, AuthCodeRow, EVENT_COLUMNS, EventRow, GrantRow, RefreshRow, ResourceRow, SessionRow,
+    TokenRow, UserRow, agent_kind, json, ts, user_status,
 };
 use mandate_core::store::{
     ApprovalQuery, Change, GrantQuery, KeyUse, Mutation, Store, StoreError, StoredKey, StoredPolicy,
 };
-use mandate_model::records::{Agent, Approval, Grant, RefreshRecord, Resource, SessionRecord, TokenRecord, User};
+use mandate_model::records::{
+    Agent, Approval, AuthCodeRecord, Grant, RefreshRecord, Resource, SessionRecord, TokenRecord, User,
+};
 use mandate_model::{AgentId, ApprovalId, GrantId, Jti, ResourceId, UserId};
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
 use sqlx::{ConnectOptions, Row};
@@ -285,6 +287,34 @@ async fn apply_one(conn: &mut PgConnection, m: &Mutation) -> Result<u64, StoreEr
         .execute(&mut *conn)
         .await
         .map_err(|e| map_write_error(e, "session"))?,
+        Mutation::InsertAuthCode(c) => sqlx::query(
+            "INSERT INTO auth_codes (hash, agent, user_id, grant_id, redirect_uri, code_challenge, created_at, expires_at, used_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(&c.hash)
+        .bind(c.agent.to_string())
+        .bind(c.user.to_string())
+        .bind(c.grant.to_string())
+        .bind(&c.redirect_uri)
+        .bind(&c.code_challenge)
+        .bind(ts(c.created_at))
+        .bind(ts(c.expires_at))
+        .bind(c.used_at.map(ts))
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| map_write_error(e, "authorization code"))?,
+        Mutation::UseAuthCode { hash, at } => {
+            let r = sqlx::query("UPDATE auth_codes SET used_at = $1 WHERE hash = $2 AND used_at IS NULL")
+                .bind(ts(*at))
+                .bind(hash)
+                .execute(&mut *conn)
+                .await
+                .map_err(unavailable)?;
+            if r.rows_affected() == 0 {
+                return Err(StoreError::Conflict("the authorization code was already used".into()));
+            }
+            r
+        }
         Mutation::RevokeSession { hash, at } => {
             sqlx::query("UPDATE sessions SET revoked_at = $1 WHERE hash = $2 AND revoked_at IS NULL")
                 .bind(ts(*at))
@@ -1089,6 +1119,28 @@ impl Store for PostgresStore {
 
     async fn refresh(&self, hash: &str) -> Result<Option<RefreshRecord>, StoreError> {
         self.one("SELECT * FROM refresh_tokens WHERE hash = $1", hash, refresh_row).await
+    }
+
+    async fn auth_code(&self, hash: &str) -> Result<Option<AuthCodeRecord>, StoreError> {
+        let row = sqlx::query("SELECT * FROM auth_codes WHERE hash = $1")
+            .bind(hash)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        row.map(|r| {
+            AuthCodeRecord::try_from(AuthCodeRow {
+                hash: get(&r, "hash")?,
+                agent: get(&r, "agent")?,
+                user_id: get(&r, "user_id")?,
+                grant_id: get(&r, "grant_id")?,
+                redirect_uri: get(&r, "redirect_uri")?,
+                code_challenge: get(&r, "code_challenge")?,
+                created_at: get(&r, "created_at")?,
+                expires_at: get(&r, "expires_at")?,
+                used_at: get(&r, "used_at")?,
+            })
+        })
+        .transpose()
     }
 
     async fn session(&self, hash: &str) -> Result<Option<SessionRecord>, StoreError> {

@@ -23,13 +23,15 @@ use async_trait::async_trait;
 use mandate_audit::{Checkpoint, Event, GENESIS};
 use mandate_core::audit::AuditQuery;
 use mandate_core::store::codec::{
-    self, AgentRow, ApprovalRow, EVENT_COLUMNS, EventRow, GrantRow, RefreshRow, ResourceRow, SessionRow, TokenRow,
-    UserRow, agent_kind, json, ts, user_status,
+    self, AgentRow, ApprovalRow, AuthCodeRow, EVENT_COLUMNS, EventRow, GrantRow, RefreshRow, ResourceRow, SessionRow,
+    TokenRow, UserRow, agent_kind, json, ts, user_status,
 };
 use mandate_core::store::{
     ApprovalQuery, Change, GrantQuery, KeyUse, Mutation, Store, StoreError, StoredKey, StoredPolicy,
 };
-use mandate_model::records::{Agent, Approval, Grant, RefreshRecord, Resource, SessionRecord, TokenRecord, User};
+use mandate_model::records::{
+    Agent, Approval, AuthCodeRecord, Grant, RefreshRecord, Resource, SessionRecord, TokenRecord, User,
+};
 use mandate_model::{AgentId, ApprovalId, GrantId, Jti, ResourceId, UserId};
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, Row, params};
 use tokio::sync::oneshot;
@@ -41,6 +43,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0003_delegation.sql"),
     include_str!("../migrations/0004_resource_side.sql"),
     include_str!("../migrations/0005_web.sql"),
+    include_str!("../migrations/0006_authorization_codes.sql"),
 ];
 
 /// Most changes folded into one transaction.
@@ -533,6 +536,35 @@ fn apply(conn: &Connection, m: &Mutation, affected: &[u64], head: &mut Head) -> 
             params![r.hash, r.user.to_string(), r.csrf, ts(r.created_at), ts(r.expires_at), r.revoked_at.map(ts)],
             "session",
         ),
+        Mutation::InsertAuthCode(c) => exec(
+            conn,
+            "INSERT INTO auth_codes (hash, agent, user_id, grant_id, redirect_uri, code_challenge, created_at, expires_at, used_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            params![
+                c.hash,
+                c.agent.to_string(),
+                c.user.to_string(),
+                c.grant.to_string(),
+                c.redirect_uri,
+                c.code_challenge,
+                ts(c.created_at),
+                ts(c.expires_at),
+                c.used_at.map(ts)
+            ],
+            "authorization code",
+        ),
+        Mutation::UseAuthCode { hash, at } => {
+            let n = exec(
+                conn,
+                "UPDATE auth_codes SET used_at = ?1 WHERE hash = ?2 AND used_at IS NULL",
+                params![ts(*at), hash],
+                "authorization code",
+            )?;
+            if n == 0 {
+                return Err(StoreError::Conflict("the authorization code was already used".into()));
+            }
+            Ok(n)
+        }
         Mutation::RevokeSession { hash, at } => exec(
             conn,
             "UPDATE sessions SET revoked_at = ?1 WHERE hash = ?2 AND revoked_at IS NULL",
@@ -1087,6 +1119,22 @@ impl Store for SqliteStore {
 
     async fn refresh(&self, hash: &str) -> Result<Option<RefreshRecord>, StoreError> {
         self.one("SELECT * FROM refresh_tokens WHERE hash = ?1", hash, refresh_row)
+    }
+
+    async fn auth_code(&self, hash: &str) -> Result<Option<AuthCodeRecord>, StoreError> {
+        self.one("SELECT * FROM auth_codes WHERE hash = ?1", hash, |r| {
+            Ok(AuthCodeRecord::try_from(AuthCodeRow {
+                hash: r.get("hash")?,
+                agent: r.get("agent")?,
+                user_id: r.get("user_id")?,
+                grant_id: r.get("grant_id")?,
+                redirect_uri: r.get("redirect_uri")?,
+                code_challenge: r.get("code_challenge")?,
+                created_at: r.get("created_at")?,
+                expires_at: r.get("expires_at")?,
+                used_at: r.get("used_at")?,
+            }))
+        })
     }
 
     async fn session(&self, hash: &str) -> Result<Option<SessionRecord>, StoreError> {

@@ -9,6 +9,7 @@
 //! short-lived cookie (double submit). The session cookie is never read by
 //! the API, and the API's tokens never sign anyone in.
 
+mod authorize;
 mod html;
 mod pages;
 
@@ -30,6 +31,7 @@ connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/", get(|| async { Redirect::to("/approvals") }))
+        .route("/oauth/authorize", get(authorize::authorize_page).post(authorize::authorize_decision))
         .route("/login", get(pages::login_page).post(pages::login))
         .route("/logout", post(pages::logout))
         .route("/approvals", get(pages::approvals))

@@ -4,6 +4,7 @@
 
 mod admin;
 mod audit;
+mod authorize;
 mod client_auth;
 mod delegation;
 mod discovery;

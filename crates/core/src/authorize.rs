@@ -1,0 +1,370 @@
+//! The authorization code grant (OAuth 2.1 §4.1) for an agent acting for a
+//! person who is present: `GET /oauth/authorize` validates the request, the
+//! person signs in and sees the consent page, policy decides what may be
+//! granted (the same rules as CIBA), and an allowed request becomes a grant
+//! and a single-use code, redeemed at the token endpoint with PKCE (S256
+//! only) and `private_key_jwt`.
+
+use base64::Engine;
+use mandate_audit::Event;
+use mandate_model::records::{Agent, AgentStatus, AuthCodeRecord, Resource, User};
+use mandate_model::{AgentId, ScopeSet};
+use sha2::{Digest, Sha256};
+use time::Duration;
+
+use crate::audit::{ALLOW, AuditRecord, DENY, kind};
+use crate::delegation::{Params, parse_scopes};
+use crate::oauth::IssuedToken;
+use crate::ports::new_ulid;
+use crate::service::{AuthenticatedClient, Mandate};
+use crate::store::{Change, Mutation};
+use crate::{Error, secrets};
+
+pub const GRANT_AUTHORIZATION_CODE: &str = "authorization_code";
+const CODE_PREFIX: &str = "mnd_ac_";
+/// How long a code may wait to be redeemed.
+pub const CODE_TTL: i64 = 60;
+const MAX_STATE: usize = 512;
+const MAX_PURPOSE: usize = 200;
+
+/// Why an authorization request fails. RFC 6749 §4.1.2.1: with an unknown
+/// client or a redirect URI that is not registered, the person sees an
+/// error page and is never redirected; other errors go back to the client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthorizeError {
+    NoRedirect(String),
+    Redirect { url: String },
+}
+
+/// An authorization request that passed validation.
+#[derive(Debug, Clone)]
+pub struct AuthorizeRequest {
+    pub agent: Agent,
+    pub owner: Option<User>,
+    pub redirect_uri: String,
+    pub state: Option<String>,
+    pub resource: std::sync::Arc<Resource>,
+    pub scopes: ScopeSet,
+    pub code_challenge: String,
+    pub purpose: Option<String>,
+    /// The query to carry through the sign-in and the consent form.
+    pub params: Vec<(String, String)>,
+}
+
+impl AuthorizeRequest {
+    /// Each scope with the actions it covers at the resource, for the
+    /// consent page.
+    pub fn scope_actions(&self) -> Vec<(String, Vec<String>)> {
+        self.scopes.iter().map(|s| (s.as_str().to_owned(), self.resource.actions_of(s).unwrap_or_default())).collect()
+    }
+
+    /// The origin of the redirect URI (for the consent page's CSP).
+    pub fn redirect_origin(&self) -> &str {
+        let after = self.redirect_uri.find("://").map_or(0, |i| i + 3);
+        let end = self.redirect_uri[after..].find('/').map_or(self.redirect_uri.len(), |i| after + i);
+        self.redirect_uri.get(..end).unwrap_or(&self.redirect_uri)
+    }
+}
+
+/// `url` with `params` appended to its query.
+pub fn with_query(url: &str, params: &[(&str, &str)]) -> String {
+    let mut out = url.to_owned();
+    let mut ser = form_urlencoded::Serializer::new(String::new());
+    for (k, v) in params {
+        ser.append_pair(k, v);
+    }
+    out.push(if url.contains('?') { '&' } else { '?' });
+    out.push_str(&ser.finish());
+    out
+}
+
+fn s256(verifier: &str) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()))
+}
+
+fn is_pkce_value(v: &str, min: usize) -> bool {
+    (min..=128).contains(&v.len()) && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b))
+}
+
+impl Mandate {
+    /// Validates `GET/POST /oauth/authorize` parameters.
+    pub async fn authorize_request(&self, raw: &[(String, String)]) -> Result<AuthorizeRequest, AuthorizeError> {
+        let no_redirect = |m: &str| AuthorizeError::NoRedirect(m.to_owned());
+        let one = |k: &str| -> Result<Option<&str>, AuthorizeError> {
+            let mut it = raw.iter().filter(|(n, _)| n == k);
+            let first = it.next().map(|(_, v)| v.as_str());
+            if it.next().is_some() {
+                return Err(AuthorizeError::NoRedirect(format!("{k} is repeated")));
+            }
+            Ok(first)
+        };
+        let client_id = one("client_id")?.ok_or_else(|| no_redirect("client_id is required"))?;
+        let agent_id: AgentId = client_id.parse().map_err(|_| no_redirect("unknown client_id"))?;
+        let agent = self
+            .store
+            .agent(agent_id)
+            .await
+            .map_err(|_| no_redirect("Mandate cannot answer now"))?
+            .filter(|a| a.status == AgentStatus::Active && a.expires_at.is_none_or(|e| e > self.clock.now()))
+            .ok_or_else(|| no_redirect("unknown or inactive client_id"))?;
+        // RFC 9700 §4.1: exact matching against the registered URIs.
+        let redirect_uri = one("redirect_uri")?.ok_or_else(|| no_redirect("redirect_uri is required"))?;
+        if !agent.redirect_uris.iter().any(|r| r == redirect_uri) {
+            return Err(no_redirect("redirect_uri is not registered for this client"));
+        }
+        let state = one("state")?.map(str::to_owned);
+        let back = |error: &str, description: &str| AuthorizeError::Redirect {
+            url: {
+                let mut p = vec![("error", error), ("error_description", description)];
+                if let Some(s) = state.as_deref() {
+                    p.push(("state", s));
+                }
+                p.push(("iss", self.config.issuer.as_str()));
+                with_query(redirect_uri, &p)
+            },
+        };
+        if state.as_ref().is_some_and(|s| s.len() > MAX_STATE) {
+            return Err(back("invalid_request", "state is too long"));
+        }
+        let known = [
+            "response_type",
+            "client_id",
+            "redirect_uri",
+            "scope",
+            "resource",
+            "state",
+            "code_challenge",
+            "code_challenge_method",
+            "purpose",
+        ];
+        if let Some((k, _)) = raw.iter().find(|(k, _)| !known.contains(&k.as_str())) {
+            return Err(back("invalid_request", &format!("unknown parameter {k}")));
+        }
+        for k in known {
+            one(k).map_err(|_| back("invalid_request", &format!("{k} is repeated")))?;
+        }
+        if one("response_type")? != Some("code") {
+            return Err(back("unsupported_response_type", "response_type must be code"));
+        }
+        // PKCE, S256 only (SECURITY row 12).
+        let challenge = one("code_challenge")?.unwrap_or_default();
+        if one("code_challenge_method")? != Some("S256") || challenge.len() != 43 || !is_pkce_value(challenge, 43) {
+            return Err(back(
+                "invalid_request",
+                "PKCE is required: code_challenge (43 characters) with code_challenge_method S256",
+            ));
+        }
+        let scopes = parse_scopes(one("scope")?).map_err(|e| back("invalid_scope", &e.to_string()))?;
+        let identifier = one("resource")?.ok_or_else(|| back("invalid_target", "resource is required"))?;
+        let resource =
+            self.resource_by_identifier(identifier).await.map_err(|e| back("invalid_target", &e.to_string()))?;
+        if let Some(s) = scopes.iter().find(|s| resource.actions_of(s).is_none()) {
+            return Err(back("invalid_scope", &format!("scope {s} is not offered by {identifier}")));
+        }
+        let purpose = match one("purpose")? {
+            Some(p) => Some(
+                mandate_model::name::validate_text("purpose", p, MAX_PURPOSE)
+                    .map_err(|e| back("invalid_request", &e.to_string()))?,
+            ),
+            None => agent.description.clone(),
+        };
+        let owner = self.store.user(agent.owner).await.ok().flatten();
+        Ok(AuthorizeRequest {
+            redirect_uri: redirect_uri.to_owned(),
+            state,
+            resource,
+            scopes,
+            code_challenge: challenge.to_owned(),
+            purpose,
+            params: raw.to_vec(),
+            owner,
+            agent,
+        })
+    }
+
+    /// Whether policy lets `user` give this grant now (the CIBA rules); a
+    /// refusal goes back to the client as `access_denied`, recorded.
+    pub async fn authorize_policy(&self, user: &User, req: &AuthorizeRequest) -> Result<(), AuthorizeError> {
+        match self.authorize_scopes(Some(user), &[&req.agent], &req.resource, &req.scopes) {
+            // The person on the consent page is the user policy would ask.
+            Ok(None | Some(mandate_policy::Approver::User)) => Ok(()),
+            Ok(Some(mandate_policy::Approver::Owner)) if req.agent.owner == user.id => Ok(()),
+            Ok(Some(mandate_policy::Approver::Owner)) => {
+                let why = "policy asks the agent's owner to approve this grant; the agent must ask by CIBA";
+                let url = self.authorization_refused(user, req, "access_denied", why).await;
+                Err(AuthorizeError::Redirect { url })
+            }
+            Err(why) => {
+                let url = self.authorization_refused(user, req, "access_denied", &why).await;
+                Err(AuthorizeError::Redirect { url })
+            }
+        }
+    }
+
+    /// The person denied (or policy refused): recorded, and the URL to send
+    /// them back to the client with `error`.
+    pub async fn authorization_refused(&self, user: &User, req: &AuthorizeRequest, error: &str, why: &str) -> String {
+        let mut event = self.authorize_event(kind::GRANT_DENIED, user, req);
+        event.decision = Some(DENY.into());
+        event.reason = Some(why.chars().take(256).collect());
+        if let Err(e) = self.record(event).await {
+            tracing::warn!(error = %e, "could not record a refused authorization");
+        }
+        self.back_to_client(req, &[("error", error), ("error_description", why)])
+    }
+
+    fn back_to_client(&self, req: &AuthorizeRequest, extra: &[(&str, &str)]) -> String {
+        let mut p: Vec<(&str, &str)> = extra.to_vec();
+        if let Some(s) = req.state.as_deref() {
+            p.push(("state", s));
+        }
+        p.push(("iss", self.config.issuer.as_str()));
+        with_query(&req.redirect_uri, &p)
+    }
+
+    fn authorize_event(&self, kind: &str, user: &User, req: &AuthorizeRequest) -> Event {
+        let mut e = self.event(kind);
+        e.actor = Some(user.id.to_string());
+        e.subject = Some(user.id.to_string());
+        e.client_id = Some(req.agent.id.to_string());
+        e.chain = vec![req.agent.id.to_string()];
+        e.resource = Some(req.resource.identifier.clone());
+        e.scope = Some(req.scopes.to_claim());
+        e
+    }
+
+    /// The person allowed: policy decides again, then a grant (approved by
+    /// the person) and a code are stored. Returns the URL to send them to.
+    pub async fn authorization_allowed(&self, user: &User, req: &AuthorizeRequest) -> Result<String, AuthorizeError> {
+        self.authorize_policy(user, req).await?;
+        let grant =
+            self.new_grant(user, &req.agent, &req.resource, &req.scopes, req.purpose.clone(), &user.id.to_string());
+        let code = secrets::generate(CODE_PREFIX, self.rng.as_ref());
+        let now = self.clock.now();
+        let record = AuthCodeRecord {
+            hash: secrets::hash(&code),
+            agent: req.agent.id,
+            user: user.id,
+            grant: grant.id,
+            redirect_uri: req.redirect_uri.clone(),
+            code_challenge: req.code_challenge.clone(),
+            created_at: now,
+            expires_at: now + Duration::seconds(CODE_TTL),
+            used_at: None,
+        };
+        let mut event = self.authorize_event(kind::GRANT_CREATED, user, req);
+        event.decision = Some(ALLOW.into());
+        event.grant_id = Some(grant.id.to_string());
+        event.reason = Some(format!("approved_by {} on the consent page", user.id));
+        let change = Change::new()
+            .with(Mutation::InsertGrant(grant))
+            .with(Mutation::InsertAuthCode(record))
+            .with(AuditRecord::new(event).mutation());
+        if let Err(e) = self.store.commit(change).await {
+            tracing::warn!(error = %e, "could not store an authorization");
+            return Err(AuthorizeError::Redirect {
+                url: self
+                    .back_to_client(req, &[("error", "temporarily_unavailable"), ("error_description", "try again")]),
+            });
+        }
+        Ok(self.back_to_client(req, &[("code", code.as_str())]))
+    }
+
+    /// `grant_type=authorization_code` at the token endpoint.
+    pub(crate) async fn authorization_code_token(
+        &self,
+        client: &AuthenticatedClient,
+        params: &Params,
+        jkt: Option<&str>,
+    ) -> Result<(Change, Event, IssuedToken), (Change, Error)> {
+        let refuse = |e: Error| (Change::new(), e);
+        let agent = client
+            .agent
+            .as_ref()
+            .ok_or_else(|| refuse(Error::UnauthorizedClient("only an agent may redeem a code".into())))?;
+        params.only(&["code", "redirect_uri", "code_verifier"]).map_err(refuse)?;
+        let code = params.require("code").map_err(refuse)?;
+        let invalid = |m: &str| refuse(Error::InvalidGrant(m.to_owned()));
+        let record = self
+            .store
+            .auth_code(&secrets::hash(code))
+            .await
+            .map_err(|e| refuse(e.into()))?
+            .filter(|r| r.agent == agent.id)
+            .ok_or_else(|| invalid("the code is invalid"))?;
+        if record.used_at.is_some() {
+            return Err(self.code_replayed(&record));
+        }
+        let now = self.clock.now();
+        if now >= record.expires_at {
+            return Err(invalid("the code has expired"));
+        }
+        if params.get("redirect_uri") != Some(record.redirect_uri.as_str()) {
+            return Err(invalid("redirect_uri does not match the authorization request"));
+        }
+        // SECURITY row 13: a verifier is needed, and must match.
+        let verifier = params.get("code_verifier").unwrap_or_default();
+        if !is_pkce_value(verifier, 43)
+            || !mandate_jose::ct_eq(s256(verifier).as_bytes(), record.code_challenge.as_bytes())
+        {
+            return Err(invalid("code_verifier does not match the code_challenge"));
+        }
+        let grant = self
+            .store
+            .grant(record.grant)
+            .await
+            .map_err(|e| refuse(e.into()))?
+            .filter(|g| g.is_live(now))
+            .ok_or_else(|| invalid("the grant is revoked or expired"))?;
+        let family = new_ulid(self.clock.as_ref(), self.rng.as_ref()).to_string();
+        let (mut change, event, issued) = self.code_tokens(agent, &grant, &family, jkt).await.map_err(refuse)?;
+        change.0.insert(0, Mutation::UseAuthCode { hash: record.hash, at: now });
+        Ok((change, event, issued))
+    }
+
+    /// The first access and refresh tokens of a redeemed code.
+    async fn code_tokens(
+        &self,
+        agent: &Agent,
+        grant: &mandate_model::records::Grant,
+        family: &str,
+        jkt: Option<&str>,
+    ) -> Result<(Change, Event, IssuedToken), Error> {
+        let (mut change, event, mut issued) = self.grant_token(agent, grant, &grant.scopes, Some(family), jkt).await?;
+        let (refresh, record) = self.new_refresh(grant, agent.id, &grant.scopes, family, jkt);
+        issued.refresh_token = Some(refresh);
+        change.push(Mutation::InsertRefresh(record));
+        Ok((change, event, issued))
+    }
+
+    /// A code used twice (SECURITY row 15): what it issued is revoked.
+    pub(crate) fn code_replayed(&self, record: &AuthCodeRecord) -> (Change, Error) {
+        let now = self.clock.now();
+        let change = Change::new()
+            .with(Mutation::RevokeGrant { id: record.grant, at: now })
+            .with(Mutation::RevokeTokensOfGrant { grant: record.grant, at: now });
+        (change, Error::InvalidGrant("the code was already used; the tokens issued from it are revoked".into()))
+    }
+
+    /// After a lost race on a code: its record, if it was used.
+    pub(crate) async fn code_raced(&self, params: &Params) -> Result<Option<AuthCodeRecord>, Error> {
+        let Some(code) = params.get("code") else { return Ok(None) };
+        Ok(self.store.auth_code(&secrets::hash(code)).await?.filter(|r| r.used_at.is_some()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc7636_appendix_b() {
+        assert_eq!(s256("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk"), "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM");
+    }
+
+    #[test]
+    fn query_is_appended() {
+        assert_eq!(with_query("https://a.example/cb", &[("code", "x y")]), "https://a.example/cb?code=x+y");
+        assert_eq!(with_query("https://a.example/cb?k=1", &[("state", "s&t")]), "https://a.example/cb?k=1&state=s%26t");
+    }
+}

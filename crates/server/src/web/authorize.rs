@@ -1,0 +1,140 @@
+//! `GET/POST /oauth/authorize`: the consent page of the authorization code
+//! flow. The request is validated before anything else; a person who is not
+//! signed in signs in first and comes back; the consent form carries the
+//! request and the session's CSRF token, and is validated again on post.
+
+use std::fmt::Write;
+
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use mandate_core::authorize::{AuthorizeError, AuthorizeRequest};
+
+use super::html::{csrf_field, esc, layout};
+use super::pages::error_page;
+use super::{Signed, page};
+use crate::AppState;
+use crate::extract::OAuthForm;
+
+fn refused(e: AuthorizeError) -> Response {
+    match e {
+        // RFC 6749 §4.1.2.1: never redirect to an unverified URI.
+        AuthorizeError::NoRedirect(why) => page(
+            StatusCode::BAD_REQUEST,
+            layout(
+                "This sign-in link is not valid",
+                None,
+                "",
+                &format!(
+                    r#"<p role="alert">{}</p><p>Nothing was granted. Go back to the application and try again.</p>"#,
+                    esc(&why)
+                ),
+            ),
+        ),
+        AuthorizeError::Redirect { url } => see_other(&url),
+    }
+}
+
+/// A 303 (RFC 9700 §4.12: never 307 after a form post).
+fn see_other(url: &str) -> Response {
+    match HeaderValue::from_str(url) {
+        Ok(v) => (StatusCode::SEE_OTHER, [(header::LOCATION, v)]).into_response(),
+        Err(_) => error_page(&mandate_core::Error::BadInput("the redirect URI is not a valid header value".into())),
+    }
+}
+
+fn params(raw: Option<&str>) -> Vec<(String, String)> {
+    raw.map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect()).unwrap_or_default()
+}
+
+pub async fn authorize_page(
+    State(s): State<AppState>,
+    RawQuery(raw): RawQuery,
+    signed: Result<Signed, Response>,
+) -> Response {
+    let query = params(raw.as_deref());
+    let req = match s.mandate.authorize_request(&query).await {
+        Ok(r) => r,
+        Err(e) => return refused(e),
+    };
+    let signed = match signed {
+        Ok(signed) => signed,
+        // To the sign-in page, and back here afterwards.
+        Err(to_login) => return to_login,
+    };
+    if let Err(e) = s.mandate.authorize_policy(&signed.session.user, &req).await {
+        return refused(e);
+    }
+    consent(&s, &signed, &req)
+}
+
+fn consent(s: &AppState, signed: &Signed, req: &AuthorizeRequest) -> Response {
+    let owner = req.owner.as_ref().map_or_else(|| req.agent.owner.to_string(), |o| format!("{} ({})", o.name, o.email));
+    let mut scopes = String::new();
+    for (scope, actions) in req.scope_actions() {
+        let _ = write!(scopes, "<li><strong>{}</strong>: may {}</li>", esc(&scope), esc(&actions.join(", ")));
+    }
+    let mut hidden = csrf_field(&signed.session.csrf);
+    for (k, v) in &req.params {
+        let _ = write!(hidden, r#"<input type="hidden" name="{}" value="{}">"#, esc(k), esc(v));
+    }
+    let hours = s.mandate.config().grant_ttl as f64 / 3600.0;
+    let main = format!(
+        r#"<p><strong>{agent}</strong> wants to act for you.</p>
+<dl class="consent">
+<dt>Agent</dt><dd>{agent} <code>{agent_id}</code></dd>
+<dt>Accountable owner</dt><dd>{owner}</dd>
+<dt>What it does</dt><dd>{description}</dd>
+<dt>Purpose</dt><dd>{purpose}</dd>
+<dt>At</dt><dd>{resource_name} <code>{resource}</code></dd>
+<dt>It asks to</dt><dd><ul>{scopes}</ul></dd>
+<dt>For</dt><dd>up to {hours:.0} hours, unless you revoke it sooner on the Grants page</dd>
+<dt>Returns to</dt><dd><code>{redirect}</code></dd>
+</dl>
+<form method="post" action="/oauth/authorize" class="consent">{hidden}
+<button type="submit" name="decision" value="allow" class="primary">Allow</button>
+<button type="submit" name="decision" value="deny" class="danger">Deny</button>
+</form>"#,
+        agent = esc(&req.agent.name),
+        agent_id = esc(&req.agent.id.to_string()),
+        owner = esc(&owner),
+        description = esc(req.agent.description.as_deref().unwrap_or("—")),
+        purpose = esc(req.purpose.as_deref().unwrap_or("—")),
+        resource_name = esc(&req.resource.name),
+        resource = esc(&req.resource.identifier),
+        redirect = esc(&req.redirect_uri),
+    );
+    let mut resp =
+        page(StatusCode::OK, layout("Allow access?", Some((&signed.session.user, &signed.session.csrf)), "", &main));
+    // The form's answer redirects to the client: let the form go there.
+    let csp = super::PAGE_CSP.replace("form-action 'self'", &format!("form-action 'self' {}", req.redirect_origin()));
+    if let Ok(v) = HeaderValue::from_str(&csp) {
+        resp.headers_mut().insert(header::CONTENT_SECURITY_POLICY, v);
+    }
+    resp
+}
+
+pub async fn authorize_decision(State(s): State<AppState>, signed: Signed, form: OAuthForm) -> Response {
+    if !mandate_jose::ct_eq(form.get("csrf").unwrap_or_default().as_bytes(), signed.session.csrf.as_bytes()) {
+        return error_page(&mandate_core::Error::Forbidden(
+            "the form is stale or forged; start again from the application".into(),
+        ));
+    }
+    let decision = form.get("decision").unwrap_or_default().to_owned();
+    let query: Vec<(String, String)> =
+        form.pairs().0.into_iter().filter(|(k, _)| k != "csrf" && k != "decision").collect();
+    let req = match s.mandate.authorize_request(&query).await {
+        Ok(r) => r,
+        Err(e) => return refused(e),
+    };
+    let user = &signed.session.user;
+    match decision.as_str() {
+        "allow" => match s.mandate.authorization_allowed(user, &req).await {
+            Ok(url) => see_other(&url),
+            Err(e) => refused(e),
+        },
+        _ => see_other(
+            &s.mandate.authorization_refused(user, &req, "access_denied", "the person denied the request").await,
+        ),
+    }
+}

@@ -1,0 +1,255 @@
+//! The authorization code flow over HTTP (SECURITY rows 12–15 and 18): PKCE
+//! S256 only, exact redirect URIs, `iss` in the response, single-use codes
+//! whose replay revokes what they issued. The browser test drives the same
+//! flow in Chromium.
+
+use anyhow::Result;
+use base64::Engine;
+use mandate_jose::{KeyAlg, SigningKey};
+use mandate_testkit::scenarios::{CAL, World, claims};
+use mandate_testkit::{TestAgent, TestServer};
+use reqwest::Method;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+const REDIRECT: &str = "https://app.example/callback";
+const VERIFIER: &str = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
+
+fn challenge(verifier: &str) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()))
+}
+
+fn client() -> Result<reqwest::Client> {
+    Ok(reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build()?)
+}
+
+fn location(resp: &reqwest::Response) -> String {
+    resp.headers().get("location").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned()
+}
+
+fn query_of(url: &str) -> Vec<(String, String)> {
+    let q = url.split_once('?').map_or("", |(_, q)| q);
+    form_urlencoded::parse(q.as_bytes()).into_owned().collect()
+}
+
+fn param(url: &str, k: &str) -> Option<String> {
+    query_of(url).into_iter().find(|(n, _)| n == k).map(|(_, v)| v)
+}
+
+struct Flow {
+    w: World,
+    erin: String,
+    app: TestAgent,
+    session: String,
+    http: reqwest::Client,
+}
+
+fn authorize_url(f: &Flow, extra: &[(&str, &str)], drop: &[&str]) -> String {
+    let ch = challenge(VERIFIER);
+    let mut p: Vec<(&str, &str)> = vec![
+        ("response_type", "code"),
+        ("client_id", &f.app.id),
+        ("redirect_uri", REDIRECT),
+        ("scope", "read"),
+        ("resource", CAL),
+        ("state", "xyz-42"),
+        ("code_challenge", &ch),
+        ("code_challenge_method", "S256"),
+    ];
+    p.retain(|(k, _)| !drop.contains(k));
+    for (k, v) in extra {
+        p.retain(|(n, _)| n != k);
+        p.push((k, v));
+    }
+    let q: String = form_urlencoded::Serializer::new(String::new()).extend_pairs(p).finish();
+    format!("{}/oauth/authorize?{q}", f.w.s.url)
+}
+
+async fn flow() -> Result<Flow> {
+    let w = World::new(TestServer::start().await?).await?;
+    let (st, u) = w
+        .s
+        .admin(Method::POST, "/v1/users", Some(json!({"name": "Erin", "email": "erin@example.com", "groups": ["staff"], "password": "correct horse battery"})))
+        .await?;
+    assert_eq!(st, 201, "{u}");
+    let key = SigningKey::generate(KeyAlg::EdDSA)?;
+    let (st, a) = w
+        .s
+        .admin(
+            Method::POST,
+            "/v1/agents",
+            Some(json!({"name": "Travel app", "owner": w.alice, "description": "books trips", "redirect_uris": [REDIRECT],
+                        "jwks": {"keys": [key.public().to_json()]}})),
+        )
+        .await?;
+    assert_eq!(st, 201, "{a}");
+    let app = TestAgent { id: a["id"].as_str().unwrap_or_default().to_owned(), key };
+    let http = client()?;
+    // Sign in.
+    let page = http.get(format!("{}/login", w.s.url)).send().await?;
+    let login = page
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|c| c.strip_prefix("mandate_login=").and_then(|r| r.split(';').next()).map(str::to_owned))
+        .unwrap_or_default();
+    let resp = http
+        .post(format!("{}/login", w.s.url))
+        .header("cookie", format!("mandate_login={login}"))
+        .form(&[("csrf", login.as_str()), ("email", "erin@example.com"), ("password", "correct horse battery")])
+        .send()
+        .await?;
+    let session = resp
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|c| c.strip_prefix("mandate_session=").and_then(|r| r.split(';').next()).map(str::to_owned))
+        .unwrap_or_default();
+    assert!(!session.is_empty());
+    let erin = u["id"].as_str().unwrap_or_default().to_owned();
+    Ok(Flow { w, erin, app, session, http })
+}
+
+impl Flow {
+    async fn get(&self, url: &str) -> Result<reqwest::Response> {
+        Ok(self.http.get(url).header("cookie", format!("mandate_session={}", self.session)).send().await?)
+    }
+
+    /// Shows the consent page for `url` and answers it.
+    async fn consent(&self, url: &str, decision: &str) -> Result<(String, String)> {
+        let resp = self.get(url).await?;
+        assert_eq!(resp.status(), 200);
+        let csp =
+            resp.headers().get("content-security-policy").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+        assert!(
+            csp.contains("form-action 'self' https://app.example") && csp.contains("frame-ancestors 'none'"),
+            "{csp}"
+        );
+        let html = resp.text().await?;
+        let consent_form = html.split(r#"action="/oauth/authorize""#).nth(1).unwrap_or_default();
+        let mut form: Vec<(String, String)> = consent_form
+            .split(r#"<input type="hidden" name=""#)
+            .skip(1)
+            .filter_map(|r| {
+                let (name, rest) = r.split_once(r#"" value=""#)?;
+                let value = rest.split('"').next()?;
+                Some((name.to_owned(), value.replace("&amp;", "&").replace("&#39;", "'").replace("&quot;", "\"")))
+            })
+            .collect();
+        form.push(("decision".into(), decision.into()));
+        let resp = self
+            .http
+            .post(format!("{}/oauth/authorize", self.w.s.url))
+            .header("cookie", format!("mandate_session={}", self.session))
+            .form(&form)
+            .send()
+            .await?;
+        let st = resp.status().as_u16();
+        let to = location(&resp);
+        assert_eq!(st, 303, "{}", resp.text().await?);
+        Ok((to, html))
+    }
+
+    async fn redeem(&self, code: &str, verifier: Option<&str>, redirect: &str) -> Result<(u16, Value)> {
+        let mut p = vec![("grant_type", "authorization_code"), ("code", code), ("redirect_uri", redirect)];
+        if let Some(v) = verifier {
+            p.push(("code_verifier", v));
+        }
+        self.w.grant(&self.app, &p).await
+    }
+}
+
+#[tokio::test]
+async fn the_code_flow_issues_a_token_for_the_person_acted_for_by_the_agent() -> Result<()> {
+    let f = flow().await?;
+    // Not signed in: to the sign-in page, and back afterwards.
+    let resp = f.http.get(authorize_url(&f, &[], &[])).send().await?;
+    assert_eq!(resp.status(), 303);
+    assert!(location(&resp).starts_with("/login?next=%2Foauth%2Fauthorize"), "{}", location(&resp));
+
+    let (back, html) = f.consent(&authorize_url(&f, &[], &[]), "allow").await?;
+    for shown in ["Travel app", "books trips", "Alice (alice@example.com)", "read", "list, get", CAL, REDIRECT] {
+        assert!(html.contains(shown), "the consent page lacks {shown:?}");
+    }
+    assert!(back.starts_with(REDIRECT), "{back}");
+    assert_eq!(param(&back, "state").as_deref(), Some("xyz-42"));
+    assert_eq!(param(&back, "iss").as_deref(), Some(f.w.s.issuer.as_str()));
+    let code = param(&back, "code").unwrap_or_default();
+
+    let (st, tokens) = f.redeem(&code, Some(VERIFIER), REDIRECT).await?;
+    assert_eq!(st, 200, "{tokens}");
+    let access = tokens["access_token"].as_str().unwrap_or_default().to_owned();
+    let c = claims(&access);
+    assert_eq!(c["sub"], f.erin);
+    assert_eq!(c["act"]["sub"], f.app.id);
+    assert!(tokens["refresh_token"].is_string());
+    assert_eq!(f.w.s.introspect(&access).await?["active"], true);
+
+    // SECURITY row 15: the code again is refused, and what it issued dies.
+    let (st, body) = f.redeem(&code, Some(VERIFIER), REDIRECT).await?;
+    assert_eq!((st, body["error"].as_str()), (400, Some("invalid_grant")), "{body}");
+    assert_eq!(f.w.s.introspect(&access).await?["active"], false);
+    Ok(())
+}
+
+#[tokio::test]
+async fn pkce_redirect_uris_and_denials_are_strict() -> Result<()> {
+    let f = flow().await?;
+    // Row 12: plain or missing PKCE goes back with invalid_request.
+    for (extra, drop) in [
+        (vec![("code_challenge_method", "plain")], vec![]),
+        (vec![], vec!["code_challenge"]),
+        (vec![], vec!["code_challenge_method"]),
+        (vec![("code_challenge", "short")], vec![]),
+    ] {
+        let resp = f.get(&authorize_url(&f, &extra, &drop)).await?;
+        assert_eq!(resp.status(), 303);
+        let to = location(&resp);
+        assert!(to.starts_with(REDIRECT), "{to}");
+        assert_eq!(param(&to, "error").as_deref(), Some("invalid_request"), "{to}");
+        assert_eq!(param(&to, "iss").as_deref(), Some(f.w.s.issuer.as_str()));
+    }
+    // Row 14: any variant of the redirect URI is an error page, no redirect.
+    for bad in [
+        "https://app.example/callback/",
+        "https://APP.example/callback",
+        "https://app.example/callback?x=1",
+        "https://app.example/callback#f",
+        "https://app.example@evil.example/callback",
+        "https://app.example/callback/../callback",
+        "https://app.example/%63allback",
+        "https://evil.example/callback",
+    ] {
+        let resp = f.get(&authorize_url(&f, &[("redirect_uri", bad)], &[])).await?;
+        assert_eq!(resp.status(), 400, "{bad}");
+        assert!(resp.headers().get("location").is_none(), "{bad}");
+    }
+    let dup = format!("{}&redirect_uri={}", authorize_url(&f, &[], &[]), url_enc(REDIRECT));
+    assert_eq!(f.get(&dup).await?.status(), 400, "a repeated redirect_uri");
+    // The person denies: access_denied with state and iss.
+    let (back, _) = f.consent(&authorize_url(&f, &[], &[]), "deny").await?;
+    assert_eq!(param(&back, "error").as_deref(), Some("access_denied"));
+    assert_eq!(param(&back, "state").as_deref(), Some("xyz-42"));
+
+    // Row 13: a code redeemed without, or with a wrong, verifier or URI.
+    let (back, _) = f.consent(&authorize_url(&f, &[], &[]), "allow").await?;
+    let code = param(&back, "code").unwrap_or_default();
+    for (verifier, redirect) in [
+        (None, REDIRECT),
+        (Some("wrong-verifier-wrong-verifier-wrong-verifier-0"), REDIRECT),
+        (Some(VERIFIER), "https://app.example/other"),
+    ] {
+        let (st, body) = f.redeem(&code, verifier, redirect).await?;
+        assert_eq!((st, body["error"].as_str()), (400, Some("invalid_grant")), "{body}");
+    }
+    // Those refusals did not use the code up.
+    let (st, body) = f.redeem(&code, Some(VERIFIER), REDIRECT).await?;
+    assert_eq!(st, 200, "{body}");
+    Ok(())
+}
+
+fn url_enc(s: &str) -> String {
+    form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
