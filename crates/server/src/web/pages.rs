@@ -180,13 +180,8 @@ async fn approvals_live(s: &AppState, session: &Session, done: &str) -> Result<S
     out.push_str(r#"<ul class="cards" aria-label="Pending approvals">"#);
     for a in &list {
         let (what, chain) = match &a.subject {
-            ApprovalSubject::Grant { scopes, requested_expiry } => (
-                format!(
-                    "grant <strong>{}</strong> on <code>{}</code> for {} min",
-                    esc(&scopes.to_claim()),
-                    esc(&a.resource),
-                    requested_expiry / 60
-                ),
+            ApprovalSubject::Grant { scopes, .. } => (
+                format!("a grant of <strong>{}</strong> on <code>{}</code>", esc(&scopes.to_claim()), esc(&a.resource)),
                 vec![a.agent],
             ),
             ApprovalSubject::Action { action, target, chain, .. } => (
@@ -470,6 +465,9 @@ pub async fn audit(State(s): State<AppState>, signed: Signed, RawQuery(raw): Raw
 pub async fn trace(State(s): State<AppState>, signed: Signed, Path(id): Path<String>) -> PageResult {
     let me = &signed.session.user;
     let t = s.mandate.audit_trace(Caller::User(me.id), &id).await.map_err(fail)?;
+    let mut ids = Vec::new();
+    collect_agents(&t.roots, &mut ids);
+    let names = s.mandate.agent_names(&ids).await.map_err(fail)?;
     let mut main = format!(
         r#"<p>The delegation tree of <code>{}</code>, rebuilt from the audit trail: from you, through each agent that held a token, to the resource, with the decisions taken on the way.</p>"#,
         esc(&id)
@@ -489,7 +487,7 @@ pub async fn trace(State(s): State<AppState>, signed: Signed, Path(id): Path<Str
     );
     main.push_str("<ul>");
     for n in &t.roots {
-        node(&mut main, n);
+        node(&mut main, n, &names);
     }
     main.push_str("</ul></li></ul>");
     if t.truncated {
@@ -498,13 +496,26 @@ pub async fn trace(State(s): State<AppState>, signed: Signed, Path(id): Path<Str
     Ok(page(StatusCode::OK, layout("Delegation tree", Some((me, &signed.session.csrf)), "/audit", &main)))
 }
 
-fn node(out: &mut String, n: &mandate_audit::trace::TraceNode) {
+type Names = std::collections::HashMap<AgentId, String>;
+
+fn collect_agents(nodes: &[mandate_audit::trace::TraceNode], out: &mut Vec<AgentId>) {
+    for n in nodes {
+        out.extend(n.issued.chain.iter().filter_map(|a| a.parse::<AgentId>().ok()));
+        collect_agents(&n.children, out);
+    }
+}
+
+fn node(out: &mut String, n: &mandate_audit::trace::TraceNode, names: &Names) {
     let e = &n.issued;
-    let actor = e.chain.last().or(e.actor.as_ref()).map_or("?", String::as_str);
+    let id = e.chain.last().or(e.actor.as_ref()).map_or("?", String::as_str);
+    let actor = match id.parse::<AgentId>().ok().and_then(|a| names.get(&a)) {
+        Some(name) => format!("{name} ({id})"),
+        None => id.to_owned(),
+    };
     let _ = write!(
         out,
         r#"<li><span class="node agent">{actor}</span> → <code>{res}</code> <span class="scopes">[{scope}]</span> <span class="meta">token <code>{jti}</code>, {time}</span>"#,
-        actor = esc(actor),
+        actor = esc(&actor),
         res = esc(e.resource.as_deref().unwrap_or("?")),
         scope = esc(e.scope.as_deref().unwrap_or("")),
         jti = esc(e.jti.as_deref().unwrap_or("?")),
@@ -520,7 +531,7 @@ fn node(out: &mut String, n: &mandate_audit::trace::TraceNode) {
     if !n.children.is_empty() {
         out.push_str("<ul>");
         for c in &n.children {
-            node(out, c);
+            node(out, c, names);
         }
         out.push_str("</ul>");
     }
