@@ -194,6 +194,7 @@ async fn approvals_live(s: &AppState, session: &Session, done: &str) -> Result<S
                 chain.clone(),
             ),
         };
+        let shown = format!(r#"<input type="hidden" name="shown" value="{}">"#, shown_digest(a));
         let chain_html = chain.iter().map(|id| format!("<li>{}</li>", esc(&name(id)))).collect::<Vec<_>>().join("");
         let message = a
             .binding_message
@@ -210,12 +211,19 @@ async fn approvals_live(s: &AppState, session: &Session, done: &str) -> Result<S
             me = esc(&session.user.name),
             asked = when(a.created_at),
             expires = when(a.expires_at),
-            approve = button_form(&format!("/approvals/{}/approve", a.id), &session.csrf, "Approve", "", "primary"),
-            deny = button_form(&format!("/approvals/{}/deny", a.id), &session.csrf, "Deny", "", "danger"),
+            approve = button_form(&format!("/approvals/{}/approve", a.id), &session.csrf, "Approve", &shown, "primary"),
+            deny = button_form(&format!("/approvals/{}/deny", a.id), &session.csrf, "Deny", &shown, "danger"),
         );
     }
     out.push_str("</ul>");
     Ok(out)
+}
+
+/// What the person saw of an approval: its agent, resource, subject and
+/// message. A decision applies only if it still names exactly that.
+fn shown_digest(a: &mandate_model::records::Approval) -> String {
+    let seen = serde_json::json!([a.id, a.agent, a.resource, a.subject, a.binding_message]);
+    mandate_jose::sha256_b64(seen.to_string().as_bytes())
 }
 
 pub async fn approvals(State(s): State<AppState>, signed: Signed, headers: HeaderMap) -> PageResult {
@@ -246,7 +254,15 @@ pub async fn decide(
         "deny" => false,
         _ => return Err(fail(Error::NotFound("no such decision".into()))),
     };
-    let a = s.mandate.decide_approval(Caller::User(signed.session.user.id), id, approve).await.map_err(fail)?;
+    let me = Caller::User(signed.session.user.id);
+    let current = s.mandate.list_approvals(me, Some(ApprovalStatus::Pending), 1000).await.map_err(fail)?;
+    let seen = form.get("shown").unwrap_or_default();
+    if !current.iter().any(|a| a.id == id && mandate_jose::ct_eq(shown_digest(a).as_bytes(), seen.as_bytes())) {
+        return Err(fail(Error::Conflict(
+            "this request is no longer the one shown (decided, expired or changed); nothing was decided".into(),
+        )));
+    }
+    let a = s.mandate.decide_approval(me, id, approve).await.map_err(fail)?;
     let done = format!("{} {}.", if approve { "Approved" } else { "Denied" }, a.id);
     let live = approvals_live(&s, &signed.session, &done).await?;
     Ok(reply(&headers, &signed.session, "Approvals", "/approvals", live))

@@ -217,3 +217,60 @@ async fn revoking_a_grant_on_its_page_ends_the_agents_access() -> Result<()> {
     assert_eq!(st, 403);
     Ok(())
 }
+
+#[tokio::test]
+async fn an_approval_applies_only_to_what_was_shown() -> Result<()> {
+    let w = World::new(TestServer::start().await?).await?;
+    let (st, _) = w
+        .s
+        .admin(Method::POST, "/v1/users", Some(json!({"name": "Dana", "email": "dana@example.com", "groups": ["staff"], "password": "correct horse battery"})))
+        .await?;
+    assert_eq!(st, 201);
+    // Write grants wait for the user (scenario policies).
+    let (st, req) = w
+        .ciba(
+            &w.planner,
+            &[
+                ("login_hint", "dana@example.com"),
+                ("scope", "write"),
+                ("resource", CAL),
+                ("binding_message", "book the venue"),
+            ],
+        )
+        .await?;
+    assert_eq!(st, 200, "{req}");
+    let id = req["auth_req_id"].as_str().unwrap_or_default().to_owned();
+    assert_eq!(w.poll(&w.planner, &id).await?.1["error"], "authorization_pending");
+
+    let b = Browser { http: client()?, base: w.s.url.clone() };
+    let (_, session, _) = b.sign_in("dana@example.com", "correct horse battery").await?;
+    let session = session.unwrap_or_default();
+    let (st, html) = b.get("/approvals", &session).await?;
+    assert_eq!(st, 200);
+    assert!(html.contains(&id) && html.contains("book the venue") && html.contains(&w.planner.id), "{html}");
+    let csrf = csrf_in(&html);
+    let shown =
+        html.split(r#"name="shown" value=""#).nth(1).and_then(|r| r.split('"').next()).unwrap_or_default().to_owned();
+    // A decision naming something else than what was shown changes nothing.
+    let post = |shown: String| {
+        b.http
+            .post(format!("{}/approvals/{id}/approve", b.base))
+            .header("cookie", format!("mandate_session={session}"))
+            .header("x-requested-with", "fetch")
+            .form(&[("csrf", csrf.clone()), ("shown", shown)])
+            .send()
+    };
+    assert_eq!(post("forged".into()).await?.status(), 400);
+    assert_eq!(w.poll(&w.planner, &id).await?.1["error"], "slow_down");
+    // What was shown: approved, and the live region comes back without it.
+    let resp = post(shown.clone()).await?;
+    assert_eq!(resp.status(), 200);
+    let region = resp.text().await?;
+    assert!(region.contains("Approved") && !region.contains("<html"), "{region}");
+    w.s.clock.advance(time::Duration::seconds(6));
+    let (st, tokens) = w.poll(&w.planner, &id).await?;
+    assert_eq!(st, 200, "{tokens}");
+    // Deciding again is refused.
+    assert_eq!(post(shown).await?.status(), 400);
+    Ok(())
+}
