@@ -478,15 +478,29 @@ impl Mandate {
     /// traces a grant they gave or a token issued for them.
     pub async fn audit_trace(&self, caller: Caller, id: &str) -> Result<Trace, Error> {
         if let Caller::User(u) = caller {
+            // Theirs: they gave the grant, or own the agent holding it; the
+            // token was issued for them, or to an agent they own.
+            let owns = |agent: Option<mandate_model::records::Agent>| agent.is_some_and(|a| a.owner == u);
             let theirs = if let Ok(g) = id.parse::<mandate_model::GrantId>() {
-                self.store.grant(g).await?.is_some_and(|g| g.user == u)
+                match self.store.grant(g).await? {
+                    Some(g) if g.user == u => true,
+                    Some(g) => owns(self.store.agent(g.agent).await?),
+                    None => false,
+                }
             } else if let Ok(j) = id.parse::<mandate_model::Jti>() {
-                self.store.token(j).await?.is_some_and(|t| t.subject == u.to_string())
+                match self.store.token(j).await? {
+                    Some(t) if t.subject == u.to_string() => true,
+                    Some(t) => match t.client_id {
+                        mandate_model::records::ClientId::Agent(a) => owns(self.store.agent(a).await?),
+                        _ => false,
+                    },
+                    None => false,
+                }
             } else {
                 false
             };
             if !theirs {
-                let why = "a person may trace only the grants they gave and the tokens issued for them";
+                let why = "a person may trace only their own grants and tokens, and those of the agents they own";
                 self.record_admin_refusal(kind::ADMIN_DENIED, Some(caller), why).await?;
                 return Err(Error::Forbidden(why.into()));
             }

@@ -12,8 +12,21 @@
       method: "POST", body: body, credentials: "same-origin",
       headers: { "X-Requested-With": "fetch", "Content-Type": "application/x-www-form-urlencoded" },
     });
-    if (resp.redirected || !resp.ok) { window.location.assign(resp.url || window.location.href); return; }
-    region.innerHTML = await resp.text();
+    // Signed out meanwhile: to the sign-in page, which brings the person back.
+    if (resp.redirected) { window.location.assign(resp.url); return; }
+    const text = await resp.text();
+    if (!resp.ok) {
+      // Show the refusal (already decided, stale form, too many attempts) in place.
+      const alert = new DOMParser().parseFromString(text, "text/html").querySelector('[role="alert"]');
+      const notice = document.getElementById("notice");
+      if (notice) {
+        notice.className = "error";
+        notice.textContent = alert ? alert.textContent : "The request failed (" + resp.status + "); reload the page.";
+        notice.focus({ preventScroll: true });
+      }
+      return;
+    }
+    region.innerHTML = text;
     const notice = document.getElementById("notice");
     if (notice) { notice.focus({ preventScroll: true }); }
   }
@@ -27,7 +40,10 @@
   if (window.location.pathname === "/approvals") {
     setInterval(async function () {
       const region = live();
-      if (!region || document.activeElement && region.contains(document.activeElement)) { return; }
+      // Not while a button or field in the list has the focus: the list
+      // would move under the person's hand.
+      const focused = document.activeElement;
+      if (!region || (focused && region.contains(focused) && focused.matches("button, input, a"))) { return; }
       const resp = await fetch("/approvals?live=1", { credentials: "same-origin", headers: { "X-Requested-With": "fetch" } });
       if (resp.ok && !resp.redirected) { region.innerHTML = await resp.text(); }
     }, 3000);

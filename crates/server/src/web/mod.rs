@@ -114,7 +114,18 @@ impl FromRequestParts<AppState> for Signed {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
         let secure = state.mandate.config().issuer.starts_with("https://");
         let to_login = || {
-            let next = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+            // After a form post, come back to the page the form was on, not
+            // to the post's own address (which answers posts only).
+            let page_of_post;
+            let next = if parts.method == axum::http::Method::GET {
+                parts.uri.path_and_query().map_or("/", |p| p.as_str())
+            } else {
+                page_of_post = match parts.uri.path().split('/').nth(1) {
+                    Some(p @ ("approvals" | "grants" | "agents")) => format!("/{p}"),
+                    _ => "/".to_owned(),
+                };
+                page_of_post.as_str()
+            };
             let next = if next.starts_with('/') && !next.starts_with("//") { next } else { "/" };
             Redirect::to(&format!("/login?next={}", html::url_encode(next))).into_response()
         };

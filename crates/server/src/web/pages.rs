@@ -19,17 +19,17 @@ use crate::extract::OAuthForm;
 
 type PageResult = Result<Response, Response>;
 
-/// An error as a page, never as JSON: people read these.
+/// An error as a page, never as JSON: people read these. The status and
+/// wording come from the one mapping in `error.rs`.
 pub(crate) fn error_page(e: &Error) -> Response {
-    let (status, text) = match e {
-        Error::Forbidden(m) => (StatusCode::FORBIDDEN, m.clone()),
-        Error::NotFound(m) => (StatusCode::NOT_FOUND, format!("Not found: {m}")),
-        Error::Conflict(m) | Error::BadInput(m) | Error::InvalidRequest(m) => (StatusCode::BAD_REQUEST, m.clone()),
-        Error::RateLimited(m) => (StatusCode::TOO_MANY_REQUESTS, m.clone()),
-        Error::Unauthenticated => (StatusCode::UNAUTHORIZED, "Please sign in.".into()),
-        _ => (StatusCode::SERVICE_UNAVAILABLE, "Mandate cannot answer now; nothing was changed.".into()),
+    let p = crate::error::Problem::from(e.clone());
+    let text = match p.status {
+        StatusCode::UNAUTHORIZED => "Please sign in.".to_owned(),
+        // Internal detail stays in the log.
+        StatusCode::SERVICE_UNAVAILABLE => "Mandate cannot answer now; nothing was changed.".to_owned(),
+        _ => p.detail,
     };
-    page(status, layout("Something went wrong", None, "", &format!(r#"<p role="alert">{}</p>"#, esc(&text))))
+    page(p.status, layout(p.title, None, "", &format!(r#"<p role="alert">{}</p>"#, esc(&text))))
 }
 
 fn fail(e: Error) -> Response {

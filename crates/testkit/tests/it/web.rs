@@ -260,7 +260,7 @@ async fn an_approval_applies_only_to_what_was_shown() -> Result<()> {
             .form(&[("csrf", csrf.clone()), ("shown", shown)])
             .send()
     };
-    assert_eq!(post("forged".into()).await?.status(), 400);
+    assert_eq!(post("forged".into()).await?.status(), 409);
     assert_eq!(w.poll(&w.planner, &id).await?.1["error"], "slow_down");
     // What was shown: approved, and the live region comes back without it.
     let resp = post(shown.clone()).await?;
@@ -271,6 +271,6 @@ async fn an_approval_applies_only_to_what_was_shown() -> Result<()> {
     let (st, tokens) = w.poll(&w.planner, &id).await?;
     assert_eq!(st, 200, "{tokens}");
     // Deciding again is refused.
-    assert_eq!(post(shown).await?.status(), 400);
+    assert_eq!(post(shown).await?.status(), 409);
     Ok(())
 }
