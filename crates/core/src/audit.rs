@@ -67,6 +67,9 @@ pub const MAX_REQUEST_ID: usize = 64;
 pub const PAGE: u32 = 10_000;
 /// Most events one query returns.
 pub const MAX_QUERY_LIMIT: u32 = 1_000;
+/// People in this group read the whole audit trail, on the API and the
+/// web pages, like the admin (and change nothing more than anyone else).
+pub const AUDITORS_GROUP: &str = "mandate-auditors";
 /// Most tokens a trace follows.
 const MAX_TRACE_NODES: usize = 10_000;
 /// Most events a trace reads in all, and most agents whose lifecycle it
@@ -433,10 +436,20 @@ impl Mandate {
         self.record(e).await
     }
 
-    /// `GET /v1/audit`. The admin sees every event; a user sees the events
-    /// whose subject is that user.
+    /// Whether a person reads the whole trail: an active member of
+    /// [`AUDITORS_GROUP`], a group only the admin can give.
+    pub async fn is_auditor(&self, u: mandate_model::UserId) -> Result<bool, Error> {
+        Ok(self.store.user(u).await?.is_some_and(|user| {
+            user.status == mandate_model::records::UserStatus::Active && user.groups.iter().any(|g| g == AUDITORS_GROUP)
+        }))
+    }
+
+    /// `GET /v1/audit`. The admin and auditors see every event; a user sees
+    /// the events whose subject is that user.
     pub async fn audit_query(&self, caller: Caller, mut q: AuditQuery) -> Result<Vec<Event>, Error> {
-        if let Caller::User(u) = caller {
+        if let Caller::User(u) = caller
+            && !self.is_auditor(u).await?
+        {
             let me = u.to_string();
             if q.subject.as_deref().is_some_and(|s| s != me) {
                 let why = "a user may read only the events about themselves";
@@ -477,7 +490,9 @@ impl Mandate {
     /// `GET /v1/audit/trace/{id}`: the admin traces anything; a person
     /// traces a grant they gave or a token issued for them.
     pub async fn audit_trace(&self, caller: Caller, id: &str) -> Result<Trace, Error> {
-        if let Caller::User(u) = caller {
+        if let Caller::User(u) = caller
+            && !self.is_auditor(u).await?
+        {
             // Theirs: they gave the grant, or own the agent holding it; the
             // token was issued for them, or to an agent they own.
             let owns = |agent: Option<mandate_model::records::Agent>| agent.is_some_and(|a| a.owner == u);
@@ -504,9 +519,8 @@ impl Mandate {
                 self.record_admin_refusal(kind::ADMIN_DENIED, Some(caller), why).await?;
                 return Err(Error::Forbidden(why.into()));
             }
-        } else {
-            self.require_admin(caller).await?;
         }
+        // Otherwise: the admin, or an auditor.
         trace(self.store.as_ref(), id).await
     }
 

@@ -137,3 +137,25 @@ impl FromRequestParts<AppState> for Signed {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cookies_are_host_prefixed_and_secure_on_https() {
+        let c = set_cookie(cookie_name(true), "v", 60, true);
+        assert_eq!(c, "__Host-mandate_session=v; Path=/; HttpOnly; SameSite=Lax; Max-Age=60; Secure");
+        let c = set_cookie(cookie_name(false), "v", 60, false);
+        assert_eq!(c, "mandate_session=v; Path=/; HttpOnly; SameSite=Lax; Max-Age=60");
+    }
+
+    #[test]
+    fn a_repeated_cookie_is_no_cookie() {
+        let mut h = HeaderMap::new();
+        h.append(header::COOKIE, HeaderValue::from_static("a=1; mandate_session=x"));
+        assert_eq!(cookie(&h, "mandate_session"), Some("x"));
+        h.append(header::COOKIE, HeaderValue::from_static("mandate_session=y"));
+        assert_eq!(cookie(&h, "mandate_session"), None);
+    }
+}

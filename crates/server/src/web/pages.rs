@@ -354,7 +354,7 @@ async fn agents_live(s: &AppState, session: &Session, done: &str) -> Result<Stri
     }
     out.push_str(
         r#"<table><caption>Agents you are accountable for</caption><thead><tr>
-<th scope="col">Name</th><th scope="col">Kind</th><th scope="col">Description</th><th scope="col">Status</th>
+<th scope="col">Name</th><th scope="col">Kind</th><th scope="col">Description</th><th scope="col">Scopes it may hold</th><th scope="col">Status</th>
 <th scope="col">Expires</th><th scope="col"><span class="sr">Actions</span></th></tr></thead><tbody>"#,
     );
     for a in &agents {
@@ -375,10 +375,11 @@ async fn agents_live(s: &AppState, session: &Session, done: &str) -> Result<Stri
         };
         let _ = write!(
             out,
-            r#"<tr id="{id}"><th scope="row">{name} <code>{id}</code></th><td>{kind}</td><td>{desc}</td><td>{status}</td><td>{exp}</td><td><div class="actions">{actions}</div></td></tr>"#,
+            r#"<tr id="{id}"><th scope="row">{name} <code>{id}</code></th><td>{kind}</td><td>{desc}</td><td>{scopes}</td><td>{status}</td><td>{exp}</td><td><div class="actions">{actions}</div></td></tr>"#,
             id = esc(&a.id.to_string()),
             name = esc(&a.name),
             desc = esc(a.description.as_deref().unwrap_or("—")),
+            scopes = esc(&a.scopes.as_ref().map_or_else(|| "any, as policy allows".to_owned(), |s| s.to_claim())),
             exp = a.expires_at.map_or_else(|| "—".into(), when),
         );
     }
@@ -435,7 +436,13 @@ pub async fn audit(State(s): State<AppState>, signed: Signed, RawQuery(raw): Raw
     filter.grant = get("grant");
     filter.jti = get("token");
     filter.kind = get("type");
-    let events = s.mandate.audit_query(Caller::User(signed.session.user.id), filter).await.map_err(fail)?;
+    filter.subject = get("user");
+    let me = signed.session.user.id;
+    let everything = s.mandate.is_auditor(me).await.map_err(fail)?;
+    if !everything {
+        filter.subject = None;
+    }
+    let events = s.mandate.audit_query(Caller::User(me), filter).await.map_err(fail)?;
     let field = |name: &str, label: &str| {
         format!(
             r#"<label for="f-{name}">{label}</label><input id="f-{name}" name="{name}" value="{}">"#,
@@ -443,8 +450,10 @@ pub async fn audit(State(s): State<AppState>, signed: Signed, RawQuery(raw): Raw
         )
     };
     let mut main = format!(
-        r#"<p>The events that concern you, newest last. Each is hash-chained to the one before it.</p>
-<form method="get" action="/audit" class="filters">{}{}{}{}<button type="submit">Filter</button></form>"#,
+        r#"<p>{}, oldest first. Each is hash-chained to the one before it.</p>
+<form method="get" action="/audit" class="filters">{}{}{}{}{}<button type="submit">Filter</button></form>"#,
+        if everything { "Every event (you are an auditor)" } else { "The events that concern you" },
+        if everything { field("user", "User") } else { String::new() },
         field("agent", "Agent"),
         field("grant", "Grant"),
         field("token", "Token"),

@@ -274,3 +274,34 @@ async fn an_approval_applies_only_to_what_was_shown() -> Result<()> {
     assert_eq!(post(shown).await?.status(), 409);
     Ok(())
 }
+
+#[tokio::test]
+async fn auditors_see_the_whole_trail_and_every_tree() -> Result<()> {
+    let w = World::new(TestServer::start().await?).await?;
+    for (name, email, groups) in
+        [("Dana", "dana@example.com", json!([])), ("Olga", "olga@example.com", json!(["mandate-auditors"]))]
+    {
+        let (st, _) =
+            w.s.admin(
+                Method::POST,
+                "/v1/users",
+                Some(json!({"name": name, "email": email, "groups": groups, "password": "correct horse battery"})),
+            )
+            .await?;
+        assert_eq!(st, 201);
+    }
+    let tokens = w.granted(&w.planner, "read").await?;
+    let grant =
+        claims(tokens["access_token"].as_str().unwrap_or_default())["grant_id"].as_str().unwrap_or_default().to_owned();
+    let b = Browser { http: client()?, base: w.s.url.clone() };
+    for (email, sees) in [("dana@example.com", false), ("olga@example.com", true)] {
+        let (_, session, _) = b.sign_in(email, "correct horse battery").await?;
+        let session = session.unwrap_or_default();
+        let (st, html) = b.get(&format!("/audit?user={}", w.alice), &session).await?;
+        assert_eq!(st, 200);
+        assert_eq!(html.contains("grant.created"), sees, "{email}: {html}");
+        let (st, _) = b.get(&format!("/audit/trace/{grant}"), &session).await?;
+        assert_eq!(st, if sees { 200 } else { 403 }, "{email}");
+    }
+    Ok(())
+}
