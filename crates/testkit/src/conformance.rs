@@ -13,8 +13,8 @@ use mandate_core::store::{
     ApprovalQuery, Change, GrantQuery, KeyUse, Mutation, Store, StoreError, StoredKey, StoredPolicy,
 };
 use mandate_model::records::{
-    Agent, AgentKind, AgentStatus, Approval, ApprovalStatus, ApprovalSubject, ClientId, Grant, GrantStatus,
-    RefreshRecord, Resource, TokenRecord, User, UserStatus,
+    Agent, AgentKind, AgentStatus, Approval, ApprovalStatus, ApprovalSubject, AuthCodeRecord, ClientId, Grant,
+    GrantStatus, RefreshRecord, Resource, SessionRecord, TokenRecord, User, UserStatus,
 };
 use mandate_model::{AgentId, ApprovalId, GrantId, Jti, ResourceId, ScopeSet, UserId};
 use time::{Duration, OffsetDateTime};
@@ -55,6 +55,9 @@ pub const CASES: &[(&str, Case)] = cases![
     dpop_proofs_are_single_use,
     status_indexes_never_repeat,
     revoked_tokens_show_in_their_status_list,
+    sessions_round_trip_and_end,
+    an_authorization_code_is_used_once,
+    agents_are_listed_by_owner,
     revoking_a_parent_during_its_exchange_never_leaves_a_live_child,
     appends_report_their_seq,
 ];
@@ -1226,5 +1229,72 @@ async fn revoked_tokens_show_in_their_status_list(s: Arc<dyn Store>) -> Result<(
     revoked.sort_unstable();
     ensure!(revoked == vec![base, base + 1], "the cascade must show in the list: {revoked:?}");
     ensure!(s.revoked_status_indexes(base + 2, base + 4).await?.is_empty(), "ranges are half-open");
+    Ok(())
+}
+
+async fn sessions_round_trip_and_end(s: Arc<dyn Store>) -> Result<()> {
+    let (u, _, _, _) = people(&s, "session@example.com").await?;
+    let r = SessionRecord {
+        hash: "session-hash".into(),
+        user: u.id,
+        csrf: "csrf-token".into(),
+        created_at: t0(),
+        expires_at: t0() + Duration::hours(8),
+        revoked_at: None,
+    };
+    one(&s, Mutation::InsertSession(r.clone())).await?;
+    ensure!(s.session("session-hash").await? == Some(r.clone()), "session did not round-trip");
+    ensure!(s.session("other").await?.is_none());
+    ensure!(matches!(one(&s, Mutation::InsertSession(r)).await, Err(StoreError::Conflict(_))), "duplicate session");
+    ensure!(one(&s, Mutation::RevokeSession { hash: "session-hash".into(), at: t0() }).await? == 1);
+    ensure!(one(&s, Mutation::RevokeSession { hash: "session-hash".into(), at: t0() }).await? == 0, "ended twice");
+    ensure!(s.session("session-hash").await?.and_then(|x| x.revoked_at) == Some(t0()));
+    Ok(())
+}
+
+async fn an_authorization_code_is_used_once(s: Arc<dyn Store>) -> Result<()> {
+    let (u, a, _, g) = people(&s, "code@example.com").await?;
+    let c = AuthCodeRecord {
+        hash: "code-hash".into(),
+        agent: a.id,
+        user: u.id,
+        grant: g.id,
+        redirect_uri: "https://app.example/cb".into(),
+        code_challenge: "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM".into(),
+        created_at: t0(),
+        expires_at: t0() + Duration::seconds(60),
+        used_at: None,
+    };
+    one(&s, Mutation::InsertAuthCode(c.clone())).await?;
+    ensure!(s.auth_code("code-hash").await? == Some(c), "code did not round-trip");
+    // Eight redemptions at once: exactly one wins.
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(
+            async move { one(&s, Mutation::UseAuthCode { hash: "code-hash".into(), at: t0() }).await },
+        ));
+    }
+    let mut won = 0;
+    for t in tasks {
+        match t.await? {
+            Ok(_) => won += 1,
+            Err(StoreError::Conflict(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    ensure!(won == 1, "{won} redemptions of one code won");
+    ensure!(s.auth_code("code-hash").await?.and_then(|x| x.used_at) == Some(t0()));
+    Ok(())
+}
+
+async fn agents_are_listed_by_owner(s: Arc<dyn Store>) -> Result<()> {
+    let (u, a, b, _) = people(&s, "owner@example.com").await?;
+    let (other, _, _, _) = people(&s, "owner2@example.com").await?;
+    let mine: Vec<_> = s.agents_owned_by(u.id).await?.into_iter().map(|x| x.id).collect();
+    let mut expected = vec![a.id, b.id];
+    expected.sort();
+    ensure!(mine == expected, "agents of the owner: {mine:?}");
+    ensure!(s.agents_owned_by(other.id).await?.len() == 2);
     Ok(())
 }

@@ -347,6 +347,15 @@ pub async fn revoke_grant(
 async fn agents_live(s: &AppState, session: &Session, done: &str) -> Result<String, Response> {
     let me = session.user.id;
     let agents = s.mandate.agents_owned_by(Caller::User(me), me).await.map_err(fail)?;
+    // An agent's last use: the latest use of any grant it holds.
+    let grants = s.mandate.list_grants(Caller::User(me), None, None, 1000).await.map_err(fail)?;
+    let mut last_used: std::collections::HashMap<AgentId, time::OffsetDateTime> = std::collections::HashMap::new();
+    for g in &grants {
+        if let Some(t) = g.last_used_at {
+            let e = last_used.entry(g.agent).or_insert(t);
+            *e = (*e).max(t);
+        }
+    }
     let mut out = notice(done, "ok");
     if agents.is_empty() {
         out.push_str("<p>You own no agents.</p>");
@@ -354,7 +363,7 @@ async fn agents_live(s: &AppState, session: &Session, done: &str) -> Result<Stri
     }
     out.push_str(
         r#"<table><caption>Agents you are accountable for</caption><thead><tr>
-<th scope="col">Name</th><th scope="col">Kind</th><th scope="col">Description</th><th scope="col">Scopes it may hold</th><th scope="col">Status</th>
+<th scope="col">Name</th><th scope="col">Kind</th><th scope="col">Description</th><th scope="col">Scopes it may hold</th><th scope="col">Status</th><th scope="col">Last used</th>
 <th scope="col">Expires</th><th scope="col"><span class="sr">Actions</span></th></tr></thead><tbody>"#,
     );
     for a in &agents {
@@ -375,11 +384,12 @@ async fn agents_live(s: &AppState, session: &Session, done: &str) -> Result<Stri
         };
         let _ = write!(
             out,
-            r#"<tr id="{id}"><th scope="row">{name} <code>{id}</code></th><td>{kind}</td><td>{desc}</td><td>{scopes}</td><td>{status}</td><td>{exp}</td><td><div class="actions">{actions}</div></td></tr>"#,
+            r#"<tr id="{id}"><th scope="row">{name} <code>{id}</code></th><td>{kind}</td><td>{desc}</td><td>{scopes}</td><td>{status}</td><td>{last}</td><td>{exp}</td><td><div class="actions">{actions}</div></td></tr>"#,
             id = esc(&a.id.to_string()),
             name = esc(&a.name),
             desc = esc(a.description.as_deref().unwrap_or("—")),
             scopes = esc(&a.scopes.as_ref().map_or_else(|| "any, as policy allows".to_owned(), |s| s.to_claim())),
+            last = last_used.get(&a.id).map_or_else(|| "never".into(), |t| when(*t)),
             exp = a.expires_at.map_or_else(|| "—".into(), when),
         );
     }
