@@ -67,10 +67,20 @@ fn query(raw: Option<&str>) -> Vec<(String, String)> {
     raw.map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect()).unwrap_or_default()
 }
 
-/// A local path to return to after signing in; anything else is `/approvals`.
+/// A local path to return to after signing in; anything else is
+/// `/approvals`. Browsers drop tabs and newlines from URLs and read `\` as
+/// `/`, so `/\t/evil.example` would become `//evil.example`: such paths are
+/// refused whole.
 fn local_next(next: Option<&str>) -> String {
     match next {
-        Some(n) if n.starts_with('/') && !n.starts_with("//") && !n.contains('\\') && n.len() < 2048 => n.to_owned(),
+        Some(n)
+            if n.starts_with('/')
+                && !n.starts_with("//")
+                && n.len() < 2048
+                && n.bytes().all(|b| b.is_ascii_graphic() && b != b'\\') =>
+        {
+            n.to_owned()
+        }
         _ => "/approvals".into(),
     }
 }
@@ -585,4 +595,20 @@ fn event_item(e: &mandate_audit::Event) -> String {
         time = esc(&e.time),
         reason = esc(e.reason.as_deref().unwrap_or("")),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::local_next;
+
+    #[test]
+    fn only_plain_local_paths_are_returned_to() {
+        assert_eq!(local_next(Some("/grants?x=1")), "/grants?x=1");
+        for bad in
+            ["//evil.example", "/\t/evil.example", "/\\evil.example", "https://evil.example", "/a b", "/\n/x", ""]
+        {
+            assert_eq!(local_next(Some(bad)), "/approvals", "{bad:?}");
+        }
+        assert_eq!(local_next(None), "/approvals");
+    }
 }
