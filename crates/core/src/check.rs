@@ -127,11 +127,16 @@ impl Mandate {
     /// Authenticates the caller of the check API: the admin token, or an
     /// access token a resource server got by `client_credentials` for
     /// `mandate:check` on the issuer.
-    pub async fn authenticate_checker(&self, bearer: &str) -> Result<Checker, Error> {
+    /// `proof` is the `DPoP` header when the token came under the `DPoP`
+    /// scheme; `path` is the endpoint, which the proof must name.
+    pub async fn authenticate_checker(&self, bearer: &str, proof: Option<&str>, path: &str) -> Result<Checker, Error> {
         // Admin and user tokens are opaque (a seeded admin token may be any
         // string); access tokens are JWS compact serialisations.
         let jws = bearer.split('.').count() == 3 && !bearer.starts_with(secrets::USER_TOKEN_PREFIX);
         if !jws || bearer.starts_with(secrets::ADMIN_TOKEN_PREFIX) {
+            if proof.is_some() {
+                return Err(Error::Unauthenticated);
+            }
             return match self.authenticate_caller(bearer).await {
                 Ok(crate::Caller::Admin) => Ok(Checker::Admin),
                 Ok(crate::Caller::User(_)) => Err(Error::Forbidden("a user token cannot call the check API".into())),
@@ -139,6 +144,11 @@ impl Mandate {
             };
         }
         let live = self.live_chain(bearer).await?.map_err(|_| Error::Unauthenticated)?;
+        // A DPoP-bound mandate:check token needs its proof (SECURITY rows 9, 11).
+        if let Err(why) = self.sender_constrained(bearer, live.claims.cnf.as_ref(), proof, path).await {
+            self.record_admin_refusal(crate::audit::kind::ADMIN_AUTH_FAILED, None, &format!("check: {why}")).await?;
+            return Err(Error::InvalidClient(why));
+        }
         let allowed = live.claims.aud == self.config.issuer
             && live.record.scopes.iter().any(|s| s.as_str() == "mandate:check")
             && live.chain.is_none();

@@ -80,6 +80,9 @@ impl Mandate {
             access_token: Some(token),
         };
         let verified = dpop::verify_proof(proof, &rules).map_err(|e| e.to_string())?;
+        if self.config.dpop_nonces && !verified.nonce.as_deref().is_some_and(|n| self.nonce_is_current(n, now)) {
+            return Err("the DPoP proof must carry the server's current nonce".into());
+        }
         if !mandate_jose::ct_eq(verified.jkt.as_bytes(), cnf.jkt.as_bytes()) {
             return Err("the DPoP proof is signed by another key than the token's cnf.jkt".into());
         }

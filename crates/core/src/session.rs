@@ -37,38 +37,69 @@ pub struct Session {
     pub expires_at: OffsetDateTime,
 }
 
-/// Failed sign-ins per key (`email:…` and `addr:…`), per node.
-#[derive(Default)]
-pub(crate) struct Failures(Mutex<HashMap<String, (u32, i64)>>);
+/// Sign-in attempts per key (`email:…` and `addr:…`), per node. An attempt
+/// is counted before its password is checked, so that parallel guesses
+/// cannot all pass the limit; a success takes its own count back.
+pub(crate) struct Failures {
+    counts: Mutex<HashMap<String, (u32, i64)>>,
+    /// Password checks running at once (argon2id takes 19 MiB and a core).
+    checks: tokio::sync::Semaphore,
+}
+
+impl Default for Failures {
+    fn default() -> Self {
+        Self { counts: Mutex::new(HashMap::new()), checks: tokio::sync::Semaphore::new(2) }
+    }
+}
 
 impl Failures {
-    fn blocked(&self, keys: &[String], now: i64) -> Option<i64> {
-        let map = self.0.lock().ok()?;
-        keys.iter()
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u32, i64)>> {
+        self.counts.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Counts an attempt under every key, or refuses it (`Err`: seconds to
+    /// wait) when a key is at the limit.
+    fn attempt(&self, keys: &[String], now: i64) -> Result<(), i64> {
+        let mut map = self.lock();
+        let wait = keys
+            .iter()
             .filter_map(|k| map.get(k))
             .filter(|(n, since)| *n >= MAX_FAILURES && now - since < FAILURE_WINDOW)
             .map(|(_, since)| since + FAILURE_WINDOW - now)
-            .max()
-    }
-
-    fn fail(&self, keys: &[String], now: i64) {
-        if let Ok(mut map) = self.0.lock() {
-            if map.len() >= MAX_TRACKED {
-                map.retain(|_, (_, since)| now - *since < FAILURE_WINDOW);
-            }
-            for k in keys {
-                let e = map.entry(k.clone()).or_insert((0, now));
-                if now - e.1 >= FAILURE_WINDOW {
-                    *e = (0, now);
-                }
-                e.0 += 1;
+            .max();
+        if let Some(w) = wait {
+            return Err(w);
+        }
+        if map.len() >= MAX_TRACKED {
+            map.retain(|_, (_, since)| now - *since < FAILURE_WINDOW);
+            // Still full of live entries: forget the oldest ones.
+            while map.len() >= MAX_TRACKED {
+                let Some(oldest) = map.iter().min_by_key(|(_, (_, since))| *since).map(|(k, _)| k.clone()) else {
+                    break;
+                };
+                map.remove(&oldest);
             }
         }
+        for k in keys {
+            let e = map.entry(k.clone()).or_insert((0, now));
+            if now - e.1 >= FAILURE_WINDOW {
+                *e = (0, now);
+            }
+            e.0 += 1;
+        }
+        Ok(())
     }
 
-    fn clear(&self, key: &str) {
-        if let Ok(mut map) = self.0.lock() {
-            map.remove(key);
+    /// A successful sign-in: its email starts afresh, and its attempt no
+    /// longer counts against its address.
+    fn succeeded(&self, keys: &[String]) {
+        let mut map = self.lock();
+        for (i, k) in keys.iter().enumerate() {
+            if i == 0 {
+                map.remove(k);
+            } else if let Some(e) = map.get_mut(k) {
+                e.0 = e.0.saturating_sub(1);
+            }
         }
     }
 }
@@ -84,7 +115,7 @@ impl Mandate {
         let keys = [format!("email:{email}"), format!("addr:{client_addr}")];
         let mut event = self.event(kind::SIGN_IN_FAILED);
         event.decision = Some(DENY.into());
-        if let Some(wait) = self.sign_in_failures.blocked(&keys, now.unix_timestamp()) {
+        if let Err(wait) = self.sign_in_failures.attempt(&keys, now.unix_timestamp()) {
             let minutes = (wait + 59) / 60;
             event.reason = Some("too many failed sign-ins".into());
             self.record(event).await?;
@@ -92,11 +123,19 @@ impl Mandate {
         }
         let user = if email.len() <= 254 { self.store.user_by_email(&email).await? } else { None };
         let stored = user.as_ref().and_then(|u| u.password_hash.clone());
-        let ok = verify_password(password, stored.as_deref().unwrap_or(DECOY_HASH)) && stored.is_some();
+        let ok = {
+            // argon2id is CPU work: off the async workers, two at a time.
+            let _permit =
+                self.sign_in_failures.checks.acquire().await.map_err(|_| Error::Unavailable("shutting down".into()))?;
+            let (password, hash) = (password.to_owned(), stored.clone().unwrap_or_else(|| DECOY_HASH.to_owned()));
+            tokio::task::spawn_blocking(move || verify_password(&password, &hash))
+                .await
+                .map_err(|_| Error::Unavailable("the password check failed".into()))?
+                && stored.is_some()
+        };
         let user = match user {
             Some(u) if ok && u.status == UserStatus::Active => u,
             other => {
-                self.sign_in_failures.fail(&keys, now.unix_timestamp());
                 event.subject = other.as_ref().map(|u| u.id.to_string());
                 event.reason = Some(
                     match other {
@@ -109,7 +148,7 @@ impl Mandate {
                 return Err(Error::Unauthenticated);
             }
         };
-        self.sign_in_failures.clear(&keys[0]);
+        self.sign_in_failures.succeeded(&keys);
         let secret = secrets::generate(SESSION_PREFIX, self.rng.as_ref());
         let csrf = secrets::generate("", self.rng.as_ref());
         let expires_at = now + Duration::seconds(self.config.session_ttl);
@@ -173,16 +212,27 @@ mod tests {
     }
 
     #[test]
-    fn failures_block_after_the_limit_and_expire() {
+    fn attempts_are_counted_first_and_block_after_the_limit() {
         let f = Failures::default();
         let keys = ["email:a@example.com".to_owned(), "addr:127.0.0.1".to_owned()];
         for _ in 0..MAX_FAILURES {
-            assert_eq!(f.blocked(&keys, 100), None);
-            f.fail(&keys, 100);
+            assert_eq!(f.attempt(&keys, 100), Ok(()));
         }
-        assert_eq!(f.blocked(&keys, 100), Some(FAILURE_WINDOW));
+        assert_eq!(f.attempt(&keys, 100), Err(FAILURE_WINDOW));
         // Another email from the same address is blocked too.
-        assert!(f.blocked(&["email:b@example.com".to_owned(), keys[1].clone()], 200).is_some());
-        assert_eq!(f.blocked(&keys, 100 + FAILURE_WINDOW), None);
+        assert!(f.attempt(&["email:b@example.com".to_owned(), keys[1].clone()], 200).is_err());
+        assert_eq!(f.attempt(&keys, 100 + FAILURE_WINDOW), Ok(()));
+    }
+
+    #[test]
+    fn a_success_gives_its_attempt_back() {
+        let f = Failures::default();
+        let keys = ["email:a@example.com".to_owned(), "addr:10.0.0.1".to_owned()];
+        // Many people behind one address sign in successfully.
+        for _ in 0..(MAX_FAILURES * 3) {
+            assert_eq!(f.attempt(&keys, 100), Ok(()));
+            f.succeeded(&keys);
+        }
+        assert_eq!(f.attempt(&keys, 100), Ok(()));
     }
 }

@@ -124,14 +124,19 @@ pub async fn decide_approval(
 
 /// The caller of a decision endpoint: the admin token, or a resource
 /// server's `mandate:check` token.
-async fn checker(s: &AppState, headers: &HeaderMap) -> Result<Checker, Problem> {
-    let Some(token) = bearer(headers) else {
+async fn checker(s: &AppState, headers: &HeaderMap, path: &str) -> Result<Checker, Problem> {
+    // `DPoP <token>` with its proof, or `Bearer <token>` (RFC 9449 §7.1).
+    let (token, proof) = match crate::extract::dpop_token(headers) {
+        Some((t, p)) => (Some(t), Some(p.unwrap_or_default())),
+        None => (bearer(headers), None),
+    };
+    let Some(token) = token else {
         s.mandate
             .record_admin_refusal(mandate_core::audit::kind::ADMIN_AUTH_FAILED, None, "check: no bearer token")
             .await?;
         return Err(Error::Unauthenticated.into());
     };
-    match s.mandate.authenticate_checker(token).await {
+    match s.mandate.authenticate_checker(token, proof, path).await {
         Ok(c) => Ok(c),
         Err(e @ (Error::Unauthenticated | Error::Forbidden(_))) => {
             s.mandate
@@ -149,7 +154,7 @@ pub async fn check(
     headers: HeaderMap,
     request: axum::extract::Request,
 ) -> Result<Response, Problem> {
-    let who = checker(&s, &headers).await?;
+    let who = checker(&s, &headers, "/v1/check").await?;
     let StrictJson(body) = StrictJson::<CheckRequest>::from_request(request, &s).await?;
     let answer = s.mandate.check(&who, &body).await?;
     metrics::counter!("mandate_checks_total", "decision" => answer.decision).increment(1);
@@ -195,7 +200,7 @@ pub async fn evaluation(
     headers: HeaderMap,
     request: axum::extract::Request,
 ) -> Result<Response, Problem> {
-    let who = checker(&s, &headers).await?;
+    let who = checker(&s, &headers, "/access/v1/evaluation").await?;
     let StrictJson(body) = StrictJson::<Evaluation>::from_request(request, &s).await?;
     if body.subject.kind != "token" {
         return Err(Problem::bad_input("subject.type must be \"token\", with the access token as subject.id"));

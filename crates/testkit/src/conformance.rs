@@ -89,7 +89,7 @@ fn ulid() -> Ulid {
 }
 
 /// A fixed instant with nanoseconds, to catch lossy time storage.
-fn t0() -> OffsetDateTime {
+pub fn t0() -> OffsetDateTime {
     OffsetDateTime::from_unix_timestamp_nanos(1_800_000_000_123_456_789).unwrap_or(OffsetDateTime::UNIX_EPOCH)
 }
 

@@ -285,3 +285,36 @@ async fn a_bound_spawn_token_needs_its_proof_at_mandates_own_api() -> Result<()>
     assert_eq!(post(format!("DPoP {token}"), Some(good)).await?.status().as_u16(), 401);
     Ok(())
 }
+
+#[tokio::test]
+async fn a_bound_check_token_needs_its_proof_at_the_check_api() -> Result<()> {
+    let w = World::new(TestServer::start().await?).await?;
+    let key = SigningKey::generate(KeyAlg::ES256)?;
+    let params = [("grant_type", "client_credentials"), ("resource", w.s.issuer.as_str()), ("scope", "mandate:check")];
+    let (st, body) = w.grant_dpop(&w.calendar, &w.s.dpop(&key, "POST", "/oauth/token", None), &params).await?;
+    assert_eq!(st, 200, "{body}");
+    let checker = body["access_token"].as_str().unwrap_or_default().to_owned();
+    let (_, agent) = w.grant(&w.planner, CC).await?;
+    let check = json!({"token": agent["access_token"], "action": "list", "resource": {"type": "event", "id": "e1"}});
+    let http = reqwest::Client::new();
+    let url = format!("{}/v1/check", w.s.url);
+    let send = |auth: String, proof: Option<String>| {
+        let mut req = http.post(&url).header("authorization", auth).json(&check);
+        if let Some(p) = proof {
+            req = req.header("dpop", p);
+        }
+        req.send()
+    };
+    // Stolen and replayed as a bearer token: refused.
+    assert_eq!(send(format!("Bearer {checker}"), None).await?.status(), 401);
+    assert_eq!(send(format!("DPoP {checker}"), None).await?.status(), 401);
+    let htu = format!("{}/v1/check", w.s.issuer);
+    let jti = fresh_jti();
+    let ath = Some(mandate_jose::dpop::access_token_hash(&checker));
+    let proof = sign_proof(&key, &ProofClaims { jti: &jti, htm: "POST", htu: &htu, iat: w.s.now(), ath, nonce: None })?;
+    let resp = send(format!("DPoP {checker}"), Some(proof.clone())).await?;
+    assert_eq!(resp.status(), 200, "{}", resp.text().await?);
+    // The same proof twice is a replay.
+    assert_eq!(send(format!("DPoP {checker}"), Some(proof)).await?.status(), 401);
+    Ok(())
+}
