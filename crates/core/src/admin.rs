@@ -121,11 +121,17 @@ fn validate_action(a: &str) -> Result<(), Error> {
 /// RFC 9700 §2.1: redirect URIs are registered exactly; https, or http on a
 /// loopback address for native apps.
 fn validate_redirect_uri(uri: &str) -> Result<(), Error> {
-    let ok_scheme = uri.starts_with("https://")
-        || uri.starts_with("http://127.0.0.1")
-        || uri.starts_with("http://[::1]")
-        || uri.starts_with("http://localhost");
-    if !ok_scheme || uri.contains('#') || uri.len() > 2048 || !uri.bytes().all(|b| b.is_ascii_graphic()) {
+    // Loopback means the host exactly (not `localhost.evil.example`).
+    let loopback = uri.strip_prefix("http://").is_some_and(|rest| {
+        let authority = rest.split('/').next().unwrap_or_default();
+        let host = authority.rsplit_once(':').filter(|(h, p)| !h.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+        let host = host.map_or(authority, |(h, _)| h);
+        ["127.0.0.1", "[::1]", "localhost"].contains(&host)
+    });
+    let ok_scheme = uri.starts_with("https://") || loopback;
+    // Characters that could split a header or a CSP directive are refused.
+    let plain = uri.bytes().all(|b| b.is_ascii_graphic() && !b"\"';,<>\\`{}|^".contains(&b));
+    if !ok_scheme || uri.contains('#') || uri.len() > 2048 || !plain {
         return Err(Error::BadInput(format!(
             "redirect URI {uri:?} must be https (or loopback http), without a fragment"
         )));
@@ -640,5 +646,27 @@ impl Mandate {
     /// The action names reserved by Mandate.
     pub fn builtin_actions() -> &'static [&'static str] {
         BUILTIN_ACTIONS
+    }
+}
+
+#[cfg(test)]
+mod redirect_tests {
+    use super::validate_redirect_uri;
+
+    #[test]
+    fn loopback_is_the_host_exactly() {
+        for ok in ["https://app.example/cb", "http://127.0.0.1:8080/cb", "http://localhost/cb", "http://[::1]:9/cb"] {
+            assert!(validate_redirect_uri(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "http://localhost.evil.example/cb",
+            "http://127.0.0.1.nip.io/cb",
+            "http://app.example/cb",
+            "https://app.example/cb#f",
+            "https://app.example/cb;script-src",
+            "https://app.example/c\"b",
+        ] {
+            assert!(validate_redirect_uri(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -356,6 +356,7 @@ impl Mandate {
                 target: target_id,
                 chain: chain.agents().to_vec(),
                 binding,
+                properties: req.resource.properties.clone(),
             },
             binding_message: live.claims.purpose.clone(),
             status: ApprovalStatus::Pending,

@@ -28,6 +28,9 @@ impl Mandate {
     /// Checks the `DPoP` header of a token request, if any.
     pub(crate) fn token_proof(&self, proof: Option<&str>) -> Result<Option<TokenProof>, Error> {
         let Some(proof) = proof else { return Ok(None) };
+        if !proof.is_ascii() {
+            return Err(Error::InvalidDpopProof("the DPoP header is not ASCII".into()));
+        }
         let now = self.clock.now().unix_timestamp();
         let htu = self.config.token_endpoint();
         let rules = ProofRules {

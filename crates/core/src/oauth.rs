@@ -47,8 +47,8 @@ pub struct TokenRequest {
     pub resources: Vec<String>,
     /// Every form parameter, for the grants that accept no unknown ones.
     pub params: Params,
-    /// The `DPoP` header (RFC 9449), when the client sent one.
-    pub dpop: Option<String>,
+    /// The `DPoP` headers (RFC 9449) the client sent: at most one is valid.
+    pub dpop: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,7 +88,12 @@ impl Mandate {
             return Err(e);
         }
         let client = self.authenticate(credentials).await?;
-        let outcome = match self.token_proof(req.dpop.as_deref()) {
+        let proof = match req.dpop.as_slice() {
+            [] => Ok(None),
+            [one] => self.token_proof(Some(one)),
+            _ => Err(Error::InvalidDpopProof("exactly one DPoP header is allowed".into())),
+        };
+        let outcome = match proof {
             Err(e) => Err((Change::new(), e)),
             Ok(proof) => {
                 let jkt = proof.as_ref().map(|p| p.jkt.as_str());

@@ -49,6 +49,9 @@ impl AuthenticatedClient {
     }
 }
 
+/// The setting that pins the status-list size of a store.
+pub const STATUS_LIST_SIZE_SETTING: &str = "status_list_size";
+
 /// Mandate's use cases over a store, a clock and a random source.
 pub struct Mandate {
     pub(crate) store: Arc<dyn Store>,
@@ -99,6 +102,16 @@ impl Mandate {
     ) -> Result<Self, Error> {
         // Agents and users are read on every request; keep them per epoch.
         let store: Arc<dyn Store> = Arc::new(crate::cache::CachingStore::new(store));
+        // A token's status position depends on the list size: every node,
+        // and every restart, must use the one the store started with.
+        let size = config.status_list_size.to_string();
+        let put = Mutation::PutSettingIfAbsent { key: STATUS_LIST_SIZE_SETTING.into(), value: size.clone() };
+        store.commit(Change::new().with(put)).await?;
+        if store.setting(STATUS_LIST_SIZE_SETTING).await?.as_deref() != Some(size.as_str()) {
+            return Err(Error::Unavailable(format!(
+                "this store's status lists hold a different number of entries than {size}; keep the size it started with"
+            )));
+        }
         let now = clock.now();
         let grace = Duration::seconds(config.access_token_ttl + config.leeway);
         let stored = store.signing_keys().await?;

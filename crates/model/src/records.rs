@@ -329,7 +329,16 @@ pub enum ApprovalSubject {
     /// A CIBA request for a grant of `scopes` at the approval's resource.
     Grant { scopes: ScopeSet, requested_expiry: i64 },
     /// One action on one checked resource, for the token chain `chain`.
-    Action { action: String, target: String, chain: Vec<AgentId>, binding: String },
+    Action {
+        action: String,
+        target: String,
+        chain: Vec<AgentId>,
+        binding: String,
+        /// The checked resource's properties, which the binding covers and
+        /// the person must see (OWASP ASI09: the concrete action).
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        properties: BTreeMap<String, String>,
+    },
 }
 
 /// A pending human decision (DESIGN §1). The `approver` is the user whom

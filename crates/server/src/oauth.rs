@@ -79,7 +79,7 @@ pub async fn token(State(state): State<AppState>, headers: HeaderMap, form: OAut
         scope: form.get("scope").map(str::to_owned),
         resources: form.all("resource"),
         params: form.pairs(),
-        dpop: dpop_header(&headers)?,
+        dpop: dpop_header(&headers),
     };
     let issued = state.mandate.token(&credentials, request).await?;
     let label = match grant_type {
@@ -111,15 +111,10 @@ pub async fn token(State(state): State<AppState>, headers: HeaderMap, form: OAut
     Ok(resp)
 }
 
-/// The one `DPoP` header of a request, if any (RFC 9449 §4.3: exactly one).
-fn dpop_header(headers: &HeaderMap) -> Result<Option<String>, OAuthError> {
-    let mut values = headers.get_all("dpop").iter();
-    let Some(first) = values.next() else { return Ok(None) };
-    if values.next().is_some() {
-        return Err(Error::InvalidDpopProof("exactly one DPoP header is allowed".into()).into());
-    }
-    let text = first.to_str().map_err(|_| Error::InvalidDpopProof("the DPoP header is not ASCII".into()))?;
-    Ok(Some(text.to_owned()))
+/// Every `DPoP` header of a request; the use case refuses (and records)
+/// anything but at most one (RFC 9449 §4.3).
+fn dpop_header(headers: &HeaderMap) -> Vec<String> {
+    headers.get_all("dpop").iter().map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()).collect()
 }
 
 /// `GET /statuslists/{n}`: a signed Token Status List.

@@ -948,6 +948,7 @@ async fn approvals_are_decided_and_used_once(s: Arc<dyn Store>) -> Result<()> {
         target: "mail/1".into(),
         chain: vec![a.id],
         binding: "b1".into(),
+        properties: [("amount".to_owned(), "120 EUR".to_owned())].into(),
     });
     one(&s, Mutation::InsertApproval(ciba.clone())).await?;
     one(&s, Mutation::InsertApproval(action.clone())).await?;

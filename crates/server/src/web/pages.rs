@@ -194,15 +194,22 @@ async fn approvals_live(s: &AppState, session: &Session, done: &str) -> Result<S
                 format!("a grant of <strong>{}</strong> on <code>{}</code>", esc(&scopes.to_claim()), esc(&a.resource)),
                 vec![a.agent],
             ),
-            ApprovalSubject::Action { action, target, chain, .. } => (
-                format!(
+            ApprovalSubject::Action { action, target, chain, properties, .. } => {
+                let mut what = format!(
                     "<strong>{}</strong> on <code>{}</code> at <code>{}</code>",
                     esc(action),
                     esc(target),
                     esc(&a.resource)
-                ),
-                chain.clone(),
-            ),
+                );
+                if !properties.is_empty() {
+                    let items: Vec<String> = properties
+                        .iter()
+                        .map(|(k, v)| format!("<code>{}</code> = <code>{}</code>", esc(k), esc(v)))
+                        .collect();
+                    let _ = write!(what, " with {}", items.join(", "));
+                }
+                (what, chain.clone())
+            }
         };
         let shown = format!(r#"<input type="hidden" name="shown" value="{}">"#, shown_digest(a));
         let chain_html = chain.iter().map(|id| format!("<li>{}</li>", esc(&name(id)))).collect::<Vec<_>>().join("");

@@ -96,3 +96,18 @@ async fn revoking_a_grant_marks_every_token_beneath_it() -> Result<()> {
     assert!(bit_of(&w, &child).await?, "the exchanged child is invalid too");
     Ok(())
 }
+
+#[tokio::test]
+async fn a_store_keeps_the_list_size_it_started_with() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let clock =
+        std::sync::Arc::new(mandate_core::ManualClock::new(mandate_core::Clock::now(&mandate_core::SystemClock)));
+    let s = TestServer::start_in(dir.path(), clock.clone(), |_| {}).await?;
+    s.stop().await?;
+    // Another size on the same store would move every token's bit: refused.
+    let other = TestServer::start_in(dir.path(), clock.clone(), |c| c.status_list_size = 1 << 16).await;
+    assert!(other.is_err(), "a node started with another status-list size");
+    let again = TestServer::start_in(dir.path(), clock, |_| {}).await?;
+    again.stop().await?;
+    Ok(())
+}

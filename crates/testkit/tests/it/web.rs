@@ -305,3 +305,42 @@ async fn auditors_see_the_whole_trail_and_every_tree() -> Result<()> {
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn an_action_approval_shows_the_checked_properties() -> Result<()> {
+    let w = World::new(TestServer::start().await?).await?;
+    let (st, _) = w
+        .s
+        .admin(Method::POST, "/v1/users", Some(json!({"name": "Dana", "email": "dana@example.com", "groups": ["staff"], "password": "correct horse battery"})))
+        .await?;
+    assert_eq!(st, 201);
+    // A write grant: it waits for Dana, who approves it through the API.
+    let (_, req) =
+        w.ciba(&w.planner, &[("login_hint", "dana@example.com"), ("scope", "write"), ("resource", CAL)]).await?;
+    let id = req["auth_req_id"].as_str().unwrap_or_default().to_owned();
+    let b = Browser { http: client()?, base: w.s.url.clone() };
+    let (_, session, _) = b.sign_in("dana@example.com", "correct horse battery").await?;
+    let session = session.unwrap_or_default();
+    let (_, html) = b.get("/approvals", &session).await?;
+    let shown =
+        html.split(r#"name="shown" value=""#).nth(1).and_then(|r| r.split('"').next()).unwrap_or_default().to_owned();
+    let resp = b
+        .http
+        .post(format!("{}/approvals/{id}/approve", b.base))
+        .header("cookie", format!("mandate_session={session}"))
+        .form(&[("csrf", csrf_in(&html)), ("shown", shown)])
+        .send()
+        .await?;
+    assert_eq!(resp.status(), 200);
+    w.s.clock.advance(time::Duration::seconds(6));
+    let (st, tokens) = w.poll(&w.planner, &id).await?;
+    assert_eq!(st, 200, "{tokens}");
+    // A sensitive create waits for her, and her inbox shows what exactly.
+    let token = tokens["access_token"].as_str().unwrap_or_default();
+    let answer = w.check(token, "create", "e9", json!({"sensitive": "true", "amount": "120 EUR"})).await?;
+    assert_eq!(answer["decision"], "approval_required", "{answer}");
+    let (_, html) = b.get("/approvals", &session).await?;
+    assert!(html.contains("<code>amount</code> = <code>120 EUR</code>"), "{html}");
+    assert!(html.contains("<code>sensitive</code> = <code>true</code>"), "{html}");
+    Ok(())
+}
