@@ -387,6 +387,18 @@ async fn story(d: &mut Demo, store: &dyn Store, cal_listener: tokio::net::TcpLis
             format!("{st}: {}", body.get("www_authenticate").or(body.get("detail")).unwrap_or(&body)),
         );
     }
+    // What any resource server reads: both tokens' bits in the signed list.
+    for (who, token) in [("planner", &planner_token), ("summarizer", &summarizer_token)] {
+        let c = jws_claims(token)?;
+        let uri = at(&c, "/status/status_list/uri").as_str().context("no status list")?.to_owned();
+        let idx = at(&c, "/status/status_list/idx").as_u64().context("no status index")?;
+        let list = d.http.get(&uri).send().await?.text().await?;
+        let jwks: Value = d.http.get(format!("{}/jwks.json", d.issuer)).send().await?.json().await?;
+        let keys = mandate_jose::JwkSet::from_json(&jwks)?;
+        let (_, bits) = mandate_jose::statuslist::verify(&list, &keys, &uri, now())?;
+        ensure!(bits.is_invalid(idx) == Some(true), "the {who}'s token is not marked in its status list");
+        show("status list", format!("{uri} (signed): the {who}'s entry {idx} is set: revoked"));
+    }
 
     // 8. The tree.
     d.step("The delegation tree is traced");
