@@ -139,6 +139,17 @@ fn validate_redirect_uri(uri: &str) -> Result<(), Error> {
     Ok(())
 }
 
+/// What a lifecycle change reached.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Cascade {
+    /// Tokens revoked, exchanged descendants included.
+    pub tokens: u64,
+    /// Grants revoked.
+    pub grants: u64,
+    /// Ephemeral descendants retired with the agent.
+    pub retired: Vec<AgentId>,
+}
+
 impl Mandate {
     pub async fn create_user(&self, caller: Caller, new: NewUser) -> Result<User, Error> {
         self.require_admin(caller).await?;
@@ -496,7 +507,7 @@ impl Mandate {
     /// Suspends, resumes or retires an agent. Suspension and retirement
     /// revoke every token it holds and cascade to the ephemeral agents it
     /// spawned; retirement is final.
-    pub async fn agent_lifecycle(&self, caller: Caller, id: AgentId, op: Lifecycle) -> Result<(Agent, u64), Error> {
+    pub async fn agent_lifecycle(&self, caller: Caller, id: AgentId, op: Lifecycle) -> Result<(Agent, Cascade), Error> {
         let mut agent = self.get_agent(caller, id).await?;
         let to = op.apply(agent.status).ok_or_else(|| {
             Error::Conflict(format!("cannot {} an agent that is {}", op.as_str(), agent.status.as_str()))
@@ -553,6 +564,7 @@ impl Mandate {
             n => format!("{} -> {}; {n} ephemeral descendants retired", agent.status.as_str(), to.as_str()),
         });
         change.push(AuditRecord { event, count_of: revocations.clone() }.mutation());
+        let retired_children: Vec<AgentId> = children.iter().map(|(c, _)| c.id).collect();
         for (child, revoke_at) in children {
             let mut e = self.admin_event(kind::AGENT_RETIRED, caller);
             e.subject = Some(child.owner.to_string());
@@ -560,10 +572,21 @@ impl Mandate {
             e.reason = Some(format!("its ancestor {id} was {}", to.as_str()));
             change.push(AuditRecord { event: e, count_of: vec![revoke_at] }.mutation());
         }
+        let grant_revocations: Vec<usize> = change
+            .0
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| matches!(m, Mutation::RevokeGrantsOfAgent { .. }))
+            .map(|(i, _)| i)
+            .collect();
         let affected = self.store.commit(change).await?;
-        let revoked = revocations.iter().filter_map(|&i| affected.get(i)).sum();
+        let cascade = Cascade {
+            tokens: revocations.iter().filter_map(|&i| affected.get(i)).sum(),
+            grants: grant_revocations.iter().filter_map(|&i| affected.get(i)).sum(),
+            retired: retired_children,
+        };
         agent.status = to;
-        Ok((agent, revoked))
+        Ok((agent, cascade))
     }
 
     pub async fn create_resource(&self, caller: Caller, new: NewResource) -> Result<Resource, Error> {

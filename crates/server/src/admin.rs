@@ -156,10 +156,12 @@ pub async fn agent_lifecycle(
             return Err(Problem::new(StatusCode::NOT_FOUND, "not-found", "Not found", "no such endpoint"));
         }
     };
-    let (agent, revoked) = s.mandate.agent_lifecycle(c, id::<AgentId>(&raw)?, op).await?;
+    let (agent, cascade) = s.mandate.agent_lifecycle(c, id::<AgentId>(&raw)?, op).await?;
     let mut out = to_json(&agent);
     set(&mut out, "client_id", json!(agent.id.to_string()));
-    set(&mut out, "revoked_tokens", json!(revoked));
+    set(&mut out, "revoked_tokens", json!(cascade.tokens));
+    set(&mut out, "revoked_grants", json!(cascade.grants));
+    set(&mut out, "retired_agents", json!(cascade.retired.iter().map(ToString::to_string).collect::<Vec<_>>()));
     Ok(Json(out).into_response())
 }
 

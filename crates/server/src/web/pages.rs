@@ -440,13 +440,21 @@ pub async fn agent_op(
         "retire" => Lifecycle::Retire,
         _ => return Err(fail(Error::NotFound("no such operation".into()))),
     };
-    let (a, reached) = s.mandate.agent_lifecycle(Caller::User(signed.session.user.id), id, op).await.map_err(fail)?;
+    let (a, cascade) = s.mandate.agent_lifecycle(Caller::User(signed.session.user.id), id, op).await.map_err(fail)?;
     let done = match op {
         Lifecycle::Resume => format!("Resumed {}.", a.name),
         _ => format!(
-            "{} {}: {reached} token(s) revoked, with its grants and the agents it spawned.",
+            "{} {}: {} token(s) and {} grant(s) revoked; {} spawned agent(s) retired{}.",
             if op == Lifecycle::Suspend { "Suspended" } else { "Retired" },
-            a.name
+            a.name,
+            cascade.tokens,
+            cascade.grants,
+            cascade.retired.len(),
+            if cascade.retired.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", cascade.retired.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "))
+            },
         ),
     };
     let live = agents_live(&s, &signed.session, &done).await?;

@@ -67,6 +67,8 @@ async fn ephemeral_agents_expire_and_die_with_their_parent() -> anyhow::Result<(
     // Retiring the parent retires the child and revokes its tokens.
     let (st, body) = s.admin(Method::POST, &format!("/v1/agents/{}/retire", parent.id), None).await?;
     assert_eq!((st, body["revoked_tokens"].as_u64()), (200, Some(1)));
+    assert_eq!(body["retired_agents"], json!([child.id]), "the answer names what the cascade retired");
+    assert_eq!(body["revoked_grants"], 0);
     assert_eq!(s.introspect(&t).await?, json!({"active": false}));
     let (_, c) = s.admin(Method::GET, &format!("/v1/agents/{}", child.id), None).await?;
     assert_eq!(c["status"], "retired");
