@@ -1,0 +1,55 @@
+// Every page passes axe-core's WCAG 2.1 A and AA rules (labels, names,
+// contrast, landmarks, lists, tables), signed out and signed in, with a
+// pending approval, grants, agents, events and a tree on screen. axe is
+// injected into a context that bypasses the CSP, which allows no inline
+// script (the pages themselves are checked for their CSP by the other tests).
+
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { createRequire } from 'node:module';
+import { readFileSync } from 'node:fs';
+import { CAL, bcAuthorize, cibaGranted, claims, login, pkce, seed, withWorld } from '../lib.mjs';
+
+const require = createRequire(import.meta.url);
+const AXE = readFileSync(require.resolve('axe-core/axe.min.js'), 'utf8');
+
+async function audit(page) {
+  await page.addScriptTag({ content: AXE });
+  return page.evaluate(async () => {
+    // eslint-disable-next-line no-undef
+    const r = await axe.run(document, { runOnly: { type: 'tag', values: ['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa'] } });
+    return r.violations.map((v) => `${v.id} (${v.impact}): ${v.help} — ${v.nodes.map((n) => n.target.join(' ')).join(', ')}`);
+  });
+}
+
+test('every page passes the WCAG 2.1 AA rules of axe-core', { timeout: 120_000 }, () =>
+  withWorld(async ({ server, browser }) => {
+    const { alice, planner } = await seed(server, { agent: { redirect_uris: ['https://app.example/callback'] } });
+    const granted = await cibaGranted(server, planner, { login_hint: alice.email, scope: 'read', binding_message: 'plan the week' });
+    await bcAuthorize(server, planner, { login_hint: alice.email, scope: 'read write', resource: CAL, binding_message: 'book the venue' });
+    const grant = claims(granted.access_token).grant_id;
+
+    const context = await browser.newContext({ bypassCSP: true, viewport: { width: 1200, height: 800 } });
+    const page = await context.newPage();
+    const found = {};
+    await page.goto(`${server.url}/login`);
+    found['/login'] = await audit(page);
+    await login(page, alice.email, alice.password);
+    for (const path of ['/approvals', '/grants', '/agents', '/audit', `/audit/trace/${grant}`]) {
+      await page.goto(`${server.url}${path}`);
+      found[path] = await audit(page);
+    }
+    // The consent page of the authorization code flow.
+    const { challenge } = pkce();
+    const q = new URLSearchParams({
+      response_type: 'code', client_id: planner.id, redirect_uri: 'https://app.example/callback', scope: 'read',
+      resource: CAL, state: 's', code_challenge: challenge, code_challenge_method: 'S256',
+    });
+    await page.goto(`${server.url}/oauth/authorize?${q}`);
+    await page.getByRole('button', { name: 'Allow' }).waitFor();
+    found['/oauth/authorize'] = await audit(page);
+    await context.close();
+    const failing = Object.entries(found).filter(([, v]) => v.length > 0);
+    assert.deepEqual(failing, [], JSON.stringify(failing, null, 2));
+  }),
+);
