@@ -16,9 +16,12 @@ use crate::store::{Change, Mutation};
 use crate::{Error, secrets};
 
 pub const SESSION_PREFIX: &str = "mnd_ses_";
-/// Failed sign-ins allowed per email, and per client address, within
-/// [`FAILURE_WINDOW`], before further attempts are refused.
+/// Failed sign-ins allowed per email within [`FAILURE_WINDOW`] before
+/// further attempts are refused.
 pub const MAX_FAILURES: u32 = 5;
+/// The same per client address: higher, because many people may share one
+/// (an office, or every client behind a reverse proxy).
+pub const MAX_FAILURES_PER_ADDR: u32 = 50;
 pub const FAILURE_WINDOW: i64 = 15 * 60;
 /// Entries the failure counter keeps per node before it forgets the oldest.
 const MAX_TRACKED: usize = 100_000;
@@ -61,11 +64,12 @@ impl Failures {
     /// wait) when a key is at the limit.
     fn attempt(&self, keys: &[String], now: i64) -> Result<(), i64> {
         let mut map = self.lock();
+        let limit = |k: &str| if k.starts_with("addr:") { MAX_FAILURES_PER_ADDR } else { MAX_FAILURES };
         let wait = keys
             .iter()
-            .filter_map(|k| map.get(k))
-            .filter(|(n, since)| *n >= MAX_FAILURES && now - since < FAILURE_WINDOW)
-            .map(|(_, since)| since + FAILURE_WINDOW - now)
+            .filter_map(|k| map.get(k).map(|e| (limit(k), e)))
+            .filter(|(max, (n, since))| n >= max && now - since < FAILURE_WINDOW)
+            .map(|(_, (_, since))| since + FAILURE_WINDOW - now)
             .max();
         if let Some(w) = wait {
             return Err(w);
@@ -219,8 +223,13 @@ mod tests {
             assert_eq!(f.attempt(&keys, 100), Ok(()));
         }
         assert_eq!(f.attempt(&keys, 100), Err(FAILURE_WINDOW));
-        // Another email from the same address is blocked too.
-        assert!(f.attempt(&["email:b@example.com".to_owned(), keys[1].clone()], 200).is_err());
+        // Another email from the same address is not, until the address
+        // reaches its own, higher limit.
+        let other = |n: u32| [format!("email:{n}@example.com"), keys[1].clone()];
+        for n in 0..(MAX_FAILURES_PER_ADDR - MAX_FAILURES) {
+            assert_eq!(f.attempt(&other(n), 200), Ok(()), "attempt {n}");
+        }
+        assert!(f.attempt(&other(999), 200).is_err(), "the address limit did not apply");
         assert_eq!(f.attempt(&keys, 100 + FAILURE_WINDOW), Ok(()));
     }
 
