@@ -45,7 +45,8 @@ pub struct VerifierConfig {
     pub public_url: String,
     /// Where the issuer's keys are; `{issuer}/jwks.json` when `None`.
     pub jwks_uri: Option<String>,
-    /// Clock skew tolerated on `exp`, `nbf`, `iat` and proof `iat`, in seconds.
+    /// Clock skew tolerated on `nbf`, `iat` and proof `iat`, in seconds; a
+    /// past `exp` is always refused.
     pub leeway: i64,
     /// Refuse `Bearer` tokens: every token must be DPoP-bound.
     pub require_dpop: bool,

@@ -38,12 +38,10 @@ impl Keys {
         &self.tokens.keys
     }
 
-    /// Verifies an access token for `audience`, tolerating `leeway` seconds
-    /// of clock skew on `exp` as on `nbf`/`iat`: jose checks `exp` strictly
-    /// and `nbf`/`iat` with its own leeway, so it is asked at
-    /// `now - leeway` with twice the leeway.
+    /// Verifies an access token for `audience`: `exp` strictly (SECURITY
+    /// row 5: a past `exp` is refused), `nbf`/`iat` with the leeway.
     pub(crate) fn verify_access(&self, token: &str, now: i64, audience: &str) -> Result<AccessTokenClaims, JoseError> {
-        self.tokens.verify(token, now.saturating_sub(self.leeway), Some(audience))
+        self.tokens.verify(token, now, Some(audience))
     }
 }
 
@@ -83,8 +81,7 @@ impl KeyCache {
     }
 
     fn keys(&self, set: JwkSet, fresh_until: i64, usable_until: i64, generation: u64) -> Keys {
-        let tokens =
-            AccessTokenVerifier { issuer: self.issuer.clone(), keys: set, leeway: self.leeway.saturating_mul(2) };
+        let tokens = AccessTokenVerifier { issuer: self.issuer.clone(), keys: set, leeway: self.leeway };
         Keys { tokens: Arc::new(tokens), leeway: self.leeway, generation, fresh_until, usable_until }
     }
 

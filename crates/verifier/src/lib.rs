@@ -5,7 +5,7 @@
 //!   published keys only: fetched from its JWKS, cached for the `max-age` it
 //!   sends (5 minutes otherwise), and fetched again when a token names a key
 //!   not yet seen, at most once every 10 seconds. `typ`, `iss`, `aud` (this
-//!   resource), `exp`/`nbf`/`iat` with leeway, and each key's algorithm are
+//!   resource), `exp` (strictly), `nbf`/`iat` with leeway, and each key's algorithm are
 //!   checked by `mandate-jose`.
 //! - **DPoP** (RFC 9449 §7): a token bound by `cnf.jkt` is accepted only with
 //!   the `DPoP` scheme and a fresh proof, signed by the bound key, for this
