@@ -27,7 +27,6 @@ const MAX_JWKS_BYTES: usize = 64 * 1024;
 #[derive(Clone)]
 pub(crate) struct Keys {
     tokens: Arc<AccessTokenVerifier>,
-    leeway: i64,
     generation: u64,
     fresh_until: i64,
     usable_until: i64,
@@ -82,7 +81,7 @@ impl KeyCache {
 
     fn keys(&self, set: JwkSet, fresh_until: i64, usable_until: i64, generation: u64) -> Keys {
         let tokens = AccessTokenVerifier { issuer: self.issuer.clone(), keys: set, leeway: self.leeway };
-        Keys { tokens: Arc::new(tokens), leeway: self.leeway, generation, fresh_until, usable_until }
+        Keys { tokens: Arc::new(tokens), generation, fresh_until, usable_until }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
