@@ -16,6 +16,7 @@
 #   MANDATE_BIN        mandate binary (default: $CARGO_TARGET_DIR/release/mandate,
 #                      or target/release/mandate)
 #   BENCH_ADMIN_TOKEN  Mandate admin token, 16+ chars (default bench-admin-token-0123456789)
+#   BENCH_LOADGEN_ARGS more mandate-loadgen flags, e.g. --dpop (a DPoP proof per request)
 #
 # All traffic goes to 127.0.0.1 only. Every background process started here is
 # killed on exit.
@@ -194,6 +195,7 @@ run_loadgen() {
     --warmup "$WARMUP" \
     --requests "$REQUESTS" \
     --duration "$DURATION" \
+    ${BENCH_LOADGEN_ARGS:-} \
     --json >"$out" 2>"$WORK/$name.loadgen.err" &
   # Waiting on a background job keeps INT/TERM traps responsive.
   local lpid=$!

@@ -124,6 +124,13 @@ struct RunArgs {
     /// Requests sent before the timer starts (not counted).
     #[arg(long, default_value_t = 0)]
     warmup: usize,
+    /// Send a DPoP proof (RFC 9449) with every request, signed by a fresh
+    /// Ed25519 key; its `htu` is the token endpoint unless `--dpop-htu`.
+    /// Proofs are signed before the run and must be used within a minute.
+    #[arg(long)]
+    dpop: bool,
+    #[arg(long)]
+    dpop_htu: Option<String>,
     /// Assertion lifetime (exp - iat) in seconds.
     #[arg(long, default_value_t = 600)]
     exp_secs: u64,
@@ -216,7 +223,18 @@ fn form_encode(s: &str) -> String {
     out
 }
 
+/// A request body and its DPoP proof, if any.
+type Signed = (Bytes, Option<Bytes>);
+
+/// How to sign the DPoP proof of each request.
+struct DpopSpec {
+    kp: Ed25519KeyPair,
+    header_b64: String,
+    htu: String,
+}
+
 struct AssertionSpec<'a> {
+    dpop: Option<DpopSpec>,
     kp: &'a Ed25519KeyPair,
     header_b64: String,
     client_id: &'a str,
@@ -231,6 +249,25 @@ struct AssertionSpec<'a> {
 }
 
 impl AssertionSpec<'_> {
+    /// The request `i`: its body, and its DPoP proof when proofs are on.
+    fn request(&self, i: usize) -> Result<Signed> {
+        let proof = match &self.dpop {
+            None => None,
+            Some(d) => {
+                let claims = json!({
+                    "jti": format!("{}-p{i}", self.jti_prefix),
+                    "htm": "POST",
+                    "htu": d.htu,
+                    "iat": self.iat,
+                });
+                let signing_input = format!("{}.{}", d.header_b64, b64(&serde_json::to_vec(&claims)?));
+                let sig = d.kp.sign(signing_input.as_bytes());
+                Some(Bytes::from(format!("{signing_input}.{}", b64(sig.as_ref()))))
+            }
+        };
+        Ok((self.body(i)?, proof))
+    }
+
     fn body(&self, i: usize) -> Result<Bytes> {
         let claims = json!({
             "iss": self.client_id,
@@ -251,16 +288,16 @@ impl AssertionSpec<'_> {
     }
 }
 
-/// Sign `count` request bodies using all available cores.
-fn pregenerate(spec: &AssertionSpec<'_>, count: usize) -> Result<Vec<Bytes>> {
+/// Sign `count` requests using all available cores.
+fn pregenerate(spec: &AssertionSpec<'_>, count: usize) -> Result<Vec<Signed>> {
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).max(1);
     let chunk = count.div_ceil(threads).max(1);
-    let parts: Vec<Result<Vec<Bytes>>> = std::thread::scope(|s| {
+    let parts: Vec<Result<Vec<Signed>>> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..count)
             .step_by(chunk)
             .map(|start| {
                 let end = (start + chunk).min(count);
-                s.spawn(move || (start..end).map(|i| spec.body(i)).collect::<Result<Vec<_>>>())
+                s.spawn(move || (start..end).map(|i| spec.request(i)).collect::<Result<Vec<_>>>())
             })
             .collect();
         handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(anyhow!("signing thread panicked")))).collect()
@@ -343,7 +380,7 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
 
-async fn one_request(sender: &mut Option<SendRequest<Full<Bytes>>>, sh: &Shared, body: Bytes) -> Outcome {
+async fn one_request(sender: &mut Option<SendRequest<Full<Bytes>>>, sh: &Shared, (body, proof): Signed) -> Outcome {
     let (target, timeout) = (&sh.target, sh.timeout);
     let fut = async {
         let need_new = match sender.as_mut() {
@@ -363,6 +400,9 @@ async fn one_request(sender: &mut Option<SendRequest<Full<Bytes>>>, sh: &Shared,
             .header(hyper::header::ACCEPT, "application/json");
         if let Some(auth) = &sh.authorization {
             req = req.header(hyper::header::AUTHORIZATION, auth.as_str());
+        }
+        if let Some(p) = proof {
+            req = req.header("dpop", hyper::header::HeaderValue::from_maybe_shared(p)?);
         }
         let req = req.body(Full::new(body))?;
         let resp = s.send_request(req).await?;
@@ -389,7 +429,7 @@ async fn one_request(sender: &mut Option<SendRequest<Full<Bytes>>>, sh: &Shared,
 }
 
 struct Shared {
-    bodies: Vec<Bytes>,
+    bodies: Vec<Signed>,
     next: AtomicUsize,
     warmup: usize,
     /// Index one past the last measured request.
@@ -492,7 +532,7 @@ async fn run(a: RunArgs) -> Result<()> {
         Some(path) => {
             let body = Bytes::from(std::fs::read(path).with_context(|| format!("reading {}", path.display()))?);
             let bearer = a.bearer.as_deref().ok_or_else(|| anyhow!("--json-body needs --bearer"))?;
-            (vec![body; total], "application/json", Some(format!("Bearer {bearer}")))
+            (vec![(body, None); total], "application/json", Some(format!("Bearer {bearer}")))
         }
         None => {
             let client_id = a.client_id.clone().ok_or_else(|| anyhow!("--client-id is required"))?;
@@ -517,7 +557,19 @@ async fn run(a: RunArgs) -> Result<()> {
             let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
             let mut rnd = [0u8; 9];
             SystemRandom::new().fill(&mut rnd).map_err(|_| anyhow!("rng failure"))?;
+            let dpop = if a.dpop {
+                let rng = SystemRandom::new();
+                let doc = Ed25519KeyPair::generate_pkcs8(&rng).map_err(|_| anyhow!("key generation failed"))?;
+                let kp = Ed25519KeyPair::from_pkcs8(doc.as_ref()).map_err(|_| anyhow!("key parse failed"))?;
+                let jwk = json!({"kty": "OKP", "crv": "Ed25519", "x": b64(kp.public_key().as_ref())});
+                let header = json!({"typ": "dpop+jwt", "alg": "EdDSA", "jwk": jwk});
+                let htu = a.dpop_htu.clone().unwrap_or_else(|| endpoint.clone());
+                Some(DpopSpec { kp, header_b64: b64(&serde_json::to_vec(&header)?), htu })
+            } else {
+                None
+            };
             let spec = AssertionSpec {
+                dpop,
                 kp: &kp,
                 header_b64: b64(&serde_json::to_vec(&header)?),
                 client_id: &client_id,
@@ -667,6 +719,7 @@ mod tests {
     fn bodies_carry_valid_unique_assertions() -> Result<()> {
         let kp = rfc_key()?;
         let spec = AssertionSpec {
+            dpop: None,
             kp: &kp,
             header_b64: b64(br#"{"alg":"EdDSA","typ":"JWT","kid":"k1"}"#),
             client_id: "agt_1",
@@ -679,8 +732,9 @@ mod tests {
         };
         let bodies = pregenerate(&spec, 50)?;
         assert_eq!(bodies.len(), 50);
+        assert!(bodies.iter().all(|(_, proof)| proof.is_none()));
         let mut jtis = std::collections::HashSet::new();
-        for body in &bodies {
+        for (body, _) in &bodies {
             let text = std::str::from_utf8(body)?;
             assert!(text.starts_with(
                 "grant_type=client_credentials&client_assertion_type=urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-type%3Ajwt-bearer&client_assertion="
@@ -728,5 +782,46 @@ mod tests {
         assert!((percentile_ms(&v, 99.9) - 999.0).abs() < 1e-9);
         assert!((percentile_ms(&v, 100.0) - 1000.0).abs() < 1e-9);
         assert!(percentile_ms(&[], 50.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn dpop_proofs_are_signed_by_their_header_key_and_unique() -> Result<()> {
+        let kp = rfc_key()?;
+        let rng = SystemRandom::new();
+        let doc = Ed25519KeyPair::generate_pkcs8(&rng).map_err(|_| anyhow!("keygen"))?;
+        let pk = Ed25519KeyPair::from_pkcs8(doc.as_ref()).map_err(|_| anyhow!("parse"))?;
+        let jwk = json!({"kty": "OKP", "crv": "Ed25519", "x": b64(pk.public_key().as_ref())});
+        let header_b64 = b64(&serde_json::to_vec(&json!({"typ": "dpop+jwt", "alg": "EdDSA", "jwk": jwk}))?);
+        let spec = AssertionSpec {
+            dpop: Some(DpopSpec { kp: pk, header_b64, htu: "http://127.0.0.1:1/oauth/token".into() }),
+            kp: &kp,
+            header_b64: b64(br#"{"alg":"EdDSA","typ":"JWT","kid":"k1"}"#),
+            client_id: "agt_1",
+            aud: "http://127.0.0.1:1",
+            iat: 1000,
+            exp: 1600,
+            jti_prefix: "p".into(),
+            grant_type: "client_credentials".into(),
+            tail: String::new(),
+        };
+        let reqs = pregenerate(&spec, 10)?;
+        let mut jtis = std::collections::HashSet::new();
+        for (_, proof) in &reqs {
+            let proof = std::str::from_utf8(proof.as_ref().ok_or_else(|| anyhow!("no proof"))?)?;
+            let parts: Vec<&str> = proof.split('.').collect();
+            let header: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[0])?)?;
+            let x = URL_SAFE_NO_PAD.decode(header["jwk"]["x"].as_str().unwrap_or_default())?;
+            UnparsedPublicKey::new(&ED25519, &x)
+                .verify(format!("{}.{}", parts[0], parts[1]).as_bytes(), &URL_SAFE_NO_PAD.decode(parts[2])?)
+                .map_err(|_| anyhow!("bad proof signature"))?;
+            let claims: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1])?)?;
+            assert_eq!(
+                (claims["htm"].as_str(), claims["htu"].as_str()),
+                (Some("POST"), Some("http://127.0.0.1:1/oauth/token"))
+            );
+            jtis.insert(claims["jti"].as_str().unwrap_or_default().to_owned());
+        }
+        assert_eq!(jtis.len(), 10);
+        Ok(())
     }
 }
