@@ -60,9 +60,10 @@ impl AuthorizeRequest {
 
     /// The origin of the redirect URI (for the consent page's CSP).
     pub fn redirect_origin(&self) -> &str {
-        let after = self.redirect_uri.find("://").map_or(0, |i| i + 3);
-        let end = self.redirect_uri[after..].find('/').map_or(self.redirect_uri.len(), |i| after + i);
-        self.redirect_uri.get(..end).unwrap_or(&self.redirect_uri)
+        let uri = self.redirect_uri.as_str();
+        let after = uri.find("://").map_or(0, |i| i + 3);
+        let end = uri.get(after..).and_then(|rest| rest.find('/')).map_or(uri.len(), |i| after + i);
+        uri.get(..end).unwrap_or(uri)
     }
 }
 
