@@ -15,7 +15,6 @@ use time::Duration;
 use crate::audit::{ALLOW, AuditRecord, DENY, kind};
 use crate::delegation::{Params, parse_scopes};
 use crate::oauth::IssuedToken;
-use crate::ports::new_ulid;
 use crate::service::{AuthenticatedClient, Mandate};
 use crate::store::{Change, Mutation};
 use crate::{Error, secrets};
@@ -317,24 +316,8 @@ impl Mandate {
             .map_err(|e| refuse(e.into()))?
             .filter(|g| g.is_live(now))
             .ok_or_else(|| invalid("the grant is revoked or expired"))?;
-        let family = new_ulid(self.clock.as_ref(), self.rng.as_ref()).to_string();
-        let (mut change, event, issued) = self.code_tokens(agent, &grant, &family, jkt).await.map_err(refuse)?;
+        let (mut change, event, issued) = self.first_tokens(agent, &grant, jkt).await.map_err(refuse)?;
         change.0.insert(0, Mutation::UseAuthCode { hash: record.hash, at: now });
-        Ok((change, event, issued))
-    }
-
-    /// The first access and refresh tokens of a redeemed code.
-    async fn code_tokens(
-        &self,
-        agent: &Agent,
-        grant: &mandate_model::records::Grant,
-        family: &str,
-        jkt: Option<&str>,
-    ) -> Result<(Change, Event, IssuedToken), Error> {
-        let (mut change, event, mut issued) = self.grant_token(agent, grant, &grant.scopes, Some(family), jkt).await?;
-        let (refresh, record) = self.new_refresh(grant, agent.id, &grant.scopes, family, jkt);
-        issued.refresh_token = Some(refresh);
-        change.push(Mutation::InsertRefresh(record));
         Ok((change, event, issued))
     }
 

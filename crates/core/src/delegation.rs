@@ -499,11 +499,23 @@ impl Mandate {
             .map_err(|e| refuse(e.into()))?
             .filter(|g| g.is_live(now))
             .ok_or_else(|| refuse(Error::InvalidGrant("the grant is revoked or expired".into())))?;
-        let (mut change, event, mut issued) =
-            self.grant_token(agent, &grant, &grant.scopes, None, jkt).await.map_err(refuse)?;
+        let (mut change, event, issued) = self.first_tokens(agent, &grant, jkt).await.map_err(refuse)?;
         change.0.insert(0, Mutation::ConsumeApproval { id, at: now });
+        Ok((change, event, issued))
+    }
+
+    /// The first access and refresh tokens under a new grant (CIBA, the
+    /// authorization code): one refresh family, which the access token
+    /// belongs to as well, so that a reused refresh token revokes it too.
+    pub(crate) async fn first_tokens(
+        &self,
+        agent: &Agent,
+        grant: &Grant,
+        jkt: Option<&str>,
+    ) -> Result<(Change, Event, IssuedToken), Error> {
         let family = new_ulid(self.clock.as_ref(), self.rng.as_ref()).to_string();
-        let (refresh, record) = self.new_refresh(&grant, agent.id, &grant.scopes, &family, jkt);
+        let (mut change, event, mut issued) = self.grant_token(agent, grant, &grant.scopes, Some(&family), jkt).await?;
+        let (refresh, record) = self.new_refresh(grant, agent.id, &grant.scopes, &family, jkt);
         issued.refresh_token = Some(refresh);
         change.push(Mutation::InsertRefresh(record));
         Ok((change, event, issued))

@@ -390,6 +390,8 @@ async fn refresh_tokens_rotate_and_reuse_revokes_the_family(w: World) -> Result<
     let (st, reuse) = refresh(r1).await?;
     ensure!(st == 400 && reuse["error"] == "invalid_grant", "{st} {reuse}");
     ensure!(w.s.introspect(&a2).await?["active"] == false, "the family's access token survived a reuse");
+    let a1 = text(&first, "access_token")?;
+    ensure!(w.s.introspect(&a1).await?["active"] == false, "the family's first access token survived a reuse");
     let (st, body) = refresh(r2).await?;
     ensure!(st == 400 && body["error"] == "invalid_grant", "the family's newest refresh token survived: {st} {body}");
     ensure!(w.s.audit("type=refresh.reused").await?.len() == 1);
