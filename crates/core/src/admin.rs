@@ -168,7 +168,7 @@ impl Mandate {
             return Err(Error::Conflict(format!("a user with email {email} exists")));
         }
         let user = User {
-            id: UserId::from_ulid(new_ulid(self.clock.as_ref(), self.rng.as_ref())),
+            id: UserId::from_ulid(new_ulid(self.clock.as_ref(), self.rng.as_ref())?),
             name,
             email,
             groups,
@@ -193,7 +193,7 @@ impl Mandate {
 
     fn hash_password(&self, password: &str) -> Result<String, Error> {
         let mut salt = [0u8; 16];
-        self.rng.fill(&mut salt);
+        self.rng.fill(&mut salt)?;
         let salt = SaltString::encode_b64(&salt).map_err(|e| Error::Unavailable(e.to_string()))?;
         argon2::Argon2::default()
             .hash_password(password.as_bytes(), &salt)
@@ -258,7 +258,7 @@ impl Mandate {
         if user.status != UserStatus::Active {
             return Err(Error::Conflict("the user is disabled".into()));
         }
-        let token = secrets::generate(secrets::USER_TOKEN_PREFIX, self.rng.as_ref());
+        let token = secrets::generate(secrets::USER_TOKEN_PREFIX, self.rng.as_ref())?;
         let mut event = self.admin_event(kind::USER_TOKEN_CREATED, caller);
         event.subject = Some(id.to_string());
         self.store
@@ -435,7 +435,7 @@ impl Mandate {
         let secret = match jwks {
             Some(_) => None,
             None if self.config.allow_client_secrets => {
-                Some(secrets::generate(secrets::CLIENT_SECRET_PREFIX, self.rng.as_ref()))
+                Some(secrets::generate(secrets::CLIENT_SECRET_PREFIX, self.rng.as_ref())?)
             }
             None => {
                 return Err(Error::BadInput(
@@ -444,7 +444,7 @@ impl Mandate {
             }
         };
         let agent = Agent {
-            id: AgentId::from_ulid(new_ulid(self.clock.as_ref(), self.rng.as_ref())),
+            id: AgentId::from_ulid(new_ulid(self.clock.as_ref(), self.rng.as_ref())?),
             name,
             owner: new.owner,
             kind,
@@ -618,7 +618,7 @@ impl Mandate {
             return Err(Error::Conflict(format!("a resource with identifier {identifier} exists")));
         }
         let resource = Resource {
-            id: ResourceId::from_ulid(new_ulid(self.clock.as_ref(), self.rng.as_ref())),
+            id: ResourceId::from_ulid(new_ulid(self.clock.as_ref(), self.rng.as_ref())?),
             identifier,
             name,
             scopes: new.scopes,

@@ -103,7 +103,9 @@ pub async fn with_request_id<F: Future>(id: String, f: F) -> F::Output {
     REQUEST_ID.scope(id, f).await
 }
 
-fn current_request_id() -> Option<String> {
+/// The id of the request being served, if any: stamped on its events, and
+/// the one thing a client is told about an internal failure.
+pub fn current_request_id() -> Option<String> {
     REQUEST_ID.try_with(Clone::clone).ok()
 }
 

@@ -237,9 +237,19 @@ impl Mandate {
     /// the person) and a code are stored. Returns the URL to send them to.
     pub async fn authorization_allowed(&self, user: &User, req: &AuthorizeRequest) -> Result<String, AuthorizeError> {
         self.authorize_policy(user, req).await?;
-        let grant =
-            self.new_grant(user, &req.agent, &req.resource, &req.scopes, req.purpose.clone(), &user.id.to_string());
-        let code = secrets::generate(CODE_PREFIX, self.rng.as_ref());
+        // A failed random source or store sends the person back to the
+        // client with a standard error, nothing stored.
+        let unavailable = |e: &dyn std::fmt::Display| {
+            tracing::warn!(error = %e, "could not store an authorization");
+            AuthorizeError::Redirect {
+                url: self
+                    .back_to_client(req, &[("error", "temporarily_unavailable"), ("error_description", "try again")]),
+            }
+        };
+        let grant = self
+            .new_grant(user, &req.agent, &req.resource, &req.scopes, req.purpose.clone(), &user.id.to_string())
+            .map_err(|e| unavailable(&e))?;
+        let code = secrets::generate(CODE_PREFIX, self.rng.as_ref()).map_err(|e| unavailable(&e))?;
         let now = self.clock.now();
         let record = AuthCodeRecord {
             hash: secrets::hash(&code),
@@ -260,13 +270,7 @@ impl Mandate {
             .with(Mutation::InsertGrant(grant))
             .with(Mutation::InsertAuthCode(record))
             .with(AuditRecord::new(event).mutation());
-        if let Err(e) = self.store.commit(change).await {
-            tracing::warn!(error = %e, "could not store an authorization");
-            return Err(AuthorizeError::Redirect {
-                url: self
-                    .back_to_client(req, &[("error", "temporarily_unavailable"), ("error_description", "try again")]),
-            });
-        }
+        self.store.commit(change).await.map_err(|e| unavailable(&e))?;
         Ok(self.back_to_client(req, &[("code", code.as_str())]))
     }
 

@@ -346,7 +346,7 @@ impl Mandate {
             _ => current.owner,
         };
         let approval = Approval {
-            id: ApprovalId::from_ulid(new_ulid(self.clock.as_ref(), self.rng.as_ref())),
+            id: ApprovalId::from_ulid(new_ulid(self.clock.as_ref(), self.rng.as_ref())?),
             agent: current.id,
             user: chain.user().unwrap_or(current.owner),
             approver: person,

@@ -192,7 +192,7 @@ impl Mandate {
         if exp <= now {
             return Err(Error::InvalidGrant("no lifetime is left to give".into()));
         }
-        let jti = Jti::from_ulid(new_ulid(self.clock.as_ref(), self.rng.as_ref()));
+        let jti = Jti::from_ulid(new_ulid(self.clock.as_ref(), self.rng.as_ref())?);
         let status_idx = self.status_index().await?;
         let claims = AccessTokenClaims {
             iss: self.config.issuer.clone(),
@@ -268,8 +268,8 @@ impl Mandate {
         scopes: &ScopeSet,
         family: &str,
         jkt: Option<&str>,
-    ) -> (String, RefreshRecord) {
-        let token = secrets::generate(REFRESH_TOKEN_PREFIX, self.rng.as_ref());
+    ) -> Result<(String, RefreshRecord), Error> {
+        let token = secrets::generate(REFRESH_TOKEN_PREFIX, self.rng.as_ref())?;
         let record = RefreshRecord {
             hash: secrets::hash(&token),
             family: family.to_owned(),
@@ -282,7 +282,7 @@ impl Mandate {
             revoked_at: None,
             cnf_jkt: jkt.map(str::to_owned),
         };
-        (token, record)
+        Ok((token, record))
     }
 
     /// The agent behind an authenticated client, or `unauthorized_client`.
@@ -363,7 +363,7 @@ impl Mandate {
         }
         let approver = self.authorize_scopes(Some(&user), &[agent], &res, &scopes).map_err(Error::AccessDenied)?;
         let now = self.clock.now();
-        let id = ApprovalId::from_ulid(new_ulid(self.clock.as_ref(), self.rng.as_ref()));
+        let id = ApprovalId::from_ulid(new_ulid(self.clock.as_ref(), self.rng.as_ref())?);
         let mut approval = Approval {
             id,
             agent: agent.id,
@@ -392,7 +392,7 @@ impl Mandate {
         event.scope = Some(scopes.to_claim());
         match approver {
             None => {
-                let grant = self.new_grant(&user, agent, &res, &scopes, binding_message, "policy");
+                let grant = self.new_grant(&user, agent, &res, &scopes, binding_message, "policy")?;
                 approval.status = ApprovalStatus::Approved;
                 approval.decided_by = Some("policy".into());
                 approval.decided_at = Some(now);
@@ -432,14 +432,14 @@ impl Mandate {
         scopes: &ScopeSet,
         purpose: Option<String>,
         approved_by: &str,
-    ) -> Grant {
+    ) -> Result<Grant, Error> {
         let now = self.clock.now();
         let mut expires_at = now + Duration::seconds(self.config.grant_ttl);
         if let Some(e) = agent.expires_at {
             expires_at = expires_at.min(e);
         }
-        Grant {
-            id: GrantId::from_ulid(new_ulid(self.clock.as_ref(), self.rng.as_ref())),
+        Ok(Grant {
+            id: GrantId::from_ulid(new_ulid(self.clock.as_ref(), self.rng.as_ref())?),
             user: user.id,
             agent: agent.id,
             resource: res.identifier.clone(),
@@ -451,7 +451,7 @@ impl Mandate {
             expires_at,
             revoked_at: None,
             last_used_at: None,
-        }
+        })
     }
 
     /// The CIBA grant at the token endpoint: the agent polls with its
@@ -513,9 +513,9 @@ impl Mandate {
         grant: &Grant,
         jkt: Option<&str>,
     ) -> Result<(Change, Event, IssuedToken), Error> {
-        let family = new_ulid(self.clock.as_ref(), self.rng.as_ref()).to_string();
+        let family = new_ulid(self.clock.as_ref(), self.rng.as_ref())?.to_string();
         let (mut change, event, mut issued) = self.grant_token(agent, grant, &grant.scopes, Some(&family), jkt).await?;
-        let (refresh, record) = self.new_refresh(grant, agent.id, &grant.scopes, &family, jkt);
+        let (refresh, record) = self.new_refresh(grant, agent.id, &grant.scopes, &family, jkt)?;
         issued.refresh_token = Some(refresh);
         change.push(Mutation::InsertRefresh(record));
         Ok((change, event, issued))
@@ -618,8 +618,9 @@ impl Mandate {
         let (mut change, event, mut issued) =
             self.grant_token(agent, &grant, &scopes, Some(&record.family), jkt).await.map_err(refuse)?;
         change.0.insert(0, Mutation::UseRefresh { hash: record.hash.clone(), at: now });
-        let (refresh, next) =
-            self.new_refresh(&grant, agent.id, &record.scopes, &record.family, record.cnf_jkt.as_deref());
+        let (refresh, next) = self
+            .new_refresh(&grant, agent.id, &record.scopes, &record.family, record.cnf_jkt.as_deref())
+            .map_err(refuse)?;
         issued.refresh_token = Some(refresh);
         change.push(Mutation::InsertRefresh(next));
         Ok((change, event, issued))
@@ -883,7 +884,8 @@ impl Mandate {
             let agent =
                 self.store.agent(approval.agent).await?.ok_or_else(|| Error::Conflict("the agent is gone".into()))?;
             let res = self.resource_by_identifier(&approval.resource).await?;
-            let grant = self.new_grant(&user, &agent, &res, scopes, approval.binding_message.clone(), &me.to_string());
+            let grant =
+                self.new_grant(&user, &agent, &res, scopes, approval.binding_message.clone(), &me.to_string())?;
             event.grant_id = Some(grant.id.to_string());
             event.scope = Some(scopes.to_claim());
             grant_id = Some(grant.id);

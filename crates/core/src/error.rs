@@ -64,11 +64,17 @@ impl From<StoreError> for Error {
             StoreError::Replay => Error::InvalidClient("client assertion jti was already used".into()),
             StoreError::DpopReplay => Error::InvalidDpopProof("the proof's jti was already used".into()),
             StoreError::NotFound(m) => Error::NotFound(m),
-            StoreError::Unavailable(m) | StoreError::Corrupt(m) => {
-                tracing::error!(error = %m, "store failure");
-                Error::Unavailable("the store did not answer".into())
-            }
+            // The detail is for the log only: the server logs it with the
+            // request id and tells the client a fixed sentence.
+            StoreError::Unavailable(m) => Error::Unavailable(format!("store unavailable: {m}")),
+            StoreError::Corrupt(m) => Error::Unavailable(format!("corrupt stored record: {m}")),
         }
+    }
+}
+
+impl From<crate::ports::RandomError> for Error {
+    fn from(e: crate::ports::RandomError) -> Self {
+        Error::Unavailable(e.to_string())
     }
 }
 

@@ -135,6 +135,10 @@ impl Mandate {
                 },
                 Err(e) => return Err(e),
             },
+            // An internal failure is not a decision about the client: the
+            // request fails closed and writes nothing (its assertion stays
+            // usable for a retry); the log has the detail.
+            Err((_, e @ Error::Unavailable(_))) => return Err(e),
             Err(refusal) => refusal,
         };
         let counted: &[usize] = if change.0.len() == 2 { &[1] } else { &[] };
@@ -293,7 +297,7 @@ impl Mandate {
         if let Some(agent_exp) = agent_expiry {
             exp = exp.min(agent_exp);
         }
-        let jti = Jti::from_ulid(new_ulid(self.clock.as_ref(), self.rng.as_ref()));
+        let jti = Jti::from_ulid(new_ulid(self.clock.as_ref(), self.rng.as_ref())?);
         let status_idx = self.status_index().await?;
         let claims = AccessTokenClaims {
             iss: issuer.to_owned(),

@@ -53,9 +53,16 @@ impl Clock for ManualClock {
     }
 }
 
-/// A source of secure randomness.
+/// The random source could not fill a buffer. Nothing that needed the
+/// bytes may go ahead: the request fails (SECURITY row 46).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the random source failed")]
+pub struct RandomError;
+
+/// A source of secure randomness. A failure is an error the caller must
+/// handle, never a buffer of predictable bytes.
 pub trait Random: Send + Sync + 'static {
-    fn fill(&self, buf: &mut [u8]);
+    fn fill(&self, buf: &mut [u8]) -> Result<(), RandomError>;
 }
 
 /// The operating system's CSPRNG, through aws-lc-rs.
@@ -63,22 +70,21 @@ pub trait Random: Send + Sync + 'static {
 pub struct SystemRandom;
 
 impl Random for SystemRandom {
-    fn fill(&self, buf: &mut [u8]) {
+    fn fill(&self, buf: &mut [u8]) -> Result<(), RandomError> {
         use aws_lc_rs::rand::SecureRandom;
-        // aws-lc's RNG does not fail once initialised; if it ever did, a
-        // zeroed buffer would make ids collide (refused by the store) and
-        // secrets guessable, so fall back to aborting the request path.
-        if aws_lc_rs::rand::SystemRandom::new().fill(buf).is_err() {
-            buf.fill(0);
+        aws_lc_rs::rand::SystemRandom::new().fill(buf).map_err(|_| {
             tracing::error!("the system random source failed");
-        }
+            RandomError
+        })
     }
 }
 
 /// A new ULID from the injected clock and randomness.
-pub fn new_ulid(clock: &dyn Clock, rng: &dyn Random) -> Ulid {
+pub fn new_ulid(clock: &dyn Clock, rng: &dyn Random) -> Result<Ulid, crate::Error> {
     let mut bytes = [0u8; 16];
-    rng.fill(&mut bytes);
-    let ms = (clock.now().unix_timestamp_nanos() / 1_000_000).max(0) as u64;
-    Ulid::from_parts(ms, u128::from_le_bytes(bytes))
+    rng.fill(&mut bytes)?;
+    // A clock before 1970 is not a time an id can carry: fail, never clamp.
+    let ms = u64::try_from(clock.now().unix_timestamp_nanos() / 1_000_000)
+        .map_err(|_| crate::Error::Unavailable("the clock reads before 1970".into()))?;
+    Ok(Ulid::from_parts(ms, u128::from_le_bytes(bytes)))
 }

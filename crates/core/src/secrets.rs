@@ -5,17 +5,17 @@ use base64::Engine;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::ports::Random;
+use crate::ports::{Random, RandomError};
 
 pub const ADMIN_TOKEN_PREFIX: &str = "mnd_admin_";
 pub const USER_TOKEN_PREFIX: &str = "mnd_user_";
 pub const CLIENT_SECRET_PREFIX: &str = "mnd_secret_";
 
 /// `prefix` followed by 256 random bits, base64url.
-pub fn generate(prefix: &str, rng: &dyn Random) -> String {
+pub fn generate(prefix: &str, rng: &dyn Random) -> Result<String, RandomError> {
     let mut bytes = [0u8; 32];
-    rng.fill(&mut bytes);
-    format!("{prefix}{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
+    rng.fill(&mut bytes)?;
+    Ok(format!("{prefix}{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)))
 }
 
 /// Hex SHA-256: secrets here carry 256 bits of entropy, so a fast hash is
@@ -41,8 +41,8 @@ mod tests {
 
     #[test]
     fn generated_secrets_match_only_their_hash() {
-        let a = generate(USER_TOKEN_PREFIX, &SystemRandom);
-        let b = generate(USER_TOKEN_PREFIX, &SystemRandom);
+        let a = generate(USER_TOKEN_PREFIX, &SystemRandom).unwrap();
+        let b = generate(USER_TOKEN_PREFIX, &SystemRandom).unwrap();
         assert_ne!(a, b);
         assert!(a.starts_with(USER_TOKEN_PREFIX));
         assert!(matches(&a, &hash(&a)));

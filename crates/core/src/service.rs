@@ -299,7 +299,7 @@ impl Mandate {
             Some(_) => {
                 return Err(Error::BadInput("MANDATE_ADMIN_TOKEN must be at least 16 characters".into()));
             }
-            None => (secrets::generate(secrets::ADMIN_TOKEN_PREFIX, self.rng.as_ref()), true),
+            None => (secrets::generate(secrets::ADMIN_TOKEN_PREFIX, self.rng.as_ref())?, true),
         };
         let mut event = self.event(kind::ADMIN_TOKEN_SEEDED);
         event.decision = Some(crate::audit::ALLOW.into());

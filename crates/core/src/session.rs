@@ -153,8 +153,8 @@ impl Mandate {
             }
         };
         self.sign_in_failures.succeeded(&keys);
-        let secret = secrets::generate(SESSION_PREFIX, self.rng.as_ref());
-        let csrf = secrets::generate("", self.rng.as_ref());
+        let secret = secrets::generate(SESSION_PREFIX, self.rng.as_ref())?;
+        let csrf = secrets::generate("", self.rng.as_ref())?;
         let expires_at = now + Duration::seconds(self.config.session_ttl);
         let record = SessionRecord {
             hash: secrets::hash(&secret),

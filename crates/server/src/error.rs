@@ -6,6 +6,18 @@ use axum::response::{IntoResponse, Response};
 use mandate_core::Error;
 use serde_json::json;
 
+/// What a client learns of an internal failure: a fixed sentence and the
+/// request id. The detail goes to the log under that id, never on the wire
+/// (SECURITY row 46).
+pub fn internal_failure(detail: &str) -> String {
+    let id = mandate_core::audit::current_request_id();
+    tracing::error!(request_id = id.as_deref().unwrap_or("-"), detail, "internal failure; the request failed closed");
+    match id {
+        Some(id) => format!("the server cannot answer now; nothing was changed (request {id})"),
+        None => "the server cannot answer now; nothing was changed".to_owned(),
+    }
+}
+
 /// An error on an OAuth endpoint (RFC 6749 §5.2).
 #[derive(Debug)]
 pub struct OAuthError(pub Error);
@@ -57,8 +69,8 @@ impl OAuthError {
             | Error::ExpiredToken(m)
             | Error::UnknownUser(m)
             | Error::InvalidDpopProof(m)
-            | Error::RateLimited(m)
-            | Error::Unavailable(m) => m.clone(),
+            | Error::RateLimited(m) => m.clone(),
+            Error::Unavailable(detail) => internal_failure(detail),
             Error::UseDpopNonce { .. } => "the DPoP proof must carry the nonce in the DPoP-Nonce header".into(),
             Error::Unauthenticated => "client authentication failed".into(),
             Error::AuthorizationPending => "the user has not decided yet".into(),
@@ -140,19 +152,28 @@ impl From<Error> for Problem {
             Error::RateLimited(m) => Problem::new(S::TOO_MANY_REQUESTS, "rate-limited", "Too many requests", m),
             Error::AccessDenied(m) => Problem::new(S::FORBIDDEN, "forbidden", "Forbidden", m),
             Error::AuthorizationPending | Error::SlowDown => Problem::bad_input(e.to_string()),
-            Error::Unavailable(m) => Problem::new(S::SERVICE_UNAVAILABLE, "unavailable", "Temporarily unavailable", m),
+            Error::Unavailable(detail) => Problem::new(
+                S::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "Temporarily unavailable",
+                internal_failure(&detail),
+            ),
         }
     }
 }
 
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
-        let body = json!({
+        let mut body = json!({
             "type": format!("urn:mandate:problem:{}", self.kind),
             "title": self.title,
             "status": self.status.as_u16(),
             "detail": self.detail,
         });
+        // RFC 9457 §3.2 extension member: the id the log knows this by.
+        if let (Some(id), Some(map)) = (mandate_core::audit::current_request_id(), body.as_object_mut()) {
+            map.insert("request_id".into(), id.into());
+        }
         let mut resp = (self.status, body.to_string()).into_response();
         let h = resp.headers_mut();
         h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));

@@ -1,7 +1,8 @@
-//! A store that fails on command, to prove that Mandate fails closed.
+//! A store that fails on command, to prove that Mandate fails closed and
+//! that no internal detail reaches a client.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 
 use async_trait::async_trait;
 use mandate_audit::{Checkpoint, Event};
@@ -11,113 +12,213 @@ use mandate_model::records::{Agent, Approval, Grant, RefreshRecord, Resource, Se
 use mandate_model::{AgentId, ApprovalId, GrantId, Jti, ResourceId, UserId};
 use time::OffsetDateTime;
 
+/// The text every injected failure carries: a client must never see it.
+pub const INJECTED: &str = "INJECTED-INTERNAL-DETAIL table secret_stuff at /var/lib/x";
+
+/// What the store does wrong while set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Fault {
+    None = 0,
+    /// Every read and commit fails as an unreachable database would.
+    Unavailable = 1,
+    /// Every read finds an undecodable row.
+    Corrupt = 2,
+    /// Signing keys come back with their wrapped private halves garbled.
+    GarbledKeys = 3,
+}
+
 /// Wraps a store; while `fail_audit` is set, every change that appends an
-/// audit event fails as an unavailable store would, writing nothing.
+/// audit event fails as an unavailable store would, writing nothing; while
+/// a [`Fault`] is set, reads and commits fail as it says.
 pub struct FaultyStore {
     inner: Arc<dyn Store>,
     pub fail_audit: AtomicBool,
+    fault: AtomicU8,
 }
 
 impl FaultyStore {
     pub fn new(inner: Arc<dyn Store>) -> Arc<Self> {
-        Arc::new(Self { inner, fail_audit: AtomicBool::new(false) })
+        Arc::new(Self { inner, fail_audit: AtomicBool::new(false), fault: AtomicU8::new(0) })
     }
 
     pub fn set_failing(&self, failing: bool) {
         self.fail_audit.store(failing, Ordering::SeqCst);
+    }
+
+    pub fn set_fault(&self, fault: Fault) {
+        self.fault.store(fault as u8, Ordering::SeqCst);
+    }
+
+    fn fault(&self) -> Fault {
+        match self.fault.load(Ordering::SeqCst) {
+            1 => Fault::Unavailable,
+            2 => Fault::Corrupt,
+            3 => Fault::GarbledKeys,
+            _ => Fault::None,
+        }
+    }
+
+    /// Whether a read may go ahead.
+    fn gate(&self) -> Result<(), StoreError> {
+        match self.fault() {
+            Fault::Unavailable => Err(StoreError::Unavailable(INJECTED.into())),
+            Fault::Corrupt => Err(StoreError::Corrupt(INJECTED.into())),
+            Fault::None | Fault::GarbledKeys => Ok(()),
+        }
     }
 }
 
 #[async_trait]
 impl Store for FaultyStore {
     async fn commit(&self, change: Change) -> Result<Vec<u64>, StoreError> {
+        if self.fault() == Fault::Unavailable {
+            return Err(StoreError::Unavailable(INJECTED.into()));
+        }
         if self.fail_audit.load(Ordering::SeqCst) && change.0.iter().any(|m| matches!(m, Mutation::AppendAudit(_))) {
             return Err(StoreError::Unavailable("injected fault: the audit trail cannot be written".into()));
         }
         self.inner.commit(change).await
     }
     async fn epoch(&self) -> Result<u64, StoreError> {
+        self.gate()?;
         self.inner.epoch().await
     }
     async fn setting(&self, key: &str) -> Result<Option<String>, StoreError> {
+        self.gate()?;
         self.inner.setting(key).await
     }
     async fn user(&self, id: UserId) -> Result<Option<User>, StoreError> {
+        self.gate()?;
         self.inner.user(id).await
     }
     async fn user_by_email(&self, email: &str) -> Result<Option<User>, StoreError> {
+        self.gate()?;
         self.inner.user_by_email(email).await
     }
     async fn user_by_token_hash(&self, hash: &str) -> Result<Option<UserId>, StoreError> {
+        self.gate()?;
         self.inner.user_by_token_hash(hash).await
     }
     async fn agent(&self, id: AgentId) -> Result<Option<Agent>, StoreError> {
+        self.gate()?;
         self.inner.agent(id).await
     }
     async fn agent_children(&self, parent: AgentId) -> Result<Vec<Agent>, StoreError> {
+        self.gate()?;
         self.inner.agent_children(parent).await
     }
     async fn resource(&self, id: ResourceId) -> Result<Option<Resource>, StoreError> {
+        self.gate()?;
         self.inner.resource(id).await
     }
     async fn resource_by_identifier(&self, identifier: &str) -> Result<Option<Resource>, StoreError> {
+        self.gate()?;
         self.inner.resource_by_identifier(identifier).await
     }
     async fn resources(&self) -> Result<Vec<Resource>, StoreError> {
+        self.gate()?;
         self.inner.resources().await
     }
     async fn current_policy(&self) -> Result<Option<StoredPolicy>, StoreError> {
+        self.gate()?;
         self.inner.current_policy().await
     }
     async fn signing_keys(&self) -> Result<Vec<StoredKey>, StoreError> {
-        self.inner.signing_keys().await
+        self.gate()?;
+        let mut keys = self.inner.signing_keys().await?;
+        if self.fault() == Fault::GarbledKeys {
+            for k in &mut keys {
+                for b in &mut k.wrapped_private {
+                    *b ^= 0x5a;
+                }
+            }
+        }
+        Ok(keys)
     }
     async fn token(&self, jti: Jti) -> Result<Option<TokenRecord>, StoreError> {
+        self.gate()?;
         self.inner.token(jti).await
     }
     async fn grant(&self, id: GrantId) -> Result<Option<Grant>, StoreError> {
+        self.gate()?;
         self.inner.grant(id).await
     }
     async fn grants(&self, q: &GrantQuery) -> Result<Vec<Grant>, StoreError> {
+        self.gate()?;
         self.inner.grants(q).await
     }
     async fn approval(&self, id: ApprovalId) -> Result<Option<Approval>, StoreError> {
+        self.gate()?;
         self.inner.approval(id).await
     }
     async fn approvals(&self, q: &ApprovalQuery) -> Result<Vec<Approval>, StoreError> {
+        self.gate()?;
         self.inner.approvals(q).await
     }
     async fn refresh(&self, hash: &str) -> Result<Option<RefreshRecord>, StoreError> {
+        self.gate()?;
         self.inner.refresh(hash).await
     }
     async fn auth_code(&self, hash: &str) -> Result<Option<mandate_model::records::AuthCodeRecord>, StoreError> {
+        self.gate()?;
         self.inner.auth_code(hash).await
     }
     async fn session(&self, hash: &str) -> Result<Option<SessionRecord>, StoreError> {
+        self.gate()?;
         self.inner.session(hash).await
     }
     async fn agents_owned_by(&self, owner: UserId) -> Result<Vec<Agent>, StoreError> {
+        self.gate()?;
         self.inner.agents_owned_by(owner).await
     }
     async fn revoked_status_indexes(&self, from: u64, to: u64) -> Result<Vec<u64>, StoreError> {
+        self.gate()?;
         self.inner.revoked_status_indexes(from, to).await
     }
     async fn status_indexes_reserved(&self) -> Result<u64, StoreError> {
+        self.gate()?;
         self.inner.status_indexes_reserved().await
     }
     async fn expired_agents(&self, at: OffsetDateTime) -> Result<Vec<Agent>, StoreError> {
+        self.gate()?;
         self.inner.expired_agents(at).await
     }
     async fn audit_head(&self) -> Result<Option<(u64, String)>, StoreError> {
+        self.gate()?;
         self.inner.audit_head().await
     }
     async fn audit_events(&self, query: &AuditQuery) -> Result<Vec<Event>, StoreError> {
+        self.gate()?;
         self.inner.audit_events(query).await
     }
     async fn audit_checkpoints(&self, after: u64, limit: u32) -> Result<Vec<Checkpoint>, StoreError> {
+        self.gate()?;
         self.inner.audit_checkpoints(after, limit).await
     }
     async fn last_audit_checkpoint(&self) -> Result<Option<Checkpoint>, StoreError> {
+        self.gate()?;
         self.inner.last_audit_checkpoint().await
+    }
+}
+
+/// A random source that fails on command, as a broken system source would.
+#[derive(Debug, Default)]
+pub struct FlakyRandom {
+    failing: AtomicBool,
+}
+
+impl FlakyRandom {
+    pub fn set_failing(&self, failing: bool) {
+        self.failing.store(failing, Ordering::SeqCst);
+    }
+}
+
+impl mandate_core::Random for FlakyRandom {
+    fn fill(&self, buf: &mut [u8]) -> Result<(), mandate_core::ports::RandomError> {
+        if self.failing.load(Ordering::SeqCst) {
+            return Err(mandate_core::ports::RandomError);
+        }
+        mandate_core::SystemRandom.fill(buf)
     }
 }

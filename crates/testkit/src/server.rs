@@ -62,14 +62,23 @@ impl TestServer {
         clock: Arc<ManualClock>,
         tweak: impl FnOnce(&mut Config),
     ) -> Result<Self> {
+        Self::start_full(store, dir, clock, Arc::new(SystemRandom), tweak).await
+    }
+
+    /// A server over any store and random source.
+    pub async fn start_full(
+        store: Arc<dyn mandate_core::Store>,
+        dir: &Path,
+        clock: Arc<ManualClock>,
+        rng: Arc<dyn mandate_core::Random>,
+        tweak: impl FnOnce(&mut Config),
+    ) -> Result<Self> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let url = format!("http://{}", listener.local_addr()?);
         let mut config = Config::new(&url);
         tweak(&mut config);
         let issuer = config.issuer.clone();
-        let mandate = Arc::new(
-            Mandate::open(store, clock.clone(), Arc::new(SystemRandom), Kek::from_bytes(&KEK)?, config).await?,
-        );
+        let mandate = Arc::new(Mandate::open(store, clock.clone(), rng, Kek::from_bytes(&KEK)?, config).await?);
         mandate.ensure_admin_token(Some(ADMIN_TOKEN)).await?;
         let (stop, stopped) = oneshot::channel::<()>();
         let state = mandate_server::AppState { mandate: mandate.clone() };

@@ -25,8 +25,8 @@ pub(crate) fn error_page(e: &Error) -> Response {
     let p = crate::error::Problem::from(e.clone());
     let text = match p.status {
         StatusCode::UNAUTHORIZED => "Please sign in.".to_owned(),
-        // Internal detail stays in the log.
-        StatusCode::SERVICE_UNAVAILABLE => "Mandate cannot answer now; nothing was changed.".to_owned(),
+        // For a 503 this is the fixed sentence and the request id: the
+        // internal detail went to the log.
         _ => p.detail,
     };
     page(p.status, layout(p.title, None, "", &format!(r#"<p role="alert">{}</p>"#, esc(&text))))
@@ -101,7 +101,10 @@ pub async fn login_page(State(s): State<AppState>, headers: HeaderMap, RawQuery(
 
 fn login_form(s: &AppState, status: StatusCode, next: &str, email: &str, error: &str) -> Response {
     let secure = s.mandate.config().issuer.starts_with("https://");
-    let token = mandate_core::secrets::generate("", s.mandate.rng());
+    let token = match mandate_core::secrets::generate("", s.mandate.rng()) {
+        Ok(t) => t,
+        Err(e) => return fail(e.into()),
+    };
     let alert =
         if error.is_empty() { String::new() } else { format!(r#"<p role="alert" class="error">{}</p>"#, esc(error)) };
     let main = format!(

@@ -13,7 +13,7 @@ fn stable(mut v: Value, s: &TestServer) -> Value {
             Value::Array(items) => items.iter_mut().for_each(|i| walk(i, url)),
             Value::Object(map) => {
                 for (k, val) in map.iter_mut() {
-                    if matches!(k.as_str(), "x" | "y" | "kid") {
+                    if matches!(k.as_str(), "x" | "y" | "kid" | "request_id") {
                         *val = json!("[redacted]");
                     } else {
                         walk(val, url);
@@ -57,15 +57,18 @@ async fn error_bodies() -> anyhow::Result<()> {
     let (_, invalid_input) =
         s.admin(Method::POST, "/v1/users", Some(json!({"name": "A", "email": "a@example.com", "role": "x"}))).await?;
     let (_, not_found) = s.admin(Method::GET, "/v1/agents/agt_01JZZZZZZZZZZZZZZZZZZZZZZZ", None).await?;
-    insta::assert_json_snapshot!(json!({
-        "invalid_scope": invalid_scope,
-        "invalid_target": invalid_target,
-        "invalid_client": invalid_client,
-        "unsupported_grant_type": unsupported,
-        "unauthenticated": unauthenticated,
-        "invalid_input": invalid_input,
-        "not_found": not_found,
-    }));
+    insta::assert_json_snapshot!(stable(
+        json!({
+            "invalid_scope": invalid_scope,
+            "invalid_target": invalid_target,
+            "invalid_client": invalid_client,
+            "unsupported_grant_type": unsupported,
+            "unauthenticated": unauthenticated,
+            "invalid_input": invalid_input,
+            "not_found": not_found,
+        }),
+        &s
+    ));
     s.stop().await?;
     Ok(())
 }
