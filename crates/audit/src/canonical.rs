@@ -11,6 +11,8 @@ use serde_json::Value;
 pub enum CanonicalError {
     #[error("floating-point numbers are not allowed in audit events")]
     Float,
+    #[error("the event cannot be encoded: {0}")]
+    Encode(String),
 }
 
 /// The canonical form of `value`.

@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 use base64::Engine;
 use mandate_jose::{PublicJwk, SigningKey};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::canonical::{CanonicalError, to_canonical, write_string};
@@ -174,7 +173,7 @@ impl Event {
 
     /// The generic route to the same bytes, kept to check the fast one.
     pub fn canonical_via_value(&self) -> Result<String, CanonicalError> {
-        let mut value = serde_json::to_value(self).unwrap_or(Value::Null);
+        let mut value = serde_json::to_value(self).map_err(|e| CanonicalError::Encode(e.to_string()))?;
         if let Some(obj) = value.as_object_mut() {
             obj.remove("hash");
         }
@@ -282,10 +281,10 @@ impl ChainVerifier {
                     if let Some(other) = expected.insert(cp.seq, cp.hash.clone())
                         && other != cp.hash
                     {
-                        bad = earliest(bad, Tamper::new(cp.seq, "two signed checkpoints disagree"));
+                        bad = Some(earliest(bad, Tamper::new(cp.seq, "two signed checkpoints disagree")));
                     }
                 }
-                Err(t) => bad = earliest(bad, t),
+                Err(t) => bad = Some(earliest(bad, t)),
             }
         }
         Self { next_seq: 1, prev: GENESIS.to_owned(), expected, bad_checkpoint: bad }
@@ -346,15 +345,15 @@ impl ChainVerifier {
     }
 
     fn with_checkpoint_errors(&self, t: Tamper) -> Tamper {
-        earliest(self.bad_checkpoint.clone(), t).unwrap_or_else(|| Tamper::new(0, "unreachable"))
+        earliest(self.bad_checkpoint.clone(), t)
     }
 }
 
-fn earliest(a: Option<Tamper>, b: Tamper) -> Option<Tamper> {
-    Some(match a {
+fn earliest(a: Option<Tamper>, b: Tamper) -> Tamper {
+    match a {
         Some(a) if a.seq <= b.seq => a,
         _ => b,
-    })
+    }
 }
 
 /// A checkpoint's own validity: a known key and a good signature.
@@ -487,12 +486,19 @@ fn hex_32_lower(s: &str) -> Option<[u8; 32]> {
 }
 
 fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
     let mut s = String::with_capacity(bytes.len() * 2);
     for b in bytes {
-        s.push(char::from_digit(u32::from(b >> 4), 16).unwrap_or('0'));
-        s.push(char::from_digit(u32::from(b & 0x0f), 16).unwrap_or('0'));
+        // Writing to a String cannot fail.
+        let _ = write!(s, "{b:02x}");
     }
     s
+}
+
+/// Whether `s` is a chain hash as the trail writes them: 64 lowercase hex
+/// digits. A head that is not one cannot be linked to.
+pub fn is_chain_hash(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// Decodes 64 hex digits (either case) into 32 bytes.

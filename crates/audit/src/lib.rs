@@ -10,5 +10,7 @@ pub mod canonical;
 mod chain;
 pub mod trace;
 
-pub use chain::{ChainVerifier, Checkpoint, Event, GENESIS, Tamper, Verified, seal, sign_checkpoint, verify};
+pub use chain::{
+    ChainVerifier, Checkpoint, Event, GENESIS, Tamper, Verified, is_chain_hash, seal, sign_checkpoint, verify,
+};
 pub use trace::{Trace, TraceNode};

@@ -12,8 +12,6 @@ use std::future::Future;
 use mandate_audit::{ChainVerifier, Checkpoint, Event, Tamper, Trace, Verified};
 use mandate_jose::PublicJwk;
 use time::OffsetDateTime;
-use time::format_description::FormatItem;
-use time::macros::format_description;
 
 use crate::Error;
 use crate::service::{Caller, Mandate};
@@ -77,14 +75,21 @@ const MAX_TRACE_NODES: usize = 10_000;
 const MAX_TRACE_EVENTS: usize = 100_000;
 const MAX_TRACE_AGENTS: usize = 64;
 
-/// Event times: RFC 3339, UTC, always six fractional digits, so that the
-/// text sorts in time order and `since` filters compare strings.
-const TIME_FORMAT: &[FormatItem<'static>] =
-    format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z");
-
-/// `t` as an event time.
+/// `t` as an event time: RFC 3339, UTC, always six fractional digits, so
+/// that the text sorts in time order and `since` filters compare strings.
+/// Written field by field, so that no time is ever replaced by a sentinel.
 pub fn event_time(t: OffsetDateTime) -> String {
-    t.to_offset(time::UtcOffset::UTC).format(TIME_FORMAT).unwrap_or_else(|_| "1970-01-01T00:00:00.000000Z".into())
+    let t = t.to_offset(time::UtcOffset::UTC);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.microsecond()
+    )
 }
 
 /// Parses an RFC 3339 time given by a caller into the event-time form.
@@ -387,6 +392,7 @@ async fn collect(store: &dyn Store, mut q: AuditQuery, out: &mut Vec<Event>, bud
             budget.truncated = true;
             return Ok(());
         }
+        // SAFETY-FALLBACK: a budget too large for u32 is capped at a page.
         q.limit = q.limit.min(u32::try_from(budget.rows).unwrap_or(PAGE));
         let page = store.audit_events(&q).await?;
         budget.rows = budget.rows.saturating_sub(page.len());
@@ -546,6 +552,9 @@ impl Mandate {
             None => true,
             Some(cp) if cp.seq >= seq => false,
             Some(cp) => {
+                // SAFETY-FALLBACK: a stored checkpoint whose time cannot be
+                // read counts as old, so a fresh one is signed now; the
+                // verifier reports the unreadable one on its own.
                 let since = OffsetDateTime::parse(&cp.time, &time::format_description::well_known::Rfc3339)
                     .map(|t| (now - t).whole_seconds())
                     .unwrap_or(i64::MAX);

@@ -183,7 +183,8 @@ impl Mandate {
                             crate::chain::token_key(&req.token),
                             req.action.clone(),
                             req.target(),
-                            serde_json::to_string(&req.resource.properties).unwrap_or_default(),
+                            serde_json::to_string(&req.resource.properties)
+                                .map_err(|e| Error::Unavailable(format!("encoding properties: {e}")))?,
                         );
                         match self.caches.decision(&key, epoch, &version) {
                             Some(d) => Outcome { decision: d.decision, reasons: d.reasons, ..Outcome::allow(vec![]) },
@@ -246,7 +247,10 @@ impl Mandate {
         }
         change.push(AuditRecord::new(event).mutation());
         let affected = self.store.commit(change).await?;
-        let seq = affected.last().copied().unwrap_or(0);
+        let seq = affected
+            .last()
+            .copied()
+            .ok_or_else(|| Error::Unavailable("the store returned no seq for the check event".into()))?;
         if outcome.decision == ALLOW
             && let Some(jti) = jti
         {
@@ -323,7 +327,7 @@ impl Mandate {
         };
         // @approval: allowed only with a matching approval in force.
         let now = self.clock.now();
-        let binding = binding(chain, &req.action, &res.identifier, &target_id, &req.resource.properties);
+        let binding = binding(chain, &req.action, &res.identifier, &target_id, &req.resource.properties)?;
         let q = ApprovalQuery { approver: None, status: None, binding: Some(binding.clone()), limit: 20 };
         let existing = self.store.approvals(&q).await?;
         if let Some(a) = existing.iter().find(|a| a.status == ApprovalStatus::Approved && now < a.expires_at) {
@@ -399,7 +403,7 @@ pub fn binding(
     api: &str,
     target: &str,
     properties: &BTreeMap<String, String>,
-) -> String {
+) -> Result<String, Error> {
     #[derive(serde::Serialize)]
     struct Bound<'a> {
         user: Option<String>,
@@ -417,7 +421,8 @@ pub fn binding(
         resource: target,
         properties,
     };
-    let text = serde_json::to_string(&value).unwrap_or_default();
+    // Never the digest of an empty text: every approval would share it.
+    let text = serde_json::to_string(&value).map_err(|e| Error::Unavailable(format!("encoding a binding: {e}")))?;
     let digest = Sha256::digest(text.as_bytes());
-    digest.iter().map(|b| format!("{b:02x}")).collect()
+    Ok(digest.iter().map(|b| format!("{b:02x}")).collect())
 }

@@ -104,7 +104,10 @@ impl Mandate {
             iat: now,
             exp: now + (2 * ttl).max(3600),
             ttl,
-            status_list: EncodedList { bits: 1, lst: bits.encode() },
+            status_list: EncodedList {
+                bits: 1,
+                lst: bits.encode().map_err(|e| Error::Unavailable(format!("status list {n}: {e}")))?,
+            },
         };
         statuslist::mint(&self.ring().active, &claims).map_err(|e| Error::Unavailable(e.to_string()))
     }

@@ -402,8 +402,11 @@ pub mod codec {
 
     use super::StoreError;
 
-    pub fn ts(t: OffsetDateTime) -> i64 {
-        i64::try_from(t.unix_timestamp_nanos()).unwrap_or(i64::MAX)
+    /// A time as stored: Unix nanoseconds, which hold 1677 to 2262. A time
+    /// outside that is refused, never clamped.
+    pub fn ts(t: OffsetDateTime) -> Result<i64, StoreError> {
+        i64::try_from(t.unix_timestamp_nanos())
+            .map_err(|_| StoreError::Unavailable(format!("the time {t} is outside what the store can hold")))
     }
 
     pub fn from_ts(n: i64) -> Result<OffsetDateTime, StoreError> {
@@ -414,8 +417,8 @@ pub mod codec {
         n.map(from_ts).transpose()
     }
 
-    pub fn json<T: serde::Serialize>(v: &T) -> String {
-        serde_json::to_string(v).unwrap_or_else(|_| "null".into())
+    pub fn json<T: serde::Serialize>(v: &T) -> Result<String, StoreError> {
+        serde_json::to_string(v).map_err(|e| StoreError::Unavailable(format!("a value cannot be encoded: {e}")))
     }
 
     pub fn from_json<T: serde::de::DeserializeOwned>(s: &str) -> Result<T, StoreError> {

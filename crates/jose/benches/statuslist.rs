@@ -34,7 +34,7 @@ fn rebuild(c: &mut Criterion) {
                     iat: 1_800_000_000,
                     exp: 1_800_003_600,
                     ttl: 60,
-                    status_list: EncodedList { bits: 1, lst: bits.encode() },
+                    status_list: EncodedList { bits: 1, lst: bits.encode().unwrap() },
                 };
                 mint(&key, &claims).unwrap()
             })

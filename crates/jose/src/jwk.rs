@@ -123,6 +123,8 @@ impl PublicJwk {
     /// RFC 7638 thumbprint, base64url(SHA-256) of the required members in
     /// lexicographic order.
     pub fn thumbprint(&self) -> String {
+        // SAFETY-FALLBACK: `y` is set for every P-256 key by the only
+        // constructor (`from_public_bytes`); the default is never taken.
         let canonical = match self.alg {
             KeyAlg::EdDSA => format!(r#"{{"crv":"Ed25519","kty":"OKP","x":"{}"}}"#, b64().encode(&self.x)),
             KeyAlg::ES256 => format!(

@@ -72,12 +72,13 @@ impl StatusBits {
     /// `lst`: ZLIB-compressed and base64url-encoded. Small lists are
     /// compressed hardest; large ones at a fast level, so that a list of a
     /// million statuses is rebuilt in a few milliseconds (BENCHMARKS.md).
-    pub fn encode(&self) -> String {
+    /// A compression failure is an error: an empty `lst` would read as
+    /// "every token valid".
+    pub fn encode(&self) -> Result<String, JoseError> {
         let level = if self.bytes.len() <= 16 * 1024 { Compression::best() } else { Compression::fast() };
         let mut z = flate2::write::ZlibEncoder::new(Vec::with_capacity(self.bytes.len() / 8 + 64), level);
-        // Writing to a Vec cannot fail.
-        let compressed = z.write_all(&self.bytes).and_then(|()| z.finish()).unwrap_or_default();
-        b64().encode(compressed)
+        let compressed = z.write_all(&self.bytes).and_then(|()| z.finish()).map_err(|_| JoseError::Crypto)?;
+        Ok(b64().encode(compressed))
     }
 
     /// Decodes `lst`, refusing lists that inflate beyond [`MAX_LIST_BYTES`].
@@ -157,7 +158,7 @@ mod tests {
         assert_eq!(list.as_bytes(), &[0xb9, 0xa3]);
         let built = StatusBits::with_invalid(16, [0, 3, 4, 5, 7, 8, 9, 13, 15]);
         assert_eq!(built, list);
-        assert_eq!(StatusBits::decode(&built.encode()).unwrap(), built);
+        assert_eq!(StatusBits::decode(&built.encode().unwrap()).unwrap(), built);
         assert_eq!(list.is_invalid(1), Some(false));
         assert_eq!(list.is_invalid(15), Some(true));
         assert_eq!(list.is_invalid(16), None);
@@ -173,7 +174,7 @@ mod tests {
             iat: 100,
             exp: 200,
             ttl: 30,
-            status_list: EncodedList { bits: 1, lst: list.encode() },
+            status_list: EncodedList { bits: 1, lst: list.encode().unwrap() },
         };
         let token = mint(&key, &claims).unwrap();
         let (got, bits) = verify(&token, &keys, "https://as.example/statuslists/0", 150).unwrap();
@@ -189,6 +190,6 @@ mod tests {
     #[test]
     fn zlib_bombs_are_refused() {
         let huge = StatusBits::new((MAX_LIST_BYTES + 1) * 8);
-        assert!(StatusBits::decode(&huge.encode()).is_err());
+        assert!(StatusBits::decode(&huge.encode().unwrap()).is_err());
     }
 }

@@ -59,8 +59,9 @@ fn set(out: &mut serde_json::Value, key: &str, value: serde_json::Value) {
     }
 }
 
-fn to_json<T: serde::Serialize>(v: &T) -> serde_json::Value {
-    serde_json::to_value(v).unwrap_or_default()
+/// A record as JSON; a record that cannot be encoded fails the request.
+pub(crate) fn to_json<T: serde::Serialize>(v: &T) -> Result<serde_json::Value, Problem> {
+    serde_json::to_value(v).map_err(|e| Problem::from(mandate_core::Error::Unavailable(format!("encoding: {e}"))))
 }
 
 pub async fn create_user(
@@ -69,7 +70,7 @@ pub async fn create_user(
     StrictJson(body): StrictJson<NewUser>,
 ) -> Result<Response, Problem> {
     let user = s.mandate.create_user(c, body).await?;
-    Ok(created(to_json(&user)))
+    Ok(created(to_json(&user)?))
 }
 
 pub async fn get_user(
@@ -78,7 +79,7 @@ pub async fn get_user(
     Path(raw): Path<String>,
 ) -> Result<Response, Problem> {
     let user = s.mandate.get_user(c, id::<UserId>(&raw)?).await?;
-    Ok(Json(to_json(&user)).into_response())
+    Ok(Json(to_json(&user)?).into_response())
 }
 
 pub async fn update_user(
@@ -88,7 +89,7 @@ pub async fn update_user(
     StrictJson(body): StrictJson<UserPatch>,
 ) -> Result<Response, Problem> {
     let user = s.mandate.update_user(c, id::<UserId>(&raw)?, body).await?;
-    Ok(Json(to_json(&user)).into_response())
+    Ok(Json(to_json(&user)?).into_response())
 }
 
 pub async fn create_user_token(
@@ -124,7 +125,7 @@ pub async fn create_agent(
         let StrictJson(body) = StrictJson::<NewAgent>::from_request(request, &s).await?;
         s.mandate.create_agent(c, body).await?
     };
-    let mut out = to_json(&agent);
+    let mut out = to_json(&agent)?;
     set(&mut out, "client_id", json!(agent.id.to_string()));
     if let Some(secret) = secret {
         set(&mut out, "client_secret", json!(secret));
@@ -138,7 +139,7 @@ pub async fn get_agent(
     Path(raw): Path<String>,
 ) -> Result<Response, Problem> {
     let agent = s.mandate.get_agent(c, id::<AgentId>(&raw)?).await?;
-    let mut out = to_json(&agent);
+    let mut out = to_json(&agent)?;
     set(&mut out, "client_id", json!(agent.id.to_string()));
     Ok(Json(out).into_response())
 }
@@ -157,7 +158,7 @@ pub async fn agent_lifecycle(
         }
     };
     let (agent, cascade) = s.mandate.agent_lifecycle(c, id::<AgentId>(&raw)?, op).await?;
-    let mut out = to_json(&agent);
+    let mut out = to_json(&agent)?;
     set(&mut out, "client_id", json!(agent.id.to_string()));
     set(&mut out, "revoked_tokens", json!(cascade.tokens));
     set(&mut out, "revoked_grants", json!(cascade.grants));
@@ -171,7 +172,7 @@ pub async fn create_resource(
     StrictJson(body): StrictJson<NewResource>,
 ) -> Result<Response, Problem> {
     let r = s.mandate.create_resource(c, body).await?;
-    Ok(created(to_json(&r)))
+    Ok(created(to_json(&r)?))
 }
 
 pub async fn get_resource(
@@ -180,7 +181,7 @@ pub async fn get_resource(
     Path(raw): Path<String>,
 ) -> Result<Response, Problem> {
     let r = s.mandate.get_resource(c, id::<ResourceId>(&raw)?).await?;
-    Ok(Json(to_json(&r)).into_response())
+    Ok(Json(to_json(&r)?).into_response())
 }
 
 #[derive(Deserialize)]

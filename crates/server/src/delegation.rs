@@ -37,20 +37,20 @@ fn parsed<T: std::str::FromStr>(name: &str, v: Option<&String>) -> Result<Option
     v.map(|v| v.parse::<T>().map_err(|_| Problem::bad_input(format!("{name} is malformed")))).transpose()
 }
 
-fn grant_json(g: &Grant, now: time::OffsetDateTime) -> Value {
-    let mut v = serde_json::to_value(g).unwrap_or(Value::Null);
+fn grant_json(g: &Grant, now: time::OffsetDateTime) -> Result<Value, Problem> {
+    let mut v = crate::admin::to_json(g)?;
     if let Some(o) = v.as_object_mut() {
         o.insert("status".into(), json!(g.status_at(now)));
     }
-    v
+    Ok(v)
 }
 
-fn approval_json(a: &Approval, now: time::OffsetDateTime) -> Value {
-    let mut v = serde_json::to_value(a).unwrap_or(Value::Null);
+fn approval_json(a: &Approval, now: time::OffsetDateTime) -> Result<Value, Problem> {
+    let mut v = crate::admin::to_json(a)?;
     if let Some(o) = v.as_object_mut() {
         o.insert("status".into(), json!(a.status_at(now)));
     }
-    v
+    Ok(v)
 }
 
 /// `GET /v1/grants?user=&agent=&limit=`.
@@ -65,7 +65,8 @@ pub async fn list_grants(
     let limit = parsed::<u32>("limit", q.get("limit"))?.unwrap_or(100);
     let grants = s.mandate.list_grants(c, user, agent, limit).await?;
     let now = s.mandate.now();
-    Ok(Json(json!({ "grants": grants.iter().map(|g| grant_json(g, now)).collect::<Vec<_>>() })).into_response())
+    Ok(Json(json!({ "grants": grants.iter().map(|g| grant_json(g, now)).collect::<Result<Vec<_>, _>>()? }))
+        .into_response())
 }
 
 /// `POST /v1/grants/{id}/revoke`.
@@ -76,7 +77,7 @@ pub async fn revoke_grant(
 ) -> Result<Response, Problem> {
     let id = raw.parse::<GrantId>().map_err(|e| Problem::bad_input(e.to_string()))?;
     let (grant, revoked) = s.mandate.revoke_grant(c, id).await?;
-    let mut out = grant_json(&grant, s.mandate.now());
+    let mut out = grant_json(&grant, s.mandate.now())?;
     if let Some(o) = out.as_object_mut() {
         o.insert("tokens_revoked".into(), json!(revoked));
     }
@@ -97,7 +98,8 @@ pub async fn list_approvals(
     let limit = parsed::<u32>("limit", q.get("limit"))?.unwrap_or(100);
     let list = s.mandate.list_approvals(c, status, limit).await?;
     let now = s.mandate.now();
-    Ok(Json(json!({ "approvals": list.iter().map(|a| approval_json(a, now)).collect::<Vec<_>>() })).into_response())
+    Ok(Json(json!({ "approvals": list.iter().map(|a| approval_json(a, now)).collect::<Result<Vec<_>, _>>()? }))
+        .into_response())
 }
 
 /// `POST /v1/approvals/{id}/approve` and `/deny`.
@@ -119,7 +121,7 @@ pub async fn decide_approval(
     };
     let id = raw.parse::<ApprovalId>().map_err(|e| Problem::bad_input(e.to_string()))?;
     let approval = s.mandate.decide_approval(c, id, approve).await?;
-    Ok(Json(approval_json(&approval, s.mandate.now())).into_response())
+    Ok(Json(approval_json(&approval, s.mandate.now())?).into_response())
 }
 
 /// The caller of a decision endpoint: the admin token, or a resource

@@ -129,18 +129,18 @@ async fn apply_one(conn: &mut PgConnection, m: &Mutation) -> Result<u64, StoreEr
         .bind(u.id.to_string())
         .bind(&u.name)
         .bind(&u.email)
-        .bind(json(&u.groups))
-        .bind(json(&u.attributes))
+        .bind(json(&u.groups)?)
+        .bind(json(&u.attributes)?)
         .bind(user_status(u.status))
         .bind(&u.password_hash)
-        .bind(ts(u.created_at))
+        .bind(ts(u.created_at)?)
         .execute(&mut *conn)
         .await
         .map_err(|e| map_write_error(e, "user"))?,
         Mutation::UpdateUser(u) => {
             let r = sqlx::query("UPDATE users SET groups = $1, attributes = $2, status = $3 WHERE id = $4")
-                .bind(json(&u.groups))
-                .bind(json(&u.attributes))
+                .bind(json(&u.groups)?)
+                .bind(json(&u.attributes)?)
                 .bind(user_status(u.status))
                 .bind(u.id.to_string())
                 .execute(&mut *conn)
@@ -154,7 +154,7 @@ async fn apply_one(conn: &mut PgConnection, m: &Mutation) -> Result<u64, StoreEr
         Mutation::InsertUserToken { hash, user, created_at } => sqlx::query("INSERT INTO user_tokens (hash, user_id, created_at) VALUES ($1, $2, $3)")
             .bind(hash)
             .bind(user.to_string())
-            .bind(ts(*created_at))
+            .bind(ts(*created_at)?)
             .execute(&mut *conn)
             .await
             .map_err(|e| map_write_error(e, "user token"))?,
@@ -168,21 +168,21 @@ async fn apply_one(conn: &mut PgConnection, m: &Mutation) -> Result<u64, StoreEr
         .bind(agent_kind(a.kind))
         .bind(a.parent.map(|p| p.to_string()))
         .bind(a.status.as_str())
-        .bind(a.expires_at.map(ts))
+        .bind(a.expires_at.map(ts).transpose()?)
         .bind(&a.description)
-        .bind(a.scopes.as_ref().map(json))
-        .bind(a.jwks.as_ref().map(json))
-        .bind(json(&a.redirect_uris))
+        .bind(a.scopes.as_ref().map(json).transpose()?)
+        .bind(a.jwks.as_ref().map(json).transpose()?)
+        .bind(json(&a.redirect_uris)?)
         .bind(&a.secret_hash)
-        .bind(ts(a.created_at))
-        .bind(ts(a.created_at))
+        .bind(ts(a.created_at)?)
+        .bind(ts(a.created_at)?)
         .execute(&mut *conn)
         .await
         .map_err(|e| map_write_error(e, "agent"))?,
         Mutation::SetAgentStatus { id, from, to, at } => {
             let r = sqlx::query("UPDATE agents SET status = $1, updated_at = $2 WHERE id = $3 AND status = $4")
                 .bind(to.as_str())
-                .bind(ts(*at))
+                .bind(ts(*at)?)
                 .bind(id.to_string())
                 .bind(from.as_str())
                 .execute(&mut *conn)
@@ -197,7 +197,7 @@ async fn apply_one(conn: &mut PgConnection, m: &Mutation) -> Result<u64, StoreEr
             return revoke_tree(conn, "client_id = $2 AND expires_at > $1", *at, &agent.to_string()).await;
         }
         Mutation::RevokeTokensOfSubject { subject, at } => sqlx::query("UPDATE tokens SET revoked_at = $1 WHERE subject = $2 AND revoked_at IS NULL")
-            .bind(ts(*at))
+            .bind(ts(*at)?)
             .bind(subject)
             .execute(&mut *conn)
             .await
@@ -215,16 +215,16 @@ async fn apply_one(conn: &mut PgConnection, m: &Mutation) -> Result<u64, StoreEr
             .bind(r.id.to_string())
             .bind(&r.identifier)
             .bind(&r.name)
-            .bind(json(&r.scopes))
-            .bind(r.jwks.as_ref().map(json))
-            .bind(ts(r.created_at))
+            .bind(json(&r.scopes)?)
+            .bind(r.jwks.as_ref().map(json).transpose()?)
+            .bind(ts(r.created_at)?)
             .execute(&mut *conn)
             .await
             .map_err(|e| map_write_error(e, "resource"))?,
         Mutation::PutPolicy(p) => sqlx::query("INSERT INTO policies (version, text, created_at) VALUES ($1, $2, $3)")
             .bind(&p.version)
             .bind(&p.text)
-            .bind(ts(p.created_at))
+            .bind(ts(p.created_at)?)
             .execute(&mut *conn)
             .await
             .map_err(unavailable)?,
@@ -236,15 +236,15 @@ async fn apply_one(conn: &mut PgConnection, m: &Mutation) -> Result<u64, StoreEr
         .bind(k.purpose.as_str())
         .bind(&k.wrapped_private)
         .bind(&k.public_jwk)
-        .bind(ts(k.created_at))
-        .bind(k.retired_at.map(ts))
+        .bind(ts(k.created_at)?)
+        .bind(k.retired_at.map(ts).transpose()?)
         .execute(&mut *conn)
         .await
         .map_err(|e| map_write_error(e, "signing key"))?,
         Mutation::RetireSigningKeys { purpose, keep, at } => sqlx::query(
             "UPDATE signing_keys SET retired_at = $1 WHERE retired_at IS NULL AND purpose = $2 AND kid <> $3",
         )
-            .bind(ts(*at))
+            .bind(ts(*at)?)
             .bind(purpose.as_str())
             .bind(keep)
             .execute(&mut *conn)
@@ -254,7 +254,7 @@ async fn apply_one(conn: &mut PgConnection, m: &Mutation) -> Result<u64, StoreEr
             let r = sqlx::query("INSERT INTO assertion_jtis (client_id, jti, expires_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
                 .bind(client.to_string())
                 .bind(jti)
-                .bind(ts(*expires_at))
+                .bind(ts(*expires_at)?)
                 .execute(&mut *conn)
                 .await
                 .map_err(unavailable)?;
@@ -266,7 +266,7 @@ async fn apply_one(conn: &mut PgConnection, m: &Mutation) -> Result<u64, StoreEr
         Mutation::ConsumeDpopJti { key, expires_at } => {
             let r = sqlx::query("INSERT INTO dpop_jtis (key, expires_at) VALUES ($1, $2) ON CONFLICT DO NOTHING")
                 .bind(key)
-                .bind(ts(*expires_at))
+                .bind(ts(*expires_at)?)
                 .execute(&mut *conn)
                 .await
                 .map_err(unavailable)?;
@@ -281,9 +281,9 @@ async fn apply_one(conn: &mut PgConnection, m: &Mutation) -> Result<u64, StoreEr
         .bind(&r.hash)
         .bind(r.user.to_string())
         .bind(&r.csrf)
-        .bind(ts(r.created_at))
-        .bind(ts(r.expires_at))
-        .bind(r.revoked_at.map(ts))
+        .bind(ts(r.created_at)?)
+        .bind(ts(r.expires_at)?)
+        .bind(r.revoked_at.map(ts).transpose()?)
         .execute(&mut *conn)
         .await
         .map_err(|e| map_write_error(e, "session"))?,
@@ -297,15 +297,15 @@ async fn apply_one(conn: &mut PgConnection, m: &Mutation) -> Result<u64, StoreEr
         .bind(c.grant.to_string())
         .bind(&c.redirect_uri)
         .bind(&c.code_challenge)
-        .bind(ts(c.created_at))
-        .bind(ts(c.expires_at))
-        .bind(c.used_at.map(ts))
+        .bind(ts(c.created_at)?)
+        .bind(ts(c.expires_at)?)
+        .bind(c.used_at.map(ts).transpose()?)
         .execute(&mut *conn)
         .await
         .map_err(|e| map_write_error(e, "authorization code"))?,
         Mutation::UseAuthCode { hash, at } => {
             let r = sqlx::query("UPDATE auth_codes SET used_at = $1 WHERE hash = $2 AND used_at IS NULL")
-                .bind(ts(*at))
+                .bind(ts(*at)?)
                 .bind(hash)
                 .execute(&mut *conn)
                 .await
@@ -317,7 +317,7 @@ async fn apply_one(conn: &mut PgConnection, m: &Mutation) -> Result<u64, StoreEr
         }
         Mutation::RevokeSession { hash, at } => {
             sqlx::query("UPDATE sessions SET revoked_at = $1 WHERE hash = $2 AND revoked_at IS NULL")
-                .bind(ts(*at))
+                .bind(ts(*at)?)
                 .bind(hash)
                 .execute(&mut *conn)
                 .await
@@ -343,14 +343,14 @@ async fn apply_one(conn: &mut PgConnection, m: &Mutation) -> Result<u64, StoreEr
         .bind(t.client_id.to_string())
         .bind(&t.subject)
         .bind(&t.audience)
-        .bind(json(&t.scopes))
+        .bind(json(&t.scopes)?)
         .bind(t.grant.map(|g| g.to_string()))
         .bind(t.parent.map(|p| p.to_string()))
-        .bind(json(&t.chain))
-        .bind(ts(t.issued_at))
-        .bind(ts(t.expires_at))
+        .bind(json(&t.chain)?)
+        .bind(ts(t.issued_at)?)
+        .bind(ts(t.expires_at)?)
         .bind(&t.cnf_jkt)
-        .bind(t.revoked_at.map(ts))
+        .bind(t.revoked_at.map(ts).transpose()?)
         .bind(&t.family)
         .bind(t.status_idx.map(i64::try_from).transpose().map_err(|_| unavailable("status index overflow"))?)
         .execute(&mut *conn)
@@ -366,19 +366,19 @@ async fn apply_one(conn: &mut PgConnection, m: &Mutation) -> Result<u64, StoreEr
         .bind(g.user.to_string())
         .bind(g.agent.to_string())
         .bind(&g.resource)
-        .bind(json(&g.scopes))
+        .bind(json(&g.scopes)?)
         .bind(&g.purpose)
         .bind(&g.approved_by)
         .bind(g.status.as_str())
-        .bind(ts(g.created_at))
-        .bind(ts(g.expires_at))
-        .bind(g.revoked_at.map(ts))
-        .bind(g.last_used_at.map(ts))
+        .bind(ts(g.created_at)?)
+        .bind(ts(g.expires_at)?)
+        .bind(g.revoked_at.map(ts).transpose()?)
+        .bind(g.last_used_at.map(ts).transpose()?)
         .execute(&mut *conn)
         .await
         .map_err(|e| map_write_error(e, "grant"))?,
         Mutation::RevokeGrant { id, at } => sqlx::query("UPDATE grants SET status = 'revoked', revoked_at = $1 WHERE id = $2 AND status = 'active'")
-            .bind(ts(*at))
+            .bind(ts(*at)?)
             .bind(id.to_string())
             .execute(&mut *conn)
             .await
@@ -387,19 +387,19 @@ async fn apply_one(conn: &mut PgConnection, m: &Mutation) -> Result<u64, StoreEr
             return revoke_tree(conn, "grant_id = $2 AND expires_at > $1", *at, &grant.to_string()).await;
         }
         Mutation::RevokeGrantsOfUser { user, at } => sqlx::query("UPDATE grants SET status = 'revoked', revoked_at = $1 WHERE user_id = $2 AND status = 'active'")
-            .bind(ts(*at))
+            .bind(ts(*at)?)
             .bind(user.to_string())
             .execute(&mut *conn)
             .await
             .map_err(unavailable)?,
         Mutation::RevokeGrantsOfAgent { agent, at } => sqlx::query("UPDATE grants SET status = 'revoked', revoked_at = $1 WHERE agent = $2 AND status = 'active'")
-            .bind(ts(*at))
+            .bind(ts(*at)?)
             .bind(agent.to_string())
             .execute(&mut *conn)
             .await
             .map_err(unavailable)?,
         Mutation::TouchGrant { id, at } => sqlx::query("UPDATE grants SET last_used_at = $1 WHERE id = $2")
-            .bind(ts(*at))
+            .bind(ts(*at)?)
             .bind(id.to_string())
             .execute(&mut *conn)
             .await
@@ -413,16 +413,16 @@ async fn apply_one(conn: &mut PgConnection, m: &Mutation) -> Result<u64, StoreEr
         .bind(a.user.to_string())
         .bind(a.approver.to_string())
         .bind(&a.resource)
-        .bind(json(&a.subject))
+        .bind(json(&a.subject)?)
         .bind(codec::approval_binding(a))
         .bind(&a.binding_message)
         .bind(a.status.as_str())
         .bind(&a.decided_by)
-        .bind(ts(a.created_at))
-        .bind(ts(a.expires_at))
-        .bind(a.decided_at.map(ts))
+        .bind(ts(a.created_at)?)
+        .bind(ts(a.expires_at)?)
+        .bind(a.decided_at.map(ts).transpose()?)
         .bind(a.grant.map(|g| g.to_string()))
-        .bind(a.polled_at.map(ts))
+        .bind(a.polled_at.map(ts).transpose()?)
         .execute(&mut *conn)
         .await
         .map_err(|e| map_write_error(e, "approval"))?,
@@ -433,7 +433,7 @@ async fn apply_one(conn: &mut PgConnection, m: &Mutation) -> Result<u64, StoreEr
             )
             .bind(to.as_str())
             .bind(by)
-            .bind(ts(*at))
+            .bind(ts(*at)?)
             .bind(grant.map(|g| g.to_string()))
             .bind(id.to_string())
             .execute(&mut *conn)
@@ -449,7 +449,7 @@ async fn apply_one(conn: &mut PgConnection, m: &Mutation) -> Result<u64, StoreEr
                 "UPDATE approvals SET status = 'consumed' WHERE id = $1 AND status = 'approved' AND expires_at > $2",
             )
             .bind(id.to_string())
-            .bind(ts(*at))
+            .bind(ts(*at)?)
             .execute(&mut *conn)
             .await
             .map_err(unavailable)?;
@@ -459,7 +459,7 @@ async fn apply_one(conn: &mut PgConnection, m: &Mutation) -> Result<u64, StoreEr
             r
         }
         Mutation::PollApproval { id, at } => sqlx::query("UPDATE approvals SET polled_at = $1 WHERE id = $2")
-            .bind(ts(*at))
+            .bind(ts(*at)?)
             .bind(id.to_string())
             .execute(&mut *conn)
             .await
@@ -472,11 +472,11 @@ async fn apply_one(conn: &mut PgConnection, m: &Mutation) -> Result<u64, StoreEr
         .bind(&r.family)
         .bind(r.grant.to_string())
         .bind(r.client_id.to_string())
-        .bind(json(&r.scopes))
-        .bind(ts(r.issued_at))
-        .bind(ts(r.expires_at))
-        .bind(r.used_at.map(ts))
-        .bind(r.revoked_at.map(ts))
+        .bind(json(&r.scopes)?)
+        .bind(ts(r.issued_at)?)
+        .bind(ts(r.expires_at)?)
+        .bind(r.used_at.map(ts).transpose()?)
+        .bind(r.revoked_at.map(ts).transpose()?)
         .bind(&r.cnf_jkt)
         .execute(&mut *conn)
         .await
@@ -485,7 +485,7 @@ async fn apply_one(conn: &mut PgConnection, m: &Mutation) -> Result<u64, StoreEr
             let r = sqlx::query(
                 "UPDATE refresh_tokens SET used_at = $1 WHERE hash = $2 AND used_at IS NULL AND revoked_at IS NULL",
             )
-            .bind(ts(*at))
+            .bind(ts(*at)?)
             .bind(hash)
             .execute(&mut *conn)
             .await
@@ -496,7 +496,7 @@ async fn apply_one(conn: &mut PgConnection, m: &Mutation) -> Result<u64, StoreEr
             r
         }
         Mutation::RevokeRefreshFamily { family, at } => sqlx::query("UPDATE refresh_tokens SET revoked_at = $1 WHERE family = $2 AND revoked_at IS NULL")
-            .bind(ts(*at))
+            .bind(ts(*at)?)
             .bind(family)
             .execute(&mut *conn)
             .await
@@ -508,7 +508,7 @@ async fn apply_one(conn: &mut PgConnection, m: &Mutation) -> Result<u64, StoreEr
             let mut n = 0;
             for table in ["assertion_jtis", "dpop_jtis"] {
                 n += sqlx::query(&format!("DELETE FROM {table} WHERE expires_at < $1"))
-                    .bind(ts(*before))
+                    .bind(ts(*before)?)
                     .execute(&mut *conn)
                     .await
                     .map_err(unavailable)?
@@ -519,7 +519,7 @@ async fn apply_one(conn: &mut PgConnection, m: &Mutation) -> Result<u64, StoreEr
         Mutation::InsertCheckpoint(cp) => sqlx::query(
             "INSERT INTO audit_checkpoints (seq, hash, time, kid, signature) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (seq) DO NOTHING",
         )
-        .bind(i64::try_from(cp.seq).unwrap_or(i64::MAX))
+        .bind(i64::try_from(cp.seq).map_err(|_| StoreError::Unavailable("checkpoint seq does not fit a bigint".into()))?)
         .bind(&cp.hash)
         .bind(&cp.time)
         .bind(&cp.kid)
@@ -546,7 +546,7 @@ async fn revoke_tree(
     param: &str,
 ) -> Result<u64, StoreError> {
     let direct = sqlx::query(&format!("UPDATE tokens SET revoked_at = $1 WHERE revoked_at IS NULL AND {roots}"))
-        .bind(ts(at))
+        .bind(ts(at)?)
         .bind(param)
         .execute(&mut *conn)
         .await
@@ -557,7 +557,7 @@ async fn revoke_tree(
          UNION SELECT t.jti FROM tokens t JOIN tree ON t.parent = tree.jti) \
          UPDATE tokens SET revoked_at = $1 WHERE revoked_at IS NULL AND jti IN (SELECT jti FROM tree)"
     ))
-    .bind(ts(at))
+    .bind(ts(at)?)
     .bind(param)
     .execute(&mut *conn)
     .await
@@ -575,7 +575,7 @@ async fn token_may_be_inserted(conn: &mut PgConnection, t: &TokenRecord) -> Resu
         let live: Option<bool> =
             sqlx::query_scalar("SELECT revoked_at IS NULL AND expires_at > $2 FROM tokens WHERE jti = $1 FOR SHARE")
                 .bind(parent.to_string())
-                .bind(ts(t.issued_at))
+                .bind(ts(t.issued_at)?)
                 .fetch_optional(&mut *conn)
                 .await
                 .map_err(unavailable)?;
@@ -587,7 +587,7 @@ async fn token_may_be_inserted(conn: &mut PgConnection, t: &TokenRecord) -> Resu
         let active: Option<bool> =
             sqlx::query_scalar("SELECT status = 'active' AND expires_at > $2 FROM grants WHERE id = $1 FOR SHARE")
                 .bind(grant.to_string())
-                .bind(ts(t.issued_at))
+                .bind(ts(t.issued_at)?)
                 .fetch_optional(&mut *conn)
                 .await
                 .map_err(unavailable)?;
@@ -794,10 +794,12 @@ async fn append(
                 .await
                 .map_err(unavailable)?;
             let seq: i64 = get(&row, "seq")?;
-            Head {
-                seq: u64::try_from(seq).map_err(|_| StoreError::Corrupt(format!("audit head {seq}")))?,
-                hash: get(&row, "hash")?,
+            let hash: String = get(&row, "hash")?;
+            // An undecodable head stops the writer: never restart the chain.
+            if !mandate_audit::is_chain_hash(&hash) {
+                return Err(StoreError::Corrupt("the audit chain head's hash is not a SHA-256 hex digest".into()));
             }
+            Head { seq: u64::try_from(seq).map_err(|_| StoreError::Corrupt(format!("audit head {seq}")))?, hash }
         }
     };
     let sealed = seal_record(record, affected, current.seq + 1, &current.hash);
@@ -813,9 +815,14 @@ async fn insert_events(conn: &mut PgConnection, events: &[Event], head: &Head) -
     fn col(events: &[Event], f: impl Fn(&Event) -> Option<String>) -> Vec<Option<String>> {
         events.iter().map(f).collect()
     }
-    let seqs: Vec<i64> = events.iter().map(|e| i64::try_from(e.seq).unwrap_or(i64::MAX)).collect();
-    let counts: Vec<Option<i64>> =
-        events.iter().map(|e| e.count.map(|c| i64::try_from(c).unwrap_or(i64::MAX))).collect();
+    let overflow = |what: &str| StoreError::Unavailable(format!("audit {what} does not fit a bigint"));
+    let seqs =
+        events.iter().map(|e| i64::try_from(e.seq).map_err(|_| overflow("seq"))).collect::<Result<Vec<_>, _>>()?;
+    let counts = events
+        .iter()
+        .map(|e| e.count.map(|c| i64::try_from(c).map_err(|_| overflow("count"))).transpose())
+        .collect::<Result<Vec<_>, _>>()?;
+    let chains = events.iter().map(|e| json(&e.chain)).collect::<Result<Vec<_>, _>>()?;
     sqlx::query(
         "INSERT INTO audit_events (seq, time, type, decision, subject, actor, chain, client_id, action, resource, \
          scope, jti, grant_id, parent, count, reason, request_id, prev_hash, hash) \
@@ -829,7 +836,7 @@ async fn insert_events(conn: &mut PgConnection, events: &[Event], head: &Head) -
     .bind(col(events, |e| e.decision.clone()))
     .bind(col(events, |e| e.subject.clone()))
     .bind(col(events, |e| e.actor.clone()))
-    .bind(events.iter().map(|e| json(&e.chain)).collect::<Vec<_>>())
+    .bind(chains)
     .bind(col(events, |e| e.client_id.clone()))
     .bind(col(events, |e| e.action.clone()))
     .bind(col(events, |e| e.resource.clone()))
@@ -846,7 +853,7 @@ async fn insert_events(conn: &mut PgConnection, events: &[Event], head: &Head) -
     .await
     .map_err(|e| map_write_error(e, "audit event"))?;
     sqlx::query("UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1")
-        .bind(i64::try_from(head.seq).unwrap_or(i64::MAX))
+        .bind(i64::try_from(head.seq).map_err(|_| overflow("head"))?)
         .bind(&head.hash)
         .execute(&mut *conn)
         .await
@@ -1197,7 +1204,7 @@ impl Store for PostgresStore {
         let rows = sqlx::query(
             "SELECT * FROM agents WHERE kind = 'ephemeral' AND status <> 'retired' AND expires_at <= $1 ORDER BY id",
         )
-        .bind(ts(at))
+        .bind(ts(at)?)
         .fetch_all(&self.pool)
         .await
         .map_err(unavailable)?;
@@ -1219,6 +1226,7 @@ impl Store for PostgresStore {
     async fn audit_events(&self, q: &AuditQuery) -> Result<Vec<Event>, StoreError> {
         let (filter, values) = codec::audit_where(q, |n| format!("${n}"));
         let sql = format!("SELECT {EVENT_COLUMNS} FROM audit_events WHERE {filter} ORDER BY seq LIMIT {}", q.limit);
+        // SAFETY-FALLBACK: a cursor beyond i64 is past every seq: an empty page.
         let mut query = sqlx::query(&sql).bind(i64::try_from(q.after).unwrap_or(i64::MAX));
         for v in values {
             query = query.bind(v);
@@ -1229,6 +1237,7 @@ impl Store for PostgresStore {
 
     async fn audit_checkpoints(&self, after: u64, limit: u32) -> Result<Vec<Checkpoint>, StoreError> {
         let rows = sqlx::query("SELECT * FROM audit_checkpoints WHERE seq > $1 ORDER BY seq LIMIT $2")
+            // SAFETY-FALLBACK: a cursor beyond i64 is past every seq.
             .bind(i64::try_from(after).unwrap_or(i64::MAX))
             .bind(i64::from(limit))
             .fetch_all(&self.pool)

@@ -219,10 +219,19 @@ fn load_head(conn: &Connection) -> rusqlite::Result<Head> {
             Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
         })
         .optional()?;
-    Ok(match last {
-        Some((seq, hash)) => Head { seq: u64::try_from(seq).unwrap_or(0), hash },
-        None => Head { seq: 0, hash: GENESIS.to_owned() },
-    })
+    match last {
+        None => Ok(Head { seq: 0, hash: GENESIS.to_owned() }),
+        // An undecodable head stops the store from opening: the chain is
+        // never restarted at seq 0 over a trail that exists.
+        Some((seq, hash)) => match u64::try_from(seq) {
+            Ok(seq) if seq > 0 && mandate_audit::is_chain_hash(&hash) => Ok(Head { seq, hash }),
+            _ => Err(rusqlite::Error::FromSqlConversionFailure(
+                0,
+                rusqlite::types::Type::Integer,
+                format!("the audit chain head (seq {seq}) cannot be decoded").into(),
+            )),
+        },
+    }
 }
 
 /// A passive checkpoint every half second until the store is dropped.
@@ -393,11 +402,11 @@ fn apply(conn: &Connection, m: &Mutation, affected: &[u64], head: &mut Head) -> 
                 u.id.to_string(),
                 u.name,
                 u.email,
-                json(&u.groups),
-                json(&u.attributes),
+                json(&u.groups)?,
+                json(&u.attributes)?,
                 user_status(u.status),
                 u.password_hash,
-                ts(u.created_at)
+                ts(u.created_at)?
             ],
             "user",
         ),
@@ -405,7 +414,7 @@ fn apply(conn: &Connection, m: &Mutation, affected: &[u64], head: &mut Head) -> 
             let n = exec(
                 conn,
                 "UPDATE users SET groups = ?1, attributes = ?2, status = ?3 WHERE id = ?4",
-                params![json(&u.groups), json(&u.attributes), user_status(u.status), u.id.to_string()],
+                params![json(&u.groups)?, json(&u.attributes)?, user_status(u.status), u.id.to_string()],
                 "user",
             )?;
             if n == 0 {
@@ -416,7 +425,7 @@ fn apply(conn: &Connection, m: &Mutation, affected: &[u64], head: &mut Head) -> 
         Mutation::InsertUserToken { hash, user, created_at } => exec(
             conn,
             "INSERT INTO user_tokens (hash, user_id, created_at) VALUES (?1, ?2, ?3)",
-            params![hash, user.to_string(), ts(*created_at)],
+            params![hash, user.to_string(), ts(*created_at)?],
             "user token",
         ),
         Mutation::InsertAgent(a) => exec(
@@ -430,13 +439,13 @@ fn apply(conn: &Connection, m: &Mutation, affected: &[u64], head: &mut Head) -> 
                 agent_kind(a.kind),
                 a.parent.map(|p| p.to_string()),
                 a.status.as_str(),
-                a.expires_at.map(ts),
+                a.expires_at.map(ts).transpose()?,
                 a.description,
-                a.scopes.as_ref().map(json),
-                a.jwks.as_ref().map(json),
-                json(&a.redirect_uris),
+                a.scopes.as_ref().map(json).transpose()?,
+                a.jwks.as_ref().map(json).transpose()?,
+                json(&a.redirect_uris)?,
                 a.secret_hash,
-                ts(a.created_at),
+                ts(a.created_at)?,
             ],
             "agent",
         ),
@@ -444,7 +453,7 @@ fn apply(conn: &Connection, m: &Mutation, affected: &[u64], head: &mut Head) -> 
             let n = exec(
                 conn,
                 "UPDATE agents SET status = ?1, updated_at = ?2 WHERE id = ?3 AND status = ?4",
-                params![to.as_str(), ts(*at), id.to_string(), from.as_str()],
+                params![to.as_str(), ts(*at)?, id.to_string(), from.as_str()],
                 "agent",
             )?;
             if n == 0 {
@@ -453,18 +462,18 @@ fn apply(conn: &Connection, m: &Mutation, affected: &[u64], head: &mut Head) -> 
             Ok(n)
         }
         Mutation::RevokeTokensOfAgent { agent, at } => {
-            revoke_tree(conn, "client_id = ?2 AND expires_at > ?1", params![ts(*at), agent.to_string()])
+            revoke_tree(conn, "client_id = ?2 AND expires_at > ?1", params![ts(*at)?, agent.to_string()])
         }
         Mutation::RevokeTokensOfSubject { subject, at } => exec(
             conn,
             "UPDATE tokens SET revoked_at = ?1 WHERE subject = ?2 AND revoked_at IS NULL",
-            params![ts(*at), subject],
+            params![ts(*at)?, subject],
             "tokens",
         ),
         Mutation::RevokeTokensOfOwnedAgents { owner, at } => revoke_tree(
             conn,
             "expires_at > ?1 AND client_id IN (SELECT id FROM agents WHERE owner = ?2)",
-            params![ts(*at), owner.to_string()],
+            params![ts(*at)?, owner.to_string()],
         ),
         Mutation::InsertResource(r) => exec(
             conn,
@@ -473,16 +482,16 @@ fn apply(conn: &Connection, m: &Mutation, affected: &[u64], head: &mut Head) -> 
                 r.id.to_string(),
                 r.identifier,
                 r.name,
-                json(&r.scopes),
-                r.jwks.as_ref().map(json),
-                ts(r.created_at)
+                json(&r.scopes)?,
+                r.jwks.as_ref().map(json).transpose()?,
+                ts(r.created_at)?
             ],
             "resource",
         ),
         Mutation::PutPolicy(p) => exec(
             conn,
             "INSERT INTO policies (version, text, created_at) VALUES (?1, ?2, ?3)",
-            params![p.version, p.text, ts(p.created_at)],
+            params![p.version, p.text, ts(p.created_at)?],
             "policy",
         ),
         Mutation::InsertSigningKey(k) => exec(
@@ -495,22 +504,22 @@ fn apply(conn: &Connection, m: &Mutation, affected: &[u64], head: &mut Head) -> 
                 k.purpose.as_str(),
                 k.wrapped_private,
                 k.public_jwk,
-                ts(k.created_at),
-                k.retired_at.map(ts)
+                ts(k.created_at)?,
+                k.retired_at.map(ts).transpose()?
             ],
             "signing key",
         ),
         Mutation::RetireSigningKeys { purpose, keep, at } => exec(
             conn,
             "UPDATE signing_keys SET retired_at = ?1 WHERE retired_at IS NULL AND purpose = ?2 AND kid <> ?3",
-            params![ts(*at), purpose.as_str(), keep],
+            params![ts(*at)?, purpose.as_str(), keep],
             "signing key",
         ),
         Mutation::ConsumeAssertionJti { client, jti, expires_at } => {
             let n = exec(
                 conn,
                 "INSERT INTO assertion_jtis (client_id, jti, expires_at) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
-                params![client.to_string(), jti, ts(*expires_at)],
+                params![client.to_string(), jti, ts(*expires_at)?],
                 "assertion jti",
             )?;
             if n == 0 {
@@ -522,7 +531,7 @@ fn apply(conn: &Connection, m: &Mutation, affected: &[u64], head: &mut Head) -> 
             let n = exec(
                 conn,
                 "INSERT INTO dpop_jtis (key, expires_at) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
-                params![key, ts(*expires_at)],
+                params![key, ts(*expires_at)?],
                 "DPoP proof",
             )?;
             if n == 0 {
@@ -533,7 +542,14 @@ fn apply(conn: &Connection, m: &Mutation, affected: &[u64], head: &mut Head) -> 
         Mutation::InsertSession(r) => exec(
             conn,
             "INSERT INTO sessions (hash, user_id, csrf, created_at, expires_at, revoked_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![r.hash, r.user.to_string(), r.csrf, ts(r.created_at), ts(r.expires_at), r.revoked_at.map(ts)],
+            params![
+                r.hash,
+                r.user.to_string(),
+                r.csrf,
+                ts(r.created_at)?,
+                ts(r.expires_at)?,
+                r.revoked_at.map(ts).transpose()?
+            ],
             "session",
         ),
         Mutation::InsertAuthCode(c) => exec(
@@ -547,9 +563,9 @@ fn apply(conn: &Connection, m: &Mutation, affected: &[u64], head: &mut Head) -> 
                 c.grant.to_string(),
                 c.redirect_uri,
                 c.code_challenge,
-                ts(c.created_at),
-                ts(c.expires_at),
-                c.used_at.map(ts)
+                ts(c.created_at)?,
+                ts(c.expires_at)?,
+                c.used_at.map(ts).transpose()?
             ],
             "authorization code",
         ),
@@ -557,7 +573,7 @@ fn apply(conn: &Connection, m: &Mutation, affected: &[u64], head: &mut Head) -> 
             let n = exec(
                 conn,
                 "UPDATE auth_codes SET used_at = ?1 WHERE hash = ?2 AND used_at IS NULL",
-                params![ts(*at), hash],
+                params![ts(*at)?, hash],
                 "authorization code",
             )?;
             if n == 0 {
@@ -568,7 +584,7 @@ fn apply(conn: &Connection, m: &Mutation, affected: &[u64], head: &mut Head) -> 
         Mutation::RevokeSession { hash, at } => exec(
             conn,
             "UPDATE sessions SET revoked_at = ?1 WHERE hash = ?2 AND revoked_at IS NULL",
-            params![ts(*at), hash],
+            params![ts(*at)?, hash],
             "session",
         ),
         Mutation::ReserveStatusIndexes { count } => {
@@ -590,21 +606,21 @@ fn apply(conn: &Connection, m: &Mutation, affected: &[u64], head: &mut Head) -> 
                     t.client_id.to_string(),
                     t.subject,
                     t.audience,
-                    json(&t.scopes),
+                    json(&t.scopes)?,
                     t.grant.map(|g| g.to_string()),
                     t.parent.map(|p| p.to_string()),
-                    json(&t.chain),
-                    ts(t.issued_at),
-                    ts(t.expires_at),
+                    json(&t.chain)?,
+                    ts(t.issued_at)?,
+                    ts(t.expires_at)?,
                     t.cnf_jkt,
-                    t.revoked_at.map(ts),
+                    t.revoked_at.map(ts).transpose()?,
                     t.family,
                     t.status_idx.map(i64::try_from).transpose().map_err(|_| unavailable("status index overflow"))?,
                 ],
                 "token",
             )
         }
-        Mutation::RevokeToken { jti, at } => revoke_tree(conn, "jti = ?2", params![ts(*at), jti.to_string()]),
+        Mutation::RevokeToken { jti, at } => revoke_tree(conn, "jti = ?2", params![ts(*at)?, jti.to_string()]),
         Mutation::InsertGrant(g) => exec(
             conn,
             "INSERT INTO grants (id, user_id, agent, resource, scopes, purpose, approved_by, status, created_at, expires_at, revoked_at, last_used_at) \
@@ -614,40 +630,40 @@ fn apply(conn: &Connection, m: &Mutation, affected: &[u64], head: &mut Head) -> 
                 g.user.to_string(),
                 g.agent.to_string(),
                 g.resource,
-                json(&g.scopes),
+                json(&g.scopes)?,
                 g.purpose,
                 g.approved_by,
                 g.status.as_str(),
-                ts(g.created_at),
-                ts(g.expires_at),
-                g.revoked_at.map(ts),
-                g.last_used_at.map(ts),
+                ts(g.created_at)?,
+                ts(g.expires_at)?,
+                g.revoked_at.map(ts).transpose()?,
+                g.last_used_at.map(ts).transpose()?,
             ],
             "grant",
         ),
         Mutation::RevokeGrant { id, at } => exec(
             conn,
             "UPDATE grants SET status = 'revoked', revoked_at = ?1 WHERE id = ?2 AND status = 'active'",
-            params![ts(*at), id.to_string()],
+            params![ts(*at)?, id.to_string()],
             "grant",
         ),
         Mutation::RevokeTokensOfGrant { grant, at } => {
-            revoke_tree(conn, "grant_id = ?2 AND expires_at > ?1", params![ts(*at), grant.to_string()])
+            revoke_tree(conn, "grant_id = ?2 AND expires_at > ?1", params![ts(*at)?, grant.to_string()])
         }
         Mutation::RevokeGrantsOfUser { user, at } => exec(
             conn,
             "UPDATE grants SET status = 'revoked', revoked_at = ?1 WHERE user_id = ?2 AND status = 'active'",
-            params![ts(*at), user.to_string()],
+            params![ts(*at)?, user.to_string()],
             "grants",
         ),
         Mutation::RevokeGrantsOfAgent { agent, at } => exec(
             conn,
             "UPDATE grants SET status = 'revoked', revoked_at = ?1 WHERE agent = ?2 AND status = 'active'",
-            params![ts(*at), agent.to_string()],
+            params![ts(*at)?, agent.to_string()],
             "grants",
         ),
         Mutation::TouchGrant { id, at } => {
-            exec(conn, "UPDATE grants SET last_used_at = ?1 WHERE id = ?2", params![ts(*at), id.to_string()], "grant")
+            exec(conn, "UPDATE grants SET last_used_at = ?1 WHERE id = ?2", params![ts(*at)?, id.to_string()], "grant")
         }
         Mutation::InsertApproval(a) => exec(
             conn,
@@ -659,16 +675,16 @@ fn apply(conn: &Connection, m: &Mutation, affected: &[u64], head: &mut Head) -> 
                 a.user.to_string(),
                 a.approver.to_string(),
                 a.resource,
-                json(&a.subject),
+                json(&a.subject)?,
                 codec::approval_binding(a),
                 a.binding_message,
                 a.status.as_str(),
                 a.decided_by,
-                ts(a.created_at),
-                ts(a.expires_at),
-                a.decided_at.map(ts),
+                ts(a.created_at)?,
+                ts(a.expires_at)?,
+                a.decided_at.map(ts).transpose()?,
                 a.grant.map(|g| g.to_string()),
-                a.polled_at.map(ts),
+                a.polled_at.map(ts).transpose()?,
             ],
             "approval",
         ),
@@ -677,7 +693,7 @@ fn apply(conn: &Connection, m: &Mutation, affected: &[u64], head: &mut Head) -> 
                 conn,
                 "UPDATE approvals SET status = ?1, decided_by = ?2, decided_at = ?3, grant_id = ?4 \
                  WHERE id = ?5 AND status = 'pending' AND expires_at > ?3",
-                params![to.as_str(), by, ts(*at), grant.map(|g| g.to_string()), id.to_string()],
+                params![to.as_str(), by, ts(*at)?, grant.map(|g| g.to_string()), id.to_string()],
                 "approval",
             )?;
             if n == 0 {
@@ -689,7 +705,7 @@ fn apply(conn: &Connection, m: &Mutation, affected: &[u64], head: &mut Head) -> 
             let n = exec(
                 conn,
                 "UPDATE approvals SET status = 'consumed' WHERE id = ?1 AND status = 'approved' AND expires_at > ?2",
-                params![id.to_string(), ts(*at)],
+                params![id.to_string(), ts(*at)?],
                 "approval",
             )?;
             if n == 0 {
@@ -700,7 +716,7 @@ fn apply(conn: &Connection, m: &Mutation, affected: &[u64], head: &mut Head) -> 
         Mutation::PollApproval { id, at } => exec(
             conn,
             "UPDATE approvals SET polled_at = ?1 WHERE id = ?2",
-            params![ts(*at), id.to_string()],
+            params![ts(*at)?, id.to_string()],
             "approval",
         ),
         Mutation::InsertRefresh(r) => exec(
@@ -712,11 +728,11 @@ fn apply(conn: &Connection, m: &Mutation, affected: &[u64], head: &mut Head) -> 
                 r.family,
                 r.grant.to_string(),
                 r.client_id.to_string(),
-                json(&r.scopes),
-                ts(r.issued_at),
-                ts(r.expires_at),
-                r.used_at.map(ts),
-                r.revoked_at.map(ts),
+                json(&r.scopes)?,
+                ts(r.issued_at)?,
+                ts(r.expires_at)?,
+                r.used_at.map(ts).transpose()?,
+                r.revoked_at.map(ts).transpose()?,
                 r.cnf_jkt,
             ],
             "refresh token",
@@ -725,7 +741,7 @@ fn apply(conn: &Connection, m: &Mutation, affected: &[u64], head: &mut Head) -> 
             let n = exec(
                 conn,
                 "UPDATE refresh_tokens SET used_at = ?1 WHERE hash = ?2 AND used_at IS NULL AND revoked_at IS NULL",
-                params![ts(*at), hash],
+                params![ts(*at)?, hash],
                 "refresh token",
             )?;
             if n == 0 {
@@ -736,16 +752,20 @@ fn apply(conn: &Connection, m: &Mutation, affected: &[u64], head: &mut Head) -> 
         Mutation::RevokeRefreshFamily { family, at } => exec(
             conn,
             "UPDATE refresh_tokens SET revoked_at = ?1 WHERE family = ?2 AND revoked_at IS NULL",
-            params![ts(*at), family],
+            params![ts(*at)?, family],
             "refresh tokens",
         ),
         Mutation::RevokeTokensOfFamily { family, at } => {
-            revoke_tree(conn, "family = ?2 AND expires_at > ?1", params![ts(*at), family])
+            revoke_tree(conn, "family = ?2 AND expires_at > ?1", params![ts(*at)?, family])
         }
         Mutation::PurgeExpiredJtis { before } => {
-            let n =
-                exec(conn, "DELETE FROM assertion_jtis WHERE expires_at < ?1", params![ts(*before)], "assertion jtis")?;
-            Ok(n + exec(conn, "DELETE FROM dpop_jtis WHERE expires_at < ?1", params![ts(*before)], "DPoP proofs")?)
+            let n = exec(
+                conn,
+                "DELETE FROM assertion_jtis WHERE expires_at < ?1",
+                params![ts(*before)?],
+                "assertion jtis",
+            )?;
+            Ok(n + exec(conn, "DELETE FROM dpop_jtis WHERE expires_at < ?1", params![ts(*before)?], "DPoP proofs")?)
         }
         Mutation::AppendAudit(record) => {
             // Hashed from the record in place: the writer is the hot path.
@@ -765,7 +785,7 @@ fn apply(conn: &Connection, m: &Mutation, affected: &[u64], head: &mut Head) -> 
                     e.decision,
                     e.subject,
                     e.actor,
-                    json(&e.chain),
+                    json(&e.chain)?,
                     e.client_id,
                     e.action,
                     e.resource,
@@ -773,7 +793,7 @@ fn apply(conn: &Connection, m: &Mutation, affected: &[u64], head: &mut Head) -> 
                     e.jti,
                     e.grant_id,
                     e.parent,
-                    count.map(|c| i64::try_from(c).unwrap_or(i64::MAX)),
+                    count.map(|c| i64::try_from(c).map_err(|_| unavailable("audit count overflow"))).transpose()?,
                     e.reason,
                     e.request_id,
                     head.hash,
@@ -788,7 +808,13 @@ fn apply(conn: &Connection, m: &Mutation, affected: &[u64], head: &mut Head) -> 
             conn,
             "INSERT INTO audit_checkpoints (seq, hash, time, kid, signature) VALUES (?1, ?2, ?3, ?4, ?5) \
              ON CONFLICT (seq) DO NOTHING",
-            params![i64::try_from(cp.seq).unwrap_or(i64::MAX), cp.hash, cp.time, cp.kid, cp.signature],
+            params![
+                i64::try_from(cp.seq).map_err(|_| unavailable("checkpoint seq overflow"))?,
+                cp.hash,
+                cp.time,
+                cp.kid,
+                cp.signature
+            ],
             "checkpoint",
         ),
     }
@@ -809,10 +835,11 @@ fn revoke_tree(conn: &Connection, roots: &str, params: impl rusqlite::Params) ->
 
 /// A delegated token goes in only under a live parent and an active grant.
 fn token_may_be_inserted(conn: &Connection, t: &TokenRecord) -> Result<(), StoreError> {
+    let issued_at = ts(t.issued_at)?;
     if let Some(parent) = t.parent {
         let live: Option<bool> = conn
             .prepare_cached("SELECT revoked_at IS NULL AND expires_at > ?2 FROM tokens WHERE jti = ?1")
-            .and_then(|mut st| st.query_row(params![parent.to_string(), ts(t.issued_at)], |r| r.get(0)).optional())
+            .and_then(|mut st| st.query_row(params![parent.to_string(), issued_at], |r| r.get(0)).optional())
             .map_err(unavailable)?;
         if live != Some(true) {
             return Err(StoreError::Conflict(format!("parent token {parent} is revoked or unknown")));
@@ -821,7 +848,7 @@ fn token_may_be_inserted(conn: &Connection, t: &TokenRecord) -> Result<(), Store
     if let Some(grant) = t.grant {
         let active: Option<bool> = conn
             .prepare_cached("SELECT status = 'active' AND expires_at > ?2 FROM grants WHERE id = ?1")
-            .and_then(|mut st| st.query_row(params![grant.to_string(), ts(t.issued_at)], |r| r.get(0)).optional())
+            .and_then(|mut st| st.query_row(params![grant.to_string(), issued_at], |r| r.get(0)).optional())
             .map_err(unavailable)?;
         if active != Some(true) {
             return Err(StoreError::Conflict(format!("grant {grant} is not active")));
@@ -1177,11 +1204,12 @@ impl Store for SqliteStore {
     }
 
     async fn expired_agents(&self, at: time::OffsetDateTime) -> Result<Vec<Agent>, StoreError> {
+        let at = ts(at)?;
         let rows = self.read(|c| {
             let mut stmt = c.prepare_cached(
                 "SELECT * FROM agents WHERE kind = 'ephemeral' AND status <> 'retired' AND expires_at <= ?1 ORDER BY id",
             )?;
-            stmt.query_map([ts(at)], agent_row)?.collect::<rusqlite::Result<Vec<_>>>()
+            stmt.query_map([at], agent_row)?.collect::<rusqlite::Result<Vec<_>>>()
         })?;
         rows.into_iter().collect()
     }
@@ -1201,6 +1229,7 @@ impl Store for SqliteStore {
     async fn audit_events(&self, q: &AuditQuery) -> Result<Vec<Event>, StoreError> {
         let (filter, values) = codec::audit_where(q, |n| format!("?{n}"));
         let sql = format!("SELECT {EVENT_COLUMNS} FROM audit_events WHERE {filter} ORDER BY seq LIMIT {}", q.limit);
+        // SAFETY-FALLBACK: a cursor beyond i64 is past every seq: an empty page.
         let after = i64::try_from(q.after).unwrap_or(i64::MAX);
         let rows = self.read(|c| {
             let mut stmt = c.prepare_cached(&sql)?;
@@ -1212,6 +1241,7 @@ impl Store for SqliteStore {
     }
 
     async fn audit_checkpoints(&self, after: u64, limit: u32) -> Result<Vec<Checkpoint>, StoreError> {
+        // SAFETY-FALLBACK: a cursor beyond i64 is past every seq: an empty page.
         let after = i64::try_from(after).unwrap_or(i64::MAX);
         let rows = self.read(|c| {
             c.prepare_cached("SELECT * FROM audit_checkpoints WHERE seq > ?1 ORDER BY seq LIMIT ?2")?

@@ -21,6 +21,9 @@ impl<F: Fn() -> i64 + Send + Sync + 'static> Clock for F {
 
 /// The system clock.
 pub fn system_time() -> i64 {
+    // SAFETY-FALLBACK: a clock before 1970 reads 0, at which every token
+    // of this era is "not yet valid" (iat and nbf are checked), so a broken
+    // clock refuses tokens instead of accepting expired ones.
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 

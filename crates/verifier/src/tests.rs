@@ -294,7 +294,7 @@ fn status_list(key: &SigningKey, uri: &str, revoked: &[usize]) -> String {
         iat: NOW,
         exp: NOW + 3600,
         ttl: 600,
-        status_list: EncodedList { bits: 1, lst: bits.encode() },
+        status_list: EncodedList { bits: 1, lst: bits.encode().unwrap() },
     };
     statuslist::mint(key, &claims).unwrap()
 }

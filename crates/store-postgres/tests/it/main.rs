@@ -195,3 +195,34 @@ async fn postgres_passes_the_delegation_scenarios() -> anyhow::Result<()> {
     drop_databases(&urls).await?;
     result
 }
+
+/// An audit chain head that cannot be decoded stops the writer: the change
+/// that would append after it fails whole, and the chain is never restarted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undecodable_audit_head_stops_the_writer() -> anyhow::Result<()> {
+    use mandate_core::store::{Change, Mutation};
+    let url = fresh_database().await?;
+    let result = async {
+        let store = mandate_store_postgres::PostgresStore::connect(&url).await?;
+        let append = |i: u32| {
+            let e = mandate_testkit::conformance::event("token.issued", &format!("agt_{i}"));
+            Change::new().with(mandate_core::AuditRecord::new(e).mutation())
+        };
+        for i in 0..3 {
+            store.commit(append(i)).await?;
+        }
+        let pool = sqlx::PgPool::connect(&url).await?;
+        sqlx::query("UPDATE audit_head SET hash = 'not a hash' WHERE id = 1").execute(&pool).await?;
+        let marker = Mutation::PutSettingIfAbsent { key: "marker".into(), value: "x".into() };
+        let refused = store.commit(append(9).with(marker)).await;
+        anyhow::ensure!(refused.is_err(), "an event was appended after an undecodable head");
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_events").fetch_one(&pool).await?;
+        anyhow::ensure!(n == 3, "{n} events");
+        anyhow::ensure!(store.setting("marker").await?.is_none(), "the change was partly written");
+        pool.close().await;
+        Ok::<_, anyhow::Error>(())
+    }
+    .await;
+    drop_databases(&[url]).await?;
+    result
+}

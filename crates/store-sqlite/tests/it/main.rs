@@ -105,3 +105,31 @@ async fn liveness_is_checked_at_use_even_without_the_cascade() -> anyhow::Result
     }
     Ok(())
 }
+
+/// An audit chain head that cannot be decoded stops the store from
+/// opening: the chain is never restarted at seq 0 over a trail that exists.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undecodable_audit_head_stops_the_writer() -> anyhow::Result<()> {
+    use mandate_core::store::Change;
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("head.db");
+    {
+        let store = mandate_store_sqlite::SqliteStore::open(&path).await?;
+        for i in 0..3 {
+            let e = mandate_testkit::conformance::event("token.issued", &format!("agt_{i}"));
+            store.commit(Change::new().with(mandate_core::AuditRecord::new(e).mutation())).await?;
+        }
+    }
+    let conn = rusqlite::Connection::open(&path)?;
+    conn.execute_batch(
+        "DROP TRIGGER audit_events_no_update; UPDATE audit_events SET hash = 'not a hash' WHERE seq = 3",
+    )?;
+    drop(conn);
+    let opened = mandate_store_sqlite::SqliteStore::open(&path).await;
+    anyhow::ensure!(opened.is_err(), "a store with an undecodable head opened");
+    // Nothing was appended over it.
+    let conn = rusqlite::Connection::open(&path)?;
+    let n: i64 = conn.query_row("SELECT count(*) FROM audit_events", [], |r| r.get(0))?;
+    anyhow::ensure!(n == 3, "{n} events");
+    Ok(())
+}
