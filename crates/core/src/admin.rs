@@ -315,10 +315,12 @@ impl Mandate {
         {
             return self.refuse_spawn(&live, "the token does not carry mandate:spawn on the issuer").await;
         }
+        let related = self.related(&[&parent], &[]).await?;
         let d = self.engine().decide(
             mandate_policy::Principal::Agent(&parent),
             "mandate:spawn",
             mandate_policy::Target::Api(&self.config.issuer),
+            &related,
         );
         if !d.allowed {
             return self.refuse_spawn(&live, "policy does not allow mandate:spawn").await;

@@ -185,7 +185,16 @@ impl Mandate {
     /// Whether policy lets `user` give this grant now (the CIBA rules); a
     /// refusal goes back to the client as `access_denied`, recorded.
     pub async fn authorize_policy(&self, user: &User, req: &AuthorizeRequest) -> Result<(), AuthorizeError> {
-        match self.authorize_scopes(Some(user), &[&req.agent], &req.resource, &req.scopes) {
+        let decided = match self.authorize_scopes(Some(user), &[&req.agent], &req.resource, &req.scopes).await {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not decide an authorization");
+                let url = self
+                    .back_to_client(req, &[("error", "temporarily_unavailable"), ("error_description", "try again")]);
+                return Err(AuthorizeError::Redirect { url });
+            }
+        };
+        match decided {
             // The person on the consent page is the user policy would ask.
             Ok(None | Some(mandate_policy::Approver::User)) => Ok(()),
             Ok(Some(mandate_policy::Approver::Owner)) if req.agent.owner == user.id => Ok(()),

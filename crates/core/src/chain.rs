@@ -14,6 +14,8 @@ use std::sync::{Arc, Mutex};
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
+use mandate_policy::Related;
+
 use crate::Error;
 use crate::service::Mandate;
 
@@ -188,6 +190,41 @@ impl Mandate {
     }
 }
 
+impl Mandate {
+    /// Every record a decision about `agents` can reach through attributes
+    /// (SECURITY row 38): each agent's owner, its parent, transitively, and
+    /// the parents' owners, plus `users`. A record that does not exist is
+    /// left out, and a decision that reaches for it is a denial; a store
+    /// that cannot answer is an error (the request fails closed).
+    pub(crate) async fn related(&self, agents: &[&Agent], users: &[&User]) -> Result<Related, Error> {
+        let mut related = Related::new();
+        for u in users {
+            related.add_user((*u).clone());
+        }
+        let mut todo: Vec<Agent> = agents.iter().map(|a| (*a).clone()).collect();
+        let mut seen = std::collections::BTreeSet::new();
+        let most = (agents.len() + 1) * (mandate_policy::MAX_PARENTS + 1);
+        while let Some(agent) = todo.pop() {
+            if !seen.insert(agent.id) || seen.len() > most {
+                continue;
+            }
+            if related.user(agent.owner).is_none()
+                && let Some(owner) = self.store.user(agent.owner).await?
+            {
+                related.add_user(owner);
+            }
+            if let Some(parent) = agent.parent
+                && related.agent(parent).is_none()
+                && let Some(p) = self.store.agent(parent).await?
+            {
+                todo.push(p);
+            }
+            related.add_agent(agent);
+        }
+        Ok(related)
+    }
+}
+
 /// Entries a per-node cache holds before it is cleared.
 const MAX_CACHED: usize = 100_000;
 
@@ -204,8 +241,8 @@ pub(crate) struct CachedDecision {
 }
 
 type DecisionKey = ([u8; 32], String, String, String);
-/// (principal key, action, target key).
-type IssuanceKey = (String, String, String);
+/// (decision key: principal, target and what they reach; action).
+type IssuanceKey = (String, String);
 /// A live chain, the epoch it was read at, and when its first expiry falls.
 type LiveEntry = (u64, OffsetDateTime, Arc<LiveToken>);
 
@@ -216,8 +253,8 @@ pub(crate) struct Caches {
     verified: Mutex<HashMap<[u8; 32], AccessTokenClaims>>,
     live: Mutex<HashMap<[u8; 32], LiveEntry>>,
     decisions: Mutex<HashMap<DecisionKey, (u64, String, CachedDecision)>>,
-    /// Issuance decisions by (principal key, action, target key), with the
-    /// policy version they were made under.
+    /// Issuance decisions by (decision key, action), with the policy
+    /// version they were made under.
     issuance: Mutex<HashMap<IssuanceKey, (String, mandate_policy::Decision)>>,
 }
 
@@ -252,24 +289,31 @@ impl Caches {
     }
 
     /// The decision for `principal` doing `action` on `target`, from the
-    /// cache when the same principal (every field a decision reads) asked
-    /// the same under the same policy set, else from Cedar. Exact without
-    /// an epoch: the key holds everything the decision depends on.
+    /// cache when the same principal, target and records they reach (every
+    /// field a decision reads) asked the same under the same policy set,
+    /// else from Cedar. Exact without an epoch: the key holds everything
+    /// the decision depends on.
     pub(crate) fn issuance(
         &self,
         engine: &mandate_policy::PolicyEngine,
         principal: mandate_policy::Principal<'_>,
         action: &str,
         target: mandate_policy::Target<'_>,
+        related: &mandate_policy::Related,
     ) -> mandate_policy::Decision {
-        let key = (mandate_policy::principal_key(principal), action.to_owned(), mandate_policy::target_key(target));
+        // A reference that does not resolve has no key: decided (denied)
+        // every time, never cached.
+        let Ok(scene) = mandate_policy::decision_key(principal, target, related) else {
+            return engine.decide(principal, action, target, related);
+        };
+        let key = (scene, action.to_owned());
         if let Ok(m) = self.issuance.lock()
             && let Some((v, d)) = m.get(&key)
             && v == engine.version()
         {
             return d.clone();
         }
-        let d = engine.decide(principal, action, target);
+        let d = engine.decide(principal, action, target, related);
         // Errors are not kept: they are retried, and deny meanwhile.
         if d.errors.is_empty() {
             bounded_insert(&self.issuance, key, (engine.version().to_owned(), d.clone()));

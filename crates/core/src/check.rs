@@ -306,8 +306,10 @@ impl Mandate {
         for a in &live.agents {
             principals.push((a.id.to_string(), Principal::Agent(a)));
         }
+        let agents: Vec<&mandate_model::records::Agent> = live.agents.iter().collect();
+        let related = self.related(&agents, live.user.as_ref().as_slice()).await?;
         for (who, principal) in principals {
-            let d = engine.decide(principal, &req.action, target);
+            let d = engine.decide(principal, &req.action, target, &related);
             if !d.allowed {
                 if !d.errors.is_empty() {
                     tracing::warn!(errors = ?d.errors, action = %req.action, "policy evaluation failed; denied");

@@ -113,16 +113,19 @@ impl Mandate {
 
     /// Decides, per scope and per action it covers at `resource`, that the
     /// user (if any) holds the right now and that every agent's ceiling and
-    /// policy allow it. `Err` is the reason for a denial. `Ok` says who, if
-    /// anyone, must approve (`@approval`).
-    pub(crate) fn authorize_scopes(
+    /// policy allow it, with every record the policies can reach loaded.
+    /// The inner `Err` is the reason for a denial; the inner `Ok` says who,
+    /// if anyone, must approve (`@approval`). The outer `Err` is a store
+    /// that cannot answer.
+    pub(crate) async fn authorize_scopes(
         &self,
         user: Option<&User>,
         agents: &[&Agent],
         resource: &Resource,
         scopes: &ScopeSet,
-    ) -> Result<Option<Approver>, String> {
-        self.authorize_scopes_with(&self.engine(), user, agents, resource, scopes)
+    ) -> Result<Result<Option<Approver>, String>, Error> {
+        let related = self.related(agents, user.as_slice()).await?;
+        Ok(self.authorize_scopes_with(&self.engine(), user, agents, resource, scopes, &related))
     }
 
     fn authorize_scopes_with(
@@ -132,6 +135,7 @@ impl Mandate {
         agents: &[&Agent],
         resource: &Resource,
         scopes: &ScopeSet,
+        related: &mandate_policy::Related,
     ) -> Result<Option<Approver>, String> {
         let mut approval: Option<Approver> = None;
         for scope in scopes.iter() {
@@ -149,11 +153,13 @@ impl Mandate {
                 let target = Target::Api(&resource.identifier);
                 let mut decisions = Vec::with_capacity(agents.len() + 1);
                 if let Some(u) = user {
-                    decisions
-                        .push((u.id.to_string(), self.caches.issuance(engine, Principal::User(u), action, target)));
+                    decisions.push((
+                        u.id.to_string(),
+                        self.caches.issuance(engine, Principal::User(u), action, target, related),
+                    ));
                 }
                 for agent in agents {
-                    let d = self.caches.issuance(engine, Principal::Agent(agent), action, target);
+                    let d = self.caches.issuance(engine, Principal::Agent(agent), action, target, related);
                     decisions.push((agent.id.to_string(), d));
                 }
                 for (who, d) in decisions {
@@ -361,7 +367,8 @@ impl Mandate {
         if let Some(s) = scopes.iter().find(|s| res.actions_of(s).is_none()) {
             return Err(Error::InvalidScope(format!("scope {s} is not offered by {}", res.identifier)));
         }
-        let approver = self.authorize_scopes(Some(&user), &[agent], &res, &scopes).map_err(Error::AccessDenied)?;
+        let approver =
+            self.authorize_scopes(Some(&user), &[agent], &res, &scopes).await?.map_err(Error::AccessDenied)?;
         let now = self.clock.now();
         let id = ApprovalId::from_ulid(new_ulid(self.clock.as_ref(), self.rng.as_ref())?);
         let mut approval = Approval {
@@ -538,7 +545,7 @@ impl Mandate {
             .filter(|u| u.status == UserStatus::Active)
             .ok_or_else(|| Error::InvalidGrant("the user who gave the grant is disabled".into()))?;
         let res = self.resource_by_identifier(&grant.resource).await?;
-        self.authorize_scopes(Some(&user), &[agent], &res, scopes).map_err(Error::InvalidGrant)?;
+        self.authorize_scopes(Some(&user), &[agent], &res, scopes).await?.map_err(Error::InvalidGrant)?;
         let chain = Chain::for_user(user.id, agent.id);
         let (record, jwt) = self
             .mint(Mint {
@@ -717,7 +724,14 @@ impl Mandate {
         {
             return Err(Error::InvalidRequest(format!("{} is not named by the token's may_act", next.id)));
         }
-        let d = self.caches.issuance(&self.engine(), Principal::Agent(from), "mandate:delegate", Target::Agent(next));
+        let related = self.related(&[from, next], &[]).await?;
+        let d = self.caches.issuance(
+            &self.engine(),
+            Principal::Agent(from),
+            "mandate:delegate",
+            Target::Agent(next),
+            &related,
+        );
         if !d.allowed {
             return Err(Error::InvalidRequest(format!("policy does not allow {} to delegate to {}", from.id, next.id)));
         }
@@ -743,7 +757,9 @@ impl Mandate {
         let res = self.resource_by_identifier(&narrowed.audience).await?;
         let mut agents: Vec<&Agent> = parent.agents.iter().collect();
         agents.push(next);
-        self.authorize_scopes(parent.user.as_ref(), &agents, &res, &narrowed.scopes).map_err(Error::InvalidScope)?;
+        self.authorize_scopes(parent.user.as_ref(), &agents, &res, &narrowed.scopes)
+            .await?
+            .map_err(Error::InvalidScope)?;
         let not_after = agents.iter().filter_map(|a| a.expires_at).fold(narrowed.expires_at, OffsetDateTime::min);
         let (record, jwt) = self
             .mint(Mint {

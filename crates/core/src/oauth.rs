@@ -255,12 +255,13 @@ impl Mandate {
                 {
                     return Err(Error::InvalidScope(format!("scope {s} is beyond the agent's ceiling")));
                 }
+                let related = self.related(&[agent], &[]).await?;
                 if resource == issuer {
                     for scope in scopes.iter() {
                         if scope.as_str() != "mandate:spawn" {
                             return Err(Error::InvalidScope(format!("scope {scope} is not offered by {issuer}")));
                         }
-                        let d = engine.decide(Principal::Agent(agent), scope.as_str(), Target::Api(issuer));
+                        let d = engine.decide(Principal::Agent(agent), scope.as_str(), Target::Api(issuer), &related);
                         if !d.allowed {
                             return Err(refused_by_policy(&d, &format!("{scope}")));
                         }
@@ -273,7 +274,7 @@ impl Mandate {
                         })?;
                         for action in actions {
                             let target = Target::Api(&res.identifier);
-                            let d = self.caches.issuance(&engine, Principal::Agent(agent), &action, target);
+                            let d = self.caches.issuance(&engine, Principal::Agent(agent), &action, target, &related);
                             if !d.allowed {
                                 return Err(refused_by_policy(&d, &format!("{scope} ({action}) on {resource}")));
                             }

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use criterion::{Criterion, criterion_group, criterion_main};
 use mandate_model::records::{Agent, AgentKind, AgentStatus, User, UserStatus};
 use mandate_model::{AgentId, UserId};
-use mandate_policy::{PolicyEngine, Principal, Target};
+use mandate_policy::{PolicyEngine, Principal, Related, Target};
 use time::OffsetDateTime;
 use ulid::Ulid;
 
@@ -43,6 +43,9 @@ fn bench(c: &mut Criterion) {
         created_at: OffsetDateTime::UNIX_EPOCH,
         password_hash: None,
     };
+    // The agent's owner, as the server loads it for every agent decision.
+    let mut related = Related::new();
+    related.add_user(user.clone());
     for n in [2usize, 100, 1000] {
         let mut actions: BTreeSet<String> = BTreeSet::new();
         let mut text = String::new();
@@ -59,12 +62,20 @@ fn bench(c: &mut Criterion) {
         let engine = PolicyEngine::compile(&text, &actions).unwrap();
         c.bench_function(&format!("decide/agent/{}_policies", n + 1), |b| {
             b.iter(|| {
-                assert!(engine.decide(Principal::Agent(&agent), "read", Target::Api("https://api.example")).allowed)
+                assert!(
+                    engine
+                        .decide(Principal::Agent(&agent), "read", Target::Api("https://api.example"), &related)
+                        .allowed
+                )
             })
         });
         c.bench_function(&format!("decide/user/{}_policies", n + 1), |b| {
             b.iter(|| {
-                assert!(!engine.decide(Principal::User(&user), "read", Target::Api("https://api.example")).allowed)
+                assert!(
+                    !engine
+                        .decide(Principal::User(&user), "read", Target::Api("https://api.example"), &related)
+                        .allowed
+                )
             })
         });
     }
@@ -84,8 +95,21 @@ fn per_agent_policies(c: &mut Criterion) {
     }
     let engine = PolicyEngine::compile(&text, &actions).unwrap();
     let agent = bench_agent(4_321);
+    let mut related = Related::new();
+    related.add_user(User {
+        id: agent.owner,
+        name: "Ada".into(),
+        email: "ada@example.com".into(),
+        groups: vec!["eng".into()],
+        attributes: BTreeMap::new(),
+        status: UserStatus::Active,
+        created_at: OffsetDateTime::UNIX_EPOCH,
+        password_hash: None,
+    });
     c.bench_function("decide/agent/10000_per_agent_policies", |b| {
-        b.iter(|| assert!(engine.decide(Principal::Agent(&agent), "read", Target::Api("https://a.x")).allowed))
+        b.iter(|| {
+            assert!(engine.decide(Principal::Agent(&agent), "read", Target::Api("https://a.x"), &related).allowed)
+        })
     });
 }
 

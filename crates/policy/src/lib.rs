@@ -14,6 +14,7 @@ use cedar_policy::{
     Schema, ValidationMode, Validator,
 };
 use mandate_model::records::{Agent, AgentKind, User, UserStatus};
+use mandate_model::{AgentId, UserId};
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 
@@ -186,6 +187,101 @@ pub enum Target<'a> {
     Resource { api: &'a str, id: &'a str, properties: &'a BTreeMap<String, String> },
 }
 
+/// The records a decision can reach through attributes (SECURITY row 38):
+/// the owner of every agent involved (`principal.owner`, `resource.owner`
+/// for `mandate:delegate`), each agent's parent, transitively, and the
+/// parents' owners. Users carry their groups (as parents) and attributes
+/// (as tags). A reference that does not resolve here makes the decision a
+/// denial, never "attribute absent".
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Related {
+    users: BTreeMap<UserId, User>,
+    agents: BTreeMap<AgentId, Agent>,
+}
+
+/// Longest parent chain followed from one agent.
+pub const MAX_PARENTS: usize = 32;
+
+impl Related {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn add_user(&mut self, u: User) {
+        self.users.insert(u.id, u);
+    }
+
+    pub fn add_agent(&mut self, a: Agent) {
+        self.agents.insert(a.id, a);
+    }
+
+    pub fn user(&self, id: UserId) -> Option<&User> {
+        self.users.get(&id)
+    }
+
+    pub fn agent(&self, id: AgentId) -> Option<&Agent> {
+        self.agents.get(&id)
+    }
+
+    /// Visits every record reachable from `agents` through `owner` and
+    /// `parent`, each once, in a fixed order. `Err` names the first
+    /// reference that does not resolve.
+    fn walk<'s>(
+        &'s self,
+        agents: impl IntoIterator<Item = &'s Agent>,
+        mut visit: impl FnMut(Reached<'s>) -> Result<(), String>,
+    ) -> Result<(), String> {
+        let mut seen_agents = BTreeSet::new();
+        let mut seen_users = BTreeSet::new();
+        let mut stack: Vec<(&Agent, usize)> = agents.into_iter().map(|a| (a, 0)).collect();
+        stack.reverse();
+        while let Some((agent, depth)) = stack.pop() {
+            if !seen_agents.insert(agent.id) {
+                continue;
+            }
+            if depth > MAX_PARENTS {
+                return Err(format!("agent {} has more than {MAX_PARENTS} ancestors", agent.id));
+            }
+            visit(Reached::Agent(agent))?;
+            if seen_users.insert(agent.owner) {
+                let owner = self.users.get(&agent.owner).ok_or_else(|| {
+                    format!("user {} (the owner of agent {}) could not be loaded", agent.owner, agent.id)
+                })?;
+                visit(Reached::User(owner))?;
+            }
+            if let Some(parent) = agent.parent {
+                let p = self
+                    .agents
+                    .get(&parent)
+                    .ok_or_else(|| format!("agent {parent} (the parent of agent {}) could not be loaded", agent.id))?;
+                stack.push((p, depth + 1));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A record a decision reaches.
+#[derive(Debug, Clone, Copy)]
+enum Reached<'a> {
+    User(&'a User),
+    Agent(&'a Agent),
+}
+
+/// The agents a decision starts from: the principal and the target, if
+/// they are agents.
+fn agents_of<'a>(principal: Principal<'a>, target: Target<'a>) -> impl Iterator<Item = &'a Agent> {
+    let p = match principal {
+        Principal::Agent(a) => Some(a),
+        Principal::User(_) => None,
+    };
+    let t = match target {
+        Target::Agent(a) => Some(a),
+        Target::Api(_) | Target::Resource { .. } => None,
+    };
+    p.into_iter().chain(t)
+}
+
 /// The answer, with the policies that determined it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
@@ -270,33 +366,29 @@ impl PolicyEngine {
         &self.inner.text
     }
 
-    /// Decides whether `principal` may do `action` on `target`.
-    pub fn decide(&self, principal: Principal<'_>, action: &str, target: Target<'_>) -> Decision {
-        match self.try_decide(principal, action, target) {
+    /// Decides whether `principal` may do `action` on `target`, with every
+    /// record the policies can reach through attributes taken from
+    /// `related`; one that is missing there makes the answer a denial.
+    pub fn decide(&self, principal: Principal<'_>, action: &str, target: Target<'_>, related: &Related) -> Decision {
+        match self.try_decide(principal, action, target, related) {
             Ok(d) => d,
             Err(e) => Decision { allowed: false, reasons: vec![], errors: vec![e], approval: None },
         }
     }
 
-    fn try_decide(&self, principal: Principal<'_>, action: &str, target: Target<'_>) -> Result<Decision, String> {
-        let mut entities = Vec::with_capacity(3);
-        let principal_uid = match principal {
-            Principal::User(u) => {
-                entities.push(user_entity(u)?);
-                uid("User", &u.id.to_string())?
-            }
-            Principal::Agent(a) => {
-                entities.push(agent_entity(a)?);
-                uid("Agent", &a.id.to_string())?
-            }
-        };
-        let resource_uid = target_entity(target, &mut entities)?;
+    fn try_decide(
+        &self,
+        principal: Principal<'_>,
+        action: &str,
+        target: Target<'_>,
+        related: &Related,
+    ) -> Result<Decision, String> {
+        let (principal_uid, resource_uid, entities) = scene(principal, target, related)?;
         let action_uid = uid("Action", action)?;
         let index = self.inner.by_action.get(action).unwrap_or(&self.inner.any_action);
         let sets: Vec<&PolicySet> = index.candidates(&principal_uid, &resource_uid).collect();
         let request =
             Request::new(principal_uid, action_uid, resource_uid, Context::empty(), None).map_err(|e| e.to_string())?;
-        let entities = Entities::from_entities(entities, None).map_err(|e| e.to_string())?;
         // Cedar's rule over the union of the candidate sets: allowed when a
         // permit applies and no forbid does; a forbid that applies is the
         // reason of a denial in whichever set it sits.
@@ -333,21 +425,12 @@ impl PolicyEngine {
     /// The same decision over the whole set, unindexed: what the index must
     /// always agree with.
     #[cfg(test)]
-    fn decide_unindexed(&self, principal: Principal<'_>, action: &str, target: Target<'_>) -> bool {
+    fn decide_unindexed(&self, principal: Principal<'_>, action: &str, target: Target<'_>, related: &Related) -> bool {
         let Ok(all) = PolicySet::from_str(&self.inner.text) else { return false };
-        let (principal_uid, entity) = match principal {
-            Principal::User(u) => (uid("User", &u.id.to_string()), user_entity(u)),
-            Principal::Agent(a) => (uid("Agent", &a.id.to_string()), agent_entity(a)),
-        };
-        let mut list = Vec::new();
-        let (Ok(p), Ok(entity), Ok(r), Ok(a)) =
-            (principal_uid, entity, target_entity(target, &mut list), uid("Action", action))
-        else {
+        let (Ok((p, r, entities)), Ok(a)) = (scene(principal, target, related), uid("Action", action)) else {
             return false;
         };
-        list.push(entity);
-        let entities = Entities::from_entities(list, None);
-        let (Ok(request), Ok(entities)) = (Request::new(p, a, r, Context::empty(), None), entities) else {
+        let Ok(request) = Request::new(p, a, r, Context::empty(), None) else {
             return false;
         };
         let response = self.inner.authorizer.is_authorized(&request, &all, &entities);
@@ -378,23 +461,32 @@ fn index(policies: &PolicySet) -> Result<(HashMap<String, ScopeIndex>, ScopeInde
     Ok((by_action, ScopeIndex::build(any)?))
 }
 
-/// Everything about a principal a decision can read, as one string: two
-/// principals with the same key get the same decisions under one policy
-/// set. It must cover every field `user_entity` and `agent_entity` use.
-pub fn principal_key(p: Principal<'_>) -> String {
-    match p {
+/// Everything a decision of `principal` on `target` can read, as one
+/// string: the principal, the target and every record reachable from them
+/// through attributes. Two requests with the same key get the same
+/// decisions under one policy set. It must cover every field
+/// `user_entity` and `agent_entity` use. `Err` when a reference does not
+/// resolve (such a decision is a denial, and is not cached).
+pub fn decision_key(principal: Principal<'_>, target: Target<'_>, related: &Related) -> Result<String, String> {
+    let mut key = match principal {
         Principal::User(u) => user_key(u),
         Principal::Agent(a) => agent_key(a),
-    }
-}
-
-/// The same for a target.
-pub fn target_key(t: Target<'_>) -> String {
-    match t {
+    };
+    key.push('#');
+    key.push_str(&match target {
         Target::Api(identifier) => format!("Api|{identifier}"),
         Target::Agent(a) => agent_key(a),
         Target::Resource { api, id, properties } => format!("Resource|{api}|{id}|{properties:?}"),
-    }
+    });
+    related.walk(agents_of(principal, target), |r| {
+        key.push('#');
+        key.push_str(&match r {
+            Reached::User(u) => user_key(u),
+            Reached::Agent(a) => agent_key(a),
+        });
+        Ok(())
+    })?;
+    Ok(key)
 }
 
 fn user_key(u: &User) -> String {
@@ -403,6 +495,48 @@ fn user_key(u: &User) -> String {
 
 fn agent_key(a: &Agent) -> String {
     format!("Agent|{}|{:?}|{}|{:?}|{}|{:?}", a.id, a.name, a.owner, a.kind, a.status.as_str(), a.parent)
+}
+
+/// The principal's and the resource's uids, and every entity the request
+/// can reach: the principal, the target, and (through `related`) each
+/// agent's owner and parents, once each.
+fn scene(
+    principal: Principal<'_>,
+    target: Target<'_>,
+    related: &Related,
+) -> Result<(EntityUid, EntityUid, Entities), String> {
+    let mut entities = Vec::with_capacity(4);
+    let mut have: HashSet<EntityUid> = HashSet::new();
+    let principal_uid = match principal {
+        Principal::User(u) => {
+            entities.push(user_entity(u)?);
+            uid("User", &u.id.to_string())?
+        }
+        Principal::Agent(a) => {
+            entities.push(agent_entity(a)?);
+            uid("Agent", &a.id.to_string())?
+        }
+    };
+    have.insert(principal_uid.clone());
+    let mut target_entities = Vec::with_capacity(2);
+    let resource_uid = target_entity(target, &mut target_entities)?;
+    for e in target_entities {
+        if have.insert(e.uid()) {
+            entities.push(e);
+        }
+    }
+    related.walk(agents_of(principal, target), |r| {
+        let e = match r {
+            Reached::User(u) => user_entity(u)?,
+            Reached::Agent(a) => agent_entity(a)?,
+        };
+        if have.insert(e.uid()) {
+            entities.push(e);
+        }
+        Ok(())
+    })?;
+    let entities = Entities::from_entities(entities, None).map_err(|e| e.to_string())?;
+    Ok((principal_uid, resource_uid, entities))
 }
 
 /// The resource's uid, with the entities it needs pushed to `entities`.

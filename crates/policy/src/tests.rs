@@ -29,6 +29,13 @@ fn agent() -> Agent {
     }
 }
 
+/// The records the test agents reach: their owner.
+fn rel() -> Related {
+    let mut r = Related::new();
+    r.add_user(user());
+    r
+}
+
 fn user() -> User {
     User {
         id: UserId::from_ulid(Ulid::from_parts(1, 2)),
@@ -44,7 +51,8 @@ fn user() -> User {
 
 #[test]
 fn nothing_is_allowed_without_policies() {
-    let d = PolicyEngine::empty().decide(Principal::Agent(&agent()), "read", Target::Api("https://api.example"));
+    let d =
+        PolicyEngine::empty().decide(Principal::Agent(&agent()), "read", Target::Api("https://api.example"), &rel());
     assert!(!d.allowed);
 }
 
@@ -57,29 +65,100 @@ fn permits_and_forbids() {
         &actions(),
     )
     .unwrap();
-    assert!(e.decide(Principal::Agent(&agent()), "read", Target::Api("https://api.example")).allowed);
-    assert!(!e.decide(Principal::Agent(&agent()), "read", Target::Api("https://other.example")).allowed);
-    assert!(!e.decide(Principal::Agent(&agent()), "write", Target::Api("https://api.example")).allowed);
-    assert!(e.decide(Principal::User(&user()), "write", Target::Api("https://api.example")).allowed);
-    assert!(!e.decide(Principal::User(&user()), "write", Target::Api("https://locked.example")).allowed);
+    assert!(e.decide(Principal::Agent(&agent()), "read", Target::Api("https://api.example"), &rel()).allowed);
+    assert!(!e.decide(Principal::Agent(&agent()), "read", Target::Api("https://other.example"), &rel()).allowed);
+    assert!(!e.decide(Principal::Agent(&agent()), "write", Target::Api("https://api.example"), &rel()).allowed);
+    assert!(e.decide(Principal::User(&user()), "write", Target::Api("https://api.example"), &rel()).allowed);
+    assert!(!e.decide(Principal::User(&user()), "write", Target::Api("https://locked.example"), &rel()).allowed);
     let mut other = user();
     other.attributes.clear();
-    assert!(!e.decide(Principal::User(&other), "write", Target::Api("https://api.example")).allowed);
+    assert!(!e.decide(Principal::User(&other), "write", Target::Api("https://api.example"), &rel()).allowed);
 }
 
 #[test]
 fn an_erroring_policy_denies() {
-    // `owner` is a reference; reading its attributes errors because the
-    // owner entity is not loaded at issuance. The error must deny, even
-    // though the other permit matches.
+    // `owner` is a reference; with the owner not loaded the decision is an
+    // error, and the error must deny, even though the other permit matches.
     let e = PolicyEngine::compile(
         r#"permit(principal is Agent, action == Action::"read", resource);
            forbid(principal is Agent, action, resource) unless { principal.owner.email == "boss@example.com" };"#,
         &actions(),
     )
     .unwrap();
-    let d = e.decide(Principal::Agent(&agent()), "read", Target::Api("https://api.example"));
-    assert!(!d.allowed, "{d:?}");
+    let d = e.decide(Principal::Agent(&agent()), "read", Target::Api("https://api.example"), &Related::new());
+    assert!(!d.allowed && !d.errors.is_empty(), "{d:?}");
+    // With the owner loaded, the same policy decides on the owner's email.
+    assert!(!e.decide(Principal::Agent(&agent()), "read", Target::Api("https://api.example"), &rel()).allowed);
+    let mut boss = rel();
+    boss.add_user(User { email: "boss@example.com".into(), ..user() });
+    assert!(e.decide(Principal::Agent(&agent()), "read", Target::Api("https://api.example"), &boss).allowed);
+}
+
+/// SECURITY row 38: policies that look through an attribute see the
+/// entity behind it, for `forbid` and `permit`, with `in`, `hasTag` and
+/// `getTag`; an entity that cannot be loaded denies.
+#[test]
+fn policies_see_through_owner_parent_and_the_receiving_agent() {
+    let api = Target::Api("https://api.example");
+    let contractor = User {
+        id: UserId::from_ulid(Ulid::from_parts(1, 7)),
+        groups: vec!["contractors".into()],
+        attributes: BTreeMap::new(),
+        ..user()
+    };
+    let theirs = Agent { id: AgentId::from_ulid(Ulid::from_parts(1, 8)), owner: contractor.id, ..agent() };
+    let child = Agent {
+        id: AgentId::from_ulid(Ulid::from_parts(1, 9)),
+        kind: AgentKind::Ephemeral,
+        parent: Some(theirs.id),
+        owner: user().id,
+        ..agent()
+    };
+    let mut r = rel();
+    r.add_user(contractor.clone());
+    r.add_agent(theirs.clone());
+    let forbid = PolicyEngine::compile(
+        r#"permit(principal is Agent, action, resource);
+           forbid(principal is Agent, action, resource) when { principal.owner in Group::"contractors" };
+           forbid(principal is Agent, action, resource) when { principal has parent && principal.parent.owner in Group::"contractors" };
+           forbid(principal is Agent, action == Action::"mandate:delegate", resource is Agent) when { resource.owner in Group::"contractors" };
+           forbid(principal is Agent, action == Action::"write", resource) when { principal.owner.hasTag("dept") && principal.owner.getTag("dept") == "r&d" };"#,
+        &actions(),
+    )
+    .unwrap();
+    assert!(forbid.decide(Principal::Agent(&agent()), "read", api, &r).allowed);
+    let d = forbid.decide(Principal::Agent(&theirs), "read", api, &r);
+    assert!(!d.allowed && d.errors.is_empty(), "the owner's group was not seen: {d:?}");
+    assert!(!forbid.decide(Principal::Agent(&child), "read", api, &r).allowed, "the parent's owner was not seen");
+    assert!(!forbid.decide(Principal::Agent(&agent()), "mandate:delegate", Target::Agent(&theirs), &r).allowed);
+    assert!(
+        !forbid
+            .decide(Principal::Agent(&theirs), "mandate:delegate", Target::Agent(&agent()), &Related::new())
+            .errors
+            .is_empty()
+    );
+    assert!(!forbid.decide(Principal::Agent(&agent()), "write", api, &r).allowed, "the owner's tag was not seen");
+    // Until an entity can be loaded, the answer is deny, never "absent".
+    let mut no_parent = r.clone();
+    no_parent.agents.remove(&theirs.id);
+    let d = forbid.decide(Principal::Agent(&child), "read", api, &no_parent);
+    assert!(!d.allowed && !d.errors.is_empty(), "{d:?}");
+    let d = forbid.decide(Principal::Agent(&theirs), "read", api, &rel());
+    assert!(!d.allowed && !d.errors.is_empty(), "{d:?}");
+
+    let permit = PolicyEngine::compile(
+        r#"permit(principal is Agent, action == Action::"read", resource) when { principal.owner in Group::"eng" };
+           permit(principal is Agent, action == Action::"write", resource) when { principal.owner.hasTag("dept") && principal.owner.getTag("dept") == "r&d" };
+           permit(principal is Agent, action == Action::"mandate:delegate", resource is Agent) when { resource.owner == principal.owner };"#,
+        &actions(),
+    )
+    .unwrap();
+    assert!(permit.decide(Principal::Agent(&agent()), "read", api, &r).allowed);
+    assert!(permit.decide(Principal::Agent(&agent()), "write", api, &r).allowed);
+    assert!(!permit.decide(Principal::Agent(&theirs), "read", api, &r).allowed);
+    assert!(!permit.decide(Principal::Agent(&theirs), "write", api, &r).allowed);
+    assert!(permit.decide(Principal::Agent(&agent()), "mandate:delegate", Target::Agent(&child), &r).allowed);
+    assert!(!permit.decide(Principal::Agent(&agent()), "mandate:delegate", Target::Agent(&theirs), &r).allowed);
 }
 
 #[test]
@@ -113,13 +192,13 @@ fn the_action_index_keeps_every_policy_that_can_apply() {
     )
     .unwrap();
     let a = agent();
-    assert!(e.decide(Principal::Agent(&a), "read", Target::Api("https://a.example")).allowed);
-    assert!(e.decide(Principal::Agent(&a), "write", Target::Api("https://a.example")).allowed);
+    assert!(e.decide(Principal::Agent(&a), "read", Target::Api("https://a.example"), &rel()).allowed);
+    assert!(e.decide(Principal::Agent(&a), "write", Target::Api("https://a.example"), &rel()).allowed);
     // Unconstrained-action policies apply to named and unnamed actions alike.
-    assert!(e.decide(Principal::Agent(&a), "read", Target::Api("https://open.example")).allowed);
-    assert!(e.decide(Principal::Agent(&a), "mandate:spawn", Target::Api("https://open.example")).allowed);
-    assert!(!e.decide(Principal::Agent(&a), "read", Target::Api("https://locked.example")).allowed);
-    assert!(!e.decide(Principal::Agent(&a), "mandate:spawn", Target::Api("https://a.example")).allowed);
+    assert!(e.decide(Principal::Agent(&a), "read", Target::Api("https://open.example"), &rel()).allowed);
+    assert!(e.decide(Principal::Agent(&a), "mandate:spawn", Target::Api("https://open.example"), &rel()).allowed);
+    assert!(!e.decide(Principal::Agent(&a), "read", Target::Api("https://locked.example"), &rel()).allowed);
+    assert!(!e.decide(Principal::Agent(&a), "mandate:spawn", Target::Api("https://a.example"), &rel()).allowed);
 }
 
 mod index_is_exact {
@@ -182,8 +261,8 @@ mod index_is_exact {
                 2 => Principal::User(&u1),
                 _ => Principal::User(&u2),
             };
-            let indexed = engine.decide(principal, action, Target::Api(api));
-            prop_assert_eq!(indexed.allowed, engine.decide_unindexed(principal, action, Target::Api(api)), "{:?}", policies);
+            let indexed = engine.decide(principal, action, Target::Api(api), &rel());
+            prop_assert_eq!(indexed.allowed, engine.decide_unindexed(principal, action, Target::Api(api), &rel()), "{:?}", policies);
             prop_assert!(indexed.errors.is_empty());
         }
     }
@@ -208,7 +287,8 @@ fn principal_keys_cover_every_entity_field() {
     for change in variants {
         let mut u = base.clone();
         change(&mut u);
-        assert_ne!(principal_key(Principal::User(&u)), principal_key(Principal::User(&base)), "{u:?}");
+        let key = |u: &User| decision_key(Principal::User(u), Target::Api("https://a.example"), &rel()).unwrap();
+        assert_ne!(key(&u), key(&base), "{u:?}");
     }
     let a = agent();
     let agents: Vec<Edit<Agent>> = vec![
@@ -219,10 +299,39 @@ fn principal_keys_cover_every_entity_field() {
         Box::new(|a| a.parent = Some(AgentId::from_ulid(Ulid::from_parts(1, 4)))),
         Box::new(|a| a.id = AgentId::from_ulid(Ulid::from_parts(1, 5))),
     ];
+    // Every record a changed agent reaches is loaded, so that the key can be built.
+    let mut everything = rel();
+    everything.add_user(User { id: UserId::from_ulid(Ulid::from_parts(1, 3)), ..user() });
+    everything.add_agent(Agent { id: AgentId::from_ulid(Ulid::from_parts(1, 4)), ..agent() });
+    let api = Target::Api("https://a.example");
     for change in agents {
         let mut b = a.clone();
         change(&mut b);
-        assert_ne!(principal_key(Principal::Agent(&b)), principal_key(Principal::Agent(&a)), "{b:?}");
-        assert_ne!(target_key(Target::Agent(&b)), target_key(Target::Agent(&a)));
+        let as_principal = |x: &Agent| decision_key(Principal::Agent(x), api, &everything).unwrap();
+        assert_ne!(as_principal(&b), as_principal(&a), "{b:?}");
+        let as_target = |x: &Agent| decision_key(Principal::User(&base), Target::Agent(x), &everything).unwrap();
+        assert_ne!(as_target(&b), as_target(&a));
     }
+    // A change to a record reached through an attribute changes the key too:
+    // the owner's groups and tags, and the parent's owner.
+    let child = Agent { parent: Some(AgentId::from_ulid(Ulid::from_parts(1, 4))), ..agent() };
+    let key_with = |r: &Related| decision_key(Principal::Agent(&child), api, r).unwrap();
+    let before = key_with(&everything);
+    for change in [
+        Box::new(|u: &mut User| u.groups.push("contractors".into())) as Edit<User>,
+        Box::new(|u: &mut User| {
+            u.attributes.insert("clearance".into(), "low".into());
+        }),
+    ] {
+        let mut r = everything.clone();
+        let mut owner = user();
+        change(&mut owner);
+        r.add_user(owner);
+        assert_ne!(key_with(&r), before);
+    }
+    let mut r = everything.clone();
+    r.add_agent(Agent { id: AgentId::from_ulid(Ulid::from_parts(1, 4)), status: AgentStatus::Suspended, ..agent() });
+    assert_ne!(key_with(&r), before, "the parent's status is reachable");
+    // An unresolved reference has no key: such a decision is not cached.
+    assert!(decision_key(Principal::Agent(&child), api, &rel()).is_err());
 }

@@ -208,6 +208,7 @@ pub const SCENARIOS: &[(&str, Scenario)] = scenarios![
     action_approvals_bind_to_what_was_shown,
     revocation_cascades_down_the_chain,
     ephemeral_agents_expire_at_use,
+    policies_see_through_attributes,
 ];
 
 /// Runs every scenario on a fresh server from `factory`.
@@ -748,5 +749,108 @@ async fn ephemeral_agents_expire_at_use(w: World) -> Result<()> {
     let fresh = text(&w.granted(&w.planner, "read").await?, "access_token")?;
     let (st, body) = w.exchange(&child, &fresh, &[]).await?;
     ensure!(st == 401 && body["error"] == "invalid_client", "an expired agent exchanged: {st} {body}");
+    Ok(())
+}
+
+/// The base policies of [`POLICIES`] with the agent read permit and the
+/// spawn permit, plus `extra`.
+fn policies_with(extra: &str) -> String {
+    format!("{POLICIES}\n{extra}")
+}
+
+/// SECURITY row 38: a policy that looks through an attribute (the agent's
+/// owner and the owner's groups and tags, the parent, the receiving agent's
+/// owner) applies at issuance, at exchange and at check, for `forbid` and
+/// for `permit`.
+async fn policies_see_through_attributes(w: World) -> Result<()> {
+    let patch_alice = |body: Value| {
+        let s = &w.s;
+        let path = format!("/v1/users/{}", w.alice);
+        async move {
+            let (st, out) = s.admin(Method::PATCH, &path, Some(body)).await?;
+            ensure!(st == 200, "patch alice: {st} {out}");
+            Ok::<_, anyhow::Error>(())
+        }
+    };
+    let ciba_read = || async {
+        let (st, body) =
+            w.ciba(&w.planner, &[("login_hint", "alice@example.com"), ("scope", "read"), ("resource", CAL)]).await?;
+        Ok::<_, anyhow::Error>((st, body))
+    };
+    // Before any such policy: a grant, a check and a hop to a child work.
+    let parent = text(&w.granted(&w.planner, "read").await?, "access_token")?;
+    let child = w.spawn(&w.planner, json!({})).await?;
+    let (st, hop) = w.exchange(&child, &parent, &[]).await?;
+    ensure!(st == 200, "{st} {hop}");
+    let hop = text(&hop, "access_token")?;
+    ensure!(w.check(&parent, "get", "e1", json!({})).await?["decision"] == "allow");
+
+    // forbid ... principal.owner in Group: issuance, check and exchange.
+    w.s.put_policies(&policies_with(
+        r#"forbid (principal is Agent, action, resource) when { principal.owner in Group::"contractors" };"#,
+    ))
+    .await?;
+    ensure!(ciba_read().await?.0 == 200, "the forbid matched before Alice was a contractor");
+    patch_alice(json!({"groups": ["staff", "contractors"]})).await?;
+    let (st, body) = ciba_read().await?;
+    ensure!(st == 400 && body["error"] == "access_denied", "owner in group, at issuance: {st} {body}");
+    let d = w.check(&parent, "get", "e1", json!({})).await?;
+    ensure!(d["decision"] == "deny", "owner in group, at check: {d}");
+    let (st, body) = w.exchange(&child, &parent, &[]).await?;
+    ensure!(st == 400, "owner in group, at exchange: {st} {body}");
+    let (st, body) = w.s.token(&w.planner, CAL, "read").await?;
+    ensure!(st == 400 && body["error"] == "invalid_scope", "owner in group, client_credentials: {st} {body}");
+    patch_alice(json!({"groups": ["staff"]})).await?;
+    ensure!(w.check(&parent, "get", "e1", json!({})).await?["decision"] == "allow", "the group change was not seen");
+
+    // forbid ... hasTag/getTag on the owner.
+    w.s.put_policies(&policies_with(
+        r#"forbid (principal is Agent, action, resource) when { principal.owner.hasTag("clearance") && principal.owner.getTag("clearance") == "low" };"#,
+    ))
+    .await?;
+    patch_alice(json!({"attributes": {"clearance": "low"}})).await?;
+    let (st, body) = ciba_read().await?;
+    ensure!(st == 400 && body["error"] == "access_denied", "owner tag, at issuance: {st} {body}");
+    ensure!(w.check(&parent, "get", "e1", json!({})).await?["decision"] == "deny", "owner tag, at check");
+    let (st, body) = w.exchange(&child, &parent, &[]).await?;
+    ensure!(st == 400, "owner tag, at exchange: {st} {body}");
+
+    // forbid ... through the parent: the planner is unaffected, its child is.
+    w.s.put_policies(&policies_with(
+        r#"forbid (principal is Agent, action, resource) when { principal has parent && principal.parent.owner.hasTag("clearance") && principal.parent.owner.getTag("clearance") == "low" };"#,
+    ))
+    .await?;
+    ensure!(ciba_read().await?.0 == 200, "the planner has no parent");
+    ensure!(w.check(&parent, "get", "e1", json!({})).await?["decision"] == "allow");
+    let d = w.check(&hop, "get", "e1", json!({})).await?;
+    ensure!(d["decision"] == "deny", "parent's owner tag, at check: {d}");
+    let (st, body) = w.exchange(&child, &parent, &[]).await?;
+    ensure!(st == 400 && body["error"] == "invalid_scope", "parent's owner tag, at exchange: {st} {body}");
+
+    // forbid mandate:delegate by the receiving agent's owner.
+    w.s.put_policies(&policies_with(
+        r#"forbid (principal, action == Action::"mandate:delegate", resource) when { resource.owner in Group::"staff" && resource.owner.hasTag("clearance") };"#,
+    ))
+    .await?;
+    let (st, body) = w.exchange(&child, &parent, &[]).await?;
+    ensure!(st == 400 && body["error"] == "invalid_request", "receiving agent's owner, at exchange: {st} {body}");
+    ensure!(w.check(&hop, "get", "e1", json!({})).await?["decision"] == "allow", "the existing hop is unaffected");
+
+    // permit ... only agents whose owner is staff: Bob's agent is refused.
+    let staff_only = POLICIES.replace(
+        "permit (principal is Agent, action in [Action::\"list\", Action::\"get\"], resource);",
+        "permit (principal is Agent, action in [Action::\"list\", Action::\"get\"], resource) when { principal.owner in Group::\"staff\" };",
+    );
+    ensure!(staff_only != POLICIES, "the permit to replace was not found");
+    w.s.put_policies(&staff_only).await?;
+    let bobs = w.s.create_agent(&w.bob, KeyAlg::EdDSA).await?;
+    let (st, body) =
+        w.ciba(&bobs, &[("login_hint", "alice@example.com"), ("scope", "read"), ("resource", CAL)]).await?;
+    ensure!(st == 400 && body["error"] == "access_denied", "owner not staff, at issuance: {st} {body}");
+    ensure!(ciba_read().await?.0 == 200, "the staff owner's agent was refused");
+    ensure!(w.check(&parent, "get", "e1", json!({})).await?["decision"] == "allow");
+    patch_alice(json!({"groups": []})).await?;
+    let d = w.check(&parent, "get", "e1", json!({})).await?;
+    ensure!(d["decision"] == "deny", "permit through the owner's group, at check, after she left it: {d}");
     Ok(())
 }
