@@ -16,6 +16,7 @@ use crate::audit::{ALLOW, AuditRecord, DENY, kind, reason};
 use crate::authorize::GRANT_AUTHORIZATION_CODE;
 use crate::delegation::{GRANT_CIBA, GRANT_EXCHANGE, GRANT_REFRESH, Params};
 use crate::ports::new_ulid;
+use crate::secrets;
 use crate::service::{AuthenticatedClient, Mandate};
 use crate::store::{Change, Mutation, StoreError};
 
@@ -502,50 +503,120 @@ impl Mandate {
     }
 
     /// RFC 7009. Answers the same whether or not anything was revoked; a
-    /// client may revoke only tokens issued to it. Returns whether a token
-    /// was revoked.
-    pub async fn revoke(&self, caller: &TokenCaller, token: &str) -> Result<bool, Error> {
-        let now = self.clock.now();
-        let mut event = self.caller_event(kind::TOKEN_REVOKED, caller);
-        let mut change = Change::new();
-        // Expired tokens need no revocation; an unknown or forged one is ignored.
-        let target = self.verify_ours(token).await?.and_then(|claims| claims.jti.parse::<Jti>().ok());
-        let record = match target {
-            Some(jti) => self.store.token(jti).await?,
-            None => None,
+    /// client may revoke only tokens issued to it. An access token revokes
+    /// itself and everything exchanged from it; a refresh token revokes its
+    /// whole family, refresh and access tokens alike (SECURITY row 40).
+    /// `hint` (`token_type_hint`) only orders the search: when the token is
+    /// not of the hinted type the other type is tried (RFC 7009 §2.1).
+    /// Returns whether anything was revoked.
+    pub async fn revoke(&self, caller: &TokenCaller, token: &str, hint: Option<&str>) -> Result<bool, Error> {
+        let refresh_first = hint == Some("refresh_token");
+        let found = if refresh_first {
+            match self.revocable_refresh(caller, token).await? {
+                Some(r) => Some(r),
+                None => self.revocable_access(caller, token).await?,
+            }
+        } else {
+            match self.revocable_access(caller, token).await? {
+                Some(r) => Some(r),
+                None => self.revocable_refresh(caller, token).await?,
+            }
         };
-        match record {
+        let mut event = self.caller_event(kind::TOKEN_REVOKED, caller);
+        let (change, counted) = match found {
             None => {
                 event.decision = Some(DENY.into());
                 event.reason = Some("not a live token of this issuer".into());
+                (Change::new(), vec![])
             }
-            Some(record) => {
-                event.jti = Some(record.jti.to_string());
-                event.subject = Some(record.subject.clone());
-                event.resource = Some(record.audience.clone());
-                event.grant_id = record.grant.map(|g| g.to_string());
-                let entitled = match caller {
-                    TokenCaller::Admin => true,
-                    TokenCaller::Client(c) => c.id == record.client_id,
-                };
-                if !entitled {
-                    // RFC 7009 §2.1: the answer is the same, nothing changes.
-                    event.decision = Some(DENY.into());
-                    event.reason = Some("the token was issued to another client".into());
-                } else if record.revoked_at.is_some() {
-                    event.decision = Some(DENY.into());
-                    event.reason = Some("already revoked".into());
-                } else {
-                    event.decision = Some(ALLOW.into());
-                    change.push(Mutation::RevokeToken { jti: record.jti, at: now });
-                }
+            Some(Revocable { change, counted, event: about }) => {
+                event.jti = about.jti;
+                event.subject = about.subject;
+                event.resource = about.resource;
+                event.grant_id = about.grant_id;
+                event.decision = about.decision;
+                event.reason = about.reason;
+                (change, counted)
             }
-        }
-        let revoking = !change.0.is_empty();
-        let counted: &[usize] = if revoking { &[0] } else { &[] };
-        let affected = self.commit_caller(caller, change, event, counted).await?;
-        Ok(revoking && affected.first().is_some_and(|n| *n > 0))
+        };
+        let writes = change.0.len();
+        let affected = self.commit_caller(caller, change, event, &counted).await?;
+        Ok(affected.iter().take(writes).any(|n| *n > 0))
     }
+
+    /// An access token of this issuer, as something to revoke (or refuse).
+    async fn revocable_access(&self, caller: &TokenCaller, token: &str) -> Result<Option<Revocable>, Error> {
+        // Expired tokens need no revocation; an unknown or forged one is ignored.
+        let Some(jti) = self.verify_ours(token).await?.and_then(|claims| claims.jti.parse::<Jti>().ok()) else {
+            return Ok(None);
+        };
+        let Some(record) = self.store.token(jti).await? else { return Ok(None) };
+        let mut about = Event::new(kind::TOKEN_REVOKED, String::new());
+        about.jti = Some(record.jti.to_string());
+        about.subject = Some(record.subject.clone());
+        about.resource = Some(record.audience.clone());
+        about.grant_id = record.grant.map(|g| g.to_string());
+        let entitled = match caller {
+            TokenCaller::Admin => true,
+            TokenCaller::Client(c) => c.id == record.client_id,
+        };
+        let mut change = Change::new();
+        if !entitled {
+            // RFC 7009 §2.1: the answer is the same, nothing changes.
+            about.decision = Some(DENY.into());
+            about.reason = Some("the token was issued to another client".into());
+        } else if record.revoked_at.is_some() {
+            about.decision = Some(DENY.into());
+            about.reason = Some("already revoked".into());
+        } else {
+            about.decision = Some(ALLOW.into());
+            change.push(Mutation::RevokeToken { jti: record.jti, at: self.clock.now() });
+        }
+        let counted = if change.0.is_empty() { vec![] } else { vec![0] };
+        Ok(Some(Revocable { change, counted, event: about }))
+    }
+
+    /// A refresh token, as something to revoke (or refuse): its whole
+    /// family goes, with every access token the family issued.
+    async fn revocable_refresh(&self, caller: &TokenCaller, token: &str) -> Result<Option<Revocable>, Error> {
+        if !token.starts_with(crate::delegation::REFRESH_TOKEN_PREFIX) || token.len() > 256 {
+            return Ok(None);
+        }
+        let Some(record) = self.store.refresh(&secrets::hash(token)).await? else { return Ok(None) };
+        let mut about = Event::new(kind::TOKEN_REVOKED, String::new());
+        about.grant_id = Some(record.grant.to_string());
+        about.subject = Some(record.client_id.to_string());
+        let entitled = match caller {
+            TokenCaller::Admin => true,
+            TokenCaller::Client(c) => c.id == ClientId::Agent(record.client_id),
+        };
+        let mut change = Change::new();
+        if !entitled {
+            about.decision = Some(DENY.into());
+            about.reason = Some("the refresh token was issued to another client".into());
+        } else if record.revoked_at.is_some() {
+            about.decision = Some(DENY.into());
+            about.reason = Some("the refresh token's family is already revoked".into());
+        } else {
+            let now = self.clock.now();
+            about.decision = Some(ALLOW.into());
+            about.reason = Some(format!("refresh token: its family {} is revoked", record.family));
+            change.push(Mutation::RevokeRefreshFamily { family: record.family.clone(), at: now });
+            change.push(Mutation::RevokeTokensOfFamily { family: record.family.clone(), at: now });
+        }
+        // The event counts the refresh and access tokens the family's
+        // revocation reached.
+        let counted = if change.0.is_empty() { vec![] } else { vec![0, 1] };
+        Ok(Some(Revocable { change, counted, event: about }))
+    }
+}
+
+/// What a revocation request found: the change to make, which of its
+/// mutations the event counts, and what the event says about the token.
+struct Revocable {
+    change: Change,
+    counted: Vec<usize>,
+    event: Event,
 }
 
 /// A policy refusal. An evaluation error denies too (fail closed, SECURITY

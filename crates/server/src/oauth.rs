@@ -189,7 +189,9 @@ pub async fn revoke(
 ) -> Result<Response, OAuthError> {
     let caller = token_caller(&state, &headers, &form).await?;
     let token = form.get("token").ok_or_else(|| OAuthError(Error::InvalidRequest("token is required".into())))?;
-    if state.mandate.revoke(&caller, token).await? {
+    // RFC 7009 §2.1: the hint orders the search and is never trusted.
+    let hint = form.get("token_type_hint");
+    if state.mandate.revoke(&caller, token, hint).await? {
         metrics::counter!("mandate_tokens_revoked_total").increment(1);
     }
     Ok(no_store(json!({})))

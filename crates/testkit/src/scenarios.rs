@@ -209,6 +209,7 @@ pub const SCENARIOS: &[(&str, Scenario)] = scenarios![
     revocation_cascades_down_the_chain,
     ephemeral_agents_expire_at_use,
     policies_see_through_attributes,
+    refresh_tokens_are_revocable,
 ];
 
 /// Runs every scenario on a fresh server from `factory`.
@@ -852,5 +853,55 @@ async fn policies_see_through_attributes(w: World) -> Result<()> {
     patch_alice(json!({"groups": []})).await?;
     let d = w.check(&parent, "get", "e1", json!({})).await?;
     ensure!(d["decision"] == "deny", "permit through the owner's group, at check, after she left it: {d}");
+    Ok(())
+}
+
+/// SECURITY row 40 (RFC 7009): a refresh token is revocable, and takes its
+/// whole family with it; `token_type_hint` orders the search but a wrong
+/// hint does not stop it; another client's revocation changes nothing.
+async fn revoke_as(w: &World, agent: &TestAgent, token: &str, hint: Option<&str>) -> Result<(u16, Value)> {
+    let mut params = vec![("token", token)];
+    if let Some(h) = hint {
+        params.push(("token_type_hint", h));
+    }
+    let a = w.s.assertion(agent, json!({}));
+    w.s.form_asserted(&a, "/oauth/revoke", &params).await
+}
+
+async fn refresh_as_planner(w: &World, rt: &str) -> Result<(u16, Value)> {
+    w.grant(&w.planner, &[("grant_type", "refresh_token"), ("refresh_token", rt)]).await
+}
+
+async fn refresh_tokens_are_revocable(w: World) -> Result<()> {
+    let bobs = w.s.create_agent(&w.bob, KeyAlg::EdDSA).await?;
+    for hint in [None, Some("refresh_token"), Some("access_token"), Some("nonsense")] {
+        let tokens = w.granted(&w.planner, "read").await?;
+        let (access, rt) = (text(&tokens, "access_token")?, text(&tokens, "refresh_token")?);
+        // Another client's revocation: 200, and nothing changes.
+        let (st, body) = revoke_as(&w, &bobs, &rt, hint).await?;
+        ensure!(st == 200 && body == json!({}), "{hint:?}: {st} {body}");
+        let (st, next) = refresh_as_planner(&w, &rt).await?;
+        ensure!(st == 200, "{hint:?}: another client's revocation took effect: {st} {next}");
+        let rt = text(&next, "refresh_token")?;
+        let second_access = text(&next, "access_token")?;
+        // The holder's revocation revokes the family.
+        let (st, body) = revoke_as(&w, &w.planner, &rt, hint).await?;
+        ensure!(st == 200 && body == json!({}), "{hint:?}: {st} {body}");
+        let (st, body) = refresh_as_planner(&w, &rt).await?;
+        ensure!(st == 400 && body["error"] == "invalid_grant", "{hint:?}: a revoked refresh token worked: {body}");
+        for a in [&access, &second_access] {
+            ensure!(w.s.introspect(a).await? == json!({"active": false}), "{hint:?}: the family's access token lives");
+        }
+    }
+    // An access token revoked under a refresh-token hint is revoked all the same.
+    let tokens = w.granted(&w.planner, "read").await?;
+    let access = text(&tokens, "access_token")?;
+    let (st, _) = revoke_as(&w, &w.planner, &access, Some("refresh_token")).await?;
+    ensure!(st == 200);
+    ensure!(w.s.introspect(&access).await? == json!({"active": false}), "a wrong hint stopped an access revocation");
+    // Every revocation is in the trail.
+    let events = w.s.audit("type=token.revoked").await?;
+    let family = events.iter().filter(|e| e["reason"].as_str().is_some_and(|r| r.contains("family"))).count();
+    ensure!(family >= 4, "{events:?}");
     Ok(())
 }
