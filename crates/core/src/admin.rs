@@ -646,10 +646,11 @@ impl Mandate {
 
     /// Validates `text` against the schema of the registered resources and
     /// replaces the policy set atomically. Returns the new version.
+    /// Replaces the policy set, once it parses and validates.
     pub async fn put_policies(&self, caller: Caller, text: &str) -> Result<StoredPolicy, Error> {
         self.require_admin(caller).await?;
         let actions = self.action_catalog().await?;
-        let engine = PolicyEngine::compile(text, &actions).map_err(|e| Error::BadInput(e.to_string()))?;
+        let engine = compile_off_the_workers(text, actions).await?.map_err(|e| Error::BadInput(e.to_string()))?;
         let record =
             StoredPolicy { version: engine.version().to_owned(), text: text.to_owned(), created_at: self.clock.now() };
         let mut event = self.admin_event(kind::POLICY_UPDATED, caller);
@@ -672,6 +673,18 @@ impl Mandate {
     pub fn builtin_actions() -> &'static [&'static str] {
         BUILTIN_ACTIONS
     }
+}
+
+/// Compiles a policy text off the async workers: parsing a large set takes
+/// a while, and runs on a thread of its own with a large stack.
+pub(crate) async fn compile_off_the_workers(
+    text: &str,
+    actions: std::collections::BTreeSet<String>,
+) -> Result<Result<PolicyEngine, mandate_policy::PolicyError>, Error> {
+    let text = text.to_owned();
+    tokio::task::spawn_blocking(move || PolicyEngine::compile(&text, &actions))
+        .await
+        .map_err(|e| Error::Unavailable(format!("the policy compiler stopped: {e}")))
 }
 
 #[cfg(test)]

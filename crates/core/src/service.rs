@@ -213,7 +213,8 @@ impl Mandate {
             return Ok(());
         }
         let actions = self.action_catalog().await?;
-        let engine = PolicyEngine::compile(&current.text, &actions)
+        let engine = crate::admin::compile_off_the_workers(&current.text, actions)
+            .await?
             .map_err(|e| Error::Unavailable(format!("stored policy set does not compile: {e}")))?;
         self.set_engine(engine);
         Ok(())

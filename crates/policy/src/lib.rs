@@ -18,6 +18,12 @@ use mandate_model::{AgentId, UserId};
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 
+pub mod bounds;
+
+/// The stack of the thread that parses and validates a policy text: ample
+/// for the nesting [`bounds`] admits, even in a debug build.
+const COMPILE_STACK: usize = 64 * 1024 * 1024;
+
 /// Actions Mandate itself defines, besides those the resources declare.
 pub const BUILTIN_ACTIONS: &[&str] = &["mandate:delegate", "mandate:spawn", "mandate:check"];
 
@@ -296,11 +302,27 @@ pub struct Decision {
 }
 
 impl PolicyEngine {
-    /// Parses and validates `text` against the schema for `actions`.
+    /// Parses and validates `text` against the schema for `actions`. The
+    /// text is bounded first ([`bounds`]), then parsed on a thread of its
+    /// own with a stack sized for those bounds, so that no policy text can
+    /// overflow a caller's stack (SECURITY row 41). Blocks the caller for
+    /// as long as parsing takes: async callers run it off their workers.
     pub fn compile(text: &str, actions: &BTreeSet<String>) -> Result<Self, PolicyError> {
         if text.len() > MAX_POLICY_TEXT {
             return Err(PolicyError::Invalid(vec![format!("policy text is larger than {MAX_POLICY_TEXT} bytes")]));
         }
+        bounds::check(text).map_err(|e| PolicyError::Invalid(vec![e]))?;
+        let (text, actions) = (text.to_owned(), actions.clone());
+        std::thread::Builder::new()
+            .name("mandate-policy-compile".into())
+            .stack_size(COMPILE_STACK)
+            .spawn(move || Self::compile_here(&text, &actions))
+            .map_err(|e| PolicyError::Schema(format!("no thread to parse on: {e}")))?
+            .join()
+            .map_err(|_| PolicyError::Invalid(vec!["the policy text could not be parsed".into()]))?
+    }
+
+    fn compile_here(text: &str, actions: &BTreeSet<String>) -> Result<Self, PolicyError> {
         let (schema, _warnings) =
             Schema::from_cedarschema_str(&schema_text(actions)).map_err(|e| PolicyError::Schema(e.to_string()))?;
         let mut policies = PolicySet::from_str(text).map_err(|e| PolicyError::Invalid(parse_messages(&e)))?;

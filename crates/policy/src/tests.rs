@@ -335,3 +335,42 @@ fn principal_keys_cover_every_entity_field() {
     // An unresolved reference has no key: such a decision is not cached.
     assert!(decision_key(Principal::Agent(&child), api, &rel()).is_err());
 }
+
+/// SECURITY row 41: the deepest and longest text the bounds admit parses
+/// without overflowing, and is evaluated and dropped on a thread with a
+/// Tokio worker's 2 MiB stack; anything deeper is refused before parsing.
+#[test]
+fn the_worst_admitted_policy_neither_crashes_parsing_nor_deciding() {
+    let open = "(".repeat(bounds::MAX_BRACKET_DEPTH - 2);
+    let close = ")".repeat(bounds::MAX_BRACKET_DEPTH - 2);
+    let chain = vec!["principal has parent"; bounds::MAX_OPERATORS / 2 - 60].join(" || ");
+    let ifs = "if true then ".repeat(bounds::MAX_IFS - 1);
+    let elses = " else false".repeat(bounds::MAX_IFS - 1);
+    let worst = format!("permit (principal is Agent, action, resource) when {{ {open}{ifs}({chain}){elses}{close} }};");
+    assert_eq!(bounds::check(&worst), Ok(()), "the test policy must sit within the bounds");
+    let text = format!("{worst}\n").repeat(20);
+    let engine = PolicyEngine::compile(&text, &actions()).expect("compiles");
+    let worker = std::thread::Builder::new().stack_size(2 * 1024 * 1024);
+    let handle = worker
+        .spawn(move || {
+            let d = engine.decide(Principal::Agent(&agent()), "read", Target::Api("https://a.example"), &rel());
+            drop(engine);
+            d
+        })
+        .unwrap();
+    let d = handle.join().expect("no overflow while deciding or dropping");
+    // No parent: every disjunct is false, so nothing permits it (or the
+    // evaluator's own depth guard refused): a denial either way.
+    assert!(!d.allowed, "{d:?}");
+
+    for deeper in [
+        format!("permit (principal, action, resource) when {{ {}true{} }};", "(".repeat(150), ")".repeat(150)),
+        format!("permit (principal, action, resource) when {{ {}true{} }};", "(".repeat(100_000), ")".repeat(100_000)),
+        format!("permit (principal, action, resource) when {{ {} }};", vec!["true"; 200_000].join(" && ")),
+    ] {
+        match PolicyEngine::compile(&deeper, &actions()) {
+            Err(PolicyError::Invalid(m)) => assert!(m.join(" ").contains("split it up"), "{m:?}"),
+            other => panic!("a text beyond the bounds was not refused before parsing: {other:?}"),
+        }
+    }
+}

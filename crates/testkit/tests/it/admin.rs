@@ -247,3 +247,37 @@ async fn large_policy_sets_are_accepted_and_oversized_ones_refused() -> anyhow::
     s.stop().await?;
     Ok(())
 }
+
+/// SECURITY row 41: a policy text nested hundreds of levels deep, or far
+/// past any sane length of one statement, is refused with 400 before Cedar
+/// parses it, and the server goes on serving (it used to overflow a worker's
+/// stack and abort).
+#[tokio::test]
+async fn deeply_nested_policies_are_refused_and_the_server_survives() -> anyhow::Result<()> {
+    let s = TestServer::start().await?;
+    let (_, agent) = s.seed().await?;
+    let before = s.admin(Method::GET, "/v1/policies", None).await?.1;
+    let texts = [
+        format!("permit(principal, action, resource) when {{ {}true{} }};", "(".repeat(150), ")".repeat(150)),
+        format!("permit(principal, action, resource) when {{ {}true{} }};", "(".repeat(200_000), ")".repeat(200_000)),
+        format!("permit(principal, action, resource) when {{ {}true }};", "[".repeat(5_000)),
+        format!("permit(principal, action, resource) when {{ {} }};", vec!["true"; 100_000].join(" && ")),
+        format!(
+            "permit(principal, action, resource) when {{ {}true{} }};",
+            "if true then ".repeat(500),
+            " else false".repeat(500)
+        ),
+    ];
+    for text in texts {
+        let (st, body) = s.admin(Method::PUT, "/v1/policies", Some(json!({"policies": text}))).await?;
+        assert_eq!((st, body["type"].as_str()), (400, Some("urn:mandate:problem:invalid-input")), "{body}");
+        assert!(body["detail"].as_str().unwrap_or_default().contains("split it up"), "{body}");
+    }
+    // Still serving, and the set in force did not change.
+    assert_eq!(s.admin(Method::GET, "/v1/policies", None).await?.1, before);
+    let (st, body) = s.token(&agent, "https://api.example.com", "read").await?;
+    assert_eq!(st, 200, "{body}");
+    assert_eq!(s.http.get(format!("{}/readyz", s.url)).send().await?.status(), 200);
+    s.stop().await?;
+    Ok(())
+}
