@@ -24,6 +24,14 @@ pub struct TraceNode {
     pub events: Vec<Event>,
     /// Tokens exchanged from this one.
     pub children: Vec<TraceNode>,
+    /// Tokens under this one that the reader may not see, counted only
+    /// (see [`Trace::focus`]).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub hidden: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// A delegation tree.
@@ -37,6 +45,9 @@ pub struct Trace {
     /// Whether the reader stopped at a limit, so that the tree may lack
     /// tokens or events.
     pub truncated: bool,
+    /// Roots left out by [`Trace::focus`], with every token under them.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub hidden: usize,
 }
 
 impl Trace {
@@ -87,7 +98,45 @@ impl Trace {
             .filter(|(_, e)| e.parent.as_deref().is_none_or(|p| !issued.contains_key(p)))
             .filter_map(|(jti, _)| node(jti, &issued, &about, &children, &mut visiting))
             .collect();
-        Trace { grant_events, roots, truncated: false }
+        Trace { grant_events, roots, truncated: false, hidden: 0 }
+    }
+
+    /// Narrows the tree to what one reader may see of it (SECURITY row
+    /// 42): the subtree of token `jti` whole, and the path from its root
+    /// down to it, with every branch off that path (and every other root)
+    /// reduced to a count of its tokens. Events about the whole grant are
+    /// dropped unless `jti` is a root. Returns whether `jti` is in the tree.
+    pub fn focus(&mut self, jti: &str) -> bool {
+        fn size(n: &TraceNode) -> usize {
+            1 + n.hidden + n.children.iter().map(size).sum::<usize>()
+        }
+        /// Keeps, under `n`, only the child on the path to `jti`.
+        fn keep_path(n: &mut TraceNode, jti: &str) -> bool {
+            if n.issued.jti.as_deref() == Some(jti) {
+                return true;
+            }
+            let Some(i) = n.children.iter_mut().position(|c| keep_path(c, jti)) else {
+                return false;
+            };
+            let on_path = n.children.swap_remove(i);
+            n.hidden += n.children.iter().map(size).sum::<usize>();
+            n.children = vec![on_path];
+            true
+        }
+        let roots = std::mem::take(&mut self.roots);
+        let mut found = false;
+        for mut r in roots {
+            if !found && keep_path(&mut r, jti) {
+                found = true;
+                if r.issued.jti.as_deref() != Some(jti) {
+                    self.grant_events.clear();
+                }
+                self.roots.push(r);
+            } else {
+                self.hidden += size(&r);
+            }
+        }
+        found
     }
 
     /// Every token in the tree.
@@ -108,6 +157,9 @@ impl Trace {
         let mut out = String::new();
         if self.truncated {
             out.push_str("(truncated: the trace stopped at its read limit; some tokens or events may be missing)\n");
+        }
+        if self.hidden > 0 {
+            let _ = writeln!(out, "({} token(s) under other roots not shown)", self.hidden);
         }
         let mut by_subject: BTreeMap<String, Vec<&TraceNode>> = BTreeMap::new();
         for r in &self.roots {
@@ -152,6 +204,7 @@ fn node<'a>(
         issued: (*issued.get(jti)?).clone(),
         events: about.get(jti).cloned().unwrap_or_default(),
         children: kids,
+        hidden: 0,
     })
 }
 
@@ -188,7 +241,10 @@ fn render_node(out: &mut String, n: &TraceNode, prefix: &str, last: bool) {
     }
     let k = n.children.len();
     for (i, c) in n.children.iter().enumerate() {
-        render_node(out, c, &inner, i + 1 == k);
+        render_node(out, c, &inner, i + 1 == k && n.hidden == 0);
+    }
+    if n.hidden > 0 {
+        let _ = writeln!(out, "{inner}└─ ({} more token(s) in branches not shown)", n.hidden);
     }
 }
 

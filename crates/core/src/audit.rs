@@ -497,39 +497,49 @@ impl Mandate {
 
     /// `GET /v1/audit/trace/{id}`: the admin traces anything; a person
     /// traces a grant they gave or a token issued for them.
+    /// The delegation tree of a grant or token, for whoever may see it
+    /// (SECURITY row 42): the admin and auditors see all of it; a person
+    /// sees a grant they gave or whose agent they own, and a token that acts
+    /// for them, whole; a token issued to an agent they own is shown with
+    /// its own subtree and the path up to its root, every other branch
+    /// reduced to a count.
     pub async fn audit_trace(&self, caller: Caller, id: &str) -> Result<Trace, Error> {
-        if let Caller::User(u) = caller
-            && !self.is_auditor(u).await?
-        {
-            // Theirs: they gave the grant, or own the agent holding it; the
-            // token was issued for them, or to an agent they own.
-            let owns = |agent: Option<mandate_model::records::Agent>| agent.is_some_and(|a| a.owner == u);
-            let theirs = if let Ok(g) = id.parse::<mandate_model::GrantId>() {
-                match self.store.grant(g).await? {
-                    Some(g) if g.user == u => true,
-                    Some(g) => owns(self.store.agent(g.agent).await?),
-                    None => false,
-                }
-            } else if let Ok(j) = id.parse::<mandate_model::Jti>() {
-                match self.store.token(j).await? {
-                    Some(t) if t.subject == u.to_string() => true,
-                    Some(t) => match t.client_id {
-                        mandate_model::records::ClientId::Agent(a) => owns(self.store.agent(a).await?),
-                        _ => false,
-                    },
-                    None => false,
-                }
-            } else {
-                false
-            };
-            if !theirs {
-                let why = "a person may trace only their own grants and tokens, and those of the agents they own";
-                self.record_admin_refusal(kind::ADMIN_DENIED, Some(caller), why).await?;
-                return Err(Error::Forbidden(why.into()));
-            }
+        let Caller::User(u) = caller else { return trace(self.store.as_ref(), id).await };
+        if self.is_auditor(u).await? {
+            return trace(self.store.as_ref(), id).await;
         }
-        // Otherwise: the admin, or an auditor.
-        trace(self.store.as_ref(), id).await
+        let owns = |agent: Option<mandate_model::records::Agent>| agent.is_some_and(|a| a.owner == u);
+        // Whole: they gave the grant, own the agent holding it, or the token
+        // acts for them. Focused: the token was issued to an agent they own.
+        let (whole, focused) = if let Ok(g) = id.parse::<mandate_model::GrantId>() {
+            let theirs = match self.store.grant(g).await? {
+                Some(g) if g.user == u => true,
+                Some(g) => owns(self.store.agent(g.agent).await?),
+                None => false,
+            };
+            (theirs, false)
+        } else if let Ok(j) = id.parse::<mandate_model::Jti>() {
+            match self.store.token(j).await? {
+                Some(t) if t.subject == u.to_string() => (true, false),
+                Some(t) => match t.client_id {
+                    mandate_model::records::ClientId::Agent(a) => (false, owns(self.store.agent(a).await?)),
+                    _ => (false, false),
+                },
+                None => (false, false),
+            }
+        } else {
+            (false, false)
+        };
+        if !whole && !focused {
+            let why = "a person may trace only their own grants and tokens, and those of the agents they own";
+            self.record_admin_refusal(kind::ADMIN_DENIED, Some(caller), why).await?;
+            return Err(Error::Forbidden(why.into()));
+        }
+        let mut tree = trace(self.store.as_ref(), id).await?;
+        if focused && !tree.focus(id) {
+            return Err(Error::NotFound(format!("no audit events for {id}")));
+        }
+        Ok(tree)
     }
 
     /// The public keys that sign checkpoints (`GET /v1/audit/keys`).

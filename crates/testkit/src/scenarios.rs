@@ -210,6 +210,7 @@ pub const SCENARIOS: &[(&str, Scenario)] = scenarios![
     ephemeral_agents_expire_at_use,
     policies_see_through_attributes,
     refresh_tokens_are_revocable,
+    traces_show_only_the_callers_branch,
 ];
 
 /// Runs every scenario on a fresh server from `factory`.
@@ -903,5 +904,58 @@ async fn refresh_tokens_are_revocable(w: World) -> Result<()> {
     let events = w.s.audit("type=token.revoked").await?;
     let family = events.iter().filter(|e| e["reason"].as_str().is_some_and(|r| r.contains("family"))).count();
     ensure!(family >= 4, "{events:?}");
+    Ok(())
+}
+
+/// SECURITY row 42: a person who traces a token held by their agent, in a
+/// tree that acts for someone else, sees that token's subtree and the path
+/// up to its root, with every other branch reduced to a count; the person
+/// the tree acts for, the admin and auditors see all of it.
+async fn traces_show_only_the_callers_branch(w: World) -> Result<()> {
+    w.s.put_policies(&policies_with(r#"permit (principal, action == Action::"mandate:delegate", resource);"#)).await?;
+    let bobs = w.s.create_agent(&w.bob, KeyAlg::EdDSA).await?;
+    let root = text(&w.granted(&w.planner, "read").await?, "access_token")?;
+    let child = w.spawn(&w.planner, json!({})).await?;
+    let (st, h1) = w.exchange(&child, &root, &[]).await?;
+    ensure!(st == 200, "{st} {h1}");
+    let h1 = text(&h1, "access_token")?;
+    let grandchild = w.spawn(&child, json!({})).await?;
+    let (st, leaf) = w.exchange(&grandchild, &h1, &[]).await?;
+    ensure!(st == 200, "{st} {leaf}");
+    let (st, h2) = w.exchange(&bobs, &root, &[]).await?;
+    ensure!(st == 200, "{st} {h2}");
+    let h2 = text(&h2, "access_token")?;
+    let jti = |t: &str| claims(t)["jti"].as_str().unwrap_or_default().to_owned();
+    let (root_jti, h1_jti, leaf_jti, h2_jti) = (jti(&root), jti(&h1), jti(&text(&leaf, "access_token")?), jti(&h2));
+    let path = format!("/v1/audit/trace/{h2_jti}");
+
+    // Bob: his agent's token, the path up to the root, and counts only.
+    let (st, t) = w.s.call(Method::GET, &path, Some(&w.bob_token), None).await?;
+    ensure!(st == 200, "{st} {t}");
+    let body = t.to_string();
+    for hidden in [&h1_jti, &leaf_jti, &child.id, &grandchild.id] {
+        ensure!(!body.contains(hidden.as_str()), "Bob sees {hidden} of another branch: {t}");
+    }
+    ensure!(!body.contains("grant.created") && !body.contains("plan the offsite"), "Bob sees the grant: {t}");
+    let roots = t["tree"]["roots"].as_array().cloned().unwrap_or_default();
+    ensure!(roots.len() == 1 && roots[0]["issued"]["jti"] == root_jti.as_str(), "{t}");
+    ensure!(roots[0]["hidden"] == 2, "the other branch (two tokens) is counted: {t}");
+    let kids = roots[0]["children"].as_array().cloned().unwrap_or_default();
+    ensure!(kids.len() == 1 && kids[0]["issued"]["jti"] == h2_jti.as_str(), "{t}");
+    // Bob may not trace the root or the other branch at all.
+    for other in [&root_jti, &h1_jti] {
+        let (st, _) = w.s.call(Method::GET, &format!("/v1/audit/trace/{other}"), Some(&w.bob_token), None).await?;
+        ensure!(st == 403, "Bob traced {other}: {st}");
+    }
+    // Alice, for whom the whole tree acts, and the admin see all of it.
+    for (who, token) in [("alice", w.alice_token.as_str()), ("admin", crate::ADMIN_TOKEN)] {
+        let (st, t) = w.s.call(Method::GET, &path, Some(token), None).await?;
+        ensure!(st == 200, "{who}: {st} {t}");
+        let body = t.to_string();
+        for seen in [&root_jti, &h1_jti, &leaf_jti, &h2_jti] {
+            ensure!(body.contains(seen.as_str()), "{who} misses {seen}: {t}");
+        }
+        ensure!(!body.contains("\"hidden\"") && !body.contains("not shown"), "{who}: {t}");
+    }
     Ok(())
 }

@@ -542,15 +542,23 @@ pub async fn trace(State(s): State<AppState>, signed: Signed, Path(id): Path<Str
         }
         main.push_str("</ul>");
     }
+    // The person the tree acts for: the caller, or (for a branch of
+    // someone else's tree the caller's agent holds) that person's id only.
+    let subject = t.roots.first().and_then(|r| r.issued.subject.clone()).unwrap_or_else(|| me.id.to_string());
+    let who = if subject == me.id.to_string() { me.name.clone() } else { "another person".to_owned() };
     let _ = write!(
         main,
         r#"<h2>Tokens</h2><ul class="tree" aria-label="Delegation tree"><li><span class="node user">{} <code>{}</code></span>"#,
-        esc(&me.name),
-        esc(&me.id.to_string())
+        esc(&who),
+        esc(&subject)
     );
     main.push_str("<ul>");
     for n in &t.roots {
         node(&mut main, n, &names);
+    }
+    if t.hidden > 0 {
+        let _ =
+            write!(main, r#"<li class="hidden">{} more token(s) under other roots, not yours to see</li>"#, t.hidden);
     }
     main.push_str("</ul></li></ul>");
     if t.truncated {
@@ -591,10 +599,13 @@ fn node(out: &mut String, n: &mandate_audit::trace::TraceNode, names: &Names) {
         }
         out.push_str("</ul>");
     }
-    if !n.children.is_empty() {
+    if !n.children.is_empty() || n.hidden > 0 {
         out.push_str("<ul>");
         for c in &n.children {
             node(out, c, names);
+        }
+        if n.hidden > 0 {
+            let _ = write!(out, r#"<li class="hidden">{} more token(s) in branches not yours to see</li>"#, n.hidden);
         }
         out.push_str("</ul>");
     }
