@@ -33,6 +33,9 @@ pub struct LiveToken {
     pub agents: Vec<Agent>,
     pub user: Option<User>,
     pub grant: Option<Grant>,
+    /// The first token of its delegation tree (itself when it was not
+    /// exchanged from another).
+    pub root: Jti,
 }
 
 impl LiveToken {
@@ -134,6 +137,7 @@ impl Mandate {
             if claims.act.is_some() || !record.chain.is_empty() {
                 return Ok(Err(NotLive::BadChain("a resource server's token has no chain".into())));
             }
+            let root = record.jti;
             return Ok(Ok(Arc::new(LiveToken {
                 claims,
                 record,
@@ -141,6 +145,7 @@ impl Mandate {
                 agents: vec![],
                 user: None,
                 grant: None,
+                root,
             })));
         }
         // The chain comes from the signed claims; the stored one must agree.
@@ -154,6 +159,7 @@ impl Mandate {
         // Every ancestor: revocation cascades when it is written, and this
         // catches whatever a cascade could not reach.
         let mut parent = record.parent;
+        let mut root = record.jti;
         let mut hops = 0;
         while let Some(p) = parent {
             hops += 1;
@@ -161,7 +167,10 @@ impl Mandate {
                 return Ok(Err(NotLive::BadChain("too many ancestors".into())));
             }
             match self.store.token(p).await? {
-                Some(a) if a.revoked_at.is_none() => parent = a.parent,
+                Some(a) if a.revoked_at.is_none() => {
+                    root = a.jti;
+                    parent = a.parent;
+                }
                 _ => return Ok(Err(NotLive::AncestorRevoked(p))),
             }
         }
@@ -186,7 +195,7 @@ impl Mandate {
                 _ => return Ok(Err(NotLive::UserInactive(u))),
             },
         };
-        Ok(Ok(Arc::new(LiveToken { claims, record, chain: Some(chain), agents, user, grant })))
+        Ok(Ok(Arc::new(LiveToken { claims, record, chain: Some(chain), agents, user, grant, root })))
     }
 }
 

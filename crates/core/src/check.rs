@@ -111,15 +111,25 @@ struct Outcome {
     /// Whether the outcome depends only on the chain, the policies and the
     /// request (not on an approval's window), so it may be cached.
     cacheable: bool,
+    /// A single-use action approval this allow uses up, in the same change
+    /// as its record (SECURITY row 43).
+    consume: Option<ApprovalId>,
 }
 
 impl Outcome {
     fn deny(why: impl Into<String>) -> Self {
-        Self { decision: DENY, reasons: vec![why.into()], approval: None, new_approval: false, cacheable: true }
+        Self {
+            decision: DENY,
+            reasons: vec![why.into()],
+            approval: None,
+            new_approval: false,
+            cacheable: true,
+            consume: None,
+        }
     }
 
     fn allow(reasons: Vec<String>) -> Self {
-        Self { decision: ALLOW, reasons, approval: None, new_approval: false, cacheable: true }
+        Self { decision: ALLOW, reasons, approval: None, new_approval: false, cacheable: true, consume: None }
     }
 }
 
@@ -164,6 +174,15 @@ impl Mandate {
 
     /// `POST /v1/check` (and AuthZEN's evaluation, which maps onto it).
     pub async fn check(&self, checker: &Checker, req: &CheckRequest) -> Result<CheckAnswer, Error> {
+        match self.check_once(checker, req).await {
+            // A single-use approval was used by a concurrent check: decide
+            // again, which asks for a new approval.
+            Err(Error::Conflict(_)) => self.check_once(checker, req).await,
+            other => other,
+        }
+    }
+
+    async fn check_once(&self, checker: &Checker, req: &CheckRequest) -> Result<CheckAnswer, Error> {
         req.validate()?;
         // Read first: whatever is read below is at least this new, so a
         // decision cached under it is never staler than its stamp.
@@ -210,6 +229,7 @@ impl Mandate {
         // Every deny and approval request is recorded; an allow once per
         // token and action on each node (docs/delegation.md).
         if outcome.decision == ALLOW
+            && outcome.consume.is_none()
             && let Some(jti) = jti
             && let Some(seq) = self.remembered_allow(jti, &req.action)
         {
@@ -244,6 +264,9 @@ impl Mandate {
             && let Some(a) = &outcome.approval
         {
             change.push(Mutation::InsertApproval(a.clone()));
+        }
+        if let Some(id) = outcome.consume {
+            change.push(Mutation::ConsumeApproval { id, at: self.clock.now() });
         }
         change.push(AuditRecord::new(event).mutation());
         let affected = self.store.commit(change).await?;
@@ -299,6 +322,9 @@ impl Mandate {
         let target = Target::Resource { api: &res.identifier, id: &target_id, properties: &req.resource.properties };
         let mut reasons = Vec::new();
         let mut approver: Option<Approver> = None;
+        // The reuse window of every determining @approval permit (None:
+        // single use).
+        let mut windows: Vec<Option<i64>> = Vec::new();
         let mut principals: Vec<(String, Principal<'_>)> = Vec::new();
         if let Some(u) = &live.user {
             principals.push((u.id.to_string(), Principal::User(u)));
@@ -319,6 +345,9 @@ impl Mandate {
                 return Ok(Outcome::deny(format!("policy: {who} is denied ({by})")));
             }
             reasons.push(format!("{who}: {}", d.reasons.join(", ")));
+            if d.approval.is_some() {
+                windows.push(d.approval_reuse);
+            }
             approver = match (approver, d.approval) {
                 (Some(Approver::User), _) | (_, Some(Approver::User)) => Some(Approver::User),
                 (a, b) => a.or(b),
@@ -327,14 +356,38 @@ impl Mandate {
         let Some(approver) = approver else {
             return Ok(Outcome::allow(reasons));
         };
-        // @approval: allowed only with a matching approval in force.
+        // @approval: allowed only with a matching approval in force, bound
+        // to this grant (or, without one, this delegation tree) as well as
+        // to the chain, the action and the resource. It is used up by the
+        // allow it gives, unless every @approval permit allows reuse.
+        let reuse = windows.into_iter().collect::<Option<Vec<i64>>>().and_then(|w| w.into_iter().min());
         let now = self.clock.now();
-        let binding = binding(chain, &req.action, &res.identifier, &target_id, &req.resource.properties)?;
+        let under = match live.record.grant {
+            Some(g) => g.to_string(),
+            None => live.root.to_string(),
+        };
+        let binding = binding(chain, &under, &req.action, &res.identifier, &target_id, &req.resource.properties)?;
         let q = ApprovalQuery { approver: None, status: None, binding: Some(binding.clone()), limit: 20 };
         let existing = self.store.approvals(&q).await?;
-        if let Some(a) = existing.iter().find(|a| a.status == ApprovalStatus::Approved && now < a.expires_at) {
-            reasons.push(format!("approval {} by {}", a.id, a.decided_by.as_deref().unwrap_or("?")));
-            return Ok(Outcome { cacheable: false, ..Outcome::allow(reasons) });
+        let in_force = |a: &&Approval| {
+            a.status == ApprovalStatus::Approved
+                && a.grant == live.record.grant
+                && match reuse {
+                    None => now < a.expires_at,
+                    Some(w) => a.decided_at.is_some_and(|d| now < d + Duration::seconds(w)),
+                }
+        };
+        if let Some(a) = existing.iter().find(in_force) {
+            let by = a.decided_by.as_deref().unwrap_or("?");
+            reasons.push(match reuse {
+                None => format!("approval {} by {by}, used up by this check", a.id),
+                Some(w) => format!("approval {} by {by}, reusable for {w} s after it was given", a.id),
+            });
+            return Ok(Outcome {
+                cacheable: false,
+                consume: reuse.is_none().then_some(a.id),
+                ..Outcome::allow(reasons)
+            });
         }
         reasons.push(format!("policy asks the {} to approve", approver.as_str()));
         if let Some(a) = existing.into_iter().find(|a| a.status == ApprovalStatus::Pending && now < a.expires_at) {
@@ -344,6 +397,7 @@ impl Mandate {
                 approval: Some(a),
                 new_approval: false,
                 cacheable: false,
+                consume: None,
             });
         }
         let current = live.current().ok_or_else(|| Error::Unavailable("a live chain without an agent".into()))?;
@@ -379,6 +433,7 @@ impl Mandate {
             approval: Some(approval),
             new_approval: true,
             cacheable: false,
+            consume: None,
         })
     }
 
@@ -396,11 +451,13 @@ impl Mandate {
     }
 }
 
-/// What an action approval is bound to (SECURITY row 33): the whole chain
-/// (and so its current actor), the action, and the resource with its
-/// properties.
+/// What an action approval is bound to (SECURITY rows 33 and 43): the
+/// grant (or, for a token under none, its delegation tree's root token),
+/// the whole chain (and so its current actor), the action, and the
+/// resource with its properties.
 pub fn binding(
     chain: &mandate_model::delegation::Chain,
+    under: &str,
     action: &str,
     api: &str,
     target: &str,
@@ -408,6 +465,7 @@ pub fn binding(
 ) -> Result<String, Error> {
     #[derive(serde::Serialize)]
     struct Bound<'a> {
+        under: &'a str,
         user: Option<String>,
         agents: Vec<String>,
         action: &'a str,
@@ -416,6 +474,7 @@ pub fn binding(
         properties: &'a BTreeMap<String, String>,
     }
     let value = Bound {
+        under,
         user: chain.user().map(|u| u.to_string()),
         agents: chain.agents().iter().map(ToString::to_string).collect(),
         action,

@@ -910,6 +910,14 @@ impl Mandate {
         if let ApprovalSubject::Action { action, target, .. } = &approval.subject {
             event.action = Some(action.clone());
             event.reason = Some(format!("{id}: {action} on {target}"));
+            // An action approval dies with the grant it was asked under
+            // (SECURITY row 43): there is nothing left to approve.
+            if approve && let Some(g) = approval.grant {
+                let live = self.store.grant(g).await?.is_some_and(|g| g.is_live(now));
+                if !live {
+                    return Err(Error::Conflict(format!("approval {id}: its grant {g} is revoked or expired")));
+                }
+            }
         }
         let to = if approve { ApprovalStatus::Approved } else { ApprovalStatus::Denied };
         change.push(Mutation::DecideApproval { id, to, by: me.to_string(), grant: grant_id, at: now });

@@ -40,6 +40,30 @@ pub const DEFAULT_POLICIES: &[(&str, &str)] = &[(
 /// (the user the agent acts for) or `@approval("owner")` (the agent's owner).
 pub const APPROVAL_ANNOTATION: &str = "approval";
 
+/// The annotation that lets an action approval be used again within a
+/// window after it was given: `@approval_reuse("5m")` (seconds `s`,
+/// minutes `m` or hours `h`, at most a day). Without it an action approval
+/// covers one check (SECURITY row 43).
+pub const APPROVAL_REUSE_ANNOTATION: &str = "approval_reuse";
+/// The longest reuse window a policy may give.
+pub const MAX_APPROVAL_REUSE: i64 = 24 * 3600;
+
+/// Parses an `@approval_reuse` value: `30s`, `5m`, `2h`.
+pub fn parse_reuse_window(v: &str) -> Option<i64> {
+    let (n, unit) = v.split_at(v.len().checked_sub(1)?);
+    if n.is_empty() || n.len() > 6 || !n.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: i64 = n.parse().ok()?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n.checked_mul(60)?,
+        "h" => n.checked_mul(3600)?,
+        _ => return None,
+    };
+    (1..=MAX_APPROVAL_REUSE).contains(&secs).then_some(secs)
+}
+
 /// Who must approve an allow that policy marks with `@approval`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Approver {
@@ -128,6 +152,8 @@ struct Compiled {
     /// Who each `@approval` policy names, by policy id (read once here:
     /// Cedar's annotation lookup parses its key on every call).
     approvals: HashMap<PolicyId, Approver>,
+    /// The `@approval_reuse` window of each `@approval` policy that has one.
+    reuse: HashMap<PolicyId, i64>,
 }
 
 impl std::fmt::Debug for PolicyEngine {
@@ -299,6 +325,11 @@ pub struct Decision {
     /// Set on an allow when a determining permit carries `@approval`: the
     /// allow holds only once that person approves. `User` wins over `Owner`.
     pub approval: Option<Approver>,
+    /// With `approval`: how long, in seconds, an action approval may be
+    /// used again after it was given. `None` makes it single-use; every
+    /// determining `@approval` permit must allow reuse, and the shortest
+    /// window applies.
+    pub approval_reuse: Option<i64>,
 }
 
 impl PolicyEngine {
@@ -332,7 +363,23 @@ impl PolicyEngine {
             policies.add(p).map_err(|e| PolicyError::Invalid(vec![e.to_string()]))?;
         }
         let mut approvals = HashMap::new();
+        let mut reuse = HashMap::new();
         for p in policies.policies() {
+            if let Some(v) = p.annotation(APPROVAL_REUSE_ANNOTATION) {
+                if p.annotation(APPROVAL_ANNOTATION).is_none() {
+                    return Err(PolicyError::Invalid(vec![format!(
+                        "policy {}: @approval_reuse needs @approval on the same policy",
+                        p.id()
+                    )]));
+                }
+                let secs = parse_reuse_window(v).ok_or_else(|| {
+                    PolicyError::Invalid(vec![format!(
+                        "policy {}: @approval_reuse must be like \"30s\", \"5m\" or \"2h\", at most a day, not {v:?}",
+                        p.id()
+                    )])
+                })?;
+                reuse.insert(p.id().clone(), secs);
+            }
             match p.annotation(APPROVAL_ANNOTATION) {
                 None => {}
                 Some("user") => {
@@ -362,6 +409,7 @@ impl PolicyEngine {
                 version: version_of(text),
                 authorizer: Authorizer::new(),
                 approvals,
+                reuse,
             }),
         })
     }
@@ -376,6 +424,7 @@ impl PolicyEngine {
                 version: version_of(""),
                 authorizer: Authorizer::new(),
                 approvals: HashMap::new(),
+                reuse: HashMap::new(),
             }),
         }
     }
@@ -394,7 +443,9 @@ impl PolicyEngine {
     pub fn decide(&self, principal: Principal<'_>, action: &str, target: Target<'_>, related: &Related) -> Decision {
         match self.try_decide(principal, action, target, related) {
             Ok(d) => d,
-            Err(e) => Decision { allowed: false, reasons: vec![], errors: vec![e], approval: None },
+            Err(e) => {
+                Decision { allowed: false, reasons: vec![], errors: vec![e], approval: None, approval_reuse: None }
+            }
         }
     }
 
@@ -416,14 +467,20 @@ impl PolicyEngine {
         // reason of a denial in whichever set it sits.
         let (mut permitted, mut permits, mut forbids, mut errors) = (false, Vec::new(), Vec::new(), Vec::new());
         let mut approvals = Vec::new();
+        // Each determining @approval permit's reuse window (None: single use).
+        let mut windows: Vec<Option<i64>> = Vec::new();
         for set in sets {
             let response = self.inner.authorizer.is_authorized(&request, set, &entities);
             errors.extend(response.diagnostics().errors().map(|e| e.to_string()));
             let reasons = response.diagnostics().reason().map(|p| p.to_string());
             if response.decision() == CedarDecision::Allow {
                 permitted = true;
-                approvals
-                    .extend(response.diagnostics().reason().filter_map(|id| self.inner.approvals.get(id).copied()));
+                for id in response.diagnostics().reason() {
+                    if let Some(a) = self.inner.approvals.get(id) {
+                        approvals.push(*a);
+                        windows.push(self.inner.reuse.get(id).copied());
+                    }
+                }
                 permits.extend(reasons);
             } else {
                 forbids.extend(reasons);
@@ -441,7 +498,11 @@ impl PolicyEngine {
             None
         };
         let reasons = if allowed { permits } else { forbids };
-        Ok(Decision { allowed, reasons, errors, approval })
+        let approval_reuse = match approval {
+            None => None,
+            Some(_) => windows.iter().copied().collect::<Option<Vec<i64>>>().and_then(|w| w.into_iter().min()),
+        };
+        Ok(Decision { allowed, reasons, errors, approval, approval_reuse })
     }
 
     /// The same decision over the whole set, unindexed: what the index must

@@ -374,3 +374,30 @@ fn the_worst_admitted_policy_neither_crashes_parsing_nor_deciding() {
         }
     }
 }
+
+#[test]
+fn approval_reuse_windows_are_parsed_and_the_shortest_applies() {
+    assert_eq!(parse_reuse_window("30s"), Some(30));
+    assert_eq!(parse_reuse_window("5m"), Some(300));
+    assert_eq!(parse_reuse_window("24h"), Some(86_400));
+    for bad in ["", "m", "0s", "25h", "5", "-5m", "5d", "1.5h", "９m", "99999999h"] {
+        assert_eq!(parse_reuse_window(bad), None, "{bad:?}");
+    }
+    let e = PolicyEngine::compile(
+        r#"@approval("user") @approval_reuse("10m") permit(principal is Agent, action == Action::"read", resource);
+           @approval("owner") @approval_reuse("2m") permit(principal is Agent, action == Action::"read", resource);
+           @approval("user") permit(principal is Agent, action == Action::"write", resource);
+           @approval("user") @approval_reuse("1h") permit(principal is Agent, action == Action::"write", resource);"#,
+        &actions(),
+    )
+    .unwrap();
+    let api = Target::Api("https://a.example");
+    let read = e.decide(Principal::Agent(&agent()), "read", api, &rel());
+    assert_eq!((read.approval, read.approval_reuse), (Some(Approver::User), Some(120)));
+    let write = e.decide(Principal::Agent(&agent()), "write", api, &rel());
+    assert_eq!(write.approval_reuse, None, "one single-use @approval permit makes it single use");
+    assert!(
+        PolicyEngine::compile(r#"@approval_reuse("5m") permit(principal, action, resource);"#, &actions()).is_err(),
+        "reuse without @approval"
+    );
+}

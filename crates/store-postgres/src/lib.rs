@@ -428,7 +428,7 @@ async fn apply_one(conn: &mut PgConnection, m: &Mutation) -> Result<u64, StoreEr
         .map_err(|e| map_write_error(e, "approval"))?,
         Mutation::DecideApproval { id, to, by, grant, at } => {
             let r = sqlx::query(
-                "UPDATE approvals SET status = $1, decided_by = $2, decided_at = $3, grant_id = $4 \
+                "UPDATE approvals SET status = $1, decided_by = $2, decided_at = $3, grant_id = COALESCE($4, grant_id) \
                  WHERE id = $5 AND status = 'pending' AND expires_at > $3",
             )
             .bind(to.as_str())

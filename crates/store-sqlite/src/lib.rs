@@ -691,7 +691,7 @@ fn apply(conn: &Connection, m: &Mutation, affected: &[u64], head: &mut Head) -> 
         Mutation::DecideApproval { id, to, by, grant, at } => {
             let n = exec(
                 conn,
-                "UPDATE approvals SET status = ?1, decided_by = ?2, decided_at = ?3, grant_id = ?4 \
+                "UPDATE approvals SET status = ?1, decided_by = ?2, decided_at = ?3, grant_id = COALESCE(?4, grant_id) \
                  WHERE id = ?5 AND status = 'pending' AND expires_at > ?3",
                 params![to.as_str(), by, ts(*at)?, grant.map(|g| g.to_string()), id.to_string()],
                 "approval",

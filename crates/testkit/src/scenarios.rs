@@ -211,6 +211,7 @@ pub const SCENARIOS: &[(&str, Scenario)] = scenarios![
     policies_see_through_attributes,
     refresh_tokens_are_revocable,
     traces_show_only_the_callers_branch,
+    action_approvals_are_single_use_and_die_with_their_grant,
 ];
 
 /// Runs every scenario on a fresh server from `factory`.
@@ -957,5 +958,109 @@ async fn traces_show_only_the_callers_branch(w: World) -> Result<()> {
         }
         ensure!(!body.contains("\"hidden\"") && !body.contains("not shown"), "{who}: {t}");
     }
+    Ok(())
+}
+
+/// A write grant from Alice to the planner, approved by her, and its tokens.
+async fn approved_write_grant(w: &World) -> Result<Value> {
+    let (_, body) =
+        w.ciba(&w.planner, &[("login_hint", "alice@example.com"), ("scope", "read write"), ("resource", CAL)]).await?;
+    let id = text(&body, "auth_req_id")?;
+    let (st, _) = w.s.call(Method::POST, &format!("/v1/approvals/{id}/approve"), Some(&w.alice_token), None).await?;
+    ensure!(st == 200);
+    let (st, tokens) = w.poll(&w.planner, &id).await?;
+    ensure!(st == 200, "{st} {tokens}");
+    Ok(tokens)
+}
+
+/// A sensitive write approved by Alice: the approval request's id.
+async fn approve_sensitive(w: &World, token: &str, id: &str) -> Result<String> {
+    let d = w.check(token, "create", id, json!({"sensitive": "yes"})).await?;
+    ensure!(d["decision"] == "approval_required", "{d}");
+    let apr = text(&d, "approval_request")?;
+    let (st, b) = w.s.call(Method::POST, &format!("/v1/approvals/{apr}/approve"), Some(&w.alice_token), None).await?;
+    ensure!(st == 200, "{st} {b}");
+    Ok(apr)
+}
+
+/// SECURITY row 43: an action approval covers one check, unless policy
+/// allows reuse for a window (`@approval_reuse`); it is bound to its grant,
+/// so it dies when the grant is revoked, and another grant's identical
+/// check needs its own approval.
+async fn action_approvals_are_single_use_and_die_with_their_grant(w: World) -> Result<()> {
+    let tokens = approved_write_grant(&w).await?;
+    let token = text(&tokens, "access_token")?;
+    approve_sensitive(&w, &token, "e2").await?;
+    let d = w.check(&token, "create", "e2", json!({"sensitive": "yes"})).await?;
+    ensure!(d["decision"] == "allow", "{d}");
+    // Used up: the identical check asks again, with a new request.
+    let d = w.check(&token, "create", "e2", json!({"sensitive": "yes"})).await?;
+    ensure!(d["decision"] == "approval_required", "the approval was reused: {d}");
+    // Another grant with the same chain needs its own approval.
+    approve_sensitive(&w, &token, "e4").await?;
+    let other = approved_write_grant(&w).await?;
+    let d = w.check(&text(&other, "access_token")?, "create", "e4", json!({"sensitive": "yes"})).await?;
+    ensure!(d["decision"] == "approval_required", "an approval crossed grants: {d}");
+    // A refreshed token of the same grant may use it (once).
+    let (st, fresh) = w
+        .grant(&w.planner, &[("grant_type", "refresh_token"), ("refresh_token", &text(&tokens, "refresh_token")?)])
+        .await?;
+    ensure!(st == 200, "{st} {fresh}");
+    let fresh = text(&fresh, "access_token")?;
+    ensure!(w.check(&fresh, "create", "e4", json!({"sensitive": "yes"})).await?["decision"] == "allow");
+    // Concurrent uses of one single-use approval: exactly one allow.
+    approve_sensitive(&w, &fresh, "e5").await?;
+    let one = || w.check(&fresh, "create", "e5", json!({"sensitive": "yes"}));
+    let (a, b, c, d, e, f) = tokio::join!(one(), one(), one(), one(), one(), one());
+    let answers = [a, b, c, d, e, f];
+    let allows = answers.iter().filter(|d| d.as_ref().is_ok_and(|d| d["decision"] == "allow")).count();
+    ensure!(allows == 1, "{allows} concurrent allows from one approval: {answers:?}");
+    // An approval whose grant is revoked is dead: pending, it cannot be
+    // approved; approved, it allows nothing.
+    let d = w.check(&fresh, "create", "e6", json!({"sensitive": "yes"})).await?;
+    let pending = text(&d, "approval_request")?;
+    approve_sensitive(&w, &fresh, "e7").await?;
+    let grant = claims(&fresh)["grant_id"].as_str().unwrap_or_default().to_owned();
+    let (st, _) = w.s.call(Method::POST, &format!("/v1/grants/{grant}/revoke"), Some(&w.alice_token), None).await?;
+    ensure!(st == 200);
+    let (st, b) =
+        w.s.call(Method::POST, &format!("/v1/approvals/{pending}/approve"), Some(&w.alice_token), None).await?;
+    ensure!(st == 409, "an approval under a revoked grant was approved: {st} {b}");
+    ensure!(w.check(&fresh, "create", "e7", json!({"sensitive": "yes"})).await?["decision"] == "deny");
+
+    // @approval_reuse("5m"): reusable for five minutes after it was given.
+    let reusable = POLICIES.replace(
+        "@approval(\"user\")\npermit (principal is Agent, action == Action::\"create\", resource is Resource)",
+        "@approval(\"user\")\n@approval_reuse(\"5m\")\npermit (principal is Agent, action == Action::\"create\", resource is Resource)",
+    );
+    ensure!(reusable != POLICIES, "the approval policy to annotate was not found");
+    w.s.put_policies(&reusable).await?;
+    let tokens = approved_write_grant(&w).await?;
+    let token = text(&tokens, "access_token")?;
+    approve_sensitive(&w, &token, "e8").await?;
+    for _ in 0..3 {
+        let d = w.check(&token, "create", "e8", json!({"sensitive": "yes"})).await?;
+        ensure!(d["decision"] == "allow", "{d}");
+    }
+    w.s.clock.advance(time::Duration::seconds(301));
+    let (st, fresh) = w
+        .grant(&w.planner, &[("grant_type", "refresh_token"), ("refresh_token", &text(&tokens, "refresh_token")?)])
+        .await?;
+    ensure!(st == 200, "{st} {fresh}");
+    let mut w = w;
+    let (_, renewed) = w.s.token(&w.calendar, &w.s.issuer, "mandate:check").await?;
+    w.checker = text(&renewed, "access_token")?;
+    let d = w.check(&text(&fresh, "access_token")?, "create", "e8", json!({"sensitive": "yes"})).await?;
+    ensure!(d["decision"] == "approval_required", "the reuse window did not end: {d}");
+    // A malformed window is refused when the policy is written.
+    let (st, _) = w
+        .s
+        .admin(
+            Method::PUT,
+            "/v1/policies",
+            Some(json!({"policies": "@approval(\"user\")\n@approval_reuse(\"forever\")\npermit (principal, action, resource);"})),
+        )
+        .await?;
+    ensure!(st == 400);
     Ok(())
 }
