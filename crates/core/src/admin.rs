@@ -6,8 +6,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use argon2::password_hash::{PasswordHasher, SaltString};
 use mandate_jose::JwkSet;
 use mandate_model::name::{self, MAX_DESCRIPTION_CHARS};
-use mandate_model::records::{Agent, AgentKind, AgentStatus, Lifecycle, Resource, User, UserStatus};
-use mandate_model::{AgentId, ResourceId, Scope, ScopeSet, UserId};
+use mandate_model::records::{
+    Agent, AgentKind, AgentStatus, Lifecycle, Resource, SuspendedBy, User, UserStatus, UserToken,
+};
+use mandate_model::{AgentId, ResourceId, Scope, ScopeSet, UserId, UserTokenId};
 use mandate_policy::{BUILTIN_ACTIONS, PolicyEngine};
 use serde::Deserialize;
 use time::Duration;
@@ -67,6 +69,13 @@ pub struct NewAgent {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentPatch {}
+
+/// `POST /v1/users/{id}/tokens`: every field optional.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewUserToken {
+    pub ttl_seconds: Option<i64>,
+}
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -251,28 +260,93 @@ impl Mandate {
         Ok(user)
     }
 
-    /// A user's own API token; returned once, stored hashed.
-    pub async fn create_user_token(&self, caller: Caller, id: UserId) -> Result<String, Error> {
+    /// A user's own API token; the secret is returned once and stored
+    /// hashed. It expires after `ttl_seconds` (default 30 days, at most a
+    /// year) and can be listed and revoked. Only the admin makes them: a
+    /// token cannot mint its own successors.
+    pub async fn create_user_token(
+        &self,
+        caller: Caller,
+        id: UserId,
+        new: NewUserToken,
+    ) -> Result<(String, UserToken), Error> {
         self.require_admin(caller).await?;
+        let ttl = new.ttl_seconds.unwrap_or(self.config.user_token_ttl);
+        if !(60..=self.config.max_user_token_ttl).contains(&ttl) {
+            return Err(Error::BadInput(format!(
+                "ttl_seconds must be 60 to {} (a year)",
+                self.config.max_user_token_ttl
+            )));
+        }
         let user = self.store.user(id).await?.ok_or_else(|| Error::NotFound(format!("user {id}")))?;
         if user.status != UserStatus::Active {
             return Err(Error::Conflict("the user is disabled".into()));
         }
-        let token = secrets::generate(secrets::USER_TOKEN_PREFIX, self.rng.as_ref())?;
+        let secret = secrets::generate(secrets::USER_TOKEN_PREFIX, self.rng.as_ref())?;
+        let now = self.clock.now();
+        let token = UserToken {
+            id: UserTokenId::from_ulid(new_ulid(self.clock.as_ref(), self.rng.as_ref())?),
+            user: id,
+            created_at: now,
+            expires_at: now + Duration::seconds(ttl),
+            revoked_at: None,
+        };
         let mut event = self.admin_event(kind::USER_TOKEN_CREATED, caller);
         event.subject = Some(id.to_string());
+        event.reason = Some(format!("{} until {}", token.id, crate::audit::event_time(token.expires_at)));
         self.store
             .commit(
                 Change::new()
-                    .with(Mutation::InsertUserToken {
-                        hash: secrets::hash(&token),
-                        user: id,
-                        created_at: self.clock.now(),
-                    })
+                    .with(Mutation::InsertUserToken { token: token.clone(), hash: secrets::hash(&secret) })
                     .with(AuditRecord::new(event).mutation()),
             )
             .await?;
-        Ok(token)
+        Ok((secret, token))
+    }
+
+    /// A person's API tokens (never their secrets), for the admin and for
+    /// the person.
+    pub async fn list_user_tokens(&self, caller: Caller, id: UserId) -> Result<Vec<UserToken>, Error> {
+        match caller {
+            Caller::Admin => {}
+            Caller::User(me) if me == id => {}
+            Caller::User(_) => return self.forbid(caller, "a person may list only their own API tokens").await,
+        }
+        self.store.user(id).await?.ok_or_else(|| Error::NotFound(format!("user {id}")))?;
+        Ok(self.store.user_tokens(id).await?)
+    }
+
+    /// Revokes one of a person's API tokens, for the admin and for the
+    /// person; it stops working at once, on every node.
+    pub async fn revoke_user_token(&self, caller: Caller, id: UserId, token: UserTokenId) -> Result<UserToken, Error> {
+        match caller {
+            Caller::Admin => {}
+            Caller::User(me) if me == id => {}
+            Caller::User(_) => return self.forbid(caller, "a person may revoke only their own API tokens").await,
+        }
+        let mut found = self
+            .store
+            .user_tokens(id)
+            .await?
+            .into_iter()
+            .find(|t| t.id == token)
+            .ok_or_else(|| Error::NotFound(format!("API token {token}")))?;
+        if found.revoked_at.is_some() {
+            return Err(Error::Conflict(format!("API token {token} is already revoked")));
+        }
+        let now = self.clock.now();
+        let mut event = self.admin_event(kind::USER_TOKEN_REVOKED, caller);
+        event.subject = Some(id.to_string());
+        event.reason = Some(token.to_string());
+        self.store
+            .commit(
+                Change::new()
+                    .with(Mutation::RevokeUserToken { id: token, user: id, at: now })
+                    .with(AuditRecord { event, count_of: vec![0] }.mutation()),
+            )
+            .await?;
+        found.revoked_at = Some(now);
+        Ok(found)
     }
 
     /// Registers an agent. Returns a client secret only when no `jwks` was
@@ -459,6 +533,7 @@ impl Mandate {
             redirect_uris: new.redirect_uris,
             created_at: now,
             secret_hash: secret.as_deref().map(secrets::hash),
+            suspended_by: None,
         };
         event.subject = Some(agent.owner.to_string());
         event.resource = Some(agent.id.to_string());
@@ -506,6 +581,21 @@ impl Mandate {
         Ok(self.store.agents_owned_by(owner).await?)
     }
 
+    /// When each agent `owner` owns was last used (the latest use of any
+    /// grant it holds); agents never used are missing.
+    pub async fn last_use_of_owned_agents(
+        &self,
+        caller: Caller,
+        owner: UserId,
+    ) -> Result<std::collections::HashMap<AgentId, time::OffsetDateTime>, Error> {
+        match caller {
+            Caller::Admin => {}
+            Caller::User(u) if u == owner => {}
+            Caller::User(_) => return self.forbid(caller, "a person may see only the agents they own").await,
+        }
+        Ok(self.store.last_use_of_owned_agents(owner).await?.into_iter().collect())
+    }
+
     /// Suspends, resumes or retires an agent. Suspension and retirement
     /// revoke every token it holds and cascade to the ephemeral agents it
     /// spawned; retirement is final.
@@ -514,8 +604,21 @@ impl Mandate {
         let to = op.apply(agent.status).ok_or_else(|| {
             Error::Conflict(format!("cannot {} an agent that is {}", op.as_str(), agent.status.as_str()))
         })?;
+        // Only the level that suspended an agent, or a higher one, resumes
+        // it (SECURITY row 44): an owner cannot undo the admin.
+        let level = match caller {
+            Caller::Admin => SuspendedBy::Admin,
+            Caller::User(_) => SuspendedBy::Owner,
+        };
+        if op == Lifecycle::Resume
+            && let Some(by) = agent.suspended_by
+            && by > level
+        {
+            return self.forbid(caller, "the admin suspended this agent; only the admin may resume it").await;
+        }
         let now = self.clock.now();
-        let mut change = Change::new().with(Mutation::SetAgentStatus { id, from: agent.status, to, at: now });
+        let mut change =
+            Change::new().with(Mutation::SetAgentStatus { id, from: agent.status, to, at: now, by: Some(level) });
         let mut event = self.admin_event(
             match op {
                 Lifecycle::Suspend => kind::AGENT_SUSPENDED,
@@ -545,6 +648,7 @@ impl Mandate {
                             from: child.status,
                             to: AgentStatus::Retired,
                             at: now,
+                            by: None,
                         });
                         change.push(Mutation::RevokeTokensOfAgent { agent: child.id, at: now });
                         let revoke_at = change.0.len() - 1;
@@ -588,6 +692,7 @@ impl Mandate {
             retired: retired_children,
         };
         agent.status = to;
+        agent.suspended_by = (to == AgentStatus::Suspended).then_some(level);
         Ok((agent, cascade))
     }
 

@@ -30,6 +30,7 @@ pub mod kind {
     pub const USER_CREATED: &str = "user.created";
     pub const USER_UPDATED: &str = "user.updated";
     pub const USER_TOKEN_CREATED: &str = "user.token_created";
+    pub const USER_TOKEN_REVOKED: &str = "user.token_revoked";
     pub const AGENT_CREATED: &str = "agent.created";
     pub const AGENT_SUSPENDED: &str = "agent.suspended";
     pub const AGENT_RESUMED: &str = "agent.resumed";

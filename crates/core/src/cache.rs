@@ -10,7 +10,9 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use mandate_audit::{Checkpoint, Event};
-use mandate_model::records::{Agent, Approval, Grant, RefreshRecord, Resource, SessionRecord, TokenRecord, User};
+use mandate_model::records::{
+    Agent, Approval, Grant, RefreshRecord, Resource, SessionRecord, TokenRecord, User, UserToken,
+};
 use mandate_model::{AgentId, ApprovalId, GrantId, Jti, ResourceId, UserId};
 use time::OffsetDateTime;
 
@@ -79,8 +81,22 @@ impl Store for CachingStore {
     async fn user_by_email(&self, email: &str) -> Result<Option<User>, StoreError> {
         self.inner.user_by_email(email).await
     }
-    async fn user_by_token_hash(&self, hash: &str) -> Result<Option<UserId>, StoreError> {
-        self.inner.user_by_token_hash(hash).await
+    async fn user_token_by_hash(&self, hash: &str) -> Result<Option<UserToken>, StoreError> {
+        self.inner.user_token_by_hash(hash).await
+    }
+    async fn user_tokens(&self, user: UserId) -> Result<Vec<UserToken>, StoreError> {
+        self.inner.user_tokens(user).await
+    }
+    async fn pending_requests(
+        &self,
+        agent: AgentId,
+        user: Option<UserId>,
+        now: OffsetDateTime,
+    ) -> Result<u64, StoreError> {
+        self.inner.pending_requests(agent, user, now).await
+    }
+    async fn last_use_of_owned_agents(&self, owner: UserId) -> Result<Vec<(AgentId, OffsetDateTime)>, StoreError> {
+        self.inner.last_use_of_owned_agents(owner).await
     }
     async fn agent(&self, id: AgentId) -> Result<Option<Agent>, StoreError> {
         let epoch = self.inner.epoch().await?;

@@ -367,7 +367,7 @@ impl Mandate {
             None => live.root.to_string(),
         };
         let binding = binding(chain, &under, &req.action, &res.identifier, &target_id, &req.resource.properties)?;
-        let q = ApprovalQuery { approver: None, status: None, binding: Some(binding.clone()), limit: 20 };
+        let q = ApprovalQuery { approver: None, status: None, binding: Some(binding.clone()), before: None, limit: 20 };
         let existing = self.store.approvals(&q).await?;
         let in_force = |a: &&Approval| {
             a.status == ApprovalStatus::Approved

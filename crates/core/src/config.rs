@@ -27,6 +27,10 @@ pub struct Config {
     pub max_approval_ttl: i64,
     /// The CIBA polling interval, seconds; faster polls get `slow_down`.
     pub ciba_interval: i64,
+    /// Most CIBA requests one agent may have waiting for a person, in all
+    /// and for any one person (SECURITY row 45).
+    pub max_pending_per_agent: u64,
+    pub max_pending_per_agent_user: u64,
     /// How old a DPoP proof's `iat` may be, and how far ahead of the
     /// server's clock, seconds.
     pub dpop_max_age: i64,
@@ -35,6 +39,10 @@ pub struct Config {
     pub dpop_nonces: bool,
     /// How long a web sign-in lasts, seconds.
     pub session_ttl: i64,
+    /// Lifetime of a person's API token when none is asked for, and the
+    /// longest one may be given, seconds (30 days and a year).
+    pub user_token_ttl: i64,
+    pub max_user_token_ttl: i64,
     /// Statuses per status list; a list rotates when it is full.
     pub status_list_size: u64,
     /// How long relying parties may cache a status list (`ttl`), seconds.
@@ -62,10 +70,14 @@ impl Config {
             approval_ttl: 600,
             max_approval_ttl: 3600,
             ciba_interval: 5,
+            max_pending_per_agent: 100,
+            max_pending_per_agent_user: 5,
             dpop_max_age: 60,
             dpop_max_skew: 5,
             dpop_nonces: false,
             session_ttl: 8 * 3600,
+            user_token_ttl: 30 * 24 * 3600,
+            max_user_token_ttl: 365 * 24 * 3600,
             status_list_size: 1 << 20,
             status_list_ttl: 60,
             audit_checkpoint_events: 10_000,

@@ -357,7 +357,10 @@ impl Mandate {
                 Err(_) => None,
             }
         } else {
-            self.store.user_by_email(hint).await?
+            match mandate_model::name::validate_email(hint) {
+                Ok(email) => self.store.user_by_email(&email).await?,
+                Err(_) => None,
+            }
         }
         .ok_or_else(|| Error::UnknownUser("login_hint names no user".into()))?;
         if user.status != UserStatus::Active {
@@ -420,6 +423,25 @@ impl Mandate {
                 change.push(AuditRecord::new(created).mutation());
             }
             Some(who) => {
+                // One agent cannot flood a person's inbox, nor everyone's
+                // (SECURITY row 45). Counted at the request: concurrent ones
+                // may pass the cap by as many as arrive together.
+                let waiting = |n: u64, max: u64, whom: &str| {
+                    (n >= max).then(|| Error::RateLimited {
+                        why: format!(
+                            "the agent has {n} requests waiting for {whom} (at most {max}); wait for a decision"
+                        ),
+                        retry_after: u64::try_from(self.config.ciba_interval).unwrap_or(5).max(1),
+                    })
+                };
+                let all = self.store.pending_requests(agent.id, None, now).await?;
+                if let Some(e) = waiting(all, self.config.max_pending_per_agent, "people") {
+                    return Err(e);
+                }
+                let theirs = self.store.pending_requests(agent.id, Some(user.id), now).await?;
+                if let Some(e) = waiting(theirs, self.config.max_pending_per_agent_user, "this person") {
+                    return Err(e);
+                }
                 event.reason = Some(format!("{id}: waits for the {} ({})", who.as_str(), approval.approver));
                 change.push(Mutation::InsertApproval(approval));
                 change.push(AuditRecord::new(event).mutation());
@@ -849,10 +871,14 @@ impl Mandate {
     // ----- approvals -----
 
     /// `GET /v1/approvals`: a user sees the requests they are asked to decide.
+    /// Approvals a person is asked to decide (all of them for the admin),
+    /// newest first, `limit` at a time; `before` pages on from the last id
+    /// of the previous page.
     pub async fn list_approvals(
         &self,
         caller: Caller,
         status: Option<ApprovalStatus>,
+        before: Option<ApprovalId>,
         limit: u32,
     ) -> Result<Vec<Approval>, Error> {
         if limit == 0 || limit > crate::audit::MAX_QUERY_LIMIT {
@@ -862,7 +888,18 @@ impl Mandate {
             Caller::Admin => None,
             Caller::User(me) => Some(me),
         };
-        Ok(self.store.approvals(&ApprovalQuery { approver, status, binding: None, limit }).await?)
+        Ok(self.store.approvals(&ApprovalQuery { approver, status, binding: None, before, limit }).await?)
+    }
+
+    /// One approval the caller is asked to decide, by a keyed read (never
+    /// found by scanning a list, which a cap would cut short).
+    pub async fn approval_for(&self, caller: Caller, id: ApprovalId) -> Result<Approval, Error> {
+        let approval = self.store.approval(id).await?.ok_or_else(|| Error::NotFound(format!("approval {id}")))?;
+        match caller {
+            Caller::Admin => Ok(approval),
+            Caller::User(me) if me == approval.approver => Ok(approval),
+            Caller::User(_) => Err(Error::NotFound(format!("approval {id}"))),
+        }
     }
 
     /// `POST /v1/approvals/{id}/approve|deny`: only the person the request

@@ -36,9 +36,10 @@ pub enum Error {
     /// A DPoP nonce is required: the client retries with `nonce`.
     #[error("use_dpop_nonce: the DPoP proof must carry the server's current nonce")]
     UseDpopNonce { nonce: String },
-    /// Too many attempts; try again later (HTTP 429).
-    #[error("rate limited: {0}")]
-    RateLimited(String),
+    /// Too many attempts or requests; try again after `retry_after`
+    /// seconds (HTTP 429 with `Retry-After`).
+    #[error("rate limited: {why}")]
+    RateLimited { why: String, retry_after: u64 },
     #[error("unknown_user_id: {0}")]
     UnknownUser(String),
     // Administration.

@@ -31,4 +31,4 @@ pub use ports::{Clock, ManualClock, Random, SystemClock, SystemRandom};
 pub use service::{AuthenticatedClient, Caller, Mandate};
 pub use store::{Change, KeyUse, Mutation, Store, StoreError, StoredKey};
 
-pub use admin::{AgentPatch, Cascade, NewAgent, NewResource, NewUser, UserPatch};
+pub use admin::{AgentPatch, Cascade, NewAgent, NewResource, NewUser, NewUserToken, UserPatch};

@@ -332,7 +332,14 @@ impl Mandate {
     /// Authenticates a bearer token on the administration API.
     pub async fn authenticate_caller(&self, bearer: &str) -> Result<Caller, Error> {
         if bearer.starts_with(secrets::USER_TOKEN_PREFIX) {
-            let user = self.store.user_by_token_hash(&secrets::hash(bearer)).await?.ok_or(Error::Unauthenticated)?;
+            // A token that expired or was revoked authenticates nobody.
+            let token = self
+                .store
+                .user_token_by_hash(&secrets::hash(bearer))
+                .await?
+                .filter(|t| t.is_live(self.clock.now()))
+                .ok_or(Error::Unauthenticated)?;
+            let user = token.user;
             let record = self.store.user(user).await?.ok_or(Error::Unauthenticated)?;
             if record.status != mandate_model::records::UserStatus::Active {
                 return Err(Error::Unauthenticated);
@@ -507,6 +514,7 @@ impl Mandate {
                     from: agent.status,
                     to: mandate_model::records::AgentStatus::Retired,
                     at: now,
+                    by: None,
                 })
                 .with(Mutation::RevokeTokensOfAgent { agent: agent.id, at: now })
                 .with(Mutation::RevokeGrantsOfAgent { agent: agent.id, at: now })

@@ -115,7 +115,9 @@ impl Mandate {
     /// [`FAILURE_WINDOW`], attempts are refused without checking.
     pub async fn sign_in(&self, email: &str, password: &str, client_addr: &str) -> Result<(String, Session), Error> {
         let now = self.clock.now();
-        let email = email.trim().to_lowercase();
+        // The one stored spelling of the address (anything that is not an
+        // address finds nobody, and is checked against the decoy).
+        let email = mandate_model::name::validate_email(email.trim()).unwrap_or_else(|_| email.trim().to_lowercase());
         let keys = [format!("email:{email}"), format!("addr:{client_addr}")];
         let mut event = self.event(kind::SIGN_IN_FAILED);
         event.decision = Some(DENY.into());
@@ -123,9 +125,13 @@ impl Mandate {
             let minutes = (wait + 59) / 60;
             event.reason = Some("too many failed sign-ins".into());
             self.record(event).await?;
-            return Err(Error::RateLimited(format!("too many failed sign-ins; try again in {minutes} min")));
+            return Err(Error::RateLimited {
+                why: format!("too many failed sign-ins; try again in {minutes} min"),
+                retry_after: u64::try_from(wait).unwrap_or(1).max(1),
+            });
         }
-        let user = if email.len() <= 254 { self.store.user_by_email(&email).await? } else { None };
+        let user =
+            if email.len() <= 254 && email.contains('@') { self.store.user_by_email(&email).await? } else { None };
         let stored = user.as_ref().and_then(|u| u.password_hash.clone());
         let ok = {
             // argon2id is CPU work: off the async workers, two at a time.

@@ -8,9 +8,9 @@ use async_trait::async_trait;
 use mandate_audit::{Checkpoint, Event};
 use mandate_model::records::{
     Agent, AgentStatus, Approval, ApprovalStatus, AuthCodeRecord, ClientId, Grant, RefreshRecord, Resource,
-    SessionRecord, TokenRecord, User,
+    SessionRecord, SuspendedBy, TokenRecord, User, UserToken,
 };
-use mandate_model::{AgentId, ApprovalId, GrantId, Jti, UserId};
+use mandate_model::{AgentId, ApprovalId, GrantId, Jti, UserId, UserTokenId};
 use thiserror::Error;
 use time::OffsetDateTime;
 
@@ -95,19 +95,28 @@ pub enum Mutation {
     InsertUser(User),
     /// Replaces groups, attributes and status.
     UpdateUser(User),
+    /// A person's API token, by the hash of its secret.
     InsertUserToken {
+        token: UserToken,
         hash: String,
+    },
+    /// Revokes one of `user`'s API tokens (affected: 0 or 1).
+    RevokeUserToken {
+        id: UserTokenId,
         user: UserId,
-        created_at: OffsetDateTime,
+        at: OffsetDateTime,
     },
     /// Fails with `Conflict` if the id exists.
     InsertAgent(Agent),
-    /// Fails with `Conflict` unless the agent's status is `from`.
+    /// Fails with `Conflict` unless the agent's status is `from`. `by` is
+    /// kept while the agent is suspended (who may resume it), and cleared
+    /// by any other status.
     SetAgentStatus {
         id: AgentId,
         from: AgentStatus,
         to: AgentStatus,
         at: OffsetDateTime,
+        by: Option<SuspendedBy>,
     },
     /// Revokes every live token the agent holds, and every token exchanged
     /// from them, transitively: every token whose chain contains the agent
@@ -277,6 +286,8 @@ pub struct ApprovalQuery {
     pub status: Option<ApprovalStatus>,
     /// Only action approvals with this binding.
     pub binding: Option<String>,
+    /// Only approvals older than this one (paging, newest first).
+    pub before: Option<ApprovalId>,
     pub limit: u32,
 }
 
@@ -289,6 +300,7 @@ impl Mutation {
         matches!(
             self,
             Mutation::UpdateUser(_)
+                | Mutation::RevokeUserToken { .. }
                 | Mutation::SetAgentStatus { .. }
                 | Mutation::RevokeTokensOfAgent { .. }
                 | Mutation::RevokeTokensOfSubject { .. }
@@ -338,7 +350,10 @@ pub trait Store: Send + Sync + 'static {
 
     async fn user(&self, id: UserId) -> Result<Option<User>, StoreError>;
     async fn user_by_email(&self, email: &str) -> Result<Option<User>, StoreError>;
-    async fn user_by_token_hash(&self, hash: &str) -> Result<Option<UserId>, StoreError>;
+    /// A person's API token by the hash of its secret, live or not.
+    async fn user_token_by_hash(&self, hash: &str) -> Result<Option<UserToken>, StoreError>;
+    /// A person's API tokens, newest first.
+    async fn user_tokens(&self, user: UserId) -> Result<Vec<UserToken>, StoreError>;
 
     async fn agent(&self, id: AgentId) -> Result<Option<Agent>, StoreError>;
     /// Agents whose `parent` is `parent`.
@@ -359,6 +374,14 @@ pub trait Store: Send + Sync + 'static {
     async fn approval(&self, id: ApprovalId) -> Result<Option<Approval>, StoreError>;
     /// Approvals matching `query`, newest first, at most `query.limit`.
     async fn approvals(&self, query: &ApprovalQuery) -> Result<Vec<Approval>, StoreError>;
+    /// How many CIBA requests of `agent` (for `user`, when given) are
+    /// pending and unexpired at `now`.
+    async fn pending_requests(
+        &self,
+        agent: AgentId,
+        user: Option<UserId>,
+        now: OffsetDateTime,
+    ) -> Result<u64, StoreError>;
     async fn refresh(&self, hash: &str) -> Result<Option<RefreshRecord>, StoreError>;
 
     /// An authorization code by the hash of the code.
@@ -367,6 +390,9 @@ pub trait Store: Send + Sync + 'static {
     async fn session(&self, hash: &str) -> Result<Option<SessionRecord>, StoreError>;
     /// The agents `owner` is accountable for, oldest first.
     async fn agents_owned_by(&self, owner: UserId) -> Result<Vec<Agent>, StoreError>;
+    /// The last use of any grant held by each agent `owner` owns (agents
+    /// whose grants were never used are left out).
+    async fn last_use_of_owned_agents(&self, owner: UserId) -> Result<Vec<(AgentId, OffsetDateTime)>, StoreError>;
 
     /// The status indexes in `from..to` of revoked tokens, in any order.
     async fn revoked_status_indexes(&self, from: u64, to: u64) -> Result<Vec<u64>, StoreError>;
@@ -395,9 +421,9 @@ pub mod codec {
 
     use mandate_model::records::{
         Agent, AgentKind, AgentStatus, Approval, ApprovalStatus, ApprovalSubject, AuthCodeRecord, ClientId, Grant,
-        GrantStatus, RefreshRecord, Resource, SessionRecord, TokenRecord, User, UserStatus,
+        GrantStatus, RefreshRecord, Resource, SessionRecord, SuspendedBy, TokenRecord, User, UserStatus, UserToken,
     };
-    use mandate_model::{AgentId, ApprovalId, GrantId, Jti, ResourceId, ScopeSet, UserId};
+    use mandate_model::{AgentId, ApprovalId, GrantId, Jti, ResourceId, ScopeSet, UserId, UserTokenId};
     use time::OffsetDateTime;
 
     use super::StoreError;
@@ -492,6 +518,7 @@ pub mod codec {
         pub redirect_uris: String,
         pub secret_hash: Option<String>,
         pub created_at: i64,
+        pub suspended_by: Option<String>,
     }
 
     impl TryFrom<AgentRow> for Agent {
@@ -515,6 +542,29 @@ pub mod codec {
                 redirect_uris: from_json(&r.redirect_uris)?,
                 created_at: from_ts(r.created_at)?,
                 secret_hash: r.secret_hash,
+                suspended_by: r.suspended_by.as_deref().map(parse::<SuspendedBy>).transpose()?,
+            })
+        }
+    }
+
+    /// A user_tokens row, as the stores read it.
+    pub struct UserTokenRow {
+        pub id: String,
+        pub user_id: String,
+        pub created_at: i64,
+        pub expires_at: i64,
+        pub revoked_at: Option<i64>,
+    }
+
+    impl TryFrom<UserTokenRow> for UserToken {
+        type Error = StoreError;
+        fn try_from(r: UserTokenRow) -> Result<Self, StoreError> {
+            Ok(UserToken {
+                id: parse::<UserTokenId>(&r.id)?,
+                user: parse::<UserId>(&r.user_id)?,
+                created_at: from_ts(r.created_at)?,
+                expires_at: from_ts(r.expires_at)?,
+                revoked_at: opt_ts(r.revoked_at)?,
             })
         }
     }

@@ -99,6 +99,10 @@ prefixed_id!(
     /// The `jti` of an access token Mandate issued.
     Jti, "tok", "token"
 );
+prefixed_id!(
+    /// A person's own API token (not the secret, which is never stored).
+    UserTokenId, "utk", "user token"
+);
 
 #[cfg(test)]
 mod tests {

@@ -67,7 +67,8 @@ fn is_invisible(c: char) -> bool {
 }
 
 /// A deliberately plain email check: one `@`, printable ASCII-or-letters on
-/// both sides, a dotted domain. Returns the address with its domain lower-cased.
+/// both sides, a dotted domain. Returns the address in its one stored
+/// spelling: local part lower-cased in ASCII, domain lower-cased.
 pub fn validate_email(email: &str) -> Result<String, ModelError> {
     if email.len() > 254 || email.chars().any(|c| c.is_whitespace() || c.is_control() || is_invisible(c)) {
         return Err(ModelError::InvalidEmail);
@@ -82,7 +83,10 @@ pub fn validate_email(email: &str) -> Result<String, ModelError> {
     if !domain.chars().all(|c| c.is_alphanumeric() || c == '-' || c == '.') {
         return Err(ModelError::InvalidEmail);
     }
-    Ok(format!("{local}@{}", domain.to_lowercase()))
+    // One spelling per address, made at write time and for every lookup:
+    // the local part lower-cased in ASCII (as mail systems treat it in
+    // practice), the domain lower-cased.
+    Ok(format!("{}@{}", local.to_ascii_lowercase(), domain.to_lowercase()))
 }
 
 /// Group names and attribute keys: short, ASCII, no spaces.
@@ -154,7 +158,7 @@ mod tests {
 
     #[test]
     fn emails() {
-        assert_eq!(validate_email("Alice@Example.COM").as_deref(), Ok("Alice@example.com"));
+        assert_eq!(validate_email("Alice@Example.COM").as_deref(), Ok("alice@example.com"));
         for e in ["", "alice", "a@b", "a@@b.c", "a b@c.d", "a@b..c", "@b.c"] {
             assert!(validate_email(e).is_err(), "{e}");
         }

@@ -99,6 +99,35 @@ impl Lifecycle {
     }
 }
 
+/// Who suspended an agent: only that level or a higher one may resume it
+/// (SECURITY row 44). The admin is above the owner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SuspendedBy {
+    Owner,
+    Admin,
+}
+
+impl SuspendedBy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SuspendedBy::Owner => "owner",
+            SuspendedBy::Admin => "admin",
+        }
+    }
+}
+
+impl FromStr for SuspendedBy {
+    type Err = ModelError;
+    fn from_str(s: &str) -> Result<Self, ModelError> {
+        match s {
+            "owner" => Ok(Self::Owner),
+            "admin" => Ok(Self::Admin),
+            _ => Err(ModelError::InvalidField { field: "suspended_by", reason: format!("unknown level {s:?}") }),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Agent {
     pub id: AgentId,
@@ -120,12 +149,46 @@ pub struct Agent {
     /// SHA-256 of the development-only client secret, hex.
     #[serde(skip)]
     pub secret_hash: Option<String>,
+    /// While suspended: who suspended it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub suspended_by: Option<SuspendedBy>,
 }
 
 impl Agent {
     /// Whether the agent may act at `now`: active and not past its expiry.
     pub fn is_live(&self, now: OffsetDateTime) -> bool {
         self.status == AgentStatus::Active && self.expires_at.is_none_or(|e| now < e)
+    }
+}
+
+/// A person's own API token (approvals, their grants and agents): only
+/// its hash is stored; it expires and can be revoked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UserToken {
+    pub id: crate::UserTokenId,
+    pub user: UserId,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub revoked_at: Option<OffsetDateTime>,
+}
+
+impl UserToken {
+    /// Whether it authenticates at `now`.
+    pub fn is_live(&self, now: OffsetDateTime) -> bool {
+        self.revoked_at.is_none() && now < self.expires_at
+    }
+
+    pub fn status_at(&self, now: OffsetDateTime) -> &'static str {
+        if self.revoked_at.is_some() {
+            "revoked"
+        } else if now >= self.expires_at {
+            "expired"
+        } else {
+            "active"
+        }
     }
 }
 

@@ -28,6 +28,7 @@ fn bench_agent(n: u128) -> Agent {
         redirect_uris: vec![],
         created_at: OffsetDateTime::UNIX_EPOCH,
         secret_hash: None,
+        suspended_by: None,
     }
 }
 

@@ -26,6 +26,7 @@ fn agent() -> Agent {
         redirect_uris: vec![],
         created_at: OffsetDateTime::UNIX_EPOCH,
         secret_hash: None,
+        suspended_by: None,
     }
 }
 

@@ -6,15 +6,15 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
-use mandate_core::{Caller, Error, NewAgent, NewResource, NewUser, UserPatch};
+use mandate_core::{Caller, Error, NewAgent, NewResource, NewUser, NewUserToken, UserPatch};
 use mandate_model::records::Lifecycle;
-use mandate_model::{AgentId, ResourceId, UserId};
+use mandate_model::{AgentId, ResourceId, UserId, UserTokenId};
 use serde::Deserialize;
 use serde_json::json;
 
 use crate::AppState;
 use crate::error::Problem;
-use crate::extract::{StrictJson, bearer};
+use crate::extract::{OptionalJson, StrictJson, bearer};
 
 /// The authenticated caller. As an extractor it runs before the body is
 /// read, so an unauthenticated request learns nothing about the schema.
@@ -92,13 +92,49 @@ pub async fn update_user(
     Ok(Json(to_json(&user)?).into_response())
 }
 
+/// `POST /v1/users/{id}/tokens` (admin), optional body `{ttl_seconds}`:
+/// the secret, shown once, with the token's id and expiry.
 pub async fn create_user_token(
     State(s): State<AppState>,
     Authed(c): Authed,
     Path(raw): Path<String>,
+    OptionalJson(body): OptionalJson<NewUserToken>,
 ) -> Result<Response, Problem> {
-    let token = s.mandate.create_user_token(c, id::<UserId>(&raw)?).await?;
-    Ok(created(json!({ "token": token })))
+    let (secret, token) = s.mandate.create_user_token(c, id::<UserId>(&raw)?, body).await?;
+    let mut out = to_json(&token)?;
+    set(&mut out, "token", json!(secret));
+    set(&mut out, "status", json!("active"));
+    Ok(created(out))
+}
+
+/// `GET /v1/users/{id}/tokens` (the admin, or the person): their API
+/// tokens, never the secrets.
+pub async fn list_user_tokens(
+    State(s): State<AppState>,
+    Authed(c): Authed,
+    Path(raw): Path<String>,
+) -> Result<Response, Problem> {
+    let tokens = s.mandate.list_user_tokens(c, id::<UserId>(&raw)?).await?;
+    let now = s.mandate.now();
+    let mut items = Vec::with_capacity(tokens.len());
+    for t in &tokens {
+        let mut v = to_json(t)?;
+        set(&mut v, "status", json!(t.status_at(now)));
+        items.push(v);
+    }
+    Ok(Json(json!({ "tokens": items })).into_response())
+}
+
+/// `POST /v1/users/{id}/tokens/{token}/revoke` (the admin, or the person).
+pub async fn revoke_user_token(
+    State(s): State<AppState>,
+    Authed(c): Authed,
+    Path((user, token)): Path<(String, String)>,
+) -> Result<Response, Problem> {
+    let t = s.mandate.revoke_user_token(c, id::<UserId>(&user)?, id::<UserTokenId>(&token)?).await?;
+    let mut v = to_json(&t)?;
+    set(&mut v, "status", json!("revoked"));
+    Ok(Json(v).into_response())
 }
 
 /// `POST /v1/agents`: the admin registers an agent, or an agent spawns an

@@ -90,16 +90,22 @@ pub async fn list_approvals(
     Authed(c): Authed,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, Problem> {
-    let q = query(raw.as_deref(), &["status", "limit"])?;
+    let q = query(raw.as_deref(), &["status", "limit", "before"])?;
     let status = match q.get("status").map(String::as_str) {
         None => None,
         Some(v) => Some(v.parse::<ApprovalStatus>().map_err(|e| Problem::bad_input(e.to_string()))?),
     };
     let limit = parsed::<u32>("limit", q.get("limit"))?.unwrap_or(100);
-    let list = s.mandate.list_approvals(c, status, limit).await?;
+    let before = parsed::<ApprovalId>("before", q.get("before"))?;
+    let list = s.mandate.list_approvals(c, status, before, limit).await?;
     let now = s.mandate.now();
-    Ok(Json(json!({ "approvals": list.iter().map(|a| approval_json(a, now)).collect::<Result<Vec<_>, _>>()? }))
-        .into_response())
+    // The cursor for the next page, when this one is full.
+    let next = (list.len() == limit as usize).then(|| list.last().map(|a| a.id.to_string())).flatten();
+    Ok(Json(json!({
+        "approvals": list.iter().map(|a| approval_json(a, now)).collect::<Result<Vec<_>, _>>()?,
+        "next_before": next,
+    }))
+    .into_response())
 }
 
 /// `POST /v1/approvals/{id}/approve` and `/deny`.

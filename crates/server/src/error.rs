@@ -47,7 +47,7 @@ impl OAuthError {
             Error::UnknownUser(_) => "unknown_user_id",
             Error::InvalidDpopProof(_) => "invalid_dpop_proof",
             Error::UseDpopNonce { .. } => "use_dpop_nonce",
-            Error::RateLimited(_) => "slow_down",
+            Error::RateLimited { .. } => "slow_down",
             Error::Unavailable(_) => "temporarily_unavailable",
         }
     }
@@ -69,7 +69,7 @@ impl OAuthError {
             | Error::ExpiredToken(m)
             | Error::UnknownUser(m)
             | Error::InvalidDpopProof(m)
-            | Error::RateLimited(m) => m.clone(),
+            | Error::RateLimited { why: m, .. } => m.clone(),
             Error::Unavailable(detail) => internal_failure(detail),
             Error::UseDpopNonce { .. } => "the DPoP proof must carry the nonce in the DPoP-Nonce header".into(),
             Error::Unauthenticated => "client authentication failed".into(),
@@ -82,9 +82,10 @@ impl OAuthError {
 impl IntoResponse for OAuthError {
     fn into_response(self) -> Response {
         let code = self.code();
-        let status = match code {
-            "invalid_client" => StatusCode::UNAUTHORIZED,
-            "temporarily_unavailable" => StatusCode::SERVICE_UNAVAILABLE,
+        let status = match (&self.0, code) {
+            (Error::RateLimited { .. }, _) => StatusCode::TOO_MANY_REQUESTS,
+            (_, "invalid_client") => StatusCode::UNAUTHORIZED,
+            (_, "temporarily_unavailable") => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::BAD_REQUEST,
         };
         metrics::counter!("mandate_oauth_errors_total", "error" => code).increment(1);
@@ -94,6 +95,9 @@ impl IntoResponse for OAuthError {
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         if status == StatusCode::UNAUTHORIZED {
             h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"mandate\""));
+        }
+        if let Error::RateLimited { retry_after, .. } = &self.0 {
+            h.insert(header::RETRY_AFTER, (*retry_after).into());
         }
         // RFC 9449 §8: the nonce to retry with.
         if let Error::UseDpopNonce { nonce } = &self.0
@@ -112,11 +116,13 @@ pub struct Problem {
     pub kind: &'static str,
     pub title: &'static str,
     pub detail: String,
+    /// Seconds for `Retry-After` on a 429.
+    pub retry_after: Option<u64>,
 }
 
 impl Problem {
     pub fn new(status: StatusCode, kind: &'static str, title: &'static str, detail: impl Into<String>) -> Self {
-        Self { status, kind, title, detail: detail.into() }
+        Self { status, kind, title, detail: detail.into(), retry_after: None }
     }
 
     pub fn bad_input(detail: impl Into<String>) -> Self {
@@ -149,7 +155,10 @@ impl From<Error> for Problem {
             | Error::ExpiredToken(m)
             | Error::InvalidDpopProof(m) => Problem::bad_input(m),
             Error::UseDpopNonce { .. } => Problem::bad_input(e.to_string()),
-            Error::RateLimited(m) => Problem::new(S::TOO_MANY_REQUESTS, "rate-limited", "Too many requests", m),
+            Error::RateLimited { why, retry_after } => Problem {
+                retry_after: Some(retry_after),
+                ..Problem::new(S::TOO_MANY_REQUESTS, "rate-limited", "Too many requests", why)
+            },
             Error::AccessDenied(m) => Problem::new(S::FORBIDDEN, "forbidden", "Forbidden", m),
             Error::AuthorizationPending | Error::SlowDown => Problem::bad_input(e.to_string()),
             Error::Unavailable(detail) => Problem::new(
@@ -177,6 +186,9 @@ impl IntoResponse for Problem {
         let mut resp = (self.status, body.to_string()).into_response();
         let h = resp.headers_mut();
         h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        if let Some(secs) = self.retry_after {
+            h.insert(header::RETRY_AFTER, secs.into());
+        }
         if self.status == StatusCode::UNAUTHORIZED {
             h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"mandate\""));
         }

@@ -18,13 +18,13 @@ use mandate_audit::{Checkpoint, Event};
 use mandate_core::audit::{AuditQuery, seal_record};
 use mandate_core::store::codec::{
     self, AgentRow, ApprovalRow, AuthCodeRow, EVENT_COLUMNS, EventRow, GrantRow, RefreshRow, ResourceRow, SessionRow,
-    TokenRow, UserRow, agent_kind, json, ts, user_status,
+    TokenRow, UserRow, UserTokenRow, agent_kind, json, ts, user_status,
 };
 use mandate_core::store::{
     ApprovalQuery, Change, GrantQuery, KeyUse, Mutation, Store, StoreError, StoredKey, StoredPolicy,
 };
 use mandate_model::records::{
-    Agent, Approval, AuthCodeRecord, Grant, RefreshRecord, Resource, SessionRecord, TokenRecord, User,
+    Agent, Approval, AuthCodeRecord, Grant, RefreshRecord, Resource, SessionRecord, TokenRecord, User, UserToken,
 };
 use mandate_model::{AgentId, ApprovalId, GrantId, Jti, ResourceId, UserId};
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
@@ -151,16 +151,29 @@ async fn apply_one(conn: &mut PgConnection, m: &Mutation) -> Result<u64, StoreEr
             }
             r
         }
-        Mutation::InsertUserToken { hash, user, created_at } => sqlx::query("INSERT INTO user_tokens (hash, user_id, created_at) VALUES ($1, $2, $3)")
-            .bind(hash)
-            .bind(user.to_string())
-            .bind(ts(*created_at)?)
-            .execute(&mut *conn)
-            .await
-            .map_err(|e| map_write_error(e, "user token"))?,
+        Mutation::InsertUserToken { token, hash } => sqlx::query(
+            "INSERT INTO user_tokens (hash, id, user_id, created_at, expires_at) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(hash)
+        .bind(token.id.to_string())
+        .bind(token.user.to_string())
+        .bind(ts(token.created_at)?)
+        .bind(ts(token.expires_at)?)
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| map_write_error(e, "user token"))?,
+        Mutation::RevokeUserToken { id, user, at } => sqlx::query(
+            "UPDATE user_tokens SET revoked_at = $1 WHERE id = $2 AND user_id = $3 AND revoked_at IS NULL",
+        )
+        .bind(ts(*at)?)
+        .bind(id.to_string())
+        .bind(user.to_string())
+        .execute(&mut *conn)
+        .await
+        .map_err(unavailable)?,
         Mutation::InsertAgent(a) => sqlx::query(
-            "INSERT INTO agents (id, name, owner, kind, parent, status, expires_at, description, scopes, jwks, redirect_uris, secret_hash, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+            "INSERT INTO agents (id, name, owner, kind, parent, status, expires_at, description, scopes, jwks, redirect_uris, secret_hash, created_at, updated_at, suspended_by) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
         )
         .bind(a.id.to_string())
         .bind(&a.name)
@@ -176,15 +189,20 @@ async fn apply_one(conn: &mut PgConnection, m: &Mutation) -> Result<u64, StoreEr
         .bind(&a.secret_hash)
         .bind(ts(a.created_at)?)
         .bind(ts(a.created_at)?)
+        .bind(a.suspended_by.map(|b| b.as_str()))
         .execute(&mut *conn)
         .await
         .map_err(|e| map_write_error(e, "agent"))?,
-        Mutation::SetAgentStatus { id, from, to, at } => {
-            let r = sqlx::query("UPDATE agents SET status = $1, updated_at = $2 WHERE id = $3 AND status = $4")
-                .bind(to.as_str())
-                .bind(ts(*at)?)
-                .bind(id.to_string())
-                .bind(from.as_str())
+        Mutation::SetAgentStatus { id, from, to, at, by } => {
+            let by = if *to == mandate_model::records::AgentStatus::Suspended { by.map(|b| b.as_str()) } else { None };
+            let r = sqlx::query(
+                "UPDATE agents SET status = $1, updated_at = $2, suspended_by = $5 WHERE id = $3 AND status = $4",
+            )
+            .bind(to.as_str())
+            .bind(ts(*at)?)
+            .bind(id.to_string())
+            .bind(from.as_str())
+            .bind(by)
                 .execute(&mut *conn)
                 .await
                 .map_err(unavailable)?;
@@ -896,6 +914,17 @@ fn agent_row(r: &PgRow) -> Result<Agent, StoreError> {
         redirect_uris: get(r, "redirect_uris")?,
         secret_hash: get(r, "secret_hash")?,
         created_at: get(r, "created_at")?,
+        suspended_by: get(r, "suspended_by")?,
+    })
+}
+
+fn user_token_row(r: &PgRow) -> Result<UserToken, StoreError> {
+    UserToken::try_from(UserTokenRow {
+        id: get(r, "id")?,
+        user_id: get(r, "user_id")?,
+        created_at: get(r, "created_at")?,
+        expires_at: get(r, "expires_at")?,
+        revoked_at: get(r, "revoked_at")?,
     })
 }
 
@@ -1012,11 +1041,17 @@ impl Store for PostgresStore {
         self.one("SELECT * FROM users WHERE email = $1", email, user_row).await
     }
 
-    async fn user_by_token_hash(&self, hash: &str) -> Result<Option<UserId>, StoreError> {
-        self.one("SELECT user_id FROM user_tokens WHERE hash = $1", hash, |r| {
-            codec::parse(&get::<String>(r, "user_id")?)
-        })
-        .await
+    async fn user_token_by_hash(&self, hash: &str) -> Result<Option<UserToken>, StoreError> {
+        self.one("SELECT * FROM user_tokens WHERE hash = $1", hash, user_token_row).await
+    }
+
+    async fn user_tokens(&self, user: UserId) -> Result<Vec<UserToken>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM user_tokens WHERE user_id = $1 ORDER BY id DESC")
+            .bind(user.to_string())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        rows.iter().map(user_token_row).collect()
     }
 
     async fn agent(&self, id: AgentId) -> Result<Option<Agent>, StoreError> {
@@ -1112,16 +1147,36 @@ impl Store for PostgresStore {
     async fn approvals(&self, q: &ApprovalQuery) -> Result<Vec<Approval>, StoreError> {
         let rows = sqlx::query(
             "SELECT * FROM approvals WHERE ($1::text IS NULL OR approver = $1) AND ($2::text IS NULL OR status = $2) \
-             AND ($3::text IS NULL OR binding = $3) ORDER BY id DESC LIMIT $4",
+             AND ($3::text IS NULL OR binding = $3) AND ($5::text IS NULL OR id < $5) ORDER BY id DESC LIMIT $4",
         )
         .bind(q.approver.map(|u| u.to_string()))
         .bind(q.status.map(|s| s.as_str()))
         .bind(&q.binding)
         .bind(i64::from(q.limit))
+        .bind(q.before.map(|a| a.to_string()))
         .fetch_all(&self.pool)
         .await
         .map_err(unavailable)?;
         rows.iter().map(approval_row).collect()
+    }
+
+    async fn pending_requests(
+        &self,
+        agent: AgentId,
+        user: Option<UserId>,
+        now: time::OffsetDateTime,
+    ) -> Result<u64, StoreError> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM approvals WHERE agent = $1 AND status = 'pending' AND binding IS NULL \
+             AND ($2::text IS NULL OR user_id = $2) AND expires_at > $3",
+        )
+        .bind(agent.to_string())
+        .bind(user.map(|u| u.to_string()))
+        .bind(ts(now)?)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        u64::try_from(n).map_err(|_| StoreError::Corrupt(format!("count {n}")))
     }
 
     async fn refresh(&self, hash: &str) -> Result<Option<RefreshRecord>, StoreError> {
@@ -1167,6 +1222,23 @@ impl Store for PostgresStore {
             })
         })
         .transpose()
+    }
+
+    async fn last_use_of_owned_agents(
+        &self,
+        owner: UserId,
+    ) -> Result<Vec<(AgentId, time::OffsetDateTime)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT g.agent AS agent, max(g.last_used_at) AS last_used FROM grants g JOIN agents a ON a.id = g.agent \
+             WHERE a.owner = $1 AND g.last_used_at IS NOT NULL GROUP BY g.agent",
+        )
+        .bind(owner.to_string())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        rows.iter()
+            .map(|r| Ok((codec::parse::<AgentId>(&get::<String>(r, "agent")?)?, codec::from_ts(get(r, "last_used")?)?)))
+            .collect()
     }
 
     async fn agents_owned_by(&self, owner: UserId) -> Result<Vec<Agent>, StoreError> {

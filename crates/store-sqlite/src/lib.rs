@@ -24,13 +24,13 @@ use mandate_audit::{Checkpoint, Event, GENESIS};
 use mandate_core::audit::AuditQuery;
 use mandate_core::store::codec::{
     self, AgentRow, ApprovalRow, AuthCodeRow, EVENT_COLUMNS, EventRow, GrantRow, RefreshRow, ResourceRow, SessionRow,
-    TokenRow, UserRow, agent_kind, json, ts, user_status,
+    TokenRow, UserRow, UserTokenRow, agent_kind, json, ts, user_status,
 };
 use mandate_core::store::{
     ApprovalQuery, Change, GrantQuery, KeyUse, Mutation, Store, StoreError, StoredKey, StoredPolicy,
 };
 use mandate_model::records::{
-    Agent, Approval, AuthCodeRecord, Grant, RefreshRecord, Resource, SessionRecord, TokenRecord, User,
+    Agent, Approval, AuthCodeRecord, Grant, RefreshRecord, Resource, SessionRecord, TokenRecord, User, UserToken,
 };
 use mandate_model::{AgentId, ApprovalId, GrantId, Jti, ResourceId, UserId};
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, Row, params};
@@ -44,6 +44,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0004_resource_side.sql"),
     include_str!("../migrations/0005_web.sql"),
     include_str!("../migrations/0006_authorization_codes.sql"),
+    include_str!("../migrations/0007_security.sql"),
 ];
 
 /// Most changes folded into one transaction.
@@ -422,16 +423,22 @@ fn apply(conn: &Connection, m: &Mutation, affected: &[u64], head: &mut Head) -> 
             }
             Ok(n)
         }
-        Mutation::InsertUserToken { hash, user, created_at } => exec(
+        Mutation::InsertUserToken { token, hash } => exec(
             conn,
-            "INSERT INTO user_tokens (hash, user_id, created_at) VALUES (?1, ?2, ?3)",
-            params![hash, user.to_string(), ts(*created_at)?],
+            "INSERT INTO user_tokens (hash, id, user_id, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![hash, token.id.to_string(), token.user.to_string(), ts(token.created_at)?, ts(token.expires_at)?],
+            "user token",
+        ),
+        Mutation::RevokeUserToken { id, user, at } => exec(
+            conn,
+            "UPDATE user_tokens SET revoked_at = ?1 WHERE id = ?2 AND user_id = ?3 AND revoked_at IS NULL",
+            params![ts(*at)?, id.to_string(), user.to_string()],
             "user token",
         ),
         Mutation::InsertAgent(a) => exec(
             conn,
-            "INSERT INTO agents (id, name, owner, kind, parent, status, expires_at, description, scopes, jwks, redirect_uris, secret_hash, created_at, updated_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?13)",
+            "INSERT INTO agents (id, name, owner, kind, parent, status, expires_at, description, scopes, jwks, redirect_uris, secret_hash, created_at, updated_at, suspended_by) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?13, ?14)",
             params![
                 a.id.to_string(),
                 a.name,
@@ -446,14 +453,16 @@ fn apply(conn: &Connection, m: &Mutation, affected: &[u64], head: &mut Head) -> 
                 json(&a.redirect_uris)?,
                 a.secret_hash,
                 ts(a.created_at)?,
+                a.suspended_by.map(|b| b.as_str()),
             ],
             "agent",
         ),
-        Mutation::SetAgentStatus { id, from, to, at } => {
+        Mutation::SetAgentStatus { id, from, to, at, by } => {
+            let by = if *to == mandate_model::records::AgentStatus::Suspended { by.map(|b| b.as_str()) } else { None };
             let n = exec(
                 conn,
-                "UPDATE agents SET status = ?1, updated_at = ?2 WHERE id = ?3 AND status = ?4",
-                params![to.as_str(), ts(*at)?, id.to_string(), from.as_str()],
+                "UPDATE agents SET status = ?1, updated_at = ?2, suspended_by = ?5 WHERE id = ?3 AND status = ?4",
+                params![to.as_str(), ts(*at)?, id.to_string(), from.as_str(), by],
                 "agent",
             )?;
             if n == 0 {
@@ -887,6 +896,17 @@ fn agent_row(r: &Row<'_>) -> Mapped<Agent> {
         redirect_uris: r.get("redirect_uris")?,
         secret_hash: r.get("secret_hash")?,
         created_at: r.get("created_at")?,
+        suspended_by: r.get("suspended_by")?,
+    }))
+}
+
+fn user_token_row(r: &Row<'_>) -> Mapped<UserToken> {
+    Ok(UserToken::try_from(UserTokenRow {
+        id: r.get("id")?,
+        user_id: r.get("user_id")?,
+        created_at: r.get("created_at")?,
+        expires_at: r.get("expires_at")?,
+        revoked_at: r.get("revoked_at")?,
     }))
 }
 
@@ -1069,8 +1089,16 @@ impl Store for SqliteStore {
         self.one("SELECT * FROM users WHERE email = ?1", email, user_row)
     }
 
-    async fn user_by_token_hash(&self, hash: &str) -> Result<Option<UserId>, StoreError> {
-        self.one("SELECT user_id FROM user_tokens WHERE hash = ?1", hash, |r| Ok(codec::parse(&r.get::<_, String>(0)?)))
+    async fn user_token_by_hash(&self, hash: &str) -> Result<Option<UserToken>, StoreError> {
+        self.one("SELECT * FROM user_tokens WHERE hash = ?1", hash, user_token_row)
+    }
+
+    async fn user_tokens(&self, user: UserId) -> Result<Vec<UserToken>, StoreError> {
+        let rows = self.read(|c| {
+            let mut stmt = c.prepare_cached("SELECT * FROM user_tokens WHERE user_id = ?1 ORDER BY id DESC")?;
+            stmt.query_map([user.to_string()], user_token_row)?.collect::<rusqlite::Result<Vec<_>>>()
+        })?;
+        rows.into_iter().collect()
     }
 
     async fn agent(&self, id: AgentId) -> Result<Option<Agent>, StoreError> {
@@ -1133,15 +1161,33 @@ impl Store for SqliteStore {
 
     async fn approvals(&self, q: &ApprovalQuery) -> Result<Vec<Approval>, StoreError> {
         let (approver, status) = (q.approver.map(|u| u.to_string()), q.status.map(|s| s.as_str()));
+        let before = q.before.map(|a| a.to_string());
         let rows = self.read(|c| {
             c.prepare_cached(
                 "SELECT * FROM approvals WHERE (?1 IS NULL OR approver = ?1) AND (?2 IS NULL OR status = ?2) \
-                 AND (?3 IS NULL OR binding = ?3) ORDER BY id DESC LIMIT ?4",
+                 AND (?3 IS NULL OR binding = ?3) AND (?5 IS NULL OR id < ?5) ORDER BY id DESC LIMIT ?4",
             )?
-            .query_map(params![approver, status, q.binding, q.limit], approval_row)?
+            .query_map(params![approver, status, q.binding, q.limit, before], approval_row)?
             .collect::<rusqlite::Result<Vec<_>>>()
         })?;
         rows.into_iter().collect()
+    }
+
+    async fn pending_requests(
+        &self,
+        agent: AgentId,
+        user: Option<UserId>,
+        now: time::OffsetDateTime,
+    ) -> Result<u64, StoreError> {
+        let (user, now) = (user.map(|u| u.to_string()), ts(now)?);
+        let n: i64 = self.read(|c| {
+            c.prepare_cached(
+                "SELECT count(*) FROM approvals WHERE agent = ?1 AND status = 'pending' AND binding IS NULL \
+                 AND (?2 IS NULL OR user_id = ?2) AND expires_at > ?3",
+            )?
+            .query_row(params![agent.to_string(), user, now], |r| r.get(0))
+        })?;
+        u64::try_from(n).map_err(|_| StoreError::Corrupt(format!("count {n}")))
     }
 
     async fn refresh(&self, hash: &str) -> Result<Option<RefreshRecord>, StoreError> {
@@ -1175,6 +1221,21 @@ impl Store for SqliteStore {
                 revoked_at: r.get("revoked_at")?,
             }))
         })
+    }
+
+    async fn last_use_of_owned_agents(
+        &self,
+        owner: UserId,
+    ) -> Result<Vec<(AgentId, time::OffsetDateTime)>, StoreError> {
+        let rows = self.read(|c| {
+            c.prepare_cached(
+                "SELECT g.agent, max(g.last_used_at) FROM grants g JOIN agents a ON a.id = g.agent \
+                 WHERE a.owner = ?1 AND g.last_used_at IS NOT NULL GROUP BY g.agent",
+            )?
+            .query_map([owner.to_string()], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?
+            .collect::<rusqlite::Result<Vec<_>>>()
+        })?;
+        rows.into_iter().map(|(a, t)| Ok((codec::parse::<AgentId>(&a)?, codec::from_ts(t)?))).collect()
     }
 
     async fn agents_owned_by(&self, owner: UserId) -> Result<Vec<Agent>, StoreError> {

@@ -58,6 +58,8 @@ pub const CASES: &[(&str, Case)] = cases![
     sessions_round_trip_and_end,
     an_authorization_code_is_used_once,
     agents_are_listed_by_owner,
+    user_tokens_expire_and_are_revoked_once,
+    pending_requests_are_counted_and_approvals_paged,
     revoking_a_parent_during_its_exchange_never_leaves_a_live_child,
     appends_report_their_seq,
 ];
@@ -123,6 +125,7 @@ pub fn agent(owner: UserId, parent: Option<AgentId>) -> Agent {
         redirect_uris: vec!["https://app.example/cb".into()],
         created_at: t0(),
         secret_hash: None,
+        suspended_by: None,
     }
 }
 
@@ -184,10 +187,45 @@ async fn users_round_trip_and_stay_unique(s: Arc<dyn Store>) -> Result<()> {
     changed.status = UserStatus::Disabled;
     one(&s, Mutation::UpdateUser(changed.clone())).await?;
     ensure!(s.user(u.id).await? == Some(changed));
-    one(&s, Mutation::InsertUserToken { hash: "h1".into(), user: u.id, created_at: t0() }).await?;
-    ensure!(s.user_by_token_hash("h1").await? == Some(u.id));
-    ensure!(s.user_by_token_hash("h2").await?.is_none());
     ensure!(s.user(UserId::from_ulid(ulid())).await?.is_none());
+    Ok(())
+}
+
+/// A person's API tokens: found by hash, listed newest first, revoked once
+/// (SECURITY row 45's neighbour: tokens that expire and can be revoked).
+async fn user_tokens_expire_and_are_revoked_once(s: Arc<dyn Store>) -> Result<()> {
+    let u = user("ada@example.com");
+    let other = user("bob@example.com");
+    one(&s, Mutation::InsertUser(u.clone())).await?;
+    one(&s, Mutation::InsertUser(other.clone())).await?;
+    let token = |n: i64| mandate_model::records::UserToken {
+        id: mandate_model::UserTokenId::from_ulid(ulid()),
+        user: u.id,
+        created_at: t0() + Duration::seconds(n),
+        expires_at: t0() + Duration::days(30),
+        revoked_at: None,
+    };
+    let (a, b) = (token(0), token(1));
+    one(&s, Mutation::InsertUserToken { token: a.clone(), hash: "h1".into() }).await?;
+    one(&s, Mutation::InsertUserToken { token: b.clone(), hash: "h2".into() }).await?;
+    ensure!(s.user_token_by_hash("h1").await? == Some(a.clone()), "token did not round-trip");
+    ensure!(s.user_token_by_hash("h3").await?.is_none());
+    ensure!(s.user_tokens(u.id).await? == vec![b.clone(), a.clone()], "not newest first");
+    ensure!(s.user_tokens(other.id).await?.is_empty());
+    let dup = mandate_model::records::UserToken { id: mandate_model::UserTokenId::from_ulid(ulid()), ..a.clone() };
+    ensure!(
+        matches!(
+            one(&s, Mutation::InsertUserToken { token: dup, hash: "h1".into() }).await,
+            Err(StoreError::Conflict(_))
+        ),
+        "a duplicate hash was accepted"
+    );
+    // Only its owner's token is revoked, once.
+    ensure!(one(&s, Mutation::RevokeUserToken { id: a.id, user: other.id, at: t0() }).await? == 0);
+    ensure!(one(&s, Mutation::RevokeUserToken { id: a.id, user: u.id, at: t0() }).await? == 1);
+    ensure!(one(&s, Mutation::RevokeUserToken { id: a.id, user: u.id, at: t0() }).await? == 0);
+    ensure!(s.user_token_by_hash("h1").await?.and_then(|t| t.revoked_at) == Some(t0()));
+    ensure!(s.user_token_by_hash("h2").await?.and_then(|t| t.revoked_at).is_none());
     Ok(())
 }
 
@@ -204,13 +242,39 @@ async fn agents_round_trip_and_change_status_conditionally(s: Arc<dyn Store>) ->
     let orphan = agent(UserId::from_ulid(ulid()), None);
     ensure!(one(&s, Mutation::InsertAgent(orphan)).await.is_err(), "agent with a missing owner accepted");
     let at = t0();
-    one(&s, Mutation::SetAgentStatus { id: parent.id, from: AgentStatus::Active, to: AgentStatus::Suspended, at })
-        .await?;
-    let stale =
-        one(&s, Mutation::SetAgentStatus { id: parent.id, from: AgentStatus::Active, to: AgentStatus::Retired, at })
-            .await;
+    let admin = Some(mandate_model::records::SuspendedBy::Admin);
+    one(
+        &s,
+        Mutation::SetAgentStatus {
+            id: parent.id,
+            from: AgentStatus::Active,
+            to: AgentStatus::Suspended,
+            at,
+            by: admin,
+        },
+    )
+    .await?;
+    let stale = one(
+        &s,
+        Mutation::SetAgentStatus { id: parent.id, from: AgentStatus::Active, to: AgentStatus::Retired, at, by: None },
+    )
+    .await;
     ensure!(matches!(stale, Err(StoreError::Conflict(_))), "status change from a stale status accepted");
-    ensure!(s.agent(parent.id).await?.map(|a| a.status) == Some(AgentStatus::Suspended));
+    let suspended = s.agent(parent.id).await?;
+    ensure!(suspended.as_ref().map(|a| (a.status, a.suspended_by)) == Some((AgentStatus::Suspended, admin)));
+    // Who suspended it is forgotten once it is active again.
+    one(
+        &s,
+        Mutation::SetAgentStatus {
+            id: parent.id,
+            from: AgentStatus::Suspended,
+            to: AgentStatus::Active,
+            at,
+            by: admin,
+        },
+    )
+    .await?;
+    ensure!(s.agent(parent.id).await?.map(|a| (a.status, a.suspended_by)) == Some((AgentStatus::Active, None)));
     Ok(())
 }
 
@@ -396,6 +460,7 @@ async fn owners_and_expiry_revoke_agent_tokens(s: Arc<dyn Store>) -> Result<()> 
             from: AgentStatus::Active,
             to: AgentStatus::Retired,
             at: t0() + Duration::hours(1),
+            by: None,
         },
     )
     .await?;
@@ -924,6 +989,100 @@ async fn grants_revoke_once_and_list_by_person(s: Arc<dyn Store>) -> Result<()> 
     Ok(())
 }
 
+/// CIBA requests pending per agent and per agent and user are counted (the
+/// caps of SECURITY row 45); the inbox pages by id; an agent's last use is
+/// read by one grouped query; deciding an action approval keeps its grant.
+async fn pending_requests_are_counted_and_approvals_paged(s: Arc<dyn Store>) -> Result<()> {
+    let (u, a, b, g) = people(&s, "pr@example.com").await?;
+    let v = user("pr2@example.com");
+    one(&s, Mutation::InsertUser(v.clone())).await?;
+    let request = |user: UserId, minutes: i64| Approval {
+        id: ApprovalId::from_ulid(ulid()),
+        agent: a.id,
+        user,
+        approver: u.id,
+        resource: "https://api.example".into(),
+        subject: ApprovalSubject::Grant { scopes: g.scopes.clone(), requested_expiry: 600 },
+        binding_message: None,
+        status: ApprovalStatus::Pending,
+        decided_by: None,
+        created_at: t0(),
+        expires_at: t0() + Duration::minutes(minutes),
+        decided_at: None,
+        grant: None,
+        polled_at: None,
+    };
+    let mut ids = Vec::new();
+    for (who, minutes) in [(u.id, 10), (u.id, 10), (v.id, 10), (u.id, 1)] {
+        let r = request(who, minutes);
+        ids.push(r.id);
+        one(&s, Mutation::InsertApproval(r)).await?;
+    }
+    let now = t0() + Duration::minutes(5);
+    ensure!(s.pending_requests(a.id, None, t0()).await? == 4);
+    ensure!(s.pending_requests(a.id, None, now).await? == 3, "an expired request was counted");
+    ensure!(s.pending_requests(a.id, Some(u.id), now).await? == 2);
+    ensure!(s.pending_requests(a.id, Some(v.id), now).await? == 1);
+    ensure!(s.pending_requests(b.id, None, now).await? == 0);
+    // An action approval is no CIBA request; a decided one is not pending.
+    let action = Approval {
+        subject: ApprovalSubject::Action {
+            action: "send".into(),
+            target: "mail/1".into(),
+            chain: vec![a.id],
+            binding: "b9".into(),
+            properties: BTreeMap::new(),
+        },
+        grant: Some(g.id),
+        ..request(u.id, 10)
+    };
+    one(&s, Mutation::InsertApproval(action.clone())).await?;
+    let first = ids.first().copied().ok_or_else(|| anyhow::anyhow!("no request"))?;
+    one(
+        &s,
+        Mutation::DecideApproval { id: first, to: ApprovalStatus::Denied, by: u.id.to_string(), grant: None, at: now },
+    )
+    .await?;
+    ensure!(s.pending_requests(a.id, Some(u.id), now).await? == 1);
+    // Deciding an action approval keeps the grant it was asked under.
+    one(
+        &s,
+        Mutation::DecideApproval {
+            id: action.id,
+            to: ApprovalStatus::Approved,
+            by: u.id.to_string(),
+            grant: None,
+            at: now,
+        },
+    )
+    .await?;
+    ensure!(s.approval(action.id).await?.and_then(|x| x.grant) == Some(g.id), "the grant link was erased");
+    // Paging, newest first: two pages of two, then one, then none.
+    let page = |before| ApprovalQuery { approver: Some(u.id), before, limit: 2, ..ApprovalQuery::default() };
+    let mut seen = Vec::new();
+    let mut before = None;
+    loop {
+        let p = s.approvals(&page(before)).await?;
+        if p.is_empty() {
+            break;
+        }
+        ensure!(p.len() <= 2);
+        before = p.last().map(|x| x.id);
+        seen.extend(p.into_iter().map(|x| x.id));
+    }
+    let mut all = ids.clone();
+    all.push(action.id);
+    all.sort();
+    all.reverse();
+    ensure!(seen == all, "paging missed or repeated: {seen:?} vs {all:?}");
+    // Last use per agent of an owner, in one read.
+    ensure!(s.last_use_of_owned_agents(u.id).await?.is_empty());
+    one(&s, Mutation::TouchGrant { id: g.id, at: t0() + Duration::seconds(7) }).await?;
+    ensure!(s.last_use_of_owned_agents(u.id).await? == vec![(a.id, t0() + Duration::seconds(7))]);
+    ensure!(s.last_use_of_owned_agents(v.id).await?.is_empty());
+    Ok(())
+}
+
 async fn approvals_are_decided_and_used_once(s: Arc<dyn Store>) -> Result<()> {
     let (u, a, _, g) = people(&s, "ap@example.com").await?;
     let approval = |subject| Approval {
@@ -954,8 +1113,13 @@ async fn approvals_are_decided_and_used_once(s: Arc<dyn Store>) -> Result<()> {
     one(&s, Mutation::InsertApproval(action.clone())).await?;
     ensure!(s.approval(ciba.id).await? == Some(ciba.clone()), "approval did not round-trip");
     ensure!(s.approval(action.id).await? == Some(action.clone()), "action approval did not round-trip");
-    let pending =
-        ApprovalQuery { approver: Some(u.id), status: Some(ApprovalStatus::Pending), binding: None, limit: 10 };
+    let pending = ApprovalQuery {
+        approver: Some(u.id),
+        status: Some(ApprovalStatus::Pending),
+        binding: None,
+        before: None,
+        limit: 10,
+    };
     ensure!(s.approvals(&pending).await?.len() == 2);
     let bound = ApprovalQuery { binding: Some("b1".into()), ..ApprovalQuery::default() };
     ensure!(s.approvals(&ApprovalQuery { limit: 10, ..bound }).await?.len() == 1);

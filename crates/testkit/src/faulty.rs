@@ -8,7 +8,9 @@ use async_trait::async_trait;
 use mandate_audit::{Checkpoint, Event};
 use mandate_core::audit::AuditQuery;
 use mandate_core::store::{ApprovalQuery, Change, GrantQuery, Mutation, Store, StoreError, StoredKey, StoredPolicy};
-use mandate_model::records::{Agent, Approval, Grant, RefreshRecord, Resource, SessionRecord, TokenRecord, User};
+use mandate_model::records::{
+    Agent, Approval, Grant, RefreshRecord, Resource, SessionRecord, TokenRecord, User, UserToken,
+};
 use mandate_model::{AgentId, ApprovalId, GrantId, Jti, ResourceId, UserId};
 use time::OffsetDateTime;
 
@@ -96,9 +98,26 @@ impl Store for FaultyStore {
         self.gate()?;
         self.inner.user_by_email(email).await
     }
-    async fn user_by_token_hash(&self, hash: &str) -> Result<Option<UserId>, StoreError> {
+    async fn user_token_by_hash(&self, hash: &str) -> Result<Option<UserToken>, StoreError> {
         self.gate()?;
-        self.inner.user_by_token_hash(hash).await
+        self.inner.user_token_by_hash(hash).await
+    }
+    async fn user_tokens(&self, user: UserId) -> Result<Vec<UserToken>, StoreError> {
+        self.gate()?;
+        self.inner.user_tokens(user).await
+    }
+    async fn pending_requests(
+        &self,
+        agent: AgentId,
+        user: Option<UserId>,
+        now: OffsetDateTime,
+    ) -> Result<u64, StoreError> {
+        self.gate()?;
+        self.inner.pending_requests(agent, user, now).await
+    }
+    async fn last_use_of_owned_agents(&self, owner: UserId) -> Result<Vec<(AgentId, OffsetDateTime)>, StoreError> {
+        self.gate()?;
+        self.inner.last_use_of_owned_agents(owner).await
     }
     async fn agent(&self, id: AgentId) -> Result<Option<Agent>, StoreError> {
         self.gate()?;

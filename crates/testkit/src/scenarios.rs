@@ -212,6 +212,9 @@ pub const SCENARIOS: &[(&str, Scenario)] = scenarios![
     refresh_tokens_are_revocable,
     traces_show_only_the_callers_branch,
     action_approvals_are_single_use_and_die_with_their_grant,
+    only_the_suspending_level_resumes,
+    user_api_tokens_expire_and_are_revocable,
+    ciba_requests_waiting_for_a_person_are_capped,
 ];
 
 /// Runs every scenario on a fresh server from `factory`.
@@ -1062,5 +1065,146 @@ async fn action_approvals_are_single_use_and_die_with_their_grant(w: World) -> R
         )
         .await?;
     ensure!(st == 400);
+    Ok(())
+}
+
+/// SECURITY row 44: only the level that suspended an agent, or a higher
+/// one, resumes it: the owner cannot undo the admin.
+async fn only_the_suspending_level_resumes(w: World) -> Result<()> {
+    let w = &w;
+    let path = |op: &str| format!("/v1/agents/{}/{op}", w.planner.id);
+    let as_alice = |op: &'static str| {
+        let p = path(op);
+        async move { w.s.call(Method::POST, &p, Some(&w.alice_token), None).await }
+    };
+    let as_admin = |op: &'static str| {
+        let p = path(op);
+        async move { w.s.admin(Method::POST, &p, None).await }
+    };
+    let (st, body) = as_admin("suspend").await?;
+    ensure!(st == 200, "{st} {body}");
+    let (st, body) = as_alice("resume").await?;
+    ensure!(st == 403, "the owner undid the admin's suspension: {st} {body}");
+    let (_, agent) = w.s.admin(Method::GET, &format!("/v1/agents/{}", w.planner.id), None).await?;
+    ensure!(agent["status"] == "suspended" && agent["suspended_by"] == "admin", "{agent}");
+    let denied = w.s.audit("type=admin.denied").await?;
+    ensure!(denied.iter().any(|e| e["reason"].as_str().is_some_and(|r| r.contains("only the admin"))), "{denied:?}");
+    let (st, _) = as_admin("resume").await?;
+    ensure!(st == 200);
+    // The owner's own suspension: the owner or the admin may lift it.
+    let (st, _) = as_alice("suspend").await?;
+    ensure!(st == 200);
+    let (_, agent) = w.s.admin(Method::GET, &format!("/v1/agents/{}", w.planner.id), None).await?;
+    ensure!(agent["suspended_by"] == "owner", "{agent}");
+    let (st, _) = as_alice("resume").await?;
+    ensure!(st == 200);
+    let (st, _) = as_alice("suspend").await?;
+    ensure!(st == 200);
+    let (st, _) = as_admin("resume").await?;
+    ensure!(st == 200, "the admin could not lift the owner's suspension");
+    let (_, agent) = w.s.admin(Method::GET, &format!("/v1/agents/{}", w.planner.id), None).await?;
+    ensure!(agent["status"] == "active" && agent.get("suspended_by").is_none(), "{agent}");
+    Ok(())
+}
+
+/// A person's API tokens expire (30 days unless asked), are listed without
+/// their secrets, and are revoked by the person or the admin, at once.
+async fn user_api_tokens_expire_and_are_revocable(w: World) -> Result<()> {
+    let w = &w;
+    let path = format!("/v1/users/{}/tokens", w.alice);
+    let (st, t) = w.s.admin(Method::POST, &path, Some(json!({"ttl_seconds": 120}))).await?;
+    ensure!(st == 201 && t["status"] == "active", "{st} {t}");
+    let (short, short_id) = (text(&t, "token")?, text(&t, "id")?);
+    ensure!(short_id.starts_with("utk_"), "{t}");
+    let (st, t) = w.s.admin(Method::POST, &path, None).await?;
+    ensure!(st == 201, "{st} {t}");
+    let (long, long_id) = (text(&t, "token")?, text(&t, "id")?);
+    let expires =
+        time::OffsetDateTime::parse(&text(&t, "expires_at")?, &time::format_description::well_known::Rfc3339)?;
+    let days = (expires.unix_timestamp() - w.s.now()) / 86_400;
+    ensure!((29..=30).contains(&days), "default lifetime {days} days");
+    for bad in [json!({"ttl_seconds": 10}), json!({"ttl_seconds": 400 * 86_400}), json!({"ttl": 5})] {
+        let (st, b) = w.s.admin(Method::POST, &path, Some(bad.clone())).await?;
+        ensure!(st == 400, "{bad}: {st} {b}");
+    }
+    // Only the admin mints them.
+    let (st, _) = w.s.call(Method::POST, &path, Some(&w.alice_token), Some(json!({}))).await?;
+    ensure!(st == 403, "a person minted their own token");
+    let works = |token: String| async move {
+        let (st, _) = w.s.call(Method::GET, "/v1/approvals", Some(&token), None).await?;
+        Ok::<_, anyhow::Error>(st == 200)
+    };
+    ensure!(works(short.clone()).await? && works(long.clone()).await?);
+    // Listed for the person and the admin, never with a secret; not for others.
+    let (st, list) = w.s.call(Method::GET, &path, Some(&w.alice_token), None).await?;
+    ensure!(st == 200 && list["tokens"].as_array().map(Vec::len) == Some(3), "{st} {list}");
+    ensure!(!list.to_string().contains(&short) && !list.to_string().contains("mnd_user_"), "{list}");
+    let (st, _) = w.s.call(Method::GET, &path, Some(&w.bob_token), None).await?;
+    ensure!(st == 403);
+    // Expiry: past its two minutes the short one authenticates nobody.
+    w.s.clock.advance(time::Duration::seconds(121));
+    ensure!(!works(short.clone()).await?, "an expired token worked");
+    ensure!(works(long.clone()).await?);
+    let (_, list) = w.s.admin(Method::GET, &path, None).await?;
+    let status = |id: &str| {
+        list["tokens"].as_array().and_then(|a| a.iter().find(|t| t["id"] == id)).map(|t| t["status"].clone())
+    };
+    ensure!(status(&short_id) == Some(json!("expired")), "{list}");
+    // Revocation by the person (Bob cannot), at once.
+    let revoke = format!("{path}/{long_id}/revoke");
+    let (st, _) = w.s.call(Method::POST, &revoke, Some(&w.bob_token), None).await?;
+    ensure!(st == 403);
+    let (st, b) = w.s.call(Method::POST, &revoke, Some(&w.alice_token), None).await?;
+    ensure!(st == 200 && b["status"] == "revoked", "{st} {b}");
+    ensure!(!works(long.clone()).await?, "a revoked token worked");
+    let (st, _) = w.s.admin(Method::POST, &revoke, None).await?;
+    ensure!(st == 409, "revoked twice");
+    let (st, _) = w.s.admin(Method::POST, &format!("{path}/utk_01JZZZZZZZZZZZZZZZZZZZZZZZ/revoke"), None).await?;
+    ensure!(st == 404);
+    ensure!(w.s.audit("type=user.token_revoked").await?.len() == 1);
+    Ok(())
+}
+
+/// SECURITY row 45: one agent may keep only so many CIBA requests waiting
+/// for one person (5); more are refused with 429 and `Retry-After`, and a
+/// decision makes room.
+async fn ciba_requests_waiting_for_a_person_are_capped(w: World) -> Result<()> {
+    let ask = || w.ciba(&w.planner, &[("login_hint", "alice@example.com"), ("scope", "write"), ("resource", CAL)]);
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        let (st, body) = ask().await?;
+        ensure!(st == 200, "{st} {body}");
+        ids.push(text(&body, "auth_req_id")?);
+    }
+    let a = w.s.assertion(&w.planner, json!({}));
+    let resp =
+        w.s.http
+            .post(format!("{}/oauth/bc-authorize", w.s.url))
+            .form(&[
+                ("client_assertion_type", mandate_jose::assertion::CLIENT_ASSERTION_TYPE),
+                ("client_assertion", a.as_str()),
+                ("login_hint", "alice@example.com"),
+                ("scope", "write"),
+                ("resource", CAL),
+            ])
+            .send()
+            .await?;
+    ensure!(resp.status() == 429, "{}", resp.status());
+    ensure!(resp.headers().get("retry-after").is_some(), "no Retry-After");
+    let body: Value = resp.json().await?;
+    ensure!(body["error"] == "slow_down", "{body}");
+    // A self-authorised request waits for nobody and is not capped.
+    let (st, body) =
+        w.ciba(&w.planner, &[("login_hint", "alice@example.com"), ("scope", "read"), ("resource", CAL)]).await?;
+    ensure!(st == 200, "{st} {body}");
+    // A decision makes room.
+    let (st, _) = w.s.call(Method::POST, &format!("/v1/approvals/{}/deny", ids[0]), Some(&w.alice_token), None).await?;
+    ensure!(st == 200);
+    let (st, body) = ask().await?;
+    ensure!(st == 200, "{st} {body}");
+    let refused = w.s.audit("type=approval.requested").await?;
+    ensure!(
+        refused.iter().any(|e| e["decision"] == "deny" && e["reason"].as_str().is_some_and(|r| r.contains("waiting")))
+    );
     Ok(())
 }

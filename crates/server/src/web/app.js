@@ -44,7 +44,8 @@
       // would move under the person's hand.
       const focused = document.activeElement;
       if (!region || (focused && region.contains(focused) && focused.matches("button, input, a"))) { return; }
-      const resp = await fetch("/approvals?live=1", { credentials: "same-origin", headers: { "X-Requested-With": "fetch" } });
+      // The same page of the inbox the person is on.
+      const resp = await fetch("/approvals" + window.location.search, { credentials: "same-origin", headers: { "X-Requested-With": "fetch" } });
       if (resp.ok && !resp.redirected) { region.innerHTML = await resp.text(); }
     }, 3000);
   }

@@ -154,7 +154,11 @@ pub async fn login(
         Err(Error::Unauthenticated) => {
             login_form(&s, StatusCode::UNAUTHORIZED, &next, email, "Wrong email or password.")
         }
-        Err(Error::RateLimited(m)) => login_form(&s, StatusCode::TOO_MANY_REQUESTS, &next, email, &m),
+        Err(Error::RateLimited { why, retry_after }) => {
+            let mut resp = login_form(&s, StatusCode::TOO_MANY_REQUESTS, &next, email, &why);
+            resp.headers_mut().insert(header::RETRY_AFTER, retry_after.into());
+            resp
+        }
         Err(e) => error_page(&e),
     }
 }
@@ -172,9 +176,19 @@ pub async fn logout(State(s): State<AppState>, signed: Signed, form: OAuthForm) 
 
 // ----- approvals -----
 
-async fn approvals_live(s: &AppState, session: &Session, done: &str) -> Result<String, Response> {
+/// Pending requests shown per page of the inbox.
+const INBOX_PAGE: u32 = 50;
+
+async fn approvals_live(
+    s: &AppState,
+    session: &Session,
+    done: &str,
+    before: Option<ApprovalId>,
+) -> Result<String, Response> {
     let me = Caller::User(session.user.id);
-    let list = s.mandate.list_approvals(me, Some(ApprovalStatus::Pending), 100).await.map_err(fail)?;
+    let list = s.mandate.list_approvals(me, Some(ApprovalStatus::Pending), before, INBOX_PAGE).await.map_err(fail)?;
+    // The cursor for older requests, when this page is full.
+    let older = (list.len() == INBOX_PAGE as usize).then(|| list.last().map(|a| a.id)).flatten();
     let now = s.mandate.now();
     let list: Vec<_> = list.into_iter().filter(|a| a.expires_at > now).collect();
     let mut ids: Vec<AgentId> = list.iter().map(|a| a.agent).collect();
@@ -186,8 +200,23 @@ async fn approvals_live(s: &AppState, session: &Session, done: &str) -> Result<S
     let names = s.mandate.agent_names(&ids).await.map_err(fail)?;
     let name = |id: &AgentId| names.get(id).map_or_else(|| id.to_string(), |n| format!("{n} ({id})"));
     let mut out = notice(done, "ok");
+    let paging = {
+        let mut links = Vec::new();
+        if before.is_some() {
+            links.push(r#"<a href="/approvals">Newest requests</a>"#.to_owned());
+        }
+        if let Some(id) = older {
+            links.push(format!(r#"<a href="/approvals?before={}">Older requests</a>"#, url_encode(&id.to_string())));
+        }
+        if links.is_empty() {
+            String::new()
+        } else {
+            format!(r#"<nav aria-label="Pages">{}</nav>"#, links.join(" · "))
+        }
+    };
     if list.is_empty() {
         out.push_str(r#"<p>Nothing waits for you.</p>"#);
+        out.push_str(&paging);
         return Ok(out);
     }
     out.push_str(r#"<ul class="cards" aria-label="Pending approvals">"#);
@@ -236,6 +265,7 @@ async fn approvals_live(s: &AppState, session: &Session, done: &str) -> Result<S
         );
     }
     out.push_str("</ul>");
+    out.push_str(&paging);
     Ok(out)
 }
 
@@ -246,8 +276,20 @@ fn shown_digest(a: &mandate_model::records::Approval) -> String {
     mandate_jose::sha256_b64(seen.to_string().as_bytes())
 }
 
-pub async fn approvals(State(s): State<AppState>, signed: Signed, headers: HeaderMap) -> PageResult {
-    let live = approvals_live(&s, &signed.session, "").await?;
+pub async fn approvals(
+    State(s): State<AppState>,
+    signed: Signed,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> PageResult {
+    let before = match query(raw.as_deref()).into_iter().find(|(k, _)| k == "before") {
+        None => None,
+        Some((_, v)) => match v.parse::<ApprovalId>() {
+            Ok(id) => Some(id),
+            Err(_) => return Err(fail(Error::BadInput("before is not an approval id".into()))),
+        },
+    };
+    let live = approvals_live(&s, &signed.session, "", before).await?;
     if is_live(&headers) {
         return Ok(page(StatusCode::OK, live));
     }
@@ -275,16 +317,28 @@ pub async fn decide(
         _ => return Err(fail(Error::NotFound("no such decision".into()))),
     };
     let me = Caller::User(signed.session.user.id);
-    let current = s.mandate.list_approvals(me, Some(ApprovalStatus::Pending), 1000).await.map_err(fail)?;
-    let seen = form.get("shown").unwrap_or_default();
-    if !current.iter().any(|a| a.id == id && mandate_jose::ct_eq(shown_digest(a).as_bytes(), seen.as_bytes())) {
-        return Err(fail(Error::Conflict(
+    // A keyed read: the request decided is the one shown, however many
+    // others wait.
+    let stale = || {
+        fail(Error::Conflict(
             "this request is no longer the one shown (decided, expired or changed); nothing was decided".into(),
-        )));
+        ))
+    };
+    let current = match s.mandate.approval_for(me, id).await {
+        Ok(a) => a,
+        Err(Error::NotFound(_)) => return Err(stale()),
+        Err(e) => return Err(fail(e)),
+    };
+    let seen = form.get("shown").unwrap_or_default();
+    let shown_now = current.status == ApprovalStatus::Pending
+        && current.expires_at > s.mandate.now()
+        && mandate_jose::ct_eq(shown_digest(&current).as_bytes(), seen.as_bytes());
+    if !shown_now {
+        return Err(stale());
     }
     let a = s.mandate.decide_approval(me, id, approve).await.map_err(fail)?;
     let done = format!("{} {}.", if approve { "Approved" } else { "Denied" }, a.id);
-    let live = approvals_live(&s, &signed.session, &done).await?;
+    let live = approvals_live(&s, &signed.session, &done, None).await?;
     Ok(reply(&headers, &signed.session, "Approvals", "/approvals", live))
 }
 
@@ -367,15 +421,9 @@ pub async fn revoke_grant(
 async fn agents_live(s: &AppState, session: &Session, done: &str) -> Result<String, Response> {
     let me = session.user.id;
     let agents = s.mandate.agents_owned_by(Caller::User(me), me).await.map_err(fail)?;
-    // An agent's last use: the latest use of any grant it holds.
-    let grants = s.mandate.list_grants(Caller::User(me), None, None, 1000).await.map_err(fail)?;
-    let mut last_used: std::collections::HashMap<AgentId, time::OffsetDateTime> = std::collections::HashMap::new();
-    for g in &grants {
-        if let Some(t) = g.last_used_at {
-            let e = last_used.entry(g.agent).or_insert(t);
-            *e = (*e).max(t);
-        }
-    }
+    // An agent's last use: the latest use of any grant it holds, read in
+    // one query (never from a capped list of grants).
+    let last_used = s.mandate.last_use_of_owned_agents(Caller::User(me), me).await.map_err(fail)?;
     let mut out = notice(done, "ok");
     if agents.is_empty() {
         out.push_str("<p>You own no agents.</p>");

@@ -226,3 +226,60 @@ async fn an_undecodable_audit_head_stops_the_writer() -> anyhow::Result<()> {
     drop_databases(&[url]).await?;
     result
 }
+
+/// Migration 0008 on a database made before it: emails take their one
+/// spelling (ASCII lower case, whatever the database's locale; a row whose
+/// lower-cased twin exists is left for an admin), and existing API tokens
+/// get an id and a 30-day expiry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_security_migration_normalises_emails_and_dates_old_tokens() -> anyhow::Result<()> {
+    let url = fresh_database().await?;
+    let result = async {
+        // The schema as it was: every migration before 0008.
+        let old = tempfile::tempdir()?;
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+        for entry in std::fs::read_dir(&dir)? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.as_str() < "0008" {
+                std::fs::copy(entry.path(), old.path().join(&name))?;
+            }
+        }
+        let pool = sqlx::PgPool::connect(&url).await?;
+        sqlx::migrate::Migrator::new(old.path()).await?.run(&pool).await?;
+        for (id, email) in [
+            ("usr_01M00000000000000000000001", "Ada.Lovelace@example.com"),
+            ("usr_01M00000000000000000000002", "Bob@example.com"),
+            ("usr_01M00000000000000000000003", "bob@example.com"),
+            ("usr_01M00000000000000000000004", "ÉMILE@example.com"),
+        ] {
+            sqlx::query("INSERT INTO users (id, name, email, groups, attributes, status, created_at) VALUES ($1, 'x', $2, '[]', '{}', 'active', 1)")
+                .bind(id)
+                .bind(email)
+                .execute(&pool)
+                .await?;
+        }
+        sqlx::query("INSERT INTO user_tokens (hash, user_id, created_at) VALUES ('abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789', 'usr_01M00000000000000000000001', 1000)")
+            .execute(&pool)
+            .await?;
+        pool.close().await;
+        let store = mandate_store_postgres::PostgresStore::connect(&url).await?;
+        let ada = store.user_by_email("ada.lovelace@example.com").await?;
+        anyhow::ensure!(ada.map(|u| u.id.to_string()).as_deref() == Some("usr_01M00000000000000000000001"));
+        let bob = store.user("usr_01M00000000000000000000002".parse()?).await?;
+        anyhow::ensure!(bob.map(|u| u.email).as_deref() == Some("Bob@example.com"), "a colliding row was changed");
+        // Only ASCII letters change, as in SQLite and in the server.
+        let emile = store.user("usr_01M00000000000000000000004".parse()?).await?;
+        anyhow::ensure!(emile.map(|u| u.email).as_deref() == Some("Émile@example.com"));
+        let token = store
+            .user_token_by_hash("abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789")
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("the old token is gone"))?;
+        anyhow::ensure!(token.id.to_string() == "utk_0ABCDEF0123456789ABCDEF012", "{}", token.id);
+        anyhow::ensure!(token.expires_at - token.created_at == time::Duration::days(30));
+        Ok::<_, anyhow::Error>(())
+    }
+    .await;
+    drop_databases(&[url]).await?;
+    result
+}

@@ -133,3 +133,55 @@ async fn an_undecodable_audit_head_stops_the_writer() -> anyhow::Result<()> {
     anyhow::ensure!(n == 3, "{n} events");
     Ok(())
 }
+
+/// Migration 0007 on a database made before it: emails take their one
+/// spelling (a row whose lower-cased twin exists is left for an admin),
+/// and existing API tokens get an id and a 30-day expiry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_security_migration_normalises_emails_and_dates_old_tokens() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("old.db");
+    {
+        let conn = rusqlite::Connection::open(&path)?;
+        for sql in [
+            include_str!("../../migrations/0001_init.sql"),
+            include_str!("../../migrations/0002_audit.sql"),
+            include_str!("../../migrations/0003_delegation.sql"),
+            include_str!("../../migrations/0004_resource_side.sql"),
+            include_str!("../../migrations/0005_web.sql"),
+            include_str!("../../migrations/0006_authorization_codes.sql"),
+        ] {
+            conn.execute_batch(sql)?;
+        }
+        conn.pragma_update(None, "user_version", 6)?;
+        let users = [
+            ("usr_01M00000000000000000000001", "Ada.Lovelace@example.com"),
+            ("usr_01M00000000000000000000002", "Bob@example.com"),
+            ("usr_01M00000000000000000000003", "bob@example.com"),
+        ];
+        for (id, email) in users {
+            conn.execute(
+                "INSERT INTO users (id, name, email, groups, attributes, status, created_at) VALUES (?1, 'x', ?2, '[]', '{}', 'active', 1)",
+                rusqlite::params![id, email],
+            )?;
+        }
+        conn.execute(
+            "INSERT INTO user_tokens (hash, user_id, created_at) VALUES ('abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789', 'usr_01M00000000000000000000001', 1000)",
+            [],
+        )?;
+    }
+    let store = mandate_store_sqlite::SqliteStore::open(&path).await?;
+    let ada = store.user_by_email("ada.lovelace@example.com").await?;
+    anyhow::ensure!(ada.as_ref().map(|u| u.id.to_string()).as_deref() == Some("usr_01M00000000000000000000001"));
+    // The two Bobs collide: both are kept as they were.
+    let bob = store.user("usr_01M00000000000000000000002".parse()?).await?;
+    anyhow::ensure!(bob.map(|u| u.email).as_deref() == Some("Bob@example.com"));
+    let token = store
+        .user_token_by_hash("abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789")
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("the old token is gone"))?;
+    anyhow::ensure!(token.id.to_string() == "utk_0ABCDEF0123456789ABCDEF012", "{}", token.id);
+    let lifetime = token.expires_at - token.created_at;
+    anyhow::ensure!(lifetime == time::Duration::days(30), "{lifetime}");
+    Ok(())
+}

@@ -170,3 +170,87 @@ fn a_revoked_ancestor_kills_every_descendant() -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(())
 }
+
+/// SECURITY row 45: one agent may keep only so many CIBA requests waiting
+/// in all (here 3, across people); more get 429 and nothing is stored.
+#[tokio::test]
+async fn ciba_requests_waiting_per_agent_are_capped() -> anyhow::Result<()> {
+    use mandate_testkit::scenarios::CAL;
+    let s = TestServer::start_with(|c| c.max_pending_per_agent = 3).await?;
+    let w = World::new(s).await?;
+    let (st, _) =
+        w.s.admin(reqwest::Method::PATCH, &format!("/v1/users/{}", w.bob), Some(json!({"groups": ["staff"]}))).await?;
+    assert_eq!(st, 200);
+    let w = &w;
+    let ask = |who: &'static str| async move {
+        w.ciba(&w.planner, &[("login_hint", who), ("scope", "write"), ("resource", CAL)]).await
+    };
+    for who in ["alice@example.com", "alice@example.com", "bob@example.com"] {
+        let (st, body) = ask(who).await?;
+        assert_eq!(st, 200, "{body}");
+    }
+    let (st, body) = ask("bob@example.com").await?;
+    assert_eq!((st, body["error"].as_str()), (429, Some("slow_down")), "{body}");
+    let pending = |token: &str| {
+        let token = token.to_owned();
+        let s = &w.s;
+        async move {
+            // Bob and Alice see the requests that wait for them.
+            let (_, l) = s.call(reqwest::Method::GET, "/v1/approvals?status=pending", Some(&token), None).await?;
+            Ok::<_, anyhow::Error>(l["approvals"].as_array().map(Vec::len).unwrap_or(0))
+        }
+    };
+    assert_eq!(pending(&w.bob_token).await?, 1, "the refused request was stored");
+    assert_eq!(pending(&w.alice_token).await?, 2);
+    Ok(())
+}
+
+/// Emails are stored in one spelling and looked up in it: a person whose
+/// address was given in capitals signs in, and is found by CIBA, whatever
+/// case they type.
+#[tokio::test]
+async fn emails_match_whatever_their_case() -> anyhow::Result<()> {
+    use mandate_testkit::scenarios::CAL;
+    let w = World::new(TestServer::start().await?).await?;
+    let (st, u) = w
+        .s
+        .admin(
+            reqwest::Method::POST,
+            "/v1/users",
+            Some(json!({"name": "Ada", "email": "Ada.Lovelace@Example.COM", "groups": ["staff"], "password": "correct horse battery"})),
+        )
+        .await?;
+    assert_eq!((st, u["email"].as_str()), (201, Some("ada.lovelace@example.com")), "{u}");
+    let (st, _) = w
+        .s
+        .admin(reqwest::Method::POST, "/v1/users", Some(json!({"name": "Twin", "email": "ADA.LOVELACE@example.com"})))
+        .await?;
+    assert_eq!(st, 409, "the same address in other capitals made a second user");
+    let (st, body) =
+        w.ciba(&w.planner, &[("login_hint", "ADA.Lovelace@EXAMPLE.com"), ("scope", "read"), ("resource", CAL)]).await?;
+    assert_eq!(st, 200, "{body}");
+    let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build()?;
+    let login = client.get(format!("{}/login", w.s.url)).send().await?;
+    let cookie = login
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|c| c.split(';').next().filter(|p| p.starts_with("mandate_login=")).map(str::to_owned))
+        .unwrap_or_default();
+    let html = login.text().await?;
+    let csrf = html.split(r#"name="csrf" value=""#).nth(1).and_then(|r| r.split('"').next()).unwrap_or_default();
+    let resp = client
+        .post(format!("{}/login", w.s.url))
+        .header("cookie", cookie)
+        .form(&[
+            ("csrf", csrf),
+            ("next", "/grants"),
+            ("email", "ADA.LOVELACE@Example.com"),
+            ("password", "correct horse battery"),
+        ])
+        .send()
+        .await?;
+    assert_eq!(resp.status(), 303, "a capitalised email could not sign in");
+    Ok(())
+}

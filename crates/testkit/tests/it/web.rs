@@ -344,3 +344,132 @@ async fn an_action_approval_shows_the_checked_properties() -> Result<()> {
     assert!(html.contains("<code>sensitive</code> = <code>true</code>"), "{html}");
     Ok(())
 }
+
+/// `(before cursor, (approval id, shown digest) per card)` of one page of
+/// the inbox.
+fn inbox_page(html: &str) -> (Option<String>, Vec<(String, String)>) {
+    let before = html.split(r#"href="/approvals?before="#).nth(1).and_then(|r| r.split('"').next()).map(str::to_owned);
+    let cards = html
+        .split(r#"<li class="card" id=""#)
+        .skip(1)
+        .filter_map(|card| {
+            let id = card.split('"').next()?.to_owned();
+            let shown = card.split(r#"name="shown" value=""#).nth(1)?.split('"').next()?.to_owned();
+            Some((id, shown))
+        })
+        .collect();
+    (before, cards)
+}
+
+/// Pages never scan a capped list to find one record: with more pending
+/// approvals and grants than any page or cap holds, the inbox pages through
+/// all of them, the oldest request can still be decided, and an agent's last
+/// use comes from its oldest grant.
+#[tokio::test]
+async fn the_inbox_pages_and_every_decision_reads_its_own_record() -> Result<()> {
+    use mandate_core::store::{Change, Mutation};
+    use mandate_model::records::{Approval, ApprovalStatus, ApprovalSubject, Grant, GrantStatus};
+    let dir = tempfile::tempdir()?;
+    let clock =
+        std::sync::Arc::new(mandate_core::ManualClock::new(mandate_core::Clock::now(&mandate_core::SystemClock)));
+    let store: std::sync::Arc<dyn mandate_core::Store> =
+        std::sync::Arc::new(mandate_store_sqlite::SqliteStore::open(&dir.path().join("mandate.db")).await?);
+    let s = TestServer::start_on(store.clone(), dir.path(), clock, |_| {}).await?;
+    let w = World::new(s).await?;
+    let (st, carol) =
+        w.s.admin(
+            Method::POST,
+            "/v1/users",
+            Some(json!({"name": "Carol", "email": "carol@example.com", "password": "correct horse battery"})),
+        )
+        .await?;
+    assert_eq!(st, 201);
+    let carol_id: mandate_model::UserId = carol["id"].as_str().unwrap_or_default().parse()?;
+    let carols_agent = w.s.create_agent(&carol_id.to_string(), mandate_jose::KeyAlg::EdDSA).await?;
+    let agent_id: mandate_model::AgentId = carols_agent.id.parse()?;
+    let now = w.s.mandate.now();
+    let id_at = |n: u64| ulid::Ulid::from_parts(1_800_000_000_000 + n, u128::from(n));
+    let (mut approvals, mut grants) = (Vec::new(), Vec::new());
+    for n in 0..1_100u64 {
+        approvals.push(Mutation::InsertApproval(Approval {
+            id: mandate_model::ApprovalId::from_ulid(id_at(n)),
+            agent: agent_id,
+            user: carol_id,
+            approver: carol_id,
+            resource: CAL.into(),
+            subject: ApprovalSubject::Grant { scopes: mandate_model::ScopeSet::parse("read")?, requested_expiry: 600 },
+            binding_message: Some(format!("request {n}")),
+            status: ApprovalStatus::Pending,
+            decided_by: None,
+            created_at: now,
+            expires_at: now + time::Duration::minutes(10),
+            decided_at: None,
+            grant: None,
+            polled_at: None,
+        }));
+    }
+    for n in 0..1_001u64 {
+        grants.push(Mutation::InsertGrant(Grant {
+            id: mandate_model::GrantId::from_ulid(id_at(n)),
+            user: carol_id,
+            agent: agent_id,
+            resource: CAL.into(),
+            scopes: mandate_model::ScopeSet::parse("read")?,
+            purpose: None,
+            approved_by: "policy".into(),
+            status: GrantStatus::Active,
+            created_at: now,
+            expires_at: now + time::Duration::days(1),
+            revoked_at: None,
+            last_used_at: None,
+        }));
+    }
+    for chunk in approvals.chunks(200).chain(grants.chunks(200)) {
+        store.commit(Change(chunk.to_vec())).await?;
+    }
+    // Only the oldest grant was ever used.
+    let used_at = now - time::Duration::hours(3);
+    let oldest_grant = mandate_model::GrantId::from_ulid(id_at(0));
+    store.commit(Change::new().with(Mutation::TouchGrant { id: oldest_grant, at: used_at })).await?;
+
+    let b = Browser { http: client()?, base: w.s.url.clone() };
+    let (_, session, _) = b.sign_in("carol@example.com", "correct horse battery").await?;
+    let session = session.unwrap_or_default();
+    let (mut path, mut seen, mut last) = ("/approvals".to_owned(), Vec::new(), None);
+    let mut csrf = String::new();
+    loop {
+        let (st, html) = b.get(&path, &session).await?;
+        assert_eq!(st, 200);
+        csrf = if csrf.is_empty() { csrf_in(&html) } else { csrf };
+        let (before, cards) = inbox_page(&html);
+        assert!(cards.len() <= 50, "a page of {}", cards.len());
+        last = cards.last().cloned().or(last);
+        seen.extend(cards.into_iter().map(|(id, _)| id));
+        match before {
+            Some(b) => path = format!("/approvals?before={b}"),
+            None => break,
+        }
+    }
+    let distinct: std::collections::BTreeSet<_> = seen.iter().collect();
+    assert_eq!((seen.len(), distinct.len()), (1_100, 1_100), "the inbox did not page through every request");
+    // The oldest request, far past any cap, is decided from its own record.
+    let (oldest, shown) = last.unwrap_or_default();
+    assert_eq!(oldest, mandate_model::ApprovalId::from_ulid(id_at(0)).to_string());
+    let resp = b
+        .http
+        .post(format!("{}/approvals/{oldest}/deny", b.base))
+        .header("cookie", format!("mandate_session={session}"))
+        .form(&[("csrf", csrf.as_str()), ("shown", shown.as_str())])
+        .send()
+        .await?;
+    assert_eq!(resp.status(), 200, "{}", resp.text().await?);
+    let decided = store.approval(oldest.parse()?).await?.map(|a| a.status);
+    assert_eq!(decided, Some(ApprovalStatus::Denied));
+    // The agent's last use comes from its oldest grant, past 1,000 newer ones.
+    let (st, html) = b.get("/agents", &session).await?;
+    assert_eq!(st, 200);
+    let row = html.split(&format!(r#"<tr id="{}">"#, carols_agent.id)).nth(1).unwrap_or_default();
+    let row = row.split("</tr>").next().unwrap_or_default();
+    assert!(!row.contains("never"), "the last use was lost past the cap: {row}");
+    Ok(())
+}
