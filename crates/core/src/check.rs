@@ -227,11 +227,12 @@ impl Mandate {
         let chain = live.as_ref().map(|l| l.chain_names()).unwrap_or_default();
         let jti = live.as_ref().map(|l| l.record.jti);
         // Every deny and approval request is recorded; an allow once per
-        // token and action on each node (docs/delegation.md).
+        // token, action and resource on each node (docs/delegation.md), so
+        // the trail shows every resource a token touched.
         if outcome.decision == ALLOW
             && outcome.consume.is_none()
             && let Some(jti) = jti
-            && let Some(seq) = self.remembered_allow(jti, &req.action)
+            && let Some(seq) = self.remembered_allow(jti, &req.action, &req.target())
         {
             return Ok(CheckAnswer {
                 decision: ALLOW,
@@ -277,7 +278,7 @@ impl Mandate {
         if outcome.decision == ALLOW
             && let Some(jti) = jti
         {
-            self.remember_allow(jti, &req.action, seq);
+            self.remember_allow(jti, &req.action, &req.target(), seq);
         }
         Ok(CheckAnswer {
             decision: outcome.decision,
@@ -437,16 +438,16 @@ impl Mandate {
         })
     }
 
-    fn remembered_allow(&self, jti: Jti, action: &str) -> Option<u64> {
-        self.checked.lock().ok()?.get(&(jti, action.to_owned())).copied()
+    fn remembered_allow(&self, jti: Jti, action: &str, target: &str) -> Option<u64> {
+        self.checked.lock().ok()?.get(&(jti, action.to_owned(), target.to_owned())).copied()
     }
 
-    fn remember_allow(&self, jti: Jti, action: &str, seq: u64) {
+    fn remember_allow(&self, jti: Jti, action: &str, target: &str, seq: u64) {
         if let Ok(mut m) = self.checked.lock() {
             if m.len() >= MAX_REMEMBERED_ALLOWS {
                 m.clear();
             }
-            m.insert((jti, action.to_owned()), seq);
+            m.insert((jti, action.to_owned(), target.to_owned()), seq);
         }
     }
 }

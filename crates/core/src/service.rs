@@ -68,9 +68,9 @@ pub struct Mandate {
     client_keys: RwLock<HashMap<ClientId, (serde_json::Value, Arc<JwkSet>)>>,
     /// The key that signs audit checkpoints.
     pub(crate) audit_keys: RwLock<AuditKeys>,
-    /// Allowed checks already recorded, by token and action, with the seq
-    /// of the event that recorded them (docs/delegation.md).
-    pub(crate) checked: std::sync::Mutex<HashMap<(mandate_model::Jti, String), u64>>,
+    /// Allowed checks already recorded, by token, action and resource,
+    /// with the seq of the event that recorded them (docs/delegation.md).
+    pub(crate) checked: std::sync::Mutex<HashMap<(mandate_model::Jti, String, String), u64>>,
     /// Verified tokens, live chains and decisions, by store epoch.
     pub(crate) caches: crate::chain::Caches,
     /// Status indexes reserved by this node, and the lists it has built.

@@ -215,6 +215,7 @@ pub const SCENARIOS: &[(&str, Scenario)] = scenarios![
     only_the_suspending_level_resumes,
     user_api_tokens_expire_and_are_revocable,
     ciba_requests_waiting_for_a_person_are_capped,
+    allowed_checks_are_recorded_per_resource,
 ];
 
 /// Runs every scenario on a fresh server from `factory`.
@@ -551,8 +552,9 @@ async fn check_decides_the_intersection_with_a_receipt(w: World) -> Result<()> {
     ensure!(d["decision"] == "allow" && d["audit_seq"].as_u64().is_some_and(|s| s > 0), "{d}");
     ensure!(d["policy_version"].as_str().is_some_and(|v| v.starts_with("sha256:")), "{d}");
     ensure!(d["reasons"].as_array().is_some_and(|r| r.len() == 2), "user and agent reasons: {d}");
-    // The same allow again is recorded once: the receipt points at it.
-    let again = w.check(&token, "get", "e2", json!({})).await?;
+    // The same allow again (same resource) is recorded once: the receipt
+    // points at it.
+    let again = w.check(&token, "get", "e1", json!({})).await?;
     ensure!(again["audit_seq"] == d["audit_seq"], "{again}");
     // Not covered by the token's scopes.
     let d = w.check(&token, "create", "e1", json!({})).await?;
@@ -1206,5 +1208,23 @@ async fn ciba_requests_waiting_for_a_person_are_capped(w: World) -> Result<()> {
     ensure!(
         refused.iter().any(|e| e["decision"] == "deny" && e["reason"].as_str().is_some_and(|r| r.contains("waiting")))
     );
+    Ok(())
+}
+
+/// The trail shows every resource a token touched: the first allow per
+/// token, action and resource is recorded (later identical ones answer with
+/// its seq), so two events show two resources.
+async fn allowed_checks_are_recorded_per_resource(w: World) -> Result<()> {
+    let token = text(&w.granted(&w.planner, "read").await?, "access_token")?;
+    let jti = claims(&token)["jti"].as_str().unwrap_or_default().to_owned();
+    let first = w.check(&token, "get", "e1", json!({})).await?;
+    let again = w.check(&token, "get", "e1", json!({})).await?;
+    ensure!(first["decision"] == "allow" && again["audit_seq"] == first["audit_seq"], "{first} {again}");
+    let other = w.check(&token, "get", "e2", json!({})).await?;
+    ensure!(other["decision"] == "allow" && other["audit_seq"] != first["audit_seq"], "{other}");
+    let events = w.s.audit(&format!("type=check.decided&jti={jti}")).await?;
+    let reasons: Vec<&str> = events.iter().filter_map(|e| e["reason"].as_str()).collect();
+    ensure!(events.len() == 2, "{reasons:?}");
+    ensure!(reasons.iter().any(|r| r.starts_with("event/e1")) && reasons.iter().any(|r| r.starts_with("event/e2")));
     Ok(())
 }
