@@ -164,7 +164,7 @@ pub async fn run() -> Result<bool> {
     let admin = format!("mnd_admin_demo_{}", ulid::Ulid::new());
     mandate.ensure_admin_token(Some(&admin)).await?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(mandate_server::serve(listener, mandate_server::AppState { mandate }, async {
+    let server = tokio::spawn(mandate_server::serve(listener, mandate_server::AppState::new(mandate), async {
         let _ = stopped.await;
     }));
 

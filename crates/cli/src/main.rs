@@ -20,7 +20,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the server.
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Verify, trace and export the audit trail, straight from the store
     /// (no running server needed).
     Audit {
@@ -77,7 +77,7 @@ fn main() -> std::process::ExitCode {
             |runtime| {
                 runtime.block_on(async move {
                     match cli.command {
-                        Command::Serve(args) => serve::run(args).await.map(|()| true),
+                        Command::Serve(args) => serve::run(*args).await.map(|()| true),
                         Command::Audit { command } => audit::run(command).await,
                         Command::Keys { command } => keys(command).await.map(|()| true),
                         Command::Demo => demo::run().await,

@@ -97,6 +97,52 @@ pub struct ServeArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     status_list_ttl: Option<i64>,
+    /// Serve Prometheus `/metrics` on this address (default: not served).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    metrics_listen: Option<SocketAddr>,
+    /// Most connections open at once (default 4096; at most the file
+    /// descriptors the process may open, less 256).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_connections: Option<usize>,
+    /// Seconds a client may take to send a request head, from its first byte (default 10).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    header_timeout: Option<u64>,
+    /// Seconds a kept-alive connection may wait for its next request (default 60).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    idle_timeout: Option<u64>,
+    /// Seconds a client may take to send a request body (default 30).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    body_timeout: Option<u64>,
+    /// Proxies whose Forwarded / X-Forwarded-For headers are believed: IPs or CIDRs, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    trusted_proxies: Option<Vec<String>>,
+    /// Requests a second per client address on the token, CIBA, introspection, revocation,
+    /// sign-in and admin endpoints, bursts of twice that (default 100; 0 turns it off).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rate_limit_per_address: Option<u32>,
+    /// Requests a second per client id at the OAuth endpoints (default 50; 0 turns it off).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rate_limit_per_client: Option<u32>,
+    /// Most CIBA requests one agent may have waiting, in all (default 100).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_pending_per_agent: Option<u64>,
+    /// …and for any one person (default 5).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_pending_per_agent_user: Option<u64>,
+    /// Lifetime of a person's API token when none is asked for, seconds (default 30 days).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user_token_ttl: Option<i64>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -117,6 +163,17 @@ struct Settings {
     approval_ttl: i64,
     dpop_nonces: bool,
     status_list_ttl: i64,
+    metrics_listen: Option<SocketAddr>,
+    max_connections: usize,
+    header_timeout: u64,
+    idle_timeout: u64,
+    body_timeout: u64,
+    trusted_proxies: Vec<String>,
+    rate_limit_per_address: u32,
+    rate_limit_per_client: u32,
+    max_pending_per_agent: u64,
+    max_pending_per_agent_user: u64,
+    user_token_ttl: i64,
     master_key: Option<String>,
     admin_token: Option<String>,
 }
@@ -140,6 +197,17 @@ impl Default for Settings {
             approval_ttl: 600,
             dpop_nonces: false,
             status_list_ttl: 60,
+            metrics_listen: None,
+            max_connections: 4_096,
+            header_timeout: 10,
+            idle_timeout: 60,
+            body_timeout: 30,
+            trusted_proxies: Vec::new(),
+            rate_limit_per_address: 100,
+            rate_limit_per_client: 50,
+            max_pending_per_agent: 100,
+            max_pending_per_agent_user: 5,
+            user_token_ttl: 30 * 24 * 3600,
             master_key: None,
             admin_token: None,
         }
@@ -262,6 +330,16 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     if !(config.issuer.starts_with("https://") || loopback) {
         bail!("the issuer must be an https URL (or loopback http for development)");
     }
+    if settings.max_pending_per_agent == 0 || settings.max_pending_per_agent_user == 0 {
+        bail!("max_pending_per_agent and max_pending_per_agent_user must be at least 1");
+    }
+    config.max_pending_per_agent = settings.max_pending_per_agent;
+    config.max_pending_per_agent_user = settings.max_pending_per_agent_user;
+    if !(60..=config.max_user_token_ttl).contains(&settings.user_token_ttl) {
+        bail!("user_token_ttl must be 60 seconds to a year");
+    }
+    config.user_token_ttl = settings.user_token_ttl;
+    let edge = edge_config(&settings)?;
     let kek = master_key(&settings)?;
     let store = open_store(&settings.data_dir, settings.database_url.as_deref()).await?;
     let mandate = Arc::new(Mandate::open(store, Arc::new(SystemClock), Arc::new(SystemRandom), kek, config).await?);
@@ -271,10 +349,81 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     }
     let listener =
         tokio::net::TcpListener::bind(settings.listen).await.with_context(|| format!("binding {}", settings.listen))?;
-    tracing::info!(listen = %listener.local_addr()?, issuer = %mandate.config().issuer, "mandate is serving");
-    mandate_server::serve(listener, mandate_server::AppState { mandate }, shutdown_signal()).await?;
+    tracing::info!(
+        listen = %listener.local_addr()?,
+        issuer = %mandate.config().issuer,
+        max_connections = edge.connections.max_connections,
+        "mandate is serving"
+    );
+    if let Some(addr) = settings.metrics_listen {
+        let metrics = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+        tracing::info!(listen = %metrics.local_addr()?, "serving /metrics");
+        tokio::spawn(async move {
+            if let Err(e) = mandate_server::serve_metrics(metrics, shutdown_signal()).await {
+                tracing::warn!(error = %e, "the metrics listener stopped");
+            }
+        });
+    }
+    mandate_server::serve(listener, mandate_server::AppState::with_edge(mandate, edge), shutdown_signal()).await?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Connection limits, trusted proxies and rate limits from the settings.
+/// Raises the soft file-descriptor limit to the hard one first, and keeps
+/// the connection cap below it.
+fn edge_config(settings: &Settings) -> Result<mandate_server::edge::EdgeConfig> {
+    use mandate_server::edge::{EdgeConfig, Rate};
+    let fds = match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not raise the file-descriptor limit");
+            rlimit::getrlimit(rlimit::Resource::NOFILE).map(|(soft, _)| soft).unwrap_or(1024)
+        }
+    };
+    // Room for the store, the log and the listener's own descriptors.
+    let most = usize::try_from(fds.saturating_sub(256)).unwrap_or(usize::MAX).max(64);
+    if settings.max_connections == 0 {
+        bail!("max_connections must be at least 1");
+    }
+    if settings.max_connections > most {
+        tracing::warn!(
+            asked = settings.max_connections,
+            most,
+            "max_connections lowered to fit the file-descriptor limit"
+        );
+    }
+    for (name, v) in [
+        ("header_timeout", settings.header_timeout),
+        ("idle_timeout", settings.idle_timeout),
+        ("body_timeout", settings.body_timeout),
+    ] {
+        if !(1..=3600).contains(&v) {
+            bail!("{name} must be 1 to 3600 seconds");
+        }
+    }
+    let trusted_proxies = settings
+        .trusted_proxies
+        .iter()
+        .map(|p| {
+            let p = p.trim();
+            p.parse::<ipnet::IpNet>()
+                .or_else(|_| p.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .with_context(|| format!("trusted_proxies: {p:?} is not an IP address or CIDR"))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let rate = |n: u32| (n > 0).then_some(Rate { per_second: n });
+    Ok(EdgeConfig {
+        connections: mandate_server::conn::Limits {
+            max_connections: settings.max_connections.min(most),
+            header_timeout: std::time::Duration::from_secs(settings.header_timeout),
+            idle_timeout: std::time::Duration::from_secs(settings.idle_timeout),
+            body_timeout: std::time::Duration::from_secs(settings.body_timeout),
+        },
+        trusted_proxies,
+        per_address: rate(settings.rate_limit_per_address),
+        per_client: rate(settings.rate_limit_per_client),
+    })
 }
 
 async fn shutdown_signal() {

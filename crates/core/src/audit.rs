@@ -100,19 +100,39 @@ pub fn parse_since(s: &str) -> Result<String, Error> {
     Ok(event_time(t))
 }
 
+/// What the server knows of the request being served.
+#[derive(Debug, Clone)]
+pub struct RequestContext {
+    /// Stamped on the events the request records.
+    pub id: String,
+    /// The client's address (after trusted proxies), for aggregating
+    /// repeated refusals by source.
+    pub client: Option<std::net::IpAddr>,
+}
+
 tokio::task_local! {
-    static REQUEST_ID: String;
+    static REQUEST: RequestContext;
 }
 
 /// Runs `f` with `id` as the request id stamped on the events it records.
 pub async fn with_request_id<F: Future>(id: String, f: F) -> F::Output {
-    REQUEST_ID.scope(id, f).await
+    REQUEST.scope(RequestContext { id, client: None }, f).await
+}
+
+/// Runs `f` as the request `ctx` describes.
+pub async fn with_request<F: Future>(ctx: RequestContext, f: F) -> F::Output {
+    REQUEST.scope(ctx, f).await
+}
+
+/// The client address of the request being served, if known.
+pub fn current_client() -> Option<std::net::IpAddr> {
+    REQUEST.try_with(|r| r.client).ok().flatten()
 }
 
 /// The id of the request being served, if any: stamped on its events, and
 /// the one thing a client is told about an internal failure.
 pub fn current_request_id() -> Option<String> {
-    REQUEST_ID.try_with(Clone::clone).ok()
+    REQUEST.try_with(|r| r.id.clone()).ok()
 }
 
 /// `s` cut to at most `MAX_TEXT` bytes, on a character boundary.
@@ -427,8 +447,32 @@ impl Mandate {
 
     /// Commits `event` alone: a refusal that changes nothing else. If it
     /// cannot be written the request fails closed.
+    /// Records a refusal that changes nothing else. Repeated identical
+    /// refusals of unauthenticated callers from one source are aggregated
+    /// (SECURITY row 45): the first is written at once, the rest of its
+    /// window are counted and written as one event with `count`.
     pub(crate) async fn record(&self, event: Event) -> Result<(), Error> {
+        if let Some(key) = crate::refusals::key_of(&event, current_client())
+            && self.refusals.suppress(key, &event, self.clock.now())
+        {
+            return Ok(());
+        }
         self.store.commit(Change::new().with(AuditRecord::new(event).mutation())).await?;
+        Ok(())
+    }
+
+    /// Writes the counts of aggregated refusals whose window has closed
+    /// (all of them when `all`). Called every second by the server.
+    pub async fn flush_refusals(&self, all: bool) -> Result<(), Error> {
+        let due = self.refusals.due(self.clock.now(), all);
+        if due.is_empty() {
+            return Ok(());
+        }
+        let mut change = Change::new();
+        for event in due {
+            change.push(AuditRecord::new(event).mutation());
+        }
+        self.store.commit(change).await?;
         Ok(())
     }
 

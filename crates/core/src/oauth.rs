@@ -39,6 +39,14 @@ pub enum ClientCredentials {
     },
 }
 
+impl ClientCredentials {
+    /// The client id these credentials claim, when it is well formed (not
+    /// yet authenticated): what per-client rate limits count.
+    pub fn claimed_id(&self) -> Option<String> {
+        claimed_client(self)
+    }
+}
+
 /// The parameters of a token request, already split from the form.
 #[derive(Debug, Clone, Default)]
 pub struct TokenRequest {

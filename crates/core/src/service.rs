@@ -77,6 +77,8 @@ pub struct Mandate {
     pub(crate) status: crate::status::StatusLists,
     /// Failed web sign-ins, per email and per client address.
     pub(crate) sign_in_failures: crate::session::Failures,
+    /// Repeated refusals being counted before they are written.
+    pub(crate) refusals: crate::refusals::Refusals,
 }
 
 impl std::fmt::Debug for Mandate {
@@ -141,6 +143,7 @@ impl Mandate {
             caches: crate::chain::Caches::default(),
             status: crate::status::StatusLists::default(),
             sign_in_failures: crate::session::Failures::default(),
+            refusals: crate::refusals::Refusals::default(),
         };
         service.reload_policy().await?;
         service.load_audit_keys().await?;

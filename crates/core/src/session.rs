@@ -16,15 +16,26 @@ use crate::store::{Change, Mutation};
 use crate::{Error, secrets};
 
 pub const SESSION_PREFIX: &str = "mnd_ses_";
-/// Failed sign-ins allowed per email within [`FAILURE_WINDOW`] before
-/// further attempts are refused.
-pub const MAX_FAILURES: u32 = 5;
-/// The same per client address: higher, because many people may share one
-/// (an office, or every client behind a reverse proxy).
-pub const MAX_FAILURES_PER_ADDR: u32 = 50;
+/// Failures of one email from one address (or one known browser) before
+/// each further attempt must wait: 1 s, then 2 s, 4 s … up to
+/// [`MAX_DELAY`].
+pub const FREE_FAILURES: u32 = 3;
+/// The longest wait between attempts of one email from one address.
+pub const MAX_DELAY: i64 = 15 * 60;
+/// Failures of one email, from anywhere, after which its attempts are
+/// slowed to one every [`EMAIL_PACE`] seconds. This only slows: it never
+/// locks the person out, and a browser they signed in with before is not
+/// slowed at all.
+pub const EMAIL_CEILING: u32 = 20;
+pub const EMAIL_PACE: i64 = 2;
+/// How long failures are remembered.
 pub const FAILURE_WINDOW: i64 = 15 * 60;
+/// How long a browser stays known after a successful sign-in.
+pub const KNOWN_BROWSER_TTL: i64 = 90 * 24 * 3600;
 /// Entries the failure counter keeps per node before it forgets the oldest.
 const MAX_TRACKED: usize = 100_000;
+/// The context a known-browser cookie is sealed under.
+const KNOWN_CONTEXT: &[u8] = b"mandate:known-browser:v1";
 
 /// A verified hash of a password nobody has, checked when the email is
 /// unknown so that a wrong email takes as long as a wrong password.
@@ -40,13 +51,40 @@ pub struct Session {
     pub expires_at: OffsetDateTime,
 }
 
-/// Sign-in attempts per key (`email:…` and `addr:…`), per node. An attempt
-/// is counted before its password is checked, so that parallel guesses
-/// cannot all pass the limit; a success takes its own count back.
+/// A successful sign-in: the session's secret (for its cookie), the
+/// session, and the sealed value that marks this browser as known to this
+/// person (for a cookie of its own).
+#[derive(Debug, Clone)]
+pub struct SignedIn {
+    pub secret: String,
+    pub session: Session,
+    pub known_browser: String,
+}
+
+/// Where a sign-in attempt comes from.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Source<'a> {
+    /// The client's address, if known.
+    pub address: Option<std::net::IpAddr>,
+    /// The browser's known-browser mark, if it sent one.
+    pub known: Option<&'a str>,
+}
+
+/// Failed sign-ins (SECURITY row 45, docs/web.md): per (email, source) with
+/// growing waits, and per email a ceiling that only slows. An attempt is
+/// counted before its password is checked, under one lock, so that parallel
+/// guesses cannot all slip through; a success takes its count back.
 pub(crate) struct Failures {
-    counts: Mutex<HashMap<String, (u32, i64)>>,
+    counts: Mutex<HashMap<String, Entry>>,
     /// Password checks running at once (argon2id takes 19 MiB and a core).
     checks: tokio::sync::Semaphore,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    count: u32,
+    since: i64,
+    last: i64,
 }
 
 impl Default for Failures {
@@ -55,83 +93,102 @@ impl Default for Failures {
     }
 }
 
+/// Seconds to wait after `count` failures of one email from one source.
+fn delay_after(count: u32) -> i64 {
+    match count.checked_sub(FREE_FAILURES) {
+        None => 0,
+        Some(n) => 1i64.checked_shl(n.min(20)).unwrap_or(MAX_DELAY).min(MAX_DELAY),
+    }
+}
+
 impl Failures {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u32, i64)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
         self.counts.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Counts an attempt under every key, or refuses it (`Err`: seconds to
-    /// wait) when a key is at the limit.
-    fn attempt(&self, keys: &[String], now: i64) -> Result<(), i64> {
+    /// Counts an attempt for `pair` (email and source) and, unless the
+    /// browser is known, for `email`; or refuses it (`Err`: seconds to
+    /// wait).
+    fn attempt(&self, pair: &str, email: Option<&str>, now: i64) -> Result<(), i64> {
         let mut map = self.lock();
-        let limit = |k: &str| if k.starts_with("addr:") { MAX_FAILURES_PER_ADDR } else { MAX_FAILURES };
-        let wait = keys
-            .iter()
-            .filter_map(|k| map.get(k).map(|e| (limit(k), e)))
-            .filter(|(max, (n, since))| n >= max && now - since < FAILURE_WINDOW)
-            .map(|(_, (_, since))| since + FAILURE_WINDOW - now)
-            .max();
-        if let Some(w) = wait {
+        let live = |e: &Entry| now - e.since < FAILURE_WINDOW;
+        let pair_wait = map.get(pair).filter(|e| live(e)).map(|e| e.last + delay_after(e.count) - now);
+        let email_wait = email
+            .and_then(|k| map.get(k))
+            .filter(|e| live(e) && e.count >= EMAIL_CEILING)
+            .map(|e| e.last + EMAIL_PACE - now);
+        if let Some(w) = pair_wait.into_iter().chain(email_wait).filter(|w| *w > 0).max() {
             return Err(w);
         }
         if map.len() >= MAX_TRACKED {
-            map.retain(|_, (_, since)| now - *since < FAILURE_WINDOW);
+            map.retain(|_, e| live(e));
             // Still full of live entries: forget the oldest ones.
             while map.len() >= MAX_TRACKED {
-                let Some(oldest) = map.iter().min_by_key(|(_, (_, since))| *since).map(|(k, _)| k.clone()) else {
+                let Some(oldest) = map.iter().min_by_key(|(_, e)| e.last).map(|(k, _)| k.clone()) else {
                     break;
                 };
                 map.remove(&oldest);
             }
         }
-        for k in keys {
-            let e = map.entry(k.clone()).or_insert((0, now));
-            if now - e.1 >= FAILURE_WINDOW {
-                *e = (0, now);
+        for k in std::iter::once(pair).chain(email) {
+            let e = map.entry(k.to_owned()).or_insert(Entry { count: 0, since: now, last: now });
+            if now - e.since >= FAILURE_WINDOW {
+                *e = Entry { count: 0, since: now, last: now };
             }
-            e.0 += 1;
+            e.count += 1;
+            e.last = now;
         }
         Ok(())
     }
 
-    /// A successful sign-in: its email starts afresh, and its attempt no
-    /// longer counts against its address.
-    fn succeeded(&self, keys: &[String]) {
+    /// A successful sign-in: its pair starts afresh, and its attempt no
+    /// longer counts against the email.
+    fn succeeded(&self, pair: &str, email: Option<&str>) {
         let mut map = self.lock();
-        for (i, k) in keys.iter().enumerate() {
-            if i == 0 {
-                map.remove(k);
-            } else if let Some(e) = map.get_mut(k) {
-                e.0 = e.0.saturating_sub(1);
-            }
+        map.remove(pair);
+        if let Some(e) = email.and_then(|k| map.get_mut(k)) {
+            e.count = e.count.saturating_sub(1);
         }
     }
 }
 
 impl Mandate {
-    /// Signs a person in. Returns the session secret (for the cookie) and
-    /// the session. Every attempt is recorded; after [`MAX_FAILURES`]
-    /// failures for the email or the client address within
-    /// [`FAILURE_WINDOW`], attempts are refused without checking.
-    pub async fn sign_in(&self, email: &str, password: &str, client_addr: &str) -> Result<(String, Session), Error> {
+    /// Signs a person in. Every attempt is recorded. Attempts are paced
+    /// (see [`Failures`]): per email and source, failures beyond
+    /// [`FREE_FAILURES`] make the next attempt wait, doubling up to
+    /// [`MAX_DELAY`]; per email, past [`EMAIL_CEILING`] failures from
+    /// anywhere, attempts are slowed to one every [`EMAIL_PACE`] seconds,
+    /// except from a browser the person signed in with before, which no one
+    /// else can slow down.
+    pub async fn sign_in(&self, email: &str, password: &str, source: Source<'_>) -> Result<SignedIn, Error> {
         let now = self.clock.now();
         // The one stored spelling of the address (anything that is not an
         // address finds nobody, and is checked against the decoy).
-        let email = mandate_model::name::validate_email(email.trim()).unwrap_or_else(|_| email.trim().to_lowercase());
-        let keys = [format!("email:{email}"), format!("addr:{client_addr}")];
+        let canonical = mandate_model::name::validate_email(email.trim()).ok();
+        let email = canonical.clone().unwrap_or_else(|| email.trim().chars().take(254).collect());
+        // A mark that is forged, expired or for someone else is no mark.
+        let known = source.known.and_then(|mark| self.known_browser(mark, &email, now));
+        let pair = match (&known, source.address) {
+            (Some(browser), _) => format!("known:{browser}|{email}"),
+            (None, Some(ip)) => format!("addr:{ip}|{email}"),
+            (None, None) => format!("addr:unknown|{email}"),
+        };
+        let email_key = format!("email:{email}");
+        let ceiling = if known.is_some() { None } else { Some(email_key.as_str()) };
         let mut event = self.event(kind::SIGN_IN_FAILED);
         event.decision = Some(DENY.into());
-        if let Err(wait) = self.sign_in_failures.attempt(&keys, now.unix_timestamp()) {
-            let minutes = (wait + 59) / 60;
-            event.reason = Some("too many failed sign-ins".into());
+        if let Err(wait) = self.sign_in_failures.attempt(&pair, ceiling, now.unix_timestamp()) {
+            event.reason = Some("too many failed sign-ins; the attempt must wait".into());
             self.record(event).await?;
             return Err(Error::RateLimited {
-                why: format!("too many failed sign-ins; try again in {minutes} min"),
+                why: format!("too many failed sign-ins; try again in {wait} s"),
                 retry_after: u64::try_from(wait).unwrap_or(1).max(1),
             });
         }
-        let user =
-            if email.len() <= 254 && email.contains('@') { self.store.user_by_email(&email).await? } else { None };
+        let user = match &canonical {
+            Some(e) => self.store.user_by_email(e).await?,
+            None => None,
+        };
         let stored = user.as_ref().and_then(|u| u.password_hash.clone());
         let ok = {
             // argon2id is CPU work: off the async workers, two at a time.
@@ -158,7 +215,7 @@ impl Mandate {
                 return Err(Error::Unauthenticated);
             }
         };
-        self.sign_in_failures.succeeded(&keys);
+        self.sign_in_failures.succeeded(&pair, ceiling);
         let secret = secrets::generate(SESSION_PREFIX, self.rng.as_ref())?;
         let csrf = secrets::generate("", self.rng.as_ref())?;
         let expires_at = now + Duration::seconds(self.config.session_ttl);
@@ -170,6 +227,7 @@ impl Mandate {
             expires_at,
             revoked_at: None,
         };
+        let known_browser = self.seal_known_browser(&user.email, now)?;
         let mut event = self.event(kind::SESSION_CREATED);
         event.decision = Some(ALLOW.into());
         event.subject = Some(user.id.to_string());
@@ -177,7 +235,35 @@ impl Mandate {
         self.store
             .commit(Change::new().with(Mutation::InsertSession(record)).with(AuditRecord::new(event).mutation()))
             .await?;
-        Ok((secret, Session { user, csrf, expires_at }))
+        Ok(SignedIn { secret, session: Session { user, csrf, expires_at }, known_browser })
+    }
+
+    /// The sealed mark of a browser that signed in as `email`: the email and
+    /// an expiry, encrypted and authenticated under the master key, so that
+    /// every node reads it and nobody can forge one.
+    fn seal_known_browser(&self, email: &str, now: OffsetDateTime) -> Result<String, Error> {
+        use base64::Engine;
+        let until = (now + Duration::seconds(KNOWN_BROWSER_TTL)).unix_timestamp();
+        let sealed = self
+            .kek
+            .seal(KNOWN_CONTEXT, format!("{until}\n{email}").as_bytes())
+            .map_err(|e| Error::Unavailable(format!("sealing a known-browser mark: {e}")))?;
+        Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sealed))
+    }
+
+    /// A stable name for a known browser's mark when it is valid for
+    /// `email` now (its hash, so that logs and keys never hold the mark).
+    fn known_browser(&self, cookie: &str, email: &str, now: OffsetDateTime) -> Option<String> {
+        use base64::Engine;
+        if cookie.len() > 512 {
+            return None;
+        }
+        let sealed = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(cookie).ok()?;
+        let plain = self.kek.open(KNOWN_CONTEXT, &sealed).ok()?;
+        let text = String::from_utf8(plain).ok()?;
+        let (until, marked) = text.split_once('\n')?;
+        let until: i64 = until.parse().ok()?;
+        (marked == email && now.unix_timestamp() < until).then(|| secrets::hash(cookie))
     }
 
     /// The live session a cookie secret names: unrevoked, unexpired, its
@@ -222,32 +308,57 @@ mod tests {
     }
 
     #[test]
-    fn attempts_are_counted_first_and_block_after_the_limit() {
+    fn failures_of_one_source_wait_longer_and_longer() {
         let f = Failures::default();
-        let keys = ["email:a@example.com".to_owned(), "addr:127.0.0.1".to_owned()];
-        for _ in 0..MAX_FAILURES {
-            assert_eq!(f.attempt(&keys, 100), Ok(()));
+        let (pair, email) = ("addr:10.0.0.1|a@example.com", Some("email:a@example.com"));
+        for _ in 0..FREE_FAILURES {
+            assert_eq!(f.attempt(pair, email, 100), Ok(()));
         }
-        assert_eq!(f.attempt(&keys, 100), Err(FAILURE_WINDOW));
-        // Another email from the same address is not, until the address
-        // reaches its own, higher limit.
-        let other = |n: u32| [format!("email:{n}@example.com"), keys[1].clone()];
-        for n in 0..(MAX_FAILURES_PER_ADDR - MAX_FAILURES) {
-            assert_eq!(f.attempt(&other(n), 200), Ok(()), "attempt {n}");
+        // The fourth waits a second, the next two, then four…
+        assert_eq!(f.attempt(pair, email, 100), Err(1));
+        assert_eq!(f.attempt(pair, email, 101), Ok(()));
+        assert_eq!(f.attempt(pair, email, 101), Err(2));
+        assert_eq!(f.attempt(pair, email, 103), Ok(()));
+        assert_eq!(f.attempt(pair, email, 103), Err(4));
+        // Another source for the same email is not held up by this one.
+        assert_eq!(f.attempt("addr:10.0.0.2|a@example.com", email, 103), Ok(()));
+        // The wait is capped, and forgotten after the window.
+        assert_eq!(delay_after(100), MAX_DELAY);
+        assert_eq!(f.attempt(pair, email, 103 + FAILURE_WINDOW), Ok(()));
+    }
+
+    #[test]
+    fn the_email_ceiling_slows_and_a_known_browser_is_not_slowed() {
+        let f = Failures::default();
+        let email = Some("email:b@example.com");
+        // Failures from many addresses (each under its own free count).
+        for n in 0..EMAIL_CEILING {
+            assert_eq!(f.attempt(&format!("addr:10.0.{n}.1|b@example.com"), email, 100), Ok(()), "attempt {n}");
         }
-        assert!(f.attempt(&other(999), 200).is_err(), "the address limit did not apply");
-        assert_eq!(f.attempt(&keys, 100 + FAILURE_WINDOW), Ok(()));
+        // Past the ceiling, any new address is paced, never locked.
+        assert_eq!(f.attempt("addr:192.0.2.1|b@example.com", email, 100), Err(EMAIL_PACE));
+        assert_eq!(f.attempt("addr:192.0.2.1|b@example.com", email, 100 + EMAIL_PACE), Ok(()));
+        // The person's own browser is not held by the ceiling.
+        assert_eq!(f.attempt("known:abc|b@example.com", None, 100 + EMAIL_PACE), Ok(()));
+    }
+
+    #[test]
+    fn parallel_guesses_are_counted_one_by_one() {
+        let f = Failures::default();
+        let (pair, email) = ("addr:10.0.0.1|c@example.com", Some("email:c@example.com"));
+        let passed = (0..20).filter(|_| f.attempt(pair, email, 100).is_ok()).count();
+        assert_eq!(passed, FREE_FAILURES as usize);
     }
 
     #[test]
     fn a_success_gives_its_attempt_back() {
         let f = Failures::default();
-        let keys = ["email:a@example.com".to_owned(), "addr:10.0.0.1".to_owned()];
-        // Many people behind one address sign in successfully.
-        for _ in 0..(MAX_FAILURES * 3) {
-            assert_eq!(f.attempt(&keys, 100), Ok(()));
-            f.succeeded(&keys);
+        let (pair, email) = ("addr:10.0.0.1|d@example.com", Some("email:d@example.com"));
+        // Many sign-ins behind one address succeed.
+        for _ in 0..(FREE_FAILURES * 3) {
+            assert_eq!(f.attempt(pair, email, 100), Ok(()));
+            f.succeeded(pair, email);
         }
-        assert_eq!(f.attempt(&keys, 100), Ok(()));
+        assert_eq!(f.attempt(pair, email, 100), Ok(()));
     }
 }

@@ -3,7 +3,9 @@
 
 mod admin;
 mod audit;
+pub mod conn;
 mod delegation;
+pub mod edge;
 pub mod error;
 pub mod extract;
 mod oauth;
@@ -29,18 +31,35 @@ pub const MAX_POLICY_BODY: usize = mandate_policy::MAX_POLICY_TEXT + 1024 * 1024
 #[derive(Clone)]
 pub struct AppState {
     pub mandate: Arc<Mandate>,
+    /// Connection limits, client addresses and rate limits.
+    pub edge: Arc<edge::Edge>,
+}
+
+impl AppState {
+    /// The service with the default edge (limits on, no trusted proxies).
+    pub fn new(mandate: Arc<Mandate>) -> Self {
+        Self::with_edge(mandate, edge::EdgeConfig::default())
+    }
+
+    pub fn with_edge(mandate: Arc<Mandate>, config: edge::EdgeConfig) -> Self {
+        Self { mandate, edge: edge::Edge::new(config) }
+    }
 }
 
 /// The whole HTTP surface.
 pub fn router(state: AppState) -> Router {
-    let oauth = Router::new()
-        .route("/.well-known/oauth-authorization-server", get(oauth::metadata))
-        .route("/.well-known/openid-configuration", get(oauth::metadata))
-        .route("/jwks.json", get(oauth::jwks))
+    let limited = axum::middleware::from_fn_with_state(state.clone(), edge::limit_by_address);
+    // Endpoints that take credentials: limited per client address.
+    let oauth_limited = Router::new()
         .route("/oauth/token", post(oauth::token))
         .route("/oauth/bc-authorize", post(oauth::bc_authorize))
         .route("/oauth/introspect", post(oauth::introspect))
         .route("/oauth/revoke", post(oauth::revoke))
+        .route_layer(limited.clone());
+    let oauth = Router::new()
+        .route("/.well-known/oauth-authorization-server", get(oauth::metadata))
+        .route("/.well-known/openid-configuration", get(oauth::metadata))
+        .route("/jwks.json", get(oauth::jwks))
         .route("/statuslists/{n}", get(oauth::status_list));
     let admin = Router::new()
         .route("/v1/users", post(admin::create_user))
@@ -63,25 +82,29 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/grants/{id}/revoke", post(delegation::revoke_grant))
         .route("/v1/approvals", get(delegation::list_approvals))
         .route("/v1/approvals/{id}/{decision}", post(delegation::decide_approval))
-        .route("/v1/check", post(delegation::check))
-        .route("/access/v1/evaluation", post(delegation::evaluation))
         .route("/v1/audit", get(audit::query))
         .route("/v1/audit/verify", get(audit::verify))
         .route("/v1/audit/checkpoints", get(audit::checkpoints))
         .route("/v1/audit/keys", get(audit::keys))
-        .route("/v1/audit/trace/{id}", get(audit::trace));
-    let ops = Router::new()
-        .route("/healthz", get(ops::healthz))
-        .route("/readyz", get(ops::readyz))
-        .route("/metrics", get(ops::metrics));
+        .route("/v1/audit/trace/{id}", get(audit::trace))
+        .route_layer(limited);
+    // Resource servers' decisions: authenticated, high volume by design;
+    // not limited per address.
+    let checks = Router::new()
+        .route("/v1/check", post(delegation::check))
+        .route("/access/v1/evaluation", post(delegation::evaluation));
+    let ops = Router::new().route("/healthz", get(ops::healthz)).route("/readyz", get(ops::readyz));
     Router::new()
+        .merge(oauth_limited)
         .merge(oauth)
         .merge(admin)
+        .merge(checks)
         .merge(ops)
-        .merge(web::routes())
+        .merge(web::routes(state.clone()))
         .fallback(ops::not_found)
         .method_not_allowed_fallback(ops::method_not_allowed)
-        .layer(axum::middleware::from_fn(ops::request_id))
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(state.edge.config.connections.body_timeout))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), edge::context))
         .layer(axum::middleware::from_fn(ops::track))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         // RFC 9700 §4.16 (clickjacking) and content sniffing.
@@ -98,6 +121,12 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// Prometheus metrics, for a listener of their own (`--metrics-listen`):
+/// never on the public one.
+pub fn metrics_router() -> Router {
+    Router::new().route("/metrics", get(ops::metrics)).fallback(ops::not_found)
+}
+
 /// Serves until `shutdown` resolves, then drains open requests.
 pub async fn serve(
     listener: tokio::net::TcpListener,
@@ -105,22 +134,44 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     ops::install_metrics();
-    let sync = tokio::spawn(background(state.mandate.clone()));
+    let sync = tokio::spawn(background(state.clone()));
+    let limits = state.edge.config.connections;
+    let mandate = state.mandate.clone();
     let app = router(state);
-    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
-    let result = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
+    let result = conn::serve_connections(listener, app, limits, shutdown).await;
     sync.abort();
+    // Counts of refusals still being aggregated are written, not lost.
+    if let Err(e) = mandate.flush_refusals(true).await {
+        tracing::warn!(error = %e, "could not write the counted refusals");
+    }
     result
 }
 
+/// Serves the metrics router on `listener` until `shutdown` resolves.
+pub async fn serve_metrics(
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    ops::install_metrics();
+    axum::serve(listener, metrics_router()).with_graceful_shutdown(shutdown).await
+}
+
 /// Picks up other nodes' policy and key changes, signs audit checkpoints
-/// when they are due, and purges the replay store.
-async fn background(mandate: Arc<Mandate>) {
+/// when they are due, writes the counts of aggregated refusals, forgets
+/// idle rate-limit entries and purges the replay store.
+async fn background(state: AppState) {
+    let mandate = state.mandate.clone();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut n: u64 = 0;
     loop {
         tick.tick().await;
         n += 1;
+        if let Err(e) = mandate.flush_refusals(false).await {
+            tracing::warn!(error = %e, "could not write the counted refusals");
+        }
+        if n.is_multiple_of(10) {
+            state.edge.forget_idle();
+        }
         if let Err(e) = mandate.sync_from_store().await {
             tracing::warn!(error = %e, "could not sync policies and keys from the store");
         }

@@ -59,29 +59,17 @@ pub async fn not_found() -> Problem {
 
 static NEXT_REQUEST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
-/// Gives every request an id: the caller's `X-Request-Id` when it is short
-/// printable ASCII, else a fresh one. The id is stamped on the audit events
-/// the request records and echoed in the response.
-pub async fn request_id(req: Request, next: Next) -> Response {
-    let given = req
-        .headers()
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| {
-            !v.is_empty() && v.len() <= mandate_core::audit::MAX_REQUEST_ID && v.bytes().all(|b| b.is_ascii_graphic())
-        })
-        .map(str::to_owned);
-    let id = given.unwrap_or_else(|| {
-        // Unique within this process; the node's start time keeps ids of
-        // different processes apart.
-        format!("{:x}-{}", *PROCESS_TAG, NEXT_REQUEST.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+/// The request's id: the caller's `X-Request-Id` when it is short printable
+/// ASCII, else a fresh one (unique within this process; the node's start
+/// time keeps ids of different processes apart).
+pub(crate) fn request_id_of(headers: &axum::http::HeaderMap) -> String {
+    let given = headers.get("x-request-id").and_then(|v| v.to_str().ok()).filter(|v| {
+        !v.is_empty() && v.len() <= mandate_core::audit::MAX_REQUEST_ID && v.bytes().all(|b| b.is_ascii_graphic())
     });
-    let header = axum::http::HeaderValue::from_str(&id).ok();
-    let mut resp = mandate_core::audit::with_request_id(id, next.run(req)).await;
-    if let Some(h) = header {
-        resp.headers_mut().insert("x-request-id", h);
+    match given {
+        Some(v) => v.to_owned(),
+        None => format!("{:x}-{}", *PROCESS_TAG, NEXT_REQUEST.fetch_add(1, std::sync::atomic::Ordering::Relaxed)),
     }
-    resp
 }
 
 /// A per-process tag for request ids: the process id and start time.

@@ -8,7 +8,7 @@ pub mod load;
 pub mod scenarios;
 mod server;
 
-pub use server::{ADMIN_TOKEN, TestAgent, TestServer, fresh_jti};
+pub use server::{ADMIN_TOKEN, TestAgent, TestServer, fresh_jti, test_edge};
 
 /// The admin token every test server is seeded with.
 pub fn server_admin_token() -> &'static str {

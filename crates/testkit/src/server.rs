@@ -62,7 +62,19 @@ impl TestServer {
         clock: Arc<ManualClock>,
         tweak: impl FnOnce(&mut Config),
     ) -> Result<Self> {
-        Self::start_full(store, dir, clock, Arc::new(SystemRandom), tweak).await
+        Self::start_full(store, dir, clock, Arc::new(SystemRandom), test_edge(), tweak).await
+    }
+
+    /// A fresh server with the edge set up as `edge` says (rate limits,
+    /// connection limits, trusted proxies).
+    pub async fn start_with_edge(edge: mandate_server::edge::EdgeConfig) -> Result<Self> {
+        let tmp = tempfile::tempdir()?;
+        let dir = tmp.path().to_owned();
+        let clock = Arc::new(ManualClock::new(mandate_core::Clock::now(&mandate_core::SystemClock)));
+        let store = mandate_store_sqlite::SqliteStore::open(&dir.join("mandate.db")).await?;
+        let mut s = Self::start_full(Arc::new(store), &dir, clock, Arc::new(SystemRandom), edge, |_| {}).await?;
+        s._tmp = Some(tmp);
+        Ok(s)
     }
 
     /// A server over any store and random source.
@@ -71,6 +83,7 @@ impl TestServer {
         dir: &Path,
         clock: Arc<ManualClock>,
         rng: Arc<dyn mandate_core::Random>,
+        edge: mandate_server::edge::EdgeConfig,
         tweak: impl FnOnce(&mut Config),
     ) -> Result<Self> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -81,7 +94,7 @@ impl TestServer {
         let mandate = Arc::new(Mandate::open(store, clock.clone(), rng, Kek::from_bytes(&KEK)?, config).await?);
         mandate.ensure_admin_token(Some(ADMIN_TOKEN)).await?;
         let (stop, stopped) = oneshot::channel::<()>();
-        let state = mandate_server::AppState { mandate: mandate.clone() };
+        let state = mandate_server::AppState::with_edge(mandate.clone(), edge);
         let task = tokio::spawn(mandate_server::serve(listener, state, async move {
             let _ = stopped.await;
         }));
@@ -309,6 +322,12 @@ impl TestServer {
             .await?;
         Ok(resp.json().await?)
     }
+}
+
+/// The edge of test servers: no rate limits (the tests call far faster
+/// than any client would), the production connection limits.
+pub fn test_edge() -> mandate_server::edge::EdgeConfig {
+    mandate_server::edge::EdgeConfig { per_address: None, per_client: None, ..Default::default() }
 }
 
 /// A random `jti`.

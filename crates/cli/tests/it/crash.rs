@@ -20,7 +20,17 @@ async fn killed_mid_load_nothing_acknowledged_is_lost() -> anyhow::Result<()> {
     let http = reqwest::Client::new();
     // Checkpoints every 500 events, so that they are signed under load and
     // between kills too.
-    let serve = ["--data-dir", data_arg.as_str(), "--audit-checkpoint-events", "500"];
+    // Rate limits off: the load is one client at full speed.
+    let serve = [
+        "--data-dir",
+        data_arg.as_str(),
+        "--audit-checkpoint-events",
+        "500",
+        "--rate-limit-per-address",
+        "0",
+        "--rate-limit-per-client",
+        "0",
+    ];
     let node = Node::start(port, &issuer, &serve, &log).await?;
     let (agent, key) = seed(&http, &node.url).await?;
     let mut node = Some(node);

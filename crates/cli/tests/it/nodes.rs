@@ -29,7 +29,17 @@ async fn run(url: &str) -> anyhow::Result<()> {
     let (pa, pb) = (free_port()?, free_port()?);
     // Both nodes share one issuer, as a deployment behind one name does.
     let issuer = format!("http://127.0.0.1:{pa}");
-    let args = ["--database-url", url, "--data-dir", dir.path().to_str().unwrap_or(".")];
+    // The load below is one client at full speed: rate limits off.
+    let args = [
+        "--database-url",
+        url,
+        "--data-dir",
+        dir.path().to_str().unwrap_or("."),
+        "--rate-limit-per-address",
+        "0",
+        "--rate-limit-per-client",
+        "0",
+    ];
     let a = Node::start(pa, &issuer, &args, &dir.path().join("a.log")).await?;
     let b = Node::start(pb, &issuer, &args, &dir.path().join("b.log")).await?;
     let http = reqwest::Client::new();

@@ -28,11 +28,15 @@ use crate::AppState;
 pub const PAGE_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
 connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'";
 
-pub fn routes() -> Router<AppState> {
+pub fn routes(state: AppState) -> Router<AppState> {
+    // Sign-in takes credentials: limited per client address, like the API.
+    let sign_in = Router::new()
+        .route("/login", get(pages::login_page).post(pages::login))
+        .route_layer(axum::middleware::from_fn_with_state(state, crate::edge::limit_by_address));
     Router::new()
+        .merge(sign_in)
         .route("/", get(|| async { Redirect::to("/approvals") }))
         .route("/oauth/authorize", get(authorize::authorize_page).post(authorize::authorize_decision))
-        .route("/login", get(pages::login_page).post(pages::login))
         .route("/logout", post(pages::logout))
         .route("/approvals", get(pages::approvals))
         .route("/approvals/{id}/{decision}", post(pages::decide))
@@ -71,6 +75,11 @@ pub(crate) fn cookie_name(secure: bool) -> &'static str {
     if secure { "__Host-mandate_session" } else { "mandate_session" }
 }
 
+/// The cookie that marks a browser its person signed in with before.
+pub(crate) fn known_cookie_name(secure: bool) -> &'static str {
+    if secure { "__Host-mandate_known" } else { "mandate_known" }
+}
+
 pub(crate) fn login_cookie_name(secure: bool) -> &'static str {
     if secure { "__Host-mandate_login" } else { "mandate_login" }
 }
@@ -96,9 +105,17 @@ pub(crate) fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> 
     if found.next().is_some() { None } else { first }
 }
 
-/// The client's address, for the sign-in rate limit.
-pub(crate) fn client_addr(extensions: &axum::http::Extensions) -> String {
-    extensions.get::<ConnectInfo<std::net::SocketAddr>>().map_or_else(|| "unknown".to_owned(), |c| c.0.ip().to_string())
+/// The client's address (after trusted proxies), for the sign-in limits.
+pub(crate) fn client_addr(extensions: &axum::http::Extensions) -> Option<std::net::IpAddr> {
+    extensions
+        .get::<crate::edge::ClientAddr>()
+        .map(|c| c.0)
+        .or_else(|| extensions.get::<ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip()))
+}
+
+/// An error as a page (for the edge's refusals in front of pages).
+pub(crate) fn error_response(e: &mandate_core::Error) -> Response {
+    pages::error_page(e)
 }
 
 /// A signed-in person. Without a live session, pages redirect to

@@ -7,13 +7,13 @@ use std::fmt::Write;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
-use mandate_core::session::Session;
+use mandate_core::session::{Session, Source};
 use mandate_core::{AuditQuery, Caller, Error};
 use mandate_model::records::{ApprovalStatus, ApprovalSubject, Lifecycle};
 use mandate_model::{AgentId, ApprovalId, GrantId};
 
 use super::html::{button_form, esc, layout, notice, url_encode, when};
-use super::{Signed, cookie, cookie_name, login_cookie_name, page, set_cookie};
+use super::{Signed, cookie, cookie_name, known_cookie_name, login_cookie_name, page, set_cookie};
 use crate::AppState;
 use crate::extract::OAuthForm;
 
@@ -142,13 +142,26 @@ pub async fn login(
         return login_form(&s, StatusCode::FORBIDDEN, &next, email, "The form expired. Please sign in again.");
     }
     let password = form.get("password").unwrap_or_default();
-    match s.mandate.sign_in(email, password, &super::client_addr(&extensions)).await {
-        Ok((secret, session)) => {
-            let ttl = (session.expires_at - s.mandate.now()).whole_seconds();
+    // A browser this person signed in with before is paced on its own, and
+    // no one else's failures slow it down (docs/web.md).
+    let source =
+        Source { address: super::client_addr(&extensions), known: cookie(&headers, known_cookie_name(secure)) };
+    match s.mandate.sign_in(email, password, source).await {
+        Ok(signed_in) => {
+            let ttl = (signed_in.session.expires_at - s.mandate.now()).whole_seconds();
             let mut resp = Redirect::to(&next).into_response();
             let h = resp.headers_mut();
-            h.append(header::SET_COOKIE, set_cookie(cookie_name(secure), &secret, ttl, secure));
+            h.append(header::SET_COOKIE, set_cookie(cookie_name(secure), &signed_in.secret, ttl, secure));
             h.append(header::SET_COOKIE, set_cookie(login_cookie_name(secure), "", 0, secure));
+            h.append(
+                header::SET_COOKIE,
+                set_cookie(
+                    known_cookie_name(secure),
+                    &signed_in.known_browser,
+                    mandate_core::session::KNOWN_BROWSER_TTL,
+                    secure,
+                ),
+            );
             resp
         }
         Err(Error::Unauthenticated) => {

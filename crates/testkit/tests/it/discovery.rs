@@ -65,7 +65,12 @@ async fn health_readiness_and_metrics() -> anyhow::Result<()> {
     assert_eq!(st, 200);
     let (st, _) = s.token(&agent, "https://api.example.com", "write").await?;
     assert_eq!(st, 400);
-    let text = s.http.get(format!("{}/metrics", s.url)).send().await?.text().await?;
+    // Metrics are never on the public listener: only on one of their own.
+    assert_eq!(s.http.get(format!("{}/metrics", s.url)).send().await?.status(), 404);
+    let metrics = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let metrics_url = format!("http://{}/metrics", metrics.local_addr()?);
+    tokio::spawn(mandate_server::serve_metrics(metrics, std::future::pending()));
+    let text = s.http.get(&metrics_url).send().await?.text().await?;
     assert!(text.contains("mandate_http_requests_total"), "{text}");
     assert!(text.contains("mandate_tokens_issued_total"));
     assert!(text.contains("mandate_oauth_errors_total"));

@@ -20,7 +20,9 @@ async fn a_failing_random_source_fails_the_request_and_issues_nothing() -> anyho
     let dir = tempfile::tempdir()?;
     let store = mandate_store_sqlite::SqliteStore::open(&dir.path().join("mandate.db")).await?;
     let rng = Arc::new(FlakyRandom::default());
-    let s = TestServer::start_full(Arc::new(store), dir.path(), clock(), rng.clone(), |_| {}).await?;
+    let s =
+        TestServer::start_full(Arc::new(store), dir.path(), clock(), rng.clone(), mandate_testkit::test_edge(), |_| {})
+            .await?;
     let (user, agent) = s.seed().await?;
     let issued_before = s.audit("type=token.issued").await?.len();
 

@@ -9,6 +9,7 @@ mod client_auth;
 mod delegation;
 mod discovery;
 mod dpop;
+mod edge;
 mod failclosed;
 mod golden;
 mod keys;

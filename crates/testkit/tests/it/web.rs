@@ -159,16 +159,109 @@ async fn a_login_form_without_its_cookie_is_refused() -> Result<()> {
     Ok(())
 }
 
-#[tokio::test]
-async fn failed_sign_ins_are_rate_limited_and_audited() -> Result<()> {
-    let (w, b) = world_with_password().await?;
-    for _ in 0..5 {
-        assert_eq!(b.sign_in("carol@example.com", "nope nope nope").await?.0, 401);
+/// A sign-in attempt from `from` (an address a trusted proxy forwards),
+/// with a known-browser mark if given: (status, Retry-After, the mark set).
+async fn attempt(
+    w: &World,
+    from: &str,
+    email: &str,
+    password: &str,
+    known: Option<&str>,
+) -> Result<(u16, Option<String>, Option<String>)> {
+    let http = client()?;
+    let page = http.get(format!("{}/login", w.s.url)).header("x-forwarded-for", from).send().await?;
+    let (login, _) = set_cookie(page.headers(), "mandate_login").unwrap_or_default();
+    let html = page.text().await?;
+    let mut cookies = format!("mandate_login={login}");
+    if let Some(k) = known {
+        cookies.push_str(&format!("; mandate_known={k}"));
     }
-    // Even the right password is refused now.
-    assert_eq!(b.sign_in("carol@example.com", "correct horse battery").await?.0, 429);
+    let resp = http
+        .post(format!("{}/login", w.s.url))
+        .header("x-forwarded-for", from)
+        .header("cookie", cookies)
+        .form(&[("csrf", csrf_in(&html).as_str()), ("next", "/grants"), ("email", email), ("password", password)])
+        .send()
+        .await?;
+    let retry = resp.headers().get("retry-after").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let mark = set_cookie(resp.headers(), "mandate_known").map(|(v, _)| v);
+    Ok((resp.status().as_u16(), retry, mark))
+}
+
+/// Failed sign-ins are paced, never locked (SECURITY row 45, docs/web.md):
+/// one email from one address waits longer after each failure past three;
+/// failures from everywhere only slow the email down; the person's own
+/// browser, known from an earlier sign-in, is not held up by anyone else;
+/// every attempt is audited, never a password.
+#[tokio::test]
+async fn failed_sign_ins_are_paced_never_locked_and_audited() -> Result<()> {
+    let edge = mandate_server::edge::EdgeConfig {
+        trusted_proxies: vec!["127.0.0.1/32".parse()?],
+        ..mandate_testkit::test_edge()
+    };
+    let w = World::new(TestServer::start_with_edge(edge).await?).await?;
+    let (st, _) =
+        w.s.admin(
+            Method::POST,
+            "/v1/users",
+            Some(json!({"name": "Carol", "email": "carol@example.com", "password": "correct horse battery"})),
+        )
+        .await?;
+    assert_eq!(st, 201);
+    let (good, bad) = ("correct horse battery", "nope nope nope");
+    // Her own browser signs in once and is known from then on.
+    let (st, _, mark) = attempt(&w, "192.0.2.10", "carol@example.com", good, None).await?;
+    assert_eq!(st, 303);
+    let mark = mark.expect("a known-browser mark");
+    // From one address: three free failures, then 1 s, 2 s, … between attempts.
+    for _ in 0..3 {
+        assert_eq!(attempt(&w, "203.0.113.1", "carol@example.com", bad, None).await?.0, 401);
+    }
+    let (st, retry, _) = attempt(&w, "203.0.113.1", "carol@example.com", good, None).await?;
+    assert_eq!((st, retry.as_deref()), (429, Some("1")), "the fourth attempt did not wait");
+    w.s.clock.advance(time::Duration::seconds(1));
+    assert_eq!(attempt(&w, "203.0.113.1", "carol@example.com", bad, None).await?.0, 401);
+    assert_eq!(attempt(&w, "203.0.113.1", "carol@example.com", good, None).await?.1.as_deref(), Some("2"));
+    // Another address is not held up by that one.
+    assert_eq!(attempt(&w, "203.0.113.2", "carol@example.com", good, None).await?.0, 303);
+    // Failures from many addresses: past the email's ceiling, attempts from
+    // anywhere are slowed (2 s), never locked.
+    let mut slowed_at = None;
+    for n in 0..40 {
+        match attempt(&w, &format!("198.51.100.{n}"), "carol@example.com", bad, None).await? {
+            (401, _, _) => {}
+            (429, retry, _) => {
+                assert_eq!(retry.as_deref(), Some("2"), "slowed, not locked");
+                slowed_at = Some(n);
+                break;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(slowed_at.is_some_and(|n| n >= 10), "the ceiling applied at {slowed_at:?}");
+    let (st, retry, _) = attempt(&w, "198.51.100.200", "carol@example.com", good, None).await?;
+    assert_eq!((st, retry.as_deref()), (429, Some("2")));
+    w.s.clock.advance(time::Duration::seconds(2));
+    assert_eq!(attempt(&w, "198.51.100.200", "carol@example.com", good, None).await?.0, 303, "the email was locked");
+    // Her known browser is not slowed by the attack at all, from anywhere.
+    for _ in 0..20 {
+        assert_eq!(attempt(&w, &format!("198.51.100.{}", 30), "carol@example.com", bad, None).await?.0 / 100, 4);
+    }
+    assert_eq!(attempt(&w, "192.0.2.99", "carol@example.com", good, Some(&mark)).await?.0, 303);
+    // A mark for another person, or a forged one, is no mark.
+    assert_eq!(attempt(&w, "192.0.2.99", "carol@example.com", good, Some("forged")).await?.0 / 100, 3 + 1);
+    // Every attempt is in the trail, as events and counts; no password is.
+    w.s.clock.advance(time::Duration::seconds(61));
+    w.s.mandate.flush_refusals(false).await?;
     let failed = w.s.audit("type=session.sign_in_failed").await?;
-    assert_eq!(failed.len(), 6);
+    let counted: u64 = failed.iter().map(|e| e["count"].as_u64().unwrap_or(1)).sum();
+    assert!(counted >= 40, "{counted} failures recorded: {failed:?}");
+    assert!(
+        failed
+            .iter()
+            .any(|e| e["count"].as_u64() > Some(1) && e["reason"].as_str().is_some_and(|r| r.contains("repeated"))),
+        "repeated refusals were not counted into one event"
+    );
     assert!(failed.iter().all(|e| !e.to_string().contains("nope")), "a password reached the audit trail");
     Ok(())
 }
