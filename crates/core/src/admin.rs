@@ -171,7 +171,7 @@ impl Mandate {
             Some(p) if p.chars().count() < 8 || p.len() > 1024 => {
                 return Err(Error::BadInput("password must be 8 to 1024 characters".into()));
             }
-            Some(p) => Some(self.hash_password(p)?),
+            Some(p) => Some(self.hash_password(p).await?),
         };
         if self.store.user_by_email(&email).await?.is_some() {
             return Err(Error::Conflict(format!("a user with email {email} exists")));
@@ -200,14 +200,23 @@ impl Mandate {
         Err(Error::Forbidden(why.into()))
     }
 
-    fn hash_password(&self, password: &str) -> Result<String, Error> {
+    /// argon2id of `password`, computed off the async workers (it takes a
+    /// core and 19 MiB for tens of milliseconds), two at a time with the
+    /// sign-in checks.
+    async fn hash_password(&self, password: &str) -> Result<String, Error> {
         let mut salt = [0u8; 16];
         self.rng.fill(&mut salt)?;
         let salt = SaltString::encode_b64(&salt).map_err(|e| Error::Unavailable(e.to_string()))?;
-        argon2::Argon2::default()
-            .hash_password(password.as_bytes(), &salt)
-            .map(|h| h.to_string())
-            .map_err(|e| Error::Unavailable(e.to_string()))
+        let _permit = self.sign_in_failures.password_checks().await?;
+        let password = password.to_owned();
+        tokio::task::spawn_blocking(move || {
+            argon2::Argon2::default()
+                .hash_password(password.as_bytes(), &salt)
+                .map(|h| h.to_string())
+                .map_err(|e| Error::Unavailable(e.to_string()))
+        })
+        .await
+        .map_err(|e| Error::Unavailable(format!("the password hash stopped: {e}")))?
     }
 
     pub async fn get_user(&self, caller: Caller, id: UserId) -> Result<User, Error> {

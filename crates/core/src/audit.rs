@@ -275,7 +275,15 @@ pub async fn verify_trail(
         if page.is_empty() {
             break;
         }
-        if let Err(t) = verifier.feed(&page) {
+        // Hashing a page is CPU work for both cores: off the async workers.
+        let (back, fed) = tokio::task::spawn_blocking(move || {
+            let fed = verifier.feed(&page);
+            (verifier, fed)
+        })
+        .await
+        .map_err(|e| Error::Unavailable(format!("the verifier stopped: {e}")))?;
+        verifier = back;
+        if let Err(t) = fed {
             return Ok(TrailReport::Broken(t));
         }
     }

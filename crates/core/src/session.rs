@@ -102,6 +102,11 @@ fn delay_after(count: u32) -> i64 {
 }
 
 impl Failures {
+    /// A turn at the password hasher (two at a time).
+    pub(crate) async fn password_checks(&self) -> Result<tokio::sync::SemaphorePermit<'_>, Error> {
+        self.checks.acquire().await.map_err(|_| Error::Unavailable("shutting down".into()))
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
         self.counts.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }

@@ -9,8 +9,8 @@
 //! neighbours (see [`apply_batch`]). The writer also holds the audit
 //! chain's head, so events are numbered and linked in commit order with no
 //! lock beyond the one writer. Reads run on a small pool of read-only
-//! connections, inline: they are indexed point lookups of a few
-//! microseconds, cheaper than a hand-off to another thread.
+//! connections, on Tokio's blocking pool: never on the async workers, so
+//! that a long audit page cannot stall the requests they serve.
 //!
 //! This store is for one process: several nodes share PostgreSQL instead.
 
@@ -68,7 +68,7 @@ pub struct SqliteStore {
     /// Dropping it stops the checkpoint thread.
     _stop_checkpoints: mpsc::Sender<()>,
     path: PathBuf,
-    readers: Mutex<Vec<Connection>>,
+    readers: Arc<Readers>,
     writer: Mutex<mpsc::Sender<Job>>,
     /// Advanced by the writer after committing a batch that invalidates
     /// (one process owns the database, so memory is enough).
@@ -145,15 +145,65 @@ impl SqliteStore {
         Ok(Self {
             _stop_checkpoints: stop_checkpoints,
             path: path.to_owned(),
-            readers: Mutex::new(Vec::new()),
+            readers: Arc::new(Readers { path: path.to_owned(), idle: Mutex::new(Vec::new()) }),
             writer: Mutex::new(tx),
             epoch,
         })
     }
 
-    /// Runs `f` on a pooled read-only connection.
-    fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
-        let pooled = self.readers.lock().map_err(|_| unavailable("reader pool poisoned"))?.pop();
+    /// Runs `f` on a pooled read-only connection, on the blocking pool:
+    /// reads never run on the async workers, so a 10,000-row audit page
+    /// cannot stall the requests they serve.
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let readers = self.readers.clone();
+        tokio::task::spawn_blocking(move || readers.run(f))
+            .await
+            .map_err(|e| unavailable(format!("a read stopped: {e}")))?
+    }
+
+    async fn one<T: Send + 'static>(
+        &self,
+        sql: &'static str,
+        bind: impl Into<String>,
+        map: fn(&Row<'_>) -> rusqlite::Result<Result<T, StoreError>>,
+    ) -> Result<Option<T>, StoreError> {
+        let bind = bind.into();
+        self.read(move |c| c.prepare_cached(sql)?.query_row([bind], map).optional()).await?.transpose()
+    }
+
+    async fn many<T: Send + 'static>(
+        &self,
+        sql: &'static str,
+        bind: Option<String>,
+        map: fn(&Row<'_>) -> rusqlite::Result<Result<T, StoreError>>,
+    ) -> Result<Vec<T>, StoreError> {
+        let rows = self
+            .read(move |c| {
+                let mut stmt = c.prepare_cached(sql)?;
+                let rows = match bind {
+                    Some(b) => stmt.query_map([b], map)?.collect::<rusqlite::Result<Vec<_>>>()?,
+                    None => stmt.query_map([], map)?.collect::<rusqlite::Result<Vec<_>>>()?,
+                };
+                Ok(rows)
+            })
+            .await?;
+        rows.into_iter().collect()
+    }
+}
+
+/// The read-only connections, kept between reads.
+struct Readers {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+}
+
+impl Readers {
+    /// Runs `f` on an idle connection (or a new one), then keeps it.
+    fn run<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
+        let pooled = self.idle.lock().map_err(|_| unavailable("reader pool poisoned"))?.pop();
         let conn = match pooled {
             Some(c) => c,
             None => {
@@ -172,38 +222,12 @@ impl SqliteStore {
             }
             other => unavailable(other),
         });
-        if let Ok(mut pool) = self.readers.lock()
+        if let Ok(mut pool) = self.idle.lock()
             && pool.len() < MAX_IDLE_READERS
         {
             pool.push(conn);
         }
         result
-    }
-
-    fn one<T>(
-        &self,
-        sql: &str,
-        bind: &str,
-        map: fn(&Row<'_>) -> rusqlite::Result<Result<T, StoreError>>,
-    ) -> Result<Option<T>, StoreError> {
-        self.read(|c| c.prepare_cached(sql)?.query_row([bind], map).optional())?.transpose()
-    }
-
-    fn many<T>(
-        &self,
-        sql: &str,
-        bind: Option<&str>,
-        map: fn(&Row<'_>) -> rusqlite::Result<Result<T, StoreError>>,
-    ) -> Result<Vec<T>, StoreError> {
-        let rows = self.read(|c| {
-            let mut stmt = c.prepare_cached(sql)?;
-            let rows = match bind {
-                Some(b) => stmt.query_map([b], map)?.collect::<rusqlite::Result<Vec<_>>>()?,
-                None => stmt.query_map([], map)?.collect::<rusqlite::Result<Vec<_>>>()?,
-            };
-            Ok(rows)
-        })?;
-        rows.into_iter().collect()
     }
 }
 
@@ -1078,98 +1102,107 @@ impl Store for SqliteStore {
     }
 
     async fn setting(&self, key: &str) -> Result<Option<String>, StoreError> {
-        self.one("SELECT value FROM settings WHERE key = ?1", key, |r| Ok(Ok(r.get(0)?)))
+        self.one("SELECT value FROM settings WHERE key = ?1", key, |r| Ok(Ok(r.get(0)?))).await
     }
 
     async fn user(&self, id: UserId) -> Result<Option<User>, StoreError> {
-        self.one("SELECT * FROM users WHERE id = ?1", &id.to_string(), user_row)
+        self.one("SELECT * FROM users WHERE id = ?1", &id.to_string(), user_row).await
     }
 
     async fn user_by_email(&self, email: &str) -> Result<Option<User>, StoreError> {
-        self.one("SELECT * FROM users WHERE email = ?1", email, user_row)
+        self.one("SELECT * FROM users WHERE email = ?1", email, user_row).await
     }
 
     async fn user_token_by_hash(&self, hash: &str) -> Result<Option<UserToken>, StoreError> {
-        self.one("SELECT * FROM user_tokens WHERE hash = ?1", hash, user_token_row)
+        self.one("SELECT * FROM user_tokens WHERE hash = ?1", hash, user_token_row).await
     }
 
     async fn user_tokens(&self, user: UserId) -> Result<Vec<UserToken>, StoreError> {
-        let rows = self.read(|c| {
-            let mut stmt = c.prepare_cached("SELECT * FROM user_tokens WHERE user_id = ?1 ORDER BY id DESC")?;
-            stmt.query_map([user.to_string()], user_token_row)?.collect::<rusqlite::Result<Vec<_>>>()
-        })?;
+        let rows = self
+            .read(move |c| {
+                let mut stmt = c.prepare_cached("SELECT * FROM user_tokens WHERE user_id = ?1 ORDER BY id DESC")?;
+                stmt.query_map([user.to_string()], user_token_row)?.collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .await?;
         rows.into_iter().collect()
     }
 
     async fn agent(&self, id: AgentId) -> Result<Option<Agent>, StoreError> {
-        self.one("SELECT * FROM agents WHERE id = ?1", &id.to_string(), agent_row)
+        self.one("SELECT * FROM agents WHERE id = ?1", &id.to_string(), agent_row).await
     }
 
     async fn agent_children(&self, parent: AgentId) -> Result<Vec<Agent>, StoreError> {
-        self.many("SELECT * FROM agents WHERE parent = ?1 ORDER BY id", Some(&parent.to_string()), agent_row)
+        self.many("SELECT * FROM agents WHERE parent = ?1 ORDER BY id", Some(parent.to_string()), agent_row).await
     }
 
     async fn resource(&self, id: ResourceId) -> Result<Option<Resource>, StoreError> {
-        self.one("SELECT * FROM resources WHERE id = ?1", &id.to_string(), resource_row)
+        self.one("SELECT * FROM resources WHERE id = ?1", &id.to_string(), resource_row).await
     }
 
     async fn resource_by_identifier(&self, identifier: &str) -> Result<Option<Resource>, StoreError> {
-        self.one("SELECT * FROM resources WHERE identifier = ?1", identifier, resource_row)
+        self.one("SELECT * FROM resources WHERE identifier = ?1", identifier, resource_row).await
     }
 
     async fn resources(&self) -> Result<Vec<Resource>, StoreError> {
-        self.many("SELECT * FROM resources ORDER BY id", None, resource_row)
+        self.many("SELECT * FROM resources ORDER BY id", None, resource_row).await
     }
 
     async fn current_policy(&self) -> Result<Option<StoredPolicy>, StoreError> {
         Ok(self
-            .many("SELECT version, text, created_at FROM policies ORDER BY seq DESC LIMIT 1", None, policy_row)?
+            .many("SELECT version, text, created_at FROM policies ORDER BY seq DESC LIMIT 1", None, policy_row)
+            .await?
             .into_iter()
             .next())
     }
 
     async fn signing_keys(&self) -> Result<Vec<StoredKey>, StoreError> {
-        self.many("SELECT * FROM signing_keys ORDER BY created_at", None, key_row)
+        self.many("SELECT * FROM signing_keys ORDER BY created_at", None, key_row).await
     }
 
     async fn token(&self, jti: Jti) -> Result<Option<TokenRecord>, StoreError> {
-        self.one("SELECT * FROM tokens WHERE jti = ?1", &jti.to_string(), token_row)
+        self.one("SELECT * FROM tokens WHERE jti = ?1", &jti.to_string(), token_row).await
     }
 
     async fn grant(&self, id: GrantId) -> Result<Option<Grant>, StoreError> {
-        self.one("SELECT * FROM grants WHERE id = ?1", &id.to_string(), grant_row)
+        self.one("SELECT * FROM grants WHERE id = ?1", &id.to_string(), grant_row).await
     }
 
     async fn grants(&self, q: &GrantQuery) -> Result<Vec<Grant>, StoreError> {
         let (user, agent, either) =
             (q.user.map(|u| u.to_string()), q.agent.map(|a| a.to_string()), q.user_or_owner.map(|u| u.to_string()));
-        let rows = self.read(|c| {
-            c.prepare_cached(
-                "SELECT * FROM grants WHERE (?1 IS NULL OR user_id = ?1) AND (?2 IS NULL OR agent = ?2) \
+        let limit = q.limit;
+        let rows = self
+            .read(move |c| {
+                c.prepare_cached(
+                    "SELECT * FROM grants WHERE (?1 IS NULL OR user_id = ?1) AND (?2 IS NULL OR agent = ?2) \
                  AND (?3 IS NULL OR user_id = ?3 OR agent IN (SELECT id FROM agents WHERE owner = ?3)) \
                  ORDER BY id DESC LIMIT ?4",
-            )?
-            .query_map(params![user, agent, either, q.limit], grant_row)?
-            .collect::<rusqlite::Result<Vec<_>>>()
-        })?;
+                )?
+                .query_map(params![user, agent, either, limit], grant_row)?
+                .collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .await?;
         rows.into_iter().collect()
     }
 
     async fn approval(&self, id: ApprovalId) -> Result<Option<Approval>, StoreError> {
-        self.one("SELECT * FROM approvals WHERE id = ?1", &id.to_string(), approval_row)
+        self.one("SELECT * FROM approvals WHERE id = ?1", &id.to_string(), approval_row).await
     }
 
     async fn approvals(&self, q: &ApprovalQuery) -> Result<Vec<Approval>, StoreError> {
         let (approver, status) = (q.approver.map(|u| u.to_string()), q.status.map(|s| s.as_str()));
         let before = q.before.map(|a| a.to_string());
-        let rows = self.read(|c| {
-            c.prepare_cached(
-                "SELECT * FROM approvals WHERE (?1 IS NULL OR approver = ?1) AND (?2 IS NULL OR status = ?2) \
+        let (binding, limit) = (q.binding.clone(), q.limit);
+        let rows = self
+            .read(move |c| {
+                c.prepare_cached(
+                    "SELECT * FROM approvals WHERE (?1 IS NULL OR approver = ?1) AND (?2 IS NULL OR status = ?2) \
                  AND (?3 IS NULL OR binding = ?3) AND (?5 IS NULL OR id < ?5) ORDER BY id DESC LIMIT ?4",
-            )?
-            .query_map(params![approver, status, q.binding, q.limit, before], approval_row)?
-            .collect::<rusqlite::Result<Vec<_>>>()
-        })?;
+                )?
+                .query_map(params![approver, status, binding, limit, before], approval_row)?
+                .collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .await?;
         rows.into_iter().collect()
     }
 
@@ -1180,18 +1213,20 @@ impl Store for SqliteStore {
         now: time::OffsetDateTime,
     ) -> Result<u64, StoreError> {
         let (user, now) = (user.map(|u| u.to_string()), ts(now)?);
-        let n: i64 = self.read(|c| {
-            c.prepare_cached(
-                "SELECT count(*) FROM approvals WHERE agent = ?1 AND status = 'pending' AND binding IS NULL \
+        let n: i64 = self
+            .read(move |c| {
+                c.prepare_cached(
+                    "SELECT count(*) FROM approvals WHERE agent = ?1 AND status = 'pending' AND binding IS NULL \
                  AND (?2 IS NULL OR user_id = ?2) AND expires_at > ?3",
-            )?
-            .query_row(params![agent.to_string(), user, now], |r| r.get(0))
-        })?;
+                )?
+                .query_row(params![agent.to_string(), user, now], |r| r.get(0))
+            })
+            .await?;
         u64::try_from(n).map_err(|_| StoreError::Corrupt(format!("count {n}")))
     }
 
     async fn refresh(&self, hash: &str) -> Result<Option<RefreshRecord>, StoreError> {
-        self.one("SELECT * FROM refresh_tokens WHERE hash = ?1", hash, refresh_row)
+        self.one("SELECT * FROM refresh_tokens WHERE hash = ?1", hash, refresh_row).await
     }
 
     async fn auth_code(&self, hash: &str) -> Result<Option<AuthCodeRecord>, StoreError> {
@@ -1208,6 +1243,7 @@ impl Store for SqliteStore {
                 used_at: r.get("used_at")?,
             }))
         })
+        .await
     }
 
     async fn session(&self, hash: &str) -> Result<Option<SessionRecord>, StoreError> {
@@ -1221,66 +1257,76 @@ impl Store for SqliteStore {
                 revoked_at: r.get("revoked_at")?,
             }))
         })
+        .await
     }
 
     async fn last_use_of_owned_agents(
         &self,
         owner: UserId,
     ) -> Result<Vec<(AgentId, time::OffsetDateTime)>, StoreError> {
-        let rows = self.read(|c| {
-            c.prepare_cached(
-                "SELECT g.agent, max(g.last_used_at) FROM grants g JOIN agents a ON a.id = g.agent \
+        let rows = self
+            .read(move |c| {
+                c.prepare_cached(
+                    "SELECT g.agent, max(g.last_used_at) FROM grants g JOIN agents a ON a.id = g.agent \
                  WHERE a.owner = ?1 AND g.last_used_at IS NOT NULL GROUP BY g.agent",
-            )?
-            .query_map([owner.to_string()], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?
-            .collect::<rusqlite::Result<Vec<_>>>()
-        })?;
+                )?
+                .query_map([owner.to_string()], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?
+                .collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .await?;
         rows.into_iter().map(|(a, t)| Ok((codec::parse::<AgentId>(&a)?, codec::from_ts(t)?))).collect()
     }
 
     async fn agents_owned_by(&self, owner: UserId) -> Result<Vec<Agent>, StoreError> {
-        let rows = self.read(|c| {
-            let mut stmt = c.prepare_cached("SELECT * FROM agents WHERE owner = ?1 ORDER BY id")?;
-            stmt.query_map([owner.to_string()], agent_row)?.collect::<rusqlite::Result<Vec<_>>>()
-        })?;
+        let rows = self
+            .read(move |c| {
+                let mut stmt = c.prepare_cached("SELECT * FROM agents WHERE owner = ?1 ORDER BY id")?;
+                stmt.query_map([owner.to_string()], agent_row)?.collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .await?;
         rows.into_iter().collect()
     }
 
     async fn revoked_status_indexes(&self, from: u64, to: u64) -> Result<Vec<u64>, StoreError> {
         let range = |v: u64| i64::try_from(v).map_err(|_| unavailable("status index overflow"));
         let (from, to) = (range(from)?, range(to)?);
-        let rows = self.read(|c| {
-            let mut stmt = c.prepare_cached(
-                "SELECT status_idx FROM tokens WHERE revoked_at IS NOT NULL AND status_idx IS NOT NULL \
+        let rows = self
+            .read(move |c| {
+                let mut stmt = c.prepare_cached(
+                    "SELECT status_idx FROM tokens WHERE revoked_at IS NOT NULL AND status_idx IS NOT NULL \
                  AND status_idx >= ?1 AND status_idx < ?2",
-            )?;
-            stmt.query_map([from, to], |r| r.get::<_, i64>(0))?.collect::<rusqlite::Result<Vec<_>>>()
-        })?;
+                )?;
+                stmt.query_map([from, to], |r| r.get::<_, i64>(0))?.collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .await?;
         Ok(rows.into_iter().filter_map(|i| u64::try_from(i).ok()).collect())
     }
 
     async fn status_indexes_reserved(&self) -> Result<u64, StoreError> {
-        let next: i64 = self.read(|c| c.query_row("SELECT next FROM status_counter WHERE id = 1", [], |r| r.get(0)))?;
+        let next: i64 =
+            self.read(move |c| c.query_row("SELECT next FROM status_counter WHERE id = 1", [], |r| r.get(0))).await?;
         u64::try_from(next).map_err(|_| unavailable("status index overflow"))
     }
 
     async fn expired_agents(&self, at: time::OffsetDateTime) -> Result<Vec<Agent>, StoreError> {
         let at = ts(at)?;
-        let rows = self.read(|c| {
+        let rows = self.read(move |c| {
             let mut stmt = c.prepare_cached(
                 "SELECT * FROM agents WHERE kind = 'ephemeral' AND status <> 'retired' AND expires_at <= ?1 ORDER BY id",
             )?;
             stmt.query_map([at], agent_row)?.collect::<rusqlite::Result<Vec<_>>>()
-        })?;
+        }).await?;
         rows.into_iter().collect()
     }
 
     async fn audit_head(&self) -> Result<Option<(u64, String)>, StoreError> {
-        let head = self.read(|c| {
-            c.prepare_cached("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1")?
-                .query_row([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))
-                .optional()
-        })?;
+        let head = self
+            .read(move |c| {
+                c.prepare_cached("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1")?
+                    .query_row([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))
+                    .optional()
+            })
+            .await?;
         head.map(|(seq, hash)| {
             u64::try_from(seq).map(|s| (s, hash)).map_err(|_| StoreError::Corrupt(format!("audit seq {seq}")))
         })
@@ -1292,29 +1338,34 @@ impl Store for SqliteStore {
         let sql = format!("SELECT {EVENT_COLUMNS} FROM audit_events WHERE {filter} ORDER BY seq LIMIT {}", q.limit);
         // SAFETY-FALLBACK: a cursor beyond i64 is past every seq: an empty page.
         let after = i64::try_from(q.after).unwrap_or(i64::MAX);
-        let rows = self.read(|c| {
-            let mut stmt = c.prepare_cached(&sql)?;
-            let mut bound: Vec<&dyn rusqlite::ToSql> = vec![&after];
-            bound.extend(values.iter().map(|v| v as &dyn rusqlite::ToSql));
-            stmt.query_map(bound.as_slice(), event_row)?.collect::<rusqlite::Result<Vec<_>>>()
-        })?;
+        let rows = self
+            .read(move |c| {
+                let mut stmt = c.prepare_cached(&sql)?;
+                let mut bound: Vec<&dyn rusqlite::ToSql> = vec![&after];
+                bound.extend(values.iter().map(|v| v as &dyn rusqlite::ToSql));
+                stmt.query_map(bound.as_slice(), event_row)?.collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .await?;
         rows.into_iter().collect()
     }
 
     async fn audit_checkpoints(&self, after: u64, limit: u32) -> Result<Vec<Checkpoint>, StoreError> {
         // SAFETY-FALLBACK: a cursor beyond i64 is past every seq: an empty page.
         let after = i64::try_from(after).unwrap_or(i64::MAX);
-        let rows = self.read(|c| {
-            c.prepare_cached("SELECT * FROM audit_checkpoints WHERE seq > ?1 ORDER BY seq LIMIT ?2")?
-                .query_map(params![after, limit], checkpoint_row)?
-                .collect::<rusqlite::Result<Vec<_>>>()
-        })?;
+        let rows = self
+            .read(move |c| {
+                c.prepare_cached("SELECT * FROM audit_checkpoints WHERE seq > ?1 ORDER BY seq LIMIT ?2")?
+                    .query_map(params![after, limit], checkpoint_row)?
+                    .collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .await?;
         rows.into_iter().collect()
     }
 
     async fn last_audit_checkpoint(&self) -> Result<Option<Checkpoint>, StoreError> {
         Ok(self
-            .many("SELECT * FROM audit_checkpoints ORDER BY seq DESC LIMIT 1", None, checkpoint_row)?
+            .many("SELECT * FROM audit_checkpoints ORDER BY seq DESC LIMIT 1", None, checkpoint_row)
+            .await?
             .into_iter()
             .next())
     }
