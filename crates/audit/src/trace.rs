@@ -104,13 +104,16 @@ impl Trace {
     /// Narrows the tree to what one reader may see of it (SECURITY row
     /// 42): the subtree of token `jti` whole, and the path from its root
     /// down to it, with every branch off that path (and every other root)
-    /// reduced to a count of its tokens. Events about the whole grant are
-    /// dropped unless `jti` is a root. Returns whether `jti` is in the tree.
+    /// reduced to a count of its tokens, and the events about the tokens
+    /// above it dropped. Events about the whole grant are dropped unless
+    /// `jti` is a root. Returns whether `jti` is in the tree.
     pub fn focus(&mut self, jti: &str) -> bool {
         fn size(n: &TraceNode) -> usize {
             1 + n.hidden + n.children.iter().map(size).sum::<usize>()
         }
-        /// Keeps, under `n`, only the child on the path to `jti`.
+        /// Keeps, under `n`, only the child on the path to `jti`; a node on
+        /// the path above it keeps its issuance but not the events about it
+        /// (another person's agent's checks and revocations).
         fn keep_path(n: &mut TraceNode, jti: &str) -> bool {
             if n.issued.jti.as_deref() == Some(jti) {
                 return true;
@@ -121,6 +124,7 @@ impl Trace {
             let on_path = n.children.swap_remove(i);
             n.hidden += n.children.iter().map(size).sum::<usize>();
             n.children = vec![on_path];
+            n.events.clear();
             true
         }
         let roots = std::mem::take(&mut self.roots);

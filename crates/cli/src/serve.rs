@@ -106,6 +106,15 @@ pub struct ServeArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     max_connections: Option<usize>,
+    /// Most connections one client address may hold (default 256; trusted proxies are exempt).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_connections_per_address: Option<usize>,
+    /// Which header a trusted proxy records the client in: x-forwarded-for (default) or
+    /// forwarded (RFC 7239). Only that one is read; the proxy must append to it.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    forwarded_header: Option<String>,
     /// Seconds a client may take to send a request head, from its first byte (default 10).
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -114,7 +123,7 @@ pub struct ServeArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     idle_timeout: Option<u64>,
-    /// Seconds a client may take to send a request body (default 30).
+    /// Seconds a client may take to send a whole request body (default 30).
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     body_timeout: Option<u64>,
@@ -165,6 +174,8 @@ struct Settings {
     status_list_ttl: i64,
     metrics_listen: Option<SocketAddr>,
     max_connections: usize,
+    max_connections_per_address: usize,
+    forwarded_header: String,
     header_timeout: u64,
     idle_timeout: u64,
     body_timeout: u64,
@@ -199,6 +210,8 @@ impl Default for Settings {
             status_list_ttl: 60,
             metrics_listen: None,
             max_connections: 4_096,
+            max_connections_per_address: 256,
+            forwarded_header: "x-forwarded-for".into(),
             header_timeout: 10,
             idle_timeout: 60,
             body_timeout: 30,
@@ -373,7 +386,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
 /// Raises the soft file-descriptor limit to the hard one first, and keeps
 /// the connection cap below it.
 fn edge_config(settings: &Settings) -> Result<mandate_server::edge::EdgeConfig> {
-    use mandate_server::edge::{EdgeConfig, Rate};
+    use mandate_server::edge::{EdgeConfig, ForwardedHeader, Rate};
     let fds = match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(n) => n,
         Err(e) => {
@@ -383,8 +396,8 @@ fn edge_config(settings: &Settings) -> Result<mandate_server::edge::EdgeConfig> 
     };
     // Room for the store, the log and the listener's own descriptors.
     let most = usize::try_from(fds.saturating_sub(256)).unwrap_or(usize::MAX).max(64);
-    if settings.max_connections == 0 {
-        bail!("max_connections must be at least 1");
+    if settings.max_connections == 0 || settings.max_connections_per_address == 0 {
+        bail!("max_connections and max_connections_per_address must be at least 1");
     }
     if settings.max_connections > most {
         tracing::warn!(
@@ -419,8 +432,14 @@ fn edge_config(settings: &Settings) -> Result<mandate_server::edge::EdgeConfig> 
             header_timeout: std::time::Duration::from_secs(settings.header_timeout),
             idle_timeout: std::time::Duration::from_secs(settings.idle_timeout),
             body_timeout: std::time::Duration::from_secs(settings.body_timeout),
+            max_per_address: settings.max_connections_per_address,
         },
         trusted_proxies,
+        forwarded_header: match settings.forwarded_header.as_str() {
+            "x-forwarded-for" => ForwardedHeader::XForwardedFor,
+            "forwarded" => ForwardedHeader::Forwarded,
+            other => bail!("forwarded_header must be x-forwarded-for or forwarded, not {other:?}"),
+        },
         per_address: rate(settings.rate_limit_per_address),
         per_client: rate(settings.rate_limit_per_client),
     })

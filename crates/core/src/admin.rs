@@ -590,6 +590,28 @@ impl Mandate {
         Ok(self.store.agents_owned_by(owner).await?)
     }
 
+    /// The admin suspends an agent its owner had suspended: it stays
+    /// suspended (its tokens died then), but now only the admin resumes it.
+    async fn take_over_suspension(&self, caller: Caller, mut agent: Agent) -> Result<(Agent, Cascade), Error> {
+        let now = self.clock.now();
+        let mut event = self.admin_event(kind::AGENT_SUSPENDED, caller);
+        event.subject = Some(agent.owner.to_string());
+        event.resource = Some(agent.id.to_string());
+        event.reason = Some("suspended -> suspended; the admin now holds the suspension".into());
+        let change = Change::new()
+            .with(Mutation::SetAgentStatus {
+                id: agent.id,
+                from: AgentStatus::Suspended,
+                to: AgentStatus::Suspended,
+                at: now,
+                by: Some(SuspendedBy::Admin),
+            })
+            .with(AuditRecord::new(event).mutation());
+        self.store.commit(change).await?;
+        agent.suspended_by = Some(SuspendedBy::Admin);
+        Ok((agent, Cascade { tokens: 0, grants: 0, retired: Vec::new() }))
+    }
+
     /// When each agent `owner` owns was last used (the latest use of any
     /// grant it holds); agents never used are missing.
     pub async fn last_use_of_owned_agents(
@@ -610,19 +632,21 @@ impl Mandate {
     /// spawned; retirement is final.
     pub async fn agent_lifecycle(&self, caller: Caller, id: AgentId, op: Lifecycle) -> Result<(Agent, Cascade), Error> {
         let mut agent = self.get_agent(caller, id).await?;
-        let to = op.apply(agent.status).ok_or_else(|| {
-            Error::Conflict(format!("cannot {} an agent that is {}", op.as_str(), agent.status.as_str()))
-        })?;
         // Only the level that suspended an agent, or a higher one, resumes
-        // it (SECURITY row 44): an owner cannot undo the admin.
+        // it (SECURITY row 44): an owner cannot undo the admin. A suspension
+        // whose level is not known counts as the admin's.
         let level = match caller {
             Caller::Admin => SuspendedBy::Admin,
             Caller::User(_) => SuspendedBy::Owner,
         };
-        if op == Lifecycle::Resume
-            && let Some(by) = agent.suspended_by
-            && by > level
-        {
+        let suspended_by = agent.suspended_by.unwrap_or(SuspendedBy::Admin);
+        if op == Lifecycle::Suspend && agent.status == AgentStatus::Suspended && level > suspended_by {
+            return self.take_over_suspension(caller, agent).await;
+        }
+        let to = op.apply(agent.status).ok_or_else(|| {
+            Error::Conflict(format!("cannot {} an agent that is {}", op.as_str(), agent.status.as_str()))
+        })?;
+        if op == Lifecycle::Resume && suspended_by > level {
             return self.forbid(caller, "the admin suspended this agent; only the admin may resume it").await;
         }
         let now = self.clock.now();
@@ -764,7 +788,10 @@ impl Mandate {
     pub async fn put_policies(&self, caller: Caller, text: &str) -> Result<StoredPolicy, Error> {
         self.require_admin(caller).await?;
         let actions = self.action_catalog().await?;
-        let engine = compile_off_the_workers(text, actions).await?.map_err(|e| Error::BadInput(e.to_string()))?;
+        let engine = compile_off_the_workers(text, actions).await?.map_err(|e| match e {
+            mandate_policy::PolicyError::Unavailable(why) => Error::Unavailable(why),
+            invalid => Error::BadInput(invalid.to_string()),
+        })?;
         let record =
             StoredPolicy { version: engine.version().to_owned(), text: text.to_owned(), created_at: self.clock.now() };
         let mut event = self.admin_event(kind::POLICY_UPDATED, caller);

@@ -477,10 +477,15 @@ impl Mandate {
             return Ok(());
         }
         let mut change = Change::new();
-        for event in due {
-            change.push(AuditRecord::new(event).mutation());
+        for event in &due {
+            change.push(AuditRecord::new(event.clone()).mutation());
         }
-        self.store.commit(change).await?;
+        if let Err(e) = self.store.commit(change).await {
+            // Kept, and written by a later flush: a count is never lost to
+            // a store that did not answer once.
+            self.refusals.put_back(due);
+            return Err(e.into());
+        }
         Ok(())
     }
 
@@ -535,7 +540,11 @@ impl Mandate {
     pub async fn audit_verify(&self, caller: Caller) -> Result<TrailReport, Error> {
         self.require_admin(caller).await?;
         self.reload_keys().await?;
-        let keys = self.audit_keys.read().map(|k| k.public.clone()).unwrap_or_default();
+        // A poisoned lock still holds the keys last loaded: read them.
+        let keys = match self.audit_keys.read() {
+            Ok(k) => k.public.clone(),
+            Err(p) => p.into_inner().public.clone(),
+        };
         verify_trail(self.store.as_ref(), &[], Some(&keys)).await
     }
 
@@ -597,7 +606,10 @@ impl Mandate {
 
     /// The public keys that sign checkpoints (`GET /v1/audit/keys`).
     pub fn audit_keys(&self) -> serde_json::Value {
-        let keys = self.audit_keys.read().map(|k| k.public.clone()).unwrap_or_default();
+        let keys = match self.audit_keys.read() {
+            Ok(k) => k.public.clone(),
+            Err(p) => p.into_inner().public.clone(),
+        };
         serde_json::json!({ "keys": keys.iter().map(PublicJwk::to_json).collect::<Vec<_>>() })
     }
 

@@ -406,6 +406,22 @@ impl Mandate {
             (Approver::User, Some(u)) => u,
             _ => current.owner,
         };
+        // One agent cannot flood a person's inbox through checks either
+        // (SECURITY row 45): the caps of CIBA requests count these too.
+        let user = chain.user().unwrap_or(current.owner);
+        let all = self.store.pending_requests(current.id, None, now).await?;
+        let theirs = self.store.pending_requests(current.id, Some(user), now).await?;
+        if all >= self.config.max_pending_per_agent || theirs >= self.config.max_pending_per_agent_user {
+            // Not cached: a decision or an expiry makes room.
+            return Ok(Outcome {
+                cacheable: false,
+                ..Outcome::deny(format!(
+                    "approval: agent {} has too many requests waiting for a decision ({all} in all, {theirs} for \
+                     this person); decide those first",
+                    current.id
+                ))
+            });
+        }
         let approval = Approval {
             id: ApprovalId::from_ulid(new_ulid(self.clock.as_ref(), self.rng.as_ref())?),
             agent: current.id,

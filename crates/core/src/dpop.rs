@@ -43,7 +43,10 @@ impl Mandate {
         };
         let verified = dpop::verify_proof(proof, &rules).map_err(|e| Error::InvalidDpopProof(e.to_string()))?;
         if self.config.dpop_nonces && !verified.nonce.as_deref().is_some_and(|n| self.nonce_is_current(n, now)) {
-            return Err(Error::UseDpopNonce { nonce: self.dpop_nonce().unwrap_or_default() });
+            // A nonce that cannot be sealed fails the request: never an empty one.
+            let nonce =
+                self.dpop_nonce().ok_or_else(|| Error::Unavailable("a DPoP nonce could not be sealed".into()))?;
+            return Err(Error::UseDpopNonce { nonce });
         }
         // Kept until the proof would be too old to accept anyway.
         let until = verified.iat.max(now) + self.config.dpop_max_age + self.config.dpop_max_skew + 1;

@@ -18,7 +18,7 @@ pub mod delegation;
 pub mod dpop;
 mod keyring;
 mod oauth;
-mod refusals;
+pub mod refusals;
 pub mod session;
 pub mod status;
 

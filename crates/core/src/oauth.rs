@@ -164,7 +164,12 @@ impl Mandate {
     /// Authenticates a client at an OAuth endpoint, recording a failure.
     pub async fn authenticate(&self, credentials: &ClientCredentials) -> Result<AuthenticatedClient, Error> {
         match self.authenticate_client(credentials).await {
-            Ok(c) => Ok(c),
+            Ok(c) => {
+                // The per-client rate limit: nothing is written for a
+                // client over its budget, its assertion stays unused.
+                self.admit_client(&c.id)?;
+                Ok(c)
+            }
             Err(e @ Error::InvalidClient(_)) => {
                 let mut event = self.event(kind::CLIENT_AUTH_FAILED);
                 event.decision = Some(DENY.into());

@@ -88,3 +88,10 @@ pub fn new_ulid(clock: &dyn Clock, rng: &dyn Random) -> Result<Ulid, crate::Erro
         .map_err(|_| crate::Error::Unavailable("the clock reads before 1970".into()))?;
     Ok(Ulid::from_parts(ms, u128::from_le_bytes(bytes)))
 }
+
+/// Admits a client that has just authenticated, or refuses it (the edge's
+/// per-client rate limit). Charged only after authentication, so that
+/// nobody can use up another client's budget by naming its id.
+pub trait ClientGate: Send + Sync + 'static {
+    fn admit(&self, client: &mandate_model::records::ClientId) -> Result<(), crate::Error>;
+}

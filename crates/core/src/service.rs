@@ -79,6 +79,8 @@ pub struct Mandate {
     pub(crate) sign_in_failures: crate::session::Failures,
     /// Repeated refusals being counted before they are written.
     pub(crate) refusals: crate::refusals::Refusals,
+    /// The per-client rate limit, set by the server.
+    client_gate: std::sync::OnceLock<Arc<dyn crate::ports::ClientGate>>,
 }
 
 impl std::fmt::Debug for Mandate {
@@ -88,6 +90,20 @@ impl std::fmt::Debug for Mandate {
 }
 
 impl Mandate {
+    /// Sets the gate every authenticated client passes (once; later calls
+    /// change nothing).
+    pub fn set_client_gate(&self, gate: Arc<dyn crate::ports::ClientGate>) {
+        let _ = self.client_gate.set(gate);
+    }
+
+    /// Passes an authenticated client through the gate, if there is one.
+    pub(crate) fn admit_client(&self, client: &ClientId) -> Result<(), Error> {
+        match self.client_gate.get() {
+            Some(gate) => gate.admit(client),
+            None => Ok(()),
+        }
+    }
+
     /// The random source (for the web layer's one-off tokens).
     pub fn rng(&self) -> &dyn crate::Random {
         self.rng.as_ref()
@@ -144,6 +160,7 @@ impl Mandate {
             status: crate::status::StatusLists::default(),
             sign_in_failures: crate::session::Failures::default(),
             refusals: crate::refusals::Refusals::default(),
+            client_gate: std::sync::OnceLock::new(),
         };
         service.reload_policy().await?;
         service.load_audit_keys().await?;

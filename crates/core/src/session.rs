@@ -28,7 +28,11 @@ pub const MAX_DELAY: i64 = 15 * 60;
 /// slowed at all.
 pub const EMAIL_CEILING: u32 = 20;
 pub const EMAIL_PACE: i64 = 2;
-/// How long failures are remembered.
+/// Failures from one address, whatever the emails (password spraying),
+/// after which its attempts are slowed to one every [`EMAIL_PACE`] seconds.
+/// High, because many people may share an address; it only slows too.
+pub const ADDRESS_CEILING: u32 = 50;
+/// How long failures are remembered after the last one.
 pub const FAILURE_WINDOW: i64 = 15 * 60;
 /// How long a browser stays known after a successful sign-in.
 pub const KNOWN_BROWSER_TTL: i64 = 90 * 24 * 3600;
@@ -83,7 +87,6 @@ pub(crate) struct Failures {
 #[derive(Debug, Clone, Copy)]
 struct Entry {
     count: u32,
-    since: i64,
     last: i64,
 }
 
@@ -112,17 +115,19 @@ impl Failures {
     }
 
     /// Counts an attempt for `pair` (email and source) and, unless the
-    /// browser is known, for `email`; or refuses it (`Err`: seconds to
-    /// wait).
-    fn attempt(&self, pair: &str, email: Option<&str>, now: i64) -> Result<(), i64> {
+    /// browser is known, for the email's and the address's ceilings
+    /// (`ceilings`); or refuses it (`Err`: seconds to wait). Failures are
+    /// remembered for [`FAILURE_WINDOW`] after the last one, so that an
+    /// attack that keeps failing keeps waiting.
+    fn attempt(&self, pair: &str, ceilings: &[(&str, u32)], now: i64) -> Result<(), i64> {
         let mut map = self.lock();
-        let live = |e: &Entry| now - e.since < FAILURE_WINDOW;
+        let live = |e: &Entry| now - e.last < FAILURE_WINDOW;
         let pair_wait = map.get(pair).filter(|e| live(e)).map(|e| e.last + delay_after(e.count) - now);
-        let email_wait = email
-            .and_then(|k| map.get(k))
-            .filter(|e| live(e) && e.count >= EMAIL_CEILING)
+        let ceiling_waits = ceilings
+            .iter()
+            .filter_map(|(k, max)| map.get(*k).filter(|e| live(e) && e.count >= *max))
             .map(|e| e.last + EMAIL_PACE - now);
-        if let Some(w) = pair_wait.into_iter().chain(email_wait).filter(|w| *w > 0).max() {
+        if let Some(w) = pair_wait.into_iter().chain(ceiling_waits).filter(|w| *w > 0).max() {
             return Err(w);
         }
         if map.len() >= MAX_TRACKED {
@@ -135,10 +140,10 @@ impl Failures {
                 map.remove(&oldest);
             }
         }
-        for k in std::iter::once(pair).chain(email) {
-            let e = map.entry(k.to_owned()).or_insert(Entry { count: 0, since: now, last: now });
-            if now - e.since >= FAILURE_WINDOW {
-                *e = Entry { count: 0, since: now, last: now };
+        for k in std::iter::once(pair).chain(ceilings.iter().map(|(k, _)| *k)) {
+            let e = map.entry(k.to_owned()).or_insert(Entry { count: 0, last: now });
+            if now - e.last >= FAILURE_WINDOW {
+                *e = Entry { count: 0, last: now };
             }
             e.count += 1;
             e.last = now;
@@ -147,12 +152,14 @@ impl Failures {
     }
 
     /// A successful sign-in: its pair starts afresh, and its attempt no
-    /// longer counts against the email.
-    fn succeeded(&self, pair: &str, email: Option<&str>) {
+    /// longer counts against the ceilings.
+    fn succeeded(&self, pair: &str, ceilings: &[(&str, u32)]) {
         let mut map = self.lock();
         map.remove(pair);
-        if let Some(e) = email.and_then(|k| map.get_mut(k)) {
-            e.count = e.count.saturating_sub(1);
+        for (k, _) in ceilings {
+            if let Some(e) = map.get_mut(*k) {
+                e.count = e.count.saturating_sub(1);
+            }
         }
     }
 }
@@ -173,16 +180,24 @@ impl Mandate {
         let email = canonical.clone().unwrap_or_else(|| email.trim().chars().take(254).collect());
         // A mark that is forged, expired or for someone else is no mark.
         let known = source.known.and_then(|mark| self.known_browser(mark, &email, now));
-        let pair = match (&known, source.address) {
+        let address = source.address.map(crate::refusals::address_bucket);
+        let pair = match (&known, address) {
             (Some(browser), _) => format!("known:{browser}|{email}"),
             (None, Some(ip)) => format!("addr:{ip}|{email}"),
             (None, None) => format!("addr:unknown|{email}"),
         };
-        let email_key = format!("email:{email}");
-        let ceiling = if known.is_some() { None } else { Some(email_key.as_str()) };
+        let (email_key, address_key) =
+            (format!("email:{email}"), format!("addr:{}", address.map_or_else(|| "unknown".into(), |a| a.to_string())));
+        // A known browser is held by neither ceiling: nobody else's
+        // failures can slow the person down there.
+        let ceilings: Vec<(&str, u32)> = if known.is_some() {
+            Vec::new()
+        } else {
+            vec![(email_key.as_str(), EMAIL_CEILING), (address_key.as_str(), ADDRESS_CEILING)]
+        };
         let mut event = self.event(kind::SIGN_IN_FAILED);
         event.decision = Some(DENY.into());
-        if let Err(wait) = self.sign_in_failures.attempt(&pair, ceiling, now.unix_timestamp()) {
+        if let Err(wait) = self.sign_in_failures.attempt(&pair, &ceilings, now.unix_timestamp()) {
             event.reason = Some("too many failed sign-ins; the attempt must wait".into());
             self.record(event).await?;
             return Err(Error::RateLimited {
@@ -220,7 +235,7 @@ impl Mandate {
                 return Err(Error::Unauthenticated);
             }
         };
-        self.sign_in_failures.succeeded(&pair, ceiling);
+        self.sign_in_failures.succeeded(&pair, &ceilings);
         let secret = secrets::generate(SESSION_PREFIX, self.rng.as_ref())?;
         let csrf = secrets::generate("", self.rng.as_ref())?;
         let expires_at = now + Duration::seconds(self.config.session_ttl);
@@ -312,58 +327,80 @@ mod tests {
         assert!(!verify_password("password", DECOY_HASH));
     }
 
-    #[test]
-    fn failures_of_one_source_wait_longer_and_longer() {
-        let f = Failures::default();
-        let (pair, email) = ("addr:10.0.0.1|a@example.com", Some("email:a@example.com"));
-        for _ in 0..FREE_FAILURES {
-            assert_eq!(f.attempt(pair, email, 100), Ok(()));
-        }
-        // The fourth waits a second, the next two, then four…
-        assert_eq!(f.attempt(pair, email, 100), Err(1));
-        assert_eq!(f.attempt(pair, email, 101), Ok(()));
-        assert_eq!(f.attempt(pair, email, 101), Err(2));
-        assert_eq!(f.attempt(pair, email, 103), Ok(()));
-        assert_eq!(f.attempt(pair, email, 103), Err(4));
-        // Another source for the same email is not held up by this one.
-        assert_eq!(f.attempt("addr:10.0.0.2|a@example.com", email, 103), Ok(()));
-        // The wait is capped, and forgotten after the window.
-        assert_eq!(delay_after(100), MAX_DELAY);
-        assert_eq!(f.attempt(pair, email, 103 + FAILURE_WINDOW), Ok(()));
+    fn ceilings<'a>(email: &'a str, addr: &'a str) -> Vec<(&'a str, u32)> {
+        vec![(email, EMAIL_CEILING), (addr, ADDRESS_CEILING)]
     }
 
     #[test]
-    fn the_email_ceiling_slows_and_a_known_browser_is_not_slowed() {
+    fn failures_of_one_source_wait_longer_and_longer() {
         let f = Failures::default();
-        let email = Some("email:b@example.com");
-        // Failures from many addresses (each under its own free count).
-        for n in 0..EMAIL_CEILING {
-            assert_eq!(f.attempt(&format!("addr:10.0.{n}.1|b@example.com"), email, 100), Ok(()), "attempt {n}");
+        let pair = "addr:10.0.0.1|a@example.com";
+        let c = ceilings("email:a@example.com", "addr:10.0.0.1");
+        for _ in 0..FREE_FAILURES {
+            assert_eq!(f.attempt(pair, &c, 100), Ok(()));
         }
-        // Past the ceiling, any new address is paced, never locked.
-        assert_eq!(f.attempt("addr:192.0.2.1|b@example.com", email, 100), Err(EMAIL_PACE));
-        assert_eq!(f.attempt("addr:192.0.2.1|b@example.com", email, 100 + EMAIL_PACE), Ok(()));
-        // The person's own browser is not held by the ceiling.
-        assert_eq!(f.attempt("known:abc|b@example.com", None, 100 + EMAIL_PACE), Ok(()));
+        // The fourth waits a second, the next two, then four…
+        assert_eq!(f.attempt(pair, &c, 100), Err(1));
+        assert_eq!(f.attempt(pair, &c, 101), Ok(()));
+        assert_eq!(f.attempt(pair, &c, 101), Err(2));
+        assert_eq!(f.attempt(pair, &c, 103), Ok(()));
+        assert_eq!(f.attempt(pair, &c, 103), Err(4));
+        // Another source for the same email is not held up by this one.
+        assert_eq!(
+            f.attempt("addr:10.0.0.2|a@example.com", &ceilings("email:a@example.com", "addr:10.0.0.2"), 103),
+            Ok(())
+        );
+        // The wait is capped; it is forgotten only a window after the last
+        // failure, however long ago the first was.
+        assert_eq!(delay_after(100), MAX_DELAY);
+        assert_eq!(f.attempt(pair, &c, 103 + FAILURE_WINDOW - 1), Ok(()));
+        assert!(f.attempt(pair, &c, 103 + FAILURE_WINDOW).is_err(), "a persistent attack had its count reset");
+        assert_eq!(f.attempt(pair, &c, 103 + 2 * FAILURE_WINDOW), Ok(()));
+    }
+
+    #[test]
+    fn the_ceilings_slow_and_a_known_browser_is_not_slowed() {
+        let f = Failures::default();
+        // Failures for one email from many addresses (each under its own
+        // free count).
+        for n in 0..EMAIL_CEILING {
+            let (pair, addr) = (format!("addr:10.0.{n}.1|b@example.com"), format!("addr:10.0.{n}.1"));
+            assert_eq!(f.attempt(&pair, &ceilings("email:b@example.com", &addr), 100), Ok(()), "attempt {n}");
+        }
+        // Past the email's ceiling, any new address is paced, never locked.
+        let c = ceilings("email:b@example.com", "addr:192.0.2.1");
+        assert_eq!(f.attempt("addr:192.0.2.1|b@example.com", &c, 100), Err(EMAIL_PACE));
+        assert_eq!(f.attempt("addr:192.0.2.1|b@example.com", &c, 100 + EMAIL_PACE), Ok(()));
+        // The person's own browser is held by neither ceiling.
+        assert_eq!(f.attempt("known:abc|b@example.com", &[], 100 + EMAIL_PACE), Ok(()));
+        // Password spraying: one address, many emails, each under its own
+        // free count: past the address's ceiling, it is paced.
+        for n in 0..ADDRESS_CEILING {
+            let (pair, email) = (format!("addr:198.51.100.9|u{n}@example.com"), format!("email:u{n}@example.com"));
+            assert_eq!(f.attempt(&pair, &ceilings(&email, "addr:198.51.100.9"), 200), Ok(()), "spray {n}");
+        }
+        let c = ceilings("email:last@example.com", "addr:198.51.100.9");
+        assert_eq!(f.attempt("addr:198.51.100.9|last@example.com", &c, 200), Err(EMAIL_PACE));
     }
 
     #[test]
     fn parallel_guesses_are_counted_one_by_one() {
         let f = Failures::default();
-        let (pair, email) = ("addr:10.0.0.1|c@example.com", Some("email:c@example.com"));
-        let passed = (0..20).filter(|_| f.attempt(pair, email, 100).is_ok()).count();
+        let c = ceilings("email:c@example.com", "addr:10.0.0.1");
+        let passed = (0..20).filter(|_| f.attempt("addr:10.0.0.1|c@example.com", &c, 100).is_ok()).count();
         assert_eq!(passed, FREE_FAILURES as usize);
     }
 
     #[test]
     fn a_success_gives_its_attempt_back() {
         let f = Failures::default();
-        let (pair, email) = ("addr:10.0.0.1|d@example.com", Some("email:d@example.com"));
+        let pair = "addr:10.0.0.1|d@example.com";
+        let c = ceilings("email:d@example.com", "addr:10.0.0.1");
         // Many sign-ins behind one address succeed.
         for _ in 0..(FREE_FAILURES * 3) {
-            assert_eq!(f.attempt(pair, email, 100), Ok(()));
-            f.succeeded(pair, email);
+            assert_eq!(f.attempt(pair, &c, 100), Ok(()));
+            f.succeeded(pair, &c);
         }
-        assert_eq!(f.attempt(pair, email, 100), Ok(()));
+        assert_eq!(f.attempt(pair, &c, 100), Ok(()));
     }
 }

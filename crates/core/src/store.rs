@@ -109,8 +109,10 @@ pub enum Mutation {
     /// Fails with `Conflict` if the id exists.
     InsertAgent(Agent),
     /// Fails with `Conflict` unless the agent's status is `from`. `by` is
-    /// kept while the agent is suspended (who may resume it), and cleared
-    /// by any other status.
+    /// the level making the change (`None`: Mandate itself); it is kept
+    /// while the agent is suspended (who may resume it), cleared by any
+    /// other status, and an owner's resume of an agent the admin suspended
+    /// fails with `Conflict` in the same statement.
     SetAgentStatus {
         id: AgentId,
         from: AgentStatus,
@@ -374,8 +376,8 @@ pub trait Store: Send + Sync + 'static {
     async fn approval(&self, id: ApprovalId) -> Result<Option<Approval>, StoreError>;
     /// Approvals matching `query`, newest first, at most `query.limit`.
     async fn approvals(&self, query: &ApprovalQuery) -> Result<Vec<Approval>, StoreError>;
-    /// How many CIBA requests of `agent` (for `user`, when given) are
-    /// pending and unexpired at `now`.
+    /// How many approvals (CIBA requests and action approvals) of `agent`
+    /// (for `user`, when given) are pending and unexpired at `now`.
     async fn pending_requests(
         &self,
         agent: AgentId,

@@ -145,6 +145,20 @@ mod tests {
     }
 
     #[test]
+    fn strings_with_escapes_and_brackets_are_skipped_whole() {
+        // Escaped quotes, a backslash before a newline, brackets and
+        // operators inside strings: none of them count.
+        let inner = format!(r#"\"{}\\"#, "((((&&||..".repeat(100));
+        let text =
+            format!("permit (principal, action, resource) when {{ resource.getTag(\"k\") == \"{inner}\\\n\" }};");
+        assert_eq!(check(&text), Ok(()));
+        // A bracket after a string is still counted.
+        let deep =
+            format!("permit (principal, action, resource) when {{ \"a\\\"b\" == \"c\" && {}true }};", "(".repeat(40));
+        assert!(check(&deep).is_err());
+    }
+
+    #[test]
     fn deep_or_long_nesting_is_refused() {
         let parens =
             format!("permit (principal, action, resource) when {{ {}true{} }};", "(".repeat(150), ")".repeat(150));

@@ -90,6 +90,10 @@ pub enum PolicyError {
     Invalid(Vec<String>),
     #[error("the generated schema is invalid: {0}")]
     Schema(String),
+    /// The policies could not be compiled for a reason of the server's
+    /// own (no thread to parse on): not the text's fault.
+    #[error("the policy compiler is unavailable: {0}")]
+    Unavailable(String),
 }
 
 /// The content hash that versions a policy set.
@@ -348,9 +352,9 @@ impl PolicyEngine {
             .name("mandate-policy-compile".into())
             .stack_size(COMPILE_STACK)
             .spawn(move || Self::compile_here(&text, &actions))
-            .map_err(|e| PolicyError::Schema(format!("no thread to parse on: {e}")))?
+            .map_err(|e| PolicyError::Unavailable(format!("no thread to parse on: {e}")))?
             .join()
-            .map_err(|_| PolicyError::Invalid(vec!["the policy text could not be parsed".into()]))?
+            .map_err(|_| PolicyError::Unavailable("the parsing thread stopped".into()))?
     }
 
     fn compile_here(text: &str, actions: &BTreeSet<String>) -> Result<Self, PolicyError> {

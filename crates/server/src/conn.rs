@@ -5,10 +5,12 @@
 //! connection evicts the one idle the longest (idle or half-sent requests
 //! are what floods are made of), so that well-behaved clients are still
 //! served; only when every connection has a request in flight is the new
-//! one refused.
+//! one refused. One client address (other than a trusted proxy) may hold
+//! only so many connections, so that it cannot fill the cap with requests
+//! kept in flight.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -33,9 +35,12 @@ pub struct Limits {
     pub header_timeout: Duration,
     /// Longest a kept-alive connection may wait for its next request.
     pub idle_timeout: Duration,
-    /// Longest a client may take to send a request body (applied by the
-    /// router, see [`crate::router`]).
+    /// Longest a client may take to send a whole request body, however it
+    /// trickles in (applied by the router, see [`crate::router`]).
     pub body_timeout: Duration,
+    /// Most connections one client address may hold (trusted proxies are
+    /// exempt).
+    pub max_per_address: usize,
 }
 
 impl Default for Limits {
@@ -45,6 +50,7 @@ impl Default for Limits {
             header_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             body_timeout: Duration::from_secs(30),
+            max_per_address: 256,
         }
     }
 }
@@ -52,6 +58,8 @@ impl Default for Limits {
 /// What one connection is doing, shared between its task, its reads and
 /// the registry that evicts.
 struct ConnState {
+    /// The peer's address.
+    peer: IpAddr,
     /// Requests being handled now.
     in_flight: AtomicU64,
     /// Milliseconds since `epoch` when the connection last became idle.
@@ -91,13 +99,15 @@ impl Registry {
         self.open.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Admits a connection, evicting the longest-idle one at the cap.
-    /// `None` when every open connection has a request in flight.
-    fn admit(&self, max: usize) -> Option<(u64, Arc<ConnState>)> {
+    /// Admits a connection from `peer`, evicting the longest-idle one at
+    /// the cap (the longest-idle one of `peer` at its own cap). `None` when
+    /// every candidate has a request in flight.
+    fn admit(&self, peer: IpAddr, limits: &Limits, exempt: bool) -> Option<(u64, Arc<ConnState>)> {
         let mut open = self.lock();
-        if open.len() >= max {
+        let evict = |open: &mut HashMap<u64, Arc<ConnState>>, only: Option<IpAddr>| {
             let victim = open
                 .iter()
+                .filter(|(_, c)| only.is_none_or(|p| c.peer == p))
                 .filter(|(_, c)| c.evictable() && !c.closed.load(Ordering::Acquire))
                 .min_by_key(|(_, c)| c.idle_since.load(Ordering::Acquire))
                 .map(|(id, c)| (*id, c.clone()));
@@ -105,9 +115,17 @@ impl Registry {
             c.shut();
             open.remove(&id);
             metrics::counter!("mandate_connections_evicted_total").increment(1);
+            Some(())
+        };
+        if !exempt && open.values().filter(|c| c.peer == peer).count() >= limits.max_per_address {
+            evict(&mut open, Some(peer))?;
+        }
+        if open.len() >= limits.max_connections {
+            evict(&mut open, None)?;
         }
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let state = Arc::new(ConnState {
+            peer,
             in_flight: AtomicU64::new(0),
             idle_since: AtomicU64::new(self.now_ms()),
             head_started: AtomicU64::new(0),
@@ -228,6 +246,7 @@ pub async fn serve_connections(
     listener: TcpListener,
     router: Router,
     limits: Limits,
+    trusted_proxies: Vec<ipnet::IpNet>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let registry =
@@ -251,7 +270,8 @@ pub async fn serve_connections(
         };
         // Reap finished connection tasks as we go.
         while tasks.try_join_next().is_some() {}
-        let Some((id, state)) = registry.admit(limits.max_connections) else {
+        let exempt = trusted_proxies.iter().any(|n| n.contains(&peer.ip()));
+        let Some((id, state)) = registry.admit(peer.ip(), &limits, exempt) else {
             metrics::counter!("mandate_connections_refused_total").increment(1);
             drop(stream);
             continue;
@@ -312,4 +332,47 @@ pub async fn serve_connections(
 
 fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// A request body that must arrive whole within a deadline, however it
+/// trickles in (a per-frame timeout would let one byte every few seconds
+/// hold a connection for ever).
+struct DeadlineBody {
+    inner: axum::body::Body,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl axum::body::HttpBody for DeadlineBody {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        if self.deadline.as_mut().poll(cx).is_ready() {
+            metrics::counter!("mandate_connections_timed_out_total", "why" => "body").increment(1);
+            return Poll::Ready(Some(Err(axum::Error::new("the request body did not arrive in time"))));
+        }
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Gives every request body a deadline of `limit` for all of it.
+pub(crate) async fn body_deadline(
+    axum::extract::State(limit): axum::extract::State<Duration>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let req =
+        req.map(|inner| axum::body::Body::new(DeadlineBody { inner, deadline: Box::pin(tokio::time::sleep(limit)) }));
+    next.run(req).await
 }

@@ -7,8 +7,8 @@
 //!   its own address.
 //! - Rate limits (GCRA, `governor`) per client address on the token,
 //!   CIBA, introspection, revocation, sign-in and admin endpoints, and per
-//!   claimed client id on the OAuth endpoints, answer `429` with
-//!   `Retry-After`. IPv6 addresses are limited by their /64, which one
+//!   client once it has authenticated at the OAuth endpoints, answer `429`
+//!   with `Retry-After`. IPv6 addresses are limited by their /64, which one
 //!   host can otherwise walk through.
 
 use std::net::{IpAddr, SocketAddr};
@@ -41,12 +41,24 @@ impl Rate {
     }
 }
 
+/// The header a trusted proxy records the client's address in. Only that
+/// one is read: a proxy that appends to `X-Forwarded-For` typically passes a
+/// client's own `Forwarded` through untouched, and the other way round.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ForwardedHeader {
+    #[default]
+    XForwardedFor,
+    /// RFC 7239 `Forwarded`.
+    Forwarded,
+}
+
 /// How the edge is set up.
 #[derive(Debug, Clone)]
 pub struct EdgeConfig {
     pub connections: crate::conn::Limits,
-    /// Peers whose `Forwarded`/`X-Forwarded-For` are believed.
+    /// Peers whose forwarded-for header is believed.
     pub trusted_proxies: Vec<IpNet>,
+    pub forwarded_header: ForwardedHeader,
     /// Per client address; `None` (or 0) turns it off.
     pub per_address: Option<Rate>,
     /// Per claimed client id at the OAuth endpoints.
@@ -58,6 +70,7 @@ impl Default for EdgeConfig {
         Self {
             connections: crate::conn::Limits::default(),
             trusted_proxies: Vec::new(),
+            forwarded_header: ForwardedHeader::default(),
             per_address: Some(Rate { per_second: 100 }),
             per_client: Some(Rate { per_second: 50 }),
         }
@@ -95,27 +108,31 @@ impl Edge {
         if !trusted(&peer) {
             return peer;
         }
-        // The hops the proxies recorded, client first; the peer is last.
-        let forwarded = headers
-            .get_all("forwarded")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .map(|v| forwarded_header_value::ForwardedHeaderValue::from_forwarded(v).ok())
-            .collect::<Option<Vec<_>>>();
-        let hops: Vec<IpAddr> = match forwarded {
-            Some(values) if !values.is_empty() => values
-                .iter()
-                .flat_map(|v| v.iter().map(|s| s.forwarded_for_ip()).collect::<Vec<_>>())
-                .flatten()
-                .collect(),
-            _ => headers
-                .get_all("x-forwarded-for")
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .filter_map(|v| forwarded_header_value::ForwardedHeaderValue::from_x_forwarded_for(v).ok())
-                .flat_map(|v| v.iter().filter_map(|s| s.forwarded_for_ip()).collect::<Vec<_>>())
-                .collect(),
+        // The hops the proxies recorded, client first, from the one header
+        // the operator named; any value that does not parse voids the header
+        // (the proxy's own address is used).
+        let name = match self.config.forwarded_header {
+            ForwardedHeader::XForwardedFor => "x-forwarded-for",
+            ForwardedHeader::Forwarded => "forwarded",
         };
+        let mut hops: Vec<IpAddr> = Vec::new();
+        for value in headers.get_all(name) {
+            let Ok(text) = value.to_str() else { return peer };
+            let parsed = match self.config.forwarded_header {
+                ForwardedHeader::XForwardedFor => {
+                    forwarded_header_value::ForwardedHeaderValue::from_x_forwarded_for(text)
+                }
+                ForwardedHeader::Forwarded => forwarded_header_value::ForwardedHeaderValue::from_forwarded(text),
+            };
+            let Ok(parsed) = parsed else { return peer };
+            for stanza in parsed.iter() {
+                match stanza.forwarded_for_ip() {
+                    Some(ip) => hops.push(ip),
+                    // An obfuscated or unknown hop ends what can be believed.
+                    None => hops.clear(),
+                }
+            }
+        }
         // Right to left, the first hop that is not a trusted proxy; if all
         // are, the left-most; if there are none, the peer itself.
         hops.iter().rev().find(|ip| !trusted(ip)).or(hops.first()).copied().unwrap_or(peer)
@@ -127,10 +144,11 @@ impl Edge {
         limiter.check_key(&bucket(client)).err().map(|n| wait_secs(n.wait_time_from(DefaultClock::default().now())))
     }
 
-    /// Refuses a client id that asked too often (at the OAuth endpoints,
-    /// before its credentials are checked).
-    pub fn check_client(&self, claimed: Option<&str>) -> Result<(), Error> {
-        let (Some(limiter), Some(id)) = (self.by_client.as_ref(), claimed) else { return Ok(()) };
+    /// Refuses a client that asked too often. Mandate calls it after the
+    /// client authenticated, so that naming another client's id does not
+    /// use up that client's budget.
+    pub fn check_client(&self, authenticated: Option<&str>) -> Result<(), Error> {
+        let (Some(limiter), Some(id)) = (self.by_client.as_ref(), authenticated) else { return Ok(()) };
         match limiter.check_key(&id.to_owned()) {
             Ok(()) => Ok(()),
             Err(n) => {
@@ -157,18 +175,15 @@ impl Edge {
     }
 }
 
+impl mandate_core::ports::ClientGate for Edge {
+    fn admit(&self, client: &mandate_model::records::ClientId) -> Result<(), Error> {
+        self.check_client(Some(&client.to_string()))
+    }
+}
+
 /// The key an address is limited under: itself, or its /64 for IPv6.
 fn bucket(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
-        IpAddr::V6(v6) => {
-            let mut seg = v6.segments();
-            for s in seg.iter_mut().skip(4) {
-                *s = 0;
-            }
-            IpAddr::V6(seg.into())
-        }
-    }
+    mandate_core::refusals::address_bucket(ip)
 }
 
 fn wait_secs(d: std::time::Duration) -> u64 {
@@ -212,7 +227,9 @@ pub async fn limit_by_address(State(state): State<AppState>, req: Request, next:
     } else if req.uri().path().starts_with("/v1/") || req.uri().path().starts_with("/access/") {
         Problem::from(e).into_response()
     } else {
-        crate::web::error_response(&e)
+        let mut resp = crate::web::error_response(&e);
+        resp.headers_mut().insert(axum::http::header::RETRY_AFTER, secs.into());
+        resp
     }
 }
 
@@ -248,9 +265,21 @@ mod tests {
         // untrusted hop.
         let chained = headers(&[("x-forwarded-for", "1.2.3.4, 198.51.100.7, 10.9.9.9")]);
         assert_eq!(e.client_addr(ip("10.1.2.3"), &chained), ip("198.51.100.7"));
-        // RFC 7239 Forwarded is read first.
+        // Only the named header is read: a client's own Forwarded is ignored
+        // when the proxy appends to X-Forwarded-For, and the other way round.
+        let both = headers(&[("forwarded", "for=192.0.2.99"), ("x-forwarded-for", "198.51.100.7")]);
+        assert_eq!(e.client_addr(ip("10.1.2.3"), &both), ip("198.51.100.7"));
+        let rfc = Edge::new(EdgeConfig {
+            trusted_proxies: vec!["10.0.0.0/8".parse().unwrap()],
+            forwarded_header: ForwardedHeader::Forwarded,
+            ..EdgeConfig::default()
+        });
+        assert_eq!(rfc.client_addr(ip("10.1.2.3"), &both), ip("192.0.2.99"));
         let fwd = headers(&[("forwarded", r#"for=192.0.2.60;proto=http, for="[2001:db8::1]:4711""#)]);
-        assert_eq!(e.client_addr(ip("10.1.2.3"), &fwd), ip("2001:db8::1"));
+        assert_eq!(rfc.client_addr(ip("10.1.2.3"), &fwd), ip("2001:db8::1"));
+        // A value that does not parse voids the header: the proxy itself.
+        let broken = headers(&[("x-forwarded-for", "198.51.100.7"), ("x-forwarded-for", "][")]);
+        assert_eq!(e.client_addr(ip("10.1.2.3"), &broken), ip("10.1.2.3"));
         // Garbage, or no header: the proxy itself.
         assert_eq!(e.client_addr(ip("10.1.2.3"), &headers(&[("x-forwarded-for", "not an ip")])), ip("10.1.2.3"));
         assert_eq!(e.client_addr(ip("10.1.2.3"), &HeaderMap::new()), ip("10.1.2.3"));

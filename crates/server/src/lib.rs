@@ -42,7 +42,9 @@ impl AppState {
     }
 
     pub fn with_edge(mandate: Arc<Mandate>, config: edge::EdgeConfig) -> Self {
-        Self { mandate, edge: edge::Edge::new(config) }
+        let edge = edge::Edge::new(config);
+        mandate.set_client_gate(edge.clone());
+        Self { mandate, edge }
     }
 }
 
@@ -103,7 +105,7 @@ pub fn router(state: AppState) -> Router {
         .merge(web::routes(state.clone()))
         .fallback(ops::not_found)
         .method_not_allowed_fallback(ops::method_not_allowed)
-        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(state.edge.config.connections.body_timeout))
+        .layer(axum::middleware::from_fn_with_state(state.edge.config.connections.body_timeout, conn::body_deadline))
         .layer(axum::middleware::from_fn_with_state(state.clone(), edge::context))
         .layer(axum::middleware::from_fn(ops::track))
         .layer(DefaultBodyLimit::max(MAX_BODY))
@@ -136,9 +138,10 @@ pub async fn serve(
     ops::install_metrics();
     let sync = tokio::spawn(background(state.clone()));
     let limits = state.edge.config.connections;
+    let trusted = state.edge.config.trusted_proxies.clone();
     let mandate = state.mandate.clone();
     let app = router(state);
-    let result = conn::serve_connections(listener, app, limits, shutdown).await;
+    let result = conn::serve_connections(listener, app, limits, trusted, shutdown).await;
     sync.abort();
     // Counts of refusals still being aggregated are written, not lost.
     if let Err(e) = mandate.flush_refusals(true).await {
@@ -147,13 +150,15 @@ pub async fn serve(
     result
 }
 
-/// Serves the metrics router on `listener` until `shutdown` resolves.
+/// Serves the metrics router on `listener` until `shutdown` resolves, with
+/// a small connection cap and the usual timeouts.
 pub async fn serve_metrics(
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     ops::install_metrics();
-    axum::serve(listener, metrics_router()).with_graceful_shutdown(shutdown).await
+    let limits = conn::Limits { max_connections: 64, max_per_address: 16, ..conn::Limits::default() };
+    conn::serve_connections(listener, metrics_router(), limits, Vec::new(), shutdown).await
 }
 
 /// Picks up other nodes' policy and key changes, signs audit checkpoints

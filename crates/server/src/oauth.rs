@@ -72,7 +72,6 @@ fn no_store(body: Value) -> Response {
 
 pub async fn token(State(state): State<AppState>, headers: HeaderMap, form: OAuthForm) -> Result<Response, OAuthError> {
     let credentials = client_credentials(&headers, &form)?;
-    state.edge.check_client(credentials.claimed_id().as_deref())?;
     let grant_type =
         form.get("grant_type").ok_or_else(|| OAuthError(Error::InvalidRequest("grant_type is required".into())))?;
     let request = TokenRequest {
@@ -144,7 +143,6 @@ pub async fn bc_authorize(
     form: OAuthForm,
 ) -> Result<Response, OAuthError> {
     let credentials = client_credentials(&headers, &form)?;
-    state.edge.check_client(credentials.claimed_id().as_deref())?;
     let answer = state.mandate.bc_authorize(&credentials, &form.pairs()).await?;
     Ok(no_store(json!({
         "auth_req_id": answer.auth_req_id,
@@ -170,7 +168,6 @@ async fn token_caller(state: &AppState, headers: &HeaderMap, form: &OAuthForm) -
         };
     }
     let credentials = client_credentials(headers, form)?;
-    state.edge.check_client(credentials.claimed_id().as_deref())?;
     Ok(TokenCaller::Client(Box::new(state.mandate.authenticate(&credentials).await?)))
 }
 

@@ -194,15 +194,22 @@ async fn apply_one(conn: &mut PgConnection, m: &Mutation) -> Result<u64, StoreEr
         .await
         .map_err(|e| map_write_error(e, "agent"))?,
         Mutation::SetAgentStatus { id, from, to, at, by } => {
-            let by = if *to == mandate_model::records::AgentStatus::Suspended { by.map(|b| b.as_str()) } else { None };
+            let level = by.map(|b| b.as_str());
+            let kept = if *to == mandate_model::records::AgentStatus::Suspended { level } else { None };
+            // Resuming needs the level that suspended, or a higher one:
+            // checked in the same statement, so a concurrent re-suspension
+            // by the admin cannot be undone by an owner's resume.
             let r = sqlx::query(
-                "UPDATE agents SET status = $1, updated_at = $2, suspended_by = $5 WHERE id = $3 AND status = $4",
+                "UPDATE agents SET status = $1, updated_at = $2, suspended_by = $5 WHERE id = $3 AND status = $4 \
+                 AND NOT ($4 = 'suspended' AND $1 = 'active' AND coalesce($6::text, '') = 'owner' \
+                 AND coalesce(suspended_by, 'admin') = 'admin')",
             )
             .bind(to.as_str())
             .bind(ts(*at)?)
             .bind(id.to_string())
             .bind(from.as_str())
-            .bind(by)
+            .bind(kept)
+            .bind(level)
                 .execute(&mut *conn)
                 .await
                 .map_err(unavailable)?;
@@ -1167,7 +1174,7 @@ impl Store for PostgresStore {
         now: time::OffsetDateTime,
     ) -> Result<u64, StoreError> {
         let n: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM approvals WHERE agent = $1 AND status = 'pending' AND binding IS NULL \
+            "SELECT count(*) FROM approvals WHERE agent = $1 AND status = 'pending' \
              AND ($2::text IS NULL OR user_id = $2) AND expires_at > $3",
         )
         .bind(agent.to_string())

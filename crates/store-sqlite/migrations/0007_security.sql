@@ -1,7 +1,10 @@
 -- Security fixes (SECURITY rows 44-47).
 
--- Who suspended an agent: only that level or higher may resume it.
+-- Who suspended an agent: only that level or higher may resume it. Who
+-- suspended the agents already suspended is not known: the admin, so that
+-- no owner can undo what the admin may have done.
 ALTER TABLE agents ADD COLUMN suspended_by TEXT CHECK (suspended_by IN ('admin', 'owner'));
+UPDATE agents SET suspended_by = 'admin' WHERE status = 'suspended';
 
 -- User API tokens get an id, an expiry and a revocation. Existing tokens
 -- expire 30 days after they were made; their id is derived from their hash
@@ -20,5 +23,6 @@ UPDATE users SET email = lower(email)
  WHERE email <> lower(email)
    AND (SELECT count(*) FROM users AS twin WHERE lower(twin.email) = lower(users.email)) = 1;
 
--- Pending CIBA requests are counted per agent and per agent and user.
+-- Pending approvals (CIBA requests and action approvals) are counted per
+-- agent and per agent and user.
 CREATE INDEX approvals_pending_agent ON approvals (agent, status, user_id);

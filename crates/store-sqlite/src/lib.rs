@@ -482,11 +482,16 @@ fn apply(conn: &Connection, m: &Mutation, affected: &[u64], head: &mut Head) -> 
             "agent",
         ),
         Mutation::SetAgentStatus { id, from, to, at, by } => {
-            let by = if *to == mandate_model::records::AgentStatus::Suspended { by.map(|b| b.as_str()) } else { None };
+            let level = by.map(|b| b.as_str());
+            let kept = if *to == mandate_model::records::AgentStatus::Suspended { level } else { None };
+            // Resuming needs the level that suspended, or a higher one:
+            // checked in the same statement, so a concurrent re-suspension
+            // by the admin cannot be undone by an owner's resume.
             let n = exec(
                 conn,
-                "UPDATE agents SET status = ?1, updated_at = ?2, suspended_by = ?5 WHERE id = ?3 AND status = ?4",
-                params![to.as_str(), ts(*at)?, id.to_string(), from.as_str(), by],
+                "UPDATE agents SET status = ?1, updated_at = ?2, suspended_by = ?5 WHERE id = ?3 AND status = ?4 \
+                 AND NOT (?4 = 'suspended' AND ?1 = 'active' AND coalesce(?6, '') = 'owner' AND coalesce(suspended_by, 'admin') = 'admin')",
+                params![to.as_str(), ts(*at)?, id.to_string(), from.as_str(), kept, level],
                 "agent",
             )?;
             if n == 0 {
@@ -1216,7 +1221,7 @@ impl Store for SqliteStore {
         let n: i64 = self
             .read(move |c| {
                 c.prepare_cached(
-                    "SELECT count(*) FROM approvals WHERE agent = ?1 AND status = 'pending' AND binding IS NULL \
+                    "SELECT count(*) FROM approvals WHERE agent = ?1 AND status = 'pending' \
                  AND (?2 IS NULL OR user_id = ?2) AND expires_at > ?3",
                 )?
                 .query_row(params![agent.to_string(), user, now], |r| r.get(0))

@@ -262,6 +262,21 @@ async fn agents_round_trip_and_change_status_conditionally(s: Arc<dyn Store>) ->
     ensure!(matches!(stale, Err(StoreError::Conflict(_))), "status change from a stale status accepted");
     let suspended = s.agent(parent.id).await?;
     ensure!(suspended.as_ref().map(|a| (a.status, a.suspended_by)) == Some((AgentStatus::Suspended, admin)));
+    // An owner's resume of the admin's suspension fails in the store
+    // itself (so a race with the admin's re-suspension cannot undo it).
+    let owner = Some(mandate_model::records::SuspendedBy::Owner);
+    let by_owner = one(
+        &s,
+        Mutation::SetAgentStatus {
+            id: parent.id,
+            from: AgentStatus::Suspended,
+            to: AgentStatus::Active,
+            at,
+            by: owner,
+        },
+    )
+    .await;
+    ensure!(matches!(by_owner, Err(StoreError::Conflict(_))), "the owner resumed the admin's suspension");
     // Who suspended it is forgotten once it is active again.
     one(
         &s,
@@ -989,8 +1004,8 @@ async fn grants_revoke_once_and_list_by_person(s: Arc<dyn Store>) -> Result<()> 
     Ok(())
 }
 
-/// CIBA requests pending per agent and per agent and user are counted (the
-/// caps of SECURITY row 45); the inbox pages by id; an agent's last use is
+/// Approvals pending per agent and per agent and user (CIBA requests and
+/// action approvals alike) are counted (the caps of SECURITY row 45); the inbox pages by id; an agent's last use is
 /// read by one grouped query; deciding an action approval keeps its grant.
 async fn pending_requests_are_counted_and_approvals_paged(s: Arc<dyn Store>) -> Result<()> {
     let (u, a, b, g) = people(&s, "pr@example.com").await?;
@@ -1024,7 +1039,8 @@ async fn pending_requests_are_counted_and_approvals_paged(s: Arc<dyn Store>) -> 
     ensure!(s.pending_requests(a.id, Some(u.id), now).await? == 2);
     ensure!(s.pending_requests(a.id, Some(v.id), now).await? == 1);
     ensure!(s.pending_requests(b.id, None, now).await? == 0);
-    // An action approval is no CIBA request; a decided one is not pending.
+    // An action approval waits for a person too and counts; a decided one
+    // no longer does.
     let action = Approval {
         subject: ApprovalSubject::Action {
             action: "send".into(),
@@ -1043,7 +1059,8 @@ async fn pending_requests_are_counted_and_approvals_paged(s: Arc<dyn Store>) -> 
         Mutation::DecideApproval { id: first, to: ApprovalStatus::Denied, by: u.id.to_string(), grant: None, at: now },
     )
     .await?;
-    ensure!(s.pending_requests(a.id, Some(u.id), now).await? == 1);
+    ensure!(s.pending_requests(a.id, Some(u.id), now).await? == 2, "the action approval was not counted");
+    ensure!(s.pending_requests(a.id, None, now).await? == 3);
     // Deciding an action approval keeps the grant it was asked under.
     one(
         &s,

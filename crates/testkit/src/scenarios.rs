@@ -934,12 +934,14 @@ async fn traces_show_only_the_callers_branch(w: World) -> Result<()> {
     let jti = |t: &str| claims(t)["jti"].as_str().unwrap_or_default().to_owned();
     let (root_jti, h1_jti, leaf_jti, h2_jti) = (jti(&root), jti(&h1), jti(&text(&leaf, "access_token")?), jti(&h2));
     let path = format!("/v1/audit/trace/{h2_jti}");
+    // A check under the root token: Alice's business, not Bob's.
+    ensure!(w.check(&root, "get", "private-e9", json!({})).await?["decision"] == "allow");
 
     // Bob: his agent's token, the path up to the root, and counts only.
     let (st, t) = w.s.call(Method::GET, &path, Some(&w.bob_token), None).await?;
     ensure!(st == 200, "{st} {t}");
     let body = t.to_string();
-    for hidden in [&h1_jti, &leaf_jti, &child.id, &grandchild.id] {
+    for hidden in [&h1_jti, &leaf_jti, &child.id, &grandchild.id, &"private-e9".to_owned()] {
         ensure!(!body.contains(hidden.as_str()), "Bob sees {hidden} of another branch: {t}");
     }
     ensure!(!body.contains("grant.created") && !body.contains("plan the offsite"), "Bob sees the grant: {t}");
@@ -1020,6 +1022,14 @@ async fn action_approvals_are_single_use_and_die_with_their_grant(w: World) -> R
     let answers = [a, b, c, d, e, f];
     let allows = answers.iter().filter(|d| d.as_ref().is_ok_and(|d| d["decision"] == "allow")).count();
     ensure!(allows == 1, "{allows} concurrent allows from one approval: {answers:?}");
+    // The losers asked for new approvals (concurrently, perhaps several):
+    // Alice turns them down, which also leaves room under the caps.
+    let (_, pending) = w.s.call(Method::GET, "/v1/approvals?status=pending", Some(&w.alice_token), None).await?;
+    for a in pending["approvals"].as_array().cloned().unwrap_or_default() {
+        let id = a["id"].as_str().unwrap_or_default();
+        let (st, _) = w.s.call(Method::POST, &format!("/v1/approvals/{id}/deny"), Some(&w.alice_token), None).await?;
+        ensure!(st == 200);
+    }
     // An approval whose grant is revoked is dead: pending, it cannot be
     // approved; approved, it allows nothing.
     let d = w.check(&fresh, "create", "e6", json!({"sensitive": "yes"})).await?;
@@ -1104,6 +1114,16 @@ async fn only_the_suspending_level_resumes(w: World) -> Result<()> {
     ensure!(st == 200);
     let (st, _) = as_admin("resume").await?;
     ensure!(st == 200, "the admin could not lift the owner's suspension");
+    // The admin takes over a suspension the owner made: from then on only
+    // the admin resumes it.
+    let (st, _) = as_alice("suspend").await?;
+    ensure!(st == 200);
+    let (st, body) = as_admin("suspend").await?;
+    ensure!(st == 200, "the admin could not take over the suspension: {st} {body}");
+    let (st, _) = as_alice("resume").await?;
+    ensure!(st == 403, "the owner undid the suspension the admin took over");
+    let (st, _) = as_admin("resume").await?;
+    ensure!(st == 200);
     let (_, agent) = w.s.admin(Method::GET, &format!("/v1/agents/{}", w.planner.id), None).await?;
     ensure!(agent["status"] == "active" && agent.get("suspended_by").is_none(), "{agent}");
     Ok(())
@@ -1204,6 +1224,24 @@ async fn ciba_requests_waiting_for_a_person_are_capped(w: World) -> Result<()> {
     ensure!(st == 200);
     let (st, body) = ask().await?;
     ensure!(st == 200, "{st} {body}");
+    // Approvals asked for by checks count against the same caps. Alice
+    // approves one write grant (four requests wait), a sensitive write asks
+    // her again (five), and the next one is denied rather than queued.
+    let (st, _) =
+        w.s.call(Method::POST, &format!("/v1/approvals/{}/approve", ids[1]), Some(&w.alice_token), None).await?;
+    ensure!(st == 200);
+    let (st, tokens) = w.poll(&w.planner, &ids[1]).await?;
+    ensure!(st == 200, "{st} {tokens}");
+    let token = text(&tokens, "access_token")?;
+    let d = w.check(&token, "create", "s1", json!({"sensitive": "yes"})).await?;
+    ensure!(d["decision"] == "approval_required", "{d}");
+    let d = w.check(&token, "create", "s2", json!({"sensitive": "yes"})).await?;
+    ensure!(
+        d["decision"] == "deny" && d["reasons"][0].as_str().is_some_and(|r| r.contains("too many requests waiting")),
+        "a check queued past the cap: {d}"
+    );
+    let (st, body) = ask().await?;
+    ensure!(st == 429, "the cap is full again: {st} {body}");
     let refused = w.s.audit("type=approval.requested").await?;
     ensure!(
         refused.iter().any(|e| e["decision"] == "deny" && e["reason"].as_str().is_some_and(|r| r.contains("waiting")))

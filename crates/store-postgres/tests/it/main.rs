@@ -262,6 +262,12 @@ async fn the_security_migration_normalises_emails_and_dates_old_tokens() -> anyh
         sqlx::query("INSERT INTO user_tokens (hash, user_id, created_at) VALUES ('abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789', 'usr_01M00000000000000000000001', 1000)")
             .execute(&pool)
             .await?;
+        sqlx::query(
+            "INSERT INTO agents (id, name, owner, kind, status, redirect_uris, created_at, updated_at) \
+             VALUES ('agt_01M00000000000000000000009', 'a', 'usr_01M00000000000000000000001', 'persistent', 'suspended', '[]', 1, 1)",
+        )
+        .execute(&pool)
+        .await?;
         pool.close().await;
         let store = mandate_store_postgres::PostgresStore::connect(&url).await?;
         let ada = store.user_by_email("ada.lovelace@example.com").await?;
@@ -277,6 +283,11 @@ async fn the_security_migration_normalises_emails_and_dates_old_tokens() -> anyh
             .ok_or_else(|| anyhow::anyhow!("the old token is gone"))?;
         anyhow::ensure!(token.id.to_string() == "utk_0ABCDEF0123456789ABCDEF012", "{}", token.id);
         anyhow::ensure!(token.expires_at - token.created_at == time::Duration::days(30));
+        let agent = store.agent("agt_01M00000000000000000000009".parse()?).await?;
+        anyhow::ensure!(
+            agent.and_then(|a| a.suspended_by) == Some(mandate_model::records::SuspendedBy::Admin),
+            "an old suspension is not the admin's"
+        );
         Ok::<_, anyhow::Error>(())
     }
     .await;

@@ -169,6 +169,11 @@ async fn the_security_migration_normalises_emails_and_dates_old_tokens() -> anyh
             "INSERT INTO user_tokens (hash, user_id, created_at) VALUES ('abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789', 'usr_01M00000000000000000000001', 1000)",
             [],
         )?;
+        conn.execute(
+            "INSERT INTO agents (id, name, owner, kind, status, redirect_uris, created_at, updated_at) \
+             VALUES ('agt_01M00000000000000000000009', 'a', 'usr_01M00000000000000000000001', 'persistent', 'suspended', '[]', 1, 1)",
+            [],
+        )?;
     }
     let store = mandate_store_sqlite::SqliteStore::open(&path).await?;
     let ada = store.user_by_email("ada.lovelace@example.com").await?;
@@ -183,5 +188,11 @@ async fn the_security_migration_normalises_emails_and_dates_old_tokens() -> anyh
     anyhow::ensure!(token.id.to_string() == "utk_0ABCDEF0123456789ABCDEF012", "{}", token.id);
     let lifetime = token.expires_at - token.created_at;
     anyhow::ensure!(lifetime == time::Duration::days(30), "{lifetime}");
+    // Who suspended it before is not known: the admin, so the owner cannot resume it.
+    let agent = store.agent("agt_01M00000000000000000000009".parse()?).await?;
+    anyhow::ensure!(
+        agent.and_then(|a| a.suspended_by) == Some(mandate_model::records::SuspendedBy::Admin),
+        "an old suspension is not the admin's"
+    );
     Ok(())
 }

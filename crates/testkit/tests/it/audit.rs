@@ -78,6 +78,8 @@ async fn every_decision_and_change_is_recorded_and_the_chain_verifies() -> anyho
     };
     let (st, _) = s.token(&forger, API, "read").await?;
     assert_eq!(st, 401);
+    // (Two refusals that say different things, from one address, are two
+    // variants: each is written whole.)
     let failed = s.audit("type=client.auth_failed").await?;
     assert_eq!(failed.len(), 2, "{failed:#?}");
     assert!(failed[0]["reason"].as_str().unwrap_or_default().contains("already used"), "{}", failed[0]);

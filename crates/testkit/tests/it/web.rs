@@ -259,7 +259,7 @@ async fn failed_sign_ins_are_paced_never_locked_and_audited() -> Result<()> {
     assert!(
         failed
             .iter()
-            .any(|e| e["count"].as_u64() > Some(1) && e["reason"].as_str().is_some_and(|r| r.contains("repeated"))),
+            .any(|e| e["count"].as_u64() > Some(1) && e["reason"].as_str().is_some_and(|r| r.contains("more refusal"))),
         "repeated refusals were not counted into one event"
     );
     assert!(failed.iter().all(|e| !e.to_string().contains("nope")), "a password reached the audit trail");
