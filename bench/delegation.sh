@@ -42,7 +42,8 @@ if [[ "${BENCH_SKIP_BUILD:-0}" != 1 ]]; then
 fi
 PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
 URL="http://127.0.0.1:$PORT"
-MANDATE_ADMIN_TOKEN=$ADMIN "$M" serve --data-dir "$WORK/data" --listen "127.0.0.1:$PORT" >"$WORK/server.log" 2>&1 &
+MANDATE_ADMIN_TOKEN=$ADMIN "$M" serve --data-dir "$WORK/data" --listen "127.0.0.1:$PORT" \
+  ${BENCH_SERVE_ARGS---rate-limit-per-address 0 --rate-limit-per-client 0} >"$WORK/server.log" 2>&1 &
 SERVER=$!
 for _ in $(seq 1 100); do curl -sf "$URL/readyz" >/dev/null && break; sleep 0.1; done
 

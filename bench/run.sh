@@ -17,6 +17,9 @@
 #                      or target/release/mandate)
 #   BENCH_ADMIN_TOKEN  Mandate admin token, 16+ chars (default bench-admin-token-0123456789)
 #   BENCH_LOADGEN_ARGS more mandate-loadgen flags, e.g. --dpop (a DPoP proof per request)
+#   BENCH_SERVE_ARGS   more `mandate serve` flags (default: both rate limits off, since one client
+#                      at full speed from one address is what they exist to stop; set it to the
+#                      empty string for builds older than the limits)
 #
 # All traffic goes to 127.0.0.1 only. Every background process started here is
 # killed on exit.
@@ -44,6 +47,7 @@ RESOURCE="https://api.example.com"
 SCOPE="read"
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+NO_LIMITS="--rate-limit-per-address 0 --rate-limit-per-client 0"
 BENCH="$ROOT/bench"
 TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
 LOADGEN="$TARGET/release/mandate-loadgen"
@@ -257,7 +261,7 @@ run_mandate() {
   mkdir -p "$data"
   log "mandate: starting on $base (data dir $data, durable storage)"
   MANDATE_ADMIN_TOKEN="$admin" RUST_BACKTRACE=0 RUST_LIB_BACKTRACE=0 "${SERVER_PIN[@]}" "$MANDATE" serve \
-    --data-dir "$data" --listen "127.0.0.1:$port" --issuer "$base" \
+    --data-dir "$data" --listen "127.0.0.1:$port" --issuer "$base" ${BENCH_SERVE_ARGS-$NO_LIMITS} \
     >"$WORK/mandate.log" 2>&1 &
   local pid=$!
   PIDS+=("$pid")
