@@ -16,10 +16,6 @@ use std::time::Duration;
 use async_trait::async_trait;
 use mandate_audit::{Checkpoint, Event};
 use mandate_core::audit::{AuditQuery, seal_record};
-use mandate_core::store::codec::{
-    self, AgentRow, ApprovalRow, AuthCodeRow, EVENT_COLUMNS, EventRow, GrantRow, RefreshRow, ResourceRow, SessionRow,
-    TokenRow, UserRow, UserTokenRow, agent_kind, json, ts, user_status,
-};
 use mandate_core::store::{
     ApprovalQuery, Change, GrantQuery, KeyUse, Mutation, Store, StoreError, StoredKey, StoredPolicy,
 };
@@ -27,6 +23,10 @@ use mandate_model::records::{
     Agent, Approval, AuthCodeRecord, Grant, RefreshRecord, Resource, SessionRecord, TokenRecord, User, UserToken,
 };
 use mandate_model::{AgentId, ApprovalId, GrantId, Jti, ResourceId, UserId};
+use mandate_store_sql::{
+    self as codec, AgentRow, ApprovalRow, AuthCodeRow, EVENT_COLUMNS, EventRow, GrantRow, RefreshRow, ResourceRow,
+    SessionRow, TokenRow, UserRow, UserTokenRow, agent_kind, json, ts, user_status,
+};
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
 use sqlx::{ConnectOptions, Row};
 use tokio::sync::{mpsc, oneshot};

@@ -1,0 +1,479 @@
+//! What the SQL stores share: how record fields are encoded in columns
+//! (times as Unix nanoseconds, lists and maps as JSON text), the rows both
+//! read back, and the audit query's `WHERE` clause. SQL lives here and in
+//! the stores, never in `mandate-core`, which only defines the port.
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+
+use mandate_model::records::{
+    Agent, AgentKind, AgentStatus, Approval, ApprovalStatus, ApprovalSubject, AuthCodeRecord, ClientId, Grant,
+    GrantStatus, RefreshRecord, Resource, SessionRecord, SuspendedBy, TokenRecord, User, UserStatus, UserToken,
+};
+use mandate_model::{AgentId, ApprovalId, GrantId, Jti, ResourceId, ScopeSet, UserId, UserTokenId};
+use time::OffsetDateTime;
+
+use mandate_core::store::StoreError;
+
+/// A time as stored: Unix nanoseconds, which hold 1677 to 2262. A time
+/// outside that is refused, never clamped.
+pub fn ts(t: OffsetDateTime) -> Result<i64, StoreError> {
+    i64::try_from(t.unix_timestamp_nanos())
+        .map_err(|_| StoreError::Unavailable(format!("the time {t} is outside what the store can hold")))
+}
+
+pub fn from_ts(n: i64) -> Result<OffsetDateTime, StoreError> {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(n)).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+pub fn opt_ts(n: Option<i64>) -> Result<Option<OffsetDateTime>, StoreError> {
+    n.map(from_ts).transpose()
+}
+
+pub fn json<T: serde::Serialize>(v: &T) -> Result<String, StoreError> {
+    serde_json::to_string(v).map_err(|e| StoreError::Unavailable(format!("a value cannot be encoded: {e}")))
+}
+
+pub fn from_json<T: serde::de::DeserializeOwned>(s: &str) -> Result<T, StoreError> {
+    serde_json::from_str(s).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+pub fn parse<T: FromStr>(s: &str) -> Result<T, StoreError>
+where
+    T::Err: std::fmt::Display,
+{
+    s.parse().map_err(|e: T::Err| StoreError::Corrupt(e.to_string()))
+}
+
+pub fn user_status(s: UserStatus) -> &'static str {
+    match s {
+        UserStatus::Active => "active",
+        UserStatus::Disabled => "disabled",
+    }
+}
+
+pub fn agent_kind(k: AgentKind) -> &'static str {
+    match k {
+        AgentKind::Persistent => "persistent",
+        AgentKind::Ephemeral => "ephemeral",
+    }
+}
+
+/// A users row, as the stores read it.
+pub struct UserRow {
+    pub id: String,
+    pub name: String,
+    pub email: String,
+    pub groups: String,
+    pub attributes: String,
+    pub status: String,
+    pub password_hash: Option<String>,
+    pub created_at: i64,
+}
+
+impl TryFrom<UserRow> for User {
+    type Error = StoreError;
+    fn try_from(r: UserRow) -> Result<Self, StoreError> {
+        Ok(User {
+            id: parse::<UserId>(&r.id)?,
+            name: r.name,
+            email: r.email,
+            groups: from_json(&r.groups)?,
+            attributes: from_json::<BTreeMap<String, String>>(&r.attributes)?,
+            status: match r.status.as_str() {
+                "active" => UserStatus::Active,
+                "disabled" => UserStatus::Disabled,
+                other => return Err(StoreError::Corrupt(format!("user status {other}"))),
+            },
+            created_at: from_ts(r.created_at)?,
+            password_hash: r.password_hash,
+        })
+    }
+}
+
+pub struct AgentRow {
+    pub id: String,
+    pub name: String,
+    pub owner: String,
+    pub kind: String,
+    pub parent: Option<String>,
+    pub status: String,
+    pub expires_at: Option<i64>,
+    pub description: Option<String>,
+    pub scopes: Option<String>,
+    pub jwks: Option<String>,
+    pub redirect_uris: String,
+    pub secret_hash: Option<String>,
+    pub created_at: i64,
+    pub suspended_by: Option<String>,
+}
+
+impl TryFrom<AgentRow> for Agent {
+    type Error = StoreError;
+    fn try_from(r: AgentRow) -> Result<Self, StoreError> {
+        Ok(Agent {
+            id: parse::<AgentId>(&r.id)?,
+            name: r.name,
+            owner: parse::<UserId>(&r.owner)?,
+            kind: match r.kind.as_str() {
+                "persistent" => AgentKind::Persistent,
+                "ephemeral" => AgentKind::Ephemeral,
+                other => return Err(StoreError::Corrupt(format!("agent kind {other}"))),
+            },
+            parent: r.parent.as_deref().map(parse::<AgentId>).transpose()?,
+            status: parse::<AgentStatus>(&r.status)?,
+            expires_at: opt_ts(r.expires_at)?,
+            description: r.description,
+            scopes: r.scopes.as_deref().map(from_json::<ScopeSet>).transpose()?,
+            jwks: r.jwks.as_deref().map(from_json::<serde_json::Value>).transpose()?,
+            redirect_uris: from_json(&r.redirect_uris)?,
+            created_at: from_ts(r.created_at)?,
+            secret_hash: r.secret_hash,
+            suspended_by: r.suspended_by.as_deref().map(parse::<SuspendedBy>).transpose()?,
+        })
+    }
+}
+
+/// A user_tokens row, as the stores read it.
+pub struct UserTokenRow {
+    pub id: String,
+    pub user_id: String,
+    pub created_at: i64,
+    pub expires_at: i64,
+    pub revoked_at: Option<i64>,
+}
+
+impl TryFrom<UserTokenRow> for UserToken {
+    type Error = StoreError;
+    fn try_from(r: UserTokenRow) -> Result<Self, StoreError> {
+        Ok(UserToken {
+            id: parse::<UserTokenId>(&r.id)?,
+            user: parse::<UserId>(&r.user_id)?,
+            created_at: from_ts(r.created_at)?,
+            expires_at: from_ts(r.expires_at)?,
+            revoked_at: opt_ts(r.revoked_at)?,
+        })
+    }
+}
+
+pub struct ResourceRow {
+    pub id: String,
+    pub identifier: String,
+    pub name: String,
+    pub scopes: String,
+    pub jwks: Option<String>,
+    pub created_at: i64,
+}
+
+impl TryFrom<ResourceRow> for Resource {
+    type Error = StoreError;
+    fn try_from(r: ResourceRow) -> Result<Self, StoreError> {
+        Ok(Resource {
+            id: parse::<ResourceId>(&r.id)?,
+            identifier: r.identifier,
+            name: r.name,
+            scopes: from_json(&r.scopes)?,
+            jwks: r.jwks.as_deref().map(from_json::<serde_json::Value>).transpose()?,
+            created_at: from_ts(r.created_at)?,
+        })
+    }
+}
+
+/// An audit_events row, as the stores read it.
+pub struct EventRow {
+    pub seq: i64,
+    pub time: String,
+    pub kind: String,
+    pub decision: Option<String>,
+    pub subject: Option<String>,
+    pub actor: Option<String>,
+    pub chain: String,
+    pub client_id: Option<String>,
+    pub action: Option<String>,
+    pub resource: Option<String>,
+    pub scope: Option<String>,
+    pub jti: Option<String>,
+    pub grant_id: Option<String>,
+    pub parent: Option<String>,
+    pub count: Option<i64>,
+    pub reason: Option<String>,
+    pub request_id: Option<String>,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+impl TryFrom<EventRow> for mandate_audit::Event {
+    type Error = StoreError;
+    fn try_from(r: EventRow) -> Result<Self, StoreError> {
+        Ok(mandate_audit::Event {
+            seq: u64::try_from(r.seq).map_err(|_| StoreError::Corrupt(format!("audit seq {}", r.seq)))?,
+            time: r.time,
+            kind: r.kind,
+            decision: r.decision,
+            subject: r.subject,
+            actor: r.actor,
+            chain: from_json(&r.chain)?,
+            client_id: r.client_id,
+            action: r.action,
+            resource: r.resource,
+            scope: r.scope,
+            jti: r.jti,
+            grant_id: r.grant_id,
+            parent: r.parent,
+            count: r
+                .count
+                .map(|c| u64::try_from(c).map_err(|_| StoreError::Corrupt(format!("audit count {c}"))))
+                .transpose()?,
+            reason: r.reason,
+            request_id: r.request_id,
+            prev_hash: r.prev_hash,
+            hash: r.hash,
+        })
+    }
+}
+
+/// The column list both stores select and insert, in one order.
+pub const EVENT_COLUMNS: &str = "seq, time, type, decision, subject, actor, chain, client_id, action, resource, \
+     scope, jti, grant_id, parent, count, reason, request_id, prev_hash, hash";
+
+/// The `WHERE` clause of an audit query and its bound values, in order.
+/// Column names come from this fixed list only; every value is a
+/// parameter. `placeholder(n)` spells the n-th parameter (1-based).
+pub fn audit_where(
+    q: &mandate_core::audit::AuditQuery,
+    placeholder: impl Fn(usize) -> String,
+) -> (String, Vec<String>) {
+    let mut clauses = Vec::new();
+    let mut values = Vec::new();
+    let filters: [(&str, &Option<String>, &str); 8] = [
+        ("actor", &q.actor, "="),
+        ("subject", &q.subject, "="),
+        ("jti", &q.jti, "="),
+        ("grant_id", &q.grant, "="),
+        ("type", &q.kind, "="),
+        ("resource", &q.resource, "="),
+        ("parent", &q.parent, "="),
+        ("time", &q.since, ">="),
+    ];
+    for (column, value, op) in filters {
+        if let Some(v) = value {
+            values.push(v.clone());
+            clauses.push(format!("{column} {op} {}", placeholder(values.len() + 1)));
+        }
+    }
+    // Parameter 1 is always the cursor.
+    let mut sql = format!("seq > {}", placeholder(1));
+    for c in clauses {
+        sql.push_str(" AND ");
+        sql.push_str(&c);
+    }
+    (sql, values)
+}
+
+pub struct AuthCodeRow {
+    pub hash: String,
+    pub agent: String,
+    pub user_id: String,
+    pub grant_id: String,
+    pub redirect_uri: String,
+    pub code_challenge: String,
+    pub created_at: i64,
+    pub expires_at: i64,
+    pub used_at: Option<i64>,
+}
+
+impl TryFrom<AuthCodeRow> for AuthCodeRecord {
+    type Error = StoreError;
+    fn try_from(r: AuthCodeRow) -> Result<Self, StoreError> {
+        Ok(AuthCodeRecord {
+            hash: r.hash,
+            agent: parse::<AgentId>(&r.agent)?,
+            user: parse::<UserId>(&r.user_id)?,
+            grant: parse::<GrantId>(&r.grant_id)?,
+            redirect_uri: r.redirect_uri,
+            code_challenge: r.code_challenge,
+            created_at: from_ts(r.created_at)?,
+            expires_at: from_ts(r.expires_at)?,
+            used_at: opt_ts(r.used_at)?,
+        })
+    }
+}
+
+pub struct SessionRow {
+    pub hash: String,
+    pub user_id: String,
+    pub csrf: String,
+    pub created_at: i64,
+    pub expires_at: i64,
+    pub revoked_at: Option<i64>,
+}
+
+impl TryFrom<SessionRow> for SessionRecord {
+    type Error = StoreError;
+    fn try_from(r: SessionRow) -> Result<Self, StoreError> {
+        Ok(SessionRecord {
+            hash: r.hash,
+            user: parse::<UserId>(&r.user_id)?,
+            csrf: r.csrf,
+            created_at: from_ts(r.created_at)?,
+            expires_at: from_ts(r.expires_at)?,
+            revoked_at: opt_ts(r.revoked_at)?,
+        })
+    }
+}
+
+pub struct TokenRow {
+    pub jti: String,
+    pub client_id: String,
+    pub subject: String,
+    pub audience: String,
+    pub scopes: String,
+    pub grant_id: Option<String>,
+    pub parent: Option<String>,
+    pub chain: String,
+    pub issued_at: i64,
+    pub expires_at: i64,
+    pub cnf_jkt: Option<String>,
+    pub status_idx: Option<i64>,
+    pub family: Option<String>,
+    pub revoked_at: Option<i64>,
+}
+
+impl TryFrom<TokenRow> for TokenRecord {
+    type Error = StoreError;
+    fn try_from(r: TokenRow) -> Result<Self, StoreError> {
+        Ok(TokenRecord {
+            jti: parse::<Jti>(&r.jti)?,
+            client_id: parse::<ClientId>(&r.client_id)?,
+            subject: r.subject,
+            audience: r.audience,
+            scopes: from_json(&r.scopes)?,
+            grant: r.grant_id.as_deref().map(parse::<GrantId>).transpose()?,
+            parent: r.parent.as_deref().map(parse::<Jti>).transpose()?,
+            chain: from_json(&r.chain)?,
+            issued_at: from_ts(r.issued_at)?,
+            expires_at: from_ts(r.expires_at)?,
+            cnf_jkt: r.cnf_jkt,
+            status_idx: r
+                .status_idx
+                .map(u64::try_from)
+                .transpose()
+                .map_err(|_| StoreError::Corrupt("negative status index".into()))?,
+            family: r.family,
+            revoked_at: opt_ts(r.revoked_at)?,
+        })
+    }
+}
+
+pub struct GrantRow {
+    pub id: String,
+    pub user_id: String,
+    pub agent: String,
+    pub resource: String,
+    pub scopes: String,
+    pub purpose: Option<String>,
+    pub approved_by: String,
+    pub status: String,
+    pub created_at: i64,
+    pub expires_at: i64,
+    pub revoked_at: Option<i64>,
+    pub last_used_at: Option<i64>,
+}
+
+impl TryFrom<GrantRow> for Grant {
+    type Error = StoreError;
+    fn try_from(r: GrantRow) -> Result<Self, StoreError> {
+        Ok(Grant {
+            id: parse::<GrantId>(&r.id)?,
+            user: parse::<UserId>(&r.user_id)?,
+            agent: parse::<AgentId>(&r.agent)?,
+            resource: r.resource,
+            scopes: from_json(&r.scopes)?,
+            purpose: r.purpose,
+            approved_by: r.approved_by,
+            status: parse::<GrantStatus>(&r.status)?,
+            created_at: from_ts(r.created_at)?,
+            expires_at: from_ts(r.expires_at)?,
+            revoked_at: opt_ts(r.revoked_at)?,
+            last_used_at: opt_ts(r.last_used_at)?,
+        })
+    }
+}
+
+pub struct ApprovalRow {
+    pub id: String,
+    pub agent: String,
+    pub user_id: String,
+    pub approver: String,
+    pub resource: String,
+    pub subject: String,
+    pub binding_message: Option<String>,
+    pub status: String,
+    pub decided_by: Option<String>,
+    pub created_at: i64,
+    pub expires_at: i64,
+    pub decided_at: Option<i64>,
+    pub grant_id: Option<String>,
+    pub polled_at: Option<i64>,
+}
+
+impl TryFrom<ApprovalRow> for Approval {
+    type Error = StoreError;
+    fn try_from(r: ApprovalRow) -> Result<Self, StoreError> {
+        Ok(Approval {
+            id: parse::<ApprovalId>(&r.id)?,
+            agent: parse::<AgentId>(&r.agent)?,
+            user: parse::<UserId>(&r.user_id)?,
+            approver: parse::<UserId>(&r.approver)?,
+            resource: r.resource,
+            subject: from_json::<ApprovalSubject>(&r.subject)?,
+            binding_message: r.binding_message,
+            status: parse::<ApprovalStatus>(&r.status)?,
+            decided_by: r.decided_by,
+            created_at: from_ts(r.created_at)?,
+            expires_at: from_ts(r.expires_at)?,
+            decided_at: opt_ts(r.decided_at)?,
+            grant: r.grant_id.as_deref().map(parse::<GrantId>).transpose()?,
+            polled_at: opt_ts(r.polled_at)?,
+        })
+    }
+}
+
+/// The binding column of an approval: only action approvals have one.
+pub fn approval_binding(a: &Approval) -> Option<&str> {
+    match &a.subject {
+        ApprovalSubject::Action { binding, .. } => Some(binding),
+        ApprovalSubject::Grant { .. } => None,
+    }
+}
+
+pub struct RefreshRow {
+    pub hash: String,
+    pub family: String,
+    pub grant_id: String,
+    pub client_id: String,
+    pub scopes: String,
+    pub issued_at: i64,
+    pub expires_at: i64,
+    pub used_at: Option<i64>,
+    pub revoked_at: Option<i64>,
+    pub cnf_jkt: Option<String>,
+}
+
+impl TryFrom<RefreshRow> for RefreshRecord {
+    type Error = StoreError;
+    fn try_from(r: RefreshRow) -> Result<Self, StoreError> {
+        Ok(RefreshRecord {
+            hash: r.hash,
+            family: r.family,
+            grant: parse::<GrantId>(&r.grant_id)?,
+            client_id: parse::<AgentId>(&r.client_id)?,
+            scopes: from_json(&r.scopes)?,
+            issued_at: from_ts(r.issued_at)?,
+            expires_at: from_ts(r.expires_at)?,
+            used_at: opt_ts(r.used_at)?,
+            revoked_at: opt_ts(r.revoked_at)?,
+            cnf_jkt: r.cnf_jkt,
+        })
+    }
+}
