@@ -253,18 +253,17 @@ impl Mandate {
         }
         let now = self.clock.now();
         let mut change = Change::new().with(Mutation::UpdateUser(user.clone()));
-        let mut count_of = Vec::new();
+        let mut counted = Vec::new();
         if disabling {
-            count_of = vec![1, 2];
-            change.push(Mutation::RevokeTokensOfSubject { subject: id.to_string(), at: now });
+            counted.push(change.push(Mutation::RevokeTokensOfSubject { subject: id.to_string(), at: now }));
             // The agents they are accountable for stop too (OWASP NHI1).
-            change.push(Mutation::RevokeTokensOfOwnedAgents { owner: id, at: now });
+            counted.push(change.push(Mutation::RevokeTokensOfOwnedAgents { owner: id, at: now }));
             change.push(Mutation::RevokeGrantsOfUser { user: id, at: now });
         }
         let mut event = self.admin_event(kind::USER_UPDATED, caller);
         event.subject = Some(id.to_string());
         event.reason = Some(if changed.is_empty() { "no change".into() } else { changed.join(", ") });
-        change.push(AuditRecord { event, count_of }.mutation());
+        change.push(AuditRecord::counting(event, &counted).mutation());
         self.store.commit(change).await?;
         Ok(user)
     }
@@ -347,13 +346,10 @@ impl Mandate {
         let mut event = self.admin_event(kind::USER_TOKEN_REVOKED, caller);
         event.subject = Some(id.to_string());
         event.reason = Some(token.to_string());
-        self.store
-            .commit(
-                Change::new()
-                    .with(Mutation::RevokeUserToken { id: token, user: id, at: now })
-                    .with(AuditRecord { event, count_of: vec![0] }.mutation()),
-            )
-            .await?;
+        let mut change = Change::new();
+        let revoked = change.push(Mutation::RevokeUserToken { id: token, user: id, at: now });
+        change.push(AuditRecord::counting(event, &[revoked]).mutation());
+        self.store.commit(change).await?;
         found.revoked_at = Some(now);
         Ok(found)
     }
@@ -663,9 +659,11 @@ impl Mandate {
         event.subject = Some(agent.owner.to_string());
         event.resource = Some(id.to_string());
         let mut children = Vec::new();
+        let mut revocations = Vec::new();
+        let mut grant_revocations = Vec::new();
         if to != AgentStatus::Active {
-            change.push(Mutation::RevokeTokensOfAgent { agent: id, at: now });
-            change.push(Mutation::RevokeGrantsOfAgent { agent: id, at: now });
+            revocations.push(change.push(Mutation::RevokeTokensOfAgent { agent: id, at: now }));
+            grant_revocations.push(change.push(Mutation::RevokeGrantsOfAgent { agent: id, at: now }));
             // Ephemeral descendants die with their parent, transitively.
             let mut stack = vec![id];
             let mut seen = BTreeSet::from([id]);
@@ -683,47 +681,36 @@ impl Mandate {
                             at: now,
                             by: None,
                         });
-                        change.push(Mutation::RevokeTokensOfAgent { agent: child.id, at: now });
-                        let revoke_at = change.0.len() - 1;
-                        change.push(Mutation::RevokeGrantsOfAgent { agent: child.id, at: now });
-                        children.push((child, revoke_at));
+                        let revoked = change.push(Mutation::RevokeTokensOfAgent { agent: child.id, at: now });
+                        revocations.push(revoked);
+                        grant_revocations.push(change.push(Mutation::RevokeGrantsOfAgent { agent: child.id, at: now }));
+                        children.push((child, revoked));
                     }
                 }
             }
         }
-        let revocations: Vec<usize> = change
-            .0
-            .iter()
-            .enumerate()
-            .filter(|(_, m)| matches!(m, Mutation::RevokeTokensOfAgent { .. }))
-            .map(|(i, _)| i)
-            .collect();
         event.reason = Some(match children.len() {
             0 => format!("{} -> {}", agent.status.as_str(), to.as_str()),
             n => format!("{} -> {}; {n} ephemeral descendants retired", agent.status.as_str(), to.as_str()),
         });
-        change.push(AuditRecord { event, count_of: revocations.clone() }.mutation());
+        change.push(AuditRecord::counting(event, &revocations).mutation());
         let retired_children: Vec<AgentId> = children.iter().map(|(c, _)| c.id).collect();
         for (child, revoke_at) in children {
             let mut e = self.admin_event(kind::AGENT_RETIRED, caller);
             e.subject = Some(child.owner.to_string());
             e.resource = Some(child.id.to_string());
             e.reason = Some(format!("its ancestor {id} was {}", to.as_str()));
-            change.push(AuditRecord { event: e, count_of: vec![revoke_at] }.mutation());
+            change.push(AuditRecord::counting(e, &[revoke_at]).mutation());
         }
-        let grant_revocations: Vec<usize> = change
-            .0
-            .iter()
-            .enumerate()
-            .filter(|(_, m)| matches!(m, Mutation::RevokeGrantsOfAgent { .. }))
-            .map(|(i, _)| i)
-            .collect();
-        let affected = self.store.commit(change).await?;
-        let cascade = Cascade {
-            tokens: revocations.iter().filter_map(|&i| affected.get(i)).sum(),
-            grants: grant_revocations.iter().filter_map(|&i| affected.get(i)).sum(),
-            retired: retired_children,
+        let receipt = self.store.commit(change).await?;
+        let sum = |handles: &[crate::store::Handle]| -> Result<u64, Error> {
+            handles.iter().try_fold(0u64, |n, &h| {
+                n.checked_add(receipt.affected(h)?)
+                    .ok_or_else(|| Error::Unavailable("a revocation count overflows".into()))
+            })
         };
+        let cascade =
+            Cascade { tokens: sum(&revocations)?, grants: sum(&grant_revocations)?, retired: retired_children };
         agent.status = to;
         agent.suspended_by = (to == AgentStatus::Suspended).then_some(level);
         Ok((agent, cascade))

@@ -15,7 +15,7 @@ use time::OffsetDateTime;
 
 use crate::Error;
 use crate::service::{Caller, Mandate};
-use crate::store::{Change, KeyUse, Mutation, Store, StoreError};
+use crate::store::{Applied, Change, Handle, KeyUse, Mutation, Store, StoreError};
 
 /// Event types. The trail's own vocabulary, documented in `docs/audit.md`.
 pub mod kind {
@@ -153,9 +153,9 @@ pub(crate) fn bounded(s: &str) -> String {
 pub struct AuditRecord {
     /// Unsealed: the store fills in `seq`, `prev_hash` and `hash`.
     pub event: Event,
-    /// Indexes of earlier mutations of the same change whose affected-row
-    /// counts, summed, become `event.count` (how far a cascade reached).
-    pub count_of: Vec<usize>,
+    /// Earlier mutations of the same change whose affected rows, summed,
+    /// become `event.count` (how far a cascade reached).
+    pub count_of: Vec<Handle>,
 }
 
 impl AuditRecord {
@@ -163,20 +163,33 @@ impl AuditRecord {
         Self { event, count_of: Vec::new() }
     }
 
+    /// An event whose `count` is the rows `counted` reach.
+    pub fn counting(event: Event, counted: &[Handle]) -> Self {
+        Self { event, count_of: counted.to_vec() }
+    }
+
     /// The mutation appending this record.
     pub fn mutation(self) -> Mutation {
         Mutation::AppendAudit(Box::new(self))
     }
-}
 
-impl AuditRecord {
-    /// The event's `count`: the rows reached by the counted mutations of
-    /// its change, given the change's affected-row counts so far.
-    pub fn count(&self, affected: &[u64]) -> Option<u64> {
+    /// The event's `count`: the rows reached by the counted mutations,
+    /// which must have been applied before this record.
+    pub fn count(&self, applied: &Applied) -> Result<Option<u64>, StoreError> {
         if self.count_of.is_empty() {
-            return self.event.count;
+            return Ok(self.event.count);
         }
-        Some(self.count_of.iter().filter_map(|&i| affected.get(i)).sum())
+        let mut sum = 0u64;
+        for &h in &self.count_of {
+            let n = applied.get(h).ok_or_else(|| {
+                StoreError::Unavailable(format!(
+                    "an audit record counts mutation {}, which is not applied before it",
+                    h.id()
+                ))
+            })?;
+            sum = sum.checked_add(n).ok_or_else(|| StoreError::Unavailable("an audit count overflows".into()))?;
+        }
+        Ok(Some(sum))
     }
 
     /// The hash the event takes at `seq` after `prev`, with `count`.
@@ -185,12 +198,12 @@ impl AuditRecord {
     }
 }
 
-/// The sealed event a store keeps: `count` from the change's affected
-/// rows, then `seq`, `prev_hash` and `hash`. Stores call it while they
+/// The sealed event a store keeps: `count` from the change's applied
+/// mutations, then `seq`, `prev_hash` and `hash`. Stores call it while they
 /// hold the chain's head.
-pub fn seal_record(record: &AuditRecord, affected: &[u64], seq: u64, prev: &str) -> Result<Event, StoreError> {
+pub fn seal_record(record: &AuditRecord, applied: &Applied, seq: u64, prev: &str) -> Result<Event, StoreError> {
     let mut event = record.event.clone();
-    event.count = record.count(affected);
+    event.count = record.count(applied)?;
     mandate_audit::seal(event, seq, prev).map_err(|e| StoreError::Unavailable(format!("audit event: {e}")))
 }
 

@@ -15,6 +15,7 @@ use time::Duration;
 use crate::audit::{ALLOW, AuditRecord, DENY, kind};
 use crate::delegation::{Params, parse_scopes};
 use crate::oauth::IssuedToken;
+use crate::oauth::Refusal;
 use crate::service::{AuthenticatedClient, Mandate};
 use crate::store::{Change, Mutation};
 use crate::{Error, secrets};
@@ -289,8 +290,8 @@ impl Mandate {
         client: &AuthenticatedClient,
         params: &Params,
         jkt: Option<&str>,
-    ) -> Result<(Change, Event, IssuedToken), (Change, Error)> {
-        let refuse = |e: Error| (Change::new(), e);
+    ) -> Result<(Change, Event, IssuedToken), Refusal> {
+        let refuse = Refusal::new;
         let agent = client
             .agent
             .as_ref()
@@ -330,17 +331,20 @@ impl Mandate {
             .filter(|g| g.is_live(now))
             .ok_or_else(|| invalid("the grant is revoked or expired"))?;
         let (mut change, event, issued) = self.first_tokens(agent, &grant, jkt).await.map_err(refuse)?;
-        change.0.insert(0, Mutation::UseAuthCode { hash: record.hash, at: now });
+        change.prepend(Mutation::UseAuthCode { hash: record.hash, at: now });
         Ok((change, event, issued))
     }
 
     /// A code used twice (SECURITY row 15): what it issued is revoked.
-    pub(crate) fn code_replayed(&self, record: &AuthCodeRecord) -> (Change, Error) {
+    pub(crate) fn code_replayed(&self, record: &AuthCodeRecord) -> Refusal {
         let now = self.clock.now();
-        let change = Change::new()
-            .with(Mutation::RevokeGrant { id: record.grant, at: now })
-            .with(Mutation::RevokeTokensOfGrant { grant: record.grant, at: now });
-        (change, Error::InvalidGrant("the code was already used; the tokens issued from it are revoked".into()))
+        let mut change = Change::new().with(Mutation::RevokeGrant { id: record.grant, at: now });
+        let tokens = change.push(Mutation::RevokeTokensOfGrant { grant: record.grant, at: now });
+        Refusal {
+            change,
+            counted: vec![tokens],
+            error: Error::InvalidGrant("the code was already used; the tokens issued from it are revoked".into()),
+        }
     }
 
     /// After a lost race on a code: its record, if it was used.

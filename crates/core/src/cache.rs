@@ -17,7 +17,7 @@ use mandate_model::{AgentId, ApprovalId, GrantId, Jti, ResourceId, UserId};
 use time::OffsetDateTime;
 
 use crate::audit::AuditQuery;
-use crate::store::{ApprovalQuery, Change, GrantQuery, Store, StoreError, StoredKey, StoredPolicy};
+use crate::store::{ApprovalQuery, Change, GrantQuery, Receipt, Store, StoreError, StoredKey, StoredPolicy};
 
 /// Records kept before a cache is cleared.
 const MAX_RECORDS: usize = 100_000;
@@ -57,7 +57,7 @@ fn keep<K: std::hash::Hash + Eq, V>(map: &Mutex<HashMap<K, (u64, V)>>, k: K, epo
 
 #[async_trait]
 impl Store for CachingStore {
-    async fn commit(&self, change: Change) -> Result<Vec<u64>, StoreError> {
+    async fn commit(&self, change: Change) -> Result<Receipt, StoreError> {
         self.inner.commit(change).await
     }
     async fn epoch(&self) -> Result<u64, StoreError> {

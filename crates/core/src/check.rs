@@ -269,12 +269,8 @@ impl Mandate {
         if let Some(id) = outcome.consume {
             change.push(Mutation::ConsumeApproval { id, at: self.clock.now() });
         }
-        change.push(AuditRecord::new(event).mutation());
-        let affected = self.store.commit(change).await?;
-        let seq = affected
-            .last()
-            .copied()
-            .ok_or_else(|| Error::Unavailable("the store returned no seq for the check event".into()))?;
+        let appended = change.push(AuditRecord::new(event).mutation());
+        let seq = self.store.commit(change).await?.affected(appended)?;
         if outcome.decision == ALLOW
             && let Some(jti) = jti
         {

@@ -16,6 +16,7 @@ use time::{Duration, OffsetDateTime};
 
 use crate::audit::{ALLOW, AuditRecord, DENY, kind, reason};
 use crate::chain::{LiveToken, NotLive, chain_names};
+use crate::oauth::Refusal;
 use crate::oauth::{IssuedToken, bounded_input};
 use crate::ports::new_ulid;
 use crate::service::{AuthenticatedClient, Caller, Mandate};
@@ -491,8 +492,8 @@ impl Mandate {
         client: &AuthenticatedClient,
         params: &Params,
         jkt: Option<&str>,
-    ) -> Result<(Change, Event, IssuedToken), (Change, Error)> {
-        let refuse = |e: Error| (Change::new(), e);
+    ) -> Result<(Change, Event, IssuedToken), Refusal> {
+        let refuse = Refusal::new;
         let agent = Self::agent_of(client, "CIBA").map_err(refuse)?;
         params.only(&["auth_req_id"]).map_err(refuse)?;
         let raw = params.require("auth_req_id").map_err(refuse)?;
@@ -515,7 +516,11 @@ impl Mandate {
                 let too_soon =
                     approval.polled_at.is_some_and(|p| now < p + Duration::seconds(self.config.ciba_interval));
                 let poll = Change::new().with(Mutation::PollApproval { id, at: now });
-                return Err((poll, if too_soon { Error::SlowDown } else { Error::AuthorizationPending }));
+                return Err(Refusal {
+                    change: poll,
+                    counted: Vec::new(),
+                    error: if too_soon { Error::SlowDown } else { Error::AuthorizationPending },
+                });
             }
             ApprovalStatus::Approved => {}
         }
@@ -529,7 +534,7 @@ impl Mandate {
             .filter(|g| g.is_live(now))
             .ok_or_else(|| refuse(Error::InvalidGrant("the grant is revoked or expired".into())))?;
         let (mut change, event, issued) = self.first_tokens(agent, &grant, jkt).await.map_err(refuse)?;
-        change.0.insert(0, Mutation::ConsumeApproval { id, at: now });
+        change.prepend(Mutation::ConsumeApproval { id, at: now });
         Ok((change, event, issued))
     }
 
@@ -601,8 +606,8 @@ impl Mandate {
         client: &AuthenticatedClient,
         params: &Params,
         jkt: Option<&str>,
-    ) -> Result<(Change, Event, IssuedToken), (Change, Error)> {
-        let refuse = |e: Error| (Change::new(), e);
+    ) -> Result<(Change, Event, IssuedToken), Refusal> {
+        let refuse = Refusal::new;
         let agent = Self::agent_of(client, "refresh tokens").map_err(refuse)?;
         params.only(&["refresh_token", "scope"]).map_err(refuse)?;
         let presented = params.require("refresh_token").map_err(refuse)?;
@@ -646,7 +651,7 @@ impl Mandate {
             .ok_or_else(|| refuse(Error::InvalidGrant("the grant is revoked or expired".into())))?;
         let (mut change, event, mut issued) =
             self.grant_token(agent, &grant, &scopes, Some(&record.family), jkt).await.map_err(refuse)?;
-        change.0.insert(0, Mutation::UseRefresh { hash: record.hash.clone(), at: now });
+        change.prepend(Mutation::UseRefresh { hash: record.hash.clone(), at: now });
         let (refresh, next) = self
             .new_refresh(&grant, agent.id, &record.scopes, &record.family, record.cnf_jkt.as_deref())
             .map_err(refuse)?;
@@ -656,12 +661,15 @@ impl Mandate {
     }
 
     /// A rotated refresh token came back: revoke its family.
-    pub(crate) fn reuse(&self, record: &RefreshRecord) -> (Change, Error) {
+    pub(crate) fn reuse(&self, record: &RefreshRecord) -> Refusal {
         let now = self.clock.now();
-        let change = Change::new()
-            .with(Mutation::RevokeRefreshFamily { family: record.family.clone(), at: now })
-            .with(Mutation::RevokeTokensOfFamily { family: record.family.clone(), at: now });
-        (change, Error::InvalidGrant("the refresh token was already used; its family is revoked".into()))
+        let mut change = Change::new().with(Mutation::RevokeRefreshFamily { family: record.family.clone(), at: now });
+        let tokens = change.push(Mutation::RevokeTokensOfFamily { family: record.family.clone(), at: now });
+        Refusal {
+            change,
+            counted: vec![tokens],
+            error: Error::InvalidGrant("the refresh token was already used; its family is revoked".into()),
+        }
     }
 
     /// Whether a failed refresh commit lost a race to another use of the
@@ -855,17 +863,17 @@ impl Mandate {
         event.resource = Some(grant.resource.clone());
         event.chain = vec![grant.user.to_string(), grant.agent.to_string()];
         event.reason = Some("revoked with every token issued under it".into());
-        let change = Change::new()
-            .with(Mutation::RevokeGrant { id, at: now })
-            .with(Mutation::RevokeTokensOfGrant { grant: id, at: now })
-            .with(AuditRecord { event, count_of: vec![1] }.mutation());
-        let affected = self.store.commit(change).await?;
-        if affected.first() == Some(&0) {
+        let mut change = Change::new();
+        let revoked = change.push(Mutation::RevokeGrant { id, at: now });
+        let tokens = change.push(Mutation::RevokeTokensOfGrant { grant: id, at: now });
+        change.push(AuditRecord::counting(event, &[tokens]).mutation());
+        let receipt = self.store.commit(change).await?;
+        if receipt.affected(revoked)? == 0 {
             return Err(Error::Conflict(format!("grant {id} is already revoked")));
         }
         grant.status = GrantStatus::Revoked;
         grant.revoked_at = Some(now);
-        Ok((grant, affected.get(1).copied().unwrap_or(0)))
+        Ok((grant, receipt.affected(tokens)?))
     }
 
     // ----- approvals -----

@@ -30,6 +30,6 @@ pub use error::Error;
 pub use oauth::{ClientCredentials, IssuedToken, TokenCaller, TokenRequest};
 pub use ports::{Clock, ManualClock, Random, SystemClock, SystemRandom};
 pub use service::{AuthenticatedClient, Caller, Mandate};
-pub use store::{Change, KeyUse, Mutation, Store, StoreError, StoredKey};
+pub use store::{Applied, Change, Handle, KeyUse, Mutation, Receipt, Store, StoreError, StoredKey};
 
 pub use admin::{AgentPatch, Cascade, NewAgent, NewResource, NewUser, NewUserToken, UserPatch};

@@ -18,7 +18,7 @@ use crate::delegation::{GRANT_CIBA, GRANT_EXCHANGE, GRANT_REFRESH, Params};
 use crate::ports::new_ulid;
 use crate::secrets;
 use crate::service::{AuthenticatedClient, Mandate};
-use crate::store::{Change, Mutation, StoreError};
+use crate::store::{Change, Handle, Mutation, Receipt, StoreError};
 
 pub const GRANT_CLIENT_CREDENTIALS: &str = "client_credentials";
 
@@ -103,61 +103,59 @@ impl Mandate {
             _ => Err(Error::InvalidDpopProof("exactly one DPoP header is allowed".into())),
         };
         let outcome = match proof {
-            Err(e) => Err((Change::new(), e)),
+            Err(e) => Err(Refusal::new(e)),
             Ok(proof) => {
                 let jkt = proof.as_ref().map(|p| p.jkt.as_str());
                 let issued = match grant {
-                    GRANT_CLIENT_CREDENTIALS => {
-                        self.client_credentials(&client, &req, jkt).await.map_err(|e| (Change::new(), e))
-                    }
+                    GRANT_CLIENT_CREDENTIALS => self.client_credentials(&client, &req, jkt).await.map_err(Refusal::new),
                     GRANT_CIBA => self.ciba_token(&client, &req.params, jkt).await,
                     GRANT_AUTHORIZATION_CODE => self.authorization_code_token(&client, &req.params, jkt).await,
                     GRANT_REFRESH => self.refresh_token(&client, &req.params, jkt).await,
-                    _ => self.exchange(&client, &req.params, jkt).await.map_err(|e| (Change::new(), e)),
+                    _ => self.exchange(&client, &req.params, jkt).await.map_err(Refusal::new),
                 };
                 issued.map(|(mut change, event, token)| {
                     // The proof is burned with what it obtains.
                     if let Some(p) = proof {
-                        change.0.insert(0, p.burn);
+                        change.prepend(p.burn);
                     }
                     (change, event, token)
                 })
             }
         };
-        let (change, e) = match outcome {
+        let refusal = match outcome {
             Ok((change, event, token)) => match self.commit_or_replay(&client, change, event, &[]).await {
                 Ok(_) => return Ok(token),
-                Err(e @ Error::InvalidDpopProof(_)) => (Change::new(), e),
+                Err(e @ Error::InvalidDpopProof(_)) => Refusal::new(e),
                 // A parent, grant, approval or refresh token changed
                 // under this request: nothing was written.
                 Err(Error::Conflict(why)) => match grant {
                     GRANT_REFRESH => match self.refresh_raced(&req.params).await? {
                         Some(record) => self.reuse(&record),
-                        None => (Change::new(), Error::InvalidGrant(format!("the request lost a race: {why}"))),
+                        None => Refusal::new(Error::InvalidGrant(format!("the request lost a race: {why}"))),
                     },
                     // A code redeemed twice at once: the loser revokes.
                     GRANT_AUTHORIZATION_CODE => match self.code_raced(&req.params).await? {
                         Some(record) => self.code_replayed(&record),
-                        None => (Change::new(), Error::InvalidGrant(format!("the request lost a race: {why}"))),
+                        None => Refusal::new(Error::InvalidGrant(format!("the request lost a race: {why}"))),
                     },
-                    _ => (Change::new(), Error::InvalidGrant(format!("the request lost a race: {why}"))),
+                    _ => Refusal::new(Error::InvalidGrant(format!("the request lost a race: {why}"))),
                 },
                 Err(e) => return Err(e),
             },
             // An internal failure is not a decision about the client: the
             // request fails closed and writes nothing (its assertion stays
             // usable for a retry); the log has the detail.
-            Err((_, e @ Error::Unavailable(_))) => return Err(e),
+            Err(Refusal { error: e @ Error::Unavailable(_), .. }) => return Err(e),
             Err(refusal) => refusal,
         };
-        let counted: &[usize] = if change.0.len() == 2 { &[1] } else { &[] };
+        let Refusal { change, counted, error: e } = refusal;
         let mut event = self.refusal_event(&client, grant, &e);
         if grant == GRANT_CLIENT_CREDENTIALS {
             event.resource = req.resources.first().map(|r| bounded_input(r));
             event.scope = req.scope.as_deref().map(bounded_input);
         }
         // A refused request still uses up its assertion.
-        self.commit_or_replay(&client, change, event, counted).await?;
+        self.commit_or_replay(&client, change, event, &counted).await?;
         Err(e)
     }
 
@@ -192,36 +190,28 @@ impl Mandate {
 
     /// Commits `change` with the client's assertion burned and `event`
     /// appended, all or nothing; the event counts the rows reached by the
-    /// mutations of `change` at `counted`. A replayed assertion writes
-    /// nothing but the record of the replay, and fails the request.
-    /// Returns the rows affected by the mutations of `change`.
+    /// mutations `counted`. A replayed assertion writes nothing but the
+    /// record of the replay, and fails the request.
     pub(crate) async fn commit_or_replay(
         &self,
         client: &AuthenticatedClient,
         mut change: Change,
         event: Event,
-        counted: &[usize],
-    ) -> Result<Vec<u64>, Error> {
-        let offset = usize::from(client.assertion.is_some());
-        let count_of = counted.iter().map(|i| i + offset).collect();
-        change.push(AuditRecord { event, count_of }.mutation());
-        let mut affected = self.commit_client(client, change).await?;
-        if offset == 1 && !affected.is_empty() {
-            affected.remove(0);
-        }
-        Ok(affected)
+        counted: &[Handle],
+    ) -> Result<Receipt, Error> {
+        change.push(AuditRecord::counting(event, counted).mutation());
+        self.commit_client(client, change).await
     }
 
     /// Commits `change` with the client's assertion burned first; a replayed
     /// assertion writes nothing but the record of the replay, and fails.
-    /// Returns the rows affected, the burn's included.
     pub(crate) async fn commit_client(
         &self,
         client: &AuthenticatedClient,
         mut change: Change,
-    ) -> Result<Vec<u64>, Error> {
+    ) -> Result<Receipt, Error> {
         if let Some(burn) = client.burn() {
-            change.0.insert(0, burn);
+            change.prepend(burn);
         }
         match self.store.commit(change).await {
             Ok(a) => Ok(a),
@@ -504,12 +494,12 @@ impl Mandate {
         caller: &TokenCaller,
         mut change: Change,
         event: Event,
-        counted: &[usize],
-    ) -> Result<Vec<u64>, Error> {
+        counted: &[Handle],
+    ) -> Result<Receipt, Error> {
         match caller {
             TokenCaller::Client(c) => self.commit_or_replay(c, change, event, counted).await,
             TokenCaller::Admin => {
-                change.push(AuditRecord { event, count_of: counted.to_vec() }.mutation());
+                change.push(AuditRecord::counting(event, counted).mutation());
                 Ok(self.store.commit(change).await?)
             }
         }
@@ -552,9 +542,12 @@ impl Mandate {
                 (change, counted)
             }
         };
-        let writes = change.0.len();
-        let affected = self.commit_caller(caller, change, event, &counted).await?;
-        Ok(affected.iter().take(writes).any(|n| *n > 0))
+        let receipt = self.commit_caller(caller, change, event, &counted).await?;
+        let mut revoked = false;
+        for h in counted {
+            revoked |= receipt.affected(h)? > 0;
+        }
+        Ok(revoked)
     }
 
     /// An access token of this issuer, as something to revoke (or refuse).
@@ -574,6 +567,7 @@ impl Mandate {
             TokenCaller::Client(c) => c.id == record.client_id,
         };
         let mut change = Change::new();
+        let mut counted = Vec::new();
         if !entitled {
             // RFC 7009 §2.1: the answer is the same, nothing changes.
             about.decision = Some(DENY.into());
@@ -583,9 +577,8 @@ impl Mandate {
             about.reason = Some("already revoked".into());
         } else {
             about.decision = Some(ALLOW.into());
-            change.push(Mutation::RevokeToken { jti: record.jti, at: self.clock.now() });
+            counted.push(change.push(Mutation::RevokeToken { jti: record.jti, at: self.clock.now() }));
         }
-        let counted = if change.0.is_empty() { vec![] } else { vec![0] };
         Ok(Some(Revocable { change, counted, event: about }))
     }
 
@@ -604,6 +597,7 @@ impl Mandate {
             TokenCaller::Client(c) => c.id == ClientId::Agent(record.client_id),
         };
         let mut change = Change::new();
+        let mut counted = Vec::new();
         if !entitled {
             about.decision = Some(DENY.into());
             about.reason = Some("the refresh token was issued to another client".into());
@@ -614,12 +608,11 @@ impl Mandate {
             let now = self.clock.now();
             about.decision = Some(ALLOW.into());
             about.reason = Some(format!("refresh token: its family {} is revoked", record.family));
-            change.push(Mutation::RevokeRefreshFamily { family: record.family.clone(), at: now });
-            change.push(Mutation::RevokeTokensOfFamily { family: record.family.clone(), at: now });
+            // The event counts the refresh and access tokens the family's
+            // revocation reached.
+            counted.push(change.push(Mutation::RevokeRefreshFamily { family: record.family.clone(), at: now }));
+            counted.push(change.push(Mutation::RevokeTokensOfFamily { family: record.family.clone(), at: now }));
         }
-        // The event counts the refresh and access tokens the family's
-        // revocation reached.
-        let counted = if change.0.is_empty() { vec![] } else { vec![0, 1] };
         Ok(Some(Revocable { change, counted, event: about }))
     }
 }
@@ -628,8 +621,24 @@ impl Mandate {
 /// mutations the event counts, and what the event says about the token.
 struct Revocable {
     change: Change,
-    counted: Vec<usize>,
+    counted: Vec<Handle>,
     event: Event,
+}
+
+/// A refused token request, and what it still writes (a reused refresh
+/// token or code revokes what it issued) besides its event, which counts
+/// the rows the mutations `counted` reach.
+pub(crate) struct Refusal {
+    pub(crate) change: Change,
+    pub(crate) counted: Vec<Handle>,
+    pub(crate) error: Error,
+}
+
+impl Refusal {
+    /// A refusal that writes nothing but its event.
+    pub(crate) fn new(error: Error) -> Self {
+        Self { change: Change::new(), counted: Vec::new(), error }
+    }
 }
 
 /// A policy refusal. An evaluation error denies too (fail closed, SECURITY

@@ -334,19 +334,13 @@ impl Mandate {
             }
             .into(),
         );
-        let affected = self
-            .store
-            .commit(
-                Change::new()
-                    .with(Mutation::PutSettingIfAbsent {
-                        key: ADMIN_TOKEN_SETTING.into(),
-                        value: secrets::hash(&token),
-                    })
-                    .with(AuditRecord { event, count_of: vec![0] }.mutation()),
-            )
-            .await?;
+        let mut change = Change::new();
+        let seeded =
+            change.push(Mutation::PutSettingIfAbsent { key: ADMIN_TOKEN_SETTING.into(), value: secrets::hash(&token) });
+        change.push(AuditRecord::counting(event, &[seeded]).mutation());
+        let receipt = self.store.commit(change).await?;
         // Another node may have seeded it first.
-        Ok((generated && affected.first() == Some(&1)).then_some(token))
+        Ok((generated && receipt.affected(seeded)? == 1).then_some(token))
     }
 
     /// Authenticates a bearer token on the administration API.
@@ -503,10 +497,11 @@ impl Mandate {
         let now = self.clock.now();
         let mut event = self.admin_event(kind::KEY_ROTATED, caller);
         event.reason = Some(format!("new {} key {}", key.alg().name(), key.kid()));
-        let change = Change::new()
-            .with(Mutation::InsertSigningKey(KeyRing::wrap(&key, KeyUse::Token, &self.kek, now)?))
-            .with(Mutation::RetireSigningKeys { purpose: KeyUse::Token, keep: key.kid().to_owned(), at: now })
-            .with(AuditRecord { event, count_of: vec![1] }.mutation());
+        let mut change =
+            Change::new().with(Mutation::InsertSigningKey(KeyRing::wrap(&key, KeyUse::Token, &self.kek, now)?));
+        let retired =
+            change.push(Mutation::RetireSigningKeys { purpose: KeyUse::Token, keep: key.kid().to_owned(), at: now });
+        change.push(AuditRecord::counting(event, &[retired]).mutation());
         self.store.commit(change).await?;
         self.reload_keys().await?;
         tracing::info!(kid = key.kid(), "rotated the signing key");
@@ -528,17 +523,16 @@ impl Mandate {
             event.subject = Some(agent.owner.to_string());
             event.resource = Some(agent.id.to_string());
             event.reason = Some("the ephemeral agent's time is up; it is retired".into());
-            let change = Change::new()
-                .with(Mutation::SetAgentStatus {
-                    id: agent.id,
-                    from: agent.status,
-                    to: mandate_model::records::AgentStatus::Retired,
-                    at: now,
-                    by: None,
-                })
-                .with(Mutation::RevokeTokensOfAgent { agent: agent.id, at: now })
-                .with(Mutation::RevokeGrantsOfAgent { agent: agent.id, at: now })
-                .with(AuditRecord { event, count_of: vec![1] }.mutation());
+            let mut change = Change::new().with(Mutation::SetAgentStatus {
+                id: agent.id,
+                from: agent.status,
+                to: mandate_model::records::AgentStatus::Retired,
+                at: now,
+                by: None,
+            });
+            let tokens = change.push(Mutation::RevokeTokensOfAgent { agent: agent.id, at: now });
+            change.push(Mutation::RevokeGrantsOfAgent { agent: agent.id, at: now });
+            change.push(AuditRecord::counting(event, &[tokens]).mutation());
             match self.store.commit(change).await {
                 // Another node or a lifecycle call got there first.
                 Ok(_) | Err(crate::StoreError::Conflict(_)) => {}

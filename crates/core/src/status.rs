@@ -40,14 +40,9 @@ impl Mandate {
     pub(crate) async fn status_index(&self) -> Result<u64, Error> {
         let mut block = self.status.reserved.lock().await;
         if block.is_empty() {
-            let change = Change::new().with(Mutation::ReserveStatusIndexes { count: STATUS_BLOCK });
-            let first = self
-                .store
-                .commit(change)
-                .await?
-                .first()
-                .copied()
-                .ok_or_else(|| Error::Unavailable("the store reserved no status indexes".into()))?;
+            let mut change = Change::new();
+            let reserved = change.push(Mutation::ReserveStatusIndexes { count: STATUS_BLOCK });
+            let first = self.store.commit(change).await?.affected(reserved)?;
             *block = first..first + STATUS_BLOCK;
         }
         let idx = block.start;

@@ -318,29 +318,139 @@ impl Mutation {
     }
 }
 
+/// Names one mutation of its [`Change`]: how an audit record says which
+/// mutations' affected rows it counts, and how a caller reads back what one
+/// did from the [`Receipt`]. A handle stays valid wherever its mutation
+/// ends up in the change ([`Change::prepend`] moves none of the others'
+/// handles), so no count depends on the order mutations were added in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Handle(usize);
+
+impl Handle {
+    /// A dense number, below the change's length: stores index their
+    /// per-mutation results by it.
+    pub fn id(self) -> usize {
+        self.0
+    }
+}
+
 /// Mutations applied atomically, in order.
 #[derive(Debug, Clone, PartialEq, Default)]
-pub struct Change(pub Vec<Mutation>);
+pub struct Change {
+    mutations: Vec<(Handle, Mutation)>,
+}
 
 impl Change {
     pub fn new() -> Self {
-        Self(Vec::new())
+        Self::default()
     }
 
+    /// Adds `m` last, when nothing needs to be read back about it.
     pub fn with(mut self, m: Mutation) -> Self {
-        self.0.push(m);
+        self.push(m);
         self
     }
 
-    pub fn push(&mut self, m: Mutation) {
-        self.0.push(m);
+    /// Adds `m` last.
+    pub fn push(&mut self, m: Mutation) -> Handle {
+        let h = Handle(self.mutations.len());
+        self.mutations.push((h, m));
+        h
+    }
+
+    /// Adds `m` first: a compare-and-swap (a code, an approval, a refresh
+    /// token used once) that must win before anything else is written.
+    pub fn prepend(&mut self, m: Mutation) -> Handle {
+        let h = Handle(self.mutations.len());
+        self.mutations.insert(0, (h, m));
+        h
+    }
+
+    /// The mutations in the order they are applied, with their handles.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = (Handle, &Mutation)> {
+        self.mutations.iter().map(|(h, m)| (*h, m))
+    }
+
+    /// The mutations in the order they are applied.
+    pub fn mutations(&self) -> impl ExactSizeIterator<Item = &Mutation> {
+        self.mutations.iter().map(|(_, m)| m)
+    }
+
+    pub fn len(&self) -> usize {
+        self.mutations.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.mutations.is_empty()
+    }
+}
+
+impl FromIterator<Mutation> for Change {
+    fn from_iter<I: IntoIterator<Item = Mutation>>(iter: I) -> Self {
+        let mut change = Change::new();
+        for m in iter {
+            change.push(m);
+        }
+        change
+    }
+}
+
+/// What the mutations of a change did so far, filled in by a store as it
+/// applies them (rows affected; for [`Mutation::AppendAudit`], the
+/// event's `seq`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied(Vec<Option<u64>>);
+
+impl Applied {
+    pub fn for_change(change: &Change) -> Self {
+        Self(vec![None; change.len()])
+    }
+
+    pub fn set(&mut self, h: Handle, n: u64) -> Result<(), StoreError> {
+        let slot = self
+            .0
+            .get_mut(h.0)
+            .ok_or_else(|| StoreError::Unavailable(format!("mutation {} is not in this change", h.0)))?;
+        *slot = Some(n);
+        Ok(())
+    }
+
+    /// What the mutation did, if it has been applied.
+    pub fn get(&self, h: Handle) -> Option<u64> {
+        self.0.get(h.0).copied().flatten()
+    }
+
+    /// The receipt of a change whose every mutation was applied.
+    pub fn into_receipt(self) -> Result<Receipt, StoreError> {
+        self.0
+            .into_iter()
+            .enumerate()
+            .map(|(i, n)| n.ok_or_else(|| StoreError::Unavailable(format!("mutation {i} was not applied"))))
+            .collect::<Result<_, _>>()
+            .map(Receipt)
+    }
+}
+
+/// What a committed change did, read through the handles of its mutations.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Receipt(Vec<u64>);
+
+impl Receipt {
+    /// Rows the mutation affected (for [`Mutation::AppendAudit`], the
+    /// event's `seq`).
+    pub fn affected(&self, h: Handle) -> Result<u64, StoreError> {
+        self.0
+            .get(h.0)
+            .copied()
+            .ok_or_else(|| StoreError::Unavailable(format!("the store returned nothing for mutation {}", h.0)))
     }
 }
 
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
-    /// Applies `change` atomically and durably; returns rows affected per mutation.
-    async fn commit(&self, change: Change) -> Result<Vec<u64>, StoreError>;
+    /// Applies `change` atomically and durably; the receipt tells what each
+    /// mutation did.
+    async fn commit(&self, change: Change) -> Result<Receipt, StoreError>;
 
     /// A number that changes whenever a change holding a mutation that
     /// [`Mutation::invalidates`] commits, on any node, before that change
@@ -412,4 +522,62 @@ pub trait Store: Send + Sync + 'static {
     /// Checkpoints with `seq` greater than `after`, in order.
     async fn audit_checkpoints(&self, after: u64, limit: u32) -> Result<Vec<Checkpoint>, StoreError>;
     async fn last_audit_checkpoint(&self) -> Result<Option<Checkpoint>, StoreError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn purge() -> Mutation {
+        Mutation::PurgeExpiredJtis { before: OffsetDateTime::UNIX_EPOCH }
+    }
+
+    #[test]
+    fn handles_survive_a_prepend() -> Result<(), StoreError> {
+        let mut change = Change::new();
+        let a = change.push(purge());
+        let b = change.push(Mutation::ReserveStatusIndexes { count: 1 });
+        let first = change.prepend(Mutation::ReserveStatusIndexes { count: 2 });
+        let order: Vec<Handle> = change.iter().map(|(h, _)| h).collect();
+        assert_eq!(order, vec![first, a, b]);
+        // A store applies in order and records by handle.
+        let mut applied = Applied::for_change(&change);
+        for (n, (h, _)) in change.iter().enumerate() {
+            applied.set(h, 10 + n as u64)?;
+        }
+        let receipt = applied.into_receipt()?;
+        assert_eq!((receipt.affected(first)?, receipt.affected(a)?, receipt.affected(b)?), (10, 11, 12));
+        Ok(())
+    }
+
+    #[test]
+    fn an_unapplied_mutation_has_no_receipt() {
+        let mut change = Change::new();
+        let a = change.push(purge());
+        change.push(purge());
+        let mut applied = Applied::for_change(&change);
+        assert!(applied.set(a, 1).is_ok());
+        assert!(applied.into_receipt().is_err(), "a receipt with a mutation missing");
+        let mut other = Change::new();
+        other.push(purge());
+        other.push(purge());
+        let far = other.push(purge());
+        assert!(Applied::for_change(&change).set(far, 1).is_err(), "a handle beyond the change");
+    }
+
+    #[test]
+    fn a_count_reads_only_applied_mutations() -> Result<(), StoreError> {
+        let mut change = Change::new();
+        let a = change.push(purge());
+        let b = change.push(purge());
+        let record = crate::AuditRecord::counting(mandate_audit::Event::new("t", "x"), &[a, b]);
+        let mut applied = Applied::for_change(&change);
+        applied.set(a, 2)?;
+        assert!(record.count(&applied).is_err(), "counted a mutation not yet applied");
+        applied.set(b, 3)?;
+        assert_eq!(record.count(&applied)?, Some(5));
+        applied.set(b, u64::MAX)?;
+        assert!(record.count(&applied).is_err(), "a count that overflows");
+        Ok(())
+    }
 }

@@ -17,7 +17,8 @@ use async_trait::async_trait;
 use mandate_audit::{Checkpoint, Event};
 use mandate_core::audit::{AuditQuery, seal_record};
 use mandate_core::store::{
-    ApprovalQuery, Change, GrantQuery, KeyUse, Mutation, Store, StoreError, StoredKey, StoredPolicy,
+    Applied, ApprovalQuery, Change, GrantQuery, Handle, KeyUse, Mutation, Receipt, Store, StoreError, StoredKey,
+    StoredPolicy,
 };
 use mandate_model::records::{
     Agent, Approval, AuthCodeRecord, Grant, RefreshRecord, Resource, SessionRecord, TokenRecord, User, UserToken,
@@ -42,7 +43,7 @@ const WRITERS: usize = 2;
 
 struct Job {
     change: Change,
-    reply: oneshot::Sender<Result<Vec<u64>, StoreError>>,
+    reply: oneshot::Sender<Result<Receipt, StoreError>>,
 }
 
 /// PostgreSQL store over a connection pool and its writer tasks.
@@ -652,7 +653,7 @@ async fn write_loop(pool: PgPool, jobs: std::sync::Arc<tokio::sync::Mutex<mpsc::
     }
 }
 
-type Outcome = Result<Vec<u64>, StoreError>;
+type Outcome = Result<Receipt, StoreError>;
 
 struct NeedSavepoints;
 
@@ -698,33 +699,33 @@ async fn apply_in_transaction(
     let mut events: Vec<Event> = Vec::new();
     // Without savepoints, events are sealed only once the batch's changes
     // are applied, so the head lock is held just for the tail.
-    // (record, the change's counts so far, the change's index, the event's
-    // index in the change): the event's seq is its "affected" value.
-    let mut deferred: Vec<(&mandate_core::AuditRecord, Vec<u64>, usize, usize)> = Vec::new();
-    let mut results = Vec::with_capacity(batch.len());
+    // (record, what the change had applied before it, the change's index,
+    // the record's handle): the event's seq is its "affected" value.
+    let mut deferred: Vec<(&mandate_core::AuditRecord, Applied, usize, Handle)> = Vec::new();
+    let mut results: Vec<Result<Applied, StoreError>> = Vec::with_capacity(batch.len());
     for (job_index, job) in batch.iter().enumerate() {
         if savepoints && let Err(e) = exec(conn, "SAVEPOINT change").await {
             let _ = exec(conn, "ROLLBACK").await;
             return all_fail(e);
         }
         let (head_before, events_before, deferred_before) = (head.clone(), events.len(), deferred.len());
-        let mut affected = Vec::with_capacity(job.change.0.len());
+        let mut applied = Applied::for_change(&job.change);
         let mut outcome = Ok(());
-        for (i, m) in job.change.0.iter().enumerate() {
-            let applied = match m {
+        for (i, (h, m)) in job.change.iter().enumerate() {
+            let done = match m {
                 Mutation::AppendAudit(record) if !savepoints => {
-                    deferred.push((record.as_ref(), affected.clone(), job_index, i));
+                    deferred.push((record.as_ref(), applied.clone(), job_index, h));
                     Ok(0)
                 }
-                Mutation::AppendAudit(record) => append(conn, &mut head, record, &affected).await.map(|e| {
+                Mutation::AppendAudit(record) => append(conn, &mut head, record, &applied).await.map(|e| {
                     let seq = e.seq;
                     events.push(e);
                     seq
                 }),
                 other => apply(conn, other).await,
             };
-            match applied {
-                Ok(n) => affected.push(n),
+            match done.and_then(|n| applied.set(h, n)) {
+                Ok(()) => {}
                 Err(e) => {
                     // Only a replay refused by ON CONFLICT DO NOTHING, as the
                     // change's first write, leaves the transaction usable
@@ -763,19 +764,20 @@ async fn apply_in_transaction(
             events.truncate(events_before);
             deferred.truncate(deferred_before);
         }
-        results.push(outcome.map(|()| affected));
+        results.push(outcome.map(|()| applied));
     }
     // Without savepoints, the batch's events are sealed now, under the head
     // lock, and go in with one statement; if that fails, the batch is
     // replayed change by change.
     if !savepoints && !deferred.is_empty() {
-        for (record, affected, job_index, i) in &deferred {
-            match append(conn, &mut head, record, affected).await {
+        for (record, before, job_index, h) in &deferred {
+            match append(conn, &mut head, record, before).await {
                 Ok(e) => {
-                    if let Some(Ok(counts)) = results.get_mut(*job_index)
-                        && let Some(slot) = counts.get_mut(*i)
+                    if let Some(Ok(applied)) = results.get_mut(*job_index)
+                        && applied.set(*h, e.seq).is_err()
                     {
-                        *slot = e.seq;
+                        let _ = exec(conn, "ROLLBACK").await;
+                        return Err(NeedSavepoints);
                     }
                     events.push(e);
                 }
@@ -795,7 +797,7 @@ async fn apply_in_transaction(
         }
     }
     match exec(conn, "COMMIT").await {
-        Ok(()) => Ok(results),
+        Ok(()) => Ok(results.into_iter().map(|r| r.and_then(Applied::into_receipt)).collect()),
         Err(e) => {
             let _ = exec(conn, "ROLLBACK").await;
             all_fail(e)
@@ -809,7 +811,7 @@ async fn append(
     conn: &mut PgConnection,
     head: &mut Option<Head>,
     record: &mandate_core::AuditRecord,
-    affected: &[u64],
+    applied: &Applied,
 ) -> Result<Event, StoreError> {
     let current = match head.take() {
         Some(h) => h,
@@ -827,7 +829,7 @@ async fn append(
             Head { seq: u64::try_from(seq).map_err(|_| StoreError::Corrupt(format!("audit head {seq}")))?, hash }
         }
     };
-    let sealed = seal_record(record, affected, current.seq + 1, &current.hash);
+    let sealed = seal_record(record, applied, current.seq + 1, &current.hash);
     *head = Some(match &sealed {
         Ok(e) => Head { seq: e.seq, hash: e.hash.clone() },
         Err(_) => current,
@@ -1018,9 +1020,9 @@ fn refresh_row(r: &PgRow) -> Result<RefreshRecord, StoreError> {
 
 #[async_trait]
 impl Store for PostgresStore {
-    async fn commit(&self, change: Change) -> Result<Vec<u64>, StoreError> {
-        if change.0.is_empty() {
-            return Ok(vec![]);
+    async fn commit(&self, change: Change) -> Result<Receipt, StoreError> {
+        if change.is_empty() {
+            return Applied::for_change(&change).into_receipt();
         }
         let (reply, rx) = oneshot::channel();
         self.writer
@@ -1268,7 +1270,9 @@ impl Store for PostgresStore {
         .fetch_all(&self.pool)
         .await
         .map_err(unavailable)?;
-        Ok(rows.into_iter().filter_map(|i| u64::try_from(i).ok()).collect())
+        rows.into_iter()
+            .map(|i| u64::try_from(i).map_err(|_| StoreError::Corrupt(format!("status index {i}"))))
+            .collect()
     }
 
     async fn status_indexes_reserved(&self) -> Result<u64, StoreError> {

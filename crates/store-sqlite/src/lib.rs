@@ -23,7 +23,7 @@ use async_trait::async_trait;
 use mandate_audit::{Checkpoint, Event, GENESIS};
 use mandate_core::audit::AuditQuery;
 use mandate_core::store::{
-    ApprovalQuery, Change, GrantQuery, KeyUse, Mutation, Store, StoreError, StoredKey, StoredPolicy,
+    Applied, ApprovalQuery, Change, GrantQuery, KeyUse, Mutation, Receipt, Store, StoreError, StoredKey, StoredPolicy,
 };
 use mandate_model::records::{
     Agent, Approval, AuthCodeRecord, Grant, RefreshRecord, Resource, SessionRecord, TokenRecord, User, UserToken,
@@ -60,7 +60,7 @@ const MAX_IDLE_READERS: usize = 8;
 
 struct Job {
     change: Change,
-    reply: oneshot::Sender<Result<Vec<u64>, StoreError>>,
+    reply: oneshot::Sender<Result<Receipt, StoreError>>,
 }
 
 /// SQLite store: pooled readers and a group-committing writer thread.
@@ -299,7 +299,7 @@ fn write_loop(mut conn: Connection, rx: mpsc::Receiver<Job>, mut head: Head, epo
         let results = apply_batch(&mut conn, &batch, &mut head);
         // Committed: caches keyed by the epoch go stale now, before any
         // change of this batch is acknowledged.
-        if batch.iter().zip(&results).any(|(job, r)| r.is_ok() && job.change.0.iter().any(Mutation::invalidates)) {
+        if batch.iter().zip(&results).any(|(job, r)| r.is_ok() && job.change.mutations().any(Mutation::invalidates)) {
             epoch.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         }
         for (job, result) in batch.drain(..).zip(results) {
@@ -316,7 +316,7 @@ fn write_loop(mut conn: Connection, rx: mpsc::Receiver<Job>, mut head: Head, epo
 ///
 /// The audit head moves with the transaction: it is put back to where it
 /// was whenever what advanced it is rolled back.
-fn apply_batch(conn: &mut Connection, batch: &[Job], head: &mut Head) -> Vec<Result<Vec<u64>, StoreError>> {
+fn apply_batch(conn: &mut Connection, batch: &[Job], head: &mut Head) -> Vec<Result<Receipt, StoreError>> {
     match apply_in_transaction(conn, batch, false, head) {
         Ok(results) => results,
         Err(NeedSavepoints) => match apply_in_transaction(conn, batch, true, head) {
@@ -333,7 +333,7 @@ fn apply_in_transaction(
     batch: &[Job],
     savepoints: bool,
     head: &mut Head,
-) -> Result<Vec<Result<Vec<u64>, StoreError>>, NeedSavepoints> {
+) -> Result<Vec<Result<Receipt, StoreError>>, NeedSavepoints> {
     if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
         return Ok(batch.iter().map(|_| Err(unavailable(&e))).collect());
     }
@@ -348,16 +348,16 @@ fn apply_in_transaction(
     };
     let mut results = Vec::with_capacity(batch.len());
     for job in batch {
-        let guarded = savepoints && job.change.0.len() > 1;
+        let guarded = savepoints && job.change.len() > 1;
         if guarded && let Err(e) = conn.execute_batch("SAVEPOINT change") {
             return abandon(conn, head, &e);
         }
         let before = head.clone();
-        let mut affected = Vec::with_capacity(job.change.0.len());
+        let mut applied = Applied::for_change(&job.change);
         let mut outcome = Ok(());
-        for (i, m) in job.change.0.iter().enumerate() {
-            match apply(conn, m, &affected, head) {
-                Ok(n) => affected.push(n),
+        for (i, (h, m)) in job.change.iter().enumerate() {
+            match apply(conn, m, &applied, head).and_then(|n| applied.set(h, n)) {
+                Ok(()) => {}
                 Err(e) => {
                     // SQLITE_FULL, IOERR or NOMEM may roll back the whole
                     // transaction: then the batch so far is gone, and
@@ -385,7 +385,7 @@ fn apply_in_transaction(
         if outcome.is_err() {
             *head = before;
         }
-        results.push(outcome.map(|()| affected));
+        results.push(outcome.and_then(|()| applied.into_receipt()));
     }
     if conn.is_autocommit() {
         return abandon(conn, head, &"the transaction was rolled back by SQLite");
@@ -410,9 +410,9 @@ fn exec(conn: &Connection, sql: &str, params: impl rusqlite::Params, what: &str)
     stmt.execute(params).map(|n| n as u64).map_err(|e| map_write_error(e, what))
 }
 
-/// Applies one mutation; `affected` holds the counts of the change's
-/// earlier mutations, and `head` is the audit chain's head.
-fn apply(conn: &Connection, m: &Mutation, affected: &[u64], head: &mut Head) -> Result<u64, StoreError> {
+/// Applies one mutation; `applied` holds what the change's earlier
+/// mutations did, and `head` is the audit chain's head.
+fn apply(conn: &Connection, m: &Mutation, applied: &Applied, head: &mut Head) -> Result<u64, StoreError> {
     match m {
         Mutation::PutSettingIfAbsent { key, value } => exec(
             conn,
@@ -809,7 +809,7 @@ fn apply(conn: &Connection, m: &Mutation, affected: &[u64], head: &mut Head) -> 
             // Hashed from the record in place: the writer is the hot path.
             let e = &record.event;
             let seq = head.seq + 1;
-            let count = record.count(affected);
+            let count = record.count(applied)?;
             let hash = record.hash_at(seq, &head.hash, count);
             exec(
                 conn,
@@ -1089,9 +1089,9 @@ fn policy_row(r: &Row<'_>) -> Mapped<StoredPolicy> {
 
 #[async_trait]
 impl Store for SqliteStore {
-    async fn commit(&self, change: Change) -> Result<Vec<u64>, StoreError> {
-        if change.0.is_empty() {
-            return Ok(vec![]);
+    async fn commit(&self, change: Change) -> Result<Receipt, StoreError> {
+        if change.is_empty() {
+            return Applied::for_change(&change).into_receipt();
         }
         let (reply, rx) = oneshot::channel();
         self.writer
@@ -1304,7 +1304,9 @@ impl Store for SqliteStore {
                 stmt.query_map([from, to], |r| r.get::<_, i64>(0))?.collect::<rusqlite::Result<Vec<_>>>()
             })
             .await?;
-        Ok(rows.into_iter().filter_map(|i| u64::try_from(i).ok()).collect())
+        rows.into_iter()
+            .map(|i| u64::try_from(i).map_err(|_| StoreError::Corrupt(format!("status index {i}"))))
+            .collect()
     }
 
     async fn status_indexes_reserved(&self) -> Result<u64, StoreError> {

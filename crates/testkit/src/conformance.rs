@@ -44,6 +44,7 @@ pub const CASES: &[(&str, Case)] = cases![
     audit_events_chain_in_commit_order,
     an_audit_event_lands_with_its_change_or_not_at_all,
     audit_events_count_what_their_change_reached,
+    a_count_of_a_later_mutation_fails_its_change,
     concurrent_appends_form_one_chain,
     checkpoints_are_kept_once_per_seq,
     audit_queries_filter_and_page,
@@ -160,7 +161,9 @@ pub fn token(agent: AgentId, subject: &str) -> TokenRecord {
 }
 
 async fn one(store: &Arc<dyn Store>, m: Mutation) -> Result<u64, StoreError> {
-    store.commit(Change::new().with(m)).await.map(|v| v.first().copied().unwrap_or(0))
+    let mut change = Change::new();
+    let h = change.push(m);
+    store.commit(change).await?.affected(h)
 }
 
 async fn settings_are_set_once(s: Arc<dyn Store>) -> Result<()> {
@@ -598,17 +601,39 @@ async fn audit_events_count_what_their_change_reached(s: Arc<dyn Store>) -> Resu
     for _ in 0..3 {
         one(&s, Mutation::InsertToken(token(a.id, "x"))).await?;
     }
-    let record = AuditRecord { event: event("agent.suspended", "admin"), count_of: vec![0, 1] };
-    s.commit(
-        Change::new()
-            .with(Mutation::RevokeTokensOfAgent { agent: a.id, at: t0() })
-            .with(Mutation::RevokeTokensOfAgent { agent: a.id, at: t0() })
-            .with(record.mutation()),
-    )
-    .await?;
+    // The record counts the second revocation, which reaches nothing, and
+    // the first, put first after the record was written: handles, not
+    // positions, say what is counted.
+    let mut change = Change::new();
+    let second = change.push(Mutation::RevokeTokensOfAgent { agent: a.id, at: t0() });
+    change.push(AuditRecord::counting(event("agent.suspended", "admin"), &[second]).mutation());
+    let first = change.prepend(Mutation::RevokeTokensOfAgent { agent: a.id, at: t0() });
+    let mut counted = change.clone();
+    counted = counted.with(AuditRecord::counting(event("agent.suspended", "admin"), &[first, second]).mutation());
+    let receipt = s.commit(counted).await?;
+    ensure!(receipt.affected(first)? == 3 && receipt.affected(second)? == 0, "{receipt:?}");
     let events = all_events(&s).await?;
-    ensure!(events.first().and_then(|e| e.count) == Some(3), "count: {:?}", events.first().map(|e| e.count));
-    ensure!(intact(&s).await? == 1);
+    let counts: Vec<Option<u64>> = events.iter().map(|e| e.count).collect();
+    ensure!(counts == vec![Some(0), Some(3)], "counts: {counts:?}");
+    ensure!(intact(&s).await? == 2);
+    Ok(())
+}
+
+async fn a_count_of_a_later_mutation_fails_its_change(s: Arc<dyn Store>) -> Result<()> {
+    let u = user("later@example.com");
+    // A record that counts the mutation after it (the second of its
+    // change, named by a handle from a change built the same way): the
+    // change fails and writes nothing, rather than count what it cannot.
+    let mut shape = Change::new();
+    shape.push(Mutation::PurgeExpiredJtis { before: t0() });
+    let second = shape.push(Mutation::PurgeExpiredJtis { before: t0() });
+    let mut bad = Change::new();
+    bad.push(AuditRecord::counting(event("user.created", "admin"), &[second]).mutation());
+    bad.push(Mutation::InsertUser(u.clone()));
+    let before = all_events(&s).await?.len();
+    ensure!(s.commit(bad).await.is_err(), "an event counting what comes after it was kept");
+    ensure!(s.user(u.id).await?.is_none(), "the failed change wrote its user");
+    ensure!(all_events(&s).await?.len() == before, "the failed change wrote its event");
     Ok(())
 }
 
@@ -1337,13 +1362,11 @@ fn tracing_note(inserted: u32, refused: u32) {
 async fn appends_report_their_seq(s: Arc<dyn Store>) -> Result<()> {
     let before = s.audit_head().await?.map(|(seq, _)| seq).unwrap_or(0);
     let event = Event::new("test.seq", "2026-01-01T00:00:00.000000000Z");
-    let affected = s.commit(Change::new().with(AuditRecord::new(event.clone()).mutation())).await?;
-    ensure!(affected == vec![before + 1], "append reported {affected:?}");
-    let (r1, r2) = tokio::join!(
-        s.commit(Change::new().with(AuditRecord::new(event.clone()).mutation())),
-        s.commit(Change::new().with(AuditRecord::new(event).mutation()))
-    );
-    let mut seqs: Vec<u64> = r1?.into_iter().chain(r2?).collect();
+    let appended = one(&s, AuditRecord::new(event.clone()).mutation()).await?;
+    ensure!(appended == before + 1, "append reported {appended}");
+    let (r1, r2) =
+        tokio::join!(one(&s, AuditRecord::new(event.clone()).mutation()), one(&s, AuditRecord::new(event).mutation()));
+    let mut seqs: Vec<u64> = vec![r1?, r2?];
     seqs.sort_unstable();
     ensure!(seqs == vec![before + 2, before + 3], "concurrent appends reported {seqs:?}");
     Ok(())

@@ -7,7 +7,9 @@ use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use async_trait::async_trait;
 use mandate_audit::{Checkpoint, Event};
 use mandate_core::audit::AuditQuery;
-use mandate_core::store::{ApprovalQuery, Change, GrantQuery, Mutation, Store, StoreError, StoredKey, StoredPolicy};
+use mandate_core::store::{
+    ApprovalQuery, Change, GrantQuery, Mutation, Receipt, Store, StoreError, StoredKey, StoredPolicy,
+};
 use mandate_model::records::{
     Agent, Approval, Grant, RefreshRecord, Resource, SessionRecord, TokenRecord, User, UserToken,
 };
@@ -73,11 +75,11 @@ impl FaultyStore {
 
 #[async_trait]
 impl Store for FaultyStore {
-    async fn commit(&self, change: Change) -> Result<Vec<u64>, StoreError> {
+    async fn commit(&self, change: Change) -> Result<Receipt, StoreError> {
         if self.fault() == Fault::Unavailable {
             return Err(StoreError::Unavailable(INJECTED.into()));
         }
-        if self.fail_audit.load(Ordering::SeqCst) && change.0.iter().any(|m| matches!(m, Mutation::AppendAudit(_))) {
+        if self.fail_audit.load(Ordering::SeqCst) && change.mutations().any(|m| matches!(m, Mutation::AppendAudit(_))) {
             return Err(StoreError::Unavailable("injected fault: the audit trail cannot be written".into()));
         }
         self.inner.commit(change).await

@@ -518,7 +518,7 @@ async fn the_inbox_pages_and_every_decision_reads_its_own_record() -> Result<()>
         }));
     }
     for chunk in approvals.chunks(200).chain(grants.chunks(200)) {
-        store.commit(Change(chunk.to_vec())).await?;
+        store.commit(chunk.iter().cloned().collect()).await?;
     }
     // Only the oldest grant was ever used.
     let used_at = now - time::Duration::hours(3);
