@@ -1,0 +1,209 @@
+//! Settings, people (users, their API tokens and sign-in sessions), agents, resources and the policy set.
+
+use mandate_core::store::{Mutation, StoreError};
+use mandate_model::records::{Agent, Resource, User, UserToken};
+use mandate_store_sql::{AgentRow, ResourceRow, UserRow, UserTokenRow, agent_kind, json, ts, user_status};
+use sqlx::postgres::{PgConnection, PgRow};
+
+use crate::writer::{map_write_error, misrouted};
+use crate::{get, unavailable};
+
+/// Applies one mutation of this family. (Long by nature: one arm per
+/// mutation, each one statement; splitting the match would only hide it.)
+pub(crate) async fn apply(conn: &mut PgConnection, m: &Mutation) -> Result<u64, StoreError> {
+    let done = match m {
+        Mutation::PutSettingIfAbsent { key, value } => sqlx::query("INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING")
+            .bind(key)
+            .bind(value)
+            .execute(&mut *conn)
+            .await
+            .map_err(|e| map_write_error(e, "setting"))?,
+        Mutation::InsertUser(u) => sqlx::query(
+            "INSERT INTO users (id, name, email, groups, attributes, status, password_hash, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(u.id.to_string())
+        .bind(&u.name)
+        .bind(&u.email)
+        .bind(json(&u.groups)?)
+        .bind(json(&u.attributes)?)
+        .bind(user_status(u.status))
+        .bind(&u.password_hash)
+        .bind(ts(u.created_at)?)
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| map_write_error(e, "user"))?,
+        Mutation::UpdateUser(u) => {
+            let r = sqlx::query("UPDATE users SET groups = $1, attributes = $2, status = $3 WHERE id = $4")
+                .bind(json(&u.groups)?)
+                .bind(json(&u.attributes)?)
+                .bind(user_status(u.status))
+                .bind(u.id.to_string())
+                .execute(&mut *conn)
+                .await
+                .map_err(unavailable)?;
+            if r.rows_affected() == 0 {
+                return Err(StoreError::NotFound(format!("user {}", u.id)));
+            }
+            r
+        }
+        Mutation::InsertUserToken { token, hash } => sqlx::query(
+            "INSERT INTO user_tokens (hash, id, user_id, created_at, expires_at) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(hash)
+        .bind(token.id.to_string())
+        .bind(token.user.to_string())
+        .bind(ts(token.created_at)?)
+        .bind(ts(token.expires_at)?)
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| map_write_error(e, "user token"))?,
+        Mutation::RevokeUserToken { id, user, at } => sqlx::query(
+            "UPDATE user_tokens SET revoked_at = $1 WHERE id = $2 AND user_id = $3 AND revoked_at IS NULL",
+        )
+        .bind(ts(*at)?)
+        .bind(id.to_string())
+        .bind(user.to_string())
+        .execute(&mut *conn)
+        .await
+        .map_err(unavailable)?,
+        Mutation::InsertAgent(a) => sqlx::query(
+            "INSERT INTO agents (id, name, owner, kind, parent, status, expires_at, description, scopes, jwks, redirect_uris, secret_hash, created_at, updated_at, suspended_by) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+        )
+        .bind(a.id.to_string())
+        .bind(&a.name)
+        .bind(a.owner.to_string())
+        .bind(agent_kind(a.kind))
+        .bind(a.parent.map(|p| p.to_string()))
+        .bind(a.status.as_str())
+        .bind(a.expires_at.map(ts).transpose()?)
+        .bind(&a.description)
+        .bind(a.scopes.as_ref().map(json).transpose()?)
+        .bind(a.jwks.as_ref().map(json).transpose()?)
+        .bind(json(&a.redirect_uris)?)
+        .bind(&a.secret_hash)
+        .bind(ts(a.created_at)?)
+        .bind(ts(a.created_at)?)
+        .bind(a.suspended_by.map(|b| b.as_str()))
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| map_write_error(e, "agent"))?,
+        Mutation::SetAgentStatus { id, from, to, at, by } => {
+            let level = by.map(|b| b.as_str());
+            let kept = if *to == mandate_model::records::AgentStatus::Suspended { level } else { None };
+            // Resuming needs the level that suspended, or a higher one:
+            // checked in the same statement, so a concurrent re-suspension
+            // by the admin cannot be undone by an owner's resume.
+            let r = sqlx::query(
+                "UPDATE agents SET status = $1, updated_at = $2, suspended_by = $5 WHERE id = $3 AND status = $4 \
+                 AND NOT ($4 = 'suspended' AND $1 = 'active' AND coalesce($6::text, '') = 'owner' \
+                 AND coalesce(suspended_by, 'admin') = 'admin')",
+            )
+            .bind(to.as_str())
+            .bind(ts(*at)?)
+            .bind(id.to_string())
+            .bind(from.as_str())
+            .bind(kept)
+            .bind(level)
+                .execute(&mut *conn)
+                .await
+                .map_err(unavailable)?;
+            if r.rows_affected() == 0 {
+                return Err(StoreError::Conflict(format!("agent {id} is no longer {}", from.as_str())));
+            }
+            r
+        }
+        Mutation::InsertResource(r) => sqlx::query("INSERT INTO resources (id, identifier, name, scopes, jwks, created_at) VALUES ($1, $2, $3, $4, $5, $6)")
+            .bind(r.id.to_string())
+            .bind(&r.identifier)
+            .bind(&r.name)
+            .bind(json(&r.scopes)?)
+            .bind(r.jwks.as_ref().map(json).transpose()?)
+            .bind(ts(r.created_at)?)
+            .execute(&mut *conn)
+            .await
+            .map_err(|e| map_write_error(e, "resource"))?,
+        Mutation::PutPolicy(p) => sqlx::query("INSERT INTO policies (version, text, created_at) VALUES ($1, $2, $3)")
+            .bind(&p.version)
+            .bind(&p.text)
+            .bind(ts(p.created_at)?)
+            .execute(&mut *conn)
+            .await
+            .map_err(unavailable)?,
+        Mutation::InsertSession(r) => sqlx::query(
+            "INSERT INTO sessions (hash, user_id, csrf, created_at, expires_at, revoked_at) VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(&r.hash)
+        .bind(r.user.to_string())
+        .bind(&r.csrf)
+        .bind(ts(r.created_at)?)
+        .bind(ts(r.expires_at)?)
+        .bind(r.revoked_at.map(ts).transpose()?)
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| map_write_error(e, "session"))?,
+        Mutation::RevokeSession { hash, at } => {
+            sqlx::query("UPDATE sessions SET revoked_at = $1 WHERE hash = $2 AND revoked_at IS NULL")
+                .bind(ts(*at)?)
+                .bind(hash)
+                .execute(&mut *conn)
+                .await
+                .map_err(unavailable)?
+        }
+        other => return Err(misrouted(other)),
+    };
+    Ok(done.rows_affected())
+}
+
+pub(crate) fn user_row(r: &PgRow) -> Result<User, StoreError> {
+    User::try_from(UserRow {
+        id: get(r, "id")?,
+        name: get(r, "name")?,
+        email: get(r, "email")?,
+        groups: get(r, "groups")?,
+        attributes: get(r, "attributes")?,
+        status: get(r, "status")?,
+        password_hash: get(r, "password_hash")?,
+        created_at: get(r, "created_at")?,
+    })
+}
+
+pub(crate) fn agent_row(r: &PgRow) -> Result<Agent, StoreError> {
+    Agent::try_from(AgentRow {
+        id: get(r, "id")?,
+        name: get(r, "name")?,
+        owner: get(r, "owner")?,
+        kind: get(r, "kind")?,
+        parent: get(r, "parent")?,
+        status: get(r, "status")?,
+        expires_at: get(r, "expires_at")?,
+        description: get(r, "description")?,
+        scopes: get(r, "scopes")?,
+        jwks: get(r, "jwks")?,
+        redirect_uris: get(r, "redirect_uris")?,
+        secret_hash: get(r, "secret_hash")?,
+        created_at: get(r, "created_at")?,
+        suspended_by: get(r, "suspended_by")?,
+    })
+}
+
+pub(crate) fn user_token_row(r: &PgRow) -> Result<UserToken, StoreError> {
+    UserToken::try_from(UserTokenRow {
+        id: get(r, "id")?,
+        user_id: get(r, "user_id")?,
+        created_at: get(r, "created_at")?,
+        expires_at: get(r, "expires_at")?,
+        revoked_at: get(r, "revoked_at")?,
+    })
+}
+
+pub(crate) fn resource_row(r: &PgRow) -> Result<Resource, StoreError> {
+    Resource::try_from(ResourceRow {
+        id: get(r, "id")?,
+        identifier: get(r, "identifier")?,
+        name: get(r, "name")?,
+        scopes: get(r, "scopes")?,
+        jwks: get(r, "jwks")?,
+        created_at: get(r, "created_at")?,
+    })
+}

@@ -1,0 +1,250 @@
+//! Access tokens and their revocation trees, refresh families, status-list indexes and the replay store (client assertion and DPoP `jti`s).
+
+use mandate_core::store::{Mutation, StoreError};
+use mandate_model::records::{RefreshRecord, TokenRecord};
+use mandate_store_sql::{RefreshRow, TokenRow, json, ts};
+use sqlx::postgres::{PgConnection, PgRow};
+
+use crate::writer::{map_write_error, misrouted};
+use crate::{get, unavailable};
+
+/// Applies one mutation of this family. (Long by nature: one arm per
+/// mutation, each one statement; splitting the match would only hide it.)
+pub(crate) async fn apply(conn: &mut PgConnection, m: &Mutation) -> Result<u64, StoreError> {
+    let done = match m {
+        Mutation::RevokeTokensOfAgent { agent, at } => {
+            return revoke_tree(conn, "client_id = $2 AND expires_at > $1", *at, &agent.to_string()).await;
+        }
+        Mutation::RevokeTokensOfSubject { subject, at } => sqlx::query("UPDATE tokens SET revoked_at = $1 WHERE subject = $2 AND revoked_at IS NULL")
+            .bind(ts(*at)?)
+            .bind(subject)
+            .execute(&mut *conn)
+            .await
+            .map_err(unavailable)?,
+        Mutation::RevokeTokensOfOwnedAgents { owner, at } => {
+            return revoke_tree(
+                conn,
+                "expires_at > $1 AND client_id IN (SELECT id FROM agents WHERE owner = $2)",
+                *at,
+                &owner.to_string(),
+            )
+            .await;
+        }
+        Mutation::ConsumeAssertionJti { client, jti, expires_at } => {
+            let r = sqlx::query("INSERT INTO assertion_jtis (client_id, jti, expires_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
+                .bind(client.to_string())
+                .bind(jti)
+                .bind(ts(*expires_at)?)
+                .execute(&mut *conn)
+                .await
+                .map_err(unavailable)?;
+            if r.rows_affected() == 0 {
+                return Err(StoreError::Replay);
+            }
+            r
+        }
+        Mutation::ConsumeDpopJti { key, expires_at } => {
+            let r = sqlx::query("INSERT INTO dpop_jtis (key, expires_at) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+                .bind(key)
+                .bind(ts(*expires_at)?)
+                .execute(&mut *conn)
+                .await
+                .map_err(unavailable)?;
+            if r.rows_affected() == 0 {
+                return Err(StoreError::DpopReplay);
+            }
+            r
+        }
+        Mutation::ReserveStatusIndexes { count } => {
+            let count = i64::try_from(*count).map_err(|_| unavailable("status index overflow"))?;
+            let first: i64 =
+                sqlx::query_scalar("UPDATE status_counter SET next = next + $1 WHERE id = 1 RETURNING next - $1")
+                    .bind(count)
+                    .fetch_one(&mut *conn)
+                    .await
+                    .map_err(unavailable)?;
+            return u64::try_from(first).map_err(|_| unavailable("status index overflow"));
+        }
+        Mutation::InsertToken(t) => {
+            token_may_be_inserted(conn, t).await?;
+            sqlx::query(
+            "INSERT INTO tokens (jti, client_id, subject, audience, scopes, grant_id, parent, chain, issued_at, expires_at, cnf_jkt, revoked_at, family, status_idx) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+        )
+        .bind(t.jti.to_string())
+        .bind(t.client_id.to_string())
+        .bind(&t.subject)
+        .bind(&t.audience)
+        .bind(json(&t.scopes)?)
+        .bind(t.grant.map(|g| g.to_string()))
+        .bind(t.parent.map(|p| p.to_string()))
+        .bind(json(&t.chain)?)
+        .bind(ts(t.issued_at)?)
+        .bind(ts(t.expires_at)?)
+        .bind(&t.cnf_jkt)
+        .bind(t.revoked_at.map(ts).transpose()?)
+        .bind(&t.family)
+        .bind(t.status_idx.map(i64::try_from).transpose().map_err(|_| unavailable("status index overflow"))?)
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| map_write_error(e, "token"))?
+        }
+        Mutation::RevokeToken { jti, at } => return revoke_tree(conn, "jti = $2", *at, &jti.to_string()).await,
+        Mutation::RevokeTokensOfGrant { grant, at } => {
+            return revoke_tree(conn, "grant_id = $2 AND expires_at > $1", *at, &grant.to_string()).await;
+        }
+        Mutation::InsertRefresh(r) => sqlx::query(
+            "INSERT INTO refresh_tokens (hash, family, grant_id, client_id, scopes, issued_at, expires_at, used_at, revoked_at, cnf_jkt) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        )
+        .bind(&r.hash)
+        .bind(&r.family)
+        .bind(r.grant.to_string())
+        .bind(r.client_id.to_string())
+        .bind(json(&r.scopes)?)
+        .bind(ts(r.issued_at)?)
+        .bind(ts(r.expires_at)?)
+        .bind(r.used_at.map(ts).transpose()?)
+        .bind(r.revoked_at.map(ts).transpose()?)
+        .bind(&r.cnf_jkt)
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| map_write_error(e, "refresh token"))?,
+        Mutation::UseRefresh { hash, at } => {
+            let r = sqlx::query(
+                "UPDATE refresh_tokens SET used_at = $1 WHERE hash = $2 AND used_at IS NULL AND revoked_at IS NULL",
+            )
+            .bind(ts(*at)?)
+            .bind(hash)
+            .execute(&mut *conn)
+            .await
+            .map_err(unavailable)?;
+            if r.rows_affected() == 0 {
+                return Err(StoreError::Conflict("the refresh token was already used".into()));
+            }
+            r
+        }
+        Mutation::RevokeRefreshFamily { family, at } => sqlx::query("UPDATE refresh_tokens SET revoked_at = $1 WHERE family = $2 AND revoked_at IS NULL")
+            .bind(ts(*at)?)
+            .bind(family)
+            .execute(&mut *conn)
+            .await
+            .map_err(unavailable)?,
+        Mutation::RevokeTokensOfFamily { family, at } => {
+            return revoke_tree(conn, "family = $2 AND expires_at > $1", *at, family).await;
+        }
+        Mutation::PurgeExpiredJtis { before } => {
+            let mut n = 0;
+            for table in ["assertion_jtis", "dpop_jtis"] {
+                n += sqlx::query(&format!("DELETE FROM {table} WHERE expires_at < $1"))
+                    .bind(ts(*before)?)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(unavailable)?
+                    .rows_affected();
+            }
+            return Ok(n);
+        }
+        other => return Err(misrouted(other)),
+    };
+    Ok(done.rows_affected())
+}
+
+pub(crate) fn token_row(r: &PgRow) -> Result<TokenRecord, StoreError> {
+    TokenRecord::try_from(TokenRow {
+        jti: get(r, "jti")?,
+        client_id: get(r, "client_id")?,
+        subject: get(r, "subject")?,
+        audience: get(r, "audience")?,
+        scopes: get(r, "scopes")?,
+        grant_id: get(r, "grant_id")?,
+        parent: get(r, "parent")?,
+        chain: get(r, "chain")?,
+        issued_at: get(r, "issued_at")?,
+        expires_at: get(r, "expires_at")?,
+        cnf_jkt: get(r, "cnf_jkt")?,
+        status_idx: get(r, "status_idx")?,
+        family: get(r, "family")?,
+        revoked_at: get(r, "revoked_at")?,
+    })
+}
+
+pub(crate) fn refresh_row(r: &PgRow) -> Result<RefreshRecord, StoreError> {
+    RefreshRecord::try_from(RefreshRow {
+        hash: get(r, "hash")?,
+        family: get(r, "family")?,
+        grant_id: get(r, "grant_id")?,
+        client_id: get(r, "client_id")?,
+        scopes: get(r, "scopes")?,
+        issued_at: get(r, "issued_at")?,
+        expires_at: get(r, "expires_at")?,
+        used_at: get(r, "used_at")?,
+        revoked_at: get(r, "revoked_at")?,
+        cnf_jkt: get(r, "cnf_jkt")?,
+    })
+}
+
+/// Revokes the live tokens matching `roots` (SQL over `tokens` with the
+/// time as $1 and one text parameter as $2) and every token exchanged from
+/// them, transitively. Two statements on purpose: the first takes the row
+/// locks of the roots, waiting for any exchange that holds one (see
+/// [`token_may_be_inserted`]); the second starts after that, so under READ
+/// COMMITTED its snapshot includes the children such an exchange committed.
+pub(crate) async fn revoke_tree(
+    conn: &mut PgConnection,
+    roots: &str,
+    at: time::OffsetDateTime,
+    param: &str,
+) -> Result<u64, StoreError> {
+    let direct = sqlx::query(&format!("UPDATE tokens SET revoked_at = $1 WHERE revoked_at IS NULL AND {roots}"))
+        .bind(ts(at)?)
+        .bind(param)
+        .execute(&mut *conn)
+        .await
+        .map_err(unavailable)?
+        .rows_affected();
+    let below = sqlx::query(&format!(
+        "WITH RECURSIVE tree(jti) AS (SELECT jti FROM tokens WHERE parent IN (SELECT jti FROM tokens WHERE {roots}) \
+         UNION SELECT t.jti FROM tokens t JOIN tree ON t.parent = tree.jti) \
+         UPDATE tokens SET revoked_at = $1 WHERE revoked_at IS NULL AND jti IN (SELECT jti FROM tree)"
+    ))
+    .bind(ts(at)?)
+    .bind(param)
+    .execute(&mut *conn)
+    .await
+    .map_err(unavailable)?
+    .rows_affected();
+    Ok(direct + below)
+}
+
+/// A delegated token goes in only under a live parent and an active grant,
+/// read `FOR SHARE`: a revocation that updated either row first makes this
+/// wait and then see it revoked; one that comes later waits for this
+/// transaction and then sees the new token (see [`revoke_tree`]).
+pub(crate) async fn token_may_be_inserted(conn: &mut PgConnection, t: &TokenRecord) -> Result<(), StoreError> {
+    if let Some(parent) = t.parent {
+        let live: Option<bool> =
+            sqlx::query_scalar("SELECT revoked_at IS NULL AND expires_at > $2 FROM tokens WHERE jti = $1 FOR SHARE")
+                .bind(parent.to_string())
+                .bind(ts(t.issued_at)?)
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(unavailable)?;
+        if live != Some(true) {
+            return Err(StoreError::Conflict(format!("parent token {parent} is revoked or unknown")));
+        }
+    }
+    if let Some(grant) = t.grant {
+        let active: Option<bool> =
+            sqlx::query_scalar("SELECT status = 'active' AND expires_at > $2 FROM grants WHERE id = $1 FOR SHARE")
+                .bind(grant.to_string())
+                .bind(ts(t.issued_at)?)
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(unavailable)?;
+        if active != Some(true) {
+            return Err(StoreError::Conflict(format!("grant {grant} is not active")));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,281 @@
+//! The writer tasks: each takes every change waiting and applies the lot
+//! in one transaction (group commit); a change that fails after writing is
+//! undone alone by replaying the batch with a savepoint per change. Audit
+//! events are sealed at the end of a batch, under the chain's head lock.
+
+use mandate_audit::Event;
+use mandate_core::store::{Applied, Change, Handle, Mutation, Receipt, StoreError};
+use sqlx::postgres::{PgConnection, PgPool};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::audit::{Head, append, insert_events};
+use crate::unavailable;
+
+/// Most changes folded into one transaction.
+pub(crate) const MAX_BATCH: usize = 256;
+
+/// Writer tasks per node. Each applies its batch's changes on its own
+/// connection; they take turns only for the short tail that seals the
+/// batch's events under the chain's head lock and commits.
+pub(crate) const WRITERS: usize = 2;
+
+pub(crate) struct Job {
+    pub(crate) change: Change,
+    pub(crate) reply: oneshot::Sender<Result<Receipt, StoreError>>,
+}
+
+pub(crate) fn map_write_error(e: sqlx::Error, what: &str) -> StoreError {
+    match &e {
+        sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict(format!("{what} already exists")),
+        sqlx::Error::Database(db) if db.is_foreign_key_violation() => {
+            StoreError::Conflict(format!("{what} refers to a missing record"))
+        }
+        _ => unavailable(e),
+    }
+}
+
+/// Takes every waiting change and commits the lot in one transaction.
+pub(crate) async fn write_loop(pool: PgPool, jobs: std::sync::Arc<tokio::sync::Mutex<mpsc::Receiver<Job>>>) {
+    let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
+    loop {
+        {
+            let mut jobs = jobs.lock().await;
+            let Some(first) = jobs.recv().await else { return };
+            batch.push(first);
+            while batch.len() < MAX_BATCH {
+                match jobs.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
+            }
+        }
+        let results = apply_batch(&pool, &batch).await;
+        for (job, result) in batch.drain(..).zip(results) {
+            let _ = job.reply.send(result);
+        }
+    }
+}
+
+pub(crate) type Outcome = Result<Receipt, StoreError>;
+
+pub(crate) struct NeedSavepoints;
+
+/// Applies a batch without savepoints first; an SQL error aborts a
+/// PostgreSQL transaction, and a change that fails after writing must be
+/// undone alone, so either replays the batch with a savepoint per change.
+pub(crate) async fn apply_batch(pool: &PgPool, batch: &[Job]) -> Vec<Outcome> {
+    let failed = |e: &dyn std::fmt::Display| batch.iter().map(|_| Err(unavailable(e))).collect();
+    let mut conn = match pool.acquire().await {
+        Ok(c) => c,
+        Err(e) => return failed(&e),
+    };
+    match apply_in_transaction(&mut conn, batch, false).await {
+        Ok(results) => results,
+        Err(NeedSavepoints) => match apply_in_transaction(&mut conn, batch, true).await {
+            Ok(results) => results,
+            Err(NeedSavepoints) => failed(&"batch could not be applied"),
+        },
+    }
+}
+
+pub(crate) async fn exec(conn: &mut PgConnection, sql: &str) -> Result<(), StoreError> {
+    sqlx::query(sql).execute(&mut *conn).await.map(|_| ()).map_err(unavailable)
+}
+
+/// One pass over the batch, with or without a savepoint per change. (Its
+/// length is the two modes side by side; the sealing tail of the
+/// savepoint-free mode is [`seal_deferred`].)
+pub(crate) async fn apply_in_transaction(
+    conn: &mut PgConnection,
+    batch: &[Job],
+    savepoints: bool,
+) -> Result<Vec<Outcome>, NeedSavepoints> {
+    let all_fail = |e: StoreError| Ok(batch.iter().map(|_| Err(e.clone())).collect());
+    // READ COMMITTED whatever the server's default: `seq` order is commit
+    // order because the head row is locked, not because of snapshots. A
+    // lock that cannot be had in 5 s fails the batch closed.
+    if let Err(e) = exec(conn, "BEGIN ISOLATION LEVEL READ COMMITTED").await {
+        return all_fail(e);
+    }
+    if let Err(e) = exec(conn, "SET LOCAL lock_timeout = '5s'").await {
+        let _ = exec(conn, "ROLLBACK").await;
+        return all_fail(e);
+    }
+    let mut head: Option<Head> = None;
+    let mut events: Vec<Event> = Vec::new();
+    // Without savepoints, events are sealed only once the batch's changes
+    // are applied, so the head lock is held just for the tail.
+    // (record, what the change had applied before it, the change's index,
+    // the record's handle): the event's seq is its "affected" value.
+    let mut deferred: Deferred<'_> = Vec::new();
+    let mut results: Vec<Result<Applied, StoreError>> = Vec::with_capacity(batch.len());
+    for (job_index, job) in batch.iter().enumerate() {
+        if savepoints && let Err(e) = exec(conn, "SAVEPOINT change").await {
+            let _ = exec(conn, "ROLLBACK").await;
+            return all_fail(e);
+        }
+        let (head_before, events_before, deferred_before) = (head.clone(), events.len(), deferred.len());
+        let mut applied = Applied::for_change(&job.change);
+        let mut outcome = Ok(());
+        for (i, (h, m)) in job.change.iter().enumerate() {
+            let done = match m {
+                Mutation::AppendAudit(record) if !savepoints => {
+                    deferred.push((record.as_ref(), applied.clone(), job_index, h));
+                    Ok(0)
+                }
+                Mutation::AppendAudit(record) => append(conn, &mut head, record, &applied).await.map(|e| {
+                    let seq = e.seq;
+                    events.push(e);
+                    seq
+                }),
+                other => apply(conn, other).await,
+            };
+            match done.and_then(|n| applied.set(h, n)) {
+                Ok(()) => {}
+                Err(e) => {
+                    // Only a replay refused by ON CONFLICT DO NOTHING, as the
+                    // change's first write, leaves the transaction usable
+                    // with nothing of the change written.
+                    let harmless = i == 0 && e == StoreError::Replay;
+                    if !savepoints && !harmless {
+                        let _ = exec(conn, "ROLLBACK").await;
+                        return Err(NeedSavepoints);
+                    }
+                    outcome = Err(e);
+                    break;
+                }
+            }
+        }
+        // With savepoints, a change's events go in with the change, so that
+        // a failed insert undoes that change alone.
+        if savepoints
+            && outcome.is_ok()
+            && let (Some(h), Some(mine)) = (&head, events.get(events_before..))
+            && !mine.is_empty()
+            && let Err(e) = insert_events(conn, mine, h).await
+        {
+            outcome = Err(e);
+        }
+        if savepoints {
+            // A rolled-back savepoint is released too, so that subtransactions
+            // do not pile up over a long batch.
+            let undo = if outcome.is_err() { exec(conn, "ROLLBACK TO SAVEPOINT change").await } else { Ok(()) };
+            if let Err(e) = undo.and(exec(conn, "RELEASE SAVEPOINT change").await) {
+                let _ = exec(conn, "ROLLBACK").await;
+                return all_fail(e);
+            }
+        }
+        if outcome.is_err() {
+            head = head_before;
+            events.truncate(events_before);
+            deferred.truncate(deferred_before);
+        }
+        results.push(outcome.map(|()| applied));
+    }
+    // Without savepoints, the batch's events are sealed now, under the head
+    // lock, and go in with one statement; if that fails, the batch is
+    // replayed change by change.
+    if !savepoints
+        && !deferred.is_empty()
+        && seal_deferred(conn, &mut head, &mut events, &deferred, &mut results).await.is_err()
+    {
+        let _ = exec(conn, "ROLLBACK").await;
+        return Err(NeedSavepoints);
+    }
+    match exec(conn, "COMMIT").await {
+        Ok(()) => Ok(results.into_iter().map(|r| r.and_then(Applied::into_receipt)).collect()),
+        Err(e) => {
+            let _ = exec(conn, "ROLLBACK").await;
+            all_fail(e)
+        }
+    }
+}
+
+/// What the changes of a batch without savepoints still owe: each audit
+/// record, with what its change had applied before it, the change's index
+/// in the batch and the record's handle.
+type Deferred<'a> = Vec<(&'a mandate_core::AuditRecord, Applied, usize, Handle)>;
+
+/// Seals the deferred events after the chain's head (locking it), gives
+/// each its `seq` in its change's results, and inserts them with one
+/// statement.
+async fn seal_deferred(
+    conn: &mut PgConnection,
+    head: &mut Option<Head>,
+    events: &mut Vec<Event>,
+    deferred: &Deferred<'_>,
+    results: &mut [Result<Applied, StoreError>],
+) -> Result<(), StoreError> {
+    for (record, before, job_index, h) in deferred {
+        let e = append(conn, head, record, before).await?;
+        if let Some(Ok(applied)) = results.get_mut(*job_index) {
+            applied.set(*h, e.seq)?;
+        }
+        events.push(e);
+    }
+    match head {
+        Some(h) => insert_events(conn, events, h).await,
+        None => Err(StoreError::Unavailable("no chain head".into())),
+    }
+}
+
+/// Applies one mutation other than an audit append (the batch seals and
+/// inserts those under the chain's head); each family of records keeps its
+/// SQL in its own module.
+pub(crate) async fn apply(conn: &mut PgConnection, m: &Mutation) -> Result<u64, StoreError> {
+    let n = match m {
+        Mutation::PutSettingIfAbsent { .. }
+        | Mutation::InsertUser(..)
+        | Mutation::UpdateUser(..)
+        | Mutation::InsertUserToken { .. }
+        | Mutation::RevokeUserToken { .. }
+        | Mutation::InsertAgent(..)
+        | Mutation::SetAgentStatus { .. }
+        | Mutation::InsertResource(..)
+        | Mutation::PutPolicy(..)
+        | Mutation::InsertSession(..)
+        | Mutation::RevokeSession { .. } => crate::identity::apply(conn, m).await?,
+        Mutation::InsertSigningKey(..) | Mutation::RetireSigningKeys { .. } => crate::keys::apply(conn, m).await?,
+        Mutation::RevokeTokensOfAgent { .. }
+        | Mutation::RevokeTokensOfSubject { .. }
+        | Mutation::RevokeTokensOfOwnedAgents { .. }
+        | Mutation::ConsumeAssertionJti { .. }
+        | Mutation::ConsumeDpopJti { .. }
+        | Mutation::ReserveStatusIndexes { .. }
+        | Mutation::InsertToken(..)
+        | Mutation::RevokeToken { .. }
+        | Mutation::RevokeTokensOfGrant { .. }
+        | Mutation::InsertRefresh(..)
+        | Mutation::UseRefresh { .. }
+        | Mutation::RevokeRefreshFamily { .. }
+        | Mutation::RevokeTokensOfFamily { .. }
+        | Mutation::PurgeExpiredJtis { .. } => crate::tokens::apply(conn, m).await?,
+        Mutation::InsertGrant(..)
+        | Mutation::RevokeGrant { .. }
+        | Mutation::RevokeGrantsOfUser { .. }
+        | Mutation::RevokeGrantsOfAgent { .. }
+        | Mutation::TouchGrant { .. }
+        | Mutation::InsertAuthCode(..)
+        | Mutation::UseAuthCode { .. } => crate::grants::apply(conn, m).await?,
+        Mutation::InsertApproval(..)
+        | Mutation::DecideApproval { .. }
+        | Mutation::ConsumeApproval { .. }
+        | Mutation::PollApproval { .. } => crate::approvals::apply(conn, m).await?,
+        Mutation::InsertCheckpoint(..) => crate::audit::apply(conn, m).await?,
+        Mutation::AppendAudit(_) => {
+            return Err(StoreError::Unavailable("audit events are appended by the writer".into()));
+        }
+    };
+    // In the same transaction: a node that reads the new epoch reads this
+    // change too.
+    if m.invalidates() {
+        sqlx::query("UPDATE epoch SET n = n + 1 WHERE id = 1").execute(&mut *conn).await.map_err(unavailable)?;
+    }
+    Ok(n)
+}
+
+/// A mutation handed to a family it does not belong to: never happens, as
+/// [`apply`] routes every variant, but it fails the change rather than panic.
+pub(crate) fn misrouted(m: &Mutation) -> StoreError {
+    StoreError::Unavailable(format!("no family applies {m:?}"))
+}

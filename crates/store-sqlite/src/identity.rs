@@ -1,0 +1,202 @@
+//! Settings, people (users, their API tokens and sign-in sessions), agents, resources and the policy set.
+
+use mandate_core::store::{Mutation, StoreError, StoredPolicy};
+use mandate_model::records::{Agent, Resource, User, UserToken};
+use mandate_store_sql::{
+    self as codec, AgentRow, ResourceRow, UserRow, UserTokenRow, agent_kind, json, ts, user_status,
+};
+use rusqlite::{Connection, Row, params};
+
+use crate::readers::Mapped;
+use crate::writer::exec;
+
+/// Applies one mutation of this family. (Long by nature: one arm per
+/// mutation, each one statement; splitting the match would only hide it.)
+pub(crate) fn apply(conn: &Connection, m: &Mutation) -> Result<u64, StoreError> {
+    match m {
+        Mutation::PutSettingIfAbsent { key, value } => exec(
+            conn,
+            "INSERT INTO settings (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO NOTHING",
+            params![key, value],
+            "setting",
+        ),
+        Mutation::InsertUser(u) => exec(
+            conn,
+            "INSERT INTO users (id, name, email, groups, attributes, status, password_hash, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![
+                u.id.to_string(),
+                u.name,
+                u.email,
+                json(&u.groups)?,
+                json(&u.attributes)?,
+                user_status(u.status),
+                u.password_hash,
+                ts(u.created_at)?
+            ],
+            "user",
+        ),
+        Mutation::UpdateUser(u) => {
+            let n = exec(
+                conn,
+                "UPDATE users SET groups = ?1, attributes = ?2, status = ?3 WHERE id = ?4",
+                params![json(&u.groups)?, json(&u.attributes)?, user_status(u.status), u.id.to_string()],
+                "user",
+            )?;
+            if n == 0 {
+                return Err(StoreError::NotFound(format!("user {}", u.id)));
+            }
+            Ok(n)
+        }
+        Mutation::InsertUserToken { token, hash } => exec(
+            conn,
+            "INSERT INTO user_tokens (hash, id, user_id, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![hash, token.id.to_string(), token.user.to_string(), ts(token.created_at)?, ts(token.expires_at)?],
+            "user token",
+        ),
+        Mutation::RevokeUserToken { id, user, at } => exec(
+            conn,
+            "UPDATE user_tokens SET revoked_at = ?1 WHERE id = ?2 AND user_id = ?3 AND revoked_at IS NULL",
+            params![ts(*at)?, id.to_string(), user.to_string()],
+            "user token",
+        ),
+        Mutation::InsertAgent(a) => exec(
+            conn,
+            "INSERT INTO agents (id, name, owner, kind, parent, status, expires_at, description, scopes, jwks, redirect_uris, secret_hash, created_at, updated_at, suspended_by) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?13, ?14)",
+            params![
+                a.id.to_string(),
+                a.name,
+                a.owner.to_string(),
+                agent_kind(a.kind),
+                a.parent.map(|p| p.to_string()),
+                a.status.as_str(),
+                a.expires_at.map(ts).transpose()?,
+                a.description,
+                a.scopes.as_ref().map(json).transpose()?,
+                a.jwks.as_ref().map(json).transpose()?,
+                json(&a.redirect_uris)?,
+                a.secret_hash,
+                ts(a.created_at)?,
+                a.suspended_by.map(|b| b.as_str()),
+            ],
+            "agent",
+        ),
+        Mutation::SetAgentStatus { id, from, to, at, by } => {
+            let level = by.map(|b| b.as_str());
+            let kept = if *to == mandate_model::records::AgentStatus::Suspended { level } else { None };
+            // Resuming needs the level that suspended, or a higher one:
+            // checked in the same statement, so a concurrent re-suspension
+            // by the admin cannot be undone by an owner's resume.
+            let n = exec(
+                conn,
+                "UPDATE agents SET status = ?1, updated_at = ?2, suspended_by = ?5 WHERE id = ?3 AND status = ?4 \
+                 AND NOT (?4 = 'suspended' AND ?1 = 'active' AND coalesce(?6, '') = 'owner' AND coalesce(suspended_by, 'admin') = 'admin')",
+                params![to.as_str(), ts(*at)?, id.to_string(), from.as_str(), kept, level],
+                "agent",
+            )?;
+            if n == 0 {
+                return Err(StoreError::Conflict(format!("agent {id} is no longer {}", from.as_str())));
+            }
+            Ok(n)
+        }
+        Mutation::InsertResource(r) => exec(
+            conn,
+            "INSERT INTO resources (id, identifier, name, scopes, jwks, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                r.id.to_string(),
+                r.identifier,
+                r.name,
+                json(&r.scopes)?,
+                r.jwks.as_ref().map(json).transpose()?,
+                ts(r.created_at)?
+            ],
+            "resource",
+        ),
+        Mutation::PutPolicy(p) => exec(
+            conn,
+            "INSERT INTO policies (version, text, created_at) VALUES (?1, ?2, ?3)",
+            params![p.version, p.text, ts(p.created_at)?],
+            "policy",
+        ),
+        Mutation::InsertSession(r) => exec(
+            conn,
+            "INSERT INTO sessions (hash, user_id, csrf, created_at, expires_at, revoked_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                r.hash,
+                r.user.to_string(),
+                r.csrf,
+                ts(r.created_at)?,
+                ts(r.expires_at)?,
+                r.revoked_at.map(ts).transpose()?
+            ],
+            "session",
+        ),
+        Mutation::RevokeSession { hash, at } => exec(
+            conn,
+            "UPDATE sessions SET revoked_at = ?1 WHERE hash = ?2 AND revoked_at IS NULL",
+            params![ts(*at)?, hash],
+            "session",
+        ),
+        other => Err(crate::writer::misrouted(other)),
+    }
+}
+
+pub(crate) fn user_row(r: &Row<'_>) -> Mapped<User> {
+    Ok(User::try_from(UserRow {
+        id: r.get("id")?,
+        name: r.get("name")?,
+        email: r.get("email")?,
+        groups: r.get("groups")?,
+        attributes: r.get("attributes")?,
+        status: r.get("status")?,
+        password_hash: r.get("password_hash")?,
+        created_at: r.get("created_at")?,
+    }))
+}
+
+pub(crate) fn agent_row(r: &Row<'_>) -> Mapped<Agent> {
+    Ok(Agent::try_from(AgentRow {
+        id: r.get("id")?,
+        name: r.get("name")?,
+        owner: r.get("owner")?,
+        kind: r.get("kind")?,
+        parent: r.get("parent")?,
+        status: r.get("status")?,
+        expires_at: r.get("expires_at")?,
+        description: r.get("description")?,
+        scopes: r.get("scopes")?,
+        jwks: r.get("jwks")?,
+        redirect_uris: r.get("redirect_uris")?,
+        secret_hash: r.get("secret_hash")?,
+        created_at: r.get("created_at")?,
+        suspended_by: r.get("suspended_by")?,
+    }))
+}
+
+pub(crate) fn user_token_row(r: &Row<'_>) -> Mapped<UserToken> {
+    Ok(UserToken::try_from(UserTokenRow {
+        id: r.get("id")?,
+        user_id: r.get("user_id")?,
+        created_at: r.get("created_at")?,
+        expires_at: r.get("expires_at")?,
+        revoked_at: r.get("revoked_at")?,
+    }))
+}
+
+pub(crate) fn resource_row(r: &Row<'_>) -> Mapped<Resource> {
+    Ok(Resource::try_from(ResourceRow {
+        id: r.get("id")?,
+        identifier: r.get("identifier")?,
+        name: r.get("name")?,
+        scopes: r.get("scopes")?,
+        jwks: r.get("jwks")?,
+        created_at: r.get("created_at")?,
+    }))
+}
+
+pub(crate) fn policy_row(r: &Row<'_>) -> Mapped<StoredPolicy> {
+    let version: String = r.get("version")?;
+    let text: String = r.get("text")?;
+    let created: i64 = r.get("created_at")?;
+    Ok(codec::from_ts(created).map(|created_at| StoredPolicy { version, text, created_at }))
+}
