@@ -1,0 +1,267 @@
+//! OpenID CIBA in poll mode: an agent asks a person for a grant; policy decides at once, self-authorises, or waits for the person it names.
+
+use mandate_audit::Event;
+use mandate_model::records::{
+    Agent, Approval, ApprovalStatus, ApprovalSubject, Grant, GrantStatus, Resource, User, UserStatus,
+};
+use mandate_model::{ApprovalId, GrantId, ScopeSet, UserId};
+use mandate_policy::Approver;
+use time::Duration;
+
+use super::{Params, one_resource, parse_scopes};
+use crate::Error;
+use crate::audit::{ALLOW, AuditRecord, DENY, kind, reason};
+use crate::oauth::Refusal;
+use crate::oauth::{IssuedToken, bounded_input};
+use crate::ports::new_ulid;
+use crate::service::{AuthenticatedClient, Mandate};
+use crate::store::{Change, Mutation};
+
+/// The answer to `POST /oauth/bc-authorize`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BcAuthorized {
+    pub auth_req_id: String,
+    pub expires_in: i64,
+    pub interval: i64,
+}
+
+impl Mandate {
+    /// `POST /oauth/bc-authorize`: an agent asks a user for a grant. Policy
+    /// decides at once: a denial is `access_denied`; an allow without
+    /// `@approval` self-authorises (a grant with `approved_by: policy`);
+    /// otherwise an approval request waits for the person policy names.
+    pub async fn bc_authorize(
+        &self,
+        credentials: &crate::ClientCredentials,
+        params: &Params,
+    ) -> Result<BcAuthorized, Error> {
+        let client = self.authenticate(credentials).await?;
+        match self.try_bc_authorize(&client, params).await {
+            Ok((change, answer)) => {
+                self.commit_client(&client, change).await?;
+                Ok(answer)
+            }
+            Err(e) => {
+                let mut event = self.client_event(kind::APPROVAL_REQUESTED, &client);
+                event.decision = Some(DENY.into());
+                event.resource = params.get("resource").map(bounded_input);
+                event.scope = params.get("scope").map(bounded_input);
+                event.reason = Some(reason(&e));
+                self.commit_or_replay(&client, Change::new(), event, &[]).await?;
+                Err(e)
+            }
+        }
+    }
+
+    pub(crate) async fn try_bc_authorize(
+        &self,
+        client: &AuthenticatedClient,
+        params: &Params,
+    ) -> Result<(Change, BcAuthorized), Error> {
+        let agent = Self::agent_of(client, "CIBA")?;
+        params.only(&["scope", "resource", "login_hint", "binding_message", "requested_expiry"])?;
+        let resource = one_resource(&params.all("resource"))?;
+        let scopes = parse_scopes(params.get("scope"))?;
+        let hint = params.require("login_hint")?;
+        let binding_message = params
+            .get("binding_message")
+            .map(|m| mandate_model::name::validate_text("binding_message", m, 256))
+            .transpose()?;
+        let wait = match params.get("requested_expiry") {
+            None => self.config.approval_ttl,
+            Some(v) => match v.parse::<i64>() {
+                Ok(n) if n >= 1 && n <= self.config.max_approval_ttl => n,
+                _ => {
+                    return Err(Error::InvalidRequest(format!(
+                        "requested_expiry must be 1 to {} seconds",
+                        self.config.max_approval_ttl
+                    )));
+                }
+            },
+        };
+        let user = if hint.starts_with(UserId::PREFIX) {
+            match hint.parse::<UserId>() {
+                Ok(id) => self.store.user(id).await?,
+                Err(_) => None,
+            }
+        } else {
+            match mandate_model::name::validate_email(hint) {
+                Ok(email) => self.store.user_by_email(&email).await?,
+                Err(_) => None,
+            }
+        }
+        .ok_or_else(|| Error::UnknownUser("login_hint names no user".into()))?;
+        if user.status != UserStatus::Active {
+            return Err(Error::AccessDenied("the user is disabled".into()));
+        }
+        let res = self.resource_by_identifier(&resource).await?;
+        if let Some(s) = scopes.iter().find(|s| res.actions_of(s).is_none()) {
+            return Err(Error::InvalidScope(format!("scope {s} is not offered by {}", res.identifier)));
+        }
+        let approver =
+            self.authorize_scopes(Some(&user), &[agent], &res, &scopes).await?.map_err(Error::AccessDenied)?;
+        let now = self.clock.now();
+        let id = ApprovalId::from_ulid(new_ulid(self.clock.as_ref(), self.rng.as_ref())?);
+        let mut approval = Approval {
+            id,
+            agent: agent.id,
+            user: user.id,
+            approver: match approver {
+                Some(Approver::Owner) => agent.owner,
+                _ => user.id,
+            },
+            resource: res.identifier.clone(),
+            subject: ApprovalSubject::Grant { scopes: scopes.clone(), requested_expiry: wait },
+            binding_message: binding_message.clone(),
+            status: ApprovalStatus::Pending,
+            decided_by: None,
+            created_at: now,
+            expires_at: now + Duration::seconds(wait),
+            decided_at: None,
+            grant: None,
+            polled_at: None,
+        };
+        let mut change = Change::new();
+        let mut event = self.client_event(kind::APPROVAL_REQUESTED, client);
+        event.decision = Some(ALLOW.into());
+        event.subject = Some(user.id.to_string());
+        event.chain = vec![user.id.to_string(), agent.id.to_string()];
+        event.resource = Some(res.identifier.clone());
+        event.scope = Some(scopes.to_claim());
+        match approver {
+            None => {
+                let grant = self.new_grant(&user, agent, &res, &scopes, binding_message, "policy")?;
+                approval.status = ApprovalStatus::Approved;
+                approval.decided_by = Some("policy".into());
+                approval.decided_at = Some(now);
+                approval.grant = Some(grant.id);
+                event.grant_id = Some(grant.id.to_string());
+                event.reason = Some(format!("{id}: self-authorised by policy"));
+                let mut created = self.client_event(kind::GRANT_CREATED, client);
+                created.decision = Some(ALLOW.into());
+                created.subject = event.subject.clone();
+                created.chain = event.chain.clone();
+                created.resource = event.resource.clone();
+                created.scope = event.scope.clone();
+                created.grant_id = Some(grant.id.to_string());
+                created.reason = Some("approved_by policy".into());
+                change.push(Mutation::InsertGrant(grant));
+                change.push(Mutation::InsertApproval(approval));
+                change.push(AuditRecord::new(event).mutation());
+                change.push(AuditRecord::new(created).mutation());
+            }
+            Some(who) => {
+                // One agent cannot flood a person's inbox, nor everyone's
+                // (SECURITY row 45). Counted at the request: concurrent ones
+                // may pass the cap by as many as arrive together.
+                let waiting = |n: u64, max: u64, whom: &str| {
+                    (n >= max).then(|| Error::RateLimited {
+                        why: format!(
+                            "the agent has {n} requests waiting for {whom} (at most {max}); wait for a decision"
+                        ),
+                        retry_after: u64::try_from(self.config.ciba_interval).unwrap_or(5).max(1),
+                    })
+                };
+                let all = self.store.pending_requests(agent.id, None, now).await?;
+                if let Some(e) = waiting(all, self.config.max_pending_per_agent, "people") {
+                    return Err(e);
+                }
+                let theirs = self.store.pending_requests(agent.id, Some(user.id), now).await?;
+                if let Some(e) = waiting(theirs, self.config.max_pending_per_agent_user, "this person") {
+                    return Err(e);
+                }
+                event.reason = Some(format!("{id}: waits for the {} ({})", who.as_str(), approval.approver));
+                change.push(Mutation::InsertApproval(approval));
+                change.push(AuditRecord::new(event).mutation());
+            }
+        }
+        Ok((
+            change,
+            BcAuthorized { auth_req_id: id.to_string(), expires_in: wait, interval: self.config.ciba_interval },
+        ))
+    }
+
+    pub(crate) fn new_grant(
+        &self,
+        user: &User,
+        agent: &Agent,
+        res: &Resource,
+        scopes: &ScopeSet,
+        purpose: Option<String>,
+        approved_by: &str,
+    ) -> Result<Grant, Error> {
+        let now = self.clock.now();
+        let mut expires_at = now + Duration::seconds(self.config.grant_ttl);
+        if let Some(e) = agent.expires_at {
+            expires_at = expires_at.min(e);
+        }
+        Ok(Grant {
+            id: GrantId::from_ulid(new_ulid(self.clock.as_ref(), self.rng.as_ref())?),
+            user: user.id,
+            agent: agent.id,
+            resource: res.identifier.clone(),
+            scopes: scopes.clone(),
+            purpose,
+            approved_by: approved_by.to_owned(),
+            status: GrantStatus::Active,
+            created_at: now,
+            expires_at,
+            revoked_at: None,
+            last_used_at: None,
+        })
+    }
+
+    /// The CIBA grant at the token endpoint: the agent polls with its
+    /// `auth_req_id`. Returns the change to commit (or, for a refusal that
+    /// changes state, the change and the error).
+    pub(crate) async fn ciba_token(
+        &self,
+        client: &AuthenticatedClient,
+        params: &Params,
+        jkt: Option<&str>,
+    ) -> Result<(Change, Event, IssuedToken), Refusal> {
+        let refuse = Refusal::new;
+        let agent = Self::agent_of(client, "CIBA").map_err(refuse)?;
+        params.only(&["auth_req_id"]).map_err(refuse)?;
+        let raw = params.require("auth_req_id").map_err(refuse)?;
+        let unknown = || refuse(Error::InvalidGrant("unknown auth_req_id".into()));
+        let id = raw.parse::<ApprovalId>().map_err(|_| unknown())?;
+        let approval = self.store.approval(id).await.map_err(|e| refuse(e.into()))?.ok_or_else(unknown)?;
+        if approval.agent != agent.id || !matches!(approval.subject, ApprovalSubject::Grant { .. }) {
+            return Err(unknown());
+        }
+        let now = self.clock.now();
+        match approval.status {
+            ApprovalStatus::Denied => return Err(refuse(Error::AccessDenied("the user denied the request".into()))),
+            ApprovalStatus::Consumed => {
+                return Err(refuse(Error::InvalidGrant("the auth_req_id was already used".into())));
+            }
+            _ if now >= approval.expires_at => {
+                return Err(refuse(Error::ExpiredToken("the auth_req_id has expired".into())));
+            }
+            ApprovalStatus::Pending => {
+                let too_soon =
+                    approval.polled_at.is_some_and(|p| now < p + Duration::seconds(self.config.ciba_interval));
+                let poll = Change::new().with(Mutation::PollApproval { id, at: now });
+                return Err(Refusal {
+                    change: poll,
+                    counted: Vec::new(),
+                    error: if too_soon { Error::SlowDown } else { Error::AuthorizationPending },
+                });
+            }
+            ApprovalStatus::Approved => {}
+        }
+        let grant_id =
+            approval.grant.ok_or_else(|| refuse(Error::InvalidGrant("the approval holds no grant".into())))?;
+        let grant = self
+            .store
+            .grant(grant_id)
+            .await
+            .map_err(|e| refuse(e.into()))?
+            .filter(|g| g.is_live(now))
+            .ok_or_else(|| refuse(Error::InvalidGrant("the grant is revoked or expired".into())))?;
+        let (mut change, event, issued) = self.first_tokens(agent, &grant, jkt).await.map_err(refuse)?;
+        change.prepend(Mutation::ConsumeApproval { id, at: now });
+        Ok((change, event, issued))
+    }
+}

@@ -1,0 +1,69 @@
+//! Grants: listing them and revoking one with every token issued under it.
+
+use mandate_model::records::{Grant, GrantStatus};
+use mandate_model::{AgentId, GrantId, UserId};
+
+use crate::Error;
+use crate::audit::{AuditRecord, kind};
+use crate::service::{Caller, Mandate};
+use crate::store::{Change, GrantQuery, Mutation};
+
+impl Mandate {
+    /// `GET /v1/grants`: the admin sees every grant; a user sees the grants
+    /// they gave and those given to agents they own.
+    pub async fn list_grants(
+        &self,
+        caller: Caller,
+        user: Option<UserId>,
+        agent: Option<AgentId>,
+        limit: u32,
+    ) -> Result<Vec<Grant>, Error> {
+        if limit == 0 || limit > crate::audit::MAX_QUERY_LIMIT {
+            return Err(Error::BadInput(format!("limit must be 1 to {}", crate::audit::MAX_QUERY_LIMIT)));
+        }
+        let mut q = GrantQuery { user, agent, user_or_owner: None, limit };
+        if let Caller::User(me) = caller {
+            q.user_or_owner = Some(me);
+        }
+        Ok(self.store.grants(&q).await?)
+    }
+
+    /// `POST /v1/grants/{id}/revoke`, by the admin, the user who gave it or
+    /// the agent's owner. Every token under it dies, exchanged ones too.
+    /// Returns the grant and how many tokens were revoked.
+    pub async fn revoke_grant(&self, caller: Caller, id: GrantId) -> Result<(Grant, u64), Error> {
+        let mut grant = self.store.grant(id).await?.ok_or_else(|| Error::NotFound(format!("grant {id}")))?;
+        if let Caller::User(me) = caller
+            && me != grant.user
+        {
+            let owner = self.store.agent(grant.agent).await?.map(|a| a.owner);
+            if owner != Some(me) {
+                self.record_admin_refusal(kind::ADMIN_DENIED, Some(caller), "not this user's grant").await?;
+                return Err(Error::Forbidden(
+                    "only the user who gave a grant or the agent's owner may revoke it".into(),
+                ));
+            }
+        }
+        if grant.status == GrantStatus::Revoked {
+            return Err(Error::Conflict(format!("grant {id} is already revoked")));
+        }
+        let now = self.clock.now();
+        let mut event = self.admin_event(kind::GRANT_REVOKED, caller);
+        event.subject = Some(grant.user.to_string());
+        event.grant_id = Some(id.to_string());
+        event.resource = Some(grant.resource.clone());
+        event.chain = vec![grant.user.to_string(), grant.agent.to_string()];
+        event.reason = Some("revoked with every token issued under it".into());
+        let mut change = Change::new();
+        let revoked = change.push(Mutation::RevokeGrant { id, at: now });
+        let tokens = change.push(Mutation::RevokeTokensOfGrant { grant: id, at: now });
+        change.push(AuditRecord::counting(event, &[tokens]).mutation());
+        let receipt = self.store.commit(change).await?;
+        if receipt.affected(revoked)? == 0 {
+            return Err(Error::Conflict(format!("grant {id} is already revoked")));
+        }
+        grant.status = GrantStatus::Revoked;
+        grant.revoked_at = Some(now);
+        Ok((grant, receipt.affected(tokens)?))
+    }
+}

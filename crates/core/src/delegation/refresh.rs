@@ -1,0 +1,94 @@
+//! Rotating refresh tokens: each is used once; a second use revokes its whole family.
+
+use mandate_audit::Event;
+use mandate_model::records::RefreshRecord;
+
+use super::{Params, parse_scopes};
+use crate::oauth::IssuedToken;
+use crate::oauth::Refusal;
+use crate::service::{AuthenticatedClient, Mandate};
+use crate::store::{Change, Mutation};
+use crate::{Error, secrets};
+
+impl Mandate {
+    /// `refresh_token`: rotates the refresh token, re-checks policy and the
+    /// grant, and issues a new access token. A refresh token used twice
+    /// revokes its whole family, refresh and access tokens alike.
+    pub(crate) async fn refresh_token(
+        &self,
+        client: &AuthenticatedClient,
+        params: &Params,
+        jkt: Option<&str>,
+    ) -> Result<(Change, Event, IssuedToken), Refusal> {
+        let refuse = Refusal::new;
+        let agent = Self::agent_of(client, "refresh tokens").map_err(refuse)?;
+        params.only(&["refresh_token", "scope"]).map_err(refuse)?;
+        let presented = params.require("refresh_token").map_err(refuse)?;
+        let invalid = || refuse(Error::InvalidGrant("the refresh token is invalid".into()));
+        let hash = secrets::hash(presented);
+        let record = self.store.refresh(&hash).await.map_err(|e| refuse(e.into()))?.ok_or_else(invalid)?;
+        if record.client_id != agent.id {
+            return Err(invalid());
+        }
+        let now = self.clock.now();
+        if record.used_at.is_some() {
+            return Err(self.reuse(&record));
+        }
+        if record.revoked_at.is_some() || now >= record.expires_at {
+            return Err(invalid());
+        }
+        // RFC 9449 §5: a bound family is used only with its key.
+        if let Some(bound) = &record.cnf_jkt
+            && !jkt.is_some_and(|k| mandate_jose::ct_eq(k.as_bytes(), bound.as_bytes()))
+        {
+            return Err(refuse(Error::InvalidDpopProof(
+                "the refresh token is bound to a DPoP key: prove possession of that key".into(),
+            )));
+        }
+        let scopes = match params.get("scope") {
+            None => record.scopes.clone(),
+            Some(s) => {
+                let asked = parse_scopes(Some(s)).map_err(refuse)?;
+                if let Some(wider) = asked.iter().find(|x| !record.scopes.contains(x)) {
+                    return Err(refuse(Error::InvalidScope(format!("scope {wider} was not granted"))));
+                }
+                asked
+            }
+        };
+        let grant = self
+            .store
+            .grant(record.grant)
+            .await
+            .map_err(|e| refuse(e.into()))?
+            .filter(|g| g.is_live(now))
+            .ok_or_else(|| refuse(Error::InvalidGrant("the grant is revoked or expired".into())))?;
+        let (mut change, event, mut issued) =
+            self.grant_token(agent, &grant, &scopes, Some(&record.family), jkt).await.map_err(refuse)?;
+        change.prepend(Mutation::UseRefresh { hash: record.hash.clone(), at: now });
+        let (refresh, next) = self
+            .new_refresh(&grant, agent.id, &record.scopes, &record.family, record.cnf_jkt.as_deref())
+            .map_err(refuse)?;
+        issued.refresh_token = Some(refresh);
+        change.push(Mutation::InsertRefresh(next));
+        Ok((change, event, issued))
+    }
+
+    /// A rotated refresh token came back: revoke its family.
+    pub(crate) fn reuse(&self, record: &RefreshRecord) -> Refusal {
+        let now = self.clock.now();
+        let mut change = Change::new().with(Mutation::RevokeRefreshFamily { family: record.family.clone(), at: now });
+        let tokens = change.push(Mutation::RevokeTokensOfFamily { family: record.family.clone(), at: now });
+        Refusal {
+            change,
+            counted: vec![tokens],
+            error: Error::InvalidGrant("the refresh token was already used; its family is revoked".into()),
+        }
+    }
+
+    /// Whether a failed refresh commit lost a race to another use of the
+    /// same refresh token (then the family is revoked).
+    pub(crate) async fn refresh_raced(&self, params: &Params) -> Result<Option<RefreshRecord>, Error> {
+        let Some(presented) = params.get("refresh_token") else { return Ok(None) };
+        Ok(self.store.refresh(&secrets::hash(presented)).await?.filter(|r| r.used_at.is_some()))
+    }
+}
