@@ -13,14 +13,13 @@ use sha2::{Digest, Sha256};
 use time::Duration;
 
 use crate::audit::{ALLOW, AuditRecord, DENY, kind};
-use crate::delegation::{Params, parse_scopes};
+use crate::delegation::parse_scopes;
 use crate::oauth::IssuedToken;
 use crate::oauth::Refusal;
 use crate::service::{AuthenticatedClient, Mandate};
 use crate::store::{Change, Mutation};
 use crate::{Error, secrets};
 
-pub const GRANT_AUTHORIZATION_CODE: &str = "authorization_code";
 const CODE_PREFIX: &str = "mnd_ac_";
 /// How long a code may wait to be redeemed.
 pub const CODE_TTL: i64 = 60;
@@ -288,7 +287,9 @@ impl Mandate {
     pub(crate) async fn authorization_code_token(
         &self,
         client: &AuthenticatedClient,
-        params: &Params,
+        code: &str,
+        redirect_uri: Option<&str>,
+        verifier: Option<&str>,
         jkt: Option<&str>,
     ) -> Result<(Change, Event, IssuedToken), Refusal> {
         let refuse = Refusal::new;
@@ -296,8 +297,6 @@ impl Mandate {
             .agent
             .as_ref()
             .ok_or_else(|| refuse(Error::UnauthorizedClient("only an agent may redeem a code".into())))?;
-        params.only(&["code", "redirect_uri", "code_verifier"]).map_err(refuse)?;
-        let code = params.require("code").map_err(refuse)?;
         let invalid = |m: &str| refuse(Error::InvalidGrant(m.to_owned()));
         let record = self
             .store
@@ -313,11 +312,11 @@ impl Mandate {
         if now >= record.expires_at {
             return Err(invalid("the code has expired"));
         }
-        if params.get("redirect_uri") != Some(record.redirect_uri.as_str()) {
+        if redirect_uri != Some(record.redirect_uri.as_str()) {
             return Err(invalid("redirect_uri does not match the authorization request"));
         }
         // SECURITY row 13: a verifier is needed, and must match.
-        let verifier = params.get("code_verifier").unwrap_or_default();
+        let verifier = verifier.unwrap_or_default();
         if !is_pkce_value(verifier, 43)
             || !mandate_jose::ct_eq(s256(verifier).as_bytes(), record.code_challenge.as_bytes())
         {
@@ -348,8 +347,7 @@ impl Mandate {
     }
 
     /// After a lost race on a code: its record, if it was used.
-    pub(crate) async fn code_raced(&self, params: &Params) -> Result<Option<AuthCodeRecord>, Error> {
-        let Some(code) = params.get("code") else { return Ok(None) };
+    pub(crate) async fn code_raced(&self, code: &str) -> Result<Option<AuthCodeRecord>, Error> {
         Ok(self.store.auth_code(&secrets::hash(code)).await?.filter(|r| r.used_at.is_some()))
     }
 }

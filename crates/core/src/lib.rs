@@ -19,16 +19,18 @@ pub mod dpop;
 mod keyring;
 mod oauth;
 pub mod refusals;
+pub mod request;
 pub mod session;
 pub mod status;
 
 pub use audit::{AuditQuery, AuditRecord, TrailReport};
 pub use check::{CheckAnswer, CheckRequest, CheckedResource, Checker};
 pub use config::Config;
-pub use delegation::{BcAuthorized, Params};
+pub use delegation::BcAuthorized;
 pub use error::Error;
-pub use oauth::{ClientCredentials, IssuedToken, TokenCaller, TokenRequest};
+pub use oauth::{ActiveToken, ClientCredentials, IntrospectedClaims, Introspection, IssuedToken, TokenCaller};
 pub use ports::{Clock, ManualClock, Random, SystemClock, SystemRandom};
+pub use request::{BadGrant, BcAuthorizeRequest, ExchangeRequest, GrantRequest, GrantType, Malformed, TokenRequest};
 pub use service::{AuthenticatedClient, Caller, Mandate};
 pub use store::{Applied, Change, Handle, KeyUse, Mutation, Receipt, Store, StoreError, StoredKey};
 

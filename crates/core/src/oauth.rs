@@ -6,21 +6,18 @@ use mandate_model::claims::{AccessTokenClaims, Confirmation};
 use mandate_model::records::{ClientId, TokenRecord};
 use mandate_model::{Jti, ScopeSet};
 use mandate_policy::{Principal, Target};
-use serde_json::{Value, json};
+
 use time::Duration;
 
 use mandate_audit::Event;
 
 use crate::Error;
 use crate::audit::{ALLOW, AuditRecord, DENY, kind, reason};
-use crate::authorize::GRANT_AUTHORIZATION_CODE;
-use crate::delegation::{GRANT_CIBA, GRANT_EXCHANGE, GRANT_REFRESH, Params};
 use crate::ports::new_ulid;
+use crate::request::{BadGrant, GrantRequest, TokenRequest, bounded_input};
 use crate::secrets;
 use crate::service::{AuthenticatedClient, Mandate};
 use crate::store::{Change, Handle, Mutation, Receipt, StoreError};
-
-pub const GRANT_CLIENT_CREDENTIALS: &str = "client_credentials";
 
 /// How a client proved who it is.
 #[derive(Debug, Clone)]
@@ -47,19 +44,6 @@ impl ClientCredentials {
     }
 }
 
-/// The parameters of a token request, already split from the form.
-#[derive(Debug, Clone, Default)]
-pub struct TokenRequest {
-    pub grant_type: String,
-    pub scope: Option<String>,
-    /// RFC 8707 `resource` parameters (repeatable in the RFC).
-    pub resources: Vec<String>,
-    /// Every form parameter, for the grants that accept no unknown ones.
-    pub params: Params,
-    /// The `DPoP` headers (RFC 9449) the client sent: at most one is valid.
-    pub dpop: Vec<String>,
-}
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IssuedToken {
     pub access_token: String,
@@ -74,6 +58,66 @@ pub struct IssuedToken {
     pub issued_token_type: Option<&'static str>,
 }
 
+/// An RFC 7662 answer: `{"active": false}`, or the token's claims.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Introspection {
+    pub active: bool,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub token: Option<Box<ActiveToken>>,
+}
+
+/// What introspection tells of a live token (RFC 7662 §2.2): its claims
+/// (RFC 9068; `act`, `grant_id`, `purpose` and `cnf` when it has them; never
+/// `may_act` or `status`) and its `token_type`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ActiveToken {
+    #[serde(flatten)]
+    pub claims: IntrospectedClaims,
+    pub token_type: &'static str,
+}
+
+/// The claims introspection shows.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct IntrospectedClaims {
+    pub iss: String,
+    pub sub: String,
+    pub aud: String,
+    pub exp: i64,
+    pub iat: i64,
+    pub nbf: i64,
+    pub jti: String,
+    pub client_id: String,
+    pub scope: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub act: Option<mandate_model::claims::Actor>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grant_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub purpose: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cnf: Option<Confirmation>,
+}
+
+impl From<AccessTokenClaims> for IntrospectedClaims {
+    fn from(c: AccessTokenClaims) -> Self {
+        Self {
+            iss: c.iss,
+            sub: c.sub,
+            aud: c.aud,
+            exp: c.exp,
+            iat: c.iat,
+            nbf: c.nbf,
+            jti: c.jti,
+            client_id: c.client_id,
+            scope: c.scope,
+            act: c.act,
+            grant_id: c.grant_id,
+            purpose: c.purpose,
+            cnf: c.cnf,
+        }
+    }
+}
+
 /// Who asks to introspect or revoke.
 #[derive(Debug, Clone)]
 pub enum TokenCaller {
@@ -85,33 +129,53 @@ impl Mandate {
     /// The token endpoint. Every grant shares this path, and so shares the
     /// client authentication, the replay store and the audit trail.
     pub async fn token(&self, credentials: &ClientCredentials, req: TokenRequest) -> Result<IssuedToken, Error> {
-        let grant = req.grant_type.as_str();
-        let known = [GRANT_CLIENT_CREDENTIALS, GRANT_AUTHORIZATION_CODE, GRANT_CIBA, GRANT_REFRESH, GRANT_EXCHANGE];
-        if !known.contains(&grant) {
-            let e = Error::UnsupportedGrantType(format!("grant_type {:?} is not supported", req.grant_type));
-            let mut event = self.event(kind::TOKEN_DENIED);
-            event.decision = Some(DENY.into());
-            event.client_id = claimed_client(credentials);
-            event.reason = Some(reason(&e));
-            self.record(event).await?;
-            return Err(e);
-        }
+        let grant = match req.grant {
+            Err(BadGrant::Unsupported(name)) => {
+                let e = Error::UnsupportedGrantType(format!("grant_type {name:?} is not supported"));
+                let mut event = self.event(kind::TOKEN_DENIED);
+                event.decision = Some(DENY.into());
+                event.client_id = claimed_client(credentials);
+                event.reason = Some(reason(&e));
+                self.record(event).await?;
+                return Err(e);
+            }
+            Err(BadGrant::Malformed { grant, error }) => Err((grant, error)),
+            Ok(g) => Ok(g),
+        };
         let client = self.authenticate(credentials).await?;
+        let grant_type = match &grant {
+            Ok(g) => g.grant_type(),
+            Err((g, _)) => *g,
+        };
         let proof = match req.dpop.as_slice() {
             [] => Ok(None),
             [one] => self.token_proof(Some(one)),
             _ => Err(Error::InvalidDpopProof("exactly one DPoP header is allowed".into())),
         };
-        let outcome = match proof {
-            Err(e) => Err(Refusal::new(e)),
-            Ok(proof) => {
+        let outcome = match (proof, &grant) {
+            (Err(e), _) => Err(Refusal::new(e)),
+            (_, Err((_, e))) => Err(Refusal::new(e.clone())),
+            (Ok(proof), Ok(grant)) => {
                 let jkt = proof.as_ref().map(|p| p.jkt.as_str());
                 let issued = match grant {
-                    GRANT_CLIENT_CREDENTIALS => self.client_credentials(&client, &req, jkt).await.map_err(Refusal::new),
-                    GRANT_CIBA => self.ciba_token(&client, &req.params, jkt).await,
-                    GRANT_AUTHORIZATION_CODE => self.authorization_code_token(&client, &req.params, jkt).await,
-                    GRANT_REFRESH => self.refresh_token(&client, &req.params, jkt).await,
-                    _ => self.exchange(&client, &req.params, jkt).await.map_err(Refusal::new),
+                    GrantRequest::ClientCredentials { scope, resources } => {
+                        self.client_credentials(&client, scope.as_deref(), resources, jkt).await.map_err(Refusal::new)
+                    }
+                    GrantRequest::Ciba { auth_req_id } => self.ciba_token(&client, auth_req_id, jkt).await,
+                    GrantRequest::AuthorizationCode { code, redirect_uri, code_verifier } => {
+                        self.authorization_code_token(
+                            &client,
+                            code,
+                            redirect_uri.as_deref(),
+                            code_verifier.as_deref(),
+                            jkt,
+                        )
+                        .await
+                    }
+                    GrantRequest::Refresh { refresh_token, scope } => {
+                        self.refresh_token(&client, refresh_token, scope.as_deref(), jkt).await
+                    }
+                    GrantRequest::Exchange(x) => self.exchange(&client, x, jkt).await.map_err(Refusal::new),
                 };
                 issued.map(|(mut change, event, token)| {
                     // The proof is burned with what it obtains.
@@ -128,18 +192,7 @@ impl Mandate {
                 Err(e @ Error::InvalidDpopProof(_)) => Refusal::new(e),
                 // A parent, grant, approval or refresh token changed
                 // under this request: nothing was written.
-                Err(Error::Conflict(why)) => match grant {
-                    GRANT_REFRESH => match self.refresh_raced(&req.params).await? {
-                        Some(record) => self.reuse(&record),
-                        None => Refusal::new(Error::InvalidGrant(format!("the request lost a race: {why}"))),
-                    },
-                    // A code redeemed twice at once: the loser revokes.
-                    GRANT_AUTHORIZATION_CODE => match self.code_raced(&req.params).await? {
-                        Some(record) => self.code_replayed(&record),
-                        None => Refusal::new(Error::InvalidGrant(format!("the request lost a race: {why}"))),
-                    },
-                    _ => Refusal::new(Error::InvalidGrant(format!("the request lost a race: {why}"))),
-                },
+                Err(Error::Conflict(why)) => self.lost_race(grant.as_ref().ok(), &why).await?,
                 Err(e) => return Err(e),
             },
             // An internal failure is not a decision about the client: the
@@ -149,14 +202,33 @@ impl Mandate {
             Err(refusal) => refusal,
         };
         let Refusal { change, counted, error: e } = refusal;
-        let mut event = self.refusal_event(&client, grant, &e);
-        if grant == GRANT_CLIENT_CREDENTIALS {
-            event.resource = req.resources.first().map(|r| bounded_input(r));
-            event.scope = req.scope.as_deref().map(bounded_input);
+        let mut event = self.refusal_event(&client, grant_type.as_str(), &e);
+        if let Ok(GrantRequest::ClientCredentials { scope, resources }) = &grant {
+            event.resource = resources.first().map(|r| bounded_input(r));
+            event.scope = scope.as_deref().map(bounded_input);
         }
         // A refused request still uses up its assertion.
         self.commit_or_replay(&client, change, event, &counted).await?;
         Err(e)
+    }
+
+    /// A token request whose commit lost a race: a refresh token or a code
+    /// used twice at once revokes what it issued; any other loser is
+    /// refused.
+    async fn lost_race(&self, grant: Option<&GrantRequest>, why: &str) -> Result<Refusal, Error> {
+        let lost = || Refusal::new(Error::InvalidGrant(format!("the request lost a race: {why}")));
+        Ok(match grant {
+            Some(GrantRequest::Refresh { refresh_token, .. }) => match self.refresh_raced(refresh_token).await? {
+                Some(record) => self.reuse(&record),
+                None => lost(),
+            },
+            // A code redeemed twice at once: the loser revokes.
+            Some(GrantRequest::AuthorizationCode { code, .. }) => match self.code_raced(code).await? {
+                Some(record) => self.code_replayed(&record),
+                None => lost(),
+            },
+            _ => lost(),
+        })
     }
 
     /// Authenticates a client at an OAuth endpoint, recording a failure.
@@ -233,10 +305,11 @@ impl Mandate {
     async fn client_credentials(
         &self,
         client: &AuthenticatedClient,
-        req: &TokenRequest,
+        scope: Option<&str>,
+        resources: &[String],
         jkt: Option<&str>,
     ) -> Result<(Change, Event, IssuedToken), Error> {
-        let resource = match req.resources.as_slice() {
+        let resource = match resources {
             [] => {
                 return Err(Error::InvalidTarget("resource is required: tokens are bound to one audience".into()));
             }
@@ -245,7 +318,7 @@ impl Mandate {
                 return Err(Error::InvalidTarget("exactly one resource per token".into()));
             }
         };
-        let scopes = match req.scope.as_deref() {
+        let scopes = match scope {
             None | Some("") => return Err(Error::InvalidScope("scope is required".into())),
             Some(s) => ScopeSet::parse(s).map_err(|e| Error::InvalidScope(e.to_string()))?,
         };
@@ -416,7 +489,7 @@ impl Mandate {
     /// RFC 7662. Only the admin, the client the token was issued to, or the
     /// resource named by its `aud` may see its claims; anyone else learns
     /// `{"active": false}`.
-    pub async fn introspect(&self, caller: &TokenCaller, token: &str) -> Result<Value, Error> {
+    pub async fn introspect(&self, caller: &TokenCaller, token: &str) -> Result<Introspection, Error> {
         let live = self.live_token(token).await?;
         let entitled = live.as_ref().is_some_and(|(_, record)| match caller {
             TokenCaller::Admin => true,
@@ -444,36 +517,10 @@ impl Mandate {
         }
         self.commit_caller(caller, Change::new(), event, &[]).await?;
         let Some((claims, _)) = live.filter(|_| entitled) else {
-            return Ok(json!({ "active": false }));
+            return Ok(Introspection { active: false, token: None });
         };
-        let mut out = json!({
-            "active": true,
-            "iss": claims.iss,
-            "sub": claims.sub,
-            "aud": claims.aud,
-            "exp": claims.exp,
-            "iat": claims.iat,
-            "nbf": claims.nbf,
-            "jti": claims.jti,
-            "client_id": claims.client_id,
-            "scope": claims.scope,
-            "token_type": if claims.cnf.is_some() { "DPoP" } else { "Bearer" },
-        });
-        if let Some(obj) = out.as_object_mut() {
-            if let Some(act) = &claims.act {
-                obj.insert("act".into(), json!(act));
-            }
-            if let Some(g) = &claims.grant_id {
-                obj.insert("grant_id".into(), json!(g));
-            }
-            if let Some(p) = &claims.purpose {
-                obj.insert("purpose".into(), json!(p));
-            }
-            if let Some(cnf) = &claims.cnf {
-                obj.insert("cnf".into(), json!(cnf));
-            }
-        }
-        Ok(out)
+        let token_type = if claims.cnf.is_some() { "DPoP" } else { "Bearer" };
+        Ok(Introspection { active: true, token: Some(Box::new(ActiveToken { claims: claims.into(), token_type })) })
     }
 
     /// An event about what the admin or a client asked of a token.
@@ -663,13 +710,4 @@ fn claimed_client(credentials: &ClientCredentials) -> Option<String> {
         ClientCredentials::Secret { client_id, .. } => client_id.clone(),
     };
     raw.parse::<ClientId>().ok().map(|c| c.to_string())
-}
-
-/// Request text kept in an event: at most 256 bytes.
-pub(crate) fn bounded_input(s: &str) -> String {
-    let mut end = s.len().min(256);
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    s.get(..end).unwrap_or_default().to_owned()
 }

@@ -4,7 +4,7 @@
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use mandate_core::Error;
-use serde_json::json;
+use serde::Serialize;
 
 /// What a client learns of an internal failure: a fixed sentence and the
 /// request id. The detail goes to the log under that id, never on the wire
@@ -89,7 +89,7 @@ impl IntoResponse for OAuthError {
             _ => StatusCode::BAD_REQUEST,
         };
         metrics::counter!("mandate_oauth_errors_total", "error" => code).increment(1);
-        let body = json!({ "error": code, "error_description": self.description() });
+        let body = OAuthErrorBody { error: code, error_description: self.description() };
         let mut resp = (status, axum::Json(body)).into_response();
         let h = resp.headers_mut();
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -107,6 +107,25 @@ impl IntoResponse for OAuthError {
         }
         resp
     }
+}
+
+/// RFC 6749 §5.2.
+#[derive(Serialize)]
+struct OAuthErrorBody {
+    error: &'static str,
+    error_description: String,
+}
+
+/// RFC 9457 §3, with the request id as an extension member (§3.2).
+#[derive(Serialize)]
+struct ProblemBody<'a> {
+    #[serde(rename = "type")]
+    kind: String,
+    title: &'a str,
+    status: u16,
+    detail: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    request_id: Option<String>,
 }
 
 /// An error on the admin API (RFC 9457).
@@ -173,17 +192,15 @@ impl From<Error> for Problem {
 
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
-        let mut body = json!({
-            "type": format!("urn:mandate:problem:{}", self.kind),
-            "title": self.title,
-            "status": self.status.as_u16(),
-            "detail": self.detail,
-        });
-        // RFC 9457 §3.2 extension member: the id the log knows this by.
-        if let (Some(id), Some(map)) = (mandate_core::audit::current_request_id(), body.as_object_mut()) {
-            map.insert("request_id".into(), id.into());
-        }
-        let mut resp = (self.status, body.to_string()).into_response();
+        let body = ProblemBody {
+            kind: format!("urn:mandate:problem:{}", self.kind),
+            title: self.title,
+            status: self.status.as_u16(),
+            detail: &self.detail,
+            // The id the log knows this failure by.
+            request_id: mandate_core::audit::current_request_id(),
+        };
+        let mut resp = (self.status, axum::Json(body)).into_response();
         let h = resp.headers_mut();
         h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
         if let Some(secs) = self.retry_after {

@@ -172,11 +172,19 @@ impl OAuthForm {
         self.params.get(name).cloned().unwrap_or_default()
     }
 
-    /// Every parameter, for the grants that refuse unknown ones.
-    pub fn pairs(&self) -> mandate_core::Params {
-        mandate_core::Params(
-            self.params.iter().flat_map(|(k, vs)| vs.iter().map(move |v| (k.clone(), v.clone()))).collect(),
-        )
+    /// The first value of `name` as sent, empty or not.
+    pub fn raw(&self, name: &str) -> Option<&str> {
+        self.params.get(name).and_then(|v| v.first()).map(String::as_str)
+    }
+
+    /// Every parameter, in name order, repeats kept.
+    pub fn pairs(&self) -> Vec<(String, String)> {
+        self.params.iter().flat_map(|(k, vs)| vs.iter().map(move |v| (k.clone(), v.clone()))).collect()
+    }
+
+    /// The names of the parameters sent.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.params.keys().map(String::as_str)
     }
 }
 

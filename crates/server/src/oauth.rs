@@ -5,12 +5,14 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
-use mandate_core::{Caller, Error, TokenCaller, TokenRequest};
-use serde_json::{Value, json};
+use mandate_core::{Caller, Error, TokenCaller};
+use serde::Serialize;
+use serde_json::json;
 
 use crate::AppState;
 use crate::error::OAuthError;
 use crate::extract::{OAuthForm, bearer, client_credentials};
+use crate::grant;
 
 const SIGNING_ALGS: &[&str] = &["EdDSA", "Ed25519", "ES256"];
 
@@ -62,7 +64,7 @@ pub async fn jwks(State(state): State<AppState>) -> Response {
     resp
 }
 
-fn no_store(body: Value) -> Response {
+fn no_store(body: impl Serialize) -> Response {
     let mut resp = Json(body).into_response();
     let h = resp.headers_mut();
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -70,41 +72,46 @@ fn no_store(body: Value) -> Response {
     resp
 }
 
+/// RFC 6749 §5.1, with RFC 8693 §2.2.1's `issued_token_type`.
+#[derive(Serialize)]
+struct TokenResponse {
+    access_token: String,
+    token_type: &'static str,
+    expires_in: i64,
+    scope: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    refresh_token: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    issued_token_type: Option<&'static str>,
+}
+
+/// OpenID CIBA §7.3.
+#[derive(Serialize)]
+struct BcAuthorizeResponse {
+    auth_req_id: String,
+    expires_in: i64,
+    interval: i64,
+}
+
 pub async fn token(State(state): State<AppState>, headers: HeaderMap, form: OAuthForm) -> Result<Response, OAuthError> {
     let credentials = client_credentials(&headers, &form)?;
     let grant_type =
         form.get("grant_type").ok_or_else(|| OAuthError(Error::InvalidRequest("grant_type is required".into())))?;
-    let request = TokenRequest {
-        grant_type: grant_type.to_owned(),
-        scope: form.get("scope").map(str::to_owned),
-        resources: form.all("resource"),
-        params: form.pairs(),
-        dpop: dpop_header(&headers),
+    let request = grant::token_request(&form, grant_type, dpop_header(&headers));
+    let label = match &request.grant {
+        Ok(g) => g.grant_type().label(),
+        Err(_) => "refused",
     };
     let issued = state.mandate.token(&credentials, request).await?;
-    let label = match grant_type {
-        "client_credentials" => "client_credentials",
-        "authorization_code" => "authorization_code",
-        "refresh_token" => "refresh_token",
-        mandate_core::delegation::GRANT_CIBA => "ciba",
-        _ => "token_exchange",
-    };
     metrics::counter!("mandate_tokens_issued_total", "grant_type" => label).increment(1);
-    let mut body = json!({
-        "access_token": issued.access_token,
-        "token_type": issued.token_type,
-        "expires_in": issued.expires_in,
-        "scope": issued.scope,
+    let mut resp = no_store(TokenResponse {
+        access_token: issued.access_token,
+        token_type: issued.token_type,
+        expires_in: issued.expires_in,
+        scope: issued.scope,
+        refresh_token: issued.refresh_token,
+        issued_token_type: issued.issued_token_type,
     });
-    if let Some(obj) = body.as_object_mut() {
-        if let Some(rt) = issued.refresh_token {
-            obj.insert("refresh_token".into(), json!(rt));
-        }
-        if let Some(t) = issued.issued_token_type {
-            obj.insert("issued_token_type".into(), json!(t));
-        }
-    }
-    let mut resp = no_store(body);
     if let Some(nonce) = state.mandate.dpop_nonce().and_then(|n| HeaderValue::from_str(&n).ok()) {
         resp.headers_mut().insert("dpop-nonce", nonce);
     }
@@ -143,12 +150,12 @@ pub async fn bc_authorize(
     form: OAuthForm,
 ) -> Result<Response, OAuthError> {
     let credentials = client_credentials(&headers, &form)?;
-    let answer = state.mandate.bc_authorize(&credentials, &form.pairs()).await?;
-    Ok(no_store(json!({
-        "auth_req_id": answer.auth_req_id,
-        "expires_in": answer.expires_in,
-        "interval": answer.interval,
-    })))
+    let answer = state.mandate.bc_authorize(&credentials, grant::bc_authorize_request(&form)).await?;
+    Ok(no_store(BcAuthorizeResponse {
+        auth_req_id: answer.auth_req_id,
+        expires_in: answer.expires_in,
+        interval: answer.interval,
+    }))
 }
 
 /// The admin token, or a client authenticated like at the token endpoint.
@@ -194,5 +201,7 @@ pub async fn revoke(
     if state.mandate.revoke(&caller, token, hint).await? {
         metrics::counter!("mandate_tokens_revoked_total").increment(1);
     }
-    Ok(no_store(json!({})))
+    // RFC 7009 §2.2: an empty body would do; an empty object is what
+    // clients parse.
+    Ok(no_store(serde_json::Map::new()))
 }

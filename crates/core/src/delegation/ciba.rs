@@ -8,12 +8,14 @@ use mandate_model::{ApprovalId, GrantId, ScopeSet, UserId};
 use mandate_policy::Approver;
 use time::Duration;
 
-use super::{Params, one_resource, parse_scopes};
+use super::{one_resource, parse_scopes};
 use crate::Error;
 use crate::audit::{ALLOW, AuditRecord, DENY, kind, reason};
+use crate::oauth::IssuedToken;
 use crate::oauth::Refusal;
-use crate::oauth::{IssuedToken, bounded_input};
 use crate::ports::new_ulid;
+use crate::request::bounded_input;
+use crate::request::{BcAuthorizeRequest, Malformed};
 use crate::service::{AuthenticatedClient, Mandate};
 use crate::store::{Change, Mutation};
 
@@ -33,10 +35,18 @@ impl Mandate {
     pub async fn bc_authorize(
         &self,
         credentials: &crate::ClientCredentials,
-        params: &Params,
+        request: Result<BcAuthorizeRequest, Malformed>,
     ) -> Result<BcAuthorized, Error> {
         let client = self.authenticate(credentials).await?;
-        match self.try_bc_authorize(&client, params).await {
+        let (resource, scope) = match &request {
+            Ok(r) => (r.resources.first().cloned(), r.scope.clone()),
+            Err(m) => (m.resource.clone(), m.scope.clone()),
+        };
+        let outcome = match request {
+            Ok(r) => self.try_bc_authorize(&client, &r).await,
+            Err(m) => Err(m.error),
+        };
+        match outcome {
             Ok((change, answer)) => {
                 self.commit_client(&client, change).await?;
                 Ok(answer)
@@ -44,8 +54,8 @@ impl Mandate {
             Err(e) => {
                 let mut event = self.client_event(kind::APPROVAL_REQUESTED, &client);
                 event.decision = Some(DENY.into());
-                event.resource = params.get("resource").map(bounded_input);
-                event.scope = params.get("scope").map(bounded_input);
+                event.resource = resource.as_deref().map(bounded_input);
+                event.scope = scope.as_deref().map(bounded_input);
                 event.reason = Some(reason(&e));
                 self.commit_or_replay(&client, Change::new(), event, &[]).await?;
                 Err(e)
@@ -56,18 +66,19 @@ impl Mandate {
     pub(crate) async fn try_bc_authorize(
         &self,
         client: &AuthenticatedClient,
-        params: &Params,
+        req: &BcAuthorizeRequest,
     ) -> Result<(Change, BcAuthorized), Error> {
         let agent = Self::agent_of(client, "CIBA")?;
-        params.only(&["scope", "resource", "login_hint", "binding_message", "requested_expiry"])?;
-        let resource = one_resource(&params.all("resource"))?;
-        let scopes = parse_scopes(params.get("scope"))?;
-        let hint = params.require("login_hint")?;
-        let binding_message = params
-            .get("binding_message")
+        let resources: Vec<&str> = req.resources.iter().map(String::as_str).collect();
+        let resource = one_resource(&resources)?;
+        let scopes = parse_scopes(req.scope.as_deref())?;
+        let hint = req.login_hint.as_str();
+        let binding_message = req
+            .binding_message
+            .as_deref()
             .map(|m| mandate_model::name::validate_text("binding_message", m, 256))
             .transpose()?;
-        let wait = match params.get("requested_expiry") {
+        let wait = match req.requested_expiry.as_deref() {
             None => self.config.approval_ttl,
             Some(v) => match v.parse::<i64>() {
                 Ok(n) if n >= 1 && n <= self.config.max_approval_ttl => n,
@@ -217,13 +228,11 @@ impl Mandate {
     pub(crate) async fn ciba_token(
         &self,
         client: &AuthenticatedClient,
-        params: &Params,
+        raw: &str,
         jkt: Option<&str>,
     ) -> Result<(Change, Event, IssuedToken), Refusal> {
         let refuse = Refusal::new;
         let agent = Self::agent_of(client, "CIBA").map_err(refuse)?;
-        params.only(&["auth_req_id"]).map_err(refuse)?;
-        let raw = params.require("auth_req_id").map_err(refuse)?;
         let unknown = || refuse(Error::InvalidGrant("unknown auth_req_id".into()));
         let id = raw.parse::<ApprovalId>().map_err(|_| unknown())?;
         let approval = self.store.approval(id).await.map_err(|e| refuse(e.into()))?.ok_or_else(unknown)?;

@@ -6,9 +6,10 @@ use mandate_model::records::Agent;
 use mandate_policy::{Principal, Target};
 use time::{Duration, OffsetDateTime};
 
-use super::{Mint, Params, TOKEN_TYPE_ACCESS, parse_scopes};
+use super::{Mint, parse_scopes};
 use crate::Error;
 use crate::oauth::IssuedToken;
+use crate::request::{ExchangeRequest, TOKEN_TYPE_ACCESS};
 use crate::service::{AuthenticatedClient, Mandate};
 use crate::store::{Change, Mutation};
 
@@ -18,52 +19,26 @@ impl Mandate {
     pub(crate) async fn exchange(
         &self,
         client: &AuthenticatedClient,
-        params: &Params,
+        req: &ExchangeRequest,
         jkt: Option<&str>,
     ) -> Result<(Change, Event, IssuedToken), Error> {
         let next = Self::agent_of(client, "token exchange")?;
-        params.only(&[
-            "subject_token",
-            "subject_token_type",
-            "scope",
-            "resource",
-            "audience",
-            "requested_token_type",
-            "actor_token",
-            "actor_token_type",
-        ])?;
-        let subject_token = params.require("subject_token")?;
-        if params.require("subject_token_type")? != TOKEN_TYPE_ACCESS {
-            return Err(Error::InvalidRequest(format!("subject_token_type must be {TOKEN_TYPE_ACCESS}")));
-        }
-        if let Some(t) = params.get("requested_token_type")
-            && t != TOKEN_TYPE_ACCESS
-        {
-            return Err(Error::InvalidRequest(format!("requested_token_type must be {TOKEN_TYPE_ACCESS}")));
-        }
+        let subject_token = req.subject_token.as_str();
         // The actor is the authenticated client. An actor token may only
         // confirm that; `act` is never taken from input.
-        match (params.get("actor_token"), params.get("actor_token_type")) {
-            (None, None) => {}
-            (Some(t), Some(ty)) if ty == TOKEN_TYPE_ACCESS => {
-                let confirms = self.verify_ours(t).await?.is_some_and(|c| c.client_id == next.id.to_string());
-                if !confirms {
-                    return Err(Error::InvalidRequest("actor_token does not name the authenticated client".into()));
-                }
-            }
-            _ => {
-                return Err(Error::InvalidRequest(format!(
-                    "actor_token and actor_token_type ({TOKEN_TYPE_ACCESS}) go together"
-                )));
+        if let Some(t) = &req.actor_token {
+            let confirms = self.verify_ours(t).await?.is_some_and(|c| c.client_id == next.id.to_string());
+            if !confirms {
+                return Err(Error::InvalidRequest("actor_token does not name the authenticated client".into()));
             }
         }
-        let audience = match (params.all("resource").as_slice(), params.all("audience").as_slice()) {
+        let audience = match (req.resources.as_slice(), req.audiences.as_slice()) {
             ([], []) => None,
-            ([r], []) | ([], [r]) => Some((*r).to_owned()),
-            ([r], [a]) if r == a => Some((*r).to_owned()),
+            ([r], []) | ([], [r]) => Some(r.clone()),
+            ([r], [a]) if r == a => Some(r.clone()),
             _ => return Err(Error::InvalidTarget("give at most one resource (or the same audience)".into())),
         };
-        let scopes = match params.get("scope") {
+        let scopes = match req.scope.as_deref() {
             None => None,
             Some(s) => Some(parse_scopes(Some(s))?),
         };

@@ -20,54 +20,9 @@ use mandate_model::records::{Agent, TokenRecord};
 use crate::Error;
 use crate::audit::{DENY, kind, reason};
 use crate::chain::{LiveToken, NotLive};
-use crate::oauth::bounded_input;
 use crate::service::{AuthenticatedClient, Mandate};
 
-pub const GRANT_CIBA: &str = "urn:openid:params:grant-type:ciba";
-pub const GRANT_REFRESH: &str = "refresh_token";
-pub const GRANT_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
-pub const TOKEN_TYPE_ACCESS: &str = "urn:ietf:params:oauth:token-type:access_token";
 pub const REFRESH_TOKEN_PREFIX: &str = "mnd_rt_";
-
-/// Form parameters every grant accepts: client authentication.
-const CLIENT_PARAMS: &[&str] = &["grant_type", "client_id", "client_assertion", "client_assertion_type"];
-
-/// A request's form parameters, checked against what its grant accepts: an
-/// unknown or repeated parameter is an error, never ignored.
-#[derive(Debug, Clone, Default)]
-pub struct Params(pub Vec<(String, String)>);
-
-impl Params {
-    /// Refuses parameters outside `allowed` (and client authentication) and
-    /// repeats of any parameter but `resource`/`audience`.
-    pub fn only(&self, allowed: &[&str]) -> Result<(), Error> {
-        let mut seen = std::collections::BTreeSet::new();
-        for (k, _) in &self.0 {
-            if !allowed.contains(&k.as_str()) && !CLIENT_PARAMS.contains(&k.as_str()) {
-                return Err(Error::InvalidRequest(format!("parameter {} is not accepted here", bounded_input(k))));
-            }
-            if !seen.insert(k.as_str()) && k != "resource" && k != "audience" {
-                return Err(Error::InvalidRequest(format!("parameter {k} is repeated")));
-            }
-        }
-        Ok(())
-    }
-
-    pub fn get(&self, key: &str) -> Option<&str> {
-        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
-    }
-
-    pub fn all(&self, key: &str) -> Vec<&str> {
-        self.0.iter().filter(|(k, _)| k == key).map(|(_, v)| v.as_str()).collect()
-    }
-
-    pub(crate) fn require(&self, key: &str) -> Result<&str, Error> {
-        match self.get(key) {
-            Some(v) if !v.is_empty() => Ok(v),
-            _ => Err(Error::InvalidRequest(format!("{key} is required"))),
-        }
-    }
-}
 
 /// The scopes `scope` names, required and non-empty.
 pub(crate) fn parse_scopes(scope: Option<&str>) -> Result<ScopeSet, Error> {

@@ -3,7 +3,7 @@
 use mandate_audit::Event;
 use mandate_model::records::RefreshRecord;
 
-use super::{Params, parse_scopes};
+use super::parse_scopes;
 use crate::oauth::IssuedToken;
 use crate::oauth::Refusal;
 use crate::service::{AuthenticatedClient, Mandate};
@@ -17,13 +17,12 @@ impl Mandate {
     pub(crate) async fn refresh_token(
         &self,
         client: &AuthenticatedClient,
-        params: &Params,
+        presented: &str,
+        scope: Option<&str>,
         jkt: Option<&str>,
     ) -> Result<(Change, Event, IssuedToken), Refusal> {
         let refuse = Refusal::new;
         let agent = Self::agent_of(client, "refresh tokens").map_err(refuse)?;
-        params.only(&["refresh_token", "scope"]).map_err(refuse)?;
-        let presented = params.require("refresh_token").map_err(refuse)?;
         let invalid = || refuse(Error::InvalidGrant("the refresh token is invalid".into()));
         let hash = secrets::hash(presented);
         let record = self.store.refresh(&hash).await.map_err(|e| refuse(e.into()))?.ok_or_else(invalid)?;
@@ -45,7 +44,7 @@ impl Mandate {
                 "the refresh token is bound to a DPoP key: prove possession of that key".into(),
             )));
         }
-        let scopes = match params.get("scope") {
+        let scopes = match scope {
             None => record.scopes.clone(),
             Some(s) => {
                 let asked = parse_scopes(Some(s)).map_err(refuse)?;
@@ -87,8 +86,7 @@ impl Mandate {
 
     /// Whether a failed refresh commit lost a race to another use of the
     /// same refresh token (then the family is revoked).
-    pub(crate) async fn refresh_raced(&self, params: &Params) -> Result<Option<RefreshRecord>, Error> {
-        let Some(presented) = params.get("refresh_token") else { return Ok(None) };
+    pub(crate) async fn refresh_raced(&self, presented: &str) -> Result<Option<RefreshRecord>, Error> {
         Ok(self.store.refresh(&secrets::hash(presented)).await?.filter(|r| r.used_at.is_some()))
     }
 }

@@ -122,7 +122,7 @@ pub async fn authorize_decision(State(s): State<AppState>, signed: Signed, form:
     }
     let decision = form.get("decision").unwrap_or_default().to_owned();
     let query: Vec<(String, String)> =
-        form.pairs().0.into_iter().filter(|(k, _)| k != "csrf" && k != "decision").collect();
+        form.pairs().into_iter().filter(|(k, _)| k != "csrf" && k != "decision").collect();
     let req = match s.mandate.authorize_request(&query).await {
         Ok(r) => r,
         Err(e) => return refused(e),
