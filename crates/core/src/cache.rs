@@ -5,8 +5,7 @@
 //! epoch is never stale. Resources, which never change once registered,
 //! are kept as read. Everything else passes straight through.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use mandate_audit::{Checkpoint, Event};
@@ -19,40 +18,36 @@ use time::OffsetDateTime;
 use crate::audit::AuditQuery;
 use crate::store::{ApprovalQuery, Change, GrantQuery, Receipt, Store, StoreError, StoredKey, StoredPolicy};
 
-/// Records kept before a cache is cleared.
+/// Records kept per cache; past it the least useful are evicted (S3-FIFO).
 const MAX_RECORDS: usize = 100_000;
+
+type Cache<K, V> = quick_cache::sync::Cache<K, V>;
 
 pub struct CachingStore {
     inner: Arc<dyn Store>,
-    agents: Mutex<HashMap<AgentId, (u64, Option<Agent>)>>,
-    users: Mutex<HashMap<UserId, (u64, Option<User>)>>,
+    agents: Cache<AgentId, (u64, Option<Agent>)>,
+    users: Cache<UserId, (u64, Option<User>)>,
     /// Resources never change once registered: kept without an epoch.
-    resources: Mutex<HashMap<ResourceId, Resource>>,
+    resources: Cache<ResourceId, Resource>,
 }
 
 impl CachingStore {
     pub fn new(inner: Arc<dyn Store>) -> Self {
         Self {
             inner,
-            agents: Mutex::new(HashMap::new()),
-            users: Mutex::new(HashMap::new()),
-            resources: Mutex::new(HashMap::new()),
+            agents: Cache::new(MAX_RECORDS),
+            users: Cache::new(MAX_RECORDS),
+            resources: Cache::new(MAX_RECORDS),
         }
     }
 }
 
-fn hit<K: std::hash::Hash + Eq, V: Clone>(map: &Mutex<HashMap<K, (u64, V)>>, k: &K, epoch: u64) -> Option<V> {
-    let m = map.lock().ok()?;
-    m.get(k).filter(|(e, _)| *e == epoch).map(|(_, v)| v.clone())
+fn hit<K: std::hash::Hash + Eq + Clone, V: Clone>(cache: &Cache<K, (u64, V)>, k: &K, epoch: u64) -> Option<V> {
+    cache.get(k).filter(|(e, _)| *e == epoch).map(|(_, v)| v)
 }
 
-fn keep<K: std::hash::Hash + Eq, V>(map: &Mutex<HashMap<K, (u64, V)>>, k: K, epoch: u64, v: V) {
-    if let Ok(mut m) = map.lock() {
-        if m.len() >= MAX_RECORDS {
-            m.clear();
-        }
-        m.insert(k, (epoch, v));
-    }
+fn keep<K: std::hash::Hash + Eq + Clone, V: Clone>(cache: &Cache<K, (u64, V)>, k: K, epoch: u64, v: V) {
+    cache.insert(k, (epoch, v));
 }
 
 #[async_trait]
@@ -113,17 +108,12 @@ impl Store for CachingStore {
         self.inner.agent_children(parent).await
     }
     async fn resource(&self, id: ResourceId) -> Result<Option<Resource>, StoreError> {
-        if let Ok(m) = self.resources.lock()
-            && let Some(r) = m.get(&id)
-        {
-            return Ok(Some(r.clone()));
+        if let Some(r) = self.resources.get(&id) {
+            return Ok(Some(r));
         }
         let r = self.inner.resource(id).await?;
-        if let (Some(r), Ok(mut m)) = (&r, self.resources.lock()) {
-            if m.len() >= MAX_RECORDS {
-                m.clear();
-            }
-            m.insert(id, r.clone());
+        if let Some(r) = &r {
+            self.resources.insert(id, r.clone());
         }
         Ok(r)
     }

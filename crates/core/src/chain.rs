@@ -8,8 +8,7 @@ use mandate_model::delegation::Chain;
 use mandate_model::records::{Agent, ClientId, Grant, TokenRecord, User, UserStatus};
 use mandate_model::{Jti, UserId};
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
@@ -234,7 +233,7 @@ impl Mandate {
     }
 }
 
-/// Entries a per-node cache holds before it is cleared.
+/// Entries a per-node cache holds; past it the least useful are evicted.
 const MAX_CACHED: usize = 100_000;
 
 /// A token's cache key: its SHA-256, so that the cache holds no tokens.
@@ -255,24 +254,28 @@ type IssuanceKey = (String, String);
 /// A live chain, the epoch it was read at, and when its first expiry falls.
 type LiveEntry = (u64, OffsetDateTime, Arc<LiveToken>);
 
+type Cache<K, V> = quick_cache::sync::Cache<K, V>;
+
 /// Per-node caches, each entry stamped with the store epoch it was read
 /// at. None outlives a change: an entry is used only at the same epoch.
-#[derive(Default)]
+/// Each is bounded; past the bound the least useful entries are evicted.
 pub(crate) struct Caches {
-    verified: Mutex<HashMap<[u8; 32], AccessTokenClaims>>,
-    live: Mutex<HashMap<[u8; 32], LiveEntry>>,
-    decisions: Mutex<HashMap<DecisionKey, (u64, String, CachedDecision)>>,
+    verified: Cache<[u8; 32], AccessTokenClaims>,
+    live: Cache<[u8; 32], LiveEntry>,
+    decisions: Cache<DecisionKey, (u64, String, CachedDecision)>,
     /// Issuance decisions by (decision key, action), with the policy
     /// version they were made under.
-    issuance: Mutex<HashMap<IssuanceKey, (String, mandate_policy::Decision)>>,
+    issuance: Cache<IssuanceKey, (String, mandate_policy::Decision)>,
 }
 
-fn bounded_insert<K: std::hash::Hash + Eq, V>(map: &Mutex<HashMap<K, V>>, k: K, v: V) {
-    if let Ok(mut m) = map.lock() {
-        if m.len() >= MAX_CACHED {
-            m.clear();
+impl Default for Caches {
+    fn default() -> Self {
+        Self {
+            verified: Cache::new(MAX_CACHED),
+            live: Cache::new(MAX_CACHED),
+            decisions: Cache::new(MAX_CACHED),
+            issuance: Cache::new(MAX_CACHED),
         }
-        m.insert(k, v);
     }
 }
 
@@ -280,21 +283,19 @@ impl Caches {
     /// Claims of a token whose signature was verified before and which has
     /// not expired since.
     pub(crate) fn verified(&self, key: &[u8; 32], now: i64) -> Option<AccessTokenClaims> {
-        let m = self.verified.lock().ok()?;
-        m.get(key).filter(|c| c.exp > now && c.nbf <= now).cloned()
+        self.verified.get(key).filter(|c| c.exp > now && c.nbf <= now)
     }
 
     pub(crate) fn keep_verified(&self, key: [u8; 32], claims: AccessTokenClaims) {
-        bounded_insert(&self.verified, key, claims);
+        self.verified.insert(key, claims);
     }
 
     fn live(&self, key: &[u8; 32], epoch: u64, now: OffsetDateTime) -> Option<Arc<LiveToken>> {
-        let m = self.live.lock().ok()?;
-        m.get(key).filter(|(e, until, _)| *e == epoch && now < *until).map(|(_, _, l)| l.clone())
+        self.live.get(key).filter(|(e, until, _)| *e == epoch && now < *until).map(|(_, _, l)| l)
     }
 
     fn keep_live(&self, key: [u8; 32], epoch: u64, until: OffsetDateTime, live: Arc<LiveToken>) {
-        bounded_insert(&self.live, key, (epoch, until, live));
+        self.live.insert(key, (epoch, until, live));
     }
 
     /// The decision for `principal` doing `action` on `target`, from the
@@ -316,26 +317,47 @@ impl Caches {
             return engine.decide(principal, action, target, related);
         };
         let key = (scene, action.to_owned());
-        if let Ok(m) = self.issuance.lock()
-            && let Some((v, d)) = m.get(&key)
+        if let Some((v, d)) = self.issuance.get(&key)
             && v == engine.version()
         {
-            return d.clone();
+            return d;
         }
         let d = engine.decide(principal, action, target, related);
         // Errors are not kept: they are retried, and deny meanwhile.
         if d.errors.is_empty() {
-            bounded_insert(&self.issuance, key, (engine.version().to_owned(), d.clone()));
+            self.issuance.insert(key, (engine.version().to_owned(), d.clone()));
         }
         d
     }
 
     pub(crate) fn decision(&self, key: &DecisionKey, epoch: u64, version: &str) -> Option<CachedDecision> {
-        let m = self.decisions.lock().ok()?;
-        m.get(key).filter(|(e, v, _)| *e == epoch && v == version).map(|(_, _, d)| d.clone())
+        self.decisions.get(key).filter(|(e, v, _)| *e == epoch && v == version).map(|(_, _, d)| d)
     }
 
     pub(crate) fn keep_decision(&self, key: DecisionKey, epoch: u64, version: String, d: CachedDecision) {
-        bounded_insert(&self.decisions, key, (epoch, version, d));
+        self.decisions.insert(key, (epoch, version, d));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decision(i: usize) -> CachedDecision {
+        CachedDecision { decision: "allow", reasons: vec![i.to_string()] }
+    }
+
+    #[test]
+    fn a_full_cache_evicts_some_entries_and_keeps_the_rest() {
+        let caches = Caches::default();
+        let key = |i: usize| ([0u8; 32], i.to_string(), String::new(), String::new());
+        let total = MAX_CACHED + 10;
+        for i in 0..total {
+            caches.keep_decision(key(i), 1, "v".into(), decision(i));
+        }
+        // A map cleared when full would hold only the last ten now.
+        let recent = (total - 60_000..total).filter(|&i| caches.decision(&key(i), 1, "v").is_some()).count();
+        assert!(recent > 50_000, "only {recent} of the last 60,000 entries are kept");
+        assert!(caches.decision(&key(total - 1), 2, "v").is_none(), "an entry of another epoch was used");
     }
 }

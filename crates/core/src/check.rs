@@ -24,8 +24,9 @@ use crate::{Error, secrets};
 pub const APPROVAL_REQUIRED: &str = "approval_required";
 const MAX_FIELD: usize = 256;
 const MAX_PROPERTIES: usize = 64;
-/// Allows remembered per node before the memory is cleared.
-const MAX_REMEMBERED_ALLOWS: usize = 100_000;
+/// Allows remembered per node; past it the least useful are forgotten (and
+/// recorded again at their next use).
+pub(crate) const MAX_REMEMBERED_ALLOWS: usize = 100_000;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -451,16 +452,11 @@ impl Mandate {
     }
 
     fn remembered_allow(&self, jti: Jti, action: &str, target: &str) -> Option<u64> {
-        self.checked.lock().ok()?.get(&(jti, action.to_owned(), target.to_owned())).copied()
+        self.checked.get(&(jti, action.to_owned(), target.to_owned()))
     }
 
     fn remember_allow(&self, jti: Jti, action: &str, target: &str, seq: u64) {
-        if let Ok(mut m) = self.checked.lock() {
-            if m.len() >= MAX_REMEMBERED_ALLOWS {
-                m.clear();
-            }
-            m.insert((jti, action.to_owned(), target.to_owned()), seq);
-        }
+        self.checked.insert((jti, action.to_owned(), target.to_owned()), seq);
     }
 }
 

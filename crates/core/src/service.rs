@@ -70,7 +70,7 @@ pub struct Mandate {
     pub(crate) audit_keys: RwLock<AuditKeys>,
     /// Allowed checks already recorded, by token, action and resource,
     /// with the seq of the event that recorded them (docs/delegation.md).
-    pub(crate) checked: std::sync::Mutex<HashMap<(mandate_model::Jti, String, String), u64>>,
+    pub(crate) checked: quick_cache::sync::Cache<(mandate_model::Jti, String, String), u64>,
     /// Verified tokens, live chains and decisions, by store epoch.
     pub(crate) caches: crate::chain::Caches,
     /// Status indexes reserved by this node, and the lists it has built.
@@ -155,7 +155,7 @@ impl Mandate {
             resources: RwLock::new(HashMap::new()),
             client_keys: RwLock::new(HashMap::new()),
             audit_keys: RwLock::new(AuditKeys::default()),
-            checked: std::sync::Mutex::new(HashMap::new()),
+            checked: quick_cache::sync::Cache::new(crate::check::MAX_REMEMBERED_ALLOWS),
             caches: crate::chain::Caches::default(),
             status: crate::status::StatusLists::default(),
             sign_in_failures: crate::session::Failures::default(),
