@@ -190,24 +190,23 @@ fn wait_secs(d: std::time::Duration) -> u64 {
     d.as_secs() + u64::from(d.subsec_nanos() > 0)
 }
 
-/// Gives every request its id and client address (stamped on the events it
-/// records, used by the rate limits and the refusal counts), and echoes the
-/// id. The id is the caller's `X-Request-Id` when it is short printable
-/// ASCII, else a fresh one.
+/// Gives every request its client address and the id the request-id layer
+/// set (both stamped on the events it records; the address is what the rate
+/// limits and the refusal counts go by).
 pub async fn context(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
     let client = peer.map(|p| state.edge.client_addr(p, req.headers()));
     if let Some(c) = client {
         req.extensions_mut().insert(ClientAddr(c));
     }
-    let id = crate::ops::request_id_of(req.headers());
-    let header = axum::http::HeaderValue::from_str(&id).ok();
+    let id = req
+        .extensions()
+        .get::<tower_http::request_id::RequestId>()
+        .and_then(|r| r.header_value().to_str().ok())
+        .unwrap_or("-")
+        .to_owned();
     let ctx = mandate_core::audit::RequestContext { id, client };
-    let mut resp = mandate_core::audit::with_request(ctx, next.run(req)).await;
-    if let Some(h) = header {
-        resp.headers_mut().insert("x-request-id", h);
-    }
-    resp
+    mandate_core::audit::with_request(ctx, next.run(req)).await
 }
 
 /// The per-address rate limit, in front of the endpoints that take

@@ -108,6 +108,14 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(ops::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(state.edge.config.connections.body_timeout, conn::body_deadline))
         .layer(axum::middleware::from_fn_with_state(state.clone(), edge::context))
+        // The id: the caller's when it passes the screen, else a fresh one;
+        // echoed on the response.
+        .layer(tower_http::request_id::PropagateRequestIdLayer::new(HeaderName::from_static(ops::REQUEST_ID)))
+        .layer(tower_http::request_id::SetRequestIdLayer::new(
+            HeaderName::from_static(ops::REQUEST_ID),
+            ops::NodeRequestIds,
+        ))
+        .layer(axum::middleware::from_fn(ops::screen_request_id))
         .layer(axum::middleware::from_fn(ops::track))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         // RFC 9700 §4.16 (clickjacking) and content sniffing.

@@ -59,18 +59,34 @@ pub async fn not_found() -> Problem {
 
 static NEXT_REQUEST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
-/// The request's id: the caller's `X-Request-Id` when it is short printable
-/// ASCII, else a fresh one (unique within this process; the node's start
-/// time keeps ids of different processes apart).
-pub(crate) fn request_id_of(headers: &axum::http::HeaderMap) -> String {
-    let given = headers.get("x-request-id").and_then(|v| v.to_str().ok()).filter(|v| {
-        !v.is_empty() && v.len() <= mandate_core::audit::MAX_REQUEST_ID && v.bytes().all(|b| b.is_ascii_graphic())
-    });
-    match given {
-        Some(v) => v.to_owned(),
-        None => format!("{:x}-{}", *PROCESS_TAG, NEXT_REQUEST.fetch_add(1, std::sync::atomic::Ordering::Relaxed)),
+/// Fresh request ids for tower-http's request-id layer: unique within this
+/// process, and the node's start time keeps ids of different processes
+/// apart.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct NodeRequestIds;
+
+impl tower_http::request_id::MakeRequestId for NodeRequestIds {
+    fn make_request_id<B>(&mut self, _: &axum::http::Request<B>) -> Option<tower_http::request_id::RequestId> {
+        let id = format!("{:x}-{}", *PROCESS_TAG, NEXT_REQUEST.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+        axum::http::HeaderValue::from_str(&id).ok().map(tower_http::request_id::RequestId::new)
     }
 }
+
+/// Keeps a caller's `X-Request-Id` only when it is short printable ASCII;
+/// any other is dropped, so that the request-id layer gives a fresh one.
+pub(crate) async fn screen_request_id(mut req: Request, next: Next) -> Response {
+    let valid = req.headers().get_all(REQUEST_ID).iter().count() == 1
+        && req.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()).is_some_and(|v| {
+            !v.is_empty() && v.len() <= mandate_core::audit::MAX_REQUEST_ID && v.bytes().all(|b| b.is_ascii_graphic())
+        });
+    if !valid {
+        req.headers_mut().remove(REQUEST_ID);
+    }
+    next.run(req).await
+}
+
+/// The request-id header, read and echoed.
+pub(crate) const REQUEST_ID: &str = "x-request-id";
 
 /// A per-process tag for request ids: the process id and start time.
 static PROCESS_TAG: std::sync::LazyLock<u64> = std::sync::LazyLock::new(|| {

@@ -309,3 +309,32 @@ async fn a_policy_error_denies_and_is_recorded_as_such() -> anyhow::Result<()> {
     s.stop().await?;
     Ok(())
 }
+
+/// Every answer carries a request id: the caller's when it is short
+/// printable ASCII and sent once, a fresh one otherwise, and never the same
+/// fresh one twice.
+#[tokio::test]
+async fn request_ids_are_the_callers_when_sane_and_fresh_otherwise() -> anyhow::Result<()> {
+    let s = TestServer::start().await?;
+    let id_of = |resp: &reqwest::Response| {
+        resp.headers().get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_owned).unwrap_or_default()
+    };
+    let url = format!("{}/healthz", s.url);
+    let kept = s.http.get(&url).header("x-request-id", "trace-7").send().await?;
+    assert_eq!(id_of(&kept), "trace-7");
+    let mut fresh = Vec::new();
+    for bad in ["", "has space", &"x".repeat(mandate_core::audit::MAX_REQUEST_ID + 1)] {
+        let resp = s.http.get(&url).header("x-request-id", bad).send().await?;
+        fresh.push(id_of(&resp));
+    }
+    let twice = s.http.get(&url).header("x-request-id", "a").header("x-request-id", "b").send().await?;
+    fresh.push(id_of(&twice));
+    fresh.push(id_of(&s.http.get(&url).send().await?));
+    for id in &fresh {
+        assert!(!id.is_empty() && id.bytes().all(|b| b.is_ascii_graphic()), "{id:?}");
+        assert!(!["a", "b", "has space"].contains(&id.as_str()), "a bad id was kept: {id:?}");
+    }
+    let distinct: std::collections::BTreeSet<&String> = fresh.iter().collect();
+    assert_eq!(distinct.len(), fresh.len(), "fresh ids repeat: {fresh:?}");
+    Ok(())
+}
