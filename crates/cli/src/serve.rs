@@ -330,8 +330,8 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         bail!("status_list_ttl must be 1 second to a day");
     }
     config.status_list_ttl = settings.status_list_ttl;
-    let loopback =
-        ["http://127.0.0.1", "http://localhost", "http://[::1]"].iter().any(|p| config.issuer.starts_with(p));
+    let issuer = url::Url::parse(&config.issuer).map_err(|e| anyhow::anyhow!("the issuer is not a URL: {e}"))?;
+    let loopback = mandate_model::name::is_loopback_http(&issuer);
     config.allow_client_secrets = match settings.client_secrets {
         Toggle::On => true,
         Toggle::Off => false,
@@ -340,8 +340,15 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     if config.allow_client_secrets && !loopback {
         tracing::warn!("client_secret_basic is enabled on a non-loopback issuer; it is meant for development only");
     }
-    if !(config.issuer.starts_with("https://") || loopback) {
+    if !(issuer.scheme() == "https" || loopback) {
         bail!("the issuer must be an https URL (or loopback http for development)");
+    }
+    if !issuer.username().is_empty()
+        || issuer.password().is_some()
+        || issuer.query().is_some()
+        || issuer.fragment().is_some()
+    {
+        bail!("the issuer must have no user info, query or fragment (RFC 8414 §2)");
     }
     if settings.max_pending_per_agent == 0 || settings.max_pending_per_agent_user == 0 {
         bail!("max_pending_per_agent and max_pending_per_agent_user must be at least 1");

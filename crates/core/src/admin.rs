@@ -131,13 +131,16 @@ fn validate_action(a: &str) -> Result<(), Error> {
 /// loopback address for native apps.
 fn validate_redirect_uri(uri: &str) -> Result<(), Error> {
     // Loopback means the host exactly (not `localhost.evil.example`).
-    let loopback = uri.strip_prefix("http://").is_some_and(|rest| {
-        let authority = rest.split('/').next().unwrap_or_default();
-        let host = authority.rsplit_once(':').filter(|(h, p)| !h.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
-        let host = host.map_or(authority, |(h, _)| h);
-        ["127.0.0.1", "[::1]", "localhost"].contains(&host)
+    let parsed = url::Url::parse(uri).ok().filter(|u| {
+        // Spelt the one way it is compared (not `https:host`), with a host
+        // and no user info.
+        uri.starts_with(&format!("{}://", u.scheme()))
+            && u.host_str().is_some_and(|h| !h.is_empty())
+            && u.username().is_empty()
+            && u.password().is_none()
+            && u.fragment().is_none()
     });
-    let ok_scheme = uri.starts_with("https://") || loopback;
+    let ok_scheme = parsed.as_ref().is_some_and(|u| u.scheme() == "https" || name::is_loopback_http(u));
     // Characters that could split a header or a CSP directive are refused.
     let plain = uri.bytes().all(|b| b.is_ascii_graphic() && !b"\"';,<>\\`{}|^".contains(&b));
     if !ok_scheme || uri.contains('#') || uri.len() > 2048 || !plain {
@@ -831,6 +834,9 @@ mod redirect_tests {
             "https://app.example/cb#f",
             "https://app.example/cb;script-src",
             "https://app.example/c\"b",
+            "http://127.0.0.1@evil.example/cb",
+            "https:app.example/cb",
+            "https://user@app.example/cb",
         ] {
             assert!(validate_redirect_uri(bad).is_err(), "{bad}");
         }

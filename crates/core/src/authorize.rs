@@ -57,12 +57,11 @@ impl AuthorizeRequest {
         self.scopes.iter().map(|s| (s.as_str().to_owned(), self.resource.actions_of(s).unwrap_or_default())).collect()
     }
 
-    /// The origin of the redirect URI (for the consent page's CSP).
-    pub fn redirect_origin(&self) -> &str {
-        let uri = self.redirect_uri.as_str();
-        let after = uri.find("://").map_or(0, |i| i + 3);
-        let end = uri.get(after..).and_then(|rest| rest.find('/')).map_or(uri.len(), |i| after + i);
-        uri.get(..end).unwrap_or(uri)
+    /// The origin of the redirect URI (for the consent page's CSP), or
+    /// `None` if it has none (never: registered URIs are absolute http(s)).
+    pub fn redirect_origin(&self) -> Option<String> {
+        let origin = url::Url::parse(&self.redirect_uri).ok()?.origin();
+        origin.is_tuple().then(|| origin.ascii_serialization())
     }
 }
 

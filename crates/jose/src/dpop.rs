@@ -133,36 +133,32 @@ pub fn access_token_hash(access_token: &str) -> String {
 }
 
 /// RFC 9449 §4.3: `htu` is compared without query and fragment, after
-/// RFC 3986 §6.2.2/§6.2.3 normalisation: scheme and host lowercased, the
-/// default port dropped, an empty path made `/`, percent-encodings
-/// uppercased. `None` for anything that is not an absolute http(s) URL.
-pub fn normalize_htu(url: &str) -> Option<String> {
-    let url = url.split(['?', '#']).next().unwrap_or_default();
-    let (scheme, rest) = url.split_once("://")?;
-    let scheme = scheme.to_ascii_lowercase();
-    let default_port = match scheme.as_str() {
-        "https" => "443",
-        "http" => "80",
-        _ => return None,
-    };
-    let (authority, path) = match rest.find('/') {
-        Some(i) => rest.split_at(i),
-        None => (rest, "/"),
-    };
-    if authority.is_empty() || authority.contains('@') || !authority.is_ascii() {
+/// RFC 3986 §6.2.2/§6.2.3 normalisation: the `url` crate's parse (scheme
+/// and host lowercased, the default port dropped, an empty path made `/`,
+/// dot segments resolved), then percent-encodings of unreserved characters
+/// decoded and the others uppercased. `None` for anything that is not an
+/// absolute http(s) URL with a host and no user info.
+pub fn normalize_htu(raw: &str) -> Option<String> {
+    let mut url = url::Url::parse(raw).ok()?;
+    if !matches!(url.scheme(), "https" | "http")
+        || url.host_str().is_none_or(str::is_empty)
+        || !url.username().is_empty()
+        || url.password().is_some()
+    {
         return None;
     }
-    let authority = authority.to_ascii_lowercase();
-    let authority = match authority.rsplit_once(':') {
-        Some((host, port)) if port == default_port && !host.ends_with(':') => host.to_owned(),
-        Some((host, "")) => host.to_owned(),
-        _ => authority,
-    };
-    let mut out = String::with_capacity(scheme.len() + authority.len() + path.len() + 3);
-    out.push_str(&scheme);
-    out.push_str("://");
-    out.push_str(&authority);
+    url.set_query(None);
+    url.set_fragment(None);
+    let path = normalize_percent_encoding(url.path());
+    url.set_path(&path);
+    Some(url.into())
+}
+
+/// Percent-encodings of unreserved characters decoded (RFC 3986
+/// §6.2.2.2), the others uppercased (§6.2.2.1).
+fn normalize_percent_encoding(path: &str) -> String {
     let bytes = path.as_bytes();
+    let mut out = String::with_capacity(path.len());
     let mut i = 0;
     while let Some(&b) = bytes.get(i) {
         if b == b'%'
@@ -171,7 +167,6 @@ pub fn normalize_htu(url: &str) -> Option<String> {
             && l.is_ascii_hexdigit()
         {
             let byte = (hex(*h) << 4) | hex(*l);
-            // Unreserved characters are decoded (§6.2.2.2), others uppercased.
             if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
                 out.push(char::from(byte));
             } else {
@@ -185,7 +180,7 @@ pub fn normalize_htu(url: &str) -> Option<String> {
         out.push(char::from(b));
         i += 1;
     }
-    Some(out)
+    out
 }
 
 fn hex(c: u8) -> u8 {
@@ -276,6 +271,10 @@ mod tests {
         assert_eq!(normalize_htu("http://h:8080/a%7e%2f"), Some("http://h:8080/a~%2F".into()));
         assert_eq!(normalize_htu("ftp://h/"), None);
         assert_eq!(normalize_htu("https://user@h/"), None);
+        assert_eq!(normalize_htu("https://h/a/./b/../c#f"), Some("https://h/a/c".into()));
+        assert_eq!(normalize_htu("https://H.example:8443"), Some("https://h.example:8443/".into()));
+        assert_eq!(normalize_htu("/oauth/token"), None, "a relative URL");
+        assert_eq!(normalize_htu("https://"), None, "no host");
     }
 
     #[test]

@@ -108,24 +108,38 @@ pub fn validate_resource_identifier(uri: &str) -> Result<String, ModelError> {
     if !uri.bytes().all(|b| b.is_ascii_graphic()) {
         return bad("must be printable ASCII without spaces");
     }
-    let rest = match uri.strip_prefix("https://").or_else(|| uri.strip_prefix("http://")) {
-        Some(rest) => rest,
-        None => return bad("must be an absolute https:// (or http://) URI"),
-    };
-    if uri.contains('#') {
+    let Ok(url) = url::Url::parse(uri) else { return bad("must be an absolute https:// (or http://) URI") };
+    // The `url` crate would also read `https:host` or `https:\\host`:
+    // identifiers are spelt the one way they are compared.
+    if !matches!(url.scheme(), "https" | "http") || !uri.starts_with(&format!("{}://", url.scheme())) {
+        return bad("must be an absolute https:// (or http://) URI");
+    }
+    if url.fragment().is_some() {
         return bad("must not have a fragment");
     }
-    let authority = rest.split(['/', '?']).next().unwrap_or_default();
-    if authority.is_empty() || authority.contains('@') {
+    let Some(host) = url.host_str().filter(|h| !h.is_empty()) else {
+        return bad("must have a host and no user info");
+    };
+    if !url.username().is_empty() || url.password().is_some() {
         return bad("must have a host and no user info");
     }
-    if authority.bytes().any(|b| b.is_ascii_uppercase()) {
+    // The parser lowercases the host; the identifier must already be so.
+    if !uri.contains(host) {
         return bad("host must be lower case");
     }
-    if rest.split('/').any(|seg| seg == "." || seg == "..") {
+    // The parser resolves dot segments; the identifier must not have any.
+    let before_query = uri.split('?').next().unwrap_or_default();
+    if before_query.split('/').any(|seg| seg == "." || seg == "..") {
         return bad("must not have dot segments");
     }
     Ok(uri.to_owned())
+}
+
+/// Whether `url` is `http` to a loopback host, named exactly
+/// (`127.0.0.1`, `[::1]` or `localhost`): what native apps and development
+/// use instead of https.
+pub fn is_loopback_http(url: &url::Url) -> bool {
+    url.scheme() == "http" && matches!(url.host_str(), Some("127.0.0.1" | "[::1]" | "localhost"))
 }
 
 #[cfg(test)]
@@ -176,6 +190,9 @@ mod tests {
             "ftp://x",
             "https://a/../b",
             "https://",
+            "https:api.example.com",
+            "https:\\\\api.example.com",
+            "https://api.example.com:99999/",
         ] {
             assert!(validate_resource_identifier(u).is_err(), "{u}");
         }

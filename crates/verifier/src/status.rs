@@ -48,14 +48,24 @@ impl StatusCache {
         }
     }
 
-    /// Whether `uri` is one of the issuer's lists: the prefix, then one
-    /// plain path segment (no query, fragment, dot segment or escape).
+    /// Whether `uri` is one of the issuer's lists: a URL in its canonical
+    /// spelling (as the `url` crate writes it) with no user info, query or
+    /// fragment, made of the prefix and one plain path segment (no dot
+    /// segment or escape).
     pub(crate) fn is_issuers(&self, uri: &str) -> bool {
-        uri.strip_prefix(&self.prefix).is_some_and(|name| {
-            !name.is_empty()
-                && name.len() <= MAX_LIST_NAME
-                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        })
+        let canonical = url::Url::parse(uri).is_ok_and(|u| {
+            u.as_str() == uri
+                && u.username().is_empty()
+                && u.password().is_none()
+                && u.query().is_none()
+                && u.fragment().is_none()
+        });
+        canonical
+            && uri.strip_prefix(&self.prefix).is_some_and(|name| {
+                !name.is_empty()
+                    && name.len() <= MAX_LIST_NAME
+                    && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            })
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<String, Entry>> {

@@ -107,7 +107,10 @@ fn consent(s: &AppState, signed: &Signed, req: &AuthorizeRequest) -> Response {
     let mut resp =
         page(StatusCode::OK, layout("Allow access?", Some((&signed.session.user, &signed.session.csrf)), "", &main));
     // The form's answer redirects to the client: let the form go there.
-    let csp = super::PAGE_CSP.replace("form-action 'self'", &format!("form-action 'self' {}", req.redirect_origin()));
+    let csp = match req.redirect_origin() {
+        Some(origin) => super::PAGE_CSP.replace("form-action 'self'", &format!("form-action 'self' {origin}")),
+        None => super::PAGE_CSP.to_owned(),
+    };
     if let Ok(v) = HeaderValue::from_str(&csp) {
         resp.headers_mut().insert(header::CONTENT_SECURITY_POLICY, v);
     }

@@ -70,17 +70,20 @@ fn query(raw: Option<&str>) -> Vec<(String, String)> {
 /// A local path to return to after signing in; anything else is
 /// `/approvals`. Browsers drop tabs and newlines from URLs and read `\` as
 /// `/`, so `/\t/evil.example` would become `//evil.example`: such paths are
-/// refused whole.
+/// refused whole, and what is left must resolve (by the `url` crate, as a
+/// browser would) to this origin.
 fn local_next(next: Option<&str>) -> String {
+    const HOME: &str = "https://mandate.invalid/";
+    let local = |n: &str| {
+        n.starts_with('/')
+            && n.len() < 2048
+            && n.bytes().all(|b| b.is_ascii_graphic() && b != b'\\')
+            && url::Url::parse(HOME)
+                .and_then(|home| home.join(n).map(|to| to.origin() == home.origin()))
+                .unwrap_or(false)
+    };
     match next {
-        Some(n)
-            if n.starts_with('/')
-                && !n.starts_with("//")
-                && n.len() < 2048
-                && n.bytes().all(|b| b.is_ascii_graphic() && b != b'\\') =>
-        {
-            n.to_owned()
-        }
+        Some(n) if local(n) => n.to_owned(),
         _ => "/approvals".into(),
     }
 }
@@ -693,7 +696,9 @@ mod tests {
 
     #[test]
     fn only_plain_local_paths_are_returned_to() {
-        assert_eq!(local_next(Some("/grants?x=1")), "/grants?x=1");
+        for ok in ["/grants?x=1", "/audit/trace/jti_1", "/%2F%2Fevil.example"] {
+            assert_eq!(local_next(Some(ok)), ok, "{ok}");
+        }
         for bad in
             ["//evil.example", "/\t/evil.example", "/\\evil.example", "https://evil.example", "/a b", "/\n/x", ""]
         {
