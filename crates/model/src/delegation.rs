@@ -1,7 +1,7 @@
 //! Delegation rules (DESIGN §3.2, RFC 8693): who acts for whom, and how
 //! authority only narrows at each hop. Pure: the caller passes `now`.
 //!
-//! These are the rules the token exchange of issue 4 applies; they are
+//! These are the rules the token exchange (DESIGN §3.2) applies; they are
 //! kept here, without I/O, so that their invariants are property-tested on
 //! their own (a hop never widens scope, never changes audience except as
 //! allowed, never outlives its parent; a chain never repeats an agent or

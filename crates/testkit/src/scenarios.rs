@@ -1,4 +1,4 @@
-//! End-to-end delegation scenarios over HTTP (issue 4): CIBA grants decided
+//! End-to-end delegation scenarios over HTTP (DESIGN §3): CIBA grants decided
 //! by policy, approvals, refresh rotation, token exchange chains, the check
 //! API and cascading revocation. Each runs on a fresh server; the SQLite and
 //! the PostgreSQL test suites both run every one.

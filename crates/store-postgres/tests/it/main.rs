@@ -175,7 +175,7 @@ async fn two_nodes_share_one_database() -> anyhow::Result<()> {
     result
 }
 
-/// The delegation scenarios of issue 4, each on a fresh database, as the
+/// The delegation scenarios (DESIGN §3), each on a fresh database, as the
 /// SQLite suite runs them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_passes_the_delegation_scenarios() -> anyhow::Result<()> {

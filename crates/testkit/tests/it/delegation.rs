@@ -1,4 +1,4 @@
-//! The delegation scenarios (issue 4) on SQLite; the PostgreSQL suite runs
+//! The delegation scenarios (DESIGN §3) on SQLite; the PostgreSQL suite runs
 //! the same ones. Plus two invariants, property-tested.
 
 use std::sync::Arc;
