@@ -3,33 +3,23 @@
 //! signed in signs in first and comes back; the consent form carries the
 //! request and the session's CSRF token, and is validated again on post.
 
-use std::fmt::Write;
-
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use mandate_core::authorize::{AuthorizeError, AuthorizeRequest};
 
-use super::html::{csrf_field, esc, layout};
+use super::Signed;
 use super::pages::error_page;
-use super::{Signed, page};
+use super::views::{self, Who, html};
 use crate::AppState;
 use crate::extract::OAuthForm;
 
 fn refused(e: AuthorizeError) -> Response {
     match e {
         // RFC 6749 §4.1.2.1: never redirect to an unverified URI.
-        AuthorizeError::NoRedirect(why) => page(
+        AuthorizeError::NoRedirect(why) => html(
             StatusCode::BAD_REQUEST,
-            layout(
-                "This sign-in link is not valid",
-                None,
-                "",
-                &format!(
-                    r#"<p role="alert">{}</p><p>Nothing was granted. Go back to the application and try again.</p>"#,
-                    esc(&why)
-                ),
-            ),
+            &views::InvalidLinkPage { title: "This sign-in link is not valid", who: None, why },
         ),
         AuthorizeError::Redirect { url } => see_other(&url),
     }
@@ -70,42 +60,24 @@ pub async fn authorize_page(
 
 fn consent(s: &AppState, signed: &Signed, req: &AuthorizeRequest) -> Response {
     let owner = req.owner.as_ref().map_or_else(|| req.agent.owner.to_string(), |o| format!("{} ({})", o.name, o.email));
-    let mut scopes = String::new();
-    for (scope, actions) in req.scope_actions() {
-        let _ = write!(scopes, "<li><strong>{}</strong>: may {}</li>", esc(&scope), esc(&actions.join(", ")));
-    }
-    let mut hidden = csrf_field(&signed.session.csrf);
-    for (k, v) in &req.params {
-        let _ = write!(hidden, r#"<input type="hidden" name="{}" value="{}">"#, esc(k), esc(v));
-    }
     let hours = s.mandate.config().grant_ttl as f64 / 3600.0;
-    let main = format!(
-        r#"<p><strong>{agent}</strong> wants to act for you.</p>
-<dl class="consent">
-<dt>Agent</dt><dd>{agent} <code>{agent_id}</code></dd>
-<dt>Accountable owner</dt><dd>{owner}</dd>
-<dt>What it does</dt><dd>{description}</dd>
-<dt>Purpose</dt><dd>{purpose}</dd>
-<dt>At</dt><dd>{resource_name} <code>{resource}</code></dd>
-<dt>It asks to</dt><dd><ul>{scopes}</ul></dd>
-<dt>For</dt><dd>up to {hours:.0} hours, unless you revoke it sooner on the Grants page</dd>
-<dt>Returns to</dt><dd><code>{redirect}</code></dd>
-</dl>
-<form method="post" action="/oauth/authorize" class="consent">{hidden}
-<button type="submit" name="decision" value="allow" class="primary">Allow</button>
-<button type="submit" name="decision" value="deny" class="danger">Deny</button>
-</form>"#,
-        agent = esc(&req.agent.name),
-        agent_id = esc(&req.agent.id.to_string()),
-        owner = esc(&owner),
-        description = esc(req.agent.description.as_deref().unwrap_or("—")),
-        purpose = esc(req.purpose.as_deref().unwrap_or("—")),
-        resource_name = esc(&req.resource.name),
-        resource = esc(&req.resource.identifier),
-        redirect = esc(&req.redirect_uri),
-    );
-    let mut resp =
-        page(StatusCode::OK, layout("Allow access?", Some((&signed.session.user, &signed.session.csrf)), "", &main));
+    let view = views::ConsentPage {
+        title: "Allow access?",
+        who: Who::of(&signed.session, ""),
+        agent: req.agent.name.clone(),
+        agent_id: req.agent.id.to_string(),
+        owner,
+        description: req.agent.description.clone().unwrap_or_else(|| "—".into()),
+        purpose: req.purpose.clone().unwrap_or_else(|| "—".into()),
+        resource_name: req.resource.name.clone(),
+        resource: req.resource.identifier.clone(),
+        scopes: req.scope_actions().into_iter().map(|(scope, actions)| (scope, actions.join(", "))).collect(),
+        hours: format!("{hours:.0}"),
+        redirect: req.redirect_uri.clone(),
+        csrf: signed.session.csrf.clone(),
+        params: req.params.clone(),
+    };
+    let mut resp = html(StatusCode::OK, &view);
     // The form's answer redirects to the client: let the form go there.
     let csp = match req.redirect_origin() {
         Some(origin) => super::PAGE_CSP.replace("form-action 'self'", &format!("form-action 'self' {origin}")),

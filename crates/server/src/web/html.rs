@@ -1,98 +1,41 @@
-//! HTML building: every value that reaches a page goes through [`esc`].
+//! What pages share: the escaper every template renders with, and how
+//! values are written on them.
 
-use std::fmt::Write;
+use std::fmt::{self, Write};
 
-use mandate_model::records::User;
+/// The pages' escaper (`askama.toml`): askama's HTML escaping, plus the
+/// bidirectional controls, which could reorder what a person reads
+/// (SECURITY row 30), written as character references.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Html;
 
-/// Escapes text for HTML element content and quoted attribute values.
-pub fn esc(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 8);
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            // Bidi controls could reorder what a person reads (SECURITY row 30).
-            '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' => {
-                let _ = write!(out, "&#x{:X};", u32::from(c));
-            }
-            c => out.push(c),
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+}
+
+impl askama::filters::Escaper for Html {
+    fn write_escaped_str<W: Write>(&self, mut dest: W, string: &str) -> fmt::Result {
+        let mut rest = string;
+        while let Some((i, c)) = rest.char_indices().find(|(_, c)| is_bidi_control(*c)) {
+            askama::filters::Html.write_escaped_str(&mut dest, rest.get(..i).unwrap_or_default())?;
+            write!(dest, "&#x{:X};", u32::from(c))?;
+            rest = rest.get(i + c.len_utf8()..).unwrap_or_default();
+        }
+        askama::filters::Html.write_escaped_str(dest, rest)
+    }
+
+    fn write_escaped_char<W: Write>(&self, mut dest: W, c: char) -> fmt::Result {
+        if is_bidi_control(c) {
+            write!(dest, "&#x{:X};", u32::from(c))
+        } else {
+            askama::filters::Html.write_escaped_char(dest, c)
         }
     }
-    out
 }
 
 /// Percent-encodes a query value.
 pub fn url_encode(s: &str) -> String {
     form_urlencoded::byte_serialize(s.as_bytes()).collect()
-}
-
-/// A whole page: the header with navigation and the sign-out button when a
-/// person is signed in, then `main`.
-pub fn layout(title: &str, who: Option<(&User, &str)>, current: &str, main: &str) -> String {
-    let mut nav = String::new();
-    if let Some((user, csrf)) = who {
-        nav.push_str(r#"<nav aria-label="Main"><ul>"#);
-        for (href, label) in
-            [("/approvals", "Approvals"), ("/grants", "Grants"), ("/agents", "Agents"), ("/audit", "Audit")]
-        {
-            let here = if href == current { r#" aria-current="page""# } else { "" };
-            let _ = write!(nav, r#"<li><a href="{href}"{here}>{label}</a></li>"#);
-        }
-        let _ = write!(
-            nav,
-            r#"</ul></nav><form class="signout" method="post" action="/logout"><span>{}</span>{}<button type="submit">Sign out</button></form>"#,
-            esc(&user.email),
-            csrf_field(csrf),
-        );
-    }
-    format!(
-        r##"<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{title} · Mandate</title>
-<link rel="stylesheet" href="/static/app.css">
-<script src="/static/app.js" defer></script>
-</head>
-<body>
-<a class="skip" href="#main">Skip to content</a>
-<header><span class="brand">Mandate</span>{nav}</header>
-<main id="main" tabindex="-1">
-<h1>{title}</h1>
-{main}
-</main>
-</body>
-</html>
-"##,
-        title = esc(title),
-    )
-}
-
-pub fn csrf_field(csrf: &str) -> String {
-    format!(r#"<input type="hidden" name="csrf" value="{}">"#, esc(csrf))
-}
-
-/// A one-button form that posts to `action` (and updates the live region
-/// in place when scripts run).
-pub fn button_form(action: &str, csrf: &str, label: &str, extra: &str, class: &str) -> String {
-    format!(
-        r#"<form method="post" action="{}" data-live>{}{extra}<button type="submit" class="{class}">{}</button></form>"#,
-        esc(action),
-        csrf_field(csrf),
-        esc(label)
-    )
-}
-
-/// A status message region that screen readers announce.
-pub fn notice(text: &str, kind: &str) -> String {
-    if text.is_empty() {
-        return r#"<p id="notice" role="status" aria-live="polite" tabindex="-1"></p>"#.into();
-    }
-    format!(r#"<p id="notice" role="status" aria-live="polite" tabindex="-1" class="{kind}">{}</p>"#, esc(text))
 }
 
 /// A time as `YYYY-MM-DD HH:MM UTC`.
@@ -103,11 +46,20 @@ pub fn when(t: time::OffsetDateTime) -> String {
 
 #[cfg(test)]
 mod tests {
+    use askama::filters::Escaper;
+
     use super::*;
+
+    fn esc(s: &str) -> String {
+        let mut out = String::new();
+        let escaped = Html.write_escaped_str(&mut out, s);
+        assert!(escaped.is_ok());
+        out
+    }
 
     #[test]
     fn escapes_markup_quotes_and_bidi() {
-        assert_eq!(esc(r#"<a href="x">'&"#), "&lt;a href=&quot;x&quot;&gt;&#39;&amp;");
-        assert_eq!(esc("a\u{202E}b"), "a&#x202E;b");
+        assert_eq!(esc(r#"<a href="x">'&"#), "&#60;a href=&#34;x&#34;&#62;&#39;&#38;");
+        assert_eq!(esc("a\u{202E}b\u{2066}"), "a&#x202E;b&#x2066;");
     }
 }

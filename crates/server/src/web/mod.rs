@@ -12,6 +12,7 @@
 mod authorize;
 mod html;
 mod pages;
+mod views;
 
 use axum::Router;
 use axum::extract::{ConnectInfo, FromRequestParts};
@@ -19,6 +20,7 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
+use axum_extra::extract::cookie::{Cookie, SameSite};
 use mandate_core::session::Session;
 
 use crate::AppState;
@@ -69,6 +71,12 @@ pub(crate) fn page(status: StatusCode, body: String) -> Response {
     resp
 }
 
+/// Whether the issuer is https: cookies are then `Secure` and
+/// `__Host-` prefixed.
+pub(crate) fn https(state: &AppState) -> bool {
+    state.mandate.config().issuer.starts_with("https://")
+}
+
 /// The session cookie's name: `__Host-` prefixed (Secure, path `/`, no
 /// domain) when the issuer is https.
 pub(crate) fn cookie_name(secure: bool) -> &'static str {
@@ -84,23 +92,35 @@ pub(crate) fn login_cookie_name(secure: bool) -> &'static str {
     if secure { "__Host-mandate_login" } else { "mandate_login" }
 }
 
-/// A `Set-Cookie` value.
-pub(crate) fn set_cookie(name: &str, value: &str, max_age: i64, secure: bool) -> HeaderValue {
-    let secure = if secure { "; Secure" } else { "" };
-    HeaderValue::from_str(&format!("{name}={value}; Path=/; HttpOnly; SameSite=Lax; Max-Age={max_age}{secure}"))
-        .unwrap_or_else(|_| HeaderValue::from_static("mandate_session=; Max-Age=0"))
+/// A cookie of the web pages: `Path=/`, `HttpOnly`, `SameSite=Lax`, for
+/// `max_age` seconds, and `Secure` when the issuer is https.
+pub(crate) fn session_cookie(name: &'static str, value: String, max_age: i64, secure: bool) -> Cookie<'static> {
+    Cookie::build((name, value))
+        .path("/")
+        .http_only(true)
+        .same_site(SameSite::Lax)
+        .max_age(time::Duration::seconds(max_age))
+        .secure(secure)
+        .build()
 }
 
-/// The value of cookie `name`, if the request sent exactly one.
+/// The cookie `name`, emptied and expired.
+pub(crate) fn expired_cookie(name: &'static str, secure: bool) -> Cookie<'static> {
+    session_cookie(name, String::new(), 0, secure)
+}
+
+/// The value of cookie `name`, if the request sent exactly one. A repeated
+/// name could be a cookie planted beside the real one (by a sibling
+/// domain, say), and no one can tell which is which, so it counts as none.
 pub(crate) fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     let mut found = headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|c| c.trim().split_once('='))
-        .filter(|(k, _)| *k == name)
-        .map(|(_, v)| v);
+        .flat_map(Cookie::split_parse)
+        .filter_map(Result::ok)
+        .filter(|c| c.name() == name)
+        .filter_map(|c| c.name_raw().and(c.value_raw()));
     let first = found.next();
     if found.next().is_some() { None } else { first }
 }
@@ -129,7 +149,7 @@ impl FromRequestParts<AppState> for Signed {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
-        let secure = state.mandate.config().issuer.starts_with("https://");
+        let secure = https(state);
         let to_login = || {
             // After a form post, come back to the page the form was on, not
             // to the post's own address (which answers posts only).
@@ -161,10 +181,12 @@ mod tests {
 
     #[test]
     fn cookies_are_host_prefixed_and_secure_on_https() {
-        let c = set_cookie(cookie_name(true), "v", 60, true);
-        assert_eq!(c, "__Host-mandate_session=v; Path=/; HttpOnly; SameSite=Lax; Max-Age=60; Secure");
-        let c = set_cookie(cookie_name(false), "v", 60, false);
-        assert_eq!(c, "mandate_session=v; Path=/; HttpOnly; SameSite=Lax; Max-Age=60");
+        let c = session_cookie(cookie_name(true), "v".into(), 60, true).to_string();
+        assert_eq!(c, "__Host-mandate_session=v; HttpOnly; SameSite=Lax; Secure; Path=/; Max-Age=60");
+        let c = session_cookie(cookie_name(false), "v".into(), 60, false).to_string();
+        assert_eq!(c, "mandate_session=v; HttpOnly; SameSite=Lax; Path=/; Max-Age=60");
+        let c = expired_cookie(login_cookie_name(false), false).to_string();
+        assert_eq!(c, "mandate_login=; HttpOnly; SameSite=Lax; Path=/; Max-Age=0");
     }
 
     #[test]

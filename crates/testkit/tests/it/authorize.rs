@@ -135,7 +135,7 @@ impl Flow {
             .filter_map(|r| {
                 let (name, rest) = r.split_once(r#"" value=""#)?;
                 let value = rest.split('"').next()?;
-                Some((name.to_owned(), value.replace("&amp;", "&").replace("&#39;", "'").replace("&quot;", "\"")))
+                Some((name.to_owned(), value.replace("&#38;", "&").replace("&#39;", "'").replace("&#34;", "\"")))
             })
             .collect();
         form.push(("decision".into(), decision.into()));

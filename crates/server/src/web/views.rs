@@ -1,0 +1,317 @@
+//! What each page shows, as the values its template renders: one struct per
+//! template in `templates/`. Every value is text, escaped by the template
+//! (`askama.toml`); nothing here builds markup.
+
+use askama::Template;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use mandate_core::session::Session;
+
+use super::page;
+
+/// Renders a page with the page headers. A template that cannot render
+/// (a bug, never input) is logged and answered with a fixed plain-text
+/// 500.
+pub(crate) fn html(status: StatusCode, view: &impl Template) -> Response {
+    match view.render() {
+        Ok(body) => page(status, body),
+        Err(e) => {
+            tracing::error!(error = %e, "a page template failed to render");
+            let mut resp = (StatusCode::INTERNAL_SERVER_ERROR, "The page could not be shown.").into_response();
+            resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            resp
+        }
+    }
+}
+
+/// The signed-in person a page header shows: their email, the sign-out
+/// form's CSRF token and the main navigation.
+pub struct Who {
+    pub email: String,
+    pub csrf: String,
+    pub nav: Vec<NavItem>,
+}
+
+pub struct NavItem {
+    pub href: &'static str,
+    pub label: &'static str,
+    pub here: bool,
+}
+
+impl Who {
+    /// The header of a page at `current` (a nav `href`, or "" for none).
+    pub fn of(session: &Session, current: &str) -> Option<Self> {
+        let nav = [("/approvals", "Approvals"), ("/grants", "Grants"), ("/agents", "Agents"), ("/audit", "Audit")]
+            .into_iter()
+            .map(|(href, label)| NavItem { href, label, here: href == current })
+            .collect();
+        Some(Who { email: session.user.email.clone(), csrf: session.csrf.clone(), nav })
+    }
+}
+
+#[derive(Template)]
+#[template(path = "error.html")]
+pub struct ErrorPage {
+    pub title: &'static str,
+    pub who: Option<Who>,
+    pub text: String,
+}
+
+#[derive(Template)]
+#[template(path = "invalid_link.html")]
+pub struct InvalidLinkPage {
+    pub title: &'static str,
+    pub who: Option<Who>,
+    pub why: String,
+}
+
+#[derive(Template)]
+#[template(path = "login.html")]
+pub struct LoginPage<'a> {
+    pub title: &'static str,
+    pub who: Option<Who>,
+    /// Why the last attempt failed; empty for none.
+    pub alert: &'a str,
+    pub token: &'a str,
+    pub next: &'a str,
+    pub email: &'a str,
+}
+
+// ----- approvals -----
+
+/// A pending request, as its card shows it.
+pub struct Card {
+    pub id: String,
+    pub agent: String,
+    /// The scopes a grant request asks for; `None` for an action.
+    pub scopes: Option<String>,
+    pub action: String,
+    pub target: String,
+    pub properties: Vec<(String, String)>,
+    pub resource: String,
+    pub message: Option<String>,
+    /// The agents between the person and the asking agent, named.
+    pub chain: Vec<String>,
+    pub asked: String,
+    pub expires: String,
+    pub approve: String,
+    pub deny: String,
+    /// The digest of what the card shows (the decision's precondition).
+    pub shown: String,
+}
+
+/// The inbox's live region.
+pub struct ApprovalsList {
+    pub done: String,
+    pub me: String,
+    pub csrf: String,
+    pub cards: Vec<Card>,
+    /// A link back to the newest requests (when this is an older page).
+    pub newest: bool,
+    /// The cursor of the next older page, when this one is full.
+    pub older: Option<String>,
+}
+
+#[derive(Template)]
+#[template(path = "approvals.html")]
+pub struct ApprovalsPage {
+    pub title: &'static str,
+    pub who: Option<Who>,
+    pub live: ApprovalsList,
+}
+
+#[derive(Template)]
+#[template(path = "approvals_live.html")]
+pub struct ApprovalsLive {
+    pub live: ApprovalsList,
+}
+
+// ----- grants -----
+
+pub struct GrantRow {
+    pub id: String,
+    pub agent: String,
+    pub purpose: String,
+    pub scopes: String,
+    pub resource: String,
+    pub expires: String,
+    pub last_used: String,
+    pub status: &'static str,
+    pub live: bool,
+    pub revoke: String,
+}
+
+pub struct GrantsList {
+    pub done: String,
+    pub csrf: String,
+    pub rows: Vec<GrantRow>,
+}
+
+#[derive(Template)]
+#[template(path = "grants.html")]
+pub struct GrantsPage {
+    pub title: &'static str,
+    pub who: Option<Who>,
+    pub live: GrantsList,
+}
+
+#[derive(Template)]
+#[template(path = "grants_live.html")]
+pub struct GrantsLive {
+    pub live: GrantsList,
+}
+
+// ----- agents -----
+
+/// A lifecycle button on an agent's row.
+pub struct AgentOp {
+    pub action: String,
+    pub label: &'static str,
+    pub class: &'static str,
+}
+
+pub struct AgentRow {
+    pub id: String,
+    pub name: String,
+    /// The agent that spawned this ephemeral one.
+    pub parent: Option<String>,
+    pub kind: String,
+    pub description: String,
+    pub scopes: String,
+    pub status: &'static str,
+    pub last_used: String,
+    pub expires: String,
+    pub ops: Vec<AgentOp>,
+}
+
+pub struct AgentsList {
+    pub done: String,
+    pub csrf: String,
+    pub rows: Vec<AgentRow>,
+}
+
+#[derive(Template)]
+#[template(path = "agents.html")]
+pub struct AgentsPage {
+    pub title: &'static str,
+    pub who: Option<Who>,
+    pub live: AgentsList,
+}
+
+#[derive(Template)]
+#[template(path = "agents_live.html")]
+pub struct AgentsLive {
+    pub live: AgentsList,
+}
+
+// ----- audit -----
+
+/// A filter field of the audit page.
+pub struct Field {
+    pub name: &'static str,
+    pub label: &'static str,
+    pub value: String,
+}
+
+pub struct EventRow {
+    pub seq: u64,
+    pub time: String,
+    pub kind: String,
+    pub decision: String,
+    pub actor: String,
+    pub resource: String,
+    pub reason: String,
+    /// The grant or token whose tree the event belongs to.
+    pub trace: Option<String>,
+}
+
+#[derive(Template)]
+#[template(path = "audit.html")]
+pub struct AuditPage {
+    pub title: &'static str,
+    pub who: Option<Who>,
+    pub everything: bool,
+    pub fields: Vec<Field>,
+    pub events: Vec<EventRow>,
+}
+
+/// An event in a delegation tree.
+pub struct TraceEvent {
+    pub decision: String,
+    pub kind: String,
+    pub action: String,
+    pub seq: u64,
+    pub time: String,
+    pub reason: String,
+}
+
+impl From<&mandate_audit::Event> for TraceEvent {
+    fn from(e: &mandate_audit::Event) -> Self {
+        TraceEvent {
+            decision: e.decision.clone().unwrap_or_default(),
+            kind: e.kind.clone(),
+            action: e.action.clone().unwrap_or_default(),
+            seq: e.seq,
+            time: e.time.clone(),
+            reason: e.reason.clone().unwrap_or_default(),
+        }
+    }
+}
+
+/// A token in the tree.
+pub struct TraceNode {
+    pub actor: String,
+    pub resource: String,
+    pub scope: String,
+    pub jti: String,
+    pub time: String,
+    pub events: Vec<TraceEvent>,
+    /// Whether a list of children (or hidden ones) follows.
+    pub opens: bool,
+}
+
+/// The tree, written depth first: a token, or a count of hidden ones, and
+/// how many open lists end after it. Templates do not recurse, so the
+/// nesting is carried by `opens` and `closes`.
+pub struct TraceStep {
+    pub node: Option<TraceNode>,
+    pub hidden: usize,
+    pub closes: usize,
+}
+
+#[derive(Template)]
+#[template(path = "trace.html")]
+pub struct TracePage {
+    pub title: &'static str,
+    pub who: Option<Who>,
+    pub id: String,
+    pub grant_events: Vec<TraceEvent>,
+    pub who_for: String,
+    pub subject: String,
+    pub steps: Vec<TraceStep>,
+    pub hidden: usize,
+    pub truncated: bool,
+}
+
+// ----- consent -----
+
+#[derive(Template)]
+#[template(path = "consent.html")]
+pub struct ConsentPage {
+    pub title: &'static str,
+    pub who: Option<Who>,
+    pub agent: String,
+    pub agent_id: String,
+    pub owner: String,
+    pub description: String,
+    pub purpose: String,
+    pub resource_name: String,
+    pub resource: String,
+    /// Each scope asked for, with the actions it allows.
+    pub scopes: Vec<(String, String)>,
+    pub hours: String,
+    pub redirect: String,
+    pub csrf: String,
+    /// The authorization request, carried to the decision.
+    pub params: Vec<(String, String)>,
+}
