@@ -226,6 +226,10 @@ impl Mandate {
             }
         };
         let chain = live.as_ref().map(|l| l.chain_names()).unwrap_or_default();
+        // The chain is recorded, but answered only to the token's own
+        // audience (or the admin): another resource server learns a deny.
+        let foreign = matches!((checker, &live), (Checker::Resource { identifier, .. }, Some(l)) if *identifier != l.record.audience);
+        let answered = if foreign { Vec::new() } else { chain.clone() };
         let jti = live.as_ref().map(|l| l.record.jti);
         // Every deny and approval request is recorded; an allow once per
         // token, action and resource on each node (docs/delegation.md), so
@@ -238,7 +242,7 @@ impl Mandate {
             return Ok(CheckAnswer {
                 decision: ALLOW,
                 reasons: outcome.reasons,
-                chain,
+                chain: answered,
                 approval_request: None,
                 policy_version: version,
                 audit_seq: seq,
@@ -254,7 +258,7 @@ impl Mandate {
         if let Some(l) = &live {
             event.subject = Some(l.record.subject.clone());
             event.actor = Some(l.record.client_id.to_string());
-            event.chain = chain.clone();
+            event.chain = chain;
             event.resource = Some(l.record.audience.clone());
             event.jti = Some(l.record.jti.to_string());
             event.grant_id = l.record.grant.map(|g| g.to_string());
@@ -280,7 +284,7 @@ impl Mandate {
         Ok(CheckAnswer {
             decision: outcome.decision,
             reasons: outcome.reasons,
-            chain,
+            chain: answered,
             approval_request: outcome.approval.map(|a| a.id.to_string()),
             policy_version: version,
             audit_seq: seq,

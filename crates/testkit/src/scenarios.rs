@@ -589,6 +589,29 @@ async fn check_decides_the_intersection_with_a_receipt(w: World) -> Result<()> {
         )
         .await?;
     ensure!(st == 403, "an agent's token called the check API: {st}");
+    // Another resource server learns nothing of a token for the calendar:
+    // a deny, and no chain (who acts for whom is the calendar's to know).
+    let mail_key = SigningKey::generate(KeyAlg::EdDSA)?;
+    let mail = created(
+        &w.s,
+        "/v1/resources",
+        json!({"identifier": "https://mail.example", "name": "Mail", "scopes": {"read": ["list"]},
+               "jwks": {"keys": [mail_key.public().to_json()]}}),
+    )
+    .await?;
+    let mail = TestAgent { id: text(&mail, "id")?, key: mail_key };
+    let (st, body) = w.s.token(&mail, &w.s.issuer, "mandate:check").await?;
+    ensure!(st == 200, "{st} {body}");
+    let (st, d) =
+        w.s.call(
+            Method::POST,
+            "/v1/check",
+            Some(&text(&body, "access_token")?),
+            Some(json!({"token": token, "action": "get", "resource": {"type": "event", "id": "e1"}})),
+        )
+        .await?;
+    ensure!(st == 200 && d["decision"] == "deny", "{st} {d}");
+    ensure!(d["chain"].as_array().is_some_and(Vec::is_empty), "a foreign audience saw the chain: {d}");
     let (st, _) = w.s.call(Method::POST, "/v1/check", None, Some(json!({}))).await?;
     ensure!(st == 401);
     let (st, body) =
