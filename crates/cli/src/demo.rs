@@ -188,6 +188,8 @@ pub async fn run() -> Result<bool> {
     }
 }
 
+/// The demo's steps, in the order the README tells them. (Long on
+/// purpose: it is a script, read top to bottom, each step a few lines.)
 async fn story(d: &mut Demo, store: &dyn Store, cal_listener: tokio::net::TcpListener) -> Result<()> {
     // 1. Registration.
     d.step("Alice and her planner agent are registered, with the calendar API");

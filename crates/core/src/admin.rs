@@ -436,6 +436,9 @@ impl Mandate {
         Err(Error::Forbidden(why.into()))
     }
 
+    /// Validates and registers one agent. (Long on purpose: it is the
+    /// contract's list of registration rules (DESIGN §1 and §7) in its order,
+    /// each a few lines, and every rule reads the same validated values.)
     async fn register_agent(
         &self,
         new: NewAgent,

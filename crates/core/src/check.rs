@@ -103,6 +103,15 @@ impl CheckRequest {
     }
 }
 
+/// Every principal of a chain permitted an action, and at least one
+/// permit asks a person to approve it.
+struct Permitted {
+    reasons: Vec<String>,
+    approver: Approver,
+    /// How long an approval may be reused (None: single use).
+    reuse: Option<i64>,
+}
+
 /// What a decision came to before it is recorded.
 struct Outcome {
     decision: &'static str,
@@ -198,29 +207,7 @@ impl Mandate {
                     Checker::Resource { identifier, .. } if *identifier != live.record.audience => {
                         Outcome::deny("token: it is for another audience")
                     }
-                    _ => {
-                        let key = (
-                            crate::chain::token_key(&req.token),
-                            req.action.clone(),
-                            req.target(),
-                            serde_json::to_string(&req.resource.properties)
-                                .map_err(|e| Error::Unavailable(format!("encoding properties: {e}")))?,
-                        );
-                        match self.caches.decision(&key, epoch, &version) {
-                            Some(d) => Outcome { decision: d.decision, reasons: d.reasons, ..Outcome::allow(vec![]) },
-                            None => {
-                                let o = self.decide_check(&live, req, &engine).await?;
-                                if o.cacheable {
-                                    let d = crate::chain::CachedDecision {
-                                        decision: o.decision,
-                                        reasons: o.reasons.clone(),
-                                    };
-                                    self.caches.keep_decision(key, epoch, version.clone(), d);
-                                }
-                                o
-                            }
-                        }
-                    }
+                    _ => self.cached_decision(&live, req, epoch, &version, &engine).await?,
                 };
                 (outcome, Some(live))
             }
@@ -291,6 +278,35 @@ impl Mandate {
         })
     }
 
+    /// The decision on `req` for this live token: from the per-node cache
+    /// when one was kept under this epoch and policy version, else decided
+    /// now (and kept when it depends only on the chain and the policies).
+    async fn cached_decision(
+        &self,
+        live: &LiveToken,
+        req: &CheckRequest,
+        epoch: u64,
+        version: &str,
+        engine: &mandate_policy::PolicyEngine,
+    ) -> Result<Outcome, Error> {
+        let key = (
+            crate::chain::token_key(&req.token),
+            req.action.clone(),
+            req.target(),
+            serde_json::to_string(&req.resource.properties)
+                .map_err(|e| Error::Unavailable(format!("encoding properties: {e}")))?,
+        );
+        if let Some(d) = self.caches.decision(&key, epoch, version) {
+            return Ok(Outcome { decision: d.decision, reasons: d.reasons, ..Outcome::allow(vec![]) });
+        }
+        let o = self.decide_check(live, req, engine).await?;
+        if o.cacheable {
+            let d = crate::chain::CachedDecision { decision: o.decision, reasons: o.reasons.clone() };
+            self.caches.keep_decision(key, epoch, version.to_owned(), d);
+        }
+        Ok(o)
+    }
+
     async fn decide_check(
         &self,
         live: &LiveToken,
@@ -358,11 +374,25 @@ impl Mandate {
         let Some(approver) = approver else {
             return Ok(Outcome::allow(reasons));
         };
-        // @approval: allowed only with a matching approval in force, bound
-        // to this grant (or, without one, this delegation tree) as well as
-        // to the chain, the action and the resource. It is used up by the
-        // allow it gives, unless every @approval permit allows reuse.
         let reuse = windows.into_iter().collect::<Option<Vec<i64>>>().and_then(|w| w.into_iter().min());
+        self.approval_outcome(live, chain, req, &res, Permitted { reasons, approver, reuse }).await
+    }
+
+    /// @approval: allowed only with a matching approval in force, bound
+    /// to this grant (or, without one, this delegation tree) as well as
+    /// to the chain, the action and the resource. It is used up by the
+    /// allow it gives, unless every @approval permit allows reuse.
+    /// Otherwise the pending request for it, or a new one.
+    async fn approval_outcome(
+        &self,
+        live: &LiveToken,
+        chain: &mandate_model::delegation::Chain,
+        req: &CheckRequest,
+        res: &mandate_model::records::Resource,
+        permitted: Permitted,
+    ) -> Result<Outcome, Error> {
+        let Permitted { mut reasons, approver, reuse } = permitted;
+        let target_id = req.target();
         let now = self.clock.now();
         let under = match live.record.grant {
             Some(g) => g.to_string(),

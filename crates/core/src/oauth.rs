@@ -324,7 +324,6 @@ impl Mandate {
         };
         let now = self.clock.now();
         let issuer = self.config.issuer.as_str();
-        let engine = self.engine();
         let (subject, agent_expiry) = match (&client.agent, &client.resource) {
             (Some(agent), _) => {
                 if let Some(ceiling) = &agent.scopes
@@ -332,32 +331,7 @@ impl Mandate {
                 {
                     return Err(Error::InvalidScope(format!("scope {s} is beyond the agent's ceiling")));
                 }
-                let related = self.related(&[agent], &[]).await?;
-                if resource == issuer {
-                    for scope in scopes.iter() {
-                        if scope.as_str() != "mandate:spawn" {
-                            return Err(Error::InvalidScope(format!("scope {scope} is not offered by {issuer}")));
-                        }
-                        let d = engine.decide(Principal::Agent(agent), scope.as_str(), Target::Api(issuer), &related);
-                        if !d.allowed {
-                            return Err(refused_by_policy(&d, &format!("{scope}")));
-                        }
-                    }
-                } else {
-                    let res = self.resource_by_identifier(resource).await?;
-                    for scope in scopes.iter() {
-                        let actions = res.actions_of(scope).ok_or_else(|| {
-                            Error::InvalidScope(format!("scope {scope} is not offered by {resource}"))
-                        })?;
-                        for action in actions {
-                            let target = Target::Api(&res.identifier);
-                            let d = self.caches.issuance(&engine, Principal::Agent(agent), &action, target, &related);
-                            if !d.allowed {
-                                return Err(refused_by_policy(&d, &format!("{scope} ({action}) on {resource}")));
-                            }
-                        }
-                    }
-                }
+                self.agent_may_hold(agent, resource, &scopes).await?;
                 (agent.id.to_string(), agent.expires_at)
             }
             (None, Some(res)) => {
@@ -434,6 +408,46 @@ impl Mandate {
             issued_token_type: None,
         };
         Ok((Change::new().with(Mutation::InsertToken(record)), event, issued))
+    }
+
+    /// Whether policy lets `agent`, acting as itself, hold `scopes` at
+    /// `resource`: every action of every scope (or `mandate:spawn` at the
+    /// issuer) must be permitted.
+    async fn agent_may_hold(
+        &self,
+        agent: &mandate_model::records::Agent,
+        resource: &str,
+        scopes: &ScopeSet,
+    ) -> Result<(), Error> {
+        let issuer = self.config.issuer.as_str();
+        let engine = self.engine();
+        let related = self.related(&[agent], &[]).await?;
+        if resource == issuer {
+            for scope in scopes.iter() {
+                if scope.as_str() != "mandate:spawn" {
+                    return Err(Error::InvalidScope(format!("scope {scope} is not offered by {issuer}")));
+                }
+                let d = engine.decide(Principal::Agent(agent), scope.as_str(), Target::Api(issuer), &related);
+                if !d.allowed {
+                    return Err(refused_by_policy(&d, &format!("{scope}")));
+                }
+            }
+        } else {
+            let res = self.resource_by_identifier(resource).await?;
+            for scope in scopes.iter() {
+                let actions = res
+                    .actions_of(scope)
+                    .ok_or_else(|| Error::InvalidScope(format!("scope {scope} is not offered by {resource}")))?;
+                for action in actions {
+                    let target = Target::Api(&res.identifier);
+                    let d = self.caches.issuance(&engine, Principal::Agent(agent), &action, target, &related);
+                    if !d.allowed {
+                        return Err(refused_by_policy(&d, &format!("{scope} ({action}) on {resource}")));
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// A registered resource by identifier, from the cache or the store.

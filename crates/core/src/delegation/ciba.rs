@@ -63,6 +63,9 @@ impl Mandate {
         }
     }
 
+    /// (Long on purpose: the CIBA request's checks in the contract's order
+    /// (DESIGN §3.1), each short, all reading the same parsed request, agent
+    /// and person.)
     pub(crate) async fn try_bc_authorize(
         &self,
         client: &AuthenticatedClient,

@@ -16,6 +16,9 @@ use crate::store::{Change, Mutation};
 impl Mandate {
     /// One delegation hop (DESIGN §3.2): the calling agent B receives a
     /// narrower token for the chain of `subject_token` extended by B.
+    /// (Long on purpose: the RFC 8693 checks of one hop, in the order the
+    /// contract lists them (DESIGN §3.2), over the same subject token, actor
+    /// and narrowed claims; split apart they would pass all of them along.)
     pub(crate) async fn exchange(
         &self,
         client: &AuthenticatedClient,
