@@ -93,6 +93,11 @@ pub struct ServeArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     dpop_nonces: bool,
+    /// A developer page about this server, advertised in the metadata as
+    /// `service_documentation` (default: not advertised).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    service_documentation: Option<String>,
     /// How long resource servers may cache a status list, seconds (default 60).
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -171,6 +176,7 @@ struct Settings {
     grant_ttl: i64,
     approval_ttl: i64,
     dpop_nonces: bool,
+    service_documentation: Option<String>,
     status_list_ttl: i64,
     metrics_listen: Option<SocketAddr>,
     max_connections: usize,
@@ -207,6 +213,7 @@ impl Default for Settings {
             grant_ttl: 86_400,
             approval_ttl: 600,
             dpop_nonces: false,
+            service_documentation: None,
             status_list_ttl: 60,
             metrics_listen: None,
             max_connections: 4_096,
@@ -326,6 +333,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     }
     config.approval_ttl = settings.approval_ttl;
     config.dpop_nonces = settings.dpop_nonces;
+    config.service_documentation.clone_from(&settings.service_documentation);
     if !(1..=86_400).contains(&settings.status_list_ttl) {
         bail!("status_list_ttl must be 1 second to a day");
     }

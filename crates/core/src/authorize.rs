@@ -21,6 +21,36 @@ use crate::store::{Change, Mutation};
 use crate::{Error, secrets};
 
 const CODE_PREFIX: &str = "mnd_ac_";
+/// The scope that asks for a refresh token (OpenID Connect Core §11); it is
+/// built in: no resource declares it and no policy allows it.
+pub const OFFLINE_ACCESS: &str = "offline_access";
+
+/// The `prompt` parameter (OpenID Connect Core §3.1.2.1), as Mandate
+/// honours it: `none` (no page: an error goes back at once), `consent`
+/// (the consent page is always shown anyway), `login` (sign in again).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Prompt {
+    pub none: bool,
+    pub login: bool,
+}
+
+impl Prompt {
+    fn parse(v: Option<&str>) -> Result<Self, &'static str> {
+        let mut p = Prompt::default();
+        for value in v.unwrap_or_default().split(' ').filter(|x| !x.is_empty()) {
+            match value {
+                "none" => p.none = true,
+                "login" => p.login = true,
+                "consent" | "select_account" => {}
+                _ => return Err("prompt must be none, login, consent or select_account"),
+            }
+        }
+        if p.none && v.is_some_and(|v| v.split(' ').filter(|x| !x.is_empty()).count() > 1) {
+            return Err("prompt=none cannot be combined with other values");
+        }
+        Ok(p)
+    }
+}
 /// How long a code may wait to be redeemed.
 pub const CODE_TTL: i64 = 60;
 const MAX_STATE: usize = 512;
@@ -46,6 +76,15 @@ pub struct AuthorizeRequest {
     pub scopes: ScopeSet,
     pub code_challenge: String,
     pub purpose: Option<String>,
+    pub prompt: Prompt,
+    /// The DPoP key the code is bound to (RFC 9449 §10).
+    pub dpop_jkt: Option<String>,
+    /// Whether the client asked for `offline_access`: only then does the
+    /// code bring a refresh token.
+    pub offline: bool,
+    /// Whether `scope` was left out, so the scopes are the resource's within
+    /// the agent's ceiling, and policy narrows them rather than refusing.
+    pub defaulted: bool,
     /// The query to carry through the sign-in and the consent form.
     pub params: Vec<(String, String)>,
 }
@@ -57,11 +96,49 @@ impl AuthorizeRequest {
         self.scopes.iter().map(|s| (s.as_str().to_owned(), self.resource.actions_of(s).unwrap_or_default())).collect()
     }
 
+    /// Whether every redirect URI the client registered is on the person's
+    /// own machine: any local program could be that client, so the consent
+    /// page warns.
+    pub fn loopback_only(&self) -> bool {
+        self.agent.redirect_uris.iter().all(|u| {
+            url::Url::parse(u)
+                .ok()
+                .and_then(|u| u.host_str().map(|h| matches!(h, "127.0.0.1" | "[::1]" | "localhost")))
+                .unwrap_or(false)
+        })
+    }
+
+    /// The redirect URI's host, shown prominently on the consent page.
+    pub fn redirect_host(&self) -> Option<String> {
+        url::Url::parse(&self.redirect_uri).ok()?.host_str().map(str::to_owned)
+    }
+
     /// The origin of the redirect URI (for the consent page's CSP), or
     /// `None` if it has none (never: registered URIs are absolute http(s)).
     pub fn redirect_origin(&self) -> Option<String> {
         let origin = url::Url::parse(&self.redirect_uri).ok()?.origin();
         origin.is_tuple().then(|| origin.ascii_serialization())
+    }
+}
+
+/// A code presented at the token endpoint.
+pub(crate) struct Redemption<'a> {
+    pub code: &'a str,
+    pub redirect_uri: Option<&'a str>,
+    pub verifier: Option<&'a str>,
+    pub resources: &'a [String],
+}
+
+/// RFC 8707 §2.2: a `resource` sent with a code or a refresh token may only
+/// name the audience of the grant it comes from (MCP clients send it on
+/// both); any other is `invalid_target`.
+pub(crate) fn same_resource(resources: &[String], granted: &str) -> Result<(), Error> {
+    match resources.iter().find(|r| r.as_str() != granted) {
+        Some(other) => Err(Error::InvalidTarget(format!(
+            "resource {} is not the grant's resource",
+            crate::request::bounded_input(other)
+        ))),
+        None => Ok(()),
     }
 }
 
@@ -125,6 +202,8 @@ impl Mandate {
         if state.as_ref().is_some_and(|s| s.len() > MAX_STATE) {
             return Err(back("invalid_request", "state is too long"));
         }
+        // Parameters Mandate does not know are ignored (RFC 6749 §3.1); the
+        // ones it reads may not be repeated.
         let known = [
             "response_type",
             "client_id",
@@ -135,10 +214,9 @@ impl Mandate {
             "code_challenge",
             "code_challenge_method",
             "purpose",
+            "prompt",
+            "dpop_jkt",
         ];
-        if let Some((k, _)) = raw.iter().find(|(k, _)| !known.contains(&k.as_str())) {
-            return Err(back("invalid_request", &format!("unknown parameter {k}")));
-        }
         for k in known {
             one(k).map_err(|_| back("invalid_request", &format!("{k} is repeated")))?;
         }
@@ -153,13 +231,44 @@ impl Mandate {
                 "PKCE is required: code_challenge (43 characters) with code_challenge_method S256",
             ));
         }
-        let scopes = parse_scopes(one("scope")?).map_err(|e| back("invalid_scope", &e.to_string()))?;
+        let prompt = Prompt::parse(one("prompt")?).map_err(|e| back("invalid_request", e))?;
+        // RFC 9449 §10: the code is bound to this key's thumbprint.
+        let dpop_jkt = match one("dpop_jkt")? {
+            Some(j) if is_pkce_value(j, 43) && j.len() == 43 => Some(j.to_owned()),
+            Some(_) => return Err(back("invalid_request", "dpop_jkt must be a base64url SHA-256 thumbprint")),
+            None => None,
+        };
         let identifier = one("resource")?.ok_or_else(|| back("invalid_target", "resource is required"))?;
         let resource =
             self.resource_by_identifier(identifier).await.map_err(|e| back("invalid_target", &e.to_string()))?;
-        if let Some(s) = scopes.iter().find(|s| resource.actions_of(s).is_none()) {
-            return Err(back("invalid_scope", &format!("scope {s} is not offered by {identifier}")));
-        }
+        // `offline_access` asks for a refresh token; it is no resource's
+        // scope. Without `scope`, the request is for the resource's scopes
+        // within the agent's ceiling, narrowed by policy before consent
+        // (RFC 6749 §3.3).
+        let asked = one("scope")?.filter(|s| !s.is_empty());
+        let offline = asked.is_some_and(|s| s.split(' ').any(|x| x == OFFLINE_ACCESS));
+        let (scopes, defaulted) = match asked.map(|s| s.split(' ').filter(|x| *x != OFFLINE_ACCESS).collect::<Vec<_>>())
+        {
+            Some(named) if !named.is_empty() => {
+                let scopes = parse_scopes(Some(&named.join(" "))).map_err(|e| back("invalid_scope", &e.to_string()))?;
+                if let Some(s) = scopes.iter().find(|s| resource.actions_of(s).is_none()) {
+                    return Err(back("invalid_scope", &format!("scope {s} is not offered by {identifier}")));
+                }
+                (scopes, false)
+            }
+            _ => {
+                let all = resource.scopes.keys().map(|s| mandate_model::Scope::parse(s));
+                let all = ScopeSet::from_iter_checked(all).map_err(|e| back("invalid_scope", &e.to_string()))?;
+                let scopes = match &agent.scopes {
+                    Some(ceiling) => all.narrow_to(ceiling),
+                    None => all,
+                };
+                if scopes.is_empty() {
+                    return Err(back("invalid_scope", "the client may hold no scope of this resource"));
+                }
+                (scopes, true)
+            }
+        };
         let purpose = match one("purpose")? {
             Some(p) => Some(
                 mandate_model::name::validate_text("purpose", p, MAX_PURPOSE)
@@ -175,6 +284,10 @@ impl Mandate {
             scopes,
             code_challenge: challenge.to_owned(),
             purpose,
+            prompt,
+            dpop_jkt,
+            offline,
+            defaulted,
             params: raw.to_vec(),
             owner,
             agent,
@@ -182,8 +295,46 @@ impl Mandate {
     }
 
     /// Whether policy lets `user` give this grant now (the CIBA rules); a
-    /// refusal goes back to the client as `access_denied`, recorded.
-    pub async fn authorize_policy(&self, user: &User, req: &AuthorizeRequest) -> Result<(), AuthorizeError> {
+    /// refusal goes back to the client as `access_denied`, recorded. When
+    /// the client named no scope, the request is first narrowed to the
+    /// scopes policy lets this person give.
+    pub async fn authorize_policy(&self, user: &User, req: &mut AuthorizeRequest) -> Result<(), AuthorizeError> {
+        if req.defaulted {
+            let mut kept = Vec::new();
+            for scope in req.scopes.iter() {
+                let one = ScopeSet::from_iter_checked([Ok(scope.clone())])
+                    .map_err(|e| AuthorizeError::NoRedirect(e.to_string()))?;
+                match self.authorize_scopes(Some(user), &[&req.agent], &req.resource, &one).await {
+                    Ok(Ok(None | Some(mandate_policy::Approver::User))) => kept.push(Ok(scope.clone())),
+                    Ok(Ok(Some(mandate_policy::Approver::Owner))) if req.agent.owner == user.id => {
+                        kept.push(Ok(scope.clone()))
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not decide an authorization");
+                        let url = self.back_to_client(
+                            req,
+                            &[("error", "temporarily_unavailable"), ("error_description", "try again")],
+                        );
+                        return Err(AuthorizeError::Redirect { url });
+                    }
+                }
+            }
+            let kept = ScopeSet::from_iter_checked(kept).map_err(|e| AuthorizeError::NoRedirect(e.to_string()))?;
+            if kept.is_empty() {
+                let url = self
+                    .authorization_refused(
+                        user,
+                        req,
+                        "access_denied",
+                        "policy allows none of the resource's scopes to this client",
+                    )
+                    .await;
+                return Err(AuthorizeError::Redirect { url });
+            }
+            req.scopes = kept;
+            req.defaulted = false;
+        }
         let decided = match self.authorize_scopes(Some(user), &[&req.agent], &req.resource, &req.scopes).await {
             Ok(d) => d,
             Err(e) => {
@@ -221,6 +372,13 @@ impl Mandate {
         self.back_to_client(req, &[("error", error), ("error_description", why)])
     }
 
+    /// The URL that sends the person back to the client with `error`, when
+    /// no page may be shown (`prompt=none`); nothing is recorded, since
+    /// nothing was asked of anyone.
+    pub fn authorization_error(&self, req: &AuthorizeRequest, error: &str, why: &str) -> String {
+        self.back_to_client(req, &[("error", error), ("error_description", why)])
+    }
+
     fn back_to_client(&self, req: &AuthorizeRequest, extra: &[(&str, &str)]) -> String {
         let mut p: Vec<(&str, &str)> = extra.to_vec();
         if let Some(s) = req.state.as_deref() {
@@ -244,7 +402,9 @@ impl Mandate {
     /// The person allowed: policy decides again, then a grant (approved by
     /// the person) and a code are stored. Returns the URL to send them to.
     pub async fn authorization_allowed(&self, user: &User, req: &AuthorizeRequest) -> Result<String, AuthorizeError> {
-        self.authorize_policy(user, req).await?;
+        let mut req = req.clone();
+        self.authorize_policy(user, &mut req).await?;
+        let req = &req;
         // A failed random source or store sends the person back to the
         // client with a standard error, nothing stored.
         let unavailable = |e: &dyn std::fmt::Display| {
@@ -266,6 +426,8 @@ impl Mandate {
             grant: grant.id,
             redirect_uri: req.redirect_uri.clone(),
             code_challenge: req.code_challenge.clone(),
+            dpop_jkt: req.dpop_jkt.clone(),
+            offline: req.offline,
             created_at: now,
             expires_at: now + Duration::seconds(CODE_TTL),
             used_at: None,
@@ -286,11 +448,10 @@ impl Mandate {
     pub(crate) async fn authorization_code_token(
         &self,
         client: &AuthenticatedClient,
-        code: &str,
-        redirect_uri: Option<&str>,
-        verifier: Option<&str>,
+        redemption: Redemption<'_>,
         jkt: Option<&str>,
     ) -> Result<(Change, Event, IssuedToken), Refusal> {
+        let Redemption { code, redirect_uri, verifier, resources } = redemption;
         let refuse = Refusal::new;
         let agent = client
             .agent
@@ -328,7 +489,20 @@ impl Mandate {
             .map_err(|e| refuse(e.into()))?
             .filter(|g| g.is_live(now))
             .ok_or_else(|| invalid("the grant is revoked or expired"))?;
-        let (mut change, event, issued) = self.first_tokens(agent, &grant, jkt).await.map_err(refuse)?;
+        same_resource(resources, &grant.resource).map_err(refuse)?;
+        // RFC 9449 §10: a code bound to a key is redeemed only with a proof
+        // by that key.
+        if let Some(bound) = &record.dpop_jkt
+            && !jkt.is_some_and(|k| mandate_jose::ct_eq(k.as_bytes(), bound.as_bytes()))
+        {
+            return Err(invalid("the code is bound to a DPoP key (dpop_jkt): prove possession of that key"));
+        }
+        let (mut change, event, issued) = if record.offline {
+            self.first_tokens(agent, &grant, jkt).await
+        } else {
+            self.grant_token(agent, &grant, &grant.scopes, None, jkt).await
+        }
+        .map_err(refuse)?;
         change.prepend(Mutation::UseAuthCode { hash: record.hash, at: now });
         Ok((change, event, issued))
     }

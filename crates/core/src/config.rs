@@ -52,6 +52,9 @@ pub struct Config {
     pub audit_checkpoint_events: u64,
     /// …or once this many seconds have passed with new events.
     pub audit_checkpoint_interval: i64,
+    /// A page for developers about this server, advertised in metadata as
+    /// `service_documentation` (RFC 8414 §2).
+    pub service_documentation: Option<String>,
 }
 
 impl Config {
@@ -82,6 +85,7 @@ impl Config {
             status_list_ttl: 60,
             audit_checkpoint_events: 10_000,
             audit_checkpoint_interval: 60,
+            service_documentation: None,
         }
     }
 

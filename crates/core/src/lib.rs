@@ -28,7 +28,9 @@ pub use check::{CheckAnswer, CheckRequest, CheckedResource, Checker};
 pub use config::Config;
 pub use delegation::BcAuthorized;
 pub use error::Error;
-pub use oauth::{ActiveToken, ClientCredentials, IntrospectedClaims, Introspection, IssuedToken, TokenCaller};
+pub use oauth::{
+    ActiveToken, ClientCredentials, Endpoint, IntrospectedClaims, Introspection, IssuedToken, TokenCaller,
+};
 pub use ports::{Clock, ManualClock, Random, SystemClock, SystemRandom};
 pub use request::{BadGrant, BcAuthorizeRequest, ExchangeRequest, GrantRequest, GrantType, Malformed, TokenRequest};
 pub use service::{AuthenticatedClient, Caller, Mandate};

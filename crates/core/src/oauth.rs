@@ -19,6 +19,28 @@ use crate::secrets;
 use crate::service::{AuthenticatedClient, Mandate};
 use crate::store::{Change, Handle, Mutation, Receipt, StoreError};
 
+/// The endpoint a client authenticates at. A client assertion's `aud` may
+/// be the issuer or the token endpoint anywhere (RFC 7523 §3, and the MCP
+/// SDKs send the issuer), and also the URL of the endpoint being called.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    Token,
+    BcAuthorize,
+    Introspect,
+    Revoke,
+}
+
+impl Endpoint {
+    pub fn path(self) -> &'static str {
+        match self {
+            Self::Token => "/oauth/token",
+            Self::BcAuthorize => "/oauth/bc-authorize",
+            Self::Introspect => "/oauth/introspect",
+            Self::Revoke => "/oauth/revoke",
+        }
+    }
+}
+
 /// How a client proved who it is.
 #[derive(Debug, Clone)]
 pub enum ClientCredentials {
@@ -142,7 +164,7 @@ impl Mandate {
             Err(BadGrant::Malformed { grant, error }) => Err((grant, error)),
             Ok(g) => Ok(g),
         };
-        let client = self.authenticate(credentials).await?;
+        let client = self.authenticate(credentials, Endpoint::Token).await?;
         let grant_type = match &grant {
             Ok(g) => g.grant_type(),
             Err((g, _)) => *g,
@@ -162,18 +184,17 @@ impl Mandate {
                         self.client_credentials(&client, scope.as_deref(), resources, jkt).await.map_err(Refusal::new)
                     }
                     GrantRequest::Ciba { auth_req_id } => self.ciba_token(&client, auth_req_id, jkt).await,
-                    GrantRequest::AuthorizationCode { code, redirect_uri, code_verifier } => {
-                        self.authorization_code_token(
-                            &client,
+                    GrantRequest::AuthorizationCode { code, redirect_uri, code_verifier, resources } => {
+                        let redemption = crate::authorize::Redemption {
                             code,
-                            redirect_uri.as_deref(),
-                            code_verifier.as_deref(),
-                            jkt,
-                        )
-                        .await
+                            redirect_uri: redirect_uri.as_deref(),
+                            verifier: code_verifier.as_deref(),
+                            resources,
+                        };
+                        self.authorization_code_token(&client, redemption, jkt).await
                     }
-                    GrantRequest::Refresh { refresh_token, scope } => {
-                        self.refresh_token(&client, refresh_token, scope.as_deref(), jkt).await
+                    GrantRequest::Refresh { refresh_token, scope, resources } => {
+                        self.refresh_token(&client, refresh_token, scope.as_deref(), resources, jkt).await
                     }
                     GrantRequest::Exchange(x) => self.exchange(&client, x, jkt).await.map_err(Refusal::new),
                 };
@@ -232,8 +253,12 @@ impl Mandate {
     }
 
     /// Authenticates a client at an OAuth endpoint, recording a failure.
-    pub async fn authenticate(&self, credentials: &ClientCredentials) -> Result<AuthenticatedClient, Error> {
-        match self.authenticate_client(credentials).await {
+    pub async fn authenticate(
+        &self,
+        credentials: &ClientCredentials,
+        at: Endpoint,
+    ) -> Result<AuthenticatedClient, Error> {
+        match self.authenticate_client(credentials, at).await {
             Ok(c) => {
                 // The per-client rate limit: nothing is written for a
                 // client over its budget, its assertion stays unused.
@@ -318,30 +343,40 @@ impl Mandate {
                 return Err(Error::InvalidTarget("exactly one resource per token".into()));
             }
         };
-        let scopes = match scope {
-            None | Some("") => return Err(Error::InvalidScope("scope is required".into())),
-            Some(s) => ScopeSet::parse(s).map_err(|e| Error::InvalidScope(e.to_string()))?,
+        let asked = match scope {
+            None | Some("") => None,
+            Some(s) => Some(ScopeSet::parse(s).map_err(|e| Error::InvalidScope(e.to_string()))?),
         };
         let now = self.clock.now();
         let issuer = self.config.issuer.as_str();
-        let (subject, agent_expiry) = match (&client.agent, &client.resource) {
+        let (subject, agent_expiry, scopes) = match (&client.agent, &client.resource) {
             (Some(agent), _) => {
-                if let Some(ceiling) = &agent.scopes
-                    && let Some(s) = scopes.iter().find(|s| !ceiling.contains(s))
-                {
-                    return Err(Error::InvalidScope(format!("scope {s} is beyond the agent's ceiling")));
-                }
-                self.agent_may_hold(agent, resource, &scopes).await?;
-                (agent.id.to_string(), agent.expires_at)
+                let scopes = match asked {
+                    Some(scopes) => {
+                        if let Some(ceiling) = &agent.scopes
+                            && let Some(s) = scopes.iter().find(|s| !ceiling.contains(s))
+                        {
+                            return Err(Error::InvalidScope(format!("scope {s} is beyond the agent's ceiling")));
+                        }
+                        self.agent_may_hold(agent, resource, &scopes).await?;
+                        scopes
+                    }
+                    None => self.default_scopes(agent, resource).await?,
+                };
+                (agent.id.to_string(), agent.expires_at, scopes)
             }
             (None, Some(res)) => {
+                let scopes = match asked {
+                    Some(scopes) => scopes,
+                    None => ScopeSet::parse("mandate:check").map_err(|e| Error::InvalidScope(e.to_string()))?,
+                };
                 // A resource server may ask only to check its own tokens.
                 if resource != issuer || scopes.iter().any(|s| s.as_str() != "mandate:check") {
                     return Err(Error::UnauthorizedClient(
                         "a resource server may only obtain mandate:check on the issuer".into(),
                     ));
                 }
-                (res.id.to_string(), None)
+                (res.id.to_string(), None, scopes)
             }
             (None, None) => return Err(Error::InvalidClient("unknown client".into())),
         };
@@ -408,6 +443,35 @@ impl Mandate {
             issued_token_type: None,
         };
         Ok((Change::new().with(Mutation::InsertToken(record)), event, issued))
+    }
+
+    /// Without `scope` (RFC 6749 §3.3): every scope of the resource within
+    /// the agent's ceiling that policy lets it hold. At the issuer a scope
+    /// must be named; an empty default is `invalid_scope`.
+    async fn default_scopes(&self, agent: &mandate_model::records::Agent, resource: &str) -> Result<ScopeSet, Error> {
+        if resource == self.config.issuer {
+            return Err(Error::InvalidScope("scope is required at the issuer (mandate:spawn)".into()));
+        }
+        let res = self.resource_by_identifier(resource).await?;
+        let mut kept = Vec::new();
+        for name in res.scopes.keys() {
+            let scope = mandate_model::Scope::parse(name).map_err(|e| Error::Unavailable(e.to_string()))?;
+            if agent.scopes.as_ref().is_some_and(|c| !c.contains(&scope)) {
+                continue;
+            }
+            let one =
+                ScopeSet::from_iter_checked([Ok(scope.clone())]).map_err(|e| Error::Unavailable(e.to_string()))?;
+            match self.agent_may_hold(agent, resource, &one).await {
+                Ok(()) => kept.push(Ok(scope)),
+                Err(Error::InvalidScope(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let scopes = ScopeSet::from_iter_checked(kept).map_err(|e| Error::Unavailable(e.to_string()))?;
+        if scopes.is_empty() {
+            return Err(Error::InvalidScope(format!("policy lets this agent hold no scope of {resource}")));
+        }
+        Ok(scopes)
     }
 
     /// Whether policy lets `agent`, acting as itself, hold `scopes` at

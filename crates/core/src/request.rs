@@ -63,12 +63,18 @@ pub enum GrantRequest {
     /// An agent acting as itself, or a resource server asking for
     /// `mandate:check`. Other parameters are ignored, as RFC 6749 allows.
     ClientCredentials { scope: Option<String>, resources: Vec<String> },
-    /// RFC 6749 §4.1.3 with PKCE (RFC 7636).
-    AuthorizationCode { code: String, redirect_uri: Option<String>, code_verifier: Option<String> },
+    /// RFC 6749 §4.1.3 with PKCE (RFC 7636). `resources` (RFC 8707 §2.2,
+    /// which MCP clients send) may only name the grant's resource.
+    AuthorizationCode {
+        code: String,
+        redirect_uri: Option<String>,
+        code_verifier: Option<String>,
+        resources: Vec<String>,
+    },
     /// OpenID CIBA, poll mode.
     Ciba { auth_req_id: String },
-    /// RFC 6749 §6.
-    Refresh { refresh_token: String, scope: Option<String> },
+    /// RFC 6749 §6; `resources` as for the code.
+    Refresh { refresh_token: String, scope: Option<String>, resources: Vec<String> },
     /// RFC 8693.
     Exchange(ExchangeRequest),
 }

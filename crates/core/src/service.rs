@@ -290,6 +290,16 @@ impl Mandate {
         self.reload_keys().await
     }
 
+    /// The scopes a client may ask for, for discovery: every registered
+    /// resource's, and `offline_access`.
+    pub async fn scopes_supported(&self) -> Result<BTreeSet<String>, Error> {
+        let mut scopes: BTreeSet<String> = BTreeSet::from([crate::authorize::OFFLINE_ACCESS.to_owned()]);
+        for r in self.store.resources().await? {
+            scopes.extend(r.scopes.keys().cloned());
+        }
+        Ok(scopes)
+    }
+
     /// Every action the registered resources declare, for the schema.
     pub(crate) async fn action_catalog(&self) -> Result<BTreeSet<String>, Error> {
         let mut actions = BTreeSet::new();
@@ -383,6 +393,7 @@ impl Mandate {
     pub async fn authenticate_client(
         &self,
         credentials: &crate::ClientCredentials,
+        at: crate::oauth::Endpoint,
     ) -> Result<AuthenticatedClient, Error> {
         use crate::ClientCredentials as C;
         match credentials {
@@ -400,7 +411,8 @@ impl Mandate {
                 let jwks = jwks.ok_or_else(|| Error::InvalidClient("client has no registered keys".into()))?;
                 let keys = self.client_keyset(id, jwks)?;
                 let token_endpoint = self.config.token_endpoint();
-                let audiences = [self.config.issuer.as_str(), token_endpoint.as_str()];
+                let called = format!("{}{}", self.config.issuer, at.path());
+                let audiences = [self.config.issuer.as_str(), token_endpoint.as_str(), called.as_str()];
                 let now = self.clock.now();
                 let rules = AssertionRules {
                     audiences: &audiences,

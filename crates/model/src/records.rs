@@ -474,6 +474,10 @@ pub struct AuthCodeRecord {
     pub redirect_uri: String,
     /// base64url(SHA-256(code_verifier)) (S256 only).
     pub code_challenge: String,
+    /// The DPoP key thumbprint the code is bound to (RFC 9449 §10).
+    pub dpop_jkt: Option<String>,
+    /// Whether the client asked for `offline_access` (a refresh token).
+    pub offline: bool,
     pub created_at: OffsetDateTime,
     pub expires_at: OffsetDateTime,
     pub used_at: Option<OffsetDateTime>,

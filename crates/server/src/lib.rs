@@ -4,6 +4,7 @@
 mod admin;
 mod audit;
 pub mod conn;
+mod cors;
 mod delegation;
 pub mod edge;
 pub mod error;
@@ -52,18 +53,22 @@ impl AppState {
 /// The whole HTTP surface.
 pub fn router(state: AppState) -> Router {
     let limited = axum::middleware::from_fn_with_state(state.clone(), edge::limit_by_address);
-    // Endpoints that take credentials: limited per client address.
+    // Endpoints that take credentials: limited per client address. Those a
+    // browser-based client calls answer cross-origin requests too.
     let oauth_limited = Router::new()
-        .route("/oauth/token", post(oauth::token))
-        .route("/oauth/bc-authorize", post(oauth::bc_authorize))
-        .route("/oauth/introspect", post(oauth::introspect))
-        .route("/oauth/revoke", post(oauth::revoke))
-        .route_layer(limited.clone());
+        .route("/oauth/token", post(oauth::token).options(cors::no_content))
+        .route("/oauth/introspect", post(oauth::introspect).options(cors::no_content))
+        .route("/oauth/revoke", post(oauth::revoke).options(cors::no_content))
+        .route_layer(limited.clone())
+        .layer(cors::layer())
+        .layer(axum::middleware::from_fn(cors::options_no_content))
+        .route("/oauth/bc-authorize", post(oauth::bc_authorize).route_layer(limited.clone()));
     let oauth = Router::new()
-        .route("/.well-known/oauth-authorization-server", get(oauth::metadata))
-        .route("/.well-known/openid-configuration", get(oauth::metadata))
-        .route("/jwks.json", get(oauth::jwks))
-        .route("/statuslists/{n}", get(oauth::status_list));
+        .route("/.well-known/oauth-authorization-server", get(oauth::metadata).options(cors::no_content))
+        .route("/jwks.json", get(oauth::jwks).options(cors::no_content))
+        .route("/statuslists/{n}", get(oauth::status_list).options(cors::no_content))
+        .layer(cors::layer())
+        .layer(axum::middleware::from_fn(cors::options_no_content));
     let admin = Router::new()
         .route("/v1/users", post(admin::create_user))
         .route("/v1/users/{id}", get(admin::get_user).patch(admin::update_user))
@@ -97,14 +102,31 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/check", post(delegation::check))
         .route("/access/v1/evaluation", post(delegation::evaluation));
     let ops = Router::new().route("/healthz", get(ops::healthz)).route("/readyz", get(ops::readyz));
-    Router::new()
+    let app = Router::new()
         .merge(oauth_limited)
         .merge(oauth)
         .merge(admin)
         .merge(checks)
         .merge(ops)
-        .merge(web::routes(state.clone()))
-        .fallback(ops::not_found)
+        .merge(web::routes(state.clone()));
+    // An issuer with a path (`https://host/tenant`): its metadata is at
+    // `/.well-known/oauth-authorization-server/tenant` (RFC 8414 §3.1), and
+    // every endpoint it advertises is served under the path as well as at
+    // the root (where the pages' own links point).
+    let app = match issuer_path(&state.mandate.config().issuer) {
+        Some(path) => {
+            let metadata = Router::new()
+                .route(
+                    &format!("/.well-known/oauth-authorization-server{path}"),
+                    get(oauth::metadata).options(cors::no_content),
+                )
+                .layer(cors::layer())
+                .layer(axum::middleware::from_fn(cors::options_no_content));
+            Router::new().merge(metadata).nest(&path, app.clone()).merge(app)
+        }
+        None => app,
+    };
+    app.fallback(ops::not_found)
         .method_not_allowed_fallback(ops::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(state.edge.config.connections.body_timeout, conn::body_deadline))
         .layer(axum::middleware::from_fn_with_state(state.clone(), edge::context))
@@ -130,6 +152,14 @@ pub fn router(state: AppState) -> Router {
             HeaderValue::from_static("no-referrer"),
         ))
         .with_state(state)
+}
+
+/// The path of an issuer like `https://host/tenant` (`/tenant`), if it has
+/// one.
+fn issuer_path(issuer: &str) -> Option<String> {
+    let url = url::Url::parse(issuer).ok()?;
+    let path = url.path().trim_end_matches('/');
+    (!path.is_empty()).then(|| path.to_owned())
 }
 
 /// Prometheus metrics, for a listener of their own (`--metrics-listen`):

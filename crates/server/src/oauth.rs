@@ -5,9 +5,8 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
-use mandate_core::{Caller, Error, TokenCaller};
+use mandate_core::{Caller, Endpoint, Error, TokenCaller};
 use serde::Serialize;
-use serde_json::json;
 
 use crate::AppState;
 use crate::error::OAuthError;
@@ -16,46 +15,74 @@ use crate::grant;
 
 const SIGNING_ALGS: &[&str] = &["EdDSA", "Ed25519", "ES256"];
 
-pub async fn metadata(State(state): State<AppState>) -> Response {
+/// RFC 8414 server metadata, with what MCP clients read (MCP
+/// basic/authorization): PKCE S256, the `iss` response parameter, the
+/// scopes offered, and the client authentication methods with their
+/// algorithms. Mandate issues no ID tokens, so it serves no OpenID
+/// configuration document.
+#[derive(Serialize)]
+struct Metadata<'a> {
+    issuer: &'a str,
+    authorization_endpoint: String,
+    token_endpoint: String,
+    jwks_uri: String,
+    introspection_endpoint: String,
+    revocation_endpoint: String,
+    backchannel_authentication_endpoint: String,
+    scopes_supported: Vec<String>,
+    grant_types_supported: [&'static str; 5],
+    backchannel_token_delivery_modes_supported: [&'static str; 1],
+    backchannel_user_code_parameter_supported: bool,
+    response_types_supported: [&'static str; 1],
+    response_modes_supported: [&'static str; 1],
+    code_challenge_methods_supported: [&'static str; 1],
+    authorization_response_iss_parameter_supported: bool,
+    token_endpoint_auth_methods_supported: &'a [&'static str],
+    token_endpoint_auth_signing_alg_values_supported: &'static [&'static str],
+    introspection_endpoint_auth_methods_supported: &'a [&'static str],
+    introspection_endpoint_auth_signing_alg_values_supported: &'static [&'static str],
+    revocation_endpoint_auth_methods_supported: &'a [&'static str],
+    revocation_endpoint_auth_signing_alg_values_supported: &'static [&'static str],
+    dpop_signing_alg_values_supported: &'static [&'static str],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    service_documentation: Option<&'a str>,
+}
+
+pub async fn metadata(State(state): State<AppState>) -> Result<Response, OAuthError> {
     let c = state.mandate.config();
-    let iss = &c.issuer;
+    let iss = c.issuer.as_str();
     let mut methods = vec!["private_key_jwt"];
     if c.allow_client_secrets {
         methods.push("client_secret_basic");
     }
-    let body = json!({
-        "issuer": iss,
-        "token_endpoint": format!("{iss}/oauth/token"),
-        "jwks_uri": format!("{iss}/jwks.json"),
-        "introspection_endpoint": format!("{iss}/oauth/introspect"),
-        "revocation_endpoint": format!("{iss}/oauth/revoke"),
-        "authorization_endpoint": format!("{iss}/oauth/authorize"),
-        "grant_types_supported": [
-            "authorization_code",
-            "client_credentials",
-            "refresh_token",
-            "urn:ietf:params:oauth:grant-type:token-exchange",
-            "urn:openid:params:grant-type:ciba",
-        ],
-        "backchannel_authentication_endpoint": format!("{iss}/oauth/bc-authorize"),
-        "backchannel_token_delivery_modes_supported": ["poll"],
-        "backchannel_user_code_parameter_supported": false,
-        "response_types_supported": ["code"],
-        "response_modes_supported": ["query"],
-        "code_challenge_methods_supported": ["S256"],
-        "authorization_response_iss_parameter_supported": true,
-        "token_endpoint_auth_methods_supported": methods,
-        "token_endpoint_auth_signing_alg_values_supported": SIGNING_ALGS,
-        "introspection_endpoint_auth_methods_supported": methods,
-        "introspection_endpoint_auth_signing_alg_values_supported": SIGNING_ALGS,
-        "revocation_endpoint_auth_methods_supported": methods,
-        "revocation_endpoint_auth_signing_alg_values_supported": SIGNING_ALGS,
-        "resource_indicators_supported": true,
-        "dpop_signing_alg_values_supported": mandate_jose::dpop::DPOP_ALGS,
-    });
+    let body = Metadata {
+        issuer: iss,
+        authorization_endpoint: format!("{iss}/oauth/authorize"),
+        token_endpoint: format!("{iss}/oauth/token"),
+        jwks_uri: format!("{iss}/jwks.json"),
+        introspection_endpoint: format!("{iss}/oauth/introspect"),
+        revocation_endpoint: format!("{iss}/oauth/revoke"),
+        backchannel_authentication_endpoint: format!("{iss}/oauth/bc-authorize"),
+        scopes_supported: state.mandate.scopes_supported().await?.into_iter().collect(),
+        grant_types_supported: mandate_core::GrantType::ALL.map(|g| g.as_str()),
+        backchannel_token_delivery_modes_supported: ["poll"],
+        backchannel_user_code_parameter_supported: false,
+        response_types_supported: ["code"],
+        response_modes_supported: ["query"],
+        code_challenge_methods_supported: ["S256"],
+        authorization_response_iss_parameter_supported: true,
+        token_endpoint_auth_methods_supported: &methods,
+        token_endpoint_auth_signing_alg_values_supported: SIGNING_ALGS,
+        introspection_endpoint_auth_methods_supported: &methods,
+        introspection_endpoint_auth_signing_alg_values_supported: SIGNING_ALGS,
+        revocation_endpoint_auth_methods_supported: &methods,
+        revocation_endpoint_auth_signing_alg_values_supported: SIGNING_ALGS,
+        dpop_signing_alg_values_supported: mandate_jose::dpop::DPOP_ALGS,
+        service_documentation: c.service_documentation.as_deref(),
+    };
     let mut resp = Json(body).into_response();
     resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=300"));
-    resp
+    Ok(resp)
 }
 
 pub async fn jwks(State(state): State<AppState>) -> Response {
@@ -159,7 +186,12 @@ pub async fn bc_authorize(
 }
 
 /// The admin token, or a client authenticated like at the token endpoint.
-async fn token_caller(state: &AppState, headers: &HeaderMap, form: &OAuthForm) -> Result<TokenCaller, OAuthError> {
+async fn token_caller(
+    state: &AppState,
+    headers: &HeaderMap,
+    form: &OAuthForm,
+    at: Endpoint,
+) -> Result<TokenCaller, OAuthError> {
     if let Some(b) = bearer(headers) {
         return match state.mandate.authenticate_caller(b).await {
             Ok(Caller::Admin) => Ok(TokenCaller::Admin),
@@ -175,7 +207,7 @@ async fn token_caller(state: &AppState, headers: &HeaderMap, form: &OAuthForm) -
         };
     }
     let credentials = client_credentials(headers, form)?;
-    Ok(TokenCaller::Client(Box::new(state.mandate.authenticate(&credentials).await?)))
+    Ok(TokenCaller::Client(Box::new(state.mandate.authenticate(&credentials, at).await?)))
 }
 
 pub async fn introspect(
@@ -183,7 +215,7 @@ pub async fn introspect(
     headers: HeaderMap,
     form: OAuthForm,
 ) -> Result<Response, OAuthError> {
-    let caller = token_caller(&state, &headers, &form).await?;
+    let caller = token_caller(&state, &headers, &form, Endpoint::Introspect).await?;
     let token = form.get("token").ok_or_else(|| OAuthError(Error::InvalidRequest("token is required".into())))?;
     let answer = state.mandate.introspect(&caller, token).await?;
     Ok(no_store(answer))
@@ -194,7 +226,7 @@ pub async fn revoke(
     headers: HeaderMap,
     form: OAuthForm,
 ) -> Result<Response, OAuthError> {
-    let caller = token_caller(&state, &headers, &form).await?;
+    let caller = token_caller(&state, &headers, &form, Endpoint::Revoke).await?;
     let token = form.get("token").ok_or_else(|| OAuthError(Error::InvalidRequest("token is required".into())))?;
     // RFC 7009 §2.1: the hint orders the search and is never trusted.
     let hint = form.get("token_type_hint");

@@ -12,8 +12,8 @@ use crate::{get, unavailable};
 pub(crate) async fn apply(conn: &mut PgConnection, m: &Mutation) -> Result<u64, StoreError> {
     let done = match m {
         Mutation::InsertAuthCode(c) => sqlx::query(
-            "INSERT INTO auth_codes (hash, agent, user_id, grant_id, redirect_uri, code_challenge, created_at, expires_at, used_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            "INSERT INTO auth_codes (hash, agent, user_id, grant_id, redirect_uri, code_challenge, created_at, expires_at, used_at, \
+             dpop_jkt, offline) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
         )
         .bind(&c.hash)
         .bind(c.agent.to_string())
@@ -24,6 +24,8 @@ pub(crate) async fn apply(conn: &mut PgConnection, m: &Mutation) -> Result<u64, 
         .bind(ts(c.created_at)?)
         .bind(ts(c.expires_at)?)
         .bind(c.used_at.map(ts).transpose()?)
+        .bind(&c.dpop_jkt)
+        .bind(c.offline)
         .execute(&mut *conn)
         .await
         .map_err(|e| map_write_error(e, "authorization code"))?,

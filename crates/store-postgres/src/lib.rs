@@ -290,6 +290,8 @@ impl Store for PostgresStore {
                 grant_id: get(&r, "grant_id")?,
                 redirect_uri: get(&r, "redirect_uri")?,
                 code_challenge: get(&r, "code_challenge")?,
+                dpop_jkt: get(&r, "dpop_jkt")?,
+                offline: get(&r, "offline")?,
                 created_at: get(&r, "created_at")?,
                 expires_at: get(&r, "expires_at")?,
                 used_at: get(&r, "used_at")?,

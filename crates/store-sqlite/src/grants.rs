@@ -13,8 +13,8 @@ pub(crate) fn apply(conn: &Connection, m: &Mutation) -> Result<u64, StoreError> 
     match m {
         Mutation::InsertAuthCode(c) => exec(
             conn,
-            "INSERT INTO auth_codes (hash, agent, user_id, grant_id, redirect_uri, code_challenge, created_at, expires_at, used_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            "INSERT INTO auth_codes (hash, agent, user_id, grant_id, redirect_uri, code_challenge, created_at, expires_at, used_at, \
+             dpop_jkt, offline) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
             params![
                 c.hash,
                 c.agent.to_string(),
@@ -24,7 +24,9 @@ pub(crate) fn apply(conn: &Connection, m: &Mutation) -> Result<u64, StoreError> 
                 c.code_challenge,
                 ts(c.created_at)?,
                 ts(c.expires_at)?,
-                c.used_at.map(ts).transpose()?
+                c.used_at.map(ts).transpose()?,
+                c.dpop_jkt,
+                c.offline
             ],
             "authorization code",
         ),

@@ -60,6 +60,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0005_web.sql"),
     include_str!("../migrations/0006_authorization_codes.sql"),
     include_str!("../migrations/0007_security.sql"),
+    include_str!("../migrations/0008_mcp.sql"),
 ];
 
 /// The writer connection's page cache, in KiB (as a negative `cache_size`).
@@ -352,6 +353,8 @@ impl Store for SqliteStore {
                 grant_id: r.get("grant_id")?,
                 redirect_uri: r.get("redirect_uri")?,
                 code_challenge: r.get("code_challenge")?,
+                dpop_jkt: r.get("dpop_jkt")?,
+                offline: r.get("offline")?,
                 created_at: r.get("created_at")?,
                 expires_at: r.get("expires_at")?,
                 used_at: r.get("used_at")?,

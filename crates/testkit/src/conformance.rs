@@ -1466,6 +1466,8 @@ async fn an_authorization_code_is_used_once(s: Arc<dyn Store>) -> Result<()> {
         grant: g.id,
         redirect_uri: "https://app.example/cb".into(),
         code_challenge: "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM".into(),
+        dpop_jkt: Some("0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I".into()),
+        offline: false,
         created_at: t0(),
         expires_at: t0() + Duration::seconds(60),
         used_at: None,

@@ -346,11 +346,6 @@ async fn ciba_refusals(w: World) -> Result<()> {
         (&[("login_hint", "alice@example.com"), ("resource", CAL)], 400, "invalid_scope"),
         (&[("scope", "read"), ("resource", CAL)], 400, "invalid_request"),
         (
-            &[("login_hint", "alice@example.com"), ("scope", "read"), ("resource", CAL), ("acr_values", "x")],
-            400,
-            "invalid_request",
-        ),
-        (
             &[("login_hint", "alice@example.com"), ("scope", "read"), ("resource", CAL), ("requested_expiry", "0")],
             400,
             "invalid_request",
@@ -496,6 +491,7 @@ async fn exchange_refusals(w: World) -> Result<()> {
         (vec![("resource", "https://other.example")], "invalid_target"),
         (vec![("audience", "https://other.example")], "invalid_target"),
         (vec![("act", "{\"sub\":\"agt_x\"}")], "invalid_request"),
+        (vec![("may_act", "{\"sub\":\"agt_x\"}")], "invalid_request"),
         (vec![("requested_token_type", "urn:ietf:params:oauth:token-type:refresh_token")], "invalid_request"),
         (vec![("actor_token", parent.as_str()), ("actor_token_type", at)], "invalid_request"),
         (vec![("actor_token", parent.as_str())], "invalid_request"),
@@ -504,6 +500,12 @@ async fn exchange_refusals(w: World) -> Result<()> {
         let (st, body) = w.exchange(&child, &parent, extra).await?;
         ensure!(st == 400 && body["error"] == *error, "{extra:?}: {st} {body}");
     }
+    // Other parameters the exchange does not read are ignored (RFC 6749
+    // §3.2), and change nothing.
+    let (st, body) = w.exchange(&child, &parent, &[("nonce", "n-1")]).await?;
+    ensure!(st == 200, "{st} {body}");
+    let c = claims(&text(&body, "access_token")?);
+    ensure!(c["act"]["sub"] == child.id.as_str(), "{c}");
     // A missing or wrong subject token is an error, never a default.
     let (st, body) = w
         .grant(&child, &[("grant_type", "urn:ietf:params:oauth:grant-type:token-exchange"), ("subject_token_type", at)])

@@ -37,7 +37,7 @@ impl Mandate {
         credentials: &crate::ClientCredentials,
         request: Result<BcAuthorizeRequest, Malformed>,
     ) -> Result<BcAuthorized, Error> {
-        let client = self.authenticate(credentials).await?;
+        let client = self.authenticate(credentials, crate::oauth::Endpoint::BcAuthorize).await?;
         let (resource, scope) = match &request {
             Ok(r) => (r.resources.first().cloned(), r.scope.clone()),
             Err(m) => (m.resource.clone(), m.scope.clone()),

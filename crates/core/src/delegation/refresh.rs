@@ -19,6 +19,7 @@ impl Mandate {
         client: &AuthenticatedClient,
         presented: &str,
         scope: Option<&str>,
+        resources: &[String],
         jkt: Option<&str>,
     ) -> Result<(Change, Event, IssuedToken), Refusal> {
         let refuse = Refusal::new;
@@ -61,6 +62,7 @@ impl Mandate {
             .map_err(|e| refuse(e.into()))?
             .filter(|g| g.is_live(now))
             .ok_or_else(|| refuse(Error::InvalidGrant("the grant is revoked or expired".into())))?;
+        crate::authorize::same_resource(resources, &grant.resource).map_err(refuse)?;
         let (mut change, event, mut issued) =
             self.grant_token(agent, &grant, &scopes, Some(&record.family), jkt).await.map_err(refuse)?;
         change.prepend(Mutation::UseRefresh { hash: record.hash.clone(), at: now });

@@ -47,12 +47,18 @@ pub async fn authorize_page(
         Ok(r) => r,
         Err(e) => return refused(e),
     };
+    let mut req = req;
+    // prompt=none: no page may be shown, and the consent page always is.
+    if req.prompt.none {
+        let error = if signed.is_ok() { "consent_required" } else { "login_required" };
+        return see_other(&s.mandate.authorization_error(&req, error, "prompt=none, and Mandate always asks"));
+    }
     let signed = match signed {
         Ok(signed) => signed,
         // To the sign-in page, and back here afterwards.
         Err(to_login) => return to_login,
     };
-    if let Err(e) = s.mandate.authorize_policy(&signed.session.user, &req).await {
+    if let Err(e) = s.mandate.authorize_policy(&signed.session.user, &mut req).await {
         return refused(e);
     }
     consent(&s, &signed, &req)
@@ -72,6 +78,9 @@ fn consent(s: &AppState, signed: &Signed, req: &AuthorizeRequest) -> Response {
         resource_name: req.resource.name.clone(),
         resource: req.resource.identifier.clone(),
         scopes: req.scope_actions().into_iter().map(|(scope, actions)| (scope, actions.join(", "))).collect(),
+        offline: req.offline,
+        redirect_host: req.redirect_host().unwrap_or_else(|| req.redirect_uri.clone()),
+        loopback_only: req.loopback_only(),
         hours: format!("{hours:.0}"),
         redirect: req.redirect_uri.clone(),
         csrf: signed.session.csrf.clone(),

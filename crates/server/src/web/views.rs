@@ -309,7 +309,13 @@ pub struct ConsentPage {
     pub resource: String,
     /// Each scope asked for, with the actions it allows.
     pub scopes: Vec<(String, String)>,
+    /// Whether the client asked to keep access (a refresh token).
+    pub offline: bool,
     pub hours: String,
+    /// The host the code goes to, shown prominently.
+    pub redirect_host: String,
+    /// Whether every redirect the client registered is on this machine.
+    pub loopback_only: bool,
     pub redirect: String,
     pub csrf: String,
     /// The authorization request, carried to the decision.

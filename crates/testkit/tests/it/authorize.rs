@@ -184,7 +184,8 @@ async fn the_code_flow_issues_a_token_for_the_person_acted_for_by_the_agent() ->
     let c = claims(&access);
     assert_eq!(c["sub"], f.erin);
     assert_eq!(c["act"]["sub"], f.app.id);
-    assert!(tokens["refresh_token"].is_string());
+    // No offline_access asked, so no refresh token.
+    assert!(tokens.get("refresh_token").is_none(), "{tokens}");
     assert_eq!(f.w.s.introspect(&access).await?["active"], true);
 
     // SECURITY row 15: the code again is refused, and what it issued dies.
@@ -252,4 +253,89 @@ async fn pkce_redirect_uris_and_denials_are_strict() -> Result<()> {
 
 fn url_enc(s: &str) -> String {
     form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+/// What MCP clients and generic OAuth libraries send, found by running them
+/// unmodified: `resource` on the code and refresh requests, no `scope`,
+/// `prompt`, `offline_access` and `dpop_jkt`.
+#[tokio::test]
+async fn the_code_flow_takes_what_mcp_clients_send() -> Result<()> {
+    let f = flow().await?;
+    // Parameters Mandate does not know are ignored (RFC 6749 §3.1), and
+    // prompt=consent shows the consent page as always.
+    let url = authorize_url(&f, &[("prompt", "consent"), ("nonce", "n-1"), ("scope", "read offline_access")], &[]);
+    let (back, html) = f.consent(&url, "allow").await?;
+    assert!(html.contains("app.example") && html.contains("offline_access"), "the host or offline_access is not shown");
+    let code = param(&back, "code").unwrap_or_default();
+    // `resource` with the code: the grant's is accepted, another is not.
+    let redeem = |code: String, resource: &'static str| {
+        let f = &f;
+        async move {
+            let p = [
+                ("grant_type", "authorization_code"),
+                ("code", code.as_str()),
+                ("redirect_uri", REDIRECT),
+                ("code_verifier", VERIFIER),
+                ("resource", resource),
+            ];
+            f.w.grant(&f.app, &p).await
+        }
+    };
+    let (st, body) = redeem(code.clone(), "https://other.example").await?;
+    assert_eq!((st, body["error"].as_str()), (400, Some("invalid_target")), "{body}");
+    let (st, tokens) = redeem(code, CAL).await?;
+    assert_eq!(st, 200, "{tokens}");
+    let refresh = tokens["refresh_token"].as_str().unwrap_or_default().to_owned();
+    assert!(!refresh.is_empty(), "offline_access was asked and shown: {tokens}");
+    // And with the refresh token.
+    let (st, body) =
+        f.w.grant(
+            &f.app,
+            &[("grant_type", "refresh_token"), ("refresh_token", &refresh), ("resource", "https://other.example")],
+        )
+        .await?;
+    assert_eq!((st, body["error"].as_str()), (400, Some("invalid_target")), "{body}");
+    let (st, body) =
+        f.w.grant(&f.app, &[("grant_type", "refresh_token"), ("refresh_token", &refresh), ("resource", CAL)]).await?;
+    assert_eq!(st, 200, "{body}");
+
+    // No scope: the resource's scopes within the client's ceiling, narrowed
+    // by policy before the consent page (Erin is staff: read and write).
+    let (back, html) = f.consent(&authorize_url(&f, &[], &["scope"]), "allow").await?;
+    assert!(html.contains("list, get"), "the defaulted scopes are not shown");
+    let code = param(&back, "code").unwrap_or_default();
+    let (st, tokens) = f.redeem(&code, Some(VERIFIER), REDIRECT).await?;
+    assert_eq!(st, 200, "{tokens}");
+    let scope = tokens["scope"].as_str().unwrap_or_default();
+    assert!(scope.split(' ').any(|s| s == "read"), "{scope}");
+
+    // prompt=none: no page may be shown, and consent always is.
+    let resp = f.get(&authorize_url(&f, &[("prompt", "none")], &[])).await?;
+    assert_eq!(resp.status(), 303);
+    assert_eq!(param(&location(&resp), "error").as_deref(), Some("consent_required"));
+    let resp = f.http.get(authorize_url(&f, &[("prompt", "none")], &[])).send().await?;
+    assert_eq!(param(&location(&resp), "error").as_deref(), Some("login_required"), "{}", location(&resp));
+    let resp = f.get(&authorize_url(&f, &[("prompt", "none consent")], &[])).await?;
+    assert_eq!(param(&location(&resp), "error").as_deref(), Some("invalid_request"));
+
+    // dpop_jkt (RFC 9449 §10): the code is redeemed only with that key.
+    let key = SigningKey::generate(KeyAlg::EdDSA)?;
+    let jkt = key.public().thumbprint();
+    let (back, _) = f.consent(&authorize_url(&f, &[("dpop_jkt", &jkt)], &[]), "allow").await?;
+    let code = param(&back, "code").unwrap_or_default();
+    let (st, body) = f.redeem(&code, Some(VERIFIER), REDIRECT).await?;
+    assert_eq!((st, body["error"].as_str()), (400, Some("invalid_grant")), "no proof: {body}");
+    let proof = f.w.s.dpop(&key, "POST", "/oauth/token", None);
+    let p = [
+        ("grant_type", "authorization_code"),
+        ("code", code.as_str()),
+        ("redirect_uri", REDIRECT),
+        ("code_verifier", VERIFIER),
+    ];
+    let (st, body) = f.w.grant_dpop(&f.app, &proof, &p).await?;
+    assert_eq!(st, 200, "{body}");
+    assert_eq!(body["token_type"], "DPoP");
+    let resp = f.get(&authorize_url(&f, &[("dpop_jkt", "not-a-thumbprint")], &[])).await?;
+    assert_eq!(param(&location(&resp), "error").as_deref(), Some("invalid_request"));
+    Ok(())
 }

@@ -213,3 +213,47 @@ async fn concurrent_replays_of_one_assertion_issue_one_token() -> anyhow::Result
     s.stop().await?;
     Ok(())
 }
+
+/// An assertion's `aud` may be the issuer or the token endpoint anywhere,
+/// and the URL of the endpoint being called; another endpoint's URL is not
+/// an audience of this one.
+#[tokio::test]
+async fn an_assertion_may_name_the_endpoint_it_is_sent_to() -> anyhow::Result<()> {
+    let s = TestServer::start().await?;
+    let (_, agent) = s.seed().await?;
+    let (st, body) = s.token(&agent, API, "read").await?;
+    assert_eq!(st, 200, "{body}");
+    let token = body["access_token"].as_str().unwrap_or_default().to_owned();
+    let at = |path: &str| s.assertion(&agent, json!({"aud": format!("{}{path}", s.issuer)}));
+    let (st, body) = s.form_asserted(&at("/oauth/introspect"), "/oauth/introspect", &[("token", &token)]).await?;
+    assert_eq!((st, body["active"].as_bool()), (200, Some(true)), "{body}");
+    let (st, body) = s.form_asserted(&at("/oauth/token"), "/oauth/introspect", &[("token", &token)]).await?;
+    assert_eq!(st, 200, "the token endpoint is an audience everywhere: {body}");
+    let (st, body) = s.form_asserted(&at("/oauth/revoke"), "/oauth/introspect", &[("token", &token)]).await?;
+    assert_eq!((st, body["error"].as_str()), (401, Some("invalid_client")), "{body}");
+    assert_invalid_client(&s, "the introspection endpoint at the token endpoint", &at("/oauth/introspect")).await?;
+    let (st, body) = s.form_asserted(&at("/oauth/revoke"), "/oauth/revoke", &[("token", &token)]).await?;
+    assert_eq!(st, 200, "{body}");
+    s.stop().await?;
+    Ok(())
+}
+
+/// Without `scope`, a client gets the resource's scopes that its ceiling
+/// and policy allow (RFC 6749 §3.3); MCP clients often name none.
+#[tokio::test]
+async fn client_credentials_without_scope_gets_what_policy_allows() -> anyhow::Result<()> {
+    let s = TestServer::start().await?;
+    let (_, agent) = s.seed().await?;
+    let a = s.assertion(&agent, json!({}));
+    let (st, body) =
+        s.form_asserted(&a, "/oauth/token", &[("grant_type", "client_credentials"), ("resource", API)]).await?;
+    // The API offers read and write; policy permits read only.
+    assert_eq!((st, body["scope"].as_str()), (200, Some("read")), "{body}");
+    // At the issuer a scope must be named.
+    let a = s.assertion(&agent, json!({}));
+    let (st, body) =
+        s.form_asserted(&a, "/oauth/token", &[("grant_type", "client_credentials"), ("resource", &s.issuer)]).await?;
+    assert_eq!((st, body["error"].as_str()), (400, Some("invalid_scope")), "{body}");
+    s.stop().await?;
+    Ok(())
+}

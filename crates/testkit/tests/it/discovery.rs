@@ -3,7 +3,11 @@ use mandate_testkit::TestServer;
 #[tokio::test]
 async fn metadata_is_true_to_what_is_implemented() -> anyhow::Result<()> {
     let s = TestServer::start().await?;
-    for path in ["/.well-known/oauth-authorization-server", "/.well-known/openid-configuration"] {
+    // Mandate issues no ID tokens: no OpenID configuration, which OIDC
+    // clients would read as a promise of them.
+    let resp = s.http.get(format!("{}/.well-known/openid-configuration", s.url)).send().await?;
+    assert_eq!(resp.status(), 404);
+    for path in ["/.well-known/oauth-authorization-server"] {
         let resp = s.http.get(format!("{}{path}", s.url)).send().await?;
         assert_eq!(resp.status(), 200);
         let m: serde_json::Value = resp.json().await?;
@@ -21,6 +25,10 @@ async fn metadata_is_true_to_what_is_implemented() -> anyhow::Result<()> {
         );
         assert_eq!(m["authorization_endpoint"], format!("{}/oauth/authorize", s.url));
         assert_eq!(m["code_challenge_methods_supported"], serde_json::json!(["S256"]));
+        assert_eq!(m["response_types_supported"], serde_json::json!(["code"]));
+        assert!(m.get("resource_indicators_supported").is_none(), "an unregistered member");
+        assert!(m.get("service_documentation").is_none(), "advertised without being configured");
+        assert_eq!(m["scopes_supported"], serde_json::json!(["offline_access"]), "no resources yet");
         assert_eq!(m["authorization_response_iss_parameter_supported"], true);
         assert_eq!(m["dpop_signing_alg_values_supported"], serde_json::json!(["EdDSA", "Ed25519", "ES256"]));
         assert_eq!(m["backchannel_authentication_endpoint"], format!("{}/oauth/bc-authorize", s.url));
@@ -99,6 +107,96 @@ async fn unknown_routes_and_methods_answer_problem_json() -> anyhow::Result<()> 
     let resp = s.http.delete(format!("{}/oauth/token", s.url)).send().await?;
     assert_eq!(resp.status(), 405);
     assert_eq!(resp.headers()["content-type"], "application/problem+json");
+    s.stop().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn browser_clients_may_call_the_oauth_endpoints_across_origins_but_not_pages_or_the_admin_api()
+-> anyhow::Result<()> {
+    let s = TestServer::start().await?;
+    let (_, agent) = s.seed().await?;
+    let m: serde_json::Value =
+        s.http.get(format!("{}/.well-known/oauth-authorization-server", s.url)).send().await?.json().await?;
+    assert!(m["scopes_supported"].as_array().is_some_and(|a| a.contains(&"read".into())), "{m}");
+    for path in
+        ["/.well-known/oauth-authorization-server", "/jwks.json", "/oauth/token", "/oauth/revoke", "/oauth/introspect"]
+    {
+        // A preflight from a browser-based MCP client.
+        let resp = s
+            .http
+            .request(reqwest::Method::OPTIONS, format!("{}{path}", s.url))
+            .header("origin", "http://localhost:6274")
+            .header("access-control-request-method", "POST")
+            .header("access-control-request-headers", "content-type, dpop, mcp-protocol-version")
+            .send()
+            .await?;
+        assert_eq!(resp.status(), 204, "{path}");
+        assert_eq!(resp.headers()["access-control-allow-origin"], "*", "{path}");
+        let allowed = resp.headers()["access-control-allow-headers"].to_str()?.to_ascii_lowercase();
+        assert!(allowed.contains("dpop") && allowed.contains("mcp-protocol-version"), "{path}: {allowed}");
+        assert!(resp.headers().get("access-control-allow-credentials").is_none(), "{path}");
+        // A bare OPTIONS, too.
+        let resp = s.http.request(reqwest::Method::OPTIONS, format!("{}{path}", s.url)).send().await?;
+        assert_eq!(resp.status(), 204, "{path}");
+    }
+    // The answer itself carries the header, an error included.
+    let (st, _) = s.token(&agent, "https://api.example.com", "read").await?;
+    assert_eq!(st, 200);
+    let resp = s
+        .http
+        .post(format!("{}/oauth/token", s.url))
+        .header("origin", "http://localhost:6274")
+        .form(&[("grant_type", "client_credentials")])
+        .send()
+        .await?;
+    assert_eq!(resp.status(), 401);
+    assert_eq!(resp.headers()["access-control-allow-origin"], "*");
+    let exposed = resp.headers()["access-control-expose-headers"].to_str()?.to_ascii_lowercase();
+    assert!(exposed.contains("www-authenticate") && exposed.contains("dpop-nonce"), "{exposed}");
+    // Never on pages or the admin API.
+    for path in ["/login", "/v1/users", "/v1/check", "/oauth/authorize"] {
+        let resp = s
+            .http
+            .request(reqwest::Method::OPTIONS, format!("{}{path}", s.url))
+            .header("origin", "https://evil.example")
+            .header("access-control-request-method", "POST")
+            .send()
+            .await?;
+        assert!(resp.headers().get("access-control-allow-origin").is_none(), "{path}");
+        let resp = s.http.get(format!("{}{path}", s.url)).header("origin", "https://evil.example").send().await?;
+        assert!(resp.headers().get("access-control-allow-origin").is_none(), "{path}");
+    }
+    s.stop().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_issuer_with_a_path_serves_its_metadata_and_endpoints_under_it() -> anyhow::Result<()> {
+    let s = TestServer::start_with(|c| {
+        c.issuer = format!("{}/tenant", c.issuer);
+        c.service_documentation = Some("https://docs.example/mandate".into());
+    })
+    .await?;
+    // RFC 8414 §3.1: the well-known segment goes before the path.
+    let resp = s.http.get(format!("{}/.well-known/oauth-authorization-server/tenant", s.url)).send().await?;
+    assert_eq!(resp.status(), 200);
+    let m: serde_json::Value = resp.json().await?;
+    assert_eq!(m["issuer"], format!("{}/tenant", s.url));
+    assert_eq!(m["service_documentation"], "https://docs.example/mandate");
+    for key in ["jwks_uri", "token_endpoint", "introspection_endpoint", "revocation_endpoint", "authorization_endpoint"]
+    {
+        let url = m[key].as_str().unwrap_or_default();
+        assert!(url.starts_with(&format!("{}/tenant/", s.url)), "{key}: {url}");
+        let st = s.http.get(url).send().await?.status();
+        assert_ne!(st, 404, "{key} is not served at {url}");
+    }
+    // A token from the advertised endpoint, with the issuer as audience.
+    let (_, agent) = s.seed().await?;
+    let a = s.assertion(&agent, serde_json::json!({}));
+    let params = [("grant_type", "client_credentials"), ("resource", "https://api.example.com"), ("scope", "read")];
+    let (st, body) = s.form_asserted(&a, "/tenant/oauth/token", &params).await?;
+    assert_eq!(st, 200, "{body}");
     s.stop().await?;
     Ok(())
 }

@@ -71,7 +71,6 @@ async fn token_requests_are_checked_against_resources_and_policy() -> anyhow::Re
             vec![("resource", API), ("resource", "https://b.example"), ("scope", "read")],
             "invalid_target",
         ),
-        ("no scope", vec![("resource", API)], "invalid_scope"),
         ("scope the resource lacks", vec![("resource", API), ("scope", "admin")], "invalid_scope"),
         ("scope policy does not allow", vec![("resource", API), ("scope", "read write")], "invalid_scope"),
         ("malformed scope", vec![("resource", API), ("scope", "read  write")], "invalid_scope"),
