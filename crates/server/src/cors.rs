@@ -8,6 +8,7 @@ use axum::extract::Request;
 use axum::http::{HeaderName, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::Response;
+use tower::{Layer, ServiceExt};
 use tower_http::cors::{Any, CorsLayer};
 
 /// `*`, no credentials; the request headers OAuth and MCP clients send, and
@@ -31,14 +32,21 @@ pub async fn no_content() -> StatusCode {
     StatusCode::NO_CONTENT
 }
 
-/// `OPTIONS` on these endpoints answers 204 No Content: a preflight, which
-/// the CORS layer answers with 200, as well as a bare one.
-pub async fn options_no_content(req: Request, next: Next) -> Response {
-    if req.method() != Method::OPTIONS {
+/// The CORS middleware of these endpoints. A request without `Origin` (a
+/// server-side client: agents, resource servers) passes straight through,
+/// so the token endpoint pays nothing for it. `OPTIONS` answers 204 No
+/// Content: a preflight, which the CORS layer answers with 200, as well as
+/// a bare one.
+pub async fn cors(req: Request, next: Next) -> Response {
+    let options = req.method() == Method::OPTIONS;
+    if !options && !req.headers().contains_key(header::ORIGIN) {
         return next.run(req).await;
     }
-    let mut resp = next.run(req).await;
-    if resp.status() == StatusCode::OK {
+    let mut resp = match layer().layer(next).oneshot(req).await {
+        Ok(resp) => resp,
+        Err(never) => match never {},
+    };
+    if options && resp.status() == StatusCode::OK {
         *resp.status_mut() = StatusCode::NO_CONTENT;
         *resp.body_mut() = axum::body::Body::empty();
         resp.headers_mut().remove(header::CONTENT_TYPE);

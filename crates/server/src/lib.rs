@@ -60,15 +60,13 @@ pub fn router(state: AppState) -> Router {
         .route("/oauth/introspect", post(oauth::introspect).options(cors::no_content))
         .route("/oauth/revoke", post(oauth::revoke).options(cors::no_content))
         .route_layer(limited.clone())
-        .layer(cors::layer())
-        .layer(axum::middleware::from_fn(cors::options_no_content))
+        .layer(axum::middleware::from_fn(cors::cors))
         .route("/oauth/bc-authorize", post(oauth::bc_authorize).route_layer(limited.clone()));
     let oauth = Router::new()
         .route("/.well-known/oauth-authorization-server", get(oauth::metadata).options(cors::no_content))
         .route("/jwks.json", get(oauth::jwks).options(cors::no_content))
         .route("/statuslists/{n}", get(oauth::status_list).options(cors::no_content))
-        .layer(cors::layer())
-        .layer(axum::middleware::from_fn(cors::options_no_content));
+        .layer(axum::middleware::from_fn(cors::cors));
     let admin = Router::new()
         .route("/v1/users", post(admin::create_user))
         .route("/v1/users/{id}", get(admin::get_user).patch(admin::update_user))
@@ -120,8 +118,7 @@ pub fn router(state: AppState) -> Router {
                     &format!("/.well-known/oauth-authorization-server{path}"),
                     get(oauth::metadata).options(cors::no_content),
                 )
-                .layer(cors::layer())
-                .layer(axum::middleware::from_fn(cors::options_no_content));
+                .layer(axum::middleware::from_fn(cors::cors));
             Router::new().merge(metadata).nest(&path, app.clone()).merge(app)
         }
         None => app,
