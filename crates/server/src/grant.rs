@@ -1,7 +1,8 @@
 //! Token and backchannel requests, parsed from the form into their typed
 //! shape before any use case sees them: which parameters each grant
 //! accepts, which it requires, and what their values may be. (Repeats are
-//! refused by the form itself, but for `resource` and `audience`.)
+//! refused by the form itself, but for `resource` and `audience`.) Public
+//! so that the fuzz targets (`crates/fuzz`) can drive it.
 
 use mandate_core::request::{TOKEN_TYPE_ACCESS, bounded_input};
 use mandate_core::{
