@@ -1,0 +1,6 @@
+//! mandate-jose's integration tests, in one binary.
+// Helpers outside #[test] functions: a failed unwrap fails the test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+mod vectors;
+mod wycheproof_vectors;
