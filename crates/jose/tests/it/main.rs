@@ -2,5 +2,6 @@
 // Helpers outside #[test] functions: a failed unwrap fails the test.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
+mod samples;
 mod vectors;
 mod wycheproof_vectors;
