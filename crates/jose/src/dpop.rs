@@ -155,7 +155,11 @@ pub fn normalize_htu(raw: &str) -> Option<String> {
 }
 
 /// Percent-encodings of unreserved characters decoded (RFC 3986
-/// §6.2.2.2), the others uppercased (§6.2.2.1).
+/// §6.2.2.2), the others uppercased (§6.2.2.1). A `%` that does not start
+/// a percent-encoding (the `url` crate lets one through) is itself encoded
+/// as `%25`: left alone, it could meet the digits that a decoding puts
+/// after it and become a new encoding (`%%32%65` would give `%2e`), so
+/// that normalising twice would not give the same URL.
 fn normalize_percent_encoding(path: &str) -> String {
     let bytes = path.as_bytes();
     let mut out = String::with_capacity(path.len());
@@ -177,7 +181,11 @@ fn normalize_percent_encoding(path: &str) -> String {
             i += 3;
             continue;
         }
-        out.push(char::from(b));
+        if b == b'%' {
+            out.push_str("%25");
+        } else {
+            out.push(char::from(b));
+        }
         i += 1;
     }
     out
@@ -275,6 +283,18 @@ mod tests {
         assert_eq!(normalize_htu("https://H.example:8443"), Some("https://h.example:8443/".into()));
         assert_eq!(normalize_htu("/oauth/token"), None, "a relative URL");
         assert_eq!(normalize_htu("https://"), None, "no host");
+    }
+
+    #[test]
+    fn htu_normalisation_is_idempotent_with_stray_percent_signs() {
+        // Found by the dpop_htu fuzz target: the stray `%` and the decoded
+        // `2` and `e` made `%2e` on the first pass, `.` on the second.
+        let once = normalize_htu("https://as.example/%%32%65x");
+        assert_eq!(once.as_deref(), Some("https://as.example/%252ex"));
+        assert_eq!(once.as_deref().and_then(normalize_htu), once);
+        assert_eq!(normalize_htu("https://as.example/a%zz%"), Some("https://as.example/a%25zz%25".into()));
+        // A stray `%` and its encoding name the same URL.
+        assert_eq!(normalize_htu("https://as.example/a%zz"), normalize_htu("https://as.example/a%25zz"));
     }
 
     #[test]

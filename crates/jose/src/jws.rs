@@ -72,6 +72,19 @@ impl<'a> Unverified<'a> {
         key.verify(&self.header.alg, self.signing_input.as_bytes(), &self.signature)
     }
 
+    /// The part the signature covers: the header and payload segments as
+    /// received (`BASE64URL(header) '.' BASE64URL(payload)`). Public so that
+    /// the fuzz targets can check that an accepted token re-serialises to
+    /// itself.
+    pub fn signing_input(&self) -> &str {
+        self.signing_input
+    }
+
+    /// The decoded signature, not yet checked.
+    pub fn signature(&self) -> &[u8] {
+        &self.signature
+    }
+
     /// Parses the payload as a JSON object into `T` (strict serde types).
     pub fn claims<T: serde::de::DeserializeOwned>(&self) -> Result<T, JoseError> {
         serde_json::from_slice(&self.payload).map_err(|e| JoseError::Claims(short(&e.to_string())))

@@ -33,7 +33,8 @@ impl StatusBits {
     /// beyond `size` are ignored.
     pub fn with_invalid(size: usize, invalid: impl IntoIterator<Item = usize>) -> Self {
         let mut list = Self::new(size);
-        for i in invalid {
+        // Not the padding up to a whole byte either: that is beyond `size`.
+        for i in invalid.into_iter().filter(|i| *i < size) {
             list.set_invalid(i);
         }
         list
@@ -185,6 +186,16 @@ mod tests {
         assert_eq!(verify(&token, &keys, "https://as.example/statuslists/0", 200), Err(JoseError::Expired));
         let at = jws::sign(&key, "at+jwt", &claims).unwrap();
         assert!(matches!(verify(&at, &keys, "https://as.example/statuslists/0", 150), Err(JoseError::WrongType(_))));
+    }
+
+    #[test]
+    fn indexes_beyond_the_size_are_ignored_padding_included() {
+        // Found by the statuslist fuzz target: index 3 of a 3-status list
+        // lies in the padding of its one byte, and was set.
+        let list = StatusBits::with_invalid(3, [0, 3, 7, 8]);
+        assert_eq!(list.as_bytes(), &[0b0000_0001]);
+        assert_eq!(list.is_invalid(3), Some(false));
+        assert_eq!(list.is_invalid(8), None);
     }
 
     #[test]

@@ -586,8 +586,11 @@ fn agent_key(a: &Agent) -> String {
 
 /// The principal's and the resource's uids, and every entity the request
 /// can reach: the principal, the target, and (through `related`) each
-/// agent's owner and parents, once each.
-fn scene(
+/// agent's owner and parents, once each. `Err` when a reference does not
+/// resolve or an entity cannot be built. Public so that the fuzz targets
+/// (`crates/fuzz`) can check the entities built from arbitrary records;
+/// [`PolicyEngine::decide`] is the way to use them.
+pub fn scene(
     principal: Principal<'_>,
     target: Target<'_>,
     related: &Related,

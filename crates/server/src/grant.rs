@@ -4,7 +4,8 @@
 //! does not read are ignored, for every grant alike (RFC 6749 §3.1 and
 //! §3.2: clients such as the MCP SDKs send ones a server may not know).
 //! (Repeats are refused by the form itself, but for `resource` and
-//! `audience`.)
+//! `audience`.) Public so that the fuzz targets (`crates/fuzz`) can drive
+//! it.
 
 use mandate_core::request::TOKEN_TYPE_ACCESS;
 use mandate_core::{

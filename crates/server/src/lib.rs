@@ -9,7 +9,7 @@ mod delegation;
 pub mod edge;
 pub mod error;
 pub mod extract;
-mod grant;
+pub mod grant;
 mod oauth;
 mod ops;
 mod web;
