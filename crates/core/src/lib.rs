@@ -32,6 +32,6 @@ pub use oauth::{ActiveToken, ClientCredentials, IntrospectedClaims, Introspectio
 pub use ports::{Clock, ManualClock, Random, SystemClock, SystemRandom};
 pub use request::{BadGrant, BcAuthorizeRequest, ExchangeRequest, GrantRequest, GrantType, Malformed, TokenRequest};
 pub use service::{AuthenticatedClient, Caller, Mandate};
-pub use store::{Applied, Change, Handle, KeyUse, Mutation, Receipt, Store, StoreError, StoredKey};
+pub use store::{Applied, Change, Handle, KeyUse, MemoryStore, Mutation, Receipt, Store, StoreError, StoredKey};
 
 pub use admin::{AgentPatch, Cascade, NewAgent, NewResource, NewUser, NewUserToken, UserPatch};
