@@ -22,6 +22,8 @@ pub mod refusals;
 pub mod request;
 pub mod session;
 pub mod status;
+#[cfg(test)]
+mod testing;
 
 pub use audit::{AuditQuery, AuditRecord, TrailReport};
 pub use check::{CheckAnswer, CheckRequest, CheckedResource, Checker};
@@ -34,6 +36,6 @@ pub use oauth::{
 pub use ports::{Clock, ManualClock, Random, SystemClock, SystemRandom};
 pub use request::{BadGrant, BcAuthorizeRequest, ExchangeRequest, GrantRequest, GrantType, Malformed, TokenRequest};
 pub use service::{AuthenticatedClient, Caller, Mandate};
-pub use store::{Applied, Change, Handle, KeyUse, Mutation, Receipt, Store, StoreError, StoredKey};
+pub use store::{Applied, Change, Handle, KeyUse, MemoryStore, Mutation, Receipt, Store, StoreError, StoredKey};
 
 pub use admin::{AgentPatch, Cascade, NewAgent, NewResource, NewUser, NewUserToken, UserPatch};

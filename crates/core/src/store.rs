@@ -14,6 +14,10 @@ use mandate_model::{AgentId, ApprovalId, GrantId, Jti, UserId, UserTokenId};
 use thiserror::Error;
 use time::OffsetDateTime;
 
+mod memory;
+
+pub use memory::MemoryStore;
+
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum StoreError {
     /// A uniqueness or precondition failed; nothing was written.

@@ -1,12 +1,14 @@
-//! The store conformance suite on PostgreSQL. Each case gets a fresh
-//! database on the server named by `MANDATE_TEST_POSTGRES_URL`
-//! (default: the local server, trust auth).
+//! The store conformance suite on PostgreSQL, one test per case. Each case
+//! gets a fresh database on the server named by `MANDATE_TEST_POSTGRES_URL`
+//! (default: the local server, trust auth), dropped when it is over, so the
+//! cases run in parallel.
 // Test helpers index JSON freely; a missing member fails the test.
 #![allow(clippy::indexing_slicing)]
 
 use std::sync::Arc;
 
 use mandate_core::Store;
+use mandate_testkit::conformance::{Exec, Fresh, TamperRig};
 use sqlx::Connection;
 
 fn admin_url() -> String {
@@ -23,63 +25,55 @@ pub async fn fresh_database() -> anyhow::Result<String> {
     Ok(format!("{base}/{name}"))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_passes_the_store_conformance_suite() -> anyhow::Result<()> {
-    let created = std::sync::Mutex::new(Vec::new());
-    let result = mandate_testkit::conformance::run_all(|| async {
-        let url = fresh_database().await?;
-        if let Ok(mut c) = created.lock() {
-            c.push(url.clone());
-        }
-        let store: Arc<dyn Store> = Arc::new(mandate_store_postgres::PostgresStore::connect(&url).await?);
-        Ok(store)
-    })
-    .await;
-    let urls = created.lock().map(|c| c.clone()).unwrap_or_default();
-    drop_databases(&urls).await?;
-    result
+/// A fresh store on a database of its own, dropped when the case is over.
+async fn fresh_store() -> anyhow::Result<Fresh> {
+    store_on(fresh_database().await?).await
 }
 
-/// Edits made to the database behind the store's back are caught by the
-/// verifier; a fault injected into the audit insert takes its change with it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_detects_tampering_and_fails_whole_changes() -> anyhow::Result<()> {
-    use mandate_testkit::conformance::{Exec, TamperRig};
-    let created = std::sync::Mutex::new(Vec::new());
-    let result = mandate_testkit::conformance::run_tamper_suite(|| async {
-        let url = fresh_database().await?;
-        if let Ok(mut c) = created.lock() {
-            c.push(url.clone());
+/// A store on the database at `url`, which is dropped when the case is over.
+async fn store_on(url: String) -> anyhow::Result<Fresh> {
+    match mandate_store_postgres::PostgresStore::connect(&url).await {
+        Ok(store) => Ok(Fresh::new(Arc::new(store)).on_close(move || async move { drop_databases(&[url]).await })),
+        Err(e) => {
+            drop_databases(&[url]).await?;
+            Err(e.into())
         }
-        let store: Arc<dyn Store> = Arc::new(mandate_store_postgres::PostgresStore::connect(&url).await?);
-        let exec: Exec = Arc::new(move |sql: String| {
-            let url = url.clone();
-            Box::pin(async move {
-                let pool = sqlx::PgPool::connect(&url).await?;
-                let done = sqlx::raw_sql(&format!("BEGIN; {sql}; COMMIT;")).execute(&pool).await;
-                pool.close().await;
-                done?;
-                Ok(())
-            })
-        });
-        Ok(TamperRig {
-            store,
-            exec,
-            drop_guards: "DROP TRIGGER audit_events_no_change ON audit_events",
-            fail_appends: "CREATE FUNCTION audit_fail() RETURNS trigger LANGUAGE plpgsql AS \
-                           'BEGIN RAISE EXCEPTION ''injected fault''; END'; \
-                           CREATE TRIGGER audit_fail BEFORE INSERT ON audit_events \
-                           FOR EACH ROW EXECUTE FUNCTION audit_fail()",
-            restore_appends: "DROP TRIGGER audit_fail ON audit_events",
-            // Every column is typed and NOT NULL: no row can be left unreadable.
-            garble_checkpoint: None,
-        })
-    })
-    .await;
-    let urls = created.lock().map(|c| c.clone()).unwrap_or_default();
-    drop_databases(&urls).await?;
-    result
+    }
 }
+
+mandate_testkit::store_conformance!(fresh_store());
+
+/// A fresh store, and the means to edit its database behind its back (the
+/// tamper cases), including a trigger that fails every audit insert.
+async fn tamper_rig() -> anyhow::Result<(TamperRig, Fresh)> {
+    let url = fresh_database().await?;
+    let fresh = store_on(url.clone()).await?;
+    let exec: Exec = Arc::new(move |sql: String| {
+        let url = url.clone();
+        Box::pin(async move {
+            let pool = sqlx::PgPool::connect(&url).await?;
+            let done = sqlx::raw_sql(&format!("BEGIN; {sql}; COMMIT;")).execute(&pool).await;
+            pool.close().await;
+            done?;
+            Ok(())
+        })
+    });
+    let rig = TamperRig {
+        store: fresh.store.clone(),
+        exec,
+        drop_guards: "DROP TRIGGER audit_events_no_change ON audit_events",
+        fail_appends: "CREATE FUNCTION audit_fail() RETURNS trigger LANGUAGE plpgsql AS \
+                       'BEGIN RAISE EXCEPTION ''injected fault''; END'; \
+                       CREATE TRIGGER audit_fail BEFORE INSERT ON audit_events \
+                       FOR EACH ROW EXECUTE FUNCTION audit_fail()",
+        restore_appends: "DROP TRIGGER audit_fail ON audit_events",
+        // Every column is typed and NOT NULL: no row can be left unreadable.
+        garble_checkpoint: None,
+    };
+    Ok((rig, fresh))
+}
+
+mandate_testkit::store_tamper_suite!(tamper_rig());
 
 /// Drops the databases a test created, closing their connections.
 pub async fn drop_databases(urls: &[String]) -> anyhow::Result<()> {

@@ -14,6 +14,7 @@ mod failclosed;
 mod golden;
 mod keys;
 mod lifecycle;
+mod memory_store;
 mod restart;
 mod status;
 mod tokens;

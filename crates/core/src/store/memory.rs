@@ -1,0 +1,875 @@
+//! The [`Store`] port in memory: what the SQL stores do, without a
+//! database, for fast tests of the use cases (and anything else that needs
+//! a store for the life of one process). It passes the same conformance
+//! suite as the SQL stores (`mandate_testkit::store_conformance!`).
+//!
+//! One lock guards the whole state, so changes are applied one at a time,
+//! in the order they take the lock. A change is applied mutation by
+//! mutation, each write logging how to undo it; when a mutation fails, the
+//! log is played back and the change leaves nothing behind. References
+//! between records are checked as the SQL schemas' foreign keys do, and
+//! uniqueness as their keys do.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Bound;
+use std::sync::{Mutex, MutexGuard};
+
+use async_trait::async_trait;
+use mandate_audit::{Checkpoint, Event, GENESIS};
+use mandate_model::records::{
+    Agent, AgentKind, AgentStatus, Approval, ApprovalStatus, ApprovalSubject, AuthCodeRecord, ClientId, Grant,
+    GrantStatus, RefreshRecord, Resource, SessionRecord, SuspendedBy, TokenRecord, User, UserToken,
+};
+use mandate_model::{AgentId, ApprovalId, GrantId, Jti, ResourceId, UserId};
+use time::OffsetDateTime;
+
+use super::{
+    Applied, ApprovalQuery, Change, GrantQuery, Mutation, Receipt, Store, StoreError, StoredKey, StoredPolicy,
+};
+use crate::audit::{AuditQuery, seal_record};
+
+/// Everything a store keeps, as the SQL stores' tables do.
+#[derive(Debug, Default)]
+struct State {
+    settings: BTreeMap<String, String>,
+    users: BTreeMap<UserId, User>,
+    /// By the hash of the token's secret.
+    user_tokens: BTreeMap<String, UserToken>,
+    agents: BTreeMap<AgentId, Agent>,
+    resources: BTreeMap<ResourceId, Resource>,
+    policies: Vec<StoredPolicy>,
+    keys: BTreeMap<String, StoredKey>,
+    /// By client id (as text) and `jti`.
+    assertion_jtis: BTreeMap<(String, String), OffsetDateTime>,
+    dpop_jtis: BTreeMap<String, OffsetDateTime>,
+    tokens: BTreeMap<Jti, TokenRecord>,
+    /// The next status-list index to hand out.
+    status_next: u64,
+    grants: BTreeMap<GrantId, Grant>,
+    approvals: BTreeMap<ApprovalId, Approval>,
+    refresh: BTreeMap<String, RefreshRecord>,
+    sessions: BTreeMap<String, SessionRecord>,
+    auth_codes: BTreeMap<String, AuthCodeRecord>,
+    /// The audit trail; `events[i].seq == i + 1`.
+    events: Vec<Event>,
+    checkpoints: BTreeMap<u64, Checkpoint>,
+    epoch: u64,
+}
+
+/// Where a table lives in the state.
+type Table<K, V> = fn(&mut State) -> &mut BTreeMap<K, V>;
+
+/// How to put back one write.
+type Undo = Box<dyn FnOnce(&mut State) + Send>;
+
+/// The state while a change is applied, and how to undo what it wrote.
+struct Tx<'s> {
+    state: &'s mut State,
+    undo: Vec<Undo>,
+}
+
+impl Tx<'_> {
+    /// Inserts or replaces the row at `key`.
+    fn put<K, V>(&mut self, table: Table<K, V>, key: K, value: V)
+    where
+        K: Ord + Clone + Send + 'static,
+        V: Send + 'static,
+    {
+        let old = table(self.state).insert(key.clone(), value);
+        self.undo.push(Box::new(move |s| {
+            let t = table(s);
+            match old {
+                Some(v) => t.insert(key, v),
+                None => t.remove(&key),
+            };
+        }));
+    }
+
+    /// Removes the row at `key`, if there is one.
+    fn remove<K, V>(&mut self, table: Table<K, V>, key: &K)
+    where
+        K: Ord + Clone + Send + 'static,
+        V: Send + 'static,
+    {
+        if let Some(old) = table(self.state).remove(key) {
+            let key = key.clone();
+            self.undo.push(Box::new(move |s| {
+                table(s).insert(key, old);
+            }));
+        }
+    }
+
+    /// Changes every row of `table` that `pick` selects with `change`
+    /// (which sees a copy); how many.
+    fn update<K, V>(&mut self, table: Table<K, V>, pick: impl Fn(&K, &V) -> bool, change: impl Fn(&mut V)) -> u64
+    where
+        K: Ord + Clone + Send + 'static,
+        V: Clone + Send + 'static,
+    {
+        let picked: Vec<(K, V)> =
+            table(self.state).iter().filter(|(k, v)| pick(k, v)).map(|(k, v)| (k.clone(), v.clone())).collect();
+        let n = picked.len() as u64;
+        for (k, mut v) in picked {
+            change(&mut v);
+            self.put(table, k, v);
+        }
+        n
+    }
+
+    fn push_event(&mut self, event: Event) {
+        self.state.events.push(event);
+        self.undo.push(Box::new(|s| {
+            s.events.pop();
+        }));
+    }
+
+    fn push_policy(&mut self, policy: StoredPolicy) {
+        self.state.policies.push(policy);
+        self.undo.push(Box::new(|s| {
+            s.policies.pop();
+        }));
+    }
+
+    fn set_status_next(&mut self, next: u64) {
+        let old = std::mem::replace(&mut self.state.status_next, next);
+        self.undo.push(Box::new(move |s| s.status_next = old));
+    }
+
+    /// Puts back everything written, last first.
+    fn roll_back(self) {
+        let Tx { state, undo } = self;
+        for u in undo.into_iter().rev() {
+            u(state);
+        }
+    }
+}
+
+fn settings(s: &mut State) -> &mut BTreeMap<String, String> {
+    &mut s.settings
+}
+fn users(s: &mut State) -> &mut BTreeMap<UserId, User> {
+    &mut s.users
+}
+fn user_tokens(s: &mut State) -> &mut BTreeMap<String, UserToken> {
+    &mut s.user_tokens
+}
+fn agents(s: &mut State) -> &mut BTreeMap<AgentId, Agent> {
+    &mut s.agents
+}
+fn resources(s: &mut State) -> &mut BTreeMap<ResourceId, Resource> {
+    &mut s.resources
+}
+fn keys(s: &mut State) -> &mut BTreeMap<String, StoredKey> {
+    &mut s.keys
+}
+fn assertion_jtis(s: &mut State) -> &mut BTreeMap<(String, String), OffsetDateTime> {
+    &mut s.assertion_jtis
+}
+fn dpop_jtis(s: &mut State) -> &mut BTreeMap<String, OffsetDateTime> {
+    &mut s.dpop_jtis
+}
+fn tokens(s: &mut State) -> &mut BTreeMap<Jti, TokenRecord> {
+    &mut s.tokens
+}
+fn grants(s: &mut State) -> &mut BTreeMap<GrantId, Grant> {
+    &mut s.grants
+}
+fn approvals(s: &mut State) -> &mut BTreeMap<ApprovalId, Approval> {
+    &mut s.approvals
+}
+fn refresh(s: &mut State) -> &mut BTreeMap<String, RefreshRecord> {
+    &mut s.refresh
+}
+fn sessions(s: &mut State) -> &mut BTreeMap<String, SessionRecord> {
+    &mut s.sessions
+}
+fn auth_codes(s: &mut State) -> &mut BTreeMap<String, AuthCodeRecord> {
+    &mut s.auth_codes
+}
+fn checkpoints(s: &mut State) -> &mut BTreeMap<u64, Checkpoint> {
+    &mut s.checkpoints
+}
+
+/// A uniqueness or reference check failed, as a SQL constraint would.
+fn conflict(what: &str) -> StoreError {
+    StoreError::Conflict(format!("{what} conflicts with an existing record or refers to a missing one"))
+}
+
+/// Refuses a write unless `ok`.
+fn require(ok: bool, what: &str) -> Result<(), StoreError> {
+    if ok { Ok(()) } else { Err(conflict(what)) }
+}
+
+/// The SQL stores keep time as Unix nanoseconds in 64 bits (1677 to
+/// 2262) and refuse any other; so does this one, so that a test passing
+/// here does not fail there.
+fn storable(t: OffsetDateTime) -> Result<(), StoreError> {
+    i64::try_from(t.unix_timestamp_nanos())
+        .map(|_| ())
+        .map_err(|_| StoreError::Unavailable(format!("the time {t} is outside what the store can hold")))
+}
+
+/// In-memory store: one lock around the state.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    state: Mutex<State>,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> Result<MutexGuard<'_, State>, StoreError> {
+        self.state.lock().map_err(|_| StoreError::Unavailable("the memory store's lock is poisoned".into()))
+    }
+
+    /// Reads under the lock.
+    fn read<T>(&self, f: impl FnOnce(&State) -> T) -> Result<T, StoreError> {
+        let state = self.lock()?;
+        Ok(f(&state))
+    }
+}
+
+/// Applies `change` to `state` whole, or not at all.
+fn apply_change(state: &mut State, change: &Change) -> Result<Receipt, StoreError> {
+    let mut tx = Tx { state, undo: Vec::new() };
+    let mut applied = Applied::for_change(change);
+    for (h, m) in change.iter() {
+        if let Err(e) = apply(&mut tx, m, &applied).and_then(|n| applied.set(h, n)) {
+            tx.roll_back();
+            return Err(e);
+        }
+    }
+    let receipt = match applied.into_receipt() {
+        Ok(r) => r,
+        Err(e) => {
+            tx.roll_back();
+            return Err(e);
+        }
+    };
+    // Committed: caches keyed by the epoch go stale before the change is
+    // acknowledged.
+    if change.mutations().any(Mutation::invalidates) {
+        tx.state.epoch = tx.state.epoch.wrapping_add(1);
+    }
+    Ok(receipt)
+}
+
+/// Applies one mutation; `applied` holds what the change's earlier
+/// mutations did. A mutation that fails has written nothing of its own.
+fn apply(tx: &mut Tx<'_>, m: &Mutation, applied: &Applied) -> Result<u64, StoreError> {
+    match m {
+        Mutation::PutSettingIfAbsent { key, value } => {
+            if tx.state.settings.contains_key(key) {
+                return Ok(0);
+            }
+            tx.put(settings, key.clone(), value.clone());
+            Ok(1)
+        }
+        Mutation::InsertUser(u) => {
+            storable(u.created_at)?;
+            let taken = tx.state.users.contains_key(&u.id) || tx.state.users.values().any(|x| x.email == u.email);
+            require(!taken, "user")?;
+            tx.put(users, u.id, u.clone());
+            Ok(1)
+        }
+        Mutation::UpdateUser(u) => {
+            let Some(mut user) = tx.state.users.get(&u.id).cloned() else {
+                return Err(StoreError::NotFound(format!("user {}", u.id)));
+            };
+            user.groups = u.groups.clone();
+            user.attributes = u.attributes.clone();
+            user.status = u.status;
+            tx.put(users, u.id, user);
+            Ok(1)
+        }
+        Mutation::InsertUserToken { token, hash } => {
+            storable(token.created_at)?;
+            storable(token.expires_at)?;
+            let s = &tx.state;
+            let ok = !s.user_tokens.contains_key(hash)
+                && !s.user_tokens.values().any(|t| t.id == token.id)
+                && s.users.contains_key(&token.user);
+            require(ok, "user token")?;
+            // A new token is never revoked, whatever the record says.
+            tx.put(user_tokens, hash.clone(), UserToken { revoked_at: None, ..token.clone() });
+            Ok(1)
+        }
+        Mutation::RevokeUserToken { id, user, at } => {
+            storable(*at)?;
+            Ok(tx.update(
+                user_tokens,
+                |_, t| t.id == *id && t.user == *user && t.revoked_at.is_none(),
+                |t| t.revoked_at = Some(*at),
+            ))
+        }
+        Mutation::InsertAgent(a) => {
+            storable(a.created_at)?;
+            a.expires_at.map(storable).transpose()?;
+            let s = &tx.state;
+            let ok = !s.agents.contains_key(&a.id)
+                && s.users.contains_key(&a.owner)
+                && a.parent.is_none_or(|p| s.agents.contains_key(&p));
+            require(ok, "agent")?;
+            tx.put(agents, a.id, a.clone());
+            Ok(1)
+        }
+        Mutation::SetAgentStatus { id, from, to, at, by } => {
+            storable(*at)?;
+            let no_longer = || StoreError::Conflict(format!("agent {id} is no longer {}", from.as_str()));
+            let agent = tx.state.agents.get(id).cloned().ok_or_else(no_longer)?;
+            // Resuming needs the level that suspended, or a higher one.
+            let outranked = *from == AgentStatus::Suspended
+                && *to == AgentStatus::Active
+                && *by == Some(SuspendedBy::Owner)
+                && agent.suspended_by.unwrap_or(SuspendedBy::Admin) == SuspendedBy::Admin;
+            if agent.status != *from || outranked {
+                return Err(no_longer());
+            }
+            let suspended_by = if *to == AgentStatus::Suspended { *by } else { None };
+            tx.put(agents, *id, Agent { status: *to, suspended_by, ..agent });
+            Ok(1)
+        }
+        Mutation::RevokeTokensOfAgent { agent, at } => {
+            let client = ClientId::Agent(*agent);
+            revoke_tree(tx, |t| t.client_id == client && t.expires_at > *at, *at)
+        }
+        Mutation::RevokeTokensOfSubject { subject, at } => {
+            storable(*at)?;
+            Ok(tx.update(tokens, |_, t| t.subject == *subject && t.revoked_at.is_none(), |t| t.revoked_at = Some(*at)))
+        }
+        Mutation::RevokeTokensOfOwnedAgents { owner, at } => {
+            let owned: BTreeSet<AgentId> =
+                tx.state.agents.values().filter(|a| a.owner == *owner).map(|a| a.id).collect();
+            revoke_tree(
+                tx,
+                |t| t.expires_at > *at && matches!(t.client_id, ClientId::Agent(a) if owned.contains(&a)),
+                *at,
+            )
+        }
+        Mutation::InsertResource(r) => {
+            storable(r.created_at)?;
+            let s = &tx.state;
+            let taken = s.resources.contains_key(&r.id) || s.resources.values().any(|x| x.identifier == r.identifier);
+            require(!taken, "resource")?;
+            tx.put(resources, r.id, r.clone());
+            Ok(1)
+        }
+        Mutation::PutPolicy(p) => {
+            storable(p.created_at)?;
+            tx.push_policy(p.clone());
+            Ok(1)
+        }
+        Mutation::InsertSigningKey(k) => {
+            storable(k.created_at)?;
+            k.retired_at.map(storable).transpose()?;
+            require(!tx.state.keys.contains_key(&k.kid), "signing key")?;
+            tx.put(keys, k.kid.clone(), k.clone());
+            Ok(1)
+        }
+        Mutation::RetireSigningKeys { purpose, keep, at } => {
+            storable(*at)?;
+            Ok(tx.update(
+                keys,
+                |kid, k| k.retired_at.is_none() && k.purpose == *purpose && kid != keep,
+                |k| k.retired_at = Some(*at),
+            ))
+        }
+        Mutation::ConsumeAssertionJti { client, jti, expires_at } => {
+            storable(*expires_at)?;
+            let key = (client.to_string(), jti.clone());
+            if tx.state.assertion_jtis.contains_key(&key) {
+                return Err(StoreError::Replay);
+            }
+            tx.put(assertion_jtis, key, *expires_at);
+            Ok(1)
+        }
+        Mutation::ConsumeDpopJti { key, expires_at } => {
+            storable(*expires_at)?;
+            if tx.state.dpop_jtis.contains_key(key) {
+                return Err(StoreError::DpopReplay);
+            }
+            tx.put(dpop_jtis, key.clone(), *expires_at);
+            Ok(1)
+        }
+        Mutation::InsertSession(r) => {
+            storable(r.created_at)?;
+            storable(r.expires_at)?;
+            r.revoked_at.map(storable).transpose()?;
+            let ok = !tx.state.sessions.contains_key(&r.hash) && tx.state.users.contains_key(&r.user);
+            require(ok, "session")?;
+            tx.put(sessions, r.hash.clone(), r.clone());
+            Ok(1)
+        }
+        Mutation::InsertAuthCode(c) => {
+            storable(c.created_at)?;
+            storable(c.expires_at)?;
+            c.used_at.map(storable).transpose()?;
+            let s = &tx.state;
+            let ok = !s.auth_codes.contains_key(&c.hash)
+                && s.agents.contains_key(&c.agent)
+                && s.users.contains_key(&c.user)
+                && s.grants.contains_key(&c.grant);
+            require(ok, "authorization code")?;
+            tx.put(auth_codes, c.hash.clone(), c.clone());
+            Ok(1)
+        }
+        Mutation::UseAuthCode { hash, at } => {
+            storable(*at)?;
+            let n = tx.update(auth_codes, |h, c| h == hash && c.used_at.is_none(), |c| c.used_at = Some(*at));
+            if n == 0 {
+                return Err(StoreError::Conflict("the authorization code was already used".into()));
+            }
+            Ok(n)
+        }
+        Mutation::RevokeSession { hash, at } => {
+            storable(*at)?;
+            Ok(tx.update(sessions, |h, r| h == hash && r.revoked_at.is_none(), |r| r.revoked_at = Some(*at)))
+        }
+        Mutation::ReserveStatusIndexes { count } => {
+            // As in SQL: the counter is a signed 64-bit integer.
+            let first = tx.state.status_next;
+            let next = first
+                .checked_add(*count)
+                .filter(|n| i64::try_from(*n).is_ok())
+                .ok_or_else(|| StoreError::Unavailable("status index overflow".into()))?;
+            tx.set_status_next(next);
+            Ok(first)
+        }
+        Mutation::InsertToken(t) => {
+            storable(t.issued_at)?;
+            storable(t.expires_at)?;
+            t.revoked_at.map(storable).transpose()?;
+            if t.status_idx.is_some_and(|i| i64::try_from(i).is_err()) {
+                return Err(StoreError::Unavailable("status index overflow".into()));
+            }
+            token_may_be_inserted(tx.state, t)?;
+            require(!tx.state.tokens.contains_key(&t.jti), "token")?;
+            tx.put(tokens, t.jti, t.clone());
+            Ok(1)
+        }
+        Mutation::RevokeToken { jti, at } => revoke_tree(tx, |t| t.jti == *jti, *at),
+        Mutation::InsertGrant(g) => {
+            storable(g.created_at)?;
+            storable(g.expires_at)?;
+            g.revoked_at.map(storable).transpose()?;
+            g.last_used_at.map(storable).transpose()?;
+            let s = &tx.state;
+            let ok = !s.grants.contains_key(&g.id) && s.users.contains_key(&g.user) && s.agents.contains_key(&g.agent);
+            require(ok, "grant")?;
+            tx.put(grants, g.id, g.clone());
+            Ok(1)
+        }
+        Mutation::RevokeGrant { id, at } => revoke_grants(tx, |g| g.id == *id, *at),
+        Mutation::RevokeTokensOfGrant { grant, at } => {
+            revoke_tree(tx, |t| t.grant == Some(*grant) && t.expires_at > *at, *at)
+        }
+        Mutation::RevokeGrantsOfUser { user, at } => revoke_grants(tx, |g| g.user == *user, *at),
+        Mutation::RevokeGrantsOfAgent { agent, at } => revoke_grants(tx, |g| g.agent == *agent, *at),
+        Mutation::TouchGrant { id, at } => {
+            storable(*at)?;
+            Ok(tx.update(grants, |k, _| k == id, |g| g.last_used_at = Some(*at)))
+        }
+        Mutation::InsertApproval(a) => {
+            storable(a.created_at)?;
+            storable(a.expires_at)?;
+            a.decided_at.map(storable).transpose()?;
+            a.polled_at.map(storable).transpose()?;
+            let s = &tx.state;
+            let ok = !s.approvals.contains_key(&a.id)
+                && s.agents.contains_key(&a.agent)
+                && s.users.contains_key(&a.user)
+                && s.users.contains_key(&a.approver)
+                && a.grant.is_none_or(|g| s.grants.contains_key(&g));
+            require(ok, "approval")?;
+            tx.put(approvals, a.id, a.clone());
+            Ok(1)
+        }
+        Mutation::DecideApproval { id, to, by, grant, at } => {
+            storable(*at)?;
+            let pending =
+                tx.state.approvals.get(id).is_some_and(|a| a.status == ApprovalStatus::Pending && a.expires_at > *at);
+            if !pending {
+                return Err(StoreError::Conflict(format!("approval {id} is no longer pending")));
+            }
+            require(grant.is_none_or(|g| tx.state.grants.contains_key(&g)), "approval")?;
+            Ok(tx.update(
+                approvals,
+                |k, _| k == id,
+                |a| {
+                    a.status = *to;
+                    a.decided_by = Some(by.clone());
+                    a.decided_at = Some(*at);
+                    a.grant = grant.or(a.grant);
+                },
+            ))
+        }
+        Mutation::ConsumeApproval { id, at } => {
+            storable(*at)?;
+            let n = tx.update(
+                approvals,
+                |k, a| k == id && a.status == ApprovalStatus::Approved && a.expires_at > *at,
+                |a| a.status = ApprovalStatus::Consumed,
+            );
+            if n == 0 {
+                return Err(StoreError::Conflict(format!("approval {id} was already used")));
+            }
+            Ok(n)
+        }
+        Mutation::PollApproval { id, at } => {
+            storable(*at)?;
+            Ok(tx.update(approvals, |k, _| k == id, |a| a.polled_at = Some(*at)))
+        }
+        Mutation::InsertRefresh(r) => {
+            storable(r.issued_at)?;
+            storable(r.expires_at)?;
+            r.used_at.map(storable).transpose()?;
+            r.revoked_at.map(storable).transpose()?;
+            let ok = !tx.state.refresh.contains_key(&r.hash) && tx.state.grants.contains_key(&r.grant);
+            require(ok, "refresh token")?;
+            tx.put(refresh, r.hash.clone(), r.clone());
+            Ok(1)
+        }
+        Mutation::UseRefresh { hash, at } => {
+            storable(*at)?;
+            let n = tx.update(
+                refresh,
+                |h, r| h == hash && r.used_at.is_none() && r.revoked_at.is_none(),
+                |r| r.used_at = Some(*at),
+            );
+            if n == 0 {
+                return Err(StoreError::Conflict("the refresh token was already used".into()));
+            }
+            Ok(n)
+        }
+        Mutation::RevokeRefreshFamily { family, at } => {
+            storable(*at)?;
+            Ok(tx.update(refresh, |_, r| r.family == *family && r.revoked_at.is_none(), |r| r.revoked_at = Some(*at)))
+        }
+        Mutation::RevokeTokensOfFamily { family, at } => {
+            revoke_tree(tx, |t| t.family.as_deref() == Some(family.as_str()) && t.expires_at > *at, *at)
+        }
+        Mutation::PurgeExpiredJtis { before } => {
+            storable(*before)?;
+            let stale: Vec<(String, String)> =
+                tx.state.assertion_jtis.iter().filter(|(_, exp)| **exp < *before).map(|(k, _)| k.clone()).collect();
+            let proofs: Vec<String> =
+                tx.state.dpop_jtis.iter().filter(|(_, exp)| **exp < *before).map(|(k, _)| k.clone()).collect();
+            let n = (stale.len() + proofs.len()) as u64;
+            for k in &stale {
+                tx.remove(assertion_jtis, k);
+            }
+            for k in &proofs {
+                tx.remove(dpop_jtis, k);
+            }
+            Ok(n)
+        }
+        Mutation::AppendAudit(record) => {
+            let (seq, prev) = match tx.state.events.last() {
+                Some(e) => (e.seq + 1, e.hash.clone()),
+                None => (1, GENESIS.to_owned()),
+            };
+            let event = seal_record(record, applied, seq, &prev)?;
+            tx.push_event(event);
+            Ok(seq)
+        }
+        Mutation::InsertCheckpoint(cp) => {
+            if i64::try_from(cp.seq).is_err() {
+                return Err(StoreError::Unavailable("checkpoint seq overflow".into()));
+            }
+            if tx.state.checkpoints.contains_key(&cp.seq) {
+                return Ok(0);
+            }
+            tx.put(checkpoints, cp.seq, cp.clone());
+            Ok(1)
+        }
+    }
+}
+
+/// A delegated token goes in only under a live parent and an active grant.
+fn token_may_be_inserted(state: &State, t: &TokenRecord) -> Result<(), StoreError> {
+    if let Some(parent) = t.parent {
+        let live = state.tokens.get(&parent).is_some_and(|p| p.revoked_at.is_none() && p.expires_at > t.issued_at);
+        if !live {
+            return Err(StoreError::Conflict(format!("parent token {parent} is revoked or unknown")));
+        }
+    }
+    if let Some(grant) = t.grant {
+        let active =
+            state.grants.get(&grant).is_some_and(|g| g.status == GrantStatus::Active && g.expires_at > t.issued_at);
+        if !active {
+            return Err(StoreError::Conflict(format!("grant {grant} is not active")));
+        }
+    }
+    Ok(())
+}
+
+/// Revokes the tokens `root` picks and every token exchanged from any of
+/// them, transitively (revoked or not, a root's descendants are reached);
+/// how many were live before.
+fn revoke_tree(tx: &mut Tx<'_>, root: impl Fn(&TokenRecord) -> bool, at: OffsetDateTime) -> Result<u64, StoreError> {
+    storable(at)?;
+    let mut children: BTreeMap<Jti, Vec<Jti>> = BTreeMap::new();
+    for t in tx.state.tokens.values() {
+        if let Some(p) = t.parent {
+            children.entry(p).or_default().push(t.jti);
+        }
+    }
+    let mut tree: BTreeSet<Jti> = BTreeSet::new();
+    let mut frontier: Vec<Jti> = tx.state.tokens.values().filter(|t| root(t)).map(|t| t.jti).collect();
+    while let Some(jti) = frontier.pop() {
+        if tree.insert(jti) {
+            frontier.extend(children.get(&jti).into_iter().flatten().copied());
+        }
+    }
+    Ok(tx.update(tokens, |jti, t| t.revoked_at.is_none() && tree.contains(jti), |t| t.revoked_at = Some(at)))
+}
+
+/// Marks the active grants `pick` selects revoked; how many.
+fn revoke_grants(tx: &mut Tx<'_>, pick: impl Fn(&Grant) -> bool, at: OffsetDateTime) -> Result<u64, StoreError> {
+    storable(at)?;
+    Ok(tx.update(
+        grants,
+        |_, g| g.status == GrantStatus::Active && pick(g),
+        |g| {
+            g.status = GrantStatus::Revoked;
+            g.revoked_at = Some(at);
+        },
+    ))
+}
+
+/// Newest first (ids are ULIDs), at most `limit`.
+fn newest<T>(rows: impl DoubleEndedIterator<Item = T>, limit: u32) -> Vec<T> {
+    rows.rev().take(limit as usize).collect()
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    async fn commit(&self, change: Change) -> Result<Receipt, StoreError> {
+        let mut state = self.lock()?;
+        apply_change(&mut state, &change)
+    }
+
+    async fn epoch(&self) -> Result<u64, StoreError> {
+        self.read(|s| s.epoch)
+    }
+
+    async fn setting(&self, key: &str) -> Result<Option<String>, StoreError> {
+        self.read(|s| s.settings.get(key).cloned())
+    }
+
+    async fn user(&self, id: UserId) -> Result<Option<User>, StoreError> {
+        self.read(|s| s.users.get(&id).cloned())
+    }
+
+    async fn user_by_email(&self, email: &str) -> Result<Option<User>, StoreError> {
+        self.read(|s| s.users.values().find(|u| u.email == email).cloned())
+    }
+
+    async fn user_token_by_hash(&self, hash: &str) -> Result<Option<UserToken>, StoreError> {
+        self.read(|s| s.user_tokens.get(hash).cloned())
+    }
+
+    async fn user_tokens(&self, user: UserId) -> Result<Vec<UserToken>, StoreError> {
+        self.read(|s| {
+            let mut mine: Vec<UserToken> = s.user_tokens.values().filter(|t| t.user == user).cloned().collect();
+            mine.sort_by_key(|t| std::cmp::Reverse(t.id));
+            mine
+        })
+    }
+
+    async fn agent(&self, id: AgentId) -> Result<Option<Agent>, StoreError> {
+        self.read(|s| s.agents.get(&id).cloned())
+    }
+
+    async fn agent_children(&self, parent: AgentId) -> Result<Vec<Agent>, StoreError> {
+        self.read(|s| s.agents.values().filter(|a| a.parent == Some(parent)).cloned().collect())
+    }
+
+    async fn resource(&self, id: ResourceId) -> Result<Option<Resource>, StoreError> {
+        self.read(|s| s.resources.get(&id).cloned())
+    }
+
+    async fn resource_by_identifier(&self, identifier: &str) -> Result<Option<Resource>, StoreError> {
+        self.read(|s| s.resources.values().find(|r| r.identifier == identifier).cloned())
+    }
+
+    async fn resources(&self) -> Result<Vec<Resource>, StoreError> {
+        self.read(|s| s.resources.values().cloned().collect())
+    }
+
+    async fn current_policy(&self) -> Result<Option<StoredPolicy>, StoreError> {
+        self.read(|s| s.policies.last().cloned())
+    }
+
+    async fn signing_keys(&self) -> Result<Vec<StoredKey>, StoreError> {
+        self.read(|s| {
+            let mut keys: Vec<StoredKey> = s.keys.values().cloned().collect();
+            keys.sort_by_key(|k| k.created_at);
+            keys
+        })
+    }
+
+    async fn token(&self, jti: Jti) -> Result<Option<TokenRecord>, StoreError> {
+        self.read(|s| s.tokens.get(&jti).cloned())
+    }
+
+    async fn grant(&self, id: GrantId) -> Result<Option<Grant>, StoreError> {
+        self.read(|s| s.grants.get(&id).cloned())
+    }
+
+    async fn grants(&self, q: &GrantQuery) -> Result<Vec<Grant>, StoreError> {
+        self.read(|s| {
+            let owned_by = |owner: UserId, agent: AgentId| s.agents.get(&agent).is_some_and(|a| a.owner == owner);
+            let rows = s.grants.values().filter(|g| {
+                q.user.is_none_or(|u| g.user == u)
+                    && q.agent.is_none_or(|a| g.agent == a)
+                    && q.user_or_owner.is_none_or(|u| g.user == u || owned_by(u, g.agent))
+            });
+            newest(rows.cloned(), q.limit)
+        })
+    }
+
+    async fn approval(&self, id: ApprovalId) -> Result<Option<Approval>, StoreError> {
+        self.read(|s| s.approvals.get(&id).cloned())
+    }
+
+    async fn approvals(&self, q: &ApprovalQuery) -> Result<Vec<Approval>, StoreError> {
+        self.read(|s| {
+            let upto = match q.before {
+                Some(b) => Bound::Excluded(b),
+                None => Bound::Unbounded,
+            };
+            let rows = s.approvals.range((Bound::Unbounded, upto)).map(|(_, a)| a).filter(|a| {
+                let binding = match &a.subject {
+                    ApprovalSubject::Action { binding, .. } => Some(binding.as_str()),
+                    ApprovalSubject::Grant { .. } => None,
+                };
+                q.approver.is_none_or(|u| a.approver == u)
+                    && q.status.is_none_or(|st| a.status == st)
+                    && q.binding.as_deref().is_none_or(|b| binding == Some(b))
+            });
+            newest(rows.cloned(), q.limit)
+        })
+    }
+
+    async fn pending_requests(
+        &self,
+        agent: AgentId,
+        user: Option<UserId>,
+        now: OffsetDateTime,
+    ) -> Result<u64, StoreError> {
+        self.read(|s| {
+            s.approvals
+                .values()
+                .filter(|a| {
+                    a.agent == agent
+                        && a.status == ApprovalStatus::Pending
+                        && user.is_none_or(|u| a.user == u)
+                        && a.expires_at > now
+                })
+                .count() as u64
+        })
+    }
+
+    async fn refresh(&self, hash: &str) -> Result<Option<RefreshRecord>, StoreError> {
+        self.read(|s| s.refresh.get(hash).cloned())
+    }
+
+    async fn auth_code(&self, hash: &str) -> Result<Option<AuthCodeRecord>, StoreError> {
+        self.read(|s| s.auth_codes.get(hash).cloned())
+    }
+
+    async fn session(&self, hash: &str) -> Result<Option<SessionRecord>, StoreError> {
+        self.read(|s| s.sessions.get(hash).cloned())
+    }
+
+    async fn agents_owned_by(&self, owner: UserId) -> Result<Vec<Agent>, StoreError> {
+        self.read(|s| s.agents.values().filter(|a| a.owner == owner).cloned().collect())
+    }
+
+    async fn last_use_of_owned_agents(&self, owner: UserId) -> Result<Vec<(AgentId, OffsetDateTime)>, StoreError> {
+        self.read(|s| {
+            let mut last: BTreeMap<AgentId, OffsetDateTime> = BTreeMap::new();
+            for g in s.grants.values() {
+                let owned = s.agents.get(&g.agent).is_some_and(|a| a.owner == owner);
+                if let (true, Some(at)) = (owned, g.last_used_at) {
+                    let t = last.entry(g.agent).or_insert(at);
+                    *t = (*t).max(at);
+                }
+            }
+            last.into_iter().collect()
+        })
+    }
+
+    async fn revoked_status_indexes(&self, from: u64, to: u64) -> Result<Vec<u64>, StoreError> {
+        self.read(|s| {
+            s.tokens
+                .values()
+                .filter(|t| t.revoked_at.is_some())
+                .filter_map(|t| t.status_idx)
+                .filter(|i| (from..to).contains(i))
+                .collect()
+        })
+    }
+
+    async fn status_indexes_reserved(&self) -> Result<u64, StoreError> {
+        self.read(|s| s.status_next)
+    }
+
+    async fn expired_agents(&self, at: OffsetDateTime) -> Result<Vec<Agent>, StoreError> {
+        self.read(|s| {
+            s.agents
+                .values()
+                .filter(|a| {
+                    a.kind == AgentKind::Ephemeral
+                        && a.status != AgentStatus::Retired
+                        && a.expires_at.is_some_and(|e| e <= at)
+                })
+                .cloned()
+                .collect()
+        })
+    }
+
+    async fn audit_head(&self) -> Result<Option<(u64, String)>, StoreError> {
+        self.read(|s| s.events.last().map(|e| (e.seq, e.hash.clone())))
+    }
+
+    async fn audit_events(&self, q: &AuditQuery) -> Result<Vec<Event>, StoreError> {
+        let is = |field: &Option<String>, wanted: &Option<String>| wanted.is_none() || field == wanted;
+        self.read(|s| {
+            s.events
+                .iter()
+                .filter(|e| {
+                    e.seq > q.after
+                        && is(&e.actor, &q.actor)
+                        && is(&e.subject, &q.subject)
+                        && is(&e.jti, &q.jti)
+                        && is(&e.grant_id, &q.grant)
+                        && q.kind.as_ref().is_none_or(|k| e.kind == *k)
+                        && is(&e.resource, &q.resource)
+                        && is(&e.parent, &q.parent)
+                        && q.since.as_ref().is_none_or(|t| e.time >= *t)
+                })
+                .take(q.limit as usize)
+                .cloned()
+                .collect()
+        })
+    }
+
+    async fn audit_checkpoints(&self, after: u64, limit: u32) -> Result<Vec<Checkpoint>, StoreError> {
+        self.read(|s| {
+            s.checkpoints
+                .range((Bound::Excluded(after), Bound::Unbounded))
+                .take(limit as usize)
+                .map(|(_, c)| c.clone())
+                .collect()
+        })
+    }
+
+    async fn last_audit_checkpoint(&self) -> Result<Option<Checkpoint>, StoreError> {
+        self.read(|s| s.checkpoints.values().next_back().cloned())
+    }
+}

@@ -1,0 +1,213 @@
+//! Settings, people (users, their API tokens, sessions), agents and their
+//! status, resources and the policy set.
+
+use std::sync::Arc;
+
+use anyhow::{Result, ensure};
+use mandate_core::store::{Mutation, Store, StoreError, StoredPolicy};
+use mandate_model::UserId;
+use mandate_model::records::{AgentStatus, SessionRecord, SuspendedBy, UserStatus, UserToken};
+use time::Duration;
+
+use super::fixtures::{agent, one, people, resource, t0, ulid, user};
+
+pub async fn settings_are_set_once(s: &Arc<dyn Store>) -> Result<()> {
+    ensure!(s.setting("k").await?.is_none());
+    ensure!(one(s, Mutation::PutSettingIfAbsent { key: "k".into(), value: "v1".into() }).await? == 1);
+    ensure!(one(s, Mutation::PutSettingIfAbsent { key: "k".into(), value: "v2".into() }).await? == 0);
+    ensure!(s.setting("k").await?.as_deref() == Some("v1"));
+    Ok(())
+}
+
+pub async fn users_round_trip_and_stay_unique(s: &Arc<dyn Store>) -> Result<()> {
+    let u = user("ada@example.com");
+    one(s, Mutation::InsertUser(u.clone())).await?;
+    ensure!(s.user(u.id).await? == Some(u.clone()), "user did not round-trip");
+    ensure!(s.user_by_email("ada@example.com").await?.map(|x| x.id) == Some(u.id));
+    let mut twin = user("ada@example.com");
+    twin.name = "Twin".into();
+    ensure!(
+        matches!(one(s, Mutation::InsertUser(twin)).await, Err(StoreError::Conflict(_))),
+        "duplicate email accepted"
+    );
+    let mut same_id = user("other@example.com");
+    same_id.id = u.id;
+    ensure!(
+        matches!(one(s, Mutation::InsertUser(same_id)).await, Err(StoreError::Conflict(_))),
+        "duplicate id accepted"
+    );
+    // An update changes groups, attributes and status, and nothing else.
+    let mut changed = u.clone();
+    changed.groups = vec!["admins".into()];
+    changed.status = UserStatus::Disabled;
+    changed.attributes.insert("level".into(), "2".into());
+    let mut asked = changed.clone();
+    asked.name = "Renamed".into();
+    asked.password_hash = None;
+    one(s, Mutation::UpdateUser(asked)).await?;
+    ensure!(s.user(u.id).await? == Some(changed), "an update changed more than groups, attributes and status");
+    let stranger = user("nobody@example.com");
+    ensure!(
+        matches!(one(s, Mutation::UpdateUser(stranger)).await, Err(StoreError::NotFound(_))),
+        "an update of an unknown user"
+    );
+    ensure!(s.user(UserId::from_ulid(ulid())).await?.is_none());
+    Ok(())
+}
+
+/// A person's API tokens: found by hash, listed newest first, revoked once
+/// (SECURITY row 45's neighbour: tokens that expire and can be revoked).
+pub async fn user_tokens_expire_and_are_revoked_once(s: &Arc<dyn Store>) -> Result<()> {
+    let u = user("ada@example.com");
+    let other = user("bob@example.com");
+    one(s, Mutation::InsertUser(u.clone())).await?;
+    one(s, Mutation::InsertUser(other.clone())).await?;
+    let token = |n: i64| UserToken {
+        id: mandate_model::UserTokenId::from_ulid(ulid()),
+        user: u.id,
+        created_at: t0() + Duration::seconds(n),
+        expires_at: t0() + Duration::days(30),
+        revoked_at: None,
+    };
+    let (a, b) = (token(0), token(1));
+    one(s, Mutation::InsertUserToken { token: a.clone(), hash: "h1".into() }).await?;
+    one(s, Mutation::InsertUserToken { token: b.clone(), hash: "h2".into() }).await?;
+    ensure!(s.user_token_by_hash("h1").await? == Some(a.clone()), "token did not round-trip");
+    ensure!(s.user_token_by_hash("h3").await?.is_none());
+    ensure!(s.user_tokens(u.id).await? == vec![b.clone(), a.clone()], "not newest first");
+    ensure!(s.user_tokens(other.id).await?.is_empty());
+    let dup = UserToken { id: mandate_model::UserTokenId::from_ulid(ulid()), ..a.clone() };
+    ensure!(
+        matches!(
+            one(s, Mutation::InsertUserToken { token: dup, hash: "h1".into() }).await,
+            Err(StoreError::Conflict(_))
+        ),
+        "a duplicate hash was accepted"
+    );
+    ensure!(
+        matches!(
+            one(s, Mutation::InsertUserToken { token: a.clone(), hash: "h4".into() }).await,
+            Err(StoreError::Conflict(_))
+        ),
+        "a duplicate id was accepted"
+    );
+    // Only its owner's token is revoked, once.
+    ensure!(one(s, Mutation::RevokeUserToken { id: a.id, user: other.id, at: t0() }).await? == 0);
+    ensure!(one(s, Mutation::RevokeUserToken { id: a.id, user: u.id, at: t0() }).await? == 1);
+    ensure!(one(s, Mutation::RevokeUserToken { id: a.id, user: u.id, at: t0() }).await? == 0);
+    ensure!(s.user_token_by_hash("h1").await?.and_then(|t| t.revoked_at) == Some(t0()));
+    ensure!(s.user_token_by_hash("h2").await?.and_then(|t| t.revoked_at).is_none());
+    Ok(())
+}
+
+pub async fn agents_round_trip_and_change_status_conditionally(s: &Arc<dyn Store>) -> Result<()> {
+    let u = user("owner@example.com");
+    one(s, Mutation::InsertUser(u.clone())).await?;
+    let parent = agent(u.id, None);
+    let child = agent(u.id, Some(parent.id));
+    one(s, Mutation::InsertAgent(parent.clone())).await?;
+    one(s, Mutation::InsertAgent(child.clone())).await?;
+    ensure!(s.agent(parent.id).await? == Some(parent.clone()), "agent did not round-trip");
+    ensure!(s.agent(child.id).await? == Some(child.clone()), "ephemeral agent did not round-trip");
+    ensure!(s.agent_children(parent.id).await?.iter().map(|a| a.id).collect::<Vec<_>>() == vec![child.id]);
+    ensure!(
+        matches!(one(s, Mutation::InsertAgent(parent.clone())).await, Err(StoreError::Conflict(_))),
+        "a duplicate agent id was accepted"
+    );
+    let at = t0();
+    let admin = Some(SuspendedBy::Admin);
+    let set = |from, to, by| Mutation::SetAgentStatus { id: parent.id, from, to, at, by };
+    one(s, set(AgentStatus::Active, AgentStatus::Suspended, admin)).await?;
+    let stale = one(s, set(AgentStatus::Active, AgentStatus::Retired, None)).await;
+    ensure!(matches!(stale, Err(StoreError::Conflict(_))), "status change from a stale status accepted");
+    let suspended = s.agent(parent.id).await?;
+    ensure!(suspended.as_ref().map(|a| (a.status, a.suspended_by)) == Some((AgentStatus::Suspended, admin)));
+    // An owner's resume of the admin's suspension fails in the store
+    // itself (so a race with the admin's re-suspension cannot undo it).
+    let owner = Some(SuspendedBy::Owner);
+    let by_owner = one(s, set(AgentStatus::Suspended, AgentStatus::Active, owner)).await;
+    ensure!(matches!(by_owner, Err(StoreError::Conflict(_))), "the owner resumed the admin's suspension");
+    ensure!(s.agent(parent.id).await?.map(|a| a.status) == Some(AgentStatus::Suspended));
+    // Who suspended it is forgotten once it is active again.
+    one(s, set(AgentStatus::Suspended, AgentStatus::Active, admin)).await?;
+    ensure!(s.agent(parent.id).await?.map(|a| (a.status, a.suspended_by)) == Some((AgentStatus::Active, None)));
+    // An owner resumes what an owner suspended.
+    one(s, set(AgentStatus::Active, AgentStatus::Suspended, owner)).await?;
+    one(s, set(AgentStatus::Suspended, AgentStatus::Active, owner)).await?;
+    ensure!(s.agent(parent.id).await?.map(|a| (a.status, a.suspended_by)) == Some((AgentStatus::Active, None)));
+    let unknown = Mutation::SetAgentStatus {
+        id: agent(u.id, None).id,
+        from: AgentStatus::Active,
+        to: AgentStatus::Suspended,
+        at,
+        by: admin,
+    };
+    ensure!(matches!(one(s, unknown).await, Err(StoreError::Conflict(_))), "an unknown agent changed status");
+    Ok(())
+}
+
+pub async fn agents_are_listed_by_owner(s: &Arc<dyn Store>) -> Result<()> {
+    let (u, a, b, _) = people(s, "owner@example.com").await?;
+    let (other, _, _, _) = people(s, "owner2@example.com").await?;
+    let mine: Vec<_> = s.agents_owned_by(u.id).await?.into_iter().map(|x| x.id).collect();
+    let mut expected = vec![a.id, b.id];
+    expected.sort();
+    ensure!(mine == expected, "agents of the owner: {mine:?}");
+    ensure!(s.agents_owned_by(other.id).await?.len() == 2);
+    Ok(())
+}
+
+pub async fn resources_round_trip_and_stay_unique(s: &Arc<dyn Store>) -> Result<()> {
+    let r = resource("https://api.example");
+    one(s, Mutation::InsertResource(r.clone())).await?;
+    ensure!(s.resource(r.id).await? == Some(r.clone()));
+    ensure!(s.resource_by_identifier("https://api.example").await? == Some(r.clone()));
+    ensure!(matches!(
+        one(s, Mutation::InsertResource(resource("https://api.example"))).await,
+        Err(StoreError::Conflict(_))
+    ));
+    let mut same_id = resource("https://c.example");
+    same_id.id = r.id;
+    ensure!(matches!(one(s, Mutation::InsertResource(same_id)).await, Err(StoreError::Conflict(_))));
+    let b = resource("https://b.example");
+    one(s, Mutation::InsertResource(b.clone())).await?;
+    let mut ids = vec![r.id, b.id];
+    ids.sort();
+    ensure!(s.resources().await?.into_iter().map(|x| x.id).collect::<Vec<_>>() == ids, "not listed by id");
+    Ok(())
+}
+
+pub async fn policies_keep_every_version(s: &Arc<dyn Store>) -> Result<()> {
+    ensure!(s.current_policy().await?.is_none());
+    for (i, text) in ["permit(principal, action, resource);", "forbid(principal, action, resource);"].iter().enumerate()
+    {
+        let p = StoredPolicy {
+            version: format!("v{i}"),
+            text: (*text).into(),
+            created_at: t0() + Duration::seconds(i as i64),
+        };
+        one(s, Mutation::PutPolicy(p.clone())).await?;
+        ensure!(s.current_policy().await? == Some(p));
+    }
+    Ok(())
+}
+
+pub async fn sessions_round_trip_and_end(s: &Arc<dyn Store>) -> Result<()> {
+    let (u, _, _, _) = people(s, "session@example.com").await?;
+    let r = SessionRecord {
+        hash: "session-hash".into(),
+        user: u.id,
+        csrf: "csrf-token".into(),
+        created_at: t0(),
+        expires_at: t0() + Duration::hours(8),
+        revoked_at: None,
+    };
+    one(s, Mutation::InsertSession(r.clone())).await?;
+    ensure!(s.session("session-hash").await? == Some(r.clone()), "session did not round-trip");
+    ensure!(s.session("other").await?.is_none());
+    ensure!(matches!(one(s, Mutation::InsertSession(r)).await, Err(StoreError::Conflict(_))), "duplicate session");
+    ensure!(one(s, Mutation::RevokeSession { hash: "session-hash".into(), at: t0() }).await? == 1);
+    ensure!(one(s, Mutation::RevokeSession { hash: "session-hash".into(), at: t0() }).await? == 0, "ended twice");
+    ensure!(s.session("session-hash").await?.and_then(|x| x.revoked_at) == Some(t0()));
+    Ok(())
+}

@@ -1,0 +1,48 @@
+//! The replay store: client-assertion and DPoP proof `jti`s, each burned
+//! once until it expires.
+
+use std::sync::Arc;
+
+use anyhow::{Result, ensure};
+use mandate_core::store::{Change, Mutation, Store, StoreError};
+use mandate_model::AgentId;
+use mandate_model::records::ClientId;
+use time::{Duration, OffsetDateTime};
+
+use super::fixtures::{one, people, t0, token, ulid};
+
+pub async fn replay_store_burns_each_jti_once(s: &Arc<dyn Store>) -> Result<()> {
+    let a = ClientId::Agent(AgentId::from_ulid(ulid()));
+    let b = ClientId::Agent(AgentId::from_ulid(ulid()));
+    let burn = |c: ClientId, exp: OffsetDateTime| Mutation::ConsumeAssertionJti {
+        client: c,
+        jti: "j-1".into(),
+        expires_at: exp,
+    };
+    ensure!(one(s, burn(a, t0())).await? == 1);
+    ensure!(matches!(one(s, burn(a, t0())).await, Err(StoreError::Replay)), "replayed jti accepted");
+    // Per client: another client's identical jti is its own.
+    one(s, burn(b, t0())).await?;
+    ensure!(one(s, Mutation::PurgeExpiredJtis { before: t0() - Duration::seconds(1) }).await? == 0);
+    ensure!(matches!(one(s, burn(a, t0())).await, Err(StoreError::Replay)), "unexpired jti purged");
+    ensure!(one(s, Mutation::PurgeExpiredJtis { before: t0() + Duration::seconds(1) }).await? == 2, "two expired");
+    one(s, burn(a, t0() + Duration::hours(1))).await?;
+    Ok(())
+}
+
+pub async fn dpop_proofs_are_single_use(s: &Arc<dyn Store>) -> Result<()> {
+    let burn = |key: &str| Mutation::ConsumeDpopJti { key: key.into(), expires_at: t0() + Duration::minutes(1) };
+    one(s, burn("proof-1")).await?;
+    ensure!(matches!(one(s, burn("proof-1")).await, Err(StoreError::DpopReplay)), "a replayed proof was accepted");
+    // The replay wrote nothing: a change holding it and a token is refused whole.
+    let (_, a, _, _) = people(s, "dpop@example.com").await?;
+    let t = token(a.id, &a.id.to_string());
+    let refused = s.commit(Change::new().with(burn("proof-1")).with(Mutation::InsertToken(t.clone()))).await;
+    ensure!(matches!(refused, Err(StoreError::DpopReplay)), "expected a replay, got {refused:?}");
+    ensure!(s.token(t.jti).await?.is_none(), "a token was written with a replayed proof");
+    one(s, burn("proof-2")).await?;
+    // Forgotten once too old to be accepted anyway.
+    one(s, Mutation::PurgeExpiredJtis { before: t0() + Duration::minutes(2) }).await?;
+    one(s, burn("proof-1")).await?;
+    Ok(())
+}
