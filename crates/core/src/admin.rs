@@ -842,3 +842,151 @@ mod redirect_tests {
         }
     }
 }
+
+#[cfg(test)]
+mod lifecycle_tests {
+    //! Agents' lifecycle and people's status on a memory store: what a
+    //! suspension, a retirement or a disabled owner reaches, and what a
+    //! refused call leaves behind (nothing but its record).
+
+    use mandate_model::records::{AgentStatus, GrantStatus, Lifecycle, SuspendedBy, UserStatus};
+    use time::Duration;
+
+    use super::{NewAgent, UserPatch};
+    use crate::audit::kind;
+    use crate::store::Store;
+    use crate::testing::{CAL, World};
+    use crate::{Caller, Error};
+
+    #[tokio::test]
+    async fn suspending_an_agent_revokes_its_tokens_its_hops_and_its_ephemeral_descendants() {
+        let w = World::new().await;
+        let granted = w.granted(&w.planner, "read").await;
+        let hop = w.exchange(&w.helper, &granted.access_token, None).await.unwrap();
+        let grandchild = w.agent(w.alice.id, Some(w.helper.id())).await.unwrap();
+        let leaf = w.exchange(&grandchild, &hop.access_token, None).await.unwrap();
+        let helpers_own = w.client_credentials(&w.helper, CAL, "read").await.unwrap();
+        let bystander = w.agent(w.alice.id, None).await.unwrap();
+        let untouched = w.client_credentials(&bystander, CAL, "read").await.unwrap();
+        let (agent, cascade) = w.m.agent_lifecycle(Caller::Admin, w.planner.id(), Lifecycle::Suspend).await.unwrap();
+        assert_eq!((agent.status, agent.suspended_by), (AgentStatus::Suspended, Some(SuspendedBy::Admin)));
+        // Its grant token and the two hops below it, and the helper's own.
+        assert_eq!(cascade.tokens, 4);
+        assert_eq!(cascade.grants, 1);
+        let mut retired = cascade.retired.clone();
+        retired.sort();
+        let mut expected = vec![w.helper.id(), grandchild.id()];
+        expected.sort();
+        assert_eq!(retired, expected);
+        for t in [&granted, &hop, &leaf, &helpers_own] {
+            assert!(w.record(t).await.revoked_at.is_some(), "a token of the suspended tree is unrevoked");
+            assert!(!w.is_live(&t.access_token).await);
+        }
+        assert!(w.is_live(&untouched.access_token).await, "an unrelated agent's token was revoked");
+        for id in [w.helper.id(), grandchild.id()] {
+            assert_eq!(w.store.agent(id).await.unwrap().map(|a| a.status), Some(AgentStatus::Retired));
+        }
+        let grant = w.store.grant(w.record(&granted).await.grant.unwrap()).await.unwrap().unwrap();
+        assert_eq!(grant.status, GrantStatus::Revoked);
+        let suspended = w.events(kind::AGENT_SUSPENDED).await;
+        assert_eq!(suspended.last().and_then(|e| e.count), Some(4));
+        assert_eq!(w.events(kind::AGENT_RETIRED).await.len(), 2);
+        // The refresh token of the revoked grant is no use any more.
+        let refresh = crate::GrantRequest::Refresh { refresh_token: granted.refresh_token.unwrap(), scope: None };
+        assert!(w.grant(&w.planner, refresh).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn only_the_suspending_level_or_a_higher_one_resumes() {
+        let w = World::new().await;
+        let owner = Caller::User(w.alice.id);
+        w.m.agent_lifecycle(Caller::Admin, w.planner.id(), Lifecycle::Suspend).await.unwrap();
+        let resumed = w.m.agent_lifecycle(owner, w.planner.id(), Lifecycle::Resume).await;
+        assert!(matches!(resumed, Err(Error::Forbidden(_))), "{resumed:?}");
+        assert_eq!(w.store.agent(w.planner.id()).await.unwrap().map(|a| a.status), Some(AgentStatus::Suspended));
+        w.m.agent_lifecycle(Caller::Admin, w.planner.id(), Lifecycle::Resume).await.unwrap();
+        w.m.agent_lifecycle(owner, w.planner.id(), Lifecycle::Suspend).await.unwrap();
+        let (agent, _) = w.m.agent_lifecycle(owner, w.planner.id(), Lifecycle::Resume).await.unwrap();
+        assert_eq!((agent.status, agent.suspended_by), (AgentStatus::Active, None));
+        // Someone else's agent is not Bob's to touch.
+        let bobs = w.m.agent_lifecycle(Caller::User(w.bob.id), w.planner.id(), Lifecycle::Suspend).await;
+        assert!(matches!(bobs, Err(Error::Forbidden(_))), "{bobs:?}");
+        // Retirement is final.
+        w.m.agent_lifecycle(Caller::Admin, w.planner.id(), Lifecycle::Retire).await.unwrap();
+        let back = w.m.agent_lifecycle(Caller::Admin, w.planner.id(), Lifecycle::Resume).await;
+        assert!(matches!(back, Err(Error::Conflict(_))), "{back:?}");
+    }
+
+    #[tokio::test]
+    async fn disabling_a_person_stops_their_grants_tokens_and_agents() {
+        let w = World::new().await;
+        let granted = w.granted(&w.planner, "read").await;
+        let own = w.client_credentials(&w.planner, CAL, "read").await.unwrap();
+        let bobs_agent = w.agent(w.bob.id, None).await.unwrap();
+        let bobs = w.client_credentials(&bobs_agent, CAL, "read").await.unwrap();
+        let patch = UserPatch { status: Some(UserStatus::Disabled), ..UserPatch::default() };
+        let alice = w.m.update_user(Caller::Admin, w.alice.id, patch).await.unwrap();
+        assert_eq!(alice.status, UserStatus::Disabled);
+        assert!(w.record(&granted).await.revoked_at.is_some() && w.record(&own).await.revoked_at.is_some());
+        let grant = w.store.grant(w.record(&granted).await.grant.unwrap()).await.unwrap().unwrap();
+        assert_eq!(grant.status, GrantStatus::Revoked);
+        assert!(w.is_live(&bobs.access_token).await, "another person's agent was stopped");
+        let updated = w.events(kind::USER_UPDATED).await;
+        assert_eq!(updated.last().and_then(|e| e.count), Some(2));
+        assert!(matches!(w.client_credentials(&w.planner, CAL, "read").await, Err(Error::InvalidClient(_))));
+    }
+
+    #[tokio::test]
+    async fn a_refused_registration_writes_only_its_refusal() {
+        let w = World::new().await;
+        let trail = w.trail_len().await;
+        let new = |owner, redirect: &str| NewAgent {
+            name: "Agent".into(),
+            owner,
+            kind: None,
+            parent: None,
+            ttl_seconds: None,
+            scopes: None,
+            jwks: Some(serde_json::json!({"keys": [w.planner.key.public().to_json()]})),
+            redirect_uris: vec![redirect.into()],
+            description: None,
+        };
+        let bad = w.m.create_agent(Caller::Admin, new(w.bob.id, "http://app.example/cb")).await;
+        assert!(matches!(bad, Err(Error::BadInput(_))), "{bad:?}");
+        let nobody = mandate_model::UserId::from_ulid(ulid::Ulid::from_parts(1, 1));
+        let orphan = w.m.create_agent(Caller::Admin, new(nobody, "https://app.example/cb")).await;
+        assert!(matches!(orphan, Err(Error::BadInput(_))), "{orphan:?}");
+        assert_eq!(w.trail_len().await, trail, "a refused registration wrote");
+        assert!(w.store.agents_owned_by(w.bob.id).await.unwrap().is_empty());
+        // A person may not register agents at all: that refusal is recorded.
+        let by_bob = w.m.create_agent(Caller::User(w.bob.id), new(w.bob.id, "https://app.example/cb")).await;
+        assert!(matches!(by_bob, Err(Error::Forbidden(_))), "{by_bob:?}");
+        assert_eq!(w.trail_len().await, trail + 1);
+        assert_eq!(w.events(kind::ADMIN_DENIED).await.len(), 1);
+        assert!(w.store.agents_owned_by(w.bob.id).await.unwrap().is_empty());
+        assert!(w.m.create_agent(Caller::Admin, new(w.bob.id, "https://app.example/cb")).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn an_ephemeral_agent_expires_with_its_tokens() {
+        let w = World::new().await;
+        let kid = w.agent(w.alice.id, Some(w.planner.id())).await.unwrap();
+        assert_eq!(kid.agent.expires_at, Some(crate::testing::start() + Duration::hours(1)));
+        let token = w.client_credentials(&kid, CAL, "read").await.unwrap();
+        w.clock.advance(Duration::minutes(59));
+        w.m.housekeeping().await.unwrap();
+        assert_eq!(w.store.agent(kid.id()).await.unwrap().map(|a| a.status), Some(AgentStatus::Active));
+        w.clock.advance(Duration::minutes(1));
+        w.m.housekeeping().await.unwrap();
+        assert_eq!(w.store.agent(kid.id()).await.unwrap().map(|a| a.status), Some(AgentStatus::Retired));
+        // The world's helper was spawned at the same moment, for as long.
+        let mut expired: Vec<_> = w.events(kind::AGENT_EXPIRED).await.into_iter().filter_map(|e| e.resource).collect();
+        expired.sort();
+        let mut expected = vec![kid.id().to_string(), w.helper.id().to_string()];
+        expected.sort();
+        assert_eq!(expired, expected);
+        // Its token had run out already (it cannot outlive the agent).
+        assert_eq!(w.record(&token).await.expires_at, crate::testing::start() + Duration::minutes(5));
+        assert!(matches!(w.client_credentials(&kid, CAL, "read").await, Err(Error::InvalidClient(_))));
+    }
+}

@@ -496,3 +496,87 @@ pub fn binding(
     let digest = Sha256::digest(text.as_bytes());
     Ok(digest.iter().map(|b| format!("{b:02x}")).collect())
 }
+
+#[cfg(test)]
+mod tests {
+    //! The check API on a memory store: the decision is the intersection of
+    //! the token, the user's rights, every agent and policy; an approval
+    //! covers what it was given for, once.
+
+    use mandate_model::ApprovalId;
+
+    use super::APPROVAL_REQUIRED;
+    use crate::audit::kind;
+    use crate::oauth::TokenCaller;
+    use crate::testing::World;
+    use crate::{Caller, Error};
+
+    #[tokio::test]
+    async fn a_check_allows_what_every_party_allows_and_nothing_else() {
+        let w = World::new().await;
+        let granted = w.granted(&w.planner, "read").await;
+        let allowed = w.check(&granted.access_token, "get", "e1", &[]).await;
+        assert_eq!(allowed.decision, "allow", "{allowed:?}");
+        assert_eq!(allowed.chain, vec![w.alice.id.to_string(), w.planner.id().to_string()]);
+        let write = w.check(&granted.access_token, "create", "e1", &[]).await;
+        assert_eq!(write.decision, "deny");
+        assert!(write.reasons.iter().any(|r| r.starts_with("scope:")), "{write:?}");
+        let board = w.check(&granted.access_token, "get", "e2", &[("owner", "board")]).await;
+        assert_eq!(board.decision, "deny");
+        assert!(board.reasons.iter().any(|r| r.starts_with("policy:")), "{board:?}");
+        let unknown = w.check(&granted.access_token, "delete", "e1", &[]).await;
+        assert_eq!(unknown.decision, "deny");
+        // Every deny is recorded; an allow once per token, action and resource.
+        let again = w.check(&granted.access_token, "get", "e1", &[]).await;
+        assert_eq!((again.decision, again.audit_seq), ("allow", allowed.audit_seq));
+        let decided = w.events(kind::CHECK).await;
+        let decisions: Vec<_> = decided.iter().filter_map(|e| e.decision.clone()).collect();
+        assert_eq!(decisions, vec!["allow", "deny", "deny", "deny"]);
+    }
+
+    #[tokio::test]
+    async fn a_revoked_or_expired_token_is_denied_at_once() {
+        let w = World::new().await;
+        let granted = w.granted(&w.planner, "read").await;
+        assert_eq!(w.check(&granted.access_token, "get", "e1", &[]).await.decision, "allow");
+        assert!(w.m.revoke(&TokenCaller::Admin, &granted.access_token, None).await.unwrap());
+        let revoked = w.check(&granted.access_token, "get", "e1", &[]).await;
+        assert_eq!(revoked.decision, "deny");
+        assert_eq!(revoked.reasons, vec!["token: the token is revoked".to_owned()]);
+        let other = w.granted(&w.planner, "read").await;
+        w.clock.advance(time::Duration::minutes(5));
+        let expired = w.check(&other.access_token, "get", "e1", &[]).await;
+        assert_eq!(expired.decision, "deny", "{expired:?}");
+        let garbage = w.check("not-a-token", "get", "e1", &[]).await;
+        assert_eq!(garbage.reasons, vec!["token: the token does not verify".to_owned()]);
+    }
+
+    #[tokio::test]
+    async fn an_action_approval_covers_what_was_shown_once() {
+        let w = World::new().await;
+        let asked = w.ciba(&w.planner, "read write").await.unwrap();
+        let id: ApprovalId = asked.auth_req_id.parse().unwrap();
+        w.m.decide_approval(Caller::User(w.alice.id), id, true).await.unwrap();
+        let token = w.poll(&w.planner, &asked.auth_req_id).await.unwrap().access_token;
+        assert_eq!(w.check(&token, "create", "e1", &[]).await.decision, "allow");
+        let sensitive = [("sensitive", "yes")];
+        let waits = w.check(&token, "create", "e2", &sensitive).await;
+        assert_eq!(waits.decision, APPROVAL_REQUIRED);
+        let request: ApprovalId = waits.approval_request.as_deref().unwrap().parse().unwrap();
+        // Asking again points at the same request.
+        let again = w.check(&token, "create", "e2", &sensitive).await;
+        assert_eq!(again.approval_request, waits.approval_request);
+        w.m.decide_approval(Caller::User(w.alice.id), request, true).await.unwrap();
+        assert_eq!(w.check(&token, "create", "e2", &sensitive).await.decision, "allow");
+        // Used up by that allow, and never valid for anything else.
+        let after = w.check(&token, "create", "e2", &sensitive).await;
+        assert_eq!(after.decision, APPROVAL_REQUIRED);
+        assert_ne!(after.approval_request, waits.approval_request);
+        let elsewhere = w.check(&token, "create", "e3", &sensitive).await;
+        assert_eq!(elsewhere.decision, APPROVAL_REQUIRED);
+        assert_ne!(elsewhere.approval_request, after.approval_request);
+        // Only the admin or a resource server asks.
+        let res = w.m.authenticate_checker("not-the-admin-token", None, "/v1/check").await;
+        assert!(matches!(res, Err(Error::Unauthenticated)), "{res:?}");
+    }
+}

@@ -22,6 +22,8 @@ pub mod refusals;
 pub mod request;
 pub mod session;
 pub mod status;
+#[cfg(test)]
+mod testing;
 
 pub use audit::{AuditQuery, AuditRecord, TrailReport};
 pub use check::{CheckAnswer, CheckRequest, CheckedResource, Checker};

@@ -711,3 +711,164 @@ fn claimed_client(credentials: &ClientCredentials) -> Option<String> {
     };
     raw.parse::<ClientId>().ok().map(|c| c.to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    //! The token endpoint's `client_credentials`, replay, introspection and
+    //! revocation, on a memory store with a fixed clock.
+
+    use mandate_model::ScopeSet;
+    use mandate_model::records::ClientId;
+    use time::Duration;
+
+    use super::TokenCaller;
+    use crate::Error;
+    use crate::audit::kind;
+    use crate::testing::{CAL, ISSUER, World, start};
+
+    #[tokio::test]
+    async fn client_credentials_issue_within_the_ceiling_and_record_it() {
+        let w = World::new().await;
+        let issued = w.client_credentials(&w.planner, CAL, "read").await.unwrap();
+        assert_eq!((issued.token_type, issued.expires_in, issued.scope.as_str()), ("Bearer", 300, "read"));
+        let record = w.record(&issued).await;
+        assert_eq!(record.client_id, ClientId::Agent(w.planner.id()));
+        assert_eq!(record.subject, w.planner.id().to_string());
+        assert_eq!(record.audience, CAL);
+        assert_eq!(record.scopes, ScopeSet::parse("read").unwrap());
+        assert_eq!(record.chain, vec![w.planner.id()]);
+        assert_eq!((record.issued_at, record.expires_at), (start(), start() + Duration::minutes(5)));
+        assert_eq!((record.grant, record.parent, record.revoked_at), (None, None, None));
+        let recorded = w.events(kind::TOKEN_ISSUED).await;
+        assert_eq!(recorded.last().and_then(|e| e.jti.clone()), Some(issued.jti.to_string()));
+        assert!(w.is_live(&issued.access_token).await);
+        // It expires with the clock, not before.
+        w.clock.advance(Duration::seconds(299));
+        assert!(w.is_live(&issued.access_token).await);
+        w.clock.advance(Duration::seconds(1));
+        assert!(!w.is_live(&issued.access_token).await);
+    }
+
+    #[tokio::test]
+    async fn client_credentials_are_narrowed_to_the_ceiling_the_resource_and_policy() {
+        let w = World::new().await;
+        let reader = w.agent_with(w.alice.id, None, Some(&["read"])).await.unwrap();
+        let open = w.agent_with(w.alice.id, None, None).await.unwrap();
+        let mail = crate::NewResource {
+            identifier: "https://mail.example".into(),
+            name: "Mail".into(),
+            scopes: [("send".to_owned(), vec![])].into(),
+            jwks: None,
+        };
+        w.m.create_resource(crate::Caller::Admin, mail).await.unwrap();
+        // The schema now knows `send`; no policy permits it.
+        w.m.put_policies(crate::Caller::Admin, crate::testing::POLICIES).await.unwrap();
+        let cases: [(&crate::testing::Client, Vec<&str>, Option<&str>, &str); 7] = [
+            (&reader, vec![CAL], Some("read write"), "beyond the agent's ceiling"),
+            (&open, vec![CAL], Some("delete"), "not offered by"),
+            (&open, vec!["https://mail.example"], Some("send"), "policy does not allow"),
+            (&open, vec!["https://unknown.example"], Some("read"), "is not a registered resource"),
+            (&open, vec![CAL, "https://mail.example"], Some("read"), "exactly one resource"),
+            (&open, vec![], Some("read"), "resource is required"),
+            (&open, vec![CAL], None, "scope is required"),
+        ];
+        for (client, resources, scope, why) in cases {
+            let issued_before = w.events(kind::TOKEN_ISSUED).await.len();
+            let trail = w.trail_len().await;
+            let assertion = w.assertion(client);
+            let grant = crate::GrantRequest::ClientCredentials {
+                scope: scope.map(str::to_owned),
+                resources: resources.iter().map(|r| (*r).to_owned()).collect(),
+            };
+            let req = crate::TokenRequest { grant: Ok(grant), dpop: Vec::new() };
+            let refused = w.m.token(&World::with_assertion(assertion.clone()), req.clone()).await;
+            match &refused {
+                Err(Error::InvalidScope(m) | Error::InvalidTarget(m)) if m.contains(why) => {}
+                other => panic!("{why}: {other:?}"),
+            }
+            // The refusal is recorded, and nothing else is written.
+            assert_eq!(w.trail_len().await, trail + 1, "{why}");
+            let denied = w.events(kind::TOKEN_DENIED).await;
+            assert!(denied.last().and_then(|e| e.reason.clone()).is_some_and(|r| r.contains(why)), "{why}");
+            assert_eq!(w.events(kind::TOKEN_ISSUED).await.len(), issued_before, "{why}");
+            // A refused request still uses up its assertion.
+            let again = w.m.token(&World::with_assertion(assertion), req).await;
+            assert!(matches!(again, Err(Error::InvalidClient(_))), "{why}: {again:?}");
+        }
+        // Within every bound, the same agents are served.
+        assert!(w.client_credentials(&reader, CAL, "read").await.is_ok());
+        assert!(w.client_credentials(&open, CAL, "read").await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn an_assertion_is_used_once() {
+        let w = World::new().await;
+        let assertion = w.assertion(&w.planner);
+        let grant = crate::GrantRequest::ClientCredentials { scope: Some("read".into()), resources: vec![CAL.into()] };
+        let req = crate::TokenRequest { grant: Ok(grant), dpop: Vec::new() };
+        assert!(w.m.token(&World::with_assertion(assertion.clone()), req.clone()).await.is_ok());
+        let replay = w.m.token(&World::with_assertion(assertion), req).await;
+        assert!(matches!(replay, Err(Error::InvalidClient(ref m)) if m.contains("already used")), "{replay:?}");
+        assert_eq!(w.events(kind::TOKEN_ISSUED).await.len(), 1);
+        let failed = w.events(kind::CLIENT_AUTH_FAILED).await;
+        assert_eq!(failed.len(), 1);
+        assert_eq!(failed.first().and_then(|e| e.client_id.clone()), Some(w.planner.id().to_string()));
+    }
+
+    #[tokio::test]
+    async fn an_inactive_agent_or_a_disabled_owner_cannot_authenticate() {
+        let w = World::new().await;
+        w.m.agent_lifecycle(crate::Caller::Admin, w.planner.id(), mandate_model::records::Lifecycle::Suspend)
+            .await
+            .unwrap();
+        let refused = w.client_credentials(&w.planner, CAL, "read").await;
+        assert!(matches!(refused, Err(Error::InvalidClient(ref m)) if m.contains("not active")), "{refused:?}");
+        let other = w.agent(w.alice.id, None).await.unwrap();
+        assert!(w.client_credentials(&other, CAL, "read").await.is_ok());
+        let patch =
+            crate::UserPatch { status: Some(mandate_model::records::UserStatus::Disabled), ..Default::default() };
+        w.m.update_user(crate::Caller::Admin, w.alice.id, patch).await.unwrap();
+        let refused = w.client_credentials(&other, CAL, "read").await;
+        assert!(matches!(refused, Err(Error::InvalidClient(_))), "{refused:?}");
+        assert_eq!(w.events(kind::TOKEN_ISSUED).await.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn introspection_shows_a_live_token_to_those_entitled_only() {
+        let w = World::new().await;
+        let issued = w.client_credentials(&w.planner, CAL, "read").await.unwrap();
+        let admin = w.m.introspect(&TokenCaller::Admin, &issued.access_token).await.unwrap();
+        let claims = admin.token.as_ref().map(|t| t.claims.clone()).unwrap();
+        assert!(admin.active);
+        assert_eq!((claims.iss.as_str(), claims.aud.as_str(), claims.scope.as_str()), (ISSUER, CAL, "read"));
+        assert_eq!(claims.jti, issued.jti.to_string());
+        let planner = w.m.authenticate(&w.creds(&w.planner)).await.unwrap();
+        let own = w.m.introspect(&TokenCaller::Client(Box::new(planner)), &issued.access_token).await.unwrap();
+        assert!(own.active, "the client the token was issued to sees it");
+        let helper = w.m.authenticate(&w.creds(&w.helper)).await.unwrap();
+        let other = w.m.introspect(&TokenCaller::Client(Box::new(helper)), &issued.access_token).await.unwrap();
+        assert!(!other.active && other.token.is_none(), "another client learns nothing");
+        assert!(!w.m.introspect(&TokenCaller::Admin, "not.a.token").await.unwrap().active);
+    }
+
+    #[tokio::test]
+    async fn only_the_admin_or_the_tokens_client_revokes_it() {
+        let w = World::new().await;
+        let issued = w.client_credentials(&w.planner, CAL, "read").await.unwrap();
+        let helper = w.m.authenticate(&w.creds(&w.helper)).await.unwrap();
+        let by_other = w.m.revoke(&TokenCaller::Client(Box::new(helper)), &issued.access_token, None).await.unwrap();
+        assert!(!by_other, "another client revoked the token");
+        assert!(w.is_live(&issued.access_token).await);
+        let planner = w.m.authenticate(&w.creds(&w.planner)).await.unwrap();
+        assert!(w.m.revoke(&TokenCaller::Client(Box::new(planner)), &issued.access_token, None).await.unwrap());
+        assert!(!w.is_live(&issued.access_token).await);
+        assert_eq!(w.record(&issued).await.revoked_at, Some(start()));
+        assert!(!w.m.revoke(&TokenCaller::Admin, &issued.access_token, None).await.unwrap(), "revoked twice");
+        let revoked = w.events(kind::TOKEN_REVOKED).await;
+        let decisions: Vec<_> = revoked.iter().map(|e| (e.decision.clone(), e.count)).collect();
+        assert_eq!(
+            decisions,
+            vec![(Some("deny".into()), None), (Some("allow".into()), Some(1)), (Some("deny".into()), None)]
+        );
+    }
+}

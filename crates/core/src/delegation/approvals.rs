@@ -106,3 +106,57 @@ impl Mandate {
         Ok(approval)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Deciding approvals on a memory store: only the person named, once,
+    //! in time.
+
+    use mandate_model::ApprovalId;
+    use mandate_model::records::{ApprovalStatus, GrantStatus};
+    use time::Duration;
+
+    use crate::audit::kind;
+    use crate::store::Store;
+    use crate::testing::World;
+    use crate::{Caller, Error};
+
+    #[tokio::test]
+    async fn an_approval_is_decided_once_by_the_person_it_names() {
+        let w = World::new().await;
+        let asked = w.ciba(&w.planner, "write").await.unwrap();
+        let id: ApprovalId = asked.auth_req_id.parse().unwrap();
+        // Bob does not even see it.
+        assert!(matches!(w.m.approval_for(Caller::User(w.bob.id), id).await, Err(Error::NotFound(_))));
+        assert_eq!(w.m.approval_for(Caller::User(w.alice.id), id).await.unwrap().id, id);
+        let inbox =
+            w.m.list_approvals(Caller::User(w.alice.id), Some(ApprovalStatus::Pending), None, 10).await.unwrap();
+        assert_eq!(inbox.iter().map(|a| a.id).collect::<Vec<_>>(), vec![id]);
+        assert!(w.m.list_approvals(Caller::User(w.bob.id), None, None, 10).await.unwrap().is_empty());
+        let trail = w.trail_len().await;
+        assert!(matches!(w.m.decide_approval(Caller::User(w.bob.id), id, true).await, Err(Error::Forbidden(_))));
+        assert_eq!(w.trail_len().await, trail + 1, "a refused decision is recorded, and nothing else");
+        assert!(w.store.approval(id).await.unwrap().is_some_and(|a| a.status == ApprovalStatus::Pending));
+        let approved = w.m.decide_approval(Caller::User(w.alice.id), id, true).await.unwrap();
+        let grant = w.store.grant(approved.grant.unwrap()).await.unwrap().unwrap();
+        assert_eq!((grant.status, grant.user, grant.agent), (GrantStatus::Active, w.alice.id, w.planner.id()));
+        assert_eq!(grant.purpose.as_deref(), Some("plan the offsite"));
+        let twice = w.m.decide_approval(Caller::User(w.alice.id), id, false).await;
+        assert!(matches!(twice, Err(Error::Conflict(_))), "{twice:?}");
+        assert_eq!(w.store.approval(id).await.unwrap().map(|a| a.status), Some(ApprovalStatus::Approved));
+        assert_eq!(w.events(kind::APPROVAL_APPROVED).await.len(), 1);
+        assert!(w.events(kind::APPROVAL_DENIED).await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_expired_request_cannot_be_decided() {
+        let w = World::new().await;
+        let asked = w.ciba(&w.planner, "write").await.unwrap();
+        let id: ApprovalId = asked.auth_req_id.parse().unwrap();
+        w.clock.advance(Duration::seconds(asked.expires_in));
+        let late = w.m.decide_approval(Caller::User(w.alice.id), id, true).await;
+        assert!(matches!(late, Err(Error::Conflict(ref m)) if m.contains("expired")), "{late:?}");
+        let q = crate::store::GrantQuery { user: Some(w.alice.id), limit: 10, ..Default::default() };
+        assert!(w.store.grants(&q).await.unwrap().is_empty(), "a grant was made for an expired request");
+    }
+}

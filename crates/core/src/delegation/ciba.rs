@@ -274,3 +274,133 @@ impl Mandate {
         Ok((change, event, issued))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! CIBA on a memory store: policy decides at once, self-authorises, or
+    //! waits for the person it names; each request is handed out once.
+
+    use mandate_model::records::{ApprovalStatus, GrantStatus};
+    use mandate_model::{ApprovalId, ScopeSet};
+    use time::Duration;
+
+    use crate::audit::kind;
+    use crate::store::Store;
+    use crate::testing::{CAL, World, start};
+    use crate::{Caller, Error};
+
+    #[tokio::test]
+    async fn policy_self_authorises_a_read_grant_and_its_tokens_are_handed_out_once() {
+        let w = World::new().await;
+        let asked = w.ciba(&w.planner, "read").await.unwrap();
+        assert_eq!((asked.expires_in, asked.interval), (600, 5));
+        let id: ApprovalId = asked.auth_req_id.parse().unwrap();
+        let approval = w.store.approval(id).await.unwrap().unwrap();
+        assert_eq!((approval.status, approval.decided_by.as_deref()), (ApprovalStatus::Approved, Some("policy")));
+        let grant = w.store.grant(approval.grant.unwrap()).await.unwrap().unwrap();
+        assert_eq!((grant.user, grant.agent, grant.status), (w.alice.id, w.planner.id(), GrantStatus::Active));
+        assert_eq!((grant.resource.as_str(), grant.approved_by.as_str()), (CAL, "policy"));
+        assert_eq!(grant.expires_at, start() + Duration::hours(24));
+        let tokens = w.poll(&w.planner, &asked.auth_req_id).await.unwrap();
+        let record = w.record(&tokens).await;
+        assert_eq!((record.subject, record.grant), (w.alice.id.to_string(), Some(grant.id)));
+        assert_eq!(record.chain, vec![w.planner.id()]);
+        assert!(record.family.is_some() && tokens.refresh_token.as_deref().is_some_and(|r| r.starts_with("mnd_rt_")));
+        assert_eq!(w.store.approval(id).await.unwrap().map(|a| a.status), Some(ApprovalStatus::Consumed));
+        // Handed out once; and only to the agent that asked.
+        let again = w.poll(&w.planner, &asked.auth_req_id).await;
+        assert!(matches!(again, Err(Error::InvalidGrant(ref m)) if m.contains("already used")), "{again:?}");
+        let other = w.poll(&w.helper, &asked.auth_req_id).await;
+        assert!(matches!(other, Err(Error::InvalidGrant(ref m)) if m.contains("unknown")), "{other:?}");
+        assert_eq!(w.events(kind::TOKEN_ISSUED).await.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_write_grant_waits_for_the_user_and_polls_are_paced() {
+        let w = World::new().await;
+        let asked = w.ciba(&w.planner, "read write").await.unwrap();
+        let id: ApprovalId = asked.auth_req_id.parse().unwrap();
+        let pending = w.store.approval(id).await.unwrap().unwrap();
+        assert_eq!((pending.status, pending.approver, pending.grant), (ApprovalStatus::Pending, w.alice.id, None));
+        assert!(matches!(w.poll(&w.planner, &asked.auth_req_id).await, Err(Error::AuthorizationPending)));
+        assert!(matches!(w.poll(&w.planner, &asked.auth_req_id).await, Err(Error::SlowDown)));
+        w.clock.advance(Duration::seconds(5));
+        assert!(matches!(w.poll(&w.planner, &asked.auth_req_id).await, Err(Error::AuthorizationPending)));
+        // Only the person named decides: not Bob, not the admin.
+        assert!(matches!(w.m.decide_approval(Caller::User(w.bob.id), id, true).await, Err(Error::Forbidden(_))));
+        assert!(matches!(w.m.decide_approval(Caller::Admin, id, true).await, Err(Error::Forbidden(_))));
+        let decided = w.m.decide_approval(Caller::User(w.alice.id), id, true).await.unwrap();
+        assert_eq!(decided.status, ApprovalStatus::Approved);
+        let grant = w.store.grant(decided.grant.unwrap()).await.unwrap().unwrap();
+        assert_eq!(grant.approved_by, w.alice.id.to_string());
+        let tokens = w.poll(&w.planner, &asked.auth_req_id).await.unwrap();
+        assert_eq!(w.record(&tokens).await.scopes, ScopeSet::parse("read write").unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_denied_or_expired_request_issues_nothing() {
+        let w = World::new().await;
+        let denied = w.ciba(&w.planner, "write").await.unwrap();
+        let id: ApprovalId = denied.auth_req_id.parse().unwrap();
+        w.m.decide_approval(Caller::User(w.alice.id), id, false).await.unwrap();
+        let polled = w.poll(&w.planner, &denied.auth_req_id).await;
+        assert!(matches!(polled, Err(Error::AccessDenied(_))), "{polled:?}");
+        let late = w.ciba(&w.planner, "write").await.unwrap();
+        w.clock.advance(Duration::seconds(600));
+        let polled = w.poll(&w.planner, &late.auth_req_id).await;
+        assert!(matches!(polled, Err(Error::ExpiredToken(_))), "{polled:?}");
+        // Too late to decide, too: no grant is made.
+        let id: ApprovalId = late.auth_req_id.parse().unwrap();
+        assert!(matches!(w.m.decide_approval(Caller::User(w.alice.id), id, true).await, Err(Error::Conflict(_))));
+        assert!(w.store.approval(id).await.unwrap().is_some_and(|a| a.grant.is_none()));
+        assert!(w.events(kind::TOKEN_ISSUED).await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_request_policy_denies_is_refused_at_once_and_waits_for_nobody() {
+        let w = World::new().await;
+        // Bob is not staff: he holds no calendar right to give.
+        let req = crate::BcAuthorizeRequest {
+            login_hint: w.bob.id.to_string(),
+            scope: Some("read".into()),
+            resources: vec![CAL.into()],
+            binding_message: None,
+            requested_expiry: None,
+        };
+        let refused = w.m.bc_authorize(&w.creds(&w.planner), Ok(req)).await;
+        assert!(
+            matches!(refused, Err(Error::AccessDenied(ref m)) if m.contains("policy does not allow")),
+            "{refused:?}"
+        );
+        assert_eq!(w.store.pending_requests(w.planner.id(), None, start()).await.unwrap(), 0);
+        let q = crate::store::ApprovalQuery { limit: 10, ..Default::default() };
+        assert!(w.store.approvals(&q).await.unwrap().is_empty(), "a refused request was kept");
+        let recorded = w.events(kind::APPROVAL_REQUESTED).await;
+        assert_eq!(recorded.len(), 1);
+        assert_eq!(recorded.first().and_then(|e| e.decision.clone()).as_deref(), Some("deny"));
+        // Nor does an unknown person, or a scope the API does not offer.
+        let unknown = crate::BcAuthorizeRequest {
+            login_hint: "nobody@example.com".into(),
+            scope: Some("read".into()),
+            resources: vec![CAL.into()],
+            binding_message: None,
+            requested_expiry: None,
+        };
+        assert!(matches!(w.m.bc_authorize(&w.creds(&w.planner), Ok(unknown)).await, Err(Error::UnknownUser(_))));
+        assert!(matches!(w.ciba(&w.planner, "delete").await, Err(Error::InvalidScope(_))));
+    }
+
+    #[tokio::test]
+    async fn requests_waiting_for_one_person_are_capped() {
+        let w = World::with(|c| c.max_pending_per_agent_user = 2).await;
+        w.ciba(&w.planner, "write").await.unwrap();
+        w.ciba(&w.planner, "write").await.unwrap();
+        let third = w.ciba(&w.planner, "write").await;
+        assert!(matches!(third, Err(Error::RateLimited { .. })), "{third:?}");
+        assert_eq!(w.store.pending_requests(w.planner.id(), Some(w.alice.id), start()).await.unwrap(), 2);
+        // Another agent has its own allowance; a decision makes room.
+        assert!(w.ciba(&w.helper, "write").await.is_ok());
+        w.clock.advance(Duration::seconds(601));
+        assert!(w.ciba(&w.planner, "write").await.is_ok(), "expired requests no longer count");
+    }
+}

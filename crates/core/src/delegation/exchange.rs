@@ -123,3 +123,99 @@ impl Mandate {
         Ok((change, event, issued))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Token exchange on a memory store: a hop only narrows, never outlives
+    //! its parent, and needs a live parent.
+
+    use mandate_model::ScopeSet;
+    use time::Duration;
+
+    use crate::Error;
+    use crate::audit::kind;
+    use crate::oauth::TokenCaller;
+    use crate::testing::World;
+
+    #[tokio::test]
+    async fn an_exchange_extends_the_chain_and_only_narrows() {
+        let w = World::new().await;
+        let parent = w.granted(&w.planner, "read").await;
+        let parent_record = w.record(&parent).await;
+        w.clock.advance(Duration::seconds(60));
+        let hop = w.exchange(&w.helper, &parent.access_token, None).await.unwrap();
+        let record = w.record(&hop).await;
+        assert_eq!(record.chain, vec![w.planner.id(), w.helper.id()]);
+        assert_eq!((record.parent, record.grant), (Some(parent.jti), parent_record.grant));
+        assert_eq!((record.subject.clone(), record.audience.clone()), (w.alice.id.to_string(), parent_record.audience));
+        assert_eq!(record.scopes, ScopeSet::parse("read").unwrap());
+        // Five minutes from now would outlive the parent: it ends with it.
+        assert_eq!(record.expires_at, parent_record.expires_at);
+        assert_eq!(hop.issued_token_type, Some(crate::request::TOKEN_TYPE_ACCESS));
+        let recorded = w.events(kind::TOKEN_ISSUED).await;
+        assert_eq!(recorded.last().and_then(|e| e.parent.clone()), Some(parent.jti.to_string()));
+        // Wider than the parent, or elsewhere: refused, and nothing issued.
+        let issued = w.events(kind::TOKEN_ISSUED).await.len();
+        let wider = w.exchange(&w.helper, &parent.access_token, Some("read write")).await;
+        assert!(matches!(wider, Err(Error::InvalidScope(_))), "{wider:?}");
+        let x = crate::request::ExchangeRequest {
+            subject_token: parent.access_token.clone(),
+            actor_token: None,
+            resources: vec!["https://elsewhere.example".into()],
+            audiences: Vec::new(),
+            scope: None,
+        };
+        let elsewhere = w.grant(&w.helper, crate::GrantRequest::Exchange(x)).await;
+        assert!(matches!(elsewhere, Err(Error::InvalidTarget(_))), "{elsewhere:?}");
+        assert_eq!(w.events(kind::TOKEN_ISSUED).await.len(), issued);
+        assert_eq!(w.events(kind::TOKEN_DENIED).await.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn no_agent_appears_twice_in_a_chain() {
+        let w = World::new().await;
+        let parent = w.granted(&w.planner, "read").await;
+        let hop = w.exchange(&w.helper, &parent.access_token, None).await.unwrap();
+        for (who, token) in
+            [(&w.planner, &hop.access_token), (&w.helper, &hop.access_token), (&w.planner, &parent.access_token)]
+        {
+            let again = w.exchange(who, token, None).await;
+            assert!(matches!(again, Err(Error::InvalidRequest(_))), "{again:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_revoked_parent_can_no_longer_be_exchanged_and_takes_its_hops_along() {
+        let w = World::new().await;
+        let parent = w.granted(&w.planner, "read").await;
+        let hop = w.exchange(&w.helper, &parent.access_token, None).await.unwrap();
+        let third = w.agent(w.alice.id, Some(w.helper.id())).await.unwrap();
+        let leaf = w.exchange(&third, &hop.access_token, None).await.unwrap();
+        assert_eq!(w.record(&leaf).await.chain.len(), 3);
+        assert!(w.m.revoke(&TokenCaller::Admin, &parent.access_token, None).await.unwrap());
+        for t in [&parent, &hop, &leaf] {
+            assert!(!w.is_live(&t.access_token).await, "a token below a revoked parent is live");
+            assert!(w.record(t).await.revoked_at.is_some(), "the revocation did not reach every hop");
+        }
+        let revoked = w.events(kind::TOKEN_REVOKED).await;
+        assert_eq!(revoked.last().and_then(|e| e.count), Some(3), "the event counts the whole tree");
+        let refused = w.exchange(&w.helper, &parent.access_token, None).await;
+        assert!(matches!(refused, Err(Error::InvalidRequest(ref m)) if m.contains("not usable")), "{refused:?}");
+    }
+
+    #[tokio::test]
+    async fn policy_decides_who_may_receive_a_hop() {
+        let w = World::new().await;
+        let parent = w.granted(&w.planner, "read").await;
+        // Mandate's default lets an agent delegate only to the ephemeral
+        // agents it spawned; Alice's other agent is not one.
+        let stranger = w.agent(w.alice.id, None).await.unwrap();
+        let refused = w.exchange(&stranger, &parent.access_token, None).await;
+        assert!(
+            matches!(refused, Err(Error::InvalidRequest(ref m)) if m.contains("policy does not allow")),
+            "{refused:?}"
+        );
+        assert!(w.exchange(&w.helper, &parent.access_token, None).await.is_ok());
+        assert_eq!(w.events(kind::TOKEN_ISSUED).await.len(), 2);
+    }
+}

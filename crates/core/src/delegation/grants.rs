@@ -67,3 +67,49 @@ impl Mandate {
         Ok((grant, receipt.affected(tokens)?))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Revoking a grant, on a memory store.
+
+    use mandate_model::records::GrantStatus;
+
+    use crate::audit::kind;
+    use crate::testing::World;
+    use crate::{Caller, Error};
+
+    #[tokio::test]
+    async fn revoking_a_grant_revokes_every_token_under_it_once() {
+        let w = World::new().await;
+        let granted = w.granted(&w.planner, "read").await;
+        let hop = w.exchange(&w.helper, &granted.access_token, None).await.unwrap();
+        let id = w.record(&granted).await.grant.unwrap();
+        // Bob neither gave it nor owns the agent.
+        let bobs = w.m.revoke_grant(Caller::User(w.bob.id), id).await;
+        assert!(matches!(bobs, Err(Error::Forbidden(_))), "{bobs:?}");
+        assert!(w.is_live(&hop.access_token).await);
+        assert_eq!(w.events(kind::ADMIN_DENIED).await.len(), 1);
+        let (grant, tokens) = w.m.revoke_grant(Caller::User(w.alice.id), id).await.unwrap();
+        assert_eq!((grant.status, tokens), (GrantStatus::Revoked, 2));
+        assert!(!w.is_live(&granted.access_token).await && !w.is_live(&hop.access_token).await);
+        let again = w.m.revoke_grant(Caller::Admin, id).await;
+        assert!(matches!(again, Err(Error::Conflict(_))), "{again:?}");
+        assert_eq!(w.events(kind::GRANT_REVOKED).await.len(), 1);
+        // Its refresh tokens are no use either.
+        let refresh = crate::GrantRequest::Refresh { refresh_token: granted.refresh_token.unwrap(), scope: None };
+        let refused = w.grant(&w.planner, refresh).await;
+        assert!(matches!(refused, Err(Error::InvalidGrant(ref m)) if m.contains("revoked")), "{refused:?}");
+    }
+
+    #[tokio::test]
+    async fn people_list_the_grants_they_gave_or_whose_agent_they_own() {
+        let w = World::new().await;
+        let granted = w.granted(&w.planner, "read").await;
+        let id = w.record(&granted).await.grant.unwrap();
+        let ids = |v: Vec<mandate_model::records::Grant>| v.into_iter().map(|g| g.id).collect::<Vec<_>>();
+        assert_eq!(ids(w.m.list_grants(Caller::User(w.alice.id), None, None, 10).await.unwrap()), vec![id]);
+        assert!(w.m.list_grants(Caller::User(w.bob.id), None, None, 10).await.unwrap().is_empty());
+        assert_eq!(ids(w.m.list_grants(Caller::Admin, None, Some(w.planner.id()), 10).await.unwrap()), vec![id]);
+        assert!(matches!(w.m.list_grants(Caller::Admin, None, None, 0).await, Err(Error::BadInput(_))));
+    }
+}

@@ -90,3 +90,56 @@ impl Mandate {
         Ok(self.store.refresh(&secrets::hash(presented)).await?.filter(|r| r.used_at.is_some()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Rotating refresh tokens on a memory store.
+
+    use mandate_model::ScopeSet;
+
+    use crate::audit::kind;
+    use crate::testing::World;
+    use crate::{Error, GrantRequest};
+
+    fn refresh(token: &str, scope: Option<&str>) -> GrantRequest {
+        GrantRequest::Refresh { refresh_token: token.into(), scope: scope.map(str::to_owned) }
+    }
+
+    #[tokio::test]
+    async fn a_refresh_token_rotates_and_its_reuse_revokes_the_family() {
+        let w = World::new().await;
+        let first = w.granted(&w.planner, "read").await;
+        let first_refresh = first.refresh_token.clone().unwrap();
+        let second = w.grant(&w.planner, refresh(&first_refresh, None)).await.unwrap();
+        let second_refresh = second.refresh_token.clone().unwrap();
+        assert_ne!(first_refresh, second_refresh, "the refresh token did not rotate");
+        let (a, b) = (w.record(&first).await, w.record(&second).await);
+        assert_eq!((b.grant, b.family.clone(), b.scopes.clone()), (a.grant, a.family.clone(), a.scopes.clone()));
+        assert!(w.is_live(&second.access_token).await);
+        // The rotated one comes back: the whole family dies.
+        let reused = w.grant(&w.planner, refresh(&first_refresh, None)).await;
+        assert!(matches!(reused, Err(Error::InvalidGrant(ref m)) if m.contains("family is revoked")), "{reused:?}");
+        assert!(!w.is_live(&first.access_token).await && !w.is_live(&second.access_token).await);
+        let after = w.grant(&w.planner, refresh(&second_refresh, None)).await;
+        assert!(matches!(after, Err(Error::InvalidGrant(_))), "{after:?}");
+        let reuse = w.events(kind::REFRESH_REUSED).await;
+        assert_eq!(reuse.len(), 1);
+        assert_eq!(reuse.first().and_then(|e| e.count), Some(2), "both access tokens of the family");
+    }
+
+    #[tokio::test]
+    async fn a_refresh_narrows_but_never_widens_and_belongs_to_its_client() {
+        let w = World::new().await;
+        let first = w.granted(&w.planner, "read").await;
+        let token = first.refresh_token.clone().unwrap();
+        let wider = w.grant(&w.planner, refresh(&token, Some("read write"))).await;
+        assert!(matches!(wider, Err(Error::InvalidScope(_))), "{wider:?}");
+        // Another client presenting it learns nothing and revokes nothing.
+        let stolen = w.grant(&w.helper, refresh(&token, None)).await;
+        assert!(matches!(stolen, Err(Error::InvalidGrant(ref m)) if m.contains("invalid")), "{stolen:?}");
+        assert!(w.is_live(&first.access_token).await);
+        // Refused requests did not use it up.
+        let narrowed = w.grant(&w.planner, refresh(&token, Some("read"))).await.unwrap();
+        assert_eq!(w.record(&narrowed).await.scopes, ScopeSet::parse("read").unwrap());
+    }
+}
