@@ -9,9 +9,10 @@
 //!   reads.
 //! - An accepted form with one of its parameters repeated (the name spelt
 //!   with percent-encodings) is refused: a duplicate is never accepted.
-//! - Each grant's request is built exactly when an oracle of each grant's
-//!   allowed and required parameters says so, with the values sent; a
-//!   refused grant keeps its grant type. The same for bc-authorize.
+//! - Each grant's request is built exactly when an oracle of what each
+//!   grant requires says so (names it does not read are ignored; an
+//!   exchange refuses `act` and `may_act`), with the values sent; a refused
+//!   grant keeps its grant type. The same for bc-authorize.
 
 use mandate_core::request::{
     GRANT_AUTHORIZATION_CODE, GRANT_CIBA, GRANT_CLIENT_CREDENTIALS, GRANT_EXCHANGE, GRANT_REFRESH, TOKEN_TYPE_ACCESS,
@@ -272,7 +273,8 @@ fn name() -> impl Strategy<Value = String> {
             "grant_type", "client_id", "client_assertion", "client_assertion_type", "scope", "resource", "audience",
             "code", "redirect_uri", "code_verifier", "auth_req_id", "refresh_token", "subject_token",
             "subject_token_type", "requested_token_type", "actor_token", "actor_token_type", "login_hint",
-            "binding_message", "requested_expiry", "client_secret", "Scope", "scope ", "", "gr\u{e4}nt",
+            "binding_message", "requested_expiry", "client_secret", "act", "may_act", "Scope", "scope ", "",
+            "gr\u{e4}nt",
         ])
         .prop_map(str::to_owned),
         1 => nasty_string(),
