@@ -52,6 +52,8 @@ pub struct Session {
     pub user: User,
     /// The token every form of this session must echo.
     pub csrf: String,
+    /// When the person signed in (for `prompt=login`).
+    pub signed_in_at: OffsetDateTime,
     pub expires_at: OffsetDateTime,
 }
 
@@ -255,7 +257,7 @@ impl Mandate {
         self.store
             .commit(Change::new().with(Mutation::InsertSession(record)).with(AuditRecord::new(event).mutation()))
             .await?;
-        Ok(SignedIn { secret, session: Session { user, csrf, expires_at }, known_browser })
+        Ok(SignedIn { secret, session: Session { user, csrf, signed_in_at: now, expires_at }, known_browser })
     }
 
     /// The sealed mark of a browser that signed in as `email`: the email and
@@ -297,7 +299,12 @@ impl Mandate {
             return Ok(None);
         }
         let user = self.store.user(record.user).await?.filter(|u| u.status == UserStatus::Active);
-        Ok(user.map(|user| Session { user, csrf: record.csrf, expires_at: record.expires_at }))
+        Ok(user.map(|user| Session {
+            user,
+            csrf: record.csrf,
+            signed_in_at: record.created_at,
+            expires_at: record.expires_at,
+        }))
     }
 
     /// Ends the session a cookie secret names, if it is live.

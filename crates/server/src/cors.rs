@@ -5,7 +5,7 @@
 //! token must not be usable from another site.
 
 use axum::extract::Request;
-use axum::http::{HeaderName, Method, StatusCode, header};
+use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::Response;
 use tower::{Layer, ServiceExt};
@@ -40,7 +40,11 @@ pub async fn no_content() -> StatusCode {
 pub async fn cors(req: Request, next: Next) -> Response {
     let options = req.method() == Method::OPTIONS;
     if !options && !req.headers().contains_key(header::ORIGIN) {
-        return next.run(req).await;
+        // The answer differs with Origin: a shared cache must not hand this
+        // one to a browser.
+        let mut resp = next.run(req).await;
+        resp.headers_mut().append(header::VARY, HeaderValue::from_static("origin"));
+        return resp;
     }
     let mut resp = match layer().layer(next).oneshot(req).await {
         Ok(resp) => resp,

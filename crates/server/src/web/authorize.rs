@@ -14,6 +14,9 @@ use super::views::{self, Who, html};
 use crate::AppState;
 use crate::extract::OAuthForm;
 
+/// How recent a sign-in must be to answer `prompt=login`, seconds.
+const FRESH_SIGN_IN: i64 = 60;
+
 fn refused(e: AuthorizeError) -> Response {
     match e {
         // RFC 6749 §4.1.2.1: never redirect to an unverified URI.
@@ -58,6 +61,13 @@ pub async fn authorize_page(
         // To the sign-in page, and back here afterwards.
         Err(to_login) => return to_login,
     };
+    // prompt=login (OpenID Connect Core §3.1.2.1): a sign-in from the last
+    // minute counts as the fresh one asked for; Mandate cannot make a person
+    // who signed in earlier sign in again, so it says so.
+    if req.prompt.login && s.mandate.now() - signed.session.signed_in_at > time::Duration::seconds(FRESH_SIGN_IN) {
+        let why = "prompt=login: the person signed in earlier, and Mandate does not ask again";
+        return see_other(&s.mandate.authorization_error(&req, "login_required", why));
+    }
     if let Err(e) = s.mandate.authorize_policy(&signed.session.user, &mut req).await {
         return refused(e);
     }
@@ -84,7 +94,7 @@ fn consent(s: &AppState, signed: &Signed, req: &AuthorizeRequest) -> Response {
         hours: format!("{hours:.0}"),
         redirect: req.redirect_uri.clone(),
         csrf: signed.session.csrf.clone(),
-        params: req.params.clone(),
+        params: consent_params(req),
     };
     let mut resp = html(StatusCode::OK, &view);
     // The form's answer redirects to the client: let the form go there.
@@ -96,6 +106,20 @@ fn consent(s: &AppState, signed: &Signed, req: &AuthorizeRequest) -> Response {
         resp.headers_mut().insert(header::CONTENT_SECURITY_POLICY, v);
     }
     resp
+}
+
+/// The request the consent form carries to the decision: as sent, but with
+/// the scopes the page showed named explicitly, so that what is granted is
+/// what the person saw even if the client named none.
+fn consent_params(req: &AuthorizeRequest) -> Vec<(String, String)> {
+    let mut params: Vec<(String, String)> = req.params.iter().filter(|(k, _)| k != "scope").cloned().collect();
+    let mut scope = req.scopes.to_claim();
+    if req.offline {
+        scope.push(' ');
+        scope.push_str(mandate_core::authorize::OFFLINE_ACCESS);
+    }
+    params.push(("scope".to_owned(), scope));
+    params
 }
 
 pub async fn authorize_decision(State(s): State<AppState>, signed: Signed, form: OAuthForm) -> Response {

@@ -303,6 +303,8 @@ async fn the_code_flow_takes_what_mcp_clients_send() -> Result<()> {
     // by policy before the consent page (Erin is staff: read and write).
     let (back, html) = f.consent(&authorize_url(&f, &[], &["scope"]), "allow").await?;
     assert!(html.contains("list, get"), "the defaulted scopes are not shown");
+    // The form names the scopes shown, so the grant is what was seen.
+    assert!(html.contains(r#"name="scope" value="read"#), "the consent form does not carry the scopes shown");
     let code = param(&back, "code").unwrap_or_default();
     let (st, tokens) = f.redeem(&code, Some(VERIFIER), REDIRECT).await?;
     assert_eq!(st, 200, "{tokens}");
@@ -317,6 +319,12 @@ async fn the_code_flow_takes_what_mcp_clients_send() -> Result<()> {
     assert_eq!(param(&location(&resp), "error").as_deref(), Some("login_required"), "{}", location(&resp));
     let resp = f.get(&authorize_url(&f, &[("prompt", "none consent")], &[])).await?;
     assert_eq!(param(&location(&resp), "error").as_deref(), Some("invalid_request"));
+    // prompt=login: a sign-in from the last minute is fresh; an older one
+    // cannot be asked again, and the client is told so.
+    assert_eq!(f.get(&authorize_url(&f, &[("prompt", "login")], &[])).await?.status(), 200);
+    f.w.s.clock.advance(time::Duration::seconds(120));
+    let resp = f.get(&authorize_url(&f, &[("prompt", "login")], &[])).await?;
+    assert_eq!(param(&location(&resp), "error").as_deref(), Some("login_required"), "{}", location(&resp));
 
     // dpop_jkt (RFC 9449 §10): the code is redeemed only with that key.
     let key = SigningKey::generate(KeyAlg::EdDSA)?;

@@ -154,6 +154,10 @@ async fn browser_clients_may_call_the_oauth_endpoints_across_origins_but_not_pag
     assert_eq!(resp.headers()["access-control-allow-origin"], "*");
     let exposed = resp.headers()["access-control-expose-headers"].to_str()?.to_ascii_lowercase();
     assert!(exposed.contains("www-authenticate") && exposed.contains("dpop-nonce"), "{exposed}");
+    // Without Origin, no CORS headers, but a Vary for shared caches.
+    let resp = s.http.get(format!("{}/jwks.json", s.url)).send().await?;
+    assert!(resp.headers().get("access-control-allow-origin").is_none());
+    assert!(resp.headers().get_all("vary").iter().any(|v| v.to_str().is_ok_and(|v| v.contains("origin"))));
     // Never on pages or the admin API.
     for path in ["/login", "/v1/users", "/v1/check", "/oauth/authorize"] {
         let resp = s
