@@ -5,6 +5,7 @@
 
 use mandate_audit::Event;
 use mandate_core::store::{Applied, Change, Handle, Mutation, Receipt, StoreError};
+use mandate_store_sql::{Family, family};
 use sqlx::postgres::{PgConnection, PgPool};
 use tokio::sync::{mpsc, oneshot};
 
@@ -223,48 +224,16 @@ async fn seal_deferred(
 /// inserts those under the chain's head); each family of records keeps its
 /// SQL in its own module.
 pub(crate) async fn apply(conn: &mut PgConnection, m: &Mutation) -> Result<u64, StoreError> {
-    let n = match m {
-        Mutation::PutSettingIfAbsent { .. }
-        | Mutation::InsertUser(..)
-        | Mutation::UpdateUser(..)
-        | Mutation::InsertUserToken { .. }
-        | Mutation::RevokeUserToken { .. }
-        | Mutation::InsertAgent(..)
-        | Mutation::SetAgentStatus { .. }
-        | Mutation::InsertResource(..)
-        | Mutation::PutPolicy(..)
-        | Mutation::InsertSession(..)
-        | Mutation::RevokeSession { .. } => crate::identity::apply(conn, m).await?,
-        Mutation::InsertSigningKey(..) | Mutation::RetireSigningKeys { .. } => crate::keys::apply(conn, m).await?,
-        Mutation::RevokeTokensOfAgent { .. }
-        | Mutation::RevokeTokensOfSubject { .. }
-        | Mutation::RevokeTokensOfOwnedAgents { .. }
-        | Mutation::ConsumeAssertionJti { .. }
-        | Mutation::ConsumeDpopJti { .. }
-        | Mutation::ReserveStatusIndexes { .. }
-        | Mutation::InsertToken(..)
-        | Mutation::RevokeToken { .. }
-        | Mutation::RevokeTokensOfGrant { .. }
-        | Mutation::InsertRefresh(..)
-        | Mutation::UseRefresh { .. }
-        | Mutation::RevokeRefreshFamily { .. }
-        | Mutation::RevokeTokensOfFamily { .. }
-        | Mutation::PurgeExpiredJtis { .. } => crate::tokens::apply(conn, m).await?,
-        Mutation::InsertGrant(..)
-        | Mutation::RevokeGrant { .. }
-        | Mutation::RevokeGrantsOfUser { .. }
-        | Mutation::RevokeGrantsOfAgent { .. }
-        | Mutation::TouchGrant { .. }
-        | Mutation::InsertAuthCode(..)
-        | Mutation::UseAuthCode { .. } => crate::grants::apply(conn, m).await?,
-        Mutation::InsertApproval(..)
-        | Mutation::DecideApproval { .. }
-        | Mutation::ConsumeApproval { .. }
-        | Mutation::PollApproval { .. } => crate::approvals::apply(conn, m).await?,
-        Mutation::InsertCheckpoint(..) => crate::audit::apply(conn, m).await?,
-        Mutation::AppendAudit(_) => {
+    let n = match family(m) {
+        Family::Identity => crate::identity::apply(conn, m).await?,
+        Family::Keys => crate::keys::apply(conn, m).await?,
+        Family::Tokens => crate::tokens::apply(conn, m).await?,
+        Family::Grants => crate::grants::apply(conn, m).await?,
+        Family::Approvals => crate::approvals::apply(conn, m).await?,
+        Family::Audit if matches!(m, Mutation::AppendAudit(_)) => {
             return Err(StoreError::Unavailable("audit events are appended by the writer".into()));
         }
+        Family::Audit => crate::audit::apply(conn, m).await?,
     };
     // In the same transaction: a node that reads the new epoch reads this
     // change too.

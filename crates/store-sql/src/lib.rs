@@ -13,7 +13,7 @@ use mandate_model::records::{
 use mandate_model::{AgentId, ApprovalId, GrantId, Jti, ResourceId, ScopeSet, UserId, UserTokenId};
 use time::OffsetDateTime;
 
-use mandate_core::store::StoreError;
+use mandate_core::store::{Mutation, StoreError};
 
 /// A time as stored: Unix nanoseconds, which hold 1677 to 2262. A time
 /// outside that is refused, never clamped.
@@ -479,5 +479,62 @@ impl TryFrom<RefreshRow> for RefreshRecord {
             revoked_at: opt_ts(r.revoked_at)?,
             cnf_jkt: r.cnf_jkt,
         })
+    }
+}
+
+/// The record family a mutation writes, so that each store routes it to the
+/// module holding that family's SQL. Every variant is classed here, once,
+/// for both stores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    Identity,
+    Keys,
+    Tokens,
+    Grants,
+    Approvals,
+    Audit,
+}
+
+/// The family of `m`.
+pub fn family(m: &Mutation) -> Family {
+    match m {
+        Mutation::PutSettingIfAbsent { .. }
+        | Mutation::InsertUser(..)
+        | Mutation::UpdateUser(..)
+        | Mutation::InsertUserToken { .. }
+        | Mutation::RevokeUserToken { .. }
+        | Mutation::InsertAgent(..)
+        | Mutation::SetAgentStatus { .. }
+        | Mutation::InsertResource(..)
+        | Mutation::PutPolicy(..)
+        | Mutation::InsertSession(..)
+        | Mutation::RevokeSession { .. } => Family::Identity,
+        Mutation::InsertSigningKey(..) | Mutation::RetireSigningKeys { .. } => Family::Keys,
+        Mutation::RevokeTokensOfAgent { .. }
+        | Mutation::RevokeTokensOfSubject { .. }
+        | Mutation::RevokeTokensOfOwnedAgents { .. }
+        | Mutation::ConsumeAssertionJti { .. }
+        | Mutation::ConsumeDpopJti { .. }
+        | Mutation::ReserveStatusIndexes { .. }
+        | Mutation::InsertToken(..)
+        | Mutation::RevokeToken { .. }
+        | Mutation::RevokeTokensOfGrant { .. }
+        | Mutation::InsertRefresh(..)
+        | Mutation::UseRefresh { .. }
+        | Mutation::RevokeRefreshFamily { .. }
+        | Mutation::RevokeTokensOfFamily { .. }
+        | Mutation::PurgeExpiredJtis { .. } => Family::Tokens,
+        Mutation::InsertGrant(..)
+        | Mutation::RevokeGrant { .. }
+        | Mutation::RevokeGrantsOfUser { .. }
+        | Mutation::RevokeGrantsOfAgent { .. }
+        | Mutation::TouchGrant { .. }
+        | Mutation::InsertAuthCode(..)
+        | Mutation::UseAuthCode { .. } => Family::Grants,
+        Mutation::InsertApproval(..)
+        | Mutation::DecideApproval { .. }
+        | Mutation::ConsumeApproval { .. }
+        | Mutation::PollApproval { .. } => Family::Approvals,
+        Mutation::AppendAudit(..) | Mutation::InsertCheckpoint(..) => Family::Audit,
     }
 }

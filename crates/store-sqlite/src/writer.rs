@@ -8,6 +8,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use mandate_core::store::{Applied, Change, Mutation, Receipt, StoreError};
+use mandate_store_sql::{Family, family};
 use rusqlite::{Connection, ErrorCode};
 use tokio::sync::oneshot;
 
@@ -183,45 +184,13 @@ pub(crate) fn exec(conn: &Connection, sql: &str, params: impl rusqlite::Params, 
 /// mutations did, and `head` is the audit chain's head. Each family of
 /// records keeps its SQL in its own module.
 pub(crate) fn apply(conn: &Connection, m: &Mutation, applied: &Applied, head: &mut Head) -> Result<u64, StoreError> {
-    match m {
-        Mutation::PutSettingIfAbsent { .. }
-        | Mutation::InsertUser(..)
-        | Mutation::UpdateUser(..)
-        | Mutation::InsertUserToken { .. }
-        | Mutation::RevokeUserToken { .. }
-        | Mutation::InsertAgent(..)
-        | Mutation::SetAgentStatus { .. }
-        | Mutation::InsertResource(..)
-        | Mutation::PutPolicy(..)
-        | Mutation::InsertSession(..)
-        | Mutation::RevokeSession { .. } => crate::identity::apply(conn, m),
-        Mutation::InsertSigningKey(..) | Mutation::RetireSigningKeys { .. } => crate::keys::apply(conn, m),
-        Mutation::RevokeTokensOfAgent { .. }
-        | Mutation::RevokeTokensOfSubject { .. }
-        | Mutation::RevokeTokensOfOwnedAgents { .. }
-        | Mutation::ConsumeAssertionJti { .. }
-        | Mutation::ConsumeDpopJti { .. }
-        | Mutation::ReserveStatusIndexes { .. }
-        | Mutation::InsertToken(..)
-        | Mutation::RevokeToken { .. }
-        | Mutation::RevokeTokensOfGrant { .. }
-        | Mutation::InsertRefresh(..)
-        | Mutation::UseRefresh { .. }
-        | Mutation::RevokeRefreshFamily { .. }
-        | Mutation::RevokeTokensOfFamily { .. }
-        | Mutation::PurgeExpiredJtis { .. } => crate::tokens::apply(conn, m),
-        Mutation::InsertGrant(..)
-        | Mutation::RevokeGrant { .. }
-        | Mutation::RevokeGrantsOfUser { .. }
-        | Mutation::RevokeGrantsOfAgent { .. }
-        | Mutation::TouchGrant { .. }
-        | Mutation::InsertAuthCode(..)
-        | Mutation::UseAuthCode { .. } => crate::grants::apply(conn, m),
-        Mutation::InsertApproval(..)
-        | Mutation::DecideApproval { .. }
-        | Mutation::ConsumeApproval { .. }
-        | Mutation::PollApproval { .. } => crate::approvals::apply(conn, m),
-        Mutation::AppendAudit(..) | Mutation::InsertCheckpoint(..) => crate::audit::apply(conn, m, applied, head),
+    match family(m) {
+        Family::Identity => crate::identity::apply(conn, m),
+        Family::Keys => crate::keys::apply(conn, m),
+        Family::Tokens => crate::tokens::apply(conn, m),
+        Family::Grants => crate::grants::apply(conn, m),
+        Family::Approvals => crate::approvals::apply(conn, m),
+        Family::Audit => crate::audit::apply(conn, m, applied, head),
     }
 }
 

@@ -13,7 +13,8 @@ use mandate_model::{AgentId, ApprovalId, GrantId, UserId, UserTokenId};
 use time::Duration;
 
 use super::fixtures::{
-    agent, all_events, append, auth_code, child_of, event, grant, one, people, refresh, resource, t0, token, ulid, user,
+    agent, all_events, append, auth_code, child_of, event, grant, one, pending_grant_approval, people, refresh,
+    resource, t0, token, ulid, user,
 };
 
 pub async fn a_failed_change_writes_nothing(s: &Arc<dyn Store>) -> Result<()> {
@@ -83,22 +84,7 @@ pub async fn a_change_failing_late_undoes_every_kind_of_write(s: &Arc<dyn Store>
         one(s, Mutation::InsertToken(t.clone())).await?;
     }
     one(s, Mutation::InsertRefresh(refresh("h1", &g, a.id))).await?;
-    let pending = Approval {
-        id: ApprovalId::from_ulid(ulid()),
-        agent: a.id,
-        user: u.id,
-        approver: u.id,
-        resource: g.resource.clone(),
-        subject: ApprovalSubject::Grant { scopes: g.scopes.clone(), requested_expiry: 600 },
-        binding_message: None,
-        status: ApprovalStatus::Pending,
-        decided_by: None,
-        created_at: t0(),
-        expires_at: t0() + Duration::minutes(10),
-        decided_at: None,
-        grant: None,
-        polled_at: None,
-    };
+    let pending = pending_grant_approval(&u, &a, &g);
     one(s, Mutation::InsertApproval(pending.clone())).await?;
     let session = SessionRecord {
         hash: "session".into(),
@@ -369,22 +355,7 @@ pub async fn the_epoch_moves_with_every_invalidating_change(s: &Arc<dyn Store>) 
     let mut t = token(a.id, &u.id.to_string());
     t.grant = Some(g.id);
     one(s, Mutation::InsertToken(t.clone())).await?;
-    let pending = Approval {
-        id: ApprovalId::from_ulid(ulid()),
-        agent: a.id,
-        user: u.id,
-        approver: u.id,
-        resource: g.resource.clone(),
-        subject: ApprovalSubject::Grant { scopes: g.scopes.clone(), requested_expiry: 600 },
-        binding_message: None,
-        status: ApprovalStatus::Pending,
-        decided_by: None,
-        created_at: t0(),
-        expires_at: t0() + Duration::minutes(10),
-        decided_at: None,
-        grant: None,
-        polled_at: None,
-    };
+    let pending = pending_grant_approval(&u, &a, &g);
     one(s, Mutation::InsertApproval(pending.clone())).await?;
     let mut disabled = u.clone();
     disabled.status = mandate_model::records::UserStatus::Disabled;

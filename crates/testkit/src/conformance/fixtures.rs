@@ -204,3 +204,24 @@ pub(crate) fn auth_code(hash: &str, u: &User, a: &Agent, g: &Grant) -> mandate_m
         used_at: None,
     }
 }
+
+/// A pending CIBA-style approval of `g`'s scopes, asked by `a` of `u`.
+pub(crate) fn pending_grant_approval(u: &User, a: &Agent, g: &Grant) -> mandate_model::records::Approval {
+    use mandate_model::records::{Approval, ApprovalStatus, ApprovalSubject};
+    Approval {
+        id: mandate_model::ApprovalId::from_ulid(ulid()),
+        agent: a.id,
+        user: u.id,
+        approver: u.id,
+        resource: g.resource.clone(),
+        subject: ApprovalSubject::Grant { scopes: g.scopes.clone(), requested_expiry: 600 },
+        binding_message: None,
+        status: ApprovalStatus::Pending,
+        decided_by: None,
+        created_at: t0(),
+        expires_at: t0() + Duration::minutes(10),
+        decided_at: None,
+        grant: None,
+        polled_at: None,
+    }
+}
