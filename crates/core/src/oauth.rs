@@ -3,7 +3,7 @@
 
 use mandate_jose::JoseError;
 use mandate_model::claims::{AccessTokenClaims, Confirmation};
-use mandate_model::records::{ClientId, TokenRecord};
+use mandate_model::records::{AgentKind, ClientId, TokenRecord};
 use mandate_model::{Jti, ScopeSet};
 use mandate_policy::{Principal, Target};
 
@@ -488,6 +488,16 @@ impl Mandate {
         let related = self.related(&[agent], &[]).await?;
         if resource == issuer {
             for scope in scopes.iter() {
+                // A gateway checks the tokens of the resources that name it.
+                if scope.as_str() == "mandate:check" && !agent.public && agent.kind == AgentKind::Persistent {
+                    if self.guarded_by(agent.id).await?.is_empty() {
+                        return Err(Error::InvalidScope(format!(
+                            "scope {scope} is only for the gateway of a resource, and no resource names {}",
+                            agent.id
+                        )));
+                    }
+                    continue;
+                }
                 if scope.as_str() != "mandate:spawn" {
                     return Err(Error::InvalidScope(format!("scope {scope} is not offered by {issuer}")));
                 }
@@ -838,6 +848,8 @@ mod tests {
             name: "Mail".into(),
             scopes: [("send".to_owned(), vec![])].into(),
             jwks: None,
+            gateway: None,
+            exchange_to: Vec::new(),
         };
         w.m.create_resource(crate::Caller::Admin, mail).await.unwrap();
         // The schema now knows `send`; no policy permits it.

@@ -27,6 +27,9 @@ fn agent() -> Agent {
         created_at: OffsetDateTime::UNIX_EPOCH,
         secret_hash: None,
         suspended_by: None,
+        origin: mandate_model::records::AgentOrigin::Admin,
+        metadata_url: None,
+        public: false,
     }
 }
 

@@ -11,6 +11,7 @@ mod discovery;
 mod dpop;
 mod edge;
 mod failclosed;
+mod gateway;
 mod golden;
 mod keys;
 mod lifecycle;
