@@ -112,7 +112,7 @@ const MAX_EXCHANGE_TO: usize = 16;
 const MAX_GROUPS: usize = 64;
 const MAX_ATTRIBUTES: usize = 64;
 const MAX_ATTRIBUTE_VALUE: usize = 256;
-const MAX_REDIRECT_URIS: usize = 10;
+pub(crate) const MAX_REDIRECT_URIS: usize = 10;
 
 fn validate_groups(groups: &[String]) -> Result<Vec<String>, Error> {
     if groups.len() > MAX_GROUPS {
@@ -151,7 +151,7 @@ fn validate_action(a: &str) -> Result<(), Error> {
 
 /// RFC 9700 §2.1: redirect URIs are registered exactly; https, or http on a
 /// loopback address for native apps.
-fn validate_redirect_uri(uri: &str) -> Result<(), Error> {
+pub(crate) fn validate_redirect_uri(uri: &str) -> Result<(), Error> {
     // Loopback means the host exactly (not `localhost.evil.example`).
     let parsed = url::Url::parse(uri).ok().filter(|u| {
         // Spelt the one way it is compared (not `https:host`), with a host
