@@ -7,8 +7,8 @@
 
 use base64::Engine;
 use mandate_audit::Event;
-use mandate_model::records::{Agent, AgentStatus, AuthCodeRecord, Resource, User};
 use mandate_model::ScopeSet;
+use mandate_model::records::{Agent, AgentStatus, AuthCodeRecord, Resource, User};
 use sha2::{Digest, Sha256};
 use time::Duration;
 

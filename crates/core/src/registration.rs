@@ -110,7 +110,9 @@ impl ClientMetadata {
         let public = match self.token_endpoint_auth_method.as_deref() {
             None | Some("none") if self.jwks.is_none() && self.jwks_uri.is_none() => true,
             None | Some("private_key_jwt") => false,
-            Some("none") => return Err(bad_metadata("a client with keys authenticates with private_key_jwt, not none")),
+            Some("none") => {
+                return Err(bad_metadata("a client with keys authenticates with private_key_jwt, not none"));
+            }
             Some(other) => {
                 return Err(bad_metadata(format!(
                     "token_endpoint_auth_method {other:?} is not supported: use none or private_key_jwt"
@@ -130,7 +132,12 @@ impl ClientMetadata {
         let allowed: &[&str] = if public {
             &["authorization_code", "refresh_token"]
         } else {
-            &["authorization_code", "refresh_token", "client_credentials", "urn:ietf:params:oauth:grant-type:token-exchange"]
+            &[
+                "authorization_code",
+                "refresh_token",
+                "client_credentials",
+                "urn:ietf:params:oauth:grant-type:token-exchange",
+            ]
         };
         if let Some(g) = grant_types.iter().find(|g| !allowed.contains(&g.as_str())) {
             return Err(bad_metadata(format!("grant type {g:?} is not available to this client")));
@@ -159,6 +166,18 @@ impl Mandate {
     /// Whether clients may register themselves by a metadata document.
     pub fn metadata_documents_supported(&self) -> bool {
         self.config.registration_owner.is_some() && self.fetcher.get().is_some()
+    }
+
+    /// Refuses to go on unless the registration owner is an active user
+    /// (DESIGN §9): self-registered clients need an accountable owner.
+    pub async fn check_registration_owner(&self) -> Result<(), Error> {
+        if let Some(owner) = self.config.registration_owner {
+            let user = self.store.user(owner).await?;
+            if !user.is_some_and(|u| u.status == mandate_model::records::UserStatus::Active) {
+                return Err(Error::BadInput(format!("registration owner {owner} is not an active user")));
+            }
+        }
+        Ok(())
     }
 
     /// Whether `POST /oauth/register` is open.
@@ -193,8 +212,7 @@ impl Mandate {
         if !scheme_ok {
             return Err(refuse("must be an https URL"));
         }
-        if url.path().len() < 2 || url.fragment().is_some() || !url.username().is_empty() || url.password().is_some()
-        {
+        if url.path().len() < 2 || url.fragment().is_some() || !url.username().is_empty() || url.password().is_some() {
             return Err(refuse("must be an https URL with a path, without a fragment or credentials"));
         }
         if url.as_str() != raw || url.path().split('/').any(|s| s == "." || s == "..") {
@@ -228,8 +246,9 @@ impl Mandate {
                 .fetch(url)
                 .await
                 .map_err(|why| Error::InvalidClient(format!("client metadata document: {why}")))?;
-            let meta: ClientMetadata = serde_json::from_slice(&doc.body)
-                .map_err(|_| Error::InvalidClient("client metadata document is not a JSON object of client metadata".into()))?;
+            let meta: ClientMetadata = serde_json::from_slice(&doc.body).map_err(|_| {
+                Error::InvalidClient("client metadata document is not a JSON object of client metadata".into())
+            })?;
             if meta.client_id.as_deref() != Some(url) {
                 return Err(Error::InvalidClient("client metadata document: its client_id is not its URL".into()));
             }
@@ -302,9 +321,8 @@ impl Mandate {
             None => {
                 let agent = self.self_registered(owner, reg, AgentOrigin::MetadataDocument, Some(url))?;
                 let event = self.registration_event(&agent, url);
-                let change = Change::new()
-                    .with(Mutation::InsertAgent(agent.clone()))
-                    .with(AuditRecord::new(event).mutation());
+                let change =
+                    Change::new().with(Mutation::InsertAgent(agent.clone())).with(AuditRecord::new(event).mutation());
                 match self.store.commit(change).await {
                     Ok(_) => agent,
                     // Registered at the same moment by another request.

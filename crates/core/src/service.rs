@@ -416,10 +416,8 @@ impl Mandate {
                 if !matches!(at, crate::oauth::Endpoint::Token | crate::oauth::Endpoint::Revoke) {
                     return Err(Error::InvalidClient("client authentication is required".into()));
                 }
-                let agent = self
-                    .client_named(client_id)
-                    .await?
-                    .ok_or_else(|| Error::InvalidClient("unknown client".into()))?;
+                let agent =
+                    self.client_named(client_id).await?.ok_or_else(|| Error::InvalidClient("unknown client".into()))?;
                 if !agent.public {
                     return Err(Error::InvalidClient(
                         "client authentication is required: this client is confidential".into(),
@@ -427,7 +425,12 @@ impl Mandate {
                 }
                 let (_, agent, _) = self.load_client(ClientId::Agent(agent.id)).await?;
                 let agent = agent.ok_or_else(|| Error::InvalidClient("unknown client".into()))?;
-                Ok(AuthenticatedClient { id: ClientId::Agent(agent.id), agent: Some(agent), resource: None, assertion: None })
+                Ok(AuthenticatedClient {
+                    id: ClientId::Agent(agent.id),
+                    agent: Some(agent),
+                    resource: None,
+                    assertion: None,
+                })
             }
             C::Assertion { assertion_type, assertion, client_id } => {
                 if assertion_type != mandate_jose::assertion::CLIENT_ASSERTION_TYPE {
@@ -440,7 +443,8 @@ impl Mandate {
                 // A client registered by its metadata document signs as
                 // its URL; its agent id stands for it from here on.
                 let id: ClientId = if crate::registration::is_metadata_url(&iss) {
-                    let agent = self.client_named(&iss).await?.ok_or_else(|| Error::InvalidClient("unknown client".into()))?;
+                    let agent =
+                        self.client_named(&iss).await?.ok_or_else(|| Error::InvalidClient("unknown client".into()))?;
                     ClientId::Agent(agent.id)
                 } else {
                     iss.parse().map_err(|_| Error::InvalidClient("unknown client".into()))?

@@ -16,6 +16,7 @@ mod golden;
 mod keys;
 mod lifecycle;
 mod memory_store;
+mod registration;
 mod restart;
 mod status;
 mod tokens;
