@@ -396,6 +396,14 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_example_parses() {
+        let c = parse(include_str!("../../../examples/gateway.toml")).unwrap();
+        assert_eq!(c.routes.len(), 2);
+        assert_eq!(c.routes[0].prefix, "/mcp/everything");
+        assert_eq!(c.routes[1].kind, RouteKind::Http);
+    }
+
+    #[test]
     fn public_url_and_limits() {
         let c = parse(&GOOD.replace(
             "listen = \"127.0.0.1:8080\"",
