@@ -30,6 +30,13 @@ pub enum Toggle {
     Off,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum OnOff {
+    On,
+    Off,
+}
+
 /// Flags override `MANDATE_*` environment variables, which override
 /// `<data-dir>/mandate.toml`, which overrides the defaults.
 #[derive(Debug, Args, Serialize)]
@@ -98,6 +105,27 @@ pub struct ServeArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     service_documentation: Option<String>,
+    /// The user (`usr_…`) accountable for clients that register themselves
+    /// (client metadata documents, dynamic registration). Without it,
+    /// clients cannot register themselves. It must be an active user.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    registration_owner: Option<String>,
+    /// RFC 7591 registration at `POST /oauth/register` (default off; needs
+    /// `--registration-owner`).
+    #[arg(long, value_enum)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dynamic_registration: Option<OnOff>,
+    /// Development only: fetch client metadata documents from loopback
+    /// `http://127.0.0.1`, `localhost` and `[::1]` too.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    dev_loopback_fetch: bool,
+    /// Only fetch client metadata documents from these hosts: comma-separated
+    /// names or `*.example.com` patterns (default: any public host).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client_metadata_hosts: Option<String>,
     /// How long resource servers may cache a status list, seconds (default 60).
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -177,6 +205,10 @@ struct Settings {
     approval_ttl: i64,
     dpop_nonces: bool,
     service_documentation: Option<String>,
+    registration_owner: Option<String>,
+    dynamic_registration: OnOff,
+    dev_loopback_fetch: bool,
+    client_metadata_hosts: Option<String>,
     status_list_ttl: i64,
     metrics_listen: Option<SocketAddr>,
     max_connections: usize,
@@ -214,6 +246,10 @@ impl Default for Settings {
             approval_ttl: 600,
             dpop_nonces: false,
             service_documentation: None,
+            registration_owner: None,
+            dynamic_registration: OnOff::Off,
+            dev_loopback_fetch: false,
+            client_metadata_hosts: None,
             status_list_ttl: 60,
             metrics_listen: None,
             max_connections: 4_096,
@@ -334,6 +370,21 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     config.approval_ttl = settings.approval_ttl;
     config.dpop_nonces = settings.dpop_nonces;
     config.service_documentation.clone_from(&settings.service_documentation);
+    config.registration_owner = settings
+        .registration_owner
+        .as_deref()
+        .map(|u| u.parse::<mandate_model::UserId>().map_err(|e| anyhow::anyhow!("registration_owner: {e}")))
+        .transpose()?;
+    config.dynamic_registration = settings.dynamic_registration == OnOff::On;
+    if config.dynamic_registration && config.registration_owner.is_none() {
+        bail!("dynamic_registration needs registration_owner: every client has an accountable owner");
+    }
+    config.dev_loopback_fetch = settings.dev_loopback_fetch;
+    let metadata_hosts = settings
+        .client_metadata_hosts
+        .as_deref()
+        .map(|h| h.parse::<mandate_fetch::HostPatterns>().map_err(|e| anyhow::anyhow!("client_metadata_hosts: {e}")))
+        .transpose()?;
     if !(1..=86_400).contains(&settings.status_list_ttl) {
         bail!("status_list_ttl must be 1 second to a day");
     }
@@ -371,6 +422,11 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     let kek = master_key(&settings)?;
     let store = open_store(&settings.data_dir, settings.database_url.as_deref()).await?;
     let mandate = Arc::new(Mandate::open(store, Arc::new(SystemClock), Arc::new(SystemRandom), kek, config).await?);
+    if mandate.config().registration_owner.is_some() {
+        mandate.check_registration_owner().await?;
+        let fetcher = mandate_server::fetch::GuardedFetcher::new(settings.dev_loopback_fetch, metadata_hosts)?;
+        mandate.set_metadata_fetcher(Arc::new(fetcher));
+    }
     if let Some(token) = mandate.ensure_admin_token(settings.admin_token.as_deref()).await? {
         // Printed once, on the first start, so that the operator can keep it.
         eprintln!("admin token (shown once): {token}");

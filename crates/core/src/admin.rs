@@ -7,7 +7,7 @@ use argon2::password_hash::{PasswordHasher, SaltString};
 use mandate_jose::JwkSet;
 use mandate_model::name::{self, MAX_DESCRIPTION_CHARS};
 use mandate_model::records::{
-    Agent, AgentKind, AgentStatus, Lifecycle, Resource, SuspendedBy, User, UserStatus, UserToken,
+    Agent, AgentKind, AgentOrigin, AgentStatus, Lifecycle, Resource, SuspendedBy, User, UserStatus, UserToken,
 };
 use mandate_model::{AgentId, ResourceId, Scope, ScopeSet, UserId, UserTokenId};
 use mandate_policy::{BUILTIN_ACTIONS, PolicyEngine};
@@ -63,6 +63,19 @@ pub struct NewAgent {
     pub redirect_uris: Vec<String>,
     #[serde(default)]
     pub description: Option<String>,
+    /// `none` registers a public client (authorization code with PKCE
+    /// only, no credential); `private_key_jwt` (the default) needs `jwks`.
+    #[serde(default)]
+    pub token_endpoint_auth_method: Option<ClientAuthMethod>,
+}
+
+/// How a client authenticates at the token endpoint, as a client may ask
+/// for it when it is registered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuthMethod {
+    None,
+    PrivateKeyJwt,
 }
 
 /// Reserved for later fields; agents are changed through their lifecycle.
@@ -85,12 +98,21 @@ pub struct NewResource {
     pub scopes: BTreeMap<String, Vec<String>>,
     #[serde(default)]
     pub jwks: Option<serde_json::Value>,
+    /// The persistent agent that guards this resource as a gateway
+    /// (DESIGN §9).
+    #[serde(default)]
+    pub gateway: Option<AgentId>,
+    /// The audiences the gateway may exchange this resource's tokens for.
+    #[serde(default)]
+    pub exchange_to: Vec<String>,
 }
+
+const MAX_EXCHANGE_TO: usize = 16;
 
 const MAX_GROUPS: usize = 64;
 const MAX_ATTRIBUTES: usize = 64;
 const MAX_ATTRIBUTE_VALUE: usize = 256;
-const MAX_REDIRECT_URIS: usize = 10;
+pub(crate) const MAX_REDIRECT_URIS: usize = 10;
 
 fn validate_groups(groups: &[String]) -> Result<Vec<String>, Error> {
     if groups.len() > MAX_GROUPS {
@@ -129,7 +151,7 @@ fn validate_action(a: &str) -> Result<(), Error> {
 
 /// RFC 9700 §2.1: redirect URIs are registered exactly; https, or http on a
 /// loopback address for native apps.
-fn validate_redirect_uri(uri: &str) -> Result<(), Error> {
+pub(crate) fn validate_redirect_uri(uri: &str) -> Result<(), Error> {
     // Loopback means the host exactly (not `localhost.evil.example`).
     let parsed = url::Url::parse(uri).ok().filter(|u| {
         // Spelt the one way it is compared (not `https:host`), with a host
@@ -519,7 +541,17 @@ impl Mandate {
             }
             None => None,
         };
+        let public = new.token_endpoint_auth_method == Some(ClientAuthMethod::None);
+        if public && (jwks.is_some() || kind == AgentKind::Ephemeral) {
+            return Err(Error::BadInput(
+                "a public client (token_endpoint_auth_method none) has no jwks and is not ephemeral".into(),
+            ));
+        }
+        if public && new.redirect_uris.is_empty() {
+            return Err(Error::BadInput("a public client needs redirect_uris: it may only use the code flow".into()));
+        }
         let secret = match jwks {
+            _ if public => None,
             Some(_) => None,
             None if self.config.allow_client_secrets => {
                 Some(secrets::generate(secrets::CLIENT_SECRET_PREFIX, self.rng.as_ref())?)
@@ -545,6 +577,9 @@ impl Mandate {
             created_at: now,
             secret_hash: secret.as_deref().map(secrets::hash),
             suspended_by: None,
+            origin: if kind == AgentKind::Ephemeral { AgentOrigin::Spawned } else { AgentOrigin::Admin },
+            metadata_url: None,
+            public,
         };
         event.subject = Some(agent.owner.to_string());
         event.resource = Some(agent.id.to_string());
@@ -747,6 +782,29 @@ impl Mandate {
         if let Some(jwks) = &new.jwks {
             JwkSet::from_json(jwks).map_err(|e| Error::BadInput(format!("jwks: {e}")))?;
         }
+        if let Some(gw) = new.gateway {
+            let agent =
+                self.store.agent(gw).await?.ok_or_else(|| Error::BadInput(format!("gateway {gw} does not exist")))?;
+            if agent.kind != AgentKind::Persistent || agent.public || agent.origin.is_self_registered() {
+                return Err(Error::BadInput(
+                    "a gateway is a persistent, confidential agent that an admin or owner registered".into(),
+                ));
+            }
+        }
+        if new.exchange_to.len() > MAX_EXCHANGE_TO {
+            return Err(Error::BadInput(format!("exchange_to lists at most {MAX_EXCHANGE_TO} audiences")));
+        }
+        if !new.exchange_to.is_empty() && new.gateway.is_none() {
+            return Err(Error::BadInput("exchange_to needs a gateway: only the gateway exchanges".into()));
+        }
+        let mut exchange_to = Vec::with_capacity(new.exchange_to.len());
+        for aud in &new.exchange_to {
+            let aud = name::validate_resource_identifier(aud)?;
+            if aud == identifier || aud == self.config.issuer || exchange_to.contains(&aud) {
+                return Err(Error::BadInput(format!("exchange_to: {aud} is this resource, the issuer or repeated")));
+            }
+            exchange_to.push(aud);
+        }
         if self.store.resource_by_identifier(&identifier).await?.is_some() {
             return Err(Error::Conflict(format!("a resource with identifier {identifier} exists")));
         }
@@ -757,6 +815,8 @@ impl Mandate {
             scopes: new.scopes,
             jwks: new.jwks,
             created_at: self.clock.now(),
+            gateway: new.gateway,
+            exchange_to,
         };
         let mut event = self.admin_event(kind::RESOURCE_CREATED, caller);
         event.resource = Some(resource.identifier.clone());
@@ -957,6 +1017,7 @@ mod lifecycle_tests {
             jwks: Some(serde_json::json!({"keys": [w.planner.key.public().to_json()]})),
             redirect_uris: vec![redirect.into()],
             description: None,
+            token_endpoint_auth_method: None,
         };
         let bad = w.m.create_agent(Caller::Admin, new(w.bob.id, "http://app.example/cb")).await;
         assert!(matches!(bad, Err(Error::BadInput(_))), "{bad:?}");

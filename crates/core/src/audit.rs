@@ -32,6 +32,10 @@ pub mod kind {
     pub const USER_TOKEN_CREATED: &str = "user.token_created";
     pub const USER_TOKEN_REVOKED: &str = "user.token_revoked";
     pub const AGENT_CREATED: &str = "agent.created";
+    /// A client registered itself (metadata document or RFC 7591), or
+    /// its metadata document changed.
+    pub const CLIENT_REGISTERED: &str = "client.registered";
+    pub const CLIENT_REGISTRATION_REFUSED: &str = "client.registration_refused";
     pub const AGENT_SUSPENDED: &str = "agent.suspended";
     pub const AGENT_RESUMED: &str = "agent.resumed";
     pub const AGENT_RETIRED: &str = "agent.retired";

@@ -7,8 +7,8 @@
 
 use base64::Engine;
 use mandate_audit::Event;
+use mandate_model::ScopeSet;
 use mandate_model::records::{Agent, AgentStatus, AuthCodeRecord, Resource, User};
-use mandate_model::{AgentId, ScopeSet};
 use sha2::{Digest, Sha256};
 use time::Duration;
 
@@ -175,12 +175,13 @@ impl Mandate {
             Ok(first)
         };
         let client_id = one("client_id")?.ok_or_else(|| no_redirect("client_id is required"))?;
-        let agent_id: AgentId = client_id.parse().map_err(|_| no_redirect("unknown client_id"))?;
         let agent = self
-            .store
-            .agent(agent_id)
+            .client_named(client_id)
             .await
-            .map_err(|_| no_redirect("Mandate cannot answer now"))?
+            .map_err(|e| match e {
+                Error::InvalidClient(why) => AuthorizeError::NoRedirect(why),
+                _ => no_redirect("Mandate cannot answer now"),
+            })?
             .filter(|a| a.status == AgentStatus::Active && a.expires_at.is_none_or(|e| e > self.clock.now()))
             .ok_or_else(|| no_redirect("unknown or inactive client_id"))?;
         // RFC 9700 §4.1: exact matching against the registered URIs.

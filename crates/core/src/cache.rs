@@ -93,6 +93,10 @@ impl Store for CachingStore {
     async fn last_use_of_owned_agents(&self, owner: UserId) -> Result<Vec<(AgentId, OffsetDateTime)>, StoreError> {
         self.inner.last_use_of_owned_agents(owner).await
     }
+    async fn agent_by_metadata_url(&self, url: &str) -> Result<Option<Agent>, StoreError> {
+        self.inner.agent_by_metadata_url(url).await
+    }
+
     async fn agent(&self, id: AgentId) -> Result<Option<Agent>, StoreError> {
         let epoch = self.inner.epoch().await?;
         if let Some(a) = hit(&self.agents, &id, epoch) {

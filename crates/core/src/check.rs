@@ -50,11 +50,33 @@ pub struct CheckedResource {
     pub properties: BTreeMap<String, String>,
 }
 
-/// Who asks: the admin, or a resource server for tokens of its own audience.
+/// Who asks: the admin, a resource server for tokens of its own audience,
+/// or a gateway agent for the tokens of the resources that name it
+/// (DESIGN §9).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Checker {
     Admin,
     Resource { id: String, identifier: String },
+    Gateway { agent: String, audiences: Vec<String> },
+}
+
+impl Checker {
+    /// Whether this checker may learn decisions on tokens for `audience`.
+    fn answers_for(&self, audience: &str) -> bool {
+        match self {
+            Checker::Admin => true,
+            Checker::Resource { identifier, .. } => identifier == audience,
+            Checker::Gateway { audiences, .. } => audiences.iter().any(|a| a == audience),
+        }
+    }
+
+    fn name(&self) -> String {
+        match self {
+            Checker::Admin => "admin".into(),
+            Checker::Resource { id, .. } => id.clone(),
+            Checker::Gateway { agent, .. } => agent.clone(),
+        }
+    }
 }
 
 /// The decision receipt.
@@ -66,6 +88,11 @@ pub struct CheckAnswer {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub approval_request: Option<String>,
     pub policy_version: String,
+    /// On a deny because no scope of the token covers the action: the
+    /// audience's scopes that would (for a client to step up, RFC 6750
+    /// §3.1 `insufficient_scope`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub scopes_needed: Vec<String>,
     /// The event that records this decision (for an allow already recorded
     /// for this token and action, that first event).
     pub audit_seq: u64,
@@ -169,17 +196,44 @@ impl Mandate {
             self.record_admin_refusal(crate::audit::kind::ADMIN_AUTH_FAILED, None, &format!("check: {why}")).await?;
             return Err(Error::InvalidClient(why));
         }
-        let allowed = live.claims.aud == self.config.issuer
-            && live.record.scopes.iter().any(|s| s.as_str() == "mandate:check")
-            && live.chain.is_none();
-        let mandate_model::records::ClientId::Resource(rid) = live.record.client_id else {
-            return Err(Error::Forbidden("only a resource server's mandate:check token may call the check API".into()));
-        };
-        if !allowed {
-            return Err(Error::Forbidden("the token does not carry mandate:check on the issuer".into()));
+        let on_issuer =
+            live.claims.aud == self.config.issuer && live.record.scopes.iter().any(|s| s.as_str() == "mandate:check");
+        match live.record.client_id {
+            mandate_model::records::ClientId::Resource(rid) if on_issuer && live.chain.is_none() => {
+                let res = self.store.resource(rid).await?.ok_or(Error::Unauthenticated)?;
+                Ok(Checker::Resource { id: rid.to_string(), identifier: res.identifier })
+            }
+            // A gateway's own client_credentials token: its chain is itself.
+            mandate_model::records::ClientId::Agent(aid)
+                if on_issuer && live.record.grant.is_none() && live.record.chain == [aid] =>
+            {
+                let audiences = self.guarded_by(aid).await?;
+                if audiences.is_empty() {
+                    return Err(Error::Forbidden("no resource names this agent as its gateway".into()));
+                }
+                Ok(Checker::Gateway { agent: aid.to_string(), audiences })
+            }
+            mandate_model::records::ClientId::Resource(_) | mandate_model::records::ClientId::Agent(_)
+                if !on_issuer =>
+            {
+                Err(Error::Forbidden("the token does not carry mandate:check on the issuer".into()))
+            }
+            _ => Err(Error::Forbidden(
+                "only a resource server's or a gateway's mandate:check token may call the check API".into(),
+            )),
         }
-        let res = self.store.resource(rid).await?.ok_or(Error::Unauthenticated)?;
-        Ok(Checker::Resource { id: rid.to_string(), identifier: res.identifier })
+    }
+
+    /// The identifiers of the resources that name `agent` as their gateway.
+    pub(crate) async fn guarded_by(&self, agent: mandate_model::AgentId) -> Result<Vec<String>, Error> {
+        Ok(self
+            .store
+            .resources()
+            .await?
+            .into_iter()
+            .filter(|r| r.gateway == Some(agent))
+            .map(|r| r.identifier)
+            .collect())
     }
 
     /// `POST /v1/check` (and AuthZEN's evaluation, which maps onto it).
@@ -203,11 +257,10 @@ impl Mandate {
         let (outcome, live) = match live {
             Err(why) => (Outcome::deny(format!("token: {why}")), None),
             Ok(live) => {
-                let outcome = match checker {
-                    Checker::Resource { identifier, .. } if *identifier != live.record.audience => {
-                        Outcome::deny("token: it is for another audience")
-                    }
-                    _ => self.cached_decision(&live, req, epoch, &version, &engine).await?,
+                let outcome = if checker.answers_for(&live.record.audience) {
+                    self.cached_decision(&live, req, epoch, &version, &engine).await?
+                } else {
+                    Outcome::deny("token: it is for another audience")
                 };
                 (outcome, Some(live))
             }
@@ -215,7 +268,7 @@ impl Mandate {
         let chain = live.as_ref().map(|l| l.chain_names()).unwrap_or_default();
         // The chain is recorded, but answered only to the token's own
         // audience (or the admin): another resource server learns a deny.
-        let foreign = matches!((checker, &live), (Checker::Resource { identifier, .. }, Some(l)) if *identifier != l.record.audience);
+        let foreign = live.as_ref().is_some_and(|l| !checker.answers_for(&l.record.audience));
         let answered = if foreign { Vec::new() } else { chain.clone() };
         let jti = live.as_ref().map(|l| l.record.jti);
         // Every deny and approval request is recorded; an allow once per
@@ -232,15 +285,13 @@ impl Mandate {
                 chain: answered,
                 approval_request: None,
                 policy_version: version,
+                scopes_needed: Vec::new(),
                 audit_seq: seq,
             });
         }
         let mut event = self.event(kind::CHECK);
         event.decision = Some(outcome.decision.into());
-        event.client_id = Some(match checker {
-            Checker::Admin => "admin".into(),
-            Checker::Resource { id, .. } => id.clone(),
-        });
+        event.client_id = Some(checker.name());
         event.action = Some(req.action.clone());
         if let Some(l) = &live {
             event.subject = Some(l.record.subject.clone());
@@ -268,14 +319,39 @@ impl Mandate {
         {
             self.remember_allow(jti, &req.action, &req.target(), seq);
         }
+        let scopes_needed = match &live {
+            Some(l) if outcome.decision == DENY && !foreign => self.scopes_covering(l, &req.action).await?,
+            _ => Vec::new(),
+        };
         Ok(CheckAnswer {
             decision: outcome.decision,
             reasons: outcome.reasons,
             chain: answered,
             approval_request: outcome.approval.map(|a| a.id.to_string()),
             policy_version: version,
+            scopes_needed,
             audit_seq: seq,
         })
+    }
+
+    /// When no scope of the token covers `action` at its audience: the
+    /// audience's scopes that do. Empty otherwise.
+    async fn scopes_covering(&self, live: &LiveToken, action: &str) -> Result<Vec<String>, Error> {
+        let res = match self.resource_by_identifier(&live.record.audience).await {
+            Ok(r) => r,
+            Err(Error::InvalidTarget(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let covers = |s: &str| {
+            mandate_model::Scope::parse(s)
+                .ok()
+                .and_then(|s| res.actions_of(&s))
+                .is_some_and(|a| a.iter().any(|x| x == action))
+        };
+        if live.record.scopes.iter().any(|s| covers(s.as_str())) {
+            return Ok(Vec::new());
+        }
+        Ok(res.scopes.keys().filter(|s| covers(s)).cloned().collect())
     }
 
     /// The decision on `req` for this live token: from the per-node cache

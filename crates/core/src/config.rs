@@ -55,6 +55,13 @@ pub struct Config {
     /// A page for developers about this server, advertised in metadata as
     /// `service_documentation` (RFC 8414 §2).
     pub service_documentation: Option<String>,
+    /// The user accountable for self-registered clients (DESIGN §9);
+    /// without one, clients cannot register themselves.
+    pub registration_owner: Option<mandate_model::UserId>,
+    /// RFC 7591 registration at `POST /oauth/register` (needs an owner).
+    pub dynamic_registration: bool,
+    /// Development only: client ids and documents on loopback over http.
+    pub dev_loopback_fetch: bool,
 }
 
 impl Config {
@@ -86,6 +93,9 @@ impl Config {
             audit_checkpoint_events: 10_000,
             audit_checkpoint_interval: 60,
             service_documentation: None,
+            registration_owner: None,
+            dynamic_registration: false,
+            dev_loopback_fetch: false,
         }
     }
 

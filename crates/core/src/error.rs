@@ -40,6 +40,11 @@ pub enum Error {
     /// seconds (HTTP 429 with `Retry-After`).
     #[error("rate limited: {why}")]
     RateLimited { why: String, retry_after: u64 },
+    // Dynamic client registration (RFC 7591 §3.2.2).
+    #[error("invalid_client_metadata: {0}")]
+    InvalidClientMetadata(String),
+    #[error("invalid_redirect_uri: {0}")]
+    InvalidRedirectUri(String),
     #[error("unknown_user_id: {0}")]
     UnknownUser(String),
     // Administration.

@@ -19,6 +19,7 @@ pub mod dpop;
 mod keyring;
 mod oauth;
 pub mod refusals;
+pub mod registration;
 pub mod request;
 pub mod session;
 pub mod status;

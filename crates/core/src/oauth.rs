@@ -3,7 +3,7 @@
 
 use mandate_jose::JoseError;
 use mandate_model::claims::{AccessTokenClaims, Confirmation};
-use mandate_model::records::{ClientId, TokenRecord};
+use mandate_model::records::{AgentKind, ClientId, TokenRecord};
 use mandate_model::{Jti, ScopeSet};
 use mandate_policy::{Principal, Target};
 
@@ -45,6 +45,10 @@ impl Endpoint {
 #[derive(Debug, Clone)]
 pub enum ClientCredentials {
     None,
+    /// A public client names itself (`token_endpoint_auth_method: none`).
+    Public {
+        client_id: String,
+    },
     /// `private_key_jwt` (RFC 7523 §2.2).
     Assertion {
         assertion_type: String,
@@ -177,6 +181,17 @@ impl Mandate {
         let outcome = match (proof, &grant) {
             (Err(e), _) => Err(Refusal::new(e)),
             (_, Err((_, e))) => Err(Refusal::new(e.clone())),
+            // A public client holds no credential: the code flow with PKCE
+            // (and its refresh tokens) only (DESIGN §9).
+            (Ok(_), Ok(grant))
+                if client.agent.as_ref().is_some_and(|a| a.public)
+                    && !matches!(grant, GrantRequest::AuthorizationCode { .. } | GrantRequest::Refresh { .. }) =>
+            {
+                Err(Refusal::new(Error::UnauthorizedClient(format!(
+                    "a public client may use only the authorization code grant, not {}",
+                    grant.grant_type().as_str()
+                ))))
+            }
             (Ok(proof), Ok(grant)) => {
                 let jkt = proof.as_ref().map(|p| p.jkt.as_str());
                 let issued = match grant {
@@ -488,6 +503,16 @@ impl Mandate {
         let related = self.related(&[agent], &[]).await?;
         if resource == issuer {
             for scope in scopes.iter() {
+                // A gateway checks the tokens of the resources that name it.
+                if scope.as_str() == "mandate:check" && !agent.public && agent.kind == AgentKind::Persistent {
+                    if self.guarded_by(agent.id).await?.is_empty() {
+                        return Err(Error::InvalidScope(format!(
+                            "scope {scope} is only for the gateway of a resource, and no resource names {}",
+                            agent.id
+                        )));
+                    }
+                    continue;
+                }
                 if scope.as_str() != "mandate:spawn" {
                     return Err(Error::InvalidScope(format!("scope {scope} is not offered by {issuer}")));
                 }
@@ -782,6 +807,7 @@ fn refused_by_policy(d: &mandate_policy::Decision, what: &str) -> Error {
 fn claimed_client(credentials: &ClientCredentials) -> Option<String> {
     let raw = match credentials {
         ClientCredentials::None => return None,
+        ClientCredentials::Public { client_id } => client_id.clone(),
         ClientCredentials::Assertion { assertion, client_id, .. } => {
             client_id.clone().or_else(|| mandate_jose::assertion::peek_issuer(assertion).ok())?
         }
@@ -838,6 +864,8 @@ mod tests {
             name: "Mail".into(),
             scopes: [("send".to_owned(), vec![])].into(),
             jwks: None,
+            gateway: None,
+            exchange_to: Vec::new(),
         };
         w.m.create_resource(crate::Caller::Admin, mail).await.unwrap();
         // The schema now knows `send`; no policy permits it.

@@ -95,3 +95,23 @@ pub fn new_ulid(clock: &dyn Clock, rng: &dyn Random) -> Result<Ulid, crate::Erro
 pub trait ClientGate: Send + Sync + 'static {
     fn admit(&self, client: &mandate_model::records::ClientId) -> Result<(), crate::Error>;
 }
+
+/// A document fetched for Mandate from a URL a client named (a client
+/// metadata document, a `jwks_uri`).
+#[derive(Debug, Clone)]
+pub struct FetchedDocument {
+    pub body: Vec<u8>,
+    /// The lifetime its HTTP cache headers give; `None` when they give none.
+    pub max_age: Option<std::time::Duration>,
+    /// `Cache-Control: no-store` or `no-cache`.
+    pub no_store: bool,
+}
+
+/// Fetches what clients name, with the SSRF guards of DESIGN §9: https
+/// only, no private or loopback addresses (each DNS answer and each
+/// redirect checked), bounded size, time and redirects. The error is a
+/// description that may be shown to the client.
+#[async_trait::async_trait]
+pub trait MetadataFetcher: Send + Sync + 'static {
+    async fn fetch(&self, url: &str) -> Result<FetchedDocument, String>;
+}

@@ -81,6 +81,11 @@ pub struct Mandate {
     pub(crate) refusals: crate::refusals::Refusals,
     /// The per-client rate limit, set by the server.
     client_gate: std::sync::OnceLock<Arc<dyn crate::ports::ClientGate>>,
+    /// Fetches client metadata documents, set by the server.
+    pub(crate) fetcher: std::sync::OnceLock<Arc<dyn crate::ports::MetadataFetcher>>,
+    /// Client metadata documents: when each URL is next fetched, and
+    /// recent failures (so a bad URL is not fetched on every request).
+    pub(crate) metadata: crate::registration::MetadataCache,
 }
 
 impl std::fmt::Debug for Mandate {
@@ -94,6 +99,11 @@ impl Mandate {
     /// change nothing).
     pub fn set_client_gate(&self, gate: Arc<dyn crate::ports::ClientGate>) {
         let _ = self.client_gate.set(gate);
+    }
+
+    /// Sets the fetcher for client metadata documents (once).
+    pub fn set_metadata_fetcher(&self, fetcher: Arc<dyn crate::ports::MetadataFetcher>) {
+        let _ = self.fetcher.set(fetcher);
     }
 
     /// Passes an authenticated client through the gate, if there is one.
@@ -161,6 +171,8 @@ impl Mandate {
             sign_in_failures: crate::session::Failures::default(),
             refusals: crate::refusals::Refusals::default(),
             client_gate: std::sync::OnceLock::new(),
+            fetcher: std::sync::OnceLock::new(),
+            metadata: crate::registration::MetadataCache::default(),
         };
         service.reload_policy().await?;
         service.load_audit_keys().await?;
@@ -398,6 +410,28 @@ impl Mandate {
         use crate::ClientCredentials as C;
         match credentials {
             C::None => Err(Error::InvalidClient("client authentication is required".into())),
+            // A public client only names itself: at the token endpoint (the
+            // code flow, checked there) and to revoke its own tokens.
+            C::Public { client_id } => {
+                if !matches!(at, crate::oauth::Endpoint::Token | crate::oauth::Endpoint::Revoke) {
+                    return Err(Error::InvalidClient("client authentication is required".into()));
+                }
+                let agent =
+                    self.client_named(client_id).await?.ok_or_else(|| Error::InvalidClient("unknown client".into()))?;
+                if !agent.public {
+                    return Err(Error::InvalidClient(
+                        "client authentication is required: this client is confidential".into(),
+                    ));
+                }
+                let (_, agent, _) = self.load_client(ClientId::Agent(agent.id)).await?;
+                let agent = agent.ok_or_else(|| Error::InvalidClient("unknown client".into()))?;
+                Ok(AuthenticatedClient {
+                    id: ClientId::Agent(agent.id),
+                    agent: Some(agent),
+                    resource: None,
+                    assertion: None,
+                })
+            }
             C::Assertion { assertion_type, assertion, client_id } => {
                 if assertion_type != mandate_jose::assertion::CLIENT_ASSERTION_TYPE {
                     return Err(Error::InvalidClient("unsupported client_assertion_type".into()));
@@ -406,7 +440,15 @@ impl Mandate {
                 if client_id.as_deref().is_some_and(|c| c != iss) {
                     return Err(Error::InvalidClient("client_id does not match the assertion".into()));
                 }
-                let id: ClientId = iss.parse().map_err(|_| Error::InvalidClient("unknown client".into()))?;
+                // A client registered by its metadata document signs as
+                // its URL; its agent id stands for it from here on.
+                let id: ClientId = if crate::registration::is_metadata_url(&iss) {
+                    let agent =
+                        self.client_named(&iss).await?.ok_or_else(|| Error::InvalidClient("unknown client".into()))?;
+                    ClientId::Agent(agent.id)
+                } else {
+                    iss.parse().map_err(|_| Error::InvalidClient("unknown client".into()))?
+                };
                 let (jwks, agent, resource) = self.load_client(id).await?;
                 let jwks = jwks.ok_or_else(|| Error::InvalidClient("client has no registered keys".into()))?;
                 let keys = self.client_keyset(id, jwks)?;

@@ -110,8 +110,19 @@ pub enum Mutation {
         user: UserId,
         at: OffsetDateTime,
     },
-    /// Fails with `Conflict` if the id exists.
+    /// Fails with `Conflict` if the id, or the metadata URL, exists.
     InsertAgent(Agent),
+    /// Refreshes what a self-registered client said of itself (its
+    /// metadata document was fetched again); fails with `Conflict` unless
+    /// the agent is self-registered.
+    UpdateAgentRegistration {
+        id: AgentId,
+        name: String,
+        redirect_uris: Vec<String>,
+        jwks: Option<serde_json::Value>,
+        public: bool,
+        at: OffsetDateTime,
+    },
     /// Fails with `Conflict` unless the agent's status is `from`. `by` is
     /// the level making the change (`None`: Mandate itself); it is kept
     /// while the agent is suspended (who may resume it), cleared by any
@@ -472,6 +483,8 @@ pub trait Store: Send + Sync + 'static {
     async fn user_tokens(&self, user: UserId) -> Result<Vec<UserToken>, StoreError>;
 
     async fn agent(&self, id: AgentId) -> Result<Option<Agent>, StoreError>;
+    /// The agent registered by the client metadata document at `url`.
+    async fn agent_by_metadata_url(&self, url: &str) -> Result<Option<Agent>, StoreError>;
     /// Agents whose `parent` is `parent`.
     async fn agent_children(&self, parent: AgentId) -> Result<Vec<Agent>, StoreError>;
 

@@ -125,7 +125,14 @@ impl World {
         ]);
         m.create_resource(
             Caller::Admin,
-            NewResource { identifier: CAL.into(), name: "Calendar".into(), scopes, jwks: None },
+            NewResource {
+                identifier: CAL.into(),
+                name: "Calendar".into(),
+                scopes,
+                jwks: None,
+                gateway: None,
+                exchange_to: Vec::new(),
+            },
         )
         .await
         .expect("the calendar");
@@ -289,6 +296,7 @@ async fn register(
         jwks: Some(serde_json::json!({"keys": [key.public().to_json()]})),
         redirect_uris: Vec::new(),
         description: None,
+        token_endpoint_auth_method: None,
     };
     let (agent, _) = m.create_agent(Caller::Admin, new).await?;
     Ok(Client { agent, key })

@@ -128,6 +128,50 @@ impl FromStr for SuspendedBy {
     }
 }
 
+/// How an agent came to be (DESIGN §9): made by an admin or owner,
+/// spawned by another agent, registered by itself (a client metadata
+/// document or dynamic registration), or federated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AgentOrigin {
+    Admin,
+    Spawned,
+    MetadataDocument,
+    Dynamic,
+    Federated,
+}
+
+impl AgentOrigin {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AgentOrigin::Admin => "admin",
+            AgentOrigin::Spawned => "spawned",
+            AgentOrigin::MetadataDocument => "metadata_document",
+            AgentOrigin::Dynamic => "dynamic",
+            AgentOrigin::Federated => "federated",
+        }
+    }
+
+    /// Whether the client registered itself: nobody vouched for its name.
+    pub fn is_self_registered(self) -> bool {
+        matches!(self, AgentOrigin::MetadataDocument | AgentOrigin::Dynamic)
+    }
+}
+
+impl FromStr for AgentOrigin {
+    type Err = ModelError;
+    fn from_str(s: &str) -> Result<Self, ModelError> {
+        match s {
+            "admin" => Ok(Self::Admin),
+            "spawned" => Ok(Self::Spawned),
+            "metadata_document" => Ok(Self::MetadataDocument),
+            "dynamic" => Ok(Self::Dynamic),
+            "federated" => Ok(Self::Federated),
+            _ => Err(ModelError::InvalidField { field: "origin", reason: format!("unknown origin {s:?}") }),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Agent {
     pub id: AgentId,
@@ -152,6 +196,15 @@ pub struct Agent {
     /// While suspended: who suspended it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub suspended_by: Option<SuspendedBy>,
+    pub origin: AgentOrigin,
+    /// For an agent of origin `metadata_document`: the document's URL,
+    /// which is also the `client_id` the client sends.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metadata_url: Option<String>,
+    /// A public client (`token_endpoint_auth_method: none`): it holds no
+    /// credential, so it may use only the authorization code grant with
+    /// PKCE.
+    pub public: bool,
 }
 
 impl Agent {
@@ -204,6 +257,14 @@ pub struct Resource {
     pub jwks: Option<serde_json::Value>,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
+    /// The agent that guards this resource as a gateway (DESIGN §9): it
+    /// may ask the check API about this resource's tokens, and exchange
+    /// them for the `exchange_to` audiences.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<AgentId>,
+    /// The audiences its gateway may exchange this resource's tokens for.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub exchange_to: Vec<String>,
 }
 
 impl Resource {

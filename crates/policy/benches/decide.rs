@@ -29,6 +29,9 @@ fn bench_agent(n: u128) -> Agent {
         created_at: OffsetDateTime::UNIX_EPOCH,
         secret_hash: None,
         suspended_by: None,
+        origin: mandate_model::records::AgentOrigin::Admin,
+        metadata_url: None,
+        public: false,
     }
 }
 

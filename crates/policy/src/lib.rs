@@ -112,7 +112,7 @@ pub fn schema_text(actions: &BTreeSet<String>) -> String {
     let mut s = String::from(
         "entity Group;\n\
          entity User in [Group] { name: String, email: String, status: String } tags String;\n\
-         entity Agent { name: String, owner: User, kind: String, status: String, parent?: Agent };\n\
+         entity Agent { name: String, owner: User, kind: String, status: String, origin: String, parent?: Agent };\n\
          entity Api;\n\
          entity Resource in [Api] tags String;\n\
          action \"mandate:delegate\" appliesTo { principal: [Agent], resource: [Agent] };\n\
@@ -581,7 +581,16 @@ fn user_key(u: &User) -> String {
 }
 
 fn agent_key(a: &Agent) -> String {
-    format!("Agent|{}|{:?}|{}|{:?}|{}|{:?}", a.id, a.name, a.owner, a.kind, a.status.as_str(), a.parent)
+    format!(
+        "Agent|{}|{:?}|{}|{:?}|{}|{}|{:?}",
+        a.id,
+        a.name,
+        a.owner,
+        a.kind,
+        a.status.as_str(),
+        a.origin.as_str(),
+        a.parent
+    )
 }
 
 /// The principal's and the resource's uids, and every entity the request
@@ -714,6 +723,7 @@ fn agent_entity(a: &Agent) -> Result<Entity, String> {
             }),
         ),
         ("status".to_owned(), s(a.status.as_str())),
+        ("origin".to_owned(), s(a.origin.as_str())),
     ]
     .into();
     if let Some(parent) = a.parent {

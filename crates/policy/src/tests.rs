@@ -27,6 +27,9 @@ fn agent() -> Agent {
         created_at: OffsetDateTime::UNIX_EPOCH,
         secret_hash: None,
         suspended_by: None,
+        origin: mandate_model::records::AgentOrigin::Admin,
+        metadata_url: None,
+        public: false,
     }
 }
 
@@ -401,4 +404,18 @@ fn approval_reuse_windows_are_parsed_and_the_shortest_applies() {
         PolicyEngine::compile(r#"@approval_reuse("5m") permit(principal, action, resource);"#, &actions()).is_err(),
         "reuse without @approval"
     );
+}
+
+#[test]
+fn policy_sees_how_an_agent_came_to_be() {
+    let e = PolicyEngine::compile(
+        r#"permit (principal is Agent, action == Action::"read", resource);
+           forbid (principal is Agent, action, resource) when { principal.origin == "dynamic" };"#,
+        &actions(),
+    )
+    .unwrap();
+    let mut a = agent();
+    assert!(e.decide(Principal::Agent(&a), "read", Target::Api("https://api.example"), &rel()).allowed);
+    a.origin = mandate_model::records::AgentOrigin::Dynamic;
+    assert!(!e.decide(Principal::Agent(&a), "read", Target::Api("https://api.example"), &rel()).allowed);
 }

@@ -45,6 +45,8 @@ impl OAuthError {
             Error::SlowDown => "slow_down",
             Error::ExpiredToken(_) => "expired_token",
             Error::UnknownUser(_) => "unknown_user_id",
+            Error::InvalidClientMetadata(_) => "invalid_client_metadata",
+            Error::InvalidRedirectUri(_) => "invalid_redirect_uri",
             Error::InvalidDpopProof(_) => "invalid_dpop_proof",
             Error::UseDpopNonce { .. } => "use_dpop_nonce",
             Error::RateLimited { .. } => "slow_down",
@@ -68,6 +70,8 @@ impl OAuthError {
             | Error::AccessDenied(m)
             | Error::ExpiredToken(m)
             | Error::UnknownUser(m)
+            | Error::InvalidClientMetadata(m)
+            | Error::InvalidRedirectUri(m)
             | Error::InvalidDpopProof(m)
             | Error::RateLimited { why: m, .. } => m.clone(),
             Error::Unavailable(detail) => internal_failure(detail),
@@ -171,6 +175,8 @@ impl From<Error> for Problem {
             Error::Conflict(m) => Problem::new(S::CONFLICT, "conflict", "Conflict", m),
             Error::UnsupportedGrantType(m)
             | Error::UnknownUser(m)
+            | Error::InvalidClientMetadata(m)
+            | Error::InvalidRedirectUri(m)
             | Error::ExpiredToken(m)
             | Error::InvalidDpopProof(m) => Problem::bad_input(m),
             Error::UseDpopNonce { .. } => Problem::bad_input(e.to_string()),

@@ -265,7 +265,11 @@ pub fn client_credentials(headers: &HeaderMap, form: &OAuthForm) -> Result<Clien
             assertion: a.to_owned(),
             client_id: form.get("client_id").map(str::to_owned),
         }),
-        (None, None) => Ok(ClientCredentials::None),
+        // A public client names itself and proves nothing (RFC 6749 §2.3).
+        (None, None) => Ok(match form.get("client_id") {
+            Some(id) => ClientCredentials::Public { client_id: id.to_owned() },
+            None => ClientCredentials::None,
+        }),
     }
 }
 

@@ -9,6 +9,7 @@ mod delegation;
 pub mod edge;
 pub mod error;
 pub mod extract;
+pub mod fetch;
 pub mod grant;
 mod oauth;
 mod ops;
@@ -50,6 +51,9 @@ impl AppState {
     }
 }
 
+/// The most bytes of client metadata `POST /oauth/register` reads.
+const REGISTRATION_BODY_LIMIT: usize = 64 * 1024;
+
 /// The whole HTTP surface.
 pub fn router(state: AppState) -> Router {
     let limited = axum::middleware::from_fn_with_state(state.clone(), edge::limit_by_address);
@@ -58,7 +62,20 @@ pub fn router(state: AppState) -> Router {
     let oauth_limited = Router::new()
         .route("/oauth/token", post(oauth::token).options(cors::no_content))
         .route("/oauth/introspect", post(oauth::introspect).options(cors::no_content))
-        .route("/oauth/revoke", post(oauth::revoke).options(cors::no_content))
+        .route("/oauth/revoke", post(oauth::revoke).options(cors::no_content));
+    // RFC 7591 registration, only when it is on; bodies of client metadata
+    // are small.
+    let oauth_limited = if state.mandate.dynamic_registration_enabled() {
+        oauth_limited.route(
+            "/oauth/register",
+            post(oauth::register)
+                .options(cors::no_content)
+                .layer(axum::extract::DefaultBodyLimit::max(REGISTRATION_BODY_LIMIT)),
+        )
+    } else {
+        oauth_limited
+    };
+    let oauth_limited = oauth_limited
         .route_layer(limited.clone())
         .layer(axum::middleware::from_fn(cors::cors))
         .route("/oauth/bc-authorize", post(oauth::bc_authorize).route_layer(limited.clone()));

@@ -46,6 +46,9 @@ struct Metadata<'a> {
     dpop_signing_alg_values_supported: &'static [&'static str],
     #[serde(skip_serializing_if = "Option::is_none")]
     service_documentation: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    registration_endpoint: Option<String>,
+    client_id_metadata_document_supported: bool,
 }
 
 pub async fn metadata(State(state): State<AppState>) -> Result<Response, OAuthError> {
@@ -55,6 +58,9 @@ pub async fn metadata(State(state): State<AppState>) -> Result<Response, OAuthEr
     if c.allow_client_secrets {
         methods.push("client_secret_basic");
     }
+    // Public clients name themselves at the token and revocation endpoints.
+    let mut public = methods.clone();
+    public.push("none");
     let body = Metadata {
         issuer: iss,
         authorization_endpoint: format!("{iss}/oauth/authorize"),
@@ -71,14 +77,16 @@ pub async fn metadata(State(state): State<AppState>) -> Result<Response, OAuthEr
         response_modes_supported: ["query"],
         code_challenge_methods_supported: ["S256"],
         authorization_response_iss_parameter_supported: true,
-        token_endpoint_auth_methods_supported: &methods,
+        token_endpoint_auth_methods_supported: &public,
         token_endpoint_auth_signing_alg_values_supported: SIGNING_ALGS,
         introspection_endpoint_auth_methods_supported: &methods,
         introspection_endpoint_auth_signing_alg_values_supported: SIGNING_ALGS,
-        revocation_endpoint_auth_methods_supported: &methods,
+        revocation_endpoint_auth_methods_supported: &public,
         revocation_endpoint_auth_signing_alg_values_supported: SIGNING_ALGS,
         dpop_signing_alg_values_supported: mandate_jose::dpop::DPOP_ALGS,
         service_documentation: c.service_documentation.as_deref(),
+        registration_endpoint: state.mandate.dynamic_registration_enabled().then(|| format!("{iss}/oauth/register")),
+        client_id_metadata_document_supported: state.mandate.metadata_documents_supported(),
     };
     let mut resp = Json(body).into_response();
     resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=300"));
@@ -142,6 +150,25 @@ pub async fn token(State(state): State<AppState>, headers: HeaderMap, form: OAut
     if let Some(nonce) = state.mandate.dpop_nonce().and_then(|n| HeaderValue::from_str(&n).ok()) {
         resp.headers_mut().insert("dpop-nonce", nonce);
     }
+    Ok(resp)
+}
+
+/// `POST /oauth/register` (RFC 7591), routed only when it is on.
+pub async fn register(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, OAuthError> {
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(';').next().is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json")));
+    if !json {
+        return Err(OAuthError(Error::InvalidClientMetadata("send the client metadata as application/json".into())));
+    }
+    let registered = state.mandate.register_client(&body).await?;
+    let mut resp = no_store(registered);
+    *resp.status_mut() = axum::http::StatusCode::CREATED;
     Ok(resp)
 }
 

@@ -67,8 +67,8 @@ pub(crate) async fn apply(conn: &mut PgConnection, m: &Mutation) -> Result<u64, 
         .await
         .map_err(unavailable)?,
         Mutation::InsertAgent(a) => sqlx::query(
-            "INSERT INTO agents (id, name, owner, kind, parent, status, expires_at, description, scopes, jwks, redirect_uris, secret_hash, created_at, updated_at, suspended_by) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+            "INSERT INTO agents (id, name, owner, kind, parent, status, expires_at, description, scopes, jwks, redirect_uris, secret_hash, created_at, updated_at, suspended_by, origin, metadata_url, public_client) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
         )
         .bind(a.id.to_string())
         .bind(&a.name)
@@ -85,9 +85,31 @@ pub(crate) async fn apply(conn: &mut PgConnection, m: &Mutation) -> Result<u64, 
         .bind(ts(a.created_at)?)
         .bind(ts(a.created_at)?)
         .bind(a.suspended_by.map(|b| b.as_str()))
+        .bind(a.origin.as_str())
+        .bind(&a.metadata_url)
+        .bind(a.public)
         .execute(&mut *conn)
         .await
         .map_err(|e| map_write_error(e, "agent"))?,
+        Mutation::UpdateAgentRegistration { id, name, redirect_uris, jwks, public, at } => {
+            let r = sqlx::query(
+                "UPDATE agents SET name = $1, redirect_uris = $2, jwks = $3, public_client = $4, updated_at = $5 \
+                 WHERE id = $6 AND origin IN ('metadata_document', 'dynamic')",
+            )
+            .bind(name)
+            .bind(json(redirect_uris)?)
+            .bind(jwks.as_ref().map(json).transpose()?)
+            .bind(*public)
+            .bind(ts(*at)?)
+            .bind(id.to_string())
+            .execute(&mut *conn)
+            .await
+            .map_err(unavailable)?;
+            if r.rows_affected() == 0 {
+                return Err(StoreError::Conflict(format!("agent {id} is not a self-registered client")));
+            }
+            r
+        }
         Mutation::SetAgentStatus { id, from, to, at, by } => {
             let level = by.map(|b| b.as_str());
             let kept = if *to == mandate_model::records::AgentStatus::Suspended { level } else { None };
@@ -113,13 +135,15 @@ pub(crate) async fn apply(conn: &mut PgConnection, m: &Mutation) -> Result<u64, 
             }
             r
         }
-        Mutation::InsertResource(r) => sqlx::query("INSERT INTO resources (id, identifier, name, scopes, jwks, created_at) VALUES ($1, $2, $3, $4, $5, $6)")
+        Mutation::InsertResource(r) => sqlx::query("INSERT INTO resources (id, identifier, name, scopes, jwks, created_at, gateway, exchange_to) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)")
             .bind(r.id.to_string())
             .bind(&r.identifier)
             .bind(&r.name)
             .bind(json(&r.scopes)?)
             .bind(r.jwks.as_ref().map(json).transpose()?)
             .bind(ts(r.created_at)?)
+            .bind(r.gateway.map(|g| g.to_string()))
+            .bind(json(&r.exchange_to)?)
             .execute(&mut *conn)
             .await
             .map_err(|e| map_write_error(e, "resource"))?,
@@ -184,6 +208,9 @@ pub(crate) fn agent_row(r: &PgRow) -> Result<Agent, StoreError> {
         secret_hash: get(r, "secret_hash")?,
         created_at: get(r, "created_at")?,
         suspended_by: get(r, "suspended_by")?,
+        origin: get(r, "origin")?,
+        metadata_url: get(r, "metadata_url")?,
+        public_client: get(r, "public_client")?,
     })
 }
 
@@ -205,5 +232,7 @@ pub(crate) fn resource_row(r: &PgRow) -> Result<Resource, StoreError> {
         scopes: get(r, "scopes")?,
         jwks: get(r, "jwks")?,
         created_at: get(r, "created_at")?,
+        gateway: get(r, "gateway")?,
+        exchange_to: get(r, "exchange_to")?,
     })
 }

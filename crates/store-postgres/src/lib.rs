@@ -151,6 +151,10 @@ impl Store for PostgresStore {
         self.one("SELECT * FROM agents WHERE id = $1", &id.to_string(), agent_row).await
     }
 
+    async fn agent_by_metadata_url(&self, url: &str) -> Result<Option<Agent>, StoreError> {
+        self.one("SELECT * FROM agents WHERE metadata_url = $1", url, agent_row).await
+    }
+
     async fn agent_children(&self, parent: AgentId) -> Result<Vec<Agent>, StoreError> {
         let rows = sqlx::query("SELECT * FROM agents WHERE parent = $1 ORDER BY id")
             .bind(parent.to_string())

@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use std::str::FromStr;
 
 use mandate_model::records::{
-    Agent, AgentKind, AgentStatus, Approval, ApprovalStatus, ApprovalSubject, AuthCodeRecord, ClientId, Grant,
-    GrantStatus, RefreshRecord, Resource, SessionRecord, SuspendedBy, TokenRecord, User, UserStatus, UserToken,
+    Agent, AgentKind, AgentOrigin, AgentStatus, Approval, ApprovalStatus, ApprovalSubject, AuthCodeRecord, ClientId,
+    Grant, GrantStatus, RefreshRecord, Resource, SessionRecord, SuspendedBy, TokenRecord, User, UserStatus, UserToken,
 };
 use mandate_model::{AgentId, ApprovalId, GrantId, Jti, ResourceId, ScopeSet, UserId, UserTokenId};
 use time::OffsetDateTime;
@@ -106,6 +106,9 @@ pub struct AgentRow {
     pub secret_hash: Option<String>,
     pub created_at: i64,
     pub suspended_by: Option<String>,
+    pub origin: String,
+    pub metadata_url: Option<String>,
+    pub public_client: bool,
 }
 
 impl TryFrom<AgentRow> for Agent {
@@ -130,6 +133,9 @@ impl TryFrom<AgentRow> for Agent {
             created_at: from_ts(r.created_at)?,
             secret_hash: r.secret_hash,
             suspended_by: r.suspended_by.as_deref().map(parse::<SuspendedBy>).transpose()?,
+            origin: parse::<AgentOrigin>(&r.origin)?,
+            metadata_url: r.metadata_url,
+            public: r.public_client,
         })
     }
 }
@@ -163,6 +169,8 @@ pub struct ResourceRow {
     pub scopes: String,
     pub jwks: Option<String>,
     pub created_at: i64,
+    pub gateway: Option<String>,
+    pub exchange_to: String,
 }
 
 impl TryFrom<ResourceRow> for Resource {
@@ -175,6 +183,8 @@ impl TryFrom<ResourceRow> for Resource {
             scopes: from_json(&r.scopes)?,
             jwks: r.jwks.as_deref().map(from_json::<serde_json::Value>).transpose()?,
             created_at: from_ts(r.created_at)?,
+            gateway: r.gateway.as_deref().map(parse::<AgentId>).transpose()?,
+            exchange_to: from_json(&r.exchange_to)?,
         })
     }
 }
@@ -504,6 +514,7 @@ pub fn family(m: &Mutation) -> Family {
         | Mutation::InsertUserToken { .. }
         | Mutation::RevokeUserToken { .. }
         | Mutation::InsertAgent(..)
+        | Mutation::UpdateAgentRegistration { .. }
         | Mutation::SetAgentStatus { .. }
         | Mutation::InsertResource(..)
         | Mutation::PutPolicy(..)

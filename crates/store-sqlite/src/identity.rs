@@ -61,8 +61,8 @@ pub(crate) fn apply(conn: &Connection, m: &Mutation) -> Result<u64, StoreError> 
         ),
         Mutation::InsertAgent(a) => exec(
             conn,
-            "INSERT INTO agents (id, name, owner, kind, parent, status, expires_at, description, scopes, jwks, redirect_uris, secret_hash, created_at, updated_at, suspended_by) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?13, ?14)",
+            "INSERT INTO agents (id, name, owner, kind, parent, status, expires_at, description, scopes, jwks, redirect_uris, secret_hash, created_at, updated_at, suspended_by, origin, metadata_url, public_client) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?13, ?14, ?15, ?16, ?17)",
             params![
                 a.id.to_string(),
                 a.name,
@@ -78,9 +78,32 @@ pub(crate) fn apply(conn: &Connection, m: &Mutation) -> Result<u64, StoreError> 
                 a.secret_hash,
                 ts(a.created_at)?,
                 a.suspended_by.map(|b| b.as_str()),
+                a.origin.as_str(),
+                a.metadata_url,
+                a.public,
             ],
             "agent",
         ),
+        Mutation::UpdateAgentRegistration { id, name, redirect_uris, jwks, public, at } => {
+            let n = exec(
+                conn,
+                "UPDATE agents SET name = ?1, redirect_uris = ?2, jwks = ?3, public_client = ?4, updated_at = ?5 \
+                 WHERE id = ?6 AND origin IN ('metadata_document', 'dynamic')",
+                params![
+                    name,
+                    json(redirect_uris)?,
+                    jwks.as_ref().map(json).transpose()?,
+                    public,
+                    ts(*at)?,
+                    id.to_string()
+                ],
+                "agent",
+            )?;
+            if n == 0 {
+                return Err(StoreError::Conflict(format!("agent {id} is not a self-registered client")));
+            }
+            Ok(n)
+        }
         Mutation::SetAgentStatus { id, from, to, at, by } => {
             let level = by.map(|b| b.as_str());
             let kept = if *to == mandate_model::records::AgentStatus::Suspended { level } else { None };
@@ -101,14 +124,16 @@ pub(crate) fn apply(conn: &Connection, m: &Mutation) -> Result<u64, StoreError> 
         }
         Mutation::InsertResource(r) => exec(
             conn,
-            "INSERT INTO resources (id, identifier, name, scopes, jwks, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            "INSERT INTO resources (id, identifier, name, scopes, jwks, created_at, gateway, exchange_to) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             params![
                 r.id.to_string(),
                 r.identifier,
                 r.name,
                 json(&r.scopes)?,
                 r.jwks.as_ref().map(json).transpose()?,
-                ts(r.created_at)?
+                ts(r.created_at)?,
+                r.gateway.map(|g| g.to_string()),
+                json(&r.exchange_to)?
             ],
             "resource",
         ),
@@ -170,6 +195,9 @@ pub(crate) fn agent_row(r: &Row<'_>) -> Mapped<Agent> {
         secret_hash: r.get("secret_hash")?,
         created_at: r.get("created_at")?,
         suspended_by: r.get("suspended_by")?,
+        origin: r.get("origin")?,
+        metadata_url: r.get("metadata_url")?,
+        public_client: r.get("public_client")?,
     }))
 }
 
@@ -191,6 +219,8 @@ pub(crate) fn resource_row(r: &Row<'_>) -> Mapped<Resource> {
         scopes: r.get("scopes")?,
         jwks: r.get("jwks")?,
         created_at: r.get("created_at")?,
+        gateway: r.get("gateway")?,
+        exchange_to: r.get("exchange_to")?,
     }))
 }
 

@@ -61,6 +61,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0006_authorization_codes.sql"),
     include_str!("../migrations/0007_security.sql"),
     include_str!("../migrations/0008_mcp.sql"),
+    include_str!("../migrations/0009_registration.sql"),
 ];
 
 /// The writer connection's page cache, in KiB (as a negative `cache_size`).
@@ -244,6 +245,10 @@ impl Store for SqliteStore {
 
     async fn agent(&self, id: AgentId) -> Result<Option<Agent>, StoreError> {
         self.one("SELECT * FROM agents WHERE id = ?1", &id.to_string(), agent_row).await
+    }
+
+    async fn agent_by_metadata_url(&self, url: &str) -> Result<Option<Agent>, StoreError> {
+        self.one("SELECT * FROM agents WHERE metadata_url = ?1", url, agent_row).await
     }
 
     async fn agent_children(&self, parent: AgentId) -> Result<Vec<Agent>, StoreError> {

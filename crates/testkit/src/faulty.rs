@@ -125,6 +125,10 @@ impl Store for FaultyStore {
         self.gate()?;
         self.inner.agent(id).await
     }
+    async fn agent_by_metadata_url(&self, url: &str) -> Result<Option<Agent>, StoreError> {
+        self.gate()?;
+        self.inner.agent_by_metadata_url(url).await
+    }
     async fn agent_children(&self, parent: AgentId) -> Result<Vec<Agent>, StoreError> {
         self.gate()?;
         self.inner.agent_children(parent).await

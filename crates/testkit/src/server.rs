@@ -55,6 +55,30 @@ impl TestServer {
         Self::start_on(Arc::new(store), dir, clock, tweak).await
     }
 
+    /// A fresh server where clients may register themselves (DESIGN §9):
+    /// a registration owner (returned), dynamic registration on, and client
+    /// metadata documents fetched from loopback (`--dev-loopback-fetch`).
+    pub async fn start_registering(tweak: impl FnOnce(&mut Config)) -> Result<(Self, String)> {
+        use mandate_core::store::{Change, Mutation, Store};
+        let tmp = tempfile::tempdir()?;
+        let dir = tmp.path().to_owned();
+        let store = mandate_store_sqlite::SqliteStore::open(&dir.join("mandate.db")).await?;
+        let owner = crate::conformance::user("registrar@example.com");
+        let owner_id = owner.id;
+        store.commit(Change::new().with(Mutation::InsertUser(owner))).await?;
+        let clock = Arc::new(ManualClock::new(mandate_core::Clock::now(&mandate_core::SystemClock)));
+        let mut s = Self::start_on(Arc::new(store), &dir, clock, |c| {
+            c.registration_owner = Some(owner_id);
+            c.dynamic_registration = true;
+            c.dev_loopback_fetch = true;
+            tweak(c);
+        })
+        .await?;
+        s.mandate.set_metadata_fetcher(Arc::new(mandate_server::fetch::GuardedFetcher::new(true, None)?));
+        s._tmp = Some(tmp);
+        Ok((s, owner_id.to_string()))
+    }
+
     /// A server over any store; several may share one, as nodes do.
     pub async fn start_on(
         store: Arc<dyn mandate_core::Store>,

@@ -64,22 +64,46 @@ impl Mandate {
         {
             return Err(Error::InvalidRequest(format!("{} is not named by the token's may_act", next.id)));
         }
-        let related = self.related(&[from, next], &[]).await?;
-        let d = self.caches.issuance(
-            &self.engine(),
-            Principal::Agent(from),
-            "mandate:delegate",
-            Target::Agent(next),
-            &related,
-        );
-        if !d.allowed {
-            return Err(Error::InvalidRequest(format!("policy does not allow {} to delegate to {}", from.id, next.id)));
+        // The gateway of the token's audience exchanges it for one of the
+        // audiences the resource lists (DESIGN §9): the resource naming
+        // its gateway is the delegation, and the token keeps only the
+        // scopes the upstream declares too.
+        let gateway_to = self.gateway_hop(&parent.record.audience, next, audience.as_deref()).await?;
+        if gateway_to.is_none() {
+            let related = self.related(&[from, next], &[]).await?;
+            let d = self.caches.issuance(
+                &self.engine(),
+                Principal::Agent(from),
+                "mandate:delegate",
+                Target::Agent(next),
+                &related,
+            );
+            if !d.allowed {
+                return Err(Error::InvalidRequest(format!(
+                    "policy does not allow {} to delegate to {}",
+                    from.id, next.id
+                )));
+            }
         }
         let now = self.clock.now();
-        let authority = Authority {
-            scopes: parent.record.scopes.clone(),
-            audience: parent.record.audience.clone(),
-            expires_at: parent.record.expires_at,
+        let authority = match &gateway_to {
+            None => Authority {
+                scopes: parent.record.scopes.clone(),
+                audience: parent.record.audience.clone(),
+                expires_at: parent.record.expires_at,
+            },
+            Some(upstream) => {
+                let declared = parent.record.scopes.iter().filter(|s| upstream.scopes.contains_key(s.as_str()));
+                let scopes = mandate_model::ScopeSet::from_iter_checked(declared.cloned().map(Ok))
+                    .map_err(|e| Error::Unavailable(e.to_string()))?;
+                if scopes.is_empty() {
+                    return Err(Error::InvalidScope(format!(
+                        "none of the token's scopes is declared by {}",
+                        upstream.identifier
+                    )));
+                }
+                Authority { scopes, audience: upstream.identifier.clone(), expires_at: parent.record.expires_at }
+            }
         };
         let grant = parent.grant.clone();
         let request = HopRequest { scopes, audience, lifetime: Duration::seconds(self.config.access_token_ttl) };
@@ -124,6 +148,37 @@ impl Mandate {
             change.push(Mutation::TouchGrant { id: g.id, at: now });
         }
         Ok((change, event, issued))
+    }
+}
+
+impl Mandate {
+    /// When `next` is the gateway of the resource `audience` and asks for
+    /// one of the audiences that resource lets it exchange for: that
+    /// upstream resource.
+    async fn gateway_hop(
+        &self,
+        audience: &str,
+        next: &Agent,
+        asked: Option<&str>,
+    ) -> Result<Option<std::sync::Arc<mandate_model::records::Resource>>, Error> {
+        let Some(target) = asked.filter(|t| *t != audience) else {
+            return Ok(None);
+        };
+        if audience == self.config.issuer {
+            return Ok(None);
+        }
+        let guarded = match self.resource_by_identifier(audience).await {
+            Ok(r) => r,
+            Err(Error::InvalidTarget(_)) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        if guarded.gateway != Some(next.id) {
+            return Ok(None);
+        }
+        if !guarded.exchange_to.iter().any(|a| a == target) {
+            return Err(Error::InvalidTarget(format!("{audience} does not let its gateway exchange for {target}")));
+        }
+        self.resource_by_identifier(target).await.map(Some)
     }
 }
 

@@ -310,10 +310,32 @@ fn apply(tx: &mut Tx<'_>, m: &Mutation, applied: &Applied) -> Result<u64, StoreE
             a.expires_at.map(storable).transpose()?;
             let s = &tx.state;
             let ok = !s.agents.contains_key(&a.id)
+                && a.metadata_url
+                    .as_ref()
+                    .is_none_or(|u| !s.agents.values().any(|x| x.metadata_url.as_ref() == Some(u)))
                 && s.users.contains_key(&a.owner)
                 && a.parent.is_none_or(|p| s.agents.contains_key(&p));
             require(ok, "agent")?;
             tx.put(agents, a.id, a.clone());
+            Ok(1)
+        }
+        Mutation::UpdateAgentRegistration { id, name, redirect_uris, jwks, public, at } => {
+            storable(*at)?;
+            let agent = tx
+                .state
+                .agents
+                .get(id)
+                .filter(|a| a.origin.is_self_registered())
+                .cloned()
+                .ok_or_else(|| StoreError::Conflict(format!("agent {id} is not a self-registered client")))?;
+            let updated = Agent {
+                name: name.clone(),
+                redirect_uris: redirect_uris.clone(),
+                jwks: jwks.clone(),
+                public: *public,
+                ..agent
+            };
+            tx.put(agents, *id, updated);
             Ok(1)
         }
         Mutation::SetAgentStatus { id, from, to, at, by } => {
@@ -682,6 +704,10 @@ impl Store for MemoryStore {
 
     async fn agent(&self, id: AgentId) -> Result<Option<Agent>, StoreError> {
         self.read(|s| s.agents.get(&id).cloned())
+    }
+
+    async fn agent_by_metadata_url(&self, url: &str) -> Result<Option<Agent>, StoreError> {
+        self.read(|s| s.agents.values().find(|a| a.metadata_url.as_deref() == Some(url)).cloned())
     }
 
     async fn agent_children(&self, parent: AgentId) -> Result<Vec<Agent>, StoreError> {

@@ -160,6 +160,9 @@ fn agent(s: &AgentSpec) -> Agent {
         created_at: OffsetDateTime::UNIX_EPOCH,
         secret_hash: None,
         suspended_by: None,
+        origin: mandate_model::records::AgentOrigin::Admin,
+        metadata_url: None,
+        public: false,
     }
 }
 

@@ -91,6 +91,8 @@ fn consent(s: &AppState, signed: &Signed, req: &AuthorizeRequest) -> Response {
         offline: req.offline,
         redirect_host: req.redirect_host().unwrap_or_else(|| req.redirect_uri.clone()),
         loopback_only: req.loopback_only(),
+        unverified: req.agent.origin.is_self_registered(),
+        metadata_url: req.agent.metadata_url.clone(),
         hours: format!("{hours:.0}"),
         redirect: req.redirect_uri.clone(),
         csrf: signed.session.csrf.clone(),

@@ -316,6 +316,10 @@ pub struct ConsentPage {
     pub redirect_host: String,
     /// Whether every redirect the client registered is on this machine.
     pub loopback_only: bool,
+    /// For a client that registered itself: nobody vouched for its name;
+    /// its metadata document's URL, or `None` for dynamic registration.
+    pub unverified: bool,
+    pub metadata_url: Option<String>,
     pub redirect: String,
     pub csrf: String,
     /// The authorization request, carried to the decision.

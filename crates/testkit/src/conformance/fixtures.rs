@@ -61,6 +61,13 @@ pub fn agent(owner: UserId, parent: Option<AgentId>) -> Agent {
         created_at: t0(),
         secret_hash: None,
         suspended_by: None,
+        origin: if parent.is_some() {
+            mandate_model::records::AgentOrigin::Spawned
+        } else {
+            mandate_model::records::AgentOrigin::Admin
+        },
+        metadata_url: None,
+        public: false,
     }
 }
 
@@ -72,6 +79,8 @@ pub fn resource(identifier: &str) -> Resource {
         scopes: BTreeMap::from([("read".into(), vec![]), ("mail".into(), vec!["send".into(), "list".into()])]),
         jwks: None,
         created_at: t0(),
+        gateway: None,
+        exchange_to: vec!["https://upstream.example/api".into()],
     }
 }
 

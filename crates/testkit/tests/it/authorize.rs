@@ -13,17 +13,17 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 const REDIRECT: &str = "https://app.example/callback";
-const VERIFIER: &str = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
+pub(crate) const VERIFIER: &str = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
 
-fn challenge(verifier: &str) -> String {
+pub(crate) fn challenge(verifier: &str) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()))
 }
 
-fn client() -> Result<reqwest::Client> {
+pub(crate) fn client() -> Result<reqwest::Client> {
     Ok(reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build()?)
 }
 
-fn location(resp: &reqwest::Response) -> String {
+pub(crate) fn location(resp: &reqwest::Response) -> String {
     resp.headers().get("location").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned()
 }
 
@@ -32,16 +32,16 @@ fn query_of(url: &str) -> Vec<(String, String)> {
     form_urlencoded::parse(q.as_bytes()).into_owned().collect()
 }
 
-fn param(url: &str, k: &str) -> Option<String> {
+pub(crate) fn param(url: &str, k: &str) -> Option<String> {
     query_of(url).into_iter().find(|(n, _)| n == k).map(|(_, v)| v)
 }
 
-struct Flow {
-    w: World,
+pub(crate) struct Flow {
+    pub(crate) w: World,
     erin: String,
     app: TestAgent,
-    session: String,
-    http: reqwest::Client,
+    pub(crate) session: String,
+    pub(crate) http: reqwest::Client,
 }
 
 fn authorize_url(f: &Flow, extra: &[(&str, &str)], drop: &[&str]) -> String {
@@ -66,7 +66,11 @@ fn authorize_url(f: &Flow, extra: &[(&str, &str)], drop: &[&str]) -> String {
 }
 
 async fn flow() -> Result<Flow> {
-    let w = World::new(TestServer::start().await?).await?;
+    flow_on(TestServer::start().await?).await
+}
+
+pub(crate) async fn flow_on(s: TestServer) -> Result<Flow> {
+    let w = World::new(s).await?;
     let (st, u) = w
         .s
         .admin(Method::POST, "/v1/users", Some(json!({"name": "Erin", "email": "erin@example.com", "groups": ["staff"], "password": "correct horse battery"})))
@@ -113,18 +117,23 @@ async fn flow() -> Result<Flow> {
 }
 
 impl Flow {
-    async fn get(&self, url: &str) -> Result<reqwest::Response> {
+    pub(crate) async fn get(&self, url: &str) -> Result<reqwest::Response> {
         Ok(self.http.get(url).header("cookie", format!("mandate_session={}", self.session)).send().await?)
     }
 
     /// Shows the consent page for `url` and answers it.
-    async fn consent(&self, url: &str, decision: &str) -> Result<(String, String)> {
+    pub(crate) async fn consent(&self, url: &str, decision: &str) -> Result<(String, String)> {
+        self.consent_to(url, decision, "https://app.example").await
+    }
+
+    /// Answers the consent page for a client whose redirect is at `origin`.
+    pub(crate) async fn consent_to(&self, url: &str, decision: &str, origin: &str) -> Result<(String, String)> {
         let resp = self.get(url).await?;
         assert_eq!(resp.status(), 200);
         let csp =
             resp.headers().get("content-security-policy").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
         assert!(
-            csp.contains("form-action 'self' https://app.example") && csp.contains("frame-ancestors 'none'"),
+            csp.contains(&format!("form-action 'self' {origin}")) && csp.contains("frame-ancestors 'none'"),
             "{csp}"
         );
         let html = resp.text().await?;
