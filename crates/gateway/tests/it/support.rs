@@ -231,8 +231,10 @@ pub struct Upstream {
     /// Answer tools/list as an event stream (with a progress notification
     /// first) instead of JSON.
     pub sse: AtomicBool,
-    /// A tools/call of `slow` sends its first event, then waits for this.
+    /// A tools/call of `slow` (and, with `slow_list`, a streamed
+    /// tools/list) sends its first event, then waits for this.
     pub release: Notify,
+    pub slow_list: AtomicBool,
 }
 
 impl Upstream {
@@ -258,7 +260,13 @@ pub fn tools() -> Value {
 
 pub async fn upstream() -> Arc<Upstream> {
     let (listener, url) = listen().await;
-    let u = Arc::new(Upstream { url, seen: Mutex::default(), sse: AtomicBool::new(false), release: Notify::new() });
+    let u = Arc::new(Upstream {
+        url,
+        seen: Mutex::default(),
+        sse: AtomicBool::new(false),
+        release: Notify::new(),
+        slow_list: AtomicBool::new(false),
+    });
     let app = Router::new()
         .route("/mcp", post(mcp_post).get(mcp_get).delete(mcp_delete))
         .route("/v1/{*rest}", axum::routing::any(api))
@@ -295,7 +303,7 @@ async fn mcp_post(State(u): State<Arc<Upstream>>, headers: HeaderMap, body: Byte
     if streamed {
         let (tx, rx) = mpsc::channel(4);
         let final_event = format!("event: message\ndata: {}\n\n", answer(&msg));
-        let slow = method == "tools/call";
+        let slow = method == "tools/call" || u.slow_list.load(Ordering::SeqCst);
         let u2 = u.clone();
         tokio::spawn(async move {
             tx.send(Bytes::from(PROGRESS_EVENT)).await.unwrap();

@@ -282,6 +282,19 @@ async fn event_streams_pass_through_as_they_come() {
     let rest = String::from_utf8(rest).unwrap();
     assert!(rest.starts_with("event: message\ndata: "), "{rest}");
     assert!(rest.contains("called slow"), "{rest}");
+
+    // The same while a list is being filtered: events before it are not
+    // held back waiting for it.
+    u.sse.store(true, Ordering::SeqCst);
+    u.slow_list.store(true, Ordering::SeqCst);
+    m.answer("delete_all", deny());
+    let mut resp = gw.rpc(&token, list(10)).await;
+    let first = tokio::time::timeout(Duration::from_secs(5), resp.chunk()).await.expect("first event in time").unwrap();
+    assert_eq!(first.unwrap(), PROGRESS_EVENT.as_bytes());
+    u.release.notify_one();
+    let rest = resp.text().await.unwrap();
+    let data = rest.trim_start_matches("event: message\ndata: ").trim_end();
+    assert_eq!(tool_names(&serde_json::from_str(data).unwrap()), ["read_file", "write_file", "send_mail"]);
 }
 
 #[tokio::test]
