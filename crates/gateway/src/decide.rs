@@ -127,7 +127,8 @@ impl ToolFilter {
             let (verifier, token, gate) = (self.verifier.clone(), self.token.clone(), gate.clone());
             checks.spawn(async move {
                 let _permit = gate.acquire_owned().await;
-                let answer = verifier.check_with_context(&token, &name, &tool_resource(&name), None).await;
+                // A probe: listing a tool opens no approval request.
+                let answer = verifier.probe(&token, &name, &tool_resource(&name)).await;
                 (i, name, answer)
             });
         }

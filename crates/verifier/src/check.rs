@@ -149,6 +149,16 @@ pub enum ExchangeError {
     Config(String),
 }
 
+/// One question to the check API.
+pub(crate) struct Ask<'a> {
+    pub token: &'a str,
+    pub action: &'a str,
+    pub resource: &'a CheckResource,
+    pub context: Option<&'a serde_json::Map<String, serde_json::Value>>,
+    /// Decide without acting on it (no approval opened or used up).
+    pub probe: bool,
+}
+
 pub(crate) struct CheckClient {
     remote: RemoteCheck,
     issuer: String,
@@ -183,16 +193,12 @@ impl CheckClient {
 
     /// Asks whether `token` may do `action` on `resource`. A refusal by the
     /// issuer to answer is [`VerifyError::Unavailable`]: fail closed.
-    pub(crate) async fn check(
-        &self,
-        http: &Client,
-        now: i64,
-        token: &str,
-        action: &str,
-        resource: &CheckResource,
-        context: Option<&serde_json::Map<String, serde_json::Value>>,
-    ) -> Result<CheckAnswer, VerifyError> {
+    pub(crate) async fn check(&self, http: &Client, now: i64, ask: Ask<'_>) -> Result<CheckAnswer, VerifyError> {
+        let Ask { token, action, resource, context, probe } = ask;
         let mut body = json!({ "token": token, "action": action, "resource": resource });
+        if probe && let Some(obj) = body.as_object_mut() {
+            obj.insert("probe".into(), serde_json::Value::Bool(true));
+        }
         if let (Some(context), Some(obj)) = (context, body.as_object_mut()) {
             obj.insert("context".into(), serde_json::Value::Object(context.clone()));
         }

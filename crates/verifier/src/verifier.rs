@@ -252,7 +252,20 @@ impl Verifier {
     ) -> Result<CheckAnswer, VerifyError> {
         let i = &self.inner;
         let client = i.check.as_ref().ok_or(VerifyError::Config("no remote check configured".into()))?;
-        client.check(&i.http, self.now(), token, action, resource, context).await
+        let ask = crate::check::Ask { token, action, resource, context, probe: false };
+        client.check(&i.http, self.now(), ask).await
+    }
+
+    /// Whether `action` would be allowed, without acting on the answer
+    /// (DESIGN §4, `probe`): for showing what may be done, such as the
+    /// tools a token may call. Mandate records the decision but opens no
+    /// approval request and uses none up; an `approval_required` answer
+    /// carries no request id.
+    pub async fn probe(&self, token: &str, action: &str, resource: &CheckResource) -> Result<CheckAnswer, VerifyError> {
+        let i = &self.inner;
+        let client = i.check.as_ref().ok_or(VerifyError::Config("no remote check configured".into()))?;
+        let ask = crate::check::Ask { token, action, resource, context: None, probe: true };
+        client.check(&i.http, self.now(), ask).await
     }
 
     /// Exchanges `subject_token` (an access token this resource accepted)

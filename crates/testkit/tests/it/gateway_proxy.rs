@@ -175,6 +175,10 @@ async fn the_gateway_decides_calls_and_exchanges_tokens_against_the_real_server(
     let (st, _, list) = rpc(&http, &url, &token, json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"})).await?;
     assert_eq!(st, 200, "{list}");
     assert_eq!(names(&list), ["read_file", "send_mail"], "{list}");
+    // Listing asked nobody anything: no approval request waits for Alice.
+    let (st, pending) = w.s.call(Method::GET, "/v1/approvals?status=pending", Some(&w.alice_token), None).await?;
+    assert_eq!(st, 200, "{pending}");
+    assert_eq!(pending["approvals"].as_array().map(Vec::len), Some(0), "a listing opened approvals: {pending}");
 
     // An allowed call reaches the upstream with a token Mandate exchanged:
     // its audience is the upstream's, the gateway joins the chain.
