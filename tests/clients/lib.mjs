@@ -39,6 +39,15 @@ export const b64url = (buf) => Buffer.from(buf).toString('base64url');
 export const randomId = (n = 16) => b64url(randomBytes(n));
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
+/** `promise`, or undefined after `ms` (a close that never finishes must not hang a test). */
+export function within(promise, ms) {
+  let timer;
+  const late = new Promise((r) => {
+    timer = setTimeout(r, ms);
+  });
+  return Promise.race([promise, late]).finally(() => clearTimeout(timer));
+}
+
 /** A TCP port that was free a moment ago. */
 export function freePort() {
   return new Promise((resolve, reject) => {
@@ -336,7 +345,9 @@ export async function consent(browser, authorizationUrl, user, { until, button =
   page.on('request', (r) => {
     if (until && r.isNavigationRequest() && r.url().startsWith(until)) landed ??= r.url();
   });
+  const dbg = (m) => process.env.CLIENTS_DEBUG && console.error(`[consent ${new Date().toISOString()}] ${m} (${page.url()})`);
   try {
+    dbg('goto');
     let first;
     try {
       first = await page.goto(authorizationUrl);
@@ -347,6 +358,7 @@ export async function consent(browser, authorizationUrl, user, { until, button =
       throw e;
     }
     if (new URL(page.url()).pathname === '/login') {
+      dbg('login');
       await page.getByLabel('Email').fill(user.email);
       await page.getByLabel('Password').fill(user.password);
       await Promise.all([page.waitForLoadState('load'), page.getByRole('button', { name: 'Sign in' }).click()]);
@@ -354,6 +366,7 @@ export async function consent(browser, authorizationUrl, user, { until, button =
     }
     // Either a consent page, or straight back to the client (an error
     // Mandate redirects, or no consent needed).
+    dbg('allow?');
     const allow = page.getByRole('button', { name: button });
     let deadline = Date.now() + 10_000;
     while (!landed && Date.now() < deadline && (await allow.count()) === 0) await sleep(50);
@@ -362,14 +375,20 @@ export async function consent(browser, authorizationUrl, user, { until, button =
         const text = await page.locator('body').innerText().catch(() => '');
         throw new Error(`no ${button} button at ${page.url()} (first answer ${first?.status()}):\n${text.slice(0, 1500)}`);
       }
+      dbg('click');
       await allow.click();
+      dbg('clicked');
       deadline = Date.now() + 15_000;
       while (!landed && Date.now() < deadline) await sleep(50);
     }
     assert.ok(landed, `the browser did not go to ${until}; it is on ${page.url()}`);
+    // Let the client's page load before closing: Chromium may never finish
+    // closing a page in the middle of a navigation.
+    await page.waitForURL((u) => u.href.startsWith(until), { waitUntil: 'load', timeout: 5_000 }).catch(() => {});
     return new URL(landed);
   } finally {
-    await page.close().catch(() => {});
-    if (!context) await ctx.close().catch(() => {});
+    dbg('close');
+    await within((context ? page.close() : ctx.close()).catch(() => {}), 5_000);
+    dbg('closed');
   }
 }

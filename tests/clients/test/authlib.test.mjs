@@ -11,7 +11,7 @@ import { existsSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { createInterface } from 'node:readline';
-import { CAL, consent, createAgent, launchBrowser, newKey, redirectTarget, seed, startServer } from '../lib.mjs';
+import { CAL, consent, createAgent, launchBrowser, newKey, redirectTarget, seed, startServer, within } from '../lib.mjs';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const PYTHON = process.env.AUTHLIB_PYTHON || join(here, '..', 'python', '.venv', 'bin', 'python');
@@ -47,7 +47,7 @@ before(async () => {
 });
 
 after(async () => {
-  await browser?.close().catch(() => {});
+  await within(browser?.close().catch(() => {}), 10_000);
   await target?.close();
   await server?.stop();
 });

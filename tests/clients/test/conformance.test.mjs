@@ -34,7 +34,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { createInterface } from 'node:readline';
-import { CAL, consent, freePort, hasServeFlag, launchBrowser, seed, startServer } from '../lib.mjs';
+import { CAL, consent, freePort, hasServeFlag, launchBrowser, seed, startServer, within } from '../lib.mjs';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const SUITE = join(here, '..', 'node_modules', '@modelcontextprotocol', 'conformance', 'dist', 'index.js');
@@ -55,7 +55,7 @@ before(async () => {
   browser = await launchBrowser();
 });
 after(async () => {
-  await browser?.close().catch(() => {});
+  await within(browser?.close().catch(() => {}), 10_000);
   for (const s of servers) await s.stop();
 });
 

@@ -22,6 +22,7 @@ import {
   redirectTarget,
   seed,
   startServer,
+  within,
 } from '../lib.mjs';
 import { createServer } from 'node:http';
 
@@ -85,7 +86,7 @@ before(async () => {
 });
 
 after(async () => {
-  await browser?.close().catch(() => {});
+  await within(browser?.close().catch(() => {}), 10_000);
   await target?.close();
   await server?.stop();
   await nonceServer?.stop();

@@ -21,6 +21,7 @@ import {
   redirectTarget,
   seed,
   startServer,
+  within,
 } from '../lib.mjs';
 
 let server, browser, target, alice, agent, key, config;
@@ -63,7 +64,7 @@ before(async () => {
 });
 
 after(async () => {
-  await browser?.close().catch(() => {});
+  await within(browser?.close().catch(() => {}), 10_000);
   await target?.close();
   await server?.stop();
 });
