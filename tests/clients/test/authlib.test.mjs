@@ -130,7 +130,6 @@ test('authlib: authorization code + PKCE + resource + offline_access (consent in
 
 test(
   "authlib: refresh_token() as it comes, sending the session's scope 'read offline_access' again (RFC 6749 §6)",
-  { todo: 'Mandate refuses offline_access at refresh: 400 invalid_scope "scope offline_access was not granted"' },
   async () => {
     const r = await runCase('refresh-offline', {
       onAuthorize: (url) => consent(browser, url, alice, { until: target.uri }),
