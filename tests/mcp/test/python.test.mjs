@@ -7,9 +7,10 @@ import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
+import { connect } from 'node:net';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
-import { HERE, PYTHON, claims, freePort, personAtBrowser } from '../lib.mjs';
+import { HERE, PYTHON, claims, eventually, freePort, personAtBrowser, sleep } from '../lib.mjs';
 import { approveAsPerson, startWorld } from '../world.mjs';
 
 let w;
@@ -136,6 +137,43 @@ test('Python SDK: dynamic registration, code flow in chromium, filtered list, al
 
   // The approval the Python client was told about can be approved by the person.
   await approveAsPerson(w, r.get_sum.data.approval_request);
+});
+
+// RFC 9112 §9.3 and §9.6: an HTTP/1.1 connection persists unless a side
+// says `close`. The gateway answers a POST's 401 before reading its body and
+// hyper then closes the connection, without `Connection: close` in the
+// answer. A client that sends its next request at once on the same
+// connection (the Python SDK's metadata GET, right after the 401) loses the
+// race now and then: "Server disconnected without sending a response"
+// (httpx). python/client.py therefore does not reuse connections. Kept as a
+// todo until the gateway reads the body first or says `close`.
+test('the gateway keeps a connection usable after a 401, or says Connection: close', { todo: 'closed after a 401 without Connection: close' }, async () => {
+  const u = new URL(w.resource);
+  const sock = connect(Number(u.port), u.hostname);
+  let got = '';
+  let closed = false;
+  sock.on('data', (d) => (got += d));
+  sock.on('close', () => (closed = true));
+  sock.on('error', () => {});
+  await new Promise((r) => sock.once('connect', r));
+  try {
+    const body = JSON.stringify({ jsonrpc: '2.0', id: 1, method: 'initialize', params: {} });
+    // The head first: the gateway answers before the body arrives, which
+    // makes the race (the body a moment late) happen every time.
+    sock.write(`POST ${u.pathname} HTTP/1.1\r\nHost: ${u.host}\r\nContent-Type: application/json\r\nContent-Length: ${body.length}\r\n\r\n`);
+    await eventually(() => got.includes('\r\n\r\n'), 'the 401');
+    const head = got.split('\r\n\r\n')[0];
+    assert.match(head, /^HTTP\/1.1 401/);
+    if (/^connection:\s*close/im.test(head)) return; // said so: fine
+    sock.write(body);
+    await sleep(200);
+    assert.ok(!closed, `the connection was closed after:\n${head}`);
+    got = '';
+    sock.write(`GET /.well-known/oauth-protected-resource${u.pathname} HTTP/1.1\r\nHost: ${u.host}\r\n\r\n`);
+    await eventually(() => got.startsWith('HTTP/1.1 200'), 'the metadata on the same connection', 2000);
+  } finally {
+    sock.destroy();
+  }
 });
 
 /** Serves a client metadata document for the Python client with `redirect_uris`; returns its URL. */
