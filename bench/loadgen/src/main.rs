@@ -66,6 +66,13 @@ enum Cmd {
         #[arg(long)]
         key: PathBuf,
     },
+    /// Serve a minimal MCP upstream for the gateway benchmark: every POST of
+    /// a JSON-RPC request is answered at once with a result echoing its id
+    /// (`tools/call`: one text item; anything else: an empty object).
+    McpEcho {
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: std::net::SocketAddr,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -161,11 +168,52 @@ fn real_main() -> Result<()> {
             println!("{}", public_jwk(&kp)?);
             Ok(())
         }
+        Some(Cmd::McpEcho { listen }) => {
+            let rt =
+                tokio::runtime::Builder::new_multi_thread().enable_all().build().context("building tokio runtime")?;
+            rt.block_on(mcp_echo(listen))
+        }
         None => {
             let rt =
                 tokio::runtime::Builder::new_multi_thread().enable_all().build().context("building tokio runtime")?;
             rt.block_on(run(cli.run))
         }
+    }
+}
+
+// ---------------------------------------------------------------- mcp-echo
+
+/// The answer to one JSON-RPC request body.
+fn echo_answer(body: &[u8]) -> String {
+    let req: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    let id = req.get("id").cloned().unwrap_or(Value::Null);
+    let result = if req.get("method").and_then(Value::as_str) == Some("tools/call") {
+        json!({"content": [{"type": "text", "text": "ok"}]})
+    } else {
+        json!({})
+    };
+    json!({"jsonrpc": "2.0", "id": id, "result": result}).to_string()
+}
+
+async fn mcp_echo(listen: std::net::SocketAddr) -> Result<()> {
+    use http_body_util::BodyExt;
+    let listener = tokio::net::TcpListener::bind(listen).await.context("binding")?;
+    println!("{}", listener.local_addr()?);
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(|req: hyper::Request<hyper::body::Incoming>| async move {
+                let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                let resp = hyper::Response::builder()
+                    .header("content-type", "application/json")
+                    .body(http_body_util::Full::new(bytes::Bytes::from(echo_answer(&body))));
+                resp.map_err(|e| anyhow!("building a response: {e}"))
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                .await;
+        });
     }
 }
 

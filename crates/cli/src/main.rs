@@ -1,5 +1,5 @@
-//! The `mandate` binary: `serve`, the audit trail, key management and
-//! client helpers.
+//! The `mandate` binary: `serve`, `gateway`, the audit trail, key
+//! management and client helpers.
 
 mod audit;
 mod demo;
@@ -26,6 +26,16 @@ enum Command {
     Audit {
         #[command(subcommand)]
         command: audit::AuditCommand,
+    },
+    /// Run the gateway: a reverse proxy that protects MCP servers and HTTP
+    /// APIs with Mandate's tokens, per-tool decisions and token exchange
+    /// (docs/gateway.md).
+    Gateway {
+        /// The gateway's configuration (TOML; examples/gateway.toml).
+        #[arg(long, env = "MANDATE_GATEWAY_CONFIG")]
+        config: PathBuf,
+        #[arg(long, value_enum, default_value = "text")]
+        log_format: serve::LogFormat,
     },
     /// The whole story end to end (users, agents, CIBA, approval, spawn,
     /// delegation, revocation, trace, audit) against a real server and the
@@ -80,6 +90,7 @@ fn main() -> std::process::ExitCode {
                         Command::Serve(args) => serve::run(*args).await.map(|()| true),
                         Command::Audit { command } => audit::run(command).await,
                         Command::Keys { command } => keys(command).await.map(|()| true),
+                        Command::Gateway { config, log_format } => gateway(&config, log_format).await.map(|()| true),
                         Command::Demo => demo::run().await,
                     }
                 })
@@ -91,6 +102,18 @@ fn main() -> std::process::ExitCode {
         Err(e) => {
             eprintln!("error: {e:#}");
             std::process::ExitCode::from(2)
+        }
+    }
+}
+
+async fn gateway(config: &std::path::Path, log_format: serve::LogFormat) -> Result<()> {
+    serve::init_logging(log_format);
+    let config = mandate_gateway::Config::load(config).with_context(|| format!("loading {}", config.display()))?;
+    tokio::select! {
+        outcome = mandate_gateway::run(config) => outcome.context("the gateway stopped"),
+        () = serve::shutdown_signal() => {
+            tracing::info!("signalled; the gateway stops");
+            Ok(())
         }
     }
 }

@@ -38,6 +38,11 @@ pub struct CheckRequest {
     /// declares no context).
     #[serde(default)]
     pub context: Option<serde_json::Map<String, serde_json::Value>>,
+    /// Decide without acting on it: for showing what may be done (a
+    /// gateway's `tools/list`). The decision is recorded, but no approval
+    /// request is opened and none is used up.
+    #[serde(default)]
+    pub probe: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -265,6 +270,12 @@ impl Mandate {
                 (outcome, Some(live))
             }
         };
+        let mut outcome = outcome;
+        if req.probe {
+            outcome.new_approval = false;
+            outcome.approval = None;
+            outcome.consume = None;
+        }
         let chain = live.as_ref().map(|l| l.chain_names()).unwrap_or_default();
         // The chain is recorded, but answered only to the token's own
         // audience (or the admin): another resource server learns a deny.
@@ -302,7 +313,9 @@ impl Mandate {
             event.grant_id = l.record.grant.map(|g| g.to_string());
             event.scope = Some(l.record.scopes.to_claim());
         }
-        event.reason = Some(crate::audit::bounded(&format!("{}: {}", req.target(), outcome.reasons.join("; "))));
+        let probed = if req.probe { "probe: " } else { "" };
+        event.reason =
+            Some(crate::audit::bounded(&format!("{probed}{}: {}", req.target(), outcome.reasons.join("; "))));
         let mut change = Change::new();
         if outcome.new_approval
             && let Some(a) = &outcome.approval

@@ -90,6 +90,23 @@ pub struct Introspection {
     pub active: bool,
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub token: Option<Box<ActiveToken>>,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub refresh: Option<Box<ActiveRefresh>>,
+}
+
+/// What introspection tells of a live refresh token (RFC 7662 §2.2), to
+/// the client holding it or the admin: whose grant, for what, until when.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ActiveRefresh {
+    pub iss: String,
+    pub sub: String,
+    pub aud: String,
+    pub exp: i64,
+    pub iat: i64,
+    pub client_id: String,
+    pub scope: String,
+    pub grant_id: String,
+    pub token_type: &'static str,
 }
 
 /// What introspection tells of a live token (RFC 7662 §2.2): its claims
@@ -593,6 +610,10 @@ impl Mandate {
     /// resource named by its `aud` may see its claims; anyone else learns
     /// `{"active": false}`.
     pub async fn introspect(&self, caller: &TokenCaller, token: &str) -> Result<Introspection, Error> {
+        // An opaque token is one of Mandate's refresh tokens or nothing.
+        if token.split('.').count() != 3 {
+            return self.introspect_refresh(caller, token).await;
+        }
         let live = self.live_token(token).await?;
         let entitled = live.as_ref().is_some_and(|(_, record)| match caller {
             TokenCaller::Admin => true,
@@ -620,10 +641,70 @@ impl Mandate {
         }
         self.commit_caller(caller, Change::new(), event, &[]).await?;
         let Some((claims, _)) = live.filter(|_| entitled) else {
-            return Ok(Introspection { active: false, token: None });
+            return Ok(Introspection { active: false, token: None, refresh: None });
         };
         let token_type = if claims.cnf.is_some() { "DPoP" } else { "Bearer" };
-        Ok(Introspection { active: true, token: Some(Box::new(ActiveToken { claims: claims.into(), token_type })) })
+        Ok(Introspection {
+            active: true,
+            token: Some(Box::new(ActiveToken { claims: claims.into(), token_type })),
+            refresh: None,
+        })
+    }
+
+    /// RFC 7662 for a refresh token: live while unused, unrevoked,
+    /// unexpired and under a live grant; shown only to the client holding
+    /// it and the admin.
+    async fn introspect_refresh(&self, caller: &TokenCaller, token: &str) -> Result<Introspection, Error> {
+        let now = self.clock.now();
+        let record = match self.store.refresh(&secrets::hash(token)).await? {
+            Some(r) if r.used_at.is_none() && r.revoked_at.is_none() && now < r.expires_at => Some(r),
+            _ => None,
+        };
+        let grant = match &record {
+            Some(r) => self.store.grant(r.grant).await?.filter(|g| g.is_live(now)),
+            None => None,
+        };
+        let live = record.zip(grant);
+        let entitled = live.as_ref().is_some_and(|(r, _)| match caller {
+            TokenCaller::Admin => true,
+            TokenCaller::Client(c) => c.id == ClientId::Agent(r.client_id),
+        });
+        let mut event = self.caller_event(kind::TOKEN_INTROSPECTED, caller);
+        if let Some((r, g)) = &live {
+            event.subject = Some(g.user.to_string());
+            event.resource = Some(g.resource.clone());
+            event.grant_id = Some(r.grant.to_string());
+        }
+        event.decision = Some(if entitled { ALLOW } else { DENY }.into());
+        if !entitled {
+            event.reason = Some(
+                if live.is_some() {
+                    "the caller may not introspect this token"
+                } else {
+                    "not a live token of this issuer"
+                }
+                .into(),
+            );
+        }
+        self.commit_caller(caller, Change::new(), event, &[]).await?;
+        let Some((r, g)) = live.filter(|_| entitled) else {
+            return Ok(Introspection { active: false, token: None, refresh: None });
+        };
+        Ok(Introspection {
+            active: true,
+            token: None,
+            refresh: Some(Box::new(ActiveRefresh {
+                iss: self.config.issuer.clone(),
+                sub: g.user.to_string(),
+                aud: g.resource.clone(),
+                exp: r.expires_at.unix_timestamp(),
+                iat: r.issued_at.unix_timestamp(),
+                client_id: r.client_id.to_string(),
+                scope: r.scopes.to_claim(),
+                grant_id: r.grant.to_string(),
+                token_type: "refresh_token",
+            })),
+        })
     }
 
     /// An event about what the admin or a client asked of a token.

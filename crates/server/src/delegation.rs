@@ -218,6 +218,7 @@ pub async fn evaluation(
         action: body.action.name,
         resource: body.resource,
         context: body.context,
+        probe: false,
     };
     let answer = s.mandate.check(&who, &req).await?;
     metrics::counter!("mandate_checks_total", "decision" => answer.decision).increment(1);

@@ -6,16 +6,22 @@
 use mandate_core::ports::{FetchedDocument, MetadataFetcher};
 use mandate_fetch::{FetchError, FetchPolicy, Fetcher, HostPatterns};
 
+/// Most fetches in flight at once: anyone may name a URL at
+/// `/oauth/authorize`, so a flood of slow documents must not tie up the
+/// node; past it, a request is refused at once.
+const MAX_IN_FLIGHT: usize = 32;
+
 /// Fetches what clients name.
 pub struct GuardedFetcher {
     inner: Fetcher,
+    in_flight: tokio::sync::Semaphore,
 }
 
 impl GuardedFetcher {
     /// `hosts`: when given, only hosts matching one pattern are fetched.
     pub fn new(dev_loopback: bool, hosts: Option<HostPatterns>) -> Result<Self, FetchError> {
         let policy = FetchPolicy { dev_loopback, allowed_hosts: hosts, ..FetchPolicy::default() };
-        Ok(Self { inner: Fetcher::new(policy)? })
+        Ok(Self { inner: Fetcher::new(policy)?, in_flight: tokio::sync::Semaphore::new(MAX_IN_FLIGHT) })
     }
 }
 
@@ -23,6 +29,10 @@ impl GuardedFetcher {
 impl MetadataFetcher for GuardedFetcher {
     async fn fetch(&self, url: &str) -> Result<FetchedDocument, String> {
         let parsed = url::Url::parse(url).map_err(|_| "not a URL".to_owned())?;
+        let _slot = self
+            .in_flight
+            .try_acquire()
+            .map_err(|_| "too many client documents are being fetched now; try again shortly".to_owned())?;
         let got = self.inner.get(&parsed).await.map_err(|e| {
             tracing::info!(url, error = %e, detail = ?std::error::Error::source(&e), "fetching a client document failed");
             e.to_string()

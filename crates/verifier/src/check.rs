@@ -1,7 +1,9 @@
 //! Mandate's check API (DESIGN §4) from the resource server's side: the
 //! resource server gets its own `mandate:check` token by `client_credentials`
 //! with `private_key_jwt` (RFC 7523), keeps it until shortly before it
-//! expires, and asks `POST {issuer}/v1/check` per action.
+//! expires, and asks `POST {issuer}/v1/check` per action. The same
+//! credentials exchange a caller's token for one to another audience
+//! (RFC 8693), for calling further without passing the caller's token on.
 
 use std::collections::BTreeMap;
 use std::hash::BuildHasher;
@@ -69,6 +71,12 @@ pub struct CheckAnswer {
     /// The approval request (`apr_…`) waiting for a person.
     #[serde(default)]
     pub approval_request: Option<String>,
+    /// On a deny because no scope of the token covers the action: the
+    /// resource's scopes that would, for a client to ask for (an
+    /// `insufficient_scope` challenge). Empty otherwise, and from servers
+    /// that do not send it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scopes_needed: Vec<String>,
     #[serde(default)]
     pub policy_version: String,
     /// The audit event that records this decision.
@@ -85,6 +93,70 @@ impl CheckAnswer {
 struct TokenResponse {
     access_token: String,
     expires_in: i64,
+}
+
+/// RFC 8693 §3: the token type of an access token.
+const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
+const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+
+/// A token got by [`Verifier::exchange`](crate::Verifier::exchange).
+#[derive(Clone, PartialEq, Eq)]
+pub struct ExchangedToken {
+    pub access_token: String,
+    /// Its lifetime in seconds from when it was issued, as the issuer said.
+    pub expires_in: i64,
+    /// The scopes it carries, when the issuer said (space-separated).
+    pub scope: Option<String>,
+}
+
+impl std::fmt::Debug for ExchangedToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExchangedToken")
+            .field("expires_in", &self.expires_in)
+            .field("scope", &self.scope)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Deserialize)]
+struct ExchangeResponse {
+    access_token: String,
+    expires_in: i64,
+    #[serde(default)]
+    scope: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct OAuthErrorBody {
+    error: String,
+    #[serde(default)]
+    error_description: Option<String>,
+}
+
+/// Why a token exchange gave no token.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ExchangeError {
+    /// The issuer could not be reached or did not answer sensibly: no
+    /// token, and no way to call further (fail closed).
+    #[error("{0}")]
+    Unavailable(&'static str),
+    /// The issuer answered with an OAuth error (RFC 6749 §5.2), such as
+    /// `invalid_grant` for a subject token that is no longer live or
+    /// `invalid_target` for an audience this client may not exchange for.
+    #[error("the issuer refused the exchange: {error}")]
+    Refused { error: String, description: Option<String> },
+    #[error("verifier misconfigured: {0}")]
+    Config(String),
+}
+
+/// One question to the check API.
+pub(crate) struct Ask<'a> {
+    pub token: &'a str,
+    pub action: &'a str,
+    pub resource: &'a CheckResource,
+    pub context: Option<&'a serde_json::Map<String, serde_json::Value>>,
+    /// Decide without acting on it (no approval opened or used up).
+    pub probe: bool,
 }
 
 pub(crate) struct CheckClient {
@@ -121,15 +193,15 @@ impl CheckClient {
 
     /// Asks whether `token` may do `action` on `resource`. A refusal by the
     /// issuer to answer is [`VerifyError::Unavailable`]: fail closed.
-    pub(crate) async fn check(
-        &self,
-        http: &Client,
-        now: i64,
-        token: &str,
-        action: &str,
-        resource: &CheckResource,
-    ) -> Result<CheckAnswer, VerifyError> {
-        let body = json!({ "token": token, "action": action, "resource": resource });
+    pub(crate) async fn check(&self, http: &Client, now: i64, ask: Ask<'_>) -> Result<CheckAnswer, VerifyError> {
+        let Ask { token, action, resource, context, probe } = ask;
+        let mut body = json!({ "token": token, "action": action, "resource": resource });
+        if probe && let Some(obj) = body.as_object_mut() {
+            obj.insert("probe".into(), serde_json::Value::Bool(true));
+        }
+        if let (Some(context), Some(obj)) = (context, body.as_object_mut()) {
+            obj.insert("context".into(), serde_json::Value::Object(context.clone()));
+        }
         let mut renewed = false;
         loop {
             let bearer = match self.cached(now) {
@@ -201,6 +273,63 @@ impl CheckClient {
         let keep = if lifetime > 2 * RENEW_BEFORE { lifetime - RENEW_BEFORE } else { lifetime / 2 };
         *self.lock() = Some((t.access_token.clone(), now.saturating_add(keep)));
         Ok(t.access_token)
+    }
+
+    /// RFC 8693 token exchange at the token endpoint: `subject_token` for
+    /// one whose audience is `resource`, no `scope` (the issuer narrows to
+    /// what `resource` declares), authenticated with a client assertion.
+    pub(crate) async fn exchange(
+        &self,
+        http: &Client,
+        now: i64,
+        subject_token: &str,
+        resource: &str,
+    ) -> Result<ExchangedToken, ExchangeError> {
+        let unavailable = |what: &str, detail: String| {
+            tracing::warn!(client_id = %self.remote.client_id, resource, detail = %detail, "{what}");
+            ExchangeError::Unavailable("the token exchange did not answer")
+        };
+        let assertion = self.assertion(now).map_err(|e| unavailable("signing a client assertion failed", e))?;
+        let form = [
+            ("grant_type", TOKEN_EXCHANGE),
+            ("subject_token", subject_token),
+            ("subject_token_type", ACCESS_TOKEN_TYPE),
+            ("resource", resource),
+            ("client_assertion_type", CLIENT_ASSERTION_TYPE),
+            ("client_assertion", assertion.as_str()),
+        ];
+        let resp = http
+            .post(&self.token_endpoint)
+            .form(&form)
+            .send()
+            .await
+            .map_err(|e| unavailable("the token endpoint could not be reached", e.to_string()))?;
+        let status = resp.status();
+        let bytes = fetch::read_limited(resp, MAX_ANSWER_BYTES)
+            .await
+            .map_err(|e| unavailable("reading the token response failed", e))?;
+        if status == StatusCode::OK {
+            let t: ExchangeResponse = serde_json::from_slice(&bytes)
+                .map_err(|e| unavailable("the token response is malformed", e.to_string()))?;
+            return Ok(ExchangedToken { access_token: t.access_token, expires_in: t.expires_in, scope: t.scope });
+        }
+        // RFC 6749 §5.2: a 400 with an error code refuses this exchange.
+        // Anything else is no answer: a 401 (`invalid_client`) says this
+        // client's own credentials are not accepted, which no caller can
+        // fix, and 5xx or a proxy's page says nothing about the token.
+        match serde_json::from_slice::<OAuthErrorBody>(&bytes) {
+            Ok(e) if status == StatusCode::BAD_REQUEST => {
+                tracing::info!(
+                    client_id = %self.remote.client_id, resource, error = %e.error,
+                    description = e.error_description.as_deref().unwrap_or(""), "the issuer refused a token exchange"
+                );
+                Err(ExchangeError::Refused { error: e.error, description: e.error_description })
+            }
+            _ => {
+                let body: String = String::from_utf8_lossy(&bytes).chars().take(300).collect();
+                Err(unavailable("the token endpoint did not answer the exchange", format!("status {status}: {body}")))
+            }
+        }
     }
 
     /// An RFC 7523 client assertion for the issuer.

@@ -15,6 +15,12 @@
 //!   `{issuer}/statuslists/…`), verified and cached.
 //! - **Decisions**: [`Verifier::check`] asks Mandate's check API whether the
 //!   agent may do one action on one resource now.
+//! - **Calling further**: [`Verifier::exchange`] trades the caller's token
+//!   for one to another audience (RFC 8693), so that the caller's token is
+//!   never passed on.
+//! - **Several resources**: [`Verifier::for_audience`] makes a verifier for
+//!   another resource of the same issuer sharing keys, caches and
+//!   credentials (a gateway in front of many).
 //! - **Discovery**: RFC 9728 metadata at `/.well-known/oauth-protected-resource`,
 //!   named by every challenge.
 //!
@@ -114,7 +120,7 @@ mod replay;
 mod status;
 mod verifier;
 
-pub use check::{CheckAnswer, CheckResource, Decision};
+pub use check::{CheckAnswer, CheckResource, Decision, ExchangeError, ExchangedToken};
 pub use config::{Clock, RemoteCheck, VerifierConfig, system_time};
 pub use error::{DPOP_ALGS, Scheme, VerifyError};
 pub use keys::MIN_REFETCH_INTERVAL;

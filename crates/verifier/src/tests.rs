@@ -233,6 +233,11 @@ struct Fake {
     check_hits: AtomicUsize,
     /// Check calls answered 401 before the real answer.
     check_refusals: AtomicUsize,
+    /// The last check request's body.
+    last_check: Mutex<Value>,
+    /// The last token-exchange form, and what to answer it.
+    last_exchange: Mutex<Vec<(String, String)>>,
+    exchange_answer: Mutex<Option<(StatusCode, Value)>>,
 }
 
 async fn fake_issuer(fake: Arc<Fake>) -> String {
@@ -250,6 +255,11 @@ async fn fake_issuer(fake: Arc<Fake>) -> String {
         f.token_hits.fetch_add(1, Ordering::SeqCst);
         let form: Vec<(String, String)> = form_urlencoded::parse(&body).into_owned().collect();
         let get = |k: &str| form.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()).unwrap_or_default();
+        if get("grant_type") == "urn:ietf:params:oauth:grant-type:token-exchange" {
+            *f.last_exchange.lock().unwrap() = form.clone();
+            let (status, body) = f.exchange_answer.lock().unwrap().clone().unwrap();
+            return (status, Json(body)).into_response();
+        }
         assert_eq!(get("grant_type"), "client_credentials");
         assert_eq!(get("scope"), "mandate:check");
         assert_eq!(get("client_assertion_type"), assertion::CLIENT_ASSERTION_TYPE);
@@ -269,6 +279,7 @@ async fn fake_issuer(fake: Arc<Fake>) -> String {
         let body = axum::body::to_bytes(req.into_body(), 1 << 16).await.unwrap();
         let body: Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(body["resource"], json!({"type": "event", "id": "new", "properties": {"sensitive": "true"}}));
+        *f.last_check.lock().unwrap() = body;
         Json(
             json!({"decision": "approval_required", "reasons": ["policy2 wants approval"], "chain": ["usr_1", "agt_1"],
                     "approval_request": "apr_1", "policy_version": "v1", "audit_seq": 42}),
@@ -420,6 +431,116 @@ async fn remote_checks_reuse_the_check_token() {
     // Without credentials there is no remote check.
     let plain = fixed(&key);
     assert!(matches!(plain.check("t", "list", &resource).await, Err(VerifyError::Config(_))));
+    assert!(matches!(plain.exchange("t", "https://mail.example").await, Err(ExchangeError::Config(_))));
+}
+
+#[tokio::test]
+async fn checks_carry_their_context_and_answers_the_scopes_needed() {
+    let key = SigningKey::generate(KeyAlg::EdDSA).unwrap();
+    let fake = Arc::new(Fake::default());
+    *fake.jwks.lock().unwrap() = JwkSet { keys: vec![key.public().clone()] }.to_json();
+    let iss = fake_issuer(fake.clone()).await;
+    let mut c = config(&iss, &clock());
+    let rs_key = Arc::new(SigningKey::generate(KeyAlg::EdDSA).unwrap());
+    c.remote_check = Some(RemoteCheck { client_id: "res_calendar".into(), key: rs_key });
+    let v = Verifier::new(c).unwrap();
+    let resource = CheckResource::new("event", "new").with("sensitive", "true");
+    v.check("agent-token", "create", &resource).await.unwrap();
+    assert!(fake.last_check.lock().unwrap().get("context").is_none(), "no context unless given");
+    let context = json!({"title": "lunch", "attendees": ["a@example.com"]});
+    v.check_with_context("agent-token", "create", &resource, context.as_object()).await.unwrap();
+    let sent = fake.last_check.lock().unwrap().clone();
+    assert_eq!(sent["context"], context);
+    assert_eq!(sent["token"], "agent-token");
+    assert_eq!(sent["action"], "create");
+
+    // A server that names the scopes a deny lacks, and one that does not.
+    let answer: CheckAnswer = serde_json::from_value(json!({
+        "decision": "deny", "reasons": ["scope: no scope of the token covers create"],
+        "scopes_needed": ["calendar:write"], "audit_seq": 7
+    }))
+    .unwrap();
+    assert_eq!(answer.scopes_needed, ["calendar:write"]);
+    let older: CheckAnswer = serde_json::from_value(json!({"decision": "deny", "audit_seq": 8})).unwrap();
+    assert!(older.scopes_needed.is_empty());
+}
+
+#[tokio::test]
+async fn exchanges_send_the_subject_token_and_tell_refusals_from_outages() {
+    let key = SigningKey::generate(KeyAlg::EdDSA).unwrap();
+    let fake = Arc::new(Fake::default());
+    *fake.jwks.lock().unwrap() = JwkSet { keys: vec![key.public().clone()] }.to_json();
+    let iss = fake_issuer(fake.clone()).await;
+    let mut c = config(&iss, &clock());
+    let rs_key = Arc::new(SigningKey::generate(KeyAlg::EdDSA).unwrap());
+    c.remote_check = Some(RemoteCheck { client_id: "res_calendar".into(), key: rs_key });
+    let v = Verifier::new(c).unwrap();
+
+    *fake.exchange_answer.lock().unwrap() = Some((
+        StatusCode::OK,
+        json!({"access_token": "exchanged", "token_type": "Bearer", "expires_in": 120, "scope": "mail.read",
+               "issued_token_type": "urn:ietf:params:oauth:token-type:access_token"}),
+    ));
+    let got = v.exchange("the-callers-token", "https://mail.example").await.unwrap();
+    assert_eq!(
+        got,
+        ExchangedToken { access_token: "exchanged".into(), expires_in: 120, scope: Some("mail.read".into()) }
+    );
+    assert!(!format!("{got:?}").contains("exchanged"), "the token stays out of logs");
+    let form = fake.last_exchange.lock().unwrap().clone();
+    let get = |k: &str| form.iter().filter(|(n, _)| n == k).map(|(_, v)| v.as_str()).collect::<Vec<_>>();
+    assert_eq!(get("subject_token"), ["the-callers-token"]);
+    assert_eq!(get("subject_token_type"), ["urn:ietf:params:oauth:token-type:access_token"]);
+    assert_eq!(get("resource"), ["https://mail.example"]);
+    assert_eq!(get("scope"), Vec::<&str>::new(), "the issuer narrows; no scope is asked for");
+    assert_eq!(get("client_assertion_type"), [assertion::CLIENT_ASSERTION_TYPE]);
+    assert_eq!(assertion::peek_issuer(get("client_assertion")[0]).unwrap(), "res_calendar");
+
+    *fake.exchange_answer.lock().unwrap() =
+        Some((StatusCode::BAD_REQUEST, json!({"error": "invalid_target", "error_description": "not for you"})));
+    assert_eq!(
+        v.exchange("t", "https://mail.example").await.unwrap_err(),
+        ExchangeError::Refused { error: "invalid_target".into(), description: Some("not for you".into()) }
+    );
+    // Our own credentials refused, or a server error: no answer, not a refusal.
+    *fake.exchange_answer.lock().unwrap() = Some((StatusCode::UNAUTHORIZED, json!({"error": "invalid_client"})));
+    assert!(matches!(v.exchange("t", "https://mail.example").await, Err(ExchangeError::Unavailable(_))));
+    *fake.exchange_answer.lock().unwrap() = Some((StatusCode::SERVICE_UNAVAILABLE, json!({"error": "x"})));
+    assert!(matches!(v.exchange("t", "https://mail.example").await, Err(ExchangeError::Unavailable(_))));
+    *fake.exchange_answer.lock().unwrap() = Some((StatusCode::OK, json!({"token_type": "Bearer"})));
+    assert!(matches!(v.exchange("t", "https://mail.example").await, Err(ExchangeError::Unavailable(_))));
+}
+
+#[tokio::test]
+async fn verifiers_for_other_audiences_share_keys_and_credentials() {
+    let key = SigningKey::generate(KeyAlg::EdDSA).unwrap();
+    let fake = Arc::new(Fake::default());
+    *fake.jwks.lock().unwrap() = JwkSet { keys: vec![key.public().clone()] }.to_json();
+    let iss = fake_issuer(fake.clone()).await;
+    let mut c = config(&iss, &clock());
+    let rs_key = Arc::new(SigningKey::generate(KeyAlg::EdDSA).unwrap());
+    c.remote_check = Some(RemoteCheck { client_id: "res_calendar".into(), key: rs_key });
+    let calendar = Verifier::new(c).unwrap();
+    let mail = calendar.for_audience("https://mail.example", vec!["mail.read".into()]).unwrap();
+    assert!(calendar.for_audience("", vec![]).is_err());
+    assert_eq!(mail.config().audience, "https://mail.example");
+    assert_eq!(mail.metadata().scopes_supported, ["mail.read"]);
+    assert_eq!(mail.metadata().resource, "https://mail.example");
+
+    let for_calendar = access::mint(&key, &claims(&iss)).unwrap();
+    let for_mail =
+        access::mint(&key, &AccessTokenClaims { aud: "https://mail.example".into(), ..claims(&iss) }).unwrap();
+    assert!(calendar.verify(&for_calendar).await.is_ok());
+    assert!(mail.verify(&for_mail).await.is_ok());
+    // Each keeps to its own audience.
+    assert!(matches!(mail.verify(&for_calendar).await, Err(VerifyError::Token(_))));
+    assert!(matches!(calendar.verify(&for_mail).await, Err(VerifyError::Token(_))));
+    assert_eq!(fake.jwks_hits.load(Ordering::SeqCst), 1, "one key set for both");
+
+    let resource = CheckResource::new("event", "new").with("sensitive", "true");
+    calendar.check("t", "create", &resource).await.unwrap();
+    mail.check("t", "create", &resource).await.unwrap();
+    assert_eq!(fake.token_hits.load(Ordering::SeqCst), 1, "one mandate:check token for both");
 }
 
 async fn events(auth: Authenticated) -> Result<String, VerifyError> {

@@ -17,7 +17,10 @@ use crate::error::{Challenges, respond};
 use crate::keys::KeyCache;
 use crate::replay::{Refused, ReplayCache};
 use crate::status::StatusCache;
-use crate::{Authenticated, CheckAnswer, CheckResource, MandateAuthLayer, Scheme, VerifierConfig, VerifyError};
+use crate::{
+    Authenticated, CheckAnswer, CheckResource, ExchangeError, ExchangedToken, MandateAuthLayer, Scheme, VerifierConfig,
+    VerifyError,
+};
 
 /// RFC 9449 §4.1: the request header carrying the proof.
 pub const DPOP_HEADER: HeaderName = HeaderName::from_static("dpop");
@@ -32,10 +35,13 @@ pub struct Verifier {
 struct Inner {
     config: VerifierConfig,
     http: Client,
-    keys: KeyCache,
-    status: StatusCache,
-    replay: Mutex<ReplayCache>,
-    check: Option<CheckClient>,
+    /// Shared with the verifiers made by [`Verifier::for_audience`]: they
+    /// trust the same issuer, so one key set, one set of status lists, one
+    /// replay memory and one `mandate:check` token serve them all.
+    keys: Arc<KeyCache>,
+    status: Arc<StatusCache>,
+    replay: Arc<Mutex<ReplayCache>>,
+    check: Option<Arc<CheckClient>>,
     challenges: Challenges,
 }
 
@@ -74,16 +80,46 @@ impl Verifier {
             return Err(VerifyError::Config("leeway must not be negative, dpop_max_age must be positive".into()));
         }
         let http = crate::fetch::client().map_err(|e| VerifyError::Config(e.to_string()))?;
-        let status = StatusCache::new(config.issuer_base(), config.max_status_ttl);
-        let check = config.remote_check.clone().map(|r| CheckClient::new(r, &config.issuer, config.issuer_base()));
-        let challenges = Challenges {
-            realm: config.audience.clone(),
-            resource_metadata: Some(format!("{}{}", config.public_base(), crate::METADATA_PATH)),
-            bearer: !config.require_dpop,
-            dpop: true,
-        };
-        let replay = Mutex::new(ReplayCache::new(config.replay_capacity));
+        let status = Arc::new(StatusCache::new(config.issuer_base(), config.max_status_ttl));
+        let check =
+            config.remote_check.clone().map(|r| Arc::new(CheckClient::new(r, &config.issuer, config.issuer_base())));
+        let challenges = challenges(&config);
+        let replay = Arc::new(Mutex::new(ReplayCache::new(config.replay_capacity)));
+        let keys = Arc::new(keys);
         Ok(Self { inner: Arc::new(Inner { config, http, keys, status, replay, check, challenges }) })
+    }
+
+    /// A verifier for another resource of the same issuer: tokens must carry
+    /// `audience`, and the metadata advertises `scopes_supported`. It shares
+    /// this verifier's HTTP connections, the issuer's keys, the status lists,
+    /// the DPoP replay memory and the check credentials (with their cached
+    /// `mandate:check` token), so a gateway in front of many resources
+    /// fetches each of those once.
+    pub fn for_audience(
+        &self,
+        audience: impl Into<String>,
+        scopes_supported: Vec<String>,
+    ) -> Result<Self, VerifyError> {
+        let i = &self.inner;
+        let mut config = i.config.clone();
+        config.audience = audience.into();
+        config.scopes_supported = scopes_supported;
+        config.resource_name = None;
+        if config.audience.is_empty() {
+            return Err(VerifyError::Config("audience must be this resource's identifier".into()));
+        }
+        let challenges = challenges(&config);
+        Ok(Self {
+            inner: Arc::new(Inner {
+                config,
+                http: i.http.clone(),
+                keys: i.keys.clone(),
+                status: i.status.clone(),
+                replay: i.replay.clone(),
+                check: i.check.clone(),
+                challenges,
+            }),
+        })
     }
 
     pub fn config(&self) -> &VerifierConfig {
@@ -202,9 +238,46 @@ impl Verifier {
     /// `approval_required`; an error means no decision could be had, and the
     /// request must be refused.
     pub async fn check(&self, token: &str, action: &str, resource: &CheckResource) -> Result<CheckAnswer, VerifyError> {
+        self.check_with_context(token, action, resource, None).await
+    }
+
+    /// [`Verifier::check`] with the request's `context` (DESIGN §4): what
+    /// the action is asked with, such as a tool call's arguments.
+    pub async fn check_with_context(
+        &self,
+        token: &str,
+        action: &str,
+        resource: &CheckResource,
+        context: Option<&serde_json::Map<String, serde_json::Value>>,
+    ) -> Result<CheckAnswer, VerifyError> {
         let i = &self.inner;
         let client = i.check.as_ref().ok_or(VerifyError::Config("no remote check configured".into()))?;
-        client.check(&i.http, self.now(), token, action, resource).await
+        let ask = crate::check::Ask { token, action, resource, context, probe: false };
+        client.check(&i.http, self.now(), ask).await
+    }
+
+    /// Whether `action` would be allowed, without acting on the answer
+    /// (DESIGN §4, `probe`): for showing what may be done, such as the
+    /// tools a token may call. Mandate records the decision but opens no
+    /// approval request and uses none up; an `approval_required` answer
+    /// carries no request id.
+    pub async fn probe(&self, token: &str, action: &str, resource: &CheckResource) -> Result<CheckAnswer, VerifyError> {
+        let i = &self.inner;
+        let client = i.check.as_ref().ok_or(VerifyError::Config("no remote check configured".into()))?;
+        let ask = crate::check::Ask { token, action, resource, context: None, probe: true };
+        client.check(&i.http, self.now(), ask).await
+    }
+
+    /// Exchanges `subject_token` (an access token this resource accepted)
+    /// for one whose audience is `resource` (RFC 8693), authenticated with
+    /// the check credentials' `private_key_jwt`: how a gateway or an API
+    /// calls further without passing the caller's token on (SECURITY row
+    /// 36). Mandate narrows the scopes to what `resource` declares and adds
+    /// this client to the token's `act` chain.
+    pub async fn exchange(&self, subject_token: &str, resource: &str) -> Result<ExchangedToken, ExchangeError> {
+        let i = &self.inner;
+        let client = i.check.as_ref().ok_or(ExchangeError::Config("no client credentials configured".into()))?;
+        client.exchange(&i.http, self.now(), subject_token, resource).await
     }
 
     /// The response refusing a request: status, OAuth error body, and the
@@ -212,6 +285,15 @@ impl Verifier {
     /// one the request `used`.
     pub fn reject(&self, err: &VerifyError, used: Option<Scheme>) -> Response {
         respond(err, &self.inner.challenges.render(err, used))
+    }
+}
+
+fn challenges(config: &VerifierConfig) -> Challenges {
+    Challenges {
+        realm: config.audience.clone(),
+        resource_metadata: Some(format!("{}{}", config.public_base(), crate::METADATA_PATH)),
+        bearer: !config.require_dpop,
+        dpop: true,
     }
 }
 

@@ -5,5 +5,6 @@
 
 mod crash;
 mod demo;
+mod gateway;
 mod nodes;
 mod support;

@@ -45,6 +45,12 @@ impl Mandate {
                 "the refresh token is bound to a DPoP key: prove possession of that key".into(),
             )));
         }
+        // `offline_access` is what brought this refresh token, so a client
+        // that names it again (as the code request did) asks for nothing
+        // more (RFC 6749 §6).
+        let kept: Option<String> = scope
+            .map(|s| s.split(' ').filter(|x| *x != crate::authorize::OFFLINE_ACCESS).collect::<Vec<_>>().join(" "));
+        let scope = kept.as_deref().filter(|s| !s.is_empty());
         let scopes = match scope {
             None => record.scopes.clone(),
             Some(s) => {

@@ -372,6 +372,7 @@ fn agent_json(a: &Agent) -> Value {
         "owner": {"__entity": uid("User", &a.owner.to_string())},
         "kind": match a.kind { AgentKind::Persistent => "persistent", AgentKind::Ephemeral => "ephemeral" },
         "status": a.status.as_str(),
+        "origin": a.origin.as_str(),
     });
     if let Some(p) = a.parent {
         attrs["parent"] = json!({"__entity": uid("Agent", &p.to_string())});

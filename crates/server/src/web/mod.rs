@@ -31,14 +31,16 @@ pub const PAGE_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'se
 connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'";
 
 pub fn routes(state: AppState) -> Router<AppState> {
-    // Sign-in takes credentials: limited per client address, like the API.
+    // Sign-in takes credentials, and an authorization request may make
+    // Mandate fetch a client's metadata document: limited per client
+    // address, like the API.
     let sign_in = Router::new()
         .route("/login", get(pages::login_page).post(pages::login))
+        .route("/oauth/authorize", get(authorize::authorize_page).post(authorize::authorize_decision))
         .route_layer(axum::middleware::from_fn_with_state(state, crate::edge::limit_by_address));
     Router::new()
         .merge(sign_in)
         .route("/", get(|| async { Redirect::to("/approvals") }))
-        .route("/oauth/authorize", get(authorize::authorize_page).post(authorize::authorize_decision))
         .route("/logout", post(pages::logout))
         .route("/approvals", get(pages::approvals))
         .route("/approvals/{id}/{decision}", post(pages::decide))

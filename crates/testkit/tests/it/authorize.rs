@@ -304,9 +304,21 @@ async fn the_code_flow_takes_what_mcp_clients_send() -> Result<()> {
         )
         .await?;
     assert_eq!((st, body["error"].as_str()), (400, Some("invalid_target")), "{body}");
+    // Naming the scopes again, offline_access included (as authlib does),
+    // asks for nothing more than was granted.
     let (st, body) =
-        f.w.grant(&f.app, &[("grant_type", "refresh_token"), ("refresh_token", &refresh), ("resource", CAL)]).await?;
+        f.w.grant(
+            &f.app,
+            &[
+                ("grant_type", "refresh_token"),
+                ("refresh_token", &refresh),
+                ("resource", CAL),
+                ("scope", "read offline_access"),
+            ],
+        )
+        .await?;
     assert_eq!(st, 200, "{body}");
+    assert_eq!(body["scope"].as_str(), Some("read"), "{body}");
 
     // No scope: the resource's scopes within the client's ceiling, narrowed
     // by policy before the consent page (Erin is staff: read and write).

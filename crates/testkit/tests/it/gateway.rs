@@ -17,9 +17,7 @@ async fn check(w: &World, checker: &str, token: &str, action: &str) -> Result<(u
         Method::POST,
         "/v1/check",
         Some(checker),
-        Some(
-            json!({"token": token, "action": action, "resource": {"type": "Resource", "id": format!("tool/{action}")}}),
-        ),
+        Some(json!({"token": token, "action": action, "resource": {"type": "tool", "id": action}})),
     )
     .await
 }

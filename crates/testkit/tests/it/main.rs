@@ -12,6 +12,7 @@ mod dpop;
 mod edge;
 mod failclosed;
 mod gateway;
+mod gateway_proxy;
 mod golden;
 mod keys;
 mod lifecycle;
