@@ -45,14 +45,14 @@ export const ACCESS_TOKEN_TTL = 10;
 export const POLICIES = `
 // The person's own rights: every tool.
 permit (principal in Group::"staff", action in [Action::"echo", Action::"get-sum", Action::"get-env", Action::"get-tiny-image"], resource);
-// Agents may hold every scope (issuance, refresh and the gateway's exchange are decided at the API).
-permit (principal is Agent, action in [Action::"echo", Action::"get-sum", Action::"get-env", Action::"get-tiny-image"], resource is Api);
-// At the check (a tool under the API): echo and get-tiny-image are allowed...
-permit (principal is Agent, action in [Action::"echo", Action::"get-tiny-image"], resource is Resource);
-// ...each call of get-sum waits for the person...
+// Agents may hold every scope and call every tool but get-sum...
+permit (principal is Agent, action in [Action::"echo", Action::"get-env", Action::"get-tiny-image"], resource);
+// ...may hold get-sum's scope (issuance, refresh, the gateway's exchange are decided at the API)...
+permit (principal is Agent, action == Action::"get-sum", resource is Api);
+// ...and each call of get-sum (a tool under the API) waits for the person.
 @approval("user")
 permit (principal is Agent, action == Action::"get-sum", resource is Resource);
-// ...and get-env is never called through the gateway, whatever the token's scopes.
+// get-env is never called through the gateway, whatever the token's scopes.
 forbid (principal, action == Action::"get-env", resource is Resource);
 `;
 
