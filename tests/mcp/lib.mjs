@@ -7,7 +7,7 @@ import { execFileSync, spawn } from 'node:child_process';
 import { generateKeyPairSync, randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer as createHttpsServer } from 'node:https';
-import { createServer as createHttpServer } from 'node:http';
+import { createServer as createHttpServer, request as httpRequest } from 'node:http';
 import { createServer as createNetServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -298,6 +298,46 @@ export async function redirectListener() {
         });
       });
     },
+    close: () =>
+      new Promise((r) => {
+        srv.closeAllConnections?.();
+        srv.close(() => r());
+      }),
+  };
+}
+
+/**
+ * A reverse proxy on 127.0.0.1 to `target` that records each request's
+ * method, path, `Authorization` and body in `seen`, and streams answers
+ * (event streams included) back untouched.
+ */
+export async function recordingProxy(target) {
+  const seen = [];
+  const t = new URL(target);
+  const srv = createHttpServer((req, res) => {
+    const chunks = [];
+    req.on('data', (c) => chunks.push(c));
+    req.on('end', () => {
+      const body = Buffer.concat(chunks);
+      seen.push({ method: req.method, path: req.url, authorization: req.headers.authorization ?? null, body: body.toString('utf8') });
+      const up = httpRequest(
+        { host: t.hostname, port: t.port, method: req.method, path: req.url, headers: { ...req.headers, host: t.host } },
+        (upRes) => {
+          res.writeHead(upRes.statusCode, upRes.headers);
+          upRes.pipe(res);
+        },
+      );
+      up.on('error', () => {
+        res.writeHead(502);
+        res.end();
+      });
+      up.end(body);
+    });
+  });
+  await new Promise((r) => srv.listen(0, '127.0.0.1', r));
+  return {
+    base: `http://127.0.0.1:${srv.address().port}`,
+    seen,
     close: () =>
       new Promise((r) => {
         srv.closeAllConnections?.();

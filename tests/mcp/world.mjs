@@ -16,6 +16,7 @@ import {
   launchBrowser,
   makeCertificates,
   randomId,
+  recordingProxy,
   startMandate,
   startProcess,
   tempDir,
@@ -110,24 +111,30 @@ export async function startWorld({ withGateway = true, browser = true } = {}) {
     w.owner = owner;
 
     // server-everything, streamable HTTP, with an environment of its own
-    // (its get-env tool prints it).
-    const upPort = await freePort();
-    w.upstream = `http://127.0.0.1:${upPort}`;
+    // (its get-env tool prints it), behind a recording proxy: the proxy's
+    // address is "the upstream" (the gateway's upstream and the audience it
+    // exchanges for), and `w.upstreamSeen` is every request that reached it.
+    const evPort = await freePort();
+    const everything = `http://127.0.0.1:${evPort}`;
     w.procs.push(
       await startProcess(
         'server-everything',
         process.execPath,
         [join(HERE, 'node_modules/@modelcontextprotocol/server-everything/dist/index.js'), 'streamableHttp'],
         {
-          env: { PORT: String(upPort), PATH: process.env.PATH, HOME: w.tmp, EVERYTHING_SECRET: 'upstream-only' },
+          env: { PORT: String(evPort), PATH: process.env.PATH, HOME: w.tmp, EVERYTHING_SECRET: 'upstream-only' },
           ready: async () => {
             // Any answer at all: it listens.
-            const r = await fetch(`${w.upstream}/mcp`, { method: 'GET' });
+            const r = await fetch(`${everything}/mcp`, { method: 'GET' });
             return r.status > 0;
           },
         },
       ),
     );
+    const proxy = await recordingProxy(everything);
+    w.closers.push(() => proxy.close());
+    w.upstream = proxy.base;
+    w.upstreamSeen = proxy.seen;
 
     // The gateway's agent, its key (mandate keys client-keygen), and the
     // two resources: the gateway's (which names it) and the upstream's.

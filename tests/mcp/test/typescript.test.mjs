@@ -134,7 +134,7 @@ test('TypeScript SDK: CIMD, code flow in chromium, filtered list, allow / deny /
     assert.match(text(echoed), /hello through Mandate/);
 
     // Denied by the forbid: a JSON-RPC error, nothing forwarded.
-    const upstreamPosts = () => (w.procs.find((p) => p.name === 'server-everything').logs().match(/Received MCP POST request/g) ?? []).length;
+    const upstreamPosts = () => w.upstreamSeen.filter((q) => q.method === 'POST').length;
     const postsBefore = upstreamPosts();
     await assert.rejects(
       s.run((c) => c.callTool({ name: 'get-env', arguments: {} })),
@@ -194,6 +194,25 @@ test('TypeScript SDK: CIMD, code flow in chromium, filtered list, allow / deny /
     assert.notEqual(t2.refresh_token, t1.refresh_token, 'the refresh token rotates');
     assert.ok(claims(t2.access_token).exp > claims(provider.tokenHistory[before - 1].access_token).exp);
     assert.equal(provider.authorizationUrls.length, 1, 'no second consent for a refresh');
+
+    // What the upstream saw: never the client's tokens, always one
+    // exchanged for its own audience, the person's, with the gateway in act
+    // (RFC 8693 §4.1) after the client.
+    const mine = w.upstreamSeen.filter((q) => q.body.includes('after the refresh') || q.body.includes('hello through Mandate'));
+    assert.equal(mine.length, 2, `the upstream saw ${mine.length} of the two echo calls`);
+    const clientTokens = new Set(provider.tokenHistory.map((t) => t.access_token));
+    for (const q of w.upstreamSeen.filter((q) => q.method === 'POST')) {
+      assert.match(q.authorization ?? '', /^Bearer /, `${q.method} ${q.path} without a token`);
+      const token = q.authorization.slice(7);
+      assert.ok(!clientTokens.has(token), 'a client token reached the upstream');
+    }
+    for (const q of mine) {
+      const x = claims(q.authorization.slice(7));
+      assert.equal(x.aud, w.upstream, 'exchanged for the upstream');
+      assert.equal(x.sub, w.person.id);
+      assert.equal(x.act?.sub, w.gatewayAgent.id, `act: ${JSON.stringify(x.act)}`);
+      assert.equal(x.act?.act?.sub, c1.client_id, `act.act: ${JSON.stringify(x.act)}`);
+    }
     await s.close();
     if (process.env.MCP_TEST_DUMP) console.error(showExchanges(log, 100));
   });
