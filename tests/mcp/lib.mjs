@@ -324,6 +324,8 @@ export async function recordingProxy(target) {
         { host: t.hostname, port: t.port, method: req.method, path: req.url, headers: { ...req.headers, host: t.host } },
         (upRes) => {
           res.writeHead(upRes.statusCode, upRes.headers);
+          // At once: an event stream's head must not wait for its first event.
+          res.flushHeaders();
           upRes.pipe(res);
         },
       );

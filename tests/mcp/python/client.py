@@ -18,6 +18,7 @@ import json
 import queue
 import sys
 import threading
+import time
 import traceback
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from urllib.parse import parse_qs, urlparse
@@ -33,6 +34,13 @@ from mcp.shared.exceptions import MCPError
 
 # Every HTTP request the SDK made, with its answer's status (reported on failure too).
 REQUESTS: list[dict[str, object]] = []
+
+
+START = time.monotonic()
+
+
+def ms_since_start() -> int:
+    return int((time.monotonic() - START) * 1000)
 
 
 def emit(**obj: object) -> None:
@@ -142,12 +150,15 @@ async def main() -> None:
 
     async def log_request(request: httpx2.Request) -> None:
         body = request.content.decode("utf-8", "replace") if request.method == "POST" else None
-        requests.append({"method": request.method, "url": str(request.url), "body": (body or "")[:400]})
+        requests.append(
+            {"method": request.method, "url": str(request.url), "body": (body or "")[:400], "at": ms_since_start()}
+        )
 
     async def log_response(response: httpx2.Response) -> None:
         for r in reversed(requests):
             if r["url"] == str(response.request.url) and "status" not in r:
                 r["status"] = response.status_code
+                r["answered_at"] = ms_since_start()
                 r["www_authenticate"] = response.headers.get("www-authenticate")
                 break
 
