@@ -184,9 +184,10 @@ impl Mandate {
             })?
             .filter(|a| a.status == AgentStatus::Active && a.expires_at.is_none_or(|e| e > self.clock.now()))
             .ok_or_else(|| no_redirect("unknown or inactive client_id"))?;
-        // RFC 9700 §4.1: exact matching against the registered URIs.
+        // RFC 9700 §4.1: exact matching against the registered URIs, but
+        // for a loopback redirect's port (RFC 8252 §7.3).
         let redirect_uri = one("redirect_uri")?.ok_or_else(|| no_redirect("redirect_uri is required"))?;
-        if !agent.redirect_uris.iter().any(|r| r == redirect_uri) {
+        if !agent.redirect_uris.iter().any(|r| mandate_model::name::redirect_matches(r, redirect_uri)) {
             return Err(no_redirect("redirect_uri is not registered for this client"));
         }
         let state = one("state")?.map(str::to_owned);

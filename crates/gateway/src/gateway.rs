@@ -133,11 +133,47 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
     let Some((route, rest)) = shared.route_for(&path) else {
         return render(&GatewayError::NotFound.into(), None);
     };
+    // Browser-based MCP clients call the MCP endpoint from another origin
+    // with a bearer token (never cookies): answer their preflight, and let
+    // them read the challenge and the session id.
+    let cors = route.config.kind == RouteKind::Mcp && req.headers().contains_key(header::ORIGIN);
+    if route.config.kind == RouteKind::Mcp && req.method() == Method::OPTIONS && rest.is_empty() {
+        return cors_headers(StatusCode::NO_CONTENT.into_response(), true);
+    }
     let outcome = match route.config.kind {
         RouteKind::Mcp => crate::mcp::handle(&shared, route, rest, req).await,
         RouteKind::Http => crate::http::handle(&shared, route, rest, req).await,
     };
-    outcome.unwrap_or_else(|refused| render(&refused, Some(route.hints())))
+    let resp = outcome.unwrap_or_else(|refused| {
+        // A refusal may leave the request body unread, and then the
+        // connection cannot carry another request: say so (RFC 9112 §9.6).
+        let mut resp = render(&refused, Some(route.hints()));
+        resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        resp
+    });
+    if cors { cors_headers(resp, false) } else { resp }
+}
+
+/// CORS for an MCP endpoint: any origin, no credentials.
+fn cors_headers(mut resp: Response, preflight: bool) -> Response {
+    let h = resp.headers_mut();
+    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+    h.insert(
+        header::ACCESS_CONTROL_EXPOSE_HEADERS,
+        HeaderValue::from_static("WWW-Authenticate, Mcp-Session-Id, DPoP-Nonce"),
+    );
+    if preflight {
+        h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("GET, POST, DELETE, OPTIONS"));
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_HEADERS,
+            HeaderValue::from_static(
+                "Authorization, Content-Type, Accept, DPoP, MCP-Protocol-Version, Mcp-Session-Id, Last-Event-ID, Mcp-Method, Mcp-Name",
+            ),
+        );
+        h.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("600"));
+    }
+    h.append(header::VARY, HeaderValue::from_static("Origin"));
+    resp
 }
 
 /// RFC 9728 metadata of the route whose prefix follows the well-known

@@ -142,9 +142,53 @@ pub fn is_loopback_http(url: &url::Url) -> bool {
     url.scheme() == "http" && matches!(url.host_str(), Some("127.0.0.1" | "[::1]" | "localhost"))
 }
 
+/// Whether the redirect URI a request names is one the client registered:
+/// the same string (RFC 9700 §4.1), or, for a loopback http redirect, the
+/// same but for the port, which a native app picks when it starts
+/// (RFC 8252 §7.3).
+pub fn redirect_matches(registered: &str, requested: &str) -> bool {
+    if registered == requested {
+        return true;
+    }
+    let (Ok(reg), Ok(mut req)) = (url::Url::parse(registered), url::Url::parse(requested)) else {
+        return false;
+    };
+    // Only a request spelt exactly as the URL library writes it, so that
+    // nothing but the port can differ.
+    if !is_loopback_http(&reg) || req.as_str() != requested || reg.as_str() != registered {
+        return false;
+    }
+    if req.set_port(reg.port()).is_err() {
+        return false;
+    }
+    req.as_str() == reg.as_str()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn loopback_redirects_may_name_any_port() {
+        for (reg, req, ok) in [
+            ("https://app.example/cb", "https://app.example/cb", true),
+            ("https://app.example/cb", "https://app.example:8443/cb", false),
+            ("http://127.0.0.1/callback", "http://127.0.0.1:36959/callback", true),
+            ("http://127.0.0.1:3000/callback", "http://127.0.0.1:36959/callback", true),
+            ("http://localhost/callback", "http://localhost:5173/callback", true),
+            ("http://[::1]/cb", "http://[::1]:9/cb", true),
+            ("http://127.0.0.1/callback", "http://127.0.0.1:36959/callback/x", false),
+            ("http://127.0.0.1/callback", "http://127.0.0.1:36959/callback?x=1", false),
+            ("http://127.0.0.1/callback", "http://127.0.0.2:36959/callback", false),
+            ("http://127.0.0.1/callback", "https://127.0.0.1:36959/callback", false),
+            ("http://127.0.0.1/callback", "http://127.0.0.1:36959/%63allback", false),
+            ("http://127.0.0.1/callback", "http://user@127.0.0.1:36959/callback", false),
+            ("http://127.0.0.1/callback", "http://127.0.0.1:36959/callback#f", false),
+            ("http://127.0.0.1/callback", "HTTP://127.0.0.1:36959/callback", false),
+        ] {
+            assert_eq!(redirect_matches(reg, req), ok, "{reg} vs {req}");
+        }
+    }
 
     #[test]
     fn accepts_ordinary_names() {

@@ -145,9 +145,8 @@ test('Python SDK: dynamic registration, code flow in chromium, filtered list, al
 // answer. A client that sends its next request at once on the same
 // connection (the Python SDK's metadata GET, right after the 401) loses the
 // race now and then: "Server disconnected without sending a response"
-// (httpx). python/client.py therefore does not reuse connections. Kept as a
-// todo until the gateway reads the body first or says `close`.
-test('the gateway keeps a connection usable after a 401, or says Connection: close', { todo: 'closed after a 401 without Connection: close' }, async () => {
+// (httpx). The gateway now says `Connection: close` on every refusal.
+test('the gateway keeps a connection usable after a 401, or says Connection: close', async () => {
   const u = new URL(w.resource);
   const sock = connect(Number(u.port), u.hostname);
   let got = '';
@@ -207,11 +206,9 @@ test('Python SDK: a client metadata document as client_id (CIMD)', { timeout: 90
 // RFC 8252 §7.3: "The authorization server MUST allow any port to be
 // specified at the time of the request for loopback IP redirect URIs".
 // A native client's metadata document cannot know the ephemeral port its
-// listener will get, so it names the loopback URI without one. Mandate
-// compares redirect URIs exactly and refuses the request ("redirect_uri is
-// not registered for this client"): kept as a todo until it matches
-// loopback redirects on any port.
-test('Python SDK: CIMD with a loopback redirect on any port (RFC 8252 §7.3)', { timeout: 90_000, todo: 'Mandate matches loopback redirect URIs exactly' }, async () => {
+// listener will get, so it names the loopback URI without one; Mandate
+// matches loopback redirects on any port.
+test('Python SDK: CIMD with a loopback redirect on any port (RFC 8252 §7.3)', { timeout: 90_000 }, async () => {
   const url = pythonDocument('python-anyport', 'http://127.0.0.1/callback');
   const r = await runPython([w.resource, 'cimd', '--cimd', url], { timeout: 30_000 });
   assert.equal(r.echo.ok, true, JSON.stringify(r.echo));

@@ -297,11 +297,9 @@ test('TypeScript SDK: a confidential agent with private_key_jwt (client credenti
 // The SDK also runs in browsers (MCP Inspector's direct connection, web
 // apps): there every request to the MCP endpoint is a CORS request, the
 // POST with `Authorization` after a preflight, and the SDK must read the
-// 401's `WWW-Authenticate`. The gateway's metadata answers any origin, but
-// the MCP endpoint answers the preflight `405` with no CORS headers, so a
-// browser never sends the call. Kept as a todo until the MCP routes answer
-// CORS (or the gateway documents that browser clients need a proxy).
-test('a browser-based MCP client can reach the gateway (CORS)', { todo: 'OPTIONS on an MCP route is 405, without CORS headers' }, async () => {
+// 401's `WWW-Authenticate`: the MCP endpoint answers the preflight and
+// exposes the challenge to any origin.
+test('a browser-based MCP client can reach the gateway (CORS)', async () => {
   const origin = 'http://localhost:6274';
   const pre = await fetch(w.resource, {
     method: 'OPTIONS',
