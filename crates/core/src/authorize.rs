@@ -253,10 +253,20 @@ impl Mandate {
         {
             Some(named) if !named.is_empty() => {
                 let scopes = parse_scopes(Some(&named.join(" "))).map_err(|e| back("invalid_scope", &e.to_string()))?;
-                if let Some(s) = scopes.iter().find(|s| resource.actions_of(s).is_none()) {
-                    return Err(back("invalid_scope", &format!("scope {s} is not offered by {identifier}")));
+                // Scopes the resource does not declare are left out (RFC 6749
+                // §3.3): MCP clients that find no scope for the resource ask
+                // for the server's whole `scopes_supported`. The consent page
+                // and the token response say what is granted; a request with
+                // none of the resource's scopes is refused.
+                let offered: Vec<_> =
+                    scopes.iter().filter(|s| resource.actions_of(s).is_some()).cloned().map(Ok).collect();
+                let offered =
+                    ScopeSet::from_iter_checked(offered).map_err(|e| back("invalid_scope", &e.to_string()))?;
+                if offered.is_empty() {
+                    let first = scopes.iter().next().map(ToString::to_string).unwrap_or_default();
+                    return Err(back("invalid_scope", &format!("scope {first} is not offered by {identifier}")));
                 }
-                (scopes, false)
+                (offered, false)
             }
             _ => {
                 let all = resource.scopes.keys().map(|s| mandate_model::Scope::parse(s));

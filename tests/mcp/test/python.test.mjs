@@ -218,12 +218,10 @@ test('Python SDK: CIMD with a loopback redirect on any port (RFC 8252 §7.3)', {
 // no scopes_supported in the resource's metadata, a client omits scope. The
 // Python SDK instead asks for the authorization server's scopes_supported,
 // which in Mandate lists the scopes of every registered resource (here
-// calendar:read too), and Mandate refuses a scope the requested resource
-// does not offer: `invalid_scope` ("scope calendar:read is not offered by
-// …/mcp/open"). The /mcp/everything route, which advertises its scopes,
-// works. Kept as a todo until Mandate narrows such a request to the
-// resource's scopes (RFC 6749 §3.3 allows it) or the SDK follows the spec.
-test('Python SDK: a route that advertises no scopes, on a Mandate with other resources', { timeout: 60_000, todo: 'invalid_scope for the scopes of other resources' }, async () => {
+// calendar:read too). Mandate leaves out the scopes the requested resource
+// does not declare (RFC 6749 §3.3) and grants the rest; it answered
+// `invalid_scope` before.
+test('Python SDK: a route that advertises no scopes, on a Mandate with other resources', { timeout: 60_000 }, async () => {
   const port = await freePort();
   const url = pythonDocument('python-open', `http://127.0.0.1:${port}/callback`);
   const r = await runPython([w.openResource, 'cimd', '--cimd', url, '--port', String(port)], { timeout: 30_000 });

@@ -332,6 +332,17 @@ async fn the_code_flow_takes_what_mcp_clients_send() -> Result<()> {
     let scope = tokens["scope"].as_str().unwrap_or_default();
     assert!(scope.split(' ').any(|s| s == "read"), "{scope}");
 
+    // Scopes the resource does not declare are left out (an MCP client
+    // that fell back to the server's scopes_supported); none at all is
+    // invalid_scope.
+    let (back, html) = f.consent(&authorize_url(&f, &[("scope", "read mail:send other:thing")], &[]), "allow").await?;
+    assert!(html.contains("list, get") && !html.contains("mail:send"), "undeclared scopes are shown");
+    let code = param(&back, "code").unwrap_or_default();
+    let (st, tokens) = f.redeem(&code, Some(VERIFIER), REDIRECT).await?;
+    assert_eq!((st, tokens["scope"].as_str()), (200, Some("read")), "{tokens}");
+    let resp = f.get(&authorize_url(&f, &[("scope", "mail:send")], &[])).await?;
+    assert_eq!(param(&location(&resp), "error").as_deref(), Some("invalid_scope"), "{}", location(&resp));
+
     // prompt=none: no page may be shown, and consent always is.
     let resp = f.get(&authorize_url(&f, &[("prompt", "none")], &[])).await?;
     assert_eq!(resp.status(), 303);
