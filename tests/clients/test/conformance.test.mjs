@@ -28,7 +28,7 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { appendFileSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { createServer } from 'node:http';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -115,6 +115,8 @@ async function runSuite(server, alice, { clientId, clientSecret, resource = CAL,
 
 /** Asserts one run: every check SUCCESS but the CIMD one, which follows the metadata. */
 async function assertPasses(server, run, { cimd }) {
+  // CONFORMANCE_LOG=FILE keeps the suite's own output (the README quotes it).
+  if (process.env.CONFORMANCE_LOG) appendFileSync(process.env.CONFORMANCE_LOG, run.stdout);
   const why = `\n--- conformance output ---\n${run.stdout}\n--- mandate ---\n${server.logs().slice(-3000)}`;
   const meta = run.checks['authorization-server-metadata-endpoint'];
   const grant = run.checks['authorization-code-grant'];
