@@ -327,7 +327,9 @@ impl Mandate {
         }
         let appended = change.push(AuditRecord::new(event).mutation());
         let seq = self.store.commit(change).await?.affected(appended)?;
+        // A probe's allow is not a use: the next real check is recorded.
         if outcome.decision == ALLOW
+            && !req.probe
             && let Some(jti) = jti
         {
             self.remember_allow(jti, &req.action, &req.target(), seq);

@@ -113,5 +113,15 @@ pub struct FetchedDocument {
 /// description that may be shown to the client.
 #[async_trait::async_trait]
 pub trait MetadataFetcher: Send + Sync + 'static {
-    async fn fetch(&self, url: &str) -> Result<FetchedDocument, String>;
+    async fn fetch(&self, url: &str) -> Result<FetchedDocument, FetchFailure>;
+}
+
+/// Why a document could not be had.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchFailure {
+    /// Safe to show to the client.
+    pub why: String,
+    /// Busy, timed out or unreachable: worth trying again at once, so not
+    /// remembered against the URL (anyone could cause it).
+    pub transient: bool,
 }

@@ -190,12 +190,26 @@ impl Mandate {
     /// `None` for an id that names nobody.
     pub async fn client_named(&self, client_id: &str) -> Result<Option<Agent>, Error> {
         if let Ok(id) = client_id.parse::<AgentId>() {
-            return Ok(self.store.agent(id).await?);
+            return match self.store.agent(id).await? {
+                Some(a) => self.current_registration(a).await.map(Some),
+                None => Ok(None),
+            };
         }
         if is_metadata_url(client_id) {
             return self.metadata_client(client_id).await.map(Some);
         }
         Ok(None)
+    }
+
+    /// An agent as its client metadata document says now: a client of
+    /// origin `metadata_document` is read through its document (fetched
+    /// again once its cache time has passed) whichever way it is named, so
+    /// that keys or redirects the document dropped stop working.
+    pub(crate) async fn current_registration(&self, agent: Agent) -> Result<Agent, Error> {
+        match (&agent.origin, &agent.metadata_url) {
+            (AgentOrigin::MetadataDocument, Some(url)) => self.metadata_client(&url.clone()).await,
+            _ => Ok(agent),
+        }
     }
 
     /// Checks the shape of a metadata document URL: https (loopback http
@@ -241,11 +255,12 @@ impl Mandate {
         {
             return Err(Error::InvalidClient(why));
         }
+        let mut transient = false;
         let outcome = async {
-            let doc = fetcher
-                .fetch(url)
-                .await
-                .map_err(|why| Error::InvalidClient(format!("client metadata document: {why}")))?;
+            let doc = fetcher.fetch(url).await.map_err(|f| {
+                transient = f.transient;
+                Error::InvalidClient(format!("client metadata document: {}", f.why))
+            })?;
             let meta: ClientMetadata = serde_json::from_slice(&doc.body).map_err(|_| {
                 Error::InvalidClient("client metadata document is not a JSON object of client metadata".into())
             })?;
@@ -254,10 +269,10 @@ impl Mandate {
             }
             let fetched_jwks = match &meta.jwks_uri {
                 Some(u) => {
-                    let keys = fetcher
-                        .fetch(u)
-                        .await
-                        .map_err(|why| Error::InvalidClient(format!("client jwks_uri: {why}")))?;
+                    let keys = fetcher.fetch(u).await.map_err(|f| {
+                        transient = f.transient;
+                        Error::InvalidClient(format!("client jwks_uri: {}", f.why))
+                    })?;
                     Some(
                         serde_json::from_slice(&keys.body)
                             .map_err(|_| Error::InvalidClient("client jwks_uri: not JSON".into()))?,
@@ -277,7 +292,9 @@ impl Mandate {
         let (reg, ttl) = match outcome {
             Ok(v) => v,
             Err(Error::InvalidClient(why)) => {
-                self.metadata.failed.insert(url.to_owned(), (unix + FAILURE_TTL, why.clone()));
+                if !transient {
+                    self.metadata.failed.insert(url.to_owned(), (unix + FAILURE_TTL, why.clone()));
+                }
                 let mut event = self.event(kind::CLIENT_REGISTRATION_REFUSED);
                 event.decision = Some(DENY.into());
                 event.client_id = Some(crate::audit::bounded(url));

@@ -524,6 +524,7 @@ impl Mandate {
         match id {
             ClientId::Agent(a) => {
                 let agent = self.store.agent(a).await?.ok_or_else(|| Error::InvalidClient("unknown client".into()))?;
+                let agent = self.current_registration(agent).await?;
                 if !self.agent_may_act(&agent).await? {
                     return Err(Error::InvalidClient("the agent is not active".into()));
                 }

@@ -151,9 +151,11 @@ fn message(v: Value) -> Result<Message, GatewayError> {
     let id = obj.remove("id");
     // MCP: ids are strings or numbers, never null.
     if let Some(id) = &id
-        && !(id.is_string() || id.is_number())
+        && !(id.is_string() || id.is_i64() || id.is_u64())
     {
-        return Err(bad("an id is a string or a number"));
+        // A fractional id (`1.0`) may come back as `1`, and then match no
+        // request: a tools/list result would slip through unfiltered.
+        return Err(bad("an id is a string or an integer"));
     }
     match obj.remove("method") {
         Some(Value::String(method)) if !method.is_empty() => {
@@ -340,6 +342,9 @@ mod tests {
             (r#"{"jsonrpc":"1.0","id":1,"method":"a"}"#, false),
             (r#"{"jsonrpc":"2.0","id":null,"method":"a"}"#, false),
             (r#"{"jsonrpc":"2.0","id":{},"method":"a"}"#, false),
+            // A fractional id may come back as an integer, matching nothing.
+            (r#"{"jsonrpc":"2.0","id":1.0,"method":"tools/list"}"#, false),
+            (r#"{"jsonrpc":"2.0","id":1e0,"method":"tools/list"}"#, false),
             (r#"{"jsonrpc":"2.0","id":1,"method":""}"#, false),
             (r#"{"jsonrpc":"2.0","id":1,"method":5}"#, false),
             (r#"{"jsonrpc":"2.0","id":1,"method":"a","params":"x"}"#, false),

@@ -3,7 +3,7 @@
 //! DESIGN §9 (https only, public addresses only, 64 KiB, 5 s, 3 redirects,
 //! each hop checked; `--dev-loopback-fetch` opens loopback http).
 
-use mandate_core::ports::{FetchedDocument, MetadataFetcher};
+use mandate_core::ports::{FetchFailure, FetchedDocument, MetadataFetcher};
 use mandate_fetch::{FetchError, FetchPolicy, Fetcher, HostPatterns};
 
 /// Most fetches in flight at once: anyone may name a URL at
@@ -27,18 +27,20 @@ impl GuardedFetcher {
 
 #[async_trait::async_trait]
 impl MetadataFetcher for GuardedFetcher {
-    async fn fetch(&self, url: &str) -> Result<FetchedDocument, String> {
-        let parsed = url::Url::parse(url).map_err(|_| "not a URL".to_owned())?;
-        let _slot = self
-            .in_flight
-            .try_acquire()
-            .map_err(|_| "too many client documents are being fetched now; try again shortly".to_owned())?;
+    async fn fetch(&self, url: &str) -> Result<FetchedDocument, FetchFailure> {
+        let lasting = |why: &str| FetchFailure { why: why.to_owned(), transient: false };
+        let parsed = url::Url::parse(url).map_err(|_| lasting("not a URL"))?;
+        let _slot = self.in_flight.try_acquire().map_err(|_| FetchFailure {
+            why: "too many client documents are being fetched now; try again shortly".into(),
+            transient: true,
+        })?;
         let got = self.inner.get(&parsed).await.map_err(|e| {
             tracing::info!(url, error = %e, detail = ?std::error::Error::source(&e), "fetching a client document failed");
-            e.to_string()
+            let transient = matches!(e, FetchError::Timeout | FetchError::Network(_) | FetchError::Dns(_));
+            FetchFailure { why: e.to_string(), transient }
         })?;
         if !got.is_json() {
-            return Err("the document is not served as JSON".into());
+            return Err(lasting("the document is not served as JSON"));
         }
         Ok(FetchedDocument {
             body: got.body,

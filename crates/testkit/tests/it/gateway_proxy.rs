@@ -196,6 +196,16 @@ async fn the_gateway_decides_calls_and_exchanges_tokens_against_the_real_server(
     assert_eq!(c["act"]["sub"].as_str(), Some(gw_agent.id.as_str()), "{c}");
     assert_eq!(c["act"]["act"]["sub"].as_str(), Some(w.planner.id.as_str()), "{c}");
     assert_eq!(c["sub"].as_str(), Some(w.alice.as_str()), "{c}");
+    // The list's probe was recorded, and the call is recorded as a call of
+    // its own, not taken for the probe.
+    let checks = w.s.audit("type=check.decided").await?;
+    let about = |probe: bool| {
+        checks.iter().any(|e| {
+            let r = e["reason"].as_str().unwrap_or_default();
+            r.starts_with("probe: ") == probe && r.contains("tool/read_file")
+        })
+    };
+    assert!(about(true) && about(false), "{checks:?}");
 
     // A tool no scope of the token covers: step up to files.write.
     let (st, www, out) = rpc(&http, &url, &token, call(3, "write_file")).await?;

@@ -17,19 +17,24 @@ use serde_json::{Value, json};
 
 use crate::authorize::{VERIFIER, challenge, client, flow_on, param};
 
-/// Serves client metadata documents on a random loopback port.
-async fn documents() -> Result<String> {
+type Doc = std::sync::Arc<std::sync::Mutex<Value>>;
+
+/// Serves client metadata documents on a random loopback port; the good
+/// one (`/clients/app.json`) may be changed through the handle.
+async fn documents() -> Result<(String, Doc)> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
     let b = base.clone();
     let good = json!({"client_id": format!("{b}/clients/app.json"), "client_name": "Notes MCP client",
                       "redirect_uris": [format!("{b}/cb")], "token_endpoint_auth_method": "none"});
+    let good: Doc = std::sync::Arc::new(std::sync::Mutex::new(good));
+    let handle = good.clone();
     let mismatch = json!({"client_id": format!("{b}/clients/other.json"), "client_name": "X", "redirect_uris": [format!("{b}/cb")]});
     let app = Router::new()
         .route(
             "/clients/app.json",
             get(move || {
-                let g = good.clone();
+                let g = good.lock().map(|g| g.clone()).unwrap_or(Value::Null);
                 async move { ([(header::CACHE_CONTROL, "max-age=600")], axum::Json(g)) }
             }),
         )
@@ -54,13 +59,13 @@ async fn documents() -> Result<String> {
             }),
         );
     tokio::spawn(async move { axum::serve(listener, app).await });
-    Ok(base)
+    Ok((base, handle))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_metadata_document_registers_a_public_client_for_the_code_flow() -> Result<()> {
     let (s, owner) = TestServer::start_registering(|_| {}).await?;
-    let docs = documents().await?;
+    let (docs, doc) = documents().await?;
     let f = flow_on(s).await?;
     let (_, meta) = f.w.s.call(Method::GET, "/.well-known/oauth-authorization-server", None, None).await?;
     assert_eq!(meta["client_id_metadata_document_supported"], json!(true), "{meta}");
@@ -135,6 +140,21 @@ async fn a_client_metadata_document_registers_a_public_client_for_the_code_flow(
     .await?;
     assert_eq!(st, 200, "{body}");
     assert!(body["refresh_token"].is_null(), "no offline_access, no refresh token: {body}");
+    // The document drops that redirect: once its cache time has passed,
+    // the agent's id (not only its URL) stops taking it.
+    let agent_id = registered[0]["client_id"].as_str().unwrap_or_default().to_owned();
+    if let Ok(mut d) = doc.lock() {
+        d["redirect_uris"] = json!([format!("{docs}/elsewhere")]);
+    }
+    f.w.s.clock.advance(time::Duration::minutes(11));
+    let resp = f.get(&url_for(&agent_id)).await?;
+    assert_eq!(resp.status(), 400, "the old redirect still works by agent id");
+    assert!(resp.text().await?.contains("redirect_uri is not registered"));
+    if let Ok(mut d) = doc.lock() {
+        d["redirect_uris"] = json!([redirect.clone()]);
+    }
+    f.w.s.clock.advance(time::Duration::minutes(11));
+
     // Everything but the code flow needs a confidential client.
     let (st, body) = token(vec![
         ("grant_type", "client_credentials".into()),
