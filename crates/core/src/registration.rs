@@ -28,12 +28,35 @@ pub const MAX_METADATA_TTL: std::time::Duration = std::time::Duration::from_secs
 /// A document that could not be used is not fetched again for this long.
 const FAILURE_TTL: i64 = 30;
 const MAX_URL: usize = 2048;
+/// New self-registered clients a node takes per minute (documents and RFC
+/// 7591 alike), so that a flood of made-up clients cannot grow the store
+/// without bound (SECURITY row 45). Refreshing a known client is free.
+pub const MAX_NEW_REGISTRATIONS_PER_MINUTE: u32 = 60;
 const MAX_CACHED: usize = 10_000;
 
 /// When each metadata document is next fetched, and recent failures.
 pub struct MetadataCache {
     next_fetch: quick_cache::sync::Cache<String, i64>,
     failed: quick_cache::sync::Cache<String, (i64, String)>,
+    /// New registrations in the current minute: (minute, count).
+    new_this_minute: std::sync::Mutex<(i64, u32)>,
+}
+
+impl MetadataCache {
+    /// Takes one new registration from this minute's budget, or says how
+    /// long until the next minute.
+    fn admit_new(&self, unix: i64) -> Result<(), u64> {
+        let minute = unix.div_euclid(60);
+        let mut w = self.new_this_minute.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if w.0 != minute {
+            *w = (minute, 0);
+        }
+        if w.1 >= MAX_NEW_REGISTRATIONS_PER_MINUTE {
+            return Err(u64::try_from(60 - unix.rem_euclid(60)).unwrap_or(60));
+        }
+        w.1 += 1;
+        Ok(())
+    }
 }
 
 impl Default for MetadataCache {
@@ -41,6 +64,7 @@ impl Default for MetadataCache {
         Self {
             next_fetch: quick_cache::sync::Cache::new(MAX_CACHED),
             failed: quick_cache::sync::Cache::new(MAX_CACHED),
+            new_this_minute: std::sync::Mutex::new((0, 0)),
         }
     }
 }
@@ -255,6 +279,9 @@ impl Mandate {
         {
             return Err(Error::InvalidClient(why));
         }
+        if existing.is_none() && self.metadata.admit_new(unix).is_err() {
+            return Err(Error::InvalidClient("too many new clients are registering now; try again in a minute".into()));
+        }
         let mut transient = false;
         let outcome = async {
             let doc = fetcher.fetch(url).await.map_err(|f| {
@@ -446,6 +473,9 @@ impl Mandate {
             Ok(r) => r,
             Err(e) => return refused(e).await,
         };
+        if let Err(retry_after) = self.metadata.admit_new(self.clock.now().unix_timestamp()) {
+            return Err(Error::RateLimited { why: "too many new clients are registering now".into(), retry_after });
+        }
         let grant_types = reg.grant_types.clone();
         let agent = self.self_registered(owner, reg, AgentOrigin::Dynamic, None)?;
         let event = self.registration_event(&agent, "RFC 7591");
@@ -522,6 +552,17 @@ mod tests {
         let both = meta(serde_json::json!({"client_name": "Bot", "redirect_uris": ["https://a.example/cb"],
             "jwks": jwks, "jwks_uri": "https://a.example/jwks"}));
         assert!(both.validate(Some(jwks.clone())).is_err());
+    }
+
+    #[test]
+    fn new_registrations_are_counted_per_minute() {
+        let c = MetadataCache::default();
+        let t = 1_800_000_000; // a whole minute
+        for _ in 0..MAX_NEW_REGISTRATIONS_PER_MINUTE {
+            assert!(c.admit_new(t + 5).is_ok());
+        }
+        assert_eq!(c.admit_new(t + 10), Err(50));
+        assert!(c.admit_new(t + 60).is_ok(), "a new minute, a new budget");
     }
 
     #[test]
