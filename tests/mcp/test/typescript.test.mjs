@@ -76,7 +76,9 @@ test('TypeScript SDK: CIMD, code flow in chromium, filtered list, allow / deny /
   await explained(log, async () => {
     // Connect: 401 from the gateway, RFC 9728 metadata, RFC 8414 metadata,
     // the URL as client_id, consent in chromium, the code redeemed.
-    await s.connect([w.openResource]);
+    // The consent page names the resource, says the client registered
+    // itself (unverified) and where it describes itself.
+    await s.connect([w.openResource, "unverified", cimd]);
     const first = log.find((e) => e.url === w.openResource && e.status === 401);
     assert.ok(first, 'the gateway did not answer 401 first');
     assert.match(first.wwwAuthenticate, /^Bearer /);
