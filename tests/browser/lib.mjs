@@ -67,7 +67,7 @@ export function claims(jwt) {
  * waits until `GET /readyz` answers 200. `stop()` kills it and removes the
  * data dir; `logs()` is what it printed (shown when a test fails).
  */
-export async function startServer() {
+export async function startServer({ args = [] } = {}) {
   const dataDir = mkdtempSync(join(tmpdir(), 'mandate-browser-'));
   const adminToken = `mnd_admin_browser_${randomId(24)}`;
   let lastError;
@@ -78,7 +78,7 @@ export async function startServer() {
     const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('MANDATE_')));
     env.MANDATE_ADMIN_TOKEN = adminToken;
     env.RUST_LOG = env.RUST_LOG || 'warn';
-    const child = spawn(MANDATE_BIN, ['serve', '--data-dir', dataDir, '--listen', `127.0.0.1:${port}`], {
+    const child = spawn(MANDATE_BIN, ['serve', '--data-dir', dataDir, '--listen', `127.0.0.1:${port}`, ...args], {
       env,
       stdio: ['ignore', 'pipe', 'pipe'],
     });

@@ -41,6 +41,15 @@ pub enum OnOff {
 /// `<data-dir>/mandate.toml`, which overrides the defaults.
 #[derive(Debug, Args, Serialize)]
 pub struct ServeArgs {
+    /// A TOML configuration file (DESIGN §10: `[[upstream_oidc]]` and every
+    /// setting below); flags and `MANDATE_*` override it.
+    #[arg(long)]
+    #[serde(skip)]
+    config: Option<PathBuf>,
+    /// The local email-and-password form on the sign-in page (default on).
+    #[arg(long, value_enum)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    password_login: Option<OnOff>,
     /// Where the embedded database and the local master key live.
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -225,6 +234,10 @@ struct Settings {
     user_token_ttl: i64,
     master_key: Option<String>,
     admin_token: Option<String>,
+    password_login: OnOff,
+    /// Upstream OpenID Connect providers people sign in with.
+    #[serde(default, skip_serializing)]
+    upstream_oidc: Vec<mandate_core::federation::UpstreamIdp>,
 }
 
 impl Default for Settings {
@@ -266,6 +279,8 @@ impl Default for Settings {
             user_token_ttl: 30 * 24 * 3600,
             master_key: None,
             admin_token: None,
+            password_login: OnOff::On,
+            upstream_oidc: Vec::new(),
         }
     }
 }
@@ -276,8 +291,15 @@ fn load_settings(args: &ServeArgs) -> Result<Settings> {
         .clone()
         .or_else(|| std::env::var_os("MANDATE_DATA_DIR").map(PathBuf::from))
         .unwrap_or_else(|| PathBuf::from("mandate-data"));
-    Figment::from(Serialized::defaults(Settings::default()))
-        .merge(Toml::file(data_dir.join("mandate.toml")))
+    let mut figment =
+        Figment::from(Serialized::defaults(Settings::default())).merge(Toml::file(data_dir.join("mandate.toml")));
+    if let Some(file) = &args.config {
+        if !file.exists() {
+            bail!("the configuration file {} does not exist", file.display());
+        }
+        figment = figment.merge(Toml::file(file));
+    }
+    figment
         .merge(Env::prefixed("MANDATE_"))
         .merge(Serialized::defaults(args))
         .extract()
@@ -380,6 +402,17 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         bail!("dynamic_registration needs registration_owner: every client has an accountable owner");
     }
     config.dev_loopback_fetch = settings.dev_loopback_fetch;
+    for idp in &settings.upstream_oidc {
+        idp.validate().map_err(|e| anyhow::anyhow!(e))?;
+        if settings.upstream_oidc.iter().filter(|o| o.id == idp.id).count() > 1 {
+            bail!("upstream_oidc id {:?} is used twice", idp.id);
+        }
+    }
+    config.upstream_oidc.clone_from(&settings.upstream_oidc);
+    config.password_login = settings.password_login == OnOff::On;
+    if !config.password_login && config.upstream_oidc.is_empty() {
+        bail!("password_login = off needs at least one [[upstream_oidc]]: nobody could sign in");
+    }
     let metadata_hosts = settings
         .client_metadata_hosts
         .as_deref()

@@ -109,12 +109,12 @@ pub struct NewResource {
 
 const MAX_EXCHANGE_TO: usize = 16;
 
-const MAX_GROUPS: usize = 64;
+pub(crate) const MAX_GROUPS: usize = 64;
 const MAX_ATTRIBUTES: usize = 64;
-const MAX_ATTRIBUTE_VALUE: usize = 256;
+pub(crate) const MAX_ATTRIBUTE_VALUE: usize = 256;
 pub(crate) const MAX_REDIRECT_URIS: usize = 10;
 
-fn validate_groups(groups: &[String]) -> Result<Vec<String>, Error> {
+pub(crate) fn validate_groups(groups: &[String]) -> Result<Vec<String>, Error> {
     if groups.len() > MAX_GROUPS {
         return Err(Error::BadInput(format!("at most {MAX_GROUPS} groups")));
     }
@@ -128,7 +128,7 @@ fn validate_groups(groups: &[String]) -> Result<Vec<String>, Error> {
     Ok(groups.to_vec())
 }
 
-fn validate_attributes(attrs: &BTreeMap<String, String>) -> Result<BTreeMap<String, String>, Error> {
+pub(crate) fn validate_attributes(attrs: &BTreeMap<String, String>) -> Result<BTreeMap<String, String>, Error> {
     if attrs.len() > MAX_ATTRIBUTES {
         return Err(Error::BadInput(format!("at most {MAX_ATTRIBUTES} attributes")));
     }

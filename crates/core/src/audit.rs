@@ -29,6 +29,8 @@ pub mod kind {
     pub const ADMIN_TOKEN_SEEDED: &str = "admin.token_seeded";
     pub const USER_CREATED: &str = "user.created";
     pub const USER_UPDATED: &str = "user.updated";
+    /// A person linked to an upstream identity (`iss`, `sub`).
+    pub const USER_LINKED: &str = "user.linked";
     pub const USER_TOKEN_CREATED: &str = "user.token_created";
     pub const USER_TOKEN_REVOKED: &str = "user.token_revoked";
     pub const AGENT_CREATED: &str = "agent.created";

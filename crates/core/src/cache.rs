@@ -154,6 +154,13 @@ impl Store for CachingStore {
     async fn auth_code(&self, hash: &str) -> Result<Option<mandate_model::records::AuthCodeRecord>, StoreError> {
         self.inner.auth_code(hash).await
     }
+    async fn upstream_link(
+        &self,
+        issuer: &str,
+        subject: &str,
+    ) -> Result<Option<mandate_model::records::UpstreamLink>, StoreError> {
+        self.inner.upstream_link(issuer, subject).await
+    }
     async fn session(&self, hash: &str) -> Result<Option<SessionRecord>, StoreError> {
         self.inner.session(hash).await
     }

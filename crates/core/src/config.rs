@@ -62,6 +62,11 @@ pub struct Config {
     pub dynamic_registration: bool,
     /// Development only: client ids and documents on loopback over http.
     pub dev_loopback_fetch: bool,
+    /// Upstream OpenID Connect providers people may sign in with (DESIGN §10).
+    pub upstream_oidc: Vec<crate::federation::UpstreamIdp>,
+    /// Whether the sign-in page offers the local email-and-password form
+    /// (`--password-login off` hides it and refuses its posts).
+    pub password_login: bool,
 }
 
 impl Config {
@@ -96,6 +101,8 @@ impl Config {
             registration_owner: None,
             dynamic_registration: false,
             dev_loopback_fetch: false,
+            upstream_oidc: Vec::new(),
+            password_login: true,
         }
     }
 

@@ -16,6 +16,7 @@ pub mod chain;
 mod check;
 pub mod delegation;
 pub mod dpop;
+pub mod federation;
 mod keyring;
 mod oauth;
 pub mod refusals;

@@ -238,6 +238,20 @@ impl Mandate {
             }
         };
         self.sign_in_failures.succeeded(&pair, &ceilings);
+        self.open_session(user, Change::new(), None).await
+    }
+
+    /// Opens a session for `user`, who has just proved who they are, in one
+    /// commit with `change` (what the sign-in changed of the person) and the
+    /// `session.created` event; `how` says how they signed in, when not by
+    /// password.
+    pub(crate) async fn open_session(
+        &self,
+        user: User,
+        change: Change,
+        how: Option<String>,
+    ) -> Result<SignedIn, Error> {
+        let now = self.clock.now();
         let secret = secrets::generate(SESSION_PREFIX, self.rng.as_ref())?;
         let csrf = secrets::generate("", self.rng.as_ref())?;
         let expires_at = now + Duration::seconds(self.config.session_ttl);
@@ -254,8 +268,9 @@ impl Mandate {
         event.decision = Some(ALLOW.into());
         event.subject = Some(user.id.to_string());
         event.actor = Some(user.id.to_string());
+        event.reason = how;
         self.store
-            .commit(Change::new().with(Mutation::InsertSession(record)).with(AuditRecord::new(event).mutation()))
+            .commit(change.with(Mutation::InsertSession(record)).with(AuditRecord::new(event).mutation()))
             .await?;
         Ok(SignedIn { secret, session: Session { user, csrf, signed_in_at: now, expires_at }, known_browser })
     }

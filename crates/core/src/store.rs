@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use mandate_audit::{Checkpoint, Event};
 use mandate_model::records::{
     Agent, AgentStatus, Approval, ApprovalStatus, AuthCodeRecord, ClientId, Grant, RefreshRecord, Resource,
-    SessionRecord, SuspendedBy, TokenRecord, User, UserToken,
+    SessionRecord, SuspendedBy, TokenRecord, UpstreamLink, User, UserToken,
 };
 use mandate_model::{AgentId, ApprovalId, GrantId, Jti, UserId, UserTokenId};
 use thiserror::Error;
@@ -183,6 +183,9 @@ pub enum Mutation {
         hash: String,
         at: OffsetDateTime,
     },
+    /// Links a person to an upstream identity; fails with `Conflict` if the
+    /// (`issuer`, `subject`) pair is linked already or the user is missing.
+    InsertUpstreamLink(UpstreamLink),
     /// Ends a session (affected: 0 or 1).
     RevokeSession {
         hash: String,
@@ -477,6 +480,8 @@ pub trait Store: Send + Sync + 'static {
 
     async fn user(&self, id: UserId) -> Result<Option<User>, StoreError>;
     async fn user_by_email(&self, email: &str) -> Result<Option<User>, StoreError>;
+    /// The link of an upstream identity (`iss`, `sub`), if there is one.
+    async fn upstream_link(&self, issuer: &str, subject: &str) -> Result<Option<UpstreamLink>, StoreError>;
     /// A person's API token by the hash of its secret, live or not.
     async fn user_token_by_hash(&self, hash: &str) -> Result<Option<UserToken>, StoreError>;
     /// A person's API tokens, newest first.

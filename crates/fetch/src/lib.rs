@@ -355,6 +355,57 @@ impl Fetcher {
         tokio::time::timeout(self.timeout, self.exchange(url)).await.unwrap_or(Err(FetchError::Timeout))
     }
 
+    /// Sends `request` (any method, such as an OpenID Connect provider's
+    /// token endpoint's POST) under the same policy: the URL and every
+    /// redirect hop checked, the body bounded, the whole exchange timed.
+    /// Every final status is returned, so that the caller can read an
+    /// error body.
+    pub async fn send(&self, request: http::Request<Vec<u8>>) -> Result<http::Response<Vec<u8>>, FetchError> {
+        let url = Url::parse(&request.uri().to_string()).map_err(|_| FetchError::NotHttps)?;
+        self.check_url(&url)?;
+        tokio::time::timeout(self.timeout, self.send_checked(url, request)).await.unwrap_or(Err(FetchError::Timeout))
+    }
+
+    async fn send_checked(
+        &self,
+        url: Url,
+        request: http::Request<Vec<u8>>,
+    ) -> Result<http::Response<Vec<u8>>, FetchError> {
+        let (parts, body) = request.into_parts();
+        let mut response = self
+            .client
+            .request(parts.method, url)
+            .headers(parts.headers)
+            .body(body)
+            .send()
+            .await
+            .map_err(FetchError::from_reqwest)?;
+        if response
+            .headers()
+            .get_all(header::CONTENT_ENCODING)
+            .iter()
+            .any(|v| !v.to_str().is_ok_and(|v| v.trim().eq_ignore_ascii_case("identity")))
+        {
+            return Err(FetchError::Encoded);
+        }
+        let too_large = FetchError::TooLarge { limit: self.max_bytes };
+        if response.content_length().is_some_and(|n| n > self.max_bytes as u64) {
+            return Err(too_large);
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(FetchError::from_reqwest)? {
+            if body.len().saturating_add(chunk.len()) > self.max_bytes {
+                return Err(too_large);
+            }
+            body.extend_from_slice(&chunk);
+        }
+        let mut out = http::Response::builder().status(response.status());
+        if let Some(h) = out.headers_mut() {
+            *h = response.headers().clone();
+        }
+        out.body(body).map_err(|_| FetchError::Status(response.status().as_u16()))
+    }
+
     async fn exchange(&self, url: &Url) -> Result<Fetched, FetchError> {
         let mut response = self
             .client

@@ -544,6 +544,17 @@ pub struct AuthCodeRecord {
     pub used_at: Option<OffsetDateTime>,
 }
 
+/// A person linked to an identity at an upstream OpenID Connect provider
+/// (DESIGN §10): the provider's `iss` and the `sub` it gave the person. A
+/// person is found at sign-in by this pair, never by email alone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamLink {
+    pub issuer: String,
+    pub subject: String,
+    pub user: UserId,
+    pub created_at: OffsetDateTime,
+}
+
 /// A person's sign-in session at the web pages. The cookie holds a secret
 /// whose SHA-256 is `hash`; the cookie is never an access token.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -13,7 +13,7 @@ pub mod fetch;
 pub mod grant;
 mod oauth;
 mod ops;
-mod web;
+pub mod web;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,6 +36,8 @@ pub struct AppState {
     pub mandate: Arc<Mandate>,
     /// Connection limits, client addresses and rate limits.
     pub edge: Arc<edge::Edge>,
+    /// The upstream OpenID Connect providers' client, when any is configured.
+    pub upstreams: Option<Arc<web::upstream::Upstreams>>,
 }
 
 impl AppState {
@@ -47,7 +49,18 @@ impl AppState {
     pub fn with_edge(mandate: Arc<Mandate>, config: edge::EdgeConfig) -> Self {
         let edge = edge::Edge::new(config);
         mandate.set_client_gate(edge.clone());
-        Self { mandate, edge }
+        let upstreams = if mandate.config().upstream_oidc.is_empty() {
+            None
+        } else {
+            match web::upstream::Upstreams::new(mandate.config().dev_loopback_fetch) {
+                Ok(u) => Some(Arc::new(u)),
+                Err(e) => {
+                    tracing::error!(error = %e, "the upstream identity providers' HTTP client could not be built");
+                    None
+                }
+            }
+        };
+        Self { mandate, edge, upstreams }
     }
 }
 

@@ -166,6 +166,16 @@ pub(crate) async fn apply(conn: &mut PgConnection, m: &Mutation) -> Result<u64, 
         .execute(&mut *conn)
         .await
         .map_err(|e| map_write_error(e, "session"))?,
+        Mutation::InsertUpstreamLink(l) => {
+            sqlx::query("INSERT INTO upstream_links (issuer, subject, user_id, created_at) VALUES ($1, $2, $3, $4)")
+                .bind(&l.issuer)
+                .bind(&l.subject)
+                .bind(l.user.to_string())
+                .bind(ts(l.created_at)?)
+                .execute(&mut *conn)
+                .await
+                .map_err(|e| map_write_error(e, "upstream link"))?
+        }
         Mutation::RevokeSession { hash, at } => {
             sqlx::query("UPDATE sessions SET revoked_at = $1 WHERE hash = $2 AND revoked_at IS NULL")
                 .bind(ts(*at)?)

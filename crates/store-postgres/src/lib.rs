@@ -28,10 +28,11 @@ use mandate_core::store::{
     Applied, ApprovalQuery, Change, GrantQuery, KeyUse, Receipt, Store, StoreError, StoredKey, StoredPolicy,
 };
 use mandate_model::records::{
-    Agent, Approval, AuthCodeRecord, Grant, RefreshRecord, Resource, SessionRecord, TokenRecord, User, UserToken,
+    Agent, Approval, AuthCodeRecord, Grant, RefreshRecord, Resource, SessionRecord, TokenRecord, UpstreamLink, User,
+    UserToken,
 };
 use mandate_model::{AgentId, ApprovalId, GrantId, Jti, ResourceId, UserId};
-use mandate_store_sql::{self as codec, AuthCodeRow, EVENT_COLUMNS, SessionRow, ts};
+use mandate_store_sql::{self as codec, AuthCodeRow, EVENT_COLUMNS, SessionRow, UpstreamLinkRow, ts};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{ConnectOptions, Row};
 use tokio::sync::{mpsc, oneshot};
@@ -299,6 +300,24 @@ impl Store for PostgresStore {
                 created_at: get(&r, "created_at")?,
                 expires_at: get(&r, "expires_at")?,
                 used_at: get(&r, "used_at")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn upstream_link(&self, issuer: &str, subject: &str) -> Result<Option<UpstreamLink>, StoreError> {
+        let row = sqlx::query("SELECT * FROM upstream_links WHERE issuer = $1 AND subject = $2")
+            .bind(issuer)
+            .bind(subject)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        row.map(|r| {
+            UpstreamLink::try_from(UpstreamLinkRow {
+                issuer: get(&r, "issuer")?,
+                subject: get(&r, "subject")?,
+                user_id: get(&r, "user_id")?,
+                created_at: get(&r, "created_at")?,
             })
         })
         .transpose()

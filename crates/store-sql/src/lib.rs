@@ -8,7 +8,8 @@ use std::str::FromStr;
 
 use mandate_model::records::{
     Agent, AgentKind, AgentOrigin, AgentStatus, Approval, ApprovalStatus, ApprovalSubject, AuthCodeRecord, ClientId,
-    Grant, GrantStatus, RefreshRecord, Resource, SessionRecord, SuspendedBy, TokenRecord, User, UserStatus, UserToken,
+    Grant, GrantStatus, RefreshRecord, Resource, SessionRecord, SuspendedBy, TokenRecord, UpstreamLink, User,
+    UserStatus, UserToken,
 };
 use mandate_model::{AgentId, ApprovalId, GrantId, Jti, ResourceId, ScopeSet, UserId, UserTokenId};
 use time::OffsetDateTime;
@@ -336,6 +337,25 @@ impl TryFrom<SessionRow> for SessionRecord {
     }
 }
 
+pub struct UpstreamLinkRow {
+    pub issuer: String,
+    pub subject: String,
+    pub user_id: String,
+    pub created_at: i64,
+}
+
+impl TryFrom<UpstreamLinkRow> for UpstreamLink {
+    type Error = StoreError;
+    fn try_from(r: UpstreamLinkRow) -> Result<Self, StoreError> {
+        Ok(UpstreamLink {
+            issuer: r.issuer,
+            subject: r.subject,
+            user: parse::<UserId>(&r.user_id)?,
+            created_at: from_ts(r.created_at)?,
+        })
+    }
+}
+
 pub struct TokenRow {
     pub jti: String,
     pub client_id: String,
@@ -519,6 +539,7 @@ pub fn family(m: &Mutation) -> Family {
         | Mutation::InsertResource(..)
         | Mutation::PutPolicy(..)
         | Mutation::InsertSession(..)
+        | Mutation::InsertUpstreamLink(..)
         | Mutation::RevokeSession { .. } => Family::Identity,
         Mutation::InsertSigningKey(..) | Mutation::RetireSigningKeys { .. } => Family::Keys,
         Mutation::RevokeTokensOfAgent { .. }

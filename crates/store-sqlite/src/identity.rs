@@ -156,6 +156,12 @@ pub(crate) fn apply(conn: &Connection, m: &Mutation) -> Result<u64, StoreError> 
             ],
             "session",
         ),
+        Mutation::InsertUpstreamLink(l) => exec(
+            conn,
+            "INSERT INTO upstream_links (issuer, subject, user_id, created_at) VALUES (?1, ?2, ?3, ?4)",
+            params![l.issuer, l.subject, l.user.to_string(), ts(l.created_at)?],
+            "upstream link",
+        ),
         Mutation::RevokeSession { hash, at } => exec(
             conn,
             "UPDATE sessions SET revoked_at = ?1 WHERE hash = ?2 AND revoked_at IS NULL",

@@ -35,10 +35,11 @@ use mandate_core::store::{
     Applied, ApprovalQuery, Change, GrantQuery, Receipt, Store, StoreError, StoredKey, StoredPolicy,
 };
 use mandate_model::records::{
-    Agent, Approval, AuthCodeRecord, Grant, RefreshRecord, Resource, SessionRecord, TokenRecord, User, UserToken,
+    Agent, Approval, AuthCodeRecord, Grant, RefreshRecord, Resource, SessionRecord, TokenRecord, UpstreamLink, User,
+    UserToken,
 };
 use mandate_model::{AgentId, ApprovalId, GrantId, Jti, ResourceId, UserId};
-use mandate_store_sql::{self as codec, AuthCodeRow, EVENT_COLUMNS, SessionRow, ts};
+use mandate_store_sql::{self as codec, AuthCodeRow, EVENT_COLUMNS, SessionRow, UpstreamLinkRow, ts};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use tokio::sync::oneshot;
 
@@ -62,6 +63,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0007_security.sql"),
     include_str!("../migrations/0008_mcp.sql"),
     include_str!("../migrations/0009_registration.sql"),
+    include_str!("../migrations/0010_upstream_links.sql"),
 ];
 
 /// The writer connection's page cache, in KiB (as a negative `cache_size`).
@@ -366,6 +368,24 @@ impl Store for SqliteStore {
             }))
         })
         .await
+    }
+
+    async fn upstream_link(&self, issuer: &str, subject: &str) -> Result<Option<UpstreamLink>, StoreError> {
+        let (issuer, subject) = (issuer.to_owned(), subject.to_owned());
+        self.read(move |c| {
+            c.prepare_cached("SELECT * FROM upstream_links WHERE issuer = ?1 AND subject = ?2")?
+                .query_row([issuer, subject], |r| {
+                    Ok(UpstreamLink::try_from(UpstreamLinkRow {
+                        issuer: r.get("issuer")?,
+                        subject: r.get("subject")?,
+                        user_id: r.get("user_id")?,
+                        created_at: r.get("created_at")?,
+                    }))
+                })
+                .optional()
+        })
+        .await?
+        .transpose()
     }
 
     async fn session(&self, hash: &str) -> Result<Option<SessionRecord>, StoreError> {

@@ -189,6 +189,14 @@ impl Store for FaultyStore {
         self.gate()?;
         self.inner.auth_code(hash).await
     }
+    async fn upstream_link(
+        &self,
+        issuer: &str,
+        subject: &str,
+    ) -> Result<Option<mandate_model::records::UpstreamLink>, StoreError> {
+        self.gate()?;
+        self.inner.upstream_link(issuer, subject).await
+    }
     async fn session(&self, hash: &str) -> Result<Option<SessionRecord>, StoreError> {
         self.gate()?;
         self.inner.session(hash).await

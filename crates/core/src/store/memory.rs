@@ -18,7 +18,7 @@ use async_trait::async_trait;
 use mandate_audit::{Checkpoint, Event, GENESIS};
 use mandate_model::records::{
     Agent, AgentKind, AgentStatus, Approval, ApprovalStatus, ApprovalSubject, AuthCodeRecord, ClientId, Grant,
-    GrantStatus, RefreshRecord, Resource, SessionRecord, SuspendedBy, TokenRecord, User, UserToken,
+    GrantStatus, RefreshRecord, Resource, SessionRecord, SuspendedBy, TokenRecord, UpstreamLink, User, UserToken,
 };
 use mandate_model::{AgentId, ApprovalId, GrantId, Jti, ResourceId, UserId};
 use time::OffsetDateTime;
@@ -49,6 +49,8 @@ struct State {
     approvals: BTreeMap<ApprovalId, Approval>,
     refresh: BTreeMap<String, RefreshRecord>,
     sessions: BTreeMap<String, SessionRecord>,
+    /// By (issuer, subject).
+    upstream_links: BTreeMap<(String, String), UpstreamLink>,
     auth_codes: BTreeMap<String, AuthCodeRecord>,
     /// The audit trail; `events[i].seq == i + 1`.
     events: Vec<Event>,
@@ -182,6 +184,9 @@ fn refresh(s: &mut State) -> &mut BTreeMap<String, RefreshRecord> {
 }
 fn sessions(s: &mut State) -> &mut BTreeMap<String, SessionRecord> {
     &mut s.sessions
+}
+fn upstream_links(s: &mut State) -> &mut BTreeMap<(String, String), UpstreamLink> {
+    &mut s.upstream_links
 }
 fn auth_codes(s: &mut State) -> &mut BTreeMap<String, AuthCodeRecord> {
     &mut s.auth_codes
@@ -423,6 +428,14 @@ fn apply(tx: &mut Tx<'_>, m: &Mutation, applied: &Applied) -> Result<u64, StoreE
             let ok = !tx.state.sessions.contains_key(&r.hash) && tx.state.users.contains_key(&r.user);
             require(ok, "session")?;
             tx.put(sessions, r.hash.clone(), r.clone());
+            Ok(1)
+        }
+        Mutation::InsertUpstreamLink(l) => {
+            storable(l.created_at)?;
+            let key = (l.issuer.clone(), l.subject.clone());
+            let ok = !tx.state.upstream_links.contains_key(&key) && tx.state.users.contains_key(&l.user);
+            require(ok, "upstream link")?;
+            tx.put(upstream_links, key, l.clone());
             Ok(1)
         }
         Mutation::InsertAuthCode(c) => {
@@ -806,6 +819,11 @@ impl Store for MemoryStore {
 
     async fn auth_code(&self, hash: &str) -> Result<Option<AuthCodeRecord>, StoreError> {
         self.read(|s| s.auth_codes.get(hash).cloned())
+    }
+
+    async fn upstream_link(&self, issuer: &str, subject: &str) -> Result<Option<UpstreamLink>, StoreError> {
+        let key = (issuer.to_owned(), subject.to_owned());
+        self.read(|s| s.upstream_links.get(&key).cloned())
     }
 
     async fn session(&self, hash: &str) -> Result<Option<SessionRecord>, StoreError> {

@@ -12,6 +12,7 @@
 mod authorize;
 mod html;
 mod pages;
+pub mod upstream;
 mod views;
 
 use axum::Router;
@@ -36,6 +37,8 @@ pub fn routes(state: AppState) -> Router<AppState> {
     // address, like the API.
     let sign_in = Router::new()
         .route("/login", get(pages::login_page).post(pages::login))
+        .route("/login/oidc/{id}", get(upstream::start))
+        .route("/login/oidc/{id}/callback", get(upstream::callback))
         .route("/oauth/authorize", get(authorize::authorize_page).post(authorize::authorize_decision))
         .route_layer(axum::middleware::from_fn_with_state(state, crate::edge::limit_by_address));
     Router::new()

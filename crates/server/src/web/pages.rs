@@ -50,7 +50,7 @@ fn csrf_refusal(signed: &Signed, form: &OAuthForm) -> Option<Response> {
     }
 }
 
-fn query(raw: Option<&str>) -> Vec<(String, String)> {
+pub(crate) fn query(raw: Option<&str>) -> Vec<(String, String)> {
     raw.map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect()).unwrap_or_default()
 }
 
@@ -59,7 +59,7 @@ fn query(raw: Option<&str>) -> Vec<(String, String)> {
 /// `/`, so `/\t/evil.example` would become `//evil.example`: such paths are
 /// refused whole, and what is left must resolve (by the `url` crate, as a
 /// browser would) to this origin.
-fn local_next(next: Option<&str>) -> String {
+pub(crate) fn local_next(next: Option<&str>) -> String {
     const HOME: &str = "https://mandate.invalid/";
     let local = |n: &str| {
         n.starts_with('/')
@@ -95,7 +95,9 @@ fn login_form(s: &AppState, status: StatusCode, next: &str, email: &str, alert: 
         Ok(t) => t,
         Err(e) => return fail(e.into()),
     };
-    let view = views::LoginPage { title: "Sign in", who: None, alert, token: &token, next, email };
+    let providers = super::upstream::buttons(s, next);
+    let password = s.mandate.config().password_login;
+    let view = views::LoginPage { title: "Sign in", who: None, alert, token: &token, next, email, providers, password };
     let jar = CookieJar::new().add(session_cookie(login_cookie_name(secure), token.clone(), 600, secure));
     (jar, html(status, &view)).into_response()
 }
@@ -108,6 +110,9 @@ pub async fn login(
 ) -> Response {
     let secure = super::https(&s);
     let next = local_next(form.get("next"));
+    if !s.mandate.config().password_login {
+        return login_form(&s, StatusCode::FORBIDDEN, &next, "", "Sign-in with a password is switched off here.");
+    }
     let email = form.get("email").unwrap_or_default();
     // Double submit: the form's token must be the one its cookie carries.
     let sent = form.get("csrf").unwrap_or_default();

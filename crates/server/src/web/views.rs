@@ -75,6 +75,10 @@ pub struct LoginPage<'a> {
     pub token: &'a str,
     pub next: &'a str,
     pub email: &'a str,
+    /// Each upstream provider's link and button text.
+    pub providers: Vec<(String, String)>,
+    /// Whether the email-and-password form is offered.
+    pub password: bool,
 }
 
 // ----- approvals -----

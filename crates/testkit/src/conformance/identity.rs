@@ -6,7 +6,7 @@ use std::sync::Arc;
 use anyhow::{Result, ensure};
 use mandate_core::store::{Mutation, Store, StoreError, StoredPolicy};
 use mandate_model::UserId;
-use mandate_model::records::{AgentStatus, SessionRecord, SuspendedBy, UserStatus, UserToken};
+use mandate_model::records::{AgentStatus, SessionRecord, SuspendedBy, UpstreamLink, UserStatus, UserToken};
 use time::Duration;
 
 use super::fixtures::{agent, one, people, resource, t0, ulid, user};
@@ -209,5 +209,35 @@ pub async fn sessions_round_trip_and_end(s: &Arc<dyn Store>) -> Result<()> {
     ensure!(one(s, Mutation::RevokeSession { hash: "session-hash".into(), at: t0() }).await? == 1);
     ensure!(one(s, Mutation::RevokeSession { hash: "session-hash".into(), at: t0() }).await? == 0, "ended twice");
     ensure!(s.session("session-hash").await?.and_then(|x| x.revoked_at) == Some(t0()));
+    Ok(())
+}
+
+pub async fn upstream_links_find_their_person(s: &Arc<dyn Store>) -> Result<()> {
+    let (u, _, _, _) = people(s, "linked@example.com").await?;
+    let link = UpstreamLink {
+        issuer: "https://idp.example.com".into(),
+        subject: "248289761001".into(),
+        user: u.id,
+        created_at: t0(),
+    };
+    ensure!(s.upstream_link(&link.issuer, &link.subject).await?.is_none());
+    one(s, Mutation::InsertUpstreamLink(link.clone())).await?;
+    ensure!(s.upstream_link(&link.issuer, &link.subject).await? == Some(link.clone()), "link did not round-trip");
+    // The pair is the key: the same sub at another issuer is another identity.
+    ensure!(s.upstream_link("https://other.example.com", &link.subject).await?.is_none(), "found by sub alone");
+    ensure!(s.upstream_link(&link.issuer, "248289761002").await?.is_none());
+    ensure!(
+        matches!(one(s, Mutation::InsertUpstreamLink(link.clone())).await, Err(StoreError::Conflict(_))),
+        "a second link of one identity"
+    );
+    // One person may hold links at several issuers.
+    let second = UpstreamLink { issuer: "https://other.example.com".into(), ..link.clone() };
+    one(s, Mutation::InsertUpstreamLink(second.clone())).await?;
+    ensure!(s.upstream_link(&second.issuer, &second.subject).await?.map(|l| l.user) == Some(u.id));
+    let orphan = UpstreamLink { subject: "nobody".into(), user: UserId::from_ulid(ulid()), ..link };
+    ensure!(
+        matches!(one(s, Mutation::InsertUpstreamLink(orphan)).await, Err(StoreError::Conflict(_))),
+        "a link to a missing user"
+    );
     Ok(())
 }

@@ -105,6 +105,7 @@ macro_rules! store_conformance {
                 resources_round_trip_and_stay_unique,
                 policies_keep_every_version,
                 sessions_round_trip_and_end,
+                upstream_links_find_their_person,
             }
             keys {
                 signing_keys_rotate,

@@ -1,0 +1,351 @@
+//! People who sign in with an upstream OpenID Connect provider (DESIGN §10).
+//! The server runs the protocol (authorization code, PKCE, `state`,
+//! `nonce`, the ID token's validation) and hands this module the identity
+//! the provider vouched for; this module decides who that is here:
+//!
+//! - a person is found by the stored link (`iss`, `sub`), never by email
+//!   alone;
+//! - an unknown identity, with `jit_provisioning`, a verified email and an
+//!   allowed domain, is linked to the active person with that email, or
+//!   becomes a new person;
+//! - the provider's groups replace the person's groups at every sign-in;
+//! - unverified emails and disabled people are refused.
+//!
+//! Every outcome is one commit with its audit event; a refusal changes
+//! nothing but the trail.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use mandate_model::UserId;
+use mandate_model::records::{UpstreamLink, User, UserStatus};
+use serde::Deserialize;
+
+use crate::Error;
+use crate::audit::{AuditRecord, DENY, kind};
+use crate::ports::new_ulid;
+use crate::service::Mandate;
+use crate::session::SignedIn;
+use crate::store::{Change, Mutation};
+use mandate_model::name;
+
+/// How Mandate authenticates to the provider's token endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuth {
+    #[default]
+    ClientSecretBasic,
+    ClientSecretPost,
+    PrivateKeyJwt,
+}
+
+/// One `[[upstream_oidc]]` of the configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamIdp {
+    /// Names the routes: `/login/oidc/{id}` and `/login/oidc/{id}/callback`.
+    pub id: String,
+    /// The button reads "Sign in with {display_name}".
+    pub display_name: String,
+    pub issuer: String,
+    pub client_id: String,
+    #[serde(default)]
+    pub client_secret: Option<String>,
+    /// PKCS#8 key for `private_key_jwt`.
+    #[serde(default)]
+    pub client_key_file: Option<std::path::PathBuf>,
+    #[serde(default)]
+    pub client_auth: ClientAuth,
+    #[serde(default = "default_scopes")]
+    pub scopes: Vec<String>,
+    #[serde(default = "default_email_claim")]
+    pub email_claim: String,
+    /// The claim holding the groups; none: the person's groups are left as
+    /// they are.
+    #[serde(default)]
+    pub groups_claim: Option<String>,
+    /// Claim name → Cedar attribute name: string claims copied to the
+    /// person's attributes at each sign-in.
+    #[serde(default)]
+    pub attributes: BTreeMap<String, String>,
+    #[serde(default)]
+    pub allowed_email_domains: Vec<String>,
+    #[serde(default)]
+    pub jit_provisioning: bool,
+}
+
+fn default_scopes() -> Vec<String> {
+    vec!["openid".into(), "email".into(), "profile".into()]
+}
+
+fn default_email_claim() -> String {
+    "email".into()
+}
+
+impl UpstreamIdp {
+    /// The checks made at start-up.
+    pub fn validate(&self) -> Result<(), String> {
+        let id_ok = !self.id.is_empty()
+            && self.id.len() <= 64
+            && self.id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+        if !id_ok {
+            return Err(format!("upstream_oidc id {:?} must be 1-64 of a-z 0-9 - _", self.id));
+        }
+        if self.display_name.trim().is_empty() {
+            return Err(format!("upstream_oidc {}: display_name is empty", self.id));
+        }
+        if !self.scopes.iter().any(|s| s == "openid") {
+            return Err(format!("upstream_oidc {}: scopes must include openid", self.id));
+        }
+        match self.client_auth {
+            ClientAuth::ClientSecretBasic | ClientAuth::ClientSecretPost if self.client_secret.is_none() => {
+                return Err(format!("upstream_oidc {}: client_secret is missing", self.id));
+            }
+            ClientAuth::PrivateKeyJwt => {
+                return Err(format!(
+                    "upstream_oidc {}: client_auth = \"private_key_jwt\" is not supported yet; use client_secret_basic or client_secret_post",
+                    self.id
+                ));
+            }
+            _ => {}
+        }
+        if self.jit_provisioning && self.allowed_email_domains.is_empty() {
+            return Err(format!(
+                "upstream_oidc {}: jit_provisioning needs allowed_email_domains (who may be created)",
+                self.id
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// What the provider vouched for in a validated ID token (and, where the
+/// server asked, its UserInfo).
+#[derive(Debug, Clone, Default)]
+pub struct UpstreamIdentity {
+    /// The provider's `iss`.
+    pub issuer: String,
+    pub subject: String,
+    pub email: Option<String>,
+    pub email_verified: bool,
+    pub name: Option<String>,
+    /// `None` when the provider has no groups claim configured.
+    pub groups: Option<Vec<String>>,
+    /// Mapped attributes (already renamed).
+    pub attributes: BTreeMap<String, String>,
+}
+
+/// Whether `email`'s domain is one of `allowed` (case-insensitive, exact:
+/// `example.com` does not allow `sub.example.com`).
+pub fn domain_allowed(email: &str, allowed: &[String]) -> bool {
+    email.rsplit_once('@').is_some_and(|(_, d)| allowed.iter().any(|a| a.eq_ignore_ascii_case(d)))
+}
+
+/// The groups of a claim that can be Cedar groups, deduplicated, at most
+/// [`crate::admin::MAX_GROUPS`]; others are left out (and said so in the
+/// event).
+fn usable_groups(groups: &[String]) -> (Vec<String>, usize) {
+    let mut seen = BTreeSet::new();
+    let usable: Vec<String> = groups
+        .iter()
+        .filter(|g| name::validate_label("groups", g).is_ok())
+        .filter(|g| seen.insert(g.as_str()))
+        .take(crate::admin::MAX_GROUPS)
+        .cloned()
+        .collect();
+    let dropped = groups.len() - usable.len();
+    (usable, dropped)
+}
+
+/// The context a pending upstream sign-in's cookie is sealed under.
+const PENDING_CONTEXT: &[u8] = b"mandate:upstream-oidc-pending:v1";
+
+impl Mandate {
+    /// Seals what a sign-in at an upstream provider must remember until the
+    /// browser comes back (`state`, `nonce`, the PKCE verifier): encrypted
+    /// and authenticated under the master key, so that any node reads it
+    /// and nobody can forge or read it.
+    pub fn seal_pending(&self, plain: &[u8]) -> Result<String, Error> {
+        use base64::Engine;
+        let sealed = self
+            .kek
+            .seal(PENDING_CONTEXT, plain)
+            .map_err(|e| Error::Unavailable(format!("sealing a pending sign-in: {e}")))?;
+        Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sealed))
+    }
+
+    /// What [`Self::seal_pending`] sealed, if `cookie` is genuine.
+    pub fn open_pending(&self, cookie: &str) -> Option<Vec<u8>> {
+        use base64::Engine;
+        if cookie.len() > 4096 {
+            return None;
+        }
+        let sealed = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(cookie).ok()?;
+        self.kek.open(PENDING_CONTEXT, &sealed).ok()
+    }
+
+    /// Uses a `state` once: `false` if it was used before (a replayed
+    /// response). Kept in the replay store until `expires_at`, so every
+    /// node sees it.
+    pub async fn burn_upstream_state(&self, state: &str, expires_at: time::OffsetDateTime) -> Result<bool, Error> {
+        let key = format!("oidc-state:{}", crate::secrets::hash(state));
+        match self.store.commit(Change::new().with(Mutation::ConsumeDpopJti { key, expires_at })).await {
+            Ok(_) => Ok(true),
+            Err(crate::StoreError::DpopReplay) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Records a sign-in at provider `idp` refused before any identity was
+    /// established (a bad or replayed `state`, an ID token that failed
+    /// validation, the provider's own error), and returns the refusal.
+    pub async fn refuse_upstream(&self, idp: &str, why: &str) -> Error {
+        let mut event = self.event(kind::SIGN_IN_FAILED);
+        event.decision = Some(DENY.into());
+        event.reason = Some(format!("upstream:{idp}: {why}"));
+        match self.record(event).await {
+            Ok(()) => Error::Forbidden(why.to_owned()),
+            Err(e) => e,
+        }
+    }
+
+    /// Signs in the person an upstream provider vouched for, under that
+    /// provider's configuration `idp`.
+    pub async fn sign_in_upstream(&self, idp: &UpstreamIdp, who: UpstreamIdentity) -> Result<SignedIn, Error> {
+        let link = self.store.upstream_link(&who.issuer, &who.subject).await?;
+        let how = format!("upstream:{} ({} {})", idp.id, who.issuer, who.subject);
+        let refuse = |user: Option<UserId>, why: String| async move {
+            let mut event = self.event(kind::SIGN_IN_FAILED);
+            event.decision = Some(DENY.into());
+            event.subject = user.map(|u| u.to_string());
+            event.reason = Some(format!("upstream:{}: {why}", idp.id));
+            self.record(event).await?;
+            Err::<SignedIn, Error>(Error::Forbidden(why))
+        };
+        if !who.email_verified {
+            return refuse(link.map(|l| l.user), "the identity provider has not verified this email address".into())
+                .await;
+        }
+        let mut change = Change::new();
+        let mut events = Vec::new();
+        let mut created = false;
+        let mut user = match link {
+            Some(link) => match self.store.user(link.user).await? {
+                Some(u) => u,
+                None => return refuse(None, "the linked person no longer exists".into()).await,
+            },
+            None => {
+                if !idp.jit_provisioning {
+                    return refuse(
+                        None,
+                        "no Mandate account is linked to this identity; ask an administrator to add you".into(),
+                    )
+                    .await;
+                }
+                let Some(email) = who.email.as_deref().and_then(|e| mandate_model::name::validate_email(e).ok()) else {
+                    return refuse(None, "the identity provider sent no usable email address".into()).await;
+                };
+                if !domain_allowed(&email, &idp.allowed_email_domains) {
+                    return refuse(None, format!("the email domain of {email} is not allowed to sign in here")).await;
+                }
+                let user = match self.store.user_by_email(&email).await? {
+                    Some(existing) => existing,
+                    None => {
+                        let display = who.name.as_deref().and_then(|n| mandate_model::name::validate_name(n).ok());
+                        let user = User {
+                            id: UserId::from_ulid(new_ulid(self.clock.as_ref(), self.rng.as_ref())?),
+                            name: display.unwrap_or_else(|| email.clone()),
+                            email: email.clone(),
+                            groups: Vec::new(),
+                            attributes: BTreeMap::new(),
+                            status: UserStatus::Active,
+                            created_at: self.clock.now(),
+                            password_hash: None,
+                        };
+                        created = true;
+                        let mut event = self.event(kind::USER_CREATED);
+                        event.decision = Some(crate::audit::ALLOW.into());
+                        event.subject = Some(user.id.to_string());
+                        event.actor = Some(format!("upstream:{}", idp.id));
+                        event.reason = Some("created at first sign-in (jit_provisioning)".into());
+                        events.push(event);
+                        user
+                    }
+                };
+                change.push(Mutation::InsertUpstreamLink(UpstreamLink {
+                    issuer: who.issuer.clone(),
+                    subject: who.subject.clone(),
+                    user: user.id,
+                    created_at: self.clock.now(),
+                }));
+                let mut event = self.event(kind::USER_LINKED);
+                event.decision = Some(crate::audit::ALLOW.into());
+                event.subject = Some(user.id.to_string());
+                event.actor = Some(format!("upstream:{}", idp.id));
+                event.reason = Some(format!("linked to {} {}", who.issuer, who.subject));
+                events.push(event);
+                user
+            }
+        };
+        if user.status != UserStatus::Active {
+            return refuse(Some(user.id), "this account is disabled".into()).await;
+        }
+        // The provider's groups replace the person's at every sign-in, so
+        // the next Cedar decision sees the change.
+        let before = user.clone();
+        let mut dropped = 0;
+        if let Some(groups) = &who.groups {
+            let (usable, n) = usable_groups(groups);
+            dropped = n;
+            user.groups = usable;
+        }
+        for (k, v) in &who.attributes {
+            if name::validate_label("attributes", k).is_ok()
+                && name::validate_text("attributes", v, crate::admin::MAX_ATTRIBUTE_VALUE).is_ok()
+            {
+                user.attributes.insert(k.clone(), v.clone());
+            }
+        }
+        if created {
+            // Before the link, which refers to the person.
+            change.prepend(Mutation::InsertUser(user.clone()));
+        } else if user != before {
+            change.push(Mutation::UpdateUser(user.clone()));
+            let mut event = self.event(kind::USER_UPDATED);
+            event.decision = Some(crate::audit::ALLOW.into());
+            event.subject = Some(user.id.to_string());
+            event.actor = Some(format!("upstream:{}", idp.id));
+            let mut why = format!("groups from the identity provider: [{}]", user.groups.join(","));
+            if dropped > 0 {
+                why.push_str(&format!(" ({dropped} unusable left out)"));
+            }
+            event.reason = Some(why);
+            events.push(event);
+        }
+        for event in events {
+            change.push(AuditRecord::new(event).mutation());
+        }
+        self.open_session(user, change, Some(how)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn domains_match_exactly() {
+        let allowed = vec!["example.com".to_owned()];
+        assert!(domain_allowed("a@example.com", &allowed));
+        assert!(domain_allowed("a@EXAMPLE.com", &allowed));
+        assert!(!domain_allowed("a@sub.example.com", &allowed));
+        assert!(!domain_allowed("a@example.com.evil.net", &allowed));
+        assert!(!domain_allowed("example.com", &allowed));
+    }
+
+    #[test]
+    fn odd_groups_are_left_out() {
+        let (g, n) = usable_groups(&["eng".into(), "eng".into(), "CN=x,OU=y".into(), "ops".into()]);
+        assert_eq!(g, vec!["eng".to_owned(), "ops".to_owned()]);
+        assert_eq!(n, 2);
+    }
+}
