@@ -52,7 +52,7 @@ impl AppState {
         let upstreams = if mandate.config().upstream_oidc.is_empty() {
             None
         } else {
-            match web::upstream::Upstreams::new(mandate.config().dev_loopback_fetch) {
+            match web::upstream::Upstreams::new(mandate.config().dev_loopback_fetch, &mandate.config().upstream_oidc) {
                 Ok(u) => Some(Arc::new(u)),
                 Err(e) => {
                     tracing::error!(error = %e, "the upstream identity providers' HTTP client could not be built");

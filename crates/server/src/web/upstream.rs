@@ -47,18 +47,53 @@ fn pending_cookie_name(secure: bool) -> &'static str {
 pub struct Upstreams {
     fetcher: Fetcher,
     metadata: tokio::sync::Mutex<HashMap<String, (Instant, CoreProviderMetadata)>>,
+    /// The `private_key_jwt` keys, by provider id.
+    keys: HashMap<String, mandate_jose::SigningKey>,
 }
 
 impl Upstreams {
     /// `dev_loopback`: providers on loopback http too (development only).
-    pub fn new(dev_loopback: bool) -> Result<Self, FetchError> {
+    /// Reads the `private_key_jwt` keys of `idps`.
+    pub fn new(dev_loopback: bool, idps: &[UpstreamIdp]) -> Result<Self, String> {
         let policy = FetchPolicy {
             dev_loopback,
             accept: "application/json".into(),
             max_bytes: 256 * 1024,
             ..FetchPolicy::default()
         };
-        Ok(Self { fetcher: Fetcher::new(policy)?, metadata: tokio::sync::Mutex::new(HashMap::new()) })
+        let mut keys = HashMap::new();
+        for idp in idps {
+            if let Some(key) = idp.client_key().map_err(|e| format!("upstream_oidc {}: {e}", idp.id))? {
+                keys.insert(idp.id.clone(), key);
+            }
+        }
+        let fetcher = Fetcher::new(policy).map_err(|e| e.to_string())?;
+        Ok(Self { fetcher, metadata: tokio::sync::Mutex::new(HashMap::new()), keys })
+    }
+
+    /// The RFC 7523 client assertion that authenticates Mandate to the
+    /// token endpoint `aud` for `private_key_jwt`: `iss` = `sub` = the
+    /// client id, one minute to live, a unique `jti`.
+    fn client_assertion(&self, idp: &UpstreamIdp, aud: &str, now: i64) -> Result<String, String> {
+        #[derive(Serialize)]
+        struct Assertion<'a> {
+            iss: &'a str,
+            sub: &'a str,
+            aud: &'a str,
+            iat: i64,
+            exp: i64,
+            jti: String,
+        }
+        let key = self.keys.get(&idp.id).ok_or_else(|| "no client_key_file key is loaded".to_owned())?;
+        let claims = Assertion {
+            iss: &idp.client_id,
+            sub: &idp.client_id,
+            aud,
+            iat: now,
+            exp: now + 60,
+            jti: CsrfToken::new_random().secret().clone(),
+        };
+        mandate_jose::jws::sign(key, "JWT", &claims).map_err(|e| format!("signing the client assertion: {e}"))
     }
 
     /// The `openidconnect` HTTP client: every request through the guarded
@@ -123,8 +158,10 @@ fn client(s: &AppState, idp: &UpstreamIdp, metadata: CoreProviderMetadata) -> Re
     )
     .set_redirect_uri(redirect)
     .set_auth_type(match idp.client_auth {
-        ClientAuth::ClientSecretPost => AuthType::RequestBody,
-        _ => AuthType::BasicAuth,
+        // private_key_jwt: no secret, the client_id in the body beside the
+        // assertion (RFC 7523 §3.1 allows it).
+        ClientAuth::ClientSecretPost | ClientAuth::PrivateKeyJwt => AuthType::RequestBody,
+        ClientAuth::ClientSecretBasic => AuthType::BasicAuth,
     });
     Ok(client)
 }
@@ -265,6 +302,7 @@ async fn finish(
         Ok(m) => m,
         Err(why) => return Err(refuse(&why).await),
     };
+    let token_endpoint = metadata.token_endpoint().map(|u| u.url().to_string());
     let client = match client(s, idp, metadata) {
         Ok(c) => c,
         Err(why) => return Err(refuse(&why).await),
@@ -274,14 +312,26 @@ async fn finish(
         Ok(r) => r,
         Err(e) => return Err(refuse(&format!("the identity provider has no token endpoint ({e})")).await),
     };
-    let tokens =
-        match request.set_pkce_verifier(PkceCodeVerifier::new(pending.verifier.clone())).request_async(&http).await {
-            Ok(t) => t,
-            Err(e) => {
-                tracing::info!(idp = %idp.id, error = %e, "upstream code redemption failed");
-                return Err(refuse(&format!("the code could not be redeemed at the identity provider ({e})")).await);
-            }
+    let mut request = request.set_pkce_verifier(PkceCodeVerifier::new(pending.verifier.clone()));
+    if idp.client_auth == ClientAuth::PrivateKeyJwt {
+        let Some(aud) = token_endpoint else {
+            return Err(refuse("the identity provider has no token endpoint").await);
         };
+        let assertion = match upstreams.client_assertion(idp, &aud, s.mandate.now().unix_timestamp()) {
+            Ok(a) => a,
+            Err(why) => return Err(refuse(&why).await),
+        };
+        request = request
+            .add_extra_param("client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer")
+            .add_extra_param("client_assertion", assertion);
+    }
+    let tokens = match request.request_async(&http).await {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::info!(idp = %idp.id, error = %e, "upstream code redemption failed");
+            return Err(refuse(&format!("the code could not be redeemed at the identity provider ({e})")).await);
+        }
+    };
     let Some(id_token) = tokens.id_token() else {
         return Err(refuse("the identity provider sent no ID token").await);
     };
