@@ -21,5 +21,6 @@ mod registration;
 mod restart;
 mod status;
 mod tokens;
+mod upstream;
 mod verifier;
 mod web;
