@@ -380,6 +380,169 @@ mod tests {
         assert!(!domain_allowed("example.com", &allowed));
     }
 
+    use crate::store::Store;
+    use crate::testing::World;
+    use crate::{Caller, admin::UserPatch};
+
+    const ISS: &str = "https://idp.example.com";
+
+    fn idp(jit: bool) -> UpstreamIdp {
+        UpstreamIdp {
+            id: "corp".into(),
+            display_name: "Corp".into(),
+            issuer: ISS.into(),
+            client_id: "mandate".into(),
+            client_secret: Some("s".into()),
+            client_key_file: None,
+            client_auth: ClientAuth::ClientSecretBasic,
+            scopes: default_scopes(),
+            email_claim: default_email_claim(),
+            groups_claim: Some("groups".into()),
+            attributes: BTreeMap::new(),
+            allowed_email_domains: vec!["example.com".into()],
+            jit_provisioning: jit,
+        }
+    }
+
+    fn who(sub: &str, email: &str, groups: Option<&[&str]>) -> UpstreamIdentity {
+        UpstreamIdentity {
+            issuer: ISS.into(),
+            subject: sub.into(),
+            email: Some(email.into()),
+            email_verified: true,
+            name: Some("Carol".into()),
+            groups: groups.map(|g| g.iter().map(|s| (*s).to_owned()).collect()),
+            attributes: BTreeMap::new(),
+        }
+    }
+
+    /// Expects a refusal saying `why` that adds one `sign_in_failed` event
+    /// and writes nothing else (no link, no person).
+    async fn refused(w: &World, idp: &UpstreamIdp, who: UpstreamIdentity, why: &str) {
+        let before = w.trail_len().await;
+        let by_email = match who.email.as_deref() {
+            Some(e) => w.store.user_by_email(e).await.unwrap(),
+            None => None,
+        };
+        let (iss, sub) = (who.issuer.clone(), who.subject.clone());
+        let email = who.email.clone();
+        match w.m.sign_in_upstream(idp, who).await {
+            Err(Error::Forbidden(m)) => assert!(m.contains(why), "{m}"),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        assert_eq!(w.trail_len().await, before + 1);
+        let failed = w.events(kind::SIGN_IN_FAILED).await;
+        let last = failed.last().unwrap();
+        assert_eq!(last.seq, before + 1);
+        assert!(last.reason.as_deref().unwrap_or_default().starts_with("upstream:corp: "), "{last:?}");
+        assert!(w.store.upstream_link(&iss, &sub).await.unwrap().is_none());
+        if let Some(e) = email {
+            assert_eq!(w.store.user_by_email(&e).await.unwrap(), by_email);
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unknown_identity_is_provisioned_then_found_by_its_link() {
+        let w = World::new().await;
+        let idp = idp(true);
+        let first = w.m.sign_in_upstream(&idp, who("c-1", "carol@example.com", Some(&["eng"]))).await.unwrap();
+        let carol = w.store.user_by_email("carol@example.com").await.unwrap().unwrap();
+        assert_eq!(first.session.user.id, carol.id);
+        assert_eq!((carol.name.as_str(), carol.groups.clone()), ("Carol", vec!["eng".to_owned()]));
+        assert!(carol.password_hash.is_none());
+        assert_eq!(w.store.upstream_link(ISS, "c-1").await.unwrap().map(|l| l.user), Some(carol.id));
+        let created = w.events(kind::USER_CREATED).await;
+        assert_eq!(created.last().unwrap().actor.as_deref(), Some("upstream:corp"));
+        let n_created = created.len();
+        // A new email at the provider: the same person, by (iss, sub).
+        let again = w.m.sign_in_upstream(&idp, who("c-1", "carol.x@example.com", Some(&["eng"]))).await.unwrap();
+        assert_eq!(again.session.user.id, carol.id);
+        assert_eq!(w.events(kind::USER_CREATED).await.len(), n_created);
+        assert_eq!(w.events(kind::USER_LINKED).await.len(), 1);
+        assert!(w.store.user_by_email("carol.x@example.com").await.unwrap().is_none());
+        // Nothing changed: no user.updated.
+        assert!(w.events(kind::USER_UPDATED).await.iter().all(|e| e.subject != Some(carol.id.to_string())));
+    }
+
+    #[tokio::test]
+    async fn an_existing_person_is_linked_by_email_and_gets_the_providers_groups() {
+        let w = World::new().await;
+        let signed = w.m.sign_in_upstream(&idp(true), who("a-1", "Alice@Example.com", Some(&["eng", "ops"]))).await;
+        assert_eq!(signed.unwrap().session.user.id, w.alice.id);
+        assert_eq!(w.store.upstream_link(ISS, "a-1").await.unwrap().map(|l| l.user), Some(w.alice.id));
+        let alice = w.store.user(w.alice.id).await.unwrap().unwrap();
+        assert_eq!(alice.groups, vec!["eng".to_owned(), "ops".to_owned()], "staff replaced");
+        let updated = w.events(kind::USER_UPDATED).await;
+        let last = updated.last().unwrap();
+        assert_eq!(last.subject, Some(w.alice.id.to_string()));
+        assert!(last.reason.as_deref().unwrap_or_default().contains("[eng,ops]"));
+        // Another issuer with the same subject is another identity.
+        let mut elsewhere = who("a-1", "alice@example.com", None);
+        elsewhere.issuer = "https://other.example.com".into();
+        refused(&w, &idp(false), elsewhere, "no Mandate account is linked").await;
+    }
+
+    #[tokio::test]
+    async fn groups_are_replaced_cleared_or_left_as_the_claim_says() {
+        let w = World::new().await;
+        let idp = idp(true);
+        w.m.sign_in_upstream(&idp, who("a-1", "alice@example.com", Some(&["eng"]))).await.unwrap();
+        // No groups claim configured: the person's groups stay.
+        w.m.sign_in_upstream(&idp, who("a-1", "alice@example.com", None)).await.unwrap();
+        assert_eq!(w.store.user(w.alice.id).await.unwrap().unwrap().groups, vec!["eng".to_owned()]);
+        // The claim is empty (or missing): no groups.
+        w.m.sign_in_upstream(&idp, who("a-1", "alice@example.com", Some(&[]))).await.unwrap();
+        assert!(w.store.user(w.alice.id).await.unwrap().unwrap().groups.is_empty());
+        // Unusable names are left out and counted.
+        w.m.sign_in_upstream(&idp, who("a-1", "alice@example.com", Some(&["CN=x,OU=y", "ops"]))).await.unwrap();
+        assert_eq!(w.store.user(w.alice.id).await.unwrap().unwrap().groups, vec!["ops".to_owned()]);
+        let last = w.events(kind::USER_UPDATED).await.pop().unwrap();
+        assert!(last.reason.as_deref().unwrap_or_default().contains("1 unusable left out"), "{last:?}");
+    }
+
+    #[tokio::test]
+    async fn refusals_write_nothing_but_their_event() {
+        let w = World::new().await;
+        let jit = idp(true);
+        let mut unverified = who("c-1", "carol@example.com", Some(&["eng"]));
+        unverified.email_verified = false;
+        refused(&w, &jit, unverified, "has not verified this email").await;
+        refused(&w, &jit, who("c-1", "carol@sub.example.com", None), "is not allowed to sign in here").await;
+        refused(&w, &jit, who("c-1", "carol@example.org", None), "is not allowed to sign in here").await;
+        let mut no_email = who("c-1", "x", None);
+        no_email.email = None;
+        refused(&w, &jit, no_email, "no usable email").await;
+        refused(&w, &idp(false), who("c-1", "carol@example.com", None), "no Mandate account is linked").await;
+        // An unverified email is refused even for a linked person, and the
+        // person's groups stay.
+        w.m.sign_in_upstream(&jit, who("a-1", "alice@example.com", Some(&["eng"]))).await.unwrap();
+        let mut linked = who("a-1", "alice@example.com", Some(&["ops"]));
+        linked.email_verified = false;
+        let before = w.trail_len().await;
+        assert!(matches!(w.m.sign_in_upstream(&jit, linked).await, Err(Error::Forbidden(_))));
+        assert_eq!(w.trail_len().await, before + 1);
+        let failed = w.events(kind::SIGN_IN_FAILED).await.pop().unwrap();
+        assert_eq!(failed.subject, Some(w.alice.id.to_string()));
+        assert_eq!(w.store.user(w.alice.id).await.unwrap().unwrap().groups, vec!["eng".to_owned()]);
+    }
+
+    #[tokio::test]
+    async fn a_disabled_person_is_refused_linked_or_by_email() {
+        let w = World::new().await;
+        let jit = idp(true);
+        w.m.sign_in_upstream(&jit, who("a-1", "alice@example.com", None)).await.unwrap();
+        let off = UserPatch { groups: None, attributes: None, status: Some(UserStatus::Disabled) };
+        w.m.update_user(Caller::Admin, w.alice.id, off.clone()).await.unwrap();
+        let before = w.trail_len().await;
+        let refused_linked = w.m.sign_in_upstream(&jit, who("a-1", "alice@example.com", Some(&["eng"]))).await;
+        assert!(matches!(refused_linked, Err(Error::Forbidden(m)) if m.contains("disabled")));
+        assert_eq!(w.trail_len().await, before + 1);
+        assert_eq!(w.store.user(w.alice.id).await.unwrap().unwrap().groups, vec!["staff".to_owned()]);
+        // Bob, disabled before any link: no link is made.
+        w.m.update_user(Caller::Admin, w.bob.id, off).await.unwrap();
+        refused(&w, &jit, who("b-1", "bob@example.com", None), "this account is disabled").await;
+    }
+
     #[test]
     fn odd_groups_are_left_out() {
         let (g, n) = usable_groups(&["eng".into(), "eng".into(), "CN=x,OU=y".into(), "ops".into()]);
