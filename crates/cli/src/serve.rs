@@ -46,6 +46,14 @@ pub struct ServeArgs {
     #[arg(long)]
     #[serde(skip)]
     config: Option<PathBuf>,
+    /// An upstream OpenID Connect provider people sign in with, as a TOML
+    /// inline table with the keys of `[[upstream_oidc]]`, e.g.
+    /// `{ id = "corp", display_name = "Corp SSO", issuer = "https://idp.example.com", client_id = "mandate",
+    /// client_auth = "private_key_jwt", client_key_file = "/etc/mandate/idp.pk8" }`.
+    /// Repeatable; added to the providers of the configuration file.
+    #[arg(long = "upstream-oidc", value_name = "TABLE", value_parser = parse_upstream_oidc)]
+    #[serde(skip)]
+    upstream_oidc: Vec<mandate_core::federation::UpstreamIdp>,
     /// The local email-and-password form on the sign-in page (default on).
     #[arg(long, value_enum)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -285,6 +293,19 @@ impl Default for Settings {
     }
 }
 
+/// One `--upstream-oidc`: a TOML inline table, read as one
+/// `[[upstream_oidc]]` of the file is.
+fn parse_upstream_oidc(table: &str) -> Result<mandate_core::federation::UpstreamIdp, String> {
+    #[derive(Deserialize)]
+    struct One {
+        upstream_oidc: mandate_core::federation::UpstreamIdp,
+    }
+    let one: One = Figment::from(Toml::string(&format!("upstream_oidc = {table}")))
+        .extract()
+        .map_err(|e| format!("--upstream-oidc takes a TOML inline table with the keys of [[upstream_oidc]]: {e}"))?;
+    Ok(one.upstream_oidc)
+}
+
 fn load_settings(args: &ServeArgs) -> Result<Settings> {
     let data_dir = args
         .data_dir
@@ -299,11 +320,13 @@ fn load_settings(args: &ServeArgs) -> Result<Settings> {
         }
         figment = figment.merge(Toml::file(file));
     }
-    figment
+    let mut settings: Settings = figment
         .merge(Env::prefixed("MANDATE_"))
         .merge(Serialized::defaults(args))
         .extract()
-        .context("reading the configuration")
+        .context("reading the configuration")?;
+    settings.upstream_oidc.extend(args.upstream_oidc.iter().cloned());
+    Ok(settings)
 }
 
 pub(crate) fn init_logging(format: LogFormat) {
@@ -564,5 +587,57 @@ pub(crate) async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => {},
         () = term => {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_oidc_flags_read_as_the_files_tables() {
+        let idp = parse_upstream_oidc(
+            r#"{ id = "corp", display_name = "Corp SSO", issuer = "https://idp.example.com", client_id = "mandate", client_secret = "s", allowed_email_domains = ["example.com"], jit_provisioning = true }"#,
+        )
+        .unwrap();
+        assert_eq!((idp.id.as_str(), idp.client_id.as_str()), ("corp", "mandate"));
+        assert_eq!(idp.scopes, vec!["openid", "email", "profile"]);
+        assert!(idp.jit_provisioning);
+        idp.validate().unwrap();
+        for bad in [
+            "corp",
+            "{ id = \"corp\" }",
+            "{ id = \"c\", display_name = \"C\", issuer = \"i\", client_id = \"c\", bogus = 1 }",
+        ] {
+            assert!(parse_upstream_oidc(bad).unwrap_err().contains("--upstream-oidc"), "{bad}");
+        }
+    }
+
+    #[test]
+    fn upstream_oidc_flags_add_to_the_file() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            serve: ServeArgs,
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("mandate.toml");
+        std::fs::write(
+            &file,
+            "[[upstream_oidc]]\nid = \"file\"\ndisplay_name = \"F\"\nissuer = \"https://f.example.com\"\nclient_id = \"c\"\nclient_secret = \"s\"\n",
+        )
+        .unwrap();
+        let cli = Cli::try_parse_from([
+            "mandate",
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+            "--upstream-oidc",
+            r#"{ id = "flag", display_name = "G", issuer = "https://g.example.com", client_id = "c", client_secret = "s" }"#,
+        ])
+        .unwrap();
+        let settings = load_settings(&cli.serve).unwrap();
+        let ids: Vec<&str> = settings.upstream_oidc.iter().map(|i| i.id.as_str()).collect();
+        assert_eq!(ids, vec!["file", "flag"]);
     }
 }
