@@ -101,6 +101,12 @@ impl UpstreamIdp {
                 return Err(format!("upstream_oidc {}: client_secret is missing", self.id));
             }
             ClientAuth::PrivateKeyJwt => {
+                if self.client_secret.is_some() {
+                    return Err(format!(
+                        "upstream_oidc {}: client_auth = \"private_key_jwt\" sends no client_secret; remove it",
+                        self.id
+                    ));
+                }
                 if self.client_key_file.is_none() {
                     return Err(format!(
                         "upstream_oidc {}: client_auth = \"private_key_jwt\" needs client_key_file",

@@ -154,7 +154,8 @@ fn client(s: &AppState, idp: &UpstreamIdp, metadata: CoreProviderMetadata) -> Re
     let client = CoreClient::from_provider_metadata(
         metadata,
         ClientId::new(idp.client_id.clone()),
-        idp.client_secret.clone().map(ClientSecret::new),
+        // private_key_jwt: never a secret beside the assertion.
+        idp.client_secret.clone().filter(|_| idp.client_auth != ClientAuth::PrivateKeyJwt).map(ClientSecret::new),
     )
     .set_redirect_uri(redirect)
     .set_auth_type(match idp.client_auth {

@@ -538,6 +538,9 @@ fn private_key_jwt_needs_a_readable_key() {
         jit_provisioning: false,
     };
     assert!(idp.validate().unwrap_err().contains("needs client_key_file"));
+    idp.client_secret = Some("s".into());
+    assert!(idp.validate().unwrap_err().contains("sends no client_secret"));
+    idp.client_secret = None;
     idp.client_key_file = Some("/nonexistent/key.pk8".into());
     assert!(idp.validate().unwrap_err().contains("client_key_file"));
 }
