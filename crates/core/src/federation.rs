@@ -550,6 +550,28 @@ mod tests {
     }
 
     #[test]
+    fn the_client_key_is_read_as_der_or_pem() {
+        use base64::Engine;
+        let key = mandate_jose::SigningKey::generate(mandate_jose::KeyAlg::ES256).unwrap();
+        let dir = std::env::temp_dir().join(format!("mandate-federation-key-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let b64 = base64::engine::general_purpose::STANDARD.encode(key.pkcs8());
+        let pem = format!("-----BEGIN PRIVATE KEY-----\n{b64}\n-----END PRIVATE KEY-----\n");
+        std::fs::write(dir.join("k.der"), key.pkcs8()).unwrap();
+        std::fs::write(dir.join("k.pem"), pem).unwrap();
+        std::fs::write(dir.join("bad.pem"), "-----BEGIN EC PRIVATE KEY-----\nAAAA\n").unwrap();
+        let mut idp = UpstreamIdp { client_secret: None, client_auth: ClientAuth::PrivateKeyJwt, ..idp(false) };
+        for file in ["k.der", "k.pem"] {
+            idp.client_key_file = Some(dir.join(file));
+            idp.validate().unwrap();
+            assert_eq!(idp.client_key().unwrap().unwrap().public().to_json(), key.public().to_json(), "{file}");
+        }
+        idp.client_key_file = Some(dir.join("bad.pem"));
+        assert!(idp.validate().unwrap_err().contains("PKCS#8"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn odd_groups_are_left_out() {
         let (g, n) = usable_groups(&["eng".into(), "eng".into(), "CN=x,OU=y".into(), "ops".into()]);
         assert_eq!(g, vec!["eng".to_owned(), "ops".to_owned()]);

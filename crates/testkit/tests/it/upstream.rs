@@ -178,6 +178,14 @@ async fn token(State(idp): State<Idp>, headers: HeaderMap, body: String) -> Resp
                 drop(inner);
                 return refuse("no client assertion".into());
             }
+            // Nothing but the assertion and the client_id authenticates.
+            if form.contains_key("client_secret")
+                || headers.contains_key("authorization")
+                || form.get("client_id").map(String::as_str) != Some(CLIENT_ID)
+            {
+                drop(inner);
+                return refuse("a secret beside the assertion, or no client_id".into());
+            }
             let aud = format!("{url}/token");
             let rules = mandate_jose::assertion::AssertionRules {
                 audiences: &[aud.as_str()],
