@@ -5,7 +5,7 @@
 use axum::body::Bytes;
 use axum::extract::{FromRequestParts, Path, RawQuery, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use mandate_core::Error;
 use mandate_core::scim::ScimUser;
@@ -156,6 +156,22 @@ fn user_json(s: &AppState, user: &User) -> Value {
     })
 }
 
+/// RFC 7644 §3.14: an `If-Match` that names neither `*` nor the current
+/// version is refused with 412. It is compared with the version just read,
+/// not under the store's write.
+fn precondition(headers: &HeaderMap, user: &User) -> Result<(), ScimError> {
+    let Some(wanted) = headers.get(header::IF_MATCH) else { return Ok(()) };
+    let current = version(user);
+    let matches = wanted.to_str().is_ok_and(|w| {
+        w.split(',').map(str::trim).any(|tag| tag == "*" || tag == current || format!("W/{tag}") == current)
+    });
+    if matches {
+        Ok(())
+    } else {
+        Err(ScimError::new(StatusCode::PRECONDITION_FAILED, None, "If-Match names another version of the User"))
+    }
+}
+
 fn user_response(s: &AppState, status: StatusCode, user: &User) -> Response {
     let mut r = scim(status, &user_json(s, user));
     if let Ok(v) = HeaderValue::from_str(&version(user)) {
@@ -232,10 +248,12 @@ pub async fn replace_user(
     State(s): State<AppState>,
     ScimClient(c): ScimClient,
     Path(raw): Path<String>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ScimError> {
     let id = user_id(&raw)?;
     let want = scim_user(&body_json(&body)?)?;
+    precondition(&headers, &s.mandate.scim_user(id).await?)?;
     let user = s.mandate.scim_update_user(&c, id, want).await?;
     Ok(user_response(&s, StatusCode::OK, &user))
 }
@@ -247,6 +265,7 @@ pub async fn patch_user(
     State(s): State<AppState>,
     ScimClient(c): ScimClient,
     Path(raw): Path<String>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ScimError> {
     let id = user_id(&raw)?;
@@ -260,6 +279,7 @@ pub async fn patch_user(
         .and_then(Value::as_array)
         .ok_or_else(|| ScimError::invalid("invalidSyntax", "Operations must be an array"))?;
     let user = s.mandate.scim_user(id).await?;
+    precondition(&headers, &user)?;
     let Value::Object(mut doc) = user_json(&s, &user) else {
         return Err(ScimError::from(Error::Unavailable("a User is not an object".into())));
     };
@@ -292,6 +312,9 @@ fn apply(doc: &mut Map<String, Value>, op: &Value) -> Result<(), ScimError> {
         ("add" | "replace", Some(p), Some(v)) => {
             set(doc, p, v);
             Ok(())
+        }
+        ("remove", Some(p), _) if p.eq_ignore_ascii_case("active") => {
+            Err(ScimError::invalid("mutability", "active cannot be removed: replace it with true or false"))
         }
         ("remove", Some(p), _) => {
             remove(doc, p);
@@ -359,8 +382,11 @@ pub async fn delete_user(
     State(s): State<AppState>,
     ScimClient(c): ScimClient,
     Path(raw): Path<String>,
+    headers: HeaderMap,
 ) -> Result<Response, ScimError> {
-    s.mandate.scim_delete_user(&c, user_id(&raw)?).await?;
+    let id = user_id(&raw)?;
+    precondition(&headers, &s.mandate.scim_user(id).await?)?;
+    s.mandate.scim_delete_user(&c, id).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -544,4 +570,81 @@ pub async fn schema(State(s): State<AppState>, Path(id): Path<String>) -> Result
 /// Any other path under `/scim/v2`, Groups included for now.
 pub async fn not_found() -> ScimError {
     ScimError::new(StatusCode::NOT_FOUND, None, "no such SCIM endpoint (Groups are not served yet)")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn doc() -> Map<String, Value> {
+        let Value::Object(o) = json!({
+            "userName": "a@example.com", "displayName": "A", "name": {"formatted": "A"}, "active": true,
+        }) else {
+            unreachable!()
+        };
+        o
+    }
+
+    fn ops(doc: &mut Map<String, Value>, ops: Value) -> Result<ScimUser, ScimError> {
+        for op in ops.as_array().into_iter().flatten() {
+            apply(doc, op)?;
+        }
+        scim_user(doc)
+    }
+
+    #[test]
+    fn patch_paths_take_the_forms_idps_send() {
+        let mut d = doc();
+        let u = ops(&mut d, json!([{"op": "Replace", "path": "active", "value": "False"}])).ok();
+        assert_eq!(u.map(|u| u.active), Some(false));
+        let mut d = doc();
+        let u = ops(&mut d, json!([{"op": "replace", "value": {"ACTIVE": false}}])).ok();
+        assert_eq!(u.map(|u| u.active), Some(false));
+        let mut d = doc();
+        let u = ops(
+            &mut d,
+            json!([{"op": "replace", "path": "urn:ietf:params:scim:schemas:core:2.0:User:active", "value": false}]),
+        )
+        .ok();
+        assert_eq!(u.map(|u| u.active), Some(false));
+        let mut d = doc();
+        let u = ops(
+            &mut d,
+            json!([{"op": "remove", "path": "displayName"}, {"op": "add", "path": "name.formatted", "value": "A"}]),
+        )
+        .ok();
+        assert_eq!(u.map(|u| u.name), Some("A".to_owned()));
+    }
+
+    #[test]
+    fn patch_refusals_name_their_scim_type() {
+        let cases = [
+            (json!([{"op": "remove", "path": "active"}]), "mutability"),
+            (
+                json!([{"op": "replace", "path": "emails[type eq \"work\"].value", "value": "b@example.com"}]),
+                "invalidPath",
+            ),
+            (json!([{"op": "remove"}]), "noTarget"),
+            (json!([{"op": "replace", "path": "active"}]), "invalidValue"),
+            (json!([{"op": "move", "path": "active", "value": true}]), "invalidSyntax"),
+            (json!([{"op": "replace", "path": "active", "value": "maybe"}]), "invalidValue"),
+            (json!([{"op": "remove", "path": "userName"}]), "invalidValue"),
+        ];
+        for (o, t) in cases {
+            let got = ops(&mut doc(), o.clone()).err().and_then(|e| e.scim_type);
+            assert_eq!(got, Some(t), "{o}");
+        }
+    }
+
+    #[test]
+    fn filters_are_attribute_eq_quoted_value() {
+        assert_eq!(
+            parse_filter(r#"userName eq "a b@example.com""#).ok(),
+            Some(("userName".into(), "a b@example.com".into()))
+        );
+        assert_eq!(parse_filter(r#"userName EQ "x""#).ok(), Some(("userName".into(), "x".into())));
+        for bad in [r#"userName co "x""#, "userName eq x", "userName", r#"userName eq "x" and active eq true"#] {
+            assert!(parse_filter(bad).is_err(), "{bad}");
+        }
+    }
 }

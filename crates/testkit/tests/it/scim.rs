@@ -107,8 +107,8 @@ async fn the_discovery_resources_describe_users() -> anyhow::Result<()> {
 #[tokio::test]
 async fn an_idp_provisions_disables_and_deletes_a_person() -> anyhow::Result<()> {
     let s = TestServer::start().await?;
-    let t = scim_token(&s).await?;
-    let t = Some(t.as_str());
+    let token = scim_token(&s).await?;
+    let t = Some(token.as_str());
     let lookup = "/Users?filter=userName%20eq%20%22alice%40example.com%22&startIndex=1&count=100";
     let r = scim(&s, t, Method::GET, lookup, None).await?;
     assert_eq!((r.status, r.body["totalResults"].as_u64()), (200, Some(0)), "{}", r.body);
@@ -190,6 +190,20 @@ async fn an_idp_provisions_disables_and_deletes_a_person() -> anyhow::Result<()>
     let (_, user) = s.admin(Method::GET, &format!("/v1/users/{id}"), None).await?;
     assert_eq!(user["status"], "disabled");
 
+    // A stale If-Match is refused with 412, and changes nothing.
+    let r = scim(&s, t, Method::GET, &format!("/Users/{id}"), None).await?;
+    let etag = r.etag.clone().unwrap_or_default();
+    let resp = s
+        .http
+        .delete(format!("{}/scim/v2/Users/{id}", s.url))
+        .bearer_auth(&token)
+        .header("if-match", "W/\"0000000000000000\"")
+        .send()
+        .await?;
+    assert_eq!(resp.status().as_u16(), 412);
+    let r = scim(&s, t, Method::GET, &format!("/Users/{id}"), None).await?;
+    assert_eq!((r.status, r.etag.as_deref()), (200, Some(etag.as_str())));
+
     // The way Okta reactivates: a PUT of the whole User.
     let r = scim(
         &s,
@@ -200,12 +214,20 @@ async fn an_idp_provisions_disables_and_deletes_a_person() -> anyhow::Result<()>
     )
     .await?;
     assert_eq!((r.status, r.body["active"].as_bool()), (200, Some(true)), "{}", r.body);
+    let etag = r.etag.clone().unwrap_or_default();
     let (st, _) = s.token(&agent, API, "read").await?;
     assert_eq!(st, 200);
 
-    // DELETE disables and hides the resource; the person stays, disabled.
-    let r = scim(&s, t, Method::DELETE, &format!("/Users/{id}"), None).await?;
-    assert_eq!(r.status, 204);
+    // DELETE (with the current ETag) disables and hides the resource; the
+    // person stays, disabled.
+    let resp = s
+        .http
+        .delete(format!("{}/scim/v2/Users/{id}", s.url))
+        .bearer_auth(&token)
+        .header("if-match", etag)
+        .send()
+        .await?;
+    assert_eq!(resp.status().as_u16(), 204);
     let r = scim(&s, t, Method::GET, &format!("/Users/{id}"), None).await?;
     assert!(is_error(&r, 404, None), "{}", r.body);
     let r = scim(&s, t, Method::GET, lookup, None).await?;
