@@ -239,9 +239,15 @@ pub async fn get_user(
     State(s): State<AppState>,
     ScimClient(_): ScimClient,
     Path(raw): Path<String>,
+    RawQuery(raw_query): RawQuery,
 ) -> Result<Response, ScimError> {
+    let shape = list_query(raw_query.as_deref())?.shape;
     let user = s.mandate.scim_user(user_id(&raw)?).await?;
-    Ok(user_response(&s, StatusCode::OK, &user))
+    let mut r = scim(StatusCode::OK, &shape.apply(user_json(&s, &user)));
+    if let Ok(v) = HeaderValue::from_str(&version(&user)) {
+        r.headers_mut().insert(header::ETAG, v);
+    }
+    Ok(r)
 }
 
 pub async fn replace_user(
@@ -390,9 +396,42 @@ pub async fn delete_user(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
+/// `attributes` and `excludedAttributes` (RFC 7644 §3.9), on top-level
+/// attributes (a sub-attribute names its parent); `id` and `schemas` are
+/// always returned.
+#[derive(Debug, Default)]
+struct Shape {
+    only: Vec<String>,
+    excluded: Vec<String>,
+}
+
+fn names(v: &str) -> Vec<String> {
+    v.split(',')
+        .map(|n| {
+            let n = n.trim();
+            let n = n.strip_prefix(USER_SCHEMA).map(|r| r.trim_start_matches(':')).unwrap_or(n);
+            n.split('.').next().unwrap_or(n).to_ascii_lowercase()
+        })
+        .filter(|n| !n.is_empty())
+        .collect()
+}
+
+impl Shape {
+    fn apply(&self, v: Value) -> Value {
+        let Value::Object(o) = v else { return v };
+        let always = |k: &str| k == "id" || k == "schemas";
+        let kept = o.into_iter().filter(|(k, _)| {
+            let k_l = k.to_ascii_lowercase();
+            always(k) || ((self.only.is_empty() || self.only.contains(&k_l)) && !self.excluded.contains(&k_l))
+        });
+        Value::Object(kept.collect())
+    }
+}
+
 #[derive(Debug, Default)]
 struct ListQuery {
     filter: Option<String>,
+    shape: Shape,
     start_index: Option<usize>,
     count: Option<usize>,
 }
@@ -405,6 +444,8 @@ fn list_query(raw: Option<&str>) -> Result<ListQuery, ScimError> {
     for (k, v) in form_urlencoded::parse(raw.unwrap_or_default().as_bytes()) {
         match k.as_ref() {
             "filter" => q.filter = Some(v.into_owned()),
+            "attributes" => q.shape.only = names(&v),
+            "excludedAttributes" => q.shape.excluded = names(&v),
             // RFC 7644 §3.4.2.4: below 1 is taken as 1, a negative count as 0.
             "startIndex" => q.start_index = Some(usize::try_from(number(&k, &v)?.max(1)).unwrap_or(1)),
             "count" => q.count = Some(usize::try_from(number(&k, &v)?.max(0)).unwrap_or(0)),
@@ -443,7 +484,7 @@ pub async fn list_users(
         "externalid" => None,
         _ => return Err(ScimError::invalid("invalidFilter", format!("cannot filter on {a}"))),
     };
-    let all: Vec<Value> = found.iter().map(|u| user_json(&s, u)).collect();
+    let all: Vec<Value> = found.iter().map(|u| q.shape.apply(user_json(&s, u))).collect();
     let start = q.start_index.unwrap_or(1).max(1);
     let count = q.count.unwrap_or(MAX_COUNT).min(MAX_COUNT);
     let page: Vec<Value> = all.iter().skip(start - 1).take(count).cloned().collect();
@@ -634,6 +675,23 @@ mod tests {
             let got = ops(&mut doc(), o.clone()).err().and_then(|e| e.scim_type);
             assert_eq!(got, Some(t), "{o}");
         }
+    }
+
+    #[test]
+    fn attributes_and_excluded_attributes_shape_the_answer() {
+        let user = Value::Object(doc());
+        let q = list_query(Some("attributes=userName,name.givenName")).ok().unwrap_or_default();
+        let keys: Vec<String> =
+            q.shape.apply(user.clone()).as_object().map(|o| o.keys().cloned().collect()).unwrap_or_default();
+        let mut keys = keys;
+        keys.sort();
+        assert_eq!(keys, ["name", "userName"]);
+        let q = list_query(Some("excludedAttributes=name,ACTIVE")).ok().unwrap_or_default();
+        let keys: Vec<String> =
+            q.shape.apply(user).as_object().map(|o| o.keys().cloned().collect()).unwrap_or_default();
+        let mut keys = keys;
+        keys.sort();
+        assert_eq!(keys, ["displayName", "userName"]);
     }
 
     #[test]

@@ -152,6 +152,12 @@ async fn an_idp_provisions_disables_and_deletes_a_person() -> anyhow::Result<()>
         .await?;
     assert_eq!((r.body["totalResults"].as_u64(), r.body["itemsPerPage"].as_u64()), (Some(1), Some(0)));
 
+    let r = scim(&s, t, Method::GET, &format!("/Users/{id}?attributes=userName"), None).await?;
+    assert_eq!((r.body["id"].as_str(), r.body["userName"].as_str()), (Some(id.as_str()), Some("alice@example.com")));
+    assert!(r.body.get("active").is_none(), "{}", r.body);
+    let r = scim(&s, t, Method::GET, &format!("{lookup}&excludedAttributes=emails"), None).await?;
+    assert!(r.body["Resources"][0].get("emails").is_none() && r.body["Resources"][0]["active"] == true, "{}", r.body);
+
     // Alice owns an agent holding a token.
     s.create_resource(API, json!({"read": []})).await?;
     s.put_policies(
