@@ -33,6 +33,11 @@ pub mod kind {
     pub const USER_LINKED: &str = "user.linked";
     pub const USER_TOKEN_CREATED: &str = "user.token_created";
     pub const USER_TOKEN_REVOKED: &str = "user.token_revoked";
+    /// The admin issued a SCIM provisioning token.
+    pub const SCIM_TOKEN_CREATED: &str = "scim.token_created";
+    pub const SCIM_TOKEN_REVOKED: &str = "scim.token_revoked";
+    /// A SCIM client deleted a User: the person is disabled, never removed.
+    pub const SCIM_USER_DELETED: &str = "scim.user_deleted";
     pub const AGENT_CREATED: &str = "agent.created";
     /// A client registered itself (metadata document or RFC 7591), or
     /// its metadata document changed.

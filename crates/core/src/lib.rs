@@ -22,6 +22,7 @@ mod oauth;
 pub mod refusals;
 pub mod registration;
 pub mod request;
+pub mod scim;
 pub mod session;
 pub mod status;
 #[cfg(test)]

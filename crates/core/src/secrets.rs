@@ -9,6 +9,7 @@ use crate::ports::{Random, RandomError};
 
 pub const ADMIN_TOKEN_PREFIX: &str = "mnd_admin_";
 pub const USER_TOKEN_PREFIX: &str = "mnd_user_";
+pub const SCIM_TOKEN_PREFIX: &str = "mnd_scim_";
 pub const CLIENT_SECRET_PREFIX: &str = "mnd_secret_";
 
 /// `prefix` followed by 256 random bits, base64url.

@@ -266,3 +266,20 @@ pub async fn rotate_keys(
     let kid = s.mandate.rotate_keys(c, alg).await?;
     Ok(Json(json!({ "kid": kid })).into_response())
 }
+
+/// `POST /v1/scim-tokens` (admin): a bearer token for a SCIM provisioning
+/// client, shown once and stored hashed.
+pub async fn create_scim_token(State(s): State<AppState>, Authed(c): Authed) -> Result<Response, Problem> {
+    let (id, token) = s.mandate.create_scim_token(c).await?;
+    Ok(created(json!({"id": id, "token": token})))
+}
+
+/// `POST /v1/scim-tokens/{id}/revoke` (admin).
+pub async fn revoke_scim_token(
+    State(s): State<AppState>,
+    Authed(c): Authed,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
+    s.mandate.revoke_scim_token(c, &id).await?;
+    Ok(Json(json!({"id": id, "status": "revoked"})).into_response())
+}

@@ -13,6 +13,7 @@ pub mod fetch;
 pub mod grant;
 mod oauth;
 mod ops;
+pub mod scim;
 pub mod web;
 
 use std::sync::Arc;
@@ -21,7 +22,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderName, HeaderValue, header};
-use axum::routing::{get, post, put};
+use axum::routing::{any, get, post, put};
 use mandate_core::Mandate;
 use tower_http::set_header::SetResponseHeaderLayer;
 
@@ -114,6 +115,8 @@ pub fn router(state: AppState) -> Router {
             put(admin::put_policies).layer(DefaultBodyLimit::max(MAX_POLICY_BODY)).get(admin::get_policies),
         )
         .route("/v1/keys/rotate", post(admin::rotate_keys))
+        .route("/v1/scim-tokens", post(admin::create_scim_token))
+        .route("/v1/scim-tokens/{id}/revoke", post(admin::revoke_scim_token))
         .route("/v1/grants", get(delegation::list_grants))
         .route("/v1/grants/{id}/revoke", post(delegation::revoke_grant))
         .route("/v1/approvals", get(delegation::list_approvals))
@@ -129,12 +132,27 @@ pub fn router(state: AppState) -> Router {
     let checks = Router::new()
         .route("/v1/check", post(delegation::check))
         .route("/access/v1/evaluation", post(delegation::evaluation));
+    // SCIM provisioning (DESIGN §10), limited per address like the admin API.
+    let scim = Router::new()
+        .route("/scim/v2/ServiceProviderConfig", get(scim::service_provider_config))
+        .route("/scim/v2/ResourceTypes", get(scim::resource_types))
+        .route("/scim/v2/ResourceTypes/{id}", get(scim::resource_type))
+        .route("/scim/v2/Schemas", get(scim::schemas))
+        .route("/scim/v2/Schemas/{id}", get(scim::schema))
+        .route("/scim/v2/Users", get(scim::list_users).post(scim::create_user))
+        .route(
+            "/scim/v2/Users/{id}",
+            get(scim::get_user).put(scim::replace_user).patch(scim::patch_user).delete(scim::delete_user),
+        )
+        .route("/scim/v2/{*rest}", any(scim::not_found))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), edge::limit_by_address));
     let ops = Router::new().route("/healthz", get(ops::healthz)).route("/readyz", get(ops::readyz));
     let app = Router::new()
         .merge(oauth_limited)
         .merge(oauth)
         .merge(admin)
         .merge(checks)
+        .merge(scim)
         .merge(ops)
         .merge(web::routes(state.clone()));
     // An issuer with a path (`https://host/tenant`): its metadata is at

@@ -19,6 +19,7 @@ mod lifecycle;
 mod memory_store;
 mod registration;
 mod restart;
+mod scim;
 mod status;
 mod tokens;
 mod upstream;
