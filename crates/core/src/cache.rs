@@ -154,6 +154,10 @@ impl Store for CachingStore {
     async fn auth_code(&self, hash: &str) -> Result<Option<mandate_model::records::AuthCodeRecord>, StoreError> {
         self.inner.auth_code(hash).await
     }
+    async fn upstream_linked(&self, user: UserId) -> Result<bool, StoreError> {
+        self.inner.upstream_linked(user).await
+    }
+
     async fn upstream_link(
         &self,
         issuer: &str,

@@ -292,6 +292,16 @@ impl Mandate {
                     return refuse(None, format!("the email domain of {email} is not allowed to sign in here")).await;
                 }
                 let user = match self.store.user_by_email(&email).await? {
+                    // An account already linked to another identity is not
+                    // taken over by a new one with its email (a reissued
+                    // address, a second provider): an admin links it.
+                    Some(existing) if self.store.upstream_linked(existing.id).await? => {
+                        return refuse(
+                            Some(existing.id),
+                            format!("the account of {email} is linked to another sign-in; ask an administrator"),
+                        )
+                        .await;
+                    }
                     Some(existing) => existing,
                     None => {
                         let display = who.name.as_deref().and_then(|n| mandate_model::name::validate_name(n).ok());

@@ -34,7 +34,10 @@ pub struct ScimUser {
     /// The `userName`, which is the email.
     pub email: String,
     pub name: String,
-    pub active: bool,
+    /// `None` when the request does not say (or says `null`): a new user is
+    /// active, an existing one keeps its status, so a sync that leaves
+    /// `active` out never switches a disabled person back on.
+    pub active: Option<bool>,
 }
 
 impl Mandate {
@@ -122,7 +125,7 @@ impl Mandate {
             email,
             groups: Vec::new(),
             attributes: Default::default(),
-            status: if new.active { UserStatus::Active } else { UserStatus::Disabled },
+            status: if new.active.unwrap_or(true) { UserStatus::Active } else { UserStatus::Disabled },
             created_at: self.clock.now(),
             password_hash: None,
         };
@@ -148,7 +151,11 @@ impl Mandate {
         if name::validate_name(&want.name)? != user.name {
             return Err(Error::Forbidden("the name cannot change".into()));
         }
-        let to = if want.active { UserStatus::Active } else { UserStatus::Disabled };
+        let to = match want.active {
+            Some(true) => UserStatus::Active,
+            Some(false) => UserStatus::Disabled,
+            None => user.status,
+        };
         self.set_scim_status(token, &mut user, to, kind::USER_UPDATED).await?;
         Ok(user)
     }

@@ -482,6 +482,8 @@ pub trait Store: Send + Sync + 'static {
     async fn user_by_email(&self, email: &str) -> Result<Option<User>, StoreError>;
     /// The link of an upstream identity (`iss`, `sub`), if there is one.
     async fn upstream_link(&self, issuer: &str, subject: &str) -> Result<Option<UpstreamLink>, StoreError>;
+    /// Whether `user` is linked to any upstream identity.
+    async fn upstream_linked(&self, user: UserId) -> Result<bool, StoreError>;
     /// A person's API token by the hash of its secret, live or not.
     async fn user_token_by_hash(&self, hash: &str) -> Result<Option<UserToken>, StoreError>;
     /// A person's API tokens, newest first.

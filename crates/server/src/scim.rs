@@ -201,8 +201,8 @@ fn scim_user(o: &Map<String, Value>) -> Result<ScimUser, ScimError> {
         })
         .unwrap_or_else(|| email.clone());
     let active = match attr(o, "active") {
-        None => true,
-        Some(v) => boolean(v).ok_or_else(|| ScimError::invalid("invalidValue", "active must be a boolean"))?,
+        None => None,
+        Some(v) => Some(boolean(v).ok_or_else(|| ScimError::invalid("invalidValue", "active must be a boolean"))?),
     };
     Ok(ScimUser { email, name, active })
 }
@@ -637,17 +637,17 @@ mod tests {
     fn patch_paths_take_the_forms_idps_send() {
         let mut d = doc();
         let u = ops(&mut d, json!([{"op": "Replace", "path": "active", "value": "False"}])).ok();
-        assert_eq!(u.map(|u| u.active), Some(false));
+        assert_eq!(u.map(|u| u.active), Some(Some(false)));
         let mut d = doc();
         let u = ops(&mut d, json!([{"op": "replace", "value": {"ACTIVE": false}}])).ok();
-        assert_eq!(u.map(|u| u.active), Some(false));
+        assert_eq!(u.map(|u| u.active), Some(Some(false)));
         let mut d = doc();
         let u = ops(
             &mut d,
             json!([{"op": "replace", "path": "urn:ietf:params:scim:schemas:core:2.0:User:active", "value": false}]),
         )
         .ok();
-        assert_eq!(u.map(|u| u.active), Some(false));
+        assert_eq!(u.map(|u| u.active), Some(Some(false)));
         let mut d = doc();
         let u = ops(
             &mut d,

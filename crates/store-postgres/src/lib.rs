@@ -305,6 +305,14 @@ impl Store for PostgresStore {
         .transpose()
     }
 
+    async fn upstream_linked(&self, user: UserId) -> Result<bool, StoreError> {
+        sqlx::query_scalar::<_, bool>("SELECT EXISTS (SELECT 1 FROM upstream_links WHERE user_id = $1)")
+            .bind(user.to_string())
+            .fetch_one(&self.pool)
+            .await
+            .map_err(unavailable)
+    }
+
     async fn upstream_link(&self, issuer: &str, subject: &str) -> Result<Option<UpstreamLink>, StoreError> {
         let row = sqlx::query("SELECT * FROM upstream_links WHERE issuer = $1 AND subject = $2")
             .bind(issuer)

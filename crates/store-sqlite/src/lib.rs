@@ -370,6 +370,15 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn upstream_linked(&self, user: UserId) -> Result<bool, StoreError> {
+        let user = user.to_string();
+        self.read(move |c| {
+            c.prepare_cached("SELECT EXISTS (SELECT 1 FROM upstream_links WHERE user_id = ?1)")?
+                .query_row([user], |r| r.get::<_, bool>(0))
+        })
+        .await
+    }
+
     async fn upstream_link(&self, issuer: &str, subject: &str) -> Result<Option<UpstreamLink>, StoreError> {
         let (issuer, subject) = (issuer.to_owned(), subject.to_owned());
         self.read(move |c| {

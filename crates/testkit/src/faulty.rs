@@ -189,6 +189,11 @@ impl Store for FaultyStore {
         self.gate()?;
         self.inner.auth_code(hash).await
     }
+    async fn upstream_linked(&self, user: UserId) -> Result<bool, StoreError> {
+        self.gate()?;
+        self.inner.upstream_linked(user).await
+    }
+
     async fn upstream_link(
         &self,
         issuer: &str,

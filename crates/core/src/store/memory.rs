@@ -821,6 +821,10 @@ impl Store for MemoryStore {
         self.read(|s| s.auth_codes.get(hash).cloned())
     }
 
+    async fn upstream_linked(&self, user: UserId) -> Result<bool, StoreError> {
+        self.read(|s| s.upstream_links.values().any(|l| l.user == user))
+    }
+
     async fn upstream_link(&self, issuer: &str, subject: &str) -> Result<Option<UpstreamLink>, StoreError> {
         let key = (issuer.to_owned(), subject.to_owned());
         self.read(|s| s.upstream_links.get(&key).cloned())

@@ -221,7 +221,9 @@ pub async fn upstream_links_find_their_person(s: &Arc<dyn Store>) -> Result<()> 
         created_at: t0(),
     };
     ensure!(s.upstream_link(&link.issuer, &link.subject).await?.is_none());
+    ensure!(!s.upstream_linked(u.id).await?, "linked before any link");
     one(s, Mutation::InsertUpstreamLink(link.clone())).await?;
+    ensure!(s.upstream_linked(u.id).await?, "not linked after its link");
     ensure!(s.upstream_link(&link.issuer, &link.subject).await? == Some(link.clone()), "link did not round-trip");
     // The pair is the key: the same sub at another issuer is another identity.
     ensure!(s.upstream_link("https://other.example.com", &link.subject).await?.is_none(), "found by sub alone");

@@ -196,6 +196,24 @@ async fn an_idp_provisions_disables_and_deletes_a_person() -> anyhow::Result<()>
     let (_, user) = s.admin(Method::GET, &format!("/v1/users/{id}"), None).await?;
     assert_eq!(user["status"], "disabled");
 
+    // A sync that leaves `active` out, or nulls it, does not switch her on.
+    for body in [
+        json!({"schemas": [USER], "userName": "alice@example.com", "name": {"givenName": "Alice", "familyName": "Liddell"}}),
+        json!({"schemas": [USER], "userName": "alice@example.com", "name": {"givenName": "Alice", "familyName": "Liddell"}, "active": null}),
+    ] {
+        let r = scim(&s, t, Method::PUT, &format!("/Users/{id}"), Some(body)).await?;
+        assert_eq!((r.status, r.body["active"].as_bool()), (200, Some(false)), "{}", r.body);
+    }
+    let r = scim(
+        &s,
+        t,
+        Method::PATCH,
+        &format!("/Users/{id}"),
+        Some(json!({"schemas": [PATCH], "Operations": [{"op": "replace", "value": {"active": null}}]})),
+    )
+    .await?;
+    assert_eq!((r.status, r.body["active"].as_bool()), (200, Some(false)), "{}", r.body);
+
     // A stale If-Match is refused with 412, and changes nothing.
     let r = scim(&s, t, Method::GET, &format!("/Users/{id}"), None).await?;
     let etag = r.etag.clone().unwrap_or_default();

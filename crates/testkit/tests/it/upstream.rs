@@ -393,7 +393,7 @@ async fn a_good_sign_in_provisions_links_and_replaces_groups() -> Result<()> {
 
 #[tokio::test]
 async fn an_existing_person_is_linked_by_verified_email() -> Result<()> {
-    let (s, _idp, _k) = start(ClientAuth::ClientSecretBasic).await?;
+    let (s, idp, _k) = start(ClientAuth::ClientSecretBasic).await?;
     let (st, dana) = s
         .admin(
             Method::POST,
@@ -408,6 +408,11 @@ async fn an_existing_person_is_linked_by_verified_email() -> Result<()> {
     let linked = s.audit("type=user.linked").await?;
     assert_eq!(linked.len(), 1);
     assert_eq!(linked[0]["subject"], dana["id"]);
+
+    // Another identity with the same verified email (the address reissued
+    // to someone new) does not take over the linked account.
+    idp.set_claim("sub", json!("u-2"));
+    refused(&s, "linked to another sign-in").await?;
     Ok(())
 }
 
