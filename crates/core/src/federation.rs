@@ -59,6 +59,13 @@ pub struct UpstreamIdp {
     pub scopes: Vec<String>,
     #[serde(default = "default_email_claim")]
     pub email_claim: String,
+    /// With an `email_claim` other than `email`: the operator's word that
+    /// the provider verifies that claim's address. `email_verified` speaks
+    /// only of `email`, so without this such a claim (`upn`,
+    /// `preferred_username`, often editable by the user) is refused at
+    /// start-up.
+    #[serde(default)]
+    pub email_claim_verified: bool,
     /// The claim holding the groups; none: the person's groups are left as
     /// they are.
     #[serde(default)]
@@ -92,6 +99,12 @@ impl UpstreamIdp {
         }
         if self.display_name.trim().is_empty() {
             return Err(format!("upstream_oidc {}: display_name is empty", self.id));
+        }
+        if self.email_claim != "email" && !self.email_claim_verified {
+            return Err(format!(
+                "upstream_oidc {}: email_verified speaks of the email claim only; with email_claim = {:?} set email_claim_verified = true if the provider verifies that address",
+                self.id, self.email_claim
+            ));
         }
         if !self.scopes.iter().any(|s| s == "openid") {
             return Err(format!("upstream_oidc {}: scopes must include openid", self.id));
@@ -413,6 +426,7 @@ mod tests {
             client_auth: ClientAuth::ClientSecretBasic,
             scopes: default_scopes(),
             email_claim: default_email_claim(),
+            email_claim_verified: false,
             groups_claim: Some("groups".into()),
             attributes: BTreeMap::new(),
             allowed_email_domains: vec!["example.com".into()],
@@ -586,5 +600,14 @@ mod tests {
         let (g, n) = usable_groups(&["eng".into(), "eng".into(), "CN=x,OU=y".into(), "ops".into()]);
         assert_eq!(g, vec!["eng".to_owned(), "ops".to_owned()]);
         assert_eq!(n, 2);
+    }
+
+    #[test]
+    fn another_email_claim_needs_the_operators_word() {
+        let mut idp = idp(false);
+        idp.email_claim = "upn".into();
+        assert!(idp.validate().is_err_and(|e| e.contains("email_claim_verified")));
+        idp.email_claim_verified = true;
+        assert!(idp.validate().is_ok());
     }
 }

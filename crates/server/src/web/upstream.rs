@@ -368,9 +368,15 @@ fn identity(idp: &UpstreamIdp, claims: &serde_json::Map<String, serde_json::Valu
         issuer: text("iss").unwrap_or_default(),
         subject: text("sub").unwrap_or_default(),
         email: text(&idp.email_claim),
-        // OpenID Connect Core §5.1: a boolean (some providers send a string).
-        email_verified: matches!(claims.get("email_verified"), Some(serde_json::Value::Bool(true)))
-            || text("email_verified").as_deref() == Some("true"),
+        // OpenID Connect Core §5.1: a boolean (some providers send a
+        // string), and only about `email`; another claim is verified only
+        // on the operator's word (checked at start-up).
+        email_verified: if idp.email_claim == "email" {
+            matches!(claims.get("email_verified"), Some(serde_json::Value::Bool(true)))
+                || text("email_verified").as_deref() == Some("true")
+        } else {
+            idp.email_claim_verified
+        },
         name: text("name"),
         groups,
         attributes,
