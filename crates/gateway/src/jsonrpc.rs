@@ -6,13 +6,10 @@
 
 use std::collections::HashSet;
 
-use serde::de::{DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
 use crate::error::GatewayError;
 
-/// Deepest JSON nesting accepted in a request.
-pub const MAX_DEPTH: usize = 64;
 /// Most messages in one batch.
 pub const MAX_BATCH: usize = 64;
 /// Longest tool name sent to the check API (its bound on actions).
@@ -81,7 +78,10 @@ impl Payload {
     /// Parses a body: `Parse` if it is not JSON (or has duplicate keys or
     /// is nested too deep), `InvalidRequest` if it is not JSON-RPC.
     pub fn parse(bytes: &[u8]) -> Result<Self, GatewayError> {
-        check_shape(bytes).map_err(GatewayError::Parse)?;
+        // Duplicate keys and deep nesting are refused before parsing: a parser
+        // keeping the first duplicate and one keeping the last would decide
+        // and run different calls.
+        mandate_model::json::check_json_shape(bytes).map_err(GatewayError::Parse)?;
         let value: Value = serde_json::from_slice(bytes).map_err(|e| GatewayError::Parse(e.to_string()))?;
         match value {
             Value::Array(items) => {
@@ -193,73 +193,6 @@ fn tool_call_params(params: Option<&Value>) -> Result<(&str, Option<&Arguments>)
         Some(_) => return Err("tools/call arguments must be an object".into()),
     };
     Ok((name, arguments))
-}
-
-/// Refuses duplicate object keys and nesting deeper than [`MAX_DEPTH`]
-/// before the body is parsed: a parser that keeps the first duplicate and
-/// one that keeps the last would decide and run different calls.
-fn check_shape(bytes: &[u8]) -> Result<(), String> {
-    let mut de = serde_json::Deserializer::from_slice(bytes);
-    Shape { depth: 0 }.deserialize(&mut de).map_err(|e| e.to_string())?;
-    de.end().map_err(|e| e.to_string())
-}
-
-struct Shape {
-    depth: usize,
-}
-
-impl<'de> DeserializeSeed<'de> for Shape {
-    type Value = ();
-    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_any(self)
-    }
-}
-
-impl<'de> Visitor<'de> for Shape {
-    type Value = ();
-    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("JSON")
-    }
-    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_str<E>(self, _: &str) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_unit<E>(self) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        let depth = self.depth + 1;
-        if depth > MAX_DEPTH {
-            return Err(serde::de::Error::custom(format!("JSON nested deeper than {MAX_DEPTH}")));
-        }
-        while seq.next_element_seed(Shape { depth })?.is_some() {}
-        Ok(())
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        let depth = self.depth + 1;
-        if depth > MAX_DEPTH {
-            return Err(serde::de::Error::custom(format!("JSON nested deeper than {MAX_DEPTH}")));
-        }
-        let mut seen = HashSet::new();
-        while let Some(key) = map.next_key::<String>()? {
-            if !seen.insert(key.clone()) {
-                return Err(serde::de::Error::custom(format!("duplicate key {key:?}")));
-            }
-            map.next_value_seed(Shape { depth })?;
-        }
-        Ok(())
-    }
 }
 
 #[cfg(test)]

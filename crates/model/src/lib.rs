@@ -5,6 +5,7 @@ pub mod claims;
 pub mod delegation;
 pub mod error;
 pub mod id;
+pub mod json;
 pub mod name;
 pub mod records;
 pub mod scope;
