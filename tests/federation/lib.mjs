@@ -239,7 +239,16 @@ export async function startServer({ args = [] } = {}) {
 /** A running server, the admin calls the tests make on it, and its discovery. */
 export class Server {
   constructor({ url, adminToken, dataDir, child, exit, logs }) {
-    Object.assign(this, { url, issuer: url, tokenEndpoint: `${url}/oauth/token`, adminToken, dataDir, child, exit, logs });
+    Object.assign(this, {
+      url,
+      issuer: url,
+      tokenEndpoint: `${url}/oauth/token`,
+      adminToken,
+      dataDir,
+      child,
+      exit,
+      logs,
+    });
   }
 
   async stop() {

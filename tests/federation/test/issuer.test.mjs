@@ -140,7 +140,11 @@ test('alg none: an unsecured JWT (empty signature) that a verifier refuses', asy
 
 test('control API refusals: unknown algorithm or kid, no claims', async () => {
   const post = (path, body) =>
-    fetch(`${iss.url}${path}`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
+    fetch(`${iss.url}${path}`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify(body),
+    });
   assert.equal((await post('/mint', { claims: {}, alg: 'PS512' })).status, 400);
   assert.equal((await post('/mint', { claims: {}, kid: 'nope' })).status, 400);
   assert.equal((await post('/mint', {})).status, 400);
