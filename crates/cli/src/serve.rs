@@ -54,6 +54,13 @@ pub struct ServeArgs {
     #[arg(long = "upstream-oidc", value_name = "TABLE", value_parser = parse_upstream_oidc)]
     #[serde(skip)]
     upstream_oidc: Vec<mandate_core::federation::UpstreamIdp>,
+    /// An issuer whose JWTs agents authenticate with (workload identity)
+    /// or whose ID-JAGs they redeem, as a TOML inline table with the keys
+    /// of `[[trusted_issuer]]`, e.g. `{ issuer = "https://token.actions.githubusercontent.com", use = ["workload"] }`.
+    /// Repeatable; added to the issuers of the configuration file.
+    #[arg(long = "trusted-issuer", value_name = "TABLE", value_parser = parse_trusted_issuer)]
+    #[serde(skip)]
+    trusted_issuer: Vec<mandate_core::trust::TrustedIssuer>,
     /// The local email-and-password form on the sign-in page (default on).
     #[arg(long, value_enum)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -246,6 +253,9 @@ struct Settings {
     /// Upstream OpenID Connect providers people sign in with.
     #[serde(default, skip_serializing)]
     upstream_oidc: Vec<mandate_core::federation::UpstreamIdp>,
+    /// Issuers of workload identity tokens and ID-JAGs.
+    #[serde(default, skip_serializing)]
+    trusted_issuer: Vec<mandate_core::trust::TrustedIssuer>,
 }
 
 impl Default for Settings {
@@ -289,8 +299,22 @@ impl Default for Settings {
             admin_token: None,
             password_login: OnOff::On,
             upstream_oidc: Vec::new(),
+            trusted_issuer: Vec::new(),
         }
     }
+}
+
+/// One `--trusted-issuer`: a TOML inline table, read as one
+/// `[[trusted_issuer]]` of the file is.
+fn parse_trusted_issuer(table: &str) -> Result<mandate_core::trust::TrustedIssuer, String> {
+    #[derive(Deserialize)]
+    struct One {
+        trusted_issuer: mandate_core::trust::TrustedIssuer,
+    }
+    let one: One = Figment::from(Toml::string(&format!("trusted_issuer = {table}")))
+        .extract()
+        .map_err(|e| format!("--trusted-issuer takes a TOML inline table with the keys of [[trusted_issuer]]: {e}"))?;
+    Ok(one.trusted_issuer)
 }
 
 /// One `--upstream-oidc`: a TOML inline table, read as one
@@ -326,6 +350,7 @@ fn load_settings(args: &ServeArgs) -> Result<Settings> {
         .extract()
         .context("reading the configuration")?;
     settings.upstream_oidc.extend(args.upstream_oidc.iter().cloned());
+    settings.trusted_issuer.extend(args.trusted_issuer.iter().cloned());
     Ok(settings)
 }
 
@@ -432,6 +457,9 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         }
     }
     config.upstream_oidc.clone_from(&settings.upstream_oidc);
+    mandate_core::trust::validate_issuers(&settings.trusted_issuer, settings.dev_loopback_fetch)
+        .map_err(|e| anyhow::anyhow!(e))?;
+    config.trusted_issuers.clone_from(&settings.trusted_issuer);
     config.password_login = settings.password_login == OnOff::On;
     if !config.password_login && config.upstream_oidc.is_empty() {
         bail!("password_login = off needs at least one [[upstream_oidc]]: nobody could sign in");
@@ -478,6 +506,11 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     let kek = master_key(&settings)?;
     let store = open_store(&settings.data_dir, settings.database_url.as_deref()).await?;
     let mandate = Arc::new(Mandate::open(store, Arc::new(SystemClock), Arc::new(SystemRandom), kek, config).await?);
+    if !mandate.config().trusted_issuers.is_empty() {
+        // The configured issuers are the allow-list: no host patterns.
+        let fetcher = mandate_server::fetch::GuardedFetcher::new(settings.dev_loopback_fetch, None)?;
+        mandate.set_issuer_fetcher(Arc::new(fetcher));
+    }
     if mandate.config().registration_owner.is_some() {
         mandate.check_registration_owner().await?;
         let fetcher = mandate_server::fetch::GuardedFetcher::new(settings.dev_loopback_fetch, metadata_hosts)?;
@@ -610,6 +643,16 @@ mod tests {
             "{ id = \"c\", display_name = \"C\", issuer = \"i\", client_id = \"c\", bogus = 1 }",
         ] {
             assert!(parse_upstream_oidc(bad).unwrap_err().contains("--upstream-oidc"), "{bad}");
+        }
+    }
+
+    #[test]
+    fn trusted_issuer_flags_read_as_the_files_tables() {
+        let t = parse_trusted_issuer(r#"{ issuer = "https://ci.example", use = ["workload", "id-jag"] }"#).unwrap();
+        assert_eq!(t.issuer, "https://ci.example");
+        assert_eq!(t.uses.len(), 2);
+        for bad in ["ci", r#"{ issuer = "https://ci.example" }"#, r#"{ issuer = "https://x", use = ["all"] }"#] {
+            assert!(parse_trusted_issuer(bad).unwrap_err().contains("--trusted-issuer"), "{bad}");
         }
     }
 

@@ -7,7 +7,8 @@ use argon2::password_hash::{PasswordHasher, SaltString};
 use mandate_jose::JwkSet;
 use mandate_model::name::{self, MAX_DESCRIPTION_CHARS};
 use mandate_model::records::{
-    Agent, AgentKind, AgentOrigin, AgentStatus, Lifecycle, Resource, SuspendedBy, User, UserStatus, UserToken,
+    Agent, AgentKind, AgentOrigin, AgentStatus, FederatedCredential, Lifecycle, Resource, SuspendedBy, UpstreamLink,
+    User, UserStatus, UserToken,
 };
 use mandate_model::{AgentId, ResourceId, Scope, ScopeSet, UserId, UserTokenId};
 use mandate_policy::{BUILTIN_ACTIONS, PolicyEngine};
@@ -42,7 +43,22 @@ pub struct UserPatch {
     pub attributes: Option<BTreeMap<String, String>>,
     #[serde(default)]
     pub status: Option<UserStatus>,
+    /// Links to add to upstream identities (DESIGN §10): sign-in through
+    /// an `[[upstream_oidc]]` and ID-JAGs from a `[[trusted_issuer]]` with
+    /// that issuer find the person by them.
+    #[serde(default)]
+    pub links: Option<Vec<LinkInput>>,
 }
+
+/// An upstream identity: the issuer's `iss` and the person's `sub` there.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinkInput {
+    pub issuer: String,
+    pub sub: String,
+}
+
+const MAX_LINKS: usize = 16;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -64,9 +80,14 @@ pub struct NewAgent {
     #[serde(default)]
     pub description: Option<String>,
     /// `none` registers a public client (authorization code with PKCE
-    /// only, no credential); `private_key_jwt` (the default) needs `jwks`.
+    /// only, no credential); `private_key_jwt` (the default) needs `jwks`
+    /// or `federated_credentials`.
     #[serde(default)]
     pub token_endpoint_auth_method: Option<ClientAuthMethod>,
+    /// Workload identity rules (DESIGN §10): JWTs from trusted issuers
+    /// that authenticate the agent, which then needs no key of its own.
+    #[serde(default)]
+    pub federated_credentials: Vec<FederatedCredential>,
 }
 
 /// How a client authenticates at the token endpoint, as a client may ask
@@ -78,10 +99,15 @@ pub enum ClientAuthMethod {
     PrivateKeyJwt,
 }
 
-/// Reserved for later fields; agents are changed through their lifecycle.
+/// `PATCH /v1/agents/{id}` (admin). Status changes go through the
+/// lifecycle (suspend, resume, retire).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct AgentPatch {}
+pub struct AgentPatch {
+    /// Replaces the agent's workload identity rules; `[]` removes them.
+    #[serde(default)]
+    pub federated_credentials: Option<Vec<FederatedCredential>>,
+}
 
 /// `POST /v1/users/{id}/tokens`: every field optional.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -113,6 +139,29 @@ pub(crate) const MAX_GROUPS: usize = 64;
 const MAX_ATTRIBUTES: usize = 64;
 pub(crate) const MAX_ATTRIBUTE_VALUE: usize = 256;
 pub(crate) const MAX_REDIRECT_URIS: usize = 10;
+
+/// Links an admin adds: bounded, issuer a URL, none twice.
+fn validate_links(links: &[LinkInput], user: UserId, now: time::OffsetDateTime) -> Result<Vec<UpstreamLink>, Error> {
+    if links.len() > MAX_LINKS {
+        return Err(Error::BadInput(format!("at most {MAX_LINKS} links at once")));
+    }
+    let mut seen = BTreeSet::new();
+    let mut out = Vec::with_capacity(links.len());
+    for l in links {
+        let url_ok = url::Url::parse(&l.issuer).is_ok_and(|u| matches!(u.scheme(), "https" | "http"));
+        if !url_ok || l.issuer.len() > 1024 {
+            return Err(Error::BadInput(format!("links: issuer {:?} is not an http(s) URL", l.issuer)));
+        }
+        if l.sub.is_empty() || l.sub.len() > 1024 || l.sub.chars().any(char::is_control) {
+            return Err(Error::BadInput("links: sub must be 1-1024 characters, no control characters".into()));
+        }
+        if !seen.insert((&l.issuer, &l.sub)) {
+            return Err(Error::BadInput("links: a link is repeated".into()));
+        }
+        out.push(UpstreamLink { issuer: l.issuer.clone(), subject: l.sub.clone(), user, created_at: now });
+    }
+    Ok(out)
+}
 
 pub(crate) fn validate_groups(groups: &[String]) -> Result<Vec<String>, Error> {
     if groups.len() > MAX_GROUPS {
@@ -264,20 +313,31 @@ impl Mandate {
         if let Some(attributes) = &patch.attributes {
             user.attributes = validate_attributes(attributes)?;
         }
-        let mut changed: Vec<&str> = Vec::new();
+        let mut changed: Vec<String> = Vec::new();
         if patch.groups.is_some() {
-            changed.push("groups");
+            changed.push("groups".into());
         }
         if patch.attributes.is_some() {
-            changed.push("attributes");
+            changed.push("attributes".into());
+        }
+        let now = self.clock.now();
+        let links = match &patch.links {
+            None => Vec::new(),
+            Some(l) => validate_links(l, id, now)?,
+        };
+        for l in &links {
+            changed.push(format!("linked to {} at {}", crate::request::bounded_input(&l.subject), l.issuer));
         }
         let disabling = patch.status == Some(UserStatus::Disabled) && user.status != UserStatus::Disabled;
         if let Some(status) = patch.status {
-            changed.push(if status == UserStatus::Disabled { "status: disabled" } else { "status: active" });
+            changed.push(if status == UserStatus::Disabled { "status: disabled" } else { "status: active" }.into());
             user.status = status;
         }
-        let now = self.clock.now();
         let mut change = Change::new().with(Mutation::UpdateUser(user.clone()));
+        // A link another person holds already is a conflict: nothing is written.
+        for l in links {
+            change.push(Mutation::InsertUpstreamLink(l));
+        }
         let mut counted = Vec::new();
         if disabling {
             counted.push(change.push(Mutation::RevokeTokensOfSubject { subject: id.to_string(), at: now }));
@@ -542,6 +602,11 @@ impl Mandate {
             None => None,
         };
         let public = new.token_endpoint_auth_method == Some(ClientAuthMethod::None);
+        crate::trust::validate_rules(&new.federated_credentials, &self.config.trusted_issuers)?;
+        let federated = !new.federated_credentials.is_empty();
+        if public && federated {
+            return Err(Error::BadInput("a public client holds no credential: no federated_credentials".into()));
+        }
         if public && (jwks.is_some() || kind == AgentKind::Ephemeral) {
             return Err(Error::BadInput(
                 "a public client (token_endpoint_auth_method none) has no jwks and is not ephemeral".into(),
@@ -551,14 +616,16 @@ impl Mandate {
             return Err(Error::BadInput("a public client needs redirect_uris: it may only use the code flow".into()));
         }
         let secret = match jwks {
-            _ if public => None,
+            _ if public || federated => None,
             Some(_) => None,
             None if self.config.allow_client_secrets => {
                 Some(secrets::generate(secrets::CLIENT_SECRET_PREFIX, self.rng.as_ref())?)
             }
             None => {
                 return Err(Error::BadInput(
-                    "jwks is required: register the agent's public keys for private_key_jwt".into(),
+                    "jwks or federated_credentials is required: register the agent's public keys for \
+                     private_key_jwt, or the workload identity it authenticates with"
+                        .into(),
                 ));
             }
         };
@@ -580,6 +647,7 @@ impl Mandate {
             origin: if kind == AgentKind::Ephemeral { AgentOrigin::Spawned } else { AgentOrigin::Admin },
             metadata_url: None,
             public,
+            federated_credentials: new.federated_credentials,
         };
         event.subject = Some(agent.owner.to_string());
         event.resource = Some(agent.id.to_string());
@@ -592,6 +660,43 @@ impl Mandate {
             .commit(Change::new().with(Mutation::InsertAgent(agent.clone())).with(AuditRecord::new(event).mutation()))
             .await?;
         Ok((agent, secret))
+    }
+
+    /// Replaces an agent's workload identity rules (admin). Takes effect
+    /// at the next authentication, on every node (the store epoch moves).
+    pub async fn update_agent(&self, caller: Caller, id: AgentId, patch: AgentPatch) -> Result<Agent, Error> {
+        self.require_admin(caller).await?;
+        let mut agent = self.store.agent(id).await?.ok_or_else(|| Error::NotFound(format!("agent {id}")))?;
+        let Some(rules) = patch.federated_credentials else {
+            return Ok(agent);
+        };
+        crate::trust::validate_rules(&rules, &self.config.trusted_issuers)?;
+        if agent.public && !rules.is_empty() {
+            return Err(Error::BadInput("a public client holds no credential: no federated_credentials".into()));
+        }
+        if rules.is_empty() && agent.jwks.is_none() && agent.secret_hash.is_none() && !agent.public {
+            return Err(Error::BadInput(
+                "the agent would have no credential left: it has no jwks, so keep a federated credential".into(),
+            ));
+        }
+        let now = self.clock.now();
+        let mut event = self.admin_event(kind::AGENT_UPDATED, caller);
+        event.subject = Some(agent.owner.to_string());
+        event.resource = Some(id.to_string());
+        event.reason = Some(format!(
+            "federated_credentials: {}",
+            if rules.is_empty() {
+                "none".to_owned()
+            } else {
+                rules.iter().map(|r| r.issuer.as_str()).collect::<Vec<_>>().join(", ")
+            }
+        ));
+        let change = Change::new()
+            .with(Mutation::SetFederatedCredentials { id, credentials: rules.clone(), at: now })
+            .with(AuditRecord::new(event).mutation());
+        self.store.commit(change).await?;
+        agent.federated_credentials = rules;
+        Ok(agent)
     }
 
     pub async fn get_agent(&self, caller: Caller, id: AgentId) -> Result<Agent, Error> {
@@ -1018,6 +1123,7 @@ mod lifecycle_tests {
             redirect_uris: vec![redirect.into()],
             description: None,
             token_endpoint_auth_method: None,
+            federated_credentials: Vec::new(),
         };
         let bad = w.m.create_agent(Caller::Admin, new(w.bob.id, "http://app.example/cb")).await;
         assert!(matches!(bad, Err(Error::BadInput(_))), "{bad:?}");

@@ -39,6 +39,7 @@ pub mod kind {
     /// A SCIM client deleted a User: the person is disabled, never removed.
     pub const SCIM_USER_DELETED: &str = "scim.user_deleted";
     pub const AGENT_CREATED: &str = "agent.created";
+    pub const AGENT_UPDATED: &str = "agent.updated";
     /// A client registered itself (metadata document or RFC 7591), or
     /// its metadata document changed.
     pub const CLIENT_REGISTERED: &str = "client.registered";

@@ -97,6 +97,10 @@ impl Store for CachingStore {
         self.inner.agent_by_metadata_url(url).await
     }
 
+    async fn agents_federated_by(&self, issuer: &str, subject: &str) -> Result<Vec<Agent>, StoreError> {
+        self.inner.agents_federated_by(issuer, subject).await
+    }
+
     async fn agent(&self, id: AgentId) -> Result<Option<Agent>, StoreError> {
         let epoch = self.inner.epoch().await?;
         if let Some(a) = hit(&self.agents, &id, epoch) {

@@ -67,6 +67,8 @@ pub struct Config {
     /// Whether the sign-in page offers the local email-and-password form
     /// (`--password-login off` hides it and refuses its posts).
     pub password_login: bool,
+    /// Issuers whose JWTs are workload identity or ID-JAGs (DESIGN §10).
+    pub trusted_issuers: Vec<crate::trust::TrustedIssuer>,
 }
 
 impl Config {
@@ -103,6 +105,7 @@ impl Config {
             dev_loopback_fetch: false,
             upstream_oidc: Vec::new(),
             password_login: true,
+            trusted_issuers: Vec::new(),
         }
     }
 

@@ -69,6 +69,7 @@ impl From<StoreError> for Error {
             StoreError::Conflict(m) => Error::Conflict(m),
             StoreError::Replay => Error::InvalidClient("client assertion jti was already used".into()),
             StoreError::DpopReplay => Error::InvalidDpopProof("the proof's jti was already used".into()),
+            StoreError::GrantReplay => Error::InvalidGrant("the assertion was already used".into()),
             StoreError::NotFound(m) => Error::NotFound(m),
             // The detail is for the log only: the server logs it with the
             // request id and tells the client a fixed sentence.

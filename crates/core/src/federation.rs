@@ -561,7 +561,7 @@ mod tests {
         let w = World::new().await;
         let jit = idp(true);
         w.m.sign_in_upstream(&jit, who("a-1", "alice@example.com", None)).await.unwrap();
-        let off = UserPatch { groups: None, attributes: None, status: Some(UserStatus::Disabled) };
+        let off = UserPatch { status: Some(UserStatus::Disabled), ..UserPatch::default() };
         w.m.update_user(Caller::Admin, w.alice.id, off.clone()).await.unwrap();
         let before = w.trail_len().await;
         let refused_linked = w.m.sign_in_upstream(&jit, who("a-1", "alice@example.com", Some(&["eng"]))).await;

@@ -27,6 +27,7 @@ pub mod session;
 pub mod status;
 #[cfg(test)]
 mod testing;
+pub mod trust;
 
 pub use audit::{AuditQuery, AuditRecord, TrailReport};
 pub use check::{CheckAnswer, CheckRequest, CheckedResource, Checker};

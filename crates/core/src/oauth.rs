@@ -172,6 +172,24 @@ impl Mandate {
     /// The token endpoint. Every grant shares this path, and so shares the
     /// client authentication, the replay store and the audit trail.
     pub async fn token(&self, credentials: &ClientCredentials, req: TokenRequest) -> Result<IssuedToken, Error> {
+        // A workload JWT as the jwt-bearer grant's assertion stands in for
+        // client authentication: what would be `invalid_client` (a bad or
+        // replayed token) is the grant's failure (RFC 7523 §3.1).
+        let assertion_authenticates = match &req.grant {
+            Ok(GrantRequest::JwtBearer { assertion, .. }) => {
+                matches!(credentials, ClientCredentials::None)
+                    && !mandate_jose::federated::peek(assertion).is_ok_and(|p| p.is_id_jag())
+            }
+            _ => false,
+        };
+        let out = self.token_endpoint(credentials, req).await;
+        match out {
+            Err(Error::InvalidClient(why)) if assertion_authenticates => Err(Error::InvalidGrant(why)),
+            other => other,
+        }
+    }
+
+    async fn token_endpoint(&self, credentials: &ClientCredentials, req: TokenRequest) -> Result<IssuedToken, Error> {
         let grant = match req.grant {
             Err(BadGrant::Unsupported(name)) => {
                 let e = Error::UnsupportedGrantType(format!("grant_type {name:?} is not supported"));
@@ -185,7 +203,14 @@ impl Mandate {
             Err(BadGrant::Malformed { grant, error }) => Err((grant, error)),
             Ok(g) => Ok(g),
         };
-        let client = self.authenticate(credentials, Endpoint::Token).await?;
+        // A workload JWT as the jwt-bearer grant's assertion authenticates
+        // its agent (DESIGN §10): it stands in for client authentication,
+        // and what fails there fails the grant.
+        let workload_grant = match &grant {
+            Ok(GrantRequest::JwtBearer { assertion, .. }) => self.is_workload_grant(assertion, credentials)?,
+            _ => None,
+        };
+        let client = self.authenticate(workload_grant.as_ref().unwrap_or(credentials), Endpoint::Token).await?;
         let grant_type = match &grant {
             Ok(g) => g.grant_type(),
             Err((g, _)) => *g,
@@ -229,6 +254,14 @@ impl Mandate {
                         self.refresh_token(&client, refresh_token, scope.as_deref(), resources, jkt).await
                     }
                     GrantRequest::Exchange(x) => self.exchange(&client, x, jkt).await.map_err(Refusal::new),
+                    // The agent the workload JWT named acts as itself.
+                    GrantRequest::JwtBearer { scope, resources, .. } if workload_grant.is_some() => {
+                        self.client_credentials(&client, scope.as_deref(), resources, jkt).await.map_err(Refusal::new)
+                    }
+                    GrantRequest::JwtBearer { assertion, scope, resources } => self
+                        .id_jag_token(&client, assertion, scope.as_deref(), resources, jkt)
+                        .await
+                        .map_err(Refusal::new),
                 };
                 issued.map(|(mut change, event, token)| {
                     // The proof is burned with what it obtains.
@@ -243,6 +276,8 @@ impl Mandate {
             Ok((change, event, token)) => match self.commit_or_replay(&client, change, event, &[]).await {
                 Ok(_) => return Ok(token),
                 Err(e @ Error::InvalidDpopProof(_)) => Refusal::new(e),
+                // An ID-JAG used twice at once: the loser is refused.
+                Err(e @ Error::InvalidGrant(_)) => Refusal::new(e),
                 // A parent, grant, approval or refresh token changed
                 // under this request: nothing was written.
                 Err(Error::Conflict(why)) => self.lost_race(grant.as_ref().ok(), &why).await?,
@@ -263,6 +298,38 @@ impl Mandate {
         // A refused request still uses up its assertion.
         self.commit_or_replay(&client, change, event, &counted).await?;
         Err(e)
+    }
+
+    /// The credentials a `jwt-bearer` grant authenticates with when its
+    /// assertion is not an ID-JAG: the assertion itself, as a workload JWT
+    /// (RFC 7523 §2.1 lets the assertion identify the client). With other
+    /// client authentication as well, such an assertion is refused rather
+    /// than weighed against it.
+    fn is_workload_grant(
+        &self,
+        assertion: &str,
+        credentials: &ClientCredentials,
+    ) -> Result<Option<ClientCredentials>, Error> {
+        let id_jag = mandate_jose::federated::peek(assertion).is_ok_and(|p| p.is_id_jag());
+        if id_jag {
+            return Ok(None);
+        }
+        if !matches!(credentials, ClientCredentials::None) {
+            let trusted = mandate_jose::federated::peek(assertion)
+                .is_ok_and(|p| self.trusted_issuer(&p.iss, crate::trust::IssuerUse::Workload).is_some());
+            if trusted {
+                return Err(Error::InvalidRequest(
+                    "a workload JWT as the assertion authenticates its agent: send no other client authentication"
+                        .into(),
+                ));
+            }
+            return Ok(None);
+        }
+        Ok(Some(ClientCredentials::Assertion {
+            assertion_type: mandate_jose::assertion::CLIENT_ASSERTION_TYPE.to_owned(),
+            assertion: assertion.to_owned(),
+            client_id: None,
+        }))
     }
 
     /// A token request whose commit lost a race: a refresh token or a code

@@ -415,6 +415,7 @@ impl Mandate {
             origin,
             metadata_url: url.map(str::to_owned),
             public: reg.public,
+            federated_credentials: Vec::new(),
         })
     }
 

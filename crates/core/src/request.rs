@@ -13,6 +13,7 @@ pub const GRANT_AUTHORIZATION_CODE: &str = "authorization_code";
 pub const GRANT_CIBA: &str = "urn:openid:params:grant-type:ciba";
 pub const GRANT_REFRESH: &str = "refresh_token";
 pub const GRANT_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+pub const GRANT_JWT_BEARER: &str = mandate_jose::federated::JWT_BEARER_GRANT;
 pub const TOKEN_TYPE_ACCESS: &str = "urn:ietf:params:oauth:token-type:access_token";
 
 /// The grants the token endpoint serves.
@@ -23,11 +24,13 @@ pub enum GrantType {
     Ciba,
     Refresh,
     Exchange,
+    /// RFC 7523 §2.1: a workload JWT or an ID-JAG (DESIGN §10).
+    JwtBearer,
 }
 
 impl GrantType {
-    pub const ALL: [GrantType; 5] =
-        [Self::AuthorizationCode, Self::ClientCredentials, Self::Refresh, Self::Exchange, Self::Ciba];
+    pub const ALL: [GrantType; 6] =
+        [Self::AuthorizationCode, Self::ClientCredentials, Self::Refresh, Self::Exchange, Self::Ciba, Self::JwtBearer];
 
     /// The `grant_type` value, if Mandate serves it.
     pub fn parse(s: &str) -> Option<Self> {
@@ -42,6 +45,7 @@ impl GrantType {
             Self::Ciba => GRANT_CIBA,
             Self::Refresh => GRANT_REFRESH,
             Self::Exchange => GRANT_EXCHANGE,
+            Self::JwtBearer => GRANT_JWT_BEARER,
         }
     }
 
@@ -53,6 +57,7 @@ impl GrantType {
             Self::Ciba => "ciba",
             Self::Refresh => "refresh_token",
             Self::Exchange => "token_exchange",
+            Self::JwtBearer => "jwt_bearer",
         }
     }
 }
@@ -77,6 +82,11 @@ pub enum GrantRequest {
     Refresh { refresh_token: String, scope: Option<String>, resources: Vec<String> },
     /// RFC 8693.
     Exchange(ExchangeRequest),
+    /// RFC 7523 §2.1. `assertion` is an ID-JAG (`typ: oauth-id-jag+jwt`),
+    /// redeemed by the authenticated agent, or a workload JWT, which
+    /// authenticates the agent itself; `scope` and `resources` may only
+    /// narrow what an ID-JAG grants.
+    JwtBearer { assertion: String, scope: Option<String>, resources: Vec<String> },
 }
 
 impl GrantRequest {
@@ -87,6 +97,7 @@ impl GrantRequest {
             Self::Ciba { .. } => GrantType::Ciba,
             Self::Refresh { .. } => GrantType::Refresh,
             Self::Exchange(_) => GrantType::Exchange,
+            Self::JwtBearer { .. } => GrantType::JwtBearer,
         }
     }
 }

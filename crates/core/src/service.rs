@@ -86,6 +86,10 @@ pub struct Mandate {
     /// Client metadata documents: when each URL is next fetched, and
     /// recent failures (so a bad URL is not fetched on every request).
     pub(crate) metadata: crate::registration::MetadataCache,
+    /// Fetches trusted issuers' discovery documents and keys, set by the server.
+    pub(crate) issuer_fetcher: std::sync::OnceLock<Arc<dyn crate::ports::MetadataFetcher>>,
+    /// Trusted issuers' key sets.
+    pub(crate) issuer_keys: crate::trust::IssuerKeys,
 }
 
 impl std::fmt::Debug for Mandate {
@@ -173,6 +177,8 @@ impl Mandate {
             client_gate: std::sync::OnceLock::new(),
             fetcher: std::sync::OnceLock::new(),
             metadata: crate::registration::MetadataCache::default(),
+            issuer_fetcher: std::sync::OnceLock::new(),
+            issuer_keys: crate::trust::IssuerKeys::default(),
         };
         service.reload_policy().await?;
         service.load_audit_keys().await?;
@@ -436,7 +442,17 @@ impl Mandate {
                 if assertion_type != mandate_jose::assertion::CLIENT_ASSERTION_TYPE {
                     return Err(Error::InvalidClient("unsupported client_assertion_type".into()));
                 }
-                let iss = assertion::peek_issuer(assertion).map_err(|e| Error::InvalidClient(e.to_string()))?;
+                // A JWT from a trusted issuer is workload identity (DESIGN
+                // §10); anything else is the client's own private_key_jwt.
+                let peeked =
+                    mandate_jose::federated::peek(assertion).map_err(|e| Error::InvalidClient(e.to_string()))?;
+                if let Some(issuer) = self.trusted_issuer(&peeked.iss, crate::trust::IssuerUse::Workload) {
+                    if peeked.is_id_jag() {
+                        return Err(Error::InvalidClient("an ID-JAG is a grant, not a client assertion".into()));
+                    }
+                    return self.authenticate_workload(assertion, &peeked, issuer, client_id.as_deref(), at).await;
+                }
+                let iss = peeked.iss;
                 if client_id.as_deref().is_some_and(|c| c != iss) {
                     return Err(Error::InvalidClient("client_id does not match the assertion".into()));
                 }
@@ -517,7 +533,7 @@ impl Mandate {
     }
 
     /// The client's keys and record; an inactive agent cannot authenticate.
-    async fn load_client(
+    pub(crate) async fn load_client(
         &self,
         id: ClientId,
     ) -> Result<(Option<serde_json::Value>, Option<Agent>, Option<Resource>), Error> {

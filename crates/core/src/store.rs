@@ -16,6 +16,9 @@ use time::OffsetDateTime;
 
 mod memory;
 
+/// Most agents [`Store::agents_federated_by`] returns.
+pub const MAX_FEDERATED_CANDIDATES: u32 = 100;
+
 pub use memory::MemoryStore;
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -29,6 +32,9 @@ pub enum StoreError {
     /// A DPoP proof `jti` was already used.
     #[error("replayed DPoP proof")]
     DpopReplay,
+    /// An authorization grant assertion (an ID-JAG) was already used.
+    #[error("replayed grant assertion")]
+    GrantReplay,
     #[error("not found: {0}")]
     NotFound(String),
     /// The store cannot answer now; callers fail closed.
@@ -112,6 +118,13 @@ pub enum Mutation {
     },
     /// Fails with `Conflict` if the id, or the metadata URL, exists.
     InsertAgent(Agent),
+    /// Replaces an agent's workload identity rules (DESIGN §10); fails
+    /// with `Conflict` unless the agent exists.
+    SetFederatedCredentials {
+        id: AgentId,
+        credentials: Vec<mandate_model::records::FederatedCredential>,
+        at: OffsetDateTime,
+    },
     /// Refreshes what a self-registered client said of itself (its
     /// metadata document was fetched again); fails with `Conflict` unless
     /// the agent is self-registered.
@@ -172,6 +185,12 @@ pub enum Mutation {
     },
     /// Fails with `DpopReplay` if a proof with this replay key was seen.
     ConsumeDpopJti {
+        key: String,
+        expires_at: OffsetDateTime,
+    },
+    /// Fails with `GrantReplay` if a grant assertion with this replay key
+    /// was seen (kept with the DPoP replay keys, under its own prefix).
+    ConsumeGrantJti {
         key: String,
         expires_at: OffsetDateTime,
     },
@@ -322,6 +341,7 @@ impl Mutation {
             Mutation::UpdateUser(_)
                 | Mutation::RevokeUserToken { .. }
                 | Mutation::SetAgentStatus { .. }
+                | Mutation::SetFederatedCredentials { .. }
                 | Mutation::RevokeTokensOfAgent { .. }
                 | Mutation::RevokeTokensOfSubject { .. }
                 | Mutation::RevokeTokensOfOwnedAgents { .. }
@@ -494,6 +514,10 @@ pub trait Store: Send + Sync + 'static {
     async fn agent_by_metadata_url(&self, url: &str) -> Result<Option<Agent>, StoreError>;
     /// Agents whose `parent` is `parent`.
     async fn agent_children(&self, parent: AgentId) -> Result<Vec<Agent>, StoreError>;
+    /// Agents with a workload identity rule for `issuer` that names
+    /// `subject` exactly or has a subject pattern (the caller matches
+    /// patterns), at most [`MAX_FEDERATED_CANDIDATES`].
+    async fn agents_federated_by(&self, issuer: &str, subject: &str) -> Result<Vec<Agent>, StoreError>;
 
     async fn resource(&self, id: mandate_model::ResourceId) -> Result<Option<Resource>, StoreError>;
     async fn resource_by_identifier(&self, identifier: &str) -> Result<Option<Resource>, StoreError>;

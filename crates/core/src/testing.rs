@@ -298,6 +298,7 @@ async fn register(
         redirect_uris: Vec::new(),
         description: None,
         token_endpoint_auth_method: None,
+        federated_credentials: Vec::new(),
     };
     let (agent, _) = m.create_agent(Caller::Admin, new).await?;
     Ok(Client { agent, key })

@@ -1,23 +1,33 @@
-//! Public JWKs that clients register (RFC 7517), parsed strictly: only
-//! Ed25519 (`OKP`) and P-256 (`EC`) public keys, no private parts.
+//! Public JWKs (RFC 7517), parsed strictly: clients register only Ed25519
+//! (`OKP`) and P-256 (`EC`) public keys, no private parts. The key sets of
+//! trusted issuers (workload identity, ID-JAG) may also hold RSA keys
+//! (RS256, 2048 to 8192 bits), which Mandate only verifies with.
 
 use std::sync::Arc;
 
-use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED, ED25519, ParsedPublicKey};
+use aws_lc_rs::signature::{
+    ECDSA_P256_SHA256_FIXED, ED25519, ParsedPublicKey, RSA_PKCS1_2048_8192_SHA256, RsaPublicKeyComponents,
+};
 use base64::Engine;
 use serde_json::{Map, Value, json};
 
 use crate::{JoseError, KeyAlg, b64, sha256_b64};
 
 pub const MAX_KEYS: usize = 10;
+/// Most keys kept from a trusted issuer's key set.
+pub const MAX_EXTERNAL_KEYS: usize = 32;
 const MAX_KID_LEN: usize = 128;
+/// RSA moduli Mandate verifies with, in bytes (2048 to 8192 bits).
+const RSA_MODULUS_BYTES: std::ops::RangeInclusive<usize> = 256..=1024;
+/// Longest RSA public exponent accepted, in bytes.
+const RSA_MAX_EXPONENT_BYTES: usize = 4;
 
 /// A registered public key, ready to verify.
 #[derive(Clone)]
 pub struct PublicJwk {
     pub alg: KeyAlg,
     pub kid: Option<String>,
-    /// x (and y) coordinates as published.
+    /// x (and y) coordinates as published; for RSA, `n` and `e`.
     x: Vec<u8>,
     y: Option<Vec<u8>>,
     parsed: Arc<ParsedPublicKey>,
@@ -49,14 +59,44 @@ impl PublicJwk {
                     return Err(JoseError::Key("a P-256 key is an uncompressed 65-byte point".into()));
                 }
             },
+            KeyAlg::RS256 => return Err(JoseError::Key("an RSA key is read from its JWK".into())),
         };
-        let parsed = ParsedPublicKey::new(verification_alg(alg), bytes)
-            .map_err(|_| JoseError::Key("public key rejected".into()))?;
+        let parsed = match alg {
+            KeyAlg::EdDSA => ParsedPublicKey::new(&ED25519, bytes),
+            KeyAlg::ES256 => ParsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, bytes),
+            KeyAlg::RS256 => return Err(JoseError::Key("an RSA key is read from its JWK".into())),
+        }
+        .map_err(|_| JoseError::Key("public key rejected".into()))?;
         Ok(Self { alg, kid, x, y, parsed: Arc::new(parsed) })
     }
 
-    /// Parses one JWK object, refusing anything but a public signing key.
+    /// An RSA public key from its big-endian modulus and exponent.
+    fn from_rsa(n: Vec<u8>, e: Vec<u8>, kid: Option<String>) -> Result<Self, JoseError> {
+        if !RSA_MODULUS_BYTES.contains(&n.len()) || n.first().is_none_or(|b| *b == 0) {
+            return Err(JoseError::Key("an RSA modulus has 2048 to 8192 bits, without leading zeros".into()));
+        }
+        if e.is_empty() || e.len() > RSA_MAX_EXPONENT_BYTES || e.first().is_none_or(|b| *b == 0) {
+            return Err(JoseError::Key("unusable RSA exponent".into()));
+        }
+        let parsed = RsaPublicKeyComponents { n: n.as_slice(), e: e.as_slice() }
+            .to_parsed_public_key(&RSA_PKCS1_2048_8192_SHA256)
+            .map_err(|_| JoseError::Key("public key rejected".into()))?;
+        Ok(Self { alg: KeyAlg::RS256, kid, x: n, y: Some(e), parsed: Arc::new(parsed) })
+    }
+
+    /// Parses one JWK object, refusing anything but a public Ed25519 or
+    /// P-256 signing key: what clients register and DPoP proofs carry.
     pub fn from_json(v: &Value) -> Result<Self, JoseError> {
+        Self::parse(v, false)
+    }
+
+    /// Parses one key of a trusted issuer's set: also RSA (RS256), and a
+    /// SPIFFE bundle's `use: "jwt-svid"`.
+    pub fn from_json_external(v: &Value) -> Result<Self, JoseError> {
+        Self::parse(v, true)
+    }
+
+    fn parse(v: &Value, external: bool) -> Result<Self, JoseError> {
         let obj = v.as_object().ok_or_else(|| JoseError::Key("a JWK is a JSON object".into()))?;
         for private in ["d", "p", "q", "dp", "dq", "qi", "k", "oth"] {
             if obj.contains_key(private) {
@@ -67,6 +107,7 @@ impl PublicJwk {
         }
         if let Some(u) = obj.get("use")
             && u != "sig"
+            && !(external && u == "jwt-svid")
         {
             return Err(JoseError::Key("\"use\" must be \"sig\"".into()));
         }
@@ -99,6 +140,17 @@ impl PublicJwk {
             }
             Ok(bytes)
         };
+        if external && text("kty")? == "RSA" {
+            let big = |name: &str| -> Result<Vec<u8>, JoseError> {
+                b64().decode(text(name)?).map_err(|_| JoseError::Key(format!("{name:?} is not base64url")))
+            };
+            if let Some(a) = obj.get("alg")
+                && a != "RS256"
+            {
+                return Err(JoseError::Key("an RSA key is accepted for RS256 only".into()));
+            }
+            return Self::from_rsa(big("n")?, big("e")?, kid);
+        }
         let (alg, raw) = match (text("kty")?, text("crv")?) {
             ("OKP", "Ed25519") => (KeyAlg::EdDSA, coord("x")?),
             ("EC", "P-256") => {
@@ -132,6 +184,12 @@ impl PublicJwk {
                 b64().encode(&self.x),
                 b64().encode(self.y.as_deref().unwrap_or_default())
             ),
+            // SAFETY-FALLBACK: `from_rsa`, the only constructor, sets `e`.
+            KeyAlg::RS256 => format!(
+                r#"{{"e":"{}","kty":"RSA","n":"{}"}}"#,
+                b64().encode(self.y.as_deref().unwrap_or_default()),
+                b64().encode(&self.x)
+            ),
         };
         sha256_b64(canonical.as_bytes())
     }
@@ -151,6 +209,11 @@ impl PublicJwk {
                 m.insert("x".into(), json!(b64().encode(&self.x)));
                 m.insert("y".into(), json!(b64().encode(self.y.as_deref().unwrap_or_default())));
             }
+            KeyAlg::RS256 => {
+                m.insert("kty".into(), json!("RSA"));
+                m.insert("n".into(), json!(b64().encode(&self.x)));
+                m.insert("e".into(), json!(b64().encode(self.y.as_deref().unwrap_or_default())));
+            }
         }
         if let Some(kid) = &self.kid {
             m.insert("kid".into(), json!(kid));
@@ -168,18 +231,12 @@ impl PublicJwk {
         let expected_len = match self.alg {
             KeyAlg::EdDSA => 64,
             KeyAlg::ES256 => 64,
+            KeyAlg::RS256 => self.x.len(),
         };
         if signature.len() != expected_len {
             return Err(JoseError::BadSignature);
         }
         self.parsed.verify_sig(message, signature).map_err(|_| JoseError::BadSignature)
-    }
-}
-
-fn verification_alg(alg: KeyAlg) -> &'static dyn aws_lc_rs::signature::VerificationAlgorithm {
-    match alg {
-        KeyAlg::EdDSA => &ED25519,
-        KeyAlg::ES256 => &ECDSA_P256_SHA256_FIXED,
     }
 }
 
@@ -214,8 +271,53 @@ impl JwkSet {
         Ok(Self { keys })
     }
 
+    /// A trusted issuer's published key set: the keys Mandate can verify
+    /// with (Ed25519, P-256, RSA for RS256), unique `kid`s. Keys of other
+    /// types or uses (encryption keys, other curves) are skipped, not
+    /// refused, since issuers publish them beside their signing keys; a
+    /// malformed key of a usable type refuses the set, and so does a set
+    /// with no usable key.
+    pub fn from_json_external(v: &Value) -> Result<Self, JoseError> {
+        let keys = v
+            .as_object()
+            .and_then(|o| o.get("keys"))
+            .and_then(Value::as_array)
+            .ok_or_else(|| JoseError::Key("a JWK set is an object with a \"keys\" array".into()))?;
+        let mut usable = Vec::new();
+        for key in keys {
+            let obj = key.as_object().ok_or_else(|| JoseError::Key("a JWK is a JSON object".into()))?;
+            let kty = obj.get("kty").and_then(Value::as_str).unwrap_or_default();
+            let crv = obj.get("crv").and_then(Value::as_str).unwrap_or_default();
+            let for_signing = obj.get("use").is_none_or(|u| u == "sig" || u == "jwt-svid");
+            let known = matches!((kty, crv), ("RSA", _) | ("OKP", "Ed25519") | ("EC", "P-256"));
+            let alg_ok =
+                obj.get("alg").is_none_or(|a| matches!(a.as_str(), Some("RS256" | "ES256" | "EdDSA" | "Ed25519")));
+            if !(for_signing && known && alg_ok) {
+                continue;
+            }
+            if usable.len() == MAX_EXTERNAL_KEYS {
+                return Err(JoseError::Key(format!("a trusted key set has at most {MAX_EXTERNAL_KEYS} usable keys")));
+            }
+            usable.push(PublicJwk::from_json_external(key)?);
+        }
+        if usable.is_empty() {
+            return Err(JoseError::Key("the key set has no usable signing key".into()));
+        }
+        let mut kids: Vec<&str> = usable.iter().filter_map(|k| k.kid.as_deref()).collect();
+        kids.sort_unstable();
+        if kids.windows(2).any(|w| w.first() == w.get(1)) {
+            return Err(JoseError::Key("\"kid\" values must be unique".into()));
+        }
+        Ok(Self { keys: usable })
+    }
+
     pub fn to_json(&self) -> Value {
         json!({ "keys": self.keys.iter().map(PublicJwk::to_json).collect::<Vec<_>>() })
+    }
+
+    /// Whether a key with this `kid` is in the set.
+    pub fn has_kid(&self, kid: &str) -> bool {
+        self.keys.iter().any(|k| k.kid.as_deref() == Some(kid))
     }
 
     /// The keys a token with this header `kid` may be checked against: the

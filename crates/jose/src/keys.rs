@@ -13,6 +13,10 @@ pub enum KeyAlg {
     EdDSA,
     /// ECDSA on P-256 with SHA-256, fixed-size `r || s` signatures.
     ES256,
+    /// RSASSA-PKCS1-v1_5 with SHA-256, 2048 to 8192 bits. Verify only, and
+    /// only for keys a trusted issuer publishes (workload identity, ID-JAG):
+    /// Mandate never signs with it, and clients cannot register it.
+    RS256,
 }
 
 impl KeyAlg {
@@ -21,6 +25,7 @@ impl KeyAlg {
         match self {
             KeyAlg::EdDSA => "EdDSA",
             KeyAlg::ES256 => "ES256",
+            KeyAlg::RS256 => "RS256",
         }
     }
 
@@ -29,9 +34,11 @@ impl KeyAlg {
         match self {
             KeyAlg::EdDSA => alg == "EdDSA" || alg == "Ed25519",
             KeyAlg::ES256 => alg == "ES256",
+            KeyAlg::RS256 => alg == "RS256",
         }
     }
 
+    /// A signing algorithm by name: `RS256` is not one.
     pub fn parse(name: &str) -> Result<Self, JoseError> {
         match name {
             "EdDSA" | "Ed25519" => Ok(KeyAlg::EdDSA),
@@ -70,6 +77,7 @@ impl SigningKey {
             KeyAlg::ES256 => {
                 EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).map_err(|_| JoseError::Crypto)?
             }
+            KeyAlg::RS256 => return Err(JoseError::AlgorithmNotAllowed("RS256".into())),
         };
         Self::from_pkcs8(alg, doc.as_ref())
     }
@@ -88,6 +96,7 @@ impl SigningKey {
                 let public = p.public_key().as_ref().to_vec();
                 (Pair::Ec(p), public)
             }
+            KeyAlg::RS256 => return Err(JoseError::AlgorithmNotAllowed("RS256".into())),
         };
         let anonymous = PublicJwk::from_public_bytes(alg, &public_bytes, None)?;
         let kid = anonymous.thumbprint();

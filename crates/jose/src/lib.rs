@@ -12,6 +12,7 @@ pub mod access;
 pub mod assertion;
 pub mod dpop;
 pub mod error;
+pub mod federated;
 pub mod jwk;
 pub mod jws;
 pub mod kek;

@@ -205,6 +205,72 @@ pub struct Agent {
     /// credential, so it may use only the authorization code grant with
     /// PKCE.
     pub public: bool,
+    /// Workload identity federation (DESIGN §10): JWTs from these issuers
+    /// authenticate the agent, with no key of its own.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub federated_credentials: Vec<FederatedCredential>,
+}
+
+/// One workload identity rule of an agent, in the shape Entra and Google
+/// use: a JWT from `issuer` whose `sub` is `subject` (or matches
+/// `subject_pattern`, where `*` stands for any run of characters), whose
+/// `aud` names one of `audiences` (Mandate's issuer or token endpoint when
+/// empty) and whose claims hold every value in `claims`, authenticates the
+/// agent. Validated when registered (`mandate-core`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FederatedCredential {
+    pub issuer: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject_pattern: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub audiences: Vec<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub claims: BTreeMap<String, serde_json::Value>,
+    /// Each token's `jti` is accepted once (workload tokens are otherwise
+    /// reused within their lifetime, as Kubernetes and CI runners do).
+    #[serde(default)]
+    pub single_use: bool,
+}
+
+impl FederatedCredential {
+    /// Whether `sub` is the subject this rule names, or matches its pattern.
+    pub fn subject_matches(&self, sub: &str) -> bool {
+        match (&self.subject, &self.subject_pattern) {
+            (Some(s), _) => s == sub,
+            (None, Some(p)) => glob_matches(p, sub),
+            (None, None) => false,
+        }
+    }
+
+    /// What the store indexes the rule by: the exact subject, or the
+    /// pattern (flagged as one).
+    pub fn index_key(&self) -> (&str, bool) {
+        match (&self.subject, &self.subject_pattern) {
+            (Some(s), _) => (s.as_str(), false),
+            (None, Some(p)) => (p.as_str(), true),
+            (None, None) => ("", true),
+        }
+    }
+}
+
+/// `*` matches any run of characters (none included); every other
+/// character matches itself.
+pub fn glob_matches(pattern: &str, text: &str) -> bool {
+    let mut parts = pattern.split('*');
+    let Some(first) = parts.next() else { return text.is_empty() };
+    let Some(mut rest) = text.strip_prefix(first) else { return false };
+    let tail: Vec<&str> = parts.collect();
+    let Some((last, middle)) = tail.split_last() else { return rest.is_empty() };
+    for piece in middle {
+        match rest.split_once(piece) {
+            Some((_, after)) => rest = after,
+            None => return false,
+        }
+    }
+    rest.ends_with(last)
 }
 
 impl Agent {
@@ -571,6 +637,33 @@ pub struct SessionRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn globs_match_runs_of_characters() {
+        let yes = [
+            ("repo:acme/*:ref:refs/heads/main", "repo:acme/app:ref:refs/heads/main"),
+            ("system:serviceaccount:prod:*", "system:serviceaccount:prod:runner"),
+            ("*:prod", "ns:prod"),
+            ("a*b*c", "abc"),
+            ("a*b*c", "aXbYc"),
+            ("exact", "exact"),
+            ("a*", "a"),
+        ];
+        for (p, t) in yes {
+            assert!(glob_matches(p, t), "{p} {t}");
+        }
+        let no = [
+            ("repo:acme/*:ref:refs/heads/main", "repo:acme/app:ref:refs/heads/dev"),
+            ("repo:acme/*", "repo:evil/acme/x"),
+            ("a*b*c", "acb"),
+            ("ab*ba", "aba"),
+            ("exact", "exact2"),
+            ("*:prod", "ns:prod:x"),
+        ];
+        for (p, t) in no {
+            assert!(!glob_matches(p, t), "{p} {t}");
+        }
+    }
 
     #[test]
     fn retirement_is_final() {

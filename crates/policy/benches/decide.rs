@@ -32,6 +32,7 @@ fn bench_agent(n: u128) -> Agent {
         origin: mandate_model::records::AgentOrigin::Admin,
         metadata_url: None,
         public: false,
+        federated_credentials: Vec::new(),
     }
 }
 

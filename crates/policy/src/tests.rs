@@ -30,6 +30,7 @@ fn agent() -> Agent {
         origin: mandate_model::records::AgentOrigin::Admin,
         metadata_url: None,
         public: false,
+        federated_credentials: Vec::new(),
     }
 }
 

@@ -6,7 +6,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
-use mandate_core::{Caller, Error, NewAgent, NewResource, NewUser, NewUserToken, UserPatch};
+use mandate_core::{AgentPatch, Caller, Error, NewAgent, NewResource, NewUser, NewUserToken, UserPatch};
 use mandate_model::records::Lifecycle;
 use mandate_model::{AgentId, ResourceId, UserId, UserTokenId};
 use serde::Deserialize;
@@ -175,6 +175,19 @@ pub async fn get_agent(
     Path(raw): Path<String>,
 ) -> Result<Response, Problem> {
     let agent = s.mandate.get_agent(c, id::<AgentId>(&raw)?).await?;
+    let mut out = to_json(&agent)?;
+    set(&mut out, "client_id", json!(agent.id.to_string()));
+    Ok(Json(out).into_response())
+}
+
+/// `PATCH /v1/agents/{id}` (admin): `{federated_credentials: [...]}`.
+pub async fn update_agent(
+    State(s): State<AppState>,
+    Authed(c): Authed,
+    Path(raw): Path<String>,
+    StrictJson(body): StrictJson<AgentPatch>,
+) -> Result<Response, Problem> {
+    let agent = s.mandate.update_agent(c, id::<AgentId>(&raw)?, body).await?;
     let mut out = to_json(&agent)?;
     set(&mut out, "client_id", json!(agent.id.to_string()));
     Ok(Json(out).into_response())

@@ -44,6 +44,11 @@ fn grant_request(form: &OAuthForm, grant: GrantType) -> Result<GrantRequest, Err
             resources: form.all("resource"),
         },
         GrantType::Exchange => GrantRequest::Exchange(exchange_request(form)?),
+        GrantType::JwtBearer => GrantRequest::JwtBearer {
+            assertion: require(form, "assertion")?,
+            scope: form.raw("scope").map(str::to_owned),
+            resources: form.all("resource"),
+        },
     })
 }
 

@@ -104,7 +104,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/users/{id}/tokens", post(admin::create_user_token).get(admin::list_user_tokens))
         .route("/v1/users/{id}/tokens/{token}/revoke", post(admin::revoke_user_token))
         .route("/v1/agents", post(admin::create_agent))
-        .route("/v1/agents/{id}", get(admin::get_agent))
+        .route("/v1/agents/{id}", get(admin::get_agent).patch(admin::update_agent))
         .route("/v1/agents/{id}/{op}", post(admin::agent_lifecycle))
         .route("/v1/resources", post(admin::create_resource))
         .route("/v1/resources/{id}", get(admin::get_resource))

@@ -30,7 +30,7 @@ struct Metadata<'a> {
     revocation_endpoint: String,
     backchannel_authentication_endpoint: String,
     scopes_supported: Vec<String>,
-    grant_types_supported: [&'static str; 5],
+    grant_types_supported: Vec<&'static str>,
     backchannel_token_delivery_modes_supported: [&'static str; 1],
     backchannel_user_code_parameter_supported: bool,
     response_types_supported: [&'static str; 1],
@@ -38,7 +38,7 @@ struct Metadata<'a> {
     code_challenge_methods_supported: [&'static str; 1],
     authorization_response_iss_parameter_supported: bool,
     token_endpoint_auth_methods_supported: &'a [&'static str],
-    token_endpoint_auth_signing_alg_values_supported: &'static [&'static str],
+    token_endpoint_auth_signing_alg_values_supported: &'a [&'static str],
     introspection_endpoint_auth_methods_supported: &'a [&'static str],
     introspection_endpoint_auth_signing_alg_values_supported: &'static [&'static str],
     revocation_endpoint_auth_methods_supported: &'a [&'static str],
@@ -49,6 +49,10 @@ struct Metadata<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     registration_endpoint: Option<String>,
     client_id_metadata_document_supported: bool,
+    /// draft-ietf-oauth-identity-assertion-authz-grant §5.1, when an issuer
+    /// is trusted for ID-JAGs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    authorization_grant_profiles_supported: Option<[&'static str; 1]>,
 }
 
 pub async fn metadata(State(state): State<AppState>) -> Result<Response, OAuthError> {
@@ -61,6 +65,20 @@ pub async fn metadata(State(state): State<AppState>) -> Result<Response, OAuthEr
     // Public clients name themselves at the token and revocation endpoints.
     let mut public = methods.clone();
     public.push("none");
+    use mandate_core::trust::IssuerUse;
+    let workload = state.mandate.trusts_issuers_for(IssuerUse::Workload);
+    let id_jag = state.mandate.trusts_issuers_for(IssuerUse::IdJag);
+    // The jwt-bearer grant is served only when some issuer is trusted.
+    let grant_types = mandate_core::GrantType::ALL
+        .into_iter()
+        .filter(|g| *g != mandate_core::GrantType::JwtBearer || workload || id_jag)
+        .map(|g| g.as_str())
+        .collect();
+    // Workload JWTs are client assertions too, and often RS256.
+    let mut assertion_algs = SIGNING_ALGS.to_vec();
+    if workload {
+        assertion_algs.push("RS256");
+    }
     let body = Metadata {
         issuer: iss,
         authorization_endpoint: format!("{iss}/oauth/authorize"),
@@ -70,7 +88,7 @@ pub async fn metadata(State(state): State<AppState>) -> Result<Response, OAuthEr
         revocation_endpoint: format!("{iss}/oauth/revoke"),
         backchannel_authentication_endpoint: format!("{iss}/oauth/bc-authorize"),
         scopes_supported: state.mandate.scopes_supported().await?.into_iter().collect(),
-        grant_types_supported: mandate_core::GrantType::ALL.map(|g| g.as_str()),
+        grant_types_supported: grant_types,
         backchannel_token_delivery_modes_supported: ["poll"],
         backchannel_user_code_parameter_supported: false,
         response_types_supported: ["code"],
@@ -78,7 +96,7 @@ pub async fn metadata(State(state): State<AppState>) -> Result<Response, OAuthEr
         code_challenge_methods_supported: ["S256"],
         authorization_response_iss_parameter_supported: true,
         token_endpoint_auth_methods_supported: &public,
-        token_endpoint_auth_signing_alg_values_supported: SIGNING_ALGS,
+        token_endpoint_auth_signing_alg_values_supported: &assertion_algs,
         introspection_endpoint_auth_methods_supported: &methods,
         introspection_endpoint_auth_signing_alg_values_supported: SIGNING_ALGS,
         revocation_endpoint_auth_methods_supported: &public,
@@ -87,6 +105,7 @@ pub async fn metadata(State(state): State<AppState>) -> Result<Response, OAuthEr
         service_documentation: c.service_documentation.as_deref(),
         registration_endpoint: state.mandate.dynamic_registration_enabled().then(|| format!("{iss}/oauth/register")),
         client_id_metadata_document_supported: state.mandate.metadata_documents_supported(),
+        authorization_grant_profiles_supported: id_jag.then_some([mandate_jose::federated::ID_JAG_PROFILE]),
     };
     let mut resp = Json(body).into_response();
     resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=300"));

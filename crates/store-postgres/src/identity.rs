@@ -1,7 +1,8 @@
 //! Settings, people (users, their API tokens and sign-in sessions), agents, resources and the policy set.
 
 use mandate_core::store::{Mutation, StoreError};
-use mandate_model::records::{Agent, Resource, User, UserToken};
+use mandate_model::AgentId;
+use mandate_model::records::{Agent, FederatedCredential, Resource, User, UserToken};
 use mandate_store_sql::{AgentRow, ResourceRow, UserRow, UserTokenRow, agent_kind, json, ts, user_status};
 use sqlx::postgres::{PgConnection, PgRow};
 
@@ -66,9 +67,10 @@ pub(crate) async fn apply(conn: &mut PgConnection, m: &Mutation) -> Result<u64, 
         .execute(&mut *conn)
         .await
         .map_err(unavailable)?,
-        Mutation::InsertAgent(a) => sqlx::query(
-            "INSERT INTO agents (id, name, owner, kind, parent, status, expires_at, description, scopes, jwks, redirect_uris, secret_hash, created_at, updated_at, suspended_by, origin, metadata_url, public_client) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
+        Mutation::InsertAgent(a) => {
+            let r = sqlx::query(
+            "INSERT INTO agents (id, name, owner, kind, parent, status, expires_at, description, scopes, jwks, redirect_uris, secret_hash, created_at, updated_at, suspended_by, origin, metadata_url, public_client, federated_credentials) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)",
         )
         .bind(a.id.to_string())
         .bind(&a.name)
@@ -88,9 +90,32 @@ pub(crate) async fn apply(conn: &mut PgConnection, m: &Mutation) -> Result<u64, 
         .bind(a.origin.as_str())
         .bind(&a.metadata_url)
         .bind(a.public)
+        .bind(federated_json(&a.federated_credentials)?)
         .execute(&mut *conn)
         .await
-        .map_err(|e| map_write_error(e, "agent"))?,
+        .map_err(|e| map_write_error(e, "agent"))?;
+            index_federations(conn, a.id, &a.federated_credentials).await?;
+            r
+        }
+        Mutation::SetFederatedCredentials { id, credentials, at } => {
+            let r = sqlx::query("UPDATE agents SET federated_credentials = $1, updated_at = $2 WHERE id = $3")
+                .bind(federated_json(credentials)?)
+                .bind(ts(*at)?)
+                .bind(id.to_string())
+                .execute(&mut *conn)
+                .await
+                .map_err(unavailable)?;
+            if r.rows_affected() == 0 {
+                return Err(StoreError::Conflict(format!("agent {id}")));
+            }
+            sqlx::query("DELETE FROM agent_federations WHERE agent_id = $1")
+                .bind(id.to_string())
+                .execute(&mut *conn)
+                .await
+                .map_err(unavailable)?;
+            index_federations(conn, *id, credentials).await?;
+            r
+        }
         Mutation::UpdateAgentRegistration { id, name, redirect_uris, jwks, public, at } => {
             let r = sqlx::query(
                 "UPDATE agents SET name = $1, redirect_uris = $2, jwks = $3, public_client = $4, updated_at = $5 \
@@ -202,6 +227,33 @@ pub(crate) fn user_row(r: &PgRow) -> Result<User, StoreError> {
     })
 }
 
+/// The rules as stored: NULL when there are none.
+fn federated_json(rules: &[FederatedCredential]) -> Result<Option<String>, StoreError> {
+    if rules.is_empty() { Ok(None) } else { json(&rules).map(Some) }
+}
+
+/// One index row per rule, to find the agent from a token's `iss` and `sub`.
+async fn index_federations(
+    conn: &mut PgConnection,
+    id: AgentId,
+    rules: &[FederatedCredential],
+) -> Result<(), StoreError> {
+    for rule in rules {
+        let (subject, pattern) = rule.index_key();
+        sqlx::query(
+            "INSERT INTO agent_federations (issuer, subject, pattern, agent_id) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+        )
+        .bind(&rule.issuer)
+        .bind(subject)
+        .bind(pattern)
+        .bind(id.to_string())
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| map_write_error(e, "agent federation"))?;
+    }
+    Ok(())
+}
+
 pub(crate) fn agent_row(r: &PgRow) -> Result<Agent, StoreError> {
     Agent::try_from(AgentRow {
         id: get(r, "id")?,
@@ -221,6 +273,7 @@ pub(crate) fn agent_row(r: &PgRow) -> Result<Agent, StoreError> {
         origin: get(r, "origin")?,
         metadata_url: get(r, "metadata_url")?,
         public_client: get(r, "public_client")?,
+        federated_credentials: get(r, "federated_credentials")?,
     })
 }
 

@@ -156,6 +156,20 @@ impl Store for PostgresStore {
         self.one("SELECT * FROM agents WHERE metadata_url = $1", url, agent_row).await
     }
 
+    async fn agents_federated_by(&self, issuer: &str, subject: &str) -> Result<Vec<Agent>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT DISTINCT a.* FROM agent_federations f JOIN agents a ON a.id = f.agent_id \
+             WHERE f.issuer = $1 AND (f.subject = $2 OR f.pattern) ORDER BY a.id LIMIT $3",
+        )
+        .bind(issuer)
+        .bind(subject)
+        .bind(i64::from(mandate_core::store::MAX_FEDERATED_CANDIDATES))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        rows.iter().map(agent_row).collect()
+    }
+
     async fn agent_children(&self, parent: AgentId) -> Result<Vec<Agent>, StoreError> {
         let rows = sqlx::query("SELECT * FROM agents WHERE parent = $1 ORDER BY id")
             .bind(parent.to_string())

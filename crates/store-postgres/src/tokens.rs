@@ -55,6 +55,18 @@ pub(crate) async fn apply(conn: &mut PgConnection, m: &Mutation) -> Result<u64, 
             }
             r
         }
+        Mutation::ConsumeGrantJti { key, expires_at } => {
+            let r = sqlx::query("INSERT INTO dpop_jtis (key, expires_at) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+                .bind(format!("grant:{key}"))
+                .bind(ts(*expires_at)?)
+                .execute(&mut *conn)
+                .await
+                .map_err(unavailable)?;
+            if r.rows_affected() == 0 {
+                return Err(StoreError::GrantReplay);
+            }
+            r
+        }
         Mutation::ReserveStatusIndexes { count } => {
             let count = i64::try_from(*count).map_err(|_| unavailable("status index overflow"))?;
             let first: i64 =

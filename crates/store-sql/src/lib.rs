@@ -110,6 +110,7 @@ pub struct AgentRow {
     pub origin: String,
     pub metadata_url: Option<String>,
     pub public_client: bool,
+    pub federated_credentials: Option<String>,
 }
 
 impl TryFrom<AgentRow> for Agent {
@@ -137,6 +138,7 @@ impl TryFrom<AgentRow> for Agent {
             origin: parse::<AgentOrigin>(&r.origin)?,
             metadata_url: r.metadata_url,
             public: r.public_client,
+            federated_credentials: r.federated_credentials.as_deref().map(from_json).transpose()?.unwrap_or_default(),
         })
     }
 }
@@ -534,6 +536,7 @@ pub fn family(m: &Mutation) -> Family {
         | Mutation::InsertUserToken { .. }
         | Mutation::RevokeUserToken { .. }
         | Mutation::InsertAgent(..)
+        | Mutation::SetFederatedCredentials { .. }
         | Mutation::UpdateAgentRegistration { .. }
         | Mutation::SetAgentStatus { .. }
         | Mutation::InsertResource(..)
@@ -547,6 +550,7 @@ pub fn family(m: &Mutation) -> Family {
         | Mutation::RevokeTokensOfOwnedAgents { .. }
         | Mutation::ConsumeAssertionJti { .. }
         | Mutation::ConsumeDpopJti { .. }
+        | Mutation::ConsumeGrantJti { .. }
         | Mutation::ReserveStatusIndexes { .. }
         | Mutation::InsertToken(..)
         | Mutation::RevokeToken { .. }

@@ -1,7 +1,8 @@
 //! Settings, people (users, their API tokens and sign-in sessions), agents, resources and the policy set.
 
 use mandate_core::store::{Mutation, StoreError, StoredPolicy};
-use mandate_model::records::{Agent, Resource, User, UserToken};
+use mandate_model::AgentId;
+use mandate_model::records::{Agent, FederatedCredential, Resource, User, UserToken};
 use mandate_store_sql::{
     self as codec, AgentRow, ResourceRow, UserRow, UserTokenRow, agent_kind, json, ts, user_status,
 };
@@ -59,31 +60,50 @@ pub(crate) fn apply(conn: &Connection, m: &Mutation) -> Result<u64, StoreError> 
             params![ts(*at)?, id.to_string(), user.to_string()],
             "user token",
         ),
-        Mutation::InsertAgent(a) => exec(
-            conn,
-            "INSERT INTO agents (id, name, owner, kind, parent, status, expires_at, description, scopes, jwks, redirect_uris, secret_hash, created_at, updated_at, suspended_by, origin, metadata_url, public_client) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?13, ?14, ?15, ?16, ?17)",
-            params![
-                a.id.to_string(),
-                a.name,
-                a.owner.to_string(),
-                agent_kind(a.kind),
-                a.parent.map(|p| p.to_string()),
-                a.status.as_str(),
-                a.expires_at.map(ts).transpose()?,
-                a.description,
-                a.scopes.as_ref().map(json).transpose()?,
-                a.jwks.as_ref().map(json).transpose()?,
-                json(&a.redirect_uris)?,
-                a.secret_hash,
-                ts(a.created_at)?,
-                a.suspended_by.map(|b| b.as_str()),
-                a.origin.as_str(),
-                a.metadata_url,
-                a.public,
-            ],
-            "agent",
-        ),
+        Mutation::InsertAgent(a) => {
+            let n = exec(
+                conn,
+                "INSERT INTO agents (id, name, owner, kind, parent, status, expires_at, description, scopes, jwks, redirect_uris, secret_hash, created_at, updated_at, suspended_by, origin, metadata_url, public_client, federated_credentials) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?13, ?14, ?15, ?16, ?17, ?18)",
+                params![
+                    a.id.to_string(),
+                    a.name,
+                    a.owner.to_string(),
+                    agent_kind(a.kind),
+                    a.parent.map(|p| p.to_string()),
+                    a.status.as_str(),
+                    a.expires_at.map(ts).transpose()?,
+                    a.description,
+                    a.scopes.as_ref().map(json).transpose()?,
+                    a.jwks.as_ref().map(json).transpose()?,
+                    json(&a.redirect_uris)?,
+                    a.secret_hash,
+                    ts(a.created_at)?,
+                    a.suspended_by.map(|b| b.as_str()),
+                    a.origin.as_str(),
+                    a.metadata_url,
+                    a.public,
+                    federated_json(&a.federated_credentials)?,
+                ],
+                "agent",
+            )?;
+            index_federations(conn, a.id, &a.federated_credentials)?;
+            Ok(n)
+        }
+        Mutation::SetFederatedCredentials { id, credentials, at } => {
+            let n = exec(
+                conn,
+                "UPDATE agents SET federated_credentials = ?1, updated_at = ?2 WHERE id = ?3",
+                params![federated_json(credentials)?, ts(*at)?, id.to_string()],
+                "agent",
+            )?;
+            if n == 0 {
+                return Err(StoreError::Conflict(format!("agent {id}")));
+            }
+            exec(conn, "DELETE FROM agent_federations WHERE agent_id = ?1", params![id.to_string()], "agent")?;
+            index_federations(conn, *id, credentials)?;
+            Ok(n)
+        }
         Mutation::UpdateAgentRegistration { id, name, redirect_uris, jwks, public, at } => {
             let n = exec(
                 conn,
@@ -185,6 +205,25 @@ pub(crate) fn user_row(r: &Row<'_>) -> Mapped<User> {
     }))
 }
 
+/// The rules as stored: NULL when there are none.
+fn federated_json(rules: &[FederatedCredential]) -> Result<Option<String>, StoreError> {
+    if rules.is_empty() { Ok(None) } else { json(&rules).map(Some) }
+}
+
+/// One index row per rule, to find the agent from a token's `iss` and `sub`.
+fn index_federations(conn: &Connection, id: AgentId, rules: &[FederatedCredential]) -> Result<(), StoreError> {
+    for rule in rules {
+        let (subject, pattern) = rule.index_key();
+        exec(
+            conn,
+            "INSERT INTO agent_federations (issuer, subject, pattern, agent_id) VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
+            params![rule.issuer, subject, pattern, id.to_string()],
+            "agent federation",
+        )?;
+    }
+    Ok(())
+}
+
 pub(crate) fn agent_row(r: &Row<'_>) -> Mapped<Agent> {
     Ok(Agent::try_from(AgentRow {
         id: r.get("id")?,
@@ -204,6 +243,7 @@ pub(crate) fn agent_row(r: &Row<'_>) -> Mapped<Agent> {
         origin: r.get("origin")?,
         metadata_url: r.get("metadata_url")?,
         public_client: r.get("public_client")?,
+        federated_credentials: r.get("federated_credentials")?,
     }))
 }
 

@@ -64,6 +64,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0008_mcp.sql"),
     include_str!("../migrations/0009_registration.sql"),
     include_str!("../migrations/0010_upstream_links.sql"),
+    include_str!("../migrations/0012_federated_credentials.sql"),
 ];
 
 /// The writer connection's page cache, in KiB (as a negative `cache_size`).
@@ -251,6 +252,21 @@ impl Store for SqliteStore {
 
     async fn agent_by_metadata_url(&self, url: &str) -> Result<Option<Agent>, StoreError> {
         self.one("SELECT * FROM agents WHERE metadata_url = ?1", url, agent_row).await
+    }
+
+    async fn agents_federated_by(&self, issuer: &str, subject: &str) -> Result<Vec<Agent>, StoreError> {
+        let (issuer, subject) = (issuer.to_owned(), subject.to_owned());
+        let rows = self
+            .read(move |c| {
+                c.prepare_cached(
+                    "SELECT DISTINCT a.* FROM agent_federations f JOIN agents a ON a.id = f.agent_id \
+                     WHERE f.issuer = ?1 AND (f.subject = ?2 OR f.pattern) ORDER BY a.id LIMIT ?3",
+                )?
+                .query_map(params![issuer, subject, mandate_core::store::MAX_FEDERATED_CANDIDATES], agent_row)?
+                .collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .await?;
+        rows.into_iter().collect()
     }
 
     async fn agent_children(&self, parent: AgentId) -> Result<Vec<Agent>, StoreError> {

@@ -51,6 +51,18 @@ pub(crate) fn apply(conn: &Connection, m: &Mutation) -> Result<u64, StoreError> 
             }
             Ok(n)
         }
+        Mutation::ConsumeGrantJti { key, expires_at } => {
+            let n = exec(
+                conn,
+                "INSERT INTO dpop_jtis (key, expires_at) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+                params![format!("grant:{key}"), ts(*expires_at)?],
+                "grant assertion",
+            )?;
+            if n == 0 {
+                return Err(StoreError::GrantReplay);
+            }
+            Ok(n)
+        }
         Mutation::ReserveStatusIndexes { count } => {
             let count = i64::try_from(*count).map_err(|_| unavailable("status index overflow"))?;
             let first: i64 = conn

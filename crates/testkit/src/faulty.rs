@@ -129,6 +129,10 @@ impl Store for FaultyStore {
         self.gate()?;
         self.inner.agent_by_metadata_url(url).await
     }
+    async fn agents_federated_by(&self, issuer: &str, subject: &str) -> Result<Vec<Agent>, StoreError> {
+        self.gate()?;
+        self.inner.agents_federated_by(issuer, subject).await
+    }
     async fn agent_children(&self, parent: AgentId) -> Result<Vec<Agent>, StoreError> {
         self.gate()?;
         self.inner.agent_children(parent).await

@@ -75,6 +75,7 @@ impl TestServer {
         })
         .await?;
         s.mandate.set_metadata_fetcher(Arc::new(mandate_server::fetch::GuardedFetcher::new(true, None)?));
+        s.mandate.set_issuer_fetcher(Arc::new(mandate_server::fetch::GuardedFetcher::new(true, None)?));
         s._tmp = Some(tmp);
         Ok((s, owner_id.to_string()))
     }

@@ -7,6 +7,7 @@ mod approvals;
 mod ciba;
 mod exchange;
 mod grants;
+pub mod idjag;
 mod minting;
 mod refresh;
 

@@ -324,6 +324,12 @@ fn apply(tx: &mut Tx<'_>, m: &Mutation, applied: &Applied) -> Result<u64, StoreE
             tx.put(agents, a.id, a.clone());
             Ok(1)
         }
+        Mutation::SetFederatedCredentials { id, credentials, at } => {
+            storable(*at)?;
+            let agent = tx.state.agents.get(id).cloned().ok_or_else(|| StoreError::Conflict(format!("agent {id}")))?;
+            tx.put(agents, *id, Agent { federated_credentials: credentials.clone(), ..agent });
+            Ok(1)
+        }
         Mutation::UpdateAgentRegistration { id, name, redirect_uris, jwks, public, at } => {
             storable(*at)?;
             let agent = tx
@@ -417,6 +423,14 @@ fn apply(tx: &mut Tx<'_>, m: &Mutation, applied: &Applied) -> Result<u64, StoreE
             storable(*expires_at)?;
             if tx.state.dpop_jtis.contains_key(key) {
                 return Err(StoreError::DpopReplay);
+            }
+            tx.put(dpop_jtis, key.clone(), *expires_at);
+            Ok(1)
+        }
+        Mutation::ConsumeGrantJti { key, expires_at } => {
+            storable(*expires_at)?;
+            if tx.state.dpop_jtis.contains_key(key) {
+                return Err(StoreError::GrantReplay);
             }
             tx.put(dpop_jtis, key.clone(), *expires_at);
             Ok(1)
@@ -721,6 +735,22 @@ impl Store for MemoryStore {
 
     async fn agent_by_metadata_url(&self, url: &str) -> Result<Option<Agent>, StoreError> {
         self.read(|s| s.agents.values().find(|a| a.metadata_url.as_deref() == Some(url)).cloned())
+    }
+
+    async fn agents_federated_by(&self, issuer: &str, subject: &str) -> Result<Vec<Agent>, StoreError> {
+        self.read(|s| {
+            s.agents
+                .values()
+                .filter(|a| {
+                    a.federated_credentials.iter().any(|r| {
+                        let (key, pattern) = r.index_key();
+                        r.issuer == issuer && (pattern || key == subject)
+                    })
+                })
+                .take(super::MAX_FEDERATED_CANDIDATES as usize)
+                .cloned()
+                .collect()
+        })
     }
 
     async fn agent_children(&self, parent: AgentId) -> Result<Vec<Agent>, StoreError> {

@@ -163,6 +163,7 @@ fn agent(s: &AgentSpec) -> Agent {
         origin: mandate_model::records::AgentOrigin::Admin,
         metadata_url: None,
         public: false,
+        federated_credentials: Vec::new(),
     }
 }
 
