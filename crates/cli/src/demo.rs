@@ -40,6 +40,9 @@ struct Demo {
     http: Client,
     issuer: String,
     calendar: String,
+    /// A CI system's OpenID issuer, trusted for workload identity, and its key.
+    ci: String,
+    ci_key: SigningKey,
     admin: String,
     step: u32,
 }
@@ -74,6 +77,28 @@ impl Demo {
         Ok(jws::sign(&c.key, "JWT", &claims)?)
     }
 
+    /// A workload token the CI issues to a job whose subject is `sub`.
+    fn ci_token(&self, sub: &str) -> Result<String> {
+        let n = now();
+        let claims = json!({"iss": self.ci, "sub": sub, "aud": self.issuer, "iat": n, "exp": n + 300,
+                            "jti": ulid::Ulid::new().to_string()});
+        Ok(jws::sign(&self.ci_key, "JWT", &claims)?)
+    }
+
+    /// The `jwt-bearer` grant with a workload token: no other client
+    /// authentication; the token names the agent. DPoP-bound to `dpop`.
+    async fn redeem_workload(&self, dpop: &SigningKey, jwt: String) -> Result<reqwest::Response> {
+        let url = format!("{}/oauth/token", self.issuer);
+        let form = [
+            ("grant_type", mandate_jose::federated::JWT_BEARER_GRANT.to_owned()),
+            ("assertion", jwt),
+            ("resource", self.calendar.clone()),
+            ("scope", "calendar:read".to_owned()),
+        ];
+        let proof = self.proof(dpop, "POST", &url, None)?;
+        Ok(self.http.post(&url).header("DPoP", proof).form(&form).send().await?)
+    }
+
     fn proof(&self, key: &SigningKey, htm: &str, url: &str, token: Option<&str>) -> Result<String> {
         let jti = ulid::Ulid::new().to_string();
         let claims =
@@ -102,14 +127,14 @@ impl Demo {
     /// A calendar call with a DPoP-bound token.
     async fn calendar(
         &self,
-        c: &DemoAgent,
+        dpop: &SigningKey,
         token: &str,
         method: Method,
         path: &str,
         body: Option<Value>,
     ) -> Result<(u16, Value)> {
         let url = format!("{}{path}", self.calendar);
-        let proof = self.proof(&c.dpop, method.as_str(), &url, Some(token))?;
+        let proof = self.proof(dpop, method.as_str(), &url, Some(token))?;
         let mut req =
             self.http.request(method, &url).header("authorization", format!("DPoP {token}")).header("DPoP", proof);
         if let Some(b) = body {
@@ -157,10 +182,24 @@ pub async fn run() -> Result<bool> {
     let issuer = format!("http://{}", listener.local_addr()?);
     let store: Arc<dyn Store> = crate::serve::open_store(dir.path(), None).await?;
     let kek = mandate_jose::kek::Kek::from_bytes(&mandate_jose::kek::Kek::generate_bytes()?)?;
+    // A CI system's OpenID issuer (discovery and keys), trusted for
+    // workload identity: its agents hold no key of their own.
+    let ci_key = SigningKey::generate(KeyAlg::ES256)?;
+    let ci_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let ci = format!("http://{}", ci_listener.local_addr()?);
+    tokio::spawn(serve_ci_issuer(ci_listener, ci.clone(), ci_key.public().to_json()));
     let mut config = Config::new(&issuer);
     config.allow_client_secrets = false;
+    config.dev_loopback_fetch = true;
+    config.trusted_issuers = vec![mandate_core::trust::TrustedIssuer {
+        issuer: ci.clone(),
+        jwks_uri: None,
+        uses: [mandate_core::trust::IssuerUse::Workload].into(),
+        resolve_by_email: false,
+    }];
     let mandate =
         Arc::new(Mandate::open(store.clone(), Arc::new(SystemClock), Arc::new(SystemRandom), kek, config).await?);
+    mandate.set_issuer_fetcher(Arc::new(mandate_server::fetch::GuardedFetcher::new(true, None)?));
     let admin = format!("mnd_admin_demo_{}", ulid::Ulid::new());
     mandate.ensure_admin_token(Some(&admin)).await?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -170,7 +209,8 @@ pub async fn run() -> Result<bool> {
 
     let cal_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let calendar = format!("http://{}", cal_listener.local_addr()?);
-    let mut d = Demo { http: Client::new(), issuer: issuer.clone(), calendar: calendar.clone(), admin, step: 0 };
+    let mut d =
+        Demo { http: Client::new(), issuer: issuer.clone(), calendar: calendar.clone(), ci, ci_key, admin, step: 0 };
     println!("   Mandate at {issuer}, the calendar at {calendar}");
 
     let outcome = story(&mut d, store.as_ref(), cal_listener).await;
@@ -274,7 +314,7 @@ async fn story(d: &mut Demo, store: &dyn Store, cal_listener: tokio::net::TcpLis
     d.step("A sensitive action waits for Alice's approval, which she gives");
     let event =
         json!({"id": "board-review", "title": "Board review", "start": "2026-12-01T09:00:00Z", "sensitive": true});
-    let (st, refused) = d.calendar(&planner, &planner_token, Method::POST, "/events", Some(event.clone())).await?;
+    let (st, refused) = d.calendar(&planner.dpop, &planner_token, Method::POST, "/events", Some(event.clone())).await?;
     ensure!(st == 403, "a sensitive event was created without approval: {st} {refused}");
     show("calendar says", format!("{st}: {}", refused));
     let (st, pending) =
@@ -300,7 +340,7 @@ async fn story(d: &mut Demo, store: &dyn Store, cal_listener: tokio::net::TcpLis
         d.call(Method::POST, &format!("{}/v1/approvals/{approval_id}/approve", d.issuer), &alice_token, None).await?;
     ensure!(st == 200, "approve: {st} {decided}");
     show("Alice", "approves");
-    let (st, created) = d.calendar(&planner, &planner_token, Method::POST, "/events", Some(event)).await?;
+    let (st, created) = d.calendar(&planner.dpop, &planner_token, Method::POST, "/events", Some(event)).await?;
     ensure!(st == 201, "the approved event was not created: {st} {created}");
     show("calendar says", format!("{st}: created {}", at(&created, "/id")));
 
@@ -348,7 +388,7 @@ async fn story(d: &mut Demo, store: &dyn Store, cal_listener: tokio::net::TcpLis
 
     // 5. The summarizer works.
     d.step("The summarizer's calls are allowed");
-    let (st, events) = d.calendar(&summarizer, &summarizer_token, Method::GET, "/events", None).await?;
+    let (st, events) = d.calendar(&summarizer.dpop, &summarizer_token, Method::GET, "/events", None).await?;
     ensure!(st == 200, "list events: {st} {events}");
     show("GET /events", format!("{st}: {} event(s)", events.as_array().map_or(0, Vec::len)));
 
@@ -365,7 +405,7 @@ async fn story(d: &mut Demo, store: &dyn Store, cal_listener: tokio::net::TcpLis
     show("exchange for write", format!("{st} {}: {}", at(&wider, "/error"), at(&wider, "/error_description")));
     let (st, write) = d
         .calendar(
-            &summarizer,
+            &summarizer.dpop,
             &summarizer_token,
             Method::POST,
             "/events",
@@ -382,7 +422,7 @@ async fn story(d: &mut Demo, store: &dyn Store, cal_listener: tokio::net::TcpLis
     ensure!(st == 200, "revoke: {st} {revoked}");
     show("revoked", format!("{grant_id}, with every token beneath it"));
     for (who, c, token) in [("planner", &planner, &planner_token), ("summarizer", &summarizer, &summarizer_token)] {
-        let (st, body) = d.calendar(c, token, Method::GET, "/events", None).await?;
+        let (st, body) = d.calendar(&c.dpop, token, Method::GET, "/events", None).await?;
         ensure!(st == 401 || st == 403, "the {who}'s call still went through: {st} {body}");
         show(
             &format!("{who} GET /events"),
@@ -402,14 +442,45 @@ async fn story(d: &mut Demo, store: &dyn Store, cal_listener: tokio::net::TcpLis
         show("status list", format!("{uri} (signed): the {who}'s entry {idx} is set: revoked"));
     }
 
-    // 8. The tree.
+    // 8. Workload identity.
+    d.step("A nightly job's agent signs in with its CI's workload identity, no key of its own");
+    let subject = "repo:acme/reports:ref:refs/heads/main";
+    let nightly = d
+        .admin(
+            Method::POST,
+            "/v1/agents",
+            Some(json!({"name": "Nightly report", "owner": alice_id, "description": "runs in CI",
+                        "federated_credentials": [{"issuer": d.ci, "subject": subject}]})),
+        )
+        .await?;
+    let nightly_id = text(&nightly, "id")?;
+    show("agent", format!("Nightly report ({nightly_id}): trusts {} for {subject}, no jwks", d.ci));
+    let nightly_dpop = SigningKey::generate(KeyAlg::EdDSA)?;
+    let resp = d.redeem_workload(&nightly_dpop, d.ci_token(subject)?).await?;
+    ensure!(resp.status() == 200, "workload token: {}", resp.status());
+    let nightly_token = text(&resp.json().await?, "access_token")?;
+    let claims = jws_claims(&nightly_token)?;
+    ensure!(at(&claims, "/sub") == nightly_id.as_str(), "the token is not the agent's: {claims}");
+    show("CI token", "ES256, signed by the CI (keys from its discovery document), for Mandate, 5 minutes");
+    let scope = at(&claims, "/scope").as_str().unwrap_or_default();
+    show("token", format!("sub {nightly_id} (the agent), scope {scope}, DPoP-bound"));
+    let (st, events) = d.calendar(&nightly_dpop, &nightly_token, Method::GET, "/events", None).await?;
+    ensure!(st == 200, "the nightly job's call: {st} {events}");
+    show("GET /events", format!("{st}: {} event(s)", events.as_array().map_or(0, Vec::len)));
+    let resp = d.redeem_workload(&nightly_dpop, d.ci_token("repo:acme/reports:ref:refs/heads/feature")?).await?;
+    ensure!(resp.status() == 400, "a token for another branch was accepted: {}", resp.status());
+    let refused: Value = resp.json().await?;
+    let why = |k: &str| at(&refused, k).as_str().unwrap_or_default().to_owned();
+    show("another branch's CI token", format!("400 {}: {}", why("/error"), why("/error_description")));
+
+    // 9. The tree.
     d.step("The delegation tree is traced");
     let tree = mandate_core::audit::trace(store, &grant_id).await?;
     for line in tree.render().lines() {
         println!("   {line}");
     }
 
-    // 9. The trail verifies.
+    // 10. The trail verifies.
     d.step("The audit trail is verified");
     let report = d.admin(Method::GET, "/v1/audit/verify", None).await?;
     if at(&report, "/valid") != true {
@@ -417,6 +488,19 @@ async fn story(d: &mut Demo, store: &dyn Store, cal_listener: tokio::net::TcpLis
     }
     show("audit trail", format!("{} events, hash chain intact", at(&report, "/events")));
     Ok(())
+}
+
+/// A CI system's OpenID issuer, as far as Mandate reads it: discovery and
+/// the public key its workload tokens are signed with.
+async fn serve_ci_issuer(listener: tokio::net::TcpListener, issuer: String, key: Value) -> std::io::Result<()> {
+    use axum::routing::get;
+    let discovery = json!({"issuer": issuer, "jwks_uri": format!("{issuer}/jwks"),
+                           "id_token_signing_alg_values_supported": ["ES256"]});
+    let jwks = json!({"keys": [key]});
+    let app = axum::Router::new()
+        .route("/.well-known/openid-configuration", get(move || std::future::ready(axum::Json(discovery.clone()))))
+        .route("/jwks", get(move || std::future::ready(axum::Json(jwks.clone()))));
+    axum::serve(listener, app).await
 }
 
 /// The member of `v` at JSON pointer `path`, or `null`.

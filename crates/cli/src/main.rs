@@ -38,7 +38,7 @@ enum Command {
         log_format: serve::LogFormat,
     },
     /// The whole story end to end (users, agents, CIBA, approval, spawn,
-    /// delegation, revocation, trace, audit) against a real server and the
+    /// delegation, revocation, workload identity, trace, audit) against a real server and the
     /// example calendar API, on a temporary directory.
     Demo,
     /// Signing keys and client keys.

@@ -9,7 +9,7 @@ fn the_demo_runs_every_step_and_exits_zero() -> anyhow::Result<()> {
     let out = Command::new(env!("CARGO_BIN_EXE_mandate")).arg("demo").output()?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "demo failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    for step in 1..=9 {
+    for step in 1..=10 {
         assert!(stdout.contains(&format!("\n{step}. ")), "step {step} missing:\n{stdout}");
     }
     for expected in [
@@ -18,6 +18,8 @@ fn the_demo_runs_every_step_and_exits_zero() -> anyhow::Result<()> {
         "201: created",
         "already appears in the delegation chain",
         "insufficient_scope",
+        "(the agent), scope calendar:read",
+        "another branch's CI token 400 invalid_grant",
         "hash chain intact",
         "every step went as told",
     ] {

@@ -6,7 +6,9 @@ use std::sync::Arc;
 use anyhow::{Result, ensure};
 use mandate_core::store::{Mutation, Store, StoreError, StoredPolicy};
 use mandate_model::UserId;
-use mandate_model::records::{AgentStatus, SessionRecord, SuspendedBy, UpstreamLink, UserStatus, UserToken};
+use mandate_model::records::{
+    AgentStatus, FederatedCredential, SessionRecord, SuspendedBy, UpstreamLink, UserStatus, UserToken,
+};
 use time::Duration;
 
 use super::fixtures::{agent, one, people, resource, t0, ulid, user};
@@ -143,6 +145,50 @@ pub async fn agents_round_trip_and_change_status_conditionally(s: &Arc<dyn Store
         by: admin,
     };
     ensure!(matches!(one(s, unknown).await, Err(StoreError::Conflict(_))), "an unknown agent changed status");
+    Ok(())
+}
+
+pub async fn federated_credentials_find_their_agent(s: &Arc<dyn Store>) -> Result<()> {
+    const CI: &str = "https://ci.example";
+    let u = user("wif@example.com");
+    one(s, Mutation::InsertUser(u.clone())).await?;
+    let rule = |subject: Option<&str>, pattern: Option<&str>| FederatedCredential {
+        issuer: CI.into(),
+        subject: subject.map(str::to_owned),
+        subject_pattern: pattern.map(str::to_owned),
+        audiences: vec!["api://mandate".into()],
+        claims: std::collections::BTreeMap::from([("ref".into(), serde_json::json!("refs/heads/main"))]),
+        single_use: true,
+    };
+    let mut exact = agent(u.id, None);
+    exact.federated_credentials = vec![rule(Some("repo:acme/app"), None)];
+    let mut pattern = agent(u.id, None);
+    pattern.federated_credentials = vec![rule(None, Some("repo:acme/*"))];
+    let plain = agent(u.id, None);
+    for a in [&exact, &pattern, &plain] {
+        one(s, Mutation::InsertAgent(a.clone())).await?;
+    }
+    ensure!(s.agent(exact.id).await? == Some(exact.clone()), "federated credentials did not round-trip");
+    let ids = |v: Vec<mandate_model::records::Agent>| {
+        let mut ids: Vec<_> = v.into_iter().map(|a| a.id).collect();
+        ids.sort();
+        ids
+    };
+    let mut both = vec![exact.id, pattern.id];
+    both.sort();
+    ensure!(ids(s.agents_federated_by(CI, "repo:acme/app").await?) == both, "exact rule and pattern");
+    // Patterns are the caller's to match: every one of the issuer comes back.
+    ensure!(ids(s.agents_federated_by(CI, "repo:other/x").await?) == vec![pattern.id], "patterns only");
+    ensure!(s.agents_federated_by("https://other.example", "repo:acme/app").await?.is_empty(), "another issuer");
+    // Replacing the rules replaces the index; an empty list removes it.
+    let set = |id, credentials| Mutation::SetFederatedCredentials { id, credentials, at: t0() };
+    one(s, set(exact.id, vec![rule(Some("repo:acme/other"), None)])).await?;
+    ensure!(ids(s.agents_federated_by(CI, "repo:acme/app").await?) == vec![pattern.id], "stale index row");
+    one(s, set(pattern.id, Vec::new())).await?;
+    ensure!(s.agents_federated_by(CI, "repo:other/x").await?.is_empty(), "removed rules still found");
+    ensure!(s.agent(pattern.id).await?.is_some_and(|a| a.federated_credentials.is_empty()));
+    let unknown = set(agent(u.id, None).id, vec![rule(Some("x"), None)]);
+    ensure!(matches!(one(s, unknown).await, Err(StoreError::Conflict(_))), "an unknown agent got rules");
     Ok(())
 }
 

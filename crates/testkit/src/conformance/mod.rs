@@ -106,6 +106,7 @@ macro_rules! store_conformance {
                 policies_keep_every_version,
                 sessions_round_trip_and_end,
                 upstream_links_find_their_person,
+                federated_credentials_find_their_agent,
             }
             keys {
                 signing_keys_rotate,
@@ -113,6 +114,7 @@ macro_rules! store_conformance {
             replay {
                 replay_store_burns_each_jti_once,
                 dpop_proofs_are_single_use,
+                grant_assertions_are_single_use,
             }
             tokens {
                 tokens_round_trip_and_revoke,

@@ -30,6 +30,22 @@ pub async fn replay_store_burns_each_jti_once(s: &Arc<dyn Store>) -> Result<()> 
     Ok(())
 }
 
+pub async fn grant_assertions_are_single_use(s: &Arc<dyn Store>) -> Result<()> {
+    let burn = |key: &str| Mutation::ConsumeGrantJti { key: key.into(), expires_at: t0() + Duration::minutes(1) };
+    one(s, burn("jag-1")).await?;
+    ensure!(matches!(one(s, burn("jag-1")).await, Err(StoreError::GrantReplay)), "a replayed ID-JAG was accepted");
+    // Its own namespace: a DPoP proof with the same key is another thing.
+    one(s, Mutation::ConsumeDpopJti { key: "jag-1".into(), expires_at: t0() + Duration::minutes(1) }).await?;
+    let (_, a, _, _) = people(s, "jag@example.com").await?;
+    let t = token(a.id, &a.id.to_string());
+    let refused = s.commit(Change::new().with(burn("jag-1")).with(Mutation::InsertToken(t.clone()))).await;
+    ensure!(matches!(refused, Err(StoreError::GrantReplay)), "expected a replay, got {refused:?}");
+    ensure!(s.token(t.jti).await?.is_none(), "a token was written with a replayed ID-JAG");
+    one(s, Mutation::PurgeExpiredJtis { before: t0() + Duration::minutes(2) }).await?;
+    one(s, burn("jag-1")).await?;
+    Ok(())
+}
+
 pub async fn dpop_proofs_are_single_use(s: &Arc<dyn Store>) -> Result<()> {
     let burn = |key: &str| Mutation::ConsumeDpopJti { key: key.into(), expires_at: t0() + Duration::minutes(1) };
     one(s, burn("proof-1")).await?;
