@@ -348,10 +348,7 @@ impl Mandate {
         let at = self.clock.now();
         let mut change = Change::new();
         change.push(Mutation::UpdatePersonIf { id, was: Person::of(&read.user), now: now.clone() });
-        change.push(Mutation::PutScimUser {
-            record: record.clone(),
-            expect: read.record.as_ref().map(|r| r.revision),
-        });
+        change.push(Mutation::PutScimUser { record: record.clone(), expect: read.record.as_ref().map(|r| r.revision) });
         let mut counted = Vec::new();
         if now.status == UserStatus::Disabled && read.user.status != UserStatus::Disabled {
             counted.push(change.push(Mutation::RevokeTokensOfSubject { subject: id.to_string(), at }));
@@ -442,7 +439,12 @@ impl Mandate {
     /// Makes the group `read` what SCIM client `token` asks:
     /// `PreconditionFailed` if it changed since it was read. Renaming it
     /// renames the Cedar group of every member.
-    pub async fn scim_update_group(&self, token: &str, read: &ScimGroup, want: ScimGroupSpec) -> Result<ScimGroup, Error> {
+    pub async fn scim_update_group(
+        &self,
+        token: &str,
+        read: &ScimGroup,
+        want: ScimGroupSpec,
+    ) -> Result<ScimGroup, Error> {
         let want = self.valid_group(want).await?;
         if want.display_name != read.display_name && self.display_name_taken(&want.display_name, Some(read.id)).await? {
             return Err(Error::Conflict(format!("a Group with displayName {:?} exists", want.display_name)));
@@ -579,11 +581,8 @@ mod tests {
         let w = World::new().await;
         let t = "scim_test";
         let alice = w.alice.id;
-        let spec = |name: &str, members: Vec<UserId>| ScimGroupSpec {
-            display_name: name.into(),
-            external_id: None,
-            members,
-        };
+        let spec =
+            |name: &str, members: Vec<UserId>| ScimGroupSpec { display_name: name.into(), external_id: None, members };
         let g = w.m.scim_create_group(t, spec("ops", vec![alice])).await?;
         let user = w.store.user(alice).await.unwrap().unwrap();
         assert_eq!(user.scim_groups, vec!["ops".to_owned()]);

@@ -7,9 +7,8 @@
 use async_trait::async_trait;
 use mandate_audit::{Checkpoint, Event};
 use mandate_model::records::{
-    Agent, AgentStatus, Approval, ApprovalStatus, AuthCodeRecord, ClientId, Grant, RefreshRecord, Resource,
-    ScimGroup, ScimToken, ScimUserRecord, SessionRecord, SuspendedBy, TokenRecord, UpstreamLink, User, UserStatus,
-    UserToken,
+    Agent, AgentStatus, Approval, ApprovalStatus, AuthCodeRecord, ClientId, Grant, RefreshRecord, Resource, ScimGroup,
+    ScimToken, ScimUserRecord, SessionRecord, SuspendedBy, TokenRecord, UpstreamLink, User, UserStatus, UserToken,
 };
 use mandate_model::{AgentId, ApprovalId, GrantId, GroupId, Jti, UserId, UserTokenId};
 use thiserror::Error;

@@ -35,9 +35,7 @@ impl OAuthError {
             | Error::BadInput(_)
             | Error::NotFound(_)
             | Error::Conflict(_)
-            | Error::PreconditionFailed(_) => {
-                "invalid_request"
-            }
+            | Error::PreconditionFailed(_) => "invalid_request",
             Error::InvalidClient(_) | Error::Unauthenticated | Error::Forbidden(_) => "invalid_client",
             Error::InvalidGrant(_) => "invalid_grant",
             Error::InvalidScope(_) => "invalid_scope",

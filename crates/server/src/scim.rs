@@ -283,7 +283,9 @@ fn complex(name: &str, value: &Value, subs: &[(&str, bool)]) -> Result<Option<Ma
                     .ok_or_else(|| ScimError::invalid("invalidValue", format!("{name}.{sub} must be a boolean")))?;
                 kept.insert((*sub).to_owned(), json!(b));
             }
-            (Some(_), false) => return Err(ScimError::invalid("invalidValue", format!("{name}.{sub} must be a string"))),
+            (Some(_), false) => {
+                return Err(ScimError::invalid("invalidValue", format!("{name}.{sub} must be a string")));
+            }
         }
     }
     Ok((!kept.is_empty()).then_some(kept))
@@ -330,7 +332,8 @@ fn scim_user(o: &Map<String, Value>) -> Result<ScimUser, ScimError> {
     let person_name = display_name.map(|d| d.trim().to_owned()).filter(|d| !d.is_empty()).or_else(|| {
         let n = name.as_ref()?;
         string(n.get("formatted")).map(str::to_owned).or_else(|| {
-            let parts: Vec<&str> = [string(n.get("givenName")), string(n.get("familyName"))].into_iter().flatten().collect();
+            let parts: Vec<&str> =
+                [string(n.get("givenName")), string(n.get("familyName"))].into_iter().flatten().collect();
             (!parts.is_empty()).then(|| parts.join(" "))
         })
     });
@@ -572,10 +575,7 @@ struct Shape {
 
 /// Lower-cased attribute paths, without a schema URN.
 fn names(v: &str) -> Vec<String> {
-    v.split(',')
-        .map(|n| patch::without_urn(n.trim()).to_ascii_lowercase())
-        .filter(|n| !n.is_empty())
-        .collect()
+    v.split(',').map(|n| patch::without_urn(n.trim()).to_ascii_lowercase()).filter(|n| !n.is_empty()).collect()
 }
 
 fn top(path: &str) -> &str {
@@ -590,8 +590,7 @@ impl Shape {
         let kept = o.into_iter().filter_map(|(k, v)| {
             let k_l = k.to_ascii_lowercase();
             let shown = always(&k)
-                || ((self.only.is_empty() || self.only.iter().any(|p| top(p) == k_l))
-                    && !self.excluded.iter().any(|p| *p == k_l));
+                || ((self.only.is_empty() || self.only.iter().any(|p| top(p) == k_l)) && !self.excluded.contains(&k_l));
             if !shown {
                 return None;
             }
@@ -855,7 +854,11 @@ fn user_schema(s: &AppState) -> Value {
         "subAttributes",
         json!([
             attribute("value", "string", true, "readWrite", "none"),
-            with(attribute("type", "string", false, "readWrite", "none"), "canonicalValues", json!(["work", "home", "other"])),
+            with(
+                attribute("type", "string", false, "readWrite", "none"),
+                "canonicalValues",
+                json!(["work", "home", "other"])
+            ),
             attribute("primary", "boolean", false, "readWrite", "none"),
         ]),
     );
@@ -1009,7 +1012,9 @@ mod tests {
         assert_eq!(g.as_ref().map(|g| (g.display_name.as_str(), g.external_id.as_deref())), Some(("sre", Some("g-2"))));
         assert_eq!(g.map(|g| g.members.len()), Some(3));
         // With the schema URN.
-        let g = group_ops(json!([{"op": "replace", "path": "urn:ietf:params:scim:schemas:core:2.0:Group:displayName", "value": "ops"}]));
+        let g = group_ops(
+            json!([{"op": "replace", "path": "urn:ietf:params:scim:schemas:core:2.0:Group:displayName", "value": "ops"}]),
+        );
         assert_eq!(g.map(|g| g.display_name).ok().as_deref(), Some("ops"));
         let g = group_ops(json!([{"op": "remove", "path": "externalId"}]));
         assert_eq!(g.map(|g| g.external_id).ok(), Some(None));
@@ -1019,7 +1024,10 @@ mod tests {
     fn group_patch_refusals_name_their_scim_type() {
         let cases = [
             (json!([{"op": "remove", "path": "displayName"}]), "invalidValue"),
-            (json!([{"op": "add", "path": "members", "value": [{"value": "agt_01ARZ3NDEKTSV4RRFFQ69G5FAV"}]}]), "invalidValue"),
+            (
+                json!([{"op": "add", "path": "members", "value": [{"value": "agt_01ARZ3NDEKTSV4RRFFQ69G5FAV"}]}]),
+                "invalidValue",
+            ),
             (json!([{"op": "add", "path": "members", "value": [{"display": "no value"}]}]), "invalidValue"),
             (json!([{"op": "remove", "path": "members[value co \"usr\"]"}]), "invalidFilter"),
             (json!([{"op": "remove", "path": "members[value eq \"x\""}]), "invalidPath"),
@@ -1068,12 +1076,16 @@ mod tests {
     fn user_patch_follows_value_filters() {
         let mut d = doc();
         d.insert("emails".into(), json!([{"value": "a@example.com", "type": "work", "primary": true}]));
-        let u = ops(&mut d, json!([{"op": "replace", "path": "emails[type eq \"work\"].value", "value": "c@example.com"}]));
+        let u =
+            ops(&mut d, json!([{"op": "replace", "path": "emails[type eq \"work\"].value", "value": "c@example.com"}]));
         assert_eq!(u.ok().and_then(|u| u.email), Some("c@example.com".into()));
         let u = ops(&mut d, json!([{"op": "add", "path": "emails[type eq \"home\"].value", "value": "h@example.com"}]));
         assert_eq!(u.ok().map(|u| u.profile["emails"].as_array().map(Vec::len)), Some(Some(2)));
         let u = ops(&mut d, json!([{"op": "replace", "value": {"name.givenName": "Ada", "displayName": "Ada L"}}]));
-        assert_eq!(u.ok().map(|u| (u.name, u.profile["name"]["givenName"].clone())), Some((Some("Ada L".into()), json!("Ada"))));
+        assert_eq!(
+            u.ok().map(|u| (u.name, u.profile["name"]["givenName"].clone())),
+            Some((Some("Ada L".into()), json!("Ada")))
+        );
     }
 
     #[test]
@@ -1104,8 +1116,14 @@ mod tests {
     fn patch_refusals_name_their_scim_type() {
         let cases = [
             (json!([{"op": "remove", "path": "active"}]), "mutability"),
-            (json!([{"op": "replace", "path": "emails[type co \"work\"].value", "value": "b@example.com"}]), "invalidFilter"),
-            (json!([{"op": "replace", "path": "emails[type eq \"work\"]value", "value": "b@example.com"}]), "invalidPath"),
+            (
+                json!([{"op": "replace", "path": "emails[type co \"work\"].value", "value": "b@example.com"}]),
+                "invalidFilter",
+            ),
+            (
+                json!([{"op": "replace", "path": "emails[type eq \"work\"]value", "value": "b@example.com"}]),
+                "invalidPath",
+            ),
             (json!([{"op": "remove"}]), "noTarget"),
             (json!([{"op": "replace", "path": "active"}]), "invalidValue"),
             (json!([{"op": "move", "path": "active", "value": true}]), "invalidSyntax"),

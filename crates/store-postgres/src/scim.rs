@@ -253,7 +253,10 @@ pub(crate) async fn users(pool: &PgPool, q: &ScimUserQuery) -> Result<Page<UserI
         .fetch_all(pool)
         .await
         .map_err(unavailable)?;
-    Ok(Page { total: count(total)?, items: page.iter().map(|id| codec::parse::<UserId>(id)).collect::<Result<_, _>>()? })
+    Ok(Page {
+        total: count(total)?,
+        items: page.iter().map(|id| codec::parse::<UserId>(id)).collect::<Result<_, _>>()?,
+    })
 }
 
 const GROUPS_WHERE: &str =

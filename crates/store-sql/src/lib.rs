@@ -374,12 +374,7 @@ pub struct ScimTokenRow {
 impl TryFrom<ScimTokenRow> for ScimToken {
     type Error = StoreError;
     fn try_from(r: ScimTokenRow) -> Result<Self, StoreError> {
-        Ok(ScimToken {
-            id: r.id,
-            hash: r.hash,
-            created_at: from_ts(r.created_at)?,
-            revoked_at: opt_ts(r.revoked_at)?,
-        })
+        Ok(ScimToken { id: r.id, hash: r.hash, created_at: from_ts(r.created_at)?, revoked_at: opt_ts(r.revoked_at)? })
     }
 }
 

@@ -78,7 +78,16 @@ pub(crate) fn apply(conn: &Connection, m: &Mutation) -> Result<u64, StoreError> 
                     conn,
                     "UPDATE scim_users SET user_name = ?2, user_name_key = ?3, external_id = ?4, profile = ?5, \
                      revision = ?6, deleted_at = ?7 WHERE user_id = ?1 AND revision = ?8",
-                    params![r.user.to_string(), r.user_name, key, r.external_id, profile, rev, deleted, revision(*expect)?],
+                    params![
+                        r.user.to_string(),
+                        r.user_name,
+                        key,
+                        r.external_id,
+                        profile,
+                        rev,
+                        deleted,
+                        revision(*expect)?
+                    ],
                     "SCIM userName",
                 )?,
             };
@@ -219,7 +228,10 @@ pub(crate) fn users(c: &Connection, q: &ScimUserQuery) -> Result<Page<UserId>, S
         Ok((total, page))
     };
     let (total, page) = run().map_err(crate::unavailable)?;
-    Ok(Page { total: count(total)?, items: page.iter().map(|id| codec::parse::<UserId>(id)).collect::<Result<_, _>>()? })
+    Ok(Page {
+        total: count(total)?,
+        items: page.iter().map(|id| codec::parse::<UserId>(id)).collect::<Result<_, _>>()?,
+    })
 }
 
 const GROUPS_WHERE: &str = "WHERE (?1 IS NULL OR lower(display_name) = ?1) AND (?2 IS NULL OR external_id = ?2)";

@@ -201,7 +201,10 @@ impl Store for FaultyStore {
         self.gate()?;
         self.inner.scim_user(user).await
     }
-    async fn scim_users(&self, q: &mandate_core::store::ScimUserQuery) -> Result<mandate_core::store::Page<UserId>, StoreError> {
+    async fn scim_users(
+        &self,
+        q: &mandate_core::store::ScimUserQuery,
+    ) -> Result<mandate_core::store::Page<UserId>, StoreError> {
         self.gate()?;
         self.inner.scim_users(q).await
     }

@@ -469,7 +469,10 @@ fn apply(tx: &mut Tx<'_>, m: &Mutation, applied: &Applied) -> Result<u64, StoreE
             storable(t.created_at)?;
             t.revoked_at.map(storable).transpose()?;
             let s = &tx.state;
-            require(!s.scim_tokens.contains_key(&t.id) && !s.scim_tokens.values().any(|x| x.hash == t.hash), "scim token")?;
+            require(
+                !s.scim_tokens.contains_key(&t.id) && !s.scim_tokens.values().any(|x| x.hash == t.hash),
+                "scim token",
+            )?;
             tx.put(scim_tokens, t.id.clone(), t.clone());
             Ok(1)
         }
@@ -501,7 +504,8 @@ fn apply(tx: &mut Tx<'_>, m: &Mutation, applied: &Applied) -> Result<u64, StoreE
             storable(g.created_at)?;
             storable(g.updated_at)?;
             let s = &tx.state;
-            let taken = s.scim_groups.contains_key(&g.id) || s.scim_groups.values().any(|x| x.display_name == g.display_name);
+            let taken =
+                s.scim_groups.contains_key(&g.id) || s.scim_groups.values().any(|x| x.display_name == g.display_name);
             require(!taken, "SCIM group")?;
             tx.put(scim_groups, g.id, ScimGroup { members: Vec::new(), ..g.clone() });
             Ok(1)
@@ -514,8 +518,7 @@ fn apply(tx: &mut Tx<'_>, m: &Mutation, applied: &Applied) -> Result<u64, StoreE
             if old.revision != *expect {
                 return Err(StoreError::Stale(format!("SCIM group {} changed", group.id)));
             }
-            let taken =
-                tx.state.scim_groups.values().any(|x| x.id != group.id && x.display_name == group.display_name);
+            let taken = tx.state.scim_groups.values().any(|x| x.id != group.id && x.display_name == group.display_name);
             require(!taken, "SCIM group displayName")?;
             let new = ScimGroup {
                 display_name: group.display_name.clone(),
@@ -563,7 +566,8 @@ fn apply(tx: &mut Tx<'_>, m: &Mutation, applied: &Applied) -> Result<u64, StoreE
             Ok(n)
         }
         Mutation::RemoveUserFromScimGroups { user } => {
-            let keys: Vec<(GroupId, UserId)> = tx.state.scim_members.keys().filter(|(_, u)| u == user).copied().collect();
+            let keys: Vec<(GroupId, UserId)> =
+                tx.state.scim_members.keys().filter(|(_, u)| u == user).copied().collect();
             for k in &keys {
                 tx.remove(scim_members, k);
             }

@@ -236,9 +236,12 @@ async fn the_scim_migration_moves_settings_into_tables() -> anyhow::Result<()> {
     anyhow::ensure!(b.created_at == at(1_700_000_010)? && b.revoked_at == Some(at(1_700_000_100)?), "{b:?}");
     let ada = store.scim_user("usr_01M00000000000000000000001".parse()?).await?;
     anyhow::ensure!(
-        ada.as_ref().map(|r| (r.user_name.as_str(), r.deleted_at)) == Some(("ada@example.com", Some(at(1_700_000_200)?))),
+        ada.as_ref().map(|r| (r.user_name.as_str(), r.deleted_at))
+            == Some(("ada@example.com", Some(at(1_700_000_200)?))),
         "{ada:?}"
     );
-    anyhow::ensure!(store.setting("scim.token.scim_00aa").await?.is_none() && store.setting("other.setting").await?.is_some());
+    anyhow::ensure!(
+        store.setting("scim.token.scim_00aa").await?.is_none() && store.setting("other.setting").await?.is_some()
+    );
     Ok(())
 }

@@ -15,7 +15,12 @@ use super::fixtures::{one, t0, ulid, user};
 
 pub async fn scim_tokens_are_kept_hashed_and_revoked_once(s: &Arc<dyn Store>) -> Result<()> {
     let a = ScimToken { id: "scim_aaaa".into(), hash: "h-a".into(), created_at: t0(), revoked_at: None };
-    let b = ScimToken { id: "scim_bbbb".into(), hash: "h-b".into(), created_at: t0() + Duration::seconds(1), revoked_at: None };
+    let b = ScimToken {
+        id: "scim_bbbb".into(),
+        hash: "h-b".into(),
+        created_at: t0() + Duration::seconds(1),
+        revoked_at: None,
+    };
     one(s, Mutation::InsertScimToken(a.clone())).await?;
     one(s, Mutation::InsertScimToken(b.clone())).await?;
     ensure!(s.scim_token("scim_aaaa").await? == Some(a.clone()), "a SCIM token did not round-trip");
@@ -53,7 +58,8 @@ pub async fn scim_users_are_unique_by_user_name_and_written_by_revision(s: &Arc<
     // Inserting again, or writing from a stale revision, is Stale.
     let again = one(s, Mutation::PutScimUser { record: r.clone(), expect: None }).await;
     ensure!(matches!(again, Err(StoreError::Stale(_))), "a second insert: {again:?}");
-    let stale = one(s, Mutation::PutScimUser { record: ScimUserRecord { revision: 3, ..r.clone() }, expect: Some(2) }).await;
+    let stale =
+        one(s, Mutation::PutScimUser { record: ScimUserRecord { revision: 3, ..r.clone() }, expect: Some(2) }).await;
     ensure!(matches!(stale, Err(StoreError::Stale(_))), "a stale revision: {stale:?}");
     // userName is unique without regard to case.
     let clash = one(s, Mutation::PutScimUser { record: record(bob.id, "ADA.l"), expect: None }).await;
@@ -63,7 +69,8 @@ pub async fn scim_users_are_unique_by_user_name_and_written_by_revision(s: &Arc<
     one(s, Mutation::PutScimUser { record: renamed.clone(), expect: Some(1) }).await?;
     ensure!(s.scim_user(ada.id).await? == Some(renamed.clone()));
     // A record needs its user.
-    let orphan = one(s, Mutation::PutScimUser { record: record(UserId::from_ulid(ulid()), "orphan"), expect: None }).await;
+    let orphan =
+        one(s, Mutation::PutScimUser { record: record(UserId::from_ulid(ulid()), "orphan"), expect: None }).await;
     ensure!(matches!(orphan, Err(StoreError::Conflict(_))), "a record of no one: {orphan:?}");
     Ok(())
 }
@@ -82,26 +89,29 @@ pub async fn scim_users_are_listed_by_user_name_external_id_and_email(s: &Arc<dy
         r.deleted_at = (n == 2).then_some(t0());
         one(s, Mutation::PutScimUser { record: r, expect: None }).await?;
     }
+    let [p0, p1, p2, p3, p4] = <[UserId; 5]>::try_from(people).map_err(|_| anyhow::anyhow!("five people were made"))?;
     let all = s.scim_users(&ScimUserQuery { limit: 10, ..Default::default() }).await?;
-    let shown: Vec<UserId> = people.iter().copied().filter(|id| *id != people[2]).collect();
+    // p2 was deleted by SCIM: it is not listed.
+    let shown = vec![p0, p1, p3, p4];
+    ensure!(s.scim_user(p2).await?.is_some_and(|r| r.deleted_at.is_some()));
     ensure!(all.total == 4 && all.items == shown, "the SCIM-deleted person is listed, or the order is not by id");
     let page = s.scim_users(&ScimUserQuery { offset: 1, limit: 2, ..Default::default() }).await?;
-    ensure!(page.total == 4 && page.items == shown[1..3], "paging: {page:?}");
+    ensure!(page.total == 4 && page.items == [p1, p3], "paging: {page:?}");
     let by = |q: ScimUserQuery| async move { s.scim_users(&ScimUserQuery { limit: 10, ..q }).await };
-    ensure!(by(ScimUserQuery { user_name: Some("user-1".into()), ..Default::default() }).await?.items == [people[1]]);
+    ensure!(by(ScimUserQuery { user_name: Some("user-1".into()), ..Default::default() }).await?.items == [p1]);
     ensure!(by(ScimUserQuery { user_name: Some("user-2".into()), ..Default::default() }).await?.total == 0);
-    let p3 = s.user(people[3]).await?.map(|u| u.email).unwrap_or_default();
+    let p3_email = s.user(p3).await?.map(|u| u.email).unwrap_or_default();
     ensure!(
-        by(ScimUserQuery { user_name: Some(p3.to_uppercase()), ..Default::default() }).await?.items == [people[3]],
+        by(ScimUserQuery { user_name: Some(p3_email.to_uppercase()), ..Default::default() }).await?.items == [p3],
         "the userName of a person without a record is their email"
     );
-    let p0 = s.user(people[0]).await?.map(|u| u.email).unwrap_or_default();
+    let p0_email = s.user(p0).await?.map(|u| u.email).unwrap_or_default();
     ensure!(
-        by(ScimUserQuery { user_name: Some(p0.clone()), ..Default::default() }).await?.total == 0,
+        by(ScimUserQuery { user_name: Some(p0_email.clone()), ..Default::default() }).await?.total == 0,
         "a person with a record is found by their userName, not their email"
     );
-    ensure!(by(ScimUserQuery { email: Some(p0), ..Default::default() }).await?.items == [people[0]]);
-    ensure!(by(ScimUserQuery { external_id: Some("ext-User-0".into()), ..Default::default() }).await?.items == [people[0]]);
+    ensure!(by(ScimUserQuery { email: Some(p0_email), ..Default::default() }).await?.items == [p0]);
+    ensure!(by(ScimUserQuery { external_id: Some("ext-User-0".into()), ..Default::default() }).await?.items == [p0]);
     Ok(())
 }
 
@@ -147,7 +157,10 @@ pub async fn scim_groups_keep_members_and_give_them_cedar_groups(s: &Arc<dyn Sto
     let mut members = vec![ada.id, bob.id];
     members.sort();
     let read = s.scim_group(eng.id).await?;
-    ensure!(read == Some(ScimGroup { members: members.clone(), ..eng.clone() }), "the group did not round-trip: {read:?}");
+    ensure!(
+        read == Some(ScimGroup { members: members.clone(), ..eng.clone() }),
+        "the group did not round-trip: {read:?}"
+    );
     ensure!(s.user(ada.id).await?.map(|u| u.scim_groups) == Some(vec!["eng".into()]));
     ensure!(s.user_by_email("bob@example.com").await?.map(|u| u.scim_groups) == Some(vec!["eng".into()]));
     // The sign-in source is untouched by either.
@@ -161,17 +174,31 @@ pub async fn scim_groups_keep_members_and_give_them_cedar_groups(s: &Arc<dyn Sto
     let nobody = one(s, Mutation::AddScimGroupMembers { group: ops.id, users: vec![UserId::from_ulid(ulid())] }).await;
     ensure!(matches!(nobody, Err(StoreError::Conflict(_))), "a member who is no user: {nobody:?}");
     // Renaming renames the Cedar group; a stale revision writes nothing.
-    let renamed = ScimGroup { display_name: "sre".into(), revision: 2, updated_at: t0() + Duration::seconds(1), ..ops.clone() };
+    let renamed =
+        ScimGroup { display_name: "sre".into(), revision: 2, updated_at: t0() + Duration::seconds(1), ..ops.clone() };
     one(s, Mutation::UpdateScimGroup { group: renamed.clone(), expect: 1 }).await?;
-    let stale = one(s, Mutation::UpdateScimGroup { group: ScimGroup { display_name: "x".into(), ..renamed.clone() }, expect: 1 }).await;
+    let stale = one(
+        s,
+        Mutation::UpdateScimGroup { group: ScimGroup { display_name: "x".into(), ..renamed.clone() }, expect: 1 },
+    )
+    .await;
     ensure!(matches!(stale, Err(StoreError::Stale(_))), "a stale group write: {stale:?}");
-    let clash = one(s, Mutation::UpdateScimGroup { group: ScimGroup { display_name: "eng".into(), revision: 3, ..renamed.clone() }, expect: 2 }).await;
+    let clash = one(
+        s,
+        Mutation::UpdateScimGroup {
+            group: ScimGroup { display_name: "eng".into(), revision: 3, ..renamed.clone() },
+            expect: 2,
+        },
+    )
+    .await;
     ensure!(matches!(clash, Err(StoreError::Conflict(_))), "a taken displayName: {clash:?}");
     ensure!(s.user(ada.id).await?.map(|u| u.scim_groups) == Some(vec!["eng".into(), "sre".into()]));
     // Lists: by displayName without regard to case, by externalId, paged.
-    let by_name = s.scim_groups(&ScimGroupQuery { display_name: Some("SRE".into()), limit: 10, ..Default::default() }).await?;
+    let by_name =
+        s.scim_groups(&ScimGroupQuery { display_name: Some("SRE".into()), limit: 10, ..Default::default() }).await?;
     ensure!(by_name.total == 1 && by_name.items.first().map(|g| g.id) == Some(ops.id));
-    let by_ext = s.scim_groups(&ScimGroupQuery { external_id: Some("ext-eng".into()), limit: 10, ..Default::default() }).await?;
+    let by_ext =
+        s.scim_groups(&ScimGroupQuery { external_id: Some("ext-eng".into()), limit: 10, ..Default::default() }).await?;
     ensure!(by_ext.items.iter().map(|g| g.id).collect::<Vec<_>>() == [eng.id]);
     let page = s.scim_groups(&ScimGroupQuery { offset: 1, limit: 1, ..Default::default() }).await?;
     ensure!(page.total == 2 && page.items.len() == 1);
@@ -199,7 +226,10 @@ pub async fn membership_changes_move_the_epoch(s: &Arc<dyn Store>) -> Result<()>
     let mut last = s.epoch().await?;
     for m in [
         Mutation::AddScimGroupMembers { group: eng.id, users: vec![ada.id] },
-        Mutation::UpdateScimGroup { group: ScimGroup { display_name: "sre".into(), revision: 2, ..eng.clone() }, expect: 1 },
+        Mutation::UpdateScimGroup {
+            group: ScimGroup { display_name: "sre".into(), revision: 2, ..eng.clone() },
+            expect: 1,
+        },
         Mutation::RemoveScimGroupMembers { group: eng.id, users: vec![ada.id] },
         Mutation::RemoveUserFromScimGroups { user: ada.id },
         Mutation::DeleteScimGroup { id: eng.id, expect: 2 },
