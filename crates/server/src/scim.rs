@@ -171,12 +171,16 @@ fn user_json(s: &AppState, p: &ScimPerson) -> Value {
     Value::Object(doc)
 }
 
-/// A Group; each member's `display` is their name (returned on request
-/// only, RFC 7643 §7 `returned: request`).
-async fn group_json(s: &AppState, g: &ScimGroup) -> Result<Value, ScimError> {
+/// A Group; with `display`, each member's `display` is their name (it is
+/// returned on request only, RFC 7643 §7 `returned: request`, so that a
+/// large group is not a read per member).
+async fn group_json(s: &AppState, g: &ScimGroup, display: bool) -> Result<Value, ScimError> {
     let mut members = Vec::with_capacity(g.members.len());
     for m in &g.members {
-        let display = s.mandate.scim_person(*m).await.ok().map(|p| p.user.name);
+        let display = match display {
+            true => s.mandate.scim_person(*m).await.ok().map(|p| p.user.name),
+            false => None,
+        };
         let mut member = json!({"value": m.to_string(), "$ref": location(s, "Users", &m.to_string()), "type": "User"});
         if let Some(d) = display {
             member = with(member, "display", json!(d));
@@ -252,7 +256,7 @@ fn user_response(s: &AppState, status: StatusCode, p: &ScimPerson) -> Response {
 }
 
 async fn group_response(s: &AppState, status: StatusCode, g: &ScimGroup) -> Result<Response, ScimError> {
-    Ok(tagged(status, &Shape::default().apply(group_json(s, g).await?), &group_version(g)))
+    Ok(tagged(status, &group_json(s, g, false).await?, &group_version(g)))
 }
 
 fn string(v: Option<&Value>) -> Option<&str> {
@@ -501,7 +505,8 @@ pub async fn get_group(
 ) -> Result<Response, ScimError> {
     let shape = list_query(raw_query.as_deref())?.shape;
     let group = s.mandate.scim_group(group_id(&raw)?).await?;
-    Ok(tagged(StatusCode::OK, &shape.apply(group_json(&s, &group).await?), &group_version(&group)))
+    let doc = group_json(&s, &group, shape.wants_display()).await?;
+    Ok(tagged(StatusCode::OK, &shape.apply(doc), &group_version(&group)))
 }
 
 pub async fn replace_group(
@@ -538,7 +543,7 @@ pub async fn patch_group(
     let group = retrying(&headers, || async {
         let read = s.mandate.scim_group(id).await?;
         precondition(&headers, &group_version(&read))?;
-        let mut doc = object(group_json(&s, &read).await?)?;
+        let mut doc = object(group_json(&s, &read, false).await?)?;
         for op in &ops {
             patch::apply(&mut doc, op, Resource::Group)?;
         }
@@ -583,10 +588,15 @@ fn top(path: &str) -> &str {
 }
 
 impl Shape {
+    /// Whether members' `display` was asked for.
+    fn wants_display(&self) -> bool {
+        self.only.iter().any(|p| p == "members.display")
+    }
+
     fn apply(&self, v: Value) -> Value {
         let Value::Object(o) = v else { return v };
         let always = |k: &str| k == "id" || k == "schemas";
-        let display = self.only.iter().any(|p| p == "members.display");
+        let display = self.wants_display();
         let kept = o.into_iter().filter_map(|(k, v)| {
             let k_l = k.to_ascii_lowercase();
             let shown = always(&k)
@@ -753,7 +763,7 @@ async fn groups_page(s: &AppState, q: &ListQuery) -> Result<Response, ScimError>
     let found = s.mandate.scim_groups(&query).await?;
     let mut page = Vec::with_capacity(found.items.len());
     for g in &found.items {
-        page.push(q.shape.apply(group_json(s, g).await?));
+        page.push(q.shape.apply(group_json(s, g, q.shape.wants_display()).await?));
     }
     Ok(scim(StatusCode::OK, &list_body(found.total, start, page)))
 }
