@@ -259,6 +259,7 @@ impl Mandate {
             status: UserStatus::Active,
             created_at: self.clock.now(),
             password_hash,
+            scim_groups: Vec::new(),
         };
         let mut event = self.admin_event(kind::USER_CREATED, caller);
         event.subject = Some(user.id.to_string());

@@ -38,6 +38,15 @@ pub mod kind {
     pub const SCIM_TOKEN_REVOKED: &str = "scim.token_revoked";
     /// A SCIM client deleted a User: the person is disabled, never removed.
     pub const SCIM_USER_DELETED: &str = "scim.user_deleted";
+    /// A SCIM client created, changed (renamed, re-keyed or re-membered) or
+    /// deleted a Group; `resource` is its `grp_…` id.
+    pub const SCIM_GROUP_CREATED: &str = "scim.group_created";
+    pub const SCIM_GROUP_UPDATED: &str = "scim.group_updated";
+    pub const SCIM_GROUP_DELETED: &str = "scim.group_deleted";
+    /// A person (`subject`) joined or left a SCIM Group: they got or lost
+    /// its Cedar group.
+    pub const SCIM_MEMBER_ADDED: &str = "scim.group_member_added";
+    pub const SCIM_MEMBER_REMOVED: &str = "scim.group_member_removed";
     pub const AGENT_CREATED: &str = "agent.created";
     pub const AGENT_UPDATED: &str = "agent.updated";
     /// A client registered itself (metadata document or RFC 7591), or

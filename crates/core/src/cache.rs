@@ -158,6 +158,30 @@ impl Store for CachingStore {
     async fn auth_code(&self, hash: &str) -> Result<Option<mandate_model::records::AuthCodeRecord>, StoreError> {
         self.inner.auth_code(hash).await
     }
+    async fn scim_token(&self, id: &str) -> Result<Option<mandate_model::records::ScimToken>, StoreError> {
+        self.inner.scim_token(id).await
+    }
+    async fn scim_tokens(&self) -> Result<Vec<mandate_model::records::ScimToken>, StoreError> {
+        self.inner.scim_tokens().await
+    }
+    async fn scim_user(&self, user: UserId) -> Result<Option<mandate_model::records::ScimUserRecord>, StoreError> {
+        self.inner.scim_user(user).await
+    }
+    async fn scim_users(&self, q: &crate::store::ScimUserQuery) -> Result<crate::store::Page<UserId>, StoreError> {
+        self.inner.scim_users(q).await
+    }
+    async fn scim_group(
+        &self,
+        id: mandate_model::GroupId,
+    ) -> Result<Option<mandate_model::records::ScimGroup>, StoreError> {
+        self.inner.scim_group(id).await
+    }
+    async fn scim_groups(
+        &self,
+        q: &crate::store::ScimGroupQuery,
+    ) -> Result<crate::store::Page<mandate_model::records::ScimGroup>, StoreError> {
+        self.inner.scim_groups(q).await
+    }
     async fn upstream_linked(&self, user: UserId) -> Result<bool, StoreError> {
         self.inner.upstream_linked(user).await
     }

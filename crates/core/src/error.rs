@@ -58,6 +58,10 @@ pub enum Error {
     NotFound(String),
     #[error("conflict: {0}")]
     Conflict(String),
+    /// A conditional write found the record changed since it was read
+    /// (HTTP 412 for SCIM's `If-Match`).
+    #[error("precondition failed: {0}")]
+    PreconditionFailed(String),
     // Fail closed.
     #[error("temporarily unavailable: {0}")]
     Unavailable(String),
@@ -67,6 +71,7 @@ impl From<StoreError> for Error {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Conflict(m) => Error::Conflict(m),
+            StoreError::Stale(m) => Error::PreconditionFailed(m),
             StoreError::Replay => Error::InvalidClient("client assertion jti was already used".into()),
             StoreError::DpopReplay => Error::InvalidDpopProof("the proof's jti was already used".into()),
             StoreError::GrantReplay => Error::InvalidGrant("the assertion was already used".into()),

@@ -327,6 +327,7 @@ impl Mandate {
                             status: UserStatus::Active,
                             created_at: self.clock.now(),
                             password_hash: None,
+                            scim_groups: Vec::new(),
                         };
                         created = true;
                         let mut event = self.event(kind::USER_CREATED);

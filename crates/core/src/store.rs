@@ -7,10 +7,10 @@
 use async_trait::async_trait;
 use mandate_audit::{Checkpoint, Event};
 use mandate_model::records::{
-    Agent, AgentStatus, Approval, ApprovalStatus, AuthCodeRecord, ClientId, Grant, RefreshRecord, Resource,
-    SessionRecord, SuspendedBy, TokenRecord, UpstreamLink, User, UserToken,
+    Agent, AgentStatus, Approval, ApprovalStatus, AuthCodeRecord, ClientId, Grant, RefreshRecord, Resource, ScimGroup,
+    ScimToken, ScimUserRecord, SessionRecord, SuspendedBy, TokenRecord, UpstreamLink, User, UserStatus, UserToken,
 };
-use mandate_model::{AgentId, ApprovalId, GrantId, Jti, UserId, UserTokenId};
+use mandate_model::{AgentId, ApprovalId, GrantId, GroupId, Jti, UserId, UserTokenId};
 use thiserror::Error;
 use time::OffsetDateTime;
 
@@ -26,6 +26,10 @@ pub enum StoreError {
     /// A uniqueness or precondition failed; nothing was written.
     #[error("conflict: {0}")]
     Conflict(String),
+    /// A compare-and-swap found the record changed since it was read
+    /// (SCIM's `If-Match`); nothing was written.
+    #[error("changed since read: {0}")]
+    Stale(String),
     /// A client-assertion `jti` was already used.
     #[error("replayed jti")]
     Replay,
@@ -105,6 +109,63 @@ pub enum Mutation {
     InsertUser(User),
     /// Replaces groups, attributes and status.
     UpdateUser(User),
+    /// Sets a person's name, email and status as SCIM asks, as a
+    /// compare-and-swap: fails with `Stale` unless the user still has
+    /// `was`, and with `Conflict` if the email belongs to someone else.
+    UpdatePersonIf {
+        id: UserId,
+        was: Person,
+        now: Person,
+    },
+    /// Issues a SCIM token; fails with `Conflict` if its id or hash exists.
+    InsertScimToken(ScimToken),
+    /// Revokes a SCIM token (affected: 0 or 1).
+    RevokeScimToken {
+        id: String,
+        at: OffsetDateTime,
+    },
+    /// Writes SCIM's record of a person. With `expect` `None` it is
+    /// inserted, and fails with `Stale` if the person has one already;
+    /// otherwise it replaces the record whose revision is `expect`, and
+    /// fails with `Stale` if the revision moved. Fails with `Conflict` if
+    /// the `userName` (without regard to case) is another person's, or the
+    /// user is missing.
+    PutScimUser {
+        record: ScimUserRecord,
+        expect: Option<u64>,
+    },
+    /// Creates a SCIM group, without members; fails with `Conflict` if the
+    /// id or the `displayName` exists.
+    InsertScimGroup(ScimGroup),
+    /// Sets a group's `displayName`, `externalId`, revision and update time
+    /// (not its members), if its revision is still `expect`: `Stale`
+    /// otherwise (or if it is gone); `Conflict` if the `displayName` is
+    /// another group's.
+    UpdateScimGroup {
+        group: ScimGroup,
+        expect: u64,
+    },
+    /// Deletes a group and its memberships if its revision is still
+    /// `expect`; `Stale` otherwise (or if it is gone).
+    DeleteScimGroup {
+        id: GroupId,
+        expect: u64,
+    },
+    /// Adds members (affected: how many were not members yet); fails with
+    /// `Conflict` if the group or a user is missing.
+    AddScimGroupMembers {
+        group: GroupId,
+        users: Vec<UserId>,
+    },
+    /// Removes members (affected: how many were members).
+    RemoveScimGroupMembers {
+        group: GroupId,
+        users: Vec<UserId>,
+    },
+    /// Takes the user out of every SCIM group (affected: how many).
+    RemoveUserFromScimGroups {
+        user: UserId,
+    },
     /// A person's API token, by the hash of its secret.
     InsertUserToken {
         token: UserToken,
@@ -318,6 +379,51 @@ pub struct GrantQuery {
     pub limit: u32,
 }
 
+/// The fields of a person SCIM writes (with [`Mutation::UpdatePersonIf`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Person {
+    pub name: String,
+    pub email: String,
+    pub status: UserStatus,
+}
+
+impl Person {
+    pub fn of(u: &User) -> Self {
+        Self { name: u.name.clone(), email: u.email.clone(), status: u.status }
+    }
+}
+
+/// Which people SCIM lists: those it has not deleted, matching every
+/// filter given, by id. `user_name` is compared without regard to case,
+/// with SCIM's `userName`, or with the email of a person SCIM keeps no
+/// record of (whose `userName` is their email); `email` with the email.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ScimUserQuery {
+    pub user_name: Option<String>,
+    pub external_id: Option<String>,
+    pub email: Option<String>,
+    /// How many matches to skip (SCIM's `startIndex` - 1).
+    pub offset: u64,
+    pub limit: u32,
+}
+
+/// Which SCIM groups to list, by id; `display_name` is compared without
+/// regard to case.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ScimGroupQuery {
+    pub display_name: Option<String>,
+    pub external_id: Option<String>,
+    pub offset: u64,
+    pub limit: u32,
+}
+
+/// One page of a list, and how many match in all.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page<T> {
+    pub total: u64,
+    pub items: Vec<T>,
+}
+
 /// Which approvals to list.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ApprovalQuery {
@@ -339,6 +445,12 @@ impl Mutation {
         matches!(
             self,
             Mutation::UpdateUser(_)
+                | Mutation::UpdatePersonIf { .. }
+                | Mutation::UpdateScimGroup { .. }
+                | Mutation::DeleteScimGroup { .. }
+                | Mutation::AddScimGroupMembers { .. }
+                | Mutation::RemoveScimGroupMembers { .. }
+                | Mutation::RemoveUserFromScimGroups { .. }
                 | Mutation::RevokeUserToken { .. }
                 | Mutation::SetAgentStatus { .. }
                 | Mutation::SetFederatedCredentials { .. }
@@ -500,6 +612,17 @@ pub trait Store: Send + Sync + 'static {
 
     async fn user(&self, id: UserId) -> Result<Option<User>, StoreError>;
     async fn user_by_email(&self, email: &str) -> Result<Option<User>, StoreError>;
+    /// A SCIM token by its id, live or not.
+    async fn scim_token(&self, id: &str) -> Result<Option<ScimToken>, StoreError>;
+    /// Every SCIM token, newest first.
+    async fn scim_tokens(&self) -> Result<Vec<ScimToken>, StoreError>;
+    /// SCIM's record of a person, deleted or not.
+    async fn scim_user(&self, user: UserId) -> Result<Option<ScimUserRecord>, StoreError>;
+    /// The people SCIM lists, by id (see [`ScimUserQuery`]).
+    async fn scim_users(&self, query: &ScimUserQuery) -> Result<Page<UserId>, StoreError>;
+    async fn scim_group(&self, id: GroupId) -> Result<Option<ScimGroup>, StoreError>;
+    /// SCIM groups, by id (see [`ScimGroupQuery`]).
+    async fn scim_groups(&self, query: &ScimGroupQuery) -> Result<Page<ScimGroup>, StoreError>;
     /// The link of an upstream identity (`iss`, `sub`), if there is one.
     async fn upstream_link(&self, issuer: &str, subject: &str) -> Result<Option<UpstreamLink>, StoreError>;
     /// Whether `user` is linked to any upstream identity.

@@ -100,6 +100,10 @@ prefixed_id!(
     Jti, "tok", "token"
 );
 prefixed_id!(
+    /// A SCIM Group; its `displayName` is a Cedar group name.
+    GroupId, "grp", "group"
+);
+prefixed_id!(
     /// A person's own API token (not the secret, which is never stored).
     UserTokenId, "utk", "user token"
 );

@@ -11,5 +11,5 @@ pub mod records;
 pub mod scope;
 
 pub use error::ModelError;
-pub use id::{AgentId, ApprovalId, GrantId, Jti, ResourceId, UserId, UserTokenId};
+pub use id::{AgentId, ApprovalId, GrantId, GroupId, Jti, ResourceId, UserId, UserTokenId};
 pub use scope::{Scope, ScopeSet};

@@ -8,7 +8,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use crate::{AgentId, ApprovalId, GrantId, Jti, ModelError, ResourceId, Scope, ScopeSet, UserId};
+use crate::{AgentId, ApprovalId, GrantId, GroupId, Jti, ModelError, ResourceId, Scope, ScopeSet, UserId};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -22,7 +22,15 @@ pub struct User {
     pub id: UserId,
     pub name: String,
     pub email: String,
+    /// The sign-in source of the person's Cedar groups: what the admin sets
+    /// and an upstream IdP's groups claim replaces (ADR 0020).
     pub groups: Vec<String>,
+    /// The SCIM source: the `displayName`s of the SCIM Groups listing the
+    /// person, sorted. Stores fill it on read from the group tables; a
+    /// write of the user never writes it (ADR 0020). The person's Cedar
+    /// groups are the union of both sources.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub scim_groups: Vec<String>,
     /// String attributes, exposed to Cedar as entity tags.
     pub attributes: BTreeMap<String, String>,
     pub status: UserStatus,
@@ -619,6 +627,57 @@ pub struct UpstreamLink {
     pub subject: String,
     pub user: UserId,
     pub created_at: OffsetDateTime,
+}
+
+/// A bearer token the admin issued to a SCIM provisioning client (ADR
+/// 0020): the secret is never stored, only its SHA-256.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScimToken {
+    /// `scim_` and the first 16 hex digits of `hash`.
+    pub id: String,
+    pub hash: String,
+    pub created_at: OffsetDateTime,
+    pub revoked_at: Option<OffsetDateTime>,
+}
+
+/// What SCIM says of a person beyond the user record (ADR 0020): the
+/// `userName` as the IdP sent it, its `externalId`, and the `name`,
+/// `displayName` and `emails` it sent, kept to be answered back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScimUserRecord {
+    pub user: UserId,
+    /// Unique without regard to case (RFC 7643 §4.1.1: `caseExact` false).
+    pub user_name: String,
+    pub external_id: Option<String>,
+    /// A JSON object holding at most `name`, `displayName` and `emails`.
+    pub profile: serde_json::Map<String, serde_json::Value>,
+    /// Advanced by every SCIM write of the record (compare-and-swap).
+    pub revision: u64,
+    /// Set by a SCIM DELETE: the resource answers 404 from then on (RFC
+    /// 7644 §3.6) while the person stays, disabled.
+    pub deleted_at: Option<OffsetDateTime>,
+}
+
+impl ScimUserRecord {
+    /// The key `user_name` is unique by: lower-cased.
+    pub fn user_name_key(user_name: &str) -> String {
+        user_name.to_lowercase()
+    }
+}
+
+/// A SCIM Group (ADR 0020): its `displayName` is a Cedar group name that
+/// every member has, besides the groups of the sign-in source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScimGroup {
+    pub id: GroupId,
+    pub display_name: String,
+    pub external_id: Option<String>,
+    /// Sorted, without repeats.
+    pub members: Vec<UserId>,
+    /// Advanced by every write of the group (compare-and-swap).
+    pub revision: u64,
+    pub created_at: OffsetDateTime,
+    pub updated_at: OffsetDateTime,
 }
 
 /// A person's sign-in session at the web pages. The cookie holds a secret

@@ -47,6 +47,7 @@ fn bench(c: &mut Criterion) {
         status: UserStatus::Active,
         created_at: OffsetDateTime::UNIX_EPOCH,
         password_hash: None,
+        scim_groups: Vec::new(),
     };
     // The agent's owner, as the server loads it for every agent decision.
     let mut related = Related::new();
@@ -110,6 +111,7 @@ fn per_agent_policies(c: &mut Criterion) {
         status: UserStatus::Active,
         created_at: OffsetDateTime::UNIX_EPOCH,
         password_hash: None,
+        scim_groups: Vec::new(),
     });
     c.bench_function("decide/agent/10000_per_agent_policies", |b| {
         b.iter(|| {

@@ -577,7 +577,10 @@ pub fn decision_key(principal: Principal<'_>, target: Target<'_>, related: &Rela
 }
 
 fn user_key(u: &User) -> String {
-    format!("User|{}|{:?}|{:?}|{:?}|{:?}|{:?}", u.id, u.name, u.email, u.status, u.groups, u.attributes)
+    format!(
+        "User|{}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}",
+        u.id, u.name, u.email, u.status, u.groups, u.scim_groups, u.attributes
+    )
 }
 
 fn agent_key(a: &Agent) -> String {
@@ -706,7 +709,10 @@ fn user_entity(u: &User) -> Result<Entity, String> {
         ),
     ]
     .into();
-    let parents = u.groups.iter().map(|g| uid("Group", g)).collect::<Result<Vec<_>, _>>()?;
+    // ADR 0020: the person's groups are the union of the sign-in source
+    // and the SCIM source; a name both give is one Cedar group.
+    let names: std::collections::BTreeSet<&String> = u.groups.iter().chain(&u.scim_groups).collect();
+    let parents = names.into_iter().map(|g| uid("Group", g)).collect::<Result<Vec<_>, _>>()?;
     let tags = u.attributes.iter().map(|(k, v)| (k.clone(), s(v)));
     Entity::new_with_tags(uid("User", &u.id.to_string())?, attrs, parents, tags).map_err(|e| e.to_string())
 }

@@ -51,6 +51,7 @@ fn user() -> User {
         status: UserStatus::Active,
         created_at: OffsetDateTime::UNIX_EPOCH,
         password_hash: None,
+        scim_groups: Vec::new(),
     }
 }
 
@@ -164,6 +165,29 @@ fn policies_see_through_owner_parent_and_the_receiving_agent() {
     assert!(!permit.decide(Principal::Agent(&theirs), "write", api, &r).allowed);
     assert!(permit.decide(Principal::Agent(&agent()), "mandate:delegate", Target::Agent(&child), &r).allowed);
     assert!(!permit.decide(Principal::Agent(&agent()), "mandate:delegate", Target::Agent(&theirs), &r).allowed);
+}
+
+/// ADR 0020: a person's Cedar groups are the union of the sign-in source
+/// (`groups`) and the SCIM source (`scim_groups`); either one alone puts
+/// them in the group, and a name in both is one group.
+#[test]
+fn groups_from_sign_in_and_from_scim_are_one_union() {
+    let e = PolicyEngine::compile(
+        r#"permit(principal in Group::"eng", action == Action::"read", resource);
+           permit(principal in Group::"ops", action == Action::"write", resource);"#,
+        &actions(),
+    )
+    .unwrap();
+    let api = Target::Api("https://api.example");
+    let decide = |u: &User, action: &str| e.decide(Principal::User(u), action, api, &rel()).allowed;
+    let nobody = User { groups: Vec::new(), scim_groups: Vec::new(), ..user() };
+    assert!(!decide(&nobody, "read") && !decide(&nobody, "write"));
+    let signed_in = User { groups: vec!["eng".into()], ..nobody.clone() };
+    assert!(decide(&signed_in, "read") && !decide(&signed_in, "write"));
+    let provisioned = User { scim_groups: vec!["ops".into()], ..nobody.clone() };
+    assert!(!decide(&provisioned, "read") && decide(&provisioned, "write"));
+    let both = User { groups: vec!["eng".into()], scim_groups: vec!["eng".into(), "ops".into()], ..nobody };
+    assert!(decide(&both, "read") && decide(&both, "write"));
 }
 
 #[test]
@@ -284,6 +308,7 @@ fn principal_keys_cover_every_entity_field() {
         Box::new(|u| u.email = "bob@example.com".into()),
         Box::new(|u| u.status = UserStatus::Disabled),
         Box::new(|u| u.groups = vec!["ops".into()]),
+        Box::new(|u| u.scim_groups = vec!["ops".into()]),
         Box::new(|u| {
             u.attributes.insert("level".into(), "2".into());
         }),

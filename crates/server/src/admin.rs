@@ -287,7 +287,27 @@ pub async fn create_scim_token(State(s): State<AppState>, Authed(c): Authed) -> 
     Ok(created(json!({"id": id, "token": token})))
 }
 
-/// `POST /v1/scim-tokens/{id}/revoke` (admin).
+/// `GET /v1/scim-tokens` (admin): every SCIM token, newest first, without
+/// its secret or hash.
+pub async fn list_scim_tokens(State(s): State<AppState>, Authed(c): Authed) -> Result<Response, Problem> {
+    let tokens = s.mandate.scim_tokens(c).await?;
+    let time = |t: time::OffsetDateTime| t.format(&time::format_description::well_known::Rfc3339).ok();
+    let body: Vec<serde_json::Value> = tokens
+        .iter()
+        .map(|t| {
+            json!({
+                "id": t.id,
+                "created_at": time(t.created_at),
+                "revoked_at": t.revoked_at.and_then(time),
+                "status": if t.revoked_at.is_some() { "revoked" } else { "active" },
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "scim_tokens": body })).into_response())
+}
+
+/// `POST /v1/scim-tokens/{id}/revoke` and `DELETE /v1/scim-tokens/{id}`
+/// (admin).
 pub async fn revoke_scim_token(
     State(s): State<AppState>,
     Authed(c): Authed,

@@ -211,7 +211,7 @@ pub async fn context(State(state): State<AppState>, mut req: Request, next: Next
 
 /// The per-address rate limit, in front of the endpoints that take
 /// credentials. The answer fits the endpoint: RFC 6749 JSON on `/oauth/*`,
-/// problem JSON elsewhere.
+/// a SCIM error on `/scim/*`, problem JSON elsewhere.
 pub async fn limit_by_address(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let Some(ClientAddr(client)) = req.extensions().get::<ClientAddr>().copied() else {
         return next.run(req).await;
@@ -225,6 +225,10 @@ pub async fn limit_by_address(State(state): State<AppState>, req: Request, next:
         OAuthError(e).into_response()
     } else if req.uri().path().starts_with("/v1/") || req.uri().path().starts_with("/access/") {
         Problem::from(e).into_response()
+    } else if req.uri().path().starts_with("/scim/") {
+        let mut resp = crate::scim::ScimError::from(e).into_response();
+        resp.headers_mut().insert(axum::http::header::RETRY_AFTER, secs.into());
+        resp
     } else {
         let mut resp = crate::web::error_response(&e);
         resp.headers_mut().insert(axum::http::header::RETRY_AFTER, secs.into());

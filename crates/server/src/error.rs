@@ -31,9 +31,11 @@ impl From<Error> for OAuthError {
 impl OAuthError {
     pub fn code(&self) -> &'static str {
         match &self.0 {
-            Error::InvalidRequest(_) | Error::BadInput(_) | Error::NotFound(_) | Error::Conflict(_) => {
-                "invalid_request"
-            }
+            Error::InvalidRequest(_)
+            | Error::BadInput(_)
+            | Error::NotFound(_)
+            | Error::Conflict(_)
+            | Error::PreconditionFailed(_) => "invalid_request",
             Error::InvalidClient(_) | Error::Unauthenticated | Error::Forbidden(_) => "invalid_client",
             Error::InvalidGrant(_) => "invalid_grant",
             Error::InvalidScope(_) => "invalid_scope",
@@ -60,6 +62,7 @@ impl OAuthError {
             | Error::BadInput(m)
             | Error::NotFound(m)
             | Error::Conflict(m)
+            | Error::PreconditionFailed(m)
             | Error::InvalidClient(m)
             | Error::Forbidden(m)
             | Error::InvalidGrant(m)
@@ -173,6 +176,9 @@ impl From<Error> for Problem {
             }
             Error::NotFound(m) => Problem::new(S::NOT_FOUND, "not-found", "Not found", m),
             Error::Conflict(m) => Problem::new(S::CONFLICT, "conflict", "Conflict", m),
+            Error::PreconditionFailed(m) => {
+                Problem::new(S::PRECONDITION_FAILED, "precondition-failed", "Precondition failed", m)
+            }
             Error::UnsupportedGrantType(m)
             | Error::UnknownUser(m)
             | Error::InvalidClientMetadata(m)

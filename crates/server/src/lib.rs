@@ -115,7 +115,8 @@ pub fn router(state: AppState) -> Router {
             put(admin::put_policies).layer(DefaultBodyLimit::max(MAX_POLICY_BODY)).get(admin::get_policies),
         )
         .route("/v1/keys/rotate", post(admin::rotate_keys))
-        .route("/v1/scim-tokens", post(admin::create_scim_token))
+        .route("/v1/scim-tokens", post(admin::create_scim_token).get(admin::list_scim_tokens))
+        .route("/v1/scim-tokens/{id}", axum::routing::delete(admin::revoke_scim_token))
         .route("/v1/scim-tokens/{id}/revoke", post(admin::revoke_scim_token))
         .route("/v1/grants", get(delegation::list_grants))
         .route("/v1/grants/{id}/revoke", post(delegation::revoke_grant))
@@ -140,10 +141,18 @@ pub fn router(state: AppState) -> Router {
         .route("/scim/v2/Schemas", get(scim::schemas))
         .route("/scim/v2/Schemas/{id}", get(scim::schema))
         .route("/scim/v2/Users", get(scim::list_users).post(scim::create_user))
+        .route("/scim/v2/Users/.search", post(scim::search_users))
         .route(
             "/scim/v2/Users/{id}",
             get(scim::get_user).put(scim::replace_user).patch(scim::patch_user).delete(scim::delete_user),
         )
+        .route("/scim/v2/Groups", get(scim::list_groups).post(scim::create_group))
+        .route("/scim/v2/Groups/.search", post(scim::search_groups))
+        .route(
+            "/scim/v2/Groups/{id}",
+            get(scim::get_group).put(scim::replace_group).patch(scim::patch_group).delete(scim::delete_group),
+        )
+        .route("/scim/v2/.search", post(scim::search_all))
         .route("/scim/v2/{*rest}", any(scim::not_found))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), edge::limit_by_address));
     let ops = Router::new().route("/healthz", get(ops::healthz)).route("/readyz", get(ops::readyz));

@@ -8,19 +8,25 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use mandate_core::Error;
-use mandate_core::scim::ScimUser;
-use mandate_model::UserId;
-use mandate_model::records::{User, UserStatus};
+use mandate_core::scim::{ScimGroupSpec, ScimPerson, ScimUser, group_version};
+use mandate_core::store::{ScimGroupQuery, ScimUserQuery};
+use mandate_model::records::{ScimGroup, UserStatus};
+use mandate_model::{GroupId, UserId};
 use serde_json::{Map, Value, json};
 
 use crate::AppState;
 use crate::extract::bearer;
+
+mod patch;
+
+use patch::Resource;
 
 pub const CONTENT_TYPE: &str = "application/scim+json";
 const ERROR_SCHEMA: &str = "urn:ietf:params:scim:api:messages:2.0:Error";
 const LIST_SCHEMA: &str = "urn:ietf:params:scim:api:messages:2.0:ListResponse";
 const PATCH_SCHEMA: &str = "urn:ietf:params:scim:api:messages:2.0:PatchOp";
 const USER_SCHEMA: &str = "urn:ietf:params:scim:schemas:core:2.0:User";
+const GROUP_SCHEMA: &str = "urn:ietf:params:scim:schemas:core:2.0:Group";
 /// The most resources one list answers.
 const MAX_COUNT: usize = 200;
 
@@ -48,6 +54,8 @@ impl From<Error> for ScimError {
         match e {
             Error::NotFound(m) => Self::new(S::NOT_FOUND, None, m),
             Error::Conflict(m) => Self::new(S::CONFLICT, Some("uniqueness"), m),
+            // RFC 7644 §3.14: the resource changed since it was read.
+            Error::PreconditionFailed(m) => Self::new(S::PRECONDITION_FAILED, None, m),
             // The SCIM operations refuse only changes of read-only values.
             Error::Forbidden(m) => Self::invalid("mutability", m),
             Error::Unauthenticated | Error::InvalidClient(_) => {
@@ -131,84 +139,233 @@ fn attr<'a>(o: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
     o.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v).filter(|v| !v.is_null())
 }
 
-fn version(user: &User) -> String {
-    let h = mandate_core::secrets::hash(&format!("{}\0{}\0{:?}", user.email, user.name, user.status));
-    format!("W/\"{}\"", h.get(..16).unwrap_or(&h))
+fn created(t: time::OffsetDateTime) -> String {
+    // An unformattable time is left out rather than replaced.
+    t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
 }
 
-fn user_json(s: &AppState, user: &User) -> Value {
-    let created = user.created_at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
-    json!({
-        "schemas": [USER_SCHEMA],
-        "id": user.id.to_string(),
-        "userName": user.email,
-        "displayName": user.name,
-        "name": {"formatted": user.name},
-        "emails": [{"value": user.email, "type": "work", "primary": true}],
-        "active": user.status == UserStatus::Active,
-        "meta": {
+fn location(s: &AppState, kind: &str, id: &str) -> String {
+    format!("{}/{kind}/{id}", base(s))
+}
+
+fn user_json(s: &AppState, p: &ScimPerson) -> Value {
+    let mut doc = p.profile();
+    doc.insert("schemas".into(), json!([USER_SCHEMA]));
+    doc.insert("id".into(), json!(p.user.id.to_string()));
+    if let Some(x) = p.external_id() {
+        doc.insert("externalId".into(), json!(x));
+    }
+    doc.insert("userName".into(), json!(p.user_name()));
+    doc.insert("active".into(), json!(p.user.status == UserStatus::Active));
+    let created = created(p.user.created_at);
+    doc.insert(
+        "meta".into(),
+        json!({
             "resourceType": "User",
             "created": created,
             "lastModified": created,
-            "location": format!("{}/scim/v2/Users/{}", s.mandate.config().issuer.as_str().trim_end_matches('/'), user.id),
-            "version": version(user),
-        },
-    })
+            "location": location(s, "Users", &p.user.id.to_string()),
+            "version": p.version(),
+        }),
+    );
+    Value::Object(doc)
 }
 
-/// RFC 7644 §3.14: an `If-Match` that names neither `*` nor the current
-/// version is refused with 412. It is compared with the version just read,
-/// not under the store's write.
-fn precondition(headers: &HeaderMap, user: &User) -> Result<(), ScimError> {
+/// A Group; with `display`, each member's `display` is their name (it is
+/// returned on request only, RFC 7643 §7 `returned: request`, so that a
+/// large group is not a read per member).
+async fn group_json(s: &AppState, g: &ScimGroup, display: bool) -> Result<Value, ScimError> {
+    let mut members = Vec::with_capacity(g.members.len());
+    for m in &g.members {
+        let display = match display {
+            true => s.mandate.scim_person(*m).await.ok().map(|p| p.user.name),
+            false => None,
+        };
+        let mut member = json!({"value": m.to_string(), "$ref": location(s, "Users", &m.to_string()), "type": "User"});
+        if let Some(d) = display {
+            member = with(member, "display", json!(d));
+        }
+        members.push(member);
+    }
+    let mut doc = json!({
+        "schemas": [GROUP_SCHEMA],
+        "id": g.id.to_string(),
+        "displayName": g.display_name,
+        "members": members,
+        "meta": {
+            "resourceType": "Group",
+            "created": created(g.created_at),
+            "lastModified": created(g.updated_at),
+            "location": location(s, "Groups", &g.id.to_string()),
+            "version": group_version(g),
+        },
+    });
+    if let Some(x) = &g.external_id {
+        doc = with(doc, "externalId", json!(x));
+    }
+    Ok(doc)
+}
+
+/// RFC 7644 §3.14: an `If-Match` that names neither `*` nor `current`
+/// is refused with 412. The write that follows is a compare-and-swap
+/// against what was read, so a change in between is a 412 too.
+fn precondition(headers: &HeaderMap, current: &str) -> Result<(), ScimError> {
     let Some(wanted) = headers.get(header::IF_MATCH) else { return Ok(()) };
-    let current = version(user);
     let matches = wanted.to_str().is_ok_and(|w| {
         w.split(',').map(str::trim).any(|tag| tag == "*" || tag == current || format!("W/{tag}") == current)
     });
-    if matches {
-        Ok(())
-    } else {
-        Err(ScimError::new(StatusCode::PRECONDITION_FAILED, None, "If-Match names another version of the User"))
-    }
+    if matches { Ok(()) } else { Err(stale("If-Match names another version of the resource")) }
 }
 
-fn user_response(s: &AppState, status: StatusCode, user: &User) -> Response {
-    let mut r = scim(status, &user_json(s, user));
-    if let Ok(v) = HeaderValue::from_str(&version(user)) {
+fn stale(detail: &str) -> ScimError {
+    ScimError::new(StatusCode::PRECONDITION_FAILED, None, detail)
+}
+
+/// Writes without `If-Match` are retried this often when a concurrent
+/// change wins the compare-and-swap; with `If-Match` the client decides.
+const WRITE_ATTEMPTS: usize = 3;
+
+/// Runs `attempt` (read, check `If-Match`, write) until it does not lose a
+/// compare-and-swap, or gives up with 412.
+async fn retrying<T, F, Fut>(headers: &HeaderMap, mut attempt: F) -> Result<T, ScimError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, ScimError>>,
+{
+    let tries = if headers.contains_key(header::IF_MATCH) { 1 } else { WRITE_ATTEMPTS };
+    let mut last = stale("the resource kept changing");
+    for _ in 0..tries {
+        match attempt().await {
+            Err(e) if e.status == StatusCode::PRECONDITION_FAILED => last = e,
+            other => return other,
+        }
+    }
+    Err(last)
+}
+
+fn tagged(status: StatusCode, body: &Value, version: &str) -> Response {
+    let mut r = scim(status, body);
+    if let Ok(v) = HeaderValue::from_str(version) {
         r.headers_mut().insert(header::ETAG, v);
     }
     r
 }
 
-/// What a SCIM User body asks for: `userName` is the email; the name is
-/// `displayName`, else `name.formatted`, else given and family names, else
-/// the email.
-fn scim_user(o: &Map<String, Value>) -> Result<ScimUser, ScimError> {
-    let email = match attr(o, "userName") {
-        Some(Value::String(s)) => s.clone(),
-        Some(_) => return Err(ScimError::invalid("invalidValue", "userName must be a string")),
-        None => return Err(ScimError::invalid("invalidValue", "userName is required")),
-    };
-    let name_obj = attr(o, "name").and_then(Value::as_object);
-    let name = string(attr(o, "displayName"))
-        .map(str::to_owned)
-        .or_else(|| name_obj.and_then(|n| string(attr(n, "formatted"))).map(str::to_owned))
-        .or_else(|| {
-            let n = name_obj?;
-            let parts: Vec<&str> =
-                [string(attr(n, "givenName")), string(attr(n, "familyName"))].into_iter().flatten().collect();
-            (!parts.is_empty()).then(|| parts.join(" "))
-        })
-        .unwrap_or_else(|| email.clone());
-    let active = match attr(o, "active") {
-        None => None,
-        Some(v) => Some(boolean(v).ok_or_else(|| ScimError::invalid("invalidValue", "active must be a boolean"))?),
-    };
-    Ok(ScimUser { email, name, active })
+fn user_response(s: &AppState, status: StatusCode, p: &ScimPerson) -> Response {
+    tagged(status, &user_json(s, p), &p.version())
+}
+
+async fn group_response(s: &AppState, status: StatusCode, g: &ScimGroup) -> Result<Response, ScimError> {
+    Ok(tagged(status, &group_json(s, g, false).await?, &group_version(g)))
 }
 
 fn string(v: Option<&Value>) -> Option<&str> {
     v.and_then(Value::as_str).map(str::trim).filter(|s| !s.is_empty())
+}
+
+fn text(o: &Map<String, Value>, name: &str) -> Result<Option<String>, ScimError> {
+    match attr(o, name) {
+        None => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(ScimError::invalid("invalidValue", format!("{name} must be a string"))),
+    }
+}
+
+/// `value` with only the sub-attributes the schema declares, each of the
+/// declared type; `None` when nothing is left.
+fn complex(name: &str, value: &Value, subs: &[(&str, bool)]) -> Result<Option<Map<String, Value>>, ScimError> {
+    let o = value.as_object().ok_or_else(|| ScimError::invalid("invalidValue", format!("{name} must be an object")))?;
+    let mut kept = Map::new();
+    for (sub, is_bool) in subs {
+        match (attr(o, sub), is_bool) {
+            (None, _) => {}
+            (Some(Value::String(v)), false) => {
+                kept.insert((*sub).to_owned(), json!(v));
+            }
+            (Some(v), true) => {
+                let b = boolean(v)
+                    .ok_or_else(|| ScimError::invalid("invalidValue", format!("{name}.{sub} must be a boolean")))?;
+                kept.insert((*sub).to_owned(), json!(b));
+            }
+            (Some(_), false) => {
+                return Err(ScimError::invalid("invalidValue", format!("{name}.{sub} must be a string")));
+            }
+        }
+    }
+    Ok((!kept.is_empty()).then_some(kept))
+}
+
+/// What a SCIM User body asks for. `userName` is any string; the email is
+/// the primary (else the first) of `emails`, else `userName`; the name is
+/// `displayName`, else `name.formatted`, else the given and family names.
+fn scim_user(o: &Map<String, Value>) -> Result<ScimUser, ScimError> {
+    let user_name = text(o, "userName")?.ok_or_else(|| ScimError::invalid("invalidValue", "userName is required"))?;
+    let external_id = text(o, "externalId")?;
+    let mut profile = Map::new();
+    let display_name = text(o, "displayName")?;
+    if let Some(d) = &display_name {
+        profile.insert("displayName".into(), json!(d));
+    }
+    let name = match attr(o, "name") {
+        None => None,
+        Some(n) => complex("name", n, &[("formatted", false), ("givenName", false), ("familyName", false)])?,
+    };
+    if let Some(n) = &name {
+        profile.insert("name".into(), Value::Object(n.clone()));
+    }
+    let emails = match attr(o, "emails") {
+        None => Vec::new(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|e| complex("emails", e, &[("value", false), ("type", false), ("primary", true)]))
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            .flatten()
+            .collect(),
+        Some(_) => return Err(ScimError::invalid("invalidValue", "emails must be an array")),
+    };
+    if !emails.is_empty() {
+        profile.insert("emails".into(), Value::Array(emails.iter().cloned().map(Value::Object).collect()));
+    }
+    let email = emails
+        .iter()
+        .find(|e| e.get("primary") == Some(&json!(true)))
+        .or_else(|| emails.first())
+        .map(|e| string(e.get("value")).map(str::to_owned))
+        .unwrap_or_else(|| Some(user_name.clone()));
+    let person_name = display_name.map(|d| d.trim().to_owned()).filter(|d| !d.is_empty()).or_else(|| {
+        let n = name.as_ref()?;
+        string(n.get("formatted")).map(str::to_owned).or_else(|| {
+            let parts: Vec<&str> =
+                [string(n.get("givenName")), string(n.get("familyName"))].into_iter().flatten().collect();
+            (!parts.is_empty()).then(|| parts.join(" "))
+        })
+    });
+    let active = match attr(o, "active") {
+        None => None,
+        Some(v) => Some(boolean(v).ok_or_else(|| ScimError::invalid("invalidValue", "active must be a boolean"))?),
+    };
+    Ok(ScimUser { user_name, external_id, profile, name: person_name, email, active })
+}
+
+/// What a SCIM Group body asks for: members are Users, by their `usr_…` id.
+fn scim_group(o: &Map<String, Value>) -> Result<ScimGroupSpec, ScimError> {
+    let display_name =
+        text(o, "displayName")?.ok_or_else(|| ScimError::invalid("invalidValue", "displayName is required"))?;
+    let members = match attr(o, "members") {
+        None => Vec::new(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|m| {
+                let v = m.as_object().and_then(|m| string(attr(m, "value")));
+                let v = v.ok_or_else(|| ScimError::invalid("invalidValue", "each member needs a value"))?;
+                v.parse::<UserId>()
+                    .map_err(|_| ScimError::invalid("invalidValue", format!("member {v:?} is not a User id (usr_…)")))
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+        Some(_) => return Err(ScimError::invalid("invalidValue", "members must be an array")),
+    };
+    Ok(ScimGroupSpec { display_name, external_id: text(o, "externalId")?, members })
 }
 
 /// A boolean, also as the strings some IdPs send (`"False"`).
@@ -225,14 +382,18 @@ fn user_id(raw: &str) -> Result<UserId, ScimError> {
     raw.parse().map_err(|_| ScimError::new(StatusCode::NOT_FOUND, None, format!("User {raw}")))
 }
 
+fn group_id(raw: &str) -> Result<GroupId, ScimError> {
+    raw.parse().map_err(|_| ScimError::new(StatusCode::NOT_FOUND, None, format!("Group {raw}")))
+}
+
 pub async fn create_user(
     State(s): State<AppState>,
     ScimClient(c): ScimClient,
     body: Bytes,
 ) -> Result<Response, ScimError> {
     let want = scim_user(&body_json(&body)?)?;
-    let user = s.mandate.scim_create_user(&c, want).await?;
-    Ok(user_response(&s, StatusCode::CREATED, &user))
+    let person = s.mandate.scim_create_user(&c, want).await?;
+    Ok(user_response(&s, StatusCode::CREATED, &person))
 }
 
 pub async fn get_user(
@@ -242,12 +403,8 @@ pub async fn get_user(
     RawQuery(raw_query): RawQuery,
 ) -> Result<Response, ScimError> {
     let shape = list_query(raw_query.as_deref())?.shape;
-    let user = s.mandate.scim_user(user_id(&raw)?).await?;
-    let mut r = scim(StatusCode::OK, &shape.apply(user_json(&s, &user)));
-    if let Ok(v) = HeaderValue::from_str(&version(&user)) {
-        r.headers_mut().insert(header::ETAG, v);
-    }
-    Ok(r)
+    let person = s.mandate.scim_person(user_id(&raw)?).await?;
+    Ok(tagged(StatusCode::OK, &shape.apply(user_json(&s, &person)), &person.version()))
 }
 
 pub async fn replace_user(
@@ -259,9 +416,34 @@ pub async fn replace_user(
 ) -> Result<Response, ScimError> {
     let id = user_id(&raw)?;
     let want = scim_user(&body_json(&body)?)?;
-    precondition(&headers, &s.mandate.scim_user(id).await?)?;
-    let user = s.mandate.scim_update_user(&c, id, want).await?;
-    Ok(user_response(&s, StatusCode::OK, &user))
+    let person = retrying(&headers, || async {
+        let read = s.mandate.scim_person(id).await?;
+        precondition(&headers, &read.version())?;
+        Ok(s.mandate.scim_update_user(&c, &read, want.clone()).await?)
+    })
+    .await?;
+    Ok(user_response(&s, StatusCode::OK, &person))
+}
+
+/// The operations of a PATCH body (RFC 7644 §3.5.2).
+fn patch_ops(bytes: &Bytes) -> Result<Vec<Value>, ScimError> {
+    let body = body_json(bytes)?;
+    let ok_schema =
+        attr(&body, "schemas").and_then(Value::as_array).is_some_and(|a| a.iter().any(|v| v == PATCH_SCHEMA));
+    if !ok_schema {
+        return Err(ScimError::invalid("invalidSyntax", format!("schemas must name {PATCH_SCHEMA}")));
+    }
+    attr(&body, "Operations")
+        .and_then(Value::as_array)
+        .cloned()
+        .ok_or_else(|| ScimError::invalid("invalidSyntax", "Operations must be an array"))
+}
+
+fn object(v: Value) -> Result<Map<String, Value>, ScimError> {
+    match v {
+        Value::Object(o) => Ok(o),
+        _ => Err(ScimError::from(Error::Unavailable("a resource is not an object".into()))),
+    }
 }
 
 /// RFC 7644 §3.5.2: the operations are applied to the User as SCIM shows
@@ -275,113 +457,18 @@ pub async fn patch_user(
     body: Bytes,
 ) -> Result<Response, ScimError> {
     let id = user_id(&raw)?;
-    let body = body_json(&body)?;
-    let ok_schema =
-        attr(&body, "schemas").and_then(Value::as_array).is_some_and(|a| a.iter().any(|v| v == PATCH_SCHEMA));
-    if !ok_schema {
-        return Err(ScimError::invalid("invalidSyntax", format!("schemas must name {PATCH_SCHEMA}")));
-    }
-    let ops = attr(&body, "Operations")
-        .and_then(Value::as_array)
-        .ok_or_else(|| ScimError::invalid("invalidSyntax", "Operations must be an array"))?;
-    let user = s.mandate.scim_user(id).await?;
-    precondition(&headers, &user)?;
-    let Value::Object(mut doc) = user_json(&s, &user) else {
-        return Err(ScimError::from(Error::Unavailable("a User is not an object".into())));
-    };
-    for op in ops {
-        apply(&mut doc, op)?;
-    }
-    let user = s.mandate.scim_update_user(&c, id, scim_user(&doc)?).await?;
-    Ok(user_response(&s, StatusCode::OK, &user))
-}
-
-/// One PATCH operation on `doc`. Paths are an attribute or
-/// `attribute.subAttribute`; a value filter in a path is refused
-/// (`invalidPath`).
-fn apply(doc: &mut Map<String, Value>, op: &Value) -> Result<(), ScimError> {
-    let op = op.as_object().ok_or_else(|| ScimError::invalid("invalidSyntax", "an operation must be an object"))?;
-    let kind = attr(op, "op").and_then(Value::as_str).map(str::to_ascii_lowercase).unwrap_or_default();
-    let path = attr(op, "path").and_then(Value::as_str).map(str::trim);
-    let value = attr(op, "value").cloned();
-    if path.is_some_and(|p| p.contains('[')) {
-        return Err(ScimError::invalid("invalidPath", "value filters in a path are not supported on Users"));
-    }
-    let path = path.map(|p| p.strip_prefix(USER_SCHEMA).map(|r| r.trim_start_matches(':')).unwrap_or(p));
-    match (kind.as_str(), path, value) {
-        ("add" | "replace", None, Some(Value::Object(v))) => {
-            for (k, v) in v {
-                set(doc, &k, v);
-            }
-            Ok(())
+    let ops = patch_ops(&body)?;
+    let person = retrying(&headers, || async {
+        let read = s.mandate.scim_person(id).await?;
+        precondition(&headers, &read.version())?;
+        let mut doc = object(user_json(&s, &read))?;
+        for op in &ops {
+            patch::apply(&mut doc, op, Resource::User)?;
         }
-        ("add" | "replace", Some(p), Some(v)) => {
-            set(doc, p, v);
-            Ok(())
-        }
-        ("remove", Some(p), _) if p.eq_ignore_ascii_case("active") => {
-            Err(ScimError::invalid("mutability", "active cannot be removed: replace it with true or false"))
-        }
-        ("remove", Some(p), _) => {
-            remove(doc, p);
-            Ok(())
-        }
-        ("remove", None, _) => Err(ScimError::invalid("noTarget", "remove needs a path")),
-        ("add" | "replace", _, _) => Err(ScimError::invalid("invalidValue", "add and replace need a value")),
-        _ => Err(ScimError::invalid("invalidSyntax", "op must be add, remove or replace")),
-    }
-}
-
-fn key_of(doc: &Map<String, Value>, name: &str) -> String {
-    doc.keys().find(|k| k.eq_ignore_ascii_case(name)).cloned().unwrap_or_else(|| name.to_owned())
-}
-
-/// Sets `path` (`a` or `a.b`); an object value for a complex attribute
-/// merges into it.
-fn set(doc: &mut Map<String, Value>, path: &str, value: Value) {
-    match path.split_once('.') {
-        Some((a, b)) => {
-            let k = key_of(doc, a);
-            let entry = doc.entry(k).or_insert_with(|| json!({}));
-            if !entry.is_object() {
-                *entry = json!({});
-            }
-            if let Value::Object(inner) = entry {
-                let kb = key_of(inner, b);
-                inner.insert(kb, value);
-            }
-        }
-        None => {
-            let k = key_of(doc, path);
-            match (doc.get_mut(&k), value) {
-                (Some(Value::Object(existing)), Value::Object(v)) => {
-                    for (vk, vv) in v {
-                        let kk = key_of(existing, &vk);
-                        existing.insert(kk, vv);
-                    }
-                }
-                (_, v) => {
-                    doc.insert(k, v);
-                }
-            }
-        }
-    }
-}
-
-fn remove(doc: &mut Map<String, Value>, path: &str) {
-    match path.split_once('.') {
-        Some((a, b)) => {
-            let k = key_of(doc, a);
-            if let Some(Value::Object(inner)) = doc.get_mut(&k) {
-                let kb = key_of(inner, b);
-                inner.remove(&kb);
-            }
-        }
-        None => {
-            let k = key_of(doc, path);
-            doc.remove(&k);
-        }
-    }
+        Ok(s.mandate.scim_update_user(&c, &read, scim_user(&doc)?).await?)
+    })
+    .await?;
+    Ok(user_response(&s, StatusCode::OK, &person))
 }
 
 pub async fn delete_user(
@@ -391,38 +478,148 @@ pub async fn delete_user(
     headers: HeaderMap,
 ) -> Result<Response, ScimError> {
     let id = user_id(&raw)?;
-    precondition(&headers, &s.mandate.scim_user(id).await?)?;
-    s.mandate.scim_delete_user(&c, id).await?;
+    retrying(&headers, || async {
+        let read = s.mandate.scim_person(id).await?;
+        precondition(&headers, &read.version())?;
+        Ok(s.mandate.scim_delete_user(&c, &read).await?)
+    })
+    .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+pub async fn create_group(
+    State(s): State<AppState>,
+    ScimClient(c): ScimClient,
+    body: Bytes,
+) -> Result<Response, ScimError> {
+    let want = scim_group(&body_json(&body)?)?;
+    let group = s.mandate.scim_create_group(&c, want).await?;
+    group_response(&s, StatusCode::CREATED, &group).await
+}
+
+pub async fn get_group(
+    State(s): State<AppState>,
+    ScimClient(_): ScimClient,
+    Path(raw): Path<String>,
+    RawQuery(raw_query): RawQuery,
+) -> Result<Response, ScimError> {
+    let shape = list_query(raw_query.as_deref())?.shape;
+    let group = s.mandate.scim_group(group_id(&raw)?).await?;
+    let doc = group_json(&s, &group, shape.wants_display()).await?;
+    Ok(tagged(StatusCode::OK, &shape.apply(doc), &group_version(&group)))
+}
+
+pub async fn replace_group(
+    State(s): State<AppState>,
+    ScimClient(c): ScimClient,
+    Path(raw): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ScimError> {
+    let id = group_id(&raw)?;
+    let want = scim_group(&body_json(&body)?)?;
+    let group = retrying(&headers, || async {
+        let read = s.mandate.scim_group(id).await?;
+        precondition(&headers, &group_version(&read))?;
+        Ok(s.mandate.scim_update_group(&c, &read, want.clone()).await?)
+    })
+    .await?;
+    group_response(&s, StatusCode::OK, &group).await
+}
+
+/// As for Users: the operations are applied to the Group as SCIM shows it,
+/// and the result taken as a replacement; `members` add and remove (also
+/// `members[value eq "usr_…"]`, as Entra ID and Okta send) change only the
+/// members named.
+pub async fn patch_group(
+    State(s): State<AppState>,
+    ScimClient(c): ScimClient,
+    Path(raw): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ScimError> {
+    let id = group_id(&raw)?;
+    let ops = patch_ops(&body)?;
+    let group = retrying(&headers, || async {
+        let read = s.mandate.scim_group(id).await?;
+        precondition(&headers, &group_version(&read))?;
+        let mut doc = object(group_json(&s, &read, false).await?)?;
+        for op in &ops {
+            patch::apply(&mut doc, op, Resource::Group)?;
+        }
+        Ok(s.mandate.scim_update_group(&c, &read, scim_group(&doc)?).await?)
+    })
+    .await?;
+    group_response(&s, StatusCode::OK, &group).await
+}
+
+pub async fn delete_group(
+    State(s): State<AppState>,
+    ScimClient(c): ScimClient,
+    Path(raw): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ScimError> {
+    let id = group_id(&raw)?;
+    retrying(&headers, || async {
+        let read = s.mandate.scim_group(id).await?;
+        precondition(&headers, &group_version(&read))?;
+        Ok(s.mandate.scim_delete_group(&c, &read).await?)
+    })
+    .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 /// `attributes` and `excludedAttributes` (RFC 7644 §3.9), on top-level
 /// attributes (a sub-attribute names its parent); `id` and `schemas` are
-/// always returned.
-#[derive(Debug, Default)]
+/// always returned. `members.display` is returned only when asked for.
+#[derive(Debug, Default, Clone)]
 struct Shape {
     only: Vec<String>,
     excluded: Vec<String>,
 }
 
+/// Lower-cased attribute paths, without a schema URN.
 fn names(v: &str) -> Vec<String> {
-    v.split(',')
-        .map(|n| {
-            let n = n.trim();
-            let n = n.strip_prefix(USER_SCHEMA).map(|r| r.trim_start_matches(':')).unwrap_or(n);
-            n.split('.').next().unwrap_or(n).to_ascii_lowercase()
-        })
-        .filter(|n| !n.is_empty())
-        .collect()
+    v.split(',').map(|n| patch::without_urn(n.trim()).to_ascii_lowercase()).filter(|n| !n.is_empty()).collect()
+}
+
+fn top(path: &str) -> &str {
+    path.split('.').next().unwrap_or(path)
 }
 
 impl Shape {
+    /// Whether members' `display` was asked for.
+    fn wants_display(&self) -> bool {
+        self.only.iter().any(|p| p == "members.display")
+    }
+
     fn apply(&self, v: Value) -> Value {
         let Value::Object(o) = v else { return v };
         let always = |k: &str| k == "id" || k == "schemas";
-        let kept = o.into_iter().filter(|(k, _)| {
+        let display = self.wants_display();
+        let kept = o.into_iter().filter_map(|(k, v)| {
             let k_l = k.to_ascii_lowercase();
-            always(k) || ((self.only.is_empty() || self.only.contains(&k_l)) && !self.excluded.contains(&k_l))
+            let shown = always(&k)
+                || ((self.only.is_empty() || self.only.iter().any(|p| top(p) == k_l)) && !self.excluded.contains(&k_l));
+            if !shown {
+                return None;
+            }
+            match (k_l.as_str(), v) {
+                ("members", Value::Array(members)) if !display => {
+                    let members = members
+                        .into_iter()
+                        .map(|m| match m {
+                            Value::Object(mut m) => {
+                                m.remove("display");
+                                Value::Object(m)
+                            }
+                            other => other,
+                        })
+                        .collect();
+                    Some((k, Value::Array(members)))
+                }
+                (_, v) => Some((k, v)),
+            }
         });
         Value::Object(kept.collect())
     }
@@ -455,6 +652,33 @@ fn list_query(raw: Option<&str>) -> Result<ListQuery, ScimError> {
     Ok(q)
 }
 
+/// A `/.search` body (RFC 7644 §3.4.3) as the query it stands for.
+fn search_query(bytes: &Bytes) -> Result<ListQuery, ScimError> {
+    let o = body_json(bytes)?;
+    let list = |name: &str| -> Result<Vec<String>, ScimError> {
+        match attr(&o, name) {
+            None => Ok(Vec::new()),
+            Some(Value::Array(a)) => Ok(a.iter().filter_map(Value::as_str).flat_map(names).collect()),
+            Some(_) => Err(ScimError::invalid("invalidValue", format!("{name} must be an array"))),
+        }
+    };
+    let number = |name: &str| -> Result<Option<i64>, ScimError> {
+        match attr(&o, name) {
+            None => Ok(None),
+            Some(v) => v
+                .as_i64()
+                .map(Some)
+                .ok_or_else(|| ScimError::invalid("invalidValue", format!("{name} must be an integer"))),
+        }
+    };
+    Ok(ListQuery {
+        filter: text(&o, "filter")?,
+        shape: Shape { only: list("attributes")?, excluded: list("excludedAttributes")? },
+        start_index: number("startIndex")?.map(|n| usize::try_from(n.max(1)).unwrap_or(1)),
+        count: number("count")?.map(|n| usize::try_from(n.max(0)).unwrap_or(0)),
+    })
+}
+
 /// `attribute eq "value"`, the one filter form served.
 fn parse_filter(f: &str) -> Result<(String, String), ScimError> {
     let bad =
@@ -465,37 +689,108 @@ fn parse_filter(f: &str) -> Result<(String, String), ScimError> {
         return Err(bad());
     }
     let v: String = serde_json::from_str(v.trim()).map_err(|_| bad())?;
-    Ok((a.to_owned(), v))
+    Ok((patch::without_urn(a).to_owned(), v))
 }
 
+/// The page a list asks for: `startIndex` is 1-based (RFC 7644 §3.4.2.4).
+fn paging(q: &ListQuery) -> (usize, u64, u32) {
+    let start = q.start_index.unwrap_or(1).max(1);
+    let count = q.count.unwrap_or(MAX_COUNT).min(MAX_COUNT);
+    (start, (start - 1) as u64, u32::try_from(count).unwrap_or(0))
+}
+
+fn list_body(total: u64, start: usize, page: Vec<Value>) -> Value {
+    json!({
+        "schemas": [LIST_SCHEMA],
+        "totalResults": total,
+        "startIndex": start,
+        "itemsPerPage": page.len(),
+        "Resources": page,
+    })
+}
+
+async fn users_page(s: &AppState, q: &ListQuery) -> Result<Response, ScimError> {
+    let (start, offset, limit) = paging(q);
+    let mut query = ScimUserQuery { offset, limit, ..Default::default() };
+    if let Some(filter) = q.filter.as_deref() {
+        let (a, v) = parse_filter(filter)?;
+        match a.to_ascii_lowercase().as_str() {
+            "username" => query.user_name = Some(v),
+            "externalid" => query.external_id = Some(v),
+            "emails.value" | "emails" => match mandate_model::name::validate_email(&v) {
+                Ok(e) => query.email = Some(e),
+                // No one has an email that is not one.
+                Err(_) => return Ok(scim(StatusCode::OK, &list_body(0, start, Vec::new()))),
+            },
+            _ => return Err(ScimError::invalid("invalidFilter", format!("cannot filter Users on {a}"))),
+        }
+    }
+    let found = s.mandate.scim_people(&query).await?;
+    let page = found.items.iter().map(|p| q.shape.apply(user_json(s, p))).collect();
+    Ok(scim(StatusCode::OK, &list_body(found.total, start, page)))
+}
+
+/// `GET /Users`: every User SCIM shows, or those a filter (`userName`,
+/// `externalId` or `emails.value` `eq`) picks, paged.
 pub async fn list_users(
     State(s): State<AppState>,
     ScimClient(_): ScimClient,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ScimError> {
-    let q = list_query(raw.as_deref())?;
-    let Some(filter) = q.filter.as_deref() else {
-        return Err(ScimError::invalid("tooMany", "list Users with a filter: userName eq \"…\""));
-    };
-    let (a, v) = parse_filter(filter)?;
-    let found = match a.to_ascii_lowercase().as_str() {
-        "username" | "emails.value" | "emails" => s.mandate.scim_user_by_email(&v).await?,
-        // Mandate keeps no externalId yet, so none matches.
-        "externalid" => None,
-        _ => return Err(ScimError::invalid("invalidFilter", format!("cannot filter on {a}"))),
-    };
-    let all: Vec<Value> = found.iter().map(|u| q.shape.apply(user_json(&s, u))).collect();
-    let start = q.start_index.unwrap_or(1).max(1);
-    let count = q.count.unwrap_or(MAX_COUNT).min(MAX_COUNT);
-    let page: Vec<Value> = all.iter().skip(start - 1).take(count).cloned().collect();
-    let body = json!({
-        "schemas": [LIST_SCHEMA],
-        "totalResults": all.len(),
-        "startIndex": start,
-        "itemsPerPage": page.len(),
-        "Resources": page,
-    });
-    Ok(scim(StatusCode::OK, &body))
+    users_page(&s, &list_query(raw.as_deref())?).await
+}
+
+/// `POST /Users/.search` (RFC 7644 §3.4.3).
+pub async fn search_users(
+    State(s): State<AppState>,
+    ScimClient(_): ScimClient,
+    body: Bytes,
+) -> Result<Response, ScimError> {
+    users_page(&s, &search_query(&body)?).await
+}
+
+async fn groups_page(s: &AppState, q: &ListQuery) -> Result<Response, ScimError> {
+    let (start, offset, limit) = paging(q);
+    let mut query = ScimGroupQuery { offset, limit, ..Default::default() };
+    if let Some(filter) = q.filter.as_deref() {
+        let (a, v) = parse_filter(filter)?;
+        match a.to_ascii_lowercase().as_str() {
+            "displayname" => query.display_name = Some(v),
+            "externalid" => query.external_id = Some(v),
+            _ => return Err(ScimError::invalid("invalidFilter", format!("cannot filter Groups on {a}"))),
+        }
+    }
+    let found = s.mandate.scim_groups(&query).await?;
+    let mut page = Vec::with_capacity(found.items.len());
+    for g in &found.items {
+        page.push(q.shape.apply(group_json(s, g, q.shape.wants_display()).await?));
+    }
+    Ok(scim(StatusCode::OK, &list_body(found.total, start, page)))
+}
+
+/// `GET /Groups`: every Group, or those a filter (`displayName` or
+/// `externalId` `eq`) picks, paged.
+pub async fn list_groups(
+    State(s): State<AppState>,
+    ScimClient(_): ScimClient,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ScimError> {
+    groups_page(&s, &list_query(raw.as_deref())?).await
+}
+
+/// `POST /Groups/.search` (RFC 7644 §3.4.3).
+pub async fn search_groups(
+    State(s): State<AppState>,
+    ScimClient(_): ScimClient,
+    body: Bytes,
+) -> Result<Response, ScimError> {
+    groups_page(&s, &search_query(&body)?).await
+}
+
+/// `POST /.search` across resource types is not served (RFC 7644 §3.12:
+/// 501); search each type at its own endpoint.
+pub async fn search_all(ScimClient(_): ScimClient) -> ScimError {
+    ScimError::new(StatusCode::NOT_IMPLEMENTED, None, "search Users and Groups at /Users/.search and /Groups/.search")
 }
 
 fn base(s: &AppState) -> String {
@@ -525,17 +820,22 @@ pub async fn service_provider_config(State(s): State<AppState>) -> Response {
     )
 }
 
-fn user_resource_type(s: &AppState) -> Value {
-    json!({
+fn resource_type_json(s: &AppState, id: &str) -> Option<Value> {
+    let (endpoint, description, schema) = match id {
+        "User" => ("/Users", "A person", USER_SCHEMA),
+        "Group" => ("/Groups", "A group of people; its displayName is a Cedar group name", GROUP_SCHEMA),
+        _ => return None,
+    };
+    Some(json!({
         "schemas": ["urn:ietf:params:scim:schemas:core:2.0:ResourceType"],
-        "id": "User",
-        "name": "User",
-        "endpoint": "/Users",
-        "description": "A person",
-        "schema": USER_SCHEMA,
+        "id": id,
+        "name": id,
+        "endpoint": endpoint,
+        "description": description,
+        "schema": schema,
         "schemaExtensions": [],
-        "meta": {"resourceType": "ResourceType", "location": format!("{}/ResourceTypes/User", base(s))},
-    })
+        "meta": {"resourceType": "ResourceType", "location": format!("{}/ResourceTypes/{id}", base(s))},
+    }))
 }
 
 fn attribute(name: &str, kind: &str, required: bool, mutability: &str, uniqueness: &str) -> Value {
@@ -556,13 +856,19 @@ fn user_schema(s: &AppState) -> Value {
             attribute("familyName", "string", false, "readWrite", "none"),
         ]),
     );
-    let emails = with(attribute("emails", "complex", false, "readWrite", "none"), "multiValued", json!(true));
+    // Mandate needs an email for every person: `emails` is required (an
+    // email as userName also does, without emails).
+    let emails = with(attribute("emails", "complex", true, "readWrite", "none"), "multiValued", json!(true));
     let emails = with(
         emails,
         "subAttributes",
         json!([
-            attribute("value", "string", false, "readWrite", "none"),
-            attribute("type", "string", false, "readWrite", "none"),
+            attribute("value", "string", true, "readWrite", "none"),
+            with(
+                attribute("type", "string", false, "readWrite", "none"),
+                "canonicalValues",
+                json!(["work", "home", "other"])
+            ),
             attribute("primary", "boolean", false, "readWrite", "none"),
         ]),
     );
@@ -570,7 +876,7 @@ fn user_schema(s: &AppState) -> Value {
         "schemas": ["urn:ietf:params:scim:schemas:core:2.0:Schema"],
         "id": USER_SCHEMA,
         "name": "User",
-        "description": "A person; userName is the email",
+        "description": "A person; the email is the primary of emails (else userName)",
         "attributes": [
             attribute("userName", "string", true, "readWrite", "server"),
             name,
@@ -582,35 +888,65 @@ fn user_schema(s: &AppState) -> Value {
     })
 }
 
+fn group_schema(s: &AppState) -> Value {
+    let reference = |name: &str| {
+        with(
+            with(attribute(name, "reference", false, "immutable", "none"), "referenceTypes", json!(["User"])),
+            "caseExact",
+            json!(true),
+        )
+    };
+    let members = with(attribute("members", "complex", false, "readWrite", "none"), "multiValued", json!(true));
+    let members = with(
+        members,
+        "subAttributes",
+        json!([
+            with(attribute("value", "string", false, "immutable", "none"), "caseExact", json!(true)),
+            reference("$ref"),
+            with(attribute("type", "string", false, "immutable", "none"), "canonicalValues", json!(["User"])),
+            with(attribute("display", "string", false, "readOnly", "none"), "returned", json!("request")),
+        ]),
+    );
+    json!({
+        "schemas": ["urn:ietf:params:scim:schemas:core:2.0:Schema"],
+        "id": GROUP_SCHEMA,
+        "name": "Group",
+        "description": "A group of people; displayName is the Cedar group name its members get",
+        "attributes": [attribute("displayName", "string", true, "readWrite", "server"), members],
+        "meta": {"resourceType": "Schema", "location": format!("{}/Schemas/{GROUP_SCHEMA}", base(s))},
+    })
+}
+
 fn list(resources: Vec<Value>) -> Value {
     json!({"schemas": [LIST_SCHEMA], "totalResults": resources.len(), "startIndex": 1, "itemsPerPage": resources.len(), "Resources": resources})
 }
 
 pub async fn resource_types(State(s): State<AppState>) -> Response {
-    scim(StatusCode::OK, &list(vec![user_resource_type(&s)]))
+    let all = ["User", "Group"].into_iter().filter_map(|id| resource_type_json(&s, id)).collect();
+    scim(StatusCode::OK, &list(all))
 }
 
 pub async fn resource_type(State(s): State<AppState>, Path(id): Path<String>) -> Result<Response, ScimError> {
-    if id != "User" {
-        return Err(ScimError::new(StatusCode::NOT_FOUND, None, format!("ResourceType {id}")));
-    }
-    Ok(scim(StatusCode::OK, &user_resource_type(&s)))
+    let found = resource_type_json(&s, &id)
+        .ok_or_else(|| ScimError::new(StatusCode::NOT_FOUND, None, format!("ResourceType {id}")))?;
+    Ok(scim(StatusCode::OK, &found))
 }
 
 pub async fn schemas(State(s): State<AppState>) -> Response {
-    scim(StatusCode::OK, &list(vec![user_schema(&s)]))
+    scim(StatusCode::OK, &list(vec![user_schema(&s), group_schema(&s)]))
 }
 
 pub async fn schema(State(s): State<AppState>, Path(id): Path<String>) -> Result<Response, ScimError> {
-    if id != USER_SCHEMA {
-        return Err(ScimError::new(StatusCode::NOT_FOUND, None, format!("Schema {id}")));
+    match id.as_str() {
+        USER_SCHEMA => Ok(scim(StatusCode::OK, &user_schema(&s))),
+        GROUP_SCHEMA => Ok(scim(StatusCode::OK, &group_schema(&s))),
+        _ => Err(ScimError::new(StatusCode::NOT_FOUND, None, format!("Schema {id}"))),
     }
-    Ok(scim(StatusCode::OK, &user_schema(&s)))
 }
 
-/// Any other path under `/scim/v2`, Groups included for now.
+/// Any other path under `/scim/v2`.
 pub async fn not_found() -> ScimError {
-    ScimError::new(StatusCode::NOT_FOUND, None, "no such SCIM endpoint (Groups are not served yet)")
+    ScimError::new(StatusCode::NOT_FOUND, None, "no such SCIM endpoint")
 }
 
 #[cfg(test)]
@@ -628,9 +964,138 @@ mod tests {
 
     fn ops(doc: &mut Map<String, Value>, ops: Value) -> Result<ScimUser, ScimError> {
         for op in ops.as_array().into_iter().flatten() {
-            apply(doc, op)?;
+            patch::apply(doc, op, Resource::User)?;
         }
         scim_user(doc)
+    }
+
+    const A: &str = "usr_01ARZ3NDEKTSV4RRFFQ69G5FAV";
+    const B: &str = "usr_01BX5ZZKBKACTAV9WEVGEMMVRZ";
+    const C: &str = "usr_01BX5ZZKBKACTAV9WEVGEMMVS0";
+
+    fn group() -> Map<String, Value> {
+        let Value::Object(o) = json!({
+            "displayName": "eng", "externalId": "g-1",
+            "members": [{"value": A, "display": "A", "type": "User"}, {"value": B}],
+        }) else {
+            unreachable!()
+        };
+        o
+    }
+
+    fn group_ops(ops: Value) -> Result<ScimGroupSpec, ScimError> {
+        let mut doc = group();
+        for op in ops.as_array().into_iter().flatten() {
+            patch::apply(&mut doc, op, Resource::Group)?;
+        }
+        scim_group(&doc)
+    }
+
+    fn members(g: Result<ScimGroupSpec, ScimError>) -> Vec<String> {
+        g.map(|g| g.members.iter().map(ToString::to_string).collect()).unwrap_or_default()
+    }
+
+    /// RFC 7644 §3.5.2 as Entra ID and Okta send it to Groups.
+    #[test]
+    fn group_patches_add_and_remove_only_the_members_named() {
+        // add appends what is not there yet.
+        let g = group_ops(json!([{"op": "add", "path": "members", "value": [{"value": C}, {"value": A}]}]));
+        assert_eq!(members(g), [A, B, C]);
+        // remove by a value filter (Okta, Entra ID).
+        let g = group_ops(json!([{"op": "remove", "path": format!("members[value eq \"{A}\"]")}]));
+        assert_eq!(members(g), [B]);
+        // remove with the members in the value (Entra ID).
+        let g = group_ops(json!([{"op": "Remove", "path": "members", "value": [{"value": B}]}]));
+        assert_eq!(members(g), [A]);
+        // remove of the attribute: no members.
+        let g = group_ops(json!([{"op": "remove", "path": "members"}]));
+        assert!(members(g).is_empty());
+        // replace sets them all.
+        let g = group_ops(json!([{"op": "replace", "path": "members", "value": [{"value": C}]}]));
+        assert_eq!(members(g), [C]);
+        // A no-path add of members adds; a no-path replace of displayName renames.
+        let g = group_ops(json!([
+            {"op": "add", "value": {"members": [{"value": C}]}},
+            {"op": "replace", "value": {"displayName": "sre", "externalId": "g-2"}},
+        ]));
+        let g = g.ok();
+        assert_eq!(g.as_ref().map(|g| (g.display_name.as_str(), g.external_id.as_deref())), Some(("sre", Some("g-2"))));
+        assert_eq!(g.map(|g| g.members.len()), Some(3));
+        // With the schema URN.
+        let g = group_ops(
+            json!([{"op": "replace", "path": "urn:ietf:params:scim:schemas:core:2.0:Group:displayName", "value": "ops"}]),
+        );
+        assert_eq!(g.map(|g| g.display_name).ok().as_deref(), Some("ops"));
+        let g = group_ops(json!([{"op": "remove", "path": "externalId"}]));
+        assert_eq!(g.map(|g| g.external_id).ok(), Some(None));
+    }
+
+    #[test]
+    fn group_patch_refusals_name_their_scim_type() {
+        let cases = [
+            (json!([{"op": "remove", "path": "displayName"}]), "invalidValue"),
+            (
+                json!([{"op": "add", "path": "members", "value": [{"value": "agt_01ARZ3NDEKTSV4RRFFQ69G5FAV"}]}]),
+                "invalidValue",
+            ),
+            (json!([{"op": "add", "path": "members", "value": [{"display": "no value"}]}]), "invalidValue"),
+            (json!([{"op": "remove", "path": "members[value co \"usr\"]"}]), "invalidFilter"),
+            (json!([{"op": "remove", "path": "members[value eq \"x\""}]), "invalidPath"),
+            (json!([{"op": "replace", "path": "members", "value": {"value": "x"}}]), "invalidValue"),
+        ];
+        for (o, t) in cases {
+            let got = group_ops(o.clone()).err().and_then(|e| e.scim_type);
+            assert_eq!(got, Some(t), "{o}");
+        }
+    }
+
+    #[test]
+    fn member_display_is_returned_only_on_request() {
+        let g = Value::Object(group());
+        let shown = Shape::default().apply(g.clone());
+        assert!(shown["members"][0].get("display").is_none() && shown["members"][0]["value"] == A, "{shown}");
+        let q = list_query(Some("attributes=members.display")).ok().unwrap_or_default();
+        let shown = q.shape.apply(g);
+        assert_eq!(shown["members"][0]["display"], "A");
+        assert!(shown.get("displayName").is_none(), "{shown}");
+    }
+
+    #[test]
+    fn the_email_is_the_primary_of_emails_else_the_first_else_user_name() {
+        let user = |v: Value| match v {
+            Value::Object(o) => scim_user(&o).ok(),
+            _ => None,
+        };
+        let u = user(json!({"userName": "6a1f-uuid", "emails": [
+            {"value": "a@example.com"}, {"value": "b@example.com", "primary": true}]}));
+        assert_eq!(u.and_then(|u| u.email), Some("b@example.com".into()));
+        let u = user(json!({"userName": "6a1f-uuid", "emails": [{"value": "a@example.com", "type": "work"}]}));
+        assert_eq!(u.and_then(|u| u.email), Some("a@example.com".into()));
+        let u = user(json!({"userName": "Alice@Example.com"}));
+        assert_eq!(u.as_ref().and_then(|u| u.email.clone()), Some("Alice@Example.com".into()));
+        assert_eq!(u.map(|u| (u.user_name, u.name)), Some(("Alice@Example.com".into(), None)));
+        // The name: displayName, else name.formatted, else given and family.
+        let u = user(json!({"userName": "x", "name": {"givenName": "Ada", "familyName": "Lovelace"}}));
+        assert_eq!(u.and_then(|u| u.name), Some("Ada Lovelace".into()));
+        let u = user(json!({"userName": "x", "displayName": "Ada", "name": {"formatted": "Ada L."}}));
+        assert_eq!(u.and_then(|u| u.name), Some("Ada".into()));
+    }
+
+    /// Entra ID's default mapping writes the work email through a filter.
+    #[test]
+    fn user_patch_follows_value_filters() {
+        let mut d = doc();
+        d.insert("emails".into(), json!([{"value": "a@example.com", "type": "work", "primary": true}]));
+        let u =
+            ops(&mut d, json!([{"op": "replace", "path": "emails[type eq \"work\"].value", "value": "c@example.com"}]));
+        assert_eq!(u.ok().and_then(|u| u.email), Some("c@example.com".into()));
+        let u = ops(&mut d, json!([{"op": "add", "path": "emails[type eq \"home\"].value", "value": "h@example.com"}]));
+        assert_eq!(u.ok().map(|u| u.profile["emails"].as_array().map(Vec::len)), Some(Some(2)));
+        let u = ops(&mut d, json!([{"op": "replace", "value": {"name.givenName": "Ada", "displayName": "Ada L"}}]));
+        assert_eq!(
+            u.ok().map(|u| (u.name, u.profile["name"]["givenName"].clone())),
+            Some((Some("Ada L".into()), json!("Ada")))
+        );
     }
 
     #[test]
@@ -654,7 +1119,7 @@ mod tests {
             json!([{"op": "remove", "path": "displayName"}, {"op": "add", "path": "name.formatted", "value": "A"}]),
         )
         .ok();
-        assert_eq!(u.map(|u| u.name), Some("A".to_owned()));
+        assert_eq!(u.map(|u| u.name), Some(Some("A".to_owned())));
     }
 
     #[test]
@@ -662,7 +1127,11 @@ mod tests {
         let cases = [
             (json!([{"op": "remove", "path": "active"}]), "mutability"),
             (
-                json!([{"op": "replace", "path": "emails[type eq \"work\"].value", "value": "b@example.com"}]),
+                json!([{"op": "replace", "path": "emails[type co \"work\"].value", "value": "b@example.com"}]),
+                "invalidFilter",
+            ),
+            (
+                json!([{"op": "replace", "path": "emails[type eq \"work\"]value", "value": "b@example.com"}]),
                 "invalidPath",
             ),
             (json!([{"op": "remove"}]), "noTarget"),

@@ -224,6 +224,7 @@ pub(crate) fn user_row(r: &PgRow) -> Result<User, StoreError> {
         status: get(r, "status")?,
         password_hash: get(r, "password_hash")?,
         created_at: get(r, "created_at")?,
+        scim_groups: get(r, "scim_groups")?,
     })
 }
 

@@ -16,6 +16,7 @@ mod audit;
 mod grants;
 mod identity;
 mod keys;
+mod scim;
 mod tokens;
 mod writer;
 
@@ -25,13 +26,14 @@ use async_trait::async_trait;
 use mandate_audit::{Checkpoint, Event};
 use mandate_core::audit::AuditQuery;
 use mandate_core::store::{
-    Applied, ApprovalQuery, Change, GrantQuery, KeyUse, Receipt, Store, StoreError, StoredKey, StoredPolicy,
+    Applied, ApprovalQuery, Change, GrantQuery, KeyUse, Page, Receipt, ScimGroupQuery, ScimUserQuery, Store,
+    StoreError, StoredKey, StoredPolicy,
 };
 use mandate_model::records::{
-    Agent, Approval, AuthCodeRecord, Grant, RefreshRecord, Resource, SessionRecord, TokenRecord, UpstreamLink, User,
-    UserToken,
+    Agent, Approval, AuthCodeRecord, Grant, RefreshRecord, Resource, ScimGroup, ScimToken, ScimUserRecord,
+    SessionRecord, TokenRecord, UpstreamLink, User, UserToken,
 };
-use mandate_model::{AgentId, ApprovalId, GrantId, Jti, ResourceId, UserId};
+use mandate_model::{AgentId, ApprovalId, GrantId, GroupId, Jti, ResourceId, UserId};
 use mandate_store_sql::{self as codec, AuthCodeRow, EVENT_COLUMNS, SessionRow, UpstreamLinkRow, ts};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{ConnectOptions, Row};
@@ -128,11 +130,39 @@ impl Store for PostgresStore {
     }
 
     async fn user(&self, id: UserId) -> Result<Option<User>, StoreError> {
-        self.one("SELECT * FROM users WHERE id = $1", &id.to_string(), user_row).await
+        self.one(concat!(scim::user_select!(), " WHERE id = $1"), &id.to_string(), user_row).await
     }
 
     async fn user_by_email(&self, email: &str) -> Result<Option<User>, StoreError> {
-        self.one("SELECT * FROM users WHERE email = $1", email, user_row).await
+        self.one(concat!(scim::user_select!(), " WHERE email = $1"), email, user_row).await
+    }
+
+    async fn scim_token(&self, id: &str) -> Result<Option<ScimToken>, StoreError> {
+        self.one("SELECT * FROM scim_tokens WHERE id = $1", id, scim::token_row).await
+    }
+
+    async fn scim_tokens(&self) -> Result<Vec<ScimToken>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM scim_tokens ORDER BY created_at DESC, id DESC")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        rows.iter().map(scim::token_row).collect()
+    }
+
+    async fn scim_user(&self, user: UserId) -> Result<Option<ScimUserRecord>, StoreError> {
+        self.one("SELECT * FROM scim_users WHERE user_id = $1", &user.to_string(), scim::user_record_row).await
+    }
+
+    async fn scim_users(&self, q: &ScimUserQuery) -> Result<Page<UserId>, StoreError> {
+        scim::users(&self.pool, q).await
+    }
+
+    async fn scim_group(&self, id: GroupId) -> Result<Option<ScimGroup>, StoreError> {
+        scim::group(&self.pool, &id.to_string()).await
+    }
+
+    async fn scim_groups(&self, q: &ScimGroupQuery) -> Result<Page<ScimGroup>, StoreError> {
+        scim::groups(&self.pool, q).await
     }
 
     async fn user_token_by_hash(&self, hash: &str) -> Result<Option<UserToken>, StoreError> {

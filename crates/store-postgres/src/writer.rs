@@ -226,6 +226,7 @@ async fn seal_deferred(
 pub(crate) async fn apply(conn: &mut PgConnection, m: &Mutation) -> Result<u64, StoreError> {
     let n = match family(m) {
         Family::Identity => crate::identity::apply(conn, m).await?,
+        Family::Scim => crate::scim::apply(conn, m).await?,
         Family::Keys => crate::keys::apply(conn, m).await?,
         Family::Tokens => crate::tokens::apply(conn, m).await?,
         Family::Grants => crate::grants::apply(conn, m).await?,

@@ -8,10 +8,10 @@ use std::str::FromStr;
 
 use mandate_model::records::{
     Agent, AgentKind, AgentOrigin, AgentStatus, Approval, ApprovalStatus, ApprovalSubject, AuthCodeRecord, ClientId,
-    Grant, GrantStatus, RefreshRecord, Resource, SessionRecord, SuspendedBy, TokenRecord, UpstreamLink, User,
-    UserStatus, UserToken,
+    Grant, GrantStatus, RefreshRecord, Resource, ScimGroup, ScimToken, ScimUserRecord, SessionRecord, SuspendedBy,
+    TokenRecord, UpstreamLink, User, UserStatus, UserToken,
 };
-use mandate_model::{AgentId, ApprovalId, GrantId, Jti, ResourceId, ScopeSet, UserId, UserTokenId};
+use mandate_model::{AgentId, ApprovalId, GrantId, GroupId, Jti, ResourceId, ScopeSet, UserId, UserTokenId};
 use time::OffsetDateTime;
 
 use mandate_core::store::{Mutation, StoreError};
@@ -70,6 +70,9 @@ pub struct UserRow {
     pub status: String,
     pub password_hash: Option<String>,
     pub created_at: i64,
+    /// The `displayName`s of the SCIM groups listing the person, as a JSON
+    /// array (read with the row, never written through it).
+    pub scim_groups: String,
 }
 
 impl TryFrom<UserRow> for User {
@@ -88,6 +91,11 @@ impl TryFrom<UserRow> for User {
             },
             created_at: from_ts(r.created_at)?,
             password_hash: r.password_hash,
+            scim_groups: {
+                let mut names: Vec<String> = from_json(&r.scim_groups)?;
+                names.sort();
+                names
+            },
         })
     }
 }
@@ -358,6 +366,82 @@ impl TryFrom<UpstreamLinkRow> for UpstreamLink {
     }
 }
 
+pub struct ScimTokenRow {
+    pub id: String,
+    pub hash: String,
+    pub created_at: i64,
+    pub revoked_at: Option<i64>,
+}
+
+impl TryFrom<ScimTokenRow> for ScimToken {
+    type Error = StoreError;
+    fn try_from(r: ScimTokenRow) -> Result<Self, StoreError> {
+        Ok(ScimToken { id: r.id, hash: r.hash, created_at: from_ts(r.created_at)?, revoked_at: opt_ts(r.revoked_at)? })
+    }
+}
+
+pub struct ScimUserRow {
+    pub user_id: String,
+    pub user_name: String,
+    pub external_id: Option<String>,
+    pub profile: String,
+    pub revision: i64,
+    pub deleted_at: Option<i64>,
+}
+
+impl TryFrom<ScimUserRow> for ScimUserRecord {
+    type Error = StoreError;
+    fn try_from(r: ScimUserRow) -> Result<Self, StoreError> {
+        Ok(ScimUserRecord {
+            user: parse::<UserId>(&r.user_id)?,
+            user_name: r.user_name,
+            external_id: r.external_id,
+            profile: from_json(&r.profile)?,
+            revision: u64::try_from(r.revision).map_err(|_| StoreError::Corrupt(format!("revision {}", r.revision)))?,
+            deleted_at: opt_ts(r.deleted_at)?,
+        })
+    }
+}
+
+pub struct ScimGroupRow {
+    pub id: String,
+    pub display_name: String,
+    pub external_id: Option<String>,
+    /// The members' ids, as a JSON array.
+    pub members: String,
+    pub revision: i64,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+impl TryFrom<ScimGroupRow> for ScimGroup {
+    type Error = StoreError;
+    fn try_from(r: ScimGroupRow) -> Result<Self, StoreError> {
+        let mut members = from_json::<Vec<UserId>>(&r.members)?;
+        members.sort();
+        members.dedup();
+        Ok(ScimGroup {
+            id: parse::<GroupId>(&r.id)?,
+            display_name: r.display_name,
+            external_id: r.external_id,
+            members,
+            revision: u64::try_from(r.revision).map_err(|_| StoreError::Corrupt(format!("revision {}", r.revision)))?,
+            created_at: from_ts(r.created_at)?,
+            updated_at: from_ts(r.updated_at)?,
+        })
+    }
+}
+
+/// A revision as stored (SQL integers are signed).
+pub fn revision(n: u64) -> Result<i64, StoreError> {
+    i64::try_from(n).map_err(|_| StoreError::Unavailable(format!("revision {n} is beyond what the store holds")))
+}
+
+/// User ids as a JSON array, for a statement that takes a list.
+pub fn ids<T: ToString>(ids: &[T]) -> Result<String, StoreError> {
+    json(&ids.iter().map(ToString::to_string).collect::<Vec<_>>())
+}
+
 pub struct TokenRow {
     pub jti: String,
     pub client_id: String,
@@ -519,6 +603,8 @@ impl TryFrom<RefreshRow> for RefreshRecord {
 /// for both stores.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Family {
+    /// SCIM's tokens, its records of people, and its groups.
+    Scim,
     Identity,
     Keys,
     Tokens,
@@ -544,6 +630,16 @@ pub fn family(m: &Mutation) -> Family {
         | Mutation::InsertSession(..)
         | Mutation::InsertUpstreamLink(..)
         | Mutation::RevokeSession { .. } => Family::Identity,
+        Mutation::UpdatePersonIf { .. }
+        | Mutation::InsertScimToken(..)
+        | Mutation::RevokeScimToken { .. }
+        | Mutation::PutScimUser { .. }
+        | Mutation::InsertScimGroup(..)
+        | Mutation::UpdateScimGroup { .. }
+        | Mutation::DeleteScimGroup { .. }
+        | Mutation::AddScimGroupMembers { .. }
+        | Mutation::RemoveScimGroupMembers { .. }
+        | Mutation::RemoveUserFromScimGroups { .. } => Family::Scim,
         Mutation::InsertSigningKey(..) | Mutation::RetireSigningKeys { .. } => Family::Keys,
         Mutation::RevokeTokensOfAgent { .. }
         | Mutation::RevokeTokensOfSubject { .. }

@@ -202,6 +202,7 @@ pub(crate) fn user_row(r: &Row<'_>) -> Mapped<User> {
         status: r.get("status")?,
         password_hash: r.get("password_hash")?,
         created_at: r.get("created_at")?,
+        scim_groups: r.get("scim_groups")?,
     }))
 }
 

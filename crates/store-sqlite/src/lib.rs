@@ -20,6 +20,7 @@ mod grants;
 mod identity;
 mod keys;
 mod readers;
+mod scim;
 mod tokens;
 mod writer;
 
@@ -32,13 +33,14 @@ use async_trait::async_trait;
 use mandate_audit::{Checkpoint, Event};
 use mandate_core::audit::AuditQuery;
 use mandate_core::store::{
-    Applied, ApprovalQuery, Change, GrantQuery, Receipt, Store, StoreError, StoredKey, StoredPolicy,
+    Applied, ApprovalQuery, Change, GrantQuery, Page, Receipt, ScimGroupQuery, ScimUserQuery, Store, StoreError,
+    StoredKey, StoredPolicy,
 };
 use mandate_model::records::{
-    Agent, Approval, AuthCodeRecord, Grant, RefreshRecord, Resource, SessionRecord, TokenRecord, UpstreamLink, User,
-    UserToken,
+    Agent, Approval, AuthCodeRecord, Grant, RefreshRecord, Resource, ScimGroup, ScimToken, ScimUserRecord,
+    SessionRecord, TokenRecord, UpstreamLink, User, UserToken,
 };
-use mandate_model::{AgentId, ApprovalId, GrantId, Jti, ResourceId, UserId};
+use mandate_model::{AgentId, ApprovalId, GrantId, GroupId, Jti, ResourceId, UserId};
 use mandate_store_sql::{self as codec, AuthCodeRow, EVENT_COLUMNS, SessionRow, UpstreamLinkRow, ts};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use tokio::sync::oneshot;
@@ -64,6 +66,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0008_mcp.sql"),
     include_str!("../migrations/0009_registration.sql"),
     include_str!("../migrations/0010_upstream_links.sql"),
+    include_str!("../migrations/0011_scim.sql"),
     include_str!("../migrations/0012_federated_credentials.sql"),
 ];
 
@@ -225,11 +228,40 @@ impl Store for SqliteStore {
     }
 
     async fn user(&self, id: UserId) -> Result<Option<User>, StoreError> {
-        self.one("SELECT * FROM users WHERE id = ?1", &id.to_string(), user_row).await
+        const SQL: &str = concat!(scim::user_select!(), " WHERE id = ?1");
+        self.one(SQL, &id.to_string(), user_row).await
     }
 
     async fn user_by_email(&self, email: &str) -> Result<Option<User>, StoreError> {
-        self.one("SELECT * FROM users WHERE email = ?1", email, user_row).await
+        const SQL: &str = concat!(scim::user_select!(), " WHERE email = ?1");
+        self.one(SQL, email, user_row).await
+    }
+
+    async fn scim_token(&self, id: &str) -> Result<Option<ScimToken>, StoreError> {
+        self.one("SELECT * FROM scim_tokens WHERE id = ?1", id, scim::token_row).await
+    }
+
+    async fn scim_tokens(&self) -> Result<Vec<ScimToken>, StoreError> {
+        self.many("SELECT * FROM scim_tokens ORDER BY created_at DESC, id DESC", None, scim::token_row).await
+    }
+
+    async fn scim_user(&self, user: UserId) -> Result<Option<ScimUserRecord>, StoreError> {
+        self.one("SELECT * FROM scim_users WHERE user_id = ?1", &user.to_string(), scim::user_record_row).await
+    }
+
+    async fn scim_users(&self, q: &ScimUserQuery) -> Result<Page<UserId>, StoreError> {
+        let q = q.clone();
+        self.read(move |c| Ok(scim::users(c, &q))).await?
+    }
+
+    async fn scim_group(&self, id: GroupId) -> Result<Option<ScimGroup>, StoreError> {
+        let id = id.to_string();
+        self.read(move |c| scim::group(c, &id)).await?.transpose()
+    }
+
+    async fn scim_groups(&self, q: &ScimGroupQuery) -> Result<Page<ScimGroup>, StoreError> {
+        let q = q.clone();
+        self.read(move |c| Ok(scim::groups(c, &q))).await?
     }
 
     async fn user_token_by_hash(&self, hash: &str) -> Result<Option<UserToken>, StoreError> {

@@ -186,6 +186,7 @@ pub(crate) fn exec(conn: &Connection, sql: &str, params: impl rusqlite::Params, 
 pub(crate) fn apply(conn: &Connection, m: &Mutation, applied: &Applied, head: &mut Head) -> Result<u64, StoreError> {
     match family(m) {
         Family::Identity => crate::identity::apply(conn, m),
+        Family::Scim => crate::scim::apply(conn, m),
         Family::Keys => crate::keys::apply(conn, m),
         Family::Tokens => crate::tokens::apply(conn, m),
         Family::Grants => crate::grants::apply(conn, m),

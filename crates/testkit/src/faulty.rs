@@ -193,6 +193,39 @@ impl Store for FaultyStore {
         self.gate()?;
         self.inner.auth_code(hash).await
     }
+    async fn scim_token(&self, id: &str) -> Result<Option<mandate_model::records::ScimToken>, StoreError> {
+        self.gate()?;
+        self.inner.scim_token(id).await
+    }
+    async fn scim_tokens(&self) -> Result<Vec<mandate_model::records::ScimToken>, StoreError> {
+        self.gate()?;
+        self.inner.scim_tokens().await
+    }
+    async fn scim_user(&self, user: UserId) -> Result<Option<mandate_model::records::ScimUserRecord>, StoreError> {
+        self.gate()?;
+        self.inner.scim_user(user).await
+    }
+    async fn scim_users(
+        &self,
+        q: &mandate_core::store::ScimUserQuery,
+    ) -> Result<mandate_core::store::Page<UserId>, StoreError> {
+        self.gate()?;
+        self.inner.scim_users(q).await
+    }
+    async fn scim_group(
+        &self,
+        id: mandate_model::GroupId,
+    ) -> Result<Option<mandate_model::records::ScimGroup>, StoreError> {
+        self.gate()?;
+        self.inner.scim_group(id).await
+    }
+    async fn scim_groups(
+        &self,
+        q: &mandate_core::store::ScimGroupQuery,
+    ) -> Result<mandate_core::store::Page<mandate_model::records::ScimGroup>, StoreError> {
+        self.gate()?;
+        self.inner.scim_groups(q).await
+    }
     async fn upstream_linked(&self, user: UserId) -> Result<bool, StoreError> {
         self.gate()?;
         self.inner.upstream_linked(user).await

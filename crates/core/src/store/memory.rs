@@ -18,13 +18,15 @@ use async_trait::async_trait;
 use mandate_audit::{Checkpoint, Event, GENESIS};
 use mandate_model::records::{
     Agent, AgentKind, AgentStatus, Approval, ApprovalStatus, ApprovalSubject, AuthCodeRecord, ClientId, Grant,
-    GrantStatus, RefreshRecord, Resource, SessionRecord, SuspendedBy, TokenRecord, UpstreamLink, User, UserToken,
+    GrantStatus, RefreshRecord, Resource, ScimGroup, ScimToken, ScimUserRecord, SessionRecord, SuspendedBy,
+    TokenRecord, UpstreamLink, User, UserToken,
 };
-use mandate_model::{AgentId, ApprovalId, GrantId, Jti, ResourceId, UserId};
+use mandate_model::{AgentId, ApprovalId, GrantId, GroupId, Jti, ResourceId, UserId};
 use time::OffsetDateTime;
 
 use super::{
-    Applied, ApprovalQuery, Change, GrantQuery, Mutation, Receipt, Store, StoreError, StoredKey, StoredPolicy,
+    Applied, ApprovalQuery, Change, GrantQuery, Mutation, Page, Receipt, ScimGroupQuery, ScimUserQuery, Store,
+    StoreError, StoredKey, StoredPolicy,
 };
 use crate::audit::{AuditQuery, seal_record};
 
@@ -52,6 +54,12 @@ struct State {
     /// By (issuer, subject).
     upstream_links: BTreeMap<(String, String), UpstreamLink>,
     auth_codes: BTreeMap<String, AuthCodeRecord>,
+    /// By id.
+    scim_tokens: BTreeMap<String, ScimToken>,
+    scim_users: BTreeMap<UserId, ScimUserRecord>,
+    /// Without their members, which are kept in `scim_members`.
+    scim_groups: BTreeMap<GroupId, ScimGroup>,
+    scim_members: BTreeMap<(GroupId, UserId), ()>,
     /// The audit trail; `events[i].seq == i + 1`.
     events: Vec<Event>,
     checkpoints: BTreeMap<u64, Checkpoint>,
@@ -191,6 +199,18 @@ fn upstream_links(s: &mut State) -> &mut BTreeMap<(String, String), UpstreamLink
 fn auth_codes(s: &mut State) -> &mut BTreeMap<String, AuthCodeRecord> {
     &mut s.auth_codes
 }
+fn scim_tokens(s: &mut State) -> &mut BTreeMap<String, ScimToken> {
+    &mut s.scim_tokens
+}
+fn scim_users(s: &mut State) -> &mut BTreeMap<UserId, ScimUserRecord> {
+    &mut s.scim_users
+}
+fn scim_groups(s: &mut State) -> &mut BTreeMap<GroupId, ScimGroup> {
+    &mut s.scim_groups
+}
+fn scim_members(s: &mut State) -> &mut BTreeMap<(GroupId, UserId), ()> {
+    &mut s.scim_members
+}
 fn checkpoints(s: &mut State) -> &mut BTreeMap<u64, Checkpoint> {
     &mut s.checkpoints
 }
@@ -277,7 +297,8 @@ fn apply(tx: &mut Tx<'_>, m: &Mutation, applied: &Applied) -> Result<u64, StoreE
             storable(u.created_at)?;
             let taken = tx.state.users.contains_key(&u.id) || tx.state.users.values().any(|x| x.email == u.email);
             require(!taken, "user")?;
-            tx.put(users, u.id, u.clone());
+            // The SCIM source of groups is read from the group tables, never stored here.
+            tx.put(users, u.id, User { scim_groups: Vec::new(), ..u.clone() });
             Ok(1)
         }
         Mutation::UpdateUser(u) => {
@@ -443,6 +464,128 @@ fn apply(tx: &mut Tx<'_>, m: &Mutation, applied: &Applied) -> Result<u64, StoreE
             require(ok, "session")?;
             tx.put(sessions, r.hash.clone(), r.clone());
             Ok(1)
+        }
+        Mutation::UpdatePersonIf { id, was, now } => {
+            let Some(mut user) = tx.state.users.get(id).cloned() else {
+                return Err(StoreError::Stale(format!("user {id} is gone")));
+            };
+            if super::Person::of(&user) != *was {
+                return Err(StoreError::Stale(format!("user {id} changed")));
+            }
+            require(!tx.state.users.values().any(|u| u.id != *id && u.email == now.email), "user")?;
+            user.name = now.name.clone();
+            user.email = now.email.clone();
+            user.status = now.status;
+            tx.put(users, *id, user);
+            Ok(1)
+        }
+        Mutation::InsertScimToken(t) => {
+            storable(t.created_at)?;
+            t.revoked_at.map(storable).transpose()?;
+            let s = &tx.state;
+            require(
+                !s.scim_tokens.contains_key(&t.id) && !s.scim_tokens.values().any(|x| x.hash == t.hash),
+                "scim token",
+            )?;
+            tx.put(scim_tokens, t.id.clone(), t.clone());
+            Ok(1)
+        }
+        Mutation::RevokeScimToken { id, at } => {
+            storable(*at)?;
+            Ok(tx.update(scim_tokens, |k, t| k == id && t.revoked_at.is_none(), |t| t.revoked_at = Some(*at)))
+        }
+        Mutation::PutScimUser { record, expect } => {
+            record.deleted_at.map(storable).transpose()?;
+            let s = &tx.state;
+            match (s.scim_users.get(&record.user), expect) {
+                (Some(_), None) => return Err(StoreError::Stale(format!("SCIM user {} exists", record.user))),
+                (None, Some(_)) => return Err(StoreError::Stale(format!("SCIM user {} is gone", record.user))),
+                (Some(old), Some(rev)) if old.revision != *rev => {
+                    return Err(StoreError::Stale(format!("SCIM user {} changed", record.user)));
+                }
+                _ => {}
+            }
+            let key = ScimUserRecord::user_name_key(&record.user_name);
+            let taken = s
+                .scim_users
+                .values()
+                .any(|x| x.user != record.user && ScimUserRecord::user_name_key(&x.user_name) == key);
+            require(!taken && s.users.contains_key(&record.user), "SCIM userName")?;
+            tx.put(scim_users, record.user, record.clone());
+            Ok(1)
+        }
+        Mutation::InsertScimGroup(g) => {
+            storable(g.created_at)?;
+            storable(g.updated_at)?;
+            let s = &tx.state;
+            let taken =
+                s.scim_groups.contains_key(&g.id) || s.scim_groups.values().any(|x| x.display_name == g.display_name);
+            require(!taken, "SCIM group")?;
+            tx.put(scim_groups, g.id, ScimGroup { members: Vec::new(), ..g.clone() });
+            Ok(1)
+        }
+        Mutation::UpdateScimGroup { group, expect } => {
+            storable(group.updated_at)?;
+            let Some(old) = tx.state.scim_groups.get(&group.id).cloned() else {
+                return Err(StoreError::Stale(format!("SCIM group {} is gone", group.id)));
+            };
+            if old.revision != *expect {
+                return Err(StoreError::Stale(format!("SCIM group {} changed", group.id)));
+            }
+            let taken = tx.state.scim_groups.values().any(|x| x.id != group.id && x.display_name == group.display_name);
+            require(!taken, "SCIM group displayName")?;
+            let new = ScimGroup {
+                display_name: group.display_name.clone(),
+                external_id: group.external_id.clone(),
+                revision: group.revision,
+                updated_at: group.updated_at,
+                ..old
+            };
+            tx.put(scim_groups, group.id, new);
+            Ok(1)
+        }
+        Mutation::DeleteScimGroup { id, expect } => {
+            match tx.state.scim_groups.get(id) {
+                Some(g) if g.revision == *expect => {}
+                _ => return Err(StoreError::Stale(format!("SCIM group {id} changed or is gone"))),
+            }
+            let members: Vec<(GroupId, UserId)> =
+                tx.state.scim_members.keys().filter(|(g, _)| g == id).copied().collect();
+            for m in members {
+                tx.remove(scim_members, &m);
+            }
+            tx.remove(scim_groups, id);
+            Ok(1)
+        }
+        Mutation::AddScimGroupMembers { group, users: added } => {
+            let s = &tx.state;
+            require(s.scim_groups.contains_key(group) && added.iter().all(|u| s.users.contains_key(u)), "SCIM member")?;
+            let mut n = 0;
+            for u in added {
+                if !tx.state.scim_members.contains_key(&(*group, *u)) {
+                    tx.put(scim_members, (*group, *u), ());
+                    n += 1;
+                }
+            }
+            Ok(n)
+        }
+        Mutation::RemoveScimGroupMembers { group, users: removed } => {
+            let mut n = 0;
+            for u in removed {
+                if tx.state.scim_members.contains_key(&(*group, *u)) {
+                    tx.remove(scim_members, &(*group, *u));
+                    n += 1;
+                }
+            }
+            Ok(n)
+        }
+        Mutation::RemoveUserFromScimGroups { user } => {
+            let keys: Vec<(GroupId, UserId)> =
+                tx.state.scim_members.keys().filter(|(_, u)| u == user).copied().collect();
+            for k in &keys {
+                tx.remove(scim_members, k);
+            }
+            Ok(keys.len() as u64)
         }
         Mutation::InsertUpstreamLink(l) => {
             storable(l.created_at)?;
@@ -694,6 +837,31 @@ fn newest<T>(rows: impl DoubleEndedIterator<Item = T>, limit: u32) -> Vec<T> {
     rows.rev().take(limit as usize).collect()
 }
 
+/// `u` with its SCIM source of groups, as the SQL stores read it.
+fn with_scim_groups(s: &State, u: &User) -> User {
+    let mut names: Vec<String> = s
+        .scim_members
+        .keys()
+        .filter(|(_, m)| *m == u.id)
+        .filter_map(|(g, _)| s.scim_groups.get(g).map(|g| g.display_name.clone()))
+        .collect();
+    names.sort();
+    User { scim_groups: names, ..u.clone() }
+}
+
+/// `g` with its members, sorted.
+fn with_members(s: &State, g: &ScimGroup) -> ScimGroup {
+    let members = s.scim_members.keys().filter(|(id, _)| *id == g.id).map(|(_, u)| *u).collect();
+    ScimGroup { members, ..g.clone() }
+}
+
+fn page<T>(all: Vec<T>, offset: u64, limit: u32) -> Page<T> {
+    let total = all.len() as u64;
+    // SAFETY-FALLBACK: an offset beyond usize is past every record: an empty page.
+    let skip = usize::try_from(offset).unwrap_or(usize::MAX);
+    Page { total, items: all.into_iter().skip(skip).take(limit as usize).collect() }
+}
+
 #[async_trait]
 impl Store for MemoryStore {
     async fn commit(&self, change: Change) -> Result<Receipt, StoreError> {
@@ -710,11 +878,69 @@ impl Store for MemoryStore {
     }
 
     async fn user(&self, id: UserId) -> Result<Option<User>, StoreError> {
-        self.read(|s| s.users.get(&id).cloned())
+        self.read(|s| s.users.get(&id).map(|u| with_scim_groups(s, u)))
     }
 
     async fn user_by_email(&self, email: &str) -> Result<Option<User>, StoreError> {
-        self.read(|s| s.users.values().find(|u| u.email == email).cloned())
+        self.read(|s| s.users.values().find(|u| u.email == email).map(|u| with_scim_groups(s, u)))
+    }
+
+    async fn scim_token(&self, id: &str) -> Result<Option<ScimToken>, StoreError> {
+        self.read(|s| s.scim_tokens.get(id).cloned())
+    }
+
+    async fn scim_tokens(&self) -> Result<Vec<ScimToken>, StoreError> {
+        self.read(|s| {
+            let mut all: Vec<ScimToken> = s.scim_tokens.values().cloned().collect();
+            all.sort_by(|a, b| (b.created_at, &b.id).cmp(&(a.created_at, &a.id)));
+            all
+        })
+    }
+
+    async fn scim_user(&self, user: UserId) -> Result<Option<ScimUserRecord>, StoreError> {
+        self.read(|s| s.scim_users.get(&user).cloned())
+    }
+
+    async fn scim_users(&self, q: &ScimUserQuery) -> Result<Page<UserId>, StoreError> {
+        self.read(|s| {
+            let key = q.user_name.as_deref().map(ScimUserRecord::user_name_key);
+            let matching: Vec<UserId> = s
+                .users
+                .values()
+                .filter(|u| {
+                    let rec = s.scim_users.get(&u.id);
+                    rec.is_none_or(|r| r.deleted_at.is_none())
+                        && key.as_ref().is_none_or(|k| match rec {
+                            Some(r) => ScimUserRecord::user_name_key(&r.user_name) == *k,
+                            None => u.email == *k,
+                        })
+                        && q.external_id.as_ref().is_none_or(|x| rec.is_some_and(|r| r.external_id.as_ref() == Some(x)))
+                        && q.email.as_ref().is_none_or(|e| u.email == *e)
+                })
+                .map(|u| u.id)
+                .collect();
+            page(matching, q.offset, q.limit)
+        })
+    }
+
+    async fn scim_group(&self, id: GroupId) -> Result<Option<ScimGroup>, StoreError> {
+        self.read(|s| s.scim_groups.get(&id).map(|g| with_members(s, g)))
+    }
+
+    async fn scim_groups(&self, q: &ScimGroupQuery) -> Result<Page<ScimGroup>, StoreError> {
+        self.read(|s| {
+            let name = q.display_name.as_deref().map(str::to_lowercase);
+            let matching: Vec<ScimGroup> = s
+                .scim_groups
+                .values()
+                .filter(|g| {
+                    name.as_ref().is_none_or(|n| g.display_name.to_lowercase() == *n)
+                        && q.external_id.as_ref().is_none_or(|x| g.external_id.as_ref() == Some(x))
+                })
+                .map(|g| with_members(s, g))
+                .collect();
+            page(matching, q.offset, q.limit)
+        })
     }
 
     async fn user_token_by_hash(&self, hash: &str) -> Result<Option<UserToken>, StoreError> {

@@ -137,6 +137,7 @@ fn user(s: &UserSpec) -> User {
         status: if s.disabled { UserStatus::Disabled } else { UserStatus::Active },
         created_at: OffsetDateTime::UNIX_EPOCH,
         password_hash: None,
+        scim_groups: Vec::new(),
     }
 }
 

@@ -188,3 +188,60 @@ async fn the_security_migration_normalises_emails_and_dates_old_tokens() -> anyh
     );
     Ok(())
 }
+
+/// ADR 0020: SCIM tokens, their revocations and deletion marks kept as
+/// settings before 0011 move into the SCIM tables, with the times they
+/// recorded, and the settings go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scim_migration_moves_settings_into_tables() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("old.db");
+    {
+        let conn = rusqlite::Connection::open(&path)?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        for sql in [
+            include_str!("../../migrations/0001_init.sql"),
+            include_str!("../../migrations/0002_audit.sql"),
+            include_str!("../../migrations/0003_delegation.sql"),
+            include_str!("../../migrations/0004_resource_side.sql"),
+            include_str!("../../migrations/0005_web.sql"),
+            include_str!("../../migrations/0006_authorization_codes.sql"),
+            include_str!("../../migrations/0007_security.sql"),
+            include_str!("../../migrations/0008_mcp.sql"),
+            include_str!("../../migrations/0009_registration.sql"),
+            include_str!("../../migrations/0010_upstream_links.sql"),
+        ] {
+            conn.execute_batch(sql)?;
+        }
+        conn.pragma_update(None, "user_version", 10)?;
+        conn.execute(
+            "INSERT INTO users (id, name, email, groups, attributes, status, created_at) \
+             VALUES ('usr_01M00000000000000000000001', 'Ada', 'ada@example.com', '[]', '{}', 'disabled', 1)",
+            [],
+        )?;
+        conn.execute_batch(
+            "INSERT INTO settings (key, value) VALUES ('scim.token.scim_00aa', 'hash-a'), ('scim.token.scim_00bb', 'hash-b'), \
+               ('scim.revoked.scim_00bb', '1700000100'), ('scim.deleted.usr_01M00000000000000000000001', '1700000200'), \
+               ('other.setting', 'kept'); \
+             INSERT INTO audit_events (seq, time, type, chain, client_id, prev_hash, hash) VALUES \
+               (1, '2023-11-14T22:13:20.000000Z', 'scim.token_created', '[]', 'scim_00aa', '0000000000000000000000000000000000000000000000000000000000000000', 'aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa'), \
+               (2, '2023-11-14T22:13:30.000000Z', 'scim.token_created', '[]', 'scim_00bb', 'aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa', 'bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb');",
+        )?;
+    }
+    let store = mandate_store_sqlite::SqliteStore::open(&path).await?;
+    let at = |secs: i64| time::OffsetDateTime::from_unix_timestamp(secs);
+    let a = store.scim_token("scim_00aa").await?.ok_or_else(|| anyhow::anyhow!("token a is gone"))?;
+    anyhow::ensure!(a.hash == "hash-a" && a.created_at == at(1_700_000_000)? && a.revoked_at.is_none(), "{a:?}");
+    let b = store.scim_token("scim_00bb").await?.ok_or_else(|| anyhow::anyhow!("token b is gone"))?;
+    anyhow::ensure!(b.created_at == at(1_700_000_010)? && b.revoked_at == Some(at(1_700_000_100)?), "{b:?}");
+    let ada = store.scim_user("usr_01M00000000000000000000001".parse()?).await?;
+    anyhow::ensure!(
+        ada.as_ref().map(|r| (r.user_name.as_str(), r.deleted_at))
+            == Some(("ada@example.com", Some(at(1_700_000_200)?))),
+        "{ada:?}"
+    );
+    anyhow::ensure!(
+        store.setting("scim.token.scim_00aa").await?.is_none() && store.setting("other.setting").await?.is_some()
+    );
+    Ok(())
+}

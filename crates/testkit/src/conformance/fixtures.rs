@@ -40,6 +40,7 @@ pub fn user(email: &str) -> User {
         status: UserStatus::Active,
         created_at: t0(),
         password_hash: Some("$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into()),
+        scim_groups: Vec::new(),
     }
 }
 

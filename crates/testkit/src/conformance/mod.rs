@@ -23,6 +23,7 @@ pub mod grants;
 pub mod identity;
 pub mod keys;
 pub mod replay;
+pub mod scim;
 pub mod tamper;
 pub mod tokens;
 
@@ -107,6 +108,14 @@ macro_rules! store_conformance {
                 sessions_round_trip_and_end,
                 upstream_links_find_their_person,
                 federated_credentials_find_their_agent,
+            }
+            scim {
+                scim_tokens_are_kept_hashed_and_revoked_once,
+                scim_users_are_unique_by_user_name_and_written_by_revision,
+                scim_users_are_listed_by_user_name_external_id_and_email,
+                a_person_is_updated_only_from_what_was_read,
+                scim_groups_keep_members_and_give_them_cedar_groups,
+                membership_changes_move_the_epoch,
             }
             keys {
                 signing_keys_rotate,
