@@ -450,10 +450,12 @@ fn apply(tx: &mut Tx<'_>, m: &Mutation, applied: &Applied) -> Result<u64, StoreE
         }
         Mutation::ConsumeGrantJti { key, expires_at } => {
             storable(*expires_at)?;
-            if tx.state.dpop_jtis.contains_key(key) {
+            // Kept beside DPoP proofs, under its own prefix, as the SQL stores do.
+            let key = format!("grant:{key}");
+            if tx.state.dpop_jtis.contains_key(&key) {
                 return Err(StoreError::GrantReplay);
             }
-            tx.put(dpop_jtis, key.clone(), *expires_at);
+            tx.put(dpop_jtis, key, *expires_at);
             Ok(1)
         }
         Mutation::InsertSession(r) => {
