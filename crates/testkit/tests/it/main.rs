@@ -25,3 +25,4 @@ mod tokens;
 mod upstream;
 mod verifier;
 mod web;
+mod workload;
