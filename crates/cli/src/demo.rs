@@ -199,7 +199,7 @@ pub async fn run() -> Result<bool> {
     }];
     let mandate =
         Arc::new(Mandate::open(store.clone(), Arc::new(SystemClock), Arc::new(SystemRandom), kek, config).await?);
-    mandate.set_issuer_fetcher(Arc::new(mandate_server::fetch::GuardedFetcher::new(true, None)?));
+    mandate.set_issuer_fetcher(Arc::new(mandate_server::fetch::GuardedFetcher::for_issuers(true)?));
     let admin = format!("mnd_admin_demo_{}", ulid::Ulid::new());
     mandate.ensure_admin_token(Some(&admin)).await?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

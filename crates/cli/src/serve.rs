@@ -507,8 +507,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     let store = open_store(&settings.data_dir, settings.database_url.as_deref()).await?;
     let mandate = Arc::new(Mandate::open(store, Arc::new(SystemClock), Arc::new(SystemRandom), kek, config).await?);
     if !mandate.config().trusted_issuers.is_empty() {
-        // The configured issuers are the allow-list: no host patterns.
-        let fetcher = mandate_server::fetch::GuardedFetcher::new(settings.dev_loopback_fetch, None)?;
+        let fetcher = mandate_server::fetch::GuardedFetcher::for_issuers(settings.dev_loopback_fetch)?;
         mandate.set_issuer_fetcher(Arc::new(fetcher));
     }
     if mandate.config().registration_owner.is_some() {

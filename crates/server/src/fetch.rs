@@ -23,6 +23,15 @@ impl GuardedFetcher {
         let policy = FetchPolicy { dev_loopback, allowed_hosts: hosts, ..FetchPolicy::default() };
         Ok(Self { inner: Fetcher::new(policy)?, in_flight: tokio::sync::Semaphore::new(MAX_IN_FLIGHT) })
     }
+
+    /// For trusted issuers' discovery documents and key sets: no host
+    /// patterns (the configured issuers are the allow-list) and 256 KiB,
+    /// as for upstream OpenID providers (key sets with several RSA keys
+    /// and certificate chains exceed 64 KiB).
+    pub fn for_issuers(dev_loopback: bool) -> Result<Self, FetchError> {
+        let policy = FetchPolicy { dev_loopback, max_bytes: 256 * 1024, ..FetchPolicy::default() };
+        Ok(Self { inner: Fetcher::new(policy)?, in_flight: tokio::sync::Semaphore::new(MAX_IN_FLIGHT) })
+    }
 }
 
 #[async_trait::async_trait]

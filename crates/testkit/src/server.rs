@@ -75,7 +75,6 @@ impl TestServer {
         })
         .await?;
         s.mandate.set_metadata_fetcher(Arc::new(mandate_server::fetch::GuardedFetcher::new(true, None)?));
-        s.mandate.set_issuer_fetcher(Arc::new(mandate_server::fetch::GuardedFetcher::new(true, None)?));
         s._tmp = Some(tmp);
         Ok((s, owner_id.to_string()))
     }
@@ -118,6 +117,11 @@ impl TestServer {
         let issuer = config.issuer.clone();
         let mandate = Arc::new(Mandate::open(store, clock.clone(), rng, Kek::from_bytes(&KEK)?, config).await?);
         mandate.ensure_admin_token(Some(ADMIN_TOKEN)).await?;
+        // As `mandate serve` does: trusted issuers get a guarded fetcher.
+        if !mandate.config().trusted_issuers.is_empty() {
+            let dev = mandate.config().dev_loopback_fetch;
+            mandate.set_issuer_fetcher(Arc::new(mandate_server::fetch::GuardedFetcher::for_issuers(dev)?));
+        }
         let (stop, stopped) = oneshot::channel::<()>();
         let state = mandate_server::AppState::with_edge(mandate.clone(), edge);
         let task = tokio::spawn(mandate_server::serve(listener, state, async move {
