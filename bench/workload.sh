@@ -25,12 +25,12 @@
 #   BENCH_CONCURRENCY ("64 16"), BENCH_ROUNDS (3),
 #   BENCH_VARIANTS ("pkjwt wl-rs256 wl-es256 wl-es256-fresh"),
 #   BENCH_MAX_REQUESTS (200000 pre-signed requests per run at most),
-#   BENCH_SKIP_BUILD=1, BENCH_KEEP=1,
+#   BENCH_SKIP_BUILD=1, BENCH_KEEP=1, MANDATE_BIN (default: the release build),
 #   BENCH_LOCK=FILE: hold this flock while measuring, so that builds sharing
 #     it wait (default /tmp/mandate-build.lock; empty: none),
 #   BENCH_PERF=FILE: after the rounds, profile the server for
-#     BENCH_PERF_SECS (8) during one more pkjwt and wl-rs256 run each at the
-#     first concurrency, into FILE.pkjwt and FILE.wl-rs256.
+#     BENCH_PERF_SECS (8) during one more run of each of BENCH_PERF_VARIANTS
+#     ("pkjwt wl-rs256 wl-es256") at the first concurrency, into FILE.VARIANT.
 # Needs curl, jq. All traffic is on 127.0.0.1.
 set -euo pipefail
 
@@ -43,7 +43,7 @@ MAX_REQUESTS="${BENCH_MAX_REQUESTS:-200000}"
 LOCK="${BENCH_LOCK-/tmp/mandate-build.lock}"
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
-M="$TARGET/release/mandate"
+M="${MANDATE_BIN:-$TARGET/release/mandate}"
 L="$TARGET/release/mandate-loadgen"
 ADMIN="bench-admin-token-0123456789"
 RESOURCE="https://api.example.com"
@@ -56,9 +56,12 @@ die() {
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/mandate-wl.XXXXXX")"
 PIDS=()
 cleanup() {
+  local rc=$?
+  set +e
   for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null; done
   for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null; done
   if [[ "${BENCH_KEEP:-0}" == 1 ]]; then log "kept $WORK"; else rm -rf "$WORK"; fi
+  exit "$rc"
 }
 trap cleanup EXIT
 trap 'exit 130' INT
@@ -174,7 +177,7 @@ STATS=$(curl -s "$ISS/stats" | jq -c .)
 
 if [[ -n ${BENCH_PERF:-} ]]; then
   c="${CONCURRENCIES%% *}"
-  for v in pkjwt wl-rs256; do
+  for v in ${BENCH_PERF_VARIANTS:-pkjwt wl-rs256 wl-es256}; do
     log "profiling $v at $c connections into $BENCH_PERF.$v"
     perf record -F 499 --call-graph dwarf,16384 -p "$SERVER" -o "$BENCH_PERF.$v" -- sleep "${BENCH_PERF_SECS:-8}" \
       >/dev/null 2>&1 &
