@@ -1,10 +1,14 @@
 //! `mandate-loadgen`: an HTTP/1.1 load generator for the OAuth 2.0
 //! `client_credentials` grant authenticated with `private_key_jwt`
-//! (RFC 7523 client assertions signed with Ed25519).
+//! (RFC 7523 client assertions signed with Ed25519), or with a workload
+//! identity JWT from a trusted issuer (RS256 or ES256, `--workload-*`; the
+//! `issuer` subcommand serves that issuer's discovery document and keys).
 //!
-//! Every request carries a fresh client assertion with a unique `jti`; all of
-//! them are signed *before* the timer starts so that the measurement is of the
-//! authorization server, not of the load generator's signing speed.
+//! Every request carries a fresh client assertion with a unique `jti`
+//! (workload JWTs may instead be reused, as Kubernetes and CI clients reuse
+//! theirs); all of them are signed *before* the timer starts so that the
+//! measurement is of the authorization server, not of the load generator's
+//! signing speed.
 //!
 //! Traffic is restricted to loopback addresses.
 
@@ -17,8 +21,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, anyhow, bail};
 use aws_lc_rs::digest;
+use aws_lc_rs::encoding::AsDer;
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
-use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair};
+use aws_lc_rs::rsa::KeySize;
+use aws_lc_rs::signature::{
+    ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair, KeyPair, RSA_PKCS1_SHA256, RsaKeyPair,
+    RsaPublicKeyComponents,
+};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
@@ -73,6 +82,21 @@ enum Cmd {
         #[arg(long, default_value = "127.0.0.1:0")]
         listen: std::net::SocketAddr,
     },
+    /// Serve a workload identity issuer for the workload benchmark: OIDC
+    /// discovery at `/.well-known/openid-configuration`, its public keys at
+    /// `/jwks` (RS256 2048-bit and ES256, `Cache-Control: max-age`), and
+    /// `/stats` (how often each was fetched). The private keys are
+    /// `rs256.pk8` and `es256.pk8` in `--keys-dir` (made if missing), for
+    /// `--workload-key`. Prints one JSON line first: `{issuer, jwks_uri, kids}`.
+    Issuer {
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: std::net::SocketAddr,
+        #[arg(long)]
+        keys_dir: PathBuf,
+        /// `max-age` of the key set, in seconds.
+        #[arg(long, default_value_t = 300)]
+        max_age: u64,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -81,7 +105,9 @@ struct RunArgs {
     /// the URL the JSON is posted to.
     #[arg(long, required = true)]
     token_endpoint: Option<String>,
-    /// OAuth client_id (also the assertion's iss and sub).
+    /// OAuth client_id (also the assertion's iss and sub; with
+    /// `--workload-key`, sent as the `client_id` parameter, or not at all
+    /// when absent).
     #[arg(long)]
     client_id: Option<String>,
     /// Private Ed25519 key, PKCS#8 DER (v1 or v2).
@@ -150,6 +176,36 @@ struct RunArgs {
     /// Print a single JSON object instead of text.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    workload: WorkloadArgs,
+}
+
+/// Workload identity instead of `private_key_jwt`: the client assertion is a
+/// JWT from a trusted issuer (`iss`, `sub`, `aud` = `--aud`, `iat`, `exp`,
+/// a unique `jti`), signed with the issuer's key.
+#[derive(Args, Debug)]
+struct WorkloadArgs {
+    /// The issuer's private key, PKCS#8 DER (RSA for RS256, P-256 for
+    /// ES256; `mandate-loadgen issuer` writes both). Replaces `--key`.
+    #[arg(long, requires_all = ["workload_iss", "workload_sub"])]
+    workload_key: Option<PathBuf>,
+    #[arg(long, value_parser = ["RS256", "ES256"], default_value = "RS256")]
+    workload_alg: String,
+    /// The JWT's `iss`: the trusted issuer's URL.
+    #[arg(long)]
+    workload_iss: Option<String>,
+    /// The JWT's `sub`, as the agent's `federated_credentials` name it.
+    #[arg(long)]
+    workload_sub: Option<String>,
+    /// Sign only this many JWTs and send them in turn (request i carries
+    /// JWT i mod N), as clients reuse a workload token within its lifetime;
+    /// 0 signs a fresh one per request.
+    #[arg(long, default_value_t = 0)]
+    workload_reuse: usize,
+    /// Send the JWT as the `jwt-bearer` grant's `assertion` (RFC 7523 §2.1)
+    /// with no client authentication, instead of as `client_assertion`.
+    #[arg(long)]
+    workload_grant: bool,
 }
 
 fn main() {
@@ -172,6 +228,11 @@ fn real_main() -> Result<()> {
             let rt =
                 tokio::runtime::Builder::new_multi_thread().enable_all().build().context("building tokio runtime")?;
             rt.block_on(mcp_echo(listen))
+        }
+        Some(Cmd::Issuer { listen, keys_dir, max_age }) => {
+            let rt =
+                tokio::runtime::Builder::new_multi_thread().enable_all().build().context("building tokio runtime")?;
+            rt.block_on(issuer(listen, &keys_dir, max_age))
         }
         None => {
             let rt =
@@ -217,6 +278,86 @@ async fn mcp_echo(listen: std::net::SocketAddr) -> Result<()> {
     }
 }
 
+// ---------------------------------------------------------------- issuer
+
+/// Loads `dir/NAME`, or makes the key with `make` and writes it there.
+fn load_or_make(dir: &std::path::Path, name: &str, make: impl FnOnce() -> Result<Vec<u8>>) -> Result<Vec<u8>> {
+    let path = dir.join(name);
+    if path.exists() {
+        return std::fs::read(&path).with_context(|| format!("reading {}", path.display()));
+    }
+    let der = make()?;
+    std::fs::write(&path, &der).with_context(|| format!("writing {}", path.display()))?;
+    Ok(der)
+}
+
+async fn issuer(listen: SocketAddr, keys_dir: &std::path::Path, max_age: u64) -> Result<()> {
+    std::fs::create_dir_all(keys_dir).with_context(|| format!("creating {}", keys_dir.display()))?;
+    let rsa = load_or_make(keys_dir, "rs256.pk8", || {
+        let kp = RsaKeyPair::generate(KeySize::Rsa2048).map_err(|_| anyhow!("RSA key generation failed"))?;
+        Ok(kp.as_der().map_err(|_| anyhow!("RSA key export failed"))?.as_ref().to_vec())
+    })?;
+    let ec = load_or_make(keys_dir, "es256.pk8", || {
+        let doc = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &SystemRandom::new())
+            .map_err(|_| anyhow!("P-256 key generation failed"))?;
+        Ok(doc.as_ref().to_vec())
+    })?;
+    let signers = [Signer::from_pkcs8("RS256", &rsa)?, Signer::from_pkcs8("ES256", &ec)?];
+    let listener = tokio::net::TcpListener::bind(listen).await.context("binding")?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let keys: Vec<Value> = signers.iter().map(Signer::public_jwk).collect();
+    let kids: serde_json::Map<String, Value> = signers.iter().map(|s| (s.alg().to_owned(), json!(s.kid()))).collect();
+    let discovery = json!({
+        "issuer": url,
+        "jwks_uri": format!("{url}/jwks"),
+        "response_types_supported": ["id_token"],
+        "subject_types_supported": ["public"],
+        "id_token_signing_alg_values_supported": ["RS256", "ES256"],
+    })
+    .to_string();
+    let jwks = json!({ "keys": keys }).to_string();
+    println!("{}", json!({"issuer": url, "jwks_uri": format!("{url}/jwks"), "kids": kids}));
+    let cache = format!("max-age={max_age}");
+    let shared = Arc::new((discovery, jwks, cache, AtomicUsize::new(0), AtomicUsize::new(0)));
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let _ = stream.set_nodelay(true);
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                let shared = shared.clone();
+                async move {
+                    let (discovery, jwks, cache, n_discovery, n_jwks) = &*shared;
+                    let (status, body, cached) = match (req.method(), req.uri().path()) {
+                        (&Method::GET, "/.well-known/openid-configuration") => {
+                            n_discovery.fetch_add(1, Ordering::Relaxed);
+                            (200, discovery.clone(), false)
+                        }
+                        (&Method::GET, "/jwks") => {
+                            n_jwks.fetch_add(1, Ordering::Relaxed);
+                            (200, jwks.clone(), true)
+                        }
+                        (&Method::GET, "/stats") => {
+                            let stats = json!({
+                                "discovery": n_discovery.load(Ordering::Relaxed),
+                                "jwks": n_jwks.load(Ordering::Relaxed),
+                            });
+                            (200, stats.to_string(), false)
+                        }
+                        _ => (404, r#"{"error":"not_found"}"#.to_owned(), false),
+                    };
+                    let mut resp = hyper::Response::builder().status(status).header("content-type", "application/json");
+                    if cached {
+                        resp = resp.header("cache-control", cache.as_str());
+                    }
+                    resp.body(Full::new(Bytes::from(body))).map_err(|e| anyhow!("building a response: {e}"))
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+        });
+    }
+}
+
 // ---------------------------------------------------------------- keys / JWS
 
 fn b64(data: &[u8]) -> String {
@@ -244,6 +385,85 @@ fn public_jwk(kp: &Ed25519KeyPair) -> Result<String> {
         "kid": thumbprint(kp),
     });
     Ok(serde_json::to_string(&jwk)?)
+}
+
+/// What signs the client assertions: the client's Ed25519 key
+/// (`private_key_jwt`), or a workload issuer's RSA or P-256 key.
+enum Signer {
+    Ed25519(Ed25519KeyPair),
+    Rs256(RsaKeyPair),
+    Es256(EcdsaKeyPair),
+}
+
+impl Signer {
+    /// A workload issuer's key: `alg` is RS256 or ES256.
+    fn from_pkcs8(alg: &str, der: &[u8]) -> Result<Self> {
+        match alg {
+            "RS256" => RsaKeyPair::from_pkcs8(der).map(Signer::Rs256).map_err(|e| anyhow!("not a PKCS#8 RSA key: {e}")),
+            "ES256" => EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, der)
+                .map(Signer::Es256)
+                .map_err(|e| anyhow!("not a PKCS#8 P-256 key: {e}")),
+            other => bail!("unsupported workload algorithm {other}"),
+        }
+    }
+
+    fn alg(&self) -> &'static str {
+        match self {
+            Signer::Ed25519(_) => "EdDSA",
+            Signer::Rs256(_) => "RS256",
+            Signer::Es256(_) => "ES256",
+        }
+    }
+
+    fn sign(&self, msg: &[u8]) -> Result<Vec<u8>> {
+        let rng = SystemRandom::new();
+        match self {
+            Signer::Ed25519(kp) => Ok(kp.sign(msg).as_ref().to_vec()),
+            Signer::Rs256(kp) => {
+                let mut sig = vec![0; kp.public_modulus_len()];
+                kp.sign(&RSA_PKCS1_SHA256, &rng, msg, &mut sig).map_err(|_| anyhow!("RS256 signing failed"))?;
+                Ok(sig)
+            }
+            Signer::Es256(kp) => Ok(kp.sign(&rng, msg).map_err(|_| anyhow!("ES256 signing failed"))?.as_ref().to_vec()),
+        }
+    }
+
+    /// The public JWK's members that RFC 7638 hashes, in its order.
+    fn thumbprint_members(&self) -> Vec<(&'static str, String)> {
+        match self {
+            Signer::Ed25519(kp) => {
+                vec![("crv", "Ed25519".into()), ("kty", "OKP".into()), ("x", b64(kp.public_key().as_ref()))]
+            }
+            Signer::Rs256(kp) => {
+                let c = RsaPublicKeyComponents::<Vec<u8>>::from(kp.public_key());
+                vec![("e", b64(&c.e)), ("kty", "RSA".into()), ("n", b64(&c.n))]
+            }
+            Signer::Es256(kp) => {
+                // An uncompressed point: 0x04 || x || y.
+                let point = kp.public_key().as_ref();
+                let (x, y) = point.get(1..).unwrap_or_default().split_at(point.len().saturating_sub(1) / 2);
+                vec![("crv", "P-256".into()), ("kty", "EC".into()), ("x", b64(x)), ("y", b64(y))]
+            }
+        }
+    }
+
+    /// RFC 7638 thumbprint, the `kid`.
+    fn kid(&self) -> String {
+        let canonical: serde_json::Map<String, Value> =
+            self.thumbprint_members().into_iter().map(|(k, v)| (k.to_owned(), json!(v))).collect();
+        // serde_json's map is ordered by key: the canonical form.
+        let text = Value::Object(canonical).to_string();
+        b64(digest::digest(&digest::SHA256, text.as_bytes()).as_ref())
+    }
+
+    fn public_jwk(&self) -> Value {
+        let mut jwk: serde_json::Map<String, Value> =
+            self.thumbprint_members().into_iter().map(|(k, v)| (k.to_owned(), json!(v))).collect();
+        jwk.insert("kid".into(), json!(self.kid()));
+        jwk.insert("alg".into(), json!(self.alg()));
+        jwk.insert("use".into(), json!("sig"));
+        Value::Object(jwk)
+    }
 }
 
 fn keygen(out: &std::path::Path, jwk_out: Option<&std::path::Path>) -> Result<()> {
@@ -283,17 +503,24 @@ struct DpopSpec {
 
 struct AssertionSpec<'a> {
     dpop: Option<DpopSpec>,
-    kp: &'a Ed25519KeyPair,
+    signer: &'a Signer,
     header_b64: String,
-    client_id: &'a str,
+    /// The assertion's `iss` and `sub`.
+    iss: &'a str,
+    sub: &'a str,
     aud: &'a str,
     iat: u64,
     exp: u64,
     jti_prefix: String,
     /// `grant_type`, already encoded.
     grant_type: String,
-    /// Everything after the client_assertion value, already encoded.
+    /// The form parameter the assertion goes in, with what precedes it:
+    /// `client_assertion_type=…&client_assertion=`, or `assertion=`.
+    assertion_param: String,
+    /// Everything after the assertion value, already encoded.
     tail: String,
+    /// Sign only this many assertions and send them in turn (0: one each).
+    reuse: usize,
 }
 
 impl AssertionSpec<'_> {
@@ -318,26 +545,32 @@ impl AssertionSpec<'_> {
 
     fn body(&self, i: usize) -> Result<Bytes> {
         let claims = json!({
-            "iss": self.client_id,
-            "sub": self.client_id,
+            "iss": self.iss,
+            "sub": self.sub,
             "aud": self.aud,
             "iat": self.iat,
             "exp": self.exp,
             "jti": format!("{}-{i}", self.jti_prefix),
         });
         let signing_input = format!("{}.{}", self.header_b64, b64(&serde_json::to_vec(&claims)?));
-        let sig = self.kp.sign(signing_input.as_bytes());
-        let jws = format!("{signing_input}.{}", b64(sig.as_ref()));
-        let body = format!(
-            "grant_type={}&client_assertion_type={ASSERTION_TYPE_ENC}&client_assertion={jws}{}",
-            self.grant_type, self.tail
-        );
+        let sig = self.signer.sign(signing_input.as_bytes())?;
+        let jws = format!("{signing_input}.{}", b64(&sig));
+        let body = format!("grant_type={}&{}{jws}{}", self.grant_type, self.assertion_param, self.tail);
         Ok(Bytes::from(body))
     }
 }
 
-/// Sign `count` requests using all available cores.
+/// Sign `count` requests using all available cores; with `spec.reuse`,
+/// sign that many and repeat them.
 fn pregenerate(spec: &AssertionSpec<'_>, count: usize) -> Result<Vec<Signed>> {
+    if spec.reuse > 0 && spec.reuse < count {
+        let distinct = sign_all(spec, spec.reuse)?;
+        return Ok((0..count).filter_map(|i| distinct.get(i % spec.reuse).cloned()).collect());
+    }
+    sign_all(spec, count)
+}
+
+fn sign_all(spec: &AssertionSpec<'_>, count: usize) -> Result<Vec<Signed>> {
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).max(1);
     let chunk = count.div_ceil(threads).max(1);
     let parts: Vec<Result<Vec<Signed>>> = std::thread::scope(|s| {
@@ -583,12 +816,36 @@ async fn run(a: RunArgs) -> Result<()> {
             (vec![(body, None); total], "application/json", Some(format!("Bearer {bearer}")))
         }
         None => {
-            let client_id = a.client_id.clone().ok_or_else(|| anyhow!("--client-id is required"))?;
-            let key_path = a.key.clone().ok_or_else(|| anyhow!("--key is required"))?;
-            let kp = load_key(&key_path)?;
-            let kid = a.kid.clone().unwrap_or_else(|| thumbprint(&kp));
+            let w = &a.workload;
+            let (signer, iss, sub, assertion_param, mut tail) = match &w.workload_key {
+                None => {
+                    let client_id = a.client_id.clone().ok_or_else(|| anyhow!("--client-id is required"))?;
+                    let key_path = a.key.clone().ok_or_else(|| anyhow!("--key is required"))?;
+                    let param = format!("client_assertion_type={ASSERTION_TYPE_ENC}&client_assertion=");
+                    (Signer::Ed25519(load_key(&key_path)?), client_id.clone(), client_id, param, String::new())
+                }
+                Some(path) => {
+                    let der = std::fs::read(path).with_context(|| format!("reading key {}", path.display()))?;
+                    let signer = Signer::from_pkcs8(&w.workload_alg, &der)?;
+                    let iss = w.workload_iss.clone().ok_or_else(|| anyhow!("--workload-iss is required"))?;
+                    let sub = w.workload_sub.clone().ok_or_else(|| anyhow!("--workload-sub is required"))?;
+                    let param = if w.workload_grant {
+                        "assertion=".to_owned()
+                    } else {
+                        format!("client_assertion_type={ASSERTION_TYPE_ENC}&client_assertion=")
+                    };
+                    let tail = match &a.client_id {
+                        Some(c) => format!("&client_id={}", form_encode(c)),
+                        None => String::new(),
+                    };
+                    (signer, iss, sub, param, tail)
+                }
+            };
+            if a.dpop && w.workload_reuse > 0 {
+                bail!("--dpop needs a fresh proof per request: it does not go with --workload-reuse");
+            }
+            let kid = a.kid.clone().unwrap_or_else(|| signer.kid());
             let aud = a.aud.clone().unwrap_or_else(|| endpoint.clone());
-            let mut tail = String::new();
             if let Some(r) = &a.resource {
                 tail.push_str("&resource=");
                 tail.push_str(&form_encode(r));
@@ -601,7 +858,7 @@ async fn run(a: RunArgs) -> Result<()> {
                 let (k, v) = pair.split_once('=').ok_or_else(|| anyhow!("--form wants name=value, got {pair}"))?;
                 tail.push_str(&format!("&{}={}", form_encode(k), form_encode(v)));
             }
-            let header = json!({"alg": "EdDSA", "typ": "JWT", "kid": kid});
+            let header = json!({"alg": signer.alg(), "typ": "JWT", "kid": kid});
             let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
             let mut rnd = [0u8; 9];
             SystemRandom::new().fill(&mut rnd).map_err(|_| anyhow!("rng failure"))?;
@@ -616,21 +873,34 @@ async fn run(a: RunArgs) -> Result<()> {
             } else {
                 None
             };
+            let grant_type = if w.workload_grant && w.workload_key.is_some() {
+                "urn:ietf:params:oauth:grant-type:jwt-bearer"
+            } else {
+                a.grant_type.as_str()
+            };
             let spec = AssertionSpec {
                 dpop,
-                kp: &kp,
+                signer: &signer,
                 header_b64: b64(&serde_json::to_vec(&header)?),
-                client_id: &client_id,
+                iss: &iss,
+                sub: &sub,
                 aud: &aud,
                 iat: now,
                 exp: now + a.exp_secs,
                 jti_prefix: b64(&rnd),
-                grant_type: form_encode(&a.grant_type),
+                grant_type: form_encode(grant_type),
+                assertion_param,
                 tail,
+                reuse: w.workload_reuse,
             };
             let bodies = pregenerate(&spec, total)?;
             if !a.json {
-                eprintln!("pre-generated {total} signed assertions in {:.2}s", t_gen.elapsed().as_secs_f64());
+                let signed = if spec.reuse > 0 { spec.reuse.min(total) } else { total };
+                eprintln!(
+                    "pre-generated {total} requests ({signed} signed {} assertions) in {:.2}s",
+                    signer.alg(),
+                    t_gen.elapsed().as_secs_f64()
+                );
             }
             (bodies, "application/x-www-form-urlencoded", None)
         }
@@ -766,17 +1036,21 @@ mod tests {
     #[test]
     fn bodies_carry_valid_unique_assertions() -> Result<()> {
         let kp = rfc_key()?;
+        let signer = Signer::Ed25519(kp);
         let spec = AssertionSpec {
             dpop: None,
-            kp: &kp,
+            signer: &signer,
             header_b64: b64(br#"{"alg":"EdDSA","typ":"JWT","kid":"k1"}"#),
-            client_id: "agt_1",
+            iss: "agt_1",
+            sub: "agt_1",
             aud: "http://127.0.0.1:1",
             iat: 1000,
             exp: 1600,
             jti_prefix: "p".into(),
             grant_type: "client_credentials".into(),
+            assertion_param: format!("client_assertion_type={ASSERTION_TYPE_ENC}&client_assertion="),
             tail: format!("&resource={}&scope={}", form_encode("https://api.example.com"), form_encode("read write")),
+            reuse: 0,
         };
         let bodies = pregenerate(&spec, 50)?;
         assert_eq!(bodies.len(), 50);
@@ -795,6 +1069,7 @@ mod tests {
             let parts: Vec<&str> = jws.split('.').collect();
             assert_eq!(parts.len(), 3);
             let sig = URL_SAFE_NO_PAD.decode(parts[2])?;
+            let Signer::Ed25519(kp) = &signer else { unreachable!() };
             UnparsedPublicKey::new(&ED25519, kp.public_key().as_ref())
                 .verify(format!("{}.{}", parts[0], parts[1]).as_bytes(), &sig)
                 .map_err(|_| anyhow!("bad signature"))?;
@@ -840,17 +1115,21 @@ mod tests {
         let pk = Ed25519KeyPair::from_pkcs8(doc.as_ref()).map_err(|_| anyhow!("parse"))?;
         let jwk = json!({"kty": "OKP", "crv": "Ed25519", "x": b64(pk.public_key().as_ref())});
         let header_b64 = b64(&serde_json::to_vec(&json!({"typ": "dpop+jwt", "alg": "EdDSA", "jwk": jwk}))?);
+        let signer = Signer::Ed25519(kp);
         let spec = AssertionSpec {
             dpop: Some(DpopSpec { kp: pk, header_b64, htu: "http://127.0.0.1:1/oauth/token".into() }),
-            kp: &kp,
+            signer: &signer,
             header_b64: b64(br#"{"alg":"EdDSA","typ":"JWT","kid":"k1"}"#),
-            client_id: "agt_1",
+            iss: "agt_1",
+            sub: "agt_1",
             aud: "http://127.0.0.1:1",
             iat: 1000,
             exp: 1600,
             jti_prefix: "p".into(),
             grant_type: "client_credentials".into(),
+            assertion_param: format!("client_assertion_type={ASSERTION_TYPE_ENC}&client_assertion="),
             tail: String::new(),
+            reuse: 0,
         };
         let reqs = pregenerate(&spec, 10)?;
         let mut jtis = std::collections::HashSet::new();
@@ -870,6 +1149,67 @@ mod tests {
             jtis.insert(claims["jti"].as_str().unwrap_or_default().to_owned());
         }
         assert_eq!(jtis.len(), 10);
+        Ok(())
+    }
+
+    #[test]
+    fn workload_jwts_verify_with_the_published_jwk_and_can_be_reused() -> Result<()> {
+        use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED, RSA_PKCS1_2048_8192_SHA256};
+        let rsa = RsaKeyPair::generate(KeySize::Rsa2048).map_err(|_| anyhow!("keygen"))?;
+        let rsa = Signer::from_pkcs8("RS256", rsa.as_der().map_err(|_| anyhow!("der"))?.as_ref())?;
+        let ec = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &SystemRandom::new())
+            .map_err(|_| anyhow!("keygen"))?;
+        let ec = Signer::from_pkcs8("ES256", ec.as_ref())?;
+        for signer in [&rsa, &ec] {
+            let jwk = signer.public_jwk();
+            assert_eq!(jwk["kid"], json!(signer.kid()));
+            assert_eq!(jwk["alg"], json!(signer.alg()));
+            let header = json!({"alg": signer.alg(), "typ": "JWT", "kid": signer.kid()});
+            let spec = AssertionSpec {
+                dpop: None,
+                signer,
+                header_b64: b64(&serde_json::to_vec(&header)?),
+                iss: "http://127.0.0.1:2",
+                sub: "system:serviceaccount:bench:worker",
+                aud: "http://127.0.0.1:1",
+                iat: 1000,
+                exp: 1600,
+                jti_prefix: "w".into(),
+                grant_type: "client_credentials".into(),
+                assertion_param: format!("client_assertion_type={ASSERTION_TYPE_ENC}&client_assertion="),
+                tail: "&client_id=agt_1".into(),
+                reuse: 3,
+            };
+            let bodies = pregenerate(&spec, 10)?;
+            assert_eq!(bodies.len(), 10);
+            assert_eq!(bodies[0].0, bodies[3].0, "request i reuses JWT i mod 3");
+            assert_ne!(bodies[0].0, bodies[1].0);
+            let text = std::str::from_utf8(&bodies[4].0)?;
+            assert!(text.ends_with("&client_id=agt_1"));
+            let jws = text
+                .split('&')
+                .find_map(|kv| kv.strip_prefix("client_assertion="))
+                .ok_or_else(|| anyhow!("no assertion"))?;
+            let parts: Vec<&str> = jws.split('.').collect();
+            let d = |name: &str| URL_SAFE_NO_PAD.decode(jwk[name].as_str().unwrap_or_default());
+            let msg = format!("{}.{}", parts[0], parts[1]);
+            let sig = URL_SAFE_NO_PAD.decode(parts[2])?;
+            match signer {
+                Signer::Rs256(_) => RsaPublicKeyComponents { n: d("n")?, e: d("e")? }
+                    .verify(&RSA_PKCS1_2048_8192_SHA256, msg.as_bytes(), &sig)
+                    .map_err(|_| anyhow!("bad RS256 signature"))?,
+                _ => {
+                    let point = [vec![4u8], d("x")?, d("y")?].concat();
+                    UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, &point)
+                        .verify(msg.as_bytes(), &sig)
+                        .map_err(|_| anyhow!("bad ES256 signature"))?
+                }
+            }
+            let claims: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1])?)?;
+            assert_eq!(claims["iss"], "http://127.0.0.1:2");
+            assert_eq!(claims["sub"], "system:serviceaccount:bench:worker");
+            assert_eq!(claims["jti"], "w-1");
+        }
         Ok(())
     }
 }
