@@ -2,7 +2,9 @@
 //! stamped with the store epoch read before it. Both records change only by
 //! mutations that advance the epoch (`SetAgentStatus`, `UpdateUser`;
 //! inserts add records nobody has cached), so an entry used only at its own
-//! epoch is never stale. Resources, which never change once registered,
+//! epoch is never stale. The agents a workload token's issuer and subject
+//! find are kept the same way (`SetFederatedCredentials`, and inserting an
+//! agent that has federated credentials, advance the epoch). Resources, which never change once registered,
 //! are kept as read. Everything else passes straight through.
 
 use std::sync::Arc;
@@ -26,6 +28,8 @@ type Cache<K, V> = quick_cache::sync::Cache<K, V>;
 pub struct CachingStore {
     inner: Arc<dyn Store>,
     agents: Cache<AgentId, (u64, Option<Agent>)>,
+    /// Agents found by a workload token's issuer and subject.
+    federated: Cache<(String, String), (u64, Vec<Agent>)>,
     users: Cache<UserId, (u64, Option<User>)>,
     /// Resources never change once registered: kept without an epoch.
     resources: Cache<ResourceId, Resource>,
@@ -36,6 +40,7 @@ impl CachingStore {
         Self {
             inner,
             agents: Cache::new(MAX_RECORDS),
+            federated: Cache::new(MAX_RECORDS),
             users: Cache::new(MAX_RECORDS),
             resources: Cache::new(MAX_RECORDS),
         }
@@ -98,7 +103,18 @@ impl Store for CachingStore {
     }
 
     async fn agents_federated_by(&self, issuer: &str, subject: &str) -> Result<Vec<Agent>, StoreError> {
-        self.inner.agents_federated_by(issuer, subject).await
+        let epoch = self.inner.epoch().await?;
+        let key = (issuer.to_owned(), subject.to_owned());
+        if let Some(a) = hit(&self.federated, &key, epoch) {
+            return Ok(a);
+        }
+        let found = self.inner.agents_federated_by(issuer, subject).await?;
+        // Only what was found: an unverified token's subject could
+        // otherwise fill the cache with misses.
+        if !found.is_empty() {
+            keep(&self.federated, key, epoch, found.clone());
+        }
+        Ok(found)
     }
 
     async fn agent(&self, id: AgentId) -> Result<Option<Agent>, StoreError> {

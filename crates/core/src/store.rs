@@ -442,6 +442,11 @@ impl Mutation {
     /// [`Store::epoch`] when they commit one, so that caches of liveness and
     /// decisions are dropped at once.
     pub fn invalidates(&self) -> bool {
+        // A new agent with federated credentials changes which agents a
+        // workload token's issuer and subject find.
+        if let Mutation::InsertAgent(a) = self {
+            return !a.federated_credentials.is_empty();
+        }
         matches!(
             self,
             Mutation::UpdateUser(_)
