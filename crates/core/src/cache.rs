@@ -4,8 +4,9 @@
 //! inserts add records nobody has cached), so an entry used only at its own
 //! epoch is never stale. The agents a workload token's issuer and subject
 //! find are kept the same way (`SetFederatedCredentials`, and inserting an
-//! agent that has federated credentials, advance the epoch). Resources, which never change once registered,
-//! are kept as read. Everything else passes straight through.
+//! agent that has federated credentials, advance the epoch). Resources,
+//! which never change once registered, are kept as read. Everything else
+//! passes straight through.
 
 use std::sync::Arc;
 
@@ -235,5 +236,79 @@ impl Store for CachingStore {
     }
     async fn last_audit_checkpoint(&self) -> Result<Option<Checkpoint>, StoreError> {
         self.inner.last_audit_checkpoint().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use mandate_model::records::FederatedCredential;
+
+    use super::*;
+    use crate::store::{Change, MemoryStore, Mutation};
+
+    fn rule() -> FederatedCredential {
+        FederatedCredential {
+            issuer: "https://ci.example".into(),
+            subject: Some("job".into()),
+            subject_pattern: None,
+            audiences: Vec::new(),
+            claims: Default::default(),
+            single_use: false,
+        }
+    }
+
+    fn agent(owner: UserId, n: u128) -> Agent {
+        Agent {
+            id: AgentId::from_ulid(ulid::Ulid(n)),
+            name: "job".into(),
+            owner,
+            kind: mandate_model::records::AgentKind::Persistent,
+            parent: None,
+            status: mandate_model::records::AgentStatus::Active,
+            expires_at: None,
+            description: None,
+            scopes: None,
+            jwks: None,
+            redirect_uris: Vec::new(),
+            created_at: crate::testing::start(),
+            secret_hash: None,
+            suspended_by: None,
+            origin: mandate_model::records::AgentOrigin::Admin,
+            metadata_url: None,
+            public: false,
+            federated_credentials: vec![rule()],
+        }
+    }
+
+    #[tokio::test]
+    async fn a_second_agent_with_the_same_rule_is_seen_at_once() {
+        let inner: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let store = CachingStore::new(inner.clone());
+        let user = User {
+            id: UserId::from_ulid(ulid::Ulid(1)),
+            name: "CI".into(),
+            email: "ci@example.com".into(),
+            groups: Vec::new(),
+            scim_groups: Vec::new(),
+            attributes: Default::default(),
+            status: mandate_model::records::UserStatus::Active,
+            created_at: crate::testing::start(),
+            password_hash: None,
+        };
+        inner.commit(Change::new().with(Mutation::InsertUser(user.clone()))).await.unwrap();
+        let first = agent(user.id, 2);
+        store.commit(Change::new().with(Mutation::InsertAgent(first.clone()))).await.unwrap();
+        assert_eq!(store.agents_federated_by("https://ci.example", "job").await.unwrap().len(), 1);
+        // Cached now; a second agent naming the same issuer and subject
+        // must make the token ambiguous at once, on every node.
+        inner.commit(Change::new().with(Mutation::InsertAgent(agent(user.id, 3)))).await.unwrap();
+        assert_eq!(store.agents_federated_by("https://ci.example", "job").await.unwrap().len(), 2);
+        // Removing a rule is seen at once too.
+        let at = first.created_at;
+        inner
+            .commit(Change::new().with(Mutation::SetFederatedCredentials { id: first.id, credentials: vec![], at }))
+            .await
+            .unwrap();
+        assert_eq!(store.agents_federated_by("https://ci.example", "job").await.unwrap().len(), 1);
     }
 }

@@ -188,8 +188,10 @@ impl Store for PostgresStore {
 
     async fn agents_federated_by(&self, issuer: &str, subject: &str) -> Result<Vec<Agent>, StoreError> {
         let rows = sqlx::query(
-            "SELECT DISTINCT a.* FROM agent_federations f JOIN agents a ON a.id = f.agent_id \
-             WHERE f.issuer = $1 AND (f.subject = $2 OR f.pattern) ORDER BY a.id LIMIT $3",
+            "SELECT * FROM agents WHERE id IN ( \
+             SELECT agent_id FROM agent_federations WHERE issuer = $1 AND subject = $2 \
+             UNION SELECT agent_id FROM agent_federations WHERE issuer = $1 AND pattern) \
+             ORDER BY id LIMIT $3",
         )
         .bind(issuer)
         .bind(subject)

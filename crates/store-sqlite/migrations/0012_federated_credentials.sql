@@ -10,3 +10,6 @@ CREATE TABLE agent_federations (
     PRIMARY KEY (issuer, subject, agent_id)
 );
 CREATE INDEX agent_federations_agent ON agent_federations (agent_id);
+-- The pattern rules of an issuer, read beside the exact (issuer, subject)
+-- point read, so that the exact case never scans the issuer's rules.
+CREATE INDEX agent_federations_patterns ON agent_federations (issuer) WHERE pattern = 1;

@@ -291,8 +291,10 @@ impl Store for SqliteStore {
         let rows = self
             .read(move |c| {
                 c.prepare_cached(
-                    "SELECT DISTINCT a.* FROM agent_federations f JOIN agents a ON a.id = f.agent_id \
-                     WHERE f.issuer = ?1 AND (f.subject = ?2 OR f.pattern) ORDER BY a.id LIMIT ?3",
+                    "SELECT * FROM agents WHERE id IN ( \
+                     SELECT agent_id FROM agent_federations WHERE issuer = ?1 AND subject = ?2 \
+                     UNION SELECT agent_id FROM agent_federations WHERE issuer = ?1 AND pattern = 1) \
+                     ORDER BY id LIMIT ?3",
                 )?
                 .query_map(params![issuer, subject, mandate_core::store::MAX_FEDERATED_CANDIDATES], agent_row)?
                 .collect::<rusqlite::Result<Vec<_>>>()

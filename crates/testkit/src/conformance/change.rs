@@ -380,6 +380,19 @@ pub async fn the_epoch_moves_with_every_invalidating_change(s: &Arc<dyn Store>) 
         Mutation::RevokeGrant { id: g.id, at },
         Mutation::RevokeGrantsOfUser { user: u.id, at },
         Mutation::RevokeGrantsOfAgent { agent: a.id, at },
+        // Who a workload token's issuer and subject find (DESIGN §10).
+        Mutation::InsertAgent(mandate_model::records::Agent {
+            federated_credentials: vec![mandate_model::records::FederatedCredential {
+                issuer: "https://ci.example".into(),
+                subject: Some("job".into()),
+                subject_pattern: None,
+                audiences: Vec::new(),
+                claims: Default::default(),
+                single_use: false,
+            }],
+            ..super::fixtures::agent(u.id, None)
+        }),
+        Mutation::SetFederatedCredentials { id: a.id, credentials: Vec::new(), at },
     ];
     for m in invalidating {
         ensure!(m.invalidates(), "{m:?} does not invalidate");
