@@ -131,6 +131,27 @@ pub struct NewResource {
     /// The audiences the gateway may exchange this resource's tokens for.
     #[serde(default)]
     pub exchange_to: Vec<String>,
+    /// The `context` keys a check at this resource may carry, with their
+    /// types (DESIGN §13).
+    #[serde(default)]
+    pub context: std::collections::BTreeMap<String, mandate_model::records::ContextType>,
+}
+
+const MAX_CONTEXT_KEYS: usize = 32;
+
+/// A declared `context` key: a Cedar identifier Mandate does not set itself.
+fn validate_context_key(key: &str) -> Result<(), Error> {
+    let mut chars = key.chars();
+    let ok = key.len() <= 64
+        && chars.next().is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if !ok {
+        return Err(Error::BadInput(format!("context key {key:?} must match [a-z_][a-z0-9_]{{0,63}}")));
+    }
+    if mandate_policy::RESERVED_CONTEXT_KEYS.contains(&key) {
+        return Err(Error::BadInput(format!("context key {key} is set by Mandate and cannot be declared")));
+    }
+    Ok(())
 }
 
 const MAX_EXCHANGE_TO: usize = 16;
@@ -481,11 +502,13 @@ impl Mandate {
             return self.refuse_spawn(&live, "the token does not carry mandate:spawn on the issuer").await;
         }
         let related = self.related(&[&parent], &[]).await?;
-        let d = self.engine().decide(
+        let facts = self.facts(None, &[&parent], live.record.cnf_jkt.is_some());
+        let d = self.engine().decide_with(
             mandate_policy::Principal::Agent(&parent),
             "mandate:spawn",
             mandate_policy::Target::Api(&self.config.issuer),
             &related,
+            &facts,
         );
         if !d.allowed {
             return self.refuse_spawn(&live, "policy does not allow mandate:spawn").await;
@@ -911,6 +934,24 @@ impl Mandate {
             }
             exchange_to.push(aud);
         }
+        if new.context.len() > MAX_CONTEXT_KEYS {
+            return Err(Error::BadInput(format!("context declares at most {MAX_CONTEXT_KEYS} keys")));
+        }
+        for key in new.context.keys() {
+            validate_context_key(key)?;
+        }
+        // The policy schema has one type per key, across resources.
+        let declared = self.context_catalog().await?;
+        for (key, ty) in &new.context {
+            if let Some(other) = declared.get(key)
+                && other != ty
+            {
+                return Err(Error::BadInput(format!(
+                    "context key {key} is declared as {} by another resource",
+                    other.as_str()
+                )));
+            }
+        }
         if self.store.resource_by_identifier(&identifier).await?.is_some() {
             return Err(Error::Conflict(format!("a resource with identifier {identifier} exists")));
         }
@@ -923,6 +964,7 @@ impl Mandate {
             created_at: self.clock.now(),
             gateway: new.gateway,
             exchange_to,
+            context: new.context,
         };
         let mut event = self.admin_event(kind::RESOURCE_CREATED, caller);
         event.resource = Some(resource.identifier.clone());
@@ -947,7 +989,8 @@ impl Mandate {
     pub async fn put_policies(&self, caller: Caller, text: &str) -> Result<StoredPolicy, Error> {
         self.require_admin(caller).await?;
         let actions = self.action_catalog().await?;
-        let engine = compile_off_the_workers(text, actions).await?.map_err(|e| match e {
+        let context = self.context_catalog().await?;
+        let engine = compile_off_the_workers(text, actions, context).await?.map_err(|e| match e {
             mandate_policy::PolicyError::Unavailable(why) => Error::Unavailable(why),
             invalid => Error::BadInput(invalid.to_string()),
         })?;
@@ -965,8 +1008,13 @@ impl Mandate {
     pub async fn get_policies(&self, caller: Caller) -> Result<(String, String, String), Error> {
         self.require_admin(caller).await?;
         let actions = self.action_catalog().await?;
+        let context = self.context_catalog().await?;
         let engine = self.engine();
-        Ok((engine.version().to_owned(), engine.text().to_owned(), mandate_policy::schema_text(&actions)))
+        Ok((
+            engine.version().to_owned(),
+            engine.text().to_owned(),
+            mandate_policy::schema_text_with(&actions, &context),
+        ))
     }
 
     /// The action names reserved by Mandate.
@@ -980,9 +1028,10 @@ impl Mandate {
 pub(crate) async fn compile_off_the_workers(
     text: &str,
     actions: std::collections::BTreeSet<String>,
+    context: std::collections::BTreeMap<String, mandate_model::records::ContextType>,
 ) -> Result<Result<PolicyEngine, mandate_policy::PolicyError>, Error> {
     let text = text.to_owned();
-    tokio::task::spawn_blocking(move || PolicyEngine::compile(&text, &actions))
+    tokio::task::spawn_blocking(move || PolicyEngine::compile_with(&text, &actions, &context))
         .await
         .map_err(|e| Error::Unavailable(format!("the policy compiler stopped: {e}")))
 }

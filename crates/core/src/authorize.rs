@@ -316,7 +316,7 @@ impl Mandate {
             for scope in req.scopes.iter() {
                 let one = ScopeSet::from_iter_checked([Ok(scope.clone())])
                     .map_err(|e| AuthorizeError::NoRedirect(e.to_string()))?;
-                match self.authorize_scopes(Some(user), &[&req.agent], &req.resource, &one).await {
+                match self.authorize_scopes(Some(user), &[&req.agent], &req.resource, &one, false).await {
                     Ok(Ok(None | Some(mandate_policy::Approver::User))) => kept.push(Ok(scope.clone())),
                     Ok(Ok(Some(mandate_policy::Approver::Owner))) if req.agent.owner == user.id => {
                         kept.push(Ok(scope.clone()))
@@ -347,7 +347,7 @@ impl Mandate {
             req.scopes = kept;
             req.defaulted = false;
         }
-        let decided = match self.authorize_scopes(Some(user), &[&req.agent], &req.resource, &req.scopes).await {
+        let decided = match self.authorize_scopes(Some(user), &[&req.agent], &req.resource, &req.scopes, false).await {
             Ok(d) => d,
             Err(e) => {
                 tracing::warn!(error = %e, "could not decide an authorization");

@@ -231,6 +231,21 @@ impl Mandate {
         }
         Ok(related)
     }
+
+    /// The request facts a decision sees as `context` (DESIGN §13): the
+    /// user the agents act for (its record must be in the decision's
+    /// `Related`), the agents of the chain, the time, and whether the
+    /// token is (or will be) DPoP-bound.
+    pub(crate) fn facts(&self, user: Option<&User>, agents: &[&Agent], dpop_bound: bool) -> mandate_policy::Facts {
+        mandate_policy::Facts {
+            user: user.map(|u| u.id),
+            chain: agents.iter().map(|a| a.id).collect(),
+            now: self.clock.now().unix_timestamp(),
+            dpop_bound,
+            client_address: None,
+            declared: Default::default(),
+        }
+    }
 }
 
 /// Entries a per-node cache holds; past it the least useful are evicted.
@@ -310,11 +325,12 @@ impl Caches {
         action: &str,
         target: mandate_policy::Target<'_>,
         related: &mandate_policy::Related,
+        facts: &mandate_policy::Facts,
     ) -> mandate_policy::Decision {
         // A reference that does not resolve has no key: decided (denied)
         // every time, never cached.
-        let Ok(scene) = mandate_policy::decision_key(principal, target, related) else {
-            return engine.decide(principal, action, target, related);
+        let Ok(scene) = mandate_policy::decision_key_with(principal, target, related, facts) else {
+            return engine.decide_with(principal, action, target, related, facts);
         };
         let key = (scene, action.to_owned());
         if let Some((v, d)) = self.issuance.get(&key)
@@ -322,7 +338,7 @@ impl Caches {
         {
             return d;
         }
-        let d = engine.decide(principal, action, target, related);
+        let d = engine.decide_with(principal, action, target, related, facts);
         // Errors are not kept: they are retried, and deny meanwhile.
         if d.errors.is_empty() {
             self.issuance.insert(key, (engine.version().to_owned(), d.clone()));

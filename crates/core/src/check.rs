@@ -34,8 +34,8 @@ pub struct CheckRequest {
     pub token: String,
     pub action: String,
     pub resource: CheckedResource,
-    /// Accepted and bounded; not yet offered to policies (the schema
-    /// declares no context).
+    /// Keys the token's resource declares (DESIGN §13), offered to
+    /// policies as `context`; any other key is refused (400).
     #[serde(default)]
     pub context: Option<serde_json::Map<String, serde_json::Value>>,
     /// Decide without acting on it: for showing what may be done (a
@@ -259,11 +259,21 @@ impl Mandate {
         let engine = self.engine();
         let version = engine.version().to_owned();
         let live = self.live_chain(&req.token).await?;
+        // A context key the resource does not declare is refused (400),
+        // after the refusal is recorded.
+        let mut bad_context = None;
         let (outcome, live) = match live {
             Err(why) => (Outcome::deny(format!("token: {why}")), None),
             Ok(live) => {
                 let outcome = if checker.answers_for(&live.record.audience) {
-                    self.cached_decision(&live, req, epoch, &version, &engine).await?
+                    match self.declared_context(&live, req).await? {
+                        Ok(declared) => self.cached_decision(&live, req, declared, epoch, &version, &engine).await?,
+                        Err(why) => {
+                            let o = Outcome::deny(format!("context: {why}"));
+                            bad_context = Some(why);
+                            o
+                        }
+                    }
                 } else {
                     Outcome::deny("token: it is for another audience")
                 };
@@ -327,6 +337,9 @@ impl Mandate {
         }
         let appended = change.push(AuditRecord::new(event).mutation());
         let seq = self.store.commit(change).await?.affected(appended)?;
+        if let Some(why) = bad_context {
+            return Err(Error::BadInput(why));
+        }
         // A probe's allow is not a use: the next real check is recorded.
         if outcome.decision == ALLOW
             && !req.probe
@@ -369,6 +382,50 @@ impl Mandate {
         Ok(res.scopes.keys().filter(|s| covers(s)).cloned().collect())
     }
 
+    /// The check's `context`, typed by the declaration of the token's
+    /// resource (DESIGN §13). The inner `Err` names an undeclared key or a
+    /// value of the wrong type.
+    async fn declared_context(
+        &self,
+        live: &LiveToken,
+        req: &CheckRequest,
+    ) -> Result<Result<BTreeMap<String, mandate_policy::ContextValue>, String>, Error> {
+        let Some(context) = req.context.as_ref().filter(|c| !c.is_empty()) else {
+            return Ok(Ok(BTreeMap::new()));
+        };
+        let declared = match self.resource_by_identifier(&live.record.audience).await {
+            Ok(r) => r.context.clone(),
+            Err(Error::InvalidTarget(_)) => BTreeMap::new(),
+            Err(e) => return Err(e),
+        };
+        let mut values = BTreeMap::new();
+        for (key, value) in context {
+            use mandate_model::records::ContextType;
+            use mandate_policy::ContextValue;
+            let Some(ty) = declared.get(key) else {
+                return Ok(Err(format!(
+                    "context key {key:?} is not declared by {}",
+                    crate::audit::bounded(&live.record.audience)
+                )));
+            };
+            let v = match (ty, value) {
+                (ContextType::Long, serde_json::Value::Number(n)) if n.as_i64().is_some() => {
+                    n.as_i64().map(ContextValue::Long)
+                }
+                (ContextType::String, serde_json::Value::String(s)) if s.len() <= MAX_FIELD => {
+                    Some(ContextValue::String(s.clone()))
+                }
+                (ContextType::Bool, serde_json::Value::Bool(b)) => Some(ContextValue::Bool(*b)),
+                _ => None,
+            };
+            let Some(v) = v else {
+                return Ok(Err(format!("context key {key} must be a {}", ty.as_str())));
+            };
+            values.insert(key.clone(), v);
+        }
+        Ok(Ok(values))
+    }
+
     /// The decision on `req` for this live token: from the per-node cache
     /// when one was kept under this epoch and policy version, else decided
     /// now (and kept when it depends only on the chain and the policies).
@@ -376,21 +433,31 @@ impl Mandate {
         &self,
         live: &LiveToken,
         req: &CheckRequest,
+        declared: BTreeMap<String, mandate_policy::ContextValue>,
         epoch: u64,
         version: &str,
         engine: &mandate_policy::PolicyEngine,
     ) -> Result<Outcome, Error> {
+        let agents: Vec<&mandate_model::records::Agent> = live.agents.iter().collect();
+        let facts = mandate_policy::Facts {
+            declared,
+            ..self.facts(live.user.as_ref(), &agents, live.record.cnf_jkt.is_some())
+        };
+        // The facts (the time among them) are part of what is decided on.
         let key = (
             crate::chain::token_key(&req.token),
             req.action.clone(),
             req.target(),
-            serde_json::to_string(&req.resource.properties)
-                .map_err(|e| Error::Unavailable(format!("encoding properties: {e}")))?,
+            format!(
+                "{}#{facts:?}",
+                serde_json::to_string(&req.resource.properties)
+                    .map_err(|e| Error::Unavailable(format!("encoding properties: {e}")))?
+            ),
         );
         if let Some(d) = self.caches.decision(&key, epoch, version) {
             return Ok(Outcome { decision: d.decision, reasons: d.reasons, ..Outcome::allow(vec![]) });
         }
-        let o = self.decide_check(live, req, engine).await?;
+        let o = self.decide_check(live, req, engine, &facts).await?;
         if o.cacheable {
             let d = crate::chain::CachedDecision { decision: o.decision, reasons: o.reasons.clone() };
             self.caches.keep_decision(key, epoch, version.to_owned(), d);
@@ -403,6 +470,7 @@ impl Mandate {
         live: &LiveToken,
         req: &CheckRequest,
         engine: &mandate_policy::PolicyEngine,
+        facts: &mandate_policy::Facts,
     ) -> Result<Outcome, Error> {
         let Some(chain) = &live.chain else {
             return Ok(Outcome::deny("token: a resource server's own token acts for nobody"));
@@ -444,7 +512,7 @@ impl Mandate {
         let agents: Vec<&mandate_model::records::Agent> = live.agents.iter().collect();
         let related = self.related(&agents, live.user.as_ref().as_slice()).await?;
         for (who, principal) in principals {
-            let d = engine.decide(principal, &req.action, target, &related);
+            let d = engine.decide_with(principal, &req.action, target, &related, facts);
             if !d.allowed {
                 if !d.errors.is_empty() {
                     tracing::warn!(errors = ?d.errors, action = %req.action, "policy evaluation failed; denied");

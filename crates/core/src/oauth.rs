@@ -457,10 +457,10 @@ impl Mandate {
                         {
                             return Err(Error::InvalidScope(format!("scope {s} is beyond the agent's ceiling")));
                         }
-                        self.agent_may_hold(agent, resource, &scopes).await?;
+                        self.agent_may_hold(agent, resource, &scopes, jkt.is_some()).await?;
                         scopes
                     }
-                    None => self.default_scopes(agent, resource).await?,
+                    None => self.default_scopes(agent, resource, jkt.is_some()).await?,
                 };
                 (agent.id.to_string(), agent.expires_at, scopes)
             }
@@ -547,7 +547,12 @@ impl Mandate {
     /// Without `scope` (RFC 6749 §3.3): every scope of the resource within
     /// the agent's ceiling that policy lets it hold. At the issuer a scope
     /// must be named; an empty default is `invalid_scope`.
-    async fn default_scopes(&self, agent: &mandate_model::records::Agent, resource: &str) -> Result<ScopeSet, Error> {
+    async fn default_scopes(
+        &self,
+        agent: &mandate_model::records::Agent,
+        resource: &str,
+        dpop_bound: bool,
+    ) -> Result<ScopeSet, Error> {
         if resource == self.config.issuer {
             return Err(Error::InvalidScope("scope is required at the issuer (mandate:spawn)".into()));
         }
@@ -560,7 +565,7 @@ impl Mandate {
             }
             let one =
                 ScopeSet::from_iter_checked([Ok(scope.clone())]).map_err(|e| Error::Unavailable(e.to_string()))?;
-            match self.agent_may_hold(agent, resource, &one).await {
+            match self.agent_may_hold(agent, resource, &one, dpop_bound).await {
                 Ok(()) => kept.push(Ok(scope)),
                 Err(Error::InvalidScope(_)) => {}
                 Err(e) => return Err(e),
@@ -581,10 +586,12 @@ impl Mandate {
         agent: &mandate_model::records::Agent,
         resource: &str,
         scopes: &ScopeSet,
+        dpop_bound: bool,
     ) -> Result<(), Error> {
         let issuer = self.config.issuer.as_str();
         let engine = self.engine();
         let related = self.related(&[agent], &[]).await?;
+        let facts = self.facts(None, &[agent], dpop_bound);
         if resource == issuer {
             for scope in scopes.iter() {
                 // A gateway checks the tokens of the resources that name it.
@@ -600,7 +607,8 @@ impl Mandate {
                 if scope.as_str() != "mandate:spawn" {
                     return Err(Error::InvalidScope(format!("scope {scope} is not offered by {issuer}")));
                 }
-                let d = engine.decide(Principal::Agent(agent), scope.as_str(), Target::Api(issuer), &related);
+                let d =
+                    engine.decide_with(Principal::Agent(agent), scope.as_str(), Target::Api(issuer), &related, &facts);
                 if !d.allowed {
                     return Err(refused_by_policy(&d, &format!("{scope}")));
                 }
@@ -613,7 +621,7 @@ impl Mandate {
                     .ok_or_else(|| Error::InvalidScope(format!("scope {scope} is not offered by {resource}")))?;
                 for action in actions {
                     let target = Target::Api(&res.identifier);
-                    let d = self.caches.issuance(&engine, Principal::Agent(agent), &action, target, &related);
+                    let d = self.caches.issuance(&engine, Principal::Agent(agent), &action, target, &related, &facts);
                     if !d.allowed {
                         return Err(refused_by_policy(&d, &format!("{scope} ({action}) on {resource}")));
                     }
@@ -1014,6 +1022,7 @@ mod tests {
             jwks: None,
             gateway: None,
             exchange_to: Vec::new(),
+            context: Default::default(),
         };
         w.m.create_resource(crate::Caller::Admin, mail).await.unwrap();
         // The schema now knows `send`; no policy permits it.

@@ -251,7 +251,8 @@ impl Mandate {
             return Ok(());
         }
         let actions = self.action_catalog().await?;
-        let engine = crate::admin::compile_off_the_workers(&current.text, actions)
+        let context = self.context_catalog().await?;
+        let engine = crate::admin::compile_off_the_workers(&current.text, actions, context)
             .await?
             .map_err(|e| Error::Unavailable(format!("stored policy set does not compile: {e}")))?;
         self.set_engine(engine);
@@ -325,6 +326,18 @@ impl Mandate {
             actions.extend(r.all_actions());
         }
         Ok(actions)
+    }
+
+    /// Every `context` key the registered resources declare, for the
+    /// schema. Registration keeps one type per key across resources.
+    pub(crate) async fn context_catalog(
+        &self,
+    ) -> Result<std::collections::BTreeMap<String, mandate_model::records::ContextType>, Error> {
+        let mut context = std::collections::BTreeMap::new();
+        for r in self.store.resources().await? {
+            context.extend(r.context.iter().map(|(k, t)| (k.clone(), *t)));
+        }
+        Ok(context)
     }
 
     // ----- administration credentials -----

@@ -132,6 +132,7 @@ impl World {
                 jwks: None,
                 gateway: None,
                 exchange_to: Vec::new(),
+                context: Default::default(),
             },
         )
         .await

@@ -339,6 +339,29 @@ pub struct Resource {
     /// The audiences its gateway may exchange this resource's tokens for.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub exchange_to: Vec<String>,
+    /// The `context` keys a check at this resource may carry, with their
+    /// Cedar types (DESIGN §13). Any other key is refused.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub context: BTreeMap<String, ContextType>,
+}
+
+/// The type of a `context` key a resource declares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ContextType {
+    Long,
+    String,
+    Bool,
+}
+
+impl ContextType {
+    /// Its name in a Cedar schema.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ContextType::Long => "Long",
+            ContextType::String => "String",
+            ContextType::Bool => "Bool",
+        }
+    }
 }
 
 impl Resource {

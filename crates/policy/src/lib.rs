@@ -13,7 +13,7 @@ use cedar_policy::{
     EntityUid, Policy, PolicyId, PolicySet, PrincipalConstraint, Request, ResourceConstraint, RestrictedExpression,
     Schema, ValidationMode, Validator,
 };
-use mandate_model::records::{Agent, AgentKind, User, UserStatus};
+use mandate_model::records::{Agent, AgentKind, ContextType, User, UserStatus};
 use mandate_model::{AgentId, UserId};
 use sha2::{Digest, Sha256};
 use thiserror::Error;
@@ -107,28 +107,110 @@ pub fn version_of(text: &str) -> String {
     hex
 }
 
-/// The Cedar schema for a set of declared actions (DESIGN §7).
+/// The Cedar schema for a set of declared actions (DESIGN §7), with no
+/// context declared by any resource.
 pub fn schema_text(actions: &BTreeSet<String>) -> String {
-    let mut s = String::from(
+    schema_text_with(actions, &BTreeMap::new())
+}
+
+/// The `context` keys Mandate sets itself on every decision (DESIGN §13);
+/// a resource cannot declare them.
+pub const RESERVED_CONTEXT_KEYS: &[&str] = &["user", "chain", "now", "dpop_bound", "client_address"];
+
+/// The Cedar schema for a set of declared actions and the `context` keys
+/// the resources declare (each optional: a policy writes `context has k`).
+/// An ephemeral agent is `in` its parent (DESIGN §13).
+pub fn schema_text_with(actions: &BTreeSet<String>, context: &BTreeMap<String, ContextType>) -> String {
+    let mut ctx = String::from(
+        "type MandateContext = { user?: User, chain: Set<Agent>, now: Long, dpop_bound: Bool, client_address?: String",
+    );
+    for (key, ty) in context {
+        if RESERVED_CONTEXT_KEYS.contains(&key.as_str()) {
+            continue;
+        }
+        ctx.push_str(&format!(", {}?: {}", cedar_string(key), ty.as_str()));
+    }
+    ctx.push_str(" };\n");
+    let mut s = ctx;
+    s.push_str(
         "entity Group;\n\
          entity User in [Group] { name: String, email: String, status: String } tags String;\n\
-         entity Agent { name: String, owner: User, kind: String, status: String, origin: String, parent?: Agent };\n\
+         entity Agent in [Agent] { name: String, owner: User, kind: String, status: String, origin: String, parent?: Agent };\n\
          entity Api;\n\
          entity Resource in [Api] tags String;\n\
-         action \"mandate:delegate\" appliesTo { principal: [Agent], resource: [Agent] };\n\
-         action \"mandate:spawn\" appliesTo { principal: [Agent], resource: [Api] };\n\
-         action \"mandate:check\" appliesTo { principal: [Agent], resource: [Api] };\n",
+         action \"mandate:delegate\" appliesTo { principal: [Agent], resource: [Agent], context: MandateContext };\n\
+         action \"mandate:spawn\" appliesTo { principal: [Agent], resource: [Api], context: MandateContext };\n\
+         action \"mandate:check\" appliesTo { principal: [Agent], resource: [Api], context: MandateContext };\n",
     );
     for action in actions {
         if BUILTIN_ACTIONS.contains(&action.as_str()) {
             continue;
         }
         s.push_str(&format!(
-            "action {} appliesTo {{ principal: [User, Agent], resource: [Api, Resource] }};\n",
+            "action {} appliesTo {{ principal: [User, Agent], resource: [Api, Resource], context: MandateContext }};\n",
             cedar_string(action)
         ));
     }
     s
+}
+
+/// A value of a resource-declared `context` key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ContextValue {
+    Long(i64),
+    String(String),
+    Bool(bool),
+}
+
+/// What a decision knows about the request besides principal, action and
+/// resource: Cedar's `context` record (DESIGN §13). `context.user` is the
+/// user the agents act for (its record must be in [`Related`]),
+/// `context.chain` the agents of the delegation chain, `context.now` the
+/// time in Unix seconds, `context.dpop_bound` whether the token is (or
+/// will be) bound to a DPoP key; `declared` holds the keys the resource
+/// declares, already checked against its declaration.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Facts {
+    pub user: Option<UserId>,
+    pub chain: Vec<AgentId>,
+    pub now: i64,
+    pub dpop_bound: bool,
+    pub client_address: Option<String>,
+    pub declared: BTreeMap<String, ContextValue>,
+}
+
+impl Facts {
+    fn context(&self) -> Result<Context, String> {
+        let mut pairs: Vec<(String, RestrictedExpression)> = Vec::with_capacity(5 + self.declared.len());
+        for (k, v) in &self.declared {
+            if RESERVED_CONTEXT_KEYS.contains(&k.as_str()) {
+                return Err(format!("context key {k} is set by Mandate"));
+            }
+            pairs.push((
+                k.clone(),
+                match v {
+                    ContextValue::Long(n) => RestrictedExpression::new_long(*n),
+                    ContextValue::String(v) => s(v),
+                    ContextValue::Bool(b) => RestrictedExpression::new_bool(*b),
+                },
+            ));
+        }
+        if let Some(u) = self.user {
+            pairs.push(("user".into(), RestrictedExpression::new_entity_uid(uid("User", &u.to_string())?)));
+        }
+        let chain = self
+            .chain
+            .iter()
+            .map(|a| uid("Agent", &a.to_string()).map(RestrictedExpression::new_entity_uid))
+            .collect::<Result<Vec<_>, _>>()?;
+        pairs.push(("chain".into(), RestrictedExpression::new_set(chain)));
+        pairs.push(("now".into(), RestrictedExpression::new_long(self.now)));
+        pairs.push(("dpop_bound".into(), RestrictedExpression::new_bool(self.dpop_bound)));
+        if let Some(a) = &self.client_address {
+            pairs.push(("client_address".into(), s(a)));
+        }
+        Context::from_pairs(pairs).map_err(|e| e.to_string())
+    }
 }
 
 fn cedar_string(s: &str) -> String {
@@ -343,23 +425,37 @@ impl PolicyEngine {
     /// overflow a caller's stack (SECURITY row 41). Blocks the caller for
     /// as long as parsing takes: async callers run it off their workers.
     pub fn compile(text: &str, actions: &BTreeSet<String>) -> Result<Self, PolicyError> {
+        Self::compile_with(text, actions, &BTreeMap::new())
+    }
+
+    /// [`PolicyEngine::compile`], with the `context` keys the resources
+    /// declare.
+    pub fn compile_with(
+        text: &str,
+        actions: &BTreeSet<String>,
+        context: &BTreeMap<String, ContextType>,
+    ) -> Result<Self, PolicyError> {
         if text.len() > MAX_POLICY_TEXT {
             return Err(PolicyError::Invalid(vec![format!("policy text is larger than {MAX_POLICY_TEXT} bytes")]));
         }
         bounds::check(text).map_err(|e| PolicyError::Invalid(vec![e]))?;
-        let (text, actions) = (text.to_owned(), actions.clone());
+        let (text, actions, context) = (text.to_owned(), actions.clone(), context.clone());
         std::thread::Builder::new()
             .name("mandate-policy-compile".into())
             .stack_size(COMPILE_STACK)
-            .spawn(move || Self::compile_here(&text, &actions))
+            .spawn(move || Self::compile_here(&text, &actions, &context))
             .map_err(|e| PolicyError::Unavailable(format!("no thread to parse on: {e}")))?
             .join()
             .map_err(|_| PolicyError::Unavailable("the parsing thread stopped".into()))?
     }
 
-    fn compile_here(text: &str, actions: &BTreeSet<String>) -> Result<Self, PolicyError> {
-        let (schema, _warnings) =
-            Schema::from_cedarschema_str(&schema_text(actions)).map_err(|e| PolicyError::Schema(e.to_string()))?;
+    fn compile_here(
+        text: &str,
+        actions: &BTreeSet<String>,
+        context: &BTreeMap<String, ContextType>,
+    ) -> Result<Self, PolicyError> {
+        let (schema, _warnings) = Schema::from_cedarschema_str(&schema_text_with(actions, context))
+            .map_err(|e| PolicyError::Schema(e.to_string()))?;
         let mut policies = PolicySet::from_str(text).map_err(|e| PolicyError::Invalid(parse_messages(&e)))?;
         for (id, src) in DEFAULT_POLICIES {
             let p =
@@ -444,12 +540,78 @@ impl PolicyEngine {
     /// Decides whether `principal` may do `action` on `target`, with every
     /// record the policies can reach through attributes taken from
     /// `related`; one that is missing there makes the answer a denial.
+    /// The context holds no request facts (the time is 0): Mandate's own
+    /// decisions use [`PolicyEngine::decide_with`].
     pub fn decide(&self, principal: Principal<'_>, action: &str, target: Target<'_>, related: &Related) -> Decision {
-        match self.try_decide(principal, action, target, related) {
-            Ok(d) => d,
-            Err(e) => {
-                Decision { allowed: false, reasons: vec![], errors: vec![e], approval: None, approval_reuse: None }
+        self.decide_with(principal, action, target, related, &Facts::default())
+    }
+
+    /// Decides whether `principal` may do `action` on `target` with
+    /// `facts` as the context.
+    ///
+    /// An ephemeral agent that no policy decides (no permit and no forbid
+    /// applies to it) is decided as its parent, recursively (DESIGN §13):
+    /// its own `forbid` always wins, its own `permit` suffices, and
+    /// otherwise it has its parent's answer, approvals included. Its
+    /// ceiling (the spawn `scopes`) is the caller's to apply.
+    pub fn decide_with(
+        &self,
+        principal: Principal<'_>,
+        action: &str,
+        target: Target<'_>,
+        related: &Related,
+        facts: &Facts,
+    ) -> Decision {
+        let mut principal = principal;
+        let mut inherited: Vec<String> = Vec::new();
+        loop {
+            let d = match self.try_decide(principal, action, target, related, facts) {
+                Ok(d) => d,
+                Err(e) => {
+                    return Decision {
+                        allowed: false,
+                        reasons: vec![],
+                        errors: vec![e],
+                        approval: None,
+                        approval_reuse: None,
+                    };
+                }
+            };
+            let undecided = !d.allowed && d.reasons.is_empty() && d.errors.is_empty();
+            let parent = match principal {
+                Principal::Agent(a) if undecided && a.kind == AgentKind::Ephemeral => a.parent,
+                _ => None,
+            };
+            let Some(parent) = parent else {
+                return if inherited.is_empty() || !d.allowed {
+                    d
+                } else {
+                    let reasons = d.reasons.iter().map(|r| format!("{r} (as {})", inherited.join(" < "))).collect();
+                    Decision { reasons, ..d }
+                };
+            };
+            if inherited.len() > MAX_PARENTS {
+                return Decision {
+                    allowed: false,
+                    reasons: vec![],
+                    errors: vec![format!("agent has more than {MAX_PARENTS} ancestors")],
+                    approval: None,
+                    approval_reuse: None,
+                };
             }
+            let Some(p) = related.agent(parent) else {
+                return Decision {
+                    allowed: false,
+                    reasons: vec![],
+                    errors: vec![format!("agent {parent} (a parent) could not be loaded")],
+                    approval: None,
+                    approval_reuse: None,
+                };
+            };
+            if let Principal::Agent(a) = principal {
+                inherited.push(format!("parent of {}", a.id));
+            }
+            principal = Principal::Agent(p);
         }
     }
 
@@ -459,13 +621,14 @@ impl PolicyEngine {
         action: &str,
         target: Target<'_>,
         related: &Related,
+        facts: &Facts,
     ) -> Result<Decision, String> {
-        let (principal_uid, resource_uid, entities) = scene(principal, target, related)?;
+        let (principal_uid, resource_uid, entities) = scene_with(principal, target, related, facts)?;
         let action_uid = uid("Action", action)?;
         let index = self.inner.by_action.get(action).unwrap_or(&self.inner.any_action);
         let sets: Vec<&PolicySet> = index.candidates(&principal_uid, &resource_uid).collect();
         let request =
-            Request::new(principal_uid, action_uid, resource_uid, Context::empty(), None).map_err(|e| e.to_string())?;
+            Request::new(principal_uid, action_uid, resource_uid, facts.context()?, None).map_err(|e| e.to_string())?;
         // Cedar's rule over the union of the candidate sets: allowed when a
         // permit applies and no forbid does; a forbid that applies is the
         // reason of a denial in whichever set it sits.
@@ -555,10 +718,28 @@ fn index(policies: &PolicySet) -> Result<(HashMap<String, ScopeIndex>, ScopeInde
 /// `user_entity` and `agent_entity` use. `Err` when a reference does not
 /// resolve (such a decision is a denial, and is not cached).
 pub fn decision_key(principal: Principal<'_>, target: Target<'_>, related: &Related) -> Result<String, String> {
-    let mut key = match principal {
+    decision_key_with(principal, target, related, &Facts::default())
+}
+
+/// [`decision_key`] for a decision with `facts` as its context: the facts,
+/// the context user's record and the records the principal's ancestors
+/// reach are part of it.
+pub fn decision_key_with(
+    principal: Principal<'_>,
+    target: Target<'_>,
+    related: &Related,
+    facts: &Facts,
+) -> Result<String, String> {
+    let mut key = format!("{facts:?}#");
+    if let Some(u) = facts.user {
+        let u = related.user(u).ok_or_else(|| format!("user {u} (the context user) could not be loaded"))?;
+        key.push_str(&user_key(u));
+        key.push('#');
+    }
+    key.push_str(&match principal {
         Principal::User(u) => user_key(u),
         Principal::Agent(a) => agent_key(a),
-    };
+    });
     key.push('#');
     key.push_str(&match target {
         Target::Api(identifier) => format!("Api|{identifier}"),
@@ -607,6 +788,16 @@ pub fn scene(
     target: Target<'_>,
     related: &Related,
 ) -> Result<(EntityUid, EntityUid, Entities), String> {
+    scene_with(principal, target, related, &Facts::default())
+}
+
+/// [`scene`], with the entity `facts` name as `context.user` included.
+fn scene_with(
+    principal: Principal<'_>,
+    target: Target<'_>,
+    related: &Related,
+    facts: &Facts,
+) -> Result<(EntityUid, EntityUid, Entities), String> {
     let mut entities = Vec::with_capacity(4);
     let mut have: HashSet<EntityUid> = HashSet::new();
     let principal_uid = match principal {
@@ -637,6 +828,13 @@ pub fn scene(
         }
         Ok(())
     })?;
+    if let Some(id) = facts.user {
+        let u = related.user(id).ok_or_else(|| format!("user {id} (the context user) could not be loaded"))?;
+        let e = user_entity(u)?;
+        if have.insert(e.uid()) {
+            entities.push(e);
+        }
+    }
     let entities = Entities::from_entities(entities, None).map_err(|e| e.to_string())?;
     Ok((principal_uid, resource_uid, entities))
 }
@@ -732,10 +930,15 @@ fn agent_entity(a: &Agent) -> Result<Entity, String> {
         ("origin".to_owned(), s(a.origin.as_str())),
     ]
     .into();
+    // DESIGN §13: an agent is `in` its parent, and so (the parents being
+    // loaded too) in every ancestor.
+    let mut ancestors = HashSet::new();
     if let Some(parent) = a.parent {
-        attrs.insert("parent".to_owned(), RestrictedExpression::new_entity_uid(uid("Agent", &parent.to_string())?));
+        let p = uid("Agent", &parent.to_string())?;
+        attrs.insert("parent".to_owned(), RestrictedExpression::new_entity_uid(p.clone()));
+        ancestors.insert(p);
     }
-    Entity::new(uid("Agent", &a.id.to_string())?, attrs, HashSet::new()).map_err(|e| e.to_string())
+    Entity::new(uid("Agent", &a.id.to_string())?, attrs, ancestors).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

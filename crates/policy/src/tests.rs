@@ -445,3 +445,105 @@ fn policy_sees_how_an_agent_came_to_be() {
     a.origin = mandate_model::records::AgentOrigin::Dynamic;
     assert!(!e.decide(Principal::Agent(&a), "read", Target::Api("https://api.example"), &rel()).allowed);
 }
+
+/// DESIGN §13: an ephemeral agent is `in` its parent, transitively, and
+/// one that no policy names is decided as its parent; its own `forbid`
+/// wins and its parent's `forbid` reaches it.
+#[test]
+fn an_ephemeral_agent_is_decided_as_its_parent() {
+    let api = Target::Api("https://api.example");
+    let parent = agent();
+    let child = Agent {
+        id: AgentId::from_ulid(Ulid::from_parts(1, 20)),
+        kind: AgentKind::Ephemeral,
+        parent: Some(parent.id),
+        ..agent()
+    };
+    let grandchild = Agent { id: AgentId::from_ulid(Ulid::from_parts(1, 21)), parent: Some(child.id), ..child.clone() };
+    let mut r = rel();
+    r.add_agent(parent.clone());
+    r.add_agent(child.clone());
+    let named = format!(
+        r#"permit(principal == Agent::"{p}", action == Action::"read", resource);
+           permit(principal in Agent::"{p}", action == Action::"write", resource) when {{ principal != Agent::"{p}" }};"#,
+        p = parent.id
+    );
+    let e = PolicyEngine::compile(&named, &actions()).unwrap();
+    // No policy names the descendants for read: they have the parent's.
+    for who in [&parent, &child, &grandchild] {
+        let d = e.decide(Principal::Agent(who), "read", api, &r);
+        assert!(d.allowed, "{} {d:?}", who.id);
+    }
+    assert!(e.decide(Principal::Agent(&child), "read", api, &r).reasons[0].contains("as parent of"));
+    // `principal in Agent::"<parent>"` covers the child and the grandchild.
+    assert!(!e.decide(Principal::Agent(&parent), "write", api, &r).allowed);
+    assert!(e.decide(Principal::Agent(&child), "write", api, &r).allowed);
+    assert!(e.decide(Principal::Agent(&grandchild), "write", api, &r).allowed);
+    // A persistent agent with a parent field gets nothing from it.
+    let persistent = Agent { kind: AgentKind::Persistent, ..child.clone() };
+    assert!(!e.decide(Principal::Agent(&persistent), "read", api, &r).allowed);
+    // A forbid on the child wins over the parent's permit.
+    let forbid_children = format!(
+        r#"{named}
+           forbid(principal is Agent, action, resource) when {{ principal.kind == "ephemeral" }};"#
+    );
+    let e = PolicyEngine::compile(&forbid_children, &actions()).unwrap();
+    assert!(e.decide(Principal::Agent(&parent), "read", api, &r).allowed);
+    assert!(!e.decide(Principal::Agent(&child), "read", api, &r).allowed);
+    // A forbid on the parent reaches the child that inherits.
+    let forbid_parent = format!(
+        r#"{named}
+           forbid(principal == Agent::"{p}", action == Action::"read", resource);"#,
+        p = parent.id
+    );
+    let e = PolicyEngine::compile(&forbid_parent, &actions()).unwrap();
+    assert!(!e.decide(Principal::Agent(&child), "read", api, &r).allowed);
+    assert!(!e.decide(Principal::Agent(&grandchild), "read", api, &r).allowed);
+}
+
+/// DESIGN §13: the context record carries the user, the chain, the time,
+/// the DPoP binding and the keys a resource declares.
+#[test]
+fn policies_decide_on_the_context() {
+    let api = Target::Api("https://api.example");
+    let declared = BTreeMap::from([("amount".to_owned(), ContextType::Long)]);
+    let text = r#"permit(principal is Agent, action == Action::"read", resource)
+                    when { context has user && principal.owner == context.user && context.chain.contains(principal) };
+                  permit(principal is Agent, action == Action::"write", resource)
+                    when { context has amount && context.amount < 100 && context.dpop_bound && context.now > 0 };"#;
+    // Undeclared, `context.amount` without `has` does not validate.
+    assert!(
+        PolicyEngine::compile(r#"permit(principal, action, resource) when { context.amount < 1 };"#, &actions())
+            .is_err()
+    );
+    let e = PolicyEngine::compile_with(text, &actions(), &declared).unwrap();
+    let a = agent();
+    let facts = |user: Option<UserId>, amount: i64| Facts {
+        user,
+        chain: vec![a.id],
+        now: 1_700_000_000,
+        dpop_bound: true,
+        client_address: None,
+        declared: BTreeMap::from([("amount".to_owned(), ContextValue::Long(amount))]),
+    };
+    let decide = |action, f: &Facts| e.decide_with(Principal::Agent(&a), action, api, &rel(), f).allowed;
+    assert!(decide("read", &facts(Some(user().id), 0)));
+    assert!(!decide("read", &facts(None, 0)));
+    let stranger = UserId::from_ulid(Ulid::from_parts(1, 30));
+    let mut with_stranger = rel();
+    with_stranger.add_user(User { id: stranger, ..user() });
+    assert!(!e.decide_with(Principal::Agent(&a), "read", api, &with_stranger, &facts(Some(stranger), 0)).allowed);
+    // A context user whose record is not loaded denies.
+    let d = e.decide_with(Principal::Agent(&a), "read", api, &rel(), &facts(Some(stranger), 0));
+    assert!(!d.allowed && !d.errors.is_empty(), "{d:?}");
+    assert!(decide("write", &facts(None, 99)));
+    assert!(!decide("write", &facts(None, 100)));
+    assert!(!decide("write", &Facts { dpop_bound: false, ..facts(None, 5) }));
+    // The facts are part of the decision key.
+    let k = |f: &Facts| decision_key_with(Principal::Agent(&a), api, &rel(), f).unwrap();
+    assert_ne!(k(&facts(None, 99)), k(&facts(None, 100)));
+    // Mandate's own keys cannot be declared.
+    let reserved =
+        Facts { declared: BTreeMap::from([("user".to_owned(), ContextValue::Bool(true))]), ..facts(None, 1) };
+    assert!(!decide("write", &reserved));
+}

@@ -160,7 +160,7 @@ pub(crate) async fn apply(conn: &mut PgConnection, m: &Mutation) -> Result<u64, 
             }
             r
         }
-        Mutation::InsertResource(r) => sqlx::query("INSERT INTO resources (id, identifier, name, scopes, jwks, created_at, gateway, exchange_to) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)")
+        Mutation::InsertResource(r) => sqlx::query("INSERT INTO resources (id, identifier, name, scopes, jwks, created_at, gateway, exchange_to, context) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)")
             .bind(r.id.to_string())
             .bind(&r.identifier)
             .bind(&r.name)
@@ -169,6 +169,7 @@ pub(crate) async fn apply(conn: &mut PgConnection, m: &Mutation) -> Result<u64, 
             .bind(ts(r.created_at)?)
             .bind(r.gateway.map(|g| g.to_string()))
             .bind(json(&r.exchange_to)?)
+            .bind(json(&r.context)?)
             .execute(&mut *conn)
             .await
             .map_err(|e| map_write_error(e, "resource"))?,
@@ -298,5 +299,6 @@ pub(crate) fn resource_row(r: &PgRow) -> Result<Resource, StoreError> {
         created_at: get(r, "created_at")?,
         gateway: get(r, "gateway")?,
         exchange_to: get(r, "exchange_to")?,
+        context: get(r, "context")?,
     })
 }

@@ -182,6 +182,7 @@ pub struct ResourceRow {
     pub created_at: i64,
     pub gateway: Option<String>,
     pub exchange_to: String,
+    pub context: String,
 }
 
 impl TryFrom<ResourceRow> for Resource {
@@ -196,6 +197,7 @@ impl TryFrom<ResourceRow> for Resource {
             created_at: from_ts(r.created_at)?,
             gateway: r.gateway.as_deref().map(parse::<AgentId>).transpose()?,
             exchange_to: from_json(&r.exchange_to)?,
+            context: from_json(&r.context)?,
         })
     }
 }

@@ -144,7 +144,7 @@ pub(crate) fn apply(conn: &Connection, m: &Mutation) -> Result<u64, StoreError> 
         }
         Mutation::InsertResource(r) => exec(
             conn,
-            "INSERT INTO resources (id, identifier, name, scopes, jwks, created_at, gateway, exchange_to) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            "INSERT INTO resources (id, identifier, name, scopes, jwks, created_at, gateway, exchange_to, context) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             params![
                 r.id.to_string(),
                 r.identifier,
@@ -153,7 +153,8 @@ pub(crate) fn apply(conn: &Connection, m: &Mutation) -> Result<u64, StoreError> 
                 r.jwks.as_ref().map(json).transpose()?,
                 ts(r.created_at)?,
                 r.gateway.map(|g| g.to_string()),
-                json(&r.exchange_to)?
+                json(&r.exchange_to)?,
+                json(&r.context)?
             ],
             "resource",
         ),
@@ -268,6 +269,7 @@ pub(crate) fn resource_row(r: &Row<'_>) -> Mapped<Resource> {
         created_at: r.get("created_at")?,
         gateway: r.get("gateway")?,
         exchange_to: r.get("exchange_to")?,
+        context: r.get("context")?,
     }))
 }
 

@@ -216,6 +216,9 @@ pub const SCENARIOS: &[(&str, Scenario)] = scenarios![
     user_api_tokens_expire_and_are_revocable,
     ciba_requests_waiting_for_a_person_are_capped,
     allowed_checks_are_recorded_per_resource,
+    an_ephemeral_child_without_a_policy_has_its_parents_rights,
+    an_agent_asking_for_someone_else_waits_for_them,
+    check_context_reaches_policy_under_the_declared_schema,
 ];
 
 /// Runs every scenario on a fresh server from `factory`.
@@ -1289,5 +1292,131 @@ async fn allowed_checks_are_recorded_per_resource(w: World) -> Result<()> {
     let reasons: Vec<&str> = events.iter().filter_map(|e| e["reason"].as_str()).collect();
     ensure!(events.len() == 2, "{reasons:?}");
     ensure!(reasons.iter().any(|r| r.starts_with("event/e1")) && reasons.iter().any(|r| r.starts_with("event/e2")));
+    Ok(())
+}
+
+/// Issue 16 §1: a child spawned with no policy of its own is decided as
+/// its parent, narrowed by its ceiling; forbidding children stops it.
+async fn an_ephemeral_child_without_a_policy_has_its_parents_rights(w: World) -> Result<()> {
+    let p = &w.planner.id;
+    let named = format!(
+        r#"permit (principal in Group::"staff", action in [Action::"list", Action::"get", Action::"create"], resource);
+           permit (principal == Agent::"{p}", action in [Action::"list", Action::"get", Action::"create", Action::"mandate:spawn"], resource);"#
+    );
+    w.s.put_policies(&named).await?;
+    let child = w.spawn(&w.planner, json!({"scopes": ["read"]})).await?;
+    let tokens = w.granted(&w.planner, "read write").await?;
+    let subject = text(&tokens, "access_token")?;
+    let (st, body) = w.exchange(&child, &subject, &[("scope", "read")]).await?;
+    ensure!(st == 200, "delegating to a child with no policy of its own: {st} {body}");
+    let narrower = text(&body, "access_token")?;
+    let d = w.check(&narrower, "get", "e1", json!({})).await?;
+    ensure!(d["decision"] == "allow", "{d}");
+    ensure!(d["reasons"][2].as_str().is_some_and(|r| r.contains("as parent of")), "{d}");
+    // Its own ceiling still narrows it.
+    let (st, body) = w.exchange(&child, &subject, &[("scope", "write")]).await?;
+    ensure!(st == 400 && body["error"] == "invalid_scope", "{st} {body}");
+    // Forbidding ephemeral agents stops it, at exchange and at check.
+    w.s.put_policies(&format!(
+        r#"{named}
+           forbid (principal is Agent, action, resource) when {{ principal.kind == "ephemeral" }};"#
+    ))
+    .await?;
+    let (st, body) = w.exchange(&child, &subject, &[("scope", "read")]).await?;
+    ensure!(st == 400 && body["error"] == "invalid_scope", "{st} {body}");
+    let d = w.check(&narrower, "get", "e1", json!({})).await?;
+    ensure!(d["decision"] == "deny", "{d}");
+    let denied = w.s.audit("type=token.denied").await?;
+    ensure!(!denied.is_empty(), "the refused exchanges are recorded");
+    Ok(())
+}
+
+/// The defaults shipped in docs/delegation.md: an agent acts for its owner
+/// by policy, and for anyone else only once that person approves.
+pub const OWNER_DEFAULTS: &str = r#"
+permit (principal in Group::"staff", action in [Action::"list", Action::"get", Action::"create"], resource);
+permit (principal is Agent, action in [Action::"list", Action::"get"], resource)
+  when { context has user && principal.owner == context.user };
+@approval("user")
+permit (principal is Agent, action in [Action::"list", Action::"get"], resource)
+  when { context has user && principal.owner != context.user };
+"#;
+
+/// Issue 16 §6, SECURITY row 47: Bob's agent asking for Alice waits for
+/// Alice under the documented defaults; Alice's own agent does not.
+async fn an_agent_asking_for_someone_else_waits_for_them(w: World) -> Result<()> {
+    w.s.put_policies(OWNER_DEFAULTS).await?;
+    let bobs = w.s.create_agent(&w.bob, KeyAlg::EdDSA).await?;
+    let ask = [("login_hint", "alice@example.com"), ("scope", "read"), ("resource", CAL), ("binding_message", "b")];
+    let (st, body) = w.ciba(&bobs, &ask).await?;
+    ensure!(st == 200, "{st} {body}");
+    let id = text(&body, "auth_req_id")?;
+    let (st, p) = w.poll(&bobs, &id).await?;
+    ensure!(st == 400 && p["error"] == "authorization_pending", "Bob's agent got Alice's grant: {st} {p}");
+    let (_, list) = w.s.call(Method::GET, "/v1/approvals?status=pending", Some(&w.alice_token), None).await?;
+    ensure!(list["approvals"][0]["id"] == id.as_str(), "Alice is asked: {list}");
+    // Alice's own planner self-authorises.
+    w.granted(&w.planner, "read").await?;
+    Ok(())
+}
+
+/// Issue 16 §6: a check's `context` reaches Cedar under the schema the
+/// resource declares; an undeclared key is 400 and recorded.
+async fn check_context_reaches_policy_under_the_declared_schema(w: World) -> Result<()> {
+    const PAY: &str = "https://pay.example";
+    created(
+        &w.s,
+        "/v1/resources",
+        json!({"identifier": PAY, "name": "Payments", "scopes": {"pay": ["pay"]}, "context": {"amount": "Long"}}),
+    )
+    .await?;
+    // Mandate's own context keys cannot be declared.
+    let (st, body) = w
+        .s
+        .admin(Method::POST, "/v1/resources", Some(json!({"identifier": "https://x.example", "name": "X", "scopes": {"x": []}, "context": {"user": "String"}})))
+        .await?;
+    ensure!(st == 400, "{st} {body}");
+    w.s.put_policies(
+        r#"permit (principal in Group::"staff", action == Action::"pay", resource);
+           permit (principal is Agent, action == Action::"pay", resource is Api) when { context has user && context.user == principal.owner };
+           permit (principal is Agent, action == Action::"pay", resource is Resource)
+             when { context has amount && context.amount < 100 && context has user && !context.dpop_bound };"#,
+    )
+    .await?;
+    let (st, body) = w
+        .ciba(
+            &w.planner,
+            &[("login_hint", "alice@example.com"), ("scope", "pay"), ("resource", PAY), ("binding_message", "pay")],
+        )
+        .await?;
+    ensure!(st == 200, "{st} {body}");
+    let (st, tokens) = w.poll(&w.planner, &text(&body, "auth_req_id")?).await?;
+    ensure!(st == 200, "{st} {tokens}");
+    let token = text(&tokens, "access_token")?;
+    let s = &w.s;
+    let token = &token;
+    let check = |context: Value| async move {
+        s.admin(
+            Method::POST,
+            "/v1/check",
+            Some(json!({"token": token, "action": "pay", "resource": {"type": "payment", "id": "p1"}, "context": context})),
+        )
+        .await
+    };
+    let (st, d) = check(json!({"amount": 50})).await?;
+    ensure!(st == 200 && d["decision"] == "allow", "{st} {d}");
+    let (st, d) = check(json!({"amount": 500})).await?;
+    ensure!(st == 200 && d["decision"] == "deny", "{st} {d}");
+    let (st, d) = check(json!({})).await?;
+    ensure!(st == 200 && d["decision"] == "deny", "{st} {d}");
+    for bad in [json!({"currency": "EUR"}), json!({"amount": "50"}), json!({"user": "x"})] {
+        let (st, d) = check(bad.clone()).await?;
+        ensure!(st == 400, "{bad}: {st} {d}");
+    }
+    let denied = w.s.audit("type=check.decided").await?;
+    ensure!(
+        denied.iter().any(|e| e["reason"].as_str().is_some_and(|r| r.contains("context: context key \"currency\""))),
+        "the refusal is recorded: {denied:?}"
+    );
     Ok(())
 }

@@ -113,7 +113,7 @@ impl Mandate {
             return Err(Error::InvalidScope(format!("scope {s} is not offered by {}", res.identifier)));
         }
         let approver =
-            self.authorize_scopes(Some(&user), &[agent], &res, &scopes).await?.map_err(Error::AccessDenied)?;
+            self.authorize_scopes(Some(&user), &[agent], &res, &scopes, false).await?.map_err(Error::AccessDenied)?;
         let now = self.clock.now();
         let id = ApprovalId::from_ulid(new_ulid(self.clock.as_ref(), self.rng.as_ref())?);
         let mut approval = Approval {

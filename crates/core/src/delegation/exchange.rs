@@ -70,13 +70,17 @@ impl Mandate {
         // scopes the upstream declares too.
         let gateway_to = self.gateway_hop(&parent.record.audience, next, audience.as_deref()).await?;
         if gateway_to.is_none() {
-            let related = self.related(&[from, next], &[]).await?;
+            let related = self.related(&[from, next], parent.user.as_ref().as_slice()).await?;
+            let mut chain_agents: Vec<&Agent> = parent.agents.iter().collect();
+            chain_agents.push(next);
+            let facts = self.facts(parent.user.as_ref(), &chain_agents, jkt.is_some());
             let d = self.caches.issuance(
                 &self.engine(),
                 Principal::Agent(from),
                 "mandate:delegate",
                 Target::Agent(next),
                 &related,
+                &facts,
             );
             if !d.allowed {
                 return Err(Error::InvalidRequest(format!(
@@ -121,7 +125,7 @@ impl Mandate {
         let res = self.resource_by_identifier(&narrowed.audience).await?;
         let mut agents: Vec<&Agent> = parent.agents.iter().collect();
         agents.push(next);
-        self.authorize_scopes(parent.user.as_ref(), &agents, &res, &narrowed.scopes)
+        self.authorize_scopes(parent.user.as_ref(), &agents, &res, &narrowed.scopes, jkt.is_some())
             .await?
             .map_err(Error::InvalidScope)?;
         let not_after = agents.iter().filter_map(|a| a.expires_at).fold(narrowed.expires_at, OffsetDateTime::min);

@@ -156,7 +156,8 @@ impl Mandate {
         let mut left_out = Vec::new();
         for s in wanted.iter() {
             let one = ScopeSet::from_iter_checked([Ok(s.clone())]).map_err(|e| Error::InvalidScope(e.to_string()))?;
-            match self.authorize_scopes(Some(user), &[agent], res, &one).await? {
+            // Narrowing only: the token is decided again, with its DPoP binding, when minted.
+            match self.authorize_scopes(Some(user), &[agent], res, &one, false).await? {
                 Ok(None) => allowed.push(s.clone()),
                 Ok(Some(Approver::User | Approver::Owner)) | Err(_) => left_out.push(s.to_string()),
             }

@@ -46,9 +46,11 @@ impl Mandate {
         agents: &[&Agent],
         resource: &Resource,
         scopes: &ScopeSet,
+        dpop_bound: bool,
     ) -> Result<Result<Option<Approver>, String>, Error> {
         let related = self.related(agents, user.as_slice()).await?;
-        Ok(self.authorize_scopes_with(&self.engine(), user, agents, resource, scopes, &related))
+        let facts = self.facts(user, agents, dpop_bound);
+        Ok(self.authorize_scopes_with(&self.engine(), user, agents, resource, scopes, (&related, &facts)))
     }
 
     pub(crate) fn authorize_scopes_with(
@@ -58,7 +60,7 @@ impl Mandate {
         agents: &[&Agent],
         resource: &Resource,
         scopes: &ScopeSet,
-        related: &mandate_policy::Related,
+        (related, facts): (&mandate_policy::Related, &mandate_policy::Facts),
     ) -> Result<Option<Approver>, String> {
         let mut approval: Option<Approver> = None;
         for scope in scopes.iter() {
@@ -78,11 +80,11 @@ impl Mandate {
                 if let Some(u) = user {
                     decisions.push((
                         u.id.to_string(),
-                        self.caches.issuance(engine, Principal::User(u), action, target, related),
+                        self.caches.issuance(engine, Principal::User(u), action, target, related, facts),
                     ));
                 }
                 for agent in agents {
-                    let d = self.caches.issuance(engine, Principal::Agent(agent), action, target, related);
+                    let d = self.caches.issuance(engine, Principal::Agent(agent), action, target, related, facts);
                     decisions.push((agent.id.to_string(), d));
                 }
                 for (who, d) in decisions {
@@ -248,7 +250,9 @@ impl Mandate {
             .filter(|u| u.status == UserStatus::Active)
             .ok_or_else(|| Error::InvalidGrant("the user who gave the grant is disabled".into()))?;
         let res = self.resource_by_identifier(&grant.resource).await?;
-        self.authorize_scopes(Some(&user), &[agent], &res, scopes).await?.map_err(Error::InvalidGrant)?;
+        self.authorize_scopes(Some(&user), &[agent], &res, scopes, jkt.is_some())
+            .await?
+            .map_err(Error::InvalidGrant)?;
         let chain = Chain::for_user(user.id, agent.id);
         let (record, jwt) = self
             .mint(Mint {

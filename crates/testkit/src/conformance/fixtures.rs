@@ -83,6 +83,7 @@ pub fn resource(identifier: &str) -> Resource {
         created_at: t0(),
         gateway: None,
         exchange_to: vec!["https://upstream.example/api".into()],
+        context: BTreeMap::from([("amount".into(), mandate_model::records::ContextType::Long)]),
     }
 }
 
