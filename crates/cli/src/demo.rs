@@ -13,19 +13,22 @@ use mandate_jose::{KeyAlg, SigningKey, jws};
 use reqwest::{Client, Method};
 use serde_json::{Value, json};
 
+/// `PLANNER` is replaced by the planner's id once it is registered. No line
+/// names the summarizer it spawns: an ephemeral agent is decided as its
+/// parent, within its spawn scopes (ADR 0022).
 const POLICIES: &str = r#"
 // Alice's team may use the calendar.
 permit (principal in Group::"staff", action in [Action::"list", Action::"get", Action::"create"], resource);
-// Agents may be granted the calendar: the grant self-authorises.
-permit (principal is Agent, action in [Action::"list", Action::"get", Action::"create"], resource is Api);
-// Agents may read events.
-permit (principal is Agent, action in [Action::"list", Action::"get"], resource is Resource);
+// Persistent agents may read the calendar (the planner, the nightly job).
+permit (principal is Agent, action in [Action::"list", Action::"get"], resource) when { principal.kind == "persistent" };
+// The planner may be granted event creation: the grant self-authorises.
+permit (principal == Agent::"PLANNER", action == Action::"create", resource is Api);
 // Creating a sensitive event needs the user's approval, each time.
 @approval("user")
-permit (principal is Agent, action == Action::"create", resource is Resource) when { resource.hasTag("sensitive") && resource.getTag("sensitive") == "true" };
-permit (principal is Agent, action == Action::"create", resource is Resource) unless { resource.hasTag("sensitive") && resource.getTag("sensitive") == "true" };
-// Agents may spawn helpers (which then act only within what they are given).
-permit (principal is Agent, action == Action::"mandate:spawn", resource);
+permit (principal == Agent::"PLANNER", action == Action::"create", resource is Resource) when { resource.hasTag("sensitive") && resource.getTag("sensitive") == "true" };
+permit (principal == Agent::"PLANNER", action == Action::"create", resource is Resource) unless { resource.hasTag("sensitive") && resource.getTag("sensitive") == "true" };
+// The planner may spawn helpers (which then act only within what they are given).
+permit (principal == Agent::"PLANNER", action == Action::"mandate:spawn", resource);
 "#;
 
 /// An OAuth client of the demo: an agent with its private_key_jwt key and
@@ -255,8 +258,6 @@ async fn story(d: &mut Demo, store: &dyn Store, cal_listener: tokio::net::TcpLis
         )
         .await?;
     show("resource", format!("{} ({}), scopes calendar:read calendar:write", d.calendar, text(&cal, "id")?));
-    d.admin(Method::PUT, "/v1/policies", Some(json!({ "policies": POLICIES }))).await?;
-    show("policies", "agents get the calendar by policy; sensitive events need Alice's approval");
     let planner_key = SigningKey::generate(KeyAlg::EdDSA)?;
     let planner = d
         .admin(
@@ -268,6 +269,9 @@ async fn story(d: &mut Demo, store: &dyn Store, cal_listener: tokio::net::TcpLis
         .await?;
     let planner = DemoAgent { id: text(&planner, "id")?, key: planner_key, dpop: SigningKey::generate(KeyAlg::EdDSA)? };
     show("agent", format!("Planner ({}), owned by Alice", planner.id));
+    let policies = POLICIES.replace("PLANNER", &planner.id);
+    d.admin(Method::PUT, "/v1/policies", Some(json!({ "policies": policies }))).await?;
+    show("policies", "the planner gets the calendar by policy; sensitive events need Alice's approval");
 
     // The calendar: a resource server on the verifier SDK, asking Mandate
     // to decide each action.
@@ -371,6 +375,7 @@ async fn story(d: &mut Demo, store: &dyn Store, cal_listener: tokio::net::TcpLis
     let summarizer =
         DemoAgent { id: text(&summarizer, "id")?, key: summarizer_key, dpop: SigningKey::generate(KeyAlg::ES256)? };
     show("ephemeral agent", format!("Summarizer ({}), expires in 10 minutes", summarizer.id));
+    show("its policy", "none names it: it is decided as its parent, within what it is given");
     let exchange = |scope: &'static str| {
         vec![
             ("grant_type", "urn:ietf:params:oauth:grant-type:token-exchange"),

@@ -18,6 +18,7 @@ fn the_demo_runs_every_step_and_exits_zero() -> anyhow::Result<()> {
         "201: created",
         "already appears in the delegation chain",
         "insufficient_scope",
+        "none names it: it is decided as its parent",
         "(the agent), scope calendar:read",
         "another branch's CI token 400 invalid_grant",
         "hash chain intact",
