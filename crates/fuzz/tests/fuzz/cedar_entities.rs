@@ -317,6 +317,35 @@ impl Built {
     }
 
     /// The entities Cedar must hold, by uid, in Cedar's JSON form.
+    /// DESIGN §13: an agent is `in` its parent and, through the loaded
+    /// records, every ancestor (Cedar's transitive closure of `parents`).
+    fn ancestors(&self, a: &Agent) -> Vec<String> {
+        let (mut out, mut seen, mut cur) = (Vec::new(), BTreeSet::new(), a.parent);
+        while let Some(p) = cur {
+            if !seen.insert(p) {
+                break;
+            }
+            out.push(p.to_string());
+            cur = self.related.agent(p).and_then(|x| x.parent);
+        }
+        out
+    }
+
+    /// Whether walking parents from a start agent comes back to an agent
+    /// already passed.
+    fn has_parent_cycle(&self) -> bool {
+        self.start_agents().into_iter().any(|start| {
+            let (mut seen, mut cur) = (BTreeSet::from([start.id]), start.parent);
+            while let Some(p) = cur {
+                if !seen.insert(p) {
+                    return true;
+                }
+                cur = self.related.agent(p).and_then(|x| x.parent);
+            }
+            false
+        })
+    }
+
     fn expected_entities(&self) -> BTreeMap<String, Value> {
         let mut out = BTreeMap::new();
         let mut put = |e: Value| {
@@ -325,11 +354,11 @@ impl Built {
         };
         match &self.principal {
             PrincipalRecord::User(u) => put(user_json(u)),
-            PrincipalRecord::Agent(a) => put(agent_json(a)),
+            PrincipalRecord::Agent(a) => put(agent_json(a, &self.ancestors(a))),
         }
         match &self.target {
             TargetRecord::Api(a) => put(plain("Api", a, json!([]), json!({}))),
-            TargetRecord::Agent(a) => put(agent_json(a)),
+            TargetRecord::Agent(a) => put(agent_json(a, &self.ancestors(a))),
             TargetRecord::Resource { api, id, properties } => {
                 put(plain("Resource", id, json!([{"type": "Api", "id": api}]), json!(properties)));
                 put(plain("Api", api, json!([]), json!({})));
@@ -337,7 +366,7 @@ impl Built {
         }
         let (agents, users, _, _) = self.reach();
         for a in agents {
-            put(agent_json(a));
+            put(agent_json(a, &self.ancestors(a)));
         }
         for u in users {
             put(user_json(u));
@@ -368,7 +397,7 @@ fn user_json(u: &User) -> Value {
     })
 }
 
-fn agent_json(a: &Agent) -> Value {
+fn agent_json(a: &Agent, ancestors: &[String]) -> Value {
     let mut attrs = json!({
         "name": a.name,
         "owner": {"__entity": uid("User", &a.owner.to_string())},
@@ -379,7 +408,8 @@ fn agent_json(a: &Agent) -> Value {
     if let Some(p) = a.parent {
         attrs["parent"] = json!({"__entity": uid("Agent", &p.to_string())});
     }
-    json!({"uid": uid("Agent", &a.id.to_string()), "attrs": attrs, "parents": [], "tags": {}})
+    let parents: Vec<Value> = ancestors.iter().map(|p| uid("Agent", p)).collect();
+    json!({"uid": uid("Agent", &a.id.to_string()), "attrs": attrs, "parents": parents, "tags": {}})
 }
 
 /// Cedar's JSON for a set of entities, keyed like `expected_entities`,
@@ -439,12 +469,16 @@ impl Target for CedarEntities {
         let Some(b) = build(&s) else { return Ok(Verdict::Refused) };
         let built = scene(b.principal(), b.target(), &b.related);
         let (_, _, missing, longest) = b.reach();
+        // Parents are ancestors (DESIGN §13): a cycle of parents, which no
+        // store can hold (a parent exists before its child), cannot form a
+        // hierarchy and is refused, which fails closed.
+        let cyclic = b.has_parent_cycle();
         ensure(!(missing && built.is_ok()), || format!("{s:?}: built with a missing reference"))?;
-        ensure(missing || longest > MAX_PARENTS || built.is_ok(), || {
+        ensure(missing || cyclic || longest > MAX_PARENTS || built.is_ok(), || {
             format!("{s:?}: refused: {:?}", built.as_ref().err())
         })?;
         let key = decision_key(b.principal(), b.target(), &b.related);
-        ensure(key.is_ok() == built.is_ok() || longest > MAX_PARENTS, || format!("{s:?}: key {key:?}"))?;
+        ensure(key.is_ok() == built.is_ok() || cyclic || longest > MAX_PARENTS, || format!("{s:?}: key {key:?}"))?;
         check_decisions(&s, &b, built.is_ok())?;
         let Ok((_, _, entities)) = &built else { return Ok(Verdict::Refused) };
         let actual = actual_entities(entities).map_err(TestCaseError::fail)?;
