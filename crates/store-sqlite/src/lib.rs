@@ -68,6 +68,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0010_upstream_links.sql"),
     include_str!("../migrations/0011_scim.sql"),
     include_str!("../migrations/0012_federated_credentials.sql"),
+    include_str!("../migrations/0013_agent_limits.sql"),
 ];
 
 /// The writer connection's page cache, in KiB (as a negative `cache_size`).

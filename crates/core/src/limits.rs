@@ -1,0 +1,113 @@
+//! Credential policy per agent (DESIGN §13): the limits in force for an
+//! agent, and their enforcement at the token endpoint. (Token lifetime and
+//! audience are enforced where a token is minted, delegation depth at the
+//! exchange, children and their lifetime at spawn.)
+
+use mandate_model::limits::{AgentLimits, Limits};
+use mandate_model::records::Agent;
+
+use crate::Error;
+use crate::request::GrantRequest;
+use crate::service::{AuthenticatedClient, Mandate};
+
+/// Most ancestors followed to find an agent's limits; ephemeral chains are
+/// short, and a loop in stored records must not hang a request.
+const MAX_ANCESTORS: usize = 32;
+
+impl Mandate {
+    /// The limits in force for `agent`: the server's defaults, narrowed by
+    /// every ancestor's limits (a spawned child inherits its parent's) and
+    /// then its own. A missing ancestor fails closed.
+    pub async fn limits_of(&self, agent: &Agent) -> Result<Limits, Error> {
+        let mut own: Vec<AgentLimits> = vec![agent.limits.clone()];
+        let mut parent = agent.parent;
+        while let Some(p) = parent {
+            if own.len() > MAX_ANCESTORS {
+                return Err(Error::Unavailable(format!("agent {} has too many ancestors", agent.id)));
+            }
+            let a = self
+                .store
+                .agent(p)
+                .await?
+                .ok_or_else(|| Error::Unavailable(format!("agent {}'s parent {p} is missing", agent.id)))?;
+            own.push(a.limits);
+            parent = a.parent;
+        }
+        Ok(own.iter().rev().fold(self.config.default_limits(), |l, o| l.narrowed_by(o)))
+    }
+
+    /// Refuses a token request its agent's limits do not allow, before
+    /// anything is decided: its grant type (RFC 6749 §5.2
+    /// `unauthorized_client`), how it authenticated (`unauthorized_client`:
+    /// it is known, but not allowed this way) and a missing DPoP proof
+    /// (RFC 6749 §5.2 `invalid_request`, a required header is missing).
+    pub(crate) async fn request_within_limits(
+        &self,
+        client: &AuthenticatedClient,
+        grant: &GrantRequest,
+        with_proof: bool,
+    ) -> Result<(), Error> {
+        let Some(agent) = &client.agent else {
+            return Ok(());
+        };
+        let limits = self.limits_of(agent).await?;
+        let kind = grant.grant_type().kind();
+        if !limits.allows_grant(kind) {
+            return Err(Error::UnauthorizedClient(format!(
+                "limits.allowed_grant_types: agent {} may not use the {} grant",
+                agent.id,
+                kind.as_str()
+            )));
+        }
+        if !limits.allows_client_auth(client.method) {
+            return Err(Error::UnauthorizedClient(format!(
+                "limits.allowed_client_auth: agent {} may not authenticate with {}",
+                agent.id,
+                client.method.map_or("no credential", |m| m.as_str())
+            )));
+        }
+        if limits.require_dpop && !with_proof {
+            return Err(Error::InvalidRequest(format!(
+                "limits.require_dpop: agent {} must send a DPoP proof (RFC 9449)",
+                agent.id
+            )));
+        }
+        Ok(())
+    }
+
+    /// Refuses a chain deeper than any of its agents' limits allow
+    /// (RFC 8693 §2.2.2: a subject token unacceptable by policy is
+    /// `invalid_request`, as the server-wide depth is).
+    pub(crate) async fn chain_within_limits(&self, agents: &[&Agent]) -> Result<(), Error> {
+        for a in agents {
+            let max = self.limits_of(a).await?.max_delegation_depth;
+            if agents.len() > max {
+                return Err(Error::InvalidRequest(format!(
+                    "limits.max_delegation_depth: agent {} may be in a chain of at most {max} agents, this one would hold {}",
+                    a.id,
+                    agents.len()
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The audience limit, where a token is minted (RFC 8707 §2:
+/// `invalid_target`).
+pub(crate) fn audience_within(limits: &Limits, agent: &Agent, audience: &str) -> Result<(), Error> {
+    if limits.allows_resource(audience) {
+        Ok(())
+    } else {
+        Err(Error::InvalidTarget(format!(
+            "limits.allowed_resources: agent {} may not be issued tokens for {audience}",
+            agent.id
+        )))
+    }
+}
+
+/// Whether an administration error is a refusal by a limit (recorded;
+/// other bad input is only answered).
+pub(crate) fn is_limit_refusal(e: &Error) -> bool {
+    matches!(e, Error::BadInput(m) | Error::Forbidden(m) if m.contains("limits."))
+}
