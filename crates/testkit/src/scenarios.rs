@@ -17,6 +17,9 @@ use serde_json::{Value, json};
 
 use crate::{TestAgent, TestServer};
 
+mod limits;
+use limits::{limits_only_tighten_and_are_audited, spawn_and_exchange_limits, token_limits_refuse_and_pass};
+
 pub const CAL: &str = "https://calendar.example";
 
 const POLICIES: &str = r#"
@@ -216,6 +219,9 @@ pub const SCENARIOS: &[(&str, Scenario)] = scenarios![
     user_api_tokens_expire_and_are_revocable,
     ciba_requests_waiting_for_a_person_are_capped,
     allowed_checks_are_recorded_per_resource,
+    limits_only_tighten_and_are_audited,
+    token_limits_refuse_and_pass,
+    spawn_and_exchange_limits,
 ];
 
 /// Runs every scenario on a fresh server from `factory`.
