@@ -111,3 +111,58 @@ pub(crate) fn audience_within(limits: &Limits, agent: &Agent, audience: &str) ->
 pub(crate) fn is_limit_refusal(e: &Error) -> bool {
     matches!(e, Error::BadInput(m) | Error::Forbidden(m) if m.contains("limits."))
 }
+
+#[cfg(test)]
+mod tests {
+    use mandate_model::limits::{AgentLimits, GrantKind};
+
+    use crate::admin::AgentPatch;
+    use crate::service::Caller;
+    use crate::store::Store;
+    use crate::testing::World;
+
+    fn patch(limits: AgentLimits) -> AgentPatch {
+        AgentPatch { limits: Some(limits), ..Default::default() }
+    }
+
+    #[tokio::test]
+    async fn a_child_is_held_by_its_parents_limits_set_later() {
+        let w = World::new().await;
+        let server = w.m.limits_of(&w.helper.agent).await.unwrap();
+        assert_eq!(server, w.m.config().default_limits());
+        let tighter = AgentLimits {
+            max_token_ttl: Some(30),
+            allowed_grant_types: Some([GrantKind::TokenExchange].into()),
+            ..Default::default()
+        };
+        w.m.update_agent(Caller::Admin, w.planner.id(), patch(tighter)).await.unwrap();
+        let child = w.m.limits_of(&w.helper.agent).await.unwrap();
+        assert_eq!(child.max_token_ttl, 30);
+        assert!(!child.allows_grant(GrantKind::ClientCredentials));
+        // The child may not be loosened past it, by anyone.
+        let looser = AgentLimits { max_token_ttl: Some(60), ..Default::default() };
+        let trail = w.trail_len().await;
+        let refused = w.m.update_agent(Caller::Admin, w.helper.id(), patch(looser)).await;
+        assert!(
+            matches!(&refused, Err(crate::Error::BadInput(m)) if m.contains("limits.max_token_ttl")),
+            "{refused:?}"
+        );
+        assert_eq!(w.trail_len().await, trail + 1, "the refusal, and only it, is recorded");
+        assert!(w.store.agent(w.helper.id()).await.unwrap().is_some_and(|a| a.limits.is_empty()));
+    }
+
+    #[tokio::test]
+    async fn a_grant_type_outside_the_limits_is_refused_and_issues_nothing() {
+        let w = World::new().await;
+        let only = AgentLimits { allowed_grant_types: Some([GrantKind::Ciba].into()), ..Default::default() };
+        w.m.update_agent(Caller::Admin, w.planner.id(), patch(only)).await.unwrap();
+        let issued = w.events(crate::audit::kind::TOKEN_ISSUED).await.len();
+        let got = w.client_credentials(&w.planner, crate::testing::CAL, "read").await;
+        assert!(
+            matches!(&got, Err(crate::Error::UnauthorizedClient(m)) if m.starts_with("limits.allowed_grant_types")),
+            "{got:?}"
+        );
+        assert_eq!(w.events(crate::audit::kind::TOKEN_ISSUED).await.len(), issued);
+        assert_eq!(w.events(crate::audit::kind::TOKEN_DENIED).await.len(), 1);
+    }
+}
