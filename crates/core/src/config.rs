@@ -116,13 +116,9 @@ impl Config {
     }
 
     /// The server's credential policy: what every agent's limits tighten
-    /// (DESIGN §13). Client secrets count only while they are enabled.
+    /// (DESIGN §13). Any client authentication the server accepts is
+    /// allowed (public clients included), until an agent narrows it.
     pub fn default_limits(&self) -> mandate_model::limits::Limits {
-        use mandate_model::limits::ClientAuth;
-        let mut auth = std::collections::BTreeSet::from([ClientAuth::PrivateKeyJwt, ClientAuth::Workload]);
-        if self.allow_client_secrets {
-            auth.insert(ClientAuth::ClientSecret);
-        }
         mandate_model::limits::Limits {
             max_token_ttl: self.access_token_ttl,
             allowed_grant_types: None,
@@ -131,7 +127,7 @@ impl Config {
             require_dpop: self.require_dpop,
             max_ephemeral_children: self.max_ephemeral_children,
             max_ephemeral_ttl: self.max_ephemeral_ttl,
-            allowed_client_auth: Some(auth),
+            allowed_client_auth: None,
         }
     }
 
