@@ -112,6 +112,18 @@ pub struct ServeArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     max_delegation_depth: Option<usize>,
+    /// Longest an ephemeral agent may live, seconds (default 3600).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_ephemeral_ttl: Option<i64>,
+    /// Most live ephemeral children one agent may have (default 100).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_ephemeral_children: Option<u64>,
+    /// Every token request must carry a DPoP proof (RFC 9449).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    require_dpop: bool,
     /// Lifetime of a grant, seconds (default 86400); refresh tokens end with it.
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -225,6 +237,9 @@ struct Settings {
     audit_checkpoint_events: u64,
     audit_checkpoint_interval: i64,
     max_delegation_depth: usize,
+    max_ephemeral_ttl: i64,
+    max_ephemeral_children: u64,
+    require_dpop: bool,
     grant_ttl: i64,
     approval_ttl: i64,
     dpop_nonces: bool,
@@ -273,6 +288,9 @@ impl Default for Settings {
             audit_checkpoint_events: 10_000,
             audit_checkpoint_interval: 60,
             max_delegation_depth: mandate_model::delegation::DEFAULT_MAX_DEPTH,
+            max_ephemeral_ttl: 3600,
+            max_ephemeral_children: 100,
+            require_dpop: false,
             grant_ttl: 86_400,
             approval_ttl: 600,
             dpop_nonces: false,
@@ -430,6 +448,12 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         bail!("max_delegation_depth must be 1 to 16");
     }
     config.max_delegation_depth = settings.max_delegation_depth;
+    if !(1..=86_400).contains(&settings.max_ephemeral_ttl) {
+        bail!("max_ephemeral_ttl must be 1 to 86400 seconds");
+    }
+    config.max_ephemeral_ttl = settings.max_ephemeral_ttl;
+    config.max_ephemeral_children = settings.max_ephemeral_children;
+    config.require_dpop = settings.require_dpop;
     if !(60..=31_536_000).contains(&settings.grant_ttl) {
         bail!("grant_ttl must be 60 seconds to a year");
     }

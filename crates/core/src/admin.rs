@@ -88,6 +88,11 @@ pub struct NewAgent {
     /// that authenticate the agent, which then needs no key of its own.
     #[serde(default)]
     pub federated_credentials: Vec<FederatedCredential>,
+    /// Credential policy (DESIGN §13): only tighter than the server's
+    /// defaults, and for an ephemeral agent than its parent's limits, which
+    /// it inherits.
+    #[serde(default)]
+    pub limits: Option<mandate_model::limits::AgentLimits>,
 }
 
 /// How a client authenticates at the token endpoint, as a client may ask
@@ -107,6 +112,10 @@ pub struct AgentPatch {
     /// Replaces the agent's workload identity rules; `[]` removes them.
     #[serde(default)]
     pub federated_credentials: Option<Vec<FederatedCredential>>,
+    /// Replaces the agent's limits (DESIGN §13); `{}` leaves only the
+    /// server's defaults (and, for an ephemeral agent, its parent's).
+    #[serde(default)]
+    pub limits: Option<mandate_model::limits::AgentLimits>,
 }
 
 /// `POST /v1/users/{id}/tokens`: every field optional.
@@ -466,7 +475,15 @@ impl Mandate {
     pub async fn create_agent(&self, caller: Caller, new: NewAgent) -> Result<(Agent, Option<String>), Error> {
         self.require_admin(caller).await?;
         let event = self.admin_event(kind::AGENT_CREATED, caller);
-        self.register_agent(new, event).await
+        match self.register_agent(new, event).await {
+            // A registration its limits refuse is recorded, and stores
+            // nothing (other bad input is only answered, as before).
+            Err(e) if crate::limits::is_limit_refusal(&e) => {
+                self.record_admin_refusal(kind::ADMIN_DENIED, Some(caller), &format!("agent: {e}")).await?;
+                Err(e)
+            }
+            other => other,
+        }
     }
 
     /// An agent spawns an ephemeral child of itself (DESIGN §7) with an
@@ -529,17 +546,28 @@ impl Mandate {
         event.actor = Some(parent.id.to_string());
         event.client_id = Some(parent.id.to_string());
         event.jti = Some(live.record.jti.to_string());
-        self.register_agent(new, event).await
+        match self.register_agent(new, event).await {
+            // A spawn its parent's limits refuse is recorded, and stores nothing.
+            Err(e) if crate::limits::is_limit_refusal(&e) => {
+                self.record_spawn_refusal(&live, &e.to_string()).await?;
+                Err(e)
+            }
+            other => other,
+        }
     }
 
     async fn refuse_spawn<T>(&self, live: &crate::chain::LiveToken, why: &str) -> Result<T, Error> {
+        self.record_spawn_refusal(live, why).await?;
+        Err(Error::Forbidden(why.into()))
+    }
+
+    async fn record_spawn_refusal(&self, live: &crate::chain::LiveToken, why: &str) -> Result<(), Error> {
         let mut event = self.event(kind::ADMIN_DENIED);
         event.decision = Some(crate::audit::DENY.into());
         event.actor = Some(live.record.client_id.to_string());
         event.jti = Some(live.record.jti.to_string());
         event.reason = Some(format!("spawn: {why}"));
-        self.record(event).await?;
-        Err(Error::Forbidden(why.into()))
+        self.record(event).await
     }
 
     /// Validates and registers one agent. (Long on purpose: it is the
@@ -576,12 +604,14 @@ impl Mandate {
             Some(list) => Some(ScopeSet::from_iter_checked(list.iter().map(|s| Scope::parse(s)))?),
         };
         let kind = new.kind.unwrap_or(AgentKind::Persistent);
-        let (parent, expires_at) = match kind {
+        let asked_limits = new.limits.clone().unwrap_or_default();
+        let (parent, expires_at, limits) = match kind {
             AgentKind::Persistent => {
                 if new.parent.is_some() || new.ttl_seconds.is_some() {
                     return Err(Error::BadInput("parent and ttl_seconds are for ephemeral agents".into()));
                 }
-                (None, None)
+                asked_limits.check_within(&self.config.default_limits())?;
+                (None, None, asked_limits)
             }
             AgentKind::Ephemeral => {
                 let parent_id =
@@ -600,9 +630,25 @@ impl Mandate {
                         parent.owner
                     )));
                 }
-                let ttl = new.ttl_seconds.unwrap_or(self.config.max_ephemeral_ttl);
-                if ttl <= 0 || ttl > self.config.max_ephemeral_ttl {
-                    return Err(Error::BadInput(format!("ttl_seconds must be 1 to {}", self.config.max_ephemeral_ttl)));
+                // The parent's limits bound the child's (DESIGN §13): it
+                // inherits them, and may only tighten them.
+                let in_force = self.limits_of(&parent).await?;
+                asked_limits.check_within(&in_force)?;
+                let max_ttl = in_force.max_ephemeral_ttl;
+                let ttl = new.ttl_seconds.unwrap_or(max_ttl);
+                if ttl <= 0 || ttl > max_ttl {
+                    return Err(Error::BadInput(format!(
+                        "ttl_seconds must be 1 to {max_ttl} (limits.max_ephemeral_ttl of {parent_id})"
+                    )));
+                }
+                // Counted before the child is stored: spawns at the same
+                // instant can pass the limit by as many as arrive together.
+                let live = self.store.agent_children(parent_id).await?.iter().filter(|c| c.is_live(now)).count();
+                if u64::try_from(live).unwrap_or(u64::MAX) >= in_force.max_ephemeral_children {
+                    return Err(Error::Forbidden(format!(
+                        "limits.max_ephemeral_children: {parent_id} already has {live} live ephemeral children, at most {}",
+                        in_force.max_ephemeral_children
+                    )));
                 }
                 let mut expires = now + Duration::seconds(ttl);
                 if let Some(pe) = parent.expires_at {
@@ -615,7 +661,7 @@ impl Mandate {
                         None => parent_scopes.clone(),
                     });
                 }
-                (Some(parent_id), Some(expires))
+                (Some(parent_id), Some(expires), parent.limits.tightest(&asked_limits))
             }
         };
         let jwks = match &new.jwks {
@@ -672,6 +718,7 @@ impl Mandate {
             metadata_url: None,
             public,
             federated_credentials: new.federated_credentials,
+            limits,
         };
         event.subject = Some(agent.owner.to_string());
         event.resource = Some(agent.id.to_string());
@@ -690,36 +737,72 @@ impl Mandate {
     /// at the next authentication, on every node (the store epoch moves).
     pub async fn update_agent(&self, caller: Caller, id: AgentId, patch: AgentPatch) -> Result<Agent, Error> {
         self.require_admin(caller).await?;
-        let mut agent = self.store.agent(id).await?.ok_or_else(|| Error::NotFound(format!("agent {id}")))?;
-        let Some(rules) = patch.federated_credentials else {
-            return Ok(agent);
-        };
-        crate::trust::validate_rules(&rules, &self.config.trusted_issuers)?;
-        if agent.public && !rules.is_empty() {
-            return Err(Error::BadInput("a public client holds no credential: no federated_credentials".into()));
+        let agent = self.store.agent(id).await?.ok_or_else(|| Error::NotFound(format!("agent {id}")))?;
+        match self.patch_agent(caller, agent, patch).await {
+            // A change its limits refuse is recorded, and changes nothing.
+            Err(e) if crate::limits::is_limit_refusal(&e) => {
+                self.record_admin_refusal(kind::ADMIN_DENIED, Some(caller), &format!("agent {id}: {e}")).await?;
+                Err(e)
+            }
+            other => other,
         }
-        if rules.is_empty() && agent.jwks.is_none() && agent.secret_hash.is_none() && !agent.public {
-            return Err(Error::BadInput(
-                "the agent would have no credential left: it has no jwks, so keep a federated credential".into(),
-            ));
-        }
+    }
+
+    async fn patch_agent(&self, caller: Caller, mut agent: Agent, patch: AgentPatch) -> Result<Agent, Error> {
+        let id = agent.id;
+        let mut change = Change::new();
+        let mut said = Vec::new();
         let now = self.clock.now();
+        if let Some(rules) = patch.federated_credentials {
+            crate::trust::validate_rules(&rules, &self.config.trusted_issuers)?;
+            if agent.public && !rules.is_empty() {
+                return Err(Error::BadInput("a public client holds no credential: no federated_credentials".into()));
+            }
+            if rules.is_empty() && agent.jwks.is_none() && agent.secret_hash.is_none() && !agent.public {
+                return Err(Error::BadInput(
+                    "the agent would have no credential left: it has no jwks, so keep a federated credential".into(),
+                ));
+            }
+            said.push(format!(
+                "federated_credentials: {}",
+                if rules.is_empty() {
+                    "none".to_owned()
+                } else {
+                    rules.iter().map(|r| r.issuer.as_str()).collect::<Vec<_>>().join(", ")
+                }
+            ));
+            change.push(Mutation::SetFederatedCredentials { id, credentials: rules.clone(), at: now });
+            agent.federated_credentials = rules;
+        }
+        if let Some(limits) = patch.limits {
+            // Only tighter than what is in force above the agent: the
+            // server's defaults, and an ephemeral agent's parent's limits.
+            let bound = match agent.parent {
+                Some(p) => {
+                    let parent = self
+                        .store
+                        .agent(p)
+                        .await?
+                        .ok_or_else(|| Error::Unavailable(format!("parent {p} is missing")))?;
+                    self.limits_of(&parent).await?
+                }
+                None => self.config.default_limits(),
+            };
+            limits.check_within(&bound)?;
+            let shown = serde_json::to_string(&limits).map_err(|e| Error::Unavailable(e.to_string()))?;
+            said.push(format!("limits: {shown}"));
+            change.push(Mutation::SetAgentLimits { id, limits: limits.clone(), at: now });
+            agent.limits = limits;
+        }
+        if said.is_empty() {
+            return Ok(agent);
+        }
         let mut event = self.admin_event(kind::AGENT_UPDATED, caller);
         event.subject = Some(agent.owner.to_string());
         event.resource = Some(id.to_string());
-        event.reason = Some(format!(
-            "federated_credentials: {}",
-            if rules.is_empty() {
-                "none".to_owned()
-            } else {
-                rules.iter().map(|r| r.issuer.as_str()).collect::<Vec<_>>().join(", ")
-            }
-        ));
-        let change = Change::new()
-            .with(Mutation::SetFederatedCredentials { id, credentials: rules.clone(), at: now })
-            .with(AuditRecord::new(event).mutation());
+        event.reason = Some(said.join("; "));
+        change.push(AuditRecord::new(event).mutation());
         self.store.commit(change).await?;
-        agent.federated_credentials = rules;
         Ok(agent)
     }
 
@@ -1174,6 +1257,7 @@ mod lifecycle_tests {
             description: None,
             token_endpoint_auth_method: None,
             federated_credentials: Vec::new(),
+            limits: Default::default(),
         };
         let bad = w.m.create_agent(Caller::Admin, new(w.bob.id, "http://app.example/cb")).await;
         assert!(matches!(bad, Err(Error::BadInput(_))), "{bad:?}");

@@ -277,6 +277,7 @@ mod tests {
             metadata_url: None,
             public: false,
             federated_credentials: vec![rule()],
+            limits: Default::default(),
         }
     }
 

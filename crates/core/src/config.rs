@@ -19,6 +19,10 @@ pub struct Config {
     pub max_ephemeral_ttl: i64,
     /// Most agents a delegation chain may hold (DESIGN §3.2: 4).
     pub max_delegation_depth: usize,
+    /// Most live ephemeral children one agent may have at once.
+    pub max_ephemeral_children: u64,
+    /// Whether every token request must carry a DPoP proof (RFC 9449).
+    pub require_dpop: bool,
     /// Lifetime of a grant, seconds; refresh tokens end with it.
     pub grant_ttl: i64,
     /// How long a CIBA request or an action approval waits by default, and
@@ -83,6 +87,8 @@ impl Config {
             signing_alg: KeyAlg::EdDSA,
             max_ephemeral_ttl: 3600,
             max_delegation_depth: mandate_model::delegation::DEFAULT_MAX_DEPTH,
+            max_ephemeral_children: 100,
+            require_dpop: false,
             grant_ttl: 24 * 3600,
             approval_ttl: 600,
             max_approval_ttl: 3600,
@@ -106,6 +112,22 @@ impl Config {
             upstream_oidc: Vec::new(),
             password_login: true,
             trusted_issuers: Vec::new(),
+        }
+    }
+
+    /// The server's credential policy: what every agent's limits tighten
+    /// (DESIGN §13). Any client authentication the server accepts is
+    /// allowed (public clients included), until an agent narrows it.
+    pub fn default_limits(&self) -> mandate_model::limits::Limits {
+        mandate_model::limits::Limits {
+            max_token_ttl: self.access_token_ttl,
+            allowed_grant_types: None,
+            max_delegation_depth: self.max_delegation_depth,
+            allowed_resources: None,
+            require_dpop: self.require_dpop,
+            max_ephemeral_children: self.max_ephemeral_children,
+            max_ephemeral_ttl: self.max_ephemeral_ttl,
+            allowed_client_auth: None,
         }
     }
 

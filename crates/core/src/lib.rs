@@ -18,6 +18,7 @@ pub mod delegation;
 pub mod dpop;
 pub mod federation;
 mod keyring;
+pub mod limits;
 mod oauth;
 pub mod refusals;
 pub mod registration;

@@ -234,7 +234,11 @@ impl Mandate {
                     grant.grant_type().as_str()
                 ))))
             }
-            (Ok(proof), Ok(grant)) => {
+            (Ok(proof), Ok(grant)) => 'issue: {
+                // The agent's credential policy (DESIGN §13), before anything is decided.
+                if let Err(e) = self.request_within_limits(&client, grant, proof.is_some()).await {
+                    break 'issue Err(Refusal::new(e));
+                }
                 let jkt = proof.as_ref().map(|p| p.jkt.as_str());
                 let issued = match grant {
                     GrantRequest::ClientCredentials { scope, resources } => {
@@ -448,8 +452,12 @@ impl Mandate {
         };
         let now = self.clock.now();
         let issuer = self.config.issuer.as_str();
+        let mut lifetime = self.config.access_token_ttl;
         let (subject, agent_expiry, scopes) = match (&client.agent, &client.resource) {
             (Some(agent), _) => {
+                let limits = self.limits_of(agent).await?;
+                crate::limits::audience_within(&limits, agent, resource)?;
+                lifetime = lifetime.min(limits.max_token_ttl);
                 let scopes = match asked {
                     Some(scopes) => {
                         if let Some(ceiling) = &agent.scopes
@@ -479,7 +487,7 @@ impl Mandate {
             }
             (None, None) => return Err(Error::InvalidClient("unknown client".into())),
         };
-        let mut exp = now + Duration::seconds(self.config.access_token_ttl);
+        let mut exp = now + Duration::seconds(lifetime);
         if let Some(agent_exp) = agent_expiry {
             exp = exp.min(agent_exp);
         }

@@ -416,6 +416,7 @@ impl Mandate {
             metadata_url: url.map(str::to_owned),
             public: reg.public,
             federated_credentials: Vec::new(),
+            limits: Default::default(),
         })
     }
 

@@ -49,6 +49,19 @@ impl GrantType {
         }
     }
 
+    /// Its name in an agent's `allowed_grant_types` (DESIGN §13).
+    pub fn kind(self) -> mandate_model::limits::GrantKind {
+        use mandate_model::limits::GrantKind as K;
+        match self {
+            Self::ClientCredentials => K::ClientCredentials,
+            Self::AuthorizationCode => K::AuthorizationCode,
+            Self::Ciba => K::Ciba,
+            Self::Refresh => K::RefreshToken,
+            Self::Exchange => K::TokenExchange,
+            Self::JwtBearer => K::JwtBearer,
+        }
+    }
+
     /// A short name, for metrics.
     pub fn label(self) -> &'static str {
         match self {

@@ -36,6 +36,9 @@ pub struct AuthenticatedClient {
     /// The assertion's `jti` and `exp`, burned in the same change as the
     /// request's own writes.
     pub assertion: Option<(String, OffsetDateTime)>,
+    /// How it authenticated; `None` for a public client, which holds no
+    /// credential (DESIGN §13 `allowed_client_auth`).
+    pub method: Option<mandate_model::limits::ClientAuth>,
 }
 
 impl AuthenticatedClient {
@@ -449,6 +452,7 @@ impl Mandate {
                     agent: Some(agent),
                     resource: None,
                     assertion: None,
+                    method: None,
                 })
             }
             C::Assertion { assertion_type, assertion, client_id } => {
@@ -495,7 +499,13 @@ impl Mandate {
                     .map_err(|e| Error::InvalidClient(e.to_string()))?;
                 let exp = OffsetDateTime::from_unix_timestamp(verified.exp)
                     .map_err(|_| Error::InvalidClient("exp out of range".into()))?;
-                Ok(AuthenticatedClient { id, agent, resource, assertion: Some((verified.jti, exp)) })
+                Ok(AuthenticatedClient {
+                    id,
+                    agent,
+                    resource,
+                    assertion: Some((verified.jti, exp)),
+                    method: Some(mandate_model::limits::ClientAuth::PrivateKeyJwt),
+                })
             }
             C::Secret { client_id, secret } => {
                 if !self.config.allow_client_secrets {
@@ -510,7 +520,13 @@ impl Mandate {
                 if !ok {
                     return Err(Error::InvalidClient("client authentication failed".into()));
                 }
-                Ok(AuthenticatedClient { id: ClientId::Agent(id), agent: Some(agent), resource: None, assertion: None })
+                Ok(AuthenticatedClient {
+                    id: ClientId::Agent(id),
+                    agent: Some(agent),
+                    resource: None,
+                    assertion: None,
+                    method: Some(mandate_model::limits::ClientAuth::ClientSecret),
+                })
             }
         }
     }

@@ -186,6 +186,13 @@ pub enum Mutation {
         credentials: Vec<mandate_model::records::FederatedCredential>,
         at: OffsetDateTime,
     },
+    /// Replaces an agent's credential policy (DESIGN §13); fails with
+    /// `Conflict` unless the agent exists.
+    SetAgentLimits {
+        id: AgentId,
+        limits: mandate_model::limits::AgentLimits,
+        at: OffsetDateTime,
+    },
     /// Refreshes what a self-registered client said of itself (its
     /// metadata document was fetched again); fails with `Conflict` unless
     /// the agent is self-registered.
@@ -459,6 +466,7 @@ impl Mutation {
                 | Mutation::RevokeUserToken { .. }
                 | Mutation::SetAgentStatus { .. }
                 | Mutation::SetFederatedCredentials { .. }
+                | Mutation::SetAgentLimits { .. }
                 | Mutation::RevokeTokensOfAgent { .. }
                 | Mutation::RevokeTokensOfSubject { .. }
                 | Mutation::RevokeTokensOfOwnedAgents { .. }

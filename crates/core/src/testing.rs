@@ -300,6 +300,7 @@ async fn register(
         description: None,
         token_endpoint_auth_method: None,
         federated_credentials: Vec::new(),
+        limits: Default::default(),
     };
     let (agent, _) = m.create_agent(Caller::Admin, new).await?;
     Ok(Client { agent, key })

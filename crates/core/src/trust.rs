@@ -353,7 +353,13 @@ impl Mandate {
         } else {
             None
         };
-        Ok(AuthenticatedClient { id: ClientId::Agent(agent.id), agent: Some(agent), resource: None, assertion })
+        Ok(AuthenticatedClient {
+            id: ClientId::Agent(agent.id),
+            agent: Some(agent),
+            resource: None,
+            assertion,
+            method: Some(mandate_model::limits::ClientAuth::Workload),
+        })
     }
 }
 

@@ -6,6 +6,7 @@ pub mod delegation;
 pub mod error;
 pub mod id;
 pub mod json;
+pub mod limits;
 pub mod name;
 pub mod records;
 pub mod scope;

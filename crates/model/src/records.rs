@@ -217,6 +217,10 @@ pub struct Agent {
     /// authenticate the agent, with no key of its own.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub federated_credentials: Vec<FederatedCredential>,
+    /// Credential policy (DESIGN §13): limits that only tighten the
+    /// server's defaults (and, for a spawned child, its parent's).
+    #[serde(default)]
+    pub limits: crate::limits::AgentLimits,
 }
 
 /// One workload identity rule of an agent, in the shape Entra and Google

@@ -33,6 +33,7 @@ fn bench_agent(n: u128) -> Agent {
         metadata_url: None,
         public: false,
         federated_credentials: Vec::new(),
+        limits: Default::default(),
     }
 }
 

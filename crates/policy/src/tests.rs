@@ -31,6 +31,7 @@ fn agent() -> Agent {
         metadata_url: None,
         public: false,
         federated_credentials: Vec::new(),
+        limits: Default::default(),
     }
 }
 

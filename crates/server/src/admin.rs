@@ -177,10 +177,13 @@ pub async fn get_agent(
     let agent = s.mandate.get_agent(c, id::<AgentId>(&raw)?).await?;
     let mut out = to_json(&agent)?;
     set(&mut out, "client_id", json!(agent.id.to_string()));
+    // `limits` is what the agent carries; this is what holds for it: the
+    // server's defaults narrowed by its ancestors' limits and its own.
+    set(&mut out, "limits_in_force", to_json(&s.mandate.limits_of(&agent).await?)?);
     Ok(Json(out).into_response())
 }
 
-/// `PATCH /v1/agents/{id}` (admin): `{federated_credentials: [...]}`.
+/// `PATCH /v1/agents/{id}` (admin): `{federated_credentials: [...], limits: {...}}`.
 pub async fn update_agent(
     State(s): State<AppState>,
     Authed(c): Authed,

@@ -69,8 +69,8 @@ pub(crate) async fn apply(conn: &mut PgConnection, m: &Mutation) -> Result<u64, 
         .map_err(unavailable)?,
         Mutation::InsertAgent(a) => {
             let r = sqlx::query(
-            "INSERT INTO agents (id, name, owner, kind, parent, status, expires_at, description, scopes, jwks, redirect_uris, secret_hash, created_at, updated_at, suspended_by, origin, metadata_url, public_client, federated_credentials) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)",
+            "INSERT INTO agents (id, name, owner, kind, parent, status, expires_at, description, scopes, jwks, redirect_uris, secret_hash, created_at, updated_at, suspended_by, origin, metadata_url, public_client, federated_credentials, limits) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)",
         )
         .bind(a.id.to_string())
         .bind(&a.name)
@@ -91,10 +91,24 @@ pub(crate) async fn apply(conn: &mut PgConnection, m: &Mutation) -> Result<u64, 
         .bind(&a.metadata_url)
         .bind(a.public)
         .bind(federated_json(&a.federated_credentials)?)
+        .bind(mandate_store_sql::limits_json(&a.limits)?)
         .execute(&mut *conn)
         .await
         .map_err(|e| map_write_error(e, "agent"))?;
             index_federations(conn, a.id, &a.federated_credentials).await?;
+            r
+        }
+        Mutation::SetAgentLimits { id, limits, at } => {
+            let r = sqlx::query("UPDATE agents SET limits = $1, updated_at = $2 WHERE id = $3")
+                .bind(mandate_store_sql::limits_json(limits)?)
+                .bind(ts(*at)?)
+                .bind(id.to_string())
+                .execute(&mut *conn)
+                .await
+                .map_err(unavailable)?;
+            if r.rows_affected() == 0 {
+                return Err(StoreError::Conflict(format!("agent {id}")));
+            }
             r
         }
         Mutation::SetFederatedCredentials { id, credentials, at } => {
@@ -276,6 +290,7 @@ pub(crate) fn agent_row(r: &PgRow) -> Result<Agent, StoreError> {
         metadata_url: get(r, "metadata_url")?,
         public_client: get(r, "public_client")?,
         federated_credentials: get(r, "federated_credentials")?,
+        limits: get(r, "limits")?,
     })
 }
 

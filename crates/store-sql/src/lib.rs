@@ -119,6 +119,13 @@ pub struct AgentRow {
     pub metadata_url: Option<String>,
     pub public_client: bool,
     pub federated_credentials: Option<String>,
+    /// The agent's limits as JSON; NULL when it has none.
+    pub limits: Option<String>,
+}
+
+/// An agent's limits as stored: NULL when it has none.
+pub fn limits_json(l: &mandate_model::limits::AgentLimits) -> Result<Option<String>, StoreError> {
+    if l.is_empty() { Ok(None) } else { json(l).map(Some) }
 }
 
 impl TryFrom<AgentRow> for Agent {
@@ -147,6 +154,7 @@ impl TryFrom<AgentRow> for Agent {
             metadata_url: r.metadata_url,
             public: r.public_client,
             federated_credentials: r.federated_credentials.as_deref().map(from_json).transpose()?.unwrap_or_default(),
+            limits: r.limits.as_deref().map(from_json).transpose()?.unwrap_or_default(),
         })
     }
 }
@@ -625,6 +633,7 @@ pub fn family(m: &Mutation) -> Family {
         | Mutation::RevokeUserToken { .. }
         | Mutation::InsertAgent(..)
         | Mutation::SetFederatedCredentials { .. }
+        | Mutation::SetAgentLimits { .. }
         | Mutation::UpdateAgentRegistration { .. }
         | Mutation::SetAgentStatus { .. }
         | Mutation::InsertResource(..)

@@ -63,8 +63,8 @@ pub(crate) fn apply(conn: &Connection, m: &Mutation) -> Result<u64, StoreError> 
         Mutation::InsertAgent(a) => {
             let n = exec(
                 conn,
-                "INSERT INTO agents (id, name, owner, kind, parent, status, expires_at, description, scopes, jwks, redirect_uris, secret_hash, created_at, updated_at, suspended_by, origin, metadata_url, public_client, federated_credentials) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?13, ?14, ?15, ?16, ?17, ?18)",
+                "INSERT INTO agents (id, name, owner, kind, parent, status, expires_at, description, scopes, jwks, redirect_uris, secret_hash, created_at, updated_at, suspended_by, origin, metadata_url, public_client, federated_credentials, limits) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?13, ?14, ?15, ?16, ?17, ?18, ?19)",
                 params![
                     a.id.to_string(),
                     a.name,
@@ -84,10 +84,23 @@ pub(crate) fn apply(conn: &Connection, m: &Mutation) -> Result<u64, StoreError> 
                     a.metadata_url,
                     a.public,
                     federated_json(&a.federated_credentials)?,
+                    codec::limits_json(&a.limits)?,
                 ],
                 "agent",
             )?;
             index_federations(conn, a.id, &a.federated_credentials)?;
+            Ok(n)
+        }
+        Mutation::SetAgentLimits { id, limits, at } => {
+            let n = exec(
+                conn,
+                "UPDATE agents SET limits = ?1, updated_at = ?2 WHERE id = ?3",
+                params![codec::limits_json(limits)?, ts(*at)?, id.to_string()],
+                "agent",
+            )?;
+            if n == 0 {
+                return Err(StoreError::Conflict(format!("agent {id}")));
+            }
             Ok(n)
         }
         Mutation::SetFederatedCredentials { id, credentials, at } => {
@@ -246,6 +259,7 @@ pub(crate) fn agent_row(r: &Row<'_>) -> Mapped<Agent> {
         metadata_url: r.get("metadata_url")?,
         public_client: r.get("public_client")?,
         federated_credentials: r.get("federated_credentials")?,
+        limits: r.get("limits")?,
     }))
 }
 

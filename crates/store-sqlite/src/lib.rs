@@ -68,7 +68,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0010_upstream_links.sql"),
     include_str!("../migrations/0011_scim.sql"),
     include_str!("../migrations/0012_federated_credentials.sql"),
-    // 0013 is taken by the agents' credential policy (issue 16 §2).
+    include_str!("../migrations/0013_agent_limits.sql"),
     include_str!("../migrations/0014_resource_context.sql"),
 ];
 

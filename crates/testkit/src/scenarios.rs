@@ -17,6 +17,9 @@ use serde_json::{Value, json};
 
 use crate::{TestAgent, TestServer};
 
+mod limits;
+use limits::{limits_only_tighten_and_are_audited, spawn_and_exchange_limits, token_limits_refuse_and_pass};
+
 pub const CAL: &str = "https://calendar.example";
 
 const POLICIES: &str = r#"
@@ -219,6 +222,9 @@ pub const SCENARIOS: &[(&str, Scenario)] = scenarios![
     an_ephemeral_child_without_a_policy_has_its_parents_rights,
     an_agent_asking_for_someone_else_waits_for_them,
     check_context_reaches_policy_under_the_declared_schema,
+    limits_only_tighten_and_are_audited,
+    token_limits_refuse_and_pass,
+    spawn_and_exchange_limits,
 ];
 
 /// Runs every scenario on a fresh server from `factory`.

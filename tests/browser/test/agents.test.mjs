@@ -33,6 +33,9 @@ test('suspend, resume and retire an owned agent', { timeout: 90_000 }, () =>
     assert.equal(hop.status, 200, `exchange: ${hop.status} ${hop.text}`);
     assert.equal((await server.check(checker, hop.body.access_token, 'list')).decision, 'allow');
 
+    // Its credential policy, set by the admin, is shown on its row.
+    await server.adminOk('PATCH', `/v1/agents/${planner.id}`, { limits: { max_token_ttl: 240 } });
+
     const { page, problems } = await newPage(browser, server);
     page.on('dialog', (d) => d.accept()); // a confirmation, if the page asks for one
     await signIn(page, server, alice.email, alice.password);
@@ -43,6 +46,7 @@ test('suspend, resume and retire an owned agent', { timeout: 90_000 }, () =>
     await entryButton(page, mine, 'Retire').waitFor();
     assert.equal(await entryButton(page, mine, 'Resume').count(), 0, 'an active agent offers Resume');
     await entry(page, 'summarises the week').waitFor();
+    assert.match(await entry(page, mine).innerText(), /tokens live at most 240 s/);
 
     // Suspend: the tokens die, down the chain, and the page says so.
     await entryButton(page, mine, 'Suspend').click();

@@ -58,6 +58,9 @@ impl Mandate {
         let chain = parent_chain
             .extend(next.id, self.config.max_delegation_depth)
             .map_err(|e| Error::InvalidRequest(e.to_string()))?;
+        // …and no deeper than any agent of the new chain's own limit (DESIGN §13).
+        let in_chain: Vec<&Agent> = parent.agents.iter().chain(std::iter::once(next)).collect();
+        self.chain_within_limits(&in_chain).await?;
         // A may delegate to B: may_act when present, and policy.
         if let Some(may) = &parent.claims.may_act
             && may.sub != next.id.to_string()
@@ -129,6 +132,7 @@ impl Mandate {
             .await?
             .map_err(Error::InvalidScope)?;
         let not_after = agents.iter().filter_map(|a| a.expires_at).fold(narrowed.expires_at, OffsetDateTime::min);
+        let limits = self.limits_of(next).await?;
         let (record, jwt) = self
             .mint(Mint {
                 client: next.id,
@@ -142,6 +146,8 @@ impl Mandate {
                 family: None,
                 // Bound to the caller's own key, never the parent's.
                 jkt,
+                limits: &limits,
+                agent: next,
             })
             .await?;
         let event = self.issued_event(&record, &chain);

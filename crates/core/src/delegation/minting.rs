@@ -31,6 +31,9 @@ pub(crate) struct Mint<'a> {
     pub family: Option<String>,
     /// The DPoP key the token is bound to (`cnf.jkt`).
     pub jkt: Option<&'a str>,
+    /// The limits in force for the agent it is issued to (DESIGN §13).
+    pub limits: &'a mandate_model::limits::Limits,
+    pub agent: &'a Agent,
 }
 
 impl Mandate {
@@ -113,7 +116,8 @@ impl Mandate {
     /// Signs a token and builds its record; the caller commits both.
     pub(crate) async fn mint(&self, m: Mint<'_>) -> Result<(TokenRecord, String), Error> {
         let now = self.clock.now();
-        let mut exp = now + Duration::seconds(self.config.access_token_ttl);
+        crate::limits::audience_within(m.limits, m.agent, &m.audience)?;
+        let mut exp = now + Duration::seconds(self.config.access_token_ttl.min(m.limits.max_token_ttl));
         if let Some(limit) = m.not_after {
             exp = exp.min(limit);
         }
@@ -254,6 +258,7 @@ impl Mandate {
             .await?
             .map_err(Error::InvalidGrant)?;
         let chain = Chain::for_user(user.id, agent.id);
+        let limits = self.limits_of(agent).await?;
         let (record, jwt) = self
             .mint(Mint {
                 client: agent.id,
@@ -266,6 +271,8 @@ impl Mandate {
                 not_after: agent.expires_at,
                 family: family.map(str::to_owned),
                 jkt,
+                limits: &limits,
+                agent,
             })
             .await?;
         let event = self.issued_event(&record, &chain);

@@ -351,6 +351,12 @@ fn apply(tx: &mut Tx<'_>, m: &Mutation, applied: &Applied) -> Result<u64, StoreE
             tx.put(agents, *id, Agent { federated_credentials: credentials.clone(), ..agent });
             Ok(1)
         }
+        Mutation::SetAgentLimits { id, limits, at } => {
+            storable(*at)?;
+            let agent = tx.state.agents.get(id).cloned().ok_or_else(|| StoreError::Conflict(format!("agent {id}")))?;
+            tx.put(agents, *id, Agent { limits: limits.clone(), ..agent });
+            Ok(1)
+        }
         Mutation::UpdateAgentRegistration { id, name, redirect_uris, jwks, public, at } => {
             storable(*at)?;
             let agent = tx

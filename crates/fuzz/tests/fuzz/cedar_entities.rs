@@ -165,6 +165,7 @@ fn agent(s: &AgentSpec) -> Agent {
         metadata_url: None,
         public: false,
         federated_credentials: Vec::new(),
+        limits: Default::default(),
     }
 }
 
@@ -209,6 +210,7 @@ struct Built {
     target: TargetRecord,
 }
 
+#[allow(clippy::large_enum_variant)] // a test fixture, built a few times per case
 enum PrincipalRecord {
     User(User),
     Agent(Agent),

@@ -370,6 +370,11 @@ async fn agents_live(s: &AppState, session: &Session, done: String) -> Result<vi
     // An agent's last use: the latest use of any grant it holds, read in
     // one query (never from a capped list of grants).
     let last_used = s.mandate.last_use_of_owned_agents(Caller::User(me), me).await.map_err(fail)?;
+    // The credential policy in force for each (DESIGN §13).
+    let mut in_force = std::collections::HashMap::new();
+    for a in &agents {
+        in_force.insert(a.id, describe_limits(&s.mandate.limits_of(a).await.map_err(fail)?));
+    }
     let rows = agents
         .iter()
         .map(|a| {
@@ -389,6 +394,7 @@ async fn agents_live(s: &AppState, session: &Session, done: String) -> Result<vi
                 status,
                 last_used: last_used.get(&a.id).map_or_else(|| "never".into(), |t| when(*t)),
                 expires: a.expires_at.map_or_else(|| "—".into(), when),
+                limits: in_force.remove(&a.id).unwrap_or_default(),
                 ops: ops
                     .iter()
                     .map(|(op, label)| views::AgentOp {
@@ -401,6 +407,22 @@ async fn agents_live(s: &AppState, session: &Session, done: String) -> Result<vi
         })
         .collect();
     Ok(views::AgentsList { done, csrf: session.csrf.clone(), rows })
+}
+
+/// The limits in force for an agent, one line each.
+fn describe_limits(l: &mandate_model::limits::Limits) -> Vec<String> {
+    fn list<T>(set: Option<&std::collections::BTreeSet<T>>, name: impl Fn(&T) -> &str) -> String {
+        set.map_or_else(|| "any".to_owned(), |s| s.iter().map(name).collect::<Vec<_>>().join(", "))
+    }
+    vec![
+        format!("tokens live at most {} s", l.max_token_ttl),
+        format!("grants: {}", list(l.allowed_grant_types.as_ref(), |g| g.as_str())),
+        format!("resources: {}", list(l.allowed_resources.as_ref(), String::as_str)),
+        format!("chains of at most {} agents", l.max_delegation_depth),
+        format!("DPoP {}", if l.require_dpop { "required" } else { "optional" }),
+        format!("at most {} children, each living at most {} s", l.max_ephemeral_children, l.max_ephemeral_ttl),
+        format!("authenticates by {}", list(l.allowed_client_auth.as_ref(), |m| m.as_str())),
+    ]
 }
 
 fn agents_reply(headers: &HeaderMap, session: &Session, live: views::AgentsList) -> Response {

@@ -185,6 +185,8 @@ pub struct AgentRow {
     pub status: &'static str,
     pub last_used: String,
     pub expires: String,
+    /// The credential policy in force, one line per limit.
+    pub limits: Vec<String>,
     pub ops: Vec<AgentOp>,
 }
 

@@ -70,6 +70,7 @@ pub fn agent(owner: UserId, parent: Option<AgentId>) -> Agent {
         metadata_url: None,
         public: false,
         federated_credentials: Vec::new(),
+        limits: Default::default(),
     }
 }
 

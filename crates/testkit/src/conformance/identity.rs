@@ -192,6 +192,40 @@ pub async fn federated_credentials_find_their_agent(s: &Arc<dyn Store>) -> Resul
     Ok(())
 }
 
+pub async fn agent_limits_round_trip_and_change(s: &Arc<dyn Store>) -> Result<()> {
+    use mandate_model::limits::{AgentLimits, ClientAuth, GrantKind};
+    let u = user("limits@example.com");
+    one(s, Mutation::InsertUser(u.clone())).await?;
+    let mut limited = agent(u.id, None);
+    limited.limits = AgentLimits {
+        max_token_ttl: Some(60),
+        allowed_grant_types: Some([GrantKind::ClientCredentials, GrantKind::TokenExchange].into()),
+        max_delegation_depth: Some(2),
+        allowed_resources: Some(["https://calendar.example".to_owned()].into()),
+        require_dpop: Some(true),
+        max_ephemeral_children: Some(3),
+        max_ephemeral_ttl: Some(120),
+        allowed_client_auth: Some([ClientAuth::Workload].into()),
+    };
+    let plain = agent(u.id, None);
+    for a in [&limited, &plain] {
+        one(s, Mutation::InsertAgent(a.clone())).await?;
+    }
+    ensure!(s.agent(limited.id).await? == Some(limited.clone()), "limits did not round-trip");
+    ensure!(s.agent(plain.id).await?.is_some_and(|a| a.limits.is_empty()), "an agent without limits got some");
+    // Replacing them replaces every one; empty limits clear them.
+    let tighter = AgentLimits { max_token_ttl: Some(30), ..Default::default() };
+    let epoch = s.epoch().await?;
+    one(s, Mutation::SetAgentLimits { id: limited.id, limits: tighter.clone(), at: t0() }).await?;
+    ensure!(s.epoch().await? > epoch, "a change of limits must move the epoch");
+    ensure!(s.agent(limited.id).await?.is_some_and(|a| a.limits == tighter), "limits were not replaced");
+    one(s, Mutation::SetAgentLimits { id: limited.id, limits: AgentLimits::default(), at: t0() }).await?;
+    ensure!(s.agent(limited.id).await?.is_some_and(|a| a.limits.is_empty()), "limits were not cleared");
+    let unknown = Mutation::SetAgentLimits { id: agent(u.id, None).id, limits: tighter, at: t0() };
+    ensure!(matches!(one(s, unknown).await, Err(StoreError::Conflict(_))), "an unknown agent got limits");
+    Ok(())
+}
+
 pub async fn agents_are_listed_by_owner(s: &Arc<dyn Store>) -> Result<()> {
     let (u, a, b, _) = people(s, "owner@example.com").await?;
     let (other, _, _, _) = people(s, "owner2@example.com").await?;

@@ -108,6 +108,7 @@ macro_rules! store_conformance {
                 sessions_round_trip_and_end,
                 upstream_links_find_their_person,
                 federated_credentials_find_their_agent,
+                agent_limits_round_trip_and_change,
             }
             scim {
                 scim_tokens_are_kept_hashed_and_revoked_once,
