@@ -398,6 +398,14 @@ impl Mandate {
             Err(Error::InvalidTarget(_)) => BTreeMap::new(),
             Err(e) => return Err(e),
         };
+        // A resource that declares no context schema keeps the behaviour
+        // clients were built against: its context is recorded with the
+        // decision but does not reach policy (the MCP gateway sends a
+        // tool's arguments, whatever they are). Once it declares one, every
+        // key must be declared (ADR 0022).
+        if declared.is_empty() {
+            return Ok(Ok(BTreeMap::new()));
+        }
         let mut values = BTreeMap::new();
         for (key, value) in context {
             use mandate_model::records::ContextType;

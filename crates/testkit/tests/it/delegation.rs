@@ -36,7 +36,8 @@ fn stance() -> impl Strategy<Value = Stance> {
 /// A decision never allows what the user or any agent of the chain is
 /// denied: for random policies over Alice and the three agents of a 3-hop
 /// chain, `/v1/check` allows exactly when each of them alone is allowed and
-/// a scope of the token covers the action.
+/// a scope of the token covers the action. The two spawned agents, when no
+/// policy names them, are each decided as their parent.
 #[test]
 fn a_decision_is_the_intersection_of_the_whole_chain() -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
@@ -76,11 +77,19 @@ fn a_decision_is_the_intersection_of_the_whole_chain() -> anyhow::Result<()> {
                     w.check(&leaf, ACTIONS[action], "e1", json!({})).await
                 })
                 .map_err(|e| TestCaseError::fail(format!("{e:#}")))?;
-            let each_allowed = stances.iter().all(|s| match s {
-                Stance::Permit => true,
-                Stance::Silent => false,
-                Stance::Forbid(a) => *a != action,
-            });
+            let own = |s: &Stance| match s {
+                Stance::Permit => Some(true),
+                Stance::Silent => None,
+                Stance::Forbid(a) => Some(*a != action),
+            };
+            // The child and the grandchild are ephemeral: one no policy
+            // names is decided as its parent, recursively (DESIGN §13).
+            let mut each = Vec::with_capacity(4);
+            for (i, s) in stances.iter().enumerate() {
+                let inherited = if i >= 2 { each.last().copied().flatten() } else { None };
+                each.push(own(s).or(inherited));
+            }
+            let each_allowed = each.iter().all(|d| *d == Some(true));
             // The token holds `read`: list and get, never create.
             let expected = each_allowed && action < 2;
             prop_assert_eq!(answer["decision"] == "allow", expected, "{:?} {} -> {}", stances, ACTIONS[action], answer);
