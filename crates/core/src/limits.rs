@@ -75,6 +75,31 @@ impl Mandate {
         Ok(())
     }
 
+    /// Refuses a CIBA request its agent's limits do not allow, when it is
+    /// made rather than only when its token is polled: the grant type, how
+    /// it authenticated, and the resource. (DPoP belongs to the token
+    /// request, and is checked at the poll.)
+    pub(crate) async fn ciba_within_limits(&self, client: &AuthenticatedClient, resource: &str) -> Result<(), Error> {
+        let Some(agent) = &client.agent else {
+            return Ok(());
+        };
+        let limits = self.limits_of(agent).await?;
+        if !limits.allows_grant(mandate_model::limits::GrantKind::Ciba) {
+            return Err(Error::UnauthorizedClient(format!(
+                "limits.allowed_grant_types: agent {} may not use the ciba grant",
+                agent.id
+            )));
+        }
+        if !limits.allows_client_auth(client.method) {
+            return Err(Error::UnauthorizedClient(format!(
+                "limits.allowed_client_auth: agent {} may not authenticate with {}",
+                agent.id,
+                client.method.map_or("no credential", |m| m.as_str())
+            )));
+        }
+        audience_within(&limits, agent, resource)
+    }
+
     /// Refuses a chain deeper than any of its agents' limits allow
     /// (RFC 8693 §2.2.2: a subject token unacceptable by policy is
     /// `invalid_request`, as the server-wide depth is).
@@ -164,5 +189,49 @@ mod tests {
         );
         assert_eq!(w.events(crate::audit::kind::TOKEN_ISSUED).await.len(), issued);
         assert_eq!(w.events(crate::audit::kind::TOKEN_DENIED).await.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_ciba_request_outside_the_limits_is_refused_when_made() {
+        let w = World::new().await;
+        let cases = [
+            (
+                AgentLimits { allowed_grant_types: Some([GrantKind::ClientCredentials].into()), ..Default::default() },
+                "limits.allowed_grant_types",
+            ),
+            (
+                AgentLimits {
+                    allowed_resources: Some(["https://elsewhere.example".to_owned()].into()),
+                    ..Default::default()
+                },
+                "limits.allowed_resources",
+            ),
+        ];
+        for (limits, name) in cases {
+            w.m.update_agent(Caller::Admin, w.planner.id(), patch(limits)).await.unwrap();
+            let approvals = w
+                .store
+                .approvals(&crate::store::ApprovalQuery { limit: 100, ..Default::default() })
+                .await
+                .unwrap()
+                .len();
+            let got = w.ciba(&w.planner, "read").await;
+            assert!(
+                matches!(&got, Err(crate::Error::UnauthorizedClient(m) | crate::Error::InvalidTarget(m)) if m.starts_with(name)),
+                "{got:?}"
+            );
+            assert_eq!(
+                w.store
+                    .approvals(&crate::store::ApprovalQuery { limit: 100, ..Default::default() })
+                    .await
+                    .unwrap()
+                    .len(),
+                approvals,
+                "nothing was asked"
+            );
+        }
+        // Within them, the request is made.
+        w.m.update_agent(Caller::Admin, w.planner.id(), patch(AgentLimits::default())).await.unwrap();
+        assert!(w.ciba(&w.planner, "read").await.is_ok());
     }
 }

@@ -74,6 +74,7 @@ impl Mandate {
         let agent = Self::agent_of(client, "CIBA")?;
         let resources: Vec<&str> = req.resources.iter().map(String::as_str).collect();
         let resource = one_resource(&resources)?;
+        self.ciba_within_limits(client, &resource).await?;
         let scopes = parse_scopes(req.scope.as_deref())?;
         let hint = req.login_hint.as_str();
         let binding_message = req
