@@ -146,33 +146,15 @@ impl UpstreamIdp {
     /// KEY-----`), Ed25519 or P-256 (as the gateway's `key_file`). `None`
     /// for the other ways of authenticating.
     pub fn client_key(&self) -> Result<Option<mandate_jose::SigningKey>, String> {
-        use mandate_jose::{KeyAlg, SigningKey};
+        use mandate_jose::SigningKey;
         if self.client_auth != ClientAuth::PrivateKeyJwt {
             return Ok(None);
         }
         let Some(path) = &self.client_key_file else { return Err("client_key_file is missing".into()) };
         let fail = |why: String| format!("client_key_file {}: {why}", path.display());
         let bytes = std::fs::read(path).map_err(|e| fail(e.to_string()))?;
-        let der = if bytes.starts_with(b"-----BEGIN") { pem_pkcs8(&bytes).map_err(fail)? } else { bytes };
-        SigningKey::from_pkcs8(KeyAlg::EdDSA, &der)
-            .or_else(|_| SigningKey::from_pkcs8(KeyAlg::ES256, &der))
-            .map(Some)
-            .map_err(|_| fail("not an unencrypted PKCS#8 Ed25519 or P-256 key".into()))
+        SigningKey::from_key_file(&bytes).map(Some).map_err(fail)
     }
-}
-
-fn pem_pkcs8(pem: &[u8]) -> Result<Vec<u8>, String> {
-    use base64::Engine;
-    const BEGIN: &str = "-----BEGIN PRIVATE KEY-----";
-    const END: &str = "-----END PRIVATE KEY-----";
-    let text = std::str::from_utf8(pem).map_err(|_| "the PEM file is not text".to_owned())?;
-    let start = text.find(BEGIN).ok_or_else(|| {
-        "expected a PKCS#8 block (-----BEGIN PRIVATE KEY-----); convert with `openssl pkcs8 -topk8 -nocrypt`".to_owned()
-    })?;
-    let body = text.get(start + BEGIN.len()..).unwrap_or_default();
-    let end = body.find(END).ok_or_else(|| "the PEM block has no END line".to_owned())?;
-    let b64: String = body.get(..end).unwrap_or_default().chars().filter(|c| !c.is_ascii_whitespace()).collect();
-    base64::engine::general_purpose::STANDARD.decode(b64).map_err(|_| "the PEM block is not base64".to_owned())
 }
 
 /// What the provider vouched for in a validated ID token (and, where the

@@ -6,10 +6,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use base64::Engine;
 use figment::Figment;
 use figment::providers::{Format, Toml};
-use mandate_jose::{KeyAlg, SigningKey};
+use mandate_jose::SigningKey;
 use serde::Deserialize;
 use url::Url;
 
@@ -308,23 +307,7 @@ pub fn load_key(path: &Path) -> Result<SigningKey, ConfigError> {
     let fail = |why: String| ConfigError::Key { path: path.to_owned(), why };
     let bytes = std::fs::read(path).map_err(|e| fail(e.to_string()))?;
     warn_if_readable_by_others(path);
-    let der = if bytes.starts_with(b"-----BEGIN") { pem_pkcs8(&bytes).map_err(fail)? } else { bytes };
-    SigningKey::from_pkcs8(KeyAlg::EdDSA, &der)
-        .or_else(|_| SigningKey::from_pkcs8(KeyAlg::ES256, &der))
-        .map_err(|_| fail("not an unencrypted PKCS#8 Ed25519 or P-256 key".into()))
-}
-
-fn pem_pkcs8(pem: &[u8]) -> Result<Vec<u8>, String> {
-    const BEGIN: &str = "-----BEGIN PRIVATE KEY-----";
-    const END: &str = "-----END PRIVATE KEY-----";
-    let text = std::str::from_utf8(pem).map_err(|_| "the PEM file is not text".to_owned())?;
-    let start = text.find(BEGIN).ok_or_else(|| {
-        "expected a PKCS#8 block (-----BEGIN PRIVATE KEY-----); convert with `openssl pkcs8 -topk8 -nocrypt`".to_owned()
-    })?;
-    let body = text.get(start + BEGIN.len()..).unwrap_or_default();
-    let end = body.find(END).ok_or_else(|| "the PEM block has no END line".to_owned())?;
-    let b64: String = body.get(..end).unwrap_or_default().chars().filter(|c| !c.is_ascii_whitespace()).collect();
-    base64::engine::general_purpose::STANDARD.decode(b64).map_err(|_| "the PEM block is not base64".to_owned())
+    SigningKey::from_key_file(&bytes).map_err(fail)
 }
 
 #[cfg(unix)]
@@ -342,6 +325,9 @@ fn warn_if_readable_by_others(_: &Path) {}
 
 #[cfg(test)]
 mod tests {
+    use base64::Engine;
+    use mandate_jose::KeyAlg;
+
     use super::*;
 
     const GOOD: &str = r#"

@@ -104,6 +104,27 @@ impl SigningKey {
         Ok(Self { kid, pkcs8: der.to_vec(), pair, public })
     }
 
+    /// Loads a private key as a key file holds it: PKCS#8 as DER (what
+    /// `mandate keys client-keygen` writes) or PEM (`-----BEGIN PRIVATE
+    /// KEY-----`, read by `pem-rfc7468`), Ed25519 or P-256. The error is a
+    /// sentence for the operator.
+    pub fn from_key_file(bytes: &[u8]) -> Result<Self, String> {
+        let der = if bytes.starts_with(b"-----BEGIN") {
+            let (label, der) = pem_rfc7468::decode_vec(bytes).map_err(|_| "the PEM block is malformed".to_owned())?;
+            if label != "PRIVATE KEY" {
+                return Err("expected a PKCS#8 block (-----BEGIN PRIVATE KEY-----); convert with \
+                            `openssl pkcs8 -topk8 -nocrypt`"
+                    .to_owned());
+            }
+            der
+        } else {
+            bytes.to_vec()
+        };
+        Self::from_pkcs8(KeyAlg::EdDSA, &der)
+            .or_else(|_| Self::from_pkcs8(KeyAlg::ES256, &der))
+            .map_err(|_| "not an unencrypted PKCS#8 Ed25519 or P-256 key".to_owned())
+    }
+
     pub fn kid(&self) -> &str {
         &self.kid
     }
