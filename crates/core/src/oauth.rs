@@ -314,13 +314,14 @@ impl Mandate {
         assertion: &str,
         credentials: &ClientCredentials,
     ) -> Result<Option<ClientCredentials>, Error> {
-        let id_jag = mandate_jose::federated::peek(assertion).is_ok_and(|p| p.is_id_jag());
-        if id_jag {
+        let peeked = mandate_jose::federated::peek(assertion).ok();
+        if peeked.as_ref().is_some_and(|p| p.is_id_jag()) {
             return Ok(None);
         }
         if !matches!(credentials, ClientCredentials::None) {
-            let trusted = mandate_jose::federated::peek(assertion)
-                .is_ok_and(|p| self.trusted_issuer(&p.iss, crate::trust::IssuerUse::Workload).is_some());
+            let trusted = peeked
+                .as_ref()
+                .is_some_and(|p| self.trusted_issuer(&p.iss, crate::trust::IssuerUse::Workload).is_some());
             if trusted {
                 return Err(Error::InvalidRequest(
                     "a workload JWT as the assertion authenticates its agent: send no other client authentication"
