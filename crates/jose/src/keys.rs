@@ -106,20 +106,10 @@ impl SigningKey {
 
     /// Loads a private key as a key file holds it: PKCS#8 as DER (what
     /// `mandate keys client-keygen` writes) or PEM (`-----BEGIN PRIVATE
-    /// KEY-----`, read by `pem-rfc7468`), Ed25519 or P-256. The error is a
-    /// sentence for the operator.
+    /// KEY-----`, its base64 wrapped or on one line), Ed25519 or P-256. The
+    /// file is the operator's; the error is a sentence for them.
     pub fn from_key_file(bytes: &[u8]) -> Result<Self, String> {
-        let der = if bytes.starts_with(b"-----BEGIN") {
-            let (label, der) = pem_rfc7468::decode_vec(bytes).map_err(|_| "the PEM block is malformed".to_owned())?;
-            if label != "PRIVATE KEY" {
-                return Err("expected a PKCS#8 block (-----BEGIN PRIVATE KEY-----); convert with \
-                            `openssl pkcs8 -topk8 -nocrypt`"
-                    .to_owned());
-            }
-            der
-        } else {
-            bytes.to_vec()
-        };
+        let der = if bytes.starts_with(b"-----BEGIN") { pem_pkcs8(bytes)? } else { bytes.to_vec() };
         Self::from_pkcs8(KeyAlg::EdDSA, &der)
             .or_else(|_| Self::from_pkcs8(KeyAlg::ES256, &der))
             .map_err(|_| "not an unencrypted PKCS#8 Ed25519 or P-256 key".to_owned())
@@ -151,4 +141,21 @@ impl SigningKey {
             }
         }
     }
+}
+
+/// The DER inside a `-----BEGIN PRIVATE KEY-----` block. Lenient about
+/// line length (some tools write the base64 on one line), strict about
+/// the label: an SEC 1 or PKCS#1 block is refused with how to convert it.
+fn pem_pkcs8(pem: &[u8]) -> Result<Vec<u8>, String> {
+    use base64::Engine;
+    const BEGIN: &str = "-----BEGIN PRIVATE KEY-----";
+    const END: &str = "-----END PRIVATE KEY-----";
+    let text = std::str::from_utf8(pem).map_err(|_| "the PEM file is not text".to_owned())?;
+    let start = text.find(BEGIN).ok_or_else(|| {
+        "expected a PKCS#8 block (-----BEGIN PRIVATE KEY-----); convert with `openssl pkcs8 -topk8 -nocrypt`".to_owned()
+    })?;
+    let body = text.get(start + BEGIN.len()..).unwrap_or_default();
+    let end = body.find(END).ok_or_else(|| "the PEM block has no END line".to_owned())?;
+    let b64: String = body.get(..end).unwrap_or_default().chars().filter(|c| !c.is_ascii_whitespace()).collect();
+    base64::engine::general_purpose::STANDARD.decode(b64).map_err(|_| "the PEM block is not base64".to_owned())
 }
