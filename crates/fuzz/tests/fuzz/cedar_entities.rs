@@ -519,7 +519,22 @@ fn check_decisions(s: &Scene, b: &Built, buildable: bool) -> Result<(), TestCase
             PrincipalRecord::User(u) => {
                 (u.groups.iter().any(|g| g == "eng"), u.attributes.get("dept").is_some_and(|v| v == "r&d"))
             }
-            PrincipalRecord::Agent(a) => (b.related.user(a.owner).is_some_and(|o| o.name == OWNER_NAME), false),
+            // An ephemeral agent no policy decides is decided as its
+            // parent, recursively (DESIGN §13).
+            PrincipalRecord::Agent(a) => {
+                let (mut cur, mut seen, mut allowed) = (Some(a), BTreeSet::new(), false);
+                while let Some(x) = cur.filter(|x| seen.insert(x.id)) {
+                    if b.related.user(x.owner).is_some_and(|o| o.name == OWNER_NAME) {
+                        allowed = true;
+                        break;
+                    }
+                    cur = match (x.kind, x.parent) {
+                        (AgentKind::Ephemeral, Some(p)) => b.related.agent(p),
+                        _ => None,
+                    };
+                }
+                (allowed, false)
+            }
         }
     };
     ensure(read.allowed == expect_read && write.allowed == expect_write, || {
