@@ -234,15 +234,17 @@ impl Mandate {
 
     /// The request facts a decision sees as `context` (DESIGN §13): the
     /// user the agents act for (its record must be in the decision's
-    /// `Related`), the agents of the chain, the time, and whether the
-    /// token is (or will be) DPoP-bound.
+    /// `Related`), the agents of the chain, the time, whether the token is
+    /// (or will be) DPoP-bound, and the address of the request being
+    /// served (after trusted proxies): at the token, CIBA and authorization
+    /// endpoints, the agent's. A check states the agent's address itself.
     pub(crate) fn facts(&self, user: Option<&User>, agents: &[&Agent], dpop_bound: bool) -> mandate_policy::Facts {
         mandate_policy::Facts {
             user: user.map(|u| u.id),
             chain: agents.iter().map(|a| a.id).collect(),
             now: self.clock.now().unix_timestamp(),
             dpop_bound,
-            client_address: None,
+            client_address: crate::audit::current_client(),
             declared: Default::default(),
         }
     }

@@ -38,6 +38,12 @@ pub struct CheckRequest {
     /// policies as `context`; any other key is refused (400).
     #[serde(default)]
     pub context: Option<serde_json::Map<String, serde_json::Value>>,
+    /// The address the agent called the resource server from, as the
+    /// resource server saw it: policies see it as `context.client_address`
+    /// (DESIGN §13). Mandate cannot see it itself at a check, whose caller
+    /// is the resource server.
+    #[serde(default)]
+    pub client_address: Option<std::net::IpAddr>,
     /// Decide without acting on it: for showing what may be done (a
     /// gateway's `tools/list`). The decision is recorded, but no approval
     /// request is opened and none is used up.
@@ -449,6 +455,7 @@ impl Mandate {
         let agents: Vec<&mandate_model::records::Agent> = live.agents.iter().collect();
         let facts = mandate_policy::Facts {
             declared,
+            client_address: req.client_address,
             ..self.facts(live.user.as_ref(), &agents, live.record.cnf_jkt.is_some())
         };
         // The facts (the time among them) are part of what is decided on.

@@ -252,6 +252,7 @@ impl World {
                 properties: properties.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
             },
             context: None,
+            client_address: None,
             probe: false,
         };
         self.m.check(&Checker::Admin, &req).await.expect("a decision")

@@ -122,7 +122,7 @@ pub const RESERVED_CONTEXT_KEYS: &[&str] = &["user", "chain", "now", "dpop_bound
 /// An ephemeral agent is `in` its parent (DESIGN §13).
 pub fn schema_text_with(actions: &BTreeSet<String>, context: &BTreeMap<String, ContextType>) -> String {
     let mut ctx = String::from(
-        "type MandateContext = { user?: User, chain: Set<Agent>, now: Long, dpop_bound: Bool, client_address?: String",
+        "type MandateContext = { user?: User, chain: Set<Agent>, now: Long, dpop_bound: Bool, client_address?: ipaddr",
     );
     for (key, ty) in context {
         if RESERVED_CONTEXT_KEYS.contains(&key.as_str()) {
@@ -167,15 +167,17 @@ pub enum ContextValue {
 /// user the agents act for (its record must be in [`Related`]),
 /// `context.chain` the agents of the delegation chain, `context.now` the
 /// time in Unix seconds, `context.dpop_bound` whether the token is (or
-/// will be) bound to a DPoP key; `declared` holds the keys the resource
-/// declares, already checked against its declaration.
+/// will be) bound to a DPoP key, `context.client_address` (a Cedar
+/// `ipaddr`, so that policies can write `isInRange(ip("10.0.0.0/8"))`)
+/// the address the agent called from, when known; `declared` holds the
+/// keys the resource declares, already checked against its declaration.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Facts {
     pub user: Option<UserId>,
     pub chain: Vec<AgentId>,
     pub now: i64,
     pub dpop_bound: bool,
-    pub client_address: Option<String>,
+    pub client_address: Option<std::net::IpAddr>,
     pub declared: BTreeMap<String, ContextValue>,
 }
 
@@ -207,7 +209,7 @@ impl Facts {
         pairs.push(("now".into(), RestrictedExpression::new_long(self.now)));
         pairs.push(("dpop_bound".into(), RestrictedExpression::new_bool(self.dpop_bound)));
         if let Some(a) = &self.client_address {
-            pairs.push(("client_address".into(), s(a)));
+            pairs.push(("client_address".into(), RestrictedExpression::new_ip(a.to_string())));
         }
         Context::from_pairs(pairs).map_err(|e| e.to_string())
     }

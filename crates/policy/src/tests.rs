@@ -548,3 +548,28 @@ fn policies_decide_on_the_context() {
         Facts { declared: BTreeMap::from([("user".to_owned(), ContextValue::Bool(true))]), ..facts(None, 1) };
     assert!(!decide("write", &reserved));
 }
+
+/// `context.client_address` is an `ipaddr`: a policy can confine an agent
+/// to a network, and a decision without a known address does not match.
+#[test]
+fn policies_decide_on_the_client_address() {
+    let api = Target::Api("https://api.example");
+    let text = r#"permit(principal is Agent, action == Action::"read", resource)
+                    when { context has client_address && context.client_address.isInRange(ip("10.0.0.0/8")) };"#;
+    let e = PolicyEngine::compile(text, &actions()).unwrap();
+    let a = agent();
+    let at = |addr: Option<&str>| Facts {
+        chain: vec![a.id],
+        now: 1_700_000_000,
+        client_address: addr.map(|s| s.parse().unwrap()),
+        ..Facts::default()
+    };
+    let decide = |f: &Facts| e.decide_with(Principal::Agent(&a), "read", api, &rel(), f).allowed;
+    assert!(decide(&at(Some("10.1.2.3"))));
+    assert!(!decide(&at(Some("192.0.2.7"))));
+    assert!(!decide(&at(Some("::1"))));
+    assert!(!decide(&at(None)));
+    // The address is part of the decision key.
+    let k = |f: &Facts| decision_key_with(Principal::Agent(&a), api, &rel(), f).unwrap();
+    assert_ne!(k(&at(Some("10.1.2.3"))), k(&at(Some("10.1.2.4"))));
+}

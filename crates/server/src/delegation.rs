@@ -213,11 +213,23 @@ pub async fn evaluation(
     if body.subject.kind != "token" {
         return Err(Problem::bad_input("subject.type must be \"token\", with the access token as subject.id"));
     }
+    // AuthZEN carries request facts in `context`: `client_address` there
+    // is the agent's address as the PEP saw it, as on `/v1/check`.
+    let mut context = body.context;
+    let client_address = match context.as_mut().and_then(|c| c.remove("client_address")) {
+        None => None,
+        Some(Value::String(a)) => Some(
+            a.parse::<std::net::IpAddr>()
+                .map_err(|_| Problem::bad_input("context.client_address must be an IP address"))?,
+        ),
+        Some(_) => return Err(Problem::bad_input("context.client_address must be an IP address")),
+    };
     let req = CheckRequest {
         token: body.subject.id,
         action: body.action.name,
         resource: body.resource,
-        context: body.context,
+        context,
+        client_address,
         probe: false,
     };
     let answer = s.mandate.check(&who, &req).await?;

@@ -222,6 +222,7 @@ pub const SCENARIOS: &[(&str, Scenario)] = scenarios![
     an_ephemeral_child_without_a_policy_has_its_parents_rights,
     an_agent_asking_for_someone_else_waits_for_them,
     check_context_reaches_policy_under_the_declared_schema,
+    the_client_address_reaches_policy,
     limits_only_tighten_and_are_audited,
     token_limits_refuse_and_pass,
     spawn_and_exchange_limits,
@@ -1363,6 +1364,67 @@ async fn an_agent_asking_for_someone_else_waits_for_them(w: World) -> Result<()>
     ensure!(list["approvals"][0]["id"] == id.as_str(), "Alice is asked: {list}");
     // Alice's own planner self-authorises.
     w.granted(&w.planner, "read").await?;
+    Ok(())
+}
+
+/// Issue 16 §6: the request's address reaches Cedar as
+/// `context.client_address` (an `ipaddr`): the agent's own at the token
+/// and CIBA endpoints, the one the resource server states at a check.
+async fn the_client_address_reaches_policy(w: World) -> Result<()> {
+    let policy = |range: &str| {
+        format!(
+            r#"permit (principal in Group::"staff", action in [Action::"list", Action::"get"], resource);
+               permit (principal is Agent, action in [Action::"list", Action::"get"], resource)
+                 when {{ context has user && principal.owner == context.user
+                         && context has client_address && context.client_address.isInRange(ip("{range}")) }};"#
+        )
+    };
+    // The test client calls from loopback.
+    w.s.put_policies(&policy("127.0.0.0/8")).await?;
+    let tokens = w.granted(&w.planner, "read").await?;
+    let token = text(&tokens, "access_token")?;
+    w.s.put_policies(&policy("10.0.0.0/8")).await?;
+    let (st, body) = w
+        .ciba(
+            &w.planner,
+            &[("login_hint", "alice@example.com"), ("scope", "read"), ("resource", CAL), ("binding_message", "b")],
+        )
+        .await?;
+    ensure!(st == 400 && body["error"] == "access_denied", "a loopback caller outside 10/8: {st} {body}");
+    // At a check, the resource server states the agent's address.
+    let s = &w.s;
+    let token = &token;
+    let check = |extra: Value| async move {
+        let mut req = json!({"token": token, "action": "get", "resource": {"type": "event", "id": "e1"}});
+        if let (Some(r), Some(x)) = (req.as_object_mut(), extra.as_object()) {
+            r.extend(x.clone());
+        }
+        s.admin(Method::POST, "/v1/check", Some(req)).await
+    };
+    let (st, d) = check(json!({"client_address": "10.1.2.3"})).await?;
+    ensure!(st == 200 && d["decision"] == "allow", "{st} {d}");
+    let (st, d) = check(json!({"client_address": "192.0.2.7"})).await?;
+    ensure!(st == 200 && d["decision"] == "deny", "{st} {d}");
+    let (st, d) = check(json!({})).await?;
+    ensure!(st == 200 && d["decision"] == "deny", "no address stated: {st} {d}");
+    let (st, d) = check(json!({"client_address": "not an address"})).await?;
+    ensure!(st == 400, "{st} {d}");
+    // AuthZEN carries it in `context`.
+    let eval = |addr: Value| async move {
+        s.admin(
+            Method::POST,
+            "/access/v1/evaluation",
+            Some(json!({"subject": {"type": "token", "id": token}, "action": {"name": "get"},
+                        "resource": {"type": "event", "id": "e1"}, "context": {"client_address": addr}})),
+        )
+        .await
+    };
+    let (st, d) = eval(json!("10.9.8.7")).await?;
+    ensure!(st == 200 && d["decision"] == true, "{st} {d}");
+    let (st, d) = eval(json!("203.0.113.1")).await?;
+    ensure!(st == 200 && d["decision"] == false, "{st} {d}");
+    let (st, d) = eval(json!(7)).await?;
+    ensure!(st == 400, "{st} {d}");
     Ok(())
 }
 
