@@ -166,6 +166,12 @@ pub struct ServeArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     status_list_ttl: Option<i64>,
+    /// Seconds between polls for other nodes' policy and key changes while
+    /// the PostgreSQL change feed is not listening (default 1; with it
+    /// listening, changes are pushed and the poll runs every 30 s).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sync_interval: Option<i64>,
     /// Serve Prometheus `/metrics` on this address (default: not served).
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -249,6 +255,7 @@ struct Settings {
     dev_loopback_fetch: bool,
     client_metadata_hosts: Option<String>,
     status_list_ttl: i64,
+    sync_interval: i64,
     metrics_listen: Option<SocketAddr>,
     max_connections: usize,
     max_connections_per_address: usize,
@@ -300,6 +307,7 @@ impl Default for Settings {
             dev_loopback_fetch: false,
             client_metadata_hosts: None,
             status_list_ttl: 60,
+            sync_interval: 1,
             metrics_listen: None,
             max_connections: 4_096,
             max_connections_per_address: 256,
@@ -497,6 +505,10 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         bail!("status_list_ttl must be 1 second to a day");
     }
     config.status_list_ttl = settings.status_list_ttl;
+    if !(1..=3_600).contains(&settings.sync_interval) {
+        bail!("sync_interval must be 1 second to an hour");
+    }
+    config.sync_interval = settings.sync_interval;
     let issuer = url::Url::parse(&config.issuer).map_err(|e| anyhow::anyhow!("the issuer is not a URL: {e}"))?;
     let loopback = mandate_model::name::is_loopback_http(&issuer);
     config.allow_client_secrets = match settings.client_secrets {

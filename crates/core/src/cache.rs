@@ -58,6 +58,9 @@ fn keep<K: std::hash::Hash + Eq + Clone, V: Clone>(cache: &Cache<K, (u64, V)>, k
 
 #[async_trait]
 impl Store for CachingStore {
+    fn changes(&self) -> Option<tokio::sync::watch::Receiver<crate::store::ChangeFeed>> {
+        self.inner.changes()
+    }
     async fn commit(&self, change: Change) -> Result<Receipt, StoreError> {
         self.inner.commit(change).await
     }

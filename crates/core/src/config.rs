@@ -73,7 +73,16 @@ pub struct Config {
     pub password_login: bool,
     /// Issuers whose JWTs are workload identity or ID-JAGs (DESIGN §10).
     pub trusted_issuers: Vec<crate::trust::TrustedIssuer>,
+    /// Seconds between polls of the store for other nodes' policy and key
+    /// changes while no change feed is listening (DESIGN §8); with one, the
+    /// poll runs only every `SYNC_WHILE_LISTENING` seconds, as a safeguard.
+    pub sync_interval: i64,
 }
+
+/// Seconds between safeguard polls while a change feed listens: a feed on a
+/// connection that died without a word (a half-open TCP connection) is
+/// stale at most this long.
+pub const SYNC_WHILE_LISTENING: i64 = 30;
 
 impl Config {
     pub fn new(issuer: impl Into<String>) -> Self {
@@ -112,6 +121,7 @@ impl Config {
             upstream_oidc: Vec::new(),
             password_login: true,
             trusted_issuers: Vec::new(),
+            sync_interval: 1,
         }
     }
 

@@ -219,6 +219,11 @@ impl Mandate {
         &self.config
     }
 
+    /// The store's change feed, when other nodes share the store.
+    pub fn change_feed(&self) -> Option<tokio::sync::watch::Receiver<crate::store::ChangeFeed>> {
+        self.store.changes()
+    }
+
     pub fn now(&self) -> OffsetDateTime {
         self.clock.now()
     }

@@ -444,10 +444,11 @@ pub struct ApprovalQuery {
 }
 
 impl Mutation {
-    /// Whether this mutation can make a live token, grant, agent, user or
-    /// approval decision read differently: stores advance their
-    /// [`Store::epoch`] when they commit one, so that caches of liveness and
-    /// decisions are dropped at once.
+    /// Whether this mutation can make a live token, grant, agent, user,
+    /// approval decision, policy, key or resource read differently: stores
+    /// advance their [`Store::epoch`] when they commit one, so that caches
+    /// of liveness and decisions are dropped at once, and other nodes hear
+    /// of it (the change feed).
     pub fn invalidates(&self) -> bool {
         // A new agent with federated credentials changes which agents a
         // workload token's issuer and subject find.
@@ -477,6 +478,12 @@ impl Mutation {
                 | Mutation::RevokeGrantsOfAgent { .. }
                 | Mutation::DecideApproval { .. }
                 | Mutation::RevokeTokensOfFamily { .. }
+                // Other nodes reload these at once when the epoch moves
+                // (the PostgreSQL change feed, DESIGN §8).
+                | Mutation::PutPolicy(_)
+                | Mutation::InsertSigningKey(_)
+                | Mutation::RetireSigningKeys { .. }
+                | Mutation::InsertResource(_)
         )
     }
 }
@@ -609,8 +616,23 @@ impl Receipt {
     }
 }
 
+/// What a store's change feed last said (DESIGN §8): the newest epoch it
+/// heard of, and whether it is listening now. A node whose feed is not
+/// listening falls back to polling the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ChangeFeed {
+    pub epoch: u64,
+    pub listening: bool,
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
+    /// Changes that any node commits, pushed as they commit (PostgreSQL
+    /// `LISTEN/NOTIFY`); `None` for a store that one process uses alone.
+    fn changes(&self) -> Option<tokio::sync::watch::Receiver<ChangeFeed>> {
+        None
+    }
+
     /// Applies `change` atomically and durably; the receipt tells what each
     /// mutation did.
     async fn commit(&self, change: Change) -> Result<Receipt, StoreError>;

@@ -254,13 +254,46 @@ pub async fn serve_metrics(
     conn::serve_connections(listener, metrics_router(), limits, Vec::new(), shutdown).await
 }
 
+/// A task stopped when its handle is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Follows the store's change feed (PostgreSQL `LISTEN/NOTIFY`): a change
+/// committed on any node makes this node reload its policies and keys at
+/// once. The feed coming back after a loss syncs too, since what was sent
+/// while it was down was not heard. Everything else a node caches is
+/// stamped with the store epoch and checked on every request.
+async fn follow_changes(
+    mandate: Arc<Mandate>,
+    mut feed: tokio::sync::watch::Receiver<mandate_core::store::ChangeFeed>,
+) {
+    while feed.changed().await.is_ok() {
+        let now = *feed.borrow_and_update();
+        metrics::gauge!("mandate_change_feed_listening").set(if now.listening { 1.0 } else { 0.0 });
+        if now.listening
+            && let Err(e) = mandate.sync_from_store().await
+        {
+            tracing::warn!(error = %e, "could not sync policies and keys after a change");
+        }
+    }
+}
+
 /// Picks up other nodes' policy and key changes, signs audit checkpoints
 /// when they are due, writes the counts of aggregated refusals, forgets
 /// idle rate-limit entries and purges the replay store.
 async fn background(state: AppState) {
     let mandate = state.mandate.clone();
+    let feed = mandate.change_feed();
+    // Dropped (and so stopped) with this task, which `serve` aborts.
+    let _follow = feed.clone().map(|f| AbortOnDrop(tokio::spawn(follow_changes(mandate.clone(), f))));
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut n: u64 = 0;
+    let mut last_sync: u64 = 0;
     loop {
         tick.tick().await;
         n += 1;
@@ -270,8 +303,15 @@ async fn background(state: AppState) {
         if n.is_multiple_of(10) {
             state.edge.forget_idle();
         }
-        if let Err(e) = mandate.sync_from_store().await {
-            tracing::warn!(error = %e, "could not sync policies and keys from the store");
+        // The poll is the fallback: while the change feed listens, other
+        // nodes' changes arrive through it, and the poll is a rare safeguard.
+        let listening = feed.as_ref().is_some_and(|f| f.borrow().listening);
+        let every = if listening { mandate_core::config::SYNC_WHILE_LISTENING } else { mandate.config().sync_interval };
+        if n.saturating_sub(last_sync) >= u64::try_from(every).unwrap_or(1) {
+            last_sync = n;
+            if let Err(e) = mandate.sync_from_store().await {
+                tracing::warn!(error = %e, "could not sync policies and keys from the store");
+            }
         }
         match mandate.checkpoint_if_due().await {
             Ok(Some(cp)) => tracing::debug!(seq = cp.seq, "signed an audit checkpoint"),

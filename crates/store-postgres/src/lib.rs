@@ -16,6 +16,7 @@ mod audit;
 mod grants;
 mod identity;
 mod keys;
+mod listen;
 mod scim;
 mod tokens;
 mod writer;
@@ -26,8 +27,8 @@ use async_trait::async_trait;
 use mandate_audit::{Checkpoint, Event};
 use mandate_core::audit::AuditQuery;
 use mandate_core::store::{
-    Applied, ApprovalQuery, Change, GrantQuery, KeyUse, Page, Receipt, ScimGroupQuery, ScimUserQuery, Store,
-    StoreError, StoredKey, StoredPolicy,
+    Applied, ApprovalQuery, Change, ChangeFeed, GrantQuery, KeyUse, Page, Receipt, ScimGroupQuery, ScimUserQuery,
+    Store, StoreError, StoredKey, StoredPolicy,
 };
 use mandate_model::records::{
     Agent, Approval, AuthCodeRecord, Grant, RefreshRecord, Resource, ScimGroup, ScimToken, ScimUserRecord,
@@ -48,11 +49,15 @@ use crate::writer::{Job, WRITERS, write_loop};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
+/// The `application_name` of each node's change-feed connection.
+pub const FEED_APPLICATION_NAME: &str = "mandate-change-feed";
+
 /// PostgreSQL store over a connection pool and its writer tasks.
 #[derive(Clone)]
 pub struct PostgresStore {
     pool: PgPool,
     writer: mpsc::Sender<Job>,
+    feed: tokio::sync::watch::Receiver<ChangeFeed>,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -72,10 +77,19 @@ impl PostgresStore {
         // A node that stalls inside a transaction must not hold the audit
         // chain's head (and so every node's writes) for long.
         let options = options.options([("idle_in_transaction_session_timeout", "30s")]);
+        let options = options.disable_statement_logging();
+        // The change feed's connection is named, so that operators (and the
+        // tests) can tell it apart in `pg_stat_activity`.
+        let listening = PgPoolOptions::new()
+            .max_connections(1)
+            .max_lifetime(None)
+            .idle_timeout(None)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_lazy_with(options.clone().application_name(FEED_APPLICATION_NAME));
         let pool = PgPoolOptions::new()
             .max_connections(32)
             .acquire_timeout(Duration::from_secs(5))
-            .connect_with(options.disable_statement_logging())
+            .connect_with(options)
             .await
             .map_err(unavailable)?;
         MIGRATOR.run(&pool).await.map_err(unavailable)?;
@@ -84,7 +98,8 @@ impl PostgresStore {
         for _ in 0..WRITERS {
             tokio::spawn(write_loop(pool.clone(), jobs.clone()));
         }
-        Ok(Self { pool, writer })
+        let feed = listen::spawn(listening);
+        Ok(Self { pool, writer, feed })
     }
 
     async fn one<T>(
@@ -107,6 +122,9 @@ pub(crate) fn get<'r, T: sqlx::Decode<'r, sqlx::Postgres> + sqlx::Type<sqlx::Pos
 
 #[async_trait]
 impl Store for PostgresStore {
+    fn changes(&self) -> Option<tokio::sync::watch::Receiver<ChangeFeed>> {
+        Some(self.feed.clone())
+    }
     async fn commit(&self, change: Change) -> Result<Receipt, StoreError> {
         if change.is_empty() {
             return Applied::for_change(&change).into_receipt();

@@ -183,6 +183,13 @@ pub(crate) async fn apply_in_transaction(
         let _ = exec(conn, "ROLLBACK").await;
         return Err(NeedSavepoints);
     }
+    // Other nodes hear of the new epoch when this commits (and not if it
+    // does not): one notification per batch, carrying the epoch.
+    let moved = batch.iter().zip(&results).any(|(job, r)| r.is_ok() && job.change.mutations().any(|m| m.invalidates()));
+    if moved && let Err(e) = exec(conn, crate::listen::NOTIFY).await {
+        let _ = exec(conn, "ROLLBACK").await;
+        return all_fail(e);
+    }
     match exec(conn, "COMMIT").await {
         Ok(()) => Ok(results.into_iter().map(|r| r.and_then(Applied::into_receipt)).collect()),
         Err(e) => {

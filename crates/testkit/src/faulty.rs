@@ -75,6 +75,9 @@ impl FaultyStore {
 
 #[async_trait]
 impl Store for FaultyStore {
+    fn changes(&self) -> Option<tokio::sync::watch::Receiver<mandate_core::store::ChangeFeed>> {
+        self.inner.changes()
+    }
     async fn commit(&self, change: Change) -> Result<Receipt, StoreError> {
         if self.fault() == Fault::Unavailable {
             return Err(StoreError::Unavailable(INJECTED.into()));

@@ -169,6 +169,90 @@ async fn two_nodes_share_one_database() -> anyhow::Result<()> {
     result
 }
 
+/// Waits up to `within` for `f` to hold, checking every 20 ms.
+async fn eventually<F, Fut>(within: std::time::Duration, mut f: F) -> anyhow::Result<bool>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<bool>>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if f().await? {
+            return Ok(true);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Ok(false);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// Issue 17 §1: a change committed on one node reaches the other through
+/// LISTEN/NOTIFY, with the poll turned down to once an hour; the feed's
+/// connection killed (`pg_terminate_backend`) is noticed, re-established,
+/// and a change made while it was down is still picked up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_are_pushed_between_nodes() -> anyhow::Result<()> {
+    use mandate_testkit::TestServer;
+    use std::time::Duration;
+    let url = fresh_database().await?;
+    let result = async {
+        let dir = tempfile::tempdir()?;
+        let clock = Arc::new(mandate_core::ManualClock::new(mandate_core::Clock::now(&mandate_core::SystemClock)));
+        // No poll within the test: only the feed can carry a change.
+        let pin = |c: &mut mandate_core::Config| {
+            c.issuer = "https://mandate.test".into();
+            c.sync_interval = 3_600;
+        };
+        let store_a: Arc<dyn Store> = Arc::new(mandate_store_postgres::PostgresStore::connect(&url).await?);
+        let store_b: Arc<dyn Store> = Arc::new(mandate_store_postgres::PostgresStore::connect(&url).await?);
+        let a = TestServer::start_on(store_a, dir.path(), clock.clone(), pin).await?;
+        let b = TestServer::start_on(store_b.clone(), dir.path(), clock.clone(), pin).await?;
+        let feed = store_b.changes().ok_or_else(|| anyhow::anyhow!("PostgreSQL has no change feed"))?;
+        let listening = || {
+            let feed = feed.clone();
+            async move { Ok(feed.borrow().listening) }
+        };
+        anyhow::ensure!(eventually(Duration::from_secs(5), listening).await?, "the feed never listened");
+        let (_, agent) = a.seed().await?;
+        let b = &b;
+        let agent = &agent;
+        let issues = |want: u16| move || async move {
+            let (st, _) = b.token(agent, "https://api.example.com", "read").await?;
+            Ok(st == want)
+        };
+        // A's policy reaches B without a poll.
+        anyhow::ensure!(eventually(Duration::from_secs(3), issues(200)).await?, "A's policy never reached B");
+        let epoch = store_b.epoch().await?;
+        anyhow::ensure!(feed.borrow().epoch == epoch, "the feed heard epoch {} of {epoch}", feed.borrow().epoch);
+        a.put_policies(r#"forbid(principal, action, resource);"#).await?;
+        anyhow::ensure!(eventually(Duration::from_secs(3), issues(400)).await?, "A's forbid never reached B");
+        // Kill every node's feed connection; change the policy at once.
+        let mut admin = sqlx::PgConnection::connect(&url).await?;
+        let killed: Vec<bool> = sqlx::query_scalar(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1 AND datname = current_database()",
+        )
+        .bind(mandate_store_postgres::FEED_APPLICATION_NAME)
+        .fetch_all(&mut admin)
+        .await?;
+        anyhow::ensure!(killed.len() == 2 && killed.iter().all(|k| *k), "killed {killed:?}");
+        a.put_policies(
+            r#"permit(principal is Agent, action == Action::"read", resource == Api::"https://api.example.com");"#,
+        )
+        .await?;
+        // B notices the loss, listens again, and syncs what it missed.
+        anyhow::ensure!(eventually(Duration::from_secs(10), issues(200)).await?, "a change made while the feed was down was lost");
+        anyhow::ensure!(eventually(Duration::from_secs(10), listening).await?, "the feed did not recover");
+        a.put_policies(r#"forbid(principal, action, resource);"#).await?;
+        anyhow::ensure!(eventually(Duration::from_secs(3), issues(400)).await?, "the recovered feed carries nothing");
+        a.stop().await?;
+        Ok::<_, anyhow::Error>(())
+    }
+    .await;
+    drop_databases(&[url]).await?;
+    result
+}
+
 /// The delegation scenarios (DESIGN §3), each on a fresh database, as the
 /// SQLite suite runs them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
