@@ -483,7 +483,10 @@ impl Mandate {
         let mut event = self.authorize_event(kind::GRANT_CREATED, user, req);
         event.decision = Some(ALLOW.into());
         event.grant_id = Some(grant.id.to_string());
-        event.reason = Some(format!("approved_by {} on the consent page", user.id));
+        event.reason = Some(match &grant.may_act {
+            None => format!("approved_by {} on the consent page", user.id),
+            Some(m) => format!("approved_by {} on the consent page; may_act {m}", user.id),
+        });
         let change = Change::new()
             .with(Mutation::InsertGrant(grant))
             .with(Mutation::InsertAuthCode(record))

@@ -166,7 +166,10 @@ impl Mandate {
                 created.resource = event.resource.clone();
                 created.scope = event.scope.clone();
                 created.grant_id = Some(grant.id.to_string());
-                created.reason = Some("approved_by policy".into());
+                created.reason = Some(match &grant.may_act {
+                    None => "approved_by policy".into(),
+                    Some(m) => format!("approved_by policy; may_act {m}"),
+                });
                 change.push(Mutation::InsertGrant(grant));
                 change.push(Mutation::InsertApproval(approval));
                 change.push(AuditRecord::new(event).mutation());

@@ -77,6 +77,9 @@ pub(super) async fn may_act_from_the_grant_request(w: World) -> Result<()> {
     ensure!(claims(&parent)["may_act"] == json!({"sub": named.id}), "{}", claims(&parent));
     let (_, list) = w.s.admin(Method::GET, "/v1/grants", None).await?;
     ensure!(list["grants"][0]["may_act"] == json!([named.id]), "{list}");
+    let created = w.s.audit("type=grant.created").await?;
+    let said = format!("approved_by policy; may_act {}", named.id);
+    ensure!(created.last().is_some_and(|e| e["reason"] == said.as_str()), "{created:?}");
     // A refreshed token carries it too.
     let rt = text(&tokens, "refresh_token")?;
     let (st, renewed) = w.grant(&w.planner, &[("grant_type", "refresh_token"), ("refresh_token", &rt)]).await?;
