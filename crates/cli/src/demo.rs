@@ -376,15 +376,22 @@ async fn story(d: &mut Demo, store: &dyn Store, cal_listener: tokio::net::TcpLis
         DemoAgent { id: text(&summarizer, "id")?, key: summarizer_key, dpop: SigningKey::generate(KeyAlg::ES256)? };
     show("ephemeral agent", format!("Summarizer ({}), expires in 10 minutes", summarizer.id));
     show("its policy", "none names it: it is decided as its parent, within what it is given");
-    let exchange = |scope: &'static str| {
-        vec![
-            ("grant_type", "urn:ietf:params:oauth:grant-type:token-exchange"),
-            ("subject_token", planner_token.as_str()),
-            ("subject_token_type", "urn:ietf:params:oauth:token-type:access_token"),
-            ("scope", scope),
-        ]
-    };
-    let (st, hop) = d.oauth(&summarizer, "/oauth/token", &exchange("calendar:read")).await?;
+    // The planner's token is DPoP-bound to the planner's key: the planner
+    // hands it on with a proof of that key for this one exchange (ADR 0024).
+    let handoff = d.proof(&planner.dpop, "POST", &format!("{}/oauth/token", d.issuer), Some(&planner_token))?;
+    let (st, hop) = d
+        .oauth(
+            &summarizer,
+            "/oauth/token",
+            &[
+                ("grant_type", "urn:ietf:params:oauth:grant-type:token-exchange"),
+                ("subject_token", planner_token.as_str()),
+                ("subject_token_type", "urn:ietf:params:oauth:token-type:access_token"),
+                ("subject_token_dpop", handoff.as_str()),
+                ("scope", "calendar:read"),
+            ],
+        )
+        .await?;
     ensure!(st == 200, "exchange: {st} {hop}");
     let summarizer_token = text(&hop, "access_token")?;
     let hop_claims = jws_claims(&summarizer_token)?;

@@ -87,6 +87,9 @@ pub struct AuthorizeRequest {
     pub defaulted: bool,
     /// The query to carry through the sign-in and the consent form.
     pub params: Vec<(String, String)>,
+    /// Who may act next for the person with the grant's tokens
+    /// (`allowed_actors`, ADR 0024), checked to name existing agents.
+    pub allowed_actors: Option<mandate_model::actors::MayAct>,
 }
 
 impl AuthorizeRequest {
@@ -218,6 +221,7 @@ impl Mandate {
             "purpose",
             "prompt",
             "dpop_jkt",
+            "allowed_actors",
         ];
         for k in known {
             one(k).map_err(|_| back("invalid_request", &format!("{k} is repeated")))?;
@@ -288,8 +292,29 @@ impl Mandate {
             ),
             None => agent.description.clone(),
         };
+        let allowed_actors = match one("allowed_actors")? {
+            None => None,
+            Some(list) => {
+                let m = mandate_model::actors::MayAct::parse(list)
+                    .map_err(|e| back("invalid_request", &format!("allowed_actors: {e}")))?;
+                for id in m.agents() {
+                    match self.store.agent(id).await {
+                        Ok(Some(_)) => {}
+                        Ok(None) => {
+                            return Err(back(
+                                "invalid_request",
+                                &format!("allowed_actors names {id}, which is no agent"),
+                            ));
+                        }
+                        Err(_) => return Err(back("temporarily_unavailable", "try again")),
+                    }
+                }
+                Some(m)
+            }
+        };
         let owner = self.store.user(agent.owner).await.ok().flatten();
         Ok(AuthorizeRequest {
+            allowed_actors,
             redirect_uri: redirect_uri.to_owned(),
             state,
             resource,
@@ -426,9 +451,20 @@ impl Mandate {
                     .back_to_client(req, &[("error", "temporarily_unavailable"), ("error_description", "try again")]),
             }
         };
-        let grant = self
+        let mut grant = self
             .new_grant(user, &req.agent, &req.resource, &req.scopes, req.purpose.clone(), &user.id.to_string())
             .map_err(|e| unavailable(&e))?;
+        // Who may act next (ADR 0024): what the request names, within what
+        // the allowing policies name.
+        let asked = req.allowed_actors.as_ref().map(ToString::to_string);
+        grant.may_act = match self.grant_may_act(user, &req.agent, &req.resource, &req.scopes, asked.as_deref()).await {
+            Ok(m) => m,
+            Err(Error::AccessDenied(why) | Error::InvalidRequest(why)) => {
+                let url = self.authorization_refused(user, req, "access_denied", &why).await;
+                return Err(AuthorizeError::Redirect { url });
+            }
+            Err(e) => return Err(unavailable(&e)),
+        };
         let code = secrets::generate(CODE_PREFIX, self.rng.as_ref()).map_err(|e| unavailable(&e))?;
         let now = self.clock.now();
         let record = AuthCodeRecord {
@@ -447,7 +483,10 @@ impl Mandate {
         let mut event = self.authorize_event(kind::GRANT_CREATED, user, req);
         event.decision = Some(ALLOW.into());
         event.grant_id = Some(grant.id.to_string());
-        event.reason = Some(format!("approved_by {} on the consent page", user.id));
+        event.reason = Some(match &grant.may_act {
+            None => format!("approved_by {} on the consent page", user.id),
+            Some(m) => format!("approved_by {} on the consent page; may_act {m}", user.id),
+        });
         let change = Change::new()
             .with(Mutation::InsertGrant(grant))
             .with(Mutation::InsertAuthCode(record))

@@ -113,7 +113,7 @@ impl Mandate {
         Some(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sealed))
     }
 
-    fn nonce_is_current(&self, nonce: &str, now: i64) -> bool {
+    pub(crate) fn nonce_is_current(&self, nonce: &str, now: i64) -> bool {
         let Ok(sealed) = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(nonce) else { return false };
         let Ok(plain) = self.kek.open(NONCE_CONTEXT, &sealed) else { return false };
         let Ok(bytes) = <[u8; 8]>::try_from(plain.as_slice()) else { return false };

@@ -127,6 +127,10 @@ pub struct ExchangeRequest {
     pub resources: Vec<String>,
     pub audiences: Vec<String>,
     pub scope: Option<String>,
+    /// A DPoP proof by the key a bound `subject_token` is bound to (its
+    /// `cnf.jkt`), for this request (ADR 0024): how an agent that holds
+    /// the token's key proves it when it calls with another key.
+    pub subject_token_dpop: Option<String>,
 }
 
 /// A `grant_type` that could not become a [`GrantRequest`].
@@ -156,6 +160,9 @@ pub struct BcAuthorizeRequest {
     pub binding_message: Option<String>,
     /// Seconds, as sent: its range is the use case's to check.
     pub requested_expiry: Option<String>,
+    /// Who may act next for the user (`may_act`, ADR 0024): agent ids and
+    /// `group:<name>`s separated by spaces, as sent.
+    pub allowed_actors: Option<String>,
 }
 
 /// A request the edge could not parse, with what it named, for the record

@@ -213,6 +213,7 @@ impl World {
             resources: vec![CAL.into()],
             binding_message: Some("plan the offsite".into()),
             requested_expiry: None,
+            allowed_actors: None,
         };
         self.m.bc_authorize(&self.creds(c), Ok(req)).await
     }
@@ -237,6 +238,7 @@ impl World {
             resources: Vec::new(),
             audiences: Vec::new(),
             scope: scope.map(str::to_owned),
+            subject_token_dpop: None,
         };
         self.grant(c, GrantRequest::Exchange(x)).await
     }

@@ -19,9 +19,9 @@ pub struct AccessTokenClaims {
     pub scope: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub act: Option<Actor>,
-    /// RFC 8693 §4.4: who may act for `sub` next, when restricted.
+    /// RFC 8693 §4.4: who may act for `sub` next, when restricted (ADR 0024).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub may_act: Option<Actor>,
+    pub may_act: Option<crate::actors::MayAct>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grant_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

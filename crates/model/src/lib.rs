@@ -1,6 +1,7 @@
 //! Mandate's pure domain: identifiers, scopes, names and the records the
 //! server keeps. No I/O, no clock, no randomness: callers pass those in.
 
+pub mod actors;
 pub mod claims;
 pub mod delegation;
 pub mod error;

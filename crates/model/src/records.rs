@@ -495,6 +495,10 @@ pub struct Grant {
     pub revoked_at: Option<OffsetDateTime>,
     #[serde(with = "time::serde::rfc3339::option")]
     pub last_used_at: Option<OffsetDateTime>,
+    /// Who may act next for the user with what is issued under the grant
+    /// (RFC 8693 §4.4 `may_act`), when the request or policy restricts it.
+    #[serde(with = "crate::actors::as_list", skip_serializing_if = "Option::is_none")]
+    pub may_act: Option<crate::actors::MayAct>,
 }
 
 impl Grant {
@@ -552,7 +556,13 @@ impl FromStr for ApprovalStatus {
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum ApprovalSubject {
     /// A CIBA request for a grant of `scopes` at the approval's resource.
-    Grant { scopes: ScopeSet, requested_expiry: i64 },
+    Grant {
+        scopes: ScopeSet,
+        requested_expiry: i64,
+        /// Who may act next with the grant's tokens (ADR 0024).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        may_act: Option<crate::actors::MayAct>,
+    },
     /// One action on one checked resource, for the token chain `chain`.
     Action {
         action: String,

@@ -40,6 +40,11 @@ pub const DEFAULT_POLICIES: &[(&str, &str)] = &[(
 /// (the user the agent acts for) or `@approval("owner")` (the agent's owner).
 pub const APPROVAL_ANNOTATION: &str = "approval";
 
+/// The annotation that restricts who may act next for the user with what
+/// an allowing permit issues: `@may_act("agt_… group:ops")`, agent ids and
+/// `group:<name>`s separated by spaces (RFC 8693 §4.4, ADR 0024).
+pub const MAY_ACT_ANNOTATION: &str = "may_act";
+
 /// The annotation that lets an action approval be used again within a
 /// window after it was given: `@approval_reuse("5m")` (seconds `s`,
 /// minutes `m` or hours `h`, at most a day). Without it an action approval
@@ -242,6 +247,8 @@ struct Compiled {
     approvals: HashMap<PolicyId, Approver>,
     /// The `@approval_reuse` window of each `@approval` policy that has one.
     reuse: HashMap<PolicyId, i64>,
+    /// Who may act next, by each `@may_act` policy.
+    may_act: HashMap<PolicyId, mandate_model::actors::MayAct>,
 }
 
 impl std::fmt::Debug for PolicyEngine {
@@ -418,6 +425,9 @@ pub struct Decision {
     /// determining `@approval` permit must allow reuse, and the shortest
     /// window applies.
     pub approval_reuse: Option<i64>,
+    /// On an allow: the `@may_act` of each determining permit that carries
+    /// one. All of them restrict what is issued (ADR 0024).
+    pub may_act: Vec<mandate_model::actors::MayAct>,
 }
 
 impl PolicyEngine {
@@ -466,7 +476,19 @@ impl PolicyEngine {
         }
         let mut approvals = HashMap::new();
         let mut reuse = HashMap::new();
+        let mut may_act = HashMap::new();
         for p in policies.policies() {
+            if let Some(v) = p.annotation(MAY_ACT_ANNOTATION) {
+                if p.effect() != cedar_policy::Effect::Permit {
+                    return Err(PolicyError::Invalid(vec![format!(
+                        "policy {}: @may_act restricts what a permit issues; a forbid cannot carry it",
+                        p.id()
+                    )]));
+                }
+                let names = mandate_model::actors::MayAct::parse(v)
+                    .map_err(|e| PolicyError::Invalid(vec![format!("policy {}: @may_act: {e}", p.id())]))?;
+                may_act.insert(p.id().clone(), names);
+            }
             if let Some(v) = p.annotation(APPROVAL_REUSE_ANNOTATION) {
                 if p.annotation(APPROVAL_ANNOTATION).is_none() {
                     return Err(PolicyError::Invalid(vec![format!(
@@ -512,6 +534,7 @@ impl PolicyEngine {
                 authorizer: Authorizer::new(),
                 approvals,
                 reuse,
+                may_act,
             }),
         })
     }
@@ -527,6 +550,7 @@ impl PolicyEngine {
                 authorizer: Authorizer::new(),
                 approvals: HashMap::new(),
                 reuse: HashMap::new(),
+                may_act: HashMap::new(),
             }),
         }
     }
@@ -576,6 +600,7 @@ impl PolicyEngine {
                         errors: vec![e],
                         approval: None,
                         approval_reuse: None,
+                        may_act: Vec::new(),
                     };
                 }
             };
@@ -599,6 +624,7 @@ impl PolicyEngine {
                     errors: vec![format!("agent has more than {MAX_PARENTS} ancestors")],
                     approval: None,
                     approval_reuse: None,
+                    may_act: Vec::new(),
                 };
             }
             let Some(p) = related.agent(parent) else {
@@ -608,6 +634,7 @@ impl PolicyEngine {
                     errors: vec![format!("agent {parent} (a parent) could not be loaded")],
                     approval: None,
                     approval_reuse: None,
+                    may_act: Vec::new(),
                 };
             };
             if let Principal::Agent(a) = principal {
@@ -636,6 +663,7 @@ impl PolicyEngine {
         // reason of a denial in whichever set it sits.
         let (mut permitted, mut permits, mut forbids, mut errors) = (false, Vec::new(), Vec::new(), Vec::new());
         let mut approvals = Vec::new();
+        let mut may_act = Vec::new();
         // Each determining @approval permit's reuse window (None: single use).
         let mut windows: Vec<Option<i64>> = Vec::new();
         for set in sets {
@@ -645,6 +673,9 @@ impl PolicyEngine {
             if response.decision() == CedarDecision::Allow {
                 permitted = true;
                 for id in response.diagnostics().reason() {
+                    if let Some(m) = self.inner.may_act.get(id) {
+                        may_act.push(m.clone());
+                    }
                     if let Some(a) = self.inner.approvals.get(id) {
                         approvals.push(*a);
                         windows.push(self.inner.reuse.get(id).copied());
@@ -671,7 +702,10 @@ impl PolicyEngine {
             None => None,
             Some(_) => windows.iter().copied().collect::<Option<Vec<i64>>>().and_then(|w| w.into_iter().min()),
         };
-        Ok(Decision { allowed, reasons, errors, approval, approval_reuse })
+        if !allowed {
+            may_act.clear();
+        }
+        Ok(Decision { allowed, reasons, errors, approval, approval_reuse, may_act })
     }
 
     /// The same decision over the whole set, unindexed: what the index must

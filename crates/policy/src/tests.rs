@@ -572,4 +572,36 @@ fn policies_decide_on_the_client_address() {
     // The address is part of the decision key.
     let k = |f: &Facts| decision_key_with(Principal::Agent(&a), api, &rel(), f).unwrap();
     assert_ne!(k(&at(Some("10.1.2.3"))), k(&at(Some("10.1.2.4"))));
+
+#[test]
+fn may_act_is_read_from_the_permits_that_allow_and_checked_at_load() {
+    let b = AgentId::from_ulid(Ulid::from_parts(1_700_000_000_000, 77));
+    let e = PolicyEngine::compile(
+        &format!(
+            r#"@may_act("{b} group:ops") permit(principal is Agent, action == Action::"read", resource);
+               permit(principal is Agent, action == Action::"write", resource);
+               @may_act("group:ops") permit(principal is Agent, action == Action::"write", resource)
+                 when {{ false }};"#
+        ),
+        &actions(),
+    )
+    .unwrap();
+    let api = Target::Api("https://a.example");
+    let read = e.decide(Principal::Agent(&agent()), "read", api, &rel());
+    assert!(read.allowed);
+    assert_eq!(read.may_act.iter().map(|m| m.to_list()).collect::<Vec<_>>(), vec![format!("{b} group:ops")]);
+    // A permit that does not apply restricts nothing.
+    let write = e.decide(Principal::Agent(&agent()), "write", api, &rel());
+    assert!(write.allowed && write.may_act.is_empty(), "{write:?}");
+    for bad in [
+        r#"@may_act("") permit(principal, action, resource);"#,
+        r#"@may_act("usr_01HZZZZZZZZZZZZZZZZZZZZZZZ") permit(principal, action, resource);"#,
+        r#"@may_act("ops") permit(principal, action, resource);"#,
+        r#"@may_act("group:ops") forbid(principal, action, resource);"#,
+    ] {
+        match PolicyEngine::compile(bad, &actions()) {
+            Err(PolicyError::Invalid(m)) => assert!(m.join(" ").contains("@may_act"), "{m:?}"),
+            other => panic!("{bad} was not refused: {other:?}"),
+        }
+    }
 }

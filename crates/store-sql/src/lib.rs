@@ -508,6 +508,7 @@ pub struct GrantRow {
     pub expires_at: i64,
     pub revoked_at: Option<i64>,
     pub last_used_at: Option<i64>,
+    pub may_act: Option<String>,
 }
 
 impl TryFrom<GrantRow> for Grant {
@@ -526,6 +527,12 @@ impl TryFrom<GrantRow> for Grant {
             expires_at: from_ts(r.expires_at)?,
             revoked_at: opt_ts(r.revoked_at)?,
             last_used_at: opt_ts(r.last_used_at)?,
+            may_act: r
+                .may_act
+                .as_deref()
+                .map(mandate_model::actors::MayAct::parse)
+                .transpose()
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?,
         })
     }
 }

@@ -70,6 +70,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0012_federated_credentials.sql"),
     include_str!("../migrations/0013_agent_limits.sql"),
     include_str!("../migrations/0014_resource_context.sql"),
+    include_str!("../migrations/0015_grant_may_act.sql"),
 ];
 
 /// The writer connection's page cache, in KiB (as a negative `cache_size`).

@@ -18,7 +18,9 @@ use serde_json::{Value, json};
 use crate::{TestAgent, TestServer};
 
 mod limits;
+mod may_act;
 use limits::{limits_only_tighten_and_are_audited, spawn_and_exchange_limits, token_limits_refuse_and_pass};
+use may_act::{a_bound_subject_token_is_exchanged_by_its_holder, may_act_from_policy, may_act_from_the_grant_request};
 
 pub const CAL: &str = "https://calendar.example";
 
@@ -226,6 +228,9 @@ pub const SCENARIOS: &[(&str, Scenario)] = scenarios![
     limits_only_tighten_and_are_audited,
     token_limits_refuse_and_pass,
     spawn_and_exchange_limits,
+    may_act_from_the_grant_request,
+    may_act_from_policy,
+    a_bound_subject_token_is_exchanged_by_its_holder,
 ];
 
 /// Runs every scenario on a fresh server from `factory`.

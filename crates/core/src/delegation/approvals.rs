@@ -69,15 +69,17 @@ impl Mandate {
         event.reason = Some(id.to_string());
         let mut change = Change::new();
         let mut grant_id = None;
-        if approve && let ApprovalSubject::Grant { scopes, .. } = &approval.subject {
+        if approve && let ApprovalSubject::Grant { scopes, may_act, .. } = &approval.subject {
             // The grant is created as approved; issuance re-checks policy.
             let user =
                 self.store.user(approval.user).await?.ok_or_else(|| Error::Conflict("the user is gone".into()))?;
             let agent =
                 self.store.agent(approval.agent).await?.ok_or_else(|| Error::Conflict("the agent is gone".into()))?;
             let res = self.resource_by_identifier(&approval.resource).await?;
-            let grant =
+            let mut grant =
                 self.new_grant(&user, &agent, &res, scopes, approval.binding_message.clone(), &me.to_string())?;
+            // Who may act next, as the request and policy named it (ADR 0024).
+            grant.may_act = may_act.clone();
             event.grant_id = Some(grant.id.to_string());
             event.scope = Some(scopes.to_claim());
             grant_id = Some(grant.id);

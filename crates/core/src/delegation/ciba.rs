@@ -115,6 +115,8 @@ impl Mandate {
         }
         let approver =
             self.authorize_scopes(Some(&user), &[agent], &res, &scopes, false).await?.map_err(Error::AccessDenied)?;
+        // Who may act next with the grant's tokens (ADR 0024).
+        let may_act = self.grant_may_act(&user, agent, &res, &scopes, req.allowed_actors.as_deref()).await?;
         let now = self.clock.now();
         let id = ApprovalId::from_ulid(new_ulid(self.clock.as_ref(), self.rng.as_ref())?);
         let mut approval = Approval {
@@ -126,7 +128,11 @@ impl Mandate {
                 _ => user.id,
             },
             resource: res.identifier.clone(),
-            subject: ApprovalSubject::Grant { scopes: scopes.clone(), requested_expiry: wait },
+            subject: ApprovalSubject::Grant {
+                scopes: scopes.clone(),
+                requested_expiry: wait,
+                may_act: may_act.clone(),
+            },
             binding_message: binding_message.clone(),
             status: ApprovalStatus::Pending,
             decided_by: None,
@@ -145,7 +151,8 @@ impl Mandate {
         event.scope = Some(scopes.to_claim());
         match approver {
             None => {
-                let grant = self.new_grant(&user, agent, &res, &scopes, binding_message, "policy")?;
+                let mut grant = self.new_grant(&user, agent, &res, &scopes, binding_message, "policy")?;
+                grant.may_act = may_act;
                 approval.status = ApprovalStatus::Approved;
                 approval.decided_by = Some("policy".into());
                 approval.decided_at = Some(now);
@@ -159,7 +166,10 @@ impl Mandate {
                 created.resource = event.resource.clone();
                 created.scope = event.scope.clone();
                 created.grant_id = Some(grant.id.to_string());
-                created.reason = Some("approved_by policy".into());
+                created.reason = Some(match &grant.may_act {
+                    None => "approved_by policy".into(),
+                    Some(m) => format!("approved_by policy; may_act {m}"),
+                });
                 change.push(Mutation::InsertGrant(grant));
                 change.push(Mutation::InsertApproval(approval));
                 change.push(AuditRecord::new(event).mutation());
@@ -223,6 +233,7 @@ impl Mandate {
             expires_at,
             revoked_at: None,
             last_used_at: None,
+            may_act: None,
         })
     }
 
@@ -370,6 +381,7 @@ mod tests {
             resources: vec![CAL.into()],
             binding_message: None,
             requested_expiry: None,
+            allowed_actors: None,
         };
         let refused = w.m.bc_authorize(&w.creds(&w.planner), Ok(req)).await;
         assert!(
@@ -389,6 +401,7 @@ mod tests {
             resources: vec![CAL.into()],
             binding_message: None,
             requested_expiry: None,
+            allowed_actors: None,
         };
         assert!(matches!(w.m.bc_authorize(&w.creds(&w.planner), Ok(unknown)).await, Err(Error::UnknownUser(_))));
         assert!(matches!(w.ciba(&w.planner, "delete").await, Err(Error::InvalidScope(_))));

@@ -61,17 +61,32 @@ impl Mandate {
         // …and no deeper than any agent of the new chain's own limit (DESIGN §13).
         let in_chain: Vec<&Agent> = parent.agents.iter().chain(std::iter::once(next)).collect();
         self.chain_within_limits(&in_chain).await?;
-        // A may delegate to B: may_act when present, and policy.
+        // A may delegate to B: may_act when present (ADR 0024), and policy.
         if let Some(may) = &parent.claims.may_act
-            && may.sub != next.id.to_string()
+            && !self.may_act_covers(may, next).await?
         {
-            return Err(Error::InvalidRequest(format!("{} is not named by the token's may_act", next.id)));
+            return Err(Error::InvalidGrant(format!(
+                "{} is not named by the subject token's may_act ({may})",
+                next.id
+            )));
         }
         // The gateway of the token's audience exchanges it for one of the
         // audiences the resource lists (DESIGN §9): the resource naming
         // its gateway is the delegation, and the token keeps only the
         // scopes the upstream declares too.
         let gateway_to = self.gateway_hop(&parent.record.audience, next, audience.as_deref()).await?;
+        // A DPoP-bound subject token is exchanged by its holder only: the
+        // caller proves its key (its own DPoP proof, or subject_token_dpop),
+        // or the token's may_act names the caller, or the caller is the
+        // gateway the token was presented to, with its holder's proof
+        // (ADR 0024).
+        let subject_burn = self.holder_of(
+            &parent.claims,
+            subject_token,
+            req.subject_token_dpop.as_deref(),
+            jkt,
+            gateway_to.is_some(),
+        )?;
         if gateway_to.is_none() {
             let related = self.related(&[from, next], parent.user.as_ref().as_slice()).await?;
             let mut chain_agents: Vec<&Agent> = parent.agents.iter().collect();
@@ -148,12 +163,17 @@ impl Mandate {
                 jkt,
                 limits: &limits,
                 agent: next,
+                // The constraint holds all the way down the chain.
+                may_act: parent.claims.may_act.as_ref(),
             })
             .await?;
         let event = self.issued_event(&record, &chain);
         let mut issued = self.issued(&record, jwt);
         issued.issued_token_type = Some(TOKEN_TYPE_ACCESS);
         let mut change = Change::new().with(Mutation::InsertToken(record));
+        if let Some(burn) = subject_burn {
+            change.push(burn);
+        }
         if let Some(g) = &grant {
             change.push(Mutation::TouchGrant { id: g.id, at: now });
         }
@@ -232,6 +252,7 @@ mod tests {
             resources: vec!["https://elsewhere.example".into()],
             audiences: Vec::new(),
             scope: None,
+            subject_token_dpop: None,
         };
         let elsewhere = w.grant(&w.helper, crate::GrantRequest::Exchange(x)).await;
         assert!(matches!(elsewhere, Err(Error::InvalidTarget(_))), "{elsewhere:?}");

@@ -66,6 +66,8 @@ impl Mandate {
         let now = self.clock.now();
         let approved_by = format!("{IDP_APPROVER_PREFIX}{}", jag.iss);
         let mut grant = self.new_grant(&user, agent, &res, &scopes, None, &approved_by)?;
+        // The permits that allow it may restrict who acts next (ADR 0024).
+        grant.may_act = self.grant_may_act(&user, agent, &res, &scopes, None).await?;
         // No refresh token: the grant lives as long as its one token.
         grant.expires_at = grant.expires_at.min(now + Duration::seconds(self.config.access_token_ttl));
         let (mut change, event, issued) = self.grant_token(agent, &grant, &scopes, None, jkt).await?;

@@ -34,6 +34,8 @@ pub(crate) struct Mint<'a> {
     /// The limits in force for the agent it is issued to (DESIGN §13).
     pub limits: &'a mandate_model::limits::Limits,
     pub agent: &'a Agent,
+    /// Who may act next (`may_act`): the grant's constraint, down the chain.
+    pub may_act: Option<&'a mandate_model::actors::MayAct>,
 }
 
 impl Mandate {
@@ -140,7 +142,7 @@ impl Mandate {
             client_id: m.client.to_string(),
             scope: m.scopes.to_claim(),
             act: m.chain.to_act(),
-            may_act: None,
+            may_act: m.may_act.cloned(),
             grant_id: m.grant.map(|g| g.id.to_string()),
             purpose: m.purpose.clone(),
             cnf: m.jkt.map(|jkt| Confirmation { jkt: jkt.to_owned() }),
@@ -273,6 +275,7 @@ impl Mandate {
                 jkt,
                 limits: &limits,
                 agent,
+                may_act: grant.may_act.as_ref(),
             })
             .await?;
         let event = self.issued_event(&record, &chain);

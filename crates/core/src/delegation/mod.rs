@@ -8,6 +8,7 @@ mod ciba;
 mod exchange;
 mod grants;
 pub mod idjag;
+mod may_act;
 mod minting;
 mod refresh;
 

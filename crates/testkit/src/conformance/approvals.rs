@@ -30,7 +30,7 @@ pub async fn approvals_are_decided_and_used_once(s: &Arc<dyn Store>) -> Result<(
         grant: None,
         polled_at: None,
     };
-    let ciba = approval(ApprovalSubject::Grant { scopes: g.scopes.clone(), requested_expiry: 600 });
+    let ciba = approval(ApprovalSubject::Grant { scopes: g.scopes.clone(), requested_expiry: 600, may_act: None });
     let action = approval(ApprovalSubject::Action {
         action: "send".into(),
         target: "mail/1".into(),
@@ -103,7 +103,7 @@ pub async fn pending_requests_are_counted_and_approvals_paged(s: &Arc<dyn Store>
         user,
         approver: u.id,
         resource: "https://api.example".into(),
-        subject: ApprovalSubject::Grant { scopes: g.scopes.clone(), requested_expiry: 600 },
+        subject: ApprovalSubject::Grant { scopes: g.scopes.clone(), requested_expiry: 600, may_act: None },
         binding_message: None,
         status: ApprovalStatus::Pending,
         decided_by: None,

@@ -121,6 +121,7 @@ pub fn grant(user: UserId, agent: AgentId) -> Grant {
         expires_at: t0() + Duration::hours(8),
         revoked_at: None,
         last_used_at: None,
+        may_act: None,
     }
 }
 
@@ -227,7 +228,7 @@ pub(crate) fn pending_grant_approval(u: &User, a: &Agent, g: &Grant) -> mandate_
         user: u.id,
         approver: u.id,
         resource: g.resource.clone(),
-        subject: ApprovalSubject::Grant { scopes: g.scopes.clone(), requested_expiry: 600 },
+        subject: ApprovalSubject::Grant { scopes: g.scopes.clone(), requested_expiry: 600, may_act: None },
         binding_message: None,
         status: ApprovalStatus::Pending,
         decided_by: None,

@@ -22,8 +22,12 @@ pub async fn grants_revoke_once_and_list_by_person(s: &Arc<dyn Store>) -> Result
     ensure!(s.grant(g.id).await?.and_then(|x| x.last_used_at) == Some(t0() + Duration::seconds(5)));
     // A grant the other user gave to one of u's agents: u sees it as the
     // agent's owner, the other user as its giver.
-    let given = grant(other.id, b.id);
+    let mut given = grant(other.id, b.id);
+    // Who may act next (ADR 0024) round-trips, groups and order included.
+    let may_act = format!("group:ops {a} group:dev.team", a = a.id);
+    given.may_act = Some(mandate_model::actors::MayAct::parse(&may_act)?);
     one(s, Mutation::InsertGrant(given.clone())).await?;
+    ensure!(s.grant(given.id).await? == Some(given.clone()), "a grant's may_act did not round-trip");
     let q = |user, agent, user_or_owner| GrantQuery { user, agent, user_or_owner, limit: 10 };
     let ids = |v: Vec<mandate_model::records::Grant>| v.into_iter().map(|x| x.id).collect::<Vec<_>>();
     ensure!(ids(s.grants(&q(Some(u.id), None, None)).await?) == vec![g.id]);

@@ -379,3 +379,25 @@ async fn the_code_flow_takes_what_mcp_clients_send() -> Result<()> {
     assert_eq!(param(&location(&resp), "error").as_deref(), Some("invalid_request"));
     Ok(())
 }
+
+/// `allowed_actors` (ADR 0024): names that are no agent go back to the
+/// client; the ones the person allows are the grant's `may_act`.
+#[tokio::test]
+async fn allowed_actors_on_the_authorization_request_becomes_may_act() -> Result<()> {
+    let f = flow().await?;
+    for bad in ["agt_01HZZZZZZZZZZZZZZZZZZZZZZZ", "ops", "group:"] {
+        let resp = f.get(&authorize_url(&f, &[("allowed_actors", bad)], &[])).await?;
+        let back = location(&resp);
+        assert_eq!(param(&back, "error").as_deref(), Some("invalid_request"), "{bad}: {back}");
+        assert!(param(&back, "error_description").is_some_and(|d| d.contains("allowed_actors")), "{back}");
+    }
+    let named = f.w.planner.id.clone();
+    let list = format!("group:ops {named}");
+    let (back, _) = f.consent(&authorize_url(&f, &[("allowed_actors", &list)], &[]), "allow").await?;
+    let code = param(&back, "code").unwrap_or_default();
+    let (st, tokens) = f.redeem(&code, Some(VERIFIER), REDIRECT).await?;
+    assert_eq!(st, 200, "{tokens}");
+    let c = claims(tokens["access_token"].as_str().unwrap_or_default());
+    assert_eq!(c["may_act"], json!({"mandate_actors": [named, "group:ops"]}), "{c}");
+    Ok(())
+}

@@ -223,23 +223,32 @@ async fn ciba_refresh_and_exchange_bind_each_hop_to_its_caller() -> Result<()> {
         planner_key.public().thumbprint()
     );
 
-    // An exchange by a helper is bound to the helper's key, not the planner's.
+    // An exchange by a helper is bound to the helper's key, not the
+    // planner's. The planner's token is bound: the planner hands it on
+    // with a proof of its key (ADR 0024).
     let helper = w.spawn(&w.planner, json!({})).await?;
     let helper_key = SigningKey::generate(KeyAlg::ES256)?;
-    let exchange = [
-        ("grant_type", "urn:ietf:params:oauth:grant-type:token-exchange"),
-        ("subject_token", access.as_str()),
-        ("subject_token_type", "urn:ietf:params:oauth:token-type:access_token"),
-    ];
-    let (st, child) = w.grant_dpop(&helper, &w.s.dpop(&helper_key, "POST", "/oauth/token", None), &exchange).await?;
+    let handed = |jti: &str| w.subject_proof(&planner_key, &access, jti);
+    let (first, second) = (handed(&fresh_jti()), handed(&fresh_jti()));
+    let exchange = |proof| {
+        [
+            ("grant_type", "urn:ietf:params:oauth:grant-type:token-exchange"),
+            ("subject_token", access.as_str()),
+            ("subject_token_type", "urn:ietf:params:oauth:token-type:access_token"),
+            ("subject_token_dpop", proof),
+        ]
+    };
+    let (st, child) =
+        w.grant_dpop(&helper, &w.s.dpop(&helper_key, "POST", "/oauth/token", None), &exchange(first.as_str())).await?;
     assert_eq!(st, 200, "{child}");
     assert_eq!(child["token_type"], "DPoP");
     assert_eq!(
         claims(child["access_token"].as_str().unwrap_or_default())["cnf"]["jkt"],
         helper_key.public().thumbprint()
     );
-    // Without a proof the hop is a bearer token: nothing is inherited.
-    let (st, child) = w.grant(&helper, &exchange).await?;
+    // Without a DPoP header of the helper's own the hop is a bearer token:
+    // nothing is inherited.
+    let (st, child) = w.grant(&helper, &exchange(second.as_str())).await?;
     assert_eq!(st, 200, "{child}");
     assert!(claims(child["access_token"].as_str().unwrap_or_default()).get("cnf").is_none());
     Ok(())

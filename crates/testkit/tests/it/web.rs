@@ -490,7 +490,11 @@ async fn the_inbox_pages_and_every_decision_reads_its_own_record() -> Result<()>
             user: carol_id,
             approver: carol_id,
             resource: CAL.into(),
-            subject: ApprovalSubject::Grant { scopes: mandate_model::ScopeSet::parse("read")?, requested_expiry: 600 },
+            subject: ApprovalSubject::Grant {
+                scopes: mandate_model::ScopeSet::parse("read")?,
+                requested_expiry: 600,
+                may_act: None,
+            },
             binding_message: Some(format!("request {n}")),
             status: ApprovalStatus::Pending,
             decided_by: None,
@@ -515,6 +519,7 @@ async fn the_inbox_pages_and_every_decision_reads_its_own_record() -> Result<()>
             expires_at: now + time::Duration::days(1),
             revoked_at: None,
             last_used_at: None,
+            may_act: None,
         }));
     }
     for chunk in approvals.chunks(200).chain(grants.chunks(200)) {
