@@ -3,6 +3,7 @@
 
 pub mod claims;
 pub mod delegation;
+pub mod delivery;
 pub mod error;
 pub mod id;
 pub mod json;
