@@ -156,6 +156,9 @@ pub struct BcAuthorizeRequest {
     pub binding_message: Option<String>,
     /// Seconds, as sent: its range is the use case's to check.
     pub requested_expiry: Option<String>,
+    /// CIBA §7.1: the bearer token Mandate presents when it calls a ping
+    /// or push agent back; required of those, ignored for poll.
+    pub client_notification_token: Option<String>,
 }
 
 /// A request the edge could not parse, with what it named, for the record

@@ -231,6 +231,7 @@ fn check_bc_authorize(form: &OAuthForm, pairs: &[(String, String)]) -> Result<()
                         resources: all(pairs, "resource"),
                         binding_message: owned("binding_message"),
                         requested_expiry: owned("requested_expiry"),
+                        client_notification_token: owned("client_notification_token"),
                     }
         }
         Err(m) => {
