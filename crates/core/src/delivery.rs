@@ -182,6 +182,14 @@ impl Mandate {
         }
     }
 
+    /// An agent's CIBA delivery registration (`poll` when it set none).
+    pub async fn backchannel_of(
+        &self,
+        agent: mandate_model::AgentId,
+    ) -> Result<mandate_model::delivery::Backchannel, Error> {
+        Ok(self.store.backchannel(agent).await?.unwrap_or_default())
+    }
+
     /// Seals a `client_notification_token` for the request `approval`.
     pub(crate) fn seal_notification_token(&self, approval: &str, token: &str) -> Result<Vec<u8>, Error> {
         self.kek.seal(&token_context(approval), token.as_bytes()).map_err(|e| Error::Unavailable(e.to_string()))

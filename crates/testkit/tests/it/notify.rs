@@ -124,7 +124,10 @@ async fn ping_calls_the_agent_back_and_the_token_endpoint_then_answers() -> Resu
     let w = world().await?;
     let rx = Receiver::start(&[]).await?;
     let (st, body) = register(&w, "ping", &rx.url).await?;
-    ensure!(st == 200, "{st} {body}");
+    ensure!(st == 200 && body["backchannel_token_delivery_mode"] == "ping", "{st} {body}");
+    let (st, shown) = w.s.admin(Method::GET, &format!("/v1/agents/{}", w.planner.id), None).await?;
+    ensure!(st == 200 && shown["backchannel_client_notification_endpoint"] == rx.url.as_str(), "{shown}");
+    ensure!(shown["backchannel_token_delivery_mode"] == "ping", "{shown}");
     // The token is required of a ping agent.
     let (st, body) =
         w.ciba(&w.planner, &[("login_hint", "alice@example.com"), ("scope", "write"), ("resource", CAL)]).await?;
