@@ -227,6 +227,25 @@ pub struct ServeArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     user_token_ttl: Option<i64>,
+    /// POST a signed notice to this URL when an approval waits for someone
+    /// (https; needs --approval-webhook-secret-file).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    approval_webhook: Option<String>,
+    /// A file holding the webhook's HMAC-SHA256 secret (at least 16 bytes,
+    /// or `whsec_` and base64).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    approval_webhook_secret_file: Option<PathBuf>,
+    /// Email approvers through this SMTP server: `smtp://host:port`
+    /// (`?tls=required` for STARTTLS) or `smtps://host:port`.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    smtp_url: Option<String>,
+    /// The From address of approver emails (needed with --smtp-url).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    smtp_from: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -269,6 +288,10 @@ struct Settings {
     max_pending_per_agent: u64,
     max_pending_per_agent_user: u64,
     user_token_ttl: i64,
+    approval_webhook: Option<String>,
+    approval_webhook_secret_file: Option<PathBuf>,
+    smtp_url: Option<String>,
+    smtp_from: Option<String>,
     master_key: Option<String>,
     admin_token: Option<String>,
     password_login: OnOff,
@@ -321,6 +344,10 @@ impl Default for Settings {
             max_pending_per_agent: 100,
             max_pending_per_agent_user: 5,
             user_token_ttl: 30 * 24 * 3600,
+            approval_webhook: None,
+            approval_webhook_secret_file: None,
+            smtp_url: None,
+            smtp_from: None,
             master_key: None,
             admin_token: None,
             password_login: OnOff::On,
@@ -328,6 +355,36 @@ impl Default for Settings {
             trusted_issuer: Vec::new(),
         }
     }
+}
+
+/// The approver notifiers the flags ask for: a signed webhook, email.
+fn notifiers(settings: &Settings, mandate: &Mandate) -> Result<Vec<Arc<dyn mandate_core::ports::ApproverNotifier>>> {
+    let mut out: Vec<Arc<dyn mandate_core::ports::ApproverNotifier>> = Vec::new();
+    match (&settings.approval_webhook, &settings.approval_webhook_secret_file) {
+        (None, None) => {}
+        (Some(url), Some(path)) => {
+            let secret = std::fs::read_to_string(path)
+                .with_context(|| format!("reading approval_webhook_secret_file {}", path.display()))?;
+            let webhook = mandate_server::notify::WebhookNotifier::new(
+                url,
+                &secret,
+                settings.dev_loopback_fetch,
+                mandate.clock(),
+            )
+            .map_err(|e| anyhow::anyhow!(e))?;
+            out.push(Arc::new(webhook));
+        }
+        _ => bail!("approval_webhook and approval_webhook_secret_file go together"),
+    }
+    match (&settings.smtp_url, &settings.smtp_from) {
+        (None, None) => {}
+        (Some(url), Some(from)) => {
+            let smtp = mandate_server::notify::SmtpNotifier::new(url, from).map_err(|e| anyhow::anyhow!(e))?;
+            out.push(Arc::new(smtp));
+        }
+        _ => bail!("smtp_url and smtp_from go together"),
+    }
+    Ok(out)
 }
 
 /// One `--trusted-issuer`: a TOML inline table, read as one
@@ -551,6 +608,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         let fetcher = mandate_server::fetch::GuardedFetcher::new(settings.dev_loopback_fetch, metadata_hosts)?;
         mandate.set_metadata_fetcher(Arc::new(fetcher));
     }
+    mandate.set_notifiers(notifiers(&settings, &mandate)?);
     if let Some(token) = mandate.ensure_admin_token(settings.admin_token.as_deref()).await? {
         // Printed once, on the first start, so that the operator can keep it.
         eprintln!("admin token (shown once): {token}");

@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use argon2::password_hash::{PasswordHasher, SaltString};
 use mandate_jose::JwkSet;
+use mandate_model::delivery::DeliveryMode;
 use mandate_model::name::{self, MAX_DESCRIPTION_CHARS};
 use mandate_model::records::{
     Agent, AgentKind, AgentOrigin, AgentStatus, FederatedCredential, Lifecycle, Resource, SuspendedBy, UpstreamLink,
@@ -93,6 +94,12 @@ pub struct NewAgent {
     /// it inherits.
     #[serde(default)]
     pub limits: Option<mandate_model::limits::AgentLimits>,
+    /// CIBA delivery (OpenID CIBA §4): `poll` (the default), `ping` or
+    /// `push`; the last two need the notification endpoint.
+    #[serde(default)]
+    pub backchannel_token_delivery_mode: Option<DeliveryMode>,
+    #[serde(default)]
+    pub backchannel_client_notification_endpoint: Option<String>,
 }
 
 /// How a client authenticates at the token endpoint, as a client may ask
@@ -116,6 +123,12 @@ pub struct AgentPatch {
     /// server's defaults (and, for an ephemeral agent, its parent's).
     #[serde(default)]
     pub limits: Option<mandate_model::limits::AgentLimits>,
+    /// Replaces the agent's CIBA delivery mode and endpoint (both are set
+    /// together: a mode alone sets no endpoint, as poll needs).
+    #[serde(default)]
+    pub backchannel_token_delivery_mode: Option<DeliveryMode>,
+    #[serde(default)]
+    pub backchannel_client_notification_endpoint: Option<String>,
 }
 
 /// `POST /v1/users/{id}/tokens`: every field optional.
@@ -603,6 +616,11 @@ impl Mandate {
             None => None,
             Some(list) => Some(ScopeSet::from_iter_checked(list.iter().map(|s| Scope::parse(s)))?),
         };
+        let backchannel =
+            match (new.backchannel_token_delivery_mode, new.backchannel_client_notification_endpoint.as_deref()) {
+                (None, None) => None,
+                (mode, endpoint) => Some(self.check_backchannel(mode.unwrap_or_default(), endpoint)?),
+            };
         let kind = new.kind.unwrap_or(AgentKind::Persistent);
         let asked_limits = new.limits.clone().unwrap_or_default();
         let (parent, expires_at, limits) = match kind {
@@ -727,9 +745,11 @@ impl Mandate {
             Some(p) => format!("ephemeral child of {p}"),
             None => "persistent".into(),
         });
-        self.store
-            .commit(Change::new().with(Mutation::InsertAgent(agent.clone())).with(AuditRecord::new(event).mutation()))
-            .await?;
+        let mut change = Change::new().with(Mutation::InsertAgent(agent.clone()));
+        if let Some(backchannel) = backchannel {
+            change.push(Mutation::SetBackchannel { agent: agent.id, backchannel });
+        }
+        self.store.commit(change.with(AuditRecord::new(event).mutation())).await?;
         Ok((agent, secret))
     }
 
@@ -793,6 +813,18 @@ impl Mandate {
             said.push(format!("limits: {shown}"));
             change.push(Mutation::SetAgentLimits { id, limits: limits.clone(), at: now });
             agent.limits = limits;
+        }
+        if patch.backchannel_token_delivery_mode.is_some() || patch.backchannel_client_notification_endpoint.is_some() {
+            let backchannel = self.check_backchannel(
+                patch.backchannel_token_delivery_mode.unwrap_or_default(),
+                patch.backchannel_client_notification_endpoint.as_deref(),
+            )?;
+            said.push(format!(
+                "backchannel_token_delivery_mode: {}{}",
+                backchannel.mode.as_str(),
+                backchannel.endpoint.as_deref().map(|e| format!(" to {e}")).unwrap_or_default()
+            ));
+            change.push(Mutation::SetBackchannel { agent: id, backchannel });
         }
         if said.is_empty() {
             return Ok(agent);
@@ -1258,6 +1290,8 @@ mod lifecycle_tests {
             token_endpoint_auth_method: None,
             federated_credentials: Vec::new(),
             limits: Default::default(),
+            backchannel_token_delivery_mode: None,
+            backchannel_client_notification_endpoint: None,
         };
         let bad = w.m.create_agent(Caller::Admin, new(w.bob.id, "http://app.example/cb")).await;
         assert!(matches!(bad, Err(Error::BadInput(_))), "{bad:?}");

@@ -68,6 +68,11 @@ pub mod kind {
     pub const APPROVAL_APPROVED: &str = "approval.approved";
     pub const APPROVAL_DENIED: &str = "approval.denied";
     pub const CIBA_POLLED: &str = "ciba.polled";
+    /// An outbox item (a CIBA ping or push, an approver notice) was sent.
+    pub const DELIVERY_SENT: &str = "delivery.sent";
+    /// An outbox item was given up: every attempt failed, or one failed
+    /// in a way not worth retrying.
+    pub const DELIVERY_FAILED: &str = "delivery.failed";
     pub const REFRESH_REUSED: &str = "refresh.reused";
     pub const CHECK: &str = "check.decided";
     pub const SESSION_CREATED: &str = "session.created";

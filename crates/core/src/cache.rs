@@ -166,6 +166,25 @@ impl Store for CachingStore {
     async fn grants(&self, q: &GrantQuery) -> Result<Vec<Grant>, StoreError> {
         self.inner.grants(q).await
     }
+    async fn backchannel(&self, agent: AgentId) -> Result<Option<mandate_model::delivery::Backchannel>, StoreError> {
+        self.inner.backchannel(agent).await
+    }
+    async fn ciba_callback(
+        &self,
+        approval: ApprovalId,
+    ) -> Result<Option<mandate_model::delivery::CibaCallback>, StoreError> {
+        self.inner.ciba_callback(approval).await
+    }
+    async fn due_deliveries(
+        &self,
+        now: time::OffsetDateTime,
+        limit: u32,
+    ) -> Result<Vec<mandate_model::delivery::Delivery>, StoreError> {
+        self.inner.due_deliveries(now, limit).await
+    }
+    async fn deliveries_about(&self, about: &str) -> Result<Vec<mandate_model::delivery::Delivery>, StoreError> {
+        self.inner.deliveries_about(about).await
+    }
     async fn approval(&self, id: ApprovalId) -> Result<Option<Approval>, StoreError> {
         self.inner.approval(id).await
     }

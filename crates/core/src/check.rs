@@ -336,6 +336,7 @@ impl Mandate {
         if outcome.new_approval
             && let Some(a) = &outcome.approval
         {
+            self.notify_approvers(&mut change, a).await?;
             change.push(Mutation::InsertApproval(a.clone()));
         }
         if let Some(id) = outcome.consume {

@@ -125,3 +125,36 @@ pub struct FetchFailure {
     /// remembered against the URL (anyone could cause it).
     pub transient: bool,
 }
+
+/// Why a message could not be sent. Never holds what was sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SendFailure {
+    /// For the audit trail and logs.
+    pub why: String,
+    /// Worth trying again later (a timeout, a 5xx); `false` gives up at
+    /// once (the endpoint is not allowed, the address is refused).
+    pub retry: bool,
+}
+
+/// Sends CIBA ping and push callbacks (OpenID CIBA §10.2, §10.3) through
+/// the SSRF guards of DESIGN §9: https only, public addresses only (each
+/// DNS answer checked), bounded size and time, no redirects followed.
+#[async_trait::async_trait]
+pub trait CallbackSender: Send + Sync + 'static {
+    /// The checks made before any I/O (scheme, credentials, fragment, an
+    /// IP-literal host), used when an agent registers its endpoint. The
+    /// error is a description that may be shown to the client.
+    fn check_url(&self, url: &str) -> Result<(), String>;
+    /// POSTs the JSON `body` to `url` with `Authorization: Bearer
+    /// <bearer>`; any 2xx answer is a delivery.
+    async fn post_json(&self, url: &str, bearer: &str, body: &[u8]) -> Result<(), SendFailure>;
+}
+
+/// Tells the people asked to decide an approval that it waits for them
+/// (a webhook, an email). Called from the outbox, so a failure is retried.
+#[async_trait::async_trait]
+pub trait ApproverNotifier: Send + Sync + 'static {
+    /// The outbox channel of this notifier (`webhook`, `email`): unique.
+    fn channel(&self) -> &'static str;
+    async fn notify(&self, notice: &crate::delivery::ApprovalNotice) -> Result<(), SendFailure>;
+}

@@ -163,6 +163,9 @@ pub struct BcAuthorizeRequest {
     /// Who may act next for the user (`may_act`, ADR 0024): agent ids and
     /// `group:<name>`s separated by spaces, as sent.
     pub allowed_actors: Option<String>,
+    /// CIBA §7.1: the bearer token Mandate presents when it calls a ping
+    /// or push agent back; required of those, ignored for poll.
+    pub client_notification_token: Option<String>,
 }
 
 /// A request the edge could not parse, with what it named, for the record

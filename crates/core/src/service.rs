@@ -93,6 +93,10 @@ pub struct Mandate {
     pub(crate) issuer_fetcher: std::sync::OnceLock<Arc<dyn crate::ports::MetadataFetcher>>,
     /// Trusted issuers' key sets.
     pub(crate) issuer_keys: crate::trust::IssuerKeys,
+    /// Sends CIBA ping and push callbacks, set by the server.
+    pub(crate) callbacks: std::sync::OnceLock<Arc<dyn crate::ports::CallbackSender>>,
+    /// Tell approvers that a request waits for them, set by the server.
+    pub(crate) notifiers: std::sync::OnceLock<Vec<Arc<dyn crate::ports::ApproverNotifier>>>,
 }
 
 impl std::fmt::Debug for Mandate {
@@ -119,6 +123,11 @@ impl Mandate {
             Some(gate) => gate.admit(client),
             None => Ok(()),
         }
+    }
+
+    /// The clock (for adapters that stamp what they send).
+    pub fn clock(&self) -> Arc<dyn Clock> {
+        self.clock.clone()
     }
 
     /// The random source (for the web layer's one-off tokens).
@@ -182,6 +191,8 @@ impl Mandate {
             metadata: crate::registration::MetadataCache::default(),
             issuer_fetcher: std::sync::OnceLock::new(),
             issuer_keys: crate::trust::IssuerKeys::default(),
+            callbacks: std::sync::OnceLock::new(),
+            notifiers: std::sync::OnceLock::new(),
         };
         service.reload_policy().await?;
         service.load_audit_keys().await?;

@@ -366,6 +366,39 @@ pub enum Mutation {
     PurgeExpiredJtis {
         before: OffsetDateTime,
     },
+    /// Sets an agent's CIBA delivery mode and notification endpoint
+    /// (replacing any earlier one); fails with `Conflict` unless the agent
+    /// exists.
+    SetBackchannel {
+        agent: AgentId,
+        backchannel: mandate_model::delivery::Backchannel,
+    },
+    /// Keeps where and how to call back about a ping or push CIBA request;
+    /// fails with `Conflict` if the approval has one, or is missing.
+    InsertCibaCallback(mandate_model::delivery::CibaCallback),
+    /// Puts a message in the outbox; fails with `Conflict` if the id exists.
+    InsertDelivery(mandate_model::delivery::Delivery),
+    /// Claims a due item for one attempt: fails with `Conflict` unless it
+    /// is pending, due at `now`, and not leased to anyone until after
+    /// `now` (so two nodes never attempt it at once).
+    LeaseDelivery {
+        id: String,
+        holder: String,
+        now: OffsetDateTime,
+        until: OffsetDateTime,
+    },
+    /// Records an attempt by the lease's holder: `status` pending (with
+    /// `next_at`) to try again, or delivered, or failed. The lease is
+    /// released. Fails with `Conflict` unless `holder` still holds it and
+    /// it is pending.
+    FinishDelivery {
+        id: String,
+        holder: String,
+        status: mandate_model::delivery::DeliveryStatus,
+        attempts: u32,
+        next_at: OffsetDateTime,
+        error: Option<String>,
+    },
     /// Appends an event to the audit chain: the store numbers, links and
     /// hashes it while it holds the chain's head ("affected": the event's
     /// `seq`).
@@ -534,6 +567,15 @@ impl Change {
         let h = Handle(self.mutations.len());
         self.mutations.insert(0, (h, m));
         h
+    }
+
+    /// Adds every mutation of `other` last, in its order. (Handles of
+    /// `other` do not carry over: append only changes whose records count
+    /// nothing.)
+    pub fn append(&mut self, other: Change) {
+        for (_, m) in other.mutations {
+            self.push(m);
+        }
     }
 
     /// The mutations in the order they are applied, with their handles.
@@ -719,6 +761,23 @@ pub trait Store: Send + Sync + 'static {
 
     /// Ephemeral agents not yet retired whose expiry is at or before `at`.
     async fn expired_agents(&self, at: OffsetDateTime) -> Result<Vec<Agent>, StoreError>;
+
+    /// An agent's CIBA delivery registration, if it set one.
+    async fn backchannel(&self, agent: AgentId) -> Result<Option<mandate_model::delivery::Backchannel>, StoreError>;
+    /// Where to call back about a ping or push CIBA request.
+    async fn ciba_callback(
+        &self,
+        approval: ApprovalId,
+    ) -> Result<Option<mandate_model::delivery::CibaCallback>, StoreError>;
+    /// Outbox items that are pending, due at `now` and not leased past
+    /// `now`, oldest due first, at most `limit`.
+    async fn due_deliveries(
+        &self,
+        now: OffsetDateTime,
+        limit: u32,
+    ) -> Result<Vec<mandate_model::delivery::Delivery>, StoreError>;
+    /// The outbox items about `about` (an approval id), oldest first.
+    async fn deliveries_about(&self, about: &str) -> Result<Vec<mandate_model::delivery::Delivery>, StoreError>;
 
     /// The last event's `seq` and `hash`, or `None` for an empty trail.
     async fn audit_head(&self) -> Result<Option<(u64, String)>, StoreError>;

@@ -214,6 +214,7 @@ impl World {
             binding_message: Some("plan the offsite".into()),
             requested_expiry: None,
             allowed_actors: None,
+            client_notification_token: None,
         };
         self.m.bc_authorize(&self.creds(c), Ok(req)).await
     }
@@ -304,6 +305,8 @@ async fn register(
         token_endpoint_auth_method: None,
         federated_credentials: Vec::new(),
         limits: Default::default(),
+        backchannel_token_delivery_mode: None,
+        backchannel_client_notification_endpoint: None,
     };
     let (agent, _) = m.create_agent(Caller::Admin, new).await?;
     Ok(Client { agent, key })

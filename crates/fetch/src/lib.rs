@@ -292,6 +292,8 @@ impl UrlRules {
 #[derive(Debug, Clone)]
 pub struct Fetcher {
     client: reqwest::Client,
+    /// The same client but following no redirect, for [`Fetcher::post`].
+    unredirected: reqwest::Client,
     rules: Arc<UrlRules>,
     max_bytes: usize,
     timeout: Duration,
@@ -325,19 +327,23 @@ impl Fetcher {
                 Err(refusal) => attempt.error(Refused(refusal)),
             }
         });
-        let client = reqwest::Client::builder()
-            .dns_resolver(GuardedResolver::new(policy.dev_loopback))
-            .redirect(redirect)
-            .no_proxy()
-            .referer(false)
-            .retry(reqwest::retry::never())
-            .https_only(!policy.dev_loopback)
-            .timeout(policy.timeout)
-            .connect_timeout(policy.connect_timeout)
-            .user_agent(user_agent)
-            .build()
-            .map_err(FetchError::Client)?;
-        Ok(Self { client, rules, max_bytes: policy.max_bytes, timeout: policy.timeout, accept })
+        let build = |redirect: reqwest::redirect::Policy| {
+            reqwest::Client::builder()
+                .dns_resolver(GuardedResolver::new(policy.dev_loopback))
+                .redirect(redirect)
+                .no_proxy()
+                .referer(false)
+                .retry(reqwest::retry::never())
+                .https_only(!policy.dev_loopback)
+                .timeout(policy.timeout)
+                .connect_timeout(policy.connect_timeout)
+                .user_agent(user_agent.clone())
+                .build()
+                .map_err(FetchError::Client)
+        };
+        let client = build(redirect)?;
+        let unredirected = build(reqwest::redirect::Policy::none())?;
+        Ok(Self { client, unredirected, rules, max_bytes: policy.max_bytes, timeout: policy.timeout, accept })
     }
 
     /// The checks made before any I/O: scheme, credentials, fragment,
@@ -363,17 +369,39 @@ impl Fetcher {
     pub async fn send(&self, request: http::Request<Vec<u8>>) -> Result<http::Response<Vec<u8>>, FetchError> {
         let url = Url::parse(&request.uri().to_string()).map_err(|_| FetchError::NotHttps)?;
         self.check_url(&url)?;
-        tokio::time::timeout(self.timeout, self.send_checked(url, request)).await.unwrap_or(Err(FetchError::Timeout))
+        tokio::time::timeout(self.timeout, self.send_checked(&self.client, url, request))
+            .await
+            .unwrap_or(Err(FetchError::Timeout))
+    }
+
+    /// POSTs `body` with `headers` to `url` (a callback or webhook Mandate
+    /// sends on its own) under the same policy, but follows **no
+    /// redirect**: a `3xx` is returned as the final answer, so a body is
+    /// never re-sent to a place the URL's owner did not register. The
+    /// answer's body is bounded as a document's is.
+    pub async fn post(
+        &self,
+        url: &Url,
+        headers: http::HeaderMap,
+        body: Vec<u8>,
+    ) -> Result<http::Response<Vec<u8>>, FetchError> {
+        self.check_url(url)?;
+        let mut request = http::Request::new(body);
+        *request.method_mut() = http::Method::POST;
+        *request.headers_mut() = headers;
+        tokio::time::timeout(self.timeout, self.send_checked(&self.unredirected, url.clone(), request))
+            .await
+            .unwrap_or(Err(FetchError::Timeout))
     }
 
     async fn send_checked(
         &self,
+        client: &reqwest::Client,
         url: Url,
         request: http::Request<Vec<u8>>,
     ) -> Result<http::Response<Vec<u8>>, FetchError> {
         let (parts, body) = request.into_parts();
-        let mut response = self
-            .client
+        let mut response = client
             .request(parts.method, url)
             .headers(parts.headers)
             .body(body)

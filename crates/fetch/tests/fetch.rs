@@ -437,3 +437,28 @@ async fn a_closed_port_is_a_network_error_with_a_safe_message() {
     assert!(!shown.contains("127.0.0.1") && !shown.to_lowercase().contains("refused"), "{shown}");
     assert!(std::error::Error::source(&err).is_some());
 }
+
+#[tokio::test]
+async fn a_post_follows_no_redirect_and_keeps_the_guards() {
+    let server = Server::start().await;
+    let f = dev();
+    let mut headers = http::HeaderMap::new();
+    headers.insert(http::header::AUTHORIZATION, http::HeaderValue::from_static("Bearer cb-token"));
+    headers.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    let got = f.post(&server.url("127.0.0.1", "/ok"), headers.clone(), br#"{"auth_req_id":"x"}"#.to_vec()).await;
+    assert_eq!(got.unwrap().status(), 200);
+    let head = server.heads().pop().unwrap();
+    assert!(head.starts_with("POST /ok "), "{head}");
+    assert_eq!(header(&head, "authorization"), Some("Bearer cb-token"));
+    // A redirect is the answer, not followed: the body goes nowhere else.
+    let got = f.post(&server.url("127.0.0.1", "/to-ip"), headers.clone(), b"{}".to_vec()).await.unwrap();
+    assert!(got.status().is_redirection(), "{}", got.status());
+    assert_eq!(server.hits(), 2);
+    // The same guards as a fetch, before anything is sent.
+    let prod = fetcher(FetchPolicy::default());
+    let refused = prod.post(&server.url("127.0.0.1", "/ok"), headers.clone(), b"{}".to_vec()).await;
+    assert!(matches!(refused, Err(FetchError::NotHttps | FetchError::PrivateAddress)), "{refused:?}");
+    let private = Url::parse("https://10.0.0.1/cb").unwrap();
+    assert!(matches!(f.post(&private, headers, b"{}".to_vec()).await, Err(FetchError::PrivateAddress)));
+    assert_eq!(server.hits(), 2);
+}

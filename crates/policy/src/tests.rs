@@ -572,6 +572,7 @@ fn policies_decide_on_the_client_address() {
     // The address is part of the decision key.
     let k = |f: &Facts| decision_key_with(Principal::Agent(&a), api, &rel(), f).unwrap();
     assert_ne!(k(&at(Some("10.1.2.3"))), k(&at(Some("10.1.2.4"))));
+}
 
 #[test]
 fn may_act_is_read_from_the_permits_that_allow_and_checked_at_load() {

@@ -163,6 +163,7 @@ pub async fn create_agent(
     };
     let mut out = to_json(&agent)?;
     set(&mut out, "client_id", json!(agent.id.to_string()));
+    show_backchannel(&s, &mut out, agent.id).await?;
     if let Some(secret) = secret {
         set(&mut out, "client_secret", json!(secret));
     }
@@ -180,7 +181,18 @@ pub async fn get_agent(
     // `limits` is what the agent carries; this is what holds for it: the
     // server's defaults narrowed by its ancestors' limits and its own.
     set(&mut out, "limits_in_force", to_json(&s.mandate.limits_of(&agent).await?)?);
+    show_backchannel(&s, &mut out, agent.id).await?;
     Ok(Json(out).into_response())
+}
+
+/// Adds the agent's CIBA delivery registration (OpenID CIBA §4 names).
+async fn show_backchannel(s: &AppState, out: &mut serde_json::Value, agent: AgentId) -> Result<(), Problem> {
+    let b = s.mandate.backchannel_of(agent).await?;
+    set(out, "backchannel_token_delivery_mode", json!(b.mode.as_str()));
+    if let Some(endpoint) = b.endpoint {
+        set(out, "backchannel_client_notification_endpoint", json!(endpoint));
+    }
+    Ok(())
 }
 
 /// `PATCH /v1/agents/{id}` (admin): `{federated_credentials: [...], limits: {...}}`.
@@ -193,6 +205,7 @@ pub async fn update_agent(
     let agent = s.mandate.update_agent(c, id::<AgentId>(&raw)?, body).await?;
     let mut out = to_json(&agent)?;
     set(&mut out, "client_id", json!(agent.id.to_string()));
+    show_backchannel(&s, &mut out, agent.id).await?;
     Ok(Json(out).into_response())
 }
 

@@ -99,6 +99,7 @@ pub fn bc_authorize_request(form: &OAuthForm) -> Result<BcAuthorizeRequest, Malf
             binding_message: form.raw("binding_message").map(str::to_owned),
             requested_expiry: form.raw("requested_expiry").map(str::to_owned),
             allowed_actors: form.raw("allowed_actors").map(str::to_owned),
+            client_notification_token: form.raw("client_notification_token").map(str::to_owned),
         }),
         Err(error) => Err(Malformed {
             error,
@@ -216,6 +217,7 @@ mod tests {
                 binding_message: Some("m".into()),
                 requested_expiry: None,
                 allowed_actors: None,
+                client_notification_token: None,
             })
         );
         match bc_authorize_request(&form("scope=read&resource=https%3A%2F%2Fa")) {

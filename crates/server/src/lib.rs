@@ -11,6 +11,7 @@ pub mod error;
 pub mod extract;
 pub mod fetch;
 pub mod grant;
+pub mod notify;
 mod oauth;
 mod ops;
 pub mod scim;
@@ -50,6 +51,11 @@ impl AppState {
     pub fn with_edge(mandate: Arc<Mandate>, config: edge::EdgeConfig) -> Self {
         let edge = edge::Edge::new(config);
         mandate.set_client_gate(edge.clone());
+        // CIBA ping and push callbacks go out through the guarded fetcher.
+        match notify::HttpCallbacks::new(mandate.config().dev_loopback_fetch) {
+            Ok(c) => mandate.set_callback_sender(Arc::new(c)),
+            Err(e) => tracing::error!(error = %e, "the CIBA callback client could not be built: ping and push are off"),
+        }
         let upstreams = if mandate.config().upstream_oidc.is_empty() {
             None
         } else {
@@ -230,12 +236,14 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     ops::install_metrics();
     let sync = tokio::spawn(background(state.clone()));
+    let outbox = tokio::spawn(deliver(state.mandate.clone()));
     let limits = state.edge.config.connections;
     let trusted = state.edge.config.trusted_proxies.clone();
     let mandate = state.mandate.clone();
     let app = router(state);
     let result = conn::serve_connections(listener, app, limits, trusted, shutdown).await;
     sync.abort();
+    outbox.abort();
     // Counts of refusals still being aggregated are written, not lost.
     if let Err(e) = mandate.flush_refusals(true).await {
         tracing::warn!(error = %e, "could not write the counted refusals");
@@ -279,6 +287,33 @@ async fn follow_changes(
             && let Err(e) = mandate.sync_from_store().await
         {
             tracing::warn!(error = %e, "could not sync policies and keys after a change");
+        }
+    }
+}
+
+/// The outbox worker: every second, sends the CIBA callbacks and approver
+/// notices that are due (each claimed under a lease, so that nodes sharing
+/// a store never send one twice). A pass that sent something is followed
+/// at once by another, until nothing is due.
+async fn deliver(mandate: Arc<Mandate>) {
+    let mut bytes = [0u8; 8];
+    if mandate.rng().fill(&mut bytes).is_err() {
+        tracing::error!("the outbox worker could not name itself: CIBA callbacks and notices are not sent");
+        return;
+    }
+    let holder = format!("node-{}", bytes.iter().map(|b| format!("{b:02x}")).collect::<String>());
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        loop {
+            match mandate.deliver_due(&holder).await {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "the outbox could not be worked");
+                    break;
+                }
+            }
         }
     }
 }

@@ -13,6 +13,7 @@
 
 mod approvals;
 mod audit;
+mod deliveries;
 mod grants;
 mod identity;
 mod keys;
@@ -304,6 +305,45 @@ impl Store for PostgresStore {
 
     async fn approval(&self, id: ApprovalId) -> Result<Option<Approval>, StoreError> {
         self.one("SELECT * FROM approvals WHERE id = $1", &id.to_string(), approval_row).await
+    }
+
+    async fn backchannel(&self, agent: AgentId) -> Result<Option<mandate_model::delivery::Backchannel>, StoreError> {
+        self.one("SELECT * FROM agent_backchannel WHERE agent = $1", &agent.to_string(), deliveries::backchannel_row)
+            .await
+    }
+
+    async fn ciba_callback(
+        &self,
+        approval: ApprovalId,
+    ) -> Result<Option<mandate_model::delivery::CibaCallback>, StoreError> {
+        self.one("SELECT * FROM ciba_callbacks WHERE approval = $1", &approval.to_string(), deliveries::callback_row)
+            .await
+    }
+
+    async fn due_deliveries(
+        &self,
+        now: time::OffsetDateTime,
+        limit: u32,
+    ) -> Result<Vec<mandate_model::delivery::Delivery>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT * FROM deliveries WHERE status = 'pending' AND next_at <= $1 \
+             AND (lease_until IS NULL OR lease_until <= $1) ORDER BY next_at, id LIMIT $2",
+        )
+        .bind(ts(now)?)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        rows.iter().map(deliveries::delivery_row).collect()
+    }
+
+    async fn deliveries_about(&self, about: &str) -> Result<Vec<mandate_model::delivery::Delivery>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM deliveries WHERE about = $1 ORDER BY id")
+            .bind(about)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        rows.iter().map(deliveries::delivery_row).collect()
     }
 
     async fn approvals(&self, q: &ApprovalQuery) -> Result<Vec<Approval>, StoreError> {

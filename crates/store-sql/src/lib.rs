@@ -627,6 +627,8 @@ pub enum Family {
     Tokens,
     Grants,
     Approvals,
+    /// CIBA delivery modes and callbacks, and the outbox.
+    Deliveries,
     Audit,
 }
 
@@ -685,6 +687,74 @@ pub fn family(m: &Mutation) -> Family {
         | Mutation::DecideApproval { .. }
         | Mutation::ConsumeApproval { .. }
         | Mutation::PollApproval { .. } => Family::Approvals,
+        Mutation::SetBackchannel { .. }
+        | Mutation::InsertCibaCallback(..)
+        | Mutation::InsertDelivery(..)
+        | Mutation::LeaseDelivery { .. }
+        | Mutation::FinishDelivery { .. } => Family::Deliveries,
         Mutation::AppendAudit(..) | Mutation::InsertCheckpoint(..) => Family::Audit,
     }
+}
+
+/// A `deliveries` row, as the stores read it.
+pub struct DeliveryRow {
+    pub id: String,
+    pub channel: String,
+    pub about: String,
+    pub target: String,
+    pub sealed: Vec<u8>,
+    pub status: String,
+    pub attempts: i64,
+    pub next_at: i64,
+    pub lease_holder: Option<String>,
+    pub lease_until: Option<i64>,
+    pub created_at: i64,
+    pub last_error: Option<String>,
+}
+
+impl TryFrom<DeliveryRow> for mandate_model::delivery::Delivery {
+    type Error = StoreError;
+    fn try_from(r: DeliveryRow) -> Result<Self, StoreError> {
+        Ok(Self {
+            id: r.id,
+            channel: r.channel,
+            about: r.about,
+            target: r.target,
+            sealed: r.sealed,
+            status: parse(&r.status)?,
+            attempts: u32::try_from(r.attempts).map_err(|_| StoreError::Corrupt(format!("attempts {}", r.attempts)))?,
+            next_at: from_ts(r.next_at)?,
+            lease_holder: r.lease_holder,
+            lease_until: opt_ts(r.lease_until)?,
+            created_at: from_ts(r.created_at)?,
+            last_error: r.last_error,
+        })
+    }
+}
+
+/// A `ciba_callbacks` row, as the stores read it.
+pub struct CallbackRow {
+    pub approval: String,
+    pub agent: String,
+    pub mode: String,
+    pub endpoint: String,
+    pub sealed_token: Vec<u8>,
+}
+
+impl TryFrom<CallbackRow> for mandate_model::delivery::CibaCallback {
+    type Error = StoreError;
+    fn try_from(r: CallbackRow) -> Result<Self, StoreError> {
+        Ok(Self {
+            approval: parse(&r.approval)?,
+            agent: parse(&r.agent)?,
+            mode: parse(&r.mode)?,
+            endpoint: r.endpoint,
+            sealed_token: r.sealed_token,
+        })
+    }
+}
+
+/// An `agent_backchannel` row's mode and endpoint, read back.
+pub fn backchannel(mode: &str, endpoint: Option<String>) -> Result<mandate_model::delivery::Backchannel, StoreError> {
+    Ok(mandate_model::delivery::Backchannel { mode: parse(mode)?, endpoint })
 }

@@ -16,6 +16,7 @@
 
 mod approvals;
 mod audit;
+mod deliveries;
 mod grants;
 mod identity;
 mod keys;
@@ -71,6 +72,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0013_agent_limits.sql"),
     include_str!("../migrations/0014_resource_context.sql"),
     include_str!("../migrations/0015_grant_may_act.sql"),
+    include_str!("../migrations/0016_deliveries.sql"),
 ];
 
 /// The writer connection's page cache, in KiB (as a negative `cache_size`).
@@ -362,6 +364,47 @@ impl Store for SqliteStore {
 
     async fn approval(&self, id: ApprovalId) -> Result<Option<Approval>, StoreError> {
         self.one("SELECT * FROM approvals WHERE id = ?1", &id.to_string(), approval_row).await
+    }
+
+    async fn backchannel(&self, agent: AgentId) -> Result<Option<mandate_model::delivery::Backchannel>, StoreError> {
+        self.one("SELECT * FROM agent_backchannel WHERE agent = ?1", agent.to_string(), deliveries::backchannel_row)
+            .await
+    }
+
+    async fn ciba_callback(
+        &self,
+        approval: ApprovalId,
+    ) -> Result<Option<mandate_model::delivery::CibaCallback>, StoreError> {
+        self.one("SELECT * FROM ciba_callbacks WHERE approval = ?1", approval.to_string(), deliveries::callback_row)
+            .await
+    }
+
+    async fn due_deliveries(
+        &self,
+        now: time::OffsetDateTime,
+        limit: u32,
+    ) -> Result<Vec<mandate_model::delivery::Delivery>, StoreError> {
+        let now = ts(now)?;
+        let rows = self
+            .read(move |c| {
+                c.prepare_cached(
+                    "SELECT * FROM deliveries WHERE status = 'pending' AND next_at <= ?1 \
+                     AND (lease_until IS NULL OR lease_until <= ?1) ORDER BY next_at, id LIMIT ?2",
+                )?
+                .query_map(params![now, limit], deliveries::delivery_row)?
+                .collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .await?;
+        rows.into_iter().collect()
+    }
+
+    async fn deliveries_about(&self, about: &str) -> Result<Vec<mandate_model::delivery::Delivery>, StoreError> {
+        self.many(
+            "SELECT * FROM deliveries WHERE about = ?1 ORDER BY id",
+            Some(about.to_owned()),
+            deliveries::delivery_row,
+        )
+        .await
     }
 
     async fn approvals(&self, q: &ApprovalQuery) -> Result<Vec<Approval>, StoreError> {

@@ -191,6 +191,7 @@ pub(crate) fn apply(conn: &Connection, m: &Mutation, applied: &Applied, head: &m
         Family::Tokens => crate::tokens::apply(conn, m),
         Family::Grants => crate::grants::apply(conn, m),
         Family::Approvals => crate::approvals::apply(conn, m),
+        Family::Deliveries => crate::deliveries::apply(conn, m),
         Family::Audit => crate::audit::apply(conn, m, applied, head),
     }
 }

@@ -180,6 +180,29 @@ impl Store for FaultyStore {
         self.gate()?;
         self.inner.grants(q).await
     }
+    async fn backchannel(&self, agent: AgentId) -> Result<Option<mandate_model::delivery::Backchannel>, StoreError> {
+        self.gate()?;
+        self.inner.backchannel(agent).await
+    }
+    async fn ciba_callback(
+        &self,
+        approval: ApprovalId,
+    ) -> Result<Option<mandate_model::delivery::CibaCallback>, StoreError> {
+        self.gate()?;
+        self.inner.ciba_callback(approval).await
+    }
+    async fn due_deliveries(
+        &self,
+        now: time::OffsetDateTime,
+        limit: u32,
+    ) -> Result<Vec<mandate_model::delivery::Delivery>, StoreError> {
+        self.gate()?;
+        self.inner.due_deliveries(now, limit).await
+    }
+    async fn deliveries_about(&self, about: &str) -> Result<Vec<mandate_model::delivery::Delivery>, StoreError> {
+        self.gate()?;
+        self.inner.deliveries_about(about).await
+    }
     async fn approval(&self, id: ApprovalId) -> Result<Option<Approval>, StoreError> {
         self.gate()?;
         self.inner.approval(id).await

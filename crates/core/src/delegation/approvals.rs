@@ -69,6 +69,7 @@ impl Mandate {
         event.reason = Some(id.to_string());
         let mut change = Change::new();
         let mut grant_id = None;
+        let mut decided = None;
         if approve && let ApprovalSubject::Grant { scopes, may_act, .. } = &approval.subject {
             // The grant is created as approved; issuance re-checks policy.
             let user =
@@ -83,7 +84,8 @@ impl Mandate {
             event.grant_id = Some(grant.id.to_string());
             event.scope = Some(scopes.to_claim());
             grant_id = Some(grant.id);
-            change.push(Mutation::InsertGrant(grant));
+            change.push(Mutation::InsertGrant(grant.clone()));
+            decided = Some((agent, grant));
         }
         if let ApprovalSubject::Action { action, target, .. } = &approval.subject {
             event.action = Some(action.clone());
@@ -100,6 +102,18 @@ impl Mandate {
         let to = if approve { ApprovalStatus::Approved } else { ApprovalStatus::Denied };
         change.push(Mutation::DecideApproval { id, to, by: me.to_string(), grant: grant_id, at: now });
         change.push(AuditRecord::new(event).mutation());
+        // A ping or push agent is told in the same change (CIBA §10).
+        if matches!(approval.subject, ApprovalSubject::Grant { .. })
+            && let Some(cb) = self.store.ciba_callback(id).await?
+        {
+            let agent = match &decided {
+                Some((agent, _)) => Some(agent.clone()),
+                None => self.store.agent(approval.agent).await?,
+            };
+            if let Some(agent) = agent {
+                change.append(self.ciba_decided(&cb, &agent, decided.as_ref().map(|(_, g)| g)).await?);
+            }
+        }
         self.store.commit(change).await?;
         approval.status = to;
         approval.decided_by = Some(me.to_string());

@@ -1,6 +1,7 @@
-//! OpenID CIBA in poll mode: an agent asks a person for a grant; policy decides at once, self-authorises, or waits for the person it names.
+//! OpenID CIBA in poll, ping and push modes: an agent asks a person for a grant; policy decides at once, self-authorises, or waits for the person it names.
 
 use mandate_audit::Event;
+use mandate_model::delivery::{Backchannel, CibaCallback, DeliveryMode};
 use mandate_model::records::{
     Agent, Approval, ApprovalStatus, ApprovalSubject, Grant, GrantStatus, Resource, User, UserStatus,
 };
@@ -11,6 +12,7 @@ use time::Duration;
 use super::{one_resource, parse_scopes};
 use crate::Error;
 use crate::audit::{ALLOW, AuditRecord, DENY, kind, reason};
+use crate::delivery::Ended;
 use crate::oauth::IssuedToken;
 use crate::oauth::Refusal;
 use crate::ports::new_ulid;
@@ -75,6 +77,8 @@ impl Mandate {
         let resources: Vec<&str> = req.resources.iter().map(String::as_str).collect();
         let resource = one_resource(&resources)?;
         self.ciba_within_limits(client, &resource).await?;
+        let backchannel = self.store.backchannel(agent.id).await?.unwrap_or_default();
+        let notification_token = self.notification_token(agent, &backchannel, req).await?;
         let scopes = parse_scopes(req.scope.as_deref())?;
         let hint = req.login_hint.as_str();
         let binding_message = req
@@ -142,6 +146,16 @@ impl Mandate {
             grant: None,
             polled_at: None,
         };
+        let callback = match (notification_token, &backchannel.endpoint) {
+            (Some(token), Some(endpoint)) => Some(CibaCallback {
+                approval: id,
+                agent: agent.id,
+                mode: backchannel.mode,
+                endpoint: endpoint.clone(),
+                sealed_token: self.seal_notification_token(&id.to_string(), token)?,
+            }),
+            _ => None,
+        };
         let mut change = Change::new();
         let mut event = self.client_event(kind::APPROVAL_REQUESTED, client);
         event.decision = Some(ALLOW.into());
@@ -170,10 +184,15 @@ impl Mandate {
                     None => "approved_by policy".into(),
                     Some(m) => format!("approved_by policy; may_act {m}"),
                 });
-                change.push(Mutation::InsertGrant(grant));
+                change.push(Mutation::InsertGrant(grant.clone()));
                 change.push(Mutation::InsertApproval(approval));
                 change.push(AuditRecord::new(event).mutation());
                 change.push(AuditRecord::new(created).mutation());
+                if let Some(cb) = &callback {
+                    change.push(Mutation::InsertCibaCallback(cb.clone()));
+                    let after = self.ciba_decided(cb, agent, Some(&grant)).await?;
+                    change.append(after);
+                }
             }
             Some(who) => {
                 // One agent cannot flood a person's inbox, nor everyone's
@@ -196,7 +215,11 @@ impl Mandate {
                     return Err(e);
                 }
                 event.reason = Some(format!("{id}: waits for the {} ({})", who.as_str(), approval.approver));
+                self.notify_approvers(&mut change, &approval).await?;
                 change.push(Mutation::InsertApproval(approval));
+                if let Some(cb) = callback {
+                    change.push(Mutation::InsertCibaCallback(cb));
+                }
                 change.push(AuditRecord::new(event).mutation());
             }
         }
@@ -204,6 +227,68 @@ impl Mandate {
             change,
             BcAuthorized { auth_req_id: id.to_string(), expires_in: wait, interval: self.config.ciba_interval },
         ))
+    }
+
+    /// The `client_notification_token` a ping or push agent must send
+    /// (CIBA §7.1), checked; `None` for a poll agent (which may send one:
+    /// it is not used).
+    async fn notification_token<'r>(
+        &self,
+        agent: &Agent,
+        backchannel: &Backchannel,
+        req: &'r BcAuthorizeRequest,
+    ) -> Result<Option<&'r str>, Error> {
+        let mode = backchannel.mode;
+        if mode == DeliveryMode::Poll {
+            return Ok(None);
+        }
+        let token = req.client_notification_token.as_deref().ok_or_else(|| {
+            Error::InvalidRequest(format!(
+                "client_notification_token is required: the agent is registered for {} mode",
+                mode.as_str()
+            ))
+        })?;
+        crate::delivery::check_notification_token(token)?;
+        // A pushed token carries no proof of possession: an agent that
+        // must hold DPoP-bound tokens uses ping or poll.
+        if mode == DeliveryMode::Push && self.limits_of(agent).await?.require_dpop {
+            return Err(Error::InvalidRequest(
+                "push mode cannot deliver DPoP-bound tokens, which the agent's limits require: register ping or poll"
+                    .into(),
+            ));
+        }
+        Ok(Some(token))
+    }
+
+    /// What a decided ping or push request adds to the decision's change
+    /// (after the grant and the decision themselves): a ping; or for a
+    /// push, the tokens issued now, the request marked handed out, and the
+    /// token response (or the error, if it was denied or no token can be
+    /// issued) in the outbox. `grant`: the grant an approval created.
+    pub(crate) async fn ciba_decided(
+        &self,
+        cb: &CibaCallback,
+        agent: &Agent,
+        grant: Option<&Grant>,
+    ) -> Result<Change, Error> {
+        let mut change = Change::new();
+        match (cb.mode, grant) {
+            (DeliveryMode::Push, Some(grant)) => match self.first_tokens(agent, grant, None).await {
+                Ok((tokens, event, issued)) => {
+                    change.push(Mutation::ConsumeApproval { id: cb.approval, at: self.clock.now() });
+                    change.append(tokens);
+                    change.push(AuditRecord::new(event).mutation());
+                    self.enqueue_callback(&mut change, cb, Ended::Approved(Some(&issued)))?;
+                }
+                Err(e) => {
+                    let why = crate::audit::reason(&e);
+                    self.enqueue_callback(&mut change, cb, Ended::Failed(why))?;
+                }
+            },
+            (_, Some(_)) => self.enqueue_callback(&mut change, cb, Ended::Approved(None))?,
+            (_, None) => self.enqueue_callback(&mut change, cb, Ended::Denied)?,
+        }
+        Ok(change)
     }
 
     pub(crate) fn new_grant(
@@ -253,6 +338,18 @@ impl Mandate {
         let approval = self.store.approval(id).await.map_err(|e| refuse(e.into()))?.ok_or_else(unknown)?;
         if approval.agent != agent.id || !matches!(approval.subject, ApprovalSubject::Grant { .. }) {
             return Err(unknown());
+        }
+        // CIBA §11: a push agent's tokens are sent to it, never polled.
+        if self
+            .store
+            .ciba_callback(id)
+            .await
+            .map_err(|e| refuse(e.into()))?
+            .is_some_and(|c| c.mode == DeliveryMode::Push)
+        {
+            return Err(refuse(Error::UnauthorizedClient(
+                "the agent is registered for push mode: the token is sent to its notification endpoint".into(),
+            )));
         }
         let now = self.clock.now();
         match approval.status {
@@ -382,6 +479,7 @@ mod tests {
             binding_message: None,
             requested_expiry: None,
             allowed_actors: None,
+            client_notification_token: None,
         };
         let refused = w.m.bc_authorize(&w.creds(&w.planner), Ok(req)).await;
         assert!(
@@ -402,6 +500,7 @@ mod tests {
             binding_message: None,
             requested_expiry: None,
             allowed_actors: None,
+            client_notification_token: None,
         };
         assert!(matches!(w.m.bc_authorize(&w.creds(&w.planner), Ok(unknown)).await, Err(Error::UnknownUser(_))));
         assert!(matches!(w.ciba(&w.planner, "delete").await, Err(Error::InvalidScope(_))));

@@ -16,6 +16,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use async_trait::async_trait;
 use mandate_audit::{Checkpoint, Event, GENESIS};
+use mandate_model::delivery::{Backchannel, CibaCallback, Delivery, DeliveryStatus};
 use mandate_model::records::{
     Agent, AgentKind, AgentStatus, Approval, ApprovalStatus, ApprovalSubject, AuthCodeRecord, ClientId, Grant,
     GrantStatus, RefreshRecord, Resource, ScimGroup, ScimToken, ScimUserRecord, SessionRecord, SuspendedBy,
@@ -63,6 +64,10 @@ struct State {
     /// The audit trail; `events[i].seq == i + 1`.
     events: Vec<Event>,
     checkpoints: BTreeMap<u64, Checkpoint>,
+    backchannels: BTreeMap<AgentId, Backchannel>,
+    callbacks: BTreeMap<ApprovalId, CibaCallback>,
+    /// The outbox, by id.
+    deliveries: BTreeMap<String, Delivery>,
     epoch: u64,
 }
 
@@ -213,6 +218,20 @@ fn scim_members(s: &mut State) -> &mut BTreeMap<(GroupId, UserId), ()> {
 }
 fn checkpoints(s: &mut State) -> &mut BTreeMap<u64, Checkpoint> {
     &mut s.checkpoints
+}
+fn backchannels(s: &mut State) -> &mut BTreeMap<AgentId, Backchannel> {
+    &mut s.backchannels
+}
+fn callbacks(s: &mut State) -> &mut BTreeMap<ApprovalId, CibaCallback> {
+    &mut s.callbacks
+}
+fn deliveries(s: &mut State) -> &mut BTreeMap<String, Delivery> {
+    &mut s.deliveries
+}
+
+/// Whether an outbox item may be claimed at `now`.
+fn claimable(d: &Delivery, now: OffsetDateTime) -> bool {
+    d.status == DeliveryStatus::Pending && d.next_at <= now && d.lease_until.is_none_or(|u| u <= now)
 }
 
 /// A uniqueness or reference check failed, as a SQL constraint would.
@@ -785,6 +804,62 @@ fn apply(tx: &mut Tx<'_>, m: &Mutation, applied: &Applied) -> Result<u64, StoreE
             tx.put(checkpoints, cp.seq, cp.clone());
             Ok(1)
         }
+        Mutation::SetBackchannel { agent, backchannel } => {
+            require(tx.state.agents.contains_key(agent), "backchannel")?;
+            tx.put(backchannels, *agent, backchannel.clone());
+            Ok(1)
+        }
+        Mutation::InsertCibaCallback(c) => {
+            let ok = !tx.state.callbacks.contains_key(&c.approval)
+                && tx.state.approvals.contains_key(&c.approval)
+                && tx.state.agents.contains_key(&c.agent);
+            require(ok, "CIBA callback")?;
+            tx.put(callbacks, c.approval, c.clone());
+            Ok(1)
+        }
+        Mutation::InsertDelivery(d) => {
+            storable(d.created_at)?;
+            storable(d.next_at)?;
+            d.lease_until.map(storable).transpose()?;
+            require(!tx.state.deliveries.contains_key(&d.id), "delivery")?;
+            tx.put(deliveries, d.id.clone(), d.clone());
+            Ok(1)
+        }
+        Mutation::LeaseDelivery { id, holder, now, until } => {
+            storable(*now)?;
+            storable(*until)?;
+            let n = tx.update(
+                deliveries,
+                |k, d| k == id && claimable(d, *now),
+                |d| {
+                    d.lease_holder = Some(holder.clone());
+                    d.lease_until = Some(*until);
+                },
+            );
+            if n == 0 {
+                return Err(StoreError::Conflict(format!("delivery {id} is not due or is leased")));
+            }
+            Ok(n)
+        }
+        Mutation::FinishDelivery { id, holder, status, attempts, next_at, error } => {
+            storable(*next_at)?;
+            let n = tx.update(
+                deliveries,
+                |k, d| k == id && d.status == DeliveryStatus::Pending && d.lease_holder.as_ref() == Some(holder),
+                |d| {
+                    d.status = *status;
+                    d.attempts = *attempts;
+                    d.next_at = *next_at;
+                    d.last_error = error.clone();
+                    d.lease_holder = None;
+                    d.lease_until = None;
+                },
+            );
+            if n == 0 {
+                return Err(StoreError::Conflict(format!("delivery {id} is not leased to {holder}")));
+            }
+            Ok(n)
+        }
     }
 }
 
@@ -1037,6 +1112,27 @@ impl Store for MemoryStore {
 
     async fn approval(&self, id: ApprovalId) -> Result<Option<Approval>, StoreError> {
         self.read(|s| s.approvals.get(&id).cloned())
+    }
+
+    async fn backchannel(&self, agent: AgentId) -> Result<Option<Backchannel>, StoreError> {
+        self.read(|s| s.backchannels.get(&agent).cloned())
+    }
+
+    async fn ciba_callback(&self, approval: ApprovalId) -> Result<Option<CibaCallback>, StoreError> {
+        self.read(|s| s.callbacks.get(&approval).cloned())
+    }
+
+    async fn due_deliveries(&self, now: OffsetDateTime, limit: u32) -> Result<Vec<Delivery>, StoreError> {
+        self.read(|s| {
+            let mut due: Vec<Delivery> = s.deliveries.values().filter(|d| claimable(d, now)).cloned().collect();
+            due.sort_by(|a, b| (a.next_at, &a.id).cmp(&(b.next_at, &b.id)));
+            due.truncate(limit as usize);
+            due
+        })
+    }
+
+    async fn deliveries_about(&self, about: &str) -> Result<Vec<Delivery>, StoreError> {
+        self.read(|s| s.deliveries.values().filter(|d| d.about == about).cloned().collect())
     }
 
     async fn approvals(&self, q: &ApprovalQuery) -> Result<Vec<Approval>, StoreError> {

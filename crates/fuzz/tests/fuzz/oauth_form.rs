@@ -233,6 +233,7 @@ fn check_bc_authorize(form: &OAuthForm, pairs: &[(String, String)]) -> Result<()
                         binding_message: owned("binding_message"),
                         requested_expiry: owned("requested_expiry"),
                         allowed_actors: owned("allowed_actors"),
+                        client_notification_token: owned("client_notification_token"),
                     }
         }
         Err(m) => {

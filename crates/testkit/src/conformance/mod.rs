@@ -18,6 +18,7 @@ pub mod approvals;
 pub mod audit;
 pub mod change;
 pub mod concurrency;
+pub mod deliveries;
 mod fixtures;
 pub mod grants;
 pub mod identity;
@@ -142,6 +143,11 @@ macro_rules! store_conformance {
             approvals {
                 approvals_are_decided_and_used_once,
                 pending_requests_are_counted_and_approvals_paged,
+            }
+            deliveries {
+                backchannels_and_callbacks_round_trip,
+                deliveries_are_leased_to_one_holder_at_a_time,
+                concurrent_leases_admit_one,
             }
             audit {
                 audit_events_chain_in_commit_order,

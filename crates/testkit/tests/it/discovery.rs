@@ -32,7 +32,7 @@ async fn metadata_is_true_to_what_is_implemented() -> anyhow::Result<()> {
         assert_eq!(m["authorization_response_iss_parameter_supported"], true);
         assert_eq!(m["dpop_signing_alg_values_supported"], serde_json::json!(["EdDSA", "Ed25519", "ES256"]));
         assert_eq!(m["backchannel_authentication_endpoint"], format!("{}/oauth/bc-authorize", s.url));
-        assert_eq!(m["backchannel_token_delivery_modes_supported"], serde_json::json!(["poll"]));
+        assert_eq!(m["backchannel_token_delivery_modes_supported"], serde_json::json!(["poll", "ping", "push"]));
         assert_eq!(m["token_endpoint_auth_methods_supported"], serde_json::json!(["private_key_jwt", "none"]));
         assert_eq!(m["introspection_endpoint_auth_methods_supported"], serde_json::json!(["private_key_jwt"]));
         assert_eq!(m["client_id_metadata_document_supported"], false, "no registration owner");

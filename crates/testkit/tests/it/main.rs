@@ -17,6 +17,7 @@ mod golden;
 mod keys;
 mod lifecycle;
 mod memory_store;
+mod notify;
 mod registration;
 mod restart;
 mod scim;
