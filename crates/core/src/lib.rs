@@ -15,6 +15,7 @@ mod admin;
 pub mod chain;
 mod check;
 pub mod delegation;
+pub mod details;
 pub mod dpop;
 pub mod federation;
 mod keyring;

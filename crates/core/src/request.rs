@@ -127,6 +127,9 @@ pub struct ExchangeRequest {
     pub resources: Vec<String>,
     pub audiences: Vec<String>,
     pub scope: Option<String>,
+    /// RFC 9396 `authorization_details` as sent (JSON text): only narrower
+    /// than the subject token's; absent inherits them.
+    pub authorization_details: Option<String>,
 }
 
 /// A `grant_type` that could not become a [`GrantRequest`].
@@ -156,6 +159,9 @@ pub struct BcAuthorizeRequest {
     pub binding_message: Option<String>,
     /// Seconds, as sent: its range is the use case's to check.
     pub requested_expiry: Option<String>,
+    /// RFC 9396 `authorization_details` as sent (JSON text), checked
+    /// against the resource's declared types by the use case.
+    pub authorization_details: Option<String>,
 }
 
 /// A request the edge could not parse, with what it named, for the record

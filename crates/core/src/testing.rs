@@ -133,6 +133,7 @@ impl World {
                 gateway: None,
                 exchange_to: Vec::new(),
                 context: Default::default(),
+                authorization_details_types: Default::default(),
             },
         )
         .await
@@ -213,6 +214,7 @@ impl World {
             resources: vec![CAL.into()],
             binding_message: Some("plan the offsite".into()),
             requested_expiry: None,
+            authorization_details: None,
         };
         self.m.bc_authorize(&self.creds(c), Ok(req)).await
     }
@@ -236,6 +238,7 @@ impl World {
             actor_token: None,
             resources: Vec::new(),
             audiences: Vec::new(),
+            authorization_details: None,
             scope: scope.map(str::to_owned),
         };
         self.grant(c, GrantRequest::Exchange(x)).await
@@ -252,6 +255,7 @@ impl World {
                 properties: properties.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
             },
             context: None,
+            authorization_details: None,
             probe: false,
         };
         self.m.check(&Checker::Admin, &req).await.expect("a decision")

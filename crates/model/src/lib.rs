@@ -3,6 +3,7 @@
 
 pub mod claims;
 pub mod delegation;
+pub mod details;
 pub mod error;
 pub mod id;
 pub mod json;

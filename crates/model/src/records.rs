@@ -8,6 +8,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
+use crate::details::{AuthorizationDetail, AuthorizationDetails};
 use crate::{AgentId, ApprovalId, GrantId, GroupId, Jti, ModelError, ResourceId, Scope, ScopeSet, UserId};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -347,6 +348,10 @@ pub struct Resource {
     /// Cedar types (DESIGN §13). Any other key is refused.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub context: BTreeMap<String, ContextType>,
+    /// RFC 9396 types its tokens may carry, each with its JSON Schema and
+    /// bounds (DESIGN §13).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub authorization_details_types: BTreeMap<String, crate::details::DetailType>,
 }
 
 /// The type of a `context` key a resource declares.
@@ -495,6 +500,10 @@ pub struct Grant {
     pub revoked_at: Option<OffsetDateTime>,
     #[serde(with = "time::serde::rfc3339::option")]
     pub last_used_at: Option<OffsetDateTime>,
+    /// The RFC 9396 details the person (or policy) approved: tokens under
+    /// the grant carry them.
+    #[serde(skip_serializing_if = "AuthorizationDetails::is_empty")]
+    pub authorization_details: AuthorizationDetails,
 }
 
 impl Grant {
@@ -551,8 +560,14 @@ impl FromStr for ApprovalStatus {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum ApprovalSubject {
-    /// A CIBA request for a grant of `scopes` at the approval's resource.
-    Grant { scopes: ScopeSet, requested_expiry: i64 },
+    /// A CIBA request for a grant of `scopes` at the approval's resource,
+    /// with the RFC 9396 details the person is asked to approve.
+    Grant {
+        scopes: ScopeSet,
+        requested_expiry: i64,
+        #[serde(default, skip_serializing_if = "AuthorizationDetails::is_empty")]
+        authorization_details: AuthorizationDetails,
+    },
     /// One action on one checked resource, for the token chain `chain`.
     Action {
         action: String,
@@ -563,6 +578,9 @@ pub enum ApprovalSubject {
         /// the person must see (OWASP ASI09: the concrete action).
         #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
         properties: BTreeMap<String, String>,
+        /// The checked RFC 9396 detail, which the binding covers too.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        authorization_detail: Option<AuthorizationDetail>,
     },
 }
 

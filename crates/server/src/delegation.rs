@@ -213,11 +213,15 @@ pub async fn evaluation(
     if body.subject.kind != "token" {
         return Err(Problem::bad_input("subject.type must be \"token\", with the access token as subject.id"));
     }
+    // RFC 9396's detail rides in AuthZEN's context under its own name.
+    let mut context = body.context;
+    let authorization_details = context.as_mut().and_then(|c| c.remove("authorization_details"));
     let req = CheckRequest {
         token: body.subject.id,
         action: body.action.name,
         resource: body.resource,
-        context: body.context,
+        context,
+        authorization_details,
         probe: false,
     };
     let answer = s.mandate.check(&who, &req).await?;

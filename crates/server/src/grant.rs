@@ -83,6 +83,7 @@ fn exchange_request(form: &OAuthForm) -> Result<ExchangeRequest, Error> {
         resources: form.all("resource"),
         audiences: form.all("audience"),
         scope: form.raw("scope").map(str::to_owned),
+        authorization_details: form.raw("authorization_details").map(str::to_owned),
     })
 }
 
@@ -97,6 +98,7 @@ pub fn bc_authorize_request(form: &OAuthForm) -> Result<BcAuthorizeRequest, Malf
             resources: form.all("resource"),
             binding_message: form.raw("binding_message").map(str::to_owned),
             requested_expiry: form.raw("requested_expiry").map(str::to_owned),
+            authorization_details: form.raw("authorization_details").map(str::to_owned),
         }),
         Err(error) => Err(Malformed {
             error,
@@ -181,6 +183,7 @@ mod tests {
                 resources: vec![],
                 audiences: vec!["https://a".into()],
                 scope: None,
+                authorization_details: None,
             }))
         );
     }
@@ -212,6 +215,7 @@ mod tests {
                 resources: vec!["https://a".into()],
                 binding_message: Some("m".into()),
                 requested_expiry: None,
+                authorization_details: None,
             })
         );
         match bc_authorize_request(&form("scope=read&resource=https%3A%2F%2Fa")) {

@@ -191,6 +191,7 @@ pub struct ResourceRow {
     pub gateway: Option<String>,
     pub exchange_to: String,
     pub context: String,
+    pub authorization_details_types: String,
 }
 
 impl TryFrom<ResourceRow> for Resource {
@@ -206,6 +207,7 @@ impl TryFrom<ResourceRow> for Resource {
             gateway: r.gateway.as_deref().map(parse::<AgentId>).transpose()?,
             exchange_to: from_json(&r.exchange_to)?,
             context: from_json(&r.context)?,
+            authorization_details_types: from_json(&r.authorization_details_types)?,
         })
     }
 }
@@ -508,6 +510,7 @@ pub struct GrantRow {
     pub expires_at: i64,
     pub revoked_at: Option<i64>,
     pub last_used_at: Option<i64>,
+    pub authorization_details: String,
 }
 
 impl TryFrom<GrantRow> for Grant {
@@ -526,6 +529,7 @@ impl TryFrom<GrantRow> for Grant {
             expires_at: from_ts(r.expires_at)?,
             revoked_at: opt_ts(r.revoked_at)?,
             last_used_at: opt_ts(r.last_used_at)?,
+            authorization_details: from_json(&r.authorization_details)?,
         })
     }
 }

@@ -44,8 +44,8 @@ pub(crate) fn apply(conn: &Connection, m: &Mutation) -> Result<u64, StoreError> 
         }
         Mutation::InsertGrant(g) => exec(
             conn,
-            "INSERT INTO grants (id, user_id, agent, resource, scopes, purpose, approved_by, status, created_at, expires_at, revoked_at, last_used_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+            "INSERT INTO grants (id, user_id, agent, resource, scopes, purpose, approved_by, status, created_at, expires_at, revoked_at, last_used_at, authorization_details) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
             params![
                 g.id.to_string(),
                 g.user.to_string(),
@@ -59,6 +59,7 @@ pub(crate) fn apply(conn: &Connection, m: &Mutation) -> Result<u64, StoreError> 
                 ts(g.expires_at)?,
                 g.revoked_at.map(ts).transpose()?,
                 g.last_used_at.map(ts).transpose()?,
+                json(&g.authorization_details)?,
             ],
             "grant",
         ),
@@ -101,5 +102,6 @@ pub(crate) fn grant_row(r: &Row<'_>) -> Mapped<Grant> {
         expires_at: r.get("expires_at")?,
         revoked_at: r.get("revoked_at")?,
         last_used_at: r.get("last_used_at")?,
+        authorization_details: r.get("authorization_details")?,
     }))
 }

@@ -70,6 +70,8 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0012_federated_credentials.sql"),
     include_str!("../migrations/0013_agent_limits.sql"),
     include_str!("../migrations/0014_resource_context.sql"),
+    // 0015 to 0017 are left to the other parts of issue 16.
+    include_str!("../migrations/0018_authorization_details.sql"),
 ];
 
 /// The writer connection's page cache, in KiB (as a negative `cache_size`).

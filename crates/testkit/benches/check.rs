@@ -33,6 +33,7 @@ fn bench(c: &mut Criterion) {
         action: "get".into(),
         resource: CheckedResource { kind: "event".into(), id: "e1".into(), properties: Default::default() },
         context: None,
+        authorization_details: None,
         probe: false,
     };
     let first = rt.block_on(mandate.check(&checker, &req)).unwrap();

@@ -17,7 +17,9 @@ use serde_json::{Value, json};
 
 use crate::{TestAgent, TestServer};
 
+pub mod details;
 mod limits;
+use details::a_payment_approval_covers_only_what_was_approved;
 use limits::{limits_only_tighten_and_are_audited, spawn_and_exchange_limits, token_limits_refuse_and_pass};
 
 pub const CAL: &str = "https://calendar.example";
@@ -225,6 +227,7 @@ pub const SCENARIOS: &[(&str, Scenario)] = scenarios![
     limits_only_tighten_and_are_audited,
     token_limits_refuse_and_pass,
     spawn_and_exchange_limits,
+    a_payment_approval_covers_only_what_was_approved,
 ];
 
 /// Runs every scenario on a fresh server from `factory`.

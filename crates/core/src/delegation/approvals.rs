@@ -69,23 +69,28 @@ impl Mandate {
         event.reason = Some(id.to_string());
         let mut change = Change::new();
         let mut grant_id = None;
-        if approve && let ApprovalSubject::Grant { scopes, .. } = &approval.subject {
+        if approve && let ApprovalSubject::Grant { scopes, authorization_details, .. } = &approval.subject {
             // The grant is created as approved; issuance re-checks policy.
             let user =
                 self.store.user(approval.user).await?.ok_or_else(|| Error::Conflict("the user is gone".into()))?;
             let agent =
                 self.store.agent(approval.agent).await?.ok_or_else(|| Error::Conflict("the agent is gone".into()))?;
             let res = self.resource_by_identifier(&approval.resource).await?;
-            let grant =
+            let mut grant =
                 self.new_grant(&user, &agent, &res, scopes, approval.binding_message.clone(), &me.to_string())?;
+            // What the person saw and approved (RFC 9396), and its digest
+            // in the trail.
+            grant.authorization_details = authorization_details.clone();
+            event.reason = crate::details::with_digest(event.reason.take(), authorization_details);
             event.grant_id = Some(grant.id.to_string());
             event.scope = Some(scopes.to_claim());
             grant_id = Some(grant.id);
             change.push(Mutation::InsertGrant(grant));
         }
-        if let ApprovalSubject::Action { action, target, .. } = &approval.subject {
+        if let ApprovalSubject::Action { action, target, authorization_detail, .. } = &approval.subject {
             event.action = Some(action.clone());
-            event.reason = Some(format!("{id}: {action} on {target}"));
+            let detail = mandate_model::details::AuthorizationDetails(authorization_detail.iter().cloned().collect());
+            event.reason = crate::details::with_digest(Some(format!("{id}: {action} on {target}")), &detail);
             // An action approval dies with the grant it was asked under
             // (SECURITY row 43): there is nothing left to approve.
             if approve && let Some(g) = approval.grant {

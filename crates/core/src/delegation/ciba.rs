@@ -113,8 +113,20 @@ impl Mandate {
         if let Some(s) = scopes.iter().find(|s| res.actions_of(s).is_none()) {
             return Err(Error::InvalidScope(format!("scope {s} is not offered by {}", res.identifier)));
         }
+        // RFC 9396: each detail of a type the resource declares, as its
+        // schema allows; what the person is asked to approve.
+        let details = crate::details::accept(&res, req.authorization_details.as_deref())?;
         let approver =
             self.authorize_scopes(Some(&user), &[agent], &res, &scopes, false).await?.map_err(Error::AccessDenied)?;
+        // Policy sees each detail as `context.authorization_detail`.
+        let for_details = self
+            .authorize_details(Some(&user), &[agent], (&res, &scopes), &details, false)
+            .await?
+            .map_err(Error::AccessDenied)?;
+        let approver = match (approver, for_details) {
+            (Some(Approver::User), _) | (_, Some(Approver::User)) => Some(Approver::User),
+            (a, b) => a.or(b),
+        };
         let now = self.clock.now();
         let id = ApprovalId::from_ulid(new_ulid(self.clock.as_ref(), self.rng.as_ref())?);
         let mut approval = Approval {
@@ -126,7 +138,11 @@ impl Mandate {
                 _ => user.id,
             },
             resource: res.identifier.clone(),
-            subject: ApprovalSubject::Grant { scopes: scopes.clone(), requested_expiry: wait },
+            subject: ApprovalSubject::Grant {
+                scopes: scopes.clone(),
+                requested_expiry: wait,
+                authorization_details: details.clone(),
+            },
             binding_message: binding_message.clone(),
             status: ApprovalStatus::Pending,
             decided_by: None,
@@ -145,13 +161,14 @@ impl Mandate {
         event.scope = Some(scopes.to_claim());
         match approver {
             None => {
-                let grant = self.new_grant(&user, agent, &res, &scopes, binding_message, "policy")?;
+                let mut grant = self.new_grant(&user, agent, &res, &scopes, binding_message, "policy")?;
+                grant.authorization_details = details.clone();
                 approval.status = ApprovalStatus::Approved;
                 approval.decided_by = Some("policy".into());
                 approval.decided_at = Some(now);
                 approval.grant = Some(grant.id);
                 event.grant_id = Some(grant.id.to_string());
-                event.reason = Some(format!("{id}: self-authorised by policy"));
+                event.reason = crate::details::with_digest(Some(format!("{id}: self-authorised by policy")), &details);
                 let mut created = self.client_event(kind::GRANT_CREATED, client);
                 created.decision = Some(ALLOW.into());
                 created.subject = event.subject.clone();
@@ -159,7 +176,7 @@ impl Mandate {
                 created.resource = event.resource.clone();
                 created.scope = event.scope.clone();
                 created.grant_id = Some(grant.id.to_string());
-                created.reason = Some("approved_by policy".into());
+                created.reason = crate::details::with_digest(Some("approved_by policy".into()), &details);
                 change.push(Mutation::InsertGrant(grant));
                 change.push(Mutation::InsertApproval(approval));
                 change.push(AuditRecord::new(event).mutation());
@@ -185,7 +202,10 @@ impl Mandate {
                 if let Some(e) = waiting(theirs, self.config.max_pending_per_agent_user, "this person") {
                     return Err(e);
                 }
-                event.reason = Some(format!("{id}: waits for the {} ({})", who.as_str(), approval.approver));
+                event.reason = crate::details::with_digest(
+                    Some(format!("{id}: waits for the {} ({})", who.as_str(), approval.approver)),
+                    &details,
+                );
                 change.push(Mutation::InsertApproval(approval));
                 change.push(AuditRecord::new(event).mutation());
             }
@@ -211,6 +231,7 @@ impl Mandate {
             expires_at = expires_at.min(e);
         }
         Ok(Grant {
+            authorization_details: Default::default(),
             id: GrantId::from_ulid(new_ulid(self.clock.as_ref(), self.rng.as_ref())?),
             user: user.id,
             agent: agent.id,
@@ -370,6 +391,7 @@ mod tests {
             resources: vec![CAL.into()],
             binding_message: None,
             requested_expiry: None,
+            authorization_details: None,
         };
         let refused = w.m.bc_authorize(&w.creds(&w.planner), Ok(req)).await;
         assert!(
@@ -389,6 +411,7 @@ mod tests {
             resources: vec![CAL.into()],
             binding_message: None,
             requested_expiry: None,
+            authorization_details: None,
         };
         assert!(matches!(w.m.bc_authorize(&w.creds(&w.planner), Ok(unknown)).await, Err(Error::UnknownUser(_))));
         assert!(matches!(w.ciba(&w.planner, "delete").await, Err(Error::InvalidScope(_))));

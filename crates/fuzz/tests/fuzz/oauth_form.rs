@@ -196,6 +196,7 @@ fn expected_grant(pairs: &[(String, String)]) -> Result<GrantRequest, Option<Gra
                         resources: all(pairs, "resource"),
                         audiences: all(pairs, "audience"),
                         scope: owned("scope"),
+                        authorization_details: owned("authorization_details"),
                     }))
                 }
                 _ => Err(Some(GrantType::Exchange)),
@@ -231,6 +232,7 @@ fn check_bc_authorize(form: &OAuthForm, pairs: &[(String, String)]) -> Result<()
                         resources: all(pairs, "resource"),
                         binding_message: owned("binding_message"),
                         requested_expiry: owned("requested_expiry"),
+                        authorization_details: owned("authorization_details"),
                     }
         }
         Err(m) => {
@@ -273,7 +275,7 @@ fn name() -> impl Strategy<Value = String> {
             "grant_type", "client_id", "client_assertion", "client_assertion_type", "scope", "resource", "audience",
             "code", "redirect_uri", "code_verifier", "auth_req_id", "refresh_token", "subject_token",
             "subject_token_type", "requested_token_type", "actor_token", "actor_token_type", "login_hint",
-            "binding_message", "requested_expiry", "client_secret", "act", "may_act", "Scope", "scope ", "",
+            "binding_message", "requested_expiry", "authorization_details", "client_secret", "act", "may_act", "Scope", "scope ", "",
             "gr\u{e4}nt",
         ])
         .prop_map(str::to_owned),
