@@ -157,6 +157,10 @@ pub struct NewResource {
     /// types (DESIGN §13).
     #[serde(default)]
     pub context: std::collections::BTreeMap<String, mandate_model::records::ContextType>,
+    /// RFC 9396 types its tokens may carry: a JSON Schema and bounds each
+    /// (DESIGN §13).
+    #[serde(default)]
+    pub authorization_details_types: std::collections::BTreeMap<String, mandate_model::details::DetailType>,
 }
 
 const MAX_CONTEXT_KEYS: usize = 32;
@@ -1067,6 +1071,18 @@ impl Mandate {
                 )));
             }
         }
+        crate::details::validate_types(&new.authorization_details_types)?;
+        // …and one Cedar type per detail field across resources.
+        for (field, ty) in crate::details::field_types(&new.authorization_details_types).unwrap_or_default() {
+            if let Some(other) = declared.get(&format!("{}{field}", mandate_policy::DETAIL_PREFIX))
+                && *other != ty
+            {
+                return Err(Error::BadInput(format!(
+                    "authorization detail field {field} is {} in another resource's types",
+                    other.as_str()
+                )));
+            }
+        }
         if self.store.resource_by_identifier(&identifier).await?.is_some() {
             return Err(Error::Conflict(format!("a resource with identifier {identifier} exists")));
         }
@@ -1080,6 +1096,7 @@ impl Mandate {
             gateway: new.gateway,
             exchange_to,
             context: new.context,
+            authorization_details_types: new.authorization_details_types,
         };
         let mut event = self.admin_event(kind::RESOURCE_CREATED, caller);
         event.resource = Some(resource.identifier.clone());

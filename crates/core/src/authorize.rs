@@ -90,6 +90,9 @@ pub struct AuthorizeRequest {
     /// Who may act next for the person with the grant's tokens
     /// (`allowed_actors`, ADR 0024), checked to name existing agents.
     pub allowed_actors: Option<mandate_model::actors::MayAct>,
+    /// RFC 9396 details the person is asked to approve (shown on the
+    /// consent page; the grant keeps them).
+    pub authorization_details: mandate_model::details::AuthorizationDetails,
 }
 
 impl AuthorizeRequest {
@@ -222,6 +225,7 @@ impl Mandate {
             "prompt",
             "dpop_jkt",
             "allowed_actors",
+            "authorization_details",
         ];
         for k in known {
             one(k).map_err(|_| back("invalid_request", &format!("{k} is repeated")))?;
@@ -285,6 +289,13 @@ impl Mandate {
                 (scopes, true)
             }
         };
+        // RFC 9396 §5: details of a type the resource declares, as its
+        // schema allows, or `invalid_authorization_details`.
+        let authorization_details =
+            crate::details::accept(&resource, one("authorization_details")?).map_err(|e| match e {
+                Error::InvalidAuthorizationDetails(why) => back("invalid_authorization_details", &why),
+                other => back("invalid_request", &other.to_string()),
+            })?;
         let purpose = match one("purpose")? {
             Some(p) => Some(
                 mandate_model::name::validate_text("purpose", p, MAX_PURPOSE)
@@ -328,6 +339,7 @@ impl Mandate {
             params: raw.to_vec(),
             owner,
             agent,
+            authorization_details,
         })
     }
 
@@ -380,6 +392,33 @@ impl Mandate {
                     .back_to_client(req, &[("error", "temporarily_unavailable"), ("error_description", "try again")]);
                 return Err(AuthorizeError::Redirect { url });
             }
+        };
+        // Policy sees each RFC 9396 detail as `context.authorization_detail`.
+        let decided = match decided {
+            Ok(a) => {
+                let details = &req.authorization_details;
+                match self
+                    .authorize_details(Some(user), &[&req.agent], (&req.resource, &req.scopes), details, false)
+                    .await
+                {
+                    Ok(Ok(b)) => Ok(match (a, b) {
+                        (Some(mandate_policy::Approver::User), _) | (_, Some(mandate_policy::Approver::User)) => {
+                            Some(mandate_policy::Approver::User)
+                        }
+                        (a, b) => a.or(b),
+                    }),
+                    Ok(Err(why)) => Err(why),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not decide an authorization");
+                        let url = self.back_to_client(
+                            req,
+                            &[("error", "temporarily_unavailable"), ("error_description", "try again")],
+                        );
+                        return Err(AuthorizeError::Redirect { url });
+                    }
+                }
+            }
+            Err(why) => Err(why),
         };
         match decided {
             // The person on the consent page is the user policy would ask.
@@ -465,6 +504,7 @@ impl Mandate {
             }
             Err(e) => return Err(unavailable(&e)),
         };
+        grant.authorization_details = req.authorization_details.clone();
         let code = secrets::generate(CODE_PREFIX, self.rng.as_ref()).map_err(|e| unavailable(&e))?;
         let now = self.clock.now();
         let record = AuthCodeRecord {
@@ -483,10 +523,13 @@ impl Mandate {
         let mut event = self.authorize_event(kind::GRANT_CREATED, user, req);
         event.decision = Some(ALLOW.into());
         event.grant_id = Some(grant.id.to_string());
-        event.reason = Some(match &grant.may_act {
-            None => format!("approved_by {} on the consent page", user.id),
-            Some(m) => format!("approved_by {} on the consent page; may_act {m}", user.id),
-        });
+        event.reason = crate::details::with_digest(
+            Some(match &grant.may_act {
+                None => format!("approved_by {} on the consent page", user.id),
+                Some(m) => format!("approved_by {} on the consent page; may_act {m}", user.id),
+            }),
+            &req.authorization_details,
+        );
         let change = Change::new()
             .with(Mutation::InsertGrant(grant))
             .with(Mutation::InsertAuthCode(record))

@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 
+use mandate_model::details::AuthorizationDetail;
 use mandate_model::records::{Approval, ApprovalStatus, ApprovalSubject};
 use mandate_model::{ApprovalId, Jti};
 use mandate_policy::{Approver, Principal, Target};
@@ -44,6 +45,11 @@ pub struct CheckRequest {
     /// is the resource server.
     #[serde(default)]
     pub client_address: Option<std::net::IpAddr>,
+    /// RFC 9396: the one detail this action is (a list of one, or the
+    /// object): allowed only if a detail of the token covers it (DESIGN
+    /// §13).
+    #[serde(default)]
+    pub authorization_details: Option<serde_json::Value>,
     /// Decide without acting on it: for showing what may be done (a
     /// gateway's `tools/list`). The decision is recorded, but no approval
     /// request is opened and none is used up.
@@ -138,6 +144,24 @@ impl CheckRequest {
 
     fn target(&self) -> String {
         format!("{}/{}", self.resource.kind, self.resource.id)
+    }
+
+    /// The checked detail, parsed (not yet checked against the type's
+    /// schema). The `Err` says why it is not one detail.
+    fn detail(&self) -> Result<Option<AuthorizationDetail>, String> {
+        let one = match &self.authorization_details {
+            None => return Ok(None),
+            Some(serde_json::Value::Array(items)) => match items.as_slice() {
+                [one] => one.clone(),
+                _ => return Err("a check carries exactly one authorization detail".into()),
+            },
+            Some(other) => other.clone(),
+        };
+        let size = serde_json::to_string(&one).map_err(|e| e.to_string())?.len();
+        if size > mandate_model::details::MAX_DETAILS_BYTES {
+            return Err(format!("the detail is longer than {} bytes", mandate_model::details::MAX_DETAILS_BYTES));
+        }
+        AuthorizationDetail::from_value(one).map(Some)
     }
 }
 
@@ -273,7 +297,17 @@ impl Mandate {
             Ok(live) => {
                 let outcome = if checker.answers_for(&live.record.audience) {
                     match self.declared_context(&live, req).await? {
-                        Ok(declared) => self.cached_decision(&live, req, declared, epoch, &version, &engine).await?,
+                        Ok(declared) => match self.checked_detail(&live, req).await? {
+                            Ok(detail) => {
+                                self.cached_decision(&live, req, (declared, detail.as_ref()), epoch, &version, &engine)
+                                    .await?
+                            }
+                            Err(why) => {
+                                let why = format!("authorization_details: {why}");
+                                bad_context = Some(why.clone());
+                                Outcome::deny(why)
+                            }
+                        },
                         Err(why) => {
                             let o = Outcome::deny(format!("context: {why}"));
                             bad_context = Some(why);
@@ -301,10 +335,18 @@ impl Mandate {
         // Every deny and approval request is recorded; an allow once per
         // token, action and resource on each node (docs/delegation.md), so
         // the trail shows every resource a token touched.
+        // A touch is the resource with the checked detail: an allow of
+        // another payment on it is recorded again (its digest differs).
+        let checked = req.detail().ok().flatten();
+        let checked = mandate_model::details::AuthorizationDetails(checked.into_iter().collect());
+        let (digest, touched) = match crate::details::digest(&checked) {
+            Some(d) => (format!("authorization_details {d}; "), format!("{}#{d}", req.target())),
+            None => (String::new(), req.target()),
+        };
         if outcome.decision == ALLOW
             && outcome.consume.is_none()
             && let Some(jti) = jti
-            && let Some(seq) = self.remembered_allow(jti, &req.action, &req.target())
+            && let Some(seq) = self.remembered_allow(jti, &req.action, &touched)
         {
             return Ok(CheckAnswer {
                 decision: ALLOW,
@@ -330,8 +372,10 @@ impl Mandate {
             event.scope = Some(l.record.scopes.to_claim());
         }
         let probed = if req.probe { "probe: " } else { "" };
+        // The checked detail's digest first, so that the bound on the
+        // reason's length never cuts it off.
         event.reason =
-            Some(crate::audit::bounded(&format!("{probed}{}: {}", req.target(), outcome.reasons.join("; "))));
+            Some(crate::audit::bounded(&format!("{digest}{probed}{}: {}", req.target(), outcome.reasons.join("; "))));
         let mut change = Change::new();
         if outcome.new_approval
             && let Some(a) = &outcome.approval
@@ -352,7 +396,7 @@ impl Mandate {
             && !req.probe
             && let Some(jti) = jti
         {
-            self.remember_allow(jti, &req.action, &req.target(), seq);
+            self.remember_allow(jti, &req.action, &touched, seq);
         }
         let scopes_needed = match &live {
             Some(l) if outcome.decision == DENY && !foreign => self.scopes_covering(l, &req.action).await?,
@@ -387,6 +431,26 @@ impl Mandate {
             return Ok(Vec::new());
         }
         Ok(res.scopes.keys().filter(|s| covers(s)).cloned().collect())
+    }
+
+    /// The check's RFC 9396 detail, of a type the token's resource declares
+    /// and as its schema allows. The inner `Err` says why not (400).
+    async fn checked_detail(
+        &self,
+        live: &LiveToken,
+        req: &CheckRequest,
+    ) -> Result<Result<Option<AuthorizationDetail>, String>, Error> {
+        let detail = match req.detail() {
+            Ok(Some(d)) => d,
+            Ok(None) => return Ok(Ok(None)),
+            Err(why) => return Ok(Err(why)),
+        };
+        let res = match self.resource_by_identifier(&live.record.audience).await {
+            Ok(r) => r,
+            Err(Error::InvalidTarget(_)) => return Ok(Err("the token's audience declares no types".into())),
+            Err(e) => return Err(e),
+        };
+        Ok(crate::details::validate_detail(&res, &detail).map(|()| Some(detail)))
     }
 
     /// The check's `context`, typed by the declaration of the token's
@@ -448,12 +512,18 @@ impl Mandate {
         &self,
         live: &LiveToken,
         req: &CheckRequest,
-        declared: BTreeMap<String, mandate_policy::ContextValue>,
+        (declared, detail): (BTreeMap<String, mandate_policy::ContextValue>, Option<&AuthorizationDetail>),
         epoch: u64,
         version: &str,
         engine: &mandate_policy::PolicyEngine,
     ) -> Result<Outcome, Error> {
         let agents: Vec<&mandate_model::records::Agent> = live.agents.iter().collect();
+        let mut declared = declared;
+        // The checked detail is `context.authorization_detail` (DESIGN §13).
+        if let Some(d) = detail {
+            let res = self.resource_by_identifier(&live.record.audience).await?;
+            declared.extend(crate::details::facts_of(&res, d));
+        }
         let facts = mandate_policy::Facts {
             declared,
             client_address: req.client_address,
@@ -465,15 +535,16 @@ impl Mandate {
             req.action.clone(),
             req.target(),
             format!(
-                "{}#{facts:?}",
+                "{}#{facts:?}#{}",
                 serde_json::to_string(&req.resource.properties)
-                    .map_err(|e| Error::Unavailable(format!("encoding properties: {e}")))?
+                    .map_err(|e| Error::Unavailable(format!("encoding properties: {e}")))?,
+                serde_json::to_string(&detail).map_err(|e| Error::Unavailable(format!("encoding a detail: {e}")))?
             ),
         );
         if let Some(d) = self.caches.decision(&key, epoch, version) {
             return Ok(Outcome { decision: d.decision, reasons: d.reasons, ..Outcome::allow(vec![]) });
         }
-        let o = self.decide_check(live, req, engine, &facts).await?;
+        let o = self.decide_check(live, req, engine, &facts, detail).await?;
         if o.cacheable {
             let d = crate::chain::CachedDecision { decision: o.decision, reasons: o.reasons.clone() };
             self.caches.keep_decision(key, epoch, version.to_owned(), d);
@@ -487,6 +558,7 @@ impl Mandate {
         req: &CheckRequest,
         engine: &mandate_policy::PolicyEngine,
         facts: &mandate_policy::Facts,
+        detail: Option<&AuthorizationDetail>,
     ) -> Result<Outcome, Error> {
         let Some(chain) = &live.chain else {
             return Ok(Outcome::deny("token: a resource server's own token acts for nobody"));
@@ -509,6 +581,19 @@ impl Mandate {
                 && !covering.iter().any(|s| ceiling.contains(s))
             {
                 return Ok(Outcome::deny(format!("ceiling: agent {} may not hold a scope covering it", agent.id)));
+            }
+        }
+        // DESIGN §13: a detail of the token must cover the checked one
+        // (same type, `equal` fields equal, `max` fields no larger).
+        if let Some(asked) = detail {
+            let bounds = res.authorization_details_types.get(asked.kind()).map(|t| &t.bounds);
+            let granted = live.claims.authorization_details.clone().unwrap_or_default();
+            let covered = match bounds {
+                None => Err(format!("type {} is not declared", asked.kind())),
+                Some(b) => granted.covering(asked, b).map(|_| ()),
+            };
+            if let Err(why) = covered {
+                return Ok(Outcome::deny(format!("authorization_details: not covered by the token ({why})")));
             }
         }
         let target_id = req.target();
@@ -550,7 +635,7 @@ impl Mandate {
             return Ok(Outcome::allow(reasons));
         };
         let reuse = windows.into_iter().collect::<Option<Vec<i64>>>().and_then(|w| w.into_iter().min());
-        self.approval_outcome(live, chain, req, &res, Permitted { reasons, approver, reuse }).await
+        self.approval_outcome(live, chain, req, (&res, detail), Permitted { reasons, approver, reuse }).await
     }
 
     /// @approval: allowed only with a matching approval in force, bound
@@ -563,7 +648,7 @@ impl Mandate {
         live: &LiveToken,
         chain: &mandate_model::delegation::Chain,
         req: &CheckRequest,
-        res: &mandate_model::records::Resource,
+        (res, detail): (&mandate_model::records::Resource, Option<&AuthorizationDetail>),
         permitted: Permitted,
     ) -> Result<Outcome, Error> {
         let Permitted { mut reasons, approver, reuse } = permitted;
@@ -573,7 +658,8 @@ impl Mandate {
             Some(g) => g.to_string(),
             None => live.root.to_string(),
         };
-        let binding = binding(chain, &under, &req.action, &res.identifier, &target_id, &req.resource.properties)?;
+        let binding =
+            binding(chain, &under, &req.action, &res.identifier, (&target_id, &req.resource.properties), detail)?;
         let q = ApprovalQuery { approver: None, status: None, binding: Some(binding.clone()), before: None, limit: 20 };
         let existing = self.store.approvals(&q).await?;
         let in_force = |a: &&Approval| {
@@ -640,6 +726,7 @@ impl Mandate {
                 chain: chain.agents().to_vec(),
                 binding,
                 properties: req.resource.properties.clone(),
+                authorization_detail: detail.cloned(),
             },
             binding_message: live.claims.purpose.clone(),
             status: ApprovalStatus::Pending,
@@ -672,14 +759,15 @@ impl Mandate {
 /// What an action approval is bound to (SECURITY rows 33 and 43): the
 /// grant (or, for a token under none, its delegation tree's root token),
 /// the whole chain (and so its current actor), the action, and the
-/// resource with its properties.
+/// resource with its properties, and the RFC 9396 detail checked, if any
+/// (an approval for 120 EUR is not one for 500 EUR).
 pub fn binding(
     chain: &mandate_model::delegation::Chain,
     under: &str,
     action: &str,
     api: &str,
-    target: &str,
-    properties: &BTreeMap<String, String>,
+    (target, properties): (&str, &BTreeMap<String, String>),
+    detail: Option<&AuthorizationDetail>,
 ) -> Result<String, Error> {
     #[derive(serde::Serialize)]
     struct Bound<'a> {
@@ -690,6 +778,8 @@ pub fn binding(
         api: &'a str,
         resource: &'a str,
         properties: &'a BTreeMap<String, String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        authorization_detail: Option<String>,
     }
     let value = Bound {
         under,
@@ -699,6 +789,11 @@ pub fn binding(
         api,
         resource: target,
         properties,
+        // Canonical (sorted keys), so the same detail binds the same way.
+        authorization_detail: detail
+            .map(|d| mandate_audit::canonical::to_canonical(&d.to_value()))
+            .transpose()
+            .map_err(|e| Error::Unavailable(format!("encoding a detail: {e:?}")))?,
     };
     // Never the digest of an empty text: every approval would share it.
     let text = serde_json::to_string(&value).map_err(|e| Error::Unavailable(format!("encoding a binding: {e}")))?;
@@ -719,6 +814,27 @@ mod tests {
     use crate::oauth::TokenCaller;
     use crate::testing::World;
     use crate::{Caller, Error};
+
+    #[test]
+    fn an_approval_binding_covers_the_checked_detail() {
+        // SECURITY row 33: an approval for 120 EUR is not one for 500 EUR.
+        use mandate_model::details::AuthorizationDetail;
+        let user = mandate_model::UserId::from_ulid(ulid::Ulid::from_parts(1, 1));
+        let agent = mandate_model::AgentId::from_ulid(ulid::Ulid::from_parts(1, 2));
+        let chain = mandate_model::delegation::Chain::for_user(user, agent);
+        let pay = |amount: i64| {
+            AuthorizationDetail::from_value(serde_json::json!({"type": "payment_initiation", "amount": amount}))
+                .unwrap()
+        };
+        let props = std::collections::BTreeMap::new();
+        let bind = |d: Option<&AuthorizationDetail>| {
+            super::binding(&chain, "grt_1", "pay", "https://pay.example", ("payment/p1", &props), d).unwrap()
+        };
+        let (d120, d500) = (pay(120), pay(500));
+        assert_ne!(bind(Some(&d120)), bind(Some(&d500)));
+        assert_ne!(bind(Some(&d120)), bind(None));
+        assert_eq!(bind(Some(&d120)), bind(Some(&pay(120))));
+    }
 
     #[tokio::test]
     async fn a_check_allows_what_every_party_allows_and_nothing_else() {

@@ -528,6 +528,7 @@ mod tests {
             binding_message: Some("plan the offsite".into()),
             requested_expiry: None,
             allowed_actors: None,
+            authorization_details: None,
             client_notification_token: token.map(str::to_owned),
         };
         let asked = w.m.bc_authorize(&w.creds(c), Ok(req)).await?;

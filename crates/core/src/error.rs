@@ -20,6 +20,10 @@ pub enum Error {
     InvalidTarget(String),
     #[error("unauthorized_client: {0}")]
     UnauthorizedClient(String),
+    /// RFC 9396 §5: an unknown type, a detail its schema refuses, too many
+    /// or too large, or wider than the token it narrows.
+    #[error("invalid_authorization_details: {0}")]
+    InvalidAuthorizationDetails(String),
     #[error("unsupported_grant_type: {0}")]
     UnsupportedGrantType(String),
     // CIBA (OpenID CIBA Core §11, §13).

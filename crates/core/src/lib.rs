@@ -16,6 +16,7 @@ pub mod chain;
 mod check;
 pub mod delegation;
 pub mod delivery;
+pub mod details;
 pub mod dpop;
 pub mod federation;
 mod keyring;

@@ -82,6 +82,8 @@ pub struct IssuedToken {
     pub refresh_token: Option<String>,
     /// RFC 8693 `issued_token_type` (token exchange only).
     pub issued_token_type: Option<&'static str>,
+    /// RFC 9396 §7: the details the token carries.
+    pub authorization_details: Option<mandate_model::details::AuthorizationDetails>,
 }
 
 /// An RFC 7662 answer: `{"active": false}`, or the token's claims.
@@ -139,6 +141,9 @@ pub struct IntrospectedClaims {
     pub purpose: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cnf: Option<Confirmation>,
+    /// RFC 9396 §9.2.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub authorization_details: Option<mandate_model::details::AuthorizationDetails>,
 }
 
 impl From<AccessTokenClaims> for IntrospectedClaims {
@@ -157,6 +162,7 @@ impl From<AccessTokenClaims> for IntrospectedClaims {
             grant_id: c.grant_id,
             purpose: c.purpose,
             cnf: c.cnf,
+            authorization_details: c.authorization_details,
         }
     }
 }
@@ -506,6 +512,7 @@ impl Mandate {
             scope: scopes.to_claim(),
             act: None,
             may_act: None,
+            authorization_details: None,
             grant_id: None,
             purpose: None,
             cnf: jkt.map(|jkt| Confirmation { jkt: jkt.to_owned() }),
@@ -549,6 +556,7 @@ impl Mandate {
             client_id: client.id,
             refresh_token: None,
             issued_token_type: None,
+            authorization_details: None,
         };
         Ok((Change::new().with(Mutation::InsertToken(record)), event, issued))
     }
@@ -1032,6 +1040,7 @@ mod tests {
             gateway: None,
             exchange_to: Vec::new(),
             context: Default::default(),
+            authorization_details_types: Default::default(),
         };
         w.m.create_resource(crate::Caller::Admin, mail).await.unwrap();
         // The schema now knows `send`; no policy permits it.

@@ -131,6 +131,9 @@ pub struct ExchangeRequest {
     /// `cnf.jkt`), for this request (ADR 0024): how an agent that holds
     /// the token's key proves it when it calls with another key.
     pub subject_token_dpop: Option<String>,
+    /// RFC 9396 `authorization_details` as sent (JSON text): only narrower
+    /// than the subject token's; absent inherits them.
+    pub authorization_details: Option<String>,
 }
 
 /// A `grant_type` that could not become a [`GrantRequest`].
@@ -166,6 +169,9 @@ pub struct BcAuthorizeRequest {
     /// CIBA §7.1: the bearer token Mandate presents when it calls a ping
     /// or push agent back; required of those, ignored for poll.
     pub client_notification_token: Option<String>,
+    /// RFC 9396 `authorization_details` as sent (JSON text), checked
+    /// against the resource's declared types by the use case.
+    pub authorization_details: Option<String>,
 }
 
 /// A request the edge could not parse, with what it named, for the record

@@ -338,6 +338,16 @@ impl Mandate {
         Ok(scopes)
     }
 
+    /// The RFC 9396 detail types the registered resources declare, for
+    /// discovery.
+    pub async fn authorization_details_types_supported(&self) -> Result<BTreeSet<String>, Error> {
+        let mut types = BTreeSet::new();
+        for r in self.store.resources().await? {
+            types.extend(r.authorization_details_types.keys().cloned());
+        }
+        Ok(types)
+    }
+
     /// Every action the registered resources declare, for the schema.
     pub(crate) async fn action_catalog(&self) -> Result<BTreeSet<String>, Error> {
         let mut actions = BTreeSet::new();
@@ -355,6 +365,10 @@ impl Mandate {
         let mut context = std::collections::BTreeMap::new();
         for r in self.store.resources().await? {
             context.extend(r.context.iter().map(|(k, t)| (k.clone(), *t)));
+            // The fields of `context.authorization_detail` (RFC 9396), under
+            // their prefix; registration keeps one type per field.
+            let fields = crate::details::field_types(&r.authorization_details_types).unwrap_or_default();
+            context.extend(fields.into_iter().map(|(k, t)| (format!("{}{k}", mandate_policy::DETAIL_PREFIX), t)));
         }
         Ok(context)
     }

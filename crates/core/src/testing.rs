@@ -133,6 +133,7 @@ impl World {
                 gateway: None,
                 exchange_to: Vec::new(),
                 context: Default::default(),
+                authorization_details_types: Default::default(),
             },
         )
         .await
@@ -215,6 +216,7 @@ impl World {
             requested_expiry: None,
             allowed_actors: None,
             client_notification_token: None,
+            authorization_details: None,
         };
         self.m.bc_authorize(&self.creds(c), Ok(req)).await
     }
@@ -238,6 +240,7 @@ impl World {
             actor_token: None,
             resources: Vec::new(),
             audiences: Vec::new(),
+            authorization_details: None,
             scope: scope.map(str::to_owned),
             subject_token_dpop: None,
         };
@@ -256,6 +259,7 @@ impl World {
             },
             context: None,
             client_address: None,
+            authorization_details: None,
             probe: false,
         };
         self.m.check(&Checker::Admin, &req).await.expect("a decision")

@@ -34,6 +34,7 @@ fn claims() -> AccessTokenClaims {
         scope: "mail.read mail.send".into(),
         act: None,
         may_act: None,
+        authorization_details: None,
         grant_id: None,
         purpose: None,
         cnf: None,

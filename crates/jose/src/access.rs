@@ -72,6 +72,7 @@ mod tests {
             scope: "read".into(),
             act: None,
             may_act: None,
+            authorization_details: None,
             grant_id: None,
             purpose: None,
             cnf: None,

@@ -30,6 +30,9 @@ pub struct AccessTokenClaims {
     pub cnf: Option<Confirmation>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<Status>,
+    /// RFC 9396 §9.1: the details the token was issued for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authorization_details: Option<crate::details::AuthorizationDetails>,
 }
 
 /// `status` (Token Status List): where a relying party reads whether the

@@ -5,6 +5,7 @@ pub mod actors;
 pub mod claims;
 pub mod delegation;
 pub mod delivery;
+pub mod details;
 pub mod error;
 pub mod id;
 pub mod json;

@@ -8,6 +8,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
+use crate::details::{AuthorizationDetail, AuthorizationDetails};
 use crate::{AgentId, ApprovalId, GrantId, GroupId, Jti, ModelError, ResourceId, Scope, ScopeSet, UserId};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -347,6 +348,10 @@ pub struct Resource {
     /// Cedar types (DESIGN §13). Any other key is refused.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub context: BTreeMap<String, ContextType>,
+    /// RFC 9396 types its tokens may carry, each with its JSON Schema and
+    /// bounds (DESIGN §13).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub authorization_details_types: BTreeMap<String, crate::details::DetailType>,
 }
 
 /// The type of a `context` key a resource declares.
@@ -499,6 +504,10 @@ pub struct Grant {
     /// (RFC 8693 §4.4 `may_act`), when the request or policy restricts it.
     #[serde(with = "crate::actors::as_list", skip_serializing_if = "Option::is_none")]
     pub may_act: Option<crate::actors::MayAct>,
+    /// The RFC 9396 details the person (or policy) approved: tokens under
+    /// the grant carry them.
+    #[serde(skip_serializing_if = "AuthorizationDetails::is_empty")]
+    pub authorization_details: AuthorizationDetails,
 }
 
 impl Grant {
@@ -555,13 +564,16 @@ impl FromStr for ApprovalStatus {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum ApprovalSubject {
-    /// A CIBA request for a grant of `scopes` at the approval's resource.
+    /// A CIBA request for a grant of `scopes` at the approval's resource,
+    /// with the RFC 9396 details the person is asked to approve.
     Grant {
         scopes: ScopeSet,
         requested_expiry: i64,
         /// Who may act next with the grant's tokens (ADR 0024).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         may_act: Option<crate::actors::MayAct>,
+        #[serde(default, skip_serializing_if = "AuthorizationDetails::is_empty")]
+        authorization_details: AuthorizationDetails,
     },
     /// One action on one checked resource, for the token chain `chain`.
     Action {
@@ -573,6 +585,9 @@ pub enum ApprovalSubject {
         /// the person must see (OWASP ASI09: the concrete action).
         #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
         properties: BTreeMap<String, String>,
+        /// The checked RFC 9396 detail, which the binding covers too.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        authorization_detail: Option<AuthorizationDetail>,
     },
 }
 

@@ -120,7 +120,14 @@ pub fn schema_text(actions: &BTreeSet<String>) -> String {
 
 /// The `context` keys Mandate sets itself on every decision (DESIGN §13);
 /// a resource cannot declare them.
-pub const RESERVED_CONTEXT_KEYS: &[&str] = &["user", "chain", "now", "dpop_bound", "client_address"];
+pub const RESERVED_CONTEXT_KEYS: &[&str] =
+    &["user", "chain", "now", "dpop_bound", "client_address", "authorization_detail"];
+
+/// The prefix of the catalog and fact keys that are fields of
+/// `context.authorization_detail` (RFC 9396, DESIGN §13): the detail a
+/// check carries, or each detail asked for at issuance in turn. A
+/// declared context key has no `.`, so the two never meet.
+pub const DETAIL_PREFIX: &str = "authorization_detail.";
 
 /// The Cedar schema for a set of declared actions and the `context` keys
 /// the resources declare (each optional: a policy writes `context has k`).
@@ -129,12 +136,20 @@ pub fn schema_text_with(actions: &BTreeSet<String>, context: &BTreeMap<String, C
     let mut ctx = String::from(
         "type MandateContext = { user?: User, chain: Set<Agent>, now: Long, dpop_bound: Bool, client_address?: ipaddr",
     );
+    let mut detail = String::from("\"type\": String");
     for (key, ty) in context {
+        if let Some(field) = key.strip_prefix(DETAIL_PREFIX) {
+            if field != "type" {
+                detail.push_str(&format!(", {}?: {}", cedar_string(field), ty.as_str()));
+            }
+            continue;
+        }
         if RESERVED_CONTEXT_KEYS.contains(&key.as_str()) {
             continue;
         }
         ctx.push_str(&format!(", {}?: {}", cedar_string(key), ty.as_str()));
     }
+    ctx.push_str(&format!(", authorization_detail?: {{ {detail} }}"));
     ctx.push_str(" };\n");
     let mut s = ctx;
     s.push_str(
@@ -189,18 +204,25 @@ pub struct Facts {
 impl Facts {
     fn context(&self) -> Result<Context, String> {
         let mut pairs: Vec<(String, RestrictedExpression)> = Vec::with_capacity(5 + self.declared.len());
+        let value = |v: &ContextValue| match v {
+            ContextValue::Long(n) => RestrictedExpression::new_long(*n),
+            ContextValue::String(v) => s(v),
+            ContextValue::Bool(b) => RestrictedExpression::new_bool(*b),
+        };
+        let mut detail: Vec<(String, RestrictedExpression)> = Vec::new();
         for (k, v) in &self.declared {
+            if let Some(field) = k.strip_prefix(DETAIL_PREFIX) {
+                detail.push((field.to_owned(), value(v)));
+                continue;
+            }
             if RESERVED_CONTEXT_KEYS.contains(&k.as_str()) {
                 return Err(format!("context key {k} is set by Mandate"));
             }
-            pairs.push((
-                k.clone(),
-                match v {
-                    ContextValue::Long(n) => RestrictedExpression::new_long(*n),
-                    ContextValue::String(v) => s(v),
-                    ContextValue::Bool(b) => RestrictedExpression::new_bool(*b),
-                },
-            ));
+            pairs.push((k.clone(), value(v)));
+        }
+        if !detail.is_empty() {
+            let record = RestrictedExpression::new_record(detail).map_err(|e| e.to_string())?;
+            pairs.push(("authorization_detail".into(), record));
         }
         if let Some(u) = self.user {
             pairs.push(("user".into(), RestrictedExpression::new_entity_uid(uid("User", &u.to_string())?)));

@@ -224,12 +224,15 @@ pub async fn evaluation(
         ),
         Some(_) => return Err(Problem::bad_input("context.client_address must be an IP address")),
     };
+    // RFC 9396's detail rides in AuthZEN's context under its own name.
+    let authorization_details = context.as_mut().and_then(|c| c.remove("authorization_details"));
     let req = CheckRequest {
         token: body.subject.id,
         action: body.action.name,
         resource: body.resource,
         context,
         client_address,
+        authorization_details,
         probe: false,
     };
     let answer = s.mandate.check(&who, &req).await?;

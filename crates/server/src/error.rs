@@ -40,6 +40,7 @@ impl OAuthError {
             Error::InvalidGrant(_) => "invalid_grant",
             Error::InvalidScope(_) => "invalid_scope",
             Error::InvalidTarget(_) => "invalid_target",
+            Error::InvalidAuthorizationDetails(_) => "invalid_authorization_details",
             Error::UnauthorizedClient(_) => "unauthorized_client",
             Error::UnsupportedGrantType(_) => "unsupported_grant_type",
             Error::AccessDenied(_) => "access_denied",
@@ -68,6 +69,7 @@ impl OAuthError {
             | Error::InvalidGrant(m)
             | Error::InvalidScope(m)
             | Error::InvalidTarget(m)
+            | Error::InvalidAuthorizationDetails(m)
             | Error::UnauthorizedClient(m)
             | Error::UnsupportedGrantType(m)
             | Error::AccessDenied(m)
@@ -164,6 +166,7 @@ impl From<Error> for Problem {
             | Error::InvalidRequest(m)
             | Error::InvalidScope(m)
             | Error::InvalidTarget(m)
+            | Error::InvalidAuthorizationDetails(m)
             | Error::InvalidGrant(m) => Problem::bad_input(m),
             Error::Unauthenticated | Error::InvalidClient(_) => Problem::new(
                 S::UNAUTHORIZED,

@@ -84,6 +84,7 @@ fn exchange_request(form: &OAuthForm) -> Result<ExchangeRequest, Error> {
         audiences: form.all("audience"),
         scope: form.raw("scope").map(str::to_owned),
         subject_token_dpop: form.raw("subject_token_dpop").map(str::to_owned),
+        authorization_details: form.raw("authorization_details").map(str::to_owned),
     })
 }
 
@@ -100,6 +101,7 @@ pub fn bc_authorize_request(form: &OAuthForm) -> Result<BcAuthorizeRequest, Malf
             requested_expiry: form.raw("requested_expiry").map(str::to_owned),
             allowed_actors: form.raw("allowed_actors").map(str::to_owned),
             client_notification_token: form.raw("client_notification_token").map(str::to_owned),
+            authorization_details: form.raw("authorization_details").map(str::to_owned),
         }),
         Err(error) => Err(Malformed {
             error,
@@ -185,6 +187,7 @@ mod tests {
                 audiences: vec!["https://a".into()],
                 scope: None,
                 subject_token_dpop: None,
+                authorization_details: None,
             }))
         );
     }
@@ -218,6 +221,7 @@ mod tests {
                 requested_expiry: None,
                 allowed_actors: None,
                 client_notification_token: None,
+                authorization_details: None,
             })
         );
         match bc_authorize_request(&form("scope=read&resource=https%3A%2F%2Fa")) {

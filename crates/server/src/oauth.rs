@@ -30,6 +30,9 @@ struct Metadata<'a> {
     revocation_endpoint: String,
     backchannel_authentication_endpoint: String,
     scopes_supported: Vec<String>,
+    /// RFC 9396 §10: the detail types the registered resources declare.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    authorization_details_types_supported: Vec<String>,
     grant_types_supported: Vec<&'static str>,
     backchannel_token_delivery_modes_supported: Vec<&'static str>,
     backchannel_user_code_parameter_supported: bool,
@@ -88,6 +91,12 @@ pub async fn metadata(State(state): State<AppState>) -> Result<Response, OAuthEr
         revocation_endpoint: format!("{iss}/oauth/revoke"),
         backchannel_authentication_endpoint: format!("{iss}/oauth/bc-authorize"),
         scopes_supported: state.mandate.scopes_supported().await?.into_iter().collect(),
+        authorization_details_types_supported: state
+            .mandate
+            .authorization_details_types_supported()
+            .await?
+            .into_iter()
+            .collect(),
         grant_types_supported: grant_types,
         backchannel_token_delivery_modes_supported: state.mandate.delivery_modes(),
         backchannel_user_code_parameter_supported: false,
@@ -137,6 +146,9 @@ struct TokenResponse {
     refresh_token: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     issued_token_type: Option<&'static str>,
+    /// RFC 9396 §7.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    authorization_details: Option<mandate_model::details::AuthorizationDetails>,
 }
 
 /// OpenID CIBA §7.3.
@@ -165,6 +177,7 @@ pub async fn token(State(state): State<AppState>, headers: HeaderMap, form: OAut
         scope: issued.scope,
         refresh_token: issued.refresh_token,
         issued_token_type: issued.issued_token_type,
+        authorization_details: issued.authorization_details,
     });
     if let Some(nonce) = state.mandate.dpop_nonce().and_then(|n| HeaderValue::from_str(&n).ok()) {
         resp.headers_mut().insert("dpop-nonce", nonce);

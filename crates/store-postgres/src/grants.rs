@@ -42,8 +42,8 @@ pub(crate) async fn apply(conn: &mut PgConnection, m: &Mutation) -> Result<u64, 
             r
         }
         Mutation::InsertGrant(g) => sqlx::query(
-            "INSERT INTO grants (id, user_id, agent, resource, scopes, purpose, approved_by, status, created_at, expires_at, revoked_at, last_used_at, may_act) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+            "INSERT INTO grants (id, user_id, agent, resource, scopes, purpose, approved_by, status, created_at, expires_at, revoked_at, last_used_at, may_act, authorization_details) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
         )
         .bind(g.id.to_string())
         .bind(g.user.to_string())
@@ -58,6 +58,7 @@ pub(crate) async fn apply(conn: &mut PgConnection, m: &Mutation) -> Result<u64, 
         .bind(g.revoked_at.map(ts).transpose()?)
         .bind(g.last_used_at.map(ts).transpose()?)
         .bind(g.may_act.as_ref().map(mandate_model::actors::MayAct::to_list))
+        .bind(json(&g.authorization_details)?)
         .execute(&mut *conn)
         .await
         .map_err(|e| map_write_error(e, "grant"))?,
@@ -105,5 +106,6 @@ pub(crate) fn grant_row(r: &PgRow) -> Result<Grant, StoreError> {
         revoked_at: get(r, "revoked_at")?,
         last_used_at: get(r, "last_used_at")?,
         may_act: get(r, "may_act")?,
+        authorization_details: get(r, "authorization_details")?,
     })
 }

@@ -174,7 +174,7 @@ pub(crate) async fn apply(conn: &mut PgConnection, m: &Mutation) -> Result<u64, 
             }
             r
         }
-        Mutation::InsertResource(r) => sqlx::query("INSERT INTO resources (id, identifier, name, scopes, jwks, created_at, gateway, exchange_to, context) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)")
+        Mutation::InsertResource(r) => sqlx::query("INSERT INTO resources (id, identifier, name, scopes, jwks, created_at, gateway, exchange_to, context, authorization_details_types) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)")
             .bind(r.id.to_string())
             .bind(&r.identifier)
             .bind(&r.name)
@@ -184,6 +184,7 @@ pub(crate) async fn apply(conn: &mut PgConnection, m: &Mutation) -> Result<u64, 
             .bind(r.gateway.map(|g| g.to_string()))
             .bind(json(&r.exchange_to)?)
             .bind(json(&r.context)?)
+            .bind(json(&r.authorization_details_types)?)
             .execute(&mut *conn)
             .await
             .map_err(|e| map_write_error(e, "resource"))?,
@@ -315,5 +316,6 @@ pub(crate) fn resource_row(r: &PgRow) -> Result<Resource, StoreError> {
         gateway: get(r, "gateway")?,
         exchange_to: get(r, "exchange_to")?,
         context: get(r, "context")?,
+        authorization_details_types: get(r, "authorization_details_types")?,
     })
 }

@@ -191,6 +191,7 @@ pub struct ResourceRow {
     pub gateway: Option<String>,
     pub exchange_to: String,
     pub context: String,
+    pub authorization_details_types: String,
 }
 
 impl TryFrom<ResourceRow> for Resource {
@@ -206,6 +207,7 @@ impl TryFrom<ResourceRow> for Resource {
             gateway: r.gateway.as_deref().map(parse::<AgentId>).transpose()?,
             exchange_to: from_json(&r.exchange_to)?,
             context: from_json(&r.context)?,
+            authorization_details_types: from_json(&r.authorization_details_types)?,
         })
     }
 }
@@ -509,6 +511,7 @@ pub struct GrantRow {
     pub revoked_at: Option<i64>,
     pub last_used_at: Option<i64>,
     pub may_act: Option<String>,
+    pub authorization_details: String,
 }
 
 impl TryFrom<GrantRow> for Grant {
@@ -533,6 +536,7 @@ impl TryFrom<GrantRow> for Grant {
                 .map(mandate_model::actors::MayAct::parse)
                 .transpose()
                 .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            authorization_details: from_json(&r.authorization_details)?,
         })
     }
 }

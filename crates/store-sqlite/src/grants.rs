@@ -44,8 +44,8 @@ pub(crate) fn apply(conn: &Connection, m: &Mutation) -> Result<u64, StoreError> 
         }
         Mutation::InsertGrant(g) => exec(
             conn,
-            "INSERT INTO grants (id, user_id, agent, resource, scopes, purpose, approved_by, status, created_at, expires_at, revoked_at, last_used_at, may_act) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+            "INSERT INTO grants (id, user_id, agent, resource, scopes, purpose, approved_by, status, created_at, expires_at, revoked_at, last_used_at, may_act, authorization_details) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
             params![
                 g.id.to_string(),
                 g.user.to_string(),
@@ -60,6 +60,7 @@ pub(crate) fn apply(conn: &Connection, m: &Mutation) -> Result<u64, StoreError> 
                 g.revoked_at.map(ts).transpose()?,
                 g.last_used_at.map(ts).transpose()?,
                 g.may_act.as_ref().map(mandate_model::actors::MayAct::to_list),
+                json(&g.authorization_details)?,
             ],
             "grant",
         ),
@@ -103,5 +104,6 @@ pub(crate) fn grant_row(r: &Row<'_>) -> Mapped<Grant> {
         revoked_at: r.get("revoked_at")?,
         last_used_at: r.get("last_used_at")?,
         may_act: r.get("may_act")?,
+        authorization_details: r.get("authorization_details")?,
     }))
 }

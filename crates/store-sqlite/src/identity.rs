@@ -157,7 +157,7 @@ pub(crate) fn apply(conn: &Connection, m: &Mutation) -> Result<u64, StoreError> 
         }
         Mutation::InsertResource(r) => exec(
             conn,
-            "INSERT INTO resources (id, identifier, name, scopes, jwks, created_at, gateway, exchange_to, context) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            "INSERT INTO resources (id, identifier, name, scopes, jwks, created_at, gateway, exchange_to, context, authorization_details_types) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             params![
                 r.id.to_string(),
                 r.identifier,
@@ -167,7 +167,8 @@ pub(crate) fn apply(conn: &Connection, m: &Mutation) -> Result<u64, StoreError> 
                 ts(r.created_at)?,
                 r.gateway.map(|g| g.to_string()),
                 json(&r.exchange_to)?,
-                json(&r.context)?
+                json(&r.context)?,
+                json(&r.authorization_details_types)?
             ],
             "resource",
         ),
@@ -284,6 +285,7 @@ pub(crate) fn resource_row(r: &Row<'_>) -> Mapped<Resource> {
         gateway: r.get("gateway")?,
         exchange_to: r.get("exchange_to")?,
         context: r.get("context")?,
+        authorization_details_types: r.get("authorization_details_types")?,
     }))
 }
 

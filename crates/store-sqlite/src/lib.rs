@@ -73,6 +73,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0014_resource_context.sql"),
     include_str!("../migrations/0015_grant_may_act.sql"),
     include_str!("../migrations/0016_deliveries.sql"),
+    include_str!("../migrations/0017_authorization_details.sql"),
 ];
 
 /// The writer connection's page cache, in KiB (as a negative `cache_size`).

@@ -34,6 +34,7 @@ fn bench(c: &mut Criterion) {
         resource: CheckedResource { kind: "event".into(), id: "e1".into(), properties: Default::default() },
         context: None,
         client_address: None,
+        authorization_details: None,
         probe: false,
     };
     let first = rt.block_on(mandate.check(&checker, &req)).unwrap();

@@ -17,8 +17,10 @@ use serde_json::{Value, json};
 
 use crate::{TestAgent, TestServer};
 
+pub mod details;
 mod limits;
 mod may_act;
+use details::a_payment_approval_covers_only_what_was_approved;
 use limits::{limits_only_tighten_and_are_audited, spawn_and_exchange_limits, token_limits_refuse_and_pass};
 use may_act::{a_bound_subject_token_is_exchanged_by_its_holder, may_act_from_policy, may_act_from_the_grant_request};
 
@@ -231,6 +233,7 @@ pub const SCENARIOS: &[(&str, Scenario)] = scenarios![
     may_act_from_the_grant_request,
     may_act_from_policy,
     a_bound_subject_token_is_exchanged_by_its_holder,
+    a_payment_approval_covers_only_what_was_approved,
 ];
 
 /// Runs every scenario on a fresh server from `factory`.

@@ -44,6 +44,13 @@ impl Authenticated {
         self.scopes().any(|s| s == scope)
     }
 
+    /// The RFC 9396 details the token carries (DESIGN §13), empty when it
+    /// carries none. Which of them covers a concrete action is decided by
+    /// the check API (`authorization_details` in the check).
+    pub fn authorization_details(&self) -> &[mandate_model::details::AuthorizationDetail] {
+        self.claims.authorization_details.as_ref().map_or(&[], |d| d.0.as_slice())
+    }
+
     /// `Err(InsufficientScope)` (403, RFC 6750 §3.1) unless the token
     /// carries `scope`.
     pub fn require_scope(&self, scope: &str) -> Result<(), VerifyError> {

@@ -59,6 +59,7 @@
 //!         scope: "calendar:read".into(),
 //!         act: None,
 //!         may_act: None,
+//!         authorization_details: None,
 //!         grant_id: None,
 //!         purpose: None,
 //!         cnf: None,

@@ -39,6 +39,7 @@ fn claims(iss: &str) -> AccessTokenClaims {
         scope: "calendar:read".into(),
         act: None,
         may_act: None,
+        authorization_details: None,
         grant_id: None,
         purpose: None,
         cnf: None,

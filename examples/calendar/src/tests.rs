@@ -30,6 +30,7 @@ fn token(key: &SigningKey, iss: &str, sub: &str, scope: &str) -> String {
         scope: scope.into(),
         act: Some(Actor { sub: "agt_summarizer".into(), act: None }),
         may_act: None,
+        authorization_details: None,
         grant_id: None,
         purpose: None,
         cnf: None,

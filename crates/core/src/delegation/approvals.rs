@@ -70,7 +70,7 @@ impl Mandate {
         let mut change = Change::new();
         let mut grant_id = None;
         let mut decided = None;
-        if approve && let ApprovalSubject::Grant { scopes, may_act, .. } = &approval.subject {
+        if approve && let ApprovalSubject::Grant { scopes, may_act, authorization_details, .. } = &approval.subject {
             // The grant is created as approved; issuance re-checks policy.
             let user =
                 self.store.user(approval.user).await?.ok_or_else(|| Error::Conflict("the user is gone".into()))?;
@@ -81,15 +81,20 @@ impl Mandate {
                 self.new_grant(&user, &agent, &res, scopes, approval.binding_message.clone(), &me.to_string())?;
             // Who may act next, as the request and policy named it (ADR 0024).
             grant.may_act = may_act.clone();
+            // What the person saw and approved (RFC 9396), and its digest
+            // in the trail.
+            grant.authorization_details = authorization_details.clone();
+            event.reason = crate::details::with_digest(event.reason.take(), authorization_details);
             event.grant_id = Some(grant.id.to_string());
             event.scope = Some(scopes.to_claim());
             grant_id = Some(grant.id);
             change.push(Mutation::InsertGrant(grant.clone()));
             decided = Some((agent, grant));
         }
-        if let ApprovalSubject::Action { action, target, .. } = &approval.subject {
+        if let ApprovalSubject::Action { action, target, authorization_detail, .. } = &approval.subject {
             event.action = Some(action.clone());
-            event.reason = Some(format!("{id}: {action} on {target}"));
+            let detail = mandate_model::details::AuthorizationDetails(authorization_detail.iter().cloned().collect());
+            event.reason = crate::details::with_digest(Some(format!("{id}: {action} on {target}")), &detail);
             // An action approval dies with the grant it was asked under
             // (SECURITY row 43): there is nothing left to approve.
             if approve && let Some(g) = approval.grant {

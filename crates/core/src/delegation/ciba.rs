@@ -117,10 +117,22 @@ impl Mandate {
         if let Some(s) = scopes.iter().find(|s| res.actions_of(s).is_none()) {
             return Err(Error::InvalidScope(format!("scope {s} is not offered by {}", res.identifier)));
         }
+        // RFC 9396: each detail of a type the resource declares, as its
+        // schema allows; what the person is asked to approve.
+        let details = crate::details::accept(&res, req.authorization_details.as_deref())?;
         let approver =
             self.authorize_scopes(Some(&user), &[agent], &res, &scopes, false).await?.map_err(Error::AccessDenied)?;
         // Who may act next with the grant's tokens (ADR 0024).
         let may_act = self.grant_may_act(&user, agent, &res, &scopes, req.allowed_actors.as_deref()).await?;
+        // Policy sees each detail as `context.authorization_detail`.
+        let for_details = self
+            .authorize_details(Some(&user), &[agent], (&res, &scopes), &details, false)
+            .await?
+            .map_err(Error::AccessDenied)?;
+        let approver = match (approver, for_details) {
+            (Some(Approver::User), _) | (_, Some(Approver::User)) => Some(Approver::User),
+            (a, b) => a.or(b),
+        };
         let now = self.clock.now();
         let id = ApprovalId::from_ulid(new_ulid(self.clock.as_ref(), self.rng.as_ref())?);
         let mut approval = Approval {
@@ -136,6 +148,7 @@ impl Mandate {
                 scopes: scopes.clone(),
                 requested_expiry: wait,
                 may_act: may_act.clone(),
+                authorization_details: details.clone(),
             },
             binding_message: binding_message.clone(),
             status: ApprovalStatus::Pending,
@@ -167,12 +180,13 @@ impl Mandate {
             None => {
                 let mut grant = self.new_grant(&user, agent, &res, &scopes, binding_message, "policy")?;
                 grant.may_act = may_act;
+                grant.authorization_details = details.clone();
                 approval.status = ApprovalStatus::Approved;
                 approval.decided_by = Some("policy".into());
                 approval.decided_at = Some(now);
                 approval.grant = Some(grant.id);
                 event.grant_id = Some(grant.id.to_string());
-                event.reason = Some(format!("{id}: self-authorised by policy"));
+                event.reason = crate::details::with_digest(Some(format!("{id}: self-authorised by policy")), &details);
                 let mut created = self.client_event(kind::GRANT_CREATED, client);
                 created.decision = Some(ALLOW.into());
                 created.subject = event.subject.clone();
@@ -180,10 +194,13 @@ impl Mandate {
                 created.resource = event.resource.clone();
                 created.scope = event.scope.clone();
                 created.grant_id = Some(grant.id.to_string());
-                created.reason = Some(match &grant.may_act {
-                    None => "approved_by policy".into(),
-                    Some(m) => format!("approved_by policy; may_act {m}"),
-                });
+                created.reason = crate::details::with_digest(
+                    Some(match &grant.may_act {
+                        None => "approved_by policy".into(),
+                        Some(m) => format!("approved_by policy; may_act {m}"),
+                    }),
+                    &details,
+                );
                 change.push(Mutation::InsertGrant(grant.clone()));
                 change.push(Mutation::InsertApproval(approval));
                 change.push(AuditRecord::new(event).mutation());
@@ -214,7 +231,10 @@ impl Mandate {
                 if let Some(e) = waiting(theirs, self.config.max_pending_per_agent_user, "this person") {
                     return Err(e);
                 }
-                event.reason = Some(format!("{id}: waits for the {} ({})", who.as_str(), approval.approver));
+                event.reason = crate::details::with_digest(
+                    Some(format!("{id}: waits for the {} ({})", who.as_str(), approval.approver)),
+                    &details,
+                );
                 self.notify_approvers(&mut change, &approval).await?;
                 change.push(Mutation::InsertApproval(approval));
                 if let Some(cb) = callback {
@@ -306,6 +326,7 @@ impl Mandate {
             expires_at = expires_at.min(e);
         }
         Ok(Grant {
+            authorization_details: Default::default(),
             id: GrantId::from_ulid(new_ulid(self.clock.as_ref(), self.rng.as_ref())?),
             user: user.id,
             agent: agent.id,
@@ -480,6 +501,7 @@ mod tests {
             requested_expiry: None,
             allowed_actors: None,
             client_notification_token: None,
+            authorization_details: None,
         };
         let refused = w.m.bc_authorize(&w.creds(&w.planner), Ok(req)).await;
         assert!(
@@ -501,6 +523,7 @@ mod tests {
             requested_expiry: None,
             allowed_actors: None,
             client_notification_token: None,
+            authorization_details: None,
         };
         assert!(matches!(w.m.bc_authorize(&w.creds(&w.planner), Ok(unknown)).await, Err(Error::UnknownUser(_))));
         assert!(matches!(w.ciba(&w.planner, "delete").await, Err(Error::InvalidScope(_))));

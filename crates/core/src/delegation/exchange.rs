@@ -146,6 +146,28 @@ impl Mandate {
         self.authorize_scopes(parent.user.as_ref(), &agents, &res, &narrowed.scopes, jkt.is_some())
             .await?
             .map_err(Error::InvalidScope)?;
+        // RFC 9396 down a chain (DESIGN §13): each detail asked for is one
+        // the resource declares and the subject token's details cover;
+        // none asked inherits them. Details are typed by their resource,
+        // so they do not travel to another audience.
+        let asked =
+            req.authorization_details.as_deref().map(|raw| crate::details::accept(&res, Some(raw))).transpose()?;
+        let inherited = parent.claims.authorization_details.clone().unwrap_or_default();
+        let details = if res.identifier == parent.record.audience {
+            inherited
+                .narrow_to(asked.as_ref(), crate::details::bounds_of(&res))
+                .map_err(Error::InvalidAuthorizationDetails)?
+        } else if asked.is_some() {
+            return Err(Error::InvalidAuthorizationDetails(format!(
+                "the subject token's details are for {}, not {}",
+                parent.record.audience, res.identifier
+            )));
+        } else {
+            mandate_model::details::AuthorizationDetails::default()
+        };
+        self.authorize_details(parent.user.as_ref(), &agents, (&res, &narrowed.scopes), &details, jkt.is_some())
+            .await?
+            .map_err(Error::InvalidAuthorizationDetails)?;
         let not_after = agents.iter().filter_map(|a| a.expires_at).fold(narrowed.expires_at, OffsetDateTime::min);
         let limits = self.limits_of(next).await?;
         let (record, jwt) = self
@@ -165,10 +187,13 @@ impl Mandate {
                 agent: next,
                 // The constraint holds all the way down the chain.
                 may_act: parent.claims.may_act.as_ref(),
+                details: details.clone(),
             })
             .await?;
-        let event = self.issued_event(&record, &chain);
+        let mut event = self.issued_event(&record, &chain);
+        event.reason = crate::details::with_digest(event.reason.take(), &details);
         let mut issued = self.issued(&record, jwt);
+        issued.authorization_details = (!details.is_empty()).then_some(details);
         issued.issued_token_type = Some(TOKEN_TYPE_ACCESS);
         let mut change = Change::new().with(Mutation::InsertToken(record));
         if let Some(burn) = subject_burn {
@@ -253,6 +278,7 @@ mod tests {
             audiences: Vec::new(),
             scope: None,
             subject_token_dpop: None,
+            authorization_details: None,
         };
         let elsewhere = w.grant(&w.helper, crate::GrantRequest::Exchange(x)).await;
         assert!(matches!(elsewhere, Err(Error::InvalidTarget(_))), "{elsewhere:?}");

@@ -209,6 +209,7 @@ mod tests {
             scope: "read".into(),
             act: None,
             may_act: may_act.map(|m| MayAct::parse(m).unwrap()),
+            authorization_details: Default::default(),
             grant_id: None,
             purpose: None,
             cnf: jkt.map(|j| Confirmation { jkt: j.into() }),

@@ -36,6 +36,8 @@ pub(crate) struct Mint<'a> {
     pub agent: &'a Agent,
     /// Who may act next (`may_act`): the grant's constraint, down the chain.
     pub may_act: Option<&'a mandate_model::actors::MayAct>,
+    /// RFC 9396 details the token carries (the grant's, or narrower).
+    pub details: mandate_model::details::AuthorizationDetails,
 }
 
 impl Mandate {
@@ -56,6 +58,40 @@ impl Mandate {
         let related = self.related(agents, user.as_slice()).await?;
         let facts = self.facts(user, agents, dpop_bound);
         Ok(self.authorize_scopes_with(&self.engine(), user, agents, resource, scopes, (&related, &facts)))
+    }
+
+    /// [`Mandate::authorize_scopes`] once per RFC 9396 detail asked for,
+    /// each as `context.authorization_detail` (DESIGN §13): every one must
+    /// be allowed; the approver is the strictest any asks for. Nothing to
+    /// decide without details.
+    pub(crate) async fn authorize_details(
+        &self,
+        user: Option<&User>,
+        agents: &[&Agent],
+        (resource, scopes): (&Resource, &ScopeSet),
+        details: &mandate_model::details::AuthorizationDetails,
+        dpop_bound: bool,
+    ) -> Result<Result<Option<Approver>, String>, Error> {
+        if details.is_empty() {
+            return Ok(Ok(None));
+        }
+        let related = self.related(agents, user.as_slice()).await?;
+        let engine = self.engine();
+        let mut approval: Option<Approver> = None;
+        for d in details.iter() {
+            let mut facts = self.facts(user, agents, dpop_bound);
+            facts.declared.extend(crate::details::facts_of(resource, d));
+            match self.authorize_scopes_with(&engine, user, agents, resource, scopes, (&related, &facts)) {
+                Err(why) => return Ok(Err(format!("authorization detail of type {}: {why}", d.kind()))),
+                Ok(a) => {
+                    approval = match (approval, a) {
+                        (Some(Approver::User), _) | (_, Some(Approver::User)) => Some(Approver::User),
+                        (x, y) => x.or(y),
+                    }
+                }
+            }
+        }
+        Ok(Ok(approval))
     }
 
     pub(crate) fn authorize_scopes_with(
@@ -147,6 +183,7 @@ impl Mandate {
             purpose: m.purpose.clone(),
             cnf: m.jkt.map(|jkt| Confirmation { jkt: jkt.to_owned() }),
             status: Some(self.status_claim(status_idx)),
+            authorization_details: (!m.details.is_empty()).then(|| m.details.clone()),
         };
         let jwt =
             mandate_jose::access::mint(&self.ring().active, &claims).map_err(|e| Error::Unavailable(e.to_string()))?;
@@ -195,6 +232,7 @@ impl Mandate {
             client_id: record.client_id,
             refresh_token: None,
             issued_token_type: None,
+            authorization_details: None,
         }
     }
 
@@ -259,6 +297,9 @@ impl Mandate {
         self.authorize_scopes(Some(&user), &[agent], &res, scopes, jkt.is_some())
             .await?
             .map_err(Error::InvalidGrant)?;
+        self.authorize_details(Some(&user), &[agent], (&res, scopes), &grant.authorization_details, jkt.is_some())
+            .await?
+            .map_err(Error::InvalidGrant)?;
         let chain = Chain::for_user(user.id, agent.id);
         let limits = self.limits_of(agent).await?;
         let (record, jwt) = self
@@ -276,10 +317,14 @@ impl Mandate {
                 limits: &limits,
                 agent,
                 may_act: grant.may_act.as_ref(),
+                details: grant.authorization_details.clone(),
             })
             .await?;
-        let event = self.issued_event(&record, &chain);
-        let issued = self.issued(&record, jwt);
+        let mut event = self.issued_event(&record, &chain);
+        event.reason = crate::details::with_digest(event.reason.take(), &grant.authorization_details);
+        let mut issued = self.issued(&record, jwt);
+        issued.authorization_details =
+            (!grant.authorization_details.is_empty()).then(|| grant.authorization_details.clone());
         let now = self.clock.now();
         let change =
             Change::new().with(Mutation::InsertToken(record)).with(Mutation::TouchGrant { id: grant.id, at: now });

@@ -51,6 +51,7 @@ pub fn claims() -> AccessTokenClaims {
         scope: "mail.read".into(),
         act: None,
         may_act: None,
+        authorization_details: None,
         grant_id: None,
         purpose: None,
         cnf: None,

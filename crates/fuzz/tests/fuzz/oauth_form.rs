@@ -197,6 +197,7 @@ fn expected_grant(pairs: &[(String, String)]) -> Result<GrantRequest, Option<Gra
                         audiences: all(pairs, "audience"),
                         scope: owned("scope"),
                         subject_token_dpop: owned("subject_token_dpop"),
+                        authorization_details: owned("authorization_details"),
                     }))
                 }
                 _ => Err(Some(GrantType::Exchange)),
@@ -234,6 +235,7 @@ fn check_bc_authorize(form: &OAuthForm, pairs: &[(String, String)]) -> Result<()
                         requested_expiry: owned("requested_expiry"),
                         allowed_actors: owned("allowed_actors"),
                         client_notification_token: owned("client_notification_token"),
+                        authorization_details: owned("authorization_details"),
                     }
         }
         Err(m) => {
@@ -276,7 +278,7 @@ fn name() -> impl Strategy<Value = String> {
             "grant_type", "client_id", "client_assertion", "client_assertion_type", "scope", "resource", "audience",
             "code", "redirect_uri", "code_verifier", "auth_req_id", "refresh_token", "subject_token",
             "subject_token_type", "requested_token_type", "actor_token", "actor_token_type", "login_hint",
-            "binding_message", "requested_expiry", "allowed_actors", "subject_token_dpop", "client_secret", "act", "may_act", "Scope", "scope ", "",
+            "binding_message", "requested_expiry", "allowed_actors", "subject_token_dpop", "authorization_details", "client_secret", "act", "may_act", "Scope", "scope ", "",
             "gr\u{e4}nt",
         ])
         .prop_map(str::to_owned),

@@ -107,6 +107,7 @@ impl Mandate {
             scope: scope.into(),
             act: None,
             may_act: None,
+            authorization_details: None,
             grant_id: None,
             purpose: None,
             cnf: None,

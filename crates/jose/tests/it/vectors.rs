@@ -52,6 +52,7 @@ fn access_token_vector() {
         scope: "mail.read".into(),
         act: None,
         may_act: None,
+        authorization_details: None,
         grant_id: None,
         purpose: None,
         cnf: None,

@@ -97,6 +97,7 @@ fn consent(s: &AppState, signed: &Signed, req: &AuthorizeRequest) -> Response {
         redirect: req.redirect_uri.clone(),
         csrf: signed.session.csrf.clone(),
         params: consent_params(req),
+        details: views::DetailView::all(&req.authorization_details),
     };
     let mut resp = html(StatusCode::OK, &view);
     // The form's answer redirects to the client: let the form go there.

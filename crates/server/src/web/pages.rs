@@ -204,10 +204,15 @@ async fn approvals_live(
                 approve: format!("/approvals/{}/approve", a.id),
                 deny: format!("/approvals/{}/deny", a.id),
                 shown: shown_digest(a),
+                details: Vec::new(),
             };
             match &a.subject {
-                ApprovalSubject::Grant { scopes, .. } => card.scopes = Some(scopes.to_claim()),
-                ApprovalSubject::Action { action, target, chain, properties, .. } => {
+                ApprovalSubject::Grant { scopes, authorization_details, .. } => {
+                    card.scopes = Some(scopes.to_claim());
+                    card.details = views::DetailView::all(authorization_details);
+                }
+                ApprovalSubject::Action { action, target, chain, properties, authorization_detail, .. } => {
+                    card.details = authorization_detail.iter().map(views::DetailView::of).collect();
                     card.action.clone_from(action);
                     card.target.clone_from(target);
                     card.properties = properties.iter().map(|(k, v)| (k.clone(), v.clone())).collect();

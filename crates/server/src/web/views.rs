@@ -102,6 +102,38 @@ pub struct Card {
     pub deny: String,
     /// The digest of what the card shows (the decision's precondition).
     pub shown: String,
+    /// RFC 9396 details asked for (a grant) or checked (an action).
+    pub details: Vec<DetailView>,
+}
+
+/// One RFC 9396 authorization detail as a person reads it: its type and
+/// a row per field (text as it is, other values as JSON). The templates
+/// escape every value.
+pub struct DetailView {
+    pub kind: String,
+    pub rows: Vec<(String, String)>,
+}
+
+impl DetailView {
+    pub fn of(d: &mandate_model::details::AuthorizationDetail) -> Self {
+        let rows = d
+            .fields()
+            .iter()
+            .filter(|(k, _)| k.as_str() != "type")
+            .map(|(k, v)| {
+                let shown = match v {
+                    serde_json::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                (k.clone(), shown)
+            })
+            .collect();
+        Self { kind: d.kind().to_owned(), rows }
+    }
+
+    pub fn all(ds: &mandate_model::details::AuthorizationDetails) -> Vec<Self> {
+        ds.iter().map(Self::of).collect()
+    }
 }
 
 /// The inbox's live region.
@@ -330,4 +362,6 @@ pub struct ConsentPage {
     pub csrf: String,
     /// The authorization request, carried to the decision.
     pub params: Vec<(String, String)>,
+    /// RFC 9396 details the person is asked to approve.
+    pub details: Vec<DetailView>,
 }

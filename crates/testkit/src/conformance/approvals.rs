@@ -30,17 +30,28 @@ pub async fn approvals_are_decided_and_used_once(s: &Arc<dyn Store>) -> Result<(
         grant: None,
         polled_at: None,
     };
-    let ciba = approval(ApprovalSubject::Grant { scopes: g.scopes.clone(), requested_expiry: 600, may_act: None });
+    let ciba = approval(ApprovalSubject::Grant {
+        scopes: g.scopes.clone(),
+        requested_expiry: 600,
+        may_act: None,
+        authorization_details: g.authorization_details.clone(),
+    });
     let action = approval(ApprovalSubject::Action {
         action: "send".into(),
         target: "mail/1".into(),
         chain: vec![a.id],
         binding: "b1".into(),
         properties: [("amount".to_owned(), "120 EUR".to_owned())].into(),
+        authorization_detail: g.authorization_details.iter().next().cloned(),
     });
     one(s, Mutation::InsertApproval(ciba.clone())).await?;
     one(s, Mutation::InsertApproval(action.clone())).await?;
     ensure!(s.approval(ciba.id).await? == Some(ciba.clone()), "approval did not round-trip");
+    ensure!(
+        matches!(s.approval(ciba.id).await?.map(|x| x.subject),
+            Some(ApprovalSubject::Grant { authorization_details, .. }) if !authorization_details.is_empty()),
+        "the RFC 9396 details to approve did not round-trip"
+    );
     ensure!(s.approval(action.id).await? == Some(action.clone()), "action approval did not round-trip");
     ensure!(
         matches!(one(s, Mutation::InsertApproval(ciba.clone())).await, Err(StoreError::Conflict(_))),
@@ -103,7 +114,12 @@ pub async fn pending_requests_are_counted_and_approvals_paged(s: &Arc<dyn Store>
         user,
         approver: u.id,
         resource: "https://api.example".into(),
-        subject: ApprovalSubject::Grant { scopes: g.scopes.clone(), requested_expiry: 600, may_act: None },
+        subject: ApprovalSubject::Grant {
+            scopes: g.scopes.clone(),
+            requested_expiry: 600,
+            may_act: None,
+            authorization_details: g.authorization_details.clone(),
+        },
         binding_message: None,
         status: ApprovalStatus::Pending,
         decided_by: None,
@@ -134,6 +150,7 @@ pub async fn pending_requests_are_counted_and_approvals_paged(s: &Arc<dyn Store>
             chain: vec![a.id],
             binding: "b9".into(),
             properties: BTreeMap::new(),
+            authorization_detail: None,
         },
         grant: Some(g.id),
         ..request(u.id, 10)

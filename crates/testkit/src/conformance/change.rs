@@ -288,7 +288,12 @@ pub async fn records_refer_only_to_records_that_exist(s: &Arc<dyn Store>) -> Res
         user: u.id,
         approver: u.id,
         resource: g.resource.clone(),
-        subject: ApprovalSubject::Grant { scopes: g.scopes.clone(), requested_expiry: 600, may_act: None },
+        subject: ApprovalSubject::Grant {
+            scopes: g.scopes.clone(),
+            requested_expiry: 600,
+            may_act: None,
+            authorization_details: g.authorization_details.clone(),
+        },
         binding_message: None,
         status: ApprovalStatus::Pending,
         decided_by: None,

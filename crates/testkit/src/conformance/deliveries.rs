@@ -70,7 +70,12 @@ pub async fn backchannels_and_callbacks_round_trip(s: &Arc<dyn Store>) -> Result
         user: u.id,
         approver: u.id,
         resource: "https://api.example".into(),
-        subject: ApprovalSubject::Grant { scopes: g.scopes.clone(), requested_expiry: 600, may_act: None },
+        subject: ApprovalSubject::Grant {
+            scopes: g.scopes.clone(),
+            requested_expiry: 600,
+            may_act: None,
+            authorization_details: Default::default(),
+        },
         binding_message: None,
         status: ApprovalStatus::Pending,
         decided_by: None,

@@ -85,6 +85,13 @@ pub fn resource(identifier: &str) -> Resource {
         gateway: None,
         exchange_to: vec!["https://upstream.example/api".into()],
         context: BTreeMap::from([("amount".into(), mandate_model::records::ContextType::Long)]),
+        authorization_details_types: BTreeMap::from([(
+            "payment_initiation".into(),
+            mandate_model::details::DetailType {
+                schema: serde_json::json!({"type": "object", "properties": {"amount": {"type": "number"}}}),
+                bounds: BTreeMap::from([("amount".into(), mandate_model::details::Bound::Max)]),
+            },
+        )]),
     }
 }
 
@@ -122,6 +129,10 @@ pub fn grant(user: UserId, agent: AgentId) -> Grant {
         revoked_at: None,
         last_used_at: None,
         may_act: None,
+        authorization_details: mandate_model::details::AuthorizationDetails::parse(
+            r#"[{"type":"payment_initiation","amount":120,"currency":"EUR","creditor":"ACME"}]"#,
+        )
+        .unwrap_or_default(),
     }
 }
 
@@ -228,7 +239,12 @@ pub(crate) fn pending_grant_approval(u: &User, a: &Agent, g: &Grant) -> mandate_
         user: u.id,
         approver: u.id,
         resource: g.resource.clone(),
-        subject: ApprovalSubject::Grant { scopes: g.scopes.clone(), requested_expiry: 600, may_act: None },
+        subject: ApprovalSubject::Grant {
+            scopes: g.scopes.clone(),
+            requested_expiry: 600,
+            may_act: None,
+            authorization_details: g.authorization_details.clone(),
+        },
         binding_message: None,
         status: ApprovalStatus::Pending,
         decided_by: None,

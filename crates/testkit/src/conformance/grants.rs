@@ -15,6 +15,11 @@ pub async fn grants_revoke_once_and_list_by_person(s: &Arc<dyn Store>) -> Result
     one(s, Mutation::InsertUser(other.clone())).await?;
     ensure!(s.grant(g.id).await? == Some(g.clone()), "grant did not round-trip");
     ensure!(
+        !g.authorization_details.is_empty()
+            && s.grant(g.id).await?.map(|x| x.authorization_details) == Some(g.authorization_details.clone()),
+        "the grant's RFC 9396 details did not round-trip"
+    );
+    ensure!(
         matches!(one(s, Mutation::InsertGrant(g.clone())).await, Err(StoreError::Conflict(_))),
         "a duplicate grant"
     );

@@ -494,6 +494,7 @@ async fn the_inbox_pages_and_every_decision_reads_its_own_record() -> Result<()>
                 scopes: mandate_model::ScopeSet::parse("read")?,
                 requested_expiry: 600,
                 may_act: None,
+                authorization_details: Default::default(),
             },
             binding_message: Some(format!("request {n}")),
             status: ApprovalStatus::Pending,
@@ -520,6 +521,7 @@ async fn the_inbox_pages_and_every_decision_reads_its_own_record() -> Result<()>
             revoked_at: None,
             last_used_at: None,
             may_act: None,
+            authorization_details: Default::default(),
         }));
     }
     for chunk in approvals.chunks(200).chain(grants.chunks(200)) {
@@ -569,5 +571,57 @@ async fn the_inbox_pages_and_every_decision_reads_its_own_record() -> Result<()>
     let row = html.split(&format!(r#"<tr id="{}">"#, carols_agent.id)).nth(1).unwrap_or_default();
     let row = row.split("</tr>").next().unwrap_or_default();
     assert!(!row.contains("never"), "the last use was lost past the cap: {row}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_payment_approval_shows_its_details_and_binds_them() -> Result<()> {
+    use mandate_testkit::scenarios::details::{PAY, pay, payment_resource};
+    let w = World::new(TestServer::start().await?).await?;
+    let (st, _) = w
+        .s
+        .admin(Method::POST, "/v1/users", Some(json!({"name": "Dana", "email": "dana@example.com", "groups": ["staff"], "password": "correct horse battery"})))
+        .await?;
+    assert_eq!(st, 201);
+    payment_resource(&w).await?;
+    let details = pay(120, "EUR").replace("ACME Corp", "<b>ACME</b> & Co");
+    let (st, req) = w
+        .ciba(
+            &w.planner,
+            &[
+                ("login_hint", "dana@example.com"),
+                ("scope", "pay"),
+                ("resource", PAY),
+                ("binding_message", "pay the caterer"),
+                ("authorization_details", &details),
+            ],
+        )
+        .await?;
+    assert_eq!(st, 200, "{req}");
+    let id = req["auth_req_id"].as_str().unwrap_or_default().to_owned();
+    let b = Browser { http: client()?, base: w.s.url.clone() };
+    let (_, session, _) = b.sign_in("dana@example.com", "correct horse battery").await?;
+    let session = session.unwrap_or_default();
+    let (_, html) = b.get("/approvals", &session).await?;
+    // Each field on a row of its own, escaped.
+    assert!(html.contains("<caption>payment_initiation</caption>"), "{html}");
+    assert!(html.contains(r#"<th scope="row">amount</th><td>120</td>"#), "{html}");
+    assert!(html.contains(r#"<th scope="row">currency</th><td>EUR</td>"#), "{html}");
+    assert!(html.contains("&#60;b&#62;ACME&#60;/b&#62; &#38; Co") && !html.contains("<b>ACME</b>"), "{html}");
+    let shown =
+        html.split(r#"name="shown" value=""#).nth(1).and_then(|r| r.split('"').next()).unwrap_or_default().to_owned();
+    let resp = b
+        .http
+        .post(format!("{}/approvals/{id}/approve", b.base))
+        .header("cookie", format!("mandate_session={session}"))
+        .form(&[("csrf", csrf_in(&html)), ("shown", shown)])
+        .send()
+        .await?;
+    assert_eq!(resp.status(), 200);
+    w.s.clock.advance(time::Duration::seconds(6));
+    let (st, tokens) = w.poll(&w.planner, &id).await?;
+    assert_eq!(st, 200, "{tokens}");
+    let token = tokens["access_token"].as_str().unwrap_or_default();
+    assert_eq!(claims(token)["authorization_details"][0]["amount"], 120);
     Ok(())
 }
