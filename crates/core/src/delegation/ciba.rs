@@ -121,6 +121,8 @@ impl Mandate {
             id,
             agent: agent.id,
             user: user.id,
+            // A group approval records the user it is for; only the
+            // group's members decide it (ADR 0025).
             approver: match approver {
                 Some(Approver::Owner) => agent.owner,
                 _ => user.id,
@@ -135,6 +137,12 @@ impl Mandate {
             decided_at: None,
             grant: None,
             polled_at: None,
+            group: match &approver {
+                Some(Approver::Group { name, .. }) => Some(name.clone()),
+                _ => None,
+            },
+            required: approver.as_ref().map_or(1, Approver::required),
+            approved_by: Vec::new(),
         };
         let mut change = Change::new();
         let mut event = self.client_event(kind::APPROVAL_REQUESTED, client);
@@ -185,7 +193,10 @@ impl Mandate {
                 if let Some(e) = waiting(theirs, self.config.max_pending_per_agent_user, "this person") {
                     return Err(e);
                 }
-                event.reason = Some(format!("{id}: waits for the {} ({})", who.as_str(), approval.approver));
+                event.reason = Some(match &who {
+                    Approver::Group { name, required } => format!("{id}: waits for {required} of group {name}"),
+                    other => format!("{id}: waits for the {} ({})", other.label(), approval.approver),
+                });
                 change.push(Mutation::InsertApproval(approval));
                 change.push(AuditRecord::new(event).mutation());
             }

@@ -11,6 +11,7 @@ pub mod idjag;
 mod minting;
 mod refresh;
 
+pub use approvals::Approvers;
 pub use ciba::BcAuthorized;
 pub(crate) use minting::Mint;
 

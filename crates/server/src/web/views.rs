@@ -102,6 +102,18 @@ pub struct Card {
     pub deny: String,
     /// The digest of what the card shows (the decision's precondition).
     pub shown: String,
+    /// For a group approval: the group, the person it is for, and how
+    /// many approvals it has of how many it needs.
+    pub group: Option<GroupCard>,
+}
+
+/// What a group approval's card adds.
+pub struct GroupCard {
+    pub name: String,
+    pub for_user: String,
+    pub count: String,
+    /// Whether the person looking has approved it already.
+    pub mine: bool,
 }
 
 /// The inbox's live region.
