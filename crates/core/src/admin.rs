@@ -865,6 +865,20 @@ impl Mandate {
         Ok(out)
     }
 
+    /// The names of users, by id, for showing (a group approval's card
+    /// names the person it is for); unknown ids are left out.
+    pub async fn user_names(&self, ids: &[UserId]) -> Result<std::collections::HashMap<UserId, String>, Error> {
+        let mut out = std::collections::HashMap::new();
+        for id in ids {
+            if !out.contains_key(id)
+                && let Some(u) = self.store.user(*id).await?
+            {
+                out.insert(*id, u.name);
+            }
+        }
+        Ok(out)
+    }
+
     /// The agents a person is accountable for (the web's "My agents").
     pub async fn agents_owned_by(&self, caller: Caller, owner: UserId) -> Result<Vec<Agent>, Error> {
         match caller {

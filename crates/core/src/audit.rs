@@ -67,6 +67,8 @@ pub mod kind {
     pub const APPROVAL_REQUESTED: &str = "approval.requested";
     pub const APPROVAL_APPROVED: &str = "approval.approved";
     pub const APPROVAL_DENIED: &str = "approval.denied";
+    /// One member of a group approval approved; more approvals are needed.
+    pub const APPROVAL_COUNTED: &str = "approval.counted";
     pub const CIBA_POLLED: &str = "ciba.polled";
     /// An outbox item (a CIBA ping or push, an approver notice) was sent.
     pub const DELIVERY_SENT: &str = "delivery.sent";

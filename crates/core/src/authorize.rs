@@ -429,6 +429,11 @@ impl Mandate {
                 let url = self.authorization_refused(user, req, "access_denied", why).await;
                 Err(AuthorizeError::Redirect { url })
             }
+            Ok(Some(mandate_policy::Approver::Group { name, .. })) => {
+                let why = format!("policy asks group {name} to approve this grant; the agent must ask by CIBA");
+                let url = self.authorization_refused(user, req, "access_denied", &why).await;
+                Err(AuthorizeError::Redirect { url })
+            }
             Err(why) => {
                 let url = self.authorization_refused(user, req, "access_denied", &why).await;
                 Err(AuthorizeError::Redirect { url })

@@ -70,6 +70,9 @@ impl Store for CachingStore {
     async fn setting(&self, key: &str) -> Result<Option<String>, StoreError> {
         self.inner.setting(key).await
     }
+    async fn group_members(&self, group: &str) -> Result<Vec<User>, StoreError> {
+        self.inner.group_members(group).await
+    }
     async fn user(&self, id: UserId) -> Result<Option<User>, StoreError> {
         let epoch = self.inner.epoch().await?;
         if let Some(u) = hit(&self.users, &id, epoch) {

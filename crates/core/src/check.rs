@@ -626,10 +626,7 @@ impl Mandate {
             if d.approval.is_some() {
                 windows.push(d.approval_reuse);
             }
-            approver = match (approver, d.approval) {
-                (Some(Approver::User), _) | (_, Some(Approver::User)) => Some(Approver::User),
-                (a, b) => a.or(b),
-            };
+            approver = Approver::stricter(approver, d.approval);
         }
         let Some(approver) = approver else {
             return Ok(Outcome::allow(reasons));
@@ -660,10 +657,18 @@ impl Mandate {
         };
         let binding =
             binding(chain, &under, &req.action, &res.identifier, (&target_id, &req.resource.properties), detail)?;
-        let q = ApprovalQuery { approver: None, status: None, binding: Some(binding.clone()), before: None, limit: 20 };
+        let q = ApprovalQuery { binding: Some(binding.clone()), limit: 20, ..ApprovalQuery::default() };
         let existing = self.store.approvals(&q).await?;
+        // An approval asked under a laxer policy does not satisfy a
+        // stricter one (another group, or fewer approvals).
+        let group = match &approver {
+            Approver::Group { name, .. } => Some(name.clone()),
+            Approver::User | Approver::Owner => None,
+        };
+        let meets = |a: &Approval| a.group == group && a.required >= approver.required();
         let in_force = |a: &&Approval| {
-            a.status == ApprovalStatus::Approved
+            meets(a)
+                && a.status == ApprovalStatus::Approved
                 && a.grant == live.record.grant
                 && match reuse {
                     None => now < a.expires_at,
@@ -682,8 +687,13 @@ impl Mandate {
                 ..Outcome::allow(reasons)
             });
         }
-        reasons.push(format!("policy asks the {} to approve", approver.as_str()));
-        if let Some(a) = existing.into_iter().find(|a| a.status == ApprovalStatus::Pending && now < a.expires_at) {
+        reasons.push(match &approver {
+            Approver::Group { name, required } => format!("policy asks {required} of group {name} to approve"),
+            other => format!("policy asks the {} to approve", other.label()),
+        });
+        if let Some(a) =
+            existing.into_iter().find(|a| meets(a) && a.status == ApprovalStatus::Pending && now < a.expires_at)
+        {
             return Ok(Outcome {
                 decision: APPROVAL_REQUIRED,
                 reasons,
@@ -694,8 +704,10 @@ impl Mandate {
             });
         }
         let current = live.current().ok_or_else(|| Error::Unavailable("a live chain without an agent".into()))?;
-        let person = match (approver, chain.user()) {
-            (Approver::User, Some(u)) => u,
+        // A group approval records the user the request is for as its
+        // `approver`: that gives no right to decide (ADR 0025).
+        let person = match (&approver, chain.user()) {
+            (Approver::User | Approver::Group { .. }, Some(u)) => u,
             _ => current.owner,
         };
         // One agent cannot flood a person's inbox through checks either
@@ -736,6 +748,9 @@ impl Mandate {
             decided_at: None,
             grant: live.record.grant,
             polled_at: None,
+            required: approver.required(),
+            group,
+            approved_by: Vec::new(),
         };
         Ok(Outcome {
             decision: APPROVAL_REQUIRED,

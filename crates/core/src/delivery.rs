@@ -282,9 +282,11 @@ impl Mandate {
     }
 
     /// Who is told that `approval` waits for a decision. The one place
-    /// that answers it: today the approver the request names.
+    /// that answers it.
     pub(crate) async fn approval_recipients(&self, approval: &Approval) -> Result<Vec<User>, Error> {
-        Ok(self.store.user(approval.approver).await?.into_iter().collect())
+        // The named person, or the members of the group who may decide now
+        // and have not approved yet (ADR 0025).
+        self.people_to_notify(approval).await
     }
 
     /// Adds to `change` one notice per notifier telling the approval's

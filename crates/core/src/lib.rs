@@ -35,7 +35,7 @@ pub mod trust;
 pub use audit::{AuditQuery, AuditRecord, TrailReport};
 pub use check::{CheckAnswer, CheckRequest, CheckedResource, Checker};
 pub use config::Config;
-pub use delegation::BcAuthorized;
+pub use delegation::{Approvers, BcAuthorized};
 pub use error::Error;
 pub use oauth::{
     ActiveToken, ClientCredentials, Endpoint, IntrospectedClaims, Introspection, IssuedToken, TokenCaller,

@@ -333,6 +333,16 @@ pub enum Mutation {
         grant: Option<GrantId>,
         at: OffsetDateTime,
     },
+    /// Counts one member's approval of a pending, unexpired group
+    /// approval: appends `by` to its `approved_by` only if that list is
+    /// still exactly `seen` (compare-and-set), so of concurrent decisions
+    /// one counts and the others fail with `Conflict`.
+    CountApproval {
+        id: ApprovalId,
+        seen: Vec<UserId>,
+        by: UserId,
+        at: OffsetDateTime,
+    },
     /// Hands out an approved CIBA request once: fails with `Conflict` unless
     /// it is approved and unexpired.
     ConsumeApproval {
@@ -464,10 +474,18 @@ pub struct Page<T> {
     pub items: Vec<T>,
 }
 
+/// The most people [`Store::group_members`] answers.
+pub const MAX_GROUP_MEMBERS: usize = 1000;
+
 /// Which approvals to list.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ApprovalQuery {
+    /// Only approvals this person decides: those naming them as the
+    /// approver (not group approvals, whose `approver` only records the
+    /// user they are for), and group approvals of `groups`.
     pub approver: Option<UserId>,
+    /// With `approver`: the groups the person is in.
+    pub groups: Vec<String>,
     pub status: Option<ApprovalStatus>,
     /// Only action approvals with this binding.
     pub binding: Option<String>,
@@ -689,6 +707,10 @@ pub trait Store: Send + Sync + 'static {
 
     async fn user(&self, id: UserId) -> Result<Option<User>, StoreError>;
     async fn user_by_email(&self, email: &str) -> Result<Option<User>, StoreError>;
+    /// The people in a Cedar group: whose own `groups` name it or who are
+    /// members of a SCIM group of that display name; by id, at most
+    /// [`MAX_GROUP_MEMBERS`], any status.
+    async fn group_members(&self, group: &str) -> Result<Vec<User>, StoreError>;
     /// A SCIM token by its id, live or not.
     async fn scim_token(&self, id: &str) -> Result<Option<ScimToken>, StoreError>;
     /// Every SCIM token, newest first.

@@ -593,7 +593,10 @@ pub enum ApprovalSubject {
 
 /// A pending human decision (DESIGN §1). The `approver` is the user whom
 /// policy names (`@approval("user")` or `@approval("owner")`); an agent can
-/// never be one.
+/// never be one. A group approval (`@approval("group:<name>")`, DESIGN §13)
+/// names the `group` instead: any member decides, `required` distinct
+/// members must approve, and `approver` then holds the user the request is
+/// for, which gives no right to decide (ADR 0025).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Approval {
     pub id: ApprovalId,
@@ -618,6 +621,12 @@ pub struct Approval {
     /// The last time the agent polled for it (CIBA `slow_down`).
     #[serde(with = "time::serde::rfc3339::option")]
     pub polled_at: Option<OffsetDateTime>,
+    /// The group whose members decide, for a group approval.
+    pub group: Option<String>,
+    /// How many distinct people must approve: 1, or `@approvals("N")`.
+    pub required: u32,
+    /// The members who approved so far, in order.
+    pub approved_by: Vec<UserId>,
 }
 
 impl Approval {

@@ -69,20 +69,166 @@ pub fn parse_reuse_window(v: &str) -> Option<i64> {
     (1..=MAX_APPROVAL_REUSE).contains(&secs).then_some(secs)
 }
 
+/// The annotation that asks for more than one approval of a group:
+/// `@approvals("2")` (Cedar annotation values are strings). Valid only
+/// beside `@approval("group:<name>")` (DESIGN §13).
+pub const APPROVALS_ANNOTATION: &str = "approvals";
+/// The most approvals `@approvals` may ask for.
+pub const MAX_APPROVALS: u32 = 5;
+
+/// The annotation that limits a permit to a time window:
+/// `@window("09:00-18:00 Europe/Paris")` or
+/// `@window("Mon-Fri 09:00-18:00 Europe/Paris")`.
+pub const WINDOW_ANNOTATION: &str = "window";
+
 /// Who must approve an allow that policy marks with `@approval`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Approver {
+    /// The user the agent acts for.
     User,
+    /// The agent's owner.
     Owner,
+    /// Any member of the group (`@approval("group:<name>")`), `required`
+    /// distinct members of it (`@approvals("N")`).
+    Group { name: String, required: u32 },
 }
 
 impl Approver {
-    pub fn as_str(self) -> &'static str {
+    /// `user`, `owner` or `group:<name>`, as the annotation writes it.
+    pub fn label(&self) -> String {
         match self {
-            Approver::User => "user",
-            Approver::Owner => "owner",
+            Approver::User => "user".into(),
+            Approver::Owner => "owner".into(),
+            Approver::Group { name, .. } => format!("group:{name}"),
         }
     }
+
+    /// How many distinct people must approve.
+    pub fn required(&self) -> u32 {
+        match self {
+            Approver::Group { required, .. } => *required,
+            Approver::User | Approver::Owner => 1,
+        }
+    }
+
+    /// The stricter of two requirements, when determining permits (or the
+    /// principals of a chain) disagree: the one needing more approvals;
+    /// at equal counts a group over the user over the owner; between two
+    /// groups, the first by name (so the choice does not depend on order).
+    pub fn stricter(a: Option<Approver>, b: Option<Approver>) -> Option<Approver> {
+        fn rank(a: &Approver) -> (u32, u8) {
+            match a {
+                Approver::Group { required, .. } => (*required, 2),
+                Approver::User => (1, 1),
+                Approver::Owner => (1, 0),
+            }
+        }
+        match (a, b) {
+            (None, x) | (x, None) => x,
+            (Some(a), Some(b)) => {
+                let (ra, rb) = (rank(&a), rank(&b));
+                if ra != rb {
+                    return Some(if ra > rb { a } else { b });
+                }
+                match (&a, &b) {
+                    (Approver::Group { name: na, .. }, Approver::Group { name: nb, .. }) if nb < na => Some(b),
+                    _ => Some(a),
+                }
+            }
+        }
+    }
+}
+
+/// Parses an `@approval` value: `user`, `owner` or `group:<name>`.
+pub fn parse_approver(v: &str) -> Option<Approver> {
+    match v {
+        "user" => Some(Approver::User),
+        "owner" => Some(Approver::Owner),
+        _ => {
+            let name = v.strip_prefix("group:")?;
+            let ok =
+                !name.is_empty() && name.len() <= 256 && name.trim() == name && !name.chars().any(char::is_control);
+            ok.then(|| Approver::Group { name: name.to_owned(), required: 1 })
+        }
+    }
+}
+
+/// A time window a permit applies in (`@window`): minutes of the day
+/// `[start, end)` in a time zone, on some days of the week.
+#[derive(Debug, Clone)]
+pub struct Window {
+    /// The annotation's text, to name the window in reasons.
+    pub text: String,
+    /// First and last day, Monday = 0 (inclusive); `None`: every day.
+    days: Option<(u8, u8)>,
+    start: u16,
+    end: u16,
+    tz: jiff::tz::TimeZone,
+}
+
+const WEEKDAYS: [&str; 7] = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
+
+impl Window {
+    /// Parses `HH:MM-HH:MM <IANA zone>`, optionally after `Mon-Fri` (or
+    /// one day, `Sat`). The end is after the start (`24:00` ends at
+    /// midnight); a window does not run past midnight. Zones come from the
+    /// time-zone database compiled into the binary.
+    pub fn parse(v: &str) -> Result<Window, String> {
+        let parts: Vec<&str> = v.split(' ').collect();
+        let (days, hours, zone) = match parts.as_slice() {
+            [hours, zone] => (None, *hours, *zone),
+            [days, hours, zone] => (Some(parse_days(days)?), *hours, *zone),
+            _ => {
+                return Err("must be like \"09:00-18:00 Europe/Paris\" or \"Mon-Fri 09:00-18:00 Europe/Paris\"".into());
+            }
+        };
+        let (start, end) = hours.split_once('-').ok_or_else(|| format!("{hours:?} is not HH:MM-HH:MM"))?;
+        let (start, end) = (parse_minute(start)?, parse_minute(end)?);
+        if start >= end {
+            return Err(format!("{hours:?} must end after it starts (a window does not run past midnight)"));
+        }
+        let tz = jiff::tz::TimeZone::get(zone).map_err(|_| format!("{zone:?} is not a known IANA time zone"))?;
+        Ok(Window { text: v.to_owned(), days, start, end, tz })
+    }
+
+    /// Whether `now` (Unix seconds) falls inside the window.
+    pub fn contains(&self, now: i64) -> bool {
+        let Ok(t) = jiff::Timestamp::from_second(now) else { return false };
+        let local = t.to_zoned(self.tz.clone());
+        let minute = u16::try_from(i32::from(local.hour()) * 60 + i32::from(local.minute())).unwrap_or(u16::MAX);
+        let day = u8::try_from(local.weekday().to_monday_zero_offset()).unwrap_or(u8::MAX);
+        let on_day = self
+            .days
+            .is_none_or(|(from, to)| if from <= to { (from..=to).contains(&day) } else { day >= from || day <= to });
+        on_day && (self.start..self.end).contains(&minute)
+    }
+}
+
+fn parse_days(v: &str) -> Result<(u8, u8), String> {
+    let day = |d: &str| {
+        WEEKDAYS
+            .iter()
+            .position(|w| *w == d)
+            .and_then(|i| u8::try_from(i).ok())
+            .ok_or_else(|| format!("{d:?} is not a day (Mon, Tue, Wed, Thu, Fri, Sat, Sun)"))
+    };
+    match v.split_once('-') {
+        Some((a, b)) => Ok((day(a)?, day(b)?)),
+        None => day(v).map(|d| (d, d)),
+    }
+}
+
+fn parse_minute(v: &str) -> Result<u16, String> {
+    let bad = || format!("{v:?} is not a time HH:MM");
+    let (h, m) = v.split_once(':').ok_or_else(bad)?;
+    if h.len() != 2 || m.len() != 2 || !h.bytes().chain(m.bytes()).all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    let (h, m): (u16, u16) = (h.parse().map_err(|_| bad())?, m.parse().map_err(|_| bad())?);
+    if m > 59 || h > 24 || (h == 24 && m != 0) {
+        return Err(bad());
+    }
+    Ok(h * 60 + m)
 }
 
 /// Largest policy text accepted: room for tens of thousands of per-agent
@@ -271,6 +417,8 @@ struct Compiled {
     reuse: HashMap<PolicyId, i64>,
     /// Who may act next, by each `@may_act` policy.
     may_act: HashMap<PolicyId, mandate_model::actors::MayAct>,
+    /// The `@window` of each permit that has one.
+    windows: HashMap<PolicyId, Window>,
 }
 
 impl std::fmt::Debug for PolicyEngine {
@@ -435,12 +583,16 @@ fn agents_of<'a>(principal: Principal<'a>, target: Target<'a>) -> impl Iterator<
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
     pub allowed: bool,
-    /// Ids of the determining policies.
+    /// Ids of the determining policies. A denial no `forbid` explains
+    /// names the permits that would have applied but for their `@window`
+    /// (`policy3 applies only Mon-Fri 09:00-18:00 Europe/Paris`).
     pub reasons: Vec<String>,
     /// Evaluation errors; any error makes the answer a denial.
     pub errors: Vec<String>,
     /// Set on an allow when a determining permit carries `@approval`: the
-    /// allow holds only once that person approves. `User` wins over `Owner`.
+    /// allow holds only once that person (or that many members of the
+    /// group) approves. When several determining permits ask, the
+    /// strictest wins ([`Approver::stricter`]).
     pub approval: Option<Approver>,
     /// With `approval`: how long, in seconds, an action approval may be
     /// used again after it was given. `None` makes it single-use; every
@@ -499,6 +651,7 @@ impl PolicyEngine {
         let mut approvals = HashMap::new();
         let mut reuse = HashMap::new();
         let mut may_act = HashMap::new();
+        let mut windows = HashMap::new();
         for p in policies.policies() {
             if let Some(v) = p.annotation(MAY_ACT_ANNOTATION) {
                 if p.effect() != cedar_policy::Effect::Permit {
@@ -526,20 +679,41 @@ impl PolicyEngine {
                 })?;
                 reuse.insert(p.id().clone(), secs);
             }
-            match p.annotation(APPROVAL_ANNOTATION) {
-                None => {}
-                Some("user") => {
-                    approvals.insert(p.id().clone(), Approver::User);
+            let invalid = |why: String| PolicyError::Invalid(vec![format!("policy {}: {why}", p.id())]);
+            let approver = match p.annotation(APPROVAL_ANNOTATION) {
+                None => None,
+                Some(v) => Some(parse_approver(v).ok_or_else(|| {
+                    invalid(format!("@approval must be \"user\", \"owner\" or \"group:<name>\", not {v:?}"))
+                })?),
+            };
+            let approver = match (approver, p.annotation(APPROVALS_ANNOTATION)) {
+                (a, None) => a,
+                (Some(Approver::Group { name, .. }), Some(n)) => {
+                    let required = Some(n)
+                        .filter(|n| n.len() <= 2 && n.bytes().all(|b| b.is_ascii_digit()))
+                        .and_then(|n| n.parse::<u32>().ok())
+                        .filter(|n| (2..=MAX_APPROVALS).contains(n))
+                        .ok_or_else(|| {
+                            invalid(format!("@approvals must be \"2\" to \"{MAX_APPROVALS}\", not {n:?}"))
+                        })?;
+                    Some(Approver::Group { name, required })
                 }
-                Some("owner") => {
-                    approvals.insert(p.id().clone(), Approver::Owner);
+                (_, Some(_)) => {
+                    return Err(invalid("@approvals needs @approval(\"group:<name>\") on the same policy".into()));
                 }
-                Some(v) => {
-                    return Err(PolicyError::Invalid(vec![format!(
-                        "policy {}: @approval must be \"user\" or \"owner\", not {v:?}",
-                        p.id()
-                    )]));
+            };
+            if let Some(a) = approver {
+                if p.effect() == cedar_policy::Effect::Forbid {
+                    return Err(invalid("@approval applies to permits only".into()));
                 }
+                approvals.insert(p.id().clone(), a);
+            }
+            if let Some(v) = p.annotation(WINDOW_ANNOTATION) {
+                if p.effect() == cedar_policy::Effect::Forbid {
+                    return Err(invalid("@window applies to permits only".into()));
+                }
+                let w = Window::parse(v).map_err(|e| invalid(format!("@window {e}")))?;
+                windows.insert(p.id().clone(), w);
             }
         }
         let result = Validator::new(schema).validate(&policies, ValidationMode::Strict);
@@ -557,6 +731,7 @@ impl PolicyEngine {
                 approvals,
                 reuse,
                 may_act,
+                windows,
             }),
         })
     }
@@ -573,6 +748,7 @@ impl PolicyEngine {
                 approvals: HashMap::new(),
                 reuse: HashMap::new(),
                 may_act: HashMap::new(),
+                windows: HashMap::new(),
             }),
         }
     }
@@ -684,42 +860,50 @@ impl PolicyEngine {
         // permit applies and no forbid does; a forbid that applies is the
         // reason of a denial in whichever set it sits.
         let (mut permitted, mut permits, mut forbids, mut errors) = (false, Vec::new(), Vec::new(), Vec::new());
-        let mut approvals = Vec::new();
+        let mut approval: Option<Approver> = None;
+        let mut approving = false;
         let mut may_act = Vec::new();
         // Each determining @approval permit's reuse window (None: single use).
         let mut windows: Vec<Option<i64>> = Vec::new();
+        // Permits that would apply but for their @window.
+        let mut closed: Vec<String> = Vec::new();
         for set in sets {
             let response = self.inner.authorizer.is_authorized(&request, set, &entities);
             errors.extend(response.diagnostics().errors().map(|e| e.to_string()));
-            let reasons = response.diagnostics().reason().map(|p| p.to_string());
             if response.decision() == CedarDecision::Allow {
-                permitted = true;
                 for id in response.diagnostics().reason() {
+                    // A permit applies only inside its @window.
+                    if let Some(w) = self.inner.windows.get(id)
+                        && !w.contains(facts.now)
+                    {
+                        closed.push(format!("{id} applies only {}", w.text));
+                        continue;
+                    }
+                    permitted = true;
+                    permits.push(id.to_string());
                     if let Some(m) = self.inner.may_act.get(id) {
                         may_act.push(m.clone());
                     }
                     if let Some(a) = self.inner.approvals.get(id) {
-                        approvals.push(*a);
+                        approval = Approver::stricter(approval, Some(a.clone()));
+                        approving = true;
                         windows.push(self.inner.reuse.get(id).copied());
                     }
                 }
-                permits.extend(reasons);
             } else {
-                forbids.extend(reasons);
+                forbids.extend(response.diagnostics().reason().map(|p| p.to_string()));
             }
         }
         // Fail closed: an erroring policy might have been a forbid.
         let allowed = permitted && forbids.is_empty() && errors.is_empty();
-        let approval = if !allowed {
-            None
-        } else if approvals.contains(&Approver::User) {
-            Some(Approver::User)
-        } else if approvals.contains(&Approver::Owner) {
-            Some(Approver::Owner)
+        let approval = if allowed && approving { approval } else { None };
+        let reasons = if allowed {
+            permits
+        } else if forbids.is_empty() {
+            closed
         } else {
-            None
+            forbids
         };
-        let reasons = if allowed { permits } else { forbids };
         let approval_reuse = match approval {
             None => None,
             Some(_) => windows.iter().copied().collect::<Option<Vec<i64>>>().and_then(|w| w.into_iter().min()),

@@ -606,3 +606,108 @@ fn may_act_is_read_from_the_permits_that_allow_and_checked_at_load() {
         }
     }
 }
+
+#[test]
+fn group_approvals_are_parsed_and_the_strictest_applies() {
+    let e = PolicyEngine::compile(
+        r#"@approval("group:finance") @approvals("2") permit(principal is Agent, action == Action::"read", resource);
+           @approval("user") permit(principal is Agent, action == Action::"read", resource);
+           @approval("group:ops") permit(principal is Agent, action == Action::"write", resource);
+           @approval("group:eng") permit(principal is Agent, action == Action::"write", resource);
+           @approval("owner") permit(principal is Agent, action == Action::"write", resource);"#,
+        &actions(),
+    )
+    .unwrap();
+    let api = Target::Api("https://a.example");
+    let read = e.decide(Principal::Agent(&agent()), "read", api, &rel());
+    assert_eq!(read.approval, Some(Approver::Group { name: "finance".into(), required: 2 }));
+    let write = e.decide(Principal::Agent(&agent()), "write", api, &rel());
+    assert_eq!(write.approval, Some(Approver::Group { name: "eng".into(), required: 1 }), "a group, first by name");
+    assert_eq!(
+        Approver::stricter(Some(Approver::User), Some(Approver::Owner)),
+        Some(Approver::User),
+        "the user over the owner, as before"
+    );
+    assert_eq!(parse_approver("group:"), None);
+    assert_eq!(parse_approver("group: x"), None);
+    assert_eq!(parse_approver("team:x"), None);
+}
+
+#[test]
+fn invalid_approval_annotations_refuse_the_set() {
+    for (bad, why) in [
+        (r#"@approvals("2") @approval("user") permit(principal, action, resource);"#, "@approvals needs"),
+        (r#"@approvals("2") permit(principal, action, resource);"#, "@approvals needs"),
+        (r#"@approval("group:x") @approvals("1") permit(principal, action, resource);"#, "@approvals must be"),
+        (r#"@approval("group:x") @approvals("6") permit(principal, action, resource);"#, "@approvals must be"),
+        (r#"@approval("group:x") @approvals("+2") permit(principal, action, resource);"#, "@approvals must be"),
+        (r#"@approval("group:x") @approvals("two") permit(principal, action, resource);"#, "@approvals must be"),
+        (r#"@approval("group:") permit(principal, action, resource);"#, "@approval must be"),
+        (r#"@approval("group:x") forbid(principal, action, resource);"#, "permits only"),
+        (r#"@window("09:00-18:00 Europe/Paris") forbid(principal, action, resource);"#, "permits only"),
+        (r#"@window("09:00-18:00") permit(principal, action, resource);"#, "@window must be like"),
+        (r#"@window("18:00-09:00 Europe/Paris") permit(principal, action, resource);"#, "must end after"),
+        (r#"@window("09:00-18:00 Mars/Olympus") permit(principal, action, resource);"#, "not a known IANA"),
+        (r#"@window("9:00-18:00 Europe/Paris") permit(principal, action, resource);"#, "not a time"),
+        (r#"@window("09:60-18:00 Europe/Paris") permit(principal, action, resource);"#, "not a time"),
+        (r#"@window("Mon-Fry 09:00-18:00 Europe/Paris") permit(principal, action, resource);"#, "not a day"),
+    ] {
+        match PolicyEngine::compile(bad, &actions()) {
+            Err(PolicyError::Invalid(m)) => assert!(m.join(" ").contains(why), "{bad}: {m:?}"),
+            other => panic!("{bad}: {other:?}"),
+        }
+    }
+}
+
+/// Unix seconds of a UTC date and time.
+fn at(y: i16, mo: i8, d: i8, h: i8, mi: i8) -> i64 {
+    jiff::civil::date(y, mo, d).at(h, mi, 0, 0).to_zoned(jiff::tz::TimeZone::UTC).unwrap().timestamp().as_second()
+}
+
+#[test]
+fn windows_follow_the_zone_across_daylight_saving() {
+    let w = Window::parse("09:00-18:00 Europe/Paris").unwrap();
+    // Winter: Paris is UTC+1. 2026-01-15 is a Thursday.
+    assert!(!w.contains(at(2026, 1, 15, 7, 59)), "08:59 in Paris");
+    assert!(w.contains(at(2026, 1, 15, 8, 0)), "09:00 in Paris");
+    assert!(w.contains(at(2026, 1, 15, 16, 59)), "17:59 in Paris");
+    assert!(!w.contains(at(2026, 1, 15, 17, 0)), "18:00 in Paris: the end is outside");
+    // Summer: UTC+2, the same UTC hour is now inside.
+    assert!(w.contains(at(2026, 7, 15, 7, 0)), "09:00 in Paris in July");
+    assert!(!w.contains(at(2026, 7, 15, 16, 0)), "18:00 in Paris in July");
+    // The spring-forward day (2026-03-29): 09:00 local is 07:00 UTC.
+    assert!(!w.contains(at(2026, 3, 29, 6, 59)));
+    assert!(w.contains(at(2026, 3, 29, 7, 0)));
+    let weekdays = Window::parse("Mon-Fri 09:00-18:00 Europe/Paris").unwrap();
+    assert!(weekdays.contains(at(2026, 1, 16, 10, 0)), "Friday");
+    assert!(!weekdays.contains(at(2026, 1, 17, 10, 0)), "Saturday");
+    // Sunday 23:30 UTC is Monday 00:30 in Paris.
+    let monday = Window::parse("Mon 00:00-24:00 Europe/Paris").unwrap();
+    assert!(monday.contains(at(2026, 1, 18, 23, 30)));
+    assert!(!monday.contains(at(2026, 1, 18, 22, 30)));
+    let wrap = Window::parse("Sat-Mon 00:00-24:00 UTC").unwrap();
+    assert!(wrap.contains(at(2026, 1, 18, 12, 0)) && !wrap.contains(at(2026, 1, 20, 12, 0)));
+}
+
+#[test]
+fn a_permit_applies_only_inside_its_window() {
+    let e = PolicyEngine::compile(
+        r#"@window("Mon-Fri 09:00-18:00 Europe/Paris")
+           permit(principal is Agent, action == Action::"read", resource);
+           @window("09:00-18:00 Europe/Paris") @approval("group:finance") @approvals("2")
+           permit(principal is Agent, action == Action::"write", resource);"#,
+        &actions(),
+    )
+    .unwrap();
+    let api = Target::Api("https://a.example");
+    let facts = |now| Facts { now, ..Facts::default() };
+    let inside = e.decide_with(Principal::Agent(&agent()), "read", api, &rel(), &facts(at(2026, 1, 15, 9, 0)));
+    assert!(inside.allowed, "{inside:?}");
+    let outside = e.decide_with(Principal::Agent(&agent()), "read", api, &rel(), &facts(at(2026, 1, 15, 20, 0)));
+    assert!(!outside.allowed);
+    assert_eq!(outside.reasons, vec!["policy0 applies only Mon-Fri 09:00-18:00 Europe/Paris".to_owned()]);
+    let write = e.decide_with(Principal::Agent(&agent()), "write", api, &rel(), &facts(at(2026, 1, 15, 9, 0)));
+    assert_eq!(write.approval, Some(Approver::Group { name: "finance".into(), required: 2 }));
+    let late = e.decide_with(Principal::Agent(&agent()), "write", api, &rel(), &facts(at(2026, 1, 15, 19, 0)));
+    assert!(!late.allowed && late.approval.is_none(), "an approval under a closed window gives nothing: {late:?}");
+}

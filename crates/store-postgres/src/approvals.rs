@@ -12,8 +12,8 @@ use crate::{get, unavailable};
 pub(crate) async fn apply(conn: &mut PgConnection, m: &Mutation) -> Result<u64, StoreError> {
     let done = match m {
         Mutation::InsertApproval(a) => sqlx::query(
-            "INSERT INTO approvals (id, agent, user_id, approver, resource, subject, binding, binding_message, status, decided_by, created_at, expires_at, decided_at, grant_id, polled_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+            "INSERT INTO approvals (id, agent, user_id, approver, resource, subject, binding, binding_message, status, decided_by, created_at, expires_at, decided_at, grant_id, polled_at, approver_group, required, approved_by) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
         )
         .bind(a.id.to_string())
         .bind(a.agent.to_string())
@@ -30,6 +30,9 @@ pub(crate) async fn apply(conn: &mut PgConnection, m: &Mutation) -> Result<u64, 
         .bind(a.decided_at.map(ts).transpose()?)
         .bind(a.grant.map(|g| g.to_string()))
         .bind(a.polled_at.map(ts).transpose()?)
+        .bind(&a.group)
+        .bind(i64::from(a.required))
+        .bind(json(&a.approved_by)?)
         .execute(&mut *conn)
         .await
         .map_err(|e| map_write_error(e, "approval"))?,
@@ -48,6 +51,29 @@ pub(crate) async fn apply(conn: &mut PgConnection, m: &Mutation) -> Result<u64, 
             .map_err(|e| map_write_error(e, "approval"))?;
             if r.rows_affected() == 0 {
                 return Err(StoreError::Conflict(format!("approval {id} is no longer pending")));
+            }
+            r
+        }
+        Mutation::CountApproval { id, seen, by, at } => {
+            let mut after = seen.clone();
+            after.push(*by);
+            // Concurrent updates of the row wait for each other; the later
+            // one re-reads `approved_by`, finds it changed, and counts nothing.
+            let r = sqlx::query(
+                "UPDATE approvals SET approved_by = $1 \
+                 WHERE id = $2 AND status = 'pending' AND expires_at > $3 AND approved_by = $4 \
+                 AND EXISTS (SELECT 1 FROM users WHERE id = $5)",
+            )
+            .bind(json(&after)?)
+            .bind(id.to_string())
+            .bind(ts(*at)?)
+            .bind(json(seen)?)
+            .bind(by.to_string())
+            .execute(&mut *conn)
+            .await
+            .map_err(|e| map_write_error(e, "approval"))?;
+            if r.rows_affected() == 0 {
+                return Err(StoreError::Conflict(format!("approval {id} was decided meanwhile")));
             }
             r
         }
@@ -92,5 +118,8 @@ pub(crate) fn approval_row(r: &PgRow) -> Result<Approval, StoreError> {
         decided_at: get(r, "decided_at")?,
         grant_id: get(r, "grant_id")?,
         polled_at: get(r, "polled_at")?,
+        approver_group: get(r, "approver_group")?,
+        required: get(r, "required")?,
+        approved_by: get(r, "approved_by")?,
     })
 }

@@ -152,6 +152,20 @@ impl Store for PostgresStore {
         self.one(concat!(scim::user_select!(), " WHERE id = $1"), &id.to_string(), user_row).await
     }
 
+    async fn group_members(&self, group: &str) -> Result<Vec<User>, StoreError> {
+        let rows = sqlx::query(concat!(
+            scim::user_select!(),
+            " WHERE users.groups::jsonb ? $1 \
+             OR EXISTS (SELECT 1 FROM scim_group_members m JOIN scim_groups g ON g.id = m.group_id \
+             WHERE m.user_id = users.id AND g.display_name = $1) ORDER BY id LIMIT 1000"
+        ))
+        .bind(group)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        rows.iter().map(user_row).collect()
+    }
+
     async fn user_by_email(&self, email: &str) -> Result<Option<User>, StoreError> {
         self.one(concat!(scim::user_select!(), " WHERE email = $1"), email, user_row).await
     }
@@ -348,7 +362,8 @@ impl Store for PostgresStore {
 
     async fn approvals(&self, q: &ApprovalQuery) -> Result<Vec<Approval>, StoreError> {
         let rows = sqlx::query(
-            "SELECT * FROM approvals WHERE ($1::text IS NULL OR approver = $1) AND ($2::text IS NULL OR status = $2) \
+            "SELECT * FROM approvals WHERE ($1::text IS NULL OR (approver_group IS NULL AND approver = $1) \
+             OR approver_group IN (SELECT jsonb_array_elements_text(($6::text)::jsonb))) AND ($2::text IS NULL OR status = $2) \
              AND ($3::text IS NULL OR binding = $3) AND ($5::text IS NULL OR id < $5) ORDER BY id DESC LIMIT $4",
         )
         .bind(q.approver.map(|u| u.to_string()))
@@ -356,6 +371,7 @@ impl Store for PostgresStore {
         .bind(&q.binding)
         .bind(i64::from(q.limit))
         .bind(q.before.map(|a| a.to_string()))
+        .bind(mandate_store_sql::json(&q.groups)?)
         .fetch_all(&self.pool)
         .await
         .map_err(unavailable)?;

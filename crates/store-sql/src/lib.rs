@@ -556,6 +556,10 @@ pub struct ApprovalRow {
     pub decided_at: Option<i64>,
     pub grant_id: Option<String>,
     pub polled_at: Option<i64>,
+    pub approver_group: Option<String>,
+    pub required: i64,
+    /// A JSON array of user ids.
+    pub approved_by: String,
 }
 
 impl TryFrom<ApprovalRow> for Approval {
@@ -576,6 +580,9 @@ impl TryFrom<ApprovalRow> for Approval {
             decided_at: opt_ts(r.decided_at)?,
             grant: r.grant_id.as_deref().map(parse::<GrantId>).transpose()?,
             polled_at: opt_ts(r.polled_at)?,
+            group: r.approver_group,
+            required: u32::try_from(r.required).map_err(|_| StoreError::Corrupt(format!("required {}", r.required)))?,
+            approved_by: from_json::<Vec<UserId>>(&r.approved_by)?,
         })
     }
 }
@@ -689,6 +696,7 @@ pub fn family(m: &Mutation) -> Family {
         | Mutation::UseAuthCode { .. } => Family::Grants,
         Mutation::InsertApproval(..)
         | Mutation::DecideApproval { .. }
+        | Mutation::CountApproval { .. }
         | Mutation::ConsumeApproval { .. }
         | Mutation::PollApproval { .. } => Family::Approvals,
         Mutation::SetBackchannel { .. }

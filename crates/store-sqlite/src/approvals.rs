@@ -13,8 +13,8 @@ pub(crate) fn apply(conn: &Connection, m: &Mutation) -> Result<u64, StoreError> 
     match m {
         Mutation::InsertApproval(a) => exec(
             conn,
-            "INSERT INTO approvals (id, agent, user_id, approver, resource, subject, binding, binding_message, status, decided_by, created_at, expires_at, decided_at, grant_id, polled_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+            "INSERT INTO approvals (id, agent, user_id, approver, resource, subject, binding, binding_message, status, decided_by, created_at, expires_at, decided_at, grant_id, polled_at, approver_group, required, approved_by) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
             params![
                 a.id.to_string(),
                 a.agent.to_string(),
@@ -31,6 +31,9 @@ pub(crate) fn apply(conn: &Connection, m: &Mutation) -> Result<u64, StoreError> 
                 a.decided_at.map(ts).transpose()?,
                 a.grant.map(|g| g.to_string()),
                 a.polled_at.map(ts).transpose()?,
+                a.group,
+                i64::from(a.required),
+                json(&a.approved_by)?,
             ],
             "approval",
         ),
@@ -44,6 +47,22 @@ pub(crate) fn apply(conn: &Connection, m: &Mutation) -> Result<u64, StoreError> 
             )?;
             if n == 0 {
                 return Err(StoreError::Conflict(format!("approval {id} is no longer pending")));
+            }
+            Ok(n)
+        }
+        Mutation::CountApproval { id, seen, by, at } => {
+            let mut after = seen.clone();
+            after.push(*by);
+            let n = exec(
+                conn,
+                "UPDATE approvals SET approved_by = ?1 \
+                 WHERE id = ?2 AND status = 'pending' AND expires_at > ?3 AND approved_by = ?4 \
+                 AND EXISTS (SELECT 1 FROM users WHERE id = ?5)",
+                params![json(&after)?, id.to_string(), ts(*at)?, json(seen)?, by.to_string()],
+                "approval",
+            )?;
+            if n == 0 {
+                return Err(StoreError::Conflict(format!("approval {id} was decided meanwhile")));
             }
             Ok(n)
         }
@@ -85,5 +104,8 @@ pub(crate) fn approval_row(r: &Row<'_>) -> Mapped<Approval> {
         decided_at: r.get("decided_at")?,
         grant_id: r.get("grant_id")?,
         polled_at: r.get("polled_at")?,
+        approver_group: r.get("approver_group")?,
+        required: r.get("required")?,
+        approved_by: r.get("approved_by")?,
     }))
 }

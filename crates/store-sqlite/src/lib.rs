@@ -74,6 +74,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0015_grant_may_act.sql"),
     include_str!("../migrations/0016_deliveries.sql"),
     include_str!("../migrations/0017_authorization_details.sql"),
+    include_str!("../migrations/0018_group_approvals.sql"),
 ];
 
 /// The writer connection's page cache, in KiB (as a negative `cache_size`).
@@ -236,6 +237,16 @@ impl Store for SqliteStore {
     async fn user(&self, id: UserId) -> Result<Option<User>, StoreError> {
         const SQL: &str = concat!(scim::user_select!(), " WHERE id = ?1");
         self.one(SQL, &id.to_string(), user_row).await
+    }
+
+    async fn group_members(&self, group: &str) -> Result<Vec<User>, StoreError> {
+        const SQL: &str = concat!(
+            scim::user_select!(),
+            " WHERE EXISTS (SELECT 1 FROM json_each(users.groups) WHERE value = ?1) \
+             OR EXISTS (SELECT 1 FROM scim_group_members m JOIN scim_groups g ON g.id = m.group_id \
+             WHERE m.user_id = users.id AND g.display_name = ?1) ORDER BY id LIMIT 1000"
+        );
+        self.many(SQL, Some(group.to_owned()), user_row).await
     }
 
     async fn user_by_email(&self, email: &str) -> Result<Option<User>, StoreError> {
@@ -412,13 +423,15 @@ impl Store for SqliteStore {
         let (approver, status) = (q.approver.map(|u| u.to_string()), q.status.map(|s| s.as_str()));
         let before = q.before.map(|a| a.to_string());
         let (binding, limit) = (q.binding.clone(), q.limit);
+        let groups = mandate_store_sql::json(&q.groups)?;
         let rows = self
             .read(move |c| {
                 c.prepare_cached(
-                    "SELECT * FROM approvals WHERE (?1 IS NULL OR approver = ?1) AND (?2 IS NULL OR status = ?2) \
+                    "SELECT * FROM approvals WHERE (?1 IS NULL OR (approver_group IS NULL AND approver = ?1) \
+                 OR approver_group IN (SELECT value FROM json_each(?6))) AND (?2 IS NULL OR status = ?2) \
                  AND (?3 IS NULL OR binding = ?3) AND (?5 IS NULL OR id < ?5) ORDER BY id DESC LIMIT ?4",
                 )?
-                .query_map(params![approver, status, binding, limit, before], approval_row)?
+                .query_map(params![approver, status, binding, limit, before, groups], approval_row)?
                 .collect::<rusqlite::Result<Vec<_>>>()
             })
             .await?;

@@ -95,6 +95,10 @@ impl Store for FaultyStore {
         self.gate()?;
         self.inner.setting(key).await
     }
+    async fn group_members(&self, group: &str) -> Result<Vec<User>, StoreError> {
+        self.gate()?;
+        self.inner.group_members(group).await
+    }
     async fn user(&self, id: UserId) -> Result<Option<User>, StoreError> {
         self.gate()?;
         self.inner.user(id).await

@@ -139,6 +139,8 @@ impl Mandate {
             id,
             agent: agent.id,
             user: user.id,
+            // A group approval records the user it is for; only the
+            // group's members decide it (ADR 0025).
             approver: match approver {
                 Some(Approver::Owner) => agent.owner,
                 _ => user.id,
@@ -158,6 +160,12 @@ impl Mandate {
             decided_at: None,
             grant: None,
             polled_at: None,
+            group: match &approver {
+                Some(Approver::Group { name, .. }) => Some(name.clone()),
+                _ => None,
+            },
+            required: approver.as_ref().map_or(1, Approver::required),
+            approved_by: Vec::new(),
         };
         let callback = match (notification_token, &backchannel.endpoint) {
             (Some(token), Some(endpoint)) => Some(CibaCallback {
@@ -232,7 +240,10 @@ impl Mandate {
                     return Err(e);
                 }
                 event.reason = crate::details::with_digest(
-                    Some(format!("{id}: waits for the {} ({})", who.as_str(), approval.approver)),
+                    Some(match &who {
+                        Approver::Group { name, required } => format!("{id}: waits for {required} of group {name}"),
+                        other => format!("{id}: waits for the {} ({})", other.label(), approval.approver),
+                    }),
                     &details,
                 );
                 self.notify_approvers(&mut change, &approval).await?;

@@ -12,7 +12,6 @@ use std::sync::Arc;
 use mandate_jose::federated::{self, ExternalRules, IdJag};
 use mandate_model::ScopeSet;
 use mandate_model::records::{Agent, Resource, User, UserStatus};
-use mandate_policy::Approver;
 use time::{Duration, OffsetDateTime};
 
 use crate::Error;
@@ -161,7 +160,7 @@ impl Mandate {
             // Narrowing only: the token is decided again, with its DPoP binding, when minted.
             match self.authorize_scopes(Some(user), &[agent], res, &one, false).await? {
                 Ok(None) => allowed.push(s.clone()),
-                Ok(Some(Approver::User | Approver::Owner)) | Err(_) => left_out.push(s.to_string()),
+                Ok(Some(_)) | Err(_) => left_out.push(s.to_string()),
             }
         }
         if allowed.is_empty() {

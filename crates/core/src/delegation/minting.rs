@@ -136,15 +136,15 @@ impl Mandate {
                                 "policy_error: the policy for {action} could not be evaluated, so it is denied"
                             ));
                         }
+                        // A permit closed by its @window names the window.
+                        let why =
+                            if d.reasons.is_empty() { String::new() } else { format!(" ({})", d.reasons.join(", ")) };
                         return Err(format!(
-                            "policy does not allow {who} {scope} ({action}) on {}",
+                            "policy does not allow {who} {scope} ({action}) on {}{why}",
                             resource.identifier
                         ));
                     }
-                    approval = match (approval, d.approval) {
-                        (Some(Approver::User), _) | (_, Some(Approver::User)) => Some(Approver::User),
-                        (a, b) => a.or(b),
-                    };
+                    approval = Approver::stricter(approval, d.approval);
                 }
             }
         }

@@ -12,6 +12,7 @@ mod may_act;
 mod minting;
 mod refresh;
 
+pub use approvals::Approvers;
 pub use ciba::BcAuthorized;
 pub(crate) use minting::Mint;
 

@@ -725,6 +725,19 @@ fn apply(tx: &mut Tx<'_>, m: &Mutation, applied: &Applied) -> Result<u64, StoreE
                 },
             ))
         }
+        Mutation::CountApproval { id, seen, by, at } => {
+            storable(*at)?;
+            require(tx.state.users.contains_key(by), "approval")?;
+            let n = tx.update(
+                approvals,
+                |k, a| k == id && a.status == ApprovalStatus::Pending && a.expires_at > *at && a.approved_by == *seen,
+                |a| a.approved_by.push(*by),
+            );
+            if n == 0 {
+                return Err(StoreError::Conflict(format!("approval {id} was decided meanwhile")));
+            }
+            Ok(n)
+        }
         Mutation::ConsumeApproval { id, at } => {
             storable(*at)?;
             let n = tx.update(
@@ -960,6 +973,17 @@ impl Store for MemoryStore {
         self.read(|s| s.settings.get(key).cloned())
     }
 
+    async fn group_members(&self, group: &str) -> Result<Vec<User>, StoreError> {
+        self.read(|s| {
+            s.users
+                .values()
+                .map(|u| with_scim_groups(s, u))
+                .filter(|u| u.groups.iter().chain(&u.scim_groups).any(|g| g == group))
+                .take(super::MAX_GROUP_MEMBERS)
+                .collect()
+        })
+    }
+
     async fn user(&self, id: UserId) -> Result<Option<User>, StoreError> {
         self.read(|s| s.users.get(&id).map(|u| with_scim_groups(s, u)))
     }
@@ -1146,8 +1170,10 @@ impl Store for MemoryStore {
                     ApprovalSubject::Action { binding, .. } => Some(binding.as_str()),
                     ApprovalSubject::Grant { .. } => None,
                 };
-                q.approver.is_none_or(|u| a.approver == u)
-                    && q.status.is_none_or(|st| a.status == st)
+                q.approver.is_none_or(|u| match &a.group {
+                    None => a.approver == u,
+                    Some(g) => q.groups.contains(g),
+                }) && q.status.is_none_or(|st| a.status == st)
                     && q.binding.as_deref().is_none_or(|b| binding == Some(b))
             });
             newest(rows.cloned(), q.limit)

@@ -185,6 +185,8 @@ async fn approvals_live(
         }
     }
     let names = s.mandate.agent_names(&ids).await.map_err(fail)?;
+    let for_ids: Vec<_> = list.iter().filter(|a| a.group.is_some()).map(|a| a.user).collect();
+    let people = s.mandate.user_names(&for_ids).await.map_err(fail)?;
     let name = |id: &AgentId| names.get(id).map_or_else(|| id.to_string(), |n| format!("{n} ({id})"));
     let cards = list
         .iter()
@@ -205,6 +207,12 @@ async fn approvals_live(
                 deny: format!("/approvals/{}/deny", a.id),
                 shown: shown_digest(a),
                 details: Vec::new(),
+                group: a.group.as_ref().map(|g| views::GroupCard {
+                    name: g.clone(),
+                    for_user: people.get(&a.user).map_or_else(|| a.user.to_string(), |n| format!("{n} ({})", a.user)),
+                    count: format!("{} of {} approvals", a.approved_by.len(), a.required),
+                    mine: a.approved_by.contains(&session.user.id),
+                }),
             };
             match &a.subject {
                 ApprovalSubject::Grant { scopes, authorization_details, .. } => {

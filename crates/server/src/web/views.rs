@@ -104,6 +104,18 @@ pub struct Card {
     pub shown: String,
     /// RFC 9396 details asked for (a grant) or checked (an action).
     pub details: Vec<DetailView>,
+    /// For a group approval: the group, the person it is for, and how
+    /// many approvals it has of how many it needs.
+    pub group: Option<GroupCard>,
+}
+
+/// What a group approval's card adds.
+pub struct GroupCard {
+    pub name: String,
+    pub for_user: String,
+    pub count: String,
+    /// Whether the person looking has approved it already.
+    pub mine: bool,
 }
 
 /// One RFC 9396 authorization detail as a person reads it: its type and

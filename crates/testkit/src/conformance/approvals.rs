@@ -5,9 +5,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use anyhow::{Result, ensure};
-use mandate_core::store::{ApprovalQuery, Mutation, Store, StoreError};
+use mandate_core::store::{ApprovalQuery, Change, Mutation, Store, StoreError};
 use mandate_model::records::{Approval, ApprovalStatus, ApprovalSubject};
-use mandate_model::{ApprovalId, UserId};
+use mandate_model::{AgentId, ApprovalId, UserId};
 use time::Duration;
 
 use super::fixtures::{one, people, t0, ulid, user};
@@ -29,6 +29,9 @@ pub async fn approvals_are_decided_and_used_once(s: &Arc<dyn Store>) -> Result<(
         decided_at: None,
         grant: None,
         polled_at: None,
+        group: None,
+        required: 1,
+        approved_by: Vec::new(),
     };
     let ciba = approval(ApprovalSubject::Grant {
         scopes: g.scopes.clone(),
@@ -57,13 +60,8 @@ pub async fn approvals_are_decided_and_used_once(s: &Arc<dyn Store>) -> Result<(
         matches!(one(s, Mutation::InsertApproval(ciba.clone())).await, Err(StoreError::Conflict(_))),
         "a duplicate approval"
     );
-    let pending = ApprovalQuery {
-        approver: Some(u.id),
-        status: Some(ApprovalStatus::Pending),
-        binding: None,
-        before: None,
-        limit: 10,
-    };
+    let pending =
+        ApprovalQuery { approver: Some(u.id), status: Some(ApprovalStatus::Pending), limit: 10, ..Default::default() };
     ensure!(s.approvals(&pending).await?.len() == 2);
     let bound = ApprovalQuery { binding: Some("b1".into()), limit: 10, ..ApprovalQuery::default() };
     ensure!(s.approvals(&bound).await?.into_iter().map(|x| x.id).collect::<Vec<_>>() == vec![action.id]);
@@ -128,6 +126,9 @@ pub async fn pending_requests_are_counted_and_approvals_paged(s: &Arc<dyn Store>
         decided_at: None,
         grant: None,
         polled_at: None,
+        group: None,
+        required: 1,
+        approved_by: Vec::new(),
     };
     let mut ids = Vec::new();
     for (who, minutes) in [(u.id, 10), (u.id, 10), (v.id, 10), (u.id, 1)] {
@@ -205,5 +206,163 @@ pub async fn pending_requests_are_counted_and_approvals_paged(s: &Arc<dyn Store>
     one(s, Mutation::TouchGrant { id: g.id, at: t0() + Duration::seconds(7) }).await?;
     ensure!(s.last_use_of_owned_agents(u.id).await? == vec![(a.id, t0() + Duration::seconds(7))]);
     ensure!(s.last_use_of_owned_agents(v.id).await?.is_empty());
+    Ok(())
+}
+
+/// A group approval (`@approval("group:<name>")`, DESIGN §13) of `u`'s
+/// request by `a`, needing `required` members of `group`.
+fn group_approval(u: &mandate_model::records::User, a: AgentId, group: &str, required: u32) -> Approval {
+    Approval {
+        id: ApprovalId::from_ulid(ulid()),
+        agent: a,
+        user: u.id,
+        approver: u.id,
+        resource: "https://api.example".into(),
+        subject: ApprovalSubject::Grant {
+            scopes: mandate_model::ScopeSet::default(),
+            requested_expiry: 600,
+            may_act: None,
+            authorization_details: Default::default(),
+        },
+        binding_message: None,
+        status: ApprovalStatus::Pending,
+        decided_by: None,
+        created_at: t0(),
+        expires_at: t0() + Duration::minutes(10),
+        decided_at: None,
+        grant: None,
+        polled_at: None,
+        group: Some(group.into()),
+        required,
+        approved_by: Vec::new(),
+    }
+}
+
+/// `N` members of a group, stored.
+pub(crate) async fn members<const N: usize>(s: &Arc<dyn Store>, groups: &[&str]) -> Result<[UserId; N]> {
+    let mut out = Vec::new();
+    for i in 0..N {
+        let mut m = user(&format!("member{i}-{}@example.com", ulid()));
+        m.groups = groups.iter().map(|g| (*g).to_owned()).collect();
+        one(s, Mutation::InsertUser(m.clone())).await?;
+        out.push(m.id);
+    }
+    out.try_into().map_err(|_| anyhow::anyhow!("not {N} members"))
+}
+
+pub async fn group_approvals_count_distinct_members_and_list_to_them(s: &Arc<dyn Store>) -> Result<()> {
+    let (u, a, _, _) = people(s, "group@example.com").await?;
+    let ms: [UserId; 3] = members(s, &["finance"]).await?;
+    let ap = group_approval(&u, a.id, "finance", 2);
+    one(s, Mutation::InsertApproval(ap.clone())).await?;
+    ensure!(s.approval(ap.id).await? == Some(ap.clone()), "a group approval did not round-trip");
+    // The group's people: by their own groups, and by a SCIM group's name.
+    let [scim_only] = members(s, &["sales"]).await?;
+    let g = mandate_model::records::ScimGroup {
+        id: mandate_model::GroupId::from_ulid(ulid()),
+        display_name: "finance".into(),
+        external_id: None,
+        members: Vec::new(),
+        revision: 1,
+        created_at: t0(),
+        updated_at: t0(),
+    };
+    let mut change = Change::new();
+    change.push(Mutation::InsertScimGroup(g.clone()));
+    change.push(Mutation::AddScimGroupMembers { group: g.id, users: vec![scim_only, ms[0]] });
+    s.commit(change).await?;
+    let mut expected = ms.to_vec();
+    expected.push(scim_only);
+    expected.sort();
+    let found: Vec<UserId> = s.group_members("finance").await?.into_iter().map(|x| x.id).collect();
+    ensure!(found == expected, "the members of finance: {found:?}, not {expected:?}");
+    ensure!(s.group_members("nobody").await?.is_empty());
+    // Listed to the group's members, not by the user it records.
+    let of = |who: UserId, groups: &[&str]| ApprovalQuery {
+        approver: Some(who),
+        groups: groups.iter().map(|g| (*g).to_owned()).collect(),
+        limit: 10,
+        ..ApprovalQuery::default()
+    };
+    ensure!(s.approvals(&of(ms[0], &["finance"])).await?.into_iter().map(|x| x.id).collect::<Vec<_>>() == vec![ap.id]);
+    ensure!(s.approvals(&of(ms[0], &["sales", "eng"])).await?.is_empty(), "listed to another group");
+    ensure!(s.approvals(&of(u.id, &[])).await?.is_empty(), "listed to the user it is for");
+    let count = |seen: Vec<UserId>, by| Mutation::CountApproval { id: ap.id, seen, by, at: t0() };
+    one(s, count(vec![], ms[0])).await?;
+    // A count from a stale read (what a concurrent decision saw) is refused.
+    ensure!(matches!(one(s, count(vec![], ms[1])).await, Err(StoreError::Conflict(_))), "a stale count counted");
+    ensure!(s.approval(ap.id).await?.map(|x| x.approved_by) == Some(vec![ms[0]]));
+    ensure!(s.approval(ap.id).await?.map(|x| x.status) == Some(ApprovalStatus::Pending));
+    let nobody = UserId::from_ulid(ulid());
+    ensure!(one(s, count(vec![ms[0]], nobody)).await.is_err(), "counted a missing user");
+    let mut change = Change::new();
+    change.push(count(vec![ms[0]], ms[1]));
+    change.push(Mutation::DecideApproval {
+        id: ap.id,
+        to: ApprovalStatus::Approved,
+        by: ms[1].to_string(),
+        grant: None,
+        at: t0(),
+    });
+    s.commit(change).await?;
+    let done = s.approval(ap.id).await?;
+    ensure!(
+        done.as_ref().map(|x| (x.status, x.approved_by.clone()))
+            == Some((ApprovalStatus::Approved, vec![ms[0], ms[1]]))
+    );
+    ensure!(
+        matches!(one(s, count(vec![ms[0], ms[1]], ms[2])).await, Err(StoreError::Conflict(_))),
+        "counted on a decided approval"
+    );
+    Ok(())
+}
+
+/// Every member of the group decides at once: exactly one decision
+/// changes the approval, whatever the interleaving, and the others fail
+/// with `Conflict` (the API's 409).
+pub async fn concurrent_group_decisions_make_one_transition(s: &Arc<dyn Store>) -> Result<()> {
+    let (u, a, _, _) = people(s, "race@example.com").await?;
+    let ms: [UserId; 12] = members(s, &["finance"]).await?;
+    for required in [1u32, 2] {
+        let ap = group_approval(&u, a.id, "finance", required);
+        one(s, Mutation::InsertApproval(ap.clone())).await?;
+        let mut seen = Vec::new();
+        if required == 2 {
+            one(s, Mutation::CountApproval { id: ap.id, seen: vec![], by: ms[0], at: t0() }).await?;
+            seen.push(ms[0]);
+        }
+        let mut tasks = Vec::new();
+        for (i, m) in ms.iter().copied().enumerate().skip(1) {
+            let (s, seen) = (s.clone(), seen.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut change = Change::new();
+                // Every third member denies; the others approve and complete.
+                let to = if i % 3 == 0 { ApprovalStatus::Denied } else { ApprovalStatus::Approved };
+                if to == ApprovalStatus::Approved {
+                    change.push(Mutation::CountApproval { id: ap.id, seen, by: m, at: t0() });
+                }
+                change.push(Mutation::DecideApproval { id: ap.id, to, by: m.to_string(), grant: None, at: t0() });
+                s.commit(change).await.map(|_| (m, to))
+            }));
+        }
+        let mut won = Vec::new();
+        for t in tasks {
+            match t.await? {
+                Ok(w) => won.push(w),
+                Err(StoreError::Conflict(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let &[(by, to)] = won.as_slice() else {
+            anyhow::bail!("{} concurrent decisions of one approval succeeded", won.len());
+        };
+        let after = s.approval(ap.id).await?.ok_or_else(|| anyhow::anyhow!("the approval is gone"))?;
+        ensure!(after.status == to && after.decided_by == Some(by.to_string()), "the winner's decision is not stored");
+        let mut expected = seen.clone();
+        if to == ApprovalStatus::Approved {
+            expected.push(by);
+        }
+        ensure!(after.approved_by == expected, "approvals of losing decisions were counted: {:?}", after.approved_by);
+    }
     Ok(())
 }

@@ -302,6 +302,9 @@ pub async fn records_refer_only_to_records_that_exist(s: &Arc<dyn Store>) -> Res
         decided_at: None,
         grant: None,
         polled_at: None,
+        group: None,
+        required: 1,
+        approved_by: Vec::new(),
     };
     let variants = [
         (Approval { agent: no_agent, ..approval.clone() }, "an approval for a missing agent"),

@@ -84,6 +84,9 @@ pub async fn backchannels_and_callbacks_round_trip(s: &Arc<dyn Store>) -> Result
         decided_at: None,
         grant: None,
         polled_at: None,
+        group: None,
+        required: 1,
+        approved_by: Vec::new(),
     };
     let callback = CibaCallback {
         approval: approval.id,

@@ -253,5 +253,8 @@ pub(crate) fn pending_grant_approval(u: &User, a: &Agent, g: &Grant) -> mandate_
         decided_at: None,
         grant: None,
         polled_at: None,
+        group: None,
+        required: 1,
+        approved_by: Vec::new(),
     }
 }

@@ -143,6 +143,8 @@ macro_rules! store_conformance {
             approvals {
                 approvals_are_decided_and_used_once,
                 pending_requests_are_counted_and_approvals_paged,
+                group_approvals_count_distinct_members_and_list_to_them,
+                concurrent_group_decisions_make_one_transition,
             }
             deliveries {
                 backchannels_and_callbacks_round_trip,

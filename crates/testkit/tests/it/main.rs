@@ -14,6 +14,7 @@ mod failclosed;
 mod gateway;
 mod gateway_proxy;
 mod golden;
+mod group_approvals;
 mod keys;
 mod lifecycle;
 mod memory_store;

@@ -504,6 +504,9 @@ async fn the_inbox_pages_and_every_decision_reads_its_own_record() -> Result<()>
             decided_at: None,
             grant: None,
             polled_at: None,
+            group: None,
+            required: 1,
+            approved_by: Vec::new(),
         }));
     }
     for n in 0..1_001u64 {
