@@ -8,8 +8,9 @@
 //! key-encryption key: a push carries tokens and a ping a bearer token.
 //! Contents are never logged.
 
+use mandate_model::ApprovalId;
 use mandate_model::delivery::{CibaCallback, Delivery, DeliveryMode, DeliveryStatus};
-use mandate_model::records::{Approval, ApprovalSubject, User};
+use mandate_model::records::{Approval, ApprovalStatus, ApprovalSubject, User};
 use serde::{Deserialize, Serialize};
 use time::{Duration, OffsetDateTime};
 
@@ -24,6 +25,11 @@ use crate::store::{Change, Mutation, StoreError};
 pub const PING: &str = "ciba.ping";
 /// The outbox channel of a CIBA push callback.
 pub const PUSH: &str = "ciba.push";
+/// The outbox channel of the ping or push that tells a ping or push agent
+/// its request expired undecided (CIBA §12 `expired_token`). It is written
+/// with the request, due when the request expires, and sent only if the
+/// request is still undecided then.
+pub const EXPIRY: &str = "ciba.expiry";
 /// Attempts made before an item is given up (and the failure audited).
 pub const MAX_ATTEMPTS: u32 = 6;
 /// The wait after failed attempt n (1-based) before the next, seconds:
@@ -98,6 +104,17 @@ pub(crate) enum Ended<'a> {
     /// Approved, but no token could be issued (the person's rights or the
     /// agent changed meanwhile): CIBA §12's `transaction_failed`.
     Failed(String),
+    /// Not decided by the time it expires, at this time: CIBA §12's
+    /// `expired_token`, due then.
+    Expired(OffsetDateTime),
+}
+
+/// What an attempt came to, short of a failure.
+#[derive(Debug, PartialEq, Eq)]
+enum Sent {
+    Sent,
+    /// Nothing needed sending after all: why.
+    Moot(&'static str),
 }
 
 fn sealing_context(id: &str) -> Vec<u8> {
@@ -205,6 +222,17 @@ impl Mandate {
         target: &str,
         content: &[u8],
     ) -> Result<(), Error> {
+        self.enqueue_due(change, (channel, about, target), content, self.clock.now())
+    }
+
+    /// [`Mandate::enqueue`], due at `due`.
+    fn enqueue_due(
+        &self,
+        change: &mut Change,
+        (channel, about, target): (&str, &str, &str),
+        content: &[u8],
+        due: OffsetDateTime,
+    ) -> Result<(), Error> {
         let id = format!("dlv_{}", new_ulid(self.clock.as_ref(), self.rng.as_ref())?);
         let sealed = self.kek.seal(&sealing_context(&id), content).map_err(|e| Error::Unavailable(e.to_string()))?;
         let now = self.clock.now();
@@ -216,7 +244,7 @@ impl Mandate {
             sealed,
             status: DeliveryStatus::Pending,
             attempts: 0,
-            next_at: now,
+            next_at: due.max(now),
             lease_holder: None,
             lease_until: None,
             created_at: now,
@@ -240,6 +268,10 @@ impl Mandate {
             .ok()
             .and_then(|b| String::from_utf8(b).ok())
             .ok_or_else(|| Error::Unavailable("a client_notification_token cannot be unsealed".into()))?;
+        let due = match &ended {
+            Ended::Expired(at) => *at,
+            _ => self.clock.now(),
+        };
         let (channel, body) = match (callback.mode, ended) {
             (DeliveryMode::Push, Ended::Approved(Some(t))) => {
                 let mut body = serde_json::json!({
@@ -273,12 +305,21 @@ impl Mandate {
                     "error_description": why,
                 }),
             ),
+            (DeliveryMode::Push, Ended::Expired(_)) => (
+                EXPIRY,
+                serde_json::json!({
+                    "auth_req_id": id,
+                    "error": "expired_token",
+                    "error_description": "the request expired before anyone decided it",
+                }),
+            ),
+            (DeliveryMode::Ping, Ended::Expired(_)) => (EXPIRY, serde_json::json!({ "auth_req_id": id })),
             (DeliveryMode::Ping, _) => (PING, serde_json::json!({ "auth_req_id": id })),
             (DeliveryMode::Poll, _) => return Ok(()),
         };
         let content = serde_json::to_vec(&Callback { url: callback.endpoint.clone(), bearer, body })
             .map_err(|e| Error::Unavailable(e.to_string()))?;
-        self.enqueue(change, channel, &id, &shown_url(&callback.endpoint), &content)
+        self.enqueue_due(change, (channel, &id, &shown_url(&callback.endpoint)), &content, due)
     }
 
     /// Who is told that `approval` waits for a decision. The one place
@@ -356,19 +397,36 @@ impl Mandate {
         Ok(attempted)
     }
 
-    async fn send(&self, item: &Delivery) -> Result<(), SendFailure> {
+    async fn send(&self, item: &Delivery) -> Result<Sent, SendFailure> {
         let lasting = |why: &str| SendFailure { why: why.to_owned(), retry: false };
+        if item.channel == EXPIRY {
+            // Only a request still undecided when it expires is announced.
+            let id: ApprovalId = item.about.parse().map_err(|_| lasting("not about a request"))?;
+            let approval = self
+                .store
+                .approval(id)
+                .await
+                .map_err(|e| SendFailure { why: crate::audit::bounded(&e.to_string()), retry: true })?;
+            match approval {
+                None => return Ok(Sent::Moot("the request is gone")),
+                Some(a) if a.status != ApprovalStatus::Pending => return Ok(Sent::Moot("the request was decided")),
+                Some(a) if self.clock.now() < a.expires_at => {
+                    return Err(SendFailure { why: "the request has not expired yet".into(), retry: true });
+                }
+                Some(_) => {}
+            }
+        }
         let content = self
             .kek
             .open(&sealing_context(&item.id), &item.sealed)
             .map_err(|_| lasting("the content cannot be unsealed"))?;
         match item.channel.as_str() {
-            PING | PUSH => {
+            PING | PUSH | EXPIRY => {
                 let sender = self.callbacks.get().ok_or_else(|| lasting("no callback sender is configured"))?;
                 let cb: Callback =
                     serde_json::from_slice(&content).map_err(|_| lasting("the content is not a callback"))?;
                 let body = serde_json::to_vec(&cb.body).map_err(|_| lasting("the body cannot be encoded"))?;
-                sender.post_json(&cb.url, &cb.bearer, &body).await
+                sender.post_json(&cb.url, &cb.bearer, &body).await.map(|()| Sent::Sent)
             }
             channel => {
                 let notifier = self
@@ -378,17 +436,20 @@ impl Mandate {
                     .ok_or_else(|| lasting(&format!("no notifier for channel {channel} is configured")))?;
                 let notice: ApprovalNotice =
                     serde_json::from_slice(&content).map_err(|_| lasting("the content is not a notice"))?;
-                notifier.notify(&notice).await
+                notifier.notify(&notice).await.map(|()| Sent::Sent)
             }
         }
     }
 
-    async fn finish(&self, item: &Delivery, holder: &str, outcome: Result<(), SendFailure>) -> Result<(), Error> {
+    async fn finish(&self, item: &Delivery, holder: &str, outcome: Result<Sent, SendFailure>) -> Result<(), Error> {
         let now = self.clock.now();
         let attempts = item.attempts.saturating_add(1);
         let mut change = Change::new();
+        let moot = matches!(outcome, Ok(Sent::Moot(_)));
         let (status, next_at, error) = match &outcome {
-            Ok(()) => (DeliveryStatus::Delivered, now, None),
+            Ok(Sent::Sent) => (DeliveryStatus::Delivered, now, None),
+            // Done with, nothing sent: recorded on the item, not audited.
+            Ok(Sent::Moot(why)) => (DeliveryStatus::Delivered, now, Some(format!("not sent: {why}"))),
             Err(f) if f.retry && attempts < MAX_ATTEMPTS => {
                 let mut jitter = [0u8; 1];
                 self.rng.fill(&mut jitter)?;
@@ -404,7 +465,7 @@ impl Mandate {
             next_at,
             error: error.clone(),
         });
-        if status != DeliveryStatus::Pending {
+        if status != DeliveryStatus::Pending && !moot {
             let delivered = status == DeliveryStatus::Delivered;
             let mut event = self.event(if delivered { kind::DELIVERY_SENT } else { kind::DELIVERY_FAILED });
             event.decision = Some(if delivered { ALLOW } else { DENY }.into());
@@ -537,8 +598,55 @@ mod tests {
         Ok(asked.auth_req_id.parse().expect("an approval id"))
     }
 
+    /// The outbox items about `id`, but the expiry announcement each
+    /// waiting ping or push request has (due only when it expires).
     async fn items(w: &World, id: ApprovalId) -> Vec<Delivery> {
-        w.store.deliveries_about(&id.to_string()).await.expect("a store that answers")
+        let all = w.store.deliveries_about(&id.to_string()).await.expect("a store that answers");
+        all.into_iter().filter(|d| d.channel != EXPIRY).collect()
+    }
+
+    #[tokio::test]
+    async fn a_request_that_expires_undecided_is_announced_and_a_decided_one_is_not() {
+        let w = World::new().await;
+        let rx = Arc::new(Receiver::default());
+        w.m.set_callback_sender(rx.clone());
+        register(&w, &w.planner, DeliveryMode::Push).await;
+        let id = ask(&w, &w.planner, "write", Some("cb-exp")).await.unwrap();
+        let all = w.store.deliveries_about(&id.to_string()).await.unwrap();
+        assert_eq!(all.iter().map(|d| d.channel.as_str()).collect::<Vec<_>>(), vec![EXPIRY]);
+        let expires = w.store.approval(id).await.unwrap().unwrap().expires_at;
+        assert_eq!(all[0].next_at, expires, "due when the request expires");
+        assert_eq!(w.m.deliver_due("n1").await.unwrap(), 0, "not before it expires");
+        w.clock.advance(expires - w.clock.now() + Duration::seconds(1));
+        assert_eq!(w.m.deliver_due("n1").await.unwrap(), 1);
+        let got = rx.got();
+        assert_eq!(got.len(), 1, "{got:?}");
+        let (_, bearer, body) = &got[0];
+        assert_eq!(bearer, "cb-exp");
+        assert_eq!(
+            (body["auth_req_id"].as_str(), body["error"].as_str()),
+            (Some(id.to_string().as_str()), Some("expired_token"))
+        );
+        assert!(body.get("access_token").is_none());
+        assert_eq!(w.events(kind::DELIVERY_SENT).await.len(), 1);
+        assert_eq!(w.m.deliver_due("n1").await.unwrap(), 0, "announced once");
+        // A request decided before it expires is announced by its decision only.
+        register(&w, &w.planner, DeliveryMode::Ping).await;
+        let decided = ask(&w, &w.planner, "write", Some("cb-dec")).await.unwrap();
+        w.m.decide_approval(Caller::User(w.alice.id), decided, false).await.unwrap();
+        let expires = w.store.approval(decided).await.unwrap().unwrap().expires_at;
+        w.clock.advance(expires - w.clock.now() + Duration::seconds(1));
+        assert_eq!(w.m.deliver_due("n1").await.unwrap(), 2, "the ping, and the moot expiry");
+        let got = rx.got();
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert_eq!(got[1].2, serde_json::json!({"auth_req_id": decided}));
+        let left = w.store.deliveries_about(&decided.to_string()).await.unwrap();
+        let expiry = left.iter().find(|d| d.channel == EXPIRY).unwrap();
+        assert_eq!(
+            (expiry.status, expiry.last_error.as_deref()),
+            (DeliveryStatus::Delivered, Some("not sent: the request was decided"))
+        );
+        assert_eq!(w.events(kind::DELIVERY_SENT).await.len(), 2, "what was not sent is not audited as sent");
     }
 
     #[tokio::test]

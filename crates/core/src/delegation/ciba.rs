@@ -247,8 +247,12 @@ impl Mandate {
                     &details,
                 );
                 self.notify_approvers(&mut change, &approval).await?;
+                let expires_at = approval.expires_at;
                 change.push(Mutation::InsertApproval(approval));
                 if let Some(cb) = callback {
+                    // A ping or push agent hears of a request that expires
+                    // undecided too (CIBA §12 `expired_token`).
+                    self.enqueue_callback(&mut change, &cb, Ended::Expired(expires_at))?;
                     change.push(Mutation::InsertCibaCallback(cb));
                 }
                 change.push(AuditRecord::new(event).mutation());
