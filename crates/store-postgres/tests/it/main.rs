@@ -253,6 +253,163 @@ async fn changes_are_pushed_between_nodes() -> anyhow::Result<()> {
     result
 }
 
+/// A PostgreSQL cluster of the test's own, on a free port, that it may
+/// crash and restart (the shared server must stay up for every other test).
+struct PrivateCluster {
+    bin: std::path::PathBuf,
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl PrivateCluster {
+    /// Runs a PostgreSQL program as the owner of the data directory (the
+    /// `postgres` user when the tests run as root, which PostgreSQL refuses).
+    fn run(&self, program: &str, args: &[&str]) -> anyhow::Result<()> {
+        let exe = self.bin.join(program);
+        let root = std::process::Command::new("id").arg("-u").output()?.stdout.starts_with(b"0");
+        let status = if root {
+            std::process::Command::new("runuser").args(["-u", "postgres", "--"]).arg(&exe).args(args).status()?
+        } else {
+            std::process::Command::new(&exe).args(args).status()?
+        };
+        anyhow::ensure!(status.success(), "{program} {args:?}: {status}");
+        Ok(())
+    }
+
+    fn start() -> anyhow::Result<Self> {
+        let versions = std::fs::read_dir("/usr/lib/postgresql")?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.join("bin/initdb").exists())
+            .max_by_key(|p| p.file_name().and_then(|n| n.to_str()).and_then(|n| n.parse::<u32>().ok()).unwrap_or(0))
+            .ok_or_else(|| anyhow::anyhow!("no PostgreSQL server programs under /usr/lib/postgresql"))?;
+        let dir = tempfile::tempdir()?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let me = Self { bin: versions.join("bin"), dir, port };
+        if std::process::Command::new("id").arg("-u").output()?.stdout.starts_with(b"0") {
+            let s = std::process::Command::new("chown").arg("-R").arg("postgres").arg(me.dir.path()).status()?;
+            anyhow::ensure!(s.success(), "chown: {s}");
+        }
+        let data = me.data();
+        me.run("initdb", &["-D", &data, "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"])?;
+        me.pg_ctl("start")?;
+        Ok(me)
+    }
+
+    fn data(&self) -> String {
+        self.dir.path().join("data").display().to_string()
+    }
+
+    fn pg_ctl(&self, verb: &str) -> anyhow::Result<()> {
+        let opts = format!("-p {} -k {} -c listen_addresses=127.0.0.1", self.port, self.dir.path().display());
+        let log = self.dir.path().join("log").display().to_string();
+        let data = self.data();
+        match verb {
+            // An immediate shutdown is a crash: recovery replays the WAL.
+            "restart" => {
+                self.run("pg_ctl", &["-D", &data, "-o", &opts, "-l", &log, "-m", "immediate", "-w", "restart"])
+            }
+            "stop" => self.run("pg_ctl", &["-D", &data, "-m", "immediate", "-w", "stop"]),
+            _ => self.run("pg_ctl", &["-D", &data, "-o", &opts, "-l", &log, "-w", "start"]),
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+}
+
+impl Drop for PrivateCluster {
+    fn drop(&mut self) {
+        let _ = self.pg_ctl("stop");
+    }
+}
+
+/// Issue 17 §1: PostgreSQL crashes and restarts under load. The nodes are
+/// not restarted: they refuse while it is down (fail closed), serve again
+/// once it is back, and every token they acknowledged is still there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_survive_a_postgres_restart_without_losing_an_acknowledged_write() -> anyhow::Result<()> {
+    use mandate_testkit::TestServer;
+    use std::time::Duration;
+    let cluster = PrivateCluster::start()?;
+    let dir = tempfile::tempdir()?;
+    let clock = Arc::new(mandate_core::ManualClock::new(mandate_core::Clock::now(&mandate_core::SystemClock)));
+    let pin = |c: &mut mandate_core::Config| c.issuer = "https://mandate.test".into();
+    let store_a: Arc<dyn Store> = Arc::new(mandate_store_postgres::PostgresStore::connect(&cluster.url()).await?);
+    let store_b: Arc<dyn Store> = Arc::new(mandate_store_postgres::PostgresStore::connect(&cluster.url()).await?);
+    let a = Arc::new(TestServer::start_on(store_a, dir.path(), clock.clone(), pin).await?);
+    let b = Arc::new(TestServer::start_on(store_b, dir.path(), clock.clone(), pin).await?);
+    let (_, agent) = a.seed().await?;
+    b.mandate.sync_from_store().await?;
+    let agent = Arc::new(agent);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Two clients per node, issuing as fast as they are answered.
+    let mut load = Vec::new();
+    for node in [a.clone(), b.clone(), a.clone(), b.clone()] {
+        let (agent, stop) = (agent.clone(), stop.clone());
+        load.push(tokio::spawn(async move {
+            let mut acknowledged = Vec::new();
+            let mut refused = 0u32;
+            let mut last_ok = None;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                match node.token(&agent, "https://api.example.com", "read").await {
+                    Ok((200, body)) => {
+                        acknowledged.push(body["access_token"].as_str().unwrap_or_default().to_owned());
+                        last_ok = Some(tokio::time::Instant::now());
+                    }
+                    // Fail closed while the database is away (and the
+                    // per-address limit, which this load can reach).
+                    Ok((st, body)) => {
+                        anyhow::ensure!(st == 503 || st == 429, "an outage answered {st} {body}");
+                        refused += 1;
+                    }
+                    Err(_) => refused += 1,
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            Ok::<_, anyhow::Error>((acknowledged, refused, last_ok))
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let restarted = tokio::time::Instant::now();
+    // Crashed (an immediate shutdown: recovery replays the WAL), down for
+    // two seconds, then started again.
+    let c = tokio::task::spawn_blocking(move || {
+        cluster.pg_ctl("stop")?;
+        std::thread::sleep(Duration::from_secs(2));
+        cluster.pg_ctl("start").map(|()| cluster)
+    })
+    .await??;
+    let back = tokio::time::Instant::now();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut tokens = Vec::new();
+    let mut refused = 0;
+    for l in load {
+        let (acknowledged, r, last_ok) = l.await??;
+        anyhow::ensure!(last_ok.is_some_and(|t| t > back), "a client was never served after the restart");
+        tokens.extend(acknowledged);
+        refused += r;
+    }
+    anyhow::ensure!(tokens.len() > 20, "too little load: {} tokens", tokens.len());
+    anyhow::ensure!(refused > 0, "nothing was refused while the database was down");
+    // Every token acknowledged, before, during or after the crash, is live
+    // on both nodes: nothing acknowledged was lost.
+    for t in &tokens {
+        for node in [&a, &b] {
+            let seen = node.introspect(t).await?;
+            anyhow::ensure!(seen["active"] == true, "an acknowledged token was lost: {seen}");
+        }
+    }
+    eprintln!(
+        "down and back in {:?}; {} tokens acknowledged, {refused} requests refused meanwhile",
+        back - restarted,
+        tokens.len()
+    );
+    drop(c);
+    Ok(())
+}
+
 /// The delegation scenarios (DESIGN §3), each on a fresh database, as the
 /// SQLite suite runs them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
