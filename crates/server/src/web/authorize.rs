@@ -98,6 +98,7 @@ fn consent(s: &AppState, signed: &Signed, req: &AuthorizeRequest) -> Response {
         csrf: signed.session.csrf.clone(),
         params: consent_params(req),
         details: views::DetailView::all(&req.authorization_details),
+        actors: req.allowed_actors.as_ref().map(|m| m.to_strings()).unwrap_or_default(),
     };
     let mut resp = html(StatusCode::OK, &view);
     // The form's answer redirects to the client: let the form go there.

@@ -376,4 +376,7 @@ pub struct ConsentPage {
     pub params: Vec<(String, String)>,
     /// RFC 9396 details the person is asked to approve.
     pub details: Vec<DetailView>,
+    /// The only agents (or groups) the grant's tokens may be passed on to
+    /// (`allowed_actors`, ADR 0024); empty when the request names none.
+    pub actors: Vec<String>,
 }

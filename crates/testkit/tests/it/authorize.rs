@@ -393,7 +393,14 @@ async fn allowed_actors_on_the_authorization_request_becomes_may_act() -> Result
     }
     let named = f.w.planner.id.clone();
     let list = format!("group:ops {named}");
-    let (back, _) = f.consent(&authorize_url(&f, &[("allowed_actors", &list)], &[]), "allow").await?;
+    let (back, page) = f.consent(&authorize_url(&f, &[("allowed_actors", &list)], &[]), "allow").await?;
+    // The person sees to whom the access may be passed on.
+    assert!(
+        page.contains("<dt>Passed on only to</dt>")
+            && page.contains(&format!("<li><code>{named}</code></li>"))
+            && page.contains("<li><code>group:ops</code></li>"),
+        "{page}"
+    );
     let code = param(&back, "code").unwrap_or_default();
     let (st, tokens) = f.redeem(&code, Some(VERIFIER), REDIRECT).await?;
     assert_eq!(st, 200, "{tokens}");
