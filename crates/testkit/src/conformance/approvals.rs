@@ -6,11 +6,11 @@ use std::sync::Arc;
 
 use anyhow::{Result, ensure};
 use mandate_core::store::{ApprovalQuery, Change, Mutation, Store, StoreError};
-use mandate_model::records::{Approval, ApprovalStatus, ApprovalSubject};
-use mandate_model::{AgentId, ApprovalId, UserId};
+use mandate_model::records::{Agent, Approval, ApprovalStatus, ApprovalSubject, Grant, User};
+use mandate_model::{ApprovalId, UserId};
 use time::Duration;
 
-use super::fixtures::{one, people, t0, ulid, user};
+use super::fixtures::{one, pending_grant_approval, people, t0, ulid, user};
 
 pub async fn approvals_are_decided_and_used_once(s: &Arc<dyn Store>) -> Result<()> {
     let (u, a, _, g) = people(s, "ap@example.com").await?;
@@ -211,31 +211,8 @@ pub async fn pending_requests_are_counted_and_approvals_paged(s: &Arc<dyn Store>
 
 /// A group approval (`@approval("group:<name>")`, DESIGN §13) of `u`'s
 /// request by `a`, needing `required` members of `group`.
-fn group_approval(u: &mandate_model::records::User, a: AgentId, group: &str, required: u32) -> Approval {
-    Approval {
-        id: ApprovalId::from_ulid(ulid()),
-        agent: a,
-        user: u.id,
-        approver: u.id,
-        resource: "https://api.example".into(),
-        subject: ApprovalSubject::Grant {
-            scopes: mandate_model::ScopeSet::default(),
-            requested_expiry: 600,
-            may_act: None,
-            authorization_details: Default::default(),
-        },
-        binding_message: None,
-        status: ApprovalStatus::Pending,
-        decided_by: None,
-        created_at: t0(),
-        expires_at: t0() + Duration::minutes(10),
-        decided_at: None,
-        grant: None,
-        polled_at: None,
-        group: Some(group.into()),
-        required,
-        approved_by: Vec::new(),
-    }
+fn group_approval(u: &User, a: &Agent, g: &Grant, group: &str, required: u32) -> Approval {
+    Approval { group: Some(group.into()), required, ..pending_grant_approval(u, a, g) }
 }
 
 /// `N` members of a group, stored.
@@ -251,9 +228,9 @@ pub(crate) async fn members<const N: usize>(s: &Arc<dyn Store>, groups: &[&str])
 }
 
 pub async fn group_approvals_count_distinct_members_and_list_to_them(s: &Arc<dyn Store>) -> Result<()> {
-    let (u, a, _, _) = people(s, "group@example.com").await?;
+    let (u, a, _, g) = people(s, "group@example.com").await?;
     let ms: [UserId; 3] = members(s, &["finance"]).await?;
-    let ap = group_approval(&u, a.id, "finance", 2);
+    let ap = group_approval(&u, &a, &g, "finance", 2);
     one(s, Mutation::InsertApproval(ap.clone())).await?;
     ensure!(s.approval(ap.id).await? == Some(ap.clone()), "a group approval did not round-trip");
     // The group's people: by their own groups, and by a SCIM group's name.
@@ -321,10 +298,10 @@ pub async fn group_approvals_count_distinct_members_and_list_to_them(s: &Arc<dyn
 /// changes the approval, whatever the interleaving, and the others fail
 /// with `Conflict` (the API's 409).
 pub async fn concurrent_group_decisions_make_one_transition(s: &Arc<dyn Store>) -> Result<()> {
-    let (u, a, _, _) = people(s, "race@example.com").await?;
+    let (u, a, _, g) = people(s, "race@example.com").await?;
     let ms: [UserId; 12] = members(s, &["finance"]).await?;
     for required in [1u32, 2] {
-        let ap = group_approval(&u, a.id, "finance", required);
+        let ap = group_approval(&u, &a, &g, "finance", required);
         one(s, Mutation::InsertApproval(ap.clone())).await?;
         let mut seen = Vec::new();
         if required == 2 {

@@ -9,10 +9,9 @@ use anyhow::{Result, ensure};
 use mandate_core::store::{Mutation, Store, StoreError};
 use mandate_model::ApprovalId;
 use mandate_model::delivery::{Backchannel, CibaCallback, Delivery, DeliveryMode, DeliveryStatus};
-use mandate_model::records::{Approval, ApprovalStatus, ApprovalSubject};
 use time::Duration;
 
-use super::fixtures::{agent, one, people, t0, ulid};
+use super::fixtures::{agent, one, pending_grant_approval, people, t0, ulid};
 
 fn delivery(about: &str, due_in: i64) -> Delivery {
     Delivery {
@@ -64,30 +63,7 @@ pub async fn backchannels_and_callbacks_round_trip(s: &Arc<dyn Store>) -> Result
     let stranger = agent(u.id, None);
     let missing = Mutation::SetBackchannel { agent: stranger.id, backchannel: Backchannel::default() };
     ensure!(matches!(one(s, missing).await, Err(StoreError::Conflict(_))), "a backchannel for a missing agent");
-    let approval = Approval {
-        id: ApprovalId::from_ulid(ulid()),
-        agent: a.id,
-        user: u.id,
-        approver: u.id,
-        resource: "https://api.example".into(),
-        subject: ApprovalSubject::Grant {
-            scopes: g.scopes.clone(),
-            requested_expiry: 600,
-            may_act: None,
-            authorization_details: Default::default(),
-        },
-        binding_message: None,
-        status: ApprovalStatus::Pending,
-        decided_by: None,
-        created_at: t0(),
-        expires_at: t0() + Duration::minutes(10),
-        decided_at: None,
-        grant: None,
-        polled_at: None,
-        group: None,
-        required: 1,
-        approved_by: Vec::new(),
-    };
+    let approval = pending_grant_approval(&u, &a, &g);
     let callback = CibaCallback {
         approval: approval.id,
         agent: a.id,
