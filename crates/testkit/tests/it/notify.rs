@@ -96,18 +96,21 @@ async fn register(w: &World, mode: &str, url: &str) -> Result<(u16, Value)> {
 
 /// A CIBA request for `write` (which waits for Alice) with a notification token.
 async fn ask(w: &World, token: &str) -> Result<String> {
-    let (st, body) = w
-        .ciba(
-            &w.planner,
-            &[
-                ("login_hint", "alice@example.com"),
-                ("scope", "write"),
-                ("resource", CAL),
-                ("binding_message", "book the venue"),
-                ("client_notification_token", token),
-            ],
-        )
-        .await?;
+    ask_with(w, Some(token)).await
+}
+
+/// A CIBA request for `write`, with a notification token when given.
+async fn ask_with(w: &World, token: Option<&str>) -> Result<String> {
+    let mut form = vec![
+        ("login_hint", "alice@example.com"),
+        ("scope", "write"),
+        ("resource", CAL),
+        ("binding_message", "book the venue"),
+    ];
+    if let Some(t) = token {
+        form.push(("client_notification_token", t));
+    }
+    let (st, body) = w.ciba(&w.planner, &form).await?;
     ensure!(st == 200, "bc-authorize: {st} {body}");
     body["auth_req_id"].as_str().map(str::to_owned).context("auth_req_id")
 }
@@ -307,19 +310,7 @@ async fn approvers_are_told_by_a_signed_webhook() -> Result<()> {
     let hook = mandate_server::notify::WebhookNotifier::new(&rx.url, secret, true, w.s.mandate.clock())
         .map_err(anyhow::Error::msg)?;
     w.s.mandate.set_notifiers(vec![Arc::new(hook)]);
-    let (st, body) = w
-        .ciba(
-            &w.planner,
-            &[
-                ("login_hint", "alice@example.com"),
-                ("scope", "write"),
-                ("resource", CAL),
-                ("binding_message", "book the venue"),
-            ],
-        )
-        .await?;
-    ensure!(st == 200, "{st} {body}");
-    let id = body["auth_req_id"].as_str().context("auth_req_id")?.to_owned();
+    let id = ask_with(&w, None).await?;
     let got = rx.wait_for(1).await?;
     let g = &got[0];
     ensure!(g.header("webhook-id") == id, "{:?}", g.headers);
@@ -394,19 +385,7 @@ async fn approvers_are_emailed_through_smtp() -> Result<()> {
         mandate_server::notify::SmtpNotifier::new(&format!("smtp://127.0.0.1:{port}"), "Mandate <mandate@example.com>")
             .map_err(anyhow::Error::msg)?;
     w.s.mandate.set_notifiers(vec![Arc::new(smtp)]);
-    let (st, body) = w
-        .ciba(
-            &w.planner,
-            &[
-                ("login_hint", "alice@example.com"),
-                ("scope", "write"),
-                ("resource", CAL),
-                ("binding_message", "book the venue"),
-            ],
-        )
-        .await?;
-    ensure!(st == 200, "{st} {body}");
-    let id = body["auth_req_id"].as_str().context("auth_req_id")?.to_owned();
+    let id = ask_with(&w, None).await?;
     let mut mail = String::new();
     for _ in 0..100 {
         if let Ok(entries) = std::fs::read_dir(maildir.join("new")) {
