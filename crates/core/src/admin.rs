@@ -537,7 +537,7 @@ impl Mandate {
         }
         let related = self.related(&[&parent], &[]).await?;
         let facts = self.facts(None, &[&parent], live.record.cnf_jkt.is_some());
-        let d = self.engine().decide_with(
+        let d = self.fresh_engine().await?.decide_with(
             mandate_policy::Principal::Agent(&parent),
             "mandate:spawn",
             mandate_policy::Target::Api(&self.config.issuer),
@@ -1155,7 +1155,7 @@ impl Mandate {
         self.require_admin(caller).await?;
         let actions = self.action_catalog().await?;
         let context = self.context_catalog().await?;
-        let engine = self.engine();
+        let engine = self.fresh_engine().await?;
         Ok((
             engine.version().to_owned(),
             engine.text().to_owned(),

@@ -7,8 +7,13 @@
 //! agent that has federated credentials, advance the epoch). Resources,
 //! which never change once registered, are kept as read. Everything else
 //! passes straight through.
+//!
+//! It also remembers the newest epoch any request read through it
+//! ([`CachingStore::seen_epoch`]): a node holding policies and keys loaded
+//! at an older epoch reloads them before deciding (decision 0030).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use mandate_audit::{Checkpoint, Event};
@@ -34,6 +39,8 @@ pub struct CachingStore {
     users: Cache<UserId, (u64, Option<User>)>,
     /// Resources never change once registered: kept without an epoch.
     resources: Cache<ResourceId, Resource>,
+    /// The newest epoch read through this store.
+    seen: AtomicU64,
 }
 
 impl CachingStore {
@@ -44,7 +51,21 @@ impl CachingStore {
             federated: Cache::new(MAX_RECORDS),
             users: Cache::new(MAX_RECORDS),
             resources: Cache::new(MAX_RECORDS),
+            seen: AtomicU64::new(0),
         }
+    }
+
+    /// The newest store epoch any request has read through this store.
+    /// Whatever a request read after its own epoch read is at least that
+    /// new, so this is a lower bound of what the node must have loaded.
+    pub fn seen_epoch(&self) -> u64 {
+        self.seen.load(Ordering::Acquire)
+    }
+
+    async fn read_epoch(&self) -> Result<u64, StoreError> {
+        let epoch = self.inner.epoch().await?;
+        self.seen.fetch_max(epoch, Ordering::AcqRel);
+        Ok(epoch)
     }
 }
 
@@ -65,7 +86,7 @@ impl Store for CachingStore {
         self.inner.commit(change).await
     }
     async fn epoch(&self) -> Result<u64, StoreError> {
-        self.inner.epoch().await
+        self.read_epoch().await
     }
     async fn setting(&self, key: &str) -> Result<Option<String>, StoreError> {
         self.inner.setting(key).await
@@ -74,7 +95,7 @@ impl Store for CachingStore {
         self.inner.group_members(group).await
     }
     async fn user(&self, id: UserId) -> Result<Option<User>, StoreError> {
-        let epoch = self.inner.epoch().await?;
+        let epoch = self.read_epoch().await?;
         if let Some(u) = hit(&self.users, &id, epoch) {
             return Ok(u);
         }
@@ -110,7 +131,7 @@ impl Store for CachingStore {
     }
 
     async fn agents_federated_by(&self, issuer: &str, subject: &str) -> Result<Vec<Agent>, StoreError> {
-        let epoch = self.inner.epoch().await?;
+        let epoch = self.read_epoch().await?;
         let key = (issuer.to_owned(), subject.to_owned());
         if let Some(a) = hit(&self.federated, &key, epoch) {
             return Ok(a);
@@ -125,7 +146,7 @@ impl Store for CachingStore {
     }
 
     async fn agent(&self, id: AgentId) -> Result<Option<Agent>, StoreError> {
-        let epoch = self.inner.epoch().await?;
+        let epoch = self.read_epoch().await?;
         if let Some(a) = hit(&self.agents, &id, epoch) {
             return Ok(a);
         }

@@ -286,7 +286,7 @@ impl Mandate {
         // Read first: whatever is read below is at least this new, so a
         // decision cached under it is never staler than its stamp.
         let epoch = self.store.epoch().await?;
-        let engine = self.engine();
+        let engine = self.fresh_engine().await?;
         let version = engine.version().to_owned();
         let live = self.live_chain(&req.token).await?;
         // A context key the resource does not declare is refused (400),

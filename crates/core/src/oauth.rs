@@ -606,7 +606,7 @@ impl Mandate {
         dpop_bound: bool,
     ) -> Result<(), Error> {
         let issuer = self.config.issuer.as_str();
-        let engine = self.engine();
+        let engine = self.fresh_engine().await?;
         let related = self.related(&[agent], &[]).await?;
         let facts = self.facts(None, &[agent], dpop_bound);
         if resource == issuer {

@@ -58,6 +58,16 @@ pub const STATUS_LIST_SIZE_SETTING: &str = "status_list_size";
 /// Mandate's use cases over a store, a clock and a random source.
 pub struct Mandate {
     pub(crate) store: Arc<dyn Store>,
+    /// The same store, as the caching layer it is: for the newest epoch
+    /// requests have read.
+    caching: Arc<crate::cache::CachingStore>,
+    /// Whether other nodes share the store (it has a change feed): only
+    /// then can policies and keys change behind this node's back.
+    shared: bool,
+    /// The store epoch the policies and keys were last loaded at.
+    synced_epoch: std::sync::atomic::AtomicU64,
+    /// One reload at a time; the requests that wait for it then find it done.
+    sync_gate: tokio::sync::Mutex<()>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) rng: Arc<dyn Random>,
     pub(crate) config: Config,
@@ -145,7 +155,9 @@ impl Mandate {
         config: Config,
     ) -> Result<Self, Error> {
         // Agents and users are read on every request; keep them per epoch.
-        let store: Arc<dyn Store> = Arc::new(crate::cache::CachingStore::new(store));
+        let caching = Arc::new(crate::cache::CachingStore::new(store));
+        let store: Arc<dyn Store> = caching.clone();
+        let shared = store.changes().is_some();
         // A token's status position depends on the list size: every node,
         // and every restart, must use the one the store started with.
         let size = config.status_list_size.to_string();
@@ -158,6 +170,8 @@ impl Mandate {
         }
         let now = clock.now();
         let grace = Duration::seconds(config.access_token_ttl + config.leeway);
+        // Read first: the keys and the policy loaded below are at least this new.
+        let opened_at = store.epoch().await?;
         let stored = store.signing_keys().await?;
         let ring = match KeyRing::from_stored(&stored, &kek, &config.issuer, config.leeway, now, grace)? {
             Some(ring) => ring,
@@ -172,6 +186,10 @@ impl Mandate {
         };
         let service = Self {
             store,
+            caching,
+            shared,
+            synced_epoch: std::sync::atomic::AtomicU64::new(opened_at),
+            sync_gate: tokio::sync::Mutex::new(()),
             clock,
             rng,
             config,
@@ -324,8 +342,30 @@ impl Mandate {
     /// Picks up policy and key changes made by other nodes. Called
     /// periodically by the server.
     pub async fn sync_from_store(&self) -> Result<(), Error> {
+        // Read first: whatever is loaded below is at least this new.
+        let epoch = self.store.epoch().await?;
         self.reload_policy().await?;
-        self.reload_keys().await
+        self.reload_keys().await?;
+        self.synced_epoch.fetch_max(epoch, std::sync::atomic::Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// The policy engine to decide with. On a store other nodes share, a
+    /// request has read the store epoch before it decides (authenticating
+    /// its client, or finding its token's chain); if any request has seen
+    /// an epoch newer than the one the policies and keys were loaded at,
+    /// another node may have changed them, and they are reloaded first,
+    /// whether or not its notification has arrived (decision 0030).
+    pub(crate) async fn fresh_engine(&self) -> Result<PolicyEngine, Error> {
+        use std::sync::atomic::Ordering;
+        let seen = self.caching.seen_epoch();
+        if self.shared && self.synced_epoch.load(Ordering::Acquire) < seen {
+            let _one = self.sync_gate.lock().await;
+            if self.synced_epoch.load(Ordering::Acquire) < seen {
+                self.sync_from_store().await?;
+            }
+        }
+        Ok(self.engine())
     }
 
     /// The scopes a client may ask for, for discovery: every registered

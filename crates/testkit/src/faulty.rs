@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use mandate_audit::{Checkpoint, Event};
 use mandate_core::audit::AuditQuery;
 use mandate_core::store::{
-    ApprovalQuery, Change, GrantQuery, Mutation, Receipt, Store, StoreError, StoredKey, StoredPolicy,
+    ApprovalQuery, Change, ChangeFeed, GrantQuery, Mutation, Receipt, Store, StoreError, StoredKey, StoredPolicy,
 };
 use mandate_model::records::{
     Agent, Approval, Grant, RefreshRecord, Resource, SessionRecord, TokenRecord, User, UserToken,
@@ -39,11 +39,34 @@ pub struct FaultyStore {
     inner: Arc<dyn Store>,
     pub fail_audit: AtomicBool,
     fault: AtomicU8,
+    /// A change feed that says it listens and never hears anything, in
+    /// place of the inner store's (see [`FaultyStore::deaf`]).
+    deaf: Option<DeafFeed>,
+}
+
+/// The sender is kept so that the feed stays open, as a connection that
+/// died without a word (half-open TCP) would look.
+struct DeafFeed {
+    _tx: tokio::sync::watch::Sender<ChangeFeed>,
+    rx: tokio::sync::watch::Receiver<ChangeFeed>,
 }
 
 impl FaultyStore {
     pub fn new(inner: Arc<dyn Store>) -> Arc<Self> {
-        Arc::new(Self { inner, fail_audit: AtomicBool::new(false), fault: AtomicU8::new(0) })
+        Arc::new(Self { inner, fail_audit: AtomicBool::new(false), fault: AtomicU8::new(0), deaf: None })
+    }
+
+    /// A store over `inner` (one that other nodes share) whose change feed
+    /// claims to listen but never hears a notification: the node must
+    /// still decide on what other nodes committed.
+    pub fn deaf(inner: Arc<dyn Store>) -> Arc<Self> {
+        let (tx, rx) = tokio::sync::watch::channel(ChangeFeed { epoch: 0, listening: true });
+        Arc::new(Self {
+            inner,
+            fail_audit: AtomicBool::new(false),
+            fault: AtomicU8::new(0),
+            deaf: Some(DeafFeed { _tx: tx, rx }),
+        })
     }
 
     pub fn set_failing(&self, failing: bool) {
@@ -75,8 +98,11 @@ impl FaultyStore {
 
 #[async_trait]
 impl Store for FaultyStore {
-    fn changes(&self) -> Option<tokio::sync::watch::Receiver<mandate_core::store::ChangeFeed>> {
-        self.inner.changes()
+    fn changes(&self) -> Option<tokio::sync::watch::Receiver<ChangeFeed>> {
+        match &self.deaf {
+            Some(d) => Some(d.rx.clone()),
+            None => self.inner.changes(),
+        }
     }
     async fn commit(&self, change: Change) -> Result<Receipt, StoreError> {
         if self.fault() == Fault::Unavailable {

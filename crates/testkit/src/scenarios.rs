@@ -189,8 +189,17 @@ impl World {
 
 /// The claims of a JWT, unverified (the tests verify through the server).
 pub fn claims(jwt: &str) -> Value {
+    part(jwt, 1)
+}
+
+/// The protected header of a JWT, unverified.
+pub fn header(jwt: &str) -> Value {
+    part(jwt, 0)
+}
+
+fn part(jwt: &str, n: usize) -> Value {
     jwt.split('.')
-        .nth(1)
+        .nth(n)
         .and_then(|p| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(p).ok())
         .and_then(|b| serde_json::from_slice(&b).ok())
         .unwrap_or(Value::Null)

@@ -92,8 +92,9 @@ impl Mandate {
             let mut chain_agents: Vec<&Agent> = parent.agents.iter().collect();
             chain_agents.push(next);
             let facts = self.facts(parent.user.as_ref(), &chain_agents, jkt.is_some());
+            let engine = self.fresh_engine().await?;
             let d = self.caches.issuance(
-                &self.engine(),
+                &engine,
                 Principal::Agent(from),
                 "mandate:delegate",
                 Target::Agent(next),

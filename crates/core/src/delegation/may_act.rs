@@ -70,7 +70,7 @@ impl Mandate {
     ) -> Result<Option<MayAct>, Error> {
         let related = self.related(&[agent], &[user]).await?;
         let facts = self.facts(Some(user), &[agent], false);
-        let engine = self.engine();
+        let engine = self.fresh_engine().await?;
         let mut found: Option<MayAct> = None;
         for scope in scopes.iter() {
             for action in res.actions_of(scope).unwrap_or_default() {

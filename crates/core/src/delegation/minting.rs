@@ -57,7 +57,8 @@ impl Mandate {
     ) -> Result<Result<Option<Approver>, String>, Error> {
         let related = self.related(agents, user.as_slice()).await?;
         let facts = self.facts(user, agents, dpop_bound);
-        Ok(self.authorize_scopes_with(&self.engine(), user, agents, resource, scopes, (&related, &facts)))
+        let engine = self.fresh_engine().await?;
+        Ok(self.authorize_scopes_with(&engine, user, agents, resource, scopes, (&related, &facts)))
     }
 
     /// [`Mandate::authorize_scopes`] once per RFC 9396 detail asked for,
@@ -76,7 +77,7 @@ impl Mandate {
             return Ok(Ok(None));
         }
         let related = self.related(agents, user.as_slice()).await?;
-        let engine = self.engine();
+        let engine = self.fresh_engine().await?;
         let mut approval: Option<Approver> = None;
         for d in details.iter() {
             let mut facts = self.facts(user, agents, dpop_bound);

@@ -253,6 +253,106 @@ async fn changes_are_pushed_between_nodes() -> anyhow::Result<()> {
     result
 }
 
+/// Issue 17 §1 (decision 0030): three nodes on one database, the third
+/// deaf to notifications (its feed claims to listen and never hears a
+/// thing) and none polling within the test. What any node commits is in
+/// force on the others at their first request after it: revocations,
+/// policies and signing keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_decide_on_the_newest_state_at_once() -> anyhow::Result<()> {
+    use mandate_testkit::TestServer;
+    use reqwest::Method;
+    use serde_json::json;
+    let url = fresh_database().await?;
+    let result = async {
+        let dir = tempfile::tempdir()?;
+        let clock = Arc::new(mandate_core::ManualClock::new(mandate_core::Clock::now(&mandate_core::SystemClock)));
+        let pin = |c: &mut mandate_core::Config| {
+            c.issuer = "https://mandate.test".into();
+            c.sync_interval = 3_600;
+        };
+        let connect = || async {
+            let store: Arc<dyn Store> = Arc::new(mandate_store_postgres::PostgresStore::connect(&url).await?);
+            Ok::<_, anyhow::Error>(store)
+        };
+        let a = TestServer::start_on(connect().await?, dir.path(), clock.clone(), pin).await?;
+        let b = TestServer::start_on(connect().await?, dir.path(), clock.clone(), pin).await?;
+        let deaf: Arc<dyn Store> = mandate_testkit::faulty::FaultyStore::deaf(connect().await?);
+        let c = TestServer::start_on(deaf, dir.path(), clock.clone(), pin).await?;
+        const API: &str = "https://api.example.com";
+        let token_of = |body: &serde_json::Value| body["access_token"].as_str().unwrap_or_default().to_owned();
+        let kid_of = |jwt: &str| mandate_testkit::scenarios::header(jwt)["kid"].clone();
+        async fn check(node: &TestServer, token: &str) -> anyhow::Result<String> {
+            let body = json!({"token": token, "action": "read", "resource": {"type": "doc", "id": "d1"}});
+            let (st, body) = node.admin(Method::POST, "/v1/check", Some(body)).await?;
+            anyhow::ensure!(st == 200, "check: {st} {body}");
+            Ok(body["decision"].as_str().unwrap_or_default().to_owned())
+        }
+
+        // A stores the policy; C, which heard nothing, issues under it.
+        const PERMIT: &str = r#"permit(principal is Agent, action == Action::"read", resource);"#;
+        let (_, agent) = a.seed().await?;
+        a.put_policies(PERMIT).await?;
+        let (st, body) = c.token(&agent, API, "read").await?;
+        anyhow::ensure!(st == 200, "C did not follow A's policy: {st} {body}");
+        let token = token_of(&body);
+        for node in [&a, &b, &c] {
+            anyhow::ensure!(node.introspect(&token).await?["active"] == true);
+        }
+        // Revoked on B (the agent suspended): refused on A and C at once.
+        let (st, _) = b.admin(Method::POST, &format!("/v1/agents/{}/suspend", agent.id), None).await?;
+        anyhow::ensure!(st == 200);
+        for node in [&a, &c] {
+            anyhow::ensure!(
+                node.introspect(&token).await? == json!({"active": false}),
+                "a node honours a revoked token"
+            );
+            let (st, _) = node.token(&agent, API, "read").await?;
+            anyhow::ensure!(st == 401, "a node authenticates a suspended agent: {st}");
+        }
+        let (st, _) = c.admin(Method::POST, &format!("/v1/agents/{}/resume", agent.id), None).await?;
+        anyhow::ensure!(st == 200);
+        let (st, body) = a.token(&agent, API, "read").await?;
+        anyhow::ensure!(st == 200, "A did not see C resume the agent: {st} {body}");
+        let live = token_of(&body);
+
+        for node in [&a, &b, &c] {
+            anyhow::ensure!(check(node, &live).await? == "allow", "a check refused under the permit");
+        }
+        // A policy that forbids everything, put on B, bites on A and C at
+        // their first request: issuance and checks alike.
+        b.put_policies("forbid(principal, action, resource);").await?;
+        for node in [&a, &c] {
+            let (st, body) = node.token(&agent, API, "read").await?;
+            anyhow::ensure!(st == 400 && body["error"] == "invalid_scope", "issued under the old policy: {st} {body}");
+            anyhow::ensure!(check(node, &live).await? == "deny", "a check decided under the old policy");
+        }
+        // Permitted again on C; A and B follow at once.
+        c.put_policies(PERMIT).await?;
+        for node in [&a, &b] {
+            let (st, body) = node.token(&agent, API, "read").await?;
+            anyhow::ensure!(st == 200, "did not follow C's policy: {st} {body}");
+            anyhow::ensure!(check(node, &live).await? == "allow");
+        }
+
+        // A key rotated on A: B and the deaf C sign with it at their next token.
+        let (st, rotated) = a.admin(Method::POST, "/v1/keys/rotate", None).await?;
+        anyhow::ensure!(st == 200, "rotate: {st} {rotated}");
+        for node in [&b, &c] {
+            let (st, body) = node.token(&agent, API, "read").await?;
+            anyhow::ensure!(st == 200, "{st} {body}");
+            anyhow::ensure!(kid_of(&token_of(&body)) == rotated["kid"], "a node signs with the retired key");
+        }
+        for node in [a, b, c] {
+            node.stop().await?;
+        }
+        Ok::<_, anyhow::Error>(())
+    }
+    .await;
+    drop_databases(&[url]).await?;
+    result
+}
+
 /// A PostgreSQL cluster of the test's own, on a free port, that it may
 /// crash and restart (the shared server must stay up for every other test).
 struct PrivateCluster {
