@@ -7,7 +7,11 @@
 // introspection on even samples, by `/v1/check` on odd ones. The figure is
 // the time from A's answer to B's first refusal, and how many asks it took.
 //
-//   node bench/propagation.mjs [samples=10000]
+//   node bench/propagation.mjs [samples=10000] [revocation|policy]
+//
+// `policy` measures instead how long after node A acknowledges a new policy
+// set (alternately forbidding and permitting again) node B issues, or
+// refuses, accordingly.
 //
 // Needs: the debug (or MANDATE_BIN) binary, PostgreSQL at
 // MANDATE_BENCH_POSTGRES_URL (default postgres://postgres@127.0.0.1:5432/postgres),
@@ -23,6 +27,8 @@ import * as oauth from '../tests/clients/node_modules/oauth4webapi/build/index.j
 import { createAgent, newKey, randomId, startServer } from '../tests/clients/lib.mjs';
 
 const samples = Number(process.argv[2] || 10_000);
+const mode = process.argv[3] || 'revocation';
+if (!['revocation', 'policy'].includes(mode)) throw new Error(`mode ${mode}: revocation or policy`);
 const admin = process.env.MANDATE_BENCH_POSTGRES_URL || 'postgres://postgres@127.0.0.1:5432/postgres';
 const db = `mandate_propagation_${randomId(6).toLowerCase().replace(/[^a-z0-9]/g, '')}`;
 const psql = (sql) => execFileSync('psql', [admin, '-qAtc', sql]);
@@ -72,7 +78,24 @@ try {
   };
   const lat = [];
   const asks = [];
-  for (let n = 0; n < samples; n++) {
+  // Policy mode: A puts a policy set that forbids, or permits again, and
+  // B is asked for a token until it follows.
+  const issuesOnB = async () => {
+    const r = await oauth.clientCredentialsGrantRequest(as(b), client, auth, { resource: API, scope: 'read' }, opts);
+    return r.status === 200;
+  };
+  const PERMIT = `permit(principal is Agent, action == Action::"read", resource);`;
+  const FORBID = `${PERMIT}\nforbid(principal, action, resource);`;
+  for (let n = 0; mode === 'policy' && n < samples; n++) {
+    const forbid = n % 2 === 0;
+    await a.adminOk('PUT', '/v1/policies', { policies: forbid ? FORBID : PERMIT });
+    const t0 = performance.now();
+    let k = 1;
+    while ((await issuesOnB()) === forbid) k++;
+    lat.push(performance.now() - t0);
+    asks.push(k);
+  }
+  for (let n = 0; mode === 'revocation' && n < samples; n++) {
     const issued = await oauth.clientCredentialsGrantRequest(as(a), client, auth, { resource: API, scope: 'read' }, opts);
     const { access_token: token } = await oauth.processClientCredentialsResponse(as(a), client, issued);
     // B has seen the token live (and cached its chain) before it is revoked.
@@ -90,6 +113,7 @@ try {
   const firstTry = asks.filter((k) => k === 1).length;
   console.log(
     JSON.stringify({
+      mode,
       samples,
       p50_ms: q(0.5),
       p90_ms: q(0.9),
