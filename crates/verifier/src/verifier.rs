@@ -83,8 +83,8 @@ impl Verifier {
         if config.leeway < 0 || config.dpop_max_age <= 0 {
             return Err(VerifyError::Config("leeway must not be negative, dpop_max_age must be positive".into()));
         }
-        if config.revocation_retention <= 0 {
-            return Err(VerifyError::Config("revocation_retention must be positive".into()));
+        if config.revocation_retention <= 0 || config.max_revocations == 0 {
+            return Err(VerifyError::Config("revocation_retention and max_revocations must be positive".into()));
         }
         let http = crate::fetch::client().map_err(|e| VerifyError::Config(e.to_string()))?;
         let status = Arc::new(StatusCache::new(config.issuer_base(), config.max_status_ttl));

@@ -677,3 +677,166 @@ async fn a_published_rsa_key_is_read_for_sets() {
     assert!(matches!(receiver.receive(&revocation(Signer::Rsa, "set-1")).await, Ok(Received::Accepted(_))));
     assert!(verifier.verify(&access_token()).await.is_err());
 }
+
+/// A Mandate playing issuer and transmitter: its SSF metadata, a token
+/// endpoint handing out tokens per scope, stream calls and a poll endpoint
+/// that refuses the first poll token.
+#[derive(Default)]
+struct Issuer {
+    base: Mutex<String>,
+    set: Mutex<Option<String>>,
+    scopes: Mutex<Vec<String>>,
+    calls: Mutex<Vec<(String, String, Value)>>,
+    polls: AtomicUsize,
+    tokens: AtomicUsize,
+}
+
+async fn issuer(state: Arc<Issuer>) -> String {
+    async fn metadata(State(i): State<Arc<Issuer>>) -> Json<Value> {
+        let base = i.base.lock().unwrap().clone();
+        Json(json!({
+            "spec_version": "1_0", "issuer": base, "jwks_uri": format!("{base}/jwks.json"),
+            "configuration_endpoint": format!("{base}/ssf/streams"),
+            "verification_endpoint": format!("{base}/ssf/verify"),
+        }))
+    }
+    async fn token(State(i): State<Arc<Issuer>>, body: axum::body::Bytes) -> Json<Value> {
+        let form: Vec<(String, String)> = form_urlencoded::parse(&body).into_owned().collect();
+        let get = |k: &str| form.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()).unwrap_or_default();
+        assert_eq!(get("grant_type"), "client_credentials");
+        assert_eq!(get("resource"), *i.base.lock().unwrap());
+        assert_eq!(mandate_jose::assertion::peek_issuer(&get("client_assertion")).unwrap(), "res_calendar");
+        let scope = get("scope");
+        i.scopes.lock().unwrap().push(scope.clone());
+        let n = i.tokens.fetch_add(1, Ordering::SeqCst);
+        Json(json!({"access_token": format!("{scope}-{n}"), "token_type": "Bearer", "expires_in": 300}))
+    }
+    fn bearer(req: &Request) -> String {
+        let h = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).unwrap_or_default();
+        h.strip_prefix("Bearer ").unwrap_or_default().to_owned()
+    }
+    async fn streams(State(i): State<Arc<Issuer>>, req: Request) -> Response {
+        let token = bearer(&req);
+        assert!(token.starts_with("ssf.manage-"), "{token}");
+        let method = req.method().to_string();
+        let query = req.uri().query().unwrap_or_default().to_owned();
+        let body = axum::body::to_bytes(req.into_body(), 1 << 16).await.unwrap();
+        let body: Value = if body.is_empty() { Value::Null } else { serde_json::from_slice(&body).unwrap() };
+        i.calls.lock().unwrap().push((method.clone(), query, body));
+        let base = i.base.lock().unwrap().clone();
+        let stream = json!({"stream_id": "str_1", "iss": base, "aud": AUD,
+            "delivery": {"method": "urn:ietf:rfc:8936", "endpoint_url": format!("{base}/ssf/poll/str_1")}});
+        match method.as_str() {
+            "POST" => (StatusCode::CREATED, Json(stream)).into_response(),
+            "GET" => Json(stream).into_response(),
+            _ => StatusCode::NO_CONTENT.into_response(),
+        }
+    }
+    async fn verify(State(i): State<Arc<Issuer>>, req: Request) -> StatusCode {
+        assert!(bearer(&req).starts_with("ssf.manage-"));
+        let body = axum::body::to_bytes(req.into_body(), 1 << 16).await.unwrap();
+        i.calls.lock().unwrap().push(("VERIFY".into(), String::new(), serde_json::from_slice(&body).unwrap()));
+        StatusCode::NO_CONTENT
+    }
+    async fn poll(State(i): State<Arc<Issuer>>, req: Request) -> Response {
+        let token = bearer(&req);
+        assert!(token.starts_with("ssf.read-"), "{token}");
+        // The first poll token is refused, as a rotated-out one would be.
+        if i.polls.fetch_add(1, Ordering::SeqCst) == 0 {
+            return StatusCode::UNAUTHORIZED.into_response();
+        }
+        let body = axum::body::to_bytes(req.into_body(), 1 << 16).await.unwrap();
+        let body: Value = serde_json::from_slice(&body).unwrap();
+        let mut set = i.set.lock().unwrap();
+        if body["ack"] == json!(["set-1"]) {
+            set.take();
+        }
+        let sets = match &*set {
+            Some(s) => json!({"set-1": s}),
+            None => json!({}),
+        };
+        Json(json!({"sets": sets, "moreAvailable": false})).into_response()
+    }
+    let app = Router::new()
+        .route("/.well-known/ssf-configuration", get(metadata))
+        .route("/oauth/token", post(token))
+        .route("/ssf/streams", post(streams).get(streams).delete(streams))
+        .route("/ssf/verify", post(verify))
+        .route("/ssf/poll/str_1", post(poll))
+        .with_state(state.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    *state.base.lock().unwrap() = base.clone();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    base
+}
+
+#[tokio::test]
+async fn a_stream_is_created_and_polled_with_the_resources_own_credentials() {
+    let state = Arc::new(Issuer::default());
+    let base = issuer(state.clone()).await;
+    let mut claims = revoked_claims("set-1", TOKEN_JTI);
+    claims["iss"] = json!(base);
+    *state.set.lock().unwrap() = Some(sign_with(Signer::Ed, &header(Signer::Ed), &claims));
+    let mut config = VerifierConfig::new(&base, AUD, "https://cal.example");
+    config.clock = Arc::new(|| NOW);
+    let client_key = SigningKey::generate(KeyAlg::EdDSA).unwrap();
+    config.remote_check = Some(crate::RemoteCheck { client_id: "res_calendar".into(), key: Arc::new(client_key) });
+    let verifier = Verifier::with_static_keys(config, jwks()).unwrap();
+    let receiver = SsfReceiver::new(&verifier);
+
+    let stream = receiver.create_stream(&Delivery::Poll, "calendar").await.unwrap();
+    assert_eq!(stream.stream_id, "str_1");
+    assert_eq!(stream.method, "urn:ietf:rfc:8936");
+    let url = stream.endpoint_url.unwrap();
+    assert_eq!(url, format!("{base}/ssf/poll/str_1"));
+    {
+        let calls = state.calls.lock().unwrap();
+        let (method, _, body) = calls.first().unwrap();
+        assert_eq!(method, "POST");
+        assert_eq!(body["delivery"], json!({"method": "urn:ietf:rfc:8936"}));
+        assert!(body["events_requested"].as_array().unwrap().contains(&json!(SESSION_REVOKED)));
+    }
+
+    let mut poll = PollConfig::new(url);
+    poll.return_immediately = true;
+    poll.idle_interval = Duration::from_millis(20);
+    let poller = receiver.spawn_poller(poll);
+    // The refused token costs one backoff (1 s).
+    for _ in 0..400 {
+        if verifier.is_revoked(TOKEN_JTI) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(verifier.is_revoked(TOKEN_JTI));
+    until("the acknowledgement", || state.set.lock().unwrap().is_none()).await;
+    poller.stop().await;
+
+    receiver.request_verification("str_1", "state-1").await.unwrap();
+    assert_eq!(receiver.get_stream("str_1").await.unwrap().stream_id, "str_1");
+    receiver.delete_stream("str_1").await.unwrap();
+    let calls = state.calls.lock().unwrap();
+    let summary: Vec<(&str, &str)> = calls.iter().map(|(m, q, _)| (m.as_str(), q.as_str())).collect();
+    assert_eq!(summary, [("POST", ""), ("VERIFY", ""), ("GET", "stream_id=str_1"), ("DELETE", "stream_id=str_1")]);
+    assert_eq!(calls.get(1).unwrap().2, json!({"stream_id": "str_1", "state": "state-1"}));
+    // One manage token, kept; a read token, and a new one after the 401.
+    assert_eq!(*state.scopes.lock().unwrap(), ["ssf.manage", "ssf.read", "ssf.read"]);
+}
+
+#[tokio::test]
+async fn stream_endpoints_outside_the_issuer_are_not_called() {
+    async fn metadata() -> Json<Value> {
+        Json(json!({"configuration_endpoint": "http://169.254.169.254/ssf/streams"}))
+    }
+    let app = Router::new().route("/.well-known/ssf-configuration", get(metadata));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let mut config = VerifierConfig::new(&base, AUD, "https://cal.example");
+    let client_key = SigningKey::generate(KeyAlg::EdDSA).unwrap();
+    config.remote_check = Some(crate::RemoteCheck { client_id: "res_calendar".into(), key: Arc::new(client_key) });
+    let receiver = SsfReceiver::new(&Verifier::with_static_keys(config, jwks()).unwrap());
+    let got = receiver.create_stream(&Delivery::Poll, "calendar").await;
+    assert!(matches!(got, Err(StreamError::Config(_))), "{got:?}");
+}
