@@ -5,7 +5,7 @@
 //! credentials exchange a caller's token for one to another audience
 //! (RFC 8693), for calling further without passing the caller's token on.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -166,6 +166,8 @@ pub(crate) struct CheckClient {
     check_endpoint: String,
     /// The `mandate:check` token and when to stop using it.
     token: Mutex<Option<(String, i64)>>,
+    /// Tokens for other scopes (Shared Signals), by scope.
+    scoped: Mutex<HashMap<String, (String, i64)>>,
     renewing: tokio::sync::Mutex<()>,
     assertions: AtomicU64,
 }
@@ -178,6 +180,7 @@ impl CheckClient {
             token_endpoint: format!("{issuer_base}/oauth/token"),
             check_endpoint: format!("{issuer_base}/v1/check"),
             token: Mutex::new(None),
+            scoped: Mutex::new(HashMap::new()),
             renewing: tokio::sync::Mutex::new(()),
             assertions: AtomicU64::new(0),
         }
@@ -241,15 +244,49 @@ impl CheckClient {
         if let Some(t) = self.cached(now) {
             return Ok(t);
         }
+        let (token, until) = self.request_token(http, now, CHECK_SCOPE).await?;
+        *self.lock() = Some((token.clone(), until));
+        Ok(token)
+    }
+
+    /// A token for the issuer with `scope` (such as `ssf.read` for polling
+    /// a Shared Signals stream), kept until shortly before it expires.
+    /// `stale` is a token the issuer just refused: it is not handed out again.
+    pub(crate) async fn scoped_token(
+        &self,
+        http: &Client,
+        now: i64,
+        scope: &str,
+        stale: Option<&str>,
+    ) -> Result<String, VerifyError> {
+        let cached = |c: &Self| {
+            let map = c.scoped.lock().unwrap_or_else(PoisonError::into_inner);
+            map.get(scope).filter(|(t, until)| now < *until && Some(t.as_str()) != stale).map(|(t, _)| t.clone())
+        };
+        if let Some(t) = cached(self) {
+            return Ok(t);
+        }
+        let _one = self.renewing.lock().await;
+        if let Some(t) = cached(self) {
+            return Ok(t);
+        }
+        let (token, until) = self.request_token(http, now, scope).await?;
+        self.scoped.lock().unwrap_or_else(PoisonError::into_inner).insert(scope.to_owned(), (token.clone(), until));
+        Ok(token)
+    }
+
+    /// `client_credentials` with `private_key_jwt` for `resource` = the
+    /// issuer and `scope`: the token and until when to use it.
+    async fn request_token(&self, http: &Client, now: i64, scope: &str) -> Result<(String, i64), VerifyError> {
         let unavailable = |what: &str, detail: String| {
-            tracing::warn!(client_id = %self.remote.client_id, detail = %detail, "{what}");
-            VerifyError::Unavailable("no token for the check API")
+            tracing::warn!(client_id = %self.remote.client_id, scope, detail = %detail, "{what}");
+            VerifyError::Unavailable("no token from the issuer")
         };
         let assertion = self.assertion(now).map_err(|e| unavailable("signing a client assertion failed", e))?;
         let form = [
             ("grant_type", "client_credentials"),
             ("resource", self.issuer.as_str()),
-            ("scope", CHECK_SCOPE),
+            ("scope", scope),
             ("client_assertion_type", CLIENT_ASSERTION_TYPE),
             ("client_assertion", assertion.as_str()),
         ];
@@ -265,14 +302,13 @@ impl CheckClient {
             .map_err(|e| unavailable("reading the token response failed", e))?;
         if status != StatusCode::OK {
             let body = String::from_utf8_lossy(&bytes).chars().take(300).collect();
-            return Err(unavailable("the token endpoint refused a mandate:check token", body));
+            return Err(unavailable("the token endpoint refused a client_credentials token", body));
         }
         let t: TokenResponse = serde_json::from_slice(&bytes)
             .map_err(|e| unavailable("the token response is malformed", e.to_string()))?;
         let lifetime = t.expires_in.max(0);
         let keep = if lifetime > 2 * RENEW_BEFORE { lifetime - RENEW_BEFORE } else { lifetime / 2 };
-        *self.lock() = Some((t.access_token.clone(), now.saturating_add(keep)));
-        Ok(t.access_token)
+        Ok((t.access_token, now.saturating_add(keep)))
     }
 
     /// RFC 8693 token exchange at the token endpoint: `subject_token` for

@@ -66,15 +66,24 @@ pub struct VerifierConfig {
     pub scopes_supported: Vec<String>,
     /// A human-readable name for the protected-resource metadata.
     pub resource_name: Option<String>,
-    /// Credentials for [`Verifier::check`](crate::Verifier::check).
+    /// Credentials for [`Verifier::check`](crate::Verifier::check), and
+    /// for the Shared Signals stream calls and polling.
     pub remote_check: Option<RemoteCheck>,
+    /// Seconds a token `jti` revoked by a Shared Signals event is
+    /// remembered after the event arrived (longer while a token with that
+    /// `jti` is presented before its `exp`). Past it, the token's status
+    /// list still refuses it; see [`crate::ssf`].
+    pub revocation_retention: i64,
+    /// Most revoked `jti`s (and as many accepted SETs) remembered.
+    pub max_revocations: usize,
     pub clock: Arc<dyn Clock>,
 }
 
 impl VerifierConfig {
     /// A configuration with the defaults: 60 s leeway, Bearer and DPoP
     /// accepted, status lists read and cached at most 300 s, proofs at most
-    /// 60 s old, 100 000 proofs remembered, the system clock.
+    /// 60 s old, 100 000 proofs remembered, revoked `jti`s remembered a day
+    /// (at most 100 000), the system clock.
     pub fn new(issuer: impl Into<String>, audience: impl Into<String>, public_url: impl Into<String>) -> Self {
         Self {
             issuer: issuer.into(),
@@ -90,6 +99,8 @@ impl VerifierConfig {
             scopes_supported: Vec::new(),
             resource_name: None,
             remote_check: None,
+            revocation_retention: 86_400,
+            max_revocations: 100_000,
             clock: Arc::new(system_time),
         }
     }
@@ -124,6 +135,8 @@ impl fmt::Debug for VerifierConfig {
             .field("scopes_supported", &self.scopes_supported)
             .field("resource_name", &self.resource_name)
             .field("remote_check", &self.remote_check)
+            .field("revocation_retention", &self.revocation_retention)
+            .field("max_revocations", &self.max_revocations)
             .finish_non_exhaustive()
     }
 }

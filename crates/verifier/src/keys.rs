@@ -6,7 +6,7 @@
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use mandate_jose::access::AccessTokenVerifier;
-use mandate_jose::{JoseError, JwkSet};
+use mandate_jose::{JoseError, JwkSet, KeyAlg};
 use mandate_model::claims::AccessTokenClaims;
 use reqwest::Client;
 
@@ -26,15 +26,25 @@ const MAX_JWKS_BYTES: usize = 64 * 1024;
 /// One version of the issuer's key set.
 #[derive(Clone)]
 pub(crate) struct Keys {
+    /// Access tokens and status lists: the EdDSA and ES256 keys only.
     tokens: Arc<AccessTokenVerifier>,
+    /// Every published key, RSA (RS256) included: for Security Event
+    /// Tokens, which the CAEP interoperability profile lets be RS256.
+    all: Arc<JwkSet>,
     generation: u64,
     fresh_until: i64,
     usable_until: i64,
 }
 
 impl Keys {
+    /// The keys for access tokens and status lists: never an RSA key.
     pub(crate) fn set(&self) -> &JwkSet {
         &self.tokens.keys
+    }
+
+    /// Every key the issuer publishes, RSA included: for SETs only.
+    pub(crate) fn with_rsa(&self) -> &JwkSet {
+        &self.all
     }
 
     /// Verifies an access token for `audience`: `exp` strictly (SECURITY
@@ -80,8 +90,9 @@ impl KeyCache {
     }
 
     fn keys(&self, set: JwkSet, fresh_until: i64, usable_until: i64, generation: u64) -> Keys {
-        let tokens = AccessTokenVerifier { issuer: self.issuer.clone(), keys: set, leeway: self.leeway };
-        Keys { tokens: Arc::new(tokens), generation, fresh_until, usable_until }
+        let no_rsa = JwkSet { keys: set.keys.iter().filter(|k| k.alg != KeyAlg::RS256).cloned().collect() };
+        let tokens = AccessTokenVerifier { issuer: self.issuer.clone(), keys: no_rsa, leeway: self.leeway };
+        Keys { tokens: Arc::new(tokens), all: Arc::new(set), generation, fresh_until, usable_until }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -145,7 +156,10 @@ impl KeyCache {
         let parsed =
             fetch::get(http, uri, "application/jwk-set+json, application/json", MAX_JWKS_BYTES).await.and_then(|f| {
                 let v: serde_json::Value = serde_json::from_slice(&f.body).map_err(|e| e.to_string())?;
-                Ok((JwkSet::from_json(&v).map_err(|e| e.to_string())?, f.max_age))
+                // The issuer's own set, read as a trusted issuer's: it may
+                // hold an RSA key for SETs beside the token keys, which
+                // `Keys` keeps away from access tokens.
+                Ok((JwkSet::from_json_external(&v).map_err(|e| e.to_string())?, f.max_age))
             });
         let (set, max_age) = match parsed {
             Ok(p) => p,

@@ -21,6 +21,10 @@
 //! - **Several resources**: [`Verifier::for_audience`] makes a verifier for
 //!   another resource of the same issuer sharing keys, caches and
 //!   credentials (a gateway in front of many).
+//! - **Shared Signals** ([`ssf`]): an [`SsfReceiver`] takes the issuer's
+//!   Security Event Tokens, pushed (RFC 8935) or polled (RFC 8936), and a
+//!   `session-revoked` event makes the verifier refuse that token at once,
+//!   before its status list's `ttl` runs out.
 //! - **Discovery**: RFC 9728 metadata at `/.well-known/oauth-protected-resource`,
 //!   named by every challenge.
 //!
@@ -118,6 +122,7 @@ mod keys;
 mod layer;
 mod metadata;
 mod replay;
+pub mod ssf;
 mod status;
 mod verifier;
 
@@ -127,6 +132,7 @@ pub use error::{DPOP_ALGS, Scheme, VerifyError};
 pub use keys::MIN_REFETCH_INTERVAL;
 pub use layer::{Authenticated, MandateAuth, MandateAuthLayer};
 pub use metadata::{METADATA_PATH, ProtectedResourceMetadata, metadata_router};
+pub use ssf::{Delivery, PollConfig, Poller, Received, SecurityEvent, SetError, SsfReceiver};
 pub use verifier::{DPOP_HEADER, Verifier};
 
 #[cfg(test)]

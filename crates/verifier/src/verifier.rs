@@ -1,6 +1,6 @@
 //! The verifier: one per resource server, shared by every request.
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use axum::extract::OriginalUri;
 use axum::http::header::AUTHORIZATION;
@@ -16,6 +16,8 @@ use crate::check::CheckClient;
 use crate::error::{Challenges, respond};
 use crate::keys::KeyCache;
 use crate::replay::{Refused, ReplayCache};
+use crate::ssf::SetError;
+use crate::ssf::memory::{Expiring, Full};
 use crate::status::StatusCache;
 use crate::{
     Authenticated, CheckAnswer, CheckResource, ExchangeError, ExchangedToken, MandateAuthLayer, Scheme, VerifierConfig,
@@ -41,6 +43,8 @@ struct Inner {
     keys: Arc<KeyCache>,
     status: Arc<StatusCache>,
     replay: Arc<Mutex<ReplayCache>>,
+    /// Token `jti`s revoked by Shared Signals events (crate::ssf).
+    revoked: Arc<Mutex<Expiring<()>>>,
     check: Option<Arc<CheckClient>>,
     challenges: Challenges,
 }
@@ -79,14 +83,18 @@ impl Verifier {
         if config.leeway < 0 || config.dpop_max_age <= 0 {
             return Err(VerifyError::Config("leeway must not be negative, dpop_max_age must be positive".into()));
         }
+        if config.revocation_retention <= 0 || config.max_revocations == 0 {
+            return Err(VerifyError::Config("revocation_retention and max_revocations must be positive".into()));
+        }
         let http = crate::fetch::client().map_err(|e| VerifyError::Config(e.to_string()))?;
         let status = Arc::new(StatusCache::new(config.issuer_base(), config.max_status_ttl));
         let check =
             config.remote_check.clone().map(|r| Arc::new(CheckClient::new(r, &config.issuer, config.issuer_base())));
         let challenges = challenges(&config);
         let replay = Arc::new(Mutex::new(ReplayCache::new(config.replay_capacity)));
+        let revoked = Arc::new(Mutex::new(Expiring::new(config.max_revocations)));
         let keys = Arc::new(keys);
-        Ok(Self { inner: Arc::new(Inner { config, http, keys, status, replay, check, challenges }) })
+        Ok(Self { inner: Arc::new(Inner { config, http, keys, status, replay, revoked, check, challenges }) })
     }
 
     /// A verifier for another resource of the same issuer: tokens must carry
@@ -94,7 +102,8 @@ impl Verifier {
     /// this verifier's HTTP connections, the issuer's keys, the status lists,
     /// the DPoP replay memory and the check credentials (with their cached
     /// `mandate:check` token), so a gateway in front of many resources
-    /// fetches each of those once.
+    /// fetches each of those once. It also shares the memory of tokens
+    /// revoked by Shared Signals events.
     pub fn for_audience(
         &self,
         audience: impl Into<String>,
@@ -116,6 +125,7 @@ impl Verifier {
                 keys: i.keys.clone(),
                 status: i.status.clone(),
                 replay: i.replay.clone(),
+                revoked: i.revoked.clone(),
                 check: i.check.clone(),
                 challenges,
             }),
@@ -131,8 +141,57 @@ impl Verifier {
         MandateAuthLayer::new(self.clone())
     }
 
-    fn now(&self) -> i64 {
+    pub(crate) fn now(&self) -> i64 {
         self.inner.config.clock.now()
+    }
+
+    pub(crate) fn http(&self) -> &Client {
+        &self.inner.http
+    }
+
+    pub(crate) fn check_client(&self) -> Option<&CheckClient> {
+        self.inner.check.as_deref()
+    }
+
+    /// The issuer's keys for verifying a SET signed with `kid`, RSA keys
+    /// included, fetched again (within the refetch limit) when `kid` is
+    /// not among the cached ones.
+    pub(crate) async fn set_keys(&self, now: i64, kid: &str) -> Result<JwkSet, SetError> {
+        let i = &self.inner;
+        let unavailable = |_| SetError::Unavailable("the issuer's keys could not be fetched");
+        let keys = i.keys.get(&i.http, now).await.map_err(unavailable)?;
+        if keys.with_rsa().has_kid(kid) {
+            return Ok(keys.with_rsa().clone());
+        }
+        match i.keys.after_unknown_kid(&i.http, now, &keys).await {
+            Some(newer) => Ok(newer.with_rsa().clone()),
+            None => Ok(keys.with_rsa().clone()),
+        }
+    }
+
+    fn revoked(&self) -> MutexGuard<'_, Expiring<()>> {
+        self.inner.revoked.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Refuses tokens with `jti` from now until `until`.
+    pub(crate) fn revoke_jti(&self, jti: &str, until: i64, now: i64) -> Result<(), Full> {
+        self.revoked().insert(jti, until, (), now)
+    }
+
+    /// Whether a Shared Signals event revoked the token with this `jti`.
+    pub fn is_revoked(&self, jti: &str) -> bool {
+        self.revoked().get(jti, self.now()).is_some()
+    }
+
+    /// Refuses a token a Shared Signals event revoked, and keeps its `jti`
+    /// remembered until the token expires.
+    fn check_revoked(&self, claims: &AccessTokenClaims, now: i64) -> Result<(), VerifyError> {
+        let mut revoked = self.revoked();
+        if revoked.get(&claims.jti, now).is_none() {
+            return Ok(());
+        }
+        revoked.extend(&claims.jti, claims.exp);
+        Err(VerifyError::InvalidToken("token revoked".into()))
     }
 
     /// Verifies an access token: signature by one of the issuer's keys,
@@ -142,6 +201,7 @@ impl Verifier {
     pub async fn verify(&self, token: &str) -> Result<AccessTokenClaims, VerifyError> {
         let now = self.now();
         let claims = self.verify_signed(token, now).await?;
+        self.check_revoked(&claims, now)?;
         self.check_status(&claims, now).await?;
         Ok(claims)
     }
@@ -185,6 +245,7 @@ impl Verifier {
             return Err(VerifyError::InvalidToken("this resource accepts DPoP-bound tokens only".into()));
         }
         let claims = self.verify_signed(token, now).await?;
+        self.check_revoked(&claims, now)?;
         let dpop_jkt = match (scheme, &claims.cnf) {
             (Scheme::Bearer, None) => None,
             (Scheme::Bearer, Some(_)) => {

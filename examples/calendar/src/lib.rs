@@ -14,11 +14,16 @@
 //! | `GET /events/{id}` | `calendar:read` | `get` on `event/<id>` |
 //! | `POST /events` `{id?, title, start, sensitive?}` | `calendar:write` | `create` on `event/<id>` |
 //! | `GET /.well-known/oauth-protected-resource` | none | RFC 9728 metadata |
+//! | `POST /ssf/events` (with `--ssf push`) | none; a SET signed by the issuer | RFC 8935 push |
 //!
 //! Checked resources carry the tag `owner` (the user whose calendar it is)
 //! and, for sensitive events, `sensitive`, so that policies can say
 //! `resource.hasTag("sensitive")`. Events belong to the user a token acts
 //! for (`sub`); each user sees only their own calendar.
+//!
+//! With Shared Signals on ([`router_with_ssf`], or polling), a token that
+//! Mandate revokes is refused as soon as the `session-revoked` event
+//! arrives, instead of when the token's status list is next read.
 //!
 //! An approval covers exactly the action and resource it was asked for. A
 //! client that wants to retry a create once it is approved names the event
@@ -34,7 +39,9 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use mandate_verifier::{Authenticated, CheckAnswer, CheckResource, Decision, Verifier, VerifyError, metadata_router};
+use mandate_verifier::{
+    Authenticated, CheckAnswer, CheckResource, Decision, SsfReceiver, Verifier, VerifyError, metadata_router,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use time::OffsetDateTime;
@@ -98,6 +105,16 @@ pub fn router(verifier: Verifier) -> Router {
         .with_state(app)
         .layer(verifier.layer())
         .merge(metadata_router(verifier))
+}
+
+/// Where the calendar takes pushed Security Event Tokens (RFC 8935).
+pub const SSF_PUSH_PATH: &str = "/ssf/events";
+
+/// [`router`], with the Shared Signals push endpoint at [`SSF_PUSH_PATH`]
+/// outside the token layer (the transmitter authenticates by the SET's
+/// signature and the stream's `authorization_header`).
+pub fn router_with_ssf(verifier: Verifier, receiver: &SsfReceiver) -> Router {
+    router(verifier).merge(receiver.push_router(SSF_PUSH_PATH))
 }
 
 /// Serves the calendar on `listener` until the process ends.

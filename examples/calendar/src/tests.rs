@@ -163,3 +163,47 @@ async fn each_action_is_decided_by_the_check_api() {
     assert_eq!(body["reasons"], json!(["agt_summarizer: no policy allows get"]));
     assert_eq!(call(&app, Method::GET, "/events", &alice, None).await.1.as_array().map(Vec::len), Some(1));
 }
+
+#[tokio::test]
+async fn a_pushed_revocation_refuses_the_token_at_once() {
+    let key = SigningKey::generate(KeyAlg::EdDSA).unwrap();
+    let iss = "https://mandate.example";
+    let verifier = verifier(&key, iss, None);
+    let receiver = SsfReceiver::new(&verifier).with_push_authorization("Bearer push-secret");
+    let app = router_with_ssf(verifier, &receiver);
+    let t = token(&key, iss, "usr_alice", READ_SCOPE);
+    assert_eq!(call(&app, Method::GET, "/events", &t, None).await.0, StatusCode::OK);
+
+    let now = system_time();
+    let set = mandate_jose::dpop::sign_raw(
+        &key,
+        &json!({"typ": "secevent+jwt", "alg": "EdDSA", "kid": key.kid()}),
+        &json!({
+            "iss": iss, "aud": AUD, "iat": now, "jti": "set_1",
+            "sub_id": {"format": "opaque", "id": "tok_1"},
+            "events": {"https://schemas.openid.net/secevent/caep/event-type/session-revoked": {
+                "event_timestamp": now, "initiating_entity": "admin", "reason_admin": {"en": "revoked"}
+            }}
+        }),
+    )
+    .unwrap();
+    let push = |auth: &'static str| {
+        Request::builder()
+            .method(Method::POST)
+            .uri(SSF_PUSH_PATH)
+            .header(header::CONTENT_TYPE, "application/secevent+jwt")
+            .header(header::AUTHORIZATION, auth)
+            .body(Body::from(set.clone()))
+            .unwrap()
+    };
+    // Without the stream's authorization the push is refused, and changes nothing.
+    let refused = app.clone().oneshot(push("Bearer wrong")).await.unwrap();
+    assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(call(&app, Method::GET, "/events", &t, None).await.0, StatusCode::OK);
+
+    let accepted = app.clone().oneshot(push("Bearer push-secret")).await.unwrap();
+    assert_eq!(accepted.status(), StatusCode::ACCEPTED);
+    let (status, body) = call(&app, Method::GET, "/events", &t, None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert_eq!(body["error"], "invalid_token");
+}

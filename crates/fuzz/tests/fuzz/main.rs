@@ -15,4 +15,5 @@ mod json_body;
 mod jws_compact;
 mod oauth_form;
 mod seeds;
+mod ssf_set;
 mod statuslist;

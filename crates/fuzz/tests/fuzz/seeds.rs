@@ -13,6 +13,8 @@ use serde_json::{Value, json};
 use crate::common::{ED25519, NOW, P256, STRANGER, b64, object_text, sign_text};
 use crate::dpop_proof::ACCESS_TOKEN;
 use crate::jws_compact::claims;
+use crate::ssf_set;
+use mandate_verifier::ssf::set as ssf_set_events;
 
 fn write(target: &str, name: &str, text: &str) {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus").join(target).join(name);
@@ -73,6 +75,35 @@ fn write_signed_seeds() {
     write(t, "refuse-stray-bits.jwt", &format!("{input}.{stray}"));
     write(t, "refuse-four-parts.jwt", &format!("{good}.{}", b64("x")));
     write(t, "refuse-unsigned.jwt", &format!("{input}."));
+
+    let t = "ssf_set";
+    let set = |members: &[(String, Value)]| object_text(members);
+    let good = set(&ssf_set::good_members());
+    let h = |typ: &str, alg: &str, kid: &str| ssf_set::header(typ, alg, kid);
+    write(t, "accept-session-revoked.jwt", &sign_text(&ED25519, &h("secevent+jwt", "EdDSA", ed), &good));
+    write(t, "accept-es256.jwt", &sign_text(&P256, &h("secevent+jwt", "ES256", ec), &good));
+    let edited = |name: &str, v: Option<Value>| {
+        let mut m = ssf_set::good_members();
+        match v {
+            Some(v) => m.push((name.to_owned(), v)),
+            None => m.retain(|(n, _)| n != name),
+        }
+        sign_text(&ED25519, &h("secevent+jwt", "EdDSA", ed), &set(&m))
+    };
+    write(t, "refuse-sub.jwt", &edited("sub", Some(json!("usr_1"))));
+    write(t, "refuse-exp.jwt", &edited("exp", Some(json!(NOW + 60))));
+    write(t, "refuse-no-jti.jwt", &edited("jti", None));
+    write(t, "refuse-typ-at-jwt.jwt", &sign_text(&ED25519, &h("at+jwt", "EdDSA", ed), &good));
+    write(t, "refuse-alg-none.jwt", &sign_text(&ED25519, &h("secevent+jwt", "none", ed), &good));
+    write(t, "refuse-alg-hs256.jwt", &sign_text(&ED25519, &h("secevent+jwt", "HS256", ed), &good));
+    write(t, "refuse-stranger.jwt", &sign_text(&STRANGER, &h("secevent+jwt", "EdDSA", ed), &good));
+    let mut two = ssf_set::good_members();
+    two.retain(|(n, _)| n != "events");
+    two.push((
+        "events".into(),
+        json!({ssf_set_events::SESSION_REVOKED: {}, ssf_set_events::VERIFICATION: {"state": "s"}}),
+    ));
+    write(t, "refuse-two-events.jwt", &sign_text(&ED25519, &h("secevent+jwt", "EdDSA", ed), &set(&two)));
 
     let t = "dpop_proof";
     let proof = |key: &mandate_jose::SigningKey, header: &[(&str, Value)], claims: &[(&str, Value)]| {
