@@ -13,7 +13,12 @@
 # Usage: bench/delegation.sh [check|exchange|both]        (default: both)
 # Environment: BENCH_REQUESTS (default 100000), BENCH_DURATION (20),
 # BENCH_WARMUP (2000), BENCH_CONCURRENCY (64), BENCH_SKIP_BUILD=1,
-# BENCH_KEEP=1 (keep the work dir). Needs curl and jq. Loopback only.
+# BENCH_KEEP=1 (keep the work dir), MANDATE_BIN (default: the release build),
+# BENCH_DATABASE_URL (PostgreSQL instead of
+# SQLite: a URL of an existing database; a fresh database is created next to
+# it and dropped at the end, needs psql), BENCH_RESULT_DIR (write each run's
+# JSON result there as check.json and exchange.json). Needs curl and jq.
+# Loopback only.
 set -euo pipefail
 
 MODE="${1:-both}"
@@ -23,7 +28,7 @@ WARMUP="${BENCH_WARMUP:-2000}"
 CONCURRENCY="${BENCH_CONCURRENCY:-64}"
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
-M="$TARGET/release/mandate"
+M="${MANDATE_BIN:-$TARGET/release/mandate}"
 L="$TARGET/release/mandate-loadgen"
 ADMIN="bench-admin-token-0123456789"
 CAL="https://calendar.example"
@@ -31,8 +36,10 @@ CAL="https://calendar.example"
 log() { printf '[bench] %s\n' "$*" >&2; }
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/mandate-deleg.XXXXXX")"
 SERVER=""
+DB=""
 cleanup() {
   [[ -n $SERVER ]] && kill -TERM "$SERVER" 2>/dev/null && wait "$SERVER" 2>/dev/null
+  [[ -n $DB ]] && psql "$BENCH_DATABASE_URL" -qAtc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null 2>&1
   if [[ "${BENCH_KEEP:-0}" == 1 ]]; then log "kept $WORK"; else rm -rf "$WORK"; fi
 }
 trap cleanup EXIT
@@ -42,7 +49,14 @@ if [[ "${BENCH_SKIP_BUILD:-0}" != 1 ]]; then
 fi
 PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
 URL="http://127.0.0.1:$PORT"
-MANDATE_ADMIN_TOKEN=$ADMIN "$M" serve --data-dir "$WORK/data" --listen "127.0.0.1:$PORT" \
+STORE_ARGS=()
+if [[ -n ${BENCH_DATABASE_URL:-} ]]; then
+  DB="mandate_deleg_$$_$RANDOM"
+  psql "$BENCH_DATABASE_URL" -qAtc "CREATE DATABASE $DB" >/dev/null
+  STORE_ARGS=(--database-url "${BENCH_DATABASE_URL%/*}/$DB")
+  log "PostgreSQL, fresh database $DB"
+fi
+MANDATE_ADMIN_TOKEN=$ADMIN "$M" serve --data-dir "$WORK/data" --listen "127.0.0.1:$PORT" "${STORE_ARGS[@]}" \
   ${BENCH_SERVE_ARGS---rate-limit-per-address 0 --rate-limit-per-client 0} >"$WORK/server.log" 2>&1 &
 SERVER=$!
 for _ in $(seq 1 100); do curl -sf "$URL/readyz" >/dev/null && break; sleep 0.1; done
@@ -85,7 +99,17 @@ CHECKER=$(form cal "$CALID" /oauth/token -d grant_type=client_credentials -d res
 jq -cn --arg t "$LEAF" '{token:$t,action:"get",resource:{type:"event",id:"e1"}}' >"$WORK/check.json"
 curl -sf "$URL/v1/check" -H "Authorization: Bearer $CHECKER" -H 'Content-Type: application/json' -d @"$WORK/check.json" | jq -c '{decision,chain}' >&2
 
-run() { "$L" --concurrency "$CONCURRENCY" --warmup "$WARMUP" --requests "$REQUESTS" --duration "$DURATION" "$@"; }
+run() { # run NAME loadgen-args...: text to the terminal, or JSON into BENCH_RESULT_DIR/NAME.json
+  local name="$1"
+  shift
+  if [[ -n ${BENCH_RESULT_DIR:-} ]]; then
+    "$L" --concurrency "$CONCURRENCY" --warmup "$WARMUP" --requests "$REQUESTS" --duration "$DURATION" --json "$@" \
+      >"$BENCH_RESULT_DIR/$name.json"
+    log "$name: $(jq -c '{throughput_rps, p50: .latency_ms.p50, p99: .latency_ms.p99, errors_total}' "$BENCH_RESULT_DIR/$name.json")"
+  else
+    "$L" --concurrency "$CONCURRENCY" --warmup "$WARMUP" --requests "$REQUESTS" --duration "$DURATION" "$@"
+  fi
+}
 # BENCH_PERF=FILE: profile the server during each run for BENCH_PERF_SECS
 # (8), into FILE.check and FILE.exchange (perf with DWARF call graphs).
 profile() {
@@ -95,12 +119,12 @@ profile() {
 if [[ $MODE == check || $MODE == both ]]; then
   log "POST /v1/check, 3-hop chain, $CONCURRENCY connections"
   profile check
-  run --token-endpoint "$URL/v1/check" --json-body "$WORK/check.json" --bearer "$CHECKER" --expect '"decision":"allow"'
+  run check --token-endpoint "$URL/v1/check" --json-body "$WORK/check.json" --bearer "$CHECKER" --expect '"decision":"allow"'
 fi
 if [[ $MODE == exchange || $MODE == both ]]; then
   log "one-hop token exchange, $CONCURRENCY connections"
   profile exchange
-  run --token-endpoint "$URL/oauth/token" --client-id "$CHILD" --key "$WORK/child.pk8" --aud "$URL" \
+  run exchange --token-endpoint "$URL/oauth/token" --client-id "$CHILD" --key "$WORK/child.pk8" --aud "$URL" \
     --grant-type urn:ietf:params:oauth:grant-type:token-exchange \
     --form "subject_token=$PARENT" --form subject_token_type=urn:ietf:params:oauth:token-type:access_token
 fi

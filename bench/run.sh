@@ -20,6 +20,13 @@
 #   BENCH_SERVE_ARGS   more `mandate serve` flags (default: both rate limits off, since one client
 #                      at full speed from one address is what they exist to stop; set it to the
 #                      empty string for builds older than the limits)
+#   BENCH_DATABASE_URL run Mandate on PostgreSQL instead of SQLite: a URL of an existing database
+#                      on the server (e.g. postgres://postgres@127.0.0.1:5432/postgres); each run
+#                      creates a fresh database next to it and drops it at the end (needs psql)
+#   BENCH_NODES=2      with BENCH_DATABASE_URL: two `mandate serve` nodes on the one database
+#                      (one issuer, one data dir), each driven by its own load generator with half
+#                      the connections; the result sums their tokens/s and keeps the worse latency
+#   BENCH_RESULT=FILE  copy Mandate's result JSON to FILE
 #
 # All traffic goes to 127.0.0.1 only. Every background process started here is
 # killed on exit.
@@ -62,6 +69,7 @@ die() {
 # ---------------------------------------------------------------- cleanup
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/mandate-bench.XXXXXX")"
 PIDS=()
+DATABASES=()
 cleanup() {
   local rc=$?
   set +e
@@ -77,6 +85,9 @@ cleanup() {
     done
     kill -KILL "$pid" 2>/dev/null
     wait "$pid" 2>/dev/null
+  done
+  for db in "${DATABASES[@]}"; do
+    psql "$BENCH_DATABASE_URL" -qAtc "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1
   done
   if [[ "${BENCH_KEEP:-0}" == 1 ]]; then
     log "kept work dir $WORK"
@@ -182,11 +193,11 @@ if [[ "${BENCH_PIN:-0}" == 1 ]]; then
   LOADGEN_PIN=(taskset -c 1)
 fi
 
-# run_loadgen NAME ENDPOINT CLIENT_ID AUD -> writes $WORK/NAME.json
+# run_loadgen NAME ENDPOINT CLIENT_ID AUD [CONCURRENCY] -> writes $WORK/NAME.json
 run_loadgen() {
-  local name="$1" endpoint="$2" cid="$3" aud="$4"
+  local name="$1" endpoint="$2" cid="$3" aud="$4" conc="${5:-$CONCURRENCY}"
   local out="$WORK/$name.json"
-  log "$name: warmup $WARMUP, then $REQUESTS requests or ${DURATION}s at concurrency $CONCURRENCY"
+  log "$name: warmup $WARMUP, then $REQUESTS requests or ${DURATION}s at concurrency $conc"
   local rc=0
   "${LOADGEN_PIN[@]}" "$LOADGEN" \
     --token-endpoint "$endpoint" \
@@ -195,7 +206,7 @@ run_loadgen() {
     --aud "$aud" \
     --resource "$RESOURCE" \
     --scope "$SCOPE" \
-    --concurrency "$CONCURRENCY" \
+    --concurrency "$conc" \
     --warmup "$WARMUP" \
     --requests "$REQUESTS" \
     --duration "$DURATION" \
@@ -252,20 +263,45 @@ log "client key: $(cat "$WORK/jwk.json")"
 # ---------------------------------------------------------------- Mandate
 run_mandate() {
   [[ -x "$MANDATE" ]] || die "missing $MANDATE"
-  local port base data admin
+  local port base data admin store_args=() nodes="${BENCH_NODES:-1}"
   port="$(free_port)"
   base="http://127.0.0.1:$port"
   data="$WORK/mandate-data"
   # Mandate requires an admin token of at least 16 characters.
   admin="${BENCH_ADMIN_TOKEN:-bench-admin-token-0123456789}"
   mkdir -p "$data"
+  if [[ -n ${BENCH_DATABASE_URL:-} ]]; then
+    command -v psql >/dev/null 2>&1 || die "BENCH_DATABASE_URL needs psql"
+    local db="mandate_bench_$$_$RANDOM"
+    psql "$BENCH_DATABASE_URL" -qAtc "CREATE DATABASE $db" >/dev/null || die "could not create database $db"
+    DATABASES+=("$db")
+    store_args=(--database-url "${BENCH_DATABASE_URL%/*}/$db")
+    log "mandate: $nodes node(s) on PostgreSQL, fresh database $db"
+  elif [[ $nodes != 1 ]]; then
+    die "BENCH_NODES=$nodes needs BENCH_DATABASE_URL (nodes share a PostgreSQL database)"
+  fi
+  # start_node PORT LOG: one `mandate serve` under the one issuer; its pid in NODE_PID
+  start_node() {
+    MANDATE_ADMIN_TOKEN="$admin" RUST_BACKTRACE=0 RUST_LIB_BACKTRACE=0 "${SERVER_PIN[@]}" "$MANDATE" serve \
+      --data-dir "$data" --listen "127.0.0.1:$1" --issuer "$base" "${store_args[@]}" ${BENCH_SERVE_ARGS-$NO_LIMITS} \
+      >"$2" 2>&1 &
+    NODE_PID=$!
+  }
   log "mandate: starting on $base (data dir $data, durable storage)"
-  MANDATE_ADMIN_TOKEN="$admin" RUST_BACKTRACE=0 RUST_LIB_BACKTRACE=0 "${SERVER_PIN[@]}" "$MANDATE" serve \
-    --data-dir "$data" --listen "127.0.0.1:$port" --issuer "$base" ${BENCH_SERVE_ARGS-$NO_LIMITS} \
-    >"$WORK/mandate.log" 2>&1 &
-  local pid=$!
+  local pid
+  start_node "$port" "$WORK/mandate.log"
+  pid=$NODE_PID
   PIDS+=("$pid")
   wait_http "$base/readyz" "$pid" "$WORK/mandate.log"
+  local port2="" pid2=""
+  if [[ $nodes == 2 ]]; then
+    port2="$(free_port)"
+    start_node "$port2" "$WORK/mandate2.log"
+    pid2=$NODE_PID
+    PIDS+=("$pid2")
+    wait_http "http://127.0.0.1:$port2/readyz" "$pid2" "$WORK/mandate2.log"
+    log "mandate: second node on http://127.0.0.1:$port2, same issuer and database"
+  fi
 
   api() { # api METHOD PATH BODY -> response body; fails on non-2xx
     local method="$1" path="$2" body="$3" resp code
@@ -295,7 +331,33 @@ run_mandate() {
   [[ -n "$cid" ]] || die "mandate: agent creation returned no client_id: $(cat "$WORK/agent.json")"
   log "mandate: seeded owner $owner, agent client_id $cid"
 
-  run_loadgen mandate "$base/oauth/token" "$cid" "$base"
+  if [[ $nodes == 2 ]]; then
+    local half=$((CONCURRENCY / 2))
+    run_loadgen mandate-a "$base/oauth/token" "$cid" "$base" "$half" &
+    local la=$!
+    run_loadgen mandate-b "http://127.0.0.1:$port2/oauth/token" "$cid" "$base" "$((CONCURRENCY - half))" &
+    local lb=$!
+    wait "$la" || die "node A's load generator failed"
+    wait "$lb" || die "node B's load generator failed"
+    # Both nodes together: tokens/s and counts add up; each latency figure is the worse of the two.
+    jq -s '{throughput_rps: (.[0].throughput_rps + .[1].throughput_rps),
+      successes: (.[0].successes + .[1].successes), requests: (.[0].requests + .[1].requests),
+      errors_total: (.[0].errors_total + .[1].errors_total), errors: [.[0].errors, .[1].errors],
+      error_samples: [.[0].error_samples, .[1].error_samples],
+      warmup_successes: (.[0].warmup_successes + .[1].warmup_successes),
+      warmup_errors: (.[0].warmup_errors + .[1].warmup_errors),
+      wall_secs: ([.[0].wall_secs, .[1].wall_secs] | max),
+      latency_ms: (.[0].latency_ms as $a | .[1].latency_ms as $b
+        | reduce ($a | keys[]) as $k ({}; .[$k] = ([$a[$k], $b[$k]] | max))),
+      per_node: [.[0].throughput_rps, .[1].throughput_rps]}' \
+      "$WORK/mandate-a.json" "$WORK/mandate-b.json" >"$WORK/mandate.json"
+    log "mandate: two nodes together $(json_get "$WORK/mandate.json" .throughput_rps) req/s" \
+      "(per node $(jq -c .per_node "$WORK/mandate.json"))"
+    stop_pid "$pid2"
+  else
+    run_loadgen mandate "$base/oauth/token" "$cid" "$base"
+  fi
+  if [[ -n ${BENCH_RESULT:-} ]]; then cp "$WORK/mandate.json" "$BENCH_RESULT"; fi
   stop_pid "$pid"
   log "mandate: stopped"
 }

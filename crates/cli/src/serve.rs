@@ -81,6 +81,13 @@ pub struct ServeArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     database_url: Option<String>,
+    /// PostgreSQL only: writer tasks per node, each committing a batch of
+    /// changes at a time on a connection of its own (default 2, 1 to 8).
+    /// The writers of every node take turns at the audit chain's head, so
+    /// with several nodes, fewer per node keep the batches large.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    database_writers: Option<u32>,
     #[arg(long, value_enum)]
     #[serde(skip_serializing_if = "Option::is_none")]
     log_format: Option<LogFormat>,
@@ -254,6 +261,7 @@ struct Settings {
     listen: SocketAddr,
     issuer: Option<String>,
     database_url: Option<String>,
+    database_writers: u32,
     log_format: LogFormat,
     client_secrets: Toggle,
     access_token_ttl: i64,
@@ -310,6 +318,7 @@ impl Default for Settings {
             listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
             issuer: None,
             database_url: None,
+            database_writers: mandate_store_postgres::DEFAULT_WRITERS,
             log_format: LogFormat::Text,
             client_secrets: Toggle::Auto,
             access_token_ttl: 300,
@@ -479,9 +488,14 @@ fn check_private(path: &Path) -> Result<()> {
 /// The one place a store is chosen: PostgreSQL for a `postgres://` URL,
 /// otherwise SQLite (in the data dir by default).
 pub(crate) async fn open_store(data_dir: &Path, database_url: Option<&str>) -> Result<Arc<dyn Store>> {
+    open_store_with(data_dir, database_url, mandate_store_postgres::DEFAULT_WRITERS).await
+}
+
+/// [`open_store`], with `writers` writer tasks on PostgreSQL.
+async fn open_store_with(data_dir: &Path, database_url: Option<&str>, writers: u32) -> Result<Arc<dyn Store>> {
     match database_url {
         Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
-            Ok(Arc::new(mandate_store_postgres::PostgresStore::connect(url).await?))
+            Ok(Arc::new(mandate_store_postgres::PostgresStore::connect_with_writers(url, writers).await?))
         }
         Some(url) if url.starts_with("sqlite:") => Ok(Arc::new(mandate_store_sqlite::open_url(url).await?)),
         Some(other) => bail!("unsupported database URL {other:?}: use postgres://… or sqlite://…"),
@@ -562,6 +576,9 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         bail!("status_list_ttl must be 1 second to a day");
     }
     config.status_list_ttl = settings.status_list_ttl;
+    if !(1..=mandate_store_postgres::MAX_WRITERS).contains(&settings.database_writers) {
+        bail!("database_writers must be 1 to {}", mandate_store_postgres::MAX_WRITERS);
+    }
     if !(1..=3_600).contains(&settings.sync_interval) {
         bail!("sync_interval must be 1 second to an hour");
     }
@@ -597,7 +614,8 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     config.user_token_ttl = settings.user_token_ttl;
     let edge = edge_config(&settings)?;
     let kek = master_key(&settings)?;
-    let store = open_store(&settings.data_dir, settings.database_url.as_deref()).await?;
+    let store =
+        open_store_with(&settings.data_dir, settings.database_url.as_deref(), settings.database_writers).await?;
     let mandate = Arc::new(Mandate::open(store, Arc::new(SystemClock), Arc::new(SystemRandom), kek, config).await?);
     if !mandate.config().trusted_issuers.is_empty() {
         let fetcher = mandate_server::fetch::GuardedFetcher::for_issuers(settings.dev_loopback_fetch)?;

@@ -91,6 +91,12 @@ impl Store for CachingStore {
     async fn setting(&self, key: &str) -> Result<Option<String>, StoreError> {
         self.inner.setting(key).await
     }
+    async fn attempt_counters(
+        &self,
+        keys: &[String],
+    ) -> Result<Vec<(String, crate::store::AttemptCounter)>, StoreError> {
+        self.inner.attempt_counters(keys).await
+    }
     async fn group_members(&self, group: &str) -> Result<Vec<User>, StoreError> {
         self.inner.group_members(group).await
     }

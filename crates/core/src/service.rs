@@ -685,7 +685,14 @@ impl Mandate {
     pub async fn housekeeping(&self) -> Result<(), Error> {
         let now = self.clock.now();
         let before = now - Duration::seconds(self.config.leeway);
-        self.store.commit(Change::new().with(Mutation::PurgeExpiredJtis { before })).await?;
+        let forgotten = now - Duration::seconds(crate::session::FAILURE_WINDOW);
+        self.store
+            .commit(
+                Change::new()
+                    .with(Mutation::PurgeExpiredJtis { before })
+                    .with(Mutation::PurgeAttemptCounters { before: forgotten }),
+            )
+            .await?;
         for agent in self.store.expired_agents(now).await? {
             let mut event = self.event(kind::AGENT_EXPIRED);
             event.decision = Some(crate::audit::ALLOW.into());

@@ -4,7 +4,6 @@
 //! never signs a person in.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 
 use argon2::password_hash::{PasswordHash, PasswordVerifier};
 use mandate_model::records::{SessionRecord, User, UserStatus};
@@ -12,7 +11,7 @@ use time::{Duration, OffsetDateTime};
 
 use crate::audit::{ALLOW, AuditRecord, DENY, kind};
 use crate::service::Mandate;
-use crate::store::{Change, Mutation};
+use crate::store::{AttemptCounter, Change, Mutation, StoreError};
 use crate::{Error, secrets};
 
 pub const SESSION_PREFIX: &str = "mnd_ses_";
@@ -36,8 +35,6 @@ pub const ADDRESS_CEILING: u32 = 50;
 pub const FAILURE_WINDOW: i64 = 15 * 60;
 /// How long a browser stays known after a successful sign-in.
 pub const KNOWN_BROWSER_TTL: i64 = 90 * 24 * 3600;
-/// Entries the failure counter keeps per node before it forgets the oldest.
-const MAX_TRACKED: usize = 100_000;
 /// The context a known-browser cookie is sealed under.
 const KNOWN_CONTEXT: &[u8] = b"mandate:known-browser:v1";
 
@@ -77,26 +74,25 @@ pub struct Source<'a> {
 }
 
 /// Failed sign-ins (SECURITY row 45, docs/web.md): per (email, source) with
-/// growing waits, and per email a ceiling that only slows. An attempt is
-/// counted before its password is checked, under one lock, so that parallel
-/// guesses cannot all slip through; a success takes its count back.
+/// growing waits, and per email a ceiling that only slows. The counters are
+/// kept in the store, so that every node paces the same attempts (issue 17,
+/// ADR 0029). An attempt is counted before its password is checked, by a
+/// compare-and-swap of the counters read, so that parallel guesses, on one
+/// node or many, cannot all slip through; a success takes its count back.
 pub(crate) struct Failures {
-    counts: Mutex<HashMap<String, Entry>>,
     /// Password checks running at once (argon2id takes 19 MiB and a core).
     checks: tokio::sync::Semaphore,
 }
 
-#[derive(Debug, Clone, Copy)]
-struct Entry {
-    count: u32,
-    last: i64,
-}
-
 impl Default for Failures {
     fn default() -> Self {
-        Self { counts: Mutex::new(HashMap::new()), checks: tokio::sync::Semaphore::new(2) }
+        Self { checks: tokio::sync::Semaphore::new(2) }
     }
 }
+
+/// How many times an attempt is counted again after another attempt moved
+/// one of its counters first; past it, the attempt is refused for now.
+const MAX_SWAPS: usize = 8;
 
 /// Seconds to wait after `count` failures of one email from one source.
 fn delay_after(count: u32) -> i64 {
@@ -111,59 +107,53 @@ impl Failures {
     pub(crate) async fn password_checks(&self) -> Result<tokio::sync::SemaphorePermit<'_>, Error> {
         self.checks.acquire().await.map_err(|_| Error::Unavailable("shutting down".into()))
     }
+}
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
-        self.counts.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+/// Counts an attempt for `pair` (email and source) and, unless the browser
+/// is known, for the email's and the address's ceilings (`ceilings`), from
+/// the counters `read`: the swaps that count it, or `Err` with the seconds
+/// to wait. Failures are remembered for [`FAILURE_WINDOW`] after the last
+/// one, so that an attack that keeps failing keeps waiting.
+fn count_attempt(
+    read: &HashMap<String, AttemptCounter>,
+    pair: &str,
+    ceilings: &[(&str, u32)],
+    now: OffsetDateTime,
+) -> Result<Vec<Mutation>, i64> {
+    let secs = now.unix_timestamp();
+    let live = |c: &AttemptCounter| secs - c.last.unix_timestamp() < FAILURE_WINDOW;
+    let pair_wait = read.get(pair).filter(|c| live(c)).map(|c| c.last.unix_timestamp() + delay_after(c.count) - secs);
+    let ceiling_waits = ceilings
+        .iter()
+        .filter_map(|(k, max)| read.get(*k).filter(|c| live(c) && c.count >= *max))
+        .map(|c| c.last.unix_timestamp() + EMAIL_PACE - secs);
+    if let Some(w) = pair_wait.into_iter().chain(ceiling_waits).filter(|w| *w > 0).max() {
+        return Err(w);
     }
+    // Whole seconds, as the waits are counted in.
+    let at = now.replace_nanosecond(0).unwrap_or(now);
+    Ok(std::iter::once(pair)
+        .chain(ceilings.iter().map(|(k, _)| *k))
+        .map(|k| {
+            let expected = read.get(k).copied();
+            let count = expected.filter(|c| live(c)).map_or(0, |c| c.count);
+            Mutation::SwapAttemptCounter {
+                key: k.to_owned(),
+                expected,
+                new: AttemptCounter { count: count.saturating_add(1), last: at },
+            }
+        })
+        .collect())
+}
 
-    /// Counts an attempt for `pair` (email and source) and, unless the
-    /// browser is known, for the email's and the address's ceilings
-    /// (`ceilings`); or refuses it (`Err`: seconds to wait). Failures are
-    /// remembered for [`FAILURE_WINDOW`] after the last one, so that an
-    /// attack that keeps failing keeps waiting.
-    fn attempt(&self, pair: &str, ceilings: &[(&str, u32)], now: i64) -> Result<(), i64> {
-        let mut map = self.lock();
-        let live = |e: &Entry| now - e.last < FAILURE_WINDOW;
-        let pair_wait = map.get(pair).filter(|e| live(e)).map(|e| e.last + delay_after(e.count) - now);
-        let ceiling_waits = ceilings
-            .iter()
-            .filter_map(|(k, max)| map.get(*k).filter(|e| live(e) && e.count >= *max))
-            .map(|e| e.last + EMAIL_PACE - now);
-        if let Some(w) = pair_wait.into_iter().chain(ceiling_waits).filter(|w| *w > 0).max() {
-            return Err(w);
-        }
-        if map.len() >= MAX_TRACKED {
-            map.retain(|_, e| live(e));
-            // Still full of live entries: forget the oldest ones.
-            while map.len() >= MAX_TRACKED {
-                let Some(oldest) = map.iter().min_by_key(|(_, e)| e.last).map(|(k, _)| k.clone()) else {
-                    break;
-                };
-                map.remove(&oldest);
-            }
-        }
-        for k in std::iter::once(pair).chain(ceilings.iter().map(|(k, _)| *k)) {
-            let e = map.entry(k.to_owned()).or_insert(Entry { count: 0, last: now });
-            if now - e.last >= FAILURE_WINDOW {
-                *e = Entry { count: 0, last: now };
-            }
-            e.count += 1;
-            e.last = now;
-        }
-        Ok(())
+/// A successful sign-in: its pair starts afresh, and its attempt no longer
+/// counts against the ceilings.
+fn give_back(pair: &str, ceilings: &[(&str, u32)]) -> Change {
+    let mut change = Change::new().with(Mutation::ForgetAttemptCounter { key: pair.to_owned() });
+    for (k, _) in ceilings {
+        change.push(Mutation::DecrementAttemptCounter { key: (*k).to_owned() });
     }
-
-    /// A successful sign-in: its pair starts afresh, and its attempt no
-    /// longer counts against the ceilings.
-    fn succeeded(&self, pair: &str, ceilings: &[(&str, u32)]) {
-        let mut map = self.lock();
-        map.remove(pair);
-        for (k, _) in ceilings {
-            if let Some(e) = map.get_mut(*k) {
-                e.count = e.count.saturating_sub(1);
-            }
-        }
-    }
+    change
 }
 
 impl Mandate {
@@ -199,7 +189,7 @@ impl Mandate {
         };
         let mut event = self.event(kind::SIGN_IN_FAILED);
         event.decision = Some(DENY.into());
-        if let Err(wait) = self.sign_in_failures.attempt(&pair, &ceilings, now.unix_timestamp()) {
+        if let Err(wait) = self.count_sign_in(&pair, &ceilings, now).await? {
             event.reason = Some("too many failed sign-ins; the attempt must wait".into());
             self.record(event).await?;
             return Err(Error::RateLimited {
@@ -237,8 +227,37 @@ impl Mandate {
                 return Err(Error::Unauthenticated);
             }
         };
-        self.sign_in_failures.succeeded(&pair, &ceilings);
-        self.open_session(user, Change::new(), None).await
+        self.open_session(user, give_back(&pair, &ceilings), None).await
+    }
+
+    /// Counts a sign-in attempt in the store's counters, or says how many
+    /// seconds it must wait (`Ok(Err(_))`). When other attempts keep moving
+    /// the counters first, it waits a second rather than go uncounted.
+    async fn count_sign_in(
+        &self,
+        pair: &str,
+        ceilings: &[(&str, u32)],
+        now: OffsetDateTime,
+    ) -> Result<Result<(), i64>, Error> {
+        let keys: Vec<String> =
+            std::iter::once(pair).chain(ceilings.iter().map(|(k, _)| *k)).map(str::to_owned).collect();
+        for _ in 0..MAX_SWAPS {
+            let read: HashMap<String, AttemptCounter> = self.store.attempt_counters(&keys).await?.into_iter().collect();
+            let swaps = match count_attempt(&read, pair, ceilings, now) {
+                Ok(swaps) => swaps,
+                Err(wait) => return Ok(Err(wait)),
+            };
+            let mut change = Change::new();
+            for m in swaps {
+                change.push(m);
+            }
+            match self.store.commit(change).await {
+                Ok(_) => return Ok(Ok(())),
+                Err(StoreError::Conflict(_)) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(Err(1))
     }
 
     /// Opens a session for `user`, who has just proved who they are, in one
@@ -349,13 +368,48 @@ mod tests {
         assert!(!verify_password("password", DECOY_HASH));
     }
 
+    /// The counters as a store keeps them, counted by [`count_attempt`]'s
+    /// swaps and given back by [`give_back`]'s change.
+    #[derive(Default)]
+    struct Counters(std::sync::Mutex<HashMap<String, AttemptCounter>>);
+
+    impl Counters {
+        fn attempt(&self, pair: &str, ceilings: &[(&str, u32)], secs: i64) -> Result<(), i64> {
+            let mut map = self.0.lock().unwrap();
+            let now = OffsetDateTime::from_unix_timestamp(secs).unwrap();
+            for m in count_attempt(&map, pair, ceilings, now)? {
+                let Mutation::SwapAttemptCounter { key, expected, new } = m else { panic!("{m:?}") };
+                assert_eq!(map.get(&key), expected.as_ref());
+                map.insert(key, new);
+            }
+            Ok(())
+        }
+
+        fn succeeded(&self, pair: &str, ceilings: &[(&str, u32)]) {
+            let mut map = self.0.lock().unwrap();
+            for (_, m) in give_back(pair, ceilings).iter() {
+                match m {
+                    Mutation::ForgetAttemptCounter { key } => {
+                        map.remove(key);
+                    }
+                    Mutation::DecrementAttemptCounter { key } => {
+                        if let Some(c) = map.get_mut(key) {
+                            c.count = c.count.saturating_sub(1);
+                        }
+                    }
+                    other => panic!("{other:?}"),
+                }
+            }
+        }
+    }
+
     fn ceilings<'a>(email: &'a str, addr: &'a str) -> Vec<(&'a str, u32)> {
         vec![(email, EMAIL_CEILING), (addr, ADDRESS_CEILING)]
     }
 
     #[test]
     fn failures_of_one_source_wait_longer_and_longer() {
-        let f = Failures::default();
+        let f = Counters::default();
         let pair = "addr:10.0.0.1|a@example.com";
         let c = ceilings("email:a@example.com", "addr:10.0.0.1");
         for _ in 0..FREE_FAILURES {
@@ -382,7 +436,7 @@ mod tests {
 
     #[test]
     fn the_ceilings_slow_and_a_known_browser_is_not_slowed() {
-        let f = Failures::default();
+        let f = Counters::default();
         // Failures for one email from many addresses (each under its own
         // free count).
         for n in 0..EMAIL_CEILING {
@@ -407,15 +461,42 @@ mod tests {
 
     #[test]
     fn parallel_guesses_are_counted_one_by_one() {
-        let f = Failures::default();
+        let f = Counters::default();
         let c = ceilings("email:c@example.com", "addr:10.0.0.1");
         let passed = (0..20).filter(|_| f.attempt("addr:10.0.0.1|c@example.com", &c, 100).is_ok()).count();
         assert_eq!(passed, FREE_FAILURES as usize);
     }
 
+    #[tokio::test]
+    async fn an_attempt_counted_from_a_stale_read_is_refused_by_the_store() {
+        use crate::store::{MemoryStore, Store};
+        let store = MemoryStore::default();
+        let (pair, c) = ("addr:10.0.0.1|e@example.com", ceilings("email:e@example.com", "addr:10.0.0.1"));
+        let now = OffsetDateTime::from_unix_timestamp(100).unwrap();
+        // Two nodes read the same (no) counters; the first to commit counts.
+        let read = HashMap::new();
+        let commit = |swaps: Vec<Mutation>| {
+            let mut change = Change::new();
+            for m in swaps {
+                change.push(m);
+            }
+            store.commit(change)
+        };
+        commit(count_attempt(&read, pair, &c, now).unwrap()).await.unwrap();
+        let stale = commit(count_attempt(&read, pair, &c, now).unwrap()).await;
+        assert!(matches!(stale, Err(StoreError::Conflict(_))), "{stale:?}");
+        // Counted again from what is stored now, it goes in.
+        let keys: Vec<String> = [pair, "email:e@example.com", "addr:10.0.0.1"].map(str::to_owned).to_vec();
+        let read: HashMap<_, _> = store.attempt_counters(&keys).await.unwrap().into_iter().collect();
+        assert_eq!(read.get(pair).map(|c| c.count), Some(1));
+        commit(count_attempt(&read, pair, &c, now).unwrap()).await.unwrap();
+        let read: HashMap<_, _> = store.attempt_counters(&keys).await.unwrap().into_iter().collect();
+        assert!(keys.iter().all(|k| read.get(k).map(|c| c.count) == Some(2)), "{read:?}");
+    }
+
     #[test]
     fn a_success_gives_its_attempt_back() {
-        let f = Failures::default();
+        let f = Counters::default();
         let pair = "addr:10.0.0.1|d@example.com";
         let c = ceilings("email:d@example.com", "addr:10.0.0.1");
         // Many sign-ins behind one address succeed.

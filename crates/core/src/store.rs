@@ -376,6 +376,28 @@ pub enum Mutation {
     PurgeExpiredJtis {
         before: OffsetDateTime,
     },
+    /// Sets an attempt counter (sign-in pacing, shared by every node) to
+    /// `new` if it still holds `expected` (`None`: no counter yet); fails
+    /// with `Conflict` otherwise, so that two nodes counting at once count
+    /// twice (affected: 1).
+    SwapAttemptCounter {
+        key: String,
+        expected: Option<AttemptCounter>,
+        new: AttemptCounter,
+    },
+    /// Forgets an attempt counter (affected: 0 or 1).
+    ForgetAttemptCounter {
+        key: String,
+    },
+    /// Takes one from an attempt counter, never below zero (affected: 0 or 1).
+    DecrementAttemptCounter {
+        key: String,
+    },
+    /// Forgets the attempt counters last counted before `before` (affected:
+    /// how many).
+    PurgeAttemptCounters {
+        before: OffsetDateTime,
+    },
     /// Sets an agent's CIBA delivery mode and notification endpoint
     /// (replacing any earlier one); fails with `Conflict` unless the agent
     /// exists.
@@ -416,6 +438,14 @@ pub enum Mutation {
     /// Keeps a signed checkpoint; one per seq, a second is ignored
     /// (affected: 0 or 1).
     InsertCheckpoint(Checkpoint),
+}
+
+/// Failed attempts under one key (an email, an address, or the two
+/// together): how many, and when the last was counted, to the second.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttemptCounter {
+    pub count: u32,
+    pub last: OffsetDateTime,
 }
 
 /// Which grants to list. Every filter given must match; `owner` matches
@@ -704,6 +734,9 @@ pub trait Store: Send + Sync + 'static {
     async fn epoch(&self) -> Result<u64, StoreError>;
 
     async fn setting(&self, key: &str) -> Result<Option<String>, StoreError>;
+
+    /// The attempt counters kept under `keys` (absent ones are left out).
+    async fn attempt_counters(&self, keys: &[String]) -> Result<Vec<(String, AttemptCounter)>, StoreError>;
 
     async fn user(&self, id: UserId) -> Result<Option<User>, StoreError>;
     async fn user_by_email(&self, email: &str) -> Result<Option<User>, StoreError>;

@@ -67,7 +67,7 @@ pub(crate) async fn append(
     sealed
 }
 
-/// Inserts a batch's events with one statement and moves the head row.
+/// Inserts a batch's events and moves the head row, with one statement.
 pub(crate) async fn insert_events(conn: &mut PgConnection, events: &[Event], head: &Head) -> Result<(), StoreError> {
     fn col(events: &[Event], f: impl Fn(&Event) -> Option<String>) -> Vec<Option<String>> {
         events.iter().map(f).collect()
@@ -81,11 +81,12 @@ pub(crate) async fn insert_events(conn: &mut PgConnection, events: &[Event], hea
         .collect::<Result<Vec<_>, _>>()?;
     let chains = events.iter().map(|e| json(&e.chain)).collect::<Result<Vec<_>, _>>()?;
     sqlx::query(
-        "INSERT INTO audit_events (seq, time, type, decision, subject, actor, chain, client_id, action, resource, \
-         scope, jti, grant_id, parent, count, reason, request_id, prev_hash, hash) \
+        "WITH inserted AS (INSERT INTO audit_events (seq, time, type, decision, subject, actor, chain, client_id, \
+         action, resource, scope, jti, grant_id, parent, count, reason, request_id, prev_hash, hash) \
          SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], \
          $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[], $15::bigint[], \
-         $16::text[], $17::text[], $18::text[], $19::text[])",
+         $16::text[], $17::text[], $18::text[], $19::text[])) \
+         UPDATE audit_head SET seq = $20, hash = $21 WHERE id = 1",
     )
     .bind(seqs)
     .bind(events.iter().map(|e| e.time.clone()).collect::<Vec<_>>())
@@ -106,15 +107,11 @@ pub(crate) async fn insert_events(conn: &mut PgConnection, events: &[Event], hea
     .bind(col(events, |e| e.request_id.clone()))
     .bind(events.iter().map(|e| e.prev_hash.clone()).collect::<Vec<_>>())
     .bind(events.iter().map(|e| e.hash.clone()).collect::<Vec<_>>())
+    .bind(i64::try_from(head.seq).map_err(|_| overflow("head"))?)
+    .bind(&head.hash)
     .execute(&mut *conn)
     .await
     .map_err(|e| map_write_error(e, "audit event"))?;
-    sqlx::query("UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1")
-        .bind(i64::try_from(head.seq).map_err(|_| overflow("head"))?)
-        .bind(&head.hash)
-        .execute(&mut *conn)
-        .await
-        .map_err(unavailable)?;
     Ok(())
 }
 

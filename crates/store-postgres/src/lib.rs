@@ -14,6 +14,7 @@
 mod approvals;
 mod audit;
 mod deliveries;
+mod epoch;
 mod grants;
 mod identity;
 mod keys;
@@ -28,8 +29,8 @@ use async_trait::async_trait;
 use mandate_audit::{Checkpoint, Event};
 use mandate_core::audit::AuditQuery;
 use mandate_core::store::{
-    Applied, ApprovalQuery, Change, ChangeFeed, GrantQuery, KeyUse, Page, Receipt, ScimGroupQuery, ScimUserQuery,
-    Store, StoreError, StoredKey, StoredPolicy,
+    Applied, ApprovalQuery, AttemptCounter, Change, ChangeFeed, GrantQuery, KeyUse, Page, Receipt, ScimGroupQuery,
+    ScimUserQuery, Store, StoreError, StoredKey, StoredPolicy,
 };
 use mandate_model::records::{
     Agent, Approval, AuthCodeRecord, Grant, RefreshRecord, Resource, ScimGroup, ScimToken, ScimUserRecord,
@@ -46,7 +47,8 @@ use crate::audit::{checkpoint_row, event_row};
 use crate::grants::grant_row;
 use crate::identity::{agent_row, resource_row, user_row, user_token_row};
 use crate::tokens::{refresh_row, token_row};
-use crate::writer::{Job, WRITERS, write_loop};
+pub use crate::writer::{DEFAULT_WRITERS, MAX_WRITERS};
+use crate::writer::{Job, write_loop};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -59,6 +61,7 @@ pub struct PostgresStore {
     pool: PgPool,
     writer: mpsc::Sender<Job>,
     feed: tokio::sync::watch::Receiver<ChangeFeed>,
+    epochs: std::sync::Arc<epoch::EpochReads>,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -72,8 +75,18 @@ pub(crate) fn unavailable(e: impl std::fmt::Display) -> StoreError {
 }
 
 impl PostgresStore {
-    /// Connects to `url` and migrates the schema.
+    /// Connects to `url` and migrates the schema, with
+    /// [`DEFAULT_WRITERS`] writer tasks.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        Self::connect_with_writers(url, DEFAULT_WRITERS).await
+    }
+
+    /// Connects to `url` and migrates the schema, with `writers` writer
+    /// tasks (1 to [`MAX_WRITERS`]), each on a connection of its own.
+    pub async fn connect_with_writers(url: &str, writers: u32) -> Result<Self, StoreError> {
+        if !(1..=MAX_WRITERS).contains(&writers) {
+            return Err(StoreError::Unavailable(format!("{writers} writers: 1 to {MAX_WRITERS} are allowed")));
+        }
         let options: PgConnectOptions = url.parse().map_err(unavailable)?;
         // A node that stalls inside a transaction must not hold the audit
         // chain's head (and so every node's writes) for long.
@@ -90,17 +103,24 @@ impl PostgresStore {
         let pool = PgPoolOptions::new()
             .max_connections(32)
             .acquire_timeout(Duration::from_secs(5))
-            .connect_with(options)
+            .connect_with(options.clone())
             .await
             .map_err(unavailable)?;
         MIGRATOR.run(&pool).await.map_err(unavailable)?;
+        // The writers' own connections, one each, so that none waits for a
+        // read's connection.
+        let writing = PgPoolOptions::new()
+            .max_connections(writers)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_lazy_with(writer::connect_options(options.clone()));
         let (writer, jobs) = mpsc::channel(4096);
         let jobs = std::sync::Arc::new(tokio::sync::Mutex::new(jobs));
-        for _ in 0..WRITERS {
-            tokio::spawn(write_loop(pool.clone(), jobs.clone()));
+        for _ in 0..writers {
+            tokio::spawn(write_loop(writing.clone(), jobs.clone()));
         }
         let feed = listen::spawn(listening);
-        Ok(Self { pool, writer, feed })
+        let epochs = epoch::EpochReads::spawn(pool.clone());
+        Ok(Self { pool, writer, feed, epochs })
     }
 
     async fn one<T>(
@@ -139,13 +159,26 @@ impl Store for PostgresStore {
     }
 
     async fn epoch(&self) -> Result<u64, StoreError> {
-        let n: i64 =
-            sqlx::query_scalar("SELECT n FROM epoch WHERE id = 1").fetch_one(&self.pool).await.map_err(unavailable)?;
-        Ok(n as u64)
+        self.epochs.epoch().await
     }
 
     async fn setting(&self, key: &str) -> Result<Option<String>, StoreError> {
         self.one("SELECT value FROM settings WHERE key = $1", key, |r| get(r, "value")).await
+    }
+
+    async fn attempt_counters(&self, keys: &[String]) -> Result<Vec<(String, AttemptCounter)>, StoreError> {
+        let rows = sqlx::query("SELECT key, count, last_at FROM attempt_counters WHERE key = ANY($1)")
+            .bind(keys)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        rows.iter()
+            .map(|r| {
+                let count: i32 = get(r, "count")?;
+                let count = u32::try_from(count).map_err(|_| StoreError::Corrupt(format!("attempt count {count}")))?;
+                Ok((get(r, "key")?, AttemptCounter { count, last: codec::from_ts(get(r, "last_at")?)? }))
+            })
+            .collect()
     }
 
     async fn user(&self, id: UserId) -> Result<Option<User>, StoreError> {

@@ -1,4 +1,4 @@
-//! Access tokens and their revocation trees, refresh families, status-list indexes and the replay store (client assertion and DPoP `jti`s).
+//! Access tokens and their revocation trees, refresh families, status-list indexes, the replay store (client assertion and DPoP `jti`s) and the attempt counters.
 
 use mandate_core::store::{Mutation, StoreError};
 use mandate_model::records::{RefreshRecord, TokenRecord};
@@ -157,6 +157,51 @@ pub(crate) async fn apply(conn: &mut PgConnection, m: &Mutation) -> Result<u64, 
             }
             return Ok(n);
         }
+        Mutation::SwapAttemptCounter { key, expected, new } => {
+            let r = match expected {
+                None => sqlx::query(
+                    "INSERT INTO attempt_counters (key, count, last_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+                )
+                .bind(key)
+                .bind(i64::from(new.count))
+                .bind(ts(new.last)?)
+                .execute(&mut *conn)
+                .await
+                .map_err(unavailable)?,
+                Some(old) => sqlx::query(
+                    "UPDATE attempt_counters SET count = $2, last_at = $3 WHERE key = $1 AND count = $4 AND last_at = $5",
+                )
+                .bind(key)
+                .bind(i64::from(new.count))
+                .bind(ts(new.last)?)
+                .bind(i64::from(old.count))
+                .bind(ts(old.last)?)
+                .execute(&mut *conn)
+                .await
+                .map_err(unavailable)?,
+            };
+            if r.rows_affected() == 0 {
+                return Err(StoreError::Conflict(format!("the attempt counter {key} has moved")));
+            }
+            r
+        }
+        Mutation::ForgetAttemptCounter { key } => sqlx::query("DELETE FROM attempt_counters WHERE key = $1")
+            .bind(key)
+            .execute(&mut *conn)
+            .await
+            .map_err(unavailable)?,
+        Mutation::DecrementAttemptCounter { key } => {
+            sqlx::query("UPDATE attempt_counters SET count = GREATEST(count - 1, 0) WHERE key = $1")
+                .bind(key)
+                .execute(&mut *conn)
+                .await
+                .map_err(unavailable)?
+        }
+        Mutation::PurgeAttemptCounters { before } => sqlx::query("DELETE FROM attempt_counters WHERE last_at < $1")
+            .bind(ts(*before)?)
+            .execute(&mut *conn)
+            .await
+            .map_err(unavailable)?,
         other => return Err(misrouted(other)),
     };
     Ok(done.rows_affected())
@@ -229,8 +274,8 @@ pub(crate) async fn revoke_tree(
     Ok(direct + below)
 }
 
-/// A delegated token goes in only under a live parent and an active grant,
-/// read `FOR SHARE`: a revocation that updated either row first makes this
+/// A delegated token goes in only under a live parent (read `FOR SHARE`)
+/// and an active grant (read `FOR NO KEY UPDATE`): a revocation that updated either row first makes this
 /// wait and then see it revoked; one that comes later waits for this
 /// transaction and then sees the new token (see [`revoke_tree`]).
 pub(crate) async fn token_may_be_inserted(conn: &mut PgConnection, t: &TokenRecord) -> Result<(), StoreError> {
@@ -247,16 +292,115 @@ pub(crate) async fn token_may_be_inserted(conn: &mut PgConnection, t: &TokenReco
         }
     }
     if let Some(grant) = t.grant {
-        let active: Option<bool> =
-            sqlx::query_scalar("SELECT status = 'active' AND expires_at > $2 FROM grants WHERE id = $1 FOR SHARE")
-                .bind(grant.to_string())
-                .bind(ts(t.issued_at)?)
-                .fetch_optional(&mut *conn)
-                .await
-                .map_err(unavailable)?;
+        // FOR NO KEY UPDATE, not FOR SHARE: a token under a grant comes with
+        // `TouchGrant`, an update of the same row. Two writers each holding
+        // a share lock and each waiting to update would deadlock (found by
+        // PostgreSQL only after `deadlock_timeout`); this lock is the one the
+        // update takes, so the second writer waits for the first to commit.
+        let active: Option<bool> = sqlx::query_scalar(
+            "SELECT status = 'active' AND expires_at > $2 FROM grants WHERE id = $1 FOR NO KEY UPDATE",
+        )
+        .bind(grant.to_string())
+        .bind(ts(t.issued_at)?)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(unavailable)?;
         if active != Some(true) {
             return Err(StoreError::Conflict(format!("grant {grant} is not active")));
         }
     }
+    Ok(())
+}
+
+/// Whether the writer may put `m` in with the rest of its batch's rows of
+/// its kind, in one statement (see [`burn_assertions`], [`insert_tokens`]):
+/// the mutations of a `client_credentials` or assertion-authenticated
+/// token, and nothing that reads or changes what they write.
+pub(crate) fn bulk_kind(m: &Mutation) -> bool {
+    match m {
+        Mutation::InsertToken(t) => t.parent.is_none() && t.grant.is_none(),
+        Mutation::ConsumeAssertionJti { .. } | Mutation::AppendAudit(_) | Mutation::ReserveStatusIndexes { .. } => true,
+        _ => false,
+    }
+}
+
+/// Burns the client-assertion `jti`s that open the batch's changes, with
+/// one statement: `Some(true)` for a change whose `jti` went in,
+/// `Some(false)` for a replay (of a stored one, or of an earlier change of
+/// the batch), `None` for a change that does not open with one.
+pub(crate) async fn burn_assertions(
+    conn: &mut PgConnection,
+    changes: &[&mandate_core::store::Change],
+) -> Result<Vec<Option<bool>>, StoreError> {
+    let mut rows: Vec<(usize, String, &str, i64)> = Vec::new();
+    for (i, c) in changes.iter().enumerate() {
+        if let Some(Mutation::ConsumeAssertionJti { client, jti, expires_at }) = c.mutations().next() {
+            rows.push((i, client.to_string(), jti.as_str(), ts(*expires_at)?));
+        }
+    }
+    let mut out = vec![None; changes.len()];
+    if rows.is_empty() {
+        return Ok(out);
+    }
+    let burned: Vec<(String, String)> = sqlx::query_as(
+        "INSERT INTO assertion_jtis (client_id, jti, expires_at) \
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[]) ON CONFLICT DO NOTHING RETURNING client_id, jti",
+    )
+    .bind(rows.iter().map(|r| r.1.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.2).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.3).collect::<Vec<_>>())
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(unavailable)?;
+    let mut fresh: std::collections::HashSet<(String, String)> = burned.into_iter().collect();
+    for (i, client, jti, _) in rows {
+        // The first change to name a jti burns it; any other replays it.
+        let went_in = fresh.remove(&(client, jti.to_owned()));
+        if let Some(slot) = out.get_mut(i) {
+            *slot = Some(went_in);
+        }
+    }
+    Ok(out)
+}
+
+/// Inserts the tokens of a batch with one statement (tokens with neither a
+/// parent nor a grant, which need no check under lock: see
+/// [`token_may_be_inserted`]).
+pub(crate) async fn insert_tokens(conn: &mut PgConnection, tokens: &[&TokenRecord]) -> Result<(), StoreError> {
+    fn col(tokens: &[&TokenRecord], f: impl Fn(&TokenRecord) -> Option<String>) -> Vec<Option<String>> {
+        tokens.iter().map(|t| f(t)).collect()
+    }
+    let times = |f: fn(&TokenRecord) -> Option<time::OffsetDateTime>| {
+        tokens.iter().map(|t| f(t).map(ts).transpose()).collect::<Result<Vec<_>, _>>()
+    };
+    let status = tokens
+        .iter()
+        .map(|t| t.status_idx.map(i64::try_from).transpose().map_err(|_| unavailable("status index overflow")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let scopes = tokens.iter().map(|t| json(&t.scopes)).collect::<Result<Vec<_>, _>>()?;
+    let chains = tokens.iter().map(|t| json(&t.chain)).collect::<Result<Vec<_>, _>>()?;
+    sqlx::query(
+        "INSERT INTO tokens (jti, client_id, subject, audience, scopes, grant_id, parent, chain, issued_at, expires_at, \
+         cnf_jkt, revoked_at, family, status_idx) \
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], \
+         $8::text[], $9::bigint[], $10::bigint[], $11::text[], $12::bigint[], $13::text[], $14::bigint[])",
+    )
+    .bind(col(tokens, |t| Some(t.jti.to_string())))
+    .bind(col(tokens, |t| Some(t.client_id.to_string())))
+    .bind(col(tokens, |t| Some(t.subject.clone())))
+    .bind(col(tokens, |t| Some(t.audience.clone())))
+    .bind(scopes)
+    .bind(col(tokens, |t| t.grant.map(|g| g.to_string())))
+    .bind(col(tokens, |t| t.parent.map(|p| p.to_string())))
+    .bind(chains)
+    .bind(times(|t| Some(t.issued_at))?)
+    .bind(times(|t| Some(t.expires_at))?)
+    .bind(col(tokens, |t| t.cnf_jkt.clone()))
+    .bind(times(|t| t.revoked_at)?)
+    .bind(col(tokens, |t| t.family.clone()))
+    .bind(status)
+    .execute(&mut *conn)
+    .await
+    .map_err(|e| map_write_error(e, "token"))?;
     Ok(())
 }

@@ -6,6 +6,7 @@
 use mandate_audit::Event;
 use mandate_core::store::{Applied, Change, Handle, Mutation, Receipt, StoreError};
 use mandate_store_sql::{Family, family};
+use sqlx::postgres::PgConnectOptions;
 use sqlx::postgres::{PgConnection, PgPool};
 use tokio::sync::{mpsc, oneshot};
 
@@ -15,14 +16,24 @@ use crate::unavailable;
 /// Most changes folded into one transaction.
 pub(crate) const MAX_BATCH: usize = 256;
 
-/// Writer tasks per node. Each applies its batch's changes on its own
-/// connection; they take turns only for the short tail that seals the
-/// batch's events under the chain's head lock and commits.
-pub(crate) const WRITERS: usize = 2;
+/// Writer tasks per node, unless told otherwise. Each applies its batch's
+/// changes on its own connection; they take turns only for the short tail
+/// that seals the batch's events under the chain's head lock and commits.
+pub const DEFAULT_WRITERS: u32 = 2;
+/// The most writer tasks a node may run.
+pub const MAX_WRITERS: u32 = 8;
 
 pub(crate) struct Job {
     pub(crate) change: Change,
     pub(crate) reply: oneshot::Sender<Result<Receipt, StoreError>>,
+}
+
+/// The writers' connections: READ COMMITTED, and a 5 s bound on waiting
+/// for a lock (the audit chain's head, rows a delegated token is checked
+/// against), set once per connection rather than per batch.
+pub(crate) fn connect_options(options: PgConnectOptions) -> PgConnectOptions {
+    // A space in a startup option is escaped with a backslash.
+    options.options([("default_transaction_isolation", "read\\ committed"), ("lock_timeout", "5s")])
 }
 
 pub(crate) fn map_write_error(e: sqlx::Error, what: &str) -> StoreError {
@@ -92,16 +103,30 @@ pub(crate) async fn apply_in_transaction(
     savepoints: bool,
 ) -> Result<Vec<Outcome>, NeedSavepoints> {
     let all_fail = |e: StoreError| Ok(batch.iter().map(|_| Err(e.clone())).collect());
-    // READ COMMITTED whatever the server's default: `seq` order is commit
-    // order because the head row is locked, not because of snapshots. A
-    // lock that cannot be had in 5 s fails the batch closed.
-    if let Err(e) = exec(conn, "BEGIN ISOLATION LEVEL READ COMMITTED").await {
+    // The writers' connections run READ COMMITTED whatever the server's
+    // default (`seq` order is commit order because the head row is locked,
+    // not because of snapshots), and a lock that cannot be had in 5 s fails
+    // the batch closed: both are set when they connect (see [`connect_options`]).
+    if let Err(e) = exec(conn, "BEGIN").await {
         return all_fail(e);
     }
-    if let Err(e) = exec(conn, "SET LOCAL lock_timeout = '5s'").await {
-        let _ = exec(conn, "ROLLBACK").await;
-        return all_fail(e);
+    // A batch of token issuances (the common case under load) burns its
+    // assertions' jtis with one statement, and inserts its tokens with
+    // another at the end; anything else goes row by row. A failure of
+    // either statement replays the batch change by change.
+    let bulk = !savepoints && batch.iter().all(|j| j.change.mutations().all(crate::tokens::bulk_kind));
+    let mut burned: Vec<Option<bool>> = vec![None; batch.len()];
+    if bulk {
+        let changes: Vec<&Change> = batch.iter().map(|j| &j.change).collect();
+        match crate::tokens::burn_assertions(conn, &changes).await {
+            Ok(b) => burned = b,
+            Err(_) => {
+                let _ = exec(conn, "ROLLBACK").await;
+                return Err(NeedSavepoints);
+            }
+        }
     }
+    let mut tokens: Vec<&mandate_model::records::TokenRecord> = Vec::new();
     let mut head: Option<Head> = None;
     let mut events: Vec<Event> = Vec::new();
     // Without savepoints, events are sealed only once the batch's changes
@@ -115,7 +140,8 @@ pub(crate) async fn apply_in_transaction(
             let _ = exec(conn, "ROLLBACK").await;
             return all_fail(e);
         }
-        let (head_before, events_before, deferred_before) = (head.clone(), events.len(), deferred.len());
+        let (head_before, events_before, deferred_before, tokens_before) =
+            (head.clone(), events.len(), deferred.len(), tokens.len());
         let mut applied = Applied::for_change(&job.change);
         let mut outcome = Ok(());
         for (i, (h, m)) in job.change.iter().enumerate() {
@@ -129,6 +155,15 @@ pub(crate) async fn apply_in_transaction(
                     events.push(e);
                     seq
                 }),
+                Mutation::ConsumeAssertionJti { .. } if i == 0 && bulk => match burned.get(job_index) {
+                    Some(Some(true)) => Ok(1),
+                    Some(Some(false)) => Err(StoreError::Replay),
+                    _ => Err(StoreError::Unavailable("a burned jti was not accounted for".into())),
+                },
+                Mutation::InsertToken(t) if bulk => {
+                    tokens.push(t);
+                    Ok(1)
+                }
                 other => apply(conn, other).await,
             };
             match done.and_then(|n| applied.set(h, n)) {
@@ -170,8 +205,13 @@ pub(crate) async fn apply_in_transaction(
             head = head_before;
             events.truncate(events_before);
             deferred.truncate(deferred_before);
+            tokens.truncate(tokens_before);
         }
         results.push(outcome.map(|()| applied));
+    }
+    if !tokens.is_empty() && crate::tokens::insert_tokens(conn, &tokens).await.is_err() {
+        let _ = exec(conn, "ROLLBACK").await;
+        return Err(NeedSavepoints);
     }
     // Without savepoints, the batch's events are sealed now, under the head
     // lock, and go in with one statement; if that fails, the batch is

@@ -686,7 +686,11 @@ pub fn family(m: &Mutation) -> Family {
         | Mutation::UseRefresh { .. }
         | Mutation::RevokeRefreshFamily { .. }
         | Mutation::RevokeTokensOfFamily { .. }
-        | Mutation::PurgeExpiredJtis { .. } => Family::Tokens,
+        | Mutation::PurgeExpiredJtis { .. }
+        | Mutation::SwapAttemptCounter { .. }
+        | Mutation::ForgetAttemptCounter { .. }
+        | Mutation::DecrementAttemptCounter { .. }
+        | Mutation::PurgeAttemptCounters { .. } => Family::Tokens,
         Mutation::InsertGrant(..)
         | Mutation::RevokeGrant { .. }
         | Mutation::RevokeGrantsOfUser { .. }

@@ -34,8 +34,8 @@ use async_trait::async_trait;
 use mandate_audit::{Checkpoint, Event};
 use mandate_core::audit::AuditQuery;
 use mandate_core::store::{
-    Applied, ApprovalQuery, Change, GrantQuery, Page, Receipt, ScimGroupQuery, ScimUserQuery, Store, StoreError,
-    StoredKey, StoredPolicy,
+    Applied, ApprovalQuery, AttemptCounter, Change, GrantQuery, Page, Receipt, ScimGroupQuery, ScimUserQuery, Store,
+    StoreError, StoredKey, StoredPolicy,
 };
 use mandate_model::records::{
     Agent, Approval, AuthCodeRecord, Grant, RefreshRecord, Resource, ScimGroup, ScimToken, ScimUserRecord,
@@ -75,6 +75,8 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0016_deliveries.sql"),
     include_str!("../migrations/0017_authorization_details.sql"),
     include_str!("../migrations/0018_group_approvals.sql"),
+    // 0019 is another branch's; it goes here at the merge, before 0020.
+    include_str!("../migrations/0020_attempt_counters.sql"),
 ];
 
 /// The writer connection's page cache, in KiB (as a negative `cache_size`).
@@ -232,6 +234,25 @@ impl Store for SqliteStore {
 
     async fn setting(&self, key: &str) -> Result<Option<String>, StoreError> {
         self.one("SELECT value FROM settings WHERE key = ?1", key, |r| Ok(Ok(r.get(0)?))).await
+    }
+
+    async fn attempt_counters(&self, keys: &[String]) -> Result<Vec<(String, AttemptCounter)>, StoreError> {
+        let keys = keys.to_vec();
+        let rows: Vec<(String, u32, i64)> = self
+            .read(move |c| {
+                let mut stmt = c.prepare_cached("SELECT key, count, last_at FROM attempt_counters WHERE key = ?1")?;
+                let mut out = Vec::new();
+                for k in keys {
+                    if let Some(row) = stmt.query_row([k], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).optional()? {
+                        out.push(row);
+                    }
+                }
+                Ok(out)
+            })
+            .await?;
+        rows.into_iter()
+            .map(|(k, count, last)| Ok((k, AttemptCounter { count, last: codec::from_ts(last)? })))
+            .collect()
     }
 
     async fn user(&self, id: UserId) -> Result<Option<User>, StoreError> {

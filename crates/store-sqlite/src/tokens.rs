@@ -1,4 +1,4 @@
-//! Access tokens and their revocation trees, refresh families, status-list indexes and the replay store (client assertion and DPoP `jti`s).
+//! Access tokens and their revocation trees, refresh families, status-list indexes, the replay store (client assertion and DPoP `jti`s) and the attempt counters.
 
 use mandate_core::store::{Mutation, StoreError};
 use mandate_model::records::{RefreshRecord, TokenRecord};
@@ -147,6 +147,38 @@ pub(crate) fn apply(conn: &Connection, m: &Mutation) -> Result<u64, StoreError> 
                 "assertion jtis",
             )?;
             Ok(n + exec(conn, "DELETE FROM dpop_jtis WHERE expires_at < ?1", params![ts(*before)?], "DPoP proofs")?)
+        }
+        Mutation::SwapAttemptCounter { key, expected, new } => {
+            let n = match expected {
+                None => exec(
+                    conn,
+                    "INSERT INTO attempt_counters (key, count, last_at) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
+                    params![key, new.count, ts(new.last)?],
+                    "attempt counter",
+                )?,
+                Some(old) => exec(
+                    conn,
+                    "UPDATE attempt_counters SET count = ?2, last_at = ?3 WHERE key = ?1 AND count = ?4 AND last_at = ?5",
+                    params![key, new.count, ts(new.last)?, old.count, ts(old.last)?],
+                    "attempt counter",
+                )?,
+            };
+            if n == 0 {
+                return Err(StoreError::Conflict(format!("the attempt counter {key} has moved")));
+            }
+            Ok(n)
+        }
+        Mutation::ForgetAttemptCounter { key } => {
+            exec(conn, "DELETE FROM attempt_counters WHERE key = ?1", params![key], "attempt counter")
+        }
+        Mutation::DecrementAttemptCounter { key } => exec(
+            conn,
+            "UPDATE attempt_counters SET count = max(count - 1, 0) WHERE key = ?1",
+            params![key],
+            "attempt counter",
+        ),
+        Mutation::PurgeAttemptCounters { before } => {
+            exec(conn, "DELETE FROM attempt_counters WHERE last_at < ?1", params![ts(*before)?], "attempt counters")
         }
         other => Err(crate::writer::misrouted(other)),
     }

@@ -121,6 +121,13 @@ impl Store for FaultyStore {
         self.gate()?;
         self.inner.setting(key).await
     }
+    async fn attempt_counters(
+        &self,
+        keys: &[String],
+    ) -> Result<Vec<(String, mandate_core::store::AttemptCounter)>, StoreError> {
+        self.gate()?;
+        self.inner.attempt_counters(keys).await
+    }
     async fn group_members(&self, group: &str) -> Result<Vec<User>, StoreError> {
         self.gate()?;
         self.inner.group_members(group).await

@@ -26,8 +26,8 @@ use mandate_model::{AgentId, ApprovalId, GrantId, GroupId, Jti, ResourceId, User
 use time::OffsetDateTime;
 
 use super::{
-    Applied, ApprovalQuery, Change, GrantQuery, Mutation, Page, Receipt, ScimGroupQuery, ScimUserQuery, Store,
-    StoreError, StoredKey, StoredPolicy,
+    Applied, ApprovalQuery, AttemptCounter, Change, GrantQuery, Mutation, Page, Receipt, ScimGroupQuery, ScimUserQuery,
+    Store, StoreError, StoredKey, StoredPolicy,
 };
 use crate::audit::{AuditQuery, seal_record};
 
@@ -45,6 +45,7 @@ struct State {
     /// By client id (as text) and `jti`.
     assertion_jtis: BTreeMap<(String, String), OffsetDateTime>,
     dpop_jtis: BTreeMap<String, OffsetDateTime>,
+    attempt_counters: BTreeMap<String, AttemptCounter>,
     tokens: BTreeMap<Jti, TokenRecord>,
     /// The next status-list index to hand out.
     status_next: u64,
@@ -182,6 +183,9 @@ fn assertion_jtis(s: &mut State) -> &mut BTreeMap<(String, String), OffsetDateTi
 }
 fn dpop_jtis(s: &mut State) -> &mut BTreeMap<String, OffsetDateTime> {
     &mut s.dpop_jtis
+}
+fn attempt_counters(s: &mut State) -> &mut BTreeMap<String, AttemptCounter> {
+    &mut s.attempt_counters
 }
 fn tokens(s: &mut State) -> &mut BTreeMap<Jti, TokenRecord> {
     &mut s.tokens
@@ -798,6 +802,31 @@ fn apply(tx: &mut Tx<'_>, m: &Mutation, applied: &Applied) -> Result<u64, StoreE
             }
             Ok(n)
         }
+        Mutation::SwapAttemptCounter { key, expected, new } => {
+            storable(new.last)?;
+            if tx.state.attempt_counters.get(key) != expected.as_ref() {
+                return Err(StoreError::Conflict(format!("the attempt counter {key} has moved")));
+            }
+            tx.put(attempt_counters, key.clone(), *new);
+            Ok(1)
+        }
+        Mutation::ForgetAttemptCounter { key } => {
+            let n = u64::from(tx.state.attempt_counters.contains_key(key));
+            tx.remove(attempt_counters, key);
+            Ok(n)
+        }
+        Mutation::DecrementAttemptCounter { key } => {
+            Ok(tx.update(attempt_counters, |k, _| k == key, |c| c.count = c.count.saturating_sub(1)))
+        }
+        Mutation::PurgeAttemptCounters { before } => {
+            storable(*before)?;
+            let stale: Vec<String> =
+                tx.state.attempt_counters.iter().filter(|(_, c)| c.last < *before).map(|(k, _)| k.clone()).collect();
+            for k in &stale {
+                tx.remove(attempt_counters, k);
+            }
+            Ok(stale.len() as u64)
+        }
         Mutation::AppendAudit(record) => {
             let (seq, prev) = match tx.state.events.last() {
                 Some(e) => (e.seq + 1, e.hash.clone()),
@@ -971,6 +1000,10 @@ impl Store for MemoryStore {
 
     async fn setting(&self, key: &str) -> Result<Option<String>, StoreError> {
         self.read(|s| s.settings.get(key).cloned())
+    }
+
+    async fn attempt_counters(&self, keys: &[String]) -> Result<Vec<(String, AttemptCounter)>, StoreError> {
+        self.read(|s| keys.iter().filter_map(|k| s.attempt_counters.get(k).map(|c| (k.clone(), *c))).collect())
     }
 
     async fn group_members(&self, group: &str) -> Result<Vec<User>, StoreError> {

@@ -629,3 +629,84 @@ async fn the_security_migration_normalises_emails_and_dates_old_tokens() -> anyh
     drop_databases(&[url]).await?;
     result
 }
+
+/// One password sign-in on `base`: the status and the `Retry-After`.
+async fn sign_in(base: &str, email: &str, password: &str) -> anyhow::Result<(u16, Option<String>)> {
+    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build()?;
+    let page = http.get(format!("{base}/login")).send().await?;
+    let login = page
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        // `__Host-mandate_login` under an https issuer.
+        .find_map(|c| c.split(';').next().filter(|p| p.contains("mandate_login=")).map(str::to_owned))
+        .unwrap_or_default();
+    let html = page.text().await?;
+    let csrf = html.split(r#"name="csrf" value=""#).nth(1).and_then(|r| r.split('"').next()).unwrap_or_default();
+    let resp = http
+        .post(format!("{base}/login"))
+        .header("cookie", login)
+        .form(&[("csrf", csrf), ("next", "/grants"), ("email", email), ("password", password)])
+        .send()
+        .await?;
+    let retry = resp.headers().get("retry-after").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    Ok((resp.status().as_u16(), retry))
+}
+
+/// Sign-in failures are counted in the store (issue 17 §2, decision 0029):
+/// failures on node A pace the attempts on node B, and guesses sent to both
+/// nodes at once are counted one by one. With counters per node, a guesser
+/// would get three free failures from each node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_in_failures_on_one_node_pace_another() -> anyhow::Result<()> {
+    use mandate_testkit::TestServer;
+    let url = fresh_database().await?;
+    let result = async {
+        let dir = tempfile::tempdir()?;
+        let clock = Arc::new(mandate_core::ManualClock::new(mandate_core::Clock::now(&mandate_core::SystemClock)));
+        let pin = |c: &mut mandate_core::Config| c.issuer = "https://mandate.test".into();
+        let store_a: Arc<dyn Store> = Arc::new(mandate_store_postgres::PostgresStore::connect(&url).await?);
+        let store_b: Arc<dyn Store> = Arc::new(mandate_store_postgres::PostgresStore::connect(&url).await?);
+        let a = TestServer::start_on(store_a, dir.path(), clock.clone(), pin).await?;
+        let b = TestServer::start_on(store_b, dir.path(), clock.clone(), pin).await?;
+        for email in ["carol@example.com", "dave@example.com"] {
+            let body = serde_json::json!({"name": "Someone", "email": email, "password": "correct horse battery"});
+            let (st, _) = a.admin(reqwest::Method::POST, "/v1/users", Some(body)).await?;
+            anyhow::ensure!(st == 201);
+        }
+        // Three free failures on A; the next attempt, on B, waits 1 s, even
+        // with the right password.
+        for _ in 0..3 {
+            anyhow::ensure!(sign_in(&a.url, "carol@example.com", "wrong").await?.0 == 401);
+        }
+        let paced = sign_in(&b.url, "carol@example.com", "correct horse battery").await?;
+        anyhow::ensure!(paced == (429, Some("1".into())), "node B did not pace what node A counted: {paced:?}");
+        clock.advance(time::Duration::seconds(1));
+        anyhow::ensure!(sign_in(&b.url, "carol@example.com", "wrong").await?.0 == 401);
+        // The wait doubles, on A too.
+        let paced = sign_in(&a.url, "carol@example.com", "correct horse battery").await?;
+        anyhow::ensure!(paced == (429, Some("2".into())), "node A did not pace what node B counted: {paced:?}");
+        // Twelve guesses at once, half on each node: three get to the
+        // password, whatever the interleaving; the rest wait.
+        let guesses = (0..12).map(|n| {
+            let base = if n % 2 == 0 { a.url.clone() } else { b.url.clone() };
+            tokio::spawn(async move { sign_in(&base, "dave@example.com", "wrong").await })
+        });
+        let mut checked = 0;
+        for g in guesses.collect::<Vec<_>>() {
+            match g.await?? {
+                (401, _) => checked += 1,
+                (429, Some(_)) => {}
+                other => anyhow::bail!("a guess got {other:?}"),
+            }
+        }
+        anyhow::ensure!(checked == 3, "{checked} of 12 parallel guesses reached the password");
+        a.stop().await?;
+        b.stop().await?;
+        Ok::<_, anyhow::Error>(())
+    }
+    .await;
+    drop_databases(&[url]).await?;
+    result
+}

@@ -126,6 +126,7 @@ macro_rules! store_conformance {
                 replay_store_burns_each_jti_once,
                 dpop_proofs_are_single_use,
                 grant_assertions_are_single_use,
+                attempt_counters_move_only_from_what_was_read,
             }
             tokens {
                 tokens_round_trip_and_revoke,

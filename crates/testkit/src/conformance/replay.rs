@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use anyhow::{Result, ensure};
-use mandate_core::store::{Change, Mutation, Store, StoreError};
+use mandate_core::store::{AttemptCounter, Change, Mutation, Store, StoreError};
 use mandate_model::AgentId;
 use mandate_model::records::ClientId;
 use time::{Duration, OffsetDateTime};
@@ -60,5 +60,43 @@ pub async fn dpop_proofs_are_single_use(s: &Arc<dyn Store>) -> Result<()> {
     // Forgotten once too old to be accepted anyway.
     one(s, Mutation::PurgeExpiredJtis { before: t0() + Duration::minutes(2) }).await?;
     one(s, burn("proof-1")).await?;
+    Ok(())
+}
+
+/// The sign-in attempt counters every node shares: a counter moves only
+/// from the value its writer read, so that two nodes counting at once
+/// cannot both count from the same value; a change whose swap fails writes
+/// nothing.
+pub async fn attempt_counters_move_only_from_what_was_read(s: &Arc<dyn Store>) -> Result<()> {
+    let keys = ["email:a@example.com".to_owned(), "addr:192.0.2.1".to_owned(), "email:none@example.com".to_owned()];
+    let at = |secs: i64, count: u32| AttemptCounter { count, last: t0() + Duration::seconds(secs) };
+    let swap = |key: &str, expected: Option<AttemptCounter>, new: AttemptCounter| Mutation::SwapAttemptCounter {
+        key: key.into(),
+        expected,
+        new,
+    };
+    ensure!(s.attempt_counters(&keys).await?.is_empty());
+    ensure!(one(s, swap(&keys[0], None, at(0, 1))).await? == 1);
+    // A second first count of the same key lost the race.
+    ensure!(matches!(one(s, swap(&keys[0], None, at(0, 1))).await, Err(StoreError::Conflict(_))), "counted twice");
+    ensure!(one(s, swap(&keys[0], Some(at(0, 1)), at(1, 2))).await? == 1);
+    // From a value that is no longer stored: refused, and the change's
+    // other swap is undone with it.
+    let both = Change::new().with(swap(&keys[1], None, at(1, 1))).with(swap(&keys[0], Some(at(0, 1)), at(2, 2)));
+    ensure!(matches!(s.commit(both).await, Err(StoreError::Conflict(_))), "a stale swap went in");
+    ensure!(s.attempt_counters(&keys).await? == vec![(keys[0].clone(), at(1, 2))], "a refused change wrote");
+    one(s, swap(&keys[1], None, at(1, 1))).await?;
+    // Taken back one at a time, never below zero; forgotten; purged by age.
+    ensure!(one(s, Mutation::DecrementAttemptCounter { key: keys[1].clone() }).await? == 1);
+    ensure!(one(s, Mutation::DecrementAttemptCounter { key: keys[1].clone() }).await? == 1);
+    ensure!(one(s, Mutation::DecrementAttemptCounter { key: keys[2].clone() }).await? == 0);
+    let mut read = s.attempt_counters(&keys).await?;
+    read.sort_by(|a, b| a.0.cmp(&b.0));
+    ensure!(read == vec![(keys[1].clone(), at(1, 0)), (keys[0].clone(), at(1, 2))], "{read:?}");
+    ensure!(one(s, Mutation::ForgetAttemptCounter { key: keys[1].clone() }).await? == 1);
+    ensure!(one(s, Mutation::ForgetAttemptCounter { key: keys[1].clone() }).await? == 0);
+    ensure!(one(s, Mutation::PurgeAttemptCounters { before: t0() + Duration::seconds(1) }).await? == 0);
+    ensure!(one(s, Mutation::PurgeAttemptCounters { before: t0() + Duration::seconds(2) }).await? == 1);
+    ensure!(s.attempt_counters(&keys).await?.is_empty());
     Ok(())
 }
