@@ -145,7 +145,7 @@ impl KeyCache {
         let parsed =
             fetch::get(http, uri, "application/jwk-set+json, application/json", MAX_JWKS_BYTES).await.and_then(|f| {
                 let v: serde_json::Value = serde_json::from_slice(&f.body).map_err(|e| e.to_string())?;
-                Ok((JwkSet::from_json(&v).map_err(|e| e.to_string())?, f.max_age))
+                Ok((JwkSet::from_issuer_json(&v).map_err(|e| e.to_string())?, f.max_age))
             });
         let (set, max_age) = match parsed {
             Ok(p) => p,
