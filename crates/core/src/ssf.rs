@@ -752,3 +752,42 @@ impl Mandate {
         change.push(Mutation::SignalRevocations { at, cause });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pushes_back_off_and_the_bound_is_reached_in_under_a_minute() {
+        let waits: Vec<i64> = (1..=MAX_PUSH_FAILURES).map(|n| push_backoff(n).whole_seconds()).collect();
+        assert_eq!(waits, vec![2, 5, 10, 20, 20]);
+        let until_paused: i64 = waits.iter().take(MAX_PUSH_FAILURES as usize - 1).sum();
+        assert!(until_paused < 60, "a receiver that stays down pauses its stream within a minute");
+        assert_eq!(push_backoff(0).whole_seconds(), 2);
+        assert_eq!(push_backoff(u32::MAX).whole_seconds(), 20);
+    }
+
+    #[test]
+    fn texts_are_bounded_and_printable() {
+        assert!(text("d", Some("x".repeat(MAX_TEXT)), MAX_TEXT).is_ok());
+        assert!(text("d", Some("x".repeat(MAX_TEXT + 1)), MAX_TEXT).is_err());
+        assert!(text("d", Some("a\nb".into()), MAX_TEXT).is_err());
+        assert!(matches!(text("d", None, MAX_TEXT), Ok(None)));
+    }
+
+    #[test]
+    fn requested_events_keep_only_what_is_transmitted() {
+        assert_eq!(Mandate::events_of(None), EventSet::all());
+        let asked =
+            vec![EventKind::SessionRevoked.uri(), "https://example.com/unknown".into(), EventKind::Verification.uri()];
+        assert_eq!(Mandate::events_of(Some(asked)).kinds(), vec![EventKind::SessionRevoked]);
+        assert!(Mandate::events_of(Some(vec![])).kinds().is_empty());
+    }
+
+    #[test]
+    fn a_stream_id_that_does_not_parse_is_not_found() {
+        assert!(matches!(parse_stream_id("nope"), Err(Error::NotFound(_))));
+        assert!(matches!(parse_stream_id("agt_01ARZ3NDEKTSV4RRFFQ69G5FAV"), Err(Error::NotFound(_))));
+        assert!(parse_stream_id("sst_01ARZ3NDEKTSV4RRFFQ69G5FAV").is_ok());
+    }
+}
