@@ -589,3 +589,52 @@ async fn sets_are_signed_with_rs256_when_asked_and_access_tokens_are_not() -> Re
     ensure!(rsa2.len() == 1 && rsa2[0]["kid"] != rsa[0]["kid"], "{rotated}");
     Ok(())
 }
+
+/// Measures (not run by default): revocation to pushed SET on a local
+/// receiver, SQLite, one node. Each sample revokes one token by RFC 7009
+/// (the admin) and times until the receiver has the SET, from the moment
+/// the revocation request is sent. Prints p50, p99 and max.
+/// `cargo test -p mandate-testkit --test it --release -- --ignored ssf::measure_push_latency --nocapture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement; run by hand"]
+async fn measure_push_latency() -> Result<()> {
+    let samples: usize = std::env::var("SSF_SAMPLES").ok().and_then(|v| v.parse().ok()).unwrap_or(500);
+    let w = world().await?;
+    let manage = receiver_token(&w, "ssf.manage").await?;
+    let rx = PushReceiver::start(&[]).await?;
+    create(&w, &manage, json!({"delivery": {"method": PUSH, "endpoint_url": rx.url}})).await?;
+    let mut times = Vec::with_capacity(samples);
+    for i in 0..samples {
+        let tokens = planner_tokens(&w).await?;
+        let token = tokens["access_token"].as_str().context("token")?.to_owned();
+        let start = std::time::Instant::now();
+        let (st, _) =
+            w.s.form_headers(
+                "/oauth/revoke",
+                &[("token", &token)],
+                &[("authorization", &format!("Bearer {}", mandate_testkit::ADMIN_TOKEN))],
+            )
+            .await
+            .map(|(s, b, _)| (s, b))?;
+        ensure!(st == 200, "revoke: {st}");
+        loop {
+            if rx.got().len() > i {
+                break;
+            }
+            if start.elapsed() > Duration::from_secs(5) {
+                anyhow::bail!("sample {i}: no SET within 5 s");
+            }
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+        times.push(start.elapsed());
+    }
+    times.sort();
+    let at = |q: f64| times[((times.len() as f64 * q) as usize).min(times.len() - 1)];
+    println!(
+        "revocation -> pushed SET, {samples} samples: p50 {:?} p99 {:?} max {:?}",
+        at(0.50),
+        at(0.99),
+        times[times.len() - 1]
+    );
+    Ok(())
+}
