@@ -448,7 +448,7 @@ async fn story(d: &mut Demo, store: &dyn Store, cal_listener: tokio::net::TcpLis
         let idx = at(&c, "/status/status_list/idx").as_u64().context("no status index")?;
         let list = d.http.get(&uri).send().await?.text().await?;
         let jwks: Value = d.http.get(format!("{}/jwks.json", d.issuer)).send().await?.json().await?;
-        let keys = mandate_jose::JwkSet::from_json(&jwks)?;
+        let keys = mandate_jose::JwkSet::from_issuer_json(&jwks)?;
         let (_, bits) = mandate_jose::statuslist::verify(&list, &keys, &uri, now())?;
         ensure!(bits.is_invalid(idx) == Some(true), "the {who}'s token is not marked in its status list");
         show("status list", format!("{uri} (signed): the {who}'s entry {idx} is set: revoked"));

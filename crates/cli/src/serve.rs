@@ -107,6 +107,13 @@ pub struct ServeArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     signing_alg: Option<String>,
+    /// How Shared Signals SETs are signed: `token` (the token signing key,
+    /// EdDSA by default) or `RS256` (an RSA key of its own, published in
+    /// /jwks.json, for receivers that follow the CAEP interoperability
+    /// profile; it never signs access tokens).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ssf_signing_alg: Option<String>,
     /// Sign an audit checkpoint after this many new events (default 10000)…
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -267,6 +274,7 @@ struct Settings {
     access_token_ttl: i64,
     assertion_max_lifetime: i64,
     signing_alg: String,
+    ssf_signing_alg: String,
     audit_checkpoint_events: u64,
     audit_checkpoint_interval: i64,
     max_delegation_depth: usize,
@@ -324,6 +332,7 @@ impl Default for Settings {
             access_token_ttl: 300,
             assertion_max_lifetime: 3600,
             signing_alg: "EdDSA".into(),
+            ssf_signing_alg: "token".into(),
             audit_checkpoint_events: 10_000,
             audit_checkpoint_interval: 60,
             max_delegation_depth: mandate_model::delegation::DEFAULT_MAX_DEPTH,
@@ -518,6 +527,11 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     }
     config.assertion_max_lifetime = settings.assertion_max_lifetime;
     config.signing_alg = mandate_jose::KeyAlg::parse(&settings.signing_alg)?;
+    config.ssf_rs256 = match settings.ssf_signing_alg.as_str() {
+        "token" => false,
+        "RS256" => true,
+        other => bail!("ssf_signing_alg {other:?} is not token or RS256"),
+    };
     if settings.audit_checkpoint_events == 0 || settings.audit_checkpoint_interval < 1 {
         bail!("audit_checkpoint_events and audit_checkpoint_interval must be at least 1");
     }

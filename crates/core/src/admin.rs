@@ -11,6 +11,7 @@ use mandate_model::records::{
     Agent, AgentKind, AgentOrigin, AgentStatus, FederatedCredential, Lifecycle, Resource, SuspendedBy, UpstreamLink,
     User, UserStatus, UserToken,
 };
+use mandate_model::ssf::{Cause, EventKind, InitiatingEntity, Signal};
 use mandate_model::{AgentId, ResourceId, Scope, ScopeSet, UserId, UserTokenId};
 use mandate_policy::{BUILTIN_ACTIONS, PolicyEngine};
 use serde::Deserialize;
@@ -355,6 +356,7 @@ impl Mandate {
     pub async fn update_user(&self, caller: Caller, id: UserId, patch: UserPatch) -> Result<User, Error> {
         self.require_admin(caller).await?;
         let mut user = self.store.user(id).await?.ok_or_else(|| Error::NotFound(format!("user {id}")))?;
+        let groups_before = user.groups.clone();
         if let Some(groups) = &patch.groups {
             user.groups = validate_groups(groups)?;
         }
@@ -392,12 +394,39 @@ impl Mandate {
             // The agents they are accountable for stop too (OWASP NHI1).
             counted.push(change.push(Mutation::RevokeTokensOfOwnedAgents { owner: id, at: now }));
             change.push(Mutation::RevokeGrantsOfUser { user: id, at: now });
+            Mandate::signal_revocations(
+                &mut change,
+                now,
+                Cause::new(InitiatingEntity::Admin, "the person was disabled"),
+            );
+        }
+        // A group taken away narrows what the person's live tokens may do
+        // (policies decide by group): CAEP token-claims-change.
+        let removed: Vec<&String> = groups_before.iter().filter(|g| !user.groups.contains(g)).collect();
+        if !disabling && !removed.is_empty() {
+            let detail = serde_json::json!({ "claims": { "groups": user.groups } }).to_string();
+            change.push(Mutation::SignalHolders {
+                holder: id.to_string(),
+                signal: Signal {
+                    kind: EventKind::TokenClaimsChange,
+                    subject: id.to_string(),
+                    at: now,
+                    cause: Cause::new(
+                        InitiatingEntity::Admin,
+                        format!(
+                            "groups removed: {}",
+                            removed.iter().map(|g| g.as_str()).collect::<Vec<_>>().join(", ")
+                        ),
+                    ),
+                    detail: Some(detail),
+                },
+            });
         }
         let mut event = self.admin_event(kind::USER_UPDATED, caller);
         event.subject = Some(id.to_string());
         event.reason = Some(if changed.is_empty() { "no change".into() } else { changed.join(", ") });
         change.push(AuditRecord::counting(event, &counted).mutation());
-        self.store.commit(change).await?;
+        self.commit_signalling(change).await?;
         Ok(user)
     }
 
@@ -796,6 +825,15 @@ impl Mandate {
                 }
             ));
             change.push(Mutation::SetFederatedCredentials { id, credentials: rules.clone(), at: now });
+            let entity = match caller {
+                Caller::Admin => InitiatingEntity::Admin,
+                Caller::User(_) => InitiatingEntity::User,
+            };
+            change.push(crate::ssf::credential_change(
+                id,
+                now,
+                Cause::new(entity, "the agent's workload identity rules changed"),
+            ));
             agent.federated_credentials = rules;
         }
         if let Some(limits) = patch.limits {
@@ -838,7 +876,7 @@ impl Mandate {
         event.resource = Some(id.to_string());
         event.reason = Some(said.join("; "));
         change.push(AuditRecord::new(event).mutation());
-        self.store.commit(change).await?;
+        self.commit_signalling(change).await?;
         Ok(agent)
     }
 
@@ -996,6 +1034,14 @@ impl Mandate {
             0 => format!("{} -> {}", agent.status.as_str(), to.as_str()),
             n => format!("{} -> {}; {n} ephemeral descendants retired", agent.status.as_str(), to.as_str()),
         });
+        if to != AgentStatus::Active {
+            let entity = match level {
+                SuspendedBy::Admin => InitiatingEntity::Admin,
+                _ => InitiatingEntity::User,
+            };
+            let reason = format!("the agent {id} was {}", to.as_str());
+            Mandate::signal_revocations(&mut change, now, Cause::new(entity, reason));
+        }
         change.push(AuditRecord::counting(event, &revocations).mutation());
         let retired_children: Vec<AgentId> = children.iter().map(|(c, _)| c.id).collect();
         for (child, revoke_at) in children {
@@ -1005,7 +1051,7 @@ impl Mandate {
             e.reason = Some(format!("its ancestor {id} was {}", to.as_str()));
             change.push(AuditRecord::counting(e, &[revoke_at]).mutation());
         }
-        let receipt = self.store.commit(change).await?;
+        let receipt = self.commit_signalling(change).await?;
         let sum = |handles: &[crate::store::Handle]| -> Result<u64, Error> {
             handles.iter().try_fold(0u64, |n, &h| {
                 n.checked_add(receipt.affected(h)?)

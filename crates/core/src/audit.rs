@@ -75,6 +75,13 @@ pub mod kind {
     /// An outbox item was given up: every attempt failed, or one failed
     /// in a way not worth retrying.
     pub const DELIVERY_FAILED: &str = "delivery.failed";
+    /// A Shared Signals stream was created, changed or deleted by its receiver.
+    pub const SSF_STREAM_CREATED: &str = "ssf.stream_created";
+    pub const SSF_STREAM_UPDATED: &str = "ssf.stream_updated";
+    pub const SSF_STREAM_DELETED: &str = "ssf.stream_deleted";
+    /// A stream's status changed (by its receiver, or paused by Mandate
+    /// after failed pushes).
+    pub const SSF_STREAM_STATUS: &str = "ssf.stream_status";
     pub const REFRESH_REUSED: &str = "refresh.reused";
     pub const CHECK: &str = "check.decided";
     pub const SESSION_CREATED: &str = "session.created";

@@ -9,6 +9,7 @@ use base64::Engine;
 use mandate_audit::Event;
 use mandate_model::ScopeSet;
 use mandate_model::records::{Agent, AgentStatus, AuthCodeRecord, Resource, User};
+use mandate_model::ssf::{Cause, InitiatingEntity};
 use sha2::{Digest, Sha256};
 use time::Duration;
 
@@ -611,6 +612,11 @@ impl Mandate {
         let now = self.clock.now();
         let mut change = Change::new().with(Mutation::RevokeGrant { id: record.grant, at: now });
         let tokens = change.push(Mutation::RevokeTokensOfGrant { grant: record.grant, at: now });
+        Mandate::signal_revocations(
+            &mut change,
+            now,
+            Cause::new(InitiatingEntity::Policy, "an authorization code was used twice; what it issued is revoked"),
+        );
         Refusal {
             change,
             counted: vec![tokens],

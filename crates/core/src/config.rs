@@ -66,6 +66,9 @@ pub struct Config {
     pub dynamic_registration: bool,
     /// Development only: client ids and documents on loopback over http.
     pub dev_loopback_fetch: bool,
+    /// Whether Shared Signals SETs are signed with an RSA key (RS256, the
+    /// CAEP interoperability profile) instead of the token signing key.
+    pub ssf_rs256: bool,
     /// Upstream OpenID Connect providers people may sign in with (DESIGN §10).
     pub upstream_oidc: Vec<crate::federation::UpstreamIdp>,
     /// Whether the sign-in page offers the local email-and-password form
@@ -118,6 +121,7 @@ impl Config {
             registration_owner: None,
             dynamic_registration: false,
             dev_loopback_fetch: false,
+            ssf_rs256: false,
             upstream_oidc: Vec::new(),
             password_login: true,
             trusted_issuers: Vec::new(),

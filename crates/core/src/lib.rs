@@ -27,6 +27,7 @@ pub mod registration;
 pub mod request;
 pub mod scim;
 pub mod session;
+pub mod ssf;
 pub mod status;
 #[cfg(test)]
 mod testing;

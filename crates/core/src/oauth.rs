@@ -4,6 +4,7 @@
 use mandate_jose::JoseError;
 use mandate_model::claims::{AccessTokenClaims, Confirmation};
 use mandate_model::records::{AgentKind, ClientId, TokenRecord};
+use mandate_model::ssf::{Cause, InitiatingEntity};
 use mandate_model::{Jti, ScopeSet};
 use mandate_policy::{Principal, Target};
 
@@ -484,10 +485,13 @@ impl Mandate {
                     Some(scopes) => scopes,
                     None => ScopeSet::parse("mandate:check").map_err(|e| Error::InvalidScope(e.to_string()))?,
                 };
-                // A resource server may ask only to check its own tokens.
-                if resource != issuer || scopes.iter().any(|s| s.as_str() != "mandate:check") {
+                // A resource server may ask only to check its own tokens and
+                // to receive Shared Signals about them (DESIGN §11).
+                let builtin =
+                    |s: &str| matches!(s, "mandate:check" | crate::ssf::MANAGE_SCOPE | crate::ssf::READ_SCOPE);
+                if resource != issuer || scopes.iter().any(|s| !builtin(s.as_str())) {
                     return Err(Error::UnauthorizedClient(
-                        "a resource server may only obtain mandate:check on the issuer".into(),
+                        "a resource server may only obtain mandate:check, ssf.manage or ssf.read on the issuer".into(),
                     ));
                 }
                 (res.id.to_string(), None, scopes)
@@ -866,6 +870,7 @@ impl Mandate {
             }
         };
         let receipt = self.commit_caller(caller, change, event, &counted).await?;
+        self.signals.notify_one();
         let mut revoked = false;
         for h in counted {
             revoked |= receipt.affected(h)? > 0;
@@ -900,7 +905,9 @@ impl Mandate {
             about.reason = Some("already revoked".into());
         } else {
             about.decision = Some(ALLOW.into());
-            counted.push(change.push(Mutation::RevokeToken { jti: record.jti, at: self.clock.now() }));
+            let at = self.clock.now();
+            counted.push(change.push(Mutation::RevokeToken { jti: record.jti, at }));
+            Mandate::signal_revocations(&mut change, at, revoked_by(caller, "the token was revoked"));
         }
         Ok(Some(Revocable { change, counted, event: about }))
     }
@@ -935,8 +942,18 @@ impl Mandate {
             // revocation reached.
             counted.push(change.push(Mutation::RevokeRefreshFamily { family: record.family.clone(), at: now }));
             counted.push(change.push(Mutation::RevokeTokensOfFamily { family: record.family.clone(), at: now }));
+            Mandate::signal_revocations(&mut change, now, revoked_by(caller, "the refresh token's family was revoked"));
         }
         Ok(Some(Revocable { change, counted, event: about }))
+    }
+}
+
+/// Who revoked a token by RFC 7009, as a SET says it: the admin, or the
+/// client that holds it.
+fn revoked_by(caller: &TokenCaller, reason: &str) -> Cause {
+    match caller {
+        TokenCaller::Admin => Cause::new(InitiatingEntity::Admin, reason),
+        TokenCaller::Client(_) => Cause::new(InitiatingEntity::User, reason),
     }
 }
 

@@ -342,7 +342,18 @@ impl Mandate {
                 } else {
                     let mut event = self.registration_event(&agent, url);
                     event.reason = Some("its client metadata document changed".into());
-                    let change = Change::new()
+                    let mut change = Change::new();
+                    if agent.jwks != reg.jwks {
+                        change.push(crate::ssf::credential_change(
+                            agent.id,
+                            now,
+                            mandate_model::ssf::Cause::new(
+                                mandate_model::ssf::InitiatingEntity::System,
+                                "the client's metadata document published other keys",
+                            ),
+                        ));
+                    }
+                    let change = change
                         .with(Mutation::UpdateAgentRegistration {
                             id: agent.id,
                             name: reg.name.clone(),
@@ -352,7 +363,7 @@ impl Mandate {
                             at: now,
                         })
                         .with(AuditRecord::new(event).mutation());
-                    self.store.commit(change).await?;
+                    self.commit_signalling(change).await?;
                     Agent {
                         name: reg.name,
                         redirect_uris: reg.redirect_uris,

@@ -14,6 +14,7 @@
 use std::collections::BTreeSet;
 
 use mandate_model::records::{ScimGroup, ScimToken, ScimUserRecord, User, UserStatus};
+use mandate_model::ssf::{Cause, InitiatingEntity};
 use mandate_model::{GroupId, UserId, name};
 use serde_json::{Map, Value, json};
 
@@ -354,6 +355,11 @@ impl Mandate {
             counted.push(change.push(Mutation::RevokeTokensOfSubject { subject: id.to_string(), at }));
             counted.push(change.push(Mutation::RevokeTokensOfOwnedAgents { owner: id, at }));
             change.push(Mutation::RevokeGrantsOfUser { user: id, at });
+            Mandate::signal_revocations(
+                &mut change,
+                at,
+                Cause::new(InitiatingEntity::Admin, "the person was deactivated by SCIM provisioning"),
+            );
         }
         if leave_groups {
             change.push(Mutation::RemoveUserFromScimGroups { user: id });
@@ -362,7 +368,7 @@ impl Mandate {
             event.reason = Some("SCIM".into());
         }
         change.push(AuditRecord::counting(event, &counted).mutation());
-        self.store.commit(change).await?;
+        self.commit_signalling(change).await?;
         let user = User { name: now.name, email: now.email, status: now.status, ..read.user.clone() };
         let user = if leave_groups { User { scim_groups: Vec::new(), ..user } } else { user };
         Ok(ScimPerson { user, record: Some(record) })

@@ -17,6 +17,7 @@ use crate::keyring::{KeyRing, unwrap_key};
 use crate::ports::{Clock, Random};
 use crate::store::{Change, KeyUse, Mutation, Store};
 use crate::{Config, Error, secrets};
+use mandate_model::ssf::{Cause, InitiatingEntity};
 
 const ADMIN_TOKEN_SETTING: &str = "admin_token_sha256";
 
@@ -107,6 +108,12 @@ pub struct Mandate {
     pub(crate) callbacks: std::sync::OnceLock<Arc<dyn crate::ports::CallbackSender>>,
     /// Tell approvers that a request waits for them, set by the server.
     pub(crate) notifiers: std::sync::OnceLock<Vec<Arc<dyn crate::ports::ApproverNotifier>>>,
+    /// Pushes SETs to Shared Signals receivers, set by the server.
+    pub(crate) set_pusher: std::sync::OnceLock<Arc<dyn crate::ssf::SetPusher>>,
+    /// Woken when this node queued Shared Signals events.
+    pub(crate) signals: tokio::sync::Notify,
+    /// The RSA key SETs are signed with under `--ssf-signing-alg RS256`.
+    pub(crate) ssf_keys: RwLock<Option<Arc<SigningKey>>>,
 }
 
 impl std::fmt::Debug for Mandate {
@@ -211,10 +218,55 @@ impl Mandate {
             issuer_keys: crate::trust::IssuerKeys::default(),
             callbacks: std::sync::OnceLock::new(),
             notifiers: std::sync::OnceLock::new(),
+            set_pusher: std::sync::OnceLock::new(),
+            signals: tokio::sync::Notify::new(),
+            ssf_keys: RwLock::new(None),
         };
         service.reload_policy().await?;
         service.load_audit_keys().await?;
+        service.load_ssf_key().await?;
         Ok(service)
+    }
+
+    /// Under `--ssf-signing-alg RS256`: loads the newest unretired RSA key
+    /// that signs SETs, creating it on the first start (sealed with the
+    /// master key, as every signing key is).
+    pub(crate) async fn load_ssf_key(&self) -> Result<(), Error> {
+        if !self.config.ssf_rs256 {
+            return Ok(());
+        }
+        let current = |all: Vec<crate::store::StoredKey>| {
+            let mut live: Vec<_> =
+                all.into_iter().filter(|k| k.purpose == KeyUse::Signals && k.retired_at.is_none()).collect();
+            live.sort_by(|a, b| b.created_at.cmp(&a.created_at).then_with(|| b.kid.cmp(&a.kid)));
+            live.into_iter().next()
+        };
+        let stored = match current(self.store.signing_keys().await?) {
+            Some(k) => k,
+            None => {
+                let key = SigningKey::generate_set_rsa().map_err(|e| Error::Unavailable(e.to_string()))?;
+                self.store.commit(first_key_change(&key, KeyUse::Signals, &self.kek, self.clock.now())?).await?;
+                tracing::info!(kid = key.kid(), "generated the RS256 key that signs Shared Signals");
+                current(self.store.signing_keys().await?)
+                    .ok_or_else(|| Error::Unavailable("no SET key after creating one".into()))?
+            }
+        };
+        if self.ssf_key().is_some_and(|k| k.kid() == stored.kid) {
+            return Ok(());
+        }
+        let der = self
+            .kek
+            .open(stored.kid.as_bytes(), &stored.wrapped_private)
+            .map_err(|e| Error::Unavailable(e.to_string()))?;
+        let key = SigningKey::from_set_rsa_pkcs8(&der).map_err(|e| Error::Unavailable(e.to_string()))?;
+        if key.kid() != stored.kid {
+            return Err(Error::Unavailable(format!("stored key {} does not match its kid", stored.kid)));
+        }
+        match self.ssf_keys.write() {
+            Ok(mut g) => *g = Some(Arc::new(key)),
+            Err(p) => *p.into_inner() = Some(Arc::new(key)),
+        }
+        Ok(())
     }
 
     /// Loads the checkpoint key, creating it (Ed25519) on the first start.
@@ -346,6 +398,7 @@ impl Mandate {
         let epoch = self.store.epoch().await?;
         self.reload_policy().await?;
         self.reload_keys().await?;
+        self.load_ssf_key().await?;
         self.synced_epoch.fetch_max(epoch, std::sync::atomic::Ordering::AcqRel);
         Ok(())
     }
@@ -655,7 +708,15 @@ impl Mandate {
 
     /// The published JWK set.
     pub fn jwks(&self) -> serde_json::Value {
-        self.ring().verifier.keys.to_json()
+        let mut set = self.ring().verifier.keys.to_json();
+        // The RS256 key of Shared Signals, beside the token keys (which
+        // resource servers pick by skipping it: `JwkSet::from_issuer_json`).
+        if let Some(k) = self.ssf_key()
+            && let Some(keys) = set.get_mut("keys").and_then(serde_json::Value::as_array_mut)
+        {
+            keys.push(k.public().to_json());
+        }
+        set
     }
 
     /// Adds a new signing key and retires the current one, which stays
@@ -672,8 +733,19 @@ impl Mandate {
         let retired =
             change.push(Mutation::RetireSigningKeys { purpose: KeyUse::Token, keep: key.kid().to_owned(), at: now });
         change.push(AuditRecord::counting(event, &[retired]).mutation());
+        // The RSA key of Shared Signals rotates with the token key.
+        if self.config.ssf_rs256 {
+            let set_key = SigningKey::generate_set_rsa().map_err(|e| Error::Unavailable(e.to_string()))?;
+            change.push(Mutation::InsertSigningKey(KeyRing::wrap(&set_key, KeyUse::Signals, &self.kek, now)?));
+            change.push(Mutation::RetireSigningKeys {
+                purpose: KeyUse::Signals,
+                keep: set_key.kid().to_owned(),
+                at: now,
+            });
+        }
         self.store.commit(change).await?;
         self.reload_keys().await?;
+        self.load_ssf_key().await?;
         tracing::info!(kid = key.kid(), "rotated the signing key");
         Ok(key.kid().to_owned())
     }
@@ -709,8 +781,13 @@ impl Mandate {
             });
             let tokens = change.push(Mutation::RevokeTokensOfAgent { agent: agent.id, at: now });
             change.push(Mutation::RevokeGrantsOfAgent { agent: agent.id, at: now });
+            Mandate::signal_revocations(
+                &mut change,
+                now,
+                Cause::new(InitiatingEntity::System, "the ephemeral agent's time is up"),
+            );
             change.push(AuditRecord::counting(event, &[tokens]).mutation());
-            match self.store.commit(change).await {
+            match self.commit_signalling(change).await {
                 // Another node or a lifecycle call got there first.
                 Ok(_) | Err(crate::StoreError::Conflict(_)) => {}
                 Err(e) => return Err(e.into()),

@@ -10,7 +10,8 @@ use mandate_model::records::{
     Agent, AgentStatus, Approval, ApprovalStatus, AuthCodeRecord, ClientId, Grant, RefreshRecord, Resource, ScimGroup,
     ScimToken, ScimUserRecord, SessionRecord, SuspendedBy, TokenRecord, UpstreamLink, User, UserStatus, UserToken,
 };
-use mandate_model::{AgentId, ApprovalId, GrantId, GroupId, Jti, UserId, UserTokenId};
+use mandate_model::ssf::{Cause, QueuedEvent, Signal, Stream, StreamStatus};
+use mandate_model::{AgentId, ApprovalId, GrantId, GroupId, Jti, ResourceId, StreamId, UserId, UserTokenId};
 use thiserror::Error;
 use time::OffsetDateTime;
 
@@ -57,6 +58,9 @@ pub enum KeyUse {
     Token,
     /// Audit checkpoints, published at `/v1/audit/keys`.
     Audit,
+    /// Shared Signals SETs under `--ssf-signing-alg RS256`: an RSA key,
+    /// published in `/jwks.json`, that never signs an access token.
+    Signals,
 }
 
 impl KeyUse {
@@ -64,6 +68,7 @@ impl KeyUse {
         match self {
             KeyUse::Token => "token",
             KeyUse::Audit => "audit",
+            KeyUse::Signals => "ssf",
         }
     }
 
@@ -71,6 +76,7 @@ impl KeyUse {
         match s {
             "token" => Ok(KeyUse::Token),
             "audit" => Ok(KeyUse::Audit),
+            "ssf" => Ok(KeyUse::Signals),
             other => Err(StoreError::Corrupt(format!("key use {other}"))),
         }
     }
@@ -438,6 +444,77 @@ pub enum Mutation {
     /// Keeps a signed checkpoint; one per seq, a second is ignored
     /// (affected: 0 or 1).
     InsertCheckpoint(Checkpoint),
+    /// Creates a Shared Signals stream; fails with `Conflict` if the id
+    /// exists or the resource is missing.
+    InsertStream(Stream),
+    /// Replaces a stream's delivery, event types, description and update
+    /// time (not its status or push state); fails with `Conflict` unless
+    /// the stream exists and belongs to `resource`.
+    UpdateStream(Stream),
+    /// Deletes a stream and the events waiting on it (affected: 0 or 1).
+    DeleteStream {
+        id: StreamId,
+    },
+    /// Sets a stream's status and reason (affected: 0 or 1). `Disabled`
+    /// drops the events waiting; `Enabled` clears the failure count and
+    /// makes the stream due at `at`, so that pushing resumes at once.
+    SetStreamStatus {
+        id: StreamId,
+        status: StreamStatus,
+        reason: Option<String>,
+        at: OffsetDateTime,
+    },
+    /// Queues a CAEP `session-revoked` event, on every stream that is not
+    /// disabled, asks for the type and holds fewer than
+    /// [`mandate_model::ssf::MAX_QUEUED_EVENTS`] events, for every token
+    /// revoked at exactly `at` whose `aud` is the stream's audience and
+    /// that has no such event on it yet (affected: how many). Placed after
+    /// the revocations of its change, so that the events commit with them.
+    SignalRevocations {
+        at: OffsetDateTime,
+        cause: Cause,
+    },
+    /// Queues `signal` on every stream (not disabled, asking for its type,
+    /// not full) whose audience is the `aud` of a token live at
+    /// `signal.at` that `holder` holds (as client) or is the subject of
+    /// (affected: how many streams).
+    SignalHolders {
+        holder: String,
+        signal: Signal,
+    },
+    /// Queues `signal` on one stream, unless it is disabled or full
+    /// (affected: 0 or 1). For the stream's own events (verification,
+    /// stream-updated), which every stream delivers.
+    SignalStream {
+        stream: StreamId,
+        signal: Signal,
+    },
+    /// Forgets a stream's acknowledged events (affected: how many).
+    AckEvents {
+        stream: StreamId,
+        seqs: Vec<u64>,
+    },
+    /// Claims a push stream for one attempt: fails with `Conflict` unless
+    /// it is enabled, due at `now` and not leased past `now` (so two nodes
+    /// never push one stream at once, and its events go out in order).
+    LeaseStream {
+        id: StreamId,
+        holder: String,
+        now: OffsetDateTime,
+        until: OffsetDateTime,
+    },
+    /// Records a push attempt by the lease's holder: the event `delivered`
+    /// (if one was) is forgotten, the failure count and next attempt are
+    /// set, the lease is released, and with `pause` the stream is paused
+    /// for that reason. Fails with `Conflict` unless `holder` holds it.
+    FinishPush {
+        id: StreamId,
+        holder: String,
+        delivered: Option<u64>,
+        failures: u32,
+        next_at: OffsetDateTime,
+        pause: Option<String>,
+    },
 }
 
 /// Failed attempts under one key (an email, an address, or the two
@@ -833,6 +910,17 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<mandate_model::delivery::Delivery>, StoreError>;
     /// The outbox items about `about` (an approval id), oldest first.
     async fn deliveries_about(&self, about: &str) -> Result<Vec<mandate_model::delivery::Delivery>, StoreError>;
+
+    /// A Shared Signals stream.
+    async fn stream(&self, id: StreamId) -> Result<Option<Stream>, StoreError>;
+    /// The streams a resource created, oldest first.
+    async fn streams_of(&self, resource: ResourceId) -> Result<Vec<Stream>, StoreError>;
+    /// The events waiting on a stream, oldest (lowest `seq`) first, at most
+    /// `limit`.
+    async fn queued_events(&self, stream: StreamId, limit: u32) -> Result<Vec<QueuedEvent>, StoreError>;
+    /// Push streams that are enabled, have events waiting, are due at
+    /// `now` and are not leased past `now`; oldest due first, at most `limit`.
+    async fn due_streams(&self, now: OffsetDateTime, limit: u32) -> Result<Vec<Stream>, StoreError>;
 
     /// The last event's `seq` and `hash`, or `None` for an empty trail.
     async fn audit_head(&self) -> Result<Option<(u64, String)>, StoreError>;

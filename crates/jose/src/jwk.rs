@@ -71,7 +71,7 @@ impl PublicJwk {
     }
 
     /// An RSA public key from its big-endian modulus and exponent.
-    fn from_rsa(n: Vec<u8>, e: Vec<u8>, kid: Option<String>) -> Result<Self, JoseError> {
+    pub(crate) fn from_rsa(n: Vec<u8>, e: Vec<u8>, kid: Option<String>) -> Result<Self, JoseError> {
         if !RSA_MODULUS_BYTES.contains(&n.len()) || n.first().is_none_or(|b| *b == 0) {
             return Err(JoseError::Key("an RSA modulus has 2048 to 8192 bits, without leading zeros".into()));
         }
@@ -269,6 +269,22 @@ impl JwkSet {
             return Err(JoseError::Key("\"kid\" values must be unique".into()));
         }
         Ok(Self { keys })
+    }
+
+    /// Mandate's own published set (`/jwks.json`), as a resource server
+    /// reads it to verify access tokens: the RS256 key that signs only
+    /// Security Event Tokens (`--ssf-signing-alg RS256`) is skipped, and
+    /// every other key is parsed as [`JwkSet::from_json`] does, so that an
+    /// access token can never be accepted under RS256.
+    pub fn from_issuer_json(v: &Value) -> Result<Self, JoseError> {
+        let keys = v
+            .as_object()
+            .and_then(|o| o.get("keys"))
+            .and_then(Value::as_array)
+            .ok_or_else(|| JoseError::Key("a JWK set is an object with a \"keys\" array".into()))?;
+        let token_keys: Vec<Value> =
+            keys.iter().filter(|k| k.get("kty").and_then(Value::as_str) != Some("RSA")).cloned().collect();
+        Self::from_json(&json!({ "keys": token_keys }))
     }
 
     /// A trusted issuer's published key set: the keys Mandate can verify

@@ -1,7 +1,11 @@
 //! Mandate's own signing keys.
 
+use aws_lc_rs::encoding::AsDer;
 use aws_lc_rs::rand::SystemRandom;
-use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair, KeyPair};
+use aws_lc_rs::rsa::KeySize;
+use aws_lc_rs::signature::{
+    ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair, KeyPair, RSA_PKCS1_SHA256, RsaKeyPair,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::{JoseError, PublicJwk};
@@ -51,6 +55,9 @@ impl KeyAlg {
 enum Pair {
     Ed(Ed25519KeyPair),
     Ec(EcdsaKeyPair),
+    /// Only for Security Event Tokens, under `--ssf-signing-alg RS256`
+    /// (the CAEP interoperability profile): see [`SigningKey::generate_set_rsa`].
+    Rsa(RsaKeyPair),
 }
 
 /// A private signing key with its public half. The key pair is parsed once
@@ -123,6 +130,27 @@ impl SigningKey {
         self.public.alg
     }
 
+    /// A fresh RSA 2048 key for signing Security Event Tokens with RS256
+    /// (RFC 8417; the CAEP interoperability profile requires RS256). It is
+    /// never a token key: [`SigningKey::generate`] and
+    /// [`SigningKey::from_pkcs8`] still refuse RS256, and [`KeyAlg::parse`]
+    /// does not name it, so no access token can be signed with it.
+    pub fn generate_set_rsa() -> Result<Self, JoseError> {
+        let pair = RsaKeyPair::generate(KeySize::Rsa2048).map_err(|_| JoseError::Crypto)?;
+        let der = pair.as_der().map_err(|_| JoseError::Crypto)?;
+        Self::from_set_rsa_pkcs8(der.as_ref())
+    }
+
+    /// Loads the RSA key of [`SigningKey::generate_set_rsa`] from PKCS#8.
+    pub fn from_set_rsa_pkcs8(der: &[u8]) -> Result<Self, JoseError> {
+        let pair = RsaKeyPair::from_pkcs8(der).map_err(|_| JoseError::Key("PKCS#8 RSA key rejected".into()))?;
+        let components = aws_lc_rs::rsa::PublicKeyComponents::<Vec<u8>>::from(pair.public_key());
+        let anonymous = PublicJwk::from_rsa(components.n.clone(), components.e.clone(), None)?;
+        let kid = anonymous.thumbprint();
+        let public = PublicJwk::from_rsa(components.n, components.e, Some(kid.clone()))?;
+        Ok(Self { kid, pkcs8: der.to_vec(), pair: Pair::Rsa(pair), public })
+    }
+
     /// The private key, PKCS#8 DER. Only for wrapping before storage.
     pub fn pkcs8(&self) -> &[u8] {
         &self.pkcs8
@@ -138,6 +166,11 @@ impl SigningKey {
             Pair::Ed(p) => Ok(p.sign(message).as_ref().to_vec()),
             Pair::Ec(p) => {
                 p.sign(&SystemRandom::new(), message).map(|s| s.as_ref().to_vec()).map_err(|_| JoseError::Crypto)
+            }
+            Pair::Rsa(p) => {
+                let mut sig = vec![0u8; p.public_modulus_len()];
+                p.sign(&RSA_PKCS1_SHA256, &SystemRandom::new(), message, &mut sig).map_err(|_| JoseError::Crypto)?;
+                Ok(sig)
             }
         }
     }

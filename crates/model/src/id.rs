@@ -107,6 +107,10 @@ prefixed_id!(
     /// A person's own API token (not the secret, which is never stored).
     UserTokenId, "utk", "user token"
 );
+prefixed_id!(
+    /// A Shared Signals stream (SSF 1.0 `stream_id`).
+    StreamId, "sst", "stream"
+);
 
 #[cfg(test)]
 mod tests {

@@ -13,7 +13,8 @@ pub mod limits;
 pub mod name;
 pub mod records;
 pub mod scope;
+pub mod ssf;
 
 pub use error::ModelError;
-pub use id::{AgentId, ApprovalId, GrantId, GroupId, Jti, ResourceId, UserId, UserTokenId};
+pub use id::{AgentId, ApprovalId, GrantId, GroupId, Jti, ResourceId, StreamId, UserId, UserTokenId};
 pub use scope::{Scope, ScopeSet};

@@ -227,3 +227,48 @@ impl IntoResponse for Problem {
         resp
     }
 }
+
+/// An error on the Shared Signals endpoints: the status SSF 1.0 §8 names
+/// (400, 401, 403, 404, 409), with a body in the shape of RFC 8935 §2.4
+/// (`err`, `description`) and its error codes where one fits.
+#[derive(Debug)]
+pub struct SsfError(pub Error);
+
+impl From<Error> for SsfError {
+    fn from(e: Error) -> Self {
+        Self(e)
+    }
+}
+
+impl IntoResponse for SsfError {
+    fn into_response(self) -> Response {
+        #[derive(Serialize)]
+        struct Body {
+            err: &'static str,
+            description: String,
+        }
+        // The status and the sentence come from the one Problem mapping,
+        // so that no detail reaches the client that the admin API would
+        // not show.
+        let code_of = |e: &Error| match e {
+            Error::Unauthenticated | Error::InvalidClient(_) => "authentication_failed",
+            Error::Forbidden(_) | Error::UnauthorizedClient(_) | Error::AccessDenied(_) => "access_denied",
+            Error::NotFound(_) => "not_found",
+            Error::Conflict(_) | Error::PreconditionFailed(_) => "conflict",
+            Error::RateLimited { .. } => "slow_down",
+            Error::Unavailable(_) => "temporarily_unavailable",
+            _ => "invalid_request",
+        };
+        let err = code_of(&self.0);
+        let problem = Problem::from(self.0);
+        let mut resp = (problem.status, axum::Json(Body { err, description: problem.detail })).into_response();
+        let h = resp.headers_mut();
+        if let Some(secs) = problem.retry_after {
+            h.insert(header::RETRY_AFTER, secs.into());
+        }
+        if problem.status == StatusCode::UNAUTHORIZED {
+            h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"mandate\""));
+        }
+        resp
+    }
+}

@@ -15,6 +15,7 @@ pub mod notify;
 mod oauth;
 mod ops;
 pub mod scim;
+pub mod ssf;
 pub mod web;
 
 use std::sync::Arc;
@@ -55,6 +56,11 @@ impl AppState {
         match notify::HttpCallbacks::new(mandate.config().dev_loopback_fetch) {
             Ok(c) => mandate.set_callback_sender(Arc::new(c)),
             Err(e) => tracing::error!(error = %e, "the CIBA callback client could not be built: ping and push are off"),
+        }
+        // Shared Signals pushes too.
+        match notify::HttpSetPusher::new(mandate.config().dev_loopback_fetch) {
+            Ok(p) => mandate.set_set_pusher(Arc::new(p)),
+            Err(e) => tracing::error!(error = %e, "the SET push client could not be built: push streams are off"),
         }
         let upstreams = if mandate.config().upstream_oidc.is_empty() {
             None
@@ -161,6 +167,20 @@ pub fn router(state: AppState) -> Router {
         .route("/scim/v2/.search", post(scim::search_all))
         .route("/scim/v2/{*rest}", any(scim::not_found))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), edge::limit_by_address));
+    // Shared Signals (DESIGN §11): stream management limited per address
+    // like the admin API; polling is a receiver's steady traffic.
+    let signals = Router::new()
+        .route(
+            "/ssf/streams",
+            post(ssf::create).get(ssf::read).patch(ssf::update).put(ssf::replace).delete(ssf::delete),
+        )
+        .route("/ssf/status", get(ssf::status).post(ssf::set_status))
+        .route("/ssf/verify", post(ssf::verify))
+        .route("/ssf/subjects:add", post(ssf::add_subject))
+        .route("/ssf/subjects:remove", post(ssf::remove_subject))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), edge::limit_by_address))
+        .route("/ssf/poll/{stream_id}", post(ssf::poll))
+        .route("/.well-known/ssf-configuration", get(ssf::configuration));
     let ops = Router::new().route("/healthz", get(ops::healthz)).route("/readyz", get(ops::readyz));
     let app = Router::new()
         .merge(oauth_limited)
@@ -168,6 +188,7 @@ pub fn router(state: AppState) -> Router {
         .merge(admin)
         .merge(checks)
         .merge(scim)
+        .merge(signals)
         .merge(ops)
         .merge(web::routes(state.clone()));
     // An issuer with a path (`https://host/tenant`): its metadata is at
@@ -237,6 +258,7 @@ pub async fn serve(
     ops::install_metrics();
     let sync = tokio::spawn(background(state.clone()));
     let outbox = tokio::spawn(deliver(state.mandate.clone()));
+    let signals = tokio::spawn(push_signals(state.mandate.clone()));
     let limits = state.edge.config.connections;
     let trusted = state.edge.config.trusted_proxies.clone();
     let mandate = state.mandate.clone();
@@ -244,6 +266,7 @@ pub async fn serve(
     let result = conn::serve_connections(listener, app, limits, trusted, shutdown).await;
     sync.abort();
     outbox.abort();
+    signals.abort();
     // Counts of refusals still being aggregated are written, not lost.
     if let Err(e) = mandate.flush_refusals(true).await {
         tracing::warn!(error = %e, "could not write the counted refusals");
@@ -311,6 +334,32 @@ async fn deliver(mandate: Arc<Mandate>) {
                 Ok(_) => {}
                 Err(e) => {
                     tracing::warn!(error = %e, "the outbox could not be worked");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// The Shared Signals push worker: pushes due SETs as soon as this node
+/// queued some, and every quarter second for those other nodes queued or
+/// whose backoff passed. Each stream is claimed under a lease, so nodes
+/// sharing a store never push one stream at once.
+async fn push_signals(mandate: Arc<Mandate>) {
+    let mut bytes = [0u8; 8];
+    if mandate.rng().fill(&mut bytes).is_err() {
+        tracing::error!("the SET push worker could not name itself: push streams are not worked");
+        return;
+    }
+    let holder = format!("ssf-{}", bytes.iter().map(|b| format!("{b:02x}")).collect::<String>());
+    loop {
+        let _ = tokio::time::timeout(Duration::from_millis(250), mandate.signals_queued().notified()).await;
+        loop {
+            match mandate.push_due(&holder).await {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "the SET push worker could not work the streams");
                     break;
                 }
             }

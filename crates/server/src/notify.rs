@@ -11,6 +11,7 @@ use base64::Engine;
 use mandate_core::Clock;
 use mandate_core::delivery::ApprovalNotice;
 use mandate_core::ports::{ApproverNotifier, CallbackSender, SendFailure};
+use mandate_core::ssf::PushFailure;
 use mandate_fetch::{FetchError, FetchPolicy, Fetcher};
 
 /// The body of a webhook notice: `{"type": "approval.requested", "data": …}`.
@@ -216,5 +217,51 @@ impl ApproverNotifier for SmtpNotifier {
             .await
             .map_err(|e| SendFailure { why: format!("SMTP: {e}"), retry: !e.is_permanent() })?;
         Ok(())
+    }
+}
+
+/// Shared Signals push delivery (RFC 8935): each SET POSTed as
+/// `application/secevent+jwt` through the guarded fetcher, with the
+/// `Authorization` value the receiver configured.
+pub struct HttpSetPusher {
+    callbacks: HttpCallbacks,
+}
+
+impl HttpSetPusher {
+    /// `dev_loopback` (`--dev-loopback-fetch`) also opens http to loopback.
+    pub fn new(dev_loopback: bool) -> Result<Self, FetchError> {
+        Ok(Self { callbacks: HttpCallbacks::new(dev_loopback)? })
+    }
+}
+
+#[async_trait::async_trait]
+impl mandate_core::ssf::SetPusher for HttpSetPusher {
+    fn check_url(&self, url: &str) -> Result<(), String> {
+        self.callbacks.check_url(url)
+    }
+
+    async fn push(&self, url: &str, authorization: Option<&str>, set: &str) -> Result<(), PushFailure> {
+        let parsed = url::Url::parse(url).map_err(|_| PushFailure::Refused("not a URL".into()))?;
+        let mut headers = http::HeaderMap::new();
+        if let Some(a) = authorization {
+            let value = http::HeaderValue::from_str(a)
+                .map_err(|_| PushFailure::Refused("the authorization_header is not a header value".into()))?;
+            headers.insert(http::header::AUTHORIZATION, value);
+        }
+        headers.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/secevent+jwt"));
+        headers.insert(http::header::ACCEPT, http::HeaderValue::from_static("application/json"));
+        let response = self.callbacks.fetcher.post(&parsed, headers, set.as_bytes().to_vec()).await.map_err(|e| {
+            let f = sending_failed(&e);
+            if f.retry { PushFailure::Unreachable(f.why) } else { PushFailure::Refused(f.why) }
+        })?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        // RFC 8935 §2.3: 400 is the receiver refusing this SET.
+        if status == http::StatusCode::BAD_REQUEST {
+            return Err(PushFailure::Rejected("the receiver answered HTTP 400".into()));
+        }
+        Err(PushFailure::Unreachable(format!("the receiver answered HTTP {}", status.as_u16())))
     }
 }

@@ -20,6 +20,7 @@ mod identity;
 mod keys;
 mod listen;
 mod scim;
+mod signals;
 mod tokens;
 mod writer;
 
@@ -382,6 +383,51 @@ impl Store for PostgresStore {
         .await
         .map_err(unavailable)?;
         rows.iter().map(deliveries::delivery_row).collect()
+    }
+
+    async fn stream(&self, id: mandate_model::StreamId) -> Result<Option<mandate_model::ssf::Stream>, StoreError> {
+        self.one("SELECT * FROM ssf_streams WHERE id = $1", &id.to_string(), signals::stream_row).await
+    }
+
+    async fn streams_of(&self, resource: ResourceId) -> Result<Vec<mandate_model::ssf::Stream>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM ssf_streams WHERE resource_id = $1 ORDER BY created_at, id")
+            .bind(resource.to_string())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        rows.iter().map(signals::stream_row).collect()
+    }
+
+    async fn queued_events(
+        &self,
+        stream: mandate_model::StreamId,
+        limit: u32,
+    ) -> Result<Vec<mandate_model::ssf::QueuedEvent>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM ssf_events WHERE stream_id = $1 ORDER BY seq LIMIT $2")
+            .bind(stream.to_string())
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        rows.iter().map(signals::event_row).collect()
+    }
+
+    async fn due_streams(
+        &self,
+        now: time::OffsetDateTime,
+        limit: u32,
+    ) -> Result<Vec<mandate_model::ssf::Stream>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT * FROM ssf_streams s WHERE method = 'push' AND status = 'enabled' AND next_at <= $1 \
+             AND (lease_until IS NULL OR lease_until <= $1) \
+             AND EXISTS (SELECT 1 FROM ssf_events e WHERE e.stream_id = s.id) ORDER BY next_at, id LIMIT $2",
+        )
+        .bind(ts(now)?)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        rows.iter().map(signals::stream_row).collect()
     }
 
     async fn deliveries_about(&self, about: &str) -> Result<Vec<mandate_model::delivery::Delivery>, StoreError> {

@@ -155,6 +155,13 @@ pub(crate) async fn apply(conn: &mut PgConnection, m: &Mutation) -> Result<u64, 
                     .map_err(unavailable)?
                     .rows_affected();
             }
+            // Signalled revocations are forgotten too (not counted: they are
+            // not replay entries).
+            sqlx::query("DELETE FROM ssf_signalled WHERE at < $1")
+                .bind(ts(*before)?)
+                .execute(&mut *conn)
+                .await
+                .map_err(unavailable)?;
             return Ok(n);
         }
         Mutation::SwapAttemptCounter { key, expected, new } => {

@@ -640,6 +640,8 @@ pub enum Family {
     Approvals,
     /// CIBA delivery modes and callbacks, and the outbox.
     Deliveries,
+    /// Shared Signals streams and the events waiting on them.
+    Signals,
     Audit,
 }
 
@@ -708,7 +710,133 @@ pub fn family(m: &Mutation) -> Family {
         | Mutation::InsertDelivery(..)
         | Mutation::LeaseDelivery { .. }
         | Mutation::FinishDelivery { .. } => Family::Deliveries,
+        Mutation::InsertStream(..)
+        | Mutation::UpdateStream(..)
+        | Mutation::DeleteStream { .. }
+        | Mutation::SetStreamStatus { .. }
+        | Mutation::SignalRevocations { .. }
+        | Mutation::SignalHolders { .. }
+        | Mutation::SignalStream { .. }
+        | Mutation::AckEvents { .. }
+        | Mutation::LeaseStream { .. }
+        | Mutation::FinishPush { .. } => Family::Signals,
         Mutation::AppendAudit(..) | Mutation::InsertCheckpoint(..) => Family::Audit,
+    }
+}
+
+/// An `ssf_streams` row, as the stores read and write it.
+pub struct StreamRow {
+    pub id: String,
+    pub resource_id: String,
+    pub audience: String,
+    pub status: String,
+    pub status_reason: Option<String>,
+    /// `push` or `poll`.
+    pub method: String,
+    pub endpoint_url: Option<String>,
+    pub sealed_authorization: Option<Vec<u8>>,
+    pub events: i64,
+    pub description: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub failures: i64,
+    pub next_at: i64,
+    pub lease_holder: Option<String>,
+    pub lease_until: Option<i64>,
+}
+
+impl TryFrom<&mandate_model::ssf::Stream> for StreamRow {
+    type Error = StoreError;
+    fn try_from(s: &mandate_model::ssf::Stream) -> Result<Self, StoreError> {
+        use mandate_model::ssf::StreamDelivery;
+        let (method, endpoint_url, sealed_authorization) = match &s.delivery {
+            StreamDelivery::Push { endpoint_url, sealed_authorization } => {
+                ("push", Some(endpoint_url.clone()), sealed_authorization.clone())
+            }
+            StreamDelivery::Poll => ("poll", None, None),
+        };
+        Ok(Self {
+            id: s.id.to_string(),
+            resource_id: s.resource.to_string(),
+            audience: s.audience.clone(),
+            status: s.status.as_str().to_owned(),
+            status_reason: s.status_reason.clone(),
+            method: method.to_owned(),
+            endpoint_url,
+            sealed_authorization,
+            events: i64::from(s.events.bits()),
+            description: s.description.clone(),
+            created_at: ts(s.created_at)?,
+            updated_at: ts(s.updated_at)?,
+            failures: i64::from(s.failures),
+            next_at: ts(s.next_at)?,
+            lease_holder: s.lease_holder.clone(),
+            lease_until: s.lease_until.map(ts).transpose()?,
+        })
+    }
+}
+
+impl TryFrom<StreamRow> for mandate_model::ssf::Stream {
+    type Error = StoreError;
+    fn try_from(r: StreamRow) -> Result<Self, StoreError> {
+        use mandate_model::ssf::{EventSet, StreamDelivery};
+        let delivery = match (r.method.as_str(), r.endpoint_url) {
+            ("push", Some(endpoint_url)) => {
+                StreamDelivery::Push { endpoint_url, sealed_authorization: r.sealed_authorization }
+            }
+            ("poll", None) => StreamDelivery::Poll,
+            (m, _) => return Err(StoreError::Corrupt(format!("stream {} delivery {m}", r.id))),
+        };
+        let events = u32::try_from(r.events)
+            .ok()
+            .and_then(|b| EventSet::from_bits(b).ok())
+            .ok_or_else(|| StoreError::Corrupt(format!("stream {} events {}", r.id, r.events)))?;
+        Ok(Self {
+            id: parse(&r.id)?,
+            resource: parse(&r.resource_id)?,
+            audience: r.audience,
+            status: parse(&r.status)?,
+            status_reason: r.status_reason,
+            delivery,
+            events,
+            description: r.description,
+            created_at: from_ts(r.created_at)?,
+            updated_at: from_ts(r.updated_at)?,
+            failures: u32::try_from(r.failures).map_err(|_| StoreError::Corrupt(format!("failures {}", r.failures)))?,
+            next_at: from_ts(r.next_at)?,
+            lease_holder: r.lease_holder,
+            lease_until: opt_ts(r.lease_until)?,
+        })
+    }
+}
+
+/// An `ssf_events` row, as the stores read it.
+pub struct SignalRow {
+    pub seq: i64,
+    pub stream_id: String,
+    pub kind: String,
+    pub subject: String,
+    pub event_at: i64,
+    pub initiating_entity: String,
+    pub reason: String,
+    pub detail: Option<String>,
+}
+
+impl TryFrom<SignalRow> for mandate_model::ssf::QueuedEvent {
+    type Error = StoreError;
+    fn try_from(r: SignalRow) -> Result<Self, StoreError> {
+        use mandate_model::ssf::{Cause, Signal};
+        Ok(Self {
+            seq: u64::try_from(r.seq).map_err(|_| StoreError::Corrupt(format!("event seq {}", r.seq)))?,
+            stream: parse(&r.stream_id)?,
+            signal: Signal {
+                kind: parse(&r.kind)?,
+                subject: r.subject,
+                at: from_ts(r.event_at)?,
+                cause: Cause { initiating_entity: parse(&r.initiating_entity)?, reason: r.reason },
+                detail: r.detail,
+            },
+        })
     }
 }
 

@@ -22,6 +22,7 @@ mod identity;
 mod keys;
 mod readers;
 mod scim;
+mod signals;
 mod tokens;
 mod writer;
 
@@ -75,7 +76,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0016_deliveries.sql"),
     include_str!("../migrations/0017_authorization_details.sql"),
     include_str!("../migrations/0018_group_approvals.sql"),
-    // 0019 is another branch's; it goes here at the merge, before 0020.
+    include_str!("../migrations/0019_shared_signals.sql"),
     include_str!("../migrations/0020_attempt_counters.sql"),
 ];
 
@@ -425,6 +426,58 @@ impl Store for SqliteStore {
                      AND (lease_until IS NULL OR lease_until <= ?1) ORDER BY next_at, id LIMIT ?2",
                 )?
                 .query_map(params![now, limit], deliveries::delivery_row)?
+                .collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .await?;
+        rows.into_iter().collect()
+    }
+
+    async fn stream(&self, id: mandate_model::StreamId) -> Result<Option<mandate_model::ssf::Stream>, StoreError> {
+        self.one("SELECT * FROM ssf_streams WHERE id = ?1", id.to_string(), signals::stream_row).await
+    }
+
+    async fn streams_of(
+        &self,
+        resource: mandate_model::ResourceId,
+    ) -> Result<Vec<mandate_model::ssf::Stream>, StoreError> {
+        self.many(
+            "SELECT * FROM ssf_streams WHERE resource_id = ?1 ORDER BY created_at, id",
+            Some(resource.to_string()),
+            signals::stream_row,
+        )
+        .await
+    }
+
+    async fn queued_events(
+        &self,
+        stream: mandate_model::StreamId,
+        limit: u32,
+    ) -> Result<Vec<mandate_model::ssf::QueuedEvent>, StoreError> {
+        let stream = stream.to_string();
+        let rows = self
+            .read(move |c| {
+                c.prepare_cached("SELECT * FROM ssf_events WHERE stream_id = ?1 ORDER BY seq LIMIT ?2")?
+                    .query_map(params![stream, limit], signals::event_row)?
+                    .collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .await?;
+        rows.into_iter().collect()
+    }
+
+    async fn due_streams(
+        &self,
+        now: time::OffsetDateTime,
+        limit: u32,
+    ) -> Result<Vec<mandate_model::ssf::Stream>, StoreError> {
+        let now = ts(now)?;
+        let rows = self
+            .read(move |c| {
+                c.prepare_cached(
+                    "SELECT * FROM ssf_streams s WHERE method = 'push' AND status = 'enabled' AND next_at <= ?1 \
+                     AND (lease_until IS NULL OR lease_until <= ?1) \
+                     AND EXISTS (SELECT 1 FROM ssf_events e WHERE e.stream_id = s.id) ORDER BY next_at, id LIMIT ?2",
+                )?
+                .query_map(params![now, limit], signals::stream_row)?
                 .collect::<rusqlite::Result<Vec<_>>>()
             })
             .await?;

@@ -146,6 +146,9 @@ pub(crate) fn apply(conn: &Connection, m: &Mutation) -> Result<u64, StoreError> 
                 params![ts(*before)?],
                 "assertion jtis",
             )?;
+            // Signalled revocations are forgotten too (not counted: they are
+            // not replay entries).
+            exec(conn, "DELETE FROM ssf_signalled WHERE at < ?1", params![ts(*before)?], "signalled")?;
             Ok(n + exec(conn, "DELETE FROM dpop_jtis WHERE expires_at < ?1", params![ts(*before)?], "DPoP proofs")?)
         }
         Mutation::SwapAttemptCounter { key, expected, new } => {

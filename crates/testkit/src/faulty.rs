@@ -236,6 +236,33 @@ impl Store for FaultyStore {
         self.gate()?;
         self.inner.due_deliveries(now, limit).await
     }
+    async fn stream(&self, id: mandate_model::StreamId) -> Result<Option<mandate_model::ssf::Stream>, StoreError> {
+        self.gate()?;
+        self.inner.stream(id).await
+    }
+    async fn streams_of(
+        &self,
+        resource: mandate_model::ResourceId,
+    ) -> Result<Vec<mandate_model::ssf::Stream>, StoreError> {
+        self.gate()?;
+        self.inner.streams_of(resource).await
+    }
+    async fn queued_events(
+        &self,
+        stream: mandate_model::StreamId,
+        limit: u32,
+    ) -> Result<Vec<mandate_model::ssf::QueuedEvent>, StoreError> {
+        self.gate()?;
+        self.inner.queued_events(stream, limit).await
+    }
+    async fn due_streams(
+        &self,
+        now: time::OffsetDateTime,
+        limit: u32,
+    ) -> Result<Vec<mandate_model::ssf::Stream>, StoreError> {
+        self.gate()?;
+        self.inner.due_streams(now, limit).await
+    }
     async fn deliveries_about(&self, about: &str) -> Result<Vec<mandate_model::delivery::Delivery>, StoreError> {
         self.gate()?;
         self.inner.deliveries_about(about).await

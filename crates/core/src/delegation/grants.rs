@@ -1,6 +1,7 @@
 //! Grants: listing them and revoking one with every token issued under it.
 
 use mandate_model::records::{Grant, GrantStatus};
+use mandate_model::ssf::{Cause, InitiatingEntity};
 use mandate_model::{AgentId, GrantId, UserId};
 
 use crate::Error;
@@ -57,8 +58,13 @@ impl Mandate {
         let mut change = Change::new();
         let revoked = change.push(Mutation::RevokeGrant { id, at: now });
         let tokens = change.push(Mutation::RevokeTokensOfGrant { grant: id, at: now });
+        let entity = match caller {
+            Caller::Admin => InitiatingEntity::Admin,
+            Caller::User(_) => InitiatingEntity::User,
+        };
+        Mandate::signal_revocations(&mut change, now, Cause::new(entity, "the grant was revoked"));
         change.push(AuditRecord::counting(event, &[tokens]).mutation());
-        let receipt = self.store.commit(change).await?;
+        let receipt = self.commit_signalling(change).await?;
         if receipt.affected(revoked)? == 0 {
             return Err(Error::Conflict(format!("grant {id} is already revoked")));
         }

@@ -2,6 +2,7 @@
 
 use mandate_audit::Event;
 use mandate_model::records::RefreshRecord;
+use mandate_model::ssf::{Cause, InitiatingEntity};
 
 use super::parse_scopes;
 use crate::oauth::IssuedToken;
@@ -85,6 +86,11 @@ impl Mandate {
         let now = self.clock.now();
         let mut change = Change::new().with(Mutation::RevokeRefreshFamily { family: record.family.clone(), at: now });
         let tokens = change.push(Mutation::RevokeTokensOfFamily { family: record.family.clone(), at: now });
+        Mandate::signal_revocations(
+            &mut change,
+            now,
+            Cause::new(InitiatingEntity::Policy, "a used refresh token came back; its family is revoked"),
+        );
         Refusal {
             change,
             counted: vec![tokens],

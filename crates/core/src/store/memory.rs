@@ -22,7 +22,8 @@ use mandate_model::records::{
     GrantStatus, RefreshRecord, Resource, ScimGroup, ScimToken, ScimUserRecord, SessionRecord, SuspendedBy,
     TokenRecord, UpstreamLink, User, UserToken,
 };
-use mandate_model::{AgentId, ApprovalId, GrantId, GroupId, Jti, ResourceId, UserId};
+use mandate_model::ssf::{EventKind, MAX_QUEUED_EVENTS, QueuedEvent, Signal, Stream, StreamDelivery, StreamStatus};
+use mandate_model::{AgentId, ApprovalId, GrantId, GroupId, Jti, ResourceId, StreamId, UserId};
 use time::OffsetDateTime;
 
 use super::{
@@ -69,6 +70,13 @@ struct State {
     callbacks: BTreeMap<ApprovalId, CibaCallback>,
     /// The outbox, by id.
     deliveries: BTreeMap<String, Delivery>,
+    streams: BTreeMap<StreamId, Stream>,
+    /// Events waiting on streams, by `seq`.
+    ssf_events: BTreeMap<u64, QueuedEvent>,
+    /// The last `seq` handed out (never reused, as SQL's AUTOINCREMENT).
+    ssf_last_seq: u64,
+    /// Tokens whose revocation was signalled, with when.
+    ssf_signalled: BTreeMap<Jti, OffsetDateTime>,
     epoch: u64,
 }
 
@@ -144,6 +152,14 @@ impl Tx<'_> {
         self.undo.push(Box::new(|s| {
             s.policies.pop();
         }));
+    }
+
+    /// Queues `signal` on `stream` with the next `seq`.
+    fn queue(&mut self, stream: StreamId, signal: Signal) {
+        let seq = self.state.ssf_last_seq + 1;
+        let old = std::mem::replace(&mut self.state.ssf_last_seq, seq);
+        self.undo.push(Box::new(move |s| s.ssf_last_seq = old));
+        self.put(ssf_events, seq, QueuedEvent { seq, stream, signal });
     }
 
     fn set_status_next(&mut self, next: u64) {
@@ -231,6 +247,32 @@ fn callbacks(s: &mut State) -> &mut BTreeMap<ApprovalId, CibaCallback> {
 }
 fn deliveries(s: &mut State) -> &mut BTreeMap<String, Delivery> {
     &mut s.deliveries
+}
+
+fn streams(s: &mut State) -> &mut BTreeMap<StreamId, Stream> {
+    &mut s.streams
+}
+fn ssf_events(s: &mut State) -> &mut BTreeMap<u64, QueuedEvent> {
+    &mut s.ssf_events
+}
+fn ssf_signalled(s: &mut State) -> &mut BTreeMap<Jti, OffsetDateTime> {
+    &mut s.ssf_signalled
+}
+
+/// Whether a stream takes new events of `kind`: not disabled, asking for
+/// the type (the stream's own events always), and not full.
+fn takes(s: &State, stream: &Stream, kind: EventKind) -> bool {
+    let asked = !EventKind::REQUESTABLE.contains(&kind) || stream.events.contains(kind);
+    let queued = s.ssf_events.values().filter(|e| e.stream == stream.id).count() as u64;
+    stream.status != StreamStatus::Disabled && asked && queued < MAX_QUEUED_EVENTS
+}
+
+/// Whether a push stream may be leased at `now`.
+fn pushable(s: &Stream, now: OffsetDateTime) -> bool {
+    matches!(s.delivery, StreamDelivery::Push { .. })
+        && s.status == StreamStatus::Enabled
+        && s.next_at <= now
+        && s.lease_until.is_none_or(|u| u <= now)
 }
 
 /// Whether an outbox item may be claimed at `now`.
@@ -794,6 +836,11 @@ fn apply(tx: &mut Tx<'_>, m: &Mutation, applied: &Applied) -> Result<u64, StoreE
             let proofs: Vec<String> =
                 tx.state.dpop_jtis.iter().filter(|(_, exp)| **exp < *before).map(|(k, _)| k.clone()).collect();
             let n = (stale.len() + proofs.len()) as u64;
+            let signalled: Vec<Jti> =
+                tx.state.ssf_signalled.iter().filter(|(_, at)| **at < *before).map(|(k, _)| *k).collect();
+            for k in &signalled {
+                tx.remove(ssf_signalled, k);
+            }
             for k in &stale {
                 tx.remove(assertion_jtis, k);
             }
@@ -902,6 +949,198 @@ fn apply(tx: &mut Tx<'_>, m: &Mutation, applied: &Applied) -> Result<u64, StoreE
             }
             Ok(n)
         }
+        m => apply_signals(tx, m),
+    }
+}
+
+/// The Shared Signals mutations.
+fn apply_signals(tx: &mut Tx<'_>, m: &Mutation) -> Result<u64, StoreError> {
+    match m {
+        Mutation::InsertStream(st) => {
+            for t in [st.created_at, st.updated_at, st.next_at] {
+                storable(t)?;
+            }
+            let ok = !tx.state.streams.contains_key(&st.id) && tx.state.resources.contains_key(&st.resource);
+            require(ok, "stream")?;
+            tx.put(streams, st.id, st.clone());
+            Ok(1)
+        }
+        Mutation::UpdateStream(st) => {
+            storable(st.updated_at)?;
+            let n = tx.update(
+                streams,
+                |k, old| *k == st.id && old.resource == st.resource,
+                |old| {
+                    old.delivery = st.delivery.clone();
+                    old.events = st.events;
+                    old.description = st.description.clone();
+                    old.updated_at = st.updated_at;
+                },
+            );
+            require(n == 1, "stream")?;
+            Ok(n)
+        }
+        Mutation::DeleteStream { id } => {
+            if !tx.state.streams.contains_key(id) {
+                return Ok(0);
+            }
+            tx.remove(streams, id);
+            let queued: Vec<u64> = tx.state.ssf_events.values().filter(|e| e.stream == *id).map(|e| e.seq).collect();
+            for seq in queued {
+                tx.remove(ssf_events, &seq);
+            }
+            Ok(1)
+        }
+        Mutation::SetStreamStatus { id, status, reason, at } => {
+            storable(*at)?;
+            let n = tx.update(
+                streams,
+                |k, _| k == id,
+                |st| {
+                    st.status = *status;
+                    st.status_reason = reason.clone();
+                    st.updated_at = *at;
+                    if *status == StreamStatus::Enabled {
+                        st.failures = 0;
+                        st.next_at = *at;
+                    }
+                },
+            );
+            if *status == StreamStatus::Disabled {
+                let queued: Vec<u64> =
+                    tx.state.ssf_events.values().filter(|e| e.stream == *id).map(|e| e.seq).collect();
+                for seq in queued {
+                    tx.remove(ssf_events, &seq);
+                }
+            }
+            Ok(n)
+        }
+        Mutation::SignalRevocations { at, cause } => {
+            storable(*at)?;
+            let revoked: Vec<(Jti, String)> = tx
+                .state
+                .tokens
+                .values()
+                .filter(|t| t.revoked_at == Some(*at) && !tx.state.ssf_signalled.contains_key(&t.jti))
+                .map(|t| (t.jti, t.audience.clone()))
+                .collect();
+            let mut n = 0;
+            for (jti, aud) in revoked {
+                let subject = jti.to_string();
+                let watched =
+                    tx.state.streams.values().any(|st| st.audience == aud && st.status != StreamStatus::Disabled);
+                let targets: Vec<StreamId> = tx
+                    .state
+                    .streams
+                    .values()
+                    .filter(|st| st.audience == aud && takes(tx.state, st, EventKind::SessionRevoked))
+                    .map(|st| st.id)
+                    .collect();
+                if watched {
+                    tx.put(ssf_signalled, jti, *at);
+                }
+                for stream in targets {
+                    let signal = Signal {
+                        kind: EventKind::SessionRevoked,
+                        subject: subject.clone(),
+                        at: *at,
+                        cause: cause.clone(),
+                        detail: None,
+                    };
+                    tx.queue(stream, signal);
+                    n += 1;
+                }
+            }
+            Ok(n)
+        }
+        Mutation::SignalHolders { holder, signal } => {
+            storable(signal.at)?;
+            let audiences: BTreeSet<&str> = tx
+                .state
+                .tokens
+                .values()
+                .filter(|t| {
+                    (t.client_id.to_string() == *holder || t.subject == *holder)
+                        && t.revoked_at.is_none()
+                        && t.expires_at > signal.at
+                })
+                .map(|t| t.audience.as_str())
+                .collect();
+            let targets: Vec<StreamId> = tx
+                .state
+                .streams
+                .values()
+                .filter(|st| audiences.contains(st.audience.as_str()) && takes(tx.state, st, signal.kind))
+                .map(|st| st.id)
+                .collect();
+            let n = targets.len() as u64;
+            for stream in targets {
+                tx.queue(stream, signal.clone());
+            }
+            Ok(n)
+        }
+        Mutation::SignalStream { stream, signal } => {
+            storable(signal.at)?;
+            let ok = tx.state.streams.get(stream).is_some_and(|st| takes(tx.state, st, signal.kind));
+            if !ok {
+                return Ok(0);
+            }
+            tx.queue(*stream, signal.clone());
+            Ok(1)
+        }
+        Mutation::AckEvents { stream, seqs } => {
+            let mut n = 0;
+            for seq in seqs {
+                if tx.state.ssf_events.get(seq).is_some_and(|e| e.stream == *stream) {
+                    tx.remove(ssf_events, seq);
+                    n += 1;
+                }
+            }
+            Ok(n)
+        }
+        Mutation::LeaseStream { id, holder, now, until } => {
+            storable(*now)?;
+            storable(*until)?;
+            let n = tx.update(
+                streams,
+                |k, st| k == id && pushable(st, *now),
+                |st| {
+                    st.lease_holder = Some(holder.clone());
+                    st.lease_until = Some(*until);
+                },
+            );
+            if n == 0 {
+                return Err(StoreError::Conflict(format!("stream {id} is not due or is leased")));
+            }
+            Ok(n)
+        }
+        Mutation::FinishPush { id, holder, delivered, failures, next_at, pause } => {
+            storable(*next_at)?;
+            let n = tx.update(
+                streams,
+                |k, st| k == id && st.lease_holder.as_ref() == Some(holder),
+                |st| {
+                    st.failures = *failures;
+                    st.next_at = *next_at;
+                    st.lease_holder = None;
+                    st.lease_until = None;
+                    if let Some(reason) = pause {
+                        st.status = StreamStatus::Paused;
+                        st.status_reason = Some(reason.clone());
+                    }
+                },
+            );
+            if n == 0 {
+                return Err(StoreError::Conflict(format!("stream {id} is not leased to {holder}")));
+            }
+            if let Some(seq) = delivered
+                && tx.state.ssf_events.get(seq).is_some_and(|e| e.stream == *id)
+            {
+                tx.remove(ssf_events, seq);
+            }
+            Ok(n)
+        }
+        other => Err(StoreError::Unavailable(format!("the memory store does not apply {other:?}"))),
     }
 }
 
@@ -1183,6 +1422,36 @@ impl Store for MemoryStore {
         self.read(|s| {
             let mut due: Vec<Delivery> = s.deliveries.values().filter(|d| claimable(d, now)).cloned().collect();
             due.sort_by(|a, b| (a.next_at, &a.id).cmp(&(b.next_at, &b.id)));
+            due.truncate(limit as usize);
+            due
+        })
+    }
+
+    async fn stream(&self, id: StreamId) -> Result<Option<Stream>, StoreError> {
+        self.read(|s| s.streams.get(&id).cloned())
+    }
+
+    async fn streams_of(&self, resource: ResourceId) -> Result<Vec<Stream>, StoreError> {
+        self.read(|s| {
+            let mut all: Vec<Stream> = s.streams.values().filter(|st| st.resource == resource).cloned().collect();
+            all.sort_by_key(|a| (a.created_at, a.id));
+            all
+        })
+    }
+
+    async fn queued_events(&self, stream: StreamId, limit: u32) -> Result<Vec<QueuedEvent>, StoreError> {
+        self.read(|s| s.ssf_events.values().filter(|e| e.stream == stream).take(limit as usize).cloned().collect())
+    }
+
+    async fn due_streams(&self, now: OffsetDateTime, limit: u32) -> Result<Vec<Stream>, StoreError> {
+        self.read(|s| {
+            let mut due: Vec<Stream> = s
+                .streams
+                .values()
+                .filter(|st| pushable(st, now) && s.ssf_events.values().any(|e| e.stream == st.id))
+                .cloned()
+                .collect();
+            due.sort_by_key(|a| (a.next_at, a.id));
             due.truncate(limit as usize);
             due
         })

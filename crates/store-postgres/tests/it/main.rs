@@ -710,3 +710,88 @@ async fn sign_in_failures_on_one_node_pace_another() -> anyhow::Result<()> {
     drop_databases(&[url]).await?;
     result
 }
+
+/// Shared Signals on two nodes (ADR 0028): the events of a revocation on
+/// node A are written in A's transaction and polled, verified and
+/// acknowledged through node B; A then has nothing left to give.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signals_written_on_one_node_are_polled_on_the_other() -> anyhow::Result<()> {
+    use mandate_testkit::{TestAgent, TestServer};
+    use reqwest::Method;
+    use serde_json::json;
+    let url = fresh_database().await?;
+    let result = async {
+        let dir = tempfile::tempdir()?;
+        let clock = Arc::new(mandate_core::ManualClock::new(mandate_core::Clock::now(&mandate_core::SystemClock)));
+        let pin = |c: &mut mandate_core::Config| c.issuer = "https://mandate.test".into();
+        let store_a: Arc<dyn Store> = Arc::new(mandate_store_postgres::PostgresStore::connect(&url).await?);
+        let store_b: Arc<dyn Store> = Arc::new(mandate_store_postgres::PostgresStore::connect(&url).await?);
+        let a = TestServer::start_on(store_a, dir.path(), clock.clone(), pin).await?;
+        let b = TestServer::start_on(store_b, dir.path(), clock.clone(), pin).await?;
+        let user = a.create_user("ssf@example.com").await?;
+        let rs_key = mandate_jose::SigningKey::generate(mandate_jose::KeyAlg::EdDSA)?;
+        let (st, rs) = a
+            .admin(
+                Method::POST,
+                "/v1/resources",
+                Some(json!({"identifier": "https://rs.example", "name": "RS", "scopes": {"read": []},
+                            "jwks": {"keys": [rs_key.public().to_json()]}})),
+            )
+            .await?;
+        anyhow::ensure!(st == 201, "{rs}");
+        let receiver = TestAgent { id: rs["id"].as_str().unwrap_or_default().to_owned(), key: rs_key };
+        a.put_policies(
+            r#"permit(principal is Agent, action == Action::"read", resource == Api::"https://rs.example");"#,
+        )
+        .await?;
+        let agent = a.create_agent(&user, mandate_jose::KeyAlg::EdDSA).await?;
+        let on_a = ssf_manage(&a, &receiver).await?;
+        let (st, stream) = a
+            .call(Method::POST, "/ssf/streams", Some(&on_a), Some(json!({"delivery": {"method": "urn:ietf:rfc:8936"}})))
+            .await?;
+        anyhow::ensure!(st == 201, "{stream}");
+        let id = stream["stream_id"].as_str().unwrap_or_default().to_owned();
+        let mut jtis = Vec::new();
+        for _ in 0..3 {
+            let (st, body) = a.token(&agent, "https://rs.example", "read").await?;
+            anyhow::ensure!(st == 200, "{body}");
+            let t = body["access_token"].as_str().unwrap_or_default();
+            jtis.push(mandate_testkit::scenarios::claims(t)["jti"].as_str().unwrap_or_default().to_owned());
+        }
+        let (st, _) = a.admin(Method::POST, &format!("/v1/agents/{}/suspend", agent.id), None).await?;
+        anyhow::ensure!(st == 200);
+        // B, with a token of its own, polls what A wrote.
+        b.mandate.sync_from_store().await?;
+        let on_b = ssf_manage(&b, &receiver).await?;
+        let poll = format!("/ssf/poll/{id}");
+        let (st, out) = b.call(Method::POST, &poll, Some(&on_b), Some(json!({}))).await?;
+        anyhow::ensure!(st == 200, "{out}");
+        let sets = out["sets"].as_object().cloned().unwrap_or_default();
+        let jwks: serde_json::Value = b.http.get(format!("{}/jwks.json", b.url)).send().await?.json().await?;
+        let keys = mandate_jose::JwkSet::from_json_external(&jwks)?;
+        let mut subjects = Vec::new();
+        for (jti, set) in &sets {
+            let set = set.as_str().unwrap_or_default();
+            let jws = mandate_jose::jws::Unverified::parse(set, false)?;
+            jws.verify(&keys)?;
+            anyhow::ensure!(jws.header.typ.as_deref() == Some("secevent+jwt"));
+            let c = mandate_testkit::scenarios::claims(set);
+            anyhow::ensure!(c["jti"] == jti.as_str() && c["aud"] == "https://rs.example", "{c}");
+            subjects.push(c["sub_id"]["id"].as_str().unwrap_or_default().to_owned());
+        }
+        subjects.sort();
+        jtis.sort();
+        anyhow::ensure!(subjects == jtis, "B polled {subjects:?}, A revoked {jtis:?}");
+        let acked: Vec<&String> = sets.keys().collect();
+        let (st, out) = b.call(Method::POST, &poll, Some(&on_b), Some(json!({"ack": acked}))).await?;
+        anyhow::ensure!(st == 200 && out["sets"] == json!({}), "{out}");
+        let (st, out) = a.call(Method::POST, &poll, Some(&on_a), Some(json!({}))).await?;
+        anyhow::ensure!(st == 200 && out["sets"] == json!({}), "A still holds acknowledged events: {out}");
+        a.stop().await?;
+        b.stop().await?;
+        Ok::<_, anyhow::Error>(())
+    }
+    .await;
+    drop_databases(&[url]).await?;
+    result
+}

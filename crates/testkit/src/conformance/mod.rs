@@ -25,6 +25,7 @@ pub mod identity;
 pub mod keys;
 pub mod replay;
 pub mod scim;
+pub mod signals;
 pub mod tamper;
 pub mod tokens;
 
@@ -151,6 +152,13 @@ macro_rules! store_conformance {
                 backchannels_and_callbacks_round_trip,
                 deliveries_are_leased_to_one_holder_at_a_time,
                 concurrent_leases_admit_one,
+            }
+            signals {
+                streams_round_trip_and_belong_to_their_resource,
+                revocations_queue_session_revoked_for_their_audience,
+                events_wait_in_order_until_acknowledged,
+                holders_signals_reach_streams_of_their_live_tokens,
+                push_streams_are_leased_to_one_holder_and_paused_by_it,
             }
             audit {
                 audit_events_chain_in_commit_order,

@@ -22,6 +22,7 @@ mod notify;
 mod registration;
 mod restart;
 mod scim;
+mod ssf;
 mod status;
 mod tokens;
 mod upstream;

@@ -1,0 +1,167 @@
+// The Shared Signals transmitter (SSF 1.0, CAEP 1.0) checked by software
+// Mandate does not control: a receiver (a registered resource) gets its
+// `ssf.manage` token by client_credentials with oauth4webapi, makes the
+// CAEP interoperability profile's transmitter calls (configuration, stream
+// create / get / update / replace / delete, status, verification, poll),
+// and verifies every SET with `jose` (panva) against the issuer's
+// `jwks_uri`, `typ: secevent+jwt`: once with SETs signed by the token key
+// (EdDSA) and once with `--ssf-signing-alg RS256`.
+
+import { after, test } from 'node:test';
+import assert from 'node:assert/strict';
+import * as oauth from 'oauth4webapi';
+import * as jose from 'jose';
+import { ALICE, POLICIES, claims, createAgent, newKey, startServer } from '../lib.mjs';
+
+const RS = 'https://calendar.example';
+const SESSION_REVOKED = 'https://schemas.openid.net/secevent/caep/event-type/session-revoked';
+const VERIFICATION = 'https://schemas.openid.net/secevent/ssf/event-type/verification';
+const POLL = 'urn:ietf:rfc:8936';
+const opts = { [oauth.allowInsecureRequests]: true };
+
+const servers = [];
+after(async () => {
+  for (const s of servers) await s.stop();
+});
+
+/** A server with Alice, the calendar as a receiver (with a key), the policies and an agent. */
+async function world(args) {
+  const server = await startServer({ args });
+  servers.push(server);
+  const alice = await server.adminOk('POST', '/v1/users', { ...ALICE, groups: ['staff'] });
+  const rsKey = await newKey('Ed25519');
+  const rs = await server.adminOk('POST', '/v1/resources', {
+    identifier: RS,
+    name: 'Calendar',
+    scopes: { read: ['list', 'get'], write: ['create'] },
+    jwks: { keys: [rsKey.jwk] },
+  });
+  await server.adminOk('PUT', '/v1/policies', { policies: POLICIES });
+  const agentKey = await newKey('Ed25519');
+  const agent = await createAgent(server, { name: 'ssf agent', owner: alice.id, keys: [agentKey] });
+  const issuer = new URL(server.issuer);
+  const as = await oauth.processDiscoveryResponse(
+    issuer,
+    await oauth.discoveryRequest(issuer, { ...opts, algorithm: 'oauth2' }),
+  );
+  return { server, as, rs: { id: rs.id, key: rsKey }, agent: { id: agent.id, key: agentKey } };
+}
+
+async function clientCredentials(as, clientId, key, resource, scope) {
+  const client = { client_id: clientId };
+  const auth = oauth.PrivateKeyJwt({ key: key.privateKey, kid: key.kid });
+  const r = await oauth.clientCredentialsGrantRequest(as, client, auth, { resource, scope }, opts);
+  return (await oauth.processClientCredentialsResponse(as, client, r)).access_token;
+}
+
+/** A JSON call with a bearer token: `{status, body}`. */
+async function call(token, method, url, body) {
+  const headers = { authorization: `Bearer ${token}` };
+  if (body !== undefined) headers['content-type'] = 'application/json';
+  const r = await fetch(url, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+  const text = await r.text();
+  return { status: r.status, body: text ? JSON.parse(text) : null };
+}
+
+async function run(args, expectedAlg) {
+  const { server, as, rs, agent } = await world(args);
+  // The transmitter's configuration (SSF §7).
+  const cfg = await (await fetch(`${server.issuer}/.well-known/ssf-configuration`)).json();
+  assert.equal(cfg.issuer, server.issuer);
+  assert.deepEqual(cfg.delivery_methods_supported, ['urn:ietf:rfc:8935', POLL]);
+  assert.deepEqual(cfg.authorization_schemes, [{ spec_urn: 'urn:ietf:rfc:6749' }]);
+  const jwks = jose.createRemoteJWKSet(new URL(cfg.jwks_uri));
+
+  const token = await clientCredentials(as, rs.id, rs.key, server.issuer, 'ssf.manage');
+  // Create a poll stream, read it back, update, replace.
+  const created = await call(token, 'POST', cfg.configuration_endpoint, {
+    delivery: { method: POLL },
+    events_requested: [SESSION_REVOKED],
+    description: 'interop',
+  });
+  assert.equal(created.status, 201, JSON.stringify(created.body));
+  const stream = created.body;
+  assert.equal(stream.aud, RS);
+  assert.deepEqual(stream.events_delivered, [SESSION_REVOKED]);
+  const got = await call(token, 'GET', `${cfg.configuration_endpoint}?stream_id=${stream.stream_id}`);
+  assert.equal(got.status, 200);
+  assert.deepEqual(got.body, stream);
+  const patched = await call(token, 'PATCH', cfg.configuration_endpoint, {
+    stream_id: stream.stream_id,
+    description: 'interop, patched',
+  });
+  assert.equal(patched.status, 200);
+  assert.equal(patched.body.description, 'interop, patched');
+  const replaced = await call(token, 'PUT', cfg.configuration_endpoint, {
+    stream_id: stream.stream_id,
+    delivery: { method: POLL },
+    events_requested: [SESSION_REVOKED],
+  });
+  assert.equal(replaced.status, 200);
+  assert.equal(replaced.body.description, undefined);
+  // Status.
+  const status = await call(token, 'GET', `${cfg.status_endpoint}?stream_id=${stream.stream_id}`);
+  assert.deepEqual(status.body, { stream_id: stream.stream_id, status: 'enabled' });
+
+  // The agent gets a token for the calendar; the admin suspends the agent.
+  const agentToken = await clientCredentials(as, agent.id, agent.key, RS, 'read');
+  const jti = claims(agentToken).jti;
+  await server.adminOk('POST', `/v1/agents/${agent.id}/suspend`);
+  // Verification.
+  const verify = await fetch(cfg.verification_endpoint, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
+    body: JSON.stringify({ stream_id: stream.stream_id, state: 'interop-state' }),
+  });
+  assert.equal(verify.status, 204);
+
+  // Poll (RFC 8936) at the stream's endpoint, with an ssf.read token.
+  const reader = await clientCredentials(as, rs.id, rs.key, server.issuer, 'ssf.read');
+  const polled = await call(reader, 'POST', stream.delivery.endpoint_url, { returnImmediately: true });
+  assert.equal(polled.status, 200, JSON.stringify(polled.body));
+  const sets = Object.entries(polled.body.sets);
+  assert.equal(sets.length, 2, JSON.stringify(polled.body));
+  const verified = [];
+  for (const [setJti, set] of sets) {
+    const { payload, protectedHeader } = await jose.jwtVerify(set, jwks, {
+      issuer: server.issuer,
+      audience: RS,
+      typ: 'secevent+jwt',
+    });
+    assert.equal(protectedHeader.alg, expectedAlg);
+    assert.equal(payload.jti, setJti);
+    assert.equal(payload.sub, undefined);
+    assert.equal(payload.exp, undefined);
+    assert.equal(Object.keys(payload.events).length, 1);
+    verified.push(payload);
+  }
+  const revoked = verified.find((p) => p.events[SESSION_REVOKED]);
+  assert.deepEqual(revoked.sub_id, { format: 'opaque', id: jti });
+  assert.equal(revoked.events[SESSION_REVOKED].initiating_entity, 'admin');
+  assert.ok(revoked.events[SESSION_REVOKED].reason_admin.en.length > 0);
+  const verification = verified.find((p) => p.events[VERIFICATION]);
+  assert.deepEqual(verification.events[VERIFICATION], { state: 'interop-state' });
+
+  // Unacknowledged SETs come back; acknowledged ones do not.
+  const again = await call(reader, 'POST', stream.delivery.endpoint_url, {});
+  assert.deepEqual(Object.keys(again.body.sets).sort(), sets.map(([j]) => j).sort());
+  const acked = await call(reader, 'POST', stream.delivery.endpoint_url, { ack: sets.map(([j]) => j) });
+  assert.deepEqual(acked.body, { sets: {}, moreAvailable: false });
+
+  // Delete.
+  const deleted = await fetch(`${cfg.configuration_endpoint}?stream_id=${stream.stream_id}`, {
+    method: 'DELETE',
+    headers: { authorization: `Bearer ${token}` },
+  });
+  assert.equal(deleted.status, 204);
+  const gone = await call(token, 'GET', `${cfg.configuration_endpoint}?stream_id=${stream.stream_id}`);
+  assert.equal(gone.status, 404);
+}
+
+test('SETs signed with the token key (EdDSA) verify with jose', async () => {
+  await run([], 'EdDSA');
+});
+
+test('SETs signed under --ssf-signing-alg RS256 verify with jose', async () => {
+  await run(['--ssf-signing-alg', 'RS256'], 'RS256');
+});
