@@ -711,6 +711,13 @@ async fn sign_in_failures_on_one_node_pace_another() -> anyhow::Result<()> {
     result
 }
 
+/// The receiver's `ssf.manage` token from node `s`.
+async fn ssf_manage(s: &mandate_testkit::TestServer, receiver: &mandate_testkit::TestAgent) -> anyhow::Result<String> {
+    let (st, body) = s.token(receiver, "https://mandate.test", "ssf.manage").await?;
+    anyhow::ensure!(st == 200, "{body}");
+    Ok(body["access_token"].as_str().unwrap_or_default().to_owned())
+}
+
 /// Shared Signals on two nodes (ADR 0028): the events of a revocation on
 /// node A are written in A's transaction and polled, verified and
 /// acknowledged through node B; A then has nothing left to give.
