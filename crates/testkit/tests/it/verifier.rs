@@ -167,3 +167,68 @@ async fn dpop_at_the_resource_checks_the_key_ath_scheme_and_replays() -> Result<
     assert!(challenge.contains("insufficient_scope") && challenge.contains("scope=\"write\""), "{challenge}");
     Ok(())
 }
+
+/// A verifier for the calendar that may manage its own Shared Signals
+/// streams (its `RemoteCheck` credentials are the calendar's client key).
+fn subscribing_verifier(w: &World) -> Result<Verifier> {
+    let mut config = VerifierConfig::new(&w.s.issuer, CAL, "https://calendar.example");
+    let clock = w.s.clock.clone();
+    config.clock = Arc::new(move || mandate_core::Clock::now(clock.as_ref()).unix_timestamp());
+    let key = SigningKey::from_pkcs8(KeyAlg::EdDSA, w.calendar.key.pkcs8())?;
+    config.remote_check = Some(mandate_verifier::RemoteCheck { client_id: w.calendar.id.clone(), key: Arc::new(key) });
+    Ok(Verifier::new(config)?)
+}
+
+/// Issue 17 §3, end to end: the SDK subscribes to Mandate's Shared Signals
+/// with a push stream (its RFC 8935 endpoint on a local listener) and with
+/// a poll stream (its RFC 8936 poller), and a token revoked at Mandate is
+/// refused by the SDK as soon as the event arrives. The server's clock
+/// stands still, so the status list the SDK cached (ttl 60 s) still says
+/// valid: only the signal can refuse it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_reaches_the_sdk_at_once_through_shared_signals() -> Result<()> {
+    use mandate_verifier::{Delivery, PollConfig, SsfReceiver};
+    for push in [true, false] {
+        let w = World::new(TestServer::start_with(|c| c.dev_loopback_fetch = true).await?).await?;
+        let v = subscribing_verifier(&w)?;
+        let secret = "Bearer calendar-push-secret-0123456789";
+        let receiver = SsfReceiver::new(&v).with_push_authorization(secret);
+        let poller = if push {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            let endpoint_url = format!("http://127.0.0.1:{}/ssf/events", listener.local_addr()?.port());
+            tokio::spawn(axum::serve(listener, receiver.push_router("/ssf/events")).into_future());
+            let delivery = Delivery::Push { endpoint_url, authorization_header: Some(secret.into()) };
+            receiver.create_stream(&delivery, "the calendar").await?;
+            None
+        } else {
+            let stream = receiver.create_stream(&Delivery::Poll, "the calendar").await?;
+            let mut config = PollConfig::new(stream.endpoint_url.clone().unwrap_or_default());
+            config.idle_interval = std::time::Duration::from_millis(20);
+            Some(receiver.spawn_poller(config))
+        };
+        let t = token(&w, None).await?;
+        let jti = mandate_testkit::scenarios::claims(&t)["jti"].as_str().unwrap_or_default().to_owned();
+        assert!(v.verify(&t).await.is_ok(), "a live token is refused");
+        let revoke = [("authorization", format!("Bearer {ADMIN_TOKEN}"))];
+        let revoke: Vec<(&str, &str)> = revoke.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let (st, _, _) = w.s.form_headers("/oauth/revoke", &[("token", &t)], &revoke).await?;
+        assert_eq!(st, 200);
+        let mut refused = None;
+        for _ in 0..250 {
+            if v.is_revoked(&jti) {
+                refused = Some(v.verify(&t).await);
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let mode = if push { "push" } else { "poll" };
+        let refused = refused.unwrap_or_else(|| panic!("{mode}: no session-revoked event reached the SDK in 5 s"));
+        assert!(refused.as_ref().is_err_and(|e| e.to_string().contains("revoked")), "{mode}: {refused:?}");
+        // Another token, not revoked, is still accepted.
+        assert!(v.verify(&token(&w, None).await?).await.is_ok(), "{mode}: a live token is refused");
+        if let Some(p) = poller {
+            p.stop().await;
+        }
+    }
+    Ok(())
+}
