@@ -114,6 +114,10 @@ pub struct Mandate {
     pub(crate) signals: tokio::sync::Notify,
     /// The RSA key SETs are signed with under `--ssf-signing-alg RS256`.
     pub(crate) ssf_keys: RwLock<Option<Arc<SigningKey>>>,
+    /// The public halves of the SET keys retired within the grace period,
+    /// still published so that a receiver that refetches the key set after
+    /// a rotation can verify a SET signed just before it.
+    ssf_retired: RwLock<Vec<serde_json::Value>>,
 }
 
 impl std::fmt::Debug for Mandate {
@@ -221,6 +225,7 @@ impl Mandate {
             set_pusher: std::sync::OnceLock::new(),
             signals: tokio::sync::Notify::new(),
             ssf_keys: RwLock::new(None),
+            ssf_retired: RwLock::new(Vec::new()),
         };
         service.reload_policy().await?;
         service.load_audit_keys().await?;
@@ -235,22 +240,41 @@ impl Mandate {
         if !self.config.ssf_rs256 {
             return Ok(());
         }
-        let current = |all: Vec<crate::store::StoredKey>| {
+        let current = |all: &[crate::store::StoredKey]| {
             let mut live: Vec<_> =
-                all.into_iter().filter(|k| k.purpose == KeyUse::Signals && k.retired_at.is_none()).collect();
+                all.iter().filter(|k| k.purpose == KeyUse::Signals && k.retired_at.is_none()).cloned().collect();
             live.sort_by(|a, b| b.created_at.cmp(&a.created_at).then_with(|| b.kid.cmp(&a.kid)));
             live.into_iter().next()
         };
-        let stored = match current(self.store.signing_keys().await?) {
+        let mut all = self.store.signing_keys().await?;
+        let stored = match current(&all) {
             Some(k) => k,
             None => {
                 let key = SigningKey::generate_set_rsa().map_err(|e| Error::Unavailable(e.to_string()))?;
                 self.store.commit(first_key_change(&key, KeyUse::Signals, &self.kek, self.clock.now())?).await?;
                 tracing::info!(kid = key.kid(), "generated the RS256 key that signs Shared Signals");
-                current(self.store.signing_keys().await?)
-                    .ok_or_else(|| Error::Unavailable("no SET key after creating one".into()))?
+                all = self.store.signing_keys().await?;
+                current(&all).ok_or_else(|| Error::Unavailable("no SET key after creating one".into()))?
             }
         };
+        // Retired keys stay published as long as retired token keys do.
+        let grace = Duration::seconds(self.config.access_token_ttl + self.config.leeway);
+        let now = self.clock.now();
+        let mut retired = Vec::new();
+        for k in all.iter().filter(|k| k.purpose == KeyUse::Signals && k.retired_at.is_some_and(|at| at + grace > now))
+        {
+            let text = k
+                .public_jwk
+                .as_deref()
+                .ok_or_else(|| Error::Unavailable(format!("stored SET key {} has no public key", k.kid)))?;
+            let jwk: serde_json::Value = serde_json::from_str(text)
+                .map_err(|_| Error::Unavailable(format!("stored SET key {} has an unreadable public key", k.kid)))?;
+            retired.push(jwk);
+        }
+        match self.ssf_retired.write() {
+            Ok(mut g) => *g = retired,
+            Err(p) => *p.into_inner() = retired,
+        }
         if self.ssf_key().is_some_and(|k| k.kid() == stored.kid) {
             return Ok(());
         }
@@ -715,6 +739,10 @@ impl Mandate {
             && let Some(keys) = set.get_mut("keys").and_then(serde_json::Value::as_array_mut)
         {
             keys.push(k.public().to_json());
+            match self.ssf_retired.read() {
+                Ok(g) => keys.extend(g.iter().cloned()),
+                Err(p) => keys.extend(p.into_inner().iter().cloned()),
+            }
         }
         set
     }

@@ -585,7 +585,28 @@ async fn sets_are_signed_with_rs256_when_asked_and_access_tokens_are_not() -> Re
     let (st, _) = w.s.admin(Method::POST, "/v1/keys/rotate", None).await?;
     ensure!(st == 200);
     let (_, rotated) = w.s.call(Method::GET, "/jwks.json", None, None).await?;
-    let rsa2: Vec<&Value> = rotated["keys"].as_array().context("keys")?.iter().filter(|k| k["kty"] == "RSA").collect();
-    ensure!(rsa2.len() == 1 && rsa2[0]["kid"] != rsa[0]["kid"], "{rotated}");
+    let rsa_kids = |set: &Value| -> Vec<Value> {
+        set["keys"].as_array().into_iter().flatten().filter(|k| k["kty"] == "RSA").map(|k| k["kid"].clone()).collect()
+    };
+    // The new key signs; the retired one stays published through the grace
+    // period (token lifetime and leeway), for a SET signed just before.
+    let kids = rsa_kids(&rotated);
+    ensure!(kids.len() == 2 && kids[0] != rsa[0]["kid"] && kids[1] == rsa[0]["kid"], "{rotated}");
+    w.s.call(Method::POST, "/ssf/verify", Some(&manage), Some(json!({"stream_id": s["stream_id"], "state": "r2"})))
+        .await?;
+    let out = poll(&w, &manage, &s, json!({})).await?;
+    let mut signed_by = None;
+    for set in out["sets"].as_object().context("sets")?.values() {
+        let (header, c) = verified(&w, set.as_str().context("a SET")?).await?;
+        if c["events"][VERIFICATION]["state"] == "r2" {
+            signed_by = Some(header["kid"].clone());
+        }
+    }
+    ensure!(signed_by.as_ref() == Some(&kids[0]), "the SET after the rotation was signed by {signed_by:?}");
+    // Past the grace period, the retired key is gone.
+    w.s.clock.advance(time::Duration::seconds(w.s.mandate.config().access_token_ttl + 120));
+    w.s.mandate.sync_from_store().await?;
+    let (_, later) = w.s.call(Method::GET, "/jwks.json", None, None).await?;
+    ensure!(rsa_kids(&later) == vec![kids[0].clone()], "{later}");
     Ok(())
 }
