@@ -88,18 +88,56 @@ pub async fn drop_databases(urls: &[String]) -> anyhow::Result<()> {
 
 /// Two server nodes on one database: a revocation on one is seen by the
 /// other at once; a policy change reaches the other within its sync period.
+/// Nodes sharing the database at `url` as a deployment's do: one issuer,
+/// one data dir (for the key-encryption key) and one clock; each node its
+/// own store, as a process of its own would have.
+struct Nodes {
+    url: String,
+    dir: tempfile::TempDir,
+    clock: Arc<mandate_core::ManualClock>,
+    /// Seconds between polls for other nodes' changes; `None`: the default.
+    sync_interval: Option<i64>,
+}
+
+impl Nodes {
+    fn on(url: &str) -> anyhow::Result<Self> {
+        let now = mandate_core::Clock::now(&mandate_core::SystemClock);
+        let clock = Arc::new(mandate_core::ManualClock::new(now));
+        Ok(Self { url: url.to_owned(), dir: tempfile::tempdir()?, clock, sync_interval: None })
+    }
+
+    /// No poll within a test (once an hour): only the change feed, or a
+    /// request's own epoch read, carries another node's change.
+    fn without_polls(self) -> Self {
+        Self { sync_interval: Some(3_600), ..self }
+    }
+
+    async fn store(&self) -> anyhow::Result<Arc<dyn Store>> {
+        Ok(Arc::new(mandate_store_postgres::PostgresStore::connect(&self.url).await?))
+    }
+
+    async fn start(&self) -> anyhow::Result<mandate_testkit::TestServer> {
+        self.start_on(self.store().await?).await
+    }
+
+    async fn start_on(&self, store: Arc<dyn Store>) -> anyhow::Result<mandate_testkit::TestServer> {
+        let poll = self.sync_interval;
+        mandate_testkit::TestServer::start_on(store, self.dir.path(), self.clock.clone(), move |c| {
+            c.issuer = "https://mandate.test".into();
+            if let Some(every) = poll {
+                c.sync_interval = every;
+            }
+        })
+        .await
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_share_one_database() -> anyhow::Result<()> {
-    use mandate_testkit::TestServer;
     let url = fresh_database().await?;
     let result = async {
-        let dir = tempfile::tempdir()?;
-        let clock = Arc::new(mandate_core::ManualClock::new(mandate_core::Clock::now(&mandate_core::SystemClock)));
-        let pin = |c: &mut mandate_core::Config| c.issuer = "https://mandate.test".into();
-        let store_a: Arc<dyn Store> = Arc::new(mandate_store_postgres::PostgresStore::connect(&url).await?);
-        let store_b: Arc<dyn Store> = Arc::new(mandate_store_postgres::PostgresStore::connect(&url).await?);
-        let a = TestServer::start_on(store_a, dir.path(), clock.clone(), pin).await?;
-        let b = TestServer::start_on(store_b, dir.path(), clock.clone(), pin).await?;
+        let nodes = Nodes::on(&url)?;
+        let (a, b) = (nodes.start().await?, nodes.start().await?);
         // Both nodes publish the one key created by whichever started first.
         let ka: serde_json::Value = a.http.get(format!("{}/jwks.json", a.url)).send().await?.json().await?;
         let kb: serde_json::Value = b.http.get(format!("{}/jwks.json", b.url)).send().await?.json().await?;
@@ -193,21 +231,14 @@ where
 /// and a change made while it was down is still picked up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changes_are_pushed_between_nodes() -> anyhow::Result<()> {
-    use mandate_testkit::TestServer;
     use std::time::Duration;
     let url = fresh_database().await?;
     let result = async {
-        let dir = tempfile::tempdir()?;
-        let clock = Arc::new(mandate_core::ManualClock::new(mandate_core::Clock::now(&mandate_core::SystemClock)));
         // No poll within the test: only the feed can carry a change.
-        let pin = |c: &mut mandate_core::Config| {
-            c.issuer = "https://mandate.test".into();
-            c.sync_interval = 3_600;
-        };
-        let store_a: Arc<dyn Store> = Arc::new(mandate_store_postgres::PostgresStore::connect(&url).await?);
-        let store_b: Arc<dyn Store> = Arc::new(mandate_store_postgres::PostgresStore::connect(&url).await?);
-        let a = TestServer::start_on(store_a, dir.path(), clock.clone(), pin).await?;
-        let b = TestServer::start_on(store_b.clone(), dir.path(), clock.clone(), pin).await?;
+        let nodes = Nodes::on(&url)?.without_polls();
+        let a = nodes.start().await?;
+        let store_b = nodes.store().await?;
+        let b = nodes.start_on(store_b.clone()).await?;
         let feed = store_b.changes().ok_or_else(|| anyhow::anyhow!("PostgreSQL has no change feed"))?;
         let listening = || {
             let feed = feed.clone();
@@ -265,20 +296,9 @@ async fn three_nodes_decide_on_the_newest_state_at_once() -> anyhow::Result<()> 
     use serde_json::json;
     let url = fresh_database().await?;
     let result = async {
-        let dir = tempfile::tempdir()?;
-        let clock = Arc::new(mandate_core::ManualClock::new(mandate_core::Clock::now(&mandate_core::SystemClock)));
-        let pin = |c: &mut mandate_core::Config| {
-            c.issuer = "https://mandate.test".into();
-            c.sync_interval = 3_600;
-        };
-        let connect = || async {
-            let store: Arc<dyn Store> = Arc::new(mandate_store_postgres::PostgresStore::connect(&url).await?);
-            Ok::<_, anyhow::Error>(store)
-        };
-        let a = TestServer::start_on(connect().await?, dir.path(), clock.clone(), pin).await?;
-        let b = TestServer::start_on(connect().await?, dir.path(), clock.clone(), pin).await?;
-        let deaf: Arc<dyn Store> = mandate_testkit::faulty::FaultyStore::deaf(connect().await?);
-        let c = TestServer::start_on(deaf, dir.path(), clock.clone(), pin).await?;
+        let nodes = Nodes::on(&url)?.without_polls();
+        let (a, b) = (nodes.start().await?, nodes.start().await?);
+        let c = nodes.start_on(mandate_testkit::faulty::FaultyStore::deaf(nodes.store().await?)).await?;
         const API: &str = "https://api.example.com";
         let token_of = |body: &serde_json::Value| body["access_token"].as_str().unwrap_or_default().to_owned();
         let kid_of = |jwt: &str| mandate_testkit::scenarios::header(jwt)["kid"].clone();
@@ -429,16 +449,10 @@ impl Drop for PrivateCluster {
 /// once it is back, and every token they acknowledged is still there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_survive_a_postgres_restart_without_losing_an_acknowledged_write() -> anyhow::Result<()> {
-    use mandate_testkit::TestServer;
     use std::time::Duration;
     let cluster = PrivateCluster::start()?;
-    let dir = tempfile::tempdir()?;
-    let clock = Arc::new(mandate_core::ManualClock::new(mandate_core::Clock::now(&mandate_core::SystemClock)));
-    let pin = |c: &mut mandate_core::Config| c.issuer = "https://mandate.test".into();
-    let store_a: Arc<dyn Store> = Arc::new(mandate_store_postgres::PostgresStore::connect(&cluster.url()).await?);
-    let store_b: Arc<dyn Store> = Arc::new(mandate_store_postgres::PostgresStore::connect(&cluster.url()).await?);
-    let a = Arc::new(TestServer::start_on(store_a, dir.path(), clock.clone(), pin).await?);
-    let b = Arc::new(TestServer::start_on(store_b, dir.path(), clock.clone(), pin).await?);
+    let nodes = Nodes::on(&cluster.url())?;
+    let (a, b) = (Arc::new(nodes.start().await?), Arc::new(nodes.start().await?));
     let (_, agent) = a.seed().await?;
     b.mandate.sync_from_store().await?;
     let agent = Arc::new(agent);
@@ -660,16 +674,10 @@ async fn sign_in(base: &str, email: &str, password: &str) -> anyhow::Result<(u16
 /// would get three free failures from each node.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sign_in_failures_on_one_node_pace_another() -> anyhow::Result<()> {
-    use mandate_testkit::TestServer;
     let url = fresh_database().await?;
     let result = async {
-        let dir = tempfile::tempdir()?;
-        let clock = Arc::new(mandate_core::ManualClock::new(mandate_core::Clock::now(&mandate_core::SystemClock)));
-        let pin = |c: &mut mandate_core::Config| c.issuer = "https://mandate.test".into();
-        let store_a: Arc<dyn Store> = Arc::new(mandate_store_postgres::PostgresStore::connect(&url).await?);
-        let store_b: Arc<dyn Store> = Arc::new(mandate_store_postgres::PostgresStore::connect(&url).await?);
-        let a = TestServer::start_on(store_a, dir.path(), clock.clone(), pin).await?;
-        let b = TestServer::start_on(store_b, dir.path(), clock.clone(), pin).await?;
+        let nodes = Nodes::on(&url)?;
+        let (a, b) = (nodes.start().await?, nodes.start().await?);
         for email in ["carol@example.com", "dave@example.com"] {
             let body = serde_json::json!({"name": "Someone", "email": email, "password": "correct horse battery"});
             let (st, _) = a.admin(reqwest::Method::POST, "/v1/users", Some(body)).await?;
@@ -682,7 +690,7 @@ async fn sign_in_failures_on_one_node_pace_another() -> anyhow::Result<()> {
         }
         let paced = sign_in(&b.url, "carol@example.com", "correct horse battery").await?;
         anyhow::ensure!(paced == (429, Some("1".into())), "node B did not pace what node A counted: {paced:?}");
-        clock.advance(time::Duration::seconds(1));
+        nodes.clock.advance(time::Duration::seconds(1));
         anyhow::ensure!(sign_in(&b.url, "carol@example.com", "wrong").await?.0 == 401);
         // The wait doubles, on A too.
         let paced = sign_in(&a.url, "carol@example.com", "correct horse battery").await?;
@@ -723,18 +731,13 @@ async fn ssf_manage(s: &mandate_testkit::TestServer, receiver: &mandate_testkit:
 /// acknowledged through node B; A then has nothing left to give.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signals_written_on_one_node_are_polled_on_the_other() -> anyhow::Result<()> {
-    use mandate_testkit::{TestAgent, TestServer};
+    use mandate_testkit::TestAgent;
     use reqwest::Method;
     use serde_json::json;
     let url = fresh_database().await?;
     let result = async {
-        let dir = tempfile::tempdir()?;
-        let clock = Arc::new(mandate_core::ManualClock::new(mandate_core::Clock::now(&mandate_core::SystemClock)));
-        let pin = |c: &mut mandate_core::Config| c.issuer = "https://mandate.test".into();
-        let store_a: Arc<dyn Store> = Arc::new(mandate_store_postgres::PostgresStore::connect(&url).await?);
-        let store_b: Arc<dyn Store> = Arc::new(mandate_store_postgres::PostgresStore::connect(&url).await?);
-        let a = TestServer::start_on(store_a, dir.path(), clock.clone(), pin).await?;
-        let b = TestServer::start_on(store_b, dir.path(), clock.clone(), pin).await?;
+        let nodes = Nodes::on(&url)?;
+        let (a, b) = (nodes.start().await?, nodes.start().await?);
         let user = a.create_user("ssf@example.com").await?;
         let rs_key = mandate_jose::SigningKey::generate(mandate_jose::KeyAlg::EdDSA)?;
         let (st, rs) = a
