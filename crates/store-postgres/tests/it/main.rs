@@ -465,8 +465,12 @@ async fn nodes_survive_a_postgres_restart_without_losing_an_acknowledged_write()
             let mut acknowledged = Vec::new();
             let mut refused = 0u32;
             let mut last_ok = None;
+            let mut longest = Duration::ZERO;
             while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                match node.token(&agent, "https://api.example.com", "read").await {
+                let began = tokio::time::Instant::now();
+                let answer = node.token(&agent, "https://api.example.com", "read").await;
+                longest = longest.max(began.elapsed());
+                match answer {
                     Ok((200, body)) => {
                         acknowledged.push(body["access_token"].as_str().unwrap_or_default().to_owned());
                         last_ok = Some(tokio::time::Instant::now());
@@ -481,7 +485,7 @@ async fn nodes_survive_a_postgres_restart_without_losing_an_acknowledged_write()
                 }
                 tokio::time::sleep(Duration::from_millis(25)).await;
             }
-            Ok::<_, anyhow::Error>((acknowledged, refused, last_ok))
+            Ok::<_, anyhow::Error>((acknowledged, refused, last_ok, longest))
         }));
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -499,14 +503,22 @@ async fn nodes_survive_a_postgres_restart_without_losing_an_acknowledged_write()
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let mut tokens = Vec::new();
     let mut refused = 0;
+    let mut longest = Duration::ZERO;
     for l in load {
-        let (acknowledged, r, last_ok) = l.await??;
+        let (acknowledged, r, last_ok, waited) = l.await??;
         anyhow::ensure!(last_ok.is_some_and(|t| t > back), "a client was never served after the restart");
         tokens.extend(acknowledged);
         refused += r;
+        longest = longest.max(waited);
     }
     anyhow::ensure!(tokens.len() > 20, "too little load: {} tokens", tokens.len());
-    anyhow::ensure!(refused > 0, "nothing was refused while the database was down");
+    // The outage was felt: requests made meanwhile were refused (503), or
+    // waited for a connection (up to the pool's 5 s) and were answered once
+    // the database was back. Which of the two is a matter of timing.
+    anyhow::ensure!(
+        refused > 0 || longest >= Duration::from_secs(1),
+        "nothing was refused and no request waited while the database was down (longest {longest:?})"
+    );
     // Every token acknowledged, before, during or after the crash, is live
     // on both nodes: nothing acknowledged was lost.
     for t in &tokens {
@@ -516,7 +528,7 @@ async fn nodes_survive_a_postgres_restart_without_losing_an_acknowledged_write()
         }
     }
     eprintln!(
-        "down and back in {:?}; {} tokens acknowledged, {refused} requests refused meanwhile",
+        "down and back in {:?}; {} tokens acknowledged, {refused} requests refused meanwhile, the longest took {longest:?}",
         back - restarted,
         tokens.len()
     );
