@@ -25,6 +25,19 @@ pub async fn fresh_database() -> anyhow::Result<String> {
     Ok(format!("{base}/{name}"))
 }
 
+/// Runs `test` on a fresh database of its own, which is dropped afterwards
+/// whatever the outcome.
+async fn on_fresh_database<F, Fut>(test: F) -> anyhow::Result<()>
+where
+    F: FnOnce(String) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let url = fresh_database().await?;
+    let result = test(url.clone()).await;
+    drop_databases(&[url]).await?;
+    result
+}
+
 /// A fresh store on a database of its own, dropped when the case is over.
 async fn fresh_store() -> anyhow::Result<Fresh> {
     store_on(fresh_database().await?).await
@@ -134,8 +147,7 @@ impl Nodes {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_share_one_database() -> anyhow::Result<()> {
-    let url = fresh_database().await?;
-    let result = async {
+    on_fresh_database(|url| async move {
         let nodes = Nodes::on(&url)?;
         let (a, b) = (nodes.start().await?, nodes.start().await?);
         // Both nodes publish the one key created by whichever started first.
@@ -201,10 +213,8 @@ async fn two_nodes_share_one_database() -> anyhow::Result<()> {
         a.stop().await?;
         b.stop().await?;
         Ok::<_, anyhow::Error>(())
-    }
-    .await;
-    drop_databases(&[url]).await?;
-    result
+    })
+    .await
 }
 
 /// Waits up to `within` for `f` to hold, checking every 20 ms.
@@ -232,8 +242,7 @@ where
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changes_are_pushed_between_nodes() -> anyhow::Result<()> {
     use std::time::Duration;
-    let url = fresh_database().await?;
-    let result = async {
+    on_fresh_database(|url| async move {
         // No poll within the test: only the feed can carry a change.
         let nodes = Nodes::on(&url)?.without_polls();
         let a = nodes.start().await?;
@@ -278,10 +287,8 @@ async fn changes_are_pushed_between_nodes() -> anyhow::Result<()> {
         anyhow::ensure!(eventually(Duration::from_secs(3), issues(400)).await?, "the recovered feed carries nothing");
         a.stop().await?;
         Ok::<_, anyhow::Error>(())
-    }
-    .await;
-    drop_databases(&[url]).await?;
-    result
+    })
+    .await
 }
 
 /// Issue 17 §1 (decision 0030): three nodes on one database, the third
@@ -294,8 +301,7 @@ async fn three_nodes_decide_on_the_newest_state_at_once() -> anyhow::Result<()> 
     use mandate_testkit::TestServer;
     use reqwest::Method;
     use serde_json::json;
-    let url = fresh_database().await?;
-    let result = async {
+    on_fresh_database(|url| async move {
         let nodes = Nodes::on(&url)?.without_polls();
         let (a, b) = (nodes.start().await?, nodes.start().await?);
         let c = nodes.start_on(mandate_testkit::faulty::FaultyStore::deaf(nodes.store().await?)).await?;
@@ -367,10 +373,8 @@ async fn three_nodes_decide_on_the_newest_state_at_once() -> anyhow::Result<()> 
             node.stop().await?;
         }
         Ok::<_, anyhow::Error>(())
-    }
-    .await;
-    drop_databases(&[url]).await?;
-    result
+    })
+    .await
 }
 
 /// A PostgreSQL cluster of the test's own, on a free port, that it may
@@ -562,8 +566,7 @@ async fn postgres_passes_the_delegation_scenarios() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_undecodable_audit_head_stops_the_writer() -> anyhow::Result<()> {
     use mandate_core::store::{Change, Mutation};
-    let url = fresh_database().await?;
-    let result = async {
+    on_fresh_database(|url| async move {
         let store = mandate_store_postgres::PostgresStore::connect(&url).await?;
         let append = |i: u32| {
             let e = mandate_testkit::conformance::event("token.issued", &format!("agt_{i}"));
@@ -582,10 +585,8 @@ async fn an_undecodable_audit_head_stops_the_writer() -> anyhow::Result<()> {
         anyhow::ensure!(store.setting("marker").await?.is_none(), "the change was partly written");
         pool.close().await;
         Ok::<_, anyhow::Error>(())
-    }
-    .await;
-    drop_databases(&[url]).await?;
-    result
+    })
+    .await
 }
 
 /// Migration 0008 on a database made before it: emails take their one
@@ -594,8 +595,7 @@ async fn an_undecodable_audit_head_stops_the_writer() -> anyhow::Result<()> {
 /// get an id and a 30-day expiry.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_security_migration_normalises_emails_and_dates_old_tokens() -> anyhow::Result<()> {
-    let url = fresh_database().await?;
-    let result = async {
+    on_fresh_database(|url| async move {
         // The schema as it was: every migration before 0008.
         let old = tempfile::tempdir()?;
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
@@ -650,10 +650,8 @@ async fn the_security_migration_normalises_emails_and_dates_old_tokens() -> anyh
             "an old suspension is not the admin's"
         );
         Ok::<_, anyhow::Error>(())
-    }
-    .await;
-    drop_databases(&[url]).await?;
-    result
+    })
+    .await
 }
 
 /// One password sign-in on `base`: the status and the `Retry-After`.
@@ -686,8 +684,7 @@ async fn sign_in(base: &str, email: &str, password: &str) -> anyhow::Result<(u16
 /// would get three free failures from each node.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sign_in_failures_on_one_node_pace_another() -> anyhow::Result<()> {
-    let url = fresh_database().await?;
-    let result = async {
+    on_fresh_database(|url| async move {
         let nodes = Nodes::on(&url)?;
         let (a, b) = (nodes.start().await?, nodes.start().await?);
         for email in ["carol@example.com", "dave@example.com"] {
@@ -725,10 +722,8 @@ async fn sign_in_failures_on_one_node_pace_another() -> anyhow::Result<()> {
         a.stop().await?;
         b.stop().await?;
         Ok::<_, anyhow::Error>(())
-    }
-    .await;
-    drop_databases(&[url]).await?;
-    result
+    })
+    .await
 }
 
 /// The receiver's `ssf.manage` token from node `s`.
@@ -746,8 +741,7 @@ async fn signals_written_on_one_node_are_polled_on_the_other() -> anyhow::Result
     use mandate_testkit::TestAgent;
     use reqwest::Method;
     use serde_json::json;
-    let url = fresh_database().await?;
-    let result = async {
+    on_fresh_database(|url| async move {
         let nodes = Nodes::on(&url)?;
         let (a, b) = (nodes.start().await?, nodes.start().await?);
         let user = a.create_user("ssf@example.com").await?;
@@ -812,8 +806,6 @@ async fn signals_written_on_one_node_are_polled_on_the_other() -> anyhow::Result
         a.stop().await?;
         b.stop().await?;
         Ok::<_, anyhow::Error>(())
-    }
-    .await;
-    drop_databases(&[url]).await?;
-    result
+    })
+    .await
 }

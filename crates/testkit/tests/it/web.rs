@@ -23,7 +23,17 @@ fn set_cookie(headers: &HeaderMap, name: &str) -> Option<(String, String)> {
 }
 
 fn csrf_in(html: &str) -> String {
-    html.split(r#"name="csrf" value=""#).nth(1).and_then(|r| r.split('"').next()).unwrap_or_default().to_owned()
+    field_in(html, "csrf")
+}
+
+/// The digest of what an approvals page showed (its first card's).
+fn shown_in(html: &str) -> String {
+    field_in(html, "shown")
+}
+
+fn field_in(html: &str, name: &str) -> String {
+    let marker = format!(r#"name="{name}" value=""#);
+    html.split(marker.as_str()).nth(1).and_then(|r| r.split('"').next()).unwrap_or_default().to_owned()
 }
 
 struct Browser {
@@ -71,6 +81,18 @@ impl Browser {
             .send()
             .await?;
         Ok((resp.status().as_u16(), resp.text().await?))
+    }
+
+    /// Approves `id` from the approvals page `html` showed, with what it showed.
+    async fn approve_shown(&self, id: &str, session: &str, html: &str) -> Result<u16> {
+        let resp = self
+            .http
+            .post(format!("{}/approvals/{id}/approve", self.base))
+            .header("cookie", format!("mandate_session={session}"))
+            .form(&[("csrf", csrf_in(html)), ("shown", shown_in(html))])
+            .send()
+            .await?;
+        Ok(resp.status().as_u16())
     }
 }
 
@@ -342,8 +364,7 @@ async fn an_approval_applies_only_to_what_was_shown() -> Result<()> {
     assert_eq!(st, 200);
     assert!(html.contains(&id) && html.contains("book the venue") && html.contains(&w.planner.id), "{html}");
     let csrf = csrf_in(&html);
-    let shown =
-        html.split(r#"name="shown" value=""#).nth(1).and_then(|r| r.split('"').next()).unwrap_or_default().to_owned();
+    let shown = shown_in(&html);
     // A decision naming something else than what was shown changes nothing.
     let post = |shown: String| {
         b.http
@@ -415,16 +436,7 @@ async fn an_action_approval_shows_the_checked_properties() -> Result<()> {
     let (_, session, _) = b.sign_in("dana@example.com", "correct horse battery").await?;
     let session = session.unwrap_or_default();
     let (_, html) = b.get("/approvals", &session).await?;
-    let shown =
-        html.split(r#"name="shown" value=""#).nth(1).and_then(|r| r.split('"').next()).unwrap_or_default().to_owned();
-    let resp = b
-        .http
-        .post(format!("{}/approvals/{id}/approve", b.base))
-        .header("cookie", format!("mandate_session={session}"))
-        .form(&[("csrf", csrf_in(&html)), ("shown", shown)])
-        .send()
-        .await?;
-    assert_eq!(resp.status(), 200);
+    assert_eq!(b.approve_shown(&id, &session, &html).await?, 200);
     w.s.clock.advance(time::Duration::seconds(6));
     let (st, tokens) = w.poll(&w.planner, &id).await?;
     assert_eq!(st, 200, "{tokens}");
@@ -611,16 +623,7 @@ async fn a_payment_approval_shows_its_details_and_binds_them() -> Result<()> {
     assert!(html.contains(r#"<th scope="row">amount</th><td>120</td>"#), "{html}");
     assert!(html.contains(r#"<th scope="row">currency</th><td>EUR</td>"#), "{html}");
     assert!(html.contains("&#60;b&#62;ACME&#60;/b&#62; &#38; Co") && !html.contains("<b>ACME</b>"), "{html}");
-    let shown =
-        html.split(r#"name="shown" value=""#).nth(1).and_then(|r| r.split('"').next()).unwrap_or_default().to_owned();
-    let resp = b
-        .http
-        .post(format!("{}/approvals/{id}/approve", b.base))
-        .header("cookie", format!("mandate_session={session}"))
-        .form(&[("csrf", csrf_in(&html)), ("shown", shown)])
-        .send()
-        .await?;
-    assert_eq!(resp.status(), 200);
+    assert_eq!(b.approve_shown(&id, &session, &html).await?, 200);
     w.s.clock.advance(time::Duration::seconds(6));
     let (st, tokens) = w.poll(&w.planner, &id).await?;
     assert_eq!(st, 200, "{tokens}");
