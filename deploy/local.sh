@@ -8,13 +8,16 @@
 #
 # Needs: a built `mandate` (MANDATE_BIN, default $CARGO_TARGET_DIR/debug/mandate),
 # nginx, psql, and PostgreSQL at MANDATE_TEST_POSTGRES_URL (default the local
-# server, trust auth). LB_PORT (default 8080) is where nginx listens.
+# server, trust auth). LB_PORT (default 8080) is where nginx listens, and the
+# nodes listen on NODE_PORT_BASE+1 to +3 (default 7070: 7071 to 7073).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 admin=${MANDATE_TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/postgres}
 bin=${MANDATE_BIN:-${CARGO_TARGET_DIR:-target}/debug/mandate}
 lb_port=${LB_PORT:-8080}
+base=${NODE_PORT_BASE:-7070}
+ports=("$((base + 1))" "$((base + 2))" "$((base + 3))")
 issuer="http://127.0.0.1:$lb_port"
 db="mandate_local_$$"
 work="$(mktemp -d)"
@@ -35,13 +38,14 @@ url="${admin%/*}/$db"
 
 # The nodes start together: migrations run once, under an advisory lock.
 for n in 1 2 3; do
-  "$bin" serve --database-url "$url" --issuer "$issuer" --listen "127.0.0.1:$((7070 + n))" \
+  "$bin" serve --database-url "$url" --issuer "$issuer" --listen "127.0.0.1:${ports[n - 1]}" \
     --data-dir "$work/node$n" --trusted-proxies 127.0.0.1 >"$work/node$n.log" 2>&1 &
   pids+=($!)
 done
 
 mkdir -p "$work/nginx"
-sed -e 's/mandate-\([123]\):7070/127.0.0.1:707\1/' -e "s/listen 8080;/listen 127.0.0.1:$lb_port;/" \
+sed -e "s/mandate-1:7070/127.0.0.1:${ports[0]}/" -e "s/mandate-2:7070/127.0.0.1:${ports[1]}/" \
+  -e "s/mandate-3:7070/127.0.0.1:${ports[2]}/" -e "s/listen 8080;/listen 127.0.0.1:$lb_port;/" \
   deploy/nginx.conf >"$work/nginx/nginx.conf"
 nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" \
   -g "daemon off; pid $work/nginx/nginx.pid; error_log $work/nginx/error.log;" &
@@ -49,7 +53,7 @@ pids+=($!)
 
 ready() { curl -sf "http://127.0.0.1:$1/readyz" >/dev/null; }
 for _ in $(seq 1 100); do
-  ready 7071 && ready 7072 && ready 7073 && ready "$lb_port" && break
+  ready "${ports[0]}" && ready "${ports[1]}" && ready "${ports[2]}" && ready "$lb_port" && break
   sleep 0.2
 done
 ready "$lb_port" || { tail -n 20 "$work"/node*.log "$work/nginx/error.log" >&2; exit 1; }
@@ -66,18 +70,18 @@ fail() { echo "check failed: $*" >&2; exit 1; }
 issuers="$(for _ in 1 2 3 4 5 6; do curl -sf "$issuer/.well-known/oauth-authorization-server"; echo; done | sort -u)"
 [ "$(printf '%s\n' "$issuers" | wc -l)" = 1 ] || fail "the nodes publish different metadata"
 printf '%s' "$issuers" | grep -q "\"issuer\":\"$issuer\"" || fail "the metadata names another issuer"
-keys="$(for p in 7071 7072 7073; do curl -sf "http://127.0.0.1:$p/jwks.json"; echo; done | sort -u | wc -l)"
+keys="$(for p in "${ports[@]}"; do curl -sf "http://127.0.0.1:$p/jwks.json"; echo; done | sort -u | wc -l)"
 [ "$keys" = 1 ] || fail "the nodes publish different keys"
 user="$(api -X POST "$issuer/v1/users" -d '{"name":"Local","email":"local@example.com"}')"
 id="$(printf '%s' "$user" | sed -n 's/.*"id":"\(usr_[^"]*\)".*/\1/p')"
 [ -n "$id" ] || fail "no user created: $user"
-for p in 7071 7072 7073; do
+for p in "${ports[@]}"; do
   api "http://127.0.0.1:$p/v1/users/$id" | grep -q "$id" || fail "node $p does not know $id"
 done
 policy='permit(principal is Agent, action, resource);'
-version="$(api -X PUT "http://127.0.0.1:7071/v1/policies" -d "{\"policies\":\"$policy\"}" | sed -n 's/.*"version":"\([^"]*\)".*/\1/p')"
+version="$(api -X PUT "http://127.0.0.1:${ports[0]}/v1/policies" -d "{\"policies\":\"$policy\"}" | sed -n 's/.*"version":"\([^"]*\)".*/\1/p')"
 [ -n "$version" ] || fail "no policy version"
-for p in 7072 7073; do
+for p in "${ports[1]}" "${ports[2]}"; do
   api "http://127.0.0.1:$p/v1/policies" | grep -q "$version" || fail "node $p serves another policy version"
 done
 echo "ok: three nodes behind nginx at $issuer agree on metadata, keys, users and policy"
