@@ -9,11 +9,12 @@
 //!   exactly one event, an object; and the event handed out is that one.
 //! - Claims built from members and signed by a trusted key are accepted
 //!   whenever the oracle says they should be (names unique, `sub_id`
-//!   absent or an `opaque` identifier).
+//!   absent or an `opaque` identifier, the SET no longer than
+//!   `MAX_SET_BYTES`).
 
 use mandate_fuzz::{Target, Verdict, ensure, mutated_text};
 use mandate_jose::jws::Unverified;
-use mandate_verifier::ssf::set::{SESSION_REVOKED, SetRules, VERIFICATION, verify};
+use mandate_verifier::ssf::set::{MAX_SET_BYTES, SESSION_REVOKED, SetRules, VERIFICATION, verify};
 use proptest::prelude::*;
 use proptest::sample::select;
 use proptest::test_runner::TestCaseError;
@@ -150,7 +151,10 @@ impl Target for SsfSet {
                             && v.as_object().is_some_and(|o| o.len() == 2)
                     }
                 };
-                if names_unique && opaque_or_none && rules_hold(&claims) {
+                // A receiver bounds what it reads: a SET longer than the
+                // limit is refused whatever it says.
+                let short_enough = token.len() <= MAX_SET_BYTES;
+                if names_unique && opaque_or_none && short_enough && rules_hold(&claims) {
                     ensure(verdict == Verdict::Accepted, || format!("{members:?}: refused, though the rules hold"))?;
                 }
                 Ok(verdict)
@@ -164,6 +168,17 @@ fn ssf_set() -> Result<(), String> {
     mandate_fuzz::run::<SsfSet>().map(|_| ())
 }
 
+/// Found by the fuzzer (CI, 2026-12-06): good claims carrying a long `txn`
+/// make a SET longer than the receiver reads, which it refuses.
+#[test]
+fn a_set_longer_than_the_limit_is_refused_whatever_its_claims() -> Result<(), TestCaseError> {
+    let long = apply(good_members(), vec![Edit::Set("txn", json!("\"; permit(principal);".repeat(900)))]);
+    assert_eq!(SsfSet::check(&Input::Claims(long))?, Verdict::Refused);
+    let short = apply(good_members(), vec![Edit::Set("txn", json!("t".repeat(64)))]);
+    assert_eq!(SsfSet::check(&Input::Claims(short))?, Verdict::Accepted);
+    Ok(())
+}
+
 fn check_token(token: &str) -> Result<Verdict, TestCaseError> {
     match verify(token, &trusted(), &RULES) {
         Ok(event) => {
@@ -173,6 +188,7 @@ fn check_token(token: &str) -> Result<Verdict, TestCaseError> {
             let claims: Map<String, Value> = serde_json::from_slice(&payload)
                 .map_err(|e| TestCaseError::fail(format!("{token:?}: accepted, claims not an object: {e}")))?;
             ensure(rules_hold(&claims), || format!("{token:?}: accepted against the rules"))?;
+            ensure(token.len() <= MAX_SET_BYTES, || format!("{token:?}: accepted, though longer than the limit"))?;
             ensure(claims.get("jti") == Some(&json!(event.jti)), || format!("{token:?}: another jti"))?;
             let events = claims.get("events").and_then(Value::as_object);
             ensure(events.is_some_and(|e| e.contains_key(&event.event_type)), || format!("{token:?}: another event"))?;
