@@ -1,6 +1,7 @@
 //! The `mandate` binary: `serve`, `gateway`, the audit trail, key
-//! management and client helpers.
+//! management, client helpers and the admin subcommands.
 
+mod admin;
 mod audit;
 mod demo;
 mod serve;
@@ -8,7 +9,7 @@ mod serve;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(name = "mandate", version, about = "Identity and authorization server for AI agents")]
@@ -46,6 +47,86 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Users: list, show, create, change, issue their API tokens.
+    Users {
+        #[command(subcommand)]
+        command: admin::UsersCommand,
+        #[command(flatten)]
+        out: admin::Output,
+    },
+    /// Agents: list, show, register, change, suspend, resume, retire.
+    Agents {
+        #[command(subcommand)]
+        command: admin::AgentsCommand,
+        #[command(flatten)]
+        out: admin::Output,
+    },
+    /// Resources (the APIs tokens are for): list, show, register.
+    Resources {
+        #[command(subcommand)]
+        command: admin::ResourcesCommand,
+        #[command(flatten)]
+        out: admin::Output,
+    },
+    /// The Cedar policy set: print it, replace it.
+    Policies {
+        #[command(subcommand)]
+        command: admin::PoliciesCommand,
+        #[command(flatten)]
+        out: admin::Output,
+    },
+    /// Grants, the living delegation records: list, revoke.
+    Grants {
+        #[command(subcommand)]
+        command: admin::GrantsCommand,
+        #[command(flatten)]
+        out: admin::Output,
+    },
+    /// Approvals: list, approve, deny (with a user's token, or the admin's).
+    Approvals {
+        #[command(subcommand)]
+        command: admin::ApprovalsCommand,
+        #[command(flatten)]
+        out: admin::Output,
+    },
+    /// An agent's token by `client_credentials` and `private_key_jwt`.
+    Token {
+        #[command(flatten)]
+        args: admin::TokenArgs,
+        #[command(flatten)]
+        out: admin::Output,
+    },
+    /// Introspect a token (`-` reads it from stdin) with the admin token.
+    Introspect {
+        token: String,
+        #[command(flatten)]
+        out: admin::Output,
+    },
+    /// The audit trail through the API, filtered.
+    Events {
+        #[command(flatten)]
+        args: admin::EventsArgs,
+        #[command(flatten)]
+        out: admin::Output,
+    },
+    /// Check a token against the server and keep it (mode 0600) for the
+    /// admin subcommands. Reads it from MANDATE_ADMIN_TOKEN, else stdin.
+    Login {
+        #[arg(long, env = "MANDATE_URL")]
+        server: Option<String>,
+    },
+    /// Forget the token `mandate login` kept.
+    Logout,
+    /// Wait until the server is ready (`/readyz`).
+    Ready {
+        #[command(flatten)]
+        server: admin::client::ServerArgs,
+        /// Seconds to wait.
+        #[arg(long, default_value_t = 30)]
+        wait: u64,
+    },
+    /// Print shell completions: `mandate completions bash > /etc/bash_completion.d/mandate`.
+    Completions { shell: clap_complete::Shell },
 }
 
 #[derive(Subcommand)]
@@ -79,9 +160,15 @@ enum KeysCommand {
     },
 }
 
-/// Exit codes: 0 success, 1 a broken audit trail, 2 any other failure.
+/// Exit codes: 0 success; 1 a broken audit trail; 2 any other failure; for
+/// the admin subcommands 3 invalid input, 4 not authenticated or not
+/// allowed, 5 not found, 6 a conflict (docs/cli.md).
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    if let Command::Completions { shell } = cli.command {
+        clap_complete::generate(shell, &mut Cli::command(), "mandate", &mut std::io::stdout());
+        return std::process::ExitCode::SUCCESS;
+    }
     let outcome =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime").and_then(
             |runtime| {
@@ -92,6 +179,19 @@ fn main() -> std::process::ExitCode {
                         Command::Keys { command } => keys(command).await.map(|()| true),
                         Command::Gateway { config, log_format } => gateway(&config, log_format).await.map(|()| true),
                         Command::Demo => demo::run().await,
+                        Command::Users { command, out } => admin::users(command, out).await.map(|()| true),
+                        Command::Agents { command, out } => admin::agents(command, out).await.map(|()| true),
+                        Command::Resources { command, out } => admin::resources(command, out).await.map(|()| true),
+                        Command::Policies { command, out } => admin::policies(command, out).await.map(|()| true),
+                        Command::Grants { command, out } => admin::grants(command, out).await.map(|()| true),
+                        Command::Approvals { command, out } => admin::approvals(command, out).await.map(|()| true),
+                        Command::Token { args, out } => admin::token(args, out).await.map(|()| true),
+                        Command::Introspect { token, out } => admin::introspect(token, out).await.map(|()| true),
+                        Command::Events { args, out } => admin::events(args, out).await.map(|()| true),
+                        Command::Login { server } => admin::login(server).await.map(|()| true),
+                        Command::Logout => admin::logout().map(|()| true),
+                        Command::Ready { server, wait } => admin::ready(server, wait).await.map(|()| true),
+                        Command::Completions { .. } => Ok(true),
                     }
                 })
             },
@@ -101,7 +201,10 @@ fn main() -> std::process::ExitCode {
         Ok(false) => std::process::ExitCode::from(1),
         Err(e) => {
             eprintln!("error: {e:#}");
-            std::process::ExitCode::from(2)
+            if let Some(id) = e.downcast_ref::<admin::client::Refused>().and_then(|r| r.request_id.as_deref()) {
+                eprintln!("request id: {id}");
+            }
+            std::process::ExitCode::from(admin::client::exit_code(&e))
         }
     }
 }
@@ -147,18 +250,24 @@ async fn keys(command: KeysCommand) -> Result<()> {
             Ok(())
         }
         KeysCommand::ClientAssertion { key, client_id, audience } => {
-            let der = std::fs::read(&key).with_context(|| format!("reading {}", key.display()))?;
-            let key = mandate_jose::SigningKey::from_pkcs8(mandate_jose::KeyAlg::EdDSA, &der)?;
-            let now = mandate_core::Clock::now(&mandate_core::SystemClock).unix_timestamp();
-            let mut jti = [0u8; 16];
-            aws_lc_rs::rand::SecureRandom::fill(&aws_lc_rs::rand::SystemRandom::new(), &mut jti)
-                .map_err(|_| anyhow::anyhow!("no randomness"))?;
-            let jti: String = jti.iter().map(|b| format!("{b:02x}")).collect();
-            let claims = serde_json::json!({ "iss": client_id, "sub": client_id, "aud": audience, "iat": now, "exp": now + 60, "jti": jti });
-            println!("{}", mandate_jose::jws::sign(&key, "JWT", &claims)?);
+            println!("{}", client_assertion(&key, &client_id, &audience)?);
             Ok(())
         }
     }
+}
+
+/// A `private_key_jwt` client assertion, valid for 60 s, signed with the
+/// Ed25519 key in `key` (PKCS#8).
+pub(crate) fn client_assertion(key: &std::path::Path, client_id: &str, audience: &str) -> Result<String> {
+    let der = std::fs::read(key).with_context(|| format!("reading {}", key.display()))?;
+    let key = mandate_jose::SigningKey::from_pkcs8(mandate_jose::KeyAlg::EdDSA, &der)?;
+    let now = mandate_core::Clock::now(&mandate_core::SystemClock).unix_timestamp();
+    let mut jti = [0u8; 16];
+    aws_lc_rs::rand::SecureRandom::fill(&aws_lc_rs::rand::SystemRandom::new(), &mut jti)
+        .map_err(|_| anyhow::anyhow!("no randomness"))?;
+    let jti: String = jti.iter().map(|b| format!("{b:02x}")).collect();
+    let claims = serde_json::json!({ "iss": client_id, "sub": client_id, "aud": audience, "iat": now, "exp": now + 60, "jti": jti });
+    Ok(mandate_jose::jws::sign(&key, "JWT", &claims)?)
 }
 
 /// Writes a secret file readable only by its owner.

@@ -3,6 +3,7 @@
 // Test helpers index JSON freely; a missing member fails the test.
 #![allow(clippy::indexing_slicing)]
 
+mod admin_cli;
 mod crash;
 mod demo;
 mod gateway;
