@@ -13,6 +13,7 @@ pub mod fetch;
 pub mod grant;
 pub mod notify;
 mod oauth;
+pub mod openapi;
 mod ops;
 pub mod scim;
 pub mod ssf;
@@ -24,7 +25,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderName, HeaderValue, header};
-use axum::routing::{any, get, post, put};
+use axum::routing::{any, get, post};
 use mandate_core::Mandate;
 use tower_http::set_header::SetResponseHeaderLayer;
 
@@ -110,41 +111,18 @@ pub fn router(state: AppState) -> Router {
         .route("/jwks.json", get(oauth::jwks).options(cors::no_content))
         .route("/statuslists/{n}", get(oauth::status_list).options(cors::no_content))
         .layer(axum::middleware::from_fn(cors::cors));
-    let admin = Router::new()
-        .route("/v1/users", post(admin::create_user))
-        .route("/v1/users/{id}", get(admin::get_user).patch(admin::update_user))
-        .route("/v1/users/{id}/tokens", post(admin::create_user_token).get(admin::list_user_tokens))
-        .route("/v1/users/{id}/tokens/{token}/revoke", post(admin::revoke_user_token))
-        .route("/v1/agents", post(admin::create_agent))
-        .route("/v1/agents/{id}", get(admin::get_agent).patch(admin::update_agent))
-        .route("/v1/agents/{id}/{op}", post(admin::agent_lifecycle))
-        .route("/v1/resources", post(admin::create_resource))
-        .route("/v1/resources/{id}", get(admin::get_resource))
-        // Policy sets grow with the agents they govern: this one route takes
-        // up to the policy text limit (plus JSON quoting).
-        .route(
-            "/v1/policies",
-            put(admin::put_policies).layer(DefaultBodyLimit::max(MAX_POLICY_BODY)).get(admin::get_policies),
-        )
-        .route("/v1/keys/rotate", post(admin::rotate_keys))
-        .route("/v1/scim-tokens", post(admin::create_scim_token).get(admin::list_scim_tokens))
-        .route("/v1/scim-tokens/{id}", axum::routing::delete(admin::revoke_scim_token))
-        .route("/v1/scim-tokens/{id}/revoke", post(admin::revoke_scim_token))
-        .route("/v1/grants", get(delegation::list_grants))
-        .route("/v1/grants/{id}/revoke", post(delegation::revoke_grant))
-        .route("/v1/approvals", get(delegation::list_approvals))
-        .route("/v1/approvals/{id}/{decision}", post(delegation::decide_approval))
-        .route("/v1/audit", get(audit::query))
-        .route("/v1/audit/verify", get(audit::verify))
-        .route("/v1/audit/checkpoints", get(audit::checkpoints))
-        .route("/v1/audit/keys", get(audit::keys))
-        .route("/v1/audit/trace/{id}", get(audit::trace))
+    // The admin API's routes come from the same table as its OpenAPI
+    // document (openapi.rs), so that the two cannot drift apart.
+    let admin = openapi::admin_routes()
+        .into_iter()
+        .fold(Router::new(), |r, (path, methods)| r.route(path, methods))
         .route_layer(limited);
     // Resource servers' decisions: authenticated, high volume by design;
     // not limited per address.
-    let checks = Router::new()
-        .route("/v1/check", post(delegation::check))
-        .route("/access/v1/evaluation", post(delegation::evaluation));
+    let checks = openapi::check_routes()
+        .into_iter()
+        .fold(Router::new(), |r, (path, methods)| r.route(path, methods))
+        .route("/openapi.json", get(openapi::serve));
     // SCIM provisioning (DESIGN §10), limited per address like the admin API.
     let scim = Router::new()
         .route("/scim/v2/ServiceProviderConfig", get(scim::service_provider_config))
