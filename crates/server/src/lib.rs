@@ -11,6 +11,7 @@ pub mod error;
 pub mod extract;
 pub mod fetch;
 pub mod grant;
+mod inventory;
 pub mod notify;
 mod oauth;
 mod ops;
@@ -111,14 +112,15 @@ pub fn router(state: AppState) -> Router {
         .route("/statuslists/{n}", get(oauth::status_list).options(cors::no_content))
         .layer(axum::middleware::from_fn(cors::cors));
     let admin = Router::new()
-        .route("/v1/users", post(admin::create_user))
+        .route("/v1/users", post(admin::create_user).get(inventory::list_users))
         .route("/v1/users/{id}", get(admin::get_user).patch(admin::update_user))
         .route("/v1/users/{id}/tokens", post(admin::create_user_token).get(admin::list_user_tokens))
         .route("/v1/users/{id}/tokens/{token}/revoke", post(admin::revoke_user_token))
-        .route("/v1/agents", post(admin::create_agent))
+        .route("/v1/agents", post(admin::create_agent).get(inventory::list_agents))
         .route("/v1/agents/{id}", get(admin::get_agent).patch(admin::update_agent))
+        .route("/v1/agents/{id}/inventory", get(inventory::agent_inventory))
         .route("/v1/agents/{id}/{op}", post(admin::agent_lifecycle))
-        .route("/v1/resources", post(admin::create_resource))
+        .route("/v1/resources", post(admin::create_resource).get(inventory::list_resources))
         .route("/v1/resources/{id}", get(admin::get_resource))
         // Policy sets grow with the agents they govern: this one route takes
         // up to the policy text limit (plus JSON quoting).
@@ -130,7 +132,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/scim-tokens", post(admin::create_scim_token).get(admin::list_scim_tokens))
         .route("/v1/scim-tokens/{id}", axum::routing::delete(admin::revoke_scim_token))
         .route("/v1/scim-tokens/{id}/revoke", post(admin::revoke_scim_token))
-        .route("/v1/grants", get(delegation::list_grants))
+        .route("/v1/grants", get(inventory::list_grants))
         .route("/v1/grants/{id}/revoke", post(delegation::revoke_grant))
         .route("/v1/approvals", get(delegation::list_approvals))
         .route("/v1/approvals/{id}/{decision}", post(delegation::decide_approval))
