@@ -136,6 +136,29 @@ impl Store for CachingStore {
         self.inner.agent_by_metadata_url(url).await
     }
 
+    async fn list_users(&self, q: &crate::store::UserListQuery) -> Result<Vec<User>, StoreError> {
+        self.inner.list_users(q).await
+    }
+
+    async fn list_agents(
+        &self,
+        q: &crate::store::AgentListQuery,
+    ) -> Result<Vec<crate::store::ListedAgent>, StoreError> {
+        self.inner.list_agents(q).await
+    }
+
+    async fn agent_activity(
+        &self,
+        agent: AgentId,
+        now: OffsetDateTime,
+    ) -> Result<Option<crate::store::AgentActivity>, StoreError> {
+        self.inner.agent_activity(agent, now).await
+    }
+
+    async fn list_resources(&self, q: &crate::store::ResourceListQuery) -> Result<Vec<Resource>, StoreError> {
+        self.inner.list_resources(q).await
+    }
+
     async fn agents_federated_by(&self, issuer: &str, subject: &str) -> Result<Vec<Agent>, StoreError> {
         let epoch = self.read_epoch().await?;
         let key = (issuer.to_owned(), subject.to_owned());

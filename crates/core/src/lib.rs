@@ -19,6 +19,7 @@ pub mod delivery;
 pub mod details;
 pub mod dpop;
 pub mod federation;
+pub mod inventory;
 mod keyring;
 pub mod limits;
 mod oauth;

@@ -533,6 +533,108 @@ pub struct GrantQuery {
     pub user: Option<UserId>,
     pub agent: Option<AgentId>,
     pub user_or_owner: Option<UserId>,
+    /// The resource identifier the grant is for.
+    pub resource: Option<String>,
+    /// The status at the given time (see [`Grant::status_at`]).
+    pub status: Option<(GrantState, OffsetDateTime)>,
+    /// Only grants expiring strictly before this time.
+    pub expires_before: Option<OffsetDateTime>,
+    /// Only grants never used, or last used strictly before this time.
+    pub used_before: Option<OffsetDateTime>,
+    /// Keyset cursor: only grants with a smaller id (lists are newest
+    /// first, so a grant inserted meanwhile never shows on a later page).
+    pub before: Option<GrantId>,
+    pub limit: u32,
+}
+
+/// A grant's status as lists filter it: stored `revoked`, or stored
+/// `active` and before (`Active`) or at/after (`Expired`) its expiry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GrantState {
+    Active,
+    Expired,
+    Revoked,
+}
+
+impl std::str::FromStr for GrantState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "active" => Ok(Self::Active),
+            "expired" => Ok(Self::Expired),
+            "revoked" => Ok(Self::Revoked),
+            other => Err(format!("unknown grant status {:?}; known: active, expired, revoked", truncated(other))),
+        }
+    }
+}
+
+/// At most 32 characters of untrusted text, for an error message.
+fn truncated(s: &str) -> String {
+    s.chars().take(32).collect()
+}
+
+/// Which people to list (`GET /v1/users`), newest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UserListQuery {
+    pub status: Option<UserStatus>,
+    /// In this group, from either source (the admin's or SCIM's).
+    pub group: Option<String>,
+    /// Keyset cursor: only ids below this one.
+    pub before: Option<UserId>,
+    pub limit: u32,
+}
+
+/// Which agents to list (`GET /v1/agents`), newest first. Every filter
+/// given must match.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AgentListQuery {
+    pub owner: Option<UserId>,
+    pub kind: Option<mandate_model::records::AgentKind>,
+    pub origin: Option<mandate_model::records::AgentOrigin>,
+    /// The stored status (an expired agent keeps its stored status until
+    /// housekeeping retires it; `expires_before` finds those).
+    pub status: Option<AgentStatus>,
+    pub parent: Option<AgentId>,
+    /// Never used, or last used strictly before this time.
+    pub used_before: Option<OffsetDateTime>,
+    /// Last used at or after this time.
+    pub used_after: Option<OffsetDateTime>,
+    /// With an expiry strictly before this time.
+    pub expires_before: Option<OffsetDateTime>,
+    /// Keyset cursor: only ids below this one.
+    pub before: Option<AgentId>,
+    pub limit: u32,
+}
+
+/// An agent as the inventory lists it: the record and its last use (the
+/// last token issued to it, at [`LAST_USE_RESOLUTION`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListedAgent {
+    pub agent: Agent,
+    pub last_used_at: Option<OffsetDateTime>,
+}
+
+/// How stale an agent's recorded last use may be: stores write it with a
+/// token's insertion only when the recorded one is older than this, so
+/// that a busy agent costs one row update a minute, not one per token.
+pub const LAST_USE_RESOLUTION: time::Duration = time::Duration::minutes(1);
+
+/// What an agent holds and did, for its inventory view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AgentActivity {
+    /// Grants to it, active and unexpired at the time asked.
+    pub live_grants: u64,
+    /// Tokens issued to it, unrevoked and unexpired at the time asked.
+    pub live_tokens: u64,
+    /// Its recorded last use (see [`LAST_USE_RESOLUTION`]).
+    pub last_used_at: Option<OffsetDateTime>,
+}
+
+/// Which resources to list (`GET /v1/resources`), newest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ResourceListQuery {
+    /// Keyset cursor: only ids below this one.
+    pub before: Option<ResourceId>,
     pub limit: u32,
 }
 
@@ -850,6 +952,16 @@ pub trait Store: Send + Sync + 'static {
     /// `subject` exactly or has a subject pattern (the caller matches
     /// patterns), at most [`MAX_FEDERATED_CANDIDATES`].
     async fn agents_federated_by(&self, issuer: &str, subject: &str) -> Result<Vec<Agent>, StoreError>;
+    /// People matching `query`, newest first (by id), at most `query.limit`.
+    async fn list_users(&self, query: &UserListQuery) -> Result<Vec<User>, StoreError>;
+    /// Agents matching `query` with their last use, newest first (by id),
+    /// at most `query.limit`.
+    async fn list_agents(&self, query: &AgentListQuery) -> Result<Vec<ListedAgent>, StoreError>;
+    /// Resources, newest first (by id), at most `query.limit`.
+    async fn list_resources(&self, query: &ResourceListQuery) -> Result<Vec<Resource>, StoreError>;
+    /// How many live grants and tokens `agent` holds at `now`, and its
+    /// last use; `None` when there is no such agent.
+    async fn agent_activity(&self, agent: AgentId, now: OffsetDateTime) -> Result<Option<AgentActivity>, StoreError>;
 
     async fn resource(&self, id: mandate_model::ResourceId) -> Result<Option<Resource>, StoreError>;
     async fn resource_by_identifier(&self, identifier: &str) -> Result<Option<Resource>, StoreError>;

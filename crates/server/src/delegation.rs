@@ -9,7 +9,7 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use mandate_core::{CheckRequest, CheckedResource, Checker, Error};
 use mandate_model::records::{Approval, ApprovalStatus, Grant};
-use mandate_model::{AgentId, ApprovalId, GrantId, UserId};
+use mandate_model::{ApprovalId, GrantId};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -19,7 +19,7 @@ use crate::error::Problem;
 use crate::extract::{StrictJson, bearer};
 
 /// The query string as name/value pairs, each known and given once.
-fn query(raw: Option<&str>, known: &[&str]) -> Result<BTreeMap<String, String>, Problem> {
+pub(crate) fn query(raw: Option<&str>, known: &[&str]) -> Result<BTreeMap<String, String>, Problem> {
     let mut out = BTreeMap::new();
     for (k, v) in form_urlencoded::parse(raw.unwrap_or_default().as_bytes()) {
         if !known.contains(&k.as_ref()) {
@@ -33,11 +33,11 @@ fn query(raw: Option<&str>, known: &[&str]) -> Result<BTreeMap<String, String>, 
     Ok(out)
 }
 
-fn parsed<T: std::str::FromStr>(name: &str, v: Option<&String>) -> Result<Option<T>, Problem> {
+pub(crate) fn parsed<T: std::str::FromStr>(name: &str, v: Option<&String>) -> Result<Option<T>, Problem> {
     v.map(|v| v.parse::<T>().map_err(|_| Problem::bad_input(format!("{name} is malformed")))).transpose()
 }
 
-fn grant_json(g: &Grant, now: time::OffsetDateTime) -> Result<Value, Problem> {
+pub(crate) fn grant_json(g: &Grant, now: time::OffsetDateTime) -> Result<Value, Problem> {
     let mut v = crate::admin::to_json(g)?;
     if let Some(o) = v.as_object_mut() {
         o.insert("status".into(), json!(g.status_at(now)));
@@ -51,22 +51,6 @@ fn approval_json(a: &Approval, now: time::OffsetDateTime) -> Result<Value, Probl
         o.insert("status".into(), json!(a.status_at(now)));
     }
     Ok(v)
-}
-
-/// `GET /v1/grants?user=&agent=&limit=`.
-pub async fn list_grants(
-    State(s): State<AppState>,
-    Authed(c): Authed,
-    RawQuery(raw): RawQuery,
-) -> Result<Response, Problem> {
-    let q = query(raw.as_deref(), &["user", "agent", "limit"])?;
-    let user = parsed::<UserId>("user", q.get("user"))?;
-    let agent = parsed::<AgentId>("agent", q.get("agent"))?;
-    let limit = parsed::<u32>("limit", q.get("limit"))?.unwrap_or(100);
-    let grants = s.mandate.list_grants(c, user, agent, limit).await?;
-    let now = s.mandate.now();
-    Ok(Json(json!({ "grants": grants.iter().map(|g| grant_json(g, now)).collect::<Result<Vec<_>, _>>()? }))
-        .into_response())
 }
 
 /// `POST /v1/grants/{id}/revoke`.

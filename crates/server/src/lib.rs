@@ -11,6 +11,7 @@ pub mod error;
 pub mod extract;
 pub mod fetch;
 pub mod grant;
+mod inventory;
 pub mod notify;
 mod oauth;
 pub mod openapi;

@@ -69,9 +69,15 @@ impl Operation {
     }
 }
 
+const LIMIT: (&str, &str) = ("limit", "items per page (default 100, at most 1,000)");
+const CURSOR: (&str, &str) = ("cursor", "the previous page's next_cursor");
+
 /// Every documented operation.
 pub const OPERATIONS: &[Operation] = &[
     op("post", "/v1/users", "users", "Create a user").body("NewUser").ok(201, "User"),
+    op("get", "/v1/users", "users", "List users, newest first (admin, auditors)")
+        .query(&[("status", "active or disabled"), ("group", "a group the user is in"), LIMIT, CURSOR])
+        .ok(200, "Page"),
     op("get", "/v1/users/{id}", "users", "Show a user").ok(200, "User"),
     op("patch", "/v1/users/{id}", "users", "Change a user's groups, attributes, links or status")
         .body("UserPatch")
@@ -85,6 +91,22 @@ pub const OPERATIONS: &[Operation] = &[
     op("post", "/v1/agents", "agents", "Register an agent, or spawn an ephemeral child with a mandate:spawn token")
         .body("NewAgent")
         .ok(201, "Agent"),
+    op("get", "/v1/agents", "agents", "List agents, newest first, filtered (admin, auditors)")
+        .query(&[
+            ("owner", "the owner's user id"),
+            ("kind", "persistent or ephemeral"),
+            ("origin", "how it was registered"),
+            ("status", "active, suspended or retired"),
+            ("parent", "the parent agent's id"),
+            ("used_before", "RFC 3339: last used before (or never)"),
+            ("used_after", "RFC 3339: last used after"),
+            ("expires_before", "RFC 3339: expiring before"),
+            LIMIT,
+            CURSOR,
+        ])
+        .ok(200, "Page"),
+    op("get", "/v1/agents/{id}/inventory", "agents", "An agent's inventory: credentials, ceiling, live grants and tokens, delegation edges, last use")
+        .query(&[("days", "the window of actual delegations, in days (default 30)")]),
     op("get", "/v1/agents/{id}", "agents", "Show an agent").auth(Auth::AdminOrUser).ok(200, "Agent"),
     op("patch", "/v1/agents/{id}", "agents", "Change an agent's description, ceiling, owner, limits or credentials")
         .auth(Auth::AdminOrUser)
@@ -96,6 +118,9 @@ pub const OPERATIONS: &[Operation] = &[
     op("post", "/v1/resources", "resources", "Register a resource and its scopes")
         .body("NewResource")
         .ok(201, "Resource"),
+    op("get", "/v1/resources", "resources", "List resources, newest first (admin, auditors)")
+        .query(&[LIMIT, CURSOR])
+        .ok(200, "Page"),
     op("get", "/v1/resources/{id}", "resources", "Show a resource").ok(200, "Resource"),
     op("get", "/v1/policies", "policies", "The policy set, its version and the generated schema"),
     op("put", "/v1/policies", "policies", "Replace the policy set atomically (validated)").body("PolicySet"),
@@ -106,7 +131,17 @@ pub const OPERATIONS: &[Operation] = &[
     op("post", "/v1/scim-tokens/{id}/revoke", "scim", "Revoke a SCIM token"),
     op("get", "/v1/grants", "grants", "List grants: all for the admin, a person's own otherwise")
         .auth(Auth::AdminOrUser)
-        .query(&[("user", "a user id"), ("agent", "an agent id"), ("limit", "at most this many")]),
+        .query(&[
+            ("user", "a user id"),
+            ("agent", "an agent id"),
+            ("resource", "a resource identifier"),
+            ("status", "active, expired or revoked"),
+            ("expires_before", "RFC 3339"),
+            ("used_before", "RFC 3339: last used before (or never)"),
+            LIMIT,
+            CURSOR,
+        ])
+        .ok(200, "Page"),
     op("post", "/v1/grants/{id}/revoke", "grants", "Revoke a grant and every token under it").auth(Auth::AdminOrUser),
     op("get", "/v1/approvals", "approvals", "List approvals the caller may decide").auth(Auth::AdminOrUser).query(&[
         ("status", "pending, approved, denied or expired"),
@@ -140,18 +175,19 @@ pub const OPERATIONS: &[Operation] = &[
 
 /// The admin API's routes; the document lists exactly these.
 pub fn admin_routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
-    use crate::{admin, audit, delegation};
+    use crate::{admin, audit, delegation, inventory};
     use axum::extract::DefaultBodyLimit;
     use axum::routing::{delete, get, post, put};
     vec![
-        ("/v1/users", post(admin::create_user)),
+        ("/v1/users", post(admin::create_user).get(inventory::list_users)),
         ("/v1/users/{id}", get(admin::get_user).patch(admin::update_user)),
         ("/v1/users/{id}/tokens", post(admin::create_user_token).get(admin::list_user_tokens)),
         ("/v1/users/{id}/tokens/{token}/revoke", post(admin::revoke_user_token)),
-        ("/v1/agents", post(admin::create_agent)),
+        ("/v1/agents", post(admin::create_agent).get(inventory::list_agents)),
         ("/v1/agents/{id}", get(admin::get_agent).patch(admin::update_agent)),
+        ("/v1/agents/{id}/inventory", get(inventory::agent_inventory)),
         ("/v1/agents/{id}/{op}", post(admin::agent_lifecycle)),
-        ("/v1/resources", post(admin::create_resource)),
+        ("/v1/resources", post(admin::create_resource).get(inventory::list_resources)),
         ("/v1/resources/{id}", get(admin::get_resource)),
         // Policy sets grow with the agents they govern: this one route takes
         // up to the policy text limit (plus JSON quoting).
@@ -163,7 +199,7 @@ pub fn admin_routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
         ("/v1/scim-tokens", post(admin::create_scim_token).get(admin::list_scim_tokens)),
         ("/v1/scim-tokens/{id}", delete(admin::revoke_scim_token)),
         ("/v1/scim-tokens/{id}/revoke", post(admin::revoke_scim_token)),
-        ("/v1/grants", get(delegation::list_grants)),
+        ("/v1/grants", get(inventory::list_grants)),
         ("/v1/grants/{id}/revoke", post(delegation::revoke_grant)),
         ("/v1/approvals", get(delegation::list_approvals)),
         ("/v1/approvals/{id}/{decision}", post(delegation::decide_approval)),
@@ -277,6 +313,13 @@ fn schemas() -> Value {
     let jwks = json!({"type": "object", "required": ["keys"], "properties": {"keys": {"type": "array", "items": {"type": "object"}}}});
     json!({
         "Object": { "type": "object" },
+        "Page": {
+            "type": "object", "required": ["items", "next_cursor"],
+            "properties": {
+                "items": {"type": "array", "items": {"type": "object"}},
+                "next_cursor": {"type": ["string", "null"], "description": "null on the last page"}
+            }
+        },
         "Problem": {
             "type": "object",
             "required": ["type", "title", "status"],

@@ -30,8 +30,9 @@ use async_trait::async_trait;
 use mandate_audit::{Checkpoint, Event};
 use mandate_core::audit::AuditQuery;
 use mandate_core::store::{
-    Applied, ApprovalQuery, AttemptCounter, Change, ChangeFeed, GrantQuery, KeyUse, Page, Receipt, ScimGroupQuery,
-    ScimUserQuery, Store, StoreError, StoredKey, StoredPolicy,
+    AgentActivity, AgentListQuery, Applied, ApprovalQuery, AttemptCounter, Change, ChangeFeed, GrantQuery, KeyUse,
+    ListedAgent, Page, Receipt, ResourceListQuery, ScimGroupQuery, ScimUserQuery, Store, StoreError, StoredKey,
+    StoredPolicy, UserListQuery,
 };
 use mandate_model::records::{
     Agent, Approval, AuthCodeRecord, Grant, RefreshRecord, Resource, ScimGroup, ScimToken, ScimUserRecord,
@@ -122,6 +123,19 @@ impl PostgresStore {
         let feed = listen::spawn(listening);
         let epochs = epoch::EpochReads::spawn(pool.clone());
         Ok(Self { pool, writer, feed, epochs })
+    }
+
+    /// An inventory list: `sql` with its parameters (`$1` …) bound to
+    /// `values` in order.
+    async fn list(&self, sql: &str, values: Vec<codec::ListValue>) -> Result<Vec<PgRow>, StoreError> {
+        let mut query = sqlx::query(sql);
+        for v in values {
+            query = match v {
+                codec::ListValue::Text(t) => query.bind(t),
+                codec::ListValue::Int(i) => query.bind(i),
+            };
+        }
+        query.fetch_all(&self.pool).await.map_err(unavailable)
     }
 
     async fn one<T>(
@@ -269,6 +283,63 @@ impl Store for PostgresStore {
         rows.iter().map(agent_row).collect()
     }
 
+    async fn list_users(&self, q: &UserListQuery) -> Result<Vec<User>, StoreError> {
+        let (tail, values) = codec::user_list_where(
+            q,
+            |n| format!("${n}"),
+            |p| {
+                format!(
+                    "(users.groups::jsonb ? {p} \
+                 OR EXISTS (SELECT 1 FROM scim_group_members m JOIN scim_groups g ON g.id = m.group_id \
+                 WHERE m.user_id = users.id AND g.display_name = {p}))"
+                )
+            },
+        );
+        let rows = self.list(&format!("{}{tail}", scim::user_select!()), values).await?;
+        rows.iter().map(user_row).collect()
+    }
+
+    async fn list_agents(&self, q: &AgentListQuery) -> Result<Vec<ListedAgent>, StoreError> {
+        let (tail, values) = codec::agent_list_where(q, |n| format!("${n}"))?;
+        let rows = self.list(&format!("SELECT * FROM agents{tail}"), values).await?;
+        rows.iter()
+            .map(|r| Ok(ListedAgent { agent: agent_row(r)?, last_used_at: codec::opt_ts(get(r, "last_used_at")?)? }))
+            .collect()
+    }
+
+    async fn agent_activity(
+        &self,
+        agent: AgentId,
+        now: time::OffsetDateTime,
+    ) -> Result<Option<AgentActivity>, StoreError> {
+        let row = sqlx::query(
+            "SELECT a.last_used_at, \
+             (SELECT count(*) FROM grants WHERE agent = a.id AND status = 'active' AND expires_at > $2) AS grants, \
+             (SELECT count(*) FROM tokens WHERE client_id = a.id AND revoked_at IS NULL AND expires_at > $2) AS tokens \
+             FROM agents a WHERE a.id = $1",
+        )
+        .bind(agent.to_string())
+        .bind(ts(now)?)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        row.map(|r| {
+            let count = |n: i64| u64::try_from(n).map_err(|_| StoreError::Corrupt(format!("count {n}")));
+            Ok(AgentActivity {
+                live_grants: count(get(&r, "grants")?)?,
+                live_tokens: count(get(&r, "tokens")?)?,
+                last_used_at: codec::opt_ts(get(&r, "last_used_at")?)?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn list_resources(&self, q: &ResourceListQuery) -> Result<Vec<Resource>, StoreError> {
+        let (tail, values) = codec::resource_list_where(q, |n| format!("${n}"));
+        let rows = self.list(&format!("SELECT * FROM resources{tail}"), values).await?;
+        rows.iter().map(resource_row).collect()
+    }
+
     async fn agent_children(&self, parent: AgentId) -> Result<Vec<Agent>, StoreError> {
         let rows = sqlx::query("SELECT * FROM agents WHERE parent = $1 ORDER BY id")
             .bind(parent.to_string())
@@ -336,18 +407,8 @@ impl Store for PostgresStore {
     }
 
     async fn grants(&self, q: &GrantQuery) -> Result<Vec<Grant>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT * FROM grants WHERE ($1::text IS NULL OR user_id = $1) AND ($2::text IS NULL OR agent = $2) \
-             AND ($3::text IS NULL OR user_id = $3 OR agent IN (SELECT id FROM agents WHERE owner = $3)) \
-             ORDER BY id DESC LIMIT $4",
-        )
-        .bind(q.user.map(|u| u.to_string()))
-        .bind(q.agent.map(|a| a.to_string()))
-        .bind(q.user_or_owner.map(|u| u.to_string()))
-        .bind(i64::from(q.limit))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(unavailable)?;
+        let (tail, values) = codec::grant_list_where(q, |n| format!("${n}"))?;
+        let rows = self.list(&format!("SELECT * FROM grants{tail}"), values).await?;
         rows.iter().map(grant_row).collect()
     }
 

@@ -1,7 +1,7 @@
 //! Access tokens and their revocation trees, refresh families, status-list indexes, the replay store (client assertion and DPoP `jti`s) and the attempt counters.
 
-use mandate_core::store::{Mutation, StoreError};
-use mandate_model::records::{RefreshRecord, TokenRecord};
+use mandate_core::store::{LAST_USE_RESOLUTION, Mutation, StoreError};
+use mandate_model::records::{ClientId, RefreshRecord, TokenRecord};
 use mandate_store_sql::{RefreshRow, TokenRow, json, ts};
 use sqlx::postgres::{PgConnection, PgRow};
 
@@ -79,7 +79,7 @@ pub(crate) async fn apply(conn: &mut PgConnection, m: &Mutation) -> Result<u64, 
         }
         Mutation::InsertToken(t) => {
             token_may_be_inserted(conn, t).await?;
-            sqlx::query(
+            let done = sqlx::query(
             "INSERT INTO tokens (jti, client_id, subject, audience, scopes, grant_id, parent, chain, issued_at, expires_at, cnf_jkt, revoked_at, family, status_idx) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
         )
@@ -99,7 +99,9 @@ pub(crate) async fn apply(conn: &mut PgConnection, m: &Mutation) -> Result<u64, 
         .bind(t.status_idx.map(i64::try_from).transpose().map_err(|_| unavailable("status index overflow"))?)
         .execute(&mut *conn)
         .await
-        .map_err(|e| map_write_error(e, "token"))?
+        .map_err(|e| map_write_error(e, "token"))?;
+            touch_agents(conn, &[t]).await?;
+            done
         }
         Mutation::RevokeToken { jti, at } => return revoke_tree(conn, "jti = $2", *at, &jti.to_string()).await,
         Mutation::RevokeTokensOfGrant { grant, at } => {
@@ -409,5 +411,47 @@ pub(crate) async fn insert_tokens(conn: &mut PgConnection, tokens: &[&TokenRecor
     .execute(&mut *conn)
     .await
     .map_err(|e| map_write_error(e, "token"))?;
+    touch_agents(conn, tokens).await
+}
+
+/// Records the last use of the agents `tokens` were issued to, each unless
+/// its recorded one is within [`LAST_USE_RESOLUTION`] of its newest token
+/// (ADR 0032): a busy agent costs one row update a minute. Rows another
+/// transaction holds are skipped (`SKIP LOCKED`): that one is recording a
+/// use of the same moment, and no batch waits on, or deadlocks with,
+/// another over an agent's row.
+async fn touch_agents(conn: &mut PgConnection, tokens: &[&TokenRecord]) -> Result<(), StoreError> {
+    let mut newest: std::collections::BTreeMap<String, time::OffsetDateTime> = std::collections::BTreeMap::new();
+    for t in tokens {
+        if let ClientId::Agent(a) = t.client_id {
+            let at = newest.entry(a.to_string()).or_insert(t.issued_at);
+            *at = (*at).max(t.issued_at);
+        }
+    }
+    if newest.is_empty() {
+        return Ok(());
+    }
+    let mut ids = Vec::with_capacity(newest.len());
+    let mut ats = Vec::with_capacity(newest.len());
+    let mut stale = Vec::with_capacity(newest.len());
+    for (id, at) in newest {
+        ids.push(id);
+        ats.push(ts(at)?);
+        stale.push(ts(at - LAST_USE_RESOLUTION)?);
+    }
+    sqlx::query(
+        "UPDATE agents a SET last_used_at = u.at FROM ( \
+           SELECT ag.id, t.at FROM UNNEST($1::text[], $2::bigint[], $3::bigint[]) AS t(id, at, stale) \
+           JOIN agents ag ON ag.id = t.id \
+           WHERE ag.last_used_at IS NULL OR ag.last_used_at < t.stale \
+           ORDER BY ag.id FOR UPDATE OF ag SKIP LOCKED) u \
+         WHERE a.id = u.id",
+    )
+    .bind(ids)
+    .bind(ats)
+    .bind(stale)
+    .execute(&mut *conn)
+    .await
+    .map_err(|e| map_write_error(e, "agent"))?;
     Ok(())
 }

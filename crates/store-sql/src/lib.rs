@@ -902,3 +902,163 @@ impl TryFrom<CallbackRow> for mandate_model::delivery::CibaCallback {
 pub fn backchannel(mode: &str, endpoint: Option<String>) -> Result<mandate_model::delivery::Backchannel, StoreError> {
     Ok(mandate_model::delivery::Backchannel { mode: parse(mode)?, endpoint })
 }
+
+/// A value bound to an inventory list query.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListValue {
+    Text(String),
+    Int(i64),
+}
+
+/// An inventory list's `WHERE` clause under construction: column names come
+/// from the callers below only; every value is a parameter.
+struct ListWhere<P: Fn(usize) -> String> {
+    clauses: Vec<String>,
+    values: Vec<ListValue>,
+    placeholder: P,
+}
+
+impl<P: Fn(usize) -> String> ListWhere<P> {
+    fn new(placeholder: P) -> Self {
+        Self { clauses: Vec::new(), values: Vec::new(), placeholder }
+    }
+
+    /// The next parameter, bound to `v`.
+    fn bind(&mut self, v: ListValue) -> String {
+        self.values.push(v);
+        (self.placeholder)(self.values.len())
+    }
+
+    /// Adds `template` with each `{}` replaced by a new parameter bound to
+    /// `v` (the same value, bound once per occurrence).
+    fn clause(&mut self, template: &str, v: ListValue) {
+        let mut out = String::new();
+        let mut parts = template.split("{}").peekable();
+        while let Some(part) = parts.next() {
+            out.push_str(part);
+            if parts.peek().is_some() {
+                let p = self.bind(v.clone());
+                out.push_str(&p);
+            }
+        }
+        self.clauses.push(out);
+    }
+
+    fn text(&mut self, template: &str, v: Option<String>) {
+        if let Some(v) = v {
+            self.clause(template, ListValue::Text(v));
+        }
+    }
+
+    fn time(&mut self, template: &str, v: Option<OffsetDateTime>) -> Result<(), StoreError> {
+        if let Some(t) = v {
+            self.clause(template, ListValue::Int(ts(t)?));
+        }
+        Ok(())
+    }
+
+    /// `WHERE …` (or nothing), ordered newest first by id, at most `limit`.
+    fn finish(mut self, limit: u32) -> (String, Vec<ListValue>) {
+        let limit = self.bind(ListValue::Int(i64::from(limit)));
+        let filter =
+            if self.clauses.is_empty() { String::new() } else { format!(" WHERE {}", self.clauses.join(" AND ")) };
+        (format!("{filter} ORDER BY id DESC LIMIT {limit}"), self.values)
+    }
+}
+
+/// The tail of `SELECT … FROM users` for [`mandate_core::store::UserListQuery`]:
+/// `WHERE`, `ORDER BY` and `LIMIT`, with its values in order.
+/// `in_group(p)` spells "the person is in the group named by parameter `p`".
+pub fn user_list_where(
+    q: &mandate_core::store::UserListQuery,
+    placeholder: impl Fn(usize) -> String,
+    in_group: impl Fn(&str) -> String,
+) -> (String, Vec<ListValue>) {
+    let mut w = ListWhere::new(placeholder);
+    w.text("status = {}", q.status.map(|s| user_status(s).to_owned()));
+    w.text("id < {}", q.before.map(|b| b.to_string()));
+    if let Some(g) = &q.group {
+        let p = w.bind(ListValue::Text(g.clone()));
+        w.clauses.push(in_group(&p));
+    }
+    w.finish(q.limit)
+}
+
+/// The tail of `SELECT … FROM agents` for [`mandate_core::store::AgentListQuery`].
+pub fn agent_list_where(
+    q: &mandate_core::store::AgentListQuery,
+    placeholder: impl Fn(usize) -> String,
+) -> Result<(String, Vec<ListValue>), StoreError> {
+    let mut w = ListWhere::new(placeholder);
+    w.text("owner = {}", q.owner.map(|o| o.to_string()));
+    w.text("kind = {}", q.kind.map(|k| agent_kind(k).to_owned()));
+    w.text("origin = {}", q.origin.map(|o| o.as_str().to_owned()));
+    w.text("status = {}", q.status.map(|s| s.as_str().to_owned()));
+    w.text("parent = {}", q.parent.map(|p| p.to_string()));
+    w.time("(last_used_at IS NULL OR last_used_at < {})", q.used_before)?;
+    w.time("last_used_at >= {}", q.used_after)?;
+    w.time("expires_at < {}", q.expires_before)?;
+    w.text("id < {}", q.before.map(|b| b.to_string()));
+    Ok(w.finish(q.limit))
+}
+
+/// The tail of `SELECT … FROM grants` for [`mandate_core::store::GrantQuery`].
+pub fn grant_list_where(
+    q: &mandate_core::store::GrantQuery,
+    placeholder: impl Fn(usize) -> String,
+) -> Result<(String, Vec<ListValue>), StoreError> {
+    use mandate_core::store::GrantState;
+    let mut w = ListWhere::new(placeholder);
+    w.text("user_id = {}", q.user.map(|u| u.to_string()));
+    w.text("agent = {}", q.agent.map(|a| a.to_string()));
+    w.text(
+        "(user_id = {} OR agent IN (SELECT id FROM agents WHERE owner = {}))",
+        q.user_or_owner.map(|u| u.to_string()),
+    );
+    w.text("resource = {}", q.resource.clone());
+    match q.status {
+        None => {}
+        Some((GrantState::Revoked, _)) => w.clauses.push("status = 'revoked'".into()),
+        Some((GrantState::Active, now)) => w.time("status = 'active' AND expires_at > {}", Some(now))?,
+        Some((GrantState::Expired, now)) => w.time("status = 'active' AND expires_at <= {}", Some(now))?,
+    }
+    w.time("expires_at < {}", q.expires_before)?;
+    w.time("(last_used_at IS NULL OR last_used_at < {})", q.used_before)?;
+    w.text("id < {}", q.before.map(|b| b.to_string()));
+    Ok(w.finish(q.limit))
+}
+
+/// The tail of `SELECT … FROM resources` for
+/// [`mandate_core::store::ResourceListQuery`].
+pub fn resource_list_where(
+    q: &mandate_core::store::ResourceListQuery,
+    placeholder: impl Fn(usize) -> String,
+) -> (String, Vec<ListValue>) {
+    let mut w = ListWhere::new(placeholder);
+    w.text("id < {}", q.before.map(|b| b.to_string()));
+    w.finish(q.limit)
+}
+
+#[cfg(test)]
+mod list_tests {
+    use super::*;
+    use mandate_core::store::{AgentListQuery, GrantQuery};
+
+    #[test]
+    fn only_given_filters_become_parameters_in_order() -> Result<(), StoreError> {
+        let owner: mandate_model::UserId =
+            "usr_01J0000000000000000000000A".parse().map_err(|_| StoreError::Corrupt("id".into()))?;
+        let q = AgentListQuery { owner: Some(owner), limit: 5, ..AgentListQuery::default() };
+        let (sql, values) = agent_list_where(&q, |n| format!("?{n}"))?;
+        assert_eq!(sql, " WHERE owner = ?1 ORDER BY id DESC LIMIT ?2");
+        assert_eq!(values, vec![ListValue::Text(owner.to_string()), ListValue::Int(5)]);
+        let q = GrantQuery { user_or_owner: Some(owner), limit: 1, ..GrantQuery::default() };
+        let (sql, values) = grant_list_where(&q, |n| format!("${n}"))?;
+        assert_eq!(
+            sql,
+            " WHERE (user_id = $1 OR agent IN (SELECT id FROM agents WHERE owner = $2)) ORDER BY id DESC LIMIT $3"
+        );
+        assert_eq!(values.len(), 3);
+        Ok(())
+    }
+}

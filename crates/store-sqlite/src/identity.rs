@@ -240,6 +240,14 @@ fn index_federations(conn: &Connection, id: AgentId, rules: &[FederatedCredentia
     Ok(())
 }
 
+/// An agent with its recorded last use, for the inventory's lists.
+pub(crate) fn listed_agent_row(r: &Row<'_>) -> Mapped<mandate_core::store::ListedAgent> {
+    let last: Option<i64> = r.get("last_used_at")?;
+    Ok(agent_row(r)?.and_then(|agent| {
+        Ok(mandate_core::store::ListedAgent { agent, last_used_at: mandate_store_sql::opt_ts(last)? })
+    }))
+}
+
 pub(crate) fn agent_row(r: &Row<'_>) -> Mapped<Agent> {
     Ok(Agent::try_from(AgentRow {
         id: r.get("id")?,

@@ -35,8 +35,9 @@ use async_trait::async_trait;
 use mandate_audit::{Checkpoint, Event};
 use mandate_core::audit::AuditQuery;
 use mandate_core::store::{
-    Applied, ApprovalQuery, AttemptCounter, Change, GrantQuery, Page, Receipt, ScimGroupQuery, ScimUserQuery, Store,
-    StoreError, StoredKey, StoredPolicy,
+    AgentActivity, AgentListQuery, Applied, ApprovalQuery, AttemptCounter, Change, GrantQuery, ListedAgent, Page,
+    Receipt, ResourceListQuery, ScimGroupQuery, ScimUserQuery, Store, StoreError, StoredKey, StoredPolicy,
+    UserListQuery,
 };
 use mandate_model::records::{
     Agent, Approval, AuthCodeRecord, Grant, RefreshRecord, Resource, ScimGroup, ScimToken, ScimUserRecord,
@@ -50,7 +51,7 @@ use tokio::sync::oneshot;
 use crate::approvals::approval_row;
 use crate::audit::{checkpoint_row, event_row, load_head};
 use crate::grants::grant_row;
-use crate::identity::{agent_row, policy_row, resource_row, user_row, user_token_row};
+use crate::identity::{agent_row, listed_agent_row, policy_row, resource_row, user_row, user_token_row};
 use crate::keys::key_row;
 use crate::readers::Readers;
 use crate::tokens::{refresh_row, token_row};
@@ -78,6 +79,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0018_group_approvals.sql"),
     include_str!("../migrations/0019_shared_signals.sql"),
     include_str!("../migrations/0020_attempt_counters.sql"),
+    include_str!("../migrations/0021_inventory.sql"),
 ];
 
 /// The writer connection's page cache, in KiB (as a negative `cache_size`).
@@ -192,6 +194,28 @@ impl SqliteStore {
     ) -> Result<Option<T>, StoreError> {
         let bind = bind.into();
         self.read(move |c| c.prepare_cached(sql)?.query_row([bind], map).optional()).await?.transpose()
+    }
+
+    /// An inventory list: `sql` with its parameters (`?1` …) bound to
+    /// `values` in order.
+    async fn list<T: Send + 'static>(
+        &self,
+        sql: String,
+        values: Vec<codec::ListValue>,
+        map: fn(&Row<'_>) -> rusqlite::Result<Result<T, StoreError>>,
+    ) -> Result<Vec<T>, StoreError> {
+        let rows = self
+            .read(move |c| {
+                let bound = values.into_iter().map(|v| match v {
+                    codec::ListValue::Text(t) => rusqlite::types::Value::Text(t),
+                    codec::ListValue::Int(i) => rusqlite::types::Value::Integer(i),
+                });
+                c.prepare_cached(&sql)?
+                    .query_map(rusqlite::params_from_iter(bound), map)?
+                    .collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .await?;
+        rows.into_iter().collect()
     }
 
     async fn many<T: Send + 'static>(
@@ -342,6 +366,62 @@ impl Store for SqliteStore {
         rows.into_iter().collect()
     }
 
+    async fn list_users(&self, q: &UserListQuery) -> Result<Vec<User>, StoreError> {
+        let (tail, values) = codec::user_list_where(
+            q,
+            |n| format!("?{n}"),
+            |p| {
+                format!(
+                    "(EXISTS (SELECT 1 FROM json_each(users.groups) WHERE value = {p}) \
+                 OR EXISTS (SELECT 1 FROM scim_group_members m JOIN scim_groups g ON g.id = m.group_id \
+                 WHERE m.user_id = users.id AND g.display_name = {p}))"
+                )
+            },
+        );
+        self.list(format!("{}{tail}", scim::user_select!()), values, user_row).await
+    }
+
+    async fn list_agents(&self, q: &AgentListQuery) -> Result<Vec<ListedAgent>, StoreError> {
+        let (tail, values) = codec::agent_list_where(q, |n| format!("?{n}"))?;
+        self.list(format!("SELECT * FROM agents{tail}"), values, listed_agent_row).await
+    }
+
+    async fn agent_activity(
+        &self,
+        agent: AgentId,
+        now: time::OffsetDateTime,
+    ) -> Result<Option<AgentActivity>, StoreError> {
+        let (id, at) = (agent.to_string(), ts(now)?);
+        let row = self
+            .read(move |c| {
+                c.prepare_cached(
+                    "SELECT a.last_used_at, \
+                     (SELECT count(*) FROM grants WHERE agent = a.id AND status = 'active' AND expires_at > ?2), \
+                     (SELECT count(*) FROM tokens WHERE client_id = a.id AND revoked_at IS NULL AND expires_at > ?2) \
+                     FROM agents a WHERE a.id = ?1",
+                )?
+                .query_row(params![id, at], |r| {
+                    Ok((r.get::<_, Option<i64>>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+                })
+                .optional()
+            })
+            .await?;
+        row.map(|(last, grants, tokens)| {
+            let count = |n: i64| u64::try_from(n).map_err(|_| StoreError::Corrupt(format!("count {n}")));
+            Ok(AgentActivity {
+                live_grants: count(grants)?,
+                live_tokens: count(tokens)?,
+                last_used_at: codec::opt_ts(last)?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn list_resources(&self, q: &ResourceListQuery) -> Result<Vec<Resource>, StoreError> {
+        let (tail, values) = codec::resource_list_where(q, |n| format!("?{n}"));
+        self.list(format!("SELECT * FROM resources{tail}"), values, resource_row).await
+    }
+
     async fn agent_children(&self, parent: AgentId) -> Result<Vec<Agent>, StoreError> {
         self.many("SELECT * FROM agents WHERE parent = ?1 ORDER BY id", Some(parent.to_string()), agent_row).await
     }
@@ -379,21 +459,8 @@ impl Store for SqliteStore {
     }
 
     async fn grants(&self, q: &GrantQuery) -> Result<Vec<Grant>, StoreError> {
-        let (user, agent, either) =
-            (q.user.map(|u| u.to_string()), q.agent.map(|a| a.to_string()), q.user_or_owner.map(|u| u.to_string()));
-        let limit = q.limit;
-        let rows = self
-            .read(move |c| {
-                c.prepare_cached(
-                    "SELECT * FROM grants WHERE (?1 IS NULL OR user_id = ?1) AND (?2 IS NULL OR agent = ?2) \
-                 AND (?3 IS NULL OR user_id = ?3 OR agent IN (SELECT id FROM agents WHERE owner = ?3)) \
-                 ORDER BY id DESC LIMIT ?4",
-                )?
-                .query_map(params![user, agent, either, limit], grant_row)?
-                .collect::<rusqlite::Result<Vec<_>>>()
-            })
-            .await?;
-        rows.into_iter().collect()
+        let (tail, values) = codec::grant_list_where(q, |n| format!("?{n}"))?;
+        self.list(format!("SELECT * FROM grants{tail}"), values, grant_row).await
     }
 
     async fn approval(&self, id: ApprovalId) -> Result<Option<Approval>, StoreError> {

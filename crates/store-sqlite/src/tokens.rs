@@ -1,7 +1,7 @@
 //! Access tokens and their revocation trees, refresh families, status-list indexes, the replay store (client assertion and DPoP `jti`s) and the attempt counters.
 
-use mandate_core::store::{Mutation, StoreError};
-use mandate_model::records::{RefreshRecord, TokenRecord};
+use mandate_core::store::{LAST_USE_RESOLUTION, Mutation, StoreError};
+use mandate_model::records::{ClientId, RefreshRecord, TokenRecord};
 use mandate_store_sql::{RefreshRow, TokenRow, json, ts};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
@@ -95,6 +95,7 @@ pub(crate) fn apply(conn: &Connection, m: &Mutation) -> Result<u64, StoreError> 
                 ],
                 "token",
             )
+            .and_then(|n| touch_agent(conn, t).map(|()| n))
         }
         Mutation::RevokeToken { jti, at } => revoke_tree(conn, "jti = ?2", params![ts(*at)?, jti.to_string()]),
         Mutation::RevokeTokensOfGrant { grant, at } => {
@@ -256,4 +257,20 @@ pub(crate) fn token_may_be_inserted(conn: &Connection, t: &TokenRecord) -> Resul
         }
     }
     Ok(())
+}
+
+/// Records the last use of the agent a token was issued to, unless the
+/// recorded one is within [`LAST_USE_RESOLUTION`] of it (ADR 0032): a busy
+/// agent costs one row update a minute.
+fn touch_agent(conn: &Connection, t: &TokenRecord) -> Result<(), StoreError> {
+    let ClientId::Agent(agent) = t.client_id else {
+        return Ok(());
+    };
+    exec(
+        conn,
+        "UPDATE agents SET last_used_at = ?1 WHERE id = ?2 AND (last_used_at IS NULL OR last_used_at < ?3)",
+        params![ts(t.issued_at)?, agent.to_string(), ts(t.issued_at - LAST_USE_RESOLUTION)?],
+        "agent",
+    )
+    .map(|_| ())
 }

@@ -173,6 +173,29 @@ impl Store for FaultyStore {
         self.gate()?;
         self.inner.agents_federated_by(issuer, subject).await
     }
+    async fn list_users(&self, q: &mandate_core::store::UserListQuery) -> Result<Vec<User>, StoreError> {
+        self.gate()?;
+        self.inner.list_users(q).await
+    }
+    async fn list_agents(
+        &self,
+        q: &mandate_core::store::AgentListQuery,
+    ) -> Result<Vec<mandate_core::store::ListedAgent>, StoreError> {
+        self.gate()?;
+        self.inner.list_agents(q).await
+    }
+    async fn agent_activity(
+        &self,
+        agent: AgentId,
+        now: OffsetDateTime,
+    ) -> Result<Option<mandate_core::store::AgentActivity>, StoreError> {
+        self.gate()?;
+        self.inner.agent_activity(agent, now).await
+    }
+    async fn list_resources(&self, q: &mandate_core::store::ResourceListQuery) -> Result<Vec<Resource>, StoreError> {
+        self.gate()?;
+        self.inner.list_resources(q).await
+    }
     async fn agent_children(&self, parent: AgentId) -> Result<Vec<Agent>, StoreError> {
         self.gate()?;
         self.inner.agent_children(parent).await

@@ -285,13 +285,13 @@ async fn ciba_self_authorises_by_policy(w: World) -> Result<()> {
     ensure!(text(&tokens, "refresh_token")?.starts_with("mnd_rt_"), "{tokens}");
     // The grant is a living record with its last use.
     let (st, list) = w.s.call(Method::GET, "/v1/grants", Some(&w.alice_token), None).await?;
-    ensure!(st == 200 && list["grants"].as_array().map(Vec::len) == Some(1), "{list}");
-    let g = &list["grants"][0];
+    ensure!(st == 200 && list["items"].as_array().map(Vec::len) == Some(1), "{list}");
+    let g = &list["items"][0];
     ensure!(g["approved_by"] == "policy" && g["status"] == "active" && g["id"] == c["grant_id"], "{g}");
     ensure!(g["last_used_at"].is_string(), "{g}");
     // Bob sees none of it; the request is single-use.
     let (_, list) = w.s.call(Method::GET, "/v1/grants", Some(&w.bob_token), None).await?;
-    ensure!(list["grants"].as_array().is_some_and(Vec::is_empty), "{list}");
+    ensure!(list["items"].as_array().is_some_and(Vec::is_empty), "{list}");
     let (st, again) = w.poll(&w.planner, &id).await?;
     ensure!(st == 400 && again["error"] == "invalid_grant", "{st} {again}");
     // Another agent cannot collect it.
@@ -339,7 +339,7 @@ async fn ciba_waits_for_the_approver(w: World) -> Result<()> {
     let (st, tokens) = w.poll(&w.planner, &id).await?;
     ensure!(st == 200 && tokens["scope"] == "read write", "{st} {tokens}");
     let (_, list) = w.s.call(Method::GET, "/v1/grants", Some(&w.alice_token), None).await?;
-    ensure!(list["grants"][0]["approved_by"] == w.alice.as_str(), "{list}");
+    ensure!(list["items"][0]["approved_by"] == w.alice.as_str(), "{list}");
     // A denial is access_denied; an unanswered request expires.
     let (_, body) = w.ciba(&w.planner, &ask("alice@example.com")).await?;
     let denied = text(&body, "auth_req_id")?;
@@ -397,7 +397,7 @@ async fn ciba_refusals(w: World) -> Result<()> {
     ensure!(st == 400 && body["error"] == "access_denied", "{st} {body}");
     // Nothing was granted, and every refusal is in the trail.
     let (_, list) = w.s.admin(Method::GET, "/v1/grants", None).await?;
-    ensure!(list["grants"].as_array().is_some_and(Vec::is_empty), "{list}");
+    ensure!(list["items"].as_array().is_some_and(Vec::is_empty), "{list}");
     let refused = w.s.audit("type=approval.requested").await?;
     ensure!(refused.iter().filter(|e| e["decision"] == "deny").count() == cases.len() + 1, "{refused:?}");
     Ok(())
@@ -757,7 +757,7 @@ async fn revocation_cascades_down_the_chain(w: World) -> Result<()> {
     ensure!(st == 200);
     ensure!(dead(parent).await?);
     let (_, list) = w.s.admin(Method::GET, &format!("/v1/grants?user={}", w.alice), None).await?;
-    ensure!(list["grants"].as_array().is_some_and(|g| g.iter().all(|g| g["status"] == "revoked")), "{list}");
+    ensure!(list["items"].as_array().is_some_and(|g| g.iter().all(|g| g["status"] == "revoked")), "{list}");
     Ok(())
 }
 

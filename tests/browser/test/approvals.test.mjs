@@ -90,8 +90,8 @@ test('an approval given in the inbox while the agent polls', { timeout: 90_000 }
     const denied = await pollDenied();
     assert.equal(denied.body?.error, 'access_denied', `poll after Deny: ${denied.status} ${denied.text}`);
     const grants = await server.adminOk('GET', `/v1/grants?user=${alice.id}`);
-    assert.equal(grants.grants.length, 1);
-    assert.equal(grants.grants[0].approved_by, alice.id);
+    assert.equal(grants.items.length, 1);
+    assert.equal(grants.items[0].approved_by, alice.id);
 
     // A request that arrives after those decisions shows up on its own.
     const late = await ask('move the standup');

@@ -50,7 +50,7 @@ test('revoking a grant denies the agent at its next check', { timeout: 90_000 },
     assert.equal(d.decision, 'deny', `check after Revoke: ${JSON.stringify(d)}`);
     assert.equal((await server.check(checker, kept.access_token, 'list')).decision, 'allow');
     assert.equal((await server.introspect(doomed.access_token)).active, false);
-    const grants = (await server.adminOk('GET', `/v1/grants?user=${alice.id}`)).grants;
+    const grants = (await server.adminOk('GET', `/v1/grants?user=${alice.id}`)).items;
     assert.equal(grants.find((g) => g.id === grantId)?.status, 'revoked', JSON.stringify(grants));
     assert.equal(grants.filter((g) => g.status === 'active').length, 1, JSON.stringify(grants));
 

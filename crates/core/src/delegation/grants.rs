@@ -1,34 +1,15 @@
-//! Grants: listing them and revoking one with every token issued under it.
+//! Grants: revoking one with every token issued under it.
 
+use mandate_model::GrantId;
 use mandate_model::records::{Grant, GrantStatus};
 use mandate_model::ssf::{Cause, InitiatingEntity};
-use mandate_model::{AgentId, GrantId, UserId};
 
 use crate::Error;
 use crate::audit::{AuditRecord, kind};
 use crate::service::{Caller, Mandate};
-use crate::store::{Change, GrantQuery, Mutation};
+use crate::store::{Change, Mutation};
 
 impl Mandate {
-    /// `GET /v1/grants`: the admin sees every grant; a user sees the grants
-    /// they gave and those given to agents they own.
-    pub async fn list_grants(
-        &self,
-        caller: Caller,
-        user: Option<UserId>,
-        agent: Option<AgentId>,
-        limit: u32,
-    ) -> Result<Vec<Grant>, Error> {
-        if limit == 0 || limit > crate::audit::MAX_QUERY_LIMIT {
-            return Err(Error::BadInput(format!("limit must be 1 to {}", crate::audit::MAX_QUERY_LIMIT)));
-        }
-        let mut q = GrantQuery { user, agent, user_or_owner: None, limit };
-        if let Caller::User(me) = caller {
-            q.user_or_owner = Some(me);
-        }
-        Ok(self.store.grants(&q).await?)
-    }
-
     /// `POST /v1/grants/{id}/revoke`, by the admin, the user who gave it or
     /// the agent's owner. Every token under it dies, exchanged ones too.
     /// Returns the grant and how many tokens were revoked.
@@ -78,9 +59,11 @@ impl Mandate {
 mod tests {
     //! Revoking a grant, on a memory store.
 
+    use mandate_model::GrantId;
     use mandate_model::records::GrantStatus;
 
     use crate::audit::kind;
+    use crate::store::GrantQuery;
     use crate::testing::World;
     use crate::{Caller, Error};
 
@@ -116,10 +99,14 @@ mod tests {
         let w = World::new().await;
         let granted = w.granted(&w.planner, "read").await;
         let id = w.record(&granted).await.grant.unwrap();
-        let ids = |v: Vec<mandate_model::records::Grant>| v.into_iter().map(|g| g.id).collect::<Vec<_>>();
-        assert_eq!(ids(w.m.list_grants(Caller::User(w.alice.id), None, None, 10).await.unwrap()), vec![id]);
-        assert!(w.m.list_grants(Caller::User(w.bob.id), None, None, 10).await.unwrap().is_empty());
-        assert_eq!(ids(w.m.list_grants(Caller::Admin, None, Some(w.planner.id()), 10).await.unwrap()), vec![id]);
-        assert!(matches!(w.m.list_grants(Caller::Admin, None, None, 0).await, Err(Error::BadInput(_))));
+        let ids = |p: crate::inventory::Paged<mandate_model::records::Grant, GrantId>| {
+            p.items.into_iter().map(|g| g.id).collect::<Vec<_>>()
+        };
+        let q = |agent| GrantQuery { agent, limit: 10, ..GrantQuery::default() };
+        assert_eq!(ids(w.m.list_grants(Caller::User(w.alice.id), q(None)).await.unwrap()), vec![id]);
+        assert!(w.m.list_grants(Caller::User(w.bob.id), q(None)).await.unwrap().items.is_empty());
+        assert_eq!(ids(w.m.list_grants(Caller::Admin, q(Some(w.planner.id()))).await.unwrap()), vec![id]);
+        assert_eq!(w.m.own_grants(w.alice.id, 10).await.unwrap().iter().map(|g| g.id).collect::<Vec<_>>(), vec![id]);
+        assert!(w.m.own_grants(w.bob.id, 10).await.unwrap().is_empty());
     }
 }

@@ -27,8 +27,9 @@ use mandate_model::{AgentId, ApprovalId, GrantId, GroupId, Jti, ResourceId, Stre
 use time::OffsetDateTime;
 
 use super::{
-    Applied, ApprovalQuery, AttemptCounter, Change, GrantQuery, Mutation, Page, Receipt, ScimGroupQuery, ScimUserQuery,
-    Store, StoreError, StoredKey, StoredPolicy,
+    AgentActivity, AgentListQuery, Applied, ApprovalQuery, AttemptCounter, Change, GrantQuery, GrantState, ListedAgent,
+    Mutation, Page, Receipt, ResourceListQuery, ScimGroupQuery, ScimUserQuery, Store, StoreError, StoredKey,
+    StoredPolicy, UserListQuery,
 };
 use crate::audit::{AuditQuery, seal_record};
 
@@ -40,6 +41,8 @@ struct State {
     /// By the hash of the token's secret.
     user_tokens: BTreeMap<String, UserToken>,
     agents: BTreeMap<AgentId, Agent>,
+    /// Each agent's recorded last use (see [`super::LAST_USE_RESOLUTION`]).
+    agent_last_use: BTreeMap<AgentId, OffsetDateTime>,
     resources: BTreeMap<ResourceId, Resource>,
     policies: Vec<StoredPolicy>,
     keys: BTreeMap<String, StoredKey>,
@@ -187,6 +190,9 @@ fn user_tokens(s: &mut State) -> &mut BTreeMap<String, UserToken> {
 }
 fn agents(s: &mut State) -> &mut BTreeMap<AgentId, Agent> {
     &mut s.agents
+}
+fn agent_last_use(s: &mut State) -> &mut BTreeMap<AgentId, OffsetDateTime> {
+    &mut s.agent_last_use
 }
 fn resources(s: &mut State) -> &mut BTreeMap<ResourceId, Resource> {
     &mut s.resources
@@ -713,6 +719,14 @@ fn apply(tx: &mut Tx<'_>, m: &Mutation, applied: &Applied) -> Result<u64, StoreE
             token_may_be_inserted(tx.state, t)?;
             require(!tx.state.tokens.contains_key(&t.jti), "token")?;
             tx.put(tokens, t.jti, t.clone());
+            // The agent's last use, at most once per resolution (as the SQL
+            // stores' conditional UPDATE).
+            if let ClientId::Agent(a) = t.client_id
+                && tx.state.agents.contains_key(&a)
+                && tx.state.agent_last_use.get(&a).is_none_or(|l| *l < t.issued_at - super::LAST_USE_RESOLUTION)
+            {
+                tx.put(agent_last_use, a, t.issued_at);
+            }
             Ok(1)
         }
         Mutation::RevokeToken { jti, at } => revoke_tree(tx, |t| t.jti == *jti, *at),
@@ -1401,9 +1415,71 @@ impl Store for MemoryStore {
                 q.user.is_none_or(|u| g.user == u)
                     && q.agent.is_none_or(|a| g.agent == a)
                     && q.user_or_owner.is_none_or(|u| g.user == u || owned_by(u, g.agent))
+                    && q.resource.as_ref().is_none_or(|r| &g.resource == r)
+                    && q.status.is_none_or(|(st, now)| match st {
+                        GrantState::Revoked => g.status == GrantStatus::Revoked,
+                        GrantState::Active => g.status == GrantStatus::Active && g.expires_at > now,
+                        GrantState::Expired => g.status == GrantStatus::Active && g.expires_at <= now,
+                    })
+                    && q.expires_before.is_none_or(|t| g.expires_at < t)
+                    && q.used_before.is_none_or(|t| g.last_used_at.is_none_or(|l| l < t))
+                    && q.before.is_none_or(|b| g.id < b)
             });
             newest(rows.cloned(), q.limit)
         })
+    }
+
+    async fn list_users(&self, q: &UserListQuery) -> Result<Vec<User>, StoreError> {
+        self.read(|s| {
+            let rows = s
+                .users
+                .values()
+                .filter(|u| q.status.is_none_or(|st| u.status == st) && q.before.is_none_or(|b| u.id < b))
+                .map(|u| with_scim_groups(s, u))
+                .filter(|u| q.group.as_ref().is_none_or(|g| u.groups.contains(g) || u.scim_groups.contains(g)));
+            newest(rows, q.limit)
+        })
+    }
+
+    async fn list_agents(&self, q: &AgentListQuery) -> Result<Vec<ListedAgent>, StoreError> {
+        self.read(|s| {
+            let rows = s.agents.values().filter_map(|a| {
+                let last = s.agent_last_use.get(&a.id).copied();
+                let keep = q.owner.is_none_or(|o| a.owner == o)
+                    && q.kind.is_none_or(|k| a.kind == k)
+                    && q.origin.is_none_or(|o| a.origin == o)
+                    && q.status.is_none_or(|st| a.status == st)
+                    && q.parent.is_none_or(|p| a.parent == Some(p))
+                    && q.used_before.is_none_or(|t| last.is_none_or(|l| l < t))
+                    && q.used_after.is_none_or(|t| last.is_some_and(|l| l >= t))
+                    && q.expires_before.is_none_or(|t| a.expires_at.is_some_and(|e| e < t))
+                    && q.before.is_none_or(|b| a.id < b);
+                keep.then(|| ListedAgent { agent: a.clone(), last_used_at: last })
+            });
+            newest(rows, q.limit)
+        })
+    }
+
+    async fn agent_activity(&self, agent: AgentId, now: OffsetDateTime) -> Result<Option<AgentActivity>, StoreError> {
+        self.read(|s| {
+            s.agents.contains_key(&agent).then(|| AgentActivity {
+                live_grants: s
+                    .grants
+                    .values()
+                    .filter(|g| g.agent == agent && g.status == GrantStatus::Active && g.expires_at > now)
+                    .count() as u64,
+                live_tokens: s
+                    .tokens
+                    .values()
+                    .filter(|t| t.client_id == ClientId::Agent(agent) && t.revoked_at.is_none() && t.expires_at > now)
+                    .count() as u64,
+                last_used_at: s.agent_last_use.get(&agent).copied(),
+            })
+        })
+    }
+
+    async fn list_resources(&self, q: &ResourceListQuery) -> Result<Vec<Resource>, StoreError> {
+        self.read(|s| newest(s.resources.values().filter(|r| q.before.is_none_or(|b| r.id < b)).cloned(), q.limit))
     }
 
     async fn approval(&self, id: ApprovalId) -> Result<Option<Approval>, StoreError> {

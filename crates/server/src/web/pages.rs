@@ -318,7 +318,7 @@ pub async fn decide(
 
 async fn grants_live(s: &AppState, session: &Session, done: String) -> Result<views::GrantsList, Response> {
     let me = session.user.id;
-    let grants = s.mandate.list_grants(Caller::User(me), None, None, 200).await.map_err(fail)?;
+    let grants = s.mandate.own_grants(me, 200).await.map_err(fail)?;
     let names = s.mandate.agent_names(&grants.iter().map(|g| g.agent).collect::<Vec<_>>()).await.map_err(fail)?;
     let now = s.mandate.now();
     let rows = grants

@@ -33,7 +33,7 @@ pub async fn grants_revoke_once_and_list_by_person(s: &Arc<dyn Store>) -> Result
     given.may_act = Some(mandate_model::actors::MayAct::parse(&may_act)?);
     one(s, Mutation::InsertGrant(given.clone())).await?;
     ensure!(s.grant(given.id).await? == Some(given.clone()), "a grant's may_act did not round-trip");
-    let q = |user, agent, user_or_owner| GrantQuery { user, agent, user_or_owner, limit: 10 };
+    let q = |user, agent, user_or_owner| GrantQuery { user, agent, user_or_owner, limit: 10, ..GrantQuery::default() };
     let ids = |v: Vec<mandate_model::records::Grant>| v.into_iter().map(|x| x.id).collect::<Vec<_>>();
     ensure!(ids(s.grants(&q(Some(u.id), None, None)).await?) == vec![g.id]);
     ensure!(ids(s.grants(&q(None, Some(a.id), None)).await?) == vec![g.id]);

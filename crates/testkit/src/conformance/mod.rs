@@ -22,6 +22,7 @@ pub mod deliveries;
 mod fixtures;
 pub mod grants;
 pub mod identity;
+pub mod inventory;
 pub mod keys;
 pub mod replay;
 pub mod scim;
@@ -119,6 +120,14 @@ macro_rules! store_conformance {
                 a_person_is_updated_only_from_what_was_read,
                 scim_groups_keep_members_and_give_them_cedar_groups,
                 membership_changes_move_the_epoch,
+            }
+            inventory {
+                users_are_listed_newest_first_page_by_page,
+                agents_are_listed_by_every_filter,
+                an_agents_last_use_is_recorded_at_most_once_a_minute,
+                resources_are_listed_newest_first_page_by_page,
+                grants_are_listed_by_every_filter,
+                an_agents_activity_counts_what_is_live,
             }
             keys {
                 signing_keys_rotate,

@@ -70,13 +70,13 @@ pub(super) async fn may_act_from_the_grant_request(w: World) -> Result<()> {
         refused(st, &body, "invalid_request", "allowed_actors")?;
     }
     let (_, list) = w.s.admin(Method::GET, "/v1/grants", None).await?;
-    ensure!(list["grants"].as_array().is_some_and(Vec::is_empty), "{list}");
+    ensure!(list["items"].as_array().is_some_and(Vec::is_empty), "{list}");
 
     let tokens = w.granted_with(&[("allowed_actors", named.id.as_str())], None).await?;
     let parent = text(&tokens, "access_token")?;
     ensure!(claims(&parent)["may_act"] == json!({"sub": named.id}), "{}", claims(&parent));
     let (_, list) = w.s.admin(Method::GET, "/v1/grants", None).await?;
-    ensure!(list["grants"][0]["may_act"] == json!([named.id]), "{list}");
+    ensure!(list["items"][0]["may_act"] == json!([named.id]), "{list}");
     let created = w.s.audit("type=grant.created").await?;
     let said = format!("approved_by policy; may_act {}", named.id);
     ensure!(created.last().is_some_and(|e| e["reason"] == said.as_str()), "{created:?}");

@@ -15,6 +15,7 @@ mod gateway;
 mod gateway_proxy;
 mod golden;
 mod group_approvals;
+mod inventory;
 mod keys;
 mod lifecycle;
 mod memory_store;
