@@ -3,6 +3,7 @@
 
 mod audit;
 mod demo;
+mod policies;
 mod serve;
 
 use std::path::PathBuf;
@@ -41,6 +42,12 @@ enum Command {
     /// delegation, revocation, workload identity, trace, audit) against a real server and the
     /// example calendar API, on a temporary directory.
     Demo,
+    /// Test a candidate policy set against cases on a running server
+    /// (exit 1 on any unexpected decision).
+    Policies {
+        #[command(subcommand)]
+        command: policies::PoliciesCommand,
+    },
     /// Signing keys and client keys.
     Keys {
         #[command(subcommand)]
@@ -79,7 +86,8 @@ enum KeysCommand {
     },
 }
 
-/// Exit codes: 0 success, 1 a broken audit trail, 2 any other failure.
+/// Exit codes: 0 success, 1 a broken audit trail or an unexpected policy
+/// decision, 2 any other failure.
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let outcome =
@@ -92,6 +100,7 @@ fn main() -> std::process::ExitCode {
                         Command::Keys { command } => keys(command).await.map(|()| true),
                         Command::Gateway { config, log_format } => gateway(&config, log_format).await.map(|()| true),
                         Command::Demo => demo::run().await,
+                        Command::Policies { command } => policies::run(command).await,
                     }
                 })
             },

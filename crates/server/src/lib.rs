@@ -14,6 +14,7 @@ pub mod grant;
 pub mod notify;
 mod oauth;
 mod ops;
+mod policies;
 pub mod scim;
 pub mod ssf;
 pub mod web;
@@ -124,8 +125,14 @@ pub fn router(state: AppState) -> Router {
         // up to the policy text limit (plus JSON quoting).
         .route(
             "/v1/policies",
-            put(admin::put_policies).layer(DefaultBodyLimit::max(MAX_POLICY_BODY)).get(admin::get_policies),
+            put(policies::put_policies).layer(DefaultBodyLimit::max(MAX_POLICY_BODY)).get(policies::get_policies),
         )
+        // A candidate set plus its cases: the same limit.
+        .route("/v1/policies/test", post(policies::test_policies).layer(DefaultBodyLimit::max(MAX_POLICY_BODY)))
+        .route("/v1/policies/versions", get(policies::list_versions))
+        .route("/v1/policies/versions/{n}", get(policies::get_version))
+        .route("/v1/policies/versions/{n}/diff", get(policies::diff_version))
+        .route("/v1/policies/versions/{n}/restore", post(policies::restore_version))
         .route("/v1/keys/rotate", post(admin::rotate_keys))
         .route("/v1/scim-tokens", post(admin::create_scim_token).get(admin::list_scim_tokens))
         .route("/v1/scim-tokens/{id}", axum::routing::delete(admin::revoke_scim_token))

@@ -19,6 +19,7 @@ mod keys;
 mod lifecycle;
 mod memory_store;
 mod notify;
+mod policy_test;
 mod registration;
 mod restart;
 mod scim;
