@@ -4,6 +4,7 @@
 mod admin;
 mod audit;
 mod demo;
+mod policies;
 mod serve;
 
 use std::path::PathBuf;
@@ -68,7 +69,8 @@ enum Command {
         #[command(flatten)]
         out: admin::Output,
     },
-    /// The Cedar policy set: print it, replace it.
+    /// The Cedar policy set: print it, replace it, test a candidate against
+    /// cases (exit 1 on any unexpected decision).
     Policies {
         #[command(subcommand)]
         command: admin::PoliciesCommand,
@@ -160,7 +162,8 @@ enum KeysCommand {
     },
 }
 
-/// Exit codes: 0 success; 1 a broken audit trail; 2 any other failure; for
+/// Exit codes: 0 success; 1 a broken audit trail or an unexpected policy
+/// decision; 2 any other failure; for
 /// the admin subcommands 3 invalid input, 4 not authenticated or not
 /// allowed, 5 not found, 6 a conflict (docs/cli.md).
 fn main() -> std::process::ExitCode {
@@ -182,7 +185,7 @@ fn main() -> std::process::ExitCode {
                         Command::Users { command, out } => admin::users(command, out).await.map(|()| true),
                         Command::Agents { command, out } => admin::agents(command, out).await.map(|()| true),
                         Command::Resources { command, out } => admin::resources(command, out).await.map(|()| true),
-                        Command::Policies { command, out } => admin::policies(command, out).await.map(|()| true),
+                        Command::Policies { command, out } => admin::policies(command, out).await,
                         Command::Grants { command, out } => admin::grants(command, out).await.map(|()| true),
                         Command::Approvals { command, out } => admin::approvals(command, out).await.map(|()| true),
                         Command::Token { args, out } => admin::token(args, out).await.map(|()| true),

@@ -20,7 +20,7 @@ use time::Duration;
 use crate::audit::{AuditRecord, kind};
 use crate::ports::new_ulid;
 use crate::service::{Caller, Mandate};
-use crate::store::{Change, Mutation, StoredPolicy};
+use crate::store::{Change, Mutation};
 use crate::{Error, secrets};
 
 #[derive(Debug, Clone, Deserialize)]
@@ -1173,40 +1173,6 @@ impl Mandate {
     pub async fn get_resource(&self, caller: Caller, id: ResourceId) -> Result<Resource, Error> {
         self.require_admin(caller).await?;
         self.store.resource(id).await?.ok_or_else(|| Error::NotFound(format!("resource {id}")))
-    }
-
-    /// Validates `text` against the schema of the registered resources and
-    /// replaces the policy set atomically. Returns the new version.
-    /// Replaces the policy set, once it parses and validates.
-    pub async fn put_policies(&self, caller: Caller, text: &str) -> Result<StoredPolicy, Error> {
-        self.require_admin(caller).await?;
-        let actions = self.action_catalog().await?;
-        let context = self.context_catalog().await?;
-        let engine = compile_off_the_workers(text, actions, context).await?.map_err(|e| match e {
-            mandate_policy::PolicyError::Unavailable(why) => Error::Unavailable(why),
-            invalid => Error::BadInput(invalid.to_string()),
-        })?;
-        let record =
-            StoredPolicy { version: engine.version().to_owned(), text: text.to_owned(), created_at: self.clock.now() };
-        let mut event = self.admin_event(kind::POLICY_UPDATED, caller);
-        event.reason = Some(format!("policy set version {} ({} bytes)", record.version, record.text.len()));
-        self.store
-            .commit(Change::new().with(Mutation::PutPolicy(record.clone())).with(AuditRecord::new(event).mutation()))
-            .await?;
-        self.set_engine(engine);
-        Ok(record)
-    }
-
-    pub async fn get_policies(&self, caller: Caller) -> Result<(String, String, String), Error> {
-        self.require_admin(caller).await?;
-        let actions = self.action_catalog().await?;
-        let context = self.context_catalog().await?;
-        let engine = self.fresh_engine().await?;
-        Ok((
-            engine.version().to_owned(),
-            engine.text().to_owned(),
-            mandate_policy::schema_text_with(&actions, &context),
-        ))
     }
 
     /// The action names reserved by Mandate.

@@ -207,6 +207,19 @@ impl Store for CachingStore {
     async fn current_policy(&self) -> Result<Option<StoredPolicy>, StoreError> {
         self.inner.current_policy().await
     }
+    async fn policy_versions(
+        &self,
+        before: Option<u64>,
+        limit: u32,
+    ) -> Result<Vec<crate::store::PolicyVersion>, StoreError> {
+        self.inner.policy_versions(before, limit).await
+    }
+    async fn policy_version(
+        &self,
+        number: u64,
+    ) -> Result<Option<(crate::store::PolicyVersion, StoredPolicy)>, StoreError> {
+        self.inner.policy_version(number).await
+    }
     async fn signing_keys(&self) -> Result<Vec<StoredKey>, StoreError> {
         self.inner.signing_keys().await
     }

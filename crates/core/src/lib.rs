@@ -23,6 +23,8 @@ pub mod inventory;
 mod keyring;
 pub mod limits;
 mod oauth;
+pub mod policy_history;
+pub mod policy_test;
 pub mod refusals;
 pub mod registration;
 pub mod request;

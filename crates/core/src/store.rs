@@ -101,7 +101,27 @@ pub struct StoredPolicy {
     pub version: String,
     pub text: String,
     pub created_at: OffsetDateTime,
+    /// Who installed it: `admin` or a `usr_…` id. `None` for versions
+    /// stored before authors were recorded (migration 0022).
+    pub author: Option<String>,
 }
+
+/// One entry of the policy history (ADR 0034), without its text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyVersion {
+    /// The history's own counter: 1 for the first set ever stored,
+    /// increasing by one with every change (a restore included).
+    pub number: u64,
+    /// The content hash ([`mandate_policy::version_of`]).
+    pub version: String,
+    pub author: Option<String>,
+    pub created_at: OffsetDateTime,
+    /// Length of the text in bytes.
+    pub bytes: u64,
+}
+
+/// Most history entries one page lists.
+pub const MAX_POLICY_VERSIONS_PAGE: u32 = 100;
 
 /// One write. Conditional mutations fail the whole [`Change`].
 #[derive(Debug, Clone, PartialEq)]
@@ -244,6 +264,11 @@ pub enum Mutation {
     InsertResource(Resource),
     /// Records a new policy set version and makes it current.
     PutPolicy(StoredPolicy),
+    /// Fails the change with `Conflict` unless the current policy set has
+    /// this content hash (`None`: unless no set was ever stored). Put it
+    /// before the [`Mutation::PutPolicy`] it guards: stores hold other
+    /// policy writers off from here to the commit.
+    ExpectPolicyVersion(Option<String>),
     InsertSigningKey(StoredKey),
     /// Marks every unretired key of `purpose` but `keep` retired.
     RetireSigningKeys {
@@ -968,6 +993,11 @@ pub trait Store: Send + Sync + 'static {
     async fn resources(&self) -> Result<Vec<Resource>, StoreError>;
 
     async fn current_policy(&self) -> Result<Option<StoredPolicy>, StoreError>;
+    /// The policy history, newest first: entries numbered below `before`
+    /// (all, without it), at most `limit`.
+    async fn policy_versions(&self, before: Option<u64>, limit: u32) -> Result<Vec<PolicyVersion>, StoreError>;
+    /// One entry of the policy history, with its text.
+    async fn policy_version(&self, number: u64) -> Result<Option<(PolicyVersion, StoredPolicy)>, StoreError>;
     async fn signing_keys(&self) -> Result<Vec<StoredKey>, StoreError>;
 
     async fn token(&self, jti: Jti) -> Result<Option<TokenRecord>, StoreError>;

@@ -249,26 +249,6 @@ pub async fn get_resource(
     Ok(Json(to_json(&r)?).into_response())
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PolicyBody {
-    policies: String,
-}
-
-pub async fn put_policies(
-    State(s): State<AppState>,
-    Authed(c): Authed,
-    StrictJson(body): StrictJson<PolicyBody>,
-) -> Result<Response, Problem> {
-    let p = s.mandate.put_policies(c, &body.policies).await?;
-    Ok(Json(json!({ "version": p.version })).into_response())
-}
-
-pub async fn get_policies(State(s): State<AppState>, Authed(c): Authed) -> Result<Response, Problem> {
-    let (version, text, schema) = s.mandate.get_policies(c).await?;
-    Ok(Json(json!({ "version": version, "policies": text, "schema": schema })).into_response())
-}
-
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct RotateBody {

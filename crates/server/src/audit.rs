@@ -16,7 +16,7 @@ use crate::error::Problem;
 const MAX_FILTER: usize = 256;
 
 /// The query string as name/value pairs, each name at most once and known.
-fn params(raw: Option<&str>, known: &[&str]) -> Result<Vec<(String, String)>, Problem> {
+pub(crate) fn params(raw: Option<&str>, known: &[&str]) -> Result<Vec<(String, String)>, Problem> {
     let mut out: Vec<(String, String)> = Vec::new();
     for (k, v) in form_urlencoded::parse(raw.unwrap_or_default().as_bytes()) {
         if !known.contains(&k.as_ref()) {
@@ -53,7 +53,7 @@ fn filter_value(name: &str, v: &str) -> Result<String, Problem> {
     Ok(v.to_owned())
 }
 
-fn number<T: std::str::FromStr>(name: &str, v: &str) -> Result<T, Problem> {
+pub(crate) fn number<T: std::str::FromStr>(name: &str, v: &str) -> Result<T, Problem> {
     v.parse().map_err(|_| Problem::bad_input(format!("{name} must be a non-negative integer")))
 }
 

@@ -16,6 +16,7 @@ pub mod notify;
 mod oauth;
 pub mod openapi;
 mod ops;
+mod policies;
 pub mod scim;
 pub mod ssf;
 pub mod web;

@@ -123,7 +123,17 @@ pub const OPERATIONS: &[Operation] = &[
         .ok(200, "Page"),
     op("get", "/v1/resources/{id}", "resources", "Show a resource").ok(200, "Resource"),
     op("get", "/v1/policies", "policies", "The policy set, its version and the generated schema"),
-    op("put", "/v1/policies", "policies", "Replace the policy set atomically (validated)").body("PolicySet"),
+    op("put", "/v1/policies", "policies", "Replace the policy set atomically (validated; expected_version: 409 on a mismatch)")
+        .body("PolicySet"),
+    op("post", "/v1/policies/test", "policies", "Decide cases, and replay recorded decisions, under a candidate set (admin, auditors)")
+        .body("PolicyTest"),
+    op("get", "/v1/policies/versions", "policies", "The policy set's versions, newest first (admin, auditors)")
+        .query(&[LIMIT, CURSOR]),
+    op("get", "/v1/policies/versions/{n}", "policies", "One version of the policy set"),
+    op("get", "/v1/policies/versions/{n}/diff", "policies", "A line diff of a version against another")
+        .query(&[("against", "the version number to compare with (default: the current one)")]),
+    op("post", "/v1/policies/versions/{n}/restore", "policies", "Restore a version (expected_version honoured)")
+        .body("Object"),
     op("post", "/v1/keys/rotate", "keys", "Add a new signing key").body("Object"),
     op("post", "/v1/scim-tokens", "scim", "Issue a SCIM bearer token (shown once)").ok(201, "Object"),
     op("get", "/v1/scim-tokens", "scim", "List SCIM tokens"),
@@ -175,7 +185,7 @@ pub const OPERATIONS: &[Operation] = &[
 
 /// The admin API's routes; the document lists exactly these.
 pub fn admin_routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
-    use crate::{admin, audit, delegation, inventory};
+    use crate::{admin, audit, delegation, inventory, policies};
     use axum::extract::DefaultBodyLimit;
     use axum::routing::{delete, get, post, put};
     vec![
@@ -193,8 +203,14 @@ pub fn admin_routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
         // up to the policy text limit (plus JSON quoting).
         (
             "/v1/policies",
-            put(admin::put_policies).layer(DefaultBodyLimit::max(crate::MAX_POLICY_BODY)).get(admin::get_policies),
+            put(policies::put_policies).layer(DefaultBodyLimit::max(crate::MAX_POLICY_BODY)).get(policies::get_policies),
         ),
+        // A candidate set plus its cases: the same limit.
+        ("/v1/policies/test", post(policies::test_policies).layer(DefaultBodyLimit::max(crate::MAX_POLICY_BODY))),
+        ("/v1/policies/versions", get(policies::list_versions)),
+        ("/v1/policies/versions/{n}", get(policies::get_version)),
+        ("/v1/policies/versions/{n}/diff", get(policies::diff_version)),
+        ("/v1/policies/versions/{n}/restore", post(policies::restore_version)),
         ("/v1/keys/rotate", post(admin::rotate_keys)),
         ("/v1/scim-tokens", post(admin::create_scim_token).get(admin::list_scim_tokens)),
         ("/v1/scim-tokens/{id}", delete(admin::revoke_scim_token)),
@@ -415,7 +431,23 @@ fn schemas() -> Value {
         },
         "PolicySet": {
             "type": "object", "additionalProperties": false, "required": ["policies"],
-            "properties": { "policies": {"type": "string", "description": "Cedar policy text"} }
+            "properties": {
+                "policies": {"type": "string", "description": "Cedar policy text"},
+                "expected_version": {"type": "string", "description": "refuse (409) unless the stored set is this version"}
+            }
+        },
+        "PolicyTest": {
+            "type": "object", "required": ["policies"],
+            "properties": {
+                "policies": {"type": "string", "description": "the candidate set (Cedar text)"},
+                "cases": {"type": "array", "items": {"type": "object", "required": ["principal", "action", "resource"],
+                    "properties": {
+                        "principal": {"type": "string"}, "chain": {"type": "array", "items": {"type": "string"}},
+                        "action": {"type": "string"}, "resource": {"type": ["object", "string"]},
+                        "context": {"type": "object"}, "expected": {"type": "string", "enum": ["allow", "deny"]}
+                    }}},
+                "replay": {"type": "object", "properties": {"since": {"type": "string"}, "limit": {"type": "integer"}}}
+            }
         },
         "CheckRequest": {
             "type": "object", "required": ["token", "action", "resource"],

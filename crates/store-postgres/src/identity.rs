@@ -188,13 +188,29 @@ pub(crate) async fn apply(conn: &mut PgConnection, m: &Mutation) -> Result<u64, 
             .execute(&mut *conn)
             .await
             .map_err(|e| map_write_error(e, "resource"))?,
-        Mutation::PutPolicy(p) => sqlx::query("INSERT INTO policies (version, text, created_at) VALUES ($1, $2, $3)")
-            .bind(&p.version)
-            .bind(&p.text)
-            .bind(ts(p.created_at)?)
-            .execute(&mut *conn)
-            .await
-            .map_err(unavailable)?,
+        Mutation::PutPolicy(p) => {
+            sqlx::query("INSERT INTO policies (version, text, created_at, author) VALUES ($1, $2, $3, $4)")
+                .bind(&p.version)
+                .bind(&p.text)
+                .bind(ts(p.created_at)?)
+                .bind(&p.author)
+                .execute(&mut *conn)
+                .await
+                .map_err(unavailable)?
+        }
+        Mutation::ExpectPolicyVersion(expected) => {
+            // Read committed: hold other policy writers off until this
+            // change commits, so that what is read here stays current.
+            sqlx::query("LOCK TABLE policies IN EXCLUSIVE MODE").execute(&mut *conn).await.map_err(unavailable)?;
+            let current: Option<String> = sqlx::query_scalar("SELECT version FROM policies ORDER BY seq DESC LIMIT 1")
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(unavailable)?;
+            if current != *expected {
+                return Err(StoreError::Conflict("the policy set changed".into()));
+            }
+            return Ok(0);
+        }
         Mutation::InsertSession(r) => sqlx::query(
             "INSERT INTO sessions (hash, user_id, csrf, created_at, expires_at, revoked_at) VALUES ($1, $2, $3, $4, $5, $6)",
         )

@@ -30,9 +30,7 @@ use async_trait::async_trait;
 use mandate_audit::{Checkpoint, Event};
 use mandate_core::audit::AuditQuery;
 use mandate_core::store::{
-    AgentActivity, AgentListQuery, Applied, ApprovalQuery, AttemptCounter, Change, ChangeFeed, GrantQuery, KeyUse,
-    ListedAgent, Page, Receipt, ResourceListQuery, ScimGroupQuery, ScimUserQuery, Store, StoreError, StoredKey,
-    StoredPolicy, UserListQuery,
+    AgentActivity, AgentListQuery, Applied, ApprovalQuery, AttemptCounter, Change, ChangeFeed, GrantQuery, KeyUse, ListedAgent, Page, PolicyVersion, Receipt, ResourceListQuery, ScimGroupQuery, ScimUserQuery, Store, StoreError, StoredKey, StoredPolicy, UserListQuery,
 };
 use mandate_model::records::{
     Agent, Approval, AuthCodeRecord, Grant, RefreshRecord, Resource, ScimGroup, ScimToken, ScimUserRecord,
@@ -147,6 +145,28 @@ impl PostgresStore {
         let row = sqlx::query(sql).bind(bind).fetch_optional(&self.pool).await.map_err(unavailable)?;
         row.as_ref().map(map).transpose()
     }
+}
+
+fn policy_row(r: &PgRow) -> Result<StoredPolicy, StoreError> {
+    Ok(StoredPolicy {
+        version: get(r, "version")?,
+        text: get(r, "text")?,
+        created_at: codec::from_ts(get(r, "created_at")?)?,
+        author: get(r, "author")?,
+    })
+}
+
+/// A history entry: `seq`, `version`, `author`, `created_at`, `bytes`.
+fn policy_version_row(r: &PgRow) -> Result<PolicyVersion, StoreError> {
+    let seq: i64 = get(r, "seq")?;
+    let bytes: i64 = get(r, "bytes")?;
+    Ok(PolicyVersion {
+        number: u64::try_from(seq).map_err(|_| unavailable(format!("policy seq {seq}")))?,
+        version: get(r, "version")?,
+        author: get(r, "author")?,
+        created_at: codec::from_ts(get(r, "created_at")?)?,
+        bytes: u64::try_from(bytes).map_err(|_| unavailable(format!("policy length {bytes}")))?,
+    })
 }
 
 pub(crate) fn get<'r, T: sqlx::Decode<'r, sqlx::Postgres> + sqlx::Type<sqlx::Postgres>>(
@@ -364,18 +384,39 @@ impl Store for PostgresStore {
     }
 
     async fn current_policy(&self) -> Result<Option<StoredPolicy>, StoreError> {
-        let row = sqlx::query("SELECT version, text, created_at FROM policies ORDER BY seq DESC LIMIT 1")
+        let row = sqlx::query("SELECT version, text, created_at, author FROM policies ORDER BY seq DESC LIMIT 1")
             .fetch_optional(&self.pool)
             .await
             .map_err(unavailable)?;
-        row.map(|r| {
-            Ok(StoredPolicy {
-                version: get(&r, "version")?,
-                text: get(&r, "text")?,
-                created_at: codec::from_ts(get(&r, "created_at")?)?,
-            })
-        })
-        .transpose()
+        row.map(|r| policy_row(&r)).transpose()
+    }
+
+    async fn policy_versions(&self, before: Option<u64>, limit: u32) -> Result<Vec<PolicyVersion>, StoreError> {
+        // Query input, not stored data: past every number means no bound.
+        let before = before.map_or(i64::MAX, |b| i64::try_from(b).unwrap_or(i64::MAX));
+        let rows = sqlx::query(
+            "SELECT seq, version, author, created_at, octet_length(text)::BIGINT AS bytes FROM policies \
+             WHERE seq < $1 ORDER BY seq DESC LIMIT $2",
+        )
+        .bind(before)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        rows.iter().map(policy_version_row).collect()
+    }
+
+    async fn policy_version(&self, number: u64) -> Result<Option<(PolicyVersion, StoredPolicy)>, StoreError> {
+        let Ok(seq) = i64::try_from(number) else { return Ok(None) };
+        let row = sqlx::query(
+            "SELECT seq, version, author, created_at, text, octet_length(text)::BIGINT AS bytes FROM policies \
+             WHERE seq = $1",
+        )
+        .bind(seq)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        row.map(|r| Ok((policy_version_row(&r)?, policy_row(&r)?))).transpose()
     }
 
     async fn signing_keys(&self) -> Result<Vec<StoredKey>, StoreError> {

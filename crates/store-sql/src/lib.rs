@@ -660,6 +660,7 @@ pub fn family(m: &Mutation) -> Family {
         | Mutation::SetAgentStatus { .. }
         | Mutation::InsertResource(..)
         | Mutation::PutPolicy(..)
+        | Mutation::ExpectPolicyVersion(..)
         | Mutation::InsertSession(..)
         | Mutation::InsertUpstreamLink(..)
         | Mutation::RevokeSession { .. } => Family::Identity,

@@ -1,14 +1,15 @@
 //! Settings, people (users, their API tokens and sign-in sessions), agents, resources and the policy set.
 
-use mandate_core::store::{Mutation, StoreError, StoredPolicy};
+use mandate_core::store::{Mutation, PolicyVersion, StoreError, StoredPolicy};
 use mandate_model::AgentId;
 use mandate_model::records::{Agent, FederatedCredential, Resource, User, UserToken};
 use mandate_store_sql::{
     self as codec, AgentRow, ResourceRow, UserRow, UserTokenRow, agent_kind, json, ts, user_status,
 };
-use rusqlite::{Connection, Row, params};
+use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use crate::readers::Mapped;
+use crate::unavailable;
 use crate::writer::exec;
 
 /// Applies one mutation of this family. (Long by nature: one arm per
@@ -174,10 +175,21 @@ pub(crate) fn apply(conn: &Connection, m: &Mutation) -> Result<u64, StoreError> 
         ),
         Mutation::PutPolicy(p) => exec(
             conn,
-            "INSERT INTO policies (version, text, created_at) VALUES (?1, ?2, ?3)",
-            params![p.version, p.text, ts(p.created_at)?],
+            "INSERT INTO policies (version, text, created_at, author) VALUES (?1, ?2, ?3, ?4)",
+            params![p.version, p.text, ts(p.created_at)?, p.author],
             "policy",
         ),
+        // One writer: nothing can come between this read and the commit.
+        Mutation::ExpectPolicyVersion(expected) => {
+            let current: Option<String> = conn
+                .prepare_cached("SELECT version FROM policies ORDER BY seq DESC LIMIT 1")
+                .and_then(|mut st| st.query_row([], |r| r.get(0)).optional())
+                .map_err(unavailable)?;
+            if current != *expected {
+                return Err(StoreError::Conflict("the policy set changed".into()));
+            }
+            Ok(0)
+        }
         Mutation::InsertSession(r) => exec(
             conn,
             "INSERT INTO sessions (hash, user_id, csrf, created_at, expires_at, revoked_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -301,5 +313,21 @@ pub(crate) fn policy_row(r: &Row<'_>) -> Mapped<StoredPolicy> {
     let version: String = r.get("version")?;
     let text: String = r.get("text")?;
     let created: i64 = r.get("created_at")?;
-    Ok(codec::from_ts(created).map(|created_at| StoredPolicy { version, text, created_at }))
+    let author: Option<String> = r.get("author")?;
+    Ok(codec::from_ts(created).map(|created_at| StoredPolicy { version, text, created_at, author }))
+}
+
+/// A history entry: `seq`, `version`, `author`, `created_at`, `bytes`.
+pub(crate) fn policy_version_row(r: &Row<'_>) -> Mapped<PolicyVersion> {
+    let seq: i64 = r.get("seq")?;
+    let version: String = r.get("version")?;
+    let author: Option<String> = r.get("author")?;
+    let created: i64 = r.get("created_at")?;
+    let bytes: i64 = r.get("bytes")?;
+    let entry = || -> Result<PolicyVersion, StoreError> {
+        let number = u64::try_from(seq).map_err(|_| unavailable(format!("policy seq {seq}")))?;
+        let bytes = u64::try_from(bytes).map_err(|_| unavailable(format!("policy length {bytes}")))?;
+        Ok(PolicyVersion { number, version, author, created_at: codec::from_ts(created)?, bytes })
+    };
+    Ok(entry())
 }

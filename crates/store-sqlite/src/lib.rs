@@ -35,9 +35,7 @@ use async_trait::async_trait;
 use mandate_audit::{Checkpoint, Event};
 use mandate_core::audit::AuditQuery;
 use mandate_core::store::{
-    AgentActivity, AgentListQuery, Applied, ApprovalQuery, AttemptCounter, Change, GrantQuery, ListedAgent, Page,
-    Receipt, ResourceListQuery, ScimGroupQuery, ScimUserQuery, Store, StoreError, StoredKey, StoredPolicy,
-    UserListQuery,
+    AgentActivity, AgentListQuery, Applied, ApprovalQuery, AttemptCounter, Change, GrantQuery, ListedAgent, Page, PolicyVersion, Receipt, ResourceListQuery, ScimGroupQuery, ScimUserQuery, Store, StoreError, StoredKey, StoredPolicy, UserListQuery,
 };
 use mandate_model::records::{
     Agent, Approval, AuthCodeRecord, Grant, RefreshRecord, Resource, ScimGroup, ScimToken, ScimUserRecord,
@@ -51,7 +49,7 @@ use tokio::sync::oneshot;
 use crate::approvals::approval_row;
 use crate::audit::{checkpoint_row, event_row, load_head};
 use crate::grants::grant_row;
-use crate::identity::{agent_row, listed_agent_row, policy_row, resource_row, user_row, user_token_row};
+use crate::identity::{agent_row, listed_agent_row, policy_row, policy_version_row, resource_row, user_row, user_token_row};
 use crate::keys::key_row;
 use crate::readers::Readers;
 use crate::tokens::{refresh_row, token_row};
@@ -80,6 +78,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0019_shared_signals.sql"),
     include_str!("../migrations/0020_attempt_counters.sql"),
     include_str!("../migrations/0021_inventory.sql"),
+    include_str!("../migrations/0022_policy_history.sql"),
 ];
 
 /// The writer connection's page cache, in KiB (as a negative `cache_size`).
@@ -438,9 +437,42 @@ impl Store for SqliteStore {
         self.many("SELECT * FROM resources ORDER BY id", None, resource_row).await
     }
 
+    async fn policy_versions(&self, before: Option<u64>, limit: u32) -> Result<Vec<PolicyVersion>, StoreError> {
+        // Query input, not stored data: past every number means no bound.
+        let before = before.map_or(i64::MAX, |b| i64::try_from(b).unwrap_or(i64::MAX));
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT seq, version, author, created_at, length(CAST(text AS BLOB)) AS bytes FROM policies \
+                 WHERE seq < ?1 ORDER BY seq DESC LIMIT ?2",
+            )?;
+            stmt.query_map(params![before, limit], policy_version_row)?.collect::<rusqlite::Result<Vec<_>>>()
+        })
+        .await?
+        .into_iter()
+        .collect()
+    }
+
+    async fn policy_version(&self, number: u64) -> Result<Option<(PolicyVersion, StoredPolicy)>, StoreError> {
+        let Ok(seq) = i64::try_from(number) else { return Ok(None) };
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT seq, version, author, created_at, text, length(CAST(text AS BLOB)) AS bytes FROM policies \
+                 WHERE seq = ?1",
+            )?;
+            stmt.query_row([seq], |r| {
+                let entry = policy_version_row(r)?;
+                let policy = policy_row(r)?;
+                Ok(entry.and_then(|e| policy.map(|p| (e, p))))
+            })
+            .optional()
+        })
+        .await?
+        .transpose()
+    }
+
     async fn current_policy(&self) -> Result<Option<StoredPolicy>, StoreError> {
         Ok(self
-            .many("SELECT version, text, created_at FROM policies ORDER BY seq DESC LIMIT 1", None, policy_row)
+            .many("SELECT version, text, created_at, author FROM policies ORDER BY seq DESC LIMIT 1", None, policy_row)
             .await?
             .into_iter()
             .next())

@@ -216,6 +216,21 @@ impl Store for FaultyStore {
         self.gate()?;
         self.inner.current_policy().await
     }
+    async fn policy_versions(
+        &self,
+        before: Option<u64>,
+        limit: u32,
+    ) -> Result<Vec<mandate_core::store::PolicyVersion>, StoreError> {
+        self.gate()?;
+        self.inner.policy_versions(before, limit).await
+    }
+    async fn policy_version(
+        &self,
+        number: u64,
+    ) -> Result<Option<(mandate_core::store::PolicyVersion, StoredPolicy)>, StoreError> {
+        self.gate()?;
+        self.inner.policy_version(number).await
+    }
     async fn signing_keys(&self) -> Result<Vec<StoredKey>, StoreError> {
         self.gate()?;
         let mut keys = self.inner.signing_keys().await?;

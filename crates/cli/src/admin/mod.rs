@@ -204,6 +204,17 @@ pub enum PoliciesCommand {
     /// Print the policy set (Cedar text); `--json` adds its version and
     /// the schema.
     Get,
+    /// Decide test cases under a candidate policy set without installing
+    /// it (`POST /v1/policies/test`); exit 1 if any decision is not the
+    /// expected one.
+    Test {
+        /// The candidate policy set (Cedar text).
+        file: PathBuf,
+        /// A JSON array of cases, or `{cases: [...], replay?: {since, limit}}`
+        /// (docs/governance.md, "Policy testing").
+        #[arg(long)]
+        cases: PathBuf,
+    },
     /// Replace the policy set with FILE (`-` for stdin), atomically.
     Put {
         file: PathBuf,
@@ -566,23 +577,27 @@ pub async fn resources(cmd: ResourcesCommand, out: Output) -> Result<()> {
     }
 }
 
-pub async fn policies(cmd: PoliciesCommand, out: Output) -> Result<()> {
+/// `Ok(false)`: a policy test with a decision that was not expected.
+pub async fn policies(cmd: PoliciesCommand, out: Output) -> Result<bool> {
     let api = Api::new(&out.server)?;
     match cmd {
+        PoliciesCommand::Test { file, cases } => crate::policies::test(&api, &file, &cases, out.server.json).await,
         PoliciesCommand::Get => {
             let answer = api.get("/v1/policies", &[]).await?;
             if out.server.json || out.field.is_some() {
-                return show(&out, &answer);
+                show(&out, &answer)?;
+                return Ok(true);
             }
             print!("{}", answer.get("policies").and_then(Value::as_str).unwrap_or(""));
-            Ok(())
+            Ok(true)
         }
         PoliciesCommand::Put { file, expected_version } => {
             let mut body = json!({ "policies": read_text(&file)? });
             if let Some(v) = expected_version {
                 insert(&mut body, "expected_version", json!(v));
             }
-            show(&out, &api.put("/v1/policies", body).await?)
+            show(&out, &api.put("/v1/policies", body).await?)?;
+            Ok(true)
         }
     }
 }

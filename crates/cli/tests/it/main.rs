@@ -8,4 +8,5 @@ mod crash;
 mod demo;
 mod gateway;
 mod nodes;
+mod policies;
 mod support;

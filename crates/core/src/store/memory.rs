@@ -27,9 +27,7 @@ use mandate_model::{AgentId, ApprovalId, GrantId, GroupId, Jti, ResourceId, Stre
 use time::OffsetDateTime;
 
 use super::{
-    AgentActivity, AgentListQuery, Applied, ApprovalQuery, AttemptCounter, Change, GrantQuery, GrantState, ListedAgent,
-    Mutation, Page, Receipt, ResourceListQuery, ScimGroupQuery, ScimUserQuery, Store, StoreError, StoredKey,
-    StoredPolicy, UserListQuery,
+    AgentActivity, AgentListQuery, Applied, ApprovalQuery, AttemptCounter, Change, GrantQuery, GrantState, ListedAgent, Mutation, Page, PolicyVersion, Receipt, ResourceListQuery, ScimGroupQuery, ScimUserQuery, Store, StoreError, StoredKey, StoredPolicy, UserListQuery,
 };
 use crate::audit::{AuditQuery, seal_record};
 
@@ -492,6 +490,13 @@ fn apply(tx: &mut Tx<'_>, m: &Mutation, applied: &Applied) -> Result<u64, StoreE
             storable(p.created_at)?;
             tx.push_policy(p.clone());
             Ok(1)
+        }
+        Mutation::ExpectPolicyVersion(v) => {
+            let current = tx.state.policies.last().map(|p| &p.version);
+            if current != v.as_ref() {
+                return Err(StoreError::Conflict("the policy set changed".into()));
+            }
+            Ok(0)
         }
         Mutation::InsertSigningKey(k) => {
             storable(k.created_at)?;
@@ -1388,6 +1393,23 @@ impl Store for MemoryStore {
         self.read(|s| s.resources.values().cloned().collect())
     }
 
+    async fn policy_versions(&self, before: Option<u64>, limit: u32) -> Result<Vec<PolicyVersion>, StoreError> {
+        self.read(|s| {
+            let entries = s.policies.iter().zip(1u64..).map(|(p, n)| policy_entry(n, p));
+            let mut v: Vec<PolicyVersion> = entries.filter(|e| before.is_none_or(|b| e.number < b)).collect();
+            v.reverse();
+            v.truncate(limit as usize);
+            v
+        })
+    }
+
+    async fn policy_version(&self, number: u64) -> Result<Option<(PolicyVersion, StoredPolicy)>, StoreError> {
+        self.read(|s| {
+            let i = usize::try_from(number).ok()?.checked_sub(1)?;
+            s.policies.get(i).map(|p| (policy_entry(number, p), p.clone()))
+        })
+    }
+
     async fn current_policy(&self) -> Result<Option<StoredPolicy>, StoreError> {
         self.read(|s| s.policies.last().cloned())
     }
@@ -1683,5 +1705,16 @@ impl Store for MemoryStore {
 
     async fn last_audit_checkpoint(&self) -> Result<Option<Checkpoint>, StoreError> {
         self.read(|s| s.checkpoints.values().next_back().cloned())
+    }
+}
+
+/// The history entry of the `number`th policy set stored.
+fn policy_entry(number: u64, p: &StoredPolicy) -> PolicyVersion {
+    PolicyVersion {
+        number,
+        version: p.version.clone(),
+        author: p.author.clone(),
+        created_at: p.created_at,
+        bytes: p.text.len() as u64,
     }
 }

@@ -187,6 +187,7 @@ pub async fn a_change_failing_late_undoes_every_kind_of_write(s: &Arc<dyn Store>
             version: "late".into(),
             text: "forbid(principal, action, resource);".into(),
             created_at: now,
+            author: Some("admin".into()),
         }),
         Mutation::InsertSigningKey(key("k2")),
         Mutation::RetireSigningKeys { purpose: KeyUse::Token, keep: "k2".into(), at: now },

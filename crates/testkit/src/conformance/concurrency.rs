@@ -43,6 +43,32 @@ pub async fn concurrent_replays_admit_one(s: &Arc<dyn Store>) -> Result<()> {
     Ok(())
 }
 
+pub async fn concurrent_policy_writers_from_one_version_admit_one(s: &Arc<dyn Store>) -> Result<()> {
+    let policy = |v: String| mandate_core::store::StoredPolicy {
+        text: format!("// {v}"),
+        version: v,
+        created_at: t0(),
+        author: None,
+    };
+    s.commit(Change::new().with(Mutation::PutPolicy(policy("base".into())))).await?;
+    let n = std::sync::atomic::AtomicUsize::new(0);
+    let n = Arc::new(n);
+    let put = || {
+        let s = s.clone();
+        let i = n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        async move {
+            let change = Change::new()
+                .with(Mutation::ExpectPolicyVersion(Some("base".into())))
+                .with(Mutation::PutPolicy(policy(format!("edit{i}"))));
+            s.commit(change).await.map(|_| 1)
+        }
+    };
+    let won = race(16, put, |e| matches!(e, StoreError::Conflict(_))).await?;
+    ensure!(won == 1, "{won} editors of one version overwrote each other");
+    ensure!(s.policy_versions(None, 100).await?.len() == 2, "a losing editor's version was kept");
+    Ok(())
+}
+
 pub async fn concurrent_appends_form_one_chain(s: &Arc<dyn Store>) -> Result<()> {
     let mut tasks = Vec::new();
     for t in 0..32 {

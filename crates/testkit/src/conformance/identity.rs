@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use anyhow::{Result, ensure};
-use mandate_core::store::{Mutation, Store, StoreError, StoredPolicy};
+use mandate_core::store::{Change, Mutation, Store, StoreError, StoredPolicy};
 use mandate_model::UserId;
 use mandate_model::records::{
     AgentStatus, FederatedCredential, SessionRecord, SuspendedBy, UpstreamLink, UserStatus, UserToken,
@@ -265,10 +265,56 @@ pub async fn policies_keep_every_version(s: &Arc<dyn Store>) -> Result<()> {
             version: format!("v{i}"),
             text: (*text).into(),
             created_at: t0() + Duration::seconds(i as i64),
+            author: (i == 1).then(|| "usr_author".to_owned()),
         };
         one(s, Mutation::PutPolicy(p.clone())).await?;
         ensure!(s.current_policy().await? == Some(p));
     }
+    Ok(())
+}
+
+pub async fn policy_history_is_numbered_paged_and_read_back(s: &Arc<dyn Store>) -> Result<()> {
+    ensure!(s.policy_versions(None, 10).await?.is_empty());
+    ensure!(s.policy_version(1).await?.is_none());
+    let texts = ["permit(principal, action, resource);", "forbid(principal, action, resource);", "é"];
+    for (i, text) in texts.iter().enumerate() {
+        let p = StoredPolicy {
+            version: format!("h{i}"),
+            text: (*text).into(),
+            created_at: t0() + Duration::seconds(i as i64),
+            author: Some(format!("author{i}")),
+        };
+        one(s, Mutation::PutPolicy(p)).await?;
+    }
+    let all = s.policy_versions(None, 10).await?;
+    ensure!(all.len() == 3, "{all:?}");
+    let numbers: Vec<u64> = all.iter().map(|v| v.number).collect();
+    ensure!(numbers.windows(2).all(|w| matches!(w, [a, b] if a > b)), "not newest first: {numbers:?}");
+    let newest = all.first().ok_or_else(|| anyhow::anyhow!("no newest"))?;
+    ensure!(newest.version == "h2" && newest.bytes == 2, "length in bytes: {newest:?}");
+    ensure!(newest.author.as_deref() == Some("author2"));
+    let page = s.policy_versions(Some(newest.number), 1).await?;
+    ensure!(page.len() == 1 && page.first().map(|v| v.version.as_str()) == Some("h1"), "{page:?}");
+    let (entry, text) = s.policy_version(newest.number).await?.ok_or_else(|| anyhow::anyhow!("version missing"))?;
+    ensure!(entry == *newest && text.text == "é" && text.author.as_deref() == Some("author2"));
+    ensure!(s.policy_version(newest.number + 1).await?.is_none());
+    Ok(())
+}
+
+pub async fn a_policy_is_put_only_over_the_version_expected(s: &Arc<dyn Store>) -> Result<()> {
+    let put = |v: &str| StoredPolicy { version: v.into(), text: format!("// {v}"), created_at: t0(), author: None };
+    let guarded = |expected: Option<&str>, v: &str| {
+        Change::new().with(Mutation::ExpectPolicyVersion(expected.map(str::to_owned))).with(Mutation::PutPolicy(put(v)))
+    };
+    // With nothing stored, only `None` is current.
+    ensure!(matches!(s.commit(guarded(Some("x"), "a")).await, Err(StoreError::Conflict(_))));
+    s.commit(guarded(None, "a")).await?;
+    ensure!(matches!(s.commit(guarded(None, "b")).await, Err(StoreError::Conflict(_))));
+    ensure!(matches!(s.commit(guarded(Some("b"), "b")).await, Err(StoreError::Conflict(_))));
+    ensure!(s.current_policy().await?.map(|p| p.version) == Some("a".into()), "a refused change wrote");
+    ensure!(s.policy_versions(None, 10).await?.len() == 1, "a refused change was kept in the history");
+    s.commit(guarded(Some("a"), "b")).await?;
+    ensure!(s.current_policy().await?.map(|p| p.version) == Some("b".into()));
     Ok(())
 }
 

@@ -108,6 +108,8 @@ macro_rules! store_conformance {
                 agents_are_listed_by_owner,
                 resources_round_trip_and_stay_unique,
                 policies_keep_every_version,
+                policy_history_is_numbered_paged_and_read_back,
+                a_policy_is_put_only_over_the_version_expected,
                 sessions_round_trip_and_end,
                 upstream_links_find_their_person,
                 federated_credentials_find_their_agent,
@@ -186,6 +188,7 @@ macro_rules! store_conformance {
             }
             concurrency {
                 concurrent_replays_admit_one,
+                concurrent_policy_writers_from_one_version_admit_one,
                 concurrent_appends_form_one_chain,
                 concurrent_refresh_uses_admit_one,
                 concurrent_code_redemptions_admit_one,

@@ -21,6 +21,7 @@ mod lifecycle;
 mod memory_store;
 mod notify;
 mod openapi;
+mod policy_test;
 mod registration;
 mod restart;
 mod scim;
