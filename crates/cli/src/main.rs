@@ -2,7 +2,9 @@
 //! management and client helpers.
 
 mod audit;
+mod client;
 mod demo;
+mod review;
 mod serve;
 
 use std::path::PathBuf;
@@ -46,6 +48,9 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// The access review's findings from a running server (`GET
+    /// /v1/review`): exit 0 when there are none, 3 when there are some.
+    Review(review::ReviewArgs),
 }
 
 #[derive(Subcommand)]
@@ -79,26 +84,28 @@ enum KeysCommand {
     },
 }
 
-/// Exit codes: 0 success, 1 a broken audit trail, 2 any other failure.
+/// Exit codes: 0 success, 1 a broken audit trail, 2 any other failure,
+/// 3 review findings present (`mandate review`).
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let outcome =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime").and_then(
             |runtime| {
                 runtime.block_on(async move {
+                    let verdict = |ok: bool| u8::from(!ok);
                     match cli.command {
-                        Command::Serve(args) => serve::run(*args).await.map(|()| true),
-                        Command::Audit { command } => audit::run(command).await,
-                        Command::Keys { command } => keys(command).await.map(|()| true),
-                        Command::Gateway { config, log_format } => gateway(&config, log_format).await.map(|()| true),
-                        Command::Demo => demo::run().await,
+                        Command::Serve(args) => serve::run(*args).await.map(|()| 0),
+                        Command::Audit { command } => audit::run(command).await.map(verdict),
+                        Command::Keys { command } => keys(command).await.map(|()| 0),
+                        Command::Gateway { config, log_format } => gateway(&config, log_format).await.map(|()| 0),
+                        Command::Demo => demo::run().await.map(verdict),
+                        Command::Review(args) => review::run(args).await,
                     }
                 })
             },
         );
     match outcome {
-        Ok(true) => std::process::ExitCode::SUCCESS,
-        Ok(false) => std::process::ExitCode::from(1),
+        Ok(code) => std::process::ExitCode::from(code),
         Err(e) => {
             eprintln!("error: {e:#}");
             std::process::ExitCode::from(2)

@@ -25,6 +25,7 @@ mod oauth;
 pub mod refusals;
 pub mod registration;
 pub mod request;
+pub mod review;
 pub mod scim;
 pub mod session;
 pub mod ssf;

@@ -14,6 +14,7 @@ pub mod grant;
 pub mod notify;
 mod oauth;
 mod ops;
+mod review;
 pub mod scim;
 pub mod ssf;
 pub mod web;
@@ -139,6 +140,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/audit/checkpoints", get(audit::checkpoints))
         .route("/v1/audit/keys", get(audit::keys))
         .route("/v1/audit/trace/{id}", get(audit::trace))
+        .route("/v1/review", get(review::findings))
         .route_layer(limited);
     // Resource servers' decisions: authenticated, high volume by design;
     // not limited per address.
@@ -407,5 +409,26 @@ async fn background(state: AppState) {
         {
             tracing::warn!(error = %e, "housekeeping failed");
         }
+        if n.is_multiple_of(REVIEW_GAUGE_EVERY) {
+            review_gauges(&mandate).await;
+        }
+    }
+}
+
+/// Seconds between refreshes of the review gauges: a whole review reads
+/// every live agent and grant (ADR 0033), so not every minute.
+const REVIEW_GAUGE_EVERY: u64 = 600;
+
+/// Sets `mandate_review_findings{kind}` from a review at the server's
+/// thresholds; one label per finding kind, never per record.
+async fn review_gauges(mandate: &mandate_core::Mandate) {
+    match mandate.findings(mandate.config().review).await {
+        Ok(findings) => {
+            for kind in mandate_core::review::FindingKind::ALL {
+                let n = findings.iter().filter(|f| f.kind == kind).count();
+                metrics::gauge!("mandate_review_findings", "kind" => kind.as_str()).set(n as f64);
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "the access review for the metrics failed"),
     }
 }

@@ -7,4 +7,5 @@ mod crash;
 mod demo;
 mod gateway;
 mod nodes;
+mod review;
 mod support;

@@ -21,6 +21,7 @@ mod memory_store;
 mod notify;
 mod registration;
 mod restart;
+mod review;
 mod scim;
 mod ssf;
 mod status;
