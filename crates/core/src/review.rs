@@ -15,7 +15,7 @@
 //! and no narrower set is suggested.
 
 use std::collections::hash_map::Entry;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use mandate_audit::Event;
 use mandate_model::UserId;
@@ -457,7 +457,7 @@ impl Mandate {
                     if let Entry::Vacant(slot) = resources.entry(api.clone()) {
                         slot.insert(self.store.resource_by_identifier(api).await?);
                     }
-                    resources.get(api).and_then(Option::as_ref).map(|r| covering(r, action)).unwrap_or_default()
+                    resources.get(api).and_then(Option::as_ref).map(|r| covering(&r.scopes, action)).unwrap_or_default()
                 }
                 _ => Vec::new(),
             }
@@ -500,9 +500,9 @@ impl Mandate {
     }
 }
 
-/// The scopes of `r` that cover `action`.
-fn covering(r: &Resource, action: &str) -> Vec<String> {
-    r.scopes
+/// The scopes of a resource's `scopes` map that cover `action`.
+fn covering(scopes: &BTreeMap<String, Vec<String>>, action: &str) -> Vec<String> {
+    scopes
         .iter()
         .filter(
             |(scope, actions)| {
@@ -543,4 +543,39 @@ fn push_over_broad(
 
 fn rfc3339(t: OffsetDateTime) -> String {
     event_time(t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_finding_id_depends_on_its_kind_and_subject_only() {
+        let id = finding_id(FindingKind::Stale, "agt_1");
+        assert_eq!(id, finding_id(FindingKind::Stale, "agt_1"));
+        assert_eq!(id.len(), 4 + 24);
+        assert!(id.starts_with("fnd_"));
+        assert_ne!(id, finding_id(FindingKind::OverBroad, "agt_1"));
+        assert_ne!(id, finding_id(FindingKind::Stale, "agt_2"));
+    }
+
+    #[test]
+    fn overrides_replace_the_defaults_within_bounds() -> Result<(), Error> {
+        let t = Thresholds::default().with(ThresholdOverrides { stale_days: Some(0), ..Default::default() })?;
+        assert_eq!((t.stale_days, t.unused_days, t.expiring_days, t.spawn_rate), (0, 30, 7, 100));
+        let too_long = ThresholdOverrides { expiring_days: Some(MAX_DAYS + 1), ..Default::default() };
+        assert!(matches!(Thresholds::default().with(too_long), Err(Error::BadInput(_))));
+        Ok(())
+    }
+
+    #[test]
+    fn a_scope_covers_its_actions_or_its_own_name() {
+        let r = BTreeMap::from([
+            ("read".to_owned(), vec!["list".to_owned(), "get".to_owned()]),
+            ("write".to_owned(), Vec::new()),
+        ]);
+        assert_eq!(covering(&r, "get"), vec!["read".to_owned()]);
+        assert_eq!(covering(&r, "write"), vec!["write".to_owned()]);
+        assert!(covering(&r, "delete").is_empty());
+    }
 }
