@@ -5,6 +5,7 @@ mod admin;
 mod audit;
 mod demo;
 mod policies;
+mod review;
 mod serve;
 
 use std::path::PathBuf;
@@ -129,6 +130,9 @@ enum Command {
     },
     /// Print shell completions: `mandate completions bash > /etc/bash_completion.d/mandate`.
     Completions { shell: clap_complete::Shell },
+    /// The access review's findings from a running server (`GET
+    /// /v1/review`): exit 0 when there are none, 3 when there are some.
+    Review(review::ReviewArgs),
 }
 
 #[derive(Subcommand)]
@@ -162,8 +166,8 @@ enum KeysCommand {
     },
 }
 
-/// Exit codes: 0 success; 1 a broken audit trail or an unexpected policy
-/// decision; 2 any other failure; for
+/// Exit codes: 0 success; 1 a broken audit trail, an unexpected policy
+/// decision or review findings; 2 any other failure; for
 /// the admin subcommands 3 invalid input, 4 not authenticated or not
 /// allowed, 5 not found, 6 a conflict (docs/cli.md).
 fn main() -> std::process::ExitCode {
@@ -195,6 +199,7 @@ fn main() -> std::process::ExitCode {
                         Command::Logout => admin::logout().map(|()| true),
                         Command::Ready { server, wait } => admin::ready(server, wait).await.map(|()| true),
                         Command::Completions { .. } => Ok(true),
+                        Command::Review(args) => review::run(args).await,
                     }
                 })
             },

@@ -186,6 +186,25 @@ pub struct ServeArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     sync_interval: Option<i64>,
+    /// Access review: days without use before an agent or grant is
+    /// `stale` (default 30; 0 = now).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    review_stale_days: Option<u32>,
+    /// Access review: days a scope or delegation permission may go unused
+    /// before it is `over_broad` or `unused_delegation` (default 30).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    review_unused_days: Option<u32>,
+    /// Access review: days ahead in which an ending grant is `expiring` (default 7).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    review_expiring_days: Option<u32>,
+    /// Access review: more children than this spawned by one parent in
+    /// 24 hours is `sprawl` (default 100).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    review_spawn_rate: Option<u64>,
     /// Serve Prometheus `/metrics` on this address (default: not served).
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -291,6 +310,10 @@ struct Settings {
     client_metadata_hosts: Option<String>,
     status_list_ttl: i64,
     sync_interval: i64,
+    review_stale_days: u32,
+    review_unused_days: u32,
+    review_expiring_days: u32,
+    review_spawn_rate: u64,
     metrics_listen: Option<SocketAddr>,
     max_connections: usize,
     max_connections_per_address: usize,
@@ -349,6 +372,10 @@ impl Default for Settings {
             client_metadata_hosts: None,
             status_list_ttl: 60,
             sync_interval: 1,
+            review_stale_days: 30,
+            review_unused_days: 30,
+            review_expiring_days: 7,
+            review_spawn_rate: 100,
             metrics_listen: None,
             max_connections: 4_096,
             max_connections_per_address: 256,
@@ -597,6 +624,16 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         bail!("sync_interval must be 1 second to an hour");
     }
     config.sync_interval = settings.sync_interval;
+    config.review = mandate_core::review::Thresholds {
+        spawn_rate: settings.review_spawn_rate,
+        ..mandate_core::review::Thresholds::default()
+    }
+    .with(mandate_core::review::ThresholdOverrides {
+        stale_days: Some(settings.review_stale_days),
+        unused_days: Some(settings.review_unused_days),
+        expiring_days: Some(settings.review_expiring_days),
+    })
+    .map_err(|e| anyhow::anyhow!("review thresholds: {e}"))?;
     let issuer = url::Url::parse(&config.issuer).map_err(|e| anyhow::anyhow!("the issuer is not a URL: {e}"))?;
     let loopback = mandate_model::name::is_loopback_http(&issuer);
     config.allow_client_secrets = match settings.client_secrets {

@@ -333,6 +333,12 @@ impl Store for CachingStore {
     async fn status_indexes_reserved(&self) -> Result<u64, StoreError> {
         self.inner.status_indexes_reserved().await
     }
+    async fn live_agents(&self, after: Option<AgentId>, limit: u32) -> Result<Vec<Agent>, StoreError> {
+        self.inner.live_agents(after, limit).await
+    }
+    async fn spawned_since(&self, parent: AgentId, since: OffsetDateTime) -> Result<u64, StoreError> {
+        self.inner.spawned_since(parent, since).await
+    }
     async fn expired_agents(&self, at: OffsetDateTime) -> Result<Vec<Agent>, StoreError> {
         self.inner.expired_agents(at).await
     }

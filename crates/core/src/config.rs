@@ -80,6 +80,8 @@ pub struct Config {
     /// changes while no change feed is listening (DESIGN §8); with one, the
     /// poll runs only every `SYNC_WHILE_LISTENING` seconds, as a safeguard.
     pub sync_interval: i64,
+    /// The access review's default thresholds (DESIGN §12).
+    pub review: crate::review::Thresholds,
 }
 
 /// Seconds between safeguard polls while a change feed listens: a feed on a
@@ -126,6 +128,7 @@ impl Config {
             password_login: true,
             trusted_issuers: Vec::new(),
             sync_interval: 1,
+            review: crate::review::Thresholds::default(),
         }
     }
 

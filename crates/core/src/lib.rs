@@ -28,6 +28,7 @@ pub mod policy_test;
 pub mod refusals;
 pub mod registration;
 pub mod request;
+pub mod review;
 pub mod scim;
 pub mod session;
 pub mod ssf;

@@ -1035,6 +1035,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// Ephemeral agents not yet retired whose expiry is at or before `at`.
     async fn expired_agents(&self, at: OffsetDateTime) -> Result<Vec<Agent>, StoreError>;
+    /// Agents that are not retired, in id order, after `after`: at most
+    /// `limit` (the access review walks them a page at a time).
+    async fn live_agents(&self, after: Option<AgentId>, limit: u32) -> Result<Vec<Agent>, StoreError>;
+    /// How many children `parent` spawned at or after `since`, retired ones
+    /// included (the access review's spawn rate).
+    async fn spawned_since(&self, parent: AgentId, since: OffsetDateTime) -> Result<u64, StoreError>;
 
     /// An agent's CIBA delivery registration, if it set one.
     async fn backchannel(&self, agent: AgentId) -> Result<Option<mandate_model::delivery::Backchannel>, StoreError>;

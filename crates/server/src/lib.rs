@@ -17,6 +17,7 @@ mod oauth;
 pub mod openapi;
 mod ops;
 mod policies;
+mod review;
 pub mod scim;
 pub mod ssf;
 pub mod web;
@@ -387,5 +388,26 @@ async fn background(state: AppState) {
         {
             tracing::warn!(error = %e, "housekeeping failed");
         }
+        if n.is_multiple_of(REVIEW_GAUGE_EVERY) {
+            review_gauges(&mandate).await;
+        }
+    }
+}
+
+/// Seconds between refreshes of the review gauges: a whole review reads
+/// every live agent and grant (ADR 0033), so not every minute.
+const REVIEW_GAUGE_EVERY: u64 = 600;
+
+/// Sets `mandate_review_findings{kind}` from a review at the server's
+/// thresholds; one label per finding kind, never per record.
+async fn review_gauges(mandate: &mandate_core::Mandate) {
+    match mandate.findings(mandate.config().review).await {
+        Ok(findings) => {
+            for kind in mandate_core::review::FindingKind::ALL {
+                let n = findings.iter().filter(|f| f.kind == kind).count();
+                metrics::gauge!("mandate_review_findings", "kind" => kind.as_str()).set(n as f64);
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "the access review for the metrics failed"),
     }
 }

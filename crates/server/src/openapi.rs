@@ -172,6 +172,12 @@ pub const OPERATIONS: &[Operation] = &[
         ("after", "events after this seq"),
         ("limit", "at most this many"),
     ]),
+    op("get", "/v1/review", "review", "Access review findings: stale, over_broad, orphaned, sprawl, expiring, unused_delegation (admin, auditors)")
+        .query(&[
+            ("stale_days", "days without use before stale (default 30; 0 = now)"),
+            ("unused_days", "days a scope or delegation may go unused (default 30)"),
+            ("expiring_days", "days ahead an ending grant is expiring (default 7)"),
+        ]),
     op("get", "/v1/audit/verify", "audit", "Verify the chain and the checkpoints"),
     op("get", "/v1/audit/checkpoints", "audit", "The signed checkpoints"),
     op("get", "/v1/audit/keys", "audit", "The audit keys that sign checkpoints").auth(Auth::Public),
@@ -185,7 +191,7 @@ pub const OPERATIONS: &[Operation] = &[
 
 /// The admin API's routes; the document lists exactly these.
 pub fn admin_routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
-    use crate::{admin, audit, delegation, inventory, policies};
+    use crate::{admin, audit, delegation, inventory, policies, review};
     use axum::extract::DefaultBodyLimit;
     use axum::routing::{delete, get, post, put};
     vec![
@@ -224,6 +230,7 @@ pub fn admin_routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
         ("/v1/audit/checkpoints", get(audit::checkpoints)),
         ("/v1/audit/keys", get(audit::keys)),
         ("/v1/audit/trace/{id}", get(audit::trace)),
+        ("/v1/review", get(review::findings)),
     ]
 }
 

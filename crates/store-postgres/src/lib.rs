@@ -701,6 +701,27 @@ impl Store for PostgresStore {
         u64::try_from(next).map_err(|_| unavailable("status index overflow"))
     }
 
+    async fn live_agents(&self, after: Option<AgentId>, limit: u32) -> Result<Vec<Agent>, StoreError> {
+        // Every id sorts after "": one index range either way.
+        let rows = sqlx::query("SELECT * FROM agents WHERE status <> 'retired' AND id > $1 ORDER BY id LIMIT $2")
+            .bind(after.map(|a| a.to_string()).unwrap_or_default())
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        rows.iter().map(agent_row).collect()
+    }
+
+    async fn spawned_since(&self, parent: AgentId, since: time::OffsetDateTime) -> Result<u64, StoreError> {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM agents WHERE parent = $1 AND created_at >= $2")
+            .bind(parent.to_string())
+            .bind(ts(since)?)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        u64::try_from(n).map_err(|_| StoreError::Corrupt("a negative count".into()))
+    }
+
     async fn expired_agents(&self, at: time::OffsetDateTime) -> Result<Vec<Agent>, StoreError> {
         let rows = sqlx::query(
             "SELECT * FROM agents WHERE kind = 'ephemeral' AND status <> 'retired' AND expires_at <= $1 ORDER BY id",

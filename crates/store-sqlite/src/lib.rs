@@ -79,6 +79,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0020_attempt_counters.sql"),
     include_str!("../migrations/0021_inventory.sql"),
     include_str!("../migrations/0022_policy_history.sql"),
+    include_str!("../migrations/0023_review.sql"),
 ];
 
 /// The writer connection's page cache, in KiB (as a negative `cache_size`).
@@ -742,6 +743,30 @@ impl Store for SqliteStore {
         let next: i64 =
             self.read(move |c| c.query_row("SELECT next FROM status_counter WHERE id = 1", [], |r| r.get(0))).await?;
         u64::try_from(next).map_err(|_| unavailable("status index overflow"))
+    }
+
+    async fn live_agents(&self, after: Option<AgentId>, limit: u32) -> Result<Vec<Agent>, StoreError> {
+        // Every id sorts after "": one index range either way.
+        let after = after.map(|a| a.to_string()).unwrap_or_default();
+        let rows = self
+            .read(move |c| {
+                c.prepare_cached("SELECT * FROM agents WHERE status <> 'retired' AND id > ?1 ORDER BY id LIMIT ?2")?
+                    .query_map(params![after, limit], agent_row)?
+                    .collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .await?;
+        rows.into_iter().collect()
+    }
+
+    async fn spawned_since(&self, parent: AgentId, since: time::OffsetDateTime) -> Result<u64, StoreError> {
+        let since = ts(since)?;
+        let n: i64 = self
+            .read(move |c| {
+                c.prepare_cached("SELECT count(*) FROM agents WHERE parent = ?1 AND created_at >= ?2")?
+                    .query_row(params![parent.to_string(), since], |r| r.get(0))
+            })
+            .await?;
+        u64::try_from(n).map_err(|_| StoreError::Corrupt("a negative count".into()))
     }
 
     async fn expired_agents(&self, at: time::OffsetDateTime) -> Result<Vec<Agent>, StoreError> {

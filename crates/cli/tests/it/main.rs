@@ -9,4 +9,5 @@ mod demo;
 mod gateway;
 mod nodes;
 mod policies;
+mod review;
 mod support;

@@ -1653,6 +1653,24 @@ impl Store for MemoryStore {
         self.read(|s| s.status_next)
     }
 
+    async fn live_agents(&self, after: Option<AgentId>, limit: u32) -> Result<Vec<Agent>, StoreError> {
+        self.read(|s| {
+            let mut live: Vec<Agent> = s
+                .agents
+                .values()
+                .filter(|a| a.status != AgentStatus::Retired && after.is_none_or(|x| a.id > x))
+                .cloned()
+                .collect();
+            live.sort_by_key(|a| a.id);
+            live.truncate(limit as usize);
+            live
+        })
+    }
+
+    async fn spawned_since(&self, parent: AgentId, since: OffsetDateTime) -> Result<u64, StoreError> {
+        self.read(|s| s.agents.values().filter(|a| a.parent == Some(parent) && a.created_at >= since).count() as u64)
+    }
+
     async fn expired_agents(&self, at: OffsetDateTime) -> Result<Vec<Agent>, StoreError> {
         self.read(|s| {
             s.agents

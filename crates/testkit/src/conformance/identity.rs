@@ -237,6 +237,38 @@ pub async fn agents_are_listed_by_owner(s: &Arc<dyn Store>) -> Result<()> {
     Ok(())
 }
 
+/// The access review's walk (ADR 0033): live agents in id order a page at
+/// a time, retired ones left out; children counted by parent from a time.
+pub async fn live_agents_are_paged_and_spawns_counted(s: &Arc<dyn Store>) -> Result<()> {
+    let (u, a, b, _) = people(s, "review@example.com").await?;
+    let mut c = agent(u.id, Some(a.id));
+    c.created_at = t0() + Duration::hours(2);
+    one(s, Mutation::InsertAgent(c.clone())).await?;
+    let gone = agent(u.id, None);
+    one(s, Mutation::InsertAgent(gone.clone())).await?;
+    let retire = Mutation::SetAgentStatus {
+        id: gone.id,
+        from: AgentStatus::Active,
+        to: AgentStatus::Retired,
+        at: t0(),
+        by: None,
+    };
+    ensure!(one(s, retire).await? == 1);
+    let mut live = vec![a.id, b.id, c.id];
+    live.sort();
+    let ids = |v: Vec<mandate_model::records::Agent>| v.into_iter().map(|x| x.id).collect::<Vec<_>>();
+    ensure!(ids(s.live_agents(None, 10).await?) == live, "every live agent, in id order, none retired");
+    let first = ids(s.live_agents(None, 2).await?);
+    ensure!(first == live.get(..2).unwrap_or_default(), "at most the limit: {first:?}");
+    let rest = ids(s.live_agents(first.last().copied(), 2).await?);
+    ensure!(rest == live.get(2..).unwrap_or_default(), "the next page starts after the cursor: {rest:?}");
+    ensure!(s.live_agents(live.last().copied(), 2).await?.is_empty(), "past the last");
+    ensure!(s.spawned_since(a.id, t0()).await? == 2, "both children");
+    ensure!(s.spawned_since(a.id, t0() + Duration::hours(1)).await? == 1, "only the later child");
+    ensure!(s.spawned_since(b.id, t0()).await? == 0, "no children");
+    Ok(())
+}
+
 pub async fn resources_round_trip_and_stay_unique(s: &Arc<dyn Store>) -> Result<()> {
     let r = resource("https://api.example");
     one(s, Mutation::InsertResource(r.clone())).await?;

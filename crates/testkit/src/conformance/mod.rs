@@ -106,6 +106,7 @@ macro_rules! store_conformance {
                 user_tokens_expire_and_are_revoked_once,
                 agents_round_trip_and_change_status_conditionally,
                 agents_are_listed_by_owner,
+                live_agents_are_paged_and_spawns_counted,
                 resources_round_trip_and_stay_unique,
                 policies_keep_every_version,
                 policy_history_is_numbered_paged_and_read_back,

@@ -24,6 +24,7 @@ mod openapi;
 mod policy_test;
 mod registration;
 mod restart;
+mod review;
 mod scim;
 mod ssf;
 mod status;

@@ -1,0 +1,54 @@
+//! `mandate review` against a running `mandate serve`: the table, the JSON,
+//! the server's `--review-*` flags and the exit codes (0 none, 1 findings,
+//! 4 refused, 3 invalid input).
+
+use std::process::Output;
+
+use anyhow::{Result, ensure};
+use serde_json::Value;
+
+use crate::support::{ADMIN, Node, free_port, mandate, seed};
+
+fn review(url: &str, token: &str, args: &[&str]) -> Result<Output> {
+    Ok(mandate().arg("review").args(["--server", url]).args(args).env("MANDATE_ADMIN_TOKEN", token).output()?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mandate_review_reports_findings_with_its_exit_code() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data").to_string_lossy().into_owned();
+    let port = free_port()?;
+    let issuer = format!("http://127.0.0.1:{port}");
+    // A stale window of 0 days: anything not used since now is stale.
+    let serve = ["--data-dir", data.as_str(), "--review-stale-days", "0"];
+    let node = Node::start(port, &issuer, &serve, &dir.path().join("server.log")).await?;
+
+    let out = review(&node.url, ADMIN, &[])?;
+    ensure!(out.status.code() == Some(0), "{out:?}");
+    ensure!(String::from_utf8_lossy(&out.stdout) == "no findings\n", "{out:?}");
+
+    let http = reqwest::Client::new();
+    let (agent, _) = seed(&http, &node.url).await?;
+    let out = review(&node.url, ADMIN, &[])?;
+    let table = String::from_utf8_lossy(&out.stdout);
+    ensure!(out.status.code() == Some(1), "{out:?}");
+    ensure!(table.starts_with("KIND") && table.contains("stale") && table.contains(&agent), "{table}");
+    ensure!(table.contains("retire") && table.ends_with("1 finding(s)\n"), "{table}");
+
+    let out = review(&node.url, ADMIN, &["--json"])?;
+    ensure!(out.status.code() == Some(1), "{out:?}");
+    let body: Value = serde_json::from_slice(&out.stdout)?;
+    ensure!(body["findings"][0]["kind"] == "stale" && body["findings"][0]["subject"] == agent.as_str(), "{body}");
+
+    // The query overrides the server's flag: within 30 days nothing is stale.
+    let out = review(&node.url, ADMIN, &["--stale-days", "30"])?;
+    ensure!(out.status.code() == Some(0), "{out:?}");
+
+    // A wrong token is refused (exit 4); a threshold out of range is
+    // invalid input (exit 3).
+    let out = review(&node.url, "not-the-admin-token", &[])?;
+    ensure!(out.status.code() == Some(4) && String::from_utf8_lossy(&out.stderr).contains("401"), "{out:?}");
+    let out = review(&node.url, ADMIN, &["--stale-days", "4000"])?;
+    ensure!(out.status.code() == Some(3) && String::from_utf8_lossy(&out.stderr).contains("400"), "{out:?}");
+    Ok(())
+}
