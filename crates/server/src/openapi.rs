@@ -105,8 +105,13 @@ pub const OPERATIONS: &[Operation] = &[
             CURSOR,
         ])
         .ok(200, "Page"),
-    op("get", "/v1/agents/{id}/inventory", "agents", "An agent's inventory: credentials, ceiling, live grants and tokens, delegation edges, last use")
-        .query(&[("days", "the window of actual delegations, in days (default 30)")]),
+    op(
+        "get",
+        "/v1/agents/{id}/inventory",
+        "agents",
+        "An agent's inventory: credentials, ceiling, live grants and tokens, delegation edges, last use",
+    )
+    .query(&[("days", "the window of actual delegations, in days (default 30)")]),
     op("get", "/v1/agents/{id}", "agents", "Show an agent").auth(Auth::AdminOrUser).ok(200, "Agent"),
     op("patch", "/v1/agents/{id}", "agents", "Change an agent's description, ceiling, owner, limits or credentials")
         .auth(Auth::AdminOrUser)
@@ -123,10 +128,20 @@ pub const OPERATIONS: &[Operation] = &[
         .ok(200, "Page"),
     op("get", "/v1/resources/{id}", "resources", "Show a resource").ok(200, "Resource"),
     op("get", "/v1/policies", "policies", "The policy set, its version and the generated schema"),
-    op("put", "/v1/policies", "policies", "Replace the policy set atomically (validated; expected_version: 409 on a mismatch)")
-        .body("PolicySet"),
-    op("post", "/v1/policies/test", "policies", "Decide cases, and replay recorded decisions, under a candidate set (admin, auditors)")
-        .body("PolicyTest"),
+    op(
+        "put",
+        "/v1/policies",
+        "policies",
+        "Replace the policy set atomically (validated; expected_version: 409 on a mismatch)",
+    )
+    .body("PolicySet"),
+    op(
+        "post",
+        "/v1/policies/test",
+        "policies",
+        "Decide cases, and replay recorded decisions, under a candidate set (admin, auditors)",
+    )
+    .body("PolicyTest"),
     op("get", "/v1/policies/versions", "policies", "The policy set's versions, newest first (admin, auditors)")
         .query(&[LIMIT, CURSOR]),
     op("get", "/v1/policies/versions/{n}", "policies", "One version of the policy set"),
@@ -172,12 +187,17 @@ pub const OPERATIONS: &[Operation] = &[
         ("after", "events after this seq"),
         ("limit", "at most this many"),
     ]),
-    op("get", "/v1/review", "review", "Access review findings: stale, over_broad, orphaned, sprawl, expiring, unused_delegation (admin, auditors)")
-        .query(&[
-            ("stale_days", "days without use before stale (default 30; 0 = now)"),
-            ("unused_days", "days a scope or delegation may go unused (default 30)"),
-            ("expiring_days", "days ahead an ending grant is expiring (default 7)"),
-        ]),
+    op(
+        "get",
+        "/v1/review",
+        "review",
+        "Access review findings: stale, over_broad, orphaned, sprawl, expiring, unused_delegation (admin, auditors)",
+    )
+    .query(&[
+        ("stale_days", "days without use before stale (default 30; 0 = now)"),
+        ("unused_days", "days a scope or delegation may go unused (default 30)"),
+        ("expiring_days", "days ahead an ending grant is expiring (default 7)"),
+    ]),
     op("get", "/v1/audit/verify", "audit", "Verify the chain and the checkpoints"),
     op("get", "/v1/audit/checkpoints", "audit", "The signed checkpoints"),
     op("get", "/v1/audit/keys", "audit", "The audit keys that sign checkpoints").auth(Auth::Public),
@@ -209,7 +229,9 @@ pub fn admin_routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
         // up to the policy text limit (plus JSON quoting).
         (
             "/v1/policies",
-            put(policies::put_policies).layer(DefaultBodyLimit::max(crate::MAX_POLICY_BODY)).get(policies::get_policies),
+            put(policies::put_policies)
+                .layer(DefaultBodyLimit::max(crate::MAX_POLICY_BODY))
+                .get(policies::get_policies),
         ),
         // A candidate set plus its cases: the same limit.
         ("/v1/policies/test", post(policies::test_policies).layer(DefaultBodyLimit::max(crate::MAX_POLICY_BODY))),

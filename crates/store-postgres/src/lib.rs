@@ -30,7 +30,9 @@ use async_trait::async_trait;
 use mandate_audit::{Checkpoint, Event};
 use mandate_core::audit::AuditQuery;
 use mandate_core::store::{
-    AgentActivity, AgentListQuery, Applied, ApprovalQuery, AttemptCounter, Change, ChangeFeed, GrantQuery, KeyUse, ListedAgent, Page, PolicyVersion, Receipt, ResourceListQuery, ScimGroupQuery, ScimUserQuery, Store, StoreError, StoredKey, StoredPolicy, UserListQuery,
+    AgentActivity, AgentListQuery, Applied, ApprovalQuery, AttemptCounter, Change, ChangeFeed, GrantQuery, KeyUse,
+    ListedAgent, Page, PolicyVersion, Receipt, ResourceListQuery, ScimGroupQuery, ScimUserQuery, Store, StoreError,
+    StoredKey, StoredPolicy, UserListQuery,
 };
 use mandate_model::records::{
     Agent, Approval, AuthCodeRecord, Grant, RefreshRecord, Resource, ScimGroup, ScimToken, ScimUserRecord,

@@ -35,7 +35,9 @@ use async_trait::async_trait;
 use mandate_audit::{Checkpoint, Event};
 use mandate_core::audit::AuditQuery;
 use mandate_core::store::{
-    AgentActivity, AgentListQuery, Applied, ApprovalQuery, AttemptCounter, Change, GrantQuery, ListedAgent, Page, PolicyVersion, Receipt, ResourceListQuery, ScimGroupQuery, ScimUserQuery, Store, StoreError, StoredKey, StoredPolicy, UserListQuery,
+    AgentActivity, AgentListQuery, Applied, ApprovalQuery, AttemptCounter, Change, GrantQuery, ListedAgent, Page,
+    PolicyVersion, Receipt, ResourceListQuery, ScimGroupQuery, ScimUserQuery, Store, StoreError, StoredKey,
+    StoredPolicy, UserListQuery,
 };
 use mandate_model::records::{
     Agent, Approval, AuthCodeRecord, Grant, RefreshRecord, Resource, ScimGroup, ScimToken, ScimUserRecord,
@@ -49,7 +51,9 @@ use tokio::sync::oneshot;
 use crate::approvals::approval_row;
 use crate::audit::{checkpoint_row, event_row, load_head};
 use crate::grants::grant_row;
-use crate::identity::{agent_row, listed_agent_row, policy_row, policy_version_row, resource_row, user_row, user_token_row};
+use crate::identity::{
+    agent_row, listed_agent_row, policy_row, policy_version_row, resource_row, user_row, user_token_row,
+};
 use crate::keys::key_row;
 use crate::readers::Readers;
 use crate::tokens::{refresh_row, token_row};
