@@ -26,6 +26,7 @@ fn event(i: u64) -> Event {
         request_id: Some(format!("req-{i}")),
         prev_hash: String::new(),
         hash: String::new(),
+        lane: 0,
     }
 }
 

@@ -43,6 +43,16 @@ pub struct Event {
     pub request_id: Option<String>,
     pub prev_hash: String,
     pub hash: String,
+    /// The chain (lane) the event links into: 0 for a store with one
+    /// writer; one per writer task on PostgreSQL. Not hashed: moving an
+    /// event to another lane breaks the links instead (see
+    /// [`lane_genesis`]). Left out of the JSON when 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub lane: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl Event {
@@ -69,6 +79,7 @@ impl Event {
             request_id: None,
             prev_hash: String::new(),
             hash: String::new(),
+            lane: 0,
         }
     }
 
@@ -176,6 +187,7 @@ impl Event {
         let mut value = serde_json::to_value(self).map_err(|e| CanonicalError::Encode(e.to_string()))?;
         if let Some(obj) = value.as_object_mut() {
             obj.remove("hash");
+            obj.remove("lane");
         }
         to_canonical(&value)
     }
@@ -239,31 +251,71 @@ impl Tamper {
 /// What a successful verification covered.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verified {
-    /// Events checked, from seq 1.
+    /// Events checked, in every lane.
     pub events: u64,
-    /// The hash of the last event (`GENESIS` for an empty chain).
+    /// The hash of the event with the highest `seq` (`GENESIS` for an
+    /// empty trail).
     pub head: String,
     /// Checkpoints whose signature and hash were checked.
     pub checkpoints: usize,
+    /// Lanes that held events.
+    pub lanes: usize,
 }
 
-/// Verifies a chain fed in order, a page at a time, so that a store of any
-/// size is checked in bounded memory.
+/// The `prev_hash` of a lane's first event. Lane 0 (the one lane of a
+/// store with a single writer, and the chain written before lanes existed)
+/// starts at [`GENESIS`]; lane `n` starts at the hex SHA-256 of
+/// `mandate audit lane n`, so that an event moved to another lane no
+/// longer links there, even as that lane's first event.
+pub fn lane_genesis(lane: u64) -> String {
+    if lane == 0 {
+        return GENESIS.to_owned();
+    }
+    let mut label = String::from("mandate audit lane ");
+    write_u64(&mut label, lane);
+    hex(&Sha256::digest(label.as_bytes()))
+}
+
+/// Where verification stands in one lane.
+#[derive(Debug)]
+struct LaneState {
+    /// The `seq` of the lane's last verified event (0 before the first).
+    last_seq: u64,
+    /// Its hash: what the lane's next event must link to.
+    prev: String,
+    /// A failure was found in this lane: its later events are not fed.
+    broken: bool,
+}
+
+/// Verifies a trail of one or more lanes (hash chains), each fed in `seq`
+/// order a page at a time, so that a store of any size is checked in
+/// bounded memory.
 ///
 /// Every checkpoint's signature is checked up front, and its hash is
-/// compared with the chain's when the chain reaches its `seq`. Edits,
-/// deletions, insertions and reorderings break the chain at the first
-/// affected entry. Truncating the tail, or replacing the whole chain, is
-/// caught only against a checkpoint: one beyond the end, or one whose hash
-/// differs. The reported [`Tamper::seq`] is always the earliest failure.
+/// compared with the event of the same `seq` when a lane reaches it. Edits,
+/// deletions, insertions, reorderings and events moved between lanes break
+/// their lane at the first affected entry. Truncating a lane's tail, or
+/// replacing it whole, is caught only against a checkpoint: one vouching
+/// for a `seq` no lane holds, or one whose hash differs.
+///
+/// Within a lane `seq` only increases; lanes written concurrently leave
+/// gaps in each other's numbering. A failure is reported at one past the
+/// last good event of its lane (for a single gapless lane, exactly the
+/// first bad entry), and across lanes the earliest failure wins.
 #[derive(Debug)]
 pub struct ChainVerifier {
-    next_seq: u64,
-    prev: String,
-    /// Checkpoint seq → the hash the chain must have there.
+    lanes: BTreeMap<u64, LaneState>,
+    /// Checkpoint seq → the hash the event there must have.
     expected: BTreeMap<u64, String>,
+    /// Checkpoints an event has met.
+    matched: std::collections::BTreeSet<u64>,
     /// The earliest checkpoint that is itself invalid.
     bad_checkpoint: Option<Tamper>,
+    /// The earliest failure found in any lane.
+    broken: Option<Tamper>,
+    events: u64,
+    /// The highest seq verified and its hash.
+    head: (u64, String),
 }
 
 impl ChainVerifier {
@@ -277,7 +329,7 @@ impl ChainVerifier {
             match check_checkpoint(cp, keys) {
                 Ok(()) => {
                     // Two valid checkpoints that disagree about one seq
-                    // cannot both describe this chain.
+                    // cannot both describe this trail.
                     if let Some(other) = expected.insert(cp.seq, cp.hash.clone())
                         && other != cp.hash
                     {
@@ -287,66 +339,149 @@ impl ChainVerifier {
                 Err(t) => bad = Some(earliest(bad, t)),
             }
         }
-        Self { next_seq: 1, prev: GENESIS.to_owned(), expected, bad_checkpoint: bad }
+        Self {
+            lanes: BTreeMap::new(),
+            expected,
+            matched: std::collections::BTreeSet::new(),
+            bad_checkpoint: bad,
+            broken: None,
+            events: 0,
+            head: (0, GENESIS.to_owned()),
+        }
     }
 
-    /// Checks the next `events`, which must continue the chain fed so far.
+    /// Checks the next `events` of lane 0, the only lane of a single chain.
     pub fn feed(&mut self, events: &[Event]) -> Result<(), Tamper> {
-        if events.is_empty() {
+        self.feed_lane(0, events)
+    }
+
+    /// Checks the next `events` of `lane`, which must continue what was
+    /// fed of that lane so far. On a failure the lane is closed (later
+    /// pages of it are ignored) and the earliest failure found so far is
+    /// returned; other lanes may still be fed, and [`finish`](Self::finish)
+    /// reports the earliest of all.
+    pub fn feed_lane(&mut self, lane: u64, events: &[Event]) -> Result<(), Tamper> {
+        let state = self.lanes.entry(lane).or_insert_with(|| LaneState {
+            last_seq: 0,
+            prev: lane_genesis(lane),
+            broken: false,
+        });
+        if events.is_empty() || state.broken {
             return Ok(());
         }
-        let start = self.next_seq;
-        if let Err(t) = verify_links(events, start, &self.prev) {
-            // A checkpoint before the break may already disagree: a chain
-            // recomputed from an edit on is consistent up to where the
-            // recomputation stopped.
-            let earlier = self
-                .expected
-                .range(start..t.seq)
-                .find(|(seq, hash)| events.get((**seq - start) as usize).map(|e| &e.hash) != Some(*hash))
-                .map(|(seq, _)| Tamper::new(*seq, "the chain differs from a signed checkpoint"));
-            return Err(self.with_checkpoint_errors(earlier.unwrap_or(t)));
+        let failure = match verify_links(events, lane, state.last_seq, &state.prev) {
+            Err((at, t)) => {
+                // A checkpoint before the break may already disagree: a lane
+                // recomputed from an edit on is consistent up to where the
+                // recomputation stopped.
+                let good = events.get(..at).unwrap_or_default();
+                let mismatch = first_checkpoint_mismatch(&self.expected, good);
+                if mismatch.is_none() {
+                    // The checkpoints the good entries met are met.
+                    for e in good {
+                        if self.expected.get(&e.seq) == Some(&e.hash) {
+                            self.matched.insert(e.seq);
+                        }
+                    }
+                }
+                Some(mismatch.unwrap_or(t))
+            }
+            Ok(()) => first_checkpoint_mismatch(&self.expected, events),
+        };
+        if let Some(t) = failure {
+            state.broken = true;
+            // Nothing of the lane past the failure counts as verified.
+            state.last_seq = state.last_seq.max(t.seq.saturating_sub(1));
+            let worst = earliest(self.broken.take(), t);
+            self.broken = Some(worst.clone());
+            return Err(self.with_checkpoint_errors(worst));
         }
-        let end = start + events.len() as u64 - 1;
-        for (&seq, hash) in self.expected.range(start..=end) {
-            let at = events.get((seq - start) as usize).map(|e| e.hash.as_str());
-            if at != Some(hash.as_str()) {
-                return Err(self.with_checkpoint_errors(Tamper::new(seq, "the chain differs from a signed checkpoint")));
+        if let Some(last) = events.last() {
+            state.last_seq = last.seq;
+            state.prev.clone_from(&last.hash);
+            if last.seq > self.head.0 {
+                self.head = (last.seq, last.hash.clone());
             }
         }
-        self.next_seq = end + 1;
-        if let Some(last) = events.last() {
-            self.prev.clone_from(&last.hash);
+        self.events += events.len() as u64;
+        if let (Some(first), Some(last)) = (events.first(), events.last()) {
+            let met: Vec<u64> = self.expected.range(first.seq..=last.seq).map(|(s, _)| *s).collect();
+            for seq in met {
+                if events.binary_search_by_key(&seq, |e| e.seq).is_ok() {
+                    self.matched.insert(seq);
+                }
+            }
         }
         Ok(())
     }
 
-    /// Ends the verification: no checkpoint may lie beyond the chain's end.
+    /// Ends the verification: every checkpoint must have met its event.
     pub fn finish(self) -> Result<Verified, Tamper> {
-        if let Some(t) = self.bad_checkpoint {
+        let mut failure = self.broken.clone();
+        if let Some(t) = self.bad_checkpoint.clone() {
+            failure = Some(earliest(failure, t));
+        }
+        if let Some((&seq, _)) = self.expected.iter().find(|(seq, _)| !self.matched.contains(seq)) {
+            // The first seq that may be missing: one past the last event
+            // below the checkpoint in any lane.
+            let last = self.lanes.values().map(|l| l.last_seq).filter(|&s| s < seq).max().unwrap_or(0);
+            let reason = format!("the trail ends at {last} below seq {seq}, which a checkpoint vouches for");
+            failure = Some(earliest(failure, Tamper::new(last + 1, reason)));
+        }
+        if let Some(t) = failure {
             return Err(t);
         }
-        let last = self.next_seq - 1;
-        if let Some((&seq, _)) = self.expected.range(last + 1..).next() {
-            return Err(Tamper::new(last + 1, format!("the chain ends at {last} but a checkpoint vouches for {seq}")));
+        Ok(Verified {
+            events: self.events,
+            head: self.head.1,
+            checkpoints: self.expected.len(),
+            lanes: self.lanes.len(),
+        })
+    }
+
+    /// The `seq` of the last event fed of `lane` (0 before its first): the
+    /// cursor of its next page.
+    pub fn lane_cursor(&self, lane: u64) -> u64 {
+        self.lanes.get(&lane).map_or(0, |l| l.last_seq)
+    }
+
+    /// Closes `lane` with a failure the caller found (an event that could
+    /// not be read): the lane is fed no more, and `t` counts towards the
+    /// earliest failure.
+    pub fn close_lane(&mut self, lane: u64, t: Tamper) {
+        if let Some(state) = self.lanes.get_mut(&lane) {
+            state.broken = true;
+        } else {
+            self.lanes.insert(lane, LaneState { last_seq: 0, prev: lane_genesis(lane), broken: true });
         }
-        Ok(Verified { events: last, head: self.prev, checkpoints: self.expected.len() })
+        self.broken = Some(earliest(self.broken.take(), t));
     }
 
-    /// The seq the next fed event must carry.
+    /// The seq the next fed event of lane 0 may carry at the earliest.
     pub fn next_seq(&self) -> u64 {
-        self.next_seq
+        self.lane_cursor(0) + 1
     }
 
-    /// `t`, or an invalid checkpoint reported earlier in the chain: the
-    /// earliest failure, for callers that find one of their own.
+    /// `t`, or an earlier failure found already: the earliest failure, for
+    /// callers that find one of their own.
     pub fn fail(&self, t: Tamper) -> Tamper {
-        self.with_checkpoint_errors(t)
+        self.with_checkpoint_errors(earliest(self.broken.clone(), t))
     }
 
     fn with_checkpoint_errors(&self, t: Tamper) -> Tamper {
         earliest(self.bad_checkpoint.clone(), t)
     }
+}
+
+/// The first checkpoint among `events` (sorted by seq) whose hash differs
+/// from the event's.
+fn first_checkpoint_mismatch(expected: &BTreeMap<u64, String>, events: &[Event]) -> Option<Tamper> {
+    let (first, last) = (events.first()?, events.last()?);
+    expected.range(first.seq..=last.seq).find_map(|(seq, hash)| {
+        let i = events.binary_search_by_key(seq, |e| e.seq).ok()?;
+        (events.get(i).map(|e| &e.hash) != Some(hash))
+            .then(|| Tamper::new(*seq, "the trail differs from a signed checkpoint"))
+    })
 }
 
 fn earliest(a: Option<Tamper>, b: Tamper) -> Tamper {
@@ -376,67 +511,87 @@ fn check_checkpoint(cp: &Checkpoint, keys: &[PublicJwk]) -> Result<(), Tamper> {
         .map_err(|_| Tamper::new(cp.seq, "checkpoint signature does not verify"))
 }
 
-/// Verifies a whole chain held in memory (in stored order, from seq 1) and
-/// every checkpoint against `keys`. Returns the number of events verified.
+/// Verifies a trail held in memory (in `seq` order, as exported) and every
+/// checkpoint against `keys`: each lane's events are checked as one chain.
+/// Returns the number of events verified.
 pub fn verify(events: &[Event], checkpoints: &[Checkpoint], keys: &[PublicJwk]) -> Result<u64, Tamper> {
     let mut v = ChainVerifier::new(checkpoints, keys);
-    v.feed(events)?;
+    // A failure is kept by the verifier; `finish` reports the earliest.
+    if events.iter().all(|e| e.lane == 0) {
+        let _ = v.feed(events);
+    } else {
+        let mut lanes: BTreeMap<u64, Vec<Event>> = BTreeMap::new();
+        for e in events {
+            lanes.entry(e.lane).or_default().push(e.clone());
+        }
+        for (lane, events) in &lanes {
+            let _ = v.feed_lane(*lane, events);
+        }
+    }
     v.finish().map(|done| done.events)
 }
 
-/// Checks numbering, links and hashes of `events`, the first of which must
-/// carry `first_seq` and follow `prev`. Each entry's hash depends only on
-/// its own stored contents, so long runs are checked in parallel chunks;
-/// the earliest failure across chunks is the one reported.
-fn verify_links(events: &[Event], first_seq: u64, prev: &str) -> Result<(), Tamper> {
+/// Checks ordering, links and hashes of `events` of `lane`, which must
+/// follow the event at `after_seq` whose hash is `prev`. Each entry's hash
+/// depends only on its own stored contents, so long runs are checked in
+/// parallel chunks; the earliest failure across chunks is the one reported,
+/// with its index.
+fn verify_links(events: &[Event], lane: u64, after_seq: u64, prev: &str) -> Result<(), (usize, Tamper)> {
     let threads =
         if events.len() >= 8192 { std::thread::available_parallelism().map_or(1, |n| n.get().min(8)) } else { 1 };
     if threads <= 1 {
-        return check_range(events, first_seq, prev);
+        return check_range(events, lane, after_seq, prev);
     }
     let chunk = events.len().div_ceil(threads);
-    let results: Vec<Result<(), Tamper>> = std::thread::scope(|scope| {
+    let results: Vec<Result<(), (usize, Tamper)>> = std::thread::scope(|scope| {
         let handles: Vec<_> = events
             .chunks(chunk)
             .enumerate()
             .map(|(k, part)| {
                 let start = k * chunk;
-                let prev = if start == 0 { prev } else { events.get(start - 1).map_or("", |e| e.hash.as_str()) };
-                scope.spawn(move || check_range(part, first_seq + start as u64, prev))
+                let (after, prev) = match start.checked_sub(1).and_then(|i| events.get(i)) {
+                    Some(e) => (e.seq, e.hash.as_str()),
+                    None => (after_seq, prev),
+                };
+                scope.spawn(move || check_range(part, lane, after, prev).map_err(|(i, t)| (start + i, t)))
             })
             .collect();
         handles
             .into_iter()
-            .map(|h| h.join().unwrap_or_else(|_| Err(Tamper::new(first_seq, "verifier thread failed"))))
+            .map(|h| h.join().unwrap_or_else(|_| Err((0, Tamper::new(after_seq + 1, "verifier thread failed")))))
             .collect()
     });
-    match results.into_iter().filter_map(Result::err).min_by_key(|t| t.seq) {
+    match results.into_iter().filter_map(Result::err).min_by_key(|(i, _)| *i) {
         Some(first) => Err(first),
         None => Ok(()),
     }
 }
 
-/// Verifies `part`, whose first entry must carry `first_seq` and follow `prev`.
-fn check_range<'a>(part: &'a [Event], first_seq: u64, mut prev: &'a str) -> Result<(), Tamper> {
+/// Verifies `part` of `lane`, whose first entry must follow the event at
+/// `after` with hash `prev`. A failure is reported at one past the last
+/// good event, with the index of the entry that failed.
+fn check_range<'a>(part: &'a [Event], lane: u64, mut after: u64, mut prev: &'a str) -> Result<(), (usize, Tamper)> {
     let mut buf = String::with_capacity(1024);
     // The previous entry's digest, as bytes: once `prev_hash` is known to
     // equal its text, it need not be decoded again.
     let mut prev_raw = hex_32(prev);
+    let lane_note = |why: String| if lane == 0 { why } else { format!("lane {lane}: {why}") };
     for (i, e) in part.iter().enumerate() {
-        let expected_seq = first_seq + i as u64;
-        if e.seq != expected_seq {
-            return Err(Tamper::new(expected_seq, format!("found seq {} where {expected_seq} belongs", e.seq)));
+        let bad = |why: String| Err((i, Tamper::new(after + 1, lane_note(why))));
+        if e.seq <= after {
+            return bad(format!("found seq {} where a seq after {after} belongs", e.seq));
         }
         if e.prev_hash != prev {
-            return Err(Tamper::new(e.seq, "prev_hash does not match the previous entry"));
+            return bad(format!("prev_hash of seq {} does not match the previous entry of its lane", e.seq));
         }
         let digest = e.digest_linked(&mut buf, e.seq, &e.prev_hash, prev_raw.as_ref(), e.count);
         // The stored hash must be exactly the lower-case hex of the digest.
         if hex_32_lower(&e.hash) != Some(digest) {
-            return Err(Tamper::new(e.seq, "hash does not match the entry's contents"));
+            return bad(format!("hash of seq {} does not match the entry's contents", e.seq));
         }
         prev_raw = Some(digest);
         prev = &e.hash;
+        after = e.seq;
     }
     Ok(())
 }

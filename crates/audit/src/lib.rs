@@ -11,6 +11,7 @@ mod chain;
 pub mod trace;
 
 pub use chain::{
-    ChainVerifier, Checkpoint, Event, GENESIS, Tamper, Verified, is_chain_hash, seal, sign_checkpoint, verify,
+    ChainVerifier, Checkpoint, Event, GENESIS, Tamper, Verified, is_chain_hash, lane_genesis, seal, sign_checkpoint,
+    verify,
 };
 pub use trace::{Trace, TraceNode};

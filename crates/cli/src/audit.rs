@@ -85,11 +85,12 @@ pub async fn run(command: AuditCommand) -> Result<bool> {
             match audit::verify_trail(store.as_ref(), &witnessed, pinned.as_deref()).await? {
                 TrailReport::Intact(v) => {
                     println!(
-                        "ok: {} events, head {}, {} checkpoints verified ({} kept outside)",
+                        "ok: {} events, head {}, {} checkpoints verified ({} kept outside), {} lane(s)",
                         v.events,
                         v.head,
                         v.checkpoints,
-                        witnessed.len()
+                        witnessed.len(),
+                        v.lanes
                     );
                     Ok(true)
                 }

@@ -258,6 +258,18 @@ pub struct AuditQuery {
     pub parent: Option<String>,
     /// An event time (see [`event_time`]); events at or after it.
     pub since: Option<String>,
+    /// Only the events of this lane (the verifier reads a lane at a time).
+    pub lane: Option<u64>,
+}
+
+/// The head of one lane of the trail: its last event, and whether a stored
+/// checkpoint already vouches for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditLane {
+    pub lane: u64,
+    pub seq: u64,
+    pub hash: String,
+    pub checkpointed: bool,
 }
 
 impl AuditQuery {
@@ -307,32 +319,45 @@ pub async fn verify_trail(
     };
     checkpoints.extend(witnessed.iter().cloned());
     let mut verifier = ChainVerifier::new(&checkpoints, &keys);
-    loop {
-        let page = match store.audit_events(&AuditQuery::page(verifier.next_seq() - 1)).await {
-            Ok(page) => page,
-            // A row that no longer decodes was edited: that is tampering,
-            // somewhere in this page.
-            Err(StoreError::Corrupt(why)) => {
-                return Ok(TrailReport::Broken(verifier.fail(Tamper::new(
-                    verifier.next_seq(),
-                    format!("an event at or after this seq cannot be read: {why}"),
-                ))));
+    // The lanes are listed after the checkpoints are read, so every lane a
+    // checkpoint vouches for is walked. Each lane is read in its own `seq`
+    // order, which is its commit order: a lane that grows while it is read
+    // only adds pages at its end.
+    let lanes = match store.audit_lanes().await {
+        Ok(lanes) => lanes,
+        Err(StoreError::Corrupt(why)) => return unreadable("a lane of the trail", why),
+        Err(e) => return Err(e.into()),
+    };
+    for lane in lanes.iter().map(|l| l.lane) {
+        loop {
+            let cursor = verifier.lane_cursor(lane);
+            let page = match store.audit_events(&AuditQuery { lane: Some(lane), ..AuditQuery::page(cursor) }).await {
+                Ok(page) => page,
+                // A row that no longer decodes was edited: that is tampering,
+                // somewhere in this page.
+                Err(StoreError::Corrupt(why)) => {
+                    let why = format!("an event at or after this seq cannot be read: {why}");
+                    verifier.close_lane(lane, Tamper::new(cursor + 1, why));
+                    break;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            if page.is_empty() {
+                break;
             }
-            Err(e) => return Err(e.into()),
-        };
-        if page.is_empty() {
-            break;
-        }
-        // Hashing a page is CPU work for both cores: off the async workers.
-        let (back, fed) = tokio::task::spawn_blocking(move || {
-            let fed = verifier.feed(&page);
-            (verifier, fed)
-        })
-        .await
-        .map_err(|e| Error::Unavailable(format!("the verifier stopped: {e}")))?;
-        verifier = back;
-        if let Err(t) = fed {
-            return Ok(TrailReport::Broken(t));
+            // Hashing a page is CPU work for both cores: off the async workers.
+            let (back, fed) = tokio::task::spawn_blocking(move || {
+                let fed = verifier.feed_lane(lane, &page);
+                (verifier, fed)
+            })
+            .await
+            .map_err(|e| Error::Unavailable(format!("the verifier stopped: {e}")))?;
+            verifier = back;
+            // A broken lane is closed; the other lanes are still walked, so
+            // that the earliest failure of all is the one reported.
+            if fed.is_err() {
+                break;
+            }
         }
     }
     Ok(match verifier.finish() {
@@ -661,19 +686,24 @@ impl Mandate {
         serde_json::json!({ "keys": keys.iter().map(PublicJwk::to_json).collect::<Vec<_>>() })
     }
 
-    /// Signs a checkpoint of the chain's head when enough events, or enough
-    /// time, have passed since the last one. Called periodically by the
-    /// server; several nodes may race, and the store keeps one checkpoint
-    /// per seq.
+    /// Signs a checkpoint of each lane's head that no checkpoint vouches for
+    /// yet, when enough events, or enough time, have passed since the last
+    /// one. Called periodically by the server; several nodes may race, and
+    /// the store keeps one checkpoint per seq. Returns the checkpoint of the
+    /// highest seq signed.
     pub async fn checkpoint_if_due(&self) -> Result<Option<Checkpoint>, Error> {
-        let Some((seq, hash)) = self.store.audit_head().await? else {
+        let lanes = self.store.audit_lanes().await?;
+        let unsigned: Vec<&AuditLane> = lanes.iter().filter(|l| !l.checkpointed).collect();
+        // The newest head decides whether enough events have passed.
+        let Some(seq) = unsigned.iter().map(|l| l.seq).max() else {
             return Ok(None);
         };
         let now = self.clock.now();
         let last = self.store.last_audit_checkpoint().await?;
         let due = match &last {
             None => true,
-            Some(cp) if cp.seq >= seq => false,
+            // A lane whose head committed after a later seq was signed
+            // (lanes commit concurrently) waits for the interval.
             Some(cp) => {
                 // SAFETY-FALLBACK: a stored checkpoint whose time cannot be
                 // read counts as old, so a fresh one is signed now; the
@@ -681,7 +711,8 @@ impl Mandate {
                 let since = OffsetDateTime::parse(&cp.time, &time::format_description::well_known::Rfc3339)
                     .map(|t| (now - t).whole_seconds())
                     .unwrap_or(i64::MAX);
-                seq - cp.seq >= self.config.audit_checkpoint_events || since >= self.config.audit_checkpoint_interval
+                seq.saturating_sub(cp.seq) >= self.config.audit_checkpoint_events
+                    || since >= self.config.audit_checkpoint_interval
             }
         };
         if !due {
@@ -693,10 +724,16 @@ impl Mandate {
             .ok()
             .and_then(|k| k.active.clone())
             .ok_or_else(|| Error::Unavailable("no audit signing key".into()))?;
-        let cp = mandate_audit::sign_checkpoint(&key, seq, &hash, &event_time(now))
-            .map_err(|e| Error::Unavailable(e.to_string()))?;
-        self.store.commit(Change::new().with(Mutation::InsertCheckpoint(cp.clone()))).await?;
-        Ok(Some(cp))
+        let mut change = Change::new();
+        let mut newest = None;
+        for head in unsigned {
+            let cp = mandate_audit::sign_checkpoint(&key, head.seq, &head.hash, &event_time(now))
+                .map_err(|e| Error::Unavailable(e.to_string()))?;
+            change.push(Mutation::InsertCheckpoint(cp.clone()));
+            newest = Some(cp);
+        }
+        self.store.commit(change).await?;
+        Ok(newest)
     }
 }
 

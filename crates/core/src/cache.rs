@@ -345,6 +345,9 @@ impl Store for CachingStore {
     async fn audit_head(&self) -> Result<Option<(u64, String)>, StoreError> {
         self.inner.audit_head().await
     }
+    async fn audit_lanes(&self) -> Result<Vec<crate::audit::AuditLane>, StoreError> {
+        self.inner.audit_lanes().await
+    }
     async fn audit_events(&self, query: &AuditQuery) -> Result<Vec<Event>, StoreError> {
         self.inner.audit_events(query).await
     }

@@ -1072,6 +1072,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// The last event's `seq` and `hash`, or `None` for an empty trail.
     async fn audit_head(&self) -> Result<Option<(u64, String)>, StoreError>;
+    /// The head of every lane that holds events (each lane's last event), in
+    /// lane order, derived from the events themselves. A store with a single
+    /// writer has one lane, 0.
+    async fn audit_lanes(&self) -> Result<Vec<crate::audit::AuditLane>, StoreError>;
     /// Events matching `query`, in `seq` order, after `query.after`, at most
     /// `query.limit`.
     async fn audit_events(&self, query: &crate::audit::AuditQuery) -> Result<Vec<Event>, StoreError>;

@@ -94,7 +94,7 @@ pub async fn query(State(s): State<AppState>, Authed(c): Authed, RawQuery(raw): 
 pub async fn verify(State(s): State<AppState>, Authed(c): Authed) -> Result<Response, Problem> {
     let body = match s.mandate.audit_verify(c).await? {
         TrailReport::Intact(v) => {
-            json!({ "valid": true, "events": v.events, "head": v.head, "checkpoints": v.checkpoints })
+            json!({ "valid": true, "events": v.events, "head": v.head, "checkpoints": v.checkpoints, "lanes": v.lanes })
         }
         TrailReport::Broken(t) => json!({ "valid": false, "first_bad_seq": t.seq, "reason": t.reason }),
     };

@@ -1,4 +1,4 @@
-//! The audit trail: events sealed under the chain's head row and inserted a batch at a time, and checkpoints.
+//! The audit trail: events sealed under their lane's head row and inserted a batch at a time, and checkpoints.
 
 use mandate_audit::{Checkpoint, Event};
 use mandate_core::audit::seal_record;
@@ -28,46 +28,109 @@ pub(crate) async fn apply(conn: &mut PgConnection, m: &Mutation) -> Result<u64, 
     Ok(done.rows_affected())
 }
 
-/// The audit chain's head as the batch sees it.
+/// A lane's head as the batch sees it: the lane, and its last event's
+/// `seq` and hash (the lane's genesis before its first event).
 #[derive(Debug, Clone)]
 pub(crate) struct Head {
+    pub(crate) lane: u64,
     pub(crate) seq: u64,
     pub(crate) hash: String,
 }
 
-/// Seals the next event after the chain's head, locking the head row the
-/// first time a batch needs it (the lock lasts until the batch commits).
+/// Claims a lane of its own for a writer task: a new row, so that no
+/// other writer of any node appends to it. (Were two writers ever to share
+/// one, the row lock would make them take turns; the chain stays whole.)
+pub(crate) async fn claim_lane(conn: &mut PgConnection) -> Result<u64, StoreError> {
+    let id: i64 = sqlx::query_scalar("INSERT INTO audit_lanes DEFAULT VALUES RETURNING id")
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(unavailable)?;
+    u64::try_from(id).map_err(|_| StoreError::Corrupt(format!("audit lane {id}")))
+}
+
+/// Locks `lane`'s head row until the batch commits (only its own writer
+/// waits for it) and takes `n` seqs from the shared sequence, with one
+/// statement. Sequence values are never handed out twice and grow, so a
+/// lane's events are numbered in its commit order; a rolled-back batch
+/// leaves a gap.
+async fn lock_lane(conn: &mut PgConnection, lane: u64, n: usize) -> Result<(Head, Vec<u64>), StoreError> {
+    let id = i64::try_from(lane).map_err(|_| StoreError::Unavailable(format!("audit lane {lane}")))?;
+    let row = sqlx::query(
+        "SELECT seq, hash, ARRAY(SELECT nextval('audit_seq') FROM generate_series(1, $2)) AS next \
+         FROM audit_lanes WHERE id = $1 FOR UPDATE",
+    )
+    .bind(id)
+    .bind(i32::try_from(n).map_err(|_| StoreError::Unavailable("too many audit events in one batch".into()))?)
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(unavailable)?;
+    let seq: i64 = get(&row, "seq")?;
+    let hash: Option<String> = get(&row, "hash")?;
+    let next: Vec<i64> = get(&row, "next")?;
+    // An undecodable head stops the writer: never restart a lane.
+    let hash = match (seq, hash) {
+        (0, None) => mandate_audit::lane_genesis(lane),
+        (s, Some(h)) if s > 0 && mandate_audit::is_chain_hash(&h) => h,
+        _ => {
+            return Err(StoreError::Corrupt(format!(
+                "the head of audit lane {lane} is not a seq and a SHA-256 hex digest"
+            )));
+        }
+    };
+    let seq = u64::try_from(seq).map_err(|_| StoreError::Corrupt(format!("audit lane head {seq}")))?;
+    let mut next = next
+        .into_iter()
+        .map(|s| u64::try_from(s).map_err(|_| StoreError::Corrupt(format!("audit seq {s}"))))
+        .collect::<Result<Vec<_>, _>>()?;
+    next.sort_unstable();
+    Ok((Head { lane, seq, hash }, next))
+}
+
+/// Seqs reserved for a batch's events, in the order they are used.
+pub(crate) type Seqs = std::collections::VecDeque<u64>;
+
+/// Seals the next event of `lane` after its head, locking the lane's row
+/// the first time a batch needs it (the lock lasts until the batch
+/// commits). `seqs` holds seqs reserved already; `want` is how many to
+/// reserve at once when it runs out (the whole batch's, when known).
 pub(crate) async fn append(
     conn: &mut PgConnection,
+    lane: u64,
     head: &mut Option<Head>,
+    seqs: &mut Seqs,
+    want: usize,
     record: &mandate_core::AuditRecord,
     applied: &Applied,
 ) -> Result<Event, StoreError> {
     let current = match head.take() {
         Some(h) => h,
         None => {
-            let row = sqlx::query("SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE")
-                .fetch_one(&mut *conn)
-                .await
-                .map_err(unavailable)?;
-            let seq: i64 = get(&row, "seq")?;
-            let hash: String = get(&row, "hash")?;
-            // An undecodable head stops the writer: never restart the chain.
-            if !mandate_audit::is_chain_hash(&hash) {
-                return Err(StoreError::Corrupt("the audit chain head's hash is not a SHA-256 hex digest".into()));
-            }
-            Head { seq: u64::try_from(seq).map_err(|_| StoreError::Corrupt(format!("audit head {seq}")))?, hash }
+            let (h, reserved) = lock_lane(conn, lane, want.max(1)).await?;
+            seqs.extend(reserved);
+            h
         }
     };
-    let sealed = seal_record(record, applied, current.seq + 1, &current.hash);
+    let seq = match seqs.pop_front() {
+        Some(s) => s,
+        None => {
+            let (_, reserved) = lock_lane(conn, lane, want.max(1)).await?;
+            seqs.extend(reserved);
+            seqs.pop_front().ok_or_else(|| StoreError::Unavailable("no audit seq was reserved".into()))?
+        }
+    };
+    let sealed = seal_record(record, applied, seq, &current.hash).map(|mut e| {
+        e.lane = lane;
+        e
+    });
     *head = Some(match &sealed {
-        Ok(e) => Head { seq: e.seq, hash: e.hash.clone() },
+        Ok(e) => Head { lane, seq: e.seq, hash: e.hash.clone() },
         Err(_) => current,
     });
     sealed
 }
 
-/// Inserts a batch's events and moves the head row, with one statement.
+/// Inserts a batch's events and moves its lane's head row, with one
+/// statement.
 pub(crate) async fn insert_events(conn: &mut PgConnection, events: &[Event], head: &Head) -> Result<(), StoreError> {
     fn col(events: &[Event], f: impl Fn(&Event) -> Option<String>) -> Vec<Option<String>> {
         events.iter().map(f).collect()
@@ -81,12 +144,12 @@ pub(crate) async fn insert_events(conn: &mut PgConnection, events: &[Event], hea
         .collect::<Result<Vec<_>, _>>()?;
     let chains = events.iter().map(|e| json(&e.chain)).collect::<Result<Vec<_>, _>>()?;
     sqlx::query(
-        "WITH inserted AS (INSERT INTO audit_events (seq, time, type, decision, subject, actor, chain, client_id, \
-         action, resource, scope, jti, grant_id, parent, count, reason, request_id, prev_hash, hash) \
-         SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], \
-         $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[], $15::bigint[], \
-         $16::text[], $17::text[], $18::text[], $19::text[])) \
-         UPDATE audit_head SET seq = $20, hash = $21 WHERE id = 1",
+        "WITH inserted AS (INSERT INTO audit_events (lane, seq, time, type, decision, subject, actor, chain, \
+         client_id, action, resource, scope, jti, grant_id, parent, count, reason, request_id, prev_hash, hash) \
+         SELECT $22::bigint, * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
+         $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[], \
+         $15::bigint[], $16::text[], $17::text[], $18::text[], $19::text[])) \
+         UPDATE audit_lanes SET seq = $20, hash = $21 WHERE id = $22::bigint",
     )
     .bind(seqs)
     .bind(events.iter().map(|e| e.time.clone()).collect::<Vec<_>>())
@@ -109,6 +172,7 @@ pub(crate) async fn insert_events(conn: &mut PgConnection, events: &[Event], hea
     .bind(events.iter().map(|e| e.hash.clone()).collect::<Vec<_>>())
     .bind(i64::try_from(head.seq).map_err(|_| overflow("head"))?)
     .bind(&head.hash)
+    .bind(i64::try_from(head.lane).map_err(|_| overflow("lane"))?)
     .execute(&mut *conn)
     .await
     .map_err(|e| map_write_error(e, "audit event"))?;
@@ -136,6 +200,7 @@ pub(crate) fn event_row(r: &PgRow) -> Result<Event, StoreError> {
         request_id: get(r, "request_id")?,
         prev_hash: get(r, "prev_hash")?,
         hash: get(r, "hash")?,
+        lane: get(r, "lane")?,
     })
 }
 

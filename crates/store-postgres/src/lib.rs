@@ -4,11 +4,12 @@
 //! Writes: a few writer tasks per node each take every change that is
 //! waiting and apply the lot in one transaction (group commit), as the
 //! SQLite store does; one refused change never undoes its neighbours. The
-//! audit chain's head is a single row. A writer locks it only once its
-//! batch's changes are applied, then seals the batch's events, inserts them
-//! with a single statement and commits, so writers on every node take turns
-//! only for that tail, and events are numbered in commit order. Reads run on
-//! the pool. Migrations run under sqlx's advisory lock, so nodes may start
+//! audit trail is a set of lanes, one hash chain per writer task (decision
+//! 0031). A writer locks its own lane's head row once its batch's changes
+//! are applied, takes the events' seqs from a sequence, seals them, inserts
+//! them with a single statement and commits, so writers on every node
+//! commit side by side, and each lane is numbered in its commit order.
+//! Reads run on the pool. Migrations run under sqlx's advisory lock, so nodes may start
 //! together.
 
 mod approvals;
@@ -747,13 +748,54 @@ impl Store for PostgresStore {
         .transpose()
     }
 
+    async fn audit_lanes(&self) -> Result<Vec<mandate_core::audit::AuditLane>, StoreError> {
+        // The lanes that hold events, read from the events themselves (an
+        // index skip over `(lane, seq)`), not from the writers' head rows.
+        let rows = sqlx::query(
+            "WITH RECURSIVE lanes AS ( \
+                 SELECT min(lane) AS lane FROM audit_events \
+                 UNION ALL \
+                 SELECT (SELECT min(lane) FROM audit_events WHERE lane > lanes.lane) FROM lanes WHERE lanes.lane IS NOT NULL) \
+             SELECT e.lane, e.seq, e.hash, EXISTS (SELECT 1 FROM audit_checkpoints c WHERE c.seq = e.seq) AS checkpointed \
+             FROM lanes CROSS JOIN LATERAL \
+                 (SELECT lane, seq, hash FROM audit_events WHERE lane = lanes.lane ORDER BY seq DESC LIMIT 1) e \
+             ORDER BY e.lane",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        rows.iter()
+            .map(|r| {
+                let lane: i64 = get(r, "lane")?;
+                let seq: i64 = get(r, "seq")?;
+                Ok(mandate_core::audit::AuditLane {
+                    lane: u64::try_from(lane).map_err(|_| StoreError::Corrupt(format!("audit lane {lane}")))?,
+                    seq: u64::try_from(seq).map_err(|_| StoreError::Corrupt(format!("audit seq {seq}")))?,
+                    hash: get(r, "hash")?,
+                    checkpointed: get(r, "checkpointed")?,
+                })
+            })
+            .collect()
+    }
+
     async fn audit_events(&self, q: &AuditQuery) -> Result<Vec<Event>, StoreError> {
-        let (filter, values) = codec::audit_where(q, |n| format!("${n}"));
-        let sql = format!("SELECT {EVENT_COLUMNS} FROM audit_events WHERE {filter} ORDER BY seq LIMIT {}", q.limit);
+        let (mut filter, values) = codec::audit_where(q, |n| format!("${n}"));
+        let lane = match q.lane {
+            Some(l) => {
+                filter.push_str(&format!(" AND lane = ${}", values.len() + 2));
+                Some(i64::try_from(l).map_err(|_| StoreError::Unavailable(format!("audit lane {l}")))?)
+            }
+            None => None,
+        };
+        let sql =
+            format!("SELECT {EVENT_COLUMNS}, lane FROM audit_events WHERE {filter} ORDER BY seq LIMIT {}", q.limit);
         // SAFETY-FALLBACK: a cursor beyond i64 is past every seq: an empty page.
         let mut query = sqlx::query(&sql).bind(i64::try_from(q.after).unwrap_or(i64::MAX));
         for v in values {
             query = query.bind(v);
+        }
+        if let Some(l) = lane {
+            query = query.bind(l);
         }
         let rows = query.fetch_all(&self.pool).await.map_err(unavailable)?;
         rows.iter().map(event_row).collect()

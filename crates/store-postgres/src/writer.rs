@@ -1,7 +1,8 @@
 //! The writer tasks: each takes every change waiting and applies the lot
 //! in one transaction (group commit); a change that fails after writing is
 //! undone alone by replaying the batch with a savepoint per change. Audit
-//! events are sealed at the end of a batch, under the chain's head lock.
+//! events are sealed at the end of a batch, in the writer's own lane of
+//! the trail, under that lane's head lock.
 
 use mandate_audit::Event;
 use mandate_core::store::{Applied, Change, Handle, Mutation, Receipt, StoreError};
@@ -10,15 +11,15 @@ use sqlx::postgres::PgConnectOptions;
 use sqlx::postgres::{PgConnection, PgPool};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::audit::{Head, append, insert_events};
+use crate::audit::{Head, Seqs, append, claim_lane, insert_events};
 use crate::unavailable;
 
 /// Most changes folded into one transaction.
 pub(crate) const MAX_BATCH: usize = 256;
 
 /// Writer tasks per node, unless told otherwise. Each applies its batch's
-/// changes on its own connection; they take turns only for the short tail
-/// that seals the batch's events under the chain's head lock and commits.
+/// changes on its own connection and seals their events in a lane of the
+/// trail of its own, so writers of every node commit side by side.
 pub const DEFAULT_WRITERS: u32 = 2;
 /// The most writer tasks a node may run.
 pub const MAX_WRITERS: u32 = 8;
@@ -49,6 +50,8 @@ pub(crate) fn map_write_error(e: sqlx::Error, what: &str) -> StoreError {
 /// Takes every waiting change and commits the lot in one transaction.
 pub(crate) async fn write_loop(pool: PgPool, jobs: std::sync::Arc<tokio::sync::Mutex<mpsc::Receiver<Job>>>) {
     let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
+    // The writer's lane of the audit trail, claimed with its first batch.
+    let mut lane: Option<u64> = None;
     loop {
         {
             let mut jobs = jobs.lock().await;
@@ -61,7 +64,7 @@ pub(crate) async fn write_loop(pool: PgPool, jobs: std::sync::Arc<tokio::sync::M
                 }
             }
         }
-        let results = apply_batch(&pool, &batch).await;
+        let results = apply_batch(&pool, &batch, &mut lane).await;
         for (job, result) in batch.drain(..).zip(results) {
             let _ = job.reply.send(result);
         }
@@ -75,15 +78,22 @@ pub(crate) struct NeedSavepoints;
 /// Applies a batch without savepoints first; an SQL error aborts a
 /// PostgreSQL transaction, and a change that fails after writing must be
 /// undone alone, so either replays the batch with a savepoint per change.
-pub(crate) async fn apply_batch(pool: &PgPool, batch: &[Job]) -> Vec<Outcome> {
+pub(crate) async fn apply_batch(pool: &PgPool, batch: &[Job], lane: &mut Option<u64>) -> Vec<Outcome> {
     let failed = |e: &dyn std::fmt::Display| batch.iter().map(|_| Err(unavailable(e))).collect();
     let mut conn = match pool.acquire().await {
         Ok(c) => c,
         Err(e) => return failed(&e),
     };
-    match apply_in_transaction(&mut conn, batch, false).await {
+    let lane = match *lane {
+        Some(l) => l,
+        None => match claim_lane(&mut conn).await {
+            Ok(l) => *lane.insert(l),
+            Err(e) => return failed(&e),
+        },
+    };
+    match apply_in_transaction(&mut conn, lane, batch, false).await {
         Ok(results) => results,
-        Err(NeedSavepoints) => match apply_in_transaction(&mut conn, batch, true).await {
+        Err(NeedSavepoints) => match apply_in_transaction(&mut conn, lane, batch, true).await {
             Ok(results) => results,
             Err(NeedSavepoints) => failed(&"batch could not be applied"),
         },
@@ -99,13 +109,14 @@ pub(crate) async fn exec(conn: &mut PgConnection, sql: &str) -> Result<(), Store
 /// savepoint-free mode is [`seal_deferred`].)
 pub(crate) async fn apply_in_transaction(
     conn: &mut PgConnection,
+    lane: u64,
     batch: &[Job],
     savepoints: bool,
 ) -> Result<Vec<Outcome>, NeedSavepoints> {
     let all_fail = |e: StoreError| Ok(batch.iter().map(|_| Err(e.clone())).collect());
     // The writers' connections run READ COMMITTED whatever the server's
-    // default (`seq` order is commit order because the head row is locked,
-    // not because of snapshots), and a lock that cannot be had in 5 s fails
+    // default (a lane's `seq` order is its commit order because its head row
+    // is locked, not because of snapshots), and a lock that cannot be had in 5 s fails
     // the batch closed: both are set when they connect (see [`connect_options`]).
     if let Err(e) = exec(conn, "BEGIN").await {
         return all_fail(e);
@@ -128,9 +139,13 @@ pub(crate) async fn apply_in_transaction(
     }
     let mut tokens: Vec<&mandate_model::records::TokenRecord> = Vec::new();
     let mut head: Option<Head> = None;
+    // Seqs are reserved for every event of the batch at once.
+    let mut seqs = Seqs::new();
+    let want =
+        batch.iter().map(|j| j.change.mutations().filter(|m| matches!(m, Mutation::AppendAudit(_))).count()).sum();
     let mut events: Vec<Event> = Vec::new();
     // Without savepoints, events are sealed only once the batch's changes
-    // are applied, so the head lock is held just for the tail.
+    // are applied, so the lane's head lock is held just for the tail.
     // (record, what the change had applied before it, the change's index,
     // the record's handle): the event's seq is its "affected" value.
     let mut deferred: Deferred<'_> = Vec::new();
@@ -150,11 +165,13 @@ pub(crate) async fn apply_in_transaction(
                     deferred.push((record.as_ref(), applied.clone(), job_index, h));
                     Ok(0)
                 }
-                Mutation::AppendAudit(record) => append(conn, &mut head, record, &applied).await.map(|e| {
-                    let seq = e.seq;
-                    events.push(e);
-                    seq
-                }),
+                Mutation::AppendAudit(record) => {
+                    append(conn, lane, &mut head, &mut seqs, want, record, &applied).await.map(|e| {
+                        let seq = e.seq;
+                        events.push(e);
+                        seq
+                    })
+                }
                 Mutation::ConsumeAssertionJti { .. } if i == 0 && bulk => match burned.get(job_index) {
                     Some(Some(true)) => Ok(1),
                     Some(Some(false)) => Err(StoreError::Replay),
@@ -213,12 +230,12 @@ pub(crate) async fn apply_in_transaction(
         let _ = exec(conn, "ROLLBACK").await;
         return Err(NeedSavepoints);
     }
-    // Without savepoints, the batch's events are sealed now, under the head
-    // lock, and go in with one statement; if that fails, the batch is
-    // replayed change by change.
+    // Without savepoints, the batch's events are sealed now, under the
+    // lane's head lock, and go in with one statement; if that fails, the
+    // batch is replayed change by change.
     if !savepoints
         && !deferred.is_empty()
-        && seal_deferred(conn, &mut head, &mut events, &deferred, &mut results).await.is_err()
+        && seal_deferred(conn, lane, &mut head, &mut events, &deferred, &mut results).await.is_err()
     {
         let _ = exec(conn, "ROLLBACK").await;
         return Err(NeedSavepoints);
@@ -244,18 +261,20 @@ pub(crate) async fn apply_in_transaction(
 /// in the batch and the record's handle.
 type Deferred<'a> = Vec<(&'a mandate_core::AuditRecord, Applied, usize, Handle)>;
 
-/// Seals the deferred events after the chain's head (locking it), gives
-/// each its `seq` in its change's results, and inserts them with one
-/// statement.
+/// Seals the deferred events after the lane's head (locking it and
+/// reserving their seqs with one statement), gives each its `seq` in its
+/// change's results, and inserts them with one statement.
 async fn seal_deferred(
     conn: &mut PgConnection,
+    lane: u64,
     head: &mut Option<Head>,
     events: &mut Vec<Event>,
     deferred: &Deferred<'_>,
     results: &mut [Result<Applied, StoreError>],
 ) -> Result<(), StoreError> {
+    let mut seqs = Seqs::new();
     for (record, before, job_index, h) in deferred {
-        let e = append(conn, head, record, before).await?;
+        let e = append(conn, lane, head, &mut seqs, deferred.len(), record, before).await?;
         if let Some(Ok(applied)) = results.get_mut(*job_index) {
             applied.set(*h, e.seq)?;
         }
@@ -263,12 +282,12 @@ async fn seal_deferred(
     }
     match head {
         Some(h) => insert_events(conn, events, h).await,
-        None => Err(StoreError::Unavailable("no chain head".into())),
+        None => Err(StoreError::Unavailable("no lane head".into())),
     }
 }
 
 /// Applies one mutation other than an audit append (the batch seals and
-/// inserts those under the chain's head); each family of records keeps its
+/// inserts those under its lane's head); each family of records keeps its
 /// SQL in its own module.
 pub(crate) async fn apply(conn: &mut PgConnection, m: &Mutation) -> Result<u64, StoreError> {
     let n = match family(m) {

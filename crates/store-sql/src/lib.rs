@@ -233,6 +233,8 @@ pub struct EventRow {
     pub request_id: Option<String>,
     pub prev_hash: String,
     pub hash: String,
+    /// The lane (0 where the store has only one).
+    pub lane: i64,
 }
 
 impl TryFrom<EventRow> for mandate_audit::Event {
@@ -261,6 +263,7 @@ impl TryFrom<EventRow> for mandate_audit::Event {
             request_id: r.request_id,
             prev_hash: r.prev_hash,
             hash: r.hash,
+            lane: u64::try_from(r.lane).map_err(|_| StoreError::Corrupt(format!("audit lane {}", r.lane)))?,
         })
     }
 }

@@ -117,6 +117,8 @@ pub(crate) fn event_row(r: &Row<'_>) -> Mapped<Event> {
         request_id: r.get(16)?,
         prev_hash: r.get(17)?,
         hash: r.get(18)?,
+        // SQLite has one writer, and so one lane.
+        lane: 0,
     }))
 }
 

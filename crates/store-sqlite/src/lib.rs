@@ -798,7 +798,31 @@ impl Store for SqliteStore {
         .transpose()
     }
 
+    async fn audit_lanes(&self) -> Result<Vec<mandate_core::audit::AuditLane>, StoreError> {
+        // One writer thread, one lane: the last event is its head.
+        let head = self
+            .read(move |c| {
+                c.prepare_cached(
+                    "SELECT e.seq, e.hash, EXISTS (SELECT 1 FROM audit_checkpoints c WHERE c.seq = e.seq) \
+                     FROM audit_events e ORDER BY e.seq DESC LIMIT 1",
+                )?
+                .query_row([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, bool>(2)?)))
+                .optional()
+            })
+            .await?;
+        head.map(|(seq, hash, checkpointed)| {
+            let seq = u64::try_from(seq).map_err(|_| StoreError::Corrupt(format!("audit seq {seq}")))?;
+            Ok(mandate_core::audit::AuditLane { lane: 0, seq, hash, checkpointed })
+        })
+        .into_iter()
+        .collect()
+    }
+
     async fn audit_events(&self, q: &AuditQuery) -> Result<Vec<Event>, StoreError> {
+        // Every event is in lane 0.
+        if q.lane.is_some_and(|l| l != 0) {
+            return Ok(Vec::new());
+        }
         let (filter, values) = codec::audit_where(q, |n| format!("?{n}"));
         let sql = format!("SELECT {EVENT_COLUMNS} FROM audit_events WHERE {filter} ORDER BY seq LIMIT {}", q.limit);
         // SAFETY-FALLBACK: a cursor beyond i64 is past every seq: an empty page.

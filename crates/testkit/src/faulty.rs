@@ -399,6 +399,10 @@ impl Store for FaultyStore {
         self.gate()?;
         self.inner.audit_head().await
     }
+    async fn audit_lanes(&self) -> Result<Vec<mandate_core::audit::AuditLane>, StoreError> {
+        self.gate()?;
+        self.inner.audit_lanes().await
+    }
     async fn audit_events(&self, query: &AuditQuery) -> Result<Vec<Event>, StoreError> {
         self.gate()?;
         self.inner.audit_events(query).await

@@ -24,6 +24,7 @@ fn event(kind: &str, actor: &str) -> Event {
         request_id: Some("req-1".into()),
         prev_hash: String::new(),
         hash: String::new(),
+        lane: 0,
     }
 }
 
@@ -115,7 +116,7 @@ proptest! {
         parent in opt_text(), count in proptest::option::of(any::<u64>()),
     ) {
         let ev = Event { seq, time, kind, decision: a, subject: b, actor: c, chain, client_id: d, action: e, resource: f,
-            scope: g, jti: h, grant_id: i, parent, count, reason: j, request_id: k, prev_hash: prev, hash: "x".into() };
+            scope: g, jti: h, grant_id: i, parent, count, reason: j, request_id: k, prev_hash: prev, hash: "x".into(), lane: 0 };
         let mut direct = String::new();
         ev.write_canonical(&mut direct);
         prop_assert_eq!(direct, ev.canonical_via_value().unwrap());
@@ -172,4 +173,94 @@ fn feeding_in_pages_equals_verifying_at_once() {
     // An empty chain verifies, and fails against any checkpoint.
     assert_eq!(verify(&[], &[], &keys), Ok(0));
     assert_eq!(verify(&[], &cps[..1], &keys).unwrap_err().seq, 1);
+}
+
+/// `n` events spread over lanes 1, 2 and 3 in turn (seq 1 in lane 1, 2 in
+/// lane 2, …), each lane linked from its own genesis, in seq order.
+fn laned(n: u64) -> Vec<Event> {
+    let mut heads: BTreeMap<u64, String> = BTreeMap::new();
+    (1..=n)
+        .map(|seq| {
+            let lane = seq % 3 + 1;
+            let prev = heads.entry(lane).or_insert_with(|| lane_genesis(lane));
+            let mut e = seal(event("token.issued", &format!("agt_{seq}")), seq, prev).unwrap();
+            e.lane = lane;
+            prev.clone_from(&e.hash);
+            e
+        })
+        .collect()
+}
+
+#[test]
+fn lanes_start_at_their_own_genesis() {
+    assert_eq!(lane_genesis(0), GENESIS);
+    let (one, two) = (lane_genesis(1), lane_genesis(2));
+    assert!(is_chain_hash(&one) && is_chain_hash(&two) && one != two && one != GENESIS);
+    assert_eq!(one, hex(&Sha256::digest(b"mandate audit lane 1")));
+}
+
+#[test]
+fn interleaved_lanes_verify_with_checkpoints_of_their_heads() {
+    let key = SigningKey::generate(KeyAlg::EdDSA).unwrap();
+    let keys = [key.public().clone()];
+    let events = laned(30);
+    // The heads of lanes 1, 2 and 3 (seq 30, 28, 29) and one mid-lane event.
+    let cps: Vec<Checkpoint> = [10usize, 28, 29, 30]
+        .iter()
+        .map(|&s| sign_checkpoint(&key, s as u64, &events[s - 1].hash, "t").unwrap())
+        .collect();
+    assert_eq!(verify(&events, &cps, &keys), Ok(30));
+    let mut v = ChainVerifier::new(&cps, &keys);
+    for lane in 1..=3 {
+        let mine: Vec<Event> = events.iter().filter(|e| e.lane == lane).cloned().collect();
+        // Fed in two pages each.
+        v.feed_lane(lane, &mine[..5]).unwrap();
+        v.feed_lane(lane, &mine[5..]).unwrap();
+    }
+    let done = v.finish().unwrap();
+    assert_eq!((done.events, done.lanes, done.checkpoints, done.head.as_str()), (30, 3, 4, events[29].hash.as_str()));
+    // The lane is kept in JSON only when it is not 0, and is not hashed.
+    let json = serde_json::to_value(&events[0]).unwrap();
+    assert_eq!(json["lane"], 2);
+    assert_eq!(events[0].compute_hash().unwrap(), events[0].hash);
+    assert!(serde_json::to_value(&chain(1)[0]).unwrap().get("lane").is_none());
+}
+
+#[test]
+fn an_event_moved_to_another_lane_is_caught() {
+    let events = laned(30);
+    // seq 13 is lane 2's fifth event (after 10), and lands in lane 3 after 11.
+    let mut moved = events.clone();
+    moved[12].lane = 3;
+    assert_eq!(verify(&moved, &[], &[]).unwrap_err().seq, 11);
+    // A lane's first event, moved to a lane of its own.
+    let mut alone = events.clone();
+    alone[0].lane = 7;
+    assert_eq!(verify(&alone, &[], &[]).unwrap_err().seq, 1);
+    // Or into lane 0, which starts at 64 zeros.
+    let mut zero = events.clone();
+    zero[0].lane = 0;
+    assert_eq!(verify(&zero, &[], &[]).unwrap_err().seq, 1);
+}
+
+#[test]
+fn a_lane_tail_deleted_is_caught_by_its_heads_checkpoint() {
+    let key = SigningKey::generate(KeyAlg::EdDSA).unwrap();
+    let keys = [key.public().clone()];
+    let events = laned(30);
+    let heads: Vec<Checkpoint> =
+        [28usize, 29, 30].iter().map(|&s| sign_checkpoint(&key, s as u64, &events[s - 1].hash, "t").unwrap()).collect();
+    // Lane 2's head (seq 28) and the event before it (25) deleted: its lane
+    // now ends at 22, and the checkpoint at 28 meets nothing.
+    let cut: Vec<Event> = events.iter().filter(|e| e.seq != 28 && e.seq != 25).cloned().collect();
+    assert_eq!(verify(&cut, &[], &keys), Ok(28), "without the checkpoint the shorter lane verifies");
+    assert_eq!(verify(&cut, &heads, &keys).unwrap_err().seq, 23);
+    // An event deleted mid-lane breaks the lane after its predecessor.
+    let gap: Vec<Event> = events.iter().filter(|e| e.seq != 16).cloned().collect();
+    assert_eq!(verify(&gap, &[], &keys).unwrap_err().seq, 14);
+    // A failure in one lane does not hide an earlier one in another.
+    let mut two = events.clone();
+    two[20].scope = Some("admin".into()); // seq 21, lane 1 (after 18)
+    two[7].scope = Some("admin".into()); // seq 8, lane 3 (after 5), walked after lane 1
+    assert_eq!(verify(&two, &[], &keys).unwrap_err().seq, 6);
 }

@@ -1691,6 +1691,22 @@ impl Store for MemoryStore {
         self.read(|s| s.events.last().map(|e| (e.seq, e.hash.clone())))
     }
 
+    async fn audit_lanes(&self) -> Result<Vec<crate::audit::AuditLane>, StoreError> {
+        // One writer, one lane.
+        self.read(|s| {
+            s.events
+                .last()
+                .map(|e| crate::audit::AuditLane {
+                    lane: 0,
+                    seq: e.seq,
+                    hash: e.hash.clone(),
+                    checkpointed: s.checkpoints.contains_key(&e.seq),
+                })
+                .into_iter()
+                .collect()
+        })
+    }
+
     async fn audit_events(&self, q: &AuditQuery) -> Result<Vec<Event>, StoreError> {
         let is = |field: &Option<String>, wanted: &Option<String>| wanted.is_none() || field == wanted;
         self.read(|s| {
@@ -1698,6 +1714,7 @@ impl Store for MemoryStore {
                 .iter()
                 .filter(|e| {
                     e.seq > q.after
+                        && q.lane.is_none_or(|l| l == e.lane)
                         && is(&e.actor, &q.actor)
                         && is(&e.subject, &q.subject)
                         && is(&e.jti, &q.jti)

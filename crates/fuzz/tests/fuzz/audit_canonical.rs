@@ -238,6 +238,7 @@ fn event() -> impl Strategy<Value = Event> {
                 request_id,
                 prev_hash,
                 hash,
+                lane: 0,
             },
         )
 }

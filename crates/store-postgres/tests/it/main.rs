@@ -45,7 +45,12 @@ async fn fresh_store() -> anyhow::Result<Fresh> {
 
 /// A store on the database at `url`, which is dropped when the case is over.
 async fn store_on(url: String) -> anyhow::Result<Fresh> {
-    match mandate_store_postgres::PostgresStore::connect(&url).await {
+    store_with_writers(url, mandate_store_postgres::DEFAULT_WRITERS).await
+}
+
+/// [`store_on`] with `writers` writer tasks, and so as many lanes.
+async fn store_with_writers(url: String, writers: u32) -> anyhow::Result<Fresh> {
+    match mandate_store_postgres::PostgresStore::connect_with_writers(&url, writers).await {
         Ok(store) => Ok(Fresh::new(Arc::new(store)).on_close(move || async move { drop_databases(&[url]).await })),
         Err(e) => {
             drop_databases(&[url]).await?;
@@ -57,10 +62,16 @@ async fn store_on(url: String) -> anyhow::Result<Fresh> {
 mandate_testkit::store_conformance!(fresh_store());
 
 /// A fresh store, and the means to edit its database behind its back (the
-/// tamper cases), including a trigger that fails every audit insert.
+/// tamper cases), including a trigger that fails every audit insert. The
+/// shared cases expect one chain, numbered without gaps: one writer, one
+/// lane. The lane cases below take several.
 async fn tamper_rig() -> anyhow::Result<(TamperRig, Fresh)> {
+    tamper_rig_with(1).await
+}
+
+async fn tamper_rig_with(writers: u32) -> anyhow::Result<(TamperRig, Fresh)> {
     let url = fresh_database().await?;
-    let fresh = store_on(url.clone()).await?;
+    let fresh = store_with_writers(url.clone(), writers).await?;
     let exec: Exec = Arc::new(move |sql: String| {
         let url = url.clone();
         Box::pin(async move {
@@ -82,11 +93,29 @@ async fn tamper_rig() -> anyhow::Result<(TamperRig, Fresh)> {
         restore_appends: "DROP TRIGGER audit_fail ON audit_events",
         // Every column is typed and NOT NULL: no row can be left unreadable.
         garble_checkpoint: None,
+        extra_event_columns: ", lane",
     };
     Ok((rig, fresh))
 }
 
 mandate_testkit::store_tamper_suite!(tamper_rig());
+
+/// The tamper cases of a trail with several lanes (four writers).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_moved_to_another_lane_is_caught() -> anyhow::Result<()> {
+    let (rig, fresh) = tamper_rig_with(4).await?;
+    let outcome = mandate_testkit::conformance::tamper::an_event_moved_to_another_lane_is_caught(&rig).await;
+    drop(rig);
+    fresh.finish(outcome).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_lane_tail_is_caught_by_its_checkpoint() -> anyhow::Result<()> {
+    let (rig, fresh) = tamper_rig_with(4).await?;
+    let outcome = mandate_testkit::conformance::tamper::a_deleted_lane_tail_is_caught_by_its_checkpoint(&rig).await;
+    drop(rig);
+    fresh.finish(outcome).await
+}
 
 /// Drops the databases a test created, closing their connections.
 pub async fn drop_databases(urls: &[String]) -> anyhow::Result<()> {
@@ -210,6 +239,59 @@ async fn two_nodes_share_one_database() -> anyhow::Result<()> {
             kb.to_string().contains(rotated["kid"].as_str().unwrap_or("?")),
             "node B does not publish the new key"
         );
+        a.stop().await?;
+        b.stop().await?;
+        Ok::<_, anyhow::Error>(())
+    })
+    .await
+}
+
+/// Thirty tokens one after the other from `node`, then a checkpoint if due.
+async fn burst(node: &mandate_testkit::TestServer, agent: &mandate_testkit::TestAgent) -> anyhow::Result<()> {
+    for _ in 0..30 {
+        let (st, body) = node.token(agent, "https://api.example.com", "read").await?;
+        anyhow::ensure!(st == 200, "{body}");
+    }
+    node.mandate.checkpoint_if_due().await?;
+    Ok(())
+}
+
+/// Two nodes issuing tokens at the same time write the trail side by side,
+/// each writer in a lane of its own; afterwards the trail verifies on both
+/// nodes, against checkpoints signed while they wrote, and a witness
+/// verifies what `/v1/audit` serves offline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_write_the_trail_concurrently_and_it_verifies() -> anyhow::Result<()> {
+    on_fresh_database(|url| async move {
+        let nodes = Nodes::on(&url)?;
+        let (a, b) = (nodes.start().await?, nodes.start().await?);
+        let (_, agent) = a.seed().await?;
+        b.mandate.sync_from_store().await?;
+        for _ in 0..2 {
+            let (ra, rb) = tokio::join!(burst(&a, &agent), burst(&b, &agent));
+            ra?;
+            rb?;
+        }
+        a.mandate.checkpoint_if_due().await?;
+        let reader = nodes.store().await?;
+        let lanes = reader.audit_lanes().await?;
+        anyhow::ensure!(lanes.len() >= 2, "the two nodes wrote {} lane(s)", lanes.len());
+        let total = reader.audit_events(&mandate_core::audit::AuditQuery::page(0)).await?.len();
+        for node in [&a, &b] {
+            let (st, body) = node.admin(reqwest::Method::GET, "/v1/audit/verify", None).await?;
+            anyhow::ensure!(st == 200 && body["valid"] == true, "{body}");
+            anyhow::ensure!(body["events"] == total && body["lanes"] == lanes.len(), "{body}");
+            anyhow::ensure!(body["checkpoints"].as_u64().unwrap_or(0) >= 2, "{body}");
+        }
+        // A witness: the events as served, the checkpoints and the keys.
+        let (_, events) = a.admin(reqwest::Method::GET, "/v1/audit?limit=1000", None).await?;
+        let events: Vec<mandate_audit::Event> = serde_json::from_value(events["events"].clone())?;
+        let (_, cps) = a.admin(reqwest::Method::GET, "/v1/audit/checkpoints?limit=1000", None).await?;
+        let cps: Vec<mandate_audit::Checkpoint> = serde_json::from_value(cps["checkpoints"].clone())?;
+        let (_, keys) = a.call(reqwest::Method::GET, "/v1/audit/keys", None, None).await?;
+        let keys = mandate_jose::JwkSet::from_json(&keys)?.keys;
+        anyhow::ensure!(events.len() == total, "{} of {total} events served", events.len());
+        anyhow::ensure!(mandate_audit::verify(&events, &cps, &keys) == Ok(total as u64));
         a.stop().await?;
         b.stop().await?;
         Ok::<_, anyhow::Error>(())
@@ -561,13 +643,13 @@ async fn postgres_passes_the_delegation_scenarios() -> anyhow::Result<()> {
     result
 }
 
-/// An audit chain head that cannot be decoded stops the writer: the change
-/// that would append after it fails whole, and the chain is never restarted.
+/// A lane head that cannot be decoded stops its writer: the change that
+/// would append after it fails whole, and the lane is never restarted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_undecodable_audit_head_stops_the_writer() -> anyhow::Result<()> {
     use mandate_core::store::{Change, Mutation};
     on_fresh_database(|url| async move {
-        let store = mandate_store_postgres::PostgresStore::connect(&url).await?;
+        let store = mandate_store_postgres::PostgresStore::connect_with_writers(&url, 1).await?;
         let append = |i: u32| {
             let e = mandate_testkit::conformance::event("token.issued", &format!("agt_{i}"));
             Change::new().with(mandate_core::AuditRecord::new(e).mutation())
@@ -576,7 +658,7 @@ async fn an_undecodable_audit_head_stops_the_writer() -> anyhow::Result<()> {
             store.commit(append(i)).await?;
         }
         let pool = sqlx::PgPool::connect(&url).await?;
-        sqlx::query("UPDATE audit_head SET hash = 'not a hash' WHERE id = 1").execute(&pool).await?;
+        sqlx::query("UPDATE audit_lanes SET hash = 'not a hash'").execute(&pool).await?;
         let marker = Mutation::PutSettingIfAbsent { key: "marker".into(), value: "x".into() };
         let refused = store.commit(append(9).with(marker)).await;
         anyhow::ensure!(refused.is_err(), "an event was appended after an undecodable head");

@@ -41,6 +41,7 @@ async fn tamper_rig() -> anyhow::Result<(TamperRig, Fresh)> {
                        BEGIN SELECT RAISE(ABORT, 'injected fault'); END",
         restore_appends: "DROP TRIGGER audit_fail",
         garble_checkpoint: Some("UPDATE audit_checkpoints SET signature = x'00ff' WHERE seq = 10"),
+        extra_event_columns: "",
     };
     Ok((rig, Fresh::new(store).keeping(dir)))
 }

@@ -37,14 +37,40 @@ pub async fn audit_events_chain_in_commit_order(s: &Arc<dyn Store>) -> Result<()
     let mut expected = full.clone();
     expected.jti = Some("tok_0".into());
     let first = events.first().cloned().unwrap_or_else(|| event("?", "?"));
+    expected.lane = first.lane;
     ensure!(
         Event { seq: 0, prev_hash: String::new(), hash: String::new(), ..first.clone() } == expected,
         "event did not round-trip: {first:?}"
     );
-    ensure!(first.prev_hash == mandate_audit::GENESIS);
-    ensure!(events.windows(2).all(|w| w.get(1).map(|b| &b.prev_hash) == w.first().map(|a| &a.hash)));
+    // Each lane (one per writer; a single-writer store has only lane 0)
+    // starts at its genesis and links event to event in seq order.
+    let mut lanes: std::collections::BTreeMap<u64, String> = std::collections::BTreeMap::new();
+    for e in &events {
+        let prev = lanes.entry(e.lane).or_insert_with(|| mandate_audit::lane_genesis(e.lane));
+        ensure!(e.prev_hash == *prev, "seq {} does not link to the previous event of lane {}", e.seq, e.lane);
+        prev.clone_from(&e.hash);
+    }
+    let heads = s.audit_lanes().await?;
+    ensure!(heads.len() == lanes.len(), "audit_lanes lists {} lanes, the events have {}", heads.len(), lanes.len());
+    for h in &heads {
+        ensure!(lanes.get(&h.lane) == Some(&h.hash) && !h.checkpointed, "lane head {h:?}");
+    }
     ensure!(s.audit_head().await? == events.last().map(|e| (e.seq, e.hash.clone())));
     ensure!(intact(s).await? == 5);
+    // A lane's events, and no other's, by the lane filter.
+    for &lane in lanes.keys() {
+        let mine = s.audit_events(&AuditQuery { lane: Some(lane), ..AuditQuery::page(0) }).await?;
+        let expected: Vec<u64> = events.iter().filter(|e| e.lane == lane).map(|e| e.seq).collect();
+        ensure!(mine.iter().map(|e| e.seq).collect::<Vec<_>>() == expected, "lane {lane} reads {mine:?}");
+    }
+    ensure!(s.audit_events(&AuditQuery { lane: Some(1 << 40), ..AuditQuery::page(0) }).await?.is_empty());
+    // A checkpoint at a lane's head marks it vouched for.
+    for h in &heads {
+        let cp =
+            Checkpoint { seq: h.seq, hash: h.hash.clone(), time: "t".into(), kid: "k".into(), signature: "s".into() };
+        one(s, Mutation::InsertCheckpoint(cp)).await?;
+    }
+    ensure!(s.audit_lanes().await?.iter().all(|h| h.checkpointed), "a checkpointed head is not marked");
     Ok(())
 }
 

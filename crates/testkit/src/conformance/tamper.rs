@@ -35,6 +35,10 @@ pub struct TamperRig {
     /// SQL that leaves the checkpoint at seq 10 unreadable, where the
     /// store's column types allow it at all.
     pub garble_checkpoint: Option<&'static str>,
+    /// Columns of `audit_events` after `hash`, each with a leading comma
+    /// (`, lane` on PostgreSQL): what a copied row must carry to stay in its
+    /// lane.
+    pub extra_event_columns: &'static str,
 }
 
 /// Twenty events and checkpoints at seq 10 and 20, signed with an audit
@@ -93,8 +97,10 @@ async fn caught_at(rig: &TamperRig, sql: &str, bad_seq: u64) -> Result<()> {
     ensure!((rig.exec)(sql.to_owned()).await.is_err(), "the append-only guard let an edit through");
     (rig.exec)(rig.drop_guards.to_owned()).await?;
     (rig.exec)(sql.to_owned()).await?;
-    let seq = broken_at(&rig.store, &[]).await?;
-    ensure!(seq == bad_seq, "reported seq {seq}, expected {bad_seq}");
+    match verify_trail(rig.store.as_ref(), &[], None).await? {
+        TrailReport::Intact(v) => anyhow::bail!("tampering went unnoticed ({} events verify)", v.events),
+        TrailReport::Broken(t) => ensure!(t.seq == bad_seq, "reported {t}, expected seq {bad_seq}"),
+    }
     Ok(())
 }
 
@@ -113,10 +119,14 @@ pub async fn reordered_events_are_caught(rig: &TamperRig) -> Result<()> {
 }
 
 pub async fn an_inserted_event_is_caught(rig: &TamperRig) -> Result<()> {
-    let insert = "UPDATE audit_events SET seq = -seq - 1 WHERE seq >= 12; UPDATE audit_events SET seq = -seq WHERE seq < 0; \
-                  INSERT INTO audit_events SELECT 12, time, type, decision, subject, actor, chain, client_id, action, resource, \
-                  scope, jti, grant_id, parent, count, reason, request_id, prev_hash, hash FROM audit_events WHERE seq = 11";
-    caught_at(rig, insert, 12).await
+    // The copy goes into the lane of the events around it.
+    let insert = format!(
+        "UPDATE audit_events SET seq = -seq - 1 WHERE seq >= 12; UPDATE audit_events SET seq = -seq WHERE seq < 0; \
+         INSERT INTO audit_events SELECT 12, time, type, decision, subject, actor, chain, client_id, action, resource, \
+         scope, jti, grant_id, parent, count, reason, request_id, prev_hash, hash{} FROM audit_events WHERE seq = 11",
+        rig.extra_event_columns
+    );
+    caught_at(rig, &insert, 12).await
 }
 
 pub async fn a_truncated_tail_is_caught(rig: &TamperRig) -> Result<()> {
@@ -239,5 +249,97 @@ pub async fn a_failed_audit_insert_fails_its_whole_change(rig: &TamperRig) -> Re
     s.commit(change_again(burn, t.clone())).await?;
     ensure!(s.token(t.jti).await?.is_some());
     ensure!(intact(s).await? == 2);
+    Ok(())
+}
+
+/// A trail written by several writers at once, on a store with a lane per
+/// writer (PostgreSQL with more than one writer): at least two lanes, and
+/// each lane's head vouched for by a checkpoint signed with an audit key
+/// the store knows. Returns the events, in `seq` order.
+async fn laned_trail(rig: &TamperRig) -> Result<Vec<mandate_audit::Event>> {
+    let s = &rig.store;
+    let key = mandate_jose::SigningKey::generate(mandate_jose::KeyAlg::EdDSA)?;
+    one(s, Mutation::InsertSigningKey(audit_key_row(&key))).await?;
+    // Commits in flight together are spread over the writers; a few rounds
+    // make sure that at least two lanes hold events.
+    for round in 0..20 {
+        let mut commits = tokio::task::JoinSet::new();
+        for i in 0..16 {
+            let s = s.clone();
+            commits.spawn(async move {
+                let mut e = event("token.issued", &format!("agt_{round}_{i}"));
+                e.scope = Some("read".into());
+                one(&s, append(e)).await
+            });
+        }
+        while let Some(done) = commits.join_next().await {
+            done??;
+        }
+        if s.audit_lanes().await?.len() >= 2 {
+            break;
+        }
+    }
+    let heads = s.audit_lanes().await?;
+    ensure!(heads.len() >= 2, "the writers wrote {} lane(s)", heads.len());
+    for h in heads {
+        let cp = mandate_audit::sign_checkpoint(&key, h.seq, &h.hash, "2026-11-23T10:00:00.000000Z")?;
+        one(s, Mutation::InsertCheckpoint(cp)).await?;
+    }
+    let events = all_events(s).await?;
+    ensure!(intact(s).await? == events.len() as u64);
+    Ok(events)
+}
+
+/// The events of `lane`, in `seq` order.
+fn of_lane(events: &[mandate_audit::Event], lane: u64) -> Vec<&mandate_audit::Event> {
+    events.iter().filter(|e| e.lane == lane).collect()
+}
+
+/// An event moved to another lane no longer links in either: the lane it
+/// left breaks after its predecessor, and the lane it joined breaks after
+/// the event it lands behind; the earlier of the two is reported. Moved to
+/// a lane of its own, even a lane's first event fails, since every lane
+/// starts at a genesis of its own.
+pub async fn an_event_moved_to_another_lane_is_caught(rig: &TamperRig) -> Result<()> {
+    let events = laned_trail(rig).await?;
+    let lane_a = events.first().map(|e| e.lane).unwrap_or_default();
+    let lane_b = events.iter().find(|e| e.lane != lane_a).map(|e| e.lane).unwrap_or_default();
+    let mine = of_lane(&events, lane_a);
+    let (Some(before), Some(moved), Some(_after)) = (mine.first(), mine.get(1), mine.get(2)) else {
+        anyhow::bail!("lane {lane_a} holds {} events, too few to move one from its middle", mine.len());
+    };
+    let behind = of_lane(&events, lane_b).iter().map(|e| e.seq).filter(|&s| s < moved.seq).max().unwrap_or(0);
+    let sql = format!("UPDATE audit_events SET lane = {lane_b} WHERE seq = {}", moved.seq);
+    ensure!((rig.exec)(sql.clone()).await.is_err(), "the append-only guard let an edit through");
+    (rig.exec)(rig.drop_guards.to_owned()).await?;
+    (rig.exec)(sql).await?;
+    let seq = broken_at(&rig.store, &[]).await?;
+    let expected = before.seq.min(behind) + 1;
+    ensure!(seq == expected, "reported seq {seq}, expected {expected}");
+    // Moved back, the trail verifies again.
+    (rig.exec)(format!("UPDATE audit_events SET lane = {lane_a} WHERE seq = {}", moved.seq)).await?;
+    ensure!(intact(&rig.store).await? == events.len() as u64);
+    // A lane's first event, moved to a lane of its own.
+    (rig.exec)(format!("UPDATE audit_events SET lane = 424242 WHERE seq = {}", before.seq)).await?;
+    ensure!(broken_at(&rig.store, &[]).await? == 1, "a lane's first event moved to a new lane went unnoticed");
+    Ok(())
+}
+
+/// A lane's tail deleted is caught by the checkpoint of that lane's head,
+/// at one past the last event left below it; without that checkpoint the
+/// shortened lane verifies, which is why every lane's head is signed.
+pub async fn a_deleted_lane_tail_is_caught_by_its_checkpoint(rig: &TamperRig) -> Result<()> {
+    let events = laned_trail(rig).await?;
+    // The lane whose head is oldest: no other lane's events lie between its
+    // new end and the checkpoint.
+    let heads = rig.store.audit_lanes().await?;
+    let head = heads.iter().min_by_key(|h| h.seq).ok_or_else(|| anyhow::anyhow!("no lanes"))?;
+    let below = of_lane(&events, head.lane).iter().map(|e| e.seq).filter(|&s| s < head.seq).max().unwrap_or(0);
+    (rig.exec)(rig.drop_guards.to_owned()).await?;
+    (rig.exec)(format!("DELETE FROM audit_events WHERE seq = {}", head.seq)).await?;
+    let seq = broken_at(&rig.store, &[]).await?;
+    ensure!(seq == below + 1, "reported seq {seq}, expected {}", below + 1);
+    (rig.exec)(format!("DELETE FROM audit_checkpoints WHERE seq = {}", head.seq)).await?;
+    ensure!(intact(&rig.store).await? == events.len() as u64 - 1, "the shortened lane should verify on its own");
     Ok(())
 }
