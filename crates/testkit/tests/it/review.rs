@@ -67,7 +67,7 @@ async fn grant(w: &World, agent: &TestAgent, scope: &str, extra: &[(&str, &str)]
 
 async fn grant_of(w: &World, agent: &TestAgent) -> Result<String> {
     let (_, list) = w.s.admin(Method::GET, &format!("/v1/grants?agent={}", agent.id), None).await?;
-    text(&list["grants"][0], "id")
+    text(&list["items"][0], "id")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
