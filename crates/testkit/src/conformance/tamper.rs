@@ -302,8 +302,13 @@ fn of_lane(events: &[mandate_audit::Event], lane: u64) -> Vec<&mandate_audit::Ev
 /// starts at a genesis of its own.
 pub async fn an_event_moved_to_another_lane_is_caught(rig: &TamperRig) -> Result<()> {
     let events = laned_trail(rig).await?;
-    let lane_a = events.first().map(|e| e.lane).unwrap_or_default();
-    let lane_b = events.iter().find(|e| e.lane != lane_a).map(|e| e.lane).unwrap_or_default();
+    // The lane holding the most events (the writers share the load
+    // unevenly: one may hold a single event), and any other.
+    let mut lanes: Vec<u64> = events.iter().map(|e| e.lane).collect();
+    lanes.sort_unstable();
+    lanes.dedup();
+    let lane_a = lanes.iter().copied().max_by_key(|&l| of_lane(&events, l).len()).unwrap_or_default();
+    let lane_b = lanes.iter().copied().find(|&l| l != lane_a).unwrap_or_default();
     let mine = of_lane(&events, lane_a);
     let (Some(before), Some(moved), Some(_after)) = (mine.first(), mine.get(1), mine.get(2)) else {
         anyhow::bail!("lane {lane_a} holds {} events, too few to move one from its middle", mine.len());
