@@ -298,12 +298,20 @@ export class Server {
     return r.json();
   }
 
-  /** The grants, optionally for one user and/or agent. */
+  /** The grants, optionally for one user and/or agent: every page. */
   async grants({ user, agent } = {}) {
-    const q = new URLSearchParams({ limit: '1000' });
-    if (user) q.set('user', user);
-    if (agent) q.set('agent', agent);
-    return (await this.adminOk('GET', `/v1/grants?${q}`)).grants;
+    const all = [];
+    let cursor = null;
+    do {
+      const q = new URLSearchParams({ limit: '1000' });
+      if (user) q.set('user', user);
+      if (agent) q.set('agent', agent);
+      if (cursor) q.set('cursor', cursor);
+      const page = await this.adminOk('GET', `/v1/grants?${q}`);
+      all.push(...page.items);
+      cursor = page.next_cursor;
+    } while (cursor);
+    return all;
   }
 
   /**
