@@ -54,3 +54,28 @@ async fn openapi_matches_the_routes() -> anyhow::Result<()> {
     s.stop().await?;
     Ok(())
 }
+
+/// The document is committed as `docs/openapi.json`, for readers and for
+/// the outside validator `.ci/run` runs on it (tests/openapi/run), and it
+/// is exactly what the server serves.
+/// `MANDATE_UPDATE_OPENAPI=1 cargo test -p mandate-testkit --test it openapi`
+/// rewrites it.
+#[tokio::test]
+async fn the_committed_document_is_what_is_served() -> anyhow::Result<()> {
+    let s = TestServer::start().await?;
+    let served: serde_json::Value = s.http.get(format!("{}/openapi.json", s.url)).send().await?.json().await?;
+    s.stop().await?;
+    assert_eq!(served, mandate_server::openapi::document()?);
+    let text = serde_json::to_string_pretty(&served)? + "\n";
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/openapi.json");
+    if std::env::var_os("MANDATE_UPDATE_OPENAPI").is_some() {
+        std::fs::write(&path, &text)?;
+    }
+    let committed = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        committed == text,
+        "docs/openapi.json differs from GET /openapi.json: \
+         rewrite it with MANDATE_UPDATE_OPENAPI=1 cargo test -p mandate-testkit --test it openapi"
+    );
+    Ok(())
+}
