@@ -10,10 +10,12 @@ mod grants;
 pub mod idjag;
 mod may_act;
 mod minting;
+mod reapproval;
 mod refresh;
 
 pub use approvals::Approvers;
 pub use ciba::BcAuthorized;
+pub use reapproval::{Lapsed, Reapproved};
 pub(crate) use minting::Mint;
 
 use mandate_audit::Event;
