@@ -5,8 +5,8 @@ use anyhow::Result;
 use clap::{Args, Subcommand};
 use serde_json::Value;
 
-use crate::admin::{Output, Page};
 use crate::admin::client::Api;
+use crate::admin::{Output, Page};
 
 #[derive(Debug, Args)]
 pub struct ReviewArgs {

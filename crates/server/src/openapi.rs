@@ -206,9 +206,14 @@ pub const OPERATIONS: &[Operation] = &[
         ("unused_days", "days a scope or delegation may go unused (default 30)"),
         ("expiring_days", "days ahead an ending grant is expiring (default 7)"),
     ]),
-    op("get", "/v1/review/lapsed", "review", "Grants that expired without being revoked, as housekeeping reported them (admin, auditors)")
-        .query(&[("since", "RFC 3339: reported at or after"), LIMIT, CURSOR])
-        .ok(200, "Page"),
+    op(
+        "get",
+        "/v1/review/lapsed",
+        "review",
+        "Grants that expired without being revoked, as housekeeping reported them (admin, auditors)",
+    )
+    .query(&[("since", "RFC 3339: reported at or after"), LIMIT, CURSOR])
+    .ok(200, "Page"),
     op("get", "/v1/audit/verify", "audit", "Verify the chain and the checkpoints"),
     op("get", "/v1/audit/checkpoints", "audit", "The signed checkpoints"),
     op("get", "/v1/audit/keys", "audit", "The audit keys that sign checkpoints").auth(Auth::Public),

@@ -15,8 +15,8 @@ mod refresh;
 
 pub use approvals::Approvers;
 pub use ciba::BcAuthorized;
-pub use reapproval::{Lapsed, Reapproved};
 pub(crate) use minting::Mint;
+pub use reapproval::{Lapsed, Reapproved};
 
 use mandate_audit::Event;
 use mandate_model::ScopeSet;

@@ -26,9 +26,9 @@ const MAX_LAPSES_PER_PASS: usize = 2_000;
 pub enum Reapproved {
     /// Renewed at once (policy asked nobody, or the caller is the person
     /// it names): the grant with its new expiry.
-    Renewed(Grant),
+    Renewed(Box<Grant>),
     /// Waiting for the person (or group) policy names: nothing changed yet.
-    Waiting { grant: Grant, approval: Approval },
+    Waiting { grant: Box<Grant>, approval: Box<Approval> },
 }
 
 /// One page of lapsed grants, and the cursor of the next.
@@ -124,7 +124,7 @@ impl Mandate {
             let event = self.push_extension(&mut change, caller, &grant, to, purpose.clone(), &by, now);
             change.push(AuditRecord::new(event).mutation());
             self.commit_extension(change, id).await?;
-            return Ok(Reapproved::Renewed(extended(grant, to, purpose, now)));
+            return Ok(Reapproved::Renewed(Box::new(extended(grant, to, purpose, now))));
         }
         let Some(who) = approver else {
             return Err(Error::Unavailable("a reapproval with no one to ask".into()));
@@ -176,7 +176,7 @@ impl Mandate {
         change.push(Mutation::InsertApproval(approval.clone()));
         change.push(AuditRecord::new(event).mutation());
         self.store.commit(change).await?;
-        Ok(Reapproved::Waiting { grant, approval })
+        Ok(Reapproved::Waiting { grant: Box::new(grant), approval: Box::new(approval) })
     }
 
     /// Policy on renewing `grant`, decided as issuing it is: the user's
@@ -251,11 +251,8 @@ impl Mandate {
         change.push(Mutation::ExtendGrant { id: grant.id, from: grant.expires_at, to, at: now, purpose });
         let mut event = self.grant_event(kind::GRANT_REAPPROVED, caller, grant);
         event.decision = Some(ALLOW.into());
-        event.reason = Some(format!(
-            "approved_by {by}; ends at {} instead of {}",
-            event_time(to),
-            event_time(grant.expires_at)
-        ));
+        event.reason =
+            Some(format!("approved_by {by}; ends at {} instead of {}", event_time(to), event_time(grant.expires_at)));
         event
     }
 
@@ -298,7 +295,11 @@ impl Mandate {
     }
 
     /// The `grant.reapproval_denied` event of a denied reapproval.
-    pub(crate) async fn reapproval_denied(&self, caller: Caller, approval: &Approval) -> Result<mandate_audit::Event, Error> {
+    pub(crate) async fn reapproval_denied(
+        &self,
+        caller: Caller,
+        approval: &Approval,
+    ) -> Result<mandate_audit::Event, Error> {
         let grant = match approval.grant {
             Some(g) => self.store.grant(g).await?,
             None => None,
@@ -337,8 +338,7 @@ impl Mandate {
                 event.resource = Some(g.resource.clone());
                 event.scope = Some(g.scopes.to_claim());
                 event.chain = vec![g.user.to_string(), g.agent.to_string()];
-                event.reason =
-                    Some(format!("ended at {} without being revoked or renewed", event_time(g.expires_at)));
+                event.reason = Some(format!("ended at {} without being revoked or renewed", event_time(g.expires_at)));
                 let change = Change::new()
                     .with(Mutation::MarkGrantLapsed { id: g.id, at: now })
                     .with(AuditRecord::new(event).mutation());

@@ -27,9 +27,9 @@ use mandate_model::{AgentId, ApprovalId, GrantId, GroupId, Jti, ResourceId, Stre
 use time::OffsetDateTime;
 
 use super::{
-    AgentActivity, AgentListQuery, Applied, ApprovalQuery, AttemptCounter, Change, GrantQuery, GrantState, LapsedQuery, ListedAgent,
-    Mutation, Page, PolicyVersion, Receipt, ResourceListQuery, ScimGroupQuery, ScimUserQuery, Store, StoreError,
-    StoredKey, StoredPolicy, UserListQuery,
+    AgentActivity, AgentListQuery, Applied, ApprovalQuery, AttemptCounter, Change, GrantQuery, GrantState, LapsedQuery,
+    ListedAgent, Mutation, Page, PolicyVersion, Receipt, ResourceListQuery, ScimGroupQuery, ScimUserQuery, Store,
+    StoreError, StoredKey, StoredPolicy, UserListQuery,
 };
 use crate::audit::{AuditQuery, seal_record};
 

@@ -133,7 +133,13 @@ pub async fn concurrent_lapse_reports_and_renewals_admit_one(s: &Arc<dyn Store>)
     let renew = || {
         let s = s.clone();
         async move {
-            let m = Mutation::ExtendGrant { id: r.id, from: r.expires_at, to: now + Duration::days(1), at: now, purpose: None };
+            let m = Mutation::ExtendGrant {
+                id: r.id,
+                from: r.expires_at,
+                to: now + Duration::days(1),
+                at: now,
+                purpose: None,
+            };
             one(&s, m).await
         }
     };

@@ -21,9 +21,15 @@ fn time_of(v: &Value, key: &str) -> Result<OffsetDateTime> {
     Ok(OffsetDateTime::parse(&text(v, key)?, &Rfc3339)?)
 }
 
-/// The server's clock, as a time.
+/// The server's clock, as a time (to the second).
 fn now(s: &TestServer) -> Result<OffsetDateTime> {
     Ok(OffsetDateTime::from_unix_timestamp(s.now())?)
+}
+
+/// One grant lifetime (a day) from the server's now, to the second.
+fn a_day_on(s: &TestServer, t: OffsetDateTime) -> Result<bool> {
+    let expected = now(s)? + Duration::hours(24);
+    Ok(t >= expected && t < expected + Duration::seconds(1))
 }
 
 /// The planner's only grant, as the admin lists it.
@@ -70,18 +76,28 @@ async fn policy_renews_a_grant_in_place() -> Result<()> {
     ensure!(st == 200, "reapprove: {st} {renewed}");
     ensure!(renewed["reapproval"] == "renewed" && renewed["id"] == id.as_str(), "{renewed}");
     let until = time_of(&renewed, "expires_at")?;
-    ensure!(until == now(&w.s)? + Duration::hours(24) && until > was, "{renewed}");
+    ensure!(a_day_on(&w.s, until)? && until > was, "{renewed}");
     ensure!(renewed["reapprovals"] == 1 && renewed["purpose"] == "keep planning", "{renewed}");
     ensure!(renewed["scopes"] == json!(["read"]) && renewed["resource"] == CAL, "scopes unchanged: {renewed}");
     let stored = the_grant(&w).await?;
     ensure!(time_of(&stored, "expires_at")? == until && stored["reapprovals"] == 1, "{stored}");
-    // The same grant: its refresh token goes on past the old expiry.
-    w.s.clock.advance(Duration::hours(5));
+    // The same grant: a refresh token rotated after the renewal ends with
+    // the renewed grant, and goes on past the old end.
+    w.s.clock.advance(Duration::hours(1));
     let rt = text(&tokens, "refresh_token")?;
     let (st, body) = w.grant(&w.planner, &[("grant_type", "refresh_token"), ("refresh_token", &rt)]).await?;
     ensure!(st == 200, "refresh after renewal: {st} {body}");
+    w.s.clock.advance(Duration::hours(4));
+    let rt = text(&body, "refresh_token")?;
+    let (st, body) = w.grant(&w.planner, &[("grant_type", "refresh_token"), ("refresh_token", &rt)]).await?;
+    ensure!(st == 200, "refresh past the old end: {st} {body}");
+    let exp = mandate_testkit::scenarios::claims(&text(&body, "access_token")?)["exp"].as_i64().context("exp")?;
+    ensure!(exp > was.unix_timestamp() && exp <= until.unix_timestamp(), "{exp}");
     let events = w.s.audit(&format!("type=grant.reapproved&grant={id}")).await?;
-    ensure!(events.len() == 1 && events[0]["actor"] == w.alice.as_str() && events[0]["decision"] == "allow", "{events:?}");
+    ensure!(
+        events.len() == 1 && events[0]["actor"] == w.alice.as_str() && events[0]["decision"] == "allow",
+        "{events:?}"
+    );
     // The admin may renew it too; the agent's owner is Alice as well.
     let (st, again) = reapprove(&w, None, &id, None).await?;
     ensure!(st == 200 && again["reapprovals"] == 2 && again["purpose"] == "keep planning", "{st} {again}");
@@ -101,8 +117,7 @@ async fn a_person_named_by_policy_approves_the_renewal() -> Result<()> {
     ensure!(st == 202 && waiting["reapproval"] == "pending", "{st} {waiting}");
     let approval = text(&waiting, "approval")?;
     ensure!(time_of(&the_grant(&w).await?, "expires_at")? == was, "unchanged until approved");
-    let (st, inbox) =
-        w.s.call(Method::GET, "/v1/approvals?status=pending", Some(&w.alice_token), None).await?;
+    let (st, inbox) = w.s.call(Method::GET, "/v1/approvals?status=pending", Some(&w.alice_token), None).await?;
     ensure!(st == 200, "{st} {inbox}");
     let mine = inbox["approvals"].as_array().context("approvals")?;
     ensure!(mine.len() == 1 && mine[0]["id"] == approval.as_str(), "{inbox}");
@@ -115,7 +130,7 @@ async fn a_person_named_by_policy_approves_the_renewal() -> Result<()> {
     ensure!(st == 200 && body["status"] == "approved", "{st} {body}");
     let renewed = the_grant(&w).await?;
     let until = time_of(&renewed, "expires_at")?;
-    ensure!(until == now(&w.s)? + Duration::hours(24) && renewed["reapprovals"] == 1, "{renewed}");
+    ensure!(a_day_on(&w.s, until)? && renewed["reapprovals"] == 1, "{renewed}");
     ensure!(renewed["id"] == id.as_str(), "the same grant");
     let asked = w.s.audit(&format!("type=grant.reapproval_requested&grant={id}")).await?;
     let done = w.s.audit(&format!("type=grant.reapproved&grant={id}")).await?;
@@ -146,6 +161,7 @@ async fn a_renewal_policy_denies_is_403_and_changes_nothing() -> Result<()> {
     w.granted(&w.planner, "read").await?;
     let g = the_grant(&w).await?;
     let id = text(&g, "id")?;
+    w.s.clock.advance(Duration::hours(6));
     // Alice leaves staff: she no longer holds read herself.
     let (st, body) = w.s.admin(Method::PATCH, &format!("/v1/users/{}", w.alice), Some(json!({"groups": []}))).await?;
     ensure!(st == 200, "{st} {body}");
