@@ -70,7 +70,7 @@ pub async fn lapsed(
         })
         .transpose()?;
     let limit = mandate_core::inventory::page_size(crate::delegation::parsed::<u32>("limit", q.get("limit"))?)?;
-    let before = q.get("cursor").map(|c| lapsed_cursor(c)).transpose()?;
+    let before = q.get("cursor").map(String::as_str).map(lapsed_cursor).transpose()?;
     let page = s.mandate.lapsed_grants(c, LapsedQuery { since, before, limit }).await?;
     let now = s.mandate.now();
     let items = page.items.iter().map(|g| crate::delegation::grant_json(g, now)).collect::<Result<Vec<_>, _>>()?;
