@@ -76,7 +76,12 @@ async fn mandate_review_lapsed_and_grants_reapprove() -> Result<()> {
     ensure!(out.status.code() == Some(3), "{out:?}");
 
     let grants = |args: &[&str]| -> Result<Output> {
-        Ok(mandate().arg("grants").args(["--server", node.url.as_str()]).args(args).env("MANDATE_ADMIN_TOKEN", ADMIN).output()?)
+        Ok(mandate()
+            .arg("grants")
+            .args(["--server", node.url.as_str()])
+            .args(args)
+            .env("MANDATE_ADMIN_TOKEN", ADMIN)
+            .output()?)
     };
     let out = grants(&["reapprove", "grt_01J00000000000000000000000"])?;
     ensure!(out.status.code() == Some(5), "an unknown grant: {out:?}");
