@@ -2,11 +2,11 @@
 //! running server.
 
 use anyhow::Result;
-use clap::Args;
+use clap::{Args, Subcommand};
 use serde_json::Value;
 
-use crate::admin::Output;
 use crate::admin::client::Api;
+use crate::admin::{Output, Page};
 
 #[derive(Debug, Args)]
 pub struct ReviewArgs {
@@ -22,11 +22,29 @@ pub struct ReviewArgs {
     /// Days ahead in which an ending grant is reported as expiring.
     #[arg(long)]
     expiring_days: Option<u32>,
+    #[command(subcommand)]
+    command: Option<ReviewCommand>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ReviewCommand {
+    /// Grants that expired without being revoked, as housekeeping
+    /// reported them (`GET /v1/review/lapsed`), newest first: exit 0.
+    Lapsed {
+        /// Only those reported at or after this RFC 3339 time.
+        #[arg(long)]
+        since: Option<String>,
+        #[command(flatten)]
+        page: Page,
+    },
 }
 
 /// `Ok(true)` when there are no findings; `main` exits 1 when there are
 /// some (the answer is no), and by the refusal's code on errors.
 pub async fn run(args: ReviewArgs) -> Result<bool> {
+    if let Some(ReviewCommand::Lapsed { since, page }) = args.command {
+        return crate::admin::lapsed(since, page, args.out).await.map(|()| true);
+    }
     let mut query = Vec::new();
     for (name, v) in
         [("stale_days", args.stale_days), ("unused_days", args.unused_days), ("expiring_days", args.expiring_days)]

@@ -64,6 +64,14 @@ pub mod kind {
     pub const GRANT_CREATED: &str = "grant.created";
     pub const GRANT_REVOKED: &str = "grant.revoked";
     pub const GRANT_DENIED: &str = "grant.denied";
+    /// A reapproval waits for the person (or group) policy names (ADR 0036).
+    pub const GRANT_REAPPROVAL_REQUESTED: &str = "grant.reapproval_requested";
+    /// A grant's expiry was moved forward by a reapproval.
+    pub const GRANT_REAPPROVED: &str = "grant.reapproved";
+    /// Policy, or the person asked, refused to renew a grant.
+    pub const GRANT_REAPPROVAL_DENIED: &str = "grant.reapproval_denied";
+    /// Housekeeping found a grant expired without being revoked.
+    pub const GRANT_LAPSED: &str = "grant.lapsed";
     pub const APPROVAL_REQUESTED: &str = "approval.requested";
     pub const APPROVAL_APPROVED: &str = "approval.approved";
     pub const APPROVAL_DENIED: &str = "approval.denied";

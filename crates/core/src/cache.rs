@@ -232,6 +232,12 @@ impl Store for CachingStore {
     async fn grants(&self, q: &GrantQuery) -> Result<Vec<Grant>, StoreError> {
         self.inner.grants(q).await
     }
+    async fn lapse_due(&self, now: OffsetDateTime, limit: u32) -> Result<Vec<Grant>, StoreError> {
+        self.inner.lapse_due(now, limit).await
+    }
+    async fn lapsed_grants(&self, q: &crate::store::LapsedQuery) -> Result<Vec<Grant>, StoreError> {
+        self.inner.lapsed_grants(q).await
+    }
     async fn backchannel(&self, agent: AgentId) -> Result<Option<mandate_model::delivery::Backchannel>, StoreError> {
         self.inner.backchannel(agent).await
     }

@@ -347,7 +347,9 @@ impl Mandate {
             return Ok(());
         }
         let (scopes, action, target) = match &approval.subject {
-            ApprovalSubject::Grant { scopes, .. } => (Some(scopes.to_claim()), None, None),
+            ApprovalSubject::Grant { scopes, .. } | ApprovalSubject::Reapproval { scopes, .. } => {
+                (Some(scopes.to_claim()), None, None)
+            }
             ApprovalSubject::Action { action, target, .. } => (None, Some(action.clone()), Some(target.clone())),
         };
         let notice = ApprovalNotice {

@@ -191,6 +191,8 @@ struct Windows {
     stale: String,
     unused: String,
     earliest: String,
+    /// The `expiring` window's length.
+    expiring: Duration,
 }
 
 impl Mandate {
@@ -219,6 +221,7 @@ impl Mandate {
             stale: event_time(stale_since),
             unused: event_time(unused_since),
             earliest: event_time(earliest),
+            expiring: Duration::days(i64::from(t.expiring_days)),
         };
         let floor = self.first_seq_since(&windows.earliest).await?;
         let mut owners: HashMap<UserId, Option<User>> = HashMap::new();
@@ -332,7 +335,7 @@ impl Mandate {
         out: &mut Vec<Finding>,
     ) -> Result<(), Error> {
         let subject = g.id.to_string();
-        if g.expires_at <= expiring_before {
+        if is_expiring(g, expiring_before, w.expiring) {
             out.push(Finding::new(
                 FindingKind::Expiring,
                 subject.clone(),
@@ -500,6 +503,16 @@ impl Mandate {
     }
 }
 
+/// Whether a live grant is `expiring` (ADR 0036): it ends by
+/// `expiring_before`, and either its lifetime is at least the window's
+/// length or it was reapproved before. A grant whose whole life fits in the
+/// window (the default day-long grant under the 7-day window) is short by
+/// design, and flagging every one of them would bury the findings that
+/// matter.
+fn is_expiring(g: &Grant, expiring_before: OffsetDateTime, window: Duration) -> bool {
+    g.expires_at <= expiring_before && (g.reapprovals > 0 || g.expires_at - g.created_at >= window)
+}
+
 /// The scopes of a resource's `scopes` map that cover `action`.
 fn covering(scopes: &BTreeMap<String, Vec<String>>, action: &str) -> Vec<String> {
     scopes
@@ -565,6 +578,41 @@ mod tests {
         assert_eq!((t.stale_days, t.unused_days, t.expiring_days, t.spawn_rate), (0, 30, 7, 100));
         let too_long = ThresholdOverrides { expiring_days: Some(MAX_DAYS + 1), ..Default::default() };
         assert!(matches!(Thresholds::default().with(too_long), Err(Error::BadInput(_))));
+        Ok(())
+    }
+
+    #[test]
+    fn a_grant_shorter_than_the_window_is_expiring_only_once_reapproved() -> Result<(), Error> {
+        let t0 = OffsetDateTime::UNIX_EPOCH + Duration::days(1_000);
+        let mut g = Grant {
+            id: "grt_01J00000000000000000000000".parse().map_err(|_| Error::BadInput("id".into()))?,
+            user: "usr_01J00000000000000000000000".parse().map_err(|_| Error::BadInput("id".into()))?,
+            agent: "agt_01J00000000000000000000000".parse().map_err(|_| Error::BadInput("id".into()))?,
+            resource: "https://api.example".into(),
+            scopes: mandate_model::ScopeSet::parse("read").map_err(|e| Error::BadInput(e.to_string()))?,
+            purpose: None,
+            approved_by: "policy".into(),
+            status: mandate_model::records::GrantStatus::Active,
+            created_at: t0,
+            expires_at: t0 + Duration::days(1),
+            revoked_at: None,
+            last_used_at: None,
+            may_act: None,
+            authorization_details: Default::default(),
+            reapproved_at: None,
+            reapprovals: 0,
+            lapsed_at: None,
+        };
+        let week = Duration::days(7);
+        let before = t0 + week;
+        assert!(!is_expiring(&g, before, week), "a day-long grant under a week's window");
+        g.reapprovals = 1;
+        assert!(is_expiring(&g, before, week), "a renewed grant is reminded of");
+        g.reapprovals = 0;
+        g.expires_at = t0 + Duration::days(7);
+        assert!(is_expiring(&g, before, week), "a grant as long as the window");
+        g.expires_at = t0 + Duration::days(8);
+        assert!(!is_expiring(&g, before, week), "ends after the window");
         Ok(())
     }
 

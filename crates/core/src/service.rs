@@ -821,6 +821,7 @@ impl Mandate {
                 Err(e) => return Err(e.into()),
             }
         }
+        self.report_lapses(now).await?;
         Ok(())
     }
 }

@@ -348,6 +348,26 @@ pub enum Mutation {
         agent: AgentId,
         at: OffsetDateTime,
     },
+    /// Moves a grant's expiry from `from` to `to` (a reapproval, ADR
+    /// 0036), stamping `reapproved_at` and counting it; `purpose`, when
+    /// given, replaces the grant's. Fails with `Conflict` unless the grant
+    /// is active, still expires at `from`, and `from` is after `at` (it has
+    /// not lapsed): of concurrent renewals exactly one wins. Nothing else
+    /// moves a grant's expiry.
+    ExtendGrant {
+        id: GrantId,
+        from: OffsetDateTime,
+        to: OffsetDateTime,
+        at: OffsetDateTime,
+        purpose: Option<String>,
+    },
+    /// Stamps a grant lapsed at `at` (ADR 0036): fails with `Conflict`
+    /// unless it is active, expired at `at`, and not stamped yet, so that
+    /// of several nodes reporting it exactly one does.
+    MarkGrantLapsed {
+        id: GrantId,
+        at: OffsetDateTime,
+    },
     /// Records the grant's last use.
     TouchGrant {
         id: GrantId,
@@ -572,6 +592,18 @@ pub struct GrantQuery {
     pub limit: u32,
 }
 
+/// Which lapsed grants to list (`GET /v1/review/lapsed`): those reported
+/// lapsed at or after `since`, newest report first (by `lapsed_at`, then
+/// id), below the `before` cursor.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LapsedQuery {
+    pub since: Option<OffsetDateTime>,
+    /// Keyset cursor: the (`lapsed_at`, id) of the last grant of the
+    /// previous page.
+    pub before: Option<(OffsetDateTime, GrantId)>,
+    pub limit: u32,
+}
+
 /// A grant's status as lists filter it: stored `revoked`, or stored
 /// `active` and before (`Active`) or at/after (`Expired`) its expiry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -761,6 +793,7 @@ impl Mutation {
                 | Mutation::RevokeTokensOfGrant { .. }
                 | Mutation::RevokeGrantsOfUser { .. }
                 | Mutation::RevokeGrantsOfAgent { .. }
+                | Mutation::ExtendGrant { .. }
                 | Mutation::DecideApproval { .. }
                 | Mutation::RevokeTokensOfFamily { .. }
                 // Other nodes reload these at once when the epoch moves
@@ -1005,6 +1038,13 @@ pub trait Store: Send + Sync + 'static {
     async fn grant(&self, id: GrantId) -> Result<Option<Grant>, StoreError>;
     /// Grants matching `query`, newest first, at most `query.limit`.
     async fn grants(&self, query: &GrantQuery) -> Result<Vec<Grant>, StoreError>;
+    /// Grants that expired at or before `now` without being revoked and
+    /// are not yet reported lapsed: earliest expiry first, at most `limit`
+    /// (an index on the expiry of unreported active grants; reported and
+    /// revoked ones are never read).
+    async fn lapse_due(&self, now: OffsetDateTime, limit: u32) -> Result<Vec<Grant>, StoreError>;
+    /// Grants reported lapsed, as `query` selects (see [`LapsedQuery`]).
+    async fn lapsed_grants(&self, query: &LapsedQuery) -> Result<Vec<Grant>, StoreError>;
     async fn approval(&self, id: ApprovalId) -> Result<Option<Approval>, StoreError>;
     /// Approvals matching `query`, newest first, at most `query.limit`.
     async fn approvals(&self, query: &ApprovalQuery) -> Result<Vec<Approval>, StoreError>;

@@ -508,6 +508,20 @@ pub struct Grant {
     /// the grant carry them.
     #[serde(skip_serializing_if = "AuthorizationDetails::is_empty")]
     pub authorization_details: AuthorizationDetails,
+    /// The last reapproval that extended `expires_at` (ADR 0036).
+    #[serde(with = "time::serde::rfc3339::option", skip_serializing_if = "Option::is_none")]
+    pub reapproved_at: Option<OffsetDateTime>,
+    /// How many reapprovals extended it.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub reapprovals: u32,
+    /// When housekeeping reported it lapsed: expired without being revoked
+    /// (ADR 0036). Set once.
+    #[serde(with = "time::serde::rfc3339::option", skip_serializing_if = "Option::is_none")]
+    pub lapsed_at: Option<OffsetDateTime>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl Grant {
@@ -574,6 +588,14 @@ pub enum ApprovalSubject {
         may_act: Option<crate::actors::MayAct>,
         #[serde(default, skip_serializing_if = "AuthorizationDetails::is_empty")]
         authorization_details: AuthorizationDetails,
+    },
+    /// Renewing a live grant (the approval's `grant`) for another grant
+    /// lifetime, with the same `scopes` (ADR 0036); `purpose` replaces the
+    /// grant's when given.
+    Reapproval {
+        scopes: ScopeSet,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        purpose: Option<String>,
     },
     /// One action on one checked resource, for the token chain `chain`.
     Action {

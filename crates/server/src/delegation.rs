@@ -68,6 +68,45 @@ pub async fn revoke_grant(
     Ok(Json(out).into_response())
 }
 
+/// The optional body of `POST /v1/grants/{id}/reapprove`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReapproveBody {
+    /// Replaces the grant's purpose when renewed.
+    #[serde(default)]
+    purpose: Option<String>,
+}
+
+/// `POST /v1/grants/{id}/reapprove` (ADR 0036): 200 with the renewed grant,
+/// or 202 with the approval a person must decide first.
+pub async fn reapprove_grant(
+    State(s): State<AppState>,
+    Authed(c): Authed,
+    Path(raw): Path<String>,
+    crate::extract::OptionalJson(body): crate::extract::OptionalJson<ReapproveBody>,
+) -> Result<Response, Problem> {
+    let id = raw.parse::<GrantId>().map_err(|e| Problem::bad_input(e.to_string()))?;
+    let now = s.mandate.now();
+    match s.mandate.reapprove_grant(c, id, body.purpose).await? {
+        mandate_core::delegation::Reapproved::Renewed(grant) => {
+            let mut out = grant_json(&grant, now)?;
+            if let Some(o) = out.as_object_mut() {
+                o.insert("reapproval".into(), json!("renewed"));
+            }
+            Ok(Json(out).into_response())
+        }
+        mandate_core::delegation::Reapproved::Waiting { grant, approval } => {
+            let out = json!({
+                "reapproval": "pending",
+                "approval": approval.id.to_string(),
+                "approval_expires_at": mandate_core::audit::event_time(approval.expires_at),
+                "grant": grant_json(&grant, now)?,
+            });
+            Ok((axum::http::StatusCode::ACCEPTED, Json(out)).into_response())
+        }
+    }
+}
+
 /// `GET /v1/approvals?status=&limit=`.
 pub async fn list_approvals(
     State(s): State<AppState>,

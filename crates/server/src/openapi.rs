@@ -168,6 +168,14 @@ pub const OPERATIONS: &[Operation] = &[
         ])
         .ok(200, "Page"),
     op("post", "/v1/grants/{id}/revoke", "grants", "Revoke a grant and every token under it").auth(Auth::AdminOrUser),
+    op(
+        "post",
+        "/v1/grants/{id}/reapprove",
+        "grants",
+        "Renew a grant ending within the review window: policy decides again; 202 when a person must approve",
+    )
+    .auth(Auth::AdminOrUser)
+    .body("Object"),
     op("get", "/v1/approvals", "approvals", "List approvals the caller may decide").auth(Auth::AdminOrUser).query(&[
         ("status", "pending, approved, denied or expired"),
         ("limit", "at most this many"),
@@ -198,6 +206,14 @@ pub const OPERATIONS: &[Operation] = &[
         ("unused_days", "days a scope or delegation may go unused (default 30)"),
         ("expiring_days", "days ahead an ending grant is expiring (default 7)"),
     ]),
+    op(
+        "get",
+        "/v1/review/lapsed",
+        "review",
+        "Grants that expired without being revoked, as housekeeping reported them (admin, auditors)",
+    )
+    .query(&[("since", "RFC 3339: reported at or after"), LIMIT, CURSOR])
+    .ok(200, "Page"),
     op("get", "/v1/audit/verify", "audit", "Verify the chain and the checkpoints"),
     op("get", "/v1/audit/checkpoints", "audit", "The signed checkpoints"),
     op("get", "/v1/audit/keys", "audit", "The audit keys that sign checkpoints").auth(Auth::Public),
@@ -245,6 +261,7 @@ pub fn admin_routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
         ("/v1/scim-tokens/{id}/revoke", post(admin::revoke_scim_token)),
         ("/v1/grants", get(inventory::list_grants)),
         ("/v1/grants/{id}/revoke", post(delegation::revoke_grant)),
+        ("/v1/grants/{id}/reapprove", post(delegation::reapprove_grant)),
         ("/v1/approvals", get(delegation::list_approvals)),
         ("/v1/approvals/{id}/{decision}", post(delegation::decide_approval)),
         ("/v1/audit", get(audit::query)),
@@ -253,6 +270,7 @@ pub fn admin_routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
         ("/v1/audit/keys", get(audit::keys)),
         ("/v1/audit/trace/{id}", get(audit::trace)),
         ("/v1/review", get(review::findings)),
+        ("/v1/review/lapsed", get(review::lapsed)),
     ]
 }
 

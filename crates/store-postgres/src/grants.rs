@@ -42,8 +42,8 @@ pub(crate) async fn apply(conn: &mut PgConnection, m: &Mutation) -> Result<u64, 
             r
         }
         Mutation::InsertGrant(g) => sqlx::query(
-            "INSERT INTO grants (id, user_id, agent, resource, scopes, purpose, approved_by, status, created_at, expires_at, revoked_at, last_used_at, may_act, authorization_details) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+            "INSERT INTO grants (id, user_id, agent, resource, scopes, purpose, approved_by, status, created_at, expires_at, revoked_at, last_used_at, may_act, authorization_details, \
+             reapproved_at, reapprovals, lapsed_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
         )
         .bind(g.id.to_string())
         .bind(g.user.to_string())
@@ -59,6 +59,9 @@ pub(crate) async fn apply(conn: &mut PgConnection, m: &Mutation) -> Result<u64, 
         .bind(g.last_used_at.map(ts).transpose()?)
         .bind(g.may_act.as_ref().map(mandate_model::actors::MayAct::to_list))
         .bind(json(&g.authorization_details)?)
+        .bind(g.reapproved_at.map(ts).transpose()?)
+        .bind(i64::from(g.reapprovals))
+        .bind(g.lapsed_at.map(ts).transpose()?)
         .execute(&mut *conn)
         .await
         .map_err(|e| map_write_error(e, "grant"))?,
@@ -80,6 +83,38 @@ pub(crate) async fn apply(conn: &mut PgConnection, m: &Mutation) -> Result<u64, 
             .execute(&mut *conn)
             .await
             .map_err(unavailable)?,
+        Mutation::ExtendGrant { id, from, to, at, purpose } => {
+            let r = sqlx::query(
+                "UPDATE grants SET expires_at = $1, reapproved_at = $2, reapprovals = reapprovals + 1, \
+                 purpose = COALESCE($3, purpose) WHERE id = $4 AND status = 'active' AND expires_at = $5 AND expires_at > $2",
+            )
+            .bind(ts(*to)?)
+            .bind(ts(*at)?)
+            .bind(purpose)
+            .bind(id.to_string())
+            .bind(ts(*from)?)
+            .execute(&mut *conn)
+            .await
+            .map_err(unavailable)?;
+            if r.rows_affected() == 0 {
+                return Err(StoreError::Conflict(format!("grant {id} is not live with that expiry")));
+            }
+            r
+        }
+        Mutation::MarkGrantLapsed { id, at } => {
+            let r = sqlx::query(
+                "UPDATE grants SET lapsed_at = $1 WHERE id = $2 AND status = 'active' AND lapsed_at IS NULL AND expires_at <= $1",
+            )
+            .bind(ts(*at)?)
+            .bind(id.to_string())
+            .execute(&mut *conn)
+            .await
+            .map_err(unavailable)?;
+            if r.rows_affected() == 0 {
+                return Err(StoreError::Conflict(format!("grant {id} is not due to be reported lapsed")));
+            }
+            r
+        }
         Mutation::TouchGrant { id, at } => sqlx::query("UPDATE grants SET last_used_at = $1 WHERE id = $2")
             .bind(ts(*at)?)
             .bind(id.to_string())
@@ -107,5 +142,8 @@ pub(crate) fn grant_row(r: &PgRow) -> Result<Grant, StoreError> {
         last_used_at: get(r, "last_used_at")?,
         may_act: get(r, "may_act")?,
         authorization_details: get(r, "authorization_details")?,
+        reapproved_at: get(r, "reapproved_at")?,
+        reapprovals: get(r, "reapprovals")?,
+        lapsed_at: get(r, "lapsed_at")?,
     })
 }

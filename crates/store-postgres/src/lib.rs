@@ -456,6 +456,26 @@ impl Store for PostgresStore {
         rows.iter().map(grant_row).collect()
     }
 
+    async fn lapse_due(&self, now: time::OffsetDateTime, limit: u32) -> Result<Vec<Grant>, StoreError> {
+        // Read from the partial index `grants_lapse_due` (migration 0028).
+        let rows = sqlx::query(
+            "SELECT * FROM grants WHERE status = 'active' AND lapsed_at IS NULL AND expires_at <= $1 \
+             ORDER BY expires_at, id LIMIT $2",
+        )
+        .bind(ts(now)?)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        rows.iter().map(grant_row).collect()
+    }
+
+    async fn lapsed_grants(&self, q: &mandate_core::store::LapsedQuery) -> Result<Vec<Grant>, StoreError> {
+        let (tail, values) = codec::lapsed_list_where(q, |n| format!("${n}"))?;
+        let rows = self.list(&format!("SELECT * FROM grants{tail}"), values).await?;
+        rows.iter().map(grant_row).collect()
+    }
+
     async fn approval(&self, id: ApprovalId) -> Result<Option<Approval>, StoreError> {
         self.one("SELECT * FROM approvals WHERE id = $1", &id.to_string(), approval_row).await
     }

@@ -515,6 +515,9 @@ pub struct GrantRow {
     pub last_used_at: Option<i64>,
     pub may_act: Option<String>,
     pub authorization_details: String,
+    pub reapproved_at: Option<i64>,
+    pub reapprovals: i64,
+    pub lapsed_at: Option<i64>,
 }
 
 impl TryFrom<GrantRow> for Grant {
@@ -540,6 +543,10 @@ impl TryFrom<GrantRow> for Grant {
                 .transpose()
                 .map_err(|e| StoreError::Corrupt(e.to_string()))?,
             authorization_details: from_json(&r.authorization_details)?,
+            reapproved_at: opt_ts(r.reapproved_at)?,
+            reapprovals: u32::try_from(r.reapprovals)
+                .map_err(|_| StoreError::Corrupt(format!("grant reapprovals {}", r.reapprovals)))?,
+            lapsed_at: opt_ts(r.lapsed_at)?,
         })
     }
 }
@@ -594,7 +601,7 @@ impl TryFrom<ApprovalRow> for Approval {
 pub fn approval_binding(a: &Approval) -> Option<&str> {
     match &a.subject {
         ApprovalSubject::Action { binding, .. } => Some(binding),
-        ApprovalSubject::Grant { .. } => None,
+        ApprovalSubject::Grant { .. } | ApprovalSubject::Reapproval { .. } => None,
     }
 }
 
@@ -702,6 +709,8 @@ pub fn family(m: &Mutation) -> Family {
         | Mutation::RevokeGrantsOfUser { .. }
         | Mutation::RevokeGrantsOfAgent { .. }
         | Mutation::TouchGrant { .. }
+        | Mutation::ExtendGrant { .. }
+        | Mutation::MarkGrantLapsed { .. }
         | Mutation::InsertAuthCode(..)
         | Mutation::UseAuthCode { .. } => Family::Grants,
         Mutation::InsertApproval(..)
@@ -1030,6 +1039,26 @@ pub fn grant_list_where(
     w.time("(last_used_at IS NULL OR last_used_at < {})", q.used_before)?;
     w.text("id < {}", q.before.map(|b| b.to_string()));
     Ok(w.finish(q.limit))
+}
+
+/// The tail of `SELECT … FROM grants` for
+/// [`mandate_core::store::LapsedQuery`]: newest report first, keyset on
+/// (`lapsed_at`, id), read from the index on lapsed grants.
+pub fn lapsed_list_where(
+    q: &mandate_core::store::LapsedQuery,
+    placeholder: impl Fn(usize) -> String,
+) -> Result<(String, Vec<ListValue>), StoreError> {
+    let mut w = ListWhere::new(placeholder);
+    w.clauses.push("lapsed_at IS NOT NULL".into());
+    w.time("lapsed_at >= {}", q.since)?;
+    if let Some((at, id)) = q.before {
+        let at = ts(at)?;
+        let (a, b) = (w.bind(ListValue::Int(at)), w.bind(ListValue::Int(at)));
+        let id = w.bind(ListValue::Text(id.to_string()));
+        w.clauses.push(format!("(lapsed_at < {a} OR (lapsed_at = {b} AND id < {id}))"));
+    }
+    let limit = w.bind(ListValue::Int(i64::from(q.limit)));
+    Ok((format!(" WHERE {} ORDER BY lapsed_at DESC, id DESC LIMIT {limit}", w.clauses.join(" AND ")), w.values))
 }
 
 /// The tail of `SELECT … FROM resources` for

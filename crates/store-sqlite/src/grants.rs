@@ -44,8 +44,8 @@ pub(crate) fn apply(conn: &Connection, m: &Mutation) -> Result<u64, StoreError> 
         }
         Mutation::InsertGrant(g) => exec(
             conn,
-            "INSERT INTO grants (id, user_id, agent, resource, scopes, purpose, approved_by, status, created_at, expires_at, revoked_at, last_used_at, may_act, authorization_details) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+            "INSERT INTO grants (id, user_id, agent, resource, scopes, purpose, approved_by, status, created_at, expires_at, revoked_at, last_used_at, may_act, authorization_details, \
+             reapproved_at, reapprovals, lapsed_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
             params![
                 g.id.to_string(),
                 g.user.to_string(),
@@ -61,6 +61,9 @@ pub(crate) fn apply(conn: &Connection, m: &Mutation) -> Result<u64, StoreError> 
                 g.last_used_at.map(ts).transpose()?,
                 g.may_act.as_ref().map(mandate_model::actors::MayAct::to_list),
                 json(&g.authorization_details)?,
+                g.reapproved_at.map(ts).transpose()?,
+                g.reapprovals,
+                g.lapsed_at.map(ts).transpose()?,
             ],
             "grant",
         ),
@@ -82,6 +85,31 @@ pub(crate) fn apply(conn: &Connection, m: &Mutation) -> Result<u64, StoreError> 
             params![ts(*at)?, agent.to_string()],
             "grants",
         ),
+        Mutation::ExtendGrant { id, from, to, at, purpose } => {
+            let n = exec(
+                conn,
+                "UPDATE grants SET expires_at = ?1, reapproved_at = ?2, reapprovals = reapprovals + 1, \
+                 purpose = COALESCE(?3, purpose) WHERE id = ?4 AND status = 'active' AND expires_at = ?5 AND expires_at > ?2",
+                params![ts(*to)?, ts(*at)?, purpose, id.to_string(), ts(*from)?],
+                "grant",
+            )?;
+            if n == 0 {
+                return Err(StoreError::Conflict(format!("grant {id} is not live with that expiry")));
+            }
+            Ok(n)
+        }
+        Mutation::MarkGrantLapsed { id, at } => {
+            let n = exec(
+                conn,
+                "UPDATE grants SET lapsed_at = ?1 WHERE id = ?2 AND status = 'active' AND lapsed_at IS NULL AND expires_at <= ?1",
+                params![ts(*at)?, id.to_string()],
+                "grant",
+            )?;
+            if n == 0 {
+                return Err(StoreError::Conflict(format!("grant {id} is not due to be reported lapsed")));
+            }
+            Ok(n)
+        }
         Mutation::TouchGrant { id, at } => {
             exec(conn, "UPDATE grants SET last_used_at = ?1 WHERE id = ?2", params![ts(*at)?, id.to_string()], "grant")
         }
@@ -105,5 +133,8 @@ pub(crate) fn grant_row(r: &Row<'_>) -> Mapped<Grant> {
         last_used_at: r.get("last_used_at")?,
         may_act: r.get("may_act")?,
         authorization_details: r.get("authorization_details")?,
+        reapproved_at: r.get("reapproved_at")?,
+        reapprovals: r.get("reapprovals")?,
+        lapsed_at: r.get("lapsed_at")?,
     }))
 }

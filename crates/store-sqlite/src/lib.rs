@@ -84,6 +84,9 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0021_inventory.sql"),
     include_str!("../migrations/0022_policy_history.sql"),
     include_str!("../migrations/0023_review.sql"),
+    // 0024 and 0025 are taken by work merged alongside; versions count by
+    // position here.
+    include_str!("../migrations/0026_reapproval.sql"),
 ];
 
 /// The writer connection's page cache, in KiB (as a negative `cache_size`).
@@ -497,6 +500,19 @@ impl Store for SqliteStore {
 
     async fn grants(&self, q: &GrantQuery) -> Result<Vec<Grant>, StoreError> {
         let (tail, values) = codec::grant_list_where(q, |n| format!("?{n}"))?;
+        self.list(format!("SELECT * FROM grants{tail}"), values, grant_row).await
+    }
+
+    async fn lapse_due(&self, now: time::OffsetDateTime, limit: u32) -> Result<Vec<Grant>, StoreError> {
+        let values = vec![codec::ListValue::Int(ts(now)?), codec::ListValue::Int(i64::from(limit))];
+        // Read from the partial index `grants_lapse_due` (migration 0026).
+        let sql = "SELECT * FROM grants WHERE status = 'active' AND lapsed_at IS NULL AND expires_at <= ?1 \
+                   ORDER BY expires_at, id LIMIT ?2";
+        self.list(sql.to_owned(), values, grant_row).await
+    }
+
+    async fn lapsed_grants(&self, q: &mandate_core::store::LapsedQuery) -> Result<Vec<Grant>, StoreError> {
+        let (tail, values) = codec::lapsed_list_where(q, |n| format!("?{n}"))?;
         self.list(format!("SELECT * FROM grants{tail}"), values, grant_row).await
     }
 

@@ -255,6 +255,16 @@ impl Store for FaultyStore {
         self.gate()?;
         self.inner.grants(q).await
     }
+
+    async fn lapse_due(&self, now: time::OffsetDateTime, limit: u32) -> Result<Vec<Grant>, StoreError> {
+        self.gate()?;
+        self.inner.lapse_due(now, limit).await
+    }
+
+    async fn lapsed_grants(&self, q: &mandate_core::store::LapsedQuery) -> Result<Vec<Grant>, StoreError> {
+        self.gate()?;
+        self.inner.lapsed_grants(q).await
+    }
     async fn backchannel(&self, agent: AgentId) -> Result<Option<mandate_model::delivery::Backchannel>, StoreError> {
         self.gate()?;
         self.inner.backchannel(agent).await

@@ -1,6 +1,6 @@
 // Every page passes axe-core's WCAG 2.1 A and AA rules (labels, names,
 // contrast, landmarks, lists, tables), signed out and signed in, with a
-// pending approval, grants, agents, events and a tree on screen. axe is
+// pending approval and a pending renewal, grants, agents, events and a tree on screen. axe is
 // injected into a context that bypasses the CSP, which allows no inline
 // script (the pages themselves are checked for their CSP by the other tests).
 
@@ -28,6 +28,15 @@ test('every page passes the WCAG 2.1 AA rules of axe-core', { timeout: 120_000 }
     const granted = await cibaGranted(server, planner, { login_hint: alice.email, scope: 'read', binding_message: 'plan the week' });
     await bcAuthorize(server, planner, { login_hint: alice.email, scope: 'read write', resource: CAL, binding_message: 'book the venue' });
     const grant = claims(granted.access_token).grant_id;
+    // A reapproval waiting for Alice (ADR 0036): a grant of write she
+    // approved, which the admin asks to renew.
+    const aliceToken = (await server.adminOk('POST', `/v1/users/${alice.id}/tokens`, {})).token;
+    const write = await bcAuthorize(server, planner, { login_hint: alice.email, scope: 'write', resource: CAL, binding_message: 'file the notes' });
+    const approved = await server.call('POST', `/v1/approvals/${write.auth_req_id}/approve`, { bearer: aliceToken });
+    assert.equal(approved.status, 200, approved.text);
+    const listed = (await server.adminOk('GET', `/v1/grants?user=${alice.id}`)).items.find((g) => g.purpose === 'file the notes');
+    const renewal = await server.admin('POST', `/v1/grants/${listed.id}/reapprove`);
+    assert.equal(renewal.status, 202, renewal.text);
 
     const context = await browser.newContext({ bypassCSP: true, viewport: { width: 1200, height: 800 } });
     const page = await context.newPage();

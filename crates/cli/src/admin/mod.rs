@@ -238,6 +238,15 @@ pub enum GrantsCommand {
     },
     /// Revoke a grant and every token issued under it.
     Revoke { id: String },
+    /// Renew a grant that ends within the review window: policy decides
+    /// again, and may ask a person first (the answer then says `pending`
+    /// and names the approval).
+    Reapprove {
+        id: String,
+        /// A new purpose for the grant, shown to whoever approves.
+        #[arg(long)]
+        purpose: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -315,6 +324,15 @@ const GRANT_COLUMNS: &[Column] = &[
     ("SCOPES", "scopes"),
     ("STATUS", "status"),
     ("EXPIRES", "expires_at"),
+];
+const LAPSED_COLUMNS: &[Column] = &[
+    ("ID", "id"),
+    ("USER", "user"),
+    ("AGENT", "agent"),
+    ("RESOURCE", "resource"),
+    ("SCOPES", "scopes"),
+    ("EXPIRED", "expires_at"),
+    ("REPORTED", "lapsed_at"),
 ];
 const APPROVAL_COLUMNS: &[Column] = &[
     ("ID", "id"),
@@ -612,7 +630,20 @@ pub async fn grants(cmd: GrantsCommand, out: Output) -> Result<()> {
             list(&api, &out, "/v1/grants", q, &page, GRANT_COLUMNS).await
         }
         GrantsCommand::Revoke { id } => show(&out, &api.post(&format!("/v1/grants/{}/revoke", seg(&id)?), None).await?),
+        GrantsCommand::Reapprove { id, purpose } => {
+            let body = purpose.map(|p| json!({ "purpose": p }));
+            show(&out, &api.post(&format!("/v1/grants/{}/reapprove", seg(&id)?), body).await?)
+        }
     }
+}
+
+/// `mandate review lapsed`: the grants housekeeping reported lapsed
+/// (`GET /v1/review/lapsed`), newest report first.
+pub async fn lapsed(since: Option<String>, page: Page, out: Output) -> Result<()> {
+    let api = Api::new(&out.server)?;
+    let mut q = Vec::new();
+    push(&mut q, "since", &since);
+    list(&api, &out, "/v1/review/lapsed", q, &page, LAPSED_COLUMNS).await
 }
 
 pub async fn approvals(cmd: ApprovalsCommand, out: Output) -> Result<()> {

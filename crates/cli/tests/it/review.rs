@@ -52,3 +52,40 @@ async fn mandate_review_reports_findings_with_its_exit_code() -> Result<()> {
     ensure!(out.status.code() == Some(3) && String::from_utf8_lossy(&out.stderr).contains("400"), "{out:?}");
     Ok(())
 }
+
+/// `mandate review lapsed` and `mandate grants reapprove` (ADR 0036): the
+/// table and the JSON of the lapse report, exit 0; an unknown grant exits
+/// 5, a malformed id 3.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mandate_review_lapsed_and_grants_reapprove() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data").to_string_lossy().into_owned();
+    let port = free_port()?;
+    let issuer = format!("http://127.0.0.1:{port}");
+    let node = Node::start(port, &issuer, &["--data-dir", data.as_str()], &dir.path().join("server.log")).await?;
+
+    let out = review(&node.url, ADMIN, &["lapsed"])?;
+    ensure!(out.status.code() == Some(0), "{out:?}");
+    let table = String::from_utf8_lossy(&out.stdout);
+    ensure!(table.starts_with("ID") && table.contains("REPORTED"), "{table}");
+    let out = review(&node.url, ADMIN, &["--json", "lapsed", "--since", "2026-01-01T00:00:00Z"])?;
+    ensure!(out.status.code() == Some(0), "{out:?}");
+    let body: Value = serde_json::from_slice(&out.stdout)?;
+    ensure!(body["items"] == serde_json::json!([]) && body["next_cursor"].is_null(), "{body}");
+    let out = review(&node.url, ADMIN, &["lapsed", "--since", "yesterday"])?;
+    ensure!(out.status.code() == Some(3), "{out:?}");
+
+    let grants = |args: &[&str]| -> Result<Output> {
+        Ok(mandate()
+            .arg("grants")
+            .args(["--server", node.url.as_str()])
+            .args(args)
+            .env("MANDATE_ADMIN_TOKEN", ADMIN)
+            .output()?)
+    };
+    let out = grants(&["reapprove", "grt_01J00000000000000000000000"])?;
+    ensure!(out.status.code() == Some(5), "an unknown grant: {out:?}");
+    let out = grants(&["reapprove", "grt_01J00000000000000000000000", "--purpose", "plan Q3"])?;
+    ensure!(out.status.code() == Some(5), "{out:?}");
+    Ok(())
+}

@@ -220,9 +220,24 @@ impl Mandate {
                 }
             }
         }
+        // A reapproval (ADR 0036): approved, its grant is extended in the
+        // same change; denied, it is left to lapse.
+        let mut reapproval = None;
+        if let ApprovalSubject::Reapproval { purpose, scopes } = &approval.subject {
+            event.grant_id = approval.grant.map(|g| g.to_string());
+            event.scope = Some(scopes.to_claim());
+            reapproval = Some(if approve {
+                self.reapproval_approved(&mut change, caller, &approval, purpose.clone(), now).await?
+            } else {
+                self.reapproval_denied(caller, &approval).await?
+            });
+        }
         let to = if approve { ApprovalStatus::Approved } else { ApprovalStatus::Denied };
         change.push(Mutation::DecideApproval { id, to, by: me.to_string(), grant: grant_id, at: now });
         change.push(AuditRecord::new(event).mutation());
+        if let Some(e) = reapproval {
+            change.push(AuditRecord::new(e).mutation());
+        }
         // A ping or push agent is told in the same change (CIBA §10).
         if matches!(approval.subject, ApprovalSubject::Grant { .. })
             && let Some(cb) = self.store.ciba_callback(id).await?
@@ -235,6 +250,7 @@ impl Mandate {
                 change.append(self.ciba_decided(&cb, &agent, decided.as_ref().map(|(_, g)| g)).await?);
             }
         }
+        // A reapproved grant that changed meanwhile fails it all (409).
         self.store.commit(change).await?;
         approval.status = to;
         approval.decided_by = Some(me.to_string());

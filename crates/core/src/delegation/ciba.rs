@@ -326,6 +326,13 @@ impl Mandate {
         Ok(change)
     }
 
+    /// When a grant given (or renewed) at `now` to `agent` ends: one grant
+    /// lifetime on, and never after the agent itself.
+    pub(crate) fn grant_expiry(&self, agent: &Agent, now: time::OffsetDateTime) -> time::OffsetDateTime {
+        let expires_at = now + Duration::seconds(self.config.grant_ttl);
+        agent.expires_at.map_or(expires_at, |e| expires_at.min(e))
+    }
+
     pub(crate) fn new_grant(
         &self,
         user: &User,
@@ -336,10 +343,7 @@ impl Mandate {
         approved_by: &str,
     ) -> Result<Grant, Error> {
         let now = self.clock.now();
-        let mut expires_at = now + Duration::seconds(self.config.grant_ttl);
-        if let Some(e) = agent.expires_at {
-            expires_at = expires_at.min(e);
-        }
+        let expires_at = self.grant_expiry(agent, now);
         Ok(Grant {
             authorization_details: Default::default(),
             id: GrantId::from_ulid(new_ulid(self.clock.as_ref(), self.rng.as_ref())?),
@@ -355,6 +359,9 @@ impl Mandate {
             revoked_at: None,
             last_used_at: None,
             may_act: None,
+            reapproved_at: None,
+            reapprovals: 0,
+            lapsed_at: None,
         })
     }
 

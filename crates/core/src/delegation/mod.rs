@@ -10,11 +10,13 @@ mod grants;
 pub mod idjag;
 mod may_act;
 mod minting;
+mod reapproval;
 mod refresh;
 
 pub use approvals::Approvers;
 pub use ciba::BcAuthorized;
 pub(crate) use minting::Mint;
+pub use reapproval::{Lapsed, Reapproved};
 
 use mandate_audit::Event;
 use mandate_model::ScopeSet;

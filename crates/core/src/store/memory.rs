@@ -27,9 +27,9 @@ use mandate_model::{AgentId, ApprovalId, GrantId, GroupId, Jti, ResourceId, Stre
 use time::OffsetDateTime;
 
 use super::{
-    AgentActivity, AgentListQuery, Applied, ApprovalQuery, AttemptCounter, Change, GrantQuery, GrantState, ListedAgent,
-    Mutation, Page, PolicyVersion, Receipt, ResourceListQuery, ScimGroupQuery, ScimUserQuery, Store, StoreError,
-    StoredKey, StoredPolicy, UserListQuery,
+    AgentActivity, AgentListQuery, Applied, ApprovalQuery, AttemptCounter, Change, GrantQuery, GrantState, LapsedQuery,
+    ListedAgent, Mutation, Page, PolicyVersion, Receipt, ResourceListQuery, ScimGroupQuery, ScimUserQuery, Store,
+    StoreError, StoredKey, StoredPolicy, UserListQuery,
 };
 use crate::audit::{AuditQuery, seal_record};
 
@@ -754,6 +754,38 @@ fn apply(tx: &mut Tx<'_>, m: &Mutation, applied: &Applied) -> Result<u64, StoreE
         }
         Mutation::RevokeGrantsOfUser { user, at } => revoke_grants(tx, |g| g.user == *user, *at),
         Mutation::RevokeGrantsOfAgent { agent, at } => revoke_grants(tx, |g| g.agent == *agent, *at),
+        Mutation::ExtendGrant { id, from, to, at, purpose } => {
+            storable(*to)?;
+            storable(*at)?;
+            let n = tx.update(
+                grants,
+                |k, g| k == id && g.status == GrantStatus::Active && g.expires_at == *from && *from > *at,
+                |g| {
+                    g.expires_at = *to;
+                    g.reapproved_at = Some(*at);
+                    g.reapprovals = g.reapprovals.saturating_add(1);
+                    if let Some(p) = purpose {
+                        g.purpose = Some(p.clone());
+                    }
+                },
+            );
+            if n == 0 {
+                return Err(StoreError::Conflict(format!("grant {id} is not live with that expiry")));
+            }
+            Ok(n)
+        }
+        Mutation::MarkGrantLapsed { id, at } => {
+            storable(*at)?;
+            let n = tx.update(
+                grants,
+                |k, g| k == id && g.status == GrantStatus::Active && g.lapsed_at.is_none() && g.expires_at <= *at,
+                |g| g.lapsed_at = Some(*at),
+            );
+            if n == 0 {
+                return Err(StoreError::Conflict(format!("grant {id} is not due to be reported lapsed")));
+            }
+            Ok(n)
+        }
         Mutation::TouchGrant { id, at } => {
             storable(*at)?;
             Ok(tx.update(grants, |k, _| k == id, |g| g.last_used_at = Some(*at)))
@@ -1453,6 +1485,38 @@ impl Store for MemoryStore {
         })
     }
 
+    async fn lapse_due(&self, now: OffsetDateTime, limit: u32) -> Result<Vec<Grant>, StoreError> {
+        self.read(|s| {
+            let mut due: Vec<Grant> = s
+                .grants
+                .values()
+                .filter(|g| g.status == GrantStatus::Active && g.lapsed_at.is_none() && g.expires_at <= now)
+                .cloned()
+                .collect();
+            due.sort_by_key(|g| (g.expires_at, g.id));
+            due.truncate(limit as usize);
+            due
+        })
+    }
+
+    async fn lapsed_grants(&self, q: &LapsedQuery) -> Result<Vec<Grant>, StoreError> {
+        self.read(|s| {
+            let mut rows: Vec<Grant> = s
+                .grants
+                .values()
+                .filter(|g| {
+                    g.lapsed_at.is_some_and(|at| {
+                        q.since.is_none_or(|since| at >= since) && q.before.is_none_or(|b| (at, g.id) < b)
+                    })
+                })
+                .cloned()
+                .collect();
+            rows.sort_by_key(|g| std::cmp::Reverse((g.lapsed_at, g.id)));
+            rows.truncate(q.limit as usize);
+            rows
+        })
+    }
+
     async fn list_users(&self, q: &UserListQuery) -> Result<Vec<User>, StoreError> {
         self.read(|s| {
             let rows = s
@@ -1570,7 +1634,7 @@ impl Store for MemoryStore {
             let rows = s.approvals.range((Bound::Unbounded, upto)).map(|(_, a)| a).filter(|a| {
                 let binding = match &a.subject {
                     ApprovalSubject::Action { binding, .. } => Some(binding.as_str()),
-                    ApprovalSubject::Grant { .. } => None,
+                    ApprovalSubject::Grant { .. } | ApprovalSubject::Reapproval { .. } => None,
                 };
                 q.approver.is_none_or(|u| match &a.group {
                     None => a.approver == u,

@@ -49,6 +49,7 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .route("/approvals/{id}/{decision}", post(pages::decide))
         .route("/grants", get(pages::grants))
         .route("/grants/{id}/revoke", post(pages::revoke_grant))
+        .route("/grants/{id}/reapprove", post(pages::reapprove_grant))
         .route("/agents", get(pages::agents))
         .route("/agents/{id}/{op}", post(pages::agent_op))
         .route("/audit", get(pages::audit))

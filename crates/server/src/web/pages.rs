@@ -195,6 +195,7 @@ async fn approvals_live(
                 id: a.id.to_string(),
                 agent: name(&a.agent),
                 scopes: None,
+                renewal: None,
                 action: String::new(),
                 target: String::new(),
                 properties: Vec::new(),
@@ -218,6 +219,10 @@ async fn approvals_live(
                 ApprovalSubject::Grant { scopes, authorization_details, .. } => {
                     card.scopes = Some(scopes.to_claim());
                     card.details = views::DetailView::all(authorization_details);
+                }
+                ApprovalSubject::Reapproval { scopes, .. } => {
+                    card.scopes = Some(scopes.to_claim());
+                    card.renewal = Some(a.grant.map_or_else(String::new, |g| g.to_string()));
                 }
                 ApprovalSubject::Action { action, target, chain, properties, authorization_detail, .. } => {
                     card.details = authorization_detail.iter().map(views::DetailView::of).collect();
@@ -340,6 +345,7 @@ async fn grants_live(s: &AppState, session: &Session, done: String) -> Result<vi
                 },
                 live,
                 revoke: format!("/grants/{}/revoke", g.id),
+                renew: s.mandate.reapproval_due(g, now).then(|| format!("/grants/{}/reapprove", g.id)),
             }
         })
         .collect();
@@ -371,6 +377,32 @@ pub async fn revoke_grant(
     let id: GrantId = id.parse().map_err(|_| fail(Error::NotFound("no such grant".into())))?;
     let (g, reached) = s.mandate.revoke_grant(Caller::User(signed.session.user.id), id).await.map_err(fail)?;
     let done = format!("Revoked {}: {reached} token(s) revoked with it, exchanged ones included.", g.id);
+    let live = grants_live(&s, &signed.session, done).await?;
+    Ok(grants_reply(&headers, &signed.session, live))
+}
+
+/// The Renew button (ADR 0036): policy decides again; the page says
+/// whether the grant was renewed or waits for someone's approval.
+pub async fn reapprove_grant(
+    State(s): State<AppState>,
+    signed: Signed,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    form: OAuthForm,
+) -> PageResult {
+    if let Some(refused) = csrf_refusal(&signed, &form) {
+        return Err(refused);
+    }
+    let id: GrantId = id.parse().map_err(|_| fail(Error::NotFound("no such grant".into())))?;
+    let done = match s.mandate.reapprove_grant(Caller::User(signed.session.user.id), id, None).await.map_err(fail)? {
+        mandate_core::delegation::Reapproved::Renewed(g) => {
+            format!("Renewed {}: it now expires {}.", g.id, when(g.expires_at))
+        }
+        mandate_core::delegation::Reapproved::Waiting { grant, approval } => format!(
+            "Renewal of {} is waiting for approval ({}); the grant is unchanged until it is approved.",
+            grant.id, approval.id
+        ),
+    };
     let live = grants_live(&s, &signed.session, done).await?;
     Ok(grants_reply(&headers, &signed.session, live))
 }

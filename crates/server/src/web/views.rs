@@ -89,6 +89,9 @@ pub struct Card {
     pub agent: String,
     /// The scopes a grant request asks for; `None` for an action.
     pub scopes: Option<String>,
+    /// A reapproval (ADR 0036): renewing the grant `scopes` names, and
+    /// when it ends now.
+    pub renewal: Option<String>,
     pub action: String,
     pub target: String,
     pub properties: Vec<(String, String)>,
@@ -187,6 +190,9 @@ pub struct GrantRow {
     pub status: &'static str,
     pub live: bool,
     pub revoke: String,
+    /// The Renew button's action, for a live grant inside the reapproval
+    /// window (ADR 0036).
+    pub renew: Option<String>,
 }
 
 pub struct GrantsList {

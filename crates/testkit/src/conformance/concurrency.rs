@@ -10,6 +10,7 @@ use anyhow::{Result, ensure};
 use mandate_core::store::{Change, Mutation, Store, StoreError};
 use mandate_model::AgentId;
 use mandate_model::records::ClientId;
+use time::Duration;
 
 use super::fixtures::{append, auth_code, child_of, event, intact, one, people, refresh, t0, token, ulid};
 
@@ -113,6 +114,38 @@ pub async fn concurrent_code_redemptions_admit_one(s: &Arc<dyn Store>) -> Result
     let won = race(8, redeem, |e| matches!(e, StoreError::Conflict(_))).await?;
     ensure!(won == 1, "{won} redemptions of one code won");
     ensure!(s.auth_code("code-hash").await?.and_then(|x| x.used_at) == Some(t0()));
+    Ok(())
+}
+
+/// Several nodes reporting one lapse, or renewing one grant from the
+/// same expiry, make one change (ADR 0036).
+pub async fn concurrent_lapse_reports_and_renewals_admit_one(s: &Arc<dyn Store>) -> Result<()> {
+    let (_, _, _, g) = people(s, "lapse-race@example.com").await?;
+    let at = g.expires_at + Duration::minutes(1);
+    let report = || {
+        let s = s.clone();
+        async move { one(&s, Mutation::MarkGrantLapsed { id: g.id, at }).await }
+    };
+    let won = race(8, report, |e| matches!(e, StoreError::Conflict(_))).await?;
+    ensure!(won == 1, "{won} reports of one lapse won");
+    let (_, _, _, r) = people(s, "renew-race@example.com").await?;
+    let now = r.expires_at - Duration::hours(1);
+    let renew = || {
+        let s = s.clone();
+        async move {
+            let m = Mutation::ExtendGrant {
+                id: r.id,
+                from: r.expires_at,
+                to: now + Duration::days(1),
+                at: now,
+                purpose: None,
+            };
+            one(&s, m).await
+        }
+    };
+    let won = race(8, renew, |e| matches!(e, StoreError::Conflict(_))).await?;
+    ensure!(won == 1, "{won} renewals from one expiry won");
+    ensure!(s.grant(r.id).await?.map(|x| x.reapprovals) == Some(1));
     Ok(())
 }
 

@@ -133,6 +133,9 @@ pub fn grant(user: UserId, agent: AgentId) -> Grant {
             r#"[{"type":"payment_initiation","amount":120,"currency":"EUR","creditor":"ACME"}]"#,
         )
         .unwrap_or_default(),
+        reapproved_at: None,
+        reapprovals: 0,
+        lapsed_at: None,
     }
 }
 

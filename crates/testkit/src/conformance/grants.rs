@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use anyhow::{Result, ensure};
-use mandate_core::store::{GrantQuery, Mutation, Store, StoreError};
+use mandate_core::store::{GrantQuery, LapsedQuery, Mutation, Store, StoreError};
 use mandate_model::records::GrantStatus;
 use time::Duration;
 
@@ -78,5 +78,97 @@ pub async fn an_authorization_code_is_used_once(s: &Arc<dyn Store>) -> Result<()
     ensure!(s.auth_code("code-hash").await?.and_then(|x| x.used_at) == Some(t0()), "the first use was overwritten");
     let unknown = one(s, Mutation::UseAuthCode { hash: "nope".into(), at: t0() }).await;
     ensure!(matches!(unknown, Err(StoreError::Conflict(_))), "an unknown code was used");
+    Ok(())
+}
+
+/// A reapproval moves a live grant's expiry forward once (ADR 0036): only
+/// from the expiry it was read with, never for a revoked or lapsed grant.
+pub async fn a_reapproval_extends_a_live_grant_once(s: &Arc<dyn Store>) -> Result<()> {
+    let (_, _, _, g) = people(s, "renew@example.com").await?;
+    let at = t0() + Duration::hours(7);
+    let to = at + Duration::hours(24);
+    let extend = |from, to, purpose: Option<&str>| Mutation::ExtendGrant {
+        id: g.id,
+        from,
+        to,
+        at,
+        purpose: purpose.map(str::to_owned),
+    };
+    ensure!(one(s, extend(g.expires_at, to, None)).await? == 1);
+    let renewed = s.grant(g.id).await?.ok_or_else(|| anyhow::anyhow!("the grant is gone"))?;
+    ensure!(
+        (renewed.expires_at, renewed.reapproved_at, renewed.reapprovals, renewed.purpose.as_deref())
+            == (to, Some(at), 1, g.purpose.as_deref()),
+        "extended: {renewed:?}"
+    );
+    ensure!(renewed.id == g.id && renewed.scopes == g.scopes && renewed.created_at == g.created_at);
+    // A second renewal from the expiry read before the first loses.
+    let stale = one(s, extend(g.expires_at, to + Duration::hours(1), None)).await;
+    ensure!(matches!(stale, Err(StoreError::Conflict(_))), "a renewal from a stale expiry: {stale:?}");
+    ensure!(one(s, extend(to, to + Duration::hours(1), Some("renewed"))).await? == 1);
+    let twice = s.grant(g.id).await?.ok_or_else(|| anyhow::anyhow!("the grant is gone"))?;
+    ensure!((twice.reapprovals, twice.purpose.as_deref()) == (2, Some("renewed")), "{twice:?}");
+    // A lapsed grant is not renewed: its expiry is not after `at`.
+    let (_, _, _, old) = people(s, "lapsed-renew@example.com").await?;
+    let late = Mutation::ExtendGrant { id: old.id, from: old.expires_at, to, at: old.expires_at, purpose: None };
+    ensure!(matches!(one(s, late).await, Err(StoreError::Conflict(_))), "a lapsed grant was renewed");
+    ensure!(one(s, Mutation::RevokeGrant { id: old.id, at: t0() }).await? == 1);
+    let revoked = Mutation::ExtendGrant { id: old.id, from: old.expires_at, to, at: t0(), purpose: None };
+    ensure!(matches!(one(s, revoked).await, Err(StoreError::Conflict(_))), "a revoked grant was renewed");
+    ensure!(s.grant(old.id).await?.map(|x| (x.expires_at, x.reapprovals)) == Some((old.expires_at, 0)));
+    Ok(())
+}
+
+/// Housekeeping's lapse report (ADR 0036): the grants due are exactly the
+/// active, expired, unreported ones, earliest expiry first; each is stamped
+/// once; the stamped ones list newest report first, page by page.
+pub async fn lapses_are_reported_once_and_listed(s: &Arc<dyn Store>) -> Result<()> {
+    let (u, a, _, first) = people(s, "lapse@example.com").await?;
+    let mut later = grant(u.id, a.id);
+    later.expires_at = first.expires_at + Duration::hours(1);
+    let mut revoked = grant(u.id, a.id);
+    revoked.expires_at = first.expires_at - Duration::hours(1);
+    let mut live = grant(u.id, a.id);
+    live.expires_at = first.expires_at + Duration::days(30);
+    for g in [&later, &revoked, &live] {
+        one(s, Mutation::InsertGrant(g.clone())).await?;
+    }
+    one(s, Mutation::RevokeGrant { id: revoked.id, at: t0() }).await?;
+    let now = later.expires_at + Duration::minutes(1);
+    let ids = |v: Vec<mandate_model::records::Grant>| v.into_iter().map(|x| x.id).collect::<Vec<_>>();
+    ensure!(s.lapse_due(first.expires_at - Duration::seconds(1), 10).await?.is_empty(), "nothing expired yet");
+    ensure!(ids(s.lapse_due(now, 10).await?) == vec![first.id, later.id], "due: earliest expiry first");
+    ensure!(ids(s.lapse_due(now, 1).await?) == vec![first.id], "at most the limit");
+    let early = one(s, Mutation::MarkGrantLapsed { id: live.id, at: now }).await;
+    ensure!(matches!(early, Err(StoreError::Conflict(_))), "an unexpired grant was reported: {early:?}");
+    let gone = one(s, Mutation::MarkGrantLapsed { id: revoked.id, at: now }).await;
+    ensure!(matches!(gone, Err(StoreError::Conflict(_))), "a revoked grant was reported: {gone:?}");
+    ensure!(one(s, Mutation::MarkGrantLapsed { id: first.id, at: now }).await? == 1);
+    let again = one(s, Mutation::MarkGrantLapsed { id: first.id, at: now + Duration::minutes(1) }).await;
+    ensure!(matches!(again, Err(StoreError::Conflict(_))), "a lapse reported twice: {again:?}");
+    ensure!(s.grant(first.id).await?.and_then(|x| x.lapsed_at) == Some(now), "the first report stays");
+    ensure!(ids(s.lapse_due(now, 10).await?) == vec![later.id], "a reported grant is no longer due");
+    let next = now + Duration::minutes(5);
+    ensure!(one(s, Mutation::MarkGrantLapsed { id: later.id, at: next }).await? == 1);
+    ensure!(s.lapse_due(next, 10).await?.is_empty());
+    let q = |since, before, limit| LapsedQuery { since, before, limit };
+    ensure!(ids(s.lapsed_grants(&q(None, None, 10)).await?) == vec![later.id, first.id], "newest report first");
+    ensure!(ids(s.lapsed_grants(&q(Some(next), None, 10)).await?) == vec![later.id], "since");
+    let page = s.lapsed_grants(&q(None, None, 1)).await?;
+    let cursor = page.last().and_then(|g| g.lapsed_at.map(|at| (at, g.id)));
+    ensure!(ids(page) == vec![later.id]);
+    ensure!(ids(s.lapsed_grants(&q(None, cursor, 10)).await?) == vec![first.id], "the next page");
+    // Two grants reported at the same instant page by id.
+    let (u2, a2, _, _) = people(s, "lapse2@example.com").await?;
+    let mut pair = [grant(u2.id, a2.id), grant(u2.id, a2.id)];
+    pair.sort_by_key(|g| g.id);
+    for g in &pair {
+        one(s, Mutation::InsertGrant(g.clone())).await?;
+        one(s, Mutation::MarkGrantLapsed { id: g.id, at: next + Duration::hours(1) }).await?;
+    }
+    let top = s.lapsed_grants(&q(None, None, 1)).await?;
+    let cursor = top.last().and_then(|g| g.lapsed_at.map(|at| (at, g.id)));
+    ensure!(ids(top) == vec![pair[1].id], "ties: the larger id first");
+    ensure!(ids(s.lapsed_grants(&q(None, cursor, 1)).await?) == vec![pair[0].id], "then the smaller");
     Ok(())
 }

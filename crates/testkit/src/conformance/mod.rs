@@ -153,6 +153,8 @@ macro_rules! store_conformance {
             grants {
                 grants_revoke_once_and_list_by_person,
                 an_authorization_code_is_used_once,
+                a_reapproval_extends_a_live_grant_once,
+                lapses_are_reported_once_and_listed,
             }
             approvals {
                 approvals_are_decided_and_used_once,
@@ -193,6 +195,7 @@ macro_rules! store_conformance {
                 concurrent_appends_form_one_chain,
                 concurrent_refresh_uses_admit_one,
                 concurrent_code_redemptions_admit_one,
+                concurrent_lapse_reports_and_renewals_admit_one,
                 concurrent_reservations_never_overlap,
                 revoking_a_parent_during_its_exchange_never_leaves_a_live_child,
             }

@@ -22,6 +22,7 @@ mod memory_store;
 mod notify;
 mod openapi;
 mod policy_test;
+mod reapproval;
 mod registration;
 mod restart;
 mod review;

@@ -537,6 +537,9 @@ async fn the_inbox_pages_and_every_decision_reads_its_own_record() -> Result<()>
             last_used_at: None,
             may_act: None,
             authorization_details: Default::default(),
+            reapproved_at: None,
+            reapprovals: 0,
+            lapsed_at: None,
         }));
     }
     for chunk in approvals.chunks(200).chain(grants.chunks(200)) {
