@@ -346,7 +346,9 @@ impl Mandate {
         match caller {
             Caller::Admin => {}
             Caller::User(me) | Caller::ConsoleAdmin(me) if me == id => {}
-            Caller::User(_) | Caller::ConsoleAdmin(_) => return self.forbid(caller, "a user may read only their own record").await,
+            Caller::User(_) | Caller::ConsoleAdmin(_) => {
+                return self.forbid(caller, "a user may read only their own record").await;
+            }
         }
         self.store.user(id).await?.ok_or_else(|| Error::NotFound(format!("user {id}")))
     }
@@ -480,7 +482,9 @@ impl Mandate {
         match caller {
             Caller::Admin => {}
             Caller::User(me) | Caller::ConsoleAdmin(me) if me == id => {}
-            Caller::User(_) | Caller::ConsoleAdmin(_) => return self.forbid(caller, "a person may list only their own API tokens").await,
+            Caller::User(_) | Caller::ConsoleAdmin(_) => {
+                return self.forbid(caller, "a person may list only their own API tokens").await;
+            }
         }
         self.store.user(id).await?.ok_or_else(|| Error::NotFound(format!("user {id}")))?;
         Ok(self.store.user_tokens(id).await?)
@@ -492,7 +496,9 @@ impl Mandate {
         match caller {
             Caller::Admin => {}
             Caller::User(me) | Caller::ConsoleAdmin(me) if me == id => {}
-            Caller::User(_) | Caller::ConsoleAdmin(_) => return self.forbid(caller, "a person may revoke only their own API tokens").await,
+            Caller::User(_) | Caller::ConsoleAdmin(_) => {
+                return self.forbid(caller, "a person may revoke only their own API tokens").await;
+            }
         }
         let mut found = self
             .store
@@ -885,7 +891,9 @@ impl Mandate {
         match caller {
             Caller::Admin => Ok(agent),
             Caller::User(u) | Caller::ConsoleAdmin(u) if u == agent.owner => Ok(agent),
-            Caller::User(_) | Caller::ConsoleAdmin(_) => self.forbid(caller, "only the owner or an admin may read or change an agent").await,
+            Caller::User(_) | Caller::ConsoleAdmin(_) => {
+                self.forbid(caller, "only the owner or an admin may read or change an agent").await
+            }
         }
     }
 
@@ -922,7 +930,9 @@ impl Mandate {
         match caller {
             Caller::Admin => {}
             Caller::User(u) | Caller::ConsoleAdmin(u) if u == owner => {}
-            Caller::User(_) | Caller::ConsoleAdmin(_) => return self.forbid(caller, "a person may list only the agents they own").await,
+            Caller::User(_) | Caller::ConsoleAdmin(_) => {
+                return self.forbid(caller, "a person may list only the agents they own").await;
+            }
         }
         Ok(self.store.agents_owned_by(owner).await?)
     }
@@ -959,7 +969,9 @@ impl Mandate {
         match caller {
             Caller::Admin => {}
             Caller::User(u) | Caller::ConsoleAdmin(u) if u == owner => {}
-            Caller::User(_) | Caller::ConsoleAdmin(_) => return self.forbid(caller, "a person may see only the agents they own").await,
+            Caller::User(_) | Caller::ConsoleAdmin(_) => {
+                return self.forbid(caller, "a person may see only the agents they own").await;
+            }
         }
         Ok(self.store.last_use_of_owned_agents(owner).await?.into_iter().collect())
     }

@@ -612,11 +612,20 @@ mod tests {
         use crate::scim::ScimGroupSpec;
         let w = World::new().await;
         let (alice, bob) = (w.alice.id, w.bob.id);
-        let patch = |g: &[&str]| UserPatch { groups: Some(g.iter().map(|g| (*g).to_owned()).collect()), ..UserPatch::default() };
+        let patch = |g: &[&str]| UserPatch {
+            groups: Some(g.iter().map(|g| (*g).to_owned()).collect()),
+            ..UserPatch::default()
+        };
         // Bob opens the console: still not a way to give the groups.
         w.m.update_user(Caller::Admin, bob, patch(&[Mandate::ADMINS_GROUP])).await.unwrap();
         assert!(w.m.is_console_admin(bob).await.unwrap());
-        let ops = w.m.scim_create_group("scim_test", ScimGroupSpec { display_name: "ops".into(), external_id: None, members: vec![alice] }).await.unwrap();
+        let ops =
+            w.m.scim_create_group(
+                "scim_test",
+                ScimGroupSpec { display_name: "ops".into(), external_id: None, members: vec![alice] },
+            )
+            .await
+            .unwrap();
         let holds = |u: mandate_model::records::User, g: &str| u.groups.iter().chain(&u.scim_groups).any(|x| x == g);
         for group in ADMIN_ONLY_GROUPS {
             let spec = |members| ScimGroupSpec { display_name: group.into(), external_id: None, members };
@@ -627,7 +636,10 @@ mod tests {
                 ("a SCIM rename", w.m.scim_update_group("scim_test", &ops, spec(vec![alice])).await.map(drop)),
             ];
             for (path, got) in rows {
-                assert!(matches!(got, Err(Error::Forbidden(_) | Error::BadInput(_))), "{group} through {path}: {got:?}");
+                assert!(
+                    matches!(got, Err(Error::Forbidden(_) | Error::BadInput(_))),
+                    "{group} through {path}: {got:?}"
+                );
                 assert!(!holds(w.store.user(alice).await.unwrap().unwrap(), group), "{group} through {path}");
             }
             // The provider's claim: its other groups are taken, that one not.

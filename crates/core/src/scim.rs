@@ -400,7 +400,9 @@ impl Mandate {
         // ADR 0037: the groups that open the console and the whole trail
         // are the admin token's to give, never a provisioning client's.
         if crate::audit::ADMIN_ONLY_GROUPS.contains(&display_name.as_str()) {
-            return Err(Error::BadInput(format!("displayName {display_name:?} is reserved: only the admin token gives it")));
+            return Err(Error::BadInput(format!(
+                "displayName {display_name:?} is reserved: only the admin token gives it"
+            )));
         }
         let external_id = want.external_id.as_deref().map(|x| valid_id("externalId", x)).transpose()?;
         let members: BTreeSet<UserId> = want.members.into_iter().collect();

@@ -106,8 +106,14 @@ impl Mandate {
         let approval = self.store.approval(id).await?.ok_or_else(|| Error::NotFound(format!("approval {id}")))?;
         match caller {
             Caller::Admin => Ok(approval),
-            Caller::User(me) | Caller::ConsoleAdmin(me) if me == approval.approver && approval.group.is_none() => Ok(approval),
-            Caller::User(me) | Caller::ConsoleAdmin(me) if approval.group.is_some() && self.is_member(me, &approval).await? => Ok(approval),
+            Caller::User(me) | Caller::ConsoleAdmin(me) if me == approval.approver && approval.group.is_none() => {
+                Ok(approval)
+            }
+            Caller::User(me) | Caller::ConsoleAdmin(me)
+                if approval.group.is_some() && self.is_member(me, &approval).await? =>
+            {
+                Ok(approval)
+            }
             Caller::User(_) | Caller::ConsoleAdmin(_) => Err(Error::NotFound(format!("approval {id}"))),
         }
     }

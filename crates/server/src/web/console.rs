@@ -22,10 +22,10 @@ use mandate_model::AgentId;
 use mandate_model::records::UserStatus;
 use time::OffsetDateTime;
 
+use super::Signed;
 use super::html::{url_encode, when};
 use super::pages::{csrf_refusal, error_page};
 use super::views::{self, Cell, Field, Tab, Who, console_nav, html};
-use super::Signed;
 use crate::AppState;
 use crate::error::Problem;
 use crate::extract::OAuthForm;
@@ -52,7 +52,11 @@ impl FromRequestParts<AppState> for ConsoleAdmin {
         let user = &signed.session.user;
         if !opens_console(user) {
             let why = "the console is for people in the group mandate-admins, which only the admin gives";
-            state.mandate.record_admin_refusal(kind::ADMIN_DENIED, Some(Caller::User(user.id)), why).await.map_err(fail)?;
+            state
+                .mandate
+                .record_admin_refusal(kind::ADMIN_DENIED, Some(Caller::User(user.id)), why)
+                .await
+                .map_err(fail)?;
             return Err(fail(Error::Forbidden(why.into())));
         }
         let caller = Caller::ConsoleAdmin(user.id);
@@ -441,11 +445,14 @@ pub async fn policies_post(State(s): State<AppState>, admin: ConsoleAdmin, form:
     if let Some(refused) = csrf_refusal(&admin.signed, &form) {
         return Err(refused);
     }
-    let text = form.raw("policies").unwrap_or_default().to_owned();
+    // Browsers send a textarea's lines ending in CRLF (HTML's form
+    // encoding); the set is stored as typed, with LF.
+    let lines = |name: &str| form.raw(name).unwrap_or_default().replace("\r\n", "\n");
+    let text = lines("policies");
     let mut ed = Editor {
         text: Some(text.clone()),
         expected: form.raw("expected_version").map(str::to_owned),
-        cases: form.raw("cases").unwrap_or_default().to_owned(),
+        cases: lines("cases"),
         replay: form.get("replay").is_some(),
         since: form.raw("since").unwrap_or_default().to_owned(),
         ..Editor::default()
@@ -553,12 +560,12 @@ fn test_view(a: &PolicyTestAnswer) -> views::TestView {
     }
 }
 
-fn version_number(raw: &str) -> Result<u64, Response> {
-    raw.parse().ok().filter(|n| *n > 0).ok_or_else(|| fail(Error::NotFound("no such policy version".into())))
+fn version_number(raw: &str) -> Result<u64, Error> {
+    raw.parse().ok().filter(|n| *n > 0).ok_or_else(|| Error::NotFound("no such policy version".into()))
 }
 
 pub async fn diff(State(s): State<AppState>, admin: ConsoleAdmin, Path(raw): Path<String>) -> PageResult {
-    let n = version_number(&raw)?;
+    let n = version_number(&raw).map_err(fail)?;
     let d = s.mandate.policy_diff(admin.caller, n, None).await.map_err(fail)?;
     let lines = d
         .diff
@@ -595,7 +602,7 @@ pub async fn restore(
     if let Some(refused) = csrf_refusal(&admin.signed, &form) {
         return Err(refused);
     }
-    let n = version_number(&raw)?;
+    let n = version_number(&raw).map_err(fail)?;
     let expected = form.get("expected_version");
     let mut ed = Editor::default();
     let status = match s.mandate.restore_policy_version(admin.caller, n, expected).await {
@@ -669,11 +676,7 @@ mod tests {
 
     #[test]
     fn the_cases_and_since_are_read_or_refused() {
-        let ed = |cases: &str, since: &str| Editor {
-            cases: cases.into(),
-            since: since.into(),
-            ..Editor::default()
-        };
+        let ed = |cases: &str, since: &str| Editor { cases: cases.into(), since: since.into(), ..Editor::default() };
         let ok = test_request(&ed("", "2026-11-23T10:00:00Z"), "p".into());
         assert!(ok.is_ok_and(|r| r.cases.is_empty() && r.replay.is_some_and(|r| r.since.is_some())));
         for (cases, since) in [("{", ""), ("[{\"nope\": 1}]", ""), ("", "yesterday")] {

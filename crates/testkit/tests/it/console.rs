@@ -62,7 +62,12 @@ impl Browser {
             .http
             .post(format!("{}/login", self.base))
             .header("cookie", format!("mandate_login={login}"))
-            .form(&[("csrf", field_in(&html, "csrf").as_str()), ("next", "/"), ("email", email), ("password", PASSWORD)])
+            .form(&[
+                ("csrf", field_in(&html, "csrf").as_str()),
+                ("next", "/"),
+                ("email", email),
+                ("password", PASSWORD),
+            ])
             .send()
             .await?;
         let session = resp
@@ -232,7 +237,8 @@ async fn the_inventory_reads_the_apis_filters_and_pages() -> Result<()> {
     assert_eq!(st, 404);
 
     // A filter, as the API reads it; empty fields are no filter.
-    let (st, html) = b.get(&format!("/console/inventory/agents?owner={}&kind=&status=active", w.alice), &session).await?;
+    let (st, html) =
+        b.get(&format!("/console/inventory/agents?owner={}&kind=&status=active", w.alice), &session).await?;
     assert_eq!(st, 200, "{html}");
     assert!(html.contains(&w.planner.id), "{html}");
     assert!(html.contains(&format!(r#"href="/console/agents/{}""#, w.planner.id)), "{html}");
@@ -245,17 +251,15 @@ async fn the_inventory_reads_the_apis_filters_and_pages() -> Result<()> {
     while let Some(path) = next.take() {
         let (st, html) = b.get(&path.replace("&#38;", "&"), &session).await?;
         assert_eq!(st, 200, "{path}: {html}");
-        let ids: Vec<String> = html
-            .split("<td>agt_")
-            .skip(1)
-            .filter_map(|r| r.split('<').next())
-            .map(|id| format!("agt_{id}"))
-            .collect();
+        let ids: Vec<String> =
+            html.split("<td>agt_").skip(1).filter_map(|r| r.split('<').next()).map(|id| format!("agt_{id}")).collect();
         assert_eq!(ids.len(), 1, "{html}");
         seen.extend(ids);
-        next = html.split(r#"rel="next">Next page"#).next().filter(|_| html.contains("Next page")).and_then(|h| {
-            h.rsplit(r#"href=""#).next().and_then(|r| r.split('"').next()).map(str::to_owned)
-        });
+        next = html
+            .split(r#"rel="next">Next page"#)
+            .next()
+            .filter(|_| html.contains("Next page"))
+            .and_then(|h| h.rsplit(r#"href=""#).next().and_then(|r| r.split('"').next()).map(str::to_owned));
         assert!(seen.len() < 50, "paging does not end");
     }
     let (_, all) = w.s.admin(Method::GET, "/v1/agents", None).await?;
@@ -287,23 +291,42 @@ async fn a_stale_policy_save_is_409_keeps_the_text_and_changes_nothing() -> Resu
     let draft = format!("{text}\n// console draft 42\n");
 
     // Test: the dry run, with a case; nothing saved.
-    let cases = json!([{"principal": w.planner.id, "action": "read", "resource": CAL, "expected": "allow"}]).to_string();
-    let form = [("csrf", csrf.as_str()), ("op", "test"), ("policies", draft.as_str()), ("cases", cases.as_str()), ("expected_version", opened_on.as_str())];
+    let cases =
+        json!([{"principal": w.planner.id, "action": "read", "resource": CAL, "expected": "allow"}]).to_string();
+    let form = [
+        ("csrf", csrf.as_str()),
+        ("op", "test"),
+        ("policies", draft.as_str()),
+        ("cases", cases.as_str()),
+        ("expected_version", opened_on.as_str()),
+    ];
     let (st, html) = b.post("/console/policies", &session, &form).await?;
     assert_eq!(st, 200, "{html}");
     assert!(html.contains("Test results") && html.contains("console draft 42"), "{html}");
-    let (st, html) = b.post("/console/policies", &session, &[("csrf", csrf.as_str()), ("op", "test"), ("policies", draft.as_str()), ("cases", "[{")]).await?;
+    let (st, html) = b
+        .post(
+            "/console/policies",
+            &session,
+            &[("csrf", csrf.as_str()), ("op", "test"), ("policies", draft.as_str()), ("cases", "[{")],
+        )
+        .await?;
     assert_eq!(st, 400, "{html}");
 
     // Someone else saves meanwhile.
-    let (st, body) = w.s.admin(Method::PUT, "/v1/policies", Some(json!({"policies": format!("{text}\n// admin edit\n")}))).await?;
+    let (st, body) =
+        w.s.admin(Method::PUT, "/v1/policies", Some(json!({"policies": format!("{text}\n// admin edit\n")}))).await?;
     assert_eq!(st, 200, "{body}");
     let (_, theirs) = w.s.admin(Method::GET, "/v1/policies", None).await?;
     let events = trail_len(&w).await?;
     let save = |expected: String| {
         let (b, csrf, draft, session) = (&b, csrf.clone(), draft.clone(), session.clone());
         async move {
-            let form = [("csrf", csrf.as_str()), ("op", "save"), ("policies", draft.as_str()), ("expected_version", expected.as_str())];
+            let form = [
+                ("csrf", csrf.as_str()),
+                ("op", "save"),
+                ("policies", draft.as_str()),
+                ("expected_version", expected.as_str()),
+            ];
             b.post("/console/policies", &session, &form).await
         }
     };
@@ -315,7 +338,13 @@ async fn a_stale_policy_save_is_409_keeps_the_text_and_changes_nothing() -> Resu
     assert_eq!(trail_len(&w).await?, events, "the stale save recorded something");
     // An invalid set is 400, also keeping the text.
     let bad = "permit(principal, action, resource) when { nonsense };";
-    let (st, html) = b.post("/console/policies", &session, &[("csrf", csrf.as_str()), ("op", "save"), ("policies", bad), ("expected_version", "")]).await?;
+    let (st, html) = b
+        .post(
+            "/console/policies",
+            &session,
+            &[("csrf", csrf.as_str()), ("op", "save"), ("policies", bad), ("expected_version", "")],
+        )
+        .await?;
     assert_eq!(st, 400, "{html}");
     assert!(html.contains("nonsense"), "{html}");
 
@@ -334,7 +363,13 @@ async fn a_stale_policy_save_is_409_keeps_the_text_and_changes_nothing() -> Resu
     let (_, html) = b.get("/console/policies", &session).await?;
     assert!(html.contains(&format!("/console/policies/versions/{n}/restore")), "{html}");
     let v = now["version"].as_str().unwrap_or_default();
-    let (st, html) = b.post(&format!("/console/policies/versions/{n}/restore"), &session, &[("csrf", csrf.as_str()), ("expected_version", v)]).await?;
+    let (st, html) = b
+        .post(
+            &format!("/console/policies/versions/{n}/restore"),
+            &session,
+            &[("csrf", csrf.as_str()), ("expected_version", v)],
+        )
+        .await?;
     assert_eq!(st, 200, "{html}");
     assert_eq!(w.s.admin(Method::GET, "/v1/policies", None).await?.1["policies"], theirs["policies"]);
     let (st, html) = b.get(&format!("/console/policies/versions/{n}/diff"), &session).await?;
