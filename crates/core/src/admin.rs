@@ -345,8 +345,10 @@ impl Mandate {
     pub async fn get_user(&self, caller: Caller, id: UserId) -> Result<User, Error> {
         match caller {
             Caller::Admin => {}
-            Caller::User(me) if me == id => {}
-            Caller::User(_) => return self.forbid(caller, "a user may read only their own record").await,
+            Caller::User(me) | Caller::ConsoleAdmin(me) if me == id => {}
+            Caller::User(_) | Caller::ConsoleAdmin(_) => {
+                return self.forbid(caller, "a user may read only their own record").await;
+            }
         }
         self.store.user(id).await?.ok_or_else(|| Error::NotFound(format!("user {id}")))
     }
@@ -479,8 +481,10 @@ impl Mandate {
     pub async fn list_user_tokens(&self, caller: Caller, id: UserId) -> Result<Vec<UserToken>, Error> {
         match caller {
             Caller::Admin => {}
-            Caller::User(me) if me == id => {}
-            Caller::User(_) => return self.forbid(caller, "a person may list only their own API tokens").await,
+            Caller::User(me) | Caller::ConsoleAdmin(me) if me == id => {}
+            Caller::User(_) | Caller::ConsoleAdmin(_) => {
+                return self.forbid(caller, "a person may list only their own API tokens").await;
+            }
         }
         self.store.user(id).await?.ok_or_else(|| Error::NotFound(format!("user {id}")))?;
         Ok(self.store.user_tokens(id).await?)
@@ -491,8 +495,10 @@ impl Mandate {
     pub async fn revoke_user_token(&self, caller: Caller, id: UserId, token: UserTokenId) -> Result<UserToken, Error> {
         match caller {
             Caller::Admin => {}
-            Caller::User(me) if me == id => {}
-            Caller::User(_) => return self.forbid(caller, "a person may revoke only their own API tokens").await,
+            Caller::User(me) | Caller::ConsoleAdmin(me) if me == id => {}
+            Caller::User(_) | Caller::ConsoleAdmin(_) => {
+                return self.forbid(caller, "a person may revoke only their own API tokens").await;
+            }
         }
         let mut found = self
             .store
@@ -827,7 +833,7 @@ impl Mandate {
             change.push(Mutation::SetFederatedCredentials { id, credentials: rules.clone(), at: now });
             let entity = match caller {
                 Caller::Admin => InitiatingEntity::Admin,
-                Caller::User(_) => InitiatingEntity::User,
+                Caller::User(_) | Caller::ConsoleAdmin(_) => InitiatingEntity::User,
             };
             change.push(crate::ssf::credential_change(
                 id,
@@ -884,8 +890,10 @@ impl Mandate {
         let agent = self.store.agent(id).await?.ok_or_else(|| Error::NotFound(format!("agent {id}")))?;
         match caller {
             Caller::Admin => Ok(agent),
-            Caller::User(u) if u == agent.owner => Ok(agent),
-            Caller::User(_) => self.forbid(caller, "only the owner or an admin may read or change an agent").await,
+            Caller::User(u) | Caller::ConsoleAdmin(u) if u == agent.owner => Ok(agent),
+            Caller::User(_) | Caller::ConsoleAdmin(_) => {
+                self.forbid(caller, "only the owner or an admin may read or change an agent").await
+            }
         }
     }
 
@@ -921,8 +929,10 @@ impl Mandate {
     pub async fn agents_owned_by(&self, caller: Caller, owner: UserId) -> Result<Vec<Agent>, Error> {
         match caller {
             Caller::Admin => {}
-            Caller::User(u) if u == owner => {}
-            Caller::User(_) => return self.forbid(caller, "a person may list only the agents they own").await,
+            Caller::User(u) | Caller::ConsoleAdmin(u) if u == owner => {}
+            Caller::User(_) | Caller::ConsoleAdmin(_) => {
+                return self.forbid(caller, "a person may list only the agents they own").await;
+            }
         }
         Ok(self.store.agents_owned_by(owner).await?)
     }
@@ -958,8 +968,10 @@ impl Mandate {
     ) -> Result<std::collections::HashMap<AgentId, time::OffsetDateTime>, Error> {
         match caller {
             Caller::Admin => {}
-            Caller::User(u) if u == owner => {}
-            Caller::User(_) => return self.forbid(caller, "a person may see only the agents they own").await,
+            Caller::User(u) | Caller::ConsoleAdmin(u) if u == owner => {}
+            Caller::User(_) | Caller::ConsoleAdmin(_) => {
+                return self.forbid(caller, "a person may see only the agents they own").await;
+            }
         }
         Ok(self.store.last_use_of_owned_agents(owner).await?.into_iter().collect())
     }
@@ -974,7 +986,7 @@ impl Mandate {
         // whose level is not known counts as the admin's.
         let level = match caller {
             Caller::Admin => SuspendedBy::Admin,
-            Caller::User(_) => SuspendedBy::Owner,
+            Caller::User(_) | Caller::ConsoleAdmin(_) => SuspendedBy::Owner,
         };
         let suspended_by = agent.suspended_by.unwrap_or(SuspendedBy::Admin);
         if op == Lifecycle::Suspend && agent.status == AgentStatus::Suspended && level > suspended_by {

@@ -112,6 +112,16 @@ pub const MAX_QUERY_LIMIT: u32 = 1_000;
 /// People in this group read the whole audit trail, on the API and the
 /// web pages, like the admin (and change nothing more than anyone else).
 pub const AUDITORS_GROUP: &str = "mandate-auditors";
+/// The groups only the admin token gives (ADR 0037): no SCIM client, no
+/// upstream identity provider and no person can.
+pub const ADMIN_ONLY_GROUPS: [&str; 2] = [AUDITORS_GROUP, Mandate::ADMINS_GROUP];
+
+/// Whether `user` opens the admin console: active, and in
+/// [`Mandate::ADMINS_GROUP`] (given by the admin token only).
+pub fn opens_console(user: &mandate_model::records::User) -> bool {
+    user.status == mandate_model::records::UserStatus::Active && user.groups.iter().any(|g| g == Mandate::ADMINS_GROUP)
+}
+
 /// Most tokens a trace follows.
 const MAX_TRACE_NODES: usize = 10_000;
 /// Most events a trace reads in all, and most agents whose lifecycle it
@@ -529,7 +539,7 @@ impl Mandate {
         e.decision = Some(ALLOW.into());
         e.actor = Some(match caller {
             Caller::Admin => "admin".into(),
-            Caller::User(u) => u.to_string(),
+            Caller::User(u) | Caller::ConsoleAdmin(u) => u.to_string(),
         });
         e
     }
@@ -577,7 +587,7 @@ impl Mandate {
         e.decision = Some(DENY.into());
         e.actor = caller.map(|c| match c {
             Caller::Admin => "admin".into(),
-            Caller::User(u) => u.to_string(),
+            Caller::User(u) | Caller::ConsoleAdmin(u) => u.to_string(),
         });
         e.reason = Some(bounded(reason));
         self.record(e).await
@@ -591,10 +601,20 @@ impl Mandate {
         }))
     }
 
+    /// The group that opens the admin console pages; only the admin token gives it.
+    pub const ADMINS_GROUP: &str = "mandate-admins";
+
+    /// Whether a person opens the admin console (ADR 0037): an active
+    /// member of [`Mandate::ADMINS_GROUP`], read from the store on every
+    /// call, so that leaving the group or being disabled ends it at once.
+    pub async fn is_console_admin(&self, u: mandate_model::UserId) -> Result<bool, Error> {
+        Ok(self.store.user(u).await?.is_some_and(|user| opens_console(&user)))
+    }
+
     /// `GET /v1/audit`. The admin and auditors see every event; a user sees
     /// the events whose subject is that user.
     pub async fn audit_query(&self, caller: Caller, mut q: AuditQuery) -> Result<Vec<Event>, Error> {
-        if let Caller::User(u) = caller
+        if let Some(u) = caller.person()
             && !self.is_auditor(u).await?
         {
             let me = u.to_string();
@@ -647,7 +667,7 @@ impl Mandate {
     /// its own subtree and the path up to its root, every other branch
     /// reduced to a count.
     pub async fn audit_trace(&self, caller: Caller, id: &str) -> Result<Trace, Error> {
-        let Caller::User(u) = caller else { return trace(self.store.as_ref(), id).await };
+        let Some(u) = caller.person() else { return trace(self.store.as_ref(), id).await };
         if self.is_auditor(u).await? {
             return trace(self.store.as_ref(), id).await;
         }

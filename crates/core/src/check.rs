@@ -221,7 +221,9 @@ impl Mandate {
             }
             return match self.authenticate_caller(bearer).await {
                 Ok(crate::Caller::Admin) => Ok(Checker::Admin),
-                Ok(crate::Caller::User(_)) => Err(Error::Forbidden("a user token cannot call the check API".into())),
+                Ok(crate::Caller::User(_) | crate::Caller::ConsoleAdmin(_)) => {
+                    Err(Error::Forbidden("a user token cannot call the check API".into()))
+                }
                 Err(e) => Err(e),
             };
         }

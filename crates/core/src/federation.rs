@@ -187,6 +187,8 @@ fn usable_groups(groups: &[String]) -> (Vec<String>, usize) {
     let usable: Vec<String> = groups
         .iter()
         .filter(|g| name::validate_label("groups", g).is_ok())
+        // ADR 0037: a provider never gives the admin token's groups.
+        .filter(|g| !crate::audit::ADMIN_ONLY_GROUPS.contains(&g.as_str()))
         .filter(|g| seen.insert(g.as_str()))
         .take(crate::admin::MAX_GROUPS)
         .cloned()
@@ -344,8 +346,14 @@ impl Mandate {
         let before = user.clone();
         let mut dropped = 0;
         if let Some(groups) = &who.groups {
-            let (usable, n) = usable_groups(groups);
+            let (mut usable, n) = usable_groups(groups);
             dropped = n;
+            // The admin token's groups the person holds stay: the provider
+            // neither gives nor takes them (ADR 0037).
+            let kept = before.groups.iter().filter(|g| crate::audit::ADMIN_ONLY_GROUPS.contains(&g.as_str()));
+            let room = crate::admin::MAX_GROUPS.saturating_sub(kept.clone().count());
+            usable.truncate(room);
+            usable.extend(kept.cloned());
             user.groups = usable;
         }
         for (k, v) in &who.attributes {
@@ -592,5 +600,63 @@ mod tests {
         assert!(idp.validate().is_err_and(|e| e.contains("email_claim_verified")));
         idp.email_claim_verified = true;
         assert!(idp.validate().is_ok());
+    }
+
+    /// ADR 0037, one row per path that sets a person's groups: only the
+    /// admin token gives `mandate-admins` or `mandate-auditors`; a person's
+    /// own call, a console admin, a SCIM client and an upstream provider
+    /// cannot, and a provider's sign-in does not take them away.
+    #[tokio::test]
+    async fn only_the_admin_token_gives_the_admin_only_groups() {
+        use crate::audit::ADMIN_ONLY_GROUPS;
+        use crate::scim::ScimGroupSpec;
+        let w = World::new().await;
+        let (alice, bob) = (w.alice.id, w.bob.id);
+        let patch = |g: &[&str]| UserPatch {
+            groups: Some(g.iter().map(|g| (*g).to_owned()).collect()),
+            ..UserPatch::default()
+        };
+        // Bob opens the console: still not a way to give the groups.
+        w.m.update_user(Caller::Admin, bob, patch(&[Mandate::ADMINS_GROUP])).await.unwrap();
+        assert!(w.m.is_console_admin(bob).await.unwrap());
+        let ops =
+            w.m.scim_create_group(
+                "scim_test",
+                ScimGroupSpec { display_name: "ops".into(), external_id: None, members: vec![alice] },
+            )
+            .await
+            .unwrap();
+        let holds = |u: mandate_model::records::User, g: &str| u.groups.iter().chain(&u.scim_groups).any(|x| x == g);
+        for group in ADMIN_ONLY_GROUPS {
+            let spec = |members| ScimGroupSpec { display_name: group.into(), external_id: None, members };
+            let rows: Vec<(&str, Result<(), Error>)> = vec![
+                ("her own call", w.m.update_user(Caller::User(alice), alice, patch(&[group])).await.map(drop)),
+                ("a console admin", w.m.update_user(Caller::ConsoleAdmin(bob), alice, patch(&[group])).await.map(drop)),
+                ("a SCIM group", w.m.scim_create_group("scim_test", spec(vec![alice])).await.map(drop)),
+                ("a SCIM rename", w.m.scim_update_group("scim_test", &ops, spec(vec![alice])).await.map(drop)),
+            ];
+            for (path, got) in rows {
+                assert!(
+                    matches!(got, Err(Error::Forbidden(_) | Error::BadInput(_))),
+                    "{group} through {path}: {got:?}"
+                );
+                assert!(!holds(w.store.user(alice).await.unwrap().unwrap(), group), "{group} through {path}");
+            }
+            // The provider's claim: its other groups are taken, that one not.
+            w.m.sign_in_upstream(&idp(true), who("a-1", "alice@example.com", Some(&[group, "eng"]))).await.unwrap();
+            let after = w.store.user(alice).await.unwrap().unwrap();
+            assert_eq!(after.groups, vec!["eng".to_owned()], "{group} through an upstream sign-in");
+        }
+        assert!(!w.m.is_console_admin(alice).await.unwrap() && !w.m.is_auditor(alice).await.unwrap());
+        // The admin token gives them, and a later sign-in keeps them.
+        w.m.update_user(Caller::Admin, alice, patch(&ADMIN_ONLY_GROUPS)).await.unwrap();
+        w.m.sign_in_upstream(&idp(true), who("a-1", "alice@example.com", Some(&["ops"]))).await.unwrap();
+        let after = w.store.user(alice).await.unwrap().unwrap();
+        assert_eq!(after.groups, vec!["ops".to_owned(), "mandate-auditors".to_owned(), "mandate-admins".to_owned()]);
+        assert!(w.m.is_console_admin(alice).await.unwrap() && w.m.is_auditor(alice).await.unwrap());
+        // Disabled, the group opens nothing.
+        let off = UserPatch { status: Some(mandate_model::records::UserStatus::Disabled), ..UserPatch::default() };
+        w.m.update_user(Caller::Admin, alice, off).await.unwrap();
+        assert!(!w.m.is_console_admin(alice).await.unwrap());
     }
 }

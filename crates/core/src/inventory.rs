@@ -124,8 +124,9 @@ impl Mandate {
     async fn inventory_reader(&self, caller: Caller, what: &str) -> Result<(), Error> {
         match caller {
             Caller::Admin => Ok(()),
-            Caller::User(u) if self.is_auditor(u).await? => Ok(()),
-            Caller::User(_) => {
+            Caller::ConsoleAdmin(u) if self.is_console_admin(u).await? => Ok(()),
+            Caller::User(u) | Caller::ConsoleAdmin(u) if self.is_auditor(u).await? => Ok(()),
+            Caller::User(_) | Caller::ConsoleAdmin(_) => {
                 let why = format!("only the admin and auditors may list {what}");
                 self.record_admin_refusal(kind::ADMIN_DENIED, Some(caller), &why).await?;
                 Err(Error::Forbidden(why))
@@ -171,8 +172,9 @@ impl Mandate {
     pub async fn list_grants(&self, caller: Caller, mut q: GrantQuery) -> Result<Paged<Grant, GrantId>, Error> {
         q.user_or_owner = match caller {
             Caller::Admin => None,
-            Caller::User(u) if self.is_auditor(u).await? => None,
-            Caller::User(u) => Some(u),
+            Caller::ConsoleAdmin(u) if self.is_console_admin(u).await? => None,
+            Caller::User(u) | Caller::ConsoleAdmin(u) if self.is_auditor(u).await? => None,
+            Caller::User(u) | Caller::ConsoleAdmin(u) => Some(u),
         };
         let limit = q.limit;
         q.limit = limit.saturating_add(1);

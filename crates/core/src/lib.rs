@@ -47,7 +47,7 @@ pub use oauth::{
 };
 pub use ports::{Clock, ManualClock, Random, SystemClock, SystemRandom};
 pub use request::{BadGrant, BcAuthorizeRequest, ExchangeRequest, GrantRequest, GrantType, Malformed, TokenRequest};
-pub use service::{AuthenticatedClient, Caller, Mandate};
+pub use service::{AuthenticatedClient, Caller, Mandate, SigningKeyInfo};
 pub use store::{Applied, Change, Handle, KeyUse, MemoryStore, Mutation, Receipt, Store, StoreError, StoredKey};
 
 pub use admin::{AgentPatch, Cascade, NewAgent, NewResource, NewUser, NewUserToken, UserPatch};

@@ -55,7 +55,7 @@ impl Mandate {
         expected: Option<&str>,
         restored_from: Option<u64>,
     ) -> Result<StoredPolicy, Error> {
-        self.require_admin(caller).await?;
+        self.require_console(caller).await?;
         let actions = self.action_catalog().await?;
         let context = self.context_catalog().await?;
         let engine = crate::admin::compile_off_the_workers(text, actions, context).await?.map_err(|e| match e {
@@ -96,7 +96,7 @@ impl Mandate {
     }
 
     pub async fn get_policies(&self, caller: Caller) -> Result<CurrentPolicies, Error> {
-        self.require_admin(caller).await?;
+        self.require_console(caller).await?;
         let actions = self.action_catalog().await?;
         let context = self.context_catalog().await?;
         let engine = self.fresh_engine().await?;
@@ -171,7 +171,7 @@ impl Mandate {
         number: u64,
         expected: Option<&str>,
     ) -> Result<StoredPolicy, Error> {
-        self.require_admin(caller).await?;
+        self.require_console(caller).await?;
         let (_, policy) = self
             .store
             .policy_version(number)

@@ -376,8 +376,8 @@ impl Mandate {
     /// auditors only.
     pub(crate) async fn require_admin_or_auditor(&self, caller: Caller) -> Result<(), Error> {
         match caller {
-            Caller::User(u) if self.is_auditor(u).await? => Ok(()),
-            other => self.require_admin(other).await,
+            Caller::User(u) | Caller::ConsoleAdmin(u) if self.is_auditor(u).await? => Ok(()),
+            other => self.require_console(other).await,
         }
     }
 

@@ -199,7 +199,7 @@ impl Mandate {
     /// `GET /v1/review`: the admin and auditors only.
     pub async fn review(&self, caller: Caller, overrides: ThresholdOverrides) -> Result<Vec<Finding>, Error> {
         let thresholds = self.config().review.with(overrides)?;
-        if let Caller::User(u) = caller
+        if let Some(u) = caller.person()
             && !self.is_auditor(u).await?
         {
             let why = "the access review is for the admin and auditors";

@@ -397,6 +397,13 @@ impl Mandate {
         let display_name = crate::admin::validate_groups(std::slice::from_ref(&want.display_name))?
             .pop()
             .ok_or_else(|| Error::BadInput("displayName is required".into()))?;
+        // ADR 0037: the groups that open the console and the whole trail
+        // are the admin token's to give, never a provisioning client's.
+        if crate::audit::ADMIN_ONLY_GROUPS.contains(&display_name.as_str()) {
+            return Err(Error::BadInput(format!(
+                "displayName {display_name:?} is reserved: only the admin token gives it"
+            )));
+        }
         let external_id = want.external_id.as_deref().map(|x| valid_id("externalId", x)).transpose()?;
         let members: BTreeSet<UserId> = want.members.into_iter().collect();
         for m in &members {

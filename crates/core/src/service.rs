@@ -26,6 +26,32 @@ const ADMIN_TOKEN_SETTING: &str = "admin_token_sha256";
 pub enum Caller {
     Admin,
     User(UserId),
+    /// A person in [`Mandate::ADMINS_GROUP`] acting on an admin console
+    /// page (ADR 0037). Only the console's own operations accept it (each
+    /// checks the membership again); everywhere else it is just that
+    /// person. The trail names the person, never "admin".
+    ConsoleAdmin(UserId),
+}
+
+impl Caller {
+    /// The person calling, if it is not the admin token.
+    pub fn person(self) -> Option<UserId> {
+        match self {
+            Caller::Admin => None,
+            Caller::User(u) | Caller::ConsoleAdmin(u) => Some(u),
+        }
+    }
+}
+
+/// A signing key without its private part: what the console lists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SigningKeyInfo {
+    pub kid: String,
+    pub alg: String,
+    pub purpose: KeyUse,
+    pub created_at: OffsetDateTime,
+    /// When a newer key replaced it; `None` for a key in use.
+    pub retired_at: Option<OffsetDateTime>,
 }
 
 /// A client authenticated at an OAuth endpoint.
@@ -559,7 +585,24 @@ impl Mandate {
     pub(crate) async fn require_admin(&self, caller: Caller) -> Result<(), Error> {
         match caller {
             Caller::Admin => Ok(()),
-            Caller::User(_) => {
+            Caller::User(_) | Caller::ConsoleAdmin(_) => {
+                let e = Error::Forbidden("this call needs the admin token".into());
+                self.record_admin_refusal(kind::ADMIN_DENIED, Some(caller), &e.to_string()).await?;
+                Err(e)
+            }
+        }
+    }
+
+    /// Refuses, and records the refusal of, a call the admin console
+    /// offers (ADR 0037): the admin token, or a person acting on a console
+    /// page who is, at this moment, an active member of
+    /// [`Mandate::ADMINS_GROUP`]. A plain person (a user API token) is
+    /// refused whatever their groups: the group opens pages, not the API.
+    pub(crate) async fn require_console(&self, caller: Caller) -> Result<(), Error> {
+        match caller {
+            Caller::Admin => Ok(()),
+            Caller::ConsoleAdmin(u) if self.is_console_admin(u).await? => Ok(()),
+            Caller::ConsoleAdmin(_) | Caller::User(_) => {
                 let e = Error::Forbidden("this call needs the admin token".into());
                 self.record_admin_refusal(kind::ADMIN_DENIED, Some(caller), &e.to_string()).await?;
                 Err(e)
@@ -747,10 +790,32 @@ impl Mandate {
         set
     }
 
+    /// The signing keys as the admin console shows them (ADR 0037): every
+    /// stored key with its use, algorithm and dates, newest first; never
+    /// any private material.
+    pub async fn signing_key_list(&self, caller: Caller) -> Result<Vec<SigningKeyInfo>, Error> {
+        self.require_console(caller).await?;
+        let mut keys: Vec<SigningKeyInfo> = self
+            .store
+            .signing_keys()
+            .await?
+            .into_iter()
+            .map(|k| SigningKeyInfo {
+                kid: k.kid,
+                alg: k.alg,
+                purpose: k.purpose,
+                created_at: k.created_at,
+                retired_at: k.retired_at,
+            })
+            .collect();
+        keys.sort_by(|a, b| b.created_at.cmp(&a.created_at).then_with(|| a.kid.cmp(&b.kid)));
+        Ok(keys)
+    }
+
     /// Adds a new signing key and retires the current one, which stays
     /// published until the tokens it signed have expired.
     pub async fn rotate_keys(&self, caller: Caller, alg: Option<mandate_jose::KeyAlg>) -> Result<String, Error> {
-        self.require_admin(caller).await?;
+        self.require_console(caller).await?;
         let key = SigningKey::generate(alg.unwrap_or(self.config.signing_alg))
             .map_err(|e| Error::Unavailable(e.to_string()))?;
         let now = self.clock.now();

@@ -6,6 +6,8 @@
 //! last id of the page (core pages by keyset on the id). A cursor of
 //! another list, or one that does not decode to an id, is 400.
 
+use std::collections::BTreeMap;
+
 use axum::Json;
 use axum::extract::{Path, RawQuery, State};
 use axum::response::{IntoResponse, Response};
@@ -28,7 +30,7 @@ use crate::error::Problem;
 const MAX_CURSOR: usize = 128;
 
 /// The cursor that continues list `list` below `id`.
-fn cursor(list: &str, id: impl ToString) -> String {
+pub(crate) fn cursor(list: &str, id: impl ToString) -> String {
     URL_SAFE_NO_PAD.encode(format!("{list}:{}", id.to_string()))
 }
 
@@ -62,7 +64,7 @@ fn named<T: serde::de::DeserializeOwned>(name: &str, v: Option<&String>, known: 
     .transpose()
 }
 
-fn limit(q: &std::collections::BTreeMap<String, String>) -> Result<u32, Problem> {
+fn limit(q: &BTreeMap<String, String>) -> Result<u32, Problem> {
     Ok(page_size(parsed::<u32>("limit", q.get("limit"))?)?)
 }
 
@@ -75,42 +77,36 @@ fn page<T, Id: ToString>(
     Ok(Json(json!({ "items": items, "next_cursor": p.next.map(|id| cursor(list, id)) })).into_response())
 }
 
+/// The parameters of `GET /v1/users` (and the console's people list).
+pub(crate) const USER_FILTERS: &[&str] = &["status", "group", "limit", "cursor"];
+
+/// The people list's query, read from its parameters (400 when one is bad).
+pub(crate) fn users_query(q: &BTreeMap<String, String>) -> Result<UserListQuery, Problem> {
+    Ok(UserListQuery {
+        status: named::<UserStatus>("status", q.get("status"), "active, disabled")?,
+        group: q.get("group").cloned(),
+        before: after::<UserId>("users", q.get("cursor"))?,
+        limit: limit(q)?,
+    })
+}
+
 /// `GET /v1/users?status=&group=&limit=&cursor=`.
 pub async fn list_users(
     State(s): State<AppState>,
     Authed(c): Authed,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, Problem> {
-    let q = query(raw.as_deref(), &["status", "group", "limit", "cursor"])?;
-    let query = UserListQuery {
-        status: named::<UserStatus>("status", q.get("status"), "active, disabled")?,
-        group: q.get("group").cloned(),
-        before: after::<UserId>("users", q.get("cursor"))?,
-        limit: limit(&q)?,
-    };
-    page("users", s.mandate.list_users(c, query).await?, to_json)
+    let q = query(raw.as_deref(), USER_FILTERS)?;
+    page("users", s.mandate.list_users(c, users_query(&q)?).await?, to_json)
 }
 
-/// `GET /v1/agents?owner=&kind=&origin=&status=&parent=&used_before=&used_after=&expires_before=&limit=&cursor=`.
-pub async fn list_agents(
-    State(s): State<AppState>,
-    Authed(c): Authed,
-    RawQuery(raw): RawQuery,
-) -> Result<Response, Problem> {
-    let known = [
-        "owner",
-        "kind",
-        "origin",
-        "status",
-        "parent",
-        "used_before",
-        "used_after",
-        "expires_before",
-        "limit",
-        "cursor",
-    ];
-    let q = query(raw.as_deref(), &known)?;
-    let query = AgentListQuery {
+/// The parameters of `GET /v1/agents` (and the console's agents list).
+pub(crate) const AGENT_FILTERS: &[&str] =
+    &["owner", "kind", "origin", "status", "parent", "used_before", "used_after", "expires_before", "limit", "cursor"];
+
+/// The agents list's query, read from its parameters (400 when one is bad).
+pub(crate) fn agents_query(q: &BTreeMap<String, String>) -> Result<AgentListQuery, Problem> {
+    Ok(AgentListQuery {
         owner: parsed::<UserId>("owner", q.get("owner"))?,
         kind: named::<AgentKind>("kind", q.get("kind"), "persistent, ephemeral")?,
         origin: named::<AgentOrigin>(
@@ -124,9 +120,18 @@ pub async fn list_agents(
         used_after: time_param("used_after", q.get("used_after"))?,
         expires_before: time_param("expires_before", q.get("expires_before"))?,
         before: after::<AgentId>("agents", q.get("cursor"))?,
-        limit: limit(&q)?,
-    };
-    page("agents", s.mandate.list_agents(c, query).await?, |a| {
+        limit: limit(q)?,
+    })
+}
+
+/// `GET /v1/agents?owner=&kind=&origin=&status=&parent=&used_before=&used_after=&expires_before=&limit=&cursor=`.
+pub async fn list_agents(
+    State(s): State<AppState>,
+    Authed(c): Authed,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, Problem> {
+    let q = query(raw.as_deref(), AGENT_FILTERS)?;
+    page("agents", s.mandate.list_agents(c, agents_query(&q)?).await?, |a| {
         let mut v = to_json(&a.agent)?;
         if let Some(o) = v.as_object_mut() {
             o.insert("client_id".into(), json!(a.agent.id.to_string()));
@@ -207,29 +212,33 @@ pub async fn agent_inventory(
     .into_response())
 }
 
+/// The parameters of `GET /v1/resources` (and the console's list).
+pub(crate) const RESOURCE_FILTERS: &[&str] = &["limit", "cursor"];
+
+/// The resources list's query, read from its parameters.
+pub(crate) fn resources_query(q: &BTreeMap<String, String>) -> Result<ResourceListQuery, Problem> {
+    Ok(ResourceListQuery { before: after::<ResourceId>("resources", q.get("cursor"))?, limit: limit(q)? })
+}
+
 /// `GET /v1/resources?limit=&cursor=`.
 pub async fn list_resources(
     State(s): State<AppState>,
     Authed(c): Authed,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, Problem> {
-    let q = query(raw.as_deref(), &["limit", "cursor"])?;
-    let query = ResourceListQuery { before: after::<ResourceId>("resources", q.get("cursor"))?, limit: limit(&q)? };
-    page("resources", s.mandate.list_resources(c, query).await?, to_json)
+    let q = query(raw.as_deref(), RESOURCE_FILTERS)?;
+    page("resources", s.mandate.list_resources(c, resources_query(&q)?).await?, to_json)
 }
 
-/// `GET /v1/grants?user=&agent=&resource=&status=&expires_before=&used_before=&limit=&cursor=`.
-pub async fn list_grants(
-    State(s): State<AppState>,
-    Authed(c): Authed,
-    RawQuery(raw): RawQuery,
-) -> Result<Response, Problem> {
-    let known = ["user", "agent", "resource", "status", "expires_before", "used_before", "limit", "cursor"];
-    let q = query(raw.as_deref(), &known)?;
-    let now = s.mandate.now();
+/// The parameters of `GET /v1/grants` (and the console's grants list).
+pub(crate) const GRANT_FILTERS: &[&str] =
+    &["user", "agent", "resource", "status", "expires_before", "used_before", "limit", "cursor"];
+
+/// The grants list's query at `now`, read from its parameters.
+pub(crate) fn grants_query(q: &BTreeMap<String, String>, now: OffsetDateTime) -> Result<GrantQuery, Problem> {
     let status =
         q.get("status").map(|v| v.parse::<GrantState>().map(|st| (st, now)).map_err(Problem::bad_input)).transpose()?;
-    let query = GrantQuery {
+    Ok(GrantQuery {
         user: parsed::<UserId>("user", q.get("user"))?,
         agent: parsed::<AgentId>("agent", q.get("agent"))?,
         user_or_owner: None,
@@ -238,9 +247,19 @@ pub async fn list_grants(
         expires_before: time_param("expires_before", q.get("expires_before"))?,
         used_before: time_param("used_before", q.get("used_before"))?,
         before: after::<GrantId>("grants", q.get("cursor"))?,
-        limit: limit(&q)?,
-    };
-    page("grants", s.mandate.list_grants(c, query).await?, |g| grant_json(g, now))
+        limit: limit(q)?,
+    })
+}
+
+/// `GET /v1/grants?user=&agent=&resource=&status=&expires_before=&used_before=&limit=&cursor=`.
+pub async fn list_grants(
+    State(s): State<AppState>,
+    Authed(c): Authed,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, Problem> {
+    let q = query(raw.as_deref(), GRANT_FILTERS)?;
+    let now = s.mandate.now();
+    page("grants", s.mandate.list_grants(c, grants_query(&q, now)?).await?, |g| grant_json(g, now))
 }
 
 #[cfg(test)]

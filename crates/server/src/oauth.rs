@@ -254,7 +254,7 @@ async fn token_caller(
     if let Some(b) = bearer(headers) {
         return match state.mandate.authenticate_caller(b).await {
             Ok(Caller::Admin) => Ok(TokenCaller::Admin),
-            Ok(Caller::User(_)) | Err(Error::Unauthenticated) => {
+            Ok(Caller::User(_) | Caller::ConsoleAdmin(_)) | Err(Error::Unauthenticated) => {
                 let e = Error::InvalidClient("not a client".into());
                 state
                     .mandate

@@ -1,8 +1,9 @@
 // Every page passes axe-core's WCAG 2.1 A and AA rules (labels, names,
 // contrast, landmarks, lists, tables), signed out and signed in, with a
-// pending approval and a pending renewal, grants, agents, events and a tree on screen. axe is
-// injected into a context that bypasses the CSP, which allows no inline
-// script (the pages themselves are checked for their CSP by the other tests).
+// pending approval and a pending renewal, grants, agents, events and a
+// tree on screen, and the admin console's pages. axe is injected into a
+// context that bypasses the CSP, which allows no inline script (the pages
+// themselves are checked for their CSP by the other tests).
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -58,6 +59,33 @@ test('every page passes the WCAG 2.1 AA rules of axe-core', { timeout: 120_000 }
     await page.getByRole('button', { name: 'Allow' }).waitFor();
     found['/oauth/authorize'] = await audit(page);
     await context.close();
+
+    // The admin console, as a person in mandate-admins (ADR 0037), with a
+    // dry run's results and a diff on screen.
+    const ada = await server.createUser({
+      name: 'Ada Admin', email: 'ada@example.com', groups: ['mandate-admins'], password: 'correct horse battery staple',
+    });
+    const admin = await browser.newContext({ bypassCSP: true, viewport: { width: 1200, height: 800 } });
+    const adminPage = await admin.newPage();
+    await adminPage.goto(`${server.url}/login`);
+    await login(adminPage, ada.email, ada.password);
+    for (const path of [
+      '/console', '/console/inventory', '/console/inventory/users', '/console/inventory/resources',
+      '/console/inventory/grants', `/console/agents/${planner.id}`, '/console/policies',
+      '/console/policies/versions/1/diff', '/console/keys', '/console/inventory/agents?kind=robot',
+    ]) {
+      await adminPage.goto(`${server.url}${path}`);
+      found[path] = await audit(adminPage);
+    }
+    await adminPage.goto(`${server.url}/console/policies`);
+    await adminPage.getByLabel(/Test cases/).fill(JSON.stringify([
+      { principal: planner.id, action: 'read', resource: CAL, expected: 'allow' },
+    ]));
+    await adminPage.getByLabel('Also replay recorded decisions').check();
+    await adminPage.getByRole('button', { name: 'Test' }).click();
+    await adminPage.getByRole('heading', { name: 'Test results' }).waitFor();
+    found['/console/policies (test results)'] = await audit(adminPage);
+    await admin.close();
     const failing = Object.entries(found).filter(([, v]) => v.length > 0);
     assert.deepEqual(failing, [], JSON.stringify(failing, null, 2));
   }),

@@ -89,7 +89,7 @@ impl Mandate {
         }
         let (approver, groups) = match caller {
             Caller::Admin => (None, Vec::new()),
-            Caller::User(me) => {
+            Caller::User(me) | Caller::ConsoleAdmin(me) => {
                 let groups = match self.store.user(me).await? {
                     Some(u) if u.status == UserStatus::Active => groups_of(&u),
                     _ => Vec::new(),
@@ -106,9 +106,15 @@ impl Mandate {
         let approval = self.store.approval(id).await?.ok_or_else(|| Error::NotFound(format!("approval {id}")))?;
         match caller {
             Caller::Admin => Ok(approval),
-            Caller::User(me) if me == approval.approver && approval.group.is_none() => Ok(approval),
-            Caller::User(me) if approval.group.is_some() && self.is_member(me, &approval).await? => Ok(approval),
-            Caller::User(_) => Err(Error::NotFound(format!("approval {id}"))),
+            Caller::User(me) | Caller::ConsoleAdmin(me) if me == approval.approver && approval.group.is_none() => {
+                Ok(approval)
+            }
+            Caller::User(me) | Caller::ConsoleAdmin(me)
+                if approval.group.is_some() && self.is_member(me, &approval).await? =>
+            {
+                Ok(approval)
+            }
+            Caller::User(_) | Caller::ConsoleAdmin(_) => Err(Error::NotFound(format!("approval {id}"))),
         }
     }
 
@@ -127,7 +133,7 @@ impl Mandate {
     /// concurrent decisions exactly one changes it; the others get 409.
     pub async fn decide_approval(&self, caller: Caller, id: ApprovalId, approve: bool) -> Result<Approval, Error> {
         let mut approval = self.store.approval(id).await?.ok_or_else(|| Error::NotFound(format!("approval {id}")))?;
-        let Caller::User(me) = caller else {
+        let Some(me) = caller.person() else {
             self.record_admin_refusal(kind::ADMIN_DENIED, Some(caller), "only the named person decides").await?;
             return Err(Error::Forbidden("only the person the request names may decide it".into()));
         };

@@ -15,7 +15,7 @@ impl Mandate {
     /// Returns the grant and how many tokens were revoked.
     pub async fn revoke_grant(&self, caller: Caller, id: GrantId) -> Result<(Grant, u64), Error> {
         let mut grant = self.store.grant(id).await?.ok_or_else(|| Error::NotFound(format!("grant {id}")))?;
-        if let Caller::User(me) = caller
+        if let Some(me) = caller.person()
             && me != grant.user
         {
             let owner = self.store.agent(grant.agent).await?.map(|a| a.owner);
@@ -41,7 +41,7 @@ impl Mandate {
         let tokens = change.push(Mutation::RevokeTokensOfGrant { grant: id, at: now });
         let entity = match caller {
             Caller::Admin => InitiatingEntity::Admin,
-            Caller::User(_) => InitiatingEntity::User,
+            Caller::User(_) | Caller::ConsoleAdmin(_) => InitiatingEntity::User,
         };
         Mandate::signal_revocations(&mut change, now, Cause::new(entity, "the grant was revoked"));
         change.push(AuditRecord::counting(event, &[tokens]).mutation());

@@ -10,6 +10,7 @@
 //! the API, and the API's tokens never sign anyone in.
 
 mod authorize;
+mod console;
 mod html;
 mod pages;
 pub mod upstream;
@@ -54,6 +55,22 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .route("/agents/{id}/{op}", post(pages::agent_op))
         .route("/audit", get(pages::audit))
         .route("/audit/trace/{id}", get(pages::trace))
+        // The admin console (ADR 0037); a policy set may be as long as on
+        // the API, and a form encodes it at most three times as long.
+        .route("/console", get(console::index))
+        .route("/console/inventory", get(console::inventory))
+        .route("/console/inventory/{list}", get(console::inventory_list))
+        .route("/console/agents/{id}", get(console::agent))
+        .route(
+            "/console/policies",
+            get(console::policies)
+                .post(console::policies_post)
+                .layer(axum::extract::DefaultBodyLimit::max(3 * crate::MAX_POLICY_BODY)),
+        )
+        .route("/console/policies/versions/{n}/diff", get(console::diff))
+        .route("/console/policies/versions/{n}/restore", post(console::restore))
+        .route("/console/keys", get(console::keys))
+        .route("/console/keys/rotate", post(console::rotate))
         .route("/static/app.css", get(|| async { asset("text/css", include_str!("app.css")) }))
         .route("/static/app.js", get(|| async { asset("text/javascript", include_str!("app.js")) }))
 }
@@ -165,6 +182,10 @@ impl FromRequestParts<AppState> for Signed {
             } else {
                 page_of_post = match parts.uri.path().split('/').nth(1) {
                     Some(p @ ("approvals" | "grants" | "agents")) => format!("/{p}"),
+                    Some("console") => match parts.uri.path().split('/').nth(2) {
+                        Some(p @ ("policies" | "keys")) => format!("/console/{p}"),
+                        _ => "/console".to_owned(),
+                    },
                     _ => "/".to_owned(),
                 };
                 page_of_post.as_str()

@@ -41,7 +41,7 @@ fn is_live(headers: &HeaderMap) -> bool {
 }
 
 /// Refuses a post whose CSRF token is not the session's.
-fn csrf_refusal(signed: &Signed, form: &OAuthForm) -> Option<Response> {
+pub(crate) fn csrf_refusal(signed: &Signed, form: &OAuthForm) -> Option<Response> {
     let sent = form.get("csrf").unwrap_or_default();
     if mandate_jose::ct_eq(sent.as_bytes(), signed.session.csrf.as_bytes()) {
         None

@@ -41,10 +41,16 @@ pub struct NavItem {
 impl Who {
     /// The header of a page at `current` (a nav `href`, or "" for none).
     pub fn of(session: &Session, current: &str) -> Option<Self> {
-        let nav = [("/approvals", "Approvals"), ("/grants", "Grants"), ("/agents", "Agents"), ("/audit", "Audit")]
-            .into_iter()
-            .map(|(href, label)| NavItem { href, label, here: href == current })
-            .collect();
+        let mut nav: Vec<NavItem> =
+            [("/approvals", "Approvals"), ("/grants", "Grants"), ("/agents", "Agents"), ("/audit", "Audit")]
+                .into_iter()
+                .map(|(href, label)| NavItem { href, label, here: href == current })
+                .collect();
+        // The console's link, only for the people it opens to (ADR 0037);
+        // `session.user` was read from the store for this request.
+        if mandate_core::audit::opens_console(&session.user) {
+            nav.push(NavItem { href: "/console", label: "Console", here: current == "/console" });
+        }
         Some(Who { email: session.user.email.clone(), csrf: session.csrf.clone(), nav })
     }
 }
@@ -385,4 +391,206 @@ pub struct ConsentPage {
     /// The only agents (or groups) the grant's tokens may be passed on to
     /// (`allowed_actors`, ADR 0024); empty when the request names none.
     pub actors: Vec<String>,
+}
+
+// ----- console (ADR 0037) -----
+
+/// The console's own navigation, with the page at `current` marked.
+pub fn console_nav(current: &str) -> Vec<NavItem> {
+    [
+        ("/console/inventory", "Inventory"),
+        ("/console/policies", "Policies"),
+        ("/console/keys", "Keys"),
+        ("/review", "Review"),
+    ]
+    .into_iter()
+    .map(|(href, label)| NavItem { href, label, here: href == current })
+    .collect()
+}
+
+#[derive(Template)]
+#[template(path = "console.html")]
+pub struct ConsolePage {
+    pub title: &'static str,
+    pub who: Option<Who>,
+    pub console: Vec<NavItem>,
+}
+
+/// A tab of the inventory: one list.
+pub struct Tab {
+    pub href: String,
+    pub label: &'static str,
+    pub here: bool,
+}
+
+/// A table cell: text, linked when `href` is set.
+pub struct Cell {
+    pub text: String,
+    pub href: Option<String>,
+}
+
+impl Cell {
+    pub fn text(text: impl Into<String>) -> Self {
+        Cell { text: text.into(), href: None }
+    }
+}
+
+#[derive(Template)]
+#[template(path = "console_inventory.html")]
+pub struct InventoryPage {
+    pub title: &'static str,
+    pub who: Option<Who>,
+    pub console: Vec<NavItem>,
+    pub tabs: Vec<Tab>,
+    /// The list shown (`users`, `agents`, …): the filter form's action.
+    pub action: String,
+    pub caption: &'static str,
+    pub fields: Vec<Field>,
+    /// Why the filters were refused; empty when they were not.
+    pub alert: String,
+    pub columns: Vec<&'static str>,
+    pub rows: Vec<Vec<Cell>>,
+    /// The link to the next page, same filters.
+    pub next: Option<String>,
+}
+
+#[derive(Template)]
+#[template(path = "console_agent.html")]
+pub struct AgentDetailPage {
+    pub title: &'static str,
+    pub who: Option<Who>,
+    pub console: Vec<NavItem>,
+    pub name: String,
+    /// Label and value, in order.
+    pub facts: Vec<(&'static str, String)>,
+    /// kid, key type, algorithm.
+    pub keys: Vec<(String, String, String)>,
+    pub may_delegate_to: Vec<String>,
+    pub candidates: usize,
+    /// Agent, count, last time.
+    pub delegated_to: Vec<(String, u64, String)>,
+    pub days: u32,
+    pub events_read: u64,
+    pub complete: bool,
+}
+
+/// One case's answer from the dry run.
+pub struct CaseRow {
+    pub n: usize,
+    pub decision: String,
+    pub expected: String,
+    pub matches: &'static str,
+    pub current: String,
+    pub flipped: &'static str,
+    pub reasons: String,
+}
+
+/// A recorded decision the candidate decides differently.
+pub struct FlipRow {
+    pub seq: u64,
+    pub time: String,
+    pub action: String,
+    pub resource: String,
+    pub chain: String,
+    pub current: String,
+    pub candidate: String,
+}
+
+pub struct ReplayView {
+    pub since: String,
+    pub replayed: usize,
+    pub skipped: usize,
+    pub truncated: bool,
+    pub allow_to_deny: usize,
+    pub deny_to_allow: usize,
+    pub other_changes: usize,
+    pub samples: Vec<FlipRow>,
+}
+
+pub struct TestView {
+    pub candidate_version: String,
+    pub current_version: String,
+    pub matched: usize,
+    pub mismatched: usize,
+    pub cases: Vec<CaseRow>,
+    /// "case 0: allow → deny", one per flipped case.
+    pub flips: Vec<String>,
+    pub replay: Option<ReplayView>,
+}
+
+/// A history entry with its Diff link and Restore form.
+pub struct VersionRow {
+    pub number: u64,
+    pub version: String,
+    pub author: String,
+    pub created: String,
+    pub bytes: u64,
+    pub current: bool,
+    pub diff: String,
+    pub restore: String,
+}
+
+#[derive(Template)]
+#[template(path = "console_policies.html")]
+pub struct PoliciesPage {
+    pub title: &'static str,
+    pub who: Option<Who>,
+    pub console: Vec<NavItem>,
+    pub csrf: String,
+    /// What the last action did; empty for none.
+    pub notice: String,
+    /// Why it was refused; empty for none.
+    pub alert: String,
+    /// The editor's text: the current set, or what was submitted.
+    pub text: String,
+    /// The version the editor's text was made from (`expected_version`).
+    pub expected: String,
+    /// The running set's version and history number.
+    pub version: String,
+    pub number: String,
+    pub cases: String,
+    pub replay: bool,
+    pub since: String,
+    pub results: Option<TestView>,
+    pub versions: Vec<VersionRow>,
+    pub older: Option<String>,
+}
+
+/// A line of a diff and how it changed: `add`, `del`, `hunk` or `same`.
+pub struct DiffLine {
+    pub class: &'static str,
+    pub text: String,
+}
+
+#[derive(Template)]
+#[template(path = "console_diff.html")]
+pub struct DiffPage {
+    pub title: &'static str,
+    pub who: Option<Who>,
+    pub console: Vec<NavItem>,
+    pub from: String,
+    pub to: u64,
+    pub inserted: usize,
+    pub deleted: usize,
+    pub lines: Vec<DiffLine>,
+}
+
+pub struct KeyRow {
+    pub kid: String,
+    pub alg: String,
+    pub purpose: &'static str,
+    pub state: &'static str,
+    pub created: String,
+    pub retired: String,
+}
+
+#[derive(Template)]
+#[template(path = "console_keys.html")]
+pub struct KeysPage {
+    pub title: &'static str,
+    pub who: Option<Who>,
+    pub console: Vec<NavItem>,
+    pub csrf: String,
+    pub notice: String,
+    pub rows: Vec<KeyRow>,
 }

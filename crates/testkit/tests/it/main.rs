@@ -6,6 +6,7 @@ mod admin;
 mod audit;
 mod authorize;
 mod client_auth;
+mod console;
 mod delegation;
 mod discovery;
 mod dpop;
