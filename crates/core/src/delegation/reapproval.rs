@@ -62,7 +62,7 @@ impl Mandate {
     ) -> Result<Reapproved, Error> {
         let grant = self.store.grant(id).await?.ok_or_else(|| Error::NotFound(format!("grant {id}")))?;
         let agent = self.store.agent(grant.agent).await?;
-        if let Caller::User(me) = caller
+        if let Some(me) = caller.person()
             && me != grant.user
             && agent.as_ref().map(|a| a.owner) != Some(me)
         {
@@ -115,8 +115,12 @@ impl Mandate {
         // their approval, as on the consent page.
         let by = match (&approver, caller) {
             (None, _) => Some("policy".to_owned()),
-            (Some(Approver::User), Caller::User(me)) if me == grant.user => Some(me.to_string()),
-            (Some(Approver::Owner), Caller::User(me)) if me == agent.owner => Some(me.to_string()),
+            (Some(Approver::User), Caller::User(me) | Caller::ConsoleAdmin(me)) if me == grant.user => {
+                Some(me.to_string())
+            }
+            (Some(Approver::Owner), Caller::User(me) | Caller::ConsoleAdmin(me)) if me == agent.owner => {
+                Some(me.to_string())
+            }
             _ => None,
         };
         if let Some(by) = by {
@@ -288,7 +292,7 @@ impl Mandate {
             return Err(Error::Conflict(format!("approval {id}: renewing grant {g} now would not extend it")));
         }
         let by = match caller {
-            Caller::User(me) => me.to_string(),
+            Caller::User(me) | Caller::ConsoleAdmin(me) => me.to_string(),
             Caller::Admin => "admin".into(),
         };
         Ok(self.push_extension(change, caller, &grant, to, purpose, &by, now))
@@ -361,7 +365,7 @@ impl Mandate {
 
     /// `GET /v1/review/lapsed`: the admin and auditors only.
     pub async fn lapsed_grants(&self, caller: Caller, query: LapsedQuery) -> Result<Lapsed, Error> {
-        if let Caller::User(u) = caller
+        if let Some(u) = caller.person()
             && !self.is_auditor(u).await?
         {
             let why = "the lapse report is for the admin and auditors";
