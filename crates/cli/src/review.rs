@@ -1,5 +1,6 @@
 //! `mandate review`: the access review's findings (DESIGN §12) from a
-//! running server.
+//! running server; `mandate review campaigns|items|decide` for its
+//! campaigns (crates/cli/src/admin).
 
 use anyhow::Result;
 use clap::Args;
@@ -9,7 +10,11 @@ use crate::admin::Output;
 use crate::admin::client::Api;
 
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct ReviewArgs {
+    /// Campaigns and decisions; without one, the findings.
+    #[command(subcommand)]
+    command: Option<crate::admin::ReviewCommand>,
     #[command(flatten)]
     out: Output,
     /// Days without use before an agent or grant is stale (0 = now); the
@@ -27,6 +32,10 @@ pub struct ReviewArgs {
 /// `Ok(true)` when there are no findings; `main` exits 1 when there are
 /// some (the answer is no), and by the refusal's code on errors.
 pub async fn run(args: ReviewArgs) -> Result<bool> {
+    if let Some(command) = args.command {
+        crate::admin::review(command, args.out).await?;
+        return Ok(true);
+    }
     let mut query = Vec::new();
     for (name, v) in
         [("stale_days", args.stale_days), ("unused_days", args.unused_days), ("expiring_days", args.expiring_days)]

@@ -64,6 +64,15 @@ pub mod kind {
     pub const GRANT_CREATED: &str = "grant.created";
     pub const GRANT_REVOKED: &str = "grant.revoked";
     pub const GRANT_DENIED: &str = "grant.denied";
+    /// An access review narrowed a grant's scopes; its tokens are revoked.
+    pub const GRANT_NARROWED: &str = "grant.narrowed";
+    /// An access review campaign was started (`resource`: its `rvc_…` id).
+    pub const REVIEW_CAMPAIGN_CREATED: &str = "review.campaign_created";
+    /// A review item was decided (by its assignee, a reviewer, or the
+    /// campaign's default at the deadline); `resource` is the finding's subject.
+    pub const REVIEW_ITEM_DECIDED: &str = "review.item_decided";
+    /// A campaign's deadline passed: its defaults were applied and it closed.
+    pub const REVIEW_CAMPAIGN_CLOSED: &str = "review.campaign_closed";
     pub const APPROVAL_REQUESTED: &str = "approval.requested";
     pub const APPROVAL_APPROVED: &str = "approval.approved";
     pub const APPROVAL_DENIED: &str = "approval.denied";
@@ -104,6 +113,17 @@ pub const MAX_QUERY_LIMIT: u32 = 1_000;
 /// People in this group read the whole audit trail, on the API and the
 /// web pages, like the admin (and change nothing more than anyone else).
 pub const AUDITORS_GROUP: &str = "mandate-auditors";
+/// The groups only the admin token gives (ADR 0037): no SCIM client, no
+/// upstream identity provider and no person can.
+pub const ADMIN_ONLY_GROUPS: [&str; 2] = [AUDITORS_GROUP, Mandate::ADMINS_GROUP];
+
+/// Whether `user` opens the admin console: active, and in
+/// [`Mandate::ADMINS_GROUP`] (given by the admin token only).
+pub fn opens_console(user: &mandate_model::records::User) -> bool {
+    user.status == mandate_model::records::UserStatus::Active
+        && user.groups.iter().any(|g| g == Mandate::ADMINS_GROUP)
+}
+
 /// Most tokens a trace follows.
 const MAX_TRACE_NODES: usize = 10_000;
 /// Most events a trace reads in all, and most agents whose lifecycle it
@@ -581,6 +601,16 @@ impl Mandate {
         Ok(self.store.user(u).await?.is_some_and(|user| {
             user.status == mandate_model::records::UserStatus::Active && user.groups.iter().any(|g| g == AUDITORS_GROUP)
         }))
+    }
+
+    /// The group that opens the admin console pages; only the admin token gives it.
+    pub const ADMINS_GROUP: &str = "mandate-admins";
+
+    /// Whether a person opens the admin console (ADR 0037): an active
+    /// member of [`Mandate::ADMINS_GROUP`], read from the store on every
+    /// call, so that leaving the group or being disabled ends it at once.
+    pub async fn is_console_admin(&self, u: mandate_model::UserId) -> Result<bool, Error> {
+        Ok(self.store.user(u).await?.is_some_and(|user| opens_console(&user)))
     }
 
     /// `GET /v1/audit`. The admin and auditors see every event; a user sees

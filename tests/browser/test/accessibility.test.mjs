@@ -28,6 +28,10 @@ test('every page passes the WCAG 2.1 AA rules of axe-core', { timeout: 120_000 }
     const granted = await cibaGranted(server, planner, { login_hint: alice.email, scope: 'read', binding_message: 'plan the week' });
     await bcAuthorize(server, planner, { login_hint: alice.email, scope: 'read write', resource: CAL, binding_message: 'book the venue' });
     const grant = claims(granted.access_token).grant_id;
+    // An access review campaign, so that /review shows items (the grant ends within the week: expiring).
+    await server.adminOk('POST', '/v1/review/campaigns', {
+      scope: {}, deadline: new Date(Date.now() + 7 * 86_400_000).toISOString(), default: 'keep',
+    });
 
     const context = await browser.newContext({ bypassCSP: true, viewport: { width: 1200, height: 800 } });
     const page = await context.newPage();
@@ -35,7 +39,7 @@ test('every page passes the WCAG 2.1 AA rules of axe-core', { timeout: 120_000 }
     await page.goto(`${server.url}/login`);
     found['/login'] = await audit(page);
     await login(page, alice.email, alice.password);
-    for (const path of ['/approvals', '/grants', '/agents', '/audit', `/audit/trace/${grant}`]) {
+    for (const path of ['/approvals', '/grants', '/agents', '/review', '/audit', `/audit/trace/${grant}`]) {
       await page.goto(`${server.url}${path}`);
       found[path] = await audit(page);
     }

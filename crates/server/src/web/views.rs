@@ -41,7 +41,13 @@ pub struct NavItem {
 impl Who {
     /// The header of a page at `current` (a nav `href`, or "" for none).
     pub fn of(session: &Session, current: &str) -> Option<Self> {
-        let nav = [("/approvals", "Approvals"), ("/grants", "Grants"), ("/agents", "Agents"), ("/audit", "Audit")]
+        let nav = [
+            ("/approvals", "Approvals"),
+            ("/grants", "Grants"),
+            ("/agents", "Agents"),
+            ("/review", "Review"),
+            ("/audit", "Audit"),
+        ]
             .into_iter()
             .map(|(href, label)| NavItem { href, label, here: href == current })
             .collect();
@@ -207,6 +213,53 @@ pub struct GrantsPage {
 #[template(path = "grants_live.html")]
 pub struct GrantsLive {
     pub live: GrantsList,
+}
+
+// ----- review -----
+
+/// An open review item assigned to the person, with its three decisions.
+pub struct ReviewRow {
+    pub id: String,
+    pub kind: String,
+    pub subject: String,
+    /// The evidence, one `name: value` line per member.
+    pub evidence: Vec<String>,
+    pub suggestion: String,
+    /// The scopes the Narrow field starts with: the suggested narrower set.
+    pub narrow_to: String,
+    pub deadline: String,
+    pub decide: String,
+}
+
+/// An open campaign, for auditors.
+pub struct CampaignRow {
+    pub id: String,
+    pub scope: String,
+    pub deadline: String,
+    pub default: &'static str,
+    pub progress: String,
+}
+
+pub struct ReviewList {
+    pub done: String,
+    pub csrf: String,
+    pub rows: Vec<ReviewRow>,
+    /// Open campaigns; `None` for people who are not reviewers.
+    pub campaigns: Option<Vec<CampaignRow>>,
+}
+
+#[derive(Template)]
+#[template(path = "review.html")]
+pub struct ReviewPage {
+    pub title: &'static str,
+    pub who: Option<Who>,
+    pub live: ReviewList,
+}
+
+#[derive(Template)]
+#[template(path = "review_live.html")]
+pub struct ReviewLive {
+    pub live: ReviewList,
 }
 
 // ----- agents -----

@@ -25,6 +25,7 @@ pub mod identity;
 pub mod inventory;
 pub mod keys;
 pub mod replay;
+pub mod review;
 pub mod scim;
 pub mod signals;
 pub mod tamper;
@@ -153,6 +154,10 @@ macro_rules! store_conformance {
             grants {
                 grants_revoke_once_and_list_by_person,
                 an_authorization_code_is_used_once,
+            }
+            review {
+                campaigns_and_items_round_trip_and_are_decided_once,
+                grants_and_agents_are_narrowed_while_live,
             }
             approvals {
                 approvals_are_decided_and_used_once,

@@ -4,6 +4,7 @@
 
 mod admin;
 mod audit;
+mod campaigns;
 mod authorize;
 mod client_auth;
 mod delegation;
