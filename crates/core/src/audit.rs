@@ -120,8 +120,7 @@ pub const ADMIN_ONLY_GROUPS: [&str; 2] = [AUDITORS_GROUP, Mandate::ADMINS_GROUP]
 /// Whether `user` opens the admin console: active, and in
 /// [`Mandate::ADMINS_GROUP`] (given by the admin token only).
 pub fn opens_console(user: &mandate_model::records::User) -> bool {
-    user.status == mandate_model::records::UserStatus::Active
-        && user.groups.iter().any(|g| g == Mandate::ADMINS_GROUP)
+    user.status == mandate_model::records::UserStatus::Active && user.groups.iter().any(|g| g == Mandate::ADMINS_GROUP)
 }
 
 /// Most tokens a trace follows.

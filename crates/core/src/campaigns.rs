@@ -350,10 +350,8 @@ impl Mandate {
         if let Ok(g) = item.finding.subject.parse::<GrantId>() {
             event.grant_id = Some(g.to_string());
         }
-        event.reason = Some(format!(
-            "{} {}: {} ({}); {}",
-            item.campaign, item.id, decision, item.finding.kind, outcome.applied
-        ));
+        event.reason =
+            Some(format!("{} {}: {} ({}); {}", item.campaign, item.id, decision, item.finding.kind, outcome.applied));
         change.push(AuditRecord::counting(event, &tokens).mutation());
         let receipt = self.commit_signalling(change).await?;
         let sum = |handles: &[Handle]| -> Result<u64, Error> {
@@ -400,7 +398,9 @@ impl Mandate {
         let subject = item.finding.subject.as_str();
         let suggested = || {
             item.finding.suggestion.scopes.clone().ok_or_else(|| {
-                Error::BadInput("scopes: this finding suggests no narrower set of scopes; name the scopes to keep".into())
+                Error::BadInput(
+                    "scopes: this finding suggests no narrower set of scopes; name the scopes to keep".into(),
+                )
             })
         };
         let applied = |what: &str| Outcome { applied: what.to_owned(), ..Outcome::default() };
@@ -415,8 +415,7 @@ impl Mandate {
                 };
             };
             let revoking = decision == Decision::Revoke;
-            let mut event =
-                self.decider_event(if revoking { kind::GRANT_REVOKED } else { kind::GRANT_NARROWED }, by);
+            let mut event = self.decider_event(if revoking { kind::GRANT_REVOKED } else { kind::GRANT_NARROWED }, by);
             event.subject = Some(grant.user.to_string());
             event.grant_id = Some(id.to_string());
             event.resource = Some(grant.resource.clone());
@@ -435,7 +434,10 @@ impl Mandate {
                     grant.scopes.to_claim(),
                     keep.to_claim()
                 ));
-                Outcome { scopes: Some(keep.iter().map(|s| s.as_str().to_owned()).collect()), ..applied("grant narrowed") }
+                Outcome {
+                    scopes: Some(keep.iter().map(|s| s.as_str().to_owned()).collect()),
+                    ..applied("grant narrowed")
+                }
             };
             let tokens = change.push(Mutation::RevokeTokensOfGrant { grant: id, at: now });
             let why = if revoking { "the grant was revoked" } else { "the grant was narrowed" };

@@ -1109,8 +1109,10 @@ pub trait Store: Send + Sync + 'static {
     async fn spawned_since(&self, parent: AgentId, since: OffsetDateTime) -> Result<u64, StoreError>;
 
     /// A review campaign.
-    async fn campaign(&self, id: mandate_model::CampaignId)
-    -> Result<Option<mandate_model::review::Campaign>, StoreError>;
+    async fn campaign(
+        &self,
+        id: mandate_model::CampaignId,
+    ) -> Result<Option<mandate_model::review::Campaign>, StoreError>;
     /// Campaigns matching `query`, newest first, at most `query.limit`.
     async fn campaigns(&self, query: &CampaignQuery) -> Result<Vec<mandate_model::review::Campaign>, StoreError>;
     /// Open campaigns whose deadline is at or before `now`, oldest deadline
@@ -1128,10 +1130,8 @@ pub trait Store: Send + Sync + 'static {
         id: mandate_model::ReviewItemId,
     ) -> Result<Option<mandate_model::review::ReviewItem>, StoreError>;
     /// Review items matching `query`, in id order, at most `query.limit`.
-    async fn review_items(
-        &self,
-        query: &ReviewItemQuery,
-    ) -> Result<Vec<mandate_model::review::ReviewItem>, StoreError>;
+    async fn review_items(&self, query: &ReviewItemQuery)
+    -> Result<Vec<mandate_model::review::ReviewItem>, StoreError>;
 
     /// An agent's CIBA delivery registration, if it set one.
     async fn backchannel(&self, agent: AgentId) -> Result<Option<mandate_model::delivery::Backchannel>, StoreError>;

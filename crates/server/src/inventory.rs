@@ -54,7 +54,11 @@ pub(crate) fn time_param(name: &str, v: Option<&String>) -> Result<Option<Offset
 }
 
 /// A lowercase enum parameter, read as its JSON name.
-pub(crate) fn named<T: serde::de::DeserializeOwned>(name: &str, v: Option<&String>, known: &str) -> Result<Option<T>, Problem> {
+pub(crate) fn named<T: serde::de::DeserializeOwned>(
+    name: &str,
+    v: Option<&String>,
+    known: &str,
+) -> Result<Option<T>, Problem> {
     v.map(|v| {
         serde_json::from_value::<T>(Value::String(v.clone()))
             .map_err(|_| Problem::bad_input(format!("{name} must be one of {known}")))

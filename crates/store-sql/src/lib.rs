@@ -800,10 +800,7 @@ pub fn review_items_where(
 ) -> (String, Vec<ListValue>) {
     let mut clauses = Vec::new();
     let mut values = Vec::new();
-    let filters = [
-        ("campaign", q.campaign.map(|c| c.to_string())),
-        ("assignee", q.assignee.map(|a| a.to_string())),
-    ];
+    let filters = [("campaign", q.campaign.map(|c| c.to_string())), ("assignee", q.assignee.map(|a| a.to_string()))];
     for (column, value) in filters {
         if let Some(v) = value {
             values.push(ListValue::Text(v));

@@ -796,7 +796,8 @@ impl Store for SqliteStore {
         limit: u32,
     ) -> Result<Vec<mandate_model::review::Campaign>, StoreError> {
         let values = vec![codec::ListValue::Int(ts(now)?), codec::ListValue::Int(i64::from(limit))];
-        let sql = "SELECT * FROM review_campaigns WHERE status = 'open' AND deadline <= ?1 ORDER BY deadline, id LIMIT ?2";
+        let sql =
+            "SELECT * FROM review_campaigns WHERE status = 'open' AND deadline <= ?1 ORDER BY deadline, id LIMIT ?2";
         self.list(sql.to_owned(), values, review::campaign_row).await
     }
 

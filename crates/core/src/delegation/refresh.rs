@@ -80,7 +80,13 @@ impl Mandate {
             self.grant_token(agent, &grant, &scopes, Some(&record.family), jkt).await.map_err(refuse)?;
         change.prepend(Mutation::UseRefresh { hash: record.hash.clone(), at: now });
         let (refresh, next) = self
-            .new_refresh(&grant, agent.id, &record.scopes.narrow_to(&grant.scopes), &record.family, record.cnf_jkt.as_deref())
+            .new_refresh(
+                &grant,
+                agent.id,
+                &record.scopes.narrow_to(&grant.scopes),
+                &record.family,
+                record.cnf_jkt.as_deref(),
+            )
             .map_err(refuse)?;
         issued.refresh_token = Some(refresh);
         change.push(Mutation::InsertRefresh(next));

@@ -22,15 +22,17 @@ use mandate_model::records::{
     GrantStatus, RefreshRecord, Resource, ScimGroup, ScimToken, ScimUserRecord, SessionRecord, SuspendedBy,
     TokenRecord, UpstreamLink, User, UserToken,
 };
-use mandate_model::ssf::{EventKind, MAX_QUEUED_EVENTS, QueuedEvent, Signal, Stream, StreamDelivery, StreamStatus};
 use mandate_model::review::{Campaign, CampaignStatus, ReviewItem};
-use mandate_model::{AgentId, ApprovalId, CampaignId, GrantId, GroupId, Jti, ResourceId, ReviewItemId, StreamId, UserId};
+use mandate_model::ssf::{EventKind, MAX_QUEUED_EVENTS, QueuedEvent, Signal, Stream, StreamDelivery, StreamStatus};
+use mandate_model::{
+    AgentId, ApprovalId, CampaignId, GrantId, GroupId, Jti, ResourceId, ReviewItemId, StreamId, UserId,
+};
 use time::OffsetDateTime;
 
 use super::{
-    AgentActivity, AgentListQuery, Applied, ApprovalQuery, AttemptCounter, CampaignProgress, CampaignQuery, Change, GrantQuery, GrantState, ListedAgent,
-    Mutation, Page, PolicyVersion, Receipt, ResourceListQuery, ReviewItemQuery, ScimGroupQuery, ScimUserQuery, Store, StoreError,
-    StoredKey, StoredPolicy, UserListQuery,
+    AgentActivity, AgentListQuery, Applied, ApprovalQuery, AttemptCounter, CampaignProgress, CampaignQuery, Change,
+    GrantQuery, GrantState, ListedAgent, Mutation, Page, PolicyVersion, Receipt, ResourceListQuery, ReviewItemQuery,
+    ScimGroupQuery, ScimUserQuery, Store, StoreError, StoredKey, StoredPolicy, UserListQuery,
 };
 use crate::audit::{AuditQuery, seal_record};
 
@@ -1802,8 +1804,7 @@ impl Store for MemoryStore {
                     q.campaign.is_none_or(|c| i.campaign == c)
                         && q.assignee.is_none_or(|a| i.assignee == a)
                         && (!q.undecided || i.decision.is_none())
-                        && (!q.open
-                            || s.campaigns.get(&i.campaign).is_some_and(|c| c.status == CampaignStatus::Open))
+                        && (!q.open || s.campaigns.get(&i.campaign).is_some_and(|c| c.status == CampaignStatus::Open))
                 })
                 .take(q.limit as usize)
                 .cloned()

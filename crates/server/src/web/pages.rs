@@ -386,7 +386,10 @@ fn evidence_lines(v: &serde_json::Value) -> Vec<String> {
                 serde_json::Value::String(s) => format!("{k}: {s}"),
                 serde_json::Value::Array(a) => format!(
                     "{k}: {}",
-                    a.iter().map(|x| x.as_str().map_or_else(|| x.to_string(), str::to_owned)).collect::<Vec<_>>().join(" ")
+                    a.iter()
+                        .map(|x| x.as_str().map_or_else(|| x.to_string(), str::to_owned))
+                        .collect::<Vec<_>>()
+                        .join(" ")
                 ),
                 other => format!("{k}: {other}"),
             })
@@ -495,11 +498,8 @@ pub async fn decide_review_item(
         }
         _ => None,
     };
-    let done = s
-        .mandate
-        .decide_review_item(Caller::User(signed.session.user.id), id, decision, scopes)
-        .await
-        .map_err(fail)?;
+    let done =
+        s.mandate.decide_review_item(Caller::User(signed.session.user.id), id, decision, scopes).await.map_err(fail)?;
     let outcome = done.item.outcome.as_ref().map_or("", |o| o.applied.as_str());
     let mut text = format!("{} {}: {outcome}.", decision.as_str(), done.item.finding.subject);
     if done.tokens > 0 || done.grants > 0 {

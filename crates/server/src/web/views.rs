@@ -48,9 +48,9 @@ impl Who {
             ("/review", "Review"),
             ("/audit", "Audit"),
         ]
-            .into_iter()
-            .map(|(href, label)| NavItem { href, label, here: href == current })
-            .collect();
+        .into_iter()
+        .map(|(href, label)| NavItem { href, label, here: href == current })
+        .collect();
         Some(Who { email: session.user.email.clone(), csrf: session.csrf.clone(), nav })
     }
 }

@@ -36,7 +36,11 @@ fn item(campaign: CampaignId, assignee: UserId, subject: &str) -> ReviewItem {
             kind: "over_broad".into(),
             subject: subject.into(),
             evidence: serde_json::json!({ "held": ["read", "write"], "used": ["read"] }),
-            suggestion: SuggestionSnapshot { action: "narrow".into(), scopes: Some(vec!["read".into()]), may_act: None },
+            suggestion: SuggestionSnapshot {
+                action: "narrow".into(),
+                scopes: Some(vec!["read".into()]),
+                may_act: None,
+            },
         },
         assignee,
         decision: None,
@@ -100,13 +104,13 @@ pub async fn campaigns_and_items_round_trip_and_are_decided_once(s: &Arc<dyn Sto
     // Lists: by campaign, by assignee, undecided only, paged in id order.
     let all = |q: ReviewItemQuery| async move { s.review_items(&q).await };
     let q = ReviewItemQuery { campaign: Some(c.id), limit: 10, ..ReviewItemQuery::default() };
-    let mut ids = vec![i1.id, i2.id];
-    ids.sort();
+    let (lo, hi) = (i1.id.min(i2.id), i1.id.max(i2.id));
+    let ids = vec![lo, hi];
     ensure!(all(q.clone()).await?.iter().map(|i| i.id).collect::<Vec<_>>() == ids, "a campaign's items in id order");
     let first = all(ReviewItemQuery { limit: 1, ..q.clone() }).await?;
-    ensure!(first.iter().map(|i| i.id).collect::<Vec<_>>() == vec![ids[0]], "at most the limit");
-    let rest = all(ReviewItemQuery { after: Some(ids[0]), ..q.clone() }).await?;
-    ensure!(rest.iter().map(|i| i.id).collect::<Vec<_>>() == vec![ids[1]], "after the cursor");
+    ensure!(first.iter().map(|i| i.id).collect::<Vec<_>>() == vec![lo], "at most the limit");
+    let rest = all(ReviewItemQuery { after: Some(lo), ..q.clone() }).await?;
+    ensure!(rest.iter().map(|i| i.id).collect::<Vec<_>>() == vec![hi], "after the cursor");
     let open = ReviewItemQuery { assignee: Some(u.id), undecided: true, open: true, limit: 10, ..Default::default() };
     ensure!(all(open.clone()).await?.iter().map(|i| i.id).collect::<Vec<_>>() == vec![i2.id], "undecided only");
     let nobody = ReviewItemQuery { assignee: Some(UserId::from_ulid(ulid())), limit: 10, ..Default::default() };
@@ -130,16 +134,15 @@ pub async fn campaigns_and_items_round_trip_and_are_decided_once(s: &Arc<dyn Sto
 
     // Campaign lists: newest first, by status, paged.
     let cq = |status, before| CampaignQuery { status, before, limit: 10 };
-    let mut newest = vec![c.id, later.id];
-    newest.sort();
-    newest.reverse();
+    let (older, newer) = (c.id.min(later.id), c.id.max(later.id));
+    let newest = vec![newer, older];
     ensure!(s.campaigns(&cq(None, None)).await?.iter().map(|x| x.id).collect::<Vec<_>>() == newest);
     ensure!(
         s.campaigns(&cq(Some(CampaignStatus::Open), None)).await?.iter().map(|x| x.id).collect::<Vec<_>>()
             == vec![later.id]
     );
     ensure!(
-        s.campaigns(&cq(None, Some(newest[0]))).await?.iter().map(|x| x.id).collect::<Vec<_>>() == vec![newest[1]],
+        s.campaigns(&cq(None, Some(newer))).await?.iter().map(|x| x.id).collect::<Vec<_>>() == vec![older],
         "below the cursor"
     );
     Ok(())

@@ -105,10 +105,12 @@ async fn owners_decide_their_items_and_each_decision_is_applied_at_once() -> Res
     ensure!(!items.is_empty() && created["items_total"] == items.len(), "{created} {campaign}");
     ensure!(items.iter().all(|i| i["assignee"] == w.alice.as_str() && i["decision"].is_null()), "{campaign}");
     ensure!(!items.iter().any(|i| i["finding"]["subject"] == bobs.id.as_str()), "Bob's agent is out of scope");
-    let (i1, i2, i3, i4) =
-        (item(&campaign, "stale", &g1)?, item(&campaign, "stale", &g2)?, item(&campaign, "stale", &g3)?, item(
-            &campaign, "stale", &idle.id,
-        )?);
+    let (i1, i2, i3, i4) = (
+        item(&campaign, "stale", &g1)?,
+        item(&campaign, "stale", &g2)?,
+        item(&campaign, "stale", &g3)?,
+        item(&campaign, "stale", &idle.id)?,
+    );
 
     // Alice lists her items with her own token; Bob has none, and may not
     // list hers.

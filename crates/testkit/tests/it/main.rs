@@ -4,8 +4,8 @@
 
 mod admin;
 mod audit;
-mod campaigns;
 mod authorize;
+mod campaigns;
 mod client_auth;
 mod delegation;
 mod discovery;
