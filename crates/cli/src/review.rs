@@ -1,15 +1,20 @@
 //! `mandate review`: the access review's findings (DESIGN §12) from a
-//! running server.
+//! running server; `mandate review campaigns|items|decide` for its
+//! campaigns (crates/cli/src/admin).
 
 use anyhow::Result;
-use clap::{Args, Subcommand};
+use clap::Args;
 use serde_json::Value;
 
 use crate::admin::client::Api;
-use crate::admin::{Output, Page};
+use crate::admin::Output;
 
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct ReviewArgs {
+    /// Campaigns and decisions; without one, the findings.
+    #[command(subcommand)]
+    command: Option<crate::admin::ReviewCommand>,
     #[command(flatten)]
     out: Output,
     /// Days without use before an agent or grant is stale (0 = now); the
@@ -22,28 +27,14 @@ pub struct ReviewArgs {
     /// Days ahead in which an ending grant is reported as expiring.
     #[arg(long)]
     expiring_days: Option<u32>,
-    #[command(subcommand)]
-    command: Option<ReviewCommand>,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum ReviewCommand {
-    /// Grants that expired without being revoked, as housekeeping
-    /// reported them (`GET /v1/review/lapsed`), newest first: exit 0.
-    Lapsed {
-        /// Only those reported at or after this RFC 3339 time.
-        #[arg(long)]
-        since: Option<String>,
-        #[command(flatten)]
-        page: Page,
-    },
 }
 
 /// `Ok(true)` when there are no findings; `main` exits 1 when there are
 /// some (the answer is no), and by the refusal's code on errors.
 pub async fn run(args: ReviewArgs) -> Result<bool> {
-    if let Some(ReviewCommand::Lapsed { since, page }) = args.command {
-        return crate::admin::lapsed(since, page, args.out).await.map(|()| true);
+    if let Some(command) = args.command {
+        crate::admin::review(command, args.out).await?;
+        return Ok(true);
     }
     let mut query = Vec::new();
     for (name, v) in

@@ -270,6 +270,16 @@ pub(crate) fn validate_redirect_uri(uri: &str) -> Result<(), Error> {
     Ok(())
 }
 
+/// The mutations [`Mandate::deactivation`] added, by handle.
+#[derive(Debug, Default)]
+pub(crate) struct Deactivation {
+    /// Token revocations (the agent's, then each descendant's).
+    pub(crate) revocations: Vec<crate::store::Handle>,
+    pub(crate) grant_revocations: Vec<crate::store::Handle>,
+    /// The descendants retired, each with its token revocation.
+    pub(crate) children: Vec<(Agent, crate::store::Handle)>,
+}
+
 /// What a lifecycle change reached.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Cascade {
@@ -1011,37 +1021,11 @@ impl Mandate {
         );
         event.subject = Some(agent.owner.to_string());
         event.resource = Some(id.to_string());
-        let mut children = Vec::new();
-        let mut revocations = Vec::new();
-        let mut grant_revocations = Vec::new();
-        if to != AgentStatus::Active {
-            revocations.push(change.push(Mutation::RevokeTokensOfAgent { agent: id, at: now }));
-            grant_revocations.push(change.push(Mutation::RevokeGrantsOfAgent { agent: id, at: now }));
-            // Ephemeral descendants die with their parent, transitively.
-            let mut stack = vec![id];
-            let mut seen = BTreeSet::from([id]);
-            while let Some(parent) = stack.pop() {
-                for child in self.store.agent_children(parent).await? {
-                    if !seen.insert(child.id) {
-                        continue;
-                    }
-                    stack.push(child.id);
-                    if child.kind == AgentKind::Ephemeral && child.status != AgentStatus::Retired {
-                        change.push(Mutation::SetAgentStatus {
-                            id: child.id,
-                            from: child.status,
-                            to: AgentStatus::Retired,
-                            at: now,
-                            by: None,
-                        });
-                        let revoked = change.push(Mutation::RevokeTokensOfAgent { agent: child.id, at: now });
-                        revocations.push(revoked);
-                        grant_revocations.push(change.push(Mutation::RevokeGrantsOfAgent { agent: child.id, at: now }));
-                        children.push((child, revoked));
-                    }
-                }
-            }
-        }
+        let Deactivation { revocations, grant_revocations, children } = if to != AgentStatus::Active {
+            self.deactivation(&mut change, id, now).await?
+        } else {
+            Deactivation::default()
+        };
         event.reason = Some(match children.len() {
             0 => format!("{} -> {}", agent.status.as_str(), to.as_str()),
             n => format!("{} -> {}; {n} ephemeral descendants retired", agent.status.as_str(), to.as_str()),
@@ -1075,6 +1059,46 @@ impl Mandate {
         agent.status = to;
         agent.suspended_by = (to == AgentStatus::Suspended).then_some(level);
         Ok((agent, cascade))
+    }
+
+    /// What stopping an agent (suspending or retiring it) takes besides
+    /// its own status: every token it holds and every grant given to it
+    /// are revoked, and its ephemeral descendants are retired with theirs,
+    /// transitively. Pushed onto `change`.
+    pub(crate) async fn deactivation(
+        &self,
+        change: &mut Change,
+        id: AgentId,
+        now: time::OffsetDateTime,
+    ) -> Result<Deactivation, Error> {
+        let mut out = Deactivation::default();
+        out.revocations.push(change.push(Mutation::RevokeTokensOfAgent { agent: id, at: now }));
+        out.grant_revocations.push(change.push(Mutation::RevokeGrantsOfAgent { agent: id, at: now }));
+        // Ephemeral descendants die with their parent, transitively.
+        let mut stack = vec![id];
+        let mut seen = BTreeSet::from([id]);
+        while let Some(parent) = stack.pop() {
+            for child in self.store.agent_children(parent).await? {
+                if !seen.insert(child.id) {
+                    continue;
+                }
+                stack.push(child.id);
+                if child.kind == AgentKind::Ephemeral && child.status != AgentStatus::Retired {
+                    change.push(Mutation::SetAgentStatus {
+                        id: child.id,
+                        from: child.status,
+                        to: AgentStatus::Retired,
+                        at: now,
+                        by: None,
+                    });
+                    let revoked = change.push(Mutation::RevokeTokensOfAgent { agent: child.id, at: now });
+                    out.revocations.push(revoked);
+                    out.grant_revocations.push(change.push(Mutation::RevokeGrantsOfAgent { agent: child.id, at: now }));
+                    out.children.push((child, revoked));
+                }
+            }
+        }
+        Ok(out)
     }
 
     pub async fn create_resource(&self, caller: Caller, new: NewResource) -> Result<Resource, Error> {

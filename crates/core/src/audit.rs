@@ -72,6 +72,15 @@ pub mod kind {
     pub const GRANT_REAPPROVAL_DENIED: &str = "grant.reapproval_denied";
     /// Housekeeping found a grant expired without being revoked.
     pub const GRANT_LAPSED: &str = "grant.lapsed";
+    /// An access review narrowed a grant's scopes; its tokens are revoked.
+    pub const GRANT_NARROWED: &str = "grant.narrowed";
+    /// An access review campaign was started (`resource`: its `rvc_…` id).
+    pub const REVIEW_CAMPAIGN_CREATED: &str = "review.campaign_created";
+    /// A review item was decided (by its assignee, a reviewer, or the
+    /// campaign's default at the deadline); `resource` is the finding's subject.
+    pub const REVIEW_ITEM_DECIDED: &str = "review.item_decided";
+    /// A campaign's deadline passed: its defaults were applied and it closed.
+    pub const REVIEW_CAMPAIGN_CLOSED: &str = "review.campaign_closed";
     pub const APPROVAL_REQUESTED: &str = "approval.requested";
     pub const APPROVAL_APPROVED: &str = "approval.approved";
     pub const APPROVAL_DENIED: &str = "approval.denied";

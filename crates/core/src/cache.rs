@@ -345,6 +345,43 @@ impl Store for CachingStore {
     async fn spawned_since(&self, parent: AgentId, since: OffsetDateTime) -> Result<u64, StoreError> {
         self.inner.spawned_since(parent, since).await
     }
+    async fn campaign(
+        &self,
+        id: mandate_model::CampaignId,
+    ) -> Result<Option<mandate_model::review::Campaign>, StoreError> {
+        self.inner.campaign(id).await
+    }
+    async fn campaigns(
+        &self,
+        query: &crate::store::CampaignQuery,
+    ) -> Result<Vec<mandate_model::review::Campaign>, StoreError> {
+        self.inner.campaigns(query).await
+    }
+    async fn campaigns_due(
+        &self,
+        now: OffsetDateTime,
+        limit: u32,
+    ) -> Result<Vec<mandate_model::review::Campaign>, StoreError> {
+        self.inner.campaigns_due(now, limit).await
+    }
+    async fn campaign_progress(
+        &self,
+        id: mandate_model::CampaignId,
+    ) -> Result<crate::store::CampaignProgress, StoreError> {
+        self.inner.campaign_progress(id).await
+    }
+    async fn review_item(
+        &self,
+        id: mandate_model::ReviewItemId,
+    ) -> Result<Option<mandate_model::review::ReviewItem>, StoreError> {
+        self.inner.review_item(id).await
+    }
+    async fn review_items(
+        &self,
+        query: &crate::store::ReviewItemQuery,
+    ) -> Result<Vec<mandate_model::review::ReviewItem>, StoreError> {
+        self.inner.review_items(query).await
+    }
     async fn expired_agents(&self, at: OffsetDateTime) -> Result<Vec<Agent>, StoreError> {
         self.inner.expired_agents(at).await
     }

@@ -111,7 +111,7 @@ pub fn page_size(limit: Option<u32>) -> Result<u32, Error> {
 
 /// Cuts `rows` (asked for with one more than `limit`) to a page: the extra
 /// row only says that another page follows.
-fn paged<T, Id>(mut rows: Vec<T>, limit: u32, id: impl Fn(&T) -> Id) -> Paged<T, Id> {
+pub(crate) fn paged<T, Id>(mut rows: Vec<T>, limit: u32, id: impl Fn(&T) -> Id) -> Paged<T, Id> {
     let full = rows.len() > limit as usize;
     rows.truncate(limit as usize);
     let next = if full { rows.last().map(id) } else { None };

@@ -12,6 +12,7 @@ pub mod service;
 pub mod store;
 
 mod admin;
+pub mod campaigns;
 pub mod chain;
 mod check;
 pub mod delegation;

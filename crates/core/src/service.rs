@@ -846,7 +846,8 @@ impl Mandate {
     /// Forgets expired replay-store entries and records as retired the
     /// ephemeral agents whose time is up, revoking their tokens. (An expired
     /// agent can do nothing even before this runs: every use compares its
-    /// expiry with the clock.)
+    /// expiry with the clock.) Then applies the defaults of review
+    /// campaigns past their deadline, and closes them.
     pub async fn housekeeping(&self) -> Result<(), Error> {
         let now = self.clock.now();
         let before = now - Duration::seconds(self.config.leeway);
@@ -887,7 +888,7 @@ impl Mandate {
             }
         }
         self.report_lapses(now).await?;
-        Ok(())
+        self.settle_due_campaigns().await
     }
 }
 

@@ -230,6 +230,13 @@ pub enum Mutation {
         public: bool,
         at: OffsetDateTime,
     },
+    /// Sets an agent's ceiling (`scopes`) to a narrower one (the caller
+    /// checked it); fails with `Conflict` unless the agent exists and is
+    /// not retired.
+    NarrowAgentScopes {
+        id: AgentId,
+        scopes: mandate_model::ScopeSet,
+    },
     /// Fails with `Conflict` unless the agent's status is `from`. `by` is
     /// the level making the change (`None`: Mandate itself); it is kept
     /// while the agent is suspended (who may resume it), cleared by any
@@ -368,6 +375,12 @@ pub enum Mutation {
         id: GrantId,
         at: OffsetDateTime,
     },
+    /// Narrows an active grant's scopes to `scopes` (the caller checked
+    /// they are a subset); fails with `Conflict` unless the grant is active.
+    NarrowGrantScopes {
+        id: GrantId,
+        scopes: mandate_model::ScopeSet,
+    },
     /// Records the grant's last use.
     TouchGrant {
         id: GrantId,
@@ -481,6 +494,27 @@ pub enum Mutation {
         attempts: u32,
         next_at: OffsetDateTime,
         error: Option<String>,
+    },
+    /// Creates a review campaign; fails with `Conflict` if the id exists.
+    InsertCampaign(mandate_model::review::Campaign),
+    /// Adds an item to a campaign; fails with `Conflict` if the id exists
+    /// or the campaign is missing.
+    InsertReviewItem(mandate_model::review::ReviewItem),
+    /// Decides an item once: fails with `Conflict` unless it is undecided
+    /// and its campaign is open (a compare-and-set, so that of two nodes or
+    /// two reviewers one applies the decision, and the other's change,
+    /// cascade included, is not written).
+    DecideReviewItem {
+        id: mandate_model::ReviewItemId,
+        decision: mandate_model::review::Decision,
+        by: String,
+        at: OffsetDateTime,
+        outcome: mandate_model::review::Outcome,
+    },
+    /// Closes an open campaign; fails with `Conflict` unless it is open.
+    CloseCampaign {
+        id: mandate_model::CampaignId,
+        at: OffsetDateTime,
     },
     /// Appends an event to the audit chain: the store numbers, links and
     /// hashes it while it holds the chain's head ("affected": the event's
@@ -740,6 +774,36 @@ pub struct Page<T> {
     pub items: Vec<T>,
 }
 
+/// Which campaigns to list, newest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CampaignQuery {
+    pub status: Option<mandate_model::review::CampaignStatus>,
+    /// Keyset cursor: only ids below this one.
+    pub before: Option<mandate_model::CampaignId>,
+    pub limit: u32,
+}
+
+/// Which review items to list, in id order. Every filter given must match.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReviewItemQuery {
+    pub campaign: Option<mandate_model::CampaignId>,
+    pub assignee: Option<UserId>,
+    /// Only items not decided yet.
+    pub undecided: bool,
+    /// Only items of campaigns that are open.
+    pub open: bool,
+    /// Keyset cursor: only ids above this one.
+    pub after: Option<mandate_model::ReviewItemId>,
+    pub limit: u32,
+}
+
+/// How far a campaign has come.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CampaignProgress {
+    pub items: u64,
+    pub decided: u64,
+}
+
 /// The most people [`Store::group_members`] answers.
 pub const MAX_GROUP_MEMBERS: usize = 1000;
 
@@ -790,6 +854,8 @@ impl Mutation {
                 | Mutation::RevokeTokensOfOwnedAgents { .. }
                 | Mutation::RevokeToken { .. }
                 | Mutation::RevokeGrant { .. }
+                | Mutation::NarrowGrantScopes { .. }
+                | Mutation::NarrowAgentScopes { .. }
                 | Mutation::RevokeTokensOfGrant { .. }
                 | Mutation::RevokeGrantsOfUser { .. }
                 | Mutation::RevokeGrantsOfAgent { .. }
@@ -1081,6 +1147,31 @@ pub trait Store: Send + Sync + 'static {
     /// How many children `parent` spawned at or after `since`, retired ones
     /// included (the access review's spawn rate).
     async fn spawned_since(&self, parent: AgentId, since: OffsetDateTime) -> Result<u64, StoreError>;
+
+    /// A review campaign.
+    async fn campaign(
+        &self,
+        id: mandate_model::CampaignId,
+    ) -> Result<Option<mandate_model::review::Campaign>, StoreError>;
+    /// Campaigns matching `query`, newest first, at most `query.limit`.
+    async fn campaigns(&self, query: &CampaignQuery) -> Result<Vec<mandate_model::review::Campaign>, StoreError>;
+    /// Open campaigns whose deadline is at or before `now`, oldest deadline
+    /// first, at most `limit`.
+    async fn campaigns_due(
+        &self,
+        now: OffsetDateTime,
+        limit: u32,
+    ) -> Result<Vec<mandate_model::review::Campaign>, StoreError>;
+    /// How many items a campaign has, and how many are decided.
+    async fn campaign_progress(&self, id: mandate_model::CampaignId) -> Result<CampaignProgress, StoreError>;
+    /// One review item.
+    async fn review_item(
+        &self,
+        id: mandate_model::ReviewItemId,
+    ) -> Result<Option<mandate_model::review::ReviewItem>, StoreError>;
+    /// Review items matching `query`, in id order, at most `query.limit`.
+    async fn review_items(&self, query: &ReviewItemQuery)
+    -> Result<Vec<mandate_model::review::ReviewItem>, StoreError>;
 
     /// An agent's CIBA delivery registration, if it set one.
     async fn backchannel(&self, agent: AgentId) -> Result<Option<mandate_model::delivery::Backchannel>, StoreError>;

@@ -111,6 +111,14 @@ prefixed_id!(
     /// A Shared Signals stream (SSF 1.0 `stream_id`).
     StreamId, "sst", "stream"
 );
+prefixed_id!(
+    /// An access review campaign (DESIGN §12).
+    CampaignId, "rvc", "review campaign"
+);
+prefixed_id!(
+    /// One item of a review campaign: a finding, to be decided.
+    ReviewItemId, "rvi", "review item"
+);
 
 #[cfg(test)]
 mod tests {

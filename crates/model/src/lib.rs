@@ -12,9 +12,12 @@ pub mod json;
 pub mod limits;
 pub mod name;
 pub mod records;
+pub mod review;
 pub mod scope;
 pub mod ssf;
 
 pub use error::ModelError;
-pub use id::{AgentId, ApprovalId, GrantId, GroupId, Jti, ResourceId, StreamId, UserId, UserTokenId};
+pub use id::{
+    AgentId, ApprovalId, CampaignId, GrantId, GroupId, Jti, ResourceId, ReviewItemId, StreamId, UserId, UserTokenId,
+};
 pub use scope::{Scope, ScopeSet};

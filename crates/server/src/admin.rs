@@ -44,11 +44,11 @@ impl FromRequestParts<AppState> for Authed {
     }
 }
 
-fn id<T: std::str::FromStr<Err = mandate_model::ModelError>>(raw: &str) -> Result<T, Problem> {
+pub(crate) fn id<T: std::str::FromStr<Err = mandate_model::ModelError>>(raw: &str) -> Result<T, Problem> {
     raw.parse().map_err(|e: mandate_model::ModelError| Problem::bad_input(e.to_string()))
 }
 
-fn created(body: serde_json::Value) -> Response {
+pub(crate) fn created(body: serde_json::Value) -> Response {
     (StatusCode::CREATED, Json(body)).into_response()
 }
 

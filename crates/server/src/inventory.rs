@@ -35,7 +35,7 @@ pub(crate) fn cursor(list: &str, id: impl ToString) -> String {
 }
 
 /// The id a cursor of list `list` continues below.
-fn after<T: std::str::FromStr>(list: &str, raw: Option<&String>) -> Result<Option<T>, Problem> {
+pub(crate) fn after<T: std::str::FromStr>(list: &str, raw: Option<&String>) -> Result<Option<T>, Problem> {
     let Some(raw) = raw else { return Ok(None) };
     let bad = || Problem::bad_input("cursor is malformed or belongs to another list");
     if raw.len() > MAX_CURSOR {
@@ -47,7 +47,7 @@ fn after<T: std::str::FromStr>(list: &str, raw: Option<&String>) -> Result<Optio
 }
 
 /// An RFC 3339 time parameter.
-fn time_param(name: &str, v: Option<&String>) -> Result<Option<OffsetDateTime>, Problem> {
+pub(crate) fn time_param(name: &str, v: Option<&String>) -> Result<Option<OffsetDateTime>, Problem> {
     v.map(|v| {
         OffsetDateTime::parse(v, &time::format_description::well_known::Rfc3339)
             .map_err(|_| Problem::bad_input(format!("{name} must be an RFC 3339 time, such as 2026-11-23T10:00:00Z")))
@@ -56,7 +56,11 @@ fn time_param(name: &str, v: Option<&String>) -> Result<Option<OffsetDateTime>, 
 }
 
 /// A lowercase enum parameter, read as its JSON name.
-fn named<T: serde::de::DeserializeOwned>(name: &str, v: Option<&String>, known: &str) -> Result<Option<T>, Problem> {
+pub(crate) fn named<T: serde::de::DeserializeOwned>(
+    name: &str,
+    v: Option<&String>,
+    known: &str,
+) -> Result<Option<T>, Problem> {
     v.map(|v| {
         serde_json::from_value::<T>(Value::String(v.clone()))
             .map_err(|_| Problem::bad_input(format!("{name} must be one of {known}")))
@@ -64,11 +68,11 @@ fn named<T: serde::de::DeserializeOwned>(name: &str, v: Option<&String>, known: 
     .transpose()
 }
 
-fn limit(q: &BTreeMap<String, String>) -> Result<u32, Problem> {
+pub(crate) fn limit(q: &BTreeMap<String, String>) -> Result<u32, Problem> {
     Ok(page_size(parsed::<u32>("limit", q.get("limit"))?)?)
 }
 
-fn page<T, Id: ToString>(
+pub(crate) fn page<T, Id: ToString>(
     list: &str,
     p: Paged<T, Id>,
     show: impl Fn(&T) -> Result<Value, Problem>,

@@ -214,6 +214,37 @@ pub const OPERATIONS: &[Operation] = &[
     )
     .query(&[("since", "RFC 3339: reported at or after"), LIMIT, CURSOR])
     .ok(200, "Page"),
+    op(
+        "post",
+        "/v1/review/campaigns",
+        "review",
+        "Start a review campaign: {scope: {owner?, resource?}, deadline (RFC 3339), default: keep|revoke} (admin, auditors)",
+    )
+    .body("Object")
+    .ok(201, "Object"),
+    op("get", "/v1/review/campaigns", "review", "List review campaigns with their progress, newest first")
+        .query(&[("status", "open or closed"), LIMIT, CURSOR])
+        .ok(200, "Page"),
+    op("get", "/v1/review/campaigns/{id}", "review", "One campaign and a page of its items {id, finding, assignee, decision}")
+        .query(&[LIMIT, CURSOR]),
+    op("get", "/v1/review/items", "review", "Review items: a person's own (assignee=me), any for the admin and auditors")
+        .auth(Auth::AdminOrUser)
+        .query(&[
+            ("assignee", "me, or a user id"),
+            ("campaign", "a campaign id"),
+            ("status", "open (undecided items of open campaigns; the default) or all"),
+            LIMIT,
+            CURSOR,
+        ])
+        .ok(200, "Page"),
+    op(
+        "post",
+        "/v1/review/items/{id}/decide",
+        "review",
+        "Decide an item: {decision: keep|narrow|revoke, scopes?}; applied at once with its cascade (assignee, admin, auditors)",
+    )
+    .auth(Auth::AdminOrUser)
+    .body("Object"),
     op("get", "/v1/audit/verify", "audit", "Verify the chain and the checkpoints"),
     op("get", "/v1/audit/checkpoints", "audit", "The signed checkpoints"),
     op("get", "/v1/audit/keys", "audit", "The audit keys that sign checkpoints").auth(Auth::Public),
@@ -271,6 +302,10 @@ pub fn admin_routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
         ("/v1/audit/trace/{id}", get(audit::trace)),
         ("/v1/review", get(review::findings)),
         ("/v1/review/lapsed", get(review::lapsed)),
+        ("/v1/review/campaigns", post(review::create_campaign).get(review::list_campaigns)),
+        ("/v1/review/campaigns/{id}", get(review::get_campaign)),
+        ("/v1/review/items", get(review::list_items)),
+        ("/v1/review/items/{id}/decide", post(review::decide_item)),
     ]
 }
 

@@ -1,19 +1,26 @@
-//! The access review (DESIGN §12): `GET /v1/review`, and the lapse report
+//! The access review (DESIGN §12): `GET /v1/review`, its campaigns
+//! (`/v1/review/campaigns`, `/v1/review/items`), and the lapse report
 //! `GET /v1/review/lapsed` (ADR 0036).
-
 use axum::Json;
-use axum::extract::{RawQuery, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use mandate_core::Caller;
+use mandate_core::campaigns::CampaignView;
 use mandate_core::review::{MAX_DAYS, ThresholdOverrides};
-use mandate_core::store::LapsedQuery;
-use mandate_model::GrantId;
-use serde_json::json;
+use mandate_core::store::{CampaignProgress, CampaignQuery, LapsedQuery, ReviewItemQuery};
+use mandate_model::review::{CampaignDefault, CampaignScope, CampaignStatus, Decision};
+use mandate_model::{CampaignId, GrantId, ReviewItemId, UserId};
+use serde::Deserialize;
+use serde_json::{Value, json};
 
 use crate::AppState;
-use crate::admin::Authed;
+use crate::admin::{Authed, created, id, to_json};
+use crate::delegation::{parsed, query};
 use crate::error::Problem;
+use crate::extract::StrictJson;
+use crate::inventory::{after, cursor, limit, named, page, time_param};
 
 /// `GET /v1/review?stale_days=&unused_days=&expiring_days=`: every finding,
 /// for the admin and auditors. Each threshold is 0 (now) to 3650 days.
@@ -50,6 +57,145 @@ pub async fn findings(
     let findings = s.mandate.review(c, o).await?;
     Ok(Json(json!({ "findings": findings })).into_response())
 }
+
+/// `POST /v1/review/campaigns` `{scope, deadline, default}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewCampaign {
+    #[serde(default)]
+    pub scope: CampaignScope,
+    /// RFC 3339.
+    pub deadline: String,
+    pub default: String,
+}
+
+/// `POST /v1/review/items/{id}/decide` `{decision, scopes?}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DecideBody {
+    pub decision: String,
+    #[serde(default)]
+    pub scopes: Option<Vec<String>>,
+}
+
+fn campaign_json(v: &CampaignView) -> Result<Value, Problem> {
+    let mut out = to_json(&v.campaign)?;
+    if let Some(o) = out.as_object_mut() {
+        o.insert("items_total".into(), json!(v.progress.items));
+        o.insert("items_decided".into(), json!(v.progress.decided));
+    }
+    Ok(out)
+}
+
+/// `POST /v1/review/campaigns`: the admin and auditors.
+pub async fn create_campaign(
+    State(s): State<AppState>,
+    Authed(c): Authed,
+    StrictJson(body): StrictJson<NewCampaign>,
+) -> Result<Response, Problem> {
+    let deadline = time_param("deadline", Some(&body.deadline))?
+        .ok_or_else(|| Problem::bad_input("deadline must be an RFC 3339 time"))?;
+    let default: CampaignDefault =
+        body.default.parse().map_err(|_| Problem::bad_input("default must be keep or revoke"))?;
+    let (campaign, items) = s.mandate.create_campaign(c, body.scope, deadline, default).await?;
+    let view = CampaignView { campaign, progress: CampaignProgress { items: items as u64, decided: 0 } };
+    Ok(created(campaign_json(&view)?))
+}
+
+/// `GET /v1/review/campaigns?status=&limit=&cursor=`.
+pub async fn list_campaigns(
+    State(s): State<AppState>,
+    Authed(c): Authed,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, Problem> {
+    let q = query(raw.as_deref(), &["status", "limit", "cursor"])?;
+    let query = CampaignQuery {
+        status: named::<CampaignStatus>("status", q.get("status"), "open, closed")?,
+        before: after::<CampaignId>("campaigns", q.get("cursor"))?,
+        limit: limit(&q)?,
+    };
+    page("campaigns", s.mandate.list_campaigns(c, query).await?, campaign_json)
+}
+
+/// `GET /v1/review/campaigns/{id}?limit=&cursor=`: the campaign with a
+/// page of its items (`items`, `next_cursor`).
+pub async fn get_campaign(
+    State(s): State<AppState>,
+    Authed(c): Authed,
+    Path(raw): Path<String>,
+    RawQuery(rawq): RawQuery,
+) -> Result<Response, Problem> {
+    let q = query(rawq.as_deref(), &["limit", "cursor"])?;
+    let campaign = id::<CampaignId>(&raw)?;
+    let view = s.mandate.get_campaign(c, campaign).await?;
+    let items = ReviewItemQuery {
+        campaign: Some(campaign),
+        after: after::<ReviewItemId>("items", q.get("cursor"))?,
+        limit: limit(&q)?,
+        ..ReviewItemQuery::default()
+    };
+    let page = s.mandate.list_review_items(c, items).await?;
+    let mut out = campaign_json(&view)?;
+    if let Some(o) = out.as_object_mut() {
+        o.insert("items".into(), Value::Array(page.items.iter().map(to_json).collect::<Result<_, _>>()?));
+        o.insert("next_cursor".into(), json!(page.next.map(|id| cursor("items", id))));
+    }
+    Ok(Json(out).into_response())
+}
+
+/// `GET /v1/review/items?assignee=me|usr_…&campaign=&status=open|all&limit=&cursor=`:
+/// a person (with their own API token) lists the items assigned to them;
+/// the admin and auditors any. `status=open` (the default) keeps the
+/// undecided items of open campaigns.
+pub async fn list_items(
+    State(s): State<AppState>,
+    Authed(c): Authed,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, Problem> {
+    let q = query(raw.as_deref(), &["assignee", "campaign", "status", "limit", "cursor"])?;
+    let assignee = match q.get("assignee").map(String::as_str) {
+        None => None,
+        Some("me") => match c {
+            Caller::User(u) | Caller::ConsoleAdmin(u) => Some(u),
+            Caller::Admin => return Err(Problem::bad_input("assignee=me names a person: the admin token is none")),
+        },
+        Some(other) => Some(id::<UserId>(other)?),
+    };
+    let open = match q.get("status").map(String::as_str) {
+        None | Some("open") => true,
+        Some("all") => false,
+        Some(_) => return Err(Problem::bad_input("status must be open or all")),
+    };
+    let query = ReviewItemQuery {
+        campaign: parsed::<CampaignId>("campaign", q.get("campaign"))?,
+        assignee,
+        undecided: open,
+        open,
+        after: after::<ReviewItemId>("items", q.get("cursor"))?,
+        limit: limit(&q)?,
+    };
+    page("items", s.mandate.list_review_items(c, query).await?, to_json)
+}
+
+/// `POST /v1/review/items/{id}/decide`: applied at once; the answer says
+/// what the cascade reached.
+pub async fn decide_item(
+    State(s): State<AppState>,
+    Authed(c): Authed,
+    Path(raw): Path<String>,
+    StrictJson(body): StrictJson<DecideBody>,
+) -> Result<Response, Problem> {
+    let decision: Decision =
+        body.decision.parse().map_err(|_| Problem::bad_input("decision must be keep, narrow or revoke"))?;
+    let done = s.mandate.decide_review_item(c, id::<ReviewItemId>(&raw)?, decision, body.scopes).await?;
+    let mut out = to_json(&done.item)?;
+    if let Some(o) = out.as_object_mut() {
+        o.insert("revoked_tokens".into(), json!(done.tokens));
+        o.insert("revoked_grants".into(), json!(done.grants));
+    }
+    Ok(Json(out).into_response())
+}
+
 
 /// `GET /v1/review/lapsed?since=&limit=&cursor=` (ADR 0036): the grants
 /// housekeeping reported lapsed, newest report first, for the admin and

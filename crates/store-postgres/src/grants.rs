@@ -115,6 +115,18 @@ pub(crate) async fn apply(conn: &mut PgConnection, m: &Mutation) -> Result<u64, 
             }
             r
         }
+        Mutation::NarrowGrantScopes { id, scopes } => {
+            let r = sqlx::query("UPDATE grants SET scopes = $1 WHERE id = $2 AND status = 'active'")
+                .bind(json(scopes)?)
+                .bind(id.to_string())
+                .execute(&mut *conn)
+                .await
+                .map_err(unavailable)?;
+            if r.rows_affected() == 0 {
+                return Err(StoreError::Conflict(format!("grant {id} is not active")));
+            }
+            r
+        }
         Mutation::TouchGrant { id, at } => sqlx::query("UPDATE grants SET last_used_at = $1 WHERE id = $2")
             .bind(ts(*at)?)
             .bind(id.to_string())

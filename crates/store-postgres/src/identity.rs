@@ -98,6 +98,18 @@ pub(crate) async fn apply(conn: &mut PgConnection, m: &Mutation) -> Result<u64, 
             index_federations(conn, a.id, &a.federated_credentials).await?;
             r
         }
+        Mutation::NarrowAgentScopes { id, scopes } => {
+            let r = sqlx::query("UPDATE agents SET scopes = $1 WHERE id = $2 AND status <> 'retired'")
+                .bind(json(scopes)?)
+                .bind(id.to_string())
+                .execute(&mut *conn)
+                .await
+                .map_err(unavailable)?;
+            if r.rows_affected() == 0 {
+                return Err(StoreError::Conflict(format!("agent {id} is retired or missing")));
+            }
+            r
+        }
         Mutation::SetAgentLimits { id, limits, at } => {
             let r = sqlx::query("UPDATE agents SET limits = $1, updated_at = $2 WHERE id = $3")
                 .bind(mandate_store_sql::limits_json(limits)?)

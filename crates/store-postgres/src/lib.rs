@@ -20,6 +20,7 @@ mod grants;
 mod identity;
 mod keys;
 mod listen;
+mod review;
 mod scim;
 mod signals;
 mod tokens;
@@ -743,6 +744,68 @@ impl Store for PostgresStore {
             .await
             .map_err(unavailable)?;
         u64::try_from(n).map_err(|_| StoreError::Corrupt("a negative count".into()))
+    }
+
+    async fn campaign(
+        &self,
+        id: mandate_model::CampaignId,
+    ) -> Result<Option<mandate_model::review::Campaign>, StoreError> {
+        self.one("SELECT * FROM review_campaigns WHERE id = $1", &id.to_string(), review::campaign_row).await
+    }
+
+    async fn campaigns(
+        &self,
+        q: &mandate_core::store::CampaignQuery,
+    ) -> Result<Vec<mandate_model::review::Campaign>, StoreError> {
+        let (tail, values) = codec::campaigns_where(q, |n| format!("${n}"));
+        let rows = self.list(&format!("SELECT * FROM review_campaigns{tail}"), values).await?;
+        rows.iter().map(review::campaign_row).collect()
+    }
+
+    async fn campaigns_due(
+        &self,
+        now: time::OffsetDateTime,
+        limit: u32,
+    ) -> Result<Vec<mandate_model::review::Campaign>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT * FROM review_campaigns WHERE status = 'open' AND deadline <= $1 ORDER BY deadline, id LIMIT $2",
+        )
+        .bind(ts(now)?)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        rows.iter().map(review::campaign_row).collect()
+    }
+
+    async fn campaign_progress(
+        &self,
+        id: mandate_model::CampaignId,
+    ) -> Result<mandate_core::store::CampaignProgress, StoreError> {
+        let (items, decided): (i64, i64) =
+            sqlx::query_as("SELECT count(*), count(decision) FROM review_items WHERE campaign = $1")
+                .bind(id.to_string())
+                .fetch_one(&self.pool)
+                .await
+                .map_err(unavailable)?;
+        let n = |v: i64| u64::try_from(v).map_err(|_| StoreError::Corrupt("a negative count".into()));
+        Ok(mandate_core::store::CampaignProgress { items: n(items)?, decided: n(decided)? })
+    }
+
+    async fn review_item(
+        &self,
+        id: mandate_model::ReviewItemId,
+    ) -> Result<Option<mandate_model::review::ReviewItem>, StoreError> {
+        self.one("SELECT * FROM review_items WHERE id = $1", &id.to_string(), review::item_row).await
+    }
+
+    async fn review_items(
+        &self,
+        q: &mandate_core::store::ReviewItemQuery,
+    ) -> Result<Vec<mandate_model::review::ReviewItem>, StoreError> {
+        let (tail, values) = codec::review_items_where(q, |n| format!("${n}"));
+        let rows = self.list(&format!("SELECT * FROM review_items{tail}"), values).await?;
+        rows.iter().map(review::item_row).collect()
     }
 
     async fn expired_agents(&self, at: time::OffsetDateTime) -> Result<Vec<Agent>, StoreError> {

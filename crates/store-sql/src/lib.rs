@@ -652,6 +652,8 @@ pub enum Family {
     Deliveries,
     /// Shared Signals streams and the events waiting on them.
     Signals,
+    /// Review campaigns and their items.
+    Review,
     Audit,
 }
 
@@ -667,6 +669,7 @@ pub fn family(m: &Mutation) -> Family {
         | Mutation::SetFederatedCredentials { .. }
         | Mutation::SetAgentLimits { .. }
         | Mutation::UpdateAgentRegistration { .. }
+        | Mutation::NarrowAgentScopes { .. }
         | Mutation::SetAgentStatus { .. }
         | Mutation::InsertResource(..)
         | Mutation::PutPolicy(..)
@@ -706,6 +709,7 @@ pub fn family(m: &Mutation) -> Family {
         | Mutation::PurgeAttemptCounters { .. } => Family::Tokens,
         Mutation::InsertGrant(..)
         | Mutation::RevokeGrant { .. }
+        | Mutation::NarrowGrantScopes { .. }
         | Mutation::RevokeGrantsOfUser { .. }
         | Mutation::RevokeGrantsOfAgent { .. }
         | Mutation::TouchGrant { .. }
@@ -733,8 +737,130 @@ pub fn family(m: &Mutation) -> Family {
         | Mutation::AckEvents { .. }
         | Mutation::LeaseStream { .. }
         | Mutation::FinishPush { .. } => Family::Signals,
+        Mutation::InsertCampaign(..)
+        | Mutation::InsertReviewItem(..)
+        | Mutation::DecideReviewItem { .. }
+        | Mutation::CloseCampaign { .. } => Family::Review,
         Mutation::AppendAudit(..) | Mutation::InsertCheckpoint(..) => Family::Audit,
     }
+}
+
+/// A `review_campaigns` row, as the stores read and write it.
+pub struct CampaignRow {
+    pub id: String,
+    pub scope: String,
+    pub deadline: i64,
+    pub default_decision: String,
+    pub created_by: String,
+    pub created_at: i64,
+    pub status: String,
+    pub closed_at: Option<i64>,
+}
+
+impl TryFrom<CampaignRow> for mandate_model::review::Campaign {
+    type Error = StoreError;
+    fn try_from(r: CampaignRow) -> Result<Self, StoreError> {
+        Ok(Self {
+            id: parse(&r.id)?,
+            scope: from_json(&r.scope)?,
+            deadline: from_ts(r.deadline)?,
+            default: parse(&r.default_decision)?,
+            created_by: r.created_by,
+            created_at: from_ts(r.created_at)?,
+            status: parse(&r.status)?,
+            closed_at: opt_ts(r.closed_at)?,
+        })
+    }
+}
+
+/// A `review_items` row, as the stores read and write it.
+pub struct ReviewItemRow {
+    pub id: String,
+    pub campaign: String,
+    pub finding: String,
+    pub assignee: String,
+    pub decision: Option<String>,
+    pub decided_by: Option<String>,
+    pub decided_at: Option<i64>,
+    pub outcome: Option<String>,
+}
+
+impl TryFrom<ReviewItemRow> for mandate_model::review::ReviewItem {
+    type Error = StoreError;
+    fn try_from(r: ReviewItemRow) -> Result<Self, StoreError> {
+        Ok(Self {
+            id: parse(&r.id)?,
+            campaign: parse(&r.campaign)?,
+            finding: from_json(&r.finding)?,
+            assignee: parse(&r.assignee)?,
+            decision: r.decision.as_deref().map(parse).transpose()?,
+            decided_by: r.decided_by,
+            decided_at: opt_ts(r.decided_at)?,
+            outcome: r.outcome.as_deref().map(from_json).transpose()?,
+        })
+    }
+}
+
+/// The `WHERE … ORDER BY … LIMIT` of a review item list, with `p(n)` the
+/// store's placeholder for the `n`th value, and the values in order.
+pub fn review_items_where(
+    q: &mandate_core::store::ReviewItemQuery,
+    p: impl Fn(usize) -> String,
+) -> (String, Vec<ListValue>) {
+    let mut clauses = Vec::new();
+    let mut values = Vec::new();
+    let filters = [("campaign", q.campaign.map(|c| c.to_string())), ("assignee", q.assignee.map(|a| a.to_string()))];
+    for (column, value) in filters {
+        if let Some(v) = value {
+            values.push(ListValue::Text(v));
+            clauses.push(format!("{column} = {}", p(values.len())));
+        }
+    }
+    if let Some(after) = q.after {
+        values.push(ListValue::Text(after.to_string()));
+        clauses.push(format!("id > {}", p(values.len())));
+    }
+    if q.undecided {
+        clauses.push("decision IS NULL".into());
+    }
+    if q.open {
+        clauses.push(
+            "EXISTS (SELECT 1 FROM review_campaigns c WHERE c.id = review_items.campaign AND c.status = 'open')".into(),
+        );
+    }
+    let mut sql = String::new();
+    if !clauses.is_empty() {
+        sql.push_str(" WHERE ");
+        sql.push_str(&clauses.join(" AND "));
+    }
+    values.push(ListValue::Int(i64::from(q.limit)));
+    sql.push_str(&format!(" ORDER BY id LIMIT {}", p(values.len())));
+    (sql, values)
+}
+
+/// The `WHERE … ORDER BY … LIMIT` of a campaign list (newest first).
+pub fn campaigns_where(
+    q: &mandate_core::store::CampaignQuery,
+    p: impl Fn(usize) -> String,
+) -> (String, Vec<ListValue>) {
+    let mut clauses = Vec::new();
+    let mut values = Vec::new();
+    if let Some(st) = q.status {
+        values.push(ListValue::Text(st.as_str().into()));
+        clauses.push(format!("status = {}", p(values.len())));
+    }
+    if let Some(b) = q.before {
+        values.push(ListValue::Text(b.to_string()));
+        clauses.push(format!("id < {}", p(values.len())));
+    }
+    let mut sql = String::new();
+    if !clauses.is_empty() {
+        sql.push_str(" WHERE ");
+        sql.push_str(&clauses.join(" AND "));
+    }
+    values.push(ListValue::Int(i64::from(q.limit)));
+    sql.push_str(&format!(" ORDER BY id DESC LIMIT {}", p(values.len())));
+    (sql, values)
 }
 
 /// An `ssf_streams` row, as the stores read and write it.

@@ -110,6 +110,18 @@ pub(crate) fn apply(conn: &Connection, m: &Mutation) -> Result<u64, StoreError> 
             }
             Ok(n)
         }
+        Mutation::NarrowGrantScopes { id, scopes } => {
+            let n = exec(
+                conn,
+                "UPDATE grants SET scopes = ?1 WHERE id = ?2 AND status = 'active'",
+                params![json(scopes)?, id.to_string()],
+                "grant",
+            )?;
+            if n == 0 {
+                return Err(StoreError::Conflict(format!("grant {id} is not active")));
+            }
+            Ok(n)
+        }
         Mutation::TouchGrant { id, at } => {
             exec(conn, "UPDATE grants SET last_used_at = ?1 WHERE id = ?2", params![ts(*at)?, id.to_string()], "grant")
         }

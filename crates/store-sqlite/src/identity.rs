@@ -92,6 +92,18 @@ pub(crate) fn apply(conn: &Connection, m: &Mutation) -> Result<u64, StoreError> 
             index_federations(conn, a.id, &a.federated_credentials)?;
             Ok(n)
         }
+        Mutation::NarrowAgentScopes { id, scopes } => {
+            let n = exec(
+                conn,
+                "UPDATE agents SET scopes = ?1 WHERE id = ?2 AND status <> 'retired'",
+                params![json(scopes)?, id.to_string()],
+                "agent",
+            )?;
+            if n == 0 {
+                return Err(StoreError::Conflict(format!("agent {id} is retired or missing")));
+            }
+            Ok(n)
+        }
         Mutation::SetAgentLimits { id, limits, at } => {
             let n = exec(
                 conn,

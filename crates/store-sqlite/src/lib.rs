@@ -21,6 +21,7 @@ mod grants;
 mod identity;
 mod keys;
 mod readers;
+mod review;
 mod scim;
 mod signals;
 mod tokens;
@@ -84,8 +85,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0021_inventory.sql"),
     include_str!("../migrations/0022_policy_history.sql"),
     include_str!("../migrations/0023_review.sql"),
-    // 0024 and 0025 are taken by work merged alongside; versions count by
-    // position here.
+    include_str!("../migrations/0024_review_campaigns.sql"),
     include_str!("../migrations/0026_reapproval.sql"),
 ];
 
@@ -787,6 +787,62 @@ impl Store for SqliteStore {
             })
             .await?;
         u64::try_from(n).map_err(|_| StoreError::Corrupt("a negative count".into()))
+    }
+
+    async fn campaign(
+        &self,
+        id: mandate_model::CampaignId,
+    ) -> Result<Option<mandate_model::review::Campaign>, StoreError> {
+        self.one("SELECT * FROM review_campaigns WHERE id = ?1", id.to_string(), review::campaign_row).await
+    }
+
+    async fn campaigns(
+        &self,
+        q: &mandate_core::store::CampaignQuery,
+    ) -> Result<Vec<mandate_model::review::Campaign>, StoreError> {
+        let (tail, values) = codec::campaigns_where(q, |n| format!("?{n}"));
+        self.list(format!("SELECT * FROM review_campaigns{tail}"), values, review::campaign_row).await
+    }
+
+    async fn campaigns_due(
+        &self,
+        now: time::OffsetDateTime,
+        limit: u32,
+    ) -> Result<Vec<mandate_model::review::Campaign>, StoreError> {
+        let values = vec![codec::ListValue::Int(ts(now)?), codec::ListValue::Int(i64::from(limit))];
+        let sql =
+            "SELECT * FROM review_campaigns WHERE status = 'open' AND deadline <= ?1 ORDER BY deadline, id LIMIT ?2";
+        self.list(sql.to_owned(), values, review::campaign_row).await
+    }
+
+    async fn campaign_progress(
+        &self,
+        id: mandate_model::CampaignId,
+    ) -> Result<mandate_core::store::CampaignProgress, StoreError> {
+        let id = id.to_string();
+        let (items, decided): (i64, i64) = self
+            .read(move |c| {
+                c.prepare_cached("SELECT count(*), count(decision) FROM review_items WHERE campaign = ?1")?
+                    .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
+            })
+            .await?;
+        let n = |v: i64| u64::try_from(v).map_err(|_| StoreError::Corrupt("a negative count".into()));
+        Ok(mandate_core::store::CampaignProgress { items: n(items)?, decided: n(decided)? })
+    }
+
+    async fn review_item(
+        &self,
+        id: mandate_model::ReviewItemId,
+    ) -> Result<Option<mandate_model::review::ReviewItem>, StoreError> {
+        self.one("SELECT * FROM review_items WHERE id = ?1", id.to_string(), review::item_row).await
+    }
+
+    async fn review_items(
+        &self,
+        q: &mandate_core::store::ReviewItemQuery,
+    ) -> Result<Vec<mandate_model::review::ReviewItem>, StoreError> {
+        let (tail, values) = codec::review_items_where(q, |n| format!("?{n}"));
+        self.list(format!("SELECT * FROM review_items{tail}"), values, review::item_row).await
     }
 
     async fn expired_agents(&self, at: time::OffsetDateTime) -> Result<Vec<Agent>, StoreError> {

@@ -401,6 +401,49 @@ impl Store for FaultyStore {
         self.gate()?;
         self.inner.spawned_since(parent, since).await
     }
+    async fn campaign(
+        &self,
+        id: mandate_model::CampaignId,
+    ) -> Result<Option<mandate_model::review::Campaign>, StoreError> {
+        self.gate()?;
+        self.inner.campaign(id).await
+    }
+    async fn campaigns(
+        &self,
+        query: &mandate_core::store::CampaignQuery,
+    ) -> Result<Vec<mandate_model::review::Campaign>, StoreError> {
+        self.gate()?;
+        self.inner.campaigns(query).await
+    }
+    async fn campaigns_due(
+        &self,
+        now: OffsetDateTime,
+        limit: u32,
+    ) -> Result<Vec<mandate_model::review::Campaign>, StoreError> {
+        self.gate()?;
+        self.inner.campaigns_due(now, limit).await
+    }
+    async fn campaign_progress(
+        &self,
+        id: mandate_model::CampaignId,
+    ) -> Result<mandate_core::store::CampaignProgress, StoreError> {
+        self.gate()?;
+        self.inner.campaign_progress(id).await
+    }
+    async fn review_item(
+        &self,
+        id: mandate_model::ReviewItemId,
+    ) -> Result<Option<mandate_model::review::ReviewItem>, StoreError> {
+        self.gate()?;
+        self.inner.review_item(id).await
+    }
+    async fn review_items(
+        &self,
+        query: &mandate_core::store::ReviewItemQuery,
+    ) -> Result<Vec<mandate_model::review::ReviewItem>, StoreError> {
+        self.gate()?;
+        self.inner.review_items(query).await
+    }
     async fn expired_agents(&self, at: OffsetDateTime) -> Result<Vec<Agent>, StoreError> {
         self.gate()?;
         self.inner.expired_agents(at).await

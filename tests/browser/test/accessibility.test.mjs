@@ -38,6 +38,10 @@ test('every page passes the WCAG 2.1 AA rules of axe-core', { timeout: 120_000 }
     const listed = (await server.adminOk('GET', `/v1/grants?user=${alice.id}`)).items.find((g) => g.purpose === 'file the notes');
     const renewal = await server.admin('POST', `/v1/grants/${listed.id}/reapprove`);
     assert.equal(renewal.status, 202, renewal.text);
+    // An access review campaign, so that /review shows items (the grant ends within the week: expiring).
+    await server.adminOk('POST', '/v1/review/campaigns', {
+      scope: {}, deadline: new Date(Date.now() + 7 * 86_400_000).toISOString(), default: 'keep',
+    });
 
     const context = await browser.newContext({ bypassCSP: true, viewport: { width: 1200, height: 800 } });
     const page = await context.newPage();
@@ -45,7 +49,7 @@ test('every page passes the WCAG 2.1 AA rules of axe-core', { timeout: 120_000 }
     await page.goto(`${server.url}/login`);
     found['/login'] = await audit(page);
     await login(page, alice.email, alice.password);
-    for (const path of ['/approvals', '/grants', '/agents', '/audit', `/audit/trace/${grant}`]) {
+    for (const path of ['/approvals', '/grants', '/agents', '/review', '/audit', `/audit/trace/${grant}`]) {
       await page.goto(`${server.url}${path}`);
       found[path] = await audit(page);
     }

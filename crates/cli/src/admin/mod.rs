@@ -249,6 +249,163 @@ pub enum GrantsCommand {
     },
 }
 
+/// `mandate review …`: access review campaigns (DESIGN §12).
+#[derive(Debug, Subcommand)]
+pub enum ReviewCommand {
+    /// Review campaigns: create, list, show.
+    Campaigns {
+        #[command(subcommand)]
+        command: CampaignsCommand,
+    },
+    /// Decide a review item: keep, narrow (to --scopes, or the finding's
+    /// suggestion) or revoke; applied at once.
+    Decide {
+        /// The item (`rvi_…`).
+        item: String,
+        #[arg(value_parser = ["keep", "narrow", "revoke"])]
+        decision: String,
+        /// With narrow: the scopes to keep, space- or comma-separated.
+        #[arg(long)]
+        scopes: Option<String>,
+    },
+    /// Review items: those assigned to you (`--assignee me`, the default
+    /// with a person's token), or any for the admin and auditors.
+    Items {
+        #[arg(long)]
+        assignee: Option<String>,
+        #[arg(long)]
+        campaign: Option<String>,
+        /// `open` (undecided items of open campaigns, the default) or `all`.
+        #[arg(long)]
+        status: Option<String>,
+        #[command(flatten)]
+        page: Page,
+    },
+    /// Grants that expired without being revoked, as housekeeping
+    /// reported them (`GET /v1/review/lapsed`), newest first: exit 0.
+    Lapsed {
+        /// Only those reported at or after this RFC 3339 time.
+        #[arg(long)]
+        since: Option<String>,
+        #[command(flatten)]
+        page: Page,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CampaignsCommand {
+    /// Start a campaign over the findings of a scope (every finding when
+    /// neither --owner nor --resource is given).
+    Create {
+        /// Only findings whose accountable owner is this user (`usr_…`).
+        #[arg(long)]
+        owner: Option<String>,
+        /// Only findings about grants for this resource identifier.
+        #[arg(long)]
+        resource: Option<String>,
+        /// RFC 3339, e.g. 2026-12-31T17:00:00Z.
+        #[arg(long)]
+        deadline: String,
+        /// What undecided items become at the deadline.
+        #[arg(long, value_parser = ["keep", "revoke"])]
+        default: String,
+    },
+    /// List campaigns, newest first, with their progress.
+    List {
+        /// `open` or `closed`.
+        #[arg(long)]
+        status: Option<String>,
+        #[command(flatten)]
+        page: Page,
+    },
+    /// One campaign and its items.
+    Show {
+        id: String,
+        #[command(flatten)]
+        page: Page,
+    },
+}
+
+const CAMPAIGN_COLUMNS: &[Column] = &[
+    ("ID", "id"),
+    ("STATUS", "status"),
+    ("OWNER", "scope.owner"),
+    ("RESOURCE", "scope.resource"),
+    ("DEADLINE", "deadline"),
+    ("DEFAULT", "default"),
+    ("DECIDED", "items_decided"),
+    ("ITEMS", "items_total"),
+];
+const ITEM_COLUMNS: &[Column] = &[
+    ("ID", "id"),
+    ("KIND", "finding.kind"),
+    ("SUBJECT", "finding.subject"),
+    ("SUGGESTION", "finding.suggestion.action"),
+    ("ASSIGNEE", "assignee"),
+    ("DECISION", "decision"),
+    ("BY", "decided_by"),
+];
+
+pub async fn review(cmd: ReviewCommand, out: Output) -> Result<()> {
+    let api = Api::new(&out.server)?;
+    match cmd {
+        ReviewCommand::Lapsed { since, page } => lapsed(since, page, out).await,
+        ReviewCommand::Campaigns { command: CampaignsCommand::Create { owner, resource, deadline, default } } => {
+            let mut scope = json!({});
+            if let Some(o) = owner {
+                insert(&mut scope, "owner", json!(o));
+            }
+            if let Some(r) = resource {
+                insert(&mut scope, "resource", json!(r));
+            }
+            let body = json!({ "scope": scope, "deadline": deadline, "default": default });
+            show(&out, &api.post("/v1/review/campaigns", Some(body)).await?)
+        }
+        ReviewCommand::Campaigns { command: CampaignsCommand::List { status, page } } => {
+            let mut q = Vec::new();
+            push(&mut q, "status", &status);
+            list(&api, &out, "/v1/review/campaigns", q, &page, CAMPAIGN_COLUMNS).await
+        }
+        ReviewCommand::Campaigns { command: CampaignsCommand::Show { id, page } } => {
+            let mut q = Vec::new();
+            if let Some(l) = page.limit {
+                q.push(("limit", l.to_string()));
+            }
+            push(&mut q, "cursor", &page.cursor);
+            let answer = api.get(&format!("/v1/review/campaigns/{}", seg(&id)?), &q).await?;
+            if out.server.json || out.field.is_some() {
+                return show(&out, &answer);
+            }
+            let mut head = answer.clone();
+            if let Some(o) = head.as_object_mut() {
+                o.remove("items");
+            }
+            print!("{}", table::record(&head));
+            println!();
+            print!("{}", table::render(&items(&answer), ITEM_COLUMNS));
+            if let Some(c) = answer.get("next_cursor").and_then(Value::as_str) {
+                eprintln!("more: --cursor {c}");
+            }
+            Ok(())
+        }
+        ReviewCommand::Items { assignee, campaign, status, page } => {
+            let mut q = Vec::new();
+            push(&mut q, "assignee", &assignee);
+            push(&mut q, "campaign", &campaign);
+            push(&mut q, "status", &status);
+            list(&api, &out, "/v1/review/items", q, &page, ITEM_COLUMNS).await
+        }
+        ReviewCommand::Decide { item, decision, scopes } => {
+            let mut body = json!({ "decision": decision });
+            if let Some(s) = scopes {
+                let list: Vec<&str> = s.split([' ', ',']).filter(|x| !x.is_empty()).collect();
+                insert(&mut body, "scopes", json!(list));
+            }
+            show(&out, &api.post(&format!("/v1/review/items/{}/decide", seg(&item)?), Some(body)).await?)
+        }
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum ApprovalsCommand {
     /// List approvals (pending by default).

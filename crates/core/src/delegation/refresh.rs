@@ -70,11 +70,23 @@ impl Mandate {
             .filter(|g| g.is_live(now))
             .ok_or_else(|| refuse(Error::InvalidGrant("the grant is revoked or expired".into())))?;
         crate::authorize::same_resource(resources, &grant.resource).map_err(refuse)?;
+        // A grant narrowed since (an access review) narrows its refresh
+        // tokens too: nothing is issued beyond what the grant holds now.
+        let scopes = scopes.narrow_to(&grant.scopes);
+        if scopes.is_empty() {
+            return Err(refuse(Error::InvalidScope("the grant no longer holds these scopes".into())));
+        }
         let (mut change, event, mut issued) =
             self.grant_token(agent, &grant, &scopes, Some(&record.family), jkt).await.map_err(refuse)?;
         change.prepend(Mutation::UseRefresh { hash: record.hash.clone(), at: now });
         let (refresh, next) = self
-            .new_refresh(&grant, agent.id, &record.scopes, &record.family, record.cnf_jkt.as_deref())
+            .new_refresh(
+                &grant,
+                agent.id,
+                &record.scopes.narrow_to(&grant.scopes),
+                &record.family,
+                record.cnf_jkt.as_deref(),
+            )
             .map_err(refuse)?;
         issued.refresh_token = Some(refresh);
         change.push(Mutation::InsertRefresh(next));

@@ -22,14 +22,17 @@ use mandate_model::records::{
     GrantStatus, RefreshRecord, Resource, ScimGroup, ScimToken, ScimUserRecord, SessionRecord, SuspendedBy,
     TokenRecord, UpstreamLink, User, UserToken,
 };
+use mandate_model::review::{Campaign, CampaignStatus, ReviewItem};
 use mandate_model::ssf::{EventKind, MAX_QUEUED_EVENTS, QueuedEvent, Signal, Stream, StreamDelivery, StreamStatus};
-use mandate_model::{AgentId, ApprovalId, GrantId, GroupId, Jti, ResourceId, StreamId, UserId};
+use mandate_model::{
+    AgentId, ApprovalId, CampaignId, GrantId, GroupId, Jti, ResourceId, ReviewItemId, StreamId, UserId,
+};
 use time::OffsetDateTime;
 
 use super::{
-    AgentActivity, AgentListQuery, Applied, ApprovalQuery, AttemptCounter, Change, GrantQuery, GrantState, LapsedQuery,
-    ListedAgent, Mutation, Page, PolicyVersion, Receipt, ResourceListQuery, ScimGroupQuery, ScimUserQuery, Store,
-    StoreError, StoredKey, StoredPolicy, UserListQuery,
+    AgentActivity, AgentListQuery, Applied, ApprovalQuery, AttemptCounter, CampaignProgress, CampaignQuery, Change,
+    GrantQuery, GrantState, LapsedQuery, ListedAgent, Mutation, Page, PolicyVersion, Receipt, ResourceListQuery,
+    ReviewItemQuery, ScimGroupQuery, ScimUserQuery, Store, StoreError, StoredKey, StoredPolicy, UserListQuery,
 };
 use crate::audit::{AuditQuery, seal_record};
 
@@ -80,6 +83,8 @@ struct State {
     ssf_last_seq: u64,
     /// Tokens whose revocation was signalled, with when.
     ssf_signalled: BTreeMap<Jti, OffsetDateTime>,
+    campaigns: BTreeMap<CampaignId, Campaign>,
+    review_items: BTreeMap<ReviewItemId, ReviewItem>,
     epoch: u64,
 }
 
@@ -260,6 +265,12 @@ fn streams(s: &mut State) -> &mut BTreeMap<StreamId, Stream> {
 }
 fn ssf_events(s: &mut State) -> &mut BTreeMap<u64, QueuedEvent> {
     &mut s.ssf_events
+}
+fn campaigns(s: &mut State) -> &mut BTreeMap<CampaignId, Campaign> {
+    &mut s.campaigns
+}
+fn review_items(s: &mut State) -> &mut BTreeMap<ReviewItemId, ReviewItem> {
+    &mut s.review_items
 }
 fn ssf_signalled(s: &mut State) -> &mut BTreeMap<Jti, OffsetDateTime> {
     &mut s.ssf_signalled
@@ -446,6 +457,65 @@ fn apply(tx: &mut Tx<'_>, m: &Mutation, applied: &Applied) -> Result<u64, StoreE
             };
             tx.put(agents, *id, updated);
             Ok(1)
+        }
+        Mutation::NarrowAgentScopes { id, scopes } => {
+            let live = tx.state.agents.get(id).is_some_and(|a| a.status != AgentStatus::Retired);
+            if !live {
+                return Err(StoreError::Conflict(format!("agent {id} is retired or missing")));
+            }
+            Ok(tx.update(agents, |k, _| k == id, |a| a.scopes = Some(scopes.clone())))
+        }
+        Mutation::InsertCampaign(c) => {
+            storable(c.created_at)?;
+            storable(c.deadline)?;
+            require(!tx.state.campaigns.contains_key(&c.id), "campaign")?;
+            tx.put(campaigns, c.id, c.clone());
+            Ok(1)
+        }
+        Mutation::InsertReviewItem(i) => {
+            let ok = !tx.state.review_items.contains_key(&i.id)
+                && tx.state.campaigns.contains_key(&i.campaign)
+                && tx.state.users.contains_key(&i.assignee);
+            require(ok, "review item")?;
+            tx.put(review_items, i.id, i.clone());
+            Ok(1)
+        }
+        Mutation::DecideReviewItem { id, decision, by, at, outcome } => {
+            storable(*at)?;
+            let open = |s: &State, c: &CampaignId| s.campaigns.get(c).is_some_and(|c| c.status == CampaignStatus::Open);
+            let item = tx.state.review_items.get(id).cloned();
+            match item {
+                Some(i) if i.decision.is_none() && open(tx.state, &i.campaign) => {
+                    tx.put(
+                        review_items,
+                        *id,
+                        ReviewItem {
+                            decision: Some(*decision),
+                            decided_by: Some(by.clone()),
+                            decided_at: Some(*at),
+                            outcome: Some(outcome.clone()),
+                            ..i
+                        },
+                    );
+                    Ok(1)
+                }
+                _ => Err(StoreError::Conflict(format!("review item {id} is decided, closed or missing"))),
+            }
+        }
+        Mutation::CloseCampaign { id, at } => {
+            storable(*at)?;
+            let open = tx.state.campaigns.get(id).is_some_and(|c| c.status == CampaignStatus::Open);
+            if !open {
+                return Err(StoreError::Conflict(format!("campaign {id} is not open")));
+            }
+            Ok(tx.update(
+                campaigns,
+                |k, _| k == id,
+                |c| {
+                    c.status = CampaignStatus::Closed;
+                    c.closed_at = Some(*at);
+                },
+            ))
         }
         Mutation::SetAgentStatus { id, from, to, at, by } => {
             storable(*at)?;
@@ -785,6 +855,13 @@ fn apply(tx: &mut Tx<'_>, m: &Mutation, applied: &Applied) -> Result<u64, StoreE
                 return Err(StoreError::Conflict(format!("grant {id} is not due to be reported lapsed")));
             }
             Ok(n)
+        }
+        Mutation::NarrowGrantScopes { id, scopes } => {
+            let active = tx.state.grants.get(id).is_some_and(|g| g.status == GrantStatus::Active);
+            if !active {
+                return Err(StoreError::Conflict(format!("grant {id} is not active")));
+            }
+            Ok(tx.update(grants, |k, _| k == id, |g| g.scopes = scopes.clone()))
         }
         Mutation::TouchGrant { id, at } => {
             storable(*at)?;
@@ -1735,6 +1812,68 @@ impl Store for MemoryStore {
 
     async fn spawned_since(&self, parent: AgentId, since: OffsetDateTime) -> Result<u64, StoreError> {
         self.read(|s| s.agents.values().filter(|a| a.parent == Some(parent) && a.created_at >= since).count() as u64)
+    }
+
+    async fn campaign(&self, id: CampaignId) -> Result<Option<Campaign>, StoreError> {
+        self.read(|s| s.campaigns.get(&id).cloned())
+    }
+
+    async fn campaigns(&self, q: &CampaignQuery) -> Result<Vec<Campaign>, StoreError> {
+        self.read(|s| {
+            let upper = q.before.map_or(Bound::Unbounded, Bound::Excluded);
+            newest(
+                s.campaigns
+                    .range((Bound::Unbounded, upper))
+                    .map(|(_, c)| c)
+                    .filter(|c| q.status.is_none_or(|st| c.status == st))
+                    .cloned(),
+                q.limit,
+            )
+        })
+    }
+
+    async fn campaigns_due(&self, now: OffsetDateTime, limit: u32) -> Result<Vec<Campaign>, StoreError> {
+        self.read(|s| {
+            let mut due: Vec<Campaign> = s
+                .campaigns
+                .values()
+                .filter(|c| c.status == CampaignStatus::Open && c.deadline <= now)
+                .cloned()
+                .collect();
+            due.sort_by_key(|c| (c.deadline, c.id));
+            due.truncate(limit as usize);
+            due
+        })
+    }
+
+    async fn campaign_progress(&self, id: CampaignId) -> Result<CampaignProgress, StoreError> {
+        self.read(|s| {
+            let items = s.review_items.values().filter(|i| i.campaign == id);
+            let (n, decided) = items.fold((0u64, 0u64), |(n, d), i| (n + 1, d + u64::from(i.decision.is_some())));
+            CampaignProgress { items: n, decided }
+        })
+    }
+
+    async fn review_item(&self, id: ReviewItemId) -> Result<Option<ReviewItem>, StoreError> {
+        self.read(|s| s.review_items.get(&id).cloned())
+    }
+
+    async fn review_items(&self, q: &ReviewItemQuery) -> Result<Vec<ReviewItem>, StoreError> {
+        self.read(|s| {
+            let lower = q.after.map_or(Bound::Unbounded, Bound::Excluded);
+            s.review_items
+                .range((lower, Bound::Unbounded))
+                .map(|(_, i)| i)
+                .filter(|i| {
+                    q.campaign.is_none_or(|c| i.campaign == c)
+                        && q.assignee.is_none_or(|a| i.assignee == a)
+                        && (!q.undecided || i.decision.is_none())
+                        && (!q.open || s.campaigns.get(&i.campaign).is_some_and(|c| c.status == CampaignStatus::Open))
+                })
+                .take(q.limit as usize)
+                .cloned()
+                .collect()
+        })
     }
 
     async fn expired_agents(&self, at: OffsetDateTime) -> Result<Vec<Agent>, StoreError> {

@@ -53,6 +53,9 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .route("/grants/{id}/reapprove", post(pages::reapprove_grant))
         .route("/agents", get(pages::agents))
         .route("/agents/{id}/{op}", post(pages::agent_op))
+        .route("/review", get(pages::review))
+        .route("/review/items/{id}/decide", post(pages::decide_review_item))
+        .route("/review/campaigns", post(pages::start_campaign))
         .route("/audit", get(pages::audit))
         .route("/audit/trace/{id}", get(pages::trace))
         // The admin console (ADR 0037); a policy set may be as long as on

@@ -407,6 +407,189 @@ pub async fn reapprove_grant(
     Ok(grants_reply(&headers, &signed.session, live))
 }
 
+// ----- review -----
+
+/// A finding's evidence as lines: each member as `name: value`.
+fn evidence_lines(v: &serde_json::Value) -> Vec<String> {
+    match v.as_object() {
+        Some(o) => o
+            .iter()
+            .map(|(k, v)| match v {
+                serde_json::Value::String(s) => format!("{k}: {s}"),
+                serde_json::Value::Array(a) => format!(
+                    "{k}: {}",
+                    a.iter()
+                        .map(|x| x.as_str().map_or_else(|| x.to_string(), str::to_owned))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                ),
+                other => format!("{k}: {other}"),
+            })
+            .collect(),
+        None => vec![v.to_string()],
+    }
+}
+
+async fn review_live(s: &AppState, session: &Session, done: String) -> Result<views::ReviewList, Response> {
+    use mandate_core::store::{CampaignQuery, ReviewItemQuery};
+    let me = session.user.id;
+    let caller = Caller::User(me);
+    let q = ReviewItemQuery { assignee: Some(me), undecided: true, open: true, limit: 200, ..Default::default() };
+    let items = s.mandate.list_review_items(caller, q).await.map_err(fail)?.items;
+    let campaigns = s.mandate.campaigns_of(&items).await.map_err(fail)?;
+    let rows = items
+        .iter()
+        .map(|i| {
+            let f = &i.finding;
+            let mut suggestion = f.suggestion.action.clone();
+            if let Some(scopes) = &f.suggestion.scopes {
+                suggestion = format!("{suggestion} to {}", scopes.join(" "));
+            }
+            if let Some(actors) = &f.suggestion.may_act {
+                suggestion = format!("{suggestion} (may act: {})", actors.join(" "));
+            }
+            views::ReviewRow {
+                id: i.id.to_string(),
+                kind: f.kind.replace('_', " "),
+                subject: f.subject.clone(),
+                evidence: evidence_lines(&f.evidence),
+                suggestion,
+                narrow_to: f.suggestion.scopes.as_ref().map(|s| s.join(" ")).unwrap_or_default(),
+                deadline: campaigns.get(&i.campaign).map_or_else(|| "?".to_owned(), |c| when(c.deadline)),
+                decide: format!("/review/items/{}/decide", i.id),
+            }
+        })
+        .collect();
+    let campaigns = if s.mandate.is_reviewer(me).await.map_err(fail)? {
+        let q = CampaignQuery {
+            status: Some(mandate_model::review::CampaignStatus::Open),
+            limit: 100,
+            ..CampaignQuery::default()
+        };
+        let open = s.mandate.list_campaigns(caller, q).await.map_err(fail)?.items;
+        Some(
+            open.iter()
+                .map(|v| {
+                    let c = &v.campaign;
+                    let mut scope = Vec::new();
+                    if let Some(o) = c.scope.owner {
+                        scope.push(format!("owner {o}"));
+                    }
+                    if let Some(r) = &c.scope.resource {
+                        scope.push(format!("resource {r}"));
+                    }
+                    views::CampaignRow {
+                        id: c.id.to_string(),
+                        scope: if scope.is_empty() { "everything".into() } else { scope.join(", ") },
+                        deadline: when(c.deadline),
+                        default: c.default.as_str(),
+                        progress: format!("{} of {}", v.progress.decided, v.progress.items),
+                    }
+                })
+                .collect(),
+        )
+    } else {
+        None
+    };
+    Ok(views::ReviewList { done, csrf: session.csrf.clone(), rows, campaigns })
+}
+
+fn review_reply(headers: &HeaderMap, session: &Session, live: views::ReviewList) -> Response {
+    if is_live(headers) {
+        return html(StatusCode::OK, &views::ReviewLive { live });
+    }
+    html(StatusCode::OK, &views::ReviewPage { title: "Review", who: Who::of(session, "/review"), live })
+}
+
+pub async fn review(State(s): State<AppState>, signed: Signed, headers: HeaderMap) -> PageResult {
+    let live = review_live(&s, &signed.session, String::new()).await?;
+    Ok(review_reply(&headers, &signed.session, live))
+}
+
+pub async fn decide_review_item(
+    State(s): State<AppState>,
+    signed: Signed,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    form: OAuthForm,
+) -> PageResult {
+    use mandate_model::review::Decision;
+    if let Some(refused) = csrf_refusal(&signed, &form) {
+        return Err(refused);
+    }
+    let id: mandate_model::ReviewItemId =
+        id.parse().map_err(|_| fail(Error::NotFound("no such review item".into())))?;
+    let decision: Decision = form
+        .get("decision")
+        .unwrap_or_default()
+        .parse()
+        .map_err(|_| fail(Error::BadInput("decision must be keep, narrow or revoke".into())))?;
+    let scopes = match (decision, form.get("scopes").map(str::trim)) {
+        (Decision::Narrow, Some(text)) if !text.is_empty() => {
+            Some(text.split_whitespace().map(str::to_owned).collect::<Vec<_>>())
+        }
+        _ => None,
+    };
+    let done =
+        s.mandate.decide_review_item(Caller::User(signed.session.user.id), id, decision, scopes).await.map_err(fail)?;
+    let outcome = done.item.outcome.as_ref().map_or("", |o| o.applied.as_str());
+    let mut text = format!("{} {}: {outcome}.", decision.as_str(), done.item.finding.subject);
+    if done.tokens > 0 || done.grants > 0 {
+        text = format!("{text} {} token(s) and {} grant(s) revoked.", done.tokens, done.grants);
+    }
+    if let Some(retired) = done.item.outcome.as_ref().map(|o| o.retired.len()).filter(|n| *n > 0) {
+        text = format!("{text} {retired} ephemeral descendant(s) retired.");
+    }
+    let live = review_live(&s, &signed.session, capitalized(&text)).await?;
+    Ok(review_reply(&headers, &signed.session, live))
+}
+
+fn capitalized(s: &str) -> String {
+    let mut c = s.chars();
+    c.next().map(|f| f.to_uppercase().chain(c).collect()).unwrap_or_default()
+}
+
+/// A deadline from the page: RFC 3339, or a `datetime-local` value
+/// (minutes, or seconds) read as UTC.
+fn page_deadline(v: &str) -> Result<time::OffsetDateTime, Error> {
+    let rfc = &time::format_description::well_known::Rfc3339;
+    [v.to_owned(), format!("{v}:00Z"), format!("{v}Z")]
+        .iter()
+        .find_map(|t| time::OffsetDateTime::parse(t, rfc).ok())
+        .ok_or_else(|| Error::BadInput("the deadline must be a date and time".into()))
+}
+
+pub async fn start_campaign(
+    State(s): State<AppState>,
+    signed: Signed,
+    headers: HeaderMap,
+    form: OAuthForm,
+) -> PageResult {
+    use mandate_model::review::{CampaignDefault, CampaignScope};
+    if let Some(refused) = csrf_refusal(&signed, &form) {
+        return Err(refused);
+    }
+    let field = |name: &str| form.get(name).map(str::trim).filter(|v| !v.is_empty());
+    let owner = field("owner")
+        .map(|o| o.parse::<mandate_model::UserId>())
+        .transpose()
+        .map_err(|_| fail(Error::BadInput("the owner must be a user id (usr_…)".into())))?;
+    let scope = CampaignScope { owner, resource: field("resource").map(str::to_owned) };
+    let deadline = page_deadline(field("deadline").unwrap_or_default()).map_err(fail)?;
+    let default: CampaignDefault = field("default")
+        .unwrap_or_default()
+        .parse()
+        .map_err(|_| fail(Error::BadInput("the default must be keep or revoke".into())))?;
+    let (campaign, items) = s
+        .mandate
+        .create_campaign(Caller::User(signed.session.user.id), scope, deadline, default)
+        .await
+        .map_err(fail)?;
+    let done = format!("Started campaign {} with {items} item(s).", campaign.id);
+    let live = review_live(&s, &signed.session, done).await?;
+    Ok(review_reply(&headers, &signed.session, live))
+}
+
 // ----- agents -----
 
 async fn agents_live(s: &AppState, session: &Session, done: String) -> Result<views::AgentsList, Response> {

@@ -41,11 +41,16 @@ pub struct NavItem {
 impl Who {
     /// The header of a page at `current` (a nav `href`, or "" for none).
     pub fn of(session: &Session, current: &str) -> Option<Self> {
-        let mut nav: Vec<NavItem> =
-            [("/approvals", "Approvals"), ("/grants", "Grants"), ("/agents", "Agents"), ("/audit", "Audit")]
-                .into_iter()
-                .map(|(href, label)| NavItem { href, label, here: href == current })
-                .collect();
+        let mut nav: Vec<NavItem> = [
+            ("/approvals", "Approvals"),
+            ("/grants", "Grants"),
+            ("/agents", "Agents"),
+            ("/review", "Review"),
+            ("/audit", "Audit"),
+        ]
+        .into_iter()
+        .map(|(href, label)| NavItem { href, label, here: href == current })
+        .collect();
         // The console's link, only for the people it opens to (ADR 0037);
         // `session.user` was read from the store for this request.
         if mandate_core::audit::opens_console(&session.user) {
@@ -219,6 +224,53 @@ pub struct GrantsPage {
 #[template(path = "grants_live.html")]
 pub struct GrantsLive {
     pub live: GrantsList,
+}
+
+// ----- review -----
+
+/// An open review item assigned to the person, with its three decisions.
+pub struct ReviewRow {
+    pub id: String,
+    pub kind: String,
+    pub subject: String,
+    /// The evidence, one `name: value` line per member.
+    pub evidence: Vec<String>,
+    pub suggestion: String,
+    /// The scopes the Narrow field starts with: the suggested narrower set.
+    pub narrow_to: String,
+    pub deadline: String,
+    pub decide: String,
+}
+
+/// An open campaign, for auditors.
+pub struct CampaignRow {
+    pub id: String,
+    pub scope: String,
+    pub deadline: String,
+    pub default: &'static str,
+    pub progress: String,
+}
+
+pub struct ReviewList {
+    pub done: String,
+    pub csrf: String,
+    pub rows: Vec<ReviewRow>,
+    /// Open campaigns; `None` for people who are not reviewers.
+    pub campaigns: Option<Vec<CampaignRow>>,
+}
+
+#[derive(Template)]
+#[template(path = "review.html")]
+pub struct ReviewPage {
+    pub title: &'static str,
+    pub who: Option<Who>,
+    pub live: ReviewList,
+}
+
+#[derive(Template)]
+#[template(path = "review_live.html")]
+pub struct ReviewLive {
+    pub live: ReviewList,
 }
 
 // ----- agents -----

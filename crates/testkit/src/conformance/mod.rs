@@ -25,6 +25,7 @@ pub mod identity;
 pub mod inventory;
 pub mod keys;
 pub mod replay;
+pub mod review;
 pub mod scim;
 pub mod signals;
 pub mod tamper;
@@ -155,6 +156,10 @@ macro_rules! store_conformance {
                 an_authorization_code_is_used_once,
                 a_reapproval_extends_a_live_grant_once,
                 lapses_are_reported_once_and_listed,
+            }
+            review {
+                campaigns_and_items_round_trip_and_are_decided_once,
+                grants_and_agents_are_narrowed_while_live,
             }
             approvals {
                 approvals_are_decided_and_used_once,

@@ -5,6 +5,7 @@
 mod admin;
 mod audit;
 mod authorize;
+mod campaigns;
 mod client_auth;
 mod console;
 mod delegation;

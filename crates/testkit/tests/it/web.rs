@@ -634,3 +634,84 @@ async fn a_payment_approval_shows_its_details_and_binds_them() -> Result<()> {
     assert_eq!(claims(token)["authorization_details"][0]["amount"], 120);
     Ok(())
 }
+
+#[tokio::test]
+async fn the_review_page_decides_an_owners_items_and_auditors_start_campaigns() -> Result<()> {
+    let w = World::new(TestServer::start().await?).await?;
+    let (st, dana) = w
+        .s
+        .admin(Method::POST, "/v1/users", Some(json!({"name": "Dana", "email": "dana@example.com", "groups": ["staff"], "password": "correct horse battery"})))
+        .await?;
+    assert_eq!(st, 201, "{dana}");
+    let dana = dana["id"].as_str().unwrap_or_default().to_owned();
+    // Dana's agent holds a grant that ends within the week: `expiring`.
+    let agent = w.s.create_agent(&dana, mandate_jose::KeyAlg::EdDSA).await?;
+    let tokens = w.granted(&agent, "read").await?;
+    let access = tokens["access_token"].as_str().unwrap_or_default().to_owned();
+    let grant = claims(&access)["grant_id"].as_str().unwrap_or_default().to_owned();
+    let deadline = time::OffsetDateTime::from_unix_timestamp(w.s.now() + 7 * 86_400)?
+        .format(&time::format_description::well_known::Rfc3339)?;
+    let (st, campaign) =
+        w.s.admin(
+            Method::POST,
+            "/v1/review/campaigns",
+            Some(json!({"scope": {"owner": dana}, "deadline": deadline, "default": "keep"})),
+        )
+        .await?;
+    assert_eq!(st, 201, "{campaign}");
+    let (_, campaign) =
+        w.s.admin(Method::GET, &format!("/v1/review/campaigns/{}", campaign["id"].as_str().unwrap_or_default()), None)
+            .await?;
+    let item = campaign["items"][0]["id"].as_str().unwrap_or_default().to_owned();
+    assert!(item.starts_with("rvi_"), "{campaign}");
+
+    let b = Browser { http: client()?, base: w.s.url.clone() };
+    let (_, session, _) = b.sign_in("dana@example.com", "correct horse battery").await?;
+    let session = session.unwrap_or_default();
+    let (st, html) = b.get("/review", &session).await?;
+    assert_eq!(st, 200);
+    assert!(html.contains(&grant) && html.contains(">Keep<") && html.contains(">Narrow<") && html.contains(">Revoke<"));
+    assert!(html.contains(r#"href="/review" aria-current="page""#), "the nav links the page");
+    assert!(!html.contains("Start a campaign"), "a person who is no auditor starts no campaign");
+    let decide = |csrf: String, decision: &'static str| {
+        b.http
+            .post(format!("{}/review/items/{item}/decide", b.base))
+            .header("cookie", format!("mandate_session={session}"))
+            .form(&[("csrf", csrf), ("decision", decision.to_owned())])
+            .send()
+    };
+    // A forged form changes nothing.
+    assert_eq!(decide("forged".into(), "revoke").await?.status().as_u16(), 403);
+    assert_eq!(w.s.introspect(&access).await?["active"], true);
+    let resp = decide(csrf_in(&html), "revoke").await?;
+    assert_eq!(resp.status().as_u16(), 200);
+    let html = resp.text().await?;
+    assert!(html.contains("1 token(s) and 0 grant(s) revoked"), "{html}");
+    assert_eq!(w.s.introspect(&access).await?["active"], false);
+    assert_eq!(decide(csrf_in(&html), "keep").await?.status().as_u16(), 409, "decided twice");
+
+    // An auditor sees the open campaigns and starts one.
+    let (st, _) =
+        w.s.admin(Method::PATCH, &format!("/v1/users/{dana}"), Some(json!({"groups": ["staff", "mandate-auditors"]})))
+            .await?;
+    assert_eq!(st, 200);
+    let (_, html) = b.get("/review", &session).await?;
+    assert!(html.contains("Start a campaign") && html.contains("1 of "), "{html}");
+    let soon = deadline.get(..16).unwrap_or_default().to_owned();
+    let resp = b
+        .http
+        .post(format!("{}/review/campaigns", b.base))
+        .header("cookie", format!("mandate_session={session}"))
+        .form(&[("csrf", csrf_in(&html)), ("owner", String::new()), ("deadline", soon), ("default", "revoke".into())])
+        .send()
+        .await?;
+    assert_eq!(resp.status().as_u16(), 200);
+    let html = resp.text().await?;
+    assert!(html.contains("Started campaign rvc_"), "{html}");
+    let (_, list) = w.s.admin(Method::GET, "/v1/review/campaigns", None).await?;
+    assert_eq!(list["items"].as_array().map(Vec::len), Some(2), "{list}");
+    // (Both were made in the same millisecond of the test clock: their order is the ids' random part.)
+    let by_dana = list["items"].as_array().is_some_and(|a| a.iter().any(|c| c["created_by"] == dana.as_str()));
+    assert!(by_dana, "{list}");
+    Ok(())
+}
