@@ -121,7 +121,7 @@ fn paged<T, Id>(mut rows: Vec<T>, limit: u32, id: impl Fn(&T) -> Id) -> Paged<T,
 impl Mandate {
     /// The admin, or an active auditor; anyone else is refused (and the
     /// refusal audited).
-    async fn inventory_reader(&self, caller: Caller, what: &str) -> Result<(), Error> {
+    pub(crate) async fn inventory_reader(&self, caller: Caller, what: &str) -> Result<(), Error> {
         match caller {
             Caller::Admin => Ok(()),
             Caller::User(u) if self.is_auditor(u).await? => Ok(()),
