@@ -85,6 +85,14 @@ enum Command {
         #[command(flatten)]
         out: admin::Output,
     },
+    /// The inventory report: live counts, peaks and churn per owner,
+    /// resource or scope.
+    Inventory {
+        #[command(subcommand)]
+        command: admin::InventoryCommand,
+        #[command(flatten)]
+        out: admin::Output,
+    },
     /// Approvals: list, approve, deny (with a user's token, or the admin's).
     Approvals {
         #[command(subcommand)]
@@ -192,6 +200,7 @@ fn main() -> std::process::ExitCode {
                         Command::Policies { command, out } => admin::policies(command, out).await,
                         Command::Grants { command, out } => admin::grants(command, out).await.map(|()| true),
                         Command::Approvals { command, out } => admin::approvals(command, out).await.map(|()| true),
+                        Command::Inventory { command, out } => admin::inventory(command, out).await.map(|()| true),
                         Command::Token { args, out } => admin::token(args, out).await.map(|()| true),
                         Command::Introspect { token, out } => admin::introspect(token, out).await.map(|()| true),
                         Command::Events { args, out } => admin::events(args, out).await.map(|()| true),

@@ -14,6 +14,8 @@ use mandate_jose::kek::{KEK_LEN, Kek};
 use serde::{Deserialize, Serialize};
 use tracing_subscriber::EnvFilter;
 
+/// The most owners the inventory gauges may name (ADR 0035).
+const MAX_TOP_OWNERS: u32 = 100;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -209,6 +211,12 @@ pub struct ServeArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     metrics_listen: Option<SocketAddr>,
+    /// Owners named by the inventory gauges `mandate_live_{agents,grants,tokens}{owner}`:
+    /// the N holding the most, then one `owner="other"` series (default
+    /// 10, at most 100; 0: no owner gauges).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    metrics_top_owners: Option<u32>,
     /// Most connections open at once (default 4096; at most the file
     /// descriptors the process may open, less 256).
     #[arg(long)]
@@ -315,6 +323,7 @@ struct Settings {
     review_expiring_days: u32,
     review_spawn_rate: u64,
     metrics_listen: Option<SocketAddr>,
+    metrics_top_owners: u32,
     max_connections: usize,
     max_connections_per_address: usize,
     forwarded_header: String,
@@ -377,6 +386,7 @@ impl Default for Settings {
             review_expiring_days: 7,
             review_spawn_rate: 100,
             metrics_listen: None,
+            metrics_top_owners: 10,
             max_connections: 4_096,
             max_connections_per_address: 256,
             forwarded_header: "x-forwarded-for".into(),
@@ -634,6 +644,10 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         expiring_days: Some(settings.review_expiring_days),
     })
     .map_err(|e| anyhow::anyhow!("review thresholds: {e}"))?;
+    if settings.metrics_top_owners > MAX_TOP_OWNERS {
+        bail!("metrics_top_owners must be 0 to {MAX_TOP_OWNERS}: each owner is a metrics series");
+    }
+    config.metrics_top_owners = settings.metrics_top_owners;
     let issuer = url::Url::parse(&config.issuer).map_err(|e| anyhow::anyhow!("the issuer is not a URL: {e}"))?;
     let loopback = mandate_model::name::is_loopback_http(&issuer);
     config.allow_client_secrets = match settings.client_secrets {

@@ -339,8 +339,21 @@ impl Store for CachingStore {
     async fn status_indexes_reserved(&self) -> Result<u64, StoreError> {
         self.inner.status_indexes_reserved().await
     }
-    async fn live_agents(&self, after: Option<AgentId>, limit: u32) -> Result<Vec<Agent>, StoreError> {
-        self.inner.live_agents(after, limit).await
+    async fn inventory_tally(
+        &self,
+        tally: crate::report::InventoryTally,
+    ) -> Result<crate::report::InventoryTally, StoreError> {
+        self.inner.inventory_tally(tally).await
+    }
+    async fn inventory_peaks(
+        &self,
+        by: crate::report::ReportBy,
+        first: &str,
+        last: &str,
+        since_24h: OffsetDateTime,
+        since_7d: OffsetDateTime,
+    ) -> Result<Vec<crate::report::Peaks>, StoreError> {
+        self.inner.inventory_peaks(by, first, last, since_24h, since_7d).await
     }
     async fn spawned_since(&self, parent: AgentId, since: OffsetDateTime) -> Result<u64, StoreError> {
         self.inner.spawned_since(parent, since).await

@@ -82,6 +82,9 @@ pub struct Config {
     pub sync_interval: i64,
     /// The access review's default thresholds (DESIGN §12).
     pub review: crate::review::Thresholds,
+    /// How many owners the inventory gauges name (the others are summed
+    /// as `owner="other"`); 0: no owner gauges (ADR 0035).
+    pub metrics_top_owners: u32,
 }
 
 /// Seconds between safeguard polls while a change feed listens: a feed on a
@@ -129,6 +132,7 @@ impl Config {
             trusted_issuers: Vec::new(),
             sync_interval: 1,
             review: crate::review::Thresholds::default(),
+            metrics_top_owners: 10,
         }
     }
 

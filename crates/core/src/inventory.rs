@@ -121,7 +121,7 @@ pub(crate) fn paged<T, Id>(mut rows: Vec<T>, limit: u32, id: impl Fn(&T) -> Id) 
 impl Mandate {
     /// The admin, or an active auditor; anyone else is refused (and the
     /// refusal audited).
-    async fn inventory_reader(&self, caller: Caller, what: &str) -> Result<(), Error> {
+    pub(crate) async fn inventory_reader(&self, caller: Caller, what: &str) -> Result<(), Error> {
         match caller {
             Caller::Admin => Ok(()),
             Caller::ConsoleAdmin(u) if self.is_console_admin(u).await? => Ok(()),

@@ -28,6 +28,7 @@ pub mod policy_history;
 pub mod policy_test;
 pub mod refusals;
 pub mod registration;
+pub mod report;
 pub mod request;
 pub mod review;
 pub mod scim;

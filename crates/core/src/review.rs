@@ -27,7 +27,7 @@ use time::{Duration, OffsetDateTime};
 
 use crate::audit::{AuditQuery, event_time, kind};
 use crate::service::{Caller, Mandate};
-use crate::store::GrantQuery;
+use crate::store::{AgentListQuery, GrantQuery};
 use crate::{Error, secrets};
 
 /// Agents read per page.
@@ -209,7 +209,7 @@ impl Mandate {
         self.findings(thresholds).await
     }
 
-    /// Every finding under `t`, in agent id order (each agent's own, then
+    /// Every finding under `t`, newest agent first (each agent's own, then
     /// its grants').
     pub async fn findings(&self, t: Thresholds) -> Result<Vec<Finding>, Error> {
         let now = self.clock.now();
@@ -227,11 +227,14 @@ impl Mandate {
         let mut owners: HashMap<UserId, Option<User>> = HashMap::new();
         let mut resources: HashMap<String, Option<Resource>> = HashMap::new();
         let mut out = Vec::new();
-        let mut after = None;
+        // Newest first, a page at a time, through the index of agents that
+        // are not retired: retired history is never read.
+        let mut before = None;
         loop {
-            let page = self.store.live_agents(after, AGENT_PAGE).await?;
+            let q = AgentListQuery { not_retired: true, before, limit: AGENT_PAGE, ..AgentListQuery::default() };
+            let page: Vec<Agent> = self.store.list_agents(&q).await?.into_iter().map(|a| a.agent).collect();
             let Some(last) = page.last() else { break };
-            after = Some(last.id);
+            before = Some(last.id);
             for agent in &page {
                 if let Entry::Vacant(slot) = owners.entry(agent.owner) {
                     slot.insert(self.store.user(agent.owner).await?);

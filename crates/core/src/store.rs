@@ -573,6 +573,18 @@ pub enum Mutation {
         stream: StreamId,
         seqs: Vec<u64>,
     },
+    /// Keeps the larger of each sample's counts and those already kept for
+    /// its key in the hour bucket starting at `hour` (an upsert with
+    /// `max`, so nodes sampling at once agree; affected: how many samples).
+    RecordInventorySamples {
+        hour: OffsetDateTime,
+        samples: Vec<crate::report::InventorySample>,
+    },
+    /// Forgets the sample buckets starting before `before` (affected: how
+    /// many rows).
+    PruneInventorySamples {
+        before: OffsetDateTime,
+    },
     /// Claims a push stream for one attempt: fails with `Conflict` unless
     /// it is enabled, due at `now` and not leased past `now` (so two nodes
     /// never push one stream at once, and its events go out in order).
@@ -692,6 +704,9 @@ pub struct AgentListQuery {
     pub used_after: Option<OffsetDateTime>,
     /// With an expiry strictly before this time.
     pub expires_before: Option<OffsetDateTime>,
+    /// Only agents that are not retired (any status but `retired`): the
+    /// access review's walk, read through the index of live agents.
+    pub not_retired: bool,
     /// Keyset cursor: only ids below this one.
     pub before: Option<AgentId>,
     pub limit: u32,
@@ -1083,6 +1098,25 @@ pub trait Store: Send + Sync + 'static {
     async fn list_agents(&self, query: &AgentListQuery) -> Result<Vec<ListedAgent>, StoreError>;
     /// Resources, newest first (by id), at most `query.limit`.
     async fn list_resources(&self, query: &ResourceListQuery) -> Result<Vec<Resource>, StoreError>;
+    /// Feeds `tally` every grant, token and agent that is live at
+    /// `tally.now()` or was created or ended since `tally.since()` (a
+    /// superset is allowed), reading only those: live records and those
+    /// ended since `tally.since()`, through indexes on their end times.
+    async fn inventory_tally(
+        &self,
+        tally: crate::report::InventoryTally,
+    ) -> Result<crate::report::InventoryTally, StoreError>;
+    /// The largest sampled counts of the keys of `by` from `first` to
+    /// `last` (inclusive, in key order) over the buckets starting at or
+    /// after `since_24h` and `since_7d`; keys without samples are left out.
+    async fn inventory_peaks(
+        &self,
+        by: crate::report::ReportBy,
+        first: &str,
+        last: &str,
+        since_24h: OffsetDateTime,
+        since_7d: OffsetDateTime,
+    ) -> Result<Vec<crate::report::Peaks>, StoreError>;
     /// How many live grants and tokens `agent` holds at `now`, and its
     /// last use; `None` when there is no such agent.
     async fn agent_activity(&self, agent: AgentId, now: OffsetDateTime) -> Result<Option<AgentActivity>, StoreError>;
@@ -1141,9 +1175,6 @@ pub trait Store: Send + Sync + 'static {
 
     /// Ephemeral agents not yet retired whose expiry is at or before `at`.
     async fn expired_agents(&self, at: OffsetDateTime) -> Result<Vec<Agent>, StoreError>;
-    /// Agents that are not retired, in id order, after `after`: at most
-    /// `limit` (the access review walks them a page at a time).
-    async fn live_agents(&self, after: Option<AgentId>, limit: u32) -> Result<Vec<Agent>, StoreError>;
     /// How many children `parent` spawned at or after `since`, retired ones
     /// included (the access review's spawn rate).
     async fn spawned_since(&self, parent: AgentId, since: OffsetDateTime) -> Result<u64, StoreError>;

@@ -153,7 +153,10 @@ pub async fn create_agent(
             None => (bearer(&headers).unwrap_or_default().to_owned(), None),
         };
         let StrictJson(body) = StrictJson::<NewAgent>::from_request(request, &s).await?;
-        s.mandate.spawn_agent(&token, proof.as_deref(), body).await?
+        let spawned = s.mandate.spawn_agent(&token, proof.as_deref(), body).await?;
+        // Committed: the spawn rate is this counter's rate (ADR 0035).
+        metrics::counter!("mandate_ephemeral_spawns_total").increment(1);
+        spawned
     } else {
         let (mut parts, body) = request.into_parts();
         let Authed(c) = Authed::from_request_parts(&mut parts, &s).await?;

@@ -5,6 +5,9 @@
 //! A cursor is opaque to clients: base64url of the list's name and the
 //! last id of the page (core pages by keyset on the id). A cursor of
 //! another list, or one that does not decode to an id, is 400.
+//!
+//! `GET /v1/inventory/report?by=` (ADR 0035) pages its keys the same way:
+//! the cursor is the last key of the page, bound to the dimension.
 
 use std::collections::BTreeMap;
 
@@ -14,6 +17,7 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use mandate_core::inventory::{Paged, page_size, window_days};
+use mandate_core::report::{self, Churn, Counts, ReportBy};
 use mandate_core::store::{AgentListQuery, GrantQuery, GrantState, ResourceListQuery, UserListQuery};
 use mandate_model::records::{AgentKind, AgentOrigin, AgentStatus, UserStatus};
 use mandate_model::{AgentId, GrantId, ResourceId, UserId};
@@ -123,6 +127,7 @@ pub(crate) fn agents_query(q: &BTreeMap<String, String>) -> Result<AgentListQuer
         used_before: time_param("used_before", q.get("used_before"))?,
         used_after: time_param("used_after", q.get("used_after"))?,
         expires_before: time_param("expires_before", q.get("expires_before"))?,
+        not_retired: false,
         before: after::<AgentId>("agents", q.get("cursor"))?,
         limit: limit(q)?,
     })
@@ -264,6 +269,70 @@ pub async fn list_grants(
     let q = query(raw.as_deref(), GRANT_FILTERS)?;
     let now = s.mandate.now();
     page("grants", s.mandate.list_grants(c, grants_query(&q, now)?).await?, |g| grant_json(g, now))
+}
+
+/// The longest report cursor read: a key (a resource identifier may be a
+/// long URL) and the dimension, encoded.
+const MAX_REPORT_CURSOR: usize = 4096;
+
+fn counts(c: &Counts) -> Value {
+    json!({"grants": c.grants, "tokens": c.tokens, "ephemeral_agents": c.ephemeral_agents})
+}
+
+fn churn(c: &Churn) -> Value {
+    json!({"created": counts(&c.created), "ended": counts(&c.ended)})
+}
+
+/// `GET /v1/inventory/report?by=owner|resource|scope&limit=&cursor=` (ADR
+/// 0035): per key, in key order, the live counts, their peaks and churn.
+pub async fn report(
+    State(s): State<AppState>,
+    Authed(c): Authed,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, Problem> {
+    let q = query(raw.as_deref(), &["by", "limit", "cursor"])?;
+    let by = q
+        .get("by")
+        .ok_or_else(|| Problem::bad_input("by is required: owner, resource or scope"))?
+        .parse::<ReportBy>()
+        .map_err(Problem::bad_input)?;
+    let limit = report::page_size(parsed::<u32>("limit", q.get("limit"))?)?;
+    // The cursor is bound to the dimension: a key of another is refused.
+    let list = format!("report-{}", by.as_str());
+    let after = match q.get("cursor") {
+        None => None,
+        Some(raw) => {
+            let bad = || Problem::bad_input("cursor is malformed or belongs to another report");
+            if raw.len() > MAX_REPORT_CURSOR {
+                return Err(bad());
+            }
+            let text = URL_SAFE_NO_PAD.decode(raw).ok().and_then(|b| String::from_utf8(b).ok()).ok_or_else(bad)?;
+            let key = text.strip_prefix(&list).and_then(|r| r.strip_prefix(':')).ok_or_else(bad)?;
+            Some(key.to_owned())
+        }
+    };
+    let r = s.mandate.inventory_report(c, by, after, limit).await?;
+    let items: Vec<Value> = r
+        .items
+        .iter()
+        .map(|i| {
+            json!({
+                "key": i.key,
+                "live": counts(&i.live),
+                "peak_24h": counts(&i.peak_24h),
+                "peak_7d": counts(&i.peak_7d),
+                "churn_24h": churn(&i.churn_24h),
+                "churn_7d": churn(&i.churn_7d),
+            })
+        })
+        .collect();
+    Ok(Json(json!({
+        "by": by.as_str(),
+        "generated_at": rfc3339(r.generated_at)?,
+        "items": items,
+        "next_cursor": r.next.map(|k| cursor(&list, k)),
+    }))
+    .into_response())
 }
 
 #[cfg(test)]

@@ -391,7 +391,31 @@ async fn background(state: AppState) {
         if n.is_multiple_of(REVIEW_GAUGE_EVERY) {
             review_gauges(&mandate).await;
         }
+        if n.is_multiple_of(INVENTORY_SAMPLE_EVERY) {
+            inventory_gauges(&mandate).await;
+        }
     }
+}
+
+/// Seconds between inventory samples (ADR 0035): each tallies every live
+/// grant, token and agent, off the hot path, on a read connection.
+const INVENTORY_SAMPLE_EVERY: u64 = 300;
+
+/// Samples the inventory (the report's peaks) and sets the owner gauges
+/// `mandate_live_{agents,grants,tokens}{owner}` from the same tally.
+async fn inventory_gauges(mandate: &mandate_core::Mandate) {
+    match mandate.sample_inventory().await {
+        Ok(owners) => ops::set_owner_gauges(owners),
+        Err(e) => tracing::warn!(error = %e, "the inventory sample for the report and the metrics failed"),
+    }
+}
+
+/// Refreshes every gauge the background loop refreshes: the review
+/// findings and the inventory (with its sample). The loop does this every
+/// few minutes; tests and operators' tools may ask at once.
+pub async fn refresh_gauges(mandate: &mandate_core::Mandate) {
+    review_gauges(mandate).await;
+    inventory_gauges(mandate).await;
 }
 
 /// Seconds between refreshes of the review gauges: a whole review reads

@@ -197,6 +197,13 @@ pub const OPERATIONS: &[Operation] = &[
     ]),
     op(
         "get",
+        "/v1/inventory/report",
+        "inventory",
+        "Live grants, tokens and ephemeral agents per owner, resource or scope, their 24 h and 7 d peaks and churn (admin, auditors)",
+    )
+    .query(&[("by", "owner, resource or scope (required)"), ("limit", "keys per page (default 100, at most 1,000)"), CURSOR]),
+    op(
+        "get",
         "/v1/review",
         "review",
         "Access review findings: stale, over_broad, orphaned, sprawl, expiring, unused_delegation (admin, auditors)",
@@ -300,6 +307,7 @@ pub fn admin_routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
         ("/v1/audit/checkpoints", get(audit::checkpoints)),
         ("/v1/audit/keys", get(audit::keys)),
         ("/v1/audit/trace/{id}", get(audit::trace)),
+        ("/v1/inventory/report", get(inventory::report)),
         ("/v1/review", get(review::findings)),
         ("/v1/review/lapsed", get(review::lapsed)),
         ("/v1/review/campaigns", post(review::create_campaign).get(review::list_campaigns)),

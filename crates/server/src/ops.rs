@@ -14,6 +14,55 @@ use crate::error::Problem;
 
 static METRICS: OnceLock<PrometheusHandle> = OnceLock::new();
 
+/// The owner gauges of the last inventory sample (ADR 0035), rendered with
+/// every scrape. Kept here rather than in the recorder so that an owner who
+/// leaves the top N leaves the output too: the series are bounded to N + 1.
+static OWNER_GAUGES: std::sync::RwLock<Vec<mandate_core::report::OwnerGauge>> = std::sync::RwLock::new(Vec::new());
+
+/// Replaces the owner gauges.
+pub(crate) fn set_owner_gauges(owners: Vec<mandate_core::report::OwnerGauge>) {
+    match OWNER_GAUGES.write() {
+        Ok(mut g) => *g = owners,
+        Err(p) => *p.into_inner() = owners,
+    }
+}
+
+/// A gauge of the owner gauges: its name, its help, and its value of an owner.
+type Series = (&'static str, &'static str, fn(&mandate_core::report::OwnerGauge) -> u64);
+
+/// The owner gauges in the Prometheus text format.
+fn owner_gauges() -> String {
+    use std::fmt::Write;
+    let owners = match OWNER_GAUGES.read() {
+        Ok(g) => g.clone(),
+        Err(p) => p.into_inner().clone(),
+    };
+    if owners.is_empty() {
+        return String::new();
+    }
+    let mut out = String::new();
+    let series: [Series; 3] = [
+        ("mandate_live_agents", "Agents not retired nor expired, by owner (top N, then other)", |g| g.agents),
+        ("mandate_live_grants", "Grants active and unexpired, by their agent's owner (top N, then other)", |g| {
+            g.grants
+        }),
+        ("mandate_live_tokens", "Tokens unrevoked and unexpired, by their agent's owner (top N, then other)", |g| {
+            g.tokens
+        }),
+    ];
+    for (name, help, value) in series {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} gauge");
+        for g in &owners {
+            // Owner labels are user ids or "other": no quoting needed, but
+            // escaped as the format asks all the same.
+            let owner = g.owner.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n");
+            let _ = writeln!(out, "{name}{{owner=\"{owner}\"}} {}", value(g));
+        }
+    }
+    out
+}
+
 /// Installs the process-wide Prometheus recorder once.
 pub fn install_metrics() -> &'static PrometheusHandle {
     METRICS.get_or_init(|| {
@@ -41,7 +90,9 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
 pub async fn metrics() -> Response {
     let handle = install_metrics();
     handle.run_upkeep();
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], handle.render()).into_response()
+    let mut text = handle.render();
+    text.push_str(&owner_gauges());
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
 pub async fn method_not_allowed() -> Problem {

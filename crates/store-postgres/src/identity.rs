@@ -168,7 +168,8 @@ pub(crate) async fn apply(conn: &mut PgConnection, m: &Mutation) -> Result<u64, 
             // checked in the same statement, so a concurrent re-suspension
             // by the admin cannot be undone by an owner's resume.
             let r = sqlx::query(
-                "UPDATE agents SET status = $1, updated_at = $2, suspended_by = $5 WHERE id = $3 AND status = $4 \
+                "UPDATE agents SET status = $1, updated_at = $2, suspended_by = $5, \
+                 retired_at = CASE WHEN $1 = 'retired' THEN $2 ELSE NULL END WHERE id = $3 AND status = $4 \
                  AND NOT ($4 = 'suspended' AND $1 = 'active' AND coalesce($6::text, '') = 'owner' \
                  AND coalesce(suspended_by, 'admin') = 'admin')",
             )

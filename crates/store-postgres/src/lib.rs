@@ -18,6 +18,7 @@ mod deliveries;
 mod epoch;
 mod grants;
 mod identity;
+mod inventory;
 mod keys;
 mod listen;
 mod review;
@@ -725,15 +726,22 @@ impl Store for PostgresStore {
         u64::try_from(next).map_err(|_| unavailable("status index overflow"))
     }
 
-    async fn live_agents(&self, after: Option<AgentId>, limit: u32) -> Result<Vec<Agent>, StoreError> {
-        // Every id sorts after "": one index range either way.
-        let rows = sqlx::query("SELECT * FROM agents WHERE status <> 'retired' AND id > $1 ORDER BY id LIMIT $2")
-            .bind(after.map(|a| a.to_string()).unwrap_or_default())
-            .bind(i64::from(limit))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(unavailable)?;
-        rows.iter().map(agent_row).collect()
+    async fn inventory_tally(
+        &self,
+        tally: mandate_core::report::InventoryTally,
+    ) -> Result<mandate_core::report::InventoryTally, StoreError> {
+        inventory::tally(&self.pool, tally).await
+    }
+
+    async fn inventory_peaks(
+        &self,
+        by: mandate_core::report::ReportBy,
+        first: &str,
+        last: &str,
+        since_24h: time::OffsetDateTime,
+        since_7d: time::OffsetDateTime,
+    ) -> Result<Vec<mandate_core::report::Peaks>, StoreError> {
+        inventory::peaks(&self.pool, by, first, last, ts(since_24h)?, ts(since_7d)?).await
     }
 
     async fn spawned_since(&self, parent: AgentId, since: time::OffsetDateTime) -> Result<u64, StoreError> {

@@ -300,6 +300,7 @@ pub(crate) async fn apply(conn: &mut PgConnection, m: &Mutation) -> Result<u64, 
         Family::Deliveries => crate::deliveries::apply(conn, m).await?,
         Family::Signals => crate::signals::apply(conn, m).await?,
         Family::Review => crate::review::apply(conn, m).await?,
+        Family::Inventory => crate::inventory::apply(conn, m).await?,
         Family::Audit if matches!(m, Mutation::AppendAudit(_)) => {
             return Err(StoreError::Unavailable("audit events are appended by the writer".into()));
         }

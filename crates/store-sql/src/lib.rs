@@ -123,6 +123,15 @@ pub struct AgentRow {
     pub limits: Option<String>,
 }
 
+/// An agent kind read back.
+pub fn agent_kind_of(s: &str) -> Result<AgentKind, StoreError> {
+    match s {
+        "persistent" => Ok(AgentKind::Persistent),
+        "ephemeral" => Ok(AgentKind::Ephemeral),
+        other => Err(StoreError::Corrupt(format!("agent kind {other}"))),
+    }
+}
+
 /// An agent's limits as stored: NULL when it has none.
 pub fn limits_json(l: &mandate_model::limits::AgentLimits) -> Result<Option<String>, StoreError> {
     if l.is_empty() { Ok(None) } else { json(l).map(Some) }
@@ -135,11 +144,7 @@ impl TryFrom<AgentRow> for Agent {
             id: parse::<AgentId>(&r.id)?,
             name: r.name,
             owner: parse::<UserId>(&r.owner)?,
-            kind: match r.kind.as_str() {
-                "persistent" => AgentKind::Persistent,
-                "ephemeral" => AgentKind::Ephemeral,
-                other => return Err(StoreError::Corrupt(format!("agent kind {other}"))),
-            },
+            kind: agent_kind_of(&r.kind)?,
             parent: r.parent.as_deref().map(parse::<AgentId>).transpose()?,
             status: parse::<AgentStatus>(&r.status)?,
             expires_at: opt_ts(r.expires_at)?,
@@ -654,6 +659,8 @@ pub enum Family {
     Signals,
     /// Review campaigns and their items.
     Review,
+    /// The inventory's samples (its peaks).
+    Inventory,
     Audit,
 }
 
@@ -741,6 +748,7 @@ pub fn family(m: &Mutation) -> Family {
         | Mutation::InsertReviewItem(..)
         | Mutation::DecideReviewItem { .. }
         | Mutation::CloseCampaign { .. } => Family::Review,
+        Mutation::RecordInventorySamples { .. } | Mutation::PruneInventorySamples { .. } => Family::Inventory,
         Mutation::AppendAudit(..) | Mutation::InsertCheckpoint(..) => Family::Audit,
     }
 }
@@ -1137,6 +1145,10 @@ pub fn agent_list_where(
     w.time("(last_used_at IS NULL OR last_used_at < {})", q.used_before)?;
     w.time("last_used_at >= {}", q.used_after)?;
     w.time("expires_at < {}", q.expires_before)?;
+    if q.not_retired {
+        // Spelt as the partial index `agents_live` is, so that it is used.
+        w.clauses.push("status <> 'retired'".into());
+    }
     w.text("id < {}", q.before.map(|b| b.to_string()));
     Ok(w.finish(q.limit))
 }
@@ -1198,6 +1210,89 @@ pub fn resource_list_where(
     w.finish(q.limit)
 }
 
+/// A count as SQL keeps it.
+pub fn count(n: u64) -> Result<i64, StoreError> {
+    i64::try_from(n).map_err(|_| StoreError::Unavailable(format!("the count {n} is more than the store can hold")))
+}
+
+/// A count read back.
+pub fn uncount(n: i64) -> Result<u64, StoreError> {
+    u64::try_from(n).map_err(|_| StoreError::Corrupt(format!("a negative count {n}")))
+}
+
+/// A grant row as the inventory tally reads it (ADR 0035).
+pub fn grant_fact(
+    owner: String,
+    resource: String,
+    scopes: String,
+    created_at: i64,
+    expires_at: i64,
+    revoked_at: Option<i64>,
+) -> Result<mandate_core::report::GrantFact, StoreError> {
+    Ok(mandate_core::report::GrantFact {
+        owner,
+        resource,
+        scopes,
+        created_at: from_ts(created_at)?,
+        expires_at: from_ts(expires_at)?,
+        revoked_at: opt_ts(revoked_at)?,
+    })
+}
+
+/// A token row, with its client agent's owner and kind when the client is
+/// an agent, as the inventory tally reads it.
+pub fn token_fact(
+    owner: Option<String>,
+    kind: Option<String>,
+    audience: String,
+    scopes: String,
+    issued_at: i64,
+    expires_at: i64,
+    revoked_at: Option<i64>,
+) -> Result<mandate_core::report::TokenFact, StoreError> {
+    let ephemeral = match kind.as_deref() {
+        None => false,
+        Some(k) => agent_kind_of(k)? == AgentKind::Ephemeral,
+    };
+    Ok(mandate_core::report::TokenFact {
+        owner,
+        ephemeral,
+        audience,
+        scopes,
+        issued_at: from_ts(issued_at)?,
+        expires_at: from_ts(expires_at)?,
+        revoked_at: opt_ts(revoked_at)?,
+    })
+}
+
+/// An agent row as the inventory tally reads it.
+pub fn agent_fact(
+    owner: String,
+    kind: &str,
+    created_at: i64,
+    expires_at: Option<i64>,
+    status: &str,
+    retired_at: Option<i64>,
+) -> Result<mandate_core::report::AgentFact, StoreError> {
+    Ok(mandate_core::report::AgentFact {
+        owner,
+        ephemeral: agent_kind_of(kind)? == AgentKind::Ephemeral,
+        created_at: from_ts(created_at)?,
+        expires_at: opt_ts(expires_at)?,
+        retired: parse::<AgentStatus>(status)? == AgentStatus::Retired,
+        retired_at: opt_ts(retired_at)?,
+    })
+}
+
+/// A row of peaks read back: a key with no sample in the last day has
+/// peaked at nothing there (`max` over no rows is NULL).
+pub fn peak(key: String, day: [Option<i64>; 3], week: [i64; 3]) -> Result<mandate_core::report::Peaks, StoreError> {
+    let counts = |[g, t, e]: [i64; 3]| -> Result<mandate_core::report::Counts, StoreError> {
+        Ok(mandate_core::report::Counts { grants: uncount(g)?, tokens: uncount(t)?, ephemeral_agents: uncount(e)? })
+    };
+    Ok(mandate_core::report::Peaks { key, peak_24h: counts(day.map(|n| n.unwrap_or(0)))?, peak_7d: counts(week)? })
+}
+
 #[cfg(test)]
 mod list_tests {
     use super::*;
@@ -1211,6 +1306,9 @@ mod list_tests {
         let (sql, values) = agent_list_where(&q, |n| format!("?{n}"))?;
         assert_eq!(sql, " WHERE owner = ?1 ORDER BY id DESC LIMIT ?2");
         assert_eq!(values, vec![ListValue::Text(owner.to_string()), ListValue::Int(5)]);
+        let q = AgentListQuery { not_retired: true, limit: 5, ..AgentListQuery::default() };
+        let (sql, _) = agent_list_where(&q, |n| format!("?{n}"))?;
+        assert_eq!(sql, " WHERE status <> 'retired' ORDER BY id DESC LIMIT ?1");
         let q = GrantQuery { user_or_owner: Some(owner), limit: 1, ..GrantQuery::default() };
         let (sql, values) = grant_list_where(&q, |n| format!("${n}"))?;
         assert_eq!(

@@ -158,7 +158,8 @@ pub(crate) fn apply(conn: &Connection, m: &Mutation) -> Result<u64, StoreError> 
             // by the admin cannot be undone by an owner's resume.
             let n = exec(
                 conn,
-                "UPDATE agents SET status = ?1, updated_at = ?2, suspended_by = ?5 WHERE id = ?3 AND status = ?4 \
+                "UPDATE agents SET status = ?1, updated_at = ?2, suspended_by = ?5, \
+                 retired_at = CASE WHEN ?1 = 'retired' THEN ?2 ELSE NULL END WHERE id = ?3 AND status = ?4 \
                  AND NOT (?4 = 'suspended' AND ?1 = 'active' AND coalesce(?6, '') = 'owner' AND coalesce(suspended_by, 'admin') = 'admin')",
                 params![to.as_str(), ts(*at)?, id.to_string(), from.as_str(), kept, level],
                 "agent",

@@ -19,6 +19,7 @@ mod audit;
 mod deliveries;
 mod grants;
 mod identity;
+mod inventory;
 mod keys;
 mod readers;
 mod review;
@@ -86,6 +87,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0022_policy_history.sql"),
     include_str!("../migrations/0023_review.sql"),
     include_str!("../migrations/0024_review_campaigns.sql"),
+    include_str!("../migrations/0025_inventory_report.sql"),
     include_str!("../migrations/0026_reapproval.sql"),
 ];
 
@@ -765,17 +767,25 @@ impl Store for SqliteStore {
         u64::try_from(next).map_err(|_| unavailable("status index overflow"))
     }
 
-    async fn live_agents(&self, after: Option<AgentId>, limit: u32) -> Result<Vec<Agent>, StoreError> {
-        // Every id sorts after "": one index range either way.
-        let after = after.map(|a| a.to_string()).unwrap_or_default();
-        let rows = self
-            .read(move |c| {
-                c.prepare_cached("SELECT * FROM agents WHERE status <> 'retired' AND id > ?1 ORDER BY id LIMIT ?2")?
-                    .query_map(params![after, limit], agent_row)?
-                    .collect::<rusqlite::Result<Vec<_>>>()
-            })
-            .await?;
-        rows.into_iter().collect()
+    async fn inventory_tally(
+        &self,
+        tally: mandate_core::report::InventoryTally,
+    ) -> Result<mandate_core::report::InventoryTally, StoreError> {
+        let since = ts(tally.since())?;
+        self.read(move |c| inventory::tally(c, tally, since)).await?
+    }
+
+    async fn inventory_peaks(
+        &self,
+        by: mandate_core::report::ReportBy,
+        first: &str,
+        last: &str,
+        since_24h: time::OffsetDateTime,
+        since_7d: time::OffsetDateTime,
+    ) -> Result<Vec<mandate_core::report::Peaks>, StoreError> {
+        let (first, last) = (first.to_owned(), last.to_owned());
+        let (s24, s7) = (ts(since_24h)?, ts(since_7d)?);
+        self.read(move |c| inventory::peaks(c, by, &first, &last, s24, s7)).await?
     }
 
     async fn spawned_since(&self, parent: AgentId, since: time::OffsetDateTime) -> Result<u64, StoreError> {

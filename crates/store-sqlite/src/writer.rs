@@ -194,6 +194,7 @@ pub(crate) fn apply(conn: &Connection, m: &Mutation, applied: &Applied, head: &m
         Family::Deliveries => crate::deliveries::apply(conn, m),
         Family::Signals => crate::signals::apply(conn, m),
         Family::Review => crate::review::apply(conn, m),
+        Family::Inventory => crate::inventory::apply(conn, m),
         Family::Audit => crate::audit::apply(conn, m, applied, head),
     }
 }

@@ -393,9 +393,23 @@ impl Store for FaultyStore {
         self.gate()?;
         self.inner.status_indexes_reserved().await
     }
-    async fn live_agents(&self, after: Option<AgentId>, limit: u32) -> Result<Vec<Agent>, StoreError> {
+    async fn inventory_tally(
+        &self,
+        tally: mandate_core::report::InventoryTally,
+    ) -> Result<mandate_core::report::InventoryTally, StoreError> {
         self.gate()?;
-        self.inner.live_agents(after, limit).await
+        self.inner.inventory_tally(tally).await
+    }
+    async fn inventory_peaks(
+        &self,
+        by: mandate_core::report::ReportBy,
+        first: &str,
+        last: &str,
+        since_24h: OffsetDateTime,
+        since_7d: OffsetDateTime,
+    ) -> Result<Vec<mandate_core::report::Peaks>, StoreError> {
+        self.gate()?;
+        self.inner.inventory_peaks(by, first, last, since_24h, since_7d).await
     }
     async fn spawned_since(&self, parent: AgentId, since: OffsetDateTime) -> Result<u64, StoreError> {
         self.gate()?;

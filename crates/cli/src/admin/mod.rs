@@ -407,6 +407,27 @@ pub async fn review(cmd: ReviewCommand, out: Output) -> Result<()> {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum InventoryCommand {
+    /// Live grants, tokens and ephemeral agents per owner, resource or
+    /// scope, with their 24 h and 7 d peaks and churn (admin, auditors).
+    Report {
+        /// What to count by.
+        #[arg(long, value_enum)]
+        by: ReportBy,
+        #[command(flatten)]
+        page: Page,
+    },
+}
+
+/// The dimension of `mandate inventory report`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum ReportBy {
+    Owner,
+    Resource,
+    Scope,
+}
+
+#[derive(Debug, Subcommand)]
 pub enum ApprovalsCommand {
     /// List approvals (pending by default).
     List {
@@ -490,6 +511,20 @@ const LAPSED_COLUMNS: &[Column] = &[
     ("SCOPES", "scopes"),
     ("EXPIRED", "expires_at"),
     ("REPORTED", "lapsed_at"),
+];
+
+const REPORT_COLUMNS: &[Column] = &[
+    ("KEY", "key"),
+    ("GRANTS", "live.grants"),
+    ("TOKENS", "live.tokens"),
+    ("EPHEMERAL", "live.ephemeral_agents"),
+    ("PEAK7D_GRANTS", "peak_7d.grants"),
+    ("PEAK7D_TOKENS", "peak_7d.tokens"),
+    ("PEAK7D_EPHEMERAL", "peak_7d.ephemeral_agents"),
+    ("NEW24H_GRANTS", "churn_24h.created.grants"),
+    ("ENDED24H_GRANTS", "churn_24h.ended.grants"),
+    ("NEW24H_TOKENS", "churn_24h.created.tokens"),
+    ("ENDED24H_TOKENS", "churn_24h.ended.tokens"),
 ];
 const APPROVAL_COLUMNS: &[Column] = &[
     ("ID", "id"),
@@ -801,6 +836,21 @@ pub async fn lapsed(since: Option<String>, page: Page, out: Output) -> Result<()
     let mut q = Vec::new();
     push(&mut q, "since", &since);
     list(&api, &out, "/v1/review/lapsed", q, &page, LAPSED_COLUMNS).await
+}
+
+/// `mandate inventory report --by …`: `GET /v1/inventory/report`.
+pub async fn inventory(cmd: InventoryCommand, out: Output) -> Result<()> {
+    let api = Api::new(&out.server)?;
+    match cmd {
+        InventoryCommand::Report { by, page } => {
+            let by = match by {
+                ReportBy::Owner => "owner",
+                ReportBy::Resource => "resource",
+                ReportBy::Scope => "scope",
+            };
+            list(&api, &out, "/v1/inventory/report", vec![("by", by.to_owned())], &page, REPORT_COLUMNS).await
+        }
+    }
 }
 
 pub async fn approvals(cmd: ApprovalsCommand, out: Output) -> Result<()> {

@@ -35,6 +35,7 @@ use super::{
     ReviewItemQuery, ScimGroupQuery, ScimUserQuery, Store, StoreError, StoredKey, StoredPolicy, UserListQuery,
 };
 use crate::audit::{AuditQuery, seal_record};
+use crate::report::{AgentFact, Counts, GrantFact, InventoryTally, Peaks, ReportBy, TokenFact};
 
 /// Everything a store keeps, as the SQL stores' tables do.
 #[derive(Debug, Default)]
@@ -46,6 +47,10 @@ struct State {
     agents: BTreeMap<AgentId, Agent>,
     /// Each agent's recorded last use (see [`super::LAST_USE_RESOLUTION`]).
     agent_last_use: BTreeMap<AgentId, OffsetDateTime>,
+    /// When each retired agent was retired (the SQL stores' `retired_at`).
+    agent_retired_at: BTreeMap<AgentId, OffsetDateTime>,
+    /// The inventory samples: the largest counts per (dimension, key, hour).
+    inventory_samples: BTreeMap<(ReportBy, String, OffsetDateTime), Counts>,
     resources: BTreeMap<ResourceId, Resource>,
     policies: Vec<StoredPolicy>,
     keys: BTreeMap<String, StoredKey>,
@@ -198,6 +203,12 @@ fn agents(s: &mut State) -> &mut BTreeMap<AgentId, Agent> {
 }
 fn agent_last_use(s: &mut State) -> &mut BTreeMap<AgentId, OffsetDateTime> {
     &mut s.agent_last_use
+}
+fn agent_retired_at(s: &mut State) -> &mut BTreeMap<AgentId, OffsetDateTime> {
+    &mut s.agent_retired_at
+}
+fn inventory_samples(s: &mut State) -> &mut BTreeMap<(ReportBy, String, OffsetDateTime), Counts> {
+    &mut s.inventory_samples
 }
 fn resources(s: &mut State) -> &mut BTreeMap<ResourceId, Resource> {
     &mut s.resources
@@ -531,6 +542,9 @@ fn apply(tx: &mut Tx<'_>, m: &Mutation, applied: &Applied) -> Result<u64, StoreE
             }
             let suspended_by = if *to == AgentStatus::Suspended { *by } else { None };
             tx.put(agents, *id, Agent { status: *to, suspended_by, ..agent });
+            if *to == AgentStatus::Retired {
+                tx.put(agent_retired_at, *id, *at);
+            }
             Ok(1)
         }
         Mutation::RevokeTokensOfAgent { agent, at } => {
@@ -958,6 +972,24 @@ fn apply(tx: &mut Tx<'_>, m: &Mutation, applied: &Applied) -> Result<u64, StoreE
         }
         Mutation::RevokeTokensOfFamily { family, at } => {
             revoke_tree(tx, |t| t.family.as_deref() == Some(family.as_str()) && t.expires_at > *at, *at)
+        }
+        Mutation::RecordInventorySamples { hour, samples } => {
+            storable(*hour)?;
+            for sample in samples {
+                let key = (sample.by, sample.key.clone(), *hour);
+                let kept = tx.state.inventory_samples.get(&key).copied().unwrap_or_default();
+                tx.put(inventory_samples, key, kept.max(sample.counts));
+            }
+            Ok(samples.len() as u64)
+        }
+        Mutation::PruneInventorySamples { before } => {
+            storable(*before)?;
+            let old: Vec<(ReportBy, String, OffsetDateTime)> =
+                tx.state.inventory_samples.keys().filter(|(_, _, h)| h < before).cloned().collect();
+            for k in &old {
+                tx.remove(inventory_samples, k);
+            }
+            Ok(old.len() as u64)
         }
         Mutation::PurgeExpiredJtis { before } => {
             storable(*before)?;
@@ -1618,10 +1650,108 @@ impl Store for MemoryStore {
                     && q.used_before.is_none_or(|t| last.is_none_or(|l| l < t))
                     && q.used_after.is_none_or(|t| last.is_some_and(|l| l >= t))
                     && q.expires_before.is_none_or(|t| a.expires_at.is_some_and(|e| e < t))
+                    && (!q.not_retired || a.status != AgentStatus::Retired)
                     && q.before.is_none_or(|b| a.id < b);
                 keep.then(|| ListedAgent { agent: a.clone(), last_used_at: last })
             });
             newest(rows, q.limit)
+        })
+    }
+
+    async fn inventory_tally(&self, mut tally: InventoryTally) -> Result<InventoryTally, StoreError> {
+        // The SQL stores read only what can count; here everything is fed,
+        // which the tally allows.
+        let (grants, tokens, agents) = self.read(|s| {
+            let owner = |a: &AgentId| s.agents.get(a);
+            let scope_json = |set: &mandate_model::ScopeSet| {
+                serde_json::to_string(set).map_err(|e| StoreError::Corrupt(format!("a scope set: {e}")))
+            };
+            // Every grant's agent exists (as the SQL stores' foreign key).
+            let grants = s
+                .grants
+                .values()
+                .filter_map(|g| owner(&g.agent).map(|a| (g, a)))
+                .map(|(g, a)| {
+                    Ok(GrantFact {
+                        owner: a.owner.to_string(),
+                        resource: g.resource.clone(),
+                        scopes: scope_json(&g.scopes)?,
+                        created_at: g.created_at,
+                        expires_at: g.expires_at,
+                        revoked_at: g.revoked_at.filter(|_| g.status == GrantStatus::Revoked),
+                    })
+                })
+                .collect::<Result<Vec<GrantFact>, StoreError>>();
+            let tokens = s
+                .tokens
+                .values()
+                .map(|t| {
+                    let agent = match &t.client_id {
+                        ClientId::Agent(a) => owner(a),
+                        _ => None,
+                    };
+                    Ok(TokenFact {
+                        owner: agent.map(|a| a.owner.to_string()),
+                        ephemeral: agent.is_some_and(|a| a.kind == AgentKind::Ephemeral),
+                        audience: t.audience.clone(),
+                        scopes: scope_json(&t.scopes)?,
+                        issued_at: t.issued_at,
+                        expires_at: t.expires_at,
+                        revoked_at: t.revoked_at,
+                    })
+                })
+                .collect::<Result<Vec<TokenFact>, StoreError>>();
+            let agents: Vec<AgentFact> = s
+                .agents
+                .values()
+                .map(|a| AgentFact {
+                    owner: a.owner.to_string(),
+                    ephemeral: a.kind == AgentKind::Ephemeral,
+                    created_at: a.created_at,
+                    expires_at: a.expires_at,
+                    retired: a.status == AgentStatus::Retired,
+                    retired_at: s.agent_retired_at.get(&a.id).copied(),
+                })
+                .collect();
+            (grants, tokens, agents)
+        })?;
+        for g in &grants? {
+            tally.grant(g)?;
+        }
+        for t in &tokens? {
+            tally.token(t)?;
+        }
+        for a in &agents {
+            tally.agent(a)?;
+        }
+        Ok(tally)
+    }
+
+    async fn inventory_peaks(
+        &self,
+        by: ReportBy,
+        first: &str,
+        last: &str,
+        since_24h: OffsetDateTime,
+        since_7d: OffsetDateTime,
+    ) -> Result<Vec<Peaks>, StoreError> {
+        self.read(|s| {
+            let mut out: BTreeMap<String, Peaks> = BTreeMap::new();
+            for ((b, key, hour), counts) in &s.inventory_samples {
+                if *b != by || key.as_str() < first || key.as_str() > last || *hour < since_7d {
+                    continue;
+                }
+                let p = out.entry(key.clone()).or_insert_with(|| Peaks {
+                    key: key.clone(),
+                    peak_24h: Counts::default(),
+                    peak_7d: Counts::default(),
+                });
+                p.peak_7d = p.peak_7d.max(*counts);
+                if *hour >= since_24h {
+                    p.peak_24h = p.peak_24h.max(*counts);
+                }
+            }
+            out.into_values().collect()
         })
     }
 
@@ -1794,20 +1924,6 @@ impl Store for MemoryStore {
 
     async fn status_indexes_reserved(&self) -> Result<u64, StoreError> {
         self.read(|s| s.status_next)
-    }
-
-    async fn live_agents(&self, after: Option<AgentId>, limit: u32) -> Result<Vec<Agent>, StoreError> {
-        self.read(|s| {
-            let mut live: Vec<Agent> = s
-                .agents
-                .values()
-                .filter(|a| a.status != AgentStatus::Retired && after.is_none_or(|x| a.id > x))
-                .cloned()
-                .collect();
-            live.sort_by_key(|a| a.id);
-            live.truncate(limit as usize);
-            live
-        })
     }
 
     async fn spawned_since(&self, parent: AgentId, since: OffsetDateTime) -> Result<u64, StoreError> {

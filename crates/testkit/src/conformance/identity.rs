@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use anyhow::{Result, ensure};
-use mandate_core::store::{Change, Mutation, Store, StoreError, StoredPolicy};
+use mandate_core::store::{AgentListQuery, Change, Mutation, Store, StoreError, StoredPolicy};
 use mandate_model::UserId;
 use mandate_model::records::{
     AgentStatus, FederatedCredential, SessionRecord, SuspendedBy, UpstreamLink, UserStatus, UserToken,
@@ -237,8 +237,9 @@ pub async fn agents_are_listed_by_owner(s: &Arc<dyn Store>) -> Result<()> {
     Ok(())
 }
 
-/// The access review's walk (ADR 0033): live agents in id order a page at
-/// a time, retired ones left out; children counted by parent from a time.
+/// The access review's walk (ADR 0033): agents that are not retired,
+/// newest first, a page at a time (the inventory list with `not_retired`);
+/// children counted by parent from a time.
 pub async fn live_agents_are_paged_and_spawns_counted(s: &Arc<dyn Store>) -> Result<()> {
     let (u, a, b, _) = people(s, "review@example.com").await?;
     let mut c = agent(u.id, Some(a.id));
@@ -256,13 +257,20 @@ pub async fn live_agents_are_paged_and_spawns_counted(s: &Arc<dyn Store>) -> Res
     ensure!(one(s, retire).await? == 1);
     let mut live = vec![a.id, b.id, c.id];
     live.sort();
-    let ids = |v: Vec<mandate_model::records::Agent>| v.into_iter().map(|x| x.id).collect::<Vec<_>>();
-    ensure!(ids(s.live_agents(None, 10).await?) == live, "every live agent, in id order, none retired");
-    let first = ids(s.live_agents(None, 2).await?);
+    live.reverse();
+    let page = |before: Option<mandate_model::AgentId>, limit: u32| {
+        let s = s.clone();
+        async move {
+            let q = AgentListQuery { not_retired: true, before, limit, ..AgentListQuery::default() };
+            Ok::<_, StoreError>(s.list_agents(&q).await?.into_iter().map(|x| x.agent.id).collect::<Vec<_>>())
+        }
+    };
+    ensure!(page(None, 10).await? == live, "every live agent, newest first, none retired");
+    let first = page(None, 2).await?;
     ensure!(first == live.get(..2).unwrap_or_default(), "at most the limit: {first:?}");
-    let rest = ids(s.live_agents(first.last().copied(), 2).await?);
-    ensure!(rest == live.get(2..).unwrap_or_default(), "the next page starts after the cursor: {rest:?}");
-    ensure!(s.live_agents(live.last().copied(), 2).await?.is_empty(), "past the last");
+    let rest = page(first.last().copied(), 2).await?;
+    ensure!(rest == live.get(2..).unwrap_or_default(), "the next page starts below the cursor: {rest:?}");
+    ensure!(page(live.last().copied(), 2).await?.is_empty(), "past the last");
     ensure!(s.spawned_since(a.id, t0()).await? == 2, "both children");
     ensure!(s.spawned_since(a.id, t0() + Duration::hours(1)).await? == 1, "only the later child");
     ensure!(s.spawned_since(b.id, t0()).await? == 0, "no children");

@@ -298,3 +298,109 @@ pub async fn an_agents_activity_counts_what_is_live(s: &Arc<dyn Store>) -> Resul
     );
     Ok(())
 }
+
+/// The inventory report's tally (ADR 0035): what is live at `now`, and what
+/// was created or ended in the last day and week, by owner, resource and
+/// scope; what ended before the week counts nowhere.
+pub async fn the_tally_counts_what_is_live_and_what_ended_in_its_windows(s: &Arc<dyn Store>) -> Result<()> {
+    use mandate_core::report::{InventoryTally, KeyTally, ReportBy};
+    let u = user("tally@example.com");
+    one(s, Mutation::InsertUser(u.clone())).await?;
+    let p = agent(u.id, None);
+    one(s, Mutation::InsertAgent(p.clone())).await?;
+    // A live ephemeral child, one retired 30 minutes in, one retired 9 days ago.
+    let e1 = agent(u.id, Some(p.id));
+    one(s, Mutation::InsertAgent(e1.clone())).await?;
+    let e2 = agent(u.id, Some(p.id));
+    one(s, Mutation::InsertAgent(e2.clone())).await?;
+    let retire =
+        |id, at| Mutation::SetAgentStatus { id, from: AgentStatus::Active, to: AgentStatus::Retired, at, by: None };
+    one(s, retire(e2.id, t0() + Duration::minutes(30))).await?;
+    let mut e3 = agent(u.id, Some(p.id));
+    e3.created_at = t0() - Duration::days(10);
+    e3.expires_at = Some(t0() - Duration::days(9));
+    one(s, Mutation::InsertAgent(e3.clone())).await?;
+    one(s, retire(e3.id, t0() - Duration::days(9))).await?;
+    // Grants: live, revoked 10 minutes in, ended 9 days ago.
+    let g1 = grant(u.id, p.id);
+    one(s, Mutation::InsertGrant(g1.clone())).await?;
+    let g2 = grant(u.id, p.id);
+    one(s, Mutation::InsertGrant(g2.clone())).await?;
+    one(s, Mutation::RevokeGrant { id: g2.id, at: t0() + Duration::minutes(10) }).await?;
+    let mut g3 = grant(u.id, p.id);
+    g3.created_at = t0() - Duration::days(10);
+    g3.expires_at = t0() - Duration::days(9);
+    one(s, Mutation::InsertGrant(g3)).await?;
+    // Tokens: to the persistent agent and to the live child, and one revoked.
+    let mut t1 = token(p.id, &u.id.to_string());
+    t1.expires_at = t0() + Duration::hours(2);
+    let mut t2 = token(e1.id, &u.id.to_string());
+    t2.expires_at = t0() + Duration::hours(2);
+    let t3 = token(p.id, &u.id.to_string());
+    for t in [&t1, &t2, &t3] {
+        one(s, Mutation::InsertToken(t.clone())).await?;
+    }
+    one(s, Mutation::RevokeToken { jti: t3.jti, at: t0() + Duration::seconds(30) }).await?;
+
+    let now = t0() + Duration::minutes(40);
+    let tally = s.inventory_tally(InventoryTally::new(now, &ReportBy::ALL)).await?;
+    let of = |by, key: &str| tally.keys(by).and_then(|k| k.get(key)).copied().unwrap_or_default();
+    let owner: KeyTally = of(ReportBy::Owner, &u.id.to_string());
+    let live = owner.live;
+    ensure!(
+        (live.grants, live.tokens, live.ephemeral_agents, owner.agents) == (1, 2, 1, 2),
+        "live by owner: {owner:?}"
+    );
+    let (day, week) = (owner.churn_24h, owner.churn_7d);
+    ensure!(
+        (day.created.grants, day.ended.grants, week.ended.grants) == (2, 1, 1),
+        "grants created and ended (not the one ended 9 days ago): {owner:?}"
+    );
+    ensure!((day.created.tokens, day.ended.tokens) == (3, 1), "tokens created and revoked: {owner:?}");
+    ensure!(
+        (day.created.ephemeral_agents, day.ended.ephemeral_agents, week.ended.ephemeral_agents) == (2, 1, 1),
+        "ephemeral agents created and retired (retirement time recorded): {owner:?}"
+    );
+    let api = of(ReportBy::Resource, "https://api.example");
+    ensure!(
+        (api.live.grants, api.live.tokens, api.live.ephemeral_agents) == (1, 2, 1),
+        "by resource, ephemeral agents count their tokens: {api:?}"
+    );
+    let read = of(ReportBy::Scope, "read");
+    ensure!((read.live.grants, read.live.tokens) == (1, 2), "by scope: {read:?}");
+    ensure!(of(ReportBy::Scope, "mail").live.tokens == 0, "tokens have only read");
+    // Live only: the same live counts, no churn.
+    let live_only = s.inventory_tally(InventoryTally::live_only(now, &[ReportBy::Owner])).await?;
+    let o = live_only.keys(ReportBy::Owner).and_then(|k| k.get(&u.id.to_string())).copied().unwrap_or_default();
+    ensure!(o.live == owner.live && o.agents == 2, "live only: {o:?}");
+    ensure!(live_only.keys(ReportBy::Resource).is_none(), "only the dimensions asked for");
+    Ok(())
+}
+
+/// The peaks' samples (ADR 0035): per key and hour the largest count any
+/// sample gave, read over two windows and a range of keys; old hours pruned.
+pub async fn samples_keep_the_largest_count_per_hour_and_are_pruned(s: &Arc<dyn Store>) -> Result<()> {
+    use mandate_core::report::{Counts, InventorySample, ReportBy};
+    let c = |grants, tokens| Counts { grants, tokens, ephemeral_agents: 0 };
+    let sample = |key: &str, counts| InventorySample { by: ReportBy::Owner, key: key.into(), counts };
+    let record = |hour, samples| Mutation::RecordInventorySamples { hour, samples };
+    let h0 = t0();
+    one(s, record(h0, vec![sample("a", c(3, 0)), sample("b", c(1, 1))])).await?;
+    one(s, record(h0, vec![sample("a", c(1, 5))])).await?;
+    one(s, record(h0 - Duration::days(2), vec![sample("a", c(9, 0))])).await?;
+    one(s, record(h0 - Duration::days(10), vec![sample("a", c(50, 0))])).await?;
+    let resource = InventorySample { by: ReportBy::Resource, key: "a".into(), counts: c(70, 70) };
+    one(s, record(h0, vec![resource])).await?;
+    let peaks = s.inventory_peaks(ReportBy::Owner, "a", "a", h0 - Duration::days(1), h0 - Duration::days(7)).await?;
+    ensure!(peaks.len() == 1, "one key in the range: {peaks:?}");
+    let a = peaks.first().cloned().ok_or_else(|| anyhow::anyhow!("no peaks"))?;
+    ensure!(a.peak_24h == c(3, 5), "each count's largest in the last day: {a:?}");
+    ensure!(a.peak_7d == c(9, 5), "and in the week (not the sample of 10 days ago): {a:?}");
+    let both = s.inventory_peaks(ReportBy::Owner, "a", "b", h0 - Duration::days(1), h0 - Duration::days(7)).await?;
+    ensure!(both.iter().map(|p| p.key.as_str()).collect::<Vec<_>>() == ["a", "b"], "{both:?}");
+    let pruned = one(s, Mutation::PruneInventorySamples { before: h0 - Duration::days(8) }).await?;
+    ensure!(pruned == 1, "the sample of 10 days ago: {pruned}");
+    let all = s.inventory_peaks(ReportBy::Owner, "a", "a", h0 - Duration::days(1), h0 - Duration::days(30)).await?;
+    ensure!(all.first().map(|p| p.peak_7d) == Some(c(9, 5)), "pruned: {all:?}");
+    Ok(())
+}

@@ -132,6 +132,8 @@ macro_rules! store_conformance {
                 resources_are_listed_newest_first_page_by_page,
                 grants_are_listed_by_every_filter,
                 an_agents_activity_counts_what_is_live,
+                the_tally_counts_what_is_live_and_what_ended_in_its_windows,
+                samples_keep_the_largest_count_per_hour_and_are_pruned,
             }
             keys {
                 signing_keys_rotate,

@@ -1,5 +1,6 @@
 //! The inventory's lists over HTTP (DESIGN §12, ADR 0032): paging with
-//! opaque cursors, filters, who may list, and refusals of bad input.
+//! opaque cursors, filters, who may list, and refusals of bad input; and
+//! the inventory report and gauges (ADR 0035).
 
 use anyhow::{Result, ensure};
 use mandate_jose::KeyAlg;
@@ -293,5 +294,147 @@ fn paging_sees_each_record_once_under_inserts_between_pages() -> Result<()> {
     });
     rt.block_on(s.stop())?;
     result.map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(())
+}
+
+/// `GET /v1/inventory/report` by `by` with the admin token, every page.
+async fn report(s: &TestServer, by: &str) -> Result<Vec<Value>> {
+    let mut items = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/v1/inventory/report?by={by}&limit=1&cursor={c}"),
+            None => format!("/v1/inventory/report?by={by}&limit=1"),
+        };
+        let (st, body) = s.admin(Method::GET, &path, None).await?;
+        ensure!(st == 200 && body["by"] == by && body["generated_at"].is_string(), "{path}: {st} {body}");
+        items.extend(body["items"].as_array().cloned().unwrap_or_default());
+        match body["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => return Ok(items),
+        }
+        ensure!(items.len() < 100, "the cursor never ended");
+    }
+}
+
+fn item<'a>(items: &'a [Value], key: &str) -> Result<&'a Value> {
+    items.iter().find(|i| i["key"] == key).ok_or_else(|| anyhow::anyhow!("no {key} in {items:?}"))
+}
+
+fn counts(grants: u64, tokens: u64, ephemeral_agents: u64) -> Value {
+    json!({"grants": grants, "tokens": tokens, "ephemeral_agents": ephemeral_agents})
+}
+
+/// The report (ADR 0035): live counts per owner and resource, peaks that
+/// remember the last sample after a revocation, and churn; and the gauges
+/// the same sample sets, scraped from `/metrics`.
+#[tokio::test]
+async fn the_report_counts_live_records_their_peaks_and_churn() -> Result<()> {
+    use mandate_testkit::scenarios::{CAL, World};
+    let w = World::new(TestServer::start().await?).await?;
+    let s = &w.s;
+    // Alice's planner holds a grant and its token, and a spawn token; its
+    // ephemeral child holds a token exchanged from the planner's.
+    let parent = w.granted(&w.planner, "read").await?["access_token"].as_str().unwrap_or_default().to_owned();
+    let child = w.spawn(&w.planner, json!({})).await?;
+    let (st, body) = w.exchange(&child, &parent, &[]).await?;
+    ensure!(st == 200, "{body}");
+
+    let owners = report(s, "owner").await?;
+    ensure!(owners.len() == 1, "only Alice owns agents: {owners:?}");
+    let alice = item(&owners, &w.alice)?;
+    ensure!(alice["live"] == counts(1, 3, 1), "a grant, three tokens, one ephemeral agent: {alice}");
+    ensure!(alice["peak_24h"] == alice["live"] && alice["peak_7d"] == alice["live"], "{alice}");
+    ensure!(alice["churn_24h"]["created"] == counts(1, 3, 1), "{alice}");
+    ensure!(alice["churn_24h"]["ended"] == counts(0, 0, 0), "{alice}");
+    let resources = report(s, "resource").await?;
+    let keys: Vec<&str> = resources.iter().filter_map(|i| i["key"].as_str()).collect();
+    ensure!(keys.windows(2).all(|k| k.first() < k.last()), "in key order, each once: {keys:?}");
+    let cal = item(&resources, CAL)?;
+    ensure!(cal["live"] == counts(1, 2, 1), "the child's token is the ephemeral agents' count here: {cal}");
+    let mandate = item(&resources, &s.issuer)?;
+    ensure!(mandate["live"] == counts(0, 2, 0), "the spawn and check tokens: {mandate}");
+    let read = item(&report(s, "scope").await?, "read")?.clone();
+    ensure!(read["live"] == counts(1, 2, 1), "{read}");
+
+    // A sample, then the grant is revoked with every token under it.
+    mandate_server::refresh_gauges(&s.mandate).await;
+    let text = scrape().await?;
+    for line in [
+        format!("mandate_live_agents{{owner=\"{}\"}} 2", w.alice),
+        format!("mandate_live_grants{{owner=\"{}\"}} 1", w.alice),
+        format!("mandate_live_tokens{{owner=\"{}\"}} 3", w.alice),
+        "mandate_live_tokens{owner=\"other\"} 0".to_owned(),
+        "mandate_review_findings{kind=\"stale\"}".to_owned(),
+        "mandate_review_findings{kind=\"sprawl\"}".to_owned(),
+        "mandate_ephemeral_spawns_total".to_owned(),
+    ] {
+        ensure!(text.lines().any(|l| l.starts_with(&line)), "{line} is not in the metrics:\n{text}");
+    }
+    let (_, grants) = s.admin(Method::GET, &format!("/v1/grants?agent={}", w.planner.id), None).await?;
+    let grant = grants["items"][0]["id"].as_str().unwrap_or_default().to_owned();
+    let (st, body) = s.admin(Method::POST, &format!("/v1/grants/{grant}/revoke"), None).await?;
+    ensure!(st == 200, "{body}");
+
+    let owners = report(s, "owner").await?;
+    let alice = item(&owners, &w.alice)?;
+    ensure!(alice["live"] == counts(0, 1, 1), "only the spawn token is left: {alice}");
+    ensure!(alice["peak_24h"] == counts(1, 3, 1) && alice["peak_7d"] == counts(1, 3, 1), "the sample: {alice}");
+    ensure!(alice["churn_24h"]["ended"] == counts(1, 2, 0), "the grant and its two tokens ended: {alice}");
+    ensure!(alice["churn_7d"]["created"] == counts(1, 3, 1), "{alice}");
+    w.s.stop().await?;
+    Ok(())
+}
+
+/// The process's `/metrics`, from a metrics listener of its own.
+async fn scrape() -> Result<String> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}/metrics", listener.local_addr()?);
+    let server = tokio::spawn(mandate_server::serve_metrics(listener, std::future::pending()));
+    let text = reqwest::get(&url).await?.text().await?;
+    server.abort();
+    Ok(text)
+}
+
+#[tokio::test]
+async fn the_report_refuses_bad_input_and_strangers() -> Result<()> {
+    let s = TestServer::start().await?;
+    let (owner, _) = s.seed().await?;
+    let other = s.create_user("other@example.com").await?;
+    s.create_agent(&other, KeyAlg::EdDSA).await?;
+    // Both owners have a live agent (nothing else yet): one per page.
+    let (st, body) = s.admin(Method::GET, "/v1/inventory/report?by=owner&limit=1", None).await?;
+    ensure!(st == 200 && body["items"][0]["live"] == counts(0, 0, 0), "{body}");
+    let owner_cursor = body["next_cursor"].as_str().unwrap_or_default().to_owned();
+    ensure!(!owner_cursor.is_empty(), "two owners, one per page: {body}");
+    let (st, body) = s.admin(Method::GET, "/v1/inventory/report?by=resource", None).await?;
+    ensure!(st == 200 && body["items"] == json!([]) && body["next_cursor"].is_null(), "no grants nor tokens: {body}");
+    let cases = [
+        "/v1/inventory/report".to_owned(),
+        "/v1/inventory/report?by=agent".to_owned(),
+        "/v1/inventory/report?by=owner&by=scope".to_owned(),
+        "/v1/inventory/report?by=owner&limit=0".to_owned(),
+        "/v1/inventory/report?by=owner&limit=1001".to_owned(),
+        "/v1/inventory/report?by=owner&cursor=not-a-cursor!".to_owned(),
+        "/v1/inventory/report?by=owner&window=7d".to_owned(),
+        format!("/v1/inventory/report?by=scope&cursor={owner_cursor}"),
+    ];
+    for path in &cases {
+        let (st, body) = s.admin(Method::GET, path, None).await?;
+        ensure!(st == 400 && is_problem(&body, "invalid-input"), "{path}: {st} {body}");
+    }
+    let (st, body) =
+        s.admin(Method::GET, &format!("/v1/inventory/report?by=owner&cursor={owner_cursor}"), None).await?;
+    ensure!(st == 200 && body["items"].as_array().map(Vec::len) == Some(1) && body["next_cursor"].is_null(), "{body}");
+    let (st, body) = s.admin(Method::POST, &format!("/v1/users/{owner}/tokens"), None).await?;
+    ensure!(st == 201, "{body}");
+    let person = body["token"].as_str().unwrap_or_default().to_owned();
+    let before = s.audit("type=admin.denied").await?.len();
+    let (st, body) = s.call(Method::GET, "/v1/inventory/report?by=owner", Some(&person), None).await?;
+    ensure!(st == 403 && is_problem(&body, "forbidden"), "an agents' owner is not an auditor: {st} {body}");
+    ensure!(s.audit("type=admin.denied").await?.len() == before + 1, "the refusal is audited");
+    let (st, _) = s.call(Method::GET, "/v1/inventory/report?by=owner", None, None).await?;
+    ensure!(st == 401);
+    s.stop().await?;
     Ok(())
 }
