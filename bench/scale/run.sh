@@ -3,6 +3,7 @@
 #
 #   bench/scale/run.sh seed      # seeds $SCALE_DIR/seeded (mandate-scale), once
 #   bench/scale/run.sh lists     # inventory lists and review: seeded vs empty
+#   bench/scale/run.sh review    # the review only (GET /v1/review, mandate review)
 #   bench/scale/run.sh load      # client_credentials and /v1/check: seeded vs empty
 #   bench/scale/run.sh all       # seed (if needed), lists, load
 #
@@ -17,7 +18,10 @@
 # Variables: SCALE (1.0), SCALE_DIR (/var/tmp/mandate-scale), SCALE_OUT
 # ($SCALE_DIR/results), MANDATE_BIN, SCALE_BIN (the seeder),
 # BENCH_DURATION (15), BENCH_ROUNDS (3), BENCH_CONCURRENCY (64),
-# SCALE_SAMPLES (20), SCALE_DEEP (100 pages of 1,000 for the deep cursor).
+# SCALE_SAMPLES (20), SCALE_DEEP (100 pages of 1,000 for the deep cursor),
+# SCALE_REVIEW_RUNS (2), SCALE_REVIEW_TIMEOUT (900 s: a review that takes
+# longer is recorded with `findings: null`), SCALE_CLI_REVIEW (1: also time
+# `mandate review`).
 set -euo pipefail
 
 MODE="${1:-all}"
@@ -181,23 +185,31 @@ lists() {
     url="${!url}"
     pid="PID_$name"
     pid="${!pid}"
-    log "$name: lists"
-    python3 "$ROOT/bench/scale/lists.py" --base "$url" --token "$ADMIN" --samples "${SCALE_SAMPLES:-20}" \
-      --deep "${SCALE_DEEP:-100}" >"$OUT/lists.$name.json"
-    log "$name: RSS/HWM after the lists: $(rss "$pid")"
+    if [[ $MODE != review ]]; then
+      log "$name: lists"
+      python3 "$ROOT/bench/scale/lists.py" --base "$url" --token "$ADMIN" --samples "${SCALE_SAMPLES:-20}" \
+        --deep "${SCALE_DEEP:-100}" >"$OUT/lists.$name.json"
+      log "$name: RSS/HWM after the lists: $(rss "$pid")"
+    fi
     local t0 ms n
-    for i in 1 2; do
+    for i in $(seq 1 "${SCALE_REVIEW_RUNS:-2}"); do
       t0="$(now)"
-      curl -sf "$url/v1/review" -H "Authorization: Bearer $ADMIN" -o "$WORK/review.$name.json" || die "$name: GET /v1/review failed"
+      if curl -sf --max-time "${SCALE_REVIEW_TIMEOUT:-900}" "$url/v1/review" -H "Authorization: Bearer $ADMIN" \
+        -o "$WORK/review.$name.json"; then
+        n="$(jq '(.findings // .) | length' "$WORK/review.$name.json")"
+      else
+        n=null
+        echo '[]' >"$WORK/review.$name.json"
+      fi
       ms="$(since "$t0")"
-      n="$(jq '(.findings // .) | length' "$WORK/review.$name.json")"
       log "$name: GET /v1/review #$i: $ms ms, $n findings, $(wc -c <"$WORK/review.$name.json") bytes; RSS/HWM $(rss "$pid")"
       echo "{\"store\":\"$name\",\"what\":\"GET /v1/review\",\"run\":$i,\"ms\":$ms,\"findings\":$n,\"rss_hwm_mib\":\"$(rss "$pid")\"}" >>"$OUT/review.jsonl"
     done
     jq -c '[(.findings // .)[] | .kind] | group_by(.) | map({(.[0]): length}) | add' "$WORK/review.$name.json" >"$OUT/review.kinds.$name.json"
+    [[ "${SCALE_CLI_REVIEW:-1}" == 1 ]] || continue
     t0="$(now)"
     local rc=0
-    MANDATE_URL="$url" MANDATE_ADMIN_TOKEN=$ADMIN "$M" review >"$WORK/cli-review.$name.txt" 2>&1 || rc=$?
+    MANDATE_URL="$url" MANDATE_ADMIN_TOKEN=$ADMIN timeout "${SCALE_REVIEW_TIMEOUT:-900}" "$M" review >"$WORK/cli-review.$name.txt" 2>&1 || rc=$?
     ms="$(since "$t0")"
     log "$name: mandate review: $ms ms (exit $rc, $(wc -l <"$WORK/cli-review.$name.txt") lines); RSS/HWM $(rss "$pid")"
     echo "{\"store\":\"$name\",\"what\":\"mandate review\",\"ms\":$ms,\"exit\":$rc,\"rss_hwm_mib\":\"$(rss "$pid")\"}" >>"$OUT/review.jsonl"
@@ -239,7 +251,7 @@ load() {
 
 case "$MODE" in
   seed) seed ;;
-  lists) lists ;;
+  lists | review) lists ;;
   load) load ;;
   all)
     seed
