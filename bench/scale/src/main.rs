@@ -23,6 +23,7 @@ use anyhow::{Context, Result, bail};
 use base64::Engine;
 use clap::Parser;
 use mandate_audit::Event;
+use mandate_core::Clock;
 use mandate_core::audit::{AuditRecord, event_time, kind};
 use mandate_core::store::{Change, Mutation, Store};
 use mandate_model::actors::MayAct;
@@ -210,7 +211,8 @@ async fn main() -> Result<()> {
     let n_grants = scaled(2_000_000.0, args.scale);
     let n_policies = scaled(10_000.0, args.scale);
     let mut rng = Rng(args.seed);
-    let now = OffsetDateTime::now_utc();
+    // The seeded times follow the wall clock, read through the Clock port.
+    let now = mandate_core::SystemClock.now();
     let total = Instant::now();
     let store = Arc::new(SqliteStore::open(&args.db).await.context("opening the store")?);
     let mut c = Committer {
