@@ -132,8 +132,9 @@ permit (principal in Group::"staff", action in [Action::"list", Action::"get", A
 permit (principal is Agent, action in [Action::"list", Action::"get"], resource in Api::"https://bench-calendar.example");
 permit (principal is Agent, action == Action::"mandate:spawn", resource);
 '
-  if [[ $name == seeded ]]; then pol="$pol$(cat "$DIR/policies.cedar")"; fi
-  jq -cn --arg p "$pol" '{policies:$p}' >"$w/policies.json"
+  printf '%s' "$pol" >"$w/policies.cedar"
+  if [[ $name == seeded ]]; then cat "$DIR/policies.cedar" >>"$w/policies.cedar"; fi
+  jq -cn --rawfile p "$w/policies.cedar" '{policies:$p}' >"$w/policies.json"
   curl -sf -X PUT "$url/v1/policies" -H "Authorization: Bearer $ADMIN" -H 'Content-Type: application/json' \
     --data-binary @"$w/policies.json" >/dev/null || die "$name: PUT /v1/policies failed ($(wc -c <"$w/policies.json") bytes)"
   local cid
