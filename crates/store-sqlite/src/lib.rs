@@ -865,10 +865,10 @@ impl Store for SqliteStore {
 /// written `+type = ?`, which keeps SQLite from answering it by the index
 /// on `(type, seq)`: with no statistics the planner rates that index as
 /// selective as the one on `(grant_id, seq)`, and takes it, so "the first
-/// token of this grant" walked every `token.issued` event (at 1.5 million
-/// events, a review of 190,000 grants never finished; see BENCHMARKS.md,
-/// "Scale"). The narrower index then serves the query and the type is
-/// checked per row.
+/// token of this grant" walked the `token.issued` events from the start,
+/// once per live grant in a review (1.16 million events and 168,586 live
+/// grants in issue 18's benchmark; see BENCHMARKS.md, "Scale"). The
+/// narrower index then serves the query and the type is checked per row.
 fn audit_sql(q: &AuditQuery) -> (String, Vec<String>) {
     let (mut filter, values) = codec::audit_where(q, |n| format!("?{n}"));
     let narrower = [&q.subject, &q.actor, &q.jti, &q.grant, &q.parent].iter().any(|v| v.is_some());
@@ -878,11 +878,11 @@ fn audit_sql(q: &AuditQuery) -> (String, Vec<String>) {
     (format!("SELECT {EVENT_COLUMNS} FROM audit_events WHERE {filter} ORDER BY seq LIMIT {}", q.limit), values)
 }
 
-/// The agent list `q`. `expires_before` is written `+expires_at < ?`:
-/// answered by the index on `expires_at`, a page had to sort every agent
-/// that ever expired (700,000 retired ephemeral agents at issue 18's
-/// scale) before keeping the newest; walking the ids newest first stops at
-/// the page's last match.
+/// The agent list `q`. `expires_before` is written `+expires_at < ?`, so
+/// that a page walks the ids newest first and stops at its last match: by
+/// the index on `expires_at` (the plan SQLite 3.40 picks; the bundled 3.46
+/// did not, in issue 18's benchmark) it would sort every agent that ever
+/// expired (700,000 retired ephemeral ones there) to keep the newest.
 fn agents_sql(q: &AgentListQuery) -> Result<(String, Vec<codec::ListValue>), StoreError> {
     let (tail, values) = codec::agent_list_where(q, |n| format!("?{n}"))?;
     Ok((format!("SELECT * FROM agents{}", tail.replace("expires_at < ", "+expires_at < ")), values))
