@@ -6,8 +6,8 @@ use anyhow::Result;
 use clap::Args;
 use serde_json::Value;
 
-use crate::admin::client::Api;
 use crate::admin::Output;
+use crate::admin::client::Api;
 
 #[derive(Debug, Args)]
 #[command(args_conflicts_with_subcommands = true)]

@@ -196,7 +196,6 @@ pub async fn decide_item(
     Ok(Json(out).into_response())
 }
 
-
 /// `GET /v1/review/lapsed?since=&limit=&cursor=` (ADR 0036): the grants
 /// housekeeping reported lapsed, newest report first, for the admin and
 /// auditors. The cursor is opaque: base64url of `lapsed:`, the report time
