@@ -436,6 +436,11 @@ async fn main() -> Result<()> {
             last_used_at: None,
             may_act,
             authorization_details: Default::default(),
+            reapproved_at: None,
+            reapprovals: 0,
+            // An expired grant was reported lapsed when it expired, as
+            // housekeeping (and the 0026/0028 migrations) would have.
+            lapsed_at: (!revoked && expires <= now).then_some(expires),
         }))
         .await?;
         if !revoked && expires > now {
