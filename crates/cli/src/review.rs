@@ -10,7 +10,6 @@ use crate::admin::Output;
 use crate::admin::client::Api;
 
 #[derive(Debug, Args)]
-#[command(args_conflicts_with_subcommands = true)]
 pub struct ReviewArgs {
     /// Campaigns and decisions; without one, the findings.
     #[command(subcommand)]
@@ -33,6 +32,11 @@ pub struct ReviewArgs {
 /// some (the answer is no), and by the refusal's code on errors.
 pub async fn run(args: ReviewArgs) -> Result<bool> {
     if let Some(command) = args.command {
+        // Not clap's `args_conflicts_with_subcommands`: it also refuses the
+        // global `--server` and `--json` before a subcommand.
+        if args.stale_days.is_some() || args.unused_days.is_some() || args.expiring_days.is_some() {
+            anyhow::bail!("--stale-days, --unused-days and --expiring-days apply to the findings, not to a subcommand");
+        }
         crate::admin::review(command, args.out).await?;
         return Ok(true);
     }
