@@ -24,7 +24,13 @@ fn text(v: &Value, key: &str) -> Result<String> {
 
 /// A server whose review calls everything unused since "now" stale.
 async fn world() -> Result<World> {
-    let s = TestServer::start_with(|c| c.review.stale_days = 0).await?;
+    let s = TestServer::start_with(|c| {
+        c.review.stale_days = 0;
+        // A day-long grant is `expiring` only in a window no longer than
+        // its lifetime (ADR 0036).
+        c.review.expiring_days = 1;
+    })
+    .await?;
     let w = World::new(s).await?;
     w.s.put_policies(OPEN).await?;
     Ok(w)

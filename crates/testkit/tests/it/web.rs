@@ -637,14 +637,15 @@ async fn a_payment_approval_shows_its_details_and_binds_them() -> Result<()> {
 
 #[tokio::test]
 async fn the_review_page_decides_an_owners_items_and_auditors_start_campaigns() -> Result<()> {
-    let w = World::new(TestServer::start().await?).await?;
+    // A day-long grant is `expiring` in a window of one day (ADR 0036).
+    let w = World::new(TestServer::start_with(|c| c.review.expiring_days = 1).await?).await?;
     let (st, dana) = w
         .s
         .admin(Method::POST, "/v1/users", Some(json!({"name": "Dana", "email": "dana@example.com", "groups": ["staff"], "password": "correct horse battery"})))
         .await?;
     assert_eq!(st, 201, "{dana}");
     let dana = dana["id"].as_str().unwrap_or_default().to_owned();
-    // Dana's agent holds a grant that ends within the week: `expiring`.
+    // Dana's agent holds a grant that ends within the day: `expiring`.
     let agent = w.s.create_agent(&dana, mandate_jose::KeyAlg::EdDSA).await?;
     let tokens = w.granted(&agent, "read").await?;
     let access = tokens["access_token"].as_str().unwrap_or_default().to_owned();
