@@ -38,7 +38,8 @@ test('every page passes the WCAG 2.1 AA rules of axe-core', { timeout: 120_000 }
     const listed = (await server.adminOk('GET', `/v1/grants?user=${alice.id}`)).items.find((g) => g.purpose === 'file the notes');
     const renewal = await server.admin('POST', `/v1/grants/${listed.id}/reapprove`);
     assert.equal(renewal.status, 202, renewal.text);
-    // An access review campaign, so that /review shows items (the grant ends within the week: expiring).
+    // An access review campaign, so that /review shows its campaign list (with the default thresholds
+    // a day-long grant is neither stale nor expiring, ADR 0036: the item list may be empty).
     await server.adminOk('POST', '/v1/review/campaigns', {
       scope: {}, deadline: new Date(Date.now() + 7 * 86_400_000).toISOString(), default: 'keep',
     });
