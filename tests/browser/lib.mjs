@@ -539,11 +539,12 @@ export async function seed(server, { agent = {} } = {}) {
 }
 
 /**
- * Runs `body({server, browser, ...})` on a fresh server and browser and
- * tears both down; on failure, the server's output is added to the error.
+ * Runs `body({server, browser, ...})` on a fresh server (started with
+ * `options`, as `startServer` takes them) and browser and tears both down;
+ * on failure, the server's output is added to the error.
  */
-export async function withWorld(body) {
-  const server = await startServer();
+export async function withWorld(body, options = {}) {
+  const server = await startServer(options);
   let browser;
   try {
     browser = await launchBrowser();

@@ -7,23 +7,10 @@
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { CAL, bcAuthorize, cibaGranted, cibaPoller, claims, eventually, newPage, seed, signIn, startServer, launchBrowser } from '../lib.mjs';
+import { CAL, bcAuthorize, cibaGranted, cibaPoller, claims, eventually, newPage, seed, signIn, withWorld } from '../lib.mjs';
 
-async function withReviewWorld(body) {
-  const server = await startServer({ args: ['--review-stale-days', '0', '--review-expiring-days', '1'] });
-  let browser;
-  try {
-    browser = await launchBrowser();
-    await body({ server, browser });
-  } catch (e) {
-    const logs = server.logs().trim();
-    if (logs) e.message += `\n--- mandate serve output ---\n${logs.slice(-4000)}`;
-    throw e;
-  } finally {
-    await browser?.close().catch(() => {});
-    await server.stop();
-  }
-}
+const withReviewWorld = (body) =>
+  withWorld(body, { args: ['--review-stale-days', '0', '--review-expiring-days', '1'] });
 
 /** The item row about `subject` of `kind`. */
 function itemRow(page, kind, subject) {
