@@ -13,6 +13,7 @@
 #   BENCH_SKIP_BUILD=1 reuse existing target/release binaries
 #   BENCH_KEEP=1       keep the temp dir (keys, logs, JSON results)
 #   NODE               node binary for oidc-provider          (default: node)
+#   LOADGEN_BIN        mandate-loadgen binary (default: next to MANDATE_BIN's default)
 #   MANDATE_BIN        mandate binary (default: $CARGO_TARGET_DIR/release/mandate,
 #                      or target/release/mandate)
 #   BENCH_ADMIN_TOKEN  Mandate admin token, 16+ chars (default bench-admin-token-0123456789)
@@ -27,6 +28,10 @@
 #                      (one issuer, one data dir), each driven by its own load generator with half
 #                      the connections; the result sums their tokens/s and keeps the worse latency
 #   BENCH_RESULT=FILE  copy Mandate's result JSON to FILE
+#   BENCH_WRK=1        after the load generator, drive each server with wrk as well (same
+#                      duration and connections, 2 threads, bench/wrk-token.lua): the load
+#                      generator signs the requests beforehand (--write-bodies), each sent once;
+#                      BENCH_WRK_LINES requests are signed (default 25000 x BENCH_DURATION)
 #
 # All traffic goes to 127.0.0.1 only. Every background process started here is
 # killed on exit.
@@ -57,7 +62,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 NO_LIMITS="--rate-limit-per-address 0 --rate-limit-per-client 0"
 BENCH="$ROOT/bench"
 TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
-LOADGEN="$TARGET/release/mandate-loadgen"
+LOADGEN="${LOADGEN_BIN:-$TARGET/release/mandate-loadgen}"
 MANDATE="${MANDATE_BIN:-$TARGET/release/mandate}"
 
 log() { printf '[bench] %s\n' "$*" >&2; }
@@ -237,6 +242,31 @@ run_loadgen() {
   fi
 }
 
+# run_wrk NAME ENDPOINT CLIENT_ID AUD -> writes $WORK/NAME-wrk.json
+run_wrk() {
+  local name="$1" endpoint="$2" cid="$3" aud="$4"
+  command -v wrk >/dev/null 2>&1 || die "BENCH_WRK=1 needs wrk (apt-get install wrk)"
+  local lines="${BENCH_WRK_LINES:-$((25000 * ${DURATION%.*}))}" bodies="$WORK/$name.bodies"
+  log "$name (wrk): signing $lines requests"
+  "$LOADGEN" --token-endpoint "$endpoint" --client-id "$cid" --key "$WORK/key.pk8" --aud "$aud" \
+    --resource "$RESOURCE" --scope "$SCOPE" --requests "$lines" ${BENCH_LOADGEN_ARGS:-} \
+    --write-bodies "$bodies" --json 2>"$WORK/$name-wrk.loadgen.err" ||
+    die "$name (wrk): signing failed: $(cat "$WORK/$name-wrk.loadgen.err")"
+  log "$name (wrk): ${DURATION}s at $CONCURRENCY connections, 2 threads"
+  "${LOADGEN_PIN[@]}" wrk -t2 -c"$CONCURRENCY" -d"${DURATION}s" --timeout 30s --latency \
+    -s "$BENCH/wrk-token.lua" "$endpoint" -- "$bodies" 2 >"$WORK/$name-wrk.out" 2>&1 ||
+    die "$name (wrk): wrk failed: $(tail -n 5 "$WORK/$name-wrk.out")"
+  sed -n 's/^WRK_JSON //p' "$WORK/$name-wrk.out" >"$WORK/$name-wrk.json"
+  [[ -s "$WORK/$name-wrk.json" ]] || die "$name (wrk): no result: $(tail -n 5 "$WORK/$name-wrk.out")"
+  rm -f "$bodies"
+  log "$name (wrk): $(json_get "$WORK/$name-wrk.json" .ok_rps) ok req/s," \
+    "p50 $(json_get "$WORK/$name-wrk.json" .latency_ms.p50) ms, p99 $(json_get "$WORK/$name-wrk.json" .latency_ms.p99) ms," \
+    "errors $(json_get "$WORK/$name-wrk.json" .errors)"
+  if [[ "$(json_get "$WORK/$name-wrk.json" .errors)" != 0 ]]; then
+    log "$name (wrk): errors: more requests than BENCH_WRK_LINES (replays are refused), or refusals; see $WORK/$name-wrk.out"
+  fi
+}
+
 # ---------------------------------------------------------------- build
 cargo_build() {
   if command -v flock >/dev/null 2>&1; then
@@ -356,6 +386,7 @@ run_mandate() {
     stop_pid "$pid2"
   else
     run_loadgen mandate "$base/oauth/token" "$cid" "$base"
+    if [[ "${BENCH_WRK:-0}" == 1 ]]; then run_wrk mandate "$base/oauth/token" "$cid" "$base"; fi
   fi
   if [[ -n ${BENCH_RESULT:-} ]]; then cp "$WORK/mandate.json" "$BENCH_RESULT"; fi
   stop_pid "$pid"
@@ -384,6 +415,7 @@ run_node() {
   grep -h 'WARNING' "$WORK/node.log" | sed 's/^/[bench] node: /' >&2 || true
 
   run_loadgen node "$base/token" "$cid" "$base"
+  if [[ "${BENCH_WRK:-0}" == 1 ]]; then run_wrk node "$base/token" "$cid" "$base"; fi
   stop_pid "$pid"
   log "node: stopped"
 }
@@ -421,5 +453,17 @@ for row in "req/s|.throughput_rps|1" "p50 ms|.latency_ms.p50|2" "p90 ms|.latency
   if [[ $label != requests && $label != errors && $label != "wall s" ]]; then r="$(ratio "$m" "$n")"; fi
   printf '%-16s %14s %20s %14s\n' "$label" "$(fmt "$m" "$dec")" "$(fmt "$n" "$dec")" "$r"
 done
+if [[ "${BENCH_WRK:-0}" == 1 ]]; then
+  echo "wrk (2 threads, $CONCURRENCY connections, ${DURATION}s, each request sent once):"
+  for row in "req/s|.ok_rps|1" "p50 ms|.latency_ms.p50|2" "p90 ms|.latency_ms.p90|2" \
+    "p99 ms|.latency_ms.p99|2" "max ms|.latency_ms.max|2" "requests|.requests|0" "errors|.errors|0"; do
+    IFS='|' read -r label path dec <<<"$row"
+    m="$(col mandate-wrk "$path")"
+    n="$(col node-wrk "$path")"
+    r="-"
+    if [[ $label != requests && $label != errors ]]; then r="$(ratio "$m" "$n")"; fi
+    printf '%-16s %14s %20s %14s\n' "$label" "$(fmt "$m" "$dec")" "$(fmt "$n" "$dec")" "$r"
+  done
+fi
 echo "storage:          Mandate durable (on-disk data dir); node-oidc-provider in-memory LRU adapter (NOT durable)"
 echo "req/s counts successful token responses only; latency percentiles are over successful requests."

@@ -176,6 +176,17 @@ struct RunArgs {
     /// Print a single JSON object instead of text.
     #[arg(long)]
     json: bool,
+    /// Spread the requests over the clients listed in this file (one
+    /// client_id per line, all holding `--key`): request i is client
+    /// i mod N's. Replaces `--client-id`.
+    #[arg(long, conflicts_with = "client_id")]
+    client_ids: Option<PathBuf>,
+    /// Sign the requests as for a run (warm-up + measured), write them to
+    /// this file and exit without sending any: one request per line, the
+    /// form body, then a tab and the DPoP proof with `--dpop`. For drivers
+    /// such as `wrk` (bench/wrk-token.lua), which cannot sign.
+    #[arg(long)]
+    write_bodies: Option<PathBuf>,
     #[command(flatten)]
     workload: WorkloadArgs,
 }
@@ -508,6 +519,8 @@ struct AssertionSpec<'a> {
     /// The assertion's `iss` and `sub`.
     iss: &'a str,
     sub: &'a str,
+    /// With `--client-ids`: request i's `iss` and `sub` are `clients[i % N]`.
+    clients: Vec<String>,
     aud: &'a str,
     iat: u64,
     exp: u64,
@@ -544,9 +557,13 @@ impl AssertionSpec<'_> {
     }
 
     fn body(&self, i: usize) -> Result<Bytes> {
+        let (iss, sub) = match self.clients.get(i % self.clients.len().max(1)) {
+            Some(c) => (c.as_str(), c.as_str()),
+            None => (self.iss, self.sub),
+        };
         let claims = json!({
-            "iss": self.iss,
-            "sub": self.sub,
+            "iss": iss,
+            "sub": sub,
             "aud": self.aud,
             "iat": self.iat,
             "exp": self.exp,
@@ -588,6 +605,26 @@ fn sign_all(spec: &AssertionSpec<'_>, count: usize) -> Result<Vec<Signed>> {
         out.extend(p?);
     }
     Ok(out)
+}
+
+/// One request per line: the body, and `\t` + the DPoP proof when there is one.
+fn write_bodies(path: &std::path::Path, bodies: &[Signed]) -> Result<()> {
+    use std::io::Write as _;
+    let file = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    let mut out = std::io::BufWriter::new(file);
+    for (body, proof) in bodies {
+        if body.contains(&b'\n') || body.contains(&b'\t') {
+            bail!("a request body holds a tab or a newline: it cannot be written one per line");
+        }
+        out.write_all(body)?;
+        if let Some(p) = proof {
+            out.write_all(b"\t")?;
+            out.write_all(p)?;
+        }
+        out.write_all(b"\n")?;
+    }
+    out.flush()?;
+    Ok(())
 }
 
 // ---------------------------------------------------------------- target
@@ -818,6 +855,11 @@ async fn run(a: RunArgs) -> Result<()> {
         None => {
             let w = &a.workload;
             let (signer, iss, sub, assertion_param, mut tail) = match &w.workload_key {
+                None if a.client_ids.is_some() => {
+                    let key_path = a.key.clone().ok_or_else(|| anyhow!("--key is required"))?;
+                    let param = format!("client_assertion_type={ASSERTION_TYPE_ENC}&client_assertion=");
+                    (Signer::Ed25519(load_key(&key_path)?), String::new(), String::new(), param, String::new())
+                }
                 None => {
                     let client_id = a.client_id.clone().ok_or_else(|| anyhow!("--client-id is required"))?;
                     let key_path = a.key.clone().ok_or_else(|| anyhow!("--key is required"))?;
@@ -858,6 +900,18 @@ async fn run(a: RunArgs) -> Result<()> {
                 let (k, v) = pair.split_once('=').ok_or_else(|| anyhow!("--form wants name=value, got {pair}"))?;
                 tail.push_str(&format!("&{}={}", form_encode(k), form_encode(v)));
             }
+            let clients = match &a.client_ids {
+                Some(path) => {
+                    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+                    let ids: Vec<String> =
+                        text.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_owned).collect();
+                    if ids.is_empty() {
+                        bail!("{} lists no client_id", path.display());
+                    }
+                    ids
+                }
+                None => Vec::new(),
+            };
             let header = json!({"alg": signer.alg(), "typ": "JWT", "kid": kid});
             let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
             let mut rnd = [0u8; 9];
@@ -884,6 +938,7 @@ async fn run(a: RunArgs) -> Result<()> {
                 header_b64: b64(&serde_json::to_vec(&header)?),
                 iss: &iss,
                 sub: &sub,
+                clients,
                 aud: &aud,
                 iat: now,
                 exp: now + a.exp_secs,
@@ -906,6 +961,9 @@ async fn run(a: RunArgs) -> Result<()> {
         }
     };
     let gen_secs = t_gen.elapsed().as_secs_f64();
+    if let Some(path) = &a.write_bodies {
+        return write_bodies(path, &bodies);
+    }
 
     let concurrency = a.concurrency;
     let shared = Arc::new(Shared {

@@ -13,6 +13,12 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use clap::{CommandFactory, Parser, Subcommand};
 
+/// mimalloc instead of glibc's allocator: under load glibc's `malloc`,
+/// `free` and their consolidation took about a sixth of the server's CPU
+/// (issue 19's profile, BENCHMARKS.md "Issue 19").
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "mandate", version, about = "Identity and authorization server for AI agents")]
 struct Cli {
