@@ -568,13 +568,16 @@ impl Mandate {
         let Some(subject) = req.subject.as_object() else {
             return Err(Error::BadInput("subject must be an RFC 9493 subject identifier".into()));
         };
-        let format = subject.get("format").and_then(Value::as_str).ok_or_else(|| {
-            Error::BadInput("subject must be an RFC 9493 subject identifier with a format".into())
-        })?;
+        let format = subject
+            .get("format")
+            .and_then(Value::as_str)
+            .ok_or_else(|| Error::BadInput("subject must be an RFC 9493 subject identifier with a format".into()))?;
         let id = if format == "opaque" {
             let id = match (subject.get("id").and_then(Value::as_str), subject.len()) {
                 (Some(id), 2) => id,
-                _ => return Err(Error::BadInput("an opaque subject has exactly format and id (RFC 9493 §3.2.4)".into())),
+                _ => {
+                    return Err(Error::BadInput("an opaque subject has exactly format and id (RFC 9493 §3.2.4)".into()));
+                }
             };
             let ok = !id.is_empty()
                 && id.chars().count() <= mandate_model::ssf::MAX_SUBJECT_ID

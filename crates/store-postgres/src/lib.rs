@@ -48,11 +48,11 @@ use sqlx::{ConnectOptions, Row};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::approvals::approval_row;
+pub use crate::audit::LANE_KEEPER_APPLICATION_NAME;
 use crate::audit::{checkpoint_row, event_row};
 use crate::grants::grant_row;
 use crate::identity::{agent_row, resource_row, user_row, user_token_row};
 use crate::tokens::{refresh_row, token_row};
-pub use crate::audit::LANE_KEEPER_APPLICATION_NAME;
 pub use crate::writer::{DEFAULT_WRITERS, MAX_WRITERS};
 use crate::writer::{Job, write_loop};
 

@@ -5,7 +5,9 @@
 //! leased), so that two nodes never push one stream at once.
 
 use mandate_core::store::{Mutation, StoreError};
-use mandate_model::ssf::{EventKind, MAX_QUEUED_EVENTS, MAX_REMOVED_SUBJECTS, QueuedEvent, Signal, Stream, StreamStatus};
+use mandate_model::ssf::{
+    EventKind, MAX_QUEUED_EVENTS, MAX_REMOVED_SUBJECTS, QueuedEvent, Signal, Stream, StreamStatus,
+};
 use mandate_store_sql::{SignalRow, StreamRow, ts};
 use sqlx::postgres::{PgConnection, PgRow};
 
@@ -204,7 +206,9 @@ pub(crate) async fn apply(conn: &mut PgConnection, m: &Mutation) -> Result<u64, 
             .await
             .map_err(|e| map_write_error(e, "subject"))?;
             if added == 0 && !there {
-                return Err(StoreError::Conflict(format!("stream {stream} is missing or has too many subjects removed")));
+                return Err(StoreError::Conflict(format!(
+                    "stream {stream} is missing or has too many subjects removed"
+                )));
             }
             return Ok(u64::try_from(added).unwrap_or(0));
         }

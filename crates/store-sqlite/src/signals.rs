@@ -4,7 +4,9 @@
 //! nodes never push one stream at once.
 
 use mandate_core::store::{Mutation, StoreError};
-use mandate_model::ssf::{EventKind, MAX_QUEUED_EVENTS, MAX_REMOVED_SUBJECTS, QueuedEvent, Signal, Stream, StreamStatus};
+use mandate_model::ssf::{
+    EventKind, MAX_QUEUED_EVENTS, MAX_REMOVED_SUBJECTS, QueuedEvent, Signal, Stream, StreamStatus,
+};
 use mandate_store_sql::{SignalRow, StreamRow, ts};
 use rusqlite::{Connection, Row, params};
 
@@ -185,7 +187,9 @@ pub(crate) fn apply(conn: &Connection, m: &Mutation) -> Result<u64, StoreError> 
                     .and_then(|mut q| q.query_row(params![stream, subject], |r| r.get(0)))
                     .map_err(|e| StoreError::Unavailable(format!("subjects: {e}")))?;
                 if !there {
-                    return Err(StoreError::Conflict(format!("stream {stream} is missing or has too many subjects removed")));
+                    return Err(StoreError::Conflict(format!(
+                        "stream {stream} is missing or has too many subjects removed"
+                    )));
                 }
             }
             Ok(n)

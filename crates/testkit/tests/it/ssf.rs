@@ -211,10 +211,9 @@ async fn only_the_receiver_with_its_scope_manages_its_streams() -> Result<()> {
     ensure!(st == 200 && all == json!([]), "{st} {all}");
     let (st, _) = w.s.call(Method::DELETE, &get, Some(&mail_token), None).await?;
     ensure!(st == 404, "another resource deleted the stream: {st}");
-    let (st, _) = w
-        .s
-        .call(Method::POST, &format!("/ssf/poll/{id}"), Some(&mail_token), Some(json!({"returnImmediately": true})))
-        .await?;
+    let (st, _) =
+        w.s.call(Method::POST, &format!("/ssf/poll/{id}"), Some(&mail_token), Some(json!({"returnImmediately": true})))
+            .await?;
     ensure!(st == 404, "another resource polled the stream: {st}");
     let (st, _) = w.s.call(Method::GET, &get, Some(&manage), None).await?;
     ensure!(st == 200, "the stream is still there");
@@ -258,7 +257,12 @@ async fn bad_inputs_change_nothing() -> Result<()> {
             json!({"stream_id": id, "subject": {"format": "opaque", "id": "x", "extra": 1}}),
             400,
         ),
-        (Method::POST, "/ssf/subjects:remove", json!({"stream_id": id, "subject": {"format": "opaque", "id": ""}}), 400),
+        (
+            Method::POST,
+            "/ssf/subjects:remove",
+            json!({"stream_id": id, "subject": {"format": "opaque", "id": ""}}),
+            400,
+        ),
         (Method::POST, "/ssf/subjects:remove", json!({"stream_id": id, "subject": {"format": "opaque"}}), 400),
         (Method::POST, "/ssf/subjects:remove", json!({"stream_id": id, "subject": {"id": "x"}}), 400),
         (
@@ -615,10 +619,9 @@ async fn sets_are_signed_with_rs256_when_asked_and_access_tokens_are_not() -> Re
     let kids = rsa_kids(&rotated);
     ensure!(kids.len() == 2 && kids[0] != rsa[0]["kid"] && kids[1] == rsa[0]["kid"], "{rotated}");
     w.s.clock.advance(time::Duration::seconds(15));
-    let (st, _) = w
-        .s
-        .call(Method::POST, "/ssf/verify", Some(&manage), Some(json!({"stream_id": s["stream_id"], "state": "r2"})))
-        .await?;
+    let (st, _) =
+        w.s.call(Method::POST, "/ssf/verify", Some(&manage), Some(json!({"stream_id": s["stream_id"], "state": "r2"})))
+            .await?;
     ensure!(st == 204);
     let out = poll(&w, &manage, &s, json!({})).await?;
     let mut signed_by = None;
@@ -720,13 +723,12 @@ async fn subjects_removed_from_a_stream_stop_their_events_until_added_back() -> 
     let (st, _) = w.s.call(Method::POST, "/ssf/subjects:remove", Some(&read), Some(subject("x"))).await?;
     ensure!(st == 403, "ssf.read removed a subject: {st}");
     // Audited.
-    let audited: Vec<String> = w
-        .s
-        .audit("type=ssf.stream_updated")
-        .await?
-        .iter()
-        .filter_map(|e| e["reason"].as_str().map(str::to_owned))
-        .collect();
+    let audited: Vec<String> =
+        w.s.audit("type=ssf.stream_updated")
+            .await?
+            .iter()
+            .filter_map(|e| e["reason"].as_str().map(str::to_owned))
+            .collect();
     let removed_planner = format!("subject removed: opaque {}", w.planner.id);
     ensure!(audited.iter().filter(|r| **r == removed_planner).count() == 2, "{audited:?}");
     ensure!(audited.contains(&format!("subject added: opaque {}", w.planner.id)), "{audited:?}");
@@ -741,12 +743,11 @@ async fn verification_requests_are_paced_by_min_verification_interval() -> Resul
     ensure!(s["min_verification_interval"] == 15, "{s}");
     let other = create(&w, &manage, json!({"delivery": {"method": POLL}})).await?;
     let verify = |stream: &Value, state: &str| {
-        let req = w
-            .s
-            .http
-            .post(format!("{}/ssf/verify", w.s.url))
-            .bearer_auth(&manage)
-            .json(&json!({"stream_id": stream["stream_id"], "state": state}));
+        let req =
+            w.s.http
+                .post(format!("{}/ssf/verify", w.s.url))
+                .bearer_auth(&manage)
+                .json(&json!({"stream_id": stream["stream_id"], "state": state}));
         async move {
             let r = req.send().await?;
             let retry = r.headers().get("retry-after").and_then(|v| v.to_str().ok()).map(str::to_owned);
