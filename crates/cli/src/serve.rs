@@ -116,6 +116,11 @@ pub struct ServeArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     ssf_signing_alg: Option<String>,
+    /// Longest an RFC 8936 long poll of a Shared Signals stream waits for
+    /// an event, in seconds (default 30, at most 300; 0 answers at once).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ssf_long_poll: Option<u64>,
     /// Sign an audit checkpoint after this many new events (default 10000)…
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -302,6 +307,7 @@ struct Settings {
     assertion_max_lifetime: i64,
     signing_alg: String,
     ssf_signing_alg: String,
+    ssf_long_poll: u64,
     audit_checkpoint_events: u64,
     audit_checkpoint_interval: i64,
     max_delegation_depth: usize,
@@ -365,6 +371,7 @@ impl Default for Settings {
             assertion_max_lifetime: 3600,
             signing_alg: "EdDSA".into(),
             ssf_signing_alg: "token".into(),
+            ssf_long_poll: 30,
             audit_checkpoint_events: 10_000,
             audit_checkpoint_interval: 60,
             max_delegation_depth: mandate_model::delegation::DEFAULT_MAX_DEPTH,
@@ -569,6 +576,10 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         "RS256" => true,
         other => bail!("ssf_signing_alg {other:?} is not token or RS256"),
     };
+    if settings.ssf_long_poll > 300 {
+        bail!("ssf_long_poll must be at most 300 seconds");
+    }
+    config.ssf_long_poll = settings.ssf_long_poll;
     if settings.audit_checkpoint_events == 0 || settings.audit_checkpoint_interval < 1 {
         bail!("audit_checkpoint_events and audit_checkpoint_interval must be at least 1");
     }

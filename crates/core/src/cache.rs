@@ -270,6 +270,9 @@ impl Store for CachingStore {
     ) -> Result<Vec<mandate_model::ssf::QueuedEvent>, StoreError> {
         self.inner.queued_events(stream, limit).await
     }
+    async fn removed_subjects(&self, stream: mandate_model::StreamId) -> Result<Vec<String>, StoreError> {
+        self.inner.removed_subjects(stream).await
+    }
     async fn due_streams(
         &self,
         now: time::OffsetDateTime,

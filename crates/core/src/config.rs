@@ -69,6 +69,10 @@ pub struct Config {
     /// Whether Shared Signals SETs are signed with an RSA key (RS256, the
     /// CAEP interoperability profile) instead of the token signing key.
     pub ssf_rs256: bool,
+    /// Longest an RFC 8936 long poll (`returnImmediately` false, the
+    /// default) waits for an event, in seconds; 0 answers every poll at
+    /// once.
+    pub ssf_long_poll: u64,
     /// Upstream OpenID Connect providers people may sign in with (DESIGN §10).
     pub upstream_oidc: Vec<crate::federation::UpstreamIdp>,
     /// Whether the sign-in page offers the local email-and-password form
@@ -127,6 +131,7 @@ impl Config {
             dynamic_registration: false,
             dev_loopback_fetch: false,
             ssf_rs256: false,
+            ssf_long_poll: 30,
             upstream_oidc: Vec::new(),
             password_login: true,
             trusted_issuers: Vec::new(),

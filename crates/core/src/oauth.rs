@@ -870,7 +870,7 @@ impl Mandate {
             }
         };
         let receipt = self.commit_caller(caller, change, event, &counted).await?;
-        self.signals.notify_one();
+        self.wake_signal_readers();
         let mut revoked = false;
         for h in counted {
             revoked |= receipt.affected(h)? > 0;

@@ -138,6 +138,9 @@ pub struct Mandate {
     pub(crate) set_pusher: std::sync::OnceLock<Arc<dyn crate::ssf::SetPusher>>,
     /// Woken when this node queued Shared Signals events.
     pub(crate) signals: tokio::sync::Notify,
+    /// Wakes every RFC 8936 long poll waiting on this node when it queued
+    /// Shared Signals events.
+    pub(crate) polls: tokio::sync::Notify,
     /// The RSA key SETs are signed with under `--ssf-signing-alg RS256`.
     pub(crate) ssf_keys: RwLock<Option<Arc<SigningKey>>>,
     /// The public halves of the SET keys retired within the grace period,
@@ -250,6 +253,7 @@ impl Mandate {
             notifiers: std::sync::OnceLock::new(),
             set_pusher: std::sync::OnceLock::new(),
             signals: tokio::sync::Notify::new(),
+            polls: tokio::sync::Notify::new(),
             ssf_keys: RwLock::new(None),
             ssf_retired: RwLock::new(Vec::new()),
         };

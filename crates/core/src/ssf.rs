@@ -55,6 +55,12 @@ pub const MAX_TEXT: usize = 256;
 pub const MAX_AUTHORIZATION: usize = 1024;
 /// Longest push `endpoint_url`.
 pub const MAX_URL: usize = 2048;
+/// SSF §8.1.1 `min_verification_interval`: seconds a receiver waits
+/// between two verification requests on one stream (429 sooner).
+pub const MIN_VERIFICATION_INTERVAL: i64 = 15;
+/// How often a long poll looks again for events queued by other nodes
+/// (its own node's wake it at once).
+const LONG_POLL_RECHECK: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// Which scope an SSF call needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,6 +114,8 @@ pub struct StreamConfig {
     pub events_supported: Vec<String>,
     pub events_requested: Vec<String>,
     pub events_delivered: Vec<String>,
+    /// SSF §8.1.1: seconds between verification requests.
+    pub min_verification_interval: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
 }
@@ -245,8 +253,15 @@ impl Mandate {
     /// Commits a change that may queue events, and wakes the push worker.
     pub(crate) async fn commit_signalling(&self, change: Change) -> Result<Receipt, StoreError> {
         let receipt = self.store.commit(change).await?;
-        self.signals.notify_one();
+        self.wake_signal_readers();
         Ok(receipt)
+    }
+
+    /// Wakes this node's push worker and its waiting long polls: events may
+    /// have been queued.
+    pub(crate) fn wake_signal_readers(&self) {
+        self.signals.notify_one();
+        self.polls.notify_waiters();
     }
 
     /// `GET /.well-known/ssf-configuration` (SSF §7.1).
@@ -320,6 +335,7 @@ impl Mandate {
             events_supported: EventKind::REQUESTABLE.into_iter().map(EventKind::uri).collect(),
             events_requested: delivered.clone(),
             events_delivered: delivered,
+            min_verification_interval: MIN_VERIFICATION_INTERVAL,
             description: s.description.clone(),
         }
     }
@@ -425,6 +441,7 @@ impl Mandate {
             next_at: now,
             lease_holder: None,
             lease_until: None,
+            verified_at: None,
         };
         let record =
             self.stream_event(kind::SSF_STREAM_CREATED, r, &stream, format!("{} stream", stream.delivery.method()));
@@ -502,39 +519,97 @@ impl Mandate {
         Ok(StreamStatusBody { stream_id: stream.id.to_string(), status: status.as_str().into(), reason })
     }
 
-    /// `POST /ssf/verify`: queues a verification event carrying `state`.
+    /// `POST /ssf/verify`: queues a verification event carrying `state`,
+    /// at most once per [`MIN_VERIFICATION_INTERVAL`] on a stream (SSF
+    /// §8.1.4.2: 429 sooner, with `Retry-After`).
     pub async fn verify_stream(&self, r: &Receiver, req: VerifyRequest) -> Result<(), Error> {
         let stream = self.own_stream(r, &req.stream_id).await?;
         let state = text("state", req.state, MAX_TEXT)?;
         let detail = state.map(|s| json!({ "state": s }).to_string());
+        let now = self.clock.now();
+        let interval = Duration::seconds(MIN_VERIFICATION_INTERVAL);
         let signal = Signal {
             kind: EventKind::Verification,
             subject: stream.id.to_string(),
-            at: self.clock.now(),
+            at: now,
             cause: Cause::new(InitiatingEntity::System, "verification requested by the receiver"),
             detail,
         };
-        let n =
-            self.commit_signalling(Change::new().with(Mutation::SignalStream { stream: stream.id, signal })).await?;
-        let _ = n;
-        Ok(())
+        // The claim and the event commit together: a refused request
+        // queues nothing, and two at once cannot both pass.
+        let change = Change::new()
+            .with(Mutation::ClaimVerification { stream: stream.id, at: now, not_before: now - interval })
+            .with(Mutation::SignalStream { stream: stream.id, signal });
+        match self.commit_signalling(change).await {
+            Ok(_) => Ok(()),
+            Err(StoreError::Conflict(_)) => {
+                let last = self.own_stream(r, &req.stream_id).await?.verified_at.unwrap_or(now);
+                let wait = (last + interval - now).whole_seconds().clamp(1, MIN_VERIFICATION_INTERVAL);
+                Err(Error::RateLimited {
+                    why: format!("one verification request per {MIN_VERIFICATION_INTERVAL} s on a stream"),
+                    retry_after: u64::try_from(wait).unwrap_or(1),
+                })
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
-    /// `POST /ssf/subjects:add` and `:remove`. Streams carry every subject
-    /// of their audience (`default_subjects` `ALL`): adding one is accepted
-    /// and changes nothing; removing one is not supported.
+    /// `POST /ssf/subjects:add` (`add`) and `:remove` (SSF §8.1.3). Streams
+    /// carry every subject of their audience (`default_subjects` `ALL`):
+    /// removing an `opaque` subject (a token's `jti`, an agent, a person or
+    /// a grant) stops the events about it on this stream from then on, and
+    /// adding it back undoes that. Mandate names subjects only by `opaque`
+    /// ids: adding a subject of another format changes nothing (it is in
+    /// already), removing one is answered 404 (not recognized). The
+    /// stream's own id (the subject of its verification and stream-updated
+    /// events) cannot be removed (SSF §8.1.4.1).
     pub async fn change_subjects(&self, r: &Receiver, req: SubjectRequest, add: bool) -> Result<(), Error> {
-        self.own_stream(r, &req.stream_id).await?;
-        let format = req.subject.get("format").and_then(Value::as_str);
-        if format.is_none() || !req.subject.is_object() {
-            return Err(Error::BadInput("subject must be an RFC 9493 subject identifier with a format".into()));
-        }
-        if add {
-            Ok(())
+        let stream = self.own_stream(r, &req.stream_id).await?;
+        let Some(subject) = req.subject.as_object() else {
+            return Err(Error::BadInput("subject must be an RFC 9493 subject identifier".into()));
+        };
+        let format = subject
+            .get("format")
+            .and_then(Value::as_str)
+            .ok_or_else(|| Error::BadInput("subject must be an RFC 9493 subject identifier with a format".into()))?;
+        let id = if format == "opaque" {
+            let id = match (subject.get("id").and_then(Value::as_str), subject.len()) {
+                (Some(id), 2) => id,
+                _ => {
+                    return Err(Error::BadInput("an opaque subject has exactly format and id (RFC 9493 §3.2.4)".into()));
+                }
+            };
+            let ok = !id.is_empty()
+                && id.chars().count() <= mandate_model::ssf::MAX_SUBJECT_ID
+                && !id.chars().any(char::is_control);
+            if !ok {
+                return Err(Error::BadInput(format!(
+                    "an opaque id is 1 to {} characters, without control characters",
+                    mandate_model::ssf::MAX_SUBJECT_ID
+                )));
+            }
+            id.to_owned()
+        } else if add {
+            return Ok(());
         } else {
-            Err(Error::BadInput(
-                "removing subjects is not supported: a stream carries every subject of its audience".into(),
-            ))
+            return Err(Error::NotFound("subject not recognized: Mandate names subjects by opaque ids".into()));
+        };
+        if !add && id == stream.id.to_string() {
+            return Err(Error::Forbidden("a stream's own subject cannot be removed".into()));
+        }
+        let (mutation, what) = if add {
+            (Mutation::AddStreamSubject { stream: stream.id, subject: id.clone() }, "added")
+        } else {
+            (Mutation::RemoveStreamSubject { stream: stream.id, subject: id.clone() }, "removed")
+        };
+        let record = self.stream_event(kind::SSF_STREAM_UPDATED, r, &stream, format!("subject {what}: opaque {id}"));
+        match self.store.commit(Change::new().with(mutation).with(record.mutation())).await {
+            Ok(_) => Ok(()),
+            Err(StoreError::Conflict(_)) => Err(Error::Conflict(format!(
+                "a stream has at most {} subjects removed",
+                mandate_model::ssf::MAX_REMOVED_SUBJECTS
+            ))),
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -562,16 +637,36 @@ impl Mandate {
             tracing::info!(stream = %stream.id, errors = req.set_errs.len(), "the receiver reported SET errors");
         }
         let max = req.max_events.unwrap_or(MAX_POLL_EVENTS).min(MAX_POLL_EVENTS);
-        let mut sets = BTreeMap::new();
-        let mut more_available = false;
-        if stream.status == StreamStatus::Enabled && max > 0 {
-            let events = self.store.queued_events(stream.id, max + 1).await?;
-            more_available = events.len() > max as usize;
-            for e in events.iter().take(max as usize) {
-                sets.insert(e.jti(), self.sign_set(&stream, e)?);
+        // RFC 8936 §2.4.1: `returnImmediately` is false by default, a long
+        // poll; `maxEvents` 0 only acknowledges.
+        let long = !req.return_immediately.unwrap_or(false) && max > 0 && self.config.ssf_long_poll > 0;
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(self.config.ssf_long_poll);
+        let mut stream = stream;
+        loop {
+            // Registered before reading, so that an event queued between
+            // the read and the wait still wakes this poll.
+            let woken = self.polls.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            let mut sets = BTreeMap::new();
+            let mut more_available = false;
+            if stream.status == StreamStatus::Enabled && max > 0 {
+                let events = self.store.queued_events(stream.id, max + 1).await?;
+                more_available = events.len() > max as usize;
+                for e in events.iter().take(max as usize) {
+                    sets.insert(e.jti(), self.sign_set(&stream, e)?);
+                }
             }
+            let now = tokio::time::Instant::now();
+            if !sets.is_empty() || !long || now >= deadline {
+                return Ok(PollResponse { sets, more_available });
+            }
+            // Events another node queues are seen at the next look.
+            let nap = LONG_POLL_RECHECK.min(deadline - now);
+            let _ = tokio::time::timeout(nap, woken).await;
+            // Paused, enabled or deleted meanwhile.
+            stream = self.own_stream(r, raw).await?;
         }
-        Ok(PollResponse { sets, more_available })
     }
 
     /// The SET of a queued event (RFC 8417), signed with the current key:

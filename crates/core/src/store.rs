@@ -568,6 +568,31 @@ pub enum Mutation {
         stream: StreamId,
         signal: Signal,
     },
+    /// Removes a subject from a stream (SSF §8.1.3.3; streams carry every
+    /// subject of their audience by default): events about it (an `opaque`
+    /// id: a token's `jti`, an agent, a person, or the grant, agent or
+    /// person behind a revoked token) are no longer queued on the stream
+    /// (affected: 1, or 0 if it was removed already). Fails with
+    /// `Conflict` if the stream is missing or has
+    /// [`mandate_model::ssf::MAX_REMOVED_SUBJECTS`] removed already.
+    RemoveStreamSubject {
+        stream: StreamId,
+        subject: String,
+    },
+    /// Adds back a subject removed from a stream (SSF §8.1.3.2; affected:
+    /// 1, or 0 if it was not removed).
+    AddStreamSubject {
+        stream: StreamId,
+        subject: String,
+    },
+    /// Records a receiver's verification request at `at` (SSF §8.1.4.2):
+    /// fails with `Conflict` if the stream is missing or its last request
+    /// was after `not_before` (`min_verification_interval`).
+    ClaimVerification {
+        stream: StreamId,
+        at: OffsetDateTime,
+        not_before: OffsetDateTime,
+    },
     /// Forgets a stream's acknowledged events (affected: how many).
     AckEvents {
         stream: StreamId,
@@ -1228,6 +1253,8 @@ pub trait Store: Send + Sync + 'static {
     /// The events waiting on a stream, oldest (lowest `seq`) first, at most
     /// `limit`.
     async fn queued_events(&self, stream: StreamId, limit: u32) -> Result<Vec<QueuedEvent>, StoreError>;
+    /// The subjects removed from a stream (`opaque` ids), sorted.
+    async fn removed_subjects(&self, stream: StreamId) -> Result<Vec<String>, StoreError>;
     /// Push streams that are enabled, have events waiting, are due at
     /// `now` and are not leased past `now`; oldest due first, at most `limit`.
     async fn due_streams(&self, now: OffsetDateTime, limit: u32) -> Result<Vec<Stream>, StoreError>;

@@ -19,6 +19,10 @@ pub const POLL_METHOD: &str = "urn:ietf:rfc:8936";
 /// stream are not queued (the receiver falls back to the status list);
 /// the bound keeps a receiver that never collects from filling the store.
 pub const MAX_QUEUED_EVENTS: u64 = 10_000;
+/// How many subjects one stream may have removed at once (SSF §8.1.3.3).
+pub const MAX_REMOVED_SUBJECTS: u64 = 10_000;
+/// The longest `opaque` subject id a receiver may add or remove.
+pub const MAX_SUBJECT_ID: usize = 256;
 
 const CAEP: &str = "https://schemas.openid.net/secevent/caep/event-type/";
 const SSF: &str = "https://schemas.openid.net/secevent/ssf/event-type/";
@@ -266,6 +270,9 @@ pub struct Stream {
     pub next_at: OffsetDateTime,
     pub lease_holder: Option<String>,
     pub lease_until: Option<OffsetDateTime>,
+    /// When the receiver last asked for a verification event (SSF
+    /// §8.1.4.2; `min_verification_interval` is measured from it).
+    pub verified_at: Option<OffsetDateTime>,
 }
 
 /// One event, as it will be said in a SET. The subject is always a

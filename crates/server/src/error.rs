@@ -229,7 +229,7 @@ impl IntoResponse for Problem {
 }
 
 /// An error on the Shared Signals endpoints: the status SSF 1.0 §8 names
-/// (400, 401, 403, 404, 409), with a body in the shape of RFC 8935 §2.4
+/// (400, 401, 403, 404, 409, 429 with `Retry-After`), with a body in the shape of RFC 8935 §2.4
 /// (`err`, `description`) and its error codes where one fits.
 #[derive(Debug)]
 pub struct SsfError(pub Error);

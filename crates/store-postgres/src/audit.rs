@@ -4,6 +4,7 @@ use mandate_audit::{Checkpoint, Event};
 use mandate_core::audit::seal_record;
 use mandate_core::store::{Applied, Mutation, StoreError};
 use mandate_store_sql::{EventRow, json};
+use sqlx::Connection;
 use sqlx::postgres::{PgConnection, PgRow};
 
 use crate::writer::{map_write_error, misrouted};
@@ -37,15 +38,93 @@ pub(crate) struct Head {
     pub(crate) hash: String,
 }
 
-/// Claims a lane of its own for a writer task: a new row, so that no
-/// other writer of any node appends to it. (Were two writers ever to share
-/// one, the row lock would make them take turns; the chain stays whole.)
-pub(crate) async fn claim_lane(conn: &mut PgConnection) -> Result<u64, StoreError> {
-    let id: i64 = sqlx::query_scalar("INSERT INTO audit_lanes DEFAULT VALUES RETURNING id")
-        .fetch_one(&mut *conn)
+/// The first key of the session advisory locks that mark a lane as owned
+/// (the second is the lane's id): "mand" in ASCII.
+const LANE_LOCK_CLASS: i32 = 0x6d61_6e64;
+
+/// Who owns which lanes, for one node: a connection of its own that holds
+/// a session advisory lock on each lane its writers own (decision 0031).
+/// PostgreSQL releases the locks when the connection ends, so the lanes of
+/// a node that stopped or crashed are free for the next writer that
+/// starts, and lanes no longer pile up with restarts. Session locks are
+/// re-entrant within their session, so the lanes this node holds are also
+/// kept here, and its writers never take each other's.
+pub(crate) struct LaneKeeper {
+    options: sqlx::postgres::PgConnectOptions,
+    held: tokio::sync::Mutex<(Option<PgConnection>, std::collections::BTreeSet<i64>)>,
+}
+
+/// The `application_name` of each node's lane-keeping connection.
+pub const LANE_KEEPER_APPLICATION_NAME: &str = "mandate-audit-lanes";
+
+impl LaneKeeper {
+    pub(crate) fn new(options: sqlx::postgres::PgConnectOptions) -> Self {
+        Self {
+            options: options.application_name(LANE_KEEPER_APPLICATION_NAME),
+            held: tokio::sync::Mutex::new((None, std::collections::BTreeSet::new())),
+        }
+    }
+
+    /// Claims a lane for a writer task: the oldest lane no writer of any
+    /// node owns, else a new one. Owning is a speed matter only: were two
+    /// writers ever to share a lane (this node's lock connection lost while
+    /// its writers go on), the head row's lock makes them take turns and
+    /// the chain stays whole.
+    pub(crate) async fn claim(&self) -> Result<u64, StoreError> {
+        let mut held = self.held.lock().await;
+        let (slot, mine) = &mut *held;
+        if slot.is_none() {
+            *slot = Some(PgConnection::connect_with(&self.options).await.map_err(unavailable)?);
+        }
+        let Some(conn) = slot.as_mut() else {
+            return Err(StoreError::Unavailable("the audit lane connection is gone".into()));
+        };
+        match claim_on(conn, mine).await {
+            Ok(id) => {
+                mine.insert(id);
+                u64::try_from(id).map_err(|_| StoreError::Corrupt(format!("audit lane {id}")))
+            }
+            Err(e) => {
+                // A lost connection lost its locks too: start afresh.
+                *slot = None;
+                mine.clear();
+                Err(e)
+            }
+        }
+    }
+}
+
+async fn claim_on(conn: &mut PgConnection, mine: &std::collections::BTreeSet<i64>) -> Result<i64, StoreError> {
+    let lanes: Vec<i64> = sqlx::query_scalar("SELECT id FROM audit_lanes WHERE id <= 2147483647 ORDER BY id")
+        .fetch_all(&mut *conn)
         .await
         .map_err(unavailable)?;
-    u64::try_from(id).map_err(|_| StoreError::Corrupt(format!("audit lane {id}")))
+    for id in lanes.into_iter().filter(|id| !mine.contains(id)) {
+        if try_lock(conn, id).await? {
+            return Ok(id);
+        }
+    }
+    // None free: a new lane. Another node may see it and lock it first.
+    for _ in 0..8 {
+        let id: i64 = sqlx::query_scalar("INSERT INTO audit_lanes DEFAULT VALUES RETURNING id")
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(unavailable)?;
+        if try_lock(conn, id).await? {
+            return Ok(id);
+        }
+    }
+    Err(StoreError::Unavailable("no audit lane could be claimed".into()))
+}
+
+async fn try_lock(conn: &mut PgConnection, lane: i64) -> Result<bool, StoreError> {
+    let key = i32::try_from(lane).map_err(|_| StoreError::Corrupt(format!("audit lane {lane}")))?;
+    sqlx::query_scalar("SELECT pg_try_advisory_lock($1, $2)")
+        .bind(LANE_LOCK_CLASS)
+        .bind(key)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(unavailable)
 }
 
 /// Locks `lane`'s head row until the batch commits (only its own writer

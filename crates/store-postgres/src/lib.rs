@@ -48,6 +48,7 @@ use sqlx::{ConnectOptions, Row};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::approvals::approval_row;
+pub use crate::audit::LANE_KEEPER_APPLICATION_NAME;
 use crate::audit::{checkpoint_row, event_row};
 use crate::grants::grant_row;
 use crate::identity::{agent_row, resource_row, user_row, user_token_row};
@@ -120,8 +121,9 @@ impl PostgresStore {
             .connect_lazy_with(writer::connect_options(options.clone()));
         let (writer, jobs) = mpsc::channel(4096);
         let jobs = std::sync::Arc::new(tokio::sync::Mutex::new(jobs));
+        let lanes = std::sync::Arc::new(audit::LaneKeeper::new(options.clone()));
         for _ in 0..writers {
-            tokio::spawn(write_loop(writing.clone(), jobs.clone()));
+            tokio::spawn(write_loop(writing.clone(), jobs.clone(), lanes.clone()));
         }
         let feed = listen::spawn(listening);
         let epochs = epoch::EpochReads::spawn(pool.clone());
@@ -537,6 +539,14 @@ impl Store for PostgresStore {
             .await
             .map_err(unavailable)?;
         rows.iter().map(signals::event_row).collect()
+    }
+
+    async fn removed_subjects(&self, stream: mandate_model::StreamId) -> Result<Vec<String>, StoreError> {
+        sqlx::query_scalar("SELECT subject FROM ssf_subjects WHERE stream_id = $1 ORDER BY subject")
+            .bind(stream.to_string())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(unavailable)
     }
 
     async fn due_streams(

@@ -5,7 +5,9 @@
 //! leased), so that two nodes never push one stream at once.
 
 use mandate_core::store::{Mutation, StoreError};
-use mandate_model::ssf::{EventKind, MAX_QUEUED_EVENTS, QueuedEvent, Signal, Stream, StreamStatus};
+use mandate_model::ssf::{
+    EventKind, MAX_QUEUED_EVENTS, MAX_REMOVED_SUBJECTS, QueuedEvent, Signal, Stream, StreamStatus,
+};
 use mandate_store_sql::{SignalRow, StreamRow, ts};
 use sqlx::postgres::{PgConnection, PgRow};
 
@@ -14,9 +16,10 @@ use crate::writer::{map_write_error, misrouted};
 
 /// What a stream must be to take a new event: not disabled, asking for the
 /// type (`$9` 0 for the stream's own events, which every stream takes),
-/// and not full.
+/// not full, and not with the event's subject (`$2`) removed.
 const TAKES: &str = "s.status <> 'disabled' AND ($9::BIGINT = 0 OR (s.events & $9::BIGINT) <> 0) \
-     AND (SELECT count(*) FROM ssf_events q WHERE q.stream_id = s.id) < $10::BIGINT";
+     AND (SELECT count(*) FROM ssf_events q WHERE q.stream_id = s.id) < $10::BIGINT \
+     AND NOT EXISTS (SELECT 1 FROM ssf_subjects x WHERE x.stream_id = s.id AND x.subject = $2)";
 
 /// The bit a stream must ask for to take `kind`, or 0.
 fn mask(kind: EventKind) -> i64 {
@@ -62,8 +65,8 @@ pub(crate) async fn apply(conn: &mut PgConnection, m: &Mutation) -> Result<u64, 
             let r = StreamRow::try_from(st)?;
             sqlx::query(
                 "INSERT INTO ssf_streams (id, resource_id, audience, status, status_reason, method, endpoint_url, \
-                 sealed_authorization, events, description, created_at, updated_at, failures, next_at, lease_holder, lease_until) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+                 sealed_authorization, events, description, created_at, updated_at, failures, next_at, lease_holder, lease_until, \
+                 verified_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
             )
             .bind(r.id)
             .bind(r.resource_id)
@@ -81,6 +84,7 @@ pub(crate) async fn apply(conn: &mut PgConnection, m: &Mutation) -> Result<u64, 
             .bind(r.next_at)
             .bind(r.lease_holder)
             .bind(r.lease_until)
+            .bind(r.verified_at)
             .execute(&mut *conn)
             .await
             .map_err(|e| map_write_error(e, "stream"))?
@@ -149,6 +153,8 @@ pub(crate) async fn apply(conn: &mut PgConnection, m: &Mutation) -> Result<u64, 
                  WHERE t.revoked_at = $1 AND s.status <> 'disabled' AND (s.events & $4::BIGINT) <> 0 \
                  AND (SELECT count(*) FROM ssf_events q WHERE q.stream_id = s.id) < $5::BIGINT \
                  AND NOT EXISTS (SELECT 1 FROM ssf_signalled x WHERE x.jti = t.jti) \
+                 AND NOT EXISTS (SELECT 1 FROM ssf_subjects r WHERE r.stream_id = s.id \
+                     AND r.subject IN (t.jti, t.client_id, t.subject, t.grant_id)) \
                  ORDER BY s.id, t.jti",
             )
             .bind(ts(*at)?)
@@ -182,6 +188,52 @@ pub(crate) async fn apply(conn: &mut PgConnection, m: &Mutation) -> Result<u64, 
         }
         Mutation::SignalStream { stream, signal } => {
             return queue(conn, "s.id = $7 AND $8::BIGINT IS NOT NULL", signal, &stream.to_string()).await;
+        }
+        Mutation::RemoveStreamSubject { stream, subject } => {
+            // The CTE's insert is not visible to the outer query: `there`
+            // says whether the subject was removed before.
+            let (added, there): (i64, bool) = sqlx::query_as(
+                "WITH ins AS (INSERT INTO ssf_subjects (stream_id, subject) SELECT s.id, $2 FROM ssf_streams s \
+                 WHERE s.id = $1 AND (SELECT count(*) FROM ssf_subjects x WHERE x.stream_id = s.id) < $3::BIGINT \
+                 ON CONFLICT DO NOTHING RETURNING 1) \
+                 SELECT (SELECT count(*) FROM ins), \
+                 EXISTS (SELECT 1 FROM ssf_subjects WHERE stream_id = $1 AND subject = $2)",
+            )
+            .bind(stream.to_string())
+            .bind(subject)
+            .bind(i64::try_from(MAX_REMOVED_SUBJECTS).unwrap_or(i64::MAX))
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(|e| map_write_error(e, "subject"))?;
+            if added == 0 && !there {
+                return Err(StoreError::Conflict(format!(
+                    "stream {stream} is missing or has too many subjects removed"
+                )));
+            }
+            return Ok(u64::try_from(added).unwrap_or(0));
+        }
+        Mutation::AddStreamSubject { stream, subject } => {
+            sqlx::query("DELETE FROM ssf_subjects WHERE stream_id = $1 AND subject = $2")
+                .bind(stream.to_string())
+                .bind(subject)
+                .execute(&mut *conn)
+                .await
+                .map_err(|e| map_write_error(e, "subject"))?
+        }
+        Mutation::ClaimVerification { stream, at, not_before } => {
+            let done = sqlx::query(
+                "UPDATE ssf_streams SET verified_at = $1 WHERE id = $2 AND (verified_at IS NULL OR verified_at <= $3)",
+            )
+            .bind(ts(*at)?)
+            .bind(stream.to_string())
+            .bind(ts(*not_before)?)
+            .execute(&mut *conn)
+            .await
+            .map_err(|e| map_write_error(e, "stream"))?;
+            if done.rows_affected() == 0 {
+                return Err(StoreError::Conflict(format!("stream {stream} was verified too recently or is missing")));
+            }
+            done
         }
         Mutation::AckEvents { stream, seqs } => {
             let seqs = seqs.iter().map(|s| seq(*s)).collect::<Result<Vec<i64>, _>>()?;
@@ -260,6 +312,7 @@ pub(crate) fn stream_row(r: &PgRow) -> Result<Stream, StoreError> {
         next_at: get(r, "next_at")?,
         lease_holder: get(r, "lease_holder")?,
         lease_until: get(r, "lease_until")?,
+        verified_at: get(r, "verified_at")?,
     })
 }
 

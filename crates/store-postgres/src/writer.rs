@@ -11,7 +11,7 @@ use sqlx::postgres::PgConnectOptions;
 use sqlx::postgres::{PgConnection, PgPool};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::audit::{Head, Seqs, append, claim_lane, insert_events};
+use crate::audit::{Head, LaneKeeper, Seqs, append, insert_events};
 use crate::unavailable;
 
 /// Most changes folded into one transaction.
@@ -48,7 +48,11 @@ pub(crate) fn map_write_error(e: sqlx::Error, what: &str) -> StoreError {
 }
 
 /// Takes every waiting change and commits the lot in one transaction.
-pub(crate) async fn write_loop(pool: PgPool, jobs: std::sync::Arc<tokio::sync::Mutex<mpsc::Receiver<Job>>>) {
+pub(crate) async fn write_loop(
+    pool: PgPool,
+    jobs: std::sync::Arc<tokio::sync::Mutex<mpsc::Receiver<Job>>>,
+    lanes: std::sync::Arc<LaneKeeper>,
+) {
     let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
     // The writer's lane of the audit trail, claimed with its first batch.
     let mut lane: Option<u64> = None;
@@ -64,7 +68,7 @@ pub(crate) async fn write_loop(pool: PgPool, jobs: std::sync::Arc<tokio::sync::M
                 }
             }
         }
-        let results = apply_batch(&pool, &batch, &mut lane).await;
+        let results = apply_batch(&pool, &lanes, &batch, &mut lane).await;
         for (job, result) in batch.drain(..).zip(results) {
             let _ = job.reply.send(result);
         }
@@ -78,18 +82,23 @@ pub(crate) struct NeedSavepoints;
 /// Applies a batch without savepoints first; an SQL error aborts a
 /// PostgreSQL transaction, and a change that fails after writing must be
 /// undone alone, so either replays the batch with a savepoint per change.
-pub(crate) async fn apply_batch(pool: &PgPool, batch: &[Job], lane: &mut Option<u64>) -> Vec<Outcome> {
+pub(crate) async fn apply_batch(
+    pool: &PgPool,
+    lanes: &LaneKeeper,
+    batch: &[Job],
+    lane: &mut Option<u64>,
+) -> Vec<Outcome> {
     let failed = |e: &dyn std::fmt::Display| batch.iter().map(|_| Err(unavailable(e))).collect();
-    let mut conn = match pool.acquire().await {
-        Ok(c) => c,
-        Err(e) => return failed(&e),
-    };
     let lane = match *lane {
         Some(l) => l,
-        None => match claim_lane(&mut conn).await {
+        None => match lanes.claim().await {
             Ok(l) => *lane.insert(l),
             Err(e) => return failed(&e),
         },
+    };
+    let mut conn = match pool.acquire().await {
+        Ok(c) => c,
+        Err(e) => return failed(&e),
     };
     match apply_in_transaction(&mut conn, lane, batch, false).await {
         Ok(results) => results,

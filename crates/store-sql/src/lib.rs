@@ -742,6 +742,9 @@ pub fn family(m: &Mutation) -> Family {
         | Mutation::SignalHolders { .. }
         | Mutation::SignalStream { .. }
         | Mutation::AckEvents { .. }
+        | Mutation::RemoveStreamSubject { .. }
+        | Mutation::AddStreamSubject { .. }
+        | Mutation::ClaimVerification { .. }
         | Mutation::LeaseStream { .. }
         | Mutation::FinishPush { .. } => Family::Signals,
         Mutation::InsertCampaign(..)
@@ -890,6 +893,7 @@ pub struct StreamRow {
     pub next_at: i64,
     pub lease_holder: Option<String>,
     pub lease_until: Option<i64>,
+    pub verified_at: Option<i64>,
 }
 
 impl TryFrom<&mandate_model::ssf::Stream> for StreamRow {
@@ -919,6 +923,7 @@ impl TryFrom<&mandate_model::ssf::Stream> for StreamRow {
             next_at: ts(s.next_at)?,
             lease_holder: s.lease_holder.clone(),
             lease_until: s.lease_until.map(ts).transpose()?,
+            verified_at: s.verified_at.map(ts).transpose()?,
         })
     }
 }
@@ -953,6 +958,7 @@ impl TryFrom<StreamRow> for mandate_model::ssf::Stream {
             next_at: from_ts(r.next_at)?,
             lease_holder: r.lease_holder,
             lease_until: opt_ts(r.lease_until)?,
+            verified_at: opt_ts(r.verified_at)?,
         })
     }
 }

@@ -89,6 +89,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0024_review_campaigns.sql"),
     include_str!("../migrations/0025_inventory_report.sql"),
     include_str!("../migrations/0026_reapproval.sql"),
+    include_str!("../migrations/0028_ssf_subjects.sql"),
 ];
 
 /// The writer connection's page cache, in KiB (as a negative `cache_size`).
@@ -584,6 +585,16 @@ impl Store for SqliteStore {
             })
             .await?;
         rows.into_iter().collect()
+    }
+
+    async fn removed_subjects(&self, stream: mandate_model::StreamId) -> Result<Vec<String>, StoreError> {
+        let stream = stream.to_string();
+        self.read(move |c| {
+            c.prepare_cached("SELECT subject FROM ssf_subjects WHERE stream_id = ?1 ORDER BY subject")?
+                .query_map(params![stream], |r| r.get::<_, String>(0))?
+                .collect::<rusqlite::Result<Vec<_>>>()
+        })
+        .await
     }
 
     async fn due_streams(

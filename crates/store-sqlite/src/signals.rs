@@ -4,7 +4,9 @@
 //! nodes never push one stream at once.
 
 use mandate_core::store::{Mutation, StoreError};
-use mandate_model::ssf::{EventKind, MAX_QUEUED_EVENTS, QueuedEvent, Signal, Stream, StreamStatus};
+use mandate_model::ssf::{
+    EventKind, MAX_QUEUED_EVENTS, MAX_REMOVED_SUBJECTS, QueuedEvent, Signal, Stream, StreamStatus,
+};
 use mandate_store_sql::{SignalRow, StreamRow, ts};
 use rusqlite::{Connection, Row, params};
 
@@ -13,9 +15,14 @@ use crate::writer::exec;
 
 /// What a stream must be to take a new event: not disabled, asking for the
 /// type (`?mask` 0 for the stream's own events, which every stream
-/// takes), and not full.
+/// takes), not full, and not with the event's subject (?2) removed.
 const TAKES: &str = "s.status <> 'disabled' AND (?9 = 0 OR (s.events & ?9) <> 0) \
-     AND (SELECT count(*) FROM ssf_events q WHERE q.stream_id = s.id) < ?10";
+     AND (SELECT count(*) FROM ssf_events q WHERE q.stream_id = s.id) < ?10 \
+     AND NOT EXISTS (SELECT 1 FROM ssf_subjects x WHERE x.stream_id = s.id AND x.subject = ?2)";
+
+fn removed_bound() -> i64 {
+    i64::try_from(MAX_REMOVED_SUBJECTS).unwrap_or(i64::MAX)
+}
 
 /// The bit a stream must ask for to take `kind`, or 0.
 fn mask(kind: EventKind) -> i64 {
@@ -60,8 +67,8 @@ pub(crate) fn apply(conn: &Connection, m: &Mutation) -> Result<u64, StoreError> 
             exec(
                 conn,
                 "INSERT INTO ssf_streams (id, resource_id, audience, status, status_reason, method, endpoint_url, \
-                 sealed_authorization, events, description, created_at, updated_at, failures, next_at, lease_holder, lease_until) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+                 sealed_authorization, events, description, created_at, updated_at, failures, next_at, lease_holder, lease_until, \
+                 verified_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
                 params![
                     r.id,
                     r.resource_id,
@@ -79,6 +86,7 @@ pub(crate) fn apply(conn: &Connection, m: &Mutation) -> Result<u64, StoreError> 
                     r.next_at,
                     r.lease_holder,
                     r.lease_until,
+                    r.verified_at,
                 ],
                 "stream",
             )
@@ -108,6 +116,7 @@ pub(crate) fn apply(conn: &Connection, m: &Mutation) -> Result<u64, StoreError> 
         }
         Mutation::DeleteStream { id } => {
             exec(conn, "DELETE FROM ssf_events WHERE stream_id = ?1", params![id.to_string()], "events")?;
+            exec(conn, "DELETE FROM ssf_subjects WHERE stream_id = ?1", params![id.to_string()], "subjects")?;
             exec(conn, "DELETE FROM ssf_streams WHERE id = ?1", params![id.to_string()], "stream")
         }
         Mutation::SetStreamStatus { id, status, reason, at } => {
@@ -133,6 +142,8 @@ pub(crate) fn apply(conn: &Connection, m: &Mutation) -> Result<u64, StoreError> 
                  WHERE t.revoked_at = ?1 AND s.status <> 'disabled' AND (s.events & ?4) <> 0 \
                  AND (SELECT count(*) FROM ssf_events q WHERE q.stream_id = s.id) < ?5 \
                  AND NOT EXISTS (SELECT 1 FROM ssf_signalled x WHERE x.jti = t.jti) \
+                 AND NOT EXISTS (SELECT 1 FROM ssf_subjects r WHERE r.stream_id = s.id \
+                     AND r.subject IN (t.jti, t.client_id, t.subject, t.grant_id)) \
                  ORDER BY s.id, t.jti",
                 params![
                     ts(*at)?,
@@ -161,6 +172,46 @@ pub(crate) fn apply(conn: &Connection, m: &Mutation) -> Result<u64, StoreError> 
             holder,
         ),
         Mutation::SignalStream { stream, signal } => queue(conn, "s.id = ?7", signal, &stream.to_string()),
+        Mutation::RemoveStreamSubject { stream, subject } => {
+            let stream = stream.to_string();
+            let n = exec(
+                conn,
+                "INSERT INTO ssf_subjects (stream_id, subject) SELECT s.id, ?2 FROM ssf_streams s WHERE s.id = ?1 \
+                 AND (SELECT count(*) FROM ssf_subjects x WHERE x.stream_id = s.id) < ?3 ON CONFLICT DO NOTHING",
+                params![stream, subject, removed_bound()],
+                "subject",
+            )?;
+            if n == 0 {
+                let there: bool = conn
+                    .prepare_cached("SELECT EXISTS (SELECT 1 FROM ssf_subjects WHERE stream_id = ?1 AND subject = ?2)")
+                    .and_then(|mut q| q.query_row(params![stream, subject], |r| r.get(0)))
+                    .map_err(|e| StoreError::Unavailable(format!("subjects: {e}")))?;
+                if !there {
+                    return Err(StoreError::Conflict(format!(
+                        "stream {stream} is missing or has too many subjects removed"
+                    )));
+                }
+            }
+            Ok(n)
+        }
+        Mutation::AddStreamSubject { stream, subject } => exec(
+            conn,
+            "DELETE FROM ssf_subjects WHERE stream_id = ?1 AND subject = ?2",
+            params![stream.to_string(), subject],
+            "subject",
+        ),
+        Mutation::ClaimVerification { stream, at, not_before } => {
+            let n = exec(
+                conn,
+                "UPDATE ssf_streams SET verified_at = ?1 WHERE id = ?2 AND (verified_at IS NULL OR verified_at <= ?3)",
+                params![ts(*at)?, stream.to_string(), ts(*not_before)?],
+                "stream",
+            )?;
+            if n == 0 {
+                return Err(StoreError::Conflict(format!("stream {stream} was verified too recently or is missing")));
+            }
+            Ok(n)
+        }
         Mutation::AckEvents { stream, seqs } => {
             let mut n = 0;
             for seq in seqs {
@@ -233,6 +284,7 @@ pub(crate) fn stream_row(r: &Row<'_>) -> Mapped<Stream> {
         next_at: r.get("next_at")?,
         lease_holder: r.get("lease_holder")?,
         lease_until: r.get("lease_until")?,
+        verified_at: r.get("verified_at")?,
     }))
 }
 

@@ -303,6 +303,10 @@ impl Store for FaultyStore {
         self.gate()?;
         self.inner.queued_events(stream, limit).await
     }
+    async fn removed_subjects(&self, stream: mandate_model::StreamId) -> Result<Vec<String>, StoreError> {
+        self.gate()?;
+        self.inner.removed_subjects(stream).await
+    }
     async fn due_streams(
         &self,
         now: time::OffsetDateTime,

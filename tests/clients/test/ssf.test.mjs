@@ -3,6 +3,7 @@
 // `ssf.manage` token by client_credentials with oauth4webapi, makes the
 // CAEP interoperability profile's transmitter calls (configuration, stream
 // create / get / update / replace / delete, status, verification, poll),
+// removes and adds back a subject (SSF §8.1.3),
 // and verifies every SET with `jose` (panva) against the issuer's
 // `jwks_uri`, `typ: secevent+jwt`: once with SETs signed by the token key
 // (EdDSA) and once with `--ssf-signing-alg RS256`.
@@ -39,12 +40,20 @@ async function world(args) {
   await server.adminOk('PUT', '/v1/policies', { policies: POLICIES });
   const agentKey = await newKey('Ed25519');
   const agent = await createAgent(server, { name: 'ssf agent', owner: alice.id, keys: [agentKey] });
+  const otherKey = await newKey('Ed25519');
+  const other = await createAgent(server, { name: 'ssf other agent', owner: alice.id, keys: [otherKey] });
   const issuer = new URL(server.issuer);
   const as = await oauth.processDiscoveryResponse(
     issuer,
     await oauth.discoveryRequest(issuer, { ...opts, algorithm: 'oauth2' }),
   );
-  return { server, as, rs: { id: rs.id, key: rsKey }, agent: { id: agent.id, key: agentKey } };
+  return {
+    server,
+    as,
+    rs: { id: rs.id, key: rsKey },
+    agent: { id: agent.id, key: agentKey },
+    other: { id: other.id, key: otherKey },
+  };
 }
 
 async function clientCredentials(as, clientId, key, resource, scope) {
@@ -64,7 +73,7 @@ async function call(token, method, url, body) {
 }
 
 async function run(args, expectedAlg) {
-  const { server, as, rs, agent } = await world(args);
+  const { server, as, rs, agent, other } = await world(args);
   // The transmitter's configuration (SSF §7).
   const cfg = await (await fetch(`${server.issuer}/.well-known/ssf-configuration`)).json();
   assert.equal(cfg.issuer, server.issuer);
@@ -102,6 +111,19 @@ async function run(args, expectedAlg) {
   // Status.
   const status = await call(token, 'GET', `${cfg.status_endpoint}?stream_id=${stream.stream_id}`);
   assert.deepEqual(status.body, { stream_id: stream.stream_id, status: 'enabled' });
+  assert.equal(stream.min_verification_interval, 15);
+
+  // Subjects (SSF §8.1.3): every subject is in by default; the receiver
+  // removes the other agent (204), so its revoked token is not signalled.
+  const otherSubject = { stream_id: stream.stream_id, subject: { format: 'opaque', id: other.id } };
+  const removed = await call(token, 'POST', cfg.remove_subject_endpoint, otherSubject);
+  assert.equal(removed.status, 204, JSON.stringify(removed.body));
+  const email = { stream_id: stream.stream_id, subject: { format: 'email', email: 'alice@example.com' } };
+  assert.equal((await call(token, 'POST', cfg.remove_subject_endpoint, email)).status, 404);
+  const own = { stream_id: stream.stream_id, subject: { format: 'opaque', id: stream.stream_id } };
+  assert.equal((await call(token, 'POST', cfg.remove_subject_endpoint, own)).status, 403);
+  const otherToken = await clientCredentials(as, other.id, other.key, RS, 'read');
+  await server.adminOk('POST', `/v1/agents/${other.id}/suspend`);
 
   // The agent gets a token for the calendar; the admin suspends the agent.
   const agentToken = await clientCredentials(as, agent.id, agent.key, RS, 'read');
@@ -118,6 +140,7 @@ async function run(args, expectedAlg) {
   // Poll (RFC 8936) at the stream's endpoint, with an ssf.read token.
   const reader = await clientCredentials(as, rs.id, rs.key, server.issuer, 'ssf.read');
   const polled = await call(reader, 'POST', stream.delivery.endpoint_url, { returnImmediately: true });
+  assert.ok(otherToken);
   assert.equal(polled.status, 200, JSON.stringify(polled.body));
   const sets = Object.entries(polled.body.sets);
   assert.equal(sets.length, 2, JSON.stringify(polled.body));
@@ -145,8 +168,21 @@ async function run(args, expectedAlg) {
   // Unacknowledged SETs come back; acknowledged ones do not.
   const again = await call(reader, 'POST', stream.delivery.endpoint_url, {});
   assert.deepEqual(Object.keys(again.body.sets).sort(), sets.map(([j]) => j).sort());
-  const acked = await call(reader, 'POST', stream.delivery.endpoint_url, { ack: sets.map(([j]) => j) });
+  const acked = await call(reader, 'POST', stream.delivery.endpoint_url, {
+    ack: sets.map(([j]) => j),
+    returnImmediately: true,
+  });
   assert.deepEqual(acked.body, { sets: {}, moreAvailable: false });
+  // Added back (200); a second verification within min_verification_interval is refused (429).
+  const added = await call(token, 'POST', cfg.add_subject_endpoint, otherSubject);
+  assert.equal(added.status, 200, JSON.stringify(added.body));
+  const tooSoon = await fetch(cfg.verification_endpoint, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
+    body: JSON.stringify({ stream_id: stream.stream_id }),
+  });
+  assert.equal(tooSoon.status, 429);
+  assert.ok(Number(tooSoon.headers.get('retry-after')) >= 1);
 
   // Delete.
   const deleted = await fetch(`${cfg.configuration_endpoint}?stream_id=${stream.stream_id}`, {

@@ -88,6 +88,8 @@ struct State {
     ssf_last_seq: u64,
     /// Tokens whose revocation was signalled, with when.
     ssf_signalled: BTreeMap<Jti, OffsetDateTime>,
+    /// Subjects removed from streams (`opaque` ids).
+    ssf_subjects: BTreeMap<(StreamId, String), ()>,
     campaigns: BTreeMap<CampaignId, Campaign>,
     review_items: BTreeMap<ReviewItemId, ReviewItem>,
     epoch: u64,
@@ -285,6 +287,23 @@ fn review_items(s: &mut State) -> &mut BTreeMap<ReviewItemId, ReviewItem> {
 }
 fn ssf_signalled(s: &mut State) -> &mut BTreeMap<Jti, OffsetDateTime> {
     &mut s.ssf_signalled
+}
+fn ssf_subjects(s: &mut State) -> &mut BTreeMap<(StreamId, String), ()> {
+    &mut s.ssf_subjects
+}
+
+/// Whether `subject` was removed from `stream`.
+fn removed(s: &State, stream: StreamId, subject: &str) -> bool {
+    s.ssf_subjects.contains_key(&(stream, subject.to_owned()))
+}
+
+/// The subjects a revoked token's event is about: its `jti`, and the
+/// agent, person and grant behind it (SSF §8.1.3: removing any of them
+/// stops the event).
+fn token_subjects(t: &TokenRecord) -> Vec<String> {
+    let mut v = vec![t.jti.to_string(), t.client_id.to_string(), t.subject.clone()];
+    v.extend(t.grant.map(|g| g.to_string()));
+    v
 }
 
 /// Whether a stream takes new events of `kind`: not disabled, asking for
@@ -1151,6 +1170,11 @@ fn apply_signals(tx: &mut Tx<'_>, m: &Mutation) -> Result<u64, StoreError> {
             for seq in queued {
                 tx.remove(ssf_events, &seq);
             }
+            let subjects: Vec<(StreamId, String)> =
+                tx.state.ssf_subjects.keys().filter(|(st, _)| st == id).cloned().collect();
+            for k in subjects {
+                tx.remove(ssf_subjects, &k);
+            }
             Ok(1)
         }
         Mutation::SetStreamStatus { id, status, reason, at } => {
@@ -1179,15 +1203,15 @@ fn apply_signals(tx: &mut Tx<'_>, m: &Mutation) -> Result<u64, StoreError> {
         }
         Mutation::SignalRevocations { at, cause } => {
             storable(*at)?;
-            let revoked: Vec<(Jti, String)> = tx
+            let revoked: Vec<(Jti, String, Vec<String>)> = tx
                 .state
                 .tokens
                 .values()
                 .filter(|t| t.revoked_at == Some(*at) && !tx.state.ssf_signalled.contains_key(&t.jti))
-                .map(|t| (t.jti, t.audience.clone()))
+                .map(|t| (t.jti, t.audience.clone(), token_subjects(t)))
                 .collect();
             let mut n = 0;
-            for (jti, aud) in revoked {
+            for (jti, aud, about) in revoked {
                 let subject = jti.to_string();
                 let watched =
                     tx.state.streams.values().any(|st| st.audience == aud && st.status != StreamStatus::Disabled);
@@ -1195,7 +1219,11 @@ fn apply_signals(tx: &mut Tx<'_>, m: &Mutation) -> Result<u64, StoreError> {
                     .state
                     .streams
                     .values()
-                    .filter(|st| st.audience == aud && takes(tx.state, st, EventKind::SessionRevoked))
+                    .filter(|st| {
+                        st.audience == aud
+                            && takes(tx.state, st, EventKind::SessionRevoked)
+                            && !about.iter().any(|sub| removed(tx.state, st.id, sub))
+                    })
                     .map(|st| st.id)
                     .collect();
                 if watched {
@@ -1232,7 +1260,11 @@ fn apply_signals(tx: &mut Tx<'_>, m: &Mutation) -> Result<u64, StoreError> {
                 .state
                 .streams
                 .values()
-                .filter(|st| audiences.contains(st.audience.as_str()) && takes(tx.state, st, signal.kind))
+                .filter(|st| {
+                    audiences.contains(st.audience.as_str())
+                        && takes(tx.state, st, signal.kind)
+                        && !removed(tx.state, st.id, &signal.subject)
+                })
                 .map(|st| st.id)
                 .collect();
             let n = targets.len() as u64;
@@ -1243,12 +1275,49 @@ fn apply_signals(tx: &mut Tx<'_>, m: &Mutation) -> Result<u64, StoreError> {
         }
         Mutation::SignalStream { stream, signal } => {
             storable(signal.at)?;
-            let ok = tx.state.streams.get(stream).is_some_and(|st| takes(tx.state, st, signal.kind));
+            let ok = tx
+                .state
+                .streams
+                .get(stream)
+                .is_some_and(|st| takes(tx.state, st, signal.kind) && !removed(tx.state, st.id, &signal.subject));
             if !ok {
                 return Ok(0);
             }
             tx.queue(*stream, signal.clone());
             Ok(1)
+        }
+        Mutation::RemoveStreamSubject { stream, subject } => {
+            require(tx.state.streams.contains_key(stream), "stream")?;
+            let key = (*stream, subject.clone());
+            if tx.state.ssf_subjects.contains_key(&key) {
+                return Ok(0);
+            }
+            let count = tx.state.ssf_subjects.keys().filter(|(st, _)| st == stream).count() as u64;
+            if count >= mandate_model::ssf::MAX_REMOVED_SUBJECTS {
+                return Err(StoreError::Conflict(format!("stream {stream} has too many subjects removed")));
+            }
+            tx.put(ssf_subjects, key, ());
+            Ok(1)
+        }
+        Mutation::AddStreamSubject { stream, subject } => {
+            let key = (*stream, subject.clone());
+            if !tx.state.ssf_subjects.contains_key(&key) {
+                return Ok(0);
+            }
+            tx.remove(ssf_subjects, &key);
+            Ok(1)
+        }
+        Mutation::ClaimVerification { stream, at, not_before } => {
+            storable(*at)?;
+            let n = tx.update(
+                streams,
+                |k, st| k == stream && st.verified_at.is_none_or(|v| v <= *not_before),
+                |st| st.verified_at = Some(*at),
+            );
+            if n == 0 {
+                return Err(StoreError::Conflict(format!("stream {stream} was verified too recently or is missing")));
+            }
+            Ok(n)
         }
         Mutation::AckEvents { stream, seqs } => {
             let mut n = 0;
@@ -1812,6 +1881,10 @@ impl Store for MemoryStore {
 
     async fn queued_events(&self, stream: StreamId, limit: u32) -> Result<Vec<QueuedEvent>, StoreError> {
         self.read(|s| s.ssf_events.values().filter(|e| e.stream == stream).take(limit as usize).cloned().collect())
+    }
+
+    async fn removed_subjects(&self, stream: StreamId) -> Result<Vec<String>, StoreError> {
+        self.read(|s| s.ssf_subjects.keys().filter(|(st, _)| *st == stream).map(|(_, sub)| sub.clone()).collect())
     }
 
     async fn due_streams(&self, now: OffsetDateTime, limit: u32) -> Result<Vec<Stream>, StoreError> {

@@ -881,13 +881,98 @@ async fn signals_written_on_one_node_are_polled_on_the_other() -> anyhow::Result
         jtis.sort();
         anyhow::ensure!(subjects == jtis, "B polled {subjects:?}, A revoked {jtis:?}");
         let acked: Vec<&String> = sets.keys().collect();
-        let (st, out) = b.call(Method::POST, &poll, Some(&on_b), Some(json!({"ack": acked}))).await?;
+        let (st, out) =
+            b.call(Method::POST, &poll, Some(&on_b), Some(json!({"ack": acked, "returnImmediately": true}))).await?;
         anyhow::ensure!(st == 200 && out["sets"] == json!({}), "{out}");
-        let (st, out) = a.call(Method::POST, &poll, Some(&on_a), Some(json!({}))).await?;
+        let (st, out) = a.call(Method::POST, &poll, Some(&on_a), Some(json!({"returnImmediately": true}))).await?;
         anyhow::ensure!(st == 200 && out["sets"] == json!({}), "A still holds acknowledged events: {out}");
+        // A long poll on B (RFC 8936's default) is answered by an event A
+        // queues while it waits, well within the bound (30 s): B looks
+        // again every 250 ms for what other nodes queued.
+        let started = std::time::Instant::now();
+        let verify = async {
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            a.call(Method::POST, "/ssf/verify", Some(&on_a), Some(json!({"stream_id": id, "state": "from A"}))).await
+        };
+        let (polled, verified) = tokio::join!(b.call(Method::POST, &poll, Some(&on_b), Some(json!({}))), verify);
+        anyhow::ensure!(verified?.0 == 204);
+        let (st, out) = polled?;
+        let took = started.elapsed();
+        anyhow::ensure!(st == 200 && out["sets"].as_object().is_some_and(|m| m.len() == 1), "{out}");
+        anyhow::ensure!(took < std::time::Duration::from_secs(5), "B's long poll waited {took:?}");
         a.stop().await?;
         b.stop().await?;
         Ok::<_, anyhow::Error>(())
+    })
+    .await
+}
+
+/// Decision 0031: a starting writer takes a lane no running writer owns
+/// (its node's lock on it is gone with the node) before it makes a new
+/// one, so lanes do not pile up with restarts; a lane a running writer
+/// owns is never taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_starting_writer_reuses_an_idle_lane_and_never_a_live_one() -> anyhow::Result<()> {
+    use mandate_core::store::Change;
+    on_fresh_database(|url| async move {
+        let connect = |url: String| async move {
+            anyhow::Ok(Arc::new(mandate_store_postgres::PostgresStore::connect_with_writers(&url, 1).await?))
+        };
+        let write = |store: Arc<mandate_store_postgres::PostgresStore>, actor: &'static str| async move {
+            let record = mandate_core::AuditRecord::new(mandate_testkit::conformance::event("test.event", actor));
+            store.commit(Change::new().with(record.mutation())).await?;
+            anyhow::Ok(())
+        };
+        let lanes_of = |store: Arc<mandate_store_postgres::PostgresStore>| async move {
+            anyhow::Ok(store.audit_lanes().await?.into_iter().map(|l| l.lane).collect::<Vec<_>>())
+        };
+        let keepers = |url: String| async move {
+            let mut conn = sqlx::PgConnection::connect(&url).await?;
+            let n: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE application_name = $1")
+                .bind(mandate_store_postgres::LANE_KEEPER_APPLICATION_NAME)
+                .fetch_one(&mut conn)
+                .await?;
+            anyhow::Ok(n)
+        };
+        let a = connect(url.clone()).await?;
+        write(a.clone(), "a").await?;
+        let first = lanes_of(a.clone()).await?;
+        anyhow::ensure!(first.len() == 1, "{first:?}");
+        // While A runs, B takes a lane of its own.
+        let b = connect(url.clone()).await?;
+        write(b.clone(), "b").await?;
+        let both = lanes_of(b.clone()).await?;
+        anyhow::ensure!(both.len() == 2 && both.contains(&first[0]), "{both:?}");
+        // A stops; C takes A's lane rather than a new one.
+        drop(a);
+        let mut gone = false;
+        for _ in 0..100 {
+            if keepers(url.clone()).await? == 1 {
+                gone = true;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        anyhow::ensure!(gone, "A's lane keeper did not go");
+        let c = connect(url.clone()).await?;
+        write(c.clone(), "c").await?;
+        let after = lanes_of(c.clone()).await?;
+        anyhow::ensure!(after == both, "C made a new lane: {after:?}, not one of {both:?}");
+        let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_lanes")
+            .fetch_one(&mut sqlx::PgConnection::connect(&url).await?)
+            .await?;
+        anyhow::ensure!(rows == 2, "{rows} lane rows");
+        // B and C, running, write side by side in their own lanes, and the
+        // trail verifies.
+        write(b.clone(), "b2").await?;
+        write(c.clone(), "c2").await?;
+        let report = mandate_core::audit::verify_trail(c.as_ref(), &[], None).await?;
+        anyhow::ensure!(matches!(report, mandate_core::audit::TrailReport::Intact(_)), "{report:?}");
+        let events = c.audit_events(&mandate_core::audit::AuditQuery { limit: 100, ..Default::default() }).await?;
+        let lane_of = |actor: &str| events.iter().find(|e| e.actor.as_deref() == Some(actor)).map(|e| e.lane);
+        anyhow::ensure!(lane_of("a") == lane_of("c") && lane_of("c") == lane_of("c2"), "C writes in A's old lane");
+        anyhow::ensure!(lane_of("b") == lane_of("b2") && lane_of("b") != lane_of("c"), "B keeps its own lane");
+        Ok(())
     })
     .await
 }

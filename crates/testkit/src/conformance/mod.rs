@@ -180,6 +180,8 @@ macro_rules! store_conformance {
                 events_wait_in_order_until_acknowledged,
                 holders_signals_reach_streams_of_their_live_tokens,
                 push_streams_are_leased_to_one_holder_and_paused_by_it,
+                removed_subjects_stop_their_events_until_added_back,
+                verification_requests_are_claimed_once_per_interval,
             }
             audit {
                 audit_events_chain_in_commit_order,

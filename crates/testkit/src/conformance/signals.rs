@@ -30,6 +30,7 @@ fn stream(resource: ResourceId, audience: &str, delivery: StreamDelivery) -> Str
         next_at: t0(),
         lease_holder: None,
         lease_until: None,
+        verified_at: None,
     }
 }
 
@@ -255,5 +256,99 @@ pub async fn push_streams_are_leased_to_one_holder_and_paused_by_it(s: &Arc<dyn 
     one(s, lease("n1", 61)).await?;
     one(s, finish("n1", Some(seq), 0, None)).await?;
     ensure!(s.queued_events(st.id, 10).await?.is_empty(), "the delivered event is forgotten");
+    Ok(())
+}
+
+pub async fn removed_subjects_stop_their_events_until_added_back(s: &Arc<dyn Store>) -> Result<()> {
+    let (u, a, b, g) = people(s, "subjects@example.com").await?;
+    let api = receiver(s, "https://api.example", StreamDelivery::Poll).await?;
+    // A second stream of the same audience keeps every subject.
+    let all = stream(api.resource, "https://api.example", StreamDelivery::Poll);
+    one(s, Mutation::InsertStream(all.clone())).await?;
+    let remove = |stream: StreamId, subject: String| Mutation::RemoveStreamSubject { stream, subject };
+    let add = |stream: StreamId, subject: String| Mutation::AddStreamSubject { stream, subject };
+    ensure!(one(s, remove(api.id, a.id.to_string())).await? == 1);
+    ensure!(one(s, remove(api.id, a.id.to_string())).await? == 0, "removed twice");
+    ensure!(s.removed_subjects(api.id).await? == vec![a.id.to_string()]);
+    ensure!(s.removed_subjects(all.id).await?.is_empty());
+    ensure!(
+        matches!(one(s, remove(StreamId::from_ulid(ulid()), "x".into())).await, Err(StoreError::Conflict(_))),
+        "a subject removed from a missing stream"
+    );
+    // The agent's revoked token, and its credential change, reach only the
+    // stream that kept the agent.
+    let t1 = token(a.id, &u.id.to_string());
+    one(s, Mutation::InsertToken(t1.clone())).await?;
+    let at = t0() + Duration::seconds(10);
+    let change = signal(EventKind::CredentialChange, &a.id.to_string(), at);
+    ensure!(one(s, Mutation::SignalHolders { holder: a.id.to_string(), signal: change.clone() }).await? == 1);
+    let mut revoke = Change::new();
+    revoke.push(Mutation::RevokeToken { jti: t1.jti, at });
+    let signalled = revoke.push(Mutation::SignalRevocations { at, cause: cause() });
+    ensure!(s.commit(revoke).await?.affected(signalled)? == 1, "only the stream that kept the agent");
+    ensure!(s.queued_events(api.id, 10).await?.is_empty(), "events about a removed subject were queued");
+    ensure!(s.queued_events(all.id, 10).await?.len() == 2);
+    // The person, the grant or the jti behind a token each stop its event.
+    ensure!(one(s, add(api.id, a.id.to_string())).await? == 1);
+    ensure!(one(s, add(api.id, a.id.to_string())).await? == 0, "added back twice");
+    ensure!(s.removed_subjects(api.id).await?.is_empty());
+    let by_person = token(b.id, &u.id.to_string());
+    let mut by_grant = token(a.id, &a.id.to_string());
+    by_grant.grant = Some(g.id);
+    let by_jti = token(a.id, &a.id.to_string());
+    let kept = token(a.id, &a.id.to_string());
+    for t in [&by_person, &by_grant, &by_jti, &kept] {
+        one(s, Mutation::InsertToken(t.clone())).await?;
+    }
+    for subject in [u.id.to_string(), g.id.to_string(), by_jti.jti.to_string()] {
+        ensure!(one(s, remove(api.id, subject)).await? == 1);
+    }
+    let at = t0() + Duration::seconds(20);
+    let mut revoke = Change::new();
+    for t in [&by_person, &by_grant, &by_jti, &kept] {
+        revoke.push(Mutation::RevokeToken { jti: t.jti, at });
+    }
+    revoke.push(Mutation::SignalRevocations { at, cause: cause() });
+    s.commit(revoke).await?;
+    let subjects: Vec<String> = s.queued_events(api.id, 10).await?.into_iter().map(|e| e.signal.subject).collect();
+    ensure!(subjects == vec![kept.jti.to_string()], "only the token nothing was removed for: {subjects:?}");
+    ensure!(s.queued_events(all.id, 10).await?.len() == 6, "the other stream took every event");
+    // A stream's own events are not filtered, and the person's holder
+    // signal is.
+    let claims = signal(EventKind::TokenClaimsChange, &u.id.to_string(), t0());
+    let t2 = token(a.id, &u.id.to_string());
+    one(s, Mutation::InsertToken(t2)).await?;
+    ensure!(one(s, Mutation::SignalHolders { holder: u.id.to_string(), signal: claims }).await? == 1);
+    ensure!(
+        one(s, Mutation::SignalStream { stream: api.id, signal: signal(EventKind::Verification, "v", t0()) }).await?
+            == 1
+    );
+    // Deleted with the stream.
+    one(s, Mutation::DeleteStream { id: api.id }).await?;
+    ensure!(s.removed_subjects(api.id).await?.is_empty(), "a deleted stream kept its subjects");
+    Ok(())
+}
+
+pub async fn verification_requests_are_claimed_once_per_interval(s: &Arc<dyn Store>) -> Result<()> {
+    let st = receiver(s, "https://rs.example", StreamDelivery::Poll).await?;
+    let claim = |at: i64| Mutation::ClaimVerification {
+        stream: st.id,
+        at: t0() + Duration::seconds(at),
+        not_before: t0() + Duration::seconds(at - 15),
+    };
+    ensure!(s.stream(st.id).await?.and_then(|x| x.verified_at).is_none());
+    ensure!(one(s, claim(0)).await? == 1);
+    ensure!(s.stream(st.id).await?.and_then(|x| x.verified_at) == Some(t0()));
+    // Too soon: the claim fails and takes the change's other writes with it.
+    let mut change = Change::new();
+    change.push(claim(14));
+    change.push(Mutation::SignalStream { stream: st.id, signal: signal(EventKind::Verification, "v", t0()) });
+    ensure!(matches!(s.commit(change).await, Err(StoreError::Conflict(_))), "a claim too soon");
+    ensure!(s.queued_events(st.id, 10).await?.is_empty(), "the refused claim's event was queued");
+    ensure!(s.stream(st.id).await?.and_then(|x| x.verified_at) == Some(t0()), "a refused claim moved the time");
+    ensure!(one(s, claim(15)).await? == 1, "a claim once the interval passed");
+    ensure!(s.stream(st.id).await?.and_then(|x| x.verified_at) == Some(t0() + Duration::seconds(15)));
+    let missing = Mutation::ClaimVerification { stream: StreamId::from_ulid(ulid()), at: t0(), not_before: t0() };
+    ensure!(matches!(one(s, missing).await, Err(StoreError::Conflict(_))), "a claim on a missing stream");
     Ok(())
 }

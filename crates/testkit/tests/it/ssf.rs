@@ -44,7 +44,11 @@ async fn create(w: &World, token: &str, body: Value) -> Result<Value> {
     Ok(out)
 }
 
-async fn poll(w: &World, token: &str, stream: &Value, body: Value) -> Result<Value> {
+/// An RFC 8936 poll; short (`returnImmediately` true) unless `body` says.
+async fn poll(w: &World, token: &str, stream: &Value, mut body: Value) -> Result<Value> {
+    if let Some(m) = body.as_object_mut() {
+        m.entry("returnImmediately").or_insert(json!(true));
+    }
     let url = stream["delivery"]["endpoint_url"].as_str().context("endpoint_url")?;
     let path = url.strip_prefix(&w.s.issuer).context("the poll URL is the issuer's")?;
     let (st, out) = w.s.call(Method::POST, path, Some(token), Some(body)).await?;
@@ -207,7 +211,9 @@ async fn only_the_receiver_with_its_scope_manages_its_streams() -> Result<()> {
     ensure!(st == 200 && all == json!([]), "{st} {all}");
     let (st, _) = w.s.call(Method::DELETE, &get, Some(&mail_token), None).await?;
     ensure!(st == 404, "another resource deleted the stream: {st}");
-    let (st, _) = w.s.call(Method::POST, &format!("/ssf/poll/{id}"), Some(&mail_token), Some(json!({}))).await?;
+    let (st, _) =
+        w.s.call(Method::POST, &format!("/ssf/poll/{id}"), Some(&mail_token), Some(json!({"returnImmediately": true})))
+            .await?;
     ensure!(st == 404, "another resource polled the stream: {st}");
     let (st, _) = w.s.call(Method::GET, &get, Some(&manage), None).await?;
     ensure!(st == 200, "the stream is still there");
@@ -248,8 +254,22 @@ async fn bad_inputs_change_nothing() -> Result<()> {
         (
             Method::POST,
             "/ssf/subjects:remove",
-            json!({"stream_id": id, "subject": {"format": "opaque", "id": "x"}}),
+            json!({"stream_id": id, "subject": {"format": "opaque", "id": "x", "extra": 1}}),
             400,
+        ),
+        (
+            Method::POST,
+            "/ssf/subjects:remove",
+            json!({"stream_id": id, "subject": {"format": "opaque", "id": ""}}),
+            400,
+        ),
+        (Method::POST, "/ssf/subjects:remove", json!({"stream_id": id, "subject": {"format": "opaque"}}), 400),
+        (Method::POST, "/ssf/subjects:remove", json!({"stream_id": id, "subject": {"id": "x"}}), 400),
+        (
+            Method::POST,
+            "/ssf/subjects:remove",
+            json!({"stream_id": "sst_01ARZ3NDEKTSV4RRFFQ69G5FAV", "subject": {"format": "opaque", "id": "x"}}),
+            404,
         ),
     ];
     for (method, path, body, expected) in bad {
@@ -257,7 +277,8 @@ async fn bad_inputs_change_nothing() -> Result<()> {
         ensure!(st == expected, "{method} {path} {body}: {st} {out}");
         ensure!(out["err"].is_string() && out["description"].is_string(), "an SSF error body: {out}");
     }
-    // Adding a subject is accepted (every subject is in already).
+    // Adding a subject that was never removed changes nothing (every
+    // subject is in already).
     let add = json!({"stream_id": id, "subject": {"format": "opaque", "id": "tok_x"}});
     let (st, _) = w.s.call(Method::POST, "/ssf/subjects:add", Some(&manage), Some(add)).await?;
     ensure!(st == 200, "add subject: {st}");
@@ -524,8 +545,13 @@ async fn a_set_the_receiver_refuses_is_dropped_and_the_stream_goes_on() -> Resul
         .call(Method::POST, "/ssf/verify", Some(&manage), Some(json!({"stream_id": s["stream_id"], "state": "one"})))
         .await?;
     ensure!(st == 204);
-    w.s.call(Method::POST, "/ssf/verify", Some(&manage), Some(json!({"stream_id": s["stream_id"], "state": "two"})))
+    // min_verification_interval apart.
+    w.s.clock.advance(time::Duration::seconds(15));
+    let (st, _) = w
+        .s
+        .call(Method::POST, "/ssf/verify", Some(&manage), Some(json!({"stream_id": s["stream_id"], "state": "two"})))
         .await?;
+    ensure!(st == 204);
     let mut got = Vec::new();
     for _ in 0..100 {
         got = rx.got();
@@ -592,8 +618,11 @@ async fn sets_are_signed_with_rs256_when_asked_and_access_tokens_are_not() -> Re
     // period (token lifetime and leeway), for a SET signed just before.
     let kids = rsa_kids(&rotated);
     ensure!(kids.len() == 2 && kids[0] != rsa[0]["kid"] && kids[1] == rsa[0]["kid"], "{rotated}");
-    w.s.call(Method::POST, "/ssf/verify", Some(&manage), Some(json!({"stream_id": s["stream_id"], "state": "r2"})))
-        .await?;
+    w.s.clock.advance(time::Duration::seconds(15));
+    let (st, _) =
+        w.s.call(Method::POST, "/ssf/verify", Some(&manage), Some(json!({"stream_id": s["stream_id"], "state": "r2"})))
+            .await?;
+    ensure!(st == 204);
     let out = poll(&w, &manage, &s, json!({})).await?;
     let mut signed_by = None;
     for set in out["sets"].as_object().context("sets")?.values() {
@@ -608,5 +637,187 @@ async fn sets_are_signed_with_rs256_when_asked_and_access_tokens_are_not() -> Re
     w.s.mandate.sync_from_store().await?;
     let (_, later) = w.s.call(Method::GET, "/jwks.json", None, None).await?;
     ensure!(rsa_kids(&later) == vec![kids[0].clone()], "{later}");
+    Ok(())
+}
+
+/// The planner revokes its own access token (RFC 7009).
+async fn revoke_as_planner(w: &World, tokens: &Value) -> Result<()> {
+    let a = w.s.assertion(&w.planner, json!({}));
+    let token = tokens["access_token"].as_str().context("token")?;
+    let (st, _) = w.s.form_asserted(&a, "/oauth/revoke", &[("token", token)]).await?;
+    ensure!(st == 200, "revoke: {st}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn subjects_removed_from_a_stream_stop_their_events_until_added_back() -> Result<()> {
+    let w = world().await?;
+    let manage = receiver_token(&w, "ssf.manage").await?;
+    let s = create(&w, &manage, json!({"delivery": {"method": POLL}})).await?;
+    let id = s["stream_id"].as_str().context("stream_id")?.to_owned();
+    // A second stream of the calendar keeps every subject.
+    let all = create(&w, &manage, json!({"delivery": {"method": POLL}})).await?;
+    let subject = |v: &str| json!({"stream_id": id, "subject": {"format": "opaque", "id": v}});
+    let call = |path: &'static str, body: Value| {
+        let manage = manage.clone();
+        let w = &w;
+        async move { w.s.call(Method::POST, path, Some(&manage), Some(body)).await }
+    };
+    // SSF §8.1.3.3: 204, and again for a subject removed already.
+    for _ in 0..2 {
+        let (st, out) = call("/ssf/subjects:remove", subject(&w.planner.id)).await?;
+        ensure!(st == 204, "remove: {st} {out}");
+    }
+    // Neither the planner's revoked token nor its credential change
+    // reaches the stream; the other stream gets both.
+    let t1 = planner_tokens(&w).await?;
+    let (st, body) =
+        w.s.admin(Method::PATCH, &format!("/v1/agents/{}", w.planner.id), Some(json!({"federated_credentials": []})))
+            .await?;
+    ensure!(st == 200, "{st} {body}");
+    revoke_as_planner(&w, &t1).await?;
+    let (sets, _) = polled(&w, &manage, &s, json!({})).await?;
+    ensure!(sets.is_empty(), "events about a removed subject: {sets:?}");
+    let (others, _) = polled(&w, &manage, &all, json!({})).await?;
+    let kinds: Vec<&str> =
+        others.iter().filter_map(|(_, c)| c["events"].as_object()?.keys().next().map(String::as_str)).collect();
+    ensure!(kinds == vec![CREDENTIAL_CHANGE, SESSION_REVOKED], "the stream that kept every subject: {kinds:?}");
+    // Added back (200): the planner's next revocation arrives.
+    let (st, _) = call("/ssf/subjects:add", subject(&w.planner.id)).await?;
+    ensure!(st == 200, "add: {st}");
+    let t2 = planner_tokens(&w).await?;
+    revoke_as_planner(&w, &t2).await?;
+    let (sets, _) = polled(&w, &manage, &s, json!({})).await?;
+    ensure!(
+        sets.len() == 1 && sets[0].1["sub_id"]["id"] == jti_of(&t2).as_str(),
+        "after the subject was added back: {sets:?}"
+    );
+    let seen: Vec<String> = sets.iter().map(|(j, _)| j.clone()).collect();
+    polled(&w, &manage, &s, json!({"ack": seen})).await?;
+    // The person behind the token, or its grant, stops it too.
+    let (st, _) = call("/ssf/subjects:remove", subject(&w.alice)).await?;
+    ensure!(st == 204);
+    let t3 = planner_tokens(&w).await?;
+    revoke_as_planner(&w, &t3).await?;
+    let t4 = planner_tokens(&w).await?;
+    let grant = claims(t4["access_token"].as_str().context("token")?)["grant_id"].as_str().context("grant")?.to_owned();
+    let (st, _) = call("/ssf/subjects:add", subject(&w.alice)).await?;
+    ensure!(st == 200);
+    let (st, _) = call("/ssf/subjects:remove", subject(&grant)).await?;
+    ensure!(st == 204);
+    revoke_as_planner(&w, &t4).await?;
+    let (sets, _) = polled(&w, &manage, &s, json!({})).await?;
+    ensure!(sets.is_empty(), "events about a removed person or grant: {sets:?}");
+    // Formats Mandate does not name subjects by: every subject of them is
+    // in already (200); removing one is not recognized (404).
+    let email = json!({"stream_id": id, "subject": {"format": "email", "email": "alice@example.com"}});
+    let (st, _) = call("/ssf/subjects:add", email.clone()).await?;
+    ensure!(st == 200, "add an email subject: {st}");
+    let (st, out) = call("/ssf/subjects:remove", email).await?;
+    ensure!(st == 404 && out["err"] == "not_found", "remove an email subject: {st} {out}");
+    // The stream's own subject stays (SSF §8.1.4.1): 403.
+    let (st, out) = call("/ssf/subjects:remove", subject(&id)).await?;
+    ensure!(st == 403 && out["err"] == "access_denied", "{st} {out}");
+    // ssf.read does not change subjects; another receiver's stream is not found.
+    let read = receiver_token(&w, "ssf.read").await?;
+    let (st, _) = w.s.call(Method::POST, "/ssf/subjects:remove", Some(&read), Some(subject("x"))).await?;
+    ensure!(st == 403, "ssf.read removed a subject: {st}");
+    // Audited.
+    let audited: Vec<String> =
+        w.s.audit("type=ssf.stream_updated")
+            .await?
+            .iter()
+            .filter_map(|e| e["reason"].as_str().map(str::to_owned))
+            .collect();
+    let removed_planner = format!("subject removed: opaque {}", w.planner.id);
+    ensure!(audited.iter().filter(|r| **r == removed_planner).count() == 2, "{audited:?}");
+    ensure!(audited.contains(&format!("subject added: opaque {}", w.planner.id)), "{audited:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn verification_requests_are_paced_by_min_verification_interval() -> Result<()> {
+    let w = world().await?;
+    let manage = receiver_token(&w, "ssf.manage").await?;
+    let s = create(&w, &manage, json!({"delivery": {"method": POLL}})).await?;
+    ensure!(s["min_verification_interval"] == 15, "{s}");
+    let other = create(&w, &manage, json!({"delivery": {"method": POLL}})).await?;
+    let verify = |stream: &Value, state: &str| {
+        let req =
+            w.s.http
+                .post(format!("{}/ssf/verify", w.s.url))
+                .bearer_auth(&manage)
+                .json(&json!({"stream_id": stream["stream_id"], "state": state}));
+        async move {
+            let r = req.send().await?;
+            let retry = r.headers().get("retry-after").and_then(|v| v.to_str().ok()).map(str::to_owned);
+            let status = r.status().as_u16();
+            let body: Value = serde_json::from_str(&r.text().await?).unwrap_or(Value::Null);
+            anyhow::Ok((status, retry, body))
+        }
+    };
+    let (st, _, _) = verify(&s, "one").await?;
+    ensure!(st == 204);
+    // SSF §8.1.4.2: 429 within the interval, with how long to wait.
+    let (st, retry, body) = verify(&s, "two").await?;
+    ensure!(st == 429 && retry.as_deref() == Some("15") && body["err"].is_string(), "{st} {retry:?} {body}");
+    w.s.clock.advance(time::Duration::seconds(14));
+    let (st, retry, _) = verify(&s, "three").await?;
+    ensure!(st == 429 && retry.as_deref() == Some("1"), "{st} {retry:?}");
+    // Another stream is paced on its own.
+    let (st, _, _) = verify(&other, "elsewhere").await?;
+    ensure!(st == 204);
+    w.s.clock.advance(time::Duration::seconds(1));
+    let (st, _, _) = verify(&s, "four").await?;
+    ensure!(st == 204, "once the interval passed: {st}");
+    // The refused requests queued nothing.
+    let (sets, _) = polled(&w, &manage, &s, json!({})).await?;
+    let states: Vec<&str> = sets.iter().filter_map(|(_, c)| c["events"][VERIFICATION]["state"].as_str()).collect();
+    ensure!(states == vec!["one", "four"], "{states:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_long_poll_waits_for_an_event_up_to_its_bound() -> Result<()> {
+    let w = World::new(
+        TestServer::start_with(|c| {
+            c.dev_loopback_fetch = true;
+            c.ssf_long_poll = 2;
+        })
+        .await?,
+    )
+    .await?;
+    let manage = receiver_token(&w, "ssf.manage").await?;
+    let s = create(&w, &manage, json!({"delivery": {"method": POLL}})).await?;
+    let path = format!("/ssf/poll/{}", s["stream_id"].as_str().context("stream_id")?);
+    let timed = |body: Value| {
+        let (w, manage, path) = (&w, manage.clone(), path.clone());
+        async move {
+            let started = std::time::Instant::now();
+            let (st, out) = w.s.call(Method::POST, &path, Some(&manage), Some(body)).await?;
+            ensure!(st == 200, "poll: {st} {out}");
+            anyhow::Ok((out, started.elapsed()))
+        }
+    };
+    // RFC 8936 §2.4.1: without returnImmediately, a poll with nothing to
+    // return waits for the bound, then answers empty.
+    let (out, took) = timed(json!({})).await?;
+    ensure!(out == json!({"sets": {}, "moreAvailable": false}) && took >= Duration::from_millis(1900), "{took:?}");
+    // returnImmediately, or maxEvents 0 (acknowledgement only), answer at once.
+    let (_, took) = timed(json!({"returnImmediately": true})).await?;
+    ensure!(took < Duration::from_secs(1), "{took:?}");
+    let (_, took) = timed(json!({"maxEvents": 0})).await?;
+    ensure!(took < Duration::from_secs(1), "{took:?}");
+    // An event queued while the poll waits answers it at once.
+    let verify = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        w.s.call(Method::POST, "/ssf/verify", Some(&manage), Some(json!({"stream_id": s["stream_id"], "state": "w"})))
+            .await
+    };
+    let (polled, verified) = tokio::join!(timed(json!({"returnImmediately": false})), verify);
+    ensure!(verified?.0 == 204);
+    let (out, took) = polled?;
+    ensure!(out["sets"].as_object().is_some_and(|m| m.len() == 1), "{out}");
+    ensure!(took < Duration::from_millis(1500), "the poll waited for its bound: {took:?}");
     Ok(())
 }
