@@ -19,9 +19,9 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use mandate_audit::Event;
-use mandate_model::{AgentId, UserId};
 use mandate_model::actors::ActorName;
 use mandate_model::records::{Agent, AgentKind, Grant, Resource, User, UserStatus};
+use mandate_model::{AgentId, UserId};
 use serde::Serialize;
 use serde_json::{Value, json};
 use time::{Duration, OffsetDateTime};
@@ -279,12 +279,7 @@ impl Mandate {
     /// owners, spawn counts and live grants, the events of the persistent
     /// ones and of the grants inside the window, and each grant's first
     /// token; plus one read per resource a check event names.
-    pub async fn findings_page(
-        &self,
-        t: Thresholds,
-        before: Option<AgentId>,
-        limit: u32,
-    ) -> Result<ReviewPage, Error> {
+    pub async fn findings_page(&self, t: Thresholds, before: Option<AgentId>, limit: u32) -> Result<ReviewPage, Error> {
         let now = self.clock.now();
         let stale_since = now - Duration::days(i64::from(t.stale_days));
         let unused_since = now - Duration::days(i64::from(t.unused_days));
@@ -299,7 +294,8 @@ impl Mandate {
         // Newest first, through the index of agents that are not retired:
         // retired history is never read.
         // One more than the page, to know whether another follows.
-        let q = AgentListQuery { not_retired: true, before, limit: limit.saturating_add(1), ..AgentListQuery::default() };
+        let q =
+            AgentListQuery { not_retired: true, before, limit: limit.saturating_add(1), ..AgentListQuery::default() };
         let mut page: Vec<Agent> = self.store.list_agents(&q).await?.into_iter().map(|a| a.agent).collect();
         let full = page.len() > limit as usize;
         page.truncate(limit as usize);

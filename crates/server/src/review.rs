@@ -34,18 +34,19 @@ pub async fn findings(
 ) -> Result<Response, Problem> {
     let q = query(raw.as_deref(), REVIEW_PARAMS)?;
     let mut o = ThresholdOverrides::default();
-    for (k, slot) in
-        [("stale_days", &mut o.stale_days), ("unused_days", &mut o.unused_days), ("expiring_days", &mut o.expiring_days)]
-    {
-        *slot = q
-            .get(k)
-            .map(|v| {
-                v.parse::<u32>()
-                    .ok()
-                    .filter(|d| *d <= MAX_DAYS)
-                    .ok_or_else(|| Problem::bad_input(format!("{k} must be a whole number of days, 0 to {MAX_DAYS}")))
-            })
-            .transpose()?;
+    for (k, slot) in [
+        ("stale_days", &mut o.stale_days),
+        ("unused_days", &mut o.unused_days),
+        ("expiring_days", &mut o.expiring_days),
+    ] {
+        *slot =
+            q.get(k)
+                .map(|v| {
+                    v.parse::<u32>().ok().filter(|d| *d <= MAX_DAYS).ok_or_else(|| {
+                        Problem::bad_input(format!("{k} must be a whole number of days, 0 to {MAX_DAYS}"))
+                    })
+                })
+                .transpose()?;
     }
     let before = after::<AgentId>("review", q.get("cursor"))?;
     let page = s.mandate.review(c, o, before, limit(&q)?).await?;

@@ -770,7 +770,8 @@ impl Store for PostgresStore {
         rows.iter()
             .map(|r| {
                 let parent: String = get(r, "parent")?;
-                let parent = parent.parse::<AgentId>().map_err(|_| StoreError::Corrupt(format!("agent id {parent}")))?;
+                let parent =
+                    parent.parse::<AgentId>().map_err(|_| StoreError::Corrupt(format!("agent id {parent}")))?;
                 let n: i64 = get(r, "n")?;
                 Ok((parent, u64::try_from(n).map_err(|_| StoreError::Corrupt("a negative count".into()))?))
             })

@@ -815,7 +815,8 @@ impl Store for SqliteStore {
             .await?;
         rows.into_iter()
             .map(|(parent, n)| {
-                let parent = parent.parse::<AgentId>().map_err(|_| StoreError::Corrupt(format!("agent id {parent}")))?;
+                let parent =
+                    parent.parse::<AgentId>().map_err(|_| StoreError::Corrupt(format!("agent id {parent}")))?;
                 Ok((parent, u64::try_from(n).map_err(|_| StoreError::Corrupt("a negative count".into()))?))
             })
             .collect()

@@ -6,11 +6,11 @@ use std::sync::Arc;
 use anyhow::{Result, ensure};
 use mandate_core::audit::{AuditBatch, AuditKey};
 use mandate_core::store::{CampaignQuery, Change, Mutation, ReviewItemQuery, Store, StoreError};
+use mandate_model::records::GrantStatus;
 use mandate_model::review::{
     Campaign, CampaignDefault, CampaignScope, CampaignStatus, Decision, FindingSnapshot, Outcome, ReviewItem,
     SuggestionSnapshot,
 };
-use mandate_model::records::GrantStatus;
 use mandate_model::{CampaignId, ReviewItemId, ScopeSet, UserId};
 use time::Duration;
 
