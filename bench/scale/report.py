@@ -42,7 +42,12 @@ def main():
     if rev:
         print()
         for r in rev:
-            print(f"- review {r['store']} {r['what']}: {r['ms']} ms, findings {r.get('findings')}, "
+            paged = ""
+            if r.get("limit"):
+                paged = (f" (limit {r['limit']}: {r.get('pages')} pages of {r.get('agents')} agents, page p50/p95/max "
+                         f"{(r.get('page_ms') or {}).get('p50')} / {(r.get('page_ms') or {}).get('p95')} / "
+                         f"{(r.get('page_ms') or {}).get('max')} ms, {r.get('bytes')} bytes)")
+            print(f"- review {r['store']} {r['what']}{paged}: {r['ms']} ms, findings {r.get('findings')}, "
                   f"exit {r.get('exit', '—')}, RSS/HWM {r['rss_hwm_mib']} MiB")
     runs = {}
     for p in sorted(glob.glob(os.path.join(d, "load.*.*.*.json"))):

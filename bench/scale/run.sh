@@ -19,9 +19,10 @@
 # ($SCALE_DIR/results), MANDATE_BIN, SCALE_BIN (the seeder),
 # BENCH_DURATION (15), BENCH_ROUNDS (3), BENCH_CONCURRENCY (64),
 # SCALE_SAMPLES (20), SCALE_DEEP (100 pages of 1,000 for the deep cursor),
-# SCALE_REVIEW_RUNS (2), SCALE_REVIEW_TIMEOUT (900 s: a review that takes
-# longer is recorded with `findings: null`), SCALE_CLI_REVIEW (1: also time
-# `mandate review`).
+# SCALE_REVIEW_RUNS (2), SCALE_REVIEW_LIMITS ("100 500": agents per page of
+# GET /v1/review, each walked to the end by review.py), SCALE_REVIEW_TIMEOUT
+# (900 s: a review that takes longer is recorded with `findings: null`),
+# SCALE_CLI_REVIEW (1: also time `mandate review`).
 set -euo pipefail
 
 MODE="${1:-all}"
@@ -193,20 +194,22 @@ lists() {
       log "$name: RSS/HWM after the lists: $(rss "$pid")"
     fi
     local t0 ms n
-    for i in $(seq 1 "${SCALE_REVIEW_RUNS:-2}"); do
-      t0="$(now)"
-      if curl -sf --max-time "${SCALE_REVIEW_TIMEOUT:-900}" "$url/v1/review" -H "Authorization: Bearer $ADMIN" \
-        -o "$WORK/review.$name.json"; then
-        n="$(jq '(.findings // .) | length' "$WORK/review.$name.json")"
-      else
-        n=null
-        echo '[]' >"$WORK/review.$name.json"
-      fi
-      ms="$(since "$t0")"
-      log "$name: GET /v1/review #$i: $ms ms, $n findings, $(wc -c <"$WORK/review.$name.json") bytes; RSS/HWM $(rss "$pid")"
-      echo "{\"store\":\"$name\",\"what\":\"GET /v1/review\",\"run\":$i,\"ms\":$ms,\"findings\":$n,\"rss_hwm_mib\":\"$(rss "$pid")\"}" >>"$OUT/review.jsonl"
+    # The whole review, a page of agents at a time (ADR 0038), at each
+    # page size in SCALE_REVIEW_LIMITS, SCALE_REVIEW_RUNS times.
+    for limit in ${SCALE_REVIEW_LIMITS:-100 500}; do
+      for i in $(seq 1 "${SCALE_REVIEW_RUNS:-2}"); do
+        if timeout "${SCALE_REVIEW_TIMEOUT:-900}" python3 "$ROOT/bench/scale/review.py" --base "$url" --token "$ADMIN" \
+          --limit "$limit" >"$WORK/review.$name.json"; then
+          :
+        else
+          echo '{"ms": null, "findings": null}' >"$WORK/review.$name.json"
+        fi
+        log "$name: GET /v1/review (limit $limit) #$i: $(cat "$WORK/review.$name.json"); RSS/HWM $(rss "$pid")"
+        jq -c --arg store "$name" --argjson run "$i" --arg rss "$(rss "$pid")" \
+          '{store: $store, what: "GET /v1/review", run: $run, limit, ms, pages, agents, findings, page_ms, bytes, kinds, rss_hwm_mib: $rss}' \
+          "$WORK/review.$name.json" >>"$OUT/review.jsonl"
+      done
     done
-    jq -c '[(.findings // .)[] | .kind] | group_by(.) | map({(.[0]): length}) | add' "$WORK/review.$name.json" >"$OUT/review.kinds.$name.json"
     [[ "${SCALE_CLI_REVIEW:-1}" == 1 ]] || continue
     t0="$(now)"
     local rc=0

@@ -145,7 +145,8 @@ enum Command {
     /// Print shell completions: `mandate completions bash > /etc/bash_completion.d/mandate`.
     Completions { shell: clap_complete::Shell },
     /// The access review's findings from a running server (`GET
-    /// /v1/review`): exit 0 when there are none, 3 when there are some.
+    /// /v1/review`, every page): exit 0 when there are none, 1 when there
+    /// are some.
     Review(review::ReviewArgs),
 }
 

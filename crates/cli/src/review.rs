@@ -2,6 +2,8 @@
 //! running server; `mandate review campaigns|items|decide` for its
 //! campaigns (crates/cli/src/admin).
 
+use std::io::Write;
+
 use anyhow::Result;
 use clap::Args;
 use serde_json::Value;
@@ -26,10 +28,16 @@ pub struct ReviewArgs {
     /// Days ahead in which an ending grant is reported as expiring.
     #[arg(long)]
     expiring_days: Option<u32>,
+    /// Agents the server reviews per request (1 to 1,000); the command
+    /// follows the pages to the end either way.
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    page_size: u32,
 }
 
 /// `Ok(true)` when there are no findings; `main` exits 1 when there are
-/// some (the answer is no), and by the refusal's code on errors.
+/// some (the answer is no), and by the refusal's code on errors. Follows
+/// the review's pages to the end, printing each as it arrives, so that
+/// neither side holds every finding.
 pub async fn run(args: ReviewArgs) -> Result<bool> {
     if let Some(command) = args.command {
         // Not clap's `args_conflicts_with_subcommands`: it also refuses the
@@ -40,7 +48,9 @@ pub async fn run(args: ReviewArgs) -> Result<bool> {
         crate::admin::review(command, args.out).await?;
         return Ok(true);
     }
-    let mut query = Vec::new();
+    // Each request reviews one page of agents, so it stays short however
+    // large the store (ADR 0038); the client's per-request timeout holds.
+    let mut query = vec![("limit", args.page_size.to_string())];
     for (name, v) in
         [("stale_days", args.stale_days), ("unused_days", args.unused_days), ("expiring_days", args.expiring_days)]
     {
@@ -49,22 +59,51 @@ pub async fn run(args: ReviewArgs) -> Result<bool> {
         }
     }
     let api = Api::new(&args.out.server)?;
-    let answer = api.get("/v1/review", &query).await?;
-    let findings = answer.get("findings").and_then(Value::as_array).cloned().unwrap_or_default();
-    if args.out.server.json {
-        println!("{}", serde_json::to_string_pretty(&answer)?);
-    } else {
-        print!("{}", table(&findings));
+    let json = args.out.server.json;
+    let mut count = 0usize;
+    // The first page before any output: a refused token or threshold
+    // prints nothing but the error.
+    let mut answer = api.get("/v1/review", &query).await?;
+    let mut stdout = std::io::stdout().lock();
+    if json {
+        // One JSON document, `{"findings": [...]}`, written a page at a time.
+        write!(stdout, "{{\"findings\": [")?;
     }
-    Ok(findings.is_empty())
+    loop {
+        let findings = answer.get("findings").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+        if json {
+            for f in findings {
+                write!(stdout, "{}\n  {}", if count == 0 { "" } else { "," }, serde_json::to_string(f)?)?;
+                count += 1;
+            }
+        } else if !findings.is_empty() {
+            write!(stdout, "{}", table(findings, count == 0))?;
+            count += findings.len();
+        }
+        stdout.flush()?;
+        match answer.get("next_cursor").and_then(Value::as_str) {
+            Some(next) => {
+                query.retain(|(k, _)| *k != "cursor");
+                query.push(("cursor", next.to_owned()));
+            }
+            None => break,
+        }
+        answer = api.get("/v1/review", &query).await?;
+    }
+    if json {
+        writeln!(stdout, "{}]}}", if count == 0 { "" } else { "\n" })?;
+    } else if count == 0 {
+        writeln!(stdout, "no findings")?;
+    } else {
+        writeln!(stdout, "{count} finding(s)")?;
+    }
+    Ok(count == 0)
 }
 
-/// Findings as a plain-text table: kind, subject, owner, suggestion, and
-/// the evidence on one line.
-fn table(findings: &[Value]) -> String {
-    if findings.is_empty() {
-        return "no findings\n".into();
-    }
+/// A page of findings as a plain-text table: kind, subject, owner,
+/// suggestion, and the evidence on one line; the header when `head`.
+/// Columns are as wide as this page needs.
+fn table(findings: &[Value], head: bool) -> String {
     let text = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).unwrap_or("-").to_owned();
     let rows: Vec<[String; 5]> = findings
         .iter()
@@ -79,8 +118,8 @@ fn table(findings: &[Value]) -> String {
             [text(f, "kind"), text(f, "subject"), text(f, "owner"), suggestion, evidence]
         })
         .collect();
-    let head = ["KIND", "SUBJECT", "OWNER", "SUGGESTION", "EVIDENCE"];
-    let mut widths = head.map(str::len);
+    let header = ["KIND", "SUBJECT", "OWNER", "SUGGESTION", "EVIDENCE"];
+    let mut widths = header.map(str::len);
     for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row.iter()) {
             *w = (*w).max(cell.chars().count());
@@ -98,11 +137,10 @@ fn table(findings: &[Value]) -> String {
         out.push('\n');
         out
     };
-    let mut out = line(head);
+    let mut out = if head { line(header) } else { String::new() };
     for [kind, subject, owner, suggestion, evidence] in &rows {
         out.push_str(&line([kind, subject, owner, suggestion, evidence]));
     }
-    out.push_str(&format!("{} finding(s)\n", rows.len()));
     out
 }
 
@@ -111,14 +149,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_table_lists_each_finding_and_the_count() {
+    fn a_table_lists_each_finding_and_the_header_once() {
         let f = serde_json::json!([{
             "id": "fnd_1", "kind": "over_broad", "subject": "agt_1", "owner": "usr_1",
             "evidence": {"unused": ["write"]}, "suggestion": {"action": "narrow", "scopes": ["read"]}
         }]);
-        let t = table(f.as_array().map(Vec::as_slice).unwrap_or_default());
+        let page = f.as_array().map(Vec::as_slice).unwrap_or_default();
+        let t = table(page, true);
         assert!(t.starts_with("KIND"), "{t}");
-        assert!(t.contains("over_broad") && t.contains("narrow to read") && t.contains("1 finding(s)"), "{t}");
-        assert_eq!(table(&[]), "no findings\n");
+        assert!(t.contains("over_broad") && t.contains("narrow to read"), "{t}");
+        let next = table(page, false);
+        assert!(!next.contains("KIND") && next.starts_with("over_broad"), "{next}");
     }
 }

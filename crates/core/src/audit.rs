@@ -289,6 +289,42 @@ pub struct AuditQuery {
     pub lane: Option<u64>,
 }
 
+/// Which column an [`AuditBatch`] selects events by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuditKey {
+    /// `actor`: the agent that acted.
+    Actor,
+    /// `grant_id`: the grant a token or check was under.
+    Grant,
+}
+
+/// The events of many actors or grants in one read: the access review's
+/// per-page read (ADR 0038). Each key's events come in `seq` order, at most
+/// `per_key` of them (its first, by `seq`); keys in key order. Every value
+/// is bound as a parameter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditBatch {
+    pub by: AuditKey,
+    pub keys: Vec<String>,
+    /// Only events of this type.
+    pub kind: Option<String>,
+    /// Only events with `seq` greater than this.
+    pub after: u64,
+    /// An event time (see [`event_time`]); events at or after it.
+    pub since: Option<String>,
+    pub per_key: u32,
+}
+
+impl AuditBatch {
+    /// The key of `e` this batch selects by.
+    pub fn key_of<'e>(&self, e: &'e Event) -> Option<&'e str> {
+        match self.by {
+            AuditKey::Actor => e.actor.as_deref(),
+            AuditKey::Grant => e.grant_id.as_deref(),
+        }
+    }
+}
+
 /// The head of one lane of the trail: its last event, and whether a stored
 /// checkpoint already vouches for it.
 #[derive(Debug, Clone, PartialEq, Eq)]

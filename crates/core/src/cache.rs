@@ -361,6 +361,19 @@ impl Store for CachingStore {
     async fn spawned_since(&self, parent: AgentId, since: OffsetDateTime) -> Result<u64, StoreError> {
         self.inner.spawned_since(parent, since).await
     }
+    async fn spawn_counts(
+        &self,
+        parents: &[AgentId],
+        since: OffsetDateTime,
+    ) -> Result<Vec<(AgentId, u64)>, StoreError> {
+        self.inner.spawn_counts(parents, since).await
+    }
+    async fn live_grants_of(&self, agents: &[AgentId], now: OffsetDateTime) -> Result<Vec<Grant>, StoreError> {
+        self.inner.live_grants_of(agents, now).await
+    }
+    async fn users_by_ids(&self, ids: &[UserId]) -> Result<Vec<User>, StoreError> {
+        self.inner.users_by_ids(ids).await
+    }
     async fn campaign(
         &self,
         id: mandate_model::CampaignId,
@@ -409,6 +422,9 @@ impl Store for CachingStore {
     }
     async fn audit_events(&self, query: &AuditQuery) -> Result<Vec<Event>, StoreError> {
         self.inner.audit_events(query).await
+    }
+    async fn audit_events_of(&self, batch: &crate::audit::AuditBatch) -> Result<Vec<Event>, StoreError> {
+        self.inner.audit_events_of(batch).await
     }
     async fn audit_checkpoints(&self, after: u64, limit: u32) -> Result<Vec<Checkpoint>, StoreError> {
         self.inner.audit_checkpoints(after, limit).await

@@ -27,6 +27,8 @@ use crate::store::{CampaignProgress, CampaignQuery, Change, Handle, Mutation, Re
 
 /// The most items one campaign holds: it is created in one transaction.
 pub const MAX_CAMPAIGN_ITEMS: usize = 10_000;
+/// Agents per page of the review a campaign walks.
+const CAMPAIGN_REVIEW_PAGE: u32 = 500;
 /// The furthest a deadline may be, in days.
 pub const MAX_DEADLINE_DAYS: i64 = 366;
 /// Campaigns, and items of each, that one housekeeping pass settles.
@@ -169,17 +171,26 @@ impl Mandate {
         {
             return Err(Error::BadInput("scope.resource: no resource has this identifier".into()));
         }
+        // A page of the review at a time, stopping as soon as the scope
+        // holds too many: what is held is bounded by the cap.
         let mut findings = Vec::new();
-        for f in self.findings(self.config().review).await? {
-            if in_scope(self, &scope, &f).await? && self.store.user(f.owner).await?.is_some() {
-                findings.push(f);
+        let mut before = None;
+        loop {
+            let page = self.findings_page(self.config().review, before, CAMPAIGN_REVIEW_PAGE).await?;
+            for f in page.findings {
+                if in_scope(self, &scope, &f).await? && self.store.user(f.owner).await?.is_some() {
+                    findings.push(f);
+                }
             }
-        }
-        if findings.len() > MAX_CAMPAIGN_ITEMS {
-            return Err(Error::BadInput(format!(
-                "the scope holds {} findings, more than {MAX_CAMPAIGN_ITEMS}: narrow it by owner or resource",
-                findings.len()
-            )));
+            if findings.len() > MAX_CAMPAIGN_ITEMS {
+                return Err(Error::BadInput(format!(
+                    "the scope holds more than {MAX_CAMPAIGN_ITEMS} findings: narrow it by owner or resource"
+                )));
+            }
+            match page.next {
+                Some(next) => before = Some(next),
+                None => break,
+            }
         }
         let campaign = Campaign {
             id: CampaignId::from_ulid(new_ulid(self.clock.as_ref(), self.rng.as_ref())?),

@@ -2,42 +2,40 @@
 //! delegation records (agents and grants), each with its evidence and a
 //! suggested action, computed from the records and the audit trail.
 //!
-//! Cost. The review walks the agents that are not retired a page at a time
-//! (an index on the live ones), and for each reads its grants (by agent),
-//! the children it spawned in the last day (a count by parent), and the
-//! audit events it or its grants produced inside the window (by actor and
-//! by grant, starting at the first event of the window, found once by a
-//! binary search on `seq`). So it costs O(live agents + their grants +
-//! their events in the window) indexed reads and holds one page of agents
-//! plus the findings in memory; retired agents, revoked grants and events
-//! before the window are never read. Per agent or grant at most
-//! [`MAX_EVENTS_PER_SUBJECT`] events are read: past that it counts as used,
-//! and no narrower set is suggested.
+//! Cost (ADR 0038). The review walks the agents that are not retired a
+//! page at a time (an index on the live ones), newest first. For a page it
+//! reads, with one query each: the owners, the children each agent
+//! spawned in the last day, the live grants of the page's agents, the
+//! audit events of its persistent agents and of those grants inside the
+//! window (by actor and by grant, starting at the first event of the
+//! window, found by a binary search on `seq`), and each grant's first
+//! token. So a page costs a fixed number of reads, the whole review
+//! O(live agents + their grants + their events in the window) rows, and
+//! memory holds one page: `GET /v1/review` answers a page and a cursor.
+//! Retired agents, revoked grants and events before the window are never
+//! read. Per agent or grant at most [`MAX_EVENTS_PER_SUBJECT`] events are
+//! counted: past that it counts as used, and no narrower set is suggested.
 
-use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use mandate_audit::Event;
-use mandate_model::UserId;
 use mandate_model::actors::ActorName;
 use mandate_model::records::{Agent, AgentKind, Grant, Resource, User, UserStatus};
+use mandate_model::{AgentId, UserId};
 use serde::Serialize;
 use serde_json::{Value, json};
 use time::{Duration, OffsetDateTime};
 
-use crate::audit::{AuditQuery, event_time, kind};
+use crate::audit::{AuditBatch, AuditKey, AuditQuery, event_time, kind};
 use crate::service::{Caller, Mandate};
-use crate::store::{AgentListQuery, GrantQuery};
+use crate::store::AgentListQuery;
 use crate::{Error, secrets};
 
-/// Agents read per page.
+/// Agents per page when the whole review is walked inside the server
+/// (campaigns, gauges).
 const AGENT_PAGE: u32 = 500;
-/// Most grants of one agent the review reads.
-const MAX_GRANTS_PER_AGENT: u32 = 1_000;
-/// Most audit events read about one agent or grant inside the window.
+/// Most audit events counted about one agent or grant inside the window.
 pub const MAX_EVENTS_PER_SUBJECT: usize = 5_000;
-/// Events read per audit query.
-const EVENT_PAGE: u32 = 1_000;
 /// The longest window a threshold may name, days.
 pub const MAX_DAYS: u32 = 3_650;
 /// How far before the first event of the window, in `seq`, the reads
@@ -195,9 +193,42 @@ struct Windows {
     expiring: Duration,
 }
 
+/// One page of a review: the findings about a page of agents (each agent's
+/// own, then its grants'), and the agent the next page starts below, if
+/// another follows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReviewPage {
+    pub findings: Vec<Finding>,
+    /// How many agents this page reviewed.
+    pub agents: usize,
+    /// The cursor: the last agent reviewed, when more follow.
+    pub next: Option<AgentId>,
+}
+
+/// What one page's batched reads brought: everything the findings of its
+/// agents and their live grants need, read with one query per kind.
+struct PageReads {
+    owners: HashMap<UserId, User>,
+    spawned: HashMap<AgentId, u64>,
+    grants: HashMap<AgentId, Vec<Grant>>,
+    /// Events in the windows by actor (persistent agents) and by grant.
+    by_actor: HashMap<String, Vec<Event>>,
+    by_grant: HashMap<String, Vec<Event>>,
+    /// Each grant's first token (its `jti`): the one that came with it.
+    first_jti: HashMap<String, String>,
+    resources: HashMap<String, Option<Resource>>,
+}
+
 impl Mandate {
-    /// `GET /v1/review`: the admin and auditors only.
-    pub async fn review(&self, caller: Caller, overrides: ThresholdOverrides) -> Result<Vec<Finding>, Error> {
+    /// `GET /v1/review`: the admin and auditors only. One page of `limit`
+    /// agents (newest first, below `before`) and their grants.
+    pub async fn review(
+        &self,
+        caller: Caller,
+        overrides: ThresholdOverrides,
+        before: Option<AgentId>,
+        limit: u32,
+    ) -> Result<ReviewPage, Error> {
         let thresholds = self.config().review.with(overrides)?;
         if let Some(u) = caller.person()
             && !self.is_auditor(u).await?
@@ -206,12 +237,49 @@ impl Mandate {
             self.record_admin_refusal(kind::ADMIN_DENIED, Some(caller), why).await?;
             return Err(Error::Forbidden(why.into()));
         }
-        self.findings(thresholds).await
+        self.findings_page(thresholds, before, limit).await
     }
 
     /// Every finding under `t`, newest agent first (each agent's own, then
-    /// its grants').
+    /// its grants'), a page at a time. Holds them all: for what needs the
+    /// whole list (a campaign, which is capped, and tests).
     pub async fn findings(&self, t: Thresholds) -> Result<Vec<Finding>, Error> {
+        let mut out = Vec::new();
+        let mut before = None;
+        loop {
+            let page = self.findings_page(t, before, AGENT_PAGE).await?;
+            out.extend(page.findings);
+            match page.next {
+                Some(next) => before = Some(next),
+                None => return Ok(out),
+            }
+        }
+    }
+
+    /// How many findings of each kind there are under `t`, a page at a
+    /// time, holding one page's findings at once (the review gauges).
+    pub async fn finding_counts(&self, t: Thresholds) -> Result<BTreeMap<FindingKind, u64>, Error> {
+        let mut counts: BTreeMap<FindingKind, u64> = FindingKind::ALL.iter().map(|k| (*k, 0)).collect();
+        let mut before = None;
+        loop {
+            let page = self.findings_page(t, before, AGENT_PAGE).await?;
+            for f in &page.findings {
+                *counts.entry(f.kind).or_default() += 1;
+            }
+            match page.next {
+                Some(next) => before = Some(next),
+                None => return Ok(counts),
+            }
+        }
+    }
+
+    /// The findings about the `limit` newest agents that are not retired
+    /// below `before`, and their live grants. A page costs a fixed number
+    /// of store reads (ADR 0038), whatever its size: the agents, their
+    /// owners, spawn counts and live grants, the events of the persistent
+    /// ones and of the grants inside the window, and each grant's first
+    /// token; plus one read per resource a check event names.
+    pub async fn findings_page(&self, t: Thresholds, before: Option<AgentId>, limit: u32) -> Result<ReviewPage, Error> {
         let now = self.clock.now();
         let stale_since = now - Duration::days(i64::from(t.stale_days));
         let unused_since = now - Duration::days(i64::from(t.unused_days));
@@ -223,266 +291,104 @@ impl Mandate {
             earliest: event_time(earliest),
             expiring: Duration::days(i64::from(t.expiring_days)),
         };
+        // Newest first, through the index of agents that are not retired:
+        // retired history is never read.
+        // One more than the page, to know whether another follows.
+        let q =
+            AgentListQuery { not_retired: true, before, limit: limit.saturating_add(1), ..AgentListQuery::default() };
+        let mut page: Vec<Agent> = self.store.list_agents(&q).await?.into_iter().map(|a| a.agent).collect();
+        let full = page.len() > limit as usize;
+        page.truncate(limit as usize);
+        let next = if full { page.last().map(|a| a.id) } else { None };
+        if page.is_empty() {
+            return Ok(ReviewPage { findings: Vec::new(), agents: 0, next });
+        }
         let floor = self.first_seq_since(&windows.earliest).await?;
-        let mut owners: HashMap<UserId, Option<User>> = HashMap::new();
-        let mut resources: HashMap<String, Option<Resource>> = HashMap::new();
+        let reads = self.page_reads(&page, now, &windows, floor).await?;
         let mut out = Vec::new();
-        // Newest first, a page at a time, through the index of agents that
-        // are not retired: retired history is never read.
-        let mut before = None;
-        loop {
-            let q = AgentListQuery { not_retired: true, before, limit: AGENT_PAGE, ..AgentListQuery::default() };
-            let page: Vec<Agent> = self.store.list_agents(&q).await?.into_iter().map(|a| a.agent).collect();
-            let Some(last) = page.last() else { break };
-            before = Some(last.id);
-            for agent in &page {
-                if let Entry::Vacant(slot) = owners.entry(agent.owner) {
-                    slot.insert(self.store.user(agent.owner).await?);
-                }
-                let owner = owners.get(&agent.owner).and_then(Option::as_ref);
-                self.review_agent(agent, owner, &t, now, &windows, floor, &mut resources, &mut out).await?;
-                let grants = self
-                    .store
-                    .grants(&GrantQuery { agent: Some(agent.id), limit: MAX_GRANTS_PER_AGENT, ..GrantQuery::default() })
-                    .await?;
-                for g in grants.iter().filter(|g| g.is_live(now)) {
-                    self.review_grant(agent, g, expiring_before, &windows, floor, &mut resources, &mut out).await?;
-                }
+        for agent in &page {
+            let owner = reads.owners.get(&agent.owner);
+            review_agent(agent, owner, &t, now, &windows, &reads, &mut out);
+            for g in reads.grants.get(&agent.id).into_iter().flatten() {
+                review_grant(agent, g, expiring_before, &windows, &reads, &mut out);
             }
         }
-        Ok(out)
+        Ok(ReviewPage { findings: out, agents: page.len(), next })
     }
 
-    #[allow(clippy::too_many_arguments)]
-    async fn review_agent(
+    /// The batched reads of one page of agents.
+    async fn page_reads(
         &self,
-        agent: &Agent,
-        owner: Option<&User>,
-        t: &Thresholds,
+        page: &[Agent],
         now: OffsetDateTime,
         w: &Windows,
         floor: u64,
-        resources: &mut HashMap<String, Option<Resource>>,
-        out: &mut Vec<Finding>,
-    ) -> Result<(), Error> {
-        let subject = agent.id.to_string();
-        let owner_status = owner.map(|o| o.status);
-        if owner_status != Some(UserStatus::Active) {
-            let status = match owner_status {
-                Some(UserStatus::Disabled) => "disabled",
-                _ => "missing",
-            };
-            out.push(Finding::new(
-                FindingKind::Orphaned,
-                subject.clone(),
-                agent.owner,
-                json!({ "owner": agent.owner, "owner_status": status }),
-                Suggestion::act("reassign"),
-            ));
+    ) -> Result<PageReads, Error> {
+        let ids: Vec<AgentId> = page.iter().map(|a| a.id).collect();
+        let owner_ids: Vec<UserId> = page.iter().map(|a| a.owner).collect::<BTreeSet<_>>().into_iter().collect();
+        let owners = self.store.users_by_ids(&owner_ids).await?.into_iter().map(|u| (u.id, u)).collect();
+        let spawned = self.store.spawn_counts(&ids, now - Duration::days(1)).await?.into_iter().collect();
+        let mut grants: HashMap<AgentId, Vec<Grant>> = HashMap::new();
+        for g in self.store.live_grants_of(&ids, now).await? {
+            grants.entry(g.agent).or_default().push(g);
         }
-        if agent.kind == AgentKind::Ephemeral
-            && let Some(expired) = agent.expires_at.filter(|e| *e <= now)
-        {
-            out.push(Finding::new(
-                FindingKind::Sprawl,
-                subject.clone(),
-                agent.owner,
-                json!({ "reason": "alive past its TTL", "expires_at": rfc3339(expired), "parent": agent.parent }),
-                Suggestion::act("retire"),
-            ));
-        }
-        let spawned = self.store.spawned_since(agent.id, now - Duration::days(1)).await?;
-        if spawned > t.spawn_rate {
-            out.push(Finding::new(
-                FindingKind::Sprawl,
-                subject.clone(),
-                agent.owner,
-                json!({ "reason": "spawn rate", "spawned_24h": spawned, "threshold": t.spawn_rate }),
-                Suggestion::act("limit"),
-            ));
-        }
-        // Ephemeral agents end by themselves; only persistent ones go stale.
-        if agent.kind != AgentKind::Persistent {
-            return Ok(());
-        }
-        let q = AuditQuery { actor: Some(subject.clone()), ..AuditQuery::default() };
-        let used = self.usage(q, None, w, floor, resources).await?;
-        let created = event_time(agent.created_at);
-        if created <= w.stale && !used.used_recently {
-            out.push(Finding::new(
-                FindingKind::Stale,
-                subject.clone(),
-                agent.owner,
-                json!({ "created_at": rfc3339(agent.created_at), "used_since": w.stale, "uses": 0 }),
-                Suggestion::act("retire"),
-            ));
-            return Ok(());
-        }
-        if let Some(ceiling) = &agent.scopes
-            && created <= w.unused
-        {
-            push_over_broad(out, subject, agent.owner, ceiling.iter().map(|s| s.as_str().to_owned()), &used, w);
-        }
-        Ok(())
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    async fn review_grant(
-        &self,
-        agent: &Agent,
-        g: &Grant,
-        expiring_before: OffsetDateTime,
-        w: &Windows,
-        floor: u64,
-        resources: &mut HashMap<String, Option<Resource>>,
-        out: &mut Vec<Finding>,
-    ) -> Result<(), Error> {
-        let subject = g.id.to_string();
-        if is_expiring(g, expiring_before, w.expiring) {
-            out.push(Finding::new(
-                FindingKind::Expiring,
-                subject.clone(),
-                agent.owner,
-                json!({ "expires_at": rfc3339(g.expires_at), "user": g.user, "agent": g.agent, "resource": g.resource }),
-                Suggestion::act("reapprove"),
-            ));
-        }
+        let grant_keys: Vec<String> = grants.values().flatten().map(|g| g.id.to_string()).collect();
+        // Ephemeral agents are never stale, so only persistent ones' use is read.
+        let persistent: Vec<String> =
+            page.iter().filter(|a| a.kind == AgentKind::Persistent).map(|a| a.id.to_string()).collect();
+        let in_window = |by: AuditKey, keys: Vec<String>| AuditBatch {
+            by,
+            keys,
+            kind: None,
+            after: floor,
+            since: Some(w.earliest.clone()),
+            // One more than is counted, to know the cap was passed.
+            per_key: MAX_EVENTS_PER_SUBJECT as u32 + 1,
+        };
+        let by_actor = self.review_events(in_window(AuditKey::Actor, persistent)).await?;
+        let by_grant = self.review_events(in_window(AuditKey::Grant, grant_keys.clone())).await?;
         // DESIGN §12: a token counts as use only after the grant's first.
-        let first = AuditQuery {
-            grant: Some(subject.clone()),
+        let first = AuditBatch {
+            by: AuditKey::Grant,
+            keys: grant_keys,
             kind: Some(kind::TOKEN_ISSUED.into()),
-            limit: 1,
-            ..AuditQuery::default()
+            after: 0,
+            since: None,
+            per_key: 1,
         };
-        let first_jti = self.store.audit_events(&first).await?.into_iter().next().and_then(|e| e.jti);
-        let q = AuditQuery { grant: Some(subject.clone()), ..AuditQuery::default() };
-        let used = self.usage(q, first_jti.as_deref(), w, floor, resources).await?;
-        let created = event_time(g.created_at);
-        if created <= w.stale && !used.used_recently {
-            out.push(Finding::new(
-                FindingKind::Stale,
-                subject.clone(),
-                agent.owner,
-                json!({
-                    "created_at": rfc3339(g.created_at), "used_since": w.stale, "uses": 0,
-                    "user": g.user, "agent": g.agent, "resource": g.resource,
-                }),
-                Suggestion::act("revoke"),
-            ));
-            return Ok(());
+        let first_jti = self
+            .review_events(first)
+            .await?
+            .into_iter()
+            .filter_map(|(grant, events)| events.into_iter().next().and_then(|e| e.jti).map(|jti| (grant, jti)))
+            .collect();
+        let apis: BTreeSet<String> = by_actor
+            .values()
+            .chain(by_grant.values())
+            .flatten()
+            .filter(|e| e.kind == kind::CHECK)
+            .filter_map(|e| e.resource.clone())
+            .collect();
+        let mut resources: HashMap<String, Option<Resource>> = HashMap::new();
+        for api in apis {
+            let found = self.store.resource_by_identifier(&api).await?;
+            resources.insert(api, found);
         }
-        if created > w.unused {
-            return Ok(());
-        }
-        push_over_broad(out, subject.clone(), agent.owner, g.scopes.iter().map(|s| s.as_str().to_owned()), &used, w);
-        if let Some(may_act) = &g.may_act
-            && !used.truncated
-        {
-            let unused: Vec<String> = may_act
-                .names()
-                .filter(|n| match n {
-                    ActorName::Agent(a) => !used.exchanged_by.contains(&a.to_string()),
-                    // A group is used when anyone acted by exchange.
-                    ActorName::Group(_) => used.exchanged_by.is_empty(),
-                })
-                .map(ToString::to_string)
-                .collect();
-            if !unused.is_empty() {
-                let keep: Vec<String> =
-                    may_act.names().map(ToString::to_string).filter(|n| !unused.contains(n)).collect();
-                out.push(Finding::new(
-                    FindingKind::UnusedDelegation,
-                    subject,
-                    agent.owner,
-                    json!({ "may_act": may_act.names().map(ToString::to_string).collect::<Vec<_>>(),
-                            "unused": unused, "used_since": w.unused }),
-                    if keep.is_empty() {
-                        Suggestion::act("revoke")
-                    } else {
-                        Suggestion { action: "narrow", scopes: None, may_act: Some(keep) }
-                    },
-                ));
-            }
-        }
-        Ok(())
+        Ok(PageReads { owners, spawned, grants, by_actor, by_grant, first_jti, resources })
     }
 
-    /// Reads the events `q` selects inside the window (at most
-    /// [`MAX_EVENTS_PER_SUBJECT`]) and sums up their use: tokens issued
-    /// (but not `first_jti`) and allowed checks.
-    async fn usage(
-        &self,
-        mut q: AuditQuery,
-        first_jti: Option<&str>,
-        w: &Windows,
-        floor: u64,
-        resources: &mut HashMap<String, Option<Resource>>,
-    ) -> Result<Use, Error> {
-        let mut used = Use::default();
-        q.since = Some(w.earliest.clone());
-        q.after = floor;
-        q.limit = EVENT_PAGE;
-        let mut read = 0usize;
-        loop {
-            let events = self.store.audit_events(&q).await?;
-            let full = events.len() == EVENT_PAGE as usize;
-            for e in &events {
-                self.count_use(e, first_jti, w, resources, &mut used).await?;
-            }
-            read += events.len();
-            match events.last() {
-                Some(last) if full && read < MAX_EVENTS_PER_SUBJECT => q.after = last.seq,
-                Some(_) if full => {
-                    used.truncated = true;
-                    used.used_recently = true;
-                    break;
-                }
-                _ => break,
+    /// The events of a batch, by key. No read for no keys.
+    async fn review_events(&self, batch: AuditBatch) -> Result<HashMap<String, Vec<Event>>, Error> {
+        let mut out: HashMap<String, Vec<Event>> = HashMap::new();
+        if batch.keys.is_empty() {
+            return Ok(out);
+        }
+        for e in self.store.audit_events_of(&batch).await? {
+            if let Some(key) = batch.key_of(&e) {
+                out.entry(key.to_owned()).or_default().push(e);
             }
         }
-        Ok(used)
-    }
-
-    async fn count_use(
-        &self,
-        e: &Event,
-        first_jti: Option<&str>,
-        w: &Windows,
-        resources: &mut HashMap<String, Option<Resource>>,
-        used: &mut Use,
-    ) -> Result<(), Error> {
-        let allowed = e.decision.as_deref() == Some("allow");
-        let scopes: Vec<String> = if e.kind == kind::TOKEN_ISSUED {
-            if first_jti.is_some() && e.jti.as_deref() == first_jti {
-                return Ok(());
-            }
-            e.scope.as_deref().unwrap_or_default().split(' ').filter(|s| !s.is_empty()).map(str::to_owned).collect()
-        } else if e.kind == kind::CHECK && allowed {
-            match (&e.resource, &e.action) {
-                (Some(api), Some(action)) => {
-                    if let Entry::Vacant(slot) = resources.entry(api.clone()) {
-                        slot.insert(self.store.resource_by_identifier(api).await?);
-                    }
-                    resources.get(api).and_then(Option::as_ref).map(|r| covering(&r.scopes, action)).unwrap_or_default()
-                }
-                _ => Vec::new(),
-            }
-        } else {
-            return Ok(());
-        };
-        if e.time >= w.stale {
-            used.used_recently = true;
-        }
-        if e.time >= w.unused {
-            if e.kind == kind::TOKEN_ISSUED
-                && e.parent.is_some()
-                && let Some(actor) = &e.actor
-            {
-                used.exchanged_by.insert(actor.clone());
-            }
-            used.scopes.extend(scopes);
-        }
-        Ok(())
+        Ok(out)
     }
 
     /// The `after` cursor from which reads see every event at or after
@@ -503,6 +409,200 @@ impl Mandate {
             }
         }
         Ok(lo.saturating_sub(SEQ_MARGIN))
+    }
+}
+
+fn review_agent(
+    agent: &Agent,
+    owner: Option<&User>,
+    t: &Thresholds,
+    now: OffsetDateTime,
+    w: &Windows,
+    reads: &PageReads,
+    out: &mut Vec<Finding>,
+) {
+    let subject = agent.id.to_string();
+    let owner_status = owner.map(|o| o.status);
+    if owner_status != Some(UserStatus::Active) {
+        let status = match owner_status {
+            Some(UserStatus::Disabled) => "disabled",
+            _ => "missing",
+        };
+        out.push(Finding::new(
+            FindingKind::Orphaned,
+            subject.clone(),
+            agent.owner,
+            json!({ "owner": agent.owner, "owner_status": status }),
+            Suggestion::act("reassign"),
+        ));
+    }
+    if agent.kind == AgentKind::Ephemeral
+        && let Some(expired) = agent.expires_at.filter(|e| *e <= now)
+    {
+        out.push(Finding::new(
+            FindingKind::Sprawl,
+            subject.clone(),
+            agent.owner,
+            json!({ "reason": "alive past its TTL", "expires_at": rfc3339(expired), "parent": agent.parent }),
+            Suggestion::act("retire"),
+        ));
+    }
+    let spawned = reads.spawned.get(&agent.id).copied().unwrap_or(0);
+    if spawned > t.spawn_rate {
+        out.push(Finding::new(
+            FindingKind::Sprawl,
+            subject.clone(),
+            agent.owner,
+            json!({ "reason": "spawn rate", "spawned_24h": spawned, "threshold": t.spawn_rate }),
+            Suggestion::act("limit"),
+        ));
+    }
+    // Ephemeral agents end by themselves; only persistent ones go stale.
+    if agent.kind != AgentKind::Persistent {
+        return;
+    }
+    let used = usage(reads.by_actor.get(&subject), None, w, &reads.resources);
+    let created = event_time(agent.created_at);
+    if created <= w.stale && !used.used_recently {
+        out.push(Finding::new(
+            FindingKind::Stale,
+            subject.clone(),
+            agent.owner,
+            json!({ "created_at": rfc3339(agent.created_at), "used_since": w.stale, "uses": 0 }),
+            Suggestion::act("retire"),
+        ));
+        return;
+    }
+    if let Some(ceiling) = &agent.scopes
+        && created <= w.unused
+    {
+        push_over_broad(out, subject, agent.owner, ceiling.iter().map(|s| s.as_str().to_owned()), &used, w);
+    }
+}
+
+fn review_grant(
+    agent: &Agent,
+    g: &Grant,
+    expiring_before: OffsetDateTime,
+    w: &Windows,
+    reads: &PageReads,
+    out: &mut Vec<Finding>,
+) {
+    let subject = g.id.to_string();
+    if is_expiring(g, expiring_before, w.expiring) {
+        out.push(Finding::new(
+            FindingKind::Expiring,
+            subject.clone(),
+            agent.owner,
+            json!({ "expires_at": rfc3339(g.expires_at), "user": g.user, "agent": g.agent, "resource": g.resource }),
+            Suggestion::act("reapprove"),
+        ));
+    }
+    let first_jti = reads.first_jti.get(&subject).map(String::as_str);
+    let used = usage(reads.by_grant.get(&subject), first_jti, w, &reads.resources);
+    let created = event_time(g.created_at);
+    if created <= w.stale && !used.used_recently {
+        out.push(Finding::new(
+            FindingKind::Stale,
+            subject.clone(),
+            agent.owner,
+            json!({
+                "created_at": rfc3339(g.created_at), "used_since": w.stale, "uses": 0,
+                "user": g.user, "agent": g.agent, "resource": g.resource,
+            }),
+            Suggestion::act("revoke"),
+        ));
+        return;
+    }
+    if created > w.unused {
+        return;
+    }
+    push_over_broad(out, subject.clone(), agent.owner, g.scopes.iter().map(|s| s.as_str().to_owned()), &used, w);
+    if let Some(may_act) = &g.may_act
+        && !used.truncated
+    {
+        let unused: Vec<String> = may_act
+            .names()
+            .filter(|n| match n {
+                ActorName::Agent(a) => !used.exchanged_by.contains(&a.to_string()),
+                // A group is used when anyone acted by exchange.
+                ActorName::Group(_) => used.exchanged_by.is_empty(),
+            })
+            .map(ToString::to_string)
+            .collect();
+        if !unused.is_empty() {
+            let keep: Vec<String> = may_act.names().map(ToString::to_string).filter(|n| !unused.contains(n)).collect();
+            out.push(Finding::new(
+                FindingKind::UnusedDelegation,
+                subject,
+                agent.owner,
+                json!({ "may_act": may_act.names().map(ToString::to_string).collect::<Vec<_>>(),
+                        "unused": unused, "used_since": w.unused }),
+                if keep.is_empty() {
+                    Suggestion::act("revoke")
+                } else {
+                    Suggestion { action: "narrow", scopes: None, may_act: Some(keep) }
+                },
+            ));
+        }
+    }
+}
+
+/// Sums up the use in one agent's or grant's events inside the window (at
+/// most [`MAX_EVENTS_PER_SUBJECT`]; past that everything counts as used):
+/// tokens issued (but not `first_jti`) and allowed checks.
+fn usage(
+    events: Option<&Vec<Event>>,
+    first_jti: Option<&str>,
+    w: &Windows,
+    resources: &HashMap<String, Option<Resource>>,
+) -> Use {
+    let mut used = Use::default();
+    let events = events.map(Vec::as_slice).unwrap_or_default();
+    for e in events.iter().take(MAX_EVENTS_PER_SUBJECT) {
+        count_use(e, first_jti, w, resources, &mut used);
+    }
+    if events.len() > MAX_EVENTS_PER_SUBJECT {
+        used.truncated = true;
+        used.used_recently = true;
+    }
+    used
+}
+
+fn count_use(
+    e: &Event,
+    first_jti: Option<&str>,
+    w: &Windows,
+    resources: &HashMap<String, Option<Resource>>,
+    used: &mut Use,
+) {
+    let allowed = e.decision.as_deref() == Some("allow");
+    let scopes: Vec<String> = if e.kind == kind::TOKEN_ISSUED {
+        if first_jti.is_some() && e.jti.as_deref() == first_jti {
+            return;
+        }
+        e.scope.as_deref().unwrap_or_default().split(' ').filter(|s| !s.is_empty()).map(str::to_owned).collect()
+    } else if e.kind == kind::CHECK && allowed {
+        match (&e.resource, &e.action) {
+            (Some(api), Some(action)) => {
+                resources.get(api).and_then(Option::as_ref).map(|r| covering(&r.scopes, action)).unwrap_or_default()
+            }
+            _ => Vec::new(),
+        }
+    } else {
+        return;
+    };
+    if e.time >= w.stale {
+        used.used_recently = true;
+    }
+    if e.time >= w.unused {
+        if e.kind == kind::TOKEN_ISSUED
+            && e.parent.is_some()
+            && let Some(actor) = &e.actor
+        {
+            used.exchanged_by.insert(actor.clone());
+        }
+        used.scopes.extend(scopes);
     }
 }
 

@@ -1204,6 +1204,18 @@ pub trait Store: Send + Sync + 'static {
     /// included (the access review's spawn rate).
     async fn spawned_since(&self, parent: AgentId, since: OffsetDateTime) -> Result<u64, StoreError>;
 
+    /// The children each of `parents` spawned at or after `since`, retired
+    /// ones included, for the parents that spawned any: one read for a page
+    /// of the access review (ADR 0038).
+    async fn spawn_counts(&self, parents: &[AgentId], since: OffsetDateTime)
+    -> Result<Vec<(AgentId, u64)>, StoreError>;
+    /// The grants to any of `agents` that are active and unexpired at `now`
+    /// (see [`Grant::is_live`]), newest first: one read for a page of the
+    /// access review.
+    async fn live_grants_of(&self, agents: &[AgentId], now: OffsetDateTime) -> Result<Vec<Grant>, StoreError>;
+    /// The people with these ids (those that exist), by id.
+    async fn users_by_ids(&self, ids: &[UserId]) -> Result<Vec<User>, StoreError>;
+
     /// A review campaign.
     async fn campaign(
         &self,
@@ -1268,6 +1280,10 @@ pub trait Store: Send + Sync + 'static {
     /// Events matching `query`, in `seq` order, after `query.after`, at most
     /// `query.limit`.
     async fn audit_events(&self, query: &crate::audit::AuditQuery) -> Result<Vec<Event>, StoreError>;
+    /// The events of many actors or grants (see
+    /// [`crate::audit::AuditBatch`]): by key, then `seq`, at most
+    /// `per_key` a key.
+    async fn audit_events_of(&self, batch: &crate::audit::AuditBatch) -> Result<Vec<Event>, StoreError>;
     /// Checkpoints with `seq` greater than `after`, in order.
     async fn audit_checkpoints(&self, after: u64, limit: u32) -> Result<Vec<Checkpoint>, StoreError>;
     async fn last_audit_checkpoint(&self) -> Result<Option<Checkpoint>, StoreError>;

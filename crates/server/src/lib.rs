@@ -425,10 +425,10 @@ const REVIEW_GAUGE_EVERY: u64 = 600;
 /// Sets `mandate_review_findings{kind}` from a review at the server's
 /// thresholds; one label per finding kind, never per record.
 async fn review_gauges(mandate: &mandate_core::Mandate) {
-    match mandate.findings(mandate.config().review).await {
-        Ok(findings) => {
-            for kind in mandate_core::review::FindingKind::ALL {
-                let n = findings.iter().filter(|f| f.kind == kind).count();
+    // Counted a page at a time: the findings are never all held at once.
+    match mandate.finding_counts(mandate.config().review).await {
+        Ok(counts) => {
+            for (kind, n) in counts {
                 metrics::gauge!("mandate_review_findings", "kind" => kind.as_str()).set(n as f64);
             }
         }

@@ -206,12 +206,14 @@ pub const OPERATIONS: &[Operation] = &[
         "get",
         "/v1/review",
         "review",
-        "Access review findings: stale, over_broad, orphaned, sprawl, expiring, unused_delegation (admin, auditors)",
+        "Access review findings about a page of agents and their grants: stale, over_broad, orphaned, sprawl, expiring, unused_delegation; {findings, agents_reviewed, next_cursor} (admin, auditors)",
     )
     .query(&[
         ("stale_days", "days without use before stale (default 30; 0 = now)"),
         ("unused_days", "days a scope or delegation may go unused (default 30)"),
         ("expiring_days", "days ahead an ending grant is expiring (default 7)"),
+        ("limit", "agents per page, newest first (default 100, at most 1,000)"),
+        CURSOR,
     ]),
     op(
         "get",

@@ -11,7 +11,7 @@ use mandate_core::campaigns::CampaignView;
 use mandate_core::review::{MAX_DAYS, ThresholdOverrides};
 use mandate_core::store::{CampaignProgress, CampaignQuery, LapsedQuery, ReviewItemQuery};
 use mandate_model::review::{CampaignDefault, CampaignScope, CampaignStatus, Decision};
-use mandate_model::{CampaignId, GrantId, ReviewItemId, UserId};
+use mandate_model::{AgentId, CampaignId, GrantId, ReviewItemId, UserId};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -22,41 +22,44 @@ use crate::error::Problem;
 use crate::extract::StrictJson;
 use crate::inventory::{after, cursor, limit, named, page, time_param};
 
-/// `GET /v1/review?stale_days=&unused_days=&expiring_days=`: every finding,
-/// for the admin and auditors. Each threshold is 0 (now) to 3650 days.
+/// `GET /v1/review?stale_days=&unused_days=&expiring_days=&limit=&cursor=`:
+/// the findings about a page of `limit` agents (1 to 1,000, default 100;
+/// newest first) and their grants, for the admin and auditors, with the
+/// cursor of the next page (ADR 0038). Each threshold is 0 (now) to 3650
+/// days.
 pub async fn findings(
     State(s): State<AppState>,
     Authed(c): Authed,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, Problem> {
+    let q = query(raw.as_deref(), REVIEW_PARAMS)?;
     let mut o = ThresholdOverrides::default();
-    let mut seen: Vec<String> = Vec::new();
-    for (k, v) in form_urlencoded::parse(raw.unwrap_or_default().as_bytes()) {
-        let slot = match k.as_ref() {
-            "stale_days" => &mut o.stale_days,
-            "unused_days" => &mut o.unused_days,
-            "expiring_days" => &mut o.expiring_days,
-            other => {
-                let name: String = other.chars().take(64).collect();
-                return Err(Problem::bad_input(format!(
-                    "unknown parameter {name:?}; known: stale_days, unused_days, expiring_days"
-                )));
-            }
-        };
-        if seen.iter().any(|n| *n == k) {
-            return Err(Problem::bad_input(format!("parameter {k} given twice")));
-        }
-        let days = v
-            .parse::<u32>()
-            .ok()
-            .filter(|d| *d <= MAX_DAYS)
-            .ok_or_else(|| Problem::bad_input(format!("{k} must be a whole number of days, 0 to {MAX_DAYS}")))?;
-        *slot = Some(days);
-        seen.push(k.into_owned());
+    for (k, slot) in [
+        ("stale_days", &mut o.stale_days),
+        ("unused_days", &mut o.unused_days),
+        ("expiring_days", &mut o.expiring_days),
+    ] {
+        *slot =
+            q.get(k)
+                .map(|v| {
+                    v.parse::<u32>().ok().filter(|d| *d <= MAX_DAYS).ok_or_else(|| {
+                        Problem::bad_input(format!("{k} must be a whole number of days, 0 to {MAX_DAYS}"))
+                    })
+                })
+                .transpose()?;
     }
-    let findings = s.mandate.review(c, o).await?;
-    Ok(Json(json!({ "findings": findings })).into_response())
+    let before = after::<AgentId>("review", q.get("cursor"))?;
+    let page = s.mandate.review(c, o, before, limit(&q)?).await?;
+    Ok(Json(json!({
+        "findings": page.findings,
+        "agents_reviewed": page.agents,
+        "next_cursor": page.next.map(|id| cursor("review", id)),
+    }))
+    .into_response())
 }
+
+/// The parameters of `GET /v1/review`.
+const REVIEW_PARAMS: &[&str] = &["stale_days", "unused_days", "expiring_days", "limit", "cursor"];
 
 /// `POST /v1/review/campaigns` `{scope, deadline, default}`.
 #[derive(Debug, Deserialize)]

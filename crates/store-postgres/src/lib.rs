@@ -31,7 +31,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use mandate_audit::{Checkpoint, Event};
-use mandate_core::audit::AuditQuery;
+use mandate_core::audit::{AuditBatch, AuditKey, AuditQuery};
 use mandate_core::store::{
     AgentActivity, AgentListQuery, Applied, ApprovalQuery, AttemptCounter, Change, ChangeFeed, GrantQuery, KeyUse,
     ListedAgent, Page, PolicyVersion, Receipt, ResourceListQuery, ScimGroupQuery, ScimUserQuery, Store, StoreError,
@@ -764,6 +764,51 @@ impl Store for PostgresStore {
         u64::try_from(n).map_err(|_| StoreError::Corrupt("a negative count".into()))
     }
 
+    async fn spawn_counts(
+        &self,
+        parents: &[AgentId],
+        since: time::OffsetDateTime,
+    ) -> Result<Vec<(AgentId, u64)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT parent, count(*) AS n FROM agents WHERE parent = ANY($1) AND created_at >= $2 GROUP BY parent",
+        )
+        .bind(parents.iter().map(ToString::to_string).collect::<Vec<_>>())
+        .bind(ts(since)?)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        rows.iter()
+            .map(|r| {
+                let parent: String = get(r, "parent")?;
+                let parent =
+                    parent.parse::<AgentId>().map_err(|_| StoreError::Corrupt(format!("agent id {parent}")))?;
+                let n: i64 = get(r, "n")?;
+                Ok((parent, u64::try_from(n).map_err(|_| StoreError::Corrupt("a negative count".into()))?))
+            })
+            .collect()
+    }
+
+    async fn live_grants_of(&self, agents: &[AgentId], now: time::OffsetDateTime) -> Result<Vec<Grant>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT * FROM grants WHERE agent = ANY($1) AND status = 'active' AND expires_at > $2 ORDER BY id DESC",
+        )
+        .bind(agents.iter().map(ToString::to_string).collect::<Vec<_>>())
+        .bind(ts(now)?)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        rows.iter().map(grant_row).collect()
+    }
+
+    async fn users_by_ids(&self, ids: &[UserId]) -> Result<Vec<User>, StoreError> {
+        let rows = sqlx::query(concat!(scim::user_select!(), " WHERE id = ANY($1) ORDER BY id"))
+            .bind(ids.iter().map(ToString::to_string).collect::<Vec<_>>())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        rows.iter().map(user_row).collect()
+    }
+
     async fn campaign(
         &self,
         id: mandate_model::CampaignId,
@@ -897,6 +942,43 @@ impl Store for PostgresStore {
         }
         if let Some(l) = lane {
             query = query.bind(l);
+        }
+        let rows = query.fetch_all(&self.pool).await.map_err(unavailable)?;
+        rows.iter().map(event_row).collect()
+    }
+
+    async fn audit_events_of(&self, b: &AuditBatch) -> Result<Vec<Event>, StoreError> {
+        // Each key's range of its (key, seq) index after the cursor, its
+        // first `per_key` kept by a window (ADR 0038).
+        let column = match b.by {
+            AuditKey::Actor => "actor",
+            AuditKey::Grant => "grant_id",
+        };
+        let mut filter = format!("{column} = ANY($2) AND seq > $1");
+        let mut n = 3;
+        if b.kind.is_some() {
+            n += 1;
+            filter.push_str(&format!(" AND type = ${n}"));
+        }
+        if b.since.is_some() {
+            n += 1;
+            filter.push_str(&format!(" AND time >= ${n}"));
+        }
+        let sql = format!(
+            "SELECT {EVENT_COLUMNS}, lane FROM (SELECT {EVENT_COLUMNS}, lane, \
+             row_number() OVER (PARTITION BY {column} ORDER BY seq) AS nth FROM audit_events WHERE {filter}) e \
+             WHERE nth <= $3 ORDER BY {column}, seq"
+        );
+        // SAFETY-FALLBACK: a cursor beyond i64 is past every seq: nothing matches.
+        let mut query = sqlx::query(&sql)
+            .bind(i64::try_from(b.after).unwrap_or(i64::MAX))
+            .bind(b.keys.clone())
+            .bind(i64::from(b.per_key));
+        if let Some(kind) = &b.kind {
+            query = query.bind(kind.clone());
+        }
+        if let Some(since) = &b.since {
+            query = query.bind(since.clone());
         }
         let rows = query.fetch_all(&self.pool).await.map_err(unavailable)?;
         rows.iter().map(event_row).collect()

@@ -35,7 +35,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use mandate_audit::{Checkpoint, Event};
-use mandate_core::audit::AuditQuery;
+use mandate_core::audit::{AuditBatch, AuditKey, AuditQuery};
 use mandate_core::store::{
     AgentActivity, AgentListQuery, Applied, ApprovalQuery, AttemptCounter, Change, GrantQuery, ListedAgent, Page,
     PolicyVersion, Receipt, ResourceListQuery, ScimGroupQuery, ScimUserQuery, Store, StoreError, StoredKey,
@@ -89,6 +89,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0024_review_campaigns.sql"),
     include_str!("../migrations/0025_inventory_report.sql"),
     include_str!("../migrations/0026_reapproval.sql"),
+    include_str!("../migrations/0027_agents_status.sql"),
     include_str!("../migrations/0028_ssf_subjects.sql"),
 ];
 
@@ -810,6 +811,38 @@ impl Store for SqliteStore {
         u64::try_from(n).map_err(|_| StoreError::Corrupt("a negative count".into()))
     }
 
+    async fn spawn_counts(
+        &self,
+        parents: &[AgentId],
+        since: time::OffsetDateTime,
+    ) -> Result<Vec<(AgentId, u64)>, StoreError> {
+        let (ids, since) = (id_list(parents)?, ts(since)?);
+        let rows = self
+            .read(move |c| {
+                c.prepare_cached(SPAWN_COUNTS_SQL)?
+                    .query_map(params![ids, since], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?
+                    .collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .await?;
+        rows.into_iter()
+            .map(|(parent, n)| {
+                let parent =
+                    parent.parse::<AgentId>().map_err(|_| StoreError::Corrupt(format!("agent id {parent}")))?;
+                Ok((parent, u64::try_from(n).map_err(|_| StoreError::Corrupt("a negative count".into()))?))
+            })
+            .collect()
+    }
+
+    async fn live_grants_of(&self, agents: &[AgentId], now: time::OffsetDateTime) -> Result<Vec<Grant>, StoreError> {
+        let values = vec![codec::ListValue::Text(id_list(agents)?), codec::ListValue::Int(ts(now)?)];
+        self.list(LIVE_GRANTS_SQL.to_owned(), values, grant_row).await
+    }
+
+    async fn users_by_ids(&self, ids: &[UserId]) -> Result<Vec<User>, StoreError> {
+        const SQL: &str = concat!(scim::user_select!(), " WHERE id IN (SELECT value FROM json_each(?1)) ORDER BY id");
+        self.list(SQL.to_owned(), vec![codec::ListValue::Text(id_list(ids)?)], user_row).await
+    }
+
     async fn campaign(
         &self,
         id: mandate_model::CampaignId,
@@ -930,6 +963,17 @@ impl Store for SqliteStore {
         rows.into_iter().collect()
     }
 
+    async fn audit_events_of(&self, b: &AuditBatch) -> Result<Vec<Event>, StoreError> {
+        let (sql, values) = audit_batch_sql(b)?;
+        let rows = self
+            .read(move |c| {
+                let mut stmt = c.prepare_cached(&sql)?;
+                stmt.query_map(rusqlite::params_from_iter(values), event_row)?.collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .await?;
+        rows.into_iter().collect()
+    }
+
     async fn audit_checkpoints(&self, after: u64, limit: u32) -> Result<Vec<Checkpoint>, StoreError> {
         // SAFETY-FALLBACK: a cursor beyond i64 is past every seq: an empty page.
         let after = i64::try_from(after).unwrap_or(i64::MAX);
@@ -979,6 +1023,50 @@ fn audit_sql(q: &AuditQuery) -> (String, Vec<String>) {
 fn agents_sql(q: &AgentListQuery) -> Result<(String, Vec<codec::ListValue>), StoreError> {
     let (tail, values) = codec::agent_list_where(q, |n| format!("?{n}"))?;
     Ok((format!("SELECT * FROM agents{}", tail.replace("expires_at < ", "+expires_at < ")), values))
+}
+
+/// Ids as one JSON array, bound as a single parameter and read with
+/// `json_each`: one prepared statement serves any number of them.
+fn id_list<T: ToString>(ids: &[T]) -> Result<String, StoreError> {
+    codec::json(&ids.iter().map(ToString::to_string).collect::<Vec<_>>())
+}
+
+/// Children per parent since a time, by the index on (parent, created_at).
+const SPAWN_COUNTS_SQL: &str = "SELECT parent, count(*) FROM agents \
+     WHERE parent IN (SELECT value FROM json_each(?1)) AND parent IS NOT NULL AND created_at >= ?2 GROUP BY parent";
+
+/// The live grants of many agents, by the index on (agent, id).
+const LIVE_GRANTS_SQL: &str = "SELECT * FROM grants WHERE agent IN (SELECT value FROM json_each(?1)) \
+     AND status = 'active' AND expires_at > ?2 ORDER BY id DESC";
+
+/// The events of many actors or grants (ADR 0038): each key's range of its
+/// `(key, seq)` index after the cursor, its first `per_key` kept by a
+/// window. The type is `+type`, as in [`audit_sql`], so that the key's
+/// index answers.
+fn audit_batch_sql(b: &AuditBatch) -> Result<(String, Vec<rusqlite::types::Value>), StoreError> {
+    use rusqlite::types::Value;
+    let column = match b.by {
+        AuditKey::Actor => "actor",
+        AuditKey::Grant => "grant_id",
+    };
+    // SAFETY-FALLBACK: a cursor beyond i64 is past every seq: nothing matches.
+    let after = i64::try_from(b.after).unwrap_or(i64::MAX);
+    let mut values = vec![Value::Integer(after), Value::Text(id_list(&b.keys)?), Value::Integer(i64::from(b.per_key))];
+    let mut filter = format!("{column} IN (SELECT value FROM json_each(?2)) AND seq > ?1");
+    if let Some(kind) = &b.kind {
+        values.push(Value::Text(kind.clone()));
+        filter.push_str(&format!(" AND +type = ?{}", values.len()));
+    }
+    if let Some(since) = &b.since {
+        values.push(Value::Text(since.clone()));
+        filter.push_str(&format!(" AND time >= ?{}", values.len()));
+    }
+    let sql = format!(
+        "SELECT {EVENT_COLUMNS} FROM (SELECT {EVENT_COLUMNS}, \
+         row_number() OVER (PARTITION BY {column} ORDER BY seq) AS nth FROM audit_events WHERE {filter}) \
+         WHERE nth <= ?3 ORDER BY {column}, seq"
+    );
+    Ok((sql, values))
 }
 
 /// Opens a store from a `sqlite://PATH` URL or a plain path.
@@ -1038,6 +1126,80 @@ mod tests {
         // A type alone still has its own index.
         let by_type = AuditQuery { kind, limit: 1, ..AuditQuery::default() };
         assert!(plan(&conn, &by_type)?.contains("audit_events_type"), "{}", plan(&conn, &by_type)?);
+        Ok(())
+    }
+
+    /// The plan of any statement, one line per step.
+    fn plan_of(conn: &Connection, sql: &str, values: Vec<rusqlite::types::Value>) -> rusqlite::Result<String> {
+        let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?;
+        let steps = stmt.query_map(rusqlite::params_from_iter(values), |r| r.get::<_, String>(3))?;
+        steps.collect::<rusqlite::Result<Vec<_>>>().map(|r| r.join("\n"))
+    }
+
+    fn agents_plan(conn: &Connection, q: &AgentListQuery) -> Result<String, Box<dyn std::error::Error>> {
+        let (sql, values) = agents_sql(q)?;
+        let bound = values
+            .into_iter()
+            .map(|v| match v {
+                codec::ListValue::Text(t) => rusqlite::types::Value::Text(t),
+                codec::ListValue::Int(i) => rusqlite::types::Value::Integer(i),
+            })
+            .collect();
+        Ok(plan_of(conn, &sql, bound)?)
+    }
+
+    #[test]
+    fn a_page_of_agents_by_status_is_a_range_of_the_status_index() -> Result<(), Box<dyn std::error::Error>> {
+        let mut conn = Connection::open_in_memory()?;
+        migrate(&mut conn)?;
+        let suspended = AgentListQuery {
+            status: Some(mandate_model::records::AgentStatus::Suspended),
+            limit: 1000,
+            ..AgentListQuery::default()
+        };
+        let steps = agents_plan(&conn, &suspended)?;
+        assert!(steps.contains("agents_status_id (status=?") && !steps.contains("TEMP B-TREE"), "{steps}");
+        let unused = AgentListQuery {
+            used_before: Some(time::OffsetDateTime::UNIX_EPOCH),
+            before: Some("agt_01J00000000000000000000000".parse::<AgentId>()?),
+            ..suspended
+        };
+        let steps = agents_plan(&conn, &unused)?;
+        assert!(steps.contains("agents_status_id (status=? AND id<?)") && !steps.contains("TEMP B-TREE"), "{steps}");
+        // The review's walk keeps its index of the agents that are not retired.
+        let live = AgentListQuery { not_retired: true, limit: 500, ..AgentListQuery::default() };
+        let steps = agents_plan(&conn, &live)?;
+        assert!(steps.contains("agents_live") && !steps.contains("TEMP B-TREE"), "{steps}");
+        Ok(())
+    }
+
+    #[test]
+    fn the_reviews_page_reads_are_answered_by_their_indexes() -> Result<(), Box<dyn std::error::Error>> {
+        use rusqlite::types::Value;
+        let mut conn = Connection::open_in_memory()?;
+        migrate(&mut conn)?;
+        let ids = Value::Text(r#"["agt_1","agt_2"]"#.into());
+        let steps = plan_of(&conn, SPAWN_COUNTS_SQL, vec![ids.clone(), Value::Integer(0)])?;
+        assert!(steps.contains("agents_parent_created (parent=? AND created_at>?)"), "{steps}");
+        let steps = plan_of(&conn, LIVE_GRANTS_SQL, vec![ids, Value::Integer(0)])?;
+        assert!(steps.contains("USING INDEX grants_agent"), "{steps}");
+        let batch = |by, kind: Option<&str>| AuditBatch {
+            by,
+            keys: vec!["k1".into(), "k2".into()],
+            kind: kind.map(str::to_owned),
+            after: 0,
+            since: Some("2026-01-01T00:00:00Z".into()),
+            per_key: 5001,
+        };
+        for (b, index) in [
+            (batch(AuditKey::Actor, None), "audit_events_actor (actor=? AND seq>?)"),
+            (batch(AuditKey::Grant, None), "audit_events_grant (grant_id=? AND seq>?)"),
+            (batch(AuditKey::Grant, Some("token.issued")), "audit_events_grant (grant_id=? AND seq>?)"),
+        ] {
+            let (sql, values) = audit_batch_sql(&b)?;
+            let steps = plan_of(&conn, &sql, values)?;
+            assert!(steps.contains(index), "{b:?}: {steps}");
+        }
         Ok(())
     }
 }

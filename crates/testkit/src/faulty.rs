@@ -419,6 +419,22 @@ impl Store for FaultyStore {
         self.gate()?;
         self.inner.spawned_since(parent, since).await
     }
+    async fn spawn_counts(
+        &self,
+        parents: &[AgentId],
+        since: OffsetDateTime,
+    ) -> Result<Vec<(AgentId, u64)>, StoreError> {
+        self.gate()?;
+        self.inner.spawn_counts(parents, since).await
+    }
+    async fn live_grants_of(&self, agents: &[AgentId], now: OffsetDateTime) -> Result<Vec<Grant>, StoreError> {
+        self.gate()?;
+        self.inner.live_grants_of(agents, now).await
+    }
+    async fn users_by_ids(&self, ids: &[UserId]) -> Result<Vec<User>, StoreError> {
+        self.gate()?;
+        self.inner.users_by_ids(ids).await
+    }
     async fn campaign(
         &self,
         id: mandate_model::CampaignId,
@@ -477,6 +493,10 @@ impl Store for FaultyStore {
     async fn audit_events(&self, query: &AuditQuery) -> Result<Vec<Event>, StoreError> {
         self.gate()?;
         self.inner.audit_events(query).await
+    }
+    async fn audit_events_of(&self, batch: &mandate_core::audit::AuditBatch) -> Result<Vec<Event>, StoreError> {
+        self.gate()?;
+        self.inner.audit_events_of(batch).await
     }
     async fn audit_checkpoints(&self, after: u64, limit: u32) -> Result<Vec<Checkpoint>, StoreError> {
         self.gate()?;

@@ -4,10 +4,11 @@
 
 use std::process::Output;
 
-use anyhow::{Result, ensure};
-use serde_json::Value;
+use anyhow::{Context, Result, ensure};
+use mandate_jose::{KeyAlg, SigningKey};
+use serde_json::{Value, json};
 
-use crate::support::{ADMIN, Node, free_port, mandate, seed};
+use crate::support::{ADMIN, Node, admin, free_port, mandate, seed};
 
 fn review(url: &str, token: &str, args: &[&str]) -> Result<Output> {
     Ok(mandate().arg("review").args(["--server", url]).args(args).env("MANDATE_ADMIN_TOKEN", token).output()?)
@@ -39,6 +40,30 @@ async fn mandate_review_reports_findings_with_its_exit_code() -> Result<()> {
     ensure!(out.status.code() == Some(1), "{out:?}");
     let body: Value = serde_json::from_slice(&out.stdout)?;
     ensure!(body["findings"][0]["kind"] == "stale" && body["findings"][0]["subject"] == agent.as_str(), "{body}");
+
+    // A second stale agent, and one agent per request: the command follows
+    // the pages (ADR 0038), prints the header once and counts them all.
+    let other = admin(&http, &node.url, "/v1/users", json!({"name": "Two", "email": "two@example.com"})).await?;
+    let key = SigningKey::generate(KeyAlg::EdDSA)?;
+    let second = admin(
+        &http,
+        &node.url,
+        "/v1/agents",
+        json!({"name": "Second", "owner": other["id"], "jwks": {"keys": [key.public().to_json()]}}),
+    )
+    .await?;
+    let second = second["client_id"].as_str().context("client_id")?;
+    let out = review(&node.url, ADMIN, &["--page-size", "1"])?;
+    let table = String::from_utf8_lossy(&out.stdout);
+    ensure!(out.status.code() == Some(1), "{out:?}");
+    ensure!(table.matches("KIND").count() == 1 && table.contains(&agent) && table.contains(second), "{table}");
+    ensure!(table.ends_with("2 finding(s)\n"), "{table}");
+    let out = review(&node.url, ADMIN, &["--json", "--page-size", "1"])?;
+    ensure!(out.status.code() == Some(1), "{out:?}");
+    let body: Value = serde_json::from_slice(&out.stdout)?;
+    let subjects: Vec<&str> =
+        body["findings"].as_array().into_iter().flatten().filter_map(|f| f["subject"].as_str()).collect();
+    ensure!(subjects == [second, agent.as_str()], "newest first, each once: {body}");
 
     // The query overrides the server's flag: within 30 days nothing is stale.
     let out = review(&node.url, ADMIN, &["--stale-days", "30"])?;

@@ -34,7 +34,7 @@ use super::{
     GrantQuery, GrantState, LapsedQuery, ListedAgent, Mutation, Page, PolicyVersion, Receipt, ResourceListQuery,
     ReviewItemQuery, ScimGroupQuery, ScimUserQuery, Store, StoreError, StoredKey, StoredPolicy, UserListQuery,
 };
-use crate::audit::{AuditQuery, seal_record};
+use crate::audit::{AuditBatch, AuditQuery, seal_record};
 use crate::report::{AgentFact, Counts, GrantFact, InventoryTally, Peaks, ReportBy, TokenFact};
 
 /// Everything a store keeps, as the SQL stores' tables do.
@@ -2003,6 +2003,36 @@ impl Store for MemoryStore {
         self.read(|s| s.agents.values().filter(|a| a.parent == Some(parent) && a.created_at >= since).count() as u64)
     }
 
+    async fn spawn_counts(
+        &self,
+        parents: &[AgentId],
+        since: OffsetDateTime,
+    ) -> Result<Vec<(AgentId, u64)>, StoreError> {
+        let wanted: BTreeSet<AgentId> = parents.iter().copied().collect();
+        self.read(|s| {
+            let mut counts: BTreeMap<AgentId, u64> = BTreeMap::new();
+            for a in s.agents.values().filter(|a| a.created_at >= since) {
+                if let Some(p) = a.parent.filter(|p| wanted.contains(p)) {
+                    *counts.entry(p).or_default() += 1;
+                }
+            }
+            counts.into_iter().collect()
+        })
+    }
+
+    async fn live_grants_of(&self, agents: &[AgentId], now: OffsetDateTime) -> Result<Vec<Grant>, StoreError> {
+        let wanted: BTreeSet<AgentId> = agents.iter().copied().collect();
+        self.read(|s| {
+            let rows = s.grants.values().filter(|g| wanted.contains(&g.agent) && g.is_live(now));
+            newest(rows.cloned(), u32::MAX)
+        })
+    }
+
+    async fn users_by_ids(&self, ids: &[UserId]) -> Result<Vec<User>, StoreError> {
+        let wanted: BTreeSet<UserId> = ids.iter().copied().collect();
+        self.read(|s| wanted.iter().filter_map(|id| s.users.get(id)).map(|u| with_scim_groups(s, u)).collect())
+    }
+
     async fn campaign(&self, id: CampaignId) -> Result<Option<Campaign>, StoreError> {
         self.read(|s| s.campaigns.get(&id).cloned())
     }
@@ -2119,6 +2149,26 @@ impl Store for MemoryStore {
                 .take(q.limit as usize)
                 .cloned()
                 .collect()
+        })
+    }
+
+    async fn audit_events_of(&self, b: &AuditBatch) -> Result<Vec<Event>, StoreError> {
+        let wanted: BTreeSet<&str> = b.keys.iter().map(String::as_str).collect();
+        self.read(|s| {
+            let mut by_key: BTreeMap<&str, Vec<Event>> = BTreeMap::new();
+            for e in s.events.iter().filter(|e| {
+                e.seq > b.after
+                    && b.kind.as_ref().is_none_or(|k| e.kind == *k)
+                    && b.since.as_ref().is_none_or(|t| e.time >= *t)
+            }) {
+                if let Some(key) = b.key_of(e).filter(|k| wanted.contains(k)) {
+                    let slot = by_key.entry(key).or_default();
+                    if slot.len() < b.per_key as usize {
+                        slot.push(e.clone());
+                    }
+                }
+            }
+            by_key.into_values().flatten().collect()
         })
     }
 

@@ -162,6 +162,7 @@ macro_rules! store_conformance {
             review {
                 campaigns_and_items_round_trip_and_are_decided_once,
                 grants_and_agents_are_narrowed_while_live,
+                the_reviews_page_reads_answer_for_many_agents_at_once,
             }
             approvals {
                 approvals_are_decided_and_used_once,

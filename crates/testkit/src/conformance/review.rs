@@ -4,7 +4,9 @@
 use std::sync::Arc;
 
 use anyhow::{Result, ensure};
+use mandate_core::audit::{AuditBatch, AuditKey};
 use mandate_core::store::{CampaignQuery, Change, Mutation, ReviewItemQuery, Store, StoreError};
+use mandate_model::records::GrantStatus;
 use mandate_model::review::{
     Campaign, CampaignDefault, CampaignScope, CampaignStatus, Decision, FindingSnapshot, Outcome, ReviewItem,
     SuggestionSnapshot,
@@ -12,7 +14,7 @@ use mandate_model::review::{
 use mandate_model::{CampaignId, ReviewItemId, ScopeSet, UserId};
 use time::Duration;
 
-use super::fixtures::{one, people, t0, ulid};
+use super::fixtures::{agent, all_events, append, event, grant, one, people, t0, ulid, user};
 
 fn campaign(scope: CampaignScope, days: i64) -> Campaign {
     Campaign {
@@ -168,5 +170,102 @@ pub async fn grants_and_agents_are_narrowed_while_live(s: &Arc<dyn Store>) -> Re
     one(s, retire).await?;
     let retired = one(s, Mutation::NarrowAgentScopes { id: a.id, scopes: read }).await;
     ensure!(matches!(retired, Err(StoreError::Conflict(_))), "a retired agent was narrowed: {retired:?}");
+    Ok(())
+}
+
+/// The access review's reads for a page of agents (ADR 0038): one query
+/// each for their spawn counts, their live grants, their owners and the
+/// events of many actors or grants, each key's first `per_key`.
+pub async fn the_reviews_page_reads_answer_for_many_agents_at_once(s: &Arc<dyn Store>) -> Result<()> {
+    let (u, a, b, g) = people(s, "batch@example.com").await?;
+    let u2 = user("batch2@example.com");
+    one(s, Mutation::InsertUser(u2.clone())).await?;
+    let a2 = agent(u2.id, None);
+    one(s, Mutation::InsertAgent(a2.clone())).await?;
+    let mut revoked = grant(u2.id, a2.id);
+    revoked.status = GrantStatus::Revoked;
+    revoked.revoked_at = Some(t0());
+    one(s, Mutation::InsertGrant(revoked.clone())).await?;
+    let mut g3 = grant(u2.id, a2.id);
+    g3.expires_at = t0() + Duration::days(30);
+    one(s, Mutation::InsertGrant(g3.clone())).await?;
+
+    // Spawn counts: `b` was spawned by `a` at t0; `since` is inclusive.
+    let counts = s.spawn_counts(&[a.id, a2.id, b.id], t0()).await?;
+    ensure!(counts == vec![(a.id, 1)], "spawn counts since t0: {counts:?}");
+    let later = s.spawn_counts(&[a.id, a2.id], t0() + Duration::seconds(1)).await?;
+    ensure!(later.is_empty(), "no child after t0: {later:?}");
+    ensure!(s.spawn_counts(&[], t0()).await?.is_empty(), "no parents, no counts");
+
+    // Live grants: active and unexpired, newest first; revoked ones never.
+    let ids = |gs: Vec<mandate_model::records::Grant>| gs.into_iter().map(|g| g.id).collect::<Vec<_>>();
+    let live = ids(s.live_grants_of(&[a.id, a2.id], t0()).await?);
+    ensure!(live == vec![g3.id, g.id], "live grants at t0: {live:?}");
+    let live = ids(s.live_grants_of(&[a.id, a2.id], g.expires_at).await?);
+    ensure!(live == vec![g3.id], "a grant is not live at its expiry: {live:?}");
+    ensure!(s.live_grants_of(&[b.id], t0()).await?.is_empty(), "an agent with no grants");
+
+    // Owners by id; a missing one is left out.
+    let missing = UserId::from_ulid(ulid());
+    let users = s.users_by_ids(&[u2.id, missing, u.id]).await?;
+    ensure!(users.iter().map(|u| u.id).collect::<Vec<_>>() == vec![u.id, u2.id], "users by id: {users:?}");
+    ensure!(users.first().is_some_and(|x| x.email == u.email && x.groups == u.groups), "a user round-trips");
+
+    // Events: three tokens by `a` under `g`, a check by `a2` under `g3`,
+    // one by someone else; the last of `a`'s is later.
+    let (sa, sa2) = (a.id.to_string(), a2.id.to_string());
+    let mut change = Change::new();
+    for (i, (kind, actor, grant_id)) in [
+        ("token.issued", sa.as_str(), g.id.to_string()),
+        ("check.decided", sa2.as_str(), g3.id.to_string()),
+        ("token.issued", sa.as_str(), g.id.to_string()),
+        ("token.issued", "agt_someone_else", g3.id.to_string()),
+        ("token.issued", sa.as_str(), g.id.to_string()),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut e = event(kind, actor);
+        e.grant_id = Some(grant_id);
+        e.jti = Some(format!("tok_{i}"));
+        if i == 4 {
+            e.time = "2026-11-24T10:00:00.000000Z".into();
+        }
+        change.push(append(e));
+    }
+    s.commit(change).await?;
+    let trail = all_events(s).await?;
+    // Each event as its place among the five (1 to 5): stores need not
+    // number them without gaps.
+    let ours: Vec<u64> = trail.iter().rev().take(5).rev().map(|e| e.seq).collect();
+    let place = |seq: u64| ours.iter().position(|s| *s == seq).map_or(0, |i| i + 1);
+    let seqs = |es: &[mandate_audit::Event]| es.iter().map(|e| place(e.seq)).collect::<Vec<_>>();
+    let first_seq = ours.first().copied().unwrap_or_default();
+    let batch = |by, keys: Vec<String>| AuditBatch { by, keys, kind: None, after: 0, since: None, per_key: 10 };
+
+    // By actor: key order, then seq; each key's first `per_key`.
+    let both = if sa < sa2 { vec![1, 3, 5, 2] } else { vec![2, 1, 3, 5] };
+    let got = s.audit_events_of(&batch(AuditKey::Actor, vec![sa.clone(), sa2.clone()])).await?;
+    ensure!(seqs(&got) == both, "by actor: {:?}", seqs(&got));
+    let got = s.audit_events_of(&AuditBatch { per_key: 2, ..batch(AuditKey::Actor, vec![sa.clone()]) }).await?;
+    ensure!(seqs(&got) == vec![1, 3], "the first two: {:?}", seqs(&got));
+    // The cursor, the time and the type.
+    let got = s.audit_events_of(&AuditBatch { after: first_seq, ..batch(AuditKey::Actor, vec![sa.clone()]) }).await?;
+    ensure!(seqs(&got) == vec![3, 5], "after the cursor: {:?}", seqs(&got));
+    let since = Some("2026-11-24T00:00:00.000000Z".to_owned());
+    let got = s.audit_events_of(&AuditBatch { since, ..batch(AuditKey::Actor, vec![sa.clone()]) }).await?;
+    ensure!(seqs(&got) == vec![5], "since a time: {:?}", seqs(&got));
+    let tokens = Some("token.issued".to_owned());
+    let got = s
+        .audit_events_of(&AuditBatch { kind: tokens.clone(), ..batch(AuditKey::Actor, vec![sa.clone(), sa2.clone()]) })
+        .await?;
+    ensure!(seqs(&got) == vec![1, 3, 5], "of a type: {:?}", seqs(&got));
+    // By grant: each grant's first token.
+    let (sg, sg3) = (g.id.to_string(), g3.id.to_string());
+    let first = AuditBatch { kind: tokens, per_key: 1, ..batch(AuditKey::Grant, vec![sg.clone(), sg3.clone()]) };
+    let got = s.audit_events_of(&first).await?;
+    let firsts = if sg < sg3 { vec![1, 4] } else { vec![4, 1] };
+    ensure!(seqs(&got) == firsts, "each grant's first token: {:?}", seqs(&got));
+    ensure!(s.audit_events_of(&batch(AuditKey::Grant, Vec::new())).await?.is_empty(), "no keys, no events");
     Ok(())
 }

@@ -211,3 +211,49 @@ async fn finding_ids_are_stable_and_thresholds_are_checked() -> Result<()> {
     ensure!(st == 401, "{st}");
     Ok(())
 }
+
+/// `GET /v1/review` answers a page of agents at a time (ADR 0038): the
+/// pages, followed by their cursors, hold exactly the findings of one
+/// large page, in the same order; a bad limit or a cursor of another list
+/// is 400.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_review_is_paged_by_agent_and_its_pages_make_the_whole() -> Result<()> {
+    let s = TestServer::start_with(|c| c.grant_ttl = 90 * 86_400).await?;
+    let w = World::new(s).await?;
+    w.s.put_policies(OPEN).await?;
+    grant(&w, &w.planner, "read write", &[]).await?;
+    let g = grant_of(&w, &w.planner).await?;
+    for _ in 0..4 {
+        w.s.create_agent(&w.alice, KeyAlg::EdDSA).await?;
+    }
+    w.s.clock.advance(Duration::days(31));
+    let (whole, body) = findings(&w.s, "?limit=1000").await?;
+    ensure!(body["next_cursor"].is_null(), "{body}");
+    ensure!(has(&whole, "stale", &g) && whole.len() >= 6, "{whole:?}");
+    let agents = body["agents_reviewed"].as_u64().context("agents_reviewed")?;
+
+    let (mut paged, mut pages, mut reviewed, mut cursor) = (Vec::new(), 0, 0, String::new());
+    loop {
+        let (found, body) = findings(&w.s, &format!("?limit=2{cursor}")).await?;
+        let n = body["agents_reviewed"].as_u64().context("agents_reviewed")?;
+        ensure!(n <= 2, "{body}");
+        paged.extend(found);
+        pages += 1;
+        reviewed += n;
+        match body["next_cursor"].as_str() {
+            Some(next) => cursor = format!("&cursor={next}"),
+            None => break,
+        }
+        ensure!(pages < 100, "the cursor does not move");
+    }
+    ensure!(paged == whole, "pages {paged:?} against {whole:?}");
+    ensure!(reviewed == agents && pages == agents.div_ceil(2), "{pages} pages of {reviewed} agents, of {agents}");
+
+    let (_, list) = w.s.admin(Method::GET, "/v1/agents?limit=1", None).await?;
+    let foreign = text(&list, "next_cursor")?;
+    for bad in ["?limit=0".to_owned(), "?limit=1001".to_owned(), format!("?cursor={foreign}"), "?cursor=%%".into()] {
+        let (st, body) = w.s.admin(Method::GET, &format!("/v1/review{bad}"), None).await?;
+        ensure!(st == 400 && body["type"].as_str().is_some_and(|t| t.contains("invalid")), "{bad}: {st} {body}");
+    }
+    Ok(())
+}
