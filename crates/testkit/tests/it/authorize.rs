@@ -34,12 +34,7 @@ fn query_of(url: &str) -> Vec<(String, String)> {
 
 /// An attribute value as askama escapes it, read back.
 fn unescape(value: &str) -> String {
-    value
-        .replace("&#60;", "<")
-        .replace("&#62;", ">")
-        .replace("&#39;", "'")
-        .replace("&#34;", "\"")
-        .replace("&#38;", "&")
+    value.replace("&#60;", "<").replace("&#62;", ">").replace("&#39;", "'").replace("&#34;", "\"").replace("&#38;", "&")
 }
 
 pub(crate) fn param(url: &str, k: &str) -> Option<String> {
