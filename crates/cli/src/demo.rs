@@ -19,14 +19,19 @@ use serde_json::{Value, json};
 const POLICIES: &str = r#"
 // Alice's team may use the calendar.
 permit (principal in Group::"staff", action in [Action::"list", Action::"get", Action::"create"], resource);
-// Persistent agents may read the calendar (the planner, the nightly job).
-permit (principal is Agent, action in [Action::"list", Action::"get"], resource) when { principal.kind == "persistent" };
-// The planner may be granted event creation: the grant self-authorises.
-permit (principal == Agent::"PLANNER", action == Action::"create", resource is Api);
+// Persistent agents may read the calendar as themselves (the nightly job)
+// or for their owner (the planner), never for someone else.
+permit (principal is Agent, action in [Action::"list", Action::"get"], resource) when { principal.kind == "persistent" }
+  unless { context has user && principal.owner != context.user };
+// The planner may be granted event creation for its owner: the grant self-authorises.
+permit (principal == Agent::"PLANNER", action == Action::"create", resource is Api)
+  when { context has user && principal.owner == context.user };
 // Creating a sensitive event needs the user's approval, each time.
 @approval("user")
-permit (principal == Agent::"PLANNER", action == Action::"create", resource is Resource) when { resource.hasTag("sensitive") && resource.getTag("sensitive") == "true" };
-permit (principal == Agent::"PLANNER", action == Action::"create", resource is Resource) unless { resource.hasTag("sensitive") && resource.getTag("sensitive") == "true" };
+permit (principal == Agent::"PLANNER", action == Action::"create", resource is Resource) when { resource.hasTag("sensitive") && resource.getTag("sensitive") == "true" }
+  when { context has user && principal.owner == context.user };
+permit (principal == Agent::"PLANNER", action == Action::"create", resource is Resource) unless { resource.hasTag("sensitive") && resource.getTag("sensitive") == "true" }
+  when { context has user && principal.owner == context.user };
 // The planner may spawn helpers (which then act only within what they are given).
 permit (principal == Agent::"PLANNER", action == Action::"mandate:spawn", resource);
 "#;

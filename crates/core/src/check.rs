@@ -520,6 +520,9 @@ impl Mandate {
         engine: &mandate_policy::PolicyEngine,
     ) -> Result<Outcome, Error> {
         let agents: Vec<&mandate_model::records::Agent> = live.agents.iter().collect();
+        // What an approval is bound to and shows: the declared context as
+        // sent, without the detail's facts (the detail is bound apart).
+        let context = context_json(&declared);
         let mut declared = declared;
         // The checked detail is `context.authorization_detail` (DESIGN §13).
         if let Some(d) = detail {
@@ -546,7 +549,7 @@ impl Mandate {
         if let Some(d) = self.caches.decision(&key, epoch, version) {
             return Ok(Outcome { decision: d.decision, reasons: d.reasons, ..Outcome::allow(vec![]) });
         }
-        let o = self.decide_check(live, req, engine, &facts, detail).await?;
+        let o = self.decide_check(live, req, engine, &facts, (detail, &context)).await?;
         if o.cacheable {
             let d = crate::chain::CachedDecision { decision: o.decision, reasons: o.reasons.clone() };
             self.caches.keep_decision(key, epoch, version.to_owned(), d);
@@ -560,7 +563,7 @@ impl Mandate {
         req: &CheckRequest,
         engine: &mandate_policy::PolicyEngine,
         facts: &mandate_policy::Facts,
-        detail: Option<&AuthorizationDetail>,
+        (detail, context): (Option<&AuthorizationDetail>, &BTreeMap<String, serde_json::Value>),
     ) -> Result<Outcome, Error> {
         let Some(chain) = &live.chain else {
             return Ok(Outcome::deny("token: a resource server's own token acts for nobody"));
@@ -634,7 +637,7 @@ impl Mandate {
             return Ok(Outcome::allow(reasons));
         };
         let reuse = windows.into_iter().collect::<Option<Vec<i64>>>().and_then(|w| w.into_iter().min());
-        self.approval_outcome(live, chain, req, (&res, detail), Permitted { reasons, approver, reuse }).await
+        self.approval_outcome(live, chain, req, (&res, detail, context), Permitted { reasons, approver, reuse }).await
     }
 
     /// @approval: allowed only with a matching approval in force, bound
@@ -647,7 +650,11 @@ impl Mandate {
         live: &LiveToken,
         chain: &mandate_model::delegation::Chain,
         req: &CheckRequest,
-        (res, detail): (&mandate_model::records::Resource, Option<&AuthorizationDetail>),
+        (res, detail, context): (
+            &mandate_model::records::Resource,
+            Option<&AuthorizationDetail>,
+            &BTreeMap<String, serde_json::Value>,
+        ),
         permitted: Permitted,
     ) -> Result<Outcome, Error> {
         let Permitted { mut reasons, approver, reuse } = permitted;
@@ -657,8 +664,14 @@ impl Mandate {
             Some(g) => g.to_string(),
             None => live.root.to_string(),
         };
-        let binding =
-            binding(chain, &under, &req.action, &res.identifier, (&target_id, &req.resource.properties), detail)?;
+        let binding = binding(
+            chain,
+            &under,
+            &req.action,
+            &res.identifier,
+            (&target_id, &req.resource.properties),
+            (detail, context),
+        )?;
         let q = ApprovalQuery { binding: Some(binding.clone()), limit: 20, ..ApprovalQuery::default() };
         let existing = self.store.approvals(&q).await?;
         // An approval asked under a laxer policy does not satisfy a
@@ -741,6 +754,7 @@ impl Mandate {
                 binding,
                 properties: req.resource.properties.clone(),
                 authorization_detail: detail.cloned(),
+                context: context.clone(),
             },
             binding_message: live.claims.purpose.clone(),
             status: ApprovalStatus::Pending,
@@ -776,15 +790,16 @@ impl Mandate {
 /// What an action approval is bound to (SECURITY rows 33 and 43): the
 /// grant (or, for a token under none, its delegation tree's root token),
 /// the whole chain (and so its current actor), the action, and the
-/// resource with its properties, and the RFC 9396 detail checked, if any
-/// (an approval for 120 EUR is not one for 500 EUR).
+/// resource with its properties, the RFC 9396 detail checked, if any (an
+/// approval for 120 EUR is not one for 500 EUR), and the check's declared
+/// `context` values (an approval for `amount` 50 is not one for 500).
 pub fn binding(
     chain: &mandate_model::delegation::Chain,
     under: &str,
     action: &str,
     api: &str,
     (target, properties): (&str, &BTreeMap<String, String>),
-    detail: Option<&AuthorizationDetail>,
+    (detail, context): (Option<&AuthorizationDetail>, &BTreeMap<String, serde_json::Value>),
 ) -> Result<String, Error> {
     #[derive(serde::Serialize)]
     struct Bound<'a> {
@@ -797,6 +812,10 @@ pub fn binding(
         properties: &'a BTreeMap<String, String>,
         #[serde(skip_serializing_if = "Option::is_none")]
         authorization_detail: Option<String>,
+        // Sorted by key (a BTreeMap); absent when empty, so a check
+        // without context binds as it did before it was bound.
+        #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+        context: &'a BTreeMap<String, serde_json::Value>,
     }
     let value = Bound {
         under,
@@ -811,11 +830,29 @@ pub fn binding(
             .map(|d| mandate_audit::canonical::to_canonical(&d.to_value()))
             .transpose()
             .map_err(|e| Error::Unavailable(format!("encoding a detail: {e:?}")))?,
+        context,
     };
     // Never the digest of an empty text: every approval would share it.
     let text = serde_json::to_string(&value).map_err(|e| Error::Unavailable(format!("encoding a binding: {e}")))?;
     let digest = Sha256::digest(text.as_bytes());
     Ok(digest.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// The declared context values as JSON (what an approval records and
+/// shows).
+fn context_json(declared: &BTreeMap<String, mandate_policy::ContextValue>) -> BTreeMap<String, serde_json::Value> {
+    use mandate_policy::ContextValue;
+    declared
+        .iter()
+        .map(|(k, v)| {
+            let v = match v {
+                ContextValue::Long(n) => serde_json::Value::from(*n),
+                ContextValue::String(s) => serde_json::Value::from(s.clone()),
+                ContextValue::Bool(b) => serde_json::Value::from(*b),
+            };
+            (k.clone(), v)
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -844,13 +881,39 @@ mod tests {
                 .unwrap()
         };
         let props = std::collections::BTreeMap::new();
+        let none = std::collections::BTreeMap::new();
         let bind = |d: Option<&AuthorizationDetail>| {
-            super::binding(&chain, "grt_1", "pay", "https://pay.example", ("payment/p1", &props), d).unwrap()
+            super::binding(&chain, "grt_1", "pay", "https://pay.example", ("payment/p1", &props), (d, &none)).unwrap()
         };
         let (d120, d500) = (pay(120), pay(500));
         assert_ne!(bind(Some(&d120)), bind(Some(&d500)));
         assert_ne!(bind(Some(&d120)), bind(None));
         assert_eq!(bind(Some(&d120)), bind(Some(&pay(120))));
+    }
+
+    #[test]
+    fn an_approval_binding_covers_the_declared_context() {
+        // SECURITY row 33: an approval for amount 50 is not one for 500.
+        use mandate_policy::ContextValue;
+        let user = mandate_model::UserId::from_ulid(ulid::Ulid::from_parts(1, 1));
+        let agent = mandate_model::AgentId::from_ulid(ulid::Ulid::from_parts(1, 2));
+        let chain = mandate_model::delegation::Chain::for_user(user, agent);
+        let props = std::collections::BTreeMap::new();
+        let ctx = |pairs: &[(&str, ContextValue)]| {
+            super::context_json(&pairs.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect())
+        };
+        let bind = |c: &std::collections::BTreeMap<String, serde_json::Value>| {
+            super::binding(&chain, "grt_1", "pay", "https://pay.example", ("payment/p1", &props), (None, c)).unwrap()
+        };
+        let c50 = ctx(&[("amount", ContextValue::Long(50))]);
+        let c500 = ctx(&[("amount", ContextValue::Long(500))]);
+        assert_ne!(bind(&c50), bind(&c500));
+        assert_ne!(bind(&c50), bind(&ctx(&[])));
+        assert_ne!(bind(&c50), bind(&ctx(&[("amount", ContextValue::String("50".into()))])));
+        let both = ctx(&[("amount", ContextValue::Long(50)), ("urgent", ContextValue::Bool(true))]);
+        assert_ne!(bind(&c50), bind(&both));
+        assert_eq!(bind(&c50), bind(&ctx(&[("amount", ContextValue::Long(50))])));
+        assert_eq!(c50.get("amount"), Some(&serde_json::json!(50)));
     }
 
     #[tokio::test]

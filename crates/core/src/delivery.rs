@@ -65,6 +65,10 @@ pub struct ApprovalNotice {
     pub action: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<String>,
+    /// For an action approval: the check's declared `context` values it
+    /// is bound to.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub context: std::collections::BTreeMap<String, serde_json::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub binding_message: Option<String>,
     #[serde(with = "time::serde::rfc3339")]
@@ -346,11 +350,13 @@ impl Mandate {
         if recipients.is_empty() {
             return Ok(());
         }
-        let (scopes, action, target) = match &approval.subject {
+        let (scopes, action, target, context) = match &approval.subject {
             ApprovalSubject::Grant { scopes, .. } | ApprovalSubject::Reapproval { scopes, .. } => {
-                (Some(scopes.to_claim()), None, None)
+                (Some(scopes.to_claim()), None, None, Default::default())
             }
-            ApprovalSubject::Action { action, target, .. } => (None, Some(action.clone()), Some(target.clone())),
+            ApprovalSubject::Action { action, target, context, .. } => {
+                (None, Some(action.clone()), Some(target.clone()), context.clone())
+            }
         };
         let notice = ApprovalNotice {
             approval: approval.id.to_string(),
@@ -361,6 +367,7 @@ impl Mandate {
             scopes,
             action,
             target,
+            context,
             binding_message: approval.binding_message.clone(),
             expires_at: approval.expires_at,
             recipients: recipients.iter().map(Party::user).collect(),

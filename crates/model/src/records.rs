@@ -610,6 +610,12 @@ pub enum ApprovalSubject {
         /// The checked RFC 9396 detail, which the binding covers too.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         authorization_detail: Option<AuthorizationDetail>,
+        /// The check's `context` values that reached policy (the keys its
+        /// resource declares, typed), which the binding covers too: an
+        /// approval given for `amount` 50 is not one for 500. Empty in
+        /// approvals recorded before it was kept.
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        context: BTreeMap<String, serde_json::Value>,
     },
 }
 

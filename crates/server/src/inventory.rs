@@ -208,6 +208,10 @@ pub async fn agent_inventory(
             "federated": to_json(&a.federated_credentials)?,
         },
         "ceiling": a.scopes.as_ref().map(|s| s.to_claim()),
+        // What the agent carries, and what holds for it: the server's
+        // defaults narrowed by its ancestors' limits and its own.
+        "limits": to_json(&a.limits)?,
+        "limits_in_force": to_json(&s.mandate.limits_of(a).await?)?,
         "live": {"grants": inv.activity.live_grants, "tokens": inv.activity.live_tokens},
         "delegation": {
             "may_delegate_to": inv.may_delegate_to.iter().map(ToString::to_string).collect::<Vec<_>>(),

@@ -174,6 +174,10 @@ impl SmtpNotifier {
         if let Some(m) = &notice.binding_message {
             body.push_str(&format!("Its purpose: {m}\n"));
         }
+        if !notice.context.is_empty() {
+            let shown: Vec<String> = notice.context.iter().map(|(k, v)| format!("{k} = {v}")).collect();
+            body.push_str(&format!("With: {}\n", shown.join(", ")));
+        }
         body.push_str(&format!(
             "\nApprove or deny it at {} (request {}) before {}.\n",
             notice.url,
@@ -263,5 +267,37 @@ impl mandate_core::ssf::SetPusher for HttpSetPusher {
             return Err(PushFailure::Rejected("the receiver answered HTTP 400".into()));
         }
         Err(PushFailure::Unreachable(format!("the receiver answered HTTP {}", status.as_u16())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use mandate_core::delivery::{ApprovalNotice, Party};
+
+    use super::SmtpNotifier;
+
+    #[test]
+    fn an_action_notice_says_what_the_check_declared() {
+        let party = |id: &str| Party { id: id.into(), name: id.into(), email: None };
+        let notice = ApprovalNotice {
+            approval: "apr_1".into(),
+            url: "https://mandate.example/approvals".into(),
+            agent: party("agt_1"),
+            user: party("usr_1"),
+            resource: "https://pay.example".into(),
+            scopes: None,
+            action: Some("pay".into()),
+            target: Some("payment/p1".into()),
+            context: [("amount".to_owned(), serde_json::json!(50)), ("memo".to_owned(), serde_json::json!("rent"))]
+                .into(),
+            binding_message: None,
+            expires_at: time::OffsetDateTime::UNIX_EPOCH,
+            recipients: vec![party("usr_1")],
+        };
+        let (subject, body) = SmtpNotifier::render(&notice);
+        assert!(subject.contains("the action pay on payment/p1"), "{subject}");
+        assert!(body.contains("With: amount = 50, memo = \"rent\"\n"), "{body}");
+        let plain = ApprovalNotice { context: Default::default(), ..notice };
+        assert!(!SmtpNotifier::render(&plain).1.contains("With:"));
     }
 }

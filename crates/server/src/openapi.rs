@@ -109,7 +109,8 @@ pub const OPERATIONS: &[Operation] = &[
         "get",
         "/v1/agents/{id}/inventory",
         "agents",
-        "An agent's inventory: credentials, ceiling, live grants and tokens, delegation edges, last use",
+        "An agent's inventory: credentials, ceiling, limits and limits in force, live grants and tokens, delegation \
+         edges, last use",
     )
     .query(&[("days", "the window of actual delegations, in days (default 30)")]),
     op("get", "/v1/agents/{id}", "agents", "Show an agent").auth(Auth::AdminOrUser).ok(200, "Agent"),
@@ -471,7 +472,9 @@ fn schemas() -> Value {
                 "redirect_uris": strings, "description": {"type": "string"},
                 "token_endpoint_auth_method": {"type": "string"},
                 "federated_credentials": {"type": "array", "items": {"type": "object"}},
-                "limits": {"$ref": "#/components/schemas/AgentLimits"}
+                "limits": {"$ref": "#/components/schemas/AgentLimits"},
+                "backchannel_token_delivery_mode": {"type": "string", "enum": ["poll", "ping", "push"]},
+                "backchannel_client_notification_endpoint": {"type": "string", "format": "uri"}
             }
         },
         "AgentPatch": {
@@ -493,6 +496,15 @@ fn schemas() -> Value {
                 "max_ephemeral_ttl": {"type": "integer"}, "allowed_client_auth": strings
             }
         },
+        "LimitsInForce": {
+            "type": "object", "description": "the server's defaults narrowed by the agent's ancestors' limits and its own; a null set allows any",
+            "properties": {
+                "max_token_ttl": {"type": "integer"}, "allowed_grant_types": {"type": ["array", "null"], "items": {"type": "string"}},
+                "max_delegation_depth": {"type": "integer"}, "allowed_resources": {"type": ["array", "null"], "items": {"type": "string"}},
+                "require_dpop": {"type": "boolean"}, "max_ephemeral_children": {"type": "integer"},
+                "max_ephemeral_ttl": {"type": "integer"}, "allowed_client_auth": {"type": ["array", "null"], "items": {"type": "string"}}
+            }
+        },
         "Agent": {
             "type": "object", "required": ["id", "name", "owner", "kind", "status"],
             "properties": {
@@ -501,7 +513,11 @@ fn schemas() -> Value {
                 "name": {"type": "string"}, "owner": {"type": "string"}, "kind": {"type": "string", "enum": ["persistent", "ephemeral"]},
                 "parent": {"type": ["string", "null"]}, "status": {"type": "string", "enum": ["active", "suspended", "retired"]},
                 "expires_at": {"type": ["string", "null"], "format": "date-time"}, "scopes": {"type": ["array", "null"], "items": {"type": "string"}},
-                "description": {"type": ["string", "null"]}, "origin": {"type": "string"}
+                "description": {"type": ["string", "null"]}, "origin": {"type": "string"},
+                "limits": {"$ref": "#/components/schemas/AgentLimits"},
+                "limits_in_force": {"$ref": "#/components/schemas/LimitsInForce"},
+                "backchannel_token_delivery_mode": {"type": "string", "enum": ["poll", "ping", "push"]},
+                "backchannel_client_notification_endpoint": {"type": "string", "format": "uri"}
             }
         },
         "NewResource": {
@@ -518,7 +534,11 @@ fn schemas() -> Value {
             "type": "object", "required": ["id", "identifier", "name", "scopes"],
             "properties": {
                 "id": {"type": "string", "pattern": "^res_"}, "identifier": {"type": "string"}, "name": {"type": "string"},
-                "scopes": {"type": "object", "additionalProperties": strings}
+                "scopes": {"type": "object", "additionalProperties": strings},
+                "context": {"type": "object", "additionalProperties": {"type": "string", "enum": ["Long", "String", "Bool"]},
+                    "description": "the context keys a check may send, and their Cedar types"},
+                "authorization_details_types": {"type": "object",
+                    "description": "RFC 9396 type → its JSON Schema (`schema`) and field bounds (`bounds`)"}
             }
         },
         "PolicySet": {

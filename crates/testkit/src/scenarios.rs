@@ -17,12 +17,25 @@ use serde_json::{Value, json};
 
 use crate::{TestAgent, TestServer};
 
+mod action_context;
 pub mod details;
 mod limits;
 mod may_act;
+pub mod reach;
+use action_context::{
+    an_action_approval_for_120_eur_does_not_cover_500, an_action_approval_is_bound_to_the_checked_context,
+};
 use details::a_payment_approval_covers_only_what_was_approved;
 use limits::{limits_only_tighten_and_are_audited, spawn_and_exchange_limits, token_limits_refuse_and_pass};
-use may_act::{a_bound_subject_token_is_exchanged_by_its_holder, may_act_from_policy, may_act_from_the_grant_request};
+use may_act::{
+    a_bound_subject_token_is_exchanged_by_its_holder, allowed_actors_at_the_token_endpoint_are_ignored,
+    may_act_from_policy, may_act_from_the_grant_request,
+};
+use reach::{
+    a_ciba_grant_needs_two_members_of_the_group, a_group_action_approval_at_check,
+    a_permit_applies_only_inside_its_window, an_action_approval_is_usable_only_inside_its_window,
+    ciba_ping_and_push_reach_the_agent,
+};
 
 pub const CAL: &str = "https://calendar.example";
 
@@ -236,16 +249,27 @@ pub const SCENARIOS: &[(&str, Scenario)] = scenarios![
     an_agent_asking_for_someone_else_waits_for_them,
     check_context_reaches_policy_under_the_declared_schema,
     the_client_address_reaches_policy,
+    dpop_bound_reaches_policy_at_check,
     limits_only_tighten_and_are_audited,
     token_limits_refuse_and_pass,
     spawn_and_exchange_limits,
     may_act_from_the_grant_request,
     may_act_from_policy,
     a_bound_subject_token_is_exchanged_by_its_holder,
+    allowed_actors_at_the_token_endpoint_are_ignored,
     a_payment_approval_covers_only_what_was_approved,
+    an_action_approval_is_bound_to_the_checked_context,
+    an_action_approval_for_120_eur_does_not_cover_500,
+    a_ciba_grant_needs_two_members_of_the_group,
+    a_permit_applies_only_inside_its_window,
+    ciba_ping_and_push_reach_the_agent,
+    a_group_action_approval_at_check,
+    an_action_approval_is_usable_only_inside_its_window,
 ];
 
-/// Runs every scenario on a fresh server from `factory`.
+/// Runs every scenario on a fresh server from `factory`, which must allow
+/// loopback callbacks (`dev_loopback_fetch`: the CIBA ping and push
+/// scenario calls a receiver on 127.0.0.1).
 pub async fn run_all<F, Fut>(factory: F) -> Result<()>
 where
     F: Fn() -> Fut,
@@ -1503,5 +1527,30 @@ async fn check_context_reaches_policy_under_the_declared_schema(w: World) -> Res
         denied.iter().any(|e| e["reason"].as_str().is_some_and(|r| r.contains("context: context key \"currency\""))),
         "the refusal is recorded: {denied:?}"
     );
+    Ok(())
+}
+
+/// `context.dpop_bound` at a check is whether the checked token is bound
+/// (`cnf.jkt`): a policy that asks for it allows a DPoP-bound token and
+/// denies a bearer one (issue 16 §6).
+async fn dpop_bound_reaches_policy_at_check(w: World) -> Result<()> {
+    w.s.put_policies(
+        r#"permit (principal in Group::"staff", action in [Action::"list", Action::"get"], resource);
+           permit (principal is Agent, action in [Action::"list", Action::"get"], resource is Api)
+             when { context has user && principal.owner == context.user };
+           permit (principal is Agent, action == Action::"get", resource is Resource) when { context.dpop_bound };"#,
+    )
+    .await?;
+    let key = SigningKey::generate(KeyAlg::EdDSA)?;
+    let bound = w.granted_with(&[], Some(&key)).await?;
+    let bound = text(&bound, "access_token")?;
+    ensure!(claims(&bound)["cnf"]["jkt"] == key.public().thumbprint().as_str(), "{}", claims(&bound));
+    let bearer = text(&w.granted_with(&[], None).await?, "access_token")?;
+    ensure!(claims(&bearer).get("cnf").is_none(), "{}", claims(&bearer));
+    let d = w.check(&bound, "get", "e1", json!({})).await?;
+    ensure!(d["decision"] == "allow", "a bound token: {d}");
+    let d = w.check(&bearer, "get", "e1", json!({})).await?;
+    ensure!(d["decision"] == "deny", "a bearer token: {d}");
+    ensure!(d["reasons"][0].as_str().is_some_and(|r| r.starts_with(&format!("policy: {}", w.planner.id))), "{d}");
     Ok(())
 }

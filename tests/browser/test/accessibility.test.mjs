@@ -9,7 +9,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createRequire } from 'node:module';
 import { readFileSync } from 'node:fs';
-import { CAL, bcAuthorize, cibaGranted, claims, login, pkce, seed, withWorld } from '../lib.mjs';
+import { CAL, POLICIES, bcAuthorize, cibaGranted, claims, login, pkce, seed, withWorld } from '../lib.mjs';
 
 const require = createRequire(import.meta.url);
 const AXE = readFileSync(require.resolve('axe-core/axe.min.js'), 'utf8');
@@ -44,6 +44,21 @@ test('every page passes the WCAG 2.1 AA rules of axe-core', { timeout: 120_000 }
       scope: {}, deadline: new Date(Date.now() + 7 * 86_400_000).toISOString(), default: 'keep',
     });
 
+    // An action approval bound to its check's declared context (SECURITY row 33), whose card shows it.
+    const PAY = 'https://pay.example';
+    await server.adminOk('POST', '/v1/resources', { identifier: PAY, name: 'Payments', scopes: { pay: ['pay'] }, context: { amount: 'Long' } });
+    await server.putPolicies(`${POLICIES}
+permit (principal in Group::"staff", action == Action::"pay", resource);
+permit (principal is Agent, action == Action::"pay", resource is Api);
+@approval("user")
+permit (principal is Agent, action == Action::"pay", resource is Resource);
+`);
+    const pay = await cibaGranted(server, planner, { login_hint: alice.email, scope: 'pay', resource: PAY, binding_message: 'pay the caterer' });
+    const asked = await server.adminOk('POST', '/v1/check', {
+      token: pay.access_token, action: 'pay', resource: { type: 'payment', id: 'p1' }, context: { amount: 50 },
+    });
+    assert.equal(asked.decision, 'approval_required', JSON.stringify(asked));
+
     const context = await browser.newContext({ bypassCSP: true, viewport: { width: 1200, height: 800 } });
     const page = await context.newPage();
     const found = {};
@@ -52,6 +67,11 @@ test('every page passes the WCAG 2.1 AA rules of axe-core', { timeout: 120_000 }
     await login(page, alice.email, alice.password);
     for (const path of ['/approvals', '/grants', '/agents', '/review', '/audit', `/audit/trace/${grant}`]) {
       await page.goto(`${server.url}${path}`);
+      if (path === '/approvals') {
+        const shown = page.getByRole('table', { name: 'Context of the check' });
+        await shown.waitFor();
+        assert.match(await shown.textContent(), /amount\s*50/);
+      }
       found[path] = await audit(page);
     }
     // The consent page of the authorization code flow.

@@ -351,6 +351,8 @@ pub async fn agent(
         ("Client secret", yes_no(a.secret_hash.is_some()).to_owned()),
         ("Public client", yes_no(a.public).to_owned()),
         ("Metadata document", a.metadata_url.clone().unwrap_or_else(|| "—".into())),
+        // The server's defaults narrowed by its ancestors' limits and its own.
+        ("Limits in force", super::pages::describe_limits(&s.mandate.limits_of(a).await.map_err(fail)?).join("; ")),
     ];
     let text = |k: &serde_json::Value, f: &str| k.get(f).and_then(serde_json::Value::as_str).unwrap_or("—").to_owned();
     let keys = a

@@ -199,6 +199,7 @@ async fn approvals_live(
                 action: String::new(),
                 target: String::new(),
                 properties: Vec::new(),
+                context: Vec::new(),
                 resource: a.resource.clone(),
                 message: a.binding_message.clone(),
                 chain: vec![name(&a.agent)],
@@ -224,8 +225,11 @@ async fn approvals_live(
                     card.scopes = Some(scopes.to_claim());
                     card.renewal = Some(a.grant.map_or_else(String::new, |g| g.to_string()));
                 }
-                ApprovalSubject::Action { action, target, chain, properties, authorization_detail, .. } => {
+                ApprovalSubject::Action {
+                    action, target, chain, properties, authorization_detail, context, ..
+                } => {
                     card.details = authorization_detail.iter().map(views::DetailView::of).collect();
+                    card.context = views::DetailView::rows(context);
                     card.action.clone_from(action);
                     card.target.clone_from(target);
                     card.properties = properties.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
@@ -638,7 +642,7 @@ async fn agents_live(s: &AppState, session: &Session, done: String) -> Result<vi
 }
 
 /// The limits in force for an agent, one line each.
-fn describe_limits(l: &mandate_model::limits::Limits) -> Vec<String> {
+pub(super) fn describe_limits(l: &mandate_model::limits::Limits) -> Vec<String> {
     fn list<T>(set: Option<&std::collections::BTreeSet<T>>, name: impl Fn(&T) -> &str) -> String {
         set.map_or_else(|| "any".to_owned(), |s| s.iter().map(name).collect::<Vec<_>>().join(", "))
     }

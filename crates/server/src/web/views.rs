@@ -106,6 +106,9 @@ pub struct Card {
     pub action: String,
     pub target: String,
     pub properties: Vec<(String, String)>,
+    /// The check's declared `context` values an action approval is bound
+    /// to (SECURITY row 33).
+    pub context: Vec<(String, String)>,
     pub resource: String,
     pub message: Option<String>,
     /// The agents between the person and the asking agent, named.
@@ -142,10 +145,15 @@ pub struct DetailView {
 
 impl DetailView {
     pub fn of(d: &mandate_model::details::AuthorizationDetail) -> Self {
-        let rows = d
-            .fields()
-            .iter()
-            .filter(|(k, _)| k.as_str() != "type")
+        let mut rows = Self::rows(d.fields());
+        rows.retain(|(k, _)| k.as_str() != "type");
+        Self { kind: d.kind().to_owned(), rows }
+    }
+
+    /// A row per member: text as it is, other values as JSON.
+    pub fn rows<'a>(fields: impl IntoIterator<Item = (&'a String, &'a serde_json::Value)>) -> Vec<(String, String)> {
+        fields
+            .into_iter()
             .map(|(k, v)| {
                 let shown = match v {
                     serde_json::Value::String(s) => s.clone(),
@@ -153,8 +161,7 @@ impl DetailView {
                 };
                 (k.clone(), shown)
             })
-            .collect();
-        Self { kind: d.kind().to_owned(), rows }
+            .collect()
     }
 
     pub fn all(ds: &mandate_model::details::AuthorizationDetails) -> Vec<Self> {

@@ -635,7 +635,8 @@ async fn postgres_passes_the_delegation_scenarios() -> anyhow::Result<()> {
         }
         let store: Arc<dyn Store> = Arc::new(mandate_store_postgres::PostgresStore::connect(&url).await?);
         let clock = Arc::new(mandate_core::ManualClock::new(mandate_core::Clock::now(&mandate_core::SystemClock)));
-        mandate_testkit::TestServer::start_on(store, dir.path(), clock, |_| {}).await
+        // Loopback callbacks: the CIBA ping and push scenario's receiver.
+        mandate_testkit::TestServer::start_on(store, dir.path(), clock, |c| c.dev_loopback_fetch = true).await
     })
     .await;
     let urls = created.lock().map(|c| c.clone()).unwrap_or_default();

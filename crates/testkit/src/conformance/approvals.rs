@@ -46,6 +46,7 @@ pub async fn approvals_are_decided_and_used_once(s: &Arc<dyn Store>) -> Result<(
         binding: "b1".into(),
         properties: [("amount".to_owned(), "120 EUR".to_owned())].into(),
         authorization_detail: g.authorization_details.iter().next().cloned(),
+        context: [("amount".to_owned(), serde_json::json!(120)), ("urgent".to_owned(), serde_json::json!(true))].into(),
     });
     one(s, Mutation::InsertApproval(ciba.clone())).await?;
     one(s, Mutation::InsertApproval(action.clone())).await?;
@@ -152,6 +153,7 @@ pub async fn pending_requests_are_counted_and_approvals_paged(s: &Arc<dyn Store>
             binding: "b9".into(),
             properties: BTreeMap::new(),
             authorization_detail: None,
+            context: BTreeMap::new(),
         },
         grant: Some(g.id),
         ..request(u.id, 10)

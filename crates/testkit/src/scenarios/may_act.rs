@@ -15,7 +15,7 @@ const LOGIN: (&str, &str) = ("login_hint", "alice@example.com");
 impl World {
     /// A self-authorised CIBA grant of `read` to the planner with `extra`
     /// parameters, and its first tokens, DPoP-bound to `key` when given.
-    async fn granted_with(&self, extra: &[(&str, &str)], key: Option<&SigningKey>) -> Result<Value> {
+    pub(super) async fn granted_with(&self, extra: &[(&str, &str)], key: Option<&SigningKey>) -> Result<Value> {
         let mut params = vec![LOGIN, ("scope", "read"), ("resource", CAL)];
         params.extend_from_slice(extra);
         let (st, body) = self.ciba(&self.planner, &params).await?;
@@ -229,4 +229,42 @@ fn exchange<'a>(subject: &'a str, extra: &[(&'a str, &'a str)]) -> Vec<(&'a str,
     ];
     p.extend_from_slice(extra);
     p
+}
+
+/// SECURITY row 21: who may act next is named by the grant request or by
+/// policy, never by a token request. `allowed_actors` sent to the token
+/// endpoint (a CIBA poll, `client_credentials`, an exchange) restricts
+/// nothing and reaches no token; `may_act` is ignored by a poll and
+/// `client_credentials`, and refused by an exchange.
+pub(super) async fn allowed_actors_at_the_token_endpoint_are_ignored(w: World) -> Result<()> {
+    let other = w.s.create_agent(&w.alice, KeyAlg::EdDSA).await?;
+    let named = other.id.as_str();
+    let may_act = json!({"sub": named}).to_string();
+    let sent = [("allowed_actors", named), ("may_act", may_act.as_str())];
+    let (st, body) = w.ciba(&w.planner, &[LOGIN, ("scope", "read"), ("resource", CAL)]).await?;
+    ensure!(st == 200, "bc-authorize: {st} {body}");
+    let id = text(&body, "auth_req_id")?;
+    let mut poll = vec![("grant_type", "urn:openid:params:grant-type:ciba"), ("auth_req_id", id.as_str())];
+    poll.extend_from_slice(&sent);
+    let (st, tokens) = w.grant(&w.planner, &poll).await?;
+    ensure!(st == 200, "poll: {st} {tokens}");
+    let token = text(&tokens, "access_token")?;
+    ensure!(claims(&token).get("may_act").is_none(), "{}", claims(&token));
+    let mut cc = vec![("grant_type", "client_credentials"), ("resource", CAL), ("scope", "read")];
+    cc.extend_from_slice(&sent);
+    let (st, own) = w.grant(&w.planner, &cc).await?;
+    ensure!(st == 200, "client_credentials: {st} {own}");
+    ensure!(claims(&text(&own, "access_token")?).get("may_act").is_none(), "{own}");
+    // At the exchange, `may_act` is refused by name (as `act` is); the
+    // grant holds no restriction: another agent than the one named in
+    // `allowed_actors` may exchange its token, which names nobody.
+    let helper = w.spawn(&w.planner, json!({})).await?;
+    let (st, body) = w.exchange(&helper, &token, &sent).await?;
+    refused(st, &body, "invalid_request", "may_act is built by Mandate")?;
+    let (st, hop) = w.exchange(&helper, &token, &sent[..1]).await?;
+    ensure!(st == 200, "exchange: {st} {hop}");
+    ensure!(claims(&text(&hop, "access_token")?).get("may_act").is_none(), "{hop}");
+    let (_, grants) = w.s.call(Method::GET, "/v1/grants", Some(&w.alice_token), None).await?;
+    ensure!(grants["items"].as_array().is_some_and(|g| g.iter().all(|g| g["may_act"].is_null())), "{grants}");
+    Ok(())
 }

@@ -32,6 +32,11 @@ fn query_of(url: &str) -> Vec<(String, String)> {
     form_urlencoded::parse(q.as_bytes()).into_owned().collect()
 }
 
+/// An attribute value as askama escapes it, read back.
+fn unescape(value: &str) -> String {
+    value.replace("&#60;", "<").replace("&#62;", ">").replace("&#39;", "'").replace("&#34;", "\"").replace("&#38;", "&")
+}
+
 pub(crate) fn param(url: &str, k: &str) -> Option<String> {
     query_of(url).into_iter().find(|(n, _)| n == k).map(|(_, v)| v)
 }
@@ -144,7 +149,7 @@ impl Flow {
             .filter_map(|r| {
                 let (name, rest) = r.split_once(r#"" value=""#)?;
                 let value = rest.split('"').next()?;
-                Some((name.to_owned(), value.replace("&#38;", "&").replace("&#39;", "'").replace("&#34;", "\"")))
+                Some((name.to_owned(), unescape(value)))
             })
             .collect();
         form.push(("decision".into(), decision.into()));
@@ -406,5 +411,62 @@ async fn allowed_actors_on_the_authorization_request_becomes_may_act() -> Result
     assert_eq!(st, 200, "{tokens}");
     let c = claims(tokens["access_token"].as_str().unwrap_or_default());
     assert_eq!(c["may_act"], json!({"mandate_actors": [named, "group:ops"]}), "{c}");
+    Ok(())
+}
+
+/// RFC 9396 at the authorization endpoint (issue 16 §5): a detail its
+/// schema refuses goes back to the client as `invalid_authorization_details`,
+/// one policy refuses as `access_denied`; the person sees each field of an
+/// accepted one, and the code's token carries exactly it.
+#[tokio::test]
+async fn authorization_details_at_the_authorization_endpoint() -> Result<()> {
+    use mandate_testkit::scenarios::details::{PAY, pay, payment_resource};
+    let f = flow().await?;
+    payment_resource(&f.w).await?;
+    let ask = |details: &str| {
+        authorize_url(&f, &[("resource", PAY), ("scope", "pay"), ("authorization_details", details)], &[])
+    };
+    for bad in [
+        r#"[{"type":"payment_initiation","amount":120,"currency":"euro","creditor":"ACME Corp"}]"#.to_owned(),
+        r#"[{"type":"account_information"}]"#.to_owned(),
+        "not json".to_owned(),
+    ] {
+        let back = location(&f.get(&ask(&bad)).await?);
+        assert!(back.starts_with(REDIRECT), "{bad}: {back}");
+        assert_eq!(param(&back, "error").as_deref(), Some("invalid_authorization_details"), "{bad}: {back}");
+        assert_eq!(param(&back, "state").as_deref(), Some("xyz-42"), "{back}");
+    }
+    // Policy decides on each detail: above 10 000 is refused before the
+    // person is asked.
+    let back = location(&f.get(&ask(&pay(20_000, "EUR"))).await?);
+    assert_eq!(param(&back, "error").as_deref(), Some("access_denied"), "{back}");
+    assert!(param(&back, "code").is_none(), "{back}");
+    // 120 EUR: shown field by field, escaped; the token carries it.
+    let details = pay(120, "EUR").replace("ACME Corp", "<i>ACME</i>");
+    let (back, page) = f.consent(&ask(&details), "allow").await?;
+    assert!(page.contains("<dt>Only for</dt>") && page.contains("<caption>payment_initiation</caption>"), "{page}");
+    assert!(page.contains(r#"<th scope="row">amount</th><td>120</td>"#), "{page}");
+    assert!(page.contains(r#"<th scope="row">currency</th><td>EUR</td>"#), "{page}");
+    assert!(page.contains("&#60;i&#62;ACME&#60;/i&#62;") && !page.contains("<i>ACME</i>"), "{page}");
+    let code = param(&back, "code").unwrap_or_default();
+    assert!(!code.is_empty(), "{back}");
+    let (st, tokens) = f.redeem(&code, Some(VERIFIER), REDIRECT).await?;
+    assert_eq!(st, 200, "{tokens}");
+    let expected: Value = serde_json::from_str(&details)?;
+    assert_eq!(tokens["authorization_details"], expected, "{tokens}");
+    let at = tokens["access_token"].as_str().unwrap_or_default();
+    let c = claims(at);
+    assert_eq!((c["aud"].as_str(), &c["authorization_details"]), (Some(PAY), &expected), "{c}");
+    let seen = f.w.s.introspect(at).await?;
+    assert_eq!(seen["authorization_details"], expected, "{seen}");
+    // The grant holds it: a check is covered up to 120 EUR only.
+    for (amount, decision) in [(100, "allow"), (500, "deny")] {
+        let detail =
+            json!([{"type": "payment_initiation", "amount": amount, "currency": "EUR", "creditor": "<i>ACME</i>"}]);
+        let body = json!({"token": at, "action": "pay", "resource": {"type": "payment", "id": "p1"},
+                          "authorization_details": detail});
+        let (st, d) = f.w.s.admin(Method::POST, "/v1/check", Some(body)).await?;
+        assert_eq!((st, d["decision"].as_str()), (200, Some(decision)), "{amount}: {d}");
+    }
     Ok(())
 }

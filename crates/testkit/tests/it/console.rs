@@ -273,6 +273,21 @@ async fn the_inventory_reads_the_apis_filters_and_pages() -> Result<()> {
     let (st, html) = b.get(&format!("/console/agents/{}", w.planner.id), &session).await?;
     assert_eq!(st, 200);
     assert!(html.contains(&w.alice) && html.contains("Live grants"), "{html}");
+    // With the limits in force: the server's defaults, narrowed by the agent's.
+    assert!(html.contains("<dt>Limits in force</dt><dd>tokens live at most 300 s;"), "{html}");
+    let (st, body) =
+        w.s.admin(
+            Method::PATCH,
+            &format!("/v1/agents/{}", w.planner.id),
+            Some(json!({"limits": {"max_token_ttl": 60, "require_dpop": true}})),
+        )
+        .await?;
+    assert_eq!(st, 200, "{body}");
+    let (_, html) = b.get(&format!("/console/agents/{}", w.planner.id), &session).await?;
+    assert!(
+        html.contains("<dt>Limits in force</dt><dd>tokens live at most 60 s;") && html.contains("DPoP required"),
+        "{html}"
+    );
     Ok(())
 }
 

@@ -13,7 +13,7 @@ use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_passes_the_delegation_scenarios() -> anyhow::Result<()> {
-    mandate_testkit::scenarios::run_all(TestServer::start).await
+    mandate_testkit::scenarios::run_all(|| TestServer::start_with(|c| c.dev_loopback_fetch = true)).await
 }
 
 /// What policy says about one principal of the chain.

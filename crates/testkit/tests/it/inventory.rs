@@ -215,6 +215,25 @@ permit(principal == Agent::"{}", action == Action::"mandate:delegate", resource 
     ensure!(d["may_delegate_to"] == json!([other.id]), "policy, not every agent: {body}");
     ensure!(d["candidates_evaluated"] == 2, "the other active agents: {body}");
     ensure!(d["delegated_to"] == json!([]) && d["days"] == 30 && d["complete"] == true, "{body}");
+    // The limits it carries and those in force (the server's defaults,
+    // narrowed by its own).
+    ensure!(body["limits"] == json!({}) && body["limits_in_force"]["max_token_ttl"] == 300, "{body}");
+    ensure!(body["limits_in_force"]["require_dpop"] == false, "{body}");
+    let (st, b) = s
+        .admin(
+            Method::PATCH,
+            &format!("/v1/agents/{}", agent.id),
+            Some(json!({"limits": {"max_token_ttl": 120, "require_dpop": true}})),
+        )
+        .await?;
+    ensure!(st == 200, "{st} {b}");
+    let (_, body) = s.admin(Method::GET, &format!("/v1/agents/{}/inventory", agent.id), None).await?;
+    ensure!(body["limits"] == json!({"max_token_ttl": 120, "require_dpop": true}), "{body}");
+    ensure!(
+        body["limits_in_force"]["max_token_ttl"] == 120 && body["limits_in_force"]["require_dpop"] == true,
+        "{body}"
+    );
+    ensure!(body["limits_in_force"]["max_delegation_depth"].is_u64(), "every limit in force is shown: {body}");
     let _ = third;
     for (path, want) in [
         (format!("/v1/agents/{}/inventory?days=0", agent.id), 400),

@@ -636,6 +636,64 @@ async fn a_payment_approval_shows_its_details_and_binds_them() -> Result<()> {
 }
 
 #[tokio::test]
+async fn an_action_approval_shows_the_checked_context_escaped() -> Result<()> {
+    // SECURITY row 33: the person sees the declared context the approval is
+    // bound to, and a value is text, never markup.
+    use mandate_testkit::scenarios::details::PAY;
+    let w = World::new(TestServer::start().await?).await?;
+    let (st, dana) = w
+        .s
+        .admin(Method::POST, "/v1/users", Some(json!({"name": "Dana", "email": "dana@example.com", "groups": ["staff"], "password": "correct horse battery"})))
+        .await?;
+    assert_eq!(st, 201, "{dana}");
+    let dana = dana["id"].as_str().unwrap_or_default().to_owned();
+    let (st, _) =
+        w.s.admin(
+            Method::POST,
+            "/v1/resources",
+            Some(json!({"identifier": PAY, "name": "Payments", "scopes": {"pay": ["pay"]},
+                        "context": {"amount": "Long", "memo": "String"}})),
+        )
+        .await?;
+    assert_eq!(st, 201);
+    w.s.put_policies(
+        r#"permit (principal in Group::"staff", action == Action::"pay", resource);
+           permit (principal is Agent, action == Action::"pay", resource is Api);
+           @approval("user")
+           permit (principal is Agent, action == Action::"pay", resource is Resource) when { context has amount };"#,
+    )
+    .await?;
+    let agent = w.s.create_agent(&dana, mandate_jose::KeyAlg::EdDSA).await?;
+    let (st, req) = w.ciba(&agent, &[("login_hint", "dana@example.com"), ("scope", "pay"), ("resource", PAY)]).await?;
+    assert_eq!(st, 200, "{req}");
+    let (st, tokens) = w.poll(&agent, req["auth_req_id"].as_str().unwrap_or_default()).await?;
+    assert_eq!(st, 200, "{tokens}");
+    let token = tokens["access_token"].as_str().unwrap_or_default().to_owned();
+    let check = |amount: i64| {
+        json!({"token": token, "action": "pay", "resource": {"type": "payment", "id": "p1"},
+               "context": {"amount": amount, "memo": "<b>rent</b> & more"}})
+    };
+    let (st, d) = w.s.admin(Method::POST, "/v1/check", Some(check(50))).await?;
+    assert_eq!((st, d["decision"].as_str()), (200, Some("approval_required")), "{d}");
+    let id = d["approval_request"].as_str().unwrap_or_default().to_owned();
+    let b = Browser { http: client()?, base: w.s.url.clone() };
+    let (_, session, _) = b.sign_in("dana@example.com", "correct horse battery").await?;
+    let session = session.unwrap_or_default();
+    let (_, html) = b.get("/approvals", &session).await?;
+    assert!(html.contains(r#"aria-label="Context of the check"><caption>context</caption>"#), "{html}");
+    assert!(html.contains(r#"<th scope="row">amount</th><td>50</td>"#), "{html}");
+    assert!(html.contains("&#60;b&#62;rent&#60;/b&#62; &#38; more") && !html.contains("<b>rent</b>"), "{html}");
+    assert_eq!(b.approve_shown(&id, &session, &html).await?, 200);
+    // Approved for 50: 500 asks again; 50 is allowed.
+    let (_, d) = w.s.admin(Method::POST, "/v1/check", Some(check(500))).await?;
+    assert_eq!(d["decision"], "approval_required", "{d}");
+    assert_ne!(d["approval_request"], id.as_str());
+    let (_, d) = w.s.admin(Method::POST, "/v1/check", Some(check(50))).await?;
+    assert_eq!(d["decision"], "allow", "{d}");
+    Ok(())
+}
+
+#[tokio::test]
 async fn the_review_page_decides_an_owners_items_and_auditors_start_campaigns() -> Result<()> {
     // A day-long grant is `expiring` in a window of one day (ADR 0036).
     let w = World::new(TestServer::start_with(|c| c.review.expiring_days = 1).await?).await?;
