@@ -576,7 +576,9 @@ impl Mandate {
             let id = match (subject.get("id").and_then(Value::as_str), subject.len()) {
                 (Some(id), 2) => id,
                 _ => {
-                    return Err(Error::BadInput("an opaque subject has exactly format and id (RFC 9493 §3.2.4)".into()));
+                    return Err(Error::BadInput(
+                        "an opaque subject has exactly format and id (RFC 9493 §3.2.4)".into(),
+                    ));
                 }
             };
             let ok = !id.is_empty()
