@@ -52,10 +52,12 @@ const GRANTS: &str = "SELECT a.owner, g.resource, g.scopes, g.created_at, g.expi
 const TOKENS: &str = "SELECT a.owner, a.kind, t.audience, t.scopes, t.issued_at, t.expires_at, t.revoked_at \
      FROM tokens t LEFT JOIN agents a ON a.id = t.client_id WHERE t.expires_at >= ?1";
 
-/// Agents live, and ephemeral ones retired since `?1`.
+/// Agents live, and ephemeral ones retired since `?1`. The second part names
+/// its index: with `agents (status, id)` (migration 0027) the planner would
+/// otherwise read every retired agent, not those retired since `?1`.
 const AGENTS: &str = "SELECT owner, kind, created_at, expires_at, status, retired_at FROM agents WHERE status <> 'retired' \
      UNION ALL \
-     SELECT owner, kind, created_at, expires_at, status, retired_at FROM agents \
+     SELECT owner, kind, created_at, expires_at, status, retired_at FROM agents INDEXED BY agents_ephemeral_retired \
      WHERE kind = 'ephemeral' AND status = 'retired' AND retired_at >= ?1";
 
 /// Feeds `tally` the grants, tokens and agents that are live or ended at
