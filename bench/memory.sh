@@ -38,7 +38,7 @@ trap cleanup EXIT
 
 PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
 BASE="http://127.0.0.1:$PORT"
-start() { # start LOG -> PID; prints seconds until /readyz answers 200
+start() { # start LOG: sets PID; writes the seconds until /readyz answers 200 to $WORK/ready_s
   local t0
   t0=$(date +%s.%N)
   MANDATE_ADMIN_TOKEN="$ADMIN" "$M" serve --data-dir "$WORK/data" --listen "127.0.0.1:$PORT" --issuer "$BASE" \
@@ -47,7 +47,8 @@ start() { # start LOG -> PID; prints seconds until /readyz answers 200
   for _ in $(seq 1 3000); do
     kill -0 "$PID" 2>/dev/null || die "mandate exited: $(tail -n 20 "$1")"
     if [[ "$(curl -s -o /dev/null -w '%{http_code}' "$BASE/readyz" || true)" == 200 ]]; then
-      python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.3f}')" "$t0" "$(date +%s.%N)"
+      python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.3f}')" "$t0" "$(date +%s.%N)" \
+        >"$WORK/ready_s"
       return
     fi
     sleep 0.01
@@ -67,7 +68,8 @@ api() {
 }
 
 mkdir -p "$WORK/data"
-first_start=$(start "$WORK/mandate.log")
+start "$WORK/mandate.log"  # not in $(…): PID must be set in this shell
+first_start=$(cat "$WORK/ready_s")
 log "started in ${first_start} s on an empty store"
 sleep 5
 rss "idle, empty store"
@@ -122,7 +124,8 @@ live=$(sqlite3 "$WORK/data/mandate.db" "SELECT count(*) FROM tokens WHERE revoke
 log "live tokens in the store: $live"
 
 kill -TERM "$PID"; wait "$PID" 2>/dev/null || true; PID=""
-cold=$(start "$WORK/mandate2.log")
+start "$WORK/mandate2.log"
+cold=$(cat "$WORK/ready_s")
 log "cold start on the filled store: ${cold} s"
 sleep 5
 rss "idle after restart on the filled store"
