@@ -36,13 +36,16 @@ cleanup() {
 trap cleanup EXIT
 [[ -x $M && -x $L ]] || die "build first: cargo build --release -p mandate -p mandate-loadgen"
 
-PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+PORT="$(free_port)"
+METRICS_PORT="$(free_port)"
 BASE="http://127.0.0.1:$PORT"
 start() { # start LOG: sets PID; writes the seconds until /readyz answers 200 to $WORK/ready_s
   local t0
   t0=$(date +%s.%N)
   MANDATE_ADMIN_TOKEN="$ADMIN" "$M" serve --data-dir "$WORK/data" --listen "127.0.0.1:$PORT" --issuer "$BASE" \
-    --rate-limit-per-address 0 --rate-limit-per-client 0 --access-token-ttl 3600 >>"$1" 2>&1 &
+    --rate-limit-per-address 0 --rate-limit-per-client 0 --access-token-ttl 3600 \
+    --metrics-listen "127.0.0.1:$METRICS_PORT" >>"$1" 2>&1 &
   PID=$!
   for _ in $(seq 1 3000); do
     kill -0 "$PID" 2>/dev/null || die "mandate exited: $(tail -n 20 "$1")"
@@ -56,11 +59,16 @@ start() { # start LOG: sets PID; writes the seconds until /readyz answers 200 to
   die "not ready after 30 s"
 }
 rss() { # rss LABEL: VmRSS and VmHWM in MiB, appended to the results
-  local now peak
+  local now peak threads anon
   now=$(awk '/^VmRSS/ {print int($2/1024)}' "/proc/$PID/status")
   peak=$(awk '/^VmHWM/ {print int($2/1024)}' "/proc/$PID/status")
-  log "$1: RSS ${now} MiB (peak ${peak} MiB)"
+  threads=$(awk '/^Threads/ {print $2}' "/proc/$PID/status")
+  anon=$(awk '/^Anonymous/ {print int($2/1024)}' "/proc/$PID/smaps_rollup" 2>/dev/null || echo "?")
+  log "$1: RSS ${now} MiB (peak ${peak} MiB; anonymous ${anon} MiB; ${threads} threads)"
   printf '%s\t%s\t%s\n' "$1" "$now" "$peak" >>"$WORK/rss.tsv"
+  # How full each per-node cache is against its byte budget (set every
+  # 10 s by the server; absent from builds before the gauges).
+  curl -s "http://127.0.0.1:$METRICS_PORT/metrics" | grep -E '^mandate_cache_(entries|bytes)' | sed 's/^/[memory]   /' >&2 || true
 }
 api() {
   curl -sS --fail-with-body -X "$1" "$BASE$2" -H "Authorization: Bearer $ADMIN" \

@@ -15,7 +15,9 @@ use clap::{CommandFactory, Parser, Subcommand};
 
 /// mimalloc instead of glibc's allocator: under load glibc's `malloc`,
 /// `free` and their consolidation took about a sixth of the server's CPU
-/// (issue 19's profile, BENCHMARKS.md "Issue 19").
+/// (issue 19's profile, BENCHMARKS.md "Issue 19"). The default feature
+/// `mimalloc`; without it, glibc's.
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -29,8 +29,10 @@ pub struct ReviewArgs {
     #[arg(long)]
     expiring_days: Option<u32>,
     /// Agents the server reviews per request (1 to 1,000); the command
-    /// follows the pages to the end either way.
-    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    /// follows the pages to the end either way. The default, 100, keeps
+    /// each request within the 200 ms a list page is held to at 100,000
+    /// agents (a page of 500 took about 250 ms p95: BENCHMARKS.md).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1000))]
     page_size: u32,
 }
 

@@ -24,12 +24,21 @@ use mandate_model::{AgentId, ApprovalId, GrantId, Jti, ResourceId, UserId};
 use time::OffsetDateTime;
 
 use crate::audit::AuditQuery;
+use crate::footprint::{CacheFill, Footprint, Weighed, bounded};
 use crate::store::{ApprovalQuery, Change, GrantQuery, Receipt, Store, StoreError, StoredKey, StoredPolicy};
 
-/// Records kept per cache; past it the least useful are evicted (S3-FIFO).
-const MAX_RECORDS: usize = 100_000;
+/// Bytes each cache may hold (estimated, `crate::footprint`); past its
+/// budget the least useful entries are evicted (S3-FIFO). An agent with
+/// one key weighs about 2.7 KiB (an allocator hands out about 1.9), so the
+/// agents' budget keeps about 36,000.
+const AGENTS_BYTES: u64 = 96 << 20;
+const FEDERATED_BYTES: u64 = 8 << 20;
+const USERS_BYTES: u64 = 16 << 20;
+const RESOURCES_BYTES: u64 = 8 << 20;
+/// A typical entry's weight, which sizes each cache's table.
+const TYPICAL_RECORD: u64 = 2_048;
 
-type Cache<K, V> = quick_cache::sync::Cache<K, V>;
+type Cache<K, V> = crate::footprint::Cache<K, V>;
 
 pub struct CachingStore {
     inner: Arc<dyn Store>,
@@ -47,12 +56,22 @@ impl CachingStore {
     pub fn new(inner: Arc<dyn Store>) -> Self {
         Self {
             inner,
-            agents: Cache::new(MAX_RECORDS),
-            federated: Cache::new(MAX_RECORDS),
-            users: Cache::new(MAX_RECORDS),
-            resources: Cache::new(MAX_RECORDS),
+            agents: bounded(AGENTS_BYTES, TYPICAL_RECORD),
+            federated: bounded(FEDERATED_BYTES, TYPICAL_RECORD),
+            users: bounded(USERS_BYTES, TYPICAL_RECORD / 2),
+            resources: bounded(RESOURCES_BYTES, TYPICAL_RECORD),
             seen: AtomicU64::new(0),
         }
+    }
+
+    /// How full each cache is, for the `mandate_cache_*` gauges.
+    pub fn fill(&self) -> [CacheFill; 4] {
+        [
+            CacheFill::of("agents", &self.agents),
+            CacheFill::of("federated", &self.federated),
+            CacheFill::of("users", &self.users),
+            CacheFill::of("resources", &self.resources),
+        ]
     }
 
     /// The newest store epoch any request has read through this store.
@@ -70,11 +89,18 @@ impl CachingStore {
 }
 
 fn hit<K: std::hash::Hash + Eq + Clone, V: Clone>(cache: &Cache<K, (u64, V)>, k: &K, epoch: u64) -> Option<V> {
-    cache.get(k).filter(|(e, _)| *e == epoch).map(|(_, v)| v)
+    cache.get(k).map(Weighed::into_value).filter(|(e, _)| *e == epoch).map(|(_, v)| v)
 }
 
-fn keep<K: std::hash::Hash + Eq + Clone, V: Clone>(cache: &Cache<K, (u64, V)>, k: K, epoch: u64, v: V) {
-    cache.insert(k, (epoch, v));
+/// Keeps `v` read at `epoch` under `k`, whose heap bytes are `key_heap`.
+fn keep<K: std::hash::Hash + Eq + Clone, V: Clone + Footprint>(
+    cache: &Cache<K, (u64, V)>,
+    k: K,
+    key_heap: usize,
+    epoch: u64,
+    v: V,
+) {
+    cache.insert(k, Weighed::new::<K>(key_heap, (epoch, v)));
 }
 
 #[async_trait]
@@ -108,7 +134,7 @@ impl Store for CachingStore {
         let u = self.inner.user(id).await?;
         // A user not found yet may be created without advancing the epoch.
         if u.is_some() {
-            keep(&self.users, id, epoch, u.clone());
+            keep(&self.users, id, 0, epoch, u.clone());
         }
         Ok(u)
     }
@@ -169,7 +195,8 @@ impl Store for CachingStore {
         // Only what was found: an unverified token's subject could
         // otherwise fill the cache with misses.
         if !found.is_empty() {
-            keep(&self.federated, key, epoch, found.clone());
+            let key_heap = key.0.len() + key.1.len();
+            keep(&self.federated, key, key_heap, epoch, found.clone());
         }
         Ok(found)
     }
@@ -181,7 +208,7 @@ impl Store for CachingStore {
         }
         let a = self.inner.agent(id).await?;
         if a.is_some() {
-            keep(&self.agents, id, epoch, a.clone());
+            keep(&self.agents, id, 0, epoch, a.clone());
         }
         Ok(a)
     }
@@ -190,11 +217,11 @@ impl Store for CachingStore {
     }
     async fn resource(&self, id: ResourceId) -> Result<Option<Resource>, StoreError> {
         if let Some(r) = self.resources.get(&id) {
-            return Ok(Some(r));
+            return Ok(Some(r.into_value()));
         }
         let r = self.inner.resource(id).await?;
         if let Some(r) = &r {
-            self.resources.insert(id, r.clone());
+            self.resources.insert(id, Weighed::new::<ResourceId>(0, r.clone()));
         }
         Ok(r)
     }

@@ -16,6 +16,7 @@ use time::OffsetDateTime;
 use mandate_policy::Related;
 
 use crate::Error;
+use crate::footprint::{CacheFill, Footprint, Weighed, bounded};
 use crate::service::Mandate;
 
 /// The most ancestors followed; chains are at most `MAX_ACT_DEPTH` deep.
@@ -250,8 +251,17 @@ impl Mandate {
     }
 }
 
-/// Entries a per-node cache holds; past it the least useful are evicted.
-const MAX_CACHED: usize = 100_000;
+/// Bytes each per-node cache may hold (estimated, `crate::footprint`);
+/// past its budget the least useful entries are evicted (S3-FIFO). A live
+/// chain holds its token, agents, user and grant (about 5 KiB); a verified
+/// token's claims about 1 KiB; a check decision a few hundred bytes.
+const VERIFIED_BYTES: u64 = 32 << 20;
+const LIVE_BYTES: u64 = 64 << 20;
+const DECISIONS_BYTES: u64 = 32 << 20;
+const ISSUANCE_BYTES: u64 = 32 << 20;
+/// A typical issuance decision's weight: a digest, an action, the policy
+/// version and the determining policies.
+const TYPICAL_ISSUANCE: u64 = 320;
 
 /// A token's cache key: its SHA-256, so that the cache holds no tokens.
 pub(crate) fn token_key(token: &str) -> [u8; 32] {
@@ -266,20 +276,44 @@ pub(crate) struct CachedDecision {
 }
 
 type DecisionKey = ([u8; 32], String, String, String);
-/// (decision key: principal, target and what they reach; action).
-type IssuanceKey = (String, String);
-/// A live chain, the epoch it was read at, and when its first expiry falls.
-type LiveEntry = (u64, OffsetDateTime, Arc<LiveToken>);
+/// (SHA-256 of the decision key, which spells the principal, the target
+/// and every record they reach; action). The digest, not the key: a key
+/// spells whole records (about 1-2 KiB), and a node issuing to 100,000
+/// agents held one per agent.
+type IssuanceKey = ([u8; 32], String);
 
-type Cache<K, V> = quick_cache::sync::Cache<K, V>;
+type Cache<K, V> = crate::footprint::Cache<K, V>;
+
+/// A live chain with the epoch it was read at and its first expiry.
+type LiveEntry = ((u64, OffsetDateTime), Arc<LiveToken>);
+
+impl Footprint for LiveToken {
+    fn heap_bytes(&self) -> usize {
+        self.claims.heap_bytes()
+            + self.record.heap_bytes()
+            + self.chain.as_ref().map_or(0, |c| std::mem::size_of_val(c.agents()))
+            + self.agents.heap_bytes()
+            + self.user.heap_bytes()
+            + self.grant.heap_bytes()
+    }
+}
+
+impl Footprint for CachedDecision {
+    fn heap_bytes(&self) -> usize {
+        self.reasons.heap_bytes()
+    }
+}
 
 /// Per-node caches, each entry stamped with the store epoch it was read
 /// at. None outlives a change: an entry is used only at the same epoch.
-/// Each is bounded; past the bound the least useful entries are evicted.
+/// Each is bounded by bytes; past the bound the least useful entries are
+/// evicted.
 pub(crate) struct Caches {
     verified: Cache<[u8; 32], AccessTokenClaims>,
+    /// The epoch and first expiry of a live chain.
     live: Cache<[u8; 32], LiveEntry>,
-    decisions: Cache<DecisionKey, (u64, String, CachedDecision)>,
+    /// The epoch and policy version a decision was made at.
+    decisions: Cache<DecisionKey, ((u64, String), CachedDecision)>,
     /// Issuance decisions by (decision key, action), with the policy
     /// version they were made under.
     issuance: Cache<IssuanceKey, (String, mandate_policy::Decision)>,
@@ -288,31 +322,45 @@ pub(crate) struct Caches {
 impl Default for Caches {
     fn default() -> Self {
         Self {
-            verified: Cache::new(MAX_CACHED),
-            live: Cache::new(MAX_CACHED),
-            decisions: Cache::new(MAX_CACHED),
-            issuance: Cache::new(MAX_CACHED),
+            verified: bounded(VERIFIED_BYTES, 1_024),
+            live: bounded(LIVE_BYTES, 5_120),
+            decisions: bounded(DECISIONS_BYTES, 1_536),
+            issuance: bounded(ISSUANCE_BYTES, TYPICAL_ISSUANCE),
         }
     }
 }
 
 impl Caches {
+    /// How full each cache is, for the `mandate_cache_*` gauges.
+    pub(crate) fn fill(&self) -> [CacheFill; 4] {
+        [
+            CacheFill::of("verified_tokens", &self.verified),
+            CacheFill::of("live_chains", &self.live),
+            CacheFill::of("check_decisions", &self.decisions),
+            CacheFill::of("issuance_decisions", &self.issuance),
+        ]
+    }
+
     /// Claims of a token whose signature was verified before and which has
     /// not expired since.
     pub(crate) fn verified(&self, key: &[u8; 32], now: i64) -> Option<AccessTokenClaims> {
-        self.verified.get(key).filter(|c| c.exp > now && c.nbf <= now)
+        self.verified.get(key).map(Weighed::into_value).filter(|c| c.exp > now && c.nbf <= now)
     }
 
     pub(crate) fn keep_verified(&self, key: [u8; 32], claims: AccessTokenClaims) {
-        self.verified.insert(key, claims);
+        self.verified.insert(key, Weighed::new::<[u8; 32]>(0, claims));
     }
 
     fn live(&self, key: &[u8; 32], epoch: u64, now: OffsetDateTime) -> Option<Arc<LiveToken>> {
-        self.live.get(key).filter(|(e, until, _)| *e == epoch && now < *until).map(|(_, _, l)| l)
+        self.live
+            .get(key)
+            .map(Weighed::into_value)
+            .filter(|((e, until), _)| *e == epoch && now < *until)
+            .map(|(_, l)| l)
     }
 
     fn keep_live(&self, key: [u8; 32], epoch: u64, until: OffsetDateTime, live: Arc<LiveToken>) {
-        self.live.insert(key, (epoch, until, live));
+        self.live.insert(key, Weighed::new::<[u8; 32]>(0, ((epoch, until), live)));
     }
 
     /// The decision for `principal` doing `action` on `target`, from the
@@ -334,8 +382,8 @@ impl Caches {
         let Ok(scene) = mandate_policy::decision_key_with(principal, target, related, facts) else {
             return engine.decide_with(principal, action, target, related, facts);
         };
-        let key = (scene, action.to_owned());
-        if let Some((v, d)) = self.issuance.get(&key)
+        let key = (token_key(&scene), action.to_owned());
+        if let Some((v, d)) = self.issuance.get(&key).map(Weighed::into_value)
             && v == engine.version()
         {
             return d;
@@ -343,17 +391,23 @@ impl Caches {
         let d = engine.decide_with(principal, action, target, related, facts);
         // Errors are not kept: they are retried, and deny meanwhile.
         if d.errors.is_empty() {
-            self.issuance.insert(key, (engine.version().to_owned(), d.clone()));
+            let key_heap = key.1.len();
+            self.issuance.insert(key, Weighed::new::<IssuanceKey>(key_heap, (engine.version().to_owned(), d.clone())));
         }
         d
     }
 
     pub(crate) fn decision(&self, key: &DecisionKey, epoch: u64, version: &str) -> Option<CachedDecision> {
-        self.decisions.get(key).filter(|(e, v, _)| *e == epoch && v == version).map(|(_, _, d)| d)
+        self.decisions
+            .get(key)
+            .map(Weighed::into_value)
+            .filter(|((e, v), _)| *e == epoch && v == version)
+            .map(|(_, d)| d)
     }
 
     pub(crate) fn keep_decision(&self, key: DecisionKey, epoch: u64, version: String, d: CachedDecision) {
-        self.decisions.insert(key, (epoch, version, d));
+        let key_heap = key.1.len() + key.2.len() + key.3.len();
+        self.decisions.insert(key, Weighed::new::<DecisionKey>(key_heap, ((epoch, version), d)));
     }
 }
 
@@ -362,20 +416,35 @@ mod tests {
     use super::*;
 
     fn decision(i: usize) -> CachedDecision {
-        CachedDecision { decision: "allow", reasons: vec![i.to_string()] }
+        // About 1 KiB each, as a decision naming a few policies with
+        // their reasons.
+        CachedDecision { decision: "allow", reasons: vec![format!("{i:01024}")] }
     }
 
     #[test]
-    fn a_full_cache_evicts_some_entries_and_keeps_the_rest() {
+    fn a_full_cache_keeps_its_byte_budget_and_the_entries_in_use() {
         let caches = Caches::default();
         let key = |i: usize| ([0u8; 32], i.to_string(), String::new(), String::new());
-        let total = MAX_CACHED + 10;
+        // 1,000 decisions asked for again and again, among 100,000 asked
+        // for once.
+        let hot = 1_000;
+        let total = 100_000;
         for i in 0..total {
             caches.keep_decision(key(i), 1, "v".into(), decision(i));
+            if i >= hot && i % 10 == 0 {
+                let h = (i / 10) % hot;
+                if caches.decision(&key(h), 1, "v").is_none() {
+                    caches.keep_decision(key(h), 1, "v".into(), decision(h));
+                }
+            }
         }
-        // A map cleared when full would hold only the last ten now.
-        let recent = (total - 60_000..total).filter(|&i| caches.decision(&key(i), 1, "v").is_some()).count();
-        assert!(recent > 50_000, "only {recent} of the last 60,000 entries are kept");
-        assert!(caches.decision(&key(total - 1), 2, "v").is_none(), "an entry of another epoch was used");
+        let [_, _, fill, _] = caches.fill();
+        assert!(fill.bytes <= DECISIONS_BYTES, "{} bytes held", fill.bytes);
+        // 100,000 decisions of over 1 KiB: a cache bounded by count held
+        // them all (over 100 MiB).
+        assert!(fill.entries < 30_000, "{} entries held", fill.entries);
+        let kept = (0..hot).filter(|&i| caches.decision(&key(i), 1, "v").is_some()).count();
+        assert!(kept > 950, "only {kept} of the {hot} decisions in use are kept");
+        assert!(caches.decision(&key(0), 2, "v").is_none(), "an entry of another epoch was used");
     }
 }

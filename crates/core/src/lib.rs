@@ -20,6 +20,7 @@ pub mod delivery;
 pub mod details;
 pub mod dpop;
 pub mod federation;
+pub mod footprint;
 pub mod inventory;
 mod keyring;
 pub mod limits;

@@ -457,6 +457,12 @@ impl Mandate {
         Ok(())
     }
 
+    /// How full each of this node's caches is, against its byte budget
+    /// (`crate::footprint`): the `mandate_cache_*` gauges.
+    pub fn cache_fill(&self) -> Vec<crate::footprint::CacheFill> {
+        self.caching.fill().into_iter().chain(self.caches.fill()).collect()
+    }
+
     /// The policy engine to decide with. On a store other nodes share, a
     /// request has read the store epoch before it decides (authenticating
     /// its client, or finding its token's chain); if any request has seen

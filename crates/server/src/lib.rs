@@ -391,9 +391,23 @@ async fn background(state: AppState) {
         if n.is_multiple_of(REVIEW_GAUGE_EVERY) {
             review_gauges(&mandate).await;
         }
+        if n.is_multiple_of(10) {
+            cache_gauges(&mandate);
+        }
         if n.is_multiple_of(INVENTORY_SAMPLE_EVERY) {
             inventory_gauges(&mandate).await;
         }
+    }
+}
+
+/// Sets `mandate_cache_entries{cache}`, `mandate_cache_bytes{cache}` and
+/// `mandate_cache_budget_bytes{cache}`: how full each per-node cache is
+/// against the bytes it may hold. One label per cache, never per record.
+fn cache_gauges(mandate: &mandate_core::Mandate) {
+    for c in mandate.cache_fill() {
+        metrics::gauge!("mandate_cache_entries", "cache" => c.name).set(c.entries as f64);
+        metrics::gauge!("mandate_cache_bytes", "cache" => c.name).set(c.bytes as f64);
+        metrics::gauge!("mandate_cache_budget_bytes", "cache" => c.name).set(c.budget as f64);
     }
 }
 
@@ -414,6 +428,7 @@ async fn inventory_gauges(mandate: &mandate_core::Mandate) {
 /// findings and the inventory (with its sample). The loop does this every
 /// few minutes; tests and operators' tools may ask at once.
 pub async fn refresh_gauges(mandate: &mandate_core::Mandate) {
+    cache_gauges(mandate);
     review_gauges(mandate).await;
     inventory_gauges(mandate).await;
 }

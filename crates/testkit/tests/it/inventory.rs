@@ -387,6 +387,11 @@ async fn the_report_counts_live_records_their_peaks_and_churn() -> Result<()> {
         "mandate_review_findings{kind=\"stale\"}".to_owned(),
         "mandate_review_findings{kind=\"sprawl\"}".to_owned(),
         "mandate_ephemeral_spawns_total".to_owned(),
+        // Each per-node cache's fill against its byte budget (issue 19).
+        "mandate_cache_budget_bytes{cache=\"agents\"} 100663296".to_owned(),
+        "mandate_cache_bytes{cache=\"agents\"}".to_owned(),
+        "mandate_cache_entries{cache=\"live_chains\"}".to_owned(),
+        "mandate_cache_bytes{cache=\"issuance_decisions\"}".to_owned(),
     ] {
         ensure!(text.lines().any(|l| l.starts_with(&line)), "{line} is not in the metrics:\n{text}");
     }
