@@ -203,6 +203,20 @@ impl Footprint for Agent {
     }
 }
 
+impl Footprint for [u8; 32] {
+    fn heap_bytes(&self) -> usize {
+        0
+    }
+}
+
+impl Footprint for mandate_jose::JwkSet {
+    /// Each parsed key holds its `kid`, its public bytes and the crypto
+    /// library's key object: about 650 bytes, as heaptrack counted them.
+    fn heap_bytes(&self) -> usize {
+        self.keys.capacity() * size_of::<mandate_jose::jwk::PublicJwk>() + self.keys.len() * 650
+    }
+}
+
 impl Footprint for TokenRecord {
     fn heap_bytes(&self) -> usize {
         str_heap(&self.subject)

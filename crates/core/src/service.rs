@@ -21,6 +21,10 @@ use mandate_model::ssf::{Cause, InitiatingEntity};
 
 const ADMIN_TOKEN_SETTING: &str = "admin_token_sha256";
 
+/// Bytes the parsed client key sets may hold (estimated): a one-key set
+/// weighs about 800 bytes, so about 40,000 clients.
+const CLIENT_KEYS_BYTES: u64 = 32 << 20;
+
 /// Who called the administration API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Caller {
@@ -104,8 +108,11 @@ pub struct Mandate {
     /// Resources by identifier. Resources are immutable once registered, so
     /// a cached entry is never stale; a miss falls through to the store.
     pub(crate) resources: RwLock<HashMap<String, Arc<Resource>>>,
-    /// Parsed client key sets, reused while the registered JWKS is unchanged.
-    client_keys: RwLock<HashMap<ClientId, (serde_json::Value, Arc<JwkSet>)>>,
+    /// Parsed client key sets, with the SHA-256 of the registered JWKS each
+    /// was parsed from: reused while it is unchanged. Bounded by bytes
+    /// (`crate::footprint`): it held a set, and a copy of its JSON, for
+    /// every client that ever authenticated.
+    client_keys: crate::footprint::Cache<ClientId, ([u8; 32], Arc<JwkSet>)>,
     /// The key that signs audit checkpoints.
     pub(crate) audit_keys: RwLock<AuditKeys>,
     /// Allowed checks already recorded, by token, action and resource,
@@ -237,7 +244,7 @@ impl Mandate {
             keys: RwLock::new(Arc::new(ring)),
             policy: RwLock::new(PolicyEngine::empty()),
             resources: RwLock::new(HashMap::new()),
-            client_keys: RwLock::new(HashMap::new()),
+            client_keys: crate::footprint::bounded(CLIENT_KEYS_BYTES, 1_024),
             audit_keys: RwLock::new(AuditKeys::default()),
             checked: quick_cache::sync::Cache::new(crate::check::MAX_REMEMBERED_ALLOWS),
             caches: crate::chain::Caches::default(),
@@ -460,7 +467,12 @@ impl Mandate {
     /// How full each of this node's caches is, against its byte budget
     /// (`crate::footprint`): the `mandate_cache_*` gauges.
     pub fn cache_fill(&self) -> Vec<crate::footprint::CacheFill> {
-        self.caching.fill().into_iter().chain(self.caches.fill()).collect()
+        self.caching
+            .fill()
+            .into_iter()
+            .chain(self.caches.fill())
+            .chain([crate::footprint::CacheFill::of("client_keys", &self.client_keys)])
+            .collect()
     }
 
     /// The policy engine to decide with. On a store other nodes share, a
@@ -645,7 +657,7 @@ impl Mandate {
                         "client authentication is required: this client is confidential".into(),
                     ));
                 }
-                let (_, agent, _) = self.load_client(ClientId::Agent(agent.id)).await?;
+                let (agent, _) = self.load_client(ClientId::Agent(agent.id)).await?;
                 let agent = agent.ok_or_else(|| Error::InvalidClient("unknown client".into()))?;
                 Ok(AuthenticatedClient {
                     id: ClientId::Agent(agent.id),
@@ -682,8 +694,12 @@ impl Mandate {
                 } else {
                     iss.parse().map_err(|_| Error::InvalidClient("unknown client".into()))?
                 };
-                let (jwks, agent, resource) = self.load_client(id).await?;
-                let jwks = jwks.ok_or_else(|| Error::InvalidClient("client has no registered keys".into()))?;
+                let (agent, resource) = self.load_client(id).await?;
+                let jwks = agent
+                    .as_ref()
+                    .and_then(|a| a.jwks.as_ref())
+                    .or_else(|| resource.as_ref().and_then(|r| r.jwks.as_ref()))
+                    .ok_or_else(|| Error::InvalidClient("client has no registered keys".into()))?;
                 let keys = self.client_keyset(id, jwks)?;
                 let token_endpoint = self.config.token_endpoint();
                 let called = format!("{}{}", self.config.issuer, at.path());
@@ -714,7 +730,7 @@ impl Mandate {
                 let Ok(ClientId::Agent(id)) = client_id.parse::<ClientId>() else {
                     return Err(Error::InvalidClient("unknown client".into()));
                 };
-                let (_, agent, _) = self.load_client(ClientId::Agent(id)).await?;
+                let (agent, _) = self.load_client(ClientId::Agent(id)).await?;
                 let agent = agent.ok_or_else(|| Error::InvalidClient("unknown client".into()))?;
                 let ok = agent.secret_hash.as_deref().is_some_and(|h| secrets::matches(secret, h));
                 if !ok {
@@ -732,20 +748,18 @@ impl Mandate {
     }
 
     /// The parsed key set for `jwks`, from the cache when it is unchanged.
-    fn client_keyset(&self, id: ClientId, jwks: serde_json::Value) -> Result<Arc<JwkSet>, Error> {
-        if let Ok(cache) = self.client_keys.read()
-            && let Some((raw, keys)) = cache.get(&id)
-            && *raw == jwks
+    fn client_keyset(&self, id: ClientId, jwks: &serde_json::Value) -> Result<Arc<JwkSet>, Error> {
+        let digest = jwks_digest(jwks)?;
+        if let Some(hit) = self.client_keys.get(&id)
+            && hit.value().0 == digest
         {
-            return Ok(keys.clone());
+            return Ok(hit.value().1.clone());
         }
         let keys = Arc::new(
-            JwkSet::from_json(&jwks)
+            JwkSet::from_json(jwks)
                 .map_err(|_| Error::InvalidClient("client's registered keys are unusable".into()))?,
         );
-        if let Ok(mut cache) = self.client_keys.write() {
-            cache.insert(id, (jwks, keys.clone()));
-        }
+        self.client_keys.insert(id, crate::footprint::Weighed::new::<ClientId>(0, (digest, keys.clone())));
         Ok(keys)
     }
 
@@ -762,10 +776,7 @@ impl Mandate {
     }
 
     /// The client's keys and record; an inactive agent cannot authenticate.
-    pub(crate) async fn load_client(
-        &self,
-        id: ClientId,
-    ) -> Result<(Option<serde_json::Value>, Option<Agent>, Option<Resource>), Error> {
+    pub(crate) async fn load_client(&self, id: ClientId) -> Result<(Option<Agent>, Option<Resource>), Error> {
         match id {
             ClientId::Agent(a) => {
                 let agent = self.store.agent(a).await?.ok_or_else(|| Error::InvalidClient("unknown client".into()))?;
@@ -773,12 +784,12 @@ impl Mandate {
                 if !self.agent_may_act(&agent).await? {
                     return Err(Error::InvalidClient("the agent is not active".into()));
                 }
-                Ok((agent.jwks.clone(), Some(agent), None))
+                Ok((Some(agent), None))
             }
             ClientId::Resource(r) => {
                 let resource =
                     self.store.resource(r).await?.ok_or_else(|| Error::InvalidClient("unknown client".into()))?;
-                Ok((resource.jwks.clone(), None, Some(resource)))
+                Ok((None, Some(resource)))
             }
         }
     }
@@ -903,6 +914,25 @@ impl Mandate {
 }
 
 /// The first key of a kind, with its creation recorded.
+/// SHA-256 of a registered JWKS as serialised: which key set a parsed one
+/// was parsed from. Serialised into the hash, without a copy.
+fn jwks_digest(jwks: &serde_json::Value) -> Result<[u8; 32], Error> {
+    use sha2::{Digest, Sha256};
+    struct Hashing(Sha256);
+    impl std::io::Write for Hashing {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.update(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut h = Hashing(Sha256::new());
+    serde_json::to_writer(&mut h, jwks).map_err(|e| Error::Unavailable(format!("a registered JWKS: {e}")))?;
+    Ok(h.0.finalize().into())
+}
+
 fn first_key_change(key: &SigningKey, purpose: KeyUse, kek: &Kek, now: OffsetDateTime) -> Result<Change, Error> {
     let mut event = mandate_audit::Event::new(kind::KEY_CREATED, crate::audit::event_time(now));
     event.decision = Some(crate::audit::ALLOW.into());

@@ -341,7 +341,7 @@ impl Mandate {
         if agent.public {
             return Err(bad("a public client holds no credential"));
         }
-        let (_, agent, _) = self.load_client(ClientId::Agent(agent.id)).await?;
+        let (agent, _) = self.load_client(ClientId::Agent(agent.id)).await?;
         let agent = agent.ok_or_else(|| bad("unknown client"))?;
         // Workload tokens are reused within their lifetime (Kubernetes, CI)
         // unless the rule makes each one single-use.

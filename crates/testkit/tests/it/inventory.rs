@@ -392,6 +392,7 @@ async fn the_report_counts_live_records_their_peaks_and_churn() -> Result<()> {
         "mandate_cache_bytes{cache=\"agents\"}".to_owned(),
         "mandate_cache_entries{cache=\"live_chains\"}".to_owned(),
         "mandate_cache_bytes{cache=\"issuance_decisions\"}".to_owned(),
+        "mandate_cache_bytes{cache=\"client_keys\"}".to_owned(),
     ] {
         ensure!(text.lines().any(|l| l.starts_with(&line)), "{line} is not in the metrics:\n{text}");
     }
