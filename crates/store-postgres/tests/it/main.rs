@@ -876,7 +876,9 @@ async fn signals_written_on_one_node_are_polled_on_the_other() -> anyhow::Result
             anyhow::ensure!(jws.header.typ.as_deref() == Some("secevent+jwt"));
             let c = mandate_testkit::scenarios::claims(set);
             anyhow::ensure!(c["jti"] == jti.as_str() && c["aud"] == "https://rs.example", "{c}");
-            subjects.push(c["sub_id"]["id"].as_str().unwrap_or_default().to_owned());
+            // A complex subject (ADR 0039): the session is the token.
+            anyhow::ensure!(c["sub_id"]["format"] == "complex", "{c}");
+            subjects.push(c["sub_id"]["session"]["id"].as_str().unwrap_or_default().to_owned());
         }
         subjects.sort();
         jtis.sort();
