@@ -300,7 +300,7 @@ pub struct Signal {
 
 impl Signal {
     /// The SET's `sub_id` (SSF 1.0 §4.1.2, RFC 9493), in the formats the
-    /// CAEP interoperability profile (§2.7, "Event Subjects") names: `opaque`
+    /// CAEP interoperability profile (§2.5, "Event Subjects") names: `opaque`
     /// for the stream's own events only, `iss_sub` for the principals of
     /// the others, under Mandate's `issuer` (the `iss` and `sub` of the
     /// principal's access tokens).
