@@ -577,8 +577,8 @@ impl Mandate {
         let (id, described) = match (self.subject_key(&claim).await?, &claim) {
             (Some(found), _) => found,
             (None, SubjectClaim::Unrecognized(_)) if add => return Ok(()),
-            (None, SubjectClaim::Unrecognized(what)) => {
-                return Err(Error::NotFound(format!("subject not recognized: Mandate's events never name a {what}")));
+            (None, SubjectClaim::Unrecognized(why)) => {
+                return Err(Error::NotFound(format!("subject not recognized: {why}")));
             }
             (None, _) => return Err(Error::NotFound("subject not recognized: it names no one Mandate knows".into())),
         };
@@ -1010,6 +1010,7 @@ mod tests {
         let (r, stream) = calendar_stream(&w).await;
         let nobody = [
             json!({"format": "email", "email": "carol@example.com"}),
+            json!({"format": "email", "email": "root@localhost"}),
             json!({"format": "iss_sub", "iss": crate::testing::ISSUER, "sub": "usr_01ARZ3NDEKTSV4RRFFQ69G5FAV"}),
             json!({"format": "iss_sub", "iss": crate::testing::ISSUER, "sub": "grt_01ARZ3NDEKTSV4RRFFQ69G5FAV"}),
             json!({"format": "iss_sub", "iss": "https://idp.example", "sub": "someone"}),

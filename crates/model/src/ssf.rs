@@ -341,7 +341,7 @@ pub enum SubjectClaim {
     /// a person, a grant).
     Opaque(String),
     /// RFC 9493 §3.2.2: an address, in the one spelling Mandate stores
-    /// people's addresses in.
+    /// people's addresses in (as sent when it has none: no person has it).
     Email(String),
     /// RFC 9493 §3.2.5: an issuer and a subject at it (Mandate's, or an
     /// upstream identity provider's).
@@ -350,8 +350,7 @@ pub enum SubjectClaim {
     /// simple subject above) and the `session` (an `opaque` token `jti`).
     Complex { user: Option<Box<SubjectClaim>>, session: Option<String> },
     /// Well formed, but not something Mandate's events name: another
-    /// format, an address no person could have, a complex subject with
-    /// other members. Says what it was.
+    /// format, a complex subject with other members. Says why.
     Unrecognized(String),
 }
 
@@ -397,10 +396,9 @@ impl SubjectClaim {
                 let options = email_address::Options::default().without_display_text().without_domain_literal();
                 email_address::EmailAddress::parse_with_options(email, options)
                     .map_err(|e| bad(format!("the email is not an RFC 5322 address: {e}")))?;
-                Ok(match crate::name::validate_email(email) {
-                    Ok(stored) => Self::Email(stored),
-                    Err(_) => Self::Unrecognized(format!("email {email} (no person can have it)")),
-                })
+                // An address Mandate cannot store (`root@localhost`, a
+                // quoted local part) is kept as sent: it names no one.
+                Ok(Self::Email(crate::name::validate_email(email).unwrap_or_else(|_| email.to_owned())))
             }
             "iss_sub" => {
                 let m = members(&["iss", "sub"])?;
@@ -418,15 +416,16 @@ impl SubjectClaim {
                     match (name.as_str(), parsed) {
                         ("user", u) => user = Some(Box::new(u)),
                         ("session", Self::Opaque(jti)) => session = Some(jti),
+                        ("session", _) => other = Some("session that is not opaque".to_owned()),
                         (n, _) => other = Some(n.to_owned()),
                     }
                 }
                 Ok(match other {
-                    Some(n) => Self::Unrecognized(format!("complex subject member {n}")),
+                    Some(n) => Self::Unrecognized(format!("Mandate's complex subjects have no member {n}")),
                     None => Self::Complex { user, session },
                 })
             }
-            other => Ok(Self::Unrecognized(format!("format {other}"))),
+            other => Ok(Self::Unrecognized(format!("Mandate's events name no subject in format {other}"))),
         }
     }
 }
@@ -607,11 +606,13 @@ mod tests {
             json!({"format": "complex", "tenant": {"format": "opaque", "id": "t1"}}),
             json!({"format": "complex", "user": {"format": "opaque", "id": "u"}, "device": {"format": "opaque", "id": "d"}}),
             json!({"format": "complex", "session": {"format": "email", "email": "a@example.com"}}),
-            // RFC 5322 allows it; no person's stored address can be it.
-            json!({"format": "email", "email": "\"a b\"@example.com"}),
-            json!({"format": "email", "email": "root@localhost"}),
         ] {
             assert!(matches!(ok(v.clone()), SubjectClaim::Unrecognized(_)), "{v}");
+        }
+        // RFC 5322 allows them; Mandate stores no such address: as sent,
+        // they name no one.
+        for a in ["\"a b\"@example.com", "root@localhost"] {
+            assert_eq!(ok(json!({"format": "email", "email": a})), SubjectClaim::Email(a.into()));
         }
         // Malformed: refused.
         for v in [
