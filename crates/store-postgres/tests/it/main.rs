@@ -979,3 +979,61 @@ async fn a_starting_writer_reuses_an_idle_lane_and_never_a_live_one() -> anyhow:
     })
     .await
 }
+
+/// Migration 0031 (ADR 0039) on a database made before it: a
+/// `session-revoked` event already waiting gets its token's `sub` as its
+/// principal, so that its SET names the person.
+#[tokio::test]
+async fn the_principal_migration_fills_waiting_session_revoked_events() -> anyhow::Result<()> {
+    use mandate_core::store::{Change, Mutation};
+    use mandate_model::ssf::{Cause, EventSet, InitiatingEntity, Stream, StreamDelivery, StreamStatus};
+    use mandate_testkit::conformance::{agent, resource, t0, token, user};
+    on_fresh_database(|url| async move {
+        let u = user("principal@example.com");
+        let a = agent(u.id, None);
+        let r = resource("https://api.example");
+        let stream = Stream {
+            id: mandate_model::StreamId::from_ulid(ulid::Ulid::new()),
+            resource: r.id,
+            audience: r.identifier.clone(),
+            status: StreamStatus::Enabled,
+            status_reason: None,
+            delivery: StreamDelivery::Poll,
+            events: EventSet::all(),
+            description: None,
+            created_at: t0(),
+            updated_at: t0(),
+            failures: 0,
+            next_at: t0(),
+            lease_holder: None,
+            lease_until: None,
+            verified_at: None,
+        };
+        let t = token(a.id, &u.id.to_string());
+        let at = t0() + time::Duration::seconds(5);
+        {
+            let store = mandate_store_postgres::PostgresStore::connect(&url).await?;
+            let change = Change::new()
+                .with(Mutation::InsertUser(u.clone()))
+                .with(Mutation::InsertAgent(a))
+                .with(Mutation::InsertResource(r))
+                .with(Mutation::InsertStream(stream.clone()))
+                .with(Mutation::InsertToken(t.clone()))
+                .with(Mutation::RevokeToken { jti: t.jti, at })
+                .with(Mutation::SignalRevocations { at, cause: Cause::new(InitiatingEntity::Admin, "r") });
+            store.commit(change).await?;
+        }
+        // Back to the schema before 0031.
+        let mut conn = sqlx::PgConnection::connect(&url).await?;
+        sqlx::query("ALTER TABLE ssf_events DROP COLUMN principal").execute(&mut conn).await?;
+        sqlx::query("DELETE FROM _sqlx_migrations WHERE version = 31").execute(&mut conn).await?;
+        conn.close().await?;
+        let store = mandate_store_postgres::PostgresStore::connect(&url).await?;
+        let events = store.queued_events(stream.id, 10).await?;
+        let principals: Vec<(String, Option<String>)> =
+            events.iter().map(|e| (e.signal.subject.clone(), e.signal.principal.clone())).collect();
+        anyhow::ensure!(principals == vec![(t.jti.to_string(), Some(u.id.to_string()))], "{principals:?}");
+        Ok(())
+    })
+    .await
+}
