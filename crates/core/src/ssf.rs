@@ -605,8 +605,8 @@ impl Mandate {
     /// events by, `ssf_subjects`), and how the audit says it; `None` when
     /// it names nothing Mandate's events are about.
     ///
-    /// - `opaque`: the id itself, unchecked (ADR 0028: a receiver may
-    ///   remove a `jti` before the token is issued).
+    /// - `opaque`: the id itself, unchecked, as ADR 0028 has it (an id
+    ///   that names nothing filters no event).
     /// - `email`: the person with that address.
     /// - `iss_sub` at Mandate's issuer: the person or the agent whose id is
     ///   `sub` (the `sub` of their access tokens, as SETs name them); at
