@@ -422,6 +422,7 @@ impl Mandate {
                 signal: Signal {
                     kind: EventKind::TokenClaimsChange,
                     subject: id.to_string(),
+                    principal: None,
                     at: now,
                     cause: Cause::new(
                         InitiatingEntity::Admin,

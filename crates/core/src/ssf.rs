@@ -18,8 +18,9 @@ use std::sync::Arc;
 
 use mandate_model::ssf::{
     Cause, EventKind, EventSet, InitiatingEntity, QueuedEvent, Signal, Stream, StreamDelivery, StreamStatus,
+    SubjectClaim,
 };
-use mandate_model::{ResourceId, StreamId};
+use mandate_model::{AgentId, Jti, ResourceId, StreamId, UserId};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use time::{Duration, OffsetDateTime};
@@ -209,6 +210,7 @@ pub(crate) fn credential_change(agent: mandate_model::AgentId, at: OffsetDateTim
         signal: Signal {
             kind: EventKind::CredentialChange,
             subject: agent.to_string(),
+            principal: None,
             at,
             cause,
             detail: Some(json!({ "credential_type": "x509", "change_type": "update" }).to_string()),
@@ -531,6 +533,7 @@ impl Mandate {
         let signal = Signal {
             kind: EventKind::Verification,
             subject: stream.id.to_string(),
+            principal: None,
             at: now,
             cause: Cause::new(InitiatingEntity::System, "verification requested by the receiver"),
             detail,
@@ -556,45 +559,28 @@ impl Mandate {
 
     /// `POST /ssf/subjects:add` (`add`) and `:remove` (SSF §8.1.3). Streams
     /// carry every subject of their audience (`default_subjects` `ALL`):
-    /// removing an `opaque` subject (a token's `jti`, an agent, a person or
-    /// a grant) stops the events about it on this stream from then on, and
-    /// adding it back undoes that. Mandate names subjects only by `opaque`
-    /// ids: adding a subject of another format changes nothing (it is in
-    /// already), removing one is answered 404 (not recognized). The
-    /// stream's own id (the subject of its verification and stream-updated
-    /// events) cannot be removed (SSF §8.1.4.1).
+    /// removing a subject stops the events about it on this stream from
+    /// then on, and adding it back undoes that. A subject names one of
+    /// Mandate's ids ([`Mandate::subject_key`]): an `opaque` id (a token's
+    /// `jti`, an agent, a person or a grant), a person by `email`, a person
+    /// or an agent by `iss_sub` (Mandate's issuer, or an upstream identity
+    /// provider's identity of a person), or a complex subject of a `user`
+    /// and a `session`, as the SETs name them. A subject Mandate's events
+    /// never carry is in already when added (nothing changes) and is not
+    /// recognized when removed (404); so is an email or `iss_sub` that
+    /// names nobody, either way. The stream's own id (the subject of its
+    /// verification and stream-updated events) cannot be removed (SSF
+    /// §8.1.4.1).
     pub async fn change_subjects(&self, r: &Receiver, req: SubjectRequest, add: bool) -> Result<(), Error> {
         let stream = self.own_stream(r, &req.stream_id).await?;
-        let Some(subject) = req.subject.as_object() else {
-            return Err(Error::BadInput("subject must be an RFC 9493 subject identifier".into()));
-        };
-        let format = subject
-            .get("format")
-            .and_then(Value::as_str)
-            .ok_or_else(|| Error::BadInput("subject must be an RFC 9493 subject identifier with a format".into()))?;
-        let id = if format == "opaque" {
-            let id = match (subject.get("id").and_then(Value::as_str), subject.len()) {
-                (Some(id), 2) => id,
-                _ => {
-                    return Err(Error::BadInput(
-                        "an opaque subject has exactly format and id (RFC 9493 §3.2.4)".into(),
-                    ));
-                }
-            };
-            let ok = !id.is_empty()
-                && id.chars().count() <= mandate_model::ssf::MAX_SUBJECT_ID
-                && !id.chars().any(char::is_control);
-            if !ok {
-                return Err(Error::BadInput(format!(
-                    "an opaque id is 1 to {} characters, without control characters",
-                    mandate_model::ssf::MAX_SUBJECT_ID
-                )));
+        let claim = SubjectClaim::parse(&req.subject)?;
+        let (id, described) = match (self.subject_key(&claim).await?, &claim) {
+            (Some(found), _) => found,
+            (None, SubjectClaim::Unrecognized(_)) if add => return Ok(()),
+            (None, SubjectClaim::Unrecognized(why)) => {
+                return Err(Error::NotFound(format!("subject not recognized: {why}")));
             }
-            id.to_owned()
-        } else if add {
-            return Ok(());
-        } else {
-            return Err(Error::NotFound("subject not recognized: Mandate names subjects by opaque ids".into()));
+            (None, _) => return Err(Error::NotFound("subject not recognized: it names no one Mandate knows".into())),
         };
         if !add && id == stream.id.to_string() {
             return Err(Error::Forbidden("a stream's own subject cannot be removed".into()));
@@ -604,7 +590,7 @@ impl Mandate {
         } else {
             (Mutation::RemoveStreamSubject { stream: stream.id, subject: id.clone() }, "removed")
         };
-        let record = self.stream_event(kind::SSF_STREAM_UPDATED, r, &stream, format!("subject {what}: opaque {id}"));
+        let record = self.stream_event(kind::SSF_STREAM_UPDATED, r, &stream, format!("subject {what}: {described}"));
         match self.store.commit(Change::new().with(mutation).with(record.mutation())).await {
             Ok(_) => Ok(()),
             Err(StoreError::Conflict(_)) => Err(Error::Conflict(format!(
@@ -613,6 +599,66 @@ impl Mandate {
             ))),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// The id a subject stands for on a stream (what the stores filter
+    /// events by, `ssf_subjects`), and how the audit says it; `None` when
+    /// it names nothing Mandate's events are about.
+    ///
+    /// - `opaque`: the id itself, unchecked, as ADR 0028 has it (an id
+    ///   that names nothing filters no event).
+    /// - `email`: the person with that address.
+    /// - `iss_sub` at Mandate's issuer: the person or the agent whose id is
+    ///   `sub` (the `sub` of their access tokens, as SETs name them); at
+    ///   another issuer: the person linked to that upstream identity
+    ///   (DESIGN §10).
+    /// - complex: its `session` (a token's `jti`) or its `user`; with both,
+    ///   the session, when that token was issued for that user (SSF §8.1.3.1:
+    ///   a complex subject matches events whose members all match).
+    async fn subject_key(&self, claim: &SubjectClaim) -> Result<Option<(String, String)>, Error> {
+        Ok(match claim {
+            SubjectClaim::Opaque(id) => Some((id.clone(), format!("opaque {id}"))),
+            SubjectClaim::Email(email) => {
+                self.store.user_by_email(email).await?.map(|u| (u.id.to_string(), format!("email {email} ({})", u.id)))
+            }
+            SubjectClaim::IssSub { iss, sub } => {
+                let found = if *iss == self.config.issuer {
+                    if let Ok(user) = sub.parse::<UserId>() {
+                        self.store.user(user).await?.map(|u| u.id.to_string())
+                    } else if let Ok(agent) = sub.parse::<AgentId>() {
+                        self.store.agent(agent).await?.map(|a| a.id.to_string())
+                    } else {
+                        None
+                    }
+                } else {
+                    self.store.upstream_link(iss, sub).await?.map(|l| l.user.to_string())
+                };
+                found.map(|id| (id.clone(), format!("iss_sub {iss} {sub} ({id})")))
+            }
+            SubjectClaim::Complex { user, session } => {
+                let user = match user {
+                    Some(u) => match Box::pin(self.subject_key(u)).await? {
+                        Some(found) => Some(found),
+                        None => return Ok(None),
+                    },
+                    None => None,
+                };
+                match (session, user) {
+                    (Some(jti), None) => Some((jti.clone(), format!("complex session opaque {jti}"))),
+                    (None, Some((id, described))) => Some((id, format!("complex user {described}"))),
+                    (Some(jti), Some((id, described))) => {
+                        let issued_for = match jti.parse::<Jti>() {
+                            Ok(j) => self.store.token(j).await?.map(|t| t.subject),
+                            Err(_) => None,
+                        };
+                        (issued_for.as_deref() == Some(id.as_str()))
+                            .then(|| (jti.clone(), format!("complex session opaque {jti} user {described}")))
+                    }
+                    (None, None) => None,
+                }
+            }
+            SubjectClaim::Unrecognized(_) => None,
+        })
     }
 
     /// RFC 8936 poll: acknowledges what `ack` names, then returns up to
@@ -673,7 +719,8 @@ impl Mandate {
 
     /// The SET of a queued event (RFC 8417), signed with the current key:
     /// `typ` `secevent+jwt`, `aud` the stream's audience, no `sub` or
-    /// `exp`, the subject as an RFC 9493 `sub_id`, one event.
+    /// `exp`, the subject as an RFC 9493 `sub_id` in the formats of the
+    /// CAEP interoperability profile ([`Signal::sub_id`]), one event.
     pub fn sign_set(&self, stream: &Stream, e: &QueuedEvent) -> Result<String, Error> {
         let mut event = serde_json::Map::new();
         if let Some(detail) = &e.signal.detail {
@@ -693,7 +740,7 @@ impl Mandate {
             "aud": stream.audience,
             "iat": self.clock.now().unix_timestamp(),
             "jti": e.jti(),
-            "sub_id": { "format": "opaque", "id": e.signal.subject },
+            "sub_id": e.signal.sub_id(&self.config.issuer),
             "events": { e.signal.kind.uri(): Value::Object(event) },
         });
         let key = self.set_key();
@@ -831,6 +878,7 @@ impl Mandate {
                     signal: Signal {
                         kind: EventKind::StreamUpdated,
                         subject: stream.id.to_string(),
+                        principal: None,
                         at: now,
                         cause: Cause::new(InitiatingEntity::System, reason.clone()),
                         detail: Some(json!({ "status": "paused", "reason": reason }).to_string()),
@@ -853,6 +901,7 @@ impl Mandate {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::Store;
 
     #[test]
     fn pushes_back_off_and_the_bound_is_reached_in_under_a_minute() {
@@ -886,5 +935,121 @@ mod tests {
         assert!(matches!(parse_stream_id("nope"), Err(Error::NotFound(_))));
         assert!(matches!(parse_stream_id("agt_01ARZ3NDEKTSV4RRFFQ69G5FAV"), Err(Error::NotFound(_))));
         assert!(parse_stream_id("sst_01ARZ3NDEKTSV4RRFFQ69G5FAV").is_ok());
+    }
+
+    /// The calendar as a receiver, with a poll stream.
+    async fn calendar_stream(w: &crate::testing::World) -> (Receiver, StreamId) {
+        let cal = w.store.resource_by_identifier(crate::testing::CAL).await.ok().flatten().expect("the calendar");
+        let r = Receiver { resource: cal.id, audience: cal.identifier };
+        let created = w.m.create_stream(&r, StreamRequest::default()).await.expect("a stream");
+        (r, created.stream_id.parse().expect("a stream id"))
+    }
+
+    async fn change(
+        w: &crate::testing::World,
+        r: &Receiver,
+        stream: StreamId,
+        subject: Value,
+        add: bool,
+    ) -> Result<(), Error> {
+        let req = SubjectRequest { stream_id: stream.to_string(), subject, verified: None };
+        w.m.change_subjects(r, req, add).await
+    }
+
+    async fn removed(w: &crate::testing::World, stream: StreamId) -> Vec<String> {
+        w.store.removed_subjects(stream).await.expect("the removed subjects")
+    }
+
+    #[tokio::test]
+    async fn subjects_by_email_and_iss_sub_name_the_person_or_agent() {
+        let w = crate::testing::World::new().await;
+        let (r, stream) = calendar_stream(&w).await;
+        let alice = w.alice.id.to_string();
+        // By address, in any case: Alice.
+        change(&w, &r, stream, json!({"format": "email", "email": "ALICE@example.com"}), false).await.expect("removed");
+        assert_eq!(removed(&w, stream).await, vec![alice.clone()]);
+        change(&w, &r, stream, json!({"format": "email", "email": "alice@example.com"}), true).await.expect("added");
+        assert!(removed(&w, stream).await.is_empty());
+        // By Mandate's issuer and her id, as SETs name her; an agent too.
+        let mandate = |sub: &str| json!({"format": "iss_sub", "iss": crate::testing::ISSUER, "sub": sub});
+        change(&w, &r, stream, mandate(&alice), false).await.expect("removed");
+        let planner = w.planner.id().to_string();
+        change(&w, &r, stream, mandate(&planner), false).await.expect("removed");
+        let mut both = vec![alice.clone(), planner.clone()];
+        both.sort();
+        assert_eq!(removed(&w, stream).await, both);
+        // As a complex subject's user.
+        let complex_user = json!({"format": "complex", "user": mandate(&alice)});
+        change(&w, &r, stream, complex_user, true).await.expect("added");
+        assert_eq!(removed(&w, stream).await, vec![planner.clone()]);
+        // By the identity an upstream provider gave her (DESIGN §10).
+        let link = mandate_model::records::UpstreamLink {
+            issuer: "https://idp.example/tenant".into(),
+            subject: "99beb27c".into(),
+            user: w.alice.id,
+            created_at: w.clock_now(),
+        };
+        w.store.commit(Change::new().with(Mutation::InsertUpstreamLink(link))).await.expect("a link");
+        let upstream = json!({"format": "iss_sub", "iss": "https://idp.example/tenant", "sub": "99beb27c"});
+        change(&w, &r, stream, upstream, false).await.expect("removed");
+        assert_eq!(removed(&w, stream).await, both);
+        let q =
+            crate::audit::AuditQuery { kind: Some(kind::SSF_STREAM_UPDATED.into()), limit: 100, ..Default::default() };
+        let audited = w.m.audit_query(crate::Caller::Admin, q).await.expect("the audit");
+        let reasons: Vec<String> = audited.iter().filter_map(|e| e.reason.clone()).collect();
+        assert!(reasons.contains(&format!("subject removed: email alice@example.com ({alice})")), "{reasons:?}");
+        assert!(
+            reasons.contains(&format!("subject removed: iss_sub https://idp.example/tenant 99beb27c ({alice})")),
+            "{reasons:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn subjects_that_name_nobody_change_nothing() {
+        let w = crate::testing::World::new().await;
+        let (r, stream) = calendar_stream(&w).await;
+        let nobody = [
+            json!({"format": "email", "email": "carol@example.com"}),
+            json!({"format": "email", "email": "root@localhost"}),
+            json!({"format": "iss_sub", "iss": crate::testing::ISSUER, "sub": "usr_01ARZ3NDEKTSV4RRFFQ69G5FAV"}),
+            json!({"format": "iss_sub", "iss": crate::testing::ISSUER, "sub": "grt_01ARZ3NDEKTSV4RRFFQ69G5FAV"}),
+            json!({"format": "iss_sub", "iss": "https://idp.example", "sub": "someone"}),
+            json!({"format": "complex", "user": {"format": "email", "email": "carol@example.com"}}),
+        ];
+        for subject in nobody {
+            for add in [false, true] {
+                let out = change(&w, &r, stream, subject.clone(), add).await;
+                assert!(matches!(out, Err(Error::NotFound(_))), "{subject} add={add}: {out:?}");
+            }
+        }
+        // Formats and members Mandate's events never carry: in already
+        // when added, not recognized when removed.
+        let never = [
+            json!({"format": "phone_number", "phone_number": "+12065550100"}),
+            json!({"format": "complex", "tenant": {"format": "opaque", "id": "t"}}),
+        ];
+        for subject in never {
+            change(&w, &r, stream, subject.clone(), true).await.expect("in already");
+            let out = change(&w, &r, stream, subject.clone(), false).await;
+            assert!(matches!(out, Err(Error::NotFound(_))), "{subject}: {out:?}");
+        }
+        // Malformed: refused.
+        let bad = json!({"format": "email", "email": "alice at example.com"});
+        assert!(matches!(change(&w, &r, stream, bad, false).await, Err(Error::BadInput(_))));
+        // A session and a user that are not the same token's: not recognized.
+        let tokens = w.client_credentials(&w.planner, crate::testing::CAL, "read").await.expect("a token");
+        let jti = tokens.jti.to_string();
+        let mismatch = json!({
+            "format": "complex",
+            "session": {"format": "opaque", "id": jti},
+            "user": {"format": "email", "email": "bob@example.com"},
+        });
+        assert!(matches!(change(&w, &r, stream, mismatch, false).await, Err(Error::NotFound(_))));
+        assert!(removed(&w, stream).await.is_empty(), "nothing was removed");
+        // The same token's: its session.
+        let planner = json!({"format": "iss_sub", "iss": crate::testing::ISSUER, "sub": w.planner.id().to_string()});
+        let matching = json!({"format": "complex", "session": {"format": "opaque", "id": jti}, "user": planner});
+        change(&w, &r, stream, matching, false).await.expect("removed");
+        assert_eq!(removed(&w, stream).await, vec![jti]);
     }
 }

@@ -21,8 +21,11 @@ pub const POLL_METHOD: &str = "urn:ietf:rfc:8936";
 pub const MAX_QUEUED_EVENTS: u64 = 10_000;
 /// How many subjects one stream may have removed at once (SSF §8.1.3.3).
 pub const MAX_REMOVED_SUBJECTS: u64 = 10_000;
-/// The longest `opaque` subject id a receiver may add or remove.
+/// The longest `opaque` subject id (or `iss_sub` `sub`) a receiver may add
+/// or remove.
 pub const MAX_SUBJECT_ID: usize = 256;
+/// The longest `iss_sub` `iss` a receiver may add or remove.
+pub const MAX_ISSUER: usize = 2048;
 
 const CAEP: &str = "https://schemas.openid.net/secevent/caep/event-type/";
 const SSF: &str = "https://schemas.openid.net/secevent/ssf/event-type/";
@@ -275,17 +278,186 @@ pub struct Stream {
     pub verified_at: Option<OffsetDateTime>,
 }
 
-/// One event, as it will be said in a SET. The subject is always a
-/// RFC 9493 `opaque` identifier: a token's `jti`, an agent's id, a stream id.
+/// One event, as it will be said in a SET. `subject` is Mandate's id of
+/// what the event is about (a token's `jti`, an agent's or a person's id, a
+/// stream id): the key `subjects:remove` filters on. The SET names it in
+/// the formats of the CAEP interoperability profile ([`Signal::sub_id`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Signal {
     pub kind: EventKind,
     pub subject: String,
+    /// For `session-revoked`, the revoked token's `sub` (the person it was
+    /// issued for, or the agent acting for itself), kept when the event is
+    /// queued; `None` for other kinds, and for an event whose token was
+    /// gone when the column was added.
+    pub principal: Option<String>,
     pub at: OffsetDateTime,
     pub cause: Cause,
     /// Members the event type adds (a JSON object as text), such as a
     /// verification's `state` or a credential change's `change_type`.
     pub detail: Option<String>,
+}
+
+impl Signal {
+    /// The SET's `sub_id` (SSF 1.0 §4.1.2, RFC 9493), in the formats the
+    /// CAEP interoperability profile (§2.5, "Event Subjects") names: `opaque`
+    /// for the stream's own events only, `iss_sub` for the principals of
+    /// the others, under Mandate's `issuer` (the `iss` and `sub` of the
+    /// principal's access tokens).
+    ///
+    /// - `session-revoked`: a complex subject (SSF §3.3): `session` the
+    ///   token (`opaque`, its `jti`) and `user` its `sub` (`iss_sub`).
+    /// - `credential-change` (an agent) and `token-claims-change` (a
+    ///   person): `iss_sub`.
+    /// - `verification` and `stream-updated`: `opaque`, the stream id (SSF
+    ///   §8.1.4.1 and §8.1.5 require it).
+    pub fn sub_id(&self, issuer: &str) -> serde_json::Value {
+        use serde_json::json;
+        let iss_sub = |sub: &str| json!({ "format": "iss_sub", "iss": issuer, "sub": sub });
+        match self.kind {
+            EventKind::SessionRevoked => {
+                let mut complex = serde_json::Map::new();
+                complex.insert("format".into(), json!("complex"));
+                complex.insert("session".into(), json!({ "format": "opaque", "id": self.subject }));
+                if let Some(principal) = &self.principal {
+                    complex.insert("user".into(), iss_sub(principal));
+                }
+                serde_json::Value::Object(complex)
+            }
+            EventKind::CredentialChange | EventKind::TokenClaimsChange => iss_sub(&self.subject),
+            EventKind::StreamUpdated | EventKind::Verification => json!({ "format": "opaque", "id": self.subject }),
+        }
+    }
+}
+
+/// A subject a receiver names in `subjects:add` or `subjects:remove` (SSF
+/// 1.0 §8.1.3), parsed strictly: a simple subject has exactly the members
+/// of its RFC 9493 format, a complex one (SSF §3.3) simple subjects as
+/// members. Formats and members Mandate's events never carry parse as
+/// [`SubjectClaim::Unrecognized`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SubjectClaim {
+    /// RFC 9493 §3.2.4: one of Mandate's ids (a token's `jti`, an agent,
+    /// a person, a grant).
+    Opaque(String),
+    /// RFC 9493 §3.2.2: an address, in the one spelling Mandate stores
+    /// people's addresses in (as sent when it has none: no person has it).
+    Email(String),
+    /// RFC 9493 §3.2.5: an issuer and a subject at it (Mandate's, or an
+    /// upstream identity provider's).
+    IssSub { iss: String, sub: String },
+    /// SSF §3.3 with the members Mandate's events carry: the `user` (any
+    /// simple subject above) and the `session` (an `opaque` token `jti`).
+    Complex { user: Option<Box<SubjectClaim>>, session: Option<String> },
+    /// Well formed, but not something Mandate's events name: another
+    /// format, a complex subject with other members. Says why.
+    Unrecognized(String),
+}
+
+impl SubjectClaim {
+    /// Parses a receiver's `subject`.
+    pub fn parse(v: &serde_json::Value) -> Result<Self, ModelError> {
+        Self::parse_at(v, false)
+    }
+
+    fn parse_at(v: &serde_json::Value, in_complex: bool) -> Result<Self, ModelError> {
+        let bad = |reason: String| ModelError::InvalidField { field: "subject", reason };
+        let obj = v.as_object().ok_or_else(|| bad("it is not an RFC 9493 subject identifier (an object)".into()))?;
+        let format = obj
+            .get("format")
+            .and_then(serde_json::Value::as_str)
+            .filter(|f| !f.is_empty())
+            .ok_or_else(|| bad("it has no format (RFC 9493 §3)".into()))?;
+        // RFC 9493 §3: exactly the members the format defines.
+        let members = |names: &[&str]| -> Result<Vec<&str>, ModelError> {
+            if obj.len() != names.len() + 1 {
+                return Err(bad(format!("a {format} subject has exactly format and {}", names.join(" and "))));
+            }
+            names
+                .iter()
+                .map(|n| {
+                    obj.get(*n)
+                        .and_then(serde_json::Value::as_str)
+                        .ok_or_else(|| bad(format!("a {format} subject's {n} is a string")))
+                })
+                .collect()
+        };
+        match format {
+            "opaque" => {
+                let m = members(&["id"])?;
+                let id = m.first().copied().unwrap_or_default();
+                Ok(Self::Opaque(subject_id("an opaque id", id)?))
+            }
+            "email" => {
+                let m = members(&["email"])?;
+                let email = m.first().copied().unwrap_or_default();
+                // RFC 9493 §3.2.2: an RFC 5322 addr-spec, without display
+                // text or a domain literal.
+                let options = email_address::Options::default().without_display_text().without_domain_literal();
+                email_address::EmailAddress::parse_with_options(email, options)
+                    .map_err(|e| bad(format!("the email is not an RFC 5322 address: {e}")))?;
+                // An address Mandate cannot store (`root@localhost`, a
+                // quoted local part) is kept as sent: it names no one.
+                Ok(Self::Email(crate::name::validate_email(email).unwrap_or_else(|_| email.to_owned())))
+            }
+            "iss_sub" => {
+                let m = members(&["iss", "sub"])?;
+                let (iss, sub) = (m.first().copied().unwrap_or_default(), m.get(1).copied().unwrap_or_default());
+                Ok(Self::IssSub { iss: issuer_url(iss)?, sub: subject_id("an iss_sub sub", sub)? })
+            }
+            "complex" if in_complex => Err(bad("a complex subject's members are simple subjects".into())),
+            "complex" => {
+                if obj.len() < 2 {
+                    return Err(bad("a complex subject has at least one member".into()));
+                }
+                let (mut user, mut session, mut other) = (None, None, None);
+                for (name, member) in obj.iter().filter(|(n, _)| n.as_str() != "format") {
+                    let parsed = Self::parse_at(member, true)?;
+                    match (name.as_str(), parsed) {
+                        ("user", u) => user = Some(Box::new(u)),
+                        ("session", Self::Opaque(jti)) => session = Some(jti),
+                        ("session", _) => other = Some("session that is not opaque".to_owned()),
+                        (n, _) => other = Some(n.to_owned()),
+                    }
+                }
+                Ok(match other {
+                    Some(n) => Self::Unrecognized(format!("Mandate's complex subjects have no member {n}")),
+                    None => Self::Complex { user, session },
+                })
+            }
+            other => Ok(Self::Unrecognized(format!("Mandate's events name no subject in format {other}"))),
+        }
+    }
+}
+
+/// An `opaque` id or an `iss_sub` `sub`: 1 to [`MAX_SUBJECT_ID`]
+/// characters, without control characters.
+fn subject_id(what: &str, id: &str) -> Result<String, ModelError> {
+    if id.is_empty() || id.chars().count() > MAX_SUBJECT_ID || id.chars().any(char::is_control) {
+        return Err(ModelError::InvalidField {
+            field: "subject",
+            reason: format!("{what} is 1 to {MAX_SUBJECT_ID} characters, without control characters"),
+        });
+    }
+    Ok(id.to_owned())
+}
+
+/// An `iss_sub` `iss`: an issuer identifier, an absolute `https` (or
+/// `http`) URL with a host and no fragment (OpenID Connect Discovery §2,
+/// RFC 8414 §2). Kept as sent: issuers are compared as strings.
+fn issuer_url(iss: &str) -> Result<String, ModelError> {
+    let bad = |reason: &str| ModelError::InvalidField { field: "subject", reason: format!("the iss_sub iss {reason}") };
+    if iss.len() > MAX_ISSUER {
+        return Err(bad(&format!("is longer than {MAX_ISSUER} bytes")));
+    }
+    let url = url::Url::parse(iss).map_err(|_| bad("is not a URL"))?;
+    if !matches!(url.scheme(), "https" | "http") || url.host_str().is_none_or(str::is_empty) {
+        return Err(bad("is not an http(s) URL with a host"));
+    }
+    if url.fragment().is_some() || !url.username().is_empty() || url.password().is_some() {
+        return Err(bad("has a fragment or user information"));
+    }
+    Ok(iss.to_owned())
 }
 
 /// An event waiting on a stream; `seq` orders a stream's events and names
@@ -346,6 +518,7 @@ mod tests {
             signal: Signal {
                 kind: EventKind::SessionRevoked,
                 subject: "tok_x".into(),
+                principal: None,
                 at: OffsetDateTime::UNIX_EPOCH,
                 cause: Cause::new(InitiatingEntity::Admin, "r"),
                 detail: None,
@@ -355,5 +528,124 @@ mod tests {
         assert_eq!(seq_of(other, &e.jti()), None);
         assert_eq!(seq_of(stream, &format!("{stream}.x")), None);
         assert_eq!(seq_of(stream, &format!("{stream}42")), None);
+    }
+
+    fn signal(kind: EventKind, subject: &str, principal: Option<&str>) -> Signal {
+        Signal {
+            kind,
+            subject: subject.into(),
+            principal: principal.map(str::to_owned),
+            at: OffsetDateTime::UNIX_EPOCH,
+            cause: Cause::new(InitiatingEntity::Admin, "r"),
+            detail: None,
+        }
+    }
+
+    #[test]
+    fn sets_name_principals_as_the_interoperability_profile_asks() {
+        use serde_json::json;
+        let iss = "https://mandate.example";
+        assert_eq!(
+            signal(EventKind::SessionRevoked, "tok_1", Some("usr_1")).sub_id(iss),
+            json!({
+                "format": "complex",
+                "session": {"format": "opaque", "id": "tok_1"},
+                "user": {"format": "iss_sub", "iss": iss, "sub": "usr_1"},
+            })
+        );
+        // An event queued before the token's `sub` was kept names the session.
+        assert_eq!(
+            signal(EventKind::SessionRevoked, "tok_1", None).sub_id(iss),
+            json!({"format": "complex", "session": {"format": "opaque", "id": "tok_1"}})
+        );
+        assert_eq!(
+            signal(EventKind::CredentialChange, "agt_1", None).sub_id(iss),
+            json!({"format": "iss_sub", "iss": iss, "sub": "agt_1"})
+        );
+        assert_eq!(
+            signal(EventKind::TokenClaimsChange, "usr_1", None).sub_id(iss),
+            json!({"format": "iss_sub", "iss": iss, "sub": "usr_1"})
+        );
+        for k in [EventKind::Verification, EventKind::StreamUpdated] {
+            assert_eq!(signal(k, "sst_1", None).sub_id(iss), json!({"format": "opaque", "id": "sst_1"}));
+        }
+    }
+
+    #[test]
+    fn receivers_subjects_parse_strictly() {
+        use serde_json::json;
+        let ok = |v: serde_json::Value| SubjectClaim::parse(&v).unwrap_or_else(|e| panic!("{v}: {e}"));
+        assert_eq!(ok(json!({"format": "opaque", "id": "usr_1"})), SubjectClaim::Opaque("usr_1".into()));
+        // The stored spelling: what people are looked up by.
+        assert_eq!(
+            ok(json!({"format": "email", "email": "Alice@Example.COM"})),
+            SubjectClaim::Email("alice@example.com".into())
+        );
+        assert_eq!(
+            ok(json!({"format": "iss_sub", "iss": "https://idp.example/t/1", "sub": "99beb27c"})),
+            SubjectClaim::IssSub { iss: "https://idp.example/t/1".into(), sub: "99beb27c".into() }
+        );
+        assert_eq!(
+            ok(json!({
+                "format": "complex",
+                "user": {"format": "email", "email": "a@example.com"},
+                "session": {"format": "opaque", "id": "tok_1"},
+            })),
+            SubjectClaim::Complex {
+                user: Some(Box::new(SubjectClaim::Email("a@example.com".into()))),
+                session: Some("tok_1".into()),
+            }
+        );
+        assert_eq!(
+            ok(json!({"format": "complex", "session": {"format": "opaque", "id": "tok_1"}})),
+            SubjectClaim::Complex { user: None, session: Some("tok_1".into()) }
+        );
+        // Well formed, not what Mandate's events name.
+        for v in [
+            json!({"format": "phone_number", "phone_number": "+12065550100"}),
+            json!({"format": "complex", "tenant": {"format": "opaque", "id": "t1"}}),
+            json!({"format": "complex", "user": {"format": "opaque", "id": "u"}, "device": {"format": "opaque", "id": "d"}}),
+            json!({"format": "complex", "session": {"format": "email", "email": "a@example.com"}}),
+        ] {
+            assert!(matches!(ok(v.clone()), SubjectClaim::Unrecognized(_)), "{v}");
+        }
+        // RFC 5322 allows them; Mandate stores no such address: as sent,
+        // they name no one.
+        for a in ["\"a b\"@example.com", "root@localhost"] {
+            assert_eq!(ok(json!({"format": "email", "email": a})), SubjectClaim::Email(a.into()));
+        }
+        // Malformed: refused.
+        for v in [
+            json!("alice@example.com"),
+            json!({"id": "x"}),
+            json!({"format": "", "id": "x"}),
+            json!({"format": 1, "id": "x"}),
+            json!({"format": "opaque", "id": ""}),
+            json!({"format": "opaque", "id": "x".repeat(MAX_SUBJECT_ID + 1)}),
+            json!({"format": "opaque", "id": "a\nb"}),
+            json!({"format": "opaque", "id": 7}),
+            json!({"format": "opaque", "id": "x", "extra": 1}),
+            json!({"format": "email"}),
+            json!({"format": "email", "email": "not an address"}),
+            json!({"format": "email", "email": "a@@example.com"}),
+            json!({"format": "email", "email": "Alice <a@example.com>"}),
+            json!({"format": "email", "email": "a@[192.0.2.1]"}),
+            json!({"format": "email", "email": "a@example.com", "id": "x"}),
+            json!({"format": "iss_sub", "iss": "https://idp.example"}),
+            json!({"format": "iss_sub", "iss": "idp.example", "sub": "1"}),
+            json!({"format": "iss_sub", "iss": "urn:example:idp", "sub": "1"}),
+            json!({"format": "iss_sub", "iss": "ftp://idp.example", "sub": "1"}),
+            json!({"format": "iss_sub", "iss": "https://idp.example#x", "sub": "1"}),
+            json!({"format": "iss_sub", "iss": "https://u:p@idp.example", "sub": "1"}),
+            json!({"format": "iss_sub", "iss": format!("https://idp.example/{}", "x".repeat(MAX_ISSUER)), "sub": "1"}),
+            json!({"format": "iss_sub", "iss": "https://idp.example", "sub": ""}),
+            json!({"format": "iss_sub", "iss": "https://idp.example", "sub": "1", "email": "a@example.com"}),
+            json!({"format": "complex"}),
+            json!({"format": "complex", "user": "usr_1"}),
+            json!({"format": "complex", "user": {"format": "opaque"}}),
+            json!({"format": "complex", "user": {"format": "complex", "session": {"format": "opaque", "id": "t"}}}),
+        ] {
+            assert!(SubjectClaim::parse(&v).is_err(), "accepted {v}");
+        }
     }
 }

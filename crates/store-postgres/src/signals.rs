@@ -38,8 +38,8 @@ fn seq(n: u64) -> Result<i64, StoreError> {
 /// with `$7` the text `extra` and `$8` the event's time).
 async fn queue(conn: &mut PgConnection, filter: &str, signal: &Signal, extra: &str) -> Result<u64, StoreError> {
     let sql = format!(
-        "INSERT INTO ssf_events (stream_id, kind, subject, event_at, initiating_entity, reason, detail) \
-         SELECT s.id, $1, $2, $3, $4, $5, $6 FROM ssf_streams s WHERE {filter} AND {TAKES} ORDER BY s.id"
+        "INSERT INTO ssf_events (stream_id, kind, subject, event_at, initiating_entity, reason, detail, principal) \
+         SELECT s.id, $1, $2, $3, $4, $5, $6, $11 FROM ssf_streams s WHERE {filter} AND {TAKES} ORDER BY s.id"
     );
     let r = sqlx::query(&sql)
         .bind(signal.kind.as_str())
@@ -52,6 +52,7 @@ async fn queue(conn: &mut PgConnection, filter: &str, signal: &Signal, extra: &s
         .bind(ts(signal.at)?)
         .bind(mask(signal.kind))
         .bind(bound())
+        .bind(&signal.principal)
         .execute(&mut *conn)
         .await
         .map_err(|e| map_write_error(e, "event"))?;
@@ -147,8 +148,8 @@ pub(crate) async fn apply(conn: &mut PgConnection, m: &Mutation) -> Result<u64, 
         }
         Mutation::SignalRevocations { at, cause } => {
             let done = sqlx::query(
-                "INSERT INTO ssf_events (stream_id, kind, subject, event_at, initiating_entity, reason, detail) \
-                 SELECT s.id, 'session-revoked', t.jti, $1, $2, $3, NULL \
+                "INSERT INTO ssf_events (stream_id, kind, subject, event_at, initiating_entity, reason, detail, principal) \
+                 SELECT s.id, 'session-revoked', t.jti, $1, $2, $3, NULL, t.subject \
                  FROM tokens t JOIN ssf_streams s ON s.audience = t.audience \
                  WHERE t.revoked_at = $1 AND s.status <> 'disabled' AND (s.events & $4::BIGINT) <> 0 \
                  AND (SELECT count(*) FROM ssf_events q WHERE q.stream_id = s.id) < $5::BIGINT \
@@ -322,6 +323,7 @@ pub(crate) fn event_row(r: &PgRow) -> Result<QueuedEvent, StoreError> {
         stream_id: get(r, "stream_id")?,
         kind: get(r, "kind")?,
         subject: get(r, "subject")?,
+        principal: get(r, "principal")?,
         event_at: get(r, "event_at")?,
         initiating_entity: get(r, "initiating_entity")?,
         reason: get(r, "reason")?,

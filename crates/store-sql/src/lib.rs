@@ -969,6 +969,7 @@ pub struct SignalRow {
     pub stream_id: String,
     pub kind: String,
     pub subject: String,
+    pub principal: Option<String>,
     pub event_at: i64,
     pub initiating_entity: String,
     pub reason: String,
@@ -985,6 +986,7 @@ impl TryFrom<SignalRow> for mandate_model::ssf::QueuedEvent {
             signal: Signal {
                 kind: parse(&r.kind)?,
                 subject: r.subject,
+                principal: r.principal,
                 at: from_ts(r.event_at)?,
                 cause: Cause { initiating_entity: parse(&r.initiating_entity)?, reason: r.reason },
                 detail: r.detail,

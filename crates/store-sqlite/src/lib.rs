@@ -91,6 +91,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0026_reapproval.sql"),
     include_str!("../migrations/0027_agents_status.sql"),
     include_str!("../migrations/0028_ssf_subjects.sql"),
+    include_str!("../migrations/0029_ssf_event_principal.sql"),
 ];
 
 /// The writer connection's page cache, in KiB (as a negative `cache_size`).

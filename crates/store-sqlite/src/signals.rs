@@ -37,8 +37,8 @@ fn bound() -> i64 {
 /// which may bind ?1 to ?8 as the event's own columns do).
 fn queue(conn: &Connection, filter: &str, signal: &Signal, extra: &str) -> Result<u64, StoreError> {
     let sql = format!(
-        "INSERT INTO ssf_events (stream_id, kind, subject, event_at, initiating_entity, reason, detail) \
-         SELECT s.id, ?1, ?2, ?3, ?4, ?5, ?6 FROM ssf_streams s WHERE {filter} AND {TAKES} ORDER BY s.id"
+        "INSERT INTO ssf_events (stream_id, kind, subject, event_at, initiating_entity, reason, detail, principal) \
+         SELECT s.id, ?1, ?2, ?3, ?4, ?5, ?6, ?11 FROM ssf_streams s WHERE {filter} AND {TAKES} ORDER BY s.id"
     );
     exec(
         conn,
@@ -54,6 +54,7 @@ fn queue(conn: &Connection, filter: &str, signal: &Signal, extra: &str) -> Resul
             ts(signal.at)?,
             mask(signal.kind),
             bound(),
+            signal.principal,
         ],
         "event",
     )
@@ -136,8 +137,8 @@ pub(crate) fn apply(conn: &Connection, m: &Mutation) -> Result<u64, StoreError> 
         Mutation::SignalRevocations { at, cause } => {
             let n = exec(
                 conn,
-                "INSERT INTO ssf_events (stream_id, kind, subject, event_at, initiating_entity, reason, detail) \
-                 SELECT s.id, 'session-revoked', t.jti, ?1, ?2, ?3, NULL \
+                "INSERT INTO ssf_events (stream_id, kind, subject, event_at, initiating_entity, reason, detail, principal) \
+                 SELECT s.id, 'session-revoked', t.jti, ?1, ?2, ?3, NULL, t.subject \
                  FROM tokens t JOIN ssf_streams s ON s.audience = t.audience \
                  WHERE t.revoked_at = ?1 AND s.status <> 'disabled' AND (s.events & ?4) <> 0 \
                  AND (SELECT count(*) FROM ssf_events q WHERE q.stream_id = s.id) < ?5 \
@@ -294,6 +295,7 @@ pub(crate) fn event_row(r: &Row<'_>) -> Mapped<QueuedEvent> {
         stream_id: r.get("stream_id")?,
         kind: r.get("kind")?,
         subject: r.get("subject")?,
+        principal: r.get("principal")?,
         event_at: r.get("event_at")?,
         initiating_entity: r.get("initiating_entity")?,
         reason: r.get("reason")?,

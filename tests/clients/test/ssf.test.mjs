@@ -3,7 +3,10 @@
 // `ssf.manage` token by client_credentials with oauth4webapi, makes the
 // CAEP interoperability profile's transmitter calls (configuration, stream
 // create / get / update / replace / delete, status, verification, poll),
-// removes and adds back a subject (SSF §8.1.3),
+// removes and adds back subjects (SSF §8.1.3): an agent by its opaque id,
+// a person by email as the CAEP interoperability profile asks, and checks
+// the profile's subject formats in the SETs (a complex subject of the
+// session and the user's `iss_sub`; `opaque` for verification only),
 // and verifies every SET with `jose` (panva) against the issuer's
 // `jwks_uri`, `typ: secevent+jwt`: once with SETs signed by the token key
 // (EdDSA) and once with `--ssf-signing-alg RS256`.
@@ -42,6 +45,8 @@ async function world(args) {
   const agent = await createAgent(server, { name: 'ssf agent', owner: alice.id, keys: [agentKey] });
   const otherKey = await newKey('Ed25519');
   const other = await createAgent(server, { name: 'ssf other agent', owner: alice.id, keys: [otherKey] });
+  const thirdKey = await newKey('Ed25519');
+  const third = await createAgent(server, { name: 'ssf third agent', owner: alice.id, keys: [thirdKey] });
   const issuer = new URL(server.issuer);
   const as = await oauth.processDiscoveryResponse(
     issuer,
@@ -53,7 +58,26 @@ async function world(args) {
     rs: { id: rs.id, key: rsKey },
     agent: { id: agent.id, key: agentKey },
     other: { id: other.id, key: otherKey },
+    third: { id: third.id, key: thirdKey },
+    alice,
   };
+}
+
+/**
+ * Alice's grant of `read` on the calendar to `agent` (CIBA; policy lets it
+ * without asking her): its access token, whose `sub` is Alice.
+ */
+async function granted(as, agent) {
+  const client = { client_id: agent.id };
+  const auth = oauth.PrivateKeyJwt({ key: agent.key.privateKey, kid: agent.key.kid });
+  const params = { login_hint: ALICE.email, scope: 'read', resource: RS };
+  const asked = await oauth.processBackchannelAuthenticationResponse(
+    as,
+    client,
+    await oauth.backchannelAuthenticationRequest(as, client, auth, params, opts),
+  );
+  const r = await oauth.backchannelAuthenticationGrantRequest(as, client, auth, asked.auth_req_id, opts);
+  return (await oauth.processBackchannelAuthenticationGrantResponse(as, client, r)).access_token;
 }
 
 async function clientCredentials(as, clientId, key, resource, scope) {
@@ -73,7 +97,7 @@ async function call(token, method, url, body) {
 }
 
 async function run(args, expectedAlg) {
-  const { server, as, rs, agent, other } = await world(args);
+  const { server, as, rs, agent, other, third, alice } = await world(args);
   // The transmitter's configuration (SSF §7).
   const cfg = await (await fetch(`${server.issuer}/.well-known/ssf-configuration`)).json();
   assert.equal(cfg.issuer, server.issuer);
@@ -118,8 +142,19 @@ async function run(args, expectedAlg) {
   const otherSubject = { stream_id: stream.stream_id, subject: { format: 'opaque', id: other.id } };
   const removed = await call(token, 'POST', cfg.remove_subject_endpoint, otherSubject);
   assert.equal(removed.status, 204, JSON.stringify(removed.body));
-  const email = { stream_id: stream.stream_id, subject: { format: 'email', email: 'alice@example.com' } };
-  assert.equal((await call(token, 'POST', cfg.remove_subject_endpoint, email)).status, 404);
+  // A person by email (the CAEP interoperability profile's format), in any
+  // case: her tokens' revocations are not signalled on this stream.
+  const email = { stream_id: stream.stream_id, subject: { format: 'email', email: 'Alice@Example.com' } };
+  const byEmail = await call(token, 'POST', cfg.remove_subject_endpoint, email);
+  assert.equal(byEmail.status, 204, JSON.stringify(byEmail.body));
+  const nobody = { stream_id: stream.stream_id, subject: { format: 'email', email: 'nobody@example.com' } };
+  assert.equal((await call(token, 'POST', cfg.remove_subject_endpoint, nobody)).status, 404);
+  const malformed = { stream_id: stream.stream_id, subject: { format: 'email', email: 'alice at example.com' } };
+  const refused = await call(token, 'POST', cfg.remove_subject_endpoint, malformed);
+  assert.equal(refused.status, 400);
+  assert.equal(refused.body.err, 'invalid_request');
+  const alicesToken = await granted(as, agent);
+  assert.equal(claims(alicesToken).sub, alice.id);
   const own = { stream_id: stream.stream_id, subject: { format: 'opaque', id: stream.stream_id } };
   assert.equal((await call(token, 'POST', cfg.remove_subject_endpoint, own)).status, 403);
   const otherToken = await clientCredentials(as, other.id, other.key, RS, 'read');
@@ -158,12 +193,20 @@ async function run(args, expectedAlg) {
     assert.equal(Object.keys(payload.events).length, 1);
     verified.push(payload);
   }
+  // The agent's own token (Alice's, revoked with it, was removed by email):
+  // a complex subject, the session (the token) and its user (iss_sub, as
+  // the access token's iss and sub name the agent).
   const revoked = verified.find((p) => p.events[SESSION_REVOKED]);
-  assert.deepEqual(revoked.sub_id, { format: 'opaque', id: jti });
+  assert.deepEqual(revoked.sub_id, {
+    format: 'complex',
+    session: { format: 'opaque', id: jti },
+    user: { format: 'iss_sub', iss: server.issuer, sub: agent.id },
+  });
   assert.equal(revoked.events[SESSION_REVOKED].initiating_entity, 'admin');
   assert.ok(revoked.events[SESSION_REVOKED].reason_admin.en.length > 0);
   const verification = verified.find((p) => p.events[VERIFICATION]);
   assert.deepEqual(verification.events[VERIFICATION], { state: 'interop-state' });
+  assert.deepEqual(verification.sub_id, { format: 'opaque', id: stream.stream_id });
 
   // Unacknowledged SETs come back; acknowledged ones do not.
   const again = await call(reader, 'POST', stream.delivery.endpoint_url, {});
@@ -176,6 +219,29 @@ async function run(args, expectedAlg) {
   // Added back (200); a second verification within min_verification_interval is refused (429).
   const added = await call(token, 'POST', cfg.add_subject_endpoint, otherSubject);
   assert.equal(added.status, 200, JSON.stringify(added.body));
+  // Alice added back by email: the revocation of her next token (RFC 7009,
+  // by the agent holding it) arrives, naming her by iss_sub.
+  const addedBack = await call(token, 'POST', cfg.add_subject_endpoint, email);
+  assert.equal(addedBack.status, 200, JSON.stringify(addedBack.body));
+  const hers = await granted(as, third);
+  const thirdClient = { client_id: third.id };
+  const thirdAuth = oauth.PrivateKeyJwt({ key: third.key.privateKey, kid: third.key.kid });
+  const hint = { ...opts, additionalParameters: { token_type_hint: 'access_token' } };
+  await oauth.processRevocationResponse(await oauth.revocationRequest(as, thirdClient, thirdAuth, hers, hint));
+  const afterAdd = await call(reader, 'POST', stream.delivery.endpoint_url, { returnImmediately: true });
+  const [[, hersSet]] = Object.entries(afterAdd.body.sets);
+  const { payload: hersPayload } = await jose.jwtVerify(hersSet, jwks, {
+    issuer: server.issuer,
+    audience: RS,
+    typ: 'secevent+jwt',
+  });
+  assert.deepEqual(hersPayload.sub_id, {
+    format: 'complex',
+    session: { format: 'opaque', id: claims(hers).jti },
+    user: { format: 'iss_sub', iss: server.issuer, sub: alice.id },
+  });
+  assert.equal(hersPayload.events[SESSION_REVOKED].initiating_entity, 'user');
+  assert.equal(Object.keys(afterAdd.body.sets).length, 1, JSON.stringify(afterAdd.body));
   const tooSoon = await fetch(cfg.verification_endpoint, {
     method: 'POST',
     headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },

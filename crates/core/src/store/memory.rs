@@ -1203,15 +1203,15 @@ fn apply_signals(tx: &mut Tx<'_>, m: &Mutation) -> Result<u64, StoreError> {
         }
         Mutation::SignalRevocations { at, cause } => {
             storable(*at)?;
-            let revoked: Vec<(Jti, String, Vec<String>)> = tx
+            let revoked: Vec<(Jti, String, String, Vec<String>)> = tx
                 .state
                 .tokens
                 .values()
                 .filter(|t| t.revoked_at == Some(*at) && !tx.state.ssf_signalled.contains_key(&t.jti))
-                .map(|t| (t.jti, t.audience.clone(), token_subjects(t)))
+                .map(|t| (t.jti, t.audience.clone(), t.subject.clone(), token_subjects(t)))
                 .collect();
             let mut n = 0;
-            for (jti, aud, about) in revoked {
+            for (jti, aud, principal, about) in revoked {
                 let subject = jti.to_string();
                 let watched =
                     tx.state.streams.values().any(|st| st.audience == aud && st.status != StreamStatus::Disabled);
@@ -1233,6 +1233,7 @@ fn apply_signals(tx: &mut Tx<'_>, m: &Mutation) -> Result<u64, StoreError> {
                     let signal = Signal {
                         kind: EventKind::SessionRevoked,
                         subject: subject.clone(),
+                        principal: Some(principal.clone()),
                         at: *at,
                         cause: cause.clone(),
                         detail: None,

@@ -84,6 +84,13 @@ fn values() -> BoxedStrategy<Value> {
         Just(json!({"format": "opaque"})),
         Just(json!({"format": "email", "email": "a@example.com"})),
         Just(json!({"user": {"format": "opaque", "id": "usr_1"}})),
+        Just(json!({
+            "format": "complex",
+            "session": {"format": "opaque", "id": "tok_1"},
+            "user": {"format": "iss_sub", "iss": ISSUER, "sub": "usr_1"},
+        })),
+        Just(json!({"format": "complex", "session": {"format": "opaque", "id": "tok_1"}, "user": "usr_1"})),
+        Just(json!({"format": "iss_sub", "iss": ISSUER, "sub": "usr_1"})),
     ]
     .boxed()
 }
@@ -143,12 +150,27 @@ impl Target for SsfSet {
                 let names_unique =
                     members.iter().enumerate().all(|(i, (n, _))| !members[..i].iter().any(|(m, _)| m == n));
                 let claims = last_wins(members);
+                let text = |v: &Value| v.as_str().is_some_and(|s| !s.is_empty());
+                let opaque = |v: &Value| {
+                    v["format"] == "opaque" && text(&v["id"]) && v.as_object().is_some_and(|o| o.len() == 2)
+                };
+                let iss_sub = |v: &Value| {
+                    v["format"] == "iss_sub"
+                        && text(&v["iss"])
+                        && text(&v["sub"])
+                        && v.as_object().is_some_and(|o| o.len() == 3)
+                };
+                // The shapes Mandate sends (ADR 0039): a simple opaque or
+                // iss_sub subject, or a complex one of a session and a user.
                 let opaque_or_none = match claims.get("sub_id") {
                     None | Some(Value::Null) => true,
                     Some(v) => {
-                        v["format"] == "opaque"
-                            && v["id"].as_str().is_some_and(|s| !s.is_empty())
-                            && v.as_object().is_some_and(|o| o.len() == 2)
+                        opaque(v)
+                            || iss_sub(v)
+                            || (v["format"] == "complex"
+                                && opaque(&v["session"])
+                                && iss_sub(&v["user"])
+                                && v.as_object().is_some_and(|o| o.len() == 3))
                     }
                 };
                 // A receiver bounds what it reads: a SET longer than the

@@ -876,7 +876,9 @@ async fn signals_written_on_one_node_are_polled_on_the_other() -> anyhow::Result
             anyhow::ensure!(jws.header.typ.as_deref() == Some("secevent+jwt"));
             let c = mandate_testkit::scenarios::claims(set);
             anyhow::ensure!(c["jti"] == jti.as_str() && c["aud"] == "https://rs.example", "{c}");
-            subjects.push(c["sub_id"]["id"].as_str().unwrap_or_default().to_owned());
+            // A complex subject (ADR 0039): the session is the token.
+            anyhow::ensure!(c["sub_id"]["format"] == "complex", "{c}");
+            subjects.push(c["sub_id"]["session"]["id"].as_str().unwrap_or_default().to_owned());
         }
         subjects.sort();
         jtis.sort();
@@ -973,6 +975,64 @@ async fn a_starting_writer_reuses_an_idle_lane_and_never_a_live_one() -> anyhow:
         let lane_of = |actor: &str| events.iter().find(|e| e.actor.as_deref() == Some(actor)).map(|e| e.lane);
         anyhow::ensure!(lane_of("a") == lane_of("c") && lane_of("c") == lane_of("c2"), "C writes in A's old lane");
         anyhow::ensure!(lane_of("b") == lane_of("b2") && lane_of("b") != lane_of("c"), "B keeps its own lane");
+        Ok(())
+    })
+    .await
+}
+
+/// Migration 0031 (ADR 0039) on a database made before it: a
+/// `session-revoked` event already waiting gets its token's `sub` as its
+/// principal, so that its SET names the person.
+#[tokio::test]
+async fn the_principal_migration_fills_waiting_session_revoked_events() -> anyhow::Result<()> {
+    use mandate_core::store::{Change, Mutation};
+    use mandate_model::ssf::{Cause, EventSet, InitiatingEntity, Stream, StreamDelivery, StreamStatus};
+    use mandate_testkit::conformance::{agent, resource, t0, token, user};
+    on_fresh_database(|url| async move {
+        let u = user("principal@example.com");
+        let a = agent(u.id, None);
+        let r = resource("https://api.example");
+        let stream = Stream {
+            id: mandate_model::StreamId::from_ulid(ulid::Ulid::new()),
+            resource: r.id,
+            audience: r.identifier.clone(),
+            status: StreamStatus::Enabled,
+            status_reason: None,
+            delivery: StreamDelivery::Poll,
+            events: EventSet::all(),
+            description: None,
+            created_at: t0(),
+            updated_at: t0(),
+            failures: 0,
+            next_at: t0(),
+            lease_holder: None,
+            lease_until: None,
+            verified_at: None,
+        };
+        let t = token(a.id, &u.id.to_string());
+        let at = t0() + time::Duration::seconds(5);
+        {
+            let store = mandate_store_postgres::PostgresStore::connect(&url).await?;
+            let change = Change::new()
+                .with(Mutation::InsertUser(u.clone()))
+                .with(Mutation::InsertAgent(a))
+                .with(Mutation::InsertResource(r))
+                .with(Mutation::InsertStream(stream.clone()))
+                .with(Mutation::InsertToken(t.clone()))
+                .with(Mutation::RevokeToken { jti: t.jti, at })
+                .with(Mutation::SignalRevocations { at, cause: Cause::new(InitiatingEntity::Admin, "r") });
+            store.commit(change).await?;
+        }
+        // Back to the schema before 0031.
+        let mut conn = sqlx::PgConnection::connect(&url).await?;
+        sqlx::query("ALTER TABLE ssf_events DROP COLUMN principal").execute(&mut conn).await?;
+        sqlx::query("DELETE FROM _sqlx_migrations WHERE version = 31").execute(&mut conn).await?;
+        conn.close().await?;
+        let store = mandate_store_postgres::PostgresStore::connect(&url).await?;
+        let events = store.queued_events(stream.id, 10).await?;
+        let principals: Vec<(String, Option<String>)> =
+            events.iter().map(|e| (e.signal.subject.clone(), e.signal.principal.clone())).collect();
+        anyhow::ensure!(principals == vec![(t.jti.to_string(), Some(u.id.to_string()))], "{principals:?}");
         Ok(())
     })
     .await

@@ -246,3 +246,61 @@ async fn the_scim_migration_moves_settings_into_tables() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// Migration 0029 (ADR 0039) on a database made before it: a
+/// `session-revoked` event already waiting gets its token's `sub` as its
+/// principal, so that its SET names the person.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_principal_migration_fills_waiting_session_revoked_events() -> anyhow::Result<()> {
+    use mandate_core::store::{Change, Mutation};
+    use mandate_model::ssf::{Cause, EventSet, InitiatingEntity, Stream, StreamDelivery, StreamStatus};
+    use mandate_testkit::conformance::{agent, resource, t0, token, user};
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("old.db");
+    let u = user("principal@example.com");
+    let (stream, jti) = {
+        let store = mandate_store_sqlite::SqliteStore::open(&path).await?;
+        let a = agent(u.id, None);
+        let r = resource("https://api.example");
+        let stream = Stream {
+            id: "sst_01ARZ3NDEKTSV4RRFFQ69G5FAV".parse()?,
+            resource: r.id,
+            audience: r.identifier.clone(),
+            status: StreamStatus::Enabled,
+            status_reason: None,
+            delivery: StreamDelivery::Poll,
+            events: EventSet::all(),
+            description: None,
+            created_at: t0(),
+            updated_at: t0(),
+            failures: 0,
+            next_at: t0(),
+            lease_holder: None,
+            lease_until: None,
+            verified_at: None,
+        };
+        let t = token(a.id, &u.id.to_string());
+        let at = t0() + time::Duration::seconds(5);
+        let change = Change::new()
+            .with(Mutation::InsertUser(u.clone()))
+            .with(Mutation::InsertAgent(a.clone()))
+            .with(Mutation::InsertResource(r))
+            .with(Mutation::InsertStream(stream.clone()))
+            .with(Mutation::InsertToken(t.clone()))
+            .with(Mutation::RevokeToken { jti: t.jti, at })
+            .with(Mutation::SignalRevocations { at, cause: Cause::new(InitiatingEntity::Admin, "r") });
+        store.commit(change).await?;
+        (stream, t.jti)
+    };
+    // Back to the schema before 0029.
+    let conn = rusqlite::Connection::open(&path)?;
+    conn.execute_batch("ALTER TABLE ssf_events DROP COLUMN principal")?;
+    conn.pragma_update(None, "user_version", 28)?;
+    drop(conn);
+    let store = mandate_store_sqlite::SqliteStore::open(&path).await?;
+    let events = store.queued_events(stream.id, 10).await?;
+    let principals: Vec<(String, Option<String>)> =
+        events.iter().map(|e| (e.signal.subject.clone(), e.signal.principal.clone())).collect();
+    anyhow::ensure!(principals == vec![(jti.to_string(), Some(u.id.to_string()))], "{principals:?}");
+    Ok(())
+}

@@ -43,7 +43,14 @@ fn cause() -> Cause {
 }
 
 fn signal(kind: EventKind, subject: &str, at: OffsetDateTime) -> Signal {
-    Signal { kind, subject: subject.into(), at, cause: cause(), detail: Some(r#"{"state":"s1"}"#.into()) }
+    Signal {
+        kind,
+        subject: subject.into(),
+        principal: None,
+        at,
+        cause: cause(),
+        detail: Some(r#"{"state":"s1"}"#.into()),
+    }
 }
 
 /// A resource at `identifier` with a stream of `delivery`.
@@ -121,6 +128,12 @@ pub async fn revocations_queue_session_revoked_for_their_audience(s: &Arc<dyn St
     ensure!(subjects == expected, "the subjects are the revoked jtis");
     ensure!(events.iter().all(|e| e.signal.kind == EventKind::SessionRevoked && e.signal.at == at));
     ensure!(events.iter().all(|e| e.signal.cause == cause() && e.signal.detail.is_none()));
+    // The token's `sub` is kept with the event: its SET names the person.
+    let person = u.id.to_string();
+    ensure!(
+        events.iter().all(|e| e.signal.principal.as_deref() == Some(person.as_str())),
+        "the principal is the tokens' sub: {events:?}"
+    );
     ensure!(events.first().map(|e| e.seq) < events.get(1).map(|e| e.seq), "in seq order");
     ensure!(s.queued_events(narrow.id, 10).await?.is_empty(), "a stream that did not ask for session-revoked");
     ensure!(s.queued_events(other.id, 10).await?.is_empty(), "another audience's stream");
@@ -153,6 +166,12 @@ pub async fn events_wait_in_order_until_acknowledged(s: &Arc<dyn Store>) -> Resu
     ensure!(events.len() == 5 && events.windows(2).all(|w| w.first().map(|e| e.seq) < w.get(1).map(|e| e.seq)));
     ensure!(events.first().is_some_and(|e| e.signal == signal(EventKind::Verification, "s0", t0())));
     ensure!(s.queued_events(st.id, 2).await?.len() == 2, "the limit");
+    // A principal round-trips, as absent ones do.
+    let mut with_principal = signal(EventKind::StreamUpdated, "s5", t0());
+    with_principal.principal = Some("usr_principal".into());
+    ensure!(one(s, Mutation::SignalStream { stream: other.id, signal: with_principal.clone() }).await? == 1);
+    let read = s.queued_events(other.id, 10).await?;
+    ensure!(read.len() == 1 && read.first().map(|e| &e.signal) == Some(&with_principal), "{read:?}");
     let seqs: Vec<u64> = events.iter().take(2).map(|e| e.seq).collect();
     // Another stream cannot acknowledge them.
     ensure!(one(s, Mutation::AckEvents { stream: other.id, seqs: seqs.clone() }).await? == 0);

@@ -70,8 +70,43 @@ async fn verified(w: &World, set: &str) -> Result<(Value, Value)> {
     ensure!(c.get("sub").is_none() && c.get("exp").is_none(), "a SET has no sub or exp: {c}");
     ensure!(c["iat"].is_i64() && c["jti"].is_string(), "{c}");
     ensure!(c["events"].as_object().is_some_and(|e| e.len() == 1), "exactly one event: {c}");
-    ensure!(c["sub_id"]["format"] == "opaque" && c["sub_id"]["id"].is_string(), "sub_id: {c}");
+    // The CAEP interoperability profile's formats (ADR 0039): opaque for
+    // the stream's own events, iss_sub (in a complex subject for a
+    // session) for the others.
+    let (uri, _) = c["events"].as_object().and_then(|m| m.iter().next()).context("an event")?;
+    let sub = &c["sub_id"];
+    let shaped = match uri.as_str() {
+        SESSION_REVOKED => {
+            sub["format"] == "complex"
+                && sub["session"]["format"] == "opaque"
+                && sub["session"]["id"].is_string()
+                && sub["user"]["format"] == "iss_sub"
+                && sub["user"]["iss"] == w.s.issuer.as_str()
+                && sub["user"]["sub"].is_string()
+                && sub.as_object().is_some_and(|o| o.len() == 3)
+        }
+        CREDENTIAL_CHANGE | CLAIMS_CHANGE => {
+            sub["format"] == "iss_sub"
+                && sub["iss"] == w.s.issuer.as_str()
+                && sub["sub"].is_string()
+                && sub.as_object().is_some_and(|o| o.len() == 3)
+        }
+        _ => sub["format"] == "opaque" && sub["id"].is_string() && sub.as_object().is_some_and(|o| o.len() == 2),
+    };
+    ensure!(shaped, "sub_id: {c}");
     Ok((header, c))
+}
+
+/// Mandate's id of what a SET is about: the session (a token's `jti`) of a
+/// complex subject, the `sub` of an `iss_sub` one, an `opaque` id.
+fn subject_of(c: &Value) -> String {
+    let sub = &c["sub_id"];
+    let id = match sub["format"].as_str() {
+        Some("complex") => &sub["session"]["id"],
+        Some("iss_sub") => &sub["sub"],
+        _ => &sub["id"],
+    };
+    id.as_str().unwrap_or_default().to_owned()
 }
 
 /// The SETs of a poll, verified, in `seq` order.
@@ -271,6 +306,57 @@ async fn bad_inputs_change_nothing() -> Result<()> {
             json!({"stream_id": "sst_01ARZ3NDEKTSV4RRFFQ69G5FAV", "subject": {"format": "opaque", "id": "x"}}),
             404,
         ),
+        // RFC 9493 shapes, exactly; an RFC 5322 address; an issuer URL.
+        (
+            Method::POST,
+            "/ssf/subjects:remove",
+            json!({"stream_id": id, "subject": {"format": "email", "email": "alice at example.com"}}),
+            400,
+        ),
+        (
+            Method::POST,
+            "/ssf/subjects:remove",
+            json!({"stream_id": id, "subject": {"format": "email", "email": "Alice <alice@example.com>"}}),
+            400,
+        ),
+        (
+            Method::POST,
+            "/ssf/subjects:add",
+            json!({"stream_id": id, "subject": {"format": "email", "email": "alice@example.com", "id": "x"}}),
+            400,
+        ),
+        (
+            Method::POST,
+            "/ssf/subjects:remove",
+            json!({"stream_id": id, "subject": {"format": "iss_sub", "iss": "mandate", "sub": "usr_x"}}),
+            400,
+        ),
+        (
+            Method::POST,
+            "/ssf/subjects:remove",
+            json!({"stream_id": id, "subject": {"format": "iss_sub", "iss": "https://idp.example"}}),
+            400,
+        ),
+        (Method::POST, "/ssf/subjects:remove", json!({"stream_id": id, "subject": {"format": "complex"}}), 400),
+        (
+            Method::POST,
+            "/ssf/subjects:remove",
+            json!({"stream_id": id, "subject": {"format": "complex", "user": "alice@example.com"}}),
+            400,
+        ),
+        // Well formed, naming nobody: not recognized (SSF §8.1.3).
+        (
+            Method::POST,
+            "/ssf/subjects:remove",
+            json!({"stream_id": id, "subject": {"format": "email", "email": "carol@example.com"}}),
+            404,
+        ),
+        (
+            Method::POST,
+            "/ssf/subjects:add",
+            json!({"stream_id": id, "subject": {"format": "iss_sub", "iss": "https://idp.example", "sub": "carol"}}),
+            404,
+        ),
     ];
     for (method, path, body, expected) in bad {
         let (st, out) = w.s.call(method.clone(), path, Some(&manage), Some(body.clone())).await?;
@@ -310,7 +396,14 @@ async fn revocations_are_polled_and_redelivered_until_acknowledged() -> Result<(
     // one SET, for the planner's token.
     ensure!(sets.len() == 1, "{sets:?}");
     let (set_jti, c) = &sets[0];
-    ensure!(c["sub_id"] == json!({"format": "opaque", "id": jti}), "{c}");
+    // The session is the token; the user the person it was issued for, as
+    // the token's own iss and sub name her.
+    let expected = json!({
+        "format": "complex",
+        "session": {"format": "opaque", "id": jti},
+        "user": {"format": "iss_sub", "iss": w.s.issuer, "sub": w.alice},
+    });
+    ensure!(c["sub_id"] == expected, "{c}");
     let e = &c["events"][SESSION_REVOKED];
     ensure!(e["initiating_entity"] == "admin" && e["reason_admin"]["en"] == "the grant was revoked", "{e}");
     ensure!(e["event_timestamp"] == w.s.now(), "{e}");
@@ -329,11 +422,11 @@ async fn revocations_are_polled_and_redelivered_until_acknowledged() -> Result<(
     }
     let (first, out) = polled(&w, &manage, &s, json!({"maxEvents": 1})).await?;
     ensure!(first.len() == 1 && out["moreAvailable"] == true, "{out}");
-    ensure!(first[0].1["sub_id"]["id"] == jti_of(&more).as_str(), "the oldest first: {first:?}");
+    ensure!(subject_of(&first[0].1) == jti_of(&more), "the oldest first: {first:?}");
     let acked = first[0].0.clone();
     let (second, out) = polled(&w, &manage, &s, json!({"maxEvents": 5, "ack": [acked]})).await?;
     ensure!(second.len() == 1 && out["moreAvailable"] == false, "{out}");
-    ensure!(second[0].1["sub_id"]["id"] == jti_of(&more2).as_str());
+    ensure!(subject_of(&second[0].1) == jti_of(&more2));
     // A disabled stream drops what waits and takes nothing more.
     let disable = json!({"stream_id": s["stream_id"], "status": "disabled"});
     w.s.call(Method::POST, "/ssf/status", Some(&manage), Some(disable)).await?;
@@ -384,11 +477,7 @@ async fn every_revocation_path_and_event_kind_reaches_the_stream() -> Result<()>
         .iter()
         .map(|(_, c)| {
             let (uri, e) = c["events"].as_object().and_then(|m| m.iter().next()).unwrap();
-            (
-                uri.clone(),
-                c["sub_id"]["id"].as_str().unwrap_or_default().to_owned(),
-                e["initiating_entity"].as_str().unwrap_or_default().to_owned(),
-            )
+            (uri.clone(), subject_of(c), e["initiating_entity"].as_str().unwrap_or_default().to_owned())
         })
         .collect();
     let expected = vec![
@@ -520,7 +609,7 @@ async fn a_receiver_that_is_down_pauses_its_stream_and_gets_every_event_in_order
         ensure!(headers.get("authorization").is_some_and(|v| v == "Bearer rx-secret"));
         let (_, c) = verified(&w, set).await?;
         let (uri, _) = c["events"].as_object().and_then(|m| m.iter().next()).context("event")?;
-        subjects.push((uri.clone(), c["sub_id"]["id"].as_str().unwrap_or_default().to_owned()));
+        subjects.push((uri.clone(), subject_of(&c)));
     }
     let mut expected = vec![(SESSION_REVOKED.to_owned(), jti_of(&first))];
     // The pause itself, queued when it happened.
@@ -688,10 +777,7 @@ async fn subjects_removed_from_a_stream_stop_their_events_until_added_back() -> 
     let t2 = planner_tokens(&w).await?;
     revoke_as_planner(&w, &t2).await?;
     let (sets, _) = polled(&w, &manage, &s, json!({})).await?;
-    ensure!(
-        sets.len() == 1 && sets[0].1["sub_id"]["id"] == jti_of(&t2).as_str(),
-        "after the subject was added back: {sets:?}"
-    );
+    ensure!(sets.len() == 1 && subject_of(&sets[0].1) == jti_of(&t2), "after the subject was added back: {sets:?}");
     let seen: Vec<String> = sets.iter().map(|(j, _)| j.clone()).collect();
     polled(&w, &manage, &s, json!({"ack": seen})).await?;
     // The person behind the token, or its grant, stops it too.
@@ -710,11 +796,11 @@ async fn subjects_removed_from_a_stream_stop_their_events_until_added_back() -> 
     ensure!(sets.is_empty(), "events about a removed person or grant: {sets:?}");
     // Formats Mandate does not name subjects by: every subject of them is
     // in already (200); removing one is not recognized (404).
-    let email = json!({"stream_id": id, "subject": {"format": "email", "email": "alice@example.com"}});
-    let (st, _) = call("/ssf/subjects:add", email.clone()).await?;
-    ensure!(st == 200, "add an email subject: {st}");
-    let (st, out) = call("/ssf/subjects:remove", email).await?;
-    ensure!(st == 404 && out["err"] == "not_found", "remove an email subject: {st} {out}");
+    let phone = json!({"stream_id": id, "subject": {"format": "phone_number", "phone_number": "+12065550100"}});
+    let (st, _) = call("/ssf/subjects:add", phone.clone()).await?;
+    ensure!(st == 200, "add a phone_number subject: {st}");
+    let (st, out) = call("/ssf/subjects:remove", phone).await?;
+    ensure!(st == 404 && out["err"] == "not_found", "remove a phone_number subject: {st} {out}");
     // The stream's own subject stays (SSF §8.1.4.1): 403.
     let (st, out) = call("/ssf/subjects:remove", subject(&id)).await?;
     ensure!(st == 403 && out["err"] == "access_denied", "{st} {out}");
@@ -732,6 +818,118 @@ async fn subjects_removed_from_a_stream_stop_their_events_until_added_back() -> 
     let removed_planner = format!("subject removed: opaque {}", w.planner.id);
     ensure!(audited.iter().filter(|r| **r == removed_planner).count() == 2, "{audited:?}");
     ensure!(audited.contains(&format!("subject added: opaque {}", w.planner.id)), "{audited:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn people_are_removed_and_added_back_by_email_and_iss_sub_as_sets_name_them() -> Result<()> {
+    let w = world().await?;
+    let manage = receiver_token(&w, "ssf.manage").await?;
+    let s = create(&w, &manage, json!({"delivery": {"method": POLL}})).await?;
+    let id = s["stream_id"].as_str().context("stream_id")?.to_owned();
+    let all = create(&w, &manage, json!({"delivery": {"method": POLL}})).await?;
+    let body = |subject: Value| json!({"stream_id": id, "subject": subject});
+    let call = |path: &'static str, subject: Value| {
+        let manage = manage.clone();
+        let w = &w;
+        let b = body(subject);
+        async move { w.s.call(Method::POST, path, Some(&manage), Some(b)).await }
+    };
+    let drain = |stream: Value| {
+        let manage = manage.clone();
+        let w = &w;
+        async move {
+            let (sets, _) = polled(w, &manage, &stream, json!({})).await?;
+            let seen: Vec<String> = sets.iter().map(|(j, _)| j.clone()).collect();
+            polled(w, &manage, &stream, json!({"ack": seen, "maxEvents": 0})).await?;
+            anyhow::Ok(sets)
+        }
+    };
+    let alice = json!({"format": "iss_sub", "iss": w.s.issuer, "sub": w.alice});
+    // Removed by her address (any case): neither her token's revocation
+    // nor the groups taken from her reach the stream; the other stream
+    // gets both, naming her by iss_sub.
+    let (st, out) = call("/ssf/subjects:remove", json!({"format": "email", "email": "Alice@Example.com"})).await?;
+    ensure!(st == 204, "remove by email: {st} {out}");
+    let t1 = planner_tokens(&w).await?;
+    let (st, _) = w.s.admin(Method::PATCH, &format!("/v1/users/{}", w.alice), Some(json!({"groups": []}))).await?;
+    ensure!(st == 200);
+    revoke_as_planner(&w, &t1).await?;
+    ensure!(drain(s.clone()).await?.is_empty(), "events about a person removed by email");
+    let others = drain(all.clone()).await?;
+    let subs: Vec<&Value> = others.iter().map(|(_, c)| &c["sub_id"]).collect();
+    let expected_session = json!({
+        "format": "complex",
+        "session": {"format": "opaque", "id": jti_of(&t1)},
+        "user": alice,
+    });
+    ensure!(subs == vec![&alice, &expected_session], "token-claims-change, then session-revoked: {subs:#?}");
+    // Staff again, so that policy lets her planner have tokens.
+    let (st, _) =
+        w.s.admin(Method::PATCH, &format!("/v1/users/{}", w.alice), Some(json!({"groups": ["staff"]}))).await?;
+    ensure!(st == 200);
+    ensure!(drain(all.clone()).await?.is_empty(), "giving a group back is not signalled");
+    // Added back by the iss_sub the SETs name her by: her next revocation
+    // arrives.
+    let (st, _) = call("/ssf/subjects:add", alice.clone()).await?;
+    ensure!(st == 200, "add by iss_sub: {st}");
+    let t2 = planner_tokens(&w).await?;
+    revoke_as_planner(&w, &t2).await?;
+    let sets = drain(s.clone()).await?;
+    ensure!(sets.len() == 1 && subject_of(&sets[0].1) == jti_of(&t2), "{sets:?}");
+    drain(all.clone()).await?;
+    // Removed as a complex subject's user, as session-revoked names her;
+    // added back by email.
+    let (st, _) = call("/ssf/subjects:remove", json!({"format": "complex", "user": alice})).await?;
+    ensure!(st == 204, "remove by complex user: {st}");
+    let t3 = planner_tokens(&w).await?;
+    revoke_as_planner(&w, &t3).await?;
+    ensure!(drain(s.clone()).await?.is_empty(), "events about a person removed as a complex user");
+    let (st, _) = call("/ssf/subjects:add", json!({"format": "email", "email": "alice@example.com"})).await?;
+    ensure!(st == 200);
+    // One session, as session-revoked names it: that token alone.
+    let t4 = planner_tokens(&w).await?;
+    let t5 = planner_tokens(&w).await?;
+    let session = json!({"format": "complex", "session": {"format": "opaque", "id": jti_of(&t4)}, "user": alice});
+    let (st, _) = call("/ssf/subjects:remove", session).await?;
+    ensure!(st == 204, "remove a session: {st}");
+    revoke_as_planner(&w, &t4).await?;
+    revoke_as_planner(&w, &t5).await?;
+    let sets = drain(s.clone()).await?;
+    ensure!(sets.len() == 1 && subject_of(&sets[0].1) == jti_of(&t5), "only the other session: {sets:?}");
+    // The agent by the iss_sub credential-change names it by.
+    let planner = json!({"format": "iss_sub", "iss": w.s.issuer, "sub": w.planner.id});
+    let (st, _) = call("/ssf/subjects:remove", planner.clone()).await?;
+    ensure!(st == 204, "remove an agent by iss_sub: {st}");
+    let _live = planner_tokens(&w).await?;
+    let (st, body) =
+        w.s.admin(Method::PATCH, &format!("/v1/agents/{}", w.planner.id), Some(json!({"federated_credentials": []})))
+            .await?;
+    ensure!(st == 200, "{st} {body}");
+    ensure!(drain(s.clone()).await?.is_empty(), "a credential change of an agent removed by iss_sub");
+    let others = drain(all.clone()).await?;
+    let changed: Vec<&Value> = others
+        .iter()
+        .filter(|(_, c)| c["events"].get(CREDENTIAL_CHANGE).is_some())
+        .map(|(_, c)| &c["sub_id"])
+        .collect();
+    ensure!(changed == vec![&planner], "{others:?}");
+    // Nobody by that address, or at that issuer: not recognized.
+    let (st, out) = call("/ssf/subjects:remove", json!({"format": "email", "email": "carol@example.com"})).await?;
+    ensure!(st == 404 && out["err"] == "not_found", "{st} {out}");
+    let ghost = json!({"format": "iss_sub", "iss": w.s.issuer, "sub": "usr_01ARZ3NDEKTSV4RRFFQ69G5FAV"});
+    let (st, _) = call("/ssf/subjects:remove", ghost).await?;
+    ensure!(st == 404);
+    // Audited with the person each subject named.
+    let audited: Vec<String> =
+        w.s.audit("type=ssf.stream_updated")
+            .await?
+            .iter()
+            .filter_map(|e| e["reason"].as_str().map(str::to_owned))
+            .collect();
+    ensure!(audited.contains(&format!("subject removed: email alice@example.com ({})", w.alice)), "{audited:?}");
+    let by_iss_sub = format!("subject added: iss_sub {} {} ({})", w.s.issuer, w.alice, w.alice);
+    ensure!(audited.contains(&by_iss_sub), "{audited:?}");
     Ok(())
 }
 

@@ -6,8 +6,10 @@
 //! Token ([`set`]) and acts on it:
 //!
 //! - `session-revoked` about an access token (`sub_id` `{"format":
-//!   "opaque", "id": "<jti>"}`): the verifier refuses a token with that
-//!   `jti` from then on, before its status list would say so.
+//!   "complex", "session": {"format": "opaque", "id": "<jti>"}, "user":
+//!   {"format": "iss_sub", …}}`, or the simple `{"format": "opaque", "id":
+//!   "<jti>"}` Mandate sent before): the verifier refuses a token with
+//!   that `jti` from then on, before its status list would say so.
 //! - the SSF verification event: its `state` is recorded
 //!   ([`SsfReceiver::verified`]).
 //! - every accepted event, these and the others (`credential-change`,

@@ -119,19 +119,21 @@ impl SubjectId {
         }
         let obj = v.as_object()?;
         let text = |name: &str| obj.get(name).and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_owned);
-        let Some(format) = obj.get("format") else {
-            // A complex subject: every member a simple identifier.
-            if obj.is_empty() {
-                return None;
-            }
-            let mut members = BTreeMap::new();
-            for (name, member) in obj {
+        // A complex subject: every member a simple identifier. SSF 1.0 §3.3
+        // marks it `"format": "complex"`; drafts before it sent no format.
+        let complex = |members: &mut dyn Iterator<Item = (&String, &Value)>| {
+            let mut out = BTreeMap::new();
+            for (name, member) in members {
                 let simple = Self::parse_at(member, depth + 1).filter(|s| !matches!(s, Self::Complex(_)))?;
-                members.insert(name.clone(), simple);
+                out.insert(name.clone(), simple);
             }
-            return Some(Self::Complex(members));
+            (!out.is_empty()).then_some(Self::Complex(out))
+        };
+        let Some(format) = obj.get("format") else {
+            return complex(&mut obj.iter());
         };
         Some(match format.as_str()? {
+            "complex" => return complex(&mut obj.iter().filter(|(name, _)| name.as_str() != "format")),
             "opaque" => Self::Opaque { id: text("id")? },
             "email" => Self::Email { email: text("email")? },
             "phone_number" => Self::PhoneNumber { phone_number: text("phone_number")? },
@@ -159,6 +161,25 @@ impl SubjectId {
     pub fn opaque_id(&self) -> Option<&str> {
         match self {
             Self::Opaque { id } => Some(id),
+            _ => None,
+        }
+    }
+
+    /// A complex subject's member `name` (`user`, `session`, …).
+    pub fn member(&self, name: &str) -> Option<&SubjectId> {
+        match self {
+            Self::Complex(members) => members.get(name),
+            _ => None,
+        }
+    }
+
+    /// The session a subject names: a complex subject's `session`, or an
+    /// `opaque` identifier itself (Mandate before the CAEP
+    /// interoperability profile's formats, ADR 0039).
+    pub fn session_id(&self) -> Option<&str> {
+        match self {
+            Self::Opaque { id } => Some(id),
+            Self::Complex(_) => self.member("session").and_then(Self::opaque_id),
             _ => None,
         }
     }
@@ -196,12 +217,15 @@ impl SecurityEvent {
     }
 
     /// The access token a `session-revoked` event revokes: the `jti` its
-    /// `opaque` subject names (DESIGN §11).
+    /// subject's `session` names (`{"format": "complex", "session":
+    /// {"format": "opaque", "id": "<jti>"}, "user": …}`, DESIGN §11 and
+    /// ADR 0039), or a simple `opaque` subject's `id`, as Mandate sent it
+    /// before.
     pub fn revoked_jti(&self) -> Option<&str> {
         if self.kind != EventKind::SessionRevoked {
             return None;
         }
-        self.subject.as_ref().and_then(SubjectId::opaque_id)
+        self.subject.as_ref().and_then(SubjectId::session_id)
     }
 }
 

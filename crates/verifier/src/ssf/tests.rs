@@ -101,7 +101,11 @@ fn sign_with(signer: Signer, header: &Value, claims: &Value) -> String {
 fn revoked_claims(set_jti: &str, token_jti: &str) -> Value {
     json!({
         "iss": ISS, "aud": AUD, "iat": NOW, "jti": set_jti,
-        "sub_id": {"format": "opaque", "id": token_jti},
+        "sub_id": {
+            "format": "complex",
+            "session": {"format": "opaque", "id": token_jti},
+            "user": {"format": "iss_sub", "iss": ISS, "sub": "usr_01JABCDEFGHJKMNPQRSTVWXYZ0"},
+        },
         "events": {SESSION_REVOKED: {
             "event_timestamp": NOW, "initiating_entity": "admin", "reason_admin": {"en": "revoked by an administrator"}
         }}
@@ -200,6 +204,42 @@ async fn a_session_revoked_set_refuses_the_token_at_once_whatever_the_key() {
         let e = events.first().unwrap();
         assert_eq!((e.kind, e.jti.as_str(), e.revoked_jti()), (EventKind::SessionRevoked, "set-1", Some(TOKEN_JTI)));
         assert_eq!(e.event_timestamp(), Some(NOW));
+    }
+}
+
+#[tokio::test]
+async fn every_shape_of_a_session_subject_revokes_and_a_user_alone_does_not() {
+    let revoking = [
+        // Mandate before ADR 0039: the token's jti as a simple opaque subject.
+        json!({"format": "opaque", "id": TOKEN_JTI}),
+        // SSF 1.0 §3.3, the session alone.
+        json!({"format": "complex", "session": {"format": "opaque", "id": TOKEN_JTI}}),
+        // A complex subject as drafts before SSF 1.0 sent it (no format).
+        json!({"session": {"format": "opaque", "id": TOKEN_JTI}, "user": {"format": "email", "email": "a@example.com"}}),
+    ];
+    for sub_id in revoking {
+        let f = fixture();
+        let mut claims = revoked_claims("set-1", TOKEN_JTI);
+        claims["sub_id"] = sub_id.clone();
+        let (status, body) = push(&f.receiver, &sign_with(Signer::Ed, &header(Signer::Ed), &claims)).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{sub_id}: {body}");
+        assert!(f.verifier.is_revoked(TOKEN_JTI), "{sub_id}");
+    }
+    // A person, or a session named in a format that is not Mandate's
+    // token jti: accepted (the application's hook sees it), nothing revoked.
+    for sub_id in [
+        json!({"format": "iss_sub", "iss": ISS, "sub": "usr_01JABCDEFGHJKMNPQRSTVWXYZ0"}),
+        json!({"format": "complex", "user": {"format": "iss_sub", "iss": ISS, "sub": "usr_01JABCDEFGHJKMNPQRSTVWXYZ0"}}),
+        json!({"format": "complex", "session": {"format": "email", "email": "a@example.com"}}),
+    ] {
+        let f = fixture();
+        let mut claims = revoked_claims("set-2", TOKEN_JTI);
+        claims["sub_id"] = sub_id.clone();
+        let (status, body) = push(&f.receiver, &sign_with(Signer::Ed, &header(Signer::Ed), &claims)).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{sub_id}: {body}");
+        assert!(!f.verifier.is_revoked(TOKEN_JTI), "{sub_id}");
+        assert!(f.verifier.verify(&access_token()).await.is_ok(), "{sub_id}");
+        assert_eq!(f.events.lock().unwrap().len(), 1);
     }
 }
 
@@ -490,6 +530,16 @@ fn subject_identifiers_are_read_per_rfc_9493() {
             json!({"format": "aliases", "identifiers": [{"format": "uri", "uri": "https://u"}]}),
             SubjectId::Aliases { identifiers: vec![SubjectId::Uri { uri: "https://u".into() }] },
         ),
+        (
+            json!({"format": "complex", "user": {"format": "email", "email": "a@b"}, "session": {"format": "opaque", "id": "t"}}),
+            SubjectId::Complex(
+                [
+                    ("session".to_owned(), SubjectId::Opaque { id: "t".into() }),
+                    ("user".to_owned(), SubjectId::Email { email: "a@b".into() }),
+                ]
+                .into(),
+            ),
+        ),
     ];
     for (v, want) in ok {
         assert_eq!(SubjectId::parse(&v), Some(want), "{v}");
@@ -506,6 +556,9 @@ fn subject_identifiers_are_read_per_rfc_9493() {
         json!({"format": "aliases", "identifiers": [{"format": "aliases", "identifiers": [{"format": "opaque", "id": "x"}]}]}),
         json!({"user": {"user": {"format": "opaque", "id": "x"}}}),
         json!({"user": "x"}),
+        json!({"format": "complex"}),
+        json!({"format": "complex", "user": "x"}),
+        json!({"format": "complex", "user": {"format": "complex", "session": {"format": "opaque", "id": "t"}}}),
     ] {
         assert_eq!(SubjectId::parse(&bad), None, "{bad}");
     }
