@@ -25,9 +25,10 @@ use crate::{Error, secrets};
 pub const APPROVAL_REQUIRED: &str = "approval_required";
 const MAX_FIELD: usize = 256;
 const MAX_PROPERTIES: usize = 64;
-/// Allows remembered per node; past it the least useful are forgotten (and
+/// Bytes the allows remembered per node may hold (estimated,
+/// `crate::footprint`); past it the least useful are forgotten (and
 /// recorded again at their next use).
-pub(crate) const MAX_REMEMBERED_ALLOWS: usize = 100_000;
+pub(crate) const REMEMBERED_ALLOWS_BYTES: u64 = 16 << 20;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -779,11 +780,13 @@ impl Mandate {
     }
 
     fn remembered_allow(&self, jti: Jti, action: &str, target: &str) -> Option<u64> {
-        self.checked.get(&(jti, action.to_owned(), target.to_owned()))
+        self.checked.get(&(jti, action.to_owned(), target.to_owned())).map(crate::footprint::Weighed::into_value)
     }
 
     fn remember_allow(&self, jti: Jti, action: &str, target: &str, seq: u64) {
-        self.checked.insert((jti, action.to_owned(), target.to_owned()), seq);
+        let key = (jti, action.to_owned(), target.to_owned());
+        let key_heap = key.1.len() + key.2.len();
+        self.checked.insert(key, crate::footprint::Weighed::new::<(Jti, String, String)>(key_heap, seq));
     }
 }
 

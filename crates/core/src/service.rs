@@ -117,7 +117,7 @@ pub struct Mandate {
     pub(crate) audit_keys: RwLock<AuditKeys>,
     /// Allowed checks already recorded, by token, action and resource,
     /// with the seq of the event that recorded them (docs/delegation.md).
-    pub(crate) checked: quick_cache::sync::Cache<(mandate_model::Jti, String, String), u64>,
+    pub(crate) checked: crate::footprint::Cache<(mandate_model::Jti, String, String), u64>,
     /// Verified tokens, live chains and decisions, by store epoch.
     pub(crate) caches: crate::chain::Caches,
     /// Status indexes reserved by this node, and the lists it has built.
@@ -246,7 +246,7 @@ impl Mandate {
             resources: RwLock::new(HashMap::new()),
             client_keys: crate::footprint::bounded(CLIENT_KEYS_BYTES, 1_024),
             audit_keys: RwLock::new(AuditKeys::default()),
-            checked: quick_cache::sync::Cache::new(crate::check::MAX_REMEMBERED_ALLOWS),
+            checked: crate::footprint::bounded(crate::check::REMEMBERED_ALLOWS_BYTES, 160),
             caches: crate::chain::Caches::default(),
             status: crate::status::StatusLists::default(),
             sign_in_failures: crate::session::Failures::default(),
@@ -471,7 +471,10 @@ impl Mandate {
             .fill()
             .into_iter()
             .chain(self.caches.fill())
-            .chain([crate::footprint::CacheFill::of("client_keys", &self.client_keys)])
+            .chain([
+                crate::footprint::CacheFill::of("client_keys", &self.client_keys),
+                crate::footprint::CacheFill::of("remembered_allows", &self.checked),
+            ])
             .collect()
     }
 
