@@ -25,8 +25,11 @@
 #                      on the server (e.g. postgres://postgres@127.0.0.1:5432/postgres); each run
 #                      creates a fresh database next to it and drops it at the end (needs psql)
 #   BENCH_NODES=2      with BENCH_DATABASE_URL: two `mandate serve` nodes on the one database
-#                      (one issuer, one data dir), each driven by its own load generator with half
-#                      the connections; the result sums their tokens/s and keeps the worse latency
+#                      (one issuer, one data dir), driven by one load generator whose connections
+#                      alternate between them, as behind a load balancer
+#   BENCH_NODE_LOADGENS=2  with BENCH_NODES=2: a load generator per node instead, each with half the
+#                      connections; the result sums their tokens/s and keeps the worse latency (the
+#                      two generators' windows and assertion signing overlap only roughly)
 #   BENCH_RESULT=FILE  copy Mandate's result JSON to FILE
 #   BENCH_WRK=1        after the load generator, drive each server with wrk as well (same
 #                      duration and connections, 2 threads, bench/wrk-token.lua): the load
@@ -199,13 +202,15 @@ if [[ "${BENCH_PIN:-0}" == 1 ]]; then
 fi
 
 # run_loadgen NAME ENDPOINT CLIENT_ID AUD [CONCURRENCY] -> writes $WORK/NAME.json
+# (ENDPOINT may be several URLs separated by spaces: the connections are dealt out among them)
 run_loadgen() {
   local name="$1" endpoint="$2" cid="$3" aud="$4" conc="${5:-$CONCURRENCY}"
-  local out="$WORK/$name.json"
+  local out="$WORK/$name.json" e endpoints=()
+  for e in $endpoint; do endpoints+=(--token-endpoint "$e"); done
   log "$name: warmup $WARMUP, then $REQUESTS requests or ${DURATION}s at concurrency $conc"
   local rc=0
   "${LOADGEN_PIN[@]}" "$LOADGEN" \
-    --token-endpoint "$endpoint" \
+    "${endpoints[@]}" \
     --client-id "$cid" \
     --key "$WORK/key.pk8" \
     --aud "$aud" \
@@ -361,7 +366,16 @@ run_mandate() {
   [[ -n "$cid" ]] || die "mandate: agent creation returned no client_id: $(cat "$WORK/agent.json")"
   log "mandate: seeded owner $owner, agent client_id $cid"
 
-  if [[ $nodes == 2 ]]; then
+  if [[ $nodes == 2 && ${BENCH_NODE_LOADGENS:-1} == 1 ]]; then
+    # One load generator, its connections dealt out between the nodes as a
+    # load balancer would: the same client CPU and one measuring window.
+    run_loadgen mandate "$base/oauth/token http://127.0.0.1:$port2/oauth/token" "$cid" "$base"
+    jq '.per_node = [.successes_per_target[] / .wall_secs]' "$WORK/mandate.json" >"$WORK/mandate.tmp"
+    mv "$WORK/mandate.tmp" "$WORK/mandate.json"
+    log "mandate: two nodes together $(json_get "$WORK/mandate.json" .throughput_rps) req/s" \
+      "(per node $(jq -c .per_node "$WORK/mandate.json"))"
+    stop_pid "$pid2"
+  elif [[ $nodes == 2 ]]; then
     local half=$((CONCURRENCY / 2))
     run_loadgen mandate-a "$base/oauth/token" "$cid" "$base" "$half" &
     local la=$!

@@ -102,9 +102,11 @@ enum Cmd {
 #[derive(Args, Debug)]
 struct RunArgs {
     /// Token endpoint URL (http://, loopback host only); with `--json-body`,
-    /// the URL the JSON is posted to.
+    /// the URL the JSON is posted to. Repeat it to spread the connections
+    /// over several nodes, round robin (a load balancer's share): the first
+    /// is the default assertion audience and DPoP `htu`.
     #[arg(long, required = true)]
-    token_endpoint: Option<String>,
+    token_endpoint: Vec<String>,
     /// OAuth client_id (also the assertion's iss and sub; with
     /// `--workload-key`, sent as the `client_id` parameter, or not at all
     /// when absent).
@@ -687,6 +689,8 @@ struct WorkerStats {
     warmup_successes: u64,
     warmup_errors: u64,
     first_success: Option<Bytes>,
+    /// Index of the endpoint this worker talks to.
+    target: usize,
 }
 
 enum Outcome {
@@ -698,9 +702,15 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
 
-async fn one_request(sender: &mut Option<SendRequest<Full<Bytes>>>, sh: &Shared, (body, proof): Signed) -> Outcome {
-    let (target, timeout) = (&sh.target, sh.timeout);
+async fn one_request(
+    sender: &mut Option<SendRequest<Full<Bytes>>>,
+    sh: &Shared,
+    target: usize,
+    (body, proof): Signed,
+) -> Outcome {
+    let timeout = sh.timeout;
     let fut = async {
+        let target = sh.targets.get(target).ok_or_else(|| anyhow!("no target {target}"))?;
         let need_new = match sender.as_mut() {
             None => true,
             Some(s) => s.is_closed() || s.ready().await.is_err(),
@@ -752,7 +762,8 @@ struct Shared {
     warmup: usize,
     /// Index one past the last measured request.
     limit: usize,
-    target: Target,
+    /// Worker `k` talks to `targets[k % targets.len()]`.
+    targets: Vec<Target>,
     timeout: Duration,
     duration: Option<Duration>,
     barrier: Barrier,
@@ -761,8 +772,8 @@ struct Shared {
     expect: Vec<u8>,
 }
 
-async fn worker(sh: Arc<Shared>) -> WorkerStats {
-    let mut st = WorkerStats::default();
+async fn worker(sh: Arc<Shared>, k: usize) -> WorkerStats {
+    let mut st = WorkerStats { target: k % sh.targets.len().max(1), ..WorkerStats::default() };
     let mut sender = None;
     // Warm-up phase: indices [0, warmup).
     loop {
@@ -773,7 +784,7 @@ async fn worker(sh: Arc<Shared>) -> WorkerStats {
         let Some(body) = sh.bodies.get(i).cloned() else {
             break;
         };
-        match one_request(&mut sender, &sh, body).await {
+        match one_request(&mut sender, &sh, st.target, body).await {
             Outcome::Success(b) => {
                 st.warmup_successes += 1;
                 if st.first_success.is_none() {
@@ -800,7 +811,7 @@ async fn worker(sh: Arc<Shared>) -> WorkerStats {
             break;
         };
         let t0 = Instant::now();
-        let outcome = one_request(&mut sender, &sh, body).await;
+        let outcome = one_request(&mut sender, &sh, st.target, body).await;
         let ns = u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX);
         match outcome {
             Outcome::Success(b) => {
@@ -831,7 +842,7 @@ fn percentile_ms(sorted: &[u64], p: f64) -> f64 {
 }
 
 async fn run(a: RunArgs) -> Result<()> {
-    let endpoint = a.token_endpoint.ok_or_else(|| anyhow!("--token-endpoint is required"))?;
+    let endpoint = a.token_endpoint.first().cloned().ok_or_else(|| anyhow!("--token-endpoint is required"))?;
     if a.concurrency == 0 {
         bail!("--concurrency must be at least 1");
     }
@@ -843,7 +854,7 @@ async fn run(a: RunArgs) -> Result<()> {
         (None, Some(_)) => a.max_requests.unwrap_or(DEFAULT_DURATION_CAP),
         (None, None) => bail!("give --requests N and/or --duration SECS so the run is bounded"),
     };
-    let target = parse_target(&endpoint)?;
+    let targets = a.token_endpoint.iter().map(|e| parse_target(e)).collect::<Result<Vec<_>>>()?;
     let total = a.warmup + measured;
     let t_gen = Instant::now();
     let (bodies, content_type, authorization) = match &a.json_body {
@@ -971,7 +982,7 @@ async fn run(a: RunArgs) -> Result<()> {
         next: AtomicUsize::new(0),
         warmup: a.warmup,
         limit: total,
-        target,
+        targets,
         timeout: Duration::from_secs_f64(a.timeout),
         duration: a.duration.map(Duration::from_secs_f64),
         barrier: Barrier::new(concurrency + 1),
@@ -979,15 +990,20 @@ async fn run(a: RunArgs) -> Result<()> {
         authorization,
         expect: a.expect.clone().into_bytes(),
     });
-    let handles: Vec<_> = (0..concurrency).map(|_| tokio::spawn(worker(shared.clone()))).collect();
+    let handles: Vec<_> = (0..concurrency).map(|k| tokio::spawn(worker(shared.clone(), k))).collect();
     // End of warm-up: all workers have stopped taking indices.
     shared.barrier.wait().await;
     shared.next.store(a.warmup, Ordering::SeqCst);
     let start = Instant::now();
     shared.barrier.wait().await;
     let mut all = WorkerStats::default();
+    // Successful measured requests per endpoint, in the order given.
+    let mut per_target = vec![0u64; a.token_endpoint.len()];
     for h in handles {
         let st = h.await?;
+        if let Some(n) = per_target.get_mut(st.target) {
+            *n += st.successes;
+        }
         all.latencies.extend(st.latencies);
         all.successes += st.successes;
         all.warmup_successes += st.warmup_successes;
@@ -1018,6 +1034,8 @@ async fn run(a: RunArgs) -> Result<()> {
     if a.json {
         let out = json!({
             "target": endpoint,
+            "targets": a.token_endpoint,
+            "successes_per_target": per_target,
             "concurrency": concurrency,
             "warmup": a.warmup,
             "warmup_successes": all.warmup_successes,
