@@ -84,9 +84,9 @@ pub struct ServeArgs {
     #[serde(skip_serializing_if = "Option::is_none")]
     database_url: Option<String>,
     /// PostgreSQL only: writer tasks per node, each committing a batch of
-    /// changes at a time on a connection of its own (default 2, 1 to 8).
-    /// The writers of every node take turns at the audit chain's head, so
-    /// with several nodes, fewer per node keep the batches large.
+    /// changes at a time on a connection of its own (default 1, 1 to 8).
+    /// Each writer commits on its own, so more writers make smaller
+    /// batches with a commit each (ADR 0040).
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     database_writers: Option<u32>,

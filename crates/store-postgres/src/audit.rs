@@ -7,6 +7,7 @@ use mandate_store_sql::{EventRow, json};
 use sqlx::Connection;
 use sqlx::postgres::{PgConnection, PgRow};
 
+use crate::tokens::PgQuery;
 use crate::writer::{map_write_error, misrouted};
 use crate::{get, unavailable};
 
@@ -133,11 +134,26 @@ async fn try_lock(conn: &mut PgConnection, lane: i64) -> Result<bool, StoreError
 /// lane's events are numbered in its commit order; a rolled-back batch
 /// leaves a gap.
 async fn lock_lane(conn: &mut PgConnection, lane: u64, n: usize) -> Result<(Head, Vec<u64>), StoreError> {
+    read_lane(conn, lane, n, true).await
+}
+
+/// Reads `lane`'s head and takes `n` seqs, locking the head row with
+/// `lock` (see [`lock_lane`]); without it, the caller's write of the head
+/// must check that it is still where it was read (`crate::issuance`).
+pub(crate) async fn read_lane(
+    conn: &mut PgConnection,
+    lane: u64,
+    n: usize,
+    lock: bool,
+) -> Result<(Head, Vec<u64>), StoreError> {
     let id = i64::try_from(lane).map_err(|_| StoreError::Unavailable(format!("audit lane {lane}")))?;
-    let row = sqlx::query(
+    let row = sqlx::query(if lock {
         "SELECT seq, hash, ARRAY(SELECT nextval('audit_seq') FROM generate_series(1, $2)) AS next \
-         FROM audit_lanes WHERE id = $1 FOR UPDATE",
-    )
+         FROM audit_lanes WHERE id = $1 FOR UPDATE"
+    } else {
+        "SELECT seq, hash, ARRAY(SELECT nextval('audit_seq') FROM generate_series(1, $2)) AS next \
+         FROM audit_lanes WHERE id = $1"
+    })
     .bind(id)
     .bind(i32::try_from(n).map_err(|_| StoreError::Unavailable("too many audit events in one batch".into()))?)
     .fetch_one(&mut *conn)
@@ -208,53 +224,79 @@ pub(crate) async fn append(
     sealed
 }
 
-/// Inserts a batch's events and moves its lane's head row, with one
-/// statement.
-pub(crate) async fn insert_events(conn: &mut PgConnection, events: &[Event], head: &Head) -> Result<(), StoreError> {
+/// The array parameters [`bind_events`] binds, in its order.
+const EVENT_TYPES: [&str; 19] = [
+    "bigint", "text", "text", "text", "text", "text", "text", "text", "text", "text", "text", "text", "text", "text",
+    "bigint", "text", "text", "text", "text",
+];
+
+/// An insert of the events bound by [`bind_events`] from parameter `first`
+/// on, into the lane bound as parameter `lane`.
+pub(crate) fn insert_events_sql(first: usize, lane: usize) -> String {
+    format!(
+        "INSERT INTO audit_events (lane, seq, time, type, decision, subject, actor, chain, \
+         client_id, action, resource, scope, jti, grant_id, parent, count, reason, request_id, prev_hash, hash) \
+         SELECT ${lane}::bigint, * FROM UNNEST({})",
+        crate::tokens::unnest_args(first, &EVENT_TYPES)
+    )
+}
+
+fn overflow(what: &str) -> StoreError {
+    StoreError::Unavailable(format!("audit {what} does not fit a bigint"))
+}
+
+/// A lane, seq or count as PostgreSQL's bigint.
+pub(crate) fn bigint(n: u64, what: &str) -> Result<i64, StoreError> {
+    i64::try_from(n).map_err(|_| overflow(what))
+}
+
+/// Binds `events` column by column, one array each ([`EVENT_TYPES`]).
+pub(crate) fn bind_events<'q>(q: PgQuery<'q>, events: &[Event]) -> Result<PgQuery<'q>, StoreError> {
     fn col(events: &[Event], f: impl Fn(&Event) -> Option<String>) -> Vec<Option<String>> {
         events.iter().map(f).collect()
     }
-    let overflow = |what: &str| StoreError::Unavailable(format!("audit {what} does not fit a bigint"));
-    let seqs =
-        events.iter().map(|e| i64::try_from(e.seq).map_err(|_| overflow("seq"))).collect::<Result<Vec<_>, _>>()?;
-    let counts = events
-        .iter()
-        .map(|e| e.count.map(|c| i64::try_from(c).map_err(|_| overflow("count"))).transpose())
-        .collect::<Result<Vec<_>, _>>()?;
+    let seqs = events.iter().map(|e| bigint(e.seq, "seq")).collect::<Result<Vec<_>, _>>()?;
+    let counts =
+        events.iter().map(|e| e.count.map(|c| bigint(c, "count")).transpose()).collect::<Result<Vec<_>, _>>()?;
     let chains = events.iter().map(|e| json(&e.chain)).collect::<Result<Vec<_>, _>>()?;
-    sqlx::query(
-        "WITH inserted AS (INSERT INTO audit_events (lane, seq, time, type, decision, subject, actor, chain, \
-         client_id, action, resource, scope, jti, grant_id, parent, count, reason, request_id, prev_hash, hash) \
-         SELECT $22::bigint, * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
-         $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[], \
-         $15::bigint[], $16::text[], $17::text[], $18::text[], $19::text[])) \
-         UPDATE audit_lanes SET seq = $20, hash = $21 WHERE id = $22::bigint",
+    Ok(q.bind(seqs)
+        .bind(events.iter().map(|e| e.time.clone()).collect::<Vec<_>>())
+        .bind(events.iter().map(|e| e.kind.clone()).collect::<Vec<_>>())
+        .bind(col(events, |e| e.decision.clone()))
+        .bind(col(events, |e| e.subject.clone()))
+        .bind(col(events, |e| e.actor.clone()))
+        .bind(chains)
+        .bind(col(events, |e| e.client_id.clone()))
+        .bind(col(events, |e| e.action.clone()))
+        .bind(col(events, |e| e.resource.clone()))
+        .bind(col(events, |e| e.scope.clone()))
+        .bind(col(events, |e| e.jti.clone()))
+        .bind(col(events, |e| e.grant_id.clone()))
+        .bind(col(events, |e| e.parent.clone()))
+        .bind(counts)
+        .bind(col(events, |e| e.reason.clone()))
+        .bind(col(events, |e| e.request_id.clone()))
+        .bind(events.iter().map(|e| e.prev_hash.clone()).collect::<Vec<_>>())
+        .bind(events.iter().map(|e| e.hash.clone()).collect::<Vec<_>>()))
+}
+
+static INSERT_EVENTS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "WITH inserted AS ({}) UPDATE audit_lanes SET seq = $20, hash = $21 WHERE id = $22::bigint",
+        insert_events_sql(1, 22)
     )
-    .bind(seqs)
-    .bind(events.iter().map(|e| e.time.clone()).collect::<Vec<_>>())
-    .bind(events.iter().map(|e| e.kind.clone()).collect::<Vec<_>>())
-    .bind(col(events, |e| e.decision.clone()))
-    .bind(col(events, |e| e.subject.clone()))
-    .bind(col(events, |e| e.actor.clone()))
-    .bind(chains)
-    .bind(col(events, |e| e.client_id.clone()))
-    .bind(col(events, |e| e.action.clone()))
-    .bind(col(events, |e| e.resource.clone()))
-    .bind(col(events, |e| e.scope.clone()))
-    .bind(col(events, |e| e.jti.clone()))
-    .bind(col(events, |e| e.grant_id.clone()))
-    .bind(col(events, |e| e.parent.clone()))
-    .bind(counts)
-    .bind(col(events, |e| e.reason.clone()))
-    .bind(col(events, |e| e.request_id.clone()))
-    .bind(events.iter().map(|e| e.prev_hash.clone()).collect::<Vec<_>>())
-    .bind(events.iter().map(|e| e.hash.clone()).collect::<Vec<_>>())
-    .bind(i64::try_from(head.seq).map_err(|_| overflow("head"))?)
-    .bind(&head.hash)
-    .bind(i64::try_from(head.lane).map_err(|_| overflow("lane"))?)
-    .execute(&mut *conn)
-    .await
-    .map_err(|e| map_write_error(e, "audit event"))?;
+});
+
+/// Inserts a batch's events and moves its lane's head row, with one
+/// statement.
+pub(crate) async fn insert_events(conn: &mut PgConnection, events: &[Event], head: &Head) -> Result<(), StoreError> {
+    bind_events(sqlx::query(INSERT_EVENTS.as_str()), events)?
+        .bind(bigint(head.seq, "head")?)
+        .bind(&head.hash)
+        .bind(bigint(head.lane, "lane")?)
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| map_write_error(e, "audit event"))?;
     Ok(())
 }
 

@@ -19,6 +19,7 @@ mod epoch;
 mod grants;
 mod identity;
 mod inventory;
+mod issuance;
 mod keys;
 mod listen;
 mod review;

@@ -372,10 +372,31 @@ pub(crate) async fn burn_assertions(
     Ok(out)
 }
 
-/// Inserts the tokens of a batch with one statement (tokens with neither a
-/// parent nor a grant, which need no check under lock: see
-/// [`token_may_be_inserted`]).
-pub(crate) async fn insert_tokens(conn: &mut PgConnection, tokens: &[&TokenRecord]) -> Result<(), StoreError> {
+/// `$first::t1[], $first+1::t2[], …`: the arguments of an `UNNEST` over
+/// one array parameter per column, numbered from `first`.
+pub(crate) fn unnest_args(first: usize, types: &[&str]) -> String {
+    types.iter().enumerate().map(|(i, t)| format!("${}::{t}[]", first + i)).collect::<Vec<_>>().join(", ")
+}
+
+/// The array parameters [`bind_tokens`] binds, in its order.
+pub(crate) const TOKEN_TYPES: [&str; 14] = [
+    "text", "text", "text", "text", "text", "text", "text", "text", "bigint", "bigint", "text", "bigint", "text",
+    "bigint",
+];
+
+/// An insert of the tokens bound by [`bind_tokens`] from parameter `first` on.
+pub(crate) fn insert_tokens_sql(first: usize) -> String {
+    format!(
+        "INSERT INTO tokens (jti, client_id, subject, audience, scopes, grant_id, parent, chain, issued_at, \
+         expires_at, cnf_jkt, revoked_at, family, status_idx) SELECT * FROM UNNEST({})",
+        unnest_args(first, &TOKEN_TYPES)
+    )
+}
+
+pub(crate) type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
+
+/// Binds `tokens` column by column, one array each ([`TOKEN_TYPES`]).
+pub(crate) fn bind_tokens<'q>(q: PgQuery<'q>, tokens: &[&TokenRecord]) -> Result<PgQuery<'q>, StoreError> {
     fn col(tokens: &[&TokenRecord], f: impl Fn(&TokenRecord) -> Option<String>) -> Vec<Option<String>> {
         tokens.iter().map(|t| f(t)).collect()
     }
@@ -388,29 +409,32 @@ pub(crate) async fn insert_tokens(conn: &mut PgConnection, tokens: &[&TokenRecor
         .collect::<Result<Vec<_>, _>>()?;
     let scopes = tokens.iter().map(|t| json(&t.scopes)).collect::<Result<Vec<_>, _>>()?;
     let chains = tokens.iter().map(|t| json(&t.chain)).collect::<Result<Vec<_>, _>>()?;
-    sqlx::query(
-        "INSERT INTO tokens (jti, client_id, subject, audience, scopes, grant_id, parent, chain, issued_at, expires_at, \
-         cnf_jkt, revoked_at, family, status_idx) \
-         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], \
-         $8::text[], $9::bigint[], $10::bigint[], $11::text[], $12::bigint[], $13::text[], $14::bigint[])",
-    )
-    .bind(col(tokens, |t| Some(t.jti.to_string())))
-    .bind(col(tokens, |t| Some(t.client_id.to_string())))
-    .bind(col(tokens, |t| Some(t.subject.clone())))
-    .bind(col(tokens, |t| Some(t.audience.clone())))
-    .bind(scopes)
-    .bind(col(tokens, |t| t.grant.map(|g| g.to_string())))
-    .bind(col(tokens, |t| t.parent.map(|p| p.to_string())))
-    .bind(chains)
-    .bind(times(|t| Some(t.issued_at))?)
-    .bind(times(|t| Some(t.expires_at))?)
-    .bind(col(tokens, |t| t.cnf_jkt.clone()))
-    .bind(times(|t| t.revoked_at)?)
-    .bind(col(tokens, |t| t.family.clone()))
-    .bind(status)
-    .execute(&mut *conn)
-    .await
-    .map_err(|e| map_write_error(e, "token"))?;
+    Ok(q.bind(col(tokens, |t| Some(t.jti.to_string())))
+        .bind(col(tokens, |t| Some(t.client_id.to_string())))
+        .bind(col(tokens, |t| Some(t.subject.clone())))
+        .bind(col(tokens, |t| Some(t.audience.clone())))
+        .bind(scopes)
+        .bind(col(tokens, |t| t.grant.map(|g| g.to_string())))
+        .bind(col(tokens, |t| t.parent.map(|p| p.to_string())))
+        .bind(chains)
+        .bind(times(|t| Some(t.issued_at))?)
+        .bind(times(|t| Some(t.expires_at))?)
+        .bind(col(tokens, |t| t.cnf_jkt.clone()))
+        .bind(times(|t| t.revoked_at)?)
+        .bind(col(tokens, |t| t.family.clone()))
+        .bind(status))
+}
+
+static INSERT_TOKENS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| insert_tokens_sql(1));
+
+/// Inserts the tokens of a batch with one statement (tokens with neither a
+/// parent nor a grant, which need no check under lock: see
+/// [`token_may_be_inserted`]).
+pub(crate) async fn insert_tokens(conn: &mut PgConnection, tokens: &[&TokenRecord]) -> Result<(), StoreError> {
+    bind_tokens(sqlx::query(INSERT_TOKENS.as_str()), tokens)?
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| map_write_error(e, "token"))?;
     touch_agents(conn, tokens).await
 }
 
@@ -421,6 +445,39 @@ pub(crate) async fn insert_tokens(conn: &mut PgConnection, tokens: &[&TokenRecor
 /// use of the same moment, and no batch waits on, or deadlocks with,
 /// another over an agent's row.
 async fn touch_agents(conn: &mut PgConnection, tokens: &[&TokenRecord]) -> Result<(), StoreError> {
+    let Some((ids, ats, stale)) = last_uses(tokens)? else { return Ok(()) };
+    sqlx::query(TOUCH_AGENTS.as_str())
+        .bind(ids)
+        .bind(ats)
+        .bind(stale)
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| map_write_error(e, "agent"))?;
+    Ok(())
+}
+
+static TOUCH_AGENTS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| touch_agents_sql(1));
+
+/// The update of [`touch_agents`], its three arrays ([`last_uses`]) bound
+/// from parameter `first` on.
+pub(crate) fn touch_agents_sql(first: usize) -> String {
+    format!(
+        "UPDATE agents a SET last_used_at = u.at FROM ( \
+           SELECT ag.id, t.at FROM UNNEST({}) AS t(id, at, stale) \
+           JOIN agents ag ON ag.id = t.id \
+           WHERE ag.last_used_at IS NULL OR ag.last_used_at < t.stale \
+           ORDER BY ag.id FOR UPDATE OF ag SKIP LOCKED) u \
+         WHERE a.id = u.id",
+        unnest_args(first, &["text", "bigint", "bigint"])
+    )
+}
+
+/// Per agent `tokens` were issued to: its id, its newest token's issue
+/// time, and the last use older than which it is recorded anew (`None`
+/// when no token went to an agent).
+pub(crate) type LastUses = (Vec<String>, Vec<i64>, Vec<i64>);
+
+pub(crate) fn last_uses(tokens: &[&TokenRecord]) -> Result<Option<LastUses>, StoreError> {
     let mut newest: std::collections::BTreeMap<String, time::OffsetDateTime> = std::collections::BTreeMap::new();
     for t in tokens {
         if let ClientId::Agent(a) = t.client_id {
@@ -429,7 +486,7 @@ async fn touch_agents(conn: &mut PgConnection, tokens: &[&TokenRecord]) -> Resul
         }
     }
     if newest.is_empty() {
-        return Ok(());
+        return Ok(None);
     }
     let mut ids = Vec::with_capacity(newest.len());
     let mut ats = Vec::with_capacity(newest.len());
@@ -439,19 +496,5 @@ async fn touch_agents(conn: &mut PgConnection, tokens: &[&TokenRecord]) -> Resul
         ats.push(ts(at)?);
         stale.push(ts(at - LAST_USE_RESOLUTION)?);
     }
-    sqlx::query(
-        "UPDATE agents a SET last_used_at = u.at FROM ( \
-           SELECT ag.id, t.at FROM UNNEST($1::text[], $2::bigint[], $3::bigint[]) AS t(id, at, stale) \
-           JOIN agents ag ON ag.id = t.id \
-           WHERE ag.last_used_at IS NULL OR ag.last_used_at < t.stale \
-           ORDER BY ag.id FOR UPDATE OF ag SKIP LOCKED) u \
-         WHERE a.id = u.id",
-    )
-    .bind(ids)
-    .bind(ats)
-    .bind(stale)
-    .execute(&mut *conn)
-    .await
-    .map_err(|e| map_write_error(e, "agent"))?;
-    Ok(())
+    Ok(Some((ids, ats, stale)))
 }

@@ -19,8 +19,11 @@ pub(crate) const MAX_BATCH: usize = 256;
 
 /// Writer tasks per node, unless told otherwise. Each applies its batch's
 /// changes on its own connection and seals their events in a lane of the
-/// trail of its own, so writers of every node commit side by side.
-pub const DEFAULT_WRITERS: u32 = 2;
+/// trail of its own, so writers of every node commit side by side. One,
+/// because a second only splits a node's queue into smaller batches, each
+/// with a commit of its own: measured, one writer issued 8% more tokens
+/// per second and 37% more exchanges (ADR 0040).
+pub const DEFAULT_WRITERS: u32 = 1;
 /// The most writer tasks a node may run.
 pub const MAX_WRITERS: u32 = 8;
 
@@ -100,6 +103,10 @@ pub(crate) async fn apply_batch(
         Ok(c) => c,
         Err(e) => return failed(&e),
     };
+    // Plain issuances go in with one statement when they can (ADR 0040).
+    if let Some(results) = crate::issuance::try_issue(&mut conn, lane, batch).await {
+        return results;
+    }
     match apply_in_transaction(&mut conn, lane, batch, false).await {
         Ok(results) => results,
         Err(NeedSavepoints) => match apply_in_transaction(&mut conn, lane, batch, true).await {

@@ -271,6 +271,9 @@ async fn two_nodes_write_the_trail_concurrently_and_it_verifies() -> anyhow::Res
             let (ra, rb) = tokio::join!(burst(&a, &agent), burst(&b, &agent));
             ra?;
             rb?;
+            // A checkpoint is due again once its interval (60 s) has
+            // passed: each round ends with one, whoever signs it.
+            nodes.clock.advance(time::Duration::seconds(61));
         }
         a.mandate.checkpoint_if_due().await?;
         let reader = nodes.store().await?;
@@ -642,6 +645,82 @@ async fn postgres_passes_the_delegation_scenarios() -> anyhow::Result<()> {
     let urls = created.lock().map(|c| c.clone()).unwrap_or_default();
     drop_databases(&urls).await?;
     result
+}
+
+/// ADR 0040: plain issuances go in with one statement, ended by a call of
+/// `mandate_batch_holds`; PostgreSQL counts the calls of PL/pgSQL
+/// functions where `track_functions = 'pl'`. (A backend reports its counts
+/// when it goes idle, within a second or so.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_issuances_take_the_one_statement_way() -> anyhow::Result<()> {
+    on_fresh_database(|url| async move {
+        let db = url.rsplit('/').next().unwrap_or_default().to_owned();
+        let mut admin = sqlx::PgConnection::connect(&admin_url()).await?;
+        sqlx::query(&format!("ALTER DATABASE {db} SET track_functions = 'pl'")).execute(&mut admin).await?;
+        admin.close().await?;
+        let store: Arc<dyn Store> = Arc::new(mandate_store_postgres::PostgresStore::connect_with_writers(&url, 1).await?);
+        mandate_testkit::conformance::concurrency::concurrent_issuances_with_replays_stand_or_fall_alone(&store).await?;
+        let pool = sqlx::PgPool::connect(&url).await?;
+        let calls = || async {
+            let n: i64 = sqlx::query_scalar(
+                "SELECT coalesce(sum(calls), 0)::bigint FROM pg_stat_user_functions WHERE funcname = 'mandate_batch_holds'",
+            )
+            .fetch_one(&pool)
+            .await?;
+            anyhow::Ok(n)
+        };
+        let seen = eventually(std::time::Duration::from_secs(20), || async { Ok(calls().await? > 0) }).await?;
+        anyhow::ensure!(seen, "no batch took the one-statement way ({} calls)", calls().await?);
+        pool.close().await;
+        Ok::<_, anyhow::Error>(())
+    })
+    .await
+}
+
+/// Two writers on one lane (a node's lane-keeping connection lost, and a
+/// new node claiming the lane its writer still uses): the one-statement
+/// way reads the head without a lock, and must not seal two batches after
+/// the same head. Its guard sends the loser the long way, under the
+/// head's lock, and the trail is still one chain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_writers_on_one_lane_still_write_one_chain() -> anyhow::Result<()> {
+    use mandate_core::store::Change;
+    on_fresh_database(|url| async move {
+        let append = |node: &str, i: u32| {
+            let e = mandate_testkit::conformance::event("token.issued", &format!("agt_{node}_{i}"));
+            Change::new().with(mandate_core::AuditRecord::new(e).mutation())
+        };
+        let a = Arc::new(mandate_store_postgres::PostgresStore::connect_with_writers(&url, 1).await?);
+        a.commit(append("a", 0)).await?;
+        let pool = sqlx::PgPool::connect(&url).await?;
+        sqlx::query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE application_name = $1 AND datname = current_database()",
+        )
+        .bind(mandate_store_postgres::LANE_KEEPER_APPLICATION_NAME)
+        .execute(&pool)
+        .await?;
+        let b = Arc::new(mandate_store_postgres::PostgresStore::connect_with_writers(&url, 1).await?);
+        b.commit(append("b", 0)).await?;
+        let lanes: i64 = sqlx::query_scalar("SELECT count(DISTINCT lane) FROM audit_events").fetch_one(&pool).await?;
+        anyhow::ensure!(lanes == 1, "the second node's writer took a lane of its own ({lanes} lanes)");
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 1..=200 {
+            let (a, b) = (a.clone(), b.clone());
+            tasks.spawn(async move { a.commit(append("a", i)).await.and(b.commit(append("b", i)).await) });
+        }
+        while let Some(done) = tasks.join_next().await {
+            done??;
+        }
+        let store: Arc<dyn Store> = a.clone();
+        match mandate_core::audit::verify_trail(store.as_ref(), &[], None).await? {
+            mandate_core::TrailReport::Intact(v) => anyhow::ensure!(v.events == 402, "{} events", v.events),
+            mandate_core::TrailReport::Broken(t) => anyhow::bail!("the trail does not verify: {t}"),
+        }
+        pool.close().await;
+        Ok::<_, anyhow::Error>(())
+    })
+    .await
 }
 
 /// A lane head that cannot be decoded stops its writer: the change that

@@ -92,6 +92,59 @@ pub async fn concurrent_appends_form_one_chain(s: &Arc<dyn Store>) -> Result<()>
     Ok(())
 }
 
+/// Token issuances committed at once, some replaying another's client
+/// assertion (in flight with it, or stored before): each replay fails
+/// alone, every other issuance stands with its token and its event, and
+/// the trail is still one chain. (PostgreSQL writes such batches with one
+/// statement and sends a batch holding a replay the long way.)
+pub async fn concurrent_issuances_with_replays_stand_or_fall_alone(s: &Arc<dyn Store>) -> Result<()> {
+    let (_, a, _, _) = people(s, "issue-race@example.com").await?;
+    let client = ClientId::Agent(a.id);
+    let before = intact(s).await?;
+    let mut stood = 0;
+    // Rounds 0-3: jtis 24-31 repeat 0-7 of their round. Round 4: jtis 0-7
+    // repeat round 0's (stored by now), 8-31 are new.
+    for round in 0..5 {
+        let mut tasks = Vec::new();
+        for i in 0..32 {
+            let jti = match (round, i) {
+                (4, 0..8) => format!("r0-{i}"),
+                (_, 24..) if round < 4 => format!("r{round}-{}", i - 24),
+                _ => format!("r{round}-{i}"),
+            };
+            let t = token(a.id, &format!("u{round}-{i}"));
+            let change = Change::new()
+                .with(Mutation::ConsumeAssertionJti { client, jti: jti.clone(), expires_at: t0() + Duration::hours(1) })
+                .with(Mutation::InsertToken(t.clone()))
+                .with(append(event("token.issued", &format!("agt_{round}_{i}"))));
+            let s = s.clone();
+            tasks.push(tokio::spawn(async move { (jti, t.jti, s.commit(change).await) }));
+        }
+        let mut won: std::collections::BTreeMap<String, usize> = std::collections::BTreeMap::new();
+        for task in tasks {
+            let (jti, token_id, result) = task.await?;
+            let kept = s.token(token_id).await?.is_some();
+            match result {
+                Ok(_) => {
+                    ensure!(kept, "an issuance that stood left no token");
+                    *won.entry(jti).or_default() += 1;
+                    stood += 1;
+                }
+                Err(StoreError::Replay) => ensure!(!kept, "a replayed issuance left its token"),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        ensure!(won.len() == 24, "round {round}: {} jtis stood, not 24", won.len());
+        ensure!(won.values().all(|n| *n == 1), "round {round}: a jti stood twice: {won:?}");
+        if round == 4 {
+            ensure!((0..8).all(|i| !won.contains_key(&format!("r0-{i}"))), "a stored jti was burned again");
+        }
+    }
+    ensure!(stood == 120, "{stood} issuances stood, not 120");
+    ensure!(intact(s).await? == before + 120, "the trail does not hold one event per issuance");
+    Ok(())
+}
+
 pub async fn concurrent_refresh_uses_admit_one(s: &Arc<dyn Store>) -> Result<()> {
     let (_, a, _, g) = people(s, "rt-race@example.com").await?;
     one(s, Mutation::InsertRefresh(refresh("h", &g, a.id))).await?;

@@ -203,6 +203,7 @@ macro_rules! store_conformance {
                 concurrent_replays_admit_one,
                 concurrent_policy_writers_from_one_version_admit_one,
                 concurrent_appends_form_one_chain,
+                concurrent_issuances_with_replays_stand_or_fall_alone,
                 concurrent_refresh_uses_admit_one,
                 concurrent_code_redemptions_admit_one,
                 concurrent_lapse_reports_and_renewals_admit_one,
