@@ -50,6 +50,31 @@ pub(crate) fn map_write_error(e: sqlx::Error, what: &str) -> StoreError {
     }
 }
 
+/// How long a writer waits for more changes before it commits a small
+/// batch while the node is busy (ADR 0040).
+const LINGER: std::time::Duration = std::time::Duration::from_millis(1);
+/// Batches smaller than this wait [`LINGER`] for more while the node is busy.
+const LINGER_BELOW: usize = 16;
+
+/// Whether a batch of `now` changes waits for more, after one of
+/// `previous`: only when the node is busy (the batch before held more than
+/// one change) and this one is small. Every commit costs a flush and a
+/// fixed share of both processes' CPU, so under load fewer, larger commits
+/// issue more; an idle node's lone request never waits.
+fn lingers(previous: usize, now: usize) -> bool {
+    previous >= 2 && now < LINGER_BELOW
+}
+
+/// Moves the changes waiting in `jobs` into `batch`, up to [`MAX_BATCH`].
+fn drain(jobs: &mut mpsc::Receiver<Job>, batch: &mut Vec<Job>) {
+    while batch.len() < MAX_BATCH {
+        match jobs.try_recv() {
+            Ok(job) => batch.push(job),
+            Err(_) => break,
+        }
+    }
+}
+
 /// Takes every waiting change and commits the lot in one transaction.
 pub(crate) async fn write_loop(
     pool: PgPool,
@@ -59,17 +84,19 @@ pub(crate) async fn write_loop(
     let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
     // The writer's lane of the audit trail, claimed with its first batch.
     let mut lane: Option<u64> = None;
+    // The size of the batch before, as a measure of how busy the node is.
+    let mut previous = 0usize;
     loop {
         {
             let mut jobs = jobs.lock().await;
             let Some(first) = jobs.recv().await else { return };
             batch.push(first);
-            while batch.len() < MAX_BATCH {
-                match jobs.try_recv() {
-                    Ok(job) => batch.push(job),
-                    Err(_) => break,
-                }
+            drain(&mut jobs, &mut batch);
+            if lingers(previous, batch.len()) {
+                tokio::time::sleep(LINGER).await;
+                drain(&mut jobs, &mut batch);
             }
+            previous = batch.len();
         }
         let results = apply_batch(&pool, &lanes, &batch, &mut lane).await;
         for (job, result) in batch.drain(..).zip(results) {
@@ -334,4 +361,22 @@ pub(crate) async fn apply(conn: &mut PgConnection, m: &Mutation) -> Result<u64, 
 /// [`apply`] routes every variant, but it fails the change rather than panic.
 pub(crate) fn misrouted(m: &Mutation) -> StoreError {
     StoreError::Unavailable(format!("no family applies {m:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_small_batch_on_a_busy_node_waits() {
+        // An idle node: the lone request goes at once, however small.
+        assert!(!lingers(0, 1));
+        assert!(!lingers(1, 1));
+        // Busy (the batch before held several): a small batch waits.
+        assert!(lingers(2, 1));
+        assert!(lingers(40, LINGER_BELOW - 1));
+        // A batch already large enough goes at once.
+        assert!(!lingers(40, LINGER_BELOW));
+        assert!(!lingers(2, MAX_BATCH));
+    }
 }
