@@ -33,7 +33,7 @@ use crate::writer::{Job, Outcome};
 /// Whether `change` is all the short way can write: its client assertion's
 /// `jti` first if any, tokens that need no check under lock, audit events,
 /// and nothing that moves the store epoch or must read a value back.
-fn plain(change: &Change) -> bool {
+pub(crate) fn plain(change: &Change) -> bool {
     change.mutations().enumerate().all(|(i, m)| match m {
         Mutation::ConsumeAssertionJti { .. } => i == 0,
         Mutation::InsertToken(_) => bulk_kind(m) && !m.invalidates(),

@@ -56,7 +56,7 @@ const LINGER: std::time::Duration = std::time::Duration::from_millis(1);
 /// Batches smaller than this wait [`LINGER`] for more while the node is busy.
 const LINGER_BELOW: usize = 16;
 
-/// Whether a batch of `now` changes waits for more, after one of
+/// Whether a batch of `now` plain issuances waits for more, after one of
 /// `previous`: only when the node is busy (the batch before held more than
 /// one change) and this one is small. Every commit costs a flush and a
 /// fixed share of both processes' CPU, so under load fewer, larger commits
@@ -92,7 +92,11 @@ pub(crate) async fn write_loop(
             let Some(first) = jobs.recv().await else { return };
             batch.push(first);
             drain(&mut jobs, &mut batch);
-            if lingers(previous, batch.len()) {
+            // Only plain issuances wait: their commit's fixed cost is most
+            // of what they cost. A batch that goes the long way (an
+            // exchange under a grant's lock, a revocation) would only be
+            // delayed.
+            if lingers(previous, batch.len()) && batch.iter().all(|j| crate::issuance::plain(&j.change)) {
                 tokio::time::sleep(LINGER).await;
                 drain(&mut jobs, &mut batch);
             }
