@@ -7,9 +7,8 @@ use mandate_store_sql::{EventRow, json};
 use sqlx::Connection;
 use sqlx::postgres::{PgConnection, PgRow};
 
-use crate::tokens::PgQuery;
 use crate::writer::{map_write_error, misrouted};
-use crate::{get, unavailable};
+use crate::{PgQuery, get, unavailable};
 
 /// Applies one mutation of this family.
 pub(crate) async fn apply(conn: &mut PgConnection, m: &Mutation) -> Result<u64, StoreError> {
@@ -237,7 +236,7 @@ pub(crate) fn insert_events_sql(first: usize, lane: usize) -> String {
         "INSERT INTO audit_events (lane, seq, time, type, decision, subject, actor, chain, \
          client_id, action, resource, scope, jti, grant_id, parent, count, reason, request_id, prev_hash, hash) \
          SELECT ${lane}::bigint, * FROM UNNEST({})",
-        crate::tokens::unnest_args(first, &EVENT_TYPES)
+        crate::unnest_args(first, &EVENT_TYPES)
     )
 }
 

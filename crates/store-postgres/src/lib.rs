@@ -77,6 +77,16 @@ impl std::fmt::Debug for PostgresStore {
     }
 }
 
+/// A statement being bound, for the helpers that bind a batch's columns.
+pub(crate) type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
+
+/// `$first::t1[], $first+1::t2[], …`: the arguments of an `UNNEST` over
+/// one array parameter per column, numbered from `first`, so that one
+/// batch insert can be a part of a larger statement.
+pub(crate) fn unnest_args(first: usize, types: &[&str]) -> String {
+    types.iter().enumerate().map(|(i, t)| format!("${}::{t}[]", first + i)).collect::<Vec<_>>().join(", ")
+}
+
 pub(crate) fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }

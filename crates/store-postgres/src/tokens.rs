@@ -6,7 +6,7 @@ use mandate_store_sql::{RefreshRow, TokenRow, json, ts};
 use sqlx::postgres::{PgConnection, PgRow};
 
 use crate::writer::{map_write_error, misrouted};
-use crate::{get, unavailable};
+use crate::{PgQuery, get, unavailable, unnest_args};
 
 /// Applies one mutation of this family. (Long by nature: one arm per
 /// mutation, each one statement; splitting the match would only hide it.)
@@ -372,12 +372,6 @@ pub(crate) async fn burn_assertions(
     Ok(out)
 }
 
-/// `$first::t1[], $first+1::t2[], …`: the arguments of an `UNNEST` over
-/// one array parameter per column, numbered from `first`.
-pub(crate) fn unnest_args(first: usize, types: &[&str]) -> String {
-    types.iter().enumerate().map(|(i, t)| format!("${}::{t}[]", first + i)).collect::<Vec<_>>().join(", ")
-}
-
 /// The array parameters [`bind_tokens`] binds, in its order.
 pub(crate) const TOKEN_TYPES: [&str; 14] = [
     "text", "text", "text", "text", "text", "text", "text", "text", "bigint", "bigint", "text", "bigint", "text",
@@ -392,8 +386,6 @@ pub(crate) fn insert_tokens_sql(first: usize) -> String {
         unnest_args(first, &TOKEN_TYPES)
     )
 }
-
-pub(crate) type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
 
 /// Binds `tokens` column by column, one array each ([`TOKEN_TYPES`]).
 pub(crate) fn bind_tokens<'q>(q: PgQuery<'q>, tokens: &[&TokenRecord]) -> Result<PgQuery<'q>, StoreError> {
@@ -472,11 +464,12 @@ pub(crate) fn touch_agents_sql(first: usize) -> String {
     )
 }
 
-/// Per agent `tokens` were issued to: its id, its newest token's issue
-/// time, and the last use older than which it is recorded anew (`None`
-/// when no token went to an agent).
+/// Per agent: its id, its newest token's issue time, and the last use
+/// older than which it is recorded anew.
 pub(crate) type LastUses = (Vec<String>, Vec<i64>, Vec<i64>);
 
+/// The [`LastUses`] of the agents `tokens` were issued to; `None` when no
+/// token went to an agent.
 pub(crate) fn last_uses(tokens: &[&TokenRecord]) -> Result<Option<LastUses>, StoreError> {
     let mut newest: std::collections::BTreeMap<String, time::OffsetDateTime> = std::collections::BTreeMap::new();
     for t in tokens {
