@@ -7,8 +7,9 @@
 use mandate_audit::Event;
 use mandate_core::store::{Applied, Change, Handle, Mutation, Receipt, StoreError};
 use mandate_store_sql::{Family, family};
+use sqlx::pool::PoolConnection;
 use sqlx::postgres::PgConnectOptions;
-use sqlx::postgres::{PgConnection, PgPool};
+use sqlx::postgres::{PgConnection, PgPool, Postgres};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::audit::{Head, LaneKeeper, Seqs, append, insert_events};
@@ -86,10 +87,21 @@ pub(crate) async fn write_loop(
     let mut lane: Option<u64> = None;
     // The size of the batch before, as a measure of how busy the node is.
     let mut previous = 0usize;
+    // The connection of the batch before, kept while changes keep coming.
+    let mut held: Option<PoolConnection<Postgres>> = None;
     loop {
         {
             let mut jobs = jobs.lock().await;
-            let Some(first) = jobs.recv().await else { return };
+            let first = match jobs.try_recv() {
+                Ok(job) => job,
+                Err(_) => {
+                    // Idle: the connection goes back to the pool, which
+                    // checks that it still works before the next batch.
+                    held = None;
+                    let Some(job) = jobs.recv().await else { return };
+                    job
+                }
+            };
             batch.push(first);
             drain(&mut jobs, &mut batch);
             // Only plain issuances wait: their commit's fixed cost is most
@@ -102,7 +114,7 @@ pub(crate) async fn write_loop(
             }
             previous = batch.len();
         }
-        let results = apply_batch(&pool, &lanes, &batch, &mut lane).await;
+        let results = apply_batch(&pool, &lanes, &batch, &mut lane, &mut held).await;
         for (job, result) in batch.drain(..).zip(results) {
             let _ = job.reply.send(result);
         }
@@ -116,11 +128,18 @@ pub(crate) struct NeedSavepoints;
 /// Applies a batch without savepoints first; an SQL error aborts a
 /// PostgreSQL transaction, and a change that fails after writing must be
 /// undone alone, so either replays the batch with a savepoint per change.
+///
+/// `held` is the connection of the batch before, if the writer kept it:
+/// taking a connection from the pool and giving it back each cost a round
+/// trip (sqlx checks the connection both ways), as much as the batch's own
+/// statements. A batch that meets an error the store cannot explain
+/// closes its connection instead of keeping it.
 pub(crate) async fn apply_batch(
     pool: &PgPool,
     lanes: &LaneKeeper,
     batch: &[Job],
     lane: &mut Option<u64>,
+    held: &mut Option<PoolConnection<Postgres>>,
 ) -> Vec<Outcome> {
     let failed = |e: &dyn std::fmt::Display| batch.iter().map(|_| Err(unavailable(e))).collect();
     let lane = match *lane {
@@ -130,19 +149,33 @@ pub(crate) async fn apply_batch(
             Err(e) => return failed(&e),
         },
     };
-    let mut conn = match pool.acquire().await {
-        Ok(c) => c,
-        Err(e) => return failed(&e),
+    let mut conn = match held.take() {
+        Some(c) => c,
+        None => match pool.acquire().await {
+            Ok(c) => c,
+            Err(e) => return failed(&e),
+        },
     };
+    let results = apply_on(&mut conn, lane, batch).await;
+    if results.iter().any(|r| matches!(r, Err(StoreError::Unavailable(_) | StoreError::Corrupt(_)))) {
+        // Whatever state the connection is in, no later batch inherits it.
+        let _ = conn.close().await;
+    } else {
+        *held = Some(conn);
+    }
+    results
+}
+
+async fn apply_on(conn: &mut PgConnection, lane: u64, batch: &[Job]) -> Vec<Outcome> {
     // Plain issuances go in with one statement when they can (ADR 0040).
-    if let Some(results) = crate::issuance::try_issue(&mut conn, lane, batch).await {
+    if let Some(results) = crate::issuance::try_issue(conn, lane, batch).await {
         return results;
     }
-    match apply_in_transaction(&mut conn, lane, batch, false).await {
+    match apply_in_transaction(conn, lane, batch, false).await {
         Ok(results) => results,
-        Err(NeedSavepoints) => match apply_in_transaction(&mut conn, lane, batch, true).await {
+        Err(NeedSavepoints) => match apply_in_transaction(conn, lane, batch, true).await {
             Ok(results) => results,
-            Err(NeedSavepoints) => failed(&"batch could not be applied"),
+            Err(NeedSavepoints) => batch.iter().map(|_| Err(unavailable("batch could not be applied"))).collect(),
         },
     }
 }

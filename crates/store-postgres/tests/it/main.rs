@@ -723,6 +723,92 @@ async fn two_writers_on_one_lane_still_write_one_chain() -> anyhow::Result<()> {
     .await
 }
 
+/// The epoch reader and the writer keep their connections while they are
+/// busy, instead of taking one from the pool (and having sqlx check it)
+/// for every read and batch. Those kept connections cut under load
+/// (`pg_terminate_backend`, as a restarted server or a proxy would): an
+/// epoch read asked on a cut connection is asked again on a good one, so
+/// no read fails; a batch on a cut connection fails closed, its
+/// connection is closed rather than kept, and the next batch commits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kept_connections_that_are_cut_are_replaced() -> anyhow::Result<()> {
+    use mandate_core::store::Change;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    on_fresh_database(|url| async move {
+        let store = Arc::new(mandate_store_postgres::PostgresStore::connect_with_writers(&url, 1).await?);
+        let append = |i: u64| {
+            let e = mandate_testkit::conformance::event("token.issued", &format!("agt_{i}"));
+            Change::new().with(mandate_core::AuditRecord::new(e).mutation())
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        let (read_errors, reads) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let mut readers = tokio::task::JoinSet::new();
+        for _ in 0..8 {
+            let (store, stop, read_errors, reads) = (store.clone(), stop.clone(), read_errors.clone(), reads.clone());
+            readers.spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    match store.epoch().await {
+                        Ok(_) => reads.fetch_add(1, Ordering::Relaxed),
+                        Err(_) => read_errors.fetch_add(1, Ordering::Relaxed),
+                    };
+                }
+            });
+        }
+        let mut writers = tokio::task::JoinSet::new();
+        for w in 0..8u64 {
+            let (store, stop) = (store.clone(), stop.clone());
+            writers.spawn(async move {
+                let mut i = w;
+                while !stop.load(Ordering::Relaxed) {
+                    let _ = store.commit(append(i)).await;
+                    i += 8;
+                }
+            });
+        }
+        let mut admin = sqlx::PgConnection::connect(&url).await?;
+        for _ in 0..5 {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            // Every connection of the store but the feed's and the lane
+            // keeper's: the reader's, the writer's and the pool's.
+            let killed: Vec<bool> = sqlx::query_scalar(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND pid <> pg_backend_pid() \
+                 AND application_name NOT IN ($1, $2)",
+            )
+            .bind(mandate_store_postgres::FEED_APPLICATION_NAME)
+            .bind(mandate_store_postgres::LANE_KEEPER_APPLICATION_NAME)
+            .fetch_all(&mut admin)
+            .await?;
+            anyhow::ensure!(killed.len() >= 2, "only {} connections to cut", killed.len());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        stop.store(true, Ordering::Relaxed);
+        while let Some(done) = readers.join_next().await {
+            done?;
+        }
+        while let Some(done) = writers.join_next().await {
+            done?;
+        }
+        anyhow::ensure!(reads.load(Ordering::Relaxed) > 100, "{} reads", reads.load(Ordering::Relaxed));
+        anyhow::ensure!(
+            read_errors.load(Ordering::Relaxed) == 0,
+            "{} epoch reads failed",
+            read_errors.load(Ordering::Relaxed)
+        );
+        // Writes go on after the cuts, one after the other.
+        for i in 0..20 {
+            store.commit(append(1_000_000 + i)).await?;
+        }
+        let store: Arc<dyn Store> = store.clone();
+        match mandate_core::audit::verify_trail(store.as_ref(), &[], None).await? {
+            mandate_core::TrailReport::Intact(_) => {}
+            mandate_core::TrailReport::Broken(t) => anyhow::bail!("the trail does not verify: {t}"),
+        }
+        Ok::<_, anyhow::Error>(())
+    })
+    .await
+}
+
 /// A lane head that cannot be decoded stops its writer: the change that
 /// would append after it fails whole, and the lane is never restarted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
