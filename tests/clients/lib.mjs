@@ -1,5 +1,6 @@
 // Helpers for the third-party client tests: a real `mandate serve` on a
-// random port (SQLite, fresh data dir), the admin API to seed it, agent keys
+// random port (SQLite, fresh data dir; or, with CLIENTS_DATABASE_URL, a fresh
+// PostgreSQL database beside the one it names), the admin API to seed it, agent keys
 // made with WebCrypto, a recording fetch that keeps every exchange a library
 // made (so a failure shows the exact request and answer), and Chromium
 // (Debian's, through playwright-core) to click the sign-in and consent pages.
@@ -20,6 +21,26 @@ import { chromium } from 'playwright-core';
 
 export const MANDATE_BIN = process.env.MANDATE_BIN || '/var/tmp/mandate-target/debug/mandate';
 export const CHROMIUM = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
+/**
+ * A PostgreSQL URL of an existing database: when set, every server runs on a
+ * fresh database created beside it (`--database-url`), dropped when the
+ * server stops for good. Unset: embedded SQLite.
+ */
+export const DATABASE_URL = process.env.CLIENTS_DATABASE_URL || '';
+
+/** Creates an empty database beside DATABASE_URL's and returns its URL. */
+function freshDatabase() {
+  const name = `mandate_clients_${randomBytes(8).toString('hex')}`;
+  execFileSync('psql', [DATABASE_URL, '-qAtc', `CREATE DATABASE ${name}`]);
+  const url = new URL(DATABASE_URL);
+  url.pathname = `/${name}`;
+  return url.toString();
+}
+
+function dropDatabase(databaseUrl) {
+  const name = new URL(databaseUrl).pathname.slice(1);
+  execFileSync('psql', [DATABASE_URL, '-qAtc', `DROP DATABASE IF EXISTS ${name} WITH (FORCE)`]);
+}
 
 /** The calendar API the tests register (never contacted: only its identifier matters). */
 export const CAL = 'https://calendar.example';
@@ -84,9 +105,12 @@ export const hasServeFlag = (flag) => new RegExp(`--${flag}\\b`).test(serveHelp(
  * Starts `$MANDATE_BIN serve` on a random port and waits for `/readyz`.
  * `args` are extra flags; `dataDir` reuses a data dir (a restart).
  */
-export async function startServer({ args = [], dataDir, adminToken } = {}) {
+export async function startServer({ args = [], dataDir, adminToken, databaseUrl } = {}) {
   const ownDir = !dataDir;
   dataDir ??= mkdtempSync(join(tmpdir(), 'mandate-clients-'));
+  const ownDatabase = DATABASE_URL !== '' && !databaseUrl;
+  if (ownDatabase) databaseUrl = freshDatabase();
+  const store = databaseUrl ? ['--database-url', databaseUrl] : [];
   adminToken ??= `mnd_admin_clients_${randomId(24)}`;
   let lastError;
   for (let attempt = 0; attempt < 3; attempt++) {
@@ -96,7 +120,7 @@ export async function startServer({ args = [], dataDir, adminToken } = {}) {
     const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('MANDATE_')));
     env.MANDATE_ADMIN_TOKEN = adminToken;
     env.RUST_LOG = env.RUST_LOG || 'warn';
-    const child = spawn(MANDATE_BIN, ['serve', '--data-dir', dataDir, '--listen', `127.0.0.1:${port}`, ...args], {
+    const child = spawn(MANDATE_BIN, ['serve', '--data-dir', dataDir, '--listen', `127.0.0.1:${port}`, ...store, ...args], {
       env,
       stdio: ['ignore', 'pipe', 'pipe'],
     });
@@ -127,20 +151,23 @@ export async function startServer({ args = [], dataDir, adminToken } = {}) {
       }
       await sleep(100);
     }
-    if (ready) return new Server({ url, adminToken, dataDir, ownDir, child, exit, logs: () => output });
+    if (ready) {
+      return new Server({ url, adminToken, dataDir, ownDir, databaseUrl, ownDatabase, child, exit, logs: () => output });
+    }
     child.kill('SIGKILL');
     await exit;
     lastError = new Error(`mandate serve did not become ready on ${url} (${JSON.stringify(exited)}):\n${output}`);
     if (!/address already in use/i.test(output)) break;
   }
   if (ownDir) rmSync(dataDir, { recursive: true, force: true });
+  if (ownDatabase) dropDatabase(databaseUrl);
   throw lastError;
 }
 
 /** A running server and the admin calls the tests make on it. */
 export class Server {
-  constructor({ url, adminToken, dataDir, ownDir, child, exit, logs }) {
-    Object.assign(this, { url, issuer: url, adminToken, dataDir, ownDir, child, exit, logs });
+  constructor({ url, adminToken, dataDir, ownDir, databaseUrl, ownDatabase, child, exit, logs }) {
+    Object.assign(this, { url, issuer: url, adminToken, dataDir, ownDir, databaseUrl, ownDatabase, child, exit, logs });
   }
 
   /** Stops the server; `keep` leaves the data dir for a restart. */
@@ -152,13 +179,20 @@ export class Server {
       clearTimeout(t);
     }
     if (!keep && this.ownDir) rmSync(this.dataDir, { recursive: true, force: true });
+    if (!keep && this.ownDatabase) dropDatabase(this.databaseUrl);
   }
 
   /** Stops this server and starts another on the same data dir with `args`. */
   async restart(args) {
     await this.stop({ keep: true });
-    const next = await startServer({ args, dataDir: this.dataDir, adminToken: this.adminToken });
+    const next = await startServer({
+      args,
+      dataDir: this.dataDir,
+      adminToken: this.adminToken,
+      databaseUrl: this.databaseUrl,
+    });
     next.ownDir = this.ownDir;
+    next.ownDatabase = this.ownDatabase;
     return next;
   }
 
