@@ -81,11 +81,38 @@ impl CachingStore {
         self.seen.load(Ordering::Acquire)
     }
 
+    /// The store epoch for a cached read: the request's own, if it has
+    /// read one since it began or last committed ([`one_request`]), else
+    /// a fresh read.
     async fn read_epoch(&self) -> Result<u64, StoreError> {
+        if let Ok(Some(epoch)) = REQUEST_EPOCH.try_with(std::cell::Cell::get) {
+            return Ok(epoch);
+        }
         let epoch = self.inner.epoch().await?;
         self.seen.fetch_max(epoch, Ordering::AcqRel);
+        let _ = REQUEST_EPOCH.try_with(|e| e.set(Some(epoch)));
         Ok(epoch)
     }
+}
+
+tokio::task_local! {
+    /// The epoch the running request read first, for its later reads.
+    static REQUEST_EPOCH: std::cell::Cell<Option<u64>>;
+}
+
+/// Runs `request` with one epoch read for all its cached reads, instead of
+/// one before each. The first read is made after `request` began, so
+/// everything it decides on is at least as new as its start, which is
+/// what decisions 0012 and 0030 promise, and its cached reads are all
+/// stamped with one epoch, one view of the store. A commit forgets the
+/// epoch, so reads after the request's own writes read it again. Tasks
+/// `request` spawns read for themselves.
+pub async fn one_request<F: std::future::Future>(request: F) -> F::Output {
+    REQUEST_EPOCH.scope(std::cell::Cell::new(None), request).await
+}
+
+fn forget_request_epoch() {
+    let _ = REQUEST_EPOCH.try_with(|e| e.set(None));
 }
 
 fn hit<K: std::hash::Hash + Eq + Clone, V: Clone>(cache: &Cache<K, (u64, V)>, k: &K, epoch: u64) -> Option<V> {
@@ -109,7 +136,10 @@ impl Store for CachingStore {
         self.inner.changes()
     }
     async fn commit(&self, change: Change) -> Result<Receipt, StoreError> {
-        self.inner.commit(change).await
+        forget_request_epoch();
+        let receipt = self.inner.commit(change).await;
+        forget_request_epoch();
+        receipt
     }
     async fn epoch(&self) -> Result<u64, StoreError> {
         self.read_epoch().await
@@ -501,6 +531,73 @@ mod tests {
             federated_credentials: vec![rule()],
             limits: Default::default(),
         }
+    }
+
+    fn user() -> User {
+        User {
+            id: UserId::from_ulid(ulid::Ulid(1)),
+            name: "CI".into(),
+            email: "ci@example.com".into(),
+            groups: Vec::new(),
+            scim_groups: Vec::new(),
+            attributes: Default::default(),
+            status: mandate_model::records::UserStatus::Active,
+            created_at: crate::testing::start(),
+            password_hash: None,
+        }
+    }
+
+    fn suspend(a: &Agent) -> Change {
+        use mandate_model::records::AgentStatus;
+        let (from, to, at) = (AgentStatus::Active, AgentStatus::Suspended, a.created_at);
+        Change::new().with(Mutation::SetAgentStatus { id: a.id, from, to, at, by: None })
+    }
+
+    async fn status(store: &CachingStore, a: &Agent) -> mandate_model::records::AgentStatus {
+        store.agent(a.id).await.unwrap().unwrap().status
+    }
+
+    /// A request reads the epoch once: its later cached reads see the store
+    /// as of that read, even when another node moves the epoch meanwhile;
+    /// the next request reads again and sees the change.
+    #[tokio::test]
+    async fn a_request_reads_the_epoch_once() {
+        use mandate_model::records::AgentStatus;
+        let inner: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let store = CachingStore::new(inner.clone());
+        inner.commit(Change::new().with(Mutation::InsertUser(user()))).await.unwrap();
+        let a = agent(user().id, 2);
+        inner.commit(Change::new().with(Mutation::InsertAgent(a.clone()))).await.unwrap();
+        let (before, during) = one_request(async {
+            let before = status(&store, &a).await;
+            // Another node suspends the agent while this request runs.
+            inner.commit(suspend(&a)).await.unwrap();
+            (before, status(&store, &a).await)
+        })
+        .await;
+        assert_eq!((before, during), (AgentStatus::Active, AgentStatus::Active));
+        assert_eq!(one_request(status(&store, &a)).await, AgentStatus::Suspended);
+        // Outside a request, every cached read reads the epoch.
+        inner.commit(Change::new().with(Mutation::InsertAgent(agent(user().id, 3)))).await.unwrap();
+        assert_eq!(status(&store, &a).await, AgentStatus::Suspended);
+    }
+
+    /// A request that commits reads the epoch again: it sees its own write.
+    #[tokio::test]
+    async fn a_request_sees_its_own_commit() {
+        use mandate_model::records::AgentStatus;
+        let inner: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let store = CachingStore::new(inner.clone());
+        inner.commit(Change::new().with(Mutation::InsertUser(user()))).await.unwrap();
+        let a = agent(user().id, 2);
+        inner.commit(Change::new().with(Mutation::InsertAgent(a.clone()))).await.unwrap();
+        let after = one_request(async {
+            assert_eq!(status(&store, &a).await, AgentStatus::Active);
+            store.commit(suspend(&a)).await.unwrap();
+            status(&store, &a).await
+        })
+        .await;
+        assert_eq!(after, AgentStatus::Suspended);
     }
 
     #[tokio::test]

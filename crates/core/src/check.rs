@@ -276,10 +276,11 @@ impl Mandate {
 
     /// `POST /v1/check` (and AuthZEN's evaluation, which maps onto it).
     pub async fn check(&self, checker: &Checker, req: &CheckRequest) -> Result<CheckAnswer, Error> {
-        match self.check_once(checker, req).await {
+        // Each attempt reads the epoch once, for all its cached reads.
+        match crate::cache::one_request(self.check_once(checker, req)).await {
             // A single-use approval was used by a concurrent check: decide
             // again, which asks for a new approval.
-            Err(Error::Conflict(_)) => self.check_once(checker, req).await,
+            Err(Error::Conflict(_)) => crate::cache::one_request(self.check_once(checker, req)).await,
             other => other,
         }
     }

@@ -189,7 +189,9 @@ impl Mandate {
             }
             _ => false,
         };
-        let out = self.token_endpoint(credentials, req).await;
+        // One epoch read for the request's cached reads (the client, its
+        // owner, the agent it acts for), not one before each.
+        let out = crate::cache::one_request(self.token_endpoint(credentials, req)).await;
         match out {
             Err(Error::InvalidClient(why)) if assertion_authenticates => Err(Error::InvalidGrant(why)),
             other => other,
