@@ -604,17 +604,7 @@ mod tests {
     async fn a_second_agent_with_the_same_rule_is_seen_at_once() {
         let inner: Arc<dyn Store> = Arc::new(MemoryStore::new());
         let store = CachingStore::new(inner.clone());
-        let user = User {
-            id: UserId::from_ulid(ulid::Ulid(1)),
-            name: "CI".into(),
-            email: "ci@example.com".into(),
-            groups: Vec::new(),
-            scim_groups: Vec::new(),
-            attributes: Default::default(),
-            status: mandate_model::records::UserStatus::Active,
-            created_at: crate::testing::start(),
-            password_hash: None,
-        };
+        let user = user();
         inner.commit(Change::new().with(Mutation::InsertUser(user.clone()))).await.unwrap();
         let first = agent(user.id, 2);
         store.commit(Change::new().with(Mutation::InsertAgent(first.clone()))).await.unwrap();
