@@ -553,6 +553,17 @@ mod tests {
         Change::new().with(Mutation::SetAgentStatus { id: a.id, from, to, at, by: None })
     }
 
+    /// A store (as another node sees it), this node's cache over it, and an
+    /// active agent.
+    async fn with_agent() -> (Arc<dyn Store>, CachingStore, Agent) {
+        let inner: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let store = CachingStore::new(inner.clone());
+        inner.commit(Change::new().with(Mutation::InsertUser(user()))).await.unwrap();
+        let a = agent(user().id, 2);
+        inner.commit(Change::new().with(Mutation::InsertAgent(a.clone()))).await.unwrap();
+        (inner, store, a)
+    }
+
     async fn status(store: &CachingStore, a: &Agent) -> mandate_model::records::AgentStatus {
         store.agent(a.id).await.unwrap().unwrap().status
     }
@@ -563,11 +574,7 @@ mod tests {
     #[tokio::test]
     async fn a_request_reads_the_epoch_once() {
         use mandate_model::records::AgentStatus;
-        let inner: Arc<dyn Store> = Arc::new(MemoryStore::new());
-        let store = CachingStore::new(inner.clone());
-        inner.commit(Change::new().with(Mutation::InsertUser(user()))).await.unwrap();
-        let a = agent(user().id, 2);
-        inner.commit(Change::new().with(Mutation::InsertAgent(a.clone()))).await.unwrap();
+        let (inner, store, a) = with_agent().await;
         let (before, during) = one_request(async {
             let before = status(&store, &a).await;
             // Another node suspends the agent while this request runs.
@@ -578,19 +585,16 @@ mod tests {
         assert_eq!((before, during), (AgentStatus::Active, AgentStatus::Active));
         assert_eq!(one_request(status(&store, &a)).await, AgentStatus::Suspended);
         // Outside a request, every cached read reads the epoch.
-        inner.commit(Change::new().with(Mutation::InsertAgent(agent(user().id, 3)))).await.unwrap();
-        assert_eq!(status(&store, &a).await, AgentStatus::Suspended);
+        let (from, to, at) = (AgentStatus::Suspended, AgentStatus::Active, a.created_at);
+        inner.commit(Change::new().with(Mutation::SetAgentStatus { id: a.id, from, to, at, by: None })).await.unwrap();
+        assert_eq!(status(&store, &a).await, AgentStatus::Active);
     }
 
     /// A request that commits reads the epoch again: it sees its own write.
     #[tokio::test]
     async fn a_request_sees_its_own_commit() {
         use mandate_model::records::AgentStatus;
-        let inner: Arc<dyn Store> = Arc::new(MemoryStore::new());
-        let store = CachingStore::new(inner.clone());
-        inner.commit(Change::new().with(Mutation::InsertUser(user()))).await.unwrap();
-        let a = agent(user().id, 2);
-        inner.commit(Change::new().with(Mutation::InsertAgent(a.clone()))).await.unwrap();
+        let (_, store, a) = with_agent().await;
         let after = one_request(async {
             assert_eq!(status(&store, &a).await, AgentStatus::Active);
             store.commit(suspend(&a)).await.unwrap();
