@@ -677,6 +677,20 @@ async fn plain_issuances_take_the_one_statement_way() -> anyhow::Result<()> {
     .await
 }
 
+/// A change that appends one `token.issued` event about agent `agent`.
+fn append_event(agent: &str) -> mandate_core::store::Change {
+    let e = mandate_testkit::conformance::event("token.issued", agent);
+    mandate_core::store::Change::new().with(mandate_core::AuditRecord::new(e).mutation())
+}
+
+/// Verifies the whole trail and returns how many events it holds.
+async fn trail_events(store: &dyn Store) -> anyhow::Result<u64> {
+    match mandate_core::audit::verify_trail(store, &[], None).await? {
+        mandate_core::TrailReport::Intact(v) => Ok(v.events),
+        mandate_core::TrailReport::Broken(t) => anyhow::bail!("the trail does not verify: {t}"),
+    }
+}
+
 /// Two writers on one lane (a node's lane-keeping connection lost, and a
 /// new node claiming the lane its writer still uses): the one-statement
 /// way reads the head without a lock, and must not seal two batches after
@@ -684,12 +698,8 @@ async fn plain_issuances_take_the_one_statement_way() -> anyhow::Result<()> {
 /// head's lock, and the trail is still one chain.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_writers_on_one_lane_still_write_one_chain() -> anyhow::Result<()> {
-    use mandate_core::store::Change;
     on_fresh_database(|url| async move {
-        let append = |node: &str, i: u32| {
-            let e = mandate_testkit::conformance::event("token.issued", &format!("agt_{node}_{i}"));
-            Change::new().with(mandate_core::AuditRecord::new(e).mutation())
-        };
+        let append = |node: &str, i: u32| append_event(&format!("agt_{node}_{i}"));
         let a = Arc::new(mandate_store_postgres::PostgresStore::connect_with_writers(&url, 1).await?);
         a.commit(append("a", 0)).await?;
         let pool = sqlx::PgPool::connect(&url).await?;
@@ -712,11 +722,8 @@ async fn two_writers_on_one_lane_still_write_one_chain() -> anyhow::Result<()> {
         while let Some(done) = tasks.join_next().await {
             done??;
         }
-        let store: Arc<dyn Store> = a.clone();
-        match mandate_core::audit::verify_trail(store.as_ref(), &[], None).await? {
-            mandate_core::TrailReport::Intact(v) => anyhow::ensure!(v.events == 402, "{} events", v.events),
-            mandate_core::TrailReport::Broken(t) => anyhow::bail!("the trail does not verify: {t}"),
-        }
+        let events = trail_events(a.as_ref()).await?;
+        anyhow::ensure!(events == 402, "{events} events");
         pool.close().await;
         Ok::<_, anyhow::Error>(())
     })
@@ -732,14 +739,10 @@ async fn two_writers_on_one_lane_still_write_one_chain() -> anyhow::Result<()> {
 /// connection is closed rather than kept, and the next batch commits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kept_connections_that_are_cut_are_replaced() -> anyhow::Result<()> {
-    use mandate_core::store::Change;
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     on_fresh_database(|url| async move {
         let store = Arc::new(mandate_store_postgres::PostgresStore::connect_with_writers(&url, 1).await?);
-        let append = |i: u64| {
-            let e = mandate_testkit::conformance::event("token.issued", &format!("agt_{i}"));
-            Change::new().with(mandate_core::AuditRecord::new(e).mutation())
-        };
+        let append = |i: u64| append_event(&format!("agt_{i}"));
         let stop = Arc::new(AtomicBool::new(false));
         let (read_errors, reads) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
         let mut readers = tokio::task::JoinSet::new();
@@ -799,11 +802,7 @@ async fn kept_connections_that_are_cut_are_replaced() -> anyhow::Result<()> {
         for i in 0..20 {
             store.commit(append(1_000_000 + i)).await?;
         }
-        let store: Arc<dyn Store> = store.clone();
-        match mandate_core::audit::verify_trail(store.as_ref(), &[], None).await? {
-            mandate_core::TrailReport::Intact(_) => {}
-            mandate_core::TrailReport::Broken(t) => anyhow::bail!("the trail does not verify: {t}"),
-        }
+        trail_events(store.as_ref()).await?;
         Ok::<_, anyhow::Error>(())
     })
     .await
@@ -813,13 +812,10 @@ async fn kept_connections_that_are_cut_are_replaced() -> anyhow::Result<()> {
 /// would append after it fails whole, and the lane is never restarted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_undecodable_audit_head_stops_the_writer() -> anyhow::Result<()> {
-    use mandate_core::store::{Change, Mutation};
+    use mandate_core::store::Mutation;
     on_fresh_database(|url| async move {
         let store = mandate_store_postgres::PostgresStore::connect_with_writers(&url, 1).await?;
-        let append = |i: u32| {
-            let e = mandate_testkit::conformance::event("token.issued", &format!("agt_{i}"));
-            Change::new().with(mandate_core::AuditRecord::new(e).mutation())
-        };
+        let append = |i: u32| append_event(&format!("agt_{i}"));
         for i in 0..3 {
             store.commit(append(i)).await?;
         }
