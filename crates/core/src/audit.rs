@@ -596,10 +596,14 @@ impl Mandate {
     /// (SECURITY row 45): the first is written at once, the rest of its
     /// window are counted and written as one event with `count`.
     pub(crate) async fn record(&self, event: Event) -> Result<(), Error> {
-        if let Some(key) = crate::refusals::key_of(&event, current_client())
-            && self.refusals.suppress(key, &event, self.clock.now())
-        {
-            return Ok(());
+        if let Some(key) = crate::refusals::key_of(&event, current_client()) {
+            // Counted rather than written, a refusal must first be known
+            // to stand: a request decided at an epoch it did not read
+            // settles it (decision 0042).
+            self.caching.settle().await?;
+            if self.refusals.suppress(key, &event, self.clock.now()) {
+                return Ok(());
+            }
         }
         self.store.commit(Change::new().with(AuditRecord::new(event).mutation())).await?;
         Ok(())

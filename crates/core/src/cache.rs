@@ -50,17 +50,25 @@ pub struct CachingStore {
     resources: Cache<ResourceId, Resource>,
     /// The newest epoch read through this store.
     seen: AtomicU64,
+    /// The store's change feed, if it has one.
+    feed: Option<tokio::sync::watch::Receiver<crate::store::ChangeFeed>>,
+    /// Requests decided optimistically, and those of them run again.
+    optimistic: AtomicU64,
+    again: AtomicU64,
 }
 
 impl CachingStore {
     pub fn new(inner: Arc<dyn Store>) -> Self {
         Self {
+            feed: inner.changes(),
             inner,
             agents: bounded(AGENTS_BYTES, TYPICAL_RECORD),
             federated: bounded(FEDERATED_BYTES, TYPICAL_RECORD),
             users: bounded(USERS_BYTES, TYPICAL_RECORD / 2),
             resources: bounded(RESOURCES_BYTES, TYPICAL_RECORD),
             seen: AtomicU64::new(0),
+            optimistic: AtomicU64::new(0),
+            again: AtomicU64::new(0),
         }
     }
 
@@ -82,22 +90,102 @@ impl CachingStore {
     }
 
     /// The store epoch for a cached read: the request's own, if it has
-    /// read one since it began or last committed ([`one_request`]), else
-    /// a fresh read.
+    /// read one since it began or last committed ([`one_request`]) or
+    /// decides optimistically ([`optimistic`]), else a fresh read.
     async fn read_epoch(&self) -> Result<u64, StoreError> {
-        if let Ok(Some(epoch)) = REQUEST_EPOCH.try_with(std::cell::Cell::get) {
+        if let Ok(Some(epoch)) = REQUEST.try_with(|r| r.get().epoch) {
             return Ok(epoch);
         }
         let epoch = self.inner.epoch().await?;
         self.seen.fetch_max(epoch, Ordering::AcqRel);
-        let _ = REQUEST_EPOCH.try_with(|e| e.set(Some(epoch)));
+        let _ = REQUEST.try_with(|r| r.set(Request { epoch: Some(epoch), ..r.get() }));
         Ok(epoch)
+    }
+
+    /// The epoch a request that ends in a commit may decide at without
+    /// reading it ([`optimistic`]): the newest this node knows of, the
+    /// greater of what its change feed last heard and what any request
+    /// read. It counts as seen from now on, so that policies and keys
+    /// loaded at an older one are reloaded before the request decides
+    /// (decision 0030). `None` when the store has no feed (one process
+    /// uses it alone, and its epoch costs nothing to read) or the feed is
+    /// not listening (the node reads, as it falls back to polling).
+    pub fn decide_at(&self) -> Option<u64> {
+        let feed = self.feed.as_ref().map(|f| *f.borrow())?;
+        if !feed.listening {
+            return None;
+        }
+        let epoch = feed.epoch.max(self.seen_epoch());
+        self.seen.fetch_max(epoch, Ordering::AcqRel);
+        Some(epoch)
+    }
+
+    /// Settles a request deciding optimistically that has not committed
+    /// yet, before it does anything other than commit on what it decided
+    /// (a refusal counted, not written): reads the epoch, and the request
+    /// goes on as confirmed if it is still the one it decided at, or as
+    /// moved, with [`StoreError::Moved`], if not. Any other request is
+    /// left as it is.
+    pub async fn settle(&self) -> Result<(), StoreError> {
+        let Ok(Request { phase: Phase::Optimistic(decided), .. }) = REQUEST.try_with(std::cell::Cell::get) else {
+            return Ok(());
+        };
+        let held = self.still_at(decided).await?;
+        let phase = if held { Phase::Confirmed } else { Phase::Moved };
+        let _ = REQUEST.try_with(|r| r.set(Request { phase, ..r.get() }));
+        if held { Ok(()) } else { Err(StoreError::Moved) }
+    }
+
+    /// Whether the store epoch is still `epoch`, read now.
+    pub async fn still_at(&self, epoch: u64) -> Result<bool, StoreError> {
+        let now = self.inner.epoch().await?;
+        self.seen.fetch_max(now, Ordering::AcqRel);
+        Ok(now == epoch)
+    }
+
+    /// Counts a request decided at an epoch it did not read
+    /// ([`optimistic`]), and whether it had to run again.
+    pub fn count_optimistic(&self, again: bool) {
+        self.optimistic.fetch_add(1, Ordering::Relaxed);
+        if again {
+            self.again.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Requests decided at an epoch they did not read, and how many of
+    /// them ran again because it had moved, since the node started.
+    pub fn optimistic_runs(&self) -> (u64, u64) {
+        (self.optimistic.load(Ordering::Relaxed), self.again.load(Ordering::Relaxed))
     }
 }
 
+/// Where a request stands with the store epoch (decision 0042).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// It reads the epoch before its first cached read, and again after
+    /// each commit ([`one_request`]).
+    Reading,
+    /// It decides at this epoch without reading it; its first commit
+    /// holds only if the epoch is still this one ([`optimistic`]).
+    Optimistic(u64),
+    /// What it decided optimistically was current when it committed (or
+    /// settled): it goes on reading, as [`Phase::Reading`].
+    Confirmed,
+    /// The epoch had moved when it committed or settled: nothing it
+    /// decided stands, and nothing more it commits is written.
+    Moved,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Request {
+    /// The epoch its cached reads use until it commits.
+    epoch: Option<u64>,
+    phase: Phase,
+}
+
 tokio::task_local! {
-    /// The epoch the running request read first, for its later reads.
-    static REQUEST_EPOCH: std::cell::Cell<Option<u64>>;
+    /// The running request's epoch and phase.
+    static REQUEST: std::cell::Cell<Request>;
 }
 
 /// Runs `request` with one epoch read for all its cached reads, instead of
@@ -108,11 +196,38 @@ tokio::task_local! {
 /// epoch, so reads after the request's own writes read it again. Tasks
 /// `request` spawns read for themselves.
 pub async fn one_request<F: std::future::Future>(request: F) -> F::Output {
-    REQUEST_EPOCH.scope(std::cell::Cell::new(None), request).await
+    REQUEST.scope(std::cell::Cell::new(Request { epoch: None, phase: Phase::Reading }), request).await
+}
+
+/// Runs `request`, which ends by committing what it decided, at `epoch`
+/// without reading it (decision 0042): its cached reads use entries kept
+/// at `epoch`, and its first commit carries `epoch` as a precondition
+/// ([`Change::expect_epoch`]). Returns what `request` returned, and its
+/// phase at the end:
+/// - [`Phase::Confirmed`]: the first commit held (or the request
+///   settled): the answer stands;
+/// - [`Phase::Moved`]: the epoch had moved; nothing was written, and the
+///   request must run again, with [`one_request`];
+/// - [`Phase::Optimistic`]: it never committed nor settled; its answer
+///   stands only once [`CachingStore::settle`] confirms the epoch.
+pub async fn optimistic<F: std::future::Future>(epoch: u64, request: F) -> (F::Output, Phase) {
+    let state = std::cell::Cell::new(Request { epoch: Some(epoch), phase: Phase::Optimistic(epoch) });
+    REQUEST
+        .scope(state, async {
+            let out = request.await;
+            let phase = REQUEST.try_with(|r| r.get().phase).unwrap_or(Phase::Moved);
+            (out, phase)
+        })
+        .await
+}
+
+/// The running request's phase, if it is one.
+pub fn phase() -> Option<Phase> {
+    REQUEST.try_with(|r| r.get().phase).ok()
 }
 
 fn forget_request_epoch() {
-    let _ = REQUEST_EPOCH.try_with(|e| e.set(None));
+    let _ = REQUEST.try_with(|r| r.set(Request { epoch: None, ..r.get() }));
 }
 
 fn hit<K: std::hash::Hash + Eq + Clone, V: Clone>(cache: &Cache<K, (u64, V)>, k: &K, epoch: u64) -> Option<V> {
@@ -135,10 +250,28 @@ impl Store for CachingStore {
     fn changes(&self) -> Option<tokio::sync::watch::Receiver<crate::store::ChangeFeed>> {
         self.inner.changes()
     }
-    async fn commit(&self, change: Change) -> Result<Receipt, StoreError> {
+    async fn commit(&self, mut change: Change) -> Result<Receipt, StoreError> {
+        let phase = phase();
+        match phase {
+            // Nothing of a request whose decision went stale is written.
+            Some(Phase::Moved) => return Err(StoreError::Moved),
+            // Stores answer an empty change without looking: settle.
+            Some(Phase::Optimistic(_)) if change.is_empty() => {
+                self.settle().await?;
+                return self.inner.commit(change).await;
+            }
+            Some(Phase::Optimistic(epoch)) => change.expect_epoch(epoch),
+            _ => {}
+        }
         forget_request_epoch();
         let receipt = self.inner.commit(change).await;
         forget_request_epoch();
+        if let Some(Phase::Optimistic(_)) = phase {
+            // The precondition is checked before anything else of the
+            // change: any other answer found the epoch as decided.
+            let now = if matches!(receipt, Err(StoreError::Moved)) { Phase::Moved } else { Phase::Confirmed };
+            let _ = REQUEST.try_with(|r| r.set(Request { phase: now, ..r.get() }));
+        }
         receipt
     }
     async fn epoch(&self) -> Result<u64, StoreError> {
@@ -602,6 +735,78 @@ mod tests {
         })
         .await;
         assert_eq!(after, AgentStatus::Suspended);
+    }
+
+    fn note() -> Change {
+        use mandate_audit::Event;
+        let e = Event::new("token.issued", crate::audit::event_time(crate::testing::start()));
+        Change::new().with(crate::AuditRecord::new(e).mutation())
+    }
+
+    /// A request decided at an epoch it did not read commits only while the
+    /// store is still at it (decision 0042). Here another node suspends the
+    /// agent after the request read it as active: the request's commit is
+    /// refused, and so is anything it commits after; run again, reading,
+    /// it sees the suspension.
+    #[tokio::test]
+    async fn an_optimistic_request_commits_only_at_its_epoch() {
+        use mandate_model::records::AgentStatus;
+        let (inner, store, a) = with_agent().await;
+        let decided = inner.epoch().await.unwrap();
+        let (seen, phase) = optimistic(decided, async {
+            let seen = status(&store, &a).await;
+            inner.commit(suspend(&a)).await.unwrap();
+            assert_eq!(store.commit(note()).await, Err(StoreError::Moved));
+            assert_eq!(store.commit(note()).await, Err(StoreError::Moved));
+            seen
+        })
+        .await;
+        assert_eq!((seen, phase), (AgentStatus::Active, Phase::Moved));
+        assert_eq!(store.audit_head().await.unwrap(), None, "a stale request wrote its event");
+        assert_eq!(one_request(status(&store, &a)).await, AgentStatus::Suspended);
+    }
+
+    /// A commit at the epoch decided confirms the request; what it reads
+    /// after its commit, it reads afresh.
+    #[tokio::test]
+    async fn an_optimistic_request_that_commits_in_time_stands() {
+        use mandate_model::records::AgentStatus;
+        let (inner, store, a) = with_agent().await;
+        let decided = inner.epoch().await.unwrap();
+        let (after, phase) = optimistic(decided, async {
+            assert_eq!(status(&store, &a).await, AgentStatus::Active);
+            store.commit(note()).await.unwrap();
+            inner.commit(suspend(&a)).await.unwrap();
+            status(&store, &a).await
+        })
+        .await;
+        assert_eq!((after, phase), (AgentStatus::Suspended, Phase::Confirmed));
+    }
+
+    /// A request that decides without committing settles: confirmed while
+    /// the epoch stands, moved once it moved.
+    #[tokio::test]
+    async fn an_optimistic_request_settles_on_the_epoch_read_now() {
+        let (inner, store, a) = with_agent().await;
+        let decided = inner.epoch().await.unwrap();
+        let (settled, phase) = optimistic(decided, store.settle()).await;
+        assert_eq!((settled, phase), (Ok(()), Phase::Confirmed));
+        let (settled, phase) = optimistic(decided, async {
+            inner.commit(suspend(&a)).await.unwrap();
+            store.settle().await
+        })
+        .await;
+        assert_eq!((settled, phase), (Err(StoreError::Moved), Phase::Moved));
+        assert!(!store.still_at(decided).await.unwrap());
+        assert!(store.seen_epoch() > decided, "the epoch read to settle was not counted as seen");
+    }
+
+    /// Without a change feed (a store one process uses alone) a request
+    /// always reads.
+    #[tokio::test]
+    async fn without_a_feed_requests_read() {
+        let (_, store, _) = with_agent().await;
+        assert_eq!(store.decide_at(), None);
     }
 
     #[tokio::test]

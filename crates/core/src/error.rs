@@ -76,6 +76,9 @@ impl From<StoreError> for Error {
         match e {
             StoreError::Conflict(m) => Error::Conflict(m),
             StoreError::Stale(m) => Error::PreconditionFailed(m),
+            // An optimistic request reruns before this can reach a client
+            // (decision 0042); if it ever does, it fails closed.
+            StoreError::Moved => Error::Unavailable("the store changed while the request was decided".into()),
             StoreError::Replay => Error::InvalidClient("client assertion jti was already used".into()),
             StoreError::DpopReplay => Error::InvalidDpopProof("the proof's jti was already used".into()),
             StoreError::GrantReplay => Error::InvalidGrant("the assertion was already used".into()),

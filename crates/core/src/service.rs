@@ -91,7 +91,7 @@ pub struct Mandate {
     pub(crate) store: Arc<dyn Store>,
     /// The same store, as the caching layer it is: for the newest epoch
     /// requests have read.
-    caching: Arc<crate::cache::CachingStore>,
+    pub(crate) caching: Arc<crate::cache::CachingStore>,
     /// Whether other nodes share the store (it has a change feed): only
     /// then can policies and keys change behind this node's back.
     shared: bool,
@@ -462,6 +462,12 @@ impl Mandate {
         self.load_ssf_key().await?;
         self.synced_epoch.fetch_max(epoch, std::sync::atomic::Ordering::AcqRel);
         Ok(())
+    }
+
+    /// Token requests this node decided at an epoch it did not read, and
+    /// how many of them ran again because it had moved (decision 0042).
+    pub fn optimistic_runs(&self) -> (u64, u64) {
+        self.caching.optimistic_runs()
     }
 
     /// How full each of this node's caches is, against its byte budget

@@ -31,6 +31,11 @@ pub enum StoreError {
     /// (SCIM's `If-Match`); nothing was written.
     #[error("changed since read: {0}")]
     Stale(String),
+    /// The store epoch was no longer the one the change expected
+    /// ([`Change::expect_epoch`]): what it was decided on may have changed
+    /// since. Nothing was written.
+    #[error("the store epoch moved since the change was decided")]
+    Moved,
     /// A client-assertion `jti` was already used.
     #[error("replayed jti")]
     Replay,
@@ -932,6 +937,9 @@ impl Handle {
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Change {
     mutations: Vec<(Handle, Mutation)>,
+    /// The store epoch the change was decided at, if it must still be it
+    /// when the change commits (decision 0042).
+    epoch: Option<u64>,
 }
 
 impl Change {
@@ -964,9 +972,25 @@ impl Change {
     /// `other` do not carry over: append only changes whose records count
     /// nothing.)
     pub fn append(&mut self, other: Change) {
+        self.epoch = self.epoch.or(other.epoch);
         for (_, m) in other.mutations {
             self.push(m);
         }
+    }
+
+    /// Makes the change a precondition on the store epoch: it is applied
+    /// only if the epoch is still `epoch` when its turn comes, after every
+    /// change committed before it (any node's) and every change ahead of it
+    /// in its batch; otherwise it fails alone with [`StoreError::Moved`]
+    /// and writes nothing. A request that decided on records cached at
+    /// `epoch`, without reading it, commits this way (decision 0042).
+    pub fn expect_epoch(&mut self, epoch: u64) {
+        self.epoch = Some(epoch);
+    }
+
+    /// The epoch the change expects, if any ([`Change::expect_epoch`]).
+    pub fn expected_epoch(&self) -> Option<u64> {
+        self.epoch
     }
 
     /// The mutations in the order they are applied, with their handles.

@@ -415,12 +415,18 @@ async fn background(state: AppState) {
 /// Sets `mandate_cache_entries{cache}`, `mandate_cache_bytes{cache}` and
 /// `mandate_cache_budget_bytes{cache}`: how full each per-node cache is
 /// against the bytes it may hold. One label per cache, never per record.
+/// Also `mandate_token_optimistic_total` and
+/// `mandate_token_optimistic_again_total`: token requests decided at an
+/// epoch the node did not read, and those run again (decision 0042).
 fn cache_gauges(mandate: &mandate_core::Mandate) {
     for c in mandate.cache_fill() {
         metrics::gauge!("mandate_cache_entries", "cache" => c.name).set(c.entries as f64);
         metrics::gauge!("mandate_cache_bytes", "cache" => c.name).set(c.bytes as f64);
         metrics::gauge!("mandate_cache_budget_bytes", "cache" => c.name).set(c.budget as f64);
     }
+    let (decided, again) = mandate.optimistic_runs();
+    metrics::counter!("mandate_token_optimistic_total").absolute(decided);
+    metrics::counter!("mandate_token_optimistic_again_total").absolute(again);
 }
 
 /// Seconds between inventory samples (ADR 0035): each tallies every live

@@ -92,8 +92,10 @@ async fn read_fresh(pool: &PgPool, held: &mut Option<PoolConnection<Postgres>>) 
     Ok(n)
 }
 
-async fn read_epoch(conn: &mut PoolConnection<Postgres>) -> Result<u64, StoreError> {
+/// The store epoch, read on `conn` (the writer reads it inside its batch's
+/// transaction, for the changes that expect one).
+pub(crate) async fn read_epoch(conn: &mut sqlx::PgConnection) -> Result<u64, StoreError> {
     let n: i64 =
-        sqlx::query_scalar("SELECT n FROM epoch WHERE id = 1").fetch_one(&mut **conn).await.map_err(unavailable)?;
+        sqlx::query_scalar("SELECT n FROM epoch WHERE id = 1").fetch_one(&mut *conn).await.map_err(unavailable)?;
     u64::try_from(n).map_err(|_| StoreError::Corrupt(format!("epoch {n}")))
 }

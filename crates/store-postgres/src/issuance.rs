@@ -9,8 +9,10 @@
 //!    lock: only this writer appends to its lane (decision 0031);
 //! 2. the events are sealed after that head, as if every change stood, and
 //!    everything goes in with one statement, an implicit transaction that
-//!    ends by asking `mandate_batch_holds` whether every `jti` was burned
-//!    and the head was still where step 1 read it.
+//!    ends by asking `mandate_batch_holds` whether every `jti` was burned,
+//!    the head was still where step 1 read it and, for changes decided at
+//!    an epoch they did not read, the store epoch is still that one
+//!    (decision 0042).
 //!
 //! If either fails, PostgreSQL undoes the whole statement and the writer
 //! applies the batch the long way, which sorts out replays change by
@@ -50,7 +52,8 @@ static STATEMENT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
          touched AS ({}), \
          sealed AS ({}), \
          moved AS (UPDATE audit_lanes SET seq = $41, hash = $42 WHERE id = $40::bigint AND seq = $43 RETURNING 1) \
-         SELECT mandate_batch_holds((SELECT count(*) FROM burned) = $44 AND (SELECT count(*) FROM moved) = 1)",
+         SELECT mandate_batch_holds((SELECT count(*) FROM burned) = $44 AND (SELECT count(*) FROM moved) = 1 \
+           AND ($45::bigint IS NULL OR (SELECT n FROM epoch WHERE id = 1) = $45))",
         insert_tokens_sql(4),
         touch_agents_sql(18),
         insert_events_sql(21, 40)
@@ -64,6 +67,18 @@ pub(crate) async fn try_issue(conn: &mut PgConnection, lane: u64, batch: &[Job])
     if batch.is_empty() || !batch.iter().all(|j| plain(&j.change)) {
         return None;
     }
+    // The epoch the changes were decided at, if they expect one (decision
+    // 0042): the statement holds only if it still is. Changes that expect
+    // different epochs cannot all stand: the long way sorts them out.
+    let mut expected = batch.iter().filter_map(|j| j.change.expected_epoch());
+    let epoch = expected.next();
+    if expected.any(|e| Some(e) != epoch) {
+        return None;
+    }
+    let epoch = match epoch {
+        Some(e) => Some(bigint(e, "epoch").ok()?),
+        None => None,
+    };
     // What each change applies if it stands, and its audit records, with
     // what the change had applied before each (as the long way seals them).
     let mut applied: Vec<Applied> = Vec::with_capacity(batch.len());
@@ -120,7 +135,8 @@ pub(crate) async fn try_issue(conn: &mut PgConnection, lane: u64, batch: &[Job])
         .bind(new_seq)
         .bind(new_hash)
         .bind(bigint(head.seq, "head").ok()?)
-        .bind(burns);
+        .bind(burns)
+        .bind(epoch);
     match q.execute(&mut *conn).await {
         Ok(_) => Some(applied.into_iter().map(Applied::into_receipt).collect()),
         Err(e) => {

@@ -205,7 +205,28 @@ pub(crate) async fn apply_in_transaction(
     // assertions' jtis with one statement, and inserts its tokens with
     // another at the end; anything else goes row by row. A failure of
     // either statement replays the batch change by change.
-    let bulk = !savepoints && batch.iter().all(|j| j.change.mutations().all(crate::tokens::bulk_kind));
+    //
+    // Changes decided at an epoch they did not read expect it still
+    // (decision 0042): the epoch is read once the transaction has begun,
+    // after every change of the batch was decided, and again after any
+    // mutation of the batch that moves it. A change that expects another
+    // fails alone, before it writes anything.
+    let mut epoch: Option<u64> = None;
+    if batch.iter().any(|j| j.change.expected_epoch().is_some()) {
+        match crate::epoch::read_epoch(conn).await {
+            Ok(n) => epoch = Some(n),
+            Err(e) => {
+                let _ = exec(conn, "ROLLBACK").await;
+                return all_fail(e);
+            }
+        }
+    }
+    // Bulk burns every change's jti first: only where every change that
+    // expects an epoch expects the one just read (no bulk mutation moves
+    // it, so none of them can then find it moved).
+    let bulk = !savepoints
+        && batch.iter().all(|j| j.change.mutations().all(crate::tokens::bulk_kind))
+        && batch.iter().all(|j| j.change.expected_epoch().is_none_or(|e| Some(e) == epoch));
     let mut burned: Vec<Option<bool>> = vec![None; batch.len()];
     if bulk {
         let changes: Vec<&Change> = batch.iter().map(|j| &j.change).collect();
@@ -239,7 +260,29 @@ pub(crate) async fn apply_in_transaction(
             (head.clone(), events.len(), deferred.len(), tokens.len());
         let mut applied = Applied::for_change(&job.change);
         let mut outcome = Ok(());
+        if let Some(expected) = job.change.expected_epoch() {
+            let now = match epoch {
+                Some(n) => n,
+                None => match crate::epoch::read_epoch(conn).await {
+                    Ok(n) => *epoch.insert(n),
+                    Err(e) => {
+                        let _ = exec(conn, "ROLLBACK").await;
+                        return all_fail(e);
+                    }
+                },
+            };
+            if now != expected {
+                outcome = Err(StoreError::Moved);
+            }
+        }
         for (i, (h, m)) in job.change.iter().enumerate() {
+            if outcome.is_err() {
+                break;
+            }
+            if m.invalidates() {
+                // Read again before the next change that expects one.
+                epoch = None;
+            }
             let done = match m {
                 Mutation::AppendAudit(record) if !savepoints => {
                     deferred.push((record.as_ref(), applied.clone(), job_index, h));

@@ -66,7 +66,7 @@ pub(crate) fn write_loop(mut conn: Connection, rx: mpsc::Receiver<Job>, mut head
         }
         last_batch = batch.len();
         metrics::histogram!("mandate_store_commit_batch_size").record(batch.len() as f64);
-        let results = apply_batch(&mut conn, &batch, &mut head);
+        let results = apply_batch(&mut conn, &batch, &mut head, epoch.load(std::sync::atomic::Ordering::SeqCst));
         // Committed: caches keyed by the epoch go stale now, before any
         // change of this batch is acknowledged.
         if batch.iter().zip(&results).any(|(job, r)| r.is_ok() && job.change.mutations().any(Mutation::invalidates)) {
@@ -85,11 +85,17 @@ pub(crate) fn write_loop(mut conn: Connection, rx: mpsc::Receiver<Job>, mut head
 /// is the batch rolled back and replayed with a savepoint per change.
 ///
 /// The audit head moves with the transaction: it is put back to where it
-/// was whenever what advanced it is rolled back.
-pub(crate) fn apply_batch(conn: &mut Connection, batch: &[Job], head: &mut Head) -> Vec<Result<Receipt, StoreError>> {
-    match apply_in_transaction(conn, batch, false, head) {
+/// was whenever what advanced it is rolled back. `epoch` is the store
+/// epoch before the batch, for the changes that expect one.
+pub(crate) fn apply_batch(
+    conn: &mut Connection,
+    batch: &[Job],
+    head: &mut Head,
+    epoch: u64,
+) -> Vec<Result<Receipt, StoreError>> {
+    match apply_in_transaction(conn, batch, false, head, epoch) {
         Ok(results) => results,
-        Err(NeedSavepoints) => match apply_in_transaction(conn, batch, true, head) {
+        Err(NeedSavepoints) => match apply_in_transaction(conn, batch, true, head, epoch) {
             Ok(results) => results,
             Err(NeedSavepoints) => batch.iter().map(|_| Err(unavailable("batch could not be applied"))).collect(),
         },
@@ -103,6 +109,7 @@ pub(crate) fn apply_in_transaction(
     batch: &[Job],
     savepoints: bool,
     head: &mut Head,
+    epoch: u64,
 ) -> Result<Vec<Result<Receipt, StoreError>>, NeedSavepoints> {
     if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
         return Ok(batch.iter().map(|_| Err(unavailable(&e))).collect());
@@ -117,7 +124,16 @@ pub(crate) fn apply_in_transaction(
         Ok(batch.iter().map(|_| Err(unavailable(why))).collect())
     };
     let mut results = Vec::with_capacity(batch.len());
+    // Whether a change of this batch ahead of the current one moved the
+    // epoch: it moves once the batch commits.
+    let mut moved = false;
     for job in batch {
+        // A change decided at an epoch that is no longer the store's fails
+        // alone, before it writes anything (decision 0042).
+        if job.change.expected_epoch().is_some_and(|e| moved || e != epoch) {
+            results.push(Err(StoreError::Moved));
+            continue;
+        }
         let guarded = savepoints && job.change.len() > 1;
         if guarded && let Err(e) = conn.execute_batch("SAVEPOINT change") {
             return abandon(conn, head, &e);
@@ -154,6 +170,8 @@ pub(crate) fn apply_in_transaction(
         }
         if outcome.is_err() {
             *head = before;
+        } else if job.change.mutations().any(Mutation::invalidates) {
+            moved = true;
         }
         results.push(outcome.and_then(|()| applied.into_receipt()));
     }

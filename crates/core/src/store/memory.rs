@@ -1462,6 +1462,9 @@ fn page<T>(all: Vec<T>, offset: u64, limit: u32) -> Page<T> {
 impl Store for MemoryStore {
     async fn commit(&self, change: Change) -> Result<Receipt, StoreError> {
         let mut state = self.lock()?;
+        if change.expected_epoch().is_some_and(|e| e != state.epoch) {
+            return Err(StoreError::Moved);
+        }
         apply_change(&mut state, &change)
     }
 

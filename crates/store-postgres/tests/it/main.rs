@@ -410,17 +410,24 @@ async fn three_nodes_decide_on_the_newest_state_at_once() -> anyhow::Result<()> 
         for node in [&a, &b, &c] {
             anyhow::ensure!(node.introspect(&token).await?["active"] == true);
         }
+        // Every node decides the token endpoint at the newest epoch it
+        // knows of, without reading it (decision 0042): C, deaf, at an
+        // old one. What it decided on a moved epoch is decided again.
+        let (_, c_again) = c.mandate.optimistic_runs();
         // Revoked on B (the agent suspended): refused on A and C at once.
         let (st, _) = b.admin(Method::POST, &format!("/v1/agents/{}/suspend", agent.id), None).await?;
         anyhow::ensure!(st == 200);
         for node in [&a, &c] {
+            let (st, _) = node.token(&agent, API, "read").await?;
+            anyhow::ensure!(st == 401, "a node authenticates a suspended agent: {st}");
             anyhow::ensure!(
                 node.introspect(&token).await? == json!({"active": false}),
                 "a node honours a revoked token"
             );
-            let (st, _) = node.token(&agent, API, "read").await?;
-            anyhow::ensure!(st == 401, "a node authenticates a suspended agent: {st}");
         }
+        let (c_decided, again) = c.mandate.optimistic_runs();
+        anyhow::ensure!(c_decided > 0 && again > c_again, "C never decided again what it decided at a moved epoch");
+        anyhow::ensure!(a.mandate.optimistic_runs().0 > 0, "A, which hears the feed, never decided at it");
         let (st, _) = c.admin(Method::POST, &format!("/v1/agents/{}/resume", agent.id), None).await?;
         anyhow::ensure!(st == 200);
         let (st, body) = a.token(&agent, API, "read").await?;

@@ -13,7 +13,7 @@ use mandate_model::{AgentId, ApprovalId, GrantId, UserId, UserTokenId};
 use time::Duration;
 
 use super::fixtures::{
-    agent, all_events, append, auth_code, child_of, event, grant, one, pending_grant_approval, people, refresh,
+    agent, all_events, append, auth_code, child_of, event, grant, intact, one, pending_grant_approval, people, refresh,
     resource, t0, token, ulid, user,
 };
 
@@ -417,5 +417,57 @@ pub async fn the_epoch_moves_with_every_invalidating_change(s: &Arc<dyn Store>) 
     ensure!(s.token(t.jti).await?.is_some_and(|x| x.revoked_at.is_some()));
     ensure!(s.agent(b.id).await?.map(|x| x.status) == Some(AgentStatus::Suspended));
     ensure!(s.approval(pending.id).await?.map(|x| x.status) == Some(ApprovalStatus::Denied));
+    Ok(())
+}
+
+/// An issuance as a request decided at `epoch` commits it (decision 0042):
+/// its client assertion's `jti`, its token and its event, expecting the
+/// epoch still to be `epoch`.
+pub(crate) fn issuance_at(agent: AgentId, jti: &str, t: &mandate_model::records::TokenRecord, epoch: u64) -> Change {
+    let client = ClientId::Agent(agent);
+    let mut change = Change::new()
+        .with(Mutation::ConsumeAssertionJti { client, jti: jti.into(), expires_at: t0() + Duration::hours(1) })
+        .with(Mutation::InsertToken(t.clone()))
+        .with(append(event("token.issued", &agent.to_string())));
+    change.expect_epoch(epoch);
+    change
+}
+
+/// A change that expects the epoch it was decided at is applied only while
+/// the epoch is still that one (decision 0042). Once it moved, the change
+/// fails with `Moved` and writes nothing: no token, no event, no burned
+/// `jti` (the same issuance stands at the new epoch), and no lifecycle
+/// change either.
+pub async fn a_change_expecting_a_moved_epoch_writes_nothing(s: &Arc<dyn Store>) -> Result<()> {
+    let (_, a, b, _) = people(s, "expect@example.com").await?;
+    let before = intact(s).await?;
+    let decided = s.epoch().await?;
+    let first = token(a.id, "first");
+    s.commit(issuance_at(a.id, "j1", &first, decided)).await?;
+    ensure!(s.token(first.jti).await?.is_some(), "an issuance at the current epoch left no token");
+    ensure!(s.epoch().await? == decided, "a plain issuance moved the epoch");
+    // Another request suspends b: the epoch moves.
+    let at = t0();
+    let suspend = |id, from, to| Mutation::SetAgentStatus { id, from, to, at, by: Some(SuspendedBy::Admin) };
+    one(s, suspend(b.id, AgentStatus::Active, AgentStatus::Suspended)).await?;
+    let now = s.epoch().await?;
+    ensure!(now != decided, "the suspension did not move the epoch");
+    let late = token(a.id, "late");
+    match s.commit(issuance_at(a.id, "j2", &late, decided)).await {
+        Err(StoreError::Moved) => {}
+        other => anyhow::bail!("an issuance decided at a moved epoch was answered {other:?}"),
+    }
+    ensure!(s.token(late.jti).await?.is_none(), "a refused issuance left its token");
+    ensure!(intact(s).await? == before + 1, "a refused issuance left its event");
+    // Its jti was not burned: decided again, at the new epoch, it stands.
+    s.commit(issuance_at(a.id, "j2", &late, now)).await?;
+    ensure!(s.token(late.jti).await?.is_some());
+    // A lifecycle change expecting the old epoch is refused alike.
+    let mut resume = Change::new().with(suspend(b.id, AgentStatus::Suspended, AgentStatus::Active));
+    resume.expect_epoch(decided);
+    ensure!(matches!(s.commit(resume).await, Err(StoreError::Moved)), "a stale lifecycle change was applied");
+    ensure!(s.agent(b.id).await?.map(|x| x.status) == Some(AgentStatus::Suspended));
+    ensure!(s.epoch().await? == now, "a refused change moved the epoch");
+    ensure!(intact(s).await? == before + 2);
     Ok(())
 }

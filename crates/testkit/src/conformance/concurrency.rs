@@ -261,3 +261,64 @@ pub async fn revoking_a_parent_during_its_exchange_never_leaves_a_live_child(s: 
     }
     Ok(())
 }
+
+/// Issuances decided at one epoch, committed at once with a suspension that
+/// moves it, and with issuances that expect an epoch the store never had
+/// (decision 0042). Whatever batches they fall into, each issuance stands
+/// whole or fails alone with `Moved` and writes nothing: every one that
+/// expects the wrong epoch fails, the suspension stands, and the trail
+/// holds one event per issuance that stood. The `jti`s of those refused
+/// were not burned: decided again at the new epoch, they all stand.
+pub async fn issuances_expecting_an_epoch_stand_or_fall_alone(s: &Arc<dyn Store>) -> Result<()> {
+    use super::change::issuance_at;
+    use mandate_model::records::{AgentStatus, SuspendedBy};
+    let (_, a, b, _) = people(s, "expect-race@example.com").await?;
+    let before = intact(s).await?;
+    let decided = s.epoch().await?;
+    let never = decided + 1_000_000;
+    let mut tasks = Vec::new();
+    for i in 0..48 {
+        let s = s.clone();
+        if i == 16 {
+            let (from, to, at) = (AgentStatus::Active, AgentStatus::Suspended, t0());
+            let m = Mutation::SetAgentStatus { id: b.id, from, to, at, by: Some(SuspendedBy::Admin) };
+            tasks.push(tokio::spawn(async move { (None, s.commit(Change::new().with(m)).await) }));
+            continue;
+        }
+        let epoch = if i % 4 == 0 { never } else { decided };
+        let t = token(a.id, &format!("x{i}"));
+        let change = issuance_at(a.id, &format!("x{i}"), &t, epoch);
+        tasks.push(tokio::spawn(async move { (Some((i, t, epoch)), s.commit(change).await) }));
+    }
+    let mut stood = 0;
+    let mut refused = Vec::new();
+    for task in tasks {
+        match task.await? {
+            (None, result) => ensure!(result.is_ok(), "the suspension failed: {result:?}"),
+            (Some((i, t, epoch)), result) => {
+                let kept = s.token(t.jti).await?.is_some();
+                match result {
+                    Ok(_) => {
+                        ensure!(epoch == decided, "an issuance expecting an epoch the store never had stood");
+                        ensure!(kept, "an issuance that stood left no token");
+                        stood += 1;
+                    }
+                    Err(StoreError::Moved) => {
+                        ensure!(!kept, "a refused issuance left its token");
+                        refused.push((i, t));
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+    }
+    ensure!(refused.len() >= 11, "only {} issuances were refused", refused.len());
+    ensure!(intact(s).await? == before + stood, "the trail does not hold one event per issuance that stood");
+    let now = s.epoch().await?;
+    ensure!(now != decided, "the suspension did not move the epoch");
+    for (i, t) in &refused {
+        s.commit(issuance_at(a.id, &format!("x{i}"), t, now)).await?;
+    }
+    ensure!(intact(s).await? == before + 47, "decided again, not every refused issuance stood");
+    Ok(())
+}

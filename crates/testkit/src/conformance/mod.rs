@@ -198,12 +198,14 @@ macro_rules! store_conformance {
                 a_change_failing_late_undoes_every_kind_of_write,
                 records_refer_only_to_records_that_exist,
                 the_epoch_moves_with_every_invalidating_change,
+                a_change_expecting_a_moved_epoch_writes_nothing,
             }
             concurrency {
                 concurrent_replays_admit_one,
                 concurrent_policy_writers_from_one_version_admit_one,
                 concurrent_appends_form_one_chain,
                 concurrent_issuances_with_replays_stand_or_fall_alone,
+                issuances_expecting_an_epoch_stand_or_fall_alone,
                 concurrent_refresh_uses_admit_one,
                 concurrent_code_redemptions_admit_one,
                 concurrent_lapse_reports_and_renewals_admit_one,
