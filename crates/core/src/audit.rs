@@ -689,7 +689,7 @@ impl Mandate {
     /// add.
     pub async fn audit_verify(&self, caller: Caller) -> Result<TrailReport, Error> {
         self.require_admin(caller).await?;
-        self.reload_keys().await?;
+        self.reload_keys_now().await?;
         // A poisoned lock still holds the keys last loaded: read them.
         let keys = match self.audit_keys.read() {
             Ok(k) => k.public.clone(),

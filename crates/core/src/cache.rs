@@ -127,8 +127,10 @@ impl CachingStore {
     /// moved, with [`StoreError::Moved`], if not. Any other request is
     /// left as it is.
     pub async fn settle(&self) -> Result<(), StoreError> {
-        let Ok(Request { phase: Phase::Optimistic(decided), .. }) = REQUEST.try_with(std::cell::Cell::get) else {
-            return Ok(());
+        let decided = match phase() {
+            Some(Phase::Optimistic(decided)) => decided,
+            Some(Phase::Moved) => return Err(StoreError::Moved),
+            _ => return Ok(()),
         };
         let held = self.still_at(decided).await?;
         let phase = if held { Phase::Confirmed } else { Phase::Moved };
@@ -181,6 +183,9 @@ struct Request {
     /// The epoch its cached reads use until it commits.
     epoch: Option<u64>,
     phase: Phase,
+    /// Whether its client passed the per-client rate limit: a request run
+    /// again is not counted twice.
+    admitted: bool,
 }
 
 tokio::task_local! {
@@ -196,27 +201,49 @@ tokio::task_local! {
 /// epoch, so reads after the request's own writes read it again. Tasks
 /// `request` spawns read for themselves.
 pub async fn one_request<F: std::future::Future>(request: F) -> F::Output {
-    REQUEST.scope(std::cell::Cell::new(Request { epoch: None, phase: Phase::Reading }), request).await
+    again(false, request).await
+}
+
+/// [`one_request`], for a request run again after its optimistic run
+/// ([`optimistic`]) found the epoch moved; `admitted` is whether that run
+/// passed its client through the rate limit ([`admitted`]).
+pub async fn again<F: std::future::Future>(admitted: bool, request: F) -> F::Output {
+    REQUEST.scope(std::cell::Cell::new(Request { epoch: None, phase: Phase::Reading, admitted }), request).await
+}
+
+/// Whether the running request's client already passed the per-client
+/// rate limit, in this run or in the one before it.
+pub fn admitted() -> bool {
+    REQUEST.try_with(|r| r.get().admitted).unwrap_or(false)
+}
+
+/// Notes that the running request's client passed the rate limit.
+pub fn admit() {
+    let _ = REQUEST.try_with(|r| r.set(Request { admitted: true, ..r.get() }));
 }
 
 /// Runs `request`, which ends by committing what it decided, at `epoch`
 /// without reading it (decision 0042): its cached reads use entries kept
 /// at `epoch`, and its first commit carries `epoch` as a precondition
-/// ([`Change::expect_epoch`]). Returns what `request` returned, and its
-/// phase at the end:
+/// ([`Change::expect_epoch`]). Returns what `request` returned, whether
+/// its client passed the rate limit ([`admitted`]), and its phase at the
+/// end:
 /// - [`Phase::Confirmed`]: the first commit held (or the request
 ///   settled): the answer stands;
 /// - [`Phase::Moved`]: the epoch had moved; nothing was written, and the
 ///   request must run again, with [`one_request`];
 /// - [`Phase::Optimistic`]: it never committed nor settled; its answer
 ///   stands only once [`CachingStore::settle`] confirms the epoch.
-pub async fn optimistic<F: std::future::Future>(epoch: u64, request: F) -> (F::Output, Phase) {
-    let state = std::cell::Cell::new(Request { epoch: Some(epoch), phase: Phase::Optimistic(epoch) });
+pub async fn optimistic<F: std::future::Future>(epoch: u64, request: F) -> (F::Output, bool, Phase) {
+    let state = std::cell::Cell::new(Request { epoch: Some(epoch), phase: Phase::Optimistic(epoch), admitted: false });
     REQUEST
         .scope(state, async {
             let out = request.await;
-            let phase = REQUEST.try_with(|r| r.get().phase).unwrap_or(Phase::Moved);
-            (out, phase)
+            let end = REQUEST.try_with(std::cell::Cell::get);
+            match end {
+                Ok(r) => (out, r.admitted, r.phase),
+                Err(_) => (out, true, Phase::Moved),
+            }
         })
         .await
 }
@@ -267,10 +294,19 @@ impl Store for CachingStore {
         let receipt = self.inner.commit(change).await;
         forget_request_epoch();
         if let Some(Phase::Optimistic(_)) = phase {
-            // The precondition is checked before anything else of the
-            // change: any other answer found the epoch as decided.
-            let now = if matches!(receipt, Err(StoreError::Moved)) { Phase::Moved } else { Phase::Confirmed };
-            let _ = REQUEST.try_with(|r| r.set(Request { phase: now, ..r.get() }));
+            // Stores check the precondition before anything else of the
+            // change: its outcome, or a refusal of a mutation, found the
+            // epoch as decided. A store that could not answer may not have
+            // looked: the request stays optimistic, and whatever it commits
+            // next carries the precondition still.
+            let now = match &receipt {
+                Err(StoreError::Moved) => Some(Phase::Moved),
+                Err(StoreError::Unavailable(_) | StoreError::Corrupt(_)) => None,
+                _ => Some(Phase::Confirmed),
+            };
+            if let Some(now) = now {
+                let _ = REQUEST.try_with(|r| r.set(Request { phase: now, ..r.get() }));
+            }
         }
         receipt
     }
@@ -753,11 +789,12 @@ mod tests {
         use mandate_model::records::AgentStatus;
         let (inner, store, a) = with_agent().await;
         let decided = inner.epoch().await.unwrap();
-        let (seen, phase) = optimistic(decided, async {
+        let (seen, _, phase) = optimistic(decided, async {
             let seen = status(&store, &a).await;
             inner.commit(suspend(&a)).await.unwrap();
             assert_eq!(store.commit(note()).await, Err(StoreError::Moved));
             assert_eq!(store.commit(note()).await, Err(StoreError::Moved));
+            assert_eq!(store.settle().await, Err(StoreError::Moved), "a stale request settled");
             seen
         })
         .await;
@@ -773,7 +810,7 @@ mod tests {
         use mandate_model::records::AgentStatus;
         let (inner, store, a) = with_agent().await;
         let decided = inner.epoch().await.unwrap();
-        let (after, phase) = optimistic(decided, async {
+        let (after, _, phase) = optimistic(decided, async {
             assert_eq!(status(&store, &a).await, AgentStatus::Active);
             store.commit(note()).await.unwrap();
             inner.commit(suspend(&a)).await.unwrap();
@@ -789,9 +826,9 @@ mod tests {
     async fn an_optimistic_request_settles_on_the_epoch_read_now() {
         let (inner, store, a) = with_agent().await;
         let decided = inner.epoch().await.unwrap();
-        let (settled, phase) = optimistic(decided, store.settle()).await;
+        let (settled, _, phase) = optimistic(decided, store.settle()).await;
         assert_eq!((settled, phase), (Ok(()), Phase::Confirmed));
-        let (settled, phase) = optimistic(decided, async {
+        let (settled, _, phase) = optimistic(decided, async {
             inner.commit(suspend(&a)).await.unwrap();
             store.settle().await
         })
@@ -799,6 +836,19 @@ mod tests {
         assert_eq!((settled, phase), (Err(StoreError::Moved), Phase::Moved));
         assert!(!store.still_at(decided).await.unwrap());
         assert!(store.seen_epoch() > decided, "the epoch read to settle was not counted as seen");
+    }
+
+    /// A request run again after its optimistic run passed the rate limit
+    /// is not counted twice; any other request is.
+    #[tokio::test]
+    async fn a_request_is_admitted_once_across_its_runs() {
+        assert!(!admitted(), "outside a request");
+        let (_, first, _) = optimistic(1, async { admit() }).await;
+        assert!(first);
+        assert!(again(first, async { admitted() }).await);
+        let (_, refused, _) = optimistic(1, async {}).await;
+        assert!(!again(refused, async { admitted() }).await, "a run refused before the limit admits the next");
+        assert!(!one_request(async { admitted() }).await);
     }
 
     /// Without a change feed (a store one process uses alone) a request

@@ -91,7 +91,15 @@ impl Mandate {
             ),
             other => other,
         })?;
-        self.set_engine(engine);
+        // Under the gate every load of policies holds, and only if the
+        // store still holds this set: another node may have put a newer
+        // one since, which this node may have loaded already.
+        let _one = self.sync_gate.lock().await;
+        if self.store.current_policy().await?.is_some_and(|p| p.version == record.version) {
+            self.set_engine(engine);
+        } else {
+            self.reload_policy().await?;
+        }
         Ok(record)
     }
 

@@ -98,7 +98,7 @@ pub struct Mandate {
     /// The store epoch the policies and keys were last loaded at.
     synced_epoch: std::sync::atomic::AtomicU64,
     /// One reload at a time; the requests that wait for it then find it done.
-    sync_gate: tokio::sync::Mutex<()>,
+    pub(crate) sync_gate: tokio::sync::Mutex<()>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) rng: Arc<dyn Random>,
     pub(crate) config: Config,
@@ -455,6 +455,22 @@ impl Mandate {
     /// Picks up policy and key changes made by other nodes. Called
     /// periodically by the server.
     pub async fn sync_from_store(&self) -> Result<(), Error> {
+        let _one = self.sync_gate.lock().await;
+        self.sync_locked().await
+    }
+
+    /// Reloads the keys from the store, one load at a time, so that a load
+    /// that read an older set never replaces a newer one.
+    pub(crate) async fn reload_keys_now(&self) -> Result<(), Error> {
+        let _one = self.sync_gate.lock().await;
+        self.reload_keys().await
+    }
+
+    /// [`Mandate::sync_from_store`], under `sync_gate`: every load of
+    /// policies and keys holds it, so they are loaded one at a time, each
+    /// from what the store held when it began, and a load that read an
+    /// older state never lands after one that read a newer.
+    async fn sync_locked(&self) -> Result<(), Error> {
         // Read first: whatever is loaded below is at least this new.
         let epoch = self.store.epoch().await?;
         self.reload_policy().await?;
@@ -496,7 +512,7 @@ impl Mandate {
         if self.shared && self.synced_epoch.load(Ordering::Acquire) < seen {
             let _one = self.sync_gate.lock().await;
             if self.synced_epoch.load(Ordering::Acquire) < seen {
-                self.sync_from_store().await?;
+                self.sync_locked().await?;
             }
         }
         Ok(self.engine())
@@ -867,8 +883,11 @@ impl Mandate {
             });
         }
         self.store.commit(change).await?;
-        self.reload_keys().await?;
-        self.load_ssf_key().await?;
+        {
+            let _one = self.sync_gate.lock().await;
+            self.reload_keys().await?;
+            self.load_ssf_key().await?;
+        }
         tracing::info!(kid = key.kid(), "rotated the signing key");
         Ok(key.kid().to_owned())
     }
