@@ -91,14 +91,25 @@ impl Mandate {
             ),
             other => other,
         })?;
-        // Under the gate every load of policies holds, and only if the
-        // store still holds this set: another node may have put a newer
-        // one since, which this node may have loaded already.
+        // Installed under the gate every load of policies holds, and only
+        // if the store still holds this set: another node may have put a
+        // newer one since, which this node may have loaded already. The
+        // set is stored by now, so what fails here is logged, not
+        // answered: a node that could not look installs its own set (as
+        // it did before it looked), and on a shared store it reloads at
+        // the next epoch it sees ahead of its own.
         let _one = self.sync_gate.lock().await;
-        if self.store.current_policy().await?.is_some_and(|p| p.version == record.version) {
-            self.set_engine(engine);
-        } else {
-            self.reload_policy().await?;
+        match self.store.current_policy().await.map(|p| p.is_some_and(|p| p.version != record.version)) {
+            Ok(true) => {
+                if let Err(e) = self.reload_policy().await {
+                    tracing::warn!(error = %e, "a newer policy set than the one just put could not be loaded");
+                }
+            }
+            Ok(false) => self.set_engine(engine),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not check the policy set just put against the store's");
+                self.set_engine(engine);
+            }
         }
         Ok(record)
     }
