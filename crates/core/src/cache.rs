@@ -240,9 +240,12 @@ pub async fn optimistic<F: std::future::Future>(epoch: u64, request: F) -> (F::O
         .scope(state, async {
             let out = request.await;
             let end = REQUEST.try_with(std::cell::Cell::get);
+            // The state is always there inside its own scope; were it not,
+            // the run counts as stale and its client as not yet admitted:
+            // it runs again, and passes the rate limit again.
             match end {
                 Ok(r) => (out, r.admitted, r.phase),
-                Err(_) => (out, true, Phase::Moved),
+                Err(_) => (out, false, Phase::Moved),
             }
         })
         .await
