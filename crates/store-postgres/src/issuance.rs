@@ -1,34 +1,42 @@
-//! A batch of plain token issuances, the common case under load, in two
-//! round trips instead of seven (ADR 0040). The long way is `BEGIN`, the
-//! assertion `jti`s, the tokens, the agents' last use, the lane's head
-//! under lock, its events, `COMMIT`: each a round trip while the writer's
-//! transaction stays open, and on two shared cores each round trip waits
-//! for a busy scheduler on both sides. Here:
+//! A batch of plain token issuances, the common case under load, in one
+//! round trip instead of seven (ADR 0040, ADR 0044). The long way is
+//! `BEGIN`, the assertion `jti`s, the tokens, the agents' last use, the
+//! lane's head under lock, its events, `COMMIT`: each a round trip while
+//! the writer's transaction stays open, and on two shared cores each round
+//! trip waits for a busy scheduler on both sides. Here:
 //!
-//! 1. the lane's head is read and the events' seqs reserved, without a
-//!    lock: only this writer appends to its lane (decision 0031);
+//! 1. the lane's head and the events' seqs are what the writer's previous
+//!    statement left ([`Ahead`]); only after anything else (the writer's
+//!    first batch, the long way, a statement that did not hold, a batch
+//!    larger than the seqs kept) are they read, without a lock, in a round
+//!    trip of their own: only this writer appends to its lane (decision
+//!    0031);
 //! 2. the events are sealed after that head, as if every change stood, and
 //!    everything goes in with one statement, an implicit transaction that
 //!    ends by asking `mandate_batch_holds` whether every `jti` was burned,
 //!    the head was still where step 1 read it and, for changes decided at
 //!    an epoch they did not read, the store epoch is still that one
-//!    (decision 0042).
+//!    (decision 0042). The same statement reserves the next batch's seqs,
+//!    after this batch's, while the node is busy, and the writer keeps the
+//!    head it wrote.
 //!
-//! If either fails, PostgreSQL undoes the whole statement and the writer
+//! If it fails, PostgreSQL undoes the whole statement and the writer
 //! applies the batch the long way, which sorts out replays change by
 //! change. A refused batch costs its reserved seqs (a gap, as any
-//! rolled-back batch leaves).
+//! rolled-back batch leaves), and so do seqs reserved for a next batch
+//! that never came the short way.
 
 use std::collections::VecDeque;
 
 use mandate_audit::Event;
 use mandate_core::audit::seal_record;
-use mandate_core::store::{Applied, Change, Handle, Mutation};
+use mandate_core::store::{Applied, Change, Handle, Mutation, StoreError};
 use mandate_model::records::TokenRecord;
 use mandate_store_sql::ts;
+use sqlx::Row;
 use sqlx::postgres::PgConnection;
 
-use crate::audit::{bigint, bind_events, insert_events_sql, read_lane};
+use crate::audit::{Head, bigint, bind_events, insert_events_sql, read_lane};
 use crate::tokens::{bind_tokens, bulk_kind, insert_tokens_sql, last_uses, touch_agents_sql};
 use crate::writer::{Job, Outcome};
 
@@ -53,17 +61,63 @@ static STATEMENT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
          sealed AS ({}), \
          moved AS (UPDATE audit_lanes SET seq = $41, hash = $42 WHERE id = $40::bigint AND seq = $43 RETURNING 1) \
          SELECT mandate_batch_holds((SELECT count(*) FROM burned) = $44 AND (SELECT count(*) FROM moved) = 1 \
-           AND ($45::bigint IS NULL OR (SELECT n FROM epoch WHERE id = 1) = $45))",
+           AND ($45::bigint IS NULL OR (SELECT n FROM epoch WHERE id = 1) = $45)), \
+           ARRAY(SELECT nextval('audit_seq') FROM generate_series(1, $46)) AS next",
         insert_tokens_sql(4),
         touch_agents_sql(18),
         insert_events_sql(21, 40)
     )
 });
 
+/// What a writer knows of its lane after a statement of the short way
+/// held: the head it wrote, and seqs it reserved for the batches after,
+/// each greater than every seq the lane holds. Anything but the short way
+/// holding forgets both ([`Ahead::forget`]), so a seq from here never
+/// follows one the long way took.
+#[derive(Default)]
+pub(crate) struct Ahead {
+    head: Option<Head>,
+    seqs: VecDeque<u64>,
+}
+
+impl Ahead {
+    pub(crate) fn forget(&mut self) {
+        self.head = None;
+        self.seqs.clear();
+    }
+
+    /// The head to seal `n` events after, and their seqs, each greater
+    /// than the head's: what the last statement left, or else read (the
+    /// head without a lock, and the seqs missing). Kept seqs below a head
+    /// read afresh (another writer's, on a shared lane) are dropped; if
+    /// too few are left, the batch goes the long way.
+    async fn take(&mut self, conn: &mut PgConnection, lane: u64, n: usize) -> Result<(Head, Vec<u64>), StoreError> {
+        let head = match self.head.take() {
+            Some(h) if self.seqs.len() >= n => h,
+            _ => {
+                let (h, more) = read_lane(conn, lane, n.saturating_sub(self.seqs.len()), false).await?;
+                self.seqs.retain(|&s| s > h.seq);
+                self.seqs.extend(more);
+                h
+            }
+        };
+        if self.seqs.len() < n {
+            return Err(StoreError::Unavailable("too few audit seqs are kept".into()));
+        }
+        Ok((head, self.seqs.drain(..n).collect()))
+    }
+}
+
 /// Writes `batch` the short way and answers each change, or `None` when
 /// the batch is not all plain issuances, or did not hold: nothing of it
-/// was written, and the caller applies it the long way.
-pub(crate) async fn try_issue(conn: &mut PgConnection, lane: u64, batch: &[Job]) -> Option<Vec<Outcome>> {
+/// was written, and the caller applies it the long way (and forgets
+/// `ahead`).
+pub(crate) async fn try_issue(
+    conn: &mut PgConnection,
+    lane: u64,
+    batch: &[Job],
+    ahead: &mut Ahead,
+) -> Option<Vec<Outcome>> {
     if batch.is_empty() || !batch.iter().all(|j| plain(&j.change)) {
         return None;
     }
@@ -112,8 +166,15 @@ pub(crate) async fn try_issue(conn: &mut PgConnection, lane: u64, batch: &[Job])
         return None;
     }
     let burns = i64::try_from(jtis.len()).ok()?;
-    let (head, seqs) = read_lane(conn, lane, records.len(), false).await.ok()?;
+    let (head, seqs) = ahead.take(conn, lane, records.len()).await.ok()?;
     let mut seqs: VecDeque<u64> = seqs.into();
+    // Seqs for the next batch, so that one as large needs no read: as many
+    // as this one's events, less those left over. Only while the node is
+    // busy (this batch holds more than one change): a lone change reserves
+    // none, so that a quiet store's trail has no gaps where nothing failed
+    // (seqs kept for a batch that then goes the long way are dropped).
+    let wanted = if batch.len() >= 2 { records.len() } else { 0 };
+    let reserve = i32::try_from(wanted.saturating_sub(ahead.seqs.len())).ok()?;
     let mut events: Vec<Event> = Vec::with_capacity(records.len());
     let mut prev = head.hash.clone();
     for (record, before, index, h) in records {
@@ -125,6 +186,8 @@ pub(crate) async fn try_issue(conn: &mut PgConnection, lane: u64, batch: &[Job])
         events.push(e);
     }
     let last = events.last()?;
+    // The head the statement writes, if it holds.
+    let written = Head { lane, seq: last.seq, hash: last.hash.clone() };
     let (new_seq, new_hash) = (bigint(last.seq, "seq").ok()?, last.hash.clone());
     let (ids, ats, stale) = last_uses(&tokens).ok()?.unwrap_or_default();
     let q = sqlx::query(STATEMENT.as_str()).bind(clients).bind(jtis).bind(expiries);
@@ -136,12 +199,37 @@ pub(crate) async fn try_issue(conn: &mut PgConnection, lane: u64, batch: &[Job])
         .bind(new_hash)
         .bind(bigint(head.seq, "head").ok()?)
         .bind(burns)
-        .bind(epoch);
-    match q.execute(&mut *conn).await {
-        Ok(_) => Some(applied.into_iter().map(Applied::into_receipt).collect()),
+        .bind(epoch)
+        .bind(reserve);
+    let row = match q.fetch_one(&mut *conn).await {
+        Ok(row) => row,
         Err(e) => {
             tracing::debug!(error = %e, "a batch of issuances did not hold; applying it change by change");
-            None
+            return None;
+        }
+    };
+    // The batch stands. Seqs the statement reserved that do not decode are
+    // dropped, with the head: the next batch reads its lane.
+    match reserved(&row) {
+        Ok(next) => {
+            ahead.seqs.extend(next);
+            ahead.head = Some(written);
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "the seqs reserved for the next batch do not decode");
+            ahead.forget();
         }
     }
+    Some(applied.into_iter().map(Applied::into_receipt).collect())
+}
+
+/// The seqs a statement reserved, in order.
+fn reserved(row: &sqlx::postgres::PgRow) -> Result<Vec<u64>, StoreError> {
+    let next: Vec<i64> = row.try_get("next").map_err(|e| StoreError::Corrupt(format!("reserved seqs: {e}")))?;
+    let mut next = next
+        .into_iter()
+        .map(|s| u64::try_from(s).map_err(|_| StoreError::Corrupt(format!("audit seq {s}"))))
+        .collect::<Result<Vec<_>, _>>()?;
+    next.sort_unstable();
+    Ok(next)
 }

@@ -54,8 +54,8 @@ use crate::audit::{checkpoint_row, event_row};
 use crate::grants::grant_row;
 use crate::identity::{agent_row, resource_row, user_row, user_token_row};
 use crate::tokens::{refresh_row, token_row};
+use crate::writer::Job;
 pub use crate::writer::{DEFAULT_WRITERS, MAX_WRITERS};
-use crate::writer::{Job, write_loop};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -133,9 +133,7 @@ impl PostgresStore {
         let (writer, jobs) = mpsc::channel(4096);
         let jobs = std::sync::Arc::new(tokio::sync::Mutex::new(jobs));
         let lanes = std::sync::Arc::new(audit::LaneKeeper::new(options.clone()));
-        for _ in 0..writers {
-            tokio::spawn(write_loop(writing.clone(), jobs.clone(), lanes.clone()));
-        }
+        writer::spawn(writing, jobs, lanes, writers)?;
         let feed = listen::spawn(listening);
         let epochs = epoch::EpochReads::spawn(pool.clone());
         Ok(Self { pool, writer, feed, epochs })

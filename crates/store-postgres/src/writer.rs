@@ -13,6 +13,7 @@ use sqlx::postgres::{PgConnection, PgPool, Postgres};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::audit::{Head, LaneKeeper, Seqs, append, insert_events};
+use crate::issuance::Ahead;
 use crate::unavailable;
 
 /// Most changes folded into one transaction.
@@ -76,6 +77,36 @@ fn drain(jobs: &mut mpsc::Receiver<Job>, batch: &mut Vec<Job>) {
     }
 }
 
+/// Starts `writers` writer tasks on a thread of their own, under a
+/// runtime of their own (ADR 0044). A writer spends most of each batch
+/// waiting for PostgreSQL; on the node's workers, each wake-up would wait
+/// in line behind the request tasks queued there (each a signature
+/// checked and a token signed), and every change in the node waits for
+/// the writer. On its own thread it runs when PostgreSQL answers, as the
+/// SQLite writer does. The thread ends with the store (when every
+/// sender of `jobs` is gone).
+pub(crate) fn spawn(
+    pool: PgPool,
+    jobs: std::sync::Arc<tokio::sync::Mutex<mpsc::Receiver<Job>>>,
+    lanes: std::sync::Arc<LaneKeeper>,
+    writers: u32,
+) -> Result<(), StoreError> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(unavailable)?;
+    std::thread::Builder::new()
+        .name("mandate-pg-writer".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                let mut tasks = tokio::task::JoinSet::new();
+                for _ in 0..writers {
+                    tasks.spawn(write_loop(pool.clone(), jobs.clone(), lanes.clone()));
+                }
+                while tasks.join_next().await.is_some() {}
+            });
+        })
+        .map_err(unavailable)?;
+    Ok(())
+}
+
 /// Takes every waiting change and commits the lot in one transaction.
 pub(crate) async fn write_loop(
     pool: PgPool,
@@ -89,6 +120,8 @@ pub(crate) async fn write_loop(
     let mut previous = 0usize;
     // The connection of the batch before, kept while changes keep coming.
     let mut held: Option<PoolConnection<Postgres>> = None;
+    // The lane's head and seqs the short way's last statement left.
+    let mut ahead = Ahead::default();
     loop {
         {
             let mut jobs = jobs.lock().await;
@@ -114,7 +147,8 @@ pub(crate) async fn write_loop(
             }
             previous = batch.len();
         }
-        let results = apply_batch(&pool, &lanes, &batch, &mut lane, &mut held).await;
+        metrics::histogram!("mandate_store_commit_batch_size").record(batch.len() as f64);
+        let results = apply_batch(&pool, &lanes, &batch, &mut lane, &mut held, &mut ahead).await;
         for (job, result) in batch.drain(..).zip(results) {
             let _ = job.reply.send(result);
         }
@@ -133,13 +167,15 @@ pub(crate) struct NeedSavepoints;
 /// taking a connection from the pool and giving it back each cost a round
 /// trip (sqlx checks the connection both ways), as much as the batch's own
 /// statements. A batch that meets an error the store cannot explain
-/// closes its connection instead of keeping it.
+/// closes its connection instead of keeping it. `ahead` is what the short
+/// way's last statement left of the lane ([`Ahead`]).
 pub(crate) async fn apply_batch(
     pool: &PgPool,
     lanes: &LaneKeeper,
     batch: &[Job],
     lane: &mut Option<u64>,
     held: &mut Option<PoolConnection<Postgres>>,
+    ahead: &mut Ahead,
 ) -> Vec<Outcome> {
     let failed = |e: &dyn std::fmt::Display| batch.iter().map(|_| Err(unavailable(e))).collect();
     let lane = match *lane {
@@ -153,10 +189,13 @@ pub(crate) async fn apply_batch(
         Some(c) => c,
         None => match pool.acquire().await {
             Ok(c) => c,
-            Err(e) => return failed(&e),
+            Err(e) => {
+                ahead.forget();
+                return failed(&e);
+            }
         },
     };
-    let results = apply_on(&mut conn, lane, batch).await;
+    let results = apply_on(&mut conn, lane, batch, ahead).await;
     if results.iter().any(|r| matches!(r, Err(StoreError::Unavailable(_) | StoreError::Corrupt(_)))) {
         // Whatever state the connection is in, no later batch inherits it.
         let _ = conn.close().await;
@@ -166,11 +205,15 @@ pub(crate) async fn apply_batch(
     results
 }
 
-async fn apply_on(conn: &mut PgConnection, lane: u64, batch: &[Job]) -> Vec<Outcome> {
-    // Plain issuances go in with one statement when they can (ADR 0040).
-    if let Some(results) = crate::issuance::try_issue(conn, lane, batch).await {
+async fn apply_on(conn: &mut PgConnection, lane: u64, batch: &[Job], ahead: &mut Ahead) -> Vec<Outcome> {
+    // Plain issuances go in with one statement when they can (ADR 0040,
+    // ADR 0044).
+    if let Some(results) = crate::issuance::try_issue(conn, lane, batch, ahead).await {
         return results;
     }
+    // The long way takes seqs and moves the head itself: a seq reserved
+    // before it must not seal an event after it.
+    ahead.forget();
     match apply_in_transaction(conn, lane, batch, false).await {
         Ok(results) => results,
         Err(NeedSavepoints) => match apply_in_transaction(conn, lane, batch, true).await {

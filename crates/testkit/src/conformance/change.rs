@@ -424,13 +424,19 @@ pub async fn the_epoch_moves_with_every_invalidating_change(s: &Arc<dyn Store>) 
 /// its client assertion's `jti`, its token and its event, expecting the
 /// epoch still to be `epoch`.
 pub(crate) fn issuance_at(agent: AgentId, jti: &str, t: &mandate_model::records::TokenRecord, epoch: u64) -> Change {
-    let client = ClientId::Agent(agent);
-    let mut change = Change::new()
-        .with(Mutation::ConsumeAssertionJti { client, jti: jti.into(), expires_at: t0() + Duration::hours(1) })
-        .with(Mutation::InsertToken(t.clone()))
-        .with(append(event("token.issued", &agent.to_string())));
+    let mut change = issuance(agent, jti, t);
     change.expect_epoch(epoch);
     change
+}
+
+/// A plain `client_credentials` issuance: the assertion's `jti` burned, the
+/// token, its event.
+pub(crate) fn issuance(agent: AgentId, jti: &str, t: &mandate_model::records::TokenRecord) -> Change {
+    let client = ClientId::Agent(agent);
+    Change::new()
+        .with(Mutation::ConsumeAssertionJti { client, jti: jti.into(), expires_at: t0() + Duration::hours(1) })
+        .with(Mutation::InsertToken(t.clone()))
+        .with(append(event("token.issued", &agent.to_string())))
 }
 
 /// A change that expects the epoch it was decided at is applied only while

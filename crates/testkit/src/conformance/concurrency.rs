@@ -12,7 +12,7 @@ use mandate_model::AgentId;
 use mandate_model::records::ClientId;
 use time::Duration;
 
-use super::fixtures::{append, auth_code, child_of, event, intact, one, people, refresh, t0, token, ulid};
+use super::fixtures::{append, auth_code, child_of, event, intact, one, people, refresh, t0, token, ulid, user};
 
 /// Runs `n` copies of `task` at once; how many succeeded. Any error but
 /// the one a losing compare-and-swap gives (`lost`) fails the case.
@@ -320,5 +320,38 @@ pub async fn issuances_expecting_an_epoch_stand_or_fall_alone(s: &Arc<dyn Store>
         s.commit(issuance_at(a.id, &format!("x{i}"), t, now)).await?;
     }
     ensure!(intact(s).await? == before + 47, "decided again, not every refused issuance stood");
+    Ok(())
+}
+
+/// Plain issuances committed at once with changes that go another way (a
+/// new user, audited), round after round, so that a busy writer's batches
+/// of each kind follow one another. However they are batched, each lane of
+/// the trail links in `seq` order: a writer that seals a batch with what
+/// its last batch left (PostgreSQL's `seq`s reserved ahead, decision 0044)
+/// never seals after a batch that took its `seq`s another way.
+pub async fn issuances_between_other_changes_keep_each_lane_in_order(s: &Arc<dyn Store>) -> Result<()> {
+    use super::change::issuance;
+    let (_, a, _, _) = people(s, "ahead@example.com").await?;
+    let before = intact(s).await?;
+    let mut written = 0;
+    for round in 0..8 {
+        let mut tasks = Vec::new();
+        for i in 0..40 {
+            let s = s.clone();
+            let change = if i % 10 == 9 {
+                let u = user(&format!("ahead-{round}-{i}@example.com"));
+                Change::new().with(Mutation::InsertUser(u)).with(append(event("user.created", "admin")))
+            } else {
+                let jti = format!("ahead-{round}-{i}");
+                issuance(a.id, &jti, &token(a.id, &jti))
+            };
+            tasks.push(tokio::spawn(async move { s.commit(change).await }));
+        }
+        for t in tasks {
+            t.await??;
+            written += 1;
+        }
+        ensure!(intact(s).await? == before + written, "round {round}: the trail does not verify whole");
+    }
     Ok(())
 }

@@ -206,6 +206,7 @@ macro_rules! store_conformance {
                 concurrent_appends_form_one_chain,
                 concurrent_issuances_with_replays_stand_or_fall_alone,
                 issuances_expecting_an_epoch_stand_or_fall_alone,
+                issuances_between_other_changes_keep_each_lane_in_order,
                 concurrent_refresh_uses_admit_one,
                 concurrent_code_redemptions_admit_one,
                 concurrent_lapse_reports_and_renewals_admit_one,
