@@ -77,7 +77,14 @@ async fn run(url: &str) -> anyhow::Result<()> {
     anyhow::ensure!(code == 0, "the shared chain does not verify: {out}");
     let events = export(&store)?;
     let seqs: Vec<u64> = events.iter().filter_map(|e| e["seq"].as_u64()).collect();
-    anyhow::ensure!(seqs == (1..=events.len() as u64).collect::<Vec<_>>(), "seqs are not contiguous");
+    anyhow::ensure!(seqs.len() == events.len(), "an event has no seq");
+    anyhow::ensure!(seqs.windows(2).all(|w| w[0] < w[1]), "seqs are not unique and in order");
+    // Seqs may have holes on PostgreSQL (decisions 0031, 0044): a busy
+    // writer reserves the seqs of its next batch, and those of a node that
+    // stops, or whose next batch goes the long way, are never used. At
+    // most a batch's worth per node per such turn; far fewer here.
+    let holes = seqs.last().copied().unwrap_or(0).saturating_sub(seqs.len() as u64);
+    anyhow::ensure!(holes <= 1024, "{holes} seqs are missing");
     let recorded = issued_jtis(&events);
     anyhow::ensure!(received.iter().all(|j| recorded.contains(j)), "a token issued by a node has no event");
     eprintln!("{} events from two nodes; {out}", events.len());
