@@ -78,12 +78,22 @@ static STATEMENT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
 pub(crate) struct Ahead {
     head: Option<Head>,
     seqs: VecDeque<u64>,
+    /// When the statement that reserved `seqs` was answered.
+    at: Option<tokio::time::Instant>,
 }
+
+/// How long kept seqs may wait for a batch. A reader that follows the
+/// trail live by `after` may step past an event whose seq was reserved
+/// before a greater seq of another lane was read (decision 0031); older
+/// kept seqs are dropped (a gap), so that re-reading from a second or two
+/// before the last cursor still sees every event (docs/audit.md).
+const KEPT_FOR: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl Ahead {
     pub(crate) fn forget(&mut self) {
         self.head = None;
         self.seqs.clear();
+        self.at = None;
     }
 
     /// The head to seal `n` events after, and their seqs, each greater
@@ -92,6 +102,9 @@ impl Ahead {
     /// read afresh (another writer's, on a shared lane) are dropped; if
     /// too few are left, the batch goes the long way.
     async fn take(&mut self, conn: &mut PgConnection, lane: u64, n: usize) -> Result<(Head, Vec<u64>), StoreError> {
+        if self.at.is_some_and(|at| at.elapsed() > KEPT_FOR) {
+            self.forget();
+        }
         let head = match self.head.take() {
             Some(h) if self.seqs.len() >= n => h,
             _ => {
@@ -214,6 +227,7 @@ pub(crate) async fn try_issue(
         Ok(next) => {
             ahead.seqs.extend(next);
             ahead.head = Some(written);
+            ahead.at = Some(tokio::time::Instant::now());
         }
         Err(e) => {
             tracing::warn!(error = %e, "the seqs reserved for the next batch do not decode");
