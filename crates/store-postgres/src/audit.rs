@@ -160,7 +160,6 @@ pub(crate) async fn read_lane(
     .map_err(unavailable)?;
     let seq: i64 = get(&row, "seq")?;
     let hash: Option<String> = get(&row, "hash")?;
-    let next: Vec<i64> = get(&row, "next")?;
     // An undecodable head stops the writer: never restart a lane.
     let hash = match (seq, hash) {
         (0, None) => mandate_audit::lane_genesis(lane),
@@ -172,12 +171,18 @@ pub(crate) async fn read_lane(
         }
     };
     let seq = u64::try_from(seq).map_err(|_| StoreError::Corrupt(format!("audit lane head {seq}")))?;
+    Ok((Head { lane, seq, hash }, reserved_seqs(&row)?))
+}
+
+/// The seqs a statement took from `audit_seq` (its `next` array), in order.
+pub(crate) fn reserved_seqs(row: &PgRow) -> Result<Vec<u64>, StoreError> {
+    let next: Vec<i64> = get(row, "next")?;
     let mut next = next
         .into_iter()
         .map(|s| u64::try_from(s).map_err(|_| StoreError::Corrupt(format!("audit seq {s}"))))
         .collect::<Result<Vec<_>, _>>()?;
     next.sort_unstable();
-    Ok((Head { lane, seq, hash }, next))
+    Ok(next)
 }
 
 /// Seqs reserved for a batch's events, in the order they are used.

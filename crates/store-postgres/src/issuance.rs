@@ -33,10 +33,9 @@ use mandate_core::audit::seal_record;
 use mandate_core::store::{Applied, Change, Handle, Mutation, StoreError};
 use mandate_model::records::TokenRecord;
 use mandate_store_sql::ts;
-use sqlx::Row;
 use sqlx::postgres::PgConnection;
 
-use crate::audit::{Head, bigint, bind_events, insert_events_sql, read_lane};
+use crate::audit::{Head, bigint, bind_events, insert_events_sql, read_lane, reserved_seqs};
 use crate::tokens::{bind_tokens, bulk_kind, insert_tokens_sql, last_uses, touch_agents_sql};
 use crate::writer::{Job, Outcome};
 
@@ -223,7 +222,7 @@ pub(crate) async fn try_issue(
     };
     // The batch stands. Seqs the statement reserved that do not decode are
     // dropped, with the head: the next batch reads its lane.
-    match reserved(&row) {
+    match reserved_seqs(&row) {
         Ok(next) => {
             ahead.seqs.extend(next);
             ahead.head = Some(written);
@@ -235,15 +234,4 @@ pub(crate) async fn try_issue(
         }
     }
     Some(applied.into_iter().map(Applied::into_receipt).collect())
-}
-
-/// The seqs a statement reserved, in order.
-fn reserved(row: &sqlx::postgres::PgRow) -> Result<Vec<u64>, StoreError> {
-    let next: Vec<i64> = row.try_get("next").map_err(|e| StoreError::Corrupt(format!("reserved seqs: {e}")))?;
-    let mut next = next
-        .into_iter()
-        .map(|s| u64::try_from(s).map_err(|_| StoreError::Corrupt(format!("audit seq {s}"))))
-        .collect::<Result<Vec<_>, _>>()?;
-    next.sort_unstable();
-    Ok(next)
 }
