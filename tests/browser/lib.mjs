@@ -2,7 +2,7 @@
 // the admin API, agents that authenticate with private_key_jwt, a headless
 // Debian chromium driven by playwright-core, and checks every page must pass.
 
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { createHash, generateKeyPairSync, randomBytes, sign } from 'node:crypto';
 import { mkdtempSync, mkdirSync, rmSync } from 'node:fs';
 import { createServer } from 'node:http';
@@ -14,6 +14,26 @@ import assert from 'node:assert/strict';
 import { chromium } from 'playwright-core';
 
 export const MANDATE_BIN = process.env.MANDATE_BIN || '/var/tmp/mandate-target/debug/mandate';
+
+/**
+ * A PostgreSQL URL of an existing database: when set, every server runs on a
+ * fresh database created beside it (`--database-url`), dropped when the
+ * server stops. Unset: embedded SQLite.
+ */
+export const DATABASE_URL = process.env.BROWSER_DATABASE_URL || '';
+
+/** Creates an empty database beside DATABASE_URL's: its name and URL. */
+function freshDatabase() {
+  const name = `mandate_browser_${randomBytes(8).toString('hex')}`;
+  execFileSync('psql', [DATABASE_URL, '-qAtc', `CREATE DATABASE ${name}`]);
+  const url = new URL(DATABASE_URL);
+  url.pathname = `/${name}`;
+  return { name, url: url.toString() };
+}
+
+function dropDatabase(name) {
+  execFileSync('psql', [DATABASE_URL, '-qAtc', `DROP DATABASE IF EXISTS ${name} WITH (FORCE)`]);
+}
 export const CHROMIUM = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
 export const SCREENSHOTS = process.env.SCREENSHOTS === '1';
 export const SCREENSHOT_DIR = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'docs', 'screenshots');
@@ -70,6 +90,8 @@ export function claims(jwt) {
 export async function startServer({ args = [] } = {}) {
   const dataDir = mkdtempSync(join(tmpdir(), 'mandate-browser-'));
   const adminToken = `mnd_admin_browser_${randomId(24)}`;
+  const database = DATABASE_URL ? freshDatabase() : null;
+  if (database) args = ['--database-url', database.url, ...args];
   let lastError;
   for (let attempt = 0; attempt < 3; attempt++) {
     const port = await freePort();
@@ -111,7 +133,7 @@ export async function startServer({ args = [] } = {}) {
       await sleep(100);
     }
     if (ready) {
-      const server = new Server({ url, adminToken, dataDir, child, exit, logs: () => output });
+      const server = new Server({ url, adminToken, dataDir, database, child, exit, logs: () => output });
       return server;
     }
     child.kill('SIGKILL');
@@ -123,13 +145,14 @@ export async function startServer({ args = [] } = {}) {
     if (!/address already in use/i.test(output)) break;
   }
   rmSync(dataDir, { recursive: true, force: true });
+  if (database) dropDatabase(database.name);
   throw lastError;
 }
 
 /** A running server and the calls the tests make on it. */
 export class Server {
-  constructor({ url, adminToken, dataDir, child, exit, logs }) {
-    Object.assign(this, { url, issuer: url, adminToken, dataDir, child, exit, logs });
+  constructor({ url, adminToken, dataDir, database, child, exit, logs }) {
+    Object.assign(this, { url, issuer: url, adminToken, dataDir, database, child, exit, logs });
   }
 
   async stop() {
@@ -140,6 +163,10 @@ export class Server {
       clearTimeout(t);
     }
     rmSync(this.dataDir, { recursive: true, force: true });
+    if (this.database) {
+      dropDatabase(this.database.name);
+      this.database = null;
+    }
   }
 
   /** Any JSON call; `bearer` null for none. Returns `{status, body, headers}`. */

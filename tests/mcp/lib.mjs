@@ -19,6 +19,32 @@ export const HERE = dirname(fileURLToPath(import.meta.url));
 export const MANDATE_BIN = process.env.MANDATE_BIN || '/var/tmp/mandate-target/debug/mandate';
 /** The binary that runs `mandate gateway` (the same one, unless told). */
 export const GATEWAY_BIN = process.env.MANDATE_GATEWAY_BIN || MANDATE_BIN;
+
+/**
+ * A PostgreSQL URL of an existing database: when set, Mandate runs on a
+ * fresh database created beside it (`--database-url`), dropped when the
+ * world closes. Unset: embedded SQLite.
+ */
+export const DATABASE_URL = process.env.MCP_DATABASE_URL || '';
+
+/**
+ * An empty database beside DATABASE_URL's: its URL, and a `stop` that drops
+ * it (a process-like entry for the world's list, stopped after Mandate).
+ */
+export function freshDatabase() {
+  const name = `mandate_mcp_${randomBytes(8).toString('hex')}`;
+  execFileSync('psql', [DATABASE_URL, '-qAtc', `CREATE DATABASE ${name}`]);
+  const url = new URL(DATABASE_URL);
+  url.pathname = `/${name}`;
+  return {
+    url: url.toString(),
+    name: 'database',
+    logs: () => '',
+    stop: async () => {
+      execFileSync('psql', [DATABASE_URL, '-qAtc', `DROP DATABASE IF EXISTS ${name} WITH (FORCE)`]);
+    },
+  };
+}
 export const CHROMIUM = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
 export const PYTHON = process.env.MCP_PYTHON || join(HERE, '.venv', 'bin', 'python');
 
@@ -145,7 +171,8 @@ export async function http(method, url, { bearer, json, form, headers = {} } = {
 }
 
 /**
- * `mandate serve` on `dataDir` and a random port, SQLite, with `args`;
+ * `mandate serve` on `dataDir` and a random port, SQLite (or the database
+ * `args` name), with `args`;
  * ready when `/readyz` answers 200.
  */
 export async function startMandate({ dataDir, adminToken, args = [], env = {} }) {

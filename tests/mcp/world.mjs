@@ -6,12 +6,14 @@ import { execFileSync } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import {
+  DATABASE_URL,
   GATEWAY_BIN,
   HERE,
   MANDATE_BIN,
   childEnv,
   documentServer,
   freePort,
+  freshDatabase,
   http,
   launchBrowser,
   makeCertificates,
@@ -89,9 +91,17 @@ export async function startWorld({ withGateway = true, browser = true } = {}) {
 
     // Mandate, once to create the registration owner and the person, then
     // again with --registration-owner naming that user.
+    // On PostgreSQL (MCP_DATABASE_URL), both runs share a fresh database,
+    // dropped once everything else has stopped.
     const dataDir = join(w.tmp, 'mandate');
     const adminToken = `mnd_admin_mcp_${randomId(24)}`;
-    let m = await startMandate({ dataDir, adminToken });
+    const database = [];
+    if (DATABASE_URL) {
+      const db = freshDatabase();
+      w.procs.push(db);
+      database.push('--database-url', db.url);
+    }
+    let m = await startMandate({ dataDir, adminToken, args: database });
     const owner = await m.createUser({ name: 'Ops Owner', email: 'ops@example.com', groups: [] });
     w.person = { ...PERSON, ...(await m.createUser(PERSON)) };
     await m.stop();
@@ -99,6 +109,7 @@ export async function startWorld({ withGateway = true, browser = true } = {}) {
       dataDir,
       adminToken,
       args: [
+        ...database,
         '--registration-owner', owner.id,
         '--dynamic-registration', 'on',
         '--dev-loopback-fetch',

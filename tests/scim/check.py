@@ -1,6 +1,8 @@
 """scim2-tester against a live `mandate serve` (DESIGN §10, issue 15 §2).
 
-Starts the server on a free port with a fresh data dir, has the admin issue
+Starts the server on a free port with a fresh data dir (and, where
+SCIM_DATABASE_URL names a PostgreSQL database, on a fresh database beside
+it, dropped afterwards), has the admin issue
 a SCIM token (POST /v1/scim-tokens), runs every scim2-tester check against
 /scim/v2 and prints one TAP line per check. Checks listed in KNOWN are
 misses of features Mandate chose not to build (yet): they print as TODO
@@ -17,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 
 import httpx2
@@ -24,6 +27,9 @@ from scim2_client.engines.httpx2 import SyncSCIMClient
 from scim2_tester import Status, check_server
 
 MANDATE_BIN = os.environ.get("MANDATE_BIN", "/var/tmp/mandate-target/debug/mandate")
+# A PostgreSQL database URL: the server then runs on a fresh database beside
+# it (as a deployment of several nodes does) instead of SQLite.
+DATABASE_URL = os.environ.get("SCIM_DATABASE_URL", "")
 
 # (resource type, check title, attribute urn or None) -> why it is expected
 # to miss (README "SCIM conformance" and ADR 0020 list them). A PATCH check
@@ -54,7 +60,18 @@ def call(method: str, url: str, token: str, body: dict | None = None) -> dict:
         return json.loads(r.read() or b"null")
 
 
-def start() -> tuple[subprocess.Popen, str, str, str]:
+def psql(sql: str) -> None:
+    subprocess.run(["psql", DATABASE_URL, "-qAtc", sql], check=True, stdout=subprocess.DEVNULL)
+
+
+def fresh_database() -> tuple[str, str]:
+    """Creates an empty database beside DATABASE_URL's: its name and URL."""
+    name = "mandate_scim_" + secrets.token_hex(8)
+    psql(f"CREATE DATABASE {name}")
+    return name, urllib.parse.urlsplit(DATABASE_URL)._replace(path=f"/{name}").geturl()
+
+
+def start(database: str | None) -> tuple[subprocess.Popen, str, str, str]:
     data_dir = tempfile.mkdtemp(prefix="mandate-scim-")
     admin = "mnd_admin_scim_" + secrets.token_hex(12)
     env = {k: v for k, v in os.environ.items() if not k.startswith("MANDATE_")}
@@ -65,7 +82,8 @@ def start() -> tuple[subprocess.Popen, str, str, str]:
         # scim2-tester sends its hundreds of requests as fast as it can from
         # one address, past the per-address limit (100/s) a real IdP's
         # pushes stay under; the limit itself is tested in the testkit.
-        [MANDATE_BIN, "serve", "--data-dir", data_dir, "--listen", f"127.0.0.1:{port}", "--rate-limit-per-address", "0"],
+        [MANDATE_BIN, "serve", "--data-dir", data_dir, "--listen", f"127.0.0.1:{port}", "--rate-limit-per-address", "0"]
+        + (["--database-url", database] if database else []),
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=sys.stderr,
@@ -85,7 +103,13 @@ def start() -> tuple[subprocess.Popen, str, str, str]:
 
 
 def main() -> int:
-    child, url, admin, data_dir = start()
+    name, database = fresh_database() if DATABASE_URL else (None, None)
+    try:
+        child, url, admin, data_dir = start(database)
+    except BaseException:
+        if name:
+            psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        raise
     try:
         token = call("POST", f"{url}/v1/scim-tokens", admin)["token"]
         http = httpx2.Client(base_url=f"{url}/scim/v2", headers={"Authorization": f"Bearer {token}"})
@@ -94,6 +118,8 @@ def main() -> int:
         child.terminate()
         child.wait(timeout=10)
         shutil.rmtree(data_dir, ignore_errors=True)
+        if name:
+            psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
     passed = failed = todo = skipped = 0
     print("TAP version 13")
@@ -120,7 +146,8 @@ def main() -> int:
         else:
             failed += 1
             print(f"not ok {n} - {title} ({r.status.name}): {reason}")
-    print(f"# scim2-tester: {passed} passed, {failed} failed, {todo} known misses, {skipped} skipped")
+    store = "PostgreSQL" if DATABASE_URL else "SQLite"
+    print(f"# scim2-tester ({store}): {passed} passed, {failed} failed, {todo} known misses, {skipped} skipped")
     print(f"# pass {passed}")
     print(f"# fail {failed}")
     return 1 if failed else 0
