@@ -33,7 +33,8 @@ chmod +x "$WORK/wrap.sh"
 start=$(wc -l <"$LOG")
 MANDATE_BIN="$WORK/wrap.sh" BENCH_DATABASE_URL="${BENCH_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}" \
   BENCH_DURATION="${BENCH_DURATION:-4}" BENCH_WARMUP=200 BENCH_REQUESTS=1000000 BENCH_SKIP_BUILD=1 \
-  BENCH_RESULT="$WORK/result.json" "$ROOT/bench/run.sh" mandate >/dev/null 2>"$WORK/run.err"
+  BENCH_RESULT="$WORK/result.json" "$ROOT/bench/run.sh" mandate >/dev/null 2>"$WORK/run.err" \
+  || { cat "$WORK/run.err" >&2; exit 1; }
 db=$(head -1 "$WORK/dbs")
 tail -n +$((start + 1)) "$LOG" | grep "@$db " | grep -E "LOG:  (execute|statement)" >"$WORK/statements" || true
 tokens=$(jq '.successes + .warmup_successes' "$WORK/result.json")

@@ -30,24 +30,94 @@ pub struct BuiltList {
 
 #[derive(Default)]
 pub(crate) struct StatusLists {
-    reserved: tokio::sync::Mutex<Range<u64>>,
+    blocks: std::sync::Mutex<Blocks>,
+    /// Held by the one request reserving a block in the store.
+    reserving: tokio::sync::Mutex<()>,
     built: std::sync::Mutex<HashMap<u64, Arc<BuiltList>>>,
 }
 
-impl Mandate {
-    /// The next status index: from this node's reserved block, reserving a
-    /// new block in the store when it is used up.
-    pub(crate) async fn status_index(&self) -> Result<u64, Error> {
-        let mut block = self.status.reserved.lock().await;
-        if block.is_empty() {
-            let mut change = Change::new();
-            let reserved = change.push(Mutation::ReserveStatusIndexes { count: STATUS_BLOCK });
-            let first = self.store.commit(change).await?.affected(reserved)?;
-            *block = first..first + STATUS_BLOCK;
+/// The indexes this node has reserved and not handed out: the block in use,
+/// and the one reserved ahead of it.
+#[derive(Default)]
+struct Blocks {
+    current: Range<u64>,
+    next: Option<Range<u64>>,
+}
+
+/// What a request found in [`Blocks`].
+enum Take {
+    /// An index, and whether this request should reserve the next block.
+    Index(u64, bool),
+    /// Nothing reserved: this request waits for a block.
+    Empty,
+}
+
+impl Blocks {
+    fn take(&mut self) -> Take {
+        if self.current.is_empty()
+            && let Some(next) = self.next.take()
+        {
+            self.current = next;
         }
-        let idx = block.start;
-        block.start += 1;
-        Ok(idx)
+        if self.current.is_empty() {
+            return Take::Empty;
+        }
+        let idx = self.current.start;
+        self.current.start += 1;
+        // Half the block handed out and none reserved ahead: the next block
+        // is reserved now, so that no request waits when this one runs out.
+        Take::Index(idx, self.next.is_none() && self.current.end - self.current.start < STATUS_BLOCK / 2)
+    }
+}
+
+impl Mandate {
+    /// The next status index, from this node's reserved block. The next
+    /// block is reserved in the store by the request that hands out the
+    /// block's middle index, while the other requests go on taking indexes;
+    /// a request waits for a reservation only when both blocks are used up
+    /// (the node's first token, or a store slower than half a block of
+    /// tokens). The indexes of reserved blocks never handed out (a node that
+    /// stops) are never used.
+    pub(crate) async fn status_index(&self) -> Result<u64, Error> {
+        let blocks = || self.status.blocks.lock().map_err(|_| Error::Unavailable("status index lock".into()));
+        loop {
+            let take = blocks()?.take();
+            match take {
+                Take::Index(idx, false) => return Ok(idx),
+                Take::Index(idx, true) => {
+                    // One request reserves; another that gets here meanwhile
+                    // goes on.
+                    if let Ok(_reserving) = self.status.reserving.try_lock() {
+                        let wanted = blocks()?.next.is_none();
+                        if wanted {
+                            let block = self.reserve_status_block().await?;
+                            blocks()?.next = Some(block);
+                        }
+                    }
+                    return Ok(idx);
+                }
+                Take::Empty => {
+                    let _reserving = self.status.reserving.lock().await;
+                    let wanted = {
+                        let b = blocks()?;
+                        b.current.is_empty() && b.next.is_none()
+                    };
+                    if wanted {
+                        let block = self.reserve_status_block().await?;
+                        blocks()?.next = Some(block);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reserves a block of [`STATUS_BLOCK`] status indexes in the store.
+    async fn reserve_status_block(&self) -> Result<Range<u64>, Error> {
+        let mut change = Change::new();
+        let reserved = change.push(Mutation::ReserveStatusIndexes { count: STATUS_BLOCK });
+        let first = self.store.commit(change).await?.affected(reserved)?;
+        let end = first.checked_add(STATUS_BLOCK).ok_or_else(|| Error::Unavailable("status indexes run out".into()))?;
+        Ok(first..end)
     }
 
     /// The `status` claim for a token at global index `idx`.
@@ -105,5 +175,43 @@ impl Mandate {
             },
         };
         statuslist::mint(&self.ring().active, &claims).map_err(|e| Error::Unavailable(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod block_tests {
+    use super::*;
+
+    fn index(t: Take) -> Option<(u64, bool)> {
+        match t {
+            Take::Index(i, refill) => Some((i, refill)),
+            Take::Empty => None,
+        }
+    }
+
+    #[test]
+    fn nothing_reserved_makes_a_request_wait() {
+        assert!(index(Blocks::default().take()).is_none());
+    }
+
+    #[test]
+    fn the_next_block_is_asked_for_at_half_and_taken_when_the_first_runs_out() {
+        let mut b = Blocks { current: 0..STATUS_BLOCK, next: None };
+        let half = STATUS_BLOCK / 2;
+        // Indexes in order; no refill until fewer than half are left.
+        for i in 0..half {
+            assert_eq!(index(b.take()), Some((i, false)), "index {i}");
+        }
+        // Fewer than half left and none ahead: each request is told to
+        // reserve (one of them does, the others find it reserving).
+        assert_eq!(index(b.take()), Some((half, true)));
+        b.next = Some(1000..1000 + STATUS_BLOCK);
+        // With a block ahead, nobody is told to reserve.
+        for i in half + 1..STATUS_BLOCK {
+            assert_eq!(index(b.take()), Some((i, false)), "index {i}");
+        }
+        // The block in use ran out: the next one takes over at once.
+        assert_eq!(index(b.take()), Some((1000, false)));
+        assert!(b.next.is_none());
     }
 }

@@ -79,6 +79,35 @@ async fn indexes_are_never_reused_across_blocks() -> Result<()> {
     Ok(())
 }
 
+/// The next block is reserved while requests go on taking indexes from
+/// the one in use: many requests at once, across several blocks, still
+/// never share an index.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_across_blocks_never_share_an_index() -> Result<()> {
+    let w = World::new(TestServer::start().await?).await?;
+    let issue = |n: usize| {
+        let w = &w;
+        async move {
+            let mut idx = Vec::with_capacity(n);
+            for _ in 0..n {
+                let (st, body) = w.grant(&w.planner, CC).await?;
+                ensure!(st == 200, "{body}");
+                idx.push(claims(&token_of(&body))["status"]["status_list"]["idx"].as_u64().unwrap_or(u64::MAX));
+            }
+            anyhow::Ok(idx)
+        }
+    };
+    // 8 × 80 = 640 tokens: two blocks of 256 used up, a third begun.
+    let (a, b, c, d, e, f, g, h) =
+        tokio::join!(issue(80), issue(80), issue(80), issue(80), issue(80), issue(80), issue(80), issue(80));
+    let mut seen = std::collections::HashSet::new();
+    for idx in [a?, b?, c?, d?, e?, f?, g?, h?].into_iter().flatten() {
+        ensure!(seen.insert(idx), "index {idx} handed out twice");
+    }
+    ensure!(seen.len() == 640, "{} indexes", seen.len());
+    Ok(())
+}
+
 #[tokio::test]
 async fn revoking_a_grant_marks_every_token_beneath_it() -> Result<()> {
     let w = World::new(TestServer::start().await?).await?;
