@@ -92,7 +92,9 @@ async fn concurrent_requests_across_blocks_never_share_an_index() -> Result<()> 
             for _ in 0..n {
                 let (st, body) = w.grant(&w.planner, CC).await?;
                 ensure!(st == 200, "{body}");
-                idx.push(claims(&token_of(&body))["status"]["status_list"]["idx"].as_u64().unwrap_or(u64::MAX));
+                let claims = claims(&token_of(&body));
+                let i = claims["status"]["status_list"]["idx"].as_u64();
+                idx.push(i.ok_or_else(|| anyhow::anyhow!("a token without a status index: {claims}"))?);
             }
             anyhow::Ok(idx)
         }
