@@ -51,6 +51,11 @@ pub struct Config {
     pub status_list_size: u64,
     /// How long relying parties may cache a status list (`ttl`), seconds.
     pub status_list_ttl: i64,
+    /// Status indexes a node reserves with one store write (ADR 0014). A
+    /// node that stops leaves up to two blocks unused; each reservation
+    /// is a write outside the token batches, so a small block costs the
+    /// writer (on PostgreSQL, a batch the long way per block).
+    pub status_block: u64,
     /// A checkpoint is signed once this many events have been appended
     /// since the last one…
     pub audit_checkpoint_events: u64,
@@ -124,6 +129,7 @@ impl Config {
             max_user_token_ttl: 365 * 24 * 3600,
             status_list_size: 1 << 20,
             status_list_ttl: 60,
+            status_block: 4096,
             audit_checkpoint_events: 10_000,
             audit_checkpoint_interval: 60,
             service_documentation: None,

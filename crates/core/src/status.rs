@@ -14,9 +14,6 @@ use crate::Error;
 use crate::service::Mandate;
 use crate::store::{Change, Mutation};
 
-/// Indexes a node reserves at a time: one store write per this many tokens.
-const STATUS_BLOCK: u64 = 256;
-
 /// A signed list, as served.
 #[derive(Debug, Clone)]
 pub struct BuiltList {
@@ -53,7 +50,8 @@ enum Take {
 }
 
 impl Blocks {
-    fn take(&mut self) -> Take {
+    /// The next index; `block` is the size of a reserved block.
+    fn take(&mut self, block: u64) -> Take {
         if self.current.is_empty()
             && let Some(next) = self.next.take()
         {
@@ -66,7 +64,7 @@ impl Blocks {
         self.current.start += 1;
         // Half the block handed out and none reserved ahead: the next block
         // is reserved now, so that no request waits when this one runs out.
-        Take::Index(idx, self.next.is_none() && self.current.end - self.current.start < STATUS_BLOCK / 2)
+        Take::Index(idx, self.next.is_none() && self.current.end - self.current.start < block / 2)
     }
 }
 
@@ -80,8 +78,9 @@ impl Mandate {
     /// stops) are never used.
     pub(crate) async fn status_index(&self) -> Result<u64, Error> {
         let blocks = || self.status.blocks.lock().map_err(|_| Error::Unavailable("status index lock".into()));
+        let block = self.status_block();
         loop {
-            let take = blocks()?.take();
+            let take = blocks()?.take(block);
             match take {
                 Take::Index(idx, false) => return Ok(idx),
                 Take::Index(idx, true) => {
@@ -111,12 +110,18 @@ impl Mandate {
         }
     }
 
-    /// Reserves a block of [`STATUS_BLOCK`] status indexes in the store.
+    /// Indexes reserved at a time (`Config::status_block`, at least 2).
+    fn status_block(&self) -> u64 {
+        self.config.status_block.max(2)
+    }
+
+    /// Reserves a block of status indexes in the store.
     async fn reserve_status_block(&self) -> Result<Range<u64>, Error> {
+        let block = self.status_block();
         let mut change = Change::new();
-        let reserved = change.push(Mutation::ReserveStatusIndexes { count: STATUS_BLOCK });
+        let reserved = change.push(Mutation::ReserveStatusIndexes { count: block });
         let first = self.store.commit(change).await?.affected(reserved)?;
-        let end = first.checked_add(STATUS_BLOCK).ok_or_else(|| Error::Unavailable("status indexes run out".into()))?;
+        let end = first.checked_add(block).ok_or_else(|| Error::Unavailable("status indexes run out".into()))?;
         Ok(first..end)
     }
 
@@ -189,9 +194,11 @@ mod block_tests {
         }
     }
 
+    const STATUS_BLOCK: u64 = 256;
+
     #[test]
     fn nothing_reserved_makes_a_request_wait() {
-        assert!(index(Blocks::default().take()).is_none());
+        assert!(index(Blocks::default().take(STATUS_BLOCK)).is_none());
     }
 
     #[test]
@@ -200,18 +207,18 @@ mod block_tests {
         let half = STATUS_BLOCK / 2;
         // Indexes in order; no refill until fewer than half are left.
         for i in 0..half {
-            assert_eq!(index(b.take()), Some((i, false)), "index {i}");
+            assert_eq!(index(b.take(STATUS_BLOCK)), Some((i, false)), "index {i}");
         }
         // Fewer than half left and none ahead: each request is told to
         // reserve (one of them does, the others find it reserving).
-        assert_eq!(index(b.take()), Some((half, true)));
+        assert_eq!(index(b.take(STATUS_BLOCK)), Some((half, true)));
         b.next = Some(1000..1000 + STATUS_BLOCK);
         // With a block ahead, nobody is told to reserve.
         for i in half + 1..STATUS_BLOCK {
-            assert_eq!(index(b.take()), Some((i, false)), "index {i}");
+            assert_eq!(index(b.take(STATUS_BLOCK)), Some((i, false)), "index {i}");
         }
         // The block in use ran out: the next one takes over at once.
-        assert_eq!(index(b.take()), Some((1000, false)));
+        assert_eq!(index(b.take(STATUS_BLOCK)), Some((1000, false)));
         assert!(b.next.is_none());
     }
 }

@@ -180,12 +180,15 @@ pub(crate) async fn try_issue(
     let burns = i64::try_from(jtis.len()).ok()?;
     let (head, seqs) = ahead.take(conn, lane, records.len()).await.ok()?;
     let mut seqs: VecDeque<u64> = seqs.into();
-    // Seqs for the next batch, so that one as large needs no read: as many
-    // as this one's events, less those left over. Only while the node is
-    // busy (this batch holds more than one change): a lone change reserves
-    // none, so that a quiet store's trail has no gaps where nothing failed
-    // (seqs kept for a batch that then goes the long way are dropped).
-    let wanted = if batch.len() >= 2 { records.len() } else { 0 };
+    // Seqs for the next batches, so that one up to twice as large needs no
+    // read: twice this one's events, less those left over (with exactly as
+    // many, batch sizes vary enough under load that more than half of the
+    // batches read their lane first, a round trip each). Only while the node
+    // is busy (this batch holds more than one change): a lone change
+    // reserves none, so that a quiet store's trail has no gaps where nothing
+    // failed (seqs kept for a batch that then goes the long way, or kept
+    // longer than `KEPT_FOR`, are dropped).
+    let wanted = if batch.len() >= 2 { records.len().saturating_mul(2) } else { 0 };
     let reserve = i32::try_from(wanted.saturating_sub(ahead.seqs.len())).ok()?;
     let mut events: Vec<Event> = Vec::with_capacity(records.len());
     let mut prev = head.hash.clone();

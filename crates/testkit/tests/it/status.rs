@@ -67,9 +67,9 @@ async fn a_revoked_token_is_invalid_in_the_signed_list_at_once() -> Result<()> {
 
 #[tokio::test]
 async fn indexes_are_never_reused_across_blocks() -> Result<()> {
-    let w = World::new(TestServer::start().await?).await?;
+    let w = World::new(TestServer::start_with(|c| c.status_block = 64).await?).await?;
     let mut seen = std::collections::HashSet::new();
-    // More than one reserved block (256).
+    // More than four reserved blocks of 64.
     for _ in 0..300 {
         let (st, body) = w.grant(&w.planner, CC).await?;
         assert_eq!(st, 200, "{body}");
@@ -84,7 +84,7 @@ async fn indexes_are_never_reused_across_blocks() -> Result<()> {
 /// never share an index.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_requests_across_blocks_never_share_an_index() -> Result<()> {
-    let w = World::new(TestServer::start().await?).await?;
+    let w = World::new(TestServer::start_with(|c| c.status_block = 256).await?).await?;
     let issue = |n: usize| {
         let w = &w;
         async move {
